@@ -1,0 +1,100 @@
+//! Requests `dml` sends to an agent over TCP, and the answers.
+
+use crate::id::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// One request per frame; the agent answers each with one [`Response`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// This agent's identity.
+    Id,
+    /// The agent's membership list.
+    Members,
+    /// Traffic and failure-detector counters.
+    Stats,
+    /// (Re)join the group through the introducers, as a new identity.
+    Join,
+    /// Leave the group gracefully; the agent stays up and can join again.
+    Leave,
+}
+
+/// A member's state as this agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Failed,
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Failed => "failed",
+            MemberState::Left => "left",
+        }
+    }
+
+    /// Alive or suspect: still on the ring.
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// One row of `dml members`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub state: MemberState,
+    pub incarnation: u32,
+    /// Milliseconds since this agent last heard from the member directly, if ever.
+    pub last_heard_ms: Option<u64>,
+    /// The members that probe this one (its ring predecessors).
+    pub monitors: Vec<NodeId>,
+}
+
+/// This agent's view of itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdInfo {
+    pub id: NodeId,
+    pub incarnation: u32,
+    /// False after `dml leave` and before the join completes.
+    pub joined: bool,
+}
+
+/// Counters of the failure detector; rates are over the last few seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub uptime_ms: u64,
+    pub bytes_sent_per_s: f64,
+    pub bytes_recv_per_s: f64,
+    pub packets_sent_per_s: f64,
+    pub packets_recv_per_s: f64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub packets_sent: u64,
+    pub packets_recv: u64,
+    pub probes_sent: u64,
+    /// Suspicions this agent raised about others.
+    pub suspicions: u64,
+    /// Suspicions about this agent that it refuted: false positives.
+    pub refuted: u64,
+    /// Members this agent saw declared failed.
+    pub declared_failed: u64,
+    /// Times this agent learned it was declared failed while alive.
+    pub false_failures: u64,
+    pub bad_packets: u64,
+    pub bad_frames: u64,
+    pub members_live: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Id(IdInfo),
+    Members(Vec<MemberInfo>),
+    Stats(Stats),
+    Ok,
+    Error(String),
+}

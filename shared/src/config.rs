@@ -1,0 +1,452 @@
+//! The agent's TOML config.
+//!
+//! A file names an optional `preset` (`local`, `lan`, `wan`); every key it leaves
+//! out takes the preset's value. Unknown keys are an error, and [`Config::validate`]
+//! names the key and the value it rejects.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Parameter sets tuned for a network class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// One machine, loopback: fast timers.
+    Local,
+    /// A data-centre LAN: 1 s probes (the default).
+    #[default]
+    Lan,
+    /// Hosts across a WAN: slower timers, more tolerance.
+    Wan,
+}
+
+impl FromStr for Preset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Preset::Local),
+            "lan" => Ok(Preset::Lan),
+            "wan" => Ok(Preset::Wan),
+            _ => Err(Error::Config {
+                key: "preset".into(),
+                value: s.into(),
+                reason: "expected one of local, lan, wan".into(),
+            }),
+        }
+    }
+}
+
+/// Failure-detector parameters. Names follow the original system where it had one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipConfig {
+    /// Ring successors each member probes every interval, and so the number of
+    /// simultaneous failures detection survives (the original's M).
+    pub m: usize,
+    /// Time between probe rounds (the original's PING_DURATION).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Wait for a direct ack before asking others to probe (PING_TIMEOOUT).
+    /// The indirect probes get the same time again.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+    /// Longest a suspect may stay unrefuted before it is declared failed, with
+    /// no other monitor confirming (CLEANUP_TIME).
+    #[serde(with = "humantime_serde")]
+    pub suspicion_timeout: Duration,
+    /// Shortest suspicion, reached once every other monitor has confirmed it.
+    #[serde(with = "humantime_serde")]
+    pub suspicion_min: Duration,
+    /// Members asked to probe a target that missed its direct ack (k).
+    pub indirect_checks: usize,
+    /// Period of the full-state exchange with one random member.
+    #[serde(with = "humantime_serde")]
+    pub push_pull_interval: Duration,
+    /// An update is piggybacked `retransmit_mult * ceil(log2(n + 1))` times.
+    pub retransmit_mult: usize,
+    /// Largest datagram sent; piggybacked updates are cut to fit.
+    pub max_packet_size: usize,
+    /// Longest wait between two join attempts (the wait doubles from `ping_interval`).
+    #[serde(with = "humantime_serde")]
+    pub join_backoff_max: Duration,
+    /// How long a failed or departed identity is remembered, so stale gossip about it is ignored.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+    /// SO_RCVBUF and SO_SNDBUF of the UDP socket, in bytes.
+    pub udp_buffer: usize,
+}
+
+impl MembershipConfig {
+    pub fn preset(p: Preset) -> Self {
+        let ms = Duration::from_millis;
+        match p {
+            Preset::Local => Self {
+                m: 3,
+                ping_interval: ms(500),
+                ping_timeout: ms(200),
+                suspicion_timeout: ms(2000),
+                suspicion_min: ms(800),
+                indirect_checks: 3,
+                push_pull_interval: ms(10_000),
+                retransmit_mult: 3,
+                max_packet_size: 1400,
+                join_backoff_max: ms(5_000),
+                dead_retention: ms(60_000),
+                udp_buffer: 1 << 20,
+            },
+            Preset::Lan => Self {
+                m: 3,
+                ping_interval: ms(1000),
+                ping_timeout: ms(400),
+                suspicion_timeout: ms(3000),
+                suspicion_min: ms(1000),
+                indirect_checks: 3,
+                push_pull_interval: ms(30_000),
+                retransmit_mult: 3,
+                max_packet_size: 1400,
+                join_backoff_max: ms(10_000),
+                dead_retention: ms(120_000),
+                udp_buffer: 1 << 20,
+            },
+            Preset::Wan => Self {
+                m: 3,
+                ping_interval: ms(3000),
+                ping_timeout: ms(1200),
+                suspicion_timeout: ms(12_000),
+                suspicion_min: ms(4000),
+                indirect_checks: 4,
+                push_pull_interval: ms(60_000),
+                retransmit_mult: 4,
+                max_packet_size: 1200,
+                join_backoff_max: ms(30_000),
+                dead_retention: ms(300_000),
+                udp_buffer: 1 << 20,
+            },
+        }
+    }
+}
+
+/// Agent API limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiConfig {
+    /// Hard limit on one TCP frame, in bytes.
+    pub max_frame: usize,
+    /// Simultaneous API connections; more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: crate::framing::DEFAULT_MAX_FRAME,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The whole agent config, every value resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub preset: Preset,
+    /// UDP and TCP address; port 0 picks a free port (same number for both).
+    pub bind: SocketAddr,
+    /// Agents to join through. An agent listed here that finds no one else
+    /// starts the cluster alone.
+    pub introducers: Vec<SocketAddr>,
+    /// Where the agent keeps its state.
+    pub data_dir: PathBuf,
+    pub membership: MembershipConfig,
+    pub api: ApiConfig,
+}
+
+/// What a file may say: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    preset: Option<Preset>,
+    bind: Option<SocketAddr>,
+    introducers: Option<Vec<SocketAddr>>,
+    data_dir: Option<PathBuf>,
+    membership: Option<RawMembership>,
+    api: Option<RawApi>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembership {
+    m: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    ping_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    ping_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    suspicion_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    suspicion_min: Option<Duration>,
+    indirect_checks: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    push_pull_interval: Option<Duration>,
+    retransmit_mult: Option<usize>,
+    max_packet_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    join_backoff_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    dead_retention: Option<Duration>,
+    udp_buffer: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    max_frame: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// Default agent port, as in the original's first node.
+pub const DEFAULT_PORT: u16 = 8001;
+
+impl Config {
+    /// The preset's values on the default address.
+    pub fn preset(preset: Preset) -> Self {
+        Self {
+            preset,
+            bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            introducers: Vec::new(),
+            data_dir: PathBuf::from(".dml/data"),
+            membership: MembershipConfig::preset(preset),
+            api: ApiConfig::default(),
+        }
+    }
+
+    /// Parses TOML text; keys left out take the named preset's values.
+    /// The result is not yet validated.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::ConfigFile {
+            path: "<text>".into(),
+            reason: e.to_string(),
+        })?;
+        let mut c = Config::preset(raw.preset.unwrap_or_default());
+        if let Some(v) = raw.bind {
+            c.bind = v;
+        }
+        if let Some(v) = raw.introducers {
+            c.introducers = v;
+        }
+        if let Some(v) = raw.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(m) = raw.membership {
+            let t = &mut c.membership;
+            macro_rules! take {
+                ($($f:ident),*) => { $( if let Some(v) = m.$f { t.$f = v; } )* };
+            }
+            take!(
+                m,
+                ping_interval,
+                ping_timeout,
+                suspicion_timeout,
+                suspicion_min,
+                indirect_checks,
+                push_pull_interval,
+                retransmit_mult,
+                max_packet_size,
+                join_backoff_max,
+                dead_retention,
+                udp_buffer
+            );
+        }
+        if let Some(a) = raw.api {
+            if let Some(v) = a.max_frame {
+                c.api.max_frame = v;
+            }
+            if let Some(v) = a.max_connections {
+                c.api.max_connections = v;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let c = Self::from_toml(&text).map_err(|e| match e {
+            Error::ConfigFile { reason, .. } => Error::ConfigFile {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the invariants the agent relies on; the error names the key and value.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.membership;
+        let bad = |key: &str, value: String, reason: &str| {
+            Err(Error::Config {
+                key: key.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
+        if m.m == 0 || m.m > 16 {
+            return bad("membership.m", m.m.to_string(), "must be between 1 and 16");
+        }
+        if m.ping_interval < Duration::from_millis(10) {
+            return bad(
+                "membership.ping_interval",
+                d(m.ping_interval),
+                "must be at least 10ms",
+            );
+        }
+        if m.ping_timeout.is_zero() || m.ping_timeout * 2 > m.ping_interval {
+            return bad(
+                "membership.ping_timeout",
+                d(m.ping_timeout),
+                "must be above zero and at most half of membership.ping_interval (the indirect probes need the other half)",
+            );
+        }
+        if m.suspicion_min.is_zero() {
+            return bad(
+                "membership.suspicion_min",
+                d(m.suspicion_min),
+                "must be above zero",
+            );
+        }
+        if m.suspicion_timeout < m.suspicion_min {
+            return bad(
+                "membership.suspicion_timeout",
+                d(m.suspicion_timeout),
+                "must be at least membership.suspicion_min",
+            );
+        }
+        if m.indirect_checks > 16 {
+            return bad(
+                "membership.indirect_checks",
+                m.indirect_checks.to_string(),
+                "must be at most 16",
+            );
+        }
+        if m.push_pull_interval < m.ping_interval {
+            return bad(
+                "membership.push_pull_interval",
+                d(m.push_pull_interval),
+                "must be at least membership.ping_interval",
+            );
+        }
+        if m.retransmit_mult == 0 || m.retransmit_mult > 32 {
+            return bad(
+                "membership.retransmit_mult",
+                m.retransmit_mult.to_string(),
+                "must be between 1 and 32",
+            );
+        }
+        if !(512..=65_000).contains(&m.max_packet_size) {
+            return bad(
+                "membership.max_packet_size",
+                m.max_packet_size.to_string(),
+                "must be between 512 and 65000 bytes",
+            );
+        }
+        if m.join_backoff_max < m.ping_interval {
+            return bad(
+                "membership.join_backoff_max",
+                d(m.join_backoff_max),
+                "must be at least membership.ping_interval",
+            );
+        }
+        if m.dead_retention < m.suspicion_timeout {
+            return bad(
+                "membership.dead_retention",
+                d(m.dead_retention),
+                "must be at least membership.suspicion_timeout",
+            );
+        }
+        if !(4096..=(64 << 20)).contains(&m.udp_buffer) {
+            return bad(
+                "membership.udp_buffer",
+                m.udp_buffer.to_string(),
+                "must be between 4096 and 67108864 bytes",
+            );
+        }
+        if !(1024..=(256 << 20)).contains(&self.api.max_frame) {
+            return bad(
+                "api.max_frame",
+                self.api.max_frame.to_string(),
+                "must be between 1024 and 268435456 bytes",
+            );
+        }
+        if self.api.max_connections == 0 {
+            return bad(
+                "api.max_connections",
+                self.api.max_connections.to_string(),
+                "must be above zero",
+            );
+        }
+        if self.bind.ip().is_unspecified() && !self.introducers.is_empty() {
+            return bad(
+                "bind",
+                self.bind.to_string(),
+                "must be a concrete address other members can reach, not a wildcard",
+            );
+        }
+        for i in &self.introducers {
+            if i.port() == 0 || i.ip().is_unspecified() {
+                return bad("introducers", i.to_string(), "must be a reachable address");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid() {
+        for p in [Preset::Local, Preset::Lan, Preset::Wan] {
+            Config::preset(p).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn file_overrides_preset_and_keeps_the_rest() {
+        let c = Config::from_toml(
+            "preset = \"wan\"\n[membership]\nm = 4\nping_interval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.membership.m, 4);
+        assert_eq!(c.membership.ping_interval, Duration::from_secs(2));
+        assert_eq!(
+            c.membership.suspicion_timeout,
+            MembershipConfig::preset(Preset::Wan).suspicion_timeout
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_by_name() {
+        let e = Config::from_toml("[membership]\npingg_interval = \"1s\"\n").unwrap_err();
+        assert!(e.to_string().contains("pingg_interval"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_key_and_value() {
+        let mut c = Config::preset(Preset::Lan);
+        c.membership.ping_timeout = Duration::from_millis(900);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("membership.ping_timeout") && e.contains("900ms"), "{e}");
+        let mut c = Config::preset(Preset::Lan);
+        c.membership.m = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("membership.m") && e.contains("\"0\""), "{e}");
+    }
+}

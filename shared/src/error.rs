@@ -1,0 +1,51 @@
+//! Typed errors shared by the wire, framing, config and client layers.
+
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("packet too short: {len} bytes, the envelope alone needs {need}")]
+    Truncated { len: usize, need: usize },
+    #[error("bad magic number {found:#06x}: not an AwesomeDML packet")]
+    BadMagic { found: u16 },
+    #[error("protocol version {found} is not supported (this build speaks {supported})")]
+    BadVersion { found: u8, supported: u8 },
+    #[error("message kind {found} was not expected here (wanted {expected})")]
+    BadKind { found: u8, expected: u8 },
+    #[error("payload does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("invalid config: key \"{key}\" = \"{value}\": {reason}")]
+    Config {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file \"{path}\": {reason}")]
+    ConfigFile { path: String, reason: String },
+    #[error("agent at {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("cannot reach agent at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("agent refused the request: {0}")]
+    Remote(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Errors that may go away on retry (a peer restarting, a dropped connection).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::Io(_)
+        )
+    }
+}

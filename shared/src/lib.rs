@@ -1,0 +1,20 @@
+//! `dml-shared`: what the agent (`dml-agent`) and the operator binary (`dml`) both speak.
+//!
+//! - [`id`]: node identity (address plus start time).
+//! - [`config`]: the agent's TOML config, presets and `validate()`.
+//! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
+//! - [`framing`]: length-prefixed TCP frames with a hard size limit.
+//! - [`api`]: request and response types of the agent API.
+//! - [`client`]: an async client for that API.
+//! - [`error`]: typed errors.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod framing;
+pub mod id;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use id::NodeId;
