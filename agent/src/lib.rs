@@ -1,0 +1,8 @@
+//! `dml-agent`: the AwesomeDML daemon.
+//!
+//! - [`membership`]: the failure detector (sans-IO core and its UDP driver).
+//! - [`api`]: the TCP request/response server on the same port number.
+//! - [`agent`]: wiring: binds sockets, starts the services, handles signals.
+//! - [`event_log`]: membership events as JSON lines.
+
+pub mod membership;

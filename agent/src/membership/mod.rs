@@ -1,0 +1,19 @@
+//! Membership: a SWIM-style failure detector on a hash ring.
+//!
+//! - [`core`]: the synchronous state machine (packets and time in, packets and events out).
+//! - [`msg`]: datagrams and piggybacked updates.
+//! - [`ring`]: successors to probe and monitors of each member.
+//! - [`suspicion`]: the Lifeguard suspicion timeout.
+//! - [`broadcast`]: the piggyback queue.
+//! - [`stats`]: counters and traffic rates.
+//! - [`driver`]: the tokio task that runs the core over a UDP socket.
+
+pub mod broadcast;
+pub mod core;
+pub mod driver;
+pub mod msg;
+pub mod ring;
+pub mod stats;
+pub mod suspicion;
+
+pub use self::core::{Event, Membership, Status};
