@@ -1,1 +1,34 @@
-//! placeholder
+//! `dml-tests`: a harness that spawns the real AwesomeDML binaries on 127.0.0.1,
+//! used by the cluster tests in `tests/tests/` and by the bench binary.
+//!
+//! - [`bins`]: finds `dml-agent` and `dml` next to the running test or bench executable.
+//! - [`dir`]: a per-test directory for configs, logs and event logs, kept when a test fails.
+//! - [`agent`]: [`Agent`], a guard around one `dml-agent` process (killed on drop),
+//!   started from an [`AgentSpec`].
+//! - [`cluster`]: [`Cluster`], an introducer plus agents joining through it, and the
+//!   timers the tests use ([`test_membership`]).
+//! - [`view`]: reading and comparing the agents' membership views.
+//! - [`wait`]: [`wait_until`] / [`wait_for`], polling a condition against a deadline
+//!   (never a fixed sleep).
+//! - [`events`]: parsing an agent's `--event-log`.
+//! - [`dml`]: running the `dml` command-line binary.
+//! - [`ports`]: picking a port that is free for both UDP and TCP.
+//!
+//! Nothing here fixes timing: every wait polls against a deadline the caller gives.
+
+pub mod agent;
+pub mod bins;
+pub mod cluster;
+pub mod dir;
+pub mod dml;
+pub mod events;
+pub mod ports;
+pub mod view;
+pub mod wait;
+
+pub use agent::{Agent, AgentSpec};
+pub use cluster::{Cluster, test_membership};
+pub use dir::TestDir;
+pub use dml::{DmlOutput, run_dml};
+pub use events::{Event, EventKind};
+pub use wait::{wait_for, wait_until};

@@ -1,0 +1,134 @@
+//! [`Cluster`]: an introducer and agents joining through it, all in one [`TestDir`].
+
+use crate::agent::{Agent, AgentSpec};
+use crate::dir::TestDir;
+use crate::view::wait_converged;
+use anyhow::{Context, Result};
+use dml_shared::NodeId;
+use dml_shared::config::{MembershipConfig, Preset};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Timers for real-process tests: a few times faster than the `local` preset, with enough
+/// slack (a ping timeout of 150 ms, suspicions of 1–2 s) that a loaded two-core machine
+/// running two 10-agent clusters does not produce false failures. A crash is detected in
+/// about `ping_interval + 2 * ping_timeout + suspicion_timeout`, under 3 s.
+pub fn test_membership() -> MembershipConfig {
+    let ms = Duration::from_millis;
+    MembershipConfig {
+        ping_interval: ms(400),
+        ping_timeout: ms(150),
+        suspicion_min: ms(1000),
+        suspicion_timeout: ms(2000),
+        push_pull_interval: ms(3000),
+        join_backoff_max: ms(1000),
+        ..MembershipConfig::preset(Preset::Local)
+    }
+}
+
+/// Agents on 127.0.0.1 sharing one membership config. `agents[0]` is the introducer when
+/// started with [`Cluster::start`]; agents are killed when the cluster is dropped, and the
+/// directory is kept if the test failed.
+pub struct Cluster {
+    /// Declared before `dir` so the agents die before their directory is removed.
+    pub agents: Vec<Agent>,
+    membership: MembershipConfig,
+    dir: TestDir,
+    next: usize,
+}
+
+impl Cluster {
+    /// A cluster with no agent yet, its files under a new [`TestDir`] named `name`.
+    pub fn new(name: &str, membership: MembershipConfig) -> Result<Self> {
+        Ok(Self {
+            agents: Vec::new(),
+            membership,
+            dir: TestDir::new(name)?,
+            next: 0,
+        })
+    }
+
+    /// Starts an introducer, then `n - 1` agents joining through it. Does not wait for them
+    /// to converge (see [`Cluster::wait_converged`]).
+    pub async fn start(name: &str, n: usize, membership: MembershipConfig) -> Result<Self> {
+        let mut c = Self::new(name, membership)?;
+        for _ in 0..n {
+            c.add().await?;
+        }
+        Ok(c)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn membership(&self) -> &MembershipConfig {
+        &self.membership
+    }
+
+    /// The first agent's address, which the others join through.
+    pub fn introducer_addr(&self) -> Option<SocketAddr> {
+        self.agents.first().map(Agent::addr)
+    }
+
+    /// A spec for the next agent: named `a<i>`, this cluster's timers, joining through the
+    /// introducer if there is one.
+    pub fn spec(&mut self) -> AgentSpec {
+        let spec = AgentSpec::new(format!("a{}", self.next), self.membership.clone());
+        self.next += 1;
+        match self.introducer_addr() {
+            Some(i) => spec.introducer(i),
+            None => spec,
+        }
+    }
+
+    /// Starts an agent from `spec` in this cluster's directory; returns its index.
+    pub async fn spawn(&mut self, spec: AgentSpec) -> Result<usize> {
+        let name = spec.name.clone();
+        let agent = Agent::start(spec, self.dir.path())
+            .await
+            .with_context(|| format!("starting agent {name}"))?;
+        self.agents.push(agent);
+        Ok(self.agents.len() - 1)
+    }
+
+    /// Starts one more agent joining through the introducer; returns its index.
+    pub async fn add(&mut self) -> Result<usize> {
+        let spec = self.spec();
+        self.spawn(spec).await
+    }
+
+    /// The agents whose processes have not exited (stopped ones included).
+    pub fn running(&mut self) -> Vec<&Agent> {
+        self.agents
+            .iter_mut()
+            .filter_map(|a| a.is_running().then_some(&*a))
+            .collect()
+    }
+
+    /// The agents at `indices`.
+    pub fn pick(&self, indices: &[usize]) -> Vec<&Agent> {
+        indices.iter().map(|&i| &self.agents[i]).collect()
+    }
+
+    /// The agents not at `indices`.
+    pub fn others(&self, indices: &[usize]) -> Vec<&Agent> {
+        (0..self.agents.len())
+            .filter(|i| !indices.contains(i))
+            .map(|i| &self.agents[i])
+            .collect()
+    }
+
+    /// The start identities of the agents at `indices`.
+    pub fn ids(&self, indices: &[usize]) -> Vec<NodeId> {
+        indices.iter().map(|&i| self.agents[i].id()).collect()
+    }
+
+    /// Waits until every running agent lists exactly the running agents as live.
+    pub async fn wait_converged(&mut self, timeout: Duration) -> Result<BTreeSet<NodeId>> {
+        let running = self.running();
+        wait_converged(&running, timeout).await
+    }
+}
