@@ -1,0 +1,485 @@
+//! `dml local up|status|down`: a cluster of agents on this machine, recorded in a
+//! run directory so later commands find (and stop) exactly what was started.
+//!
+//! - [`record`]: `cluster.json`, pid and log file names.
+//! - [`process`]: starting, probing and stopping processes (detached or in tmux).
+
+pub mod process;
+pub mod record;
+
+use crate::cli::{DownArgs, LocalCommand, RunDirArg, UpArgs};
+use crate::report::render_table;
+use anyhow::{Context, Result, bail};
+use dml_shared::client::Client;
+use process::Stopped;
+use record::{AgentRecord, ClusterRecord, TMUX_SESSION};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Time allowed for one API probe while waiting for agents or reporting status.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between two rounds of readiness probes.
+const READY_POLL: Duration = Duration::from_millis(100);
+/// Log lines shown for an agent that failed to start.
+const LOG_TAIL_LINES: usize = 8;
+
+pub async fn run(cmd: &LocalCommand, json: bool) -> Result<()> {
+    match cmd {
+        LocalCommand::Up(a) => up(a, json).await,
+        LocalCommand::Status(a) => status(a, json).await,
+        LocalCommand::Down(a) => down(a, json),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `--agent-bin`, or `dml-agent` beside the running `dml`.
+pub fn find_agent_bin(given: Option<&Path>) -> Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("cannot tell where dml runs from; pass --agent-bin")?
+            .parent()
+            .map(|d| d.join(process::AGENT_BIN_NAME))
+            .context("cannot tell where dml runs from; pass --agent-bin")?,
+    };
+    if !path.is_file() {
+        bail!(
+            "agent binary not found at {}: build it with `cargo build --bin dml-agent` \
+             (next to dml) or pass --agent-bin PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Ports `base..base+count`, or an error naming the flags when they overflow.
+pub fn ports(base: u16, count: u16) -> Result<Vec<u16>> {
+    let last = u32::from(base) + u32::from(count) - 1;
+    if base == 0 || last > u32::from(u16::MAX) {
+        bail!("--base-port {base} with -n {count} needs ports up to {last}; ports run 1 to 65535");
+    }
+    Ok((base..=last as u16).collect())
+}
+
+/// Arguments of one agent of the local cluster.
+pub fn agent_args(preset: &str, port: u16, introducer: SocketAddr, run_dir: &Path) -> Vec<String> {
+    vec![
+        "--preset".into(),
+        preset.into(),
+        "--bind".into(),
+        format!("127.0.0.1:{port}"),
+        "--introducer".into(),
+        introducer.to_string(),
+        "--data-dir".into(),
+        record::data_dir(run_dir, port)
+            .to_string_lossy()
+            .into_owned(),
+    ]
+}
+
+/// Recorded agents (from cluster.json and stray pid files) that still run.
+fn live_agents(run_dir: &Path) -> Result<Vec<(u16, i32)>> {
+    let mut all = record::pid_files(run_dir);
+    if let Some(r) = ClusterRecord::load(run_dir)? {
+        all.extend(r.agents.iter().map(|a| (a.port, a.pid)));
+    }
+    all.sort();
+    all.dedup();
+    Ok(all
+        .into_iter()
+        .filter(|(_, pid)| process::is_live_agent(*pid))
+        .collect())
+}
+
+fn remove_records(run_dir: &Path) {
+    for (port, _) in record::pid_files(run_dir) {
+        let _ = std::fs::remove_file(record::pid_file(run_dir, port));
+    }
+    let _ = std::fs::remove_file(record::cluster_file(run_dir));
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[from..].iter().map(|l| format!("    {l}\n")).collect()
+}
+
+async fn up(a: &UpArgs, json: bool) -> Result<()> {
+    let ports = ports(a.base_port, a.count)?;
+    let bin = find_agent_bin(a.agent_bin.as_deref())?;
+    std::fs::create_dir_all(&a.run.run_dir)
+        .with_context(|| format!("cannot create {}", a.run.run_dir.display()))?;
+    let run_dir = a.run.run_dir.canonicalize()?;
+    let live = live_agents(&run_dir)?;
+    if !live.is_empty() {
+        let pids: Vec<String> = live
+            .iter()
+            .map(|(p, pid)| format!("{pid} (port {p})"))
+            .collect();
+        bail!(
+            "{} already has live agents: pids {}; run `dml local down --run-dir {}` first",
+            run_dir.display(),
+            pids.join(", "),
+            a.run.run_dir.display()
+        );
+    }
+    if a.tmux && process::tmux_has_session(TMUX_SESSION) {
+        bail!(
+            "tmux session \"{TMUX_SESSION}\" already exists; stop it with \
+             `tmux kill-session -t {TMUX_SESSION}` first"
+        );
+    }
+    remove_records(&run_dir);
+
+    let introducer: SocketAddr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let mut rec = ClusterRecord {
+        created_ms: now_ms(),
+        preset: a.preset.as_str().into(),
+        agent_bin: bin.clone(),
+        introducer,
+        tmux_session: a.tmux.then(|| TMUX_SESSION.to_string()),
+        agents: Vec::new(),
+    };
+    let mut children: Vec<Child> = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let args = agent_args(a.preset.as_str(), port, introducer, &run_dir);
+        let log = record::log_file(&run_dir, port);
+        let started = if a.tmux {
+            let _ = std::fs::remove_file(&log);
+            let line = process::tmux_command_line(&bin, &args);
+            process::tmux_start(TMUX_SESSION, i == 0, &format!("agent-{port}"), &line, &log)
+        } else {
+            process::spawn_detached(&bin, &args, &log).map(|c| {
+                let pid = c.id() as i32;
+                children.push(c);
+                pid
+            })
+        };
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                abort(&rec, &run_dir);
+                return Err(e.context(format!("starting the agent on port {port}")));
+            }
+        };
+        std::fs::write(record::pid_file(&run_dir, port), format!("{pid}\n"))?;
+        rec.agents.push(AgentRecord {
+            port,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid,
+            started_ms: now_ms(),
+            log,
+            node_id: None,
+        });
+        rec.save(&run_dir)?;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
+    let failures = wait_ready(&mut rec, &mut children, deadline).await;
+    // The agents run in their own sessions; dropping the handles leaves them running.
+    drop(children);
+    if !failures.is_empty() {
+        abort(&rec, &run_dir);
+        let mut msg = format!(
+            "{} of {} agents did not come up, so all were stopped:\n",
+            failures.len(),
+            rec.agents.len()
+        );
+        for (agent, why) in failures {
+            msg += &format!(
+                "  port {} (pid {}): {why}; last lines of {}:\n{}",
+                agent.port,
+                agent.pid,
+                agent.log.display(),
+                log_tail(&agent.log)
+            );
+        }
+        bail!(msg.trim_end().to_string());
+    }
+    rec.save(&run_dir)?;
+
+    if json {
+        println!("{}", serde_json::to_string(&rec)?);
+    } else {
+        println!(
+            "{} agents up (preset {}, introducer {}){}; logs and pids in {}",
+            rec.agents.len(),
+            rec.preset,
+            rec.introducer,
+            if a.tmux {
+                ", in tmux session \"dml\""
+            } else {
+                ""
+            },
+            run_dir.display()
+        );
+        let rows: Vec<Vec<String>> = rec
+            .agents
+            .iter()
+            .map(|ag| {
+                vec![
+                    ag.port.to_string(),
+                    ag.pid.to_string(),
+                    ag.node_id.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!("{}", render_table(&["PORT", "PID", "NODE ID"], &rows));
+    }
+    Ok(())
+}
+
+/// Polls every agent's `id()` until all answer or `deadline`; returns the ones
+/// that exited or never answered, with the reason.
+async fn wait_ready(
+    rec: &mut ClusterRecord,
+    children: &mut [Child],
+    deadline: Instant,
+) -> Vec<(AgentRecord, String)> {
+    let mut last_error: Vec<Option<String>> = vec![None; rec.agents.len()];
+    let mut exited: Vec<bool> = vec![false; rec.agents.len()];
+    loop {
+        for c in children.iter_mut() {
+            let _ = c.try_wait();
+        }
+        let mut pending = false;
+        for (i, agent) in rec.agents.iter_mut().enumerate() {
+            if agent.node_id.is_some() || exited[i] {
+                continue;
+            }
+            if !process::is_running(agent.pid) {
+                exited[i] = true;
+                continue;
+            }
+            let mut client = Client::new(agent.addr).with_timeout(PROBE_TIMEOUT);
+            match client.id().await {
+                Ok(info) => agent.node_id = Some(info.id.to_string()),
+                Err(e) => {
+                    last_error[i] = Some(e.to_string());
+                    pending = true;
+                }
+            }
+        }
+        if !pending || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+    rec.agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.node_id.is_none())
+        .map(|(i, a)| {
+            let why = if exited[i] {
+                "exited".to_string()
+            } else {
+                format!(
+                    "no answer before the deadline ({})",
+                    last_error[i].as_deref().unwrap_or("never probed")
+                )
+            };
+            (a.clone(), why)
+        })
+        .collect()
+}
+
+/// Stops whatever `rec` started and forgets it (used when `up` fails half-way).
+fn abort(rec: &ClusterRecord, run_dir: &Path) {
+    for a in &rec.agents {
+        let _ = process::stop(a.pid, Duration::from_secs(2));
+    }
+    if let Some(s) = &rec.tmux_session {
+        let _ = process::tmux_kill_session(s);
+    }
+    remove_records(run_dir);
+}
+
+async fn status(a: &RunDirArg, json: bool) -> Result<()> {
+    let Some(rec) = ClusterRecord::load(&a.run_dir)? else {
+        if json {
+            println!("{}", json!({"run_dir": a.run_dir, "agents": []}));
+        } else {
+            println!("no cluster recorded in {}", a.run_dir.display());
+        }
+        return Ok(());
+    };
+    let mut rows = Vec::new();
+    let mut values = Vec::new();
+    for agent in &rec.agents {
+        let alive = process::is_live_agent(agent.pid);
+        let mut client = Client::new(agent.addr).with_timeout(PROBE_TIMEOUT);
+        let members = client.members().await;
+        let live_members = members
+            .as_ref()
+            .ok()
+            .map(|m| m.iter().filter(|m| m.state.is_live()).count());
+        values.push(json!({
+            "port": agent.port,
+            "pid": agent.pid,
+            "alive": alive,
+            "answering": members.is_ok(),
+            "members": live_members,
+            "node_id": agent.node_id,
+            "log": agent.log,
+        }));
+        rows.push(vec![
+            agent.port.to_string(),
+            agent.pid.to_string(),
+            if alive { "running" } else { "gone" }.to_string(),
+            if members.is_ok() {
+                "answering"
+            } else {
+                "no answer"
+            }
+            .to_string(),
+            live_members.map_or("-".into(), |n| n.to_string()),
+            agent.node_id.clone().unwrap_or_default(),
+        ]);
+    }
+    if json {
+        println!(
+            "{}",
+            json!({"run_dir": a.run_dir, "tmux_session": rec.tmux_session, "agents": values})
+        );
+    } else {
+        print!(
+            "{}",
+            render_table(
+                &["PORT", "PID", "PROCESS", "API", "MEMBERS", "NODE ID"],
+                &rows
+            )
+        );
+    }
+    Ok(())
+}
+
+fn down(a: &DownArgs, json: bool) -> Result<()> {
+    let run_dir = &a.run.run_dir;
+    let rec = ClusterRecord::load(run_dir)?;
+    let mut targets = record::pid_files(run_dir);
+    if let Some(r) = &rec {
+        targets.extend(r.agents.iter().map(|ag| (ag.port, ag.pid)));
+    }
+    targets.sort();
+    targets.dedup();
+    let grace = Duration::from_secs(a.timeout_secs);
+    // Stop all at once: each may take up to the grace period.
+    let results: Vec<(u16, i32, Result<Stopped>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|&(port, pid)| s.spawn(move || (port, pid, process::stop(pid, grace))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stop thread panicked"))
+            .collect()
+    });
+    if let Some(session) = rec.as_ref().and_then(|r| r.tmux_session.as_deref()) {
+        process::tmux_kill_session(session)?;
+    }
+    remove_records(run_dir);
+
+    let mut failed = Vec::new();
+    let mut values = Vec::new();
+    let mut rows = Vec::new();
+    for (port, pid, r) in results {
+        let outcome = match &r {
+            Ok(Stopped::NotRunning) => "not running".to_string(),
+            Ok(Stopped::Terminated) => "stopped".to_string(),
+            Ok(Stopped::Killed) => "killed after the grace period".to_string(),
+            Err(e) => {
+                failed.push(format!("port {port} pid {pid}: {e:#}"));
+                format!("error: {e:#}")
+            }
+        };
+        values.push(json!({"port": port, "pid": pid, "outcome": outcome}));
+        rows.push(vec![port.to_string(), pid.to_string(), outcome]);
+    }
+    if json {
+        println!("{}", json!({"run_dir": run_dir, "agents": values}));
+    } else if rows.is_empty() {
+        println!("nothing recorded in {}", run_dir.display());
+    } else {
+        print!("{}", render_table(&["PORT", "PID", "OUTCOME"], &rows));
+    }
+    if !failed.is_empty() {
+        bail!("could not stop every agent:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_run_from_the_base_and_refuse_overflow() {
+        assert_eq!(ports(8001, 3).unwrap(), vec![8001, 8002, 8003]);
+        assert_eq!(ports(65535, 1).unwrap(), vec![65535]);
+        let e = ports(65535, 2).unwrap_err().to_string();
+        assert!(e.contains("--base-port 65535"), "{e}");
+        assert!(ports(0, 1).is_err());
+    }
+
+    #[test]
+    fn every_agent_is_told_the_first_port_is_the_introducer() {
+        let intro: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+        let args = agent_args("local", 8001, intro, Path::new("/r"));
+        assert_eq!(
+            args,
+            [
+                "--preset",
+                "local",
+                "--bind",
+                "127.0.0.1:8001",
+                "--introducer",
+                "127.0.0.1:8001",
+                "--data-dir",
+                "/r/data-8001"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_agent_binary_is_a_clear_error() {
+        let e = find_agent_bin(Some(Path::new("/nonexistent/dml-agent")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("agent binary not found at /nonexistent/dml-agent"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn down_on_an_empty_run_dir_stops_nothing() {
+        let dir = std::env::temp_dir().join(format!("dml-down-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A pid file pointing at a process that is not an agent must be left alone.
+        let me = std::process::id() as i32;
+        std::fs::write(record::pid_file(&dir, 9), format!("{me}\n")).unwrap();
+        down(
+            &DownArgs {
+                run: RunDirArg {
+                    run_dir: dir.clone(),
+                },
+                timeout_secs: 1,
+            },
+            true,
+        )
+        .unwrap();
+        assert!(process::is_running(me));
+        assert!(record::pid_files(&dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
