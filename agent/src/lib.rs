@@ -2,7 +2,10 @@
 //!
 //! - [`membership`]: the failure detector (sans-IO core and its UDP driver).
 //! - [`api`]: the TCP request/response server on the same port number.
-//! - [`agent`]: wiring: binds sockets, starts the services, handles signals.
+//! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
 
+pub mod agent;
+pub mod api;
+pub mod event_log;
 pub mod membership;

@@ -1,1 +1,239 @@
-//! placeholder
+//! The tokio task that owns a [`Membership`] core and runs it over UDP.
+//! Everything else reaches the core through [`MembershipHandle`].
+
+use super::core::{Event, Membership, Status};
+use dml_shared::NodeId;
+use dml_shared::api::{IdInfo, MemberInfo, Stats};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Largest datagram accepted; anything longer is truncated by the kernel and
+/// then fails to decode.
+const RECV_BUFFER: usize = 65_536;
+/// Membership events kept for slow subscribers before they lag.
+const EVENT_BACKLOG: usize = 1024;
+
+/// A membership event with its wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct TimedEvent {
+    pub unix_ms: u64,
+    pub event: Event,
+}
+
+enum Command {
+    Id(oneshot::Sender<IdInfo>),
+    Members(oneshot::Sender<Vec<MemberInfo>>),
+    Stats(oneshot::Sender<Stats>),
+    Join(oneshot::Sender<()>),
+    Leave(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Binds a UDP socket with the configured kernel buffer sizes.
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(buffer)?;
+    socket.set_send_buffer_size(buffer)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Clone)]
+pub struct MembershipHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<TimedEvent>,
+}
+
+/// The running task; [`MembershipTask::shutdown`] leaves the group and stops it.
+pub struct MembershipTask {
+    pub handle: MembershipHandle,
+    join: JoinHandle<()>,
+}
+
+impl MembershipTask {
+    /// Announces a leave to the group, then stops the task.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.handle.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = self.join.await;
+    }
+}
+
+impl MembershipHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn id(&self) -> Option<IdInfo> {
+        self.ask(Command::Id).await
+    }
+
+    pub async fn members(&self) -> Option<Vec<MemberInfo>> {
+        self.ask(Command::Members).await
+    }
+
+    pub async fn stats(&self) -> Option<Stats> {
+        self.ask(Command::Stats).await
+    }
+
+    pub async fn join(&self) -> Option<()> {
+        self.ask(Command::Join).await
+    }
+
+    pub async fn leave(&self) -> Option<()> {
+        self.ask(Command::Leave).await
+    }
+
+    /// Every membership event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TimedEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// Starts the task. `join` says whether to join the group right away.
+pub fn spawn(socket: UdpSocket, mut core: Membership, join: bool) -> MembershipTask {
+    let (tx, rx) = mpsc::channel(64);
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let handle = MembershipHandle {
+        tx,
+        events: events.clone(),
+    };
+    let started = Instant::now();
+    if join {
+        core.join(started);
+    }
+    let join = tokio::spawn(run(socket, core, rx, events, started));
+    MembershipTask { handle, join }
+}
+
+async fn run(
+    socket: UdpSocket,
+    mut core: Membership,
+    mut rx: mpsc::Receiver<Command>,
+    events: broadcast::Sender<TimedEvent>,
+    started: Instant,
+) {
+    let mut buf = vec![0u8; RECV_BUFFER];
+    loop {
+        flush(&socket, &mut core, &events).await;
+        let wake = tokio::time::Instant::from_std(core.poll_at());
+        tokio::select! {
+            recv = socket.recv_from(&mut buf) => match recv {
+                Ok((len, from)) => {
+                    if let Err(e) = core.handle_datagram(from, &buf[..len], Instant::now()) {
+                        tracing::debug!(%from, len, error = %e, "dropped bad datagram");
+                    }
+                }
+                // ICMP port-unreachable and the like: transient, keep serving.
+                Err(e) => tracing::debug!(error = %e, "udp receive error"),
+            },
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { return };
+                let now = Instant::now();
+                match cmd {
+                    Command::Id(reply) => {
+                        let _ = reply.send(IdInfo {
+                            id: core.id(),
+                            incarnation: core.incarnation(),
+                            joined: core.status() == Status::Joined,
+                        });
+                    }
+                    Command::Members(reply) => {
+                        let _ = reply.send(core.member_infos(now));
+                    }
+                    Command::Stats(reply) => {
+                        let _ = reply.send(stats(&core, now, started));
+                    }
+                    Command::Join(reply) => {
+                        core.join(now);
+                        let _ = reply.send(());
+                    }
+                    Command::Leave(reply) => {
+                        core.leave(now);
+                        let _ = reply.send(());
+                    }
+                    Command::Shutdown(reply) => {
+                        core.leave(now);
+                        flush(&socket, &mut core, &events).await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => core.handle_tick(Instant::now()),
+        }
+    }
+}
+
+async fn flush(socket: &UdpSocket, core: &mut Membership, events: &broadcast::Sender<TimedEvent>) {
+    for (to, bytes) in core.drain_outbox() {
+        if let Err(e) = socket.send_to(&bytes, to).await {
+            tracing::debug!(%to, error = %e, "udp send failed");
+        }
+    }
+    for event in core.drain_events() {
+        log_event(&event);
+        let _ = events.send(TimedEvent {
+            unix_ms: unix_ms(),
+            event,
+        });
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Joined(id) => tracing::info!(member = %id, "member joined"),
+        Event::Alive(id) => tracing::info!(member = %id, "suspicion refuted"),
+        Event::Suspect(id) => tracing::info!(member = %id, "member suspected"),
+        Event::Failed(id) => tracing::warn!(member = %id, "member failed"),
+        Event::Left(id) => tracing::info!(member = %id, "member left"),
+        Event::Rejoined(id) => {
+            tracing::warn!(member = %id, "declared failed while alive; re-joined as a new identity")
+        }
+    }
+}
+
+fn stats(core: &Membership, now: Instant, started: Instant) -> Stats {
+    let c = core.counters();
+    let r = core.rates(now);
+    Stats {
+        uptime_ms: now.duration_since(started).as_millis() as u64,
+        bytes_sent_per_s: r.bytes_sent,
+        bytes_recv_per_s: r.bytes_recv,
+        packets_sent_per_s: r.packets_sent,
+        packets_recv_per_s: r.packets_recv,
+        bytes_sent: c.bytes_sent,
+        bytes_recv: c.bytes_recv,
+        packets_sent: c.packets_sent,
+        packets_recv: c.packets_recv,
+        probes_sent: c.probes_sent,
+        suspicions: c.suspicions,
+        refuted: c.refuted,
+        declared_failed: c.declared_failed,
+        false_failures: c.false_failures,
+        bad_packets: c.bad_packets,
+        bad_frames: 0,
+        members_live: core.live_members().len() as u64,
+    }
+}
+
+/// Identity for a process starting now at `addr`.
+pub fn identity_now(addr: SocketAddr) -> NodeId {
+    NodeId::new(addr, unix_ms())
+}

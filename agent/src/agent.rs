@@ -1,0 +1,80 @@
+//! Wiring of one agent: binds the TCP listener and the UDP socket on the same
+//! port, starts membership and the API, and stops them in order.
+
+use crate::api::ApiServer;
+use crate::membership::Membership;
+use crate::membership::driver::{self, MembershipHandle, MembershipTask};
+use anyhow::{Context, bail};
+use dml_shared::NodeId;
+use dml_shared::config::Config;
+use std::net::SocketAddr;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// Tries at finding a port free for both TCP and UDP when binding port 0.
+const PORT_PICK_TRIES: usize = 32;
+
+pub struct Agent {
+    pub id: NodeId,
+    membership: MembershipTask,
+    api: ApiServer,
+}
+
+/// Binds TCP and UDP to the same port number.
+async fn bind_pair(
+    addr: SocketAddr,
+    udp_buffer: usize,
+) -> anyhow::Result<(TcpListener, UdpSocket)> {
+    let tries = if addr.port() == 0 { PORT_PICK_TRIES } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on TCP {addr}"))?;
+        let bound = tcp.local_addr()?;
+        match driver::bind_udp(bound, udp_buffer) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one try");
+    bail!("cannot bind UDP on the TCP port of {addr}: {e}")
+}
+
+impl Agent {
+    /// Starts an agent; `join` says whether it joins the group right away.
+    pub async fn start(cfg: &Config, join: bool) -> anyhow::Result<Self> {
+        let (tcp, udp) = bind_pair(cfg.bind, cfg.membership.udp_buffer).await?;
+        let addr = tcp.local_addr()?;
+        if addr.ip().is_unspecified() {
+            bail!(
+                "bind address {addr} is a wildcard; give the address other members reach this agent at"
+            );
+        }
+        let id = driver::identity_now(addr);
+        let seed = id.ring_hash() ^ id.started;
+        let core = Membership::new(
+            id,
+            cfg.membership.clone(),
+            cfg.introducers.clone(),
+            seed,
+            std::time::Instant::now(),
+        );
+        let membership = driver::spawn(udp, core, join);
+        let api = ApiServer::spawn(tcp, cfg.api.clone(), membership.handle.clone());
+        Ok(Self {
+            id,
+            membership,
+            api,
+        })
+    }
+
+    pub fn membership(&self) -> &MembershipHandle {
+        &self.membership.handle
+    }
+
+    /// Leaves the group gracefully, then stops every service.
+    pub async fn shutdown(self) {
+        self.membership.shutdown().await;
+        self.api.shutdown().await;
+    }
+}

@@ -1,0 +1,126 @@
+//! The agent API: framed postcard requests over TCP, on the same port number
+//! as the membership UDP socket.
+
+use crate::membership::driver::MembershipHandle;
+use dml_shared::api::{Request, Response};
+use dml_shared::config::ApiConfig;
+use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::wire::{self, Kind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// A connection idle this long is closed.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+pub struct ApiServer {
+    shutdown: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Serves on an already-bound listener until [`ApiServer::shutdown`].
+    pub fn spawn(listener: TcpListener, cfg: ApiConfig, membership: MembershipHandle) -> Self {
+        let (shutdown, rx) = watch::channel(false);
+        let join = tokio::spawn(accept_loop(listener, cfg, membership, rx));
+        Self { shutdown, join }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.join.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    cfg: ApiConfig,
+    membership: MembershipHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let bad_frames = Arc::new(AtomicU64::new(0));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: transient.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing API connection: too many open");
+            continue;
+        };
+        let membership = membership.clone();
+        let bad_frames = bad_frames.clone();
+        let max_frame = cfg.max_frame;
+        tokio::spawn(async move {
+            if let Err(e) = serve(stream, max_frame, &membership, &bad_frames).await {
+                tracing::debug!(%peer, error = %e, "API connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    max_frame: usize,
+    membership: &MembershipHandle,
+    bad_frames: &AtomicU64,
+) -> dml_shared::Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream, max_frame))
+            .await
+        {
+            Err(_) | Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(f))) => f,
+            Ok(Err(e)) => {
+                bad_frames.fetch_add(1, Ordering::Relaxed);
+                let msg = Response::Error(format!("bad frame: {e}"));
+                let _ =
+                    write_frame(&mut stream, &wire::encode(Kind::Response, &msg), max_frame).await;
+                return Err(e);
+            }
+        };
+        let response = match wire::decode::<Request>(Kind::Request, &frame) {
+            Ok(req) => handle(req, membership, bad_frames).await,
+            Err(e) => {
+                bad_frames.fetch_add(1, Ordering::Relaxed);
+                let msg = Response::Error(format!("bad request: {e}"));
+                write_frame(&mut stream, &wire::encode(Kind::Response, &msg), max_frame).await?;
+                return Err(e);
+            }
+        };
+        write_frame(
+            &mut stream,
+            &wire::encode(Kind::Response, &response),
+            max_frame,
+        )
+        .await?;
+    }
+}
+
+async fn handle(req: Request, m: &MembershipHandle, bad_frames: &AtomicU64) -> Response {
+    let gone = || Response::Error("membership task is shutting down".into());
+    match req {
+        Request::Id => m.id().await.map_or_else(gone, Response::Id),
+        Request::Members => m.members().await.map_or_else(gone, Response::Members),
+        Request::Stats => m.stats().await.map_or_else(gone, |mut s| {
+            s.bad_frames = bad_frames.load(Ordering::Relaxed);
+            Response::Stats(s)
+        }),
+        Request::Join => m.join().await.map_or_else(gone, |()| Response::Ok),
+        Request::Leave => m.leave().await.map_or_else(gone, |()| Response::Ok),
+    }
+}
