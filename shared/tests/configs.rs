@@ -70,7 +70,10 @@ fn an_unknown_key_is_an_error_not_ignored() {
     let path = configs_dir().join("invalid/unknown-membership-key.toml");
     let err = Config::load(&path).unwrap_err().to_string();
     assert!(err.contains("pingg_interval"), "{err}");
-    assert!(err.contains("unknown-membership-key.toml"), "names the file: {err}");
+    assert!(
+        err.contains("unknown-membership-key.toml"),
+        "names the file: {err}"
+    );
 }
 
 #[test]
@@ -84,7 +87,10 @@ fn example_configs_load_and_match_their_preset_exactly() {
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(c.preset, preset);
         let defaults = Config::preset(preset);
-        assert_eq!(c.membership, defaults.membership, "{name}.toml [membership]");
+        assert_eq!(
+            c.membership, defaults.membership,
+            "{name}.toml [membership]"
+        );
         assert_eq!(c.api, defaults.api, "{name}.toml [api]");
         assert!(!c.introducers.is_empty(), "{name}.toml names introducers");
     }
