@@ -5,7 +5,7 @@
 //! [`Membership::handle_tick`] next.
 
 use super::broadcast::Broadcasts;
-use super::msg::{Message, Tag, Update, UpdateKind, tag};
+use super::msg::{Message, Tag, Update, UpdateKind, probe_tag, tag};
 use super::ring::Ring;
 use super::stats::{Counters, Rates, Traffic};
 use super::suspicion;
@@ -416,21 +416,20 @@ impl Membership {
             Message::Ping {
                 seq,
                 target,
-                from: from_tag,
                 updates,
             } => {
-                if target != tag(&self.me) {
+                if target != probe_tag(&self.me) {
                     return; // meant for an earlier identity at this address
                 }
-                if let Some(stale) = self.tombstone_of(from, from_tag) {
-                    // The sender was declared failed or left: tell it so it re-joins.
+                if let Some(stale) = self.tombstone_of(from) {
+                    // The sender was declared failed or left: tell it so it
+                    // re-joins. Still ack: it may be a newer identity.
                     self.send(
                         from,
                         &Message::Gossip {
                             updates: vec![stale],
                         },
                     );
-                    return;
                 }
                 let sender = self.heard_from(from, now);
                 self.apply_all(&updates, from, now);
@@ -481,8 +480,7 @@ impl Membership {
                     target.addr,
                     &Message::Ping {
                         seq: my_seq,
-                        target: tag(&target),
-                        from: tag(&self.me),
+                        target: probe_tag(&target),
                         updates,
                     },
                 );
@@ -724,19 +722,26 @@ impl Membership {
 
     /// Raises a suspicion about a member that missed its probes, and tells the
     /// suspect (so it can refute) and its other monitors (so they can confirm).
+    /// A member already suspected by others gets this agent's confirmation,
+    /// which shortens the suspicion (Lifeguard).
     fn suspect(&mut self, id: NodeId, now: Instant) {
+        let me = tag(&self.me);
         let Some(m) = self.members.get(&id) else {
             return;
         };
-        if m.state != MemberState::Alive {
-            return;
-        }
+        let already = match (&m.state, &m.suspicion) {
+            (MemberState::Alive, _) => false,
+            (MemberState::Suspect, Some(s)) if !s.confirmers.contains(&me) => true,
+            _ => return,
+        };
         let u = Update {
             id,
             incarnation: m.incarnation,
-            kind: UpdateKind::Suspect { by: tag(&self.me) },
+            kind: UpdateKind::Suspect { by: me },
         };
-        self.traffic.counters.suspicions += 1;
+        if !already {
+            self.traffic.counters.suspicions += 1;
+        }
         self.apply(u, self.me.addr, now);
         let bytes = Message::Gossip { updates: vec![u] }.encode();
         let mut to = self.ring.monitors(&id, self.cfg.m);
@@ -829,8 +834,7 @@ impl Membership {
                 target.addr,
                 &Message::Ping {
                     seq,
-                    target: tag(&target),
-                    from: tag(&self.me),
+                    target: probe_tag(&target),
                     updates,
                 },
             );
@@ -941,20 +945,13 @@ impl Membership {
         Some(id)
     }
 
-    /// The update to send back to a sender whose identity is a tombstone here.
-    fn tombstone_of(&self, from: SocketAddr, from_tag: Tag) -> Option<Update> {
-        let live_there = self
-            .by_addr
-            .get(&from)
-            .and_then(|id| self.members.get(id))
-            .is_some_and(|m| m.state.is_live() && tag(&m.id) == from_tag);
-        if live_there {
-            return None;
-        }
-        self.members
-            .values()
-            .find(|m| m.id.addr == from && !m.state.is_live() && tag(&m.id) == from_tag)
-            .map(Member::update)
+    /// The update to send back to a sender whose newest identity here is a
+    /// tombstone: it was declared failed (or left) and must re-join. A sender
+    /// that is a newer identity ignores it, since it is about an older one.
+    fn tombstone_of(&self, from: SocketAddr) -> Option<Update> {
+        let id = self.by_addr.get(&from)?;
+        let m = self.members.get(id)?;
+        (!m.state.is_live()).then(|| m.update())
     }
 
     fn live_others(&self) -> impl Iterator<Item = &Member> {

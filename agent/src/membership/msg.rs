@@ -16,6 +16,12 @@ pub fn tag(id: &NodeId) -> Tag {
     (id.ring_hash() >> 32) as Tag
 }
 
+/// The shorter tag a probe carries to name its target: enough for a
+/// restarted agent to tell that a probe was meant for its predecessor.
+pub fn probe_tag(id: &NodeId) -> u16 {
+    (id.ring_hash() >> 48) as u16
+}
+
 /// What a piggybacked or pushed update says about a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UpdateKind {
@@ -37,13 +43,11 @@ pub struct Update {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Direct probe; `target` lets a restarted member at the same address tell
-    /// it is not the one being probed, `from` lets the receiver spot a sender
-    /// it has already declared failed.
+    /// Direct probe; `target` ([`probe_tag`]) lets a restarted member at the
+    /// same address tell it is not the one being probed.
     Ping {
         seq: u16,
-        target: Tag,
-        from: Tag,
+        target: u16,
         updates: Vec<Update>,
     },
     /// Answer to a ping, or a relayed answer to a ping request.
@@ -97,7 +101,6 @@ mod tests {
             Message::Ping {
                 seq: 1,
                 target: 2,
-                from: 3,
                 updates: vec![u],
             },
             Message::Ack {
@@ -125,11 +128,10 @@ mod tests {
     fn probes_are_small() {
         let ping = Message::Ping {
             seq: 40_000,
-            target: u32::MAX,
-            from: u32::MAX,
+            target: u16::MAX,
             updates: vec![],
         };
-        assert!(ping.encode().len() <= 20, "{}", ping.encode().len());
+        assert!(ping.encode().len() <= 12, "{}", ping.encode().len());
         let ack = Message::Ack {
             seq: 40_000,
             updates: vec![],
