@@ -420,10 +420,9 @@ mod tests {
 
     #[test]
     fn file_overrides_preset_and_keeps_the_rest() {
-        let c = Config::from_toml(
-            "preset = \"wan\"\n[membership]\nm = 4\nping_interval = \"2s\"\n",
-        )
-        .unwrap();
+        let c =
+            Config::from_toml("preset = \"wan\"\n[membership]\nm = 4\nping_interval = \"2s\"\n")
+                .unwrap();
         assert_eq!(c.membership.m, 4);
         assert_eq!(c.membership.ping_interval, Duration::from_secs(2));
         assert_eq!(
@@ -443,7 +442,10 @@ mod tests {
         let mut c = Config::preset(Preset::Lan);
         c.membership.ping_timeout = Duration::from_millis(900);
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("membership.ping_timeout") && e.contains("900ms"), "{e}");
+        assert!(
+            e.contains("membership.ping_timeout") && e.contains("900ms"),
+            "{e}"
+        );
         let mut c = Config::preset(Preset::Lan);
         c.membership.m = 0;
         let e = c.validate().unwrap_err().to_string();

@@ -51,7 +51,10 @@ mod tests {
         a.write_all(&1_000_000u32.to_be_bytes()).await.unwrap();
         assert!(matches!(
             read_frame(&mut b, 64).await,
-            Err(Error::FrameTooLarge { len: 1_000_000, max: 64 })
+            Err(Error::FrameTooLarge {
+                len: 1_000_000,
+                max: 64
+            })
         ));
         assert!(write_frame(&mut a, &[0u8; 65], 64).await.is_err());
         drop(a);
