@@ -48,10 +48,47 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Prints the error (also as JSON on stdout under `--json`) and picks the exit code.
 fn fail(json: bool, e: &anyhow::Error) -> ExitCode {
-    let msg = format!("{e:#}");
+    let msg = error_message(e);
     if json {
         println!("{}", serde_json::json!({ "error": msg }));
     }
     eprintln!("error: {msg}");
     ExitCode::FAILURE
+}
+
+/// The error and its causes joined by ": ", skipping a cause the message
+/// above it already quotes (some errors print their source themselves).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_does_not_repeat_a_quoted_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = anyhow::Error::from(dml_shared::Error::Connect {
+            addr: "127.0.0.1:8001".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_message(&e),
+            "cannot reach agent at 127.0.0.1:8001: connection refused"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_message(&e), "outer: inner");
+    }
 }

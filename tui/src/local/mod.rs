@@ -86,6 +86,18 @@ pub fn agent_args(preset: &str, port: u16, introducer: SocketAddr, run_dir: &Pat
     ]
 }
 
+/// Ports where a TCP or UDP socket on 127.0.0.1 cannot be bound right now.
+pub fn busy_ports(ports: &[u16]) -> Vec<u16> {
+    ports
+        .iter()
+        .copied()
+        .filter(|&p| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], p));
+            std::net::TcpListener::bind(addr).is_err() || std::net::UdpSocket::bind(addr).is_err()
+        })
+        .collect()
+}
+
 /// Recorded agents (from cluster.json and stray pid files) that still run.
 fn live_agents(run_dir: &Path) -> Result<Vec<(u16, i32)>> {
     let mut all = record::pid_files(run_dir);
@@ -137,6 +149,14 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         bail!(
             "tmux session \"{TMUX_SESSION}\" already exists; stop it with \
              `tmux kill-session -t {TMUX_SESSION}` first"
+        );
+    }
+    let busy = busy_ports(&ports);
+    if !busy.is_empty() {
+        let list: Vec<String> = busy.iter().map(u16::to_string).collect();
+        bail!(
+            "port(s) {} on 127.0.0.1 already in use; pick another --base-port",
+            list.join(", ")
         );
     }
     remove_records(&run_dir);
@@ -275,10 +295,19 @@ async fn wait_ready(
         }
         tokio::time::sleep(READY_POLL).await;
     }
+    // An agent that exited after another process answered on its port is a failure too.
+    for c in children.iter_mut() {
+        let _ = c.try_wait();
+    }
+    for (i, a) in rec.agents.iter().enumerate() {
+        if !process::is_running(a.pid) {
+            exited[i] = true;
+        }
+    }
     rec.agents
         .iter()
         .enumerate()
-        .filter(|(_, a)| a.node_id.is_none())
+        .filter(|(i, a)| a.node_id.is_none() || exited[*i])
         .map(|(i, a)| {
             let why = if exited[i] {
                 "exited".to_string()
@@ -448,6 +477,15 @@ mod tests {
                 "/r/data-8001"
             ]
         );
+    }
+
+    #[test]
+    fn a_bound_port_is_reported_busy() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(busy_ports(&[port]), vec![port]);
+        drop(l);
+        assert!(busy_ports(&[port]).is_empty());
     }
 
     #[test]
