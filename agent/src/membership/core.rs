@@ -119,6 +119,10 @@ pub struct Membership {
     me: NodeId,
     incarnation: u32,
     status: Status,
+    /// Whether this agent was ever in the group: a later join takes a new identity.
+    ever_joined: bool,
+    last_tick: Option<Instant>,
+    stalls: u64,
     introducers: Vec<SocketAddr>,
     /// Time origin for new identities: `me.started` at creation.
     created: Instant,
@@ -164,6 +168,9 @@ impl Membership {
             me,
             incarnation: 0,
             status: Status::Idle,
+            ever_joined: false,
+            last_tick: None,
+            stalls: 0,
             introducers,
             created: now,
             first_started: me.started,
@@ -271,12 +278,11 @@ impl Membership {
         if self.status != Status::Idle {
             return;
         }
-        if self.me.started != self.first_started || !self.members.is_empty() {
+        if self.ever_joined {
             self.fresh_identity(now);
         }
         if self.introducers.is_empty() && self.seeds.is_empty() {
-            self.status = Status::Joined;
-            self.events.push(Event::Joined(self.me));
+            self.become_joined();
             return;
         }
         self.status = Status::Joining;
@@ -342,6 +348,7 @@ impl Membership {
     /// Runs every timer due at `now`.
     pub fn handle_tick(&mut self, now: Instant) {
         self.traffic.sample(now);
+        self.check_stall(now);
         if self.next_join.is_some_and(|t| t <= now) {
             self.send_joins(now);
         }
@@ -397,17 +404,11 @@ impl Membership {
     }
 
     fn handle_message(&mut self, from: SocketAddr, msg: Message, now: Instant) {
-        match (self.status, msg) {
-            (Status::Idle, _) => {}
-            (Status::Joining, Message::JoinReply { members }) => {
-                self.status = Status::Joined;
-                self.next_join = None;
-                self.events.push(Event::Joined(self.me));
-                self.apply_all(&members, from, now);
-                self.announce_self();
-            }
-            (Status::Joining, _) => {}
-            (Status::Joined, msg) => self.handle_joined(from, msg, now),
+        match self.status {
+            Status::Idle => {}
+            // A joiner already answers pings: members that heard of it
+            // before its join reply arrived must not suspect it.
+            Status::Joining | Status::Joined => self.handle_joined(from, msg, now),
         }
     }
 
@@ -506,6 +507,10 @@ impl Membership {
             }
             Message::JoinReply { members } => {
                 self.next_join = None;
+                if self.status == Status::Joining {
+                    self.become_joined();
+                    self.announce_self();
+                }
                 self.apply_all(&members, from, now);
             }
             Message::Sync { members, reply } => {
@@ -896,8 +901,7 @@ impl Membership {
         if to.is_empty() {
             self.next_join = None;
             if self.status == Status::Joining {
-                self.status = Status::Joined;
-                self.events.push(Event::Joined(self.me));
+                self.become_joined();
             }
             return;
         }
@@ -907,6 +911,44 @@ impl Membership {
         }
         self.next_join = Some(now + self.join_backoff);
         self.join_backoff = (self.join_backoff * 2).min(self.cfg.join_backoff_max);
+    }
+
+    fn become_joined(&mut self) {
+        self.status = Status::Joined;
+        self.ever_joined = true;
+        self.events.push(Event::Joined(self.me));
+    }
+
+    /// After this agent itself was stalled (SIGSTOP, a swapped-out VM) for
+    /// more than two intervals, its pending probes timed out through no fault
+    /// of their targets: drop them and restart running suspicions from now.
+    fn check_stall(&mut self, now: Instant) {
+        let last = self.last_tick.replace(now);
+        let Some(last) = last else { return };
+        if now.saturating_duration_since(last) <= self.cfg.ping_interval * 2 {
+            return;
+        }
+        self.stalls += 1;
+        self.probes.clear();
+        self.relays.clear();
+        let ids: Vec<NodeId> = self
+            .members
+            .values_mut()
+            .filter_map(|m| {
+                let s = m.suspicion.as_mut()?;
+                s.started = now;
+                Some(m.id)
+            })
+            .collect();
+        for id in ids {
+            self.rearm_suspicion(&id);
+        }
+        self.next_round = now;
+    }
+
+    /// Times this agent found itself stalled for more than two intervals.
+    pub fn stalls(&self) -> u64 {
+        self.stalls
     }
 
     fn has_join_targets(&self) -> bool {

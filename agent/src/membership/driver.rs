@@ -134,6 +134,9 @@ async fn run(
         flush(&socket, &mut core, &events).await;
         let wake = tokio::time::Instant::from_std(core.poll_at());
         tokio::select! {
+            // Packets first: after a stall, acks already queued must count
+            // before the probe timers that they answer run out.
+            biased;
             recv = socket.recv_from(&mut buf) => match recv {
                 Ok((len, from)) => {
                     if let Err(e) = core.handle_datagram(from, &buf[..len], Instant::now()) {
