@@ -37,6 +37,8 @@ pub struct AgentSpec {
     pub introducers: Vec<SocketAddr>,
     /// Written to the agent's config file as `[membership]`.
     pub membership: MembershipConfig,
+    /// The whole config file, written verbatim instead of one made from `membership`.
+    pub config_text: Option<String>,
     /// `--no-join`: start out of the group.
     pub no_join: bool,
     /// More command-line arguments, appended last.
@@ -53,6 +55,7 @@ impl AgentSpec {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             introducers: Vec::new(),
             membership,
+            config_text: None,
             no_join: false,
             extra_args: Vec::new(),
             startup_timeout: STARTUP_TIMEOUT,
@@ -66,6 +69,12 @@ impl AgentSpec {
 
     pub fn introducer(mut self, addr: SocketAddr) -> Self {
         self.introducers.push(addr);
+        self
+    }
+
+    /// Uses `text` as the config file instead of one made from `membership`.
+    pub fn config_text(mut self, text: impl Into<String>) -> Self {
+        self.config_text = Some(text.into());
         self
     }
 
@@ -146,7 +155,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `dml-agent` with its files in `parent/<spec.name>/` and waits for its
+    /// Starts `dml-agent` (working directory: its own) with its files in `parent/<spec.name>/` and waits for its
     /// `listening <addr> <id>` line.
     ///
     /// The agent gets SIGKILL if the thread that started it exits (`PR_SET_PDEATHSIG`), so a
@@ -157,7 +166,11 @@ impl Agent {
         std::fs::create_dir_all(dir.join("data"))
             .with_context(|| format!("cannot create \"{}\"", dir.display()))?;
         let config = dir.join("config.toml");
-        std::fs::write(&config, config_toml(&spec.membership, &dir.join("data")))
+        let text = match &spec.config_text {
+            Some(t) => t.clone(),
+            None => config_toml(&spec.membership, &dir.join("data")),
+        };
+        std::fs::write(&config, text)
             .with_context(|| format!("cannot write \"{}\"", config.display()))?;
         let stderr = File::create(dir.join("stderr.log"))?;
 
@@ -174,7 +187,9 @@ impl Agent {
         if spec.no_join {
             cmd.arg("--no-join");
         }
+        // Relative paths in a config (the default data_dir) land in the agent's directory.
         cmd.args(&spec.extra_args)
+            .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));

@@ -87,9 +87,19 @@ impl Cluster {
     /// Starts an agent from `spec` in this cluster's directory; returns its index.
     pub async fn spawn(&mut self, spec: AgentSpec) -> Result<usize> {
         let name = spec.name.clone();
-        let agent = Agent::start(spec, self.dir.path())
-            .await
-            .with_context(|| format!("starting agent {name}"))?;
+        let agent = match Agent::start(spec, self.dir.path()).await {
+            Ok(a) => a,
+            Err(e) => {
+                // The error is returned rather than panicked; keep the logs for it anyway.
+                self.dir.keep();
+                return Err(e).with_context(|| {
+                    format!(
+                        "starting agent {name} (files in {})",
+                        self.dir.path().display()
+                    )
+                });
+            }
+        };
         self.agents.push(agent);
         Ok(self.agents.len() - 1)
     }

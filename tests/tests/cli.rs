@@ -1,0 +1,164 @@
+//! The `dml` command line against real agents: `dml leave` takes an agent out of the
+//! group, `dml join` brings it back as a new identity.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use dml_shared::NodeId;
+use dml_shared::api::MemberState;
+use dml_tests::events::EventKind;
+use dml_tests::view::{VIEW_POLL, check_not_live, state_of, wait_converged};
+use dml_tests::{Agent, Cluster, test_membership, wait_for, wait_until};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(30);
+const REMOVE: Duration = Duration::from_secs(20);
+/// Time for one `dml` command.
+const DML: Duration = Duration::from_secs(15);
+
+/// `dml --agent <addr> id --json`, parsed: (id, joined).
+async fn dml_id(agent: &Agent) -> anyhow::Result<(NodeId, bool)> {
+    let out = agent.dml(&["id", "--json"], DML).await?;
+    out.ensure_success()?;
+    let v = out.json()?;
+    let id = v["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no \"id\" string in {v}"))?
+        .parse::<NodeId>()
+        .map_err(anyhow::Error::msg)?;
+    let joined = v["joined"]
+        .as_bool()
+        .ok_or_else(|| anyhow::anyhow!("no \"joined\" boolean in {v}"))?;
+    Ok((id, joined))
+}
+
+#[tokio::test]
+async fn dml_leave_takes_the_agent_out_and_dml_join_brings_it_back_as_a_new_member() {
+    let mut c = Cluster::start("dml-leave-join", 4, test_membership())
+        .await
+        .unwrap();
+    c.wait_converged(CONVERGE).await.unwrap();
+    let v = 1;
+    let old = c.agents[v].id();
+    assert_eq!(dml_id(&c.agents[v]).await.unwrap(), (old, true));
+
+    c.agents[v]
+        .dml(&["leave"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+
+    let others = c.others(&[v]);
+    wait_until(
+        "the others to log the leave",
+        REMOVE,
+        VIEW_POLL,
+        async || {
+            for o in &others {
+                let logged = o
+                    .events()?
+                    .iter()
+                    .any(|e| e.member == old && e.event == EventKind::Left);
+                anyhow::ensure!(logged, "agent {} has not logged the leave", o.name());
+            }
+            check_not_live(&others, &[old]).await
+        },
+    )
+    .await
+    .unwrap();
+    for o in &others {
+        let state = state_of(o.addr(), old).await.unwrap();
+        assert!(
+            state.is_none_or(|s| s == MemberState::Left),
+            "agent {} lists the departed {old} as {state:?}",
+            o.name()
+        );
+        assert!(
+            !o.events()
+                .unwrap()
+                .iter()
+                .any(|e| e.member == old && e.event == EventKind::Failed),
+            "agent {} took the leave for a failure",
+            o.name()
+        );
+    }
+    let (_, joined) = dml_id(&c.agents[v]).await.unwrap();
+    assert!(!joined, "`dml id` after `dml leave` says joined");
+    wait_converged(&others, CONVERGE).await.unwrap();
+
+    c.agents[v]
+        .dml(&["join"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    let agent = &c.agents[v];
+    let new = wait_for("the agent to rejoin", CONVERGE, VIEW_POLL, async || {
+        let (id, joined) = dml_id(agent).await?;
+        anyhow::ensure!(joined && id != old, "id {id}, joined {joined}");
+        Ok(id)
+    })
+    .await
+    .unwrap();
+    assert_eq!(new.addr, old.addr);
+    assert!(new.started > old.started, "{new} is newer than {old}");
+
+    let all: Vec<&Agent> = c.agents.iter().collect();
+    let live = wait_converged(&all, CONVERGE).await.unwrap();
+    assert!(live.contains(&new) && !live.contains(&old));
+}
+
+#[tokio::test]
+async fn dml_members_json_lists_every_member_alive_with_its_ring_monitors() {
+    let mut c = Cluster::start("dml-members", 3, test_membership())
+        .await
+        .unwrap();
+    let ids = c.wait_converged(CONVERGE).await.unwrap();
+    let agent = &c.agents[0];
+    // Poll: a member may be briefly suspect on a loaded machine.
+    wait_until(
+        "`dml members --json` to show 3 alive members",
+        CONVERGE,
+        VIEW_POLL,
+        async || {
+            let out = agent.dml(&["members", "--json"], DML).await?;
+            out.ensure_success()?;
+            let v = out.json()?;
+            let rows = v
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("not an array: {v}"))?;
+            let mut seen = BTreeSet::new();
+            for row in rows {
+                let id: NodeId = row["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(row["state"] == "alive", "{id} is {}", row["state"]);
+                // With 3 members and M = 3, each is probed by both others.
+                let monitors: BTreeSet<NodeId> = row["monitors"]
+                    .as_array()
+                    .ok_or_else(|| anyhow::anyhow!("no monitors in {row}"))?
+                    .iter()
+                    .map(|m| {
+                        m.as_str()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(anyhow::Error::msg)
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let expected: BTreeSet<NodeId> = ids.iter().copied().filter(|x| *x != id).collect();
+                anyhow::ensure!(
+                    monitors == expected,
+                    "monitors of {id}: {monitors:?}, expected {expected:?}"
+                );
+                seen.insert(id);
+            }
+            anyhow::ensure!(seen == ids, "listed {seen:?}, expected {ids:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+}
