@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Starts N AwesomeDML agents in a tmux session, one window each, without `dml`.
+# (On one machine `dml local up --tmux` does the same and also records pids.)
+#
+# usage: dml-tmux.sh [-n N] [-p BASE_PORT] [-H HOST] [-i INTRODUCER] [-s SESSION]
+#                    [-P PRESET] [-b AGENT_BIN] [-d DATA_ROOT]
+#        dml-tmux.sh -k [-s SESSION]
+#   -n  number of agents (default 10)
+#   -p  port of the first agent (default 8001); the others follow
+#   -H  address the agents bind (default 127.0.0.1)
+#   -i  introducer HOST:PORT (default: the first agent)
+#   -s  tmux session name (default dml)
+#   -P  preset: local, lan or wan (default local)
+#   -b  dml-agent binary (default: dml-agent on PATH)
+#   -d  directory for the agents' data dirs (default .dml/tmux)
+#   -k  stop: Ctrl-C in every window (each agent announces its leave), then
+#       kill the session
+# Attach with `tmux attach -t SESSION`.
+set -euo pipefail
+
+stop=0 n=10 base=8001 host=127.0.0.1 introducer="" session=dml preset=local bin=dml-agent data=.dml/tmux
+while getopts "n:p:H:i:s:P:b:d:kh" opt; do
+  case "$opt" in
+    n) n=$OPTARG ;;
+    p) base=$OPTARG ;;
+    H) host=$OPTARG ;;
+    i) introducer=$OPTARG ;;
+    s) session=$OPTARG ;;
+    P) preset=$OPTARG ;;
+    b) bin=$OPTARG ;;
+    d) data=$OPTARG ;;
+    k) stop=1 ;;
+    h) sed -n '2,18p' "$0"; exit 0 ;;
+    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+  esac
+done
+command -v tmux >/dev/null || { echo "error: tmux is not installed" >&2; exit 1; }
+
+if ((stop)); then
+  tmux has-session -t "$session" 2>/dev/null || { echo "no tmux session \"$session\""; exit 0; }
+  for w in $(tmux list-windows -t "$session" -F '#{window_index}'); do
+    tmux send-keys -t "$session:$w" C-c
+  done
+  # Windows close as their agents exit; give them up to 10 s.
+  for _ in $(seq 100); do
+    tmux has-session -t "$session" 2>/dev/null || break
+    sleep 0.1
+  done
+  tmux kill-session -t "$session" 2>/dev/null || true
+  echo "stopped tmux session \"$session\""
+  exit 0
+fi
+
+[[ $n =~ ^[1-9][0-9]*$ ]] || { echo "error: -n \"$n\" must be a positive number" >&2; exit 2; }
+[[ $base =~ ^[1-9][0-9]*$ ]] && (( base + n - 1 <= 65535 )) \
+  || { echo "error: -p \"$base\" with -n $n runs past port 65535" >&2; exit 2; }
+agent=$(command -v "$bin") || { echo "error: agent binary \"$bin\" not found" >&2; exit 1; }
+if tmux has-session -t "$session" 2>/dev/null; then
+  echo "error: tmux session \"$session\" already exists" >&2
+  exit 1
+fi
+introducer=${introducer:-$host:$base}
+mkdir -p "$data"
+data=$(cd "$data" && pwd)
+
+for ((i = 0; i < n; i++)); do
+  port=$((base + i))
+  cmd=$(printf 'exec %q --preset %q --bind %q --introducer %q --data-dir %q' \
+    "$agent" "$preset" "$host:$port" "$introducer" "$data/data-$port")
+  if ((i == 0)); then
+    pid=$(tmux new-session -d -s "$session" -n "agent-$port" -P -F '#{pane_pid}' "$cmd")
+  else
+    pid=$(tmux new-window -d -t "$session:" -n "agent-$port" -P -F '#{pane_pid}' "$cmd")
+  fi
+  echo "agent-$port pid $pid"
+done
+echo "$n agents in tmux session \"$session\"; attach with: tmux attach -t $session"

@@ -1,0 +1,104 @@
+//! `dml` as a process: errors are clear messages with a non-zero exit, never a panic.
+
+use std::process::{Command, Output};
+
+fn dml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dml"))
+        .args(args)
+        .env_remove("DML_AGENT")
+        .output()
+        .expect("run dml")
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn every_agent_command_fails_cleanly_when_no_agent_listens() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    for cmd in ["members", "id", "join", "leave", "stats"] {
+        let out = dml(&["--agent", &agent, cmd]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: cannot reach agent at {agent}: ")),
+            "{cmd}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{cmd}: {stderr}");
+    }
+}
+
+#[test]
+fn json_errors_are_json_on_stdout() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    let out = dml(&["--json", "--agent", &agent, "stats"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("cannot reach agent at"), "{msg}");
+}
+
+#[test]
+fn the_agent_address_comes_from_the_environment() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_dml"))
+        .arg("id")
+        .env("DML_AGENT", &agent)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&agent), "{stderr}");
+}
+
+#[test]
+fn a_bad_agent_address_is_quoted() {
+    let out = dml(&["--agent", "not-an-address", "members"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"not-an-address\""), "{stderr}");
+}
+
+#[test]
+fn the_console_refuses_to_run_without_a_terminal() {
+    let out = dml(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs a terminal"), "{stderr}");
+}
+
+#[test]
+fn local_up_without_an_agent_binary_says_where_it_looked() {
+    let dir = std::env::temp_dir().join(format!("dml-cli-test-{}", std::process::id()));
+    let out = dml(&[
+        "local",
+        "up",
+        "--agent-bin",
+        "/nonexistent/dml-agent",
+        "--run-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("agent binary not found at /nonexistent/dml-agent"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn local_status_and_down_on_an_empty_run_dir_say_so() {
+    let dir = std::env::temp_dir().join(format!("dml-cli-empty-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let out = dml(&["local", "status", "--run-dir", d]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no cluster recorded"));
+    let out = dml(&["--json", "local", "down", "--run-dir", d]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["agents"].as_array().unwrap().len(), 0);
+}

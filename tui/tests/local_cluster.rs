@@ -1,0 +1,205 @@
+//! `dml local up|status|down` against the real `dml-agent` (built next to `dml`
+//! by `cargo build --workspace --bins`; skipped with a note when it is missing
+//! outside CI).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const AGENTS: u16 = 3;
+
+fn agent_bin() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_dml")).with_file_name("dml-agent");
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    eprintln!("skipped: {} is not built", p.display());
+    None
+}
+
+fn dml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dml"))
+        .args(args)
+        .output()
+        .expect("run dml")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "dml failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+/// A base port with `n` free TCP and UDP ports after it, spread by pid; tests
+/// running at once pass different `slot`s.
+fn free_base(n: u16, slot: u16) -> u16 {
+    let start = 20_000 + slot * 15_000 + (std::process::id() % 1_000) as u16 * 10;
+    (0..200)
+        .map(|i| start + i * 3)
+        .find(|&b| {
+            (b..b + n).all(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            })
+        })
+        .expect("a free port range")
+}
+
+/// Runs `dml local down` on drop, so a failed assertion leaves no agents behind.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = dml(&["local", "down", "--run-dir", self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pid_running(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn up_status_down(tmux: bool) {
+    let Some(bin) = agent_bin() else { return };
+    let run_dir = std::env::temp_dir().join(format!(
+        "dml-local-test-{}-{}",
+        std::process::id(),
+        if tmux { "tmux" } else { "bg" }
+    ));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let guard = Down(run_dir.clone());
+    let rd = run_dir.to_str().unwrap();
+    let base = free_base(AGENTS, u16::from(tmux));
+    let (base_s, n_s) = (base.to_string(), AGENTS.to_string());
+    let mut args = vec![
+        "--json",
+        "local",
+        "up",
+        "-n",
+        &n_s,
+        "--base-port",
+        &base_s,
+        "--run-dir",
+        rd,
+        "--agent-bin",
+        bin.to_str().unwrap(),
+    ];
+    if tmux {
+        args.push("--tmux");
+    }
+    let rec = json_of(&dml(&args));
+    let agents = rec["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), usize::from(AGENTS));
+    let pids: Vec<i64> = agents.iter().map(|a| a["pid"].as_i64().unwrap()).collect();
+    for (i, a) in agents.iter().enumerate() {
+        let port = base + i as u16;
+        assert_eq!(a["port"], port);
+        assert!(
+            a["node_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("127.0.0.1:{port}#")),
+            "{a}"
+        );
+        assert!(run_dir.join(format!("agent-{port}.pid")).is_file());
+        assert!(pid_running(pids[i]));
+    }
+    assert_eq!(rec["introducer"], format!("127.0.0.1:{base}"));
+    assert!(run_dir.join("cluster.json").is_file());
+
+    // A second cluster in the same run directory is refused.
+    let again = dml(&args);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already has live agents"));
+
+    // Every agent ends up seeing every other one.
+    wait_until(
+        "all agents to see the whole cluster",
+        Duration::from_secs(20),
+        || {
+            let st = json_of(&dml(&["--json", "local", "status", "--run-dir", rd]));
+            st["agents"].as_array().unwrap().iter().all(|a| {
+                a["alive"] == true && a["answering"] == true && a["members"] == u64::from(AGENTS)
+            })
+        },
+    );
+    let members = json_of(&dml(&[
+        "--json",
+        "--agent",
+        &format!("127.0.0.1:{base}"),
+        "members",
+    ]));
+    assert_eq!(members.as_array().unwrap().len(), usize::from(AGENTS));
+
+    let down = json_of(&dml(&["--json", "local", "down", "--run-dir", rd]));
+    let outcomes: Vec<&str> = down["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["stopped"; usize::from(AGENTS)]);
+    for pid in pids {
+        assert!(!pid_running(pid), "pid {pid} still runs after down");
+    }
+    assert!(!run_dir.join("cluster.json").exists());
+    assert!(!run_dir.join(format!("agent-{base}.pid")).exists());
+    if tmux {
+        let has = Command::new("tmux")
+            .args(["has-session", "-t", "dml"])
+            .output()
+            .unwrap();
+        assert!(!has.status.success(), "tmux session dml still exists");
+    }
+    drop(guard);
+}
+
+#[test]
+fn local_up_status_down_with_background_agents() {
+    up_status_down(false);
+}
+
+#[test]
+fn local_up_status_down_in_tmux() {
+    let tmux_ok = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tmux_ok {
+        assert!(std::env::var_os("CI").is_none(), "tmux is not installed");
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let busy = Command::new("tmux")
+        .args(["has-session", "-t", "dml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if busy {
+        eprintln!("skipped: a tmux session named dml already exists");
+        return;
+    }
+    up_status_down(true);
+}
