@@ -15,7 +15,7 @@ use dml_shared::config::MembershipConfig;
 use rand::rngs::SmallRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,9 @@ pub struct Membership {
     /// Time origin for new identities: `me.started` at creation.
     created: Instant,
     first_started: u64,
-    members: HashMap<NodeId, Member>,
+    /// Ordered, like `probes`, so that iteration order (and with it every
+    /// choice drawn from `rng`) depends only on the seed and the inputs.
+    members: BTreeMap<NodeId, Member>,
     /// Newest identity seen at each address.
     by_addr: HashMap<SocketAddr, NodeId>,
     seeds: Vec<SocketAddr>,
@@ -135,7 +137,7 @@ pub struct Membership {
     broadcasts: Broadcasts,
     rng: SmallRng,
     seq: u16,
-    probes: HashMap<u16, Probe>,
+    probes: BTreeMap<u16, Probe>,
     relays: HashMap<u16, Relay>,
     next_round: Instant,
     next_sync: Instant,
@@ -174,14 +176,14 @@ impl Membership {
             introducers,
             created: now,
             first_started: me.started,
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             by_addr: HashMap::new(),
             seeds: Vec::new(),
             ring: Ring::new(vec![me]),
             broadcasts: Broadcasts::default(),
             rng,
             seq: 0,
-            probes: HashMap::new(),
+            probes: BTreeMap::new(),
             relays: HashMap::new(),
             next_round,
             next_sync,
@@ -319,6 +321,31 @@ impl Membership {
         self.rebuild_ring();
         self.events.push(Event::Left(self.me));
         let _ = now;
+    }
+
+    /// Test support: makes this agent a joined member of a group of `members`
+    /// (itself among them or not), all alive at incarnation 0, without any
+    /// message. Lets a simulation start from a converged cluster of thousands.
+    #[doc(hidden)]
+    pub fn bootstrap(&mut self, members: &[NodeId], now: Instant) {
+        self.status = Status::Joined;
+        self.next_join = None;
+        for &id in members.iter().filter(|id| id.addr != self.me.addr) {
+            self.by_addr.insert(id.addr, id);
+            self.members.insert(
+                id,
+                Member {
+                    id,
+                    incarnation: 0,
+                    state: MemberState::Alive,
+                    changed: now,
+                    last_heard: None,
+                    suspicion: None,
+                },
+            );
+        }
+        self.remember_seeds(members.iter().map(|id| id.addr));
+        self.rebuild_ring();
     }
 
     /// When [`Membership::handle_tick`] must next run.
