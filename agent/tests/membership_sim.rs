@@ -143,3 +143,177 @@ fn three_simultaneous_crashes_are_detected_by_every_survivor_within_the_bound() 
     let (median, max) = median_max(all);
     eprintln!("3 simultaneous crashes, 10 nodes, 5 seeds: detection median {median:?}, max {max:?}");
 }
+
+#[test]
+fn a_leave_is_seen_as_left_by_everyone_and_counts_no_failure() {
+    let mut sim = joined_cluster(300, 10);
+    sim.advance(secs(5));
+    let leaver = 4;
+    let id = sim.id(leaver);
+    let t0 = sim.elapsed();
+    sim.play([
+        Step::Leave(leaver),
+        Step::within(secs(1), "every other node to drop the leaver", move |s| {
+            s.up().iter().all(|&i| !s.core(i).live_members().contains(&id))
+        }),
+        Step::Advance(secs(30)),
+        Step::assert("the other nine to agree", Sim::converged),
+    ]);
+    for i in (0..10).filter(|&i| i != leaver) {
+        assert!(
+            sim.first_event(i, t0, |e| *e == Event::Left(id)).is_some(),
+            "node {i} did not see {id} leave"
+        );
+        let info = sim.core(i).member_infos(sim.now());
+        let row = info.iter().find(|m| m.id == id).expect("tombstone kept");
+        assert_eq!(row.state, dml_shared::api::MemberState::Left);
+    }
+    assert_eq!(sim.failed_events(), 0, "a leave was taken for a failure");
+    assert_eq!(sim.total(|c| c.declared_failed), 0);
+    assert_eq!(sim.total(|c| c.false_failures), 0);
+    assert_eq!(sim.core(leaver).live_members(), Vec::<NodeId>::new());
+}
+
+#[test]
+fn a_restarted_node_comes_back_as_a_new_identity() {
+    for (seed, down_for) in [(400, secs(1)), (401, secs(20))] {
+        let mut sim = joined_cluster(seed, 10);
+        sim.advance(secs(5));
+        let node = 6;
+        let old = sim.id(node);
+        sim.crash(node);
+        sim.advance(down_for);
+        sim.restart(node);
+        let new = sim.id(node);
+        assert!(new.started > old.started && new.addr == old.addr);
+        let took = sim.run_until(secs(30), |s| {
+            s.converged() && (0..10).all(|i| !s.core(i).live_members().contains(&old))
+        });
+        assert!(
+            took.is_some(),
+            "restart after {down_for:?} not absorbed\n{sim:?}"
+        );
+        eprintln!("restart after {down_for:?} down: every view has the new identity after {took:?}");
+        assert!(sim.agree(&(0..10).collect::<Vec<_>>()));
+        assert_eq!(sim.total(|c| c.false_failures), 0);
+    }
+}
+
+#[test]
+fn a_partition_into_halves_heals_into_one_view() {
+    let mut sim = joined_cluster(500, 10);
+    sim.advance(secs(5));
+    let (a, b): (Vec<usize>, Vec<usize>) = ((0..5).collect(), (5..10).collect());
+    sim.partition(&[&a, &b]);
+    let bound = sim.detection_bound(DETECTION_SLACK);
+    let (a2, b2) = (a.clone(), b.clone());
+    let split = sim.run_until(bound, move |s| s.agree(&a2) && s.agree(&b2));
+    assert!(split.is_some(), "the halves did not drop each other\n{sim:?}");
+    eprintln!("partition: both halves dropped the other after {split:?}");
+    sim.advance(secs(10));
+    assert!(sim.agree(&a) && sim.agree(&b), "{sim:?}");
+    sim.heal();
+    // Push-pull with a recently failed member runs every 30 s (±10%); the
+    // halves must find each other within a few rounds of it.
+    let healed = sim.run_until(secs(120), |s| s.converged() && s.up().len() == 10);
+    assert!(healed.is_some(), "no single view 120 s after healing\n{sim:?}");
+    eprintln!("partition healed into one view {healed:?} after healing");
+    sim.advance(secs(60));
+    assert!(sim.converged() && sim.up().len() == 10, "{sim:?}");
+}
+
+#[test]
+fn a_paused_node_is_declared_failed_and_comes_back_as_a_new_identity() {
+    let mut sim = joined_cluster(600, 10);
+    sim.advance(secs(5));
+    let node = 2;
+    let old = sim.id(node);
+    let t0 = sim.elapsed();
+    sim.pause(node);
+    let bound = sim.detection_bound(DETECTION_SLACK);
+    let others: Vec<usize> = (0..10).filter(|&i| i != node).collect();
+    let o = others.clone();
+    let took = sim.run_until(bound, move |s| {
+        o.iter().all(|&i| !s.core(i).live_members().contains(&old))
+    });
+    assert!(took.is_some(), "paused node not declared failed\n{sim:?}");
+    let times: Vec<Duration> = others
+        .iter()
+        .map(|&i| sim.first_event(i, t0, |e| *e == Event::Failed(old)).unwrap() - t0)
+        .collect();
+    let (median, max) = median_max(times);
+    eprintln!("paused node declared failed: median {median:?}, max {max:?}");
+    sim.advance(secs(5));
+    sim.resume(node);
+    let back = sim.run_until(secs(10), Sim::converged);
+    assert!(back.is_some(), "resumed node did not come back\n{sim:?}");
+    eprintln!("resumed node back as a new identity after {back:?}");
+    let new = sim.id(node);
+    assert!(new.started > old.started);
+    assert!(
+        sim.first_event(node, t0, |e| *e == Event::Rejoined(new))
+            .is_some()
+    );
+    assert_eq!(sim.core(node).counters().false_failures, 1);
+    assert!((0..10).all(|i| sim.core(i).live_members().contains(&new)));
+}
+
+/// Runs a converged 10-node cluster at `loss` for `periods` probe periods and
+/// returns (Failed events, false failures counted by their victims, suspicions).
+fn run_lossy(seed: u64, loss: f64, periods: u32) -> (usize, u64, u64) {
+    let mut sim = joined_cluster(seed, 10);
+    sim.advance(secs(5));
+    let failed_before = sim.failed_events();
+    sim.set_loss(loss);
+    let period = sim.config().ping_interval;
+    sim.advance(period * periods);
+    (
+        sim.failed_events() - failed_before,
+        sim.total(|c| c.false_failures),
+        sim.total(|c| c.suspicions),
+    )
+}
+
+#[test]
+fn five_percent_loss_for_ten_thousand_periods_declares_no_live_node_failed() {
+    let (failed, false_failures, suspicions) = run_lossy(700, 0.05, 10_000);
+    eprintln!(
+        "5% loss, 10 nodes, 10,000 periods: {failed} Failed events, \
+         {false_failures} false failures, {suspicions} suspicions (all refuted)"
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(false_failures, 0);
+}
+
+#[test]
+fn thirty_percent_loss_is_reported() {
+    let (failed, false_failures, suspicions) = run_lossy(701, 0.30, 10_000);
+    eprintln!(
+        "30% loss, 10 nodes, 10,000 periods: {failed} Failed events, \
+         {false_failures} false failures, {suspicions} suspicions"
+    );
+}
+
+#[test]
+fn nodes_started_while_the_introducer_is_down_join_once_it_is_up() {
+    let mut sim = Sim::lan(800);
+    let intro = sim.add_node(&[0]);
+    sim.crash(intro);
+    let others: Vec<usize> = (0..4).map(|_| sim.add_node(&[intro])).collect();
+    for &i in &others {
+        sim.join(i);
+    }
+    // The simulator fails the run if a joining core asks to be woken in the
+    // past, so this also checks that retrying costs no busy loop.
+    sim.advance(secs(30));
+    assert!(
+        others
+            .iter()
+            .all(|&i| sim.core(i).status() == dml_agent::membership::Status::Joining)
+    );
+    sim.restart(intro);
+    // Retries back off to `join_backoff_max` (10 s in `lan`).
+    let took = sim.run_until(secs(15), |s| s.converged() && s.up().len() == 5);
+    assert!(took.is_some(), "{sim:?}");
+    eprintln!("introducer up: all joined {took:?} later");
+}

@@ -380,9 +380,12 @@ impl Membership {
             self.send_joins(now);
         }
         if self.status != Status::Joined {
-            // Keep the round timers from firing in a burst once joined.
-            self.next_round = self.next_round.max(now);
-            self.next_sync = self.next_sync.max(now);
+            // Hold the round timers while out of the group. They must stay
+            // in the future: `poll_at` reports them, and a timer left at
+            // `now` would have the driver call us again at once, forever.
+            let resume = now + self.cfg.ping_interval;
+            self.next_round = self.next_round.max(resume);
+            self.next_sync = self.next_sync.max(resume);
             return;
         }
         self.expire_probes(now);

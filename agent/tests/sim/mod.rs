@@ -364,6 +364,11 @@ impl Sim {
 
     // ----- running --------------------------------------------------------
 
+    /// The current virtual instant, to pass to core methods taking `now`.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Virtual time since the simulation started.
     pub fn elapsed(&self) -> Duration {
         self.now - self.base
