@@ -76,6 +76,14 @@ pub fn table(p: &Params, systems: &[SystemReport]) -> String {
             "0",
         ),
         (
+            "  API still listing a removed member (agent)",
+            Box::new(|r: &SystemReport| {
+                r.api_disagreements
+                    .map_or_else(|| "n/a".into(), |v| v.to_string())
+            }),
+            "0",
+        ),
+        (
             "detection, kill → first survivor: median (s)",
             Box::new(sum(|r| &r.first_detection, |s| s.median)),
             "",
