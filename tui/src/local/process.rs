@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 /// How often waits poll a process.
 const POLL: Duration = Duration::from_millis(50);
 
+/// Size of the detached tmux session's windows (columns, rows) until a client attaches.
+const TMUX_SIZE: (&str, &str) = ("200", "50");
+
 /// File name of the agent binary; also what `/proc/<pid>/cmdline` must show.
 pub const AGENT_BIN_NAME: &str = "dml-agent";
 
@@ -169,9 +172,9 @@ pub fn tmux_start(
             "-n",
             window,
             "-x",
-            "200",
+            TMUX_SIZE.0,
             "-y",
-            "50",
+            TMUX_SIZE.1,
             "-P",
             "-F",
             fmt,
