@@ -74,6 +74,29 @@ async fn ten_agents_converge_on_the_same_ten_live_members() {
         ids, started,
         "the live members are the agents as they started"
     );
+
+    // The counters show a working detector, and nobody was lost on the way.
+    let agents = &c.agents;
+    wait_until("every agent to probe", CONVERGE, VIEW_POLL, async || {
+        for a in agents {
+            let s = a.client().stats().await?;
+            anyhow::ensure!(s.probes_sent > 0, "agent {} has sent no probe", a.name());
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for a in &c.agents {
+        let s = a.client().stats().await.unwrap();
+        assert!(s.packets_recv > 0, "agent {}: {s:?}", a.name());
+        assert_eq!(s.members_live, 10, "agent {}: {s:?}", a.name());
+        assert_eq!(
+            (s.declared_failed, s.false_failures),
+            (0, 0),
+            "agent {}: {s:?}",
+            a.name()
+        );
+    }
 }
 
 #[tokio::test]
