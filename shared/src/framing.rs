@@ -7,20 +7,29 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Default hard limit on one frame (16 MiB); bulk data travels in many frames.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
-/// Reads one frame. `Ok(None)` means the peer closed cleanly between frames.
+/// Reads one frame. `Ok(None)` means the peer closed cleanly between frames;
+/// a close inside the length prefix or the body is an error. The buffer grows
+/// with the bytes that actually arrive, so a peer announcing a large frame and
+/// sending nothing costs no memory.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            n => got += n,
+        }
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         return Err(Error::FrameTooLarge { len, max });
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len.min(64 * 1024));
+    let read = r.take(len as u64).read_to_end(&mut buf).await?;
+    if read < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(Some(buf))
 }
 
@@ -59,5 +68,18 @@ mod tests {
         assert!(write_frame(&mut a, &[0u8; 65], 64).await.is_err());
         drop(a);
         assert!(read_frame(&mut b, 64).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_close_inside_a_frame_is_an_error() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0, 0]).await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.is_err());
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&10u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"abc").await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b, 64).await.is_err());
     }
 }
