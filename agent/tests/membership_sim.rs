@@ -8,6 +8,7 @@ mod sim;
 
 use dml_agent::membership::Event;
 use dml_shared::NodeId;
+use dml_shared::config::{MembershipConfig, Preset};
 use sim::{NetConfig, Sim, Step, median_max};
 use std::time::Duration;
 
@@ -34,7 +35,11 @@ fn joined_cluster(seed: u64, n: usize) -> Sim {
 /// Crashes `victims` at once and returns, for every survivor and victim, how
 /// long the survivor took to declare the victim failed.
 fn crash_and_time_detection(sim: &mut Sim, victims: &[usize]) -> Vec<Duration> {
-    let survivors: Vec<usize> = sim.up().into_iter().filter(|i| !victims.contains(i)).collect();
+    let survivors: Vec<usize> = sim
+        .up()
+        .into_iter()
+        .filter(|i| !victims.contains(i))
+        .collect();
     let victim_ids: Vec<NodeId> = victims.iter().map(|&v| sim.id(v)).collect();
     let t0 = sim.elapsed();
     for &v in victims {
@@ -42,9 +47,11 @@ fn crash_and_time_detection(sim: &mut Sim, victims: &[usize]) -> Vec<Duration> {
     }
     let bound = sim.detection_bound(DETECTION_SLACK);
     let gone = |s: &Sim| {
-        survivors
-            .iter()
-            .all(|&i| victim_ids.iter().all(|v| !s.core(i).live_members().contains(v)))
+        survivors.iter().all(|&i| {
+            victim_ids
+                .iter()
+                .all(|v| !s.core(i).live_members().contains(v))
+        })
     };
     let took = sim.run_until(bound, gone);
     assert!(
@@ -134,14 +141,18 @@ fn three_simultaneous_crashes_are_detected_by_every_survivor_within_the_bound() 
         let mut ring: Vec<usize> = (0..10).collect();
         ring.sort_by_key(|&i| (sim.id(i).ring_hash(), sim.id(i)));
         let at = ring.iter().position(|&i| sim.id(i) == first).unwrap();
-        let victims: Vec<usize> = (0..3).map(|k| ring[(at + k + seed as usize) % 10]).collect();
+        let victims: Vec<usize> = (0..3)
+            .map(|k| ring[(at + k + seed as usize) % 10])
+            .collect();
         all.extend(crash_and_time_detection(&mut sim, &victims));
         sim.advance(secs(10));
         assert!(sim.converged(), "{sim:?}");
         assert_eq!(sim.total(|c| c.false_failures), 0);
     }
     let (median, max) = median_max(all);
-    eprintln!("3 simultaneous crashes, 10 nodes, 5 seeds: detection median {median:?}, max {max:?}");
+    eprintln!(
+        "3 simultaneous crashes, 10 nodes, 5 seeds: detection median {median:?}, max {max:?}"
+    );
 }
 
 #[test]
@@ -154,7 +165,9 @@ fn a_leave_is_seen_as_left_by_everyone_and_counts_no_failure() {
     sim.play([
         Step::Leave(leaver),
         Step::within(secs(1), "every other node to drop the leaver", move |s| {
-            s.up().iter().all(|&i| !s.core(i).live_members().contains(&id))
+            s.up()
+                .iter()
+                .all(|&i| !s.core(i).live_members().contains(&id))
         }),
         Step::Advance(secs(30)),
         Step::assert("the other nine to agree", Sim::converged),
@@ -193,7 +206,9 @@ fn a_restarted_node_comes_back_as_a_new_identity() {
             took.is_some(),
             "restart after {down_for:?} not absorbed\n{sim:?}"
         );
-        eprintln!("restart after {down_for:?} down: every view has the new identity after {took:?}");
+        eprintln!(
+            "restart after {down_for:?} down: every view has the new identity after {took:?}"
+        );
         assert!(sim.agree(&(0..10).collect::<Vec<_>>()));
         assert_eq!(sim.total(|c| c.false_failures), 0);
     }
@@ -208,7 +223,10 @@ fn a_partition_into_halves_heals_into_one_view() {
     let bound = sim.detection_bound(DETECTION_SLACK);
     let (a2, b2) = (a.clone(), b.clone());
     let split = sim.run_until(bound, move |s| s.agree(&a2) && s.agree(&b2));
-    assert!(split.is_some(), "the halves did not drop each other\n{sim:?}");
+    assert!(
+        split.is_some(),
+        "the halves did not drop each other\n{sim:?}"
+    );
     eprintln!("partition: both halves dropped the other after {split:?}");
     sim.advance(secs(10));
     assert!(sim.agree(&a) && sim.agree(&b), "{sim:?}");
@@ -216,7 +234,10 @@ fn a_partition_into_halves_heals_into_one_view() {
     // Push-pull with a recently failed member runs every 30 s (±10%); the
     // halves must find each other within a few rounds of it.
     let healed = sim.run_until(secs(120), |s| s.converged() && s.up().len() == 10);
-    assert!(healed.is_some(), "no single view 120 s after healing\n{sim:?}");
+    assert!(
+        healed.is_some(),
+        "no single view 120 s after healing\n{sim:?}"
+    );
     eprintln!("partition healed into one view {healed:?} after healing");
     sim.advance(secs(60));
     assert!(sim.converged() && sim.up().len() == 10, "{sim:?}");
@@ -239,7 +260,11 @@ fn a_paused_node_is_declared_failed_and_comes_back_as_a_new_identity() {
     assert!(took.is_some(), "paused node not declared failed\n{sim:?}");
     let times: Vec<Duration> = others
         .iter()
-        .map(|&i| sim.first_event(i, t0, |e| *e == Event::Failed(old)).unwrap() - t0)
+        .map(|&i| {
+            sim.first_event(i, t0, |e| *e == Event::Failed(old))
+                .unwrap()
+                - t0
+        })
         .collect();
     let (median, max) = median_max(times);
     eprintln!("paused node declared failed: median {median:?}, max {max:?}");
@@ -316,4 +341,60 @@ fn nodes_started_while_the_introducer_is_down_join_once_it_is_up() {
     let took = sim.run_until(secs(15), |s| s.converged() && s.up().len() == 5);
     assert!(took.is_some(), "{sim:?}");
     eprintln!("introducer up: all joined {took:?} later");
+}
+
+/// Builds a converged cluster of `n`, lets one more node join through a
+/// random member, and returns how many probe periods pass until every
+/// member lists it.
+fn periods_for_a_join_to_reach_everyone(seed: u64, n: usize, cfg: MembershipConfig) -> f64 {
+    let mut sim = Sim::new(seed, cfg);
+    sim.add_converged(n);
+    sim.advance(secs(1));
+    let via = (seed as usize * 7919) % n;
+    let joiner = sim.add_node(&[via]);
+    sim.join(joiner);
+    let id = sim.id(joiner);
+    // Scan the event log incrementally: checking every view would cost N^2.
+    let mut knows = vec![false; n + 1];
+    knows[joiner] = true;
+    let (mut seen, mut cursor) = (1, sim.log().len());
+    let took = sim.run_until(secs(600), |s| {
+        for r in &s.log()[cursor..] {
+            if r.event == Event::Joined(id) && !knows[r.node] {
+                knows[r.node] = true;
+                seen += 1;
+            }
+        }
+        cursor = s.log().len();
+        seen == n + 1
+    });
+    let took = took.unwrap_or_else(|| panic!("join not known by all {n} in 600 s ({seen} know)"));
+    took.as_secs_f64() / sim.config().ping_interval.as_secs_f64()
+}
+
+#[test]
+fn a_join_reaches_every_member_in_a_number_of_periods_growing_like_log_n() {
+    // Push-pull (every 30 s) is moved out of the window so that only
+    // piggybacking and gossip are measured; a join is not sent to everyone
+    // directly (failures are), so it is the update to time.
+    let mut cfg = MembershipConfig::preset(Preset::Lan);
+    cfg.push_pull_interval = Duration::from_secs(3600);
+    let mut periods = Vec::new();
+    for (n, seeds) in [(10, 5), (100, 3), (1000, 1)] {
+        let mut p: Vec<f64> = (0..seeds)
+            .map(|s| periods_for_a_join_to_reach_everyone(900 + s, n, cfg.clone()))
+            .collect();
+        p.sort_by(f64::total_cmp);
+        let median = p[p.len() / 2];
+        eprintln!("N = {n}: a join reached every member after {p:.2?} probe periods");
+        // Count started periods: a join known after 0.4 periods took one.
+        periods.push((n, median.ceil()));
+    }
+    let p = |n| periods.iter().find(|(m, _)| *m == n).unwrap().1;
+    // Log growth: 100 times the members may cost at most 4 times the periods
+    // (linear growth along the ring would cost ~100 times), and never more
+    // than one period per doubling of the cluster (c = 1).
+    assert!(p(1000) <= 4.0 * p(10), "{periods:?}");
+    assert!(p(1000) <= 1000f64.log2(), "{periods:?}");
+    assert!(p(100) <= 100f64.log2(), "{periods:?}");
 }

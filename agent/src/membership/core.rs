@@ -27,6 +27,11 @@ const MAX_SYNC_BYTES: usize = 65_000;
 const MAX_SEEDS: usize = 16;
 /// Known members a re-join is sent to, besides the introducers.
 const REJOIN_FANOUT: usize = 3;
+/// Random members that pending updates are also gossiped to each round.
+/// Probes only reach ring neighbours, so piggybacking alone spreads an update
+/// linearly around the ring; a few random targets make it spread in
+/// O(log n) rounds (memberlist's `GossipNodes` plays the same role).
+const GOSSIP_FANOUT: usize = 3;
 
 /// What changed, for logs, the event log and telemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +56,16 @@ pub enum Status {
     /// Asking introducers to let it in.
     Joining,
     Joined,
+}
+
+/// The first of `t`, `t + every`, `t + 2 * every`, ... that is after `now`.
+fn skip_past(t: Instant, now: Instant, every: Duration) -> Instant {
+    if t > now {
+        return t;
+    }
+    let every_ns = every.as_nanos().max(1);
+    let missed = now.duration_since(t).as_nanos() / every_ns + 1;
+    t + Duration::from_nanos(u64::try_from(missed * every_ns).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug)]
@@ -380,12 +395,12 @@ impl Membership {
             self.send_joins(now);
         }
         if self.status != Status::Joined {
-            // Hold the round timers while out of the group. They must stay
-            // in the future: `poll_at` reports them, and a timer left at
-            // `now` would have the driver call us again at once, forever.
-            let resume = now + self.cfg.ping_interval;
-            self.next_round = self.next_round.max(resume);
-            self.next_sync = self.next_sync.max(resume);
+            // Skip the rounds missed while out of the group, keeping their
+            // random phase (members must not probe in lockstep). They must
+            // stay in the future: `poll_at` reports them, and a timer left
+            // at `now` would have the driver call again at once, forever.
+            self.next_round = skip_past(self.next_round, now, self.cfg.ping_interval);
+            self.next_sync = skip_past(self.next_sync, now, self.cfg.push_pull_interval);
             return;
         }
         self.expire_probes(now);
@@ -393,6 +408,7 @@ impl Membership {
         self.expire_suspicions(now);
         if self.next_round <= now {
             self.probe_round(now);
+            self.gossip_round();
             self.collect_tombstones(now);
             self.next_round += self.cfg.ping_interval;
             if self.next_round <= now {
@@ -873,6 +889,26 @@ impl Membership {
                     updates,
                 },
             );
+        }
+    }
+
+    /// Sends pending updates to a few random live members, if there are any.
+    fn gossip_round(&mut self) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        let live: Vec<NodeId> = self.live_others().map(|m| m.id).collect();
+        let to: Vec<NodeId> = live
+            .choose_multiple(&mut self.rng, GOSSIP_FANOUT)
+            .copied()
+            .collect();
+        let budget = self.cfg.max_packet_size - HEADER_BUDGET;
+        for target in to {
+            let updates = self.piggyback(budget, Some(&target));
+            if updates.is_empty() {
+                break;
+            }
+            self.send(target.addr, &Message::Gossip { updates });
         }
     }
 

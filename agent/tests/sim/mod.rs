@@ -249,7 +249,9 @@ impl Sim {
     /// clusters too large to build by joining one by one.
     pub fn add_converged(&mut self, n: usize) -> Vec<usize> {
         let first = self.nodes.len();
-        let idx: Vec<usize> = (first..first + n).map(|_| self.add_node(&[first])).collect();
+        let idx: Vec<usize> = (first..first + n)
+            .map(|_| self.add_node(&[first]))
+            .collect();
         let ids: Vec<NodeId> = idx.iter().map(|&i| self.nodes[i].core.id()).collect();
         for &i in &idx {
             self.nodes[i].core.bootstrap(&ids, self.now);
@@ -258,7 +260,12 @@ impl Sim {
         idx
     }
 
-    fn new_core(&mut self, addr: SocketAddr, introducers: Vec<SocketAddr>, gen_: u64) -> Membership {
+    fn new_core(
+        &mut self,
+        addr: SocketAddr,
+        introducers: Vec<SocketAddr>,
+        gen_: u64,
+    ) -> Membership {
         let started = EPOCH_MS + self.elapsed().as_millis() as u64 + gen_;
         let id = NodeId::new(addr, started);
         let seed = self.seed ^ (u64::from(addr.port()) << 32) ^ gen_.wrapping_mul(0x9e37_79b9);
@@ -294,7 +301,11 @@ impl Sim {
 
     /// Continues a paused node like `SIGCONT`: its overdue timers run at once.
     pub fn resume(&mut self, i: usize) {
-        assert_eq!(self.nodes[i].health, Health::Paused, "node {i} is not paused");
+        assert_eq!(
+            self.nodes[i].health,
+            Health::Paused,
+            "node {i} is not paused"
+        );
         self.nodes[i].health = Health::Up;
         let now = self.now;
         self.nodes[i].core.handle_tick(now);
@@ -445,11 +456,11 @@ impl Sim {
         let out = self.nodes[i].core.drain_outbox();
         let events = self.nodes[i].core.drain_events();
         let at = self.elapsed();
-        self.log.extend(events.into_iter().map(|event| Record {
-            at,
-            node: i,
-            event,
-        }));
+        self.log.extend(
+            events
+                .into_iter()
+                .map(|event| Record { at, node: i, event }),
+        );
         if self.nodes[i].health != Health::Up {
             return;
         }
