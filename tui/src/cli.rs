@@ -100,7 +100,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
 
-    /// Seconds to wait for every agent to answer.
+    /// Seconds to wait for every agent to answer and to see all the others.
     #[arg(long, default_value_t = 30)]
     pub wait_secs: u64,
 }

@@ -227,6 +227,14 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         bail!(msg.trim_end().to_string());
     }
     rec.save(&run_dir)?;
+    let converged = wait_converged(&rec, deadline).await;
+    if !converged {
+        eprintln!(
+            "warning: not every agent saw all {} members before the deadline; \
+             `dml local status` shows who sees what",
+            rec.agents.len()
+        );
+    }
 
     if json {
         println!("{}", serde_json::to_string(&rec)?);
@@ -320,6 +328,32 @@ async fn wait_ready(
             (a.clone(), why)
         })
         .collect()
+}
+
+/// Polls until every agent sees every started agent live, or `deadline`.
+async fn wait_converged(rec: &ClusterRecord, deadline: Instant) -> bool {
+    let want = rec.agents.len();
+    loop {
+        let mut all = true;
+        for agent in &rec.agents {
+            let mut client = Client::new(agent.addr).with_timeout(PROBE_TIMEOUT);
+            let live = match client.members().await {
+                Ok(m) => m.iter().filter(|m| m.state.is_live()).count(),
+                Err(_) => 0,
+            };
+            if live < want {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
 }
 
 /// Stops whatever `rec` started and forgets it (used when `up` fails half-way).
