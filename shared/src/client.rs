@@ -57,9 +57,9 @@ impl Client {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr)
                 .await
-                .map_err(|source| Error::Connect {
+                .map_err(|reason| Error::Connect {
                     addr: self.addr.to_string(),
-                    source,
+                    reason,
                 })?;
             s.set_nodelay(true)?;
             self.stream = Some(s);

@@ -25,14 +25,14 @@ pub enum Error {
         value: String,
         reason: String,
     },
-    #[error("cannot read config file \"{path}\": {reason}")]
+    #[error("config file \"{path}\": {reason}")]
     ConfigFile { path: String, reason: String },
     #[error("agent at {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
-    #[error("cannot reach agent at {addr}: {source}")]
+    #[error("cannot reach agent at {addr}: {reason}")]
     Connect {
         addr: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("agent refused the request: {0}")]
     Remote(String),

@@ -82,7 +82,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let e = anyhow::Error::from(dml_shared::Error::Connect {
             addr: "127.0.0.1:8001".into(),
-            source: io,
+            reason: io,
         });
         assert_eq!(
             error_message(&e),
