@@ -398,3 +398,36 @@ fn a_join_reaches_every_member_in_a_number_of_periods_growing_like_log_n() {
     assert!(p(1000) <= 1000f64.log2(), "{periods:?}");
     assert!(p(100) <= 100f64.log2(), "{periods:?}");
 }
+
+#[test]
+fn a_cut_link_is_routed_around_and_an_isolated_node_comes_back_after_healing() {
+    let mut sim = joined_cluster(1000, 10);
+    let before = sim.id(3);
+    let bound = sim.detection_bound(DETECTION_SLACK);
+    sim.play([
+        Step::Advance(secs(5)),
+        // Node 3's monitors cannot reach it directly; indirect probes can.
+        Step::Cut(0, 3),
+        Step::Cut(1, 3),
+        Step::Cut(2, 3),
+        Step::Cut(3, 0),
+        Step::Advance(secs(120)),
+        Step::assert("cut links to cause no failure", |s| {
+            s.converged() && s.failed_events() == 0
+        }),
+        Step::Heal,
+        Step::Isolate(3),
+        Step::within(bound, "the isolated node to be dropped by all", move |s| {
+            (0..10)
+                .filter(|&i| i != 3)
+                .all(|i| !s.core(i).live_members().contains(&before))
+        }),
+        Step::Heal,
+        Step::within(secs(60), "the isolated node to be back", |s| {
+            s.converged() && s.up().len() == 10
+        }),
+        Step::assert("it to be back as a new identity", move |s| {
+            s.id(3).started > before.started
+        }),
+    ]);
+}

@@ -11,7 +11,8 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(mut nodes: Vec<NodeId>) -> Self {
-        nodes.sort_by_key(|n| (n.ring_hash(), *n));
+        // Cached: the key is a hash, and rings of thousands are rebuilt on every change.
+        nodes.sort_by_cached_key(|n| (n.ring_hash(), *n));
         nodes.dedup();
         Self { nodes }
     }
