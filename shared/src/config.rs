@@ -62,6 +62,9 @@ pub struct MembershipConfig {
     pub suspicion_min: Duration,
     /// Members asked to probe a target that missed its direct ack (k).
     pub indirect_checks: usize,
+    /// Random members that pending updates are also sent to each round, so
+    /// news spreads in O(log n) rounds, not around the ring (0: piggyback only).
+    pub gossip_fanout: usize,
     /// Period of the full-state exchange with one random member.
     #[serde(with = "humantime_serde")]
     pub push_pull_interval: Duration,
@@ -90,6 +93,7 @@ impl MembershipConfig {
                 suspicion_timeout: ms(2000),
                 suspicion_min: ms(800),
                 indirect_checks: 3,
+                gossip_fanout: 3,
                 push_pull_interval: ms(10_000),
                 retransmit_mult: 3,
                 max_packet_size: 1400,
@@ -104,6 +108,7 @@ impl MembershipConfig {
                 suspicion_timeout: ms(3000),
                 suspicion_min: ms(1000),
                 indirect_checks: 3,
+                gossip_fanout: 3,
                 push_pull_interval: ms(30_000),
                 retransmit_mult: 3,
                 max_packet_size: 1400,
@@ -118,6 +123,7 @@ impl MembershipConfig {
                 suspicion_timeout: ms(12_000),
                 suspicion_min: ms(4000),
                 indirect_checks: 4,
+                gossip_fanout: 3,
                 push_pull_interval: ms(60_000),
                 retransmit_mult: 4,
                 max_packet_size: 1200,
@@ -187,6 +193,7 @@ struct RawMembership {
     #[serde(default, with = "humantime_serde")]
     suspicion_min: Option<Duration>,
     indirect_checks: Option<usize>,
+    gossip_fanout: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     push_pull_interval: Option<Duration>,
     retransmit_mult: Option<usize>,
@@ -250,6 +257,7 @@ impl Config {
                 suspicion_timeout,
                 suspicion_min,
                 indirect_checks,
+                gossip_fanout,
                 push_pull_interval,
                 retransmit_mult,
                 max_packet_size,
@@ -332,6 +340,13 @@ impl Config {
             return bad(
                 "membership.indirect_checks",
                 m.indirect_checks.to_string(),
+                "must be at most 16",
+            );
+        }
+        if m.gossip_fanout > 16 {
+            return bad(
+                "membership.gossip_fanout",
+                m.gossip_fanout.to_string(),
                 "must be at most 16",
             );
         }

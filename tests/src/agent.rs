@@ -100,6 +100,7 @@ pub fn config_toml(m: &MembershipConfig, data_dir: &Path) -> String {
         suspicion_timeout,
         suspicion_min,
         indirect_checks,
+        gossip_fanout,
         push_pull_interval,
         retransmit_mult,
         max_packet_size,
@@ -126,6 +127,7 @@ pub fn config_toml(m: &MembershipConfig, data_dir: &Path) -> String {
          suspicion_timeout = {}\n\
          suspicion_min = {}\n\
          indirect_checks = {indirect_checks}\n\
+         gossip_fanout = {gossip_fanout}\n\
          push_pull_interval = {}\n\
          retransmit_mult = {retransmit_mult}\n\
          max_packet_size = {max_packet_size}\n\

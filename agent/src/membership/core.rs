@@ -27,11 +27,6 @@ const MAX_SYNC_BYTES: usize = 65_000;
 const MAX_SEEDS: usize = 16;
 /// Known members a re-join is sent to, besides the introducers.
 const REJOIN_FANOUT: usize = 3;
-/// Random members that pending updates are also gossiped to each round.
-/// Probes only reach ring neighbours, so piggybacking alone spreads an update
-/// linearly around the ring; a few random targets make it spread in
-/// O(log n) rounds (memberlist's `GossipNodes` plays the same role).
-const GOSSIP_FANOUT: usize = 3;
 
 /// What changed, for logs, the event log and telemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -892,14 +887,17 @@ impl Membership {
         }
     }
 
-    /// Sends pending updates to a few random live members, if there are any.
+    /// Sends pending updates to `gossip_fanout` random live members, if there
+    /// are any. Probes only reach ring neighbours, so piggybacking alone would
+    /// spread an update linearly around the ring (memberlist's `GossipNodes`
+    /// plays the same role).
     fn gossip_round(&mut self) {
         if self.broadcasts.is_empty() {
             return;
         }
         let live: Vec<NodeId> = self.live_others().map(|m| m.id).collect();
         let to: Vec<NodeId> = live
-            .choose_multiple(&mut self.rng, GOSSIP_FANOUT)
+            .choose_multiple(&mut self.rng, self.cfg.gossip_fanout)
             .copied()
             .collect();
         let budget = self.cfg.max_packet_size - HEADER_BUDGET;
