@@ -153,6 +153,83 @@ impl Default for ApiConfig {
     }
 }
 
+/// The replicated control plane (Raft among the voters).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Agents that hold a Raft replica. Empty: the first `2m + 1` of `nodes`
+    /// (all of them if fewer), so `m` simultaneous failures leave a majority.
+    pub voters: Vec<SocketAddr>,
+    /// Raft heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no heartbeat for a random time in
+    /// [`election_timeout_min`, `election_timeout_max`] starts an election.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Entries between two snapshots; the log is purged up to each snapshot.
+    pub snapshot_every: u64,
+    /// Time allowed for one Raft RPC.
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            voters: Vec::new(),
+            heartbeat_interval: ms(100),
+            election_timeout_min: ms(500),
+            election_timeout_max: ms(1000),
+            snapshot_every: 1000,
+            rpc_timeout: ms(1000),
+        }
+    }
+}
+
+/// The replicated, versioned file store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SdfsConfig {
+    /// Copies of each version; unset means `membership.m + 1`.
+    pub replicas: Option<usize>,
+    /// Durable copies needed before a version commits.
+    pub write_quorum: usize,
+    /// Bytes per data frame on the put and get streams.
+    pub chunk_size: usize,
+    /// A put with no progress for this long is aborted and its space freed.
+    #[serde(with = "humantime_serde")]
+    pub put_timeout: Duration,
+    /// Bandwidth repair may use on one agent, in bytes per second.
+    pub repair_bytes_per_sec: u64,
+    /// Versions re-replicated at the same time by the leader.
+    pub repair_concurrency: usize,
+    /// Period of the on-disk checksum scrub.
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
+    /// Period of the comparison of the disk with the committed metadata.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for SdfsConfig {
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            write_quorum: 3,
+            chunk_size: 1 << 20,
+            put_timeout: Duration::from_secs(60),
+            repair_bytes_per_sec: 200 << 20,
+            repair_concurrency: 2,
+            scrub_interval: Duration::from_secs(600),
+            reconcile_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The whole agent config, every value resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -164,8 +241,13 @@ pub struct Config {
     pub introducers: Vec<SocketAddr>,
     /// Where the agent keeps its state.
     pub data_dir: PathBuf,
+    /// Every agent of the cluster, as in the original's node list; the
+    /// default voters are taken from it.
+    pub nodes: Vec<SocketAddr>,
     pub membership: MembershipConfig,
     pub api: ApiConfig,
+    pub control: ControlConfig,
+    pub sdfs: SdfsConfig,
 }
 
 /// What a file may say: every key optional, unknown keys refused.
@@ -176,8 +258,11 @@ struct RawConfig {
     bind: Option<SocketAddr>,
     introducers: Option<Vec<SocketAddr>>,
     data_dir: Option<PathBuf>,
+    nodes: Option<Vec<SocketAddr>>,
     membership: Option<RawMembership>,
     api: Option<RawApi>,
+    control: Option<ControlConfig>,
+    sdfs: Option<SdfsConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,8 +308,11 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             introducers: Vec::new(),
             data_dir: PathBuf::from(".dml/data"),
+            nodes: Vec::new(),
             membership: MembershipConfig::preset(preset),
             api: ApiConfig::default(),
+            control: ControlConfig::default(),
+            sdfs: SdfsConfig::default(),
         }
     }
 
@@ -266,6 +354,15 @@ impl Config {
                 udp_buffer
             );
         }
+        if let Some(v) = raw.nodes {
+            c.nodes = v;
+        }
+        if let Some(v) = raw.control {
+            c.control = v;
+        }
+        if let Some(v) = raw.sdfs {
+            c.sdfs = v;
+        }
         if let Some(a) = raw.api {
             if let Some(v) = a.max_frame {
                 c.api.max_frame = v;
@@ -275,6 +372,23 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// The Raft voters: `control.voters`, or else the first `2m + 1` of `nodes`.
+    pub fn voters(&self) -> Vec<SocketAddr> {
+        if !self.control.voters.is_empty() {
+            return self.control.voters.clone();
+        }
+        self.nodes
+            .iter()
+            .take(2 * self.membership.m + 1)
+            .copied()
+            .collect()
+    }
+
+    /// Copies of each SDFS version: `sdfs.replicas`, or else `m + 1`.
+    pub fn replicas(&self) -> usize {
+        self.sdfs.replicas.unwrap_or(self.membership.m + 1)
     }
 
     /// Reads, parses and validates a config file.
@@ -406,6 +520,8 @@ impl Config {
                 "must be above zero",
             );
         }
+        self.validate_control()?;
+        self.validate_sdfs()?;
         if self.bind.ip().is_unspecified() && !self.introducers.is_empty() {
             return bad(
                 "bind",
@@ -417,6 +533,127 @@ impl Config {
             if i.port() == 0 || i.ip().is_unspecified() {
                 return bad("introducers", i.to_string(), "must be a reachable address");
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_control(&self) -> Result<()> {
+        let c = &self.control;
+        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
+        let bad = |key: &str, value: String, reason: &str| {
+            Err(Error::Config {
+                key: key.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        if c.heartbeat_interval.is_zero() {
+            return bad(
+                "control.heartbeat_interval",
+                d(c.heartbeat_interval),
+                "must be above zero",
+            );
+        }
+        if c.election_timeout_min <= c.heartbeat_interval * 2 {
+            return bad(
+                "control.election_timeout_min",
+                d(c.election_timeout_min),
+                "must be more than twice control.heartbeat_interval",
+            );
+        }
+        if c.election_timeout_max <= c.election_timeout_min {
+            return bad(
+                "control.election_timeout_max",
+                d(c.election_timeout_max),
+                "must be above control.election_timeout_min",
+            );
+        }
+        if c.snapshot_every == 0 {
+            return bad("control.snapshot_every", "0".into(), "must be above zero");
+        }
+        if c.rpc_timeout.is_zero() {
+            return bad(
+                "control.rpc_timeout",
+                d(c.rpc_timeout),
+                "must be above zero",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for v in &c.voters {
+            if v.port() == 0 || v.ip().is_unspecified() {
+                return bad(
+                    "control.voters",
+                    v.to_string(),
+                    "must be a reachable address",
+                );
+            }
+            if !seen.insert(*v) {
+                return bad("control.voters", v.to_string(), "is listed twice");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sdfs(&self) -> Result<()> {
+        let s = &self.sdfs;
+        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
+        let bad = |key: &str, value: String, reason: &str| {
+            Err(Error::Config {
+                key: key.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        let replicas = self.replicas();
+        if replicas == 0 || replicas > 32 {
+            return bad(
+                "sdfs.replicas",
+                replicas.to_string(),
+                "must be between 1 and 32",
+            );
+        }
+        if s.write_quorum == 0 || s.write_quorum > replicas {
+            return bad(
+                "sdfs.write_quorum",
+                s.write_quorum.to_string(),
+                "must be between 1 and sdfs.replicas",
+            );
+        }
+        if !(4096..=(8 << 20)).contains(&s.chunk_size) {
+            return bad(
+                "sdfs.chunk_size",
+                s.chunk_size.to_string(),
+                "must be between 4096 and 8388608 bytes",
+            );
+        }
+        if s.put_timeout < Duration::from_secs(1) {
+            return bad("sdfs.put_timeout", d(s.put_timeout), "must be at least 1s");
+        }
+        if s.repair_bytes_per_sec < (1 << 20) {
+            return bad(
+                "sdfs.repair_bytes_per_sec",
+                s.repair_bytes_per_sec.to_string(),
+                "must be at least 1048576",
+            );
+        }
+        if s.repair_concurrency == 0 {
+            return bad("sdfs.repair_concurrency", "0".into(), "must be above zero");
+        }
+        if s.scrub_interval < Duration::from_secs(1) {
+            return bad(
+                "sdfs.scrub_interval",
+                d(s.scrub_interval),
+                "must be at least 1s",
+            );
+        }
+        if s.reconcile_interval < Duration::from_secs(1) {
+            return bad(
+                "sdfs.reconcile_interval",
+                d(s.reconcile_interval),
+                "must be at least 1s",
+            );
         }
         Ok(())
     }
@@ -444,6 +681,30 @@ mod tests {
             c.membership.suspicion_timeout,
             MembershipConfig::preset(Preset::Wan).suspicion_timeout
         );
+    }
+
+    #[test]
+    fn voters_default_to_2m_plus_1_nodes_and_replicas_to_m_plus_1() {
+        let nodes: Vec<String> = (1..=10)
+            .map(|i| format!("\"127.0.0.1:{}\"", 8000 + i))
+            .collect();
+        let c = Config::from_toml(&format!(
+            "nodes = [{}]\n[sdfs]\nwrite_quorum = 2\n",
+            nodes.join(",")
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.voters().len(), 7);
+        assert_eq!(c.replicas(), 4);
+        assert_eq!(c.sdfs.write_quorum, 2);
+        assert_eq!(c.sdfs.chunk_size, SdfsConfig::default().chunk_size);
+        let e = Config::from_toml("[sdfs]\nwrite_quorum = 5\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("sdfs.write_quorum"), "{e}");
+        let e = Config::from_toml("[control]\nvoterz = []\n").unwrap_err();
+        assert!(e.to_string().contains("voterz"), "{e}");
     }
 
     #[test]
