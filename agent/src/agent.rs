@@ -1,9 +1,11 @@
 //! Wiring of one agent: binds the TCP listener and the UDP socket on the same
 //! port, starts membership and the API, and stops them in order.
 
-use crate::api::ApiServer;
+use crate::api::{ApiServer, Services};
+use crate::control::ControlHandle;
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
+use crate::sdfs::SdfsHandle;
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
 use dml_shared::config::Config;
@@ -60,7 +62,12 @@ impl Agent {
             std::time::Instant::now(),
         );
         let membership = driver::spawn(udp, core, join);
-        let api = ApiServer::spawn(tcp, cfg.api.clone(), membership.handle.clone());
+        let services = Services {
+            membership: membership.handle.clone(),
+            control: ControlHandle::default(),
+            sdfs: SdfsHandle::default(),
+        };
+        let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
         Ok(Self {
             id,
             membership,

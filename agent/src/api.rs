@@ -1,7 +1,9 @@
 //! The agent API: framed postcard requests over TCP, on the same port number
 //! as the membership UDP socket.
 
+use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
+use crate::sdfs::SdfsHandle;
 use dml_shared::api::{Request, Response};
 use dml_shared::config::ApiConfig;
 use dml_shared::framing::{read_frame, write_frame};
@@ -22,9 +24,9 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Serves on an already-bound listener until [`ApiServer::shutdown`].
-    pub fn spawn(listener: TcpListener, cfg: ApiConfig, membership: MembershipHandle) -> Self {
+    pub fn spawn(listener: TcpListener, cfg: ApiConfig, services: Services) -> Self {
         let (shutdown, rx) = watch::channel(false);
-        let join = tokio::spawn(accept_loop(listener, cfg, membership, rx));
+        let join = tokio::spawn(accept_loop(listener, cfg, services, rx));
         Self { shutdown, join }
     }
 
@@ -34,10 +36,18 @@ impl ApiServer {
     }
 }
 
+/// What the API dispatches to; cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub membership: MembershipHandle,
+    pub control: ControlHandle,
+    pub sdfs: SdfsHandle,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     cfg: ApiConfig,
-    membership: MembershipHandle,
+    services: Services,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -60,11 +70,11 @@ async fn accept_loop(
             tracing::warn!(%peer, "refusing API connection: too many open");
             continue;
         };
-        let membership = membership.clone();
+        let services = services.clone();
         let bad_frames = bad_frames.clone();
         let max_frame = cfg.max_frame;
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, max_frame, &membership, &bad_frames).await {
+            if let Err(e) = serve(stream, max_frame, &services, &bad_frames).await {
                 tracing::debug!(%peer, error = %e, "API connection closed");
             }
             drop(permit);
@@ -75,7 +85,7 @@ async fn accept_loop(
 async fn serve(
     mut stream: TcpStream,
     max_frame: usize,
-    membership: &MembershipHandle,
+    services: &Services,
     bad_frames: &AtomicU64,
 ) -> dml_shared::Result<()> {
     stream.set_nodelay(true)?;
@@ -94,7 +104,12 @@ async fn serve(
             }
         };
         let response = match wire::decode::<Request>(Kind::Request, &frame) {
-            Ok(req) => handle(req, membership, bad_frames).await,
+            // The data path takes the stream over: its bytes follow as raw frames.
+            Ok(Request::Data(req)) => {
+                services.sdfs.serve_data(req, &mut stream).await?;
+                continue;
+            }
+            Ok(req) => handle(req, services, bad_frames).await,
             Err(e) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
                 let msg = Response::Error(format!("bad request: {e}"));
@@ -111,8 +126,9 @@ async fn serve(
     }
 }
 
-async fn handle(req: Request, m: &MembershipHandle, bad_frames: &AtomicU64) -> Response {
+async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Response {
     let gone = || Response::Error("membership task is shutting down".into());
+    let m = &services.membership;
     match req {
         Request::Id => m.id().await.map_or_else(gone, Response::Id),
         Request::Members => m.members().await.map_or_else(gone, Response::Members),
@@ -122,5 +138,9 @@ async fn handle(req: Request, m: &MembershipHandle, bad_frames: &AtomicU64) -> R
         }),
         Request::Join => m.join().await.map_or_else(gone, |()| Response::Ok),
         Request::Leave => m.leave().await.map_or_else(gone, |()| Response::Ok),
+        Request::Leader => Response::Leader(services.control.leader_info().await),
+        Request::Meta(req) => services.control.meta(req).await,
+        Request::Raft(rpc) => services.control.raft_rpc(rpc).await,
+        Request::Data(_) => unreachable!("served above"),
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! - [`membership`]: the failure detector (sans-IO core and its UDP driver).
 //! - [`api`]: the TCP request/response server on the same port number.
+//! - [`control`]: the replicated control plane (Raft) and its state machine.
+//! - [`sdfs`]: the file store on this agent and its data path.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
 
 pub mod agent;
 pub mod api;
+pub mod control;
 pub mod event_log;
 pub mod membership;
+pub mod sdfs;

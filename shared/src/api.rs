@@ -1,7 +1,9 @@
 //! Requests `dml` sends to an agent over TCP, and the answers.
 
 use crate::id::NodeId;
+use crate::sdfs::{Checksum, DataRequest, Holding, MetaRequest, MetaResponse};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// One request per frame; the agent answers each with one [`Response`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,6 +18,14 @@ pub enum Request {
     Join,
     /// Leave the group gracefully; the agent stays up and can join again.
     Leave,
+    /// Who leads the control plane.
+    Leader,
+    /// SDFS metadata; followers forward it to the leader.
+    Meta(MetaRequest),
+    /// SDFS bytes: a write, a read, a repair copy, or the local holdings.
+    Data(DataRequest),
+    /// An openraft RPC between voters, postcard-encoded by the control plane.
+    Raft(Vec<u8>),
 }
 
 /// A member's state as this agent sees it.
@@ -90,6 +100,19 @@ pub struct Stats {
     pub members_live: u64,
 }
 
+/// The control plane as one agent sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// The leader's agent address, if one is known.
+    pub leader: Option<SocketAddr>,
+    pub term: u64,
+    pub voters: Vec<SocketAddr>,
+    /// Whether the answering agent is a voter.
+    pub is_voter: bool,
+    /// Index of the last entry applied to this agent's state machine (voters only).
+    pub last_applied: Option<u64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Id(IdInfo),
@@ -97,4 +120,21 @@ pub enum Response {
     Stats(Stats),
     Ok,
     Error(String),
+    Leader(LeaderInfo),
+    Meta(MetaResponse),
+    /// A write stored durably on these agents (the answering one first).
+    Stored {
+        holders: Vec<SocketAddr>,
+    },
+    /// A read starts: `size` bytes follow as raw data frames.
+    ReadStart {
+        size: u64,
+        checksum: Checksum,
+    },
+    Holdings(Vec<Holding>),
+    Raft(Vec<u8>),
+    /// This agent is not the leader; ask `leader` instead.
+    NotLeader {
+        leader: Option<SocketAddr>,
+    },
 }

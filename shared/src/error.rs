@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("agent refused the request: {0}")]
     Remote(String),
+    #[error("bad SDFS name \"{name}\": {reason}")]
+    BadName { name: String, reason: String },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
 }

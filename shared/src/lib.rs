@@ -5,6 +5,7 @@
 //! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
 //! - [`api`]: request and response types of the agent API.
+//! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`client`]: an async client for that API.
 //! - [`error`]: typed errors.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod framing;
 pub mod id;
+pub mod sdfs;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -1,0 +1,221 @@
+//! SDFS vocabulary shared by agents and `dml`: file names, version metadata,
+//! and the requests of the metadata (control) plane and the data path.
+//!
+//! Put: `Meta(BeginPut)` to the leader gives a version and a replica chain;
+//! the client streams the bytes to the chain's head with `Data(Write)` (the
+//! head forwards them down the chain); then `Meta(CommitPut)` with the
+//! holders that stored them durably makes the version visible.
+//! Get: `Meta(Stat)` gives the replicas; `Data(Read)` from the nearest one.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Longest SDFS name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// BLAKE3 digest of a whole version's bytes.
+pub type Checksum = [u8; 32];
+
+/// Checks an SDFS name: non-empty UTF-8 of at most [`MAX_NAME_BYTES`], no
+/// NUL, not absolute, no `.` or `..` component, no empty component.
+pub fn validate_name(name: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::BadName {
+            name: name.chars().take(80).collect(),
+            reason: reason.into(),
+        })
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return bad("is longer than 1024 bytes");
+    }
+    if name.contains('\0') {
+        return bad("contains a NUL byte");
+    }
+    if name.starts_with('/') {
+        return bad("is an absolute path");
+    }
+    if name.contains('\\') {
+        return bad("contains a backslash");
+    }
+    for part in name.split('/') {
+        match part {
+            "" => return bad("has an empty path component"),
+            "." | ".." => return bad("has a '.' or '..' component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Shell-style glob match (`*`, `?`) over whole names; `*` also crosses `/`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// One committed version of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// 1, 2, 3, ... in commit order.
+    pub version: u64,
+    pub size: u64,
+    pub checksum: Checksum,
+    /// Agents holding a verified copy.
+    pub replicas: Vec<SocketAddr>,
+    /// When the leader committed it (Unix ms).
+    pub committed_ms: u64,
+}
+
+/// A file and its committed versions, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub name: String,
+    pub versions: Vec<VersionInfo>,
+}
+
+/// A version stored on one agent's disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+}
+
+/// Metadata operations, served by the Raft leader (followers forward them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    /// Reserve the next version of `name`; answered with [`MetaResponse::PutPlan`].
+    BeginPut { name: String, size: u64 },
+    /// The put's bytes are durable on `holders`; commit if they reach the
+    /// write quorum. Answered with [`MetaResponse::Committed`].
+    CommitPut {
+        name: String,
+        version: u64,
+        checksum: Checksum,
+        holders: Vec<SocketAddr>,
+    },
+    /// Give up a put; its version never becomes visible.
+    AbortPut { name: String, version: u64 },
+    /// Delete every version of `name`.
+    Delete { name: String },
+    /// A file's committed versions.
+    Stat { name: String },
+    /// Files whose names match a glob.
+    List { glob: String },
+    /// Totals over the whole store.
+    Count,
+    /// Files per node.
+    Nodes,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    PutPlan {
+        version: u64,
+        /// Stream to `chain[0]`, which forwards to the rest in order.
+        chain: Vec<SocketAddr>,
+        /// Durable copies needed to commit.
+        quorum: usize,
+    },
+    Committed {
+        version: u64,
+    },
+    Done,
+    File(FileInfo),
+    Files(Vec<FileInfo>),
+    Count {
+        files: u64,
+        versions: u64,
+        bytes: u64,
+    },
+    Nodes(Vec<(SocketAddr, Vec<Holding>)>),
+}
+
+/// Data-path requests, sent straight to an agent that holds (or will hold) bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Store a version. Raw data frames follow (see `framing`), then an
+    /// empty frame. The agent forwards them to `downstream[0]` with the rest
+    /// of the chain, writes a temp file, fsyncs, checks `checksum` and renames
+    /// it into place. Answered with [`crate::api::Response::Stored`].
+    Write {
+        name: String,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+        downstream: Vec<SocketAddr>,
+    },
+    /// Send a stored version: answered with [`crate::api::Response::ReadStart`],
+    /// then raw data frames, then an empty frame.
+    Read { name: String, version: u64 },
+    /// Copy a version from one of `sources` (leader to a new holder, for repair).
+    Replicate {
+        name: String,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+        sources: Vec<SocketAddr>,
+    },
+    /// What this agent stores.
+    Store,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "dir/file.txt", "models/resnet50.onnx", "ünïcode"] {
+            validate_name(ok).unwrap();
+        }
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a\0b",
+            "a\\b",
+            &long,
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_name(&"x".repeat(MAX_NAME_BYTES)).unwrap();
+    }
+
+    #[test]
+    fn globs_match_whole_names() {
+        assert!(glob_match("*", "a/b"));
+        assert!(glob_match("img_*.jpg", "img_001.jpg"));
+        assert!(!glob_match("img_*.jpg", "img_001.png"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "abbc"));
+        assert!(glob_match("data/*", "data/x/y"));
+        assert!(!glob_match("data", "data/x"));
+    }
+}
