@@ -128,6 +128,14 @@ pub enum MetaRequest {
     Count,
     /// Files per node.
     Nodes,
+    /// Reconcile: which of the versions `node` stores it should keep. Answered
+    /// with [`MetaResponse::Wanted`], one bool per item, in order: true when the
+    /// version is committed with `node` among its replicas, or pending and not
+    /// past its deadline.
+    Wanted {
+        node: SocketAddr,
+        items: Vec<(String, u64)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +159,8 @@ pub enum MetaResponse {
         bytes: u64,
     },
     Nodes(Vec<(SocketAddr, Vec<Holding>)>),
+    /// One keep/drop answer per item of [`MetaRequest::Wanted`].
+    Wanted(Vec<bool>),
 }
 
 /// Data-path requests, sent straight to an agent that holds (or will hold) bytes.
