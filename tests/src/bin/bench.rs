@@ -296,17 +296,15 @@ async fn membership_bench(a: MembershipArgs) -> Result<()> {
                         .file_name()
                         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 ));
-                match membership::run(&sys, &params, dir).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("[{}] FAILED: {e:#}", sys.name);
-                        SystemReport {
-                            name: sys.name.into(),
-                            skipped: Some(format!("run failed: {e:#}")),
-                            ..SystemReport::default()
-                        }
-                    }
+                let mut rep = SystemReport {
+                    name: sys.name.into(),
+                    ..SystemReport::default()
+                };
+                if let Err(e) = membership::run(&sys, &params, dir, &mut rep).await {
+                    eprintln!("[{}] FAILED: {e:#}", sys.name);
+                    rep.error = Some(format!("{e:#}"));
                 }
+                rep
             }
             Err(e) => {
                 eprintln!("skipping a system: {e:#}");

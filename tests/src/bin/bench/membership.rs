@@ -113,7 +113,10 @@ pub struct LossResult {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SystemReport {
     pub name: String,
+    /// Why the system was not measured at all (binary missing, cluster never formed).
     pub skipped: Option<String>,
+    /// An error that cut the run short; the figures before it are kept.
+    pub error: Option<String>,
     pub join_s: Option<f64>,
     pub traffic: Traffic,
     pub kills: Vec<KillResult>,
@@ -252,12 +255,9 @@ impl Cluster {
     }
 }
 
-/// Runs every measurement on `system` and returns the report.
-pub async fn run(system: &System, p: &Params, dir: PathBuf) -> Result<SystemReport> {
-    let mut rep = SystemReport {
-        name: system.name.to_string(),
-        ..SystemReport::default()
-    };
+/// Runs every measurement on `system`, filling `rep` as it goes so that a failure late in
+/// the run keeps what was measured before it.
+pub async fn run(system: &System, p: &Params, dir: PathBuf, rep: &mut SystemReport) -> Result<()> {
     let converge_timeout = Duration::from_secs(p.converge_timeout_secs);
     let settle = Duration::from_secs(p.settle_secs);
     let t_begin = now_ms();
@@ -270,7 +270,10 @@ pub async fn run(system: &System, p: &Params, dir: PathBuf) -> Result<SystemRepo
             "[{}] every member sees every other {s:.1} s after the last start",
             system.name
         ),
-        None => bail!("{} never converged at start", system.name),
+        None => {
+            rep.skipped = Some("the cluster never converged at start".into());
+            bail!("{} never converged at start", system.name)
+        }
     }
 
     tokio::time::sleep(settle).await;
@@ -318,9 +321,9 @@ pub async fn run(system: &System, p: &Params, dir: PathBuf) -> Result<SystemRepo
 
     let t_loss = now_ms();
     rep.false_failed_without_loss = c.false_failed(t_begin, t_loss).len();
-    rep.loss = measure_loss(&mut c, p).await?;
+    let loss = measure_loss(&mut c, p, &mut rep.loss).await;
     c.stop().await;
-    Ok(rep)
+    loss
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -425,11 +428,10 @@ async fn kill_and_restart(c: &mut Cluster, victim: usize, p: &Params) -> Result<
     })
 }
 
-async fn measure_loss(c: &mut Cluster, p: &Params) -> Result<LossResult> {
-    let mut res = LossResult::default();
+async fn measure_loss(c: &mut Cluster, p: &Params, res: &mut LossResult) -> Result<()> {
     if p.loss_secs == 0 {
         res.skipped = Some("--loss-secs 0".into());
-        return Ok(res);
+        return Ok(());
     }
     let target = 1.min(c.nodes.len() - 1);
     let port = c.nodes[target].addr.port();
@@ -442,7 +444,7 @@ async fn measure_loss(c: &mut Cluster, p: &Params) -> Result<LossResult> {
                 c.system.name
             );
             res.skipped = Some(why);
-            return Ok(res);
+            return Ok(());
         }
     };
     res.rule = Some(rule.describe());
@@ -491,5 +493,5 @@ async fn measure_loss(c: &mut Cluster, p: &Params) -> Result<LossResult> {
         res.suspicions = delta(|c| c.suspicions);
     }
     res.converged_at_end = c.check_converged().await.is_ok();
-    Ok(res)
+    Ok(())
 }

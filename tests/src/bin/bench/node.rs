@@ -163,8 +163,13 @@ impl Node {
         let mut ids: BTreeSet<String> = match self.kind {
             Kind::Agent => {
                 let c = self.client.as_mut().context("agent without a client")?;
-                c.members()
-                    .await?
+                // The agent closes idle API connections; the client then reconnects on the
+                // next call, so one failure is retried.
+                let members = match c.members().await {
+                    Ok(m) => m,
+                    Err(_) => c.members().await?,
+                };
+                members
                     .into_iter()
                     .filter(|m| m.state.is_live())
                     .map(|m| m.id.to_string())
@@ -181,7 +186,10 @@ impl Node {
         match self.kind {
             Kind::Agent => {
                 let c = self.client.as_mut().context("agent without a client")?;
-                let s = c.stats().await?;
+                let s = match c.stats().await {
+                    Ok(s) => s,
+                    Err(_) => c.stats().await?,
+                };
                 Ok(Counters {
                     bytes_sent: s.bytes_sent,
                     bytes_recv: s.bytes_recv,

@@ -120,6 +120,7 @@ pub fn table(p: &Params, systems: &[SystemReport]) -> String {
             "false positives at loss: `failed` events",
             Box::new(|r: &SystemReport| match &r.loss.skipped {
                 Some(_) => "skipped".into(),
+                None if r.loss.secs == 0.0 => "—".into(),
                 None => format!(
                     "{}{}",
                     r.loss.false_failed_events,
@@ -200,6 +201,9 @@ pub fn table(p: &Params, systems: &[SystemReport]) -> String {
     for r in systems {
         if let Some(why) = &r.skipped {
             let _ = writeln!(out, "{}: skipped: {why}", r.name);
+        }
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "{}: run cut short (figures up to there): {e}", r.name);
         }
         if let Some(why) = &r.loss.skipped {
             let _ = writeln!(out, "{}: false-positive phase skipped: {why}", r.name);
