@@ -1,11 +1,15 @@
 //! Async client for the agent API: one TCP connection, one request at a time.
+//! Data-path requests take the raw stream ([`Client::take_stream`]) and speak
+//! with [`send_request`] / [`read_response`] plus raw frames.
 
-use crate::api::{IdInfo, MemberInfo, Request, Response, Stats};
+use crate::api::{IdInfo, LeaderInfo, MemberInfo, Request, Response, Stats};
+use crate::sdfs::{DataRequest, Holding, MetaRequest, MetaResponse};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use crate::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Default time allowed for connecting and for each answer.
@@ -55,23 +59,55 @@ impl Client {
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response> {
         if self.stream.is_none() {
-            let s = TcpStream::connect(self.addr)
-                .await
-                .map_err(|reason| Error::Connect {
-                    addr: self.addr.to_string(),
-                    reason,
-                })?;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
+            self.stream = Some(connect(self.addr).await?);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        write_frame(stream, &wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME).await?;
-        let frame = read_frame(stream, DEFAULT_MAX_FRAME)
-            .await?
-            .ok_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
-        match wire::decode(Kind::Response, &frame)? {
-            Response::Error(msg) => Err(Error::Remote(msg)),
-            resp => Ok(resp),
+        send_request(stream, req).await?;
+        read_response(stream).await
+    }
+
+    /// The connection, opened if needed, for a data-path exchange; the
+    /// client opens a new one for its next call.
+    pub async fn take_stream(&mut self) -> Result<TcpStream> {
+        match self.stream.take() {
+            Some(s) => Ok(s),
+            None => {
+                let timeout = self.timeout;
+                tokio::time::timeout(timeout, connect(self.addr))
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        addr: self.addr.to_string(),
+                        timeout,
+                    })?
+            }
+        }
+    }
+
+    /// Who leads the control plane, as this agent sees it.
+    pub async fn leader(&mut self) -> Result<LeaderInfo> {
+        match self.call(&Request::Leader).await? {
+            Response::Leader(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One SDFS metadata request; a redirect comes back as [`Error::NotLeader`].
+    pub async fn meta(&mut self, req: MetaRequest) -> Result<MetaResponse> {
+        match self.call(&Request::Meta(req)).await? {
+            Response::Meta(m) => Ok(m),
+            Response::NotLeader { leader } => Err(Error::NotLeader {
+                addr: self.addr.to_string(),
+                leader,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The SDFS versions stored on this agent's disk.
+    pub async fn holdings(&mut self) -> Result<Vec<Holding>> {
+        match self.call(&Request::Data(DataRequest::Store)).await? {
+            Response::Holdings(h) => Ok(h),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -112,8 +148,43 @@ impl Client {
     }
 }
 
-fn unexpected(resp: Response) -> Error {
-    Error::Remote(format!("unexpected answer {resp:?}"))
+/// Opens a TCP connection to an agent, without Nagle delays.
+pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let s = TcpStream::connect(addr)
+        .await
+        .map_err(|reason| Error::Connect {
+            addr: addr.to_string(),
+            reason,
+        })?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Writes one request frame.
+pub async fn send_request<W: AsyncWrite + Unpin>(w: &mut W, req: &Request) -> Result<()> {
+    write_frame(w, &wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME).await
+}
+
+/// Reads one response frame; `Response::Error` becomes [`Error::Remote`] and
+/// a close before the answer an unexpected-EOF error.
+pub async fn read_response<R: AsyncRead + Unpin>(r: &mut R) -> Result<Response> {
+    let frame = read_frame(r, DEFAULT_MAX_FRAME)
+        .await?
+        .ok_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
+    match wire::decode(Kind::Response, &frame)? {
+        Response::Error(msg) => Err(Error::Remote(msg)),
+        resp => Ok(resp),
+    }
+}
+
+/// The error for an answer of the wrong kind.
+pub fn unexpected(resp: Response) -> Error {
+    let full = format!("{resp:?}");
+    let mut text: String = full.chars().take(200).collect();
+    if text.len() < full.len() {
+        text.push_str("...");
+    }
+    Error::Remote(format!("unexpected answer {text}"))
 }
 
 #[cfg(test)]

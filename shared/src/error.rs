@@ -40,6 +40,40 @@ pub enum Error {
     BadName { name: String, reason: String },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{} is not the leader{}", addr, match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]
+    NotLeader {
+        addr: String,
+        leader: Option<std::net::SocketAddr>,
+    },
+    #[error("local file \"{path}\": {reason}")]
+    LocalFile {
+        path: String,
+        reason: std::io::Error,
+    },
+    #[error("SDFS file \"{name}\" does not exist")]
+    NotFound { name: String },
+    #[error("SDFS file \"{name}\" has no version {version}")]
+    NoSuchVersion { name: String, version: u64 },
+    #[error("\"{name}\" v{version} from {from}: checksum mismatch")]
+    ChecksumMismatch {
+        name: String,
+        version: u64,
+        from: std::net::SocketAddr,
+    },
+    #[error("no replica of \"{name}\" v{version} could serve it: {tried}")]
+    ReplicasFailed {
+        name: String,
+        version: u64,
+        tried: String,
+    },
+    #[error("data transfer with {addr} failed: {reason}")]
+    Transfer { addr: String, reason: String },
+    #[error("put of \"{name}\" stored {stored} durable copies, {quorum} needed to commit")]
+    QuorumNotReached {
+        name: String,
+        stored: usize,
+        quorum: usize,
+    },
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 //! - [`api`]: request and response types of the agent API.
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`client`]: an async client for that API.
+//! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod framing;
 pub mod id;
 pub mod sdfs;
+pub mod sdfs_client;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1203 @@
+//! The client side of every SDFS flow (put, get, get-versions, delete, ls,
+//! store, load, ...), used by `dml`, the cluster tests and the bench.
+//!
+//! Metadata goes through the agent given to [`Sdfs::new`], which forwards it to
+//! the Raft leader (a `NotLeader` redirect is followed). Bytes travel straight
+//! between this process and the replicas: a `Request::Data` frame, then raw
+//! frames of at most [`Options::chunk_size`] bytes, then an empty frame.
+//! Memory stays bounded: a few chunks in flight, whatever the file size.
+//!
+//! Files written locally appear atomically: bytes go to a hidden temp file next
+//! to the target, are BLAKE3-checked and fsynced, then renamed into place.
+
+use crate::api::{Request, Response};
+use crate::client::{self, Client, read_response, send_request, unexpected};
+use crate::error::{Error, Result};
+use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use crate::sdfs::{
+    Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
+    validate_name,
+};
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Chunks buffered between the disk thread and the network, per transfer.
+const CHUNKS_IN_FLIGHT: usize = 2;
+/// Pause between two attempts while no leader is known.
+const LEADER_RETRY: Duration = Duration::from_millis(200);
+/// Redirects followed for one metadata request before giving up.
+const MAX_REDIRECTS: usize = 8;
+/// Time allowed to read an agent's error after it broke off a transfer.
+const ERROR_GRACE: Duration = Duration::from_secs(2);
+
+/// Timeouts, sizes and limits of the client.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Bytes per data frame on a put.
+    pub chunk_size: usize,
+    /// Time allowed for one metadata answer.
+    pub call_timeout: Duration,
+    /// Time allowed to connect and for each data frame to move.
+    pub io_timeout: Duration,
+    /// Time allowed, after the last frame of a put, for the chain to answer `Stored`.
+    pub store_timeout: Duration,
+    /// How long to keep asking while the cluster has no leader (an election).
+    pub leader_wait: Duration,
+    /// Files moved at the same time by `load` and `get_all`.
+    pub concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            chunk_size: crate::config::SdfsConfig::default().chunk_size,
+            call_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(120),
+            leader_wait: Duration::from_secs(10),
+            concurrency: 4,
+        }
+    }
+}
+
+/// What a transfer is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the local file to checksum it, before a put.
+    Hashing,
+    /// Streaming a put to the replica chain.
+    Sending,
+    /// Receiving a get.
+    Receiving,
+    /// Waiting for the chain to store and the leader to commit.
+    Committing,
+    /// `load`/`get_all`: `done` and `total` count files.
+    Files,
+}
+
+/// A progress report: `done` of `total` bytes (or files, for [`Phase::Files`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Progress {
+    /// Completion in [0, 1]; an empty transfer is complete.
+    pub fn fraction(&self) -> f64 {
+        if self.total == 0 {
+            1.0
+        } else {
+            (self.done as f64 / self.total as f64).min(1.0)
+        }
+    }
+}
+
+/// Receives progress reports; called from the task doing the transfer.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// A progress callback that ignores every report.
+pub fn no_progress(_: Progress) {}
+
+/// Bytes per second over `elapsed` (0 for an instant transfer of nothing).
+pub fn throughput(bytes: u64, elapsed: Duration) -> f64 {
+    let s = elapsed.as_secs_f64();
+    if s > 0.0 { bytes as f64 / s } else { 0.0 }
+}
+
+/// The outcome of a committed put.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutReport {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    pub checksum: Checksum,
+    /// Agents that stored it durably, the chain's head first.
+    pub holders: Vec<SocketAddr>,
+    /// From the first byte hashed to the commit.
+    pub elapsed: Duration,
+}
+
+/// The outcome of a get: a verified copy at `path`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GetReport {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    /// The replica that served it.
+    pub from: SocketAddr,
+    pub path: PathBuf,
+    pub elapsed: Duration,
+}
+
+/// The versions `get_versions` fetched, newest first, and where they went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionsReport {
+    pub name: String,
+    /// One per version, newest first; with `merge` every `path` is the merged file.
+    pub versions: Vec<GetReport>,
+    pub merged: bool,
+    pub elapsed: Duration,
+}
+
+/// One local file of a `load`.
+#[derive(Debug)]
+pub struct LoadItem {
+    pub local: PathBuf,
+    pub name: String,
+    pub result: Result<PutReport>,
+}
+
+/// The outcome of a `load`: every file, in path order.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub items: Vec<LoadItem>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    /// Bytes of the puts that committed.
+    pub fn bytes(&self) -> u64 {
+        self.items
+            .iter()
+            .filter_map(|i| i.result.as_ref().ok())
+            .map(|r| r.size)
+            .sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.items.iter().filter(|i| i.result.is_err()).count()
+    }
+}
+
+/// The outcome of a `get_all`: every matching file, in name order.
+#[derive(Debug)]
+pub struct GetAllReport {
+    pub items: Vec<(String, Result<GetReport>)>,
+    pub elapsed: Duration,
+}
+
+/// Totals over the whole store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub files: u64,
+    pub versions: u64,
+    pub bytes: u64,
+}
+
+/// An SDFS client talking to the cluster through one agent. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Sdfs {
+    agent: SocketAddr,
+    opts: Options,
+}
+
+impl Sdfs {
+    pub fn new(agent: SocketAddr) -> Self {
+        Self::with_options(agent, Options::default())
+    }
+
+    pub fn with_options(agent: SocketAddr, opts: Options) -> Self {
+        Self { agent, opts }
+    }
+
+    pub fn agent(&self) -> SocketAddr {
+        self.agent
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Sends a metadata request through the agent, following `NotLeader`
+    /// redirects and waiting up to `leader_wait` while no leader is known.
+    /// Only read-only requests are retried after a transport error.
+    pub async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
+        let read_only = matches!(
+            req,
+            MetaRequest::Stat { .. }
+                | MetaRequest::List { .. }
+                | MetaRequest::Count
+                | MetaRequest::Nodes
+        );
+        let deadline = Instant::now() + self.opts.leader_wait;
+        let mut target = self.agent;
+        let mut redirects = 0;
+        loop {
+            let mut c = Client::new(target).with_timeout(self.opts.call_timeout);
+            let err = match c.meta(req.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let retry_at = match &err {
+                Error::NotLeader {
+                    leader: Some(l), ..
+                } if *l != target && redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    Some((*l, false))
+                }
+                Error::NotLeader { .. } => Some((self.agent, true)),
+                // A leader we were sent to went away: ask our agent again.
+                e if e.is_transient() && read_only && target != self.agent => {
+                    Some((self.agent, true))
+                }
+                _ => None,
+            };
+            match retry_at {
+                Some((next, wait)) if Instant::now() < deadline => {
+                    if wait {
+                        tokio::time::sleep(LEADER_RETRY).await;
+                        redirects = 0;
+                    }
+                    target = next;
+                }
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Stores `local` as the next version of `name`.
+    pub async fn put(
+        &self,
+        local: &Path,
+        name: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<PutReport> {
+        validate_name(name)?;
+        let start = Instant::now();
+        let size = local_file_size(local)?;
+        let checksum = hash_file(local, size, self.opts.chunk_size, progress).await?;
+        let plan = self
+            .meta(MetaRequest::BeginPut {
+                name: name.into(),
+                size,
+            })
+            .await?;
+        let MetaResponse::PutPlan {
+            version,
+            chain,
+            quorum,
+        } = plan
+        else {
+            return Err(unexpected(Response::Meta(plan)));
+        };
+        match self
+            .store_and_commit(local, name, version, size, checksum, chain, quorum, progress)
+            .await
+        {
+            Ok(holders) => Ok(PutReport {
+                name: name.into(),
+                version,
+                size,
+                checksum,
+                holders,
+                elapsed: start.elapsed(),
+            }),
+            Err(e) => {
+                let abort = MetaRequest::AbortPut {
+                    name: name.into(),
+                    version,
+                };
+                // Best effort: the leader also expires the pending put itself.
+                let _ = self.meta(abort).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store_and_commit(
+        &self,
+        local: &Path,
+        name: &str,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+        chain: Vec<SocketAddr>,
+        quorum: usize,
+        progress: ProgressFn<'_>,
+    ) -> Result<Vec<SocketAddr>> {
+        if chain.is_empty() {
+            return Err(Error::Remote(format!(
+                "the leader gave no replica for \"{name}\" v{version}"
+            )));
+        }
+        // A head that cannot be reached is skipped while enough of the chain is left.
+        let mut head = 0;
+        let mut stream = loop {
+            match self.connect(chain[head]).await {
+                Ok(s) => break s,
+                // Enough of the chain is left after skipping this head.
+                Err(_) if chain.len() - head > quorum.max(1) => head += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let write = DataRequest::Write {
+            name: name.into(),
+            version,
+            size,
+            checksum,
+            downstream: chain[head + 1..].to_vec(),
+        };
+        let addr = chain[head];
+        let holders = match self
+            .stream_put(&mut stream, addr, write, local, size, progress)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => return Err(agent_error_or(&mut stream, e).await),
+        };
+        if holders.len() < quorum {
+            return Err(Error::QuorumNotReached {
+                name: name.into(),
+                stored: holders.len(),
+                quorum,
+            });
+        }
+        progress(Progress {
+            phase: Phase::Committing,
+            done: size,
+            total: size,
+        });
+        let commit = MetaRequest::CommitPut {
+            name: name.into(),
+            version,
+            checksum,
+            holders: holders.clone(),
+        };
+        match self.meta(commit).await? {
+            MetaResponse::Committed { .. } | MetaResponse::Done => Ok(holders),
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Sends the write request and the file's bytes; returns the holders.
+    async fn stream_put(
+        &self,
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        write: DataRequest,
+        local: &Path,
+        size: u64,
+        progress: ProgressFn<'_>,
+    ) -> Result<Vec<SocketAddr>> {
+        let io = self.opts.io_timeout;
+        timed(addr, io, send_request(stream, &Request::Data(write))).await?;
+        let mut chunks = spawn_reader(open_local(local)?, self.opts.chunk_size, false);
+        let mut sent = 0u64;
+        progress(Progress {
+            phase: Phase::Sending,
+            done: 0,
+            total: size,
+        });
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk.map_err(|reason| Error::LocalFile {
+                path: local.display().to_string(),
+                reason,
+            })?;
+            let Chunk::Data(bytes) = chunk else { continue };
+            sent += bytes.len() as u64;
+            if sent > size {
+                break;
+            }
+            timed(addr, io, write_frame(stream, &bytes, DEFAULT_MAX_FRAME)).await?;
+            progress(Progress {
+                phase: Phase::Sending,
+                done: sent,
+                total: size,
+            });
+        }
+        if sent != size {
+            return Err(Error::LocalFile {
+                path: local.display().to_string(),
+                reason: std::io::Error::other(format!(
+                    "changed while being stored: {size} bytes hashed, {sent} read"
+                )),
+            });
+        }
+        timed(addr, io, write_frame(stream, &[], DEFAULT_MAX_FRAME)).await?;
+        progress(Progress {
+            phase: Phase::Committing,
+            done: size,
+            total: size,
+        });
+        match timed(addr, self.opts.store_timeout, read_response(stream)).await? {
+            Response::Stored { holders } => Ok(holders),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream> {
+        timed(addr, self.opts.io_timeout, client::connect(addr)).await
+    }
+
+    /// A file's committed versions (oldest first) and their replicas.
+    pub async fn ls(&self, name: &str) -> Result<FileInfo> {
+        validate_name(name)?;
+        match self.meta(MetaRequest::Stat { name: name.into() }).await? {
+            MetaResponse::File(f) if f.versions.is_empty() => {
+                Err(Error::NotFound { name: name.into() })
+            }
+            MetaResponse::File(f) => Ok(f),
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Files whose names match `glob`, in name order.
+    pub async fn ls_all(&self, glob: &str) -> Result<Vec<FileInfo>> {
+        match self.meta(MetaRequest::List { glob: glob.into() }).await? {
+            MetaResponse::Files(mut f) => {
+                f.retain(|f| !f.versions.is_empty() && glob_match(glob, &f.name));
+                f.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(f)
+            }
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Every file in the store.
+    pub async fn files(&self) -> Result<Vec<FileInfo>> {
+        self.ls_all("*").await
+    }
+
+    /// The versions each agent holds, by agent address.
+    pub async fn nodes(&self) -> Result<Vec<(SocketAddr, Vec<Holding>)>> {
+        match self.meta(MetaRequest::Nodes).await? {
+            MetaResponse::Nodes(mut n) => {
+                n.sort_by_key(|(a, _)| *a);
+                Ok(n)
+            }
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Files, versions and bytes in the store.
+    pub async fn count(&self) -> Result<Count> {
+        match self.meta(MetaRequest::Count).await? {
+            MetaResponse::Count {
+                files,
+                versions,
+                bytes,
+            } => Ok(Count {
+                files,
+                versions,
+                bytes,
+            }),
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Deletes every version of `name`.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        match self.meta(MetaRequest::Delete { name: name.into() }).await? {
+            MetaResponse::Done => Ok(()),
+            other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// What `node` (default: this client's agent) stores on its disk.
+    pub async fn store(&self, node: Option<SocketAddr>) -> Result<Vec<Holding>> {
+        let mut c = Client::new(node.unwrap_or(self.agent)).with_timeout(self.opts.call_timeout);
+        let mut h = c.holdings().await?;
+        h.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok(h)
+    }
+
+    /// Fetches the newest committed version of `name` into `local`.
+    pub async fn get(&self, name: &str, local: &Path, progress: ProgressFn<'_>) -> Result<GetReport> {
+        let file = self.ls(name).await?;
+        let v = file.versions.last().expect("ls returns files with versions");
+        self.fetch(name, v, local, progress).await
+    }
+
+    /// Fetches one committed version of `name` into `local`.
+    pub async fn get_version(
+        &self,
+        name: &str,
+        version: u64,
+        local: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<GetReport> {
+        let file = self.ls(name).await?;
+        let v = file
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| Error::NoSuchVersion {
+                name: name.into(),
+                version,
+            })?;
+        self.fetch(name, v, local, progress).await
+    }
+
+    /// The last `n` versions of `name`, newest first. Without `merge`, `out` is
+    /// a directory (created if missing) that receives one file per version,
+    /// named by [`version_file_name`]. With `merge`, `out` is one file: each
+    /// version preceded by its [`merge_header`] line and followed by a newline.
+    pub async fn get_versions(
+        &self,
+        name: &str,
+        n: usize,
+        out: &Path,
+        merge: bool,
+        progress: ProgressFn<'_>,
+    ) -> Result<VersionsReport> {
+        let start = Instant::now();
+        let file = self.ls(name).await?;
+        let wanted = last_versions(&file.versions, n);
+        let mut reports = Vec::with_capacity(wanted.len());
+        if !merge {
+            std::fs::create_dir_all(out).map_err(|reason| Error::LocalFile {
+                path: out.display().to_string(),
+                reason,
+            })?;
+            for v in wanted {
+                let path = out.join(version_file_name(name, v.version));
+                reports.push(self.fetch(name, &v, &path, progress).await?);
+            }
+        } else {
+            // Each version lands in a verified part file beside `out`; the parts
+            // are then concatenated into a temp file renamed over `out`.
+            let mut parts = Vec::new();
+            let result = async {
+                for v in &wanted {
+                    let part = temp_path(out)?;
+                    parts.push(part.clone());
+                    reports.push(self.fetch(name, v, &part, progress).await?);
+                }
+                let sections: Vec<(String, PathBuf)> = wanted
+                    .iter()
+                    .zip(&parts)
+                    .map(|(v, p)| (merge_header(name, v.version, v.size), p.clone()))
+                    .collect();
+                let out = out.to_path_buf();
+                tokio::task::spawn_blocking(move || write_merged(&out, &sections))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            }
+            .await;
+            for p in &parts {
+                let _ = std::fs::remove_file(p);
+            }
+            result?;
+            for r in &mut reports {
+                r.path = out.to_path_buf();
+            }
+        }
+        Ok(VersionsReport {
+            name: name.into(),
+            versions: reports,
+            merged: merge,
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Fetches the newest version of every file matching `glob` into `dir`,
+    /// each at `dir/<sdfs name>` (subdirectories created as needed). A failed
+    /// file does not stop the others.
+    pub async fn get_all(
+        &self,
+        glob: &str,
+        dir: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<GetAllReport> {
+        let start = Instant::now();
+        let files = self.ls_all(glob).await?;
+        std::fs::create_dir_all(dir).map_err(|reason| Error::LocalFile {
+            path: dir.display().to_string(),
+            reason,
+        })?;
+        let jobs: Vec<(String, VersionInfo, PathBuf)> = files
+            .into_iter()
+            .filter_map(|f| {
+                let v = f.versions.last()?.clone();
+                let path = dir.join(&f.name);
+                Some((f.name, v, path))
+            })
+            .collect();
+        let names: Vec<String> = jobs.iter().map(|(n, _, _)| n.clone()).collect();
+        let results = bounded(
+            jobs,
+            self.opts.concurrency,
+            |(name, v, path)| {
+                let me = self.clone();
+                async move {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|reason| Error::LocalFile {
+                            path: parent.display().to_string(),
+                            reason,
+                        })?;
+                    }
+                    me.fetch(&name, &v, &path, &no_progress).await
+                }
+            },
+            progress,
+        )
+        .await;
+        Ok(GetAllReport {
+            items: names.into_iter().zip(results).collect(),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Puts every regular file under `dir` (recursively, in path order) as
+    /// `prefix/<relative path>` (just the relative path when `prefix` is
+    /// empty), `concurrency` at a time. A failed file does not stop the others.
+    pub async fn load(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<LoadReport> {
+        let start = Instant::now();
+        let files = walk_files(dir)?;
+        let jobs: Vec<(PathBuf, String)> = files
+            .into_iter()
+            .map(|(path, rel)| {
+                let name = load_name(prefix, &rel);
+                (path, name)
+            })
+            .collect();
+        let keys = jobs.clone();
+        let results = bounded(
+            jobs,
+            self.opts.concurrency,
+            |(path, name)| {
+                let me = self.clone();
+                async move { me.put(&path, &name, &no_progress).await }
+            },
+            progress,
+        )
+        .await;
+        Ok(LoadReport {
+            items: keys
+                .into_iter()
+                .zip(results)
+                .map(|((local, name), result)| LoadItem {
+                    local,
+                    name,
+                    result,
+                })
+                .collect(),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// Fetches `v` from its replicas, nearest first, into `local`.
+    async fn fetch(
+        &self,
+        name: &str,
+        v: &VersionInfo,
+        local: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<GetReport> {
+        let start = Instant::now();
+        let mut tried = Vec::new();
+        for addr in nearest_first(&v.replicas, self.agent) {
+            match self.fetch_from(addr, name, v, local, progress).await {
+                Ok(()) => {
+                    return Ok(GetReport {
+                        name: name.into(),
+                        version: v.version,
+                        size: v.size,
+                        from: addr,
+                        path: local.to_path_buf(),
+                        elapsed: start.elapsed(),
+                    });
+                }
+                // A local problem would repeat on every replica.
+                Err(e @ Error::LocalFile { .. }) => return Err(e),
+                Err(e) => tried.push(format!("{addr}: {e}")),
+            }
+        }
+        if tried.is_empty() {
+            tried.push("no replica is recorded".into());
+        }
+        Err(Error::ReplicasFailed {
+            name: name.into(),
+            version: v.version,
+            tried: tried.join("; "),
+        })
+    }
+
+    async fn fetch_from(
+        &self,
+        addr: SocketAddr,
+        name: &str,
+        v: &VersionInfo,
+        local: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
+        let io = self.opts.io_timeout;
+        let mut stream = self.connect(addr).await?;
+        let read = Request::Data(DataRequest::Read {
+            name: name.into(),
+            version: v.version,
+        });
+        timed(addr, io, send_request(&mut stream, &read)).await?;
+        let (size, checksum) = match timed(addr, io, read_response(&mut stream)).await? {
+            Response::ReadStart { size, checksum } => (size, checksum),
+            other => return Err(unexpected(other)),
+        };
+        if size != v.size || checksum != v.checksum {
+            return Err(Error::Transfer {
+                addr: addr.to_string(),
+                reason: format!(
+                    "it holds {size} bytes with another checksum than the committed {} bytes",
+                    v.size
+                ),
+            });
+        }
+        let tmp = temp_path(local)?;
+        let (tx, writer) = spawn_writer(&tmp)?;
+        let received = async {
+            let mut got = 0u64;
+            progress(Progress {
+                phase: Phase::Receiving,
+                done: 0,
+                total: size,
+            });
+            loop {
+                let frame = timed(addr, io, read_frame(&mut stream, DEFAULT_MAX_FRAME))
+                    .await?
+                    .ok_or_else(|| Error::Transfer {
+                        addr: addr.to_string(),
+                        reason: "connection closed in the middle of the file".into(),
+                    })?;
+                if frame.is_empty() {
+                    return Ok(got);
+                }
+                got += frame.len() as u64;
+                if got > size {
+                    return Err(Error::Transfer {
+                        addr: addr.to_string(),
+                        reason: format!("sent more than the announced {size} bytes"),
+                    });
+                }
+                if tx.send(frame).await.is_err() {
+                    // The writer stopped: its error is reported below.
+                    return Ok(got);
+                }
+                progress(Progress {
+                    phase: Phase::Receiving,
+                    done: got,
+                    total: size,
+                });
+            }
+        }
+        .await;
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))
+            .and_then(|r| {
+                r.map_err(|reason| Error::LocalFile {
+                    path: tmp.display().to_string(),
+                    reason,
+                })
+            });
+        let outcome = (|| {
+            let got = received?;
+            let (hash, bytes) = written?;
+            if got != size || bytes != size {
+                return Err(Error::Transfer {
+                    addr: addr.to_string(),
+                    reason: format!("sent {got} bytes of {size}"),
+                });
+            }
+            if hash != checksum {
+                return Err(Error::ChecksumMismatch {
+                    name: name.into(),
+                    version: v.version,
+                    from: addr,
+                });
+            }
+            std::fs::rename(&tmp, local).map_err(|reason| Error::LocalFile {
+                path: local.display().to_string(),
+                reason,
+            })?;
+            sync_parent(local);
+            Ok(())
+        })();
+        if outcome.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        outcome
+    }
+}
+
+/// `name`'s last path component plus `.v<version>`: the file `get-versions`
+/// writes for one version (`photos/cat.jpg` v3 -> `cat.jpg.v3`).
+pub fn version_file_name(name: &str, version: u64) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    format!("{base}.v{version}")
+}
+
+/// The line that precedes each version in a merged `get-versions` file; the
+/// version's exact bytes follow it, then one `\n`.
+pub fn merge_header(name: &str, version: u64, size: u64) -> String {
+    format!("===== {name} version {version} ({size} bytes) =====\n")
+}
+
+/// The last `n` of `versions` (given oldest first), newest first.
+pub fn last_versions(versions: &[VersionInfo], n: usize) -> Vec<VersionInfo> {
+    versions.iter().rev().take(n).cloned().collect()
+}
+
+/// The SDFS name `load` gives a file at `rel` under its directory.
+pub fn load_name(prefix: &str, rel: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    }
+}
+
+/// `replicas` with `agent` first, then those on the agent's host, then the rest,
+/// each group in the recorded order.
+pub fn nearest_first(replicas: &[SocketAddr], agent: SocketAddr) -> Vec<SocketAddr> {
+    let mut v = replicas.to_vec();
+    v.sort_by_key(|r| {
+        if *r == agent {
+            0
+        } else if r.ip() == agent.ip() {
+            1
+        } else {
+            2
+        }
+    });
+    v
+}
+
+/// Concatenates `(header, part file)` sections into `out`, atomically.
+fn write_merged(out: &Path, sections: &[(String, PathBuf)]) -> Result<()> {
+    let tmp = temp_path(out)?;
+    let local = |path: &Path| {
+        let path = path.display().to_string();
+        move |reason| Error::LocalFile { path, reason }
+    };
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(local(&tmp))?;
+        let mut w = std::io::BufWriter::new(file);
+        for (header, part) in sections {
+            w.write_all(header.as_bytes()).map_err(local(&tmp))?;
+            let mut src = std::fs::File::open(part).map_err(local(part))?;
+            std::io::copy(&mut src, &mut w).map_err(local(&tmp))?;
+            w.write_all(b"\n").map_err(local(&tmp))?;
+        }
+        let file = w.into_inner().map_err(|e| local(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(local(&tmp))?;
+        std::fs::rename(&tmp, out).map_err(local(out))?;
+        sync_parent(out);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Size of a local regular file, or a clear error naming it.
+fn local_file_size(path: &Path) -> Result<u64> {
+    let bad = |reason: std::io::Error| Error::LocalFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(bad)?;
+    if !meta.is_file() {
+        return Err(bad(std::io::Error::other("not a regular file")));
+    }
+    Ok(meta.len())
+}
+
+fn open_local(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|reason| Error::LocalFile {
+        path: path.display().to_string(),
+        reason,
+    })
+}
+
+/// BLAKE3 of a local file, read on a blocking thread a chunk at a time.
+async fn hash_file(
+    path: &Path,
+    size: u64,
+    chunk: usize,
+    progress: ProgressFn<'_>,
+) -> Result<Checksum> {
+    let mut rx = spawn_reader(open_local(path)?, chunk, true);
+    progress(Progress {
+        phase: Phase::Hashing,
+        done: 0,
+        total: size,
+    });
+    let mut done = 0;
+    while let Some(c) = rx.recv().await {
+        match c.map_err(|reason| Error::LocalFile {
+            path: path.display().to_string(),
+            reason,
+        })? {
+            Chunk::Hashed(n) => {
+                done += n as u64;
+                progress(Progress {
+                    phase: Phase::Hashing,
+                    done,
+                    total: size,
+                });
+            }
+            Chunk::Checksum(h) => return Ok(h),
+            Chunk::Data(_) => {}
+        }
+    }
+    Err(Error::LocalFile {
+        path: path.display().to_string(),
+        reason: std::io::Error::other("the reading thread stopped"),
+    })
+}
+
+/// What the reading thread sends.
+enum Chunk {
+    /// The next bytes.
+    Data(Vec<u8>),
+    /// When hashing: this many more bytes were hashed.
+    Hashed(usize),
+    /// When hashing: the checksum of the whole file, last.
+    Checksum(Checksum),
+}
+
+/// Reads `file` on a blocking thread into chunks of `chunk` bytes (the last
+/// may be shorter), at most [`CHUNKS_IN_FLIGHT`] ahead of the consumer. With
+/// `hash`, the thread hashes instead and sends lengths, then the checksum.
+fn spawn_reader(
+    mut file: std::fs::File,
+    chunk: usize,
+    hash: bool,
+) -> mpsc::Receiver<std::io::Result<Chunk>> {
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let chunk = chunk.max(1);
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = match fill(&mut file, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let msg = if hash {
+                hasher.update(&buf[..n]);
+                Chunk::Hashed(n)
+            } else {
+                Chunk::Data(buf[..n].to_vec())
+            };
+            if tx.blocking_send(Ok(msg)).is_err() {
+                return;
+            }
+        }
+        if hash {
+            let _ = tx.blocking_send(Ok(Chunk::Checksum(*hasher.finalize().as_bytes())));
+        }
+    });
+    rx
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A blocking thread that writes frames to a new file at `path`, hashing
+/// them, and fsyncs it at the end; yields the checksum and the byte count.
+#[allow(clippy::type_complexity)]
+fn spawn_writer(
+    path: &Path,
+) -> Result<(
+    mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<std::io::Result<(Checksum, u64)>>,
+)> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|reason| Error::LocalFile {
+            path: path.display().to_string(),
+            reason,
+        })?;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0u64;
+        while let Some(frame) = rx.blocking_recv() {
+            file.write_all(&frame)?;
+            hasher.update(&frame);
+            n += frame.len() as u64;
+        }
+        file.sync_all()?;
+        Ok((*hasher.finalize().as_bytes(), n))
+    });
+    Ok((tx, handle))
+}
+
+/// A hidden, unique temp file name beside `target`.
+fn temp_path(target: &Path) -> Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let file = target.file_name().ok_or_else(|| Error::LocalFile {
+        path: target.display().to_string(),
+        reason: std::io::Error::other("names no file"),
+    })?;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!(
+        ".{}.{}-{n}.dml-part",
+        file.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(target.with_file_name(name))
+}
+
+/// Makes a rename durable (best effort: some filesystems refuse to sync a directory).
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Regular files under `dir`, recursively, with their `/`-separated relative
+/// paths, sorted by that path. Symlinks to files are followed, to directories not.
+fn walk_files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let bad = |p: &Path| {
+        let path = p.display().to_string();
+        move |reason| Error::LocalFile { path, reason }
+    };
+    if !std::fs::metadata(dir).map_err(bad(dir))?.is_dir() {
+        return Err(bad(dir)(std::io::Error::other("not a directory")));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(bad(&d))? {
+            let entry = entry.map_err(bad(&d))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ty = entry.file_type().map_err(bad(&path))?;
+            if ty.is_dir() {
+                stack.push((path, rel));
+            } else if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                out.push((path, rel));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// Runs `f` on every item, `limit` at a time, reporting files done; results
+/// come back in the items' order.
+async fn bounded<T, R, F, Fut>(
+    items: Vec<T>,
+    limit: usize,
+    f: F,
+    progress: ProgressFn<'_>,
+) -> Vec<Result<R>>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+    R: Send + 'static,
+{
+    let total = items.len() as u64;
+    let mut results: Vec<Option<Result<R>>> = (0..items.len()).map(|_| None).collect();
+    let mut set = tokio::task::JoinSet::new();
+    let mut items = items.into_iter().enumerate();
+    let mut done = 0;
+    progress(Progress {
+        phase: Phase::Files,
+        done,
+        total,
+    });
+    loop {
+        while set.len() < limit.max(1) {
+            let Some((i, item)) = items.next() else { break };
+            let fut = f(item);
+            set.spawn(async move { (i, fut.await) });
+        }
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
+        if let Ok((i, r)) = joined {
+            results[i] = Some(r);
+        }
+        done += 1;
+        progress(Progress {
+            phase: Phase::Files,
+            done,
+            total,
+        });
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::Io(std::io::Error::other("task panicked")))))
+        .collect()
+}
+
+/// Runs an IO step with a deadline; errors become [`Error::Transfer`] naming `addr`.
+async fn timed<T>(
+    addr: SocketAddr,
+    limit: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e @ (Error::Remote(_) | Error::Connect { .. } | Error::Transfer { .. }))) => Err(e),
+        Ok(Err(e)) => Err(Error::Transfer {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(Error::Timeout {
+            addr: addr.to_string(),
+            timeout: limit,
+        }),
+    }
+}
+
+/// After a transfer broke: the agent's own error if it sent one before
+/// closing (a full disk, a refused name), else `e`.
+async fn agent_error_or(stream: &mut TcpStream, e: Error) -> Error {
+    if matches!(e, Error::Remote(_) | Error::LocalFile { .. }) {
+        return e;
+    }
+    match tokio::time::timeout(ERROR_GRACE, read_response(stream)).await {
+        Ok(Err(remote @ Error::Remote(_))) => remote,
+        _ => e,
+    }
+}
