@@ -8,7 +8,7 @@ use crate::wait::wait_for;
 use anyhow::{Context, Result, anyhow, bail};
 use dml_shared::NodeId;
 use dml_shared::client::Client;
-use dml_shared::config::MembershipConfig;
+use dml_shared::config::{ControlConfig, MembershipConfig, SdfsConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::fs::File;
@@ -41,6 +41,18 @@ pub struct AgentSpec {
     pub config_text: Option<String>,
     /// `--no-join`: start out of the group.
     pub no_join: bool,
+    /// `--node`, one flag each: every agent of the cluster (the default voters are taken
+    /// from it).
+    pub nodes: Vec<SocketAddr>,
+    /// `--voter`, one flag each; empty leaves the voters to the agent's default.
+    pub voters: Vec<SocketAddr>,
+    /// The agent's state directory; `None` is `<agent dir>/data`. A restart with the same
+    /// spec reuses it.
+    pub data_dir: Option<PathBuf>,
+    /// Written to the config file as `[control]` when set.
+    pub control: Option<ControlConfig>,
+    /// Written to the config file as `[sdfs]` when set.
+    pub sdfs: Option<SdfsConfig>,
     /// More command-line arguments, appended last.
     pub extra_args: Vec<String>,
     /// Time allowed to print the `listening` line.
@@ -57,6 +69,11 @@ impl AgentSpec {
             membership,
             config_text: None,
             no_join: false,
+            nodes: Vec::new(),
+            voters: Vec::new(),
+            data_dir: None,
+            control: None,
+            sdfs: None,
             extra_args: Vec::new(),
             startup_timeout: STARTUP_TIMEOUT,
         }
@@ -81,6 +98,49 @@ impl AgentSpec {
     pub fn no_join(mut self) -> Self {
         self.no_join = true;
         self
+    }
+
+    /// Every agent of the cluster, passed as `--node` flags.
+    pub fn nodes(mut self, nodes: &[SocketAddr]) -> Self {
+        self.nodes = nodes.to_vec();
+        self
+    }
+
+    /// The Raft voters, passed as `--voter` flags.
+    pub fn voters(mut self, voters: &[SocketAddr]) -> Self {
+        self.voters = voters.to_vec();
+        self
+    }
+
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    pub fn control(mut self, control: ControlConfig) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    pub fn sdfs(mut self, sdfs: SdfsConfig) -> Self {
+        self.sdfs = Some(sdfs);
+        self
+    }
+
+    /// The config file this spec produces for an agent whose directory is `dir`.
+    pub fn config_file_text(&self, dir: &Path) -> String {
+        if let Some(t) = &self.config_text {
+            return t.clone();
+        }
+        let data = self.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+        let mut text = config_toml(&self.membership, &data);
+        if let Some(c) = &self.control {
+            text.push_str(&control_toml(c));
+        }
+        if let Some(s) = &self.sdfs {
+            text.push_str(&sdfs_toml(s));
+        }
+        text
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -108,13 +168,7 @@ pub fn config_toml(m: &MembershipConfig, data_dir: &Path) -> String {
         dead_retention,
         udp_buffer,
     } = m;
-    let d = |d: &Duration| {
-        if d.subsec_nanos().is_multiple_of(1_000_000) {
-            format!("\"{}ms\"", d.as_millis())
-        } else {
-            format!("\"{}us\"", d.as_micros())
-        }
-    };
+    let d = toml_duration;
     // A JSON string literal is a valid TOML basic string.
     let data_dir = serde_json::to_string(&data_dir.to_string_lossy()).expect("string to JSON");
     format!(
@@ -144,6 +198,73 @@ pub fn config_toml(m: &MembershipConfig, data_dir: &Path) -> String {
     )
 }
 
+/// A duration as a TOML string humantime reads back exactly.
+fn toml_duration(d: &Duration) -> String {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("\"{}ms\"", d.as_millis())
+    } else {
+        format!("\"{}us\"", d.as_micros())
+    }
+}
+
+/// A `[control]` section with every key spelled out.
+pub fn control_toml(c: &ControlConfig) -> String {
+    let ControlConfig {
+        voters,
+        heartbeat_interval,
+        election_timeout_min,
+        election_timeout_max,
+        snapshot_every,
+        rpc_timeout,
+    } = c;
+    let d = toml_duration;
+    let voters: Vec<String> = voters.iter().map(|v| format!("\"{v}\"")).collect();
+    format!(
+        "\n[control]\n\
+         voters = [{}]\n\
+         heartbeat_interval = {}\n\
+         election_timeout_min = {}\n\
+         election_timeout_max = {}\n\
+         snapshot_every = {snapshot_every}\n\
+         rpc_timeout = {}\n",
+        voters.join(", "),
+        d(heartbeat_interval),
+        d(election_timeout_min),
+        d(election_timeout_max),
+        d(rpc_timeout),
+    )
+}
+
+/// An `[sdfs]` section with every key spelled out (`replicas` only when set).
+pub fn sdfs_toml(s: &SdfsConfig) -> String {
+    let SdfsConfig {
+        replicas,
+        write_quorum,
+        chunk_size,
+        put_timeout,
+        repair_bytes_per_sec,
+        repair_concurrency,
+        scrub_interval,
+        reconcile_interval,
+    } = s;
+    let d = toml_duration;
+    let replicas = replicas.map_or_else(String::new, |r| format!("replicas = {r}\n"));
+    format!(
+        "\n[sdfs]\n\
+         {replicas}\
+         write_quorum = {write_quorum}\n\
+         chunk_size = {chunk_size}\n\
+         put_timeout = {}\n\
+         repair_bytes_per_sec = {repair_bytes_per_sec}\n\
+         repair_concurrency = {repair_concurrency}\n\
+         scrub_interval = {}\n\
+         reconcile_interval = {}\n",
+        d(put_timeout),
+        d(scrub_interval),
+        d(reconcile_interval),
+    )
+}
+
 /// A running `dml-agent`. Dropping it sends SIGKILL and reaps the process; if the thread is
 /// panicking (a failed test), the tail of the agent's stderr is printed first.
 #[derive(Debug)]
@@ -167,14 +288,18 @@ impl Agent {
         let dir = parent.join(&spec.name);
         std::fs::create_dir_all(dir.join("data"))
             .with_context(|| format!("cannot create \"{}\"", dir.display()))?;
+        if let Some(d) = &spec.data_dir {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create \"{}\"", d.display()))?;
+        }
         let config = dir.join("config.toml");
-        let text = match &spec.config_text {
-            Some(t) => t.clone(),
-            None => config_toml(&spec.membership, &dir.join("data")),
-        };
-        std::fs::write(&config, text)
+        std::fs::write(&config, spec.config_file_text(&dir))
             .with_context(|| format!("cannot write \"{}\"", config.display()))?;
-        let stderr = File::create(dir.join("stderr.log"))?;
+        // Appended to, so a restarted agent's log follows its previous life's.
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("stderr.log"))?;
 
         let mut cmd = Command::new(agent_bin()?);
         cmd.arg("--bind")
@@ -188,6 +313,12 @@ impl Agent {
         }
         if spec.no_join {
             cmd.arg("--no-join");
+        }
+        for n in &spec.nodes {
+            cmd.arg("--node").arg(n.to_string());
+        }
+        for v in &spec.voters {
+            cmd.arg("--voter").arg(v.to_string());
         }
         // Relative paths in a config (the default data_dir) land in the agent's directory.
         cmd.args(&spec.extra_args)
@@ -450,5 +581,33 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.membership, m);
         assert_eq!(c.data_dir, Path::new("/tmp/x \"y\"/data"));
+    }
+
+    #[test]
+    fn written_control_and_sdfs_sections_read_back_and_validate() {
+        let control = ControlConfig {
+            voters: vec!["127.0.0.1:9001".parse().unwrap()],
+            election_timeout_min: Duration::from_micros(700_500),
+            ..ControlConfig::default()
+        };
+        let sdfs = SdfsConfig {
+            replicas: Some(3),
+            write_quorum: 2,
+            scrub_interval: Duration::from_secs(2),
+            ..SdfsConfig::default()
+        };
+        let spec = AgentSpec::new("x", MembershipConfig::preset(Preset::Local))
+            .data_dir("/tmp/d")
+            .control(control.clone())
+            .sdfs(sdfs.clone());
+        let c = Config::from_toml(&spec.config_file_text(Path::new("/unused"))).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.control, c.sdfs), (control, sdfs));
+        assert_eq!(c.data_dir, Path::new("/tmp/d"));
+        let unset = SdfsConfig::default();
+        let text = AgentSpec::new("y", MembershipConfig::preset(Preset::Local))
+            .sdfs(unset.clone())
+            .config_file_text(Path::new("/a"));
+        assert_eq!(Config::from_toml(&text).unwrap().sdfs, unset);
     }
 }

@@ -104,6 +104,38 @@ impl Cluster {
         Ok(self.agents.len() - 1)
     }
 
+    /// Replaces agent `i` with a new process started from `spec` (the old one is killed
+    /// and reaped first if it still runs). With the same name, the new process reuses the
+    /// old one's directory, and so its data unless `spec.data_dir` says otherwise.
+    pub async fn respawn(&mut self, i: usize, spec: AgentSpec) -> Result<()> {
+        let old = &mut self.agents[i];
+        if old.is_running() {
+            old.kill()?;
+            old.wait_exit(Duration::from_secs(10)).await?;
+        }
+        let name = spec.name.clone();
+        match Agent::start(spec, self.dir.path()).await {
+            Ok(a) => {
+                self.agents[i] = a;
+                Ok(())
+            }
+            Err(e) => {
+                self.dir.keep();
+                Err(e).with_context(|| {
+                    format!(
+                        "restarting agent {name} (files in {})",
+                        self.dir.path().display()
+                    )
+                })
+            }
+        }
+    }
+
+    /// Keeps the cluster's directory after drop even if the test passes.
+    pub fn keep_dir(&mut self) {
+        self.dir.keep();
+    }
+
     /// Starts one more agent joining through the introducer; returns its index.
     pub async fn add(&mut self) -> Result<usize> {
         let spec = self.spec();

@@ -13,6 +13,8 @@
 //! - [`events`]: parsing an agent's `--event-log`.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
+//! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
+//!   voters, SDFS replicas), and what the SDFS tests and `bench sdfs` look at.
 //!
 //! Nothing here fixes timing: every wait polls against a deadline the caller gives.
 
@@ -23,6 +25,7 @@ pub mod dir;
 pub mod dml;
 pub mod events;
 pub mod ports;
+pub mod sdfs;
 pub mod view;
 pub mod wait;
 

@@ -1,0 +1,414 @@
+//! SDFS clusters for real-process tests and the bench: agents on ports chosen before they
+//! start, each told every agent's address (`--node`), so the first `2m + 1` are the Raft
+//! voters; fast control-plane and SDFS timers; and helpers to find the leader, put and get
+//! through the `dml` binary, and look at what is committed and what lies on each disk.
+//!
+//! - [`content`]: distinct, recognisable file contents.
+//! - [`api`]: the ground truth over the agent API (leader, committed versions, holdings).
+//! - [`disk`]: an agent's data directory, searched by content; corrupting a copy.
+//! - [`partition`]: freezing agents (SIGSTOP) so a minority is left, resumed on drop.
+
+pub mod api;
+pub mod content;
+pub mod disk;
+pub mod partition;
+
+use crate::agent::{Agent, AgentSpec};
+use crate::cluster::{Cluster, test_membership};
+use crate::dml::DmlOutput;
+use crate::ports::free_local_addr;
+use crate::view::VIEW_POLL;
+use crate::wait::wait_for;
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use dml_shared::config::{ControlConfig, MembershipConfig, SdfsConfig};
+use dml_shared::sdfs::FileInfo;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Time for a fresh cluster to converge and agree on a leader.
+pub const READY: Duration = Duration::from_secs(45);
+/// Time allowed for one `dml` command on small test files.
+pub const DML: Duration = Duration::from_secs(60);
+/// How often SDFS state is polled while waiting.
+pub const SDFS_POLL: Duration = Duration::from_millis(250);
+
+/// Raft timers for tests: elections in 1–2 s, with enough slack over the 150 ms heartbeat
+/// that a loaded two-core machine running two clusters does not depose leaders.
+pub fn test_control() -> ControlConfig {
+    let ms = Duration::from_millis;
+    ControlConfig {
+        heartbeat_interval: ms(150),
+        election_timeout_min: ms(1000),
+        election_timeout_max: ms(2000),
+        rpc_timeout: ms(1500),
+        ..ControlConfig::default()
+    }
+}
+
+/// SDFS timers for tests: reconcile every second, scrub every 2 s, and stale puts expire
+/// after 8 s, so every SDFS background behaviour shows within a test's deadlines.
+pub fn test_sdfs() -> SdfsConfig {
+    SdfsConfig {
+        put_timeout: Duration::from_secs(8),
+        scrub_interval: Duration::from_secs(2),
+        reconcile_interval: Duration::from_secs(1),
+        ..SdfsConfig::default()
+    }
+}
+
+/// At most this many SDFS clusters run at once in one test binary (tests run in parallel
+/// threads); more would starve a two-core machine. Take a permit with [`cluster_slot`].
+const CLUSTER_SLOTS: usize = 2;
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CLUSTER_SLOTS);
+
+/// Waits for a turn to run an SDFS cluster; hold the permit for the whole test.
+pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
+    SLOTS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
+}
+
+/// What an SDFS cluster is started with.
+#[derive(Clone, Debug)]
+pub struct SdfsOptions {
+    pub agents: usize,
+    pub membership: MembershipConfig,
+    pub control: ControlConfig,
+    pub sdfs: SdfsConfig,
+}
+
+impl SdfsOptions {
+    /// `agents` agents with the test timers.
+    pub fn new(agents: usize) -> Self {
+        Self {
+            agents,
+            membership: test_membership(),
+            control: test_control(),
+            sdfs: test_sdfs(),
+        }
+    }
+}
+
+/// A cluster whose agents all know every agent's address (`--node`).
+pub struct SdfsCluster {
+    pub cluster: Cluster,
+    /// Agent `i` listens on `addrs[i]`, across restarts.
+    pub addrs: Vec<SocketAddr>,
+    pub opts: SdfsOptions,
+    specs: Vec<AgentSpec>,
+    /// Local files for `dml put` and `dml get`.
+    scratch: PathBuf,
+    next_file: AtomicU64,
+}
+
+impl SdfsCluster {
+    /// Starts `agents` agents with the test timers and waits until they are ready.
+    pub async fn start(name: &str, agents: usize) -> Result<Self> {
+        Self::start_with(name, SdfsOptions::new(agents)).await
+    }
+
+    /// Starts the agents (agent 0 first, the others joining through it) and waits until
+    /// they see each other and agree on a leader.
+    pub async fn start_with(name: &str, opts: SdfsOptions) -> Result<Self> {
+        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(opts.agents);
+        while addrs.len() < opts.agents {
+            let a = free_local_addr()?;
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        let mut cluster = Cluster::new(name, opts.membership.clone())?;
+        let scratch = cluster.dir().join("local");
+        std::fs::create_dir_all(&scratch)?;
+        let mut specs = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            let mut spec = AgentSpec::new(format!("a{i}"), opts.membership.clone())
+                .bind(*a)
+                .nodes(&addrs)
+                .control(opts.control.clone())
+                .sdfs(opts.sdfs.clone());
+            if i > 0 {
+                spec = spec.introducer(addrs[0]);
+            }
+            cluster.spawn(spec.clone()).await?;
+            specs.push(spec);
+        }
+        let c = Self {
+            cluster,
+            addrs,
+            opts,
+            specs,
+            scratch,
+            next_file: AtomicU64::new(0),
+        };
+        c.wait_ready(READY).await?;
+        Ok(c)
+    }
+
+    pub fn agent(&self, i: usize) -> &Agent {
+        &self.cluster.agents[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// The cluster's directory (agents' directories and the local files).
+    pub fn dir(&self) -> &Path {
+        self.cluster.dir()
+    }
+
+    /// Agent `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.agent(i).dir().join("data")
+    }
+
+    /// The voters as every agent derives them: the first `2m + 1` addresses.
+    pub fn voters(&self) -> Vec<SocketAddr> {
+        if !self.opts.control.voters.is_empty() {
+            return self.opts.control.voters.clone();
+        }
+        let n = 2 * self.opts.membership.m + 1;
+        self.addrs.iter().take(n).copied().collect()
+    }
+
+    /// Indices of the voters.
+    pub fn voter_indices(&self) -> Vec<usize> {
+        let v = self.voters();
+        (0..self.len())
+            .filter(|&i| v.contains(&self.addrs[i]))
+            .collect()
+    }
+
+    pub fn index_of(&self, addr: SocketAddr) -> Result<usize> {
+        self.addrs
+            .iter()
+            .position(|a| *a == addr)
+            .ok_or_else(|| anyhow!("{addr} is not an agent of this cluster"))
+    }
+
+    /// Indices of agents whose process has not exited (stopped ones included).
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.cluster.agents[i].is_running())
+            .collect()
+    }
+
+    /// One check that every agent in `among` names the same leader, and the leader
+    /// agrees that it leads.
+    pub async fn check_leader(&self, among: &[usize]) -> Result<SocketAddr> {
+        let mut leader = None;
+        for &i in among {
+            let info = api::leader_info(self.addrs[i]).await?;
+            let l = info
+                .leader
+                .ok_or_else(|| anyhow!("agent a{i} knows no leader (term {})", info.term))?;
+            match leader {
+                None => leader = Some(l),
+                Some(prev) if prev != l => bail!("agent a{i} names {l}, another names {prev}"),
+                Some(_) => {}
+            }
+        }
+        let l = leader.ok_or_else(|| anyhow!("no agent to ask"))?;
+        let own = api::leader_info(l).await?;
+        ensure!(
+            own.leader == Some(l),
+            "{l} is named leader but names {:?}",
+            own.leader
+        );
+        Ok(l)
+    }
+
+    /// Waits until every agent in `among` names the same leader.
+    pub async fn wait_leader(&self, among: &[usize], timeout: Duration) -> Result<SocketAddr> {
+        wait_for(
+            "agents to agree on a leader",
+            timeout,
+            SDFS_POLL,
+            async || self.check_leader(among).await,
+        )
+        .await
+    }
+
+    /// Waits until every running agent sees all the others live and they agree on a leader.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<SocketAddr> {
+        let running: Vec<&Agent> = self.cluster.agents.iter().collect();
+        crate::view::wait_converged(&running, timeout).await?;
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.wait_leader(&all, timeout).await
+    }
+
+    /// The leader's index, once `among` agree on one.
+    pub async fn leader_index(&self, among: &[usize], timeout: Duration) -> Result<usize> {
+        let l = self.wait_leader(among, timeout).await?;
+        self.index_of(l)
+    }
+
+    /// SIGKILLs agent `i` and reaps it.
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        let a = &mut self.cluster.agents[i];
+        a.kill()?;
+        a.wait_exit(Duration::from_secs(10)).await?;
+        Ok(())
+    }
+
+    /// Restarts agent `i` on its address with its data directory, joining through the
+    /// agents running now.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        let mut spec = self.specs[i].clone();
+        let running = self.running();
+        spec.introducers = running
+            .into_iter()
+            .filter(|&j| j != i)
+            .map(|j| self.addrs[j])
+            .collect();
+        self.cluster.respawn(i, spec).await
+    }
+
+    /// A new path for a local file, under the cluster's directory.
+    pub fn local_path(&self, hint: &str) -> PathBuf {
+        let n = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let safe: String = hint
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(40)
+            .collect();
+        self.scratch.join(format!("{n:04}-{safe}"))
+    }
+
+    /// `dml --agent <agent i> <args>` with the default deadline.
+    pub async fn dml(&self, i: usize, args: &[&str]) -> Result<DmlOutput> {
+        self.agent(i).dml(args, DML).await
+    }
+
+    /// Writes `bytes` to a local file and runs `dml put` for it through agent `i`.
+    pub async fn put_bytes(&self, i: usize, name: &str, bytes: &[u8]) -> Result<DmlOutput> {
+        let local = self.local_path(name);
+        content::write_file(&local, bytes)?;
+        let l = local.to_string_lossy();
+        self.dml(i, &["put", &l, name]).await
+    }
+
+    /// [`SdfsCluster::put_bytes`], failing unless `dml put` exits 0.
+    pub async fn must_put(&self, i: usize, name: &str, bytes: &[u8]) -> Result<DmlOutput> {
+        let out = self.put_bytes(i, name, bytes).await?;
+        out.ensure_success()?;
+        Ok(out)
+    }
+
+    /// `dml get` through agent `i` into a new local file; the bytes if it exited 0.
+    pub async fn get_bytes(&self, i: usize, name: &str) -> Result<(DmlOutput, Option<Vec<u8>>)> {
+        let local = self.local_path(&format!("got-{name}"));
+        let l = local.to_string_lossy();
+        let out = self.dml(i, &["get", name, &l]).await?;
+        if !out.status.success() {
+            return Ok((out, None));
+        }
+        let bytes = std::fs::read(&local)
+            .with_context(|| format!("`{}` exited 0 but wrote no file", out.command))?;
+        Ok((out, Some(bytes)))
+    }
+
+    /// `dml get` through agent `i`, failing unless it exits 0 with exactly `expected`.
+    pub async fn must_get(&self, i: usize, name: &str, expected: &[u8]) -> Result<()> {
+        let (out, got) = self.get_bytes(i, name).await?;
+        out.ensure_success()?;
+        let got = got.expect("success has bytes");
+        ensure!(
+            got == expected,
+            "`{}` returned {} bytes that differ from the {} put (first difference at {:?})",
+            out.command,
+            got.len(),
+            expected.len(),
+            got.iter().zip(expected).position(|(a, b)| a != b)
+        );
+        Ok(())
+    }
+
+    /// The committed versions of `name`, asked through agent `i`.
+    pub async fn file(&self, i: usize, name: &str) -> Result<Option<FileInfo>> {
+        api::file(self.addrs[i], name).await
+    }
+
+    /// Agents whose data directory holds a copy of `bytes`.
+    pub fn holders_on_disk(&self, bytes: &[u8]) -> Result<BTreeSet<usize>> {
+        let mut out = BTreeSet::new();
+        for i in 0..self.len() {
+            if !disk::copies_of(&self.data_dir(i), bytes)?.is_empty() {
+                out.insert(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One check that every committed version of `name` has `replicas` replicas, all on
+    /// agents in `live`; returns the file.
+    pub async fn check_replicas(
+        &self,
+        via: usize,
+        name: &str,
+        replicas: usize,
+        live: &[usize],
+    ) -> Result<FileInfo> {
+        let f = self
+            .file(via, name)
+            .await?
+            .ok_or_else(|| anyhow!("\"{name}\" has no committed version"))?;
+        for v in &f.versions {
+            let dead: Vec<_> = v
+                .replicas
+                .iter()
+                .filter(|r| !live.iter().any(|&i| self.addrs[i] == **r))
+                .collect();
+            ensure!(
+                v.replicas.len() == replicas && dead.is_empty(),
+                "\"{name}\" v{} has replicas {:?} ({} not live), want {replicas} live",
+                v.version,
+                v.replicas,
+                dead.len()
+            );
+        }
+        Ok(f)
+    }
+
+    /// Waits for [`SdfsCluster::check_replicas`].
+    pub async fn wait_replicas(
+        &self,
+        via: usize,
+        name: &str,
+        replicas: usize,
+        live: &[usize],
+        timeout: Duration,
+    ) -> Result<FileInfo> {
+        let what = format!("\"{name}\" to have {replicas} live replicas");
+        wait_for(&what, timeout, SDFS_POLL, async || {
+            self.check_replicas(via, name, replicas, live).await
+        })
+        .await
+    }
+
+    /// The replication factor this cluster's agents use.
+    pub fn replicas(&self) -> usize {
+        self.opts
+            .sdfs
+            .replicas
+            .unwrap_or(self.opts.membership.m + 1)
+    }
+
+    /// Polls agent `i`'s API until it answers (after a restart or SIGCONT).
+    pub async fn wait_answering(&self, i: usize, timeout: Duration) -> Result<()> {
+        let addr = self.addrs[i];
+        wait_for("the agent to answer", timeout, VIEW_POLL, async || {
+            api::leader_info(addr).await.map(drop)
+        })
+        .await
+    }
+}
