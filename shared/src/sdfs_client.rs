@@ -289,7 +289,9 @@ impl Sdfs {
             return Err(unexpected(Response::Meta(plan)));
         };
         match self
-            .store_and_commit(local, name, version, size, checksum, chain, quorum, progress)
+            .store_and_commit(
+                local, name, version, size, checksum, chain, quorum, progress,
+            )
             .await
         {
             Ok(holders) => Ok(PutReport {
@@ -512,9 +514,17 @@ impl Sdfs {
     }
 
     /// Fetches the newest committed version of `name` into `local`.
-    pub async fn get(&self, name: &str, local: &Path, progress: ProgressFn<'_>) -> Result<GetReport> {
+    pub async fn get(
+        &self,
+        name: &str,
+        local: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<GetReport> {
         let file = self.ls(name).await?;
-        let v = file.versions.last().expect("ls returns files with versions");
+        let v = file
+            .versions
+            .last()
+            .expect("ls returns files with versions");
         self.fetch(name, v, local, progress).await
     }
 
@@ -1199,5 +1209,92 @@ async fn agent_error_or(stream: &mut TcpStream, e: Error) -> Error {
     match tokio::time::timeout(ERROR_GRACE, read_response(stream)).await {
         Ok(Err(remote @ Error::Remote(_))) => remote,
         _ => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn version(v: u64) -> VersionInfo {
+        VersionInfo {
+            version: v,
+            size: v,
+            checksum: [0; 32],
+            replicas: Vec::new(),
+            committed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn progress_fraction_is_clamped_and_empty_is_complete() {
+        let p = |done, total| Progress {
+            phase: Phase::Sending,
+            done,
+            total,
+        };
+        assert_eq!(p(0, 0).fraction(), 1.0);
+        assert_eq!(p(1, 4).fraction(), 0.25);
+        assert_eq!(p(9, 4).fraction(), 1.0);
+        assert_eq!(throughput(3 << 20, Duration::from_secs(2)), 1.5 * 1048576.0);
+        assert_eq!(throughput(10, Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn the_agent_itself_then_its_host_then_others_serve_reads() {
+        let agent = addr("10.0.0.1:8003");
+        let replicas = [
+            addr("10.0.0.2:8001"),
+            addr("10.0.0.1:8002"),
+            addr("10.0.0.3:8001"),
+            addr("10.0.0.1:8003"),
+        ];
+        assert_eq!(
+            nearest_first(&replicas, agent),
+            [replicas[3], replicas[1], replicas[0], replicas[2]]
+        );
+    }
+
+    #[test]
+    fn last_versions_are_newest_first() {
+        let vs: Vec<VersionInfo> = (1..=5).map(version).collect();
+        let got: Vec<u64> = last_versions(&vs, 3).iter().map(|v| v.version).collect();
+        assert_eq!(got, [5, 4, 3]);
+        assert_eq!(last_versions(&vs, 0).len(), 0);
+        assert_eq!(last_versions(&vs, 99).len(), 5);
+    }
+
+    #[test]
+    fn load_names_join_prefix_and_relative_path() {
+        assert_eq!(load_name("", "a/b.jpg"), "a/b.jpg");
+        assert_eq!(load_name("imgs", "a.jpg"), "imgs/a.jpg");
+        assert_eq!(load_name("imgs//", "a.jpg"), "imgs/a.jpg");
+    }
+
+    #[test]
+    fn merge_header_names_the_version_and_its_size() {
+        assert_eq!(
+            merge_header("a/b", 7, 12),
+            "===== a/b version 7 (12 bytes) =====\n"
+        );
+    }
+
+    #[test]
+    fn temp_files_are_hidden_unique_and_beside_the_target() {
+        let a = temp_path(Path::new("/x/y/out.bin")).unwrap();
+        let b = temp_path(Path::new("/x/y/out.bin")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/x/y")));
+        assert!(
+            a.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".out.bin.")
+        );
+        assert!(temp_path(Path::new("/")).is_err());
     }
 }

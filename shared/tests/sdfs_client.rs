@@ -1,0 +1,499 @@
+//! `sdfs_client` against fake agents speaking the real wire protocol: a
+//! leader that plans and commits puts, followers that redirect, replicas that
+//! can corrupt reads or refuse writes.
+
+use dml_shared::api::{Request, Response};
+use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use dml_shared::sdfs::{
+    DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
+};
+use dml_shared::sdfs_client::{
+    Options, Phase, Progress, Sdfs, merge_header, no_progress, version_file_name,
+};
+use dml_shared::wire::{self, Kind};
+use dml_shared::{Error, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct State {
+    leader: Option<SocketAddr>,
+    agents: Vec<SocketAddr>,
+    replicas: usize,
+    quorum: usize,
+    /// Committed versions per name, oldest first.
+    files: BTreeMap<String, Vec<VersionInfo>>,
+    /// Bytes per (name, version), whatever replica is asked.
+    bytes: BTreeMap<(String, u64), Vec<u8>>,
+    next: BTreeMap<String, u64>,
+    aborted: Vec<(String, u64)>,
+    begun: usize,
+    /// Replicas that flip a byte of every read.
+    corrupt: HashSet<SocketAddr>,
+    /// Replicas that refuse writes with this message.
+    refuse_writes: Option<String>,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+struct Fake {
+    agents: Vec<SocketAddr>,
+    state: Shared,
+    dir: PathBuf,
+}
+
+impl Fake {
+    /// `n` agents; the first leads; files get `replicas` copies.
+    async fn start(n: usize, replicas: usize, test: &str) -> Fake {
+        let state: Shared = Arc::default();
+        let mut agents = Vec::new();
+        for _ in 0..n {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            agents.push(l.local_addr().unwrap());
+            let st = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((s, _)) = l.accept().await else { return };
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let _ = serve(s, st).await;
+                    });
+                }
+            });
+        }
+        {
+            let mut s = state.lock().unwrap();
+            s.leader = Some(agents[0]);
+            s.agents = agents.clone();
+            s.replicas = replicas;
+            s.quorum = replicas.min(3);
+        }
+        let dir = std::env::temp_dir().join(format!("sdfs-client-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Fake { agents, state, dir }
+    }
+
+    fn client(&self, i: usize) -> Sdfs {
+        Sdfs::with_options(
+            self.agents[i],
+            Options {
+                chunk_size: 1000,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn local(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// Files in the test directory (so leftovers such as temp files show).
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
+    let me = s.local_addr()?;
+    while let Some(frame) = read_frame(&mut s, DEFAULT_MAX_FRAME).await? {
+        let req: Request = wire::decode(Kind::Request, &frame)?;
+        let resp = match req {
+            Request::Meta(m) => {
+                let leader = st.lock().unwrap().leader;
+                if leader != Some(me) {
+                    Response::NotLeader { leader }
+                } else {
+                    meta(&st, m)
+                }
+            }
+            Request::Data(DataRequest::Write {
+                name,
+                version,
+                size,
+                checksum,
+                downstream,
+            }) => {
+                let refuse = st.lock().unwrap().refuse_writes.clone();
+                if let Some(msg) = refuse {
+                    // Like a full disk: answer at once and close.
+                    respond(&mut s, Response::Error(msg)).await?;
+                    return Ok(());
+                }
+                let mut data = Vec::new();
+                loop {
+                    let f = read_frame(&mut s, DEFAULT_MAX_FRAME).await?.unwrap();
+                    assert!(f.len() <= 1000, "frame of {} bytes", f.len());
+                    if f.is_empty() {
+                        break;
+                    }
+                    data.extend_from_slice(&f);
+                }
+                if data.len() as u64 != size || *blake3::hash(&data).as_bytes() != checksum {
+                    Response::Error("checksum mismatch".into())
+                } else {
+                    st.lock().unwrap().bytes.insert((name, version), data);
+                    let mut holders = vec![me];
+                    holders.extend(downstream);
+                    Response::Stored { holders }
+                }
+            }
+            Request::Data(DataRequest::Read { name, version }) => {
+                let (data, corrupt) = {
+                    let g = st.lock().unwrap();
+                    (
+                        g.bytes.get(&(name, version)).cloned(),
+                        g.corrupt.contains(&me),
+                    )
+                };
+                let Some(mut data) = data else {
+                    respond(&mut s, Response::Error("not stored here".into())).await?;
+                    continue;
+                };
+                let size = data.len() as u64;
+                let checksum = *blake3::hash(&data).as_bytes();
+                if corrupt && !data.is_empty() {
+                    data[0] ^= 0xff;
+                }
+                respond(&mut s, Response::ReadStart { size, checksum }).await?;
+                for c in data.chunks(777) {
+                    write_frame(&mut s, c, DEFAULT_MAX_FRAME).await?;
+                }
+                write_frame(&mut s, &[], DEFAULT_MAX_FRAME).await?;
+                continue;
+            }
+            Request::Data(DataRequest::Store) => {
+                let g = st.lock().unwrap();
+                let h = g
+                    .files
+                    .iter()
+                    .flat_map(|(n, vs)| {
+                        vs.iter()
+                            .filter(|v| v.replicas.contains(&me))
+                            .map(|v| Holding {
+                                name: n.clone(),
+                                version: v.version,
+                                size: v.size,
+                            })
+                    })
+                    .collect();
+                Response::Holdings(h)
+            }
+            other => Response::Error(format!("fake agent does not serve {other:?}")),
+        };
+        respond(&mut s, resp).await?;
+    }
+    Ok(())
+}
+
+async fn respond(s: &mut TcpStream, r: Response) -> Result<()> {
+    write_frame(s, &wire::encode(Kind::Response, &r), DEFAULT_MAX_FRAME).await
+}
+
+fn meta(st: &Shared, m: MetaRequest) -> Response {
+    let mut g = st.lock().unwrap();
+    let r = match m {
+        MetaRequest::BeginPut { name, .. } => {
+            g.begun += 1;
+            let v = g.next.entry(name).or_insert(0);
+            *v += 1;
+            let version = *v;
+            MetaResponse::PutPlan {
+                version,
+                chain: g.agents.iter().take(g.replicas).copied().collect(),
+                quorum: g.quorum,
+            }
+        }
+        MetaRequest::CommitPut {
+            name,
+            version,
+            checksum,
+            holders,
+        } => {
+            let size = g.bytes[&(name.clone(), version)].len() as u64;
+            g.files.entry(name).or_default().push(VersionInfo {
+                version,
+                size,
+                checksum,
+                replicas: holders,
+                committed_ms: 0,
+            });
+            MetaResponse::Committed { version }
+        }
+        MetaRequest::AbortPut { name, version } => {
+            g.aborted.push((name, version));
+            MetaResponse::Done
+        }
+        MetaRequest::Stat { name } => match g.files.get(&name) {
+            Some(v) => MetaResponse::File(FileInfo {
+                name,
+                versions: v.clone(),
+            }),
+            None => return Response::Error(format!("no such file \"{name}\"")),
+        },
+        MetaRequest::List { glob } => MetaResponse::Files(
+            g.files
+                .iter()
+                .filter(|(n, _)| glob_match(&glob, n))
+                .map(|(n, v)| FileInfo {
+                    name: n.clone(),
+                    versions: v.clone(),
+                })
+                .collect(),
+        ),
+        MetaRequest::Delete { name } => {
+            g.files.remove(&name);
+            MetaResponse::Done
+        }
+        MetaRequest::Count => MetaResponse::Count {
+            files: g.files.len() as u64,
+            versions: g.files.values().map(|v| v.len() as u64).sum(),
+            bytes: g.files.values().flatten().map(|v| v.size).sum(),
+        },
+        other => return Response::Error(format!("fake leader does not serve {other:?}")),
+    };
+    Response::Meta(r)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[tokio::test]
+async fn put_then_get_round_trips_and_versions_count_up() {
+    let f = Fake::start(5, 4, "roundtrip").await;
+    let c = f.client(2);
+    for (i, len) in [0usize, 1, 999, 1000, 12_345].into_iter().enumerate() {
+        let bytes = pattern(len, i as u8);
+        let src = f.local("src", &bytes);
+        let seen = Mutex::new(Vec::new());
+        let progress = |p: Progress| seen.lock().unwrap().push(p);
+        let put = c.put(&src, "dir/a.bin", &progress).await.unwrap();
+        assert_eq!(put.version, i as u64 + 1);
+        assert_eq!(put.size, len as u64);
+        assert_eq!(put.holders, f.agents[..4].to_vec());
+        let seen = seen.into_inner().unwrap();
+        let last_sent = seen.iter().rfind(|p| p.phase == Phase::Sending).unwrap();
+        assert_eq!((last_sent.done, last_sent.total), (len as u64, len as u64));
+
+        let dst = f.dir.join("dst");
+        let got = c.get("dir/a.bin", &dst, &no_progress).await.unwrap();
+        assert_eq!(got.version, put.version);
+        assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+        // The agent holds a replica, so it serves the read.
+        assert_eq!(got.from, f.agents[2]);
+    }
+    assert_eq!(f.listing(), ["dst", "src"]);
+    let info = c.ls("dir/a.bin").await.unwrap();
+    let versions: Vec<u64> = info.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_follower_redirects_metadata_to_the_leader() {
+    let f = Fake::start(3, 3, "redirect").await;
+    let src = f.local("src", b"hello");
+    let put = f.client(1).put(&src, "x", &no_progress).await.unwrap();
+    assert_eq!(put.version, 1);
+    assert_eq!(f.client(2).count().await.unwrap().files, 1);
+}
+
+#[tokio::test]
+async fn get_moves_past_a_corrupt_replica_and_leaves_no_temp_file() {
+    let f = Fake::start(4, 4, "corrupt").await;
+    let c = f.client(0);
+    let bytes = pattern(5000, 7);
+    c.put(&f.local("src", &bytes), "f", &no_progress)
+        .await
+        .unwrap();
+    f.state.lock().unwrap().corrupt.insert(f.agents[0]);
+    let dst = f.dir.join("out");
+    let got = c.get("f", &dst, &no_progress).await.unwrap();
+    assert_ne!(got.from, f.agents[0]);
+    assert_eq!(std::fs::read(&dst).unwrap(), bytes);
+    assert_eq!(f.listing(), ["out", "src"]);
+
+    // Every replica corrupt: an error naming the mismatch, no target, no temp file.
+    f.state.lock().unwrap().corrupt.extend(f.agents.clone());
+    let e = c
+        .get("f", &f.dir.join("never"), &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::ReplicasFailed { .. }), "{e}");
+    assert!(e.to_string().contains("checksum mismatch"), "{e}");
+    assert_eq!(f.listing(), ["out", "src"]);
+}
+
+#[tokio::test]
+async fn a_missing_sdfs_file_is_an_error_and_creates_nothing() {
+    let f = Fake::start(1, 1, "missing").await;
+    let e = f
+        .client(0)
+        .get("nope", &f.dir.join("out"), &no_progress)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    assert!(f.listing().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_reserved() {
+    let f = Fake::start(1, 1, "badinput").await;
+    let c = f.client(0);
+    let e = c
+        .put(&f.dir.join("absent"), "x", &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LocalFile { .. }), "{e}");
+    assert!(e.to_string().contains("absent"), "{e}");
+    let e = c.put(&f.dir, "x", &no_progress).await.unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let src = f.local("src", b"x");
+    let e = c.put(&src, "../etc", &no_progress).await.unwrap_err();
+    assert!(matches!(e, Error::BadName { .. }), "{e}");
+    assert_eq!(f.state.lock().unwrap().begun, 0);
+}
+
+#[tokio::test]
+async fn a_refused_write_passes_the_agents_message_through_and_aborts() {
+    let f = Fake::start(3, 3, "refused").await;
+    f.state.lock().unwrap().refuse_writes = Some("disk full on 127.0.0.1:1".into());
+    let src = f.local("src", &pattern(200_000, 1));
+    let e = f
+        .client(0)
+        .put(&src, "big", &no_progress)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("disk full"), "{e}");
+    let g = f.state.lock().unwrap();
+    assert_eq!(g.aborted, [("big".to_string(), 1)]);
+    assert!(g.files.is_empty());
+}
+
+#[tokio::test]
+async fn too_few_holders_aborts_instead_of_committing() {
+    let f = Fake::start(2, 2, "quorum").await;
+    f.state.lock().unwrap().quorum = 3;
+    let e = f
+        .client(0)
+        .put(&f.local("src", b"abc"), "q", &no_progress)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::QuorumNotReached {
+                stored: 2,
+                quorum: 3,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(f.state.lock().unwrap().aborted.len(), 1);
+}
+
+#[tokio::test]
+async fn get_versions_writes_files_or_one_merged_file_newest_first() {
+    let f = Fake::start(3, 3, "versions").await;
+    let c = f.client(0);
+    for i in 1..=4u8 {
+        c.put(
+            &f.local("src", &[b'a' + i; 3]),
+            "logs/app.log",
+            &no_progress,
+        )
+        .await
+        .unwrap();
+    }
+    let out = f.dir.join("vers");
+    let r = c
+        .get_versions("logs/app.log", 3, &out, false, &no_progress)
+        .await
+        .unwrap();
+    let order: Vec<u64> = r.versions.iter().map(|v| v.version).collect();
+    assert_eq!(order, [4, 3, 2]);
+    assert_eq!(std::fs::read(out.join("app.log.v4")).unwrap(), b"eee");
+    assert_eq!(std::fs::read(out.join("app.log.v2")).unwrap(), b"ccc");
+    assert!(!out.join("app.log.v1").exists());
+
+    let merged = f.dir.join("merged");
+    c.get_versions("logs/app.log", 10, &merged, true, &no_progress)
+        .await
+        .unwrap();
+    let mut want = Vec::new();
+    for v in (1..=4u64).rev() {
+        want.extend(merge_header("logs/app.log", v, 3).into_bytes());
+        want.extend([b'a' + v as u8; 3]);
+        want.push(b'\n');
+    }
+    assert_eq!(std::fs::read(&merged).unwrap(), want);
+    assert_eq!(f.listing(), ["merged", "src", "vers"]);
+}
+
+#[tokio::test]
+async fn load_then_get_all_mirrors_a_directory() {
+    let f = Fake::start(3, 3, "load").await;
+    let c = f.client(0);
+    let tree = f.dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.jpg"), b"A").unwrap();
+    std::fs::write(tree.join("sub/b.jpg"), b"BB").unwrap();
+    let files = Mutex::new(0);
+    let report = c
+        .load(&tree, "imgs/", &|p: Progress| {
+            assert_eq!(p.phase, Phase::Files);
+            *files.lock().unwrap() = p.done;
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.failed(), 0);
+    assert_eq!(report.bytes(), 3);
+    let names: Vec<&str> = report.items.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["imgs/a.jpg", "imgs/sub/b.jpg"]);
+    assert_eq!(*files.lock().unwrap(), 2);
+
+    let listed: Vec<String> = c
+        .ls_all("imgs/*")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(listed, ["imgs/a.jpg", "imgs/sub/b.jpg"]);
+    let out = f.dir.join("out");
+    let all = c.get_all("imgs/*", &out, &no_progress).await.unwrap();
+    assert!(all.items.iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(std::fs::read(out.join("imgs/sub/b.jpg")).unwrap(), b"BB");
+    assert_eq!(
+        c.store(Some(f.agents[1])).await.unwrap().len(),
+        2,
+        "holdings of a replica"
+    );
+    c.delete("imgs/a.jpg").await.unwrap();
+    assert_eq!(c.files().await.unwrap().len(), 1);
+}
+
+#[test]
+fn version_files_are_named_after_the_last_component() {
+    assert_eq!(version_file_name("photos/cat.jpg", 3), "cat.jpg.v3");
+    assert_eq!(version_file_name("x", 12), "x.v12");
+}
