@@ -3,9 +3,9 @@
 //! with [`send_request`] / [`read_response`] plus raw frames.
 
 use crate::api::{IdInfo, LeaderInfo, MemberInfo, Request, Response, Stats};
-use crate::sdfs::{DataRequest, Holding, MetaRequest, MetaResponse};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use crate::sdfs::{DataRequest, Holding, MetaRequest, MetaResponse};
 use crate::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
