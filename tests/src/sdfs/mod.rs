@@ -6,11 +6,13 @@
 //! - [`content`]: distinct, recognisable file contents.
 //! - [`api`]: the ground truth over the agent API (leader, committed versions, holdings).
 //! - [`disk`]: an agent's data directory, searched by content; corrupting a copy.
+//! - [`json`]: looking into `dml --json` output.
 //! - [`partition`]: freezing agents (SIGSTOP) so a minority is left, resumed on drop.
 
 pub mod api;
 pub mod content;
 pub mod disk;
+pub mod json;
 pub mod partition;
 
 use crate::agent::{Agent, AgentSpec};
@@ -22,6 +24,7 @@ use crate::wait::wait_for;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dml_shared::config::{ControlConfig, MembershipConfig, SdfsConfig};
 use dml_shared::sdfs::FileInfo;
+use dml_shared::sdfs_client::{PutReport, Sdfs, no_progress};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -331,6 +334,24 @@ impl SdfsCluster {
             got.iter().zip(expected).position(|(a, b)| a != b)
         );
         Ok(())
+    }
+
+    /// An in-process SDFS client talking through agent `i`.
+    pub fn client(&self, i: usize) -> Sdfs {
+        Sdfs::new(self.addrs[i])
+    }
+
+    /// Writes `bytes` to a local file and puts it through agent `i` with the in-process
+    /// client (which reports the version it committed).
+    pub async fn client_put(
+        &self,
+        i: usize,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<dml_shared::Result<PutReport>> {
+        let local = self.local_path(name);
+        content::write_file(&local, bytes)?;
+        Ok(self.client(i).put(&local, name, &no_progress).await)
     }
 
     /// The committed versions of `name`, asked through agent `i`.

@@ -1,0 +1,502 @@
+//! SDFS under faults, 10 real agents each: the leader killed during a stream of puts,
+//! three holders of a file killed at once, a corrupted replica, a majority of voters
+//! frozen, and an agent restarted after a delete it missed.
+//!
+//! Ground truth comes from the agent API and from the agents' data directories. Build
+//! the binaries first: `cargo build --workspace --bins`.
+
+use dml_shared::sdfs_client::no_progress;
+use dml_tests::sdfs::content::pattern;
+use dml_tests::sdfs::partition::Frozen;
+use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
+use dml_tests::{wait_for, wait_until};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Bound on a file being back at 4 live replicas after 3 of its holders die at once.
+/// Detection takes about `ping_interval + 2 * ping_timeout + suspicion_timeout` (under
+/// 3 s with the test timers), a new election (if the leader was among them) 1–2 s more,
+/// and copying 1 MiB at `repair_bytes_per_sec` (200 MiB/s) is instant; the rest is slack
+/// for a loaded two-core machine.
+const REPAIR_BOUND: Duration = Duration::from_secs(30);
+/// Bound on scrub noticing and repairing a corrupt copy (scrub runs every 2 s in tests).
+const SCRUB_BOUND: Duration = Duration::from_secs(30);
+/// Bound on reconcile dropping what an agent should no longer hold (every 1 s in tests).
+const RECONCILE_BOUND: Duration = Duration::from_secs(30);
+/// A non-voter (agents 7..9 are not among the first 2m + 1 = 7).
+const NON_VOTER: usize = 9;
+const MIB: usize = 1 << 20;
+
+fn all(c: &SdfsCluster) -> Vec<usize> {
+    (0..c.len()).collect()
+}
+
+/// One put of the stream: its content seed and what the client was told.
+struct Attempt {
+    seed: u64,
+    bytes: Vec<u8>,
+    outcome: Result<u64, String>,
+    after_kill: bool,
+}
+
+#[tokio::test]
+async fn leader_killed_during_puts_keeps_every_acknowledged_put_and_shows_no_failed_one() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-leader-kill", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    // Put through an agent that is neither the leader nor a voter, so it survives.
+    let via = NON_VOTER;
+    assert_ne!(via, leader);
+    let name = "stream/file";
+
+    // The stream: one put after another until told to stop, each 1 MiB of new content.
+    let client = c.client(via);
+    let scratch = c.local_path("stream");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let acked_after = Arc::new(AtomicUsize::new(0));
+    let stream = {
+        let (stop, killed) = (stop.clone(), killed.clone());
+        let (acked, acked_after) = (acked.clone(), acked_after.clone());
+        tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            for seed in 1000u64.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let bytes = pattern(seed, MIB + seed as usize % 4096);
+                let local = scratch.join(seed.to_string());
+                std::fs::write(&local, &bytes).unwrap();
+                let after_kill = killed.load(Ordering::SeqCst);
+                let outcome = client
+                    .put(&local, name, &no_progress)
+                    .await
+                    .map(|r| r.version)
+                    .map_err(|e| e.to_string());
+                if outcome.is_ok() {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    if after_kill {
+                        acked_after.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                attempts.push(Attempt {
+                    seed,
+                    bytes,
+                    outcome,
+                    after_kill,
+                });
+            }
+            attempts
+        })
+    };
+
+    wait_until("3 puts before the kill", READY, SDFS_POLL, async || {
+        anyhow::ensure!(acked.load(Ordering::SeqCst) >= 3, "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // Mid-put: the stream never pauses, and a 1 MiB put takes a while on 4 replicas.
+    killed.store(true, Ordering::SeqCst);
+    c.kill(leader).await.unwrap();
+    let t = Instant::now();
+    let survivors: Vec<usize> = all(&c).into_iter().filter(|&i| i != leader).collect();
+    let new_leader = c.wait_leader(&survivors, READY).await.unwrap();
+    eprintln!(
+        "killed leader a{leader}; {new_leader} leads {:.1?} later",
+        t.elapsed()
+    );
+    wait_until(
+        "3 acknowledged puts after the kill",
+        Duration::from_secs(60),
+        SDFS_POLL,
+        async || {
+            anyhow::ensure!(acked_after.load(Ordering::SeqCst) >= 3, "not yet");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let attempts = stream.await.unwrap();
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
+    eprintln!(
+        "{} puts, {} acknowledged, {} failed: {:?}",
+        attempts.len(),
+        attempts.len() - failed.len(),
+        failed.len(),
+        failed
+            .iter()
+            .map(|a| a.outcome.as_ref().unwrap_err())
+            .collect::<Vec<_>>()
+    );
+
+    let f = c
+        .file(via, name)
+        .await
+        .unwrap()
+        .expect("committed versions");
+    let numbers: Vec<u64> = f.versions.iter().map(|v| v.version).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "versions in order: {numbers:?}"
+    );
+    // Every acknowledged put is committed under the version it was told, with its bytes.
+    let mut acked_versions = Vec::new();
+    for a in &attempts {
+        let Ok(version) = a.outcome else { continue };
+        acked_versions.push(version);
+        let v = f
+            .versions
+            .iter()
+            .find(|v| v.version == version)
+            .unwrap_or_else(|| {
+                panic!("acknowledged v{version} (seed {}) is not committed", a.seed)
+            });
+        assert_eq!(
+            v.checksum,
+            *blake3::hash(&a.bytes).as_bytes(),
+            "v{version} holds other bytes than the put acknowledged for it (seed {}, after kill: {})",
+            a.seed,
+            a.after_kill
+        );
+        let out = c.local_path(&format!("v{version}"));
+        c.client(via)
+            .get_version(name, version, &out, &no_progress)
+            .await
+            .unwrap_or_else(|e| panic!("get v{version}: {e}"));
+        assert!(std::fs::read(&out).unwrap() == a.bytes, "v{version} bytes");
+    }
+    assert!(
+        acked_versions.windows(2).all(|w| w[0] < w[1]),
+        "sequential puts got increasing versions: {acked_versions:?}"
+    );
+    // Nothing else became visible: a failed put's bytes are in no committed version.
+    for a in &failed {
+        let sum = *blake3::hash(&a.bytes).as_bytes();
+        assert!(
+            !f.versions.iter().any(|v| v.checksum == sum),
+            "a put that reported failure ({}) is visible",
+            a.outcome.as_ref().unwrap_err()
+        );
+    }
+    assert_eq!(
+        f.versions.len(),
+        acked_versions.len(),
+        "committed {numbers:?}, acknowledged {acked_versions:?}"
+    );
+    // The newest is what `dml get` returns.
+    let last = attempts.iter().rev().find(|a| a.outcome.is_ok()).unwrap();
+    c.must_get(3, name, &last.bytes).await.unwrap();
+    // And a failed put leaves no space behind once its timeout has passed.
+    let bound = c.opts.sdfs.put_timeout + RECONCILE_BOUND;
+    wait_until("failed puts' copies to go", bound, SDFS_POLL, async || {
+        for a in &failed {
+            let on = c.holders_on_disk(&a.bytes)?;
+            anyhow::ensure!(on.is_empty(), "seed {} still on agents {on:?}", a.seed);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn three_holders_killed_at_once_the_file_stays_readable_and_returns_to_four_replicas() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-kill-3-holders", 10).await.unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|k| {
+            (
+                format!("kill3/f{k}"),
+                pattern(300 + k, MIB + 17 * k as usize),
+            )
+        })
+        .collect();
+    for (name, bytes) in &files {
+        c.must_put(NON_VOTER, name, bytes).await.unwrap();
+    }
+    let f0 = c.file(0, &files[0].0).await.unwrap().unwrap();
+    let holders: Vec<usize> = f0.versions[0]
+        .replicas
+        .iter()
+        .map(|r| c.index_of(*r).unwrap())
+        .collect();
+    assert_eq!(holders.len(), 4, "replicas of {}: {holders:?}", files[0].0);
+    let victims: Vec<usize> = holders[..3].to_vec();
+    for &v in &victims {
+        c.agent(v).kill().unwrap();
+    }
+    let t = Instant::now();
+    for &v in &victims {
+        c.kill(v).await.unwrap();
+    }
+    let live: Vec<usize> = all(&c)
+        .into_iter()
+        .filter(|i| !victims.contains(i))
+        .collect();
+    let reader = *live.iter().find(|i| !holders.contains(i)).unwrap();
+    eprintln!(
+        "killed holders {victims:?} of {}; reading through a{reader}",
+        files[0].0
+    );
+
+    // Readable all along (retrying only while a new leader is elected, if one died).
+    for (name, bytes) in &files {
+        wait_until(
+            &format!("{name} to be readable"),
+            READY,
+            SDFS_POLL,
+            async || c.must_get(reader, name, bytes).await,
+        )
+        .await
+        .unwrap();
+    }
+    eprintln!("every file read back {:.1?} after the kill", t.elapsed());
+    for (name, bytes) in &files {
+        let f = c
+            .wait_replicas(reader, name, 4, &live, REPAIR_BOUND)
+            .await
+            .unwrap();
+        // The new replicas hold the bytes on disk.
+        let on_disk = c.holders_on_disk(bytes).unwrap();
+        for r in &f.versions[0].replicas {
+            let i = c.index_of(*r).unwrap();
+            assert!(
+                on_disk.contains(&i),
+                "{name}: replica a{i} has no copy on disk"
+            );
+        }
+    }
+    eprintln!(
+        "all files back at 4 live replicas {:.1?} after the kill (bound {REPAIR_BOUND:?})",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_replica_is_never_served_and_scrub_repairs_it() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-corrupt", 10).await.unwrap();
+    let name = "scrub/file";
+    let bytes = pattern(77, MIB);
+    c.must_put(NON_VOTER, name, &bytes).await.unwrap();
+    let f = c.file(0, name).await.unwrap().unwrap();
+    let victim = c.index_of(f.versions[0].replicas[1]).unwrap();
+    let copies = disk::copies_of(&c.data_dir(victim), &bytes).unwrap();
+    assert_eq!(copies.len(), 1, "a{victim} copies: {copies:?}");
+    let path = &copies[0];
+    disk::corrupt_middle(path, 4096).unwrap();
+    assert!(std::fs::read(path).unwrap() != bytes);
+
+    // Through the victim itself: it is the nearest replica, so its copy is tried first.
+    c.must_get(victim, name, &bytes).await.unwrap();
+    let t = Instant::now();
+    wait_until(
+        "scrub to repair the corrupt copy",
+        SCRUB_BOUND,
+        SDFS_POLL,
+        async || {
+            let on_disk = std::fs::read(path);
+            anyhow::ensure!(
+                on_disk.as_ref().is_ok_and(|b| *b == bytes),
+                "{} is {}",
+                path.display(),
+                match on_disk {
+                    Ok(_) => "still corrupt",
+                    Err(_) => "missing",
+                }
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "copy on a{victim} repaired {:.1?} after the get",
+        t.elapsed()
+    );
+    let f = c.check_replicas(0, name, 4, &all(&c)).await.unwrap();
+    assert!(f.versions[0].replicas.contains(&c.addrs[victim]));
+    c.must_get(victim, name, &bytes).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_minority_left_by_frozen_voters_cannot_commit() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-minority", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    // Freeze 4 of the 7 voters, not the leader: it keeps running, with 2 voters and the
+    // 3 non-voters, and must not commit anything.
+    let frozen_idx: Vec<usize> = c
+        .voter_indices()
+        .into_iter()
+        .filter(|&i| i != leader)
+        .take(4)
+        .collect();
+    let pids: Vec<u32> = frozen_idx.iter().map(|&i| c.agent(i).pid()).collect();
+    let frozen = Frozen::stop(&pids).unwrap();
+    eprintln!("froze voters {frozen_idx:?}; a{leader} led");
+
+    let b1 = pattern(501, 200_000);
+    let b2 = pattern(502, 200_000);
+    let t = Instant::now();
+    let (r1, r2) = tokio::join!(
+        c.put_bytes(leader, "minority/a", &b1),
+        c.put_bytes(NON_VOTER, "minority/b", &b2)
+    );
+    for (who, r) in [(leader, r1), (NON_VOTER, r2)] {
+        match r {
+            Ok(out) => {
+                assert!(!out.status.success(), "a put through a{who} succeeded");
+                eprintln!(
+                    "put through a{who} failed after {:.1?}: {}",
+                    t.elapsed(),
+                    out.stderr.trim()
+                );
+            }
+            Err(e) => eprintln!("put through a{who} did not finish: {e:#}"),
+        }
+    }
+    frozen.resume().unwrap();
+    c.wait_leader(&all(&c), READY).await.unwrap();
+
+    // Nothing becomes visible, even after the old log entries reach the majority and the
+    // put timeout expires them.
+    let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
+    let t = Instant::now();
+    while t.elapsed() < watch {
+        for name in ["minority/a", "minority/b"] {
+            let f = c.file(NON_VOTER, name).await.unwrap();
+            assert!(f.is_none(), "{name} became visible: {f:?}");
+        }
+        tokio::time::sleep(SDFS_POLL).await;
+    }
+    wait_until(
+        "the failed puts' copies to go",
+        RECONCILE_BOUND,
+        SDFS_POLL,
+        async || {
+            for b in [&b1, &b2] {
+                let on = c.holders_on_disk(b)?;
+                anyhow::ensure!(on.is_empty(), "copies on agents {on:?}");
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    // The healed cluster commits again.
+    c.must_put(NON_VOTER, "minority/a", &b2).await.unwrap();
+    let f = c.file(0, "minority/a").await.unwrap().unwrap();
+    assert_eq!(f.versions.len(), 1);
+    c.must_get(2, "minority/a", &b2).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_the_rest() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-reconcile", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|k| (format!("rc/f{k}"), pattern(900 + k, 100_000 + k as usize)))
+        .collect();
+    for (name, bytes) in &files {
+        c.must_put(NON_VOTER, name, bytes).await.unwrap();
+    }
+    // The non-leader agent holding the most of them.
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); c.len()];
+    for (k, (name, _)) in files.iter().enumerate() {
+        let f = c.file(0, name).await.unwrap().unwrap();
+        for r in &f.versions[0].replicas {
+            held[c.index_of(*r).unwrap()].push(k);
+        }
+    }
+    let v = (0..c.len())
+        .filter(|&i| i != leader)
+        .max_by_key(|&i| held[i].len())
+        .unwrap();
+    assert!(held[v].len() >= 2, "a{v} holds {:?}", held[v]);
+    let (deleted, kept) = (held[v][0], held[v][1..].to_vec());
+    for &k in &held[v] {
+        assert!(
+            !disk::copies_of(&c.data_dir(v), &files[k].1)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    c.kill(v).await.unwrap();
+    let other = if v == NON_VOTER { 0 } else { NON_VOTER };
+    c.dml(other, &["delete", &files[deleted].0])
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    c.restart(v).await.unwrap();
+    eprintln!("a{v} restarted; {} deleted meanwhile", files[deleted].0);
+    c.wait_answering(v, READY).await.unwrap();
+
+    let t = Instant::now();
+    let data = c.data_dir(v);
+    wait_until(
+        "the deleted file's copy to go from the restarted agent",
+        RECONCILE_BOUND,
+        SDFS_POLL,
+        async || {
+            let left = disk::copies_of(&data, &files[deleted].1)?;
+            anyhow::ensure!(left.is_empty(), "still at {left:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("dropped {:.1?} after restart", t.elapsed());
+    // The rest stays wherever the metadata still assigns it to this agent.
+    let addr = c.addrs[v];
+    let still: Vec<usize> = wait_for("metadata to settle", READY, SDFS_POLL, async || {
+        let mut still = Vec::new();
+        for &k in &kept {
+            let f = c
+                .file(0, &files[k].0)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{} vanished", files[k].0))?;
+            if f.versions[0].replicas.contains(&addr) {
+                still.push(k);
+            }
+        }
+        Ok(still)
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "a{v} still assigned {} of its {} kept files",
+        still.len(),
+        kept.len()
+    );
+    for &k in &still {
+        assert!(
+            !disk::copies_of(&data, &files[k].1).unwrap().is_empty(),
+            "a{v} dropped {}, which still lists it as a replica",
+            files[k].0
+        );
+    }
+    let holding: BTreeSet<(String, u64)> = dml_tests::sdfs::api::store(addr)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.name, h.version))
+        .collect();
+    assert!(
+        !holding.contains(&(files[deleted].0.clone(), 1)),
+        "{holding:?}"
+    );
+    for &k in &still {
+        assert!(holding.contains(&(files[k].0.clone(), 1)), "{holding:?}");
+        c.must_get(v, &files[k].0, &files[k].1).await.unwrap();
+    }
+}
