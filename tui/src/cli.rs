@@ -35,9 +35,79 @@ pub enum Command {
     Leave,
     /// Traffic and failure-detector counters of the agent.
     Stats,
+    /// Who leads the control plane (Raft), as the agent sees it.
+    Leader,
+    /// Store a local file in SDFS as a new version of SDFSNAME.
+    Put {
+        /// The local file to store.
+        localfile: PathBuf,
+        /// Its name in SDFS (relative, '/'-separated, no '..').
+        sdfsname: String,
+    },
+    /// Fetch the newest committed version of SDFSNAME into LOCALFILE.
+    Get {
+        sdfsname: String,
+        localfile: PathBuf,
+    },
+    /// Delete every version of SDFSNAME.
+    Delete { sdfsname: String },
+    /// The versions of SDFSNAME and the nodes that hold each.
+    Ls { sdfsname: String },
+    /// The files and versions stored on one agent.
+    Store {
+        /// The agent to ask (HOST:PORT); default: --agent.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Fetch the last N versions of SDFSNAME, newest first.
+    ///
+    /// Without --merge, LOCALPATH is a directory that receives one file per
+    /// version, named <last part of SDFSNAME>.v<VERSION>. With --merge,
+    /// LOCALPATH is one file: each version is preceded by a line
+    /// "===== SDFSNAME version K (SIZE bytes) =====" and followed by a newline.
+    GetVersions {
+        sdfsname: String,
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        n: u64,
+        localpath: PathBuf,
+        /// Write all versions into one file, with a delimiter line before each.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Fetch the newest version of every file matching GLOB into LOCALDIR/<name>.
+    GetAll {
+        /// Shell-style pattern over whole names ('*' also crosses '/'); quote it.
+        glob: String,
+        localdir: PathBuf,
+    },
+    /// The files matching GLOB, with their versions and replicas.
+    LsAll {
+        /// Shell-style pattern over whole names ('*' also crosses '/'); quote it.
+        glob: String,
+    },
+    /// Whole-store SDFS views and bulk loading.
+    #[command(subcommand)]
+    Sdfs(SdfsCommand),
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SdfsCommand {
+    /// Every file in SDFS, with its versions.
+    Files,
+    /// The versions each node holds.
+    Nodes,
+    /// Number of files, versions and bytes in SDFS.
+    Count,
+    /// Put every file under LOCALDIR (recursively) as PREFIX/<relative path>.
+    Load {
+        localdir: PathBuf,
+        /// Directory in SDFS to load into (default: the top).
+        #[arg(default_value = "")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +214,30 @@ mod tests {
             Cli::try_parse_from(["dml", "members", "--json", "--agent", "10.0.0.1:9000"]).unwrap();
         assert!(cli.json);
         assert_eq!(cli.agent, "10.0.0.1:9000");
+    }
+
+    #[test]
+    fn sdfs_commands_parse_like_the_original() {
+        let cli = Cli::try_parse_from(["dml", "get-versions", "a/b", "3", "out", "--merge"]);
+        let Some(Command::GetVersions {
+            sdfsname,
+            n,
+            localpath,
+            merge,
+        }) = cli.unwrap().command
+        else {
+            panic!("not get-versions");
+        };
+        assert_eq!((sdfsname.as_str(), n, merge), ("a/b", 3, true));
+        assert_eq!(localpath, PathBuf::from("out"));
+        assert!(Cli::try_parse_from(["dml", "get-versions", "a", "0", "out"]).is_err());
+        let cli = Cli::try_parse_from(["dml", "sdfs", "load", "dir"]).unwrap();
+        let Some(Command::Sdfs(SdfsCommand::Load { prefix, .. })) = cli.command else {
+            panic!("not sdfs load");
+        };
+        assert_eq!(prefix, "");
+        let cli = Cli::try_parse_from(["dml", "store", "--node", "h:1", "--json"]).unwrap();
+        assert!(cli.json);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`cli`]: the command line (clap).
 //! - [`oneshot`]: `members`, `id`, `join`, `leave`, `stats` against one agent.
 //! - [`report`]: tables and JSON for those commands.
+//! - [`sdfs`]: `put`, `get`, `ls`, `get-versions`, `sdfs ...` and `leader`.
 //! - [`local`]: `local up|status|down`, a cluster of agents on this machine.
 //! - [`console`]: the full-screen console shown without a subcommand.
 
@@ -11,6 +12,7 @@ mod console;
 mod local;
 mod oneshot;
 mod report;
+mod sdfs;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -41,6 +43,9 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Local(l)) => local::run(l, cli.json).await,
+        Some(c) if sdfs::handles(c) => {
+            sdfs::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+        }
         Some(c) => oneshot::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await,
         None => console::run(oneshot::resolve_agent(&cli.agent)?).await,
     }

@@ -61,7 +61,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
                 format!("{agent}: {verb} requested\n")
             }
         }
-        Command::Local(_) => unreachable!("local commands are dispatched by main"),
+        other => anyhow::bail!("{other:?} is not a one-shot agent command"),
     };
     print!("{out}");
     if json {

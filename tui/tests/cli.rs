@@ -102,3 +102,75 @@ fn local_status_and_down_on_an_empty_run_dir_say_so() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["agents"].as_array().unwrap().len(), 0);
 }
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = dml(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+#[test]
+fn sdfs_commands_refuse_bad_names_before_asking_any_agent() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    let a = agent.as_str();
+    let this = env!("CARGO_BIN_EXE_dml");
+    fails_with(
+        &["--agent", a, "put", this, "/etc/passwd"],
+        "bad SDFS name \"/etc/passwd\": is an absolute path",
+    );
+    fails_with(&["--agent", a, "put", this, "a/../b"], "'..' component");
+    fails_with(&["--agent", a, "get", "../x", "/tmp/x"], "bad SDFS name");
+    fails_with(&["--agent", a, "ls", ""], "is empty");
+    fails_with(&["--agent", a, "delete", "a//b"], "empty path component");
+}
+
+#[test]
+fn put_of_a_missing_local_file_names_it() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    fails_with(
+        &["--agent", &agent, "put", "/nonexistent/file.bin", "f"],
+        "local file \"/nonexistent/file.bin\": No such file or directory",
+    );
+    let out = dml(&["--json", "--agent", &agent, "put", "/nonexistent/x", "f"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert!(v["error"].as_str().unwrap().contains("/nonexistent/x"));
+}
+
+#[test]
+fn sdfs_commands_fail_cleanly_when_no_agent_listens() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    let a = agent.as_str();
+    let this = env!("CARGO_BIN_EXE_dml");
+    let dir = std::env::temp_dir().join(format!("dml-cli-sdfs-{}", std::process::id()));
+    let d = dir.to_str().unwrap();
+    let target = dir.join("out");
+    let t = target.to_str().unwrap();
+    for args in [
+        vec!["leader"],
+        vec!["put", this, "bin/dml"],
+        vec!["get", "bin/dml", t],
+        vec!["delete", "x"],
+        vec!["ls", "x"],
+        vec!["ls-all", "*"],
+        vec!["store"],
+        vec!["get-versions", "x", "2", d],
+        vec!["get-all", "*", d],
+        vec!["sdfs", "files"],
+        vec!["sdfs", "nodes"],
+        vec!["sdfs", "count"],
+    ] {
+        let mut full = vec!["--agent", a];
+        full.extend(args);
+        fails_with(&full, &format!("cannot reach agent at {agent}"));
+    }
+    assert!(!target.exists(), "a failed get left {t}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn store_with_a_bad_node_address_quotes_it() {
+    fails_with(&["store", "--node", "nowhere"], "\"nowhere\"");
+}

@@ -1,0 +1,179 @@
+//! The SDFS commands of `dml` (put, get, delete, ls, store, get-versions,
+//! get-all, ls-all, `sdfs files|nodes|count|load`) and `dml leader`, all
+//! through [`dml_shared::sdfs_client`].
+//!
+//! - [`report`]: their tables and JSON.
+//! - [`progress`]: the terminal progress bar.
+
+pub mod progress;
+pub mod report;
+
+use crate::cli::{Command, SdfsCommand};
+use crate::oneshot::resolve_agent;
+use anyhow::{Context, Result, bail};
+use dml_shared::client::Client;
+use dml_shared::sdfs_client::{Progress, Sdfs};
+use progress::Bar;
+use serde_json::json;
+use std::net::SocketAddr;
+
+/// Whether `command` is one of the commands this module runs.
+pub fn handles(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Leader
+            | Command::Put { .. }
+            | Command::Get { .. }
+            | Command::Delete { .. }
+            | Command::Ls { .. }
+            | Command::Store { .. }
+            | Command::GetVersions { .. }
+            | Command::GetAll { .. }
+            | Command::LsAll { .. }
+            | Command::Sdfs(_)
+    )
+}
+
+/// Runs one SDFS command through `agent` and prints its answer.
+pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()> {
+    let sdfs = Sdfs::new(agent);
+    let bar = Bar::for_terminal(json);
+    let progress = |p: Progress| bar.update(p);
+    let result = execute(command, &sdfs, json, &progress).await;
+    bar.finish();
+    let out = result?;
+    print!("{}", out.text);
+    if json {
+        println!();
+    }
+    match out.failed {
+        Some(msg) => bail!(msg),
+        None => Ok(()),
+    }
+}
+
+/// What a command prints, and whether it failed in part (after printing).
+struct Output {
+    text: String,
+    failed: Option<String>,
+}
+
+impl Output {
+    fn ok(text: String) -> Self {
+        Self { text, failed: None }
+    }
+}
+
+async fn execute(
+    command: &Command,
+    sdfs: &Sdfs,
+    json: bool,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Output> {
+    let pick =
+        |v: serde_json::Value, text: String| Output::ok(if json { v.to_string() } else { text });
+    let out = match command {
+        Command::Leader => {
+            let agent = sdfs.agent();
+            let l = Client::new(agent).leader().await?;
+            pick(
+                report::leader_json(agent, &l),
+                report::leader_text(agent, &l),
+            )
+        }
+        Command::Put {
+            localfile,
+            sdfsname,
+        } => {
+            let r = sdfs
+                .put(localfile, sdfsname, progress)
+                .await
+                .with_context(|| format!("put {} as \"{sdfsname}\"", localfile.display()))?;
+            pick(report::put_json(&r), report::put_text(&r))
+        }
+        Command::Get {
+            sdfsname,
+            localfile,
+        } => {
+            let r = sdfs
+                .get(sdfsname, localfile, progress)
+                .await
+                .with_context(|| format!("get \"{sdfsname}\""))?;
+            pick(report::get_json(&r), report::get_text(&r))
+        }
+        Command::Delete { sdfsname } => {
+            sdfs.delete(sdfsname)
+                .await
+                .with_context(|| format!("delete \"{sdfsname}\""))?;
+            pick(
+                json!({"name": sdfsname, "deleted": true}),
+                format!("deleted every version of \"{sdfsname}\"\n"),
+            )
+        }
+        Command::Ls { sdfsname } => {
+            let f = sdfs.ls(sdfsname).await?;
+            pick(report::file_json(&f), report::ls_table(&f))
+        }
+        Command::LsAll { glob } => {
+            let f = sdfs.ls_all(glob).await?;
+            pick(report::files_json(&f), report::files_table(&f))
+        }
+        Command::Store { node } => {
+            let node = match node {
+                Some(n) => resolve_agent(n)?,
+                None => sdfs.agent(),
+            };
+            let held = sdfs.store(Some(node)).await?;
+            pick(
+                report::store_json(node, &held),
+                report::store_table(node, &held),
+            )
+        }
+        Command::GetVersions {
+            sdfsname,
+            n,
+            localpath,
+            merge,
+        } => {
+            let n = usize::try_from(*n).unwrap_or(usize::MAX);
+            let r = sdfs
+                .get_versions(sdfsname, n, localpath, *merge, progress)
+                .await
+                .with_context(|| format!("get-versions \"{sdfsname}\""))?;
+            pick(report::versions_json(&r), report::versions_text(&r))
+        }
+        Command::GetAll { glob, localdir } => {
+            let r = sdfs.get_all(glob, localdir, progress).await?;
+            let failed = r.items.iter().filter(|(_, r)| r.is_err()).count();
+            let mut out = pick(report::get_all_json(&r), report::get_all_text(&r));
+            if failed > 0 {
+                out.failed = Some(format!("{failed} of {} files failed", r.items.len()));
+            } else if r.items.is_empty() {
+                out.failed = Some(format!("no SDFS file matches \"{glob}\""));
+            }
+            out
+        }
+        Command::Sdfs(SdfsCommand::Files) => {
+            let f = sdfs.files().await?;
+            pick(report::files_json(&f), report::files_table(&f))
+        }
+        Command::Sdfs(SdfsCommand::Nodes) => {
+            let n = sdfs.nodes().await?;
+            pick(report::nodes_json(&n), report::nodes_table(&n))
+        }
+        Command::Sdfs(SdfsCommand::Count) => {
+            let c = sdfs.count().await?;
+            pick(report::count_json(&c), report::count_text(&c))
+        }
+        Command::Sdfs(SdfsCommand::Load { localdir, prefix }) => {
+            let r = sdfs.load(localdir, prefix, progress).await?;
+            let mut out = pick(report::load_json(&r), report::load_text(&r));
+            if r.failed() > 0 {
+                out.failed = Some(format!("{} of {} files failed", r.failed(), r.items.len()));
+            }
+            out
+        }
+        other => bail!("{other:?} is not an SDFS command"),
+    };
+    Ok(out)
+}

@@ -1,0 +1,539 @@
+//! Text tables and JSON values for the SDFS commands and `dml leader`; pure
+//! functions, no IO.
+
+use crate::report::{rate, render_table};
+use dml_shared::api::LeaderInfo;
+use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo};
+use dml_shared::sdfs_client::{
+    Count, GetAllReport, GetReport, LoadReport, PutReport, VersionsReport, throughput,
+};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Hex digits of a checksum shown in tables (JSON has all 64).
+const SHORT_CHECKSUM: usize = 12;
+
+/// Bytes with a binary unit: "830 B", "1.5 KiB", "64.0 MiB", "1.00 GiB".
+pub fn size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
+pub fn hex(c: &Checksum) -> String {
+    c.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn short_hex(c: &Checksum) -> String {
+    hex(c)[..SHORT_CHECKSUM].to_string()
+}
+
+fn addrs(a: &[SocketAddr]) -> String {
+    if a.is_empty() {
+        return "-".into();
+    }
+    a.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn addrs_json(a: &[SocketAddr]) -> Vec<String> {
+    a.iter().map(|x| x.to_string()).collect()
+}
+
+/// "1.2 s" or "340 ms".
+pub fn elapsed(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// A commit time (Unix ms) as RFC 3339 UTC, to the second.
+pub fn when(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// "… in 1.2 s (53.3 MiB/s)".
+fn speed(bytes: u64, d: Duration) -> String {
+    format!(
+        "{} in {} ({})",
+        size(bytes),
+        elapsed(d),
+        rate(throughput(bytes, d))
+    )
+}
+
+pub fn put_text(r: &PutReport) -> String {
+    format!(
+        "stored \"{}\" version {}: {}, on {}\n",
+        r.name,
+        r.version,
+        speed(r.size, r.elapsed),
+        addrs(&r.holders)
+    )
+}
+
+pub fn put_json(r: &PutReport) -> Value {
+    json!({
+        "name": r.name,
+        "version": r.version,
+        "size": r.size,
+        "checksum": hex(&r.checksum),
+        "holders": addrs_json(&r.holders),
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "bytes_per_s": throughput(r.size, r.elapsed),
+    })
+}
+
+pub fn get_text(r: &GetReport) -> String {
+    format!(
+        "fetched \"{}\" version {} into {}: {}, from {}\n",
+        r.name,
+        r.version,
+        r.path.display(),
+        speed(r.size, r.elapsed),
+        r.from
+    )
+}
+
+pub fn get_json(r: &GetReport) -> Value {
+    json!({
+        "name": r.name,
+        "version": r.version,
+        "size": r.size,
+        "from": r.from.to_string(),
+        "path": r.path,
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "bytes_per_s": throughput(r.size, r.elapsed),
+    })
+}
+
+fn version_json(v: &VersionInfo) -> Value {
+    json!({
+        "version": v.version,
+        "size": v.size,
+        "checksum": hex(&v.checksum),
+        "replicas": addrs_json(&v.replicas),
+        "committed_ms": v.committed_ms,
+    })
+}
+
+pub fn file_json(f: &FileInfo) -> Value {
+    json!({
+        "name": f.name,
+        "versions": f.versions.iter().map(version_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `dml ls`: one row per version, oldest first.
+pub fn ls_table(f: &FileInfo) -> String {
+    let rows: Vec<Vec<String>> = f
+        .versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.version.to_string(),
+                size(v.size),
+                short_hex(&v.checksum),
+                when(v.committed_ms),
+                addrs(&v.replicas),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        f.name,
+        render_table(
+            &["VERSION", "SIZE", "BLAKE3", "COMMITTED", "REPLICAS"],
+            &rows
+        )
+    )
+}
+
+/// `dml ls-all` and `dml sdfs files`: one row per file, about its newest version.
+pub fn files_table(files: &[FileInfo]) -> String {
+    if files.is_empty() {
+        return "no files\n".into();
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            let latest = f.versions.last();
+            vec![
+                f.name.clone(),
+                f.versions.len().to_string(),
+                latest.map_or("-".into(), |v| v.version.to_string()),
+                latest.map_or("-".into(), |v| size(v.size)),
+                latest.map_or("-".into(), |v| addrs(&v.replicas)),
+            ]
+        })
+        .collect();
+    render_table(&["NAME", "VERSIONS", "LATEST", "SIZE", "REPLICAS"], &rows)
+}
+
+pub fn files_json(files: &[FileInfo]) -> Value {
+    Value::Array(files.iter().map(file_json).collect())
+}
+
+fn holding_json(h: &Holding) -> Value {
+    json!({"name": h.name, "version": h.version, "size": h.size})
+}
+
+/// `dml store`.
+pub fn store_table(node: SocketAddr, held: &[Holding]) -> String {
+    if held.is_empty() {
+        return format!("{node} stores nothing\n");
+    }
+    let rows: Vec<Vec<String>> = held
+        .iter()
+        .map(|h| vec![h.name.clone(), h.version.to_string(), size(h.size)])
+        .collect();
+    format!(
+        "{node} stores {} versions, {}\n{}",
+        held.len(),
+        size(held.iter().map(|h| h.size).sum()),
+        render_table(&["NAME", "VERSION", "SIZE"], &rows)
+    )
+}
+
+pub fn store_json(node: SocketAddr, held: &[Holding]) -> Value {
+    json!({
+        "node": node.to_string(),
+        "holdings": held.iter().map(holding_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `dml sdfs nodes`: one row per node with the versions it holds.
+pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
+    if nodes.is_empty() {
+        return "no node holds anything\n".into();
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|(n, held)| {
+            let list: Vec<String> = held
+                .iter()
+                .map(|h| format!("{}@v{}", h.name, h.version))
+                .collect();
+            vec![
+                n.to_string(),
+                held.len().to_string(),
+                size(held.iter().map(|h| h.size).sum()),
+                if list.is_empty() {
+                    "-".into()
+                } else {
+                    list.join(" ")
+                },
+            ]
+        })
+        .collect();
+    render_table(&["NODE", "VERSIONS", "BYTES", "FILES"], &rows)
+}
+
+pub fn nodes_json(nodes: &[(SocketAddr, Vec<Holding>)]) -> Value {
+    Value::Array(nodes.iter().map(|(n, held)| store_json(*n, held)).collect())
+}
+
+pub fn count_text(c: &Count) -> String {
+    format!(
+        "files     {}\nversions  {}\nbytes     {} ({})\n",
+        c.files,
+        c.versions,
+        c.bytes,
+        size(c.bytes)
+    )
+}
+
+pub fn count_json(c: &Count) -> Value {
+    json!({"files": c.files, "versions": c.versions, "bytes": c.bytes})
+}
+
+pub fn versions_text(r: &VersionsReport) -> String {
+    let total: u64 = r.versions.iter().map(|v| v.size).sum();
+    let list: Vec<String> = r.versions.iter().map(|v| v.version.to_string()).collect();
+    let mut out = format!(
+        "fetched {} versions of \"{}\" (newest first: {}): {}\n",
+        r.versions.len(),
+        r.name,
+        list.join(", "),
+        speed(total, r.elapsed)
+    );
+    if r.merged {
+        if let Some(v) = r.versions.first() {
+            out += &format!("  merged into {}\n", v.path.display());
+        }
+    } else {
+        for v in &r.versions {
+            out += &format!("  {}\n", v.path.display());
+        }
+    }
+    out
+}
+
+pub fn versions_json(r: &VersionsReport) -> Value {
+    json!({
+        "name": r.name,
+        "merged": r.merged,
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "versions": r.versions.iter().map(|v| json!({
+            "version": v.version,
+            "size": v.size,
+            "from": v.from.to_string(),
+            "path": v.path,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn get_all_text(r: &GetAllReport) -> String {
+    let mut out = String::new();
+    let mut bytes = 0;
+    for (name, res) in &r.items {
+        match res {
+            Ok(g) => {
+                bytes += g.size;
+                out += &format!("ok     {name} v{} -> {}\n", g.version, g.path.display());
+            }
+            Err(e) => out += &format!("FAILED {name}: {e}\n"),
+        }
+    }
+    let ok = r.items.iter().filter(|(_, r)| r.is_ok()).count();
+    out += &format!(
+        "fetched {ok} of {} files: {}\n",
+        r.items.len(),
+        speed(bytes, r.elapsed)
+    );
+    out
+}
+
+pub fn get_all_json(r: &GetAllReport) -> Value {
+    json!({
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "files": r.items.iter().map(|(name, res)| match res {
+            Ok(g) => json!({"name": name, "ok": true, "version": g.version,
+                            "size": g.size, "path": g.path, "from": g.from.to_string()}),
+            Err(e) => json!({"name": name, "ok": false, "error": e.to_string()}),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn load_text(r: &LoadReport) -> String {
+    let mut out = String::new();
+    for i in &r.items {
+        match &i.result {
+            Ok(p) => {
+                out += &format!(
+                    "ok     {} -> {} v{}\n",
+                    i.local.display(),
+                    i.name,
+                    p.version
+                )
+            }
+            Err(e) => out += &format!("FAILED {} -> {}: {e}\n", i.local.display(), i.name),
+        }
+    }
+    out += &format!(
+        "loaded {} of {} files: {}\n",
+        r.items.len() - r.failed(),
+        r.items.len(),
+        speed(r.bytes(), r.elapsed)
+    );
+    out
+}
+
+pub fn load_json(r: &LoadReport) -> Value {
+    json!({
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "bytes": r.bytes(),
+        "failed": r.failed(),
+        "files": r.items.iter().map(|i| match &i.result {
+            Ok(p) => json!({"local": i.local, "name": i.name, "ok": true,
+                            "version": p.version, "size": p.size}),
+            Err(e) => json!({"local": i.local, "name": i.name, "ok": false,
+                             "error": e.to_string()}),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn leader_text(agent: SocketAddr, l: &LeaderInfo) -> String {
+    let leader = l
+        .leader
+        .map_or("none known (election in progress?)".into(), |a| {
+            a.to_string()
+        });
+    let mut out = format!("leader   {leader}\nterm     {}\n", l.term);
+    out += &format!("voters   {}\n", addrs(&l.voters));
+    out += &format!(
+        "{agent} is {}",
+        if l.is_voter { "a voter" } else { "not a voter" }
+    );
+    if let Some(i) = l.last_applied {
+        out += &format!(", last applied index {i}");
+    }
+    out.push('\n');
+    out
+}
+
+pub fn leader_json(agent: SocketAddr, l: &LeaderInfo) -> Value {
+    json!({
+        "agent": agent.to_string(),
+        "leader": l.leader.map(|a| a.to_string()),
+        "term": l.term,
+        "voters": addrs_json(&l.voters),
+        "is_voter": l.is_voter,
+        "last_applied": l.last_applied,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn a(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn file() -> FileInfo {
+        FileInfo {
+            name: "imgs/cat.jpg".into(),
+            versions: vec![
+                VersionInfo {
+                    version: 1,
+                    size: 2048,
+                    checksum: [0xab; 32],
+                    replicas: vec![a(8001), a(8002)],
+                    committed_ms: 0,
+                },
+                VersionInfo {
+                    version: 2,
+                    size: 10,
+                    checksum: [1; 32],
+                    replicas: vec![a(8003)],
+                    committed_ms: 1_700_000_000_000,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn sizes_pick_a_binary_unit() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(64 << 20), "64.0 MiB");
+        assert_eq!(size(1 << 30), "1.00 GiB");
+    }
+
+    #[test]
+    fn ls_lists_versions_with_their_replicas() {
+        let t = ls_table(&file());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "imgs/cat.jpg");
+        assert!(lines[1].starts_with("VERSION"), "{t}");
+        assert!(lines[2].starts_with("1 "), "{t}");
+        assert!(lines[2].contains("2.0 KiB"), "{t}");
+        assert!(lines[2].contains("abababababab "), "{t}");
+        assert!(lines[2].contains("1970-01-01T00:00:00Z"), "{t}");
+        assert!(lines[2].ends_with("127.0.0.1:8001 127.0.0.1:8002"), "{t}");
+        assert!(lines[3].contains("2023-11-14T22:13:20Z"), "{t}");
+        let j = file_json(&file());
+        assert_eq!(j["versions"][1]["replicas"][0], "127.0.0.1:8003");
+        assert_eq!(j["versions"][0]["checksum"].as_str().unwrap().len(), 64);
+    }
+
+    #[test]
+    fn files_table_shows_the_newest_version() {
+        let t = files_table(&[file()]);
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.starts_with("imgs/cat.jpg  2 "), "{t}");
+        assert!(row.ends_with("10 B  127.0.0.1:8003"), "{t}");
+        assert_eq!(files_table(&[]), "no files\n");
+    }
+
+    #[test]
+    fn put_reports_throughput() {
+        let r = PutReport {
+            name: "x".into(),
+            version: 3,
+            size: 4 << 20,
+            checksum: [0; 32],
+            holders: vec![a(8001), a(8002)],
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(
+            put_text(&r),
+            "stored \"x\" version 3: 4.0 MiB in 2.0 s (2.0 MiB/s), on 127.0.0.1:8001 127.0.0.1:8002\n"
+        );
+        let j = put_json(&r);
+        assert_eq!(j["bytes_per_s"], 2.0 * 1048576.0);
+        assert_eq!(j["elapsed_ms"], 2000);
+    }
+
+    #[test]
+    fn get_versions_text_says_the_order() {
+        let g = |v: u64| GetReport {
+            name: "x".into(),
+            version: v,
+            size: 1,
+            from: a(8001),
+            path: PathBuf::from(format!("out/x.v{v}")),
+            elapsed: Duration::ZERO,
+        };
+        let r = VersionsReport {
+            name: "x".into(),
+            versions: vec![g(3), g(2)],
+            merged: false,
+            elapsed: Duration::from_millis(5),
+        };
+        let t = versions_text(&r);
+        assert!(
+            t.starts_with("fetched 2 versions of \"x\" (newest first: 3, 2)"),
+            "{t}"
+        );
+        assert!(t.contains("  out/x.v2\n"), "{t}");
+        assert_eq!(versions_json(&r)["versions"][0]["version"], 3);
+    }
+
+    #[test]
+    fn leader_text_handles_an_unknown_leader() {
+        let l = LeaderInfo {
+            leader: None,
+            term: 0,
+            voters: vec![],
+            is_voter: false,
+            last_applied: None,
+        };
+        let t = leader_text(a(8005), &l);
+        assert!(t.starts_with("leader   none known"), "{t}");
+        assert!(t.contains("127.0.0.1:8005 is not a voter"), "{t}");
+        assert_eq!(leader_json(a(8005), &l)["leader"], Value::Null);
+    }
+
+    #[test]
+    fn nodes_table_lists_versions_per_node() {
+        let held = vec![Holding {
+            name: "a".into(),
+            version: 2,
+            size: 5,
+        }];
+        let t = nodes_table(&[(a(8001), held.clone()), (a(8002), vec![])]);
+        assert!(t.lines().nth(1).unwrap().ends_with("a@v2"), "{t}");
+        assert!(t.lines().nth(2).unwrap().ends_with("-"), "{t}");
+        assert_eq!(
+            nodes_json(&[(a(8001), held)])[0]["holdings"][0]["version"],
+            2
+        );
+    }
+}
