@@ -5,7 +5,7 @@ use crate::api::{ApiServer, Services};
 use crate::control::ControlHandle;
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
-use crate::sdfs::SdfsHandle;
+use crate::sdfs::{SdfsHandle, SdfsOptions, SdfsService};
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
 use dml_shared::config::Config;
@@ -18,6 +18,7 @@ const PORT_PICK_TRIES: usize = 32;
 pub struct Agent {
     pub id: NodeId,
     membership: MembershipTask,
+    sdfs: SdfsService,
     api: ApiServer,
 }
 
@@ -61,16 +62,20 @@ impl Agent {
             seed,
             std::time::Instant::now(),
         );
+        let sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
+            .await
+            .context("cannot open the SDFS store")?;
         let membership = driver::spawn(udp, core, join);
         let services = Services {
             membership: membership.handle.clone(),
             control: ControlHandle::default(),
-            sdfs: SdfsHandle::default(),
+            sdfs: sdfs.handle(),
         };
         let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
         Ok(Self {
             id,
             membership,
+            sdfs,
             api,
         })
     }
@@ -83,5 +88,11 @@ impl Agent {
     pub async fn shutdown(self) {
         self.membership.shutdown().await;
         self.api.shutdown().await;
+        self.sdfs.shutdown().await;
+    }
+
+    /// The SDFS store and data path.
+    pub fn sdfs(&self) -> SdfsHandle {
+        self.sdfs.handle()
     }
 }

@@ -1,28 +1,239 @@
-//! SDFS on one agent: the on-disk store and the data path. Not running yet.
+//! SDFS on one agent: the on-disk store, the data path and the background
+//! upkeep of the local copies.
+//!
+//! - [`store`]: `<data_dir>/sdfs/`: temp file, fsync, BLAKE3 check, rename.
+//! - [`encode`]: SDFS names to safe file names.
+//! - [`local`]: async writer over a store temp file (blocking thread).
+//! - [`write`]: `Data(Write)`: pipelined chain write (store and forward).
+//! - [`read`]: `Data(Read)`: stream a stored version, verifying it.
+//! - [`replicate`]: `Data(Replicate)`: copy a version from another holder,
+//!   throttled; also used by scrub to re-fetch a corrupt copy.
+//! - [`scrub`], [`reconcile`]: periodic re-hashing, and comparison of the
+//!   disk with the committed metadata.
+//! - [`meta`]: metadata requests to the control plane (through an agent).
+//! - [`peer`], [`throttle`], [`stats`], [`error`]: plumbing.
+
+pub mod encode;
+pub mod error;
+pub mod local;
+pub mod meta;
+pub mod peer;
+pub mod read;
+pub mod reconcile;
+pub mod replicate;
+pub mod scrub;
+pub mod stats;
+pub mod store;
+pub mod throttle;
+pub mod write;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::SdfsError;
+pub use stats::SdfsStats;
+pub use store::Store;
 
 use dml_shared::api::Response;
+use dml_shared::config::{Config, SdfsConfig};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, write_frame};
-use dml_shared::sdfs::DataRequest;
-use dml_shared::wire::{self, Kind};
+use dml_shared::sdfs::{DataRequest, Holding};
+use stats::Counters;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use throttle::Throttle;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// Cheap to clone; reaches the SDFS store.
+/// Chunks queued between the network and the disk (or the next replica):
+/// memory per stream stays around this many `sdfs.chunk_size` buffers.
+pub const STREAM_QUEUE: usize = 4;
+
+/// What the SDFS service needs from the agent.
+#[derive(Clone, Debug)]
+pub struct SdfsOptions {
+    pub data_dir: PathBuf,
+    /// This agent's address, as the others reach it.
+    pub agent: SocketAddr,
+    /// Where metadata requests go (the local agent, which forwards them to
+    /// the leader; tests point it elsewhere).
+    pub meta_addr: SocketAddr,
+    pub cfg: SdfsConfig,
+    pub max_frame: usize,
+}
+
+impl SdfsOptions {
+    pub fn from_config(cfg: &Config, agent: SocketAddr) -> Self {
+        Self {
+            data_dir: cfg.data_dir.clone(),
+            agent,
+            meta_addr: agent,
+            cfg: cfg.sdfs.clone(),
+            max_frame: cfg.api.max_frame,
+        }
+    }
+}
+
+/// Shared by every request and background task of the service.
+pub struct Ctx {
+    pub store: Store,
+    pub cfg: SdfsConfig,
+    pub agent: SocketAddr,
+    pub meta_addr: SocketAddr,
+    pub max_frame: usize,
+    pub counters: Counters,
+    /// Repair and scrub bandwidth.
+    pub throttle: Throttle,
+}
+
+impl Ctx {
+    /// How long a stream may make no progress towards another agent; a
+    /// quarter of `put_timeout`, so a stalled replica is dropped from a
+    /// chain while the put can still complete.
+    pub fn stall_timeout(&self) -> Duration {
+        self.cfg.put_timeout / 4
+    }
+}
+
+/// Cheap to clone; reaches the SDFS store. The default handle is a store
+/// that is not running and says so.
 #[derive(Clone, Default)]
-pub struct SdfsHandle {}
+pub struct SdfsHandle {
+    ctx: Option<Arc<Ctx>>,
+}
 
 impl SdfsHandle {
     /// Serves one data-path request; it owns the stream until it returns.
     pub async fn serve_data(
         &self,
-        _req: DataRequest,
+        req: DataRequest,
         stream: &mut TcpStream,
     ) -> dml_shared::Result<()> {
-        let msg = Response::Error("SDFS is not running on this agent".into());
-        write_frame(
-            stream,
-            &wire::encode(Kind::Response, &msg),
-            DEFAULT_MAX_FRAME,
-        )
-        .await
+        let Some(ctx) = &self.ctx else {
+            let msg = Response::Error("SDFS is not running on this agent".into());
+            return write_frame(stream, &peer::response(&msg), DEFAULT_MAX_FRAME).await;
+        };
+        match req {
+            DataRequest::Write {
+                name,
+                version,
+                size,
+                checksum,
+                downstream,
+            } => {
+                let w = write::WriteArgs {
+                    name,
+                    version,
+                    size,
+                    checksum,
+                    downstream,
+                };
+                write::serve_write(ctx, w, stream).await
+            }
+            DataRequest::Read { name, version } => {
+                read::serve_read(ctx, &name, version, stream).await
+            }
+            DataRequest::Replicate {
+                name,
+                version,
+                size,
+                checksum,
+                sources,
+            } => {
+                let r = replicate::Wanted {
+                    name,
+                    version,
+                    size,
+                    checksum,
+                };
+                replicate::serve_replicate(ctx, r, &sources, stream).await
+            }
+            DataRequest::Store => {
+                let msg = Response::Holdings(ctx.store.holdings());
+                write_frame(stream, &peer::response(&msg), ctx.max_frame).await
+            }
+        }
+    }
+
+    /// Counters and totals, for telemetry. `None` when SDFS is not running.
+    pub fn stats(&self) -> Option<SdfsStats> {
+        let ctx = self.ctx.as_ref()?;
+        let (files, bytes) = ctx.store.totals();
+        Some(SdfsStats::from_counters(&ctx.counters, files, bytes))
+    }
+
+    /// What this agent stores.
+    pub fn holdings(&self) -> Vec<Holding> {
+        self.ctx
+            .as_ref()
+            .map(|c| c.store.holdings())
+            .unwrap_or_default()
+    }
+
+    /// The store itself, when running (tests, telemetry).
+    pub fn store(&self) -> Option<&Store> {
+        self.ctx.as_ref().map(|c| &c.store)
+    }
+
+    /// Runs one scrub pass now.
+    pub async fn scrub_now(&self) -> Option<scrub::ScrubReport> {
+        Some(scrub::run(self.ctx.as_ref()?).await)
+    }
+
+    /// Runs one reconcile pass now.
+    pub async fn reconcile_now(&self) -> Option<Result<reconcile::ReconcileReport, String>> {
+        Some(reconcile::run(self.ctx.as_ref()?).await)
+    }
+}
+
+/// The running service: the store, and the scrub and reconcile tasks.
+pub struct SdfsService {
+    handle: SdfsHandle,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SdfsService {
+    /// Opens the store (clearing leftover temp files) and starts scrub and
+    /// reconcile (a first reconcile runs at once).
+    pub async fn start(opts: SdfsOptions) -> Result<Self, SdfsError> {
+        let (dir, agent) = (opts.data_dir.clone(), opts.agent);
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, agent))
+            .await
+            .map_err(|_| SdfsError::ShuttingDown { agent })??;
+        let ctx = Arc::new(Ctx {
+            store,
+            throttle: Throttle::new(opts.cfg.repair_bytes_per_sec),
+            cfg: opts.cfg,
+            agent,
+            meta_addr: opts.meta_addr,
+            max_frame: opts.max_frame,
+            counters: Counters::default(),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(scrub::task(ctx.clone(), rx.clone())),
+            tokio::spawn(reconcile::task(ctx.clone(), rx)),
+        ];
+        Ok(Self {
+            handle: SdfsHandle { ctx: Some(ctx) },
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn handle(&self) -> SdfsHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the background tasks; requests in flight finish on their own.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
     }
 }

@@ -1,0 +1,76 @@
+//! An async face on a [`TempObject`]: chunks go over a bounded channel to a
+//! blocking thread that writes and hashes them, so disk IO never runs on the
+//! async runtime and memory stays at a few chunks.
+
+use super::error::SdfsError;
+use super::store::{ObjectMeta, Store};
+use dml_shared::sdfs::Checksum;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// One chunk of a stream, shared between the local writer and the forwarder.
+pub type Chunk = Arc<Vec<u8>>;
+
+/// What flows down a writer's channel. A channel closed without `End`
+/// abandons the write.
+pub enum Piece {
+    Chunk(Chunk),
+    End,
+}
+
+/// A version being written on this agent.
+pub struct LocalWriter {
+    tx: mpsc::Sender<Piece>,
+    join: JoinHandle<Result<ObjectMeta, SdfsError>>,
+}
+
+impl LocalWriter {
+    /// Starts the blocking writer; errors (bad name, no space for the temp
+    /// file) come back from [`LocalWriter::send`] / [`LocalWriter::finish`].
+    pub fn begin(
+        store: &Store,
+        name: &str,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+        queue: usize,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Piece>(queue.max(1));
+        let store = store.clone();
+        let name = name.to_string();
+        let join = tokio::task::spawn_blocking(move || {
+            let mut obj = store.begin(&name, version, size, checksum)?;
+            while let Some(piece) = rx.blocking_recv() {
+                match piece {
+                    Piece::Chunk(c) => obj.write(&c)?,
+                    Piece::End => return obj.finish(),
+                }
+            }
+            Err(SdfsError::Aborted {
+                agent: store.agent(),
+                name,
+                version,
+            })
+        });
+        Self { tx, join }
+    }
+
+    /// Queues a chunk; false when the writer has stopped (its error is then
+    /// returned by [`LocalWriter::finish`]).
+    pub async fn send(&self, chunk: Chunk) -> bool {
+        self.tx.send(Piece::Chunk(chunk)).await.is_ok()
+    }
+
+    /// Ends the stream: checks, fsyncs and renames the version into place.
+    pub async fn finish(self) -> Result<ObjectMeta, SdfsError> {
+        let _ = self.tx.send(Piece::End).await;
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(SdfsError::Stream {
+                peer: "local writer".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}

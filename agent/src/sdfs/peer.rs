@@ -1,0 +1,87 @@
+//! Talking to another agent's data path: connect, send a request, read raw
+//! frames and answers, each bounded by a timeout.
+
+use super::error::SdfsError;
+use dml_shared::api::{Request, Response};
+use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::wire::{self, Kind};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+fn broke(peer: SocketAddr, reason: impl ToString) -> SdfsError {
+    SdfsError::Stream {
+        peer: peer.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Connects and sends `req` as the first frame.
+pub async fn open(
+    peer: SocketAddr,
+    req: &Request,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<TcpStream, SdfsError> {
+    let go = async {
+        let mut s = TcpStream::connect(peer).await.map_err(|e| broke(peer, e))?;
+        s.set_nodelay(true).map_err(|e| broke(peer, e))?;
+        write_frame(&mut s, &wire::encode(Kind::Request, req), max_frame)
+            .await
+            .map_err(|e| broke(peer, e))?;
+        Ok(s)
+    };
+    tokio::time::timeout(timeout, go)
+        .await
+        .map_err(|_| broke(peer, format!("no connection within {timeout:?}")))?
+}
+
+/// Writes one frame within `timeout`.
+pub async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    peer: SocketAddr,
+    bytes: &[u8],
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(), SdfsError> {
+    match tokio::time::timeout(timeout, write_frame(w, bytes, max_frame)).await {
+        Ok(r) => r.map_err(|e| broke(peer, e)),
+        Err(_) => Err(broke(peer, format!("stalled for {timeout:?}"))),
+    }
+}
+
+/// Reads one frame within `timeout`; a close is an error.
+pub async fn recv<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: SocketAddr,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SdfsError> {
+    match tokio::time::timeout(timeout, read_frame(r, max_frame)).await {
+        Ok(Ok(Some(f))) => Ok(f),
+        Ok(Ok(None)) => Err(broke(peer, "connection closed")),
+        Ok(Err(e)) => Err(broke(peer, e)),
+        Err(_) => Err(broke(peer, format!("nothing received for {timeout:?}"))),
+    }
+}
+
+/// Reads one answer; `Response::Error` becomes an error naming the peer.
+pub async fn recv_response<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: SocketAddr,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Response, SdfsError> {
+    let frame = recv(r, peer, max_frame, timeout).await?;
+    match wire::decode::<Response>(Kind::Response, &frame) {
+        Ok(Response::Error(msg)) => Err(broke(peer, msg)),
+        Ok(resp) => Ok(resp),
+        Err(e) => Err(broke(peer, e)),
+    }
+}
+
+/// Encodes an answer.
+pub fn response(resp: &Response) -> Vec<u8> {
+    wire::encode(Kind::Response, resp)
+}

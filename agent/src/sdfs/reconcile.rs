@@ -1,0 +1,104 @@
+//! Reconcile: at start and every `sdfs.reconcile_interval`, remove temp files
+//! older than `sdfs.put_timeout`, then ask the metadata which stored versions
+//! this agent should keep and delete the others. When the control plane
+//! cannot be asked, nothing is deleted. A copy younger than `put_timeout` is
+//! kept whatever the answer: its put or repair may not have committed yet.
+
+use super::stats::Counters;
+use super::{Ctx, meta};
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Versions asked about per `Wanted` request, so a request stays far below
+/// the frame limit even with 1 KiB names.
+const WANTED_BATCH: usize = 1000;
+
+/// What one reconcile pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub checked: u64,
+    pub deleted: u64,
+    pub tmp_swept: u64,
+}
+
+/// Runs a pass at start, then every `reconcile_interval`, until shutdown.
+pub async fn task(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let pass = tokio::select! {
+            r = run(&ctx) => r,
+            _ = shutdown.changed() => return,
+        };
+        match pass {
+            Ok(r) if r.deleted > 0 || r.tmp_swept > 0 => {
+                tracing::info!(report = ?r, "SDFS: reconciled")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::info!(error = %e, "SDFS: reconcile skipped; nothing deleted"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.cfg.reconcile_interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One pass. An error means the metadata could not be asked (nothing deleted).
+pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
+    let mut report = ReconcileReport::default();
+    let store = ctx.store.clone();
+    let put_timeout = ctx.cfg.put_timeout;
+    let swept = tokio::task::spawn_blocking(move || {
+        let n = store.sweep_tmp(put_timeout);
+        store.rescan().map(|()| n)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    report.tmp_swept = swept as u64;
+    Counters::add(&ctx.counters.tmp_swept, swept as u64);
+
+    let young = now_ms().saturating_sub(put_timeout.as_millis() as u64);
+    let objects: Vec<_> = ctx
+        .store
+        .objects()
+        .into_iter()
+        .filter(|m| m.stored_ms <= young)
+        .collect();
+    for batch in objects.chunks(WANTED_BATCH) {
+        let items: Vec<(String, u64)> = batch.iter().map(|m| (m.name.clone(), m.version)).collect();
+        let req = MetaRequest::Wanted {
+            node: ctx.agent,
+            items,
+        };
+        let keep = match meta::call(ctx, req).await? {
+            MetaResponse::Wanted(keep) if keep.len() == batch.len() => keep,
+            other => return Err(format!("unexpected answer to Wanted: {other:?}")),
+        };
+        report.checked += batch.len() as u64;
+        for (m, keep) in batch.iter().zip(keep) {
+            if keep {
+                continue;
+            }
+            let store = ctx.store.clone();
+            let (name, version) = (m.name.clone(), m.version);
+            match tokio::task::spawn_blocking(move || store.remove(&name, version)).await {
+                Ok(Ok(_)) => {
+                    report.deleted += 1;
+                    Counters::bump(&ctx.counters.reconcile_deleted);
+                    tracing::info!(name = %m.name, version = m.version, "SDFS: deleted a copy the metadata no longer wants here");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "SDFS: reconcile cannot delete a copy"),
+                Err(e) => tracing::warn!(error = %e, "SDFS: reconcile task failed"),
+            }
+        }
+    }
+    Ok(report)
+}

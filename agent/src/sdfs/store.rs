@@ -1,0 +1,477 @@
+//! The on-disk store of one agent, under `<data_dir>/sdfs/`:
+//!
+//! - `objects/<encoded name>.v<version>`: the bytes of one version;
+//! - `objects/<encoded name>.v<version>.meta`: JSON sidecar with the name,
+//!   version, size and the BLAKE3 checksum recorded at write time;
+//! - `tmp/`: writes in progress.
+//!
+//! A write goes to `tmp/`, is hashed as it arrives, checked against the
+//! announced size and checksum, fsynced, then the sidecar and the data are
+//! renamed into `objects/` (sidecar first) and the directory is fsynced. An
+//! object exists when both files do; a sidecar without data is a crash between
+//! the two renames and is dropped at start. Every call here blocks: run it on
+//! a blocking thread.
+
+use super::encode::object_file;
+use super::error::{SdfsError, is_disk_full};
+use dml_shared::sdfs::{Checksum, Holding, validate_name};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const META_SUFFIX: &str = ".meta";
+const PART_SUFFIX: &str = ".part";
+
+/// What the sidecar of a stored version records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    #[serde(with = "hex_checksum")]
+    pub checksum: Checksum,
+    /// When this copy was stored (Unix ms).
+    pub stored_ms: u64,
+}
+
+/// The result of re-hashing a stored copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Intact,
+    /// The bytes on disk no longer match the recorded size or checksum.
+    Corrupt,
+    /// The data file is gone.
+    Missing,
+}
+
+/// Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    agent: SocketAddr,
+    objects: PathBuf,
+    tmp: PathBuf,
+    index: Mutex<BTreeMap<(String, u64), ObjectMeta>>,
+    temp_seq: AtomicU64,
+    /// Testing seam: a write past this many bytes of one object fails as a
+    /// full disk would. `u64::MAX` means no limit.
+    write_limit: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating) the store under `<data_dir>/sdfs/`, removes temp
+    /// files left by a previous run and indexes what is stored.
+    pub fn open(data_dir: &Path, agent: SocketAddr) -> Result<Self, SdfsError> {
+        let root = data_dir.join("sdfs");
+        let store = Store {
+            inner: Arc::new(Inner {
+                agent,
+                objects: root.join("objects"),
+                tmp: root.join("tmp"),
+                index: Mutex::new(BTreeMap::new()),
+                temp_seq: AtomicU64::new(0),
+                write_limit: AtomicU64::new(u64::MAX),
+            }),
+        };
+        for dir in [&store.inner.objects, &store.inner.tmp] {
+            fs::create_dir_all(dir).map_err(|e| store.io("create", dir, e))?;
+        }
+        // Nothing can be in flight before the store is opened.
+        store.sweep_tmp(Duration::ZERO);
+        store.rescan()?;
+        Ok(store)
+    }
+
+    pub fn agent(&self) -> SocketAddr {
+        self.inner.agent
+    }
+
+    /// Testing seam: writes of one object past `limit` bytes fail with ENOSPC.
+    pub fn set_write_limit(&self, limit: Option<u64>) {
+        self.inner
+            .write_limit
+            .store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn index(&self) -> MutexGuard<'_, BTreeMap<(String, u64), ObjectMeta>> {
+        // A panic while holding this lock leaves a plain map: still usable.
+        self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn data_path(&self, name: &str, version: u64) -> PathBuf {
+        self.inner.objects.join(object_file(name, version))
+    }
+
+    fn meta_path(&self, name: &str, version: u64) -> PathBuf {
+        let mut f = object_file(name, version);
+        f.push_str(META_SUFFIX);
+        self.inner.objects.join(f)
+    }
+
+    fn io(&self, action: &'static str, path: &Path, source: io::Error) -> SdfsError {
+        SdfsError::Io {
+            agent: self.inner.agent,
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Rebuilds the index from the disk: drops sidecars whose data is gone
+    /// and data files without a sidecar.
+    pub fn rescan(&self) -> Result<(), SdfsError> {
+        let dir = &self.inner.objects;
+        let entries = fs::read_dir(dir).map_err(|e| self.io("list", dir, e))?;
+        let mut files = std::collections::BTreeSet::new();
+        for entry in entries.flatten() {
+            if let Ok(f) = entry.file_name().into_string() {
+                files.insert(f);
+            }
+        }
+        let mut index = BTreeMap::new();
+        for f in files.iter().filter(|f| f.ends_with(META_SUFFIX)) {
+            let path = dir.join(f);
+            let data = &f[..f.len() - META_SUFFIX.len()];
+            let meta = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ObjectMeta>(&b).ok());
+            match meta {
+                Some(m) if object_file(&m.name, m.version) == data && files.contains(data) => {
+                    index.insert((m.name.clone(), m.version), m);
+                }
+                Some(m) if object_file(&m.name, m.version) == data => {
+                    tracing::warn!(name = %m.name, version = m.version, "SDFS: dropping a sidecar whose data is gone");
+                    let _ = fs::remove_file(&path);
+                }
+                _ => tracing::warn!(file = %path.display(), "SDFS: ignoring an unreadable sidecar"),
+            }
+        }
+        for f in files.iter().filter(|f| !f.ends_with(META_SUFFIX)) {
+            let known = files.contains(&format!("{f}{META_SUFFIX}"));
+            if !known {
+                tracing::warn!(file = %f, "SDFS: removing a data file without its sidecar");
+                let _ = fs::remove_file(dir.join(f));
+            }
+        }
+        *self.index() = index;
+        Ok(())
+    }
+
+    /// Starts writing a version; the bytes go to a temp file until
+    /// [`TempObject::finish`].
+    pub fn begin(
+        &self,
+        name: &str,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+    ) -> Result<TempObject, SdfsError> {
+        validate_name(name)?;
+        let seq = self.inner.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let stem = format!(
+            "{}.{}-{seq}",
+            object_file(name, version),
+            std::process::id()
+        );
+        let path = self.inner.tmp.join(format!("{stem}{PART_SUFFIX}"));
+        let meta_tmp = self
+            .inner
+            .tmp
+            .join(format!("{stem}{META_SUFFIX}{PART_SUFFIX}"));
+        let file = File::create_new(&path).map_err(|e| self.write_err(name, version, &path, e))?;
+        Ok(TempObject {
+            store: self.clone(),
+            name: name.to_string(),
+            version,
+            size,
+            checksum,
+            path,
+            meta_tmp,
+            file: Some(file),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            done: false,
+        })
+    }
+
+    fn write_err(&self, name: &str, version: u64, path: &Path, e: io::Error) -> SdfsError {
+        if is_disk_full(&e) {
+            SdfsError::DiskFull {
+                agent: self.inner.agent,
+                name: name.to_string(),
+                version,
+                dir: self
+                    .inner
+                    .tmp
+                    .parent()
+                    .unwrap_or(&self.inner.tmp)
+                    .display()
+                    .to_string(),
+            }
+        } else {
+            self.io("write", path, e)
+        }
+    }
+
+    /// The sidecar of a stored version, if stored.
+    pub fn get(&self, name: &str, version: u64) -> Option<ObjectMeta> {
+        self.index().get(&(name.to_string(), version)).cloned()
+    }
+
+    /// Opens a stored version for reading.
+    pub fn open_read(&self, name: &str, version: u64) -> Result<(ObjectMeta, File), SdfsError> {
+        let not_stored = || SdfsError::NotStored {
+            agent: self.inner.agent,
+            name: name.to_string(),
+            version,
+        };
+        let meta = self.get(name, version).ok_or_else(not_stored)?;
+        let path = self.data_path(name, version);
+        match File::open(&path) {
+            Ok(f) => Ok((meta, f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.index().remove(&(name.to_string(), version));
+                Err(not_stored())
+            }
+            Err(e) => Err(self.io("open", &path, e)),
+        }
+    }
+
+    /// Deletes a stored version (data first, so a crash leaves at most a
+    /// sidecar, dropped at the next start). Returns whether it was stored.
+    pub fn remove(&self, name: &str, version: u64) -> Result<bool, SdfsError> {
+        let was = self.index().remove(&(name.to_string(), version)).is_some();
+        for path in [self.data_path(name, version), self.meta_path(name, version)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io("delete", &path, e)),
+            }
+        }
+        Ok(was)
+    }
+
+    /// Re-hashes a stored copy against its sidecar, `chunk` bytes at a time;
+    /// `pace` is called before each read (throttling).
+    pub fn verify(
+        &self,
+        meta: &ObjectMeta,
+        chunk: usize,
+        mut pace: impl FnMut(usize),
+    ) -> Result<Verdict, SdfsError> {
+        let path = self.data_path(&meta.name, meta.version);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing),
+            Err(e) => return Err(self.io("open", &path, e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; chunk.max(1)];
+        let mut total = 0u64;
+        loop {
+            pace(buf.len());
+            let n = file.read(&mut buf).map_err(|e| self.io("read", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
+        }
+        let intact = total == meta.size && *hasher.finalize().as_bytes() == meta.checksum;
+        Ok(if intact {
+            Verdict::Intact
+        } else {
+            Verdict::Corrupt
+        })
+    }
+
+    /// Deletes temp files not modified for `older_than`; returns how many.
+    pub fn sweep_tmp(&self, older_than: Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.inner.tmp) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default() >= older_than)
+                .unwrap_or(true);
+            if old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Every stored version's sidecar, in name order.
+    pub fn objects(&self) -> Vec<ObjectMeta> {
+        self.index().values().cloned().collect()
+    }
+
+    /// What this agent stores, for `dml store`.
+    pub fn holdings(&self) -> Vec<Holding> {
+        self.index()
+            .values()
+            .map(|m| Holding {
+                name: m.name.clone(),
+                version: m.version,
+                size: m.size,
+            })
+            .collect()
+    }
+
+    /// Versions stored and their total bytes.
+    pub fn totals(&self) -> (u64, u64) {
+        let index = self.index();
+        (index.len() as u64, index.values().map(|m| m.size).sum())
+    }
+
+    /// Where a stored version's bytes live (tests and operators).
+    pub fn path_of(&self, name: &str, version: u64) -> PathBuf {
+        self.data_path(name, version)
+    }
+
+    /// The temp directory (tests and operators).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.inner.tmp
+    }
+}
+
+/// A version being written; dropped unfinished, it deletes its temp files.
+pub struct TempObject {
+    store: Store,
+    name: String,
+    version: u64,
+    size: u64,
+    checksum: Checksum,
+    path: PathBuf,
+    meta_tmp: PathBuf,
+    file: Option<File>,
+    hasher: blake3::Hasher,
+    written: u64,
+    done: bool,
+}
+
+impl TempObject {
+    /// Appends bytes; more than the announced size is an error.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SdfsError> {
+        let after = self.written + chunk.len() as u64;
+        if after > self.size {
+            return Err(self.size_mismatch(after));
+        }
+        if after > self.store.inner.write_limit.load(Ordering::Relaxed) {
+            let e = io::Error::from_raw_os_error(28);
+            return Err(self
+                .store
+                .write_err(&self.name, self.version, &self.path, e));
+        }
+        let file = self.file.as_mut().expect("open until finish");
+        if let Err(e) = file.write_all(chunk) {
+            return Err(self
+                .store
+                .write_err(&self.name, self.version, &self.path, e));
+        }
+        self.hasher.update(chunk);
+        self.written = after;
+        Ok(())
+    }
+
+    fn size_mismatch(&self, got: u64) -> SdfsError {
+        SdfsError::SizeMismatch {
+            agent: self.store.inner.agent,
+            name: self.name.clone(),
+            version: self.version,
+            expected: self.size,
+            got,
+        }
+    }
+
+    /// Checks size and checksum, fsyncs, and renames the version into place.
+    pub fn finish(mut self) -> Result<ObjectMeta, SdfsError> {
+        if self.written != self.size {
+            return Err(self.size_mismatch(self.written));
+        }
+        if *self.hasher.finalize().as_bytes() != self.checksum {
+            return Err(SdfsError::ChecksumMismatch {
+                agent: self.store.inner.agent,
+                name: self.name.clone(),
+                version: self.version,
+            });
+        }
+        let store = self.store.clone();
+        let (name, version) = (self.name.clone(), self.version);
+        let werr = |path: &Path, e| store.write_err(&name, version, path, e);
+        let file = self.file.take().expect("open until finish");
+        file.sync_all().map_err(|e| werr(&self.path, e))?;
+        drop(file);
+
+        let meta = ObjectMeta {
+            name: name.clone(),
+            version,
+            size: self.size,
+            checksum: self.checksum,
+            stored_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
+        let mut mf = File::create_new(&self.meta_tmp).map_err(|e| werr(&self.meta_tmp, e))?;
+        mf.write_all(&json)
+            .and_then(|()| mf.sync_all())
+            .map_err(|e| werr(&self.meta_tmp, e))?;
+        drop(mf);
+
+        let meta_final = store.meta_path(&name, version);
+        let data_final = store.data_path(&name, version);
+        fs::rename(&self.meta_tmp, &meta_final).map_err(|e| store.io("rename", &meta_final, e))?;
+        if let Err(e) = fs::rename(&self.path, &data_final) {
+            let _ = fs::remove_file(&meta_final);
+            return Err(store.io("rename", &data_final, e));
+        }
+        self.done = true;
+        store.index().insert((name, version), meta.clone());
+        let dir = &store.inner.objects;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| store.io("fsync", dir, e))?;
+        Ok(meta)
+    }
+}
+
+impl Drop for TempObject {
+    fn drop(&mut self) {
+        if !self.done {
+            self.file = None;
+            let _ = fs::remove_file(&self.path);
+            let _ = fs::remove_file(&self.meta_tmp);
+        }
+    }
+}
+
+/// The checksum as 64 hex digits in the sidecar.
+mod hex_checksum {
+    use dml_shared::sdfs::Checksum;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(c: &Checksum, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(blake3::Hash::from_bytes(*c).to_hex().as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Checksum, D::Error> {
+        let s = String::deserialize(d)?;
+        blake3::Hash::from_hex(s.as_bytes())
+            .map(|h| *h.as_bytes())
+            .map_err(D::Error::custom)
+    }
+}

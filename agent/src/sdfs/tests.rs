@@ -1,0 +1,565 @@
+//! In-process tests of the data path: several SDFS services on 127.0.0.1,
+//! each behind a small accept loop that also answers metadata requests from a
+//! fake control plane.
+
+use super::{SdfsHandle, SdfsOptions, SdfsService};
+use dml_shared::api::{Request, Response};
+use dml_shared::config::SdfsConfig;
+use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use dml_shared::sdfs::{DataRequest, FileInfo, MetaRequest, MetaResponse, VersionInfo};
+use dml_shared::wire::{self, Kind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A directory removed on drop.
+pub struct TestDir(PathBuf);
+
+impl TestDir {
+    pub fn new(tag: &str) -> Self {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "dml-sdfs-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pseudo-random test bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn checksum(b: &[u8]) -> [u8; 32] {
+    *blake3::hash(b).as_bytes()
+}
+
+/// The control plane, faked: `Stat` from `files`, `Wanted` from `wanted`.
+#[derive(Default)]
+struct FakeMeta {
+    files: Mutex<BTreeMap<String, FileInfo>>,
+    wanted: Mutex<BTreeSet<(String, u64)>>,
+}
+
+impl FakeMeta {
+    fn answer(&self, req: MetaRequest) -> Response {
+        match req {
+            MetaRequest::Stat { name } => match self.files.lock().unwrap().get(&name) {
+                Some(f) => Response::Meta(MetaResponse::File(f.clone())),
+                None => Response::Error(format!("no such file \"{name}\"")),
+            },
+            MetaRequest::Wanted { items, .. } => {
+                let w = self.wanted.lock().unwrap();
+                Response::Meta(MetaResponse::Wanted(
+                    items.into_iter().map(|i| w.contains(&i)).collect(),
+                ))
+            }
+            other => Response::Error(format!("fake metadata does not serve {other:?}")),
+        }
+    }
+}
+
+struct Node {
+    addr: SocketAddr,
+    sdfs: SdfsHandle,
+    service: Option<SdfsService>,
+    accept: JoinHandle<()>,
+    dir: TestDir,
+}
+
+impl Node {
+    async fn start(meta: Arc<FakeMeta>, cfg: SdfsConfig) -> Node {
+        let dir = TestDir::new("node");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = SdfsService::start(SdfsOptions {
+            data_dir: dir.path().to_path_buf(),
+            agent: addr,
+            meta_addr: addr,
+            cfg,
+            max_frame: DEFAULT_MAX_FRAME,
+        })
+        .await
+        .unwrap();
+        let sdfs = service.handle();
+        let h = sdfs.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(serve(s, h.clone(), meta.clone()));
+            }
+        });
+        Node {
+            addr,
+            sdfs,
+            service: Some(service),
+            accept,
+            dir,
+        }
+    }
+
+    fn stored(&self, name: &str, version: u64) -> Option<Vec<u8>> {
+        std::fs::read(self.sdfs.store().unwrap().path_of(name, version)).ok()
+    }
+
+    async fn stop(mut self) {
+        self.accept.abort();
+        self.service.take().unwrap().shutdown().await;
+    }
+}
+
+async fn serve(mut s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
+    while let Ok(Some(f)) = read_frame(&mut s, DEFAULT_MAX_FRAME).await {
+        let resp = match wire::decode::<Request>(Kind::Request, &f) {
+            Ok(Request::Data(d)) => {
+                if sdfs.serve_data(d, &mut s).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Request::Meta(m)) => meta.answer(m),
+            _ => Response::Error("not served here".into()),
+        };
+        let _ = write_frame(
+            &mut s,
+            &wire::encode(Kind::Response, &resp),
+            DEFAULT_MAX_FRAME,
+        )
+        .await;
+    }
+}
+
+fn test_cfg() -> SdfsConfig {
+    SdfsConfig {
+        chunk_size: 64 * 1024,
+        put_timeout: Duration::from_secs(8),
+        // Background passes only when a test asks.
+        scrub_interval: Duration::from_secs(3600),
+        reconcile_interval: Duration::from_secs(3600),
+        ..SdfsConfig::default()
+    }
+}
+
+/// A stopped agent: nothing listens there.
+async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn request(s: &mut TcpStream, req: &Request) {
+    write_frame(s, &wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
+}
+
+async fn response(s: &mut TcpStream) -> Response {
+    let f = read_frame(s, DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+    wire::decode(Kind::Response, &f).unwrap()
+}
+
+/// Streams `data` to `head` as a chain write, announcing `sum`.
+async fn put(
+    head: SocketAddr,
+    name: &str,
+    version: u64,
+    data: &[u8],
+    sum: [u8; 32],
+    downstream: Vec<SocketAddr>,
+) -> Response {
+    let mut s = TcpStream::connect(head).await.unwrap();
+    request(
+        &mut s,
+        &Request::Data(DataRequest::Write {
+            name: name.into(),
+            version,
+            size: data.len() as u64,
+            checksum: sum,
+            downstream,
+        }),
+    )
+    .await;
+    for c in data.chunks(64 * 1024) {
+        write_frame(&mut s, c, DEFAULT_MAX_FRAME).await.unwrap();
+    }
+    write_frame(&mut s, &[], DEFAULT_MAX_FRAME).await.unwrap();
+    response(&mut s).await
+}
+
+/// Reads a version; an error names what went wrong.
+async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, String> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = Request::Data(DataRequest::Read {
+        name: name.into(),
+        version,
+    });
+    request(&mut s, &req).await;
+    let (size, sum) = match response(&mut s).await {
+        Response::ReadStart { size, checksum } => (size, checksum),
+        other => return Err(format!("{other:?}")),
+    };
+    let mut out = Vec::new();
+    loop {
+        match read_frame(&mut s, DEFAULT_MAX_FRAME).await {
+            Ok(Some(f)) if f.is_empty() => break,
+            Ok(Some(f)) => out.extend_from_slice(&f),
+            Ok(None) => return Err("stream ended without its end frame".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    assert_eq!(out.len() as u64, size);
+    assert_eq!(checksum(&out), sum);
+    Ok(out)
+}
+
+async fn call(addr: SocketAddr, req: DataRequest) -> Response {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    request(&mut s, &Request::Data(req)).await;
+    response(&mut s).await
+}
+
+async fn nodes(n: usize, meta: &Arc<FakeMeta>) -> Vec<Node> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(Node::start(meta.clone(), test_cfg()).await);
+    }
+    v
+}
+
+fn tmp_files(n: &Node) -> usize {
+    std::fs::read_dir(n.dir.path().join("sdfs/tmp"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn chain_write_stores_on_every_replica_then_reads_and_replicates() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(4, &meta).await;
+    let data = pattern(1, 3 * 1024 * 1024 + 17);
+    let sum = checksum(&data);
+    let resp = put(
+        ns[0].addr,
+        "dir/a.bin",
+        1,
+        &data,
+        sum,
+        vec![ns[1].addr, ns[2].addr],
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr]
+        }
+    );
+    for n in &ns[..3] {
+        assert_eq!(n.stored("dir/a.bin", 1).as_deref(), Some(&data[..]));
+        assert_eq!(tmp_files(n), 0);
+    }
+    assert_eq!(get(ns[2].addr, "dir/a.bin", 1).await.unwrap(), data);
+
+    // Repair onto the fourth agent: the first source is down, the second works.
+    let down = dead_addr().await;
+    let resp = call(
+        ns[3].addr,
+        DataRequest::Replicate {
+            name: "dir/a.bin".into(),
+            version: 1,
+            size: data.len() as u64,
+            checksum: sum,
+            sources: vec![down, ns[1].addr],
+        },
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[3].addr]
+        }
+    );
+    assert_eq!(ns[3].stored("dir/a.bin", 1).as_deref(), Some(&data[..]));
+
+    let holdings = match call(ns[3].addr, DataRequest::Store).await {
+        Response::Holdings(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(holdings.len(), 1);
+    assert_eq!(
+        (holdings[0].version, holdings[0].size),
+        (1, data.len() as u64)
+    );
+
+    let s0 = ns[0].sdfs.stats().unwrap();
+    assert_eq!(
+        (s0.files, s0.bytes_stored, s0.writes),
+        (1, data.len() as u64, 1)
+    );
+    let s1 = ns[1].sdfs.stats().unwrap();
+    assert_eq!(s1.reads, 1);
+    assert_eq!(ns[3].sdfs.stats().unwrap().repairs, 1);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_down_replica_mid_chain_is_skipped_and_leaves_fewer_holders() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let down = dead_addr().await;
+    let data = pattern(2, 500_000);
+    let resp = put(
+        ns[0].addr,
+        "f",
+        4,
+        &data,
+        checksum(&data),
+        vec![ns[1].addr, down, ns[2].addr],
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr]
+        }
+    );
+    // Down at the end of the chain: one holder fewer.
+    let resp = put(
+        ns[0].addr,
+        "g",
+        1,
+        &data,
+        checksum(&data),
+        vec![ns[1].addr, down],
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr, ns[1].addr]
+        }
+    );
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_fails_and_leaves_nothing_on_any_replica() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(3, 200_000);
+    let mut bad = checksum(&data);
+    bad[0] ^= 1;
+    let resp = put(ns[0].addr, "x", 1, &data, bad, vec![ns[1].addr, ns[2].addr]).await;
+    match resp {
+        Response::Error(e) => assert!(e.contains("checksum mismatch"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // The downstream replicas finish on their own; give them a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in &ns {
+        assert!(n.stored("x", 1).is_none());
+        assert_eq!(tmp_files(n), 0);
+        assert!(n.sdfs.holdings().is_empty());
+    }
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(4, 300_000);
+    let sum = checksum(&data);
+
+    // Full in the middle of the chain: the head keeps its copy.
+    ns[1].sdfs.store().unwrap().set_write_limit(Some(100_000));
+    let resp = put(ns[0].addr, "m", 1, &data, sum, vec![ns[1].addr, ns[2].addr]).await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr]
+        }
+    );
+
+    // Full at the head: the client is told which agent is full.
+    ns[0].sdfs.store().unwrap().set_write_limit(Some(100_000));
+    let resp = put(ns[0].addr, "h", 1, &data, sum, vec![ns[2].addr]).await;
+    match resp {
+        Response::Error(e) => {
+            assert!(e.contains("disk full"), "{e}");
+            assert!(e.contains(&ns[0].addr.to_string()), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for n in &ns {
+        assert_eq!(tmp_files(n), 0);
+        assert!(n.stored("h", 1).is_none());
+    }
+    assert!(ns[1].stored("m", 1).is_none() && ns[2].stored("m", 1).is_none());
+    assert_eq!(ns[0].sdfs.stats().unwrap().disk_full, 1);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reading_a_missing_version_says_it_is_not_stored_here() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(1, &meta).await;
+    let e = get(ns[0].addr, "nothing", 1).await.unwrap_err();
+    assert!(e.contains("not stored here"), "{e}");
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+fn corrupt(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0xFF;
+    std::fs::write(path, b).unwrap();
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn scrub_and_reads_find_corrupt_copies_and_refetch_them() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(5, 700_000);
+    let sum = checksum(&data);
+    let holders: Vec<_> = ns.iter().map(|n| n.addr).collect();
+    let resp = put(ns[0].addr, "s", 2, &data, sum, holders[1..].to_vec()).await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: holders.clone()
+        }
+    );
+    meta.files.lock().unwrap().insert(
+        "s".into(),
+        FileInfo {
+            name: "s".into(),
+            versions: vec![VersionInfo {
+                version: 2,
+                size: data.len() as u64,
+                checksum: sum,
+                replicas: holders.clone(),
+                committed_ms: 0,
+            }],
+        },
+    );
+
+    corrupt(&ns[1].sdfs.store().unwrap().path_of("s", 2));
+    let report = ns[1].sdfs.scrub_now().await.unwrap();
+    assert_eq!((report.checked, report.corrupt, report.repaired), (1, 1, 1));
+    assert_eq!(ns[1].stored("s", 2).as_deref(), Some(&data[..]));
+    assert_eq!(ns[1].sdfs.stats().unwrap().scrub_corruptions, 1);
+    let report = ns[0].sdfs.scrub_now().await.unwrap();
+    assert_eq!((report.checked, report.corrupt), (1, 0));
+
+    // A corrupt copy is never served whole, and is repaired afterwards.
+    corrupt(&ns[2].sdfs.store().unwrap().path_of("s", 2));
+    let e = get(ns[2].addr, "s", 2).await.unwrap_err();
+    assert!(e.contains("end frame") || e.contains("eof"), "{e}");
+    eventually("the corrupt copy to be re-fetched", || {
+        ns[2].stored("s", 2).as_deref() == Some(&data[..])
+    })
+    .await;
+    assert_eq!(get(ns[2].addr, "s", 2).await.unwrap(), data);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
+    let meta = Arc::new(FakeMeta::default());
+    let cfg = SdfsConfig {
+        put_timeout: Duration::from_secs(1),
+        ..test_cfg()
+    };
+    let n = Node::start(meta.clone(), cfg.clone()).await;
+    let data = pattern(6, 10_000);
+    let sum = checksum(&data);
+    for v in 1..=3 {
+        let r = put(n.addr, "r", v, &data, sum, vec![]).await;
+        assert!(matches!(r, Response::Stored { .. }), "{r:?}");
+    }
+    // Copies younger than put_timeout are kept whatever the answer.
+    let report = n.sdfs.reconcile_now().await.unwrap().unwrap();
+    assert_eq!(report.deleted, 0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    meta.wanted.lock().unwrap().insert(("r".into(), 2));
+    let report = n.sdfs.reconcile_now().await.unwrap().unwrap();
+    assert_eq!((report.checked, report.deleted), (3, 2));
+    assert!(n.stored("r", 1).is_none() && n.stored("r", 3).is_none());
+    assert_eq!(n.stored("r", 2).as_deref(), Some(&data[..]));
+    assert_eq!(n.sdfs.stats().unwrap().reconcile_deleted, 2);
+    n.stop().await;
+
+    // Control plane unreachable: nothing is deleted.
+    let dir = TestDir::new("unreachable");
+    let store = super::Store::open(dir.path(), dead_addr().await).unwrap();
+    let mut t = store.begin("kept", 1, 3, checksum(b"abc")).unwrap();
+    t.write(b"abc").unwrap();
+    t.finish().unwrap();
+    drop(store);
+    let service = SdfsService::start(SdfsOptions {
+        data_dir: dir.path().to_path_buf(),
+        agent: dead_addr().await,
+        meta_addr: dead_addr().await,
+        cfg: SdfsConfig {
+            put_timeout: Duration::from_millis(1),
+            ..cfg
+        },
+        max_frame: DEFAULT_MAX_FRAME,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(service.handle().reconcile_now().await.unwrap().is_err());
+    assert_eq!(service.handle().holdings().len(), 1);
+    service.shutdown().await;
+}

@@ -1,0 +1,217 @@
+//! `Data(Write)`: the pipelined chain write. Each data frame read from
+//! upstream goes at once to the local writer and to the next live replica
+//! (the forwarder); after the empty end frame the agent answers `Stored` with
+//! itself first, then whatever the rest of the chain stored.
+//!
+//! Failures: a replica down at connect time is skipped (the chain continues
+//! with the one after it); one that fails mid-stream only shortens the holder
+//! list. A local failure (full disk, bad checksum) abandons the downstream
+//! stream, drains the upstream one and answers `Error` with the reason.
+
+use super::error::SdfsError;
+use super::local::{Chunk, LocalWriter, Piece};
+use super::stats::Counters;
+use super::{Ctx, STREAM_QUEUE, peer};
+use dml_shared::api::{Request, Response};
+use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::sdfs::{Checksum, DataRequest, validate_name};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The fields of a `DataRequest::Write`.
+#[derive(Clone, Debug)]
+pub struct WriteArgs {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    pub checksum: Checksum,
+    pub downstream: Vec<SocketAddr>,
+}
+
+pub async fn serve_write(
+    ctx: &Arc<Ctx>,
+    w: WriteArgs,
+    stream: &mut TcpStream,
+) -> dml_shared::Result<()> {
+    let mut failure: Option<SdfsError> = validate_name(&w.name).err().map(Into::into);
+    let mut local = failure.is_none().then(|| {
+        LocalWriter::begin(
+            &ctx.store,
+            &w.name,
+            w.version,
+            w.size,
+            w.checksum,
+            STREAM_QUEUE,
+        )
+    });
+    let mut fwd =
+        (failure.is_none() && !w.downstream.is_empty()).then(|| Forwarder::start(ctx, &w));
+    let mut received = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(
+            ctx.cfg.put_timeout,
+            read_frame(stream, ctx.max_frame),
+        )
+        .await
+        {
+            Ok(Ok(Some(f))) => f,
+            // Upstream gave up: dropping the writer and forwarder abandons both.
+            Ok(Ok(None)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::from(io::ErrorKind::TimedOut).into()),
+        };
+        if frame.is_empty() {
+            break;
+        }
+        received += frame.len() as u64;
+        let Some(writer) = &local else {
+            continue; // draining after a failure
+        };
+        let chunk: Chunk = Arc::new(frame);
+        if let Some(f) = &mut fwd {
+            f.send(chunk.clone()).await;
+        }
+        if !writer.send(chunk).await {
+            let writer = local.take().expect("checked above");
+            failure = writer.finish().await.err();
+            fwd = None;
+        }
+    }
+    Counters::add(&ctx.counters.bytes_written, received);
+    let result = match (failure, local) {
+        (None, Some(writer)) => {
+            let down = async {
+                match fwd {
+                    Some(f) => f.finish().await,
+                    None => Vec::new(),
+                }
+            };
+            let (stored, down) = tokio::join!(writer.finish(), down);
+            stored.map(|_| down)
+        }
+        (failure, _) => Err(failure.unwrap_or_else(|| SdfsError::Aborted {
+            agent: ctx.agent,
+            name: w.name.clone(),
+            version: w.version,
+        })),
+    };
+    let resp = match result {
+        Ok(down) => {
+            Counters::bump(&ctx.counters.writes);
+            let mut holders = vec![ctx.agent];
+            holders.extend(down.into_iter().filter(|h| *h != ctx.agent));
+            tracing::debug!(name = %w.name, version = w.version, ?holders, "SDFS: stored");
+            Response::Stored { holders }
+        }
+        Err(e) => {
+            Counters::bump(&ctx.counters.write_errors);
+            if matches!(e, SdfsError::DiskFull { .. }) {
+                Counters::bump(&ctx.counters.disk_full);
+            }
+            tracing::warn!(name = %w.name, version = w.version, error = %e, "SDFS: write failed");
+            Response::Error(e.to_string())
+        }
+    };
+    write_frame(stream, &peer::response(&resp), ctx.max_frame).await
+}
+
+/// Streams the chunks to the next live replica on its own task.
+struct Forwarder {
+    tx: Option<mpsc::Sender<Piece>>,
+    join: JoinHandle<Result<Vec<SocketAddr>, SdfsError>>,
+}
+
+impl Forwarder {
+    fn start(ctx: &Arc<Ctx>, w: &WriteArgs) -> Self {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let join = tokio::spawn(forward(ctx.clone(), w.clone(), rx));
+        Self { tx: Some(tx), join }
+    }
+
+    /// Queues a chunk; after a downstream failure chunks are dropped.
+    async fn send(&mut self, chunk: Chunk) {
+        if let Some(tx) = &self.tx
+            && tx.send(Piece::Chunk(chunk)).await.is_err()
+        {
+            self.tx = None;
+        }
+    }
+
+    /// Ends the stream; the holders downstream, empty if it failed.
+    async fn finish(mut self) -> Vec<SocketAddr> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Piece::End).await;
+        }
+        match self.join.await {
+            Ok(Ok(holders)) => holders,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "SDFS: the rest of the chain failed; fewer holders");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SDFS: forwarder task failed");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Connects to the first reachable replica of the downstream chain (skipping
+/// those that refuse), then relays pieces and returns its `Stored` holders.
+async fn forward(
+    ctx: Arc<Ctx>,
+    w: WriteArgs,
+    mut rx: mpsc::Receiver<Piece>,
+) -> Result<Vec<SocketAddr>, SdfsError> {
+    let stall = ctx.stall_timeout();
+    let mut last_err = None;
+    let mut conn = None;
+    for (i, next) in w.downstream.iter().enumerate() {
+        let req = Request::Data(DataRequest::Write {
+            name: w.name.clone(),
+            version: w.version,
+            size: w.size,
+            checksum: w.checksum,
+            downstream: w.downstream[i + 1..].to_vec(),
+        });
+        match peer::open(*next, &req, ctx.max_frame, stall).await {
+            Ok(s) => {
+                conn = Some((*next, s));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(replica = %next, error = %e, "SDFS: skipping an unreachable replica");
+                last_err = Some(e);
+            }
+        }
+    }
+    let Some((next, mut s)) = conn else {
+        return Err(last_err.expect("downstream is not empty"));
+    };
+    while let Some(piece) = rx.recv().await {
+        match piece {
+            Piece::Chunk(c) => peer::send(&mut s, next, &c, ctx.max_frame, stall).await?,
+            Piece::End => {
+                peer::send(&mut s, next, &[], ctx.max_frame, stall).await?;
+                return match peer::recv_response(&mut s, next, ctx.max_frame, ctx.cfg.put_timeout)
+                    .await?
+                {
+                    Response::Stored { holders } => Ok(holders),
+                    other => Err(SdfsError::Stream {
+                        peer: next.to_string(),
+                        reason: format!("unexpected answer {other:?}"),
+                    }),
+                };
+            }
+        }
+    }
+    Err(SdfsError::Aborted {
+        agent: ctx.agent,
+        name: w.name,
+        version: w.version,
+    })
+}
