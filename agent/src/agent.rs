@@ -1,8 +1,9 @@
 //! Wiring of one agent: binds the TCP listener and the UDP socket on the same
-//! port, starts membership and the API, and stops them in order.
+//! port, starts membership, the control plane (it needs membership) and the
+//! API, and stops them in order.
 
 use crate::api::{ApiServer, Services};
-use crate::control::ControlHandle;
+use crate::control::{ControlHandle, ControlPlane, Settings};
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
 use crate::sdfs::{SdfsHandle, SdfsOptions, SdfsService};
@@ -18,6 +19,7 @@ const PORT_PICK_TRIES: usize = 32;
 pub struct Agent {
     pub id: NodeId,
     membership: MembershipTask,
+    control: ControlPlane,
     sdfs: SdfsService,
     api: ApiServer,
 }
@@ -66,15 +68,23 @@ impl Agent {
             .await
             .context("cannot open the SDFS store")?;
         let membership = driver::spawn(udp, core, join);
+        let control = ControlPlane::start(
+            Settings::from_config(cfg, addr),
+            &cfg.data_dir,
+            membership.handle.clone(),
+        )
+        .await
+        .context("cannot start the control plane")?;
         let services = Services {
             membership: membership.handle.clone(),
-            control: ControlHandle::default(),
+            control: control.handle(),
             sdfs: sdfs.handle(),
         };
         let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
         Ok(Self {
             id,
             membership,
+            control,
             sdfs,
             api,
         })
@@ -84,9 +94,15 @@ impl Agent {
         &self.membership.handle
     }
 
+    /// The control plane (a handle that refuses everything if no voters are configured).
+    pub fn control(&self) -> ControlHandle {
+        self.control.handle()
+    }
+
     /// Leaves the group gracefully, then stops every service.
     pub async fn shutdown(self) {
         self.membership.shutdown().await;
+        self.control.shutdown().await;
         self.api.shutdown().await;
         self.sdfs.shutdown().await;
     }

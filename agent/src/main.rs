@@ -27,6 +27,12 @@ struct Args {
     /// State directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Control-plane voter (repeatable). Overrides `control.voters`.
+    #[arg(long = "voter")]
+    voters: Vec<SocketAddr>,
+    /// Cluster agent (repeatable). Overrides `nodes`; the default voters are taken from it.
+    #[arg(long = "node")]
+    nodes: Vec<SocketAddr>,
     /// Write membership events as JSON lines to this file (`-` for stdout).
     #[arg(long)]
     event_log: Option<PathBuf>,
@@ -52,6 +58,12 @@ fn config(args: &Args) -> dml_shared::Result<Config> {
     }
     if let Some(d) = &args.data_dir {
         cfg.data_dir = d.clone();
+    }
+    if !args.voters.is_empty() {
+        cfg.control.voters = args.voters.clone();
+    }
+    if !args.nodes.is_empty() {
+        cfg.nodes = args.nodes.clone();
     }
     cfg.validate()?;
     Ok(cfg)

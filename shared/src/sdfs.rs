@@ -136,6 +136,10 @@ pub enum MetaRequest {
         node: SocketAddr,
         items: Vec<(String, u64)>,
     },
+    /// Agent to agent: serve the inner request only if the receiver leads the
+    /// control plane, else answer `Response::NotLeader`. Agents wrap requests
+    /// they forward in it, so a request never bounces between stale followers.
+    AtLeader(Box<MetaRequest>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,31 +1,265 @@
-//! The replicated control plane: Raft (openraft) among the voters, with the
-//! SDFS metadata state machine. Not running yet: every call says so.
+//! The replicated control plane: Raft (openraft 0.9) among the configured
+//! voters, persisted in redb, holding the SDFS metadata. The Raft leader is
+//! the cluster leader; every agent (voter or not) accepts metadata requests
+//! and forwards them to it.
+//!
+//! - [`types`]: the openraft type config, the commands of the log, voter ids.
+//! - [`state`]: the metadata state machine (a plain struct; pure).
+//! - [`placement`]: consistent hashing of names over agents (pure).
+//! - [`repair`]: the repair planner (pure).
+//! - [`store`]: the redb log, vote and snapshot storage.
+//! - [`network`]: Raft RPCs over the agent TCP port.
+//! - [`leader`]: metadata requests served by the leader, and its periodic
+//!   tasks (expiry of stale puts, repair).
+//! - [`forward`]: finding the leader and forwarding to it.
+//! - this file: [`ControlPlane`] (start and stop) and [`ControlHandle`] (what
+//!   the API calls).
 
+pub mod error;
+pub mod forward;
+pub mod leader;
+pub mod network;
+pub mod placement;
+pub mod repair;
+pub mod state;
+pub mod store;
+pub mod types;
+
+use crate::membership::driver::MembershipHandle;
 use dml_shared::api::{LeaderInfo, Response};
+use dml_shared::config::{Config, ControlConfig, SdfsConfig};
 use dml_shared::sdfs::MetaRequest;
+pub use error::ControlError;
+use openraft::{BasicNode, Raft, SnapshotPolicy};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::SharedSm;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use types::{TypeConfig, voter_id};
 
-/// Cheap to clone; reaches the control-plane task.
-#[derive(Clone, Default)]
-pub struct ControlHandle {}
+/// Largest snapshot segment sent in one Raft RPC, well under the frame limit.
+const SNAPSHOT_CHUNK: u64 = 1 << 20;
 
-impl ControlHandle {
-    pub async fn leader_info(&self) -> LeaderInfo {
-        LeaderInfo {
-            leader: None,
-            term: 0,
-            voters: Vec::new(),
-            is_voter: false,
-            last_applied: None,
+/// What the control plane needs from the agent's config.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This agent's address (as listed in the voters).
+    pub me: SocketAddr,
+    pub voters: Vec<SocketAddr>,
+    pub control: ControlConfig,
+    pub sdfs: SdfsConfig,
+    /// Copies of each SDFS version (`Config::replicas`).
+    pub replicas: usize,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config, me: SocketAddr) -> Self {
+        Self {
+            me,
+            voters: cfg.voters(),
+            control: cfg.control.clone(),
+            sdfs: cfg.sdfs.clone(),
+            replicas: cfg.replicas(),
         }
     }
 
-    /// Serves a metadata request here if this agent leads, else forwards it.
-    pub async fn meta(&self, _req: MetaRequest) -> Response {
-        Response::Error("the control plane is not running on this agent".into())
+    pub fn is_voter(&self) -> bool {
+        self.voters.contains(&self.me)
+    }
+
+    /// How long a request waits for a leader or a commit: three election
+    /// timeouts (a failover, with a split vote) plus one RPC.
+    pub fn leader_wait(&self) -> Duration {
+        self.control.election_timeout_max * 3 + self.control.rpc_timeout
+    }
+}
+
+/// Shared by the handle and the tasks.
+pub(crate) struct Inner {
+    pub s: Settings,
+    /// `None` on a non-voter.
+    pub raft: Option<Raft<TypeConfig>>,
+    pub sm: Option<SharedSm>,
+    pub membership: MembershipHandle,
+    /// Non-voters: the leader last learned from a voter.
+    pub leader_hint: Mutex<Option<SocketAddr>>,
+}
+
+/// Cheap to clone; reaches the control plane. The default handle belongs
+/// to an agent with no voters configured: every call says so.
+#[derive(Clone, Default)]
+pub struct ControlHandle {
+    inner: Option<Arc<Inner>>,
+}
+
+impl ControlHandle {
+    /// Who leads, as this agent knows it (a non-voter asks the voters).
+    pub async fn leader_info(&self) -> LeaderInfo {
+        match &self.inner {
+            Some(i) => i.leader_info().await,
+            None => LeaderInfo {
+                leader: None,
+                term: 0,
+                voters: Vec::new(),
+                is_voter: false,
+                last_applied: None,
+            },
+        }
+    }
+
+    /// Serves a metadata request here if this agent leads, else forwards it
+    /// to the leader (waiting up to [`Settings::leader_wait`] for one).
+    pub async fn meta(&self, req: MetaRequest) -> Response {
+        match &self.inner {
+            Some(i) => i.meta(req).await,
+            None => Response::Error(ControlError::NotConfigured.to_string()),
+        }
     }
 
     /// Handles one Raft RPC from another voter.
-    pub async fn raft_rpc(&self, _rpc: Vec<u8>) -> Response {
-        Response::Error("this agent is not a voter".into())
+    pub async fn raft_rpc(&self, rpc: Vec<u8>) -> Response {
+        match self.inner.as_ref().and_then(|i| i.raft.as_ref()) {
+            Some(raft) => network::serve(raft, &rpc).await,
+            None => Response::Error("this agent is not a control-plane voter".into()),
+        }
+    }
+
+    /// The applied metadata on this voter (tests and diagnostics).
+    pub fn with_state<T>(&self, f: impl FnOnce(&state::MetaState) -> T) -> Option<T> {
+        let sm = self.inner.as_ref()?.sm.as_ref()?;
+        Some(store::read_sm(sm, |d| f(&d.state)))
+    }
+}
+
+/// The running control plane; [`ControlPlane::shutdown`] stops it.
+pub struct ControlPlane {
+    handle: ControlHandle,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Starts Raft if `settings.me` is a voter (state in `<data_dir>/control/`),
+    /// and the leader's periodic tasks. With no voters configured it starts
+    /// nothing and its handle refuses every request.
+    pub async fn start(
+        settings: Settings,
+        data_dir: &std::path::Path,
+        membership: MembershipHandle,
+    ) -> Result<Self, ControlError> {
+        let (stop, stop_rx) = watch::channel(false);
+        if settings.voters.is_empty() {
+            return Ok(Self {
+                handle: ControlHandle::default(),
+                stop,
+                tasks: Vec::new(),
+            });
+        }
+        let (raft, sm) = if settings.is_voter() {
+            let (raft, sm) = start_raft(&settings, data_dir).await?;
+            (Some(raft), Some(sm))
+        } else {
+            (None, None)
+        };
+        let inner = Arc::new(Inner {
+            s: settings,
+            raft,
+            sm,
+            membership,
+            leader_hint: Mutex::new(None),
+        });
+        let mut tasks = Vec::new();
+        if inner.raft.is_some() {
+            tasks.push(tokio::spawn(leader::maintain(inner.clone(), stop_rx)));
+        }
+        Ok(Self {
+            handle: ControlHandle { inner: Some(inner) },
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn handle(&self) -> ControlHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the periodic tasks and the Raft node.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(raft) = self.handle.inner.as_ref().and_then(|i| i.raft.as_ref())
+            && let Err(e) = raft.shutdown().await
+        {
+            tracing::warn!(error = %e, "Raft node did not stop cleanly");
+        }
+    }
+}
+
+async fn start_raft(
+    s: &Settings,
+    data_dir: &std::path::Path,
+) -> Result<(Raft<TypeConfig>, SharedSm), ControlError> {
+    let (log, sm_store, sm) = store::open(&data_dir.join("control"))?;
+    let c = &s.control;
+    let ms = |d: Duration| d.as_millis() as u64;
+    let raft_cfg = openraft::Config {
+        cluster_name: "awesomedml".into(),
+        heartbeat_interval: ms(c.heartbeat_interval),
+        election_timeout_min: ms(c.election_timeout_min),
+        election_timeout_max: ms(c.election_timeout_max),
+        install_snapshot_timeout: ms(c.rpc_timeout),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(c.snapshot_every),
+        // The log holds at most about twice `snapshot_every` entries.
+        max_in_snapshot_log_to_keep: c.snapshot_every,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| ControlError::RaftConfig(e.to_string()))?;
+    let network = network::Network {
+        rpc_timeout: c.rpc_timeout,
+    };
+    let raft = Raft::new(voter_id(s.me), Arc::new(raft_cfg), network, log, sm_store)
+        .await
+        .map_err(|e| ControlError::Raft(e.to_string()))?;
+    if s.voters.first() == Some(&s.me) {
+        initialize(&raft, &s.voters).await;
+    }
+    Ok((raft, sm))
+}
+
+/// The first voter creates the cluster when its log is empty.
+async fn initialize(raft: &Raft<TypeConfig>, voters: &[SocketAddr]) {
+    match raft.is_initialized().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the Raft log is initialized");
+            return;
+        }
+    }
+    let members: BTreeMap<u64, BasicNode> = voters
+        .iter()
+        .map(|v| {
+            (
+                voter_id(*v),
+                BasicNode {
+                    addr: v.to_string(),
+                },
+            )
+        })
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(?voters, "control plane initialized"),
+        // Another start already did it.
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot initialize the control plane"),
     }
 }

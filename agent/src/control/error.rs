@@ -1,0 +1,37 @@
+//! Control-plane errors, worded for the operator who reads them in `dml`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "the control plane is not running: no voters are configured (set control.voters or nodes in the config, or pass --voter)"
+    )]
+    NotConfigured,
+    #[error("no control-plane leader after {waited:?}: is a majority of the voters {voters:?} up?")]
+    NoLeader {
+        waited: Duration,
+        voters: Vec<SocketAddr>,
+    },
+    #[error(
+        "the control plane could not commit within {waited:?}: a majority of the voters is unreachable from the leader"
+    )]
+    NoQuorum { waited: Duration },
+    #[error("the leader {leader} did not answer: {reason}")]
+    Forward { leader: SocketAddr, reason: String },
+    #[error("only {alive} agents are alive; a write needs {quorum}")]
+    TooFewAlive { alive: usize, quorum: usize },
+    #[error("no such SDFS file \"{0}\"")]
+    NoSuchFile(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the Raft node stopped: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Open(#[from] super::store::OpenError),
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(String),
+}

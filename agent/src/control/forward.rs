@@ -1,0 +1,159 @@
+//! Finding the leader and getting a metadata request to it. A voter knows
+//! the leader from its Raft metrics; a non-voter asks the voters. Requests
+//! are forwarded wrapped in `MetaRequest::AtLeader`, which only the leader
+//! serves; anyone else answers `NotLeader` with its best guess, and the
+//! forwarding agent follows that hint until `Settings::leader_wait` runs out.
+
+use super::error::ControlError;
+use super::types::voter_id;
+use super::{Inner, leader::Refusal};
+use dml_shared::api::{LeaderInfo, Request, Response};
+use dml_shared::client::Client;
+use dml_shared::sdfs::MetaRequest;
+use std::net::SocketAddr;
+use tokio::time::Instant;
+
+impl Inner {
+    /// The leader's address from this voter's Raft metrics.
+    pub(crate) fn raft_leader(&self) -> Option<SocketAddr> {
+        let raft = self.raft.as_ref()?;
+        let m = raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        if let Some(Ok(a)) = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.parse())
+        {
+            return Some(a);
+        }
+        self.s.voters.iter().copied().find(|v| voter_id(*v) == id)
+    }
+
+    /// Whether this agent is the Raft leader right now.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raft.as_ref().is_some_and(|r| {
+            let m = r.metrics().borrow().clone();
+            m.current_leader == Some(voter_id(self.s.me))
+                && m.state == openraft::ServerState::Leader
+        })
+    }
+
+    pub(crate) async fn leader_info(&self) -> LeaderInfo {
+        if let Some(raft) = &self.raft {
+            let m = raft.metrics().borrow().clone();
+            return LeaderInfo {
+                leader: self.raft_leader(),
+                term: m.current_term,
+                voters: self.s.voters.clone(),
+                is_voter: true,
+                last_applied: m.last_applied.map(|l| l.index),
+            };
+        }
+        let mut best = None;
+        for v in &self.s.voters {
+            let mut c = Client::new(*v).with_timeout(self.s.control.rpc_timeout);
+            if let Ok(Response::Leader(info)) = c.call(&Request::Leader).await {
+                if info.leader.is_some() {
+                    best = Some(info);
+                    break;
+                }
+                best.get_or_insert(info);
+            }
+        }
+        let info = best.unwrap_or(LeaderInfo {
+            leader: None,
+            term: 0,
+            voters: Vec::new(),
+            is_voter: false,
+            last_applied: None,
+        });
+        if info.leader.is_some() {
+            *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = info.leader;
+        }
+        LeaderInfo {
+            voters: self.s.voters.clone(),
+            is_voter: false,
+            last_applied: None,
+            ..info
+        }
+    }
+
+    /// The leader as best known now, asking the voters if need be.
+    async fn find_leader(&self) -> Option<SocketAddr> {
+        if self.raft.is_some() {
+            return self.raft_leader();
+        }
+        let hint = *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner());
+        match hint {
+            Some(l) => Some(l),
+            None => self.leader_info().await.leader,
+        }
+    }
+
+    fn forget_leader(&self) {
+        *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Entry point of every metadata request this agent receives.
+    pub(crate) async fn meta(&self, req: MetaRequest) -> Response {
+        if let MetaRequest::AtLeader(inner) = req {
+            return match self.serve_at_leader(*inner).await {
+                Ok(r) => Response::Meta(r),
+                Err(Refusal::NotLeader(leader)) => Response::NotLeader { leader },
+                Err(Refusal::Failed(e)) => Response::Error(e.to_string()),
+            };
+        }
+        let wait = self.s.leader_wait();
+        let deadline = Instant::now() + wait;
+        let mut hint: Option<SocketAddr> = None;
+        loop {
+            let leader = match hint.take() {
+                Some(l) => Some(l),
+                None => self.find_leader().await,
+            };
+            match leader {
+                Some(l) if l == self.s.me && self.raft.is_some() => {
+                    match self.serve_at_leader(req.clone()).await {
+                        Ok(r) => return Response::Meta(r),
+                        Err(Refusal::NotLeader(h)) => hint = h.filter(|h| *h != self.s.me),
+                        Err(Refusal::Failed(e)) => return Response::Error(e.to_string()),
+                    }
+                }
+                Some(l) => {
+                    let mut c = Client::new(l).with_timeout(wait + self.s.control.rpc_timeout);
+                    let fwd = Request::Meta(MetaRequest::AtLeader(Box::new(req.clone())));
+                    match c.call(&fwd).await {
+                        Ok(Response::NotLeader { leader }) => {
+                            self.forget_leader();
+                            hint = leader.filter(|h| *h != l);
+                        }
+                        Ok(other) => return other,
+                        Err(dml_shared::Error::Remote(m)) => return Response::Error(m),
+                        // Not delivered: safe to try again.
+                        Err(dml_shared::Error::Connect { .. }) => self.forget_leader(),
+                        Err(e) => {
+                            self.forget_leader();
+                            let e = ControlError::Forward {
+                                leader: l,
+                                reason: e.to_string(),
+                            };
+                            return Response::Error(e.to_string());
+                        }
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                let e = ControlError::NoLeader {
+                    waited: wait,
+                    voters: self.s.voters.clone(),
+                };
+                return Response::Error(e.to_string());
+            }
+            if hint.is_none() {
+                tokio::time::sleep(self.s.control.heartbeat_interval).await;
+            }
+        }
+    }
+}

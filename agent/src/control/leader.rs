@@ -1,0 +1,363 @@
+//! What only the leader does: serve metadata requests (placement, put
+//! begin/commit/abort, delete, reads), expire stale puts, and repair
+//! under-replicated versions (plan in `repair.rs`, copies executed here).
+
+use super::Inner;
+use super::error::ControlError;
+use super::placement;
+use super::repair::{self, Copy, View};
+use super::store::read_sm;
+use super::types::{Applied, Command, Op};
+use crate::membership::Event;
+use crate::membership::driver::unix_ms;
+use dml_shared::api::{MemberState, Request, Response};
+use dml_shared::client::Client;
+use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse, validate_name};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Period of the leader's expiry and repair pass (membership failures and
+/// leaves also trigger one at once).
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Why the leader path did not serve a request.
+pub(crate) enum Refusal {
+    /// Not the leader (any more); maybe who is.
+    NotLeader(Option<SocketAddr>),
+    Failed(ControlError),
+}
+
+impl From<ControlError> for Refusal {
+    fn from(e: ControlError) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
+impl Inner {
+    fn leader_addr_of(&self, leader_node: Option<openraft::BasicNode>) -> Option<SocketAddr> {
+        leader_node.and_then(|n| n.addr.parse().ok())
+    }
+
+    /// Appends `op` to the log and waits for it to apply, for at most
+    /// [`super::Settings::leader_wait`].
+    async fn propose(&self, op: Op) -> Result<Applied, Refusal> {
+        let Some(raft) = &self.raft else {
+            return Err(Refusal::NotLeader(None));
+        };
+        let cmd = Command {
+            now_ms: unix_ms(),
+            op,
+        };
+        let wait = self.s.leader_wait();
+        match tokio::time::timeout(wait, raft.client_write(cmd)).await {
+            Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(Refusal::NotLeader(self.leader_addr_of(f.leader_node)))
+            }
+            Ok(Err(e)) => Err(ControlError::Raft(e.to_string()).into()),
+        }
+    }
+
+    /// Confirms leadership with a quorum and waits until reads see every
+    /// committed entry, so a deposed leader never answers from stale state.
+    async fn linearize(&self) -> Result<(), Refusal> {
+        let Some(raft) = &self.raft else {
+            return Err(Refusal::NotLeader(None));
+        };
+        let wait = self.s.leader_wait();
+        match tokio::time::timeout(wait, raft.ensure_linearizable()).await {
+            Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(Refusal::NotLeader(self.leader_addr_of(f.leader_node)))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Err(ControlError::NoQuorum { waited: wait }.into())
+            }
+            Ok(Err(e)) => Err(ControlError::Raft(e.to_string()).into()),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&super::state::MetaState) -> T) -> Result<T, Refusal> {
+        let sm = self.sm.as_ref().ok_or(Refusal::NotLeader(None))?;
+        Ok(read_sm(sm, |d| f(&d.state)))
+    }
+
+    /// (live: alive or suspect, alive) agent addresses from membership.
+    pub(crate) async fn live_view(&self) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let members = self.membership.members().await.unwrap_or_default();
+        let pick = |ok: fn(MemberState) -> bool| {
+            let mut v: Vec<SocketAddr> = members
+                .iter()
+                .filter(|m| ok(m.state))
+                .map(|m| m.id.addr)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        (
+            pick(MemberState::is_live),
+            pick(|s| s == MemberState::Alive),
+        )
+    }
+
+    /// Serves `req` if this agent leads; the leader-side metadata logic.
+    pub(crate) async fn serve_at_leader(&self, req: MetaRequest) -> Result<MetaResponse, Refusal> {
+        if !self.is_leader() {
+            let hint = self.raft_leader().filter(|l| *l != self.s.me);
+            return Err(Refusal::NotLeader(hint));
+        }
+        let rejected = |a: Applied| match a {
+            Applied::Rejected(m) => Err(Refusal::Failed(ControlError::Rejected(m))),
+            other => Ok(other),
+        };
+        match req {
+            MetaRequest::BeginPut { name, size } => {
+                validate_name(&name).map_err(|e| ControlError::BadRequest(e.to_string()))?;
+                let (_, alive) = self.live_view().await;
+                let quorum = self.s.sdfs.write_quorum;
+                if alive.len() < quorum {
+                    return Err(ControlError::TooFewAlive {
+                        alive: alive.len(),
+                        quorum,
+                    }
+                    .into());
+                }
+                let chain = placement::place(&name, &alive, self.s.replicas);
+                let deadline_ms = unix_ms() + self.s.sdfs.put_timeout.as_millis() as u64;
+                let applied = self
+                    .propose(Op::BeginPut {
+                        name,
+                        size,
+                        replicas: chain.clone(),
+                        deadline_ms,
+                    })
+                    .await?;
+                match rejected(applied)? {
+                    Applied::Version(version) => Ok(MetaResponse::PutPlan {
+                        version,
+                        chain,
+                        quorum,
+                    }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            MetaRequest::CommitPut {
+                name,
+                version,
+                checksum,
+                holders,
+            } => {
+                let op = Op::CommitPut {
+                    name,
+                    version,
+                    checksum,
+                    holders,
+                    quorum: self.s.sdfs.write_quorum,
+                };
+                match rejected(self.propose(op).await?)? {
+                    Applied::Version(version) => Ok(MetaResponse::Committed { version }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            MetaRequest::AbortPut { name, version } => {
+                rejected(self.propose(Op::AbortPut { name, version }).await?)?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::Delete { name } => {
+                rejected(self.propose(Op::Delete { name }).await?)?;
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::Stat { name } => {
+                self.linearize().await?;
+                self.read(|s| s.stat(&name))?
+                    .map(MetaResponse::File)
+                    .ok_or_else(|| ControlError::NoSuchFile(name).into())
+            }
+            MetaRequest::List { glob } => {
+                self.linearize().await?;
+                Ok(MetaResponse::Files(self.read(|s| s.list(&glob))?))
+            }
+            MetaRequest::Count => {
+                self.linearize().await?;
+                let (files, versions, bytes) = self.read(|s| s.count())?;
+                Ok(MetaResponse::Count {
+                    files,
+                    versions,
+                    bytes,
+                })
+            }
+            MetaRequest::Nodes => {
+                self.linearize().await?;
+                let (live, _) = self.live_view().await;
+                Ok(MetaResponse::Nodes(self.read(|s| s.nodes(&live))?))
+            }
+            MetaRequest::Wanted { node, items } => {
+                self.linearize().await?;
+                let now = unix_ms();
+                let keep = self.read(|s| {
+                    items
+                        .iter()
+                        .map(|(name, v)| s.wanted(node, name, *v, now))
+                        .collect()
+                })?;
+                Ok(MetaResponse::Wanted(keep))
+            }
+            MetaRequest::AtLeader(_) => Err(ControlError::BadRequest(
+                "a forwarded request was forwarded again".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+fn unexpected(a: Applied) -> Refusal {
+    Refusal::Failed(ControlError::Raft(format!(
+        "unexpected result {a:?} from the state machine"
+    )))
+}
+
+/// A repair copy finished (either way); its version may be planned again.
+struct CopyDone {
+    key: (String, u64),
+}
+
+/// The leader's periodic work, run on every voter (idle unless leading):
+/// expire pending puts past their deadline, and repair.
+pub(crate) async fn maintain(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut events = inner.membership.subscribe();
+    let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done_tx, mut done_rx) = mpsc::channel::<CopyDone>(64);
+    let mut busy: HashSet<(String, u64)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+            ev = events.recv() => match ev {
+                Ok(e) if matches!(e.event, Event::Failed(_) | Event::Left(_)) => {}
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => {
+                    // Membership stopped: keep the timer only.
+                    events = inner.membership.subscribe();
+                    continue;
+                }
+            },
+            done = done_rx.recv() => {
+                if let Some(d) = done {
+                    busy.remove(&d.key);
+                }
+                continue;
+            }
+        }
+        if !inner.is_leader() {
+            continue;
+        }
+        expire(&inner).await;
+        repair_pass(&inner, &mut busy, &done_tx).await;
+    }
+}
+
+async fn expire(inner: &Inner) {
+    let now = unix_ms();
+    let due = inner.read(|s| s.has_expired_pending(now)).unwrap_or(false);
+    if due {
+        match inner.propose(Op::ExpirePending).await {
+            Ok(_) => tracing::info!("expired stale pending puts"),
+            Err(Refusal::NotLeader(_)) => {}
+            Err(Refusal::Failed(e)) => tracing::warn!(error = %e, "cannot expire stale puts"),
+        }
+    }
+}
+
+async fn repair_pass(
+    inner: &Arc<Inner>,
+    busy: &mut HashSet<(String, u64)>,
+    done: &mpsc::Sender<CopyDone>,
+) {
+    let (live, alive) = inner.live_view().await;
+    let limit = inner.s.sdfs.repair_concurrency.saturating_sub(busy.len());
+    let Ok(plan) = inner.read(|s| {
+        repair::plan(
+            s,
+            View {
+                live: &live,
+                alive: &alive,
+            },
+            inner.s.replicas,
+            busy,
+            limit,
+        )
+    }) else {
+        return;
+    };
+    for (name, version) in &plan.unavailable {
+        tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
+    }
+    for t in plan.trims {
+        let op = Op::SetReplicas {
+            name: t.name,
+            version: t.version,
+            add: Vec::new(),
+            drop: t.dead,
+        };
+        if let Err(Refusal::Failed(e)) = inner.propose(op).await {
+            tracing::warn!(error = %e, "cannot drop dead holders from a replica set");
+        }
+    }
+    for copy in plan.copies {
+        busy.insert((copy.name.clone(), copy.version));
+        let (inner, done) = (inner.clone(), done.clone());
+        tokio::spawn(async move {
+            let key = (copy.name.clone(), copy.version);
+            run_copy(&inner, copy).await;
+            let _ = done.send(CopyDone { key }).await;
+        });
+    }
+}
+
+/// Asks the target to copy the version, then records it as a holder.
+async fn run_copy(inner: &Inner, copy: Copy) {
+    let sdfs = &inner.s.sdfs;
+    let transfer = Duration::from_secs_f64(copy.size as f64 / sdfs.repair_bytes_per_sec as f64);
+    let mut client = Client::new(copy.target).with_timeout(transfer + sdfs.put_timeout);
+    let req = Request::Data(DataRequest::Replicate {
+        name: copy.name.clone(),
+        version: copy.version,
+        size: copy.size,
+        checksum: copy.checksum,
+        sources: copy.sources.clone(),
+    });
+    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copying");
+    match client.call(&req).await {
+        Ok(Response::Stored { holders }) if holders.contains(&copy.target) => {
+            let op = Op::SetReplicas {
+                name: copy.name.clone(),
+                version: copy.version,
+                add: vec![copy.target],
+                drop: copy.dead,
+            };
+            match inner.propose(op).await {
+                Ok(_) => {
+                    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copy recorded")
+                }
+                Err(Refusal::NotLeader(_)) => {}
+                Err(Refusal::Failed(e)) => {
+                    tracing::warn!(name = %copy.name, error = %e, "repair: cannot record the copy")
+                }
+            }
+        }
+        Ok(other) => {
+            tracing::warn!(name = %copy.name, target = %copy.target, answer = ?other, "repair: copy refused")
+        }
+        Err(e) => {
+            tracing::warn!(name = %copy.name, target = %copy.target, error = %e, "repair: copy failed")
+        }
+    }
+}

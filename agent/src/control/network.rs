@@ -1,0 +1,210 @@
+//! Raft RPCs over the agent TCP port: a [`RaftRpc`] is postcard-encoded into
+//! `Request::Raft(bytes)` and answered with `Response::Raft(bytes)` holding a
+//! [`RaftReply`]. One connection per peer ([`dml_shared::client::Client`]),
+//! each call bounded by `control.rpc_timeout`.
+
+use super::types::TypeConfig;
+use dml_shared::api::{Request, Response};
+use dml_shared::client::Client;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A Raft RPC from one voter to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to a [`RaftRpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    Append(AppendEntriesResponse<u64>),
+    Vote(VoteResponse<u64>),
+    Snapshot(InstallSnapshotResponse<u64>),
+    /// The receiver expected another snapshot segment; the sender restarts.
+    SnapshotMismatch(SnapshotMismatch),
+    /// The receiving Raft node cannot serve (shutting down, or a bad RPC).
+    Failed(String),
+}
+
+/// Serves one RPC from a peer on this voter's Raft node.
+pub async fn serve(raft: &Raft<TypeConfig>, bytes: &[u8]) -> Response {
+    let rpc: RaftRpc = match postcard::from_bytes(bytes) {
+        Ok(r) => r,
+        Err(e) => return Response::Error(format!("bad Raft RPC: {e}")),
+    };
+    let reply = match rpc {
+        RaftRpc::Append(r) => match raft.append_entries(r).await {
+            Ok(a) => RaftReply::Append(a),
+            Err(e) => RaftReply::Failed(e.to_string()),
+        },
+        RaftRpc::Vote(r) => match raft.vote(r).await {
+            Ok(a) => RaftReply::Vote(a),
+            Err(e) => RaftReply::Failed(e.to_string()),
+        },
+        RaftRpc::Snapshot(r) => match raft.install_snapshot(r).await {
+            Ok(a) => RaftReply::Snapshot(a),
+            Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
+                RaftReply::SnapshotMismatch(m)
+            }
+            Err(e) => RaftReply::Failed(e.to_string()),
+        },
+    };
+    match postcard::to_allocvec(&reply) {
+        Ok(b) => Response::Raft(b),
+        Err(e) => Response::Error(format!("cannot encode Raft reply: {e}")),
+    }
+}
+
+/// Makes one [`PeerConnection`] per target voter.
+pub struct Network {
+    pub rpc_timeout: Duration,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            addr: node.addr.parse().ok(),
+            node_addr: node.addr.clone(),
+            client: None,
+            rpc_timeout: self.rpc_timeout,
+        }
+    }
+}
+
+/// The connection to one peer; reconnects after any error.
+pub struct PeerConnection {
+    target: u64,
+    addr: Option<SocketAddr>,
+    node_addr: String,
+    client: Option<Client>,
+    rpc_timeout: Duration,
+}
+
+/// What went wrong on the way (before any openraft error type applies).
+enum CallError {
+    Unreachable(dml_shared::Error),
+    Network(dml_shared::Error),
+    Failed(String),
+}
+
+impl PeerConnection {
+    async fn call(&mut self, rpc: &RaftRpc, timeout: Duration) -> Result<RaftReply, CallError> {
+        let Some(addr) = self.addr else {
+            return Err(CallError::Failed(format!(
+                "voter address \"{}\" does not parse",
+                self.node_addr
+            )));
+        };
+        let bytes = postcard::to_allocvec(rpc).map_err(|e| CallError::Failed(e.to_string()))?;
+        let rpc_timeout = self.rpc_timeout;
+        let client = self
+            .client
+            .get_or_insert_with(|| Client::new(addr).with_timeout(rpc_timeout));
+        let answer = match tokio::time::timeout(timeout, client.call(&Request::Raft(bytes))).await {
+            Ok(a) => a,
+            Err(_) => Err(dml_shared::Error::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            }),
+        };
+        match answer {
+            Ok(Response::Raft(b)) => match postcard::from_bytes(&b) {
+                Ok(RaftReply::Failed(m)) => Err(CallError::Failed(m)),
+                Ok(r) => Ok(r),
+                Err(e) => Err(CallError::Failed(format!("bad Raft reply: {e}"))),
+            },
+            Ok(other) => Err(CallError::Failed(format!("unexpected answer {other:?}"))),
+            Err(e @ dml_shared::Error::Connect { .. }) => {
+                self.client = None;
+                Err(CallError::Unreachable(e))
+            }
+            Err(e) => {
+                self.client = None;
+                Err(CallError::Network(e))
+            }
+        }
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, BasicNode, E> {
+        match e {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+            CallError::Failed(m) => RPCError::Network(NetworkError::new(&std::io::Error::other(
+                format!("voter {} ({}): {m}", self.target, self.node_addr),
+            ))),
+        }
+    }
+
+    fn timeout(&self, option: &RPCOption) -> Duration {
+        self.rpc_timeout.min(option.hard_ttl())
+    }
+}
+
+fn unexpected(what: &str) -> CallError {
+    CallError::Failed(format!("answer of the wrong kind to a {what} RPC"))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let t = self.timeout(&option);
+        match self.call(&RaftRpc::Append(rpc), t).await {
+            Ok(RaftReply::Append(r)) => Ok(r),
+            Ok(_) => Err(self.rpc_error(unexpected("append"))),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let t = self.timeout(&option);
+        match self.call(&RaftRpc::Snapshot(rpc), t).await {
+            Ok(RaftReply::Snapshot(r)) => Ok(r),
+            Ok(RaftReply::SnapshotMismatch(m)) => Err(RPCError::RemoteError(RemoteError::new(
+                self.target,
+                RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
+            ))),
+            Ok(_) => Err(self.rpc_error(unexpected("snapshot"))),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let t = self.timeout(&option);
+        match self.call(&RaftRpc::Vote(rpc), t).await {
+            Ok(RaftReply::Vote(r)) => Ok(r),
+            Ok(_) => Err(self.rpc_error(unexpected("vote"))),
+            Err(e) => Err(self.rpc_error(e)),
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! The replicated metadata: SDFS files, their versions (pending or
+//! committed), replica sets and version counters. A plain deterministic
+//! struct: [`MetaState::apply`] takes a [`Command`] and returns [`Applied`];
+//! the Raft glue lives in `store.rs`.
+
+use super::types::{Applied, Command, Op};
+use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Where a version is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionState {
+    /// Reserved by a put still streaming; dropped after `deadline_ms`.
+    Pending { deadline_ms: u64 },
+    /// Visible to readers.
+    Committed,
+}
+
+/// One version of one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionMeta {
+    pub size: u64,
+    /// Known once committed.
+    pub checksum: Checksum,
+    /// Planned chain while pending; agents holding a verified copy once committed.
+    pub replicas: Vec<SocketAddr>,
+    /// Unix ms of the commit (0 while pending).
+    pub committed_ms: u64,
+    pub state: VersionState,
+}
+
+impl VersionMeta {
+    pub fn is_committed(&self) -> bool {
+        self.state == VersionState::Committed
+    }
+}
+
+/// A file: its versions by number, and the next number to hand out. A file
+/// whose versions were all deleted stays as a tombstone so numbers are never reused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub next_version: u64,
+    pub versions: BTreeMap<u64, VersionMeta>,
+    /// Unix ms of the last delete, if any.
+    pub deleted_ms: Option<u64>,
+}
+
+impl FileMeta {
+    fn committed(&self) -> impl Iterator<Item = (&u64, &VersionMeta)> {
+        self.versions.iter().filter(|(_, v)| v.is_committed())
+    }
+}
+
+/// The whole replicated metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    files: BTreeMap<String, FileMeta>,
+}
+
+impl MetaState {
+    /// Applies one command. Never panics; refusals are [`Applied::Rejected`].
+    pub fn apply(&mut self, cmd: &Command) -> Applied {
+        let now = cmd.now_ms;
+        match &cmd.op {
+            Op::BeginPut {
+                name,
+                size,
+                replicas,
+                deadline_ms,
+            } => {
+                let file = self.files.entry(name.clone()).or_default();
+                let version = file.next_version.max(1);
+                file.next_version = version + 1;
+                file.versions.insert(
+                    version,
+                    VersionMeta {
+                        size: *size,
+                        checksum: [0; 32],
+                        replicas: replicas.clone(),
+                        committed_ms: 0,
+                        state: VersionState::Pending {
+                            deadline_ms: *deadline_ms,
+                        },
+                    },
+                );
+                Applied::Version(version)
+            }
+            Op::CommitPut {
+                name,
+                version,
+                checksum,
+                holders,
+                quorum,
+            } => self.commit(name, *version, *checksum, holders, *quorum, now),
+            Op::AbortPut { name, version } => {
+                let Some(file) = self.files.get_mut(name) else {
+                    return Applied::Rejected(format!("no put of \"{name}\" is in progress"));
+                };
+                match file.versions.get(version) {
+                    Some(v) if !v.is_committed() => {
+                        file.versions.remove(version);
+                        Applied::Done
+                    }
+                    Some(_) => Applied::Rejected(format!(
+                        "version {version} of \"{name}\" is already committed"
+                    )),
+                    None => Applied::Done,
+                }
+            }
+            Op::ExpirePending => {
+                for file in self.files.values_mut() {
+                    file.versions.retain(|_, v| match v.state {
+                        VersionState::Pending { deadline_ms } => deadline_ms > now,
+                        VersionState::Committed => true,
+                    });
+                }
+                Applied::Done
+            }
+            Op::Delete { name } => match self.files.get_mut(name) {
+                Some(file) if file.committed().next().is_some() => {
+                    file.versions.clear();
+                    file.deleted_ms = Some(now);
+                    Applied::Done
+                }
+                _ => Applied::Rejected(format!("no such SDFS file \"{name}\"")),
+            },
+            Op::SetReplicas {
+                name,
+                version,
+                add,
+                drop,
+            } => {
+                let Some(v) = self
+                    .files
+                    .get_mut(name)
+                    .and_then(|f| f.versions.get_mut(version))
+                    .filter(|v| v.is_committed())
+                else {
+                    return Applied::Rejected(format!(
+                        "version {version} of \"{name}\" is no longer stored"
+                    ));
+                };
+                v.replicas.retain(|r| !drop.contains(r));
+                for a in add {
+                    if !v.replicas.contains(a) {
+                        v.replicas.push(*a);
+                    }
+                }
+                Applied::Done
+            }
+        }
+    }
+
+    fn commit(
+        &mut self,
+        name: &str,
+        version: u64,
+        checksum: Checksum,
+        holders: &[SocketAddr],
+        quorum: usize,
+        now: u64,
+    ) -> Applied {
+        let Some(file) = self.files.get_mut(name) else {
+            return Applied::Rejected(format!("no put of \"{name}\" is in progress"));
+        };
+        let Some(v) = file.versions.get_mut(&version) else {
+            return Applied::Rejected(format!(
+                "version {version} of \"{name}\" is not pending: it was aborted, expired or deleted"
+            ));
+        };
+        if v.is_committed() {
+            // A retried commit of the same bytes is fine.
+            return if v.checksum == checksum {
+                Applied::Version(version)
+            } else {
+                Applied::Rejected(format!(
+                    "version {version} of \"{name}\" is already committed with other content"
+                ))
+            };
+        }
+        let mut unique: Vec<SocketAddr> = Vec::with_capacity(holders.len());
+        for h in holders {
+            if !unique.contains(h) {
+                unique.push(*h);
+            }
+        }
+        if unique.len() < quorum {
+            file.versions.remove(&version);
+            return Applied::Rejected(format!(
+                "put of \"{name}\" aborted: only {} agent(s) stored it durably; a write needs {quorum}",
+                unique.len()
+            ));
+        }
+        v.checksum = checksum;
+        v.replicas = unique;
+        v.committed_ms = now;
+        v.state = VersionState::Committed;
+        Applied::Version(version)
+    }
+
+    /// A file's committed versions, oldest first; `None` if it has none.
+    pub fn stat(&self, name: &str) -> Option<FileInfo> {
+        let file = self.files.get(name)?;
+        let versions: Vec<VersionInfo> = file
+            .committed()
+            .map(|(n, v)| VersionInfo {
+                version: *n,
+                size: v.size,
+                checksum: v.checksum,
+                replicas: v.replicas.clone(),
+                committed_ms: v.committed_ms,
+            })
+            .collect();
+        (!versions.is_empty()).then(|| FileInfo {
+            name: name.to_string(),
+            versions,
+        })
+    }
+
+    /// Files with committed versions whose names match `glob`, by name.
+    pub fn list(&self, glob: &str) -> Vec<FileInfo> {
+        self.files
+            .keys()
+            .filter(|n| dml_shared::sdfs::glob_match(glob, n))
+            .filter_map(|n| self.stat(n))
+            .collect()
+    }
+
+    /// (files, committed versions, bytes over committed versions).
+    pub fn count(&self) -> (u64, u64, u64) {
+        let (mut files, mut versions, mut bytes) = (0, 0, 0);
+        for f in self.files.values() {
+            let mut any = false;
+            for (_, v) in f.committed() {
+                any = true;
+                versions += 1;
+                bytes += v.size;
+            }
+            files += u64::from(any);
+        }
+        (files, versions, bytes)
+    }
+
+    /// Committed versions per replica address; `extra` nodes appear even if empty.
+    pub fn nodes(&self, extra: &[SocketAddr]) -> Vec<(SocketAddr, Vec<Holding>)> {
+        let mut out: BTreeMap<SocketAddr, Vec<Holding>> =
+            extra.iter().map(|a| (*a, Vec::new())).collect();
+        for (name, f) in &self.files {
+            for (n, v) in f.committed() {
+                for r in &v.replicas {
+                    out.entry(*r).or_default().push(Holding {
+                        name: name.clone(),
+                        version: *n,
+                        size: v.size,
+                    });
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Whether `node` should keep its copy of `name` version `version` at `now_ms`.
+    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64, now_ms: u64) -> bool {
+        let Some(v) = self.files.get(name).and_then(|f| f.versions.get(&version)) else {
+            return false;
+        };
+        match v.state {
+            VersionState::Committed => v.replicas.contains(&node),
+            VersionState::Pending { deadline_ms } => now_ms < deadline_ms,
+        }
+    }
+
+    /// Whether any pending version is past its deadline at `now_ms`.
+    pub fn has_expired_pending(&self, now_ms: u64) -> bool {
+        self.files.values().any(|f| {
+            f.versions.values().any(|v| match v.state {
+                VersionState::Pending { deadline_ms } => deadline_ms <= now_ms,
+                VersionState::Committed => false,
+            })
+        })
+    }
+
+    /// Every committed version: (name, version, meta).
+    pub fn committed_versions(&self) -> impl Iterator<Item = (&str, u64, &VersionMeta)> {
+        self.files
+            .iter()
+            .flat_map(|(name, f)| f.committed().map(move |(n, v)| (name.as_str(), *n, v)))
+    }
+
+    /// The raw version record, pending or committed.
+    pub fn version(&self, name: &str, version: u64) -> Option<&VersionMeta> {
+        self.files.get(name)?.versions.get(&version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn cmd(now_ms: u64, op: Op) -> Command {
+        Command { now_ms, op }
+    }
+
+    fn begin(s: &mut MetaState, name: &str, now: u64) -> u64 {
+        match s.apply(&cmd(
+            now,
+            Op::BeginPut {
+                name: name.into(),
+                size: 10,
+                replicas: vec![addr(1), addr(2), addr(3), addr(4)],
+                deadline_ms: now + 1000,
+            },
+        )) {
+            Applied::Version(v) => v,
+            other => panic!("begin: {other:?}"),
+        }
+    }
+
+    fn commit(s: &mut MetaState, name: &str, version: u64, holders: &[u16]) -> Applied {
+        s.apply(&cmd(
+            50,
+            Op::CommitPut {
+                name: name.into(),
+                version,
+                checksum: [7; 32],
+                holders: holders.iter().map(|p| addr(*p)).collect(),
+                quorum: 3,
+            },
+        ))
+    }
+
+    #[test]
+    fn versions_are_numbered_in_order_and_visible_only_once_committed() {
+        let mut s = MetaState::default();
+        let v1 = begin(&mut s, "a", 0);
+        let v2 = begin(&mut s, "a", 0);
+        assert_eq!((v1, v2), (1, 2));
+        assert_eq!(s.stat("a"), None);
+        assert_eq!(commit(&mut s, "a", v2, &[1, 2, 3]), Applied::Version(2));
+        let info = s.stat("a").unwrap();
+        assert_eq!(info.versions.len(), 1);
+        assert_eq!(info.versions[0].version, 2);
+        assert_eq!(info.versions[0].replicas, vec![addr(1), addr(2), addr(3)]);
+        assert_eq!(info.versions[0].committed_ms, 50);
+        assert_eq!(commit(&mut s, "a", v1, &[1, 2, 3]), Applied::Version(1));
+        let versions: Vec<u64> = s
+            .stat("a")
+            .unwrap()
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(s.count(), (1, 2, 20));
+    }
+
+    #[test]
+    fn commit_below_quorum_aborts_the_version() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        let r = commit(&mut s, "a", v, &[1, 2, 2]);
+        assert!(
+            matches!(&r, Applied::Rejected(m) if m.contains("only 2")),
+            "{r:?}"
+        );
+        assert_eq!(s.version("a", v), None);
+        // Too late now: it is gone.
+        assert!(matches!(
+            commit(&mut s, "a", v, &[1, 2, 3]),
+            Applied::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn retried_commit_is_idempotent() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        assert_eq!(commit(&mut s, "a", v, &[1, 2, 3]), Applied::Version(v));
+        assert_eq!(commit(&mut s, "a", v, &[1, 2, 3]), Applied::Version(v));
+    }
+
+    #[test]
+    fn expired_pending_puts_are_dropped_and_cannot_commit() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        assert!(!s.has_expired_pending(999));
+        assert!(s.has_expired_pending(1000));
+        s.apply(&cmd(999, Op::ExpirePending));
+        assert!(s.version("a", v).is_some());
+        s.apply(&cmd(1000, Op::ExpirePending));
+        assert!(s.version("a", v).is_none());
+        assert!(matches!(
+            commit(&mut s, "a", v, &[1, 2, 3]),
+            Applied::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn abort_drops_a_pending_version_only() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        let abort = |s: &mut MetaState| {
+            s.apply(&cmd(
+                1,
+                Op::AbortPut {
+                    name: "a".into(),
+                    version: v,
+                },
+            ))
+        };
+        assert_eq!(abort(&mut s), Applied::Done);
+        assert!(s.version("a", v).is_none());
+        let v2 = begin(&mut s, "a", 0);
+        assert_eq!(v2, 2, "aborted numbers are not reused");
+        commit(&mut s, "a", v2, &[1, 2, 3]);
+        let r = s.apply(&cmd(
+            1,
+            Op::AbortPut {
+                name: "a".into(),
+                version: v2,
+            },
+        ));
+        assert!(matches!(r, Applied::Rejected(_)));
+    }
+
+    #[test]
+    fn delete_removes_every_version_and_keeps_numbering() {
+        let mut s = MetaState::default();
+        let del = |s: &mut MetaState| s.apply(&cmd(5, Op::Delete { name: "a".into() }));
+        assert!(matches!(del(&mut s), Applied::Rejected(m) if m.contains("no such")));
+        let v = begin(&mut s, "a", 0);
+        commit(&mut s, "a", v, &[1, 2, 3]);
+        assert_eq!(del(&mut s), Applied::Done);
+        assert_eq!(s.stat("a"), None);
+        assert_eq!(s.count(), (0, 0, 0));
+        assert!(!s.wanted(addr(1), "a", v, 0));
+        assert_eq!(begin(&mut s, "a", 0), 2);
+    }
+
+    #[test]
+    fn wanted_keeps_committed_replicas_and_live_pending() {
+        let mut s = MetaState::default();
+        let v1 = begin(&mut s, "a", 0);
+        commit(&mut s, "a", v1, &[1, 2, 3]);
+        let v2 = begin(&mut s, "a", 0);
+        assert!(s.wanted(addr(1), "a", v1, 0));
+        assert!(
+            !s.wanted(addr(4), "a", v1, 0),
+            "not among the committed holders"
+        );
+        assert!(
+            s.wanted(addr(4), "a", v2, 999),
+            "pending, before its deadline"
+        );
+        assert!(
+            !s.wanted(addr(4), "a", v2, 1000),
+            "pending, past its deadline"
+        );
+        assert!(!s.wanted(addr(1), "a", 9, 0));
+        assert!(!s.wanted(addr(1), "b", 1, 0));
+    }
+
+    #[test]
+    fn set_replicas_adds_and_drops_holders() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        commit(&mut s, "a", v, &[1, 2, 3]);
+        s.apply(&cmd(
+            9,
+            Op::SetReplicas {
+                name: "a".into(),
+                version: v,
+                add: vec![addr(5)],
+                drop: vec![addr(2)],
+            },
+        ));
+        assert_eq!(
+            s.stat("a").unwrap().versions[0].replicas,
+            vec![addr(1), addr(3), addr(5)]
+        );
+        let nodes = s.nodes(&[addr(9)]);
+        let names: Vec<SocketAddr> = nodes.iter().map(|(a, _)| *a).collect();
+        assert_eq!(names, vec![addr(1), addr(3), addr(5), addr(9)]);
+        assert!(nodes[3].1.is_empty());
+    }
+
+    #[test]
+    fn list_matches_globs_over_committed_files() {
+        let mut s = MetaState::default();
+        for name in ["img/1.jpg", "img/2.jpg", "model.onnx"] {
+            let v = begin(&mut s, name, 0);
+            commit(&mut s, name, v, &[1, 2, 3]);
+        }
+        begin(&mut s, "img/3.jpg", 0);
+        let names: Vec<String> = s.list("img/*").into_iter().map(|f| f.name).collect();
+        assert_eq!(names, vec!["img/1.jpg", "img/2.jpg"]);
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let mut s = MetaState::default();
+        let v = begin(&mut s, "a", 0);
+        commit(&mut s, "a", v, &[1, 2, 3]);
+        begin(&mut s, "b", 0);
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        let back: MetaState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, s);
+    }
+}

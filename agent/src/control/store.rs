@@ -1,0 +1,430 @@
+//! Durable Raft storage in one redb file, `<data_dir>/control/raft.redb`:
+//! the log (table `log`, index -> postcard entry) and the vote, committed
+//! id, last purged id and latest snapshot (table `meta`). Every write is a
+//! redb commit with immediate durability (fsync) before openraft is told.
+//!
+//! The state machine lives in memory ([`SmData`], shared read-only with the
+//! request handlers) and is rebuilt on start from the snapshot plus the log
+//! entries up to the saved committed id, which openraft re-applies.
+
+// The error type is openraft's `StorageError`, large by its design.
+#![allow(clippy::result_large_err)]
+
+use super::state::MetaState;
+use super::types::{Applied, TypeConfig};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "purged";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+type StoreError = StorageError<u64>;
+
+fn read_err(e: impl std::error::Error + 'static) -> StoreError {
+    StorageIOError::read(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StoreError {
+    StorageIOError::write(&e).into()
+}
+
+/// Runs redb work off the async threads (commits fsync).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| write_err(std::io::Error::other(e.to_string())))?
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(v).map_err(write_err)
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(read_err)
+}
+
+fn get_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    match table.get(key).map_err(read_err)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn put_meta(db: &Database, items: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(write_err)?;
+    {
+        let mut table = txn.open_table(META).map_err(write_err)?;
+        for (k, v) in items {
+            table.insert(*k, v.as_slice()).map_err(write_err)?;
+        }
+    }
+    txn.commit().map_err(write_err)
+}
+
+/// The state machine as request handlers see it.
+#[derive(Debug, Default)]
+pub struct SmData {
+    pub state: MetaState,
+    pub last_applied: Option<LogId<u64>>,
+    pub membership: StoredMembership<u64, BasicNode>,
+}
+
+/// Shared between the state-machine store (the only writer, on openraft's
+/// task) and the handlers (readers). openraft owns the state machine, so
+/// reads without a log round trip need this lock; it is never held across
+/// an await.
+pub type SharedSm = Arc<RwLock<SmData>>;
+
+/// Reads the shared state machine.
+pub fn read_sm<T>(sm: &SharedSm, f: impl FnOnce(&SmData) -> T) -> T {
+    f(&sm.read().unwrap_or_else(PoisonError::into_inner))
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    state: MetaState,
+}
+
+/// Opens (or creates) `<dir>/raft.redb`; returns the log store, the state
+/// machine store and the shared view of the state machine.
+pub fn open(dir: &Path) -> Result<(LogStore, SmStore, SharedSm), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|e| OpenError {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let path = dir.join("raft.redb");
+    let fail = |reason: String| OpenError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let db = Database::create(&path).map_err(|e| fail(e.to_string()))?;
+    let txn = db.begin_write().map_err(|e| fail(e.to_string()))?;
+    txn.open_table(LOG).map_err(|e| fail(e.to_string()))?;
+    txn.open_table(META).map_err(|e| fail(e.to_string()))?;
+    txn.commit().map_err(|e| fail(e.to_string()))?;
+    let db = Arc::new(db);
+    let mut data = SmData::default();
+    if let Some(bytes) =
+        get_meta::<Vec<u8>>(&db, KEY_SNAPSHOT_DATA).map_err(|e| fail(e.to_string()))?
+    {
+        let body: SnapshotBody = decode(&bytes).map_err(|e| fail(e.to_string()))?;
+        data = SmData {
+            state: body.state,
+            last_applied: body.last_applied,
+            membership: body.membership,
+        };
+    }
+    let shared = Arc::new(RwLock::new(data));
+    Ok((
+        LogStore { db: db.clone() },
+        SmStore {
+            db,
+            data: shared.clone(),
+            snapshots_built: 0,
+        },
+        shared,
+    ))
+}
+
+/// The Raft store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the control-plane store \"{path}\": {reason}")]
+pub struct OpenError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The Raft log and vote; clones share the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            let mut out = Vec::new();
+            for item in table.range(bounds).map_err(read_err)? {
+                let (_, v) = item.map_err(read_err)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let purged: Option<LogId<u64>> = get_meta(&db, KEY_PURGED)?;
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            let last = match table.last().map_err(read_err)? {
+                Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+                None => purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: last,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StoreError> {
+        let (db, bytes) = (self.db.clone(), encode(vote)?);
+        blocking(move || put_meta(&db, &[(KEY_VOTE, bytes)])).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || get_meta(&db, KEY_VOTE)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StoreError> {
+        let (db, bytes) = (self.db.clone(), encode(&committed)?);
+        blocking(move || put_meta(&db, &[(KEY_COMMITTED, bytes)])).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StoreError> {
+        let db = self.db.clone();
+        blocking(move || Ok(get_meta::<Option<LogId<u64>>>(&db, KEY_COMMITTED)?.flatten())).await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for e in entries {
+            rows.push((e.log_id.index, encode(&e)?));
+        }
+        let db = self.db.clone();
+        let res = blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                for (i, b) in &rows {
+                    table.insert(*i, b.as_slice()).map_err(write_err)?;
+                }
+            }
+            txn.commit().map_err(write_err)
+        })
+        .await;
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(write_err)?;
+            }
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StoreError> {
+        let (db, bytes) = (self.db.clone(), encode(&Some(log_id))?);
+        blocking(move || {
+            let txn = db.begin_write().map_err(write_err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(write_err)?;
+                meta.insert(KEY_PURGED, bytes.as_slice())
+                    .map_err(write_err)?;
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(write_err)?;
+            }
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+/// The state machine and its snapshots; also its own snapshot builder.
+#[derive(Clone)]
+pub struct SmStore {
+    db: Arc<Database>,
+    data: SharedSm,
+    snapshots_built: u64,
+}
+
+impl SmStore {
+    async fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (db, meta) = (self.db.clone(), encode(meta)?);
+        blocking(move || {
+            put_meta(
+                &db,
+                &[
+                    (KEY_SNAPSHOT_META, meta),
+                    (KEY_SNAPSHOT_DATA, encode(&data)?),
+                ],
+            )
+        })
+        .await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SmStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let (bytes, last_applied, membership) = read_sm(&self.data, |d| {
+            let body = SnapshotBody {
+                last_applied: d.last_applied,
+                membership: d.membership.clone(),
+                state: d.state.clone(),
+            };
+            (encode(&body), d.last_applied, d.membership.clone())
+        });
+        let bytes = bytes?;
+        self.snapshots_built += 1;
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
+            None => format!("none-{}", self.snapshots_built),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.persist_snapshot(&meta, bytes.clone()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for SmStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StoreError> {
+        Ok(read_sm(&self.data, |d| {
+            (d.last_applied, d.membership.clone())
+        }))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        for e in entries {
+            data.last_applied = Some(e.log_id);
+            out.push(match e.payload {
+                EntryPayload::Blank => Applied::Done,
+                EntryPayload::Normal(cmd) => data.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    data.membership = StoredMembership::new(Some(e.log_id), m);
+                    Applied::Done
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StoreError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let bytes = snapshot.into_inner();
+        let body: SnapshotBody = decode(&bytes)?;
+        self.persist_snapshot(meta, bytes).await?;
+        let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
+        *data = SmData {
+            state: body.state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let db = self.db.clone();
+        let found = blocking(move || {
+            let meta: Option<SnapshotMeta<u64, BasicNode>> = get_meta(&db, KEY_SNAPSHOT_META)?;
+            let data: Option<Vec<u8>> = get_meta(&db, KEY_SNAPSHOT_DATA)?;
+            Ok(meta.zip(data))
+        })
+        .await?;
+        Ok(found.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
