@@ -70,9 +70,17 @@ pub fn ports(base: u16, count: u16) -> Result<Vec<u16>> {
     Ok((base..=last as u16).collect())
 }
 
-/// Arguments of one agent of the local cluster.
-pub fn agent_args(preset: &str, port: u16, introducer: SocketAddr, run_dir: &Path) -> Vec<String> {
-    vec![
+/// Arguments of one agent of the local cluster: every agent is told the whole
+/// node list (the agent takes its default Raft voters from it) and gets its
+/// own data directory under the run directory.
+pub fn agent_args(
+    preset: &str,
+    port: u16,
+    introducer: SocketAddr,
+    nodes: &[SocketAddr],
+    run_dir: &Path,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec![
         "--preset".into(),
         preset.into(),
         "--bind".into(),
@@ -83,7 +91,12 @@ pub fn agent_args(preset: &str, port: u16, introducer: SocketAddr, run_dir: &Pat
         record::data_dir(run_dir, port)
             .to_string_lossy()
             .into_owned(),
-    ]
+    ];
+    for n in nodes {
+        args.push("--node".into());
+        args.push(n.to_string());
+    }
+    args
 }
 
 /// Ports where a TCP or UDP socket on 127.0.0.1 cannot be bound right now.
@@ -170,9 +183,13 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         tmux_session: a.tmux.then(|| TMUX_SESSION.to_string()),
         agents: Vec::new(),
     };
+    let nodes: Vec<SocketAddr> = ports
+        .iter()
+        .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
     let mut children: Vec<Child> = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
-        let args = agent_args(a.preset.as_str(), port, introducer, &run_dir);
+        let args = agent_args(a.preset.as_str(), port, introducer, &nodes, &run_dir);
         let log = record::log_file(&run_dir, port);
         let started = if a.tmux {
             let _ = std::fs::remove_file(&log);
@@ -235,10 +252,19 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
             rec.agents.len()
         );
     }
+    let leader = wait_leader(&rec, deadline).await;
+    if let Leader::NotElected = leader {
+        eprintln!(
+            "warning: no control-plane leader was elected before the deadline;              `dml leader` asks again"
+        );
+    }
 
     if json {
         println!("{}", serde_json::to_string(&rec)?);
     } else {
+        if let Leader::Elected(l) = leader {
+            println!("control-plane leader: {l}");
+        }
         println!(
             "{} agents up (preset {}, introducer {}){}; logs and pids in {}",
             rec.agents.len(),
@@ -351,6 +377,37 @@ async fn wait_converged(rec: &ClusterRecord, deadline: Instant) -> bool {
         }
         if Instant::now() >= deadline {
             return false;
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+/// What [`wait_leader`] found.
+enum Leader {
+    Elected(SocketAddr),
+    NotElected,
+    /// The agents run no control plane (no voters), so there is none to wait for.
+    NoControlPlane,
+}
+
+/// Polls the first agent until it names a Raft leader, or `deadline`.
+async fn wait_leader(rec: &ClusterRecord, deadline: Instant) -> Leader {
+    let Some(first) = rec.agents.first() else {
+        return Leader::NoControlPlane;
+    };
+    loop {
+        let mut client = Client::new(first.addr).with_timeout(PROBE_TIMEOUT);
+        match client.leader().await {
+            Ok(l) if l.voters.is_empty() => return Leader::NoControlPlane,
+            Ok(l) => {
+                if let Some(a) = l.leader {
+                    return Leader::Elected(a);
+                }
+            }
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            return Leader::NotElected;
         }
         tokio::time::sleep(READY_POLL).await;
     }
@@ -495,20 +552,28 @@ mod tests {
     }
 
     #[test]
-    fn every_agent_is_told_the_first_port_is_the_introducer() {
+    fn every_agent_is_told_the_introducer_its_data_dir_and_every_node() {
         let intro: SocketAddr = "127.0.0.1:8001".parse().unwrap();
-        let args = agent_args("local", 8001, intro, Path::new("/r"));
+        let nodes: Vec<SocketAddr> = ["127.0.0.1:8001", "127.0.0.1:8002"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let args = agent_args("local", 8002, intro, &nodes, Path::new("/r"));
         assert_eq!(
             args,
             [
                 "--preset",
                 "local",
                 "--bind",
-                "127.0.0.1:8001",
+                "127.0.0.1:8002",
                 "--introducer",
                 "127.0.0.1:8001",
                 "--data-dir",
-                "/r/data-8001"
+                "/r/data-8002",
+                "--node",
+                "127.0.0.1:8001",
+                "--node",
+                "127.0.0.1:8002"
             ]
         );
     }
