@@ -42,12 +42,22 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster with no agent yet, its files under a new [`TestDir`] named `name`.
     pub fn new(name: &str, membership: MembershipConfig) -> Result<Self> {
-        Ok(Self {
+        Ok(Self::with_dir(TestDir::new(name)?, membership))
+    }
+
+    /// [`Cluster::new`] with its directory under `base` (the bench keeps its data in
+    /// `target/bench/`).
+    pub fn new_in(base: &Path, name: &str, membership: MembershipConfig) -> Result<Self> {
+        Ok(Self::with_dir(TestDir::new_in(base, name)?, membership))
+    }
+
+    fn with_dir(dir: TestDir, membership: MembershipConfig) -> Self {
+        Self {
             agents: Vec::new(),
             membership,
-            dir: TestDir::new(name)?,
+            dir,
             next: 0,
-        })
+        }
     }
 
     /// Starts an introducer, then `n - 1` agents joining through it. Does not wait for them

@@ -22,11 +22,17 @@ pub struct TestDir {
 }
 
 impl TestDir {
-    /// Creates `<base>/<name>-<pid>-<n>-<unix ms>`.
+    /// Creates `<base>/<name>-<pid>-<n>-<unix ms>`, `<base>` being `$DML_TEST_DIR` or the
+    /// system temp dir's `dml-tests/`.
     pub fn new(name: &str) -> Result<Self> {
         let base = std::env::var_os(TEST_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("dml-tests"));
+        Self::new_in(&base, name)
+    }
+
+    /// Creates `<base>/<name>-<pid>-<n>-<unix ms>`.
+    pub fn new_in(base: &Path, name: &str) -> Result<Self> {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())

@@ -12,8 +12,12 @@
 //!
 //! The table goes to stdout, progress to stderr, the JSON to `target/bench/membership.json`.
 //!
+//! `bench sdfs [--quick]` runs 10 local agents and measures SDFS put and get against the
+//! local disk, agent memory and repair time; table on stdout, JSON in `target/bench/sdfs.json`.
+//!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
-//! `loss` (the firewall rule guard), `report` (table and JSON).
+//! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
+//! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`.
 
 #[path = "bench/loss.rs"]
 mod loss;
@@ -23,6 +27,12 @@ mod membership;
 mod node;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/sdfs.rs"]
+mod sdfs;
+#[path = "bench/sdfs_local.rs"]
+mod sdfs_local;
+#[path = "bench/sdfs_report.rs"]
+mod sdfs_report;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +57,8 @@ struct Cli {
 enum Cmd {
     /// Failure detection, traffic at rest and false positives: dml-agent vs foca.
     Membership(MembershipArgs),
+    /// SDFS put/get throughput vs local disk, agent memory, repair time (see bench/sdfs.rs).
+    Sdfs(sdfs::SdfsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -97,6 +109,7 @@ fn main() -> Result<()> {
             r = async {
                 match cli.cmd {
                     Cmd::Membership(a) => membership_bench(a).await,
+                    Cmd::Sdfs(a) => sdfs_bench(a).await,
                 }
             } => r,
             // Dropping the bench future kills every member and removes the loss rule.
@@ -230,6 +243,12 @@ fn foca_mapping(lan: &MembershipConfig, nodes: usize) -> (Vec<String>, Vec<Mappi
         ),
     ];
     (args, rows)
+}
+
+async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let bin_dir = exe.parent().context("bench has no directory")?;
+    sdfs::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
 }
 
 async fn membership_bench(a: MembershipArgs) -> Result<()> {

@@ -82,6 +82,9 @@ pub struct SdfsOptions {
     pub membership: MembershipConfig,
     pub control: ControlConfig,
     pub sdfs: SdfsConfig,
+    /// Where the cluster's directory goes; `None` is the tests' default (see
+    /// [`crate::dir::TestDir::new`]).
+    pub base_dir: Option<PathBuf>,
 }
 
 impl SdfsOptions {
@@ -92,6 +95,7 @@ impl SdfsOptions {
             membership: test_membership(),
             control: test_control(),
             sdfs: test_sdfs(),
+            base_dir: None,
         }
     }
 }
@@ -124,7 +128,10 @@ impl SdfsCluster {
                 addrs.push(a);
             }
         }
-        let mut cluster = Cluster::new(name, opts.membership.clone())?;
+        let mut cluster = match &opts.base_dir {
+            Some(base) => Cluster::new_in(base, name, opts.membership.clone())?,
+            None => Cluster::new(name, opts.membership.clone())?,
+        };
         let scratch = cluster.dir().join("local");
         std::fs::create_dir_all(&scratch)?;
         let mut specs = Vec::new();
