@@ -262,9 +262,6 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(&rec)?);
     } else {
-        if let Leader::Elected(l) = leader {
-            println!("control-plane leader: {l}");
-        }
         println!(
             "{} agents up (preset {}, introducer {}){}; logs and pids in {}",
             rec.agents.len(),
@@ -289,6 +286,9 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
             })
             .collect();
         print!("{}", render_table(&["PORT", "PID", "NODE ID"], &rows));
+        if let Leader::Elected(l) = leader {
+            println!("control-plane leader: {l}");
+        }
     }
     Ok(())
 }

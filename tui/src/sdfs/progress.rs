@@ -13,6 +13,9 @@ pub const MANY_FILES: u64 = 2;
 const BYTES_TEMPLATE: &str =
     "{msg:>10} [{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}";
 const FILES_TEMPLATE: &str = "{msg:>10} [{bar:40}] {pos}/{len} files, {elapsed}";
+const WAIT_TEMPLATE: &str = "{msg:>10} {spinner} {binary_total_bytes} sent; the replicas store it and the leader commits ({elapsed})";
+/// Redraw period of the spinner while nothing moves.
+const SPINNER_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A bar created at the first report that deserves one.
 pub struct Bar {
@@ -48,11 +51,16 @@ impl Bar {
         let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         if *phase != Some(p.phase) {
             *phase = Some(p.phase);
-            let template = if p.phase == Phase::Files {
-                FILES_TEMPLATE
-            } else {
-                BYTES_TEMPLATE
+            let template = match p.phase {
+                Phase::Files => FILES_TEMPLATE,
+                Phase::Committing => WAIT_TEMPLATE,
+                _ => BYTES_TEMPLATE,
             };
+            if p.phase == Phase::Committing {
+                bar.enable_steady_tick(SPINNER_TICK);
+            } else {
+                bar.disable_steady_tick();
+            }
             if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style.progress_chars("=> "));
             }

@@ -201,8 +201,9 @@ pub fn store_table(node: SocketAddr, held: &[Holding]) -> String {
         .map(|h| vec![h.name.clone(), h.version.to_string(), size(h.size)])
         .collect();
     format!(
-        "{node} stores {} versions, {}\n{}",
+        "{node} stores {} version{}, {}\n{}",
         held.len(),
+        if held.len() == 1 { "" } else { "s" },
         size(held.iter().map(|h| h.size).sum()),
         render_table(&["NAME", "VERSION", "SIZE"], &rows)
     )
