@@ -1,0 +1,223 @@
+//! Three real agents (TCP and UDP on 127.0.0.1) running the control plane:
+//! election, a write visible on every voter, failover after the leader
+//! stops, and a minority that cannot commit. Every wait polls a condition
+//! against a deadline.
+
+use dml_agent::agent::Agent;
+use dml_shared::api::Response;
+use dml_shared::config::{Config, Preset};
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Longest wait for the cluster to settle after a change.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// A port free for both TCP and UDP right now.
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "dml-control-{tag}-{}-{}",
+            std::process::id(),
+            dml_agent::membership::driver::unix_ms()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
+    let mut c = Config::preset(Preset::Local);
+    c.bind = addr;
+    c.introducers = vec![all[0]];
+    c.nodes = all.to_vec();
+    c.control.voters = all.to_vec();
+    // One durable copy suffices here: this test is about Raft, not replication.
+    c.sdfs.write_quorum = 1;
+    c.data_dir = dir.0.join(addr.port().to_string());
+    c.validate().unwrap();
+    c
+}
+
+async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader every given agent agrees on.
+async fn agreed_leader(agents: &[&Agent]) -> SocketAddr {
+    poll("a leader all agree on", async || {
+        let mut seen = None;
+        for a in agents {
+            let l = a.control().leader_info().await.leader?;
+            if seen.is_some_and(|s| s != l) {
+                return None;
+            }
+            seen = Some(l);
+        }
+        seen.filter(|l| agents.iter().any(|a| a.id.addr == *l))
+    })
+    .await
+}
+
+fn live(agents: &[Option<Agent>]) -> Vec<&Agent> {
+    agents.iter().flatten().collect()
+}
+
+async fn put(agent: &Agent, name: &str, holders: &[SocketAddr]) -> Result<u64, String> {
+    let begin = MetaRequest::BeginPut {
+        name: name.into(),
+        size: 3,
+    };
+    let version = match agent.control().meta(begin).await {
+        Response::Meta(MetaResponse::PutPlan { version, chain, .. }) => {
+            assert!(!chain.is_empty());
+            version
+        }
+        Response::Error(e) => return Err(e),
+        other => panic!("BeginPut: {other:?}"),
+    };
+    let commit = MetaRequest::CommitPut {
+        name: name.into(),
+        version,
+        checksum: [9; 32],
+        holders: holders.to_vec(),
+    };
+    match agent.control().meta(commit).await {
+        Response::Meta(MetaResponse::Committed { version }) => Ok(version),
+        Response::Error(e) => Err(e),
+        other => panic!("CommitPut: {other:?}"),
+    }
+}
+
+fn committed_version(agent: &Agent, name: &str) -> Option<u64> {
+    agent
+        .control()
+        .with_state(|s| s.stat(name).map(|f| f.versions.last().unwrap().version))
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
+    let dir = TempDir::new("raft");
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+        .collect();
+    let mut agents = Vec::new();
+    for a in &addrs {
+        agents.push(Some(
+            Agent::start(&config(*a, &addrs, &dir), true).await.unwrap(),
+        ));
+    }
+
+    // Election.
+    let leader = agreed_leader(&live(&agents)).await;
+
+    // A write through a follower is forwarded, committed and applied everywhere.
+    let follower = live(&agents)
+        .into_iter()
+        .find(|a| a.id.addr != leader)
+        .unwrap();
+    assert_eq!(put(follower, "a", &addrs).await, Ok(1));
+    assert_eq!(put(follower, "a", &addrs).await, Ok(2));
+    poll("version 2 of a on every voter", async || {
+        live(&agents)
+            .iter()
+            .all(|a| committed_version(a, "a") == Some(2))
+            .then_some(())
+    })
+    .await;
+    match follower
+        .control()
+        .meta(MetaRequest::Stat {
+            name: "nope".into(),
+        })
+        .await
+    {
+        Response::Error(e) => assert!(e.contains("no such SDFS file \"nope\""), "{e}"),
+        other => panic!("stat of a missing file: {other:?}"),
+    }
+
+    // Failover: stop the leader; the other two elect a new one and keep writing.
+    let idx = addrs.iter().position(|a| *a == leader).unwrap();
+    agents[idx].take().unwrap().shutdown().await;
+    let new_leader = agreed_leader(&live(&agents)).await;
+    assert_ne!(new_leader, leader);
+    let writer = live(&agents)[0];
+    assert_eq!(put(writer, "b", &addrs).await, Ok(1));
+    poll("b on both survivors", async || {
+        live(&agents)
+            .iter()
+            .all(|a| committed_version(a, "b") == Some(1))
+            .then_some(())
+    })
+    .await;
+
+    // Minority: one voter of three left. Nothing can commit, nothing is applied.
+    let idx = addrs.iter().position(|a| *a == new_leader).unwrap();
+    agents[idx].take().unwrap().shutdown().await;
+    let last = live(&agents)[0];
+    let applied_before = last.control().leader_info().await.last_applied;
+    let started = Instant::now();
+    let err = put(last, "c", &addrs).await.unwrap_err();
+    assert!(
+        err.contains("majority") || err.contains("leader"),
+        "unexpected error: {err}"
+    );
+    assert!(started.elapsed() < SETTLE, "the refusal took too long");
+    assert_eq!(
+        last.control().with_state(|s| s.version("c", 1).cloned()),
+        Some(None)
+    );
+    assert_eq!(committed_version(last, "b"), Some(1));
+    assert_eq!(
+        last.control().leader_info().await.last_applied,
+        applied_before
+    );
+
+    for a in agents.into_iter().flatten() {
+        a.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn without_voters_metadata_requests_fail_clearly() {
+    let dir = TempDir::new("none");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut c = Config::preset(Preset::Local);
+    c.bind = addr;
+    c.data_dir = dir.0.clone();
+    let agent = Agent::start(&c, true).await.unwrap();
+    match agent.control().meta(MetaRequest::Count).await {
+        Response::Error(e) => assert!(e.contains("no voters are configured"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(agent.control().leader_info().await.leader, None);
+    agent.shutdown().await;
+}
