@@ -13,9 +13,11 @@ dml="${CARGO_TARGET_DIR:-target}/debug/dml"
 
 if [[ -t 0 && -t 1 ]]; then
   "$dml" || true
-  echo "The cluster is still running: '$dml local status' to inspect it, '$dml local down' to stop it."
+  echo "The cluster is still running: '$dml local status' to inspect it, '$dml put FILE NAME' to store"
+  echo "a file in SDFS, '$dml local down' to stop it."
 else
   # No terminal for the console: show the cluster once instead.
   "$dml" local status
   "$dml" members
+  "$dml" leader
 fi
