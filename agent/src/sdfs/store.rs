@@ -475,3 +475,200 @@ mod hex_checksum {
             .map_err(D::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sdfs::tests::{TestDir, checksum, pattern};
+
+    fn agent() -> SocketAddr {
+        "127.0.0.1:7001".parse().unwrap()
+    }
+
+    fn put(s: &Store, name: &str, v: u64, data: &[u8]) -> Result<ObjectMeta, SdfsError> {
+        let mut t = s.begin(name, v, data.len() as u64, checksum(data))?;
+        for c in data.chunks(1000) {
+            t.write(c)?;
+        }
+        t.finish()
+    }
+
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn a_write_is_verified_renamed_into_place_and_found_after_a_restart() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let data = pattern(1, 10_000);
+        let m = put(&s, "a/b.txt", 3, &data).unwrap();
+        assert_eq!((m.size, m.checksum), (10_000, checksum(&data)));
+        assert_eq!(fs::read(s.path_of("a/b.txt", 3)).unwrap(), data);
+        assert!(
+            s.path_of("a/b.txt", 3)
+                .starts_with(dir.path().join("sdfs/objects"))
+        );
+        assert_eq!(count(s.tmp_dir()), 0);
+        assert_eq!(s.totals(), (1, 10_000));
+        drop(s);
+
+        let s = Store::open(dir.path(), agent()).unwrap();
+        assert_eq!(s.get("a/b.txt", 3), Some(m.clone()));
+        assert_eq!(s.verify(&m, 4096, |_| {}).unwrap(), Verdict::Intact);
+        let (meta, _) = s.open_read("a/b.txt", 3).unwrap();
+        assert_eq!(meta, m);
+        assert!(s.remove("a/b.txt", 3).unwrap());
+        assert!(matches!(
+            s.open_read("a/b.txt", 3),
+            Err(SdfsError::NotStored { .. })
+        ));
+        assert_eq!(count(&dir.path().join("sdfs/objects")), 0);
+    }
+
+    #[test]
+    fn a_checksum_or_size_mismatch_leaves_nothing_behind() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let data = pattern(2, 5000);
+        let mut bad = checksum(&data);
+        bad[31] ^= 1;
+        let mut t = s.begin("x", 1, 5000, bad).unwrap();
+        t.write(&data).unwrap();
+        assert!(matches!(
+            t.finish(),
+            Err(SdfsError::ChecksumMismatch { .. })
+        ));
+
+        let mut t = s.begin("x", 1, 5000, checksum(&data)).unwrap();
+        t.write(&data[..4000]).unwrap();
+        let e = t.finish().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("5000 bytes announced, 4000 received"),
+            "{e}"
+        );
+
+        let mut t = s.begin("x", 1, 10, checksum(&data)).unwrap();
+        assert!(matches!(
+            t.write(&data),
+            Err(SdfsError::SizeMismatch { .. })
+        ));
+        drop(t);
+
+        // Abandoned half way (the upstream went away).
+        let mut t = s.begin("x", 1, 5000, checksum(&data)).unwrap();
+        t.write(&data[..100]).unwrap();
+        drop(t);
+
+        assert_eq!(count(s.tmp_dir()), 0);
+        assert_eq!(count(&dir.path().join("sdfs/objects")), 0);
+        assert!(s.holdings().is_empty());
+    }
+
+    #[test]
+    fn bad_names_are_refused_and_none_escapes_the_store() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        for bad in ["../escape", "/abs", "a/../../b", ""] {
+            assert!(matches!(
+                s.begin(bad, 1, 0, checksum(b"")),
+                Err(SdfsError::BadName(_))
+            ));
+        }
+        // Valid but hostile-looking names stay inside objects/.
+        for name in [".hidden", "..x", "a/b/c", "%2F..%2F", &"n".repeat(1024)] {
+            put(&s, name, 1, b"hi").unwrap();
+            assert_eq!(
+                s.path_of(name, 1).parent(),
+                Some(&*dir.path().join("sdfs/objects"))
+            );
+        }
+        assert_eq!(s.holdings().len(), 5);
+        assert!(fs::read_dir(dir.path()).unwrap().count() == 1); // only sdfs/
+    }
+
+    #[test]
+    fn stale_temp_files_are_swept_and_leftovers_cleared_at_open() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        fs::write(s.tmp_dir().join("old.part"), b"x").unwrap();
+        assert_eq!(s.sweep_tmp(Duration::from_secs(3600)), 0);
+        assert_eq!(s.sweep_tmp(Duration::ZERO), 1);
+        fs::write(s.tmp_dir().join("crash.part"), b"x").unwrap();
+        // A sidecar whose data never arrived (crash between the two renames).
+        put(&s, "k", 1, b"abc").unwrap();
+        fs::remove_file(s.path_of("k", 1)).unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), agent()).unwrap();
+        assert_eq!(count(s.tmp_dir()), 0);
+        assert!(s.holdings().is_empty());
+        assert_eq!(count(&dir.path().join("sdfs/objects")), 0);
+    }
+
+    #[test]
+    fn verify_tells_corrupt_and_missing_copies() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let m = put(&s, "v", 1, &pattern(3, 3000)).unwrap();
+        let mut b = fs::read(s.path_of("v", 1)).unwrap();
+        b[1500] ^= 1;
+        fs::write(s.path_of("v", 1), &b).unwrap();
+        assert_eq!(s.verify(&m, 1024, |_| {}).unwrap(), Verdict::Corrupt);
+        fs::write(s.path_of("v", 1), &b[..10]).unwrap();
+        assert_eq!(s.verify(&m, 1024, |_| {}).unwrap(), Verdict::Corrupt);
+        fs::remove_file(s.path_of("v", 1)).unwrap();
+        assert_eq!(s.verify(&m, 1024, |_| {}).unwrap(), Verdict::Missing);
+    }
+
+    fn disk_full_error_names_the_agent(e: SdfsError) {
+        assert!(matches!(e, SdfsError::DiskFull { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("disk full on agent 127.0.0.1:7001"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_failing_write_reports_disk_full_and_leaves_no_temp_file() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        s.set_write_limit(Some(2500));
+        disk_full_error_names_the_agent(put(&s, "big", 1, &pattern(4, 5000)).unwrap_err());
+        assert_eq!(count(s.tmp_dir()), 0);
+        s.set_write_limit(None);
+        put(&s, "big", 1, &pattern(4, 5000)).unwrap();
+    }
+
+    /// Unmounts on drop, even when an assertion fails.
+    struct Mount<'a>(&'a Path);
+
+    impl Drop for Mount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+
+    /// The real thing, where the machine lets us mount a 1 MiB tmpfs (root).
+    #[test]
+    fn a_real_full_file_system_reports_disk_full() {
+        let dir = TestDir::new("tmpfs");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here; the injected failure test covers this");
+            return;
+        }
+        let _mount = Mount(dir.path());
+        let s = Store::open(dir.path(), agent()).unwrap();
+        disk_full_error_names_the_agent(put(&s, "big", 1, &pattern(5, 3 << 20)).unwrap_err());
+        assert_eq!(count(s.tmp_dir()), 0);
+        put(&s, "small", 1, b"fits").unwrap();
+        eprintln!("checked on a real 1 MiB tmpfs");
+    }
+}

@@ -434,11 +434,18 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
 }
 
 #[tokio::test]
-async fn reading_a_missing_version_says_it_is_not_stored_here() {
+async fn a_missing_version_or_a_bad_name_gets_a_clear_error() {
     let meta = Arc::new(FakeMeta::default());
     let ns = nodes(1, &meta).await;
     let e = get(ns[0].addr, "nothing", 1).await.unwrap_err();
     assert!(e.contains("not stored here"), "{e}");
+    // A bad name is refused after the stream is drained; the connection stays usable.
+    let data = pattern(7, 100_000);
+    match put(ns[0].addr, "../x", 1, &data, checksum(&data), vec![]).await {
+        Response::Error(e) => assert!(e.contains("bad SDFS name"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(tmp_files(&ns[0]), 0);
     for n in ns {
         n.stop().await;
     }
