@@ -710,6 +710,7 @@ impl Sdfs {
         progress: ProgressFn<'_>,
     ) -> Result<GetReport> {
         let start = Instant::now();
+        check_target(local)?;
         let mut tried = Vec::new();
         for addr in nearest_first(&v.replicas, self.agent) {
             match self.fetch_from(addr, name, v, local, progress).await {
@@ -914,6 +915,28 @@ fn write_merged(out: &Path, sections: &[(String, PathBuf)]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A local file can be written at `path`: its directory exists and it is not
+/// itself a directory.
+fn check_target(path: &Path) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::LocalFile {
+            path: path.display().to_string(),
+            reason: std::io::Error::other(reason.to_string()),
+        })
+    };
+    if path.is_dir() {
+        return bad("is a directory");
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return bad("its directory does not exist");
+    }
+    Ok(())
 }
 
 /// Size of a local regular file, or a clear error naming it.
@@ -1281,6 +1304,17 @@ mod tests {
             merge_header("a/b", 7, 12),
             "===== a/b version 7 (12 bytes) =====\n"
         );
+    }
+
+    #[test]
+    fn a_target_needs_an_existing_directory() {
+        let dir = std::env::temp_dir();
+        check_target(&dir.join("new-file")).unwrap();
+        let e = check_target(&dir).unwrap_err().to_string();
+        assert!(e.ends_with("is a directory"), "{e}");
+        let e = check_target(&dir.join("no-such-dir-xyz/f")).unwrap_err();
+        assert!(e.to_string().contains("no-such-dir-xyz/f"), "{e}");
+        check_target(Path::new("relative-file")).unwrap();
     }
 
     #[test]
