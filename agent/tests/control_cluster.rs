@@ -206,6 +206,40 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_voter_keeps_its_state_and_the_log_stays_bounded() {
+    let dir = TempDir::new("snap");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut c = config(addr, &[addr], &dir);
+    c.control.snapshot_every = 5;
+    let agent = Agent::start(&c, true).await.unwrap();
+    agreed_leader(&[&agent]).await;
+    for i in 0..12 {
+        assert_eq!(put(&agent, &format!("f{i}"), &[addr]).await, Ok(1));
+    }
+    // 24 entries and more: several snapshots, the log purged behind them.
+    let status = poll("a snapshot and a purge", async || {
+        let s = agent.control().log_status()?;
+        (s.snapshot? >= 20 && s.purged.is_some()).then_some(s)
+    })
+    .await;
+    let kept = status.last_log_index.unwrap() - status.purged.unwrap();
+    assert!(kept <= 2 * 5 + 2, "{kept} entries kept: {status:?}");
+    let before = agent.control().with_state(|s| s.count()).unwrap();
+    agent.shutdown().await;
+
+    let agent = Agent::start(&c, true).await.unwrap();
+    agreed_leader(&[&agent]).await;
+    poll("the state back after a restart", async || {
+        (agent.control().with_state(|s| s.count()) == Some(before)).then_some(())
+    })
+    .await;
+    assert_eq!(before, (12, 12, 36));
+    // Version numbers continue where they were.
+    assert_eq!(put(&agent, "f0", &[addr]).await, Ok(2));
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn without_voters_metadata_requests_fail_clearly() {
     let dir = TempDir::new("none");

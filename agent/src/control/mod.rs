@@ -42,6 +42,8 @@ use types::{TypeConfig, voter_id};
 
 /// Largest snapshot segment sent in one Raft RPC, well under the frame limit.
 const SNAPSHOT_CHUNK: u64 = 1 << 20;
+/// Longest wait at shutdown for openraft's tasks to release the database.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the control plane needs from the agent's config.
 #[derive(Clone, Debug)]
@@ -127,6 +129,18 @@ impl ControlHandle {
         }
     }
 
+    /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
+    pub fn log_status(&self) -> Option<LogStatus> {
+        let raft = self.inner.as_ref()?.raft.as_ref()?;
+        let m = raft.metrics().borrow().clone();
+        Some(LogStatus {
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+        })
+    }
+
     /// The applied metadata on this voter (tests and diagnostics).
     pub fn with_state<T>(&self, f: impl FnOnce(&state::MetaState) -> T) -> Option<T> {
         let sm = self.inner.as_ref()?.sm.as_ref()?;
@@ -134,11 +148,23 @@ impl ControlHandle {
     }
 }
 
+/// Where a voter's log stands: entries after `purged` up to `last_log_index`
+/// are stored; `snapshot` covers everything up to its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStatus {
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+}
+
 /// The running control plane; [`ControlPlane::shutdown`] stops it.
 pub struct ControlPlane {
     handle: ControlHandle,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The store, closed last at shutdown (voters only).
+    db: Option<Arc<redb::Database>>,
 }
 
 impl ControlPlane {
@@ -156,13 +182,14 @@ impl ControlPlane {
                 handle: ControlHandle::default(),
                 stop,
                 tasks: Vec::new(),
+                db: None,
             });
         }
-        let (raft, sm) = if settings.is_voter() {
-            let (raft, sm) = start_raft(&settings, data_dir).await?;
-            (Some(raft), Some(sm))
+        let (raft, sm, db) = if settings.is_voter() {
+            let (raft, sm, db) = start_raft(&settings, data_dir).await?;
+            (Some(raft), Some(sm), Some(db))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let inner = Arc::new(Inner {
             s: settings,
@@ -179,6 +206,7 @@ impl ControlPlane {
             handle: ControlHandle { inner: Some(inner) },
             stop,
             tasks,
+            db,
         })
     }
 
@@ -197,14 +225,27 @@ impl ControlPlane {
         {
             tracing::warn!(error = %e, "Raft node did not stop cleanly");
         }
+        // openraft does not join its state-machine task: wait until ours is
+        // the last reference, then close the database here, so a restart in
+        // this process finds the file unlocked.
+        if let Some(db) = self.db {
+            let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+            while Arc::strong_count(&db) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if Arc::strong_count(&db) > 1 {
+                tracing::warn!("the control-plane store is still in use after shutdown");
+            }
+            let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+        }
     }
 }
 
-async fn start_raft(
-    s: &Settings,
-    data_dir: &std::path::Path,
-) -> Result<(Raft<TypeConfig>, SharedSm), ControlError> {
+type Started = (Raft<TypeConfig>, SharedSm, Arc<redb::Database>);
+
+async fn start_raft(s: &Settings, data_dir: &std::path::Path) -> Result<Started, ControlError> {
     let (log, sm_store, sm) = store::open(&data_dir.join("control"))?;
+    let db = log.database();
     let c = &s.control;
     let ms = |d: Duration| d.as_millis() as u64;
     let raft_cfg = openraft::Config {
@@ -230,7 +271,7 @@ async fn start_raft(
     if s.voters.first() == Some(&s.me) {
         initialize(&raft, &s.voters).await;
     }
-    Ok((raft, sm))
+    Ok((raft, sm, db))
 }
 
 /// The first voter creates the cluster when its log is empty.

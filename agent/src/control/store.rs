@@ -162,6 +162,13 @@ pub struct LogStore {
     db: Arc<Database>,
 }
 
+impl LogStore {
+    /// The database, so its owner can close it last at shutdown.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -282,7 +289,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StoreError> {
-        let (db, bytes) = (self.db.clone(), encode(&Some(log_id))?);
+        let (db, bytes) = (self.db.clone(), encode(&log_id)?);
         blocking(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
