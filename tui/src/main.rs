@@ -54,7 +54,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 /// Prints the error (also as JSON on stdout under `--json`) and picks the exit code.
 fn fail(json: bool, e: &anyhow::Error) -> ExitCode {
     let msg = error_message(e);
-    if json {
+    // A bulk command's JSON report already carries its failure.
+    if json && e.downcast_ref::<sdfs::PartialFailure>().is_none() {
         println!("{}", serde_json::json!({ "error": msg }));
     }
     eprintln!("error: {msg}");

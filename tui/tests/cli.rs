@@ -174,3 +174,37 @@ fn sdfs_commands_fail_cleanly_when_no_agent_listens() {
 fn store_with_a_bad_node_address_quotes_it() {
     fails_with(&["store", "--node", "nowhere"], "\"nowhere\"");
 }
+
+#[test]
+fn a_load_that_fails_reports_every_file_in_one_json_document() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    let dir = std::env::temp_dir().join(format!("dml-cli-load-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), b"a").unwrap();
+    std::fs::write(dir.join("sub/b.txt"), b"b").unwrap();
+    let out = dml(&[
+        "--json",
+        "--agent",
+        &agent,
+        "sdfs",
+        "load",
+        dir.to_str().unwrap(),
+        "p",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(v["failed"], 2);
+    assert_eq!(v["error"], "2 of 2 files failed");
+    assert_eq!(v["files"][1]["name"], "p/sub/b.txt");
+    assert!(
+        v["files"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach agent")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    fails_with(
+        &["--agent", &agent, "sdfs", "load", "/nonexistent/dir"],
+        "local file \"/nonexistent/dir\"",
+    );
+}

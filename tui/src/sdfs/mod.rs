@@ -47,9 +47,32 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
         println!();
     }
     match out.failed {
-        Some(msg) => bail!(msg),
+        Some(msg) => Err(PartialFailure(msg).into()),
         None => Ok(()),
     }
+}
+
+/// Some files of a bulk command failed; the report (with an `"error"` key
+/// under `--json`) is already printed, so only the exit code and stderr remain.
+#[derive(Debug)]
+pub struct PartialFailure(pub String);
+
+impl std::fmt::Display for PartialFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PartialFailure {}
+
+/// The JSON report with the failure added, or the text report as is.
+fn with_failure(mut out: Output, json: bool, msg: String) -> Output {
+    if json && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&out.text) {
+        v["error"] = serde_json::Value::String(msg.clone());
+        out.text = v.to_string();
+    }
+    out.failed = Some(msg);
+    out
 }
 
 /// What a command prints, and whether it failed in part (after printing).
@@ -145,13 +168,18 @@ async fn execute(
         Command::GetAll { glob, localdir } => {
             let r = sdfs.get_all(glob, localdir, progress).await?;
             let failed = r.items.iter().filter(|(_, r)| r.is_err()).count();
-            let mut out = pick(report::get_all_json(&r), report::get_all_text(&r));
+            let out = pick(report::get_all_json(&r), report::get_all_text(&r));
             if failed > 0 {
-                out.failed = Some(format!("{failed} of {} files failed", r.items.len()));
+                with_failure(
+                    out,
+                    json,
+                    format!("{failed} of {} files failed", r.items.len()),
+                )
             } else if r.items.is_empty() {
-                out.failed = Some(format!("no SDFS file matches \"{glob}\""));
+                with_failure(out, json, format!("no SDFS file matches \"{glob}\""))
+            } else {
+                out
             }
-            out
         }
         Command::Sdfs(SdfsCommand::Files) => {
             let f = sdfs.files().await?;
@@ -167,11 +195,13 @@ async fn execute(
         }
         Command::Sdfs(SdfsCommand::Load { localdir, prefix }) => {
             let r = sdfs.load(localdir, prefix, progress).await?;
-            let mut out = pick(report::load_json(&r), report::load_text(&r));
+            let out = pick(report::load_json(&r), report::load_text(&r));
             if r.failed() > 0 {
-                out.failed = Some(format!("{} of {} files failed", r.failed(), r.items.len()));
+                let msg = format!("{} of {} files failed", r.failed(), r.items.len());
+                with_failure(out, json, msg)
+            } else {
+                out
             }
-            out
         }
         other => bail!("{other:?} is not an SDFS command"),
     };
