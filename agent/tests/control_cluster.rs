@@ -135,6 +135,11 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
             Agent::start(&config(*a, &addrs, &dir), true).await.unwrap(),
         ));
     }
+    // A fourth agent that does not vote: it forwards.
+    let outsider_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut oc = config(outsider_addr, &addrs, &dir);
+    oc.nodes.push(outsider_addr);
+    let outsider = Agent::start(&oc, true).await.unwrap();
 
     // Election.
     let leader = agreed_leader(&live(&agents)).await;
@@ -145,7 +150,14 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
         .find(|a| a.id.addr != leader)
         .unwrap();
     assert_eq!(put(follower, "a", &addrs).await, Ok(1));
-    assert_eq!(put(follower, "a", &addrs).await, Ok(2));
+    let info = poll("the outsider to know the leader", async || {
+        let i = outsider.control().leader_info().await;
+        i.leader.is_some().then_some(i)
+    })
+    .await;
+    assert_eq!((info.leader, info.is_voter), (Some(leader), false));
+    assert_eq!(info.voters, addrs);
+    assert_eq!(put(&outsider, "a", &addrs).await, Ok(2));
     poll("version 2 of a on every voter", async || {
         live(&agents)
             .iter()
@@ -204,6 +216,7 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
     for a in agents.into_iter().flatten() {
         a.shutdown().await;
     }
+    outsider.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
