@@ -192,7 +192,9 @@ async fn leader_killed_during_puts_keeps_every_acknowledged_put_and_shows_no_fai
     // The newest is what `dml get` returns.
     let last = attempts.iter().rev().find(|a| a.outcome.is_ok()).unwrap();
     c.must_get(3, name, &last.bytes).await.unwrap();
-    // And a failed put leaves no space behind once its timeout has passed.
+    // And a failed put leaves no space behind once its timeout has passed, the killed
+    // leader's disk included once it is back.
+    c.restart(leader).await.unwrap();
     let bound = c.opts.sdfs.put_timeout + RECONCILE_BOUND;
     wait_until("failed puts' copies to go", bound, SDFS_POLL, async || {
         for a in &failed {
