@@ -15,12 +15,15 @@ use tokio::time::Instant;
 /// Longest wait for the cluster to settle after a change.
 const SETTLE: Duration = Duration::from_secs(20);
 
-/// A port free for both TCP and UDP right now.
+/// A port free for both TCP and UDP right now, never the same twice in this process.
 fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

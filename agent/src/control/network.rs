@@ -208,3 +208,48 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::types::{Command, Op};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    fn round_trip<T: Serialize + for<'a> Deserialize<'a> + std::fmt::Debug>(v: &T) -> String {
+        let bytes = postcard::to_allocvec(v).unwrap();
+        let back: T = postcard::from_bytes(&bytes).unwrap();
+        format!("{back:?}")
+    }
+
+    #[test]
+    fn raft_rpcs_and_replies_round_trip_through_postcard() {
+        let log_id = LogId::new(CommittedLeaderId::new(3, 7), 42);
+        let entry = Entry::<TypeConfig> {
+            log_id,
+            payload: EntryPayload::Normal(Command {
+                now_ms: 5,
+                op: Op::Delete { name: "x".into() },
+            }),
+        };
+        let rpcs = [
+            RaftRpc::Append(AppendEntriesRequest {
+                vote: Vote::new_committed(3, 7),
+                prev_log_id: Some(log_id),
+                entries: vec![entry],
+                leader_commit: None,
+            }),
+            RaftRpc::Vote(VoteRequest::new(Vote::new(4, 9), Some(log_id))),
+        ];
+        for r in &rpcs {
+            assert_eq!(round_trip(r), format!("{r:?}"));
+        }
+        let replies = [
+            RaftReply::Append(AppendEntriesResponse::Success),
+            RaftReply::Vote(VoteResponse::new(Vote::new(4, 9), None, true)),
+            RaftReply::Failed("stopped".into()),
+        ];
+        for r in &replies {
+            assert_eq!(round_trip(r), format!("{r:?}"));
+        }
+    }
+}
