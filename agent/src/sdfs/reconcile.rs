@@ -57,7 +57,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
     let put_timeout = ctx.cfg.put_timeout;
     let swept = tokio::task::spawn_blocking(move || {
         let n = store.sweep_tmp(put_timeout);
-        store.rescan().map(|()| n)
+        store.rescan(false).map(|()| n)
     })
     .await
     .map_err(|e| e.to_string())?

@@ -87,7 +87,7 @@ impl Store {
         }
         // Nothing can be in flight before the store is opened.
         store.sweep_tmp(Duration::ZERO);
-        store.rescan()?;
+        store.rescan(true)?;
         Ok(store)
     }
 
@@ -126,9 +126,14 @@ impl Store {
         }
     }
 
-    /// Rebuilds the index from the disk: drops sidecars whose data is gone
-    /// and data files without a sidecar.
-    pub fn rescan(&self) -> Result<(), SdfsError> {
+    /// Brings the index in line with the disk (files removed or restored by
+    /// hand). At open (`cleanup`), nothing else runs: sidecars whose data is
+    /// gone (a crash between the two renames), unreadable sidecars and data
+    /// files without a sidecar are deleted. Later passes run beside writes, so
+    /// they only delete a data file whose sidecar is still missing when
+    /// re-checked (a write renames the sidecar first), and index an entry
+    /// only if its data is still there under the index lock.
+    pub fn rescan(&self, cleanup: bool) -> Result<(), SdfsError> {
         let dir = &self.inner.objects;
         let entries = fs::read_dir(dir).map_err(|e| self.io("list", dir, e))?;
         let mut files = std::collections::BTreeSet::new();
@@ -137,32 +142,44 @@ impl Store {
                 files.insert(f);
             }
         }
-        let mut index = BTreeMap::new();
+        let mut found = Vec::new();
         for f in files.iter().filter(|f| f.ends_with(META_SUFFIX)) {
             let path = dir.join(f);
             let data = &f[..f.len() - META_SUFFIX.len()];
             let meta = fs::read(&path)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<ObjectMeta>(&b).ok());
+                .and_then(|b| serde_json::from_slice::<ObjectMeta>(&b).ok())
+                .filter(|m| object_file(&m.name, m.version) == data);
             match meta {
-                Some(m) if object_file(&m.name, m.version) == data && files.contains(data) => {
-                    index.insert((m.name.clone(), m.version), m);
-                }
-                Some(m) if object_file(&m.name, m.version) == data => {
+                Some(m) if files.contains(data) => found.push(m),
+                Some(m) if cleanup => {
                     tracing::warn!(name = %m.name, version = m.version, "SDFS: dropping a sidecar whose data is gone");
                     let _ = fs::remove_file(&path);
                 }
-                _ => tracing::warn!(file = %path.display(), "SDFS: ignoring an unreadable sidecar"),
+                None if cleanup => {
+                    tracing::warn!(file = %path.display(), "SDFS: removing an unreadable sidecar and its data");
+                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(dir.join(data));
+                }
+                _ => {}
             }
         }
         for f in files.iter().filter(|f| !f.ends_with(META_SUFFIX)) {
-            let known = files.contains(&format!("{f}{META_SUFFIX}"));
-            if !known {
+            let sidecar = dir.join(format!("{f}{META_SUFFIX}"));
+            if !files.contains(&format!("{f}{META_SUFFIX}")) && !sidecar.exists() {
                 tracing::warn!(file = %f, "SDFS: removing a data file without its sidecar");
                 let _ = fs::remove_file(dir.join(f));
             }
         }
-        *self.index() = index;
+        let mut index = self.index();
+        // A sidecar without its data stays indexed: scrub sees it missing
+        // and fetches it again.
+        index.retain(|(name, version), _| self.meta_path(name, *version).exists());
+        for m in found {
+            if self.data_path(&m.name, m.version).exists() {
+                index.insert((m.name.clone(), m.version), m);
+            }
+        }
         Ok(())
     }
 
@@ -249,7 +266,9 @@ impl Store {
     /// Deletes a stored version (data first, so a crash leaves at most a
     /// sidecar, dropped at the next start). Returns whether it was stored.
     pub fn remove(&self, name: &str, version: u64) -> Result<bool, SdfsError> {
-        let was = self.index().remove(&(name.to_string(), version)).is_some();
+        // Under the lock, so a concurrent rescan cannot index it again.
+        let mut index = self.index();
+        let was = index.remove(&(name.to_string(), version)).is_some();
         for path in [self.data_path(name, version), self.meta_path(name, version)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -619,6 +638,16 @@ mod tests {
         assert_eq!(s.verify(&m, 1024, |_| {}).unwrap(), Verdict::Corrupt);
         fs::remove_file(s.path_of("v", 1)).unwrap();
         assert_eq!(s.verify(&m, 1024, |_| {}).unwrap(), Verdict::Missing);
+        // A periodic rescan keeps it indexed so scrub can fetch it again...
+        s.rescan(false).unwrap();
+        assert_eq!(s.get("v", 1), Some(m.clone()));
+        // ...and forgets it once the sidecar is gone too.
+        s.remove("v", 1).unwrap();
+        put(&s, "w", 1, b"w").unwrap();
+        fs::remove_file(s.path_of("w", 1)).unwrap();
+        fs::remove_file(dir.path().join("sdfs/objects/w.v1.meta")).unwrap();
+        s.rescan(false).unwrap();
+        assert!(s.holdings().is_empty());
     }
 
     fn disk_full_error_names_the_agent(e: SdfsError) {

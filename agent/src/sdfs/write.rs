@@ -67,10 +67,10 @@ pub async fn serve_write(
         if frame.is_empty() {
             break;
         }
-        received += frame.len() as u64;
         let Some(writer) = &local else {
             continue; // draining after a failure
         };
+        received += frame.len() as u64;
         let chunk: Chunk = Arc::new(frame);
         if let Some(f) = &mut fwd {
             f.send(chunk.clone()).await;
