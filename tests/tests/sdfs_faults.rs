@@ -175,7 +175,10 @@ async fn leader_killed_during_puts_keeps_every_acknowledged_put_and_shows_no_fai
         acked_versions.windows(2).all(|w| w[0] < w[1]),
         "sequential puts got increasing versions: {acked_versions:?}"
     );
-    // Nothing else became visible: a failed put's bytes are in no committed version.
+    // Nothing else became visible: a failed put's bytes are in no committed version. (A
+    // commit that reached a majority just before the leader died is visible; the client
+    // must then learn of it, by retrying the idempotent commit through the new leader or
+    // asking for the version, instead of reporting a failure.)
     for a in &failed {
         let sum = *blake3::hash(&a.bytes).as_bytes();
         assert!(

@@ -18,7 +18,7 @@ pub mod partition;
 use crate::agent::{Agent, AgentSpec};
 use crate::cluster::{Cluster, test_membership};
 use crate::dml::DmlOutput;
-use crate::ports::free_local_addr;
+use crate::ports::free_fixed_addr;
 use crate::view::VIEW_POLL;
 use crate::wait::wait_for;
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -123,7 +123,7 @@ impl SdfsCluster {
     pub async fn start_with(name: &str, opts: SdfsOptions) -> Result<Self> {
         let mut addrs: Vec<SocketAddr> = Vec::with_capacity(opts.agents);
         while addrs.len() < opts.agents {
-            let a = free_local_addr()?;
+            let a = free_fixed_addr()?;
             if !addrs.contains(&a) {
                 addrs.push(a);
             }
