@@ -96,6 +96,9 @@ struct MembershipArgs {
     /// Do not run `cargo build` for dml-agent and foca-node first.
     #[arg(long)]
     no_build: bool,
+    /// Run nothing: print the table of a JSON file an earlier run wrote.
+    #[arg(long, value_name = "JSON")]
+    print: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -252,6 +255,17 @@ async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {
 }
 
 async fn membership_bench(a: MembershipArgs) -> Result<()> {
+    if let Some(path) = &a.print {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read \"{}\"", path.display()))?;
+        let doc: report::SavedDocument = serde_json::from_str(&text)
+            .with_context(|| format!("\"{}\" is not a membership bench JSON", path.display()))?;
+        println!("command: {}", doc.command);
+        print!("{}", report::mapping_text(&doc.foca_mapping));
+        println!();
+        print!("{}", report::table(&doc.params, &doc.systems));
+        return Ok(());
+    }
     if a.nodes < 3 {
         bail!("--nodes must be at least 3");
     }

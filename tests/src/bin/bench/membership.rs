@@ -4,14 +4,14 @@
 use crate::loss::LossRule;
 use crate::node::{Kind, Node, System};
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What the bench does, the same for both systems.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Params {
     pub nodes: usize,
     pub kills: usize,
@@ -28,7 +28,7 @@ pub struct Params {
 }
 
 /// One SIGKILL and what the survivors logged.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KillResult {
     pub victim: String,
     /// Seconds from SIGKILL to each survivor's `failed` event, in survivor order; `None` missed.
@@ -44,7 +44,7 @@ pub struct KillResult {
 }
 
 /// Nearest-rank summary of a sample, in seconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub median: Option<f64>,
@@ -75,7 +75,7 @@ impl Summary {
 }
 
 /// Payload traffic per member at rest.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Traffic {
     pub window_s: f64,
     pub sent_per_node_bps: Vec<f64>,
@@ -88,7 +88,7 @@ pub struct Traffic {
 }
 
 /// False positives while one member loses part of what it receives.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LossResult {
     /// Why the loss phase did not run, if it did not.
     pub skipped: Option<String>,
@@ -110,7 +110,7 @@ pub struct LossResult {
 }
 
 /// Everything measured for one system.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SystemReport {
     pub name: String,
     /// Why the system was not measured at all (binary missing, cluster never formed).

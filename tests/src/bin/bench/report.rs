@@ -1,7 +1,7 @@
 //! The side-by-side table and the JSON file.
 
 use crate::membership::{Params, Summary, SystemReport};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Targets from issue 2 (lan preset).
@@ -10,7 +10,7 @@ pub const TARGET_P99_S: f64 = 5.0;
 pub const TARGET_BYTES_PER_S: f64 = 1500.0;
 
 /// One row of the foca parameter mapping.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MappingRow {
     pub ours: String,
     pub foca: String,
@@ -26,6 +26,15 @@ pub struct Document<'a> {
     pub params: &'a Params,
     pub foca_mapping: &'a [MappingRow],
     pub systems: &'a [SystemReport],
+}
+
+/// A [`Document`] read back from disk, to print its table again.
+#[derive(Deserialize)]
+pub struct SavedDocument {
+    pub command: String,
+    pub params: Params,
+    pub foca_mapping: Vec<MappingRow>,
+    pub systems: Vec<SystemReport>,
 }
 
 fn secs(v: Option<f64>) -> String {
