@@ -34,7 +34,7 @@ pub struct SdfsArgs {
     /// Agents in the cluster.
     #[arg(long, default_value_t = 10)]
     agents: usize,
-    /// Smoke run: 1 MiB and 64 MiB only, one repetition each.
+    /// Smoke run: 1 MiB and 64 MiB only, fewer repetitions; JSON to `sdfs-quick.json`.
     #[arg(long)]
     quick: bool,
     /// Keep the agents' data directories after the run.
@@ -257,7 +257,12 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         repair,
     };
     print!("{}", crate::sdfs_report::table(&doc));
-    let json_path = out_dir.join("sdfs.json");
+    // A smoke run does not overwrite the figures of a full one.
+    let json_path = out_dir.join(if a.quick {
+        "sdfs-quick.json"
+    } else {
+        "sdfs.json"
+    });
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
     println!("\nJSON: {}", json_path.display());

@@ -145,6 +145,12 @@ pub fn table(d: &Document) -> String {
         out,
         "targets: put ≤ {TARGET_PUT_RATIO}× the 4-copy baseline, get ≤ {TARGET_GET_RATIO}× reading one copy (medians)"
     );
+    let _ = writeln!(
+        out,
+        "put: hash the local file, then stream it down the 4-agent chain (each fsyncs) and commit; \
+         4-copy: one thread writes every chunk to 4 files, then fsyncs them.\n\
+         get: fetch from a replica, check BLAKE3, write and fsync the local copy; read: read one copy only."
+    );
     if let Some(m) = &d.memory {
         let max = m.max_mib();
         let _ = writeln!(
