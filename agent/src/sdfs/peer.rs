@@ -2,12 +2,13 @@
 //! frames and answers, each bounded by a timeout.
 
 use super::error::SdfsError;
+use dml_shared::Error;
 use dml_shared::api::{Request, Response};
-use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::framing::write_frame;
 use dml_shared::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 fn broke(peer: SocketAddr, reason: impl ToString) -> SdfsError {
@@ -58,12 +59,53 @@ pub async fn recv<R: AsyncRead + Unpin>(
     max_frame: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, SdfsError> {
-    match tokio::time::timeout(timeout, read_frame(r, max_frame)).await {
+    recv_data(r, peer, max_frame, 0, timeout).await
+}
+
+/// [`recv`] for a data frame of about `chunk` bytes.
+pub async fn recv_data<R: AsyncRead + Unpin>(
+    r: &mut R,
+    peer: SocketAddr,
+    max_frame: usize,
+    chunk: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SdfsError> {
+    match tokio::time::timeout(timeout, read_data_frame(r, max_frame, chunk)).await {
         Ok(Ok(Some(f))) => Ok(f),
         Ok(Ok(None)) => Err(broke(peer, "connection closed")),
         Ok(Err(e)) => Err(broke(peer, e)),
         Err(_) => Err(broke(peer, format!("nothing received for {timeout:?}"))),
     }
+}
+
+/// Reads one raw data frame like `framing::read_frame`, but sizes the buffer
+/// for a whole chunk at once (no regrowth per frame); a frame announced larger
+/// than `chunk` still grows only as its bytes arrive. `Ok(None)`: the peer
+/// closed before a whole length prefix (callers treat both as a broken stream).
+pub async fn read_data_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame: usize,
+    chunk: usize,
+) -> dml_shared::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_frame {
+        return Err(Error::FrameTooLarge {
+            len,
+            max: max_frame,
+        });
+    }
+    let mut buf = Vec::with_capacity(len.min(chunk));
+    let got = r.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some(buf))
 }
 
 /// Reads one answer; `Response::Error` becomes an error naming the peer.

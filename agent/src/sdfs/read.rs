@@ -47,19 +47,34 @@ pub async fn serve_read(
     };
     write_frame(stream, &peer::response(&start), ctx.max_frame).await?;
 
-    let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+    // Disk reads and hashing run on two threads so they overlap.
+    let (disk_tx, disk_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(STREAM_QUEUE);
     let chunk = ctx.cfg.chunk_size;
-    let (agent, path) = (ctx.agent, ctx.store.path_of(name, version));
     tokio::task::spawn_blocking(move || {
         let mut file = file;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let r = read_full(&mut file, &mut buf).map(|n| {
+                buf.truncate(n);
+                buf
+            });
+            let end = r.as_ref().map_or(true, Vec::is_empty);
+            if disk_tx.send(r).is_err() || end {
+                return;
+            }
+        }
+    });
+    let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+    let (agent, path) = (ctx.agent, ctx.store.path_of(name, version));
+    tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
         let mut held: Option<Vec<u8>> = None;
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; chunk];
-            let n = match read_full(&mut file, &mut buf) {
-                Ok(n) => n,
-                Err(source) => {
+            let buf = match disk_rx.recv() {
+                Ok(Ok(buf)) if buf.is_empty() => break,
+                Ok(Ok(buf)) => buf,
+                Ok(Err(source)) => {
                     let e = SdfsError::Io {
                         agent,
                         action: "read",
@@ -69,13 +84,10 @@ pub async fn serve_read(
                     let _ = tx.blocking_send(Out::Failed(e));
                     return;
                 }
+                Err(_) => return,
             };
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
             hasher.update(&buf);
-            total += n as u64;
+            total += buf.len() as u64;
             if let Some(prev) = held.replace(buf)
                 && tx.blocking_send(Out::Chunk(prev)).is_err()
             {

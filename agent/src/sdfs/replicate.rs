@@ -110,7 +110,7 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
         STREAM_QUEUE,
     );
     loop {
-        let frame = peer::recv(&mut s, src, ctx.max_frame, stall).await?;
+        let frame = peer::recv_data(&mut s, src, ctx.max_frame, ctx.cfg.chunk_size, stall).await?;
         if frame.is_empty() {
             break;
         }

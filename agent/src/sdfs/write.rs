@@ -13,7 +13,7 @@ use super::local::{Chunk, LocalWriter, Piece};
 use super::stats::Counters;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
-use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::framing::write_frame;
 use dml_shared::sdfs::{Checksum, DataRequest, validate_name};
 use std::io;
 use std::net::SocketAddr;
@@ -54,7 +54,7 @@ pub async fn serve_write(
     loop {
         let frame = match tokio::time::timeout(
             ctx.cfg.put_timeout,
-            read_frame(stream, ctx.max_frame),
+            peer::read_data_frame(stream, ctx.max_frame, ctx.cfg.chunk_size),
         )
         .await
         {
