@@ -371,6 +371,49 @@ async fn a_down_replica_mid_chain_is_skipped_and_leaves_fewer_holders() {
 }
 
 #[tokio::test]
+async fn a_replica_that_stalls_at_the_end_of_the_chain_only_drops_itself() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(2, &meta).await;
+    // Accepts and then neither reads nor answers (a frozen process).
+    let frozen = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frozen_addr = frozen.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = frozen.accept().await {
+            held.push(s);
+        }
+    });
+    let data = pattern(8, 200_000);
+    let t = tokio::time::Instant::now();
+    let resp = put(
+        ns[0].addr,
+        "stall",
+        1,
+        &data,
+        checksum(&data),
+        vec![ns[1].addr, frozen_addr],
+    )
+    .await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr, ns[1].addr]
+        }
+    );
+    // The tail's hop gives up after one stall timeout (put_timeout / 4), well
+    // before the head's own, longer wait.
+    assert!(
+        t.elapsed() < test_cfg().put_timeout / 2,
+        "{:?}",
+        t.elapsed()
+    );
+    hold.abort();
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn a_checksum_mismatch_fails_and_leaves_nothing_on_any_replica() {
     let meta = Arc::new(FakeMeta::default());
     let ns = nodes(3, &meta).await;

@@ -180,7 +180,7 @@ async fn forward(
         });
         match peer::open(*next, &req, ctx.max_frame, stall).await {
             Ok(s) => {
-                conn = Some((*next, s));
+                conn = Some((*next, s, w.downstream.len() - i));
                 break;
             }
             Err(e) => {
@@ -189,16 +189,19 @@ async fn forward(
             }
         }
     }
-    let Some((next, mut s)) = conn else {
+    let Some((next, mut s, remaining)) = conn else {
         return Err(last_err.expect("downstream is not empty"));
     };
+    // Each hop waits longer than the one after it, so a replica stalled at
+    // the end of the chain times out first and the holders before it are
+    // still reported: stall, 1.5 stall, 2 stall, ... from the tail up.
+    let reply_timeout = stall + stall / 2 * (remaining as u32 - 1);
     while let Some(piece) = rx.recv().await {
         match piece {
             Piece::Chunk(c) => peer::send(&mut s, next, &c, ctx.max_frame, stall).await?,
             Piece::End => {
                 peer::send(&mut s, next, &[], ctx.max_frame, stall).await?;
-                return match peer::recv_response(&mut s, next, ctx.max_frame, ctx.cfg.put_timeout)
-                    .await?
+                return match peer::recv_response(&mut s, next, ctx.max_frame, reply_timeout).await?
                 {
                     Response::Stored { holders } => Ok(holders),
                     other => Err(SdfsError::Stream {
