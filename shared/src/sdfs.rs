@@ -142,6 +142,20 @@ pub enum MetaRequest {
     AtLeader(Box<MetaRequest>),
 }
 
+impl MetaRequest {
+    /// Whether repeating the request after an unknown outcome is harmless:
+    /// reads, and commits and aborts of a given version (the state machine
+    /// treats a repeat as a no-op). `BeginPut` would reserve a second version
+    /// and `Delete` would fail on its own success, so they are not.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            MetaRequest::BeginPut { .. } | MetaRequest::Delete { .. } => false,
+            MetaRequest::AtLeader(inner) => inner.is_idempotent(),
+            _ => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaResponse {
     PutPlan {

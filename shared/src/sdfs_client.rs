@@ -220,13 +220,7 @@ impl Sdfs {
     /// redirects and waiting up to `leader_wait` while no leader is known.
     /// Only read-only requests are retried after a transport error.
     pub async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
-        let read_only = matches!(
-            req,
-            MetaRequest::Stat { .. }
-                | MetaRequest::List { .. }
-                | MetaRequest::Count
-                | MetaRequest::Nodes
-        );
+        let repeatable = req.is_idempotent();
         let deadline = Instant::now() + self.opts.leader_wait;
         let mut target = self.agent;
         let mut redirects = 0;
@@ -244,10 +238,9 @@ impl Sdfs {
                     Some((*l, false))
                 }
                 Error::NotLeader { .. } => Some((self.agent, true)),
-                // A leader we were sent to went away: ask our agent again.
-                e if e.is_transient() && read_only && target != self.agent => {
-                    Some((self.agent, true))
-                }
+                // The answer was lost (a leader we were sent to, or our
+                // agent, went away): ask our agent again if that is harmless.
+                e if e.is_transient() && repeatable => Some((self.agent, true)),
                 _ => None,
             };
             match retry_at {
@@ -1083,15 +1076,45 @@ fn spawn_writer(
         let mut file = file;
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
+        let mut flushed = 0u64;
         while let Some(frame) = rx.blocking_recv() {
             file.write_all(&frame)?;
             hasher.update(&frame);
             n += frame.len() as u64;
+            if n - flushed >= WRITEBACK_EVERY {
+                start_writeback(&file, flushed, n - flushed);
+                flushed = n;
+            }
         }
         file.sync_all()?;
         Ok((*hasher.finalize().as_bytes(), n))
     });
     Ok((tx, handle))
+}
+
+/// Bytes written before their writeback is started, so the final fsync of a
+/// large download does not have to write the whole file at once.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts writing a range of `file` back to disk without waiting for it
+/// (Linux `sync_file_range`); elsewhere the final fsync does it all.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor and a plain range; the call only
+        // schedules writeback and its failure is harmless (fsync follows).
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// A hidden, unique temp file name beside `target`.

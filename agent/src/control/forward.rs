@@ -132,13 +132,17 @@ impl Inner {
                         Err(dml_shared::Error::Remote(m)) => return Response::Error(m),
                         // Not delivered: safe to try again.
                         Err(dml_shared::Error::Connect { .. }) => self.forget_leader(),
+                        // Maybe delivered: only a request that is safe to
+                        // repeat is tried again (at the new leader).
                         Err(e) => {
                             self.forget_leader();
-                            let e = ControlError::Forward {
-                                leader: l,
-                                reason: e.to_string(),
-                            };
-                            return Response::Error(e.to_string());
+                            if !req.is_idempotent() {
+                                let e = ControlError::Forward {
+                                    leader: l,
+                                    reason: e.to_string(),
+                                };
+                                return Response::Error(e.to_string());
+                            }
                         }
                     }
                 }
