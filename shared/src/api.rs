@@ -123,8 +123,11 @@ pub enum Response {
     Leader(LeaderInfo),
     Meta(MetaResponse),
     /// A write stored durably on these agents (the answering one first).
+    /// `failed`: replicas of the chain that did not store it, each with the
+    /// reason it gave (or "unreachable"/"timed out" as its upstream saw it).
     Stored {
         holders: Vec<SocketAddr>,
+        failed: Vec<(SocketAddr, String)>,
     },
     /// A read starts: `size` bytes follow as raw data frames.
     ReadStart {

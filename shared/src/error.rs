@@ -68,12 +68,26 @@ pub enum Error {
     },
     #[error("data transfer with {addr} failed: {reason}")]
     Transfer { addr: String, reason: String },
-    #[error("put of \"{name}\" stored {stored} durable copies, {quorum} needed to commit")]
+    #[error(
+        "put of \"{name}\" aborted: only {stored} agent(s) stored it durably; a write needs {quorum}{}",
+        failed_suffix(.failed)
+    )]
     QuorumNotReached {
         name: String,
         stored: usize,
         quorum: usize,
+        /// The replicas that did not store it, with their reasons.
+        failed: Vec<(std::net::SocketAddr, String)>,
     },
+}
+
+/// ` (addr: reason; ...)` for a quorum error, or nothing.
+fn failed_suffix(failed: &[(std::net::SocketAddr, String)]) -> String {
+    if failed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", crate::sdfs::describe_failed(failed))
+    }
 }
 
 impl Error {

@@ -51,6 +51,30 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Adds each replica of `chain` that is neither in `holders` nor already in
+/// `failed` to `failed` with `reason`: a replica the write never reached.
+pub fn note_unreached(
+    chain: &[SocketAddr],
+    holders: &[SocketAddr],
+    failed: &mut Vec<(SocketAddr, String)>,
+    reason: &str,
+) {
+    for a in chain {
+        if !holders.contains(a) && !failed.iter().any(|(f, _)| f == a) {
+            failed.push((*a, reason.to_string()));
+        }
+    }
+}
+
+/// The failed replicas of a write as `addr: reason; addr: reason`.
+pub fn describe_failed(failed: &[(SocketAddr, String)]) -> String {
+    failed
+        .iter()
+        .map(|(a, why)| format!("{a}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Shell-style glob match (`*`, `?`) over whole names; `*` also crosses `/`.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());

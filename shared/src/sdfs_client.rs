@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use crate::sdfs::{
     Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
-    validate_name,
+    note_unreached, validate_name,
 };
 use std::future::Future;
 use std::io::{Read, Write};
@@ -121,6 +121,9 @@ pub struct PutReport {
     pub checksum: Checksum,
     /// Agents that stored it durably, the chain's head first.
     pub holders: Vec<SocketAddr>,
+    /// Replicas of the chain that did not store it, with the reason each
+    /// gave (or "unreachable"/"timed out"); empty when every replica did.
+    pub failed: Vec<(SocketAddr, String)>,
     /// From the first byte hashed to the commit.
     pub elapsed: Duration,
 }
@@ -287,12 +290,13 @@ impl Sdfs {
             )
             .await
         {
-            Ok(holders) => Ok(PutReport {
+            Ok((holders, failed)) => Ok(PutReport {
                 name: name.into(),
                 version,
                 size,
                 checksum,
                 holders,
+                failed,
                 elapsed: start.elapsed(),
             }),
             Err(e) => {
@@ -318,7 +322,7 @@ impl Sdfs {
         chain: Vec<SocketAddr>,
         quorum: usize,
         progress: ProgressFn<'_>,
-    ) -> Result<Vec<SocketAddr>> {
+    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
         if chain.is_empty() {
             return Err(Error::Remote(format!(
                 "the leader gave no replica for \"{name}\" v{version}"
@@ -326,11 +330,15 @@ impl Sdfs {
         }
         // A head that cannot be reached is skipped while enough of the chain is left.
         let mut head = 0;
+        let mut skipped = Vec::new();
         let mut stream = loop {
             match self.connect(chain[head]).await {
                 Ok(s) => break s,
                 // Enough of the chain is left after skipping this head.
-                Err(_) if chain.len() - head > quorum.max(1) => head += 1,
+                Err(_) if chain.len() - head > quorum.max(1) => {
+                    skipped.push((chain[head], "unreachable".to_string()));
+                    head += 1;
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -342,18 +350,22 @@ impl Sdfs {
             downstream: chain[head + 1..].to_vec(),
         };
         let addr = chain[head];
-        let holders = match self
+        let (holders, chain_failed) = match self
             .stream_put(&mut stream, addr, write, local, size, progress)
             .await
         {
             Ok(h) => h,
             Err(e) => return Err(agent_error_or(&mut stream, e).await),
         };
+        let mut failed = skipped;
+        failed.extend(chain_failed);
+        note_unreached(&chain, &holders, &mut failed, "not reached");
         if holders.len() < quorum {
             return Err(Error::QuorumNotReached {
                 name: name.into(),
                 stored: holders.len(),
                 quorum,
+                failed,
             });
         }
         progress(Progress {
@@ -368,12 +380,13 @@ impl Sdfs {
             holders: holders.clone(),
         };
         match self.meta(commit).await? {
-            MetaResponse::Committed { .. } | MetaResponse::Done => Ok(holders),
+            MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed)),
             other => Err(unexpected(Response::Meta(other))),
         }
     }
 
-    /// Sends the write request and the file's bytes; returns the holders.
+    /// Sends the write request and the file's bytes; returns the holders and
+    /// the replicas that failed.
     async fn stream_put(
         &self,
         stream: &mut TcpStream,
@@ -382,7 +395,7 @@ impl Sdfs {
         local: &Path,
         size: u64,
         progress: ProgressFn<'_>,
-    ) -> Result<Vec<SocketAddr>> {
+    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
         let io = self.opts.io_timeout;
         timed(addr, io, send_request(stream, &Request::Data(write))).await?;
         let mut chunks = spawn_reader(open_local(local)?, self.opts.chunk_size, false);
@@ -424,7 +437,7 @@ impl Sdfs {
             total: size,
         });
         match timed(addr, self.opts.store_timeout, read_response(stream)).await? {
-            Response::Stored { holders } => Ok(holders),
+            Response::Stored { holders, failed } => Ok((holders, failed)),
             other => Err(unexpected(other)),
         }
     }

@@ -35,6 +35,8 @@ struct State {
     corrupt: HashSet<SocketAddr>,
     /// Replicas that refuse writes with this message.
     refuse_writes: Option<String>,
+    /// Downstream replicas a head reports as failed, with their reasons.
+    fail_downstream: BTreeMap<SocketAddr, String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -148,10 +150,17 @@ async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
                 if data.len() as u64 != size || *blake3::hash(&data).as_bytes() != checksum {
                     Response::Error("checksum mismatch".into())
                 } else {
-                    st.lock().unwrap().bytes.insert((name, version), data);
+                    let mut g = st.lock().unwrap();
+                    g.bytes.insert((name, version), data);
                     let mut holders = vec![me];
-                    holders.extend(downstream);
-                    Response::Stored { holders }
+                    let mut failed = Vec::new();
+                    for d in downstream {
+                        match g.fail_downstream.get(&d) {
+                            Some(why) => failed.push((d, why.clone())),
+                            None => holders.push(d),
+                        }
+                    }
+                    Response::Stored { holders, failed }
                 }
             }
             Request::Data(DataRequest::Read { name, version }) => {
@@ -409,6 +418,43 @@ async fn too_few_holders_aborts_instead_of_committing() {
         "{e}"
     );
     assert_eq!(f.state.lock().unwrap().aborted.len(), 1);
+}
+
+#[tokio::test]
+async fn failed_replicas_are_named_in_the_quorum_error_and_the_put_report() {
+    let f = Fake::start(3, 3, "failed-replicas").await;
+    let full = f.agents[2];
+    let why = format!("disk full on agent {full}: cannot store \"q\" v1 under \"/data\"");
+    f.state
+        .lock()
+        .unwrap()
+        .fail_downstream
+        .insert(full, why.clone());
+    let src = f.local("src", b"abc");
+    let e = f.client(0).put(&src, "q", &no_progress).await.unwrap_err();
+    let Error::QuorumNotReached {
+        stored: 2,
+        quorum: 3,
+        failed,
+        ..
+    } = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(failed, &vec![(full, why.clone())]);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "put of \"q\" aborted: only 2 agent(s) stored it durably; a write needs 3 ({full}: {why})"
+        )
+    );
+    assert_eq!(f.state.lock().unwrap().aborted.len(), 1);
+
+    // With a quorum of two the put commits, and the report names the missing replica.
+    f.state.lock().unwrap().quorum = 2;
+    let r = f.client(0).put(&src, "q", &no_progress).await.unwrap();
+    assert_eq!(r.holders, f.agents[..2]);
+    assert_eq!(r.failed, vec![(full, why)]);
 }
 
 #[tokio::test]

@@ -336,7 +336,7 @@ async fn run_copy(inner: &Inner, copy: Copy) {
     });
     tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copying");
     match client.call(&req).await {
-        Ok(Response::Stored { holders }) if holders.contains(&copy.target) => {
+        Ok(Response::Stored { holders, .. }) if holders.contains(&copy.target) => {
             let op = Op::SetReplicas {
                 name: copy.name.clone(),
                 version: copy.version,

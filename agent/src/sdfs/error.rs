@@ -48,6 +48,9 @@ pub enum SdfsError {
     BadName(#[from] dml_shared::Error),
     #[error("the stream from {peer} broke: {reason}")]
     Stream { peer: String, reason: String },
+    /// Like `Stream`, but the peer stopped answering within the timeout.
+    #[error("the stream from {peer} broke: {reason}")]
+    Stalled { peer: String, reason: String },
     #[error("no source could provide \"{name}\" v{version}: {tried}")]
     NoSource {
         name: String,

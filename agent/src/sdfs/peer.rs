@@ -18,6 +18,13 @@ fn broke(peer: SocketAddr, reason: impl ToString) -> SdfsError {
     }
 }
 
+fn stalled(peer: SocketAddr, reason: String) -> SdfsError {
+    SdfsError::Stalled {
+        peer: peer.to_string(),
+        reason,
+    }
+}
+
 /// Connects and sends `req` as the first frame.
 pub async fn open(
     peer: SocketAddr,
@@ -35,7 +42,7 @@ pub async fn open(
     };
     tokio::time::timeout(timeout, go)
         .await
-        .map_err(|_| broke(peer, format!("no connection within {timeout:?}")))?
+        .map_err(|_| stalled(peer, format!("no connection within {timeout:?}")))?
 }
 
 /// Writes one frame within `timeout`.
@@ -48,7 +55,7 @@ pub async fn send<W: AsyncWrite + Unpin>(
 ) -> Result<(), SdfsError> {
     match tokio::time::timeout(timeout, write_frame(w, bytes, max_frame)).await {
         Ok(r) => r.map_err(|e| broke(peer, e)),
-        Err(_) => Err(broke(peer, format!("stalled for {timeout:?}"))),
+        Err(_) => Err(stalled(peer, format!("stalled for {timeout:?}"))),
     }
 }
 
@@ -74,7 +81,7 @@ pub async fn recv_data<R: AsyncRead + Unpin>(
         Ok(Ok(Some(f))) => Ok(f),
         Ok(Ok(None)) => Err(broke(peer, "connection closed")),
         Ok(Err(e)) => Err(broke(peer, e)),
-        Err(_) => Err(broke(peer, format!("nothing received for {timeout:?}"))),
+        Err(_) => Err(stalled(peer, format!("nothing received for {timeout:?}"))),
     }
 }
 

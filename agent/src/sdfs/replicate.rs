@@ -32,6 +32,7 @@ pub async fn serve_replicate(
     let resp = match fetch(ctx, &want, sources).await {
         Ok(_) => Response::Stored {
             holders: vec![ctx.agent],
+            failed: Vec::new(),
         },
         Err(e) => Response::Error(e.to_string()),
     };

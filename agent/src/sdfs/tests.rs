@@ -275,7 +275,8 @@ async fn chain_write_stores_on_every_replica_then_reads_and_replicates() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr]
+            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr],
+            failed: vec![]
         }
     );
     for n in &ns[..3] {
@@ -300,7 +301,8 @@ async fn chain_write_stores_on_every_replica_then_reads_and_replicates() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: vec![ns[3].addr]
+            holders: vec![ns[3].addr],
+            failed: vec![]
         }
     );
     assert_eq!(ns[3].stored("dir/a.bin", 1).as_deref(), Some(&data[..]));
@@ -346,7 +348,8 @@ async fn a_down_replica_mid_chain_is_skipped_and_leaves_fewer_holders() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr]
+            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr],
+            failed: vec![(down, "unreachable".into())]
         }
     );
     // Down at the end of the chain: one holder fewer.
@@ -362,7 +365,8 @@ async fn a_down_replica_mid_chain_is_skipped_and_leaves_fewer_holders() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: vec![ns[0].addr, ns[1].addr]
+            holders: vec![ns[0].addr, ns[1].addr],
+            failed: vec![(down, "unreachable".into())]
         }
     );
     for n in ns {
@@ -397,7 +401,8 @@ async fn a_replica_that_stalls_at_the_end_of_the_chain_only_drops_itself() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: vec![ns[0].addr, ns[1].addr]
+            holders: vec![ns[0].addr, ns[1].addr],
+            failed: vec![(frozen_addr, "timed out".into())]
         }
     );
     // The tail's hop gives up after one stall timeout (put_timeout / 4), well
@@ -444,15 +449,20 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
     let data = pattern(4, 300_000);
     let sum = checksum(&data);
 
-    // Full in the middle of the chain: the head keeps its copy.
+    // Full in the middle of the chain: the head keeps its copy and says
+    // which replica is full; the one after it was never written.
     ns[1].sdfs.store().unwrap().set_write_limit(Some(100_000));
     let resp = put(ns[0].addr, "m", 1, &data, sum, vec![ns[1].addr, ns[2].addr]).await;
-    assert_eq!(
-        resp,
-        Response::Stored {
-            holders: vec![ns[0].addr]
-        }
-    );
+    let Response::Stored { holders, failed } = resp else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(holders, vec![ns[0].addr]);
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0].0, ns[1].addr);
+    assert!(failed[0].1.contains("disk full"), "{failed:?}");
+    assert!(failed[0].1.contains(&ns[1].addr.to_string()), "{failed:?}");
+    assert_eq!(failed[1].0, ns[2].addr);
+    assert!(failed[1].1.contains("not reached"), "{failed:?}");
 
     // Full at the head: the client is told which agent is full.
     ns[0].sdfs.store().unwrap().set_write_limit(Some(100_000));
@@ -471,6 +481,35 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
     }
     assert!(ns[1].stored("m", 1).is_none() && ns[2].stored("m", 1).is_none());
     assert_eq!(ns[0].sdfs.stats().unwrap().disk_full, 1);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_at_the_tail_reaches_the_head_with_the_agent_named() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(9, 300_000);
+    let sum = checksum(&data);
+    ns[2].sdfs.store().unwrap().set_write_limit(Some(100_000));
+    let resp = put(ns[0].addr, "t", 1, &data, sum, vec![ns[1].addr, ns[2].addr]).await;
+    let Response::Stored { holders, failed } = resp else {
+        panic!("{resp:?}")
+    };
+    // The failure travelled two hops up: the tail told the middle, the middle the head.
+    assert_eq!(holders, vec![ns[0].addr, ns[1].addr]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, ns[2].addr);
+    assert!(failed[0].1.contains("disk full"), "{failed:?}");
+    assert!(failed[0].1.contains(&ns[2].addr.to_string()), "{failed:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(ns[2].stored("t", 1).is_none());
+    assert_eq!(tmp_files(&ns[2]), 0);
+    assert_eq!(ns[2].sdfs.stats().unwrap().disk_full, 1);
+    for n in &ns[..2] {
+        assert_eq!(n.stored("t", 1).as_deref(), Some(&data[..]));
+    }
     for n in ns {
         n.stop().await;
     }
@@ -523,7 +562,8 @@ async fn scrub_and_reads_find_corrupt_copies_and_refetch_them() {
     assert_eq!(
         resp,
         Response::Stored {
-            holders: holders.clone()
+            holders: holders.clone(),
+            failed: vec![]
         }
     );
     meta.files.lock().unwrap().insert(

@@ -5,8 +5,11 @@
 //!
 //! Failures: a replica down at connect time is skipped (the chain continues
 //! with the one after it); one that fails mid-stream only shortens the holder
-//! list. A local failure (full disk, bad checksum) abandons the downstream
-//! stream, drains the upstream one and answers `Error` with the reason.
+//! list. Either way `Stored.failed` names it with its reason (its own `Error`
+//! answer, or "unreachable"/"timed out" as seen from here), after the failures
+//! reported further down. A local failure (full disk, bad checksum) abandons
+//! the downstream stream, drains the upstream one and answers `Error` with the
+//! reason.
 
 use super::error::SdfsError;
 use super::local::{Chunk, LocalWriter, Piece};
@@ -14,7 +17,8 @@ use super::stats::Counters;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
 use dml_shared::framing::write_frame;
-use dml_shared::sdfs::{Checksum, DataRequest, validate_name};
+use dml_shared::sdfs::{Checksum, DataRequest, note_unreached, validate_name};
+use dml_shared::wire::{self, Kind};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,7 +91,7 @@ pub async fn serve_write(
             let down = async {
                 match fwd {
                     Some(f) => f.finish().await,
-                    None => Vec::new(),
+                    None => Downstream::default(),
                 }
             };
             let (stored, down) = tokio::join!(writer.finish(), down);
@@ -103,9 +107,14 @@ pub async fn serve_write(
         Ok(down) => {
             Counters::bump(&ctx.counters.writes);
             let mut holders = vec![ctx.agent];
-            holders.extend(down.into_iter().filter(|h| *h != ctx.agent));
-            tracing::debug!(name = %w.name, version = w.version, ?holders, "SDFS: stored");
-            Response::Stored { holders }
+            holders.extend(down.holders.into_iter().filter(|h| *h != ctx.agent));
+            let failed = down.failed;
+            if failed.is_empty() {
+                tracing::debug!(name = %w.name, version = w.version, ?holders, "SDFS: stored");
+            } else {
+                tracing::warn!(name = %w.name, version = w.version, ?holders, ?failed, "SDFS: stored on fewer replicas");
+            }
+            Response::Stored { holders, failed }
         }
         Err(e) => {
             Counters::bump(&ctx.counters.write_errors);
@@ -119,17 +128,29 @@ pub async fn serve_write(
     write_frame(stream, &peer::response(&resp), ctx.max_frame).await
 }
 
+/// What the rest of the chain stored, and which of its replicas did not (why).
+#[derive(Debug, Default)]
+struct Downstream {
+    holders: Vec<SocketAddr>,
+    failed: Vec<(SocketAddr, String)>,
+}
+
 /// Streams the chunks to the next live replica on its own task.
 struct Forwarder {
     tx: Option<mpsc::Sender<Piece>>,
-    join: JoinHandle<Result<Vec<SocketAddr>, SdfsError>>,
+    join: JoinHandle<Downstream>,
+    downstream: Vec<SocketAddr>,
 }
 
 impl Forwarder {
     fn start(ctx: &Arc<Ctx>, w: &WriteArgs) -> Self {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let join = tokio::spawn(forward(ctx.clone(), w.clone(), rx));
-        Self { tx: Some(tx), join }
+        Self {
+            tx: Some(tx),
+            join,
+            downstream: w.downstream.clone(),
+        }
     }
 
     /// Queues a chunk; after a downstream failure chunks are dropped.
@@ -141,34 +162,33 @@ impl Forwarder {
         }
     }
 
-    /// Ends the stream; the holders downstream, empty if it failed.
-    async fn finish(mut self) -> Vec<SocketAddr> {
+    /// Ends the stream; what the rest of the chain stored and which of its
+    /// replicas did not.
+    async fn finish(mut self) -> Downstream {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Piece::End).await;
         }
         match self.join.await {
-            Ok(Ok(holders)) => holders,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "SDFS: the rest of the chain failed; fewer holders");
-                Vec::new()
-            }
+            Ok(down) => down,
             Err(e) => {
                 tracing::warn!(error = %e, "SDFS: forwarder task failed");
-                Vec::new()
+                let mut down = Downstream::default();
+                let why = format!("not reached: the forwarder failed ({e})");
+                note_unreached(&self.downstream, &[], &mut down.failed, &why);
+                down
             }
         }
     }
 }
 
 /// Connects to the first reachable replica of the downstream chain (skipping
-/// those that refuse), then relays pieces and returns its `Stored` holders.
-async fn forward(
-    ctx: Arc<Ctx>,
-    w: WriteArgs,
-    mut rx: mpsc::Receiver<Piece>,
-) -> Result<Vec<SocketAddr>, SdfsError> {
+/// those that refuse), then relays pieces and returns what it stored: its
+/// `Stored` holders and failures, plus this hop's view of any replica that
+/// was unreachable, stalled or refused. Every downstream replica that is not
+/// a holder ends up in `failed`.
+async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Downstream {
     let stall = ctx.stall_timeout();
-    let mut last_err = None;
+    let mut down = Downstream::default();
     let mut conn = None;
     for (i, next) in w.downstream.iter().enumerate() {
         let req = Request::Data(DataRequest::Write {
@@ -185,36 +205,80 @@ async fn forward(
             }
             Err(e) => {
                 tracing::warn!(replica = %next, error = %e, "SDFS: skipping an unreachable replica");
-                last_err = Some(e);
+                let why = match e {
+                    SdfsError::Stalled { .. } => "unreachable (timed out)",
+                    _ => "unreachable",
+                };
+                down.failed.push((*next, why.into()));
             }
         }
     }
-    let Some((next, mut s, remaining)) = conn else {
-        return Err(last_err.expect("downstream is not empty"));
-    };
-    // Each hop waits longer than the one after it, so a replica stalled at
-    // the end of the chain times out first and the holders before it are
-    // still reported: stall, 1.5 stall, 2 stall, ... from the tail up.
-    let reply_timeout = stall + stall / 2 * (remaining as u32 - 1);
+    if let Some((next, mut s, remaining)) = conn {
+        // Each hop waits longer than the one after it, so a replica stalled at
+        // the end of the chain times out first and the holders before it are
+        // still reported: stall, 1.5 stall, 2 stall, ... from the tail up.
+        let reply_timeout = stall + stall / 2 * (remaining as u32 - 1);
+        match relay(&ctx, &w, next, &mut s, rx, reply_timeout).await {
+            Ok(Response::Stored { holders, failed }) => {
+                down.holders = holders;
+                down.failed.extend(failed);
+            }
+            Ok(Response::Error(msg)) => down.failed.push((next, msg)),
+            Ok(other) => down
+                .failed
+                .push((next, format!("unexpected answer {other:?}"))),
+            // This replica gave up; nobody reads the outcome.
+            Err(SdfsError::Aborted { .. }) => return down,
+            Err(e) => {
+                tracing::warn!(replica = %next, error = %e, "SDFS: the rest of the chain failed; fewer holders");
+                // A replica that refuses mid-stream may have said why before closing.
+                let why = match e {
+                    SdfsError::Stalled { .. } => "timed out".to_string(),
+                    e => match peer::recv(&mut s, next, ctx.max_frame, stall / 4).await {
+                        Ok(f) => match wire::decode::<Response>(Kind::Response, &f) {
+                            Ok(Response::Error(msg)) => msg,
+                            _ => e.to_string(),
+                        },
+                        Err(_) => e.to_string(),
+                    },
+                };
+                down.failed.push((next, why));
+            }
+        }
+    }
+    let why = "not reached: the chain broke before it";
+    note_unreached(&w.downstream, &down.holders, &mut down.failed, why);
+    down
+}
+
+/// Sends the pieces to `next` and reads its answer (an `Error` included).
+async fn relay(
+    ctx: &Ctx,
+    w: &WriteArgs,
+    next: SocketAddr,
+    s: &mut TcpStream,
+    mut rx: mpsc::Receiver<Piece>,
+    reply_timeout: std::time::Duration,
+) -> Result<Response, SdfsError> {
+    let stall = ctx.stall_timeout();
     while let Some(piece) = rx.recv().await {
         match piece {
-            Piece::Chunk(c) => peer::send(&mut s, next, &c, ctx.max_frame, stall).await?,
+            Piece::Chunk(c) => peer::send(s, next, &c, ctx.max_frame, stall).await?,
             Piece::End => {
-                peer::send(&mut s, next, &[], ctx.max_frame, stall).await?;
-                return match peer::recv_response(&mut s, next, ctx.max_frame, reply_timeout).await?
-                {
-                    Response::Stored { holders } => Ok(holders),
-                    other => Err(SdfsError::Stream {
+                peer::send(s, next, &[], ctx.max_frame, stall).await?;
+                let f = peer::recv(s, next, ctx.max_frame, reply_timeout).await?;
+                return wire::decode::<Response>(Kind::Response, &f).map_err(|e| {
+                    SdfsError::Stream {
                         peer: next.to_string(),
-                        reason: format!("unexpected answer {other:?}"),
-                    }),
-                };
+                        reason: e.to_string(),
+                    }
+                });
             }
         }
     }
     Err(SdfsError::Aborted {
         agent: ctx.agent,
-        name: w.name,
+        name: w.name.clone(),
         version: w.version,
     })
 }

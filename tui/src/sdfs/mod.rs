@@ -42,6 +42,9 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
     let result = execute(command, &sdfs, json, &progress).await;
     bar.finish();
     let out = result?;
+    if let Some(w) = &out.warning {
+        eprintln!("{w}");
+    }
     print!("{}", out.text);
     if json {
         println!();
@@ -79,11 +82,17 @@ fn with_failure(mut out: Output, json: bool, msg: String) -> Output {
 struct Output {
     text: String,
     failed: Option<String>,
+    /// Printed on stderr (never under `--json`) though the command succeeded.
+    warning: Option<String>,
 }
 
 impl Output {
     fn ok(text: String) -> Self {
-        Self { text, failed: None }
+        Self {
+            text,
+            failed: None,
+            warning: None,
+        }
     }
 }
 
@@ -112,7 +121,11 @@ async fn execute(
                 .put(localfile, sdfsname, progress)
                 .await
                 .with_context(|| format!("put {} as \"{sdfsname}\"", localfile.display()))?;
-            pick(report::put_json(&r), report::put_text(&r))
+            let mut out = pick(report::put_json(&r), report::put_text(&r));
+            if !json {
+                out.warning = report::put_warning(&r);
+            }
+            out
         }
         Command::Get {
             sdfsname,

@@ -3,7 +3,7 @@
 
 use crate::report::{rate, render_table};
 use dml_shared::api::LeaderInfo;
-use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo};
+use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo, describe_failed};
 use dml_shared::sdfs_client::{
     Count, GetAllReport, GetReport, LoadReport, PutReport, VersionsReport, throughput,
 };
@@ -85,6 +85,20 @@ pub fn put_text(r: &PutReport) -> String {
     )
 }
 
+/// The stderr warning of a put some replicas did not store, if any.
+pub fn put_warning(r: &PutReport) -> Option<String> {
+    (!r.failed.is_empty()).then(|| {
+        format!(
+            "warning: \"{}\" version {} is on {} of {} replicas; not stored on {}",
+            r.name,
+            r.version,
+            r.holders.len(),
+            r.holders.len() + r.failed.len(),
+            describe_failed(&r.failed)
+        )
+    })
+}
+
 pub fn put_json(r: &PutReport) -> Value {
     json!({
         "name": r.name,
@@ -92,6 +106,7 @@ pub fn put_json(r: &PutReport) -> Value {
         "size": r.size,
         "checksum": hex(&r.checksum),
         "holders": addrs_json(&r.holders),
+        "failed": r.failed.iter().map(|(a, why)| json!({"agent": a.to_string(), "reason": why})).collect::<Vec<_>>(),
         "elapsed_ms": r.elapsed.as_millis() as u64,
         "bytes_per_s": throughput(r.size, r.elapsed),
     })
@@ -471,6 +486,7 @@ mod tests {
             size: 4 << 20,
             checksum: [0; 32],
             holders: vec![a(8001), a(8002)],
+            failed: vec![],
             elapsed: Duration::from_secs(2),
         };
         assert_eq!(
@@ -480,6 +496,33 @@ mod tests {
         let j = put_json(&r);
         assert_eq!(j["bytes_per_s"], 2.0 * 1048576.0);
         assert_eq!(j["elapsed_ms"], 2000);
+        assert_eq!(j["failed"], json!([]));
+        assert_eq!(put_warning(&r), None);
+    }
+
+    #[test]
+    fn a_put_short_of_replicas_warns_with_the_reasons() {
+        let r = PutReport {
+            name: "x".into(),
+            version: 1,
+            size: 10,
+            checksum: [0; 32],
+            holders: vec![a(8001), a(8002)],
+            failed: vec![(a(8003), "disk full on agent 127.0.0.1:8003".into())],
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(
+            put_warning(&r).unwrap(),
+            "warning: \"x\" version 1 is on 2 of 3 replicas; not stored on 127.0.0.1:8003: disk full on agent 127.0.0.1:8003"
+        );
+        let j = put_json(&r);
+        assert_eq!(j["failed"][0]["agent"], "127.0.0.1:8003");
+        assert!(
+            j["failed"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("disk full")
+        );
     }
 
     #[test]
