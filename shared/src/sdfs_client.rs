@@ -241,8 +241,11 @@ impl Sdfs {
                     Some((*l, false))
                 }
                 Error::NotLeader { .. } => Some((self.agent, true)),
+                // Our own agent is not there: say so at once.
+                Error::Connect { .. } if target == self.agent => None,
                 // The answer was lost (a leader we were sent to, or our
-                // agent, went away): ask our agent again if that is harmless.
+                // agent mid-call, went away): ask our agent again if that is
+                // harmless.
                 e if e.is_transient() && repeatable => Some((self.agent, true)),
                 _ => None,
             };
