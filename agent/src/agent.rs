@@ -63,7 +63,8 @@ impl Agent {
             cfg.introducers.clone(),
             seed,
             std::time::Instant::now(),
-        );
+        )
+        .with_seeds(cfg.nodes.iter().copied());
         let sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
             .await
             .context("cannot open the SDFS store")?;

@@ -343,6 +343,39 @@ fn nodes_started_while_the_introducer_is_down_join_once_it_is_up() {
     eprintln!("introducer up: all joined {took:?} later");
 }
 
+/// The introducer crashes and stays down until every other member has
+/// forgotten it; restarted, it founds a group of its own. With the cluster's
+/// nodes configured it finds the others again; without, it stays alone.
+#[test]
+fn a_restarted_introducer_finds_the_cluster_through_the_configured_nodes() {
+    for configured in [true, false] {
+        let mut sim = Sim::lan(900);
+        if configured {
+            sim.configure_nodes(10);
+        }
+        sim.add_joined(10, 0);
+        assert!(sim.run_until(secs(60), Sim::converged).is_some(), "{sim:?}");
+        sim.crash(0);
+        // Past `dead_retention`: no one remembers the introducer any more.
+        let forget = sim.config().dead_retention + secs(30);
+        sim.advance(forget);
+        sim.restart(0);
+        let took = sim.run_until(secs(60), |s| {
+            s.converged() && s.core(0).live_members().len() == 10
+        });
+        if configured {
+            assert!(
+                took.is_some(),
+                "the restarted introducer stayed alone\n{sim:?}"
+            );
+            eprintln!("restarted introducer merged back {took:?} after its start");
+        } else {
+            assert!(took.is_none(), "merged without seeds?\n{sim:?}");
+            assert_eq!(sim.core(0).live_members().len(), 1);
+        }
+    }
+}
+
 /// Builds a converged cluster of `n`, lets one more node join through a
 /// random member, and returns how many probe periods pass until every
 /// member lists it.

@@ -204,6 +204,14 @@ impl Membership {
         }
     }
 
+    /// Addresses to re-join through, besides the introducers, once this
+    /// agent has lost every member (e.g. the cluster's configured nodes, so
+    /// that a restarted introducer finds the others again).
+    pub fn with_seeds(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.remember_seeds(seeds);
+        self
+    }
+
     pub fn id(&self) -> NodeId {
         self.me
     }
@@ -293,7 +301,9 @@ impl Membership {
         if self.ever_joined {
             self.fresh_identity(now);
         }
-        if self.introducers.is_empty() && self.seeds.is_empty() {
+        // Seeds (configured nodes, members seen before) serve re-joins only:
+        // a first start with no introducer to ask founds the group.
+        if self.introducers.is_empty() && (!self.ever_joined || self.seeds.is_empty()) {
             self.become_joined();
             return;
         }
@@ -955,6 +965,11 @@ impl Membership {
     }
 
     fn send_joins(&mut self, now: Instant) {
+        if self.status == Status::Joined && self.live_others().next().is_some() {
+            // Someone else brought us back into the group meanwhile.
+            self.next_join = None;
+            return;
+        }
         let mut to: Vec<SocketAddr> = self.introducers.clone();
         let mut seeds = self.seeds.clone();
         seeds.shuffle(&mut self.rng);

@@ -430,8 +430,13 @@ async fn a_checksum_mismatch_fails_and_leaves_nothing_on_any_replica() {
         Response::Error(e) => assert!(e.contains("checksum mismatch"), "{e}"),
         other => panic!("{other:?}"),
     }
-    // The downstream replicas finish on their own; give them a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The downstream replicas finish on their own.
+    eventually("the downstream replicas clean up", || {
+        ns.iter().all(|n| {
+            n.stored("x", 1).is_none() && tmp_files(n) == 0 && n.sdfs.holdings().is_empty()
+        })
+    })
+    .await;
     for n in &ns {
         assert!(n.stored("x", 1).is_none());
         assert_eq!(tmp_files(n), 0);
@@ -474,7 +479,14 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
         }
         other => panic!("{other:?}"),
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Failed replicas clean up as their streams end.
+    eventually("the failed replicas clean up", || {
+        ns.iter()
+            .all(|n| tmp_files(n) == 0 && n.stored("h", 1).is_none())
+            && ns[1].stored("m", 1).is_none()
+            && ns[2].stored("m", 1).is_none()
+    })
+    .await;
     for n in &ns {
         assert_eq!(tmp_files(n), 0);
         assert!(n.stored("h", 1).is_none());
@@ -503,7 +515,10 @@ async fn a_full_disk_at_the_tail_reaches_the_head_with_the_agent_named() {
     assert_eq!(failed[0].0, ns[2].addr);
     assert!(failed[0].1.contains("disk full"), "{failed:?}");
     assert!(failed[0].1.contains(&ns[2].addr.to_string()), "{failed:?}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the full tail cleans up", || {
+        ns[2].stored("t", 1).is_none() && tmp_files(&ns[2]) == 0
+    })
+    .await;
     assert!(ns[2].stored("t", 1).is_none());
     assert_eq!(tmp_files(&ns[2]), 0);
     assert_eq!(ns[2].sdfs.stats().unwrap().disk_full, 1);

@@ -158,6 +158,9 @@ pub struct Sim {
     stats: NetStats,
     /// How often [`Sim::run_until`] evaluates its condition, in virtual time.
     pub check_every: Duration,
+    /// The cluster's configured nodes, given to every core created from now
+    /// on as re-join seeds (like the agent's `nodes` config).
+    configured: Vec<SocketAddr>,
 }
 
 impl Sim {
@@ -181,7 +184,14 @@ impl Sim {
             log: Vec::new(),
             stats: NetStats::default(),
             check_every: Duration::from_millis(10),
+            configured: Vec::new(),
         }
+    }
+
+    /// Nodes `0..n` become the configured node list of every core created
+    /// from now on (restarted ones included).
+    pub fn configure_nodes(&mut self, n: usize) {
+        self.configured = (0..n).map(Self::addr_of).collect();
     }
 
     /// An empty cluster with the `lan` preset.
@@ -270,6 +280,7 @@ impl Sim {
         let id = NodeId::new(addr, started);
         let seed = self.seed ^ (u64::from(addr.port()) << 32) ^ gen_.wrapping_mul(0x9e37_79b9);
         Membership::new(id, self.cfg.clone(), introducers, seed, self.now)
+            .with_seeds(self.configured.iter().copied())
     }
 
     // ----- node lifecycle ---------------------------------------------------
