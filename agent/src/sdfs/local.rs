@@ -6,7 +6,7 @@ use super::error::SdfsError;
 use super::store::{ObjectMeta, Store};
 use dml_shared::sdfs::Checksum;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// One chunk of a stream, shared between the local writer and the forwarder.
@@ -17,6 +17,8 @@ pub type Chunk = Arc<Vec<u8>>;
 pub enum Piece {
     Chunk(Chunk),
     End,
+    /// Answered once every earlier chunk is on disk (local writer only).
+    Written(oneshot::Sender<()>),
 }
 
 /// A version being written on this agent.
@@ -44,6 +46,9 @@ impl LocalWriter {
             while let Some(piece) = rx.blocking_recv() {
                 match piece {
                     Piece::Chunk(c) => obj.write(&c)?,
+                    Piece::Written(ack) => {
+                        let _ = ack.send(());
+                    }
                     Piece::End => return obj.finish(),
                 }
             }
@@ -60,6 +65,13 @@ impl LocalWriter {
     /// returned by [`LocalWriter::finish`]).
     pub async fn send(&self, chunk: Chunk) -> bool {
         self.tx.send(Piece::Chunk(chunk)).await.is_ok()
+    }
+
+    /// Waits until every queued chunk is written; false when the writer
+    /// stopped on an error (then returned by [`LocalWriter::finish`]).
+    pub async fn written(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Piece::Written(tx)).await.is_ok() && rx.await.is_ok()
     }
 
     /// Ends the stream: checks, fsyncs and renames the version into place.

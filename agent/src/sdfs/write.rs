@@ -87,6 +87,17 @@ pub async fn serve_write(
     }
     Counters::add(&ctx.counters.bytes_written, received);
     let result = match (failure, local) {
+        // A local write error (a full disk) must not let the end frame go
+        // down the chain, or the replicas after this one would keep a copy
+        // of a put that fails.
+        (None, Some(writer)) if !writer.written().await => {
+            drop(fwd);
+            Err(writer.finish().await.err().unwrap_or(SdfsError::Aborted {
+                agent: ctx.agent,
+                name: w.name.clone(),
+                version: w.version,
+            }))
+        }
         (None, Some(writer)) => {
             let down = async {
                 match fwd {
@@ -264,6 +275,7 @@ async fn relay(
     while let Some(piece) = rx.recv().await {
         match piece {
             Piece::Chunk(c) => peer::send(s, next, &c, ctx.max_frame, stall).await?,
+            Piece::Written(_) => {}
             Piece::End => {
                 peer::send(s, next, &[], ctx.max_frame, stall).await?;
                 let f = peer::recv(s, next, ctx.max_frame, reply_timeout).await?;
