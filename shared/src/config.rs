@@ -411,14 +411,6 @@ impl Config {
     /// Checks the invariants the agent relies on; the error names the key and value.
     pub fn validate(&self) -> Result<()> {
         let m = &self.membership;
-        let bad = |key: &str, value: String, reason: &str| {
-            Err(Error::Config {
-                key: key.into(),
-                value,
-                reason: reason.into(),
-            })
-        };
-        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
         if m.m == 0 || m.m > 16 {
             return bad("membership.m", m.m.to_string(), "must be between 1 and 16");
         }
@@ -541,14 +533,6 @@ impl Config {
 impl Config {
     fn validate_control(&self) -> Result<()> {
         let c = &self.control;
-        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
-        let bad = |key: &str, value: String, reason: &str| {
-            Err(Error::Config {
-                key: key.into(),
-                value,
-                reason: reason.into(),
-            })
-        };
         if c.heartbeat_interval.is_zero() {
             return bad(
                 "control.heartbeat_interval",
@@ -598,14 +582,6 @@ impl Config {
 
     fn validate_sdfs(&self) -> Result<()> {
         let s = &self.sdfs;
-        let d = |v: Duration| humantime_serde::re::humantime::format_duration(v).to_string();
-        let bad = |key: &str, value: String, reason: &str| {
-            Err(Error::Config {
-                key: key.into(),
-                value,
-                reason: reason.into(),
-            })
-        };
         let replicas = self.replicas();
         if replicas == 0 || replicas > 32 {
             return bad(
@@ -657,6 +633,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The error for `key` holding the unacceptable `value`.
+fn bad(key: &str, value: String, reason: &str) -> Result<()> {
+    Err(Error::Config {
+        key: key.into(),
+        value,
+        reason: reason.into(),
+    })
+}
+
+/// A duration as an operator would write it in the file.
+fn d(v: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(v).to_string()
 }
 
 #[cfg(test)]
