@@ -314,7 +314,7 @@ impl Membership {
     }
 
     /// Announces a graceful leave to every live member and stops probing.
-    pub fn leave(&mut self, now: Instant) {
+    pub fn leave(&mut self, _now: Instant) {
         if self.status == Status::Idle {
             return;
         }
@@ -340,7 +340,6 @@ impl Membership {
         self.broadcasts = Broadcasts::default();
         self.rebuild_ring();
         self.events.push(Event::Left(self.me));
-        let _ = now;
     }
 
     /// Test support: makes this agent a joined member of a group of `members`
