@@ -4,6 +4,7 @@
 //! - [`api`]: the TCP request/response server on the same port number.
 //! - [`control`]: the replicated control plane (Raft) and its state machine.
 //! - [`sdfs`]: the file store on this agent and its data path.
+//! - [`infer`]: ONNX Runtime sessions and image preprocessing (the worker's tools).
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
 
@@ -11,5 +12,6 @@ pub mod agent;
 pub mod api;
 pub mod control;
 pub mod event_log;
+pub mod infer;
 pub mod membership;
 pub mod sdfs;

@@ -230,6 +230,36 @@ impl Default for SdfsConfig {
     }
 }
 
+/// Inference workers and the leader's scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Model registry file; unset means the one built into the binary.
+    pub registry: Option<PathBuf>,
+    /// ONNX Runtime's shared library. Unset: `ORT_DYLIB_PATH`, else the
+    /// project virtualenv (`.venv`) beside the binary or the working directory.
+    pub ort_dylib: Option<PathBuf>,
+    /// Whether this agent runs queries.
+    pub worker: bool,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+    /// Shortest lease of a query; the leader stretches it for slow models.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            registry: None,
+            ort_dylib: None,
+            worker: true,
+            intra_threads: 1,
+            lease_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole agent config, every value resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -248,6 +278,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub control: ControlConfig,
     pub sdfs: SdfsConfig,
+    pub inference: InferenceConfig,
 }
 
 /// What a file may say: every key optional, unknown keys refused.
@@ -263,6 +294,7 @@ struct RawConfig {
     api: Option<RawApi>,
     control: Option<ControlConfig>,
     sdfs: Option<SdfsConfig>,
+    inference: Option<InferenceConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +345,7 @@ impl Config {
             api: ApiConfig::default(),
             control: ControlConfig::default(),
             sdfs: SdfsConfig::default(),
+            inference: InferenceConfig::default(),
         }
     }
 
@@ -362,6 +395,9 @@ impl Config {
         }
         if let Some(v) = raw.sdfs {
             c.sdfs = v;
+        }
+        if let Some(v) = raw.inference {
+            c.inference = v;
         }
         if let Some(a) = raw.api {
             if let Some(v) = a.max_frame {
@@ -514,6 +550,7 @@ impl Config {
         }
         self.validate_control()?;
         self.validate_sdfs()?;
+        self.validate_inference()?;
         if self.bind.ip().is_unspecified() && !self.introducers.is_empty() {
             return bad(
                 "bind",
@@ -576,6 +613,30 @@ impl Config {
             if !seen.insert(*v) {
                 return bad("control.voters", v.to_string(), "is listed twice");
             }
+        }
+        Ok(())
+    }
+
+    fn validate_inference(&self) -> Result<()> {
+        let i = &self.inference;
+        if i.intra_threads == 0 || i.intra_threads > 256 {
+            return bad(
+                "inference.intra_threads",
+                i.intra_threads.to_string(),
+                "must be between 1 and 256",
+            );
+        }
+        if i.lease_timeout < Duration::from_secs(1) {
+            return bad(
+                "inference.lease_timeout",
+                d(i.lease_timeout),
+                "must be at least 1s",
+            );
+        }
+        if let Some(p) = &i.registry
+            && p.as_os_str().is_empty()
+        {
+            return bad("inference.registry", String::new(), "must not be empty");
         }
         Ok(())
     }

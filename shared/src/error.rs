@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error("config file \"{path}\": {reason}")]
     ConfigFile { path: String, reason: String },
+    #[error("model registry \"{path}\": {reason}")]
+    Registry { path: String, reason: String },
     #[error("agent at {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
     #[error("cannot reach agent at {addr}: {reason}")]

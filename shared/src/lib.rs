@@ -6,6 +6,8 @@
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
 //! - [`api`]: request and response types of the agent API.
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
+//! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
+//! - [`models`]: the model registry (`assets/models.toml`).
 //! - [`client`]: an async client for that API.
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
@@ -16,6 +18,8 @@ pub mod config;
 pub mod error;
 pub mod framing;
 pub mod id;
+pub mod infer;
+pub mod models;
 pub mod sdfs;
 pub mod sdfs_client;
 pub mod wire;

@@ -160,6 +160,8 @@ pub enum MetaRequest {
         node: SocketAddr,
         items: Vec<(String, u64)>,
     },
+    /// Inference jobs and figures (see [`crate::infer`]).
+    Infer(crate::infer::InferRequest),
     /// Agent to agent: serve the inner request only if the receiver leads the
     /// control plane, else answer `Response::NotLeader`. Agents wrap requests
     /// they forward in it, so a request never bounces between stale followers.
@@ -175,6 +177,7 @@ impl MetaRequest {
         match self {
             MetaRequest::BeginPut { .. } | MetaRequest::Delete { .. } => false,
             MetaRequest::AtLeader(inner) => inner.is_idempotent(),
+            MetaRequest::Infer(r) => r.is_idempotent(),
             _ => true,
         }
     }
@@ -182,6 +185,7 @@ impl MetaRequest {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaResponse {
+    Infer(crate::infer::InferResponse),
     PutPlan {
         version: u64,
         /// Stream to `chain[0]`, which forwards to the rest in order.

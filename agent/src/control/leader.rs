@@ -209,6 +209,10 @@ impl Inner {
                 })?;
                 Ok(MetaResponse::Wanted(keep))
             }
+            MetaRequest::Infer(_) => Err(ControlError::BadRequest(
+                "inference is not available in this build".into(),
+            )
+            .into()),
             MetaRequest::AtLeader(_) => Err(ControlError::BadRequest(
                 "a forwarded request was forwarded again".into(),
             )

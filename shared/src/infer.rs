@@ -1,0 +1,231 @@
+//! Inference vocabulary shared by agents and `dml`: jobs, queries, their
+//! results, and the C1–C5 figures.
+//!
+//! Every request here travels as `MetaRequest::Infer` and is served by the
+//! leader (followers forward it). Operators submit jobs and read figures;
+//! workers (every agent) take query leases with [`InferRequest::Lease`] and
+//! hand results back with [`InferRequest::Complete`].
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// A job number, handed out in order by the leader.
+pub type JobId = u64;
+
+/// Largest batch size any model accepts.
+pub const MAX_BATCH: u32 = 256;
+
+/// Number of top predictions returned per image.
+pub const TOP_K: usize = 5;
+
+/// One of the top-5 predictions for an image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Class index in the model's output.
+    pub class: u32,
+    pub label: String,
+    /// Softmax probability.
+    pub score: f32,
+}
+
+/// What became of one image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Top-5, best first.
+    Top(Vec<Prediction>),
+    /// The image could not be read, decoded or run; the reason.
+    Error(String),
+}
+
+/// The result for one image of a job, keyed by its index in the job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageResult {
+    pub index: u32,
+    /// The image's SDFS name.
+    pub image: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Running,
+    /// Every image has a result.
+    Done,
+    /// The job cannot go on (e.g. its model cannot be loaded anywhere).
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+/// One row of `dml jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub model: String,
+    /// SDFS prefix the images were taken from.
+    pub dataset: String,
+    pub images: u32,
+    /// Images with a result (including per-image errors).
+    pub done: u32,
+    /// Images whose result is an error.
+    pub errors: u32,
+    /// Queries whose results were accepted.
+    pub queries: u64,
+    pub state: JobState,
+    /// Why the job failed, if it did.
+    pub reason: Option<String>,
+    pub submitted_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// SDFS name of the stored output once the job is done.
+    pub output: Option<String>,
+}
+
+/// A model as the cluster knows it: its registry entry's name and the
+/// batch size in force (C3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub batch_size: u32,
+    pub max_batch: u32,
+    /// SDFS name of its ONNX file and the version there, if uploaded.
+    pub file: String,
+    pub version: Option<u64>,
+}
+
+/// C1 for one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RateInfo {
+    pub model: String,
+    /// Queries completed per second over the last 10 s.
+    pub queries_per_s: f64,
+    /// Images completed per second over the last 10 s.
+    pub images_per_s: f64,
+    /// Queries completed since the model's first job (this leader's term on).
+    pub queries_total: u64,
+    pub images_total: u64,
+}
+
+/// C2 for one model: query processing time in milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyInfo {
+    pub model: String,
+    pub count: u64,
+    pub mean_ms: f64,
+    pub stddev_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// C5: the workers running a job's queries right now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    pub job: JobId,
+    pub model: String,
+    /// Each worker and the queries it holds a lease on.
+    pub workers: Vec<(SocketAddr, u32)>,
+}
+
+/// A query handed to a worker: some images of one job, to run as one batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Unique per leader term: results are keyed by (job, image index), so a
+    /// late or repeated completion is never counted twice.
+    pub query: u64,
+    pub job: JobId,
+    pub model: String,
+    /// SDFS name and version of the model's ONNX file.
+    pub model_file: String,
+    pub model_version: u64,
+    /// (index in the job, SDFS name) of each image.
+    pub images: Vec<(u32, String)>,
+    /// The leader re-dispatches the query if no result arrives within this.
+    pub lease_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InferRequest {
+    /// C4: run `model` over the images under `dataset` (all of them, or the
+    /// first `count` in name order, cycling if there are fewer).
+    Submit {
+        model: String,
+        count: Option<u32>,
+        dataset: String,
+    },
+    Jobs,
+    /// C4: a job's per-image results, by index.
+    Output {
+        job: JobId,
+    },
+    /// C3: batch size of queries not yet dispatched.
+    SetBatchSize {
+        model: String,
+        size: u32,
+    },
+    Models,
+    /// C1.
+    Rates,
+    /// C2.
+    Latency,
+    /// C5.
+    Placement,
+    /// Worker: the next query for `worker`, waiting up to `wait_ms` for one.
+    Lease {
+        worker: SocketAddr,
+        wait_ms: u32,
+    },
+    /// Worker: results of a leased query. `failed` set: the worker could not
+    /// run the model at all (e.g. a bad ONNX file): the reason.
+    Complete {
+        worker: SocketAddr,
+        query: u64,
+        job: JobId,
+        results: Vec<ImageResult>,
+        /// Time from fetching the first image to the last result.
+        elapsed_ms: u32,
+        failed: Option<String>,
+    },
+}
+
+impl InferRequest {
+    /// Whether repeating the request after an unknown outcome is harmless.
+    /// A repeated `Lease` only leaves a lease to expire; a repeated
+    /// `Complete` is ignored image by image.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, InferRequest::Submit { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InferResponse {
+    Submitted {
+        job: JobId,
+        images: u32,
+    },
+    Jobs(Vec<JobInfo>),
+    Output {
+        job: JobInfo,
+        results: Vec<ImageResult>,
+    },
+    Models(Vec<ModelInfo>),
+    Rates(Vec<RateInfo>),
+    Latency(Vec<LatencyInfo>),
+    Placement(Vec<Placement>),
+    /// The next query, or none within the wait.
+    Lease(Option<Lease>),
+    /// How many of the completed images were new (the rest were duplicates).
+    Accepted {
+        new: u32,
+    },
+    Done,
+}
