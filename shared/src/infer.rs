@@ -6,6 +6,7 @@
 //! workers (every agent) take query leases with [`InferRequest::Lease`] and
 //! hand results back with [`InferRequest::Complete`].
 
+use crate::sdfs::VersionInfo;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -137,6 +138,8 @@ pub struct Placement {
 }
 
 /// A query handed to a worker: some images of one job, to run as one batch.
+/// It names the exact committed versions and their replicas, so the worker
+/// reads them (its own copy first) without asking the leader again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// Unique per leader term: results are keyed by (job, image index), so a
@@ -144,11 +147,11 @@ pub struct Lease {
     pub query: u64,
     pub job: JobId,
     pub model: String,
-    /// SDFS name and version of the model's ONNX file.
+    /// SDFS name of the model's ONNX file and the version to load.
     pub model_file: String,
-    pub model_version: u64,
-    /// (index in the job, SDFS name) of each image.
-    pub images: Vec<(u32, String)>,
+    pub model_version: VersionInfo,
+    /// (index in the job, SDFS name, committed version) of each image.
+    pub images: Vec<(u32, String, VersionInfo)>,
     /// The leader re-dispatches the query if no result arrives within this.
     pub lease_ms: u64,
 }
