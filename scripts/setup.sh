@@ -39,5 +39,9 @@ for component in rustfmt clippy; do
   fi
 done
 
+# The Python virtualenv .venv (onnxruntime, whose libonnxruntime.so the `ort` crate
+# loads, and the model builder's packages).
+bash scripts/venv.sh
+
 cargo build --workspace --bins
 echo "setup: built $(ls "${CARGO_TARGET_DIR:-target}"/debug/dml "${CARGO_TARGET_DIR:-target}"/debug/dml-agent | tr '\n' ' ')"

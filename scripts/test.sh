@@ -7,6 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
 
+echo "== model builder: learnable parameter counts of resnet50, inceptionv3, tiny"
+.venv/bin/python scripts/models/build_models.py --count-only --models resnet50,inceptionv3,tiny
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
