@@ -7,6 +7,7 @@ use crate::control::{ControlHandle, ControlPlane, Settings};
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
 use crate::sdfs::{SdfsHandle, SdfsOptions, SdfsService};
+use crate::telemetry::{self, Telemetry, TelemetryService};
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
 use dml_shared::config::Config;
@@ -22,6 +23,7 @@ pub struct Agent {
     control: ControlPlane,
     sdfs: SdfsService,
     api: ApiServer,
+    telemetry: TelemetryService,
 }
 
 /// Binds TCP and UDP to the same port number.
@@ -69,17 +71,29 @@ impl Agent {
             .await
             .context("cannot open the SDFS store")?;
         let membership = driver::spawn(udp, core, join);
+        let registry = std::sync::Arc::new(match &cfg.inference.registry {
+            Some(path) => dml_shared::models::Registry::load(path)?,
+            None => dml_shared::models::Registry::builtin(),
+        });
         let control = ControlPlane::start(
-            Settings::from_config(cfg, addr),
+            Settings::from_config(cfg, addr, registry.clone()),
             &cfg.data_dir,
             membership.handle.clone(),
         )
         .await
         .context("cannot start the control plane")?;
+        let telemetry = TelemetryService::start(telemetry::Sources {
+            me: addr,
+            membership: membership.handle.clone(),
+            control: control.handle(),
+            sdfs: sdfs.handle(),
+            replicas: cfg.replicas() as u32,
+        });
         let services = Services {
             membership: membership.handle.clone(),
             control: control.handle(),
             sdfs: sdfs.handle(),
+            telemetry: telemetry.handle(),
         };
         let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
         Ok(Self {
@@ -88,6 +102,7 @@ impl Agent {
             control,
             sdfs,
             api,
+            telemetry,
         })
     }
 
@@ -102,10 +117,16 @@ impl Agent {
 
     /// Leaves the group gracefully, then stops every service.
     pub async fn shutdown(self) {
+        self.telemetry.shutdown().await;
         self.membership.shutdown().await;
         self.control.shutdown().await;
         self.api.shutdown().await;
         self.sdfs.shutdown().await;
+    }
+
+    /// The telemetry publisher (event log, subscriptions).
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.handle()
     }
 
     /// The SDFS store and data path.

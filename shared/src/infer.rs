@@ -232,3 +232,56 @@ pub enum InferResponse {
     },
     Done,
 }
+
+/// One line of a job's JSONL output (no newline): `{"index", "image",
+/// "top5": [{"class", "label", "score"}]}` or `{"index", "image", "error"}`.
+pub fn jsonl_line(r: &ImageResult) -> String {
+    let v = match &r.outcome {
+        Outcome::Top(preds) => serde_json::json!({
+            "index": r.index,
+            "image": r.image,
+            "top5": preds
+                .iter()
+                .map(|p| serde_json::json!({"class": p.class, "label": p.label, "score": p.score}))
+                .collect::<Vec<_>>(),
+        }),
+        Outcome::Error(e) => serde_json::json!({
+            "index": r.index,
+            "image": r.image,
+            "error": e,
+        }),
+    };
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_lines_escape_labels_and_carry_errors() {
+        let ok = ImageResult {
+            index: 3,
+            image: "d/a \"b\".png".into(),
+            outcome: Outcome::Top(vec![Prediction {
+                class: 7,
+                label: "cock, rooster".into(),
+                score: 0.25,
+            }]),
+        };
+        let v: serde_json::Value = serde_json::from_str(&jsonl_line(&ok)).unwrap();
+        assert_eq!(v["image"], "d/a \"b\".png");
+        assert_eq!(v["top5"][0]["label"], "cock, rooster");
+        assert_eq!(v["top5"][0]["score"], 0.25);
+        let err = ImageResult {
+            index: 4,
+            image: "x".into(),
+            outcome: Outcome::Error("not an image".into()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&jsonl_line(&err)).unwrap();
+        assert_eq!(
+            (v["index"].as_u64(), v["error"].as_str()),
+            (Some(4), Some("not an image"))
+        );
+    }
+}

@@ -44,7 +44,7 @@ impl Inner {
 
     /// Appends `op` to the log and waits for it to apply, for at most
     /// [`super::Settings::leader_wait`].
-    async fn propose(&self, op: Op) -> Result<Applied, Refusal> {
+    pub(crate) async fn propose(&self, op: Op) -> Result<Applied, Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
@@ -65,7 +65,7 @@ impl Inner {
 
     /// Confirms leadership with a quorum and waits until reads see every
     /// committed entry, so a deposed leader never answers from stale state.
-    async fn linearize(&self) -> Result<(), Refusal> {
+    pub(crate) async fn linearize(&self) -> Result<(), Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
@@ -83,7 +83,10 @@ impl Inner {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&super::state::MetaState) -> T) -> Result<T, Refusal> {
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&super::state::MetaState) -> T,
+    ) -> Result<T, Refusal> {
         let sm = self.sm.as_ref().ok_or(Refusal::NotLeader(None))?;
         Ok(read_sm(sm, |d| f(&d.state)))
     }
@@ -209,10 +212,7 @@ impl Inner {
                 })?;
                 Ok(MetaResponse::Wanted(keep))
             }
-            MetaRequest::Infer(_) => Err(ControlError::BadRequest(
-                "inference is not available in this build".into(),
-            )
-            .into()),
+            MetaRequest::Infer(r) => self.serve_infer(r).await,
             MetaRequest::AtLeader(_) => Err(ControlError::BadRequest(
                 "a forwarded request was forwarded again".into(),
             )
@@ -240,12 +240,24 @@ pub(crate) async fn maintain(inner: Arc<Inner>, mut stop: watch::Receiver<bool>)
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (done_tx, mut done_rx) = mpsc::channel::<CopyDone>(64);
     let mut busy: HashSet<(String, u64)> = HashSet::new();
+    let (out_tx, mut out_rx) = mpsc::channel::<u64>(16);
+    let mut outputs: HashSet<u64> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
             ev = events.recv() => match ev {
-                Ok(e) if matches!(e.event, Event::Failed(_) | Event::Left(_)) => {}
+                Ok(e) if matches!(e.event, Event::Failed(_) | Event::Left(_)) => {
+                    if let Event::Failed(id) | Event::Left(id) = e.event
+                        && inner.is_leader()
+                    {
+                        let n = inner.with_scheduler(|s| s.worker_gone(id.addr));
+                        if n > 0 {
+                            tracing::info!(worker = %id.addr, queries = n, "re-dispatching the queries of a departed worker");
+                            inner.work.notify_waiters();
+                        }
+                    }
+                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => {
                     // Membership stopped: keep the timer only.
@@ -259,12 +271,32 @@ pub(crate) async fn maintain(inner: Arc<Inner>, mut stop: watch::Receiver<bool>)
                 }
                 continue;
             }
+            job = out_rx.recv() => {
+                if let Some(job) = job {
+                    outputs.remove(&job);
+                }
+                continue;
+            }
         }
         if !inner.is_leader() {
             continue;
         }
         expire(&inner).await;
         repair_pass(&inner, &mut busy, &done_tx).await;
+        for job in inner.outputs_due() {
+            if outputs.insert(job) {
+                let (inner, tx) = (inner.clone(), out_tx.clone());
+                tokio::spawn(async move {
+                    match inner.store_output(job).await {
+                        Ok(()) => tracing::info!(job, "job output stored in SDFS"),
+                        Err(e) => {
+                            tracing::warn!(job, error = %e, "cannot store the job's output yet")
+                        }
+                    }
+                    let _ = tx.send(job).await;
+                });
+            }
+        }
     }
 }
 

@@ -5,29 +5,36 @@
 //!
 //! - [`types`]: the openraft type config, the commands of the log, voter ids.
 //! - [`state`]: the metadata state machine (a plain struct; pure).
+//! - [`jobs`]: its inference part: jobs, per-image results, batch sizes (pure).
 //! - [`placement`]: consistent hashing of names over agents (pure).
 //! - [`repair`]: the repair planner (pure).
 //! - [`store`]: the redb log, vote and snapshot storage.
 //! - [`network`]: Raft RPCs over the agent TCP port.
 //! - [`leader`]: metadata requests served by the leader, and its periodic
-//!   tasks (expiry of stale puts, repair).
+//!   tasks (expiry of stale puts, repair, storing finished jobs' output).
+//! - [`infer`]: inference requests served by the leader (jobs, C1–C5, leases).
+//! - [`scheduler`]: the leader's in-memory leases and fair-time dispatch (pure).
 //! - [`forward`]: finding the leader and forwarding to it.
 //! - this file: [`ControlPlane`] (start and stop) and [`ControlHandle`] (what
 //!   the API calls).
 
 pub mod error;
 pub mod forward;
+pub mod infer;
+pub mod jobs;
 pub mod leader;
 pub mod network;
 pub mod placement;
 pub mod repair;
+pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod types;
 
 use crate::membership::driver::MembershipHandle;
 use dml_shared::api::{LeaderInfo, Response};
-use dml_shared::config::{Config, ControlConfig, SdfsConfig};
+use dml_shared::config::{Config, ControlConfig, InferenceConfig, SdfsConfig};
+use dml_shared::models::Registry;
 use dml_shared::sdfs::MetaRequest;
 pub use error::ControlError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
@@ -55,16 +62,23 @@ pub struct Settings {
     pub sdfs: SdfsConfig,
     /// Copies of each SDFS version (`Config::replicas`).
     pub replicas: usize,
+    pub inference: InferenceConfig,
+    pub registry: Arc<Registry>,
+    /// The agent's data directory (scratch files of the leader's tasks).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Settings {
-    pub fn from_config(cfg: &Config, me: SocketAddr) -> Self {
+    pub fn from_config(cfg: &Config, me: SocketAddr, registry: Arc<Registry>) -> Self {
         Self {
             me,
             voters: cfg.voters(),
             control: cfg.control.clone(),
             sdfs: cfg.sdfs.clone(),
             replicas: cfg.replicas(),
+            inference: cfg.inference.clone(),
+            registry,
+            data_dir: cfg.data_dir.clone(),
         }
     }
 
@@ -88,6 +102,10 @@ pub(crate) struct Inner {
     pub membership: MembershipHandle,
     /// Non-voters: the leader last learned from a voter.
     pub leader_hint: Mutex<Option<SocketAddr>>,
+    /// The leader's scheduler and the term it belongs to.
+    pub sched: Mutex<Option<(u64, scheduler::Scheduler)>>,
+    /// Wakes workers' lease requests waiting for work.
+    pub work: tokio::sync::Notify,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -197,6 +215,8 @@ impl ControlPlane {
             sm,
             membership,
             leader_hint: Mutex::new(None),
+            sched: Mutex::new(None),
+            work: tokio::sync::Notify::new(),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {

@@ -3,6 +3,7 @@
 //! struct: [`MetaState::apply`] takes a [`Command`] and returns [`Applied`];
 //! the Raft glue lives in `store.rs`.
 
+use super::jobs::JobsState;
 use super::types::{Applied, Command, Op};
 use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo};
 use serde::{Deserialize, Serialize};
@@ -54,9 +55,11 @@ impl FileMeta {
 }
 
 /// The whole replicated metadata.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
     files: BTreeMap<String, FileMeta>,
+    /// Inference jobs and model settings.
+    pub jobs: JobsState,
 }
 
 impl MetaState {
@@ -148,6 +151,30 @@ impl MetaState {
                         v.replicas.push(*a);
                     }
                 }
+                Applied::Done
+            }
+            Op::SubmitJob {
+                model,
+                dataset,
+                images,
+            } => Applied::Job(self.jobs.submit(model, dataset, images.clone(), now)),
+            Op::SetBatchSize { model, size } => {
+                self.jobs.batch.insert(model.clone(), *size);
+                Applied::Done
+            }
+            Op::CompleteQuery { job, results } => {
+                let a = self.jobs.complete(*job, results, now);
+                Applied::Accepted {
+                    new: a.new,
+                    finished: a.finished,
+                }
+            }
+            Op::FailJob { job, reason } => {
+                self.jobs.fail(*job, reason, now);
+                Applied::Done
+            }
+            Op::SetJobOutput { job, name } => {
+                self.jobs.set_output(*job, name);
                 Applied::Done
             }
         }

@@ -1,6 +1,7 @@
 //! The Raft type configuration, the commands the log carries and what
 //! applying them returns, and the voter id derived from an address.
 
+use dml_shared::infer::{ImageResult, JobId};
 use dml_shared::sdfs::Checksum;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -39,7 +40,8 @@ pub struct Command {
     pub op: Op,
 }
 
-/// Operations on the replicated state. Later issues add model settings and jobs.
+/// Operations on the replicated state: SDFS metadata, inference jobs and
+/// model settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Reserve the next version of `name` as pending on `replicas`.
@@ -70,6 +72,23 @@ pub enum Op {
         add: Vec<SocketAddr>,
         drop: Vec<SocketAddr>,
     },
+    /// Start a job over `images` (SDFS names, in order).
+    SubmitJob {
+        model: String,
+        dataset: String,
+        images: Vec<String>,
+    },
+    /// C3: batch size of `model` for queries not yet dispatched.
+    SetBatchSize { model: String, size: u32 },
+    /// Results of one query; images already done are ignored.
+    CompleteQuery {
+        job: JobId,
+        results: Vec<ImageResult>,
+    },
+    /// Stop a running job for good.
+    FailJob { job: JobId, reason: String },
+    /// A finished job's output was stored in SDFS as `name`.
+    SetJobOutput { job: JobId, name: String },
 }
 
 /// The result of applying one entry (the same on every replica).
@@ -79,6 +98,10 @@ pub enum Applied {
     Done,
     /// A version was reserved or committed.
     Version(u64),
+    /// A job was submitted.
+    Job(JobId),
+    /// A query's results: images new to the job, and whether it finished it.
+    Accepted { new: u32, finished: bool },
     /// The operation was refused; the text says why, for the operator.
     Rejected(String),
 }

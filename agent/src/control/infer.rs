@@ -1,0 +1,406 @@
+//! Inference requests served by the leader: job submission, C1–C5 and the
+//! worker protocol (leases and completions). Job progress goes through Raft
+//! (`jobs.rs`); leases and figures live in the [`Scheduler`].
+
+use super::Inner;
+use super::error::ControlError;
+use super::leader::Refusal;
+use super::scheduler::Scheduler;
+use super::store::read_sm;
+use super::types::{Applied, Op};
+use dml_shared::infer::{
+    ImageResult, InferRequest, InferResponse, JobId, JobState, Lease, ModelInfo, Outcome, RateInfo,
+};
+use dml_shared::sdfs::{MetaResponse, validate_name};
+use std::net::SocketAddr;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+/// Largest job, in images.
+pub const MAX_JOB_IMAGES: u32 = 1_000_000;
+/// Longest a worker's lease request waits for work.
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
+/// Distinct workers that must fail to load a model before its job fails
+/// (fewer if fewer workers are alive).
+const REFUSALS_TO_FAIL: usize = 2;
+
+fn bad(msg: impl Into<String>) -> Refusal {
+    Refusal::Failed(ControlError::BadRequest(msg.into()))
+}
+
+fn rejected(a: Applied) -> Result<Applied, Refusal> {
+    match a {
+        Applied::Rejected(m) => Err(Refusal::Failed(ControlError::Rejected(m))),
+        other => Ok(other),
+    }
+}
+
+impl Inner {
+    /// Runs `f` on this leadership's scheduler, first syncing it with the
+    /// replicated jobs and expiring stale leases. A new term starts afresh.
+    pub(crate) fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler) -> T) -> T {
+        let term = self
+            .raft
+            .as_ref()
+            .map_or(0, |r| r.metrics().borrow().current_term);
+        let mut guard = self.sched.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.as_ref().is_none_or(|(t, _)| *t != term) {
+            *guard = Some((term, Scheduler::new(term, self.s.inference.lease_timeout)));
+        }
+        let (_, sched) = guard.as_mut().expect("set above");
+        if let Some(sm) = &self.sm {
+            read_sm(sm, |d| sched.sync(&d.state.jobs));
+        }
+        if sched.expire(Instant::now()) > 0 {
+            self.work.notify_waiters();
+        }
+        f(sched)
+    }
+
+    fn batch_size(&self, jobs: &super::jobs::JobsState, model: &str) -> u32 {
+        jobs.batch
+            .get(model)
+            .copied()
+            .or_else(|| self.s.registry.get(model).map(|m| m.batch))
+            .unwrap_or(1)
+    }
+
+    pub(crate) async fn serve_infer(&self, req: InferRequest) -> Result<MetaResponse, Refusal> {
+        let r = match req {
+            InferRequest::Submit {
+                model,
+                count,
+                dataset,
+            } => self.submit(model, count, dataset).await?,
+            InferRequest::Jobs => {
+                self.linearize().await?;
+                InferResponse::Jobs(
+                    self.read(|s| s.jobs.jobs.iter().map(|(id, j)| j.info(*id)).collect())?,
+                )
+            }
+            InferRequest::Output { job } => {
+                self.linearize().await?;
+                let found =
+                    self.read(|s| s.jobs.jobs.get(&job).map(|j| (j.info(job), j.results())))?;
+                let (job, results) = found.ok_or_else(|| bad(format!("there is no job {job}")))?;
+                InferResponse::Output { job, results }
+            }
+            InferRequest::SetBatchSize { model, size } => {
+                let spec = self.s.registry.require(&model).map_err(bad)?;
+                if size == 0 || size > spec.max_batch {
+                    return Err(bad(format!(
+                        "batch size {size} for \"{model}\" must be between 1 and {}",
+                        spec.max_batch
+                    )));
+                }
+                rejected(self.propose(Op::SetBatchSize { model, size }).await?)?;
+                InferResponse::Done
+            }
+            InferRequest::Models => {
+                self.linearize().await?;
+                let models = self.read(|s| {
+                    self.s
+                        .registry
+                        .models
+                        .iter()
+                        .map(|m| ModelInfo {
+                            name: m.name.clone(),
+                            batch_size: self.batch_size(&s.jobs, &m.name),
+                            max_batch: m.max_batch,
+                            file: m.sdfs_name(),
+                            version: s
+                                .stat(&m.sdfs_name())
+                                .and_then(|f| f.versions.last().map(|v| v.version)),
+                        })
+                        .collect()
+                })?;
+                InferResponse::Models(models)
+            }
+            InferRequest::Rates => {
+                self.linearize().await?;
+                let now = Instant::now();
+                let totals = self.read(|s| {
+                    self.s
+                        .registry
+                        .models
+                        .iter()
+                        .map(|m| (m.name.clone(), s.jobs.totals(&m.name)))
+                        .collect::<Vec<_>>()
+                })?;
+                let rates = self.with_scheduler(|sch| {
+                    totals
+                        .into_iter()
+                        .map(|(model, (queries_total, images_total))| {
+                            let (q, i) = sch.rate(&model, now);
+                            RateInfo {
+                                model,
+                                queries_per_s: q,
+                                images_per_s: i,
+                                queries_total,
+                                images_total,
+                            }
+                        })
+                        .collect()
+                });
+                InferResponse::Rates(rates)
+            }
+            InferRequest::Latency => {
+                self.linearize().await?;
+                let names: Vec<String> = self
+                    .s
+                    .registry
+                    .models
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect();
+                InferResponse::Latency(
+                    self.with_scheduler(|sch| {
+                        names.iter().filter_map(|m| sch.latency(m)).collect()
+                    }),
+                )
+            }
+            InferRequest::Placement => {
+                self.linearize().await?;
+                InferResponse::Placement(self.with_scheduler(|sch| sch.placement()))
+            }
+            InferRequest::Lease { worker, wait_ms } => {
+                let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_LEASE_WAIT);
+                InferResponse::Lease(self.lease(worker, wait).await?)
+            }
+            InferRequest::Complete {
+                worker,
+                query,
+                job,
+                results,
+                elapsed_ms,
+                failed,
+            } => {
+                let elapsed = Duration::from_millis(u64::from(elapsed_ms));
+                self.complete(worker, query, job, results, elapsed, failed)
+                    .await?
+            }
+        };
+        Ok(MetaResponse::Infer(r))
+    }
+
+    async fn submit(
+        &self,
+        model: String,
+        count: Option<u32>,
+        dataset: String,
+    ) -> Result<InferResponse, Refusal> {
+        let spec = self.s.registry.require(&model).map_err(bad)?;
+        let trimmed = dataset.trim_end_matches('/');
+        validate_name(trimmed).map_err(|e| bad(format!("dataset prefix: {e}")))?;
+        if count == Some(0) {
+            return Err(bad("the number of images must be at least 1"));
+        }
+        if count.is_some_and(|c| c > MAX_JOB_IMAGES) {
+            return Err(bad(format!("a job has at most {MAX_JOB_IMAGES} images")));
+        }
+        self.linearize().await?;
+        let prefix = format!("{trimmed}/");
+        let model_file = spec.sdfs_name();
+        let (names, has_model) = self.read(|s| {
+            let names: Vec<String> = s
+                .list(&format!("{prefix}*"))
+                .into_iter()
+                .map(|f| f.name)
+                .filter(|n| n.starts_with(&prefix))
+                .collect();
+            (names, s.stat(&model_file).is_some())
+        })?;
+        if !has_model {
+            return Err(bad(format!(
+                "the model file {model_file} is not in SDFS; upload it with `dml models upload --models {model}`"
+            )));
+        }
+        if names.is_empty() {
+            return Err(bad(format!(
+                "there are no files under the SDFS prefix \"{prefix}\"; load images with `dml sdfs load <dir> {prefix}`"
+            )));
+        }
+        let images: Vec<String> = match count {
+            Some(n) => names.iter().cycle().take(n as usize).cloned().collect(),
+            None => names.into_iter().take(MAX_JOB_IMAGES as usize).collect(),
+        };
+        let n = images.len() as u32;
+        let applied = self
+            .propose(Op::SubmitJob {
+                model: model.clone(),
+                dataset: prefix,
+                images,
+            })
+            .await?;
+        match rejected(applied)? {
+            Applied::Job(job) => {
+                tracing::info!(job, %model, images = n, "job submitted");
+                self.work.notify_waiters();
+                Ok(InferResponse::Submitted { job, images: n })
+            }
+            other => Err(Refusal::Failed(ControlError::Raft(format!(
+                "unexpected result {other:?} from the state machine"
+            )))),
+        }
+    }
+
+    /// The next query for `worker`, waiting up to `wait` for one.
+    async fn lease(&self, worker: SocketAddr, wait: Duration) -> Result<Option<Lease>, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if !self.is_leader() {
+                return Err(Refusal::NotLeader(
+                    self.raft_leader().filter(|l| *l != self.s.me),
+                ));
+            }
+            // Register interest before looking, so a submit in between wakes us.
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let picked = self.with_scheduler(|sch| {
+                let sm = self.sm.as_ref()?;
+                read_sm(sm, |d| {
+                    let jobs = &d.state.jobs;
+                    let now = Instant::now();
+                    let dispatch = sch.dispatch(worker, |m| self.batch_size(jobs, m), now)?;
+                    let job = &jobs.jobs[&dispatch.job];
+                    let spec = self.s.registry.get(&dispatch.model)?;
+                    let model_file = spec.sdfs_name();
+                    let model_version = d.state.stat(&model_file)?.versions.pop()?;
+                    let mut images = Vec::new();
+                    let mut gone = Vec::new();
+                    for i in &dispatch.images {
+                        let name = job.images[*i as usize].clone();
+                        match d.state.stat(&name).and_then(|mut f| f.versions.pop()) {
+                            Some(v) => images.push((*i, name, v)),
+                            None => gone.push(ImageResult {
+                                index: *i,
+                                outcome: Outcome::Error(format!(
+                                    "image \"{name}\" is no longer in SDFS"
+                                )),
+                                image: name,
+                            }),
+                        }
+                    }
+                    Some((
+                        Lease {
+                            query: dispatch.query,
+                            job: dispatch.job,
+                            model: dispatch.model,
+                            model_file,
+                            model_version,
+                            images,
+                            lease_ms: dispatch.lease.as_millis() as u64,
+                        },
+                        gone,
+                    ))
+                })
+            });
+            if let Some((lease, gone)) = picked {
+                if !gone.is_empty() {
+                    let op = Op::CompleteQuery {
+                        job: lease.job,
+                        results: gone,
+                    };
+                    rejected(self.propose(op).await?)?;
+                }
+                if lease.images.is_empty() {
+                    continue;
+                }
+                return Ok(Some(lease));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        worker: SocketAddr,
+        query: u64,
+        job: JobId,
+        results: Vec<ImageResult>,
+        elapsed: Duration,
+        failed: Option<String>,
+    ) -> Result<InferResponse, Refusal> {
+        if let Some(reason) = failed {
+            let refused = self.with_scheduler(|sch| sch.refuse(query, worker));
+            self.work.notify_waiters();
+            tracing::warn!(job, %worker, %reason, "a worker cannot run the job's model");
+            let (_, alive) = self.live_view().await;
+            let needed = REFUSALS_TO_FAIL.min(alive.len().max(1));
+            if refused.is_some_and(|(_, n)| n >= needed) {
+                let reason = format!("{worker}: {reason}");
+                rejected(self.propose(Op::FailJob { job, reason }).await?)?;
+            }
+            return Ok(InferResponse::Accepted { new: 0 });
+        }
+        let model = self
+            .read(|s| s.jobs.jobs.get(&job).map(|j| j.model.clone()))?
+            .ok_or_else(|| bad(format!("there is no job {job}")))?;
+        let applied = self.propose(Op::CompleteQuery { job, results }).await?;
+        let (new, finished) = match rejected(applied)? {
+            Applied::Accepted { new, finished } => (new, finished),
+            other => {
+                return Err(Refusal::Failed(ControlError::Raft(format!(
+                    "unexpected result {other:?} from the state machine"
+                ))));
+            }
+        };
+        self.with_scheduler(|sch| sch.completed(query, &model, new, elapsed, Instant::now()));
+        if finished {
+            tracing::info!(job, %model, "job finished");
+        }
+        Ok(InferResponse::Accepted { new })
+    }
+
+    /// Finished jobs whose output is not yet stored in SDFS.
+    pub(crate) fn outputs_due(&self) -> Vec<JobId> {
+        self.read(|s| {
+            s.jobs
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.state == JobState::Done && j.output.is_none())
+                .map(|(id, _)| *id)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Writes a finished job's results to SDFS as `jobs/<id>/output.jsonl`
+    /// and records the name in the job.
+    pub(crate) async fn store_output(&self, job: JobId) -> Result<(), String> {
+        let results = self
+            .read(|s| s.jobs.jobs.get(&job).map(|j| j.results()))
+            .map_err(|_| "not a voter".to_string())?
+            .ok_or_else(|| format!("there is no job {job}"))?;
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&dml_shared::infer::jsonl_line(r));
+            text.push('\n');
+        }
+        let name = format!("jobs/{job}/output.jsonl");
+        let dir = self.s.data_dir.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(format!("job-{job}-output.jsonl"));
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let sdfs = dml_shared::sdfs_client::Sdfs::new(self.s.me);
+        let put = sdfs
+            .put(&path, &name, &dml_shared::sdfs_client::no_progress)
+            .await;
+        let _ = std::fs::remove_file(&path);
+        put.map_err(|e| e.to_string())?;
+        match self
+            .propose(Op::SetJobOutput {
+                job,
+                name: name.clone(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Refusal::NotLeader(_)) => Err("no longer the leader".into()),
+            Err(Refusal::Failed(e)) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The replicated part of inference: jobs, their per-image results and the
+//! batch size of each model (C3). Part of the Raft state machine, so job
+//! progress survives a leader failover; leases live only in the leader's
+//! memory (`scheduler.rs`).
+
+use dml_shared::infer::{ImageResult, JobId, JobInfo, JobState, Outcome};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One job: a model over a fixed list of SDFS images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub model: String,
+    pub dataset: String,
+    /// SDFS names, by index.
+    pub images: Vec<String>,
+    /// Results by image index; an index is set at most once.
+    pub results: BTreeMap<u32, Outcome>,
+    /// Accepted query results that brought at least one new image.
+    pub queries: u64,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub submitted_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub output: Option<String>,
+}
+
+impl Job {
+    pub fn info(&self, id: JobId) -> JobInfo {
+        JobInfo {
+            id,
+            model: self.model.clone(),
+            dataset: self.dataset.clone(),
+            images: self.images.len() as u32,
+            done: self.results.len() as u32,
+            errors: self
+                .results
+                .values()
+                .filter(|o| matches!(o, Outcome::Error(_)))
+                .count() as u32,
+            queries: self.queries,
+            state: self.state,
+            reason: self.reason.clone(),
+            submitted_ms: self.submitted_ms,
+            finished_ms: self.finished_ms,
+            output: self.output.clone(),
+        }
+    }
+
+    /// Every result so far, by index.
+    pub fn results(&self) -> Vec<ImageResult> {
+        self.results
+            .iter()
+            .map(|(i, o)| ImageResult {
+                index: *i,
+                image: self.images.get(*i as usize).cloned().unwrap_or_default(),
+                outcome: o.clone(),
+            })
+            .collect()
+    }
+
+    /// Image indices still without a result.
+    pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.images.len() as u32).filter(|i| !self.results.contains_key(i))
+    }
+}
+
+/// Every job and the batch sizes set with C3.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobsState {
+    pub next_job: JobId,
+    pub jobs: BTreeMap<JobId, Job>,
+    /// Batch size per model, where C3 changed it from the registry's default.
+    pub batch: BTreeMap<String, u32>,
+}
+
+/// What applying a completion did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// Images that had no result before.
+    pub new: u32,
+    /// This completion finished the job.
+    pub finished: bool,
+}
+
+impl JobsState {
+    pub fn submit(&mut self, model: &str, dataset: &str, images: Vec<String>, now: u64) -> JobId {
+        let id = self.next_job.max(1);
+        self.next_job = id + 1;
+        let state = if images.is_empty() {
+            JobState::Done
+        } else {
+            JobState::Running
+        };
+        self.jobs.insert(
+            id,
+            Job {
+                model: model.into(),
+                dataset: dataset.into(),
+                images,
+                results: BTreeMap::new(),
+                queries: 0,
+                state,
+                reason: None,
+                submitted_ms: now,
+                finished_ms: (state == JobState::Done).then_some(now),
+                output: None,
+            },
+        );
+        id
+    }
+
+    /// Records the results of one query. Images already done, indices out
+    /// of range and results for a job that is no longer running are ignored,
+    /// so a repeated or late completion is never counted twice.
+    pub fn complete(&mut self, job: JobId, results: &[ImageResult], now: u64) -> Accepted {
+        let none = Accepted {
+            new: 0,
+            finished: false,
+        };
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return none;
+        };
+        if j.state != JobState::Running {
+            return none;
+        }
+        let mut new = 0;
+        for r in results {
+            if (r.index as usize) < j.images.len() && !j.results.contains_key(&r.index) {
+                j.results.insert(r.index, r.outcome.clone());
+                new += 1;
+            }
+        }
+        if new > 0 {
+            j.queries += 1;
+        }
+        let finished = j.results.len() == j.images.len();
+        if finished {
+            j.state = JobState::Done;
+            j.finished_ms = Some(now);
+        }
+        Accepted { new, finished }
+    }
+
+    /// Stops a running job for good; false if it was not running.
+    pub fn fail(&mut self, job: JobId, reason: &str, now: u64) -> bool {
+        match self.jobs.get_mut(&job) {
+            Some(j) if j.state == JobState::Running => {
+                j.state = JobState::Failed;
+                j.reason = Some(reason.into());
+                j.finished_ms = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn set_output(&mut self, job: JobId, name: &str) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.output = Some(name.into());
+        }
+    }
+
+    /// (queries, images) completed so far by jobs of `model`.
+    pub fn totals(&self, model: &str) -> (u64, u64) {
+        self.jobs
+            .values()
+            .filter(|j| j.model == model)
+            .fold((0, 0), |(q, i), j| {
+                (q + j.queries, i + j.results.len() as u64)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_shared::infer::Prediction;
+
+    fn ok(index: u32) -> ImageResult {
+        ImageResult {
+            index,
+            image: String::new(),
+            outcome: Outcome::Top(vec![Prediction {
+                class: 1,
+                label: "a".into(),
+                score: 0.5,
+            }]),
+        }
+    }
+
+    #[test]
+    fn results_are_counted_once_and_finish_the_job() {
+        let mut s = JobsState::default();
+        let id = s.submit("tiny", "d/", vec!["a".into(), "b".into(), "c".into()], 1);
+        assert_eq!(id, 1);
+        assert_eq!(
+            s.complete(id, &[ok(0), ok(1)], 2),
+            Accepted {
+                new: 2,
+                finished: false
+            }
+        );
+        // A repeat of the same query, and an index out of range: nothing new.
+        assert_eq!(s.complete(id, &[ok(1), ok(9)], 3).new, 0);
+        let a = s.complete(id, &[ok(1), ok(2)], 4);
+        assert_eq!(
+            a,
+            Accepted {
+                new: 1,
+                finished: true
+            }
+        );
+        let info = s.jobs[&id].info(id);
+        assert_eq!(
+            (info.done, info.queries, info.state),
+            (3, 2, JobState::Done)
+        );
+        assert_eq!(info.finished_ms, Some(4));
+        // Late results after the end change nothing.
+        assert_eq!(s.complete(id, &[ok(0)], 5).new, 0);
+        assert_eq!(s.totals("tiny"), (2, 3));
+    }
+
+    #[test]
+    fn failed_jobs_take_no_results_and_ids_grow() {
+        let mut s = JobsState::default();
+        let a = s.submit("tiny", "d/", vec!["x".into()], 1);
+        let b = s.submit("tiny", "d/", vec!["y".into()], 1);
+        assert!(b > a);
+        assert!(s.fail(a, "bad model", 2));
+        assert!(!s.fail(a, "again", 3));
+        assert_eq!(s.complete(a, &[ok(0)], 4).new, 0);
+        assert_eq!(s.jobs[&a].info(a).reason.as_deref(), Some("bad model"));
+        assert_eq!(s.jobs[&b].missing().collect::<Vec<_>>(), vec![0]);
+    }
+}
