@@ -4,6 +4,7 @@
 
 use crate::api::{ApiServer, Services};
 use crate::control::{ControlHandle, ControlPlane, Settings};
+use crate::infer::worker::{Worker, WorkerOptions};
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
 use crate::sdfs::{SdfsHandle, SdfsOptions, SdfsService};
@@ -19,6 +20,7 @@ const PORT_PICK_TRIES: usize = 32;
 
 pub struct Agent {
     pub id: NodeId,
+    worker: Option<Worker>,
     membership: MembershipTask,
     control: ControlPlane,
     sdfs: SdfsService,
@@ -96,8 +98,22 @@ impl Agent {
             telemetry: telemetry.handle(),
         };
         let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
+        let worker = cfg.inference.worker.then(|| {
+            Worker::spawn(
+                WorkerOptions {
+                    me: addr,
+                    data_dir: cfg.data_dir.clone(),
+                    intra_threads: cfg.inference.intra_threads,
+                    ort_dylib: cfg.inference.ort_dylib.clone(),
+                    registry,
+                },
+                control.handle(),
+                sdfs.handle(),
+            )
+        });
         Ok(Self {
             id,
+            worker,
             membership,
             control,
             sdfs,
@@ -117,6 +133,9 @@ impl Agent {
 
     /// Leaves the group gracefully, then stops every service.
     pub async fn shutdown(self) {
+        if let Some(w) = self.worker {
+            w.shutdown().await;
+        }
         self.telemetry.shutdown().await;
         self.membership.shutdown().await;
         self.control.shutdown().await;

@@ -234,13 +234,13 @@ pub enum InferResponse {
 }
 
 /// One line of a job's JSONL output (no newline): `{"index", "image",
-/// "top5": [{"class", "label", "score"}]}` or `{"index", "image", "error"}`.
+/// "predictions": [{"class", "label", "score"}]}` or `{"index", "image", "error"}`.
 pub fn jsonl_line(r: &ImageResult) -> String {
     let v = match &r.outcome {
         Outcome::Top(preds) => serde_json::json!({
             "index": r.index,
             "image": r.image,
-            "top5": preds
+            "predictions": preds
                 .iter()
                 .map(|p| serde_json::json!({"class": p.class, "label": p.label, "score": p.score}))
                 .collect::<Vec<_>>(),
@@ -271,8 +271,8 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&jsonl_line(&ok)).unwrap();
         assert_eq!(v["image"], "d/a \"b\".png");
-        assert_eq!(v["top5"][0]["label"], "cock, rooster");
-        assert_eq!(v["top5"][0]["score"], 0.25);
+        assert_eq!(v["predictions"][0]["label"], "cock, rooster");
+        assert_eq!(v["predictions"][0]["score"], 0.25);
         let err = ImageResult {
             index: 4,
             image: "x".into(),

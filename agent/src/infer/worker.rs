@@ -1,0 +1,421 @@
+//! The worker: every agent takes query leases from the leader, reads the
+//! images (own replica first), preprocesses them off the async runtime,
+//! runs them through one ONNX Runtime session per model and hands the
+//! top-5 back. Two stages overlap: while one query runs, the next is
+//! leased, fetched and preprocessed.
+
+use super::fetch::read_version;
+use super::preprocess::{preprocess, stack};
+use super::runtime::{self, Session};
+use crate::control::ControlHandle;
+use crate::sdfs::SdfsHandle;
+use dml_shared::api::Response;
+use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};
+use dml_shared::models::{ModelSpec, Registry};
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use ndarray::Array3;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Queries a worker holds at once: one running, one being prepared.
+const SLOTS: usize = 2;
+/// How long one lease request waits at the leader for work.
+const LEASE_WAIT_MS: u32 = 2000;
+/// Pause after a failed lease request (no leader, for instance).
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+/// Between two tries at loading ONNX Runtime when it is missing.
+const RUNTIME_RETRY: Duration = Duration::from_secs(30);
+/// Images of one query read at the same time.
+const FETCH_PARALLEL: usize = 4;
+/// Time allowed to read one image from a replica.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+pub struct WorkerOptions {
+    pub me: SocketAddr,
+    pub data_dir: PathBuf,
+    pub intra_threads: usize,
+    pub ort_dylib: Option<PathBuf>,
+    pub registry: Arc<Registry>,
+}
+
+/// Figures of this worker, for stats and telemetry.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    /// Queries leased and not yet handed back.
+    pub running: usize,
+    pub completed: u64,
+}
+
+type Sessions = Arc<Mutex<HashMap<String, (u64, Arc<Mutex<Session>>)>>>;
+
+struct Ctx {
+    o: WorkerOptions,
+    control: ControlHandle,
+    sdfs: SdfsHandle,
+    sessions: Sessions,
+    stats: Arc<Mutex<WorkerStats>>,
+}
+
+/// A leased query, fetched and preprocessed.
+struct Prepared {
+    lease: Lease,
+    tensors: Vec<(u32, String, Array3<f32>)>,
+    errors: Vec<ImageResult>,
+    prep: Duration,
+    _slot: OwnedSemaphorePermit,
+}
+
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    stats: Arc<Mutex<WorkerStats>>,
+}
+
+impl Worker {
+    pub fn spawn(o: WorkerOptions, control: ControlHandle, sdfs: SdfsHandle) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let stats = Arc::new(Mutex::new(WorkerStats::default()));
+        let ctx = Arc::new(Ctx {
+            o,
+            control,
+            sdfs,
+            sessions: Arc::default(),
+            stats: stats.clone(),
+        });
+        let (tx, rx) = mpsc::channel::<Prepared>(SLOTS);
+        let tasks = vec![
+            tokio::spawn(prepare_loop(ctx.clone(), tx, stop_rx.clone())),
+            tokio::spawn(run_loop(ctx, rx, stop_rx)),
+        ];
+        Self { stop, tasks, stats }
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Loads ONNX Runtime, waiting and retrying while it is missing: a worker
+/// without it takes no queries (and says how to fix it).
+async fn wait_for_runtime(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        let configured = ctx.o.ort_dylib.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let path = runtime::find_dylib(configured.as_deref())?;
+            runtime::init(&path).map(|()| path)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(path)) => {
+                tracing::info!(library = %path.display(), "ONNX Runtime loaded; taking inference queries");
+                return true;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "this agent takes no inference queries until ONNX Runtime loads")
+            }
+            Err(e) => tracing::error!(error = %e, "loading ONNX Runtime crashed"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return false,
+            _ = tokio::time::sleep(RUNTIME_RETRY) => {}
+        }
+    }
+}
+
+async fn infer_call(ctx: &Ctx, req: InferRequest) -> Result<InferResponse, String> {
+    match ctx.control.meta(MetaRequest::Infer(req)).await {
+        Response::Meta(MetaResponse::Infer(r)) => Ok(r),
+        Response::Error(e) => Err(e),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch::Receiver<bool>) {
+    if !wait_for_runtime(&ctx, &mut stop).await {
+        return;
+    }
+    let slots = Arc::new(Semaphore::new(SLOTS));
+    loop {
+        let slot = tokio::select! {
+            _ = stop.changed() => return,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+        };
+        let req = InferRequest::Lease {
+            worker: ctx.o.me,
+            wait_ms: LEASE_WAIT_MS,
+        };
+        let lease = tokio::select! {
+            _ = stop.changed() => return,
+            r = infer_call(&ctx, req) => r,
+        };
+        let lease = match lease {
+            Ok(InferResponse::Lease(Some(l))) => l,
+            Ok(InferResponse::Lease(None)) => continue,
+            Ok(other) => {
+                tracing::warn!(answer = ?other, "unexpected answer to a lease request");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no lease");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        bump(&ctx, |s| s.running += 1);
+        let prepared = prepare(&ctx, lease, slot).await;
+        if tx.send(prepared).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bump(ctx: &Ctx, f: impl FnOnce(&mut WorkerStats)) {
+    f(&mut ctx.stats.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepared {
+    let start = Instant::now();
+    let spec = ctx.o.registry.get(&lease.model).cloned();
+    let mut tensors = Vec::new();
+    let mut errors = Vec::new();
+    let error = |index: u32, image: &str, e: String| ImageResult {
+        index,
+        image: image.to_string(),
+        outcome: Outcome::Error(e),
+    };
+    let Some(spec) = spec else {
+        for (i, name, _) in &lease.images {
+            errors.push(error(
+                *i,
+                name,
+                format!("model \"{}\" is not in this agent's registry", lease.model),
+            ));
+        }
+        return Prepared {
+            lease,
+            tensors,
+            errors,
+            prep: start.elapsed(),
+            _slot: slot,
+        };
+    };
+    let spec = Arc::new(spec);
+    for group in lease.images.chunks(FETCH_PARALLEL) {
+        let reads = group.iter().map(|(i, name, v)| {
+            let spec = spec.clone();
+            async move {
+                let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, FETCH_TIMEOUT).await?;
+                tokio::task::spawn_blocking(move || {
+                    preprocess(&bytes, &spec).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|t| (*i, name.clone(), t))
+            }
+        });
+        for (r, (i, name, _)) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .zip(group)
+        {
+            match r {
+                Ok(t) => tensors.push(t),
+                Err(e) => errors.push(error(*i, name, e)),
+            }
+        }
+    }
+    Prepared {
+        lease,
+        tensors,
+        errors,
+        prep: start.elapsed(),
+        _slot: slot,
+    }
+}
+
+async fn run_loop(
+    ctx: Arc<Ctx>,
+    mut rx: mpsc::Receiver<Prepared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let p = tokio::select! {
+            _ = stop.changed() => return,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let started = Instant::now();
+        let Prepared {
+            lease,
+            tensors,
+            mut errors,
+            prep,
+            _slot,
+        } = p;
+        let outcome = run_query(&ctx, &lease, tensors).await;
+        let (mut results, failed) = match outcome {
+            Ok(r) => (r, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        if failed.is_none() {
+            results.append(&mut errors);
+        }
+        let elapsed = prep + started.elapsed();
+        report(&ctx, &lease, results, elapsed, failed).await;
+        bump(&ctx, |s| {
+            s.running = s.running.saturating_sub(1);
+            s.completed += 1;
+        });
+    }
+}
+
+/// Runs the query's images; `Err` means the model itself cannot run here.
+async fn run_query(
+    ctx: &Ctx,
+    lease: &Lease,
+    tensors: Vec<(u32, String, Array3<f32>)>,
+) -> Result<Vec<ImageResult>, String> {
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let session = session_for(ctx, lease).await?;
+    let (meta, arrays): (Vec<(u32, String)>, Vec<Array3<f32>>) =
+        tensors.into_iter().map(|(i, n, t)| ((i, n), t)).unzip();
+    let preds = tokio::task::spawn_blocking(move || {
+        let batch = stack(&arrays);
+        let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
+        s.run(batch.view())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(match preds {
+        Ok(preds) => meta
+            .into_iter()
+            .zip(preds)
+            .map(|((index, image), top)| ImageResult {
+                index,
+                image,
+                outcome: Outcome::Top(top),
+            })
+            .collect(),
+        Err(e) => meta
+            .into_iter()
+            .map(|(index, image)| ImageResult {
+                index,
+                image,
+                outcome: Outcome::Error(format!("inference failed: {e}")),
+            })
+            .collect(),
+    })
+}
+
+/// The session of the lease's model version, fetching and loading it once.
+async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, String> {
+    let version = lease.model_version.version;
+    if let Some((v, s)) = ctx
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&lease.model)
+        && *v == version
+    {
+        return Ok(s.clone());
+    }
+    let spec: ModelSpec = ctx
+        .o
+        .registry
+        .require(&lease.model)
+        .map_err(|e| e.to_string())?
+        .clone();
+    let dir = ctx.o.data_dir.join("models");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{}.v{version}.onnx", lease.model));
+    if !path.exists() {
+        let sdfs = dml_shared::sdfs_client::Sdfs::new(ctx.o.me);
+        sdfs.get_version(
+            &lease.model_file,
+            version,
+            &path,
+            &dml_shared::sdfs_client::no_progress,
+        )
+        .await
+        .map_err(|e| format!("cannot fetch {} v{version}: {e}", lease.model_file))?;
+    }
+    let threads = ctx.o.intra_threads;
+    let p = path.clone();
+    let session = tokio::task::spawn_blocking(move || Session::load(&p, &spec, threads))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(model = %lease.model, version, "model loaded");
+    let session = Arc::new(Mutex::new(session));
+    let old = ctx
+        .sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(lease.model.clone(), (version, session.clone()));
+    // An older version's file is not needed any more.
+    if let Some((v, _)) = old
+        && v != version
+    {
+        let _ = std::fs::remove_file(dir.join(format!("{}.v{v}.onnx", lease.model)));
+    }
+    Ok(session)
+}
+
+/// Hands the results back, retrying through leader changes until the lease
+/// would have expired anyway.
+async fn report(
+    ctx: &Ctx,
+    lease: &Lease,
+    results: Vec<ImageResult>,
+    elapsed: Duration,
+    failed: Option<String>,
+) {
+    let deadline =
+        Instant::now() + Duration::from_millis(lease.lease_ms).max(Duration::from_secs(5));
+    let req = InferRequest::Complete {
+        worker: ctx.o.me,
+        query: lease.query,
+        job: lease.job,
+        results,
+        elapsed_ms: elapsed.as_millis().min(u128::from(u32::MAX)) as u32,
+        failed,
+    };
+    loop {
+        match infer_call(ctx, req.clone()).await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(query = lease.query, error = %e, "handing back results again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => {
+                tracing::warn!(query = lease.query, error = %e, "results not handed back; the leader will lease the query again");
+                return;
+            }
+        }
+    }
+}
