@@ -91,6 +91,117 @@ pub enum Command {
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
+    /// C4: run MODEL over NUM_IMAGES images of a dataset; prints the job id.
+    SubmitJob {
+        model: String,
+        /// Images to classify: the first ones under the dataset prefix in name
+        /// order, cycling if there are fewer.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        num_images: u32,
+        /// SDFS prefix of the images.
+        #[arg(long, default_value = DEFAULT_DATASET)]
+        dataset: String,
+    },
+    /// C4: a job's per-image top-5 labels and scores (JSONL, or CSV).
+    ///
+    /// Written to FILE, or stdout when no FILE is given. CSV when --format csv
+    /// or FILE ends in .csv. A job still running gives its results so far.
+    GetOutput {
+        job: u64,
+        file: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        format: Option<OutputFormat>,
+    },
+    /// C3: batch size of a model's queries not yet dispatched.
+    SetBatchSize {
+        model: String,
+        /// Between 1 and the model's max_batch.
+        n: u32,
+    },
+    /// C1: queries and images per second (last 10 s) and totals, per model.
+    Rates,
+    /// C2: query processing time per model (avg, std, p50, p90, p95, p99, ms).
+    Latency,
+    /// C5: the workers running each job's queries right now.
+    Placement,
+    /// Every job: progress, state, errors.
+    Jobs,
+    /// The models: batch size, SDFS version, local file; or build, fetch, upload them.
+    Models(ModelsArgs),
+    /// Sample image datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+/// SDFS prefix `dml submit-job` takes images from by default.
+pub const DEFAULT_DATASET: &str = "datasets/sample/";
+
+/// Format of `dml get-output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON object per image and line.
+    Jsonl,
+    /// A header, then one row per image.
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Directory of the fetched/ and built/ model files (default: .dml/models
+    /// under the project root).
+    #[arg(long, global = true)]
+    pub dir: Option<PathBuf>,
+
+    /// Model registry file (default: the built-in assets/models.toml).
+    #[arg(long, global = true)]
+    pub registry: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub action: Option<ModelsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Build ONNX models with random weights (scripts/models/build_models.py
+    /// in the project venv).
+    Build {
+        /// Comma-separated model names (default: all the script knows).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Output directory (default: DIR/built).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only the models that have neither a fetched nor a built file.
+        #[arg(long)]
+        missing: bool,
+    },
+    /// Download each model's registry url into DIR/fetched, checking its sha256.
+    Fetch {
+        /// Comma-separated model names (default: every model with a url).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// Put the best local file of each model into SDFS as models/<name>.onnx:
+    /// fetched, else built, else bundled.
+    Upload {
+        /// Comma-separated model names (default: every model of the registry).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Write a seeded sample dataset of JPEG and PNG images into DIR.
+    Make {
+        dir: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        /// Same seed, same images.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +349,42 @@ mod tests {
         assert_eq!(prefix, "");
         let cli = Cli::try_parse_from(["dml", "store", "--node", "h:1", "--json"]).unwrap();
         assert!(cli.json);
+    }
+
+    #[test]
+    fn inference_commands_parse() {
+        let cli = Cli::try_parse_from(["dml", "submit-job", "tiny", "40"]).unwrap();
+        let Some(Command::SubmitJob {
+            model,
+            num_images,
+            dataset,
+        }) = cli.command
+        else {
+            panic!("not submit-job");
+        };
+        assert_eq!((model.as_str(), num_images), ("tiny", 40));
+        assert_eq!(dataset, DEFAULT_DATASET);
+        assert!(Cli::try_parse_from(["dml", "submit-job", "tiny", "0"]).is_err());
+        let cli = Cli::try_parse_from(["dml", "get-output", "3", "o.csv", "--format", "jsonl"]);
+        let Some(Command::GetOutput { job, file, format }) = cli.unwrap().command else {
+            panic!("not get-output");
+        };
+        assert_eq!((job, format), (3, Some(OutputFormat::Jsonl)));
+        assert_eq!(file, Some(PathBuf::from("o.csv")));
+        let cli = Cli::try_parse_from(["dml", "models", "upload", "--models", "tiny,resnet50"]);
+        let Some(Command::Models(m)) = cli.unwrap().command else {
+            panic!("not models");
+        };
+        let Some(ModelsCommand::Upload { models }) = m.action else {
+            panic!("not upload");
+        };
+        assert_eq!(models, ["tiny", "resnet50"]);
+        let cli = Cli::try_parse_from(["dml", "models", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Models(ModelsArgs { action: None, .. }))
+        ));
+        assert!(Cli::try_parse_from(["dml", "dataset", "make", "d", "--count", "0"]).is_err());
     }
 
     #[test]

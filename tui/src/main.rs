@@ -6,16 +6,23 @@
 //! - [`sdfs`]: `put`, `get`, `ls`, `get-versions`, `sdfs ...` and `leader`.
 //! - [`local`]: `local up|status|down`, a cluster of agents on this machine.
 //! - [`console`]: the full-screen console shown without a subcommand.
+//! - [`infer`]: `submit-job`, `get-output`, `set-batch-size`, `rates`,
+//!   `latency`, `placement`, `jobs` (C1–C5).
+//! - [`models`]: `models` and `models build|fetch|upload`.
+//! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 
 mod cli;
 mod console;
+mod dataset;
+mod infer;
 mod local;
+mod models;
 mod oneshot;
 mod report;
 mod sdfs;
 
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{Cli, Command, DatasetCommand};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -43,6 +50,13 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Local(l)) => local::run(l, cli.json).await,
+        Some(Command::Models(m)) => models::run(m, &cli.agent, cli.json).await,
+        Some(Command::Dataset(DatasetCommand::Make { dir, count, seed })) => {
+            dataset::run_make(dir, *count, *seed, cli.json)
+        }
+        Some(c) if infer::handles(c) => {
+            infer::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+        }
         Some(c) if sdfs::handles(c) => {
             sdfs::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
         }

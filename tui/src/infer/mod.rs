@@ -1,0 +1,283 @@
+//! The inference commands of `dml` (C1–C5): `submit-job`, `get-output`,
+//! `set-batch-size`, `rates`, `latency`, `placement`, `jobs`. Each is one
+//! `MetaRequest::Infer` through [`dml_shared::sdfs_client`] (any agent
+//! forwards it to the leader).
+//!
+//! - [`report`]: their tables and JSON.
+//! - [`output`]: the JSONL and CSV of `get-output`.
+
+pub mod output;
+pub mod report;
+
+use crate::cli::Command;
+use crate::sdfs::PartialFailure;
+use anyhow::{Context, Result, anyhow, bail};
+use dml_shared::infer::{InferRequest, InferResponse, JobState, ModelInfo};
+use dml_shared::models::validate_model_name;
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use dml_shared::sdfs_client::Sdfs;
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// Whether `command` is one of the commands this module runs.
+pub fn handles(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::SubmitJob { .. }
+            | Command::GetOutput { .. }
+            | Command::SetBatchSize { .. }
+            | Command::Rates
+            | Command::Latency
+            | Command::Placement
+            | Command::Jobs
+    )
+}
+
+/// Sends one inference request and returns the leader's answer.
+pub async fn ask(sdfs: &Sdfs, req: InferRequest) -> Result<InferResponse> {
+    match sdfs.meta(MetaRequest::Infer(req)).await? {
+        MetaResponse::Infer(r) => Ok(r),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn unexpected(r: InferResponse) -> anyhow::Error {
+    anyhow!("unexpected answer from the agent: {r:?}")
+}
+
+/// The models as the cluster knows them.
+pub async fn models(sdfs: &Sdfs) -> Result<Vec<ModelInfo>> {
+    match ask(sdfs, InferRequest::Models).await? {
+        InferResponse::Models(m) => Ok(m),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Checks a batch size against the model's limit; the error names both.
+pub fn check_batch_size(model: &str, n: u32, known: &[ModelInfo]) -> Result<()> {
+    if n == 0 {
+        bail!("batch size 0 for \"{model}\": a batch size is at least 1");
+    }
+    let Some(m) = known.iter().find(|m| m.name == model) else {
+        let names: Vec<&str> = known.iter().map(|m| m.name.as_str()).collect();
+        bail!("unknown model \"{model}\" (known: {})", names.join(", "));
+    };
+    if n > m.max_batch {
+        bail!(
+            "batch size {n} for \"{model}\": must be between 1 and {} (its max_batch)",
+            m.max_batch
+        );
+    }
+    Ok(())
+}
+
+/// Runs one inference command through `agent` and prints its answer.
+pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()> {
+    let sdfs = Sdfs::new(agent);
+    let pick = |v: serde_json::Value, text: String| {
+        if json { v.to_string() + "\n" } else { text }
+    };
+    let out = match command {
+        Command::SubmitJob {
+            model,
+            num_images,
+            dataset,
+        } => {
+            validate_model_name(model).map_err(|e| anyhow!("model \"{model}\": {e}"))?;
+            let req = InferRequest::Submit {
+                model: model.clone(),
+                count: Some(*num_images),
+                dataset: dataset.clone(),
+            };
+            let (job, images) = match ask(&sdfs, req)
+                .await
+                .with_context(|| format!("submit {model} over \"{dataset}\""))?
+            {
+                InferResponse::Submitted { job, images } => (job, images),
+                other => return Err(unexpected(other)),
+            };
+            pick(
+                report::submitted_json(job, model, images, dataset),
+                report::submitted_text(job, model, images, dataset),
+            )
+        }
+        Command::GetOutput { job, file, format } => {
+            return get_output(&sdfs, *job, file.as_deref(), *format, json).await;
+        }
+        Command::SetBatchSize { model, n } => {
+            if *n == 0 {
+                check_batch_size(model, 0, &[])?;
+            }
+            let known = models(&sdfs).await?;
+            check_batch_size(model, *n, &known)?;
+            let req = InferRequest::SetBatchSize {
+                model: model.clone(),
+                size: *n,
+            };
+            match ask(&sdfs, req)
+                .await
+                .with_context(|| format!("set the batch size of \"{model}\""))?
+            {
+                InferResponse::Done => {}
+                other => return Err(unexpected(other)),
+            }
+            pick(
+                serde_json::json!({"model": model, "batch_size": n}),
+                format!("{model}: batch size {n} for queries not yet dispatched\n"),
+            )
+        }
+        Command::Rates => match ask(&sdfs, InferRequest::Rates).await? {
+            InferResponse::Rates(r) => pick(report::rates_json(&r), report::rates_table(&r)),
+            other => return Err(unexpected(other)),
+        },
+        Command::Latency => match ask(&sdfs, InferRequest::Latency).await? {
+            InferResponse::Latency(l) => pick(report::latency_json(&l), report::latency_table(&l)),
+            other => return Err(unexpected(other)),
+        },
+        Command::Placement => match ask(&sdfs, InferRequest::Placement).await? {
+            InferResponse::Placement(p) => {
+                pick(report::placement_json(&p), report::placement_table(&p))
+            }
+            other => return Err(unexpected(other)),
+        },
+        Command::Jobs => match ask(&sdfs, InferRequest::Jobs).await? {
+            InferResponse::Jobs(j) => pick(report::jobs_json(&j), report::jobs_table(&j)),
+            other => return Err(unexpected(other)),
+        },
+        other => bail!("{other:?} is not an inference command"),
+    };
+    print!("{out}");
+    Ok(())
+}
+
+/// `dml get-output`: the results to FILE (or stdout), a note on stderr while
+/// the job runs, and a failure exit if the job failed.
+async fn get_output(
+    sdfs: &Sdfs,
+    job: u64,
+    file: Option<&std::path::Path>,
+    format: Option<crate::cli::OutputFormat>,
+    json: bool,
+) -> Result<()> {
+    let (info, mut results) = match ask(sdfs, InferRequest::Output { job })
+        .await
+        .with_context(|| format!("output of job {job}"))?
+    {
+        InferResponse::Output { job, results } => (job, results),
+        other => return Err(unexpected(other)),
+    };
+    results.sort_by_key(|r| r.index);
+    let format = output::pick_format(format, file);
+    let text = output::render(format, &results);
+    match file {
+        Some(path) => {
+            write_file(path, text.as_bytes())
+                .with_context(|| format!("write the output of job {job} to {}", path.display()))?;
+            let errors = results
+                .iter()
+                .filter(|r| matches!(r.outcome, dml_shared::infer::Outcome::Error(_)))
+                .count();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "job": job,
+                        "path": path,
+                        "results": results.len(),
+                        "errors": errors,
+                        "images": info.images,
+                        "state": info.state.as_str(),
+                    })
+                );
+            } else {
+                println!(
+                    "wrote {} results of job {job} ({errors} errors) to {}",
+                    results.len(),
+                    path.display()
+                );
+            }
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .context("write to stdout")?;
+        }
+    }
+    match info.state {
+        JobState::Done => Ok(()),
+        JobState::Running => {
+            eprintln!(
+                "job {job} is still running: {} of {} images done; these are the results so far",
+                info.done, info.images
+            );
+            Ok(())
+        }
+        JobState::Failed => Err(PartialFailure(format!(
+            "job {job} failed: {}",
+            info.reason.as_deref().unwrap_or("no reason given")
+        ))
+        .into()),
+    }
+}
+
+/// Writes `bytes` to a temp file next to `path`, then renames it into place.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("not a file name"))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, max: u32) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            batch_size: 4,
+            max_batch: max,
+            file: format!("models/{name}.onnx"),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn batch_size_is_checked_against_the_models_limit() {
+        let known = [info("tiny", 64), info("resnet50", 32)];
+        assert!(check_batch_size("tiny", 64, &known).is_ok());
+        let e = check_batch_size("resnet50", 33, &known)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("33") && e.contains("32") && e.contains("max_batch"),
+            "{e}"
+        );
+        let e = check_batch_size("tiny", 0, &known).unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = check_batch_size("vgg", 2, &known).unwrap_err().to_string();
+        assert!(e.contains("\"vgg\"") && e.contains("tiny, resnet50"), "{e}");
+    }
+
+    #[test]
+    fn output_file_is_replaced_whole() {
+        let dir = std::env::temp_dir().join(format!("dml-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("o.jsonl");
+        std::fs::write(&p, "old old old old\n").unwrap();
+        write_file(&p, b"new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new\n");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
