@@ -4,6 +4,7 @@
 use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
 use crate::sdfs::SdfsHandle;
+use crate::telemetry::Telemetry;
 use dml_shared::api::{Request, Response};
 use dml_shared::config::ApiConfig;
 use dml_shared::framing::{read_frame, write_frame};
@@ -42,6 +43,7 @@ pub struct Services {
     pub membership: MembershipHandle,
     pub control: ControlHandle,
     pub sdfs: SdfsHandle,
+    pub telemetry: Telemetry,
 }
 
 async fn accept_loop(
@@ -109,6 +111,10 @@ async fn serve(
                 services.sdfs.serve_data(req, &mut stream).await?;
                 continue;
             }
+            // A subscription takes the stream over for good.
+            Ok(Request::Subscribe) => {
+                return services.telemetry.serve(&mut stream, max_frame).await;
+            }
             Ok(req) => handle(req, services, bad_frames).await,
             Err(e) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -141,6 +147,7 @@ async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Re
         Request::Leader => Response::Leader(services.control.leader_info().await),
         Request::Meta(req) => services.control.meta(req).await,
         Request::Raft(rpc) => services.control.raft_rpc(rpc).await,
-        Request::Data(_) => unreachable!("served above"),
+        Request::NodeStats => Response::NodeStats(services.telemetry.node_stats()),
+        Request::Data(_) | Request::Subscribe => unreachable!("served above"),
     }
 }

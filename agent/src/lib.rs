@@ -5,6 +5,7 @@
 //! - [`control`]: the replicated control plane (Raft) and its state machine.
 //! - [`sdfs`]: the file store on this agent and its data path.
 //! - [`infer`]: ONNX Runtime sessions and image preprocessing (the worker's tools).
+//! - [`telemetry`]: the frames streamed to console subscribers, and the event log.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
 
@@ -15,3 +16,4 @@ pub mod event_log;
 pub mod infer;
 pub mod membership;
 pub mod sdfs;
+pub mod telemetry;

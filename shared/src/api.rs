@@ -26,6 +26,11 @@ pub enum Request {
     Data(DataRequest),
     /// An openraft RPC between voters, postcard-encoded by the control plane.
     Raft(Vec<u8>),
+    /// Stream telemetry on this connection: the agent answers with
+    /// [`Response::Telemetry`] frames until the connection closes.
+    Subscribe,
+    /// This agent's own figures (CPU, memory, SDFS bytes), for telemetry.
+    NodeStats,
 }
 
 /// A member's state as this agent sees it.
@@ -140,4 +145,7 @@ pub enum Response {
     NotLeader {
         leader: Option<SocketAddr>,
     },
+    /// One frame of a [`Request::Subscribe`] stream.
+    Telemetry(Box<crate::telemetry::Frame>),
+    NodeStats(crate::telemetry::NodeStats),
 }

@@ -8,6 +8,7 @@
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
 //! - [`models`]: the model registry (`assets/models.toml`).
+//! - [`telemetry`]: the frames agents stream to console subscribers.
 //! - [`client`]: an async client for that API.
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
@@ -22,6 +23,7 @@ pub mod infer;
 pub mod models;
 pub mod sdfs;
 pub mod sdfs_client;
+pub mod telemetry;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -19,6 +19,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// The console's first agent (HOST:PORT); default: --agent. It then
+    /// follows the leader and fails over to other live members.
+    #[arg(long)]
+    pub connect: Option<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -12,7 +12,6 @@
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 
 mod cli;
-mod console;
 mod dataset;
 mod infer;
 mod local;
@@ -23,6 +22,7 @@ mod sdfs;
 
 use clap::Parser;
 use cli::{Cli, Command, DatasetCommand};
+use dml_tui::console;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -61,7 +61,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sdfs::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
         }
         Some(c) => oneshot::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await,
-        None => console::run(oneshot::resolve_agent(&cli.agent)?).await,
+        None => {
+            let agent = cli.connect.as_deref().unwrap_or(&cli.agent);
+            console::run(oneshot::resolve_agent(agent)?).await
+        }
     }
 }
 

@@ -1,180 +1,665 @@
-//! Console state: the [`Event`]s that reach it and the [`App`] they update.
-//! Drawing only reads an `App`; nothing here does IO.
+//! Console state: the [`Event`]s that reach it, the [`App`] they update and
+//! the [`Action`]s it asks the runtime to carry out. Nothing here does IO or
+//! reads a clock: time arrives in [`Event::Tick`].
 
-use dml_shared::api::{IdInfo, MemberInfo, Stats};
-use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use super::layout::{self, Pane};
+use dml_shared::api::{MemberInfo, MemberState};
+use dml_shared::infer::{JobInfo, ModelInfo, RateInfo};
+use dml_shared::telemetry::{Frame, TelemetryEvent};
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::{Position, Rect};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+
+/// Rate samples kept per model (one per frame: 3 minutes at 2 Hz).
+pub const HISTORY: usize = 360;
+/// Event log lines kept.
+pub const EVENT_LOG: usize = 1000;
+/// Rows moved by PageUp / PageDown.
+const PAGE: usize = 10;
 
 /// Everything that can change the console.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Event {
-    /// A key press from the terminal.
     Key(KeyEvent),
-    /// The clock moved on (ages on screen are recomputed).
-    Tick(Instant),
-    /// The result of one refresh from the agent being followed.
-    Data(Box<Poll>),
+    Mouse(MouseEvent),
+    /// The terminal's new size.
+    Resize(u16, u16),
+    /// The clock, Unix ms.
+    Tick(u64),
+    /// A telemetry frame from the agent the console is connected to.
+    Frame(Box<Frame>),
+    /// The connection changed.
+    Conn(ConnEvent),
+    /// An [`Action`] finished: what it was and its result or error.
+    Done {
+        what: String,
+        result: Result<String, String>,
+    },
 }
 
-/// What an agent said in one refresh.
+/// What the stream task reports about the connection.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot {
-    pub id: IdInfo,
-    pub members: Vec<MemberInfo>,
-    pub stats: Stats,
+pub enum ConnEvent {
+    Connecting(SocketAddr),
+    Connected(SocketAddr),
+    /// The agent stopped answering; the console tries `next`.
+    Lost {
+        from: SocketAddr,
+        error: String,
+        next: SocketAddr,
+    },
+    /// The connected agent is not the leader; the console moves to it.
+    FollowLeader {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
 }
 
-/// One refresh: which agent was asked, and what came back.
-#[derive(Debug)]
-pub struct Poll {
-    pub agent: SocketAddr,
-    pub at: Instant,
-    pub result: Result<Snapshot, String>,
-    /// Set when the follower moved to another agent during this refresh.
-    pub switched_from: Option<SocketAddr>,
+/// Connection health for the status bar.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    Connecting,
+    Live,
+    /// Reconnecting after losing `from`.
+    Reconnecting {
+        from: SocketAddr,
+        error: String,
+    },
+}
+
+/// What the runtime does for the app, through the same client API as `dml`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    SetBatchSize {
+        model: String,
+        size: u32,
+    },
+    Submit {
+        model: String,
+        count: u32,
+        dataset: String,
+    },
+    /// A `dml` command line typed after `:`, split into words.
+    Command(Vec<String>),
+}
+
+/// A line being typed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    Filter(String),
+    Command(String),
+    BatchSize { model: String, text: String },
+    Submit(SubmitForm),
+}
+
+/// The `s` form.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SubmitForm {
+    pub model: String,
+    pub count: String,
+    pub dataset: String,
+    /// 0 model, 1 count, 2 dataset.
+    pub field: usize,
+}
+
+/// Fields of the submit form.
+pub const SUBMIT_FIELDS: [&str; 3] = ["model", "images", "dataset"];
+/// Dataset the submit form proposes.
+pub const DEFAULT_DATASET: &str = "datasets/sample/";
+
+/// The result of the last action, shown in place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub text: String,
+    pub ok: bool,
+    pub at_ms: u64,
+    /// Longer output (several lines), shown in a popup until Esc.
+    pub detail: Option<String>,
 }
 
 /// The console's whole state.
 #[derive(Debug)]
 pub struct App {
-    /// The agent currently followed.
+    /// The agent the console talks to (or is trying to reach).
     pub agent: SocketAddr,
-    /// Last good answer and when it arrived.
-    pub snapshot: Option<(Snapshot, Instant)>,
-    /// Why the last refresh failed, while it keeps failing.
-    pub error: Option<String>,
-    /// The latest failover, for the status line.
-    pub last_switch: Option<(SocketAddr, SocketAddr)>,
-    pub now: Instant,
+    pub health: Health,
+    /// Moves between agents, newest last: (from, to, why, when).
+    pub switches: Vec<(SocketAddr, SocketAddr, &'static str, u64)>,
+    pub frame: Option<Frame>,
+    pub frames: u64,
+    pub last_frame_ms: Option<u64>,
+    pub events: VecDeque<TelemetryEvent>,
+    /// Queries per second of each model, oldest first.
+    pub history: BTreeMap<String, VecDeque<f64>>,
+    pub focus: Pane,
+    pub expanded: bool,
+    pub help: bool,
+    pub input: Option<Input>,
+    pub filters: [String; Pane::COUNT],
+    pub selected: [usize; Pane::COUNT],
+    pub message: Option<Message>,
+    pub now_ms: u64,
+    pub size: (u16, u16),
     pub quit: bool,
 }
 
 impl App {
-    pub fn new(agent: SocketAddr, now: Instant) -> Self {
+    pub fn new(agent: SocketAddr, now_ms: u64, size: (u16, u16)) -> Self {
         Self {
             agent,
-            snapshot: None,
-            error: None,
-            last_switch: None,
-            now,
+            health: Health::Connecting,
+            switches: Vec::new(),
+            frame: None,
+            frames: 0,
+            last_frame_ms: None,
+            events: VecDeque::new(),
+            history: BTreeMap::new(),
+            focus: Pane::Members,
+            expanded: false,
+            help: false,
+            input: None,
+            filters: Default::default(),
+            selected: [0; Pane::COUNT],
+            message: None,
+            now_ms,
+            size,
             quit: false,
         }
     }
 
-    pub fn handle(&mut self, event: Event) {
+    /// Applies one event; returns what the runtime should do, if anything.
+    pub fn handle(&mut self, event: Event) -> Option<Action> {
         match event {
-            Event::Key(k) => self.handle_key(k),
-            Event::Tick(now) => self.now = now,
-            Event::Data(p) => self.handle_poll(*p),
+            Event::Key(k) => return self.handle_key(k),
+            Event::Mouse(m) => self.handle_mouse(m),
+            Event::Resize(w, h) => self.size = (w, h),
+            Event::Tick(ms) => self.now_ms = ms,
+            Event::Frame(f) => self.handle_frame(*f),
+            Event::Conn(c) => self.handle_conn(c),
+            Event::Done { what, result } => self.handle_done(what, result),
         }
+        None
     }
 
-    fn handle_key(&mut self, k: KeyEvent) {
-        if k.kind == KeyEventKind::Release {
-            return;
-        }
-        let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
-        if matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c {
-            self.quit = true;
-        }
-    }
-
-    fn handle_poll(&mut self, p: Poll) {
-        self.now = self.now.max(p.at);
-        if let Some(from) = p.switched_from {
-            self.last_switch = Some((from, p.agent));
-        }
-        self.agent = p.agent;
-        match p.result {
-            Ok(s) => {
-                self.snapshot = Some((s, p.at));
-                self.error = None;
+    fn handle_conn(&mut self, c: ConnEvent) {
+        match c {
+            ConnEvent::Connecting(a) => {
+                self.agent = a;
+                if !matches!(self.health, Health::Reconnecting { .. }) {
+                    self.health = Health::Connecting;
+                }
             }
-            Err(e) => self.error = Some(e),
+            ConnEvent::Connected(a) => {
+                self.agent = a;
+                self.health = Health::Live;
+            }
+            ConnEvent::Lost { from, error, next } => {
+                self.switches.push((from, next, "lost", self.now_ms));
+                self.agent = next;
+                self.health = Health::Reconnecting { from, error };
+            }
+            ConnEvent::FollowLeader { from, to } => {
+                self.switches.push((from, to, "leader", self.now_ms));
+                self.agent = to;
+                self.health = Health::Connecting;
+            }
         }
     }
 
-    /// Milliseconds since the shown data arrived.
-    pub fn data_age_ms(&self) -> Option<u128> {
-        self.snapshot
+    fn handle_frame(&mut self, mut f: Frame) {
+        self.frames += 1;
+        self.last_frame_ms = Some(self.now_ms);
+        self.health = Health::Live;
+        if f.resync {
+            self.events.clear();
+        }
+        let last = self.events.back().map_or(0, |e| e.seq);
+        for e in f.events.drain(..) {
+            if f.resync || e.seq > last {
+                self.events.push_back(e);
+            }
+        }
+        while self.events.len() > EVENT_LOG {
+            self.events.pop_front();
+        }
+        if let Some(Ok(rates)) = f.cluster.as_ref().map(|c| &c.rates) {
+            for r in rates {
+                let h = self.history.entry(r.model.clone()).or_default();
+                h.push_back(r.queries_per_s);
+                if h.len() > HISTORY {
+                    h.pop_front();
+                }
+            }
+        }
+        self.frame = Some(f);
+        for p in Pane::ALL {
+            let n = self.rows(p);
+            let s = &mut self.selected[p as usize];
+            *s = (*s).min(n.saturating_sub(1));
+        }
+    }
+
+    fn handle_done(&mut self, what: String, result: Result<String, String>) {
+        let (text, ok) = match result {
+            Ok(t) => (t, true),
+            Err(e) => (format!("{what}: {e}"), false),
+        };
+        let (first, detail) = match text.split_once('\n') {
+            Some((first, _)) => (format!("{first} (Esc closes)"), Some(text.clone())),
+            None => (text, None),
+        };
+        self.message = Some(Message {
+            text: first,
+            ok,
+            at_ms: self.now_ms,
+            detail,
+        });
+    }
+
+    fn handle_key(&mut self, k: KeyEvent) -> Option<Action> {
+        if k.kind == KeyEventKind::Release {
+            return None;
+        }
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            self.quit = true;
+            return None;
+        }
+        if self.input.is_some() {
+            return self.handle_input_key(k);
+        }
+        if self.help {
+            if matches!(k.code, KeyCode::Char('?' | 'q') | KeyCode::Esc) {
+                self.help = false;
+            }
+            return None;
+        }
+        if self.message.as_ref().is_some_and(|m| m.detail.is_some()) && k.code == KeyCode::Esc {
+            self.message = None;
+            return None;
+        }
+        match k.code {
+            KeyCode::Char('q') => self.quit = true,
+            KeyCode::Char('?') => self.help = true,
+            KeyCode::Esc => {
+                if self.expanded {
+                    self.expanded = false;
+                } else {
+                    self.filters[self.focus as usize].clear();
+                }
+            }
+            KeyCode::Tab | KeyCode::Char('l') | KeyCode::Right => self.focus = self.focus.next(),
+            KeyCode::BackTab | KeyCode::Char('h') | KeyCode::Left => {
+                self.focus = self.focus.prev();
+            }
+            KeyCode::Char('j') | KeyCode::Down => self.move_selection(1),
+            KeyCode::Char('k') | KeyCode::Up => self.move_selection(-1),
+            KeyCode::PageDown => self.move_selection(PAGE as isize),
+            KeyCode::PageUp => self.move_selection(-(PAGE as isize)),
+            KeyCode::Home | KeyCode::Char('g') => self.selected[self.focus as usize] = 0,
+            KeyCode::End | KeyCode::Char('G') => {
+                self.selected[self.focus as usize] = self.rows(self.focus).saturating_sub(1);
+            }
+            KeyCode::Char('/') => {
+                self.input = Some(Input::Filter(self.filters[self.focus as usize].clone()));
+            }
+            KeyCode::Char(':') => self.input = Some(Input::Command(String::new())),
+            KeyCode::Char('e') => self.expanded = !self.expanded,
+            KeyCode::Char('s') => {
+                self.input = Some(Input::Submit(SubmitForm {
+                    model: self
+                        .selected_model()
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default(),
+                    count: "100".into(),
+                    dataset: DEFAULT_DATASET.into(),
+                    field: 0,
+                }));
+            }
+            KeyCode::Char('+' | '=') if self.focus == Pane::Models => return self.bump_batch(1),
+            KeyCode::Char('-') if self.focus == Pane::Models => return self.bump_batch(-1),
+            KeyCode::Char('b') if self.focus == Pane::Models => {
+                if let Some(m) = self.selected_model() {
+                    self.input = Some(Input::BatchSize {
+                        model: m.name.clone(),
+                        text: m.batch_size.to_string(),
+                    });
+                } else {
+                    self.say("no model selected: the leader reports no models yet", false);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn handle_input_key(&mut self, k: KeyEvent) -> Option<Action> {
+        let input = self.input.as_mut().expect("checked by the caller");
+        match k.code {
+            KeyCode::Esc => {
+                if matches!(input, Input::Filter(_)) {
+                    self.filters[self.focus as usize].clear();
+                }
+                self.input = None;
+                return None;
+            }
+            KeyCode::Enter => {
+                let input = self.input.take().expect("checked above");
+                return self.submit_input(input);
+            }
+            KeyCode::Tab | KeyCode::Down => {
+                if let Input::Submit(f) = input {
+                    f.field = (f.field + 1) % SUBMIT_FIELDS.len();
+                }
+                return None;
+            }
+            KeyCode::BackTab | KeyCode::Up => {
+                if let Input::Submit(f) = input {
+                    f.field = (f.field + SUBMIT_FIELDS.len() - 1) % SUBMIT_FIELDS.len();
+                }
+                return None;
+            }
+            _ => {}
+        }
+        let text = match input {
+            Input::Filter(t) | Input::Command(t) => t,
+            Input::BatchSize { text, .. } => text,
+            Input::Submit(f) => match f.field {
+                0 => &mut f.model,
+                1 => &mut f.count,
+                _ => &mut f.dataset,
+            },
+        };
+        match k.code {
+            KeyCode::Backspace => {
+                text.pop();
+            }
+            KeyCode::Char(c) => text.push(c),
+            _ => {}
+        }
+        if let Some(Input::Filter(t)) = &self.input {
+            self.filters[self.focus as usize] = t.clone();
+            self.selected[self.focus as usize] = 0;
+        }
+        None
+    }
+
+    fn submit_input(&mut self, input: Input) -> Option<Action> {
+        match input {
+            Input::Filter(t) => {
+                self.filters[self.focus as usize] = t;
+                None
+            }
+            Input::Command(t) => match split_words(&t) {
+                Ok(w) if w.is_empty() => None,
+                Ok(w) => {
+                    self.say(&format!("running: {}", w.join(" ")), true);
+                    Some(Action::Command(w))
+                }
+                Err(e) => {
+                    self.say(&e, false);
+                    None
+                }
+            },
+            Input::BatchSize { model, text } => match text.trim().parse::<u32>() {
+                Ok(size) if size >= 1 => Some(Action::SetBatchSize { model, size }),
+                _ => {
+                    self.say(
+                        &format!("batch size \"{text}\" is not a whole number of at least 1"),
+                        false,
+                    );
+                    None
+                }
+            },
+            Input::Submit(f) => {
+                let model = f.model.trim().to_string();
+                if model.is_empty() {
+                    self.say("submit: give a model name", false);
+                    return None;
+                }
+                match f.count.trim().parse::<u32>() {
+                    Ok(count) if count >= 1 => Some(Action::Submit {
+                        model,
+                        count,
+                        dataset: f.dataset.trim().to_string(),
+                    }),
+                    _ => {
+                        self.say(
+                            &format!(
+                                "submit: images \"{}\" is not a whole number of at least 1",
+                                f.count
+                            ),
+                            false,
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn bump_batch(&mut self, delta: i64) -> Option<Action> {
+        let Some(m) = self.selected_model() else {
+            self.say("no model selected: the leader reports no models yet", false);
+            return None;
+        };
+        let max = i64::from(m.max_batch.max(1));
+        let size = (i64::from(m.batch_size) + delta).clamp(1, max) as u32;
+        if size == m.batch_size {
+            self.say(
+                &format!("{}: batch size stays {size} (1 to {max})", m.name),
+                false,
+            );
+            return None;
+        }
+        Some(Action::SetBatchSize {
+            model: m.name.clone(),
+            size,
+        })
+    }
+
+    fn say(&mut self, text: &str, ok: bool) {
+        self.message = Some(Message {
+            text: text.to_string(),
+            ok,
+            at_ms: self.now_ms,
+            detail: None,
+        });
+    }
+
+    fn move_selection(&mut self, delta: isize) {
+        let n = self.rows(self.focus);
+        let s = &mut self.selected[self.focus as usize];
+        *s = s.saturating_add_signed(delta).min(n.saturating_sub(1));
+    }
+
+    fn handle_mouse(&mut self, m: MouseEvent) {
+        let area = Rect::new(0, 0, self.size.0, self.size.1);
+        let Some((pane, rect)) = layout::panes(area, self.focus, self.expanded)
+            .into_iter()
+            .find(|(_, r)| r.contains(Position::new(m.column, m.row)))
+        else {
+            return;
+        };
+        match m.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                self.focus = pane;
+                // Rows start below the border and the header line.
+                let first = rect.y + 1 + layout::header_rows(pane);
+                if m.row >= first {
+                    let row = usize::from(m.row - first);
+                    let offset = layout::scroll_offset(
+                        self.selected[pane as usize],
+                        layout::body_rows(rect, pane),
+                    );
+                    let n = self.rows(pane);
+                    if offset + row < n {
+                        self.selected[pane as usize] = offset + row;
+                    }
+                }
+            }
+            MouseEventKind::ScrollDown => {
+                self.focus = pane;
+                self.move_selection(1);
+            }
+            MouseEventKind::ScrollUp => {
+                self.focus = pane;
+                self.move_selection(-1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rows of a pane after its filter.
+    pub fn rows(&self, p: Pane) -> usize {
+        match p {
+            Pane::Members => self.members().len(),
+            Pane::Models => self.models().len(),
+            Pane::Jobs => self.jobs().len(),
+            Pane::Sdfs => self.frame.as_ref().map_or(0, |f| f.nodes.len()),
+            Pane::Events => self.event_lines().len(),
+        }
+    }
+
+    fn filter(&self, p: Pane) -> String {
+        self.filters[p as usize].to_lowercase()
+    }
+
+    /// Members after the filter, by address.
+    pub fn members(&self) -> Vec<&MemberInfo> {
+        let Some(f) = &self.frame else {
+            return Vec::new();
+        };
+        let q = self.filter(Pane::Members);
+        let mut v: Vec<&MemberInfo> = f
+            .members
+            .iter()
+            .filter(|m| {
+                q.is_empty()
+                    || m.id.to_string().contains(&q)
+                    || m.state.as_str().contains(&q)
+                    || self.role(m).contains(&q)
+            })
+            .collect();
+        v.sort_by_key(|m| (m.id.addr, m.id.started));
+        v
+    }
+
+    /// A member's role: leader, voter or member.
+    pub fn role(&self, m: &MemberInfo) -> &'static str {
+        let leader = self.frame.as_ref().and_then(|f| f.leader.as_ref());
+        match leader {
+            Some(l) if l.leader == Some(m.id.addr) && m.state.is_live() => "leader",
+            Some(l) if l.voters.contains(&m.id.addr) => "voter",
+            _ => "member",
+        }
+    }
+
+    /// Models after the filter.
+    pub fn models(&self) -> Vec<&ModelInfo> {
+        let q = self.filter(Pane::Models);
+        match self.frame.as_ref().and_then(|f| f.cluster.as_ref()) {
+            Some(c) => match &c.models {
+                Ok(m) => m.iter().filter(|m| m.name.contains(&q)).collect(),
+                Err(_) => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
+
+    pub fn selected_model(&self) -> Option<&ModelInfo> {
+        self.models()
+            .get(self.selected[Pane::Models as usize])
+            .copied()
+    }
+
+    pub fn rate(&self, model: &str) -> Option<&RateInfo> {
+        let c = self.frame.as_ref()?.cluster.as_ref()?;
+        c.rates.as_ref().ok()?.iter().find(|r| r.model == model)
+    }
+
+    /// Jobs after the filter, newest first.
+    pub fn jobs(&self) -> Vec<&JobInfo> {
+        let q = self.filter(Pane::Jobs);
+        let Some(Ok(jobs)) = self
+            .frame
             .as_ref()
-            .map(|(_, at)| self.now.saturating_duration_since(*at).as_millis())
+            .and_then(|f| f.cluster.as_ref())
+            .map(|c| &c.jobs)
+        else {
+            return Vec::new();
+        };
+        let mut v: Vec<&JobInfo> = jobs
+            .iter()
+            .filter(|j| {
+                q.is_empty()
+                    || j.model.contains(&q)
+                    || j.state.as_str().contains(&q)
+                    || format!("#{}", j.id).contains(&q)
+            })
+            .collect();
+        v.sort_by_key(|j| std::cmp::Reverse(j.id));
+        v
+    }
+
+    /// Event lines after the filter, newest first.
+    pub fn event_lines(&self) -> Vec<&TelemetryEvent> {
+        let q = self.filter(Pane::Events);
+        self.events
+            .iter()
+            .rev()
+            .filter(|e| {
+                q.is_empty() || e.text.to_lowercase().contains(&q) || e.kind.as_str().contains(&q)
+            })
+            .collect()
+    }
+
+    /// Live and total members in the frame.
+    pub fn alive_total(&self) -> (usize, usize) {
+        self.frame.as_ref().map_or((0, 0), |f| {
+            let live = f
+                .members
+                .iter()
+                .filter(|m| m.state == MemberState::Alive)
+                .count();
+            (live, f.members.len())
+        })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use dml_shared::NodeId;
-    use std::time::Duration;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn snapshot(port: u16) -> Snapshot {
-        Snapshot {
-            id: IdInfo {
-                id: NodeId::new(addr(port), 1),
-                incarnation: 0,
-                joined: true,
-            },
-            members: vec![],
-            stats: Stats::default(),
+/// Splits a command line into words; single and double quotes group.
+pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
         }
     }
-
-    #[test]
-    fn q_esc_and_ctrl_c_quit_other_keys_do_not() {
-        let t = Instant::now();
-        for (code, mods, quits) in [
-            (KeyCode::Char('q'), KeyModifiers::NONE, true),
-            (KeyCode::Esc, KeyModifiers::NONE, true),
-            (KeyCode::Char('c'), KeyModifiers::CONTROL, true),
-            (KeyCode::Char('c'), KeyModifiers::NONE, false),
-            (KeyCode::Down, KeyModifiers::NONE, false),
-        ] {
-            let mut app = App::new(addr(8001), t);
-            app.handle(Event::Key(KeyEvent::new(code, mods)));
-            assert_eq!(app.quit, quits, "{code:?} {mods:?}");
-        }
+    if let Some(q) = quote {
+        return Err(format!("unclosed {q} in \"{line}\""));
     }
-
-    #[test]
-    fn a_failed_refresh_keeps_the_last_data_and_shows_the_error() {
-        let t = Instant::now();
-        let mut app = App::new(addr(8001), t);
-        app.handle(Event::Data(Box::new(Poll {
-            agent: addr(8001),
-            at: t,
-            result: Ok(snapshot(8001)),
-            switched_from: None,
-        })));
-        app.handle(Event::Data(Box::new(Poll {
-            agent: addr(8001),
-            at: t + Duration::from_millis(500),
-            result: Err("connection refused".into()),
-            switched_from: None,
-        })));
-        assert_eq!(app.snapshot.as_ref().unwrap().0, snapshot(8001));
-        assert_eq!(app.error.as_deref(), Some("connection refused"));
-        app.handle(Event::Tick(t + Duration::from_millis(1200)));
-        assert_eq!(app.data_age_ms(), Some(1200));
+    if in_word {
+        words.push(cur);
     }
-
-    #[test]
-    fn a_failover_moves_the_app_to_the_new_agent() {
-        let t = Instant::now();
-        let mut app = App::new(addr(8001), t);
-        app.handle(Event::Data(Box::new(Poll {
-            agent: addr(8004),
-            at: t,
-            result: Ok(snapshot(8004)),
-            switched_from: Some(addr(8001)),
-        })));
-        assert_eq!(app.agent, addr(8004));
-        assert_eq!(app.last_switch, Some((addr(8001), addr(8004))));
-        assert_eq!(app.error, None);
-    }
+    Ok(words)
 }

@@ -1,285 +1,304 @@
-//! Drawing the console from an [`App`]: header, membership table, stats panel,
-//! key help. Reads state only.
+//! The whole screen: status bar, the panes, the footer, and overlays (help,
+//! the submit form, long results). Reads the [`App`]; changes nothing.
 
-use super::app::App;
-use crate::report;
-use dml_shared::NodeId;
-use dml_shared::api::MemberState;
+use super::app::{App, Health, Input, SUBMIT_FIELDS};
+use super::fmt::age_ms;
+use super::layout::{self, Pane};
+use super::panes;
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
-use std::net::IpAddr;
+use ratatui::widgets::{Block, Clear, Paragraph, Widget, Wrap};
 
-/// Width of the stats panel, in columns.
-const STATS_WIDTH: u16 = 40;
+/// Every key, as the help overlay lists it.
+pub const KEYS: [(&str, &str); 17] = [
+    ("?", "show or hide this help"),
+    ("q, Ctrl-C", "quit"),
+    ("Tab, l, →", "next pane"),
+    ("Shift-Tab, h, ←", "previous pane"),
+    ("j, ↓ / k, ↑", "move the selection down / up"),
+    ("PgDn / PgUp", "move by ten rows"),
+    ("g, Home / G, End", "first / last row"),
+    ("/", "filter the focused pane (Enter keeps, Esc clears)"),
+    (
+        ":",
+        "command line: members, leader, put, get, delete, ls, ...",
+    ),
+    (
+        "+ / -",
+        "models pane: batch size of the selected model up / down",
+    ),
+    ("b", "models pane: type a batch size"),
+    ("s", "submit a job (model, images, dataset)"),
+    ("e", "expand the focused pane / back"),
+    (
+        "Esc",
+        "close a popup, leave expanded view, clear the filter",
+    ),
+    ("mouse click", "focus a pane and select a row"),
+    ("mouse wheel", "scroll the pane under the pointer"),
+    ("Enter", "run the command line or form"),
+];
 
-pub fn state_style(s: MemberState) -> Style {
-    let color = match s {
-        MemberState::Alive => Color::Green,
-        MemberState::Suspect => Color::Yellow,
-        MemberState::Failed => Color::Red,
-        MemberState::Left => Color::DarkGray,
-    };
-    Style::default().fg(color)
+/// A message older than this gives way to the key hints.
+const MESSAGE_MS: u64 = 15_000;
+/// Without a frame for this long the connection shows as stale.
+const STALE_MS: u64 = 3_000;
+
+pub fn draw(f: &mut Frame, app: &App) {
+    render(app, f.area(), f.buffer_mut());
 }
 
-/// A node as `:port` when it is on the followed agent's host, else `ip:port`.
-fn short(id: &NodeId, local: IpAddr) -> String {
-    if id.addr.ip() == local {
-        format!(":{}", id.addr.port())
+/// Draws the whole screen into `buf` (tests and the bench call this directly).
+pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
+    let (status, _, footer) = layout::chrome(area);
+    status_bar(app, status, buf);
+    for (p, r) in layout::panes(area, app.focus, app.expanded) {
+        panes::render(app, p, r, buf);
+    }
+    footer_line(app, footer, buf);
+    if let Some(Input::Submit(_)) = &app.input {
+        submit_form(app, area, buf);
+    }
+    if let Some(d) = app.message.as_ref().and_then(|m| m.detail.as_ref()) {
+        popup(" result (Esc closes) ", d, area, buf);
+    }
+    if app.help {
+        help(area, buf);
+    }
+}
+
+fn status_bar(app: &App, area: Rect, buf: &mut Buffer) {
+    let mut spans = vec![Span::styled(
+        " AwesomeDML ",
+        Style::new().black().on_cyan().bold(),
+    )];
+    let sep = || Span::styled(" │ ", Style::new().fg(Color::DarkGray));
+    let leader = app.frame.as_ref().and_then(|f| f.leader.as_ref());
+    let (alive, total) = app.alive_total();
+    let voters = leader.map_or(0, |l| l.voters.len());
+    spans.push(Span::raw(format!(
+        " cluster {total} nodes, {voters} voters"
+    )));
+    spans.push(sep());
+    spans.push(Span::raw("leader "));
+    spans.push(match leader.and_then(|l| l.leader) {
+        Some(l) => Span::styled(l.to_string(), Style::new().fg(Color::Magenta).bold()),
+        None => Span::styled("none", Style::new().fg(Color::Red).bold()),
+    });
+    spans.push(sep());
+    let color = if alive == total {
+        Color::Green
     } else {
-        id.addr.to_string()
-    }
-}
-
-pub fn draw(frame: &mut Frame, app: &App) {
-    let [header, body, footer] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Min(3),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
-    let [members, stats] =
-        Layout::horizontal([Constraint::Min(20), Constraint::Length(STATS_WIDTH)]).areas(body);
-    draw_header(frame, app, header);
-    draw_members(frame, app, members);
-    draw_stats(frame, app, stats);
-    frame.render_widget(
-        Paragraph::new(Line::from(vec![
-            Span::styled(" q", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw("/"),
-            Span::styled("Esc", Style::default().add_modifier(Modifier::BOLD)),
-            Span::raw(" quit   refresh every 500 ms; follows another member if this agent stops"),
-        ])),
-        footer,
-    );
-}
-
-fn draw_header(frame: &mut Frame, app: &App, area: Rect) {
-    let bold = Style::default().add_modifier(Modifier::BOLD);
-    let mut first = vec![
-        Span::styled("AwesomeDML", bold),
-        Span::raw("  agent "),
-        Span::styled(app.agent.to_string(), bold),
-    ];
-    if let Some((s, _)) = &app.snapshot {
-        let live = s.members.iter().filter(|m| m.state.is_live()).count();
-        first.push(Span::raw(format!(
-            "  id {}  inc {}{}  {live} live of {} known",
-            s.id.id,
-            s.id.incarnation,
-            if s.id.joined { "" } else { "  NOT JOINED" },
-            s.members.len()
-        )));
-    }
-    let second = match (&app.error, app.data_age_ms()) {
-        (Some(e), _) => Line::from(Span::styled(
-            format!("no answer: {e}"),
-            Style::default().fg(Color::Red),
-        )),
-        (None, Some(age)) => {
-            let mut spans = vec![Span::raw(format!("updated {age} ms ago"))];
-            if let Some((from, to)) = app.last_switch {
-                spans.push(Span::styled(
-                    format!("  (switched from {from} to {to})"),
-                    Style::default().fg(Color::Yellow),
-                ));
-            }
-            Line::from(spans)
-        }
-        (None, None) => Line::from("connecting..."),
+        Color::Yellow
     };
-    frame.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
+    spans.push(Span::styled(
+        format!("{alive}/{total} alive"),
+        Style::new().fg(color),
+    ));
+    spans.push(sep());
+    spans.push(Span::raw(format!("term {}", leader.map_or(0, |l| l.term))));
+    spans.push(sep());
+    spans.extend(connection(app));
+    Paragraph::new(Line::from(spans))
+        .style(Style::new().bg(Color::Black))
+        .render(area, buf);
 }
 
-fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
-    let block = Block::bordered().title(" Members ");
-    let Some((s, _)) = &app.snapshot else {
-        frame.render_widget(Paragraph::new("no data yet").block(block), area);
+/// The connection's health: agent, age of the last frame, drops, switches.
+fn connection(app: &App) -> Vec<Span<'static>> {
+    let age = app.last_frame_ms.map(|t| app.now_ms.saturating_sub(t));
+    let dropped = app.frame.as_ref().map_or(0, |f| f.dropped);
+    let mut v = match &app.health {
+        Health::Connecting => vec![Span::styled(
+            format!("◌ connecting to {}", app.agent),
+            Style::new().fg(Color::Yellow).bold(),
+        )],
+        Health::Reconnecting { from, error } => vec![Span::styled(
+            format!("◌ lost {from} ({error}); reconnecting to {}", app.agent),
+            Style::new().fg(Color::Red).bold(),
+        )],
+        Health::Live if age.is_some_and(|a| a > STALE_MS) => vec![Span::styled(
+            format!("● {} stale {}", app.agent, age_ms(age.unwrap_or(0))),
+            Style::new().fg(Color::Yellow).bold(),
+        )],
+        Health::Live => vec![Span::styled(
+            format!("● {} live", app.agent),
+            Style::new().fg(Color::Green).bold(),
+        )],
+    };
+    if dropped > 0 {
+        v.push(Span::styled(
+            format!(" {dropped} dropped"),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    if let Some((from, _, why, _)) = app.switches.last()
+        && app.health == Health::Live
+    {
+        let why = if *why == "leader" {
+            "following the leader"
+        } else {
+            "failed over"
+        };
+        v.push(Span::styled(
+            format!(" (from {from}, {why})"),
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
+    v
+}
+
+fn footer_line(app: &App, area: Rect, buf: &mut Buffer) {
+    let line = match &app.input {
+        Some(Input::Filter(t)) => Line::from(vec![
+            Span::styled("/", Style::new().fg(Color::Yellow).bold()),
+            Span::raw(t.clone()),
+            Span::styled("█", Style::new().fg(Color::Yellow)),
+            Span::styled(
+                format!("  filter {} (Enter keeps, Esc clears)", app.focus.title()),
+                Style::new().fg(Color::DarkGray),
+            ),
+        ]),
+        Some(Input::Command(t)) => Line::from(vec![
+            Span::styled(":", Style::new().fg(Color::Yellow).bold()),
+            Span::raw(t.clone()),
+            Span::styled("█", Style::new().fg(Color::Yellow)),
+            Span::styled(
+                "  e.g. ls NAME, put LOCAL NAME, submit-job MODEL N, set-batch-size MODEL N",
+                Style::new().fg(Color::DarkGray),
+            ),
+        ]),
+        Some(Input::BatchSize { model, text }) => Line::from(vec![
+            Span::styled(
+                format!("batch size of {model}: "),
+                Style::new().fg(Color::Yellow).bold(),
+            ),
+            Span::raw(text.clone()),
+            Span::styled("█", Style::new().fg(Color::Yellow)),
+        ]),
+        Some(Input::Submit(_)) => Line::from(Span::styled(
+            "Tab next field, Enter submit, Esc cancel",
+            Style::new().fg(Color::DarkGray),
+        )),
+        None => match &app.message {
+            Some(m) if app.now_ms.saturating_sub(m.at_ms) < MESSAGE_MS || m.detail.is_some() => {
+                let color = if m.ok { Color::Green } else { Color::Red };
+                Line::from(Span::styled(m.text.clone(), Style::new().fg(color).bold()))
+            }
+            _ => hints(app),
+        },
+    };
+    Paragraph::new(line).render(area, buf);
+}
+
+fn hints(app: &App) -> Line<'static> {
+    let key = |k: &'static str| Span::styled(k, Style::new().fg(Color::Cyan).bold());
+    let mut v = vec![
+        key("?"),
+        Span::raw(" help "),
+        key("q"),
+        Span::raw(" quit "),
+        key("Tab"),
+        Span::raw(" pane "),
+        key("/"),
+        Span::raw(" filter "),
+        key(":"),
+        Span::raw(" command "),
+        key("s"),
+        Span::raw(" submit "),
+        key("e"),
+        Span::raw(" expand"),
+    ];
+    if app.focus == Pane::Models {
+        v.extend([
+            key(" +/-"),
+            Span::raw(" batch "),
+            key("b"),
+            Span::raw(" set batch"),
+        ]);
+    }
+    Line::from(v)
+}
+
+/// A centred rectangle of at most `w` x `h`.
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn help(area: Rect, buf: &mut Buffer) {
+    let r = centered(area, 76, KEYS.len() as u16 + 4);
+    Clear.render(r, buf);
+    let mut lines: Vec<Line> = KEYS
+        .iter()
+        .map(|(k, what)| {
+            Line::from(vec![
+                Span::styled(format!(" {k:<17}"), Style::new().fg(Color::Cyan).bold()),
+                Span::raw(*what),
+            ])
+        })
+        .collect();
+    lines.push(Line::from(Span::styled(
+        " any of ? q Esc closes",
+        Style::new().fg(Color::DarkGray),
+    )));
+    Paragraph::new(lines)
+        .block(
+            Block::bordered()
+                .title(" Keys ")
+                .border_style(Style::new().fg(Color::Cyan)),
+        )
+        .render(r, buf);
+}
+
+fn submit_form(app: &App, area: Rect, buf: &mut Buffer) {
+    let Some(Input::Submit(form)) = &app.input else {
         return;
     };
-    let local = app.agent.ip();
-    let rows = report::sorted(&s.members).into_iter().map(|m| {
-        let monitors: Vec<String> = m.monitors.iter().map(|x| short(x, local)).collect();
-        let mut id_style = Style::default();
-        if m.id == s.id.id {
-            id_style = id_style.add_modifier(Modifier::BOLD);
-        }
-        Row::new(vec![
-            Cell::from(Span::styled(m.id.to_string(), id_style)),
-            Cell::from(Span::styled(m.state.as_str(), state_style(m.state))),
-            Cell::from(m.incarnation.to_string()),
-            Cell::from(report::last_heard(m.last_heard_ms)),
-            Cell::from(if monitors.is_empty() {
-                "-".to_string()
+    let r = centered(area, 60, 7);
+    Clear.render(r, buf);
+    let values = [&form.model, &form.count, &form.dataset];
+    let lines: Vec<Line> = SUBMIT_FIELDS
+        .iter()
+        .zip(values)
+        .enumerate()
+        .map(|(i, (name, v))| {
+            let focused = i == form.field;
+            let style = if focused {
+                Style::new().add_modifier(Modifier::REVERSED)
             } else {
-                monitors.join(" ")
-            }),
-        ])
-    });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(30),
-            Constraint::Length(8),
-            Constraint::Length(4),
-            Constraint::Length(10),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new(["ID", "STATE", "INC", "LAST HEARD", "MONITORS"])
-            .style(Style::default().add_modifier(Modifier::BOLD)),
-    )
-    .block(block);
-    frame.render_widget(table, area);
-}
-
-fn draw_stats(frame: &mut Frame, app: &App, area: Rect) {
-    let block = Block::bordered().title(" Stats ");
-    let lines: Vec<Line> = match &app.snapshot {
-        None => vec![Line::from("no data yet")],
-        Some((s, _)) => report::stats_lines(&s.stats)
-            .into_iter()
-            .map(|(k, v)| {
-                Line::from(vec![
-                    Span::styled(format!("{k}: "), Style::default().fg(Color::Cyan)),
-                    Span::raw(v),
-                ])
-            })
-            .collect(),
-    };
-    frame.render_widget(Paragraph::new(lines).block(block), area);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::console::app::{Event, Poll, Snapshot};
-    use dml_shared::api::{IdInfo, MemberInfo, Stats};
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
-    use std::net::SocketAddr;
-    use std::time::{Duration, Instant};
-
-    fn id(port: u16) -> NodeId {
-        NodeId::new(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            1_764_150_000_000 + u64::from(port),
+                Style::new()
+            };
+            Line::from(vec![
+                Span::styled(format!(" {name:<8} "), Style::new().bold()),
+                Span::styled(format!("{v}{}", if focused { "█" } else { "" }), style),
+            ])
+        })
+        .collect();
+    Paragraph::new(lines)
+        .block(
+            Block::bordered()
+                .title(" Submit a job (Enter submits, Esc cancels) ")
+                .border_style(Style::new().fg(Color::Yellow)),
         )
-    }
+        .render(r, buf);
+}
 
-    fn screen(app: &App) -> (String, ratatui::buffer::Buffer) {
-        let mut t = Terminal::new(TestBackend::new(120, 20)).unwrap();
-        t.draw(|f| draw(f, app)).unwrap();
-        let buf = t.backend().buffer().clone();
-        let text = (0..buf.area.height)
-            .map(|y| {
-                (0..buf.area.width)
-                    .map(|x| buf[(x, y)].symbol())
-                    .collect::<String>()
-                    + "\n"
-            })
-            .collect();
-        (text, buf)
-    }
-
-    fn app_with_members() -> App {
-        let t = Instant::now();
-        let mut app = App::new(id(8001).addr, t);
-        let members = vec![
-            MemberInfo {
-                id: id(8001),
-                state: MemberState::Alive,
-                incarnation: 0,
-                last_heard_ms: None,
-                monitors: vec![id(8002), id(8003)],
-            },
-            MemberInfo {
-                id: id(8002),
-                state: MemberState::Suspect,
-                incarnation: 3,
-                last_heard_ms: Some(1500),
-                monitors: vec![id(8001), id(8003)],
-            },
-        ];
-        app.handle(Event::Data(Box::new(Poll {
-            agent: id(8001).addr,
-            at: t,
-            result: Ok(Snapshot {
-                id: IdInfo {
-                    id: id(8001),
-                    incarnation: 0,
-                    joined: true,
-                },
-                members,
-                stats: Stats {
-                    refuted: 4,
-                    ..Stats::default()
-                },
-            }),
-            switched_from: None,
-        })));
-        app.handle(Event::Tick(t + Duration::from_millis(250)));
-        app
-    }
-
-    #[test]
-    fn screen_shows_members_with_colored_states_and_stats() {
-        let (text, buf) = screen(&app_with_members());
-        assert!(text.contains("127.0.0.1:8002#1764150008002"), "{text}");
-        assert!(text.contains("1500 ms"), "{text}");
-        assert!(text.contains(":8001 :8003"), "{text}");
-        assert!(text.contains("refuted (false positives): 4"), "{text}");
-        assert!(text.contains("updated 250 ms ago"), "{text}");
-        assert!(text.contains("2 live of 2 known"), "{text}");
-        // The "suspect" cell is yellow.
-        let (y, line) = text
-            .lines()
-            .enumerate()
-            .find(|(_, l)| l.contains("suspect"))
-            .expect("a suspect row");
-        let x = line.find("suspect").unwrap() as u16;
-        assert_eq!(buf[(x, y as u16)].fg, Color::Yellow);
-        let alive_y = text.lines().position(|l| l.contains(" alive ")).unwrap();
-        let alive_x = text.lines().nth(alive_y).unwrap().find(" alive ").unwrap() as u16 + 1;
-        assert_eq!(buf[(alive_x, alive_y as u16)].fg, Color::Green);
-    }
-
-    #[test]
-    fn screen_shows_the_error_and_the_failover() {
-        let mut app = app_with_members();
-        app.handle(Event::Data(Box::new(Poll {
-            agent: id(8002).addr,
-            at: app.now,
-            result: Err("cannot reach agent at 127.0.0.1:8002: connection refused".into()),
-            switched_from: None,
-        })));
-        let (text, _) = screen(&app);
-        assert!(
-            text.contains("no answer: cannot reach agent at 127.0.0.1:8002"),
-            "{text}"
-        );
-        app.handle(Event::Data(Box::new(Poll {
-            agent: id(8002).addr,
-            at: app.now,
-            result: Ok(app.snapshot.clone().unwrap().0),
-            switched_from: Some(id(8001).addr),
-        })));
-        let (text, _) = screen(&app);
-        assert!(
-            text.contains("switched from 127.0.0.1:8001 to 127.0.0.1:8002"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn an_empty_app_draws_without_data() {
-        let app = App::new(id(8001).addr, Instant::now());
-        let (text, _) = screen(&app);
-        assert!(text.contains("connecting..."), "{text}");
-        assert!(text.contains("no data yet"), "{text}");
-    }
+fn popup(title: &str, text: &str, area: Rect, buf: &mut Buffer) {
+    let lines = text.lines().count() as u16;
+    let r = centered(area, area.width.saturating_sub(8), lines + 2);
+    Clear.render(r, buf);
+    Paragraph::new(text.to_string())
+        .wrap(Wrap { trim: false })
+        .block(Block::bordered().title(title.to_string()))
+        .render(r, buf);
 }

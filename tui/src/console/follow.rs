@@ -1,14 +1,26 @@
-//! Fetching the console's data from one agent, and moving to another live member
-//! when that agent stops answering (the console follows the cluster).
+//! The telemetry subscription: connects to an agent, reads its frames, moves
+//! to the leader when the agent is not it, and when the agent dies moves to
+//! another live member it reported. Every step becomes an [`Event`].
 
-use super::app::{Poll, Snapshot};
-use dml_shared::api::{MemberInfo, MemberState};
-use dml_shared::client::Client;
+use super::app::{ConnEvent, Event};
+use dml_shared::api::{MemberInfo, MemberState, Request, Response};
+use dml_shared::client::{connect, read_response, send_request, unexpected};
+use dml_shared::telemetry::{Frame, MIN_INTERVAL_MS};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
-/// Time allowed for each API call of a refresh.
-const CALL_TIMEOUT: Duration = Duration::from_millis(800);
+/// Time allowed to connect and subscribe.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// No frame for this long (several push periods) means the agent is gone.
+const STALL: Duration = Duration::from_millis(MIN_INTERVAL_MS * 6);
+/// An agent that failed is not followed as leader again for this long.
+const SHUN: Duration = Duration::from_secs(10);
+/// Pause after every candidate failed, growing to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Members worth failing over to, best first: alive before suspect, then by
 /// address; never `current`, each address once.
@@ -33,67 +45,131 @@ pub fn failover_candidates(current: SocketAddr, members: &[MemberInfo]) -> Vec<S
     out
 }
 
-/// Holds the agent being followed and the members it last reported.
-pub struct Follower {
-    client: Client,
-    /// Where to go when the current agent is gone, from the last good answer.
-    fallbacks: Vec<SocketAddr>,
+/// Opens a subscription.
+pub async fn subscribe(addr: SocketAddr) -> Result<TcpStream, String> {
+    let open = async {
+        let mut s = connect(addr).await?;
+        send_request(&mut s, &Request::Subscribe).await?;
+        Ok::<_, dml_shared::Error>(s)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
+    }
 }
 
-impl Follower {
-    pub fn new(agent: SocketAddr) -> Self {
-        Self {
-            client: Client::new(agent).with_timeout(CALL_TIMEOUT),
-            fallbacks: Vec::new(),
-        }
+/// Reads the next frame.
+pub async fn next_frame(s: &mut TcpStream) -> Result<Frame, String> {
+    match tokio::time::timeout(STALL, read_response(s)).await {
+        Ok(Ok(Response::Telemetry(f))) => Ok(*f),
+        Ok(Ok(other)) => Err(unexpected(other).to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no frame for {STALL:?}")),
     }
+}
 
-    /// One refresh. If the followed agent fails, tries the fallbacks in order
-    /// and stays with the first that answers.
-    pub async fn poll(&mut self) -> Poll {
-        let first = self.client.addr();
-        let first_error = match fetch(&mut self.client).await {
-            Ok(s) => return self.succeeded(s, None),
-            Err(e) => e,
+/// Why a connection ended.
+enum End {
+    Lost(String),
+    Leader(SocketAddr),
+}
+
+/// Runs until `tx` closes: follows `start`, then whoever leads.
+pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
+    let mut target = start;
+    let mut candidates: Vec<SocketAddr> = Vec::new();
+    let mut failed: HashMap<SocketAddr, Instant> = HashMap::new();
+    let mut backoff = BACKOFF_MIN;
+    let mut misses = 0usize;
+    loop {
+        if tx
+            .send(Event::Conn(ConnEvent::Connecting(target)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let end = match subscribe(target).await {
+            Err(e) => End::Lost(e),
+            Ok(mut s) => {
+                if tx
+                    .send(Event::Conn(ConnEvent::Connected(target)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                loop {
+                    let f = match next_frame(&mut s).await {
+                        Ok(f) => f,
+                        Err(e) => break End::Lost(e),
+                    };
+                    misses = 0;
+                    backoff = BACKOFF_MIN;
+                    candidates = failover_candidates(target, &f.members);
+                    let leader = f.leader.as_ref().and_then(|l| l.leader);
+                    let live = |a: SocketAddr| {
+                        f.members
+                            .iter()
+                            .any(|m| m.id.addr == a && m.state == MemberState::Alive)
+                    };
+                    if tx.send(Event::Frame(Box::new(f.clone()))).await.is_err() {
+                        return;
+                    }
+                    if let Some(l) = leader
+                        && l != target
+                        && live(l)
+                        && failed.get(&l).is_none_or(|t| t.elapsed() > SHUN)
+                    {
+                        break End::Leader(l);
+                    }
+                }
+            }
         };
-        for addr in self.fallbacks.clone() {
-            let mut c = Client::new(addr).with_timeout(CALL_TIMEOUT);
-            if let Ok(s) = fetch(&mut c).await {
-                self.client = c;
-                return self.succeeded(s, Some(first));
+        match end {
+            End::Leader(l) => {
+                let ev = ConnEvent::FollowLeader {
+                    from: target,
+                    to: l,
+                };
+                if tx.send(Event::Conn(ev)).await.is_err() {
+                    return;
+                }
+                target = l;
+            }
+            End::Lost(error) => {
+                failed.insert(target, Instant::now());
+                // Candidates not failed recently first; the start address last.
+                let (mut order, recent): (Vec<SocketAddr>, Vec<SocketAddr>) = candidates
+                    .iter()
+                    .partition(|a| failed.get(a).is_none_or(|t| t.elapsed() > SHUN));
+                order.extend(recent);
+                if !order.contains(&start) && start != target {
+                    order.push(start);
+                }
+                if order.is_empty() {
+                    order.push(target);
+                }
+                let next = order[misses % order.len()];
+                misses += 1;
+                if misses >= order.len() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    misses = 0;
+                }
+                let ev = ConnEvent::Lost {
+                    from: target,
+                    error,
+                    next,
+                };
+                if tx.send(Event::Conn(ev)).await.is_err() {
+                    return;
+                }
+                target = next;
             }
         }
-        Poll {
-            agent: first,
-            at: Instant::now(),
-            result: Err(first_error),
-            switched_from: None,
-        }
     }
-
-    fn succeeded(&mut self, s: Snapshot, switched_from: Option<SocketAddr>) -> Poll {
-        let agent = self.client.addr();
-        self.fallbacks = failover_candidates(agent, &s.members);
-        // Keep the address we started from as a last resort.
-        if let Some(from) = switched_from
-            && !self.fallbacks.contains(&from)
-        {
-            self.fallbacks.push(from);
-        }
-        Poll {
-            agent,
-            at: Instant::now(),
-            result: Ok(s),
-            switched_from,
-        }
-    }
-}
-
-async fn fetch(c: &mut Client) -> Result<Snapshot, String> {
-    let id = c.id().await.map_err(|e| e.to_string())?;
-    let members = c.members().await.map_err(|e| e.to_string())?;
-    let stats = c.stats().await.map_err(|e| e.to_string())?;
-    Ok(Snapshot { id, members, stats })
 }
 
 #[cfg(test)]
@@ -130,16 +206,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_follower_with_nowhere_to_go_reports_the_error() {
+    async fn an_unreachable_agent_is_reported_lost_and_retried() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let p = Follower::new(addr).poll().await;
-        assert_eq!(p.agent, addr);
-        assert!(p.result.unwrap_err().contains("cannot reach agent"));
-        assert_eq!(p.switched_from, None);
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(addr, tx));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Event::Conn(ConnEvent::Connecting(a))) if a == addr
+        ));
+        match rx.recv().await {
+            Some(Event::Conn(ConnEvent::Lost { from, error, next })) => {
+                assert_eq!((from, next), (addr, addr));
+                assert!(error.contains("cannot reach agent"), "{error}");
+            }
+            other => panic!("expected Lost, got {other:?}"),
+        }
+        task.abort();
     }
 }

@@ -1,92 +1,105 @@
 //! The full-screen console (`dml` without a subcommand).
 //!
-//! Keys (a reader thread), ticks and agent data (a [`follow::Follower`] task) are
-//! funnelled into one [`app::Event`] channel; the loop applies each event to the
-//! [`app::App`] and redraws with [`draw::draw`]. The terminal is restored on exit
-//! and, through ratatui's hook, on panic.
+//! Keys and mouse (a reader thread), ticks, telemetry frames and connection
+//! changes (a [`follow`] task), and the results of actions are funnelled
+//! into one [`app::Event`] channel; the loop applies each to the [`app::App`],
+//! runs the [`app::Action`] it returns (through [`exec`], off the loop), and
+//! redraws with [`draw::draw`]. The terminal is restored on exit and on panic.
 //!
-//! - [`app`]: events and state.
-//! - [`follow`]: refreshing from an agent, failing over to another member.
-//! - [`draw`]: the screen.
+//! - [`app`]: events, state, actions (pure).
+//! - [`layout`]: where the panes go (drawing and mouse hit-testing).
+//! - [`panes`], [`draw`], [`fmt`]: the screen.
+//! - [`follow`]: the telemetry subscription, leader following, failover.
+//! - [`exec`]: actions through the client API.
 
 pub mod app;
 pub mod draw;
+pub mod exec;
+pub mod fmt;
 pub mod follow;
+pub mod layout;
+pub mod panes;
 
 use anyhow::{Context, Result, bail};
 use app::{App, Event};
 use ratatui::DefaultTerminal;
-use ratatui::crossterm::event as term;
+use ratatui::crossterm::event::{self as term, DisableMouseCapture, EnableMouseCapture};
+use ratatui::crossterm::execute;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// Time between two refreshes from the agent.
-const REFRESH: Duration = Duration::from_millis(500);
 /// Time between two clock ticks (ages on screen).
 const TICK: Duration = Duration::from_millis(250);
-/// How long the key reader waits for input before checking whether to stop.
-const KEY_POLL: Duration = Duration::from_millis(100);
+/// How long the input reader waits before checking whether to stop.
+const INPUT_POLL: Duration = Duration::from_millis(100);
+/// Events queued towards the loop.
+const QUEUE: usize = 256;
 
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens the console on `agent` and runs it until the operator quits.
 pub async fn run(agent: SocketAddr) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("the console needs a terminal; use a subcommand instead, e.g. `dml members`");
     }
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
 
-    let keys = {
+    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    // ratatui's hook restores raw mode and the screen; release the mouse too.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        hook(info);
+    }));
+    let _ = execute!(std::io::stdout(), EnableMouseCapture);
+
+    let input = {
         let (tx, stop) = (tx.clone(), stop.clone());
-        std::thread::spawn(move || read_keys(tx, stop))
+        std::thread::spawn(move || read_input(tx, stop))
     };
-    let fetcher = {
+    let stream = tokio::spawn(follow::run(agent, tx.clone()));
+    let ticker = {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let mut follower = follow::Follower::new(agent);
-            let mut every = tokio::time::interval(REFRESH);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut every = tokio::time::interval(TICK);
             loop {
                 every.tick().await;
-                if tx
-                    .send(Event::Data(Box::new(follower.poll().await)))
-                    .await
-                    .is_err()
-                {
+                if tx.send(Event::Tick(unix_ms())).await.is_err() {
                     break;
                 }
             }
         })
     };
-    let ticker = tokio::spawn(async move {
-        let mut every = tokio::time::interval(TICK);
-        loop {
-            every.tick().await;
-            if tx.send(Event::Tick(Instant::now())).await.is_err() {
-                break;
-            }
-        }
-    });
+    let size = terminal
+        .size()
+        .map(|s| (s.width, s.height))
+        .unwrap_or((80, 24));
+    let app = App::new(agent, unix_ms(), size);
+    let result = event_loop(&mut terminal, &mut rx, &tx, app).await;
 
-    let result = match ratatui::try_init() {
-        Ok(mut terminal) => {
-            event_loop(&mut terminal, &mut rx, App::new(agent, Instant::now())).await
-        }
-        Err(e) => Err(e).context("cannot set up the terminal"),
-    };
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     stop.store(true, Ordering::Relaxed);
-    fetcher.abort();
+    stream.abort();
     ticker.abort();
-    let _ = keys.join();
+    let _ = input.join();
     result
 }
 
 async fn event_loop(
     terminal: &mut DefaultTerminal,
     rx: &mut mpsc::Receiver<Event>,
+    tx: &mpsc::Sender<Event>,
     mut app: App,
 ) -> Result<()> {
     loop {
@@ -94,21 +107,38 @@ async fn event_loop(
         let Some(ev) = rx.recv().await else {
             return Ok(());
         };
-        app.handle(ev);
-        if app.quit {
-            return Ok(());
+        let mut next = Some(ev);
+        // Apply everything already queued before drawing again.
+        while let Some(ev) = next {
+            if let Some(action) = app.handle(ev) {
+                let (tx, agent) = (tx.clone(), app.agent);
+                tokio::spawn(async move {
+                    let what = exec::describe(&action);
+                    let result = exec::run(agent, action).await;
+                    let _ = tx.send(Event::Done { what, result }).await;
+                });
+            }
+            if app.quit {
+                return Ok(());
+            }
+            next = rx.try_recv().ok();
         }
     }
 }
 
-/// Blocking key reader: runs on its own thread until `stop` or the channel closes.
-fn read_keys(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) {
+/// Blocking input reader: runs on its own thread until `stop` or the channel closes.
+fn read_input(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        match term::poll(KEY_POLL) {
+        match term::poll(INPUT_POLL) {
             Ok(true) => {
-                if let Ok(term::Event::Key(k)) = term::read()
-                    && tx.blocking_send(Event::Key(k)).is_err()
-                {
+                let ev = match term::read() {
+                    Ok(term::Event::Key(k)) => Event::Key(k),
+                    Ok(term::Event::Mouse(m)) => Event::Mouse(m),
+                    Ok(term::Event::Resize(w, h)) => Event::Resize(w, h),
+                    Ok(_) => continue,
+                    Err(_) => return,
+                };
+                if tx.blocking_send(ev).is_err() {
                     return;
                 }
             }

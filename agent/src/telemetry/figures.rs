@@ -1,0 +1,192 @@
+//! The leader's figures for a frame, fetched through the control plane
+//! (in-process on the leader, forwarded elsewhere): C1, C2, C3, jobs, C5
+//! and SDFS health.
+
+use crate::control::ControlHandle;
+use dml_shared::api::Response;
+use dml_shared::infer::{InferRequest, InferResponse, Placement};
+use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
+use dml_shared::telemetry::{ClusterFigures, NodeStats, SdfsHealth};
+
+/// Under-replicated versions named in a frame (the count covers all).
+const SAMPLE: usize = 8;
+
+async fn infer(control: &ControlHandle, req: InferRequest) -> Result<InferResponse, String> {
+    match control.meta(MetaRequest::Infer(req)).await {
+        Response::Meta(MetaResponse::Infer(r)) => Ok(r),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Why a metadata request gave no usable answer, in words.
+fn refusal(r: Response) -> String {
+    match r {
+        Response::Error(e) => e,
+        Response::NotLeader { leader: Some(l) } => format!("not the leader; {l} leads"),
+        Response::NotLeader { leader: None } => "no leader is known".into(),
+        other => format!("unexpected answer {other:?}"),
+    }
+}
+
+macro_rules! pick {
+    ($r:expr, $variant:ident) => {
+        match $r {
+            Ok(InferResponse::$variant(v)) => Ok(v),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e),
+        }
+    };
+}
+
+/// Every leader figure; each part fails on its own.
+pub async fn fetch(control: &ControlHandle, replicas: u32, repairs: u64) -> ClusterFigures {
+    let (models, rates, latency, jobs, placement, sdfs) = tokio::join!(
+        infer(control, InferRequest::Models),
+        infer(control, InferRequest::Rates),
+        infer(control, InferRequest::Latency),
+        infer(control, InferRequest::Jobs),
+        infer(control, InferRequest::Placement),
+        sdfs_health(control, replicas, repairs),
+    );
+    ClusterFigures {
+        models: pick!(models, Models),
+        rates: pick!(rates, Rates),
+        latency: pick!(latency, Latency),
+        jobs: pick!(jobs, Jobs),
+        placement: pick!(placement, Placement),
+        sdfs,
+    }
+}
+
+async fn sdfs_health(
+    control: &ControlHandle,
+    replicas: u32,
+    repairs: u64,
+) -> Result<SdfsHealth, String> {
+    let (count, list) = tokio::join!(
+        control.meta(MetaRequest::Count),
+        control.meta(MetaRequest::List { glob: "*".into() })
+    );
+    let (files, versions, bytes) = match count {
+        Response::Meta(MetaResponse::Count {
+            files,
+            versions,
+            bytes,
+        }) => (files, versions, bytes),
+        other => return Err(refusal(other)),
+    };
+    let list = match list {
+        Response::Meta(MetaResponse::Files(f)) => f,
+        other => return Err(refusal(other)),
+    };
+    let (under_replicated, under_replicated_sample) = under_replicated(&list, replicas);
+    Ok(SdfsHealth {
+        files,
+        versions,
+        bytes,
+        replicas,
+        under_replicated,
+        under_replicated_sample,
+        repairs_in_flight: repairs,
+    })
+}
+
+/// Committed versions with fewer than `replicas` copies: the count and a few of them.
+pub fn under_replicated(files: &[FileInfo], replicas: u32) -> (u64, Vec<(String, u64, u32)>) {
+    let mut count = 0;
+    let mut sample = Vec::new();
+    for f in files {
+        for v in &f.versions {
+            let have = v.replicas.len() as u32;
+            if have < replicas {
+                count += 1;
+                if sample.len() < SAMPLE {
+                    sample.push((f.name.clone(), v.version, have));
+                }
+            }
+        }
+    }
+    (count, sample)
+}
+
+/// Fills each node's running queries from the placement (C5).
+pub fn queries_running(nodes: &mut [NodeStats], placement: &[Placement]) {
+    for n in nodes.iter_mut() {
+        n.queries_running = 0;
+    }
+    for p in placement {
+        for (worker, q) in &p.workers {
+            if let Some(n) = nodes.iter_mut().find(|n| n.addr == Some(*worker)) {
+                n.queries_running += q;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_shared::sdfs::VersionInfo;
+    use std::net::SocketAddr;
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn versions_short_of_copies_are_counted() {
+        let v = |version, n: u16| VersionInfo {
+            version,
+            size: 1,
+            checksum: Default::default(),
+            replicas: (0..n).map(|i| a(8001 + i)).collect(),
+            committed_ms: 0,
+        };
+        let files = vec![
+            FileInfo {
+                name: "x".into(),
+                versions: vec![v(1, 4), v(2, 2)],
+            },
+            FileInfo {
+                name: "y".into(),
+                versions: vec![v(1, 3)],
+            },
+        ];
+        let (n, sample) = under_replicated(&files, 4);
+        assert_eq!(n, 2);
+        assert_eq!(sample, vec![("x".into(), 2, 2), ("y".into(), 1, 3)]);
+        assert_eq!(under_replicated(&files, 2).0, 0);
+    }
+
+    #[test]
+    fn placement_sets_queries_per_node() {
+        let mut nodes = vec![
+            NodeStats {
+                addr: Some(a(1)),
+                queries_running: 9,
+                ..NodeStats::default()
+            },
+            NodeStats {
+                addr: Some(a(2)),
+                ..NodeStats::default()
+            },
+        ];
+        let placement = vec![
+            Placement {
+                job: 1,
+                model: "m".into(),
+                workers: vec![(a(2), 2)],
+            },
+            Placement {
+                job: 2,
+                model: "m".into(),
+                workers: vec![(a(2), 1), (a(3), 5)],
+            },
+        ];
+        queries_running(&mut nodes, &placement);
+        assert_eq!(
+            nodes.iter().map(|n| n.queries_running).collect::<Vec<_>>(),
+            vec![0, 3]
+        );
+    }
+}

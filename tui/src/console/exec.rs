@@ -1,0 +1,387 @@
+//! Carrying out the console's [`Action`]s through the same client API as the
+//! `dml` commands (`dml_shared::client` and `dml_shared::sdfs_client`); each
+//! result comes back as text for the footer or a popup.
+
+use super::app::Action;
+use super::fmt::bytes;
+use dml_shared::client::Client;
+use dml_shared::infer::{InferRequest, InferResponse, Outcome};
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use dml_shared::sdfs_client::{Sdfs, no_progress};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The commands `:` accepts, for the usage error.
+pub const COMMANDS: &str = "members, id, leader, stats, join, leave, put, get, delete, ls, \
+    ls-all, store, get-versions, sdfs files|nodes|count, submit-job, jobs, get-output, \
+    set-batch-size, models, rates, latency, placement";
+
+/// A short name for an action, for error messages.
+pub fn describe(a: &Action) -> String {
+    match a {
+        Action::SetBatchSize { model, size } => format!("set-batch-size {model} {size}"),
+        Action::Submit {
+            model,
+            count,
+            dataset,
+        } => format!("submit-job {model} {count} --dataset {dataset}"),
+        Action::Command(w) => w.join(" "),
+    }
+}
+
+/// Runs `a` against `agent`; `Ok` is the text to show.
+pub async fn run(agent: SocketAddr, a: Action) -> Result<String, String> {
+    match a {
+        Action::SetBatchSize { model, size } => set_batch(agent, &model, size).await,
+        Action::Submit {
+            model,
+            count,
+            dataset,
+        } => submit(agent, model, count, dataset).await,
+        Action::Command(w) => command(agent, &w).await,
+    }
+}
+
+async fn infer(agent: SocketAddr, req: InferRequest) -> Result<InferResponse, String> {
+    match Sdfs::new(agent).meta(MetaRequest::Infer(req)).await {
+        Ok(MetaResponse::Infer(r)) => Ok(r),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn set_batch(agent: SocketAddr, model: &str, size: u32) -> Result<String, String> {
+    let req = InferRequest::SetBatchSize {
+        model: model.to_string(),
+        size,
+    };
+    infer(agent, req).await?;
+    Ok(format!("{model}: batch size set to {size}"))
+}
+
+async fn submit(
+    agent: SocketAddr,
+    model: String,
+    count: u32,
+    dataset: String,
+) -> Result<String, String> {
+    let req = InferRequest::Submit {
+        model: model.clone(),
+        count: Some(count),
+        dataset: dataset.clone(),
+    };
+    match infer(agent, req).await? {
+        InferResponse::Submitted { job, images } => Ok(format!(
+            "job {job} submitted: {model} over {images} images of {dataset}"
+        )),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+fn usage(cmd: &str, args: &str) -> String {
+    format!("usage: {cmd} {args}")
+}
+
+fn arg<'a>(w: &'a [String], i: usize, cmd: &str, args: &str) -> Result<&'a str, String> {
+    w.get(i).map(String::as_str).ok_or_else(|| usage(cmd, args))
+}
+
+fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
+    s.parse()
+        .map_err(|_| format!("{what} \"{s}\" is not a number"))
+}
+
+/// One `dml` command line (without `dml`).
+pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> {
+    let e = |e: dml_shared::Error| e.to_string();
+    let sdfs = Sdfs::new(agent);
+    let mut client = Client::new(agent);
+    let Some(cmd) = w.first().map(String::as_str) else {
+        return Err(format!("type a command: {COMMANDS}"));
+    };
+    let mut out = String::new();
+    match cmd {
+        "members" => {
+            let ms = client.members().await.map_err(e)?;
+            let _ = writeln!(out, "{} members", ms.len());
+            for m in ms {
+                let _ = writeln!(out, "{} {} inc {}", m.id, m.state.as_str(), m.incarnation);
+            }
+        }
+        "id" => {
+            let i = client.id().await.map_err(e)?;
+            let _ = write!(
+                out,
+                "{} incarnation {} joined {}",
+                i.id, i.incarnation, i.joined
+            );
+        }
+        "leader" => {
+            let l = client.leader().await.map_err(e)?;
+            let _ = write!(
+                out,
+                "leader {} term {} ({} voters)",
+                l.leader.map_or_else(|| "none".into(), |a| a.to_string()),
+                l.term,
+                l.voters.len()
+            );
+        }
+        "stats" => {
+            let s = client.stats().await.map_err(e)?;
+            let _ = write!(
+                out,
+                "sent {:.0} B/s, received {:.0} B/s, probes {}, suspicions {}, refuted {}",
+                s.bytes_sent_per_s, s.bytes_recv_per_s, s.probes_sent, s.suspicions, s.refuted
+            );
+        }
+        "join" => {
+            client.join().await.map_err(e)?;
+            out.push_str("joining");
+        }
+        "leave" => {
+            client.leave().await.map_err(e)?;
+            out.push_str("left the group");
+        }
+        "put" => {
+            let args = "LOCALFILE SDFSNAME";
+            let local = arg(w, 1, cmd, args)?;
+            let name = arg(w, 2, cmd, args)?;
+            let r = sdfs
+                .put(Path::new(local), name, &no_progress)
+                .await
+                .map_err(e)?;
+            let _ = write!(
+                out,
+                "{} version {} ({}) on {} holders",
+                r.name,
+                r.version,
+                bytes(r.size),
+                r.holders.len()
+            );
+        }
+        "get" => {
+            let args = "SDFSNAME LOCALFILE";
+            let name = arg(w, 1, cmd, args)?;
+            let local = arg(w, 2, cmd, args)?;
+            let r = sdfs
+                .get(name, Path::new(local), &no_progress)
+                .await
+                .map_err(e)?;
+            let _ = write!(
+                out,
+                "{} version {} ({}) from {} to {}",
+                r.name,
+                r.version,
+                bytes(r.size),
+                r.from,
+                r.path.display()
+            );
+        }
+        "delete" => {
+            let name = arg(w, 1, cmd, "SDFSNAME")?;
+            sdfs.delete(name).await.map_err(e)?;
+            let _ = write!(out, "{name} deleted");
+        }
+        "ls" => {
+            let name = arg(w, 1, cmd, "SDFSNAME")?;
+            let f = sdfs.ls(name).await.map_err(e)?;
+            let _ = writeln!(out, "{}: {} versions", f.name, f.versions.len());
+            for v in f.versions {
+                let holders: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    out,
+                    "v{} {} on {}",
+                    v.version,
+                    bytes(v.size),
+                    holders.join(" ")
+                );
+            }
+        }
+        "ls-all" | "files" => {
+            let glob = w.get(1).map_or("*", String::as_str);
+            files(&mut out, sdfs.ls_all(glob).await.map_err(e)?);
+        }
+        "store" => {
+            let node = match w.get(1) {
+                Some(n) => Some(number::<SocketAddr>(n, "node")?),
+                None => None,
+            };
+            let h = sdfs.store(node).await.map_err(e)?;
+            let _ = writeln!(out, "{} versions stored", h.len());
+            for h in h {
+                let _ = writeln!(out, "{} v{} {}", h.name, h.version, bytes(h.size));
+            }
+        }
+        "get-versions" => {
+            let args = "SDFSNAME N LOCALPATH [--merge]";
+            let name = arg(w, 1, cmd, args)?;
+            let n: usize = number(arg(w, 2, cmd, args)?, "N")?;
+            let path = arg(w, 3, cmd, args)?;
+            let merge = w.iter().any(|a| a == "--merge");
+            let r = sdfs
+                .get_versions(name, n, Path::new(path), merge, &no_progress)
+                .await
+                .map_err(e)?;
+            let _ = write!(out, "{} versions of {name} to {path}", r.versions.len());
+        }
+        "sdfs" => match w.get(1).map(String::as_str) {
+            Some("files") => files(&mut out, sdfs.files().await.map_err(e)?),
+            Some("count") => {
+                let c = sdfs.count().await.map_err(e)?;
+                let _ = write!(
+                    out,
+                    "{} files, {} versions, {}",
+                    c.files,
+                    c.versions,
+                    bytes(c.bytes)
+                );
+            }
+            Some("nodes") => {
+                for (a, h) in sdfs.nodes().await.map_err(e)? {
+                    let total: u64 = h.iter().map(|h| h.size).sum();
+                    let _ = writeln!(out, "{a}: {} versions, {}", h.len(), bytes(total));
+                }
+            }
+            _ => return Err(usage(cmd, "files|nodes|count")),
+        },
+        "submit-job" => {
+            let args = "MODEL NUM_IMAGES [--dataset PREFIX]";
+            let model = arg(w, 1, cmd, args)?.to_string();
+            let n: u32 = number(arg(w, 2, cmd, args)?, "NUM_IMAGES")?;
+            let dataset = w
+                .iter()
+                .position(|a| a == "--dataset")
+                .and_then(|i| w.get(i + 1))
+                .cloned()
+                .unwrap_or_else(|| super::app::DEFAULT_DATASET.to_string());
+            return submit(agent, model, n, dataset).await;
+        }
+        "set-batch-size" => {
+            let args = "MODEL N";
+            let model = arg(w, 1, cmd, args)?;
+            let n: u32 = number(arg(w, 2, cmd, args)?, "N")?;
+            return set_batch(agent, model, n).await;
+        }
+        "jobs" => match infer(agent, InferRequest::Jobs).await? {
+            InferResponse::Jobs(jobs) => {
+                let _ = writeln!(out, "{} jobs", jobs.len());
+                for j in jobs {
+                    let _ = writeln!(
+                        out,
+                        "#{} {} {} {}/{} images, {} errors",
+                        j.id,
+                        j.model,
+                        j.state.as_str(),
+                        j.done,
+                        j.images,
+                        j.errors
+                    );
+                }
+            }
+            other => return Err(format!("unexpected answer {other:?}")),
+        },
+        "get-output" => {
+            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
+            match infer(agent, InferRequest::Output { job }).await? {
+                InferResponse::Output { job, results } => {
+                    let _ = writeln!(
+                        out,
+                        "job {} {}: {} results",
+                        job.id,
+                        job.state.as_str(),
+                        results.len()
+                    );
+                    for r in results {
+                        let what = match r.outcome {
+                            Outcome::Top(p) => p.first().map_or_else(String::new, |p| {
+                                format!("{} {:.3}", p.label, p.score)
+                            }),
+                            Outcome::Error(e) => format!("error: {e}"),
+                        };
+                        let _ = writeln!(out, "{} {}: {what}", r.index, r.image);
+                    }
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        "models" => match infer(agent, InferRequest::Models).await? {
+            InferResponse::Models(ms) => {
+                for m in ms {
+                    let _ = writeln!(
+                        out,
+                        "{} batch {} (max {})",
+                        m.name, m.batch_size, m.max_batch
+                    );
+                }
+            }
+            other => return Err(format!("unexpected answer {other:?}")),
+        },
+        "rates" => match infer(agent, InferRequest::Rates).await? {
+            InferResponse::Rates(rs) => {
+                for r in rs {
+                    let _ = writeln!(
+                        out,
+                        "{}: {:.1} queries/s, {:.1} images/s, {} queries",
+                        r.model, r.queries_per_s, r.images_per_s, r.queries_total
+                    );
+                }
+            }
+            other => return Err(format!("unexpected answer {other:?}")),
+        },
+        "latency" => match infer(agent, InferRequest::Latency).await? {
+            InferResponse::Latency(ls) => {
+                for l in ls {
+                    let _ = writeln!(
+                        out,
+                        "{}: n {} avg {:.1} std {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} ms",
+                        l.model,
+                        l.count,
+                        l.mean_ms,
+                        l.stddev_ms,
+                        l.p50_ms,
+                        l.p90_ms,
+                        l.p95_ms,
+                        l.p99_ms
+                    );
+                }
+            }
+            other => return Err(format!("unexpected answer {other:?}")),
+        },
+        "placement" => match infer(agent, InferRequest::Placement).await? {
+            InferResponse::Placement(ps) => {
+                for p in ps {
+                    let ws: Vec<String> =
+                        p.workers.iter().map(|(a, q)| format!("{a}×{q}")).collect();
+                    let _ = writeln!(out, "job {} {}: {}", p.job, p.model, ws.join(" "));
+                }
+            }
+            other => return Err(format!("unexpected answer {other:?}")),
+        },
+        other => {
+            return Err(format!(
+                "unknown command \"{other}\"; try one of: {COMMANDS}"
+            ));
+        }
+    }
+    let out = out.trim_end().to_string();
+    Ok(if out.is_empty() {
+        format!("{cmd}: done")
+    } else {
+        out
+    })
+}
+
+fn files(out: &mut String, files: Vec<dml_shared::sdfs::FileInfo>) {
+    let _ = writeln!(out, "{} files", files.len());
+    for f in files {
+        let size = f.versions.last().map_or(0, |v| v.size);
+        let _ = writeln!(
+            out,
+            "{}: {} versions, newest {}",
+            f.name,
+            f.versions.len(),
+            bytes(size)
+        );
+    }
+}

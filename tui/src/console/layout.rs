@@ -1,0 +1,170 @@
+//! Where each pane goes for a terminal size; shared by drawing and by mouse
+//! hit-testing, so a click lands on the row it shows.
+
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+
+/// The console's panes, in Tab order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pane {
+    Members = 0,
+    Models = 1,
+    Jobs = 2,
+    Sdfs = 3,
+    Events = 4,
+}
+
+impl Pane {
+    pub const COUNT: usize = 5;
+    pub const ALL: [Pane; Pane::COUNT] = [
+        Pane::Members,
+        Pane::Models,
+        Pane::Jobs,
+        Pane::Sdfs,
+        Pane::Events,
+    ];
+
+    pub fn next(self) -> Pane {
+        Pane::ALL[(self as usize + 1) % Pane::COUNT]
+    }
+
+    pub fn prev(self) -> Pane {
+        Pane::ALL[(self as usize + Pane::COUNT - 1) % Pane::COUNT]
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::Members => "Membership",
+            Pane::Models => "Models (C1 C2 C3)",
+            Pane::Jobs => "Jobs & placement (C5)",
+            Pane::Sdfs => "SDFS",
+            Pane::Events => "Events",
+        }
+    }
+}
+
+/// Terminals at least this wide put the panes in two columns.
+pub const WIDE: u16 = 150;
+/// Lines of the SDFS pane above its per-node table.
+pub const SDFS_SUMMARY: u16 = 3;
+
+/// Status bar, body and footer (key hints, input or the last result).
+pub fn chrome(area: Rect) -> (Rect, Rect, Rect) {
+    let v = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .split(area);
+    (v[0], v[1], v[2])
+}
+
+/// Each pane's rectangle; with `expanded`, only the focused one.
+pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
+    let (_, body, _) = chrome(area);
+    if expanded {
+        return vec![(focus, body)];
+    }
+    let split = |dir: Direction, c: &[Constraint], r: Rect| {
+        Layout::default()
+            .direction(dir)
+            .constraints(c.to_vec())
+            .split(r)
+    };
+    use Constraint::{Min, Percentage};
+    if body.width >= WIDE {
+        let cols = split(Direction::Horizontal, &[Percentage(55), Min(0)], body);
+        let left = split(Direction::Vertical, &[Percentage(65), Min(0)], cols[0]);
+        let right = split(
+            Direction::Vertical,
+            &[Percentage(35), Percentage(35), Min(0)],
+            cols[1],
+        );
+        vec![
+            (Pane::Members, left[0]),
+            (Pane::Models, right[0]),
+            (Pane::Jobs, right[1]),
+            (Pane::Sdfs, right[2]),
+            (Pane::Events, left[1]),
+        ]
+    } else {
+        let rows = split(
+            Direction::Vertical,
+            &[Percentage(40), Percentage(30), Min(0)],
+            body,
+        );
+        let mid = split(Direction::Horizontal, &[Percentage(55), Min(0)], rows[1]);
+        let bottom = split(Direction::Horizontal, &[Percentage(45), Min(0)], rows[2]);
+        vec![
+            (Pane::Members, rows[0]),
+            (Pane::Models, mid[0]),
+            (Pane::Jobs, mid[1]),
+            (Pane::Sdfs, bottom[0]),
+            (Pane::Events, bottom[1]),
+        ]
+    }
+}
+
+/// Lines inside a pane's border above its first selectable row.
+pub fn header_rows(p: Pane) -> u16 {
+    match p {
+        Pane::Members | Pane::Models | Pane::Jobs => 1,
+        Pane::Sdfs => SDFS_SUMMARY + 1,
+        Pane::Events => 0,
+    }
+}
+
+/// Selectable rows that fit in a pane's rectangle.
+pub fn body_rows(r: Rect, p: Pane) -> usize {
+    usize::from(r.height.saturating_sub(2 + header_rows(p)))
+}
+
+/// First row shown so that `selected` is visible among `visible` rows.
+pub fn scroll_offset(selected: usize, visible: usize) -> usize {
+    if visible == 0 || selected < visible {
+        0
+    } else {
+        selected + 1 - visible
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panes_tile_the_body_without_overlap_at_both_sizes() {
+        for (w, h) in [(80, 24), (200, 60), (160, 48)] {
+            let area = Rect::new(0, 0, w, h);
+            let ps = panes(area, Pane::Members, false);
+            assert_eq!(ps.len(), Pane::COUNT);
+            let cells: u32 = ps.iter().map(|(_, r)| r.area()).sum();
+            assert_eq!(cells, u32::from(w) * u32::from(h - 2), "{w}x{h}");
+            for (i, (_, a)) in ps.iter().enumerate() {
+                for (_, b) in &ps[i + 1..] {
+                    assert!(!a.intersects(*b), "{a:?} and {b:?} overlap at {w}x{h}");
+                }
+                assert!(a.height >= 5, "pane too small at {w}x{h}: {a:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn expanded_gives_the_focused_pane_the_whole_body() {
+        let ps = panes(Rect::new(0, 0, 80, 24), Pane::Jobs, true);
+        assert_eq!(ps, vec![(Pane::Jobs, Rect::new(0, 1, 80, 22))]);
+    }
+
+    #[test]
+    fn scrolling_keeps_the_selection_on_screen() {
+        assert_eq!(scroll_offset(3, 10), 0);
+        assert_eq!(scroll_offset(10, 10), 1);
+        assert_eq!(scroll_offset(999, 20), 980);
+        assert_eq!(scroll_offset(5, 0), 0);
+    }
+
+    #[test]
+    fn tab_order_wraps_both_ways() {
+        assert_eq!(Pane::Events.next(), Pane::Members);
+        assert_eq!(Pane::Members.prev(), Pane::Events);
+    }
+}

@@ -1,0 +1,452 @@
+//! The five panes, each drawn from an [`App`] into a buffer area.
+
+use super::app::App;
+use super::fmt::{age_ms, bytes, clock, spark};
+use super::layout::{self, Pane};
+use dml_shared::api::MemberState;
+use dml_shared::infer::JobState;
+use dml_shared::telemetry::EventKind;
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Cell, Paragraph, Row, Table, Widget};
+
+/// Why a pane of leader figures is empty.
+const NO_DATA: &str = "no data";
+
+pub fn state_color(s: MemberState) -> Color {
+    match s {
+        MemberState::Alive => Color::Green,
+        MemberState::Suspect => Color::Yellow,
+        MemberState::Failed => Color::Red,
+        MemberState::Left => Color::DarkGray,
+    }
+}
+
+fn kind_color(k: EventKind) -> Color {
+    match k {
+        EventKind::Join | EventKind::Refuted | EventKind::Rejoin => Color::Green,
+        EventKind::Leave => Color::DarkGray,
+        EventKind::Failure => Color::Red,
+        EventKind::Suspect => Color::Yellow,
+        EventKind::LeaderChange => Color::Magenta,
+        EventKind::Repair => Color::Cyan,
+        EventKind::JobStart | EventKind::JobFinish => Color::Blue,
+        EventKind::Info => Color::Reset,
+    }
+}
+
+/// A pane's frame: title with filter and counts; highlighted when focused.
+fn block(app: &App, p: Pane, extra: String) -> Block<'static> {
+    let focused = app.focus == p;
+    let filter = &app.filters[p as usize];
+    let mut title = format!(" {} ", p.title());
+    if !extra.is_empty() {
+        title.push_str(&format!("{extra} "));
+    }
+    if !filter.is_empty() {
+        title.push_str(&format!("/{filter} "));
+    }
+    let style = if focused {
+        Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD)
+    } else {
+        Style::new()
+    };
+    Block::bordered()
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Plain
+        })
+        .border_style(style)
+        .title(Span::styled(title, style))
+}
+
+fn selected_style(app: &App, p: Pane) -> Style {
+    if app.focus == p {
+        Style::new().add_modifier(Modifier::REVERSED)
+    } else {
+        Style::new().add_modifier(Modifier::BOLD)
+    }
+}
+
+/// The rows of a list that fit, scrolled so the selection shows: (offset, count).
+fn window(app: &App, p: Pane, area: Rect, total: usize) -> (usize, usize) {
+    let visible = layout::body_rows(area, p);
+    let off = layout::scroll_offset(app.selected[p as usize], visible);
+    (off, visible.min(total.saturating_sub(off)))
+}
+
+fn header(cells: &[&'static str]) -> Row<'static> {
+    Row::new(cells.iter().copied())
+        .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED))
+}
+
+/// The text shown in place of leader figures that are missing.
+fn no_data(app: &App, why: Option<&str>) -> String {
+    match why {
+        Some(e) => format!("{NO_DATA}: {e}"),
+        None if app.frame.is_none() => format!("{NO_DATA}: waiting for the first frame"),
+        None => format!("{NO_DATA}: the leader's figures have not arrived yet"),
+    }
+}
+
+pub fn members(app: &App, area: Rect, buf: &mut Buffer) {
+    let all = app.members();
+    let (alive, total) = app.alive_total();
+    let b = block(
+        app,
+        Pane::Members,
+        format!("{alive}/{total} alive, {} shown", all.len()),
+    );
+    let (off, n) = window(app, Pane::Members, area, all.len());
+    let wide = area.width >= 110;
+    let nodes = app.frame.as_ref().map(|f| &f.nodes[..]).unwrap_or_default();
+    let rows = all.iter().enumerate().skip(off).take(n).map(|(i, m)| {
+        let st = nodes
+            .iter()
+            .find(|s| s.addr == Some(m.id.addr) && m.state.is_live());
+        let mut cells = vec![Cell::from(if wide {
+            m.id.to_string()
+        } else {
+            format!("#{}", m.id.started % 1_000_000)
+        })];
+        if !wide {
+            cells.push(Cell::from(m.id.addr.to_string()));
+        }
+        cells.extend([
+            Cell::from(Span::styled(
+                m.state.as_str(),
+                Style::new().fg(state_color(m.state)),
+            )),
+            Cell::from(m.incarnation.to_string()),
+            Cell::from(m.last_heard_ms.map_or_else(|| "-".into(), age_ms)),
+            Cell::from(match app.role(m) {
+                "leader" => Span::styled("leader", Style::new().fg(Color::Magenta).bold()),
+                r => Span::raw(r),
+            }),
+            Cell::from(st.map_or_else(|| "-".into(), |s| format!("{:.1}%", s.cpu_percent))),
+            Cell::from(st.map_or_else(|| "-".into(), |s| bytes(s.rss_bytes))),
+            Cell::from(st.map_or_else(|| "-".into(), |s| bytes(s.sdfs_bytes))),
+            Cell::from(st.map_or_else(|| "-".into(), |s| s.queries_running.to_string())),
+        ]);
+        let mut row = Row::new(cells);
+        if i == app.selected[Pane::Members as usize] {
+            row = row.style(selected_style(app, Pane::Members));
+        }
+        if m.id.addr == app.agent {
+            row = row.style(Style::new().underlined());
+            if i == app.selected[Pane::Members as usize] {
+                row = row.style(selected_style(app, Pane::Members).underlined());
+            }
+        }
+        row
+    });
+    let (head, widths): (Vec<&'static str>, Vec<Constraint>) = if wide {
+        (
+            vec![
+                "node", "state", "inc", "heard", "role", "cpu", "mem", "sdfs", "q",
+            ],
+            vec![
+                Constraint::Length(30),
+                Constraint::Length(7),
+                Constraint::Length(4),
+                Constraint::Length(6),
+                Constraint::Length(6),
+                Constraint::Length(6),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(3),
+            ],
+        )
+    } else {
+        (
+            vec![
+                "node", "address", "state", "inc", "heard", "role", "cpu", "mem", "sdfs", "q",
+            ],
+            vec![
+                Constraint::Length(7),
+                Constraint::Length(15),
+                Constraint::Length(7),
+                Constraint::Length(3),
+                Constraint::Length(5),
+                Constraint::Length(6),
+                Constraint::Length(5),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(2),
+            ],
+        )
+    };
+    Table::new(rows, widths)
+        .header(header(&head))
+        .column_spacing(1)
+        .block(b)
+        .render(area, buf);
+}
+
+pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
+    let cluster = app.frame.as_ref().and_then(|f| f.cluster.as_ref());
+    let b = block(app, Pane::Models, String::new());
+    let models = app.models();
+    let err = cluster.and_then(|c| c.models.as_ref().err());
+    if models.is_empty() {
+        let text = match (cluster, err) {
+            (_, Some(e)) => no_data(app, Some(e)),
+            (Some(_), None) if app.filters[Pane::Models as usize].is_empty() => {
+                "no models registered".into()
+            }
+            (Some(_), None) => "no model matches the filter".into(),
+            (None, None) => no_data(app, None),
+        };
+        Paragraph::new(text).block(b).render(area, buf);
+        return;
+    }
+    let latency = cluster.and_then(|c| c.latency.as_ref().ok());
+    let (off, n) = window(app, Pane::Models, area, models.len());
+    let wide = area.width >= 90;
+    let spark_width = if wide { 24 } else { 10 };
+    let rows = models.iter().enumerate().skip(off).take(n).map(|(i, m)| {
+        let r = app.rate(&m.name);
+        let l = latency.and_then(|l| l.iter().find(|l| l.model == m.name));
+        let hist: Vec<f64> = app
+            .history
+            .get(&m.name)
+            .map(|h| h.iter().copied().collect())
+            .unwrap_or_default();
+        let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
+        let mut cells = vec![
+            Cell::from(m.name.clone()),
+            Cell::from(m.batch_size.to_string()),
+            Cell::from(r.map_or_else(|| "-".into(), |r| format!("{:.1}", r.queries_per_s))),
+            Cell::from(Span::styled(
+                spark(&hist, spark_width),
+                Style::new().fg(Color::Cyan),
+            )),
+            Cell::from(r.map_or_else(|| "-".into(), |r| r.queries_total.to_string())),
+            Cell::from(f(l.map(|l| l.mean_ms))),
+            Cell::from(f(l.map(|l| l.stddev_ms))),
+            Cell::from(f(l.map(|l| l.p50_ms))),
+        ];
+        if wide {
+            cells.extend([
+                Cell::from(f(l.map(|l| l.p90_ms))),
+                Cell::from(f(l.map(|l| l.p95_ms))),
+            ]);
+        }
+        cells.push(Cell::from(f(l.map(|l| l.p99_ms))));
+        let mut row = Row::new(cells);
+        if i == app.selected[Pane::Models as usize] {
+            row = row.style(selected_style(app, Pane::Models));
+        }
+        row
+    });
+    let mut head = vec![
+        "model", "batch", "q/s", "rate", "count", "avg", "std", "p50",
+    ];
+    let mut widths = vec![
+        Constraint::Length(12),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(spark_width as u16),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+    ];
+    if wide {
+        head.extend(["p90", "p95"]);
+        widths.extend([Constraint::Length(5), Constraint::Length(5)]);
+    }
+    head.push("p99");
+    widths.push(Constraint::Length(5));
+    Table::new(rows, widths)
+        .header(header(&head))
+        .column_spacing(1)
+        .block(b)
+        .render(area, buf);
+}
+
+pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
+    let cluster = app.frame.as_ref().and_then(|f| f.cluster.as_ref());
+    let b = block(app, Pane::Jobs, String::new());
+    let jobs = app.jobs();
+    if jobs.is_empty() {
+        let text = match cluster.map(|c| &c.jobs) {
+            Some(Err(e)) => no_data(app, Some(e)),
+            Some(Ok(_)) => "no jobs; press s to submit one".into(),
+            None => no_data(app, None),
+        };
+        Paragraph::new(text).block(b).render(area, buf);
+        return;
+    }
+    let placement = cluster.and_then(|c| c.placement.as_ref().ok());
+    let (off, n) = window(app, Pane::Jobs, area, jobs.len());
+    let inner = area.width.saturating_sub(2);
+    let gauge_w = usize::from(inner / 4).clamp(6, 30);
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "{:<5} {:<10} {:<8} {:<gauge_w$} {:>9}  workers (queries)",
+            "job", "model", "state", "progress", "done"
+        ),
+        Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+    ))];
+    for (i, j) in jobs.iter().enumerate().skip(off).take(n) {
+        let frac = if j.images == 0 {
+            1.0
+        } else {
+            f64::from(j.done) / f64::from(j.images)
+        };
+        let filled = ((frac * gauge_w as f64).round() as usize).min(gauge_w);
+        let color = match j.state {
+            JobState::Running => Color::Blue,
+            JobState::Done => Color::Green,
+            JobState::Failed => Color::Red,
+        };
+        let workers = placement
+            .and_then(|p| p.iter().find(|p| p.job == j.id))
+            .map(|p| {
+                p.workers
+                    .iter()
+                    .map(|(a, q)| format!("{}×{q}", a.port()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let mut line = Line::from(vec![
+            Span::raw(format!("{:<5} {:<10.10} ", format!("#{}", j.id), j.model)),
+            Span::styled(format!("{:<8} ", j.state.as_str()), Style::new().fg(color)),
+            Span::styled("█".repeat(filled), Style::new().fg(color)),
+            Span::styled(
+                "░".repeat(gauge_w - filled),
+                Style::new().fg(Color::DarkGray),
+            ),
+            Span::raw(format!(" {:>4}/{:<4} {}", j.done, j.images, workers)),
+        ]);
+        if i == app.selected[Pane::Jobs as usize] {
+            line = line.style(selected_style(app, Pane::Jobs));
+        }
+        lines.push(line);
+    }
+    Paragraph::new(lines).block(b).render(area, buf);
+}
+
+pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
+    let b = block(app, Pane::Sdfs, String::new());
+    let health = app
+        .frame
+        .as_ref()
+        .and_then(|f| f.cluster.as_ref())
+        .map(|c| &c.sdfs);
+    let mut lines: Vec<Line> = match health {
+        Some(Ok(h)) => {
+            let under = if h.under_replicated == 0 {
+                Span::styled("all fully replicated", Style::new().fg(Color::Green))
+            } else {
+                Span::styled(
+                    format!("{} under-replicated", h.under_replicated),
+                    Style::new().fg(Color::Yellow).bold(),
+                )
+            };
+            let sample = h
+                .under_replicated_sample
+                .iter()
+                .map(|(n, v, have)| format!("{n} v{v} ({have}/{})", h.replicas))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                Line::from(format!(
+                    "{} files, {} versions, {}, {} copies each",
+                    h.files,
+                    h.versions,
+                    bytes(h.bytes),
+                    h.replicas
+                )),
+                Line::from(vec![
+                    under,
+                    Span::raw(format!(", {} repairs in flight", h.repairs_in_flight)),
+                ]),
+                Line::from(Span::styled(sample, Style::new().fg(Color::Yellow))),
+            ]
+        }
+        Some(Err(e)) => vec![
+            Line::from(no_data(app, Some(e))),
+            Line::default(),
+            Line::default(),
+        ],
+        None => vec![
+            Line::from(no_data(app, None)),
+            Line::default(),
+            Line::default(),
+        ],
+    };
+    let nodes = app.frame.as_ref().map(|f| &f.nodes[..]).unwrap_or_default();
+    lines.push(Line::from(Span::styled(
+        format!(
+            "{:<21} {:>8} {:>8} {:>6}",
+            "node", "versions", "bytes", "age"
+        ),
+        Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+    )));
+    let (off, n) = window(app, Pane::Sdfs, area, nodes.len());
+    for (i, s) in nodes.iter().enumerate().skip(off).take(n) {
+        let mut line = Line::from(format!(
+            "{:<21} {:>8} {:>8} {:>6}",
+            s.addr.map_or_else(|| "?".into(), |a| a.to_string()),
+            s.sdfs_versions,
+            bytes(s.sdfs_bytes),
+            age_ms(s.age_ms)
+        ));
+        if i == app.selected[Pane::Sdfs as usize] {
+            line = line.style(selected_style(app, Pane::Sdfs));
+        }
+        lines.push(line);
+    }
+    Paragraph::new(lines).block(b).render(area, buf);
+}
+
+pub fn events(app: &App, area: Rect, buf: &mut Buffer) {
+    let all = app.event_lines();
+    let b = block(app, Pane::Events, format!("{} lines", all.len()));
+    let (off, n) = window(app, Pane::Events, area, all.len());
+    let lines: Vec<Line> = all
+        .iter()
+        .enumerate()
+        .skip(off)
+        .take(n)
+        .map(|(i, e)| {
+            let mut line = Line::from(vec![
+                Span::styled(clock(e.unix_ms), Style::new().fg(Color::DarkGray)),
+                Span::raw(" "),
+                Span::styled(
+                    format!("{:<8}", e.kind.as_str()),
+                    Style::new().fg(kind_color(e.kind)),
+                ),
+                Span::raw(" "),
+                Span::raw(e.text.clone()),
+            ]);
+            if i == app.selected[Pane::Events as usize] {
+                line = line.style(selected_style(app, Pane::Events));
+            }
+            line
+        })
+        .collect();
+    let lines = if lines.is_empty() {
+        vec![Line::from("no events yet")]
+    } else {
+        lines
+    };
+    Paragraph::new(lines).block(b).render(area, buf);
+}
+
+/// Draws pane `p`.
+pub fn render(app: &App, p: Pane, area: Rect, buf: &mut Buffer) {
+    match p {
+        Pane::Members => members(app, area, buf),
+        Pane::Models => models(app, area, buf),
+        Pane::Jobs => jobs(app, area, buf),
+        Pane::Sdfs => sdfs(app, area, buf),
+        Pane::Events => events(app, area, buf),
+    }
+}
