@@ -11,6 +11,7 @@
 //! - [`panes`], [`draw`], [`fmt`]: the screen.
 //! - [`follow`]: the telemetry subscription, leader following, failover.
 //! - [`exec`]: actions through the client API.
+//! - [`synth`]: synthetic frames for tests and the bench.
 
 pub mod app;
 pub mod draw;
@@ -19,6 +20,7 @@ pub mod fmt;
 pub mod follow;
 pub mod layout;
 pub mod panes;
+pub mod synth;
 
 use anyhow::{Context, Result, bail};
 use app::{App, Event};

@@ -205,8 +205,11 @@ pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
     }
     let latency = cluster.and_then(|c| c.latency.as_ref().ok());
     let (off, n) = window(app, Pane::Models, area, models.len());
-    let wide = area.width >= 90;
-    let spark_width = if wide { 24 } else { 10 };
+    let cols = model_columns(area.width.saturating_sub(2));
+    let spark_width = cols
+        .iter()
+        .find(|(c, _)| *c == Col::Spark)
+        .map_or(0, |(_, w)| usize::from(*w));
     let rows = models.iter().enumerate().skip(off).take(n).map(|(i, m)| {
         let r = app.rate(&m.name);
         let l = latency.and_then(|l| l.iter().find(|l| l.model == m.name));
@@ -215,57 +218,114 @@ pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
             .get(&m.name)
             .map(|h| h.iter().copied().collect())
             .unwrap_or_default();
-        let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
-        let mut cells = vec![
-            Cell::from(m.name.clone()),
-            Cell::from(m.batch_size.to_string()),
-            Cell::from(r.map_or_else(|| "-".into(), |r| format!("{:.1}", r.queries_per_s))),
-            Cell::from(Span::styled(
+        let ms = |f: fn(&dml_shared::infer::LatencyInfo) -> f64| {
+            l.map_or_else(|| "-".into(), |l| format!("{:.0}", f(l)))
+        };
+        let cells = cols.iter().map(|(c, _)| match c {
+            Col::Name => Cell::from(m.name.clone()),
+            Col::Batch => Cell::from(m.batch_size.to_string()),
+            Col::Rate => {
+                Cell::from(r.map_or_else(|| "-".into(), |r| format!("{:.1}", r.queries_per_s)))
+            }
+            Col::Spark => Cell::from(Span::styled(
                 spark(&hist, spark_width),
                 Style::new().fg(Color::Cyan),
             )),
-            Cell::from(r.map_or_else(|| "-".into(), |r| r.queries_total.to_string())),
-            Cell::from(f(l.map(|l| l.mean_ms))),
-            Cell::from(f(l.map(|l| l.stddev_ms))),
-            Cell::from(f(l.map(|l| l.p50_ms))),
-        ];
-        if wide {
-            cells.extend([
-                Cell::from(f(l.map(|l| l.p90_ms))),
-                Cell::from(f(l.map(|l| l.p95_ms))),
-            ]);
-        }
-        cells.push(Cell::from(f(l.map(|l| l.p99_ms))));
-        let mut row = Row::new(cells);
+            Col::Count => Cell::from(r.map_or_else(|| "-".into(), |r| r.queries_total.to_string())),
+            Col::Avg => Cell::from(ms(|l| l.mean_ms)),
+            Col::Std => Cell::from(ms(|l| l.stddev_ms)),
+            Col::P50 => Cell::from(ms(|l| l.p50_ms)),
+            Col::P90 => Cell::from(ms(|l| l.p90_ms)),
+            Col::P95 => Cell::from(ms(|l| l.p95_ms)),
+            Col::P99 => Cell::from(ms(|l| l.p99_ms)),
+        });
+        let mut row = Row::new(cells.collect::<Vec<_>>());
         if i == app.selected[Pane::Models as usize] {
             row = row.style(selected_style(app, Pane::Models));
         }
         row
     });
-    let mut head = vec![
-        "model", "batch", "q/s", "rate", "count", "avg", "std", "p50",
-    ];
-    let mut widths = vec![
-        Constraint::Length(12),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(spark_width as u16),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(5),
-        Constraint::Length(5),
-    ];
-    if wide {
-        head.extend(["p90", "p95"]);
-        widths.extend([Constraint::Length(5), Constraint::Length(5)]);
-    }
-    head.push("p99");
-    widths.push(Constraint::Length(5));
+    let head: Vec<&'static str> = cols.iter().map(|(c, _)| c.title()).collect();
+    let widths: Vec<Constraint> = cols.iter().map(|(_, w)| Constraint::Length(*w)).collect();
     Table::new(rows, widths)
         .header(header(&head))
         .column_spacing(1)
         .block(b)
         .render(area, buf);
+}
+
+/// Columns of the models table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Col {
+    Name,
+    Batch,
+    Rate,
+    Spark,
+    Count,
+    Avg,
+    Std,
+    P50,
+    P90,
+    P95,
+    P99,
+}
+
+impl Col {
+    fn title(self) -> &'static str {
+        match self {
+            Col::Name => "model",
+            Col::Batch => "batch",
+            Col::Rate => "q/s",
+            Col::Spark => "rate",
+            Col::Count => "count",
+            Col::Avg => "avg",
+            Col::Std => "std",
+            Col::P50 => "p50",
+            Col::P90 => "p90",
+            Col::P95 => "p95",
+            Col::P99 => "p99",
+        }
+    }
+}
+
+/// The models table's columns that fit in `width`, in display order: the
+/// essentials first, then C2 figures by priority; the sparkline takes what is left.
+fn model_columns(width: u16) -> Vec<(Col, u16)> {
+    const SPARK_MIN: u16 = 6;
+    const SPARK_MAX: u16 = 30;
+    let mut cols = vec![
+        (Col::Name, 11),
+        (Col::Batch, 5),
+        (Col::Spark, SPARK_MIN),
+        (Col::Count, 6),
+        (Col::Avg, 4),
+        (Col::P99, 4),
+    ];
+    let used = |c: &[(Col, u16)]| c.iter().map(|(_, w)| w + 1).sum::<u16>();
+    for extra in [Col::Std, Col::P50, Col::P95, Col::P90, Col::Rate] {
+        if used(&cols) + 5 <= width {
+            cols.push((extra, 4));
+        }
+    }
+    let order = [
+        Col::Name,
+        Col::Batch,
+        Col::Rate,
+        Col::Spark,
+        Col::Count,
+        Col::Avg,
+        Col::Std,
+        Col::P50,
+        Col::P90,
+        Col::P95,
+        Col::P99,
+    ];
+    cols.sort_by_key(|(c, _)| order.iter().position(|o| o == c));
+    let spare = width.saturating_sub(used(&cols));
+    if let Some((_, w)) = cols.iter_mut().find(|(c, _)| *c == Col::Spark) {
+        *w = (SPARK_MIN + spare).min(SPARK_MAX);
+    }
+    cols
 }
 
 pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {

@@ -1,0 +1,412 @@
+//! The console without a terminal: pure `App` state tests (events in, state
+//! out), widget tests against a `Buffer`, and whole-screen insta snapshots on
+//! a `TestBackend` at a fixed size and clock.
+
+use dml_shared::telemetry::{EventKind, TelemetryEvent};
+use dml_tui::console::app::{Action, App, ConnEvent, Event, Health, Input};
+use dml_tui::console::layout::{self, Pane};
+use dml_tui::console::{draw, panes, synth};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::Rect;
+
+/// The fixed clock of every test: ten minutes after the synthetic cluster started.
+const NOW: u64 = synth::T0 + 600_000;
+
+fn key(c: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(c, KeyModifiers::NONE))
+}
+
+fn ch(c: char) -> Event {
+    key(KeyCode::Char(c))
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        assert_eq!(app.handle(ch(c)), None);
+    }
+}
+
+/// An app connected to member 0 of an `n`-member synthetic cluster, a few frames in.
+fn app(n: usize, size: (u16, u16)) -> App {
+    let mut a = App::new(synth::addr(0), NOW, size);
+    a.handle(Event::Conn(ConnEvent::Connected(synth::addr(0))));
+    for tick in 0..4 {
+        a.handle(Event::Frame(Box::new(synth::frame(n, tick))));
+    }
+    a.handle(Event::Tick(NOW + 300));
+    a
+}
+
+fn screen(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw::draw(f, app)).unwrap();
+    t
+}
+
+fn text(buf: &Buffer) -> String {
+    let mut s = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+mod state {
+    use super::*;
+
+    #[test]
+    fn tab_and_hjkl_move_focus_and_selection_stays_in_bounds() {
+        let mut a = app(10, (100, 30));
+        assert_eq!(a.focus, Pane::Members);
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(a.focus, Pane::Models);
+        a.handle(key(KeyCode::BackTab));
+        a.handle(ch('h'));
+        assert_eq!(a.focus, Pane::Events);
+        a.handle(ch('l'));
+        assert_eq!(a.focus, Pane::Members);
+        for _ in 0..25 {
+            a.handle(ch('j'));
+        }
+        assert_eq!(a.selected[Pane::Members as usize], 9);
+        a.handle(ch('k'));
+        a.handle(key(KeyCode::Up));
+        assert_eq!(a.selected[Pane::Members as usize], 7);
+        a.handle(ch('g'));
+        assert_eq!(a.selected[Pane::Members as usize], 0);
+        a.handle(ch('G'));
+        assert_eq!(a.selected[Pane::Members as usize], 9);
+    }
+
+    #[test]
+    fn slash_filters_the_focused_pane_and_esc_clears_it() {
+        let mut a = app(1000, (200, 60));
+        assert_eq!(a.members().len(), 1000);
+        a.handle(ch('/'));
+        typed(&mut a, "suspect");
+        assert!(matches!(a.input, Some(Input::Filter(_))));
+        let suspects = a.members().len();
+        assert!(suspects > 0 && suspects < 20, "{suspects} suspects");
+        assert!(a.members().iter().all(|m| m.state.as_str() == "suspect"));
+        a.handle(key(KeyCode::Enter));
+        assert_eq!(a.input, None);
+        assert_eq!(a.filters[Pane::Members as usize], "suspect");
+        a.handle(key(KeyCode::Esc));
+        assert_eq!(a.members().len(), 1000);
+        // Filtering by address finds one member among a thousand.
+        a.handle(ch('/'));
+        typed(&mut a, "127.0.0.1:8500");
+        assert_eq!(a.members().len(), 1);
+    }
+
+    #[test]
+    fn plus_and_minus_on_models_ask_for_the_next_batch_size() {
+        let mut a = app(10, (100, 30));
+        assert_eq!(a.handle(ch('+')), None, "+ only acts on the models pane");
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(
+            a.handle(ch('+')),
+            Some(Action::SetBatchSize {
+                model: "resnet50".into(),
+                size: 9
+            })
+        );
+        a.handle(ch('j'));
+        assert_eq!(
+            a.handle(ch('-')),
+            Some(Action::SetBatchSize {
+                model: "inceptionv3".into(),
+                size: 3
+            })
+        );
+    }
+
+    #[test]
+    fn b_takes_a_typed_batch_size_and_refuses_nonsense() {
+        let mut a = app(10, (100, 30));
+        a.handle(key(KeyCode::Tab));
+        a.handle(ch('b'));
+        assert_eq!(
+            a.input,
+            Some(Input::BatchSize {
+                model: "resnet50".into(),
+                text: "8".into()
+            })
+        );
+        a.handle(key(KeyCode::Backspace));
+        typed(&mut a, "16");
+        assert_eq!(
+            a.handle(key(KeyCode::Enter)),
+            Some(Action::SetBatchSize {
+                model: "resnet50".into(),
+                size: 16
+            })
+        );
+        a.handle(ch('b'));
+        typed(&mut a, "x");
+        assert_eq!(a.handle(key(KeyCode::Enter)), None);
+        let m = a.message.as_ref().unwrap();
+        assert!(!m.ok && m.text.contains("\"8x\""), "{}", m.text);
+    }
+
+    #[test]
+    fn s_opens_a_form_that_submits_a_job() {
+        let mut a = app(10, (100, 30));
+        a.handle(ch('s'));
+        a.handle(key(KeyCode::Tab));
+        for _ in 0..3 {
+            a.handle(key(KeyCode::Backspace));
+        }
+        typed(&mut a, "42");
+        assert_eq!(
+            a.handle(key(KeyCode::Enter)),
+            Some(Action::Submit {
+                model: "resnet50".into(),
+                count: 42,
+                dataset: "datasets/sample/".into()
+            })
+        );
+    }
+
+    #[test]
+    fn colon_runs_a_cli_command_line_with_quotes() {
+        let mut a = app(10, (100, 30));
+        a.handle(ch(':'));
+        typed(&mut a, "put 'my file.txt' docs/a.txt");
+        assert_eq!(
+            a.handle(key(KeyCode::Enter)),
+            Some(Action::Command(vec![
+                "put".into(),
+                "my file.txt".into(),
+                "docs/a.txt".into()
+            ]))
+        );
+        a.handle(ch(':'));
+        typed(&mut a, "ls 'unclosed");
+        assert_eq!(a.handle(key(KeyCode::Enter)), None);
+        assert!(!a.message.as_ref().unwrap().ok);
+    }
+
+    #[test]
+    fn results_show_in_place_and_long_ones_in_a_popup_until_esc() {
+        let mut a = app(10, (100, 30));
+        a.handle(Event::Done {
+            what: "ls x".into(),
+            result: Err("no such SDFS file \"x\"".into()),
+        });
+        let m = a.message.clone().unwrap();
+        assert!(!m.ok && m.text.contains("ls x") && m.detail.is_none());
+        a.handle(Event::Done {
+            what: "members".into(),
+            result: Ok("2 members\na\nb".into()),
+        });
+        assert!(a.message.as_ref().unwrap().detail.is_some());
+        a.handle(key(KeyCode::Esc));
+        assert_eq!(a.message, None);
+    }
+
+    #[test]
+    fn q_and_ctrl_c_quit_but_q_first_closes_help() {
+        let mut a = app(10, (100, 30));
+        a.handle(ch('?'));
+        assert!(a.help);
+        a.handle(ch('q'));
+        assert!(!a.help && !a.quit);
+        a.handle(ch('q'));
+        assert!(a.quit);
+        let mut a = app(10, (100, 30));
+        a.handle(ch(':'));
+        a.handle(Event::Key(KeyEvent::new(
+            KeyCode::Char('c'),
+            KeyModifiers::CONTROL,
+        )));
+        assert!(a.quit, "Ctrl-C quits even while typing");
+    }
+
+    #[test]
+    fn a_lost_agent_shows_reconnecting_until_frames_flow_from_the_next() {
+        let mut a = app(10, (100, 30));
+        a.handle(Event::Conn(ConnEvent::Lost {
+            from: synth::addr(0),
+            error: "connection reset".into(),
+            next: synth::addr(1),
+        }));
+        assert_eq!(a.agent, synth::addr(1));
+        assert!(matches!(a.health, Health::Reconnecting { from, .. } if from == synth::addr(0)));
+        a.handle(Event::Conn(ConnEvent::Connected(synth::addr(1))));
+        a.handle(Event::Frame(Box::new(synth::frame(10, 9))));
+        assert_eq!(a.health, Health::Live);
+        assert_eq!(a.switches.last().unwrap().0, synth::addr(0));
+    }
+
+    #[test]
+    fn events_are_not_repeated_and_a_resync_replaces_them() {
+        let mut a = app(10, (100, 30));
+        assert_eq!(a.events.len(), 7, "the tail arrives once");
+        let mut f = synth::frame(10, 5);
+        f.events = vec![TelemetryEvent {
+            seq: 8,
+            unix_ms: NOW,
+            kind: EventKind::JobFinish,
+            text: "job 2 done".into(),
+        }];
+        a.handle(Event::Frame(Box::new(f.clone())));
+        a.handle(Event::Frame(Box::new(f.clone())));
+        assert_eq!(a.events.len(), 8);
+        assert_eq!(a.event_lines()[0].text, "job 2 done");
+        f.resync = true;
+        a.handle(Event::Frame(Box::new(f)));
+        assert_eq!(a.events.len(), 1);
+    }
+
+    #[test]
+    fn rate_history_keeps_one_sample_per_frame() {
+        let a = app(10, (100, 30));
+        assert_eq!(a.history["resnet50"].len(), 4);
+        assert_eq!(a.history["resnet50"][1], 4.5);
+    }
+
+    #[test]
+    fn a_click_focuses_a_pane_and_selects_the_row_under_it() {
+        let mut a = app(10, (100, 30));
+        let area = Rect::new(0, 0, 100, 30);
+        let (_, jobs) = layout::panes(area, a.focus, false)
+            .into_iter()
+            .find(|(p, _)| *p == Pane::Jobs)
+            .unwrap();
+        a.handle(Event::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: jobs.x + 3,
+            row: jobs.y + 1 + layout::header_rows(Pane::Jobs) + 1,
+            modifiers: KeyModifiers::NONE,
+        }));
+        assert_eq!(a.focus, Pane::Jobs);
+        assert_eq!(a.selected[Pane::Jobs as usize], 1);
+        assert_eq!(a.jobs()[1].id, 2);
+    }
+}
+
+mod widgets {
+    use super::*;
+
+    fn pane(a: &App, p: Pane, w: u16, h: u16) -> String {
+        let mut buf = Buffer::empty(Rect::new(0, 0, w, h));
+        panes::render(a, p, buf.area, &mut buf);
+        text(&buf)
+    }
+
+    #[test]
+    fn the_membership_table_shows_state_role_and_node_stats() {
+        let a = app(10, (100, 30));
+        let t = pane(&a, Pane::Members, 90, 14);
+        assert!(t.contains("10 shown"), "{t}");
+        let first = t.lines().find(|l| l.contains("127.0.0.1:8001")).unwrap();
+        for want in ["alive", "leader", "%", "MiB"] {
+            assert!(first.contains(want), "{want} missing in {first}");
+        }
+        let suspect = t.lines().find(|l| l.contains("127.0.0.1:8003")).unwrap();
+        assert!(suspect.contains("voter"), "{suspect}");
+    }
+
+    #[test]
+    fn a_thousand_members_scroll_to_the_selection() {
+        let mut a = app(1000, (100, 30));
+        a.handle(ch('G'));
+        let t = pane(&a, Pane::Members, 90, 14);
+        assert!(t.contains("127.0.0.1:9000"), "last member not shown:\n{t}");
+        assert!(
+            !t.contains("127.0.0.1:8001 "),
+            "first member still shown:\n{t}"
+        );
+    }
+
+    #[test]
+    fn models_show_c2_and_a_sparkline_or_say_there_is_no_data() {
+        let a = app(10, (100, 30));
+        let t = pane(&a, Pane::Models, 100, 8);
+        let row = t.lines().find(|l| l.contains("resnet50")).unwrap();
+        for want in ["8", "180", "35", "170", "230", "260", "320"] {
+            assert!(row.contains(want), "{want} missing in {row}");
+        }
+        assert!(row.contains('█'), "no sparkline in {row}");
+        let mut a = App::new(synth::addr(0), NOW, (100, 30));
+        let mut f = synth::frame(3, 0);
+        let c = f.cluster.as_mut().unwrap();
+        c.models = Err("inference is not available in this build".into());
+        a.handle(Event::Frame(Box::new(f)));
+        let t = pane(&a, Pane::Models, 100, 8);
+        assert!(t.contains("no data: inference is not available"), "{t}");
+    }
+
+    #[test]
+    fn jobs_show_progress_gauges_and_their_workers() {
+        let a = app(10, (100, 30));
+        let t = pane(&a, Pane::Jobs, 90, 8);
+        let row = t.lines().find(|l| l.contains("#2")).unwrap();
+        assert!(
+            row.contains("150/400") && row.contains('█') && row.contains('░'),
+            "{row}"
+        );
+        assert!(row.contains("8002×1") && row.contains("8005×1"), "{row}");
+        let done = t.lines().find(|l| l.contains("#1")).unwrap();
+        assert!(!done.contains('░'), "a done job's gauge is full: {done}");
+    }
+
+    #[test]
+    fn sdfs_shows_health_and_repairs() {
+        let a = app(10, (100, 30));
+        let t = pane(&a, Pane::Sdfs, 60, 12);
+        assert!(t.contains("1020 files, 1044 versions, 96 MiB"), "{t}");
+        assert!(t.contains("2 under-replicated, 1 repairs in flight"), "{t}");
+    }
+
+    #[test]
+    fn every_pane_fits_at_80_by_24() {
+        let a = app(10, (80, 24));
+        let t = screen(&a, 80, 24);
+        let s = text(t.backend().buffer());
+        for title in [
+            "Membership",
+            "Models",
+            "Jobs",
+            "SDFS",
+            "Events",
+            "leader 127.0.0.1:8001",
+        ] {
+            assert!(s.contains(title), "{title} missing at 80x24:\n{s}");
+        }
+    }
+}
+
+mod snapshots {
+    use super::*;
+
+    #[test]
+    fn main_screen() {
+        let a = app(10, (120, 36));
+        insta::assert_snapshot!(screen(&a, 120, 36).backend());
+    }
+
+    #[test]
+    fn help_overlay() {
+        let mut a = app(10, (100, 30));
+        a.handle(ch('?'));
+        insta::assert_snapshot!(screen(&a, 100, 30).backend());
+    }
+
+    #[test]
+    fn filtered_view() {
+        let mut a = app(1000, (120, 36));
+        a.handle(ch('/'));
+        typed(&mut a, "127.0.0.1:85");
+        insta::assert_snapshot!(screen(&a, 120, 36).backend());
+    }
+}
