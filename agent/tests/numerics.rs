@@ -183,10 +183,33 @@ fn max_diff<'a>(a: impl IntoIterator<Item = &'a f32>, b: &[f64]) -> f64 {
 
 #[test]
 fn rust_preprocessing_and_inference_match_the_numpy_reference() {
+    compare_with_reference(&tiny(), &tiny_onnx());
+}
+
+/// The same comparison for the full-size models built by
+/// `scripts/models/build_models.py` into `.dml/models/built` (slow in debug):
+/// `cargo test -p dml-agent --release --test numerics -- --ignored full_size`
+#[test]
+#[ignore]
+fn full_size_models_match_the_numpy_reference() {
+    for name in ["resnet50", "inceptionv3"] {
+        let spec = Registry::builtin().get(name).unwrap().clone();
+        let path = repo().join(".dml/models/built").join(&spec.file);
+        assert!(
+            path.is_file(),
+            "{} is missing; run scripts/models/build_models.py",
+            path.display()
+        );
+        println!("{name}:");
+        compare_with_reference(&spec, &path);
+    }
+}
+
+fn compare_with_reference(spec: &ModelSpec, model: &Path) {
     ready();
-    let spec = tiny();
-    let model = tiny_onnx();
-    let dir = TempDir::new("match");
+    let spec = spec.clone();
+    let model = model.to_path_buf();
+    let dir = TempDir::new(&format!("match-{}", spec.name));
     let images = write_images(&dir.0);
 
     let inputs: Vec<_> = images

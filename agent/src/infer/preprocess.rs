@@ -227,6 +227,22 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_is_decoded_too() {
+        let img = image::RgbImage::from_fn(120, 90, |x, y| image::Rgb([x as u8, y as u8, 60]));
+        let mut jpeg = Cursor::new(Vec::new());
+        image::DynamicImage::from(img)
+            .write_to(&mut jpeg, ImageFormat::Jpeg)
+            .unwrap();
+        let out = preprocess(jpeg.get_ref(), &tiny()).unwrap();
+        assert_eq!(out.dim(), (3, 64, 64));
+        // Blue is 60 everywhere, give or take JPEG's rounding.
+        let spec = tiny();
+        let want = (60.0 / 255.0 - spec.mean[2]) / spec.std[2];
+        let centre = out[[2, 32, 32]];
+        assert!((centre - want).abs() < 0.1, "{centre} vs {want}");
+    }
+
+    #[test]
     fn corrupt_and_non_image_bytes_are_errors() {
         let spec = tiny();
         let mut good = png(image::RgbImage::new(40, 40).into());

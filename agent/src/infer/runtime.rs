@@ -430,6 +430,25 @@ mod tests {
     }
 
     #[test]
+    fn sessions_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Session>();
+    }
+
+    #[test]
+    fn not_found_lists_the_places_and_the_fix() {
+        let e = InferError::DylibNotFound {
+            searched: vec![PathBuf::from("/a/.venv/lib/python3*/x")],
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("/a/.venv/lib/python3*/x"), "{msg}");
+        assert!(
+            msg.contains("bash scripts/setup.sh") && msg.contains("ORT_DYLIB_PATH"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn shapes_show_dynamic_dimensions() {
         assert_eq!(show_shape(&[-1, 3, 64, 64]), "[N,3,64,64]");
         assert_eq!(show_shape(&[1, 3, -1, -1]), "[1,3,?,?]");
