@@ -135,6 +135,17 @@ fn connection(app: &App) -> Vec<Span<'static>> {
             Style::new().fg(Color::Yellow),
         ));
     }
+    let failovers = app
+        .switches
+        .iter()
+        .filter(|(from, to, why, _)| *why == "lost" && from != to)
+        .count();
+    if failovers > 0 {
+        v.push(Span::styled(
+            format!(" failovers: {failovers}"),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
     if let Some((from, _, why, _)) = app.switches.last()
         && app.health == Health::Live
     {
