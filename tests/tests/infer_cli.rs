@@ -1,7 +1,8 @@
 //! The inference side of `dml` against 10 real agents: upload the bundled tiny model,
 //! make and load a sample dataset, submit a job, follow it with `dml jobs`, read its
 //! output as JSONL and CSV, and check that `rates`, `latency` and `placement` answer
-//! with sensible figures. Also bad input to the inference commands.
+//! with sensible figures. Also bad input to the inference commands, and `dml models
+//! fetch` against a local HTTP server (a good file, a corrupt one, a 404).
 //!
 //! Needs the project venv (ONNX Runtime) and the binaries: `bash scripts/setup.sh`,
 //! `cargo build --workspace --bins`.
@@ -241,4 +242,137 @@ async fn bad_inference_input_gets_a_clear_error() {
         .find(|m| m["name"] == "tiny")
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(tiny["batch_size"], 16, "{tiny}");
+}
+
+/// A file served by [`serve`], and the SHA-256 of its bytes (checked with `sha256sum`).
+const GOOD: &[u8] = b"pretend ONNX model, good copy\n";
+const GOOD_SHA256: &str = "2d3332ffaae32e37a4b6ad77825b1cf61b997911c85a32a3cb90440f43998680";
+const CORRUPT: &[u8] = b"pretend ONNX model, corrupt copy\n";
+const CORRUPT_SHA256: &str = "272667ba5c4be42d6890112ba5a6679ca3ae342e7dfb44d5b732c95cf66e4a48";
+
+/// A one-thread HTTP/1.1 server: `/good.onnx`, `/corrupt.onnx`, 404 for the rest.
+fn serve() -> std::net::SocketAddr {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let Ok(read) = conn.try_clone() else { continue };
+            let mut reader = std::io::BufReader::new(read);
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let (status, body): (&str, &[u8]) = match request.split_whitespace().nth(1) {
+                Some("/good.onnx") => ("200 OK", GOOD),
+                Some("/corrupt.onnx") => ("200 OK", CORRUPT),
+                _ => ("404 Not Found", b"not here"),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(body);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn models_fetch_installs_only_verified_files() {
+    let dir = dml_tests::TestDir::new("models-fetch").unwrap();
+    let addr = serve();
+    let entry = |name: &str, path: &str, sha: Option<&str>| {
+        format!(
+            "[[model]]\nname = \"{name}\"\nfile = \"{name}.onnx\"\ninput_size = 32\nresize = 36\n\
+             mean = [0.5, 0.5, 0.5]\nstd = [0.5, 0.5, 0.5]\nlabels = \"labels.txt\"\nbatch = 2\n\
+             max_batch = 8\nurl = \"http://{addr}/{path}\"\n{}\n",
+            sha.map(|s| format!("sha256 = \"{s}\"")).unwrap_or_default()
+        )
+    };
+    let registry = dir.path().join("models.toml");
+    std::fs::write(dir.path().join("labels.txt"), "cat\ndog\n").unwrap();
+    std::fs::write(
+        &registry,
+        [
+            entry("good", "good.onnx", Some(GOOD_SHA256)),
+            entry("corrupt", "corrupt.onnx", Some(GOOD_SHA256)),
+            entry("gone", "gone.onnx", Some(GOOD_SHA256)),
+            entry("unsigned", "good.onnx", None),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let models = dir.path().join("models");
+    let (reg, md) = (registry.to_string_lossy(), models.to_string_lossy());
+    let fetch = |which: &'static str| {
+        let (reg, md) = (reg.to_string(), md.to_string());
+        async move {
+            dml_tests::run_dml(
+                &[
+                    "models",
+                    "fetch",
+                    "--registry",
+                    &reg,
+                    "--dir",
+                    &md,
+                    "--models",
+                    which,
+                    "--json",
+                ],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let fetched = models.join("fetched");
+
+    let out = fetch("good").await;
+    assert_eq!(out.code(), Some(0), "{}", said(&out));
+    assert_eq!(std::fs::read(fetched.join("good.onnx")).unwrap(), GOOD);
+    assert_eq!(out.json().unwrap()["models"][0]["sha256"], GOOD_SHA256);
+
+    let out = fetch("corrupt").await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    assert!(
+        out.stderr.contains("corrupt")
+            && out.stderr.contains(GOOD_SHA256)
+            && out.stderr.contains(CORRUPT_SHA256),
+        "{}",
+        said(&out)
+    );
+    let out = fetch("gone").await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    assert!(
+        out.stderr.contains("gone") && out.stderr.contains("404"),
+        "{}",
+        said(&out)
+    );
+    let out = fetch("unsigned").await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    assert!(
+        out.stderr.contains("unsigned") && out.stderr.contains("no sha256"),
+        "{}",
+        said(&out)
+    );
+    // All four at once: one installed, three failures listed, exit 1.
+    let out = fetch("good,corrupt,gone,unsigned").await;
+    assert_eq!(out.code(), Some(1), "{}", said(&out));
+    let v = out.json().unwrap();
+    assert_eq!(v["models"][0]["already"], true, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("3 of 4"), "{v}");
+
+    // Only the verified file is there: no temp file, nothing from the failures.
+    let names: Vec<String> = std::fs::read_dir(&fetched)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["good.onnx"]);
 }
