@@ -170,7 +170,7 @@ pub enum ModelsCommand {
     /// Build ONNX models with random weights (scripts/models/build_models.py
     /// in the project venv).
     Build {
-        /// Comma-separated model names (default: all the script knows).
+        /// Comma-separated model names (default: every model of the registry).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
         /// Output directory (default: DIR/built).

@@ -176,10 +176,8 @@ fn build(
     let out = out.map_or_else(|| dirs.built.clone(), Path::to_path_buf);
     let mut cmd = std::process::Command::new(&python);
     cmd.arg(&script).arg("--out").arg(&out);
-    if missing || !names.is_empty() {
-        let list: Vec<&str> = chosen.iter().map(|m| m.name.as_str()).collect();
-        cmd.arg("--models").arg(list.join(","));
-    }
+    let list: Vec<&str> = chosen.iter().map(|m| m.name.as_str()).collect();
+    cmd.arg("--models").arg(list.join(","));
     // The script's own output goes to stderr, so stdout stays ours (--json).
     let stderr = std::io::stderr();
     let to_stderr = std::os::fd::AsFd::as_fd(&stderr)
