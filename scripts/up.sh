@@ -30,7 +30,8 @@ fi
 local_images=$(find "$dataset" -type f | wc -l)
 stored=$("$dml" ls-all 'datasets/sample/*' | grep -c '^datasets/sample/' || true)
 if ((stored < local_images)); then
-  "$dml" sdfs load "$dataset" datasets/sample
+  # One line per file is too much here: keep the summary (a terminal still shows the bar).
+  "$dml" sdfs load "$dataset" datasets/sample | tail -n 1
 else
   echo "up: SDFS already holds the $stored images of datasets/sample/"
 fi

@@ -137,11 +137,14 @@ async fn list(reg: &Registry, dirs: &ModelDirs, agent: SocketAddr, json: bool) -
     Ok(())
 }
 
-/// The project venv's python, or an error saying how to make it.
-fn venv_root() -> Result<PathBuf> {
-    find_up(".venv/bin/python").ok_or_else(|| {
+/// Where the project venv's python is looked for, below the checkout root.
+const VENV_PYTHON: &str = ".venv/bin/python";
+
+/// The checkout holding the project venv, or an error saying how to make it.
+fn venv_root(found: Option<PathBuf>) -> Result<PathBuf> {
+    found.ok_or_else(|| {
         anyhow!(
-            "no project venv (.venv/bin/python) above the dml executable or the current directory; run bash scripts/setup.sh"
+            "no project venv ({VENV_PYTHON}) above the dml executable or the current directory; run bash scripts/setup.sh"
         )
     })
 }
@@ -167,8 +170,8 @@ fn build(
             return Ok(());
         }
     }
-    let root = venv_root()?;
-    let python = root.join(".venv/bin/python");
+    let root = venv_root(find_up(VENV_PYTHON))?;
+    let python = root.join(VENV_PYTHON);
     let script = root.join("scripts/models/build_models.py");
     if !script.is_file() {
         bail!("the model build script {} is missing", script.display());
@@ -420,6 +423,21 @@ mod tests {
         assert_eq!(v[0]["local"]["source"], "built");
         assert_eq!(v[1]["local"]["source"], "missing");
         assert_eq!(v[0]["version"], 2);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_missing_venv_says_how_to_make_it() {
+        let base = std::env::temp_dir().join(format!("dml-novenv-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        let e = venv_root(local::find_up_from(&base.join("a/b"), VENV_PYTHON))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run bash scripts/setup.sh"), "{e}");
+        std::fs::create_dir_all(base.join("a/.venv/bin")).unwrap();
+        std::fs::write(base.join("a").join(VENV_PYTHON), b"").unwrap();
+        let root = venv_root(local::find_up_from(&base.join("a/b"), VENV_PYTHON)).unwrap();
+        assert_eq!(root, base.join("a"));
         std::fs::remove_dir_all(&base).unwrap();
     }
 
