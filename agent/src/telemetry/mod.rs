@@ -3,6 +3,7 @@
 //! - [`proc`]: the agent's own CPU and memory from `/proc/self`.
 //! - [`events`]: the event log ring and how membership and leader changes
 //!   become lines in it.
+//! - [`derive`]: job and re-replication events read off successive figures.
 //! - [`figures`]: the leader's figures (C1–C5, SDFS health) through the
 //!   control plane.
 //! - this file: [`TelemetryService`] (its tasks) and [`Telemetry`] (the handle
@@ -16,6 +17,7 @@
 //! subscriber's next frame is a resync. Nothing an agent does waits on a
 //! subscriber.
 
+pub mod derive;
 pub mod events;
 pub mod figures;
 pub mod proc;
@@ -407,7 +409,11 @@ async fn fetch_figures(inner: Arc<Inner>, src: Sources) {
         }
         let repairs = inner.repairs.load(Ordering::Relaxed);
         let f = figures::fetch(&src.control, src.replicas, repairs).await;
-        *inner.figures.lock().expect("figures lock") = Some(f);
+        let mut cache = inner.figures.lock().expect("figures lock");
+        for (kind, text) in derive::changes(cache.as_ref(), &f) {
+            inner.push_event(kind, text);
+        }
+        *cache = Some(f);
     }
 }
 
