@@ -98,19 +98,23 @@ impl Agent {
             telemetry: telemetry.handle(),
         };
         let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
-        let worker = cfg.inference.worker.then(|| {
-            Worker::spawn(
-                WorkerOptions {
-                    me: addr,
-                    data_dir: cfg.data_dir.clone(),
-                    intra_threads: cfg.inference.intra_threads,
-                    ort_dylib: cfg.inference.ort_dylib.clone(),
-                    registry,
-                },
-                control.handle(),
-                sdfs.handle(),
-            )
-        });
+        let worker = match cfg.inference.worker {
+            false => None,
+            true => Some(
+                Worker::spawn(
+                    WorkerOptions {
+                        me: addr,
+                        data_dir: cfg.data_dir.clone(),
+                        intra_threads: cfg.inference.intra_threads,
+                        ort_dylib: cfg.inference.ort_dylib.clone(),
+                        registry,
+                    },
+                    control.handle(),
+                    sdfs.handle(),
+                )
+                .context("cannot start the inference worker's threads")?,
+            ),
+        };
         Ok(Self {
             id,
             worker,

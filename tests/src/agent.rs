@@ -55,6 +55,8 @@ pub struct AgentSpec {
     pub sdfs: Option<SdfsConfig>,
     /// More command-line arguments, appended last.
     pub extra_args: Vec<String>,
+    /// TOML appended to the generated config file (e.g. an `[inference]` table).
+    pub extra_config: String,
     /// Time allowed to print the `listening` line.
     pub startup_timeout: Duration,
 }
@@ -75,6 +77,7 @@ impl AgentSpec {
             control: None,
             sdfs: None,
             extra_args: Vec::new(),
+            extra_config: String::new(),
             startup_timeout: STARTUP_TIMEOUT,
         }
     }
@@ -140,6 +143,7 @@ impl AgentSpec {
         if let Some(s) = &self.sdfs {
             text.push_str(&sdfs_toml(s));
         }
+        text.push_str(&self.extra_config);
         text
     }
 

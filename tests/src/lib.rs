@@ -11,6 +11,7 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`], polling a condition against a deadline
 //!   (never a fixed sleep).
 //! - [`events`]: parsing an agent's `--event-log`.
+//! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod dir;
 pub mod dml;
 pub mod events;
+pub mod infer;
 pub mod ports;
 pub mod sdfs;
 pub mod view;

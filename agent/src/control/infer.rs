@@ -220,16 +220,15 @@ impl Inner {
                 "there are no files under the SDFS prefix \"{prefix}\"; load images with `dml sdfs load <dir> {prefix}`"
             )));
         }
-        let images: Vec<String> = match count {
-            Some(n) => names.iter().cycle().take(n as usize).cloned().collect(),
-            None => names.into_iter().take(MAX_JOB_IMAGES as usize).collect(),
-        };
-        let n = images.len() as u32;
+        let mut images = names;
+        images.truncate(MAX_JOB_IMAGES as usize);
+        let n = count.unwrap_or(images.len() as u32);
         let applied = self
             .propose(Op::SubmitJob {
                 model: model.clone(),
                 dataset: prefix,
                 images,
+                count: n,
             })
             .await?;
         match rejected(applied)? {
@@ -270,7 +269,7 @@ impl Inner {
                     let mut images = Vec::new();
                     let mut gone = Vec::new();
                     for i in &dispatch.images {
-                        let name = job.images[*i as usize].clone();
+                        let name = job.image(*i).to_string();
                         match d.state.stat(&name).and_then(|mut f| f.versions.pop()) {
                             Some(v) => images.push((*i, name, v)),
                             None => gone.push(ImageResult {
@@ -336,6 +335,7 @@ impl Inner {
             }
             return Ok(InferResponse::Accepted { new: 0 });
         }
+        let indices: Vec<u32> = results.iter().map(|r| r.index).collect();
         let model = self
             .read(|s| s.jobs.jobs.get(&job).map(|j| j.model.clone()))?
             .ok_or_else(|| bad(format!("there is no job {job}")))?;
@@ -348,7 +348,9 @@ impl Inner {
                 ))));
             }
         };
-        self.with_scheduler(|sch| sch.completed(query, &model, new, elapsed, Instant::now()));
+        self.with_scheduler(|sch| {
+            sch.completed(query, job, &indices, new, elapsed, Instant::now())
+        });
         if finished {
             tracing::info!(job, %model, "job finished");
         }

@@ -12,12 +12,17 @@ use std::collections::BTreeMap;
 pub struct Job {
     pub model: String,
     pub dataset: String,
-    /// SDFS names, by index.
+    /// The dataset's SDFS names; image `i` of the job is `images[i % len]`
+    /// (a job may ask for more images than the dataset has).
     pub images: Vec<String>,
+    /// Images in the job.
+    pub count: u32,
     /// Results by image index; an index is set at most once.
     pub results: BTreeMap<u32, Outcome>,
     /// Accepted query results that brought at least one new image.
     pub queries: u64,
+    /// Results that are errors.
+    pub errors: u32,
     pub state: JobState,
     pub reason: Option<String>,
     pub submitted_ms: u64,
@@ -31,13 +36,9 @@ impl Job {
             id,
             model: self.model.clone(),
             dataset: self.dataset.clone(),
-            images: self.images.len() as u32,
+            images: self.count,
             done: self.results.len() as u32,
-            errors: self
-                .results
-                .values()
-                .filter(|o| matches!(o, Outcome::Error(_)))
-                .count() as u32,
+            errors: self.errors,
             queries: self.queries,
             state: self.state,
             reason: self.reason.clone(),
@@ -53,7 +54,7 @@ impl Job {
             .iter()
             .map(|(i, o)| ImageResult {
                 index: *i,
-                image: self.images.get(*i as usize).cloned().unwrap_or_default(),
+                image: self.image(*i).to_string(),
                 outcome: o.clone(),
             })
             .collect()
@@ -61,7 +62,15 @@ impl Job {
 
     /// Image indices still without a result.
     pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.images.len() as u32).filter(|i| !self.results.contains_key(i))
+        (0..self.count).filter(|i| !self.results.contains_key(i))
+    }
+
+    /// The SDFS name of image `index`.
+    pub fn image(&self, index: u32) -> &str {
+        match self.images.len() {
+            0 => "",
+            n => &self.images[index as usize % n],
+        }
     }
 }
 
@@ -84,10 +93,18 @@ pub struct Accepted {
 }
 
 impl JobsState {
-    pub fn submit(&mut self, model: &str, dataset: &str, images: Vec<String>, now: u64) -> JobId {
+    pub fn submit(
+        &mut self,
+        model: &str,
+        dataset: &str,
+        images: Vec<String>,
+        count: u32,
+        now: u64,
+    ) -> JobId {
         let id = self.next_job.max(1);
         self.next_job = id + 1;
-        let state = if images.is_empty() {
+        let count = if images.is_empty() { 0 } else { count };
+        let state = if count == 0 {
             JobState::Done
         } else {
             JobState::Running
@@ -98,8 +115,10 @@ impl JobsState {
                 model: model.into(),
                 dataset: dataset.into(),
                 images,
+                count,
                 results: BTreeMap::new(),
                 queries: 0,
+                errors: 0,
                 state,
                 reason: None,
                 submitted_ms: now,
@@ -126,7 +145,8 @@ impl JobsState {
         }
         let mut new = 0;
         for r in results {
-            if (r.index as usize) < j.images.len() && !j.results.contains_key(&r.index) {
+            if r.index < j.count && !j.results.contains_key(&r.index) {
+                j.errors += u32::from(matches!(r.outcome, Outcome::Error(_)));
                 j.results.insert(r.index, r.outcome.clone());
                 new += 1;
             }
@@ -134,7 +154,7 @@ impl JobsState {
         if new > 0 {
             j.queries += 1;
         }
-        let finished = j.results.len() == j.images.len();
+        let finished = j.results.len() == j.count as usize;
         if finished {
             j.state = JobState::Done;
             j.finished_ms = Some(now);
@@ -192,7 +212,7 @@ mod tests {
     #[test]
     fn results_are_counted_once_and_finish_the_job() {
         let mut s = JobsState::default();
-        let id = s.submit("tiny", "d/", vec!["a".into(), "b".into(), "c".into()], 1);
+        let id = s.submit("tiny", "d/", vec!["a".into(), "b".into(), "c".into()], 3, 1);
         assert_eq!(id, 1);
         assert_eq!(
             s.complete(id, &[ok(0), ok(1)], 2),
@@ -225,13 +245,17 @@ mod tests {
     #[test]
     fn failed_jobs_take_no_results_and_ids_grow() {
         let mut s = JobsState::default();
-        let a = s.submit("tiny", "d/", vec!["x".into()], 1);
-        let b = s.submit("tiny", "d/", vec!["y".into()], 1);
+        let a = s.submit("tiny", "d/", vec!["x".into()], 1, 1);
+        let b = s.submit("tiny", "d/", vec!["y".into(), "z".into()], 5, 1);
         assert!(b > a);
         assert!(s.fail(a, "bad model", 2));
         assert!(!s.fail(a, "again", 3));
         assert_eq!(s.complete(a, &[ok(0)], 4).new, 0);
         assert_eq!(s.jobs[&a].info(a).reason.as_deref(), Some("bad model"));
-        assert_eq!(s.jobs[&b].missing().collect::<Vec<_>>(), vec![0]);
+        // Five images cycling over a dataset of two.
+        assert_eq!(s.jobs[&b].missing().count(), 5);
+        assert_eq!(s.jobs[&b].image(4), "y");
+        assert_eq!(s.jobs[&b].image(3), "z");
+        assert_eq!(s.jobs[&b].info(b).images, 5);
     }
 }

@@ -97,33 +97,32 @@ impl Scheduler {
     }
 
     /// Brings the job list in line with the replicated state: admits new
-    /// running jobs (at the smallest virtual time), forgets ended ones and
-    /// their leases, and drops images that got a result from pending.
+    /// running jobs (at the smallest virtual time, with every image still
+    /// missing pending) and forgets ended ones and their leases. Cheap when
+    /// nothing changed: it walks the jobs, not their images.
     pub fn sync(&mut self, state: &JobsState) {
-        let running: Vec<JobId> = state
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.state == dml_shared::infer::JobState::Running)
-            .map(|(id, _)| *id)
-            .collect();
-        self.jobs.retain(|id, _| running.contains(id));
-        self.leases.retain(|_, l| running.contains(&l.job));
+        let running = |id: &JobId| {
+            state
+                .jobs
+                .get(id)
+                .is_some_and(|j| j.state == dml_shared::infer::JobState::Running)
+        };
+        self.jobs.retain(|id, _| running(id));
+        self.leases.retain(|_, l| running(&l.job));
         let start = self.jobs.values().map(|j| j.pass).min().unwrap_or(0);
-        for id in running {
-            let job = &state.jobs[&id];
-            let leased: BTreeSet<u32> = self
-                .leases
-                .values()
-                .filter(|l| l.job == id)
-                .flat_map(|l| l.images.iter().copied())
-                .collect();
-            let sched = self.jobs.entry(id).or_insert_with(|| JobSched {
-                model: job.model.clone(),
-                pass: start,
-                pending: BTreeSet::new(),
-                refused: BTreeSet::new(),
-            });
-            sched.pending = job.missing().filter(|i| !leased.contains(i)).collect();
+        for (id, job) in &state.jobs {
+            if job.state != dml_shared::infer::JobState::Running || self.jobs.contains_key(id) {
+                continue;
+            }
+            self.jobs.insert(
+                *id,
+                JobSched {
+                    model: job.model.clone(),
+                    pass: start,
+                    pending: job.missing().collect(),
+                    refused: BTreeSet::new(),
+                },
+            );
         }
     }
 
@@ -226,17 +225,27 @@ impl Scheduler {
         self.min_lease.max(slowest * 4)
     }
 
-    /// Records a completion the state machine accepted (`new` images were
-    /// new): ends the lease, and feeds C1 and C2.
+    /// Records a completion the state machine accepted (`new` of `images`
+    /// were new): ends the lease, takes the images off pending (a late result
+    /// from an earlier lease or leader counts too), and feeds C1 and C2.
     pub fn completed(
         &mut self,
         query: u64,
-        model: &str,
+        job: JobId,
+        images: &[u32],
         new: u32,
         elapsed: Duration,
         now: Instant,
     ) {
         self.leases.remove(&query);
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        for i in images {
+            j.pending.remove(i);
+        }
+        let model = j.model.clone();
+        let model = model.as_str();
         let f = self.figures.entry(model.to_string()).or_default();
         f.slowest = f.slowest.max(elapsed);
         if new > 0 {
@@ -329,7 +338,7 @@ mod tests {
         let mut s = JobsState::default();
         for (model, n) in jobs {
             let images = (0..*n).map(|i| format!("img{i}")).collect();
-            s.submit(model, "d/", images, 0);
+            s.submit(model, "d/", images, *n as u32, 0);
         }
         s
     }
@@ -361,7 +370,8 @@ mod tests {
                 }
                 if let Some((q, job, imgs)) = slot.1.take() {
                     s.complete(job, &results(&imgs), 0);
-                    sch.completed(q, "m", imgs.len() as u32, Duration::from_millis(5), t);
+                    let n = imgs.len() as u32;
+                    sch.completed(q, job, &imgs, n, Duration::from_millis(5), t);
                     *counts.entry(job).or_default() += 1;
                 }
                 if let Some(d) = sch.dispatch(addr(w as u16), |_| 1, t) {
@@ -387,7 +397,7 @@ mod tests {
         for _ in 0..50 {
             sch.dispatch(addr(1), |_| 2, t).unwrap();
         }
-        s.submit("tiny", "d/", (0..100).map(|i| i.to_string()).collect(), 0);
+        s.submit("tiny", "d/", vec!["a".into()], 100, 0);
         sch.sync(&s);
         // From now on the two alternate: no burst of 50 queries for job 2.
         let next: Vec<JobId> = (0..10)
@@ -436,15 +446,20 @@ mod tests {
     }
 
     #[test]
-    fn sync_drops_done_images_and_ended_jobs() {
-        let mut s = state_with(&[("tiny", 3)]);
+    fn done_images_and_ended_jobs_are_not_dispatched() {
+        let mut s = state_with(&[("tiny", 4)]);
+        s.complete(1, &results(&[3]), 0);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
-        s.complete(1, &results(&[0, 2]), 0);
+        // A new leader admits the job with only the missing images.
         sch.sync(&s);
         let t = Instant::now();
+        let q = sch.dispatch(addr(1), |_| 1, t).unwrap();
+        assert_eq!(q.images, vec![0]);
+        // A late result of an earlier leader's lease for image 2.
+        s.complete(1, &results(&[2]), 0);
+        sch.completed(999, 1, &[2], 1, Duration::from_millis(1), t);
         assert_eq!(sch.dispatch(addr(1), |_| 8, t).unwrap().images, vec![1]);
-        s.complete(1, &results(&[1]), 0);
+        s.complete(1, &results(&[0, 1]), 0);
         sch.sync(&s);
         assert_eq!(sch.in_flight(), 0);
         assert!(sch.placement().is_empty());
@@ -454,9 +469,10 @@ mod tests {
     fn rates_and_latency_cover_the_window() {
         let mut sch = Scheduler::new(1, Duration::from_millis(10));
         let t = Instant::now();
+        sch.sync(&state_with(&[("tiny", 100)]));
         for i in 0..20u64 {
             let at = t + Duration::from_millis(500 * i);
-            sch.completed(i, "tiny", 4, Duration::from_millis(10 + i), at);
+            sch.completed(i, 1, &[], 4, Duration::from_millis(10 + i), at);
         }
         let end = t + Duration::from_millis(500 * 19);
         let (q, img) = sch.rate("tiny", end);

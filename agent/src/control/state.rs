@@ -157,7 +157,11 @@ impl MetaState {
                 model,
                 dataset,
                 images,
-            } => Applied::Job(self.jobs.submit(model, dataset, images.clone(), now)),
+                count,
+            } => Applied::Job(
+                self.jobs
+                    .submit(model, dataset, images.clone(), *count, now),
+            ),
             Op::SetBatchSize { model, size } => {
                 self.jobs.batch.insert(model.clone(), *size);
                 Applied::Done

@@ -72,11 +72,13 @@ pub enum Op {
         add: Vec<SocketAddr>,
         drop: Vec<SocketAddr>,
     },
-    /// Start a job over `images` (SDFS names, in order).
+    /// Start a job of `count` images over the dataset `images` (SDFS
+    /// names, in order, cycled if `count` is larger).
     SubmitJob {
         model: String,
         dataset: String,
         images: Vec<String>,
+        count: u32,
     },
     /// C3: batch size of `model` for queries not yet dispatched.
     SetBatchSize { model: String, size: u32 },

@@ -4,6 +4,7 @@
 //! top-5 back. Two stages overlap: while one query runs, the next is
 //! leased, fetched and preprocessed.
 
+use super::compute::Compute;
 use super::fetch::read_version;
 use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
@@ -56,6 +57,10 @@ type Sessions = Arc<Mutex<HashMap<String, (u64, Arc<Mutex<Session>>)>>>;
 
 struct Ctx {
     o: WorkerOptions,
+    /// Decoding and preprocessing of the next query.
+    prep: Compute,
+    /// ONNX Runtime: loading and running sessions.
+    infer: Compute,
     control: ControlHandle,
     sdfs: SdfsHandle,
     sessions: Sessions,
@@ -78,11 +83,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn spawn(o: WorkerOptions, control: ControlHandle, sdfs: SdfsHandle) -> Self {
+    pub fn spawn(
+        o: WorkerOptions,
+        control: ControlHandle,
+        sdfs: SdfsHandle,
+    ) -> std::io::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Mutex::new(WorkerStats::default()));
         let ctx = Arc::new(Ctx {
             o,
+            prep: Compute::spawn("dml-prep")?,
+            infer: Compute::spawn("dml-infer")?,
             control,
             sdfs,
             sessions: Arc::default(),
@@ -93,7 +104,7 @@ impl Worker {
             tokio::spawn(prepare_loop(ctx.clone(), tx, stop_rx.clone())),
             tokio::spawn(run_loop(ctx, rx, stop_rx)),
         ];
-        Self { stop, tasks, stats }
+        Ok(Self { stop, tasks, stats })
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -226,12 +237,10 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
             let spec = spec.clone();
             async move {
                 let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, FETCH_TIMEOUT).await?;
-                tokio::task::spawn_blocking(move || {
-                    preprocess(&bytes, &spec).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|t| (*i, name.clone(), t))
+                ctx.prep
+                    .run(move || preprocess(&bytes, &spec).map_err(|e| e.to_string()))
+                    .await?
+                    .map(|t| (*i, name.clone(), t))
             }
         });
         for (r, (i, name, _)) in futures::future::join_all(reads)
@@ -304,13 +313,14 @@ async fn run_query(
     let session = session_for(ctx, lease).await?;
     let (meta, arrays): (Vec<(u32, String)>, Vec<Array3<f32>>) =
         tensors.into_iter().map(|(i, n, t)| ((i, n), t)).unzip();
-    let preds = tokio::task::spawn_blocking(move || {
-        let batch = stack(&arrays);
-        let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
-        s.run(batch.view())
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let preds = ctx
+        .infer
+        .run(move || {
+            let batch = stack(&arrays);
+            let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
+            s.run(batch.view())
+        })
+        .await?;
     Ok(match preds {
         Ok(preds) => meta
             .into_iter()
@@ -366,9 +376,10 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, St
     }
     let threads = ctx.o.intra_threads;
     let p = path.clone();
-    let session = tokio::task::spawn_blocking(move || Session::load(&p, &spec, threads))
-        .await
-        .map_err(|e| e.to_string())?
+    let session = ctx
+        .infer
+        .run(move || Session::load(&p, &spec, threads))
+        .await?
         .map_err(|e| e.to_string())?;
     tracing::info!(model = %lease.model, version, "model loaded");
     let session = Arc::new(Mutex::new(session));

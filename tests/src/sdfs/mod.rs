@@ -85,6 +85,8 @@ pub struct SdfsOptions {
     /// Where the cluster's directory goes; `None` is the tests' default (see
     /// [`crate::dir::TestDir::new`]).
     pub base_dir: Option<PathBuf>,
+    /// TOML appended to every agent's config file.
+    pub extra_config: String,
 }
 
 impl SdfsOptions {
@@ -96,6 +98,7 @@ impl SdfsOptions {
             control: test_control(),
             sdfs: test_sdfs(),
             base_dir: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl SdfsCluster {
                 .nodes(&addrs)
                 .control(opts.control.clone())
                 .sdfs(opts.sdfs.clone());
+            spec.extra_config = opts.extra_config.clone();
             if i > 0 {
                 spec = spec.introducer(addrs[0]);
             }

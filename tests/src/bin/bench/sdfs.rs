@@ -127,6 +127,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         control: ControlConfig::default(),
         sdfs: SdfsConfig::default(),
         base_dir: Some(run_dir.clone()),
+        extra_config: String::new(),
     };
     let sdfs_cfg = opts.sdfs.clone();
     let t = Instant::now();

@@ -1,0 +1,291 @@
+//! Inference jobs on real agents with the tiny model: a worker or the
+//! leader SIGKILLed mid-job (every image exactly once), a batch-size change
+//! mid-job (C3), two concurrent jobs of different cost kept at the same
+//! query rate, and models that cannot run.
+//!
+//! Needs the binaries and the project virtualenv (ONNX Runtime):
+//! `bash scripts/setup.sh`.
+
+use dml_shared::infer::{JobState, Outcome};
+use dml_tests::infer::{Images, exactly_once, job, output, prepare, set_batch, submit, wait_job};
+use dml_tests::sdfs::{READY, SdfsCluster, SdfsOptions, cluster_slot};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A job of a few hundred tiny-model images takes seconds; this is slack for a
+/// loaded two-core machine and a failover.
+const JOB_BOUND: Duration = Duration::from_secs(180);
+const DATASET: &str = "datasets/t/";
+
+fn all(c: &SdfsCluster) -> Vec<usize> {
+    (0..c.len()).collect()
+}
+
+fn addrs(c: &SdfsCluster, idx: &[usize]) -> Vec<SocketAddr> {
+    idx.iter().map(|i| c.addrs[*i]).collect()
+}
+
+#[tokio::test]
+async fn worker_killed_mid_job_and_batch_size_changed_every_image_once() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("infer-worker-kill", 6).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let via = (0..c.len()).find(|i| *i != leader).unwrap();
+    prepare(&c, via, &["tiny"], DATASET, Images::Sample(24))
+        .await
+        .unwrap();
+    let at = c.addrs[via];
+    // A model whose file was never uploaded is refused at submit.
+    let e = submit(at, "resnet50", 4, DATASET)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+        .unwrap_err();
+    assert!(e.contains("models/resnet50.onnx is not in SDFS"), "{e}");
+    set_batch(at, "tiny", 1).await.unwrap();
+    let images = 300;
+    let id = submit(at, "tiny", images, DATASET).await.unwrap();
+
+    // C3 mid-job: later queries carry 4 images.
+    let switch = wait_job(&[at], id, JOB_BOUND, "a tenth of the job", |j| j.done >= 30)
+        .await
+        .unwrap();
+    set_batch(at, "tiny", 4).await.unwrap();
+
+    // Kill a worker that holds a lease right now (not the leader, not `via`).
+    let victim = dml_tests::wait_for(
+        "a worker holding a lease",
+        JOB_BOUND,
+        Duration::from_millis(50),
+        async || {
+            let placement =
+                match dml_tests::infer::infer(at, dml_shared::infer::InferRequest::Placement)
+                    .await?
+                {
+                    dml_shared::infer::InferResponse::Placement(p) => p,
+                    other => anyhow::bail!("{other:?}"),
+                };
+            placement
+                .iter()
+                .flat_map(|p| p.workers.iter().map(|(w, _)| *w))
+                .filter_map(|w| c.index_of(w).ok())
+                .find(|i| *i != leader && *i != via)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no lease outside the leader and {via}: {placement:?}")
+                })
+        },
+    )
+    .await
+    .unwrap();
+    c.kill(victim).await.unwrap();
+
+    let survivors: Vec<usize> = (0..c.len()).filter(|i| *i != victim).collect();
+    let done = wait_job(
+        &addrs(&c, &survivors),
+        id,
+        JOB_BOUND,
+        "the job to finish",
+        |j| j.state != JobState::Running,
+    )
+    .await
+    .unwrap();
+    let (info, results) = output(at, id).await.unwrap();
+    exactly_once(&info, &results).unwrap();
+    assert_eq!(
+        done.errors, 0,
+        "every image of the dataset is valid: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(&r.outcome, Outcome::Top(p) if p.len() == 5))
+    );
+    // Batch 1 up to the switch (plus the queries already leased then, two per
+    // worker), batch 4 after it (plus the victim's queries dispatched again).
+    let slack = 2 * c.len() as u64 * 2;
+    let remaining = u64::from(images - switch.done);
+    let bound = u64::from(switch.done) + slack + remaining.div_ceil(4);
+    assert!(
+        info.queries <= bound && info.queries < u64::from(images),
+        "{} queries for {images} images: the new batch size was not applied (bound {bound})",
+        info.queries
+    );
+    // The output is also stored in SDFS.
+    let stored = wait_job(&[at], id, JOB_BOUND, "the output in SDFS", |j| {
+        j.output.is_some()
+    })
+    .await
+    .unwrap();
+    let name = stored.output.unwrap();
+    let (out, bytes) = c.get_bytes(via, &name).await.unwrap();
+    out.ensure_success().unwrap();
+    let text = String::from_utf8(bytes.unwrap()).unwrap();
+    assert_eq!(text.lines().count(), images as usize);
+}
+
+#[tokio::test]
+async fn leader_killed_mid_job_the_job_finishes_with_every_image_once() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("infer-leader-kill", 6).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let via = (0..c.len()).find(|i| *i != leader).unwrap();
+    prepare(&c, via, &["tiny"], DATASET, Images::Sample(24))
+        .await
+        .unwrap();
+    let at = c.addrs[via];
+    set_batch(at, "tiny", 2).await.unwrap();
+    let images = 400;
+    let id = submit(at, "tiny", images, DATASET).await.unwrap();
+    let before = wait_job(&[at], id, JOB_BOUND, "a tenth of the job", |j| j.done >= 40)
+        .await
+        .unwrap();
+    c.kill(leader).await.unwrap();
+    let killed = Instant::now();
+    let survivors: Vec<usize> = (0..c.len()).filter(|i| *i != leader).collect();
+    let new_leader = c.leader_index(&survivors, READY).await.unwrap();
+    assert_ne!(new_leader, leader);
+    // Progress is in Raft: the new leader resumes, it does not start over.
+    let after = job(at, id).await.unwrap();
+    assert!(
+        after.done >= before.done,
+        "{} < {}",
+        after.done,
+        before.done
+    );
+    wait_job(
+        &addrs(&c, &survivors),
+        id,
+        JOB_BOUND,
+        "the job to finish",
+        |j| j.state != JobState::Running,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "job finished {:.1} s after the leader was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let (info, results) = output(at, id).await.unwrap();
+    exactly_once(&info, &results).unwrap();
+    assert_eq!(info.errors, 0);
+    // The new leader stores the output.
+    wait_job(&[at], id, JOB_BOUND, "the output in SDFS", |j| {
+        j.output.is_some()
+    })
+    .await
+    .unwrap();
+}
+
+/// Two models over the same tiny network: `tiny` runs 1 image per query,
+/// `tiny8` 8, so a `tiny8` query costs several times more. A model `tiny32`
+/// whose registry entry says 32x32 does not match the file (64x64).
+fn test_registry(dir: &std::path::Path) -> std::path::PathBuf {
+    let labels =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/imagenet_labels.txt");
+    std::fs::copy(labels, dir.join("labels.txt")).unwrap();
+    let entry = |name: &str, size: u32, resize: u32, batch: u32| {
+        format!(
+            "[[model]]\nname = \"{name}\"\nfile = \"tiny.onnx\"\ninput_size = {size}\nresize = {resize}\n\
+             mean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\nlabels = \"labels.txt\"\n\
+             batch = {batch}\nmax_batch = 64\n\n"
+        )
+    };
+    let text = entry("tiny", 64, 72, 1) + &entry("tiny8", 64, 72, 8) + &entry("tiny32", 32, 36, 2);
+    let path = dir.join("models.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn concurrent_jobs_of_different_cost_keep_the_same_query_rate() {
+    let _slot = cluster_slot().await;
+    let base = dml_tests::TestDir::new("infer-fair-registry").unwrap();
+    let registry = test_registry(base.path());
+    let mut opts = SdfsOptions::new(4);
+    opts.extra_config = format!(
+        "[inference]\nregistry = {:?}\n",
+        registry.display().to_string()
+    );
+    let c = SdfsCluster::start_with("infer-fair", opts).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let at = c.addrs[leader];
+    prepare(
+        &c,
+        leader,
+        &["tiny", "tiny8", "tiny32"],
+        DATASET,
+        Images::Small(16),
+    )
+    .await
+    .unwrap();
+
+    let a = submit(at, "tiny", 4000, DATASET).await.unwrap();
+    let b = submit(at, "tiny8", 32000, DATASET).await.unwrap();
+    // Sample both jobs' accepted queries while both run.
+    let mut samples: Vec<(Instant, u64, u64)> = Vec::new();
+    let started = Instant::now();
+    loop {
+        // A poll that times out on a loaded machine is only a missed sample.
+        let (Ok(ja), Ok(jb)) = (job(at, a).await, job(at, b).await) else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        if ja.state != JobState::Running || jb.state != JobState::Running {
+            break;
+        }
+        samples.push((Instant::now(), ja.queries, jb.queries));
+        if started.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // 10 s windows, after a 2 s start.
+    let window = Duration::from_secs(10);
+    let mut worst: f64 = 1.0;
+    let mut windows = 0;
+    for (i, (t0, a0, b0)) in samples.iter().enumerate() {
+        if t0.duration_since(started) < Duration::from_secs(2) {
+            continue;
+        }
+        let Some((_, a1, b1)) = samples[i..]
+            .iter()
+            .find(|(t, _, _)| t.duration_since(*t0) >= window)
+        else {
+            break;
+        };
+        let (da, db) = ((a1 - a0) as f64, (b1 - b0) as f64);
+        assert!(
+            da > 0.0 && db > 0.0,
+            "a job made no progress in a window: {da} {db}"
+        );
+        worst = worst.max(da.max(db) / da.min(db));
+        windows += 1;
+        if windows % 8 == 1 {
+            eprintln!(
+                "window at {:.1} s: {da} vs {db} queries",
+                t0.duration_since(started).as_secs_f64()
+            );
+        }
+    }
+    eprintln!("{windows} windows of 10 s, worst query-rate ratio {worst:.3}");
+    assert!(
+        windows >= 3,
+        "the jobs ran together for too short a time ({windows} windows)"
+    );
+    assert!(
+        worst <= 1.05,
+        "query rates drifted apart: max/min {worst:.3}"
+    );
+
+    // A model whose registry entry does not match its file fails its job
+    // with a reason that names both shapes, and the other jobs go on.
+    let bad = submit(at, "tiny32", 8, DATASET).await.unwrap();
+    let failed = wait_job(&[at], bad, JOB_BOUND, "the mismatched job to fail", |j| {
+        j.state == JobState::Failed
+    })
+    .await
+    .unwrap();
+    let reason = failed.reason.unwrap();
+    assert!(reason.contains("32") && reason.contains("64"), "{reason}");
+    assert_eq!(job(at, a).await.unwrap().state, JobState::Running);
+}
