@@ -15,10 +15,16 @@
 //! `bench sdfs [--quick]` runs 10 local agents and measures SDFS put and get against the
 //! local disk, agent memory and repair time; table on stdout, JSON in `target/bench/sdfs.json`.
 //!
+//! `bench console [--quick]` measures the console's frame render time with synthetic
+//! telemetry at 10 and 1,000 members, and the CPU an agent spends streaming telemetry to 5
+//! subscribers (10 local agents); table on stdout, JSON in `target/bench/console.json`.
+//!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
 //! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`.
 
+#[path = "bench/console.rs"]
+mod console;
 #[path = "bench/loss.rs"]
 mod loss;
 #[path = "bench/membership.rs"]
@@ -59,6 +65,8 @@ enum Cmd {
     Membership(MembershipArgs),
     /// SDFS put/get throughput vs local disk, agent memory, repair time (see bench/sdfs.rs).
     Sdfs(sdfs::SdfsArgs),
+    /// Console frame render time (10 and 1,000 members) and agent CPU of streaming telemetry.
+    Console(console::ConsoleArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,6 +121,7 @@ fn main() -> Result<()> {
                 match cli.cmd {
                     Cmd::Membership(a) => membership_bench(a).await,
                     Cmd::Sdfs(a) => sdfs_bench(a).await,
+                    Cmd::Console(a) => console_bench(a).await,
                 }
             } => r,
             // Dropping the bench future kills every member and removes the loss rule.
@@ -246,6 +255,12 @@ fn foca_mapping(lan: &MembershipConfig, nodes: usize) -> (Vec<String>, Vec<Mappi
         ),
     ];
     (args, rows)
+}
+
+async fn console_bench(a: console::ConsoleArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let bin_dir = exe.parent().context("bench has no directory")?;
+    console::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
 }
 
 async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {
