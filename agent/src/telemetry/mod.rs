@@ -488,3 +488,112 @@ async fn publish(inner: Arc<Inner>, membership: MembershipHandle) {
         inner.publish(frame);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_shared::client::{read_response, send_request};
+    use tokio::net::TcpListener;
+
+    fn inner() -> Arc<Inner> {
+        Arc::new(Inner {
+            me: "127.0.0.1:1".parse().unwrap(),
+            id: Mutex::new(None),
+            events: Mutex::new(EventRing::default()),
+            subs: Mutex::new(Vec::new()),
+            own: Mutex::new(NodeStats::default()),
+            others: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
+            figures: Mutex::new(None),
+            repairs: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            sdfs: SdfsHandle::default(),
+        })
+    }
+
+    fn frame(i: &Inner) -> Frame {
+        i.build(Vec::new())
+    }
+
+    #[test]
+    fn a_full_queue_drops_frames_and_counts_them() {
+        let i = inner();
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        i.subs.lock().unwrap().push(Sub {
+            tx,
+            dropped: dropped.clone(),
+        });
+        for _ in 0..5 {
+            i.publish(frame(&i));
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), (5 - QUEUE) as u64);
+        let seqs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|f| f.seq)).collect();
+        assert_eq!(seqs, vec![1, 2], "the oldest frames stay queued");
+        drop(rx);
+        i.publish(frame(&i));
+        assert_eq!(i.subs_len(), 0, "a closed subscriber is forgotten");
+    }
+
+    #[test]
+    fn repairs_in_flight_never_go_below_zero() {
+        let t = Telemetry {
+            inner: Some(inner()),
+        };
+        t.repair_finished();
+        t.repair_started();
+        t.repair_started();
+        t.repair_finished();
+        let i = t.inner.as_ref().unwrap();
+        assert_eq!(i.repairs.load(Ordering::Relaxed), 1);
+    }
+
+    /// A subscription over a real socket: the first frame carries the event
+    /// tail, the next only new events, and after drops a resync.
+    #[tokio::test]
+    async fn a_subscriber_gets_new_events_and_resyncs_after_drops() {
+        let i = inner();
+        let t = Telemetry {
+            inner: Some(i.clone()),
+        };
+        i.push_event(EventKind::Info, "before".into());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            t.serve(&mut s, 1 << 20).await
+        });
+        let mut c = dml_shared::client::connect(addr).await.unwrap();
+        send_request(&mut c, &Request::Subscribe).await.unwrap();
+        // Wait until the server has registered the subscription.
+        while i.subs_len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let next = async |c: &mut TcpStream| match read_response(c).await.unwrap() {
+            Response::Telemetry(f) => *f,
+            other => panic!("{other:?}"),
+        };
+        i.publish(frame(&i));
+        let f = next(&mut c).await;
+        assert!(f.resync);
+        assert_eq!(f.events.len(), 1);
+        i.push_event(EventKind::JobStart, "job 1".into());
+        i.publish(frame(&i));
+        let f = next(&mut c).await;
+        assert!(!f.resync);
+        assert_eq!(
+            f.events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+            vec!["job 1"]
+        );
+        // Without yielding, the subscriber's task cannot drain its queue.
+        for _ in 0..5 {
+            i.publish(frame(&i));
+        }
+        let f = next(&mut c).await;
+        assert_eq!(f.dropped, (5 - QUEUE) as u64);
+        assert!(f.resync);
+        assert_eq!(f.events.len(), 2, "a resync carries the tail again");
+        drop(c);
+        server.await.unwrap().unwrap();
+    }
+}
