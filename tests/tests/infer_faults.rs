@@ -288,4 +288,38 @@ async fn concurrent_jobs_of_different_cost_keep_the_same_query_rate() {
     let reason = failed.reason.unwrap();
     assert!(reason.contains("32") && reason.contains("64"), "{reason}");
     assert_eq!(job(at, a).await.unwrap().state, JobState::Running);
+
+    // A corrupt file and a text file in a dataset are reported for those
+    // images; the job goes on and finishes.
+    let dir = c.local_path("mixed");
+    dml_tests::infer::small_images(&dir, 1).unwrap();
+    let good = std::fs::read(dir.join("s0000.png")).unwrap();
+    let mut corrupt = good.clone();
+    corrupt.truncate(good.len() / 2);
+    c.must_put(leader, "datasets/mixed/a.png", &good)
+        .await
+        .unwrap();
+    c.must_put(leader, "datasets/mixed/b.png", &corrupt)
+        .await
+        .unwrap();
+    c.must_put(leader, "datasets/mixed/c.txt", b"not an image at all")
+        .await
+        .unwrap();
+    let mixed = submit(at, "tiny", 3, "datasets/mixed").await.unwrap();
+    let done = wait_job(&[at], mixed, JOB_BOUND, "the mixed job to finish", |j| {
+        j.state != JobState::Running
+    })
+    .await
+    .unwrap();
+    assert_eq!((done.state, done.done, done.errors), (JobState::Done, 3, 2));
+    let (_, results) = output(at, mixed).await.unwrap();
+    for r in &results {
+        match (&r.outcome, r.image.as_str()) {
+            (Outcome::Top(p), "datasets/mixed/a.png") => assert_eq!(p.len(), 5),
+            (Outcome::Error(e), _) if r.image != "datasets/mixed/a.png" => {
+                assert!(e.contains("decode") || e.contains("image"), "{e}")
+            }
+            other => panic!("unexpected result {other:?}"),
+        }
+    }
 }

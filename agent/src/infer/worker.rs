@@ -293,10 +293,16 @@ async fn run_loop(
             results.append(&mut errors);
         }
         let elapsed = prep + started.elapsed();
-        report(&ctx, &lease, results, elapsed, failed).await;
-        bump(&ctx, |s| {
-            s.running = s.running.saturating_sub(1);
-            s.completed += 1;
+        // Hand the results back while the next query runs; the slot is
+        // freed (and the next lease taken) once the leader has them.
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            report(&ctx, &lease, results, elapsed, failed).await;
+            bump(&ctx, |s| {
+                s.running = s.running.saturating_sub(1);
+                s.completed += 1;
+            });
+            drop(_slot);
         });
     }
 }
