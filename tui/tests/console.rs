@@ -278,7 +278,8 @@ mod state {
     fn a_click_focuses_a_pane_and_selects_the_row_under_it() {
         let mut a = app(10, (100, 30));
         let area = Rect::new(0, 0, 100, 30);
-        let (_, jobs) = layout::panes(area, a.focus, false)
+        let (_, jobs) = a
+            .pane_rects(area)
             .into_iter()
             .find(|(p, _)| *p == Pane::Jobs)
             .unwrap();

@@ -477,7 +477,8 @@ impl App {
 
     fn handle_mouse(&mut self, m: MouseEvent) {
         let area = Rect::new(0, 0, self.size.0, self.size.1);
-        let Some((pane, rect)) = layout::panes(area, self.focus, self.expanded)
+        let Some((pane, rect)) = self
+            .pane_rects(area)
             .into_iter()
             .find(|(_, r)| r.contains(Position::new(m.column, m.row)))
         else {
@@ -510,6 +511,12 @@ impl App {
             }
             _ => {}
         }
+    }
+
+    /// Where the panes go on a screen of `area`.
+    pub fn pane_rects(&self, area: Rect) -> Vec<(Pane, Rect)> {
+        let members = self.frame.as_ref().map_or(0, |f| f.members.len());
+        layout::panes_for(area, self.focus, self.expanded, members)
     }
 
     /// Rows of a pane after its filter.

@@ -55,7 +55,7 @@ pub fn draw(f: &mut Frame, app: &App) {
 pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     let (status, _, footer) = layout::chrome(area);
     status_bar(app, status, buf);
-    for (p, r) in layout::panes(area, app.focus, app.expanded) {
+    for (p, r) in app.pane_rects(area) {
         panes::render(app, p, r, buf);
     }
     footer_line(app, footer, buf);

@@ -44,6 +44,8 @@ impl Pane {
 
 /// Terminals at least this wide put the panes in two columns.
 pub const WIDE: u16 = 150;
+/// Smallest membership pane (border, header and a few rows).
+const MIN_MEMBER_PANE: u16 = 6;
 /// Lines of the SDFS pane above its per-node table.
 pub const SDFS_SUMMARY: u16 = 3;
 
@@ -60,6 +62,12 @@ pub fn chrome(area: Rect) -> (Rect, Rect, Rect) {
 
 /// Each pane's rectangle; with `expanded`, only the focused one.
 pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
+    panes_for(area, focus, expanded, usize::MAX)
+}
+
+/// [`panes`] for a cluster of `members` rows: a small cluster's membership
+/// pane gives the space it does not need to the pane below it.
+pub fn panes_for(area: Rect, focus: Pane, expanded: bool, members: usize) -> Vec<(Pane, Rect)> {
     let (_, body, _) = chrome(area);
     if expanded {
         return vec![(focus, body)];
@@ -70,10 +78,16 @@ pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
             .constraints(c.to_vec())
             .split(r)
     };
-    use Constraint::{Min, Percentage};
+    use Constraint::{Length, Min, Percentage};
+    // Border and header around the member rows; never less than a few rows.
+    let needed = |share: u16| {
+        let cap = body.height * share / 100;
+        let want = u16::try_from(members.saturating_add(3)).unwrap_or(u16::MAX);
+        Length(want.clamp(MIN_MEMBER_PANE.min(cap), cap))
+    };
     if body.width >= WIDE {
         let cols = split(Direction::Horizontal, &[Percentage(55), Min(0)], body);
-        let left = split(Direction::Vertical, &[Percentage(65), Min(0)], cols[0]);
+        let left = split(Direction::Vertical, &[needed(65), Min(0)], cols[0]);
         let right = split(
             Direction::Vertical,
             &[Percentage(35), Percentage(35), Min(0)],
@@ -89,7 +103,7 @@ pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
     } else {
         let rows = split(
             Direction::Vertical,
-            &[Percentage(40), Percentage(30), Min(0)],
+            &[needed(40), Percentage(30), Min(0)],
             body,
         );
         let mid = split(Direction::Horizontal, &[Percentage(55), Min(0)], rows[1]);
@@ -146,6 +160,15 @@ mod tests {
                 assert!(a.height >= 5, "pane too small at {w}x{h}: {a:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_small_cluster_leaves_its_spare_rows_to_the_other_panes() {
+        let area = Rect::new(0, 0, 200, 60);
+        let members = |n| panes_for(area, Pane::Members, false, n)[0].1.height;
+        assert_eq!(members(10), 13);
+        assert_eq!(members(1000), 37);
+        assert_eq!(members(0), 6);
     }
 
     #[test]

@@ -364,14 +364,23 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
             JobState::Done => Color::Green,
             JobState::Failed => Color::Red,
         };
+        // Job, model, state, gauge and counts take this much of the line.
+        let room = usize::from(inner).saturating_sub(37 + gauge_w);
         let workers = placement
             .and_then(|p| p.iter().find(|p| p.job == j.id))
             .map(|p| {
-                p.workers
+                let all = p
+                    .workers
                     .iter()
                     .map(|(a, q)| format!("{}×{q}", a.port()))
                     .collect::<Vec<_>>()
-                    .join(" ")
+                    .join(" ");
+                if all.chars().count() <= room {
+                    all
+                } else {
+                    let queries: u32 = p.workers.iter().map(|(_, q)| q).sum();
+                    format!("{} workers, {queries} queries", p.workers.len())
+                }
             })
             .unwrap_or_default();
         let mut line = Line::from(vec![
