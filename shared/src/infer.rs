@@ -254,6 +254,28 @@ pub fn jsonl_line(r: &ImageResult) -> String {
     v.to_string()
 }
 
+/// Parses one line written by [`jsonl_line`].
+pub fn parse_jsonl_line(line: &str) -> Result<ImageResult, String> {
+    #[derive(Deserialize)]
+    struct Line {
+        index: u32,
+        image: String,
+        predictions: Option<Vec<Prediction>>,
+        error: Option<String>,
+    }
+    let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let outcome = match (l.predictions, l.error) {
+        (Some(p), None) => Outcome::Top(p),
+        (None, Some(e)) => Outcome::Error(e),
+        _ => return Err("a line has either predictions or an error".into()),
+    };
+    Ok(ImageResult {
+        index: l.index,
+        image: l.image,
+        outcome,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,10 @@ async fn worker_killed_mid_job_and_batch_size_changed_every_image_once() {
     out.ensure_success().unwrap();
     let text = String::from_utf8(bytes.unwrap()).unwrap();
     assert_eq!(text.lines().count(), images as usize);
+    // Its results left the Raft state; get-output now reads them from SDFS.
+    let (info, again) = output(at, id).await.unwrap();
+    exactly_once(&info, &again).unwrap();
+    assert_eq!(again, results);
 }
 
 #[tokio::test]

@@ -16,6 +16,9 @@ use std::net::SocketAddr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
+/// Numbers the scratch files of output reads.
+static OUTPUT_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Largest job, in images.
 pub const MAX_JOB_IMAGES: u32 = 1_000_000;
 /// Longest a worker's lease request waits for work.
@@ -82,8 +85,18 @@ impl Inner {
                 self.linearize().await?;
                 let found =
                     self.read(|s| s.jobs.jobs.get(&job).map(|j| (j.info(job), j.results())))?;
-                let (job, results) = found.ok_or_else(|| bad(format!("there is no job {job}")))?;
-                InferResponse::Output { job, results }
+                let (info, results) = found.ok_or_else(|| bad(format!("there is no job {job}")))?;
+                let results = match &info.output {
+                    Some(name) if results.is_empty() && info.done > 0 => {
+                        self.stored_output(name).await.map_err(|e| {
+                            Refusal::Failed(ControlError::Raft(format!(
+                                "job {job}'s output {name}: {e}"
+                            )))
+                        })?
+                    }
+                    _ => results,
+                };
+                InferResponse::Output { job: info, results }
             }
             InferRequest::SetBatchSize { model, size } => {
                 let spec = self.s.registry.require(&model).map_err(bad)?;
@@ -368,6 +381,31 @@ impl Inner {
                 .collect()
         })
         .unwrap_or_default()
+    }
+
+    /// Reads a finished job's output back from SDFS.
+    async fn stored_output(&self, name: &str) -> Result<Vec<ImageResult>, String> {
+        let dir = self.s.data_dir.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(format!(
+            "read-{}-{}",
+            std::process::id(),
+            OUTPUT_READS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let sdfs = dml_shared::sdfs_client::Sdfs::new(self.s.me);
+        let got = sdfs
+            .get(name, &path, &dml_shared::sdfs_client::no_progress)
+            .await
+            .map_err(|e| e.to_string());
+        let text = got.and_then(|_| std::fs::read_to_string(&path).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&path);
+        text?
+            .lines()
+            .enumerate()
+            .map(|(n, l)| {
+                dml_shared::infer::parse_jsonl_line(l).map_err(|e| format!("line {}: {e}", n + 1))
+            })
+            .collect()
     }
 
     /// Writes a finished job's results to SDFS as `jobs/<id>/output.jsonl`

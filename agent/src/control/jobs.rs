@@ -17,8 +17,12 @@ pub struct Job {
     pub images: Vec<String>,
     /// Images in the job.
     pub count: u32,
-    /// Results by image index; an index is set at most once.
+    /// Results by image index; an index is set at most once. Emptied once
+    /// the output is stored in SDFS (`output`), so the replicated state
+    /// stays bounded; `done` keeps the count.
     pub results: BTreeMap<u32, Outcome>,
+    /// Images with a result.
+    pub done: u32,
     /// Accepted query results that brought at least one new image.
     pub queries: u64,
     /// Results that are errors.
@@ -37,7 +41,7 @@ impl Job {
             model: self.model.clone(),
             dataset: self.dataset.clone(),
             images: self.count,
-            done: self.results.len() as u32,
+            done: self.done,
             errors: self.errors,
             queries: self.queries,
             state: self.state,
@@ -117,6 +121,7 @@ impl JobsState {
                 images,
                 count,
                 results: BTreeMap::new(),
+                done: 0,
                 queries: 0,
                 errors: 0,
                 state,
@@ -148,13 +153,14 @@ impl JobsState {
             if r.index < j.count && !j.results.contains_key(&r.index) {
                 j.errors += u32::from(matches!(r.outcome, Outcome::Error(_)));
                 j.results.insert(r.index, r.outcome.clone());
+                j.done += 1;
                 new += 1;
             }
         }
         if new > 0 {
             j.queries += 1;
         }
-        let finished = j.results.len() == j.count as usize;
+        let finished = j.done == j.count;
         if finished {
             j.state = JobState::Done;
             j.finished_ms = Some(now);
@@ -175,9 +181,14 @@ impl JobsState {
         }
     }
 
+    /// Records where a finished job's output is stored and drops its
+    /// results from the replicated state (they are read from SDFS then).
     pub fn set_output(&mut self, job: JobId, name: &str) {
-        if let Some(j) = self.jobs.get_mut(&job) {
+        if let Some(j) = self.jobs.get_mut(&job)
+            && j.state != JobState::Running
+        {
             j.output = Some(name.into());
+            j.results.clear();
         }
     }
 
@@ -186,9 +197,7 @@ impl JobsState {
         self.jobs
             .values()
             .filter(|j| j.model == model)
-            .fold((0, 0), |(q, i), j| {
-                (q + j.queries, i + j.results.len() as u64)
-            })
+            .fold((0, 0), |(q, i), j| (q + j.queries, i + u64::from(j.done)))
     }
 }
 
@@ -239,6 +248,15 @@ mod tests {
         assert_eq!(info.finished_ms, Some(4));
         // Late results after the end change nothing.
         assert_eq!(s.complete(id, &[ok(0)], 5).new, 0);
+        assert_eq!(s.totals("tiny"), (2, 3));
+        // Once the output is in SDFS the results leave the replicated state.
+        s.set_output(id, "jobs/1/output.jsonl");
+        let info = s.jobs[&id].info(id);
+        assert!(s.jobs[&id].results.is_empty());
+        assert_eq!(
+            (info.done, info.output.as_deref()),
+            (3, Some("jobs/1/output.jsonl"))
+        );
         assert_eq!(s.totals("tiny"), (2, 3));
     }
 
