@@ -344,7 +344,10 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
     let placement = cluster.and_then(|c| c.placement.as_ref().ok());
     let (off, n) = window(app, Pane::Jobs, area, jobs.len());
     let inner = area.width.saturating_sub(2);
-    let gauge_w = usize::from(inner / 4).clamp(6, 30);
+    // Leave room after the gauge for at least a worker count.
+    let gauge_w = usize::from(inner / 4)
+        .min(usize::from(inner).saturating_sub(37 + 11))
+        .clamp(6, 30);
     let mut lines = vec![Line::from(Span::styled(
         format!(
             "{:<5} {:<10} {:<8} {:<gauge_w$} {:>9}  workers (queries)",
@@ -378,8 +381,7 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
                 if all.chars().count() <= room {
                     all
                 } else {
-                    let queries: u32 = p.workers.iter().map(|(_, q)| q).sum();
-                    format!("{} workers, {queries} queries", p.workers.len())
+                    format!("{} workers", p.workers.len())
                 }
             })
             .unwrap_or_default();
