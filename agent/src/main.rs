@@ -1,5 +1,9 @@
-//! `dml-agent`: parses flags and config, starts an [`Agent`], and leaves the
-//! group gracefully on SIGTERM or SIGINT. See docs/AGENT_CLI.md.
+//! `dml-agent`: parses flags and config, starts an [`Agent`], tells systemd
+//! when it is ready ([`notify`]), reloads what it can on SIGHUP ([`reload`]),
+//! and leaves the group gracefully on SIGTERM or SIGINT. See docs/AGENT_CLI.md.
+
+mod notify;
+mod reload;
 
 use clap::Parser;
 use dml_agent::agent::Agent;
@@ -45,10 +49,15 @@ fn parse_preset(s: &str) -> Result<Preset, String> {
     s.parse().map_err(|e: dml_shared::Error| e.to_string())
 }
 
-fn config(args: &Args) -> dml_shared::Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::preset(args.preset.unwrap_or_default()),
+/// The config file (or preset) with the flags applied, validated, and the
+/// file's `log` filter.
+fn config(args: &Args) -> dml_shared::Result<(Config, Option<String>)> {
+    let (mut cfg, log) = match &args.config {
+        Some(path) => {
+            let f = reload::read(path)?;
+            (f.cfg, f.log)
+        }
+        None => (Config::preset(args.preset.unwrap_or_default()), None),
     };
     if let Some(b) = args.bind {
         cfg.bind = b;
@@ -66,26 +75,49 @@ fn config(args: &Args) -> dml_shared::Result<Config> {
         cfg.nodes = args.nodes.clone();
     }
     cfg.validate()?;
-    Ok(cfg)
+    Ok((cfg, log))
 }
+
+/// Swaps the log filter of the running subscriber.
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Longest wait for the first join before telling systemd the agent is ready
+/// anyway (an introducer that is down must not fail the start).
+const READY_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match config(&args) {
+    let (cfg, log) = match config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let notifier = match notify::Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_text = reload::filter_text(log.as_deref());
+    let log_handle = {
+        use tracing_subscriber::prelude::*;
+        let filter = tracing_subscriber::EnvFilter::try_new(&log_text)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(reload::DEFAULT_LOG));
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init();
+        handle
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -97,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, cfg)) {
+    match runtime.block_on(run(args, cfg, notifier, (log_handle, log_text))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -106,11 +138,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    cfg: Config,
+    notifier: Option<notify::Notifier>,
+    (log_handle, mut log_text): (LogHandle, String),
+) -> anyhow::Result<()> {
     use anyhow::Context;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
 
     let agent = Agent::start(&cfg, !args.no_join).await?;
     let events = match &args.event_log {
@@ -136,14 +174,86 @@ async fn run(args: Args, cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!(id = %agent.id, introducers = ?cfg.introducers, "agent started");
 
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: leaving the group"),
-        _ = int.recv() => tracing::info!("SIGINT: leaving the group"),
+    // Ready for systemd once joined (or after a bounded wait), signals handled meanwhile.
+    let ready = async {
+        let deadline = tokio::time::Instant::now() + READY_JOIN_WAIT;
+        let joined = loop {
+            if args.no_join {
+                break false;
+            }
+            if agent.membership().id().await.is_some_and(|i| i.joined) {
+                break true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let status = if joined {
+            "joined the group"
+        } else {
+            "listening, not joined yet"
+        };
+        notify::notify(
+            notifier.as_ref(),
+            &format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()),
+        );
+    };
+    {
+        tokio::pin!(ready);
+        let mut ready_sent = false;
+        loop {
+            tokio::select! {
+                () = &mut ready, if !ready_sent => ready_sent = true,
+                _ = hup.recv() => reload_config(&args, &cfg, &log_handle, &mut log_text),
+                _ = term.recv() => { tracing::info!("SIGTERM: leaving the group"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: leaving the group"); break; }
+            }
+        }
     }
+    notify::notify(notifier.as_ref(), "STOPPING=1\nSTATUS=leaving the group");
     agent.shutdown().await;
     if let Some(t) = event_task {
         // API connections may still hold the event channel open; don't wait on them.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file, applies the `log` filter, and logs every
+/// other changed key as refused (it needs a restart).
+fn reload_config(args: &Args, running: &Config, log: &LogHandle, log_text: &mut String) {
+    let Some(path) = &args.config else {
+        tracing::warn!("SIGHUP: started without --config, nothing to re-read");
+        return;
+    };
+    let new = match config(args) {
+        Ok((cfg, log)) => reload::FileConfig { cfg, log },
+        Err(e) => {
+            tracing::error!(file = %path.display(), "SIGHUP: config refused, nothing changed: {e}");
+            return;
+        }
+    };
+    let plan = reload::plan(running, log_text, &new);
+    if let Some(text) = plan.log {
+        match tracing_subscriber::EnvFilter::try_new(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|f| log.reload(f).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                tracing::info!(old = %log_text, new = %text, "SIGHUP: log filter changed");
+                *log_text = text;
+            }
+            Err(e) => tracing::error!("SIGHUP: cannot apply log filter \"{text}\": {e}"),
+        }
+    }
+    for c in &plan.refused {
+        tracing::warn!(
+            key = %c.key, running = %c.old, file = %c.new,
+            "SIGHUP: changed key needs a restart; keeping the running value"
+        );
+    }
+    if plan.refused.is_empty() {
+        tracing::info!(file = %path.display(), "SIGHUP: config re-read");
+    }
 }
