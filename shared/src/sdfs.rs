@@ -224,7 +224,10 @@ pub enum DataRequest {
         downstream: Vec<SocketAddr>,
     },
     /// Send a stored version: answered with [`crate::api::Response::ReadStart`],
-    /// then raw data frames, then an empty frame.
+    /// then raw data frames, then an empty frame. The agent does not re-hash
+    /// the copy as it sends it: the reader checks the checksum and reports a
+    /// mismatch with [`DataRequest::BadCopy`]; a copy found shorter than its
+    /// size ends without the end frame.
     Read { name: String, version: u64 },
     /// Copy a version from one of `sources` (leader to a new holder, for repair).
     Replicate {
@@ -236,6 +239,11 @@ pub enum DataRequest {
     },
     /// What this agent stores.
     Store,
+    /// A reader found that the bytes this agent sent for a version did not
+    /// match the committed checksum. The agent re-hashes its copy and, if it
+    /// is corrupt, deletes it and fetches it again (as scrub does). Answered
+    /// with [`crate::api::Response::Ok`] at once; the check runs afterwards.
+    BadCopy { name: String, version: u64 },
 }
 
 #[cfg(test)]

@@ -2,18 +2,24 @@
 //! store, load, ...), used by `dml`, the cluster tests and the bench.
 //!
 //! Metadata goes through the agent given to [`Sdfs::new`], which forwards it to
-//! the Raft leader (a `NotLeader` redirect is followed). Bytes travel straight
-//! between this process and the replicas: a `Request::Data` frame, then raw
-//! frames of at most [`Options::chunk_size`] bytes, then an empty frame.
-//! Memory stays bounded: a few chunks in flight, whatever the file size.
+//! the Raft leader (a `NotLeader` redirect is followed); once the client knows
+//! the leader (asked in the background) it sends metadata straight there as
+//! `AtLeader`, and back through its agent whenever that fails. Bytes travel
+//! straight between this process and the replicas: a `Request::Data` frame,
+//! then raw frames of at most [`Options::chunk_size`] bytes, then an empty
+//! frame. Memory stays bounded: a few chunks in flight, whatever the file size.
+//! Connections are kept open and reused while the agent keeps them open.
 //!
 //! Files written locally appear atomically: bytes go to a hidden temp file next
-//! to the target, are BLAKE3-checked and fsynced, then renamed into place.
+//! to the target, are BLAKE3-checked (hashing and writing on two threads), then
+//! renamed into place; fsynced only with [`Options::sync_local`]. A copy whose
+//! checksum does not match is reported to the agent that sent it
+//! (`Data(BadCopy)`) and the next replica is tried.
 
 use crate::api::{Request, Response};
 use crate::client::{self, Client, read_response, send_request, unexpected};
 use crate::error::{Error, Result};
-use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
     Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
     note_unreached, validate_name,
@@ -23,7 +29,9 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -35,6 +43,77 @@ const LEADER_RETRY: Duration = Duration::from_millis(200);
 const MAX_REDIRECTS: usize = 8;
 /// Time allowed to read an agent's error after it broke off a transfer.
 const ERROR_GRACE: Duration = Duration::from_secs(2);
+
+/// Idle connections kept per client (all agents together).
+const MAX_IDLE: usize = 16;
+/// An idle connection older than this is not reused (agents close theirs
+/// after 300 s).
+const IDLE_REUSE: Duration = Duration::from_secs(60);
+
+/// Idle connections to agents, reused while they stay open (an agent's API
+/// serves one request after another on a connection, data-path ones
+/// included), and the leader last seen.
+#[derive(Debug, Default)]
+struct Conns {
+    inner: Mutex<ConnsInner>,
+}
+
+#[derive(Debug, Default)]
+struct ConnsInner {
+    idle: Vec<(SocketAddr, TcpStream, Instant)>,
+    leader: Option<SocketAddr>,
+    learning: bool,
+}
+
+impl Conns {
+    fn lock(&self) -> MutexGuard<'_, ConnsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection to `addr` that the agent has not closed.
+    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+        let mut g = self.lock();
+        while let Some(i) = g.idle.iter().rposition(|(a, _, _)| *a == addr) {
+            let (_, s, since) = g.idle.swap_remove(i);
+            let mut probe = [0u8; 1];
+            // Nothing to read and no end of stream: still open and in step.
+            let open = matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open && since.elapsed() < IDLE_REUSE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly.
+    fn put(&self, addr: SocketAddr, s: TcpStream) {
+        let mut g = self.lock();
+        if g.idle.len() >= MAX_IDLE {
+            g.idle.remove(0);
+        }
+        g.idle.push((addr, s, Instant::now()));
+    }
+
+    fn leader(&self) -> Option<SocketAddr> {
+        self.lock().leader
+    }
+
+    fn forget_leader(&self) {
+        self.lock().leader = None;
+    }
+
+    /// Whether the caller should ask who leads (nobody else is asking).
+    fn start_learning(&self) -> bool {
+        let mut g = self.lock();
+        !std::mem::replace(&mut g.learning, true)
+    }
+
+    fn learned(&self, leader: Option<SocketAddr>) {
+        let mut g = self.lock();
+        g.leader = leader;
+        g.learning = false;
+    }
+}
 
 /// Timeouts, sizes and limits of the client.
 #[derive(Clone, Debug)]
@@ -51,6 +130,11 @@ pub struct Options {
     pub leader_wait: Duration,
     /// Files moved at the same time by `load` and `get_all`.
     pub concurrency: usize,
+    /// fsync a fetched copy (and its directory) before a get returns. Off by
+    /// default, like `cp`: the copy appears atomically (temp file, verified,
+    /// renamed) but a machine crash right after the get may lose it; the
+    /// durable copies are the replicas.
+    pub sync_local: bool,
 }
 
 impl Default for Options {
@@ -62,6 +146,7 @@ impl Default for Options {
             store_timeout: Duration::from_secs(120),
             leader_wait: Duration::from_secs(10),
             concurrency: 4,
+            sync_local: false,
         }
     }
 }
@@ -195,11 +280,13 @@ pub struct Count {
     pub bytes: u64,
 }
 
-/// An SDFS client talking to the cluster through one agent. Cheap to clone.
+/// An SDFS client talking to the cluster through one agent. Cheap to clone;
+/// clones share the idle connections and the leader last seen.
 #[derive(Clone, Debug)]
 pub struct Sdfs {
     agent: SocketAddr,
     opts: Options,
+    conns: Arc<Conns>,
 }
 
 impl Sdfs {
@@ -208,7 +295,11 @@ impl Sdfs {
     }
 
     pub fn with_options(agent: SocketAddr, opts: Options) -> Self {
-        Self { agent, opts }
+        Self {
+            agent,
+            opts,
+            conns: Arc::default(),
+        }
     }
 
     pub fn agent(&self) -> SocketAddr {
@@ -224,12 +315,21 @@ impl Sdfs {
     /// Only read-only requests are retried after a transport error.
     pub async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
         let repeatable = req.is_idempotent();
+        if let Some(leader) = self.conns.leader() {
+            match self.meta_at_leader(leader, &req).await {
+                Ok(r) => return Ok(r),
+                // Not delivered, or not the leader any more: through the agent.
+                Err(Error::Connect { .. } | Error::NotLeader { .. }) => self.conns.forget_leader(),
+                Err(e) if e.is_transient() && repeatable => self.conns.forget_leader(),
+                Err(e) => return Err(e),
+            }
+        }
+        self.learn_leader();
         let deadline = Instant::now() + self.opts.leader_wait;
         let mut target = self.agent;
         let mut redirects = 0;
         loop {
-            let mut c = Client::new(target).with_timeout(self.opts.call_timeout);
-            let err = match c.meta(req.clone()).await {
+            let err = match self.call_meta(target, Request::Meta(req.clone())).await {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
@@ -262,6 +362,54 @@ impl Sdfs {
         }
     }
 
+    /// `req` straight to the leader last seen, as the agents forward it.
+    async fn meta_at_leader(&self, leader: SocketAddr, req: &MetaRequest) -> Result<MetaResponse> {
+        let fwd = Request::Meta(MetaRequest::AtLeader(Box::new(req.clone())));
+        self.call_meta(leader, fwd).await
+    }
+
+    /// One metadata call on a pooled connection to `addr`.
+    async fn call_meta(&self, addr: SocketAddr, req: Request) -> Result<MetaResponse> {
+        let limit = self.opts.call_timeout;
+        let mut stream = self.conn(addr, limit).await?;
+        let answer = timed(addr, limit, async {
+            send_request(&mut stream, &req).await?;
+            read_response(&mut stream).await
+        })
+        .await?;
+        self.conns.put(addr, stream);
+        match answer {
+            Response::Meta(m) => Ok(m),
+            Response::NotLeader { leader } => Err(Error::NotLeader {
+                addr: addr.to_string(),
+                leader,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the agent who leads, in the background; later metadata calls go
+    /// straight there.
+    fn learn_leader(&self) {
+        if !self.conns.start_learning() {
+            return;
+        }
+        let (me, agent) = (self.clone(), self.agent);
+        tokio::spawn(async move {
+            let mut c = Client::new(agent).with_timeout(me.opts.call_timeout);
+            let leader = c.leader().await.ok().and_then(|l| l.leader);
+            me.conns.learned(leader);
+        });
+    }
+
+    /// An idle pooled connection to `addr` that is still open, or a new one.
+    async fn conn(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
+        match self.conns.take(addr) {
+            Some(s) => Ok(s),
+            None => timed(addr, limit, client::connect(addr)).await,
+        }
+    }
+
     /// Stores `local` as the next version of `name`.
     pub async fn put(
         &self,
@@ -272,13 +420,16 @@ impl Sdfs {
         validate_name(name)?;
         let start = Instant::now();
         let size = local_file_size(local)?;
-        let checksum = hash_file(local, size, self.opts.chunk_size, progress).await?;
-        let plan = self
-            .meta(MetaRequest::BeginPut {
-                name: name.into(),
-                size,
-            })
-            .await?;
+        // The leader plans the put while the file is hashed.
+        let begin = MetaRequest::BeginPut {
+            name: name.into(),
+            size,
+        };
+        let (checksum, plan) = tokio::join!(
+            hash_file(local, size, self.opts.chunk_size, progress),
+            self.meta(begin)
+        );
+        let plan = plan?;
         let MetaResponse::PutPlan {
             version,
             chain,
@@ -286,6 +437,17 @@ impl Sdfs {
         } = plan
         else {
             return Err(unexpected(Response::Meta(plan)));
+        };
+        let checksum = match checksum {
+            Ok(c) => c,
+            Err(e) => {
+                let abort = MetaRequest::AbortPut {
+                    name: name.into(),
+                    version,
+                };
+                let _ = self.meta(abort).await;
+                return Err(e);
+            }
         };
         match self
             .store_and_commit(
@@ -335,7 +497,7 @@ impl Sdfs {
         let mut head = 0;
         let mut skipped = Vec::new();
         let mut stream = loop {
-            match self.connect(chain[head]).await {
+            match self.conn(chain[head], self.opts.io_timeout).await {
                 Ok(s) => break s,
                 // Enough of the chain is left after skipping this head.
                 Err(_) if chain.len() - head > quorum.max(1) => {
@@ -360,6 +522,7 @@ impl Sdfs {
             Ok(h) => h,
             Err(e) => return Err(agent_error_or(&mut stream, e).await),
         };
+        self.conns.put(addr, stream);
         let mut failed = skipped;
         failed.extend(chain_failed);
         note_unreached(&chain, &holders, &mut failed, "not reached");
@@ -443,10 +606,6 @@ impl Sdfs {
             Response::Stored { holders, failed } => Ok((holders, failed)),
             other => Err(unexpected(other)),
         }
-    }
-
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream> {
-        timed(addr, self.opts.io_timeout, client::connect(addr)).await
     }
 
     /// A file's committed versions (oldest first) and their replicas.
@@ -757,7 +916,7 @@ impl Sdfs {
         progress: ProgressFn<'_>,
     ) -> Result<()> {
         let io = self.opts.io_timeout;
-        let mut stream = self.connect(addr).await?;
+        let mut stream = self.conn(addr, io).await?;
         let read = Request::Data(DataRequest::Read {
             name: name.into(),
             version: v.version,
@@ -777,56 +936,15 @@ impl Sdfs {
             });
         }
         let tmp = temp_path(local)?;
-        let (tx, writer) = spawn_writer(&tmp)?;
-        let received = async {
-            let mut got = 0u64;
-            progress(Progress {
-                phase: Phase::Receiving,
-                done: 0,
-                total: size,
-            });
-            loop {
-                let frame = timed(addr, io, read_frame(&mut stream, DEFAULT_MAX_FRAME))
-                    .await?
-                    .ok_or_else(|| Error::Transfer {
-                        addr: addr.to_string(),
-                        reason: "connection closed in the middle of the file".into(),
-                    })?;
-                if frame.is_empty() {
-                    return Ok(got);
-                }
-                got += frame.len() as u64;
-                if got > size {
-                    return Err(Error::Transfer {
-                        addr: addr.to_string(),
-                        reason: format!("sent more than the announced {size} bytes"),
-                    });
-                }
-                if tx.send(frame).await.is_err() {
-                    // The writer stopped: its error is reported below.
-                    return Ok(got);
-                }
-                progress(Progress {
-                    phase: Phase::Receiving,
-                    done: got,
-                    total: size,
-                });
-            }
-        }
-        .await;
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e)))
-            .and_then(|r| {
-                r.map_err(|reason| Error::LocalFile {
-                    path: tmp.display().to_string(),
-                    reason,
-                })
-            });
-        let outcome = (|| {
+        let sink = Sink::start(&tmp, self.opts.sync_local)?;
+        let received = receive_frames(&mut stream, addr, io, size, &sink, progress).await;
+        let written = sink.finish().await;
+        let outcome = async {
             let got = received?;
-            let (hash, bytes) = written?;
+            let (hash, bytes) = written.map_err(|reason| Error::LocalFile {
+                path: tmp.display().to_string(),
+                reason,
+            })?;
             if got != size || bytes != size {
                 return Err(Error::Transfer {
                     addr: addr.to_string(),
@@ -834,6 +952,17 @@ impl Sdfs {
                 });
             }
             if hash != checksum {
+                // The stream ended cleanly: tell the agent on it, so it
+                // re-checks its copy and repairs it.
+                let bad = Request::Data(DataRequest::BadCopy {
+                    name: name.into(),
+                    version: v.version,
+                });
+                let _ = timed(addr, io, async {
+                    send_request(&mut stream, &bad).await?;
+                    read_response(&mut stream).await
+                })
+                .await;
                 return Err(Error::ChecksumMismatch {
                     name: name.into(),
                     version: v.version,
@@ -844,13 +973,178 @@ impl Sdfs {
                 path: local.display().to_string(),
                 reason,
             })?;
-            sync_parent(local);
+            if self.opts.sync_local {
+                sync_parent(local);
+            }
             Ok(())
-        })();
-        if outcome.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        }
+        .await;
+        match &outcome {
+            Ok(()) => self.conns.put(addr, stream),
+            Err(_) => {
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
         outcome
+    }
+}
+
+/// Reads a `Data(Read)` stream's frames up to the end frame into recycled
+/// buffers of at most [`PIECE`] bytes (a frame may span several) and hands
+/// them to `sink`; returns the bytes received. A writer that stopped ends the
+/// reading early (its error comes from [`Sink::finish`]).
+async fn receive_frames(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    io: Duration,
+    size: u64,
+    sink: &Sink,
+    progress: ProgressFn<'_>,
+) -> Result<u64> {
+    let broke = |reason: String| Error::Transfer {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut got = 0u64;
+    progress(Progress {
+        phase: Phase::Receiving,
+        done: 0,
+        total: size,
+    });
+    loop {
+        let mut len = [0u8; 4];
+        timed(addr, io, async {
+            stream.read_exact(&mut len).await.map_err(Error::from)
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Timeout { .. } => e,
+            _ => broke("connection closed in the middle of the file".into()),
+        })?;
+        let mut left = u32::from_be_bytes(len) as u64;
+        if left == 0 {
+            return Ok(got);
+        }
+        if got + left > size {
+            return Err(broke(format!("sent more than the announced {size} bytes")));
+        }
+        while left > 0 {
+            let mut buf = sink.buffer();
+            let n = left.min(PIECE as u64) as usize;
+            buf.resize(n, 0);
+            timed(addr, io, async {
+                stream.read_exact(&mut buf).await.map_err(Error::from)
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Timeout { .. } => e,
+                _ => broke("connection closed in the middle of the file".into()),
+            })?;
+            left -= n as u64;
+            got += n as u64;
+            if !sink.send(buf).await {
+                return Ok(got);
+            }
+            progress(Progress {
+                phase: Phase::Receiving,
+                done: got,
+                total: size,
+            });
+        }
+    }
+}
+
+/// Bytes per piece handed from the network to the hashing and writing threads.
+const PIECE: usize = 256 << 10;
+/// Pieces queued towards each of those threads.
+const PIECES_IN_FLIGHT: usize = 8;
+
+/// A fetched copy on its way to disk: one blocking thread hashes the pieces
+/// while another writes them (and fsyncs at the end when asked); buffers come
+/// back for reuse once both are done with them.
+struct Sink {
+    hash_tx: mpsc::Sender<Arc<Vec<u8>>>,
+    write_tx: mpsc::Sender<Arc<Vec<u8>>>,
+    spare: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
+    hasher: tokio::task::JoinHandle<Checksum>,
+    writer: tokio::task::JoinHandle<std::io::Result<u64>>,
+}
+
+impl Sink {
+    fn start(path: &Path, sync: bool) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|reason| Error::LocalFile {
+                path: path.display().to_string(),
+                reason,
+            })?;
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
+        let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let give_back = |piece: Arc<Vec<u8>>, to: &std::sync::mpsc::Sender<Vec<u8>>| {
+            // The second of the two threads to let go gets the buffer back.
+            if let Ok(buf) = Arc::try_unwrap(piece) {
+                let _ = to.send(buf);
+            }
+        };
+        let spare_h = spare_tx.clone();
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut h = blake3::Hasher::new();
+            while let Some(piece) = hash_rx.blocking_recv() {
+                h.update(&piece);
+                give_back(piece, &spare_h);
+            }
+            *h.finalize().as_bytes()
+        });
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let (mut n, mut flushed) = (0u64, 0u64);
+            while let Some(piece) = write_rx.blocking_recv() {
+                file.write_all(&piece)?;
+                n += piece.len() as u64;
+                give_back(piece, &spare_tx);
+                if sync && n - flushed >= WRITEBACK_EVERY {
+                    start_writeback(&file, flushed, n - flushed);
+                    flushed = n;
+                }
+            }
+            if sync {
+                file.sync_all()?;
+            }
+            Ok(n)
+        });
+        Ok(Self {
+            hash_tx,
+            write_tx,
+            spare: std::sync::Mutex::new(spare_rx),
+            hasher,
+            writer,
+        })
+    }
+
+    /// A recycled buffer, or a new one.
+    fn buffer(&self) -> Vec<u8> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PIECE))
+    }
+
+    /// Hands a piece to both threads; false once the writer has stopped.
+    async fn send(&self, piece: Vec<u8>) -> bool {
+        let piece = Arc::new(piece);
+        let hashed = self.hash_tx.send(piece.clone()).await.is_ok();
+        self.write_tx.send(piece).await.is_ok() && hashed
+    }
+
+    /// The checksum of what was received and the bytes written (fsynced when asked).
+    async fn finish(self) -> std::io::Result<(Checksum, u64)> {
+        drop((self.hash_tx, self.write_tx));
+        let written = self.writer.await.map_err(std::io::Error::other)??;
+        let hash = self.hasher.await.map_err(std::io::Error::other)?;
+        Ok((hash, written))
     }
 }
 
@@ -1068,44 +1362,6 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// A blocking thread that writes frames to a new file at `path`, hashing
-/// them, and fsyncs it at the end; yields the checksum and the byte count.
-#[allow(clippy::type_complexity)]
-fn spawn_writer(
-    path: &Path,
-) -> Result<(
-    mpsc::Sender<Vec<u8>>,
-    tokio::task::JoinHandle<std::io::Result<(Checksum, u64)>>,
-)> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|reason| Error::LocalFile {
-            path: path.display().to_string(),
-            reason,
-        })?;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-    let handle = tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut hasher = blake3::Hasher::new();
-        let mut n = 0u64;
-        let mut flushed = 0u64;
-        while let Some(frame) = rx.blocking_recv() {
-            file.write_all(&frame)?;
-            hasher.update(&frame);
-            n += frame.len() as u64;
-            if n - flushed >= WRITEBACK_EVERY {
-                start_writeback(&file, flushed, n - flushed);
-                flushed = n;
-            }
-        }
-        file.sync_all()?;
-        Ok((*hasher.finalize().as_bytes(), n))
-    });
-    Ok((tx, handle))
 }
 
 /// Bytes written before their writeback is started, so the final fsync of a

@@ -5,7 +5,8 @@
 //! - [`encode`]: SDFS names to safe file names.
 //! - [`local`]: async writer over a store temp file (blocking thread).
 //! - [`write`]: `Data(Write)`: pipelined chain write (store and forward).
-//! - [`read`]: `Data(Read)`: stream a stored version, verifying it.
+//! - [`read`]: `Data(Read)`: stream a stored version (sendfile); `Data(BadCopy)`:
+//!   re-check a copy a reader found corrupt.
 //! - [`replicate`]: `Data(Replicate)`: copy a version from another holder,
 //!   throttled; also used by scrub to re-fetch a corrupt copy.
 //! - [`scrub`], [`reconcile`]: periodic re-hashing, and comparison of the
@@ -150,6 +151,9 @@ impl SdfsHandle {
                     checksum,
                 };
                 replicate::serve_replicate(ctx, r, &sources, stream).await
+            }
+            DataRequest::BadCopy { name, version } => {
+                read::serve_bad_copy(ctx, name, version, stream).await
             }
             DataRequest::Store => {
                 let msg = Response::Holdings(ctx.store.holdings());

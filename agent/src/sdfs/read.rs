@@ -1,25 +1,31 @@
-//! `Data(Read)`: `ReadStart`, the bytes as raw frames, an empty end frame.
-//! The copy is re-hashed as it is sent; the last chunk is held back until the
-//! hash is known, so a corrupt copy ends without the end frame (the reader
-//! sees a broken stream and moves to another replica) and is then deleted and
-//! re-fetched like scrub does.
+//! `Data(Read)`: `ReadStart`, the bytes as raw frames, an empty end frame;
+//! and `Data(BadCopy)`, a reader's report that those bytes were corrupt.
+//!
+//! The bytes go from the page cache to the socket with `sendfile` (through
+//! `std::io::copy`) on a blocking thread, without being re-hashed: the reader
+//! checks the end-to-end checksum, moves to another replica on a mismatch and
+//! reports it with `BadCopy`, which re-hashes this copy and, if it is
+//! corrupt, deletes and re-fetches it like scrub does. Scrub still checks
+//! every copy at rest. A copy shorter than its recorded size ends without the
+//! end frame (a broken stream to the reader) and is handled the same way.
 
 use super::error::SdfsError;
 use super::stats::Counters;
-use super::{Ctx, STREAM_QUEUE, peer, scrub};
+use super::store::Verdict;
+use super::{Ctx, peer, scrub};
 use dml_shared::api::Response;
 use dml_shared::framing::write_frame;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-enum Out {
-    Chunk(Vec<u8>),
-    /// The copy matched its checksum; the end frame may go.
-    Intact,
-    Corrupt,
-    Failed(SdfsError),
+/// How a send ended, besides an IO error.
+enum Sent {
+    Whole(u64),
+    /// The file ended this many bytes into its recorded size.
+    Short(u64),
 }
 
 pub async fn serve_read(
@@ -47,106 +53,114 @@ pub async fn serve_read(
     };
     write_frame(stream, &peer::response(&start), ctx.max_frame).await?;
 
-    // Disk reads and hashing run on two threads so they overlap.
-    let (disk_tx, disk_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(STREAM_QUEUE);
-    let chunk = ctx.cfg.chunk_size;
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        loop {
-            let mut buf = vec![0u8; chunk];
-            let r = read_full(&mut file, &mut buf).map(|n| {
-                buf.truncate(n);
-                buf
-            });
-            let end = r.as_ref().map_or(true, Vec::is_empty);
-            if disk_tx.send(r).is_err() || end {
-                return;
-            }
+    // A duplicate of the socket, switched to blocking mode with a send
+    // timeout, lets a blocking thread use sendfile while this task waits; the
+    // socket goes back to non-blocking before the connection is used again.
+    let sock = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+    let (chunk, stall, size) = (
+        ctx.cfg.chunk_size.max(1) as u64,
+        ctx.stall_timeout(),
+        meta.size,
+    );
+    let sent = tokio::task::spawn_blocking(move || {
+        let r = send_frames(file, &sock, size, chunk, stall);
+        let restored = sock
+            .set_write_timeout(None)
+            .and_then(|()| sock.set_nonblocking(true));
+        r.and_then(|s| restored.map(|()| s))
+    })
+    .await
+    .map_err(io::Error::other)?;
+    match sent {
+        Ok(Sent::Whole(n)) => {
+            Counters::bump(&ctx.counters.reads);
+            Counters::add(&ctx.counters.bytes_read, n);
+            Ok(())
         }
-    });
-    let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
-    let (agent, path) = (ctx.agent, ctx.store.path_of(name, version));
-    tokio::task::spawn_blocking(move || {
-        let mut hasher = blake3::Hasher::new();
-        let mut held: Option<Vec<u8>> = None;
-        let mut total = 0u64;
-        loop {
-            let buf = match disk_rx.recv() {
-                Ok(Ok(buf)) if buf.is_empty() => break,
-                Ok(Ok(buf)) => buf,
-                Ok(Err(source)) => {
-                    let e = SdfsError::Io {
-                        agent,
-                        action: "read",
-                        path: path.display().to_string(),
-                        source,
-                    };
-                    let _ = tx.blocking_send(Out::Failed(e));
-                    return;
-                }
-                Err(_) => return,
+        Ok(Sent::Short(n)) => {
+            Counters::bump(&ctx.counters.read_errors);
+            scrub::handle_corrupt(ctx.clone(), name.to_string(), version);
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the copy of \"{name}\" v{version} on {} ends after {n} of {size} bytes",
+                    ctx.agent
+                ),
+            )
+            .into())
+        }
+        Err(source) => {
+            Counters::bump(&ctx.counters.read_errors);
+            let e = SdfsError::Io {
+                agent: ctx.agent,
+                action: "send",
+                path: ctx.store.path_of(name, version).display().to_string(),
+                source,
             };
-            hasher.update(&buf);
-            total += buf.len() as u64;
-            if let Some(prev) = held.replace(buf)
-                && tx.blocking_send(Out::Chunk(prev)).is_err()
-            {
-                return; // the reader went away
-            }
-        }
-        let intact = total == meta.size && *hasher.finalize().as_bytes() == meta.checksum;
-        if intact {
-            if let Some(last) = held {
-                let _ = tx.blocking_send(Out::Chunk(last));
-            }
-            let _ = tx.blocking_send(Out::Intact);
-        } else {
-            let _ = tx.blocking_send(Out::Corrupt);
-        }
-    });
-
-    let mut sent = 0u64;
-    while let Some(out) = rx.recv().await {
-        match out {
-            Out::Chunk(c) => {
-                write_frame(stream, &c, ctx.max_frame).await?;
-                sent += c.len() as u64;
-            }
-            Out::Intact => {
-                write_frame(stream, &[], ctx.max_frame).await?;
-                Counters::bump(&ctx.counters.reads);
-                Counters::add(&ctx.counters.bytes_read, sent);
-                return Ok(());
-            }
-            Out::Corrupt => {
-                Counters::bump(&ctx.counters.read_errors);
-                scrub::handle_corrupt(ctx.clone(), name.to_string(), version);
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("the copy of \"{name}\" v{version} on {agent} is corrupt"),
-                )
-                .into());
-            }
-            Out::Failed(e) => {
-                Counters::bump(&ctx.counters.read_errors);
-                tracing::warn!(error = %e, "SDFS: read failed");
-                return Err(io::Error::other(e.to_string()).into());
-            }
+            tracing::debug!(error = %e, "SDFS: read ended early");
+            Err(io::Error::other(e.to_string()).into())
         }
     }
-    Err(io::Error::other("the disk reader stopped").into())
 }
 
-/// Fills `buf` unless the file ends first; returns the bytes read.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+/// Sends `size` bytes of `file` as frames of at most `chunk` bytes, then the
+/// empty end frame, over a blocking socket; a frame that cannot move for
+/// `stall` fails.
+fn send_frames(
+    file: std::fs::File,
+    sock: &std::net::TcpStream,
+    size: u64,
+    chunk: u64,
+    stall: Duration,
+) -> io::Result<Sent> {
+    sock.set_nonblocking(false)?;
+    sock.set_write_timeout(Some(stall.max(Duration::from_millis(1))))?;
+    let mut out = sock;
+    let mut sent = 0u64;
+    while sent < size {
+        let n = chunk.min(size - sent);
+        out.write_all(&(n as u32).to_be_bytes())?;
+        // File to socket: std uses sendfile(2) here on Linux.
+        let copied = io::copy(&mut (&file).take(n), &mut out)?;
+        sent += copied;
+        if copied < n {
+            return Ok(Sent::Short(sent));
         }
     }
-    Ok(got)
+    out.write_all(&0u32.to_be_bytes())?;
+    Ok(Sent::Whole(sent))
+}
+
+/// `Data(BadCopy)`: answers at once, then re-hashes the copy (paced by the
+/// repair throttle, counted as scrubbed) and repairs it if it is corrupt or
+/// missing.
+pub async fn serve_bad_copy(
+    ctx: &Arc<Ctx>,
+    name: String,
+    version: u64,
+    stream: &mut TcpStream,
+) -> dml_shared::Result<()> {
+    if let Some(m) = ctx.store.get(&name, version) {
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            let c2 = c.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                c2.store
+                    .verify(&m, c2.cfg.chunk_size, |n| c2.throttle.take_blocking(n))
+            })
+            .await;
+            Counters::bump(&c.counters.scrubbed);
+            match verdict {
+                Ok(Ok(Verdict::Intact)) => {
+                    tracing::info!(%name, version, "SDFS: a reader's bad-copy report: the copy here is intact");
+                }
+                Ok(Ok(Verdict::Corrupt | Verdict::Missing)) => {
+                    scrub::handle_corrupt(c, name, version);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "SDFS: cannot re-check a reported copy"),
+                Err(e) => tracing::warn!(error = %e, "SDFS: re-check task failed"),
+            }
+        });
+    }
+    write_frame(stream, &peer::response(&Response::Ok), ctx.max_frame).await
 }

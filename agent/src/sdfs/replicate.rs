@@ -1,5 +1,6 @@
 //! `Data(Replicate)`: copy a version from the first source that has it,
-//! throttled to `sdfs.repair_bytes_per_sec`, verified and stored durably.
+//! throttled to `sdfs.repair_bytes_per_sec`, verified and stored durably; a
+//! source whose bytes do not match is told so (`Data(BadCopy)`).
 //! Scrub uses [`fetch`] too, to replace a corrupt copy.
 
 use super::error::SdfsError;
@@ -10,6 +11,7 @@ use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
 use dml_shared::framing::write_frame;
 use dml_shared::sdfs::{Checksum, DataRequest, validate_name};
+use dml_shared::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -121,5 +123,27 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
             break; // finish() reports the writer's error
         }
     }
-    writer.finish().await
+    let stored = writer.finish().await;
+    if let Err(SdfsError::ChecksumMismatch { .. }) = &stored {
+        // The source sent bytes that do not match: let it re-check its copy.
+        let bad = Request::Data(DataRequest::BadCopy {
+            name: want.name.clone(),
+            version: want.version,
+        });
+        let report = async {
+            peer::send(
+                &mut s,
+                src,
+                &wire::encode(Kind::Request, &bad),
+                ctx.max_frame,
+                stall,
+            )
+            .await?;
+            peer::recv_response(&mut s, src, ctx.max_frame, stall).await
+        };
+        if let Err(e) = report.await {
+            tracing::warn!(source = %src, error = %e, "SDFS: cannot report a bad copy");
+        }
+    }
+    stored
 }

@@ -6,8 +6,9 @@
 //! - `tmp/`: writes in progress.
 //!
 //! A write goes to `tmp/`, is hashed as it arrives, checked against the
-//! announced size and checksum, fsynced, then the sidecar and the data are
-//! renamed into `objects/` (sidecar first) and the directory is fsynced. An
+//! announced size and checksum; the data and its sidecar are fsynced (at
+//! once, on two threads), then renamed into `objects/` (sidecar first) and
+//! the directory is fsynced. An
 //! object exists when both files do; a sidecar without data is a crash between
 //! the two renames and is dropped at start. Every call here blocks: run it on
 //! a blocking thread.
@@ -432,8 +433,6 @@ impl TempObject {
         let (name, version) = (self.name.clone(), self.version);
         let werr = |path: &Path, e| store.write_err(&name, version, path, e);
         let file = self.file.take().expect("open until finish");
-        file.sync_all().map_err(|e| werr(&self.path, e))?;
-        drop(file);
 
         let meta = ObjectMeta {
             name: name.clone(),
@@ -446,10 +445,19 @@ impl TempObject {
         };
         let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
         let mut mf = File::create_new(&self.meta_tmp).map_err(|e| werr(&self.meta_tmp, e))?;
-        mf.write_all(&json)
-            .and_then(|()| mf.sync_all())
+        mf.write_all(&json).map_err(|e| werr(&self.meta_tmp, e))?;
+        // Both fsyncs at once, so the file system commits them together;
+        // neither file is renamed into place before both are durable.
+        let (synced, meta_synced) = std::thread::scope(|s| {
+            let m = s.spawn(|| mf.sync_all());
+            let d = file.sync_all();
+            (d, m.join())
+        });
+        synced.map_err(|e| werr(&self.path, e))?;
+        meta_synced
+            .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
             .map_err(|e| werr(&self.meta_tmp, e))?;
-        drop(mf);
+        drop((file, mf));
 
         let meta_final = store.meta_path(&name, version);
         let data_final = store.data_path(&name, version);

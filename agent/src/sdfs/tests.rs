@@ -233,7 +233,16 @@ async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, Stri
         }
     }
     assert_eq!(out.len() as u64, size);
-    assert_eq!(checksum(&out), sum);
+    if checksum(&out) != sum {
+        // As the client does: tell the agent its copy is bad.
+        let bad = Request::Data(DataRequest::BadCopy {
+            name: name.into(),
+            version,
+        });
+        request(&mut s, &bad).await;
+        assert_eq!(response(&mut s).await, Response::Ok);
+        return Err("checksum mismatch (reported)".into());
+    }
     Ok(out)
 }
 
@@ -603,15 +612,44 @@ async fn scrub_and_reads_find_corrupt_copies_and_refetch_them() {
     let report = ns[0].sdfs.scrub_now().await.unwrap();
     assert_eq!((report.checked, report.corrupt), (1, 0));
 
-    // A corrupt copy is never served whole, and is repaired afterwards.
+    // A corrupt copy is caught by the reader's checksum; its report makes the
+    // agent re-check the copy and fetch it again.
     corrupt(&ns[2].sdfs.store().unwrap().path_of("s", 2));
     let e = get(ns[2].addr, "s", 2).await.unwrap_err();
-    assert!(e.contains("end frame") || e.contains("eof"), "{e}");
+    assert!(e.contains("checksum mismatch"), "{e}");
     eventually("the corrupt copy to be re-fetched", || {
         ns[2].stored("s", 2).as_deref() == Some(&data[..])
     })
     .await;
     assert_eq!(get(ns[2].addr, "s", 2).await.unwrap(), data);
+
+    // A copy shorter than its size ends without the end frame, and is
+    // repaired too.
+    let path = ns[1].sdfs.store().unwrap().path_of("s", 2);
+    std::fs::write(&path, &data[..1000]).unwrap();
+    let e = get(ns[1].addr, "s", 2).await.unwrap_err();
+    assert!(e.contains("end frame") || e.contains("end of file"), "{e}");
+    eventually("the truncated copy to be re-fetched", || {
+        ns[1].stored("s", 2).as_deref() == Some(&data[..])
+    })
+    .await;
+
+    // A false report leaves an intact copy alone.
+    let r = call(
+        ns[0].addr,
+        DataRequest::BadCopy {
+            name: "s".into(),
+            version: 2,
+        },
+    )
+    .await;
+    assert_eq!(r, Response::Ok);
+    eventually("the reported copy to be re-checked", || {
+        ns[0].sdfs.stats().unwrap().scrubbed >= 2
+    })
+    .await;
+    assert_eq!(ns[0].sdfs.stats().unwrap().scrub_corruptions, 0);
+    assert_eq!(get(ns[0].addr, "s", 2).await.unwrap(), data);
     for n in ns {
         n.stop().await;
     }

@@ -139,11 +139,17 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     eprintln!("cluster ready in {:.1?}", t.elapsed());
     // Talk through the last agent, a non-voter.
     let via = c.len() - 1;
-    let client = Sdfs::with_options(
+    let opts = Options {
+        store_timeout: Duration::from_secs(600),
+        ..Options::default()
+    };
+    let client = Sdfs::with_options(c.addrs[via], opts.clone());
+    // The same get, but fsyncing the fetched copy before it returns.
+    let synced = Sdfs::with_options(
         c.addrs[via],
         Options {
-            store_timeout: Duration::from_secs(600),
-            ..Options::default()
+            sync_local: true,
+            ..opts
         },
     );
     let files = run_dir.join("files");
@@ -158,6 +164,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         eprintln!("[{l}] writing the source file");
         write_pattern_file(&src, p.size, p.size)?;
         let (mut put, mut base_put, mut get, mut read) = (vec![], vec![], vec![], vec![]);
+        let mut get_synced = vec![];
         let is_largest = p.size == largest;
         let mut last_name = String::new();
         for r in 0..p.reps {
@@ -202,7 +209,8 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
                 });
             }
 
-            // SDFS get, cold.
+            // SDFS get, cold like the baseline read: first as `dml get` does
+            // (the copy is not fsynced), then fsyncing the copy.
             let got = files.join(format!("got-{}", p.size));
             drop_page_cache();
             let t = Instant::now();
@@ -212,14 +220,23 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
                 .with_context(|| format!("get of {l}"))?;
             get.push(t.elapsed().as_secs_f64());
             let _ = std::fs::remove_file(&got);
+            drop_page_cache();
+            let t = Instant::now();
+            synced
+                .get(&name, &got, &no_progress)
+                .await
+                .with_context(|| format!("fsynced get of {l}"))?;
+            get_synced.push(t.elapsed().as_secs_f64());
+            let _ = std::fs::remove_file(&got);
             eprintln!(
-                "[{l}] rep {}: put {:.2}s (v{} on {} holders), 4-copy baseline {:.2}s; get {:.2}s, read {:.2}s",
+                "[{l}] rep {}: put {:.4}s (v{} on {} holders), 4-copy baseline {:.4}s; get {:.4}s (fsynced {:.4}s), read {:.4}s",
                 r + 1,
                 put[r],
                 rep.version,
                 rep.holders.len(),
                 base_put[r],
                 get[r],
+                get_synced[r],
                 read[r]
             );
             if !is_largest || r + 1 < p.reps {
@@ -235,6 +252,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             median(base_put),
             median(get),
             median(read),
+            median(get_synced),
         ));
         if is_largest {
             repair = Some(measure_repair(&mut c, via, &last_name, p.size).await);

@@ -23,10 +23,21 @@ pub struct SizeReport {
     /// One local copy read back.
     pub baseline_read_s: f64,
     pub get_ratio: f64,
+    /// A get that also fsyncs the fetched copy (`Options::sync_local`).
+    pub get_synced_s: f64,
+    pub get_synced_ratio: f64,
 }
 
 impl SizeReport {
-    pub fn new(size: u64, reps: usize, put: f64, base_put: f64, get: f64, read: f64) -> Self {
+    pub fn new(
+        size: u64,
+        reps: usize,
+        put: f64,
+        base_put: f64,
+        get: f64,
+        read: f64,
+        get_synced: f64,
+    ) -> Self {
         let mib = size as f64 / (1u64 << 20) as f64;
         Self {
             size_bytes: size,
@@ -39,6 +50,8 @@ impl SizeReport {
             get_mib_s: mib / get,
             baseline_read_s: read,
             get_ratio: get / read,
+            get_synced_s: get_synced,
+            get_synced_ratio: get_synced / read,
         }
     }
 }
@@ -111,7 +124,7 @@ pub fn table(d: &Document) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>7} {:>4} | {:>8} {:>9} {:>10} {:>8} | {:>8} {:>9} {:>9} {:>8}",
+        "{:>7} {:>4} | {:>8} {:>9} {:>10} {:>8} | {:>8} {:>9} {:>9} {:>8} | {:>9} {:>6}",
         "size",
         "reps",
         "put s",
@@ -121,12 +134,14 @@ pub fn table(d: &Document) -> String {
         "get s",
         "get MiB/s",
         "read s",
+        "ratio",
+        "get+sync",
         "ratio"
     );
     for s in &d.sizes {
         let _ = writeln!(
             out,
-            "{:>7} {:>4} | {:>8.3} {:>9.1} {:>10.3} {:>6.2}{} | {:>8.3} {:>9.1} {:>9.3} {:>6.2}{}",
+            "{:>7} {:>4} | {:>8.4} {:>9.1} {:>10.4} {:>6.2}{} | {:>8.4} {:>9.1} {:>9.4} {:>6.2}{} | {:>9.4} {:>6.2}",
             size_label(s.size_bytes),
             s.reps,
             s.put_s,
@@ -139,6 +154,8 @@ pub fn table(d: &Document) -> String {
             s.baseline_read_s,
             s.get_ratio,
             mark(s.get_ratio <= TARGET_GET_RATIO),
+            s.get_synced_s,
+            s.get_synced_ratio,
         );
     }
     let _ = writeln!(
@@ -147,9 +164,10 @@ pub fn table(d: &Document) -> String {
     );
     let _ = writeln!(
         out,
-        "put: hash the local file, then stream it down the 4-agent chain (each fsyncs) and commit; \
+        "put: hash the local file while the leader plans the put, stream it down the 4-agent chain (each fsyncs), commit; \
          4-copy: one thread writes every chunk to 4 files, then fsyncs them.\n\
-         get: fetch from a replica, check BLAKE3, write and fsync the local copy; read: read one copy only."
+         get: fetch from a replica (cold), check BLAKE3, write the local copy (not fsynced, as `dml get`); \
+         get+sync: the same, fsyncing the copy; read: read one copy only (cold)."
     );
     if let Some(m) = &d.memory {
         let max = m.max_mib();
