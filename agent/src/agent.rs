@@ -20,7 +20,8 @@ const PORT_PICK_TRIES: usize = 32;
 
 pub struct Agent {
     pub id: NodeId,
-    worker: Option<Worker>,
+    worker: Option<std::sync::Arc<Worker>>,
+    metrics: Option<crate::metrics::MetricsServer>,
     membership: MembershipTask,
     control: ControlPlane,
     sdfs: SdfsService,
@@ -112,12 +113,30 @@ impl Agent {
                     control.handle(),
                     sdfs.handle(),
                 )
-                .context("cannot start the inference worker's threads")?,
+                .context("cannot start the inference worker's threads")?
+                .into(),
+            ),
+        };
+        let metrics = match cfg.metrics.bind {
+            None => None,
+            Some(bind) => Some(
+                crate::metrics::MetricsServer::start(
+                    bind,
+                    crate::metrics::Sources {
+                        me: addr,
+                        membership: membership.handle.clone(),
+                        control: control.handle(),
+                        sdfs: sdfs.handle(),
+                        worker: worker.clone(),
+                    },
+                )
+                .await?,
             ),
         };
         Ok(Self {
             id,
             worker,
+            metrics,
             membership,
             control,
             sdfs,
@@ -137,7 +156,11 @@ impl Agent {
 
     /// Leaves the group gracefully, then stops every service.
     pub async fn shutdown(self) {
-        if let Some(w) = self.worker {
+        if let Some(m) = self.metrics {
+            m.shutdown().await;
+        }
+        // The metrics server held the only other reference to the worker.
+        if let Some(w) = self.worker.and_then(std::sync::Arc::into_inner) {
             w.shutdown().await;
         }
         self.telemetry.shutdown().await;

@@ -8,6 +8,7 @@
 //! - [`telemetry`]: the frames streamed to console subscribers, and the event log.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
+//! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 
 pub mod agent;
 pub mod api;
@@ -15,5 +16,6 @@ pub mod control;
 pub mod event_log;
 pub mod infer;
 pub mod membership;
+pub mod metrics;
 pub mod sdfs;
 pub mod telemetry;

@@ -260,6 +260,14 @@ impl Default for InferenceConfig {
     }
 }
 
+/// The Prometheus endpoint (`GET /metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP listener; unset: no endpoint.
+    pub bind: Option<SocketAddr>,
+}
+
 /// The whole agent config, every value resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -279,6 +287,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub sdfs: SdfsConfig,
     pub inference: InferenceConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// What a file may say: every key optional, unknown keys refused.
@@ -295,6 +304,7 @@ struct RawConfig {
     control: Option<ControlConfig>,
     sdfs: Option<SdfsConfig>,
     inference: Option<InferenceConfig>,
+    metrics: Option<MetricsConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,6 +356,7 @@ impl Config {
             control: ControlConfig::default(),
             sdfs: SdfsConfig::default(),
             inference: InferenceConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -398,6 +409,9 @@ impl Config {
         }
         if let Some(v) = raw.inference {
             c.inference = v;
+        }
+        if let Some(v) = raw.metrics {
+            c.metrics = v;
         }
         if let Some(a) = raw.api {
             if let Some(v) = a.max_frame {
@@ -551,6 +565,7 @@ impl Config {
         self.validate_control()?;
         self.validate_sdfs()?;
         self.validate_inference()?;
+        self.validate_metrics()?;
         if self.bind.ip().is_unspecified() && !self.introducers.is_empty() {
             return bad(
                 "bind",
@@ -613,6 +628,25 @@ impl Config {
             if !seen.insert(*v) {
                 return bad("control.voters", v.to_string(), "is listed twice");
             }
+        }
+        Ok(())
+    }
+
+    fn validate_metrics(&self) -> Result<()> {
+        let Some(b) = self.metrics.bind else {
+            return Ok(());
+        };
+        if b.port() != 0
+            && b.port() == self.bind.port()
+            && (b.ip() == self.bind.ip()
+                || b.ip().is_unspecified()
+                || self.bind.ip().is_unspecified())
+        {
+            return bad(
+                "metrics.bind",
+                b.to_string(),
+                "must not be the agent's own port (bind)",
+            );
         }
         Ok(())
     }
@@ -756,6 +790,29 @@ mod tests {
         assert!(e.to_string().contains("sdfs.write_quorum"), "{e}");
         let e = Config::from_toml("[control]\nvoterz = []\n").unwrap_err();
         assert!(e.to_string().contains("voterz"), "{e}");
+    }
+
+    #[test]
+    fn metrics_bind_is_optional_and_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.metrics.bind, None);
+        let c = Config::from_toml("[metrics]\nbind = \"127.0.0.1:9101\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.metrics.bind, Some("127.0.0.1:9101".parse().unwrap()));
+        let e = Config::from_toml("[metrics]\nbind = \"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("bind"), "{e}");
+        let e = Config::from_toml("[metrics]\nbnd = \"127.0.0.1:9101\"\n").unwrap_err();
+        assert!(e.to_string().contains("bnd"), "{e}");
+        let e =
+            Config::from_toml("bind = \"127.0.0.1:8001\"\n[metrics]\nbind = \"127.0.0.1:8001\"\n")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("metrics.bind") && e.contains("127.0.0.1:8001"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,794 @@
+//! Property tests of the framing and of the wire envelope: any sequence of frames
+//! round-trips; a truncated stream is an error, never a panic; oversize frames are refused
+//! both ways; every API message (requests, responses, SDFS metadata and data requests,
+//! inference requests and responses, telemetry frames) survives `wire::encode` and
+//! `wire::decode`, and no strict prefix of an encoding decodes.
+
+use dml_shared::api::{IdInfo, LeaderInfo, MemberInfo, MemberState, Request, Response, Stats};
+use dml_shared::error::Error;
+use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::id::NodeId;
+use dml_shared::infer::{
+    ImageResult, InferRequest, InferResponse, JobInfo, JobState, LatencyInfo, Lease, ModelInfo,
+    Outcome, Placement, Prediction, RateInfo,
+};
+use dml_shared::sdfs::{DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo};
+use dml_shared::telemetry::{
+    ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
+};
+use dml_shared::wire::{self, Kind};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+// ---------------------------------------------------------------- leaves
+
+fn text() -> impl Strategy<Value = String> {
+    ".{0,12}"
+}
+
+fn addr() -> impl Strategy<Value = SocketAddr> {
+    // serde writes a V6 address without flow info or scope id, so none is generated.
+    let ip = prop_oneof![
+        any::<Ipv4Addr>().prop_map(IpAddr::V4),
+        any::<Ipv6Addr>().prop_map(IpAddr::V6),
+    ];
+    (ip, any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+fn addrs() -> impl Strategy<Value = Vec<SocketAddr>> {
+    vec(addr(), 0..4)
+}
+
+fn node() -> impl Strategy<Value = NodeId> {
+    (addr(), any::<u64>()).prop_map(|(a, s)| NodeId::new(a, s))
+}
+
+/// Any f64 but NaN (which is not equal to itself).
+fn num() -> impl Strategy<Value = f64> {
+    any::<f64>().prop_filter("NaN", |v| !v.is_nan())
+}
+
+fn num32() -> impl Strategy<Value = f32> {
+    any::<f32>().prop_filter("NaN", |v| !v.is_nan())
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    vec(any::<u8>(), 0..64)
+}
+
+fn err_or<T: Debug + Clone + 'static>(
+    ok: impl Strategy<Value = T> + 'static,
+) -> impl Strategy<Value = Result<T, String>> {
+    prop_oneof![ok.prop_map(Ok), text().prop_map(Err)]
+}
+
+// ---------------------------------------------------------------- SDFS
+
+fn version_info() -> impl Strategy<Value = VersionInfo> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        addrs(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(version, size, checksum, replicas, committed_ms)| VersionInfo {
+                version,
+                size,
+                checksum,
+                replicas,
+                committed_ms,
+            },
+        )
+}
+
+fn file_info() -> impl Strategy<Value = FileInfo> {
+    (text(), vec(version_info(), 0..3)).prop_map(|(name, versions)| FileInfo { name, versions })
+}
+
+fn holding() -> impl Strategy<Value = Holding> {
+    (text(), any::<u64>(), any::<u64>()).prop_map(|(name, version, size)| Holding {
+        name,
+        version,
+        size,
+    })
+}
+
+fn meta_request() -> impl Strategy<Value = MetaRequest> {
+    let leaf = prop_oneof![
+        (text(), any::<u64>()).prop_map(|(name, size)| MetaRequest::BeginPut { name, size }),
+        (text(), any::<u64>(), any::<[u8; 32]>(), addrs()).prop_map(
+            |(name, version, checksum, holders)| MetaRequest::CommitPut {
+                name,
+                version,
+                checksum,
+                holders
+            }
+        ),
+        (text(), any::<u64>()).prop_map(|(name, version)| MetaRequest::AbortPut { name, version }),
+        text().prop_map(|name| MetaRequest::Delete { name }),
+        text().prop_map(|name| MetaRequest::Stat { name }),
+        text().prop_map(|glob| MetaRequest::List { glob }),
+        Just(MetaRequest::Count),
+        Just(MetaRequest::Nodes),
+        (addr(), vec((text(), any::<u64>()), 0..4))
+            .prop_map(|(node, items)| MetaRequest::Wanted { node, items }),
+        infer_request().prop_map(MetaRequest::Infer),
+    ];
+    leaf.prop_recursive(2, 4, 1, |inner| {
+        inner.prop_map(|r| MetaRequest::AtLeader(Box::new(r)))
+    })
+}
+
+fn meta_response() -> impl Strategy<Value = MetaResponse> {
+    prop_oneof![
+        infer_response().prop_map(MetaResponse::Infer),
+        (any::<u64>(), addrs(), any::<usize>()).prop_map(|(version, chain, quorum)| {
+            MetaResponse::PutPlan {
+                version,
+                chain,
+                quorum,
+            }
+        }),
+        any::<u64>().prop_map(|version| MetaResponse::Committed { version }),
+        Just(MetaResponse::Done),
+        file_info().prop_map(MetaResponse::File),
+        vec(file_info(), 0..3).prop_map(MetaResponse::Files),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, versions, bytes)| {
+            MetaResponse::Count {
+                files,
+                versions,
+                bytes,
+            }
+        }),
+        vec((addr(), vec(holding(), 0..3)), 0..3).prop_map(MetaResponse::Nodes),
+        vec(any::<bool>(), 0..8).prop_map(MetaResponse::Wanted),
+    ]
+}
+
+fn data_request() -> impl Strategy<Value = DataRequest> {
+    prop_oneof![
+        (
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            addrs()
+        )
+            .prop_map(
+                |(name, version, size, checksum, downstream)| DataRequest::Write {
+                    name,
+                    version,
+                    size,
+                    checksum,
+                    downstream
+                }
+            ),
+        (text(), any::<u64>()).prop_map(|(name, version)| DataRequest::Read { name, version }),
+        (
+            text(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            addrs()
+        )
+            .prop_map(
+                |(name, version, size, checksum, sources)| DataRequest::Replicate {
+                    name,
+                    version,
+                    size,
+                    checksum,
+                    sources
+                }
+            ),
+        Just(DataRequest::Store),
+    ]
+}
+
+// ---------------------------------------------------------------- inference
+
+fn image_result() -> impl Strategy<Value = ImageResult> {
+    let pred = (any::<u32>(), text(), num32()).prop_map(|(class, label, score)| Prediction {
+        class,
+        label,
+        score,
+    });
+    let outcome = prop_oneof![
+        vec(pred, 0..5).prop_map(Outcome::Top),
+        text().prop_map(Outcome::Error),
+    ];
+    (any::<u32>(), text(), outcome).prop_map(|(index, image, outcome)| ImageResult {
+        index,
+        image,
+        outcome,
+    })
+}
+
+fn job_info() -> impl Strategy<Value = JobInfo> {
+    let state = prop_oneof![
+        Just(JobState::Running),
+        Just(JobState::Done),
+        Just(JobState::Failed)
+    ];
+    (
+        (any::<u64>(), text(), text(), any::<u32>(), any::<u32>()),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            state,
+            proptest::option::of(text()),
+        ),
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(text()),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, model, dataset, images, done),
+                (errors, queries, state, reason),
+                (submitted_ms, finished_ms, output),
+            )| JobInfo {
+                id,
+                model,
+                dataset,
+                images,
+                done,
+                errors,
+                queries,
+                state,
+                reason,
+                submitted_ms,
+                finished_ms,
+                output,
+            },
+        )
+}
+
+fn model_info() -> impl Strategy<Value = ModelInfo> {
+    (
+        text(),
+        any::<u32>(),
+        any::<u32>(),
+        text(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(name, batch_size, max_batch, file, version)| ModelInfo {
+            name,
+            batch_size,
+            max_batch,
+            file,
+            version,
+        })
+}
+
+fn rate_info() -> impl Strategy<Value = RateInfo> {
+    (text(), num(), num(), any::<u64>(), any::<u64>()).prop_map(
+        |(model, queries_per_s, images_per_s, queries_total, images_total)| RateInfo {
+            model,
+            queries_per_s,
+            images_per_s,
+            queries_total,
+            images_total,
+        },
+    )
+}
+
+fn latency_info() -> impl Strategy<Value = LatencyInfo> {
+    (
+        text(),
+        any::<u64>(),
+        (num(), num(), num(), num()),
+        (num(), num(), num()),
+    )
+        .prop_map(
+            |(model, count, (mean_ms, stddev_ms, p50_ms, p90_ms), (p95_ms, p99_ms, max_ms))| {
+                LatencyInfo {
+                    model,
+                    count,
+                    mean_ms,
+                    stddev_ms,
+                    p50_ms,
+                    p90_ms,
+                    p95_ms,
+                    p99_ms,
+                    max_ms,
+                }
+            },
+        )
+}
+
+fn placement() -> impl Strategy<Value = Placement> {
+    (any::<u64>(), text(), vec((addr(), any::<u32>()), 0..3)).prop_map(|(job, model, workers)| {
+        Placement {
+            job,
+            model,
+            workers,
+        }
+    })
+}
+
+fn lease() -> impl Strategy<Value = Lease> {
+    (
+        (any::<u64>(), any::<u64>(), text(), text()),
+        version_info(),
+        vec((any::<u32>(), text(), version_info()), 0..3),
+        any::<u64>(),
+    )
+        .prop_map(
+            |((query, job, model, model_file), model_version, images, lease_ms)| Lease {
+                query,
+                job,
+                model,
+                model_file,
+                model_version,
+                images,
+                lease_ms,
+            },
+        )
+}
+
+fn infer_request() -> impl Strategy<Value = InferRequest> {
+    prop_oneof![
+        (text(), proptest::option::of(any::<u32>()), text()).prop_map(|(model, count, dataset)| {
+            InferRequest::Submit {
+                model,
+                count,
+                dataset,
+            }
+        }),
+        Just(InferRequest::Jobs),
+        any::<u64>().prop_map(|job| InferRequest::Output { job }),
+        (text(), any::<u32>()).prop_map(|(model, size)| InferRequest::SetBatchSize { model, size }),
+        Just(InferRequest::Models),
+        Just(InferRequest::Rates),
+        Just(InferRequest::Latency),
+        Just(InferRequest::Placement),
+        (addr(), any::<u32>())
+            .prop_map(|(worker, wait_ms)| InferRequest::Lease { worker, wait_ms }),
+        (
+            (addr(), any::<u64>(), any::<u64>()),
+            vec(image_result(), 0..3),
+            any::<u32>(),
+            proptest::option::of(text()),
+        )
+            .prop_map(|((worker, query, job), results, elapsed_ms, failed)| {
+                InferRequest::Complete {
+                    worker,
+                    query,
+                    job,
+                    results,
+                    elapsed_ms,
+                    failed,
+                }
+            }),
+    ]
+}
+
+fn infer_response() -> impl Strategy<Value = InferResponse> {
+    prop_oneof![
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(job, images)| InferResponse::Submitted { job, images }),
+        vec(job_info(), 0..3).prop_map(InferResponse::Jobs),
+        (job_info(), vec(image_result(), 0..3))
+            .prop_map(|(job, results)| InferResponse::Output { job, results }),
+        vec(model_info(), 0..3).prop_map(InferResponse::Models),
+        vec(rate_info(), 0..3).prop_map(InferResponse::Rates),
+        vec(latency_info(), 0..3).prop_map(InferResponse::Latency),
+        vec(placement(), 0..3).prop_map(InferResponse::Placement),
+        proptest::option::of(lease()).prop_map(InferResponse::Lease),
+        any::<u32>().prop_map(|new| InferResponse::Accepted { new }),
+        Just(InferResponse::Done),
+    ]
+}
+
+// ---------------------------------------------------------------- API
+
+fn member_state() -> impl Strategy<Value = MemberState> {
+    prop_oneof![
+        Just(MemberState::Alive),
+        Just(MemberState::Suspect),
+        Just(MemberState::Failed),
+        Just(MemberState::Left),
+    ]
+}
+
+fn member_info() -> impl Strategy<Value = MemberInfo> {
+    (
+        node(),
+        member_state(),
+        any::<u32>(),
+        proptest::option::of(any::<u64>()),
+        vec(node(), 0..3),
+    )
+        .prop_map(
+            |(id, state, incarnation, last_heard_ms, monitors)| MemberInfo {
+                id,
+                state,
+                incarnation,
+                last_heard_ms,
+                monitors,
+            },
+        )
+}
+
+fn stats() -> impl Strategy<Value = Stats> {
+    (
+        (any::<u64>(), num(), num(), num(), num()),
+        vec(any::<u64>(), 13),
+    )
+        .prop_map(|((uptime_ms, bs, br, ps, pr), c)| Stats {
+            uptime_ms,
+            bytes_sent_per_s: bs,
+            bytes_recv_per_s: br,
+            packets_sent_per_s: ps,
+            packets_recv_per_s: pr,
+            bytes_sent: c[0],
+            bytes_recv: c[1],
+            packets_sent: c[2],
+            packets_recv: c[3],
+            probes_sent: c[4],
+            suspicions: c[5],
+            refuted: c[6],
+            declared_failed: c[7],
+            false_failures: c[8],
+            bad_packets: c[9],
+            bad_frames: c[10],
+            members_live: c[11] ^ c[12],
+        })
+}
+
+fn leader_info() -> impl Strategy<Value = LeaderInfo> {
+    (
+        proptest::option::of(addr()),
+        any::<u64>(),
+        addrs(),
+        any::<bool>(),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(leader, term, voters, is_voter, last_applied)| LeaderInfo {
+                leader,
+                term,
+                voters,
+                is_voter,
+                last_applied,
+            },
+        )
+}
+
+fn node_stats() -> impl Strategy<Value = NodeStats> {
+    (
+        proptest::option::of(addr()),
+        num32(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(addr, cpu_percent, rss_bytes, sdfs_bytes, sdfs_versions, queries_running, age_ms)| {
+                NodeStats {
+                    addr,
+                    cpu_percent,
+                    rss_bytes,
+                    sdfs_bytes,
+                    sdfs_versions,
+                    queries_running,
+                    age_ms,
+                }
+            },
+        )
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let health = (
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()),
+        (
+            any::<u64>(),
+            vec((text(), any::<u64>(), any::<u32>()), 0..3),
+            any::<u64>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (files, versions, bytes, replicas),
+                (under_replicated, under_replicated_sample, repairs_in_flight),
+            )| SdfsHealth {
+                files,
+                versions,
+                bytes,
+                replicas,
+                under_replicated,
+                under_replicated_sample,
+                repairs_in_flight,
+            },
+        );
+    let figures = (
+        err_or(vec(model_info(), 0..2)),
+        err_or(vec(rate_info(), 0..2)),
+        err_or(vec(latency_info(), 0..2)),
+        err_or(vec(job_info(), 0..2)),
+        err_or(vec(placement(), 0..2)),
+        err_or(health),
+    )
+        .prop_map(
+            |(models, rates, latency, jobs, placement, sdfs)| ClusterFigures {
+                models,
+                rates,
+                latency,
+                jobs,
+                placement,
+                sdfs,
+            },
+        );
+    let kind = prop_oneof![
+        Just(EventKind::Join),
+        Just(EventKind::Leave),
+        Just(EventKind::Failure),
+        Just(EventKind::Suspect),
+        Just(EventKind::Refuted),
+        Just(EventKind::Rejoin),
+        Just(EventKind::LeaderChange),
+        Just(EventKind::Repair),
+        Just(EventKind::JobStart),
+        Just(EventKind::JobFinish),
+        Just(EventKind::Info),
+    ];
+    let event =
+        (any::<u64>(), any::<u64>(), kind, text()).prop_map(|(seq, unix_ms, kind, text)| {
+            TelemetryEvent {
+                seq,
+                unix_ms,
+                kind,
+                text,
+            }
+        });
+    (
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(node()),
+            any::<u64>(),
+            any::<bool>(),
+        ),
+        proptest::option::of(leader_info()),
+        vec(member_info(), 0..3),
+        vec(node_stats(), 0..3),
+        proptest::option::of(figures),
+        vec(event, 0..3),
+    )
+        .prop_map(
+            |((seq, unix_ms, agent, dropped, resync), leader, members, nodes, cluster, events)| {
+                Frame {
+                    seq,
+                    unix_ms,
+                    agent,
+                    dropped,
+                    resync,
+                    leader,
+                    members,
+                    nodes,
+                    cluster,
+                    events,
+                }
+            },
+        )
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        Just(Request::Id),
+        Just(Request::Members),
+        Just(Request::Stats),
+        Just(Request::Join),
+        Just(Request::Leave),
+        Just(Request::Leader),
+        meta_request().prop_map(Request::Meta),
+        data_request().prop_map(Request::Data),
+        bytes().prop_map(Request::Raft),
+        Just(Request::Subscribe),
+        Just(Request::NodeStats),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        (node(), any::<u32>(), any::<bool>()).prop_map(|(id, incarnation, joined)| {
+            Response::Id(IdInfo {
+                id,
+                incarnation,
+                joined,
+            })
+        }),
+        vec(member_info(), 0..4).prop_map(Response::Members),
+        stats().prop_map(Response::Stats),
+        Just(Response::Ok),
+        text().prop_map(Response::Error),
+        leader_info().prop_map(Response::Leader),
+        meta_response().prop_map(Response::Meta),
+        (addrs(), vec((addr(), text()), 0..3))
+            .prop_map(|(holders, failed)| Response::Stored { holders, failed }),
+        (any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(size, checksum)| Response::ReadStart { size, checksum }),
+        vec(holding(), 0..4).prop_map(Response::Holdings),
+        bytes().prop_map(Response::Raft),
+        proptest::option::of(addr()).prop_map(|leader| Response::NotLeader { leader }),
+        frame().prop_map(|f| Response::Telemetry(Box::new(f))),
+        node_stats().prop_map(Response::NodeStats),
+    ]
+}
+
+// ---------------------------------------------------------------- checks
+
+/// `v` round-trips behind `kind`; no other kind accepts it; no strict prefix decodes.
+fn round_trips<T>(kind: Kind, v: &T) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let bytes = wire::encode(kind, v);
+    let back: T = wire::decode(kind, &bytes)
+        .map_err(|e| TestCaseError::fail(format!("{v:?} does not decode: {e}")))?;
+    prop_assert_eq!(&back, v);
+    for other in [Kind::Gossip, Kind::Request, Kind::Response] {
+        if other != kind {
+            let is_bad_kind =
+                matches!(wire::decode::<T>(other, &bytes), Err(Error::BadKind { .. }));
+            prop_assert!(is_bad_kind, "kind {:?} accepted as {:?}", kind, other);
+        }
+    }
+    // Every cut for short encodings, else a spread of them.
+    let step = (bytes.len() / 64).max(1);
+    for cut in (0..bytes.len()).step_by(step) {
+        prop_assert!(
+            wire::decode::<T>(kind, &bytes[..cut]).is_err(),
+            "a {}-byte prefix of {} decoded",
+            cut,
+            bytes.len()
+        );
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    prop_assert!(wire::decode::<T>(kind, &long).is_err());
+    Ok(())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(f)
+}
+
+/// Reads frames until the stream ends or fails.
+async fn read_all(mut r: &[u8], max: usize) -> (Vec<Vec<u8>>, Option<Error>) {
+    let mut out = Vec::new();
+    loop {
+        match read_frame(&mut r, max).await {
+            Ok(Some(f)) => out.push(f),
+            Ok(None) => return (out, None),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+async fn write_all(frames: &[Vec<u8>], max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        write_frame(&mut out, f, max)
+            .await
+            .expect("within the limit");
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn requests_round_trip(r in request()) {
+        round_trips(Kind::Request, &r)?;
+    }
+
+    #[test]
+    fn responses_round_trip(r in response()) {
+        round_trips(Kind::Response, &r)?;
+    }
+
+    #[test]
+    fn meta_messages_round_trip(q in meta_request(), a in meta_response()) {
+        round_trips(Kind::Request, &q)?;
+        round_trips(Kind::Response, &a)?;
+    }
+
+    #[test]
+    fn infer_messages_round_trip(q in infer_request(), a in infer_response()) {
+        round_trips(Kind::Request, &q)?;
+        round_trips(Kind::Response, &a)?;
+    }
+
+    #[test]
+    fn data_requests_and_telemetry_frames_round_trip(q in data_request(), f in frame()) {
+        round_trips(Kind::Request, &q)?;
+        round_trips(Kind::Response, &f)?;
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoders(b in vec(any::<u8>(), 0..256), kind in 1u8..=3) {
+        // A valid header in front, so the payload decoders are reached.
+        let mut framed = vec![0xD3, 0x4C, wire::PROTOCOL_VERSION, kind];
+        framed.extend_from_slice(&b);
+        for bytes in [&b[..], &framed[..]] {
+            let _ = wire::decode::<Request>(Kind::Request, bytes);
+            let _ = wire::decode::<Response>(Kind::Response, bytes);
+            let _ = wire::decode::<MetaRequest>(Kind::Request, bytes);
+            let _ = wire::decode::<InferResponse>(Kind::Response, bytes);
+        }
+    }
+
+    #[test]
+    fn any_sequence_of_frames_round_trips(frames in vec(vec(any::<u8>(), 0..300), 0..8)) {
+        let stream = block_on(write_all(&frames, 1024));
+        prop_assert_eq!(stream.len(), frames.iter().map(|f| f.len() + 4).sum::<usize>());
+        let (back, err) = block_on(read_all(&stream, 1024));
+        prop_assert!(err.is_none(), "{:?}", err);
+        prop_assert_eq!(back, frames);
+    }
+
+    #[test]
+    fn a_truncated_stream_is_an_error_not_a_panic(
+        frames in vec(vec(any::<u8>(), 0..300), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let stream = block_on(write_all(&frames, 1024));
+        let cut = cut.index(stream.len());
+        // Frame boundaries: a cut there is a clean end after that many frames.
+        let mut bounds = vec![0];
+        for f in &frames {
+            bounds.push(bounds.last().unwrap() + f.len() + 4);
+        }
+        let (back, err) = block_on(read_all(&stream[..cut], 1024));
+        match bounds.iter().position(|b| *b == cut) {
+            Some(n) => {
+                prop_assert!(err.is_none(), "cut at a boundary: {:?}", err);
+                prop_assert_eq!(&back[..], &frames[..n]);
+            }
+            None => {
+                let n = bounds.iter().filter(|b| **b < cut).count() - 1;
+                prop_assert!(
+                    matches!(err, Some(Error::Io(_))),
+                    "cut at {} inside frame {}: {:?}", cut, n, err
+                );
+                prop_assert_eq!(&back[..], &frames[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_frames_are_refused(len in 65usize..10_000, max in 0usize..65) {
+        let body = vec![7u8; len];
+        let mut out = Vec::new();
+        let w = block_on(write_frame(&mut out, &body, max));
+        let is_too_large = matches!(w, Err(Error::FrameTooLarge { .. }));
+        prop_assert!(is_too_large, "{:?}", w);
+        prop_assert!(out.is_empty(), "nothing is written");
+        // A prefix announcing `len` is refused before the body is read.
+        let announced = (len as u32).to_be_bytes();
+        let r = block_on(read_frame(&mut &announced[..], max));
+        let refused = matches!(r, Err(Error::FrameTooLarge { len: l, max: m }) if l == len && m == max);
+        prop_assert!(refused, "{:?}", r);
+    }
+
+    #[test]
+    fn arbitrary_streams_never_panic_the_frame_reader(b in vec(any::<u8>(), 0..512), max in 0usize..256) {
+        let (frames, _) = block_on(read_all(&b, max));
+        prop_assert!(frames.iter().all(|f| f.len() <= max));
+    }
+}
