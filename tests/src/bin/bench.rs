@@ -19,12 +19,18 @@
 //! telemetry at 10 and 1,000 members, and the CPU an agent spends streaming telemetry to 5
 //! subscribers (10 local agents); table on stdout, JSON in `target/bench/console.json`.
 //!
+//! `bench inference [--quick]` runs the built full-size models through one agent and through
+//! 10 agents against bare ONNX Runtime loops, and measures fairness, the time to a fair
+//! share and the completion gap after SIGKILLs; JSON in `target/bench/inference.json`.
+//!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
 //! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`.
 
 #[path = "bench/console.rs"]
 mod console;
+#[path = "bench/inference.rs"]
+mod inference;
 #[path = "bench/loss.rs"]
 mod loss;
 #[path = "bench/membership.rs"]
@@ -67,6 +73,8 @@ enum Cmd {
     Sdfs(sdfs::SdfsArgs),
     /// Console frame render time (10 and 1,000 members) and agent CPU of streaming telemetry.
     Console(console::ConsoleArgs),
+    /// Inference images/s vs bare ONNX Runtime, fairness, fair-share time, kill gaps, numerics.
+    Inference(inference::InferenceArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +130,7 @@ fn main() -> Result<()> {
                     Cmd::Membership(a) => membership_bench(a).await,
                     Cmd::Sdfs(a) => sdfs_bench(a).await,
                     Cmd::Console(a) => console_bench(a).await,
+                    Cmd::Inference(a) => inference_bench(a).await,
                 }
             } => r,
             // Dropping the bench future kills every member and removes the loss rule.
@@ -261,6 +270,12 @@ async fn console_bench(a: console::ConsoleArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the bench executable")?;
     let bin_dir = exe.parent().context("bench has no directory")?;
     console::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
+}
+
+async fn inference_bench(a: inference::InferenceArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let bin_dir = exe.parent().context("bench has no directory")?;
+    inference::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
 }
 
 async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {
