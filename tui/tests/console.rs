@@ -366,7 +366,11 @@ mod widgets {
         let a = app(10, (100, 30));
         let t = pane(&a, Pane::Sdfs, 60, 12);
         assert!(t.contains("1020 files, 1044 versions, 96 MiB"), "{t}");
-        assert!(t.contains("2 under-replicated, 1 repairs in flight"), "{t}");
+        assert!(t.contains("4 copies each; 1 repairs in flight"), "{t}");
+        assert!(
+            t.contains("2 under-replicated: datasets/sample/img-0007.jpg v1 (3/4)"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -380,7 +384,8 @@ mod widgets {
             "Jobs",
             "SDFS",
             "Events",
-            "leader 127.0.0.1:8001",
+            "ldr 127.0.0.1:8001",
+            "● 127.0.0.1:8001 live",
         ] {
             assert!(s.contains(title), "{title} missing at 80x24:\n{s}");
         }

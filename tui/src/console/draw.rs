@@ -71,19 +71,39 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
 }
 
 fn status_bar(app: &App, area: Rect, buf: &mut Buffer) {
-    let mut spans = vec![Span::styled(
-        " AwesomeDML ",
-        Style::new().black().on_cyan().bold(),
-    )];
+    let full = status_spans(app, false);
+    let width: usize = full.iter().map(|s| s.width()).sum();
+    let spans = if width <= usize::from(area.width) {
+        full
+    } else {
+        status_spans(app, true)
+    };
+    Paragraph::new(Line::from(spans))
+        .style(Style::new().bg(Color::Black))
+        .render(area, buf);
+}
+
+/// The status bar's parts; `compact` for narrow terminals (connection health
+/// must stay visible).
+fn status_spans(app: &App, compact: bool) -> Vec<Span<'static>> {
     let sep = || Span::styled(" │ ", Style::new().fg(Color::DarkGray));
     let leader = app.frame.as_ref().and_then(|f| f.leader.as_ref());
     let (alive, total) = app.alive_total();
     let voters = leader.map_or(0, |l| l.voters.len());
-    spans.push(Span::raw(format!(
-        " cluster {total} nodes, {voters} voters"
-    )));
-    spans.push(sep());
-    spans.push(Span::raw("leader "));
+    let mut spans = Vec::new();
+    if compact {
+        spans.push(Span::styled(" DML ", Style::new().black().on_cyan().bold()));
+    } else {
+        spans.push(Span::styled(
+            " AwesomeDML ",
+            Style::new().black().on_cyan().bold(),
+        ));
+        spans.push(Span::raw(format!(
+            " cluster {total} nodes, {voters} voters"
+        )));
+        spans.push(sep());
+    }
+    spans.push(Span::raw(if compact { " ldr " } else { "leader " }));
     spans.push(match leader.and_then(|l| l.leader) {
         Some(l) => Span::styled(l.to_string(), Style::new().fg(Color::Magenta).bold()),
         None => Span::styled("none", Style::new().fg(Color::Red).bold()),
@@ -95,16 +115,23 @@ fn status_bar(app: &App, area: Rect, buf: &mut Buffer) {
         Color::Yellow
     };
     spans.push(Span::styled(
-        format!("{alive}/{total} alive"),
+        if compact {
+            format!("{alive}/{total}")
+        } else {
+            format!("{alive}/{total} alive")
+        },
         Style::new().fg(color),
     ));
     spans.push(sep());
-    spans.push(Span::raw(format!("term {}", leader.map_or(0, |l| l.term))));
+    let term = leader.map_or(0, |l| l.term);
+    spans.push(Span::raw(if compact {
+        format!("t{term}")
+    } else {
+        format!("term {term}")
+    }));
     spans.push(sep());
     spans.extend(connection(app));
-    Paragraph::new(Line::from(spans))
-        .style(Style::new().bg(Color::Black))
-        .render(area, buf);
+    spans
 }
 
 /// The connection's health: agent, age of the last frame, drops, switches.
@@ -117,7 +144,7 @@ fn connection(app: &App) -> Vec<Span<'static>> {
             Style::new().fg(Color::Yellow).bold(),
         )],
         Health::Reconnecting { from, error } => vec![Span::styled(
-            format!("◌ lost {from} ({error}); reconnecting to {}", app.agent),
+            format!("◌ reconnecting to {}; lost {from}: {error}", app.agent),
             Style::new().fg(Color::Red).bold(),
         )],
         Health::Live if age.is_some_and(|a| a > STALE_MS) => vec![Span::styled(

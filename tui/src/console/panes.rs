@@ -412,33 +412,33 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
         .map(|c| &c.sdfs);
     let mut lines: Vec<Line> = match health {
         Some(Ok(h)) => {
-            let under = if h.under_replicated == 0 {
+            let mut health = vec![if h.under_replicated == 0 {
                 Span::styled("all fully replicated", Style::new().fg(Color::Green))
             } else {
                 Span::styled(
-                    format!("{} under-replicated", h.under_replicated),
+                    format!("{} under-replicated: ", h.under_replicated),
                     Style::new().fg(Color::Yellow).bold(),
                 )
-            };
+            }];
             let sample = h
                 .under_replicated_sample
                 .iter()
                 .map(|(n, v, have)| format!("{n} v{v} ({have}/{})", h.replicas))
                 .collect::<Vec<_>>()
                 .join(", ");
+            health.push(Span::styled(sample, Style::new().fg(Color::Yellow)));
             vec![
                 Line::from(format!(
-                    "{} files, {} versions, {}, {} copies each",
+                    "{} files, {} versions, {}",
                     h.files,
                     h.versions,
-                    bytes(h.bytes),
-                    h.replicas
+                    bytes(h.bytes)
                 )),
-                Line::from(vec![
-                    under,
-                    Span::raw(format!(", {} repairs in flight", h.repairs_in_flight)),
-                ]),
-                Line::from(Span::styled(sample, Style::new().fg(Color::Yellow))),
+                Line::from(format!(
+                    "{} copies each; {} repairs in flight",
+                    h.replicas, h.repairs_in_flight
+                )),
+                Line::from(health),
             ]
         }
         Some(Err(e)) => vec![
@@ -453,21 +453,31 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
         ],
     };
     let nodes = app.frame.as_ref().map(|f| &f.nodes[..]).unwrap_or_default();
+    // Narrow panes drop the age column and the address's room.
+    let narrow = area.width < 46;
+    let row = |node: &str, versions: &str, size: &str, age: &str| {
+        if narrow {
+            format!("{node:<15} {versions:>5} {size:>8}")
+        } else {
+            format!("{node:<21} {versions:>8} {size:>8} {age:>6}")
+        }
+    };
     lines.push(Line::from(Span::styled(
-        format!(
-            "{:<21} {:>8} {:>8} {:>6}",
-            "node", "versions", "bytes", "age"
+        row(
+            "node",
+            if narrow { "vers" } else { "versions" },
+            "bytes",
+            "age",
         ),
         Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
     )));
     let (off, n) = window(app, Pane::Sdfs, area, nodes.len());
     for (i, s) in nodes.iter().enumerate().skip(off).take(n) {
-        let mut line = Line::from(format!(
-            "{:<21} {:>8} {:>8} {:>6}",
-            s.addr.map_or_else(|| "?".into(), |a| a.to_string()),
-            s.sdfs_versions,
-            bytes(s.sdfs_bytes),
-            age_ms(s.age_ms)
+        let mut line = Line::from(row(
+            &s.addr.map_or_else(|| "?".into(), |a| a.to_string()),
+            &s.sdfs_versions.to_string(),
+            &bytes(s.sdfs_bytes),
+            &age_ms(s.age_ms),
         ));
         if i == app.selected[Pane::Sdfs as usize] {
             line = line.style(selected_style(app, Pane::Sdfs));
