@@ -161,6 +161,9 @@ mod state {
     fn s_opens_a_form_that_submits_a_job() {
         let mut a = app(10, (100, 30));
         a.handle(ch('s'));
+        let ctrl_u = Event::Key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+        a.handle(ctrl_u);
+        typed(&mut a, "resnet50");
         a.handle(key(KeyCode::Tab));
         for _ in 0..3 {
             a.handle(key(KeyCode::Backspace));

@@ -372,11 +372,14 @@ impl App {
                 _ => &mut f.dataset,
             },
         };
+        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         match k.code {
             KeyCode::Backspace => {
                 text.pop();
             }
-            KeyCode::Char(c) => text.push(c),
+            // Ctrl-U clears the line, as in a shell; other chords type nothing.
+            KeyCode::Char('u') if ctrl => text.clear(),
+            KeyCode::Char(c) if !ctrl && !k.modifiers.contains(KeyModifiers::ALT) => text.push(c),
             _ => {}
         }
         if let Some(Input::Filter(t)) = &self.input {

@@ -39,7 +39,10 @@ pub const KEYS: [(&str, &str); 17] = [
     ),
     ("mouse click", "focus a pane and select a row"),
     ("mouse wheel", "scroll the pane under the pointer"),
-    ("Enter", "run the command line or form"),
+    (
+        "Enter / Ctrl-U",
+        "run the command line or form / clear what is typed",
+    ),
 ];
 
 /// A message older than this gives way to the key hints.
