@@ -96,6 +96,9 @@ pub enum Command {
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
+    /// Deploy and run agents on remote hosts over SSH (hosts.toml).
+    #[command(subcommand)]
+    Cluster(crate::cluster::ClusterCommand),
     /// C4: run MODEL over NUM_IMAGES images of a dataset; prints the job id.
     SubmitJob {
         model: String,

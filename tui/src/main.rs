@@ -5,6 +5,7 @@
 //! - [`report`]: tables and JSON for those commands.
 //! - [`sdfs`]: `put`, `get`, `ls`, `get-versions`, `sdfs ...` and `leader`.
 //! - [`local`]: `local up|status|down`, a cluster of agents on this machine.
+//! - [`cluster`]: `cluster up|down|status`, agents on remote hosts over SSH.
 //! - [`console`]: the full-screen console shown without a subcommand.
 //! - [`infer`]: `submit-job`, `get-output`, `set-batch-size`, `rates`,
 //!   `latency`, `placement`, `jobs` (C1–C5).
@@ -12,6 +13,7 @@
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 
 mod cli;
+mod cluster;
 mod dataset;
 mod infer;
 mod local;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Local(l)) => local::run(l, cli.json).await,
+        Some(Command::Cluster(c)) => cluster::run(c, cli.json).await,
         Some(Command::Models(m)) => models::run(m, &cli.agent, cli.json).await,
         Some(Command::Dataset(DatasetCommand::Make { dir, count, seed })) => {
             dataset::run_make(dir, *count, *seed, cli.json)

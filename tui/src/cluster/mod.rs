@@ -1,0 +1,567 @@
+//! `dml cluster up|down|status --hosts hosts.toml`: agents on remote hosts,
+//! deployed and controlled over SSH, every host in parallel.
+//!
+//! - [`hosts`]: the hosts file and each host's generated agent config.
+//! - [`ssh`]: one SSH session: host key check, login, commands, SFTP uploads.
+//! - [`remote`]: the scripts run on the hosts and the systemd unit.
+
+pub mod hosts;
+pub mod remote;
+pub mod ssh;
+
+use crate::report::render_table;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use dml_shared::client::Client;
+use hosts::{Host, Hosts, Launcher};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use sha2::Digest;
+use ssh::Ssh;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Upload dml-agent and each host's config over SFTP, start the agents
+    /// (systemd where it is PID 1, else tmux) and wait until they are healthy.
+    Up(UpArgs),
+    /// Stop each host's agent with SIGTERM, so it leaves the group.
+    Down(DownArgs),
+    /// Each host's agent: process, pid, API, members seen, leader.
+    Status(HostsArg),
+}
+
+#[derive(Debug, Args)]
+pub struct HostsArg {
+    /// The hosts file (see docs/DEPLOY.md).
+    #[arg(long)]
+    pub hosts: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub hosts: HostsArg,
+    /// The dml-agent binary to upload (default: hosts.toml's agent_bin, else next to dml).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// Seconds to wait for every agent to answer, see the others and a leader.
+    #[arg(long, default_value_t = 90)]
+    pub wait_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub hosts: HostsArg,
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(long, default_value_t = 15)]
+    pub timeout_secs: u64,
+}
+
+/// Time allowed for one API probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Pause between two rounds of probes.
+const POLL: Duration = Duration::from_millis(200);
+
+pub async fn run(cmd: &ClusterCommand, json: bool) -> Result<()> {
+    match cmd {
+        ClusterCommand::Up(a) => up(a, json).await,
+        ClusterCommand::Down(a) => down(a, json).await,
+        ClusterCommand::Status(a) => status(a, json).await,
+    }
+}
+
+/// One spinner line per host (hidden under --json or without a terminal).
+fn bars(hosts: &Hosts, json: bool) -> Vec<ProgressBar> {
+    let target = if json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let multi = MultiProgress::with_draw_target(target);
+    let width = hosts.hosts.iter().map(|h| h.name.len()).max().unwrap_or(4);
+    let style =
+        ProgressStyle::with_template(&format!("{{prefix:{width}}} {{spinner}} {{wide_msg}}"))
+            .expect("valid template");
+    hosts
+        .hosts
+        .iter()
+        .map(|h| {
+            let pb = multi.add(ProgressBar::new_spinner());
+            pb.set_style(style.clone());
+            pb.set_prefix(h.name.clone());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            pb
+        })
+        .collect()
+}
+
+async fn connect(hosts: &Hosts, h: &Host) -> Result<Ssh> {
+    Ssh::connect(h, &hosts.auth, &hosts.known_hosts, hosts.connect_timeout)
+        .await
+        .with_context(|| format!("ssh {}@{}:{}", h.user, h.address, h.ssh_port))
+}
+
+/// Result of `up` on one host.
+#[derive(Debug, Serialize)]
+struct UpReport {
+    host: String,
+    ssh: String,
+    agent: SocketAddr,
+    remote_dir: String,
+    launcher: Option<String>,
+    pid: Option<u32>,
+    uploaded_agent: bool,
+    replaced_running: bool,
+    node_id: Option<String>,
+    members: Option<usize>,
+    error: Option<String>,
+}
+
+/// SHA-256 of a file, hex.
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn up(a: &UpArgs, json: bool) -> Result<()> {
+    let hosts = Hosts::load(&a.hosts.hosts)?;
+    let bin = crate::local::find_agent_bin(a.agent_bin.as_deref().or(hosts.agent_bin.as_deref()))?;
+    let bin_for_hash = bin.clone();
+    let sha = tokio::task::spawn_blocking(move || sha256_file(&bin_for_hash)).await??;
+    let size = std::fs::metadata(&bin)?.len();
+    let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
+    let bars = bars(&hosts, json);
+    let jobs = hosts.hosts.iter().zip(&bars).map(|(h, pb)| {
+        let (hosts, bin, sha) = (&hosts, &bin, &sha);
+        async move {
+            let mut rep = UpReport {
+                host: h.name.clone(),
+                ssh: format!("{}@{}:{}", h.user, h.address, h.ssh_port),
+                agent: h.bind,
+                remote_dir: h.remote_dir.clone(),
+                launcher: None,
+                pid: None,
+                uploaded_agent: false,
+                replaced_running: false,
+                node_id: None,
+                members: None,
+                error: None,
+            };
+            if let Err(e) = up_host(hosts, h, bin, sha, size, pb, deadline, &mut rep).await {
+                rep.error = Some(format!("{e:#}"));
+                pb.finish_with_message(format!("failed: {e:#}"));
+            }
+            rep
+        }
+    });
+    let mut reports: Vec<UpReport> = futures::future::join_all(jobs).await;
+
+    // The cluster as a whole: every healthy agent sees all of them, and a leader.
+    let healthy: Vec<usize> = (0..reports.len())
+        .filter(|&i| reports[i].error.is_none())
+        .collect();
+    let want = healthy.len();
+    let mut leader = None;
+    if want > 0 {
+        for &i in &healthy {
+            bars[i].set_message(format!("healthy; waiting until it sees {want} members"));
+        }
+        loop {
+            let mut all = true;
+            for &i in &healthy {
+                let mut c = Client::new(reports[i].agent).with_timeout(PROBE_TIMEOUT);
+                let live = c
+                    .members()
+                    .await
+                    .map(|m| m.iter().filter(|m| m.state.is_live()).count())
+                    .ok();
+                reports[i].members = live;
+                all &= live.is_some_and(|n| n >= want);
+            }
+            if leader.is_none() {
+                let mut c = Client::new(reports[healthy[0]].agent).with_timeout(PROBE_TIMEOUT);
+                leader = c.leader().await.ok().and_then(|l| l.leader);
+            }
+            if (all && leader.is_some()) || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    for (i, r) in reports.iter().enumerate() {
+        if r.error.is_none() {
+            bars[i].finish_with_message(format!(
+                "up: pid {}, sees {} live members",
+                r.pid.map_or("?".into(), |p| p.to_string()),
+                r.members.map_or("?".into(), |n| n.to_string())
+            ));
+        }
+    }
+    for r in &mut reports {
+        if r.error.is_none() && r.members.is_none_or(|n| n < want) {
+            eprintln!(
+                "warning: {} sees {} of {want} agents live before the deadline; \
+                 `dml cluster status` shows who sees what",
+                r.host,
+                r.members.unwrap_or(0)
+            );
+        }
+    }
+    if want > 0 && leader.is_none() {
+        eprintln!("warning: no control-plane leader before the deadline; `dml leader` asks again");
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "hosts": reports, "leader": leader, "failed": failed })
+        );
+    } else {
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone(),
+                    r.agent.to_string(),
+                    r.launcher.clone().unwrap_or_default(),
+                    r.pid.map_or("-".into(), |p| p.to_string()),
+                    r.members.map_or("-".into(), |n| n.to_string()),
+                    r.error.clone().unwrap_or_else(|| "up".into()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render_table(
+                &["HOST", "AGENT", "LAUNCHER", "PID", "MEMBERS", "RESULT"],
+                &rows
+            )
+        );
+        if let Some(l) = leader {
+            println!("control-plane leader: {l}");
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} hosts failed", reports.len());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn up_host(
+    hosts: &Hosts,
+    h: &Host,
+    bin: &Path,
+    sha: &str,
+    size: u64,
+    pb: &ProgressBar,
+    deadline: Instant,
+    rep: &mut UpReport,
+) -> Result<()> {
+    pb.set_message("connecting");
+    let ssh = connect(hosts, h).await?;
+    let probe = remote::parse_kv(
+        &ssh.run(
+            "preparing the remote directory",
+            &remote::probe(&h.remote_dir),
+        )
+        .await?,
+    );
+    let dir = probe.get("dir").cloned().unwrap_or_default();
+    if !dir.starts_with('/') {
+        bail!("cannot resolve the remote directory {}", h.remote_dir);
+    }
+    rep.remote_dir = dir.clone();
+    let arch = probe.get("arch").map(String::as_str).unwrap_or("");
+    if arch != std::env::consts::ARCH {
+        bail!(
+            "host is {arch}, this dml-agent is built for {}",
+            std::env::consts::ARCH
+        );
+    }
+    let init = probe.get("init").map(String::as_str).unwrap_or("");
+    let has_tmux = probe.get("tmux").is_some_and(|t| !t.is_empty());
+    let use_systemd = match h.launcher {
+        Launcher::Systemd if init != "systemd" => {
+            bail!("launcher = \"systemd\" but PID 1 on the host is \"{init}\"")
+        }
+        Launcher::Systemd => true,
+        Launcher::Tmux => false,
+        Launcher::Auto => init == "systemd",
+    };
+    if !use_systemd && !has_tmux {
+        bail!("PID 1 is \"{init}\", not systemd, and tmux is not installed on the host");
+    }
+
+    pb.set_message("stopping a previous agent, if any");
+    let stopped = remote::parse_kv(
+        &ssh.run("stopping the previous agent", &remote::stop(&dir, 15))
+            .await?,
+    );
+    rep.replaced_running = stopped.get("outcome").is_some_and(|o| o != "not-running");
+
+    let agent_path = format!("{dir}/bin/dml-agent");
+    if probe.get("sha256").map(String::as_str) != Some(sha) {
+        let mib = size as f64 / 1048576.0;
+        ssh.upload(bin, &agent_path, 0o755, |sent| {
+            pb.set_message(format!(
+                "uploading dml-agent: {:.0} of {mib:.0} MiB",
+                sent as f64 / 1048576.0
+            ))
+        })
+        .await
+        .context("uploading dml-agent")?;
+        rep.uploaded_agent = true;
+    }
+    pb.set_message("uploading agent.toml");
+    let cfg = hosts.agent_config(h, &dir)?;
+    ssh.upload_bytes(cfg.as_bytes(), &format!("{dir}/agent.toml"), 0o640)
+        .await
+        .context("uploading agent.toml")?;
+
+    let port = h.bind.port();
+    let started = if use_systemd {
+        pb.set_message("starting the systemd unit");
+        let unit = remote::unit(&dir, port);
+        ssh.upload_bytes(
+            unit.as_bytes(),
+            &format!("{dir}/{}.service", remote::service_name(port)),
+            0o644,
+        )
+        .await
+        .context("uploading the unit")?;
+        rep.launcher = Some(format!("systemd {}", remote::service_name(port)));
+        ssh.run("starting the unit", &remote::start_systemd(&dir, port))
+            .await?
+    } else {
+        pb.set_message("starting in tmux");
+        rep.launcher = Some(format!("tmux {}", remote::service_name(port)));
+        ssh.run("starting in tmux", &remote::start_tmux(&dir, port))
+            .await?
+    };
+    rep.pid = remote::parse_kv(&started)
+        .get("pid")
+        .and_then(|p| p.parse().ok());
+
+    pb.set_message(format!("waiting for the API at {}", h.bind));
+    let mut round = 0u32;
+    loop {
+        let mut c = Client::new(h.bind).with_timeout(PROBE_TIMEOUT);
+        let last_err = match c.id().await {
+            Ok(info) => {
+                rep.node_id = Some(info.id.to_string());
+                break;
+            }
+            Err(e) => e.to_string(),
+        };
+        round += 1;
+        // Now and then, ask the host whether the agent still runs.
+        let exited = round.is_multiple_of(5)
+            && remote::parse_kv(&ssh.run("checking the agent", &remote::state(&dir)).await?)
+                .get("running")
+                .is_some_and(|r| r == "0");
+        if exited || Instant::now() >= deadline {
+            let (_, tail) = ssh.exec(&remote::log_tail(&dir, port)).await?;
+            let why = if exited {
+                "the agent exited".to_string()
+            } else {
+                format!("no answer at {} before the deadline ({last_err})", h.bind)
+            };
+            bail!("{why}; last log lines:\n{}", tail.trim_end());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    pb.set_message("healthy");
+    ssh.close().await;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct DownReport {
+    host: String,
+    agent: SocketAddr,
+    pid: Option<u32>,
+    outcome: String,
+    error: Option<String>,
+}
+
+async fn down(a: &DownArgs, json: bool) -> Result<()> {
+    let hosts = Hosts::load(&a.hosts.hosts)?;
+    let bars = bars(&hosts, json);
+    let jobs = hosts.hosts.iter().zip(&bars).map(|(h, pb)| {
+        let hosts = &hosts;
+        async move {
+            pb.set_message("connecting");
+            let r: Result<(Option<u32>, String)> = async {
+                let ssh = connect(hosts, h).await?;
+                pb.set_message("stopping (SIGTERM)");
+                let out = ssh
+                    .run(
+                        "stopping the agent",
+                        &remote::stop(&h.remote_dir, a.timeout_secs),
+                    )
+                    .await?;
+                ssh.close().await;
+                let kv = remote::parse_kv(&out);
+                Ok((
+                    kv.get("pid").and_then(|p| p.parse().ok()),
+                    kv.get("outcome").cloned().unwrap_or_default(),
+                ))
+            }
+            .await;
+            let rep = match r {
+                Ok((pid, outcome)) => DownReport {
+                    host: h.name.clone(),
+                    agent: h.bind,
+                    pid,
+                    outcome,
+                    error: None,
+                },
+                Err(e) => DownReport {
+                    host: h.name.clone(),
+                    agent: h.bind,
+                    pid: None,
+                    outcome: "error".into(),
+                    error: Some(format!("{e:#}")),
+                },
+            };
+            pb.finish_with_message(rep.error.clone().unwrap_or_else(|| rep.outcome.clone()));
+            rep
+        }
+    });
+    let reports: Vec<DownReport> = futures::future::join_all(jobs).await;
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "hosts": reports, "failed": failed })
+        );
+    } else {
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone(),
+                    r.agent.to_string(),
+                    r.pid.map_or("-".into(), |p| p.to_string()),
+                    r.error.clone().unwrap_or_else(|| r.outcome.clone()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render_table(&["HOST", "AGENT", "PID", "OUTCOME"], &rows)
+        );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} hosts failed", reports.len());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    host: String,
+    agent: SocketAddr,
+    launcher: Option<String>,
+    pid: Option<u32>,
+    running: Option<bool>,
+    answering: bool,
+    node_id: Option<String>,
+    members: Option<usize>,
+    leader: Option<SocketAddr>,
+    ssh_error: Option<String>,
+}
+
+async fn status(a: &HostsArg, json: bool) -> Result<()> {
+    let hosts = Hosts::load(&a.hosts)?;
+    let jobs = hosts.hosts.iter().map(|h| {
+        let hosts = &hosts;
+        async move {
+            let remote: Result<std::collections::HashMap<String, String>> = async {
+                let ssh = connect(hosts, h).await?;
+                let out = ssh
+                    .run("reading the agent state", &remote::state(&h.remote_dir))
+                    .await?;
+                ssh.close().await;
+                Ok(remote::parse_kv(&out))
+            }
+            .await;
+            let mut c = Client::new(h.bind).with_timeout(PROBE_TIMEOUT);
+            let id = c.id().await.ok();
+            let members = c
+                .members()
+                .await
+                .ok()
+                .map(|m| m.iter().filter(|m| m.state.is_live()).count());
+            let leader = c.leader().await.ok().and_then(|l| l.leader);
+            let (launcher, pid, running, ssh_error) = match remote {
+                Ok(kv) => (
+                    kv.get("launcher").filter(|l| !l.is_empty()).cloned(),
+                    kv.get("pid").and_then(|p| p.parse().ok()),
+                    Some(kv.get("running").is_some_and(|r| r == "1")),
+                    None,
+                ),
+                Err(e) => (None, None, None, Some(format!("{e:#}"))),
+            };
+            StatusReport {
+                host: h.name.clone(),
+                agent: h.bind,
+                launcher,
+                pid,
+                running,
+                answering: id.is_some(),
+                node_id: id.map(|i| i.id.to_string()),
+                members,
+                leader,
+                ssh_error,
+            }
+        }
+    });
+    let reports: Vec<StatusReport> = futures::future::join_all(jobs).await;
+    if json {
+        println!("{}", serde_json::json!({ "hosts": reports }));
+    } else {
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.host.clone(),
+                    r.agent.to_string(),
+                    r.launcher.clone().unwrap_or_else(|| "-".into()),
+                    r.pid.map_or("-".into(), |p| p.to_string()),
+                    match (r.running, &r.ssh_error) {
+                        (_, Some(e)) => format!("ssh error: {e}"),
+                        (Some(true), _) => "running".into(),
+                        _ => "not running".into(),
+                    },
+                    if r.answering {
+                        "answering"
+                    } else {
+                        "no answer"
+                    }
+                    .into(),
+                    r.members.map_or("-".into(), |n| n.to_string()),
+                    r.leader.map_or("-".into(), |l| l.to_string()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render_table(
+                &[
+                    "HOST", "AGENT", "LAUNCHER", "PID", "PROCESS", "API", "MEMBERS", "LEADER"
+                ],
+                &rows
+            )
+        );
+    }
+    Ok(())
+}
