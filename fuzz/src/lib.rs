@@ -136,8 +136,11 @@ pub fn sdfs_name(data: &[u8]) {
     }
 }
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay tests and `scripts/fuzz.sh`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("wire_request", wire_request),
     ("wire_response", wire_response),
     ("framing", framing),
