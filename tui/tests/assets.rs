@@ -73,7 +73,9 @@ fn systemd_unit_runs_the_agent_with_its_config_and_restarts_on_failure() {
     );
     assert_eq!(get("Service", "Restart"), "on-failure");
     assert_eq!(get("Service", "KillSignal"), "SIGTERM");
-    assert_eq!(get("Service", "Type"), "simple");
+    // Ready once joined (sd_notify READY=1); SIGHUP reloads.
+    assert_eq!(get("Service", "Type"), "notify");
+    assert_eq!(get("Service", "NotifyAccess"), "main");
     // A bad config exits 2 (docs/AGENT_CLI.md); restarting cannot fix it.
     assert_eq!(get("Service", "RestartPreventExitStatus"), "2");
     assert_eq!(get("Install", "WantedBy"), "multi-user.target");

@@ -13,6 +13,9 @@ use dml_shared::sdfs::MetaRequest;
 use std::net::SocketAddr;
 use tokio::time::Instant;
 
+/// Idle connections kept for forwarding to the leader.
+const FORWARD_POOL: usize = 16;
+
 impl Inner {
     /// The leader's address from this voter's Raft metrics.
     pub(crate) fn raft_leader(&self) -> Option<SocketAddr> {
@@ -91,6 +94,23 @@ impl Inner {
         }
     }
 
+    /// An open connection to `leader` from the pool, or a new client.
+    fn pooled(&self, leader: SocketAddr, timeout: std::time::Duration) -> Client {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().position(|c| c.addr() == leader) {
+            Some(i) => pool.swap_remove(i).with_timeout(timeout),
+            None => Client::new(leader).with_timeout(timeout),
+        }
+    }
+
+    /// Returns a client whose last call succeeded to the pool (bounded).
+    fn unpool(&self, c: Client) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < FORWARD_POOL {
+            pool.push(c);
+        }
+    }
+
     fn forget_leader(&self) {
         *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -121,9 +141,20 @@ impl Inner {
                     }
                 }
                 Some(l) => {
-                    let mut c = Client::new(l).with_timeout(wait + self.s.control.rpc_timeout);
+                    // A pooled connection may have been closed by the other
+                    // side; only a request that is safe to repeat takes one.
+                    let timeout = wait + self.s.control.rpc_timeout;
+                    let mut c = if req.is_idempotent() {
+                        self.pooled(l, timeout)
+                    } else {
+                        Client::new(l).with_timeout(timeout)
+                    };
                     let fwd = Request::Meta(MetaRequest::AtLeader(Box::new(req.clone())));
-                    match c.call(&fwd).await {
+                    let answer = c.call(&fwd).await;
+                    if answer.is_ok() {
+                        self.unpool(c);
+                    }
+                    match answer {
                         Ok(Response::NotLeader { leader }) => {
                             self.forget_leader();
                             hint = leader.filter(|h| *h != l);

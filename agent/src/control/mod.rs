@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     pub sched: Mutex<Option<(u64, scheduler::Scheduler)>>,
     /// Wakes workers' lease requests waiting for work.
     pub work: tokio::sync::Notify,
+    /// Open connections for forwarding requests to the leader.
+    pub pool: Mutex<Vec<dml_shared::client::Client>>,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -217,6 +219,7 @@ impl ControlPlane {
             leader_hint: Mutex::new(None),
             sched: Mutex::new(None),
             work: tokio::sync::Notify::new(),
+            pool: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {
