@@ -342,8 +342,14 @@ fn every(period: Duration) -> tokio::time::Interval {
 async fn sample_own(inner: Arc<Inner>) {
     let mut cpu = proc::CpuSampler::default();
     let mut tick = every(SAMPLE_EVERY);
+    let mut repairs = None;
     loop {
         tick.tick().await;
+        let now = inner.sdfs.stats().map_or(0, |s| s.repairs);
+        if let Some(text) = repaired(inner.me, repairs, now) {
+            inner.push_event(EventKind::Repair, text);
+        }
+        repairs = Some(now);
         let pct = cpu.sample(Instant::now());
         let mut own = inner.own.lock().expect("own lock");
         own.cpu_percent = pct.unwrap_or(own.cpu_percent);
@@ -469,6 +475,16 @@ async fn poll_nodes(inner: Arc<Inner>, membership: MembershipHandle) {
     }
 }
 
+/// The event line when this agent's SDFS repair counter grew (copies it
+/// fetched from other replicas); nothing on the first reading.
+fn repaired(node: SocketAddr, before: Option<u64>, now: u64) -> Option<String> {
+    let n = now.checked_sub(before?).filter(|n| *n > 0)?;
+    Some(format!(
+        "{node} re-replicated {n} cop{} from other replicas",
+        if n == 1 { "y" } else { "ies" }
+    ))
+}
+
 async fn publish(inner: Arc<Inner>, membership: MembershipHandle) {
     let mut tick = every(Duration::from_millis(MIN_INTERVAL_MS));
     loop {
@@ -533,6 +549,19 @@ mod tests {
         drop(rx);
         i.publish(frame(&i));
         assert_eq!(i.subs_len(), 0, "a closed subscriber is forgotten");
+    }
+
+    #[test]
+    fn a_growing_repair_counter_is_an_event() {
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(repaired(a, None, 5), None);
+        assert_eq!(repaired(a, Some(5), 5), None);
+        assert_eq!(
+            repaired(a, Some(5), 7).unwrap(),
+            "127.0.0.1:9 re-replicated 2 copies from other replicas"
+        );
+        // A restarted agent's counter starts again from zero.
+        assert_eq!(repaired(a, Some(5), 1), None);
     }
 
     #[test]
