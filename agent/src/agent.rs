@@ -74,6 +74,8 @@ impl Agent {
             .await
             .context("cannot open the SDFS store")?;
         let membership = driver::spawn(udp, core, join);
+        // Made before the control plane so it can be handed job and repair events.
+        let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {
             Some(path) => dml_shared::models::Registry::load(path)?,
             None => dml_shared::models::Registry::builtin(),
@@ -85,13 +87,16 @@ impl Agent {
         )
         .await
         .context("cannot start the control plane")?;
-        let telemetry = TelemetryService::start(telemetry::Sources {
-            me: addr,
-            membership: membership.handle.clone(),
-            control: control.handle(),
-            sdfs: sdfs.handle(),
-            replicas: cfg.replicas() as u32,
-        });
+        let telemetry = TelemetryService::start_with(
+            telemetry_handle,
+            telemetry::Sources {
+                me: addr,
+                membership: membership.handle.clone(),
+                control: control.handle(),
+                sdfs: sdfs.handle(),
+                replicas: cfg.replicas() as u32,
+            },
+        );
         let services = Services {
             membership: membership.handle.clone(),
             control: control.handle(),

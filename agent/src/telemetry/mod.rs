@@ -265,21 +265,41 @@ pub struct Sources {
     pub replicas: u32,
 }
 
+impl Telemetry {
+    /// A handle that records events at once; [`TelemetryService::start_with`]
+    /// later starts its tasks. Services started before telemetry (the
+    /// control plane) can be given a clone to report job and repair events.
+    pub fn new(me: SocketAddr, sdfs: SdfsHandle) -> Self {
+        Self {
+            inner: Some(Arc::new(Inner {
+                me,
+                id: Mutex::new(None),
+                events: Mutex::new(EventRing::default()),
+                subs: Mutex::new(Vec::new()),
+                own: Mutex::new(NodeStats::default()),
+                others: Mutex::new(HashMap::new()),
+                leader: Mutex::new(None),
+                figures: Mutex::new(None),
+                repairs: AtomicU64::new(0),
+                frames: AtomicU64::new(0),
+                sdfs,
+            })),
+        }
+    }
+}
+
 impl TelemetryService {
+    /// Creates the handle and starts the tasks.
     pub fn start(src: Sources) -> Self {
-        let inner = Arc::new(Inner {
-            me: src.me,
-            id: Mutex::new(None),
-            events: Mutex::new(EventRing::default()),
-            subs: Mutex::new(Vec::new()),
-            own: Mutex::new(NodeStats::default()),
-            others: Mutex::new(HashMap::new()),
-            leader: Mutex::new(None),
-            figures: Mutex::new(None),
-            repairs: AtomicU64::new(0),
-            frames: AtomicU64::new(0),
-            sdfs: src.sdfs.clone(),
-        });
+        Self::start_with(Telemetry::new(src.me, src.sdfs.clone()), src)
+    }
+
+    /// Starts the tasks of a handle made with [`Telemetry::new`].
+    pub fn start_with(handle: Telemetry, src: Sources) -> Self {
+        let inner = handle
+            .inner
+            .clone()
+            .expect("Telemetry::new makes a running handle");
         let (shutdown, rx) = watch::channel(false);
         let membership_events = src.membership.subscribe();
         let tasks = vec![
@@ -303,7 +323,7 @@ impl TelemetryService {
             tokio::spawn(stopping(rx, publish(inner.clone(), src.membership))),
         ];
         Self {
-            handle: Telemetry { inner: Some(inner) },
+            handle,
             shutdown,
             tasks,
         }
@@ -512,19 +532,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn inner() -> Arc<Inner> {
-        Arc::new(Inner {
-            me: "127.0.0.1:1".parse().unwrap(),
-            id: Mutex::new(None),
-            events: Mutex::new(EventRing::default()),
-            subs: Mutex::new(Vec::new()),
-            own: Mutex::new(NodeStats::default()),
-            others: Mutex::new(HashMap::new()),
-            leader: Mutex::new(None),
-            figures: Mutex::new(None),
-            repairs: AtomicU64::new(0),
-            frames: AtomicU64::new(0),
-            sdfs: SdfsHandle::default(),
-        })
+        let t = Telemetry::new("127.0.0.1:1".parse().unwrap(), SdfsHandle::default());
+        t.inner.unwrap()
     }
 
     fn frame(i: &Inner) -> Frame {
