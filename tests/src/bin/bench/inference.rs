@@ -286,6 +286,7 @@ async fn system_rate(
     batch: u32,
     images: u32,
     warm: f64,
+    tail: u32,
 ) -> Result<(f64, f64, u32)> {
     set_batch(at, model, batch).await?;
     let id = submit(at, model, images, DATASET).await?;
@@ -310,14 +311,21 @@ async fn system_rate(
         }
         tokio::time::sleep(POLL).await;
     }
+    // Warm-up: at least `warm` and at least the time to the first completion (a query's
+    // duration with the pipeline filling); the tail, when workers run out of queries, is cut.
     let first = events.first().context("no completion")?.0;
     let start = events
         .iter()
         .skip(1)
-        .find(|(t, _)| *t >= first + warm)
+        .find(|(t, _)| *t >= first + warm.max(first))
         .copied()
         .context("the job ended within its warm-up")?;
-    let end = *events.last().context("no completion")?;
+    let end = events
+        .iter()
+        .rev()
+        .find(|(_, d)| *d + tail <= images)
+        .copied()
+        .context("no completion before the tail")?;
     let span = end.0 - start.0;
     ensure!(
         span >= 1.0,
@@ -385,6 +393,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         .args(["dataset", "make"])
         .arg(&dataset)
         .args(["--count", "64", "--seed", "7"])
+        .stdout(std::io::stderr())
         .status()?;
     ensure!(st.success(), "dml dataset make failed");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dataset)?
@@ -424,8 +433,11 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
                     let batch = batch_of(&files, &spec, b as usize)?;
                     let raw = raw_rate(path.clone(), spec.clone(), 1, batch, plan.raw_secs).await?;
                     row.raw_images_per_s = Some(raw);
-                    let images = job_size(raw, plan.warm_secs + plan.window_secs, b);
-                    let (sys, span, n) = system_rate(at, m, b, images, plan.warm_secs).await?;
+                    // The tail: the last two queries (the worker's two slots).
+                    let tail = 2 * b;
+                    let images = job_size(raw, 2.0 * plan.warm_secs + plan.window_secs, b) + tail;
+                    let (sys, span, n) =
+                        system_rate(at, m, b, images, plan.warm_secs, tail).await?;
                     row.system_images_per_s = Some(sys);
                     row.ratio = Some(sys / raw);
                     row.window_s = Some(span);
@@ -496,8 +508,17 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
             let b = batch_of(&files, &spec, batch as usize)?;
             let raw = raw_rate(models_dir.join(&spec.file), spec, 2, b, plan.raw_secs).await?;
             row.raw_images_per_s = Some(raw);
-            let images = job_size(raw, plan.warm_secs + plan.window_secs, batch);
-            let (sys, span, n) = system_rate(at, "resnet50", batch, images, plan.warm_secs).await?;
+            // Two queries in flight per worker: the warm-up lasts about one round of them
+            // and the tail is cut.
+            let tail = 2 * a.agents as u32 * batch;
+            let round = f64::from(tail) / raw;
+            let images = job_size(
+                raw,
+                2.0 * (plan.warm_secs + round) + plan.window_secs,
+                batch,
+            ) + tail;
+            let (sys, span, n) =
+                system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
             row.system_images_per_s = Some(sys);
             row.ratio = Some(sys / raw);
             row.window_s = Some(span);
@@ -518,6 +539,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
             &mut fairness,
             &mut fair_share,
             &mut gaps,
+            &mut latency,
         )
         .await
         {
@@ -525,9 +547,6 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
             if fairness.error.is_none() && fairness.windows == 0 {
                 fairness.error = Some(format!("{e:#}"));
             }
-        }
-        if let Ok(InferResponse::Latency(l)) = infer(at, InferRequest::Latency).await {
-            latency = l;
         }
     }
 
@@ -634,6 +653,7 @@ async fn shared_phases(
     fairness: &mut Fairness,
     fair_share: &mut FairShare,
     gaps: &mut Vec<Gap>,
+    latency: &mut Vec<LatencyInfo>,
 ) -> Result<()> {
     let at = c.addrs[via];
     let batch = 1;
@@ -732,6 +752,10 @@ async fn shared_phases(
         fairness.windows, fairness.worst, fairness.median, fairness.queries, fairness.shared_s
     );
 
+    // C2 before the kills: a new leader starts its figures afresh.
+    if let Ok(InferResponse::Latency(l)) = infer(at, InferRequest::Latency).await {
+        *latency = l;
+    }
     let all: Vec<usize> = (0..c.len()).collect();
     let leader = c.leader_index(&all, READY).await?;
     let victim = (0..c.len())
@@ -1000,7 +1024,10 @@ fn table(d: &Document, agents: usize) -> String {
             .map_or_else(String::new, |e| format!("  ERROR: {e}"))
     );
     if !d.latency.is_empty() {
-        let _ = writeln!(t, "\nC2 query latency on the {agents}-agent cluster (ms)");
+        let _ = writeln!(
+            t,
+            "\nC2 query latency on the {agents}-agent cluster before the kills, all phases (ms)"
+        );
         let _ = writeln!(
             t,
             "{:<12} {:>7} {:>8} {:>8} {:>8} {:>8}",
