@@ -305,7 +305,18 @@ impl Agent {
             .append(true)
             .open(dir.join("stderr.log"))?;
 
-        let mut cmd = Command::new(agent_bin()?);
+        let bin = agent_bin()?;
+        let mut cmd = Command::new(&bin);
+        // An agent finds the project's virtualenv (ONNX Runtime) above its
+        // binary; built into a target directory outside the checkout
+        // (CARGO_TARGET_DIR), it is told where the library is instead.
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if !bin.starts_with(repo.canonicalize().unwrap_or(repo.clone()))
+            && std::env::var_os("ORT_DYLIB_PATH").is_none()
+            && let Ok(lib) = dml_agent::infer::runtime::find_dylib(None)
+        {
+            cmd.env("ORT_DYLIB_PATH", lib);
+        }
         cmd.arg("--bind")
             .arg(spec.bind.to_string())
             .arg("--config")
