@@ -17,5 +17,7 @@ echo "== cargo build (binaries the tests spawn)"
 cargo build --workspace --bins
 echo "== unit, simulation and tool tests"
 cargo test --workspace --exclude dml-tests
+echo "== fuzz targets replayed over their seed corpus and random inputs (stable; scripts/fuzz.sh runs libFuzzer)"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" cargo test --manifest-path fuzz/Cargo.toml
 echo "== cluster tests (real agents)"
 cargo test -p dml-tests -- --test-threads="${DML_CLUSTER_TEST_THREADS:-2}"
