@@ -84,6 +84,7 @@ impl Agent {
             Settings::from_config(cfg, addr, registry.clone()),
             &cfg.data_dir,
             membership.handle.clone(),
+            telemetry_handle.clone(),
         )
         .await
         .context("cannot start the control plane")?;

@@ -352,7 +352,9 @@ async fn repair_pass(
         let (inner, done) = (inner.clone(), done.clone());
         tokio::spawn(async move {
             let key = (copy.name.clone(), copy.version);
+            inner.telemetry.repair_started();
             run_copy(&inner, copy).await;
+            inner.telemetry.repair_finished();
             let _ = done.send(CopyDone { key }).await;
         });
     }

@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     pub work: tokio::sync::Notify,
     /// Open connections for forwarding requests to the leader.
     pub pool: Mutex<Vec<dml_shared::client::Client>>,
+    /// Where repairs in flight are counted for the console.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -195,6 +197,7 @@ impl ControlPlane {
         settings: Settings,
         data_dir: &std::path::Path,
         membership: MembershipHandle,
+        telemetry: crate::telemetry::Telemetry,
     ) -> Result<Self, ControlError> {
         let (stop, stop_rx) = watch::channel(false);
         if settings.voters.is_empty() {
@@ -220,6 +223,7 @@ impl ControlPlane {
             sched: Mutex::new(None),
             work: tokio::sync::Notify::new(),
             pool: Mutex::new(Vec::new()),
+            telemetry,
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {
