@@ -195,8 +195,9 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
         metrics.push(metric_addrs[i]);
     }
 
-    // Every agent sees 3 live members, and exactly one reports itself leader, all in
-    // the same term; polled, since the cluster is still converging.
+    // Every agent sees 3 live members, exactly one reports itself leader, all in the
+    // same term, and each has applied an entry; polled, since the cluster is still
+    // converging.
     let scrapes = wait_for(
         "3 live members and one leader in the metrics",
         READY,
@@ -227,6 +228,12 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
                 terms.iter().all(|t| *t >= 1.0 && *t == terms[0]),
                 "terms {terms:?}"
             );
+            // A follower reports an applied index once the leader's first
+            // entry reached it.
+            for (i, s) in all.iter().enumerate() {
+                let applied = value(s, "dml_raft_last_applied_index")?;
+                ensure!(applied >= 1.0, "agent {i} applied {applied}");
+            }
             Ok(all)
         },
     )
