@@ -335,6 +335,9 @@ async fn a_minority_left_by_frozen_voters_cannot_commit() {
     let _slot = cluster_slot().await;
     let c = SdfsCluster::start("sdfs-minority", 10).await.unwrap();
     let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    c.must_put(NON_VOTER, "minority/before", b"committed before the freeze")
+        .await
+        .unwrap();
     // Freeze 4 of the 7 voters, not the leader: it keeps running, with 2 voters and the
     // 3 non-voters, and must not commit anything.
     let frozen_idx: Vec<usize> = c
@@ -367,6 +370,10 @@ async fn a_minority_left_by_frozen_voters_cannot_commit() {
             Err(e) => eprintln!("put through a{who} did not finish: {e:#}"),
         }
     }
+    // Its read lease (half an election timeout) has long run out: it cannot confirm it
+    // still leads, so it answers no read either.
+    let read = c.file(leader, "minority/before").await;
+    assert!(read.is_err(), "the minority leader served a read: {read:?}");
     frozen.resume().unwrap();
     c.wait_leader(&all(&c), READY).await.unwrap();
 

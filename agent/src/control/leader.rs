@@ -53,9 +53,14 @@ impl Inner {
             op,
         };
         let wait = self.s.leader_wait();
+        let sent = std::time::Instant::now();
         match tokio::time::timeout(wait, raft.client_write(cmd)).await {
             Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
-            Ok(Ok(r)) => Ok(r.data),
+            Ok(Ok(r)) => {
+                // A quorum appended it after `sent`: they follow this leader.
+                self.extend_lease(r.log_id.leader_id.term, sent);
+                Ok(r.data)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(Refusal::NotLeader(self.leader_addr_of(f.leader_node)))
             }
@@ -69,10 +74,18 @@ impl Inner {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
+        if self.lease_holds() {
+            return Ok(());
+        }
+        let term = raft.metrics().borrow().current_term;
+        let sent = std::time::Instant::now();
         let wait = self.s.leader_wait();
         match tokio::time::timeout(wait, raft.ensure_linearizable()).await {
             Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.extend_lease(term, sent);
+                Ok(())
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(Refusal::NotLeader(self.leader_addr_of(f.leader_node)))
             }
@@ -81,6 +94,37 @@ impl Inner {
             }
             Ok(Err(e)) => Err(ControlError::Raft(e.to_string()).into()),
         }
+    }
+
+    /// Records that a quorum acknowledged this leader (in `term`) after
+    /// `since`. Followers that did so refuse to vote for anyone else for
+    /// `election_timeout_max` after they heard from it (openraft's leader
+    /// lease), so no other leader can exist before `since` plus that; reads
+    /// are served without a quorum round until half of the shorter
+    /// `election_timeout_min` has passed.
+    fn extend_lease(&self, term: u64, since: std::time::Instant) {
+        let until = since + self.s.control.election_timeout_min / 2;
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.is_none_or(|(t, u)| t < term || (t == term && u < until)) {
+            *lease = Some((term, until));
+        }
+    }
+
+    /// Whether a read may skip the quorum round: this agent still leads in
+    /// the lease's term, the lease has not run out, and an entry of this
+    /// term is applied (so everything earlier leaders committed is too).
+    fn lease_holds(&self) -> bool {
+        let Some(raft) = &self.raft else {
+            return false;
+        };
+        let Some((term, until)) = *self.lease.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return false;
+        };
+        let m = raft.metrics().borrow().clone();
+        std::time::Instant::now() < until
+            && m.state == openraft::ServerState::Leader
+            && m.current_term == term
+            && m.last_applied.is_some_and(|l| l.leader_id.term == term)
     }
 
     pub(crate) fn read<T>(

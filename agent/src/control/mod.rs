@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     pub pool: Mutex<Vec<dml_shared::client::Client>>,
     /// Where repairs in flight are counted for the console.
     pub telemetry: crate::telemetry::Telemetry,
+    /// Leader lease for reads: (term, until); see `leader.rs`.
+    pub lease: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -224,6 +226,7 @@ impl ControlPlane {
             work: tokio::sync::Notify::new(),
             pool: Mutex::new(Vec::new()),
             telemetry,
+            lease: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {
