@@ -25,15 +25,22 @@ fn addrs(c: &SdfsCluster, idx: &[usize]) -> Vec<SocketAddr> {
     idx.iter().map(|i| c.addrs[*i]).collect()
 }
 
-#[tokio::test]
-async fn worker_killed_mid_job_and_batch_size_changed_every_image_once() {
-    let _slot = cluster_slot().await;
-    let mut c = SdfsCluster::start("infer-worker-kill", 6).await.unwrap();
+/// Six agents with the tiny model and a 24-image sample dataset; returns the
+/// cluster, the leader and another agent to talk through.
+async fn six_agents_with_tiny(name: &str) -> (SdfsCluster, usize, usize) {
+    let c = SdfsCluster::start(name, 6).await.unwrap();
     let leader = c.leader_index(&all(&c), READY).await.unwrap();
     let via = (0..c.len()).find(|i| *i != leader).unwrap();
     prepare(&c, via, &["tiny"], DATASET, Images::Sample(24))
         .await
         .unwrap();
+    (c, leader, via)
+}
+
+#[tokio::test]
+async fn worker_killed_mid_job_and_batch_size_changed_every_image_once() {
+    let _slot = cluster_slot().await;
+    let (mut c, leader, via) = six_agents_with_tiny("infer-worker-kill").await;
     let at = c.addrs[via];
     // A model whose file was never uploaded is refused at submit.
     let e = submit(at, "resnet50", 4, DATASET)
@@ -130,12 +137,7 @@ async fn worker_killed_mid_job_and_batch_size_changed_every_image_once() {
 #[tokio::test]
 async fn leader_killed_mid_job_the_job_finishes_with_every_image_once() {
     let _slot = cluster_slot().await;
-    let mut c = SdfsCluster::start("infer-leader-kill", 6).await.unwrap();
-    let leader = c.leader_index(&all(&c), READY).await.unwrap();
-    let via = (0..c.len()).find(|i| *i != leader).unwrap();
-    prepare(&c, via, &["tiny"], DATASET, Images::Sample(24))
-        .await
-        .unwrap();
+    let (mut c, leader, via) = six_agents_with_tiny("infer-leader-kill").await;
     let at = c.addrs[via];
     set_batch(at, "tiny", 2).await.unwrap();
     let images = 400;
