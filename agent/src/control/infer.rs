@@ -317,6 +317,18 @@ impl Inner {
                     rejected(self.propose(op).await?)?;
                 }
                 if lease.images.is_empty() {
+                    // Nothing left to run: end the lease now rather than
+                    // let it expire and put those images back to pending.
+                    self.with_scheduler(|sch| {
+                        sch.completed(
+                            lease.query,
+                            lease.job,
+                            &[],
+                            0,
+                            Duration::ZERO,
+                            Instant::now(),
+                        )
+                    });
                     continue;
                 }
                 return Ok(Some(lease));
