@@ -1005,6 +1005,18 @@ async fn receive_frames(
         addr: addr.to_string(),
         reason,
     };
+    // Fills `buf` within `io`; a close mid-file is a transfer error.
+    let read_exact = async |stream: &mut TcpStream, buf: &mut [u8]| {
+        timed(addr, io, async {
+            stream.read_exact(buf).await.map_err(Error::from)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Timeout { .. } => e,
+            _ => broke("connection closed in the middle of the file".into()),
+        })
+    };
     let mut got = 0u64;
     progress(Progress {
         phase: Phase::Receiving,
@@ -1013,14 +1025,7 @@ async fn receive_frames(
     });
     loop {
         let mut len = [0u8; 4];
-        timed(addr, io, async {
-            stream.read_exact(&mut len).await.map_err(Error::from)
-        })
-        .await
-        .map_err(|e| match e {
-            Error::Timeout { .. } => e,
-            _ => broke("connection closed in the middle of the file".into()),
-        })?;
+        read_exact(stream, &mut len).await?;
         let mut left = u32::from_be_bytes(len) as u64;
         if left == 0 {
             return Ok(got);
@@ -1032,14 +1037,7 @@ async fn receive_frames(
             let mut buf = sink.buffer();
             let n = left.min(PIECE as u64) as usize;
             buf.resize(n, 0);
-            timed(addr, io, async {
-                stream.read_exact(&mut buf).await.map_err(Error::from)
-            })
-            .await
-            .map_err(|e| match e {
-                Error::Timeout { .. } => e,
-                _ => broke("connection closed in the middle of the file".into()),
-            })?;
+            read_exact(stream, &mut buf).await?;
             left -= n as u64;
             got += n as u64;
             if !sink.send(buf).await {

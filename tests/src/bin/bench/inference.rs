@@ -117,6 +117,16 @@ struct Throughput {
     error: Option<String>,
 }
 
+impl Throughput {
+    /// Records the system rate `sys` (img/s over `span` s, `n` images) against `raw`.
+    fn set_system(&mut self, raw: f64, (sys, span, n): (f64, f64, u32)) {
+        self.system_images_per_s = Some(sys);
+        self.ratio = Some(sys / raw);
+        self.window_s = Some(span);
+        self.window_images = Some(n);
+    }
+}
+
 #[derive(Serialize, Default)]
 struct Fairness {
     batch: u32,
@@ -436,12 +446,10 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
                     // The tail: the last two queries (the worker's two slots).
                     let tail = 2 * b;
                     let images = job_size(raw, 2.0 * plan.warm_secs + plan.window_secs, b) + tail;
-                    let (sys, span, n) =
-                        system_rate(at, m, b, images, plan.warm_secs, tail).await?;
-                    row.system_images_per_s = Some(sys);
-                    row.ratio = Some(sys / raw);
-                    row.window_s = Some(span);
-                    row.window_images = Some(n);
+                    row.set_system(
+                        raw,
+                        system_rate(at, m, b, images, plan.warm_secs, tail).await?,
+                    );
                     Ok(())
                 }
                 .await;
@@ -517,12 +525,10 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
                 2.0 * (plan.warm_secs + round) + plan.window_secs,
                 batch,
             ) + tail;
-            let (sys, span, n) =
-                system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
-            row.system_images_per_s = Some(sys);
-            row.ratio = Some(sys / raw);
-            row.window_s = Some(span);
-            row.window_images = Some(n);
+            row.set_system(
+                raw,
+                system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?,
+            );
             Ok(())
         }
         .await;
