@@ -372,11 +372,19 @@ impl Sdfs {
     async fn call_meta(&self, addr: SocketAddr, req: Request) -> Result<MetaResponse> {
         let limit = self.opts.call_timeout;
         let mut stream = self.conn(addr, limit).await?;
-        let answer = timed(addr, limit, async {
+        // Not through `timed`: a connection that breaks mid-call must stay an
+        // i/o error (transient), so an idempotent request such as a commit is
+        // asked again instead of being reported failed when its answer is lost.
+        let call = async {
             send_request(&mut stream, &req).await?;
             read_response(&mut stream).await
-        })
-        .await?;
+        };
+        let answer = tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| Error::Timeout {
+                addr: addr.to_string(),
+                timeout: limit,
+            })??;
         self.conns.put(addr, stream);
         match answer {
             Response::Meta(m) => Ok(m),
