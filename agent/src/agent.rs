@@ -73,7 +73,8 @@ impl Agent {
         let sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
             .await
             .context("cannot open the SDFS store")?;
-        let membership = driver::spawn(udp, core, join);
+        let key = dml_shared::auth::installed()?.clone();
+        let membership = driver::spawn(udp, core, join, key);
         // Made before the control plane so it can be handed job and repair events.
         let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {

@@ -1,13 +1,16 @@
-//! The agent API: framed postcard requests over TCP, on the same port number
-//! as the membership UDP socket.
+//! The agent API: framed postcard requests over authenticated TCP
+//! connections ([`Conn`]), on the same port number as the membership UDP
+//! socket. A peer that fails the handshake or sends a frame whose tag does
+//! not verify is dropped without an answer (and counted).
 
 use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
 use crate::sdfs::SdfsHandle;
 use crate::telemetry::Telemetry;
 use dml_shared::api::{Request, Response};
+use dml_shared::auth;
 use dml_shared::config::ApiConfig;
-use dml_shared::framing::{read_frame, write_frame};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::wire::{self, Kind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,23 +88,25 @@ async fn accept_loop(
 }
 
 async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     max_frame: usize,
     services: &Services,
     bad_frames: &AtomicU64,
 ) -> dml_shared::Result<()> {
     stream.set_nodelay(true)?;
+    let mut stream = Conn::accept(stream, auth::installed()?).await?;
     loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream, max_frame))
-            .await
-        {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_frame(max_frame)).await {
             Err(_) | Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(f))) => f,
+            // An unauthenticated peer gets no answer.
+            Ok(Err(e @ dml_shared::Error::Auth { .. })) => return Err(e),
             Ok(Err(e)) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
                 let msg = Response::Error(format!("bad frame: {e}"));
-                let _ =
-                    write_frame(&mut stream, &wire::encode(Kind::Response, &msg), max_frame).await;
+                let _ = stream
+                    .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
+                    .await;
                 return Err(e);
             }
         };
@@ -119,16 +124,15 @@ async fn serve(
             Err(e) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
                 let msg = Response::Error(format!("bad request: {e}"));
-                write_frame(&mut stream, &wire::encode(Kind::Response, &msg), max_frame).await?;
+                stream
+                    .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
+                    .await?;
                 return Err(e);
             }
         };
-        write_frame(
-            &mut stream,
-            &wire::encode(Kind::Response, &response),
-            max_frame,
-        )
-        .await?;
+        stream
+            .write_frame(&wire::encode(Kind::Response, &response), max_frame)
+            .await?;
     }
 }
 

@@ -19,3 +19,11 @@ pub mod membership;
 pub mod metrics;
 pub mod sdfs;
 pub mod telemetry;
+
+/// Installs the fixed cluster key of the in-process tests and returns it.
+#[cfg(test)]
+pub(crate) fn test_key() -> &'static dml_shared::auth::ClusterKey {
+    use dml_shared::auth;
+    auth::install(auth::ClusterKey::from_bytes([9; auth::KEY_LEN])).expect("one test key");
+    auth::installed().expect("installed above")
+}

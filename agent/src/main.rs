@@ -43,6 +43,9 @@ struct Args {
     /// Start out of the group; `dml join` joins it later.
     #[arg(long)]
     no_join: bool,
+    /// The cluster key file; overrides `security.key_file`.
+    #[arg(long, env = "DML_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -74,7 +77,16 @@ fn config(args: &Args) -> dml_shared::Result<(Config, Option<String>)> {
     if !args.nodes.is_empty() {
         cfg.nodes = args.nodes.clone();
     }
+    if let Some(k) = &args.key_file {
+        cfg.security.key_file = Some(k.clone());
+    }
     cfg.validate()?;
+    let path = cfg
+        .security
+        .key_file
+        .as_ref()
+        .ok_or(dml_shared::Error::NoKey)?;
+    dml_shared::auth::install(dml_shared::auth::ClusterKey::load(path)?)?;
     Ok((cfg, log))
 }
 

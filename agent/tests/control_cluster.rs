@@ -49,7 +49,14 @@ impl Drop for TempDir {
     }
 }
 
+/// The agents here share this process, and so its cluster key.
+fn install_key() {
+    use dml_shared::auth::{ClusterKey, KEY_LEN, install};
+    install(ClusterKey::from_bytes([3; KEY_LEN])).unwrap();
+}
+
 fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
+    install_key();
     let mut c = Config::preset(Preset::Local);
     c.bind = addr;
     c.introducers = vec![all[0]];

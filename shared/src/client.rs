@@ -1,16 +1,16 @@
-//! Async client for the agent API: one TCP connection, one request at a time.
-//! Data-path requests take the raw stream ([`Client::take_stream`]) and speak
-//! with [`send_request`] / [`read_response`] plus raw frames.
+//! Async client for the agent API: one authenticated connection ([`Conn`]),
+//! one request at a time. Data-path requests take the connection
+//! ([`Client::take_stream`]) and speak with [`send_request`] /
+//! [`read_response`] plus raw data frames.
 
 use crate::api::{IdInfo, LeaderInfo, MemberInfo, Request, Response, Stats};
+use crate::conn::{Conn, FrameRead, FrameWrite};
 use crate::error::{Error, Result};
-use crate::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use crate::framing::DEFAULT_MAX_FRAME;
 use crate::sdfs::{DataRequest, Holding, MetaRequest, MetaResponse};
 use crate::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 /// Default time allowed for connecting and for each answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,7 +18,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Client {
     addr: SocketAddr,
     timeout: Duration,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
 }
 
 impl Client {
@@ -68,7 +68,7 @@ impl Client {
 
     /// The connection, opened if needed, for a data-path exchange; the
     /// client opens a new one for its next call.
-    pub async fn take_stream(&mut self) -> Result<TcpStream> {
+    pub async fn take_stream(&mut self) -> Result<Conn> {
         match self.stream.take() {
             Some(s) => Ok(s),
             None => {
@@ -148,27 +148,23 @@ impl Client {
     }
 }
 
-/// Opens a TCP connection to an agent, without Nagle delays.
-pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s = TcpStream::connect(addr)
-        .await
-        .map_err(|reason| Error::Connect {
-            addr: addr.to_string(),
-            reason,
-        })?;
-    s.set_nodelay(true)?;
-    Ok(s)
+/// Opens an authenticated connection to an agent with the process's
+/// cluster key, without Nagle delays.
+pub async fn connect(addr: SocketAddr) -> Result<Conn> {
+    Conn::connect(addr).await
 }
 
 /// Writes one request frame.
-pub async fn send_request<W: AsyncWrite + Unpin>(w: &mut W, req: &Request) -> Result<()> {
-    write_frame(w, &wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME).await
+pub async fn send_request<W: FrameWrite>(w: &mut W, req: &Request) -> Result<()> {
+    w.write_frame(&wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME)
+        .await
 }
 
 /// Reads one response frame; `Response::Error` becomes [`Error::Remote`] and
 /// a close before the answer an unexpected-EOF error.
-pub async fn read_response<R: AsyncRead + Unpin>(r: &mut R) -> Result<Response> {
-    let frame = read_frame(r, DEFAULT_MAX_FRAME)
+pub async fn read_response<R: FrameRead>(r: &mut R) -> Result<Response> {
+    let frame = r
+        .read_frame(DEFAULT_MAX_FRAME)
         .await?
         .ok_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
     match wire::decode(Kind::Response, &frame)? {

@@ -268,6 +268,15 @@ pub struct MetricsConfig {
     pub bind: Option<SocketAddr>,
 }
 
+/// The cluster key (`dml keygen`); see [`crate::auth`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// File holding the cluster key (hex, mode 0600). `--key-file` and
+    /// `DML_KEY_FILE` override it; an agent without a key does not start.
+    pub key_file: Option<PathBuf>,
+}
+
 /// The whole agent config, every value resolved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -288,6 +297,7 @@ pub struct Config {
     pub sdfs: SdfsConfig,
     pub inference: InferenceConfig,
     pub metrics: MetricsConfig,
+    pub security: SecurityConfig,
 }
 
 /// What a file may say: every key optional, unknown keys refused.
@@ -305,6 +315,7 @@ struct RawConfig {
     sdfs: Option<SdfsConfig>,
     inference: Option<InferenceConfig>,
     metrics: Option<MetricsConfig>,
+    security: Option<SecurityConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +368,7 @@ impl Config {
             sdfs: SdfsConfig::default(),
             inference: InferenceConfig::default(),
             metrics: MetricsConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 
@@ -412,6 +424,9 @@ impl Config {
         }
         if let Some(v) = raw.metrics {
             c.metrics = v;
+        }
+        if let Some(v) = raw.security {
+            c.security = v;
         }
         if let Some(a) = raw.api {
             if let Some(v) = a.max_frame {

@@ -68,6 +68,14 @@ pub enum Error {
         version: u64,
         tried: String,
     },
+    #[error("cluster key file \"{path}\": {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error(
+        "no cluster key: pass --key-file, set DML_KEY_FILE or security.key_file (make one with `dml keygen`)"
+    )]
+    NoKey,
+    #[error("agent at {addr} failed authentication: {reason}")]
+    Auth { addr: String, reason: String },
     #[error("data transfer with {addr} failed: {reason}")]
     Transfer { addr: String, reason: String },
     #[error(

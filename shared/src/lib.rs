@@ -4,6 +4,8 @@
 //! - [`config`]: the agent's TOML config, presets and `validate()`.
 //! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
+//! - [`auth`]: the cluster key, sealed UDP datagrams with replay protection, the TCP handshake.
+//! - [`conn`]: authenticated TCP connections ([`conn::Conn`]) carrying tagged frames.
 //! - [`api`]: request and response types of the agent API.
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
@@ -14,8 +16,10 @@
 //! - [`error`]: typed errors.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod framing;
 pub mod id;

@@ -18,6 +18,7 @@
 
 use crate::api::{Request, Response};
 use crate::client::{self, Client, read_response, send_request, unexpected};
+use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Chunks buffered between the disk thread and the network, per transfer.
@@ -60,7 +60,7 @@ struct Conns {
 
 #[derive(Debug, Default)]
 struct ConnsInner {
-    idle: Vec<(SocketAddr, TcpStream, Instant)>,
+    idle: Vec<(SocketAddr, Conn, Instant)>,
     leader: Option<SocketAddr>,
     learning: bool,
 }
@@ -71,13 +71,13 @@ impl Conns {
     }
 
     /// An idle connection to `addr` that the agent has not closed.
-    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let mut g = self.lock();
         while let Some(i) = g.idle.iter().rposition(|(a, _, _)| *a == addr) {
-            let (_, s, since) = g.idle.swap_remove(i);
+            let (_, mut s, since) = g.idle.swap_remove(i);
             let mut probe = [0u8; 1];
             // Nothing to read and no end of stream: still open and in step.
-            let open = matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            let open = matches!(s.raw().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
             if open && since.elapsed() < IDLE_REUSE {
                 return Some(s);
             }
@@ -86,7 +86,7 @@ impl Conns {
     }
 
     /// Keeps a connection whose last exchange ended cleanly.
-    fn put(&self, addr: SocketAddr, s: TcpStream) {
+    fn put(&self, addr: SocketAddr, s: Conn) {
         let mut g = self.lock();
         if g.idle.len() >= MAX_IDLE {
             g.idle.remove(0);
@@ -411,7 +411,7 @@ impl Sdfs {
     }
 
     /// An idle pooled connection to `addr` that is still open, or a new one.
-    async fn conn(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
+    async fn conn(&self, addr: SocketAddr, limit: Duration) -> Result<Conn> {
         match self.conns.take(addr) {
             Some(s) => Ok(s),
             None => timed(addr, limit, client::connect(addr)).await,
@@ -563,7 +563,7 @@ impl Sdfs {
     /// the replicas that failed.
     async fn stream_put(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         addr: SocketAddr,
         write: DataRequest,
         local: &Path,
@@ -589,7 +589,12 @@ impl Sdfs {
             if sent > size {
                 break;
             }
-            timed(addr, io, write_frame(stream, &bytes, DEFAULT_MAX_FRAME)).await?;
+            timed(
+                addr,
+                io,
+                write_frame(stream.raw(), &bytes, DEFAULT_MAX_FRAME),
+            )
+            .await?;
             progress(Progress {
                 phase: Phase::Sending,
                 done: sent,
@@ -604,7 +609,7 @@ impl Sdfs {
                 )),
             });
         }
-        timed(addr, io, write_frame(stream, &[], DEFAULT_MAX_FRAME)).await?;
+        timed(addr, io, write_frame(stream.raw(), &[], DEFAULT_MAX_FRAME)).await?;
         progress(Progress {
             phase: Phase::Committing,
             done: size,
@@ -1002,7 +1007,7 @@ impl Sdfs {
 /// them to `sink`; returns the bytes received. A writer that stopped ends the
 /// reading early (its error comes from [`Sink::finish`]).
 async fn receive_frames(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     addr: SocketAddr,
     io: Duration,
     size: u64,
@@ -1014,9 +1019,9 @@ async fn receive_frames(
         reason,
     };
     // Fills `buf` within `io`; a close mid-file is a transfer error.
-    let read_exact = async |stream: &mut TcpStream, buf: &mut [u8]| {
+    let read_exact = async |stream: &mut Conn, buf: &mut [u8]| {
         timed(addr, io, async {
-            stream.read_exact(buf).await.map_err(Error::from)
+            stream.raw().read_exact(buf).await.map_err(Error::from)
         })
         .await
         .map(|_| ())
@@ -1526,7 +1531,7 @@ async fn timed<T>(
 
 /// After a transfer broke: the agent's own error if it sent one before
 /// closing (a full disk, a refused name), else `e`.
-async fn agent_error_or(stream: &mut TcpStream, e: Error) -> Error {
+async fn agent_error_or(stream: &mut Conn, e: Error) -> Error {
     if matches!(e, Error::Remote(_) | Error::LocalFile { .. }) {
         return e;
     }

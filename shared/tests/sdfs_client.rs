@@ -3,6 +3,8 @@
 //! can corrupt reads or refuse writes.
 
 use dml_shared::api::{Request, Response};
+use dml_shared::auth::{self, ClusterKey};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use dml_shared::sdfs::{
     DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
@@ -50,6 +52,7 @@ struct Fake {
 impl Fake {
     /// `n` agents; the first leads; files get `replicas` copies.
     async fn start(n: usize, replicas: usize, test: &str) -> Fake {
+        auth::install(ClusterKey::from_bytes([5; auth::KEY_LEN])).unwrap();
         let state: Shared = Arc::default();
         let mut agents = Vec::new();
         for _ in 0..n {
@@ -112,9 +115,10 @@ impl Drop for Fake {
     }
 }
 
-async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
+async fn serve(s: TcpStream, st: Shared) -> Result<()> {
     let me = s.local_addr()?;
-    while let Some(frame) = read_frame(&mut s, DEFAULT_MAX_FRAME).await? {
+    let mut s = Conn::accept(s, auth::installed()?).await?;
+    while let Some(frame) = s.read_frame(DEFAULT_MAX_FRAME).await? {
         let req: Request = wire::decode(Kind::Request, &frame)?;
         let resp = match req {
             Request::Meta(m) => {
@@ -140,7 +144,7 @@ async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
                 }
                 let mut data = Vec::new();
                 loop {
-                    let f = read_frame(&mut s, DEFAULT_MAX_FRAME).await?.unwrap();
+                    let f = read_frame(s.raw(), DEFAULT_MAX_FRAME).await?.unwrap();
                     assert!(f.len() <= 1000, "frame of {} bytes", f.len());
                     if f.is_empty() {
                         break;
@@ -182,9 +186,9 @@ async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
                 }
                 respond(&mut s, Response::ReadStart { size, checksum }).await?;
                 for c in data.chunks(777) {
-                    write_frame(&mut s, c, DEFAULT_MAX_FRAME).await?;
+                    write_frame(s.raw(), c, DEFAULT_MAX_FRAME).await?;
                 }
-                write_frame(&mut s, &[], DEFAULT_MAX_FRAME).await?;
+                write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await?;
                 continue;
             }
             Request::Data(DataRequest::Store) => {
@@ -211,8 +215,9 @@ async fn serve(mut s: TcpStream, st: Shared) -> Result<()> {
     Ok(())
 }
 
-async fn respond(s: &mut TcpStream, r: Response) -> Result<()> {
-    write_frame(s, &wire::encode(Kind::Response, &r), DEFAULT_MAX_FRAME).await
+async fn respond(s: &mut Conn, r: Response) -> Result<()> {
+    s.write_frame(&wire::encode(Kind::Response, &r), DEFAULT_MAX_FRAME)
+        .await
 }
 
 fn meta(st: &Shared, m: MetaRequest) -> Response {

@@ -317,6 +317,7 @@ impl Agent {
         {
             cmd.env("ORT_DYLIB_PATH", lib);
         }
+        cmd.env("DML_KEY_FILE", crate::key::path()?);
         cmd.arg("--bind")
             .arg(spec.bind.to_string())
             .arg("--config")

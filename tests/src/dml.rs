@@ -44,7 +44,9 @@ impl DmlOutput {
     }
 }
 
-/// Runs `program args` with no stdin, killing it after `timeout`.
+/// Runs `program args` with no stdin and the tests' cluster key in
+/// `DML_KEY_FILE` (a `--key-file` argument overrides it), killing it after
+/// `timeout`.
 pub async fn run<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
@@ -57,6 +59,7 @@ pub async fn run<S: AsRef<OsStr>>(
         .join(" ");
     let child = tokio::process::Command::new(program)
         .args(args)
+        .env("DML_KEY_FILE", crate::key::path()?)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

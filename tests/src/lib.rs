@@ -13,6 +13,7 @@
 //! - [`events`]: parsing an agent's `--event-log`.
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
+//! - [`key`]: the cluster key shared by every agent and client of the tests.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
 //!   voters, SDFS replicas), and what the SDFS tests and `bench sdfs` look at.
@@ -26,6 +27,7 @@ pub mod dir;
 pub mod dml;
 pub mod events;
 pub mod infer;
+pub mod key;
 pub mod ports;
 pub mod sdfs;
 pub mod view;

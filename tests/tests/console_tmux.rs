@@ -144,6 +144,11 @@ async fn the_console_shows_members_changes_batch_size_and_survives_its_agent() {
     let start = c.addrs[1];
     let t = Tmux::start(&[
         dml.to_string_lossy().into_owned(),
+        "--key-file".into(),
+        dml_tests::key::path()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
         "--connect".into(),
         start.to_string(),
     ])

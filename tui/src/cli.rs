@@ -15,6 +15,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "DML_AGENT", default_value = DEFAULT_AGENT)]
     pub agent: String,
 
+    /// The cluster key file. Default: .dml/run/cluster.key (made by `dml local
+    /// up`), else .dml/cluster.key (made by `dml keygen`).
+    #[arg(long, global = true, env = "DML_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -93,6 +98,15 @@ pub enum Command {
     /// Whole-store SDFS views and bulk loading.
     #[command(subcommand)]
     Sdfs(SdfsCommand),
+    /// Write a new random cluster key (mode 0600) and print its fingerprint.
+    Keygen {
+        /// Where to write it.
+        #[arg(long, default_value = crate::key::KEYGEN_PATH)]
+        out: PathBuf,
+        /// Replace an existing file (every agent then needs the new key).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),

@@ -11,11 +11,13 @@
 //!   `latency`, `placement`, `jobs` (C1–C5).
 //! - [`models`]: `models` and `models build|fetch|upload`.
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
+//! - [`key`]: finding and loading the cluster key; `keygen`.
 
 mod cli;
 mod cluster;
 mod dataset;
 mod infer;
+mod key;
 mod local;
 mod models;
 mod oneshot;
@@ -50,9 +52,17 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let key_file = cli.key_file.as_deref();
     match &cli.command {
-        Some(Command::Local(l)) => local::run(l, cli.json).await,
-        Some(Command::Cluster(c)) => cluster::run(c, cli.json).await,
+        Some(Command::Keygen { out, force }) => return key::keygen(out, *force, cli.json),
+        Some(Command::Local(l)) => return local::run(l, key_file, cli.json).await,
+        _ => key::install(key_file)?,
+    }
+    match &cli.command {
+        Some(Command::Keygen { .. } | Command::Local(_)) => unreachable!("handled above"),
+        Some(Command::Cluster(c)) => {
+            cluster::run(c, key::find(key_file).as_deref(), cli.json).await
+        }
         Some(Command::Models(m)) => models::run(m, &cli.agent, cli.json).await,
         Some(Command::Dataset(DatasetCommand::Make { dir, count, seed })) => {
             dataset::run_make(dir, *count, *seed, cli.json)

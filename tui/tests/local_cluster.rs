@@ -146,7 +146,30 @@ fn up_status_down(tmux: bool) {
             })
         },
     );
+    assert_eq!(
+        rec["key_file"],
+        run_dir
+            .canonicalize()
+            .unwrap()
+            .join("cluster.key")
+            .to_str()
+            .unwrap()
+    );
+    // Other commands need the cluster's key; without it they say so.
+    let keyless = dml(&["--agent", &format!("127.0.0.1:{base}"), "members"]);
+    assert!(!keyless.status.success());
+    // (Or a stray default key file in the working directory: the wrong key.)
+    assert!(
+        ["no cluster key", "does not hold cluster key"]
+            .iter()
+            .any(|m| String::from_utf8_lossy(&keyless.stderr).contains(m)),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
+    );
+    let key = run_dir.join("cluster.key");
     let members = json_of(&dml(&[
+        "--key-file",
+        key.to_str().unwrap(),
         "--json",
         "--agent",
         &format!("127.0.0.1:{base}"),

@@ -5,13 +5,13 @@
 use crate::sdfs::SdfsHandle;
 use dml_shared::api::{Request, Response};
 use dml_shared::client::{read_response, send_request};
+use dml_shared::conn::Conn;
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame};
 use dml_shared::sdfs::{DataRequest, VersionInfo};
 use dml_shared::sdfs_client::nearest_first;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Largest image a query reads.
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
@@ -84,8 +84,7 @@ fn checked(bytes: Vec<u8>, v: &VersionInfo) -> Result<Vec<u8>, String> {
 }
 
 async fn read_remote(addr: SocketAddr, name: &str, v: &VersionInfo) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    let mut stream = Conn::connect(addr).await.map_err(|e| e.to_string())?;
     let req = Request::Data(DataRequest::Read {
         name: name.into(),
         version: v.version,
@@ -105,7 +104,7 @@ async fn read_remote(addr: SocketAddr, name: &str, v: &VersionInfo) -> Result<Ve
     }
     let mut buf = Vec::with_capacity(v.size as usize);
     loop {
-        let frame = read_frame(&mut stream, DEFAULT_MAX_FRAME)
+        let frame = read_frame(stream.raw(), DEFAULT_MAX_FRAME)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("connection closed in the middle of the file")?;

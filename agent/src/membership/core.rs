@@ -232,6 +232,13 @@ impl Membership {
         self.traffic.rates(now)
     }
 
+    /// Adds the bytes that sealing added to datagrams sent and received, so
+    /// the traffic figures are what went over the wire.
+    pub fn count_seal_bytes(&mut self, sent: usize, received: usize) {
+        self.traffic.counters.bytes_sent += sent as u64;
+        self.traffic.counters.bytes_recv += received as u64;
+    }
+
     /// Counts a datagram that never reached the core (e.g. oversized).
     pub fn count_bad_packet(&mut self, len: usize) {
         self.traffic.received(len);

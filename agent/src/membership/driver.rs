@@ -4,6 +4,7 @@
 use super::core::{Event, Membership, Status};
 use dml_shared::NodeId;
 use dml_shared::api::{IdInfo, MemberInfo, Stats};
+use dml_shared::auth::{ClusterKey, Opener, Sealer, UDP_OVERHEAD};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -107,7 +108,13 @@ impl MembershipHandle {
 }
 
 /// Starts the task. `join` says whether to join the group right away.
-pub fn spawn(socket: UdpSocket, mut core: Membership, join: bool) -> MembershipTask {
+/// Datagrams are sealed and opened with `key` ([`dml_shared::auth`]).
+pub fn spawn(
+    socket: UdpSocket,
+    mut core: Membership,
+    join: bool,
+    key: ClusterKey,
+) -> MembershipTask {
     let (tx, rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let handle = MembershipHandle {
@@ -118,31 +125,46 @@ pub fn spawn(socket: UdpSocket, mut core: Membership, join: bool) -> MembershipT
     if join {
         core.join(started);
     }
-    let join = tokio::spawn(run(socket, core, rx, events, started));
+    let seal = Seal {
+        sealer: Sealer::new(key.clone(), core.id().addr),
+        opener: Opener::new(key),
+    };
+    let join = tokio::spawn(run(socket, core, seal, rx, events, started));
     MembershipTask { handle, join }
+}
+
+/// This agent's datagram sealer and opener.
+struct Seal {
+    sealer: Sealer,
+    opener: Opener,
 }
 
 async fn run(
     socket: UdpSocket,
     mut core: Membership,
+    mut seal: Seal,
     mut rx: mpsc::Receiver<Command>,
     events: broadcast::Sender<TimedEvent>,
     started: Instant,
 ) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        flush(&socket, &mut core, &events).await;
+        flush(&socket, &mut core, &mut seal, &events).await;
         let wake = tokio::time::Instant::from_std(core.poll_at());
         tokio::select! {
             // Packets first: after a stall, acks already queued must count
             // before the probe timers that they answer run out.
             biased;
             recv = socket.recv_from(&mut buf) => match recv {
-                Ok((len, from)) => {
-                    if let Err(e) = core.handle_datagram(from, &buf[..len], Instant::now()) {
-                        tracing::debug!(%from, len, error = %e, "dropped bad datagram");
+                Ok((len, from)) => match seal.opener.open(&buf[..len]) {
+                    Ok(payload) => {
+                        core.count_seal_bytes(0, UDP_OVERHEAD);
+                        if let Err(e) = core.handle_datagram(from, payload, Instant::now()) {
+                            tracing::debug!(%from, len, error = %e, "dropped bad datagram");
+                        }
                     }
-                }
+                    Err(why) => tracing::debug!(%from, len, %why, "dropped unauthenticated datagram"),
+                },
                 // ICMP port-unreachable and the like: transient, keep serving.
                 Err(e) => tracing::debug!(error = %e, "udp receive error"),
             },
@@ -173,7 +195,7 @@ async fn run(
                     }
                     Command::Shutdown(reply) => {
                         core.leave(now);
-                        flush(&socket, &mut core, &events).await;
+                        flush(&socket, &mut core, &mut seal, &events).await;
                         let _ = reply.send(());
                         return;
                     }
@@ -184,8 +206,16 @@ async fn run(
     }
 }
 
-async fn flush(socket: &UdpSocket, core: &mut Membership, events: &broadcast::Sender<TimedEvent>) {
-    for (to, bytes) in core.drain_outbox() {
+async fn flush(
+    socket: &UdpSocket,
+    core: &mut Membership,
+    seal: &mut Seal,
+    events: &broadcast::Sender<TimedEvent>,
+) {
+    let out = core.drain_outbox();
+    core.count_seal_bytes(out.len() * UDP_OVERHEAD, 0);
+    for (to, bytes) in out {
+        let bytes = seal.sealer.seal(&bytes);
         if let Err(e) = socket.send_to(&bytes, to).await {
             tracing::debug!(%to, error = %e, "udp send failed");
         }

@@ -37,7 +37,8 @@ pub use store::Store;
 
 use dml_shared::api::Response;
 use dml_shared::config::{Config, SdfsConfig};
-use dml_shared::framing::{DEFAULT_MAX_FRAME, write_frame};
+use dml_shared::conn::{Conn, FrameWrite};
+use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::sdfs::{DataRequest, Holding};
 use stats::Counters;
 use std::net::SocketAddr;
@@ -45,7 +46,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use throttle::Throttle;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -108,14 +108,12 @@ pub struct SdfsHandle {
 
 impl SdfsHandle {
     /// Serves one data-path request; it owns the stream until it returns.
-    pub async fn serve_data(
-        &self,
-        req: DataRequest,
-        stream: &mut TcpStream,
-    ) -> dml_shared::Result<()> {
+    pub async fn serve_data(&self, req: DataRequest, stream: &mut Conn) -> dml_shared::Result<()> {
         let Some(ctx) = &self.ctx else {
             let msg = Response::Error("SDFS is not running on this agent".into());
-            return write_frame(stream, &peer::response(&msg), DEFAULT_MAX_FRAME).await;
+            return stream
+                .write_frame(&peer::response(&msg), DEFAULT_MAX_FRAME)
+                .await;
         };
         match req {
             DataRequest::Write {
@@ -157,7 +155,9 @@ impl SdfsHandle {
             }
             DataRequest::Store => {
                 let msg = Response::Holdings(ctx.store.holdings());
-                write_frame(stream, &peer::response(&msg), ctx.max_frame).await
+                stream
+                    .write_frame(&peer::response(&msg), ctx.max_frame)
+                    .await
             }
         }
     }

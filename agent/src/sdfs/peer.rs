@@ -1,15 +1,16 @@
-//! Talking to another agent's data path: connect, send a request, read raw
-//! frames and answers, each bounded by a timeout.
+//! Talking to another agent's data path: connect, send a request, read
+//! answers (sealed frames) and a file's bytes (raw data frames, checked by the
+//! file's checksum), each bounded by a timeout.
 
 use super::error::SdfsError;
 use dml_shared::Error;
 use dml_shared::api::{Request, Response};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::write_frame;
 use dml_shared::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 fn broke(peer: SocketAddr, reason: impl ToString) -> SdfsError {
     SdfsError::Stream {
@@ -31,11 +32,10 @@ pub async fn open(
     req: &Request,
     max_frame: usize,
     timeout: Duration,
-) -> Result<TcpStream, SdfsError> {
+) -> Result<Conn, SdfsError> {
     let go = async {
-        let mut s = TcpStream::connect(peer).await.map_err(|e| broke(peer, e))?;
-        s.set_nodelay(true).map_err(|e| broke(peer, e))?;
-        write_frame(&mut s, &wire::encode(Kind::Request, req), max_frame)
+        let mut s = Conn::connect(peer).await.map_err(|e| broke(peer, e))?;
+        s.write_frame(&wire::encode(Kind::Request, req), max_frame)
             .await
             .map_err(|e| broke(peer, e))?;
         Ok(s)
@@ -45,39 +45,58 @@ pub async fn open(
         .map_err(|_| stalled(peer, format!("no connection within {timeout:?}")))?
 }
 
-/// Writes one frame within `timeout`.
-pub async fn send<W: AsyncWrite + Unpin>(
-    w: &mut W,
+/// Writes one raw data frame within `timeout`.
+pub async fn send_data(
+    s: &mut Conn,
     peer: SocketAddr,
     bytes: &[u8],
     max_frame: usize,
     timeout: Duration,
 ) -> Result<(), SdfsError> {
-    match tokio::time::timeout(timeout, write_frame(w, bytes, max_frame)).await {
+    match tokio::time::timeout(timeout, write_frame(s.raw(), bytes, max_frame)).await {
         Ok(r) => r.map_err(|e| broke(peer, e)),
         Err(_) => Err(stalled(peer, format!("stalled for {timeout:?}"))),
     }
 }
 
-/// Reads one frame within `timeout`; a close is an error.
-pub async fn recv<R: AsyncRead + Unpin>(
-    r: &mut R,
+/// Writes one sealed frame within `timeout`.
+pub async fn send(
+    s: &mut Conn,
+    peer: SocketAddr,
+    bytes: &[u8],
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(), SdfsError> {
+    match tokio::time::timeout(timeout, s.write_frame(bytes, max_frame)).await {
+        Ok(r) => r.map_err(|e| broke(peer, e)),
+        Err(_) => Err(stalled(peer, format!("stalled for {timeout:?}"))),
+    }
+}
+
+/// Reads one sealed frame within `timeout`; a close is an error.
+pub async fn recv(
+    s: &mut Conn,
     peer: SocketAddr,
     max_frame: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, SdfsError> {
-    recv_data(r, peer, max_frame, 0, timeout).await
+    match tokio::time::timeout(timeout, s.read_frame(max_frame)).await {
+        Ok(Ok(Some(f))) => Ok(f),
+        Ok(Ok(None)) => Err(broke(peer, "connection closed")),
+        Ok(Err(e)) => Err(broke(peer, e)),
+        Err(_) => Err(stalled(peer, format!("nothing received for {timeout:?}"))),
+    }
 }
 
-/// [`recv`] for a data frame of about `chunk` bytes.
-pub async fn recv_data<R: AsyncRead + Unpin>(
-    r: &mut R,
+/// Reads one raw data frame of about `chunk` bytes within `timeout`.
+pub async fn recv_data(
+    s: &mut Conn,
     peer: SocketAddr,
     max_frame: usize,
     chunk: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, SdfsError> {
-    match tokio::time::timeout(timeout, read_data_frame(r, max_frame, chunk)).await {
+    match tokio::time::timeout(timeout, read_data_frame(s.raw(), max_frame, chunk)).await {
         Ok(Ok(Some(f))) => Ok(f),
         Ok(Ok(None)) => Err(broke(peer, "connection closed")),
         Ok(Err(e)) => Err(broke(peer, e)),
@@ -116,8 +135,8 @@ pub async fn read_data_frame<R: AsyncRead + Unpin>(
 }
 
 /// Reads one answer; `Response::Error` becomes an error naming the peer.
-pub async fn recv_response<R: AsyncRead + Unpin>(
-    r: &mut R,
+pub async fn recv_response(
+    r: &mut Conn,
     peer: SocketAddr,
     max_frame: usize,
     timeout: Duration,

@@ -14,12 +14,11 @@ use super::stats::Counters;
 use super::store::Verdict;
 use super::{Ctx, peer, scrub};
 use dml_shared::api::Response;
-use dml_shared::framing::write_frame;
+use dml_shared::conn::{Conn, FrameWrite};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// How a send ended, besides an IO error.
 enum Sent {
@@ -32,7 +31,7 @@ pub async fn serve_read(
     ctx: &Arc<Ctx>,
     name: &str,
     version: u64,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
 ) -> dml_shared::Result<()> {
     let store = ctx.store.clone();
     let n = name.to_string();
@@ -44,19 +43,23 @@ pub async fn serve_read(
         Err(e) => {
             Counters::bump(&ctx.counters.read_errors);
             let msg = Response::Error(e.to_string());
-            return write_frame(stream, &peer::response(&msg), ctx.max_frame).await;
+            return stream
+                .write_frame(&peer::response(&msg), ctx.max_frame)
+                .await;
         }
     };
     let start = Response::ReadStart {
         size: meta.size,
         checksum: meta.checksum,
     };
-    write_frame(stream, &peer::response(&start), ctx.max_frame).await?;
+    stream
+        .write_frame(&peer::response(&start), ctx.max_frame)
+        .await?;
 
     // A duplicate of the socket, switched to blocking mode with a send
     // timeout, lets a blocking thread use sendfile while this task waits; the
     // socket goes back to non-blocking before the connection is used again.
-    let sock = std::net::TcpStream::from(stream.as_fd().try_clone_to_owned()?);
+    let sock = std::net::TcpStream::from(stream.raw().as_fd().try_clone_to_owned()?);
     let (chunk, stall, size) = (
         ctx.cfg.chunk_size.max(1) as u64,
         ctx.stall_timeout(),
@@ -138,7 +141,7 @@ pub async fn serve_bad_copy(
     ctx: &Arc<Ctx>,
     name: String,
     version: u64,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
 ) -> dml_shared::Result<()> {
     if let Some(m) = ctx.store.get(&name, version) {
         let c = ctx.clone();
@@ -162,5 +165,7 @@ pub async fn serve_bad_copy(
             }
         });
     }
-    write_frame(stream, &peer::response(&Response::Ok), ctx.max_frame).await
+    stream
+        .write_frame(&peer::response(&Response::Ok), ctx.max_frame)
+        .await
 }

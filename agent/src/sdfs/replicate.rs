@@ -9,12 +9,11 @@ use super::stats::Counters;
 use super::store::ObjectMeta;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
-use dml_shared::framing::write_frame;
+use dml_shared::conn::{Conn, FrameWrite};
 use dml_shared::sdfs::{Checksum, DataRequest, validate_name};
 use dml_shared::wire::{self, Kind};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// The version to copy, as the metadata describes it.
 #[derive(Clone, Debug)]
@@ -29,7 +28,7 @@ pub async fn serve_replicate(
     ctx: &Arc<Ctx>,
     want: Wanted,
     sources: &[SocketAddr],
-    stream: &mut TcpStream,
+    stream: &mut Conn,
 ) -> dml_shared::Result<()> {
     let resp = match fetch(ctx, &want, sources).await {
         Ok(_) => Response::Stored {
@@ -38,7 +37,9 @@ pub async fn serve_replicate(
         },
         Err(e) => Response::Error(e.to_string()),
     };
-    write_frame(stream, &peer::response(&resp), ctx.max_frame).await
+    stream
+        .write_frame(&peer::response(&resp), ctx.max_frame)
+        .await
 }
 
 /// Makes sure this agent holds `want`, copying it from the first working

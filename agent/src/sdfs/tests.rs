@@ -5,6 +5,7 @@
 use super::{SdfsHandle, SdfsOptions, SdfsService};
 use dml_shared::api::{Request, Response};
 use dml_shared::config::SdfsConfig;
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use dml_shared::sdfs::{DataRequest, FileInfo, MetaRequest, MetaResponse, VersionInfo};
 use dml_shared::wire::{self, Kind};
@@ -134,8 +135,11 @@ impl Node {
     }
 }
 
-async fn serve(mut s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
-    while let Ok(Some(f)) = read_frame(&mut s, DEFAULT_MAX_FRAME).await {
+async fn serve(s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
+    let Ok(mut s) = Conn::accept(s, crate::test_key()).await else {
+        return;
+    };
+    while let Ok(Some(f)) = s.read_frame(DEFAULT_MAX_FRAME).await {
         let resp = match wire::decode::<Request>(Kind::Request, &f) {
             Ok(Request::Data(d)) => {
                 if sdfs.serve_data(d, &mut s).await.is_err() {
@@ -146,12 +150,9 @@ async fn serve(mut s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
             Ok(Request::Meta(m)) => meta.answer(m),
             _ => Response::Error("not served here".into()),
         };
-        let _ = write_frame(
-            &mut s,
-            &wire::encode(Kind::Response, &resp),
-            DEFAULT_MAX_FRAME,
-        )
-        .await;
+        let _ = s
+            .write_frame(&wire::encode(Kind::Response, &resp), DEFAULT_MAX_FRAME)
+            .await;
     }
 }
 
@@ -172,14 +173,20 @@ async fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-async fn request(s: &mut TcpStream, req: &Request) {
-    write_frame(s, &wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME)
+/// An authenticated connection to `addr`.
+async fn connect(addr: SocketAddr) -> Conn {
+    crate::test_key();
+    Conn::connect(addr).await.unwrap()
+}
+
+async fn request(s: &mut Conn, req: &Request) {
+    s.write_frame(&wire::encode(Kind::Request, req), DEFAULT_MAX_FRAME)
         .await
         .unwrap();
 }
 
-async fn response(s: &mut TcpStream) -> Response {
-    let f = read_frame(s, DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+async fn response(s: &mut Conn) -> Response {
+    let f = s.read_frame(DEFAULT_MAX_FRAME).await.unwrap().unwrap();
     wire::decode(Kind::Response, &f).unwrap()
 }
 
@@ -192,7 +199,7 @@ async fn put(
     sum: [u8; 32],
     downstream: Vec<SocketAddr>,
 ) -> Response {
-    let mut s = TcpStream::connect(head).await.unwrap();
+    let mut s = connect(head).await;
     request(
         &mut s,
         &Request::Data(DataRequest::Write {
@@ -205,15 +212,15 @@ async fn put(
     )
     .await;
     for c in data.chunks(64 * 1024) {
-        write_frame(&mut s, c, DEFAULT_MAX_FRAME).await.unwrap();
+        write_frame(s.raw(), c, DEFAULT_MAX_FRAME).await.unwrap();
     }
-    write_frame(&mut s, &[], DEFAULT_MAX_FRAME).await.unwrap();
+    write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await.unwrap();
     response(&mut s).await
 }
 
 /// Reads a version; an error names what went wrong.
 async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, String> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = connect(addr).await;
     let req = Request::Data(DataRequest::Read {
         name: name.into(),
         version,
@@ -225,7 +232,7 @@ async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, Stri
     };
     let mut out = Vec::new();
     loop {
-        match read_frame(&mut s, DEFAULT_MAX_FRAME).await {
+        match read_frame(s.raw(), DEFAULT_MAX_FRAME).await {
             Ok(Some(f)) if f.is_empty() => break,
             Ok(Some(f)) => out.extend_from_slice(&f),
             Ok(None) => return Err("stream ended without its end frame".into()),
@@ -247,7 +254,7 @@ async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, Stri
 }
 
 async fn call(addr: SocketAddr, req: DataRequest) -> Response {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = connect(addr).await;
     request(&mut s, &Request::Data(req)).await;
     response(&mut s).await
 }
@@ -387,13 +394,17 @@ async fn a_down_replica_mid_chain_is_skipped_and_leaves_fewer_holders() {
 async fn a_replica_that_stalls_at_the_end_of_the_chain_only_drops_itself() {
     let meta = Arc::new(FakeMeta::default());
     let ns = nodes(2, &meta).await;
-    // Accepts and then neither reads nor answers (a frozen process).
+    // Completes the handshake, then neither reads nor answers (a process
+    // frozen mid-stream; one frozen earlier fails the handshake and counts
+    // as unreachable).
     let frozen = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let frozen_addr = frozen.local_addr().unwrap();
     let hold = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = frozen.accept().await {
-            held.push(s);
+            if let Ok(c) = Conn::accept(s, crate::test_key()).await {
+                held.push(c);
+            }
         }
     });
     let data = pattern(8, 200_000);

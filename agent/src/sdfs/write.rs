@@ -16,13 +16,12 @@ use super::local::{Chunk, LocalWriter, Piece};
 use super::stats::Counters;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
-use dml_shared::framing::write_frame;
+use dml_shared::conn::{Conn, FrameWrite};
 use dml_shared::sdfs::{Checksum, DataRequest, note_unreached, validate_name};
 use dml_shared::wire::{self, Kind};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -39,7 +38,7 @@ pub struct WriteArgs {
 pub async fn serve_write(
     ctx: &Arc<Ctx>,
     w: WriteArgs,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
 ) -> dml_shared::Result<()> {
     let mut failure: Option<SdfsError> = validate_name(&w.name).err().map(Into::into);
     let mut local = failure.is_none().then(|| {
@@ -58,7 +57,7 @@ pub async fn serve_write(
     loop {
         let frame = match tokio::time::timeout(
             ctx.cfg.put_timeout,
-            peer::read_data_frame(stream, ctx.max_frame, ctx.cfg.chunk_size),
+            peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
         )
         .await
         {
@@ -136,7 +135,9 @@ pub async fn serve_write(
             Response::Error(e.to_string())
         }
     };
-    write_frame(stream, &peer::response(&resp), ctx.max_frame).await
+    stream
+        .write_frame(&peer::response(&resp), ctx.max_frame)
+        .await
 }
 
 /// What the rest of the chain stored, and which of its replicas did not (why).
@@ -267,17 +268,17 @@ async fn relay(
     ctx: &Ctx,
     w: &WriteArgs,
     next: SocketAddr,
-    s: &mut TcpStream,
+    s: &mut Conn,
     mut rx: mpsc::Receiver<Piece>,
     reply_timeout: std::time::Duration,
 ) -> Result<Response, SdfsError> {
     let stall = ctx.stall_timeout();
     while let Some(piece) = rx.recv().await {
         match piece {
-            Piece::Chunk(c) => peer::send(s, next, &c, ctx.max_frame, stall).await?,
+            Piece::Chunk(c) => peer::send_data(s, next, &c, ctx.max_frame, stall).await?,
             Piece::Written(_) => {}
             Piece::End => {
-                peer::send(s, next, &[], ctx.max_frame, stall).await?;
+                peer::send_data(s, next, &[], ctx.max_frame, stall).await?;
                 let f = peer::recv(s, next, ctx.max_frame, reply_timeout).await?;
                 return wire::decode::<Response>(Kind::Response, &f).map_err(|e| {
                     SdfsError::Stream {

@@ -28,7 +28,7 @@ use crate::sdfs::SdfsHandle;
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, MemberInfo, Request, Response};
 use dml_shared::client::Client;
-use dml_shared::framing::write_frame;
+use dml_shared::conn::{Conn, FrameWrite};
 use dml_shared::telemetry::{ClusterFigures, EventKind, Frame, MIN_INTERVAL_MS, NodeStats};
 use dml_shared::wire::{self, Kind};
 use events::EventRing;
@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -120,10 +119,12 @@ impl Telemetry {
 
     /// Serves a subscription: writes frames on `stream` until it closes, the
     /// subscriber stops reading, or the service stops.
-    pub async fn serve(&self, stream: &mut TcpStream, max_frame: usize) -> dml_shared::Result<()> {
+    pub async fn serve(&self, stream: &mut Conn, max_frame: usize) -> dml_shared::Result<()> {
         let Some(inner) = &self.inner else {
             let msg = Response::Error("telemetry is not running on this agent".into());
-            return write_frame(stream, &wire::encode(Kind::Response, &msg), max_frame).await;
+            return stream
+                .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
+                .await;
         };
         let (tx, mut rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -142,7 +143,7 @@ impl Telemetry {
                     None => return Ok(()),
                 },
                 // The subscriber sends nothing; EOF or an error means it is gone.
-                r = read.read(&mut scratch) => match r {
+                r = read.raw().read(&mut scratch) => match r {
                     Ok(0) | Err(_) => return Ok(()),
                     Ok(_) => continue,
                 },
@@ -162,9 +163,7 @@ impl Telemetry {
             out.dropped = d;
             out.resync = resync;
             let bytes = wire::encode(Kind::Response, &Response::Telemetry(Box::new(out)));
-            match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut write, &bytes, max_frame))
-                .await
-            {
+            match tokio::time::timeout(WRITE_TIMEOUT, write.write_frame(&bytes, max_frame)).await {
                 Ok(r) => r?,
                 Err(_) => return Ok(()),
             }
@@ -598,16 +597,18 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
+            let (s, _) = listener.accept().await.unwrap();
+            let mut s = Conn::accept(s, crate::test_key()).await.unwrap();
             t.serve(&mut s, 1 << 20).await
         });
+        crate::test_key();
         let mut c = dml_shared::client::connect(addr).await.unwrap();
         send_request(&mut c, &Request::Subscribe).await.unwrap();
         // Wait until the server has registered the subscription.
         while i.subs_len() == 0 {
             tokio::task::yield_now().await;
         }
-        let next = async |c: &mut TcpStream| match read_response(c).await.unwrap() {
+        let next = async |c: &mut Conn| match read_response(c).await.unwrap() {
             Response::Telemetry(f) => *f,
             other => panic!("{other:?}"),
         };

@@ -127,7 +127,7 @@ fn check_remote_dir(key: &str, dir: &str) -> Result<()> {
 }
 
 /// Keys of the agent config that hosts.toml sets itself.
-const DERIVED_KEYS: [&str; 3] = ["bind", "introducers", "nodes"];
+const DERIVED_KEYS: [&str; 4] = ["bind", "introducers", "nodes", "security"];
 
 impl Hosts {
     pub fn load(path: &Path) -> Result<Self> {
@@ -243,7 +243,8 @@ impl Hosts {
 
     /// The agent config file for `host`, whose remote directory resolved to
     /// `dir` (absolute): shared `[config]`, then the host's, then bind,
-    /// introducers, nodes, and `data_dir` (default `dir/data`).
+    /// introducers, nodes, `data_dir` (default `dir/data`) and the cluster
+    /// key at `dir/cluster.key`.
     pub fn agent_config(&self, host: &Host, dir: &str) -> Result<String> {
         let mut t = self.config.clone();
         merge(&mut t, &host.config);
@@ -260,6 +261,12 @@ impl Hosts {
         t.insert("introducers".into(), addrs(&[self.introducer]));
         let nodes: Vec<SocketAddr> = self.hosts.iter().map(|h| h.bind).collect();
         t.insert("nodes".into(), addrs(&nodes));
+        let mut security = toml::Table::new();
+        security.insert(
+            "key_file".into(),
+            toml::Value::String(format!("{dir}/cluster.key")),
+        );
+        t.insert("security".into(), toml::Value::Table(security));
         let text = format!(
             "# Written by `dml cluster up` for host {}; edits are overwritten.\n{}",
             host.name,

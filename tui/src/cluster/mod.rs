@@ -66,9 +66,18 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// Pause between two rounds of probes.
 const POLL: Duration = Duration::from_millis(200);
 
-pub async fn run(cmd: &ClusterCommand, json: bool) -> Result<()> {
+/// `key_file`: the cluster key `up` uploads to every host.
+pub async fn run(cmd: &ClusterCommand, key_file: Option<&Path>, json: bool) -> Result<()> {
     match cmd {
-        ClusterCommand::Up(a) => up(a, json).await,
+        ClusterCommand::Up(a) => {
+            let key = key_file.context(
+                "cluster up needs a cluster key to give the agents: make one with `dml keygen` \
+                 or pass --key-file",
+            )?;
+            let key_text = std::fs::read(key)
+                .with_context(|| format!("cannot read cluster key {}", key.display()))?;
+            up(a, &key_text, json).await
+        }
         ClusterCommand::Down(a) => down(a, json).await,
         ClusterCommand::Status(a) => status(a, json).await,
     }
@@ -130,7 +139,7 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-async fn up(a: &UpArgs, json: bool) -> Result<()> {
+async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
     let hosts = Hosts::load(&a.hosts.hosts)?;
     let bin = crate::local::find_agent_bin(a.agent_bin.as_deref().or(hosts.agent_bin.as_deref()))?;
     let bin_for_hash = bin.clone();
@@ -154,7 +163,7 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
                 members: None,
                 error: None,
             };
-            if let Err(e) = up_host(hosts, h, bin, sha, size, pb, deadline, &mut rep).await {
+            if let Err(e) = up_host(hosts, h, (bin, sha, size), key, pb, deadline, &mut rep).await {
                 rep.error = Some(format!("{e:#}"));
                 pb.finish_with_message(format!("failed: {e:#}"));
             }
@@ -258,9 +267,8 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
 async fn up_host(
     hosts: &Hosts,
     h: &Host,
-    bin: &Path,
-    sha: &str,
-    size: u64,
+    (bin, sha, size): (&Path, &str, u64),
+    key: &[u8],
     pb: &ProgressBar,
     deadline: Instant,
     rep: &mut UpReport,
@@ -320,6 +328,10 @@ async fn up_host(
         .context("uploading dml-agent")?;
         rep.uploaded_agent = true;
     }
+    pb.set_message("uploading the cluster key");
+    ssh.upload_bytes(key, &format!("{dir}/cluster.key"), 0o600)
+        .await
+        .context("uploading the cluster key")?;
     pb.set_message("uploading agent.toml");
     let cfg = hosts.agent_config(h, &dir)?;
     ssh.upload_bytes(cfg.as_bytes(), &format!("{dir}/agent.toml"), 0o640)

@@ -5,11 +5,11 @@
 use super::app::{ConnEvent, Event};
 use dml_shared::api::{MemberInfo, MemberState, Request, Response};
 use dml_shared::client::{connect, read_response, send_request, unexpected};
+use dml_shared::conn::Conn;
 use dml_shared::telemetry::{Frame, MIN_INTERVAL_MS};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Time allowed to connect and subscribe.
@@ -46,7 +46,7 @@ pub fn failover_candidates(current: SocketAddr, members: &[MemberInfo]) -> Vec<S
 }
 
 /// Opens a subscription.
-pub async fn subscribe(addr: SocketAddr) -> Result<TcpStream, String> {
+pub async fn subscribe(addr: SocketAddr) -> Result<Conn, String> {
     let open = async {
         let mut s = connect(addr).await?;
         send_request(&mut s, &Request::Subscribe).await?;
@@ -60,7 +60,7 @@ pub async fn subscribe(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Reads the next frame.
-pub async fn next_frame(s: &mut TcpStream) -> Result<Frame, String> {
+pub async fn next_frame(s: &mut Conn) -> Result<Frame, String> {
     match tokio::time::timeout(STALL, read_response(s)).await {
         Ok(Ok(Response::Telemetry(f))) => Ok(*f),
         Ok(Ok(other)) => Err(unexpected(other).to_string()),
@@ -213,6 +213,8 @@ mod tests {
             .unwrap()
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        use dml_shared::auth::{ClusterKey, KEY_LEN, install};
+        install(ClusterKey::from_bytes([4; KEY_LEN])).unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let task = tokio::spawn(run(addr, tx));
         assert!(matches!(

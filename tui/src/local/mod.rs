@@ -26,10 +26,16 @@ const READY_POLL: Duration = Duration::from_millis(100);
 /// Log lines shown for an agent that failed to start.
 const LOG_TAIL_LINES: usize = 8;
 
-pub async fn run(cmd: &LocalCommand, json: bool) -> Result<()> {
+/// `key_file`: the global `--key-file`; without it the cluster's key is
+/// `<run_dir>/cluster.key`, made by `up` when missing.
+pub async fn run(cmd: &LocalCommand, key_file: Option<&Path>, json: bool) -> Result<()> {
     match cmd {
-        LocalCommand::Up(a) => up(a, json).await,
-        LocalCommand::Status(a) => status(a, json).await,
+        LocalCommand::Up(a) => up(a, key_file, json).await,
+        LocalCommand::Status(a) => {
+            let own = a.run_dir.join("cluster.key");
+            crate::key::install(key_file.or(own.exists().then_some(own.as_path())))?;
+            status(a, json).await
+        }
         LocalCommand::Down(a) => down(a, json),
     }
 }
@@ -79,8 +85,11 @@ pub fn agent_args(
     introducer: SocketAddr,
     nodes: &[SocketAddr],
     run_dir: &Path,
+    key_file: &Path,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
+        "--key-file".into(),
+        key_file.to_string_lossy().into_owned(),
         "--preset".into(),
         preset.into(),
         "--bind".into(),
@@ -139,7 +148,7 @@ fn log_tail(path: &Path) -> String {
     lines[from..].iter().map(|l| format!("    {l}\n")).collect()
 }
 
-async fn up(a: &UpArgs, json: bool) -> Result<()> {
+async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
     let ports = ports(a.base_port, a.count)?;
     let bin = find_agent_bin(a.agent_bin.as_deref())?;
     std::fs::create_dir_all(&a.run.run_dir)
@@ -173,6 +182,8 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         );
     }
     remove_records(&run_dir);
+    let key_file = crate::key::for_local_cluster(key_file, &run_dir)?;
+    let key_file = key_file.canonicalize().unwrap_or(key_file);
 
     let introducer: SocketAddr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     let mut rec = ClusterRecord {
@@ -181,6 +192,7 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         agent_bin: bin.clone(),
         introducer,
         tmux_session: a.tmux.then(|| TMUX_SESSION.to_string()),
+        key_file: Some(key_file.clone()),
         agents: Vec::new(),
     };
     let nodes: Vec<SocketAddr> = ports
@@ -189,7 +201,14 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         .collect();
     let mut children: Vec<Child> = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
-        let args = agent_args(a.preset.as_str(), port, introducer, &nodes, &run_dir);
+        let args = agent_args(
+            a.preset.as_str(),
+            port,
+            introducer,
+            &nodes,
+            &run_dir,
+            &key_file,
+        );
         let log = record::log_file(&run_dir, port);
         let started = if a.tmux {
             let _ = std::fs::remove_file(&log);
@@ -289,6 +308,11 @@ async fn up(a: &UpArgs, json: bool) -> Result<()> {
         if let Leader::Elected(l) = leader {
             println!("control-plane leader: {l}");
         }
+        println!(
+            "cluster key: {} (dml finds it when run from here; elsewhere: export DML_KEY_FILE={})",
+            key_file.display(),
+            key_file.display()
+        );
     }
     Ok(())
 }
@@ -552,16 +576,25 @@ mod tests {
     }
 
     #[test]
-    fn every_agent_is_told_the_introducer_its_data_dir_and_every_node() {
+    fn every_agent_is_told_the_key_the_introducer_its_data_dir_and_every_node() {
         let intro: SocketAddr = "127.0.0.1:8001".parse().unwrap();
         let nodes: Vec<SocketAddr> = ["127.0.0.1:8001", "127.0.0.1:8002"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        let args = agent_args("local", 8002, intro, &nodes, Path::new("/r"));
+        let args = agent_args(
+            "local",
+            8002,
+            intro,
+            &nodes,
+            Path::new("/r"),
+            Path::new("/r/cluster.key"),
+        );
         assert_eq!(
             args,
             [
+                "--key-file",
+                "/r/cluster.key",
                 "--preset",
                 "local",
                 "--bind",

@@ -33,6 +33,9 @@ pub struct ClusterRecord {
     /// Set when the agents run in a tmux session.
     #[serde(default)]
     pub tmux_session: Option<String>,
+    /// The cluster key every agent was given.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     pub agents: Vec<AgentRecord>,
 }
 
@@ -121,6 +124,7 @@ mod tests {
             agent_bin: "/x/dml-agent".into(),
             introducer: "127.0.0.1:8001".parse().unwrap(),
             tmux_session: None,
+            key_file: None,
             agents: vec![AgentRecord {
                 port: 8001,
                 addr: "127.0.0.1:8001".parse().unwrap(),

@@ -96,6 +96,7 @@ impl System {
         let stats_file = dir.join("stats.json");
         let stderr = std::fs::File::create(dir.join("stderr.log"))?;
         let mut cmd = Command::new(&self.bin);
+        cmd.env("DML_KEY_FILE", dml_tests::key::path()?);
         cmd.args(&self.args)
             .arg("--bind")
             .arg(bind.to_string())
