@@ -5,10 +5,15 @@
 //! also checks what must then hold (a decoded message re-encodes and decodes to itself,
 //! an accepted SDFS name cannot leave the data directory, ...) and panics if it does not.
 
+use dml_agent::control::network::{RaftReply, RaftRpc};
+use dml_agent::control::state::MetaState;
+use dml_agent::control::types::Command;
 use dml_agent::membership::msg::Message;
+use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
 use dml_shared::config::Config;
 use dml_shared::framing::read_frame;
+use dml_shared::infer::{jsonl_line, parse_jsonl_line};
 use dml_shared::models::Registry;
 use dml_shared::sdfs::{MetaRequest, MetaResponse, validate_name};
 use dml_shared::wire::{self, Kind};
@@ -136,6 +141,71 @@ pub fn sdfs_name(data: &[u8]) {
     }
 }
 
+/// Decodes `data` as a postcard `T`; what decodes re-encodes and decodes to the same
+/// value (compared through Debug: openraft's messages are not all `PartialEq`).
+fn postcard_round_trip<T>(data: &[u8]) -> Option<T>
+where
+    T: Serialize + DeserializeOwned + Debug,
+{
+    let v: T = postcard::from_bytes(data).ok()?;
+    let bytes = postcard::to_allocvec(&v).expect("a decoded value encodes");
+    let again: T = postcard::from_bytes(&bytes).expect("re-encoded value decodes");
+    assert_eq!(format!("{again:?}"), format!("{v:?}"));
+    Some(v)
+}
+
+/// Raft RPCs between voters (the bytes inside `Request::Raft` / `Response::Raft`),
+/// as `control::network` decodes them; the commands of a decoded append are then
+/// applied to an empty state machine, which must refuse what it cannot apply.
+pub fn raft_rpc(data: &[u8]) {
+    if let Some(RaftRpc::Append(a)) = postcard_round_trip::<RaftRpc>(data) {
+        let mut state = MetaState::default();
+        for e in &a.entries {
+            if let openraft::EntryPayload::Normal(cmd) = &e.payload {
+                state.apply(cmd);
+            }
+        }
+    }
+    postcard_round_trip::<RaftReply>(data);
+}
+
+/// The replicated state machine: `data` as postcard commands back to back, applied
+/// in order (never a panic; the state then survives a snapshot round trip), and as
+/// a whole as a snapshot of the state.
+pub fn raft_state(data: &[u8]) {
+    let mut state = MetaState::default();
+    let mut rest = data;
+    while let Ok((cmd, tail)) = postcard::take_from_bytes::<Command>(rest) {
+        state.apply(&cmd);
+        rest = tail;
+    }
+    let bytes = postcard::to_allocvec(&state).expect("a state encodes");
+    let back: MetaState = postcard::from_bytes(&bytes).expect("an encoded state decodes");
+    assert_eq!(format!("{back:?}"), format!("{state:?}"));
+    postcard_round_trip::<MetaState>(data);
+}
+
+/// One line of a job's JSONL output; what parses is written back identically.
+pub fn infer_jsonl(data: &[u8]) {
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(r) = parse_jsonl_line(line) {
+        let again = parse_jsonl_line(&jsonl_line(&r)).expect("a written line parses");
+        assert_eq!(format!("{again:?}"), format!("{r:?}"));
+    }
+}
+
+/// Node ids in their text form (`ADDR#STARTED`, in CLI arguments and the event log).
+pub fn node_id(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(id) = text.parse::<NodeId>() {
+        assert_eq!(id.to_string().parse::<NodeId>(), Ok(id), "{text:?}");
+    }
+}
+
 /// A target's body.
 pub type Target = fn(&[u8]);
 
@@ -148,4 +218,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("registry", registry),
     ("sdfs_name", sdfs_name),
+    ("raft_rpc", raft_rpc),
+    ("raft_state", raft_state),
+    ("infer_jsonl", infer_jsonl),
+    ("node_id", node_id),
 ];

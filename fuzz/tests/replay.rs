@@ -3,12 +3,18 @@
 //! `cargo test --manifest-path fuzz/Cargo.toml -- --ignored write_seed_corpus` rewrites
 //! the built-in seeds into `corpus/`.
 
+use dml_agent::control::network::{RaftReply, RaftRpc};
+use dml_agent::control::state::MetaState;
+use dml_agent::control::types::{Command, Op, TypeConfig};
 use dml_agent::membership::msg::{Message, Update, UpdateKind};
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, Request, Response};
-use dml_shared::infer::InferRequest;
+use dml_shared::infer::{ImageResult, InferRequest, Outcome, Prediction, jsonl_line};
 use dml_shared::sdfs::{DataRequest, MetaRequest};
 use dml_shared::wire::{self, Kind};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
+use openraft::raft::{VoteRequest, VoteResponse};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
 use std::path::{Path, PathBuf};
 
 /// Random inputs per target, and mutations per seed.
@@ -39,6 +45,80 @@ fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(bytes);
     out
+}
+
+/// Commands that build up some files and a job, in an order the state machine accepts.
+fn commands() -> Vec<Command> {
+    let a = "127.0.0.1:8001".parse().unwrap();
+    let b = "127.0.0.1:8002".parse().unwrap();
+    let ops = vec![
+        Op::BeginPut {
+            name: "img/1.jpg".into(),
+            size: 3,
+            replicas: vec![a, b],
+            deadline_ms: 100,
+        },
+        Op::CommitPut {
+            name: "img/1.jpg".into(),
+            version: 1,
+            checksum: [7; 32],
+            holders: vec![a, b],
+            quorum: 2,
+        },
+        Op::BeginPut {
+            name: "img/2.jpg".into(),
+            size: 0,
+            replicas: vec![a],
+            deadline_ms: 5,
+        },
+        Op::SetReplicas {
+            name: "img/1.jpg".into(),
+            version: 1,
+            add: vec![b],
+            drop: vec![a],
+        },
+        Op::SubmitJob {
+            model: "resnet50".into(),
+            dataset: "img".into(),
+            images: vec!["img/1.jpg".into()],
+            count: 3,
+        },
+        Op::SetBatchSize {
+            model: "resnet50".into(),
+            size: 2,
+        },
+        Op::CompleteQuery {
+            job: 1,
+            results: vec![ImageResult {
+                index: 0,
+                image: "img/1.jpg".into(),
+                outcome: Outcome::Error("bad".into()),
+            }],
+        },
+        Op::SetJobOutput {
+            job: 1,
+            name: "out/1.jsonl".into(),
+        },
+        Op::FailJob {
+            job: 1,
+            reason: "stopped".into(),
+        },
+        Op::ExpirePending,
+        Op::AbortPut {
+            name: "img/2.jpg".into(),
+            version: 1,
+        },
+        Op::Delete {
+            name: "img/1.jpg".into(),
+        },
+    ];
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| Command {
+            now_ms: 10 * i as u64,
+            op,
+        })
+        .collect()
 }
 
 /// Seeds written in code: valid inputs of each decoder.
@@ -153,6 +233,102 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect(),
+        "raft_rpc" => {
+            let log_id = LogId::new(CommittedLeaderId::new(3, 7), 42);
+            let entries: Vec<Entry<TypeConfig>> = commands()
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(3, 7), i as u64),
+                    payload: EntryPayload::Normal(c),
+                })
+                .chain([Entry {
+                    log_id,
+                    payload: EntryPayload::Blank,
+                }])
+                .collect();
+            let rpcs = [
+                RaftRpc::Append(AppendEntriesRequest {
+                    vote: Vote::new_committed(3, 7),
+                    prev_log_id: None,
+                    entries,
+                    leader_commit: Some(log_id),
+                }),
+                RaftRpc::Vote(VoteRequest::new(Vote::new(4, 9), Some(log_id))),
+                RaftRpc::Snapshot(InstallSnapshotRequest {
+                    vote: Vote::new_committed(3, 7),
+                    meta: SnapshotMeta {
+                        last_log_id: Some(log_id),
+                        snapshot_id: "3-7-42-1".into(),
+                        ..SnapshotMeta::default()
+                    },
+                    offset: 0,
+                    data: postcard::to_allocvec(&MetaState::default()).unwrap(),
+                    done: true,
+                }),
+            ];
+            let replies = [
+                RaftReply::Append(AppendEntriesResponse::Success),
+                RaftReply::Vote(VoteResponse::new(Vote::new(4, 9), None, true)),
+                RaftReply::Failed("stopped".into()),
+            ];
+            rpcs.iter()
+                .map(|r| postcard::to_allocvec(r).unwrap())
+                .chain(replies.iter().map(|r| postcard::to_allocvec(r).unwrap()))
+                .collect()
+        }
+        "raft_state" => {
+            let cmds = commands();
+            let mut state = MetaState::default();
+            for c in &cmds[..6] {
+                state.apply(c);
+            }
+            vec![
+                cmds.iter()
+                    .flat_map(|c| postcard::to_allocvec(c).unwrap())
+                    .collect(),
+                cmds[..5]
+                    .iter()
+                    .flat_map(|c| postcard::to_allocvec(c).unwrap())
+                    .collect(),
+                postcard::to_allocvec(&state).unwrap(),
+            ]
+        }
+        "infer_jsonl" => [
+            ImageResult {
+                index: 3,
+                image: "d/a \"b\".png".into(),
+                outcome: Outcome::Top(vec![
+                    Prediction {
+                        class: 7,
+                        label: "cock, rooster".into(),
+                        score: 0.75,
+                    },
+                    Prediction {
+                        class: 0,
+                        label: "ü".into(),
+                        score: 1e-7,
+                    },
+                ]),
+            },
+            ImageResult {
+                index: 4,
+                image: "x.jpg".into(),
+                outcome: Outcome::Error("cannot decode: bad \n header".into()),
+            },
+        ]
+        .iter()
+        .map(|r| jsonl_line(r).into_bytes())
+        .collect(),
+        "node_id" => [
+            id.to_string(),
+            NodeId::new("[::1]:9".parse().unwrap(), 0).to_string(),
+            "127.0.0.1:8001".into(),
+            "127.0.0.1:8001#x".into(),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect(),
         other => panic!("no seeds for {other}"),
     }
 }
@@ -258,6 +434,26 @@ fn registry() {
 #[test]
 fn sdfs_name() {
     replay("sdfs_name");
+}
+
+#[test]
+fn raft_rpc() {
+    replay("raft_rpc");
+}
+
+#[test]
+fn raft_state() {
+    replay("raft_state");
+}
+
+#[test]
+fn infer_jsonl() {
+    replay("infer_jsonl");
+}
+
+#[test]
+fn node_id() {
+    replay("node_id");
 }
 
 #[test]
