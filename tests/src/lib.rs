@@ -1,6 +1,7 @@
 //! `dml-tests`: a harness that spawns the real AwesomeDML binaries on 127.0.0.1,
 //! used by the cluster tests in `tests/tests/` and by the bench binary.
 //!
+//! - [`chaos`]: the chaos test's seeded fault schedule and its firewall drop rules.
 //! - [`bins`]: finds `dml-agent` and `dml` next to the running test or bench executable.
 //! - [`dir`]: a per-test directory for configs, logs and event logs, kept when a test fails.
 //! - [`agent`]: [`Agent`], a guard around one `dml-agent` process (killed on drop),
@@ -22,6 +23,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod chaos;
 pub mod cluster;
 pub mod dir;
 pub mod dml;
