@@ -305,6 +305,26 @@ pub async fn render(s: &Sources) -> String {
                 st.bad_frames,
             ),
         ];
+        let a = dml_shared::auth::counters().snapshot();
+        t.family(
+            "dml_auth_dropped_total",
+            "counter",
+            "Traffic dropped by cluster-key authentication, by transport and reason.",
+        );
+        for (transport, reason, v) in [
+            ("udp", "forged", a.udp_forged),
+            ("udp", "malformed", a.udp_malformed),
+            ("udp", "replayed", a.udp_replayed),
+            ("udp", "stale", a.udp_stale),
+            ("tcp", "handshake", a.tcp_handshake_failed),
+            ("tcp", "forged", a.tcp_forged),
+        ] {
+            t.sample(
+                "dml_auth_dropped_total",
+                &[("transport", transport), ("reason", reason)],
+                v as f64,
+            );
+        }
         for (name, help, v) in counters {
             t.one(
                 &format!("dml_membership_{name}_total"),

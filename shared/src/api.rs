@@ -103,6 +103,12 @@ pub struct Stats {
     pub bad_packets: u64,
     pub bad_frames: u64,
     pub members_live: u64,
+    /// Datagrams dropped for a missing or wrong authentication tag.
+    pub udp_unauthenticated: u64,
+    /// Authentic datagrams dropped as replayed or stale.
+    pub udp_replayed: u64,
+    /// TCP connections dropped in the handshake or for a bad frame tag.
+    pub tcp_unauthenticated: u64,
 }
 
 /// The control plane as one agent sees it.

@@ -421,7 +421,7 @@ fn member_info() -> impl Strategy<Value = MemberInfo> {
 fn stats() -> impl Strategy<Value = Stats> {
     (
         (any::<u64>(), num(), num(), num(), num()),
-        vec(any::<u64>(), 13),
+        vec(any::<u64>(), 16),
     )
         .prop_map(|((uptime_ms, bs, br, ps, pr), c)| Stats {
             uptime_ms,
@@ -441,6 +441,9 @@ fn stats() -> impl Strategy<Value = Stats> {
             bad_packets: c[9],
             bad_frames: c[10],
             members_live: c[11] ^ c[12],
+            udp_unauthenticated: c[13],
+            udp_replayed: c[14],
+            tcp_unauthenticated: c[15],
         })
 }
 

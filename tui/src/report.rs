@@ -158,6 +158,15 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("falsely declared failed", s.false_failures.to_string()),
         ("bad packets", s.bad_packets.to_string()),
         ("bad frames", s.bad_frames.to_string()),
+        (
+            "unauthenticated datagrams",
+            s.udp_unauthenticated.to_string(),
+        ),
+        ("replayed/stale datagrams", s.udp_replayed.to_string()),
+        (
+            "unauthenticated connections",
+            s.tcp_unauthenticated.to_string(),
+        ),
     ]
 }
 

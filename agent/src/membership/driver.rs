@@ -245,6 +245,7 @@ fn log_event(event: &Event) {
 fn stats(core: &Membership, now: Instant, started: Instant) -> Stats {
     let c = core.counters();
     let r = core.rates(now);
+    let auth = dml_shared::auth::counters().snapshot();
     Stats {
         uptime_ms: now.duration_since(started).as_millis() as u64,
         bytes_sent_per_s: r.bytes_sent,
@@ -263,6 +264,9 @@ fn stats(core: &Membership, now: Instant, started: Instant) -> Stats {
         bad_packets: c.bad_packets,
         bad_frames: 0,
         members_live: core.live_members().len() as u64,
+        udp_unauthenticated: auth.udp_forged + auth.udp_malformed,
+        udp_replayed: auth.udp_replayed + auth.udp_stale,
+        tcp_unauthenticated: auth.tcp_handshake_failed + auth.tcp_forged,
     }
 }
 
