@@ -3,7 +3,7 @@
 # (On one machine `dml local up --tmux` does the same and also records pids.)
 #
 # usage: dml-tmux.sh [-n N] [-p BASE_PORT] [-H HOST] [-i INTRODUCER] [-s SESSION]
-#                    [-P PRESET] [-b AGENT_BIN] [-d DATA_ROOT]
+#                    [-P PRESET] [-b AGENT_BIN] [-d DATA_ROOT] [-K KEY_FILE]
 #        dml-tmux.sh -k [-s SESSION]
 #   -n  number of agents (default 10)
 #   -p  port of the first agent (default 8001); the others follow
@@ -13,13 +13,15 @@
 #   -P  preset: local, lan or wan (default local)
 #   -b  dml-agent binary (default: dml-agent on PATH)
 #   -d  directory for the agents' data dirs (default .dml/tmux)
+#   -K  cluster key file (default DATA_ROOT/cluster.key, made if missing;
+#       give dml the same file: --key-file or DML_KEY_FILE)
 #   -k  stop: Ctrl-C in every window (each agent announces its leave), then
 #       kill the session
 # Attach with `tmux attach -t SESSION`.
 set -euo pipefail
 
-stop=0 n=10 base=8001 host=127.0.0.1 introducer="" session=dml preset=local bin=dml-agent data=.dml/tmux
-while getopts "n:p:H:i:s:P:b:d:kh" opt; do
+stop=0 n=10 base=8001 host=127.0.0.1 introducer="" session=dml preset=local bin=dml-agent data=.dml/tmux key=""
+while getopts "n:p:H:i:s:P:b:d:K:kh" opt; do
   case "$opt" in
     n) n=$OPTARG ;;
     p) base=$OPTARG ;;
@@ -29,9 +31,10 @@ while getopts "n:p:H:i:s:P:b:d:kh" opt; do
     P) preset=$OPTARG ;;
     b) bin=$OPTARG ;;
     d) data=$OPTARG ;;
+    K) key=$OPTARG ;;
     k) stop=1 ;;
-    h) sed -n '2,18p' "$0"; exit 0 ;;
-    *) sed -n '2,18p' "$0" >&2; exit 2 ;;
+    h) sed -n '2,20p' "$0"; exit 0 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
 command -v tmux >/dev/null || { echo "error: tmux is not installed" >&2; exit 1; }
@@ -62,11 +65,21 @@ fi
 introducer=${introducer:-$host:$base}
 mkdir -p "$data"
 data=$(cd "$data" && pwd)
+if [[ -z $key ]]; then
+  key=$data/cluster.key
+  if [[ ! -e $key ]]; then
+    # 32 random bytes as hex, readable by the owner only (as `dml keygen` writes).
+    (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$key" && echo >> "$key")
+    echo "made cluster key $key"
+  fi
+fi
+[[ -r $key ]] || { echo "error: cluster key \"$key\" is not readable" >&2; exit 1; }
+key=$(cd "$(dirname "$key")" && pwd)/$(basename "$key")
 
 for ((i = 0; i < n; i++)); do
   port=$((base + i))
-  cmd=$(printf 'exec %q --preset %q --bind %q --introducer %q --data-dir %q' \
-    "$agent" "$preset" "$host:$port" "$introducer" "$data/data-$port")
+  cmd=$(printf 'exec %q --key-file %q --preset %q --bind %q --introducer %q --data-dir %q' \
+    "$agent" "$key" "$preset" "$host:$port" "$introducer" "$data/data-$port")
   if ((i == 0)); then
     pid=$(tmux new-session -d -s "$session" -n "agent-$port" -P -F '#{pane_pid}' "$cmd")
   else

@@ -1,11 +1,16 @@
 //! Bad input on the agent's ports: random, truncated and oversized data on UDP and TCP is
-//! dropped and counted (`bad_packets`, `bad_frames`), and the agent keeps serving.
+//! dropped and counted, and the agent keeps serving. Without the cluster key it never gets
+//! past authentication (`udp_unauthenticated`, `tcp_unauthenticated`); the same garbage
+//! sealed with the key (a buggy key holder) is dropped by the decoders (`bad_packets`,
+//! `bad_frames`).
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use anyhow::{Context, ensure};
 use dml_shared::api::{Request, Response, Stats};
-use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
+use dml_shared::auth::{ClusterKey, Sealer, UDP_OVERHEAD};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::wire::{self, HEADER_LEN, Kind, MAGIC, PROTOCOL_VERSION};
 use dml_tests::view::VIEW_POLL;
 use dml_tests::{Agent, Cluster, test_membership, wait_until};
@@ -57,15 +62,25 @@ async fn stats(agent: &Agent) -> anyhow::Result<Stats> {
     agent.client().stats().await.context("stats")
 }
 
-/// Sends `datagrams` to `to` in batches, waiting after each batch until the agent's
-/// `bad_packets` has grown by everything sent so far (every datagram must be counted).
-async fn send_counted(agent: &Agent, datagrams: &[Vec<u8>]) -> anyhow::Result<()> {
+/// Sends `datagrams` to `to` in batches (sealed with `seal` if given), waiting after each
+/// batch until the agent's counter `of` has grown by everything sent so far (every datagram
+/// must be counted).
+async fn send_counted(
+    agent: &Agent,
+    datagrams: &[Vec<u8>],
+    mut seal: Option<Sealer>,
+    of: fn(&Stats) -> u64,
+) -> anyhow::Result<()> {
     let sock = UdpSocket::bind("127.0.0.1:0").await?;
-    let base = stats(agent).await?.bad_packets;
+    let base = of(&stats(agent).await?);
     let mut sent = 0u64;
     for batch in datagrams.chunks(BATCH) {
         for d in batch {
-            sock.send_to(d, agent.addr()).await?;
+            let d = match &mut seal {
+                Some(s) => s.seal(d),
+                None => d.clone(),
+            };
+            sock.send_to(&d, agent.addr()).await?;
         }
         sent += batch.len() as u64;
         wait_until(
@@ -73,7 +88,7 @@ async fn send_counted(agent: &Agent, datagrams: &[Vec<u8>]) -> anyhow::Result<()
             COUNTED,
             Duration::from_millis(20),
             async || {
-                let counted = stats(agent).await?.bad_packets - base;
+                let counted = of(&stats(agent).await?) - base;
                 ensure!(counted >= sent, "{counted} of {sent} counted");
                 Ok(())
             },
@@ -162,8 +177,9 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_agent_keeps_serving() {
     v.extend(rng.bytes(50));
     bad.push(v);
     bad.push(wire::encode(Kind::Request, &Request::Members));
-    // Oversized: the largest datagram IPv4 carries, and one well above max_packet_size.
-    for len in [MAX_DATAGRAM, 10_000] {
+    // Oversized: the largest datagram IPv4 carries (sealing included), and one well above
+    // max_packet_size.
+    for len in [MAX_DATAGRAM - UDP_OVERHEAD, 10_000] {
         let mut d = header(PROTOCOL_VERSION, Kind::Gossip as u8);
         d.extend(rng.bytes(len - HEADER_LEN));
         bad.push(d);
@@ -171,7 +187,21 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_agent_keeps_serving() {
 
     let target = &c.agents[1];
     let before = stats(target).await.unwrap();
-    send_counted(target, &bad).await.unwrap();
+    // Without the key: none of it reaches the membership decoder.
+    send_counted(target, &bad, None, |s| s.udp_unauthenticated)
+        .await
+        .unwrap();
+    let mid = stats(target).await.unwrap();
+    assert_eq!(
+        mid.bad_packets, before.bad_packets,
+        "garbage got past the tag check"
+    );
+    // Sealed with the cluster key: authentic, and every one refused by the decoder.
+    let key = ClusterKey::load(&dml_tests::key::path().unwrap()).unwrap();
+    let sealer = Sealer::new(key, "127.0.0.1:9".parse().unwrap());
+    send_counted(target, &bad, Some(sealer), |s| s.bad_packets)
+        .await
+        .unwrap();
     let after = stats(target).await.unwrap();
     assert!(
         after.bad_packets - before.bad_packets >= bad.len() as u64,
@@ -201,69 +231,78 @@ async fn bad_tcp_frames_are_dropped_and_counted_and_the_api_keeps_serving() {
     let target = &c.agents[1];
     let addr = target.addr();
 
-    // Connections that stay idle must not keep the agent from answering others.
+    // Connections that stay idle (authenticated or not) must not keep the agent from
+    // answering others.
     let mut idle = Vec::new();
-    for _ in 0..20 {
-        idle.push(TcpStream::connect(addr).await.unwrap());
+    for _ in 0..10 {
+        idle.push(Conn::connect(addr).await.unwrap());
+    }
+    let mut idle_raw = Vec::new();
+    for _ in 0..10 {
+        idle_raw.push(TcpStream::connect(addr).await.unwrap());
     }
     let before = stats(target).await.unwrap();
 
-    let mut definitely_bad = 0u64;
-    // A 4 GB length prefix: refused before anything is allocated.
-    send_bad_stream(addr, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-        .await
-        .unwrap();
-    definitely_bad += 1;
-    // Just above the frame limit.
-    send_bad_stream(addr, &((DEFAULT_MAX_FRAME + 1) as u32).to_be_bytes())
-        .await
-        .unwrap();
-    definitely_bad += 1;
-    // Random bytes whose first four read as a length above the limit.
-    let mut garbage = rng.bytes(10_000);
-    garbage[0] = garbage[0].max(0x02);
-    send_bad_stream(addr, &garbage).await.unwrap();
-    definitely_bad += 1;
-
-    // Well-framed garbage: no envelope, a real envelope around garbage, and a response
-    // where a request belongs. Each must be refused (an error answer or a closed connection).
-    let mut well_framed = vec![frame(&rng.bytes(100))];
-    let mut g = header(PROTOCOL_VERSION, Kind::Request as u8);
-    g.extend(rng.bytes(64));
-    well_framed.push(frame(&g));
-    well_framed.push(frame(&wire::encode(Kind::Response, &Response::Ok)));
-    let mut v = header(PROTOCOL_VERSION.wrapping_add(1), Kind::Request as u8);
-    v.push(0);
-    well_framed.push(frame(&v));
-    for f in &well_framed {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(f).await.unwrap();
-        match tokio::time::timeout(COUNTED, read_frame(&mut s, DEFAULT_MAX_FRAME)).await {
-            Err(_) => panic!("no answer and no close after a bad frame"),
-            Ok(Ok(Some(answer))) => {
-                let r: Response = wire::decode(Kind::Response, &answer).unwrap();
-                assert!(matches!(r, Response::Error(_)), "answered {r:?} to garbage");
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => {}
-        }
-        definitely_bad += 1;
+    // Without a handshake: a 4 GB length prefix, random bytes, a well-formed unsealed
+    // request, a cut-short hello. None gets past authentication.
+    let mut unauthenticated = 0u64;
+    let mut raw = vec![
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        rng.bytes(10_000),
+        frame(&wire::encode(Kind::Request, &Request::Members)),
+    ];
+    raw.push(b"DLA1".to_vec());
+    for bytes in &raw {
+        send_bad_stream(addr, bytes).await.unwrap();
+        unauthenticated += 1;
     }
 
-    // Truncated: a frame cut short, and a length prefix cut short.
-    send_bad_stream(addr, &[0, 0, 0, 100, 1, 2, 3])
-        .await
-        .unwrap();
-    send_bad_stream(addr, &[0, 0]).await.unwrap();
+    // After a real handshake: an oversized length prefix, and well-framed garbage with a
+    // valid tag (no envelope, an envelope around garbage, a response where a request
+    // belongs, a wrong version). Each must be refused: an error answer or a close.
+    let mut definitely_bad = 0u64;
+    let mut s = Conn::connect(addr).await.unwrap();
+    let _ = s
+        .raw()
+        .write_all(&((DEFAULT_MAX_FRAME + 100) as u32).to_be_bytes())
+        .await;
+    refused(&mut s).await;
+    definitely_bad += 1;
+    let mut well_framed = vec![rng.bytes(100)];
+    let mut g = header(PROTOCOL_VERSION, Kind::Request as u8);
+    g.extend(rng.bytes(64));
+    well_framed.push(g);
+    well_framed.push(wire::encode(Kind::Response, &Response::Ok));
+    let mut v = header(PROTOCOL_VERSION.wrapping_add(1), Kind::Request as u8);
+    v.push(0);
+    well_framed.push(v);
+    for f in &well_framed {
+        let mut s = Conn::connect(addr).await.unwrap();
+        s.write_frame(f, DEFAULT_MAX_FRAME).await.unwrap();
+        refused(&mut s).await;
+        definitely_bad += 1;
+    }
+    // A frame whose tag does not verify: dropped as unauthenticated.
+    let mut s = Conn::connect(addr).await.unwrap();
+    let mut forged = frame(&wire::encode(Kind::Request, &Request::Members));
+    forged.extend_from_slice(&[0u8; 16]);
+    forged[3] += 16;
+    s.raw().write_all(&forged).await.unwrap();
+    refused(&mut s).await;
+    unauthenticated += 1;
 
     wait_until(
         "the agent to count the bad frames",
         COUNTED,
         VIEW_POLL,
         async || {
-            let counted = stats(target).await?.bad_frames - before.bad_frames;
+            let now = stats(target).await?;
+            let bad = now.bad_frames - before.bad_frames;
+            let unauth = now.tcp_unauthenticated - before.tcp_unauthenticated;
             ensure!(
-                counted >= definitely_bad,
-                "{counted} of {definitely_bad} counted"
+                bad >= definitely_bad && unauth >= unauthenticated,
+                "{bad} of {definitely_bad} bad frames, {unauth} of {unauthenticated} \
+                 unauthenticated connections counted"
             );
             Ok(())
         },
@@ -273,14 +312,13 @@ async fn bad_tcp_frames_are_dropped_and_counted_and_the_api_keeps_serving() {
 
     // The API still answers, over a new connection and over a held one.
     let mut s = idle.pop().unwrap();
-    write_frame(
-        &mut s,
+    s.write_frame(
         &wire::encode(Kind::Request, &Request::Id),
         DEFAULT_MAX_FRAME,
     )
     .await
     .unwrap();
-    let answer = tokio::time::timeout(COUNTED, read_frame(&mut s, DEFAULT_MAX_FRAME))
+    let answer = tokio::time::timeout(COUNTED, s.read_frame(DEFAULT_MAX_FRAME))
         .await
         .expect("an answer on a connection held open during the attack")
         .unwrap()
@@ -290,7 +328,19 @@ async fn bad_tcp_frames_are_dropped_and_counted_and_the_api_keeps_serving() {
         matches!(r, Response::Id(ref i) if i.id == target.id()),
         "{r:?}"
     );
-    drop(idle);
+    drop((idle, idle_raw));
     let live = c.wait_converged(CONVERGE).await.unwrap();
     assert_eq!(live.len(), 3);
+}
+
+/// After a bad frame the agent answers `Response::Error` or closes the connection.
+async fn refused(s: &mut Conn) {
+    match tokio::time::timeout(COUNTED, s.read_frame(DEFAULT_MAX_FRAME)).await {
+        Err(_) => panic!("no answer and no close after a bad frame"),
+        Ok(Ok(Some(answer))) => {
+            let r: Response = wire::decode(Kind::Response, &answer).unwrap();
+            assert!(matches!(r, Response::Error(_)), "answered {r:?} to garbage");
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {}
+    }
 }

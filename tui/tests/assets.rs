@@ -154,6 +154,7 @@ fn tmux_launcher_starts_one_window_per_agent_and_stops_them() {
     .unwrap();
     Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
     let session = format!("dml-tmux-test-{}", std::process::id());
+    let key = dir.join("data").join("cluster.key");
     let out = Command::new("bash")
         .arg(&script)
         .args(["-n", "3", "-p", "9301", "-s", &session, "-P", "lan"])
@@ -199,10 +200,22 @@ fn tmux_launcher_starts_one_window_per_agent_and_stops_them() {
             args.iter()
                 .any(|a| a.contains(&format!("--bind 127.0.0.1:{port} "))
                     && a.contains("--introducer 127.0.0.1:9301")
-                    && a.contains("--preset lan")),
+                    && a.contains("--preset lan")
+                    && a.contains(&format!("--key-file {}", key.display()))),
             "{args:?}"
         );
     }
+    // The key it made is 64 hex digits, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(
+        text.trim().len() == 64 && text.trim().chars().all(|c| c.is_ascii_hexdigit()),
+        "{text:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let stop = Command::new("bash")
         .arg(&script)
