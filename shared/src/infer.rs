@@ -265,7 +265,17 @@ pub fn parse_jsonl_line(line: &str) -> Result<ImageResult, String> {
     }
     let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let outcome = match (l.predictions, l.error) {
-        (Some(p), None) => Outcome::Top(p),
+        (Some(p), None) => {
+            // A score too large for an f32 parses as infinity, which would be
+            // written back as `null`; a probability is finite.
+            if let Some((i, bad)) = p.iter().enumerate().find(|(_, p)| !p.score.is_finite()) {
+                return Err(format!(
+                    "prediction {i} of image {}: score {} is not a finite number",
+                    l.index, bad.score
+                ));
+            }
+            Outcome::Top(p)
+        }
         (None, Some(e)) => Outcome::Error(e),
         _ => return Err("a line has either predictions or an error".into()),
     };
@@ -305,5 +315,17 @@ mod tests {
             (v["index"].as_u64(), v["error"].as_str()),
             (Some(4), Some("not an image"))
         );
+    }
+
+    #[test]
+    fn parsed_lines_write_back_the_same_and_scores_must_be_finite() {
+        let line = r#"{"index":3,"image":"a","predictions":[{"class":7,"label":"c","score":0.5}]}"#;
+        let r = parse_jsonl_line(line).unwrap();
+        assert_eq!(parse_jsonl_line(&jsonl_line(&r)).unwrap(), r);
+        // Found by the infer_jsonl fuzz target: 4e67 overflows an f32 to infinity.
+        let err = parse_jsonl_line(&line.replace("0.5", "4e67")).unwrap_err();
+        assert!(err.contains("score inf is not a finite number"), "{err}");
+        let err = parse_jsonl_line(r#"{"index":1,"image":"a"}"#).unwrap_err();
+        assert!(err.contains("either predictions or an error"), "{err}");
     }
 }
