@@ -11,6 +11,9 @@ use dml_agent::control::types::Command;
 use dml_agent::membership::msg::Message;
 use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
+use dml_shared::auth::{
+    ClusterKey, KEY_LEN, MAX_CLOCK_SKEW, Opener, Sealer, TAG_LEN, UDP_MAGIC, handshake,
+};
 use dml_shared::config::Config;
 use dml_shared::framing::read_frame;
 use dml_shared::infer::{jsonl_line, parse_jsonl_line};
@@ -19,7 +22,9 @@ use dml_shared::sdfs::{MetaRequest, MetaResponse, validate_name};
 use dml_shared::wire::{self, Kind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
+use std::sync::Once;
 
 /// Decodes `data` as a `T` behind `kind`; what decodes must round-trip.
 fn envelope<T>(kind: Kind, data: &[u8])
@@ -206,6 +211,159 @@ pub fn node_id(data: &[u8]) {
     }
 }
 
+/// The cluster secret of the auth targets.
+pub const SECRET: [u8; KEY_LEN] = [0x5a; KEY_LEN];
+
+/// A datagram as [`Sealer`] makes one, for any sender and sequence number:
+/// magic, sender, sequence (BE), payload, keyed-BLAKE3 tag (first 16 bytes) under
+/// the UDP subkey of [`SECRET`]. [`auth_udp`] checks it against the real sealer.
+pub fn seal_at(sender: [u8; 8], seq: u64, payload: &[u8]) -> Vec<u8> {
+    let key = blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &SECRET);
+    let mut out = UDP_MAGIC.to_vec();
+    out.extend_from_slice(&sender);
+    out.extend_from_slice(&seq.to_be_bytes());
+    let mut h = blake3::Hasher::new_keyed(&key);
+    h.update(&out);
+    h.update(payload);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+    out
+}
+
+/// Takes `n` bytes off the front of `d` (fewer at its end).
+fn take<'a>(d: &mut &'a [u8], n: usize) -> &'a [u8] {
+    let (head, rest) = d.split_at(n.min(d.len()));
+    *d = rest;
+    head
+}
+
+fn take_u32(d: &mut &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let t = take(d, 4);
+    b[..t.len()].copy_from_slice(t);
+    u32::from_be_bytes(b)
+}
+
+/// The UDP datagram opener and its replay window, driven by a script of events:
+/// raw datagrams, the clock moving on, and datagrams sealed with the key for one
+/// of 256 senders at a sequence near the clock (optionally with one bit flipped).
+/// What must hold: a flipped datagram never opens; an opened one gives back its
+/// payload, was never opened before (no replay) and is not ahead of the clock by
+/// more than the allowed skew; and while no sender can have been forgotten, a
+/// datagram newer than its sender's newest (or a new sender's, within the skew)
+/// is not dropped.
+pub fn auth_udp(data: &[u8]) {
+    static FORMAT: Once = Once::new();
+    let key = ClusterKey::from_bytes(SECRET);
+    FORMAT.call_once(|| {
+        let real = Sealer::new(key.clone(), "127.0.0.1:1".parse().expect("an address")).seal(b"x");
+        let sender = real[2..10].try_into().expect("8 bytes");
+        let seq = u64::from_be_bytes(real[10..18].try_into().expect("8 bytes"));
+        assert_eq!(
+            seal_at(sender, seq, b"x"),
+            real,
+            "the target's datagram format no longer matches auth::Sealer"
+        );
+    });
+    let skew = MAX_CLOCK_SKEW.as_micros() as u64;
+    let mut now: u64 = 1_764_150_000_000_000;
+    let mut opener = Opener::new(key);
+    let mut opened: HashSet<([u8; 8], u64)> = HashSet::new();
+    let mut newest: HashMap<[u8; 8], u64> = HashMap::new();
+    let mut forgetful = false;
+    let mut d = data;
+    while let Some((&op, rest)) = d.split_first() {
+        d = rest;
+        match op % 4 {
+            0 => {
+                let n = take(&mut d, 1).first().copied().unwrap_or(0);
+                let raw = take(&mut d, usize::from(n));
+                if let Ok(p) = opener.check(raw, now) {
+                    panic!("an unsealed datagram opened: {raw:02x?} -> {p:02x?}");
+                }
+            }
+            1 => {
+                let step = u64::from(take_u32(&mut d)) << ((op >> 2) % 16);
+                now = now.saturating_add(step);
+            }
+            _ => {
+                let sender = [take(&mut d, 1).first().copied().unwrap_or(0); 8];
+                let offset = i64::from(take_u32(&mut d) as i32);
+                let scale = [1, 1_000, 1_000_000][usize::from(op >> 2) % 3];
+                let seq = (now as i64).saturating_add(offset * scale).max(0) as u64;
+                let n = take(&mut d, 1).first().copied().unwrap_or(0) % 32;
+                let payload = take(&mut d, usize::from(n));
+                let datagram = seal_at(sender, seq, payload);
+                if op & 0x80 != 0 {
+                    let at = usize::from(take(&mut d, 1).first().copied().unwrap_or(0));
+                    let mut bad = datagram.clone();
+                    bad[at % datagram.len()] ^= 1 << (op >> 4 & 7);
+                    let r = opener.check(&bad, now);
+                    assert!(r.is_err(), "a corrupted datagram opened: {bad:02x?}");
+                }
+                match opener.check(&datagram, now) {
+                    Ok(p) => {
+                        assert_eq!(p, payload);
+                        assert!(
+                            opened.insert((sender, seq)),
+                            "sender {sender:02x?} seq {seq} opened twice (a replay)"
+                        );
+                        assert!(
+                            seq <= now + skew,
+                            "seq {seq} is ahead of {now} by over the skew"
+                        );
+                        let n = newest.entry(sender).or_insert(seq);
+                        *n = (*n).max(seq);
+                        forgetful |= newest.len() > 64;
+                    }
+                    Err(why) if !forgetful => match newest.get(&sender) {
+                        None => assert!(
+                            seq.abs_diff(now) > skew,
+                            "first datagram of a sender, seq {seq} at {now}, dropped as {why:?}"
+                        ),
+                        Some(&n) => assert!(
+                            seq <= n || seq > now + skew,
+                            "seq {seq} newer than {n} (clock {now}) dropped as {why:?}"
+                        ),
+                    },
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The TCP handshake messages (hello, server reply, client proof) and the key
+/// file's text. What parses is exactly what the peer with the key would send; an
+/// accepted key text is 64 hex digits (surrounding whitespace allowed) and gives
+/// the key of those bytes.
+pub fn auth_handshake(data: &[u8]) {
+    let key = ClusterKey::from_bytes(SECRET);
+    let (c, s) = ([1; handshake::NONCE_LEN], [2; handshake::NONCE_LEN]);
+    if let Some(n) = handshake::parse_hello(data) {
+        assert_eq!(handshake::hello(&n)[..], data[..]);
+    }
+    if let Some(n) = handshake::check_reply(&key, &c, data) {
+        assert_eq!(handshake::reply(&key, &c, &n)[..], data[..]);
+    }
+    if handshake::check_client_proof(&key, &c, &s, data) {
+        assert_eq!(handshake::client_proof(&key, &c, &s)[..], data[..]);
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(k) = ClusterKey::from_hex(text)
+    {
+        let t = text.trim();
+        assert!(
+            t.len() == 2 * KEY_LEN && t.bytes().all(|b| b.is_ascii_hexdigit()),
+            "key text {t:?} accepted"
+        );
+        let secret: [u8; KEY_LEN] = std::array::from_fn(|i| {
+            u8::from_str_radix(&t[2 * i..2 * i + 2], 16).expect("hex digits")
+        });
+        assert_eq!(k, ClusterKey::from_bytes(secret));
+    }
+}
+
 /// A target's body.
 pub type Target = fn(&[u8]);
 
@@ -222,4 +380,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("raft_state", raft_state),
     ("infer_jsonl", infer_jsonl),
     ("node_id", node_id),
+    ("auth_udp", auth_udp),
+    ("auth_handshake", auth_handshake),
 ];

@@ -7,8 +7,10 @@ use dml_agent::control::network::{RaftReply, RaftRpc};
 use dml_agent::control::state::MetaState;
 use dml_agent::control::types::{Command, Op, TypeConfig};
 use dml_agent::membership::msg::{Message, Update, UpdateKind};
+use dml_fuzz::seal_at;
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, Request, Response};
+use dml_shared::auth::handshake;
 use dml_shared::infer::{ImageResult, InferRequest, Outcome, Prediction, jsonl_line};
 use dml_shared::sdfs::{DataRequest, MetaRequest};
 use dml_shared::wire::{self, Kind};
@@ -329,6 +331,53 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(|s| s.as_bytes().to_vec())
         .collect(),
+        "auth_udp" => {
+            // Events: 2/3 sealed (sender, i32 offset, payload length, payload),
+            // 1 clock step (u32), 0 raw (length, bytes); 0x80 flips a bit.
+            let sealed = |op: u8, sender: u8, off: i32, payload: &[u8]| {
+                let mut v = vec![op, sender];
+                v.extend_from_slice(&off.to_be_bytes());
+                v.push(payload.len() as u8);
+                v.extend_from_slice(payload);
+                v
+            };
+            let step = |us: u32| [vec![1], us.to_be_bytes().to_vec()].concat();
+            let raw = seal_at([3; 8], 0, b"old");
+            vec![
+                [
+                    sealed(2, 1, 0, b"ping"),
+                    step(1_000),
+                    sealed(2, 1, 500, b"ack"),
+                    sealed(2, 1, 500, b"ack"),
+                    sealed(2, 1, -1_000, b"late"),
+                    sealed(6, 1, -3_000, b"too late"),
+                    sealed(0x82, 2, 0, b"flip"),
+                    vec![3],
+                ]
+                .concat(),
+                [
+                    sealed(10, 7, 61, b"ahead"),
+                    sealed(10, 7, 59, b"near"),
+                    step(u32::MAX),
+                    sealed(10, 7, 0, b""),
+                    vec![0, raw.len() as u8],
+                    raw,
+                ]
+                .concat(),
+                (0..70u8).flat_map(|s| sealed(2, s, 0, b"m")).collect(),
+            ]
+        }
+        "auth_handshake" => {
+            let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
+            let (c, s) = ([1; 16], [2; 16]);
+            vec![
+                handshake::hello(&c).to_vec(),
+                handshake::reply(&key, &c, &s).to_vec(),
+                handshake::client_proof(&key, &c, &s).to_vec(),
+                format!("{}\n", "5a".repeat(32)).into_bytes(),
+                "0123456789abcdefABCDEF".repeat(3).into_bytes(),
+            ]
+        }
         other => panic!("no seeds for {other}"),
     }
 }
@@ -454,6 +503,16 @@ fn infer_jsonl() {
 #[test]
 fn node_id() {
     replay("node_id");
+}
+
+#[test]
+fn auth_udp() {
+    replay("auth_udp");
+}
+
+#[test]
+fn auth_handshake() {
+    replay("auth_handshake");
 }
 
 #[test]

@@ -1,0 +1,4 @@
+//! Fuzz target: [`dml_fuzz::auth_udp`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dml_fuzz::auth_udp(data));
