@@ -271,9 +271,16 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
         .unwrap();
     set_batch(c.addrs[via], "tiny", 2).await.unwrap();
     std::fs::write(c.dir().join("schedule.txt"), schedule.to_string()).unwrap();
+    let names: Vec<String> = c
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("a{i}={a}"))
+        .collect();
     eprintln!(
-        "cluster ready in {:.1?} (leader a{leader}); chaos starts",
-        test_start.elapsed()
+        "cluster ready in {:.1?} (leader a{leader}; {}); chaos starts",
+        test_start.elapsed(),
+        names.join(" ")
     );
 
     let shared = Arc::new(Shared {
@@ -543,6 +550,16 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
         baseline.1.len(),
         test_start.elapsed()
     );
+    let too_few_alive = failed
+        .iter()
+        .filter(|f| f.error.contains("agents are alive"))
+        .count();
+    if too_few_alive > 0 {
+        eprintln!(
+            "note: {too_few_alive} puts were refused for too few alive agents although at \
+             most {MAX_FAULTED} of {AGENTS} were faulted at a time"
+        );
+    }
     if !failed.is_empty() {
         let mut by_error: BTreeMap<String, usize> = BTreeMap::new();
         for f in &failed {
@@ -613,16 +630,23 @@ async fn run_schedule(
                 None => Ok(()),
             },
         };
+        let restarted = if action == Action::Restart {
+            format!(", up after {:.1?}", shared.epoch.elapsed() - t)
+        } else {
+            String::new()
+        };
+        // Who leads as a healthy agent sees it, to tell faults of the leader apart.
+        let asked = shared.addrs[shared.healthy(target + 1)];
+        let leads = match leader_info(asked).await.map(|l| l.leader) {
+            Ok(Some(l)) => c.index_of(l).map_or(l.to_string(), |i| format!("a{i}")),
+            Ok(None) => "none".into(),
+            Err(_) => "?".into(),
+        };
         let line = format!(
-            "+{:6.2}s {:8} a{target} (planned +{:.2}s){}",
+            "+{:6.2}s {:8} a{target} (planned +{:.2}s{restarted}; leader {leads})",
             t.as_secs_f64(),
             action.name(),
             at.as_secs_f64(),
-            if action == Action::Restart {
-                format!(", up after {:.1?}", shared.epoch.elapsed() - t)
-            } else {
-                String::new()
-            }
         );
         eprintln!("chaos {line}");
         report.done.push(line);
