@@ -66,8 +66,10 @@ for t in "${targets[@]}"; do
   took=$(($(date +%s) - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-  corpus=$(($(find "work/$t" "corpus/$t" -type f | wc -l)))
-  grep -E '^#[0-9]+' "$log" | tail -n 1 || true
+  last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
+  echo "$last"
+  # libFuzzer's corpus at the end (seeds and new inputs, after its reductions).
+  corpus=$(sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p' <<<"$last")
   if [ "$status" -eq 0 ]; then
     result="ok"
     echo "== $t: no crash in ${took}s"
@@ -79,7 +81,7 @@ for t in "${targets[@]}"; do
     echo "   minimize: (cd fuzz && cargo +nightly fuzz tmin --features libfuzzer $t <artifact>)"
     failed+=("$t")
   fi
-  rows+=("$(printf '%-14s %6s %12s %9s %7s  %s' "$t" "$took" "${execs:-?}" "${rate:-?}" "$corpus" "$result")")
+  rows+=("$(printf '%-14s %6s %12s %9s %7s  %s' "$t" "$took" "${execs:-?}" "${rate:-?}" "${corpus:-?}" "$result")")
 done
 
 echo
