@@ -5,10 +5,13 @@
 //! files and inference jobs of the tiny model run. Once every fault is healed: every
 //! acknowledged version is still there with its bytes, every job has each image exactly
 //! once, every agent lists the same members, and the voters agree on the Raft leader, term
-//! and last applied entry.
+//! and last applied entry. No voter answers reads from its own state machine, so the leader
+//! is then frozen twice in turn and each new leader must serve the same committed versions
+//! and jobs.
 //!
 //! The seed comes from `DML_CHAOS_SEED` (else a random one); it and the schedule are
-//! printed at the start and again on failure. Needs root for nftables (or iptables), the
+//! printed at the start and again on failure. The same seed gives the same schedule (with
+//! these constants); the cluster's own timing still varies from run to run. Needs root for nftables (or iptables), the
 //! binaries (`cargo build --workspace --bins`) and the project virtualenv (ONNX Runtime):
 //! `bash scripts/setup.sh`.
 
@@ -36,6 +39,7 @@ const AGENTS: usize = 8;
 const CHAOS: Duration = Duration::from_secs(80);
 /// Three faulted agents leave four of the seven voters and five agents for four replicas.
 const MAX_FAULTED: usize = 3;
+/// Two client loops put new versions, each over this many files of its own.
 const FILES_PER_LOOP: usize = 2;
 /// Time for the healed cluster to agree again (restarted and rejoined agents included).
 const HEAL: Duration = Duration::from_secs(90);
