@@ -536,7 +536,7 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
          jobs: {} ({images} images, {image_errors} image errors, each image exactly once); \
          {} submit attempts failed\n\
          membership: {} members in every view {converged_after:.1?} after the chaos\n\
-         raft: the {} voters agree on leader {:?}, term {}, last applied {}; voters \
+         raft: the {} voters agree on leader {}, term {}, last applied {}; voters \
          {read_from:?} served the same {} versions and {} jobs as leaders\n\
          total {:.1?}",
         schedule.max_concurrent(),
@@ -547,7 +547,9 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
         submit_errors.len(),
         view.len(),
         voters.len(),
-        raft.0,
+        raft.0
+            .and_then(|l| c.index_of(l).ok())
+            .map_or("none".to_string(), |i| format!("a{i}")),
         raft.1,
         raft.2,
         baseline.0.len(),
