@@ -512,3 +512,39 @@ async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_th
         c.must_get(v, &files[k].0, &files[k].1).await.unwrap();
     }
 }
+
+/// A one-way partition of the leader: a drop rule on its port lets nothing reach it, while
+/// its own connections (Raft heartbeats to the others, and their answers) still work. The
+/// others' membership soon holds it failed and turns its Raft RPCs away, so they elect a
+/// leader that clients can reach, and puts go through again while the rule is in place.
+#[tokio::test]
+async fn a_leader_nothing_can_reach_loses_leadership_and_puts_go_on() {
+    use dml_tests::chaos::{DropRule, Firewall};
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-one-way", 10).await.unwrap();
+    let old = c.leader_index(&all(&c), READY).await.unwrap();
+    let firewall = Firewall::detect().unwrap();
+    let rule = DropRule::install(firewall, c.agent(old).addr().port()).unwrap();
+    eprintln!("dropping everything sent to a{old}, the leader");
+    let others: Vec<usize> = all(&c).into_iter().filter(|&i| i != old).collect();
+    let new = wait_for("another leader", READY, SDFS_POLL, async || {
+        let l = c.leader_index(&others, Duration::from_secs(2)).await?;
+        anyhow::ensure!(l != old, "a{old} still leads");
+        Ok(l)
+    })
+    .await
+    .unwrap();
+    eprintln!("a{new} leads while a{old} is cut off");
+    let bytes = pattern(77, 100_000);
+    wait_until("a put during the partition", READY, SDFS_POLL, async || {
+        c.must_put(NON_VOTER, "one-way/during", &bytes)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+    drop(rule);
+    c.wait_leader(&all(&c), READY).await.unwrap();
+    let f = c.file(NON_VOTER, "one-way/during").await.unwrap().unwrap();
+    assert_eq!(f.versions.len(), 1, "{f:?}");
+}

@@ -20,6 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
+/// Longest a membership list read for gating Raft RPCs is reused.
+const VIEW_TTL: Duration = Duration::from_millis(100);
+
+/// `members` lists identities at `addr`, and none of them is live. An
+/// address it does not list (a view still being learned) is not departed.
+pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketAddr) -> bool {
+    let mut at = members.iter().filter(|m| m.id.addr == addr).peekable();
+    at.peek().is_some() && at.all(|m| !m.state.is_live())
+}
+
 /// Period of the leader's expiry and repair pass (membership failures and
 /// leaves also trigger one at once).
 pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
@@ -133,6 +143,29 @@ impl Inner {
     ) -> Result<T, Refusal> {
         let sm = self.sm.as_ref().ok_or(Refusal::NotLeader(None))?;
         Ok(read_sm(sm, |d| f(&d.state)))
+    }
+
+    /// Whether membership lists identities at `addr` and none of them is
+    /// live (all failed or departed). The list is read at most every
+    /// [`VIEW_TTL`].
+    pub(crate) async fn departed(&self, addr: SocketAddr) -> bool {
+        let cached = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < VIEW_TTL)
+            .map(|(_, m)| m.clone());
+        let members = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(self.membership.members().await.unwrap_or_default());
+                *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::time::Instant::now(), m.clone()));
+                m
+            }
+        };
+        departed_in(&members, addr)
     }
 
     /// (live: alive or suspect, alive) agent addresses from membership.
@@ -441,5 +474,38 @@ async fn run_copy(inner: &Inner, copy: Copy) {
         Err(e) => {
             tracing::warn!(name = %copy.name, target = %copy.target, error = %e, "repair: copy failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_shared::NodeId;
+    use dml_shared::api::MemberInfo;
+
+    fn member(addr: &str, started: u64, state: MemberState) -> MemberInfo {
+        MemberInfo {
+            id: NodeId::new(addr.parse().unwrap(), started),
+            state,
+            incarnation: 0,
+            last_heard_ms: None,
+            monitors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_address_is_departed_only_when_every_identity_there_is_gone() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(!departed_in(&[], a), "unknown: not departed");
+        let failed = member("127.0.0.1:1", 1, MemberState::Failed);
+        let left = member("127.0.0.1:1", 2, MemberState::Left);
+        let back = member("127.0.0.1:1", 3, MemberState::Alive);
+        let suspect = member("127.0.0.1:1", 3, MemberState::Suspect);
+        let other = member("127.0.0.1:2", 1, MemberState::Alive);
+        assert!(departed_in(&[failed.clone(), other.clone()], a));
+        assert!(departed_in(&[failed.clone(), left.clone()], a));
+        assert!(!departed_in(&[failed.clone(), back], a), "rejoined");
+        assert!(!departed_in(&[failed, suspect], a), "suspect is still live");
+        assert!(!departed_in(&[other], a));
     }
 }

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub telemetry: crate::telemetry::Telemetry,
     /// Leader lease for reads: (term, until); see `leader.rs`.
     pub lease: Mutex<Option<(u64, std::time::Instant)>>,
+    /// The membership list last read to gate Raft RPCs, and when.
+    pub view: Mutex<Option<(std::time::Instant, Arc<Vec<dml_shared::api::MemberInfo>>)>>,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -145,12 +147,30 @@ impl ControlHandle {
         }
     }
 
-    /// Handles one Raft RPC from another voter.
+    /// Handles one Raft RPC from another voter. One that membership holds
+    /// failed (or departed) is refused: a leader whose own traffic still gets
+    /// out while nothing reaches it (a one-way partition) cannot keep its
+    /// followers, so they elect a leader clients can reach.
     pub async fn raft_rpc(&self, rpc: Vec<u8>) -> Response {
-        match self.inner.as_ref().and_then(|i| i.raft.as_ref()) {
-            Some(raft) => network::serve(raft, &rpc).await,
-            None => Response::Error("this agent is not a control-plane voter".into()),
-        }
+        let Some((inner, raft)) = self
+            .inner
+            .as_ref()
+            .and_then(|i| i.raft.as_ref().map(|r| (i, r)))
+        else {
+            return Response::Error("this agent is not a control-plane voter".into());
+        };
+        let refuse = async |sender: u64| {
+            let addr = *inner
+                .s
+                .voters
+                .iter()
+                .find(|a| types::voter_id(**a) == sender)?;
+            inner
+                .departed(addr)
+                .await
+                .then(|| format!("membership at {} holds voter {addr} failed", inner.s.me))
+        };
+        network::serve(raft, &rpc, refuse).await
     }
 
     /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
@@ -227,6 +247,7 @@ impl ControlPlane {
             pool: Mutex::new(Vec::new()),
             telemetry,
             lease: Mutex::new(None),
+            view: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {

@@ -40,12 +40,37 @@ pub enum RaftReply {
     Failed(String),
 }
 
-/// Serves one RPC from a peer on this voter's Raft node.
-pub async fn serve(raft: &Raft<TypeConfig>, bytes: &[u8]) -> Response {
+impl RaftRpc {
+    /// The voter that sent it: the leader of an append or a snapshot, the
+    /// candidate of a vote.
+    pub fn sender(&self) -> Option<u64> {
+        match self {
+            RaftRpc::Append(r) => r.vote.leader_id().voted_for(),
+            RaftRpc::Vote(r) => r.vote.leader_id().voted_for(),
+            RaftRpc::Snapshot(r) => r.vote.leader_id().voted_for(),
+        }
+    }
+}
+
+/// Serves one RPC from a peer on this voter's Raft node. `refuse` may turn
+/// away an RPC by its sender's id, with the reason.
+pub async fn serve(
+    raft: &Raft<TypeConfig>,
+    bytes: &[u8],
+    refuse: impl AsyncFnOnce(u64) -> Option<String>,
+) -> Response {
     let rpc: RaftRpc = match postcard::from_bytes(bytes) {
         Ok(r) => r,
         Err(e) => return Response::Error(format!("bad Raft RPC: {e}")),
     };
+    if let Some(sender) = rpc.sender()
+        && let Some(why) = refuse(sender).await
+    {
+        return match postcard::to_allocvec(&RaftReply::Failed(why)) {
+            Ok(b) => Response::Raft(b),
+            Err(e) => Response::Error(format!("cannot encode Raft reply: {e}")),
+        };
+    }
     let reply = match rpc {
         RaftRpc::Append(r) => match raft.append_entries(r).await {
             Ok(a) => RaftReply::Append(a),
