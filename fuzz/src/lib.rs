@@ -12,7 +12,8 @@ use dml_agent::membership::msg::Message;
 use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{
-    ClusterKey, KEY_LEN, MAX_CLOCK_SKEW, Opener, Sealer, TAG_LEN, UDP_MAGIC, handshake,
+    ClusterKey, KEY_LEN, MAX_CLOCK_SKEW, Opener, SENDER_LEN, Sealer, SenderId, UDP_HEAD_LEN,
+    UDP_MAGIC, UDP_TAG_LEN, handshake,
 };
 use dml_shared::config::Config;
 use dml_shared::framing::read_frame;
@@ -215,9 +216,9 @@ pub fn node_id(data: &[u8]) {
 pub const SECRET: [u8; KEY_LEN] = [0x5a; KEY_LEN];
 
 /// A datagram as [`Sealer`] makes one, for any sender and sequence number:
-/// magic, sender, sequence (BE), payload, keyed-BLAKE3 tag (first 16 bytes) under
+/// magic, sender, sequence (BE), payload, keyed-BLAKE3 tag (first 12 bytes) under
 /// the UDP subkey of [`SECRET`]. [`auth_udp`] checks it against the real sealer.
-pub fn seal_at(sender: [u8; 8], seq: u64, payload: &[u8]) -> Vec<u8> {
+pub fn seal_at(sender: SenderId, seq: u64, payload: &[u8]) -> Vec<u8> {
     let key = blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &SECRET);
     let mut out = UDP_MAGIC.to_vec();
     out.extend_from_slice(&sender);
@@ -226,7 +227,7 @@ pub fn seal_at(sender: [u8; 8], seq: u64, payload: &[u8]) -> Vec<u8> {
     h.update(&out);
     h.update(payload);
     out.extend_from_slice(payload);
-    out.extend_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+    out.extend_from_slice(&h.finalize().as_bytes()[..UDP_TAG_LEN]);
     out
 }
 
@@ -257,8 +258,12 @@ pub fn auth_udp(data: &[u8]) {
     let key = ClusterKey::from_bytes(SECRET);
     FORMAT.call_once(|| {
         let real = Sealer::new(key.clone(), "127.0.0.1:1".parse().expect("an address")).seal(b"x");
-        let sender = real[2..10].try_into().expect("8 bytes");
-        let seq = u64::from_be_bytes(real[10..18].try_into().expect("8 bytes"));
+        let sender = real[1..1 + SENDER_LEN].try_into().expect("sender bytes");
+        let seq = u64::from_be_bytes(
+            real[1 + SENDER_LEN..UDP_HEAD_LEN]
+                .try_into()
+                .expect("8 bytes"),
+        );
         assert_eq!(
             seal_at(sender, seq, b"x"),
             real,
@@ -268,8 +273,8 @@ pub fn auth_udp(data: &[u8]) {
     let skew = MAX_CLOCK_SKEW.as_micros() as u64;
     let mut now: u64 = 1_764_150_000_000_000;
     let mut opener = Opener::new(key);
-    let mut opened: HashSet<([u8; 8], u64)> = HashSet::new();
-    let mut newest: HashMap<[u8; 8], u64> = HashMap::new();
+    let mut opened: HashSet<(SenderId, u64)> = HashSet::new();
+    let mut newest: HashMap<SenderId, u64> = HashMap::new();
     let mut forgetful = false;
     let mut d = data;
     while let Some((&op, rest)) = d.split_first() {
@@ -287,7 +292,7 @@ pub fn auth_udp(data: &[u8]) {
                 now = now.saturating_add(step);
             }
             _ => {
-                let sender = [take(&mut d, 1).first().copied().unwrap_or(0); 8];
+                let sender = [take(&mut d, 1).first().copied().unwrap_or(0); SENDER_LEN];
                 let offset = i64::from(take_u32(&mut d) as i32);
                 let scale = [1, 1_000, 1_000_000][usize::from(op >> 2) % 3];
                 let seq = (now as i64).saturating_add(offset * scale).max(0) as u64;

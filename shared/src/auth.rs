@@ -7,7 +7,7 @@
 //!   connection and datagram of the process uses it.
 //! - [`Sealer`] / [`Opener`]: UDP datagrams carry the sender's id, a sequence
 //!   number that is the sender's clock in microseconds (so it also grows
-//!   across restarts) and a 16-byte keyed-BLAKE3 tag. The opener drops
+//!   across restarts) and a 12-byte keyed-BLAKE3 tag. The opener drops
 //!   forged, malformed, replayed and stale datagrams, each counted.
 //! - [`handshake`]: the TCP handshake messages and per-connection keys; the
 //!   framing of authenticated connections is in [`crate::conn`].
@@ -24,12 +24,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bytes of a cluster key.
 pub const KEY_LEN: usize = 32;
-/// Bytes of every authentication tag.
+/// Bytes of the tag of a TCP frame or handshake proof.
 pub const TAG_LEN: usize = 16;
-/// First two bytes of a sealed datagram.
-pub const UDP_MAGIC: [u8; 2] = [0xD3, 0x4B];
-/// Bytes a sealed datagram adds: magic, sender id, sequence number, tag.
-pub const UDP_OVERHEAD: usize = 2 + 8 + 8 + TAG_LEN;
+/// First byte of a sealed datagram.
+pub const UDP_MAGIC: [u8; 1] = [0xD5];
+/// Bytes of a sender id in a datagram.
+pub const SENDER_LEN: usize = 4;
+/// Bytes before a datagram's payload: magic, sender id, sequence number.
+pub const UDP_HEAD_LEN: usize = 1 + SENDER_LEN + 8;
+/// Bytes of a datagram's tag: 96 bits, as in IPsec's truncated HMACs; a
+/// forger gets one guess per datagram sent.
+pub const UDP_TAG_LEN: usize = 12;
+/// Bytes a sealed datagram adds.
+pub const UDP_OVERHEAD: usize = UDP_HEAD_LEN + UDP_TAG_LEN;
 /// How far a datagram's sequence (its sender's clock) may be from ours when
 /// its sender is new to us; NTP keeps real clusters well inside this.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -83,9 +90,12 @@ impl ClusterKey {
         }
         let mut secret = [0u8; KEY_LEN];
         for (i, pair) in t.as_bytes().chunks(2).enumerate() {
-            let s = std::str::from_utf8(pair).map_err(|_| "not hex text".to_string())?;
-            secret[i] = u8::from_str_radix(s, 16)
-                .map_err(|_| format!("\"{s}\" at offset {} is not a hex byte", 2 * i))?;
+            let s = String::from_utf8_lossy(pair);
+            // from_str_radix alone would take a sign, as in "+0".
+            if !pair.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!("\"{s}\" at offset {} is not a hex byte", 2 * i));
+            }
+            secret[i] = u8::from_str_radix(&s, 16).expect("two hex digits");
         }
         Ok(Self::from_bytes(secret))
     }
@@ -277,26 +287,30 @@ impl std::fmt::Display for Drop {
     }
 }
 
-/// The 8-byte id a sender puts in its datagrams: derived from its address,
-/// so it is the same across restarts.
-pub fn sender_id(addr: SocketAddr) -> [u8; 8] {
+/// The id a sender puts in its datagrams: derived from its address, so it
+/// is the same across restarts.
+pub type SenderId = [u8; SENDER_LEN];
+
+pub fn sender_id(addr: SocketAddr) -> SenderId {
     let h = blake3::hash(addr.to_string().as_bytes());
-    h.as_bytes()[..8].try_into().expect("8 of 32 bytes")
+    h.as_bytes()[..SENDER_LEN]
+        .try_into()
+        .expect("a prefix of 32 bytes")
 }
 
-fn udp_tag(key: &ClusterKey, head: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
+fn udp_tag(key: &ClusterKey, head: &[u8], payload: &[u8]) -> [u8; UDP_TAG_LEN] {
     let mut h = blake3::Hasher::new_keyed(&key.udp);
     h.update(head);
     h.update(payload);
-    h.finalize().as_bytes()[..TAG_LEN]
+    h.finalize().as_bytes()[..UDP_TAG_LEN]
         .try_into()
-        .expect("16 of 32 bytes")
+        .expect("a prefix of 32 bytes")
 }
 
 /// Seals this process's outgoing datagrams.
 pub struct Sealer {
     key: ClusterKey,
-    sender: [u8; 8],
+    sender: SenderId,
     last: u64,
 }
 
@@ -334,7 +348,7 @@ struct Window {
 /// Verifies incoming datagrams and remembers each sender's sequence numbers.
 pub struct Opener {
     key: ClusterKey,
-    senders: HashMap<[u8; 8], Window>,
+    senders: HashMap<SenderId, Window>,
 }
 
 impl Opener {
@@ -362,16 +376,16 @@ impl Opener {
 
     /// [`Opener::open`] against a given clock, without counting.
     pub fn check<'a>(&mut self, bytes: &'a [u8], now: u64) -> std::result::Result<&'a [u8], Drop> {
-        if bytes.len() < UDP_OVERHEAD || bytes[..2] != UDP_MAGIC {
+        if bytes.len() < UDP_OVERHEAD || bytes[..1] != UDP_MAGIC {
             return Err(Drop::Malformed);
         }
-        let (head, rest) = bytes.split_at(18);
-        let (payload, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (head, rest) = bytes.split_at(UDP_HEAD_LEN);
+        let (payload, tag) = rest.split_at(rest.len() - UDP_TAG_LEN);
         if !ct_eq(&udp_tag(&self.key, head, payload), tag) {
             return Err(Drop::Forged);
         }
-        let sender: [u8; 8] = head[2..10].try_into().expect("8 bytes");
-        let seq = u64::from_be_bytes(head[10..18].try_into().expect("8 bytes"));
+        let sender: SenderId = head[1..1 + SENDER_LEN].try_into().expect("sender bytes");
+        let seq = u64::from_be_bytes(head[1 + SENDER_LEN..].try_into().expect("8 bytes"));
         let skew = MAX_CLOCK_SKEW.as_micros() as u64;
         let reorder = REORDER_WINDOW.as_micros() as u64;
         if self.senders.len() > 64 {
@@ -561,7 +575,7 @@ mod tests {
     fn tampering_anywhere_is_forgery_and_junk_is_malformed() {
         let mut s = Sealer::new(key(1), addr());
         let p = s.seal(b"payload bytes");
-        for i in 2..p.len() {
+        for i in 1..p.len() {
             let mut t = p.clone();
             t[i] ^= 0x40;
             assert_eq!(
@@ -573,6 +587,7 @@ mod tests {
         let mut o = Opener::new(key(1));
         assert_eq!(o.check(&p[..10], now_micros()), Err(Drop::Malformed));
         assert_eq!(o.check(&[0u8; 60], now_micros()), Err(Drop::Malformed));
+        assert_eq!(p.len(), b"payload bytes".len() + UDP_OVERHEAD);
     }
 
     #[test]
@@ -615,6 +630,12 @@ mod tests {
         );
         let bad = format!("zz{}", &text[2..]);
         assert!(ClusterKey::from_hex(&bad).unwrap_err().contains("\"zz\""));
+        let signed = format!("{}+0", &text[..62]);
+        assert!(
+            ClusterKey::from_hex(&signed)
+                .unwrap_err()
+                .contains("\"+0\"")
+        );
     }
 
     #[test]
