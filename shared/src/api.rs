@@ -122,6 +122,9 @@ pub struct LeaderInfo {
     pub is_voter: bool,
     /// Index of the last entry applied to this agent's state machine (voters only).
     pub last_applied: Option<u64>,
+    /// BLAKE3 (16 hex digits) of this voter's state machine at `last_applied`:
+    /// voters at the same index must show the same digest.
+    pub applied_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -454,14 +454,16 @@ fn leader_info() -> impl Strategy<Value = LeaderInfo> {
         addrs(),
         any::<bool>(),
         proptest::option::of(any::<u64>()),
+        proptest::option::of("[0-9a-f]{16}"),
     )
         .prop_map(
-            |(leader, term, voters, is_voter, last_applied)| LeaderInfo {
+            |(leader, term, voters, is_voter, last_applied, applied_digest)| LeaderInfo {
                 leader,
                 term,
                 voters,
                 is_voter,
                 last_applied,
+                applied_digest,
             },
         )
 }

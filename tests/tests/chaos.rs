@@ -4,10 +4,10 @@
 //! more than three agents at once — while two client loops put new versions of a few SDFS
 //! files and inference jobs of the tiny model run. Once every fault is healed: every
 //! acknowledged version is still there with its bytes, every job has each image exactly
-//! once, every agent lists the same members, and the voters agree on the Raft leader, term
-//! and last applied entry. No voter answers reads from its own state machine, so the leader
-//! is then frozen twice in turn and each new leader must serve the same committed versions
-//! and jobs.
+//! once, every agent lists the same members, and the voters agree on the Raft leader, term,
+//! last applied entry and the digest of their state machines at it. The leader is then
+//! frozen twice in turn and each new leader must serve the same committed versions and
+//! jobs.
 //!
 //! The seed comes from `DML_CHAOS_SEED` (else a random one); it and the schedule are
 //! printed at the start and again on failure. The same seed gives the same schedule (with
@@ -473,7 +473,8 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
         }
     }
 
-    // (4) The voters agree on the leader and term and have applied the same entries.
+    // (4) The voters agree on the leader and term, have applied the same entries, and
+    // hold the same state machine (its digest at that entry).
     let voters = c.voter_indices();
     let raft = wait_for(
         "the voters to apply the same entries",
@@ -486,11 +487,14 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
                 let applied = l
                     .last_applied
                     .ok_or_else(|| anyhow!("voter a{i} reports no applied entry"))?;
-                seen.insert((l.leader, l.term, applied));
+                let digest = l
+                    .applied_digest
+                    .ok_or_else(|| anyhow!("voter a{i} reports no state digest"))?;
+                seen.insert((l.leader, l.term, applied, digest));
             }
             ensure!(
                 seen.len() == 1,
-                "(leader, term, last applied) differ: {seen:?}"
+                "(leader, term, last applied, state digest) differ: {seen:?}"
             );
             Ok(seen.into_iter().next().expect("one"))
         },
@@ -536,7 +540,7 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
          jobs: {} ({images} images, {image_errors} image errors, each image exactly once); \
          {} submit attempts failed\n\
          membership: {} members in every view {converged_after:.1?} after the chaos\n\
-         raft: the {} voters agree on leader {}, term {}, last applied {}; voters \
+         raft: the {} voters agree on leader {}, term {}, last applied {}, state {}; voters \
          {read_from:?} served the same {} versions and {} jobs as leaders\n\
          total {:.1?}",
         schedule.max_concurrent(),
@@ -552,6 +556,7 @@ async fn chaos_keeps_acknowledged_data_jobs_exactly_once_and_one_view() {
             .map_or("none".to_string(), |i| format!("a{i}")),
         raft.1,
         raft.2,
+        raft.3,
         baseline.0.len(),
         baseline.1.len(),
         test_start.elapsed()

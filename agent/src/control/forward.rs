@@ -45,12 +45,17 @@ impl Inner {
     pub(crate) async fn leader_info(&self) -> LeaderInfo {
         if let Some(raft) = &self.raft {
             let m = raft.metrics().borrow().clone();
+            let (last_applied, applied_digest) = match self.applied_digest() {
+                Some((i, d)) => (Some(i), Some(d)),
+                None => (m.last_applied.map(|l| l.index), None),
+            };
             return LeaderInfo {
                 leader: self.raft_leader(),
                 term: m.current_term,
                 voters: self.s.voters.clone(),
                 is_voter: true,
-                last_applied: m.last_applied.map(|l| l.index),
+                last_applied,
+                applied_digest,
             };
         }
         let mut best = None;
@@ -70,6 +75,7 @@ impl Inner {
             voters: Vec::new(),
             is_voter: false,
             last_applied: None,
+            applied_digest: None,
         });
         if info.leader.is_some() {
             *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = info.leader;
@@ -78,8 +84,29 @@ impl Inner {
             voters: self.s.voters.clone(),
             is_voter: false,
             last_applied: None,
+            applied_digest: None,
             ..info
         }
+    }
+
+    /// (index, digest) of the state machine's last applied entry, hashed
+    /// once per index (the state is read under one lock with its index).
+    fn applied_digest(&self) -> Option<(u64, String)> {
+        let sm = self.sm.as_ref()?;
+        let at = super::store::read_sm(sm, |d| d.last_applied.map(|l| l.index))?;
+        let mut cache = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref().filter(|(i, _)| *i == at) {
+            return Some(c.clone());
+        }
+        let (index, bytes) = super::store::read_sm(sm, |d| {
+            (
+                d.last_applied.map(|l| l.index),
+                postcard::to_allocvec(&d.state).ok(),
+            )
+        });
+        let fresh = (index?, blake3::hash(&bytes?).to_hex()[..16].to_string());
+        *cache = Some(fresh.clone());
+        Some(fresh)
     }
 
     /// The leader as best known now, asking the voters if need be.

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     pub telemetry: crate::telemetry::Telemetry,
     /// Leader lease for reads: (term, until); see `leader.rs`.
     pub lease: Mutex<Option<(u64, std::time::Instant)>>,
+    /// (applied index, digest) of the state machine last hashed.
+    pub digest: Mutex<Option<(u64, String)>>,
     /// The membership list last read to gate Raft RPCs, and when.
     pub view: Mutex<Option<(std::time::Instant, Arc<Vec<dml_shared::api::MemberInfo>>)>>,
 }
@@ -134,6 +136,7 @@ impl ControlHandle {
                 voters: Vec::new(),
                 is_voter: false,
                 last_applied: None,
+                applied_digest: None,
             },
         }
     }
@@ -248,6 +251,7 @@ impl ControlPlane {
             telemetry,
             lease: Mutex::new(None),
             view: Mutex::new(None),
+            digest: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {

@@ -103,6 +103,7 @@ mod tests {
             voters: vec![],
             is_voter: true,
             last_applied: None,
+            applied_digest: None,
         };
         let a = info(Some("127.0.0.1:8001"), 1);
         assert_eq!(

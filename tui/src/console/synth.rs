@@ -116,6 +116,7 @@ pub fn frame(n: usize, tick: u64) -> Frame {
             voters,
             is_voter: true,
             last_applied: Some(420),
+            applied_digest: None,
         }),
         members,
         nodes,

@@ -397,6 +397,9 @@ pub fn leader_text(agent: SocketAddr, l: &LeaderInfo) -> String {
     if let Some(i) = l.last_applied {
         out += &format!(", last applied index {i}");
     }
+    if let Some(d) = &l.applied_digest {
+        out += &format!(" (state digest {d})");
+    }
     out.push('\n');
     out
 }
@@ -409,6 +412,7 @@ pub fn leader_json(agent: SocketAddr, l: &LeaderInfo) -> Value {
         "voters": addrs_json(&l.voters),
         "is_voter": l.is_voter,
         "last_applied": l.last_applied,
+        "applied_digest": l.applied_digest,
     })
 }
 
@@ -558,6 +562,7 @@ mod tests {
             voters: vec![],
             is_voter: false,
             last_applied: None,
+            applied_digest: None,
         };
         let t = leader_text(a(8005), &l);
         assert!(t.starts_with("leader   none known"), "{t}");
