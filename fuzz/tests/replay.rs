@@ -166,6 +166,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 voters: vec![addr],
                 is_voter: true,
                 last_applied: Some(9),
+                applied_digest: Some("0123456789abcdef".into()),
             }),
             Response::NotLeader { leader: None },
             Response::Telemetry(Box::default()),
