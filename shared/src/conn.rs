@@ -353,19 +353,23 @@ mod tests {
         assert!(s.is_err());
     }
 
-    #[tokio::test]
-    async fn a_tampered_or_replayed_frame_is_refused() {
-        let (s, c) = pair(key(1), key(1)).await;
-        let (mut s, mut c) = (s.unwrap(), c.unwrap());
-        // A frame sealed for sequence 0, sent raw twice: the second is a replay.
+    /// `body` sealed as `c`'s first frame, without sending it.
+    async fn first_frame(c: &Conn, body: &[u8]) -> Vec<u8> {
         let mut dir = Dir {
             key: c.tx.key,
             seq: 0,
         };
         let mut sealed = Vec::new();
-        write_sealed(&mut sealed, &mut dir, b"once", 64)
-            .await
-            .unwrap();
+        write_sealed(&mut sealed, &mut dir, body, 64).await.unwrap();
+        sealed
+    }
+
+    #[tokio::test]
+    async fn a_tampered_or_replayed_frame_is_refused() {
+        let (s, c) = pair(key(1), key(1)).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        // A frame sealed for sequence 0, sent raw twice: the second is a replay.
+        let sealed = first_frame(&c, b"once").await;
         c.raw().write_all(&sealed).await.unwrap();
         c.raw().write_all(&sealed).await.unwrap();
         assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"once");
@@ -374,14 +378,7 @@ mod tests {
 
         let (s, c) = pair(key(1), key(1)).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
-        let mut dir = Dir {
-            key: c.tx.key,
-            seq: 0,
-        };
-        let mut sealed = Vec::new();
-        write_sealed(&mut sealed, &mut dir, b"body", 64)
-            .await
-            .unwrap();
+        let mut sealed = first_frame(&c, b"body").await;
         sealed[5] ^= 1;
         c.raw().write_all(&sealed).await.unwrap();
         assert!(s.read_frame(64).await.is_err());

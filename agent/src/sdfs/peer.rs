@@ -53,10 +53,7 @@ pub async fn send_data(
     max_frame: usize,
     timeout: Duration,
 ) -> Result<(), SdfsError> {
-    match tokio::time::timeout(timeout, write_frame(s.raw(), bytes, max_frame)).await {
-        Ok(r) => r.map_err(|e| broke(peer, e)),
-        Err(_) => Err(stalled(peer, format!("stalled for {timeout:?}"))),
-    }
+    written(peer, timeout, write_frame(s.raw(), bytes, max_frame)).await
 }
 
 /// Writes one sealed frame within `timeout`.
@@ -67,7 +64,16 @@ pub async fn send(
     max_frame: usize,
     timeout: Duration,
 ) -> Result<(), SdfsError> {
-    match tokio::time::timeout(timeout, s.write_frame(bytes, max_frame)).await {
+    written(peer, timeout, s.write_frame(bytes, max_frame)).await
+}
+
+/// A write bounded by `timeout`, its error naming the peer.
+async fn written(
+    peer: SocketAddr,
+    timeout: Duration,
+    write: impl Future<Output = dml_shared::Result<()>>,
+) -> Result<(), SdfsError> {
+    match tokio::time::timeout(timeout, write).await {
         Ok(r) => r.map_err(|e| broke(peer, e)),
         Err(_) => Err(stalled(peer, format!("stalled for {timeout:?}"))),
     }
