@@ -63,9 +63,19 @@ pub async fn serve(
         Ok(r) => r,
         Err(e) => return Response::Error(format!("bad Raft RPC: {e}")),
     };
-    if let Some(sender) = rpc.sender()
-        && let Some(why) = refuse(sender).await
-    {
+    let malformed = match &rpc {
+        RaftRpc::Append(r) => r
+            .entries
+            .first()
+            .is_some_and(|e| e.log_id.index != r.prev_log_id.map_or(0, |p| p.index + 1))
+            .then(|| "an append whose first entry does not follow its prev_log_id".to_string()),
+        _ => None,
+    };
+    let refused = match rpc.sender() {
+        Some(sender) => refuse(sender).await,
+        None => None,
+    };
+    if let Some(why) = malformed.or(refused) {
         return match postcard::to_allocvec(&RaftReply::Failed(why)) {
             Ok(b) => Response::Raft(b),
             Err(e) => Response::Error(format!("cannot encode Raft reply: {e}")),

@@ -180,9 +180,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         blocking(move || {
             let txn = db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
-            let mut out = Vec::new();
+            // Only the run of consecutive entries from the range's start:
+            // replication sends what this returns as following the entry
+            // before the start, so an entry purged meanwhile must not be
+            // skipped over (an empty answer makes openraft look again).
+            let mut out: Vec<Entry<TypeConfig>> = Vec::new();
+            let mut want = match bounds.0 {
+                Bound::Included(i) => Some(i),
+                Bound::Excluded(i) => Some(i + 1),
+                Bound::Unbounded => None,
+            };
             for item in table.range(bounds).map_err(read_err)? {
-                let (_, v) = item.map_err(read_err)?;
+                let (k, v) = item.map_err(read_err)?;
+                let index = k.value();
+                if want.is_some_and(|w| w != index) {
+                    break;
+                }
+                want = Some(index + 1);
                 out.push(decode(v.value())?);
             }
             Ok(out)
@@ -449,5 +463,50 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    #[tokio::test]
+    async fn log_reads_stop_at_a_gap_so_a_purged_start_is_never_skipped() {
+        let dir = std::env::temp_dir().join(format!("dml-store-gap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut log, _, _) = open(&dir).unwrap();
+        {
+            let txn = log.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LOG).unwrap();
+                // Entries 5..=9 and 12: 0..=4 purged, 10 and 11 missing.
+                for i in (5..10).chain([12]) {
+                    let e: Entry<TypeConfig> = Entry {
+                        log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                        payload: EntryPayload::Blank,
+                    };
+                    t.insert(i, encode(&e).unwrap().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let idx = |v: Vec<Entry<TypeConfig>>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(
+            idx(log.try_get_log_entries(6..9).await.unwrap()),
+            vec![6, 7, 8]
+        );
+        assert_eq!(
+            idx(log.try_get_log_entries(5..20).await.unwrap()),
+            vec![5, 6, 7, 8, 9]
+        );
+        assert!(
+            log.try_get_log_entries(2..8).await.unwrap().is_empty(),
+            "purged start"
+        );
+        assert_eq!(idx(log.try_get_log_entries(12..).await.unwrap()), vec![12]);
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
