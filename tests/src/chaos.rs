@@ -6,9 +6,9 @@
 //! The schedule is a pure function of the seed and [`ScheduleParams`], so a failing run is
 //! reproduced by running again with `DML_CHAOS_SEED` set to the seed it printed.
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::firewall::{nft_dropped, run};
+use anyhow::{Result, anyhow, bail};
 use std::fmt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Environment variable holding the chaos seed (decimal or `0x` hex); unset draws one.
@@ -253,23 +253,6 @@ impl fmt::Display for Schedule {
     }
 }
 
-/// Runs a command quietly; the error carries its stderr.
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Prefix of the nftables tables this module makes: `<prefix><pid>_<port>`.
 const TABLE_PREFIX: &str = "dml_chaos_";
 
@@ -400,9 +383,7 @@ impl DropRule {
         if self.firewall != Firewall::Nft {
             return None;
         }
-        let out = run("nft", &["list", "table", "inet", &self.table()]).ok()?;
-        let after = out.split("counter packets ").nth(1)?;
-        after.split_whitespace().next()?.parse().ok()
+        nft_dropped(&self.table())
     }
 
     /// Removes the rule now; dropping the guard does the same.

@@ -12,6 +12,7 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`], polling a condition against a deadline
 //!   (never a fixed sleep).
 //! - [`events`]: parsing an agent's `--event-log`.
+//! - [`firewall`]: running `nft`/`iptables` and reading a drop counter (chaos test, bench).
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod dir;
 pub mod dml;
 pub mod events;
+pub mod firewall;
 pub mod infer;
 pub mod key;
 pub mod ports;

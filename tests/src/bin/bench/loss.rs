@@ -4,7 +4,7 @@
 //! the bench is interrupted (the run future is dropped) or panics (unwinding).
 
 use anyhow::{Result, bail};
-use std::process::{Command, Stdio};
+use dml_tests::firewall::{nft_dropped, run};
 
 /// nftables table the bench owns; deleting it removes every rule the bench added.
 const NFT_TABLE: &str = "dmlbench";
@@ -32,23 +32,6 @@ pub struct LossRule {
     port: u16,
     percent: u32,
     removed: bool,
-}
-
-/// Runs a command quietly; `Err` carries its stderr.
-fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl LossRule {
@@ -158,9 +141,7 @@ impl LossRule {
         if self.backend != Backend::Nft {
             return None;
         }
-        let out = run("nft", &["list", "table", "inet", NFT_TABLE]).ok()?;
-        let after = out.split("counter packets ").nth(1)?;
-        after.split_whitespace().next()?.parse().ok()
+        nft_dropped(NFT_TABLE)
     }
 
     /// Removes the rule now; dropping the guard does the same.
