@@ -6,11 +6,17 @@ use anyhow::{Context, Result};
 use dml_shared::auth::{self, ClusterKey};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The shared test key's file, made on first use and installed in this process.
 pub fn path() -> Result<PathBuf> {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
+    static MAKING: Mutex<()> = Mutex::new(());
+    if let Some(p) = PATH.get() {
+        return Ok(p.clone());
+    }
+    // Tests of one binary run on threads that share a pid: one makes the key.
+    let _making = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = PATH.get() {
         return Ok(p.clone());
     }
