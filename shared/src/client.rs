@@ -39,31 +39,25 @@ impl Client {
         self.addr
     }
 
-    /// Sends one request and waits for its answer. A broken connection is
-    /// dropped so the next call reconnects.
+    /// Sends one request and waits for its answer. The connection is held by
+    /// the exchange and kept only once its answer is read, so an error, a
+    /// timeout or a caller dropping this future mid-call (a timeout of its
+    /// own) all leave no unread answer behind for the next call to take as
+    /// its own: the next call reconnects.
     pub async fn call(&mut self, req: &Request) -> Result<Response> {
         let timeout = self.timeout;
-        let addr = self.addr.to_string();
-        match tokio::time::timeout(timeout, self.call_inner(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                self.stream = None;
-                Err(e)
+        let stream = self.stream.take();
+        match tokio::time::timeout(timeout, exchange(self.addr, stream, req)).await {
+            Ok(Ok((stream, resp))) => {
+                self.stream = Some(stream);
+                Ok(resp)
             }
-            Err(_) => {
-                self.stream = None;
-                Err(Error::Timeout { addr, timeout })
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout {
+                addr: self.addr.to_string(),
+                timeout,
+            }),
         }
-    }
-
-    async fn call_inner(&mut self, req: &Request) -> Result<Response> {
-        if self.stream.is_none() {
-            self.stream = Some(connect(self.addr).await?);
-        }
-        let stream = self.stream.as_mut().expect("connected above");
-        send_request(stream, req).await?;
-        read_response(stream).await
     }
 
     /// The connection, opened if needed, for a data-path exchange; the
@@ -148,6 +142,22 @@ impl Client {
     }
 }
 
+/// One request and its answer on `stream` (or a new connection to `addr`);
+/// gives the connection back with the answer.
+async fn exchange(
+    addr: SocketAddr,
+    stream: Option<Conn>,
+    req: &Request,
+) -> Result<(Conn, Response)> {
+    let mut stream = match stream {
+        Some(s) => s,
+        None => connect(addr).await?,
+    };
+    send_request(&mut stream, req).await?;
+    let resp = read_response(&mut stream).await?;
+    Ok((stream, resp))
+}
+
 /// Opens an authenticated connection to an agent with the process's
 /// cluster key, without Nagle delays.
 pub async fn connect(addr: SocketAddr) -> Result<Conn> {
@@ -225,5 +235,61 @@ mod tests {
             let b = wire::encode(Kind::Response, &r);
             assert_eq!(wire::decode::<Response>(Kind::Response, &b).unwrap(), r);
         }
+    }
+
+    /// A server that answers each `Request::Id` with its sequence number in
+    /// `incarnation`, the first one only after 300 ms.
+    async fn numbering_server() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let mut c = Conn::accept(s, crate::auth::installed().unwrap())
+                    .await
+                    .unwrap();
+                while let Ok(Some(f)) = c.read_frame(DEFAULT_MAX_FRAME).await {
+                    assert_eq!(
+                        wire::decode::<Request>(Kind::Request, &f).unwrap(),
+                        Request::Id
+                    );
+                    n += 1;
+                    if n == 1 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let id = crate::NodeId::new(addr, 1);
+                    let r = Response::Id(IdInfo {
+                        id,
+                        incarnation: n,
+                        joined: true,
+                    });
+                    if c.write_frame(&wire::encode(Kind::Response, &r), DEFAULT_MAX_FRAME)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    /// A call dropped by its caller's own timeout (as openraft times out a
+    /// replication RPC) must not leave its late answer to be read as the next
+    /// call's: that made a leader count a follower's answer to an earlier
+    /// append as the answer to a later one.
+    #[tokio::test]
+    async fn a_call_dropped_midway_leaves_no_answer_for_the_next_call() {
+        crate::auth::install(crate::auth::ClusterKey::from_bytes([7; 32])).unwrap();
+        let addr = numbering_server().await;
+        let mut c = Client::new(addr);
+        let dropped = tokio::time::timeout(Duration::from_millis(50), c.id()).await;
+        assert!(dropped.is_err(), "the first answer is late");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let second = c.id().await.unwrap();
+        assert_eq!(second.incarnation, 2, "the second call read its own answer");
+        assert_eq!(c.id().await.unwrap().incarnation, 3);
     }
 }
