@@ -211,6 +211,19 @@ pub struct PutReport {
     pub failed: Vec<(SocketAddr, String)>,
     /// From the first byte hashed to the commit.
     pub elapsed: Duration,
+    /// Where `elapsed` went.
+    pub phases: PutPhases,
+}
+
+/// The stages of a put, one after another.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PutPhases {
+    /// The leader's plan (a Raft write), while the file is hashed.
+    pub plan: Duration,
+    /// Streaming down the replica chain until the replicas report durable copies.
+    pub store: Duration,
+    /// The leader's commit (a Raft write).
+    pub commit: Duration,
 }
 
 /// The outcome of a get: a verified copy at `path`.
@@ -223,6 +236,8 @@ pub struct GetReport {
     pub from: SocketAddr,
     pub path: PathBuf,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent asking the leader for the version's replicas.
+    pub lookup: Duration,
 }
 
 /// The versions `get_versions` fetched, newest first, and where they went.
@@ -438,6 +453,10 @@ impl Sdfs {
             self.meta(begin)
         );
         let plan = plan?;
+        let mut phases = PutPhases {
+            plan: start.elapsed(),
+            ..PutPhases::default()
+        };
         let MetaResponse::PutPlan {
             version,
             chain,
@@ -459,7 +478,15 @@ impl Sdfs {
         };
         match self
             .store_and_commit(
-                local, name, version, size, checksum, chain, quorum, progress,
+                local,
+                name,
+                version,
+                size,
+                checksum,
+                chain,
+                quorum,
+                progress,
+                &mut phases,
             )
             .await
         {
@@ -471,6 +498,7 @@ impl Sdfs {
                 holders,
                 failed,
                 elapsed: start.elapsed(),
+                phases,
             }),
             Err(e) => {
                 let abort = MetaRequest::AbortPut {
@@ -495,7 +523,9 @@ impl Sdfs {
         chain: Vec<SocketAddr>,
         quorum: usize,
         progress: ProgressFn<'_>,
+        phases: &mut PutPhases,
     ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
+        let start = Instant::now();
         if chain.is_empty() {
             return Err(Error::Remote(format!(
                 "the leader gave no replica for \"{name}\" v{version}"
@@ -547,13 +577,17 @@ impl Sdfs {
             done: size,
             total: size,
         });
+        phases.store = start.elapsed();
+        let start = Instant::now();
         let commit = MetaRequest::CommitPut {
             name: name.into(),
             version,
             checksum,
             holders: holders.clone(),
         };
-        match self.meta(commit).await? {
+        let answer = self.meta(commit).await?;
+        phases.commit = start.elapsed();
+        match answer {
             MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed)),
             other => Err(unexpected(Response::Meta(other))),
         }
@@ -701,12 +735,14 @@ impl Sdfs {
         local: &Path,
         progress: ProgressFn<'_>,
     ) -> Result<GetReport> {
+        let start = Instant::now();
         let file = self.ls(name).await?;
+        let lookup = start.elapsed();
         let v = file
             .versions
             .last()
             .expect("ls returns files with versions");
-        self.fetch(name, v, local, progress).await
+        with_lookup(self.fetch(name, v, local, progress).await, lookup)
     }
 
     /// Fetches one committed version of `name` into `local`.
@@ -717,7 +753,9 @@ impl Sdfs {
         local: &Path,
         progress: ProgressFn<'_>,
     ) -> Result<GetReport> {
+        let start = Instant::now();
         let file = self.ls(name).await?;
+        let lookup = start.elapsed();
         let v = file
             .versions
             .iter()
@@ -726,7 +764,7 @@ impl Sdfs {
                 name: name.into(),
                 version,
             })?;
-        self.fetch(name, v, local, progress).await
+        with_lookup(self.fetch(name, v, local, progress).await, lookup)
     }
 
     /// The last `n` versions of `name`, newest first. Without `merge`, `out` is
@@ -903,6 +941,7 @@ impl Sdfs {
                         from: addr,
                         path: local.to_path_buf(),
                         elapsed: start.elapsed(),
+                        lookup: Duration::ZERO,
                     });
                 }
                 // A local problem would repeat on every replica.
@@ -1000,6 +1039,15 @@ impl Sdfs {
         }
         outcome
     }
+}
+
+/// A fetch's report with the lookup before it counted in.
+fn with_lookup(r: Result<GetReport>, lookup: Duration) -> Result<GetReport> {
+    r.map(|mut g| {
+        g.lookup = lookup;
+        g.elapsed += lookup;
+        g
+    })
 }
 
 /// Reads a `Data(Read)` stream's frames up to the end frame into recycled

@@ -492,6 +492,7 @@ mod tests {
             holders: vec![a(8001), a(8002)],
             failed: vec![],
             elapsed: Duration::from_secs(2),
+            phases: Default::default(),
         };
         assert_eq!(
             put_text(&r),
@@ -514,6 +515,7 @@ mod tests {
             holders: vec![a(8001), a(8002)],
             failed: vec![(a(8003), "disk full on agent 127.0.0.1:8003".into())],
             elapsed: Duration::from_secs(1),
+            phases: Default::default(),
         };
         assert_eq!(
             put_warning(&r).unwrap(),
@@ -538,6 +540,7 @@ mod tests {
             from: a(8001),
             path: PathBuf::from(format!("out/x.v{v}")),
             elapsed: Duration::ZERO,
+            lookup: Duration::ZERO,
         };
         let r = VersionsReport {
             name: "x".into(),

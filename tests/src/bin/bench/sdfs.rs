@@ -214,7 +214,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             let got = files.join(format!("got-{}", p.size));
             drop_page_cache();
             let t = Instant::now();
-            client
+            let got_rep = client
                 .get(&name, &got, &no_progress)
                 .await
                 .with_context(|| format!("get of {l}"))?;
@@ -229,13 +229,17 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             get_synced.push(t.elapsed().as_secs_f64());
             let _ = std::fs::remove_file(&got);
             eprintln!(
-                "[{l}] rep {}: put {:.4}s (v{} on {} holders), 4-copy baseline {:.4}s; get {:.4}s (fsynced {:.4}s), read {:.4}s",
+                "[{l}] rep {}: put {:.4}s (v{} on {} holders; plan {:.4}s, store {:.4}s, commit {:.4}s), 4-copy baseline {:.4}s; get {:.4}s (lookup {:.4}s; fsynced {:.4}s), read {:.4}s",
                 r + 1,
                 put[r],
                 rep.version,
                 rep.holders.len(),
+                rep.phases.plan.as_secs_f64(),
+                rep.phases.store.as_secs_f64(),
+                rep.phases.commit.as_secs_f64(),
                 base_put[r],
                 get[r],
+                got_rep.lookup.as_secs_f64(),
                 get_synced[r],
                 read[r]
             );
