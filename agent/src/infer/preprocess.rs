@@ -41,11 +41,14 @@ pub fn preprocess(bytes: &[u8], spec: &ModelSpec) -> Result<Array3<f32>, InferEr
     let sub_w = x.hi - x.lo;
     let sub_h = y.hi - y.lo;
     let mut pixels = Vec::with_capacity(sub_w as usize * sub_h as usize);
+    let raw = rgb.as_raw();
     for row in y.lo..y.hi {
-        for col in x.lo..x.hi {
-            let p = rgb.get_pixel(col, row).0;
-            pixels.push(F32x3::new(p.map(f32::from)));
-        }
+        let start = (row as usize * w as usize + x.lo as usize) * 3;
+        let line = &raw[start..start + sub_w as usize * 3];
+        pixels.extend(
+            line.chunks_exact(3)
+                .map(|p| F32x3::new([f32::from(p[0]), f32::from(p[1]), f32::from(p[2])])),
+        );
     }
     let resize_err = |reason: String| InferError::Resize { reason };
     let src = TypedImageRef::new(sub_w, sub_h, &pixels).map_err(|e| resize_err(e.to_string()))?;
@@ -63,14 +66,17 @@ pub fn preprocess(bytes: &[u8], spec: &ModelSpec) -> Result<Array3<f32>, InferEr
         .map_err(|e| resize_err(e.to_string()))?;
 
     let s = s as usize;
-    let mut out = Array3::<f32>::zeros((3, s, s));
+    let plane = s * s;
+    let mut out = vec![0f32; 3 * plane];
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let norm = |v: f32, c: usize| (v / 255.0 - spec.mean[c]) / spec.std[c];
     for (i, p) in dst.pixels().iter().enumerate() {
-        let (row, col) = (i / s, i % s);
-        for c in 0..3 {
-            out[[c, row, col]] = (p.0[c] / 255.0 - spec.mean[c]) / spec.std[c];
-        }
+        r[i] = norm(p.0[0], 0);
+        g[i] = norm(p.0[1], 1);
+        b[i] = norm(p.0[2], 2);
     }
-    Ok(out)
+    Ok(Array3::from_shape_vec((3, s, s), out).expect("3 planes of s*s"))
 }
 
 /// Stacks CHW images into an NCHW batch. All images should have the shape
