@@ -1,7 +1,15 @@
 //! Picking a port for an agent that must listen on a number known in advance.
 
 use anyhow::{Context, Result, bail};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::Mutex;
+
+/// Every port [`free_fixed_addr`] handed out in this process. Tests of one binary run
+/// on parallel threads, each picking ports for its agents before they bind: without
+/// this, two picks in a row could name the same still-free port (seen in CI as an
+/// agent failing with "Address already in use").
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Attempts before giving up on finding a port free for both protocols.
 const ATTEMPTS: usize = 64;
@@ -38,7 +46,8 @@ fn ephemeral_range() -> Option<(u16, u16)> {
 /// when many agents and connections come and go meanwhile (several clusters in one test
 /// binary): the port is free for TCP and UDP and lies *below* the ephemeral range, so no
 /// outgoing connection can take it between this call and the agent's bind, as happens
-/// with [`free_local_addr`]. Falls back to that when the range leaves no room below it.
+/// with [`free_local_addr`]; and never twice in one process. Falls back to
+/// [`free_local_addr`] when the range leaves no room below it.
 pub fn free_fixed_addr() -> Result<SocketAddr> {
     let Some((low, _)) = ephemeral_range().filter(|(l, _)| *l > FIXED_LOW + 1000) else {
         return free_local_addr();
@@ -58,7 +67,13 @@ pub fn free_fixed_addr() -> Result<SocketAddr> {
         z ^= z >> 31;
         let port = FIXED_LOW + u16::try_from(z % span).expect("below the range start");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        if TcpListener::bind(addr).is_ok() && UdpSocket::bind(addr).is_ok() {
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        let handed = handed.get_or_insert_with(HashSet::new);
+        if !handed.contains(&port)
+            && TcpListener::bind(addr).is_ok()
+            && UdpSocket::bind(addr).is_ok()
+        {
+            handed.insert(port);
             return Ok(addr);
         }
     }
