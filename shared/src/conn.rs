@@ -98,13 +98,23 @@ impl Conn {
         };
         let reply = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
             Ok(Ok(r)) => r,
+            // Before the proofs the agent may just be going away (killed mid-accept):
+            // a connection failure, which callers may retry elsewhere.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Auth {
+                return Err(Error::Connect {
                     addr: peer.to_string(),
-                    reason: "it closed the connection during the handshake (not an AwesomeDML agent of this version?)".into(),
+                    reason: std::io::Error::new(
+                        e.kind(),
+                        "it closed the connection during the handshake (stopping, or not an AwesomeDML agent of this version)",
+                    ),
                 });
             }
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(Err(e)) => {
+                return Err(Error::Connect {
+                    addr: peer.to_string(),
+                    reason: e,
+                });
+            }
             Err(_) => {
                 return Err(Error::Timeout {
                     addr: peer.to_string(),

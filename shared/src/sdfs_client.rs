@@ -585,12 +585,37 @@ impl Sdfs {
             checksum,
             holders: holders.clone(),
         };
-        let answer = self.meta(commit).await?;
+        let answer = match self.meta(commit.clone()).await {
+            // Our agent went away with the answer (it may have led, too): the
+            // commit is idempotent, so ask it again through the holders.
+            Err(e) if e.is_transient() => self.commit_through(commit, &holders, e).await?,
+            r => r?,
+        };
         phases.commit = start.elapsed();
         match answer {
             MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed)),
             other => Err(unexpected(Response::Meta(other))),
         }
+    }
+
+    /// Asks `commit` again through each holder other than our agent, after
+    /// `first` (a lost answer or an unreachable agent); returns the first
+    /// answer, a refusal as is, or `first` if no holder answers.
+    async fn commit_through(
+        &self,
+        commit: MetaRequest,
+        holders: &[SocketAddr],
+        first: Error,
+    ) -> Result<MetaResponse> {
+        for &h in holders.iter().filter(|&&h| h != self.agent) {
+            let other = Sdfs::with_options(h, self.opts.clone());
+            match other.meta(commit.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_transient() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first)
     }
 
     /// Sends the write request and the file's bytes; returns the holders and

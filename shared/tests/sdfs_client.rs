@@ -39,6 +39,12 @@ struct State {
     refuse_writes: Option<String>,
     /// Downstream replicas a head reports as failed, with their reasons.
     fail_downstream: BTreeMap<SocketAddr, String>,
+    /// The leader that dies as it commits: it applies the commit, hands the
+    /// lead to the next agent and closes the connection without answering.
+    die_on_commit: Option<SocketAddr>,
+    /// Agents that drop every connection at once (as a killed agent's port
+    /// does while the kernel still accepts).
+    dead: HashSet<SocketAddr>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -117,6 +123,9 @@ impl Drop for Fake {
 
 async fn serve(s: TcpStream, st: Shared) -> Result<()> {
     let me = s.local_addr()?;
+    if st.lock().unwrap().dead.contains(&me) {
+        return Ok(());
+    }
     let mut s = Conn::accept(s, auth::installed()?).await?;
     while let Some(frame) = s.read_frame(DEFAULT_MAX_FRAME).await? {
         let req: Request = wire::decode(Kind::Request, &frame)?;
@@ -125,6 +134,15 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                 let leader = st.lock().unwrap().leader;
                 if leader != Some(me) {
                     Response::NotLeader { leader }
+                } else if matches!(m, MetaRequest::CommitPut { .. })
+                    && st.lock().unwrap().die_on_commit == Some(me)
+                {
+                    meta(&st, m);
+                    let mut g = st.lock().unwrap();
+                    g.dead.insert(me);
+                    let next = g.agents.iter().copied().find(|a| *a != me);
+                    g.leader = next;
+                    return Ok(());
                 } else {
                     meta(&st, m)
                 }
@@ -241,13 +259,17 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
             holders,
         } => {
             let size = g.bytes[&(name.clone(), version)].len() as u64;
-            g.files.entry(name).or_default().push(VersionInfo {
-                version,
-                size,
-                checksum,
-                replicas: holders,
-                committed_ms: 0,
-            });
+            let versions = g.files.entry(name).or_default();
+            // A commit asked again is answered, not applied twice.
+            if !versions.iter().any(|v| v.version == version) {
+                versions.push(VersionInfo {
+                    version,
+                    size,
+                    checksum,
+                    replicas: holders,
+                    committed_ms: 0,
+                });
+            }
             MetaResponse::Committed { version }
         }
         MetaRequest::AbortPut { name, version } => {
@@ -460,6 +482,29 @@ async fn failed_replicas_are_named_in_the_quorum_error_and_the_put_report() {
     let r = f.client(0).put(&src, "q", &no_progress).await.unwrap();
     assert_eq!(r.holders, f.agents[..2]);
     assert_eq!(r.failed, vec![(full, why)]);
+}
+
+#[tokio::test]
+async fn a_commit_lost_with_our_agent_and_leader_is_asked_again_through_a_holder() {
+    let f = Fake::start(5, 4, "commit-lost").await;
+    f.state.lock().unwrap().die_on_commit = Some(f.agents[0]);
+    let bytes = pattern(2500, 9);
+    let src = f.local("src", &bytes);
+    // Our agent is the leader and the chain's head; it dies as it commits.
+    let r = f.client(0).put(&src, "c", &no_progress).await.unwrap();
+    assert_eq!(r.version, 1);
+    {
+        let g = f.state.lock().unwrap();
+        assert!(g.dead.contains(&f.agents[0]), "the leader never died");
+        assert_eq!(g.leader, Some(f.agents[1]));
+        assert!(g.aborted.is_empty(), "aborted {:?}", g.aborted);
+        let versions = &g.files["c"];
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].checksum, *blake3::hash(&bytes).as_bytes());
+    }
+    let out = f.dir.join("out");
+    f.client(2).get("c", &out, &no_progress).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
 }
 
 #[tokio::test]
