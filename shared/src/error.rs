@@ -79,6 +79,14 @@ pub enum Error {
     #[error("data transfer with {addr} failed: {reason}")]
     Transfer { addr: String, reason: String },
     #[error(
+        "put of \"{name}\" v{version}: its commit got no answer ({reason}); it may have committed: check with `dml ls {name}`"
+    )]
+    CommitUnknown {
+        name: String,
+        version: u64,
+        reason: String,
+    },
+    #[error(
         "put of \"{name}\" aborted: only {stored} agent(s) stored it durably; a write needs {quorum}{}",
         failed_suffix(.failed)
     )]

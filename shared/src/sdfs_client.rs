@@ -588,7 +588,18 @@ impl Sdfs {
         let answer = match self.meta(commit.clone()).await {
             // Our agent went away with the answer (it may have led, too): the
             // commit is idempotent, so ask it again through the holders.
-            Err(e) if e.is_transient() => self.commit_through(commit, &holders, e).await?,
+            Err(e) if e.is_transient() => {
+                self.commit_through(commit, &holders)
+                    .await
+                    .map_err(|again| match again {
+                        again if again.is_transient() => Error::CommitUnknown {
+                            name: name.into(),
+                            version,
+                            reason: e.to_string(),
+                        },
+                        refused => refused,
+                    })?
+            }
             r => r?,
         };
         phases.commit = start.elapsed();
@@ -598,24 +609,24 @@ impl Sdfs {
         }
     }
 
-    /// Asks `commit` again through each holder other than our agent, after
-    /// `first` (a lost answer or an unreachable agent); returns the first
-    /// answer, a refusal as is, or `first` if no holder answers.
+    /// Asks `commit` again through each holder other than our agent (after a
+    /// lost answer or an unreachable agent); returns the first answer, a
+    /// refusal as is, or the last holder's error if none answers.
     async fn commit_through(
         &self,
         commit: MetaRequest,
         holders: &[SocketAddr],
-        first: Error,
     ) -> Result<MetaResponse> {
+        let mut last = None;
         for &h in holders.iter().filter(|&&h| h != self.agent) {
             let other = Sdfs::with_options(h, self.opts.clone());
             match other.meta(commit.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_transient() => continue,
+                Err(e) if e.is_transient() => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
-        Err(first)
+        Err(last.unwrap_or_else(|| Error::Io(std::io::Error::other("no other holder to ask"))))
     }
 
     /// Sends the write request and the file's bytes; returns the holders and

@@ -42,6 +42,8 @@ struct State {
     /// The leader that dies as it commits: it applies the commit, hands the
     /// lead to the next agent and closes the connection without answering.
     die_on_commit: Option<SocketAddr>,
+    /// Every agent dies with it.
+    all_die: bool,
     /// Agents that drop every connection at once (as a killed agent's port
     /// does while the kernel still accepts).
     dead: HashSet<SocketAddr>,
@@ -140,6 +142,9 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     meta(&st, m);
                     let mut g = st.lock().unwrap();
                     g.dead.insert(me);
+                    if g.all_die {
+                        g.dead = g.agents.iter().copied().collect();
+                    }
                     let next = g.agents.iter().copied().find(|a| *a != me);
                     g.leader = next;
                     return Ok(());
@@ -505,6 +510,25 @@ async fn a_commit_lost_with_our_agent_and_leader_is_asked_again_through_a_holder
     let out = f.dir.join("out");
     f.client(2).get("c", &out, &no_progress).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn a_commit_no_holder_can_confirm_is_reported_as_unknown() {
+    let f = Fake::start(4, 4, "commit-unknown").await;
+    {
+        let mut g = f.state.lock().unwrap();
+        g.die_on_commit = Some(f.agents[0]);
+        g.all_die = true;
+    }
+    let src = f.local("src", b"abc");
+    let e = f.client(0).put(&src, "u", &no_progress).await.unwrap_err();
+    let Error::CommitUnknown { name, version, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!((name.as_str(), *version), ("u", 1));
+    assert!(e.to_string().contains("check with `dml ls u`"), "{e}");
+    // It did commit: the client could not know.
+    assert_eq!(f.state.lock().unwrap().files["u"].len(), 1);
 }
 
 #[tokio::test]
