@@ -280,11 +280,10 @@ impl Inner {
             }
             MetaRequest::Wanted { node, items } => {
                 self.linearize().await?;
-                let now = unix_ms();
                 let keep = self.read(|s| {
                     items
                         .iter()
-                        .map(|(name, v)| s.wanted(node, name, *v, now))
+                        .map(|(name, v)| s.wanted(node, name, *v))
                         .collect()
                 })?;
                 Ok(MetaResponse::Wanted(keep))

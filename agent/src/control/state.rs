@@ -292,14 +292,17 @@ impl MetaState {
         out.into_iter().collect()
     }
 
-    /// Whether `node` should keep its copy of `name` version `version` at `now_ms`.
-    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64, now_ms: u64) -> bool {
+    /// Whether `node` should keep its copy of `name` version `version`. A
+    /// pending version is kept, even past its deadline, until the log aborts
+    /// or expires it: a commit already on its way may still land before the
+    /// expiry, and its copies must then be there.
+    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64) -> bool {
         let Some(v) = self.files.get(name).and_then(|f| f.versions.get(&version)) else {
             return false;
         };
         match v.state {
             VersionState::Committed => v.replicas.contains(&node),
-            VersionState::Pending { deadline_ms } => now_ms < deadline_ms,
+            VersionState::Pending { .. } => true,
         }
     }
 
@@ -470,31 +473,43 @@ mod tests {
         assert_eq!(del(&mut s), Applied::Done);
         assert_eq!(s.stat("a"), None);
         assert_eq!(s.count(), (0, 0, 0));
-        assert!(!s.wanted(addr(1), "a", v, 0));
+        assert!(!s.wanted(addr(1), "a", v));
         assert_eq!(begin(&mut s, "a", 0), 2);
     }
 
     #[test]
-    fn wanted_keeps_committed_replicas_and_live_pending() {
+    fn wanted_keeps_committed_replicas_and_pending_until_the_log_expires_them() {
         let mut s = MetaState::default();
         let v1 = begin(&mut s, "a", 0);
         commit(&mut s, "a", v1, &[1, 2, 3]);
         let v2 = begin(&mut s, "a", 0);
-        assert!(s.wanted(addr(1), "a", v1, 0));
+        assert!(s.wanted(addr(1), "a", v1));
         assert!(
-            !s.wanted(addr(4), "a", v1, 0),
+            !s.wanted(addr(4), "a", v1),
             "not among the committed holders"
         );
-        assert!(
-            s.wanted(addr(4), "a", v2, 999),
-            "pending, before its deadline"
-        );
-        assert!(
-            !s.wanted(addr(4), "a", v2, 1000),
-            "pending, past its deadline"
-        );
-        assert!(!s.wanted(addr(1), "a", 9, 0));
-        assert!(!s.wanted(addr(1), "b", 1, 0));
+        // Past its deadline (1000) but not yet expired by the log: kept, since
+        // a commit proposed in time may still be applied.
+        assert!(s.wanted(addr(4), "a", v2), "pending");
+        let late = s.apply(&cmd(
+            1500,
+            Op::CommitPut {
+                name: "a".into(),
+                version: v2,
+                checksum: [7; 32],
+                holders: vec![addr(1), addr(2), addr(4)],
+                quorum: 3,
+            },
+        ));
+        assert_eq!(late, Applied::Version(v2));
+        assert!(s.wanted(addr(4), "a", v2), "committed here");
+        let v3 = begin(&mut s, "a", 0);
+        assert!(s.wanted(addr(4), "a", v3));
+        assert_eq!(s.apply(&cmd(1000, Op::ExpirePending)), Applied::Done);
+        assert!(!s.wanted(addr(4), "a", v3), "expired by the log");
+        assert!(s.wanted(addr(4), "a", v2), "committed versions stay");
+        assert!(!s.wanted(addr(1), "a", 9));
+        assert!(!s.wanted(addr(1), "b", 1));
     }
 
     #[test]
