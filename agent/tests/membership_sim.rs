@@ -464,3 +464,58 @@ fn a_cut_link_is_routed_around_and_an_isolated_node_comes_back_after_healing() {
         }),
     ]);
 }
+
+/// A member that restarted twice while this agent heard only of the second
+/// restart's failure (chaos seed 4013546120143149489): the identity it still
+/// held as live must go, and at most one identity per address stays live.
+#[test]
+fn a_newer_identity_first_heard_as_failed_retires_the_live_older_one() {
+    use dml_agent::membership::Membership;
+    use dml_agent::membership::msg::{Message, Update, UpdateKind};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let now = Instant::now();
+    let me = NodeId::new(addr(1), 100);
+    let mut core = Membership::new(
+        me,
+        MembershipConfig::preset(Preset::Lan),
+        Vec::new(),
+        7,
+        now,
+    );
+    let (other, first) = (NodeId::new(addr(3), 100), NodeId::new(addr(2), 100));
+    core.bootstrap(&[me, other, first], now);
+    let gossip = |id: NodeId, kind: UpdateKind| {
+        Message::Gossip {
+            updates: vec![Update {
+                id,
+                incarnation: 0,
+                kind,
+            }],
+        }
+        .encode()
+    };
+    let live_at = |core: &Membership, a: SocketAddr| -> Vec<NodeId> {
+        core.live_members()
+            .into_iter()
+            .filter(|id| id.addr == a)
+            .collect()
+    };
+    assert_eq!(live_at(&core, addr(2)), [first]);
+
+    // Its second identity, never heard of as alive here, is reported failed.
+    let second = NodeId::new(addr(2), 200);
+    core.handle_datagram(addr(3), &gossip(second, UpdateKind::Failed), now)
+        .unwrap();
+    assert_eq!(live_at(&core, addr(2)), [], "the first identity is gone");
+
+    // A third identity joins; a stale alive about the first changes nothing.
+    let third = NodeId::new(addr(2), 300);
+    core.handle_datagram(addr(2), &gossip(third, UpdateKind::Alive), now)
+        .unwrap();
+    core.handle_datagram(addr(3), &gossip(first, UpdateKind::Alive), now)
+        .unwrap();
+    assert_eq!(live_at(&core, addr(2)), [third]);
+}

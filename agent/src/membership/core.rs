@@ -607,7 +607,10 @@ impl Membership {
         if let Some(newest) = self.by_addr.get(&u.id.addr)
             && newest.started > u.id.started
         {
-            return; // superseded by a restart at that address
+            // Superseded by a restart at that address; if that identity is
+            // still live here, it is gone all the same.
+            self.mark_down(u.id, MemberState::Failed, now);
+            return;
         }
         let Some(m) = self.members.get_mut(&u.id) else {
             self.insert(u, now);
@@ -711,10 +714,11 @@ impl Membership {
             UpdateKind::Failed => MemberState::Failed,
             UpdateKind::Left => MemberState::Left,
         };
-        // A newer identity at a known address replaces the old one: it restarted.
+        // A newer identity at a known address replaces the old one: it
+        // restarted. Even when the newer one is first heard of as failed or
+        // left, the older one is gone.
         if let Some(old) = self.by_addr.insert(u.id.addr, u.id)
             && old != u.id
-            && state.is_live()
         {
             self.mark_down(old, MemberState::Failed, now);
         }
