@@ -588,18 +588,16 @@ impl Sdfs {
         let answer = match self.meta(commit.clone()).await {
             // Our agent went away with the answer (it may have led, too): the
             // commit is idempotent, so ask it again through the holders.
-            Err(e) if e.is_transient() => {
-                self.commit_through(commit, &holders)
-                    .await
-                    .map_err(|again| match again {
-                        again if again.is_transient() => Error::CommitUnknown {
-                            name: name.into(),
-                            version,
-                            reason: e.to_string(),
-                        },
-                        refused => refused,
-                    })?
-            }
+            Err(e) if e.is_transient() => match self.commit_through(commit, &holders).await? {
+                Some(answer) => answer,
+                None => {
+                    return Err(Error::CommitUnknown {
+                        name: name.into(),
+                        version,
+                        reason: e.to_string(),
+                    });
+                }
+            },
             r => r?,
         };
         phases.commit = start.elapsed();
@@ -610,23 +608,22 @@ impl Sdfs {
     }
 
     /// Asks `commit` again through each holder other than our agent (after a
-    /// lost answer or an unreachable agent); returns the first answer, a
-    /// refusal as is, or the last holder's error if none answers.
+    /// lost answer or an unreachable agent): the first answer, a refusal as
+    /// an error, or `None` if no holder answers.
     async fn commit_through(
         &self,
         commit: MetaRequest,
         holders: &[SocketAddr],
-    ) -> Result<MetaResponse> {
-        let mut last = None;
+    ) -> Result<Option<MetaResponse>> {
         for &h in holders.iter().filter(|&&h| h != self.agent) {
             let other = Sdfs::with_options(h, self.opts.clone());
             match other.meta(commit.clone()).await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_transient() => last = Some(e),
+                Ok(r) => return Ok(Some(r)),
+                Err(e) if e.is_transient() => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Io(std::io::Error::other("no other holder to ask"))))
+        Ok(None)
     }
 
     /// Sends the write request and the file's bytes; returns the holders and
