@@ -1598,7 +1598,15 @@ async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e @ (Error::Remote(_) | Error::Connect { .. } | Error::Transfer { .. }))) => Err(e),
+        // Errors that already say what went wrong, and where, pass as they are.
+        Ok(Err(
+            e @ (Error::Remote(_)
+            | Error::Connect { .. }
+            | Error::Transfer { .. }
+            | Error::Auth { .. }
+            | Error::NoKey
+            | Error::KeyFile { .. }),
+        )) => Err(e),
         Ok(Err(e)) => Err(Error::Transfer {
             addr: addr.to_string(),
             reason: e.to_string(),
