@@ -100,19 +100,18 @@ impl Conn {
             Ok(Ok(r)) => r,
             // Before the proofs the agent may just be going away (killed mid-accept):
             // a connection failure, which callers may retry elsewhere.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::Connect {
-                    addr: peer.to_string(),
-                    reason: std::io::Error::new(
+            Ok(Err(e)) => {
+                let reason = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    std::io::Error::new(
                         e.kind(),
                         "it closed the connection during the handshake (stopping, or not an AwesomeDML agent of this version)",
-                    ),
-                });
-            }
-            Ok(Err(e)) => {
+                    )
+                } else {
+                    e
+                };
                 return Err(Error::Connect {
                     addr: peer.to_string(),
-                    reason: e,
+                    reason,
                 });
             }
             Err(_) => {

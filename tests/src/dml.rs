@@ -52,14 +52,36 @@ pub async fn run<S: AsRef<OsStr>>(
     args: &[S],
     timeout: Duration,
 ) -> Result<DmlOutput> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env("DML_KEY_FILE", crate::key::path()?);
+    run_command(cmd, program, args, timeout).await
+}
+
+/// Runs the `dml` binary with `args` in `dir`, with no `DML_KEY_FILE`.
+pub async fn run_dml_without_key(
+    args: &[&str],
+    dir: &Path,
+    timeout: Duration,
+) -> Result<DmlOutput> {
+    let program = dml_bin()?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.env_remove("DML_KEY_FILE").current_dir(dir);
+    run_command(cmd, &program, args, timeout).await
+}
+
+async fn run_command<S: AsRef<OsStr>>(
+    mut cmd: tokio::process::Command,
+    program: &Path,
+    args: &[S],
+    timeout: Duration,
+) -> Result<DmlOutput> {
     let command = std::iter::once(program.as_os_str())
         .chain(args.iter().map(AsRef::as_ref))
         .map(|s| s.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    let child = tokio::process::Command::new(program)
+    let child = cmd
         .args(args)
-        .env("DML_KEY_FILE", crate::key::path()?)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -71,20 +71,17 @@ async fn an_agent_or_dml_with_another_key_cannot_join_read_or_write() {
     assert!(!out_file.exists(), "a rejected get left a file");
     // dml with no key at all says so, whatever the command.
     for args in [vec!["ls", "secret.txt"], vec!["latency"]] {
-        let out = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
-            .arg("--agent")
-            .arg(a0.addr().to_string())
-            .args(&args)
-            .env_remove("DML_KEY_FILE")
-            .current_dir(&dir)
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(DML, out).await.unwrap().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let addr = a0.addr().to_string();
+        let mut all = vec!["--agent", addr.as_str()];
+        all.extend(&args);
+        let out = dml_tests::dml::run_dml_without_key(&all, &dir, DML)
+            .await
+            .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded without a key");
         assert!(
-            stderr.contains("no cluster key") && !stderr.contains("data transfer"),
-            "{args:?}: {stderr}"
+            out.stderr.contains("no cluster key") && !out.stderr.contains("data transfer"),
+            "{args:?}: {}",
+            out.stderr
         );
     }
     let ls = a0.dml(&["ls", "planted.txt"], DML).await.unwrap();
