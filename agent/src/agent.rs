@@ -116,6 +116,7 @@ impl Agent {
                         intra_threads: cfg.inference.intra_threads,
                         ort_dylib: cfg.inference.ort_dylib.clone(),
                         registry,
+                        slots: host_slots(&cfg.inference),
                     },
                     control.handle(),
                     sdfs.handle(),
@@ -185,5 +186,32 @@ impl Agent {
     /// The SDFS store and data path.
     pub fn sdfs(&self) -> SdfsHandle {
         self.sdfs.handle()
+    }
+}
+
+/// The host's compute slots from `[inference]`; `None` when turned off (or
+/// when the slot directory cannot be used, which is logged: queries then run
+/// without turns).
+fn host_slots(
+    i: &dml_shared::config::InferenceConfig,
+) -> Option<std::sync::Arc<crate::infer::slots::HostSlots>> {
+    use crate::infer::slots::HostSlots;
+    let count = i
+        .host_slots
+        .unwrap_or_else(|| HostSlots::default_count(i.intra_threads));
+    if count == 0 {
+        return None;
+    }
+    let dir = i.slot_dir.clone().unwrap_or_else(HostSlots::default_dir);
+    // A holder frozen mid-query delays the others by at most half a lease.
+    match HostSlots::open(&dir, count, i.lease_timeout / 2) {
+        Ok(s) => {
+            tracing::info!(slots = count, dir = %dir.display(), "inference: host compute slots");
+            Some(std::sync::Arc::new(s))
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "inference: cannot use the host's compute slots; queries run without turns");
+            None
+        }
     }
 }

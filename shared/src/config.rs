@@ -246,6 +246,12 @@ pub struct InferenceConfig {
     /// Shortest lease of a query; the leader stretches it for slow models.
     #[serde(with = "humantime_serde")]
     pub lease_timeout: Duration,
+    /// Queries that the agents of this host run at the same time (each holds
+    /// a slot). Unset: the host's cores divided by `intra_threads`; 0: no limit.
+    pub host_slots: Option<usize>,
+    /// Directory where the agents of a host share their slots. Unset:
+    /// `/dev/shm/dml-compute-slots-<uid>` (else under the temporary directory).
+    pub slot_dir: Option<PathBuf>,
 }
 
 impl Default for InferenceConfig {
@@ -256,6 +262,8 @@ impl Default for InferenceConfig {
             worker: true,
             intra_threads: 1,
             lease_timeout: Duration::from_secs(10),
+            host_slots: None,
+            slot_dir: None,
         }
     }
 }
@@ -687,6 +695,20 @@ impl Config {
         {
             return bad("inference.registry", String::new(), "must not be empty");
         }
+        if let Some(n) = i.host_slots
+            && n > 1024
+        {
+            return bad(
+                "inference.host_slots",
+                n.to_string(),
+                "must be at most 1024 (0 turns the limit off)",
+            );
+        }
+        if let Some(p) = &i.slot_dir
+            && p.as_os_str().is_empty()
+        {
+            return bad("inference.slot_dir", String::new(), "must not be empty");
+        }
         Ok(())
     }
 
@@ -849,5 +871,12 @@ mod tests {
         c.membership.m = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("membership.m") && e.contains("\"0\""), "{e}");
+        let mut c = Config::preset(Preset::Lan);
+        c.inference.host_slots = Some(5000);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("inference.host_slots") && e.contains("5000"),
+            "{e}"
+        );
     }
 }

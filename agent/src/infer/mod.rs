@@ -6,6 +6,7 @@
 //! - [`runtime`]: finding and loading ONNX Runtime, one session per model, top-5.
 //! - [`preprocess`]: decode, resize, crop and normalise an image to CHW f32.
 //! - [`fetch`]: one committed SDFS version into memory, own copy first.
+//! - [`slots`]: turns at ONNX Runtime shared by the agents of one host.
 //! - [`worker`]: the lease / prepare / run / report loop.
 
 pub mod compute;
@@ -13,4 +14,5 @@ pub mod error;
 pub mod fetch;
 pub mod preprocess;
 pub mod runtime;
+pub mod slots;
 pub mod worker;

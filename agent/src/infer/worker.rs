@@ -8,6 +8,7 @@ use super::compute::Compute;
 use super::fetch::read_version;
 use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
+use super::slots::HostSlots;
 use crate::control::ControlHandle;
 use crate::sdfs::SdfsHandle;
 use dml_shared::api::Response;
@@ -43,6 +44,8 @@ pub struct WorkerOptions {
     pub intra_threads: usize,
     pub ort_dylib: Option<PathBuf>,
     pub registry: Arc<Registry>,
+    /// Turns at ONNX Runtime shared with the other agents of this host.
+    pub slots: Option<Arc<HostSlots>>,
 }
 
 /// Figures of this worker, for stats and telemetry.
@@ -319,11 +322,13 @@ async fn run_query(
     let session = session_for(ctx, lease).await?;
     let (meta, arrays): (Vec<(u32, String)>, Vec<Array3<f32>>) =
         tensors.into_iter().map(|(i, n, t)| ((i, n), t)).unzip();
+    let slots = ctx.o.slots.clone();
     let preds = ctx
         .infer
         .run(move || {
             let batch = stack(&arrays);
             let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
+            let _turn = slots.as_ref().and_then(|h| h.acquire());
             s.run(batch.view())
         })
         .await?;

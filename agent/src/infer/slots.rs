@@ -1,0 +1,181 @@
+//! Host compute slots: agents sharing a machine (a local cluster) take turns
+//! at ONNX Runtime instead of all running at once. Ten single-threaded
+//! sessions on two cores lose about 5% to switching and cache misses
+//! against two running at a time.
+//!
+//! A slot is an exclusive `flock` on one of `count` files in a directory
+//! that every agent of the host uses; the kernel drops it when its holder
+//! dies. A waiter gives up after `max_wait` and runs without a slot, so a
+//! frozen holder (SIGSTOP) slows the others down but never stops them.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// `count` slots under `dir`, shared by every agent that names the same ones.
+#[derive(Debug)]
+pub struct HostSlots {
+    dir: PathBuf,
+    count: usize,
+    max_wait: Duration,
+    /// Which slot to queue on when all are taken; spreads the waiters.
+    next: AtomicUsize,
+}
+
+/// A held slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    _file: File,
+}
+
+impl HostSlots {
+    /// Creates `dir` if needed and checks that its slot files can be opened.
+    pub fn open(dir: &Path, count: usize, max_wait: Duration) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let slots = Self {
+            dir: dir.to_path_buf(),
+            count: count.max(1),
+            max_wait,
+            next: AtomicUsize::new(std::process::id() as usize),
+        };
+        for i in 0..slots.count {
+            slots.file(i)?;
+        }
+        Ok(slots)
+    }
+
+    /// Where agents of this host meet by default: `/dev/shm` (memory, cleared
+    /// at boot), else the temporary directory; one directory per user.
+    pub fn default_dir() -> PathBuf {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        base.join(format!("dml-compute-slots-{uid}"))
+    }
+
+    /// Slots for `intra_threads`-thread sessions: the host's cores divided
+    /// among them, at least one.
+    pub fn default_count(intra_threads: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / intra_threads.max(1)).max(1)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    fn file(&self, i: usize) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(format!("slot-{i}")))
+    }
+
+    /// Takes a free slot, else waits for one up to `max_wait`; `None` when
+    /// none came (or the files cannot be opened): run anyway. Blocks.
+    pub fn acquire(&self) -> Option<Slot> {
+        for i in 0..self.count {
+            let f = self.file(i).ok()?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Some(Slot { _file: f });
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        let f = self.file(i).ok()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        // The blocking lock runs on its own thread so that the wait can end;
+        // a lock it gets after the waiter left is dropped (freed) at once.
+        std::thread::Builder::new()
+            .name("dml-slot-wait".into())
+            .spawn(move || {
+                // SAFETY: flock on a descriptor this thread owns.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    let _ = tx.send(Slot { _file: f });
+                }
+            })
+            .ok()?;
+        rx.recv_timeout(self.max_wait).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("dml-slots-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_slot_is_exclusive_until_dropped() {
+        let d = dir("excl");
+        let a = HostSlots::open(&d, 1, Duration::from_secs(10)).unwrap();
+        // Another agent of the host: its own descriptors, the same files.
+        let b = std::sync::Arc::new(HostSlots::open(&d, 1, Duration::from_secs(10)).unwrap());
+        let held = a.acquire().expect("a free slot");
+        let (tx, rx) = mpsc::channel();
+        let b2 = b.clone();
+        std::thread::spawn(move || {
+            let s = b2.acquire();
+            tx.send(s.is_some()).unwrap();
+            drop(s);
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the second agent got a slot that was held"
+        );
+        drop(held);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn two_slots_let_two_run_and_a_third_waits() {
+        let d = dir("two");
+        let s = HostSlots::open(&d, 2, Duration::from_millis(200)).unwrap();
+        let x = s.acquire().expect("first slot");
+        let y = s.acquire().expect("second slot");
+        let t = Instant::now();
+        assert!(s.acquire().is_none(), "a third slot out of two");
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        drop(x);
+        assert!(s.acquire().is_some(), "the freed slot");
+        drop(y);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_waiter_that_gave_up_does_not_keep_the_slot() {
+        let d = dir("gaveup");
+        let s = HostSlots::open(&d, 1, Duration::from_millis(100)).unwrap();
+        let held = s.acquire().expect("a free slot");
+        assert!(s.acquire().is_none());
+        drop(held);
+        // The abandoned waiter thread takes the lock and frees it at once.
+        let s2 = HostSlots::open(&d, 1, Duration::from_secs(10)).unwrap();
+        assert!(s2.acquire().is_some());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn counts_divide_the_cores_among_sessions() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(HostSlots::default_count(1), cores);
+        assert_eq!(HostSlots::default_count(usize::MAX), 1);
+        assert_eq!(HostSlots::default_count(0), cores);
+    }
+}
