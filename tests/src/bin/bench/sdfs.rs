@@ -7,10 +7,10 @@
 //! so no process start is timed. Every timing is wall-clock from the call to its return.
 
 use crate::sdfs_local::{
-    available_bytes, drop_page_cache, proc_status_bytes, read_all, reset_peak_rss, write_copies,
+    available_bytes, evict, proc_status_bytes, read_all, reset_peak_rss, write_copies,
 };
 use crate::sdfs_report::{Document, MemoryReport, RepairReport, SizeReport};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use dml_shared::config::{ControlConfig, MembershipConfig, Preset, SdfsConfig};
 use dml_shared::sdfs_client::{Options, Sdfs, no_progress};
 use dml_tests::sdfs::content::write_pattern_file;
@@ -116,10 +116,6 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             need as f64 / GIB as f64
         );
     }
-    let cache_dropped = drop_page_cache();
-    if !cache_dropped {
-        eprintln!("cannot drop the page cache (not root?): reads may come from memory");
-    }
 
     let opts = SdfsOptions {
         agents: a.agents,
@@ -154,6 +150,16 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     );
     let files = run_dir.join("files");
     std::fs::create_dir_all(&files)?;
+    // What is made cold before every timed read: the bench's files and the replicas.
+    let mut cold = vec![files.clone()];
+    cold.extend(object_dirs(&run_dir));
+    ensure!(
+        cold.len() == c.len() + 1,
+        "found {} SDFS object directories under \"{}\", expected {}",
+        cold.len() - 1,
+        run_dir.display(),
+        c.len()
+    );
 
     let mut sizes = Vec::new();
     let mut memory = None;
@@ -168,13 +174,15 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         let is_largest = p.size == largest;
         let mut last_name = String::new();
         for r in 0..p.reps {
-            // Baseline: 4 local copies with fsync, then one read back cold.
+            // Baseline: 4 local copies with fsync (the source read cold, as for the put),
+            // then one read back cold.
             let copies: Vec<PathBuf> = (0..4)
                 .map(|k| files.join(format!("base-{}-{k}", p.size)))
                 .collect();
+            evict(&cold)?;
             let d = write_copies(&src, &copies)?;
             base_put.push(d.as_secs_f64());
-            drop_page_cache();
+            evict(&cold)?;
             read.push(read_all(&copies[0])?.as_secs_f64());
             for cp in &copies {
                 let _ = std::fs::remove_file(cp);
@@ -187,7 +195,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
                     reset_peak_rss(c.agent(i).pid())?;
                 }
             }
-            drop_page_cache();
+            evict(&cold)?;
             let t = Instant::now();
             let rep = client
                 .put(&src, &name, &no_progress)
@@ -212,7 +220,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             // SDFS get, cold like the baseline read: first as `dml get` does
             // (the copy is not fsynced), then fsyncing the copy.
             let got = files.join(format!("got-{}", p.size));
-            drop_page_cache();
+            evict(&cold)?;
             let t = Instant::now();
             let got_rep = client
                 .get(&name, &got, &no_progress)
@@ -220,7 +228,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
                 .with_context(|| format!("get of {l}"))?;
             get.push(t.elapsed().as_secs_f64());
             let _ = std::fs::remove_file(&got);
-            drop_page_cache();
+            evict(&cold)?;
             let t = Instant::now();
             synced
                 .get(&name, &got, &no_progress)
@@ -274,7 +282,6 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         replicas: c.replicas(),
         write_quorum: sdfs_cfg.write_quorum,
         repair_bytes_per_sec: sdfs_cfg.repair_bytes_per_sec,
-        page_cache_dropped: cache_dropped,
         sizes,
         memory,
         repair,
@@ -361,4 +368,27 @@ async fn measure_repair(c: &mut SdfsCluster, via: usize, name: &str, size: u64) 
         }
     }
     report
+}
+
+/// The agents' replica directories (`<data_dir>/sdfs/objects`) under `root`.
+fn object_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        if dir.ends_with("sdfs/objects") {
+            found.push(dir);
+            continue;
+        }
+        if depth > 6 {
+            continue;
+        }
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    found
 }

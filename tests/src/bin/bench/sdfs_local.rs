@@ -56,12 +56,47 @@ pub fn read_all(path: &Path) -> Result<Duration> {
     Ok(t.elapsed())
 }
 
-/// Syncs and drops the page cache (`echo 3 > /proc/sys/vm/drop_caches`); `false` when not
-/// allowed (not root, or /proc/sys read-only in a container).
-pub fn drop_page_cache() -> bool {
+/// Makes the data under `roots` (files, or directories walked) cold: syncs, then evicts
+/// each file from the page cache (`posix_fadvise(DONTNEED)`), so the next read comes from
+/// disk. Only the data goes: the agents' and the bench's program text and the agents'
+/// Raft databases stay cached, as on a running cluster (dropping the whole page cache
+/// made the first request after it fault the agents' code back in from disk).
+/// `Err` names a file that could not be evicted.
+pub fn evict(roots: &[PathBuf]) -> Result<usize> {
     // SAFETY: sync(2) has no preconditions.
     unsafe { nix::libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+    let mut n = 0;
+    let mut stack: Vec<PathBuf> = roots.to_vec();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // gone since (a temp file)
+        };
+        if meta.is_dir() {
+            for e in
+                std::fs::read_dir(&p).with_context(|| format!("cannot list \"{}\"", p.display()))?
+            {
+                stack.push(e?.path());
+            }
+        } else if meta.is_file() {
+            let Ok(f) = std::fs::File::open(&p) else {
+                continue;
+            };
+            use std::os::fd::AsRawFd;
+            // SAFETY: fadvise on a descriptor we own.
+            let r = unsafe {
+                nix::libc::posix_fadvise(f.as_raw_fd(), 0, 0, nix::libc::POSIX_FADV_DONTNEED)
+            };
+            if r != 0 {
+                bail!(
+                    "cannot evict \"{}\" from the page cache: {}",
+                    p.display(),
+                    std::io::Error::from_raw_os_error(r)
+                );
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir` (`df`).

@@ -90,7 +90,6 @@ pub struct Document {
     pub replicas: usize,
     pub write_quorum: usize,
     pub repair_bytes_per_sec: u64,
-    pub page_cache_dropped: bool,
     pub sizes: Vec<SizeReport>,
     pub memory: Option<MemoryReport>,
     pub repair: Option<RepairReport>,
@@ -112,15 +111,8 @@ pub fn table(d: &Document) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "sdfs bench: {} agents on 127.0.0.1, {} replicas, write quorum {}, fsync; page cache {}",
-        d.agents,
-        d.replicas,
-        d.write_quorum,
-        if d.page_cache_dropped {
-            "dropped before every read"
-        } else {
-            "NOT dropped (reads may be cached)"
-        }
+        "sdfs bench: {} agents on 127.0.0.1, {} replicas, write quorum {}, fsync; the source, the copies and the replicas evicted from the page cache before every timed step",
+        d.agents, d.replicas, d.write_quorum,
     );
     let _ = writeln!(
         out,
