@@ -35,6 +35,12 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+/// A put's bytes are cut into at least this many frames (down to
+/// [`MIN_FRAME`]), so that each replica of the chain forwards a small file
+/// while it is still receiving it instead of after the whole of it.
+const FRAMES_PER_PUT: u64 = 16;
+/// Smallest data frame of a put.
+const MIN_FRAME: usize = 64 << 10;
 /// Chunks buffered between the disk thread and the network, per transfer.
 const CHUNKS_IN_FLIGHT: usize = 2;
 /// Pause between two attempts while no leader is known.
@@ -639,7 +645,8 @@ impl Sdfs {
     ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
         let io = self.opts.io_timeout;
         timed(addr, io, send_request(stream, &Request::Data(write))).await?;
-        let mut chunks = spawn_reader(open_local(local)?, self.opts.chunk_size, false);
+        let frame = put_frame(size, self.opts.chunk_size);
+        let mut chunks = spawn_reader(open_local(local)?, frame, false);
         let mut sent = 0u64;
         progress(Progress {
             phase: Phase::Sending,
@@ -1442,6 +1449,15 @@ fn spawn_reader(
     rx
 }
 
+/// The data frame size of a put of `size` bytes: a sixteenth of the file,
+/// at least [`MIN_FRAME`] and at most `chunk` (the agents' limit).
+fn put_frame(size: u64, chunk: usize) -> usize {
+    let chunk = chunk.max(1);
+    usize::try_from(size / FRAMES_PER_PUT)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_FRAME.min(chunk), chunk)
+}
+
 /// Reads until `buf` is full or the file ends; returns the bytes read.
 fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -1646,6 +1662,18 @@ mod tests {
             replicas: Vec::new(),
             committed_ms: 0,
         }
+    }
+
+    #[test]
+    fn small_puts_go_in_small_frames_and_large_ones_in_whole_chunks() {
+        let mib = 1 << 20;
+        assert_eq!(put_frame(0, mib), 64 << 10);
+        assert_eq!(put_frame(mib as u64, mib), 64 << 10);
+        assert_eq!(put_frame(4 * mib as u64, mib), 256 << 10);
+        assert_eq!(put_frame(64 * mib as u64, mib), mib);
+        assert_eq!(put_frame(u64::MAX, mib), mib);
+        // The agents' limit wins over the smallest frame.
+        assert_eq!(put_frame(mib as u64, 4096), 4096);
     }
 
     #[test]
