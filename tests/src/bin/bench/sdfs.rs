@@ -10,7 +10,7 @@ use crate::sdfs_local::{
     available_bytes, evict, proc_status_bytes, read_all, reset_peak_rss, write_copies,
 };
 use crate::sdfs_report::{Document, MemoryReport, RepairReport, SizeReport};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use dml_shared::config::{ControlConfig, MembershipConfig, Preset, SdfsConfig};
 use dml_shared::sdfs_client::{Options, Sdfs, no_progress};
 use dml_tests::sdfs::content::write_pattern_file;
@@ -150,16 +150,15 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     );
     let files = run_dir.join("files");
     std::fs::create_dir_all(&files)?;
-    // What is made cold before every timed read: the bench's files and the replicas.
+    // What is made cold before every timed step: the bench's files and the replicas.
     let mut cold = vec![files.clone()];
-    cold.extend(object_dirs(&run_dir));
-    ensure!(
-        cold.len() == c.len() + 1,
-        "found {} SDFS object directories under \"{}\", expected {}",
-        cold.len() - 1,
-        run_dir.display(),
-        c.len()
-    );
+    cold.extend((0..c.len()).map(|i| c.data_dir(i).join("sdfs/objects")));
+    if let Some(d) = cold.iter().find(|d| !d.is_dir()) {
+        bail!(
+            "no directory \"{}\" to make cold before timing",
+            d.display()
+        );
+    }
 
     let mut sizes = Vec::new();
     let mut memory = None;
@@ -368,27 +367,4 @@ async fn measure_repair(c: &mut SdfsCluster, via: usize, name: &str, size: u64) 
         }
     }
     report
-}
-
-/// The agents' replica directories (`<data_dir>/sdfs/objects`) under `root`.
-fn object_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), 0)];
-    while let Some((dir, depth)) = stack.pop() {
-        if dir.ends_with("sdfs/objects") {
-            found.push(dir);
-            continue;
-        }
-        if depth > 6 {
-            continue;
-        }
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push((e.path(), depth + 1));
-                }
-            }
-        }
-    }
-    found
 }
