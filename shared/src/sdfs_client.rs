@@ -11,7 +11,7 @@
 //! Connections are kept open and reused while the agent keeps them open.
 //!
 //! Files written locally appear atomically: bytes go to a hidden temp file next
-//! to the target, are BLAKE3-checked (hashed as they arrive, written by a thread), then
+//! to the target, are BLAKE3-checked (hashing and writing on two threads), then
 //! renamed into place; fsynced only with [`Options::sync_local`]. A copy whose
 //! checksum does not match is reported to the agent that sent it
 //! (`Data(BadCopy)`) and the next replica is tried.
@@ -1028,8 +1028,8 @@ impl Sdfs {
             });
         }
         let tmp = temp_path(local)?;
-        let mut sink = Sink::start(&tmp, self.opts.sync_local)?;
-        let received = receive_frames(&mut stream, addr, io, size, &mut sink, progress).await;
+        let sink = Sink::start(&tmp, self.opts.sync_local)?;
+        let received = receive_frames(&mut stream, addr, io, size, &sink, progress).await;
         let written = sink.finish().await;
         let outcome = async {
             let got = received?;
@@ -1099,7 +1099,7 @@ async fn receive_frames(
     addr: SocketAddr,
     io: Duration,
     size: u64,
-    sink: &mut Sink,
+    sink: &Sink,
     progress: ProgressFn<'_>,
 ) -> Result<u64> {
     let broke = |reason: String| Error::Transfer {
@@ -1153,18 +1153,19 @@ async fn receive_frames(
     }
 }
 
-/// Bytes per piece read from the network, hashed and handed to the writing thread.
+/// Bytes per piece handed from the network to the hashing and writing threads.
 const PIECE: usize = 256 << 10;
-/// Pieces queued towards the writing thread.
+/// Pieces queued towards each of those threads.
 const PIECES_IN_FLIGHT: usize = 8;
 
-/// A fetched copy on its way to disk: pieces are hashed as they arrive (the
-/// bytes are still in this core's cache) and written by a blocking thread
-/// (fsynced at the end when asked), which hands each buffer back for reuse.
+/// A fetched copy on its way to disk: one blocking thread hashes the pieces
+/// while another writes them (and fsyncs at the end when asked); buffers come
+/// back for reuse once both are done with them.
 struct Sink {
-    hasher: blake3::Hasher,
-    write_tx: mpsc::Sender<Vec<u8>>,
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    hash_tx: mpsc::Sender<Arc<Vec<u8>>>,
+    write_tx: mpsc::Sender<Arc<Vec<u8>>>,
+    spare: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
+    hasher: tokio::task::JoinHandle<Checksum>,
     writer: tokio::task::JoinHandle<std::io::Result<u64>>,
 }
 
@@ -1178,15 +1179,31 @@ impl Sink {
                 path: path.display().to_string(),
                 reason,
             })?;
-        let (write_tx, mut write_rx) = mpsc::channel::<Vec<u8>>(PIECES_IN_FLIGHT);
-        let (spare_tx, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
+        let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let give_back = |piece: Arc<Vec<u8>>, to: &std::sync::mpsc::Sender<Vec<u8>>| {
+            // The second of the two threads to let go gets the buffer back.
+            if let Ok(buf) = Arc::try_unwrap(piece) {
+                let _ = to.send(buf);
+            }
+        };
+        let spare_h = spare_tx.clone();
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut h = blake3::Hasher::new();
+            while let Some(piece) = hash_rx.blocking_recv() {
+                h.update(&piece);
+                give_back(piece, &spare_h);
+            }
+            *h.finalize().as_bytes()
+        });
         let writer = tokio::task::spawn_blocking(move || {
             let mut file = file;
             let (mut n, mut flushed) = (0u64, 0u64);
             while let Some(piece) = write_rx.blocking_recv() {
                 file.write_all(&piece)?;
                 n += piece.len() as u64;
-                let _ = spare_tx.send(piece);
+                give_back(piece, &spare_tx);
                 if sync && n - flushed >= WRITEBACK_EVERY {
                     start_writeback(&file, flushed, n - flushed);
                     flushed = n;
@@ -1198,31 +1215,35 @@ impl Sink {
             Ok(n)
         });
         Ok(Self {
-            hasher: blake3::Hasher::new(),
+            hash_tx,
             write_tx,
-            spare,
+            spare: std::sync::Mutex::new(spare_rx),
+            hasher,
             writer,
         })
     }
 
     /// A recycled buffer, or a new one.
     fn buffer(&self) -> Vec<u8> {
-        self.spare
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        spare
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(PIECE))
     }
 
-    /// Hashes a piece and hands it to the writer; false once the writer has stopped.
-    async fn send(&mut self, piece: Vec<u8>) -> bool {
-        self.hasher.update(&piece);
-        self.write_tx.send(piece).await.is_ok()
+    /// Hands a piece to both threads; false once the writer has stopped.
+    async fn send(&self, piece: Vec<u8>) -> bool {
+        let piece = Arc::new(piece);
+        let hashed = self.hash_tx.send(piece.clone()).await.is_ok();
+        self.write_tx.send(piece).await.is_ok() && hashed
     }
 
     /// The checksum of what was received and the bytes written (fsynced when asked).
     async fn finish(self) -> std::io::Result<(Checksum, u64)> {
-        drop(self.write_tx);
+        drop((self.hash_tx, self.write_tx));
         let written = self.writer.await.map_err(std::io::Error::other)??;
-        Ok((*self.hasher.finalize().as_bytes(), written))
+        let hash = self.hasher.await.map_err(std::io::Error::other)?;
+        Ok((hash, written))
     }
 }
 
