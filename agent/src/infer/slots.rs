@@ -69,10 +69,6 @@ impl HostSlots {
         (cores / intra_threads.max(1)).max(1)
     }
 
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     fn file(&self, i: usize) -> io::Result<File> {
         OpenOptions::new()
             .create(true)
@@ -84,15 +80,19 @@ impl HostSlots {
     /// Takes a free slot, else waits for one up to `max_wait`; `None` when
     /// none came (or the files cannot be opened): run anyway. Blocks.
     pub fn acquire(&self) -> Option<Slot> {
+        // Each call opens its own descriptors: a flock belongs to the open
+        // file, so reusing one would let this agent take a slot twice.
+        let mut taken = Vec::with_capacity(self.count);
         for i in 0..self.count {
             let f = self.file(i).ok()?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Some(Slot { _file: f });
             }
+            taken.push(f);
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
-        let f = self.file(i).ok()?;
+        let f = taken.swap_remove(i);
         let (tx, rx) = mpsc::sync_channel(1);
         // The blocking lock runs on its own thread so that the wait can end;
         // a lock it gets after the waiter left is dropped (freed) at once.

@@ -62,10 +62,9 @@ pub fn read_all(path: &Path) -> Result<Duration> {
 /// Raft databases stay cached, as on a running cluster (dropping the whole page cache
 /// made the first request after it fault the agents' code back in from disk).
 /// `Err` names a file that could not be evicted.
-pub fn evict(roots: &[PathBuf]) -> Result<usize> {
+pub fn evict(roots: &[PathBuf]) -> Result<()> {
     // SAFETY: sync(2) has no preconditions.
     unsafe { nix::libc::sync() };
-    let mut n = 0;
     let mut stack: Vec<PathBuf> = roots.to_vec();
     while let Some(p) = stack.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
@@ -93,10 +92,9 @@ pub fn evict(roots: &[PathBuf]) -> Result<usize> {
                     std::io::Error::from_raw_os_error(r)
                 );
             }
-            n += 1;
         }
     }
-    Ok(n)
+    Ok(())
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir` (`df`).
