@@ -5,6 +5,7 @@
 use super::Inner;
 use super::error::ControlError;
 use super::placement;
+use super::plans::PlanRequest;
 use super::repair::{self, Copy, View};
 use super::store::read_sm;
 use super::types::{Applied, Command, Op};
@@ -211,22 +212,19 @@ impl Inner {
                 }
                 let chain = placement::place(&name, &alive, self.s.replicas);
                 let deadline_ms = unix_ms() + self.s.sdfs.put_timeout.as_millis() as u64;
-                let applied = self
-                    .propose(Op::BeginPut {
+                let version = self
+                    .plan_put(PlanRequest {
                         name,
                         size,
                         replicas: chain.clone(),
                         deadline_ms,
                     })
                     .await?;
-                match rejected(applied)? {
-                    Applied::Version(version) => Ok(MetaResponse::PutPlan {
-                        version,
-                        chain,
-                        quorum,
-                    }),
-                    other => Err(unexpected(other)),
-                }
+                Ok(MetaResponse::PutPlan {
+                    version,
+                    chain,
+                    quorum,
+                })
             }
             MetaRequest::CommitPut {
                 name,
@@ -234,6 +232,7 @@ impl Inner {
                 checksum,
                 holders,
             } => {
+                self.claim_plan(&name, version).await?;
                 let op = Op::CommitPut {
                     name,
                     version,
@@ -247,6 +246,10 @@ impl Inner {
                 }
             }
             MetaRequest::AbortPut { name, version } => {
+                // A plan that failed left nothing to abort.
+                if self.claim_plan(&name, version).await.is_err() {
+                    return Ok(MetaResponse::Done);
+                }
                 rejected(self.propose(Op::AbortPut { name, version }).await?)?;
                 Ok(MetaResponse::Done)
             }

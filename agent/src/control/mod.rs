@@ -12,6 +12,7 @@
 //! - [`network`]: Raft RPCs over the agent TCP port.
 //! - [`leader`]: metadata requests served by the leader, and its periodic
 //!   tasks (expiry of stale puts, repair, storing finished jobs' output).
+//! - [`plans`]: put plans the leader answers before their entry commits.
 //! - [`infer`]: inference requests served by the leader (jobs, C1–C5, leases).
 //! - [`scheduler`]: the leader's in-memory leases and fair-time dispatch (pure).
 //! - [`forward`]: finding the leader and forwarding to it.
@@ -25,6 +26,7 @@ pub mod jobs;
 pub mod leader;
 pub mod network;
 pub mod placement;
+pub mod plans;
 pub mod repair;
 pub mod scheduler;
 pub mod state;
@@ -112,6 +114,8 @@ pub(crate) struct Inner {
     pub telemetry: crate::telemetry::Telemetry,
     /// Leader lease for reads: (term, until); see `leader.rs`.
     pub lease: Mutex<Option<(u64, std::time::Instant)>>,
+    /// Put plans appended ahead of their commit; see `plans.rs`.
+    pub plans: tokio::sync::Mutex<plans::Plans>,
     /// (applied index, digest) of the state machine last hashed.
     pub digest: Mutex<Option<(u64, String)>>,
     /// The membership list last read to gate Raft RPCs, and when.
@@ -250,6 +254,7 @@ impl ControlPlane {
             pool: Mutex::new(Vec::new()),
             telemetry,
             lease: Mutex::new(None),
+            plans: tokio::sync::Mutex::default(),
             view: Mutex::new(None),
             digest: Mutex::new(None),
         });

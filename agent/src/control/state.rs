@@ -90,6 +90,35 @@ impl MetaState {
                 );
                 Applied::Version(version)
             }
+            Op::BeginPutAt {
+                name,
+                version,
+                size,
+                replicas,
+                deadline_ms,
+            } => {
+                let file = self.files.entry(name.clone()).or_default();
+                let next = file.next_version.max(1);
+                if *version < next {
+                    return Applied::Rejected(format!(
+                        "version {version} of \"{name}\" is taken (the next is {next}); retry the put"
+                    ));
+                }
+                file.next_version = version + 1;
+                file.versions.insert(
+                    *version,
+                    VersionMeta {
+                        size: *size,
+                        checksum: [0; 32],
+                        replicas: replicas.clone(),
+                        committed_ms: 0,
+                        state: VersionState::Pending {
+                            deadline_ms: *deadline_ms,
+                        },
+                    },
+                );
+                Applied::Version(*version)
+            }
             Op::CommitPut {
                 name,
                 version,
@@ -306,6 +335,11 @@ impl MetaState {
         }
     }
 
+    /// The version the next put of `name` would get.
+    pub fn next_version(&self, name: &str) -> u64 {
+        self.files.get(name).map_or(1, |f| f.next_version.max(1))
+    }
+
     /// Whether any pending version is past its deadline at `now_ms`.
     pub fn has_expired_pending(&self, now_ms: u64) -> bool {
         self.files.values().any(|f| {
@@ -367,6 +401,45 @@ mod tests {
                 quorum: 3,
             },
         ))
+    }
+
+    fn begin_at(s: &mut MetaState, name: &str, version: u64) -> Applied {
+        s.apply(&cmd(
+            0,
+            Op::BeginPutAt {
+                name: name.into(),
+                version,
+                size: 10,
+                replicas: vec![addr(1), addr(2), addr(3), addr(4)],
+                deadline_ms: 1000,
+            },
+        ))
+    }
+
+    #[test]
+    fn a_leader_chosen_version_is_taken_only_at_or_above_the_next_one() {
+        let mut s = MetaState::default();
+        assert_eq!(s.next_version("a"), 1);
+        assert_eq!(begin_at(&mut s, "a", 1), Applied::Version(1));
+        assert_eq!(s.next_version("a"), 2);
+        assert!(
+            matches!(begin_at(&mut s, "a", 1), Applied::Rejected(m) if m.contains("version 1 of \"a\" is taken")),
+            "a version already planned"
+        );
+        assert!(matches!(begin_at(&mut s, "a", 0), Applied::Rejected(_)));
+        assert_eq!(commit(&mut s, "a", 1, &[1, 2, 3]), Applied::Version(1));
+        // Numbers of deleted versions are never handed out again.
+        assert_eq!(
+            s.apply(&cmd(60, Op::Delete { name: "a".into() })),
+            Applied::Done
+        );
+        assert!(matches!(begin_at(&mut s, "a", 1), Applied::Rejected(_)));
+        // Plans of the old kind and the new one share the counter.
+        assert_eq!(begin(&mut s, "a", 0), 2);
+        assert_eq!(begin_at(&mut s, "a", 3), Applied::Version(3));
+        assert_eq!(begin(&mut s, "a", 0), 4);
+        assert_eq!(commit(&mut s, "a", 3, &[1, 2, 3]), Applied::Version(3));
+        assert_eq!(s.stat("a").map(|f| f.versions.len()), Some(1));
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub struct Command {
 /// model settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    /// Reserve the next version of `name` as pending on `replicas`.
+    /// Reserve the next version of `name` as pending on `replicas` (what
+    /// leaders before `BeginPutAt` appended; still applied from old logs).
     BeginPut {
         name: String,
         size: u64,
@@ -91,6 +92,15 @@ pub enum Op {
     FailJob { job: JobId, reason: String },
     /// A finished job's output was stored in SDFS as `name`.
     SetJobOutput { job: JobId, name: String },
+    /// Reserve `version` of `name` as pending on `replicas`: the leader chose
+    /// the number (see `plans.rs`); refused unless it is at least the next one.
+    BeginPutAt {
+        name: String,
+        version: u64,
+        size: u64,
+        replicas: Vec<SocketAddr>,
+        deadline_ms: u64,
+    },
 }
 
 /// The result of applying one entry (the same on every replica).
