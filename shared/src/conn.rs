@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::framing::read_frame;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -405,5 +406,52 @@ mod tests {
         c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
         let e = server.await.unwrap().unwrap_err().to_string();
         assert!(e.contains("not an AwesomeDML hello"), "{e}");
+    }
+}
+
+/// An idle connection older than this is not reused (agents close theirs
+/// after 300 s).
+const IDLE_REUSE: Duration = Duration::from_secs(60);
+
+/// Idle connections to agents by address, reused while they stay open: an
+/// agent serves one request after another on a connection, data-path ones
+/// included. Only a connection whose last exchange ended cleanly goes back.
+#[derive(Debug)]
+pub struct IdleConns {
+    max: usize,
+    idle: Mutex<Vec<(SocketAddr, Conn, Instant)>>,
+}
+
+impl IdleConns {
+    /// A pool of at most `max` connections (all addresses together).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            idle: Mutex::default(),
+        }
+    }
+
+    /// An idle connection to `addr` that the agent has not closed.
+    pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(i) = g.iter().rposition(|(a, _, _)| *a == addr) {
+            let (_, mut s, since) = g.swap_remove(i);
+            let mut probe = [0u8; 1];
+            // Nothing to read and no end of stream: still open and in step.
+            let open = matches!(s.raw().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open && since.elapsed() < IDLE_REUSE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly.
+    pub fn put(&self, addr: SocketAddr, s: Conn) {
+        let mut g = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= self.max {
+            g.remove(0);
+        }
+        g.push((addr, s, Instant::now()));
     }
 }

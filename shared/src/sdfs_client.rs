@@ -18,7 +18,7 @@
 
 use crate::api::{Request, Response};
 use crate::client::{self, Client, read_response, send_request, unexpected};
-use crate::conn::Conn;
+use crate::conn::{Conn, IdleConns};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
@@ -52,21 +52,27 @@ const ERROR_GRACE: Duration = Duration::from_secs(2);
 
 /// Idle connections kept per client (all agents together).
 const MAX_IDLE: usize = 16;
-/// An idle connection older than this is not reused (agents close theirs
-/// after 300 s).
-const IDLE_REUSE: Duration = Duration::from_secs(60);
 
 /// Idle connections to agents, reused while they stay open (an agent's API
 /// serves one request after another on a connection, data-path ones
 /// included), and the leader last seen.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Conns {
+    idle: IdleConns,
     inner: Mutex<ConnsInner>,
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Self {
+            idle: IdleConns::new(MAX_IDLE),
+            inner: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct ConnsInner {
-    idle: Vec<(SocketAddr, Conn, Instant)>,
     leader: Option<SocketAddr>,
     learning: bool,
 }
@@ -76,28 +82,12 @@ impl Conns {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection to `addr` that the agent has not closed.
     fn take(&self, addr: SocketAddr) -> Option<Conn> {
-        let mut g = self.lock();
-        while let Some(i) = g.idle.iter().rposition(|(a, _, _)| *a == addr) {
-            let (_, mut s, since) = g.idle.swap_remove(i);
-            let mut probe = [0u8; 1];
-            // Nothing to read and no end of stream: still open and in step.
-            let open = matches!(s.raw().try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            if open && since.elapsed() < IDLE_REUSE {
-                return Some(s);
-            }
-        }
-        None
+        self.idle.take(addr)
     }
 
-    /// Keeps a connection whose last exchange ended cleanly.
     fn put(&self, addr: SocketAddr, s: Conn) {
-        let mut g = self.lock();
-        if g.idle.len() >= MAX_IDLE {
-            g.idle.remove(0);
-        }
-        g.idle.push((addr, s, Instant::now()));
+        self.idle.put(addr, s)
     }
 
     fn leader(&self) -> Option<SocketAddr> {

@@ -37,7 +37,7 @@ pub use store::Store;
 
 use dml_shared::api::Response;
 use dml_shared::config::{Config, SdfsConfig};
-use dml_shared::conn::{Conn, FrameWrite};
+use dml_shared::conn::{Conn, FrameWrite, IdleConns};
 use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::sdfs::{DataRequest, Holding};
 use stats::Counters;
@@ -78,6 +78,9 @@ impl SdfsOptions {
     }
 }
 
+/// Idle connections an agent keeps to others (all together).
+const PEER_CONNS: usize = 32;
+
 /// Shared by every request and background task of the service.
 pub struct Ctx {
     pub store: Store,
@@ -88,6 +91,8 @@ pub struct Ctx {
     pub counters: Counters,
     /// Repair and scrub bandwidth.
     pub throttle: Throttle,
+    /// Idle connections to other agents, reused down put chains.
+    pub peers: IdleConns,
 }
 
 impl Ctx {
@@ -216,6 +221,7 @@ impl SdfsService {
             meta_addr: opts.meta_addr,
             max_frame: opts.max_frame,
             counters: Counters::default(),
+            peers: IdleConns::new(PEER_CONNS),
         });
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![

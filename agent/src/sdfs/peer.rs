@@ -5,7 +5,7 @@
 use super::error::SdfsError;
 use dml_shared::Error;
 use dml_shared::api::{Request, Response};
-use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite, IdleConns};
 use dml_shared::framing::write_frame;
 use dml_shared::wire::{self, Kind};
 use std::net::SocketAddr;
@@ -43,6 +43,24 @@ pub async fn open(
     tokio::time::timeout(timeout, go)
         .await
         .map_err(|_| stalled(peer, format!("no connection within {timeout:?}")))?
+}
+
+/// Sends `req` on an idle connection from `pool` if one is open, else on a
+/// new one.
+pub async fn open_pooled(
+    pool: &IdleConns,
+    peer: SocketAddr,
+    req: &Request,
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<Conn, SdfsError> {
+    if let Some(mut s) = pool.take(peer) {
+        let body = wire::encode(Kind::Request, req);
+        if send(&mut s, peer, &body, max_frame, timeout).await.is_ok() {
+            return Ok(s);
+        }
+    }
+    open(peer, req, max_frame, timeout).await
 }
 
 /// Writes one raw data frame within `timeout`.

@@ -210,7 +210,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
             checksum: w.checksum,
             downstream: w.downstream[i + 1..].to_vec(),
         });
-        match peer::open(*next, &req, ctx.max_frame, stall).await {
+        match peer::open_pooled(&ctx.peers, *next, &req, ctx.max_frame, stall).await {
             Ok(s) => {
                 conn = Some((*next, s, w.downstream.len() - i));
                 break;
@@ -234,6 +234,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
             Ok(Response::Stored { holders, failed }) => {
                 down.holders = holders;
                 down.failed.extend(failed);
+                ctx.peers.put(next, s);
             }
             Ok(Response::Error(msg)) => down.failed.push((next, msg)),
             Ok(other) => down
