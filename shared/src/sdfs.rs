@@ -3,8 +3,9 @@
 //!
 //! Put: `Meta(BeginPut)` to the leader gives a version and a replica chain;
 //! the client streams the bytes to the chain's head with `Data(Write)` (the
-//! head forwards them down the chain); then `Meta(CommitPut)` with the
-//! holders that stored them durably makes the version visible.
+//! head forwards them down the chain), their checksum last; then
+//! `Meta(CommitPut)` with the holders that stored them durably makes the
+//! version visible.
 //! Get: `Meta(Stat)` gives the replicas; `Data(Read)` from the nearest one.
 
 use crate::error::{Error, Result};
@@ -213,14 +214,16 @@ pub enum MetaResponse {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum DataRequest {
     /// Store a version. Raw data frames follow (see `framing`), then an
-    /// empty frame. The agent forwards them to `downstream[0]` with the rest
-    /// of the chain, writes a temp file, fsyncs, checks `checksum` and renames
-    /// it into place. Answered with [`crate::api::Response::Stored`].
+    /// empty frame, then, if `checksum` is `None`, the checksum in a sealed
+    /// frame of its own (a client hashes the bytes as it sends them). The
+    /// agent forwards them to `downstream[0]` with the rest of the chain,
+    /// writes a temp file, fsyncs, checks the checksum and renames it into
+    /// place. Answered with [`crate::api::Response::Stored`].
     Write {
         name: String,
         version: u64,
         size: u64,
-        checksum: Checksum,
+        checksum: Option<Checksum>,
         downstream: Vec<SocketAddr>,
     },
     /// Send a stored version: answered with [`crate::api::Response::ReadStart`],

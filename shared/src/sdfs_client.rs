@@ -18,7 +18,7 @@
 
 use crate::api::{Request, Response};
 use crate::client::{self, Client, read_response, send_request, unexpected};
-use crate::conn::{Conn, IdleConns};
+use crate::conn::{Conn, FrameWrite, IdleConns};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
@@ -150,8 +150,6 @@ impl Default for Options {
 /// What a transfer is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the local file to checksum it, before a put.
-    Hashing,
     /// Streaming a put to the replica chain.
     Sending,
     /// Receiving a get.
@@ -439,16 +437,12 @@ impl Sdfs {
         validate_name(name)?;
         let start = Instant::now();
         let size = local_file_size(local)?;
-        // The leader plans the put while the file is hashed.
+        let file = open_local(local)?;
         let begin = MetaRequest::BeginPut {
             name: name.into(),
             size,
         };
-        let (checksum, plan) = tokio::join!(
-            hash_file(local, size, self.opts.chunk_size, progress),
-            self.meta(begin)
-        );
-        let plan = plan?;
+        let plan = self.meta(begin).await?;
         let mut phases = PutPhases {
             plan: start.elapsed(),
             ..PutPhases::default()
@@ -461,32 +455,18 @@ impl Sdfs {
         else {
             return Err(unexpected(Response::Meta(plan)));
         };
-        let checksum = match checksum {
-            Ok(c) => c,
-            Err(e) => {
-                let abort = MetaRequest::AbortPut {
-                    name: name.into(),
-                    version,
-                };
-                let _ = self.meta(abort).await;
-                return Err(e);
-            }
+        let put = PutTarget {
+            local,
+            file,
+            name,
+            version,
+            size,
         };
         match self
-            .store_and_commit(
-                local,
-                name,
-                version,
-                size,
-                checksum,
-                chain,
-                quorum,
-                progress,
-                &mut phases,
-            )
+            .store_and_commit(put, chain, quorum, progress, &mut phases)
             .await
         {
-            Ok((holders, failed)) => Ok(PutReport {
+            Ok((holders, failed, checksum)) => Ok(PutReport {
                 name: name.into(),
                 version,
                 size,
@@ -511,16 +491,13 @@ impl Sdfs {
     #[allow(clippy::too_many_arguments)]
     async fn store_and_commit(
         &self,
-        local: &Path,
-        name: &str,
-        version: u64,
-        size: u64,
-        checksum: Checksum,
+        put: PutTarget<'_>,
         chain: Vec<SocketAddr>,
         quorum: usize,
         progress: ProgressFn<'_>,
         phases: &mut PutPhases,
-    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
+    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>, Checksum)> {
+        let (name, version, size) = (put.name, put.version, put.size);
         let start = Instant::now();
         if chain.is_empty() {
             return Err(Error::Remote(format!(
@@ -545,12 +522,20 @@ impl Sdfs {
             name: name.into(),
             version,
             size,
-            checksum,
+            checksum: None,
             downstream: chain[head + 1..].to_vec(),
         };
         let addr = chain[head];
-        let (holders, chain_failed) = match self
-            .stream_put(&mut stream, addr, write, local, size, progress)
+        let (holders, chain_failed, checksum) = match self
+            .stream_put(
+                &mut stream,
+                addr,
+                write,
+                put.local,
+                put.file,
+                size,
+                progress,
+            )
             .await
         {
             Ok(h) => h,
@@ -598,7 +583,7 @@ impl Sdfs {
         };
         phases.commit = start.elapsed();
         match answer {
-            MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed)),
+            MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed, checksum)),
             other => Err(unexpected(Response::Meta(other))),
         }
     }
@@ -624,31 +609,42 @@ impl Sdfs {
 
     /// Sends the write request and the file's bytes; returns the holders and
     /// the replicas that failed.
+    /// Sends `write` and the file's bytes, hashing them as they go, then
+    /// their checksum; what the chain stored, and the checksum.
+    #[allow(clippy::too_many_arguments)]
     async fn stream_put(
         &self,
         stream: &mut Conn,
         addr: SocketAddr,
         write: DataRequest,
         local: &Path,
+        file: std::fs::File,
         size: u64,
         progress: ProgressFn<'_>,
-    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>)> {
+    ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>, Checksum)> {
         let io = self.opts.io_timeout;
         timed(addr, io, send_request(stream, &Request::Data(write))).await?;
         let frame = put_frame(size, self.opts.chunk_size);
-        let mut chunks = spawn_reader(open_local(local)?, frame, false);
+        let mut chunks = spawn_reader(file, frame);
         let mut sent = 0u64;
         progress(Progress {
             phase: Phase::Sending,
             done: 0,
             total: size,
         });
+        let local_err = |reason| Error::LocalFile {
+            path: local.display().to_string(),
+            reason,
+        };
+        let mut checksum = None;
         while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk.map_err(|reason| Error::LocalFile {
-                path: local.display().to_string(),
-                reason,
-            })?;
-            let Chunk::Data(bytes) = chunk else { continue };
+            let bytes = match chunk.map_err(local_err)? {
+                Chunk::Data(bytes) => bytes,
+                Chunk::Checksum(c) => {
+                    checksum = Some(c);
+                    break;
+                }
+            };
             sent += bytes.len() as u64;
             if sent > size {
                 break;
@@ -665,22 +661,23 @@ impl Sdfs {
                 total: size,
             });
         }
-        if sent != size {
-            return Err(Error::LocalFile {
-                path: local.display().to_string(),
-                reason: std::io::Error::other(format!(
-                    "changed while being stored: {size} bytes hashed, {sent} read"
-                )),
-            });
-        }
+        let checksum = match checksum {
+            Some(c) if sent == size => c,
+            _ => {
+                return Err(local_err(std::io::Error::other(format!(
+                    "changed while being stored: {size} bytes expected, {sent} read"
+                ))));
+            }
+        };
         timed(addr, io, write_frame(stream.raw(), &[], DEFAULT_MAX_FRAME)).await?;
+        timed(addr, io, stream.write_frame(&checksum, DEFAULT_MAX_FRAME)).await?;
         progress(Progress {
             phase: Phase::Committing,
             done: size,
             total: size,
         });
         match timed(addr, self.opts.store_timeout, read_response(stream)).await? {
-            Response::Stored { holders, failed } => Ok((holders, failed)),
+            Response::Stored { holders, failed } => Ok((holders, failed, checksum)),
             other => Err(unexpected(other)),
         }
     }
@@ -1351,61 +1348,27 @@ fn open_local(path: &Path) -> Result<std::fs::File> {
     })
 }
 
-/// BLAKE3 of a local file, read on a blocking thread a chunk at a time.
-async fn hash_file(
-    path: &Path,
+/// The file a put sends and what it becomes.
+struct PutTarget<'a> {
+    local: &'a Path,
+    file: std::fs::File,
+    name: &'a str,
+    version: u64,
     size: u64,
-    chunk: usize,
-    progress: ProgressFn<'_>,
-) -> Result<Checksum> {
-    let mut rx = spawn_reader(open_local(path)?, chunk, true);
-    progress(Progress {
-        phase: Phase::Hashing,
-        done: 0,
-        total: size,
-    });
-    let mut done = 0;
-    while let Some(c) = rx.recv().await {
-        match c.map_err(|reason| Error::LocalFile {
-            path: path.display().to_string(),
-            reason,
-        })? {
-            Chunk::Hashed(n) => {
-                done += n as u64;
-                progress(Progress {
-                    phase: Phase::Hashing,
-                    done,
-                    total: size,
-                });
-            }
-            Chunk::Checksum(h) => return Ok(h),
-            Chunk::Data(_) => {}
-        }
-    }
-    Err(Error::LocalFile {
-        path: path.display().to_string(),
-        reason: std::io::Error::other("the reading thread stopped"),
-    })
 }
 
 /// What the reading thread sends.
 enum Chunk {
     /// The next bytes.
     Data(Vec<u8>),
-    /// When hashing: this many more bytes were hashed.
-    Hashed(usize),
-    /// When hashing: the checksum of the whole file, last.
+    /// The checksum of every byte sent, last.
     Checksum(Checksum),
 }
 
 /// Reads `file` on a blocking thread into chunks of `chunk` bytes (the last
-/// may be shorter), at most [`CHUNKS_IN_FLIGHT`] ahead of the consumer. With
-/// `hash`, the thread hashes instead and sends lengths, then the checksum.
-fn spawn_reader(
-    mut file: std::fs::File,
-    chunk: usize,
-    hash: bool,
-) -> mpsc::Receiver<std::io::Result<Chunk>> {
+/// may be shorter), at most [`CHUNKS_IN_FLIGHT`] ahead of the consumer,
+/// hashing them as it goes; the checksum comes after the last chunk.
+fn spawn_reader(mut file: std::fs::File, chunk: usize) -> mpsc::Receiver<std::io::Result<Chunk>> {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let chunk = chunk.max(1);
     tokio::task::spawn_blocking(move || {
@@ -1422,19 +1385,15 @@ fn spawn_reader(
             if n == 0 {
                 break;
             }
-            let msg = if hash {
-                hasher.update(&buf[..n]);
-                Chunk::Hashed(n)
-            } else {
-                Chunk::Data(buf[..n].to_vec())
-            };
-            if tx.blocking_send(Ok(msg)).is_err() {
+            hasher.update(&buf[..n]);
+            if tx
+                .blocking_send(Ok(Chunk::Data(buf[..n].to_vec())))
+                .is_err()
+            {
                 return;
             }
         }
-        if hash {
-            let _ = tx.blocking_send(Ok(Chunk::Checksum(*hasher.finalize().as_bytes())));
-        }
+        let _ = tx.blocking_send(Ok(Chunk::Checksum(*hasher.finalize().as_bytes())));
     });
     rx
 }

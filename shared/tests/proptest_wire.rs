@@ -157,7 +157,7 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
             text(),
             any::<u64>(),
             any::<u64>(),
-            any::<[u8; 32]>(),
+            any::<Option<[u8; 32]>>(),
             addrs()
         )
             .prop_map(

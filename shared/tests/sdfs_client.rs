@@ -174,7 +174,11 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     }
                     data.extend_from_slice(&f);
                 }
-                if data.len() as u64 != size || *blake3::hash(&data).as_bytes() != checksum {
+                let checksum = match checksum {
+                    Some(c) => c.to_vec(),
+                    None => s.read_frame(DEFAULT_MAX_FRAME).await?.unwrap(),
+                };
+                if data.len() as u64 != size || blake3::hash(&data).as_bytes()[..] != checksum[..] {
                     Response::Error("checksum mismatch".into())
                 } else {
                     let mut g = st.lock().unwrap();

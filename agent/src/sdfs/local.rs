@@ -16,7 +16,8 @@ pub type Chunk = Arc<Vec<u8>>;
 /// abandons the write.
 pub enum Piece {
     Chunk(Chunk),
-    End,
+    /// The end, with the checksum if it came after the bytes.
+    End(Option<Checksum>),
     /// Answered once every earlier chunk is on disk (local writer only).
     Written(oneshot::Sender<()>),
 }
@@ -30,26 +31,33 @@ pub struct LocalWriter {
 impl LocalWriter {
     /// Starts the blocking writer; errors (bad name, no space for the temp
     /// file) come back from [`LocalWriter::send`] / [`LocalWriter::finish`].
+    /// Without `checksum`, [`LocalWriter::finish`] must bring it.
     pub fn begin(
         store: &Store,
         name: &str,
         version: u64,
         size: u64,
-        checksum: Checksum,
+        checksum: Option<Checksum>,
         queue: usize,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(queue.max(1));
         let store = store.clone();
         let name = name.to_string();
         let join = tokio::task::spawn_blocking(move || {
-            let mut obj = store.begin(&name, version, size, checksum)?;
+            let mut obj = store.begin(&name, version, size, checksum.unwrap_or_default())?;
             while let Some(piece) = rx.blocking_recv() {
                 match piece {
                     Piece::Chunk(c) => obj.write(&c)?,
                     Piece::Written(ack) => {
                         let _ = ack.send(());
                     }
-                    Piece::End => return obj.finish(),
+                    Piece::End(trailer) => match (checksum, trailer) {
+                        (_, Some(c)) | (Some(c), None) => {
+                            obj.set_checksum(c);
+                            return obj.finish();
+                        }
+                        (None, None) => break,
+                    },
                 }
             }
             Err(SdfsError::Aborted {
@@ -74,9 +82,10 @@ impl LocalWriter {
         self.tx.send(Piece::Written(tx)).await.is_ok() && rx.await.is_ok()
     }
 
-    /// Ends the stream: checks, fsyncs and renames the version into place.
-    pub async fn finish(self) -> Result<ObjectMeta, SdfsError> {
-        let _ = self.tx.send(Piece::End).await;
+    /// Ends the stream: checks (against `trailer` if the checksum came
+    /// after the bytes), fsyncs and renames the version into place.
+    pub async fn finish(self, trailer: Option<Checksum>) -> Result<ObjectMeta, SdfsError> {
+        let _ = self.tx.send(Piece::End(trailer)).await;
         match self.join.await {
             Ok(r) => r,
             Err(e) => Err(SdfsError::Stream {

@@ -110,7 +110,7 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
         &want.name,
         want.version,
         want.size,
-        want.checksum,
+        Some(want.checksum),
         STREAM_QUEUE,
     );
     loop {
@@ -124,7 +124,7 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
             break; // finish() reports the writer's error
         }
     }
-    let stored = writer.finish().await;
+    let stored = writer.finish(None).await;
     if let Err(SdfsError::ChecksumMismatch { .. }) = &stored {
         // The source sent bytes that do not match: let it re-check its copy.
         let bad = Request::Data(DataRequest::BadCopy {

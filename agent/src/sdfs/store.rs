@@ -417,6 +417,12 @@ impl TempObject {
         }
     }
 
+    /// The checksum to check at [`TempObject::finish`], when it arrives
+    /// after the bytes.
+    pub fn set_checksum(&mut self, checksum: Checksum) {
+        self.checksum = checksum;
+    }
+
     /// Checks size and checksum, fsyncs, and renames the version into place.
     pub fn finish(mut self) -> Result<ObjectMeta, SdfsError> {
         if self.written != self.size {

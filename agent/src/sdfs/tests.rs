@@ -190,13 +190,33 @@ async fn response(s: &mut Conn) -> Response {
     wire::decode(Kind::Response, &f).unwrap()
 }
 
-/// Streams `data` to `head` as a chain write, announcing `sum`.
+/// Streams `data` to `head` as a chain write, `sum` after the bytes (as
+/// the client does).
 async fn put(
     head: SocketAddr,
     name: &str,
     version: u64,
     data: &[u8],
     sum: [u8; 32],
+    downstream: Vec<SocketAddr>,
+) -> Response {
+    put_with(head, name, version, data, Trailer::After(&sum), downstream).await
+}
+
+/// How a test write sends its checksum.
+enum Trailer<'a> {
+    /// In the request (the old form).
+    Announced([u8; 32]),
+    /// In a sealed frame after the bytes (these bytes, whatever they are).
+    After(&'a [u8]),
+}
+
+async fn put_with(
+    head: SocketAddr,
+    name: &str,
+    version: u64,
+    data: &[u8],
+    sum: Trailer<'_>,
     downstream: Vec<SocketAddr>,
 ) -> Response {
     let mut s = connect(head).await;
@@ -206,7 +226,10 @@ async fn put(
             name: name.into(),
             version,
             size: data.len() as u64,
-            checksum: sum,
+            checksum: match sum {
+                Trailer::Announced(c) => Some(c),
+                Trailer::After(_) => None,
+            },
             downstream,
         }),
     )
@@ -215,6 +238,9 @@ async fn put(
         write_frame(s.raw(), c, DEFAULT_MAX_FRAME).await.unwrap();
     }
     write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await.unwrap();
+    if let Trailer::After(t) = sum {
+        s.write_frame(t, DEFAULT_MAX_FRAME).await.unwrap();
+    }
     response(&mut s).await
 }
 
@@ -436,6 +462,56 @@ async fn a_replica_that_stalls_at_the_end_of_the_chain_only_drops_itself() {
     for n in ns {
         n.stop().await;
     }
+}
+
+#[tokio::test]
+async fn a_checksum_announced_before_the_bytes_is_checked_too() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(5, 100_000);
+    let down = vec![ns[1].addr, ns[2].addr];
+    let sum = Trailer::Announced(checksum(&data));
+    let resp = put_with(ns[0].addr, "a", 1, &data, sum, down.clone()).await;
+    assert!(
+        matches!(resp, Response::Stored { ref holders, .. } if holders.len() == 3),
+        "{resp:?}"
+    );
+    for n in &ns {
+        assert_eq!(n.stored("a", 1).as_deref(), Some(&data[..]));
+    }
+    let mut bad = checksum(&data);
+    bad[31] ^= 1;
+    let resp = put_with(ns[0].addr, "a", 2, &data, Trailer::Announced(bad), down).await;
+    assert!(
+        matches!(resp, Response::Error(ref e) if e.contains("checksum mismatch")),
+        "{resp:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_checksum_after_the_bytes_of_the_wrong_length_is_refused_by_name() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(2, &meta).await;
+    let data = pattern(6, 70_000);
+    let short = &checksum(&data)[..16];
+    let resp = put_with(
+        ns[0].addr,
+        "w",
+        1,
+        &data,
+        Trailer::After(short),
+        vec![ns[1].addr],
+    )
+    .await;
+    match resp {
+        Response::Error(e) => assert!(e.contains("checksum after the bytes is 16 bytes"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    eventually("nothing is left on either replica", || {
+        ns.iter()
+            .all(|n| n.stored("w", 1).is_none() && tmp_files(n) == 0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! `Data(Write)`: the pipelined chain write. Each data frame read from
 //! upstream goes at once to the local writer and to the next live replica
-//! (the forwarder); after the empty end frame the agent answers `Stored` with
-//! itself first, then whatever the rest of the chain stored.
+//! (the forwarder); after the empty end frame (and the checksum, when it
+//! comes after the bytes) the agent answers `Stored` with itself first, then
+//! whatever the rest of the chain stored.
 //!
 //! Failures: a replica down at connect time is skipped (the chain continues
 //! with the one after it); one that fails mid-stream only shortens the holder
@@ -16,7 +17,7 @@ use super::local::{Chunk, LocalWriter, Piece};
 use super::stats::Counters;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
-use dml_shared::conn::{Conn, FrameWrite};
+use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::sdfs::{Checksum, DataRequest, note_unreached, validate_name};
 use dml_shared::wire::{self, Kind};
 use std::io;
@@ -31,7 +32,8 @@ pub struct WriteArgs {
     pub name: String,
     pub version: u64,
     pub size: u64,
-    pub checksum: Checksum,
+    /// `None`: it follows the bytes in a sealed frame.
+    pub checksum: Option<Checksum>,
     pub downstream: Vec<SocketAddr>,
 }
 
@@ -80,10 +82,21 @@ pub async fn serve_write(
         }
         if !writer.send(chunk).await {
             let writer = local.take().expect("checked above");
-            failure = writer.finish().await.err();
+            failure = writer.finish(None).await.err();
             fwd = None;
         }
     }
+    // The checksum after the bytes, read even after a failure to stay in step.
+    let trailer = match w.checksum {
+        Some(_) => None,
+        None => match read_trailer(ctx, stream).await? {
+            Ok(c) => Some(c),
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        },
+    };
     Counters::add(&ctx.counters.bytes_written, received);
     let result = match (failure, local) {
         // A local write error (a full disk) must not let the end frame go
@@ -91,20 +104,24 @@ pub async fn serve_write(
         // of a put that fails.
         (None, Some(writer)) if !writer.written().await => {
             drop(fwd);
-            Err(writer.finish().await.err().unwrap_or(SdfsError::Aborted {
-                agent: ctx.agent,
-                name: w.name.clone(),
-                version: w.version,
-            }))
+            Err(writer
+                .finish(trailer)
+                .await
+                .err()
+                .unwrap_or(SdfsError::Aborted {
+                    agent: ctx.agent,
+                    name: w.name.clone(),
+                    version: w.version,
+                }))
         }
         (None, Some(writer)) => {
             let down = async {
                 match fwd {
-                    Some(f) => f.finish().await,
+                    Some(f) => f.finish(trailer).await,
                     None => Downstream::default(),
                 }
             };
-            let (stored, down) = tokio::join!(writer.finish(), down);
+            let (stored, down) = tokio::join!(writer.finish(trailer), down);
             stored.map(|_| down)
         }
         (failure, _) => Err(failure.unwrap_or_else(|| SdfsError::Aborted {
@@ -174,11 +191,11 @@ impl Forwarder {
         }
     }
 
-    /// Ends the stream; what the rest of the chain stored and which of its
-    /// replicas did not.
-    async fn finish(mut self) -> Downstream {
+    /// Ends the stream (with the checksum if it came after the bytes); what
+    /// the rest of the chain stored and which of its replicas did not.
+    async fn finish(mut self, trailer: Option<Checksum>) -> Downstream {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Piece::End).await;
+            let _ = tx.send(Piece::End(trailer)).await;
         }
         match self.join.await {
             Ok(down) => down,
@@ -278,8 +295,11 @@ async fn relay(
         match piece {
             Piece::Chunk(c) => peer::send_data(s, next, &c, ctx.max_frame, stall).await?,
             Piece::Written(_) => {}
-            Piece::End => {
+            Piece::End(trailer) => {
                 peer::send_data(s, next, &[], ctx.max_frame, stall).await?;
+                if let Some(c) = trailer {
+                    peer::send(s, next, &c, ctx.max_frame, stall).await?;
+                }
                 let f = peer::recv(s, next, ctx.max_frame, reply_timeout).await?;
                 return wire::decode::<Response>(Kind::Response, &f).map_err(|e| {
                     SdfsError::Stream {
@@ -295,4 +315,28 @@ async fn relay(
         name: w.name.clone(),
         version: w.version,
     })
+}
+
+/// Reads the checksum that follows the bytes: the outer error breaks the
+/// connection, the inner one fails the write.
+async fn read_trailer(
+    ctx: &Ctx,
+    stream: &mut Conn,
+) -> dml_shared::Result<Result<Checksum, SdfsError>> {
+    let frame =
+        match tokio::time::timeout(ctx.cfg.put_timeout, stream.read_frame(ctx.max_frame)).await {
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::from(io::ErrorKind::TimedOut).into()),
+        };
+    Ok(
+        Checksum::try_from(frame.as_slice()).map_err(|_| SdfsError::Stream {
+            peer: "upstream".into(),
+            reason: format!(
+                "the checksum after the bytes is {} bytes, not 32",
+                frame.len()
+            ),
+        }),
+    )
 }

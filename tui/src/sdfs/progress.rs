@@ -89,7 +89,6 @@ pub fn wants_bar(p: Progress) -> bool {
 
 pub fn phase_label(p: Phase) -> &'static str {
     match p {
-        Phase::Hashing => "hashing",
         Phase::Sending => "sending",
         Phase::Receiving => "receiving",
         Phase::Committing => "committing",
@@ -108,7 +107,7 @@ mod tests {
     #[test]
     fn only_large_transfers_get_a_bar() {
         assert!(!wants_bar(p(Phase::Sending, 0, LARGE_FILE_BYTES - 1)));
-        assert!(wants_bar(p(Phase::Hashing, 0, LARGE_FILE_BYTES)));
+        assert!(wants_bar(p(Phase::Sending, 0, LARGE_FILE_BYTES)));
         assert!(!wants_bar(p(Phase::Files, 0, 1)));
         assert!(wants_bar(p(Phase::Files, 0, 5)));
     }
@@ -124,9 +123,10 @@ mod tests {
     #[test]
     fn the_bar_follows_phases_and_clamps_its_position() {
         let b = Bar::new(true);
-        b.update(p(Phase::Hashing, 5, 1 << 30));
+        b.update(p(Phase::Receiving, 5, 1 << 30));
         let bar = b.bar.get().unwrap();
         assert_eq!(bar.position(), 5);
+        assert_eq!(bar.message(), "receiving");
         b.update(p(Phase::Sending, 1 << 31, 1 << 30));
         assert_eq!(bar.position(), 1 << 30);
         assert_eq!(bar.message(), "sending");
