@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
     Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
-    note_unreached, validate_name,
+    note_unreached, start_writeback, validate_name,
 };
 use std::future::Future;
 use std::io::{Read, Write};
@@ -1424,27 +1424,6 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Bytes written before their writeback is started, so the final fsync of a
 /// large download does not have to write the whole file at once.
 const WRITEBACK_EVERY: u64 = 8 << 20;
-
-/// Starts writing a range of `file` back to disk without waiting for it
-/// (Linux `sync_file_range`); elsewhere the final fsync does it all.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor and a plain range; the call only
-        // schedules writeback and its failure is harmless (fsync follows).
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
 
 /// A hidden, unique temp file name beside `target`.
 fn temp_path(target: &Path) -> Result<PathBuf> {

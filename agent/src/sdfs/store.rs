@@ -15,7 +15,7 @@
 
 use super::encode::object_file;
 use super::error::{SdfsError, is_disk_full};
-use dml_shared::sdfs::{Checksum, Holding, validate_name};
+use dml_shared::sdfs::{Checksum, Holding, start_writeback, validate_name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -372,27 +372,6 @@ impl Store {
 /// per frame, since the call can wait for the disk's queue.
 const WRITEBACK_STEP: u64 = 4 << 20;
 
-/// Starts writing `len` bytes at `offset` back to disk without waiting, so
-/// the fsync at the end finds most of the file already written (Linux; a
-/// hint elsewhere or if refused).
-fn start_writeback(file: &File, offset: u64, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a plain syscall on an open descriptor; no memory is passed.
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, offset, len);
-}
-
 /// A version being written; dropped unfinished, it deletes its temp files.
 pub struct TempObject {
     store: Store,
@@ -431,7 +410,7 @@ impl TempObject {
         let step = WRITEBACK_STEP;
         if after / step > self.written / step && after < self.size {
             let end = after / step * step;
-            start_writeback(file, end - step, step as usize);
+            start_writeback(file, end - step, step);
         }
         self.hasher.update(chunk);
         self.written = after;
