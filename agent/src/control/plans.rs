@@ -11,6 +11,7 @@ use super::leader::Refusal;
 use super::types::{Applied, Command, Op};
 use crate::control::error::ControlError;
 use crate::membership::driver::unix_ms;
+use openraft::error::ClientWriteError;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -109,6 +110,9 @@ impl Inner {
             let r = match tokio::time::timeout(wait, rx).await {
                 Err(_) => Err(Failed::NoQuorum(wait)),
                 Ok(Err(_)) => Err(Failed::Raft("the Raft core stopped".into())),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(Failed::Rejected(
+                    "the leader changed before the put's plan committed; retry the put".into(),
+                )),
                 Ok(Ok(Err(e))) => Err(Failed::Raft(e.to_string())),
                 Ok(Ok(Ok(r))) => match r.data {
                     Applied::Rejected(m) => Err(Failed::Rejected(m)),
