@@ -7,7 +7,8 @@
 //! `AtLeader`, and back through its agent whenever that fails. Bytes travel
 //! straight between this process and the replicas: a `Request::Data` frame,
 //! then raw frames of at most [`Options::chunk_size`] bytes, then an empty
-//! frame. Memory stays bounded: a few chunks in flight, whatever the file size.
+//! frame (a put then sends the checksum it computed while reading the file).
+//! Memory stays bounded: a few chunks in flight, whatever the file size.
 //! Connections are kept open and reused while the agent keeps them open.
 //!
 //! Files written locally appear atomically: bytes go to a hidden temp file next
