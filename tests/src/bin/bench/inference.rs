@@ -109,7 +109,10 @@ struct Throughput {
     agents: usize,
     raw_threads: usize,
     system_images_per_s: Option<f64>,
+    /// The mean of the bare loop's runs just before and just after the job.
     raw_images_per_s: Option<f64>,
+    raw_before: Option<f64>,
+    raw_after: Option<f64>,
     ratio: Option<f64>,
     /// Steady window the system rate was taken over, and images completed in it.
     window_s: Option<f64>,
@@ -118,8 +121,14 @@ struct Throughput {
 }
 
 impl Throughput {
-    /// Records the system rate `sys` (img/s over `span` s, `n` images) against `raw`.
-    fn set_system(&mut self, raw: f64, (sys, span, n): (f64, f64, u32)) {
+    /// Records the system rate `sys` (img/s over `span` s, `n` images) against the
+    /// mean of the bare loop's rates just `before` and `after` it, so that a machine
+    /// whose speed drifts during the run favours neither side.
+    fn set_system(&mut self, before: f64, after: f64, (sys, span, n): (f64, f64, u32)) {
+        let raw = (before + after) / 2.0;
+        self.raw_before = Some(before);
+        self.raw_after = Some(after);
+        self.raw_images_per_s = Some(raw);
         self.system_images_per_s = Some(sys);
         self.ratio = Some(sys / raw);
         self.window_s = Some(span);
@@ -441,15 +450,15 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
                 };
                 let r: Result<()> = async {
                     let batch = batch_of(&files, &spec, b as usize)?;
-                    let raw = raw_rate(path.clone(), spec.clone(), 1, batch, plan.raw_secs).await?;
+                    let bare =
+                        || raw_rate(path.clone(), spec.clone(), 1, batch.clone(), plan.raw_secs);
+                    let raw = bare().await?;
                     row.raw_images_per_s = Some(raw);
                     // The tail: the last two queries (the worker's two slots).
                     let tail = 2 * b;
                     let images = job_size(raw, 2.0 * plan.warm_secs + plan.window_secs, b) + tail;
-                    row.set_system(
-                        raw,
-                        system_rate(at, m, b, images, plan.warm_secs, tail).await?,
-                    );
+                    let sys = system_rate(at, m, b, images, plan.warm_secs, tail).await?;
+                    row.set_system(raw, bare().await?, sys);
                     Ok(())
                 }
                 .await;
@@ -514,7 +523,9 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         let r: Result<()> = async {
             let spec = spec("resnet50")?;
             let b = batch_of(&files, &spec, batch as usize)?;
-            let raw = raw_rate(models_dir.join(&spec.file), spec, 2, b, plan.raw_secs).await?;
+            let path = models_dir.join(&spec.file);
+            let bare = || raw_rate(path.clone(), spec.clone(), 2, b.clone(), plan.raw_secs);
+            let raw = bare().await?;
             row.raw_images_per_s = Some(raw);
             // Two queries in flight per worker: the warm-up lasts about one round of them
             // and the tail is cut.
@@ -525,10 +536,8 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
                 2.0 * (plan.warm_secs + round) + plan.window_secs,
                 batch,
             ) + tail;
-            row.set_system(
-                raw,
-                system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?,
-            );
+            let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
+            row.set_system(raw, bare().await?, sys);
             Ok(())
         }
         .await;
