@@ -49,6 +49,28 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// Records `version` as pending on `replicas` and moves the counter past it.
+    fn plan(
+        &mut self,
+        version: u64,
+        size: u64,
+        replicas: &[SocketAddr],
+        deadline_ms: u64,
+    ) -> Applied {
+        self.next_version = version + 1;
+        self.versions.insert(
+            version,
+            VersionMeta {
+                size,
+                checksum: [0; 32],
+                replicas: replicas.to_vec(),
+                committed_ms: 0,
+                state: VersionState::Pending { deadline_ms },
+            },
+        );
+        Applied::Version(version)
+    }
+
     fn committed(&self) -> impl Iterator<Item = (&u64, &VersionMeta)> {
         self.versions.iter().filter(|(_, v)| v.is_committed())
     }
@@ -75,20 +97,7 @@ impl MetaState {
             } => {
                 let file = self.files.entry(name.clone()).or_default();
                 let version = file.next_version.max(1);
-                file.next_version = version + 1;
-                file.versions.insert(
-                    version,
-                    VersionMeta {
-                        size: *size,
-                        checksum: [0; 32],
-                        replicas: replicas.clone(),
-                        committed_ms: 0,
-                        state: VersionState::Pending {
-                            deadline_ms: *deadline_ms,
-                        },
-                    },
-                );
-                Applied::Version(version)
+                file.plan(version, *size, replicas, *deadline_ms)
             }
             Op::BeginPutAt {
                 name,
@@ -104,20 +113,7 @@ impl MetaState {
                         "version {version} of \"{name}\" is taken (the next is {next}); retry the put"
                     ));
                 }
-                file.next_version = version + 1;
-                file.versions.insert(
-                    *version,
-                    VersionMeta {
-                        size: *size,
-                        checksum: [0; 32],
-                        replicas: replicas.clone(),
-                        committed_ms: 0,
-                        state: VersionState::Pending {
-                            deadline_ms: *deadline_ms,
-                        },
-                    },
-                );
-                Applied::Version(*version)
+                file.plan(*version, *size, replicas, *deadline_ms)
             }
             Op::CommitPut {
                 name,
