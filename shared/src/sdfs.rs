@@ -270,6 +270,22 @@ pub fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// Tells the kernel `file` is about to be read from start to end, so it
+/// reads ahead in larger steps (`posix_fadvise(SEQUENTIAL)`): a cold
+/// `sendfile` otherwise reads the disk in pipe-sized pieces. Harmless if it fails.
+pub fn read_sequentially(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call is only advice.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1373,6 +1373,7 @@ fn spawn_reader(mut file: std::fs::File, chunk: usize) -> mpsc::Receiver<std::io
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let chunk = chunk.max(1);
     tokio::task::spawn_blocking(move || {
+        crate::sdfs::read_sequentially(&file);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; chunk];
         loop {
