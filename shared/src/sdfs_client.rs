@@ -42,6 +42,9 @@ use tokio::sync::mpsc;
 const FRAMES_PER_PUT: u64 = 16;
 /// Smallest data frame of a put.
 const MIN_FRAME: usize = 64 << 10;
+/// Bytes of a put's file asked from the disk at once when reading starts
+/// (the rest follows by sequential readahead).
+const PREFETCH: u64 = 8 << 20;
 /// Chunks buffered between the disk thread and the network, per transfer.
 const CHUNKS_IN_FLIGHT: usize = 2;
 /// Pause between two attempts while no leader is known.
@@ -438,7 +441,9 @@ impl Sdfs {
         validate_name(name)?;
         let start = Instant::now();
         let size = local_file_size(local)?;
-        let file = open_local(local)?;
+        // Reading starts before the plan, so the file's first bytes come off
+        // the disk while the leader plans (and before its Raft write).
+        let chunks = spawn_reader(open_local(local)?, put_frame(size, self.opts.chunk_size));
         let begin = MetaRequest::BeginPut {
             name: name.into(),
             size,
@@ -458,7 +463,7 @@ impl Sdfs {
         };
         let put = PutTarget {
             local,
-            file,
+            chunks,
             name,
             version,
             size,
@@ -533,7 +538,7 @@ impl Sdfs {
                 addr,
                 write,
                 put.local,
-                put.file,
+                put.chunks,
                 size,
                 progress,
             )
@@ -619,14 +624,12 @@ impl Sdfs {
         addr: SocketAddr,
         write: DataRequest,
         local: &Path,
-        file: std::fs::File,
+        mut chunks: mpsc::Receiver<std::io::Result<Chunk>>,
         size: u64,
         progress: ProgressFn<'_>,
     ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>, Checksum)> {
         let io = self.opts.io_timeout;
         timed(addr, io, send_request(stream, &Request::Data(write))).await?;
-        let frame = put_frame(size, self.opts.chunk_size);
-        let mut chunks = spawn_reader(file, frame);
         let mut sent = 0u64;
         progress(Progress {
             phase: Phase::Sending,
@@ -1352,7 +1355,8 @@ fn open_local(path: &Path) -> Result<std::fs::File> {
 /// The file a put sends and what it becomes.
 struct PutTarget<'a> {
     local: &'a Path,
-    file: std::fs::File,
+    /// The file's bytes, then their checksum, from [`spawn_reader`].
+    chunks: mpsc::Receiver<std::io::Result<Chunk>>,
     name: &'a str,
     version: u64,
     size: u64,
@@ -1373,7 +1377,7 @@ fn spawn_reader(mut file: std::fs::File, chunk: usize) -> mpsc::Receiver<std::io
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let chunk = chunk.max(1);
     tokio::task::spawn_blocking(move || {
-        crate::sdfs::read_sequentially(&file);
+        crate::sdfs::read_sequentially(&file, PREFETCH);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; chunk];
         loop {

@@ -116,7 +116,7 @@ fn send_frames(
     chunk: u64,
     stall: Duration,
 ) -> io::Result<Sent> {
-    dml_shared::sdfs::read_sequentially(&file);
+    dml_shared::sdfs::read_sequentially(&file, 0);
     sock.set_nonblocking(false)?;
     sock.set_write_timeout(Some(stall.max(Duration::from_millis(1))))?;
     let mut out = sock;
