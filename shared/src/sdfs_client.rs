@@ -613,10 +613,8 @@ impl Sdfs {
         Ok(None)
     }
 
-    /// Sends the write request and the file's bytes; returns the holders and
-    /// the replicas that failed.
-    /// Sends `write` and the file's bytes, hashing them as they go, then
-    /// their checksum; what the chain stored, and the checksum.
+    /// Sends `write`, the file's bytes from `chunks` (hashed as they were
+    /// read), then their checksum; what the chain stored, and the checksum.
     #[allow(clippy::too_many_arguments)]
     async fn stream_put(
         &self,
