@@ -5,7 +5,7 @@
 use super::Inner;
 use super::error::ControlError;
 use super::placement;
-use super::plans::PlanRequest;
+use super::plans::{Claimed, PlanRequest};
 use super::repair::{self, Copy, View};
 use super::store::read_sm;
 use super::types::{Applied, Command, Op};
@@ -232,13 +232,23 @@ impl Inner {
                 checksum,
                 holders,
             } => {
-                self.claim_plan(&name, version).await?;
-                let op = Op::CommitPut {
-                    name,
-                    version,
-                    checksum,
-                    holders,
-                    quorum: self.s.sdfs.write_quorum,
+                let quorum = self.s.sdfs.write_quorum;
+                let op = match self.claim_plan(&name, version).await? {
+                    Claimed::Deferred { size } => Op::PutAt {
+                        name,
+                        version,
+                        size,
+                        checksum,
+                        holders,
+                        quorum,
+                    },
+                    Claimed::Logged => Op::CommitPut {
+                        name,
+                        version,
+                        checksum,
+                        holders,
+                        quorum,
+                    },
                 };
                 match rejected(self.propose(op).await?)? {
                     Applied::Version(version) => Ok(MetaResponse::Committed { version }),
@@ -246,9 +256,10 @@ impl Inner {
                 }
             }
             MetaRequest::AbortPut { name, version } => {
-                // A plan that failed left nothing to abort.
-                if self.claim_plan(&name, version).await.is_err() {
-                    return Ok(MetaResponse::Done);
+                match self.claim_plan(&name, version).await {
+                    // A plan that failed or never left memory left nothing to abort.
+                    Err(_) | Ok(Claimed::Deferred { .. }) => return Ok(MetaResponse::Done),
+                    Ok(Claimed::Logged) => {}
                 }
                 rejected(self.propose(Op::AbortPut { name, version }).await?)?;
                 Ok(MetaResponse::Done)

@@ -1,10 +1,17 @@
 //! Put plans answered before their log entry commits. Under its lease (so its
 //! state holds everything earlier leaders committed) the leader picks the
-//! version itself, appends `Op::BeginPutAt` and answers the client at once:
-//! the plan's Raft write overlaps the replica chain's store. The put's commit
-//! or abort first waits for the plan's outcome (`claim`). A plan whose entry
-//! never commits fails that commit; its copies are orphans that reconcile
-//! drops after `sdfs.put_timeout`, as with any failed put.
+//! version itself and answers the client at once.
+//! - A small put's plan (at most [`DEFER_MAX`] bytes) stays in the leader's
+//!   memory, and its commit appends plan and commit as one `Op::PutAt`: one
+//!   Raft write per put, not two. A leader that changes before the commit
+//!   forgets the plan, so the commit is refused and the put fails.
+//! - A larger put's plan is appended as `Op::BeginPutAt` at once, so it
+//!   overlaps the replica chain's store and a new leader sees the version
+//!   taken. Its commit or abort first waits for the plan's outcome (`claim`).
+//!   A plan whose entry never commits fails that commit.
+//!
+//! The copies of a failed put are orphans that reconcile drops after
+//! `sdfs.put_timeout`, as with any failed put.
 
 use super::Inner;
 use super::leader::Refusal;
@@ -44,8 +51,28 @@ pub(crate) struct Plans {
     term: u64,
     /// Next version to hand out, for names with plans ahead of the state.
     next: HashMap<String, u64>,
-    /// Plans appended and not yet claimed, with when they were appended.
-    open: HashMap<(String, u64), (Instant, watch::Receiver<Outcome>)>,
+    /// Plans not yet claimed, with when they were made.
+    open: HashMap<(String, u64), (Instant, Plan)>,
+}
+
+/// The largest put whose plan is not appended before its commit. Its store
+/// takes milliseconds, far less than an election (`control.election_timeout_min`).
+pub(crate) const DEFER_MAX: u64 = 4 << 20;
+
+/// A plan the leader made.
+enum Plan {
+    /// In memory only; the commit carries it (`Op::PutAt`).
+    Deferred { size: u64 },
+    /// Appended; its outcome once known.
+    Appended(watch::Receiver<Outcome>),
+}
+
+/// What a claimed plan asks of the commit.
+pub(crate) enum Claimed {
+    /// Append plan and commit together: `Op::PutAt` with this size.
+    Deferred { size: u64 },
+    /// The plan is in the log (or unknown here): `Op::CommitPut`.
+    Logged,
 }
 
 /// What a put asked of the leader.
@@ -57,8 +84,9 @@ pub(crate) struct PlanRequest {
 }
 
 impl Inner {
-    /// Reserves the next version of `req.name`, appends its plan and returns
-    /// the version without waiting for the entry to commit.
+    /// Reserves the next version of `req.name` and returns it, with the plan
+    /// kept in memory (small puts) or appended without waiting for the entry
+    /// to commit.
     pub(crate) async fn plan_put(&self, req: PlanRequest) -> Result<u64, Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
@@ -95,15 +123,24 @@ impl Inner {
                 deadline_ms: req.deadline_ms,
             },
         };
+        if req.size <= DEFER_MAX {
+            plans.next.insert(req.name.clone(), version + 1);
+            let plan = Plan::Deferred { size: req.size };
+            plans
+                .open
+                .insert((req.name, version), (Instant::now(), plan));
+            return Ok(version);
+        }
         let rx = raft
             .client_write_ff(cmd)
             .await
             .map_err(|e| ControlError::Raft(e.to_string()))?;
         plans.next.insert(req.name.clone(), version + 1);
         let (tx, outcome) = watch::channel(None);
+        let plan = Plan::Appended(outcome);
         plans
             .open
-            .insert((req.name, version), (Instant::now(), outcome));
+            .insert((req.name, version), (Instant::now(), plan));
         drop(plans);
         let wait = self.s.leader_wait();
         tokio::spawn(async move {
@@ -124,23 +161,28 @@ impl Inner {
         Ok(version)
     }
 
-    /// Waits for the plan of (`name`, `version`) if this leader appended it
-    /// and nobody claimed it yet; its failure is the caller's.
-    pub(crate) async fn claim_plan(&self, name: &str, version: u64) -> Result<(), Refusal> {
-        let Some((_, mut outcome)) = self
+    /// Takes the plan of (`name`, `version`) if this leader made it and
+    /// nobody claimed it yet, waiting for an appended plan's outcome (its
+    /// failure is the caller's).
+    pub(crate) async fn claim_plan(&self, name: &str, version: u64) -> Result<Claimed, Refusal> {
+        let Some((_, plan)) = self
             .plans
             .lock()
             .await
             .open
             .remove(&(name.to_string(), version))
         else {
-            return Ok(());
+            return Ok(Claimed::Logged);
+        };
+        let mut outcome = match plan {
+            Plan::Deferred { size } => return Ok(Claimed::Deferred { size }),
+            Plan::Appended(outcome) => outcome,
         };
         let wait = self.s.leader_wait() + Duration::from_millis(100);
         match tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await {
             Ok(Ok(r)) => match r.as_ref() {
                 Some(Err(e)) => Err(Refusal::Failed(e.clone().into())),
-                _ => Ok(()),
+                _ => Ok(Claimed::Logged),
             },
             _ => Err(ControlError::NoQuorum { waited: wait }.into()),
         }

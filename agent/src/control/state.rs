@@ -206,6 +206,35 @@ impl MetaState {
                 self.jobs.set_output(*job, name);
                 Applied::Done
             }
+            Op::PutAt {
+                name,
+                version,
+                size,
+                checksum,
+                holders,
+                quorum,
+            } => {
+                let file = self.files.entry(name.clone()).or_default();
+                match file.versions.get(version) {
+                    // A retried commit: `commit` tells the same bytes from others.
+                    Some(v) if v.is_committed() => {}
+                    Some(_) => {
+                        return Applied::Rejected(format!(
+                            "version {version} of \"{name}\" is another put's; retry the put"
+                        ));
+                    }
+                    None => {
+                        let next = file.next_version.max(1);
+                        if *version < next {
+                            return Applied::Rejected(format!(
+                                "version {version} of \"{name}\" is taken (the next is {next}); retry the put"
+                            ));
+                        }
+                        file.plan(*version, *size, holders, now);
+                    }
+                }
+                self.commit(name, *version, *checksum, holders, *quorum, now)
+            }
         }
     }
 
@@ -223,7 +252,7 @@ impl MetaState {
         };
         let Some(v) = file.versions.get_mut(&version) else {
             return Applied::Rejected(format!(
-                "version {version} of \"{name}\" is not pending: it was aborted, expired or deleted"
+                "version {version} of \"{name}\" is not pending: it was aborted, expired or deleted, or planned by an earlier leader"
             ));
         };
         if v.is_committed() {
@@ -410,6 +439,61 @@ mod tests {
                 deadline_ms: 1000,
             },
         ))
+    }
+
+    fn put_at(s: &mut MetaState, name: &str, version: u64, sum: u8, holders: &[u16]) -> Applied {
+        s.apply(&cmd(
+            70,
+            Op::PutAt {
+                name: name.into(),
+                version,
+                size: 10,
+                checksum: [sum; 32],
+                holders: holders.iter().map(|p| addr(*p)).collect(),
+                quorum: 3,
+            },
+        ))
+    }
+
+    #[test]
+    fn a_put_at_plans_and_commits_in_one_entry_and_only_a_free_version() {
+        let mut s = MetaState::default();
+        assert_eq!(put_at(&mut s, "a", 1, 7, &[1, 2, 3]), Applied::Version(1));
+        let f = s.stat("a").expect("committed");
+        assert_eq!(f.versions.len(), 1);
+        assert_eq!(f.versions[0].size, 10);
+        assert_eq!(f.versions[0].replicas, vec![addr(1), addr(2), addr(3)]);
+        assert_eq!(s.next_version("a"), 2);
+        // A retried commit of the same bytes answers the same; other bytes are refused.
+        assert_eq!(put_at(&mut s, "a", 1, 7, &[1, 2, 3]), Applied::Version(1));
+        assert!(
+            matches!(put_at(&mut s, "a", 1, 8, &[1, 2, 3]), Applied::Rejected(m) if m.contains("other content"))
+        );
+        // A version an appended plan holds is another put's.
+        assert_eq!(begin_at(&mut s, "a", 2), Applied::Version(2));
+        assert!(
+            matches!(put_at(&mut s, "a", 2, 7, &[1, 2, 3]), Applied::Rejected(m) if m.contains("another put's"))
+        );
+        // Below the counter (a deleted version included) is taken.
+        assert_eq!(
+            s.apply(&cmd(80, Op::Delete { name: "a".into() })),
+            Applied::Done
+        );
+        assert!(
+            matches!(put_at(&mut s, "a", 1, 7, &[1, 2, 3]), Applied::Rejected(m) if m.contains("is taken"))
+        );
+        // Too few holders: refused, and nothing is left pending.
+        assert!(
+            matches!(put_at(&mut s, "b", 4, 7, &[1, 2]), Applied::Rejected(m) if m.contains("only 2 agent(s)"))
+        );
+        assert!(!s.wanted(addr(1), "b", 4));
+        assert_eq!(s.next_version("b"), 5, "the number is not handed out again");
+        // Skipping numbers (a plan aborted in memory) is fine.
+        assert_eq!(
+            put_at(&mut s, "b", 6, 7, &[1, 2, 3, 4]),
+            Applied::Version(6)
+        );
+        assert!(s.wanted(addr(4), "b", 6));
     }
 
     #[test]

@@ -101,6 +101,17 @@ pub enum Op {
         replicas: Vec<SocketAddr>,
         deadline_ms: u64,
     },
+    /// Plan and commit in one entry: a small put whose plan stayed in the
+    /// leader's memory (see `plans.rs`). Makes `version` visible if it is at
+    /// least the next one and `holders` reach `quorum`.
+    PutAt {
+        name: String,
+        version: u64,
+        size: u64,
+        checksum: Checksum,
+        holders: Vec<SocketAddr>,
+        quorum: usize,
+    },
 }
 
 /// The result of applying one entry (the same on every replica).
