@@ -7,11 +7,13 @@
 //!
 //! A write goes to `tmp/`, is hashed as it arrives, checked against the
 //! announced size and checksum; the data and its sidecar are fsynced (at
-//! once, on two threads), then renamed into `objects/` (sidecar first) and
-//! the directory is fsynced. An
-//! object exists when both files do; a sidecar without data is a crash between
-//! the two renames and is dropped at start. Every call here blocks: run it on
-//! a blocking thread.
+//! once, on two threads), then renamed into `objects/` (sidecar first). The
+//! renames are not fsynced on the write's path: until the file system
+//! commits them, the fsynced temp pair is the durable record, and
+//! [`Store::open`] finishes the renames of every verified pair a crash left
+//! behind ([`Store::recover_temp`]). An object exists when both files do; a
+//! sidecar without data is dropped at start. Every call here blocks: run it
+//! on a blocking thread.
 
 use super::encode::object_file;
 use super::error::{SdfsError, is_disk_full};
@@ -87,9 +89,73 @@ impl Store {
             fs::create_dir_all(dir).map_err(|e| store.io("create", dir, e))?;
         }
         // Nothing can be in flight before the store is opened.
+        store.recover_temp();
         store.sweep_tmp(Duration::ZERO);
         store.rescan(true)?;
         Ok(store)
+    }
+
+    /// Finishes the renames of writes whose temp pair was fsynced before a
+    /// crash (their renames may not have reached the disk): a data temp file
+    /// whose sidecar (still in `tmp/`, or already in `objects/` while the
+    /// data is not) matches its name, size and checksum goes into place.
+    /// Returns how many. What does not verify is left for the sweep.
+    pub fn recover_temp(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.inner.tmp) else {
+            return 0;
+        };
+        let mut recovered = 0;
+        for entry in entries.flatten() {
+            let Ok(file) = entry.file_name().into_string() else {
+                continue;
+            };
+            let Some(stem) = file.strip_suffix(PART_SUFFIX) else {
+                continue;
+            };
+            // `<object file>.<pid>-<seq>`; sidecars end in `.meta.part`.
+            let Some((obj, _)) = stem
+                .rsplit_once('.')
+                .filter(|_| !stem.ends_with(META_SUFFIX))
+            else {
+                continue;
+            };
+            let tmp_meta = self
+                .inner
+                .tmp
+                .join(format!("{stem}{META_SUFFIX}{PART_SUFFIX}"));
+            let placed_meta = self.inner.objects.join(format!("{obj}{META_SUFFIX}"));
+            let data_final = self.inner.objects.join(obj);
+            if data_final.exists() {
+                continue;
+            }
+            let (meta_path, placed) = if tmp_meta.exists() {
+                (tmp_meta, false)
+            } else {
+                (placed_meta.clone(), true)
+            };
+            let Some(meta) = fs::read(&meta_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ObjectMeta>(&b).ok())
+                .filter(|m| object_file(&m.name, m.version) == obj)
+            else {
+                continue;
+            };
+            let data = entry.path();
+            if !verify_file(&data, &meta) {
+                tracing::warn!(file = %data.display(), "SDFS: a temp copy left by a crash does not verify; not recovered");
+                continue;
+            }
+            let moved = (placed || fs::rename(&meta_path, &placed_meta).is_ok())
+                && fs::rename(&data, &data_final).is_ok();
+            if moved {
+                tracing::info!(name = %meta.name, version = meta.version, "SDFS: recovered a copy whose rename a crash interrupted");
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            let _ = File::open(&self.inner.objects).and_then(|d| d.sync_all());
+        }
+        recovered
     }
 
     pub fn agent(&self) -> SocketAddr {
@@ -294,19 +360,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Verdict::Missing),
             Err(e) => return Err(self.io("open", &path, e)),
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; chunk.max(1)];
-        let mut total = 0u64;
-        loop {
-            pace(buf.len());
-            let n = file.read(&mut buf).map_err(|e| self.io("read", &path, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
-        let intact = total == meta.size && *hasher.finalize().as_bytes() == meta.checksum;
+        let (total, sum) =
+            hash_file(&mut file, chunk, &mut pace).map_err(|e| self.io("read", &path, e))?;
+        let intact = total == meta.size && sum == meta.checksum;
         Ok(if intact {
             Verdict::Intact
         } else {
@@ -484,11 +540,37 @@ impl TempObject {
         }
         self.done = true;
         store.index().insert((name, version), meta.clone());
-        let dir = &store.inner.objects;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| store.io("fsync", dir, e))?;
+        // No directory fsync: the durable temp pair stands for the renames
+        // until they reach the disk (see `Store::recover_temp`).
         Ok(meta)
+    }
+}
+
+/// Whether `path` holds exactly the bytes `meta` describes.
+fn verify_file(path: &Path, meta: &ObjectMeta) -> bool {
+    File::open(path)
+        .and_then(|mut f| hash_file(&mut f, 1 << 20, &mut |_| {}))
+        .is_ok_and(|(total, sum)| total == meta.size && sum == meta.checksum)
+}
+
+/// The length and BLAKE3 checksum of what is left of `file`, read `chunk`
+/// bytes at a time with `pace` called before each read.
+fn hash_file(
+    file: &mut File,
+    chunk: usize,
+    pace: &mut impl FnMut(usize),
+) -> io::Result<(u64, Checksum)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; chunk.max(1)];
+    let mut total = 0u64;
+    loop {
+        pace(buf.len());
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, *hasher.finalize().as_bytes()));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
     }
 }
 
@@ -567,6 +649,55 @@ mod tests {
             Err(SdfsError::NotStored { .. })
         ));
         assert_eq!(count(&dir.path().join("sdfs/objects")), 0);
+    }
+
+    #[test]
+    fn a_restart_finishes_renames_a_crash_interrupted_and_only_for_verified_copies() {
+        let dir = TestDir::new("store");
+        let objects = dir.path().join("sdfs/objects");
+        let tmp = dir.path().join("sdfs/tmp");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let (a, b, c) = (pattern(3, 70_000), pattern(4, 5_000), pattern(5, 9_000));
+        let ma = put(&s, "a", 1, &a).unwrap();
+        let mb = put(&s, "dir/b", 2, &b).unwrap();
+        let mc = put(&s, "c", 3, &c).unwrap();
+        drop(s);
+        // What a crash before the renames reached the disk leaves: "a" with
+        // neither rename, "dir/b" with only its sidecar's; "c" like "a", but
+        // its temp data is corrupt.
+        let unplace = |name: &str, v: u64, seq: u32, meta_too: bool| {
+            let obj = object_file(name, v);
+            let stem = format!("{obj}.4242-{seq}");
+            fs::rename(objects.join(&obj), tmp.join(format!("{stem}{PART_SUFFIX}"))).unwrap();
+            if meta_too {
+                fs::rename(
+                    objects.join(format!("{obj}{META_SUFFIX}")),
+                    tmp.join(format!("{stem}{META_SUFFIX}{PART_SUFFIX}")),
+                )
+                .unwrap();
+            }
+            tmp.join(format!("{stem}{PART_SUFFIX}"))
+        };
+        unplace("a", 1, 1, true);
+        unplace("dir/b", 2, 2, false);
+        let c_tmp = unplace("c", 3, 3, true);
+        let mut bytes = fs::read(&c_tmp).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&c_tmp, bytes).unwrap();
+
+        let s = Store::open(dir.path(), agent()).unwrap();
+        for (m, data) in [(&ma, &a), (&mb, &b)] {
+            assert_eq!(s.get(&m.name, m.version).as_ref(), Some(m));
+            assert_eq!(fs::read(s.path_of(&m.name, m.version)).unwrap(), *data);
+            assert_eq!(s.verify(m, 4096, |_| {}).unwrap(), Verdict::Intact);
+        }
+        assert_eq!(
+            s.get(&mc.name, mc.version),
+            None,
+            "a corrupt temp copy is not recovered"
+        );
+        assert_eq!(count(&tmp), 0, "what did not verify was swept");
+        assert_eq!(count(&objects), 4);
     }
 
     #[test]
