@@ -101,23 +101,44 @@ fn live(agents: &[Option<Agent>]) -> Vec<&Agent> {
 }
 
 async fn put(agent: &Agent, name: &str, holders: &[SocketAddr]) -> Result<u64, String> {
+    let (version, plan) = begin(agent, name).await?;
+    commit(agent, name, version, plan, holders).await
+}
+
+/// A put's plan: its version and the plan's id.
+async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64), String> {
     let begin = MetaRequest::BeginPut {
         name: name.into(),
         size: 3,
     };
-    let version = match agent.control().meta(begin).await {
-        Response::Meta(MetaResponse::PutPlan { version, chain, .. }) => {
+    match agent.control().meta(begin).await {
+        Response::Meta(MetaResponse::PutPlan {
+            version,
+            chain,
+            plan,
+            ..
+        }) => {
             assert!(!chain.is_empty());
-            version
+            Ok((version, plan))
         }
-        Response::Error(e) => return Err(e),
+        Response::Error(e) => Err(e),
         other => panic!("BeginPut: {other:?}"),
-    };
+    }
+}
+
+async fn commit(
+    agent: &Agent,
+    name: &str,
+    version: u64,
+    plan: u64,
+    holders: &[SocketAddr],
+) -> Result<u64, String> {
     let commit = MetaRequest::CommitPut {
         name: name.into(),
         version,
         checksum: [9; 32],
         holders: holders.to_vec(),
+        plan,
     };
     match agent.control().meta(commit).await {
         Response::Meta(MetaResponse::Committed { version }) => Ok(version),
@@ -186,12 +207,29 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
         other => panic!("stat of a missing file: {other:?}"),
     }
 
+    // A plan left open across the failover, and one that committed.
+    let (open_version, open_plan) = begin(follower, "z").await.unwrap();
+    let (a3, a3_plan) = begin(follower, "a").await.unwrap();
+    assert_eq!(commit(follower, "a", a3, a3_plan, &addrs).await, Ok(3));
+
     // Failover: stop the leader; the other two elect a new one and keep writing.
     let idx = addrs.iter().position(|a| *a == leader).unwrap();
     agents[idx].take().unwrap().shutdown().await;
     let new_leader = agreed_leader(&live(&agents)).await;
     assert_ne!(new_leader, leader);
     let writer = live(&agents)[0];
+    // The new leader gives the open plan's number to a plan of its own; the
+    // old plan's commit is refused and the new one commits.
+    let (z, z_plan) = begin(writer, "z").await.unwrap();
+    assert_eq!(z, open_version, "the old plan never reached the log");
+    assert_ne!(z_plan, open_plan);
+    let e = commit(writer, "z", open_version, open_plan, &addrs)
+        .await
+        .unwrap_err();
+    assert!(e.contains("planned by an earlier leader"), "{e}");
+    assert_eq!(commit(writer, "z", z, z_plan, &addrs).await, Ok(z));
+    // A commit asked again after the leader changed is answered.
+    assert_eq!(commit(writer, "a", a3, a3_plan, &addrs).await, Ok(3));
     assert_eq!(put(writer, "b", &addrs).await, Ok(1));
     poll("b on both survivors", async || {
         live(&agents)
@@ -237,10 +275,11 @@ async fn a_restarted_voter_keeps_its_state_and_the_log_stays_bounded() {
     c.control.snapshot_every = 5;
     let agent = Agent::start(&c, true).await.unwrap();
     agreed_leader(&[&agent]).await;
-    for i in 0..12 {
+    for i in 0..24 {
         assert_eq!(put(&agent, &format!("f{i}"), &[addr]).await, Ok(1));
     }
-    // 24 entries and more: several snapshots, the log purged behind them.
+    // 24 entries and more (a small put is one): several snapshots, the log
+    // purged behind them.
     let status = poll("a snapshot and a purge", async || {
         let s = agent.control().log_status()?;
         (s.snapshot? >= 20 && s.purged.is_some()).then_some(s)
@@ -257,7 +296,7 @@ async fn a_restarted_voter_keeps_its_state_and_the_log_stays_bounded() {
         (agent.control().with_state(|s| s.count()) == Some(before)).then_some(())
     })
     .await;
-    assert_eq!(before, (12, 12, 36));
+    assert_eq!(before, (24, 24, 72));
     // Version numbers continue where they were.
     assert_eq!(put(&agent, "f0", &[addr]).await, Ok(2));
     agent.shutdown().await;

@@ -140,9 +140,16 @@ pub enum MetaRequest {
         version: u64,
         checksum: Checksum,
         holders: Vec<SocketAddr>,
+        /// The plan's id from [`MetaResponse::PutPlan`].
+        plan: u64,
     },
     /// Give up a put; its version never becomes visible.
-    AbortPut { name: String, version: u64 },
+    AbortPut {
+        name: String,
+        version: u64,
+        /// The plan's id from [`MetaResponse::PutPlan`].
+        plan: u64,
+    },
     /// Delete every version of `name`.
     Delete { name: String },
     /// A file's committed versions.
@@ -193,6 +200,9 @@ pub enum MetaResponse {
         chain: Vec<SocketAddr>,
         /// Durable copies needed to commit.
         quorum: usize,
+        /// Which leader made the plan (its Raft term): a commit or abort
+        /// names it, so a later leader never takes it for a plan of its own.
+        plan: u64,
     },
     Committed {
         version: u64,

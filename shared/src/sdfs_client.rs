@@ -460,6 +460,7 @@ impl Sdfs {
             version,
             chain,
             quorum,
+            plan,
         } = plan
         else {
             return Err(unexpected(Response::Meta(plan)));
@@ -469,6 +470,7 @@ impl Sdfs {
             chunks,
             name,
             version,
+            plan,
             size,
         };
         match self
@@ -489,6 +491,7 @@ impl Sdfs {
                 let abort = MetaRequest::AbortPut {
                     name: name.into(),
                     version,
+                    plan,
                 };
                 // Best effort: the leader also expires the pending put itself.
                 let _ = self.meta(abort).await;
@@ -506,7 +509,7 @@ impl Sdfs {
         progress: ProgressFn<'_>,
         phases: &mut PutPhases,
     ) -> Result<(Vec<SocketAddr>, Vec<(SocketAddr, String)>, Checksum)> {
-        let (name, version, size) = (put.name, put.version, put.size);
+        let (name, version, size, plan) = (put.name, put.version, put.size, put.plan);
         let start = Instant::now();
         if chain.is_empty() {
             return Err(Error::Remote(format!(
@@ -574,6 +577,7 @@ impl Sdfs {
             version,
             checksum,
             holders: holders.clone(),
+            plan,
         };
         let answer = match self.meta(commit.clone()).await {
             // Our agent went away with the answer (it may have led, too): the
@@ -1500,6 +1504,8 @@ struct PutTarget<'a> {
     chunks: mpsc::Receiver<std::io::Result<Chunk>>,
     name: &'a str,
     version: u64,
+    /// The plan's id, for the commit.
+    plan: u64,
     size: u64,
 }
 

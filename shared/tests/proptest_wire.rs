@@ -102,15 +102,29 @@ fn holding() -> impl Strategy<Value = Holding> {
 fn meta_request() -> impl Strategy<Value = MetaRequest> {
     let leaf = prop_oneof![
         (text(), any::<u64>()).prop_map(|(name, size)| MetaRequest::BeginPut { name, size }),
-        (text(), any::<u64>(), any::<[u8; 32]>(), addrs()).prop_map(
-            |(name, version, checksum, holders)| MetaRequest::CommitPut {
+        (
+            text(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            addrs(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(name, version, checksum, holders, plan)| MetaRequest::CommitPut {
+                    name,
+                    version,
+                    checksum,
+                    holders,
+                    plan
+                }
+            ),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(name, version, plan)| {
+            MetaRequest::AbortPut {
                 name,
                 version,
-                checksum,
-                holders
+                plan,
             }
-        ),
-        (text(), any::<u64>()).prop_map(|(name, version)| MetaRequest::AbortPut { name, version }),
+        }),
         text().prop_map(|name| MetaRequest::Delete { name }),
         text().prop_map(|name| MetaRequest::Stat { name }),
         text().prop_map(|glob| MetaRequest::List { glob }),
@@ -128,13 +142,14 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
 fn meta_response() -> impl Strategy<Value = MetaResponse> {
     prop_oneof![
         infer_response().prop_map(MetaResponse::Infer),
-        (any::<u64>(), addrs(), any::<usize>()).prop_map(|(version, chain, quorum)| {
-            MetaResponse::PutPlan {
+        (any::<u64>(), addrs(), any::<usize>(), any::<u64>()).prop_map(
+            |(version, chain, quorum, plan)| MetaResponse::PutPlan {
                 version,
                 chain,
                 quorum,
+                plan,
             }
-        }),
+        ),
         any::<u64>().prop_map(|version| MetaResponse::Committed { version }),
         Just(MetaResponse::Done),
         file_info().prop_map(MetaResponse::File),

@@ -298,6 +298,7 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
                 version,
                 chain: g.agents.iter().take(g.replicas).copied().collect(),
                 quorum: g.quorum,
+                plan: 7,
             }
         }
         MetaRequest::CommitPut {
@@ -305,7 +306,9 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
             version,
             checksum,
             holders,
+            plan,
         } => {
+            assert_eq!(plan, 7, "the commit names the plan");
             let size = g.bytes[&(name.clone(), version)].len() as u64;
             let versions = g.files.entry(name).or_default();
             // A commit asked again is answered, not applied twice.
@@ -320,7 +323,12 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
             }
             MetaResponse::Committed { version }
         }
-        MetaRequest::AbortPut { name, version } => {
+        MetaRequest::AbortPut {
+            name,
+            version,
+            plan,
+        } => {
+            assert_eq!(plan, 7, "the abort names the plan");
             g.aborted.push((name, version));
             MetaResponse::Done
         }

@@ -212,7 +212,7 @@ impl Inner {
                 }
                 let chain = placement::place(&name, &alive, self.s.replicas);
                 let deadline_ms = unix_ms() + self.s.sdfs.put_timeout.as_millis() as u64;
-                let version = self
+                let (version, plan) = self
                     .plan_put(PlanRequest {
                         name,
                         size,
@@ -224,6 +224,7 @@ impl Inner {
                     version,
                     chain,
                     quorum,
+                    plan,
                 })
             }
             MetaRequest::CommitPut {
@@ -231,9 +232,10 @@ impl Inner {
                 version,
                 checksum,
                 holders,
+                plan,
             } => {
                 let quorum = self.s.sdfs.write_quorum;
-                let op = match self.claim_plan(&name, version).await? {
+                let op = match self.claim_plan(&name, version, plan).await? {
                     Claimed::Deferred { size } => Op::PutAt {
                         name,
                         version,
@@ -249,16 +251,37 @@ impl Inner {
                         holders,
                         quorum,
                     },
+                    // Only a retry of a commit that applied (its answer was
+                    // lost with the earlier leader) succeeds.
+                    Claimed::Foreign => {
+                        self.linearize().await?;
+                        let done = self.read(|s| s.is_committed_as(&name, version, &checksum))?;
+                        return if done {
+                            Ok(MetaResponse::Committed { version })
+                        } else {
+                            Err(ControlError::Rejected(format!(
+                                "the put of \"{name}\" v{version} was planned by an earlier leader (term {plan}) and did not commit; retry the put"
+                            ))
+                            .into())
+                        };
+                    }
                 };
                 match rejected(self.propose(op).await?)? {
                     Applied::Version(version) => Ok(MetaResponse::Committed { version }),
                     other => Err(unexpected(other)),
                 }
             }
-            MetaRequest::AbortPut { name, version } => {
-                match self.claim_plan(&name, version).await {
-                    // A plan that failed or never left memory left nothing to abort.
-                    Err(_) | Ok(Claimed::Deferred { .. }) => return Ok(MetaResponse::Done),
+            MetaRequest::AbortPut {
+                name,
+                version,
+                plan,
+            } => {
+                match self.claim_plan(&name, version, plan).await {
+                    // A plan that failed, never left memory or is an earlier
+                    // leader's (its deadline expires it) leaves nothing to abort.
+                    Err(_) | Ok(Claimed::Deferred { .. } | Claimed::Foreign) => {
+                        return Ok(MetaResponse::Done);
+                    }
                     Ok(Claimed::Logged) => {}
                 }
                 rejected(self.propose(Op::AbortPut { name, version }).await?)?;

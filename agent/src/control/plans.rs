@@ -10,6 +10,12 @@
 //!   taken. Its commit or abort first waits for the plan's outcome (`claim`).
 //!   A plan whose entry never commits fails that commit.
 //!
+//! A plan is named by the term of the leader that made it (`PutPlan.plan`),
+//! and commits and aborts name it back: a later leader never takes another
+//! leader's plan for one of its own (a plan of the same number it made
+//! since). It commits an earlier leader's plan only as a retry of a commit
+//! that already applied.
+//!
 //! The copies of a failed put are orphans that reconcile drops after
 //! `sdfs.put_timeout`, as with any failed put.
 
@@ -71,8 +77,11 @@ enum Plan {
 pub(crate) enum Claimed {
     /// Append plan and commit together: `Op::PutAt` with this size.
     Deferred { size: u64 },
-    /// The plan is in the log (or unknown here): `Op::CommitPut`.
+    /// This leader's plan is in the log (or was claimed before, by a commit
+    /// this one retries): `Op::CommitPut`.
     Logged,
+    /// An earlier leader made the plan.
+    Foreign,
 }
 
 /// What a put asked of the leader.
@@ -87,7 +96,8 @@ impl Inner {
     /// Reserves the next version of `req.name` and returns it, with the plan
     /// kept in memory (small puts) or appended without waiting for the entry
     /// to commit.
-    pub(crate) async fn plan_put(&self, req: PlanRequest) -> Result<u64, Refusal> {
+    /// Returns the version and the plan's id (this leader's term).
+    pub(crate) async fn plan_put(&self, req: PlanRequest) -> Result<(u64, u64), Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
@@ -129,7 +139,7 @@ impl Inner {
             plans
                 .open
                 .insert((req.name, version), (Instant::now(), plan));
-            return Ok(version);
+            return Ok((version, term));
         }
         let rx = raft
             .client_write_ff(cmd)
@@ -158,22 +168,30 @@ impl Inner {
             };
             let _ = tx.send(Some(r));
         });
-        Ok(version)
+        Ok((version, term))
     }
 
     /// Takes the plan of (`name`, `version`) if this leader made it and
     /// nobody claimed it yet, waiting for an appended plan's outcome (its
     /// failure is the caller's).
-    pub(crate) async fn claim_plan(&self, name: &str, version: u64) -> Result<Claimed, Refusal> {
-        let Some((_, plan)) = self
-            .plans
-            .lock()
-            .await
-            .open
-            .remove(&(name.to_string(), version))
-        else {
+    pub(crate) async fn claim_plan(
+        &self,
+        name: &str,
+        version: u64,
+        plan_id: u64,
+    ) -> Result<Claimed, Refusal> {
+        let term = self
+            .raft
+            .as_ref()
+            .map(|r| r.metrics().borrow().current_term);
+        let mut plans = self.plans.lock().await;
+        if Some(plan_id) != term || plans.term != plan_id {
+            return Ok(Claimed::Foreign);
+        }
+        let Some((_, plan)) = plans.open.remove(&(name.to_string(), version)) else {
             return Ok(Claimed::Logged);
         };
+        drop(plans);
         let mut outcome = match plan {
             Plan::Deferred { size } => return Ok(Claimed::Deferred { size }),
             Plan::Appended(outcome) => outcome,

@@ -360,6 +360,14 @@ impl MetaState {
         }
     }
 
+    /// Whether `version` of `name` is committed with `checksum`.
+    pub fn is_committed_as(&self, name: &str, version: u64, checksum: &Checksum) -> bool {
+        self.files
+            .get(name)
+            .and_then(|f| f.versions.get(&version))
+            .is_some_and(|v| v.is_committed() && v.checksum == *checksum)
+    }
+
     /// The version the next put of `name` would get.
     pub fn next_version(&self, name: &str) -> u64 {
         self.files.get(name).map_or(1, |f| f.next_version.max(1))

@@ -2,6 +2,10 @@
 //! the log (table `log`, index -> postcard entry) and the vote, committed
 //! id, last purged id and latest snapshot (table `meta`). Every write is a
 //! redb commit with immediate durability (fsync) before openraft is told.
+//! An append returns as soon as its entries are readable (held in memory
+//! until committed) and reports the flush later, so a leader replicates
+//! while its own fsync runs; one writer thread keeps the log's writes in
+//! order.
 //!
 //! The state machine lives in memory ([`SmData`], shared read-only with the
 //! request handlers) and is rebuilt on start from the snapshot plus the log
@@ -20,6 +24,7 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -137,8 +142,21 @@ pub fn open(dir: &Path) -> Result<(LogStore, SmStore, SharedSm), OpenError> {
         };
     }
     let shared = Arc::new(RwLock::new(data));
+    let (writer, jobs) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("raft-log".into())
+        .spawn(move || {
+            for job in jobs {
+                job();
+            }
+        })
+        .map_err(|e| fail(format!("cannot start the log writer thread: {e}")))?;
     Ok((
-        LogStore { db: db.clone() },
+        LogStore {
+            db: db.clone(),
+            pending: Arc::default(),
+            writer,
+        },
         SmStore {
             db,
             data: shared.clone(),
@@ -156,16 +174,46 @@ pub struct OpenError {
     pub reason: String,
 }
 
-/// The Raft log and vote; clones share the database.
+/// Work for the log's writer thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The Raft log and vote; clones share the database, the entries not yet
+/// flushed and the writer thread.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// Appended entries until their redb commit (by index).
+    pending: Arc<std::sync::Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: std::sync::mpsc::Sender<Job>,
 }
 
 impl LogStore {
     /// The database, so its owner can close it last at shutdown.
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry<TypeConfig>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn queue(&self, job: Job) -> Result<(), StoreError> {
+        self.writer
+            .send(job)
+            .map_err(|_| write_err(std::io::Error::other("the Raft log writer stopped")))
+    }
+
+    /// Runs `f` on the writer thread after every write queued before it.
+    async fn ordered<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue(Box::new(move || {
+            let _ = tx.send(f());
+        }))?;
+        rx.await
+            .map_err(|_| write_err(std::io::Error::other("the Raft log writer stopped")))?
     }
 }
 
@@ -201,23 +249,34 @@ impl LogStore {
         bounds: (Bound<u64>, Bound<u64>),
         consecutive: bool,
     ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        // Unflushed entries first: one flushed meanwhile is then in redb.
+        let unflushed: Vec<Entry<TypeConfig>> = self
+            .pending()
+            .range(bounds)
+            .map(|(_, e)| e.clone())
+            .collect();
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
+            let mut all = BTreeMap::new();
+            for item in table.range(bounds).map_err(read_err)? {
+                let (k, v) = item.map_err(read_err)?;
+                all.insert(k.value(), decode::<Entry<TypeConfig>>(v.value())?);
+            }
+            all.extend(unflushed.into_iter().map(|e| (e.log_id.index, e)));
             let mut out: Vec<Entry<TypeConfig>> = Vec::new();
             let mut want = match bounds.0 {
                 Bound::Included(i) => Some(i),
                 Bound::Excluded(i) => Some(i + 1),
                 Bound::Unbounded => None,
             };
-            for item in table.range(bounds).map_err(read_err)? {
-                let (k, v) = item.map_err(read_err)?;
-                if consecutive && want.is_some_and(|w| w != k.value()) {
+            for (k, e) in all {
+                if consecutive && want.is_some_and(|w| w != k) {
                     break;
                 }
-                want = Some(k.value() + 1);
-                out.push(decode(v.value())?);
+                want = Some(k + 1);
+                out.push(e);
             }
             Ok(out)
         })
@@ -229,6 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StoreError> {
+        let unflushed = self.pending().last_key_value().map(|(_, e)| e.log_id);
         let db = self.db.clone();
         blocking(move || {
             let purged: Option<LogId<u64>> = get_meta(&db, KEY_PURGED)?;
@@ -240,7 +300,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             Ok(LogState {
                 last_purged_log_id: purged,
-                last_log_id: last,
+                last_log_id: last.max(unflushed),
             })
         })
         .await
@@ -296,36 +356,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
-        for e in entries {
-            rows.push((e.log_id.index, encode(&e)?));
+        let mut ids = Vec::new();
+        {
+            let mut pending = self.pending();
+            for e in entries {
+                rows.push((e.log_id.index, encode(&e)?));
+                ids.push(e.log_id);
+                pending.insert(e.log_id.index, e);
+            }
         }
-        let db = self.db.clone();
-        let res = blocking(move || {
-            let txn = db.begin_write().map_err(write_err)?;
-            {
-                let mut table = txn.open_table(LOG).map_err(write_err)?;
-                for (i, b) in &rows {
-                    table.insert(*i, b.as_slice()).map_err(write_err)?;
+        let (db, pending) = (self.db.clone(), self.pending.clone());
+        self.queue(Box::new(move || {
+            let written = (|| {
+                let txn = db.begin_write().map_err(write_err)?;
+                {
+                    let mut table = txn.open_table(LOG).map_err(write_err)?;
+                    for (i, b) in &rows {
+                        table.insert(*i, b.as_slice()).map_err(write_err)?;
+                    }
+                }
+                txn.commit().map_err(write_err)
+            })();
+            if written.is_ok() {
+                let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                for id in &ids {
+                    // Unless a truncate and a new append replaced it.
+                    if p.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                        p.remove(&id.index);
+                    }
                 }
             }
-            txn.commit().map_err(write_err)
-        })
-        .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(e)
-            }
-        }
+            callback.log_io_completed(written.map_err(|e| std::io::Error::other(e.to_string())));
+        }))
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StoreError> {
+        self.pending().retain(|i, _| *i < log_id.index);
         let db = self.db.clone();
-        blocking(move || {
+        self.ordered(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(write_err)?;
@@ -340,7 +408,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StoreError> {
         let (db, bytes) = (self.db.clone(), encode(&log_id)?);
-        blocking(move || {
+        self.ordered(move || {
             let txn = db.begin_write().map_err(write_err)?;
             {
                 let mut meta = txn.open_table(META).map_err(write_err)?;
