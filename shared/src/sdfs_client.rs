@@ -1028,25 +1028,13 @@ impl Sdfs {
         };
         let total = AtomicU64::new(0);
         let stripe = async |addr: SocketAddr, offset: u64, len: u64| {
-            let mut stream = self.conn(addr, io).await?;
-            let read = Request::Data(DataRequest::ReadRange {
+            let read = DataRequest::ReadRange {
                 name: name.into(),
                 version: v.version,
                 offset,
                 len,
-            });
-            timed(addr, io, send_request(&mut stream, &read)).await?;
-            match timed(addr, io, read_response(&mut stream)).await? {
-                Response::ReadStart { size, checksum }
-                    if size == v.size && checksum == v.checksum => {}
-                Response::ReadStart { .. } => {
-                    return Err(Error::Transfer {
-                        addr: addr.to_string(),
-                        reason: "it holds another copy than the committed one".into(),
-                    });
-                }
-                other => return Err(unexpected(other)),
-            }
+            };
+            let mut stream = self.start_read(addr, read, v).await?;
             let mut hasher = blake3::Hasher::new();
             if offset > 0 {
                 hasher.set_input_offset(offset);
@@ -1112,6 +1100,32 @@ impl Sdfs {
         outcome
     }
 
+    /// Sends `read` (`Read` or `ReadRange` of `v`) to `addr`; the connection
+    /// once its `ReadStart` matches the committed size and checksum.
+    async fn start_read(
+        &self,
+        addr: SocketAddr,
+        read: DataRequest,
+        v: &VersionInfo,
+    ) -> Result<Conn> {
+        let io = self.opts.io_timeout;
+        let mut stream = self.conn(addr, io).await?;
+        timed(addr, io, send_request(&mut stream, &Request::Data(read))).await?;
+        match timed(addr, io, read_response(&mut stream)).await? {
+            Response::ReadStart { size, checksum } if size == v.size && checksum == v.checksum => {
+                Ok(stream)
+            }
+            Response::ReadStart { size, .. } => Err(Error::Transfer {
+                addr: addr.to_string(),
+                reason: format!(
+                    "it holds {size} bytes with another checksum than the committed {} bytes",
+                    v.size
+                ),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn fetch_from(
         &self,
         addr: SocketAddr,
@@ -1121,25 +1135,12 @@ impl Sdfs {
         progress: ProgressFn<'_>,
     ) -> Result<()> {
         let io = self.opts.io_timeout;
-        let mut stream = self.conn(addr, io).await?;
-        let read = Request::Data(DataRequest::Read {
+        let read = DataRequest::Read {
             name: name.into(),
             version: v.version,
-        });
-        timed(addr, io, send_request(&mut stream, &read)).await?;
-        let (size, checksum) = match timed(addr, io, read_response(&mut stream)).await? {
-            Response::ReadStart { size, checksum } => (size, checksum),
-            other => return Err(unexpected(other)),
         };
-        if size != v.size || checksum != v.checksum {
-            return Err(Error::Transfer {
-                addr: addr.to_string(),
-                reason: format!(
-                    "it holds {size} bytes with another checksum than the committed {} bytes",
-                    v.size
-                ),
-            });
-        }
+        let mut stream = self.start_read(addr, read, v).await?;
+        let (size, checksum) = (v.size, v.checksum);
         let tmp = temp_path(local)?;
         let file = create_temp(&tmp)?;
         let sink = Sink::start(file, 0, blake3::Hasher::new(), self.opts.sync_local);
