@@ -93,10 +93,9 @@ pub(crate) struct PlanRequest {
 }
 
 impl Inner {
-    /// Reserves the next version of `req.name` and returns it, with the plan
-    /// kept in memory (small puts) or appended without waiting for the entry
-    /// to commit.
-    /// Returns the version and the plan's id (this leader's term).
+    /// Reserves the next version of `req.name` and returns it with the plan's
+    /// id (this leader's term). The plan stays in memory (small puts) or is
+    /// appended without waiting for the entry to commit.
     pub(crate) async fn plan_put(&self, req: PlanRequest) -> Result<(u64, u64), Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
@@ -123,6 +122,14 @@ impl Inner {
                 .unwrap_or(0)
                 .max(s.next_version(&req.name))
         })?;
+        if req.size <= DEFER_MAX {
+            plans.next.insert(req.name.clone(), version + 1);
+            let plan = Plan::Deferred { size: req.size };
+            plans
+                .open
+                .insert((req.name, version), (Instant::now(), plan));
+            return Ok((version, term));
+        }
         let cmd = Command {
             now_ms: unix_ms(),
             op: Op::BeginPutAt {
@@ -133,14 +140,6 @@ impl Inner {
                 deadline_ms: req.deadline_ms,
             },
         };
-        if req.size <= DEFER_MAX {
-            plans.next.insert(req.name.clone(), version + 1);
-            let plan = Plan::Deferred { size: req.size };
-            plans
-                .open
-                .insert((req.name, version), (Instant::now(), plan));
-            return Ok((version, term));
-        }
         let rx = raft
             .client_write_ff(cmd)
             .await
