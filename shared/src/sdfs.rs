@@ -257,15 +257,6 @@ pub enum DataRequest {
     /// is corrupt, deletes it and fetches it again (as scrub does). Answered
     /// with [`crate::api::Response::Ok`] at once; the check runs afterwards.
     BadCopy { name: String, version: u64 },
-    /// Like [`DataRequest::Read`] (the same `ReadStart`, naming the whole
-    /// version), but the frames carry only the `len` bytes from `offset`: one
-    /// stripe of a get that reads two replicas at once.
-    ReadRange {
-        name: String,
-        version: u64,
-        offset: u64,
-        len: u64,
-    },
 }
 
 /// Starts writing a range of `file` back to disk without waiting for it

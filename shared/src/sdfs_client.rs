@@ -15,10 +15,7 @@
 //! to the target, are BLAKE3-checked (hashing and writing on two threads), then
 //! renamed into place; fsynced only with [`Options::sync_local`]. A copy whose
 //! checksum does not match is reported to the agent that sent it
-//! (`Data(BadCopy)`) and the next replica is tried. A get of at least
-//! `STRIPE_MIN` (8 MiB) first reads the two nearest replicas at once, one
-//! stripe each (`Data(ReadRange)`), split where BLAKE3's tree splits so each
-//! stripe is hashed as it arrives; on any failure it reads them one by one.
+//! (`Data(BadCopy)`) and the next replica is tried.
 
 use crate::api::{Request, Response};
 use crate::client::{self, Client, read_response, send_request, unexpected};
@@ -966,30 +963,20 @@ impl Sdfs {
     ) -> Result<GetReport> {
         let start = Instant::now();
         check_target(local)?;
-        let order = nearest_first(&v.replicas, self.agent);
-        let report = |from| GetReport {
-            name: name.into(),
-            version: v.version,
-            size: v.size,
-            from,
-            path: local.to_path_buf(),
-            elapsed: start.elapsed(),
-            lookup: Duration::ZERO,
-        };
-        if let [a, b, ..] = order[..]
-            && v.size >= STRIPE_MIN
-        {
-            match self.fetch_striped([a, b], name, v, local, progress).await {
-                Ok(()) => return Ok(report(a)),
-                Err(e @ Error::LocalFile { .. }) => return Err(e),
-                // Each replica on its own, below, finds which one failed.
-                Err(_) => {}
-            }
-        }
         let mut tried = Vec::new();
-        for addr in order {
+        for addr in nearest_first(&v.replicas, self.agent) {
             match self.fetch_from(addr, name, v, local, progress).await {
-                Ok(()) => return Ok(report(addr)),
+                Ok(()) => {
+                    return Ok(GetReport {
+                        name: name.into(),
+                        version: v.version,
+                        size: v.size,
+                        from: addr,
+                        path: local.to_path_buf(),
+                        elapsed: start.elapsed(),
+                        lookup: Duration::ZERO,
+                    });
+                }
                 // A local problem would repeat on every replica.
                 Err(e @ Error::LocalFile { .. }) => return Err(e),
                 Err(e) => tried.push(format!("{addr}: {e}")),
@@ -1005,110 +992,14 @@ impl Sdfs {
         })
     }
 
-    /// Fetches `v` as two stripes at once, the first from `pair[0]` and the
-    /// rest from `pair[1]`, split where BLAKE3's tree splits (so each stripe
-    /// is hashed as it arrives and the two subtree hashes give the checksum).
-    /// A mismatch is reported to both agents; the caller then reads the
-    /// replicas one by one.
-    async fn fetch_striped(
-        &self,
-        pair: [SocketAddr; 2],
-        name: &str,
-        v: &VersionInfo,
-        local: &Path,
-        progress: ProgressFn<'_>,
-    ) -> Result<()> {
-        use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_root};
+    /// Asks `addr` for `v` of `name` (`Data(Read)`); the connection once its
+    /// `ReadStart` matches the committed size and checksum.
+    async fn start_read(&self, addr: SocketAddr, name: &str, v: &VersionInfo) -> Result<Conn> {
         let io = self.opts.io_timeout;
-        let tmp = temp_path(local)?;
-        let file = create_temp(&tmp)?;
-        let local_err = |reason| Error::LocalFile {
-            path: tmp.display().to_string(),
-            reason,
+        let read = DataRequest::Read {
+            name: name.into(),
+            version: v.version,
         };
-        let total = AtomicU64::new(0);
-        let stripe = async |addr: SocketAddr, offset: u64, len: u64| {
-            let read = DataRequest::ReadRange {
-                name: name.into(),
-                version: v.version,
-                offset,
-                len,
-            };
-            let mut stream = self.start_read(addr, read, v).await?;
-            let mut hasher = blake3::Hasher::new();
-            if offset > 0 {
-                hasher.set_input_offset(offset);
-            }
-            // Each stripe writes its range back as it goes and fsyncs the file
-            // at its end (the second fsync finds little left to do).
-            let sink = Sink::start(file.clone(), offset, hasher, self.opts.sync_local);
-            // Progress over both stripes.
-            let seen = AtomicU64::new(0);
-            let both = |p: Progress| {
-                let step = p.done - seen.swap(p.done, Ordering::Relaxed);
-                let done = total.fetch_add(step, Ordering::Relaxed) + step;
-                progress(Progress {
-                    phase: p.phase,
-                    done,
-                    total: v.size,
-                });
-            };
-            let received = receive_frames(&mut stream, addr, io, len, &sink, &both).await;
-            let written = sink.finish().await;
-            let got = received?;
-            let (hasher, bytes) = written.map_err(local_err)?;
-            if got != len || bytes != len {
-                return Err(Error::Transfer {
-                    addr: addr.to_string(),
-                    reason: format!("sent {got} bytes of {len}"),
-                });
-            }
-            Ok((stream, hasher))
-        };
-        let left = left_subtree_len(v.size);
-        let outcome = async {
-            let ((mut sa, ha), (mut sb, hb)) = tokio::try_join!(
-                stripe(pair[0], 0, left),
-                stripe(pair[1], left, v.size - left)
-            )?;
-            let root =
-                merge_subtrees_root(&ha.finalize_non_root(), &hb.finalize_non_root(), Mode::Hash);
-            if *root.as_bytes() != v.checksum {
-                report_bad_copy(&mut sa, pair[0], io, name, v.version).await;
-                report_bad_copy(&mut sb, pair[1], io, name, v.version).await;
-                return Err(Error::ChecksumMismatch {
-                    name: name.into(),
-                    version: v.version,
-                    from: pair[0],
-                });
-            }
-            std::fs::rename(&tmp, local).map_err(|reason| Error::LocalFile {
-                path: local.display().to_string(),
-                reason,
-            })?;
-            if self.opts.sync_local {
-                sync_parent(local);
-            }
-            self.conns.put(pair[0], sa);
-            self.conns.put(pair[1], sb);
-            Ok(())
-        }
-        .await;
-        if outcome.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        outcome
-    }
-
-    /// Sends `read` (`Read` or `ReadRange` of `v`) to `addr`; the connection
-    /// once its `ReadStart` matches the committed size and checksum.
-    async fn start_read(
-        &self,
-        addr: SocketAddr,
-        read: DataRequest,
-        v: &VersionInfo,
-    ) -> Result<Conn> {
-        let io = self.opts.io_timeout;
         let mut stream = self.conn(addr, io).await?;
         timed(addr, io, send_request(&mut stream, &Request::Data(read))).await?;
         match timed(addr, io, read_response(&mut stream)).await? {
@@ -1135,24 +1026,18 @@ impl Sdfs {
         progress: ProgressFn<'_>,
     ) -> Result<()> {
         let io = self.opts.io_timeout;
-        let read = DataRequest::Read {
-            name: name.into(),
-            version: v.version,
-        };
-        let mut stream = self.start_read(addr, read, v).await?;
+        let mut stream = self.start_read(addr, name, v).await?;
         let (size, checksum) = (v.size, v.checksum);
         let tmp = temp_path(local)?;
-        let file = create_temp(&tmp)?;
-        let sink = Sink::start(file, 0, blake3::Hasher::new(), self.opts.sync_local);
+        let sink = Sink::start(&tmp, self.opts.sync_local)?;
         let received = receive_frames(&mut stream, addr, io, size, &sink, progress).await;
         let written = sink.finish().await;
         let outcome = async {
             let got = received?;
-            let (hasher, bytes) = written.map_err(|reason| Error::LocalFile {
+            let (hash, bytes) = written.map_err(|reason| Error::LocalFile {
                 path: tmp.display().to_string(),
                 reason,
             })?;
-            let hash = *hasher.finalize().as_bytes();
             if got != size || bytes != size {
                 return Err(Error::Transfer {
                     addr: addr.to_string(),
@@ -1160,8 +1045,17 @@ impl Sdfs {
                 });
             }
             if hash != checksum {
-                // The stream ended cleanly: tell the agent on it.
-                report_bad_copy(&mut stream, addr, io, name, v.version).await;
+                // The stream ended cleanly: tell the agent on it, so it
+                // re-checks its copy and repairs it.
+                let bad = Request::Data(DataRequest::BadCopy {
+                    name: name.into(),
+                    version: v.version,
+                });
+                let _ = timed(addr, io, async {
+                    send_request(&mut stream, &bad).await?;
+                    read_response(&mut stream).await
+                })
+                .await;
                 return Err(Error::ChecksumMismatch {
                     name: name.into(),
                     version: v.version,
@@ -1260,29 +1154,32 @@ async fn receive_frames(
     }
 }
 
-/// Versions at least this large are fetched as two stripes from two replicas.
-const STRIPE_MIN: u64 = 8 << 20;
-
 /// Bytes per piece handed from the network to the hashing and writing threads.
 const PIECE: usize = 256 << 10;
 /// Pieces queued towards each of those threads.
 const PIECES_IN_FLIGHT: usize = 8;
 
-/// A fetched copy (or one stripe of it) on its way to disk: one blocking
-/// thread hashes the pieces while another writes them at their offset (and
-/// fsyncs at the end when asked); buffers come back for reuse once both are
-/// done with them.
+/// A fetched copy on its way to disk: one blocking thread hashes the pieces
+/// while another writes them (and fsyncs at the end when asked); buffers come
+/// back for reuse once both are done with them.
 struct Sink {
     hash_tx: mpsc::Sender<Arc<Vec<u8>>>,
     write_tx: mpsc::Sender<Arc<Vec<u8>>>,
     spare: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
-    hasher: tokio::task::JoinHandle<blake3::Hasher>,
+    hasher: tokio::task::JoinHandle<Checksum>,
     writer: tokio::task::JoinHandle<std::io::Result<u64>>,
 }
 
 impl Sink {
-    /// Writes what it is given to `file` from `offset`, hashing it with `hasher`.
-    fn start(file: Arc<std::fs::File>, offset: u64, hasher: blake3::Hasher, sync: bool) -> Self {
+    fn start(path: &Path, sync: bool) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|reason| Error::LocalFile {
+                path: path.display().to_string(),
+                reason,
+            })?;
         let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
         let (write_tx, mut write_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -1294,22 +1191,22 @@ impl Sink {
         };
         let spare_h = spare_tx.clone();
         let hasher = tokio::task::spawn_blocking(move || {
-            let mut h = hasher;
+            let mut h = blake3::Hasher::new();
             while let Some(piece) = hash_rx.blocking_recv() {
                 h.update(&piece);
                 give_back(piece, &spare_h);
             }
-            h
+            *h.finalize().as_bytes()
         });
         let writer = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
+            let mut file = file;
             let (mut n, mut flushed) = (0u64, 0u64);
             while let Some(piece) = write_rx.blocking_recv() {
-                file.write_all_at(&piece, offset + n)?;
+                file.write_all(&piece)?;
                 n += piece.len() as u64;
                 give_back(piece, &spare_tx);
                 if sync && n - flushed >= WRITEBACK_EVERY {
-                    start_writeback(&file, offset + flushed, n - flushed);
+                    start_writeback(&file, flushed, n - flushed);
                     flushed = n;
                 }
             }
@@ -1318,13 +1215,13 @@ impl Sink {
             }
             Ok(n)
         });
-        Self {
+        Ok(Self {
             hash_tx,
             write_tx,
             spare: std::sync::Mutex::new(spare_rx),
             hasher,
             writer,
-        }
+        })
     }
 
     /// A recycled buffer, or a new one.
@@ -1342,46 +1239,13 @@ impl Sink {
         self.write_tx.send(piece).await.is_ok() && hashed
     }
 
-    /// The hasher fed with what was received and the bytes written (fsynced when asked).
-    async fn finish(self) -> std::io::Result<(blake3::Hasher, u64)> {
+    /// The checksum of what was received and the bytes written (fsynced when asked).
+    async fn finish(self) -> std::io::Result<(Checksum, u64)> {
         drop((self.hash_tx, self.write_tx));
         let written = self.writer.await.map_err(std::io::Error::other)??;
         let hash = self.hasher.await.map_err(std::io::Error::other)?;
         Ok((hash, written))
     }
-}
-
-/// Creates the temp file a fetch writes to.
-fn create_temp(path: &Path) -> Result<Arc<std::fs::File>> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map(Arc::new)
-        .map_err(|reason| Error::LocalFile {
-            path: path.display().to_string(),
-            reason,
-        })
-}
-
-/// Tells the agent on `stream` that the bytes it sent for `name` v`version`
-/// did not match the checksum, so it re-checks its copy and repairs it.
-async fn report_bad_copy(
-    stream: &mut Conn,
-    addr: SocketAddr,
-    io: Duration,
-    name: &str,
-    version: u64,
-) {
-    let bad = Request::Data(DataRequest::BadCopy {
-        name: name.into(),
-        version,
-    });
-    let _ = timed(addr, io, async {
-        send_request(stream, &bad).await?;
-        read_response(stream).await
-    })
-    .await;
 }
 
 /// `name`'s last path component plus `.v<version>`: the file `get-versions`

@@ -185,14 +185,6 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
                 }
             ),
         (text(), any::<u64>()).prop_map(|(name, version)| DataRequest::Read { name, version }),
-        (text(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(name, version, offset, len)| DataRequest::ReadRange {
-                name,
-                version,
-                offset,
-                len
-            }
-        ),
         (
             text(),
             any::<u64>(),

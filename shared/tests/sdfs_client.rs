@@ -35,10 +35,6 @@ struct State {
     begun: usize,
     /// Replicas that flip a byte of every read.
     corrupt: HashSet<SocketAddr>,
-    /// `Data(ReadRange)` requests served.
-    range_reads: usize,
-    /// Agents told their copy was bad (`Data(BadCopy)`).
-    bad_copies: Vec<SocketAddr>,
     /// Replicas that refuse writes with this message.
     refuse_writes: Option<String>,
     /// Downstream replicas a head reports as failed, with their reasons.
@@ -222,41 +218,6 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                 write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await?;
                 continue;
             }
-            Request::Data(DataRequest::ReadRange {
-                name,
-                version,
-                offset,
-                len,
-            }) => {
-                let (data, corrupt) = {
-                    let mut g = st.lock().unwrap();
-                    g.range_reads += 1;
-                    (
-                        g.bytes.get(&(name, version)).cloned(),
-                        g.corrupt.contains(&me),
-                    )
-                };
-                let Some(data) = data else {
-                    respond(&mut s, Response::Error("not stored here".into())).await?;
-                    continue;
-                };
-                let size = data.len() as u64;
-                let checksum = *blake3::hash(&data).as_bytes();
-                let mut range = data[offset as usize..(offset + len) as usize].to_vec();
-                if corrupt && !range.is_empty() {
-                    range[0] ^= 0xff;
-                }
-                respond(&mut s, Response::ReadStart { size, checksum }).await?;
-                for c in range.chunks(64 << 10) {
-                    write_frame(s.raw(), c, DEFAULT_MAX_FRAME).await?;
-                }
-                write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await?;
-                continue;
-            }
-            Request::Data(DataRequest::BadCopy { .. }) => {
-                st.lock().unwrap().bad_copies.push(me);
-                Response::Ok
-            }
             Request::Data(DataRequest::Store) => {
                 let g = st.lock().unwrap();
                 let h = g
@@ -432,47 +393,6 @@ async fn get_moves_past_a_corrupt_replica_and_leaves_no_temp_file() {
     assert!(matches!(e, Error::ReplicasFailed { .. }), "{e}");
     assert!(e.to_string().contains("checksum mismatch"), "{e}");
     assert_eq!(f.listing(), ["out", "src"]);
-}
-
-#[tokio::test]
-async fn a_large_get_reads_two_replicas_at_once_and_falls_back_past_a_corrupt_one() {
-    let f = Fake::start(4, 4, "striped").await;
-    let c = f.client(0);
-    // Above the striping threshold and not a power of two.
-    let bytes = pattern((9 << 20) + 12_345, 3);
-    c.put(&f.local("src", &bytes), "big", &no_progress)
-        .await
-        .unwrap();
-    let dst = f.dir.join("out");
-    let seen = Mutex::new(Vec::new());
-    let progress = |p: Progress| seen.lock().unwrap().push(p);
-    let got = c.get("big", &dst, &progress).await.unwrap();
-    assert_eq!(std::fs::read(&dst).unwrap(), bytes);
-    assert_eq!(got.from, f.agents[0]);
-    assert_eq!(
-        f.state.lock().unwrap().range_reads,
-        2,
-        "one stripe per replica"
-    );
-    let last = *seen.lock().unwrap().last().unwrap();
-    assert_eq!(
-        (last.done, last.total),
-        (bytes.len() as u64, bytes.len() as u64)
-    );
-    assert!(f.state.lock().unwrap().bad_copies.is_empty());
-
-    // The second stripe's replica is corrupt: both are told, then each
-    // replica alone is read and the first one serves the right bytes.
-    f.state.lock().unwrap().corrupt.insert(f.agents[1]);
-    std::fs::remove_file(&dst).unwrap();
-    let got = c.get("big", &dst, &no_progress).await.unwrap();
-    assert_eq!(std::fs::read(&dst).unwrap(), bytes);
-    assert_eq!(got.from, f.agents[0]);
-    let g = f.state.lock().unwrap();
-    assert_eq!(g.range_reads, 4);
-    assert_eq!(g.bad_copies, [f.agents[0], f.agents[1]]);
-    drop(g);
-    assert_eq!(f.listing(), ["out", "src"], "no temp file is left");
 }
 
 #[tokio::test]

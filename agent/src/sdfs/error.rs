@@ -44,16 +44,6 @@ pub enum SdfsError {
         name: String,
         version: u64,
     },
-    #[error(
-        "the range of {len} bytes from offset {offset} is not inside \"{name}\" v{version} ({size} bytes)"
-    )]
-    BadRange {
-        name: String,
-        version: u64,
-        offset: u64,
-        len: u64,
-        size: u64,
-    },
     #[error("{0}")]
     BadName(#[from] dml_shared::Error),
     #[error("the stream from {peer} broke: {reason}")]

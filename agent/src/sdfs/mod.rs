@@ -138,14 +138,8 @@ impl SdfsHandle {
                 write::serve_write(ctx, w, stream).await
             }
             DataRequest::Read { name, version } => {
-                read::serve_read(ctx, &name, version, None, stream).await
+                read::serve_read(ctx, &name, version, stream).await
             }
-            DataRequest::ReadRange {
-                name,
-                version,
-                offset,
-                len,
-            } => read::serve_read(ctx, &name, version, Some((offset, len)), stream).await,
             DataRequest::Replicate {
                 name,
                 version,

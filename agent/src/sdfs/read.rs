@@ -1,6 +1,5 @@
 //! `Data(Read)`: `ReadStart`, the bytes as raw frames, an empty end frame;
-//! `Data(ReadRange)`, the same for a range of the bytes (one stripe of a
-//! get); and `Data(BadCopy)`, a reader's report that those bytes were corrupt.
+//! and `Data(BadCopy)`, a reader's report that those bytes were corrupt.
 //!
 //! The bytes go from the page cache to the socket with `sendfile(2)` on a
 //! blocking thread, without being re-hashed: the reader
@@ -28,12 +27,10 @@ enum Sent {
     Short(u64),
 }
 
-/// Serves `Data(Read)`, or `Data(ReadRange)` with `range` (offset, length).
 pub async fn serve_read(
     ctx: &Arc<Ctx>,
     name: &str,
     version: u64,
-    range: Option<(u64, u64)>,
     stream: &mut Conn,
 ) -> dml_shared::Result<()> {
     let store = ctx.store.clone();
@@ -41,18 +38,6 @@ pub async fn serve_read(
     let opened = tokio::task::spawn_blocking(move || store.open_read(&n, version))
         .await
         .map_err(io::Error::other)?;
-    let opened = opened.and_then(|(meta, file)| match range {
-        Some((offset, len)) if offset.checked_add(len).is_none_or(|end| end > meta.size) => {
-            Err(SdfsError::BadRange {
-                name: name.to_string(),
-                version,
-                offset,
-                len,
-                size: meta.size,
-            })
-        }
-        _ => Ok((meta, file)),
-    });
     let (meta, file) = match opened {
         Ok(o) => o,
         Err(e) => {
@@ -80,9 +65,8 @@ pub async fn serve_read(
         ctx.stall_timeout(),
         meta.size,
     );
-    let (offset, len) = range.unwrap_or((0, size));
     let sent = tokio::task::spawn_blocking(move || {
-        let r = send_frames(file, &sock, offset, len, chunk, stall);
+        let r = send_frames(file, &sock, size, chunk, stall);
         let restored = sock
             .set_write_timeout(None)
             .and_then(|()| sock.set_nonblocking(true));
@@ -122,14 +106,13 @@ pub async fn serve_read(
     }
 }
 
-/// Sends the `len` bytes of `file` from `offset` as frames of at most `chunk`
-/// bytes, then the empty end frame, over a blocking socket; a frame that
-/// cannot move for `stall` fails.
+/// Sends `size` bytes of `file` as frames of at most `chunk` bytes, then the
+/// empty end frame, over a blocking socket; a frame that cannot move for
+/// `stall` fails.
 fn send_frames(
     file: std::fs::File,
     sock: &std::net::TcpStream,
-    offset: u64,
-    len: u64,
+    size: u64,
     chunk: u64,
     stall: Duration,
 ) -> io::Result<Sent> {
@@ -138,13 +121,13 @@ fn send_frames(
     sock.set_write_timeout(Some(stall.max(Duration::from_millis(1))))?;
     let mut out = sock;
     let mut sent = 0u64;
-    while sent < len {
-        let n = chunk.min(len - sent);
+    while sent < size {
+        let n = chunk.min(size - sent);
         out.write_all(&(n as u32).to_be_bytes())?;
-        let copied = send_file_range(&file, sock, offset + sent, n)?;
+        let copied = send_file_range(&file, sock, sent, n)?;
         sent += copied;
         if copied < n {
-            return Ok(Sent::Short(offset + sent));
+            return Ok(Sent::Short(sent));
         }
     }
     out.write_all(&0u32.to_be_bytes())?;

@@ -7,7 +7,7 @@ use dml_shared::api::{Request, Response};
 use dml_shared::config::SdfsConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
-use dml_shared::sdfs::{Checksum, DataRequest, FileInfo, MetaRequest, MetaResponse, VersionInfo};
+use dml_shared::sdfs::{DataRequest, FileInfo, MetaRequest, MetaResponse, VersionInfo};
 use dml_shared::wire::{self, Kind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -252,7 +252,19 @@ async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, Stri
         version,
     });
     request(&mut s, &req).await;
-    let (size, sum, out) = read_bytes(&mut s).await?;
+    let (size, sum) = match response(&mut s).await {
+        Response::ReadStart { size, checksum } => (size, checksum),
+        other => return Err(format!("{other:?}")),
+    };
+    let mut out = Vec::new();
+    loop {
+        match read_frame(s.raw(), DEFAULT_MAX_FRAME).await {
+            Ok(Some(f)) if f.is_empty() => break,
+            Ok(Some(f)) => out.extend_from_slice(&f),
+            Ok(None) => return Err("stream ended without its end frame".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
     assert_eq!(out.len() as u64, size);
     if checksum(&out) != sum {
         // As the client does: tell the agent its copy is bad.
@@ -265,42 +277,6 @@ async fn get(addr: SocketAddr, name: &str, version: u64) -> Result<Vec<u8>, Stri
         return Err("checksum mismatch (reported)".into());
     }
     Ok(out)
-}
-
-/// Reads `len` bytes of a version from `offset` (`Data(ReadRange)`).
-async fn get_range(
-    addr: SocketAddr,
-    name: &str,
-    version: u64,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, String> {
-    let mut s = connect(addr).await;
-    let req = Request::Data(DataRequest::ReadRange {
-        name: name.into(),
-        version,
-        offset,
-        len,
-    });
-    request(&mut s, &req).await;
-    read_bytes(&mut s).await.map(|(_, _, bytes)| bytes)
-}
-
-/// A read's `ReadStart` (size, checksum) and the bytes of its frames.
-async fn read_bytes(s: &mut Conn) -> Result<(u64, Checksum, Vec<u8>), String> {
-    let (size, sum) = match response(s).await {
-        Response::ReadStart { size, checksum } => (size, checksum),
-        other => return Err(format!("{other:?}")),
-    };
-    let mut out = Vec::new();
-    loop {
-        match read_frame(s.raw(), DEFAULT_MAX_FRAME).await {
-            Ok(Some(f)) if f.is_empty() => return Ok((size, sum, out)),
-            Ok(Some(f)) => out.extend_from_slice(&f),
-            Ok(None) => return Err("stream ended without its end frame".into()),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
 }
 
 async fn call(addr: SocketAddr, req: DataRequest) -> Response {
@@ -350,19 +326,6 @@ async fn chain_write_stores_on_every_replica_then_reads_and_replicates() {
         assert_eq!(tmp_files(n), 0);
     }
     assert_eq!(get(ns[2].addr, "dir/a.bin", 1).await.unwrap(), data);
-    // A range, the empty one at the end, and one past the end.
-    let len = data.len() as u64;
-    let mid = get_range(ns[2].addr, "dir/a.bin", 1, 1_000_000, 2_000_017).await;
-    assert_eq!(mid.unwrap(), &data[1_000_000..3_000_017]);
-    let end = get_range(ns[2].addr, "dir/a.bin", 1, len, 0).await;
-    assert_eq!(end.unwrap(), Vec::<u8>::new());
-    let e = get_range(ns[2].addr, "dir/a.bin", 1, len - 10, 11)
-        .await
-        .unwrap_err();
-    assert!(
-        e.contains("11 bytes from offset") && e.contains("is not inside"),
-        "{e}"
-    );
 
     // Repair onto the fourth agent: the first source is down, the second works.
     let down = dead_addr().await;
