@@ -177,6 +177,10 @@ pub struct OpenError {
 /// Work for the log's writer thread.
 type Job = Box<dyn FnOnce() + Send>;
 
+fn writer_stopped() -> StoreError {
+    write_err(std::io::Error::other("the Raft log writer stopped"))
+}
+
 /// The Raft log and vote; clones share the database, the entries not yet
 /// flushed and the writer thread.
 #[derive(Clone)]
@@ -198,9 +202,7 @@ impl LogStore {
     }
 
     fn queue(&self, job: Job) -> Result<(), StoreError> {
-        self.writer
-            .send(job)
-            .map_err(|_| write_err(std::io::Error::other("the Raft log writer stopped")))
+        self.writer.send(job).map_err(|_| writer_stopped())
     }
 
     /// Runs `f` on the writer thread after every write queued before it.
@@ -212,8 +214,7 @@ impl LogStore {
         self.queue(Box::new(move || {
             let _ = tx.send(f());
         }))?;
-        rx.await
-            .map_err(|_| write_err(std::io::Error::other("the Raft log writer stopped")))?
+        rx.await.map_err(|_| writer_stopped())?
     }
 }
 
@@ -355,16 +356,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        let mut ids = Vec::new();
-        {
-            let mut pending = self.pending();
-            for e in entries {
-                rows.push((e.log_id.index, encode(&e)?));
-                ids.push(e.log_id);
-                pending.insert(e.log_id.index, e);
-            }
-        }
+        // Encoded before any is made readable, so a failure leaves none behind.
+        let entries: Vec<_> = entries.into_iter().collect();
+        let rows = entries
+            .iter()
+            .map(|e| Ok((e.log_id.index, encode(e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+        self.pending()
+            .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
         let (db, pending) = (self.db.clone(), self.pending.clone());
         self.queue(Box::new(move || {
             let written = (|| {
