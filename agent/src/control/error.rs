@@ -14,10 +14,16 @@ pub enum ControlError {
         waited: Duration,
         voters: Vec<SocketAddr>,
     },
+    /// Definite: nothing was appended.
     #[error(
-        "the control plane could not commit within {waited:?}: a majority of the voters is unreachable from the leader"
+        "the leader could not reach a majority of the voters (tried for {waited:?}); nothing was changed"
     )]
     NoQuorum { waited: Duration },
+    /// Ambiguous: appended, but no majority confirmed it in time.
+    #[error(
+        "the leader wrote the change to its log, but a majority of the voters did not confirm it within {waited:?}; it takes effect only if they come back before another leader replaces it: check before retrying"
+    )]
+    Unconfirmed { waited: Duration },
     #[error("the leader {leader} did not answer: {reason}")]
     Forward { leader: SocketAddr, reason: String },
     #[error("only {alive} agents are alive; a write needs {quorum}")]

@@ -54,19 +54,29 @@ impl Inner {
     }
 
     /// Appends `op` to the log and waits for it to apply, for at most
-    /// [`super::Settings::leader_wait`].
+    /// [`super::Settings::leader_wait`] in all. It appends only under a
+    /// lease (renewed by a quorum round if it ran out), so a leader cut off
+    /// for longer than that fails at once with nothing written
+    /// (`NoQuorum`); an entry appended but not confirmed in time may still
+    /// commit later (`Unconfirmed`).
     pub(crate) async fn propose(&self, op: Op) -> Result<Applied, Refusal> {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
+        let wait = self.s.leader_wait();
+        let start = std::time::Instant::now();
+        self.linearize().await?;
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(ControlError::NoQuorum { waited: wait }.into());
+        }
         let cmd = Command {
             now_ms: unix_ms(),
             op,
         };
-        let wait = self.s.leader_wait();
         let sent = std::time::Instant::now();
-        match tokio::time::timeout(wait, raft.client_write(cmd)).await {
-            Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
+        match tokio::time::timeout(left, raft.client_write(cmd)).await {
+            Err(_) => Err(ControlError::Unconfirmed { waited: wait }.into()),
             Ok(Ok(r)) => {
                 // A quorum appended it after `sent`: they follow this leader.
                 self.extend_lease(r.log_id.leader_id.term, sent);
@@ -101,7 +111,8 @@ impl Inner {
                 Err(Refusal::NotLeader(self.leader_addr_of(f.leader_node)))
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                Err(ControlError::NoQuorum { waited: wait }.into())
+                let waited = Duration::from_millis(sent.elapsed().as_millis() as u64);
+                Err(ControlError::NoQuorum { waited }.into())
             }
             Ok(Err(e)) => Err(ControlError::Raft(e.to_string()).into()),
         }
