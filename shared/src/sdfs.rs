@@ -160,13 +160,12 @@ pub enum MetaRequest {
     Count,
     /// Files per node.
     Nodes,
-    /// Reconcile: which of the versions `node` stores it should keep. Answered
-    /// with [`MetaResponse::Wanted`], one bool per item, in order: true when the
-    /// version is committed with `node` among its replicas, or pending and not
-    /// past its deadline.
+    /// Reconcile: what `node` should do with each copy it stores (name,
+    /// version, the checksum its sidecar records). Answered with
+    /// [`MetaResponse::Wanted`], one [`Keep`] per item, in order.
     Wanted {
         node: SocketAddr,
-        items: Vec<(String, u64)>,
+        items: Vec<(String, u64, Checksum)>,
     },
     /// Inference jobs and figures (see [`crate::infer`]).
     Infer(crate::infer::InferRequest),
@@ -216,8 +215,21 @@ pub enum MetaResponse {
         bytes: u64,
     },
     Nodes(Vec<(SocketAddr, Vec<Holding>)>),
-    /// One keep/drop answer per item of [`MetaRequest::Wanted`].
-    Wanted(Vec<bool>),
+    /// One answer per item of [`MetaRequest::Wanted`].
+    Wanted(Vec<Keep>),
+}
+
+/// What reconcile does with one stored copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Keep {
+    /// Committed with `node` among its replicas and these bytes, or pending.
+    Yes,
+    /// Not wanted there: deleted, never committed, or placed elsewhere.
+    No,
+    /// Wanted there, but the copy holds other bytes than the committed
+    /// version (a put of the same version by an earlier leader, finished
+    /// late): fetch it again from the other replicas.
+    Refetch,
 }
 
 /// Data-path requests, sent straight to an agent that holds (or will hold) bytes.

@@ -12,7 +12,9 @@ use dml_shared::infer::{
     ImageResult, InferRequest, InferResponse, JobInfo, JobState, LatencyInfo, Lease, ModelInfo,
     Outcome, Placement, Prediction, RateInfo,
 };
-use dml_shared::sdfs::{DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo};
+use dml_shared::sdfs::{
+    DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, VersionInfo,
+};
 use dml_shared::telemetry::{
     ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
 };
@@ -130,7 +132,7 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
         text().prop_map(|glob| MetaRequest::List { glob }),
         Just(MetaRequest::Count),
         Just(MetaRequest::Nodes),
-        (addr(), vec((text(), any::<u64>()), 0..4))
+        (addr(), vec((text(), any::<u64>(), any::<[u8; 32]>()), 0..4))
             .prop_map(|(node, items)| MetaRequest::Wanted { node, items }),
         infer_request().prop_map(MetaRequest::Infer),
     ];
@@ -162,7 +164,11 @@ fn meta_response() -> impl Strategy<Value = MetaResponse> {
             }
         }),
         vec((addr(), vec(holding(), 0..3)), 0..3).prop_map(MetaResponse::Nodes),
-        vec(any::<bool>(), 0..8).prop_map(MetaResponse::Wanted),
+        vec(
+            prop_oneof![Just(Keep::Yes), Just(Keep::No), Just(Keep::Refetch)],
+            0..8
+        )
+        .prop_map(MetaResponse::Wanted),
     ]
 }
 

@@ -454,6 +454,12 @@ async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_th
     }
 
     c.kill(v).await.unwrap();
+    // While it is down, one of its kept copies gets other bytes of the same size, with a
+    // sidecar that agrees (as a put of the same version planned by an earlier leader,
+    // finishing late, would leave): scrub finds it intact; reconcile must not keep it.
+    let forged_k = kept[0];
+    let forged = pattern(4242, files[forged_k].1.len());
+    forge_copy(&c.data_dir(v), &files[forged_k].1, &forged);
     let other = if v == NON_VOTER { 0 } else { NON_VOTER };
     c.dml(other, &["delete", &files[deleted].0])
         .await
@@ -501,6 +507,18 @@ async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_th
         still.len(),
         kept.len()
     );
+    wait_until(
+        "the forged copy to be fetched again",
+        RECONCILE_BOUND,
+        SDFS_POLL,
+        async || {
+            let left = disk::copies_of(&data, &forged)?;
+            anyhow::ensure!(left.is_empty(), "forged bytes still at {left:?}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     for &k in &still {
         assert!(
             !disk::copies_of(&data, &files[k].1).unwrap().is_empty(),
@@ -522,6 +540,23 @@ async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_th
         assert!(holding.contains(&(files[k].0.clone(), 1)), "{holding:?}");
         c.must_get(v, &files[k].0, &files[k].1).await.unwrap();
     }
+}
+
+/// Replaces the stored copy of `bytes` under `data_dir` (the agent stopped) with `other`,
+/// of the same length, and rewrites its sidecar to match (checksum, an old store time).
+fn forge_copy(data_dir: &std::path::Path, bytes: &[u8], other: &[u8]) {
+    let at = disk::copies_of(data_dir, bytes).unwrap();
+    let [path] = &at[..] else {
+        panic!("one copy expected, found {at:?}")
+    };
+    std::fs::write(path, other).unwrap();
+    let mut meta_path = path.clone().into_os_string();
+    meta_path.push(".meta");
+    let text = std::fs::read(&meta_path).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    meta["checksum"] = blake3::hash(other).to_hex().as_str().into();
+    meta["stored_ms"] = 0.into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
 }
 
 /// A one-way partition of the leader: a drop rule on its port lets nothing reach it, while

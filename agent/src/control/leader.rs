@@ -331,7 +331,7 @@ impl Inner {
                 let keep = self.read(|s| {
                     items
                         .iter()
-                        .map(|(name, v)| s.wanted(node, name, *v))
+                        .map(|(name, v, sum)| s.wanted(node, name, *v, sum))
                         .collect()
                 })?;
                 Ok(MetaResponse::Wanted(keep))

@@ -5,7 +5,7 @@
 
 use super::jobs::JobsState;
 use super::types::{Applied, Command, Op};
-use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo};
+use dml_shared::sdfs::{Checksum, FileInfo, Holding, Keep, VersionInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -346,17 +346,19 @@ impl MetaState {
         out.into_iter().collect()
     }
 
-    /// Whether `node` should keep its copy of `name` version `version`. A
-    /// pending version is kept, even past its deadline, until the log aborts
-    /// or expires it: a commit already on its way may still land before the
-    /// expiry, and its copies must then be there.
-    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64) -> bool {
+    /// What `node` should do with its copy of `name` version `version`,
+    /// which holds bytes with `checksum`. A pending version is kept, even
+    /// past its deadline, until the log aborts or expires it: a commit
+    /// already on its way may still land before the expiry, and its copies
+    /// must then be there.
+    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64, checksum: &Checksum) -> Keep {
         let Some(v) = self.files.get(name).and_then(|f| f.versions.get(&version)) else {
-            return false;
+            return Keep::No;
         };
         match v.state {
-            VersionState::Committed => v.replicas.contains(&node),
-            VersionState::Pending { .. } => true,
+            VersionState::Committed if !v.replicas.contains(&node) => Keep::No,
+            VersionState::Committed if v.checksum != *checksum => Keep::Refetch,
+            VersionState::Committed | VersionState::Pending { .. } => Keep::Yes,
         }
     }
 
@@ -406,6 +408,11 @@ mod tests {
 
     fn cmd(now_ms: u64, op: Op) -> Command {
         Command { now_ms, op }
+    }
+
+    /// Whether `node` keeps its copy of the bytes the helpers commit ([7; 32]).
+    fn keeps(s: &MetaState, node: u16, name: &str, version: u64) -> bool {
+        s.wanted(addr(node), name, version, &[7; 32]) == Keep::Yes
     }
 
     fn begin(s: &mut MetaState, name: &str, now: u64) -> u64 {
@@ -494,14 +501,14 @@ mod tests {
         assert!(
             matches!(put_at(&mut s, "b", 4, 7, &[1, 2]), Applied::Rejected(m) if m.contains("only 2 agent(s)"))
         );
-        assert!(!s.wanted(addr(1), "b", 4));
+        assert!(!keeps(&s, 1, "b", 4));
         assert_eq!(s.next_version("b"), 5, "the number is not handed out again");
         // Skipping numbers (a plan aborted in memory) is fine.
         assert_eq!(
             put_at(&mut s, "b", 6, 7, &[1, 2, 3, 4]),
             Applied::Version(6)
         );
-        assert!(s.wanted(addr(4), "b", 6));
+        assert!(keeps(&s, 4, "b", 6));
     }
 
     #[test]
@@ -634,7 +641,7 @@ mod tests {
         assert_eq!(del(&mut s), Applied::Done);
         assert_eq!(s.stat("a"), None);
         assert_eq!(s.count(), (0, 0, 0));
-        assert!(!s.wanted(addr(1), "a", v));
+        assert!(!keeps(&s, 1, "a", v));
         assert_eq!(begin(&mut s, "a", 0), 2);
     }
 
@@ -644,14 +651,11 @@ mod tests {
         let v1 = begin(&mut s, "a", 0);
         commit(&mut s, "a", v1, &[1, 2, 3]);
         let v2 = begin(&mut s, "a", 0);
-        assert!(s.wanted(addr(1), "a", v1));
-        assert!(
-            !s.wanted(addr(4), "a", v1),
-            "not among the committed holders"
-        );
+        assert!(keeps(&s, 1, "a", v1));
+        assert!(!keeps(&s, 4, "a", v1), "not among the committed holders");
         // Past its deadline (1000) but not yet expired by the log: kept, since
         // a commit proposed in time may still be applied.
-        assert!(s.wanted(addr(4), "a", v2), "pending");
+        assert!(keeps(&s, 4, "a", v2), "pending");
         let late = s.apply(&cmd(
             1500,
             Op::CommitPut {
@@ -663,14 +667,20 @@ mod tests {
             },
         ));
         assert_eq!(late, Applied::Version(v2));
-        assert!(s.wanted(addr(4), "a", v2), "committed here");
+        assert!(keeps(&s, 4, "a", v2), "committed here");
         let v3 = begin(&mut s, "a", 0);
-        assert!(s.wanted(addr(4), "a", v3));
+        assert!(keeps(&s, 4, "a", v3));
         assert_eq!(s.apply(&cmd(1000, Op::ExpirePending)), Applied::Done);
-        assert!(!s.wanted(addr(4), "a", v3), "expired by the log");
-        assert!(s.wanted(addr(4), "a", v2), "committed versions stay");
-        assert!(!s.wanted(addr(1), "a", 9));
-        assert!(!s.wanted(addr(1), "b", 1));
+        assert!(!keeps(&s, 4, "a", v3), "expired by the log");
+        assert!(keeps(&s, 4, "a", v2), "committed versions stay");
+        // Other bytes under a committed version here (a late put of an earlier
+        // leader's plan): fetched again. Pending or not placed here: as before.
+        assert_eq!(s.wanted(addr(4), "a", v2, &[8; 32]), Keep::Refetch);
+        assert_eq!(s.wanted(addr(3), "a", v2, &[8; 32]), Keep::No);
+        let v4 = begin(&mut s, "a", 0);
+        assert_eq!(s.wanted(addr(4), "a", v4, &[8; 32]), Keep::Yes);
+        assert!(!keeps(&s, 1, "a", 9));
+        assert!(!keeps(&s, 1, "b", 1));
     }
 
     #[test]

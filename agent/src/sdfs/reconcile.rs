@@ -1,12 +1,14 @@
 //! Reconcile: at start and every `sdfs.reconcile_interval`, remove temp files
 //! older than `sdfs.put_timeout`, then ask the metadata which stored versions
-//! this agent should keep and delete the others. When the control plane
+//! this agent should keep, delete the others, and fetch again those that
+//! hold other bytes than the committed version. When the control plane
 //! cannot be asked, nothing is deleted. A copy younger than `put_timeout` is
 //! kept whatever the answer: its put or repair may not have committed yet.
 
+use super::scrub;
 use super::stats::Counters;
 use super::{Ctx, meta};
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use dml_shared::sdfs::{Keep, MetaRequest, MetaResponse};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -20,6 +22,8 @@ const WANTED_BATCH: usize = 1000;
 pub struct ReconcileReport {
     pub checked: u64,
     pub deleted: u64,
+    /// Copies with other bytes than the committed version, fetched again.
+    pub refetched: u64,
     pub tmp_swept: u64,
 }
 
@@ -31,7 +35,7 @@ pub async fn task(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         };
         match pass {
-            Ok(r) if r.deleted > 0 || r.tmp_swept > 0 => {
+            Ok(r) if r.deleted > 0 || r.refetched > 0 || r.tmp_swept > 0 => {
                 tracing::info!(report = ?r, "SDFS: reconciled")
             }
             Ok(_) => {}
@@ -73,7 +77,10 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
         .filter(|m| m.stored_ms <= young)
         .collect();
     for batch in objects.chunks(WANTED_BATCH) {
-        let items: Vec<(String, u64)> = batch.iter().map(|m| (m.name.clone(), m.version)).collect();
+        let items: Vec<_> = batch
+            .iter()
+            .map(|m| (m.name.clone(), m.version, m.checksum))
+            .collect();
         let req = MetaRequest::Wanted {
             node: ctx.agent,
             items,
@@ -84,8 +91,16 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
         };
         report.checked += batch.len() as u64;
         for (m, keep) in batch.iter().zip(keep) {
-            if keep {
-                continue;
+            match keep {
+                Keep::Yes => continue,
+                Keep::Refetch => {
+                    let why = "it holds other bytes than the committed version";
+                    if scrub::refetch(ctx, &m.name, m.version, why).await {
+                        report.refetched += 1;
+                    }
+                    continue;
+                }
+                Keep::No => {}
             }
             let store = ctx.store.clone();
             let (name, version) = (m.name.clone(), m.version);

@@ -48,7 +48,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> ScrubReport {
             Ok(Ok(Verdict::Intact)) => {}
             Ok(Ok(Verdict::Corrupt | Verdict::Missing)) => {
                 report.corrupt += 1;
-                if repair(ctx, &m.name, m.version).await {
+                if refetch(ctx, &m.name, m.version, CORRUPT).await {
                     report.repaired += 1;
                 }
             }
@@ -62,15 +62,18 @@ pub async fn run(ctx: &Arc<Ctx>) -> ScrubReport {
 /// A copy found corrupt while serving it: repair it in the background.
 pub fn handle_corrupt(ctx: Arc<Ctx>, name: String, version: u64) {
     tokio::spawn(async move {
-        repair(&ctx, &name, version).await;
+        refetch(&ctx, &name, version, CORRUPT).await;
     });
 }
 
-/// Deletes the local copy and fetches it again from another replica of the
-/// committed version. Returns whether a good copy is back.
-async fn repair(ctx: &Ctx, name: &str, version: u64) -> bool {
+const CORRUPT: &str = "it no longer matches its recorded checksum";
+
+/// Deletes the local copy (bad because `why`) and fetches it again from
+/// another replica of the committed version, checked against the committed
+/// checksum. Returns whether a good copy is back.
+pub(crate) async fn refetch(ctx: &Ctx, name: &str, version: u64, why: &str) -> bool {
     Counters::bump(&ctx.counters.scrub_corruptions);
-    tracing::warn!(%name, version, agent = %ctx.agent, "SDFS: corrupt copy found; deleting and re-fetching");
+    tracing::warn!(%name, version, agent = %ctx.agent, why, "SDFS: bad copy found; deleting and re-fetching");
     let store = ctx.store.clone();
     let n = name.to_string();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.remove(&n, version)).await {

@@ -7,9 +7,9 @@ use dml_shared::api::{Request, Response};
 use dml_shared::config::SdfsConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
-use dml_shared::sdfs::{DataRequest, FileInfo, MetaRequest, MetaResponse, VersionInfo};
+use dml_shared::sdfs::{DataRequest, FileInfo, Keep, MetaRequest, MetaResponse, VersionInfo};
 use dml_shared::wire::{self, Kind};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +66,8 @@ pub fn checksum(b: &[u8]) -> [u8; 32] {
 #[derive(Default)]
 struct FakeMeta {
     files: Mutex<BTreeMap<String, FileInfo>>,
-    wanted: Mutex<BTreeSet<(String, u64)>>,
+    /// Versions wanted here, with their committed checksum.
+    wanted: Mutex<BTreeMap<(String, u64), [u8; 32]>>,
 }
 
 impl FakeMeta {
@@ -78,9 +79,12 @@ impl FakeMeta {
             },
             MetaRequest::Wanted { items, .. } => {
                 let w = self.wanted.lock().unwrap();
-                Response::Meta(MetaResponse::Wanted(
-                    items.into_iter().map(|i| w.contains(&i)).collect(),
-                ))
+                let keep = |(name, v, sum)| match w.get(&(name, v)) {
+                    Some(s) if *s == sum => Keep::Yes,
+                    Some(_) => Keep::Refetch,
+                    None => Keep::No,
+                };
+                Response::Meta(MetaResponse::Wanted(items.into_iter().map(keep).collect()))
             }
             other => Response::Error(format!("fake metadata does not serve {other:?}")),
         }
@@ -761,13 +765,43 @@ async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
     assert_eq!(report.deleted, 0);
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
-    meta.wanted.lock().unwrap().insert(("r".into(), 2));
+    // v2 is wanted with these bytes; v4 here holds other bytes than the
+    // committed v4, which another node holds: it is fetched again from there.
+    let other = pattern(7, 10_000);
+    let m = Node::start(meta.clone(), cfg.clone()).await;
+    let r = put(m.addr, "r", 4, &other, checksum(&other), vec![]).await;
+    assert!(matches!(r, Response::Stored { .. }), "{r:?}");
+    let r = put(n.addr, "r", 4, &data, sum, vec![]).await;
+    assert!(matches!(r, Response::Stored { .. }), "{r:?}");
+    meta.files.lock().unwrap().insert(
+        "r".into(),
+        FileInfo {
+            name: "r".into(),
+            versions: vec![VersionInfo {
+                version: 4,
+                size: other.len() as u64,
+                checksum: checksum(&other),
+                replicas: vec![n.addr, m.addr],
+                committed_ms: 0,
+            }],
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    meta.wanted
+        .lock()
+        .unwrap()
+        .extend([(("r".into(), 2), sum), (("r".into(), 4), checksum(&other))]);
     let report = n.sdfs.reconcile_now().await.unwrap().unwrap();
-    assert_eq!((report.checked, report.deleted), (3, 2));
+    assert_eq!(
+        (report.checked, report.deleted, report.refetched),
+        (4, 2, 1)
+    );
     assert!(n.stored("r", 1).is_none() && n.stored("r", 3).is_none());
     assert_eq!(n.stored("r", 2).as_deref(), Some(&data[..]));
+    assert_eq!(n.stored("r", 4).as_deref(), Some(&other[..]));
     assert_eq!(n.sdfs.stats().unwrap().reconcile_deleted, 2);
     n.stop().await;
+    m.stop().await;
 
     // Control plane unreachable: nothing is deleted.
     let dir = TestDir::new("unreachable");
