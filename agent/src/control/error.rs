@@ -26,7 +26,10 @@ pub enum ControlError {
     Unconfirmed { waited: Duration },
     #[error("the leader {leader} did not answer: {reason}")]
     Forward { leader: SocketAddr, reason: String },
-    #[error("only {alive} agents are alive; a write needs {quorum}")]
+    #[error(
+        "only {alive} {} alive; a write needs {quorum}",
+        if *alive == 1 { "agent is" } else { "agents are" }
+    )]
     TooFewAlive { alive: usize, quorum: usize },
     #[error("no such SDFS file \"{0}\"")]
     NoSuchFile(String),
@@ -40,4 +43,16 @@ pub enum ControlError {
     Open(#[from] super::store::OpenError),
     #[error("invalid Raft settings: {0}")]
     RaftConfig(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ControlError;
+
+    #[test]
+    fn too_few_alive_agrees_in_number() {
+        let e = |alive| ControlError::TooFewAlive { alive, quorum: 3 }.to_string();
+        assert_eq!(e(1), "only 1 agent is alive; a write needs 3");
+        assert_eq!(e(2), "only 2 agents are alive; a write needs 3");
+    }
 }
