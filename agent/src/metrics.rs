@@ -359,7 +359,7 @@ pub async fn render(s: &Sources) -> String {
             "Total size of the SDFS versions stored on this agent.",
             st.bytes_stored as f64,
         );
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("writes", "Chain writes stored here.", st.writes),
             (
                 "write_errors",
@@ -399,6 +399,11 @@ pub async fn render(s: &Sources) -> String {
                 "reconcile_deleted",
                 "Copies deleted because the metadata no longer wants them here.",
                 st.reconcile_deleted,
+            ),
+            (
+                "reconcile_refetched",
+                "Copies fetched again because they held other bytes than the committed version.",
+                st.reconcile_refetched,
             ),
             ("tmp_swept", "Stale temp files removed.", st.tmp_swept),
         ];

@@ -95,6 +95,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
                 Keep::Yes => continue,
                 Keep::Refetch => {
                     let why = "it holds other bytes than the committed version";
+                    Counters::bump(&ctx.counters.reconcile_refetched);
                     if scrub::refetch(ctx, &m.name, m.version, why).await {
                         report.refetched += 1;
                     }

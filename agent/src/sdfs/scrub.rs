@@ -48,6 +48,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> ScrubReport {
             Ok(Ok(Verdict::Intact)) => {}
             Ok(Ok(Verdict::Corrupt | Verdict::Missing)) => {
                 report.corrupt += 1;
+                Counters::bump(&ctx.counters.scrub_corruptions);
                 if refetch(ctx, &m.name, m.version, CORRUPT).await {
                     report.repaired += 1;
                 }
@@ -62,6 +63,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> ScrubReport {
 /// A copy found corrupt while serving it: repair it in the background.
 pub fn handle_corrupt(ctx: Arc<Ctx>, name: String, version: u64) {
     tokio::spawn(async move {
+        Counters::bump(&ctx.counters.scrub_corruptions);
         refetch(&ctx, &name, version, CORRUPT).await;
     });
 }
@@ -72,7 +74,6 @@ const CORRUPT: &str = "it no longer matches its recorded checksum";
 /// another replica of the committed version, checked against the committed
 /// checksum. Returns whether a good copy is back.
 pub(crate) async fn refetch(ctx: &Ctx, name: &str, version: u64, why: &str) -> bool {
-    Counters::bump(&ctx.counters.scrub_corruptions);
     tracing::warn!(%name, version, agent = %ctx.agent, why, "SDFS: bad copy found; deleting and re-fetching");
     let store = ctx.store.clone();
     let n = name.to_string();

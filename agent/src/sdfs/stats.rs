@@ -18,6 +18,7 @@ pub struct Counters {
     pub scrubbed: AtomicU64,
     pub scrub_corruptions: AtomicU64,
     pub reconcile_deleted: AtomicU64,
+    pub reconcile_refetched: AtomicU64,
     pub tmp_swept: AtomicU64,
 }
 
@@ -59,6 +60,9 @@ pub struct SdfsStats {
     pub scrub_corruptions: u64,
     /// Copies deleted because the metadata no longer wants them here.
     pub reconcile_deleted: u64,
+    /// Copies fetched again because they held other bytes than the
+    /// committed version (a late stream of an earlier plan).
+    pub reconcile_refetched: u64,
     /// Stale temp files removed.
     pub tmp_swept: u64,
 }
@@ -81,6 +85,7 @@ impl SdfsStats {
             scrubbed: g(&c.scrubbed),
             scrub_corruptions: g(&c.scrub_corruptions),
             reconcile_deleted: g(&c.reconcile_deleted),
+            reconcile_refetched: g(&c.reconcile_refetched),
             tmp_swept: g(&c.tmp_swept),
         }
     }

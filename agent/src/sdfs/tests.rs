@@ -799,7 +799,15 @@ async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
     assert!(n.stored("r", 1).is_none() && n.stored("r", 3).is_none());
     assert_eq!(n.stored("r", 2).as_deref(), Some(&data[..]));
     assert_eq!(n.stored("r", 4).as_deref(), Some(&other[..]));
-    assert_eq!(n.sdfs.stats().unwrap().reconcile_deleted, 2);
+    let st = n.sdfs.stats().unwrap();
+    assert_eq!(
+        (
+            st.reconcile_deleted,
+            st.reconcile_refetched,
+            st.scrub_corruptions
+        ),
+        (2, 1, 0)
+    );
     n.stop().await;
     m.stop().await;
 
