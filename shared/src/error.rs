@@ -87,6 +87,18 @@ pub enum Error {
         reason: String,
     },
     #[error(
+        "put of \"{name}\" v{version}: the leader appended its commit, but neither did a majority of the voters confirm it nor did a later leader settle it within {waited:?}; it may still take effect: check with `dml ls {name}` before retrying"
+    )]
+    CommitUnsettled {
+        name: String,
+        version: u64,
+        waited: std::time::Duration,
+    },
+    #[error(
+        "put of \"{name}\" v{version} did not commit: its leader lost the majority of the voters before they confirmed it, and the leader after it does not hold it; nothing is visible, retry the put"
+    )]
+    PutLost { name: String, version: u64 },
+    #[error(
         "put of \"{name}\" aborted: only {stored} agent(s) stored it durably; a write needs {quorum}{}",
         failed_suffix(.failed)
     )]

@@ -150,6 +150,15 @@ pub enum MetaRequest {
         /// The plan's id from [`MetaResponse::PutPlan`].
         plan: u64,
     },
+    /// What became of a commit answered [`MetaResponse::Unconfirmed`]:
+    /// answered with [`MetaResponse::PutOutcome`].
+    PutOutcome {
+        name: String,
+        version: u64,
+        checksum: Checksum,
+        /// The plan's id from [`MetaResponse::PutPlan`].
+        plan: u64,
+    },
     /// Delete every version of `name`.
     Delete { name: String },
     /// A file's committed versions.
@@ -206,6 +215,13 @@ pub enum MetaResponse {
     Committed {
         version: u64,
     },
+    /// The leader appended the commit, but a majority of the voters did not
+    /// confirm it in time: it may still take effect. Ask
+    /// [`MetaRequest::PutOutcome`] until the answer is final.
+    Unconfirmed {
+        reason: String,
+    },
+    PutOutcome(PutOutcome),
     Done,
     File(FileInfo),
     Files(Vec<FileInfo>),
@@ -217,6 +233,18 @@ pub enum MetaResponse {
     Nodes(Vec<(SocketAddr, Vec<Holding>)>),
     /// One answer per item of [`MetaRequest::Wanted`].
     Wanted(Vec<Keep>),
+}
+
+/// What became of an unconfirmed commit, as the current leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PutOutcome {
+    /// The version is committed with these bytes.
+    Committed,
+    /// It never will be: a later leader, which has applied every entry it
+    /// holds from earlier terms, does not have it.
+    Failed,
+    /// Still in the log of the leader that appended it, not yet confirmed.
+    Pending,
 }
 
 /// What reconcile does with one stored copy.

@@ -23,8 +23,8 @@ use crate::conn::{Conn, FrameWrite, IdleConns};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
-    Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
-    note_unreached, start_writeback, validate_name,
+    Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, PutOutcome, VersionInfo,
+    glob_match, note_unreached, start_writeback, validate_name,
 };
 use std::future::Future;
 use std::io::{Read, Write};
@@ -160,6 +160,9 @@ pub enum Phase {
     Receiving,
     /// Waiting for the chain to store and the leader to commit.
     Committing,
+    /// The leader appended the commit but could not confirm it: asking what
+    /// became of it.
+    Settling,
     /// `load`/`get_all`: `done` and `total` count files.
     Files,
 }
@@ -594,7 +597,52 @@ impl Sdfs {
         phases.commit = start.elapsed();
         match answer {
             MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed, checksum)),
+            MetaResponse::Unconfirmed { .. } => {
+                progress(Progress {
+                    phase: Phase::Settling,
+                    done: size,
+                    total: size,
+                });
+                self.settle(name, version, checksum, plan).await?;
+                phases.commit = start.elapsed();
+                Ok((holders, failed, checksum))
+            }
             other => Err(unexpected(Response::Meta(other))),
+        }
+    }
+
+    /// Asks what became of a commit the leader appended but no majority
+    /// confirmed, until the answer is final or `leader_wait` has passed: a
+    /// put reported failed never becomes visible later.
+    async fn settle(&self, name: &str, version: u64, checksum: Checksum, plan: u64) -> Result<()> {
+        let ask = MetaRequest::PutOutcome {
+            name: name.into(),
+            version,
+            checksum,
+            plan,
+        };
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(LEADER_RETRY).await;
+            match self.meta(ask.clone()).await {
+                Ok(MetaResponse::PutOutcome(PutOutcome::Committed)) => return Ok(()),
+                Ok(MetaResponse::PutOutcome(PutOutcome::Failed)) => {
+                    return Err(Error::PutLost {
+                        name: name.into(),
+                        version,
+                    });
+                }
+                // Still pending, or no leader can answer yet.
+                Ok(MetaResponse::PutOutcome(PutOutcome::Pending)) | Err(_) => {}
+                Ok(other) => return Err(unexpected(Response::Meta(other))),
+            }
+            if start.elapsed() >= self.opts.leader_wait {
+                return Err(Error::CommitUnsettled {
+                    name: name.into(),
+                    version,
+                    waited: Duration::from_millis(start.elapsed().as_millis() as u64),
+                });
+            }
         }
     }
 

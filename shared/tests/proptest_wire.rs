@@ -13,7 +13,7 @@ use dml_shared::infer::{
     Outcome, Placement, Prediction, RateInfo,
 };
 use dml_shared::sdfs::{
-    DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, VersionInfo,
+    DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, PutOutcome, VersionInfo,
 };
 use dml_shared::telemetry::{
     ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
@@ -127,6 +127,14 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
                 plan,
             }
         }),
+        (text(), any::<u64>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(name, version, checksum, plan)| MetaRequest::PutOutcome {
+                name,
+                version,
+                checksum,
+                plan
+            }
+        ),
         text().prop_map(|name| MetaRequest::Delete { name }),
         text().prop_map(|name| MetaRequest::Stat { name }),
         text().prop_map(|glob| MetaRequest::List { glob }),
@@ -154,6 +162,13 @@ fn meta_response() -> impl Strategy<Value = MetaResponse> {
         ),
         any::<u64>().prop_map(|version| MetaResponse::Committed { version }),
         Just(MetaResponse::Done),
+        text().prop_map(|reason| MetaResponse::Unconfirmed { reason }),
+        prop_oneof![
+            Just(PutOutcome::Committed),
+            Just(PutOutcome::Failed),
+            Just(PutOutcome::Pending)
+        ]
+        .prop_map(MetaResponse::PutOutcome),
         file_info().prop_map(MetaResponse::File),
         vec(file_info(), 0..3).prop_map(MetaResponse::Files),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, versions, bytes)| {

@@ -5,8 +5,8 @@
 //! Ground truth comes from the agent API and from the agents' data directories. Build
 //! the binaries first: `cargo build --workspace --bins`.
 
-use dml_shared::sdfs_client::no_progress;
-use dml_tests::sdfs::content::pattern;
+use dml_shared::sdfs_client::{Phase, Progress, no_progress};
+use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
 use dml_tests::{wait_for, wait_until};
@@ -418,6 +418,102 @@ async fn a_minority_left_by_frozen_voters_cannot_commit() {
     let f = c.file(0, "minority/a").await.unwrap().unwrap();
     assert_eq!(f.versions.len(), 1);
     c.must_get(2, "minority/a", &b2).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-unconfirmed", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    // A name whose chain leaves out 4 voters besides the leader: those get frozen, so the
+    // chain still stores while no majority can confirm the commit.
+    let voters = c.voter_indices();
+    let mut chosen = None;
+    for k in 0..40 {
+        let name = format!("unconfirmed/{k}");
+        c.must_put(leader, &name, b"v1").await.unwrap();
+        let f = c.file(leader, &name).await.unwrap().unwrap();
+        let chain: BTreeSet<usize> = f.versions[0]
+            .replicas
+            .iter()
+            .map(|r| c.index_of(*r).unwrap())
+            .collect();
+        let out: Vec<usize> = voters
+            .iter()
+            .copied()
+            .filter(|&i| i != leader && !chain.contains(&i))
+            .collect();
+        if out.len() >= 4 {
+            chosen = Some((name, out[..4].to_vec()));
+            break;
+        }
+    }
+    let (name, freeze) = chosen.expect("no name leaves 4 voters out of its chain");
+    // v2 renews the leader's lease (half an election timeout), so v3's commit is
+    // appended under it just after the freeze, and no majority can confirm it.
+    c.client_put(leader, &name, b"v2").await.unwrap().unwrap();
+    let pids: Vec<u32> = freeze.iter().map(|&i| c.agent(i).pid()).collect();
+    let frozen = Frozen::stop(&pids).unwrap();
+    let bytes = pattern(777, 50_000);
+    let local = c.local_path("unconfirmed");
+    content::write_file(&local, &bytes).unwrap();
+    let settling = Arc::new(AtomicBool::new(false));
+    let put = {
+        let (client, name, settling) = (c.client(leader), name.clone(), settling.clone());
+        tokio::spawn(async move {
+            let progress = move |p: Progress| {
+                if p.phase == Phase::Settling {
+                    settling.store(true, Ordering::SeqCst);
+                }
+            };
+            client.put(&local, &name, &progress).await
+        })
+    };
+    wait_until(
+        "the commit to go unconfirmed",
+        Duration::from_secs(40),
+        Duration::from_millis(50),
+        async || {
+            anyhow::ensure!(
+                settling.load(Ordering::SeqCst) || put.is_finished(),
+                "still committing"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        settling.load(Ordering::SeqCst),
+        "the commit was not left unconfirmed: {:?}",
+        put.await
+    );
+    frozen.resume().unwrap();
+    // Whichever leader comes next, the put's answer is final and the store agrees.
+    let answer = tokio::time::timeout(Duration::from_secs(60), put)
+        .await
+        .expect("the put did not answer")
+        .unwrap();
+    eprintln!("the unconfirmed put answered: {answer:?}");
+    match answer {
+        Ok(rep) => {
+            assert_eq!(rep.version, 3);
+            c.must_get(NON_VOTER, &name, &bytes).await.unwrap();
+        }
+        Err(dml_shared::Error::PutLost { version, .. }) => {
+            assert_eq!(version, 3);
+            let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
+            let t = Instant::now();
+            while t.elapsed() < watch {
+                let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
+                let last = f.versions.last().map(|v| v.version);
+                assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
+                tokio::time::sleep(SDFS_POLL).await;
+            }
+            c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+        }
+        Err(e) => panic!("the unconfirmed put did not settle: {e}"),
+    }
 }
 
 #[tokio::test]

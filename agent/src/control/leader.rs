@@ -13,7 +13,7 @@ use crate::membership::Event;
 use crate::membership::driver::unix_ms;
 use dml_shared::api::{MemberState, Request, Response};
 use dml_shared::client::Client;
-use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse, validate_name};
+use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse, PutOutcome, validate_name};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -45,6 +45,20 @@ pub(crate) enum Refusal {
 impl From<ControlError> for Refusal {
     fn from(e: ControlError) -> Self {
         Refusal::Failed(e)
+    }
+}
+
+/// What became of a put commit planned (and appended) in term `plan`, seen
+/// by a leader of term `term` whose state is current: committed, or lost for
+/// good once a later leader has applied an entry of its own term without it,
+/// or still pending in the log of the leader that appended it.
+fn put_outcome(committed: bool, plan: u64, term: u64) -> PutOutcome {
+    if committed {
+        PutOutcome::Committed
+    } else if plan < term {
+        PutOutcome::Failed
+    } else {
+        PutOutcome::Pending
     }
 }
 
@@ -277,10 +291,36 @@ impl Inner {
                         };
                     }
                 };
-                match rejected(self.propose(op).await?)? {
-                    Applied::Version(version) => Ok(MetaResponse::Committed { version }),
-                    other => Err(unexpected(other)),
+                match self.propose(op).await {
+                    Ok(a) => match rejected(a)? {
+                        Applied::Version(version) => Ok(MetaResponse::Committed { version }),
+                        other => Err(unexpected(other)),
+                    },
+                    // Appended, not confirmed: the client asks `PutOutcome`
+                    // until the answer is final.
+                    Err(Refusal::Failed(e @ ControlError::Unconfirmed { .. })) => {
+                        Ok(MetaResponse::Unconfirmed {
+                            reason: e.to_string(),
+                        })
+                    }
+                    Err(e) => Err(e),
                 }
+            }
+            MetaRequest::PutOutcome {
+                name,
+                version,
+                checksum,
+                plan,
+            } => {
+                // After this, every entry of an earlier term in this leader's
+                // log is applied (it applied one of its own term).
+                self.linearize().await?;
+                let term = self
+                    .raft
+                    .as_ref()
+                    .map_or(0, |r| r.metrics().borrow().current_term);
+                let committed = self.read(|s| s.is_committed_as(&name, version, &checksum))?;
+                Ok(MetaResponse::PutOutcome(put_outcome(committed, plan, term)))
             }
             MetaRequest::AbortPut {
                 name,
@@ -554,5 +594,14 @@ mod tests {
         assert!(!departed_in(&[failed.clone(), back], a), "rejoined");
         assert!(!departed_in(&[failed, suspect], a), "suspect is still live");
         assert!(!departed_in(&[other], a));
+    }
+
+    #[test]
+    fn an_unconfirmed_put_is_final_once_a_later_leader_answers() {
+        assert_eq!(put_outcome(true, 3, 3), PutOutcome::Committed);
+        assert_eq!(put_outcome(true, 3, 5), PutOutcome::Committed);
+        assert_eq!(put_outcome(false, 3, 4), PutOutcome::Failed);
+        // Its own leader still holds it in the log.
+        assert_eq!(put_outcome(false, 3, 3), PutOutcome::Pending);
     }
 }

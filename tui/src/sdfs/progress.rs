@@ -3,6 +3,7 @@
 use dml_shared::sdfs_client::{Phase, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Transfers smaller than this finish too fast for a bar to help.
@@ -22,7 +23,12 @@ pub struct Bar {
     enabled: bool,
     bar: OnceLock<ProgressBar>,
     phase: Mutex<Option<Phase>>,
+    /// Whether the settling notice was printed.
+    settling: AtomicBool,
 }
+
+/// Printed on stderr (terminal or not) when a put's commit goes unconfirmed.
+pub const SETTLING_NOTICE: &str = "the leader appended the commit but a majority of the voters has not confirmed it; waiting for its outcome";
 
 impl Bar {
     /// A bar drawn on stderr when it is a terminal and the output is not JSON.
@@ -35,11 +41,18 @@ impl Bar {
             enabled,
             bar: OnceLock::new(),
             phase: Mutex::new(None),
+            settling: AtomicBool::new(false),
         }
     }
 
     /// Takes one progress report.
     pub fn update(&self, p: Progress) {
+        if p.phase == Phase::Settling && !self.settling.swap(true, Ordering::Relaxed) {
+            match self.bar.get() {
+                Some(b) => b.suspend(|| eprintln!("{SETTLING_NOTICE}")),
+                None => eprintln!("{SETTLING_NOTICE}"),
+            }
+        }
         if !self.enabled {
             return;
         }
@@ -53,10 +66,10 @@ impl Bar {
             *phase = Some(p.phase);
             let template = match p.phase {
                 Phase::Files => FILES_TEMPLATE,
-                Phase::Committing => WAIT_TEMPLATE,
+                Phase::Committing | Phase::Settling => WAIT_TEMPLATE,
                 _ => BYTES_TEMPLATE,
             };
-            if p.phase == Phase::Committing {
+            if matches!(p.phase, Phase::Committing | Phase::Settling) {
                 bar.enable_steady_tick(SPINNER_TICK);
             } else {
                 bar.disable_steady_tick();
@@ -92,6 +105,7 @@ pub fn phase_label(p: Phase) -> &'static str {
         Phase::Sending => "sending",
         Phase::Receiving => "receiving",
         Phase::Committing => "committing",
+        Phase::Settling => "settling",
         Phase::Files => "files",
     }
 }
