@@ -272,6 +272,18 @@ impl Store {
             .tmp
             .join(format!("{stem}{META_SUFFIX}{PART_SUFFIX}"));
         let file = File::create_new(&path).map_err(|e| self.write_err(name, version, &path, e))?;
+        // The sidecar's file too, now, while the bytes stream in: creating a
+        // file costs ext4 up to a tenth of a millisecond, which `finish`
+        // would otherwise spend after the last byte. Until `finish` fills it,
+        // `recover_temp` cannot parse it and leaves the pair to the sweeper.
+        let meta_file = match File::create_new(&meta_tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(self.write_err(name, version, &meta_tmp, e));
+            }
+        };
         Ok(TempObject {
             store: self.clone(),
             name: name.to_string(),
@@ -281,6 +293,7 @@ impl Store {
             path,
             meta_tmp,
             file: Some(file),
+            meta_file: Some(meta_file),
             hasher: blake3::Hasher::new(),
             written: 0,
             done: false,
@@ -438,6 +451,7 @@ pub struct TempObject {
     path: PathBuf,
     meta_tmp: PathBuf,
     file: Option<File>,
+    meta_file: Option<File>,
     hasher: blake3::Hasher,
     written: u64,
     done: bool,
@@ -516,7 +530,7 @@ impl TempObject {
                 .map_or(0, |d| d.as_millis() as u64),
         };
         let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
-        let mut mf = File::create_new(&self.meta_tmp).map_err(|e| werr(&self.meta_tmp, e))?;
+        let mut mf = self.meta_file.take().expect("open until finish");
         mf.write_all(&json).map_err(|e| werr(&self.meta_tmp, e))?;
         // Both fsyncs at once, so the file system commits them together;
         // neither file is renamed into place before both are durable.
@@ -578,6 +592,7 @@ impl Drop for TempObject {
     fn drop(&mut self) {
         if !self.done {
             self.file = None;
+            self.meta_file = None;
             let _ = fs::remove_file(&self.path);
             let _ = fs::remove_file(&self.meta_tmp);
         }
