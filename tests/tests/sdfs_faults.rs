@@ -5,7 +5,7 @@
 //! Ground truth comes from the agent API and from the agents' data directories. Build
 //! the binaries first: `cargo build --workspace --bins`.
 
-use dml_shared::sdfs_client::{Phase, Progress, no_progress};
+use dml_shared::sdfs_client::no_progress;
 use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 
 /// Bound on a file being back at 4 live replicas after 3 of its holders die at once.
 /// Detection takes about `ping_interval + 2 * ping_timeout + suspicion_timeout` (under
@@ -457,62 +458,63 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
     let bytes = pattern(777, 50_000);
     let local = c.local_path("unconfirmed");
     content::write_file(&local, &bytes).unwrap();
-    let settling = Arc::new(AtomicBool::new(false));
-    let put = {
-        let (client, name, settling) = (c.client(leader), name.clone(), settling.clone());
-        tokio::spawn(async move {
-            let progress = move |p: Progress| {
-                if p.phase == Phase::Settling {
-                    settling.store(true, Ordering::SeqCst);
-                }
-            };
-            client.put(&local, &name, &progress).await
-        })
-    };
-    wait_until(
-        "the commit to go unconfirmed",
-        Duration::from_secs(40),
-        Duration::from_millis(50),
-        async || {
-            anyhow::ensure!(
-                settling.load(Ordering::SeqCst) || put.is_finished(),
-                "still committing"
-            );
-            Ok(())
-        },
-    )
+    let agent = c.addrs[leader].to_string();
+    let local = local.to_string_lossy().into_owned();
+    let mut put = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
+        .env("DML_KEY_FILE", dml_tests::key::path().unwrap())
+        .args(["--agent", &agent, "put", "--json", &local, &name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // `dml put` says on stderr when the leader could not confirm the commit.
+    let mut stderr = tokio::io::BufReader::new(put.stderr.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let noticed = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            let notice = line.contains("waiting for its outcome");
+            said.push(line);
+            if notice {
+                return true;
+            }
+        }
+        false
+    })
     .await
-    .unwrap();
-    assert!(
-        settling.load(Ordering::SeqCst),
-        "the commit was not left unconfirmed: {:?}",
-        put.await
-    );
+    .expect("`dml put` neither settled nor ended");
+    assert!(noticed, "the commit was not left unconfirmed: {said:?}");
     frozen.resume().unwrap();
     // Whichever leader comes next, the put's answer is final and the store agrees.
-    let answer = tokio::time::timeout(Duration::from_secs(60), put)
-        .await
-        .expect("the put did not answer")
-        .unwrap();
-    eprintln!("the unconfirmed put answered: {answer:?}");
-    match answer {
-        Ok(rep) => {
-            assert_eq!(rep.version, 3);
-            c.must_get(NON_VOTER, &name, &bytes).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            said.push(line);
         }
-        Err(dml_shared::Error::PutLost { version, .. }) => {
-            assert_eq!(version, 3);
-            let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
-            let t = Instant::now();
-            while t.elapsed() < watch {
-                let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
-                let last = f.versions.last().map(|v| v.version);
-                assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
-                tokio::time::sleep(SDFS_POLL).await;
-            }
-            c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+        put.wait_with_output().await.unwrap()
+    })
+    .await
+    .expect("`dml put` did not answer");
+    let said = said.join("\n");
+    eprintln!("the unconfirmed put answered {}: {said}", out.status);
+    if out.status.success() {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["version"], 3, "{report}");
+        c.must_get(NON_VOTER, &name, &bytes).await.unwrap();
+    } else {
+        assert!(
+            said.contains("v3 did not commit") && said.contains("nothing is visible"),
+            "the unconfirmed put did not settle: {said}"
+        );
+        let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
+        let t = Instant::now();
+        while t.elapsed() < watch {
+            let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
+            let last = f.versions.last().map(|v| v.version);
+            assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
+            tokio::time::sleep(SDFS_POLL).await;
         }
-        Err(e) => panic!("the unconfirmed put did not settle: {e}"),
+        c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
     }
 }
 
