@@ -5,7 +5,7 @@
 //! Ground truth comes from the agent API and from the agents' data directories. Build
 //! the binaries first: `cargo build --workspace --bins`.
 
-use dml_shared::sdfs_client::no_progress;
+use dml_shared::sdfs_client::{Options, Phase, Progress, Sdfs, no_progress};
 use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
@@ -421,13 +421,14 @@ async fn a_minority_left_by_frozen_voters_cannot_commit() {
     c.must_get(2, "minority/a", &b2).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
-    let _slot = cluster_slot().await;
-    let c = SdfsCluster::start("sdfs-unconfirmed", 10).await.unwrap();
-    let leader = c.leader_index(&all(&c), READY).await.unwrap();
-    // A name whose chain leaves out 4 voters besides the leader: those get frozen, so the
-    // chain still stores while no majority can confirm the commit.
+/// Puts v1 and v2 of a name whose chain leaves out 4 voters besides the leader, then
+/// freezes those 4. v2 renewed the leader's lease (half an election timeout), so v3's
+/// commit is appended under it, and no majority can confirm it. Returns the name, the
+/// frozen voters and their guard.
+async fn freeze_a_majority_after_v2(
+    c: &SdfsCluster,
+    leader: usize,
+) -> (String, Vec<usize>, Frozen) {
     let voters = c.voter_indices();
     let mut chosen = None;
     for k in 0..40 {
@@ -450,11 +451,18 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
         }
     }
     let (name, freeze) = chosen.expect("no name leaves 4 voters out of its chain");
-    // v2 renews the leader's lease (half an election timeout), so v3's commit is
-    // appended under it just after the freeze, and no majority can confirm it.
     c.client_put(leader, &name, b"v2").await.unwrap().unwrap();
     let pids: Vec<u32> = freeze.iter().map(|&i| c.agent(i).pid()).collect();
     let frozen = Frozen::stop(&pids).unwrap();
+    (name, freeze, frozen)
+}
+
+#[tokio::test]
+async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-unconfirmed", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let (name, _, frozen) = freeze_a_majority_after_v2(&c, leader).await;
     let bytes = pattern(777, 50_000);
     let local = c.local_path("unconfirmed");
     content::write_file(&local, &bytes).unwrap();
@@ -516,6 +524,88 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
         }
         c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn an_unconfirmed_commit_whose_holders_all_die_fails_for_good() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-lost", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let (name, frozen_idx, frozen) = freeze_a_majority_after_v2(&c, leader).await;
+    let bytes = pattern(778, 50_000);
+    let local = c.local_path("lost");
+    content::write_file(&local, &bytes).unwrap();
+    let settling = Arc::new(AtomicBool::new(false));
+    let put = {
+        // Through a non-voter, which outlives the leader; waiting long enough for the
+        // restarts and an election below.
+        let opts = Options {
+            leader_wait: Duration::from_secs(60),
+            ..Options::default()
+        };
+        let client = Sdfs::with_options(c.addrs[NON_VOTER], opts);
+        let (name, settling) = (name.clone(), settling.clone());
+        tokio::spawn(async move {
+            let progress = move |p: Progress| {
+                if p.phase == Phase::Settling {
+                    settling.store(true, Ordering::SeqCst);
+                }
+            };
+            client.put(&local, &name, &progress).await
+        })
+    };
+    wait_until(
+        "the commit to go unconfirmed",
+        Duration::from_secs(40),
+        Duration::from_millis(50),
+        async || {
+            anyhow::ensure!(
+                settling.load(Ordering::SeqCst) || put.is_finished(),
+                "still committing"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        settling.load(Ordering::SeqCst),
+        "the commit was not left unconfirmed: {:?}",
+        put.await
+    );
+    // Only the leader and the two voters it reached hold the entry: kill them. Restart the
+    // frozen voters (a frozen process's kernel kept buffering what the leader sent it; a
+    // restart drops that): they are a majority, and elect a leader without the entry.
+    let reached: Vec<usize> = c
+        .voter_indices()
+        .into_iter()
+        .filter(|i| !frozen_idx.contains(i))
+        .collect();
+    for &i in &reached {
+        c.kill(i).await.unwrap();
+    }
+    for &i in &frozen_idx {
+        c.restart(i).await.unwrap();
+    }
+    drop(frozen);
+    let answer = tokio::time::timeout(Duration::from_secs(90), put)
+        .await
+        .expect("the put did not answer")
+        .unwrap();
+    eprintln!("the put answered: {answer:?}");
+    match answer {
+        Err(dml_shared::Error::PutLost { version: 3, .. }) => {}
+        other => panic!("expected the put to be lost for good: {other:?}"),
+    }
+    let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
+    let t = Instant::now();
+    while t.elapsed() < watch {
+        let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
+        let last = f.versions.last().map(|v| v.version);
+        assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
+        tokio::time::sleep(SDFS_POLL).await;
+    }
+    c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
 }
 
 #[tokio::test]
