@@ -514,15 +514,7 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
             said.contains("v3 did not commit") && said.contains("nothing is visible"),
             "the unconfirmed put did not settle: {said}"
         );
-        let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
-        let t = Instant::now();
-        while t.elapsed() < watch {
-            let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
-            let last = f.versions.last().map(|v| v.version);
-            assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
-            tokio::time::sleep(SDFS_POLL).await;
-        }
-        c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+        v3_stays_lost(&c, &name).await;
     }
 }
 
@@ -597,15 +589,21 @@ async fn an_unconfirmed_commit_whose_holders_all_die_fails_for_good() {
         Err(dml_shared::Error::PutLost { version: 3, .. }) => {}
         other => panic!("expected the put to be lost for good: {other:?}"),
     }
+    v3_stays_lost(&c, &name).await;
+}
+
+/// After a put of v3 of `name` was reported lost: v2 stays the latest version, also once
+/// the put timeout has expired any plan, and reads back.
+async fn v3_stays_lost(c: &SdfsCluster, name: &str) {
     let watch = c.opts.sdfs.put_timeout + Duration::from_secs(4);
     let t = Instant::now();
     while t.elapsed() < watch {
-        let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
+        let f = c.file(NON_VOTER, name).await.unwrap().unwrap();
         let last = f.versions.last().map(|v| v.version);
         assert_eq!(last, Some(2), "the lost put became visible: {f:?}");
         tokio::time::sleep(SDFS_POLL).await;
     }
-    c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+    c.must_get(NON_VOTER, name, b"v2").await.unwrap();
 }
 
 #[tokio::test]
