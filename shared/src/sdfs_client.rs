@@ -594,9 +594,8 @@ impl Sdfs {
             },
             r => r?,
         };
-        phases.commit = start.elapsed();
         match answer {
-            MetaResponse::Committed { .. } | MetaResponse::Done => Ok((holders, failed, checksum)),
+            MetaResponse::Committed { .. } | MetaResponse::Done => {}
             MetaResponse::Unconfirmed { .. } => {
                 progress(Progress {
                     phase: Phase::Settling,
@@ -604,11 +603,11 @@ impl Sdfs {
                     total: size,
                 });
                 self.settle(name, version, checksum, plan).await?;
-                phases.commit = start.elapsed();
-                Ok((holders, failed, checksum))
             }
-            other => Err(unexpected(Response::Meta(other))),
+            other => return Err(unexpected(Response::Meta(other))),
         }
+        phases.commit = start.elapsed();
+        Ok((holders, failed, checksum))
     }
 
     /// Asks what became of a commit the leader appended but no majority

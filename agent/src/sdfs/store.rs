@@ -272,19 +272,7 @@ impl Store {
             .tmp
             .join(format!("{stem}{META_SUFFIX}{PART_SUFFIX}"));
         let file = File::create_new(&path).map_err(|e| self.write_err(name, version, &path, e))?;
-        // The sidecar's file too, now, while the bytes stream in: creating a
-        // file costs ext4 up to a tenth of a millisecond, which `finish`
-        // would otherwise spend after the last byte. Until `finish` fills it,
-        // `recover_temp` cannot parse it and leaves the pair to the sweeper.
-        let meta_file = match File::create_new(&meta_tmp) {
-            Ok(f) => f,
-            Err(e) => {
-                drop(file);
-                let _ = fs::remove_file(&path);
-                return Err(self.write_err(name, version, &meta_tmp, e));
-            }
-        };
-        Ok(TempObject {
+        let mut t = TempObject {
             store: self.clone(),
             name: name.to_string(),
             version,
@@ -293,11 +281,20 @@ impl Store {
             path,
             meta_tmp,
             file: Some(file),
-            meta_file: Some(meta_file),
+            meta_file: None,
             hasher: blake3::Hasher::new(),
             written: 0,
             done: false,
-        })
+        };
+        // The sidecar's file too, now, while the bytes stream in: creating a
+        // file costs ext4 up to a tenth of a millisecond, which `finish`
+        // would otherwise spend after the last byte. Until `finish` fills it,
+        // `recover_temp` cannot parse it and leaves the pair to the sweeper.
+        // On an error, dropping `t` removes the data file.
+        let meta_file = File::create_new(&t.meta_tmp)
+            .map_err(|e| self.write_err(name, version, &t.meta_tmp, e))?;
+        t.meta_file = Some(meta_file);
+        Ok(t)
     }
 
     fn write_err(&self, name: &str, version: u64, path: &Path, e: io::Error) -> SdfsError {

@@ -3,7 +3,6 @@
 use dml_shared::sdfs_client::{Phase, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Transfers smaller than this finish too fast for a bar to help.
@@ -23,12 +22,10 @@ pub struct Bar {
     enabled: bool,
     bar: OnceLock<ProgressBar>,
     phase: Mutex<Option<Phase>>,
-    /// Whether the settling notice was printed.
-    settling: AtomicBool,
 }
 
 /// Printed on stderr (terminal or not) when a put's commit goes unconfirmed.
-pub const SETTLING_NOTICE: &str = "the leader appended the commit but a majority of the voters has not confirmed it; waiting for its outcome";
+const SETTLING_NOTICE: &str = "the leader appended the commit but a majority of the voters has not confirmed it; waiting for its outcome";
 
 impl Bar {
     /// A bar drawn on stderr when it is a terminal and the output is not JSON.
@@ -41,13 +38,13 @@ impl Bar {
             enabled,
             bar: OnceLock::new(),
             phase: Mutex::new(None),
-            settling: AtomicBool::new(false),
         }
     }
 
     /// Takes one progress report.
     pub fn update(&self, p: Progress) {
-        if p.phase == Phase::Settling && !self.settling.swap(true, Ordering::Relaxed) {
+        // The client reports it once per put that goes unconfirmed.
+        if p.phase == Phase::Settling {
             match self.bar.get() {
                 Some(b) => b.suspend(|| eprintln!("{SETTLING_NOTICE}")),
                 None => eprintln!("{SETTLING_NOTICE}"),
