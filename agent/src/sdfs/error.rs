@@ -38,6 +38,14 @@ pub enum SdfsError {
         expected: u64,
         got: u64,
     },
+    #[error(
+        "agent {agent} already holds other bytes as \"{name}\" v{version} (another put was given the same version by an earlier leader); it keeps the copy in place"
+    )]
+    OtherCopy {
+        agent: SocketAddr,
+        name: String,
+        version: u64,
+    },
     #[error("\"{name}\" v{version} is not stored here ({agent})")]
     NotStored {
         agent: SocketAddr,

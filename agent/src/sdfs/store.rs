@@ -542,6 +542,22 @@ impl TempObject {
             .map_err(|e| werr(&self.meta_tmp, e))?;
         drop((file, mf));
 
+        // The copy in place stays. A late write of the same version (a put an
+        // earlier leader planned, whose stream resumed after another put was
+        // given the version) must neither replace it nor pair its sidecar
+        // with the other's bytes; the same bytes again are already stored.
+        // Under the index lock, so the check and the renames are one step.
+        let mut index = store.index();
+        if let Some(there) = index.get(&(name.clone(), version)) {
+            if there.checksum == meta.checksum && there.size == meta.size {
+                return Ok(there.clone());
+            }
+            return Err(SdfsError::OtherCopy {
+                agent: store.inner.agent,
+                name,
+                version,
+            });
+        }
         let meta_final = store.meta_path(&name, version);
         let data_final = store.data_path(&name, version);
         fs::rename(&self.meta_tmp, &meta_final).map_err(|e| store.io("rename", &meta_final, e))?;
@@ -550,7 +566,7 @@ impl TempObject {
             return Err(store.io("rename", &data_final, e));
         }
         self.done = true;
-        store.index().insert((name, version), meta.clone());
+        index.insert((name, version), meta.clone());
         // No directory fsync: the durable temp pair stands for the renames
         // until they reach the disk (see `Store::recover_temp`).
         Ok(meta)
@@ -632,6 +648,27 @@ mod tests {
 
     fn count(dir: &Path) -> usize {
         fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn a_late_write_of_other_bytes_never_replaces_the_copy_in_place() {
+        let dir = TestDir::new("store-other");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let (first, late) = (pattern(11, 5_000), pattern(12, 5_000));
+        // Both begin before either finishes, as a straggler and a new put would.
+        let mut a = s.begin("v", 7, 5_000, checksum(&late)).unwrap();
+        a.write(&late).unwrap();
+        let m = put(&s, "v", 7, &first).unwrap();
+        assert!(matches!(a.finish(), Err(SdfsError::OtherCopy { .. })));
+        assert!(matches!(
+            put(&s, "v", 7, &late),
+            Err(SdfsError::OtherCopy { .. })
+        ));
+        // The same bytes again: already stored.
+        assert_eq!(put(&s, "v", 7, &first).unwrap(), m);
+        assert_eq!(fs::read(s.path_of("v", 7)).unwrap(), first);
+        assert_eq!(s.verify(&m, 4096, |_| {}).unwrap(), Verdict::Intact);
+        assert_eq!(count(s.tmp_dir()), 0);
     }
 
     #[test]
