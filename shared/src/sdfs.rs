@@ -275,6 +275,11 @@ pub enum DataRequest {
         size: u64,
         checksum: Option<Checksum>,
         downstream: Vec<SocketAddr>,
+        /// The put's plan id ([`MetaResponse::PutPlan`]'s `plan`). A replica
+        /// holding other bytes of this version from an earlier plan (which
+        /// can no longer commit) replaces them; from this plan or a later
+        /// one, or committed, it keeps them and refuses the write.
+        plan: u64,
     },
     /// Send a stored version: answered with [`crate::api::Response::ReadStart`],
     /// then raw data frames, then an empty frame. The agent does not re-hash

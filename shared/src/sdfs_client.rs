@@ -536,6 +536,7 @@ impl Sdfs {
             size,
             checksum: None,
             downstream: chain[head + 1..].to_vec(),
+            plan,
         };
         let addr = chain[head];
         let (holders, chain_failed, checksum) = match self

@@ -13,7 +13,7 @@ use serde::{Serialize, de::DeserializeOwned};
 /// "DL": first two bytes of every AwesomeDML packet.
 pub const MAGIC: u16 = 0xD34C;
 /// Bumped on every incompatible change of any payload.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 4;
 

@@ -194,17 +194,19 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
             any::<u64>(),
             any::<u64>(),
             any::<Option<[u8; 32]>>(),
-            addrs()
+            addrs(),
+            any::<u64>()
         )
-            .prop_map(
-                |(name, version, size, checksum, downstream)| DataRequest::Write {
+            .prop_map(|(name, version, size, checksum, downstream, plan)| {
+                DataRequest::Write {
                     name,
                     version,
                     size,
                     checksum,
-                    downstream
+                    downstream,
+                    plan,
                 }
-            ),
+            }),
         (text(), any::<u64>()).prop_map(|(name, version)| DataRequest::Read { name, version }),
         (
             text(),

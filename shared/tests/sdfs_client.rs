@@ -158,6 +158,7 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                 size,
                 checksum,
                 downstream,
+                ..
             }) => {
                 let refuse = st.lock().unwrap().refuse_writes.clone();
                 if let Some(msg) = refuse {

@@ -31,13 +31,15 @@ pub struct LocalWriter {
 impl LocalWriter {
     /// Starts the blocking writer; errors (bad name, no space for the temp
     /// file) come back from [`LocalWriter::send`] / [`LocalWriter::finish`].
-    /// Without `checksum`, [`LocalWriter::finish`] must bring it.
+    /// Without `checksum`, [`LocalWriter::finish`] must bring it. `plan`:
+    /// the put's plan id, `None` for a copy of a committed version.
     pub fn begin(
         store: &Store,
         name: &str,
         version: u64,
         size: u64,
         checksum: Option<Checksum>,
+        plan: Option<u64>,
         queue: usize,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(queue.max(1));
@@ -45,6 +47,7 @@ impl LocalWriter {
         let name = name.to_string();
         let join = tokio::task::spawn_blocking(move || {
             let mut obj = store.begin(&name, version, size, checksum.unwrap_or_default())?;
+            obj.set_plan(plan);
             while let Some(piece) = rx.blocking_recv() {
                 match piece {
                     Piece::Chunk(c) => obj.write(&c)?,

@@ -127,6 +127,7 @@ impl SdfsHandle {
                 size,
                 checksum,
                 downstream,
+                plan,
             } => {
                 let w = write::WriteArgs {
                     name,
@@ -134,6 +135,7 @@ impl SdfsHandle {
                     size,
                     checksum,
                     downstream,
+                    plan,
                 };
                 write::serve_write(ctx, w, stream).await
             }

@@ -111,6 +111,7 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
         want.version,
         want.size,
         Some(want.checksum),
+        None,
         STREAM_QUEUE,
     );
     loop {

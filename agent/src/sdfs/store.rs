@@ -41,6 +41,10 @@ pub struct ObjectMeta {
     pub checksum: Checksum,
     /// When this copy was stored (Unix ms).
     pub stored_ms: u64,
+    /// The plan id of the put that wrote it; `None` for a copy of a committed
+    /// version (repair, scrub) and for sidecars older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<u64>,
 }
 
 /// The result of re-hashing a stored copy.
@@ -278,6 +282,7 @@ impl Store {
             version,
             size,
             checksum,
+            plan: None,
             path,
             meta_tmp,
             file: Some(file),
@@ -445,6 +450,7 @@ pub struct TempObject {
     version: u64,
     size: u64,
     checksum: Checksum,
+    plan: Option<u64>,
     path: PathBuf,
     meta_tmp: PathBuf,
     file: Option<File>,
@@ -500,6 +506,11 @@ impl TempObject {
         self.checksum = checksum;
     }
 
+    /// The plan id of the put writing this copy (see [`ObjectMeta::plan`]).
+    pub fn set_plan(&mut self, plan: Option<u64>) {
+        self.plan = plan;
+    }
+
     /// Checks size and checksum, fsyncs, and renames the version into place.
     pub fn finish(mut self) -> Result<ObjectMeta, SdfsError> {
         if self.written != self.size {
@@ -525,6 +536,7 @@ impl TempObject {
             stored_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            plan: self.plan,
         };
         let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
         let mut mf = self.meta_file.take().expect("open until finish");
@@ -542,35 +554,49 @@ impl TempObject {
             .map_err(|e| werr(&self.meta_tmp, e))?;
         drop((file, mf));
 
-        // The copy in place stays. A late write of the same version (a put an
-        // earlier leader planned, whose stream resumed after another put was
-        // given the version) must neither replace it nor pair its sidecar
-        // with the other's bytes; the same bytes again are already stored.
         // Under the index lock, so the check and the renames are one step.
         let mut index = store.index();
-        if let Some(there) = index.get(&(name.clone(), version)) {
+        let key = (name.clone(), version);
+        if let Some(there) = index.get(&key) {
             if there.checksum == meta.checksum && there.size == meta.size {
                 return Ok(there.clone());
             }
-            return Err(SdfsError::OtherCopy {
-                agent: store.inner.agent,
-                name,
-                version,
-            });
+            if !supersedes(meta.plan, there.plan) {
+                return Err(SdfsError::OtherCopy {
+                    agent: store.inner.agent,
+                    name,
+                    version,
+                });
+            }
         }
         let meta_final = store.meta_path(&name, version);
         let data_final = store.data_path(&name, version);
         fs::rename(&self.meta_tmp, &meta_final).map_err(|e| store.io("rename", &meta_final, e))?;
         if let Err(e) = fs::rename(&self.path, &data_final) {
+            // A replaced copy's sidecar is gone with it: drop its bytes too.
+            if index.remove(&key).is_some() {
+                let _ = fs::remove_file(&data_final);
+            }
             let _ = fs::remove_file(&meta_final);
             return Err(store.io("rename", &data_final, e));
         }
         self.done = true;
-        index.insert((name, version), meta.clone());
+        index.insert(key, meta.clone());
         // No directory fsync: the durable temp pair stands for the renames
         // until they reach the disk (see `Store::recover_temp`).
         Ok(meta)
     }
+}
+
+/// Whether a write of plan `new` may replace a copy of the same version
+/// written by plan `old`. A leader hands a version out again only while it
+/// is uncommitted, and then under a later plan id (its own, higher term),
+/// after which no earlier plan of it can commit. So only a strictly later
+/// plan replaces a copy: a late stream of an earlier plan never replaces
+/// the copy in place, and a copy of a committed version (`None`: repair,
+/// scrub, or a sidecar older than plan ids) is never replaced.
+fn supersedes(new: Option<u64>, old: Option<u64>) -> bool {
+    matches!((new, old), (Some(n), Some(o)) if n > o)
 }
 
 /// Whether `path` holds exactly the bytes `meta` describes.
@@ -639,7 +665,18 @@ mod tests {
     }
 
     fn put(s: &Store, name: &str, v: u64, data: &[u8]) -> Result<ObjectMeta, SdfsError> {
+        put_plan(s, name, v, data, None)
+    }
+
+    fn put_plan(
+        s: &Store,
+        name: &str,
+        v: u64,
+        data: &[u8],
+        plan: Option<u64>,
+    ) -> Result<ObjectMeta, SdfsError> {
         let mut t = s.begin(name, v, data.len() as u64, checksum(data))?;
+        t.set_plan(plan);
         for c in data.chunks(1000) {
             t.write(c)?;
         }
@@ -651,19 +688,49 @@ mod tests {
     }
 
     #[test]
+    fn a_later_plan_replaces_an_earlier_plans_uncommitted_copy() {
+        let dir = TestDir::new("store-later-plan");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let (stale, new, newer) = (pattern(21, 3_000), pattern(22, 4_000), pattern(23, 10));
+        put_plan(&s, "f", 3, &stale, Some(2)).unwrap();
+        // A later leader gave v3 out again: its put replaces the stale copy.
+        let m = put_plan(&s, "f", 3, &new, Some(4)).unwrap();
+        assert_eq!((m.plan, m.size), (Some(4), 4_000));
+        assert_eq!(s.get("f", 3), Some(m.clone()));
+        assert_eq!(fs::read(s.path_of("f", 3)).unwrap(), new);
+        assert_eq!(s.verify(&m, 4096, |_| {}).unwrap(), Verdict::Intact);
+        // The sidecar keeps the plan across a restart.
+        let s = Store::open(dir.path(), agent()).unwrap();
+        assert_eq!(s.get("f", 3), Some(m.clone()));
+        assert_eq!(count(s.tmp_dir()), 0);
+        // A copy of a committed version (repair) is never replaced.
+        put(&s, "g", 1, &stale).unwrap();
+        assert!(matches!(
+            put_plan(&s, "g", 1, &newer, Some(9)),
+            Err(SdfsError::OtherCopy { .. })
+        ));
+        assert_eq!(fs::read(s.path_of("g", 1)).unwrap(), stale);
+    }
+
+    #[test]
     fn a_late_write_of_other_bytes_never_replaces_the_copy_in_place() {
         let dir = TestDir::new("store-other");
         let s = Store::open(dir.path(), agent()).unwrap();
         let (first, late) = (pattern(11, 5_000), pattern(12, 5_000));
-        // Both begin before either finishes, as a straggler and a new put would.
+        // Both begin before either finishes, as a straggler of an earlier
+        // leader's plan (3) and a new put given the version again (plan 5).
         let mut a = s.begin("v", 7, 5_000, checksum(&late)).unwrap();
+        a.set_plan(Some(3));
         a.write(&late).unwrap();
-        let m = put(&s, "v", 7, &first).unwrap();
+        let m = put_plan(&s, "v", 7, &first, Some(5)).unwrap();
         assert!(matches!(a.finish(), Err(SdfsError::OtherCopy { .. })));
-        assert!(matches!(
-            put(&s, "v", 7, &late),
-            Err(SdfsError::OtherCopy { .. })
-        ));
+        // Neither the same plan nor a copy of a committed version replaces it.
+        for plan in [Some(3), Some(5), None] {
+            assert!(matches!(
+                put_plan(&s, "v", 7, &late, plan),
+                Err(SdfsError::OtherCopy { .. })
+            ));
+        }
         // The same bytes again: already stored.
         assert_eq!(put(&s, "v", 7, &first).unwrap(), m);
         assert_eq!(fs::read(s.path_of("v", 7)).unwrap(), first);

@@ -223,6 +223,18 @@ async fn put_with(
     sum: Trailer<'_>,
     downstream: Vec<SocketAddr>,
 ) -> Response {
+    put_planned(head, name, version, data, sum, downstream, 1).await
+}
+
+async fn put_planned(
+    head: SocketAddr,
+    name: &str,
+    version: u64,
+    data: &[u8],
+    sum: Trailer<'_>,
+    downstream: Vec<SocketAddr>,
+    plan: u64,
+) -> Response {
     let mut s = connect(head).await;
     request(
         &mut s,
@@ -235,6 +247,7 @@ async fn put_with(
                 Trailer::After(_) => None,
             },
             downstream,
+            plan,
         }),
     )
     .await;
@@ -490,6 +503,43 @@ async fn a_checksum_announced_before_the_bytes_is_checked_too() {
         matches!(resp, Response::Error(ref e) if e.contains("checksum mismatch")),
         "{resp:?}"
     );
+}
+
+#[tokio::test]
+async fn a_version_given_out_again_by_a_later_leader_replaces_the_earlier_plans_copies() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let down = vec![ns[1].addr, ns[2].addr];
+    let (stale, new, late) = (pattern(7, 90_000), pattern(8, 80_000), pattern(9, 70_000));
+    let put = async |data: &[u8], plan| {
+        let sum = Trailer::Announced(checksum(data));
+        put_planned(ns[0].addr, "p", 4, data, sum, down.clone(), plan).await
+    };
+
+    let stored_on_all =
+        |r: &Response| matches!(r, Response::Stored { holders, .. } if holders.len() == 3);
+    // Plan 2's put stored v4 but never committed; the leader of term 3 gave
+    // v4 out again.
+    let r = put(&stale, 2).await;
+    assert!(stored_on_all(&r), "{r:?}");
+    let r = put(&new, 3).await;
+    assert!(stored_on_all(&r), "{r:?}");
+    // A straggler of plan 2 is refused along the whole chain.
+    match put(&late, 2).await {
+        Response::Stored { holders, failed } => {
+            assert!(holders.is_empty(), "{holders:?}");
+            assert_eq!(failed.len(), 3, "{failed:?}");
+            assert!(
+                failed.iter().all(|(_, e)| e.contains("other bytes")),
+                "{failed:?}"
+            );
+        }
+        Response::Error(e) => assert!(e.contains("other bytes"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    for n in &ns {
+        assert_eq!(n.stored("p", 4).as_deref(), Some(&new[..]));
+    }
 }
 
 #[tokio::test]

@@ -35,6 +35,8 @@ pub struct WriteArgs {
     /// `None`: it follows the bytes in a sealed frame.
     pub checksum: Option<Checksum>,
     pub downstream: Vec<SocketAddr>,
+    /// The put's plan id.
+    pub plan: u64,
 }
 
 pub async fn serve_write(
@@ -50,6 +52,7 @@ pub async fn serve_write(
             w.version,
             w.size,
             w.checksum,
+            Some(w.plan),
             STREAM_QUEUE,
         )
     });
@@ -226,6 +229,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
             size: w.size,
             checksum: w.checksum,
             downstream: w.downstream[i + 1..].to_vec(),
+            plan: w.plan,
         });
         match peer::open_pooled(&ctx.peers, *next, &req, ctx.max_frame, stall).await {
             Ok(s) => {
