@@ -1,16 +1,22 @@
 //! SDFS under faults, 10 real agents each: the leader killed during a stream of puts,
 //! three holders of a file killed at once, a corrupted replica, a majority of voters
-//! frozen, and an agent restarted after a delete it missed.
+//! frozen, an agent restarted after a delete it missed, and a failed plan's copies in the
+//! way of the next put.
 //!
 //! Ground truth comes from the agent API and from the agents' data directories. Build
 //! the binaries first: `cargo build --workspace --bins`.
 
+use dml_shared::api::{Request, Response};
+use dml_shared::client;
+use dml_shared::framing::{self, DEFAULT_MAX_FRAME};
+use dml_shared::sdfs::DataRequest;
 use dml_shared::sdfs_client::{Options, Phase, Progress, Sdfs, no_progress};
 use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
 use dml_tests::{wait_for, wait_until};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -779,4 +785,79 @@ async fn a_leader_nothing_can_reach_loses_leadership_and_puts_go_on() {
     c.wait_leader(&all(&c), READY).await.unwrap();
     let f = c.file(NON_VOTER, "one-way/during").await.unwrap().unwrap();
     assert_eq!(f.versions.len(), 1, "{f:?}");
+}
+
+#[tokio::test]
+async fn a_version_given_out_again_replaces_a_failed_plans_copies_on_every_replica() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-replan", 10).await.unwrap();
+    c.leader_index(&all(&c), READY).await.unwrap();
+    let name = "replan/f";
+    c.must_put(NON_VOTER, name, b"v1").await.unwrap();
+    let chain = c.file(NON_VOTER, name).await.unwrap().unwrap().versions[0]
+        .replicas
+        .clone();
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    // What a put planned by an earlier leader leaves when its stream finishes after
+    // the put failed: uncommitted copies of v2 on the whole chain. Plan 0 is below
+    // every leader's term.
+    let stale = pattern(31, 70_000);
+    match stale_write(&chain, name, 2, &stale, 0).await {
+        Response::Stored { holders, .. } => assert_eq!(holders.len(), 4, "{holders:?}"),
+        other => panic!("the stale write was not stored: {other:?}"),
+    }
+    for r in &chain {
+        let dir = c.data_dir(c.index_of(*r).unwrap());
+        assert_eq!(disk::copies_of(&dir, &stale).unwrap().len(), 1, "{r}");
+    }
+    // The leader gives v2 out again, under its own term: the put replaces those copies
+    // and commits on all four replicas at once, not on fewer or not at all.
+    let fresh = pattern(32, 60_000);
+    let out = c.must_put(NON_VOTER, name, &fresh).await.unwrap();
+    let f = c.file(NON_VOTER, name).await.unwrap().unwrap();
+    let v2 = f.versions.last().unwrap();
+    assert_eq!(v2.version, 2, "{f:?}");
+    assert_eq!(
+        v2.replicas.iter().collect::<BTreeSet<_>>(),
+        chain.iter().collect::<BTreeSet<_>>(),
+        "{out:?}"
+    );
+    c.must_get(NON_VOTER, name, &fresh).await.unwrap();
+    for r in &chain {
+        let dir = c.data_dir(c.index_of(*r).unwrap());
+        assert!(disk::copies_of(&dir, &stale).unwrap().is_empty(), "{r}");
+        assert_eq!(disk::copies_of(&dir, &fresh).unwrap().len(), 1, "{r}");
+    }
+}
+
+/// Streams `bytes` as `version` of `name` down `chain` under plan id `plan`, as the
+/// client does, and returns the head's answer.
+async fn stale_write(
+    chain: &[SocketAddr],
+    name: &str,
+    version: u64,
+    bytes: &[u8],
+    plan: u64,
+) -> Response {
+    let mut s = client::connect(chain[0]).await.unwrap();
+    let req = Request::Data(DataRequest::Write {
+        name: name.into(),
+        version,
+        size: bytes.len() as u64,
+        checksum: Some(*blake3::hash(bytes).as_bytes()),
+        downstream: chain[1..].to_vec(),
+        plan,
+    });
+    client::send_request(&mut s, &req).await.unwrap();
+    for piece in bytes.chunks(16 << 10) {
+        framing::write_frame(s.raw(), piece, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap();
+    }
+    framing::write_frame(s.raw(), &[], DEFAULT_MAX_FRAME)
+        .await
+        .unwrap();
+    client::read_response(&mut s)
+        .await
+        .unwrap_or_else(|e| Response::Error(e.to_string()))
 }
