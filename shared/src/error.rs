@@ -99,6 +99,17 @@ pub enum Error {
     )]
     PutLost { name: String, version: u64 },
     #[error(
+        "delete of \"{name}\": the leader appended it, but neither did a majority of the voters confirm it nor did a later leader settle it within {waited:?}; it may still take effect: check with `dml ls {name}` before retrying"
+    )]
+    DeleteUnsettled {
+        name: String,
+        waited: std::time::Duration,
+    },
+    #[error(
+        "delete of \"{name}\" did not take effect: its leader lost the majority of the voters before they confirmed it, and the leader after it does not hold it; every version is still there, retry the delete"
+    )]
+    DeleteLost { name: String },
+    #[error(
         "put of \"{name}\" aborted: only {stored} agent(s) stored it durably; a write needs {quorum}{}",
         failed_suffix(.failed)
     )]

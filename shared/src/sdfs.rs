@@ -151,7 +151,7 @@ pub enum MetaRequest {
         plan: u64,
     },
     /// What became of a commit answered [`MetaResponse::Unconfirmed`]:
-    /// answered with [`MetaResponse::PutOutcome`].
+    /// answered with [`MetaResponse::Outcome`].
     PutOutcome {
         name: String,
         version: u64,
@@ -159,8 +159,16 @@ pub enum MetaRequest {
         /// The plan's id from [`MetaResponse::PutPlan`].
         plan: u64,
     },
-    /// Delete every version of `name`.
+    /// Delete every version of `name`. Answered with [`MetaResponse::Done`],
+    /// or [`MetaResponse::DeleteUnconfirmed`].
     Delete { name: String },
+    /// What became of a delete answered [`MetaResponse::DeleteUnconfirmed`]
+    /// (its `term` and `through`): answered with [`MetaResponse::Outcome`].
+    DeleteOutcome {
+        name: String,
+        term: u64,
+        through: u64,
+    },
     /// A file's committed versions.
     Stat { name: String },
     /// Files whose names match a glob.
@@ -221,7 +229,16 @@ pub enum MetaResponse {
     Unconfirmed {
         reason: String,
     },
-    PutOutcome(PutOutcome),
+    /// The leader appended the delete in `term`, when `through` was the
+    /// newest committed version, but a majority of the voters did not confirm
+    /// it in time: it may still take effect. Ask [`MetaRequest::DeleteOutcome`]
+    /// until the answer is final.
+    DeleteUnconfirmed {
+        reason: String,
+        term: u64,
+        through: u64,
+    },
+    Outcome(ChangeOutcome),
     Done,
     File(FileInfo),
     Files(Vec<FileInfo>),
@@ -235,10 +252,12 @@ pub enum MetaResponse {
     Wanted(Vec<Keep>),
 }
 
-/// What became of an unconfirmed commit, as the current leader sees it.
+/// What became of an unconfirmed commit or delete, as the current leader
+/// sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PutOutcome {
-    /// The version is committed with these bytes.
+pub enum ChangeOutcome {
+    /// The version is committed with these bytes; the file's versions up to
+    /// the delete's `through` are gone.
     Committed,
     /// It never will be: a later leader, which has applied every entry it
     /// holds from earlier terms, does not have it.

@@ -23,8 +23,8 @@ use crate::conn::{Conn, FrameWrite, IdleConns};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
-    Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, PutOutcome, VersionInfo,
-    glob_match, note_unreached, start_writeback, validate_name,
+    ChangeOutcome, Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse,
+    VersionInfo, glob_match, note_unreached, start_writeback, validate_name,
 };
 use std::future::Future;
 use std::io::{Read, Write};
@@ -603,7 +603,22 @@ impl Sdfs {
                     done: size,
                     total: size,
                 });
-                self.settle(name, version, checksum, plan).await?;
+                let ask = MetaRequest::PutOutcome {
+                    name: name.into(),
+                    version,
+                    checksum,
+                    plan,
+                };
+                let lost = || Error::PutLost {
+                    name: name.into(),
+                    version,
+                };
+                let unsettled = |waited| Error::CommitUnsettled {
+                    name: name.into(),
+                    version,
+                    waited,
+                };
+                self.settle(ask, lost, unsettled).await?;
             }
             other => return Err(unexpected(Response::Meta(other))),
         }
@@ -611,37 +626,29 @@ impl Sdfs {
         Ok((holders, failed, checksum))
     }
 
-    /// Asks what became of a commit the leader appended but no majority
-    /// confirmed, until the answer is final or `leader_wait` has passed: a
-    /// put reported failed never becomes visible later.
-    async fn settle(&self, name: &str, version: u64, checksum: Checksum, plan: u64) -> Result<()> {
-        let ask = MetaRequest::PutOutcome {
-            name: name.into(),
-            version,
-            checksum,
-            plan,
-        };
+    /// Asks `ask` what became of a commit or delete the leader appended but
+    /// no majority confirmed, until the answer is final (`lost` if it never
+    /// takes effect) or `leader_wait` has passed (`unsettled`): a change
+    /// reported failed never takes effect later.
+    async fn settle(
+        &self,
+        ask: MetaRequest,
+        lost: impl Fn() -> Error,
+        unsettled: impl Fn(Duration) -> Error,
+    ) -> Result<()> {
         let start = Instant::now();
         loop {
             tokio::time::sleep(LEADER_RETRY).await;
             match self.meta(ask.clone()).await {
-                Ok(MetaResponse::PutOutcome(PutOutcome::Committed)) => return Ok(()),
-                Ok(MetaResponse::PutOutcome(PutOutcome::Failed)) => {
-                    return Err(Error::PutLost {
-                        name: name.into(),
-                        version,
-                    });
-                }
+                Ok(MetaResponse::Outcome(ChangeOutcome::Committed)) => return Ok(()),
+                Ok(MetaResponse::Outcome(ChangeOutcome::Failed)) => return Err(lost()),
                 // Still pending, or no leader can answer yet.
-                Ok(MetaResponse::PutOutcome(PutOutcome::Pending)) | Err(_) => {}
+                Ok(MetaResponse::Outcome(ChangeOutcome::Pending)) | Err(_) => {}
                 Ok(other) => return Err(unexpected(Response::Meta(other))),
             }
             if start.elapsed() >= self.opts.leader_wait {
-                return Err(Error::CommitUnsettled {
-                    name: name.into(),
-                    version,
-                    waited: Duration::from_millis(start.elapsed().as_millis() as u64),
-                });
+                let waited = Duration::from_millis(start.elapsed().as_millis() as u64);
+                return Err(unsettled(waited));
             }
         }
     }
@@ -794,9 +801,36 @@ impl Sdfs {
 
     /// Deletes every version of `name`.
     pub async fn delete(&self, name: &str) -> Result<()> {
+        self.delete_with(name, &no_progress).await
+    }
+
+    /// [`Sdfs::delete`], telling `progress` ([`Phase::Settling`]) when the
+    /// leader could not confirm the delete and its outcome is awaited.
+    pub async fn delete_with(&self, name: &str, progress: ProgressFn<'_>) -> Result<()> {
         validate_name(name)?;
         match self.meta(MetaRequest::Delete { name: name.into() }).await? {
             MetaResponse::Done => Ok(()),
+            MetaResponse::DeleteUnconfirmed { term, through, .. } => {
+                progress(Progress {
+                    phase: Phase::Settling,
+                    done: 0,
+                    total: 0,
+                });
+                let ask = MetaRequest::DeleteOutcome {
+                    name: name.into(),
+                    term,
+                    through,
+                };
+                self.settle(
+                    ask,
+                    || Error::DeleteLost { name: name.into() },
+                    |waited| Error::DeleteUnsettled {
+                        name: name.into(),
+                        waited,
+                    },
+                )
+                .await
+            }
             other => Err(unexpected(Response::Meta(other))),
         }
     }

@@ -13,7 +13,7 @@ use dml_shared::infer::{
     Outcome, Placement, Prediction, RateInfo,
 };
 use dml_shared::sdfs::{
-    DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, PutOutcome, VersionInfo,
+    ChangeOutcome, DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, VersionInfo,
 };
 use dml_shared::telemetry::{
     ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
@@ -136,6 +136,13 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
             }
         ),
         text().prop_map(|name| MetaRequest::Delete { name }),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(name, term, through)| {
+            MetaRequest::DeleteOutcome {
+                name,
+                term,
+                through,
+            }
+        }),
         text().prop_map(|name| MetaRequest::Stat { name }),
         text().prop_map(|glob| MetaRequest::List { glob }),
         Just(MetaRequest::Count),
@@ -163,12 +170,19 @@ fn meta_response() -> impl Strategy<Value = MetaResponse> {
         any::<u64>().prop_map(|version| MetaResponse::Committed { version }),
         Just(MetaResponse::Done),
         text().prop_map(|reason| MetaResponse::Unconfirmed { reason }),
+        (text(), any::<u64>(), any::<u64>()).prop_map(|(reason, term, through)| {
+            MetaResponse::DeleteUnconfirmed {
+                reason,
+                term,
+                through,
+            }
+        }),
         prop_oneof![
-            Just(PutOutcome::Committed),
-            Just(PutOutcome::Failed),
-            Just(PutOutcome::Pending)
+            Just(ChangeOutcome::Committed),
+            Just(ChangeOutcome::Failed),
+            Just(ChangeOutcome::Pending)
         ]
-        .prop_map(MetaResponse::PutOutcome),
+        .prop_map(MetaResponse::Outcome),
         file_info().prop_map(MetaResponse::File),
         vec(file_info(), 0..3).prop_map(MetaResponse::Files),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(files, versions, bytes)| {

@@ -472,19 +472,70 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
     let bytes = pattern(777, 50_000);
     let local = c.local_path("unconfirmed");
     content::write_file(&local, &bytes).unwrap();
-    let agent = c.addrs[leader].to_string();
     let local = local.to_string_lossy().into_owned();
-    let mut put = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
+    let (out, said) =
+        settle_unconfirmed(&c, leader, &["put", "--json", &local, &name], frozen).await;
+    // Whichever leader came next, the put's answer is final and the store agrees.
+    if out.status.success() {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["version"], 3, "{report}");
+        c.must_get(NON_VOTER, &name, &bytes).await.unwrap();
+    } else {
+        assert!(
+            said.contains("v3 did not commit") && said.contains("nothing is visible"),
+            "the unconfirmed put did not settle: {said}"
+        );
+        v3_stays_lost(&c, &name).await;
+    }
+}
+
+#[tokio::test]
+async fn a_delete_no_majority_confirmed_settles_before_it_answers() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-unconfirmed-delete", 10)
+        .await
+        .unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let (name, _, frozen) = freeze_a_majority_after_v2(&c, leader).await;
+    let (out, said) = settle_unconfirmed(&c, leader, &["delete", "--json", &name], frozen).await;
+    // Whichever leader came next, the delete's answer is final and the store agrees.
+    let after = c.file(NON_VOTER, &name).await.unwrap();
+    if out.status.success() {
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["deleted"], true, "{report}");
+        assert!(after.is_none(), "deleted, yet still listed: {after:?}");
+    } else {
+        assert!(
+            said.contains("did not take effect") && said.contains("every version is still there"),
+            "the unconfirmed delete did not settle: {said}"
+        );
+        let versions: Vec<u64> = after.unwrap().versions.iter().map(|v| v.version).collect();
+        assert_eq!(versions, [1, 2]);
+        c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+    }
+}
+
+/// Runs `dml <args>` through the leader while a majority of the voters is `frozen`,
+/// waits for it to say on stderr that the leader could not confirm the change, resumes
+/// the voters, and returns its output once it answers, with all it said on stderr.
+async fn settle_unconfirmed(
+    c: &SdfsCluster,
+    leader: usize,
+    args: &[&str],
+    frozen: Frozen,
+) -> (std::process::Output, String) {
+    let agent = c.addrs[leader].to_string();
+    let mut child = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
         .env("DML_KEY_FILE", dml_tests::key::path().unwrap())
-        .args(["--agent", &agent, "put", "--json", &local, &name])
+        .args(["--agent", &agent])
+        .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // `dml put` says on stderr when the leader could not confirm the commit.
-    let mut stderr = tokio::io::BufReader::new(put.stderr.take().unwrap()).lines();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut said = Vec::new();
     let noticed = tokio::time::timeout(Duration::from_secs(40), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
@@ -497,31 +548,23 @@ async fn a_commit_no_majority_confirmed_settles_before_the_put_answers() {
         false
     })
     .await
-    .expect("`dml put` neither settled nor ended");
-    assert!(noticed, "the commit was not left unconfirmed: {said:?}");
+    .expect("`dml` neither settled nor ended");
+    assert!(noticed, "the change was not left unconfirmed: {said:?}");
     frozen.resume().unwrap();
-    // Whichever leader comes next, the put's answer is final and the store agrees.
     let out = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = stderr.next_line().await.unwrap() {
             said.push(line);
         }
-        put.wait_with_output().await.unwrap()
+        child.wait_with_output().await.unwrap()
     })
     .await
-    .expect("`dml put` did not answer");
+    .expect("`dml` did not answer");
     let said = said.join("\n");
-    eprintln!("the unconfirmed put answered {}: {said}", out.status);
-    if out.status.success() {
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["version"], 3, "{report}");
-        c.must_get(NON_VOTER, &name, &bytes).await.unwrap();
-    } else {
-        assert!(
-            said.contains("v3 did not commit") && said.contains("nothing is visible"),
-            "the unconfirmed put did not settle: {said}"
-        );
-        v3_stays_lost(&c, &name).await;
-    }
+    eprintln!(
+        "the unconfirmed {:?} answered {}: {said}",
+        args[0], out.status
+    );
+    (out, said)
 }
 
 #[tokio::test]

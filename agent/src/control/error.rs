@@ -23,7 +23,11 @@ pub enum ControlError {
     #[error(
         "the leader wrote the change to its log, but a majority of the voters did not confirm it within {waited:?}; it takes effect only if they come back before another leader replaces it: check before retrying"
     )]
-    Unconfirmed { waited: Duration },
+    Unconfirmed {
+        waited: Duration,
+        /// The term the entry was appended in.
+        term: u64,
+    },
     #[error("the leader {leader} did not answer: {reason}")]
     Forward { leader: SocketAddr, reason: String },
     #[error(

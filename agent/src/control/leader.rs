@@ -13,7 +13,7 @@ use crate::membership::Event;
 use crate::membership::driver::unix_ms;
 use dml_shared::api::{MemberState, Request, Response};
 use dml_shared::client::Client;
-use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse, PutOutcome, validate_name};
+use dml_shared::sdfs::{ChangeOutcome, DataRequest, MetaRequest, MetaResponse, validate_name};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -48,17 +48,18 @@ impl From<ControlError> for Refusal {
     }
 }
 
-/// What became of a put commit planned (and appended) in term `plan`, seen
-/// by a leader of term `term` whose state is current: committed, or lost for
-/// good once a later leader has applied an entry of its own term without it,
-/// or still pending in the log of the leader that appended it.
-fn put_outcome(committed: bool, plan: u64, term: u64) -> PutOutcome {
-    if committed {
-        PutOutcome::Committed
-    } else if plan < term {
-        PutOutcome::Failed
+/// What became of a put commit or a delete appended in term `appended`
+/// (for a put, its plan's term), seen by a leader of term `term` whose
+/// state is current: applied (`done`), or lost for good once a later leader
+/// has applied an entry of its own term without it, or still pending in the
+/// log of the leader that appended it.
+fn outcome(done: bool, appended: u64, term: u64) -> ChangeOutcome {
+    if done {
+        ChangeOutcome::Committed
+    } else if appended < term {
+        ChangeOutcome::Failed
     } else {
-        PutOutcome::Pending
+        ChangeOutcome::Pending
     }
 }
 
@@ -89,8 +90,10 @@ impl Inner {
             op,
         };
         let sent = std::time::Instant::now();
+        // A term change between this read and the append fails the append.
+        let term = raft.metrics().borrow().current_term;
         match tokio::time::timeout(left, raft.client_write(cmd)).await {
-            Err(_) => Err(ControlError::Unconfirmed { waited: wait }.into()),
+            Err(_) => Err(ControlError::Unconfirmed { waited: wait, term }.into()),
             Ok(Ok(r)) => {
                 // A quorum appended it after `sent`: they follow this leader.
                 self.extend_lease(r.log_id.leader_id.term, sent);
@@ -320,7 +323,7 @@ impl Inner {
                     .as_ref()
                     .map_or(0, |r| r.metrics().borrow().current_term);
                 let committed = self.read(|s| s.is_committed_as(&name, version, &checksum))?;
-                Ok(MetaResponse::PutOutcome(put_outcome(committed, plan, term)))
+                Ok(MetaResponse::Outcome(outcome(committed, plan, term)))
             }
             MetaRequest::AbortPut {
                 name,
@@ -339,8 +342,45 @@ impl Inner {
                 Ok(MetaResponse::Done)
             }
             MetaRequest::Delete { name } => {
-                rejected(self.propose(Op::Delete { name }).await?)?;
-                Ok(MetaResponse::Done)
+                self.linearize().await?;
+                let newest = self
+                    .read(|s| s.stat(&name))?
+                    .and_then(|f| f.versions.last().map(|v| v.version));
+                let Some(through) = newest else {
+                    return Err(ControlError::NoSuchFile(name).into());
+                };
+                match self.propose(Op::Delete { name }).await {
+                    Ok(a) => {
+                        rejected(a)?;
+                        Ok(MetaResponse::Done)
+                    }
+                    // Appended, not confirmed: the client asks `DeleteOutcome`
+                    // until the answer is final.
+                    Err(Refusal::Failed(e @ ControlError::Unconfirmed { term, .. })) => {
+                        Ok(MetaResponse::DeleteUnconfirmed {
+                            reason: e.to_string(),
+                            term,
+                            through,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            MetaRequest::DeleteOutcome {
+                name,
+                term: appended,
+                through,
+            } => {
+                self.linearize().await?;
+                let term = self
+                    .raft
+                    .as_ref()
+                    .map_or(0, |r| r.metrics().borrow().current_term);
+                let oldest = self
+                    .read(|s| s.stat(&name))?
+                    .and_then(|f| f.versions.first().map(|v| v.version));
+                let gone = oldest.is_none_or(|v| v > through);
+                Ok(MetaResponse::Outcome(outcome(gone, appended, term)))
             }
             MetaRequest::Stat { name } => {
                 self.linearize().await?;
@@ -598,10 +638,10 @@ mod tests {
 
     #[test]
     fn an_unconfirmed_put_is_final_once_a_later_leader_answers() {
-        assert_eq!(put_outcome(true, 3, 3), PutOutcome::Committed);
-        assert_eq!(put_outcome(true, 3, 5), PutOutcome::Committed);
-        assert_eq!(put_outcome(false, 3, 4), PutOutcome::Failed);
+        assert_eq!(outcome(true, 3, 3), ChangeOutcome::Committed);
+        assert_eq!(outcome(true, 3, 5), ChangeOutcome::Committed);
+        assert_eq!(outcome(false, 3, 4), ChangeOutcome::Failed);
         // Its own leader still holds it in the log.
-        assert_eq!(put_outcome(false, 3, 3), PutOutcome::Pending);
+        assert_eq!(outcome(false, 3, 3), ChangeOutcome::Pending);
     }
 }

@@ -138,7 +138,7 @@ async fn execute(
             pick(report::get_json(&r), report::get_text(&r))
         }
         Command::Delete { sdfsname } => {
-            sdfs.delete(sdfsname)
+            sdfs.delete_with(sdfsname, progress)
                 .await
                 .with_context(|| format!("delete \"{sdfsname}\""))?;
             pick(

@@ -24,8 +24,9 @@ pub struct Bar {
     phase: Mutex<Option<Phase>>,
 }
 
-/// Printed on stderr (terminal or not) when a put's commit goes unconfirmed.
-const SETTLING_NOTICE: &str = "the leader appended the commit but a majority of the voters has not confirmed it; waiting for its outcome";
+/// Printed on stderr (terminal or not) when a put's commit or a delete goes
+/// unconfirmed.
+const SETTLING_NOTICE: &str = "the leader appended the change but a majority of the voters has not confirmed it; waiting for its outcome";
 
 impl Bar {
     /// A bar drawn on stderr when it is a terminal and the output is not JSON.
@@ -43,7 +44,7 @@ impl Bar {
 
     /// Takes one progress report.
     pub fn update(&self, p: Progress) {
-        // The client reports it once per put that goes unconfirmed.
+        // The client reports it once per put or delete that goes unconfirmed.
         if p.phase == Phase::Settling {
             match self.bar.get() {
                 Some(b) => b.suspend(|| eprintln!("{SETTLING_NOTICE}")),
