@@ -269,6 +269,12 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
     assert!(c.file(8, "dir/a.bin").await.unwrap().is_none());
     let (out, _) = c.get_bytes(2, "dir/a.bin").await.unwrap();
     assert!(!out.status.success(), "get after delete: {}", said(&out));
+    let again = c.dml(3, &["delete", "dir/a.bin"]).await.unwrap();
+    assert!(
+        !again.status.success() && again.stderr.contains("no such SDFS file \"dir/a.bin\""),
+        "delete again: {}",
+        said(&again)
+    );
     let t = Instant::now();
     wait_until(
         "deleted copies to leave every disk",
