@@ -559,7 +559,17 @@ impl TempObject {
         let key = (name.clone(), version);
         if let Some(there) = index.get(&key) {
             if there.checksum == meta.checksum && there.size == meta.size {
-                return Ok(there.clone());
+                if !supersedes(meta.plan, there.plan) {
+                    return Ok(there.clone());
+                }
+                // The same bytes from a later plan: the sidecar takes its id, so
+                // a straggler of a plan in between can never replace the copy
+                // this later plan commits.
+                let meta_final = store.meta_path(&name, version);
+                fs::rename(&self.meta_tmp, &meta_final)
+                    .map_err(|e| store.io("rename", &meta_final, e))?;
+                index.insert(key, meta.clone());
+                return Ok(meta);
             }
             if !supersedes(meta.plan, there.plan) {
                 return Err(SdfsError::OtherCopy {
@@ -710,6 +720,27 @@ mod tests {
             Err(SdfsError::OtherCopy { .. })
         ));
         assert_eq!(fs::read(s.path_of("g", 1)).unwrap(), stale);
+    }
+
+    #[test]
+    fn the_same_bytes_from_a_later_plan_take_its_id() {
+        let dir = TestDir::new("store-same-later");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let (bytes, between) = (pattern(24, 6_000), pattern(25, 6_000));
+        put_plan(&s, "h", 2, &bytes, Some(2)).unwrap();
+        // Plan 5 stores the same bytes (and commits them); a straggler of plan 4,
+        // which lost v2 in between, must not replace that copy.
+        assert_eq!(put_plan(&s, "h", 2, &bytes, Some(5)).unwrap().plan, Some(5));
+        assert!(matches!(
+            put_plan(&s, "h", 2, &between, Some(4)),
+            Err(SdfsError::OtherCopy { .. })
+        ));
+        let s = Store::open(dir.path(), agent()).unwrap();
+        assert_eq!(s.get("h", 2).unwrap().plan, Some(5));
+        assert_eq!(fs::read(s.path_of("h", 2)).unwrap(), bytes);
+        // An earlier plan's same bytes change nothing.
+        assert_eq!(put_plan(&s, "h", 2, &bytes, Some(3)).unwrap().plan, Some(5));
+        assert_eq!(count(s.tmp_dir()), 0);
     }
 
     #[test]
