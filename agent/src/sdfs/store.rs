@@ -601,12 +601,17 @@ impl TempObject {
 /// Whether a write of plan `new` may replace a copy of the same version
 /// written by plan `old`. A leader hands a version out again only while it
 /// is uncommitted, and then under a later plan id (its own, higher term),
-/// after which no earlier plan of it can commit. So only a strictly later
-/// plan replaces a copy: a late stream of an earlier plan never replaces
-/// the copy in place, and a copy of a committed version (`None`: repair,
-/// scrub, or a sidecar older than plan ids) is never replaced.
+/// after which no earlier plan of it can commit. So a strictly later plan
+/// replaces a copy, and a late stream of an earlier plan never does. A copy
+/// of a committed version (`None`: repair, scrub) brings the committed bytes
+/// and replaces any put's copy, but is itself never replaced (nor is a
+/// sidecar older than plan ids).
 fn supersedes(new: Option<u64>, old: Option<u64>) -> bool {
-    matches!((new, old), (Some(n), Some(o)) if n > o)
+    match (new, old) {
+        (Some(n), Some(o)) => n > o,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    }
 }
 
 /// Whether `path` holds exactly the bytes `meta` describes.
@@ -713,8 +718,11 @@ mod tests {
         let s = Store::open(dir.path(), agent()).unwrap();
         assert_eq!(s.get("f", 3), Some(m.clone()));
         assert_eq!(count(s.tmp_dir()), 0);
-        // A copy of a committed version (repair) is never replaced.
-        put(&s, "g", 1, &stale).unwrap();
+        // A copy of a committed version (repair) replaces a put's copy with other
+        // bytes, and is never replaced.
+        put_plan(&s, "g", 1, &newer, Some(8)).unwrap();
+        let m = put(&s, "g", 1, &stale).unwrap();
+        assert_eq!(s.get("g", 1), Some(m));
         assert!(matches!(
             put_plan(&s, "g", 1, &newer, Some(9)),
             Err(SdfsError::OtherCopy { .. })
@@ -755,15 +763,16 @@ mod tests {
         a.write(&late).unwrap();
         let m = put_plan(&s, "v", 7, &first, Some(5)).unwrap();
         assert!(matches!(a.finish(), Err(SdfsError::OtherCopy { .. })));
-        // Neither the same plan nor a copy of a committed version replaces it.
-        for plan in [Some(3), Some(5), None] {
+        // Neither an earlier nor the same plan replaces it.
+        for plan in [Some(3), Some(5)] {
             assert!(matches!(
                 put_plan(&s, "v", 7, &late, plan),
                 Err(SdfsError::OtherCopy { .. })
             ));
         }
-        // The same bytes again: already stored.
-        assert_eq!(put(&s, "v", 7, &first).unwrap(), m);
+        // The same bytes again: already stored; from repair, marked committed.
+        assert_eq!(put_plan(&s, "v", 7, &first, Some(5)).unwrap(), m);
+        assert_eq!(put(&s, "v", 7, &first).unwrap().plan, None);
         assert_eq!(fs::read(s.path_of("v", 7)).unwrap(), first);
         assert_eq!(s.verify(&m, 4096, |_| {}).unwrap(), Verdict::Intact);
         assert_eq!(count(s.tmp_dir()), 0);
