@@ -359,7 +359,7 @@ pub async fn render(s: &Sources) -> String {
             "Total size of the SDFS versions stored on this agent.",
             st.bytes_stored as f64,
         );
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
             ("writes", "Chain writes stored here.", st.writes),
             (
                 "write_errors",
@@ -404,6 +404,11 @@ pub async fn render(s: &Sources) -> String {
                 "reconcile_refetched",
                 "Copies fetched again because they held other bytes than the committed version.",
                 st.reconcile_refetched,
+            ),
+            (
+                "reconcile_restored",
+                "Copies fetched again because this agent is named a holder and its disk lost them.",
+                st.reconcile_restored,
             ),
             ("tmp_swept", "Stale temp files removed.", st.tmp_swept),
         ];

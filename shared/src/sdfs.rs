@@ -184,6 +184,14 @@ pub enum MetaRequest {
         node: SocketAddr,
         items: Vec<(String, u64, Checksum)>,
     },
+    /// Reconcile: the committed versions that name `node` among their
+    /// replicas, in (name, version) order after `after`, at most `limit`.
+    /// Answered with [`MetaResponse::Assigned`].
+    Assigned {
+        node: SocketAddr,
+        after: Option<(String, u64)>,
+        limit: u32,
+    },
     /// Inference jobs and figures (see [`crate::infer`]).
     Infer(crate::infer::InferRequest),
     /// Agent to agent: serve the inner request only if the receiver leads the
@@ -250,6 +258,12 @@ pub enum MetaResponse {
     Nodes(Vec<(SocketAddr, Vec<Holding>)>),
     /// One answer per item of [`MetaRequest::Wanted`].
     Wanted(Vec<Keep>),
+    /// [`MetaRequest::Assigned`]: (name, version) pairs; `more` when `limit`
+    /// cut the list.
+    Assigned {
+        items: Vec<(String, VersionInfo)>,
+        more: bool,
+    },
 }
 
 /// What became of an unconfirmed commit or delete, as the current leader

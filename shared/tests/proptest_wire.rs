@@ -149,6 +149,12 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
         Just(MetaRequest::Nodes),
         (addr(), vec((text(), any::<u64>(), any::<[u8; 32]>()), 0..4))
             .prop_map(|(node, items)| MetaRequest::Wanted { node, items }),
+        (
+            addr(),
+            proptest::option::of((text(), any::<u64>())),
+            any::<u32>()
+        )
+            .prop_map(|(node, after, limit)| MetaRequest::Assigned { node, after, limit }),
         infer_request().prop_map(MetaRequest::Infer),
     ];
     leaf.prop_recursive(2, 4, 1, |inner| {
@@ -198,6 +204,8 @@ fn meta_response() -> impl Strategy<Value = MetaResponse> {
             0..8
         )
         .prop_map(MetaResponse::Wanted),
+        (vec((text(), version_info()), 0..3), any::<bool>())
+            .prop_map(|(items, more)| MetaResponse::Assigned { items, more }),
     ]
 }
 

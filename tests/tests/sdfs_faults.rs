@@ -1,7 +1,7 @@
 //! SDFS under faults, 10 real agents each: the leader killed during a stream of puts,
 //! three holders of a file killed at once, a corrupted replica, a majority of voters
-//! frozen, an agent restarted after a delete it missed, and a failed plan's copies in the
-//! way of the next put.
+//! frozen, an agent restarted after a delete it missed or with an empty disk, and a failed
+//! plan's copies in the way of the next put.
 //!
 //! Ground truth comes from the agent API and from the agents' data directories. Build
 //! the binaries first: `cargo build --workspace --bins`.
@@ -903,4 +903,69 @@ async fn stale_write(
     client::read_response(&mut s)
         .await
         .unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
+#[tokio::test]
+async fn an_agent_restarted_with_an_empty_disk_gets_back_every_copy_it_holds() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-wiped", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|k| (format!("wiped/f{k}"), pattern(950 + k, 80_000 + k as usize)))
+        .collect();
+    for (name, bytes) in &files {
+        c.must_put(NON_VOTER, name, bytes).await.unwrap();
+    }
+    // A non-leader holder of at least one of them loses its disk while down (a
+    // replaced drive) and comes back at the same address before anyone declares it
+    // failed, so the metadata still names it.
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); c.len()];
+    for (k, (name, _)) in files.iter().enumerate() {
+        let f = c.file(0, name).await.unwrap().unwrap();
+        for r in &f.versions[0].replicas {
+            held[c.index_of(*r).unwrap()].push(k);
+        }
+    }
+    let v = (0..c.len())
+        .filter(|&i| i != leader && i != NON_VOTER)
+        .max_by_key(|&i| held[i].len())
+        .unwrap();
+    assert!(!held[v].is_empty());
+    c.kill(v).await.unwrap();
+    let objects = c.data_dir(v).join("sdfs/objects");
+    std::fs::remove_dir_all(&objects).unwrap();
+    c.restart(v).await.unwrap();
+    c.wait_answering(v, READY).await.unwrap();
+    let t = Instant::now();
+    let addr = c.addrs[v];
+    // Every file is back on 4 disks, and on this agent wherever the metadata names it.
+    wait_until("every copy back", REPAIR_BOUND, SDFS_POLL, async || {
+        for (name, bytes) in &files {
+            let f = c.file(0, name).await?.unwrap();
+            let listed: BTreeSet<usize> = f.versions[0]
+                .replicas
+                .iter()
+                .map(|r| c.index_of(*r))
+                .collect::<anyhow::Result<_>>()?;
+            let on_disk = c.holders_on_disk(bytes)?;
+            anyhow::ensure!(
+                listed.len() == 4 && listed.is_subset(&on_disk),
+                "{name}: listed {listed:?}, on disk {on_disk:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let back = files
+        .iter()
+        .filter(|(_, b)| c.holders_on_disk(b).unwrap().contains(&v))
+        .count();
+    eprintln!(
+        "{back} copies on a{v} ({addr}) {:.1?} after restart",
+        t.elapsed()
+    );
+    for (name, bytes) in &files {
+        c.must_get(v, name, bytes).await.unwrap();
+    }
 }

@@ -31,6 +31,10 @@ pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketA
     at.peek().is_some() && at.all(|m| !m.state.is_live())
 }
 
+/// Most versions one `Assigned` answer lists, so it stays far below the
+/// frame limit even with 1 KiB names and many replicas.
+const ASSIGNED_MAX: usize = 2000;
+
 /// Period of the leader's expiry and repair pass (membership failures and
 /// leaves also trigger one at once).
 pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
@@ -415,6 +419,12 @@ impl Inner {
                         .collect()
                 })?;
                 Ok(MetaResponse::Wanted(keep))
+            }
+            MetaRequest::Assigned { node, after, limit } => {
+                self.linearize().await?;
+                let limit = (limit as usize).clamp(1, ASSIGNED_MAX);
+                let (items, more) = self.read(|s| s.assigned(node, after.as_ref(), limit))?;
+                Ok(MetaResponse::Assigned { items, more })
             }
             MetaRequest::Infer(r) => self.serve_infer(r).await,
             MetaRequest::AtLeader(_) => Err(ControlError::BadRequest(

@@ -9,6 +9,7 @@ use dml_shared::sdfs::{Checksum, FileInfo, Holding, Keep, VersionInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Bound;
 
 /// Where a version is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,6 +363,42 @@ impl MetaState {
         }
     }
 
+    /// Up to `limit` committed versions that name `node` among their
+    /// replicas, in (name, version) order after `after`; and whether more
+    /// follow.
+    pub fn assigned(
+        &self,
+        node: SocketAddr,
+        after: Option<&(String, u64)>,
+        limit: usize,
+    ) -> (Vec<(String, VersionInfo)>, bool) {
+        let start = after.map_or(Bound::Unbounded, |(n, _)| Bound::Included(n.clone()));
+        let mut out = Vec::new();
+        for (name, file) in self.files.range((start, Bound::Unbounded)) {
+            for (&version, v) in file.committed() {
+                if after.is_some_and(|(n, a)| n == name && version <= *a)
+                    || !v.replicas.contains(&node)
+                {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push((
+                    name.clone(),
+                    VersionInfo {
+                        version,
+                        size: v.size,
+                        checksum: v.checksum,
+                        replicas: v.replicas.clone(),
+                        committed_ms: v.committed_ms,
+                    },
+                ));
+            }
+        }
+        (out, false)
+    }
+
     /// Whether `version` of `name` is committed with `checksum`.
     pub fn is_committed_as(&self, name: &str, version: u64, checksum: &Checksum) -> bool {
         self.files
@@ -468,6 +505,36 @@ mod tests {
                 quorum: 3,
             },
         ))
+    }
+
+    #[test]
+    fn assigned_lists_a_nodes_committed_versions_page_by_page() {
+        let mut s = MetaState::default();
+        for (name, holders) in [("b", [1, 2, 3]), ("a", [2, 3, 4]), ("c", [1, 3, 4])] {
+            for v in 1..=2 {
+                assert_eq!(put_at(&mut s, name, v, 7, &holders), Applied::Version(v));
+            }
+        }
+        // Pending versions are nobody's yet.
+        begin(&mut s, "b", 80);
+        let names = |items: &[(String, VersionInfo)]| -> Vec<(String, u64)> {
+            items.iter().map(|(n, v)| (n.clone(), v.version)).collect()
+        };
+        let (all, more) = s.assigned(addr(1), None, 10);
+        assert!(!more);
+        assert_eq!(
+            names(&all),
+            [("b", 1), ("b", 2), ("c", 1), ("c", 2)].map(|(n, v)| (n.to_string(), v))
+        );
+        assert_eq!(all[0].1.replicas, [addr(1), addr(2), addr(3)]);
+        // Pages of 3, then the rest after the last one listed.
+        let (first, more) = s.assigned(addr(1), None, 3);
+        assert!(more);
+        let after = (first[2].0.clone(), first[2].1.version);
+        let (rest, more) = s.assigned(addr(1), Some(&after), 3);
+        assert!(!more);
+        assert_eq!([names(&first), names(&rest)].concat(), names(&all));
+        assert!(s.assigned(addr(9), None, 10).0.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! cannot be asked, nothing is deleted. A copy younger than `put_timeout` is
 //! kept whatever the answer: its put or repair may not have committed yet.
 
+use super::replicate::{self, Wanted};
 use super::scrub;
 use super::stats::Counters;
 use super::{Ctx, meta};
@@ -16,6 +17,8 @@ use tokio::sync::watch;
 /// Versions asked about per `Wanted` request, so a request stays far below
 /// the frame limit even with 1 KiB names.
 const WANTED_BATCH: usize = 1000;
+/// Versions asked for per `Assigned` request.
+const ASSIGNED_BATCH: u32 = 1000;
 
 /// What one reconcile pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +27,8 @@ pub struct ReconcileReport {
     pub deleted: u64,
     /// Copies with other bytes than the committed version, fetched again.
     pub refetched: u64,
+    /// Copies the metadata assigns here that the disk had lost, fetched again.
+    pub restored: u64,
     pub tmp_swept: u64,
 }
 
@@ -35,7 +40,7 @@ pub async fn task(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         };
         match pass {
-            Ok(r) if r.deleted > 0 || r.refetched > 0 || r.tmp_swept > 0 => {
+            Ok(r) if r.deleted > 0 || r.refetched > 0 || r.restored > 0 || r.tmp_swept > 0 => {
                 tracing::info!(report = ?r, "SDFS: reconciled")
             }
             Ok(_) => {}
@@ -116,5 +121,48 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
             }
         }
     }
+    restore_assigned(ctx, &mut report).await?;
     Ok(report)
+}
+
+/// Fetches again, from the other replicas, every committed version the
+/// metadata names this agent a holder of but its disk lacks (a lost or
+/// replaced disk, or a bad copy whose re-fetch failed): nothing else would
+/// notice, since repair follows membership.
+async fn restore_assigned(ctx: &Arc<Ctx>, report: &mut ReconcileReport) -> Result<(), String> {
+    let mut after = None;
+    loop {
+        let req = MetaRequest::Assigned {
+            node: ctx.agent,
+            after: after.take(),
+            limit: ASSIGNED_BATCH,
+        };
+        let (items, more) = match meta::call(ctx, req).await? {
+            MetaResponse::Assigned { items, more } => (items, more),
+            other => return Err(format!("unexpected answer to Assigned: {other:?}")),
+        };
+        for (name, v) in &items {
+            if ctx.store.get(name, v.version).is_some() {
+                continue;
+            }
+            let want = Wanted {
+                name: name.clone(),
+                version: v.version,
+                size: v.size,
+                checksum: v.checksum,
+            };
+            tracing::warn!(%name, version = v.version, "SDFS: a copy assigned here is missing; fetching it again");
+            match replicate::fetch(ctx, &want, &v.replicas).await {
+                Ok(_) => {
+                    report.restored += 1;
+                    Counters::bump(&ctx.counters.reconcile_restored);
+                }
+                Err(e) => tracing::warn!(error = %e, "SDFS: missing copy not restored"),
+            }
+        }
+        match items.last() {
+            Some((name, v)) if more => after = Some((name.clone(), v.version)),
+            _ => return Ok(()),
+        }
+    }
 }

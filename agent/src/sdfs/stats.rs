@@ -19,6 +19,7 @@ pub struct Counters {
     pub scrub_corruptions: AtomicU64,
     pub reconcile_deleted: AtomicU64,
     pub reconcile_refetched: AtomicU64,
+    pub reconcile_restored: AtomicU64,
     pub tmp_swept: AtomicU64,
 }
 
@@ -63,6 +64,9 @@ pub struct SdfsStats {
     /// Copies fetched again because they held other bytes than the
     /// committed version (a late stream of an earlier plan).
     pub reconcile_refetched: u64,
+    /// Copies fetched again because the metadata names this agent as a
+    /// holder and its disk had lost them.
+    pub reconcile_restored: u64,
     /// Stale temp files removed.
     pub tmp_swept: u64,
 }
@@ -86,6 +90,7 @@ impl SdfsStats {
             scrub_corruptions: g(&c.scrub_corruptions),
             reconcile_deleted: g(&c.reconcile_deleted),
             reconcile_refetched: g(&c.reconcile_refetched),
+            reconcile_restored: g(&c.reconcile_restored),
             tmp_swept: g(&c.tmp_swept),
         }
     }

@@ -86,6 +86,20 @@ impl FakeMeta {
                 };
                 Response::Meta(MetaResponse::Wanted(items.into_iter().map(keep).collect()))
             }
+            MetaRequest::Assigned { node, after, limit } => {
+                let files = self.files.lock().unwrap();
+                let mut items: Vec<(String, VersionInfo)> = files
+                    .values()
+                    .flat_map(|f| f.versions.iter().map(|v| (f.name.clone(), v.clone())))
+                    .filter(|(n, v)| {
+                        v.replicas.contains(&node)
+                            && after.as_ref().is_none_or(|a| (n, v.version) > (&a.0, a.1))
+                    })
+                    .collect();
+                let more = items.len() > limit as usize;
+                items.truncate(limit as usize);
+                Response::Meta(MetaResponse::Assigned { items, more })
+            }
             other => Response::Error(format!("fake metadata does not serve {other:?}")),
         }
     }
