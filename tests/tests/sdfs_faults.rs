@@ -576,33 +576,85 @@ async fn an_unconfirmed_commit_whose_holders_all_die_fails_for_good() {
     let bytes = pattern(778, 50_000);
     let local = c.local_path("lost");
     content::write_file(&local, &bytes).unwrap();
-    let settling = Arc::new(AtomicBool::new(false));
+    let (client, settling) = patient_client(&c);
     let put = {
-        // Through a non-voter, which outlives the leader; waiting long enough for the
-        // restarts and an election below.
-        let opts = Options {
-            leader_wait: Duration::from_secs(60),
-            ..Options::default()
-        };
-        let client = Sdfs::with_options(c.addrs[NON_VOTER], opts);
         let (name, settling) = (name.clone(), settling.clone());
         tokio::spawn(async move {
-            let progress = move |p: Progress| {
-                if p.phase == Phase::Settling {
-                    settling.store(true, Ordering::SeqCst);
-                }
-            };
+            let progress = move |p: Progress| note_settling(&settling, p);
             client.put(&local, &name, &progress).await
         })
     };
+    let answer = lose_the_entry(&mut c, &frozen_idx, frozen, &settling, put).await;
+    match answer {
+        Err(dml_shared::Error::PutLost { version: 3, .. }) => {}
+        other => panic!("expected the put to be lost for good: {other:?}"),
+    }
+    v3_stays_lost(&c, &name).await;
+}
+
+#[tokio::test]
+async fn an_unconfirmed_delete_whose_voters_all_die_fails_for_good() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("sdfs-lost-delete", 10).await.unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    let (name, frozen_idx, frozen) = freeze_a_majority_after_v2(&c, leader).await;
+    let (client, settling) = patient_client(&c);
+    let delete = {
+        let (name, settling) = (name.clone(), settling.clone());
+        tokio::spawn(async move {
+            let progress = move |p: Progress| note_settling(&settling, p);
+            client.delete_with(&name, &progress).await
+        })
+    };
+    let answer = lose_the_entry(&mut c, &frozen_idx, frozen, &settling, delete).await;
+    match answer {
+        Err(dml_shared::Error::DeleteLost { .. }) => {}
+        other => panic!("expected the delete to be lost for good: {other:?}"),
+    }
+    // Both versions stay, also after any expiry, and read back.
+    let f = c.file(NON_VOTER, &name).await.unwrap().unwrap();
+    let versions: Vec<u64> = f.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, [1, 2], "{f:?}");
+    c.must_get(NON_VOTER, &name, b"v2").await.unwrap();
+}
+
+/// A client through a non-voter, which outlives the leader, waiting long enough for the
+/// restarts and the election of [`lose_the_entry`]; and the flag its progress sets.
+fn patient_client(c: &SdfsCluster) -> (Sdfs, Arc<AtomicBool>) {
+    let opts = Options {
+        leader_wait: Duration::from_secs(60),
+        ..Options::default()
+    };
+    let client = Sdfs::with_options(c.addrs[NON_VOTER], opts);
+    (client, Arc::new(AtomicBool::new(false)))
+}
+
+fn note_settling(settling: &AtomicBool, p: Progress) {
+    if p.phase == Phase::Settling {
+        settling.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Waits until the change `task` asked for is left unconfirmed (`settling`), then kills
+/// the leader and the two voters it reached, which alone hold the entry, and restarts
+/// the `frozen` voters (a frozen process's kernel kept buffering what the leader sent
+/// it; a restart drops that): they are a majority, and elect a leader without the
+/// entry. Returns the task's answer.
+async fn lose_the_entry<T: std::fmt::Debug>(
+    c: &mut SdfsCluster,
+    frozen_idx: &[usize],
+    frozen: Frozen,
+    settling: &AtomicBool,
+    task: tokio::task::JoinHandle<T>,
+) -> T {
     wait_until(
-        "the commit to go unconfirmed",
+        "the change to go unconfirmed",
         Duration::from_secs(40),
         Duration::from_millis(50),
         async || {
             anyhow::ensure!(
-                settling.load(Ordering::SeqCst) || put.is_finished(),
-                "still committing"
+                settling.load(Ordering::SeqCst) || task.is_finished(),
+                "still waiting for the majority"
             );
             Ok(())
         },
@@ -611,12 +663,9 @@ async fn an_unconfirmed_commit_whose_holders_all_die_fails_for_good() {
     .unwrap();
     assert!(
         settling.load(Ordering::SeqCst),
-        "the commit was not left unconfirmed: {:?}",
-        put.await
+        "the change was not left unconfirmed: {:?}",
+        task.await
     );
-    // Only the leader and the two voters it reached hold the entry: kill them. Restart the
-    // frozen voters (a frozen process's kernel kept buffering what the leader sent it; a
-    // restart drops that): they are a majority, and elect a leader without the entry.
     let reached: Vec<usize> = c
         .voter_indices()
         .into_iter()
@@ -625,20 +674,16 @@ async fn an_unconfirmed_commit_whose_holders_all_die_fails_for_good() {
     for &i in &reached {
         c.kill(i).await.unwrap();
     }
-    for &i in &frozen_idx {
+    for &i in frozen_idx {
         c.restart(i).await.unwrap();
     }
     drop(frozen);
-    let answer = tokio::time::timeout(Duration::from_secs(90), put)
+    let answer = tokio::time::timeout(Duration::from_secs(90), task)
         .await
-        .expect("the put did not answer")
+        .expect("the change did not answer")
         .unwrap();
-    eprintln!("the put answered: {answer:?}");
-    match answer {
-        Err(dml_shared::Error::PutLost { version: 3, .. }) => {}
-        other => panic!("expected the put to be lost for good: {other:?}"),
-    }
-    v3_stays_lost(&c, &name).await;
+    eprintln!("the unconfirmed change answered: {answer:?}");
+    answer
 }
 
 /// After a put of v3 of `name` was reported lost: v2 stays the latest version, also once
