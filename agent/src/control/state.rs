@@ -37,6 +37,17 @@ impl VersionMeta {
     pub fn is_committed(&self) -> bool {
         self.state == VersionState::Committed
     }
+
+    /// What clients see of it as `version`.
+    fn info(&self, version: u64) -> VersionInfo {
+        VersionInfo {
+            version,
+            size: self.size,
+            checksum: self.checksum,
+            replicas: self.replicas.clone(),
+            committed_ms: self.committed_ms,
+        }
+    }
 }
 
 /// A file: its versions by number, and the next number to hand out. A file
@@ -289,16 +300,7 @@ impl MetaState {
     /// A file's committed versions, oldest first; `None` if it has none.
     pub fn stat(&self, name: &str) -> Option<FileInfo> {
         let file = self.files.get(name)?;
-        let versions: Vec<VersionInfo> = file
-            .committed()
-            .map(|(n, v)| VersionInfo {
-                version: *n,
-                size: v.size,
-                checksum: v.checksum,
-                replicas: v.replicas.clone(),
-                committed_ms: v.committed_ms,
-            })
-            .collect();
+        let versions: Vec<VersionInfo> = file.committed().map(|(n, v)| v.info(*n)).collect();
         (!versions.is_empty()).then(|| FileInfo {
             name: name.to_string(),
             versions,
@@ -384,16 +386,7 @@ impl MetaState {
                 if out.len() == limit {
                     return (out, true);
                 }
-                out.push((
-                    name.clone(),
-                    VersionInfo {
-                        version,
-                        size: v.size,
-                        checksum: v.checksum,
-                        replicas: v.replicas.clone(),
-                        committed_ms: v.committed_ms,
-                    },
-                ));
+                out.push((name.clone(), v.info(version)));
             }
         }
         (out, false)
