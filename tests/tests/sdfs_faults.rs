@@ -705,27 +705,12 @@ async fn a_restarted_agent_drops_what_was_deleted_while_it_was_down_and_keeps_th
     let _slot = cluster_slot().await;
     let mut c = SdfsCluster::start("sdfs-reconcile", 10).await.unwrap();
     let leader = c.leader_index(&all(&c), READY).await.unwrap();
-    let files: Vec<(String, Vec<u8>)> = (0..8)
-        .map(|k| (format!("rc/f{k}"), pattern(900 + k, 100_000 + k as usize)))
-        .collect();
-    for (name, bytes) in &files {
-        c.must_put(NON_VOTER, name, bytes).await.unwrap();
-    }
+    let files = put_files(&c, "rc", 900, 8).await;
     // The non-leader agent holding the most of them.
-    let mut held: Vec<Vec<usize>> = vec![Vec::new(); c.len()];
-    for (k, (name, _)) in files.iter().enumerate() {
-        let f = c.file(0, name).await.unwrap().unwrap();
-        for r in &f.versions[0].replicas {
-            held[c.index_of(*r).unwrap()].push(k);
-        }
-    }
-    let v = (0..c.len())
-        .filter(|&i| i != leader)
-        .max_by_key(|&i| held[i].len())
-        .unwrap();
-    assert!(held[v].len() >= 2, "a{v} holds {:?}", held[v]);
-    let (deleted, kept) = (held[v][0], held[v][1..].to_vec());
-    for &k in &held[v] {
+    let (v, held) = busiest_holder(&c, &files, &[leader]).await;
+    assert!(held.len() >= 2, "a{v} holds {held:?}");
+    let (deleted, kept) = (held[0], held[1..].to_vec());
+    for &k in &held {
         assert!(
             !disk::copies_of(&c.data_dir(v), &files[k].1)
                 .unwrap()
@@ -955,27 +940,12 @@ async fn an_agent_restarted_with_an_empty_disk_gets_back_every_copy_it_holds() {
     let _slot = cluster_slot().await;
     let mut c = SdfsCluster::start("sdfs-wiped", 10).await.unwrap();
     let leader = c.leader_index(&all(&c), READY).await.unwrap();
-    let files: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|k| (format!("wiped/f{k}"), pattern(950 + k, 80_000 + k as usize)))
-        .collect();
-    for (name, bytes) in &files {
-        c.must_put(NON_VOTER, name, bytes).await.unwrap();
-    }
-    // A non-leader holder of at least one of them loses its disk while down (a
-    // replaced drive) and comes back at the same address before anyone declares it
-    // failed, so the metadata still names it.
-    let mut held: Vec<Vec<usize>> = vec![Vec::new(); c.len()];
-    for (k, (name, _)) in files.iter().enumerate() {
-        let f = c.file(0, name).await.unwrap().unwrap();
-        for r in &f.versions[0].replicas {
-            held[c.index_of(*r).unwrap()].push(k);
-        }
-    }
-    let v = (0..c.len())
-        .filter(|&i| i != leader && i != NON_VOTER)
-        .max_by_key(|&i| held[i].len())
-        .unwrap();
-    assert!(!held[v].is_empty());
+    let files = put_files(&c, "wiped", 950, 6).await;
+    // A holder of some of them, neither the leader nor the client's agent, loses its
+    // disk while down (a replaced drive) and comes back at the same address before
+    // anyone declares it failed, so the metadata still names it.
+    let (v, held) = busiest_holder(&c, &files, &[leader, NON_VOTER]).await;
+    assert!(!held.is_empty());
     c.kill(v).await.unwrap();
     let objects = c.data_dir(v).join("sdfs/objects");
     std::fs::remove_dir_all(&objects).unwrap();
@@ -1013,4 +983,42 @@ async fn an_agent_restarted_with_an_empty_disk_gets_back_every_copy_it_holds() {
     for (name, bytes) in &files {
         c.must_get(v, name, bytes).await.unwrap();
     }
+}
+
+/// Puts `n` files `<prefix>/f<k>` of distinct content (seeds from `seed`) through the
+/// non-voter; their names and bytes.
+async fn put_files(c: &SdfsCluster, prefix: &str, seed: u64, n: u64) -> Vec<(String, Vec<u8>)> {
+    let files: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|k| {
+            (
+                format!("{prefix}/f{k}"),
+                pattern(seed + k, 80_000 + k as usize),
+            )
+        })
+        .collect();
+    for (name, bytes) in &files {
+        c.must_put(NON_VOTER, name, bytes).await.unwrap();
+    }
+    files
+}
+
+/// The agent, other than `except`, that the metadata names a holder of the most of
+/// `files`, and the indexes of those files.
+async fn busiest_holder(
+    c: &SdfsCluster,
+    files: &[(String, Vec<u8>)],
+    except: &[usize],
+) -> (usize, Vec<usize>) {
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); c.len()];
+    for (k, (name, _)) in files.iter().enumerate() {
+        let f = c.file(0, name).await.unwrap().unwrap();
+        for r in &f.versions[0].replicas {
+            held[c.index_of(*r).unwrap()].push(k);
+        }
+    }
+    let v = (0..c.len())
+        .filter(|i| !except.contains(i))
+        .max_by_key(|&i| held[i].len())
+        .unwrap();
+    (v, std::mem::take(&mut held[v]))
 }

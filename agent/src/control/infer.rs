@@ -42,10 +42,7 @@ impl Inner {
     /// Runs `f` on this leadership's scheduler, first syncing it with the
     /// replicated jobs and expiring stale leases. A new term starts afresh.
     pub(crate) fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler) -> T) -> T {
-        let term = self
-            .raft
-            .as_ref()
-            .map_or(0, |r| r.metrics().borrow().current_term);
+        let term = self.term();
         let mut guard = self.sched.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.as_ref().is_none_or(|(t, _)| *t != term) {
             *guard = Some((term, Scheduler::new(term, self.s.inference.lease_timeout)));

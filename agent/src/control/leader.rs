@@ -110,6 +110,20 @@ impl Inner {
         }
     }
 
+    /// This node's current Raft term (0 without Raft).
+    pub(crate) fn term(&self) -> u64 {
+        self.raft
+            .as_ref()
+            .map_or(0, |r| r.metrics().borrow().current_term)
+    }
+
+    /// [`Inner::linearize`], then the term: every entry of an earlier term in
+    /// this leader's log is then applied (it applied one of its own term).
+    async fn settled_term(&self) -> Result<u64, Refusal> {
+        self.linearize().await?;
+        Ok(self.term())
+    }
+
     /// Confirms leadership with a quorum and waits until reads see every
     /// committed entry, so a deposed leader never answers from stale state.
     pub(crate) async fn linearize(&self) -> Result<(), Refusal> {
@@ -319,13 +333,7 @@ impl Inner {
                 checksum,
                 plan,
             } => {
-                // After this, every entry of an earlier term in this leader's
-                // log is applied (it applied one of its own term).
-                self.linearize().await?;
-                let term = self
-                    .raft
-                    .as_ref()
-                    .map_or(0, |r| r.metrics().borrow().current_term);
+                let term = self.settled_term().await?;
                 let committed = self.read(|s| s.is_committed_as(&name, version, &checksum))?;
                 Ok(MetaResponse::Outcome(outcome(committed, plan, term)))
             }
@@ -375,11 +383,7 @@ impl Inner {
                 term: appended,
                 through,
             } => {
-                self.linearize().await?;
-                let term = self
-                    .raft
-                    .as_ref()
-                    .map_or(0, |r| r.metrics().borrow().current_term);
+                let term = self.settled_term().await?;
                 let oldest = self
                     .read(|s| s.stat(&name))?
                     .and_then(|f| f.versions.first().map(|v| v.version));
