@@ -218,7 +218,16 @@ async fn put(
     sum: [u8; 32],
     downstream: Vec<SocketAddr>,
 ) -> Response {
-    put_with(head, name, version, data, Trailer::After(&sum), downstream).await
+    put_with(
+        head,
+        name,
+        version,
+        data,
+        Trailer::After(&sum),
+        downstream,
+        1,
+    )
+    .await
 }
 
 /// How a test write sends its checksum.
@@ -230,17 +239,6 @@ enum Trailer<'a> {
 }
 
 async fn put_with(
-    head: SocketAddr,
-    name: &str,
-    version: u64,
-    data: &[u8],
-    sum: Trailer<'_>,
-    downstream: Vec<SocketAddr>,
-) -> Response {
-    put_planned(head, name, version, data, sum, downstream, 1).await
-}
-
-async fn put_planned(
     head: SocketAddr,
     name: &str,
     version: u64,
@@ -502,7 +500,7 @@ async fn a_checksum_announced_before_the_bytes_is_checked_too() {
     let data = pattern(5, 100_000);
     let down = vec![ns[1].addr, ns[2].addr];
     let sum = Trailer::Announced(checksum(&data));
-    let resp = put_with(ns[0].addr, "a", 1, &data, sum, down.clone()).await;
+    let resp = put_with(ns[0].addr, "a", 1, &data, sum, down.clone(), 1).await;
     assert!(
         matches!(resp, Response::Stored { ref holders, .. } if holders.len() == 3),
         "{resp:?}"
@@ -512,7 +510,7 @@ async fn a_checksum_announced_before_the_bytes_is_checked_too() {
     }
     let mut bad = checksum(&data);
     bad[31] ^= 1;
-    let resp = put_with(ns[0].addr, "a", 2, &data, Trailer::Announced(bad), down).await;
+    let resp = put_with(ns[0].addr, "a", 2, &data, Trailer::Announced(bad), down, 1).await;
     assert!(
         matches!(resp, Response::Error(ref e) if e.contains("checksum mismatch")),
         "{resp:?}"
@@ -527,7 +525,7 @@ async fn a_version_given_out_again_by_a_later_leader_replaces_the_earlier_plans_
     let (stale, new, late) = (pattern(7, 90_000), pattern(8, 80_000), pattern(9, 70_000));
     let put = async |data: &[u8], plan| {
         let sum = Trailer::Announced(checksum(data));
-        put_planned(ns[0].addr, "p", 4, data, sum, down.clone(), plan).await
+        put_with(ns[0].addr, "p", 4, data, sum, down.clone(), plan).await
     };
 
     let stored_on_all =
@@ -569,6 +567,7 @@ async fn a_checksum_after_the_bytes_of_the_wrong_length_is_refused_by_name() {
         &data,
         Trailer::After(short),
         vec![ns[1].addr],
+        1,
     )
     .await;
     match resp {
