@@ -7,7 +7,7 @@ use crate::control::{ControlHandle, ControlPlane, Settings};
 use crate::infer::worker::{Worker, WorkerOptions};
 use crate::membership::Membership;
 use crate::membership::driver::{self, MembershipHandle, MembershipTask};
-use crate::sdfs::{SdfsHandle, SdfsOptions, SdfsService};
+use crate::sdfs::{MetaPath, SdfsHandle, SdfsOptions, SdfsService};
 use crate::telemetry::{self, Telemetry, TelemetryService};
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
@@ -70,7 +70,7 @@ impl Agent {
             std::time::Instant::now(),
         )
         .with_seeds(cfg.nodes.iter().copied());
-        let sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
+        let mut sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
             .await
             .context("cannot open the SDFS store")?;
         let key = dml_shared::auth::installed()?.clone();
@@ -89,6 +89,7 @@ impl Agent {
         )
         .await
         .context("cannot start the control plane")?;
+        sdfs.start_upkeep(MetaPath::Local(control.handle()));
         let telemetry = TelemetryService::start_with(
             telemetry_handle,
             telemetry::Sources {

@@ -21,6 +21,13 @@ use tokio::task::JoinHandle;
 /// A connection idle this long is closed.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Over-limit connections told why at once; more are closed without a word.
+const REFUSALS: usize = 8;
+/// How long a refused connection may take to be told.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Largest first frame read from a refused connection.
+const REFUSAL_FRAME: usize = 64 * 1024;
+
 pub struct ApiServer {
     shutdown: watch::Sender<bool>,
     join: JoinHandle<()>,
@@ -56,6 +63,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let refusals = Arc::new(Semaphore::new(REFUSALS));
     let bad_frames = Arc::new(AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
@@ -73,6 +81,14 @@ async fn accept_loop(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "refusing API connection: too many open");
+            // Told why, when few are waiting for that answer; else just closed.
+            if let Ok(r) = refusals.clone().try_acquire_owned() {
+                let max = cfg.max_connections;
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, max)).await;
+                    drop(r);
+                });
+            }
             continue;
         };
         let services = services.clone();
@@ -85,6 +101,20 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// Answers a connection over `api.max_connections` with an error naming the
+/// limit, after reading its first request (closing with it unread would reset
+/// the connection before the client read the answer).
+async fn refuse(stream: TcpStream, max: usize) -> dml_shared::Result<()> {
+    let mut stream = Conn::accept(stream, auth::installed()?).await?;
+    let _ = stream.read_frame(REFUSAL_FRAME).await;
+    let msg = Response::Error(format!(
+        "all {max} API connections of this agent (api.max_connections) are in use; retry later"
+    ));
+    stream
+        .write_frame(&wire::encode(Kind::Response, &msg), REFUSAL_FRAME)
+        .await
 }
 
 async fn serve(

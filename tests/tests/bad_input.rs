@@ -13,7 +13,7 @@ use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::wire::{self, HEADER_LEN, Kind, MAGIC, PROTOCOL_VERSION};
 use dml_tests::view::VIEW_POLL;
-use dml_tests::{Agent, Cluster, test_membership, wait_until};
+use dml_tests::{Agent, AgentSpec, Cluster, TestDir, test_membership, wait_until};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -343,4 +343,48 @@ async fn refused(s: &mut Conn) {
         }
         Ok(Ok(None)) | Ok(Err(_)) => {}
     }
+}
+
+/// A connection over `api.max_connections` is told the limit, not reset; the agent's own
+/// upkeep takes no slot (it once did, refusing a client on a quiet one-agent cluster); and
+/// a freed slot serves again.
+#[tokio::test]
+async fn connections_over_the_limit_are_told_the_limit_and_a_freed_slot_serves_again() {
+    const MAX: usize = 2;
+    let dir = TestDir::new("api-limit").unwrap();
+    let mut spec = AgentSpec::new("a", test_membership());
+    spec.extra_config = format!("\n[api]\nmax_connections = {MAX}\n");
+    let agent = Agent::start(spec, dir.path()).await.unwrap();
+
+    // Each held connection has been served once, so the agent holds a slot for it.
+    let mut held = Vec::new();
+    for _ in 0..MAX {
+        let mut s = Conn::connect(agent.addr()).await.unwrap();
+        let id = wire::encode(Kind::Request, &Request::Id);
+        s.write_frame(&id, DEFAULT_MAX_FRAME).await.unwrap();
+        let answer = s.read_frame(DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+        let r: Response = wire::decode(Kind::Response, &answer).unwrap();
+        assert!(matches!(r, Response::Id(_)), "{r:?}");
+        held.push(s);
+    }
+    // Repeated: a refusal must never be a reset or a hang, whatever the agent does meanwhile.
+    for _ in 0..5 {
+        match agent.client().id().await {
+            Err(dml_shared::Error::Remote(m)) => {
+                assert!(
+                    m.contains("api.max_connections") && m.contains("all 2"),
+                    "{m}"
+                )
+            }
+            other => panic!("a connection over the limit got {other:?}"),
+        }
+    }
+    held.pop();
+    wait_until("a freed slot to serve", COUNTED, VIEW_POLL, async || {
+        let info = agent.client().id().await?;
+        ensure!(info.id == agent.id(), "answered for {}", info.id);
+        Ok(())
+    })
+    .await
+    .unwrap();
 }

@@ -1,19 +1,31 @@
 //! Metadata requests from the data side (scrub, reconcile) to the control
-//! plane, through the local agent, which forwards them to the leader. One
-//! redirect is followed when an agent answers `NotLeader`.
+//! plane, along the service's [`MetaPath`]. One redirect is followed when an
+//! agent answers `NotLeader`.
 
-use super::Ctx;
+use super::{Ctx, MetaPath};
 use dml_shared::api::{Request, Response};
 use dml_shared::client::Client;
 use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
 
 /// Sends one metadata request; errors are worded for a log line.
 pub async fn call(ctx: &Ctx, req: MetaRequest) -> Result<MetaResponse, String> {
-    let mut addr = ctx.meta_addr;
-    let req = Request::Meta(req);
-    for _ in 0..2 {
-        let mut client = Client::new(addr).with_timeout(ctx.stall_timeout());
-        match client.call(&req).await {
+    let (local, mut addr) = match ctx.meta.get() {
+        Some(MetaPath::Local(c)) => (Some(c), ctx.agent),
+        Some(MetaPath::Agent(a)) => (None, *a),
+        None => return Err("the control plane is not reachable yet".into()),
+    };
+    for hop in 0..2 {
+        let answer = match local {
+            Some(control) if hop == 0 => match control.meta(req.clone()).await {
+                Response::Error(e) => Err(dml_shared::Error::Remote(e)),
+                r => Ok(r),
+            },
+            _ => {
+                let mut client = Client::new(addr).with_timeout(ctx.stall_timeout());
+                client.call(&Request::Meta(req.clone())).await
+            }
+        };
+        match answer {
             Ok(Response::Meta(m)) => return Ok(m),
             Ok(Response::NotLeader { leader: Some(l) }) if l != addr => addr = l,
             Ok(Response::NotLeader { .. }) => return Err("no leader is known".into()),

@@ -11,7 +11,7 @@
 //!   throttled; also used by scrub to re-fetch a corrupt copy.
 //! - [`scrub`], [`reconcile`]: periodic re-hashing, and comparison of the
 //!   disk with the committed metadata.
-//! - [`meta`]: metadata requests to the control plane (through an agent).
+//! - [`meta`]: metadata requests to the control plane ([`MetaPath`]).
 //! - [`peer`], [`throttle`], [`stats`], [`error`]: plumbing.
 
 pub mod encode;
@@ -35,6 +35,7 @@ pub use error::SdfsError;
 pub use stats::SdfsStats;
 pub use store::Store;
 
+use crate::control::ControlHandle;
 use dml_shared::api::Response;
 use dml_shared::config::{Config, SdfsConfig};
 use dml_shared::conn::{Conn, FrameWrite, IdleConns};
@@ -43,7 +44,7 @@ use dml_shared::sdfs::{DataRequest, Holding};
 use stats::Counters;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use throttle::Throttle;
 use tokio::sync::watch;
@@ -59,9 +60,6 @@ pub struct SdfsOptions {
     pub data_dir: PathBuf,
     /// This agent's address, as the others reach it.
     pub agent: SocketAddr,
-    /// Where metadata requests go (the local agent, which forwards them to
-    /// the leader; tests point it elsewhere).
-    pub meta_addr: SocketAddr,
     pub cfg: SdfsConfig,
     pub max_frame: usize,
 }
@@ -71,7 +69,6 @@ impl SdfsOptions {
         Self {
             data_dir: cfg.data_dir.clone(),
             agent,
-            meta_addr: agent,
             cfg: cfg.sdfs.clone(),
             max_frame: cfg.api.max_frame,
         }
@@ -86,7 +83,8 @@ pub struct Ctx {
     pub store: Store,
     pub cfg: SdfsConfig,
     pub agent: SocketAddr,
-    pub meta_addr: SocketAddr,
+    /// Where metadata requests go; set when the upkeep starts.
+    pub meta: OnceLock<MetaPath>,
     pub max_frame: usize,
     pub counters: Counters,
     /// Repair and scrub bandwidth.
@@ -200,16 +198,27 @@ impl SdfsHandle {
     }
 }
 
+/// Where the data side's metadata requests (scrub, reconcile) go.
+#[derive(Clone)]
+pub enum MetaPath {
+    /// This agent's own control plane, in process; it forwards them to the
+    /// leader. Over the API they would take connection slots from clients.
+    Local(ControlHandle),
+    /// An agent's API (tests stand a fake control plane behind one).
+    Agent(SocketAddr),
+}
+
 /// The running service: the store, and the scrub and reconcile tasks.
 pub struct SdfsService {
     handle: SdfsHandle,
+    ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl SdfsService {
-    /// Opens the store (clearing leftover temp files) and starts scrub and
-    /// reconcile (a first reconcile runs at once).
+    /// Opens the store, clearing leftover temp files. The data path serves at
+    /// once; scrub and reconcile wait for [`SdfsService::start_upkeep`].
     pub async fn start(opts: SdfsOptions) -> Result<Self, SdfsError> {
         let (dir, agent) = (opts.data_dir.clone(), opts.agent);
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, agent))
@@ -220,21 +229,33 @@ impl SdfsService {
             throttle: Throttle::new(opts.cfg.repair_bytes_per_sec),
             cfg: opts.cfg,
             agent,
-            meta_addr: opts.meta_addr,
+            meta: OnceLock::new(),
             max_frame: opts.max_frame,
             counters: Counters::default(),
             peers: IdleConns::new(PEER_CONNS),
         });
-        let (shutdown, rx) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(scrub::task(ctx.clone(), rx.clone())),
-            tokio::spawn(reconcile::task(ctx.clone(), rx)),
-        ];
+        let (shutdown, _) = watch::channel(false);
         Ok(Self {
-            handle: SdfsHandle { ctx: Some(ctx) },
+            handle: SdfsHandle {
+                ctx: Some(ctx.clone()),
+            },
+            ctx,
             shutdown,
-            tasks,
+            tasks: Vec::new(),
         })
+    }
+
+    /// Starts scrub and reconcile (a first reconcile runs at once), asking
+    /// `meta` for the committed metadata. Only the first call counts.
+    pub fn start_upkeep(&mut self, meta: MetaPath) {
+        if self.ctx.meta.set(meta).is_err() {
+            return;
+        }
+        let rx = self.shutdown.subscribe();
+        self.tasks
+            .push(tokio::spawn(scrub::task(self.ctx.clone(), rx.clone())));
+        self.tasks
+            .push(tokio::spawn(reconcile::task(self.ctx.clone(), rx)));
     }
 
     pub fn handle(&self) -> SdfsHandle {

@@ -2,7 +2,7 @@
 //! each behind a small accept loop that also answers metadata requests from a
 //! fake control plane.
 
-use super::{SdfsHandle, SdfsOptions, SdfsService};
+use super::{MetaPath, SdfsHandle, SdfsOptions, SdfsService};
 use dml_shared::api::{Request, Response};
 use dml_shared::config::SdfsConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
@@ -118,15 +118,15 @@ impl Node {
         let dir = TestDir::new("node");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = SdfsService::start(SdfsOptions {
+        let mut service = SdfsService::start(SdfsOptions {
             data_dir: dir.path().to_path_buf(),
             agent: addr,
-            meta_addr: addr,
             cfg,
             max_frame: DEFAULT_MAX_FRAME,
         })
         .await
         .unwrap();
+        service.start_upkeep(MetaPath::Agent(addr));
         let sdfs = service.handle();
         let h = sdfs.clone();
         let accept = tokio::spawn(async move {
@@ -881,10 +881,9 @@ async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
     t.write(b"abc").unwrap();
     t.finish().unwrap();
     drop(store);
-    let service = SdfsService::start(SdfsOptions {
+    let mut service = SdfsService::start(SdfsOptions {
         data_dir: dir.path().to_path_buf(),
         agent: dead_addr().await,
-        meta_addr: dead_addr().await,
         cfg: SdfsConfig {
             put_timeout: Duration::from_millis(1),
             ..cfg
@@ -893,6 +892,7 @@ async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
     })
     .await
     .unwrap();
+    service.start_upkeep(MetaPath::Agent(dead_addr().await));
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(service.handle().reconcile_now().await.unwrap().is_err());
     assert_eq!(service.handle().holdings().len(), 1);
