@@ -50,6 +50,18 @@ async fn bind_pair(
     bail!("cannot bind UDP on the TCP port of {addr}: {e}")
 }
 
+/// The agent's local socket ([`dml_shared::stream`]), for clients on this
+/// host; without one (another process holds the name) they use TCP.
+fn bind_local(addr: SocketAddr) -> Option<tokio::net::UnixListener> {
+    #[cfg(target_os = "linux")]
+    match dml_shared::stream::local_addr(addr).and_then(|a| tokio::net::UnixListener::bind_addr(&a))
+    {
+        Ok(l) => return Some(l),
+        Err(e) => tracing::warn!(error = %e, "no local socket; clients on this host use TCP"),
+    }
+    None
+}
+
 impl Agent {
     /// Starts an agent; `join` says whether it joins the group right away.
     pub async fn start(cfg: &Config, join: bool) -> anyhow::Result<Self> {
@@ -106,7 +118,7 @@ impl Agent {
             sdfs: sdfs.handle(),
             telemetry: telemetry.handle(),
         };
-        let api = ApiServer::spawn(tcp, cfg.api.clone(), services);
+        let api = ApiServer::spawn(tcp, bind_local(addr), cfg.api.clone(), services);
         let worker = match cfg.inference.worker {
             false => None,
             true => Some(

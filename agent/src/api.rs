@@ -11,10 +11,11 @@ use dml_shared::api::{Request, Response};
 use dml_shared::auth;
 use dml_shared::config::ApiConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+use dml_shared::stream::Stream;
 use dml_shared::wire::{self, Kind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -34,10 +35,16 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Serves on an already-bound listener until [`ApiServer::shutdown`].
-    pub fn spawn(listener: TcpListener, cfg: ApiConfig, services: Services) -> Self {
+    /// Serves on already-bound listeners (TCP, and the agent's local socket
+    /// if it has one) until [`ApiServer::shutdown`].
+    pub fn spawn(
+        listener: TcpListener,
+        local: Option<UnixListener>,
+        cfg: ApiConfig,
+        services: Services,
+    ) -> Self {
         let (shutdown, rx) = watch::channel(false);
-        let join = tokio::spawn(accept_loop(listener, cfg, services, rx));
+        let join = tokio::spawn(accept_loop(listener, local, cfg, services, rx));
         Self { shutdown, join }
     }
 
@@ -58,6 +65,7 @@ pub struct Services {
 
 async fn accept_loop(
     listener: TcpListener,
+    local: Option<UnixListener>,
     cfg: ApiConfig,
     services: Services,
     mut shutdown: watch::Receiver<bool>,
@@ -67,7 +75,8 @@ async fn accept_loop(
     let bad_frames = Arc::new(AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listener.accept() => a.map(|(s, peer)| (Stream::from(s), peer.to_string())),
+            a = accept_local(local.as_ref()) => a.map(|s| (Stream::from(s), "a local client".to_string())),
             _ = shutdown.changed() => return,
         };
         let (stream, peer) = match accepted {
@@ -103,10 +112,18 @@ async fn accept_loop(
     }
 }
 
+/// The next connection on the local socket; never, without one.
+async fn accept_local(local: Option<&UnixListener>) -> std::io::Result<UnixStream> {
+    match local {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
 /// Answers a connection over `api.max_connections` with an error naming the
 /// limit, after reading its first request (closing with it unread would reset
 /// the connection before the client read the answer).
-async fn refuse(stream: TcpStream, max: usize) -> dml_shared::Result<()> {
+async fn refuse(stream: Stream, max: usize) -> dml_shared::Result<()> {
     let mut stream = Conn::accept(stream, auth::installed()?).await?;
     let _ = stream.read_frame(REFUSAL_FRAME).await;
     let msg = Response::Error(format!(
@@ -118,12 +135,14 @@ async fn refuse(stream: TcpStream, max: usize) -> dml_shared::Result<()> {
 }
 
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     max_frame: usize,
     services: &Services,
     bad_frames: &AtomicU64,
 ) -> dml_shared::Result<()> {
-    stream.set_nodelay(true)?;
+    if let Stream::Tcp(s) = &stream {
+        s.set_nodelay(true)?;
+    }
     let mut stream = Conn::accept(stream, auth::installed()?).await?;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_frame(max_frame)).await {

@@ -1,4 +1,5 @@
-//! Authenticated TCP connections: [`Conn`] runs the handshake of
+//! Authenticated connections (TCP, or a Unix socket on one host; see
+//! [`crate::stream`]): [`Conn`] runs the handshake of
 //! [`crate::auth::handshake`] and then seals every frame with a 16-byte
 //! keyed-BLAKE3 tag over its per-direction sequence number and body.
 //!
@@ -17,13 +18,12 @@
 use crate::auth::{self, ClusterKey, TAG_LEN, handshake};
 use crate::error::{Error, Result};
 use crate::framing::read_frame;
+use crate::stream::{self, Stream, StreamRead, StreamWrite};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// Time a peer gets to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ impl Dir {
 
 /// An authenticated connection to or from an agent.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     tx: Dir,
     rx: Dir,
@@ -75,21 +75,32 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Connects to an agent with the process's cluster key (no Nagle delays).
+    /// Connects to an agent over TCP with the process's cluster key (no
+    /// Nagle delays).
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let s = TcpStream::connect(addr)
+        let s = stream::connect_tcp(addr)
             .await
             .map_err(|reason| Error::Connect {
                 addr: addr.to_string(),
                 reason,
             })?;
-        s.set_nodelay(true)?;
-        Self::client(s, auth::installed()?).await
+        Self::client(s, addr, auth::installed()?).await
     }
 
-    /// The client side of the handshake on a connected stream.
-    pub async fn client(mut stream: TcpStream, key: &ClusterKey) -> Result<Conn> {
-        let peer = stream.peer_addr()?;
+    /// Like [`Conn::connect`], but through the agent's local socket when it
+    /// runs on this host ([`stream::connect_near`]): for a client's bulk data.
+    pub async fn connect_near(addr: SocketAddr) -> Result<Conn> {
+        let s = stream::connect_near(addr)
+            .await
+            .map_err(|reason| Error::Connect {
+                addr: addr.to_string(),
+                reason,
+            })?;
+        Self::client(s, addr, auth::installed()?).await
+    }
+
+    /// The client side of the handshake on a stream connected to `peer`.
+    pub async fn client(mut stream: Stream, peer: SocketAddr, key: &ClusterKey) -> Result<Conn> {
         let c = handshake::nonce()?;
         let shake = async {
             stream.write_all(&handshake::hello(&c)).await?;
@@ -146,8 +157,13 @@ impl Conn {
 
     /// The server side of the handshake; a failure is counted and the
     /// caller drops the connection.
-    pub async fn accept(mut stream: TcpStream, key: &ClusterKey) -> Result<Conn> {
-        let peer = stream.peer_addr()?;
+    pub async fn accept(stream: impl Into<Stream>, key: &ClusterKey) -> Result<Conn> {
+        let mut stream = stream.into();
+        // A local client has no address; it is logged as 0.0.0.0:0.
+        let peer = match &stream {
+            Stream::Tcp(s) => s.peer_addr()?,
+            Stream::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let shake = async {
             let mut hello = [0u8; handshake::HELLO_LEN];
             stream.read_exact(&mut hello).await?;
@@ -189,7 +205,7 @@ impl Conn {
 
     /// The socket under the sealed frames, for the raw bulk data of an SDFS
     /// file (see the module docs). Raw bytes do not advance the sequence.
-    pub fn raw(&mut self) -> &mut TcpStream {
+    pub fn raw(&mut self) -> &mut Stream {
         &mut self.stream
     }
 
@@ -280,20 +296,20 @@ impl FrameWrite for Conn {
 
 /// The reading half of a [`Conn`].
 pub struct ConnReader<'a> {
-    r: ReadHalf<'a>,
+    r: StreamRead<'a>,
     dir: &'a mut Dir,
     peer: SocketAddr,
 }
 
 /// The writing half of a [`Conn`].
 pub struct ConnWriter<'a> {
-    w: WriteHalf<'a>,
+    w: StreamWrite<'a>,
     dir: &'a mut Dir,
 }
 
 impl<'a> ConnReader<'a> {
     /// The socket's reading half, to notice a close without reading a frame.
-    pub fn raw(&mut self) -> &mut ReadHalf<'a> {
+    pub fn raw(&mut self) -> &mut StreamRead<'a> {
         &mut self.r
     }
 }
@@ -322,9 +338,37 @@ mod tests {
             let (s, _) = l.accept().await.unwrap();
             Conn::accept(s, &server_key).await
         });
-        let c = TcpStream::connect(addr).await.unwrap();
-        let client = Conn::client(c, &client_key).await;
+        let c = stream::connect_tcp(addr).await.unwrap();
+        let client = Conn::client(c, addr, &client_key).await;
         (server.await.unwrap(), client)
+    }
+
+    /// The same over a Unix socket pair, as through an agent's local socket.
+    async fn local_pair(
+        server_key: ClusterKey,
+        client_key: ClusterKey,
+    ) -> (Result<Conn>, Result<Conn>) {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let server = tokio::spawn(async move { Conn::accept(a, &server_key).await });
+        let client =
+            Conn::client(b.into(), SocketAddr::from(([127, 0, 0, 1], 1)), &client_key).await;
+        (server.await.unwrap(), client)
+    }
+
+    #[tokio::test]
+    async fn a_local_connection_runs_the_same_handshake_and_seals_its_frames() {
+        let (server, client) = local_pair(key(3), key(3)).await;
+        let (mut server, mut client) = (server.unwrap(), client.unwrap());
+        assert!(client.raw().is_local());
+        client
+            .write_frame(b"over the local socket", 1024)
+            .await
+            .unwrap();
+        let got = server.read_frame(1024).await.unwrap().unwrap();
+        assert_eq!(got, b"over the local socket");
+        let (server, client) = local_pair(key(3), key(4)).await;
+        assert!(matches!(client, Err(Error::Auth { .. })), "{client:?}");
+        assert!(server.is_err());
     }
 
     fn key(b: u8) -> ClusterKey {
@@ -402,7 +446,7 @@ mod tests {
             let (s, _) = l.accept().await.unwrap();
             Conn::accept(s, &key(1)).await
         });
-        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
         let e = server.await.unwrap().unwrap_err().to_string();
         assert!(e.contains("not an AwesomeDML hello"), "{e}");

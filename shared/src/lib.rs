@@ -5,7 +5,8 @@
 //! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
 //! - [`auth`]: the cluster key, sealed UDP datagrams with replay protection, the TCP handshake.
-//! - [`conn`]: authenticated TCP connections ([`conn::Conn`]) carrying tagged frames.
+//! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying tagged frames.
+//! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`api`]: request and response types of the agent API.
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
@@ -27,6 +28,7 @@ pub mod infer;
 pub mod models;
 pub mod sdfs;
 pub mod sdfs_client;
+pub mod stream;
 pub mod telemetry;
 pub mod wire;
 

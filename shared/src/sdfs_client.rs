@@ -18,7 +18,7 @@
 //! (`Data(BadCopy)`) and the next replica is tried.
 
 use crate::api::{Request, Response};
-use crate::client::{self, Client, read_response, send_request, unexpected};
+use crate::client::{Client, read_response, send_request, unexpected};
 use crate::conn::{Conn, FrameWrite, IdleConns};
 use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
@@ -426,11 +426,12 @@ impl Sdfs {
         });
     }
 
-    /// An idle pooled connection to `addr` that is still open, or a new one.
+    /// An idle pooled connection to `addr` that is still open, or a new one
+    /// (through the agent's local socket when it runs on this host).
     async fn conn(&self, addr: SocketAddr, limit: Duration) -> Result<Conn> {
         match self.conns.take(addr) {
             Some(s) => Ok(s),
-            None => timed(addr, limit, client::connect(addr)).await,
+            None => timed(addr, limit, Conn::connect_near(addr)).await,
         }
     }
 

@@ -388,3 +388,52 @@ async fn connections_over_the_limit_are_told_the_limit_and_a_freed_slot_serves_a
     .await
     .unwrap();
 }
+
+/// A client on the agent's host reaches it through its local socket, with the same
+/// handshake and limits: the cluster key is served, another key is refused and counted, and
+/// once the agent is gone nothing answers on either transport.
+#[tokio::test]
+async fn a_client_on_the_agents_host_is_served_through_its_local_socket_with_the_same_handshake() {
+    let dir = TestDir::new("local-socket").unwrap();
+    let mut agent = Agent::start(AgentSpec::new("a", test_membership()), dir.path())
+        .await
+        .unwrap();
+    let mut s = Conn::connect_near(agent.addr()).await.unwrap();
+    assert!(s.raw().is_local(), "a client on the agent's host used TCP");
+    let id = wire::encode(Kind::Request, &Request::Id);
+    s.write_frame(&id, DEFAULT_MAX_FRAME).await.unwrap();
+    let answer = s.read_frame(DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+    let r: Response = wire::decode(Kind::Response, &answer).unwrap();
+    assert!(
+        matches!(r, Response::Id(ref i) if i.id == agent.id()),
+        "{r:?}"
+    );
+
+    let before = stats(&agent).await.unwrap().tcp_unauthenticated;
+    let stream = dml_shared::stream::connect_near(agent.addr())
+        .await
+        .unwrap();
+    assert!(stream.is_local());
+    let wrong = ClusterKey::from_bytes([7; 32]);
+    let e = Conn::client(stream, agent.addr(), &wrong)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not hold cluster key"), "{e}");
+    wait_until(
+        "the refused handshake to be counted",
+        COUNTED,
+        VIEW_POLL,
+        async || {
+            let now = stats(&agent).await?.tcp_unauthenticated;
+            ensure!(now > before, "{before} -> {now}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+
+    agent.kill().unwrap();
+    agent.wait_exit(COUNTED).await.unwrap();
+    let e = Conn::connect_near(agent.addr()).await.unwrap_err();
+    assert!(matches!(e, dml_shared::Error::Connect { .. }), "{e}");
+}

@@ -59,7 +59,8 @@ pub async fn serve_read(
     // A duplicate of the socket, switched to blocking mode with a send
     // timeout, lets a blocking thread use sendfile while this task waits; the
     // socket goes back to non-blocking before the connection is used again.
-    let sock = std::net::TcpStream::from(stream.raw().as_fd().try_clone_to_owned()?);
+    stream.raw().widen_send_buffer();
+    let sock = socket2::Socket::from(stream.raw().as_fd().try_clone_to_owned()?);
     let (chunk, stall, size) = (
         ctx.cfg.chunk_size.max(1) as u64,
         ctx.stall_timeout(),
@@ -111,7 +112,7 @@ pub async fn serve_read(
 /// `stall` fails.
 fn send_frames(
     file: std::fs::File,
-    sock: &std::net::TcpStream,
+    sock: &socket2::Socket,
     size: u64,
     chunk: u64,
     stall: Duration,
@@ -141,7 +142,7 @@ fn send_frames(
 #[cfg(target_os = "linux")]
 fn send_file_range(
     file: &std::fs::File,
-    sock: &std::net::TcpStream,
+    sock: &socket2::Socket,
     offset: u64,
     n: u64,
 ) -> io::Result<u64> {
@@ -173,7 +174,7 @@ fn send_file_range(
 #[cfg(not(target_os = "linux"))]
 fn send_file_range(
     file: &std::fs::File,
-    mut sock: &std::net::TcpStream,
+    mut sock: &socket2::Socket,
     offset: u64,
     n: u64,
 ) -> io::Result<u64> {
