@@ -156,7 +156,7 @@ pub fn table(d: &Document) -> String {
     );
     let _ = writeln!(
         out,
-        "put: the leader plans the put, the client streams the file down the 4-agent chain hashing it as it goes (each replica fsyncs), commit; \
+        "put: the leader plans the put, the client streams the file down the 4-agent chain (to its head through the local socket) hashing it as it goes (each replica fsyncs), commit; \
          4-copy: one thread writes every chunk to 4 files, then fsyncs them.\n\
          get: fetch from a replica (cold) through its local socket (the bench runs on the agents' host), check BLAKE3, write the local copy (not fsynced, as `dml get`); \
          get+sync: the same, fsyncing the copy; read: read one copy only (cold)."
