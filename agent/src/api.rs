@@ -1,7 +1,8 @@
-//! The agent API: framed postcard requests over authenticated TCP
-//! connections ([`Conn`]), on the same port number as the membership UDP
-//! socket. A peer that fails the handshake or sends a frame whose tag does
-//! not verify is dropped without an answer (and counted).
+//! The agent API: framed postcard requests over authenticated connections
+//! ([`Conn`]): TCP on the same port number as the membership UDP socket, and
+//! the agent's local Unix socket for clients on its host. A peer that fails
+//! the handshake or sends a frame whose tag does not verify is dropped
+//! without an answer (and counted); one over `api.max_connections` is told.
 
 use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
