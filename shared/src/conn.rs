@@ -78,24 +78,21 @@ impl Conn {
     /// Connects to an agent over TCP with the process's cluster key (no
     /// Nagle delays).
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let s = stream::connect_tcp(addr)
-            .await
-            .map_err(|reason| Error::Connect {
-                addr: addr.to_string(),
-                reason,
-            })?;
-        Self::client(s, addr, auth::installed()?).await
+        Self::handshake_on(addr, stream::connect_tcp(addr).await).await
     }
 
     /// Like [`Conn::connect`], but through the agent's local socket when it
     /// runs on this host ([`stream::connect_near`]): for a client's bulk data.
     pub async fn connect_near(addr: SocketAddr) -> Result<Conn> {
-        let s = stream::connect_near(addr)
-            .await
-            .map_err(|reason| Error::Connect {
-                addr: addr.to_string(),
-                reason,
-            })?;
+        Self::handshake_on(addr, stream::connect_near(addr).await).await
+    }
+
+    /// The client handshake with the process's key on a fresh connection to `addr`.
+    async fn handshake_on(addr: SocketAddr, s: std::io::Result<Stream>) -> Result<Conn> {
+        let s = s.map_err(|reason| Error::Connect {
+            addr: addr.to_string(),
+            reason,
+        })?;
         Self::client(s, addr, auth::installed()?).await
     }
 
