@@ -210,7 +210,6 @@ pub enum MetaPath {
 
 /// The running service: the store, and the scrub and reconcile tasks.
 pub struct SdfsService {
-    handle: SdfsHandle,
     ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -236,9 +235,6 @@ impl SdfsService {
         });
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
-            handle: SdfsHandle {
-                ctx: Some(ctx.clone()),
-            },
             ctx,
             shutdown,
             tasks: Vec::new(),
@@ -259,7 +255,9 @@ impl SdfsService {
     }
 
     pub fn handle(&self) -> SdfsHandle {
-        self.handle.clone()
+        SdfsHandle {
+            ctx: Some(self.ctx.clone()),
+        }
     }
 
     /// Stops the background tasks; requests in flight finish on their own.
