@@ -13,12 +13,14 @@
 //! - [`models`]: the model registry (`assets/models.toml`).
 //! - [`telemetry`]: the frames agents stream to console subscribers.
 //! - [`client`]: an async client for that API.
+//! - [`clock`]: Unix wall-clock time (ms, µs), the one place it is read.
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod error;

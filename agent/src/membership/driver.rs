@@ -7,7 +7,7 @@ use dml_shared::api::{IdInfo, MemberInfo, Stats};
 use dml_shared::auth::{ClusterKey, Opener, Sealer, UDP_OVERHEAD};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -44,12 +44,7 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use dml_shared::clock::unix_ms;
 
 #[derive(Clone)]
 pub struct MembershipHandle {

@@ -11,7 +11,6 @@ use super::stats::Counters;
 use super::{Ctx, meta};
 use dml_shared::sdfs::{Keep, MetaRequest, MetaResponse};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Versions asked about per `Wanted` request, so a request stays far below
@@ -53,11 +52,7 @@ pub async fn task(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use dml_shared::clock::unix_ms as now_ms;
 
 /// One pass. An error means the metadata could not be asked (nothing deleted).
 pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {

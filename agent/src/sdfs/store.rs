@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 const META_SUFFIX: &str = ".meta";
 const PART_SUFFIX: &str = ".part";
@@ -533,9 +533,7 @@ impl TempObject {
             version,
             size: self.size,
             checksum: self.checksum,
-            stored_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            stored_ms: dml_shared::clock::unix_ms(),
             plan: self.plan,
         };
         let json = serde_json::to_vec(&meta).expect("plain struct to JSON");

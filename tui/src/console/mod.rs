@@ -31,7 +31,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Time between two clock ticks (ages on screen).
@@ -41,12 +41,7 @@ const INPUT_POLL: Duration = Duration::from_millis(100);
 /// Events queued towards the loop.
 const QUEUE: usize = 256;
 
-/// Unix time in ms.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use dml_shared::clock::unix_ms;
 
 /// Opens the console on `agent` and runs it until the operator quits.
 pub async fn run(agent: SocketAddr) -> Result<()> {

@@ -17,7 +17,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Time allowed for one API probe while waiting for agents or reporting status.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -40,12 +40,7 @@ pub async fn run(cmd: &LocalCommand, key_file: Option<&Path>, json: bool) -> Res
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use dml_shared::clock::unix_ms as now_ms;
 
 /// `--agent-bin`, or `dml-agent` beside the running `dml`.
 pub fn find_agent_bin(given: Option<&Path>) -> Result<PathBuf> {
