@@ -7,6 +7,7 @@
 //! - [`auth`]: the cluster key, sealed UDP datagrams with replay protection, the TCP handshake.
 //! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying tagged frames.
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
+//! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
 //! - [`api`]: request and response types of the agent API.
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod disk;
 pub mod error;
 pub mod framing;
 pub mod id;

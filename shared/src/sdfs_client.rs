@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::framing::{DEFAULT_MAX_FRAME, write_frame};
 use crate::sdfs::{
     ChangeOutcome, Checksum, DataRequest, FileInfo, Holding, MetaRequest, MetaResponse,
-    VersionInfo, glob_match, note_unreached, start_writeback, validate_name,
+    VersionInfo, glob_match, note_unreached, validate_name,
 };
 use std::future::Future;
 use std::io::{Read, Write};
@@ -1289,7 +1289,7 @@ impl Sink {
                 n += piece.len() as u64;
                 give_back(piece, &spare_tx);
                 if sync && n - flushed >= WRITEBACK_EVERY {
-                    start_writeback(&file, flushed, n - flushed);
+                    crate::disk::start_writeback(&file, flushed, n - flushed);
                     flushed = n;
                 }
             }
@@ -1472,7 +1472,7 @@ fn spawn_reader(mut file: std::fs::File, chunk: usize) -> mpsc::Receiver<std::io
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let chunk = chunk.max(1);
     tokio::task::spawn_blocking(move || {
-        crate::sdfs::read_sequentially(&file, PREFETCH);
+        crate::disk::read_sequentially(&file, PREFETCH);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; chunk];
         loop {

@@ -117,7 +117,7 @@ fn send_frames(
     chunk: u64,
     stall: Duration,
 ) -> io::Result<Sent> {
-    dml_shared::sdfs::read_sequentially(&file, 0);
+    dml_shared::disk::read_sequentially(&file, 0);
     sock.set_nonblocking(false)?;
     sock.set_write_timeout(Some(stall.max(Duration::from_millis(1))))?;
     let mut out = sock;

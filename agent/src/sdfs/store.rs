@@ -17,7 +17,8 @@
 
 use super::encode::object_file;
 use super::error::{SdfsError, is_disk_full};
-use dml_shared::sdfs::{Checksum, Holding, start_writeback, validate_name};
+use dml_shared::disk::start_writeback;
+use dml_shared::sdfs::{Checksum, Holding, validate_name};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
