@@ -14,6 +14,7 @@ use dml_shared::config::ApiConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::stream::Stream;
 use dml_shared::wire::{self, Kind};
+use dml_shared::{ErrorKind, RemoteError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -127,8 +128,11 @@ async fn accept_local(local: Option<&UnixListener>) -> std::io::Result<UnixStrea
 async fn refuse(stream: Stream, max: usize) -> dml_shared::Result<()> {
     let mut stream = Conn::accept(stream, auth::installed()?).await?;
     let _ = stream.read_frame(REFUSAL_FRAME).await;
-    let msg = Response::Error(format!(
-        "all {max} API connections of this agent (api.max_connections) are in use; retry later"
+    let msg = Response::Error(RemoteError::new(
+        ErrorKind::Refused,
+        format!(
+            "all {max} API connections of this agent (api.max_connections) are in use; retry later"
+        ),
     ));
     stream
         .write_frame(&wire::encode(Kind::Response, &msg), REFUSAL_FRAME)
@@ -153,7 +157,7 @@ async fn serve(
             Ok(Err(e @ dml_shared::Error::Auth { .. })) => return Err(e),
             Ok(Err(e)) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
-                let msg = Response::Error(format!("bad frame: {e}"));
+                let msg = Response::Error(RemoteError::invalid(format!("bad frame: {e}")));
                 let _ = stream
                     .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
                     .await;
@@ -173,7 +177,7 @@ async fn serve(
             Ok(req) => handle(req, services, bad_frames).await,
             Err(e) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
-                let msg = Response::Error(format!("bad request: {e}"));
+                let msg = Response::Error(RemoteError::invalid(format!("bad request: {e}")));
                 stream
                     .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
                     .await?;
@@ -187,7 +191,12 @@ async fn serve(
 }
 
 async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Response {
-    let gone = || Response::Error("membership task is shutting down".into());
+    let gone = || {
+        Response::Error(RemoteError::new(
+            ErrorKind::Unavailable,
+            "membership task is shutting down",
+        ))
+    };
     let m = &services.membership;
     match req {
         Request::Id => m.id().await.map_or_else(gone, Response::Id),

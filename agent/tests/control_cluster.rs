@@ -121,7 +121,7 @@ async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64), String> {
             assert!(!chain.is_empty());
             Ok((version, plan))
         }
-        Response::Error(e) => Err(e),
+        Response::Error(e) => Err(e.message),
         other => panic!("BeginPut: {other:?}"),
     }
 }
@@ -142,7 +142,7 @@ async fn commit(
     };
     match agent.control().meta(commit).await {
         Response::Meta(MetaResponse::Committed { version }) => Ok(version),
-        Response::Error(e) => Err(e),
+        Response::Error(e) => Err(e.message),
         other => panic!("CommitPut: {other:?}"),
     }
 }
@@ -203,7 +203,10 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
         })
         .await
     {
-        Response::Error(e) => assert!(e.contains("no such SDFS file \"nope\""), "{e}"),
+        Response::Error(e) => {
+            assert_eq!(e.kind, dml_shared::ErrorKind::NotFound, "{e}");
+            assert!(e.message.contains("no such SDFS file \"nope\""), "{e}");
+        }
         other => panic!("stat of a missing file: {other:?}"),
     }
 
@@ -311,7 +314,10 @@ async fn without_voters_metadata_requests_fail_clearly() {
     c.data_dir = dir.0.clone();
     let agent = Agent::start(&c, true).await.unwrap();
     match agent.control().meta(MetaRequest::Count).await {
-        Response::Error(e) => assert!(e.contains("no voters are configured"), "{e}"),
+        Response::Error(e) => {
+            assert_eq!(e.kind, dml_shared::ErrorKind::Refused, "{e}");
+            assert!(e.message.contains("no voters are configured"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(agent.control().leader_info().await.leader, None);

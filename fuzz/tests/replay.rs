@@ -159,7 +159,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
         .collect(),
         "wire_response" => [
             Response::Ok,
-            Response::Error("no".into()),
+            Response::Error(dml_shared::RemoteError::invalid("no")),
             Response::Leader(LeaderInfo {
                 leader: Some(addr),
                 term: 3,

@@ -1,5 +1,6 @@
 //! Requests `dml` sends to an agent over TCP, and the answers.
 
+use crate::error::RemoteError;
 use crate::id::NodeId;
 use crate::sdfs::{Checksum, DataRequest, Holding, MetaRequest, MetaResponse};
 use serde::{Deserialize, Serialize};
@@ -133,7 +134,8 @@ pub enum Response {
     Members(Vec<MemberInfo>),
     Stats(Stats),
     Ok,
-    Error(String),
+    /// The request was refused or failed; what kind, and why.
+    Error(RemoteError),
     Leader(LeaderInfo),
     Meta(MetaResponse),
     /// A write stored durably on these agents (the answering one first).

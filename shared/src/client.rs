@@ -178,7 +178,7 @@ pub async fn read_response<R: FrameRead>(r: &mut R) -> Result<Response> {
         .await?
         .ok_or_else(|| Error::Io(std::io::ErrorKind::UnexpectedEof.into()))?;
     match wire::decode(Kind::Response, &frame)? {
-        Response::Error(msg) => Err(Error::Remote(msg)),
+        Response::Error(e) => Err(Error::Remote(e)),
         resp => Ok(resp),
     }
 }
@@ -190,7 +190,7 @@ pub fn unexpected(resp: Response) -> Error {
     if text.len() < full.len() {
         text.push_str("...");
     }
-    Error::Remote(format!("unexpected answer {text}"))
+    Error::unexpected(format!("unexpected answer {text}"))
 }
 
 #[cfg(test)]
@@ -229,7 +229,7 @@ mod tests {
                 ..Stats::default()
             }),
             Response::Ok,
-            Response::Error("x".into()),
+            Response::Error(crate::RemoteError::new(crate::ErrorKind::Conflict, "x")),
         ];
         for r in resps {
             let b = wire::encode(Kind::Response, &r);

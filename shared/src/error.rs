@@ -1,6 +1,113 @@
-//! Typed errors shared by the wire, framing, config and client layers.
+//! Typed errors shared by the wire, framing, config and client layers, and
+//! the kind every error has ([`ErrorKind`]): what a client can act on. An
+//! agent's refusal crosses the wire as a [`RemoteError`] with its kind.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// What kind of failure an error is: what a caller (or a script, through
+/// `dml`'s exit code) can do about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The named file, version, job, model or member does not exist.
+    NotFound,
+    /// The request, a name, a file or a setting is malformed or out of range.
+    Invalid,
+    /// Not enough of the cluster is reachable now (no leader, no quorum, too
+    /// few live agents, a timeout); the same request may succeed later.
+    Unavailable,
+    /// The agent asked is not the leader (clients follow this themselves).
+    NotLeader,
+    /// Refused by policy: authentication, a connection or size limit, an
+    /// agent that does not serve this request.
+    Refused,
+    /// The request conflicts with the current state (a version taken, a put
+    /// or job in another state, other bytes in place).
+    Conflict,
+    /// A bug or a failure with no better kind.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, in exit-code order.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Internal,
+        ErrorKind::NotFound,
+        ErrorKind::Invalid,
+        ErrorKind::Unavailable,
+        ErrorKind::NotLeader,
+        ErrorKind::Refused,
+        ErrorKind::Conflict,
+    ];
+
+    /// The name scripts see (`--json` errors carry it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotLeader => "not-leader",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// `dml`'s exit code for an error of this kind (2 is clap's usage error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Invalid => 4,
+            ErrorKind::Unavailable => 5,
+            ErrorKind::NotLeader => 6,
+            ErrorKind::Refused => 7,
+            ErrorKind::Conflict => 8,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An agent's refusal as it crosses the wire: its kind and the operator's words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request or frame.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+
+    /// A failure with no better kind.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+}
+
+impl From<&Error> for RemoteError {
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::Remote(r) => r.clone(),
+            e => RemoteError::new(e.kind(), e.to_string()),
+        }
+    }
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -37,7 +144,7 @@ pub enum Error {
         reason: std::io::Error,
     },
     #[error("agent refused the request: {0}")]
-    Remote(String),
+    Remote(RemoteError),
     #[error("bad SDFS name \"{name}\": {reason}")]
     BadName { name: String, reason: String },
     #[error("i/o error: {0}")]
@@ -127,8 +234,17 @@ fn failed_suffix(failed: &[(std::net::SocketAddr, String)]) -> String {
     if failed.is_empty() {
         String::new()
     } else {
-        format!(" ({})", crate::sdfs::describe_failed(failed))
+        format!(" ({})", describe_failed(failed))
     }
+}
+
+/// The failed replicas of a write as `addr: reason; addr: reason`.
+pub fn describe_failed(failed: &[(std::net::SocketAddr, String)]) -> String {
+    failed
+        .iter()
+        .map(|(a, why)| format!("{a}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {
@@ -138,5 +254,49 @@ impl Error {
             self,
             Error::Timeout { .. } | Error::Connect { .. } | Error::Io(_)
         )
+    }
+
+    /// An answer this client did not expect: a bug or a version skew.
+    pub fn unexpected(text: impl Into<String>) -> Self {
+        Error::Remote(RemoteError::internal(text))
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        match self {
+            Error::Remote(r) => r.kind,
+            Error::NotLeader { .. } => K::NotLeader,
+            Error::NotFound { .. } | Error::NoSuchVersion { .. } => K::NotFound,
+            Error::LocalFile { reason, .. } if reason.kind() == std::io::ErrorKind::NotFound => {
+                K::NotFound
+            }
+            Error::Config { .. }
+            | Error::ConfigFile { .. }
+            | Error::Registry { .. }
+            | Error::BadName { .. }
+            | Error::LocalFile { .. }
+            | Error::KeyFile { .. }
+            | Error::NoKey => K::Invalid,
+            Error::Auth { .. } => K::Refused,
+            Error::Timeout { .. }
+            | Error::Connect { .. }
+            | Error::Io(_)
+            | Error::Transfer { .. }
+            | Error::ReplicasFailed { .. }
+            | Error::QuorumNotReached { .. }
+            | Error::CommitUnknown { .. }
+            | Error::CommitUnsettled { .. }
+            | Error::PutLost { .. }
+            | Error::DeleteUnsettled { .. }
+            | Error::DeleteLost { .. } => K::Unavailable,
+            Error::Truncated { .. }
+            | Error::BadMagic { .. }
+            | Error::BadVersion { .. }
+            | Error::BadKind { .. }
+            | Error::Decode(_)
+            | Error::FrameTooLarge { .. }
+            | Error::ChecksumMismatch { .. } => K::Internal,
+        }
     }
 }

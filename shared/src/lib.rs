@@ -36,5 +36,5 @@ pub mod stream;
 pub mod telemetry;
 pub mod wire;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, RemoteError, Result};
 pub use id::NodeId;

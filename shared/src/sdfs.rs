@@ -67,14 +67,7 @@ pub fn note_unreached(
     }
 }
 
-/// The failed replicas of a write as `addr: reason; addr: reason`.
-pub fn describe_failed(failed: &[(SocketAddr, String)]) -> String {
-    failed
-        .iter()
-        .map(|(a, why)| format!("{a}: {why}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
+pub use crate::error::describe_failed;
 
 /// Shell-style glob match (`*`, `?`) over whole names; `*` also crosses `/`.
 pub fn glob_match(pattern: &str, name: &str) -> bool {

@@ -513,7 +513,7 @@ impl Sdfs {
         let (name, version, size, plan) = (put.name, put.version, put.size, put.plan);
         let start = Instant::now();
         if chain.is_empty() {
-            return Err(Error::Remote(format!(
+            return Err(Error::unexpected(format!(
                 "the leader gave no replica for \"{name}\" v{version}"
             )));
         }

@@ -676,7 +676,9 @@ fn response() -> impl Strategy<Value = Response> {
         vec(member_info(), 0..4).prop_map(Response::Members),
         stats().prop_map(Response::Stats),
         Just(Response::Ok),
-        text().prop_map(Response::Error),
+        (0..dml_shared::ErrorKind::ALL.len(), text()).prop_map(|(k, m)| Response::Error(
+            dml_shared::RemoteError::new(dml_shared::ErrorKind::ALL[k], m)
+        )),
         leader_info().prop_map(Response::Leader),
         meta_response().prop_map(Response::Meta),
         (addrs(), vec((addr(), text()), 0..3))

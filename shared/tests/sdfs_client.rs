@@ -13,7 +13,7 @@ use dml_shared::sdfs_client::{
     Options, Phase, Progress, Sdfs, merge_header, no_progress, version_file_name,
 };
 use dml_shared::wire::{self, Kind};
-use dml_shared::{Error, Result};
+use dml_shared::{Error, ErrorKind, RemoteError, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -163,7 +163,7 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                 let refuse = st.lock().unwrap().refuse_writes.clone();
                 if let Some(msg) = refuse {
                     // Like a full disk: answer at once and close.
-                    respond(&mut s, Response::Error(msg)).await?;
+                    respond(&mut s, Response::Error(RemoteError::internal(msg))).await?;
                     return Ok(());
                 }
                 let mut data = Vec::new();
@@ -180,7 +180,7 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     None => s.read_frame(DEFAULT_MAX_FRAME).await?.unwrap(),
                 };
                 if data.len() as u64 != size || blake3::hash(&data).as_bytes()[..] != checksum[..] {
-                    Response::Error("checksum mismatch".into())
+                    Response::Error(RemoteError::internal("checksum mismatch"))
                 } else {
                     let mut g = st.lock().unwrap();
                     g.bytes.insert((name, version), data);
@@ -204,7 +204,11 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     )
                 };
                 let Some(mut data) = data else {
-                    respond(&mut s, Response::Error("not stored here".into())).await?;
+                    respond(
+                        &mut s,
+                        Response::Error(RemoteError::new(ErrorKind::NotFound, "not stored here")),
+                    )
+                    .await?;
                     continue;
                 };
                 let size = data.len() as u64;
@@ -236,7 +240,9 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     .collect();
                 Response::Holdings(h)
             }
-            other => Response::Error(format!("fake agent does not serve {other:?}")),
+            other => Response::Error(RemoteError::invalid(format!(
+                "fake agent does not serve {other:?}"
+            ))),
         };
         respond(&mut s, resp).await?;
     }
@@ -299,7 +305,12 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
                 name,
                 versions: v.clone(),
             }),
-            None => return Response::Error(format!("no such file \"{name}\"")),
+            None => {
+                return Response::Error(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("no such file \"{name}\""),
+                ));
+            }
         },
         MetaRequest::List { glob } => MetaResponse::Files(
             g.files
@@ -320,7 +331,11 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
             versions: g.files.values().map(|v| v.len() as u64).sum(),
             bytes: g.files.values().flatten().map(|v| v.size).sum(),
         },
-        other => return Response::Error(format!("fake leader does not serve {other:?}")),
+        other => {
+            return Response::Error(RemoteError::invalid(format!(
+                "fake leader does not serve {other:?}"
+            )));
+        }
     };
     Response::Meta(r)
 }

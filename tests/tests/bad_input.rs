@@ -372,7 +372,9 @@ async fn connections_over_the_limit_are_told_the_limit_and_a_freed_slot_serves_a
         match agent.client().id().await {
             Err(dml_shared::Error::Remote(m)) => {
                 assert!(
-                    m.contains("api.max_connections") && m.contains("all 2"),
+                    m.kind == dml_shared::ErrorKind::Refused
+                        && m.message.contains("api.max_connections")
+                        && m.message.contains("all 2"),
                     "{m}"
                 )
             }

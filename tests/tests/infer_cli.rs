@@ -220,16 +220,18 @@ async fn a_job_runs_through_the_cli_and_its_figures_are_reported() {
 async fn bad_inference_input_gets_a_clear_error() {
     let _slot = cluster_slot().await;
     let c = SdfsCluster::start("infer-cli-bad", 3).await.unwrap();
-    let cases: [(&[&str], &str); 5] = [
-        (&["set-batch-size", "tiny", "0"], "at least 1"),
-        (&["set-batch-size", "tiny", "65"], "max_batch"),
-        (&["set-batch-size", "vgg", "2"], "unknown model \"vgg\""),
-        (&["submit-job", "Bad!", "3"], "model \"Bad!\""),
-        (&["get-output", "999"], "999"),
+    // `dml` checks the batch sizes itself (untyped: exit 1); the leader
+    // refuses a bad model name as invalid (4) and a missing job as not-found (3).
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["set-batch-size", "tiny", "0"], 1, "at least 1"),
+        (&["set-batch-size", "tiny", "65"], 1, "max_batch"),
+        (&["set-batch-size", "vgg", "2"], 1, "unknown model \"vgg\""),
+        (&["submit-job", "Bad!", "3"], 4, "model \"Bad!\""),
+        (&["get-output", "999"], 3, "there is no job 999"),
     ];
-    for (args, want) in cases {
+    for (args, code, want) in cases {
         let out = c.dml(0, args).await.unwrap();
-        assert_eq!(out.code(), Some(1), "{}", said(&out));
+        assert_eq!(out.code(), Some(code), "{}", said(&out));
         assert!(out.stderr.contains(want), "{}", said(&out));
     }
     // A batch size within the limit is taken and shown by `dml models`.

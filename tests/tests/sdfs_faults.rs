@@ -932,7 +932,7 @@ async fn stale_write(
         .unwrap();
     client::read_response(&mut s)
         .await
-        .unwrap_or_else(|e| Response::Error(e.to_string()))
+        .unwrap_or_else(|e| Response::Error((&e).into()))
 }
 
 #[tokio::test]

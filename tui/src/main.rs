@@ -26,6 +26,7 @@ mod sdfs;
 
 use clap::Parser;
 use cli::{Cli, Command, DatasetCommand};
+use dml_shared::{ErrorKind, RemoteError};
 use dml_tui::console;
 use std::process::ExitCode;
 
@@ -81,15 +82,32 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Prints the error (also as JSON on stdout under `--json`) and picks the exit code.
+/// Prints the error (also as JSON on stdout under `--json`, with its kind)
+/// and exits with its kind's code (README, "Exit codes").
 fn fail(json: bool, e: &anyhow::Error) -> ExitCode {
     let msg = error_message(e);
+    let kind = error_kind(e);
     // A bulk command's JSON report already carries its failure.
     if json && e.downcast_ref::<sdfs::PartialFailure>().is_none() {
-        println!("{}", serde_json::json!({ "error": msg }));
+        println!(
+            "{}",
+            serde_json::json!({ "error": msg, "kind": kind.as_str() })
+        );
     }
     eprintln!("error: {msg}");
-    ExitCode::FAILURE
+    ExitCode::from(kind.exit_code())
+}
+
+/// The kind of the first typed error in the chain: the outermost one says
+/// best what the command failed at. Errors with no type are `internal`.
+fn error_kind(e: &anyhow::Error) -> ErrorKind {
+    e.chain()
+        .find_map(|c| {
+            c.downcast_ref::<dml_shared::Error>()
+                .map(dml_shared::Error::kind)
+                .or_else(|| c.downcast_ref::<RemoteError>().map(|r| r.kind))
+        })
+        .unwrap_or(ErrorKind::Internal)
 }
 
 /// The error and its causes joined by ": ", skipping a cause the message
@@ -126,5 +144,25 @@ mod tests {
         );
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_message(&e), "outer: inner");
+    }
+
+    #[test]
+    fn the_exit_code_follows_the_kind_of_the_typed_error_in_the_chain() {
+        let remote = |kind| {
+            anyhow::Error::from(dml_shared::Error::Remote(RemoteError::new(kind, "x")))
+                .context("get \"a\"")
+        };
+        for kind in ErrorKind::ALL {
+            assert_eq!(error_kind(&remote(kind)), kind);
+        }
+        let missing = anyhow::Error::from(dml_shared::Error::NotFound { name: "a".into() });
+        assert_eq!(error_kind(&missing), ErrorKind::NotFound);
+        assert_eq!(error_kind(&anyhow::anyhow!("untyped")), ErrorKind::Internal);
+        // Distinct codes, none of them clap's usage error (2) or success.
+        let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        assert!(!codes.contains(&0) && !codes.contains(&2));
     }
 }

@@ -24,7 +24,8 @@ fn every_agent_command_fails_cleanly_when_no_agent_listens() {
     for cmd in ["members", "id", "join", "leave", "stats"] {
         let out = dml(&["--agent", &agent, cmd]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        // An unreachable agent is `unavailable`: exit code 5.
+        assert_eq!(out.status.code(), Some(5), "{cmd}: {stderr}");
         assert!(
             stderr.starts_with(&format!("error: cannot reach agent at {agent}: ")),
             "{cmd}: {stderr}"
@@ -37,10 +38,11 @@ fn every_agent_command_fails_cleanly_when_no_agent_listens() {
 fn json_errors_are_json_on_stdout() {
     let agent = format!("127.0.0.1:{}", closed_port());
     let out = dml(&["--json", "--agent", &agent, "stats"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let msg = v["error"].as_str().unwrap();
     assert!(msg.contains("cannot reach agent at"), "{msg}");
+    assert_eq!(v["kind"], "unavailable", "{v}");
 }
 
 #[test]
@@ -103,10 +105,16 @@ fn local_status_and_down_on_an_empty_run_dir_say_so() {
     assert_eq!(v["agents"].as_array().unwrap().len(), 0);
 }
 
-fn fails_with(args: &[&str], needle: &str) {
+/// Exit codes of the error kinds (README, "Exit codes").
+const INTERNAL: i32 = 1;
+const NOT_FOUND: i32 = 3;
+const INVALID: i32 = 4;
+const UNAVAILABLE: i32 = 5;
+
+fn fails_with(args: &[&str], code: i32, needle: &str) {
     let out = dml(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
     assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     assert!(stderr.contains(needle), "{args:?}: {stderr}");
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
@@ -119,12 +127,25 @@ fn sdfs_commands_refuse_bad_names_before_asking_any_agent() {
     let this = env!("CARGO_BIN_EXE_dml");
     fails_with(
         &["--agent", a, "put", this, "/etc/passwd"],
+        INVALID,
         "bad SDFS name \"/etc/passwd\": is an absolute path",
     );
-    fails_with(&["--agent", a, "put", this, "a/../b"], "'..' component");
-    fails_with(&["--agent", a, "get", "../x", "/tmp/x"], "bad SDFS name");
-    fails_with(&["--agent", a, "ls", ""], "is empty");
-    fails_with(&["--agent", a, "delete", "a//b"], "empty path component");
+    fails_with(
+        &["--agent", a, "put", this, "a/../b"],
+        INVALID,
+        "'..' component",
+    );
+    fails_with(
+        &["--agent", a, "get", "../x", "/tmp/x"],
+        INVALID,
+        "bad SDFS name",
+    );
+    fails_with(&["--agent", a, "ls", ""], INVALID, "is empty");
+    fails_with(
+        &["--agent", a, "delete", "a//b"],
+        INVALID,
+        "empty path component",
+    );
 }
 
 #[test]
@@ -132,6 +153,7 @@ fn put_of_a_missing_local_file_names_it() {
     let agent = format!("127.0.0.1:{}", closed_port());
     fails_with(
         &["--agent", &agent, "put", "/nonexistent/file.bin", "f"],
+        NOT_FOUND,
         "local file \"/nonexistent/file.bin\": No such file or directory",
     );
     let out = dml(&["--json", "--agent", &agent, "put", "/nonexistent/x", "f"]);
@@ -164,7 +186,11 @@ fn sdfs_commands_fail_cleanly_when_no_agent_listens() {
     ] {
         let mut full = vec!["--agent", a];
         full.extend(args);
-        fails_with(&full, &format!("cannot reach agent at {agent}"));
+        fails_with(
+            &full,
+            UNAVAILABLE,
+            &format!("cannot reach agent at {agent}"),
+        );
     }
     assert!(!target.exists(), "a failed get left {t}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -172,7 +198,7 @@ fn sdfs_commands_fail_cleanly_when_no_agent_listens() {
 
 #[test]
 fn store_with_a_bad_node_address_quotes_it() {
-    fails_with(&["store", "--node", "nowhere"], "\"nowhere\"");
+    fails_with(&["store", "--node", "nowhere"], INTERNAL, "\"nowhere\"");
 }
 
 #[test]
@@ -205,6 +231,7 @@ fn a_load_that_fails_reports_every_file_in_one_json_document() {
     let _ = std::fs::remove_dir_all(&dir);
     fails_with(
         &["--agent", &agent, "sdfs", "load", "/nonexistent/dir"],
+        NOT_FOUND,
         "local file \"/nonexistent/dir\"",
     );
 }

@@ -1,5 +1,6 @@
 //! Control-plane errors, worded for the operator who reads them in `dml`.
 
+use dml_shared::{ErrorKind, RemoteError};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub enum ControlError {
     TooFewAlive { alive: usize, quorum: usize },
     #[error("no such SDFS file \"{0}\"")]
     NoSuchFile(String),
+    #[error("there is no job {0}")]
+    NoSuchJob(u64),
     #[error("{0}")]
     Rejected(String),
     #[error("bad request: {0}")]
@@ -47,6 +50,30 @@ pub enum ControlError {
     Open(#[from] super::store::OpenError),
     #[error("invalid Raft settings: {0}")]
     RaftConfig(String),
+}
+
+impl ControlError {
+    /// What a client can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ControlError::NotConfigured => ErrorKind::Refused,
+            ControlError::NoLeader { .. }
+            | ControlError::NoQuorum { .. }
+            | ControlError::Unconfirmed { .. }
+            | ControlError::Forward { .. }
+            | ControlError::TooFewAlive { .. } => ErrorKind::Unavailable,
+            ControlError::NoSuchFile(_) | ControlError::NoSuchJob(_) => ErrorKind::NotFound,
+            ControlError::Rejected(_) => ErrorKind::Conflict,
+            ControlError::BadRequest(_) | ControlError::RaftConfig(_) => ErrorKind::Invalid,
+            ControlError::Raft(_) | ControlError::Open(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<ControlError> for RemoteError {
+    fn from(e: ControlError) -> Self {
+        RemoteError::new(e.kind(), e.to_string())
+    }
 }
 
 #[cfg(test)]

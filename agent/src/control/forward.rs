@@ -148,7 +148,7 @@ impl Inner {
             return match self.serve_at_leader(*inner).await {
                 Ok(r) => Response::Meta(r),
                 Err(Refusal::NotLeader(leader)) => Response::NotLeader { leader },
-                Err(Refusal::Failed(e)) => Response::Error(e.to_string()),
+                Err(Refusal::Failed(e)) => Response::Error(e.into()),
             };
         }
         let wait = self.s.leader_wait();
@@ -164,7 +164,7 @@ impl Inner {
                     match self.serve_at_leader(req.clone()).await {
                         Ok(r) => return Response::Meta(r),
                         Err(Refusal::NotLeader(h)) => hint = h.filter(|h| *h != self.s.me),
-                        Err(Refusal::Failed(e)) => return Response::Error(e.to_string()),
+                        Err(Refusal::Failed(e)) => return Response::Error(e.into()),
                     }
                 }
                 Some(l) => {
@@ -199,7 +199,7 @@ impl Inner {
                                     leader: l,
                                     reason: e.to_string(),
                                 };
-                                return Response::Error(e.to_string());
+                                return Response::Error(e.into());
                             }
                         }
                     }
@@ -211,7 +211,7 @@ impl Inner {
                     waited: wait,
                     voters: self.s.voters.clone(),
                 };
-                return Response::Error(e.to_string());
+                return Response::Error(e.into());
             }
             if hint.is_none() {
                 tokio::time::sleep(self.s.control.heartbeat_interval).await;

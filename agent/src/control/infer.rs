@@ -82,7 +82,7 @@ impl Inner {
                 self.linearize().await?;
                 let found =
                     self.read(|s| s.jobs.jobs.get(&job).map(|j| (j.info(job), j.results())))?;
-                let (info, results) = found.ok_or_else(|| bad(format!("there is no job {job}")))?;
+                let (info, results) = found.ok_or(Refusal::Failed(ControlError::NoSuchJob(job)))?;
                 let results = match &info.output {
                     Some(name) if results.is_empty() && info.done > 0 => {
                         self.stored_output(name).await.map_err(|e| {
@@ -360,7 +360,7 @@ impl Inner {
         let indices: Vec<u32> = results.iter().map(|r| r.index).collect();
         let model = self
             .read(|s| s.jobs.jobs.get(&job).map(|j| j.model.clone()))?
-            .ok_or_else(|| bad(format!("there is no job {job}")))?;
+            .ok_or(Refusal::Failed(ControlError::NoSuchJob(job)))?;
         let applied = self.propose(Op::CompleteQuery { job, results }).await?;
         let (new, finished) = match rejected(applied)? {
             Applied::Accepted { new, finished } => (new, finished),

@@ -150,7 +150,7 @@ impl ControlHandle {
     pub async fn meta(&self, req: MetaRequest) -> Response {
         match &self.inner {
             Some(i) => i.meta(req).await,
-            None => Response::Error(ControlError::NotConfigured.to_string()),
+            None => Response::Error(ControlError::NotConfigured.into()),
         }
     }
 
@@ -164,7 +164,10 @@ impl ControlHandle {
             .as_ref()
             .and_then(|i| i.raft.as_ref().map(|r| (i, r)))
         else {
-            return Response::Error("this agent is not a control-plane voter".into());
+            return Response::Error(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::Refused,
+                "this agent is not a control-plane voter",
+            ));
         };
         let refuse = async |sender: u64| {
             let addr = *inner

@@ -61,7 +61,11 @@ pub async fn serve(
 ) -> Response {
     let rpc: RaftRpc = match postcard::from_bytes(bytes) {
         Ok(r) => r,
-        Err(e) => return Response::Error(format!("bad Raft RPC: {e}")),
+        Err(e) => {
+            return Response::Error(dml_shared::RemoteError::invalid(format!(
+                "bad Raft RPC: {e}"
+            )));
+        }
     };
     let malformed = match &rpc {
         RaftRpc::Append(r) => r
@@ -78,7 +82,9 @@ pub async fn serve(
     if let Some(why) = malformed.or(refused) {
         return match postcard::to_allocvec(&RaftReply::Failed(why)) {
             Ok(b) => Response::Raft(b),
-            Err(e) => Response::Error(format!("cannot encode Raft reply: {e}")),
+            Err(e) => Response::Error(dml_shared::RemoteError::internal(format!(
+                "cannot encode Raft reply: {e}"
+            ))),
         };
     }
     let reply = match rpc {
@@ -100,7 +106,9 @@ pub async fn serve(
     };
     match postcard::to_allocvec(&reply) {
         Ok(b) => Response::Raft(b),
-        Err(e) => Response::Error(format!("cannot encode Raft reply: {e}")),
+        Err(e) => Response::Error(dml_shared::RemoteError::internal(format!(
+            "cannot encode Raft reply: {e}"
+        ))),
     }
 }
 

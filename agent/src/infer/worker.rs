@@ -153,11 +153,16 @@ async fn wait_for_runtime(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-async fn infer_call(ctx: &Ctx, req: InferRequest) -> Result<InferResponse, String> {
+async fn infer_call(
+    ctx: &Ctx,
+    req: InferRequest,
+) -> Result<InferResponse, dml_shared::RemoteError> {
     match ctx.control.meta(MetaRequest::Infer(req)).await {
         Response::Meta(MetaResponse::Infer(r)) => Ok(r),
         Response::Error(e) => Err(e),
-        other => Err(format!("unexpected answer {other:?}")),
+        other => Err(dml_shared::RemoteError::internal(format!(
+            "unexpected answer {other:?}"
+        ))),
     }
 }
 

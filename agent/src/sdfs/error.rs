@@ -1,5 +1,6 @@
 //! Errors of the SDFS store and data path, worded for an operator.
 
+use dml_shared::{ErrorKind, RemoteError};
 use std::io;
 use std::net::SocketAddr;
 
@@ -73,6 +74,32 @@ pub enum SdfsError {
     },
     #[error("SDFS on agent {agent} is shutting down")]
     ShuttingDown { agent: SocketAddr },
+}
+
+impl SdfsError {
+    /// What a client can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SdfsError::ChecksumMismatch { .. }
+            | SdfsError::SizeMismatch { .. }
+            | SdfsError::BadName(_) => ErrorKind::Invalid,
+            SdfsError::OtherCopy { .. } => ErrorKind::Conflict,
+            SdfsError::NotStored { .. } => ErrorKind::NotFound,
+            SdfsError::Io { .. } => ErrorKind::Internal,
+            SdfsError::DiskFull { .. }
+            | SdfsError::Stream { .. }
+            | SdfsError::Stalled { .. }
+            | SdfsError::NoSource { .. }
+            | SdfsError::Aborted { .. }
+            | SdfsError::ShuttingDown { .. } => ErrorKind::Unavailable,
+        }
+    }
+}
+
+impl From<&SdfsError> for RemoteError {
+    fn from(e: &SdfsError) -> Self {
+        RemoteError::new(e.kind(), e.to_string())
+    }
 }
 
 /// Whether an IO error means the file system has no room left (ENOSPC, EDQUOT).

@@ -113,7 +113,10 @@ impl SdfsHandle {
     /// Serves one data-path request; it owns the stream until it returns.
     pub async fn serve_data(&self, req: DataRequest, stream: &mut Conn) -> dml_shared::Result<()> {
         let Some(ctx) = &self.ctx else {
-            let msg = Response::Error("SDFS is not running on this agent".into());
+            let msg = Response::Error(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::Unavailable,
+                "SDFS is not running on this agent",
+            ));
             return stream
                 .write_frame(&peer::response(&msg), DEFAULT_MAX_FRAME)
                 .await;

@@ -167,7 +167,7 @@ pub async fn recv_response(
 ) -> Result<Response, SdfsError> {
     let frame = recv(r, peer, max_frame, timeout).await?;
     match wire::decode::<Response>(Kind::Response, &frame) {
-        Ok(Response::Error(msg)) => Err(broke(peer, msg)),
+        Ok(Response::Error(e)) => Err(broke(peer, e.message)),
         Ok(resp) => Ok(resp),
         Err(e) => Err(broke(peer, e)),
     }

@@ -42,7 +42,7 @@ pub async fn serve_read(
         Ok(o) => o,
         Err(e) => {
             Counters::bump(&ctx.counters.read_errors);
-            let msg = Response::Error(e.to_string());
+            let msg = Response::Error((&e).into());
             return stream
                 .write_frame(&peer::response(&msg), ctx.max_frame)
                 .await;

@@ -35,7 +35,7 @@ pub async fn serve_replicate(
             holders: vec![ctx.agent],
             failed: Vec::new(),
         },
-        Err(e) => Response::Error(e.to_string()),
+        Err(e) => Response::Error((&e).into()),
     };
     stream
         .write_frame(&peer::response(&resp), ctx.max_frame)

@@ -9,6 +9,7 @@ use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use dml_shared::sdfs::{DataRequest, FileInfo, Keep, MetaRequest, MetaResponse, VersionInfo};
 use dml_shared::wire::{self, Kind};
+use dml_shared::{ErrorKind, RemoteError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,7 +76,10 @@ impl FakeMeta {
         match req {
             MetaRequest::Stat { name } => match self.files.lock().unwrap().get(&name) {
                 Some(f) => Response::Meta(MetaResponse::File(f.clone())),
-                None => Response::Error(format!("no such file \"{name}\"")),
+                None => Response::Error(RemoteError::new(
+                    ErrorKind::NotFound,
+                    format!("no such file \"{name}\""),
+                )),
             },
             MetaRequest::Wanted { items, .. } => {
                 let w = self.wanted.lock().unwrap();
@@ -100,7 +104,9 @@ impl FakeMeta {
                 items.truncate(limit as usize);
                 Response::Meta(MetaResponse::Assigned { items, more })
             }
-            other => Response::Error(format!("fake metadata does not serve {other:?}")),
+            other => Response::Error(RemoteError::invalid(format!(
+                "fake metadata does not serve {other:?}"
+            ))),
         }
     }
 }
@@ -166,7 +172,7 @@ async fn serve(s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
                 continue;
             }
             Ok(Request::Meta(m)) => meta.answer(m),
-            _ => Response::Error("not served here".into()),
+            _ => Response::Error(RemoteError::invalid("not served here")),
         };
         let _ = s
             .write_frame(&wire::encode(Kind::Response, &resp), DEFAULT_MAX_FRAME)
@@ -512,7 +518,7 @@ async fn a_checksum_announced_before_the_bytes_is_checked_too() {
     bad[31] ^= 1;
     let resp = put_with(ns[0].addr, "a", 2, &data, Trailer::Announced(bad), down, 1).await;
     assert!(
-        matches!(resp, Response::Error(ref e) if e.contains("checksum mismatch")),
+        matches!(resp, Response::Error(ref e) if e.kind == ErrorKind::Invalid && e.message.contains("checksum mismatch")),
         "{resp:?}"
     );
 }
@@ -546,7 +552,10 @@ async fn a_version_given_out_again_by_a_later_leader_replaces_the_earlier_plans_
                 "{failed:?}"
             );
         }
-        Response::Error(e) => assert!(e.contains("other bytes"), "{e}"),
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+            assert!(e.message.contains("other bytes"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     for n in &ns {
@@ -571,7 +580,10 @@ async fn a_checksum_after_the_bytes_of_the_wrong_length_is_refused_by_name() {
     )
     .await;
     match resp {
-        Response::Error(e) => assert!(e.contains("checksum after the bytes is 16 bytes"), "{e}"),
+        Response::Error(e) => assert!(
+            e.message.contains("checksum after the bytes is 16 bytes"),
+            "{e}"
+        ),
         other => panic!("{other:?}"),
     }
     eventually("nothing is left on either replica", || {
@@ -590,7 +602,10 @@ async fn a_checksum_mismatch_fails_and_leaves_nothing_on_any_replica() {
     bad[0] ^= 1;
     let resp = put(ns[0].addr, "x", 1, &data, bad, vec![ns[1].addr, ns[2].addr]).await;
     match resp {
-        Response::Error(e) => assert!(e.contains("checksum mismatch"), "{e}"),
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+            assert!(e.message.contains("checksum mismatch"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     // The downstream replicas finish on their own.
@@ -637,8 +652,9 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
     let resp = put(ns[0].addr, "h", 1, &data, sum, vec![ns[2].addr]).await;
     match resp {
         Response::Error(e) => {
-            assert!(e.contains("disk full"), "{e}");
-            assert!(e.contains(&ns[0].addr.to_string()), "{e}");
+            assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+            assert!(e.message.contains("disk full"), "{e}");
+            assert!(e.message.contains(&ns[0].addr.to_string()), "{e}");
         }
         other => panic!("{other:?}"),
     }
@@ -702,7 +718,10 @@ async fn a_missing_version_or_a_bad_name_gets_a_clear_error() {
     // A bad name is refused after the stream is drained; the connection stays usable.
     let data = pattern(7, 100_000);
     match put(ns[0].addr, "../x", 1, &data, checksum(&data), vec![]).await {
-        Response::Error(e) => assert!(e.contains("bad SDFS name"), "{e}"),
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+            assert!(e.message.contains("bad SDFS name"), "{e}");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(tmp_files(&ns[0]), 0);

@@ -152,7 +152,7 @@ pub async fn serve_write(
                 Counters::bump(&ctx.counters.disk_full);
             }
             tracing::warn!(name = %w.name, version = w.version, error = %e, "SDFS: write failed");
-            Response::Error(e.to_string())
+            Response::Error((&e).into())
         }
     };
     stream
@@ -257,7 +257,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
                 down.failed.extend(failed);
                 ctx.peers.put(next, s);
             }
-            Ok(Response::Error(msg)) => down.failed.push((next, msg)),
+            Ok(Response::Error(e)) => down.failed.push((next, e.message)),
             Ok(other) => down
                 .failed
                 .push((next, format!("unexpected answer {other:?}"))),
@@ -270,7 +270,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
                     SdfsError::Stalled { .. } => "timed out".to_string(),
                     e => match peer::recv(&mut s, next, ctx.max_frame, stall / 4).await {
                         Ok(f) => match wire::decode::<Response>(Kind::Response, &f) {
-                            Ok(Response::Error(msg)) => msg,
+                            Ok(Response::Error(e)) => e.message,
                             _ => e.to_string(),
                         },
                         Err(_) => e.to_string(),

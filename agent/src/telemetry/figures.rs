@@ -21,7 +21,7 @@ async fn infer(control: &ControlHandle, req: InferRequest) -> Result<InferRespon
 /// Why a metadata request gave no usable answer, in words.
 fn refusal(r: Response) -> String {
     match r {
-        Response::Error(e) => e,
+        Response::Error(e) => e.message,
         Response::NotLeader { leader: Some(l) } => format!("not the leader; {l} leads"),
         Response::NotLeader { leader: None } => "no leader is known".into(),
         other => format!("unexpected answer {other:?}"),

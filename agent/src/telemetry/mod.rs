@@ -121,7 +121,10 @@ impl Telemetry {
     /// subscriber stops reading, or the service stops.
     pub async fn serve(&self, stream: &mut Conn, max_frame: usize) -> dml_shared::Result<()> {
         let Some(inner) = &self.inner else {
-            let msg = Response::Error("telemetry is not running on this agent".into());
+            let msg = Response::Error(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::Unavailable,
+                "telemetry is not running on this agent",
+            ));
             return stream
                 .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
                 .await;
