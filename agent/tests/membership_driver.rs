@@ -433,6 +433,8 @@ async fn a_driver_started_without_join_stays_idle_until_told() {
     };
     tokio::time::sleep(SPREAD).await;
     assert!(!b.handle().id().await.expect("Id").joined);
+    // The driver's clock is tokio's: the paused time passed for it too.
+    assert!(b.stats().await.uptime_ms >= SPREAD.as_millis() as u64);
     assert_eq!(a.live().await, vec![a.addr]);
     assert_eq!(net.stats().sent, 0, "an idle member sends nothing");
     b.handle().join().await.expect("Join");

@@ -259,3 +259,103 @@ impl Transport for ChannelTransport {
         Ok((len, from))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The next datagram at `t`, if one is already there.
+    fn next(t: &mut ChannelTransport) -> Option<(Vec<u8>, SocketAddr)> {
+        use futures::FutureExt;
+        let mut buf = [0u8; 64];
+        t.recv_from(&mut buf).now_or_never().map(|r| {
+            let (len, from) = r.expect("an open inbox");
+            (buf[..len].to_vec(), from)
+        })
+    }
+
+    #[tokio::test]
+    async fn port_zero_takes_a_free_port_and_a_dropped_transport_frees_its_address() {
+        let net = MemNetwork::default();
+        let a = net.bind(addr(0)).expect("free");
+        let b = net.bind(addr(0)).expect("free");
+        assert_ne!(a.local_addr().unwrap(), b.local_addr().unwrap());
+        let taken = net.bind(a.local_addr().unwrap()).err().expect("taken");
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+        let at = a.local_addr().unwrap();
+        drop(a);
+        net.bind(at).expect("freed on drop");
+    }
+
+    #[tokio::test]
+    async fn a_datagram_arrives_whole_from_its_sender_or_truncated_to_the_buffer() {
+        let net = MemNetwork::default();
+        let a = net.bind(addr(1)).unwrap();
+        let mut b = net.bind(addr(2)).unwrap();
+        a.send_to(b"hello", addr(2)).await.unwrap();
+        assert_eq!(next(&mut b), Some((b"hello".to_vec(), addr(1))));
+        a.send_to(&[1; 100], addr(2)).await.unwrap();
+        assert_eq!(next(&mut b), Some((vec![1; 64], addr(1))));
+        let long = a.send_to(&vec![0; MAX_DATAGRAM + 1], addr(2)).await;
+        assert_eq!(long.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        a.send_to(b"nobody", addr(3)).await.unwrap();
+        let s = net.stats();
+        assert_eq!((s.sent, s.delivered, s.unreachable), (3, 2, 1), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cut_is_one_way_and_an_isolation_both_ways_until_undone() {
+        let net = MemNetwork::default();
+        let mut a = net.bind(addr(1)).unwrap();
+        let mut b = net.bind(addr(2)).unwrap();
+        net.cut(addr(1), addr(2));
+        a.send_to(b"x", addr(2)).await.unwrap();
+        b.send_to(b"y", addr(1)).await.unwrap();
+        assert_eq!(next(&mut b), None);
+        assert_eq!(next(&mut a), Some((b"y".to_vec(), addr(2))));
+        net.heal(addr(1), addr(2));
+        net.isolate(addr(2));
+        a.send_to(b"x", addr(2)).await.unwrap();
+        b.send_to(b"y", addr(1)).await.unwrap();
+        assert_eq!(next(&mut a), None);
+        assert_eq!(next(&mut b), None);
+        net.reconnect(addr(2));
+        a.send_to(b"x", addr(2)).await.unwrap();
+        assert_eq!(next(&mut b), Some((b"x".to_vec(), addr(1))));
+        assert_eq!(net.stats().blocked, 3);
+    }
+
+    #[tokio::test]
+    async fn total_loss_loses_everything_and_the_tap_still_sees_it() {
+        let net = MemNetwork::new(1);
+        let mut tap = net.tap();
+        let a = net.bind(addr(1)).unwrap();
+        let mut b = net.bind(addr(2)).unwrap();
+        net.set_loss(1.0);
+        for _ in 0..10 {
+            a.send_to(b"x", addr(2)).await.unwrap();
+        }
+        assert_eq!(next(&mut b), None);
+        assert_eq!(net.stats().lost, 10);
+        let seen = std::iter::from_fn(|| tap.try_recv().ok()).count();
+        assert_eq!(seen, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_datagram_arrives_after_the_delay() {
+        let net = MemNetwork::default();
+        let a = net.bind(addr(1)).unwrap();
+        let mut b = net.bind(addr(2)).unwrap();
+        net.set_delay(Duration::from_secs(5));
+        let sent = tokio::time::Instant::now();
+        a.send_to(b"late", addr(2)).await.unwrap();
+        let mut buf = [0u8; 8];
+        let (len, _) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..len], b"late");
+        assert!(sent.elapsed() >= Duration::from_secs(5));
+    }
+}
