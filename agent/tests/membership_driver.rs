@@ -9,11 +9,11 @@
 //! process-wide ([`dml_shared::auth::counters`]) and tests run in parallel,
 //! so tests assert that they grew, not by how much.
 
+use dml_agent::membership::Event;
 use dml_agent::membership::Membership;
 use dml_agent::membership::driver::{self, MembershipHandle, MembershipTask, TimedEvent};
 use dml_agent::membership::msg::Message;
 use dml_agent::membership::transport::{Datagram, MemNetwork, Transport, UdpTransport};
-use dml_agent::membership::Event;
 use dml_shared::NodeId;
 use dml_shared::api::{MemberState, Stats};
 use dml_shared::auth::{ClusterKey, Drop, KEY_LEN, Opener, Sealer, UDP_OVERHEAD};
@@ -97,12 +97,19 @@ impl Node {
     }
 
     async fn stats(&self) -> Stats {
-        self.handle().stats().await.expect("the driver answers Stats")
+        self.handle()
+            .stats()
+            .await
+            .expect("the driver answers Stats")
     }
 
     /// Addresses this node holds alive or suspect, itself included, sorted.
     async fn live(&self) -> Vec<SocketAddr> {
-        let members = self.handle().members().await.expect("the driver answers Members");
+        let members = self
+            .handle()
+            .members()
+            .await
+            .expect("the driver answers Members");
         let mut live: Vec<SocketAddr> = members
             .iter()
             .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
@@ -113,7 +120,11 @@ impl Node {
     }
 
     async fn state_of(&self, id: NodeId) -> Option<MemberState> {
-        let members = self.handle().members().await.expect("the driver answers Members");
+        let members = self
+            .handle()
+            .members()
+            .await
+            .expect("the driver answers Members");
         members.iter().find(|m| m.id == id).map(|m| m.state)
     }
 }
@@ -161,7 +172,10 @@ async fn conformance<T: Transport>(mut bind: impl FnMut() -> T) {
     assert!(a_info.joined);
     let stats = a.stats().await;
     assert_eq!(stats.members_live, 3, "{stats:?}");
-    assert!(stats.packets_sent > 0 && stats.packets_recv > 0, "{stats:?}");
+    assert!(
+        stats.packets_sent > 0 && stats.packets_recv > 0,
+        "{stats:?}"
+    );
     assert!(
         stats.bytes_sent > stats.packets_sent * UDP_OVERHEAD as u64,
         "sent bytes count the seal of every datagram: {stats:?}"
@@ -180,9 +194,11 @@ async fn conformance<T: Transport>(mut bind: impl FnMut() -> T) {
         x.stats().await.packets_sent >= 2
     })
     .await;
-    eventually("the introducer counts the intruder's joins", SPREAD, async || {
-        a.stats().await.udp_unauthenticated > unauthenticated
-    })
+    eventually(
+        "the introducer counts the intruder's joins",
+        SPREAD,
+        async || a.stats().await.udp_unauthenticated > unauthenticated,
+    )
     .await;
     let x_info = x.handle().id().await.expect("Id");
     assert!(!x_info.joined, "{x_info:?}");
@@ -269,17 +285,21 @@ async fn an_isolated_driver_is_declared_failed_and_rejoins_once_reconnected() {
 
     net.isolate(victim.addr);
     for n in survivors {
-        eventually("the isolated member is declared failed", detection_bound(), async || {
-            n.state_of(victim_id).await == Some(MemberState::Failed)
-        })
+        eventually(
+            "the isolated member is declared failed",
+            detection_bound(),
+            async || n.state_of(victim_id).await == Some(MemberState::Failed),
+        )
         .await;
     }
     for sub in &mut subs {
         assert!(drain(sub).contains(&Event::Failed(victim_id)));
     }
-    eventually("the isolated member drops the others", detection_bound(), async || {
-        victim.live().await == vec![victim.addr]
-    })
+    eventually(
+        "the isolated member drops the others",
+        detection_bound(),
+        async || victim.live().await == vec![victim.addr],
+    )
     .await;
     assert!(net.stats().blocked > 0);
 
@@ -304,7 +324,10 @@ async fn a_cut_link_alone_fails_nobody() {
     // Indirect probes through the third member must keep both alive for many
     // suspicion timeouts of virtual time.
     tokio::time::sleep(detection_bound() * 5).await;
-    assert!(net.stats().blocked > blocked, "the cut was never in the way");
+    assert!(
+        net.stats().blocked > blocked,
+        "the cut was never in the way"
+    );
     let all = sorted(&nodes.iter().collect::<Vec<_>>());
     for n in &nodes {
         assert_eq!(n.live().await, all);
@@ -325,7 +348,12 @@ async fn drivers_converge_and_stay_up_through_lossy_links() {
     assert!(net.stats().lost > 0);
     for (n, id) in nodes.iter().zip(ids) {
         assert_eq!(n.live().await.len(), 4, "{} lost someone", n.addr);
-        assert_eq!(n.id().await, id, "{} was declared failed and re-joined", n.addr);
+        assert_eq!(
+            n.id().await,
+            id,
+            "{} was declared failed and re-joined",
+            n.addr
+        );
     }
 }
 
@@ -403,20 +431,24 @@ async fn a_datagram_sealed_with_another_key_never_reaches_the_core() {
     let forged = Sealer::new(other_key(), attacker.local_addr().expect("bound")).seal(&payload);
     let before = b.stats().await;
     attacker.send_to(&forged, b.addr).await.expect("sent");
-    attacker.send_to(b"not a datagram", b.addr).await.expect("sent");
+    attacker
+        .send_to(b"not a datagram", b.addr)
+        .await
+        .expect("sent");
     eventually("both drops are counted", SPREAD, async || {
         b.stats().await.udp_unauthenticated >= before.udp_unauthenticated + 2
     })
     .await;
     let after = b.stats().await;
     assert_eq!(after.bad_packets, before.bad_packets, "reached the decoder");
-    assert!(!b
-        .handle()
-        .members()
-        .await
-        .expect("Members")
-        .iter()
-        .any(|m| m.id.addr == attacker.local_addr().expect("bound")));
+    assert!(
+        !b.handle()
+            .members()
+            .await
+            .expect("Members")
+            .iter()
+            .any(|m| m.id.addr == attacker.local_addr().expect("bound"))
+    );
 }
 
 #[tokio::test(start_paused = true)]

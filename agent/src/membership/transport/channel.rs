@@ -114,9 +114,10 @@ impl MemNetwork {
         if addr.port() == 0 {
             loop {
                 addr.set_port(net.next_port);
-                net.next_port = net.next_port.checked_add(1).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::AddrInUse, "no free port left")
-                })?;
+                net.next_port = net
+                    .next_port
+                    .checked_add(1)
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port left"))?;
                 if !net.inboxes.contains_key(&addr) {
                     break;
                 }
@@ -235,7 +236,10 @@ pub struct ChannelTransport {
 impl Drop for ChannelTransport {
     fn drop(&mut self) {
         self.rx.close();
-        self.net.lock().inboxes.retain(|_, inbox| !inbox.is_closed());
+        self.net
+            .lock()
+            .inboxes
+            .retain(|_, inbox| !inbox.is_closed());
     }
 }
 

@@ -30,11 +30,7 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Sends one datagram to `to`. `Ok` means handed to the network, not
     /// delivered.
-    fn send_to(
-        &self,
-        bytes: &[u8],
-        to: SocketAddr,
-    ) -> impl Future<Output = io::Result<()>> + Send;
+    fn send_to(&self, bytes: &[u8], to: SocketAddr) -> impl Future<Output = io::Result<()>> + Send;
 
     /// Waits for the next datagram, copies it into `buf` (truncated to its
     /// length, as UDP does) and returns its length and sender.
