@@ -1,7 +1,13 @@
-//! The tokio task that owns a [`Membership`] core and runs it over UDP.
-//! Everything else reaches the core through [`MembershipHandle`].
+//! The tokio task that owns a [`Membership`] core and runs it over a
+//! [`Transport`] (UDP in the agent, [`super::transport::MemNetwork`] in
+//! tests), sealing and opening every datagram. Everything else reaches the
+//! core through [`MembershipHandle`].
+//!
+//! Its clock is tokio's, so under `tokio::time::pause` a cluster of drivers
+//! runs on virtual time.
 
 use super::core::{Event, Membership, Status};
+use super::transport::{Transport, UdpTransport};
 use dml_shared::NodeId;
 use dml_shared::api::{IdInfo, MemberInfo, Stats};
 use dml_shared::auth::{ClusterKey, Opener, Sealer, UDP_OVERHEAD};
@@ -12,8 +18,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// Largest datagram accepted; anything longer is truncated by the kernel and
-/// then fails to decode.
+/// Largest datagram accepted; anything longer is truncated by the transport
+/// and then fails to decode.
 const RECV_BUFFER: usize = 65_536;
 /// Membership events kept for slow subscribers before they lag.
 const EVENT_BACKLOG: usize = 1024;
@@ -102,10 +108,15 @@ impl MembershipHandle {
     }
 }
 
-/// Starts the task. `join` says whether to join the group right away.
-/// Datagrams are sealed and opened with `key` ([`dml_shared::auth`]).
-pub fn spawn(
-    socket: UdpSocket,
+/// Starts the task on a UDP socket (see [`spawn_on`]).
+pub fn spawn(socket: UdpSocket, core: Membership, join: bool, key: ClusterKey) -> MembershipTask {
+    spawn_on(UdpTransport::new(socket), core, join, key)
+}
+
+/// Starts the task on `transport`. `join` says whether to join the group
+/// right away. Datagrams are sealed and opened with `key` ([`dml_shared::auth`]).
+pub fn spawn_on<T: Transport>(
+    transport: T,
     mut core: Membership,
     join: bool,
     key: ClusterKey,
@@ -116,7 +127,7 @@ pub fn spawn(
         tx,
         events: events.clone(),
     };
-    let started = Instant::now();
+    let started = now();
     if join {
         core.join(started);
     }
@@ -124,7 +135,7 @@ pub fn spawn(
         sealer: Sealer::new(key.clone(), core.id().addr),
         opener: Opener::new(key),
     };
-    let join = tokio::spawn(run(socket, core, seal, rx, events, started));
+    let join = tokio::spawn(run(transport, core, seal, rx, events, started));
     MembershipTask { handle, join }
 }
 
@@ -134,8 +145,14 @@ struct Seal {
     opener: Opener,
 }
 
-async fn run(
-    socket: UdpSocket,
+/// The core's clock: tokio's, which is the system's monotonic clock unless
+/// time is paused.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn run<T: Transport>(
+    mut transport: T,
     mut core: Membership,
     mut seal: Seal,
     mut rx: mpsc::Receiver<Command>,
@@ -144,28 +161,28 @@ async fn run(
 ) {
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        flush(&socket, &mut core, &mut seal, &events).await;
+        flush(&transport, &mut core, &mut seal, &events).await;
         let wake = tokio::time::Instant::from_std(core.poll_at());
         tokio::select! {
             // Packets first: after a stall, acks already queued must count
             // before the probe timers that they answer run out.
             biased;
-            recv = socket.recv_from(&mut buf) => match recv {
+            recv = transport.recv_from(&mut buf) => match recv {
                 Ok((len, from)) => match seal.opener.open(&buf[..len]) {
                     Ok(payload) => {
                         core.count_seal_bytes(0, UDP_OVERHEAD);
-                        if let Err(e) = core.handle_datagram(from, payload, Instant::now()) {
+                        if let Err(e) = core.handle_datagram(from, payload, now()) {
                             tracing::debug!(%from, len, error = %e, "dropped bad datagram");
                         }
                     }
                     Err(why) => tracing::debug!(%from, len, %why, "dropped unauthenticated datagram"),
                 },
                 // ICMP port-unreachable and the like: transient, keep serving.
-                Err(e) => tracing::debug!(error = %e, "udp receive error"),
+                Err(e) => tracing::debug!(error = %e, "datagram receive error"),
             },
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
-                let now = Instant::now();
+                let now = now();
                 match cmd {
                     Command::Id(reply) => {
                         let _ = reply.send(IdInfo {
@@ -190,19 +207,19 @@ async fn run(
                     }
                     Command::Shutdown(reply) => {
                         core.leave(now);
-                        flush(&socket, &mut core, &mut seal, &events).await;
+                        flush(&transport, &mut core, &mut seal, &events).await;
                         let _ = reply.send(());
                         return;
                     }
                 }
             }
-            _ = tokio::time::sleep_until(wake) => core.handle_tick(Instant::now()),
+            _ = tokio::time::sleep_until(wake) => core.handle_tick(now()),
         }
     }
 }
 
-async fn flush(
-    socket: &UdpSocket,
+async fn flush<T: Transport>(
+    transport: &T,
     core: &mut Membership,
     seal: &mut Seal,
     events: &broadcast::Sender<TimedEvent>,
@@ -211,8 +228,8 @@ async fn flush(
     core.count_seal_bytes(out.len() * UDP_OVERHEAD, 0);
     for (to, bytes) in out {
         let bytes = seal.sealer.seal(&bytes);
-        if let Err(e) = socket.send_to(&bytes, to).await {
-            tracing::debug!(%to, error = %e, "udp send failed");
+        if let Err(e) = transport.send_to(&bytes, to).await {
+            tracing::debug!(%to, error = %e, "datagram send failed");
         }
     }
     for event in core.drain_events() {

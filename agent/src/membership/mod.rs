@@ -6,7 +6,8 @@
 //! - [`suspicion`]: the Lifeguard suspicion timeout.
 //! - [`broadcast`]: the piggyback queue.
 //! - [`stats`]: counters and traffic rates.
-//! - [`driver`]: the tokio task that runs the core over a UDP socket.
+//! - [`driver`]: the tokio task that runs the core over a transport, sealing datagrams.
+//! - [`transport`]: the datagram transports: UDP, and an in-memory network for tests.
 
 pub mod broadcast;
 pub mod core;
@@ -15,5 +16,6 @@ pub mod msg;
 pub mod ring;
 pub mod stats;
 pub mod suspicion;
+pub mod transport;
 
 pub use self::core::{Event, Membership, Status};
