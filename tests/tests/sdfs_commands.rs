@@ -268,10 +268,11 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
         .unwrap();
     assert!(c.file(8, "dir/a.bin").await.unwrap().is_none());
     let (out, _) = c.get_bytes(2, "dir/a.bin").await.unwrap();
-    assert!(!out.status.success(), "get after delete: {}", said(&out));
+    assert_eq!(out.code(), Some(3), "get after delete: {}", said(&out));
     let again = c.dml(3, &["delete", "dir/a.bin"]).await.unwrap();
+    // A missing file is `not-found`: exit 3.
     assert!(
-        !again.status.success() && again.stderr.contains("no such SDFS file \"dir/a.bin\""),
+        again.code() == Some(3) && again.stderr.contains("no such SDFS file \"dir/a.bin\""),
         "delete again: {}",
         said(&again)
     );
