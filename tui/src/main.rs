@@ -1,6 +1,7 @@
 //! `dml`, the AwesomeDML operator binary.
 //!
 //! - [`cli`]: the command line (clap).
+//! - [`agent_bin`]: finding the `dml-agent` binary to start or upload.
 //! - [`oneshot`]: `members`, `id`, `join`, `leave`, `stats` against one agent.
 //! - [`report`]: tables and JSON for those commands.
 //! - [`sdfs`]: `put`, `get`, `ls`, `get-versions`, `sdfs ...` and `leader`.
@@ -13,6 +14,7 @@
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 //! - [`key`]: finding and loading the cluster key; `keygen`.
 
+mod agent_bin;
 mod cli;
 mod cluster;
 mod dataset;

@@ -141,7 +141,8 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
     let hosts = Hosts::load(&a.hosts.hosts)?;
-    let bin = crate::local::find_agent_bin(a.agent_bin.as_deref().or(hosts.agent_bin.as_deref()))?;
+    let bin =
+        crate::agent_bin::find_agent_bin(a.agent_bin.as_deref().or(hosts.agent_bin.as_deref()))?;
     let bin_for_hash = bin.clone();
     let sha = tokio::task::spawn_blocking(move || sha256_file(&bin_for_hash)).await??;
     let size = std::fs::metadata(&bin)?.len();

@@ -7,6 +7,7 @@
 pub mod process;
 pub mod record;
 
+use crate::agent_bin::find_agent_bin;
 use crate::cli::{DownArgs, LocalCommand, RunDirArg, UpArgs};
 use crate::report::render_table;
 use anyhow::{Context, Result, bail};
@@ -15,7 +16,7 @@ use process::Stopped;
 use record::{AgentRecord, ClusterRecord, TMUX_SESSION};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -41,26 +42,6 @@ pub async fn run(cmd: &LocalCommand, key_file: Option<&Path>, json: bool) -> Res
 }
 
 use dml_shared::clock::unix_ms as now_ms;
-
-/// `--agent-bin`, or `dml-agent` beside the running `dml`.
-pub fn find_agent_bin(given: Option<&Path>) -> Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()
-            .context("cannot tell where dml runs from; pass --agent-bin")?
-            .parent()
-            .map(|d| d.join(process::AGENT_BIN_NAME))
-            .context("cannot tell where dml runs from; pass --agent-bin")?,
-    };
-    if !path.is_file() {
-        bail!(
-            "agent binary not found at {}: build it with `cargo build --bin dml-agent` \
-             (next to dml) or pass --agent-bin PATH",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// Ports `base..base+count`, or an error naming the flags when they overflow.
 pub fn ports(base: u16, count: u16) -> Result<Vec<u16>> {

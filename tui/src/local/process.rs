@@ -16,8 +16,8 @@ const POLL: Duration = Duration::from_millis(50);
 /// Size of the detached tmux session's windows (columns, rows) until a client attaches.
 const TMUX_SIZE: (&str, &str) = ("200", "50");
 
-/// File name of the agent binary; also what `/proc/<pid>/cmdline` must show.
-pub const AGENT_BIN_NAME: &str = "dml-agent";
+// The agent binary's name is also what `/proc/<pid>/cmdline` must show.
+use crate::agent_bin::AGENT_BIN_NAME;
 
 /// The process state letter from `/proc/<pid>/stat` ("R", "S", "Z", ...).
 pub fn parse_stat_state(stat: &str) -> Option<char> {
