@@ -10,10 +10,10 @@
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
+use dml_shared::infer::JobState;
 use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
 use dml_tests::ports::free_fixed_addr;
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, cluster_slot, test_control, test_sdfs};
-use dml_shared::infer::JobState;
 use dml_tests::{AgentSpec, Cluster, test_membership, wait_for};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -186,10 +186,18 @@ fn value(s: &Samples, key: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("no sample {key}"))
 }
 
-/// A histogram's series for `labels` (`model="tiny"`): `(le, cumulative count)` in
-/// order of the bounds, `_sum` and `_count`; checks that the buckets never decrease
-/// and that the `+Inf` bucket is the count.
-fn histogram(s: &Samples, name: &str, labels: &str) -> Result<(Vec<(f64, f64)>, f64, f64)> {
+/// One histogram of a scrape.
+#[derive(Debug)]
+struct Histogram {
+    /// `(le, cumulative count)` in order of the bounds, `+Inf` last.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// The histogram `name` for `labels` (`model="tiny"`); checks that the buckets never
+/// decrease and that the `+Inf` bucket is the count.
+fn histogram(s: &Samples, name: &str, labels: &str) -> Result<Histogram> {
     ensure!(
         s.kind(name) == Some("histogram"),
         "{name} is {:?}",
@@ -223,7 +231,11 @@ fn histogram(s: &Samples, name: &str, labels: &str) -> Result<(Vec<(f64, f64)>, 
         last == (f64::INFINITY, count),
         "{name}{{{labels}}}: +Inf bucket {last:?}, count {count}"
     );
-    Ok((buckets, sum, count))
+    Ok(Histogram {
+        buckets,
+        sum,
+        count,
+    })
 }
 
 /// Scrapes and parses `GET /metrics`, checking status and content type.
@@ -358,7 +370,10 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
         ] {
             assert_eq!(s.kind(family), Some(kind), "agent {i}: {family}");
         }
-        for family in ["dml_infer_queries_total", "dml_infer_query_latency_seconds_count"] {
+        for family in [
+            "dml_infer_queries_total",
+            "dml_infer_query_latency_seconds_count",
+        ] {
             assert!(
                 s.series(family).is_empty(),
                 "agent {i}: {family} {:?}",
@@ -375,7 +390,10 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
         assert!(value(s, "process_open_fds").unwrap() >= 5.0, "agent {i}");
         let started = value(s, "process_start_time_seconds").unwrap();
         let age = now.as_secs_f64() - started;
-        assert!((-1.0..3600.0).contains(&age), "agent {i} started {age} s ago");
+        assert!(
+            (-1.0..3600.0).contains(&age),
+            "agent {i} started {age} s ago"
+        );
         let build = format!(
             "dml_build_info{{version=\"{}\"}}",
             env!("CARGO_PKG_VERSION")
@@ -418,10 +436,7 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
     // and their latency histograms grow by as many observations.
     let model = tiny_model();
     c.agents[0]
-        .dml(
-            &["put", model.to_str().unwrap(), "models/tiny.onnx"],
-            DML,
-        )
+        .dml(&["put", model.to_str().unwrap(), "models/tiny.onnx"], DML)
         .await
         .unwrap()
         .ensure_success()
@@ -467,12 +482,12 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
                     s.kind(family)
                 );
             }
-            let (buckets, sum, count) =
-                histogram(&s, "dml_infer_query_latency_seconds", model)?;
-            ensure!(
-                count == q,
-                "agent {i}: {q} queries but {count} latencies"
-            );
+            let Histogram {
+                buckets,
+                sum,
+                count,
+            } = histogram(&s, "dml_infer_query_latency_seconds", model)?;
+            ensure!(count == q, "agent {i}: {q} queries but {count} latencies");
             ensure!(sum > 0.0, "agent {i}: latency sum {sum}");
             ensure!(
                 buckets.iter().any(|(le, n)| le.is_finite() && *n > 0.0),

@@ -130,7 +130,10 @@ pub async fn serve<F, Fut>(
             match tokio::time::timeout(limits.exchange_timeout, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!("metrics: connection ended: {e}"),
-                Err(_) => tracing::debug!("metrics: exchange cut off after {:?}", limits.exchange_timeout),
+                Err(_) => tracing::debug!(
+                    "metrics: exchange cut off after {:?}",
+                    limits.exchange_timeout
+                ),
             }
         });
         while conns.try_join_next().is_some() {}
@@ -184,7 +187,10 @@ mod tests {
         let (addr, _stop) = server(Limits::default(), "up 1\n").await;
         let ok = exchange(addr, b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("content-type: text/plain; version=0.0.4\r\n"), "{ok}");
+        assert!(
+            ok.contains("content-type: text/plain; version=0.0.4\r\n"),
+            "{ok}"
+        );
         assert!(ok.contains("content-length: 5\r\n"), "{ok}");
         assert!(ok.contains("connection: close\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
@@ -194,7 +200,10 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n"), "{head}");
 
         let missing = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
-        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
 
         let bad = exchange(addr, b"nonsense\r\n\r\n").await;
         assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
@@ -218,7 +227,9 @@ mod tests {
         };
         let (addr, _stop) = server(limits, "up 1\n").await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         // The server closes (answering at most a 408) instead of waiting.
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
@@ -226,7 +237,10 @@ mod tests {
             .expect("the connection is still open")
             .ok();
         let text = String::from_utf8_lossy(&out);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -106,7 +106,9 @@ mod tests {
         }
         let sum: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix("dml_infer_query_latency_seconds_sum{model=\"resnet50\"} "))
+            .find_map(|l| {
+                l.strip_prefix("dml_infer_query_latency_seconds_sum{model=\"resnet50\"} ")
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no sum in\n{text}"));
         assert!((sum - 0.34).abs() < 1e-9, "{sum}");

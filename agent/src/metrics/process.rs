@@ -2,11 +2,11 @@
 //! through `procfs` at each scrape (the same figures, names and units as
 //! the other Prometheus client libraries export).
 
+use procfs::process::{LimitValue, Process};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use procfs::process::{LimitValue, Process};
 
 /// Reads `/proc/self` when encoded; a figure `/proc` cannot give is left out.
 #[derive(Debug, Default)]
@@ -108,14 +108,21 @@ mod tests {
         assert!(f.cpu_seconds.is_some_and(|v| v >= 0.0), "{f:?}");
         assert!(f.resident_bytes.is_some_and(|v| v > 0), "{f:?}");
         assert!(
-            f.virtual_bytes.is_some_and(|v| v >= f.resident_bytes.unwrap()),
+            f.virtual_bytes
+                .is_some_and(|v| v >= f.resident_bytes.unwrap()),
             "{f:?}"
         );
         // stdin, stdout, stderr at least.
         assert!(f.open_fds.is_some_and(|v| v >= 3), "{f:?}");
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
         let start = f.start_time_seconds.unwrap();
         // Boot time is in whole seconds, so the start may read up to 1 s late.
-        assert!(start > now - 24.0 * 3600.0 && start <= now + 1.0, "{start} vs {now}");
+        assert!(
+            start > now - 24.0 * 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
     }
 }
