@@ -60,36 +60,40 @@ impl Collector for ProcessCollector {
                 c.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, Option<f64>); 5] = [
+        if let Some(v) = f.start_time_seconds {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        let sizes: [(&str, &str, Option<u64>); 4] = [
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
-                f.resident_bytes.map(|v| v as f64),
+                f.resident_bytes,
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes.",
-                f.virtual_bytes.map(|v| v as f64),
-            ),
-            (
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds.",
-                f.start_time_seconds,
+                f.virtual_bytes,
             ),
             (
                 "process_open_fds",
                 "Number of open file descriptors.",
-                f.open_fds.map(|v| v as f64),
+                f.open_fds,
             ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
-                f.max_fds.map(|v| v as f64),
+                f.max_fds,
             ),
         ];
-        for (name, help, v) in gauges {
+        for (name, help, v) in sizes {
             if let Some(v) = v {
-                let g = ConstGauge::new(v);
+                let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
                 g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
             }
         }
@@ -124,5 +128,27 @@ mod tests {
             start > now - 24.0 * 3600.0 && start <= now + 1.0,
             "{start} vs {now}"
         );
+    }
+
+    #[test]
+    fn the_standard_process_families_are_encoded_with_their_types() {
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register_collector(Box::new(ProcessCollector));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &r).unwrap();
+        for line in [
+            "# TYPE process_cpu_seconds_total counter\n",
+            "# TYPE process_start_time_seconds gauge\n",
+            "# TYPE process_resident_memory_bytes gauge\n",
+            "# TYPE process_virtual_memory_bytes gauge\n",
+            "# TYPE process_open_fds gauge\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        let fds = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_open_fds "))
+            .unwrap_or_else(|| panic!("no process_open_fds in\n{text}"));
+        assert!(fds.parse::<u64>().is_ok_and(|n| n >= 3), "{fds}");
     }
 }

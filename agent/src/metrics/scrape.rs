@@ -18,6 +18,8 @@ pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
 enum Value {
     /// A counter (the encoder appends `_total` to the family name).
     Count(u64),
+    /// A gauge of whole numbers (written without a fraction).
+    Whole(i64),
     /// A gauge.
     Level(f64),
 }
@@ -53,15 +55,20 @@ impl Scrape {
         self.one(name, help, Value::Level(v));
     }
 
+    /// A gauge of a count or an index (saturating at `i64::MAX`).
+    fn whole(&mut self, name: &'static str, help: &'static str, v: impl TryInto<i64>) {
+        self.one(name, help, Value::Whole(v.try_into().unwrap_or(i64::MAX)));
+    }
+
     fn flag(&mut self, name: &'static str, help: &'static str, v: bool) {
-        self.gauge(name, help, f64::from(u8::from(v)));
+        self.whole(name, help, i64::from(v));
     }
 
     /// Reads every source; one that does not answer within
     /// [`SOURCE_TIMEOUT`] is left out of this scrape.
     pub async fn read(s: &Sources) -> Self {
         let mut t = Self::default();
-        t.gauge("dml_up", "1 while the agent serves metrics.", 1.0);
+        t.whole("dml_up", "1 while the agent serves metrics.", 1);
         if let Some(Some(st)) = bounded(s.membership.stats()).await {
             let a = dml_shared::auth::counters().snapshot();
             t.families.push(Family {
@@ -138,10 +145,10 @@ impl Scrape {
             ] {
                 t.counter(name, help, v);
             }
-            t.gauge(
+            t.whole(
                 "dml_membership_members_live",
                 "Members alive or suspect in this agent's view (itself included).",
-                st.members_live as f64,
+                st.members_live,
             );
             t.gauge(
                 "dml_uptime_seconds",
@@ -150,15 +157,15 @@ impl Scrape {
             );
         }
         if let Some(st) = s.sdfs.stats() {
-            t.gauge(
+            t.whole(
                 "dml_sdfs_files",
                 "SDFS versions stored on this agent.",
-                st.files as f64,
+                st.files,
             );
-            t.gauge(
+            t.whole(
                 "dml_sdfs_stored_bytes",
                 "Total size of the SDFS versions stored on this agent.",
-                st.bytes_stored as f64,
+                st.bytes_stored,
             );
             for (name, help, v) in [
                 ("dml_sdfs_writes", "Chain writes stored here.", st.writes),
@@ -230,10 +237,10 @@ impl Scrape {
         }
         if let Some(w) = &s.worker {
             let st = w.stats();
-            t.gauge(
+            t.whole(
                 "dml_worker_queries_running",
                 "Queries this worker holds a lease on.",
-                st.running as f64,
+                st.running,
             );
             t.counter(
                 "dml_worker_queries_completed",
@@ -242,11 +249,7 @@ impl Scrape {
             );
         }
         if let Some(i) = bounded(s.control.leader_info()).await {
-            t.gauge(
-                "dml_raft_term",
-                "Raft term as this agent knows it.",
-                i.term as f64,
-            );
+            t.whole("dml_raft_term", "Raft term as this agent knows it.", i.term);
             t.flag(
                 "dml_raft_is_leader",
                 "1 if this agent leads the control plane.",
@@ -262,11 +265,7 @@ impl Scrape {
                 "1 if this agent holds a Raft replica.",
                 i.is_voter,
             );
-            t.gauge(
-                "dml_raft_voters",
-                "Configured Raft voters.",
-                i.voters.len() as f64,
-            );
+            t.whole("dml_raft_voters", "Configured Raft voters.", i.voters.len());
         }
         if let Some(l) = s.control.log_status() {
             for (name, help, v) in [
@@ -292,7 +291,7 @@ impl Scrape {
                 ),
             ] {
                 if let Some(v) = v {
-                    t.gauge(name, help, v as f64);
+                    t.whole(name, help, v);
                 }
             }
         }
@@ -313,13 +312,14 @@ impl Collector for Scrape {
             };
             let kind = match first {
                 Value::Count(_) => ConstCounter::new(0u64).metric_type(),
-                Value::Level(_) => ConstGauge::new(0.0f64).metric_type(),
+                Value::Whole(_) | Value::Level(_) => ConstGauge::new(0i64).metric_type(),
             };
             let mut family = encoder.encode_descriptor(f.name, f.help, None, kind)?;
             for (labels, v) in &f.samples {
                 let sample = family.encode_family(labels)?;
                 match *v {
                     Value::Count(v) => ConstCounter::new(v).encode(sample)?,
+                    Value::Whole(v) => ConstGauge::new(v).encode(sample)?,
                     Value::Level(v) => ConstGauge::new(v).encode(sample)?,
                 }
             }
@@ -339,6 +339,7 @@ mod tests {
         let mut s = Scrape::default();
         s.counter("dml_x", "A counter.", 3);
         s.gauge("dml_y", "A gauge.", 1.5);
+        s.flag("dml_w", "A flag.", true);
         s.families.push(Family {
             name: "dml_z",
             help: "Labelled.",
@@ -359,6 +360,9 @@ mod tests {
              # HELP dml_y A gauge.\n\
              # TYPE dml_y gauge\n\
              dml_y 1.5\n\
+             # HELP dml_w A flag.\n\
+             # TYPE dml_w gauge\n\
+             dml_w 1\n\
              # HELP dml_z_total Labelled.\n\
              # TYPE dml_z_total counter\n\
              dml_z_total{model=\"a\\\"b\\\\c\\nd\"} 1\n\
