@@ -42,6 +42,7 @@ impl Default for Limits {
         }
     }
 }
+
 /// Pause after a failed accept (out of file descriptors, for instance).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
