@@ -1,22 +1,31 @@
 //! The Prometheus endpoint of real agents: three agents, each with `[metrics] bind`, are
 //! scraped over HTTP; the text format parses, and the figures agree with the cluster
-//! (3 live members everywhere, one leader, a term, SDFS writes after a put). Anything but
+//! (3 live members everywhere, one leader, a term, SDFS writes after a put). The
+//! `process_*` series and `dml_build_info` are there; after an inference job the C1
+//! counters and the C2 histogram of the workers that ran it have grown. Anything but
 //! `GET /metrics` is a 404, and an oversized request head is refused.
 //!
-//! Build the binaries first: `cargo build --workspace --bins`.
+//! Needs the project venv (ONNX Runtime) and the binaries: `bash scripts/setup.sh`,
+//! `cargo build --workspace --bins`.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
+use dml_shared::infer::JobState;
+use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
 use dml_tests::ports::free_fixed_addr;
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, cluster_slot, test_control, test_sdfs};
 use dml_tests::{AgentSpec, Cluster, test_membership, wait_for};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Time allowed for one HTTP exchange.
 const HTTP: Duration = Duration::from_secs(10);
+/// Time for a small tiny-model job on a loaded two-core machine.
+const JOB_DEADLINE: Duration = Duration::from_secs(240);
+/// Images in that job.
+const JOB_IMAGES: u32 = 6;
 
 /// Status line, headers (lower-case names) and body of one HTTP/1.1 exchange.
 struct Reply {
@@ -78,14 +87,40 @@ fn get(addr: SocketAddr, path: &str) -> Result<Reply> {
     )
 }
 
-/// Samples of one scrape: `name{labels}` -> value.
-type Samples = BTreeMap<String, f64>;
+/// One scrape: `name{labels}` -> value, and each family's `# TYPE`.
+#[derive(Debug, Default)]
+struct Samples {
+    values: BTreeMap<String, f64>,
+    types: BTreeMap<String, String>,
+}
+
+impl Samples {
+    fn contains_key(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// The family's declared type.
+    fn kind(&self, family: &str) -> Option<&str> {
+        self.types.get(family).map(String::as_str)
+    }
+
+    /// The samples of `name` (without labels or with any), by their label text.
+    fn series(&self, name: &str) -> BTreeMap<&str, f64> {
+        self.values
+            .iter()
+            .filter_map(|(k, v)| {
+                let labels = k.strip_prefix(name)?;
+                (labels.is_empty() || labels.starts_with('{')).then_some((labels, *v))
+            })
+            .collect()
+    }
+}
 
 /// Parses the text format strictly: every `# TYPE` names a known type, every sample line
 /// is `name[{labels}] value` with a family declared before it, and no sample repeats.
 fn parse(text: &str) -> Result<Samples> {
     let mut types = BTreeMap::new();
-    let mut samples = Samples::new();
+    let mut samples = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest
@@ -138,13 +173,69 @@ fn parse(text: &str) -> Result<Samples> {
             "sample {series} repeated"
         );
     }
-    Ok(samples)
+    Ok(Samples {
+        values: samples,
+        types,
+    })
 }
 
 fn value(s: &Samples, key: &str) -> Result<f64> {
-    s.get(key)
+    s.values
+        .get(key)
         .copied()
         .ok_or_else(|| anyhow!("no sample {key}"))
+}
+
+/// One histogram of a scrape.
+#[derive(Debug)]
+struct Histogram {
+    /// `(le, cumulative count)` in order of the bounds, `+Inf` last.
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+/// The histogram `name` for `labels` (`model="tiny"`); checks that the buckets never
+/// decrease and that the `+Inf` bucket is the count.
+fn histogram(s: &Samples, name: &str, labels: &str) -> Result<Histogram> {
+    ensure!(
+        s.kind(name) == Some("histogram"),
+        "{name} is {:?}",
+        s.kind(name)
+    );
+    let mut buckets = Vec::new();
+    for (l, v) in s.series(&format!("{name}_bucket")) {
+        let Some(rest) = l.strip_prefix(&format!("{{{labels},le=\"")) else {
+            continue;
+        };
+        let le = rest
+            .strip_suffix("\"}")
+            .ok_or_else(|| anyhow!("bad bucket labels {l}"))?;
+        let le: f64 = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse()?
+        };
+        buckets.push((le, v));
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    ensure!(buckets.len() >= 2, "{name}{{{labels}}} buckets {buckets:?}");
+    ensure!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{name}{{{labels}}} buckets decrease: {buckets:?}"
+    );
+    let sum = value(s, &format!("{name}_sum{{{labels}}}"))?;
+    let count = value(s, &format!("{name}_count{{{labels}}}"))?;
+    let last = buckets.last().copied().unwrap_or_default();
+    ensure!(
+        last == (f64::INFINITY, count),
+        "{name}{{{labels}}}: +Inf bucket {last:?}, count {count}"
+    );
+    Ok(Histogram {
+        buckets,
+        sum,
+        count,
+    })
 }
 
 /// Scrapes and parses `GET /metrics`, checking status and content type.
@@ -160,6 +251,10 @@ fn scrape(addr: SocketAddr) -> Result<Samples> {
     ensure!(
         ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
         "content type {ct:?}"
+    );
+    ensure!(
+        r.body.ends_with('\n'),
+        "the exposition does not end with a newline"
     );
     parse(&r.body)
 }
@@ -261,18 +356,50 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
             "agent {i}"
         );
     }
-    // C1/C2 only on the leader (which has seen no query yet: no per-model rows).
-    let leader = scrapes
-        .iter()
-        .position(|s| s["dml_raft_is_leader"] == 1.0)
-        .unwrap();
-    let text = get(metrics[leader], "/metrics").unwrap().body;
-    assert!(
-        text.contains("# TYPE dml_infer_query_latency_seconds summary"),
-        "{text}"
-    );
-    let follower = get(metrics[(leader + 1) % 3], "/metrics").unwrap().body;
-    assert!(!follower.contains("dml_infer_query_latency_seconds"));
+    // No C1/C2 series before any query (they appear with a model's first query);
+    // the process and build series everywhere.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    for (i, s) in scrapes.iter().enumerate() {
+        for (family, kind) in [
+            ("process_cpu_seconds_total", "counter"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_virtual_memory_bytes", "gauge"),
+            ("process_start_time_seconds", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("dml_build_info", "gauge"),
+        ] {
+            assert_eq!(s.kind(family), Some(kind), "agent {i}: {family}");
+        }
+        for family in [
+            "dml_infer_queries_total",
+            "dml_infer_query_latency_seconds_count",
+        ] {
+            assert!(
+                s.series(family).is_empty(),
+                "agent {i}: {family} {:?}",
+                s.series(family)
+            );
+        }
+        assert!(value(s, "process_cpu_seconds_total").unwrap() > 0.0);
+        assert!(value(s, "process_resident_memory_bytes").unwrap() > 0.0);
+        assert!(
+            value(s, "process_virtual_memory_bytes").unwrap()
+                >= value(s, "process_resident_memory_bytes").unwrap()
+        );
+        // Sockets and the data store at least.
+        assert!(value(s, "process_open_fds").unwrap() >= 5.0, "agent {i}");
+        let started = value(s, "process_start_time_seconds").unwrap();
+        let age = now.as_secs_f64() - started;
+        assert!(
+            (-1.0..3600.0).contains(&age),
+            "agent {i} started {age} s ago"
+        );
+        let build = format!(
+            "dml_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value(s, &build).unwrap(), 1.0, "agent {i}");
+    }
 
     // A put shows up in the SDFS counters of the agents that stored it.
     let local = c.dir().join("put.bin");
@@ -300,6 +427,81 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
             written >= 2.0 * bytes.len() as f64,
             "{written} bytes written"
         );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // An inference job: the workers that ran its queries count them and their images,
+    // and their latency histograms grow by as many observations.
+    let model = tiny_model();
+    c.agents[0]
+        .dml(&["put", model.to_str().unwrap(), "models/tiny.onnx"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    let images = c.dir().join("images");
+    small_images(&images, JOB_IMAGES as usize).unwrap();
+    c.agents[0]
+        .dml(
+            &["sdfs", "load", images.to_str().unwrap(), "datasets/metrics"],
+            DML,
+        )
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    let job = submit(addrs[0], "tiny", JOB_IMAGES, "datasets/metrics")
+        .await
+        .unwrap();
+    wait_job(addrs, job, JOB_DEADLINE, "the job to finish", |j| {
+        j.state == JobState::Done
+    })
+    .await
+    .unwrap();
+    // The last worker records its query once the leader took it, which may be
+    // just after the job shows as done: polled.
+    let model = "model=\"tiny\"";
+    wait_for("C1 and C2 after the job", READY, JOB_POLL, async || {
+        let (mut queries, mut images, mut observed) = (0.0, 0.0, 0.0);
+        for (i, m) in metrics.iter().enumerate() {
+            let s = scrape(*m)?;
+            let q = s
+                .series("dml_infer_queries_total")
+                .get(format!("{{{model}}}").as_str())
+                .copied()
+                .unwrap_or(0.0);
+            if q == 0.0 {
+                continue;
+            }
+            for family in ["dml_infer_queries_total", "dml_infer_images_total"] {
+                ensure!(
+                    s.kind(family) == Some("counter"),
+                    "agent {i}: {family} is {:?}",
+                    s.kind(family)
+                );
+            }
+            let Histogram {
+                buckets,
+                sum,
+                count,
+            } = histogram(&s, "dml_infer_query_latency_seconds", model)?;
+            ensure!(count == q, "agent {i}: {q} queries but {count} latencies");
+            ensure!(sum > 0.0, "agent {i}: latency sum {sum}");
+            ensure!(
+                buckets.iter().any(|(le, n)| le.is_finite() && *n > 0.0),
+                "agent {i}: every latency above the last bound: {buckets:?}"
+            );
+            queries += q;
+            images += value(&s, &format!("dml_infer_images_total{{{model}}}"))?;
+            observed += count;
+        }
+        ensure!(
+            images >= f64::from(JOB_IMAGES),
+            "{images} images counted of {JOB_IMAGES}"
+        );
+        ensure!(queries >= 1.0 && observed == queries, "{queries} queries");
         Ok(())
     })
     .await

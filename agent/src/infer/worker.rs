@@ -10,6 +10,7 @@ use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
 use super::slots::HostSlots;
 use crate::control::ControlHandle;
+use crate::metrics::InferMetrics;
 use crate::sdfs::SdfsHandle;
 use dml_shared::api::Response;
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};
@@ -68,6 +69,8 @@ struct Ctx {
     sdfs: SdfsHandle,
     sessions: Sessions,
     stats: Arc<Mutex<WorkerStats>>,
+    /// C1/C2 of the queries completed here.
+    metrics: InferMetrics,
 }
 
 /// A leased query, fetched and preprocessed.
@@ -83,6 +86,7 @@ pub struct Worker {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<WorkerStats>>,
+    metrics: InferMetrics,
 }
 
 impl Worker {
@@ -93,6 +97,7 @@ impl Worker {
     ) -> std::io::Result<Self> {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Mutex::new(WorkerStats::default()));
+        let metrics = InferMetrics::default();
         let ctx = Arc::new(Ctx {
             o,
             prep: Compute::spawn("dml-prep")?,
@@ -101,13 +106,19 @@ impl Worker {
             sdfs,
             sessions: Arc::default(),
             stats: stats.clone(),
+            metrics: metrics.clone(),
         });
         let (tx, rx) = mpsc::channel::<Prepared>(SLOTS);
         let tasks = vec![
             tokio::spawn(prepare_loop(ctx.clone(), tx, stop_rx.clone())),
             tokio::spawn(run_loop(ctx, rx, stop_rx)),
         ];
-        Ok(Self { stop, tasks, stats })
+        Ok(Self {
+            stop,
+            tasks,
+            stats,
+            metrics,
+        })
     }
 
     pub fn stats(&self) -> WorkerStats {
@@ -115,6 +126,11 @@ impl Worker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The per-model query counters and latency histogram of this worker.
+    pub fn infer_metrics(&self) -> &InferMetrics {
+        &self.metrics
     }
 
     pub async fn shutdown(self) {
@@ -305,7 +321,11 @@ async fn run_loop(
         // freed (and the next lease taken) once the leader has them.
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            report(&ctx, &lease, results, elapsed, failed).await;
+            let ran = failed.is_none();
+            if report(&ctx, &lease, results, elapsed, failed).await && ran {
+                ctx.metrics
+                    .record(&lease.model, lease.images.len(), elapsed);
+            }
             bump(&ctx, |s| {
                 s.running = s.running.saturating_sub(1);
                 s.completed += 1;
@@ -414,14 +434,14 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, St
 }
 
 /// Hands the results back, retrying through leader changes until the lease
-/// would have expired anyway.
+/// would have expired anyway; `true` once the leader took them.
 async fn report(
     ctx: &Ctx,
     lease: &Lease,
     results: Vec<ImageResult>,
     elapsed: Duration,
     failed: Option<String>,
-) {
+) -> bool {
     let deadline =
         Instant::now() + Duration::from_millis(lease.lease_ms).max(Duration::from_secs(5));
     let req = InferRequest::Complete {
@@ -434,14 +454,14 @@ async fn report(
     };
     loop {
         match infer_call(ctx, req.clone()).await {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(query = lease.query, error = %e, "handing back results again");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(e) => {
                 tracing::warn!(query = lease.query, error = %e, "results not handed back; the leader will lease the query again");
-                return;
+                return false;
             }
         }
     }

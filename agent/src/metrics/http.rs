@@ -1,0 +1,257 @@
+//! The HTTP side of the endpoint: hyper's HTTP/1.1 server on an
+//! already-bound listener, answering `GET`/`HEAD /metrics` with whatever the
+//! render function gives and `404` to anything else.
+//!
+//! [`Limits`]: a request head over `max_head` bytes is answered `431` and
+//! one hyper cannot parse `400` (both by hyper); the head must arrive within
+//! `head_timeout` and the whole exchange end within `exchange_timeout`; one
+//! request per connection; at most `max_connections` served at once, more
+//! wait in the accept queue.
+
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// What one client may ask of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request head accepted (request line and headers).
+    pub max_head: usize,
+    /// Time allowed for the request head to arrive.
+    pub head_timeout: Duration,
+    /// Time allowed for one whole exchange: head, scrape and answer.
+    pub exchange_timeout: Duration,
+    /// Connections served at the same time.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_head: 8 * 1024,
+            head_timeout: Duration::from_secs(5),
+            exchange_timeout: Duration::from_secs(15),
+            max_connections: 16,
+        }
+    }
+}
+
+/// Pause after a failed accept (out of file descriptors, for instance).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+type Body = http_body_util::Full<Bytes>;
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// The exposition (`HEAD` gets its headers only, which hyper sees to).
+    Metrics,
+    NotFound,
+}
+
+fn route(method: &Method, path: &str) -> Route {
+    match (method, path) {
+        (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
+        _ => Route::NotFound,
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Serves `listener` until `stop` changes; `render` makes the body of a
+/// `/metrics` answer, sent as `content_type`.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    content_type: &'static str,
+    render: F,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_header_size(limits.max_head)
+        .keep_alive(false);
+    let http = Arc::new(http);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.changed() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = stop.changed() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let render = render.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let render = render.clone();
+            async move {
+                Ok::<_, Infallible>(match route(req.method(), req.uri().path()) {
+                    Route::Metrics => reply(StatusCode::OK, content_type, render().await),
+                    Route::NotFound => reply(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found; try GET /metrics\n".into(),
+                    ),
+                })
+            }
+        });
+        let http = http.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.exchange_timeout, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics: connection ended: {e}"),
+                Err(_) => tracing::debug!(
+                    "metrics: exchange cut off after {:?}",
+                    limits.exchange_timeout
+                ),
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    conns.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    #[test]
+    fn only_get_and_head_of_metrics_are_served() {
+        assert_eq!(route(&Method::GET, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::HEAD, "/metrics"), Route::Metrics);
+        assert_eq!(route(&Method::GET, "/"), Route::NotFound);
+        assert_eq!(route(&Method::GET, "/metrics/x"), Route::NotFound);
+        assert_eq!(route(&Method::POST, "/metrics"), Route::NotFound);
+    }
+
+    /// A server answering `body`, and the sender that stops it.
+    async fn server(limits: Limits, body: &'static str) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(
+            listener,
+            limits,
+            "text/plain; version=0.0.4",
+            move || async move { body.to_string() },
+            stop_rx,
+        ));
+        (addr, stop)
+    }
+
+    /// Sends `request` and reads until the server closes.
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The server may answer and close before reading all of an oversized head.
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn answers_are_routed_and_bad_heads_refused() {
+        let (addr, _stop) = server(Limits::default(), "up 1\n").await;
+        let ok = exchange(addr, b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("content-type: text/plain; version=0.0.4\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("content-length: 5\r\n"), "{ok}");
+        assert!(ok.contains("connection: close\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
+
+        let head = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+
+        let missing = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
+
+        let bad = exchange(addr, b"nonsense\r\n\r\n").await;
+        assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
+
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 2 * Limits::default().max_head));
+        huge.extend_from_slice(b"\r\n\r\n");
+        let big = exchange(addr, &huge).await;
+        assert!(
+            big.is_empty() || big.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{big}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_that_never_ends_is_cut_off() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(200),
+            exchange_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        };
+        let (addr, _stop) = server(limits, "up 1\n").await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // The server closes (answering at most a 408) instead of waiting.
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+            .await
+            .expect("the connection is still open")
+            .ok();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_closes_the_listener() {
+        let (addr, stop) = server(Limits::default(), "up 1\n").await;
+        stop.send(true).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting");
+            tokio::task::yield_now().await;
+        }
+    }
+}
