@@ -6,7 +6,7 @@
 //! workers (every agent) take query leases with [`InferRequest::Lease`] and
 //! hand results back with [`InferRequest::Complete`].
 
-use crate::sdfs::VersionInfo;
+use crate::version::VersionInfo;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 

@@ -9,6 +9,7 @@
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
 //! - [`api`]: request and response types of the agent API.
+//! - [`version`]: one committed version of a file (its checksum, replicas).
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
 //! - [`models`]: the model registry (`assets/models.toml`).
@@ -34,6 +35,7 @@ pub mod sdfs;
 pub mod sdfs_client;
 pub mod stream;
 pub mod telemetry;
+pub mod version;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, RemoteError, Result};

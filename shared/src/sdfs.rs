@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 /// Longest SDFS name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
-/// BLAKE3 digest of a whole version's bytes.
-pub type Checksum = [u8; 32];
+pub use crate::version::{Checksum, VersionInfo};
 
 /// Checks an SDFS name: non-empty UTF-8 of at most [`MAX_NAME_BYTES`], no
 /// NUL, not absolute, no `.` or `..` component, no empty component.
@@ -91,19 +90,6 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == '*')
-}
-
-/// One committed version of a file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionInfo {
-    /// 1, 2, 3, ... in commit order.
-    pub version: u64,
-    pub size: u64,
-    pub checksum: Checksum,
-    /// Agents holding a verified copy.
-    pub replicas: Vec<SocketAddr>,
-    /// When the leader committed it (Unix ms).
-    pub committed_ms: u64,
 }
 
 /// A file and its committed versions, oldest first.
