@@ -70,8 +70,7 @@ impl World {
     /// A committed small file, planned and committed through `core`.
     fn put(&mut self, core: &mut LeaderCore, name: &str) -> Applied {
         let version = self.plan(core, name, 10).version;
-        let Claim::Now(Ok(Claimed::Deferred { size })) =
-            core.plans().claim(name, version, 1)
+        let Claim::Now(Ok(Claimed::Deferred { size })) = core.plans().claim(name, version, 1)
         else {
             panic!("a small plan is claimed at once");
         };
@@ -121,7 +120,10 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
     let mut w = World::new();
     let mut core = core();
     let spec = Registry::builtin().get(MODEL).unwrap().clone();
-    assert!(matches!(w.put(&mut core, &spec.sdfs_name()), Applied::Version(1)));
+    assert!(matches!(
+        w.put(&mut core, &spec.sdfs_name()),
+        Applied::Version(1)
+    ));
     let n = 32u32;
     let names: Vec<String> = (0..n).map(|i| format!("data/img{i}")).collect();
     for name in &names {
@@ -194,20 +196,33 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
     }
 
     let j = &w.state.jobs.jobs[&job];
-    assert_eq!(j.state, JobState::Done, "the job finishes without the stalled worker");
+    assert_eq!(
+        j.state,
+        JobState::Done,
+        "the job finishes without the stalled worker"
+    );
     assert_eq!((j.done, counted), (n, n), "every result counted once");
     let (query, images) = stalled_query.expect("the stalled worker got a query");
     assert_eq!(images.len(), spec.batch as usize);
     for i in &images {
         let by = done_by[i];
-        assert!(by != stalled, "image {i} was re-dispatched to another worker");
+        assert!(
+            by != stalled,
+            "image {i} was re-dispatched to another worker"
+        );
     }
     // Its late answer changes nothing: the state machine counts it as old.
     let late = w.apply(Op::CompleteQuery {
         job,
         results: results(&images),
     });
-    assert_eq!(late, Applied::Accepted { new: 0, finished: false });
+    assert_eq!(
+        late,
+        Applied::Accepted {
+            new: 0,
+            finished: false
+        }
+    );
     core.completed(query, job, &images, 0, LEASE * 2, w.now);
     assert_eq!(core.in_flight(), 0);
     assert_eq!(w.state.jobs.jobs[&job].done, n);
@@ -248,7 +263,10 @@ fn a_plan_that_times_out_is_forgotten_and_a_later_put_proceeds() {
     core.plans().appended("g", 1, w.now);
     assert_eq!(core.plans().settled("g", 1, Ok(())), None);
     let now_ms = w.now_ms();
-    assert!(!core.maintain(&w.state, w.now, now_ms).expire_puts, "not due yet");
+    assert!(
+        !core.maintain(&w.state, w.now, now_ms).expire_puts,
+        "not due yet"
+    );
     w.advance(PUT_TIMEOUT + Duration::from_secs(1));
     let now_ms = w.now_ms();
     assert!(core.maintain(&w.state, w.now, now_ms).expire_puts);
@@ -273,6 +291,13 @@ fn a_plan_that_times_out_is_forgotten_and_a_later_put_proceeds() {
     });
     assert!(matches!(late, Applied::Rejected(_)), "{late:?}");
     assert_eq!(w.put(&mut core, "g"), Applied::Version(2));
-    let versions: Vec<u64> = w.state.stat("g").unwrap().versions.iter().map(|v| v.version).collect();
+    let versions: Vec<u64> = w
+        .state
+        .stat("g")
+        .unwrap()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
     assert_eq!(versions, vec![2]);
 }

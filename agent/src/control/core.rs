@@ -5,8 +5,8 @@
 //! (`task.rs`) hands it the applied state and `now`, and executes what it
 //! returns (entries to append, copies to run, answers to send).
 
-use super::plans::Plans;
 use super::lease::ReadLease;
+use super::plans::Plans;
 use super::repair::{self, View};
 use super::scheduler::Scheduler;
 use super::state::MetaState;

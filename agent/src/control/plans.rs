@@ -247,7 +247,10 @@ mod tests {
         let b = p.plan(req("f", 3), |_| 1, t);
         assert_eq!((a.version, b.version), (1, 2));
         assert!(a.append.is_none() && b.append.is_none());
-        assert_eq!(p.claim("f", 2, 4), Claim::Now(Ok(Claimed::Deferred { size: 3 })));
+        assert_eq!(
+            p.claim("f", 2, 4),
+            Claim::Now(Ok(Claimed::Deferred { size: 3 }))
+        );
         // Claimed once: a retry of that commit finds it logged.
         assert_eq!(p.claim("f", 2, 4), Claim::Now(Ok(Claimed::Logged)));
         assert_eq!(p.claim("f", 1, 3), Claim::Now(Ok(Claimed::Foreign)));
@@ -259,7 +262,10 @@ mod tests {
         let t = Instant::now();
         let big = p.plan(req("f", DEFER_MAX + 1), |_| 5, t);
         assert_eq!(big.version, 5);
-        assert!(matches!(big.append, Some(Op::BeginPutAt { version: 5, .. })));
+        assert!(matches!(
+            big.append,
+            Some(Op::BeginPutAt { version: 5, .. })
+        ));
         p.appended("f", 5, t);
         assert_eq!(p.plan(req("f", 1), |_| 5, t).version, 6);
         assert_eq!(p.claim("f", 5, 2), Claim::Wait);

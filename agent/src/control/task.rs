@@ -68,7 +68,10 @@ pub(crate) enum Request {
     /// Whether reads may skip the quorum round.
     LeaseHolds(oneshot::Sender<bool>),
     /// A quorum acknowledged the leader of `term` after `since`.
-    ExtendLease { term: u64, since: Instant },
+    ExtendLease {
+        term: u64,
+        since: Instant,
+    },
     /// Reserve a version for a put: the version, or why no plan was made.
     PlanPut {
         req: PlanRequest,
@@ -371,8 +374,7 @@ impl LeaderTask {
                 elapsed,
             } => {
                 self.read(|core, s| core.sync(s, now));
-                self.core
-                    .completed(query, job, &images, new, elapsed, now);
+                self.core.completed(query, job, &images, new, elapsed, now);
             }
             Request::Refuse {
                 query,
@@ -487,7 +489,9 @@ impl LeaderTask {
                 match inner.propose(Op::ExpirePending).await {
                     Ok(_) => tracing::info!("expired stale pending puts"),
                     Err(Refusal::NotLeader(_)) => {}
-                    Err(Refusal::Failed(e)) => tracing::warn!(error = %e, "cannot expire stale puts"),
+                    Err(Refusal::Failed(e)) => {
+                        tracing::warn!(error = %e, "cannot expire stale puts")
+                    }
                 }
                 let _ = tx.send(Input::Expired).await;
             });
