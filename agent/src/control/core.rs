@@ -291,3 +291,117 @@ impl LeaderCore {
         self.storing.remove(&job);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::types::{Applied, Command, Op};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn core(repair_concurrency: usize) -> LeaderCore {
+        LeaderCore::new(
+            3,
+            CoreConfig {
+                min_lease: Duration::from_secs(10),
+                forget_plans: Duration::from_secs(60),
+                read_lease: Duration::from_millis(75),
+                repair_concurrency,
+                replicas: 4,
+                registry: Arc::new(Registry::builtin()),
+            },
+        )
+    }
+
+    fn apply(s: &mut MetaState, op: Op) -> Applied {
+        s.apply(&Command { now_ms: 1, op })
+    }
+
+    fn put_on_one(s: &mut MetaState, name: &str) {
+        let op = Op::PutAt {
+            name: name.into(),
+            version: 1,
+            size: 5,
+            checksum: [1; 32],
+            holders: vec![addr(1)],
+            quorum: 1,
+        };
+        assert_eq!(apply(s, op), Applied::Version(1));
+    }
+
+    #[test]
+    fn a_version_gets_one_repair_copy_at_a_time_within_the_concurrency() {
+        let mut s = MetaState::default();
+        for name in ["a", "b", "c"] {
+            put_on_one(&mut s, name);
+        }
+        let mut c = core(2);
+        let live: Vec<SocketAddr> = (1..=6).map(addr).collect();
+        let view = View {
+            live: &live,
+            alive: &live,
+        };
+        let first = c.plan_repair(&s, view);
+        assert_eq!(first.copies.len(), 2, "limited by the concurrency");
+        assert_eq!(c.copies_in_flight(), 2);
+        assert!(c.plan_repair(&s, view).copies.is_empty(), "no room left");
+        let done = &first.copies[0];
+        c.copy_done(&done.name, done.version);
+        let next = c.plan_repair(&s, view);
+        assert_eq!(next.copies.len(), 1);
+        let busy: Vec<&str> = first.copies[1..].iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            !busy.contains(&next.copies[0].name.as_str()),
+            "one copy per version"
+        );
+    }
+
+    #[test]
+    fn maintenance_starts_each_kind_of_work_once_until_it_reports_back() {
+        let mut s = MetaState::default();
+        let job = match apply(
+            &mut s,
+            Op::SubmitJob {
+                model: "tiny".into(),
+                dataset: "d/".into(),
+                images: vec!["d/x".into()],
+                count: 1,
+            },
+        ) {
+            Applied::Job(j) => j,
+            other => panic!("{other:?}"),
+        };
+        let result = ImageResult {
+            index: 0,
+            image: "d/x".into(),
+            outcome: Outcome::Error("x".into()),
+        };
+        let op = Op::CompleteQuery {
+            job,
+            results: vec![result],
+        };
+        assert!(matches!(
+            apply(&mut s, op),
+            Applied::Accepted { new: 1, .. }
+        ));
+        let mut c = core(4);
+        let t = Instant::now();
+        let m = c.maintain(&s, t, 1);
+        assert_eq!((m.outputs, m.fetch_view), (vec![job], true));
+        let again = c.maintain(&s, t, 1);
+        assert_eq!(again, Maintenance::default(), "all in flight");
+        c.output_stored(job);
+        let live = [addr(1)];
+        c.plan_repair(
+            &s,
+            View {
+                live: &live,
+                alive: &live,
+            },
+        );
+        let m = c.maintain(&s, t, 1);
+        assert_eq!((m.outputs, m.fetch_view), (vec![job], true), "retried");
+    }
+}
