@@ -87,7 +87,6 @@ impl Agent {
             .context("cannot open the SDFS store")?;
         let key = dml_shared::auth::installed()?.clone();
         let membership = driver::spawn(udp, core, join, key);
-        // Made before the control plane so it can be handed job and repair events.
         let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {
             Some(path) => dml_shared::models::Registry::load(path)?,
@@ -97,7 +96,6 @@ impl Agent {
             Settings::from_config(cfg, addr, registry.clone()),
             &cfg.data_dir,
             membership.handle.clone(),
-            telemetry_handle.clone(),
         )
         .await
         .context("cannot start the control plane")?;

@@ -76,6 +76,19 @@ impl From<ControlError> for RemoteError {
     }
 }
 
+/// Why the leader path did not serve a request.
+pub(crate) enum Refusal {
+    /// Not the leader (any more); maybe who is.
+    NotLeader(Option<SocketAddr>),
+    Failed(ControlError),
+}
+
+impl From<ControlError> for Refusal {
+    fn from(e: ControlError) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ControlError;

@@ -6,7 +6,7 @@
 
 use super::error::ControlError;
 use super::types::voter_id;
-use super::{Inner, leader::Refusal};
+use super::{Inner, error::Refusal};
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::client::Client;
 use dml_shared::sdfs::MetaRequest;
@@ -31,15 +31,6 @@ impl Inner {
             return Some(a);
         }
         self.s.voters.iter().copied().find(|v| voter_id(*v) == id)
-    }
-
-    /// Whether this agent is the Raft leader right now.
-    pub(crate) fn is_leader(&self) -> bool {
-        self.raft.as_ref().is_some_and(|r| {
-            let m = r.metrics().borrow().clone();
-            m.current_leader == Some(voter_id(self.s.me))
-                && m.state == openraft::ServerState::Leader
-        })
     }
 
     pub(crate) async fn leader_info(&self) -> LeaderInfo {

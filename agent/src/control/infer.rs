@@ -1,20 +1,17 @@
 //! Inference requests served by the leader: job submission, C1–C5 and the
-//! worker protocol (leases and completions). Job progress goes through Raft
-//! (`jobs.rs`); leases and figures live in the [`Scheduler`].
+//! worker protocol (leases and completions), on the request path. Job
+//! progress goes through Raft (`jobs.rs`); leases and figures live in the
+//! scheduler the leader task owns (`task.rs`, `core.rs`).
 
 use super::Inner;
-use super::error::ControlError;
-use super::leader::Refusal;
-use super::scheduler::Scheduler;
-use super::store::read_sm;
+use super::core::batch_size;
+use super::error::{ControlError, Refusal};
+use super::task::{LeaderHandle, Request};
 use super::types::{Applied, Op};
-use dml_shared::infer::{
-    ImageResult, InferRequest, InferResponse, JobId, JobState, Lease, ModelInfo, Outcome, RateInfo,
-};
+use dml_shared::infer::{ImageResult, InferRequest, InferResponse, JobId, Lease, ModelInfo};
 use dml_shared::sdfs::{MetaResponse, validate_name};
 use std::net::SocketAddr;
-use std::sync::PoisonError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Numbers the scratch files of output reads.
 static OUTPUT_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -39,39 +36,17 @@ fn rejected(a: Applied) -> Result<Applied, Refusal> {
 }
 
 impl Inner {
-    /// Runs `f` on this leadership's scheduler, first syncing it with the
-    /// replicated jobs and expiring stale leases. A new term starts afresh.
-    pub(crate) fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler) -> T) -> T {
-        let term = self.term();
-        let mut guard = self.sched.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.as_ref().is_none_or(|(t, _)| *t != term) {
-            *guard = Some((term, Scheduler::new(term, self.s.inference.lease_timeout)));
-        }
-        let (_, sched) = guard.as_mut().expect("set above");
-        if let Some(sm) = &self.sm {
-            read_sm(sm, |d| sched.sync(&d.state.jobs));
-        }
-        if sched.expire(Instant::now()) > 0 {
-            self.work.notify_waiters();
-        }
-        f(sched)
-    }
-
-    fn batch_size(&self, jobs: &super::jobs::JobsState, model: &str) -> u32 {
-        jobs.batch
-            .get(model)
-            .copied()
-            .or_else(|| self.s.registry.get(model).map(|m| m.batch))
-            .unwrap_or(1)
-    }
-
-    pub(crate) async fn serve_infer(&self, req: InferRequest) -> Result<MetaResponse, Refusal> {
+    pub(crate) async fn serve_infer(
+        &self,
+        task: &LeaderHandle,
+        req: InferRequest,
+    ) -> Result<MetaResponse, Refusal> {
         let r = match req {
             InferRequest::Submit {
                 model,
                 count,
                 dataset,
-            } => self.submit(model, count, dataset).await?,
+            } => self.submit(task, model, count, dataset).await?,
             InferRequest::Jobs => {
                 self.linearize().await?;
                 InferResponse::Jobs(
@@ -115,7 +90,7 @@ impl Inner {
                         .iter()
                         .map(|m| ModelInfo {
                             name: m.name.clone(),
-                            batch_size: self.batch_size(&s.jobs, &m.name),
+                            batch_size: batch_size(&self.s.registry, s, &m.name),
                             max_batch: m.max_batch,
                             file: m.sdfs_name(),
                             version: s
@@ -128,54 +103,19 @@ impl Inner {
             }
             InferRequest::Rates => {
                 self.linearize().await?;
-                let now = Instant::now();
-                let totals = self.read(|s| {
-                    self.s
-                        .registry
-                        .models
-                        .iter()
-                        .map(|m| (m.name.clone(), s.jobs.totals(&m.name)))
-                        .collect::<Vec<_>>()
-                })?;
-                let rates = self.with_scheduler(|sch| {
-                    totals
-                        .into_iter()
-                        .map(|(model, (queries_total, images_total))| {
-                            let (q, i) = sch.rate(&model, now);
-                            RateInfo {
-                                model,
-                                queries_per_s: q,
-                                images_per_s: i,
-                                queries_total,
-                                images_total,
-                            }
-                        })
-                        .collect()
-                });
-                InferResponse::Rates(rates)
+                InferResponse::Rates(task.ask(Request::Rates).await?)
             }
             InferRequest::Latency => {
                 self.linearize().await?;
-                let names: Vec<String> = self
-                    .s
-                    .registry
-                    .models
-                    .iter()
-                    .map(|m| m.name.clone())
-                    .collect();
-                InferResponse::Latency(
-                    self.with_scheduler(|sch| {
-                        names.iter().filter_map(|m| sch.latency(m)).collect()
-                    }),
-                )
+                InferResponse::Latency(task.ask(Request::Latency).await?)
             }
             InferRequest::Placement => {
                 self.linearize().await?;
-                InferResponse::Placement(self.with_scheduler(|sch| sch.placement()))
+                InferResponse::Placement(task.ask(Request::Placement).await?)
             }
             InferRequest::Lease { worker, wait_ms } => {
                 let wait = Duration::from_millis(u64::from(wait_ms)).min(MAX_LEASE_WAIT);
-                InferResponse::Lease(self.lease(worker, wait).await?)
+                InferResponse::Lease(self.lease(task, worker, wait).await?)
             }
             InferRequest::Complete {
                 worker,
@@ -186,7 +126,7 @@ impl Inner {
                 failed,
             } => {
                 let elapsed = Duration::from_millis(u64::from(elapsed_ms));
-                self.complete(worker, query, job, results, elapsed, failed)
+                self.complete(task, worker, query, job, results, elapsed, failed)
                     .await?
             }
         };
@@ -195,6 +135,7 @@ impl Inner {
 
     async fn submit(
         &self,
+        task: &LeaderHandle,
         model: String,
         count: Option<u32>,
         dataset: String,
@@ -244,7 +185,7 @@ impl Inner {
         match rejected(applied)? {
             Applied::Job(job) => {
                 tracing::info!(job, %model, images = n, "job submitted");
-                self.work.notify_waiters();
+                task.tell(Request::JobsChanged).await?;
                 Ok(InferResponse::Submitted { job, images: n })
             }
             other => Err(Refusal::Failed(ControlError::Raft(format!(
@@ -254,90 +195,61 @@ impl Inner {
     }
 
     /// The next query for `worker`, waiting up to `wait` for one.
-    async fn lease(&self, worker: SocketAddr, wait: Duration) -> Result<Option<Lease>, Refusal> {
+    async fn lease(
+        &self,
+        task: &LeaderHandle,
+        worker: SocketAddr,
+        wait: Duration,
+    ) -> Result<Option<Lease>, Refusal> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut work = task.work();
         loop {
-            if !self.is_leader() {
-                return Err(Refusal::NotLeader(
-                    self.raft_leader().filter(|l| *l != self.s.me),
-                ));
-            }
-            // Register interest before looking, so a submit in between wakes us.
-            let notified = self.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let picked = self.with_scheduler(|sch| {
-                let sm = self.sm.as_ref()?;
-                read_sm(sm, |d| {
-                    let jobs = &d.state.jobs;
-                    let now = Instant::now();
-                    let dispatch = sch.dispatch(worker, |m| self.batch_size(jobs, m), now)?;
-                    let job = &jobs.jobs[&dispatch.job];
-                    let spec = self.s.registry.get(&dispatch.model)?;
-                    let model_file = spec.sdfs_name();
-                    let model_version = d.state.stat(&model_file)?.versions.pop()?;
-                    let mut images = Vec::new();
-                    let mut gone = Vec::new();
-                    for i in &dispatch.images {
-                        let name = job.image(*i).to_string();
-                        match d.state.stat(&name).and_then(|mut f| f.versions.pop()) {
-                            Some(v) => images.push((*i, name, v)),
-                            None => gone.push(ImageResult {
-                                index: *i,
-                                outcome: Outcome::Error(format!(
-                                    "image \"{name}\" is no longer in SDFS"
-                                )),
-                                image: name,
-                            }),
-                        }
-                    }
-                    Some((
-                        Lease {
-                            query: dispatch.query,
-                            job: dispatch.job,
-                            model: dispatch.model,
-                            model_file,
-                            model_version,
-                            images,
-                            lease_ms: dispatch.lease.as_millis() as u64,
-                        },
-                        gone,
-                    ))
-                })
-            });
-            if let Some((lease, gone)) = picked {
-                if !gone.is_empty() {
+            // Mark the signal seen before looking, so work that appears in
+            // between wakes us.
+            work.borrow_and_update();
+            let picked = task
+                .ask(|reply| Request::Dispatch { worker, reply })
+                .await?;
+            if let Some(picked) = picked {
+                let lease = picked.lease;
+                if !picked.gone.is_empty() {
                     let op = Op::CompleteQuery {
                         job: lease.job,
-                        results: gone,
+                        results: picked.gone,
                     };
                     rejected(self.propose(op).await?)?;
                 }
                 if lease.images.is_empty() {
                     // Nothing left to run: end the lease now rather than
                     // let it expire and put those images back to pending.
-                    self.with_scheduler(|sch| {
-                        sch.completed(
-                            lease.query,
-                            lease.job,
-                            &[],
-                            0,
-                            Duration::ZERO,
-                            Instant::now(),
-                        )
-                    });
+                    task.tell(Request::Completed {
+                        query: lease.query,
+                        job: lease.job,
+                        images: Vec::new(),
+                        new: 0,
+                        elapsed: Duration::ZERO,
+                    })
+                    .await?;
                     continue;
                 }
                 return Ok(Some(lease));
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(None);
+            match tokio::time::timeout_at(deadline, work.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the task ended (the next ask says so).
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => {
+                    let hint = self.raft_leader().filter(|l| *l != self.s.me);
+                    return Err(Refusal::NotLeader(hint));
+                }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn complete(
         &self,
+        task: &LeaderHandle,
         worker: SocketAddr,
         query: u64,
         job: JobId,
@@ -346,8 +258,13 @@ impl Inner {
         failed: Option<String>,
     ) -> Result<InferResponse, Refusal> {
         if let Some(reason) = failed {
-            let refused = self.with_scheduler(|sch| sch.refuse(query, worker));
-            self.work.notify_waiters();
+            let refused = task
+                .ask(|reply| Request::Refuse {
+                    query,
+                    worker,
+                    reply,
+                })
+                .await?;
             tracing::warn!(job, %worker, %reason, "a worker cannot run the job's model");
             let (_, alive) = self.live_view().await;
             let needed = REFUSALS_TO_FAIL.min(alive.len().max(1));
@@ -370,26 +287,20 @@ impl Inner {
                 ))));
             }
         };
-        self.with_scheduler(|sch| {
-            sch.completed(query, job, &indices, new, elapsed, Instant::now())
-        });
+        // A task that ended takes its scheduler along: nothing to update.
+        let _ = task
+            .tell(Request::Completed {
+                query,
+                job,
+                images: indices,
+                new,
+                elapsed,
+            })
+            .await;
         if finished {
             tracing::info!(job, %model, "job finished");
         }
         Ok(InferResponse::Accepted { new })
-    }
-
-    /// Finished jobs whose output is not yet stored in SDFS.
-    pub(crate) fn outputs_due(&self) -> Vec<JobId> {
-        self.read(|s| {
-            s.jobs
-                .jobs
-                .iter()
-                .filter(|(_, j)| j.state == JobState::Done && j.output.is_none())
-                .map(|(id, _)| *id)
-                .collect()
-        })
-        .unwrap_or_default()
     }
 
     /// Reads a finished job's output back from SDFS.

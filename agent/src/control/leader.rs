@@ -1,25 +1,23 @@
-//! What only the leader does: serve metadata requests (placement, put
-//! begin/commit/abort, delete, reads), expire stale puts, and repair
-//! under-replicated versions (plan in `repair.rs`, copies executed here).
+//! The leader's request path: metadata requests (placement, put
+//! begin/commit/abort, delete, reads) served in the caller's task, and the
+//! Raft access they share (`propose`, `linearize`). What only the leader
+//! keeps (plans, read lease, scheduler) lives in the leader task
+//! (`task.rs`), reached through its [`LeaderHandle`].
 
 use super::Inner;
-use super::error::ControlError;
+use super::error::{ControlError, Refusal};
 use super::placement;
 use super::plans::{Claimed, PlanRequest};
-use super::repair::{self, Copy, View};
 use super::store::read_sm;
+use super::task::{LeaderHandle, Request};
 use super::types::{Applied, Command, Op};
-use crate::membership::Event;
 use crate::membership::driver::unix_ms;
-use dml_shared::api::{MemberState, Request, Response};
-use dml_shared::client::Client;
-use dml_shared::sdfs::{ChangeOutcome, DataRequest, MetaRequest, MetaResponse, validate_name};
+use dml_shared::api::MemberState;
+use dml_shared::sdfs::{ChangeOutcome, MetaRequest, MetaResponse, validate_name};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
 
 /// Longest a membership list read for gating Raft RPCs is reused.
 const VIEW_TTL: Duration = Duration::from_millis(100);
@@ -35,22 +33,9 @@ pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketA
 /// frame limit even with 1 KiB names and many replicas.
 const ASSIGNED_MAX: usize = 2000;
 
-/// Period of the leader's expiry and repair pass (membership failures and
-/// leaves also trigger one at once).
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
-
-/// Why the leader path did not serve a request.
-pub(crate) enum Refusal {
-    /// Not the leader (any more); maybe who is.
-    NotLeader(Option<SocketAddr>),
-    Failed(ControlError),
-}
-
-impl From<ControlError> for Refusal {
-    fn from(e: ControlError) -> Self {
-        Refusal::Failed(e)
-    }
-}
+/// Longest a commit waits for its appended plan's outcome beyond
+/// `Settings::leader_wait` (the plan's own wait answers first).
+const CLAIM_SLACK: Duration = Duration::from_millis(100);
 
 /// What became of a put commit or a delete appended in term `appended`
 /// (for a put, its plan's term), seen by a leader of term `term` whose
@@ -70,6 +55,12 @@ fn outcome(done: bool, appended: u64, term: u64) -> ChangeOutcome {
 impl Inner {
     fn leader_addr_of(&self, leader_node: Option<openraft::BasicNode>) -> Option<SocketAddr> {
         leader_node.and_then(|n| n.addr.parse().ok())
+    }
+
+    /// The leader task of this agent's term, if it leads.
+    pub(crate) fn leader_task(&self) -> Result<LeaderHandle, Refusal> {
+        let task = self.leader.borrow().clone();
+        task.ok_or_else(|| Refusal::NotLeader(self.raft_leader().filter(|l| *l != self.s.me)))
     }
 
     /// Appends `op` to the log and waits for it to apply, for at most
@@ -100,7 +91,7 @@ impl Inner {
             Err(_) => Err(ControlError::Unconfirmed { waited: wait, term }.into()),
             Ok(Ok(r)) => {
                 // A quorum appended it after `sent`: they follow this leader.
-                self.extend_lease(r.log_id.leader_id.term, sent);
+                self.extend_lease(r.log_id.leader_id.term, sent).await;
                 Ok(r.data)
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -130,7 +121,8 @@ impl Inner {
         let Some(raft) = &self.raft else {
             return Err(Refusal::NotLeader(None));
         };
-        if self.lease_holds() {
+        let task = self.leader_task()?;
+        if task.ask(Request::LeaseHolds).await? {
             return Ok(());
         }
         let term = raft.metrics().borrow().current_term;
@@ -139,7 +131,7 @@ impl Inner {
         match tokio::time::timeout(wait, raft.ensure_linearizable()).await {
             Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
             Ok(Ok(_)) => {
-                self.extend_lease(term, sent);
+                self.extend_lease(term, sent).await;
                 Ok(())
             }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
@@ -154,34 +146,11 @@ impl Inner {
     }
 
     /// Records that a quorum acknowledged this leader (in `term`) after
-    /// `since`. Followers that did so refuse to vote for anyone else for
-    /// `election_timeout_max` after they heard from it (openraft's leader
-    /// lease), so no other leader can exist before `since` plus that; reads
-    /// are served without a quorum round until half of the shorter
-    /// `election_timeout_min` has passed.
-    fn extend_lease(&self, term: u64, since: std::time::Instant) {
-        let until = since + self.s.control.election_timeout_min / 2;
-        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
-        if lease.is_none_or(|(t, u)| t < term || (t == term && u < until)) {
-            *lease = Some((term, until));
+    /// `since`, extending the read lease (`lease.rs`) its task holds.
+    async fn extend_lease(&self, term: u64, since: std::time::Instant) {
+        if let Ok(task) = self.leader_task() {
+            let _ = task.tell(Request::ExtendLease { term, since }).await;
         }
-    }
-
-    /// Whether a read may skip the quorum round: this agent still leads in
-    /// the lease's term, the lease has not run out, and an entry of this
-    /// term is applied (so everything earlier leaders committed is too).
-    fn lease_holds(&self) -> bool {
-        let Some(raft) = &self.raft else {
-            return false;
-        };
-        let Some((term, until)) = *self.lease.lock().unwrap_or_else(|p| p.into_inner()) else {
-            return false;
-        };
-        let m = raft.metrics().borrow().clone();
-        std::time::Instant::now() < until
-            && m.state == openraft::ServerState::Leader
-            && m.current_term == term
-            && m.last_applied.is_some_and(|l| l.leader_id.term == term)
     }
 
     pub(crate) fn read<T>(
@@ -234,12 +203,32 @@ impl Inner {
         )
     }
 
+    /// Takes the plan of (`name`, `version`) from the leader task, waiting
+    /// for an appended plan's outcome (its failure is the caller's).
+    async fn claim_plan(
+        &self,
+        task: &LeaderHandle,
+        name: &str,
+        version: u64,
+        plan: u64,
+    ) -> Result<Claimed, Refusal> {
+        let name = name.to_string();
+        let wait = self.s.leader_wait() + CLAIM_SLACK;
+        let ask = task.ask(|reply| Request::Claim {
+            name,
+            version,
+            plan,
+            reply,
+        });
+        match tokio::time::timeout(wait, ask).await {
+            Ok(answer) => Ok(answer?.map_err(ControlError::from)?),
+            Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
+        }
+    }
+
     /// Serves `req` if this agent leads; the leader-side metadata logic.
     pub(crate) async fn serve_at_leader(&self, req: MetaRequest) -> Result<MetaResponse, Refusal> {
-        if !self.is_leader() {
-            let hint = self.raft_leader().filter(|l| *l != self.s.me);
-            return Err(Refusal::NotLeader(hint));
-        }
+        let task = self.leader_task()?;
         let rejected = |a: Applied| match a {
             Applied::Rejected(m) => Err(Refusal::Failed(ControlError::Rejected(m))),
             other => Ok(other),
@@ -258,14 +247,19 @@ impl Inner {
                 }
                 let chain = placement::place(&name, &alive, self.s.replicas);
                 let deadline_ms = unix_ms() + self.s.sdfs.put_timeout.as_millis() as u64;
-                let (version, plan) = self
-                    .plan_put(PlanRequest {
-                        name,
-                        size,
-                        replicas: chain.clone(),
-                        deadline_ms,
-                    })
-                    .await?;
+                // Current state: the lease holds, or a quorum round renews it.
+                self.linearize().await?;
+                let req = PlanRequest {
+                    name,
+                    size,
+                    replicas: chain.clone(),
+                    deadline_ms,
+                };
+                let version = task
+                    .ask(|reply| Request::PlanPut { req, reply })
+                    .await?
+                    .map_err(ControlError::from)?;
+                let plan = task.term();
                 Ok(MetaResponse::PutPlan {
                     version,
                     chain,
@@ -281,7 +275,7 @@ impl Inner {
                 plan,
             } => {
                 let quorum = self.s.sdfs.write_quorum;
-                let op = match self.claim_plan(&name, version, plan).await? {
+                let op = match self.claim_plan(&task, &name, version, plan).await? {
                     Claimed::Deferred { size } => Op::PutAt {
                         name,
                         version,
@@ -342,7 +336,7 @@ impl Inner {
                 version,
                 plan,
             } => {
-                match self.claim_plan(&name, version, plan).await {
+                match self.claim_plan(&task, &name, version, plan).await {
                     // A plan that failed, never left memory or is an earlier
                     // leader's (its deadline expires it) leaves nothing to abort.
                     Err(_) | Ok(Claimed::Deferred { .. } | Claimed::Foreign) => {
@@ -430,7 +424,7 @@ impl Inner {
                 let (items, more) = self.read(|s| s.assigned(node, after.as_ref(), limit))?;
                 Ok(MetaResponse::Assigned { items, more })
             }
-            MetaRequest::Infer(r) => self.serve_infer(r).await,
+            MetaRequest::Infer(r) => self.serve_infer(&task, r).await,
             MetaRequest::AtLeader(_) => Err(ControlError::BadRequest(
                 "a forwarded request was forwarded again".into(),
             )
@@ -443,179 +437,6 @@ fn unexpected(a: Applied) -> Refusal {
     Refusal::Failed(ControlError::Raft(format!(
         "unexpected result {a:?} from the state machine"
     )))
-}
-
-/// A repair copy finished (either way); its version may be planned again.
-struct CopyDone {
-    key: (String, u64),
-}
-
-/// The leader's periodic work, run on every voter (idle unless leading):
-/// expire pending puts past their deadline, and repair.
-pub(crate) async fn maintain(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
-    let mut events = inner.membership.subscribe();
-    let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (done_tx, mut done_rx) = mpsc::channel::<CopyDone>(64);
-    let mut busy: HashSet<(String, u64)> = HashSet::new();
-    let (out_tx, mut out_rx) = mpsc::channel::<u64>(16);
-    let mut outputs: HashSet<u64> = HashSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-            ev = events.recv() => match ev {
-                Ok(e) if matches!(e.event, Event::Failed(_) | Event::Left(_)) => {
-                    if let Event::Failed(id) | Event::Left(id) = e.event
-                        && inner.is_leader()
-                    {
-                        let n = inner.with_scheduler(|s| s.worker_gone(id.addr));
-                        if n > 0 {
-                            tracing::info!(worker = %id.addr, queries = n, "re-dispatching the queries of a departed worker");
-                            inner.work.notify_waiters();
-                        }
-                    }
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => {
-                    // Membership stopped: keep the timer only.
-                    events = inner.membership.subscribe();
-                    continue;
-                }
-            },
-            done = done_rx.recv() => {
-                if let Some(d) = done {
-                    busy.remove(&d.key);
-                }
-                continue;
-            }
-            job = out_rx.recv() => {
-                if let Some(job) = job {
-                    outputs.remove(&job);
-                }
-                continue;
-            }
-        }
-        if !inner.is_leader() {
-            continue;
-        }
-        expire(&inner).await;
-        repair_pass(&inner, &mut busy, &done_tx).await;
-        for job in inner.outputs_due() {
-            if outputs.insert(job) {
-                let (inner, tx) = (inner.clone(), out_tx.clone());
-                tokio::spawn(async move {
-                    match inner.store_output(job).await {
-                        Ok(()) => tracing::info!(job, "job output stored in SDFS"),
-                        Err(e) => {
-                            tracing::warn!(job, error = %e, "cannot store the job's output yet")
-                        }
-                    }
-                    let _ = tx.send(job).await;
-                });
-            }
-        }
-    }
-}
-
-async fn expire(inner: &Inner) {
-    let now = unix_ms();
-    let due = inner.read(|s| s.has_expired_pending(now)).unwrap_or(false);
-    if due {
-        match inner.propose(Op::ExpirePending).await {
-            Ok(_) => tracing::info!("expired stale pending puts"),
-            Err(Refusal::NotLeader(_)) => {}
-            Err(Refusal::Failed(e)) => tracing::warn!(error = %e, "cannot expire stale puts"),
-        }
-    }
-}
-
-async fn repair_pass(
-    inner: &Arc<Inner>,
-    busy: &mut HashSet<(String, u64)>,
-    done: &mpsc::Sender<CopyDone>,
-) {
-    let (live, alive) = inner.live_view().await;
-    let limit = inner.s.sdfs.repair_concurrency.saturating_sub(busy.len());
-    let Ok(plan) = inner.read(|s| {
-        repair::plan(
-            s,
-            View {
-                live: &live,
-                alive: &alive,
-            },
-            inner.s.replicas,
-            busy,
-            limit,
-        )
-    }) else {
-        return;
-    };
-    for (name, version) in &plan.unavailable {
-        tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
-    }
-    for t in plan.trims {
-        let op = Op::SetReplicas {
-            name: t.name,
-            version: t.version,
-            add: Vec::new(),
-            drop: t.dead,
-        };
-        if let Err(Refusal::Failed(e)) = inner.propose(op).await {
-            tracing::warn!(error = %e, "cannot drop dead holders from a replica set");
-        }
-    }
-    for copy in plan.copies {
-        busy.insert((copy.name.clone(), copy.version));
-        let (inner, done) = (inner.clone(), done.clone());
-        tokio::spawn(async move {
-            let key = (copy.name.clone(), copy.version);
-            inner.telemetry.repair_started();
-            run_copy(&inner, copy).await;
-            inner.telemetry.repair_finished();
-            let _ = done.send(CopyDone { key }).await;
-        });
-    }
-}
-
-/// Asks the target to copy the version, then records it as a holder.
-async fn run_copy(inner: &Inner, copy: Copy) {
-    let sdfs = &inner.s.sdfs;
-    let transfer = Duration::from_secs_f64(copy.size as f64 / sdfs.repair_bytes_per_sec as f64);
-    let mut client = Client::new(copy.target).with_timeout(transfer + sdfs.put_timeout);
-    let req = Request::Data(DataRequest::Replicate {
-        name: copy.name.clone(),
-        version: copy.version,
-        size: copy.size,
-        checksum: copy.checksum,
-        sources: copy.sources.clone(),
-    });
-    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copying");
-    match client.call(&req).await {
-        Ok(Response::Stored { holders, .. }) if holders.contains(&copy.target) => {
-            let op = Op::SetReplicas {
-                name: copy.name.clone(),
-                version: copy.version,
-                add: vec![copy.target],
-                drop: copy.dead,
-            };
-            match inner.propose(op).await {
-                Ok(_) => {
-                    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copy recorded")
-                }
-                Err(Refusal::NotLeader(_)) => {}
-                Err(Refusal::Failed(e)) => {
-                    tracing::warn!(name = %copy.name, error = %e, "repair: cannot record the copy")
-                }
-            }
-        }
-        Ok(other) => {
-            tracing::warn!(name = %copy.name, target = %copy.target, answer = ?other, "repair: copy refused")
-        }
-        Err(e) => {
-            tracing::warn!(name = %copy.name, target = %copy.target, error = %e, "repair: copy failed")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,27 +3,46 @@
 //! the cluster leader; every agent (voter or not) accepts metadata requests
 //! and forwards them to it.
 //!
+//! Replicated state (pure):
 //! - [`types`]: the openraft type config, the commands of the log, voter ids.
-//! - [`state`]: the metadata state machine (a plain struct; pure).
-//! - [`jobs`]: its inference part: jobs, per-image results, batch sizes (pure).
-//! - [`placement`]: consistent hashing of names over agents (pure).
-//! - [`repair`]: the repair planner (pure).
+//! - [`state`]: the metadata state machine (a plain struct).
+//! - [`jobs`]: its inference part: jobs, per-image results, batch sizes.
+//! - [`placement`]: consistent hashing of names over agents.
 //! - [`store`]: the redb log, vote and snapshot storage.
 //! - [`network`]: Raft RPCs over the agent TCP port.
-//! - [`leader`]: metadata requests served by the leader, and its periodic
-//!   tasks (expiry of stale puts, repair, storing finished jobs' output).
-//! - [`plans`]: put plans the leader answers before their entry commits.
-//! - [`infer`]: inference requests served by the leader (jobs, C1–C5, leases).
-//! - [`scheduler`]: the leader's in-memory leases and fair-time dispatch (pure).
+//!
+//! The leader's own state, owned by one task per leader term:
+//! - [`task`]: the leader task and its supervisor. The supervisor (one per
+//!   voter) watches Raft's metrics and runs a leader task while this voter
+//!   leads, a new one per term, dropped when the term ends. The task owns
+//!   the [`core::LeaderCore`] and is fed one `Input` enum: requests with a
+//!   oneshot reply, membership events, Raft metric changes, ticks, and the
+//!   results of the Raft writes, transfers and output stores it spawned.
+//! - [`core`]: the leader core (pure, takes `now`): the scheduler, the put
+//!   plans, the read lease, and the bookkeeping of the maintenance pass
+//!   (stale puts to expire, repair copies in flight, outputs being stored).
+//! - [`plans`]: put plans answered before their entry commits (pure).
+//! - [`lease`]: the read lease (pure).
+//! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
+//! - [`repair`]: the repair planner (pure).
+//!
+//! The request path, run in the caller's task (no lock held across an await):
 //! - [`forward`]: finding the leader and forwarding to it.
+//! - [`leader`]: metadata requests at the leader, `propose` and `linearize`.
+//! - [`infer`]: inference requests at the leader (jobs, C1–C5, leases).
 //! - this file: [`ControlPlane`] (start and stop) and [`ControlHandle`] (what
-//!   the API calls).
+//!   the API calls); `Inner` holds what the request path and the tasks share:
+//!   the settings, the Raft and state-machine handles, membership, the
+//!   current leader task's handle, and the repairs-in-flight counter that
+//!   telemetry reads.
 
+pub mod core;
 pub mod error;
 pub mod forward;
 pub mod infer;
 pub mod jobs;
 pub mod leader;
+pub mod lease;
 pub mod network;
 pub mod placement;
 pub mod plans;
@@ -31,6 +50,7 @@ pub mod repair;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod task;
 pub mod types;
 
 use crate::membership::driver::MembershipHandle;
@@ -42,6 +62,7 @@ pub use error::ControlError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::SharedSm;
@@ -102,20 +123,14 @@ pub(crate) struct Inner {
     pub raft: Option<Raft<TypeConfig>>,
     pub sm: Option<SharedSm>,
     pub membership: MembershipHandle,
+    /// The leader task of the current term while this voter leads.
+    pub leader: watch::Receiver<Option<task::LeaderHandle>>,
+    /// Repair copies in flight (this agent leading), read by telemetry.
+    pub repairs: AtomicU64,
     /// Non-voters: the leader last learned from a voter.
     pub leader_hint: Mutex<Option<SocketAddr>>,
-    /// The leader's scheduler and the term it belongs to.
-    pub sched: Mutex<Option<(u64, scheduler::Scheduler)>>,
-    /// Wakes workers' lease requests waiting for work.
-    pub work: tokio::sync::Notify,
     /// Open connections for forwarding requests to the leader.
     pub pool: Mutex<Vec<dml_shared::client::Client>>,
-    /// Where repairs in flight are counted for the console.
-    pub telemetry: crate::telemetry::Telemetry,
-    /// Leader lease for reads: (term, until); see `leader.rs`.
-    pub lease: Mutex<Option<(u64, std::time::Instant)>>,
-    /// Put plans appended ahead of their commit; see `plans.rs`.
-    pub plans: tokio::sync::Mutex<plans::Plans>,
     /// (applied index, digest) of the state machine last hashed.
     pub digest: Mutex<Option<(u64, String)>>,
     /// The membership list last read to gate Raft RPCs, and when.
@@ -183,6 +198,13 @@ impl ControlHandle {
         network::serve(raft, &rpc, refuse).await
     }
 
+    /// Repair copies this agent (as leader) has in flight.
+    pub fn repairs_in_flight(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.repairs.load(Ordering::Relaxed))
+    }
+
     /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
     pub fn log_status(&self) -> Option<LogStatus> {
         let raft = self.inner.as_ref()?.raft.as_ref()?;
@@ -223,13 +245,12 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Starts Raft if `settings.me` is a voter (state in `<data_dir>/control/`),
-    /// and the leader's periodic tasks. With no voters configured it starts
+    /// and the supervisor of its leader task. With no voters configured it starts
     /// nothing and its handle refuses every request.
     pub async fn start(
         settings: Settings,
         data_dir: &std::path::Path,
         membership: MembershipHandle,
-        telemetry: crate::telemetry::Telemetry,
     ) -> Result<Self, ControlError> {
         let (stop, stop_rx) = watch::channel(false);
         if settings.voters.is_empty() {
@@ -246,24 +267,26 @@ impl ControlPlane {
         } else {
             (None, None, None)
         };
+        let (publish, leader) = watch::channel(None);
         let inner = Arc::new(Inner {
             s: settings,
             raft,
             sm,
             membership,
+            leader,
+            repairs: AtomicU64::new(0),
             leader_hint: Mutex::new(None),
-            sched: Mutex::new(None),
-            work: tokio::sync::Notify::new(),
             pool: Mutex::new(Vec::new()),
-            telemetry,
-            lease: Mutex::new(None),
-            plans: tokio::sync::Mutex::default(),
             view: Mutex::new(None),
             digest: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {
-            tasks.push(tokio::spawn(leader::maintain(inner.clone(), stop_rx)));
+            tasks.push(tokio::spawn(task::supervise(
+                inner.clone(),
+                publish,
+                stop_rx,
+            )));
         }
         Ok(Self {
             handle: ControlHandle { inner: Some(inner) },
@@ -277,7 +300,7 @@ impl ControlPlane {
         self.handle.clone()
     }
 
-    /// Stops the periodic tasks and the Raft node.
+    /// Stops the leader task, its supervisor and the Raft node.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {

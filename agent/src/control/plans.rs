@@ -18,24 +18,19 @@
 //!
 //! The copies of a failed put are orphans that reconcile drops after
 //! `sdfs.put_timeout`, as with any failed put.
+//!
+//! [`Plans`] is pure (every call takes `now`); the leader task (`task.rs`)
+//! owns it, appends the entries it asks for and feeds back their outcome.
 
-use super::Inner;
-use super::leader::Refusal;
-use super::types::{Applied, Command, Op};
-use crate::control::error::ControlError;
-use crate::membership::driver::unix_ms;
-use openraft::error::ClientWriteError;
-use std::collections::HashMap;
+use super::error::ControlError;
+use super::types::Op;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-
-/// A plan's outcome once its entry applied or failed to.
-type Outcome = Option<Result<(), Failed>>;
 
 /// Why a plan's entry did not apply (a clonable [`ControlError`]).
-#[derive(Clone, Debug)]
-enum Failed {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failed {
     NoQuorum(Duration),
     Rejected(String),
     Raft(String),
@@ -51,30 +46,22 @@ impl From<Failed> for ControlError {
     }
 }
 
-/// The leader's plans of one term.
-#[derive(Default)]
-pub(crate) struct Plans {
-    term: u64,
-    /// Next version to hand out, for names with plans ahead of the state.
-    next: HashMap<String, u64>,
-    /// Plans not yet claimed, with when they were made.
-    open: HashMap<(String, u64), (Instant, Plan)>,
-}
-
 /// The largest put whose plan is not appended before its commit. Its store
 /// takes milliseconds, far less than an election (`control.election_timeout_min`).
-pub(crate) const DEFER_MAX: u64 = 4 << 20;
+pub const DEFER_MAX: u64 = 4 << 20;
 
 /// A plan the leader made.
+#[derive(Debug)]
 enum Plan {
     /// In memory only; the commit carries it (`Op::PutAt`).
     Deferred { size: u64 },
     /// Appended; its outcome once known.
-    Appended(watch::Receiver<Outcome>),
+    Appended(Option<Result<(), Failed>>),
 }
 
 /// What a claimed plan asks of the commit.
-pub(crate) enum Claimed {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
     /// Append plan and commit together: `Op::PutAt` with this size.
     Deferred { size: u64 },
     /// This leader's plan is in the log (or was claimed before, by a commit
@@ -84,124 +71,210 @@ pub(crate) enum Claimed {
     Foreign,
 }
 
+/// The answer to a claim.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Final now (an appended plan that failed fails its commit).
+    Now(Result<Claimed, Failed>),
+    /// The plan's entry has no outcome yet: [`Plans::settled`] gives it.
+    Wait,
+}
+
 /// What a put asked of the leader.
-pub(crate) struct PlanRequest {
+#[derive(Clone, Debug)]
+pub struct PlanRequest {
     pub name: String,
     pub size: u64,
     pub replicas: Vec<SocketAddr>,
     pub deadline_ms: u64,
 }
 
-impl Inner {
-    /// Reserves the next version of `req.name` and returns it with the plan's
-    /// id (this leader's term). The plan stays in memory (small puts) or is
-    /// appended without waiting for the entry to commit.
-    pub(crate) async fn plan_put(&self, req: PlanRequest) -> Result<(u64, u64), Refusal> {
-        let Some(raft) = &self.raft else {
-            return Err(Refusal::NotLeader(None));
-        };
-        // Current state: the lease holds, or a quorum round renews it.
-        self.linearize().await?;
-        let term = raft.metrics().borrow().current_term;
-        // One appender at a time, so plans enter the log in version order.
-        let mut plans = self.plans.lock().await;
-        if plans.term != term {
-            *plans = Plans {
-                term,
-                ..Plans::default()
+/// A new plan: its version, and for a large put the entry to append (then
+/// [`Plans::appended`] once it is handed to Raft).
+#[derive(Debug, PartialEq)]
+pub struct Planned {
+    pub version: u64,
+    pub append: Option<Op>,
+}
+
+/// The put plans of one leader term.
+#[derive(Debug)]
+pub struct Plans {
+    term: u64,
+    /// How long an unclaimed plan is kept.
+    forget_after: Duration,
+    /// Next version to hand out, for names with plans ahead of the state.
+    next: HashMap<String, u64>,
+    /// Plans not yet claimed, with when they were made.
+    open: HashMap<(String, u64), (Instant, Plan)>,
+    /// Appended plans claimed before their outcome was known.
+    awaited: HashSet<(String, u64)>,
+}
+
+impl Plans {
+    /// The plans of the leader of `term`; an unclaimed plan is forgotten
+    /// after `forget_after` (twice `sdfs.put_timeout`).
+    pub fn new(term: u64, forget_after: Duration) -> Self {
+        Self {
+            term,
+            forget_after,
+            next: HashMap::new(),
+            open: HashMap::new(),
+            awaited: HashSet::new(),
+        }
+    }
+
+    /// The plans' id: the term of the leader that makes them.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Reserves the next version of `req.name`; `next_version` is the
+    /// current state's (read under the lease). A small put's plan stays
+    /// here; a large one's entry is returned for the caller to append.
+    pub fn plan(
+        &mut self,
+        req: PlanRequest,
+        next_version: impl Fn(&str) -> u64,
+        now: Instant,
+    ) -> Planned {
+        self.forget_stale(now);
+        // Names the state caught up with need no entry.
+        self.next.retain(|n, v| *v > next_version(n));
+        let version = self
+            .next
+            .get(&req.name)
+            .copied()
+            .unwrap_or(0)
+            .max(next_version(&req.name));
+        if req.size <= DEFER_MAX {
+            self.next.insert(req.name.clone(), version + 1);
+            let plan = Plan::Deferred { size: req.size };
+            self.open.insert((req.name, version), (now, plan));
+            return Planned {
+                version,
+                append: None,
             };
         }
-        let forget = self.s.sdfs.put_timeout * 2;
-        plans.open.retain(|_, (at, _)| at.elapsed() < forget);
-        let next = &mut plans.next;
-        let version = self.read(|s| {
-            // Names the state caught up with need no entry.
-            next.retain(|n, v| *v > s.next_version(n));
-            next.get(&req.name)
-                .copied()
-                .unwrap_or(0)
-                .max(s.next_version(&req.name))
-        })?;
-        if req.size <= DEFER_MAX {
-            plans.next.insert(req.name.clone(), version + 1);
-            let plan = Plan::Deferred { size: req.size };
-            plans
-                .open
-                .insert((req.name, version), (Instant::now(), plan));
-            return Ok((version, term));
-        }
-        let cmd = Command {
-            now_ms: unix_ms(),
-            op: Op::BeginPutAt {
-                name: req.name.clone(),
+        Planned {
+            version,
+            append: Some(Op::BeginPutAt {
+                name: req.name,
                 version,
                 size: req.size,
                 replicas: req.replicas,
                 deadline_ms: req.deadline_ms,
-            },
-        };
-        let rx = raft
-            .client_write_ff(cmd)
-            .await
-            .map_err(|e| ControlError::Raft(e.to_string()))?;
-        plans.next.insert(req.name.clone(), version + 1);
-        let (tx, outcome) = watch::channel(None);
-        let plan = Plan::Appended(outcome);
-        plans
-            .open
-            .insert((req.name, version), (Instant::now(), plan));
-        drop(plans);
-        let wait = self.s.leader_wait();
-        tokio::spawn(async move {
-            let r = match tokio::time::timeout(wait, rx).await {
-                Err(_) => Err(Failed::NoQuorum(wait)),
-                Ok(Err(_)) => Err(Failed::Raft("the Raft core stopped".into())),
-                Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(Failed::Rejected(
-                    "the leader changed before the put's plan committed; retry the put".into(),
-                )),
-                Ok(Ok(Err(e))) => Err(Failed::Raft(e.to_string())),
-                Ok(Ok(Ok(r))) => match r.data {
-                    Applied::Rejected(m) => Err(Failed::Rejected(m)),
-                    _ => Ok(()),
-                },
-            };
-            let _ = tx.send(Some(r));
-        });
-        Ok((version, term))
+            }),
+        }
     }
 
-    /// Takes the plan of (`name`, `version`) if this leader made it and
-    /// nobody claimed it yet, waiting for an appended plan's outcome (its
-    /// failure is the caller's).
-    pub(crate) async fn claim_plan(
-        &self,
+    /// The entry of a large plan went to Raft: the version is taken.
+    pub fn appended(&mut self, name: &str, version: u64, now: Instant) {
+        self.next.insert(name.to_string(), version + 1);
+        self.open
+            .insert((name.to_string(), version), (now, Plan::Appended(None)));
+    }
+
+    /// An appended plan's entry applied (or failed to). Returns the answer
+    /// of the commit waiting for it, if one is.
+    pub fn settled(
+        &mut self,
         name: &str,
         version: u64,
-        plan_id: u64,
-    ) -> Result<Claimed, Refusal> {
-        let term = self
-            .raft
-            .as_ref()
-            .map(|r| r.metrics().borrow().current_term);
-        let mut plans = self.plans.lock().await;
-        if Some(plan_id) != term || plans.term != plan_id {
-            return Ok(Claimed::Foreign);
+        outcome: Result<(), Failed>,
+    ) -> Option<Result<Claimed, Failed>> {
+        let key = (name.to_string(), version);
+        if self.awaited.remove(&key) {
+            return Some(outcome.map(|()| Claimed::Logged));
         }
-        let Some((_, plan)) = plans.open.remove(&(name.to_string(), version)) else {
-            return Ok(Claimed::Logged);
-        };
-        drop(plans);
-        let mut outcome = match plan {
-            Plan::Deferred { size } => return Ok(Claimed::Deferred { size }),
-            Plan::Appended(outcome) => outcome,
-        };
-        let wait = self.s.leader_wait() + Duration::from_millis(100);
-        match tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await {
-            Ok(Ok(r)) => match r.as_ref() {
-                Some(Err(e)) => Err(Refusal::Failed(e.clone().into())),
-                _ => Ok(Claimed::Logged),
-            },
-            _ => Err(ControlError::NoQuorum { waited: wait }.into()),
+        if let Some((_, Plan::Appended(o))) = self.open.get_mut(&key) {
+            *o = Some(outcome);
         }
+        None
+    }
+
+    /// Takes the plan of (`name`, `version`) if this leader (`plan_id` is
+    /// its term) made it and nobody claimed it yet.
+    pub fn claim(&mut self, name: &str, version: u64, plan_id: u64) -> Claim {
+        if plan_id != self.term {
+            return Claim::Now(Ok(Claimed::Foreign));
+        }
+        let key = (name.to_string(), version);
+        let Some((_, plan)) = self.open.remove(&key) else {
+            return Claim::Now(Ok(Claimed::Logged));
+        };
+        match plan {
+            Plan::Deferred { size } => Claim::Now(Ok(Claimed::Deferred { size })),
+            Plan::Appended(Some(outcome)) => Claim::Now(outcome.map(|()| Claimed::Logged)),
+            Plan::Appended(None) => {
+                self.awaited.insert(key);
+                Claim::Wait
+            }
+        }
+    }
+
+    /// Drops plans nobody claimed within `forget_after`.
+    pub fn forget_stale(&mut self, now: Instant) {
+        let keep = self.forget_after;
+        self.open
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < keep);
+    }
+
+    /// Plans made and not claimed.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, size: u64) -> PlanRequest {
+        PlanRequest {
+            name: name.into(),
+            size,
+            replicas: Vec::new(),
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn small_plans_stay_in_memory_and_take_consecutive_versions() {
+        let mut p = Plans::new(4, Duration::from_secs(60));
+        let t = Instant::now();
+        let a = p.plan(req("f", 3), |_| 1, t);
+        let b = p.plan(req("f", 3), |_| 1, t);
+        assert_eq!((a.version, b.version), (1, 2));
+        assert!(a.append.is_none() && b.append.is_none());
+        assert_eq!(
+            p.claim("f", 2, 4),
+            Claim::Now(Ok(Claimed::Deferred { size: 3 }))
+        );
+        // Claimed once: a retry of that commit finds it logged.
+        assert_eq!(p.claim("f", 2, 4), Claim::Now(Ok(Claimed::Logged)));
+        assert_eq!(p.claim("f", 1, 3), Claim::Now(Ok(Claimed::Foreign)));
+    }
+
+    #[test]
+    fn a_commit_of_an_appended_plan_waits_for_its_outcome() {
+        let mut p = Plans::new(2, Duration::from_secs(60));
+        let t = Instant::now();
+        let big = p.plan(req("f", DEFER_MAX + 1), |_| 5, t);
+        assert_eq!(big.version, 5);
+        assert!(matches!(
+            big.append,
+            Some(Op::BeginPutAt { version: 5, .. })
+        ));
+        p.appended("f", 5, t);
+        assert_eq!(p.plan(req("f", 1), |_| 5, t).version, 6);
+        assert_eq!(p.claim("f", 5, 2), Claim::Wait);
+        let failed = Failed::Rejected("no".into());
+        assert_eq!(p.settled("f", 5, Err(failed.clone())), Some(Err(failed)));
+        // Settled before the claim: the claim answers at once.
+        p.plan(req("g", DEFER_MAX + 1), |_| 1, t);
+        p.appended("g", 1, t);
+        assert_eq!(p.settled("g", 1, Ok(())), None);
+        assert_eq!(p.claim("g", 1, 2), Claim::Now(Ok(Claimed::Logged)));
     }
 }

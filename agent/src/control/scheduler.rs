@@ -99,8 +99,9 @@ impl Scheduler {
     /// Brings the job list in line with the replicated state: admits new
     /// running jobs (at the smallest virtual time, with every image still
     /// missing pending) and forgets ended ones and their leases. Cheap when
-    /// nothing changed: it walks the jobs, not their images.
-    pub fn sync(&mut self, state: &JobsState) {
+    /// nothing changed: it walks the jobs, not their images. Returns how many
+    /// jobs it admitted.
+    pub fn sync(&mut self, state: &JobsState) -> usize {
         let running = |id: &JobId| {
             state
                 .jobs
@@ -110,6 +111,7 @@ impl Scheduler {
         self.jobs.retain(|id, _| running(id));
         self.leases.retain(|_, l| running(&l.job));
         let start = self.jobs.values().map(|j| j.pass).min().unwrap_or(0);
+        let mut admitted = 0;
         for (id, job) in &state.jobs {
             if job.state != dml_shared::infer::JobState::Running || self.jobs.contains_key(id) {
                 continue;
@@ -123,7 +125,9 @@ impl Scheduler {
                     refused: BTreeSet::new(),
                 },
             );
+            admitted += 1;
         }
+        admitted
     }
 
     /// Puts the images of expired leases back to pending; returns how many

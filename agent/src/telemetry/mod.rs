@@ -69,7 +69,6 @@ struct Inner {
     others: Mutex<HashMap<SocketAddr, (NodeStats, Instant)>>,
     leader: Mutex<Option<LeaderInfo>>,
     figures: Mutex<Option<ClusterFigures>>,
-    repairs: AtomicU64,
     frames: AtomicU64,
     sdfs: SdfsHandle,
 }
@@ -86,22 +85,6 @@ impl Telemetry {
     pub fn event(&self, kind: EventKind, text: impl Into<String>) {
         if let Some(i) = &self.inner {
             i.push_event(kind, text.into());
-        }
-    }
-
-    /// A repair copy started on this (leader) agent; shown as in flight
-    /// until [`Telemetry::repair_finished`].
-    pub fn repair_started(&self) {
-        if let Some(i) = &self.inner {
-            i.repairs.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn repair_finished(&self) {
-        if let Some(i) = &self.inner {
-            let _ = i
-                .repairs
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
 
@@ -282,7 +265,6 @@ impl Telemetry {
                 others: Mutex::new(HashMap::new()),
                 leader: Mutex::new(None),
                 figures: Mutex::new(None),
-                repairs: AtomicU64::new(0),
                 frames: AtomicU64::new(0),
                 sdfs,
             })),
@@ -435,7 +417,7 @@ async fn fetch_figures(inner: Arc<Inner>, src: Sources) {
         if inner.subs_len() == 0 {
             continue;
         }
-        let repairs = inner.repairs.load(Ordering::Relaxed);
+        let repairs = src.control.repairs_in_flight();
         let f = figures::fetch(&src.control, src.replicas, repairs).await;
         let mut cache = inner.figures.lock().expect("figures lock");
         for (kind, text) in derive::changes(cache.as_ref(), &f) {
@@ -573,19 +555,6 @@ mod tests {
         );
         // A restarted agent's counter starts again from zero.
         assert_eq!(repaired(a, Some(5), 1), None);
-    }
-
-    #[test]
-    fn repairs_in_flight_never_go_below_zero() {
-        let t = Telemetry {
-            inner: Some(inner()),
-        };
-        t.repair_finished();
-        t.repair_started();
-        t.repair_started();
-        t.repair_finished();
-        let i = t.inner.as_ref().unwrap();
-        assert_eq!(i.repairs.load(Ordering::Relaxed), 1);
     }
 
     /// A subscription over a real socket: the first frame carries the event

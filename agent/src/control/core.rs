@@ -1,0 +1,407 @@
+//! The leader's own state, as one pure core: the scheduler, the put plans,
+//! the read lease, and the bookkeeping of its periodic work (stale puts to
+//! expire, repair copies in flight, finished jobs' outputs being stored).
+//! It never reads a clock, a socket or the Raft log: the leader task
+//! (`task.rs`) hands it the applied state and `now`, and executes what it
+//! returns (entries to append, copies to run, answers to send).
+
+use super::lease::ReadLease;
+use super::plans::Plans;
+use super::repair::{self, View};
+use super::scheduler::Scheduler;
+use super::state::MetaState;
+use dml_shared::infer::{
+    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo,
+};
+use dml_shared::models::Registry;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the core needs from the settings.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// Shortest query lease (`inference.lease_timeout`).
+    pub min_lease: Duration,
+    /// How long an unclaimed put plan is kept (twice `sdfs.put_timeout`).
+    pub forget_plans: Duration,
+    /// How long a read lease lasts (half of `control.election_timeout_min`).
+    pub read_lease: Duration,
+    /// Repair copies in flight at most (`sdfs.repair_concurrency`).
+    pub repair_concurrency: usize,
+    /// Copies of each version (`Config::replicas`).
+    pub replicas: usize,
+    pub registry: Arc<Registry>,
+}
+
+/// A query picked for a worker: the lease to send, and the results of
+/// images gone from SDFS since the job was submitted (to record first).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Picked {
+    pub lease: Lease,
+    pub gone: Vec<ImageResult>,
+}
+
+/// What a maintenance pass asks the task to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Append `Op::ExpirePending` (stale pending puts), then [`LeaderCore::expired`].
+    pub expire_puts: bool,
+    /// Read the membership view, then [`LeaderCore::plan_repair`].
+    pub fetch_view: bool,
+    /// Store these finished jobs' outputs, then [`LeaderCore::output_stored`].
+    pub outputs: Vec<JobId>,
+    /// Leases expired: workers waiting for work should look again.
+    pub work: bool,
+}
+
+/// A model's batch size: set through Raft, else the registry's.
+pub fn batch_size(registry: &Registry, state: &MetaState, model: &str) -> u32 {
+    state
+        .jobs
+        .batch
+        .get(model)
+        .copied()
+        .or_else(|| registry.get(model).map(|m| m.batch))
+        .unwrap_or(1)
+}
+
+/// The leader's state for one term.
+#[derive(Debug)]
+pub struct LeaderCore {
+    term: u64,
+    cfg: CoreConfig,
+    sched: Scheduler,
+    plans: Plans,
+    lease: ReadLease,
+    /// Versions with a repair copy in flight.
+    copying: HashSet<(String, u64)>,
+    /// Jobs whose output is being stored.
+    storing: HashSet<JobId>,
+    /// An `ExpirePending` append is in flight.
+    expiring: bool,
+    /// A membership read for repair is in flight.
+    viewing: bool,
+}
+
+impl LeaderCore {
+    /// The core of the leader of `term`, empty: the scheduler is rebuilt
+    /// from the replicated jobs by [`LeaderCore::sync`].
+    pub fn new(term: u64, cfg: CoreConfig) -> Self {
+        Self {
+            term,
+            sched: Scheduler::new(term, cfg.min_lease),
+            plans: Plans::new(term, cfg.forget_plans),
+            lease: ReadLease::new(term, cfg.read_lease),
+            copying: HashSet::new(),
+            storing: HashSet::new(),
+            expiring: false,
+            viewing: false,
+            cfg,
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn plans(&mut self) -> &mut Plans {
+        &mut self.plans
+    }
+
+    pub fn lease(&mut self) -> &mut ReadLease {
+        &mut self.lease
+    }
+
+    /// Brings the scheduler in line with the applied jobs and expires stale
+    /// leases. Returns whether there may be new work for waiting workers.
+    pub fn sync(&mut self, state: &MetaState, now: Instant) -> bool {
+        let admitted = self.sched.sync(&state.jobs);
+        let expired = self.sched.expire(now);
+        admitted + expired > 0
+    }
+
+    /// The next query for `worker` (fair time across jobs), with the SDFS
+    /// versions of its model and images. `None`: no work for it now.
+    pub fn dispatch(
+        &mut self,
+        worker: SocketAddr,
+        state: &MetaState,
+        now: Instant,
+    ) -> Option<Picked> {
+        self.sync(state, now);
+        let registry = &self.cfg.registry;
+        let size = |m: &str| batch_size(registry, state, m);
+        let dispatch = self.sched.dispatch(worker, size, now)?;
+        let job = &state.jobs.jobs[&dispatch.job];
+        let spec = self.cfg.registry.get(&dispatch.model)?;
+        let model_file = spec.sdfs_name();
+        let model_version = state.stat(&model_file)?.versions.pop()?;
+        let mut images = Vec::new();
+        let mut gone = Vec::new();
+        for i in &dispatch.images {
+            let name = job.image(*i).to_string();
+            match state.stat(&name).and_then(|mut f| f.versions.pop()) {
+                Some(v) => images.push((*i, name, v)),
+                None => gone.push(ImageResult {
+                    index: *i,
+                    outcome: Outcome::Error(format!("image \"{name}\" is no longer in SDFS")),
+                    image: name,
+                }),
+            }
+        }
+        Some(Picked {
+            lease: Lease {
+                query: dispatch.query,
+                job: dispatch.job,
+                model: dispatch.model,
+                model_file,
+                model_version,
+                images,
+                lease_ms: dispatch.lease.as_millis() as u64,
+            },
+            gone,
+        })
+    }
+
+    /// The state machine accepted `query`'s results (`new` of `images` new).
+    pub fn completed(
+        &mut self,
+        query: u64,
+        job: JobId,
+        images: &[u32],
+        new: u32,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        self.sched.completed(query, job, images, new, elapsed, now);
+    }
+
+    /// `worker` cannot run `query`'s model: (job, distinct refusals).
+    pub fn refuse(&mut self, query: u64, worker: SocketAddr) -> Option<(JobId, usize)> {
+        self.sched.refuse(query, worker)
+    }
+
+    /// `worker` failed or left: its queries go back to pending. Returns how many.
+    pub fn worker_gone(&mut self, worker: SocketAddr) -> usize {
+        self.sched.worker_gone(worker)
+    }
+
+    /// Queries leased right now.
+    pub fn in_flight(&self) -> usize {
+        self.sched.in_flight()
+    }
+
+    /// C1 of every registered model; `totals` are the applied counts.
+    pub fn rates(&mut self, state: &MetaState, now: Instant) -> Vec<RateInfo> {
+        self.cfg
+            .registry
+            .models
+            .iter()
+            .map(|m| {
+                let (queries_total, images_total) = state.jobs.totals(&m.name);
+                let (q, i) = self.sched.rate(&m.name, now);
+                RateInfo {
+                    model: m.name.clone(),
+                    queries_per_s: q,
+                    images_per_s: i,
+                    queries_total,
+                    images_total,
+                }
+            })
+            .collect()
+    }
+
+    /// C2 of every registered model that completed a query under this leader.
+    pub fn latency(&self) -> Vec<LatencyInfo> {
+        self.cfg
+            .registry
+            .models
+            .iter()
+            .filter_map(|m| self.sched.latency(&m.name))
+            .collect()
+    }
+
+    /// C5: the workers holding leases of each running job.
+    pub fn placement(&self) -> Vec<Placement> {
+        self.sched.placement()
+    }
+
+    /// The periodic pass: forget stale plans, expire leases, and say what
+    /// to start (each kind of work at most once at a time).
+    pub fn maintain(&mut self, state: &MetaState, now: Instant, now_ms: u64) -> Maintenance {
+        self.plans.forget_stale(now);
+        let work = self.sync(state, now);
+        let expire_puts = !self.expiring && state.has_expired_pending(now_ms);
+        self.expiring |= expire_puts;
+        let fetch_view = !self.viewing;
+        self.viewing = true;
+        let outputs: Vec<JobId> = state
+            .jobs
+            .jobs
+            .iter()
+            .filter(|(id, j)| {
+                j.state == JobState::Done && j.output.is_none() && !self.storing.contains(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.storing.extend(outputs.iter().copied());
+        Maintenance {
+            expire_puts,
+            fetch_view,
+            outputs,
+            work,
+        }
+    }
+
+    /// The `ExpirePending` append finished (either way).
+    pub fn expired(&mut self) {
+        self.expiring = false;
+    }
+
+    /// The membership view arrived: plans repair copies (up to the
+    /// concurrency left) of versions with none in flight, and marks them.
+    pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> repair::Plan {
+        self.viewing = false;
+        let limit = self
+            .cfg
+            .repair_concurrency
+            .saturating_sub(self.copying.len());
+        let plan = repair::plan(state, view, self.cfg.replicas, &self.copying, limit);
+        for c in &plan.copies {
+            self.copying.insert((c.name.clone(), c.version));
+        }
+        plan
+    }
+
+    /// A repair copy finished (either way); its version may be planned again.
+    pub fn copy_done(&mut self, name: &str, version: u64) {
+        self.copying.remove(&(name.to_string(), version));
+    }
+
+    /// Repair copies in flight.
+    pub fn copies_in_flight(&self) -> usize {
+        self.copying.len()
+    }
+
+    /// Storing `job`'s output finished (either way); a failure is retried
+    /// by a later pass.
+    pub fn output_stored(&mut self, job: JobId) {
+        self.storing.remove(&job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::types::{Applied, Command, Op};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn core(repair_concurrency: usize) -> LeaderCore {
+        LeaderCore::new(
+            3,
+            CoreConfig {
+                min_lease: Duration::from_secs(10),
+                forget_plans: Duration::from_secs(60),
+                read_lease: Duration::from_millis(75),
+                repair_concurrency,
+                replicas: 4,
+                registry: Arc::new(Registry::builtin()),
+            },
+        )
+    }
+
+    fn apply(s: &mut MetaState, op: Op) -> Applied {
+        s.apply(&Command { now_ms: 1, op })
+    }
+
+    fn put_on_one(s: &mut MetaState, name: &str) {
+        let op = Op::PutAt {
+            name: name.into(),
+            version: 1,
+            size: 5,
+            checksum: [1; 32],
+            holders: vec![addr(1)],
+            quorum: 1,
+        };
+        assert_eq!(apply(s, op), Applied::Version(1));
+    }
+
+    #[test]
+    fn a_version_gets_one_repair_copy_at_a_time_within_the_concurrency() {
+        let mut s = MetaState::default();
+        for name in ["a", "b", "c"] {
+            put_on_one(&mut s, name);
+        }
+        let mut c = core(2);
+        let live: Vec<SocketAddr> = (1..=6).map(addr).collect();
+        let view = View {
+            live: &live,
+            alive: &live,
+        };
+        let first = c.plan_repair(&s, view);
+        assert_eq!(first.copies.len(), 2, "limited by the concurrency");
+        assert_eq!(c.copies_in_flight(), 2);
+        assert!(c.plan_repair(&s, view).copies.is_empty(), "no room left");
+        let done = &first.copies[0];
+        c.copy_done(&done.name, done.version);
+        let next = c.plan_repair(&s, view);
+        assert_eq!(next.copies.len(), 1);
+        let busy: Vec<&str> = first.copies[1..].iter().map(|c| c.name.as_str()).collect();
+        assert!(
+            !busy.contains(&next.copies[0].name.as_str()),
+            "one copy per version"
+        );
+    }
+
+    #[test]
+    fn maintenance_starts_each_kind_of_work_once_until_it_reports_back() {
+        let mut s = MetaState::default();
+        let job = match apply(
+            &mut s,
+            Op::SubmitJob {
+                model: "tiny".into(),
+                dataset: "d/".into(),
+                images: vec!["d/x".into()],
+                count: 1,
+            },
+        ) {
+            Applied::Job(j) => j,
+            other => panic!("{other:?}"),
+        };
+        let result = ImageResult {
+            index: 0,
+            image: "d/x".into(),
+            outcome: Outcome::Error("x".into()),
+        };
+        let op = Op::CompleteQuery {
+            job,
+            results: vec![result],
+        };
+        assert!(matches!(
+            apply(&mut s, op),
+            Applied::Accepted { new: 1, .. }
+        ));
+        let mut c = core(4);
+        let t = Instant::now();
+        let m = c.maintain(&s, t, 1);
+        assert_eq!((m.outputs, m.fetch_view), (vec![job], true));
+        let again = c.maintain(&s, t, 1);
+        assert_eq!(again, Maintenance::default(), "all in flight");
+        c.output_stored(job);
+        let live = [addr(1)];
+        c.plan_repair(
+            &s,
+            View {
+                live: &live,
+                alive: &live,
+            },
+        );
+        let m = c.maintain(&s, t, 1);
+        assert_eq!((m.outputs, m.fetch_view), (vec![job], true), "retried");
+    }
+}
