@@ -5,6 +5,7 @@
 //! - [`error`]: what can go wrong, in words an operator can act on.
 //! - [`runtime`]: finding and loading ONNX Runtime, one session per model, top-5.
 //! - [`preprocess`]: decode, resize, crop and normalise an image to CHW f32.
+//! - [`figures`]: C1 counters and the C2 histogram of the queries this worker ran (Prometheus).
 //! - [`fetch`]: one committed SDFS version into memory, own copy first.
 //! - [`slots`]: turns at ONNX Runtime shared by the agents of one host.
 //! - [`worker`]: the lease / prepare / run / report loop.
@@ -12,6 +13,7 @@
 pub mod compute;
 pub mod error;
 pub mod fetch;
+pub mod figures;
 pub mod preprocess;
 pub mod runtime;
 pub mod slots;

@@ -6,11 +6,11 @@
 
 use super::compute::Compute;
 use super::fetch::read_version;
+use super::figures::InferMetrics;
 use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
 use super::slots::HostSlots;
 use crate::control::ControlHandle;
-use crate::metrics::InferMetrics;
 use crate::sdfs::SdfsHandle;
 use dml_shared::api::Response;
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};

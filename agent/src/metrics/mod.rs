@@ -4,18 +4,17 @@
 //! - [`http`]: the HTTP/1.1 server (hyper) and its limits.
 //! - [`scrape`]: figures read from the services' handles at each scrape
 //!   (membership, authentication, SDFS, the worker, Raft).
-//! - [`infer`]: C1 counters and the C2 latency histogram, recorded by this
-//!   agent's inference worker as it completes queries.
+//! - C1 counters and the C2 latency histogram live with the worker that
+//!   records them ([`crate::infer::figures`]); a scrape encodes them.
 //! - [`process`]: the `process_*` series from `/proc/self`.
 //!
 //! This file holds the server handle and `dml_build_info`.
 
 pub mod http;
-pub mod infer;
 pub mod process;
 pub mod scrape;
 
-pub use infer::InferMetrics;
+pub use crate::infer::figures::InferMetrics;
 
 use crate::control::ControlHandle;
 use crate::infer::worker::Worker;
