@@ -11,6 +11,7 @@ use crate::sdfs::{MetaPath, SdfsHandle, SdfsOptions, SdfsService};
 use crate::telemetry::{self, Telemetry, TelemetryService};
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
+use dml_shared::auth::AuthContext;
 use dml_shared::config::Config;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, UdpSocket};
@@ -85,8 +86,9 @@ impl Agent {
         let mut sdfs = SdfsService::start(SdfsOptions::from_config(cfg, addr))
             .await
             .context("cannot open the SDFS store")?;
-        let key = dml_shared::auth::installed()?.clone();
-        let membership = driver::spawn(udp, core, join, key);
+        // This agent's own counters, apart from other agents in the process.
+        let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone());
+        let membership = driver::spawn(udp, core, join, auth.clone());
         let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {
             Some(path) => dml_shared::models::Registry::load(path)?,
@@ -115,6 +117,7 @@ impl Agent {
             control: control.handle(),
             sdfs: sdfs.handle(),
             telemetry: telemetry.handle(),
+            auth: auth.clone(),
         };
         let api = ApiServer::spawn(tcp, bind_local(addr), cfg.api.clone(), services);
         let worker = match cfg.inference.worker {
@@ -147,6 +150,7 @@ impl Agent {
                         control: control.handle(),
                         sdfs: sdfs.handle(),
                         worker: worker.clone(),
+                        auth: auth.clone(),
                     },
                 )
                 .await?,

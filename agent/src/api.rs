@@ -9,7 +9,7 @@ use crate::membership::driver::MembershipHandle;
 use crate::sdfs::SdfsHandle;
 use crate::telemetry::Telemetry;
 use dml_shared::api::{Request, Response};
-use dml_shared::auth;
+use dml_shared::auth::AuthContext;
 use dml_shared::config::ApiConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::stream::Stream;
@@ -63,6 +63,8 @@ pub struct Services {
     pub control: ControlHandle,
     pub sdfs: SdfsHandle,
     pub telemetry: Telemetry,
+    /// This agent's key, and where refused handshakes and frames are counted.
+    pub auth: AuthContext,
 }
 
 async fn accept_loop(
@@ -95,8 +97,9 @@ async fn accept_loop(
             // Told why, when few are waiting for that answer; else just closed.
             if let Ok(r) = refusals.clone().try_acquire_owned() {
                 let max = cfg.max_connections;
+                let auth = services.auth.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, max)).await;
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, max, &auth)).await;
                     drop(r);
                 });
             }
@@ -125,8 +128,8 @@ async fn accept_local(local: Option<&UnixListener>) -> std::io::Result<UnixStrea
 /// Answers a connection over `api.max_connections` with an error naming the
 /// limit, after reading its first request (closing with it unread would reset
 /// the connection before the client read the answer).
-async fn refuse(stream: Stream, max: usize) -> dml_shared::Result<()> {
-    let mut stream = Conn::accept(stream, auth::installed()?).await?;
+async fn refuse(stream: Stream, max: usize, auth: &AuthContext) -> dml_shared::Result<()> {
+    let mut stream = Conn::accept(stream, auth).await?;
     let _ = stream.read_frame(REFUSAL_FRAME).await;
     let msg = Response::Error(RemoteError::new(
         ErrorKind::Refused,
@@ -148,7 +151,7 @@ async fn serve(
     if let Stream::Tcp(s) = &stream {
         s.set_nodelay(true)?;
     }
-    let mut stream = Conn::accept(stream, auth::installed()?).await?;
+    let mut stream = Conn::accept(stream, &services.auth).await?;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_frame(max_frame)).await {
             Err(_) | Ok(Ok(None)) => return Ok(()),

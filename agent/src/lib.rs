@@ -22,7 +22,7 @@ pub mod telemetry;
 
 /// Installs the fixed cluster key of the in-process tests and returns it.
 #[cfg(test)]
-pub(crate) fn test_key() -> &'static dml_shared::auth::ClusterKey {
+pub(crate) fn test_key() -> &'static dml_shared::auth::AuthContext {
     use dml_shared::auth;
     auth::install(auth::ClusterKey::from_bytes([9; auth::KEY_LEN])).expect("one test key");
     auth::installed().expect("installed above")

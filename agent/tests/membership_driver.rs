@@ -5,9 +5,8 @@
 //! [`MemNetwork`] on tokio's paused clock, so protocol timeouts cost no real
 //! time; the conformance scenario runs over it and over UDP on 127.0.0.1.
 //!
-//! The drop counters behind `udp_unauthenticated` and `udp_replayed` are
-//! process-wide ([`dml_shared::auth::counters`]) and tests run in parallel,
-//! so tests assert that they grew, not by how much.
+//! Each driver counts the datagrams it drops in its own
+//! [`dml_shared::auth::AuthContext`], so tests assert exact counts.
 
 use dml_agent::membership::Event;
 use dml_agent::membership::Membership;
@@ -16,7 +15,7 @@ use dml_agent::membership::msg::Message;
 use dml_agent::membership::transport::{Datagram, MemNetwork, Transport, UdpTransport};
 use dml_shared::NodeId;
 use dml_shared::api::{MemberState, Stats};
-use dml_shared::auth::{ClusterKey, Drop, KEY_LEN, Opener, Sealer, UDP_OVERHEAD};
+use dml_shared::auth::{AuthContext, ClusterKey, Drop, KEY_LEN, Opener, Sealer, UDP_OVERHEAD};
 use dml_shared::config::{MembershipConfig, Preset};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,7 +83,7 @@ impl Node {
         );
         Node {
             addr,
-            task: driver::spawn_on(transport, core, true, key),
+            task: driver::spawn_on(transport, core, true, AuthContext::new(key)),
         }
     }
 
@@ -382,12 +381,12 @@ async fn every_datagram_on_the_wire_is_sealed_with_the_cluster_key() {
     nodes[2].handle().leave().await.expect("Leave");
     let mut seen = 0;
     while let Ok(d) = tap.try_recv() {
-        let payload = Opener::new(cluster_key())
+        let payload = Opener::new(&AuthContext::new(cluster_key()))
             .check(&d.bytes, wall_micros())
             .unwrap_or_else(|why| panic!("{d:?}: {why}"));
         Message::decode(payload).unwrap_or_else(|e| panic!("{d:?}: {e}"));
         assert_eq!(
-            Opener::new(other_key()).check(&d.bytes, wall_micros()),
+            Opener::new(&AuthContext::new(other_key())).check(&d.bytes, wall_micros()),
             Err(Drop::Forged)
         );
         seen += 1;
@@ -412,6 +411,9 @@ async fn a_replayed_datagram_is_dropped_and_counted() {
         b.stats().await.udp_replayed > replayed
     })
     .await;
+    // Counted once, by the driver that dropped it only.
+    assert_eq!(b.stats().await.udp_replayed, replayed + 1);
+    assert_eq!(a.stats().await.udp_replayed, 0);
     assert_eq!(b.live().await.len(), 3);
 }
 
@@ -422,7 +424,7 @@ async fn a_datagram_sealed_with_another_key_never_reaches_the_core() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut tap = net.tap();
     let captured = next_between(&mut tap, a.addr, b.addr).await;
-    let payload = Opener::new(cluster_key())
+    let payload = Opener::new(&AuthContext::new(cluster_key()))
         .check(&captured.bytes, wall_micros())
         .expect("authentic")
         .to_vec();
@@ -440,6 +442,12 @@ async fn a_datagram_sealed_with_another_key_never_reaches_the_core() {
     })
     .await;
     let after = b.stats().await;
+    assert_eq!(
+        after.udp_unauthenticated,
+        before.udp_unauthenticated + 2,
+        "each drop counted once"
+    );
+    assert_eq!(a.stats().await.udp_unauthenticated, 0, "counted by b only");
     assert_eq!(after.bad_packets, before.bad_packets, "reached the decoder");
     assert!(
         !b.handle()
@@ -461,7 +469,7 @@ async fn a_driver_started_without_join_stays_idle_until_told() {
     let core = Membership::new(id, config(), vec![a.addr], 1, Instant::now().into_std());
     let b = Node {
         addr,
-        task: driver::spawn_on(t, core, false, cluster_key()),
+        task: driver::spawn_on(t, core, false, AuthContext::new(cluster_key())),
     };
     tokio::time::sleep(SPREAD).await;
     assert!(!b.handle().id().await.expect("Id").joined);

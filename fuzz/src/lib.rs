@@ -272,7 +272,7 @@ pub fn auth_udp(data: &[u8]) {
     });
     let skew = MAX_CLOCK_SKEW.as_micros() as u64;
     let mut now: u64 = 1_764_150_000_000_000;
-    let mut opener = Opener::new(key);
+    let mut opener = Opener::new(&dml_shared::auth::AuthContext::new(key));
     let mut opened: HashSet<(SenderId, u64)> = HashSet::new();
     let mut newest: HashMap<SenderId, u64> = HashMap::new();
     let mut forgetful = false;

@@ -18,8 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Bytes of a cluster key.
@@ -182,32 +182,65 @@ impl ClusterKey {
     }
 }
 
-static KEY: OnceLock<ClusterKey> = OnceLock::new();
+/// A cluster key with the counters of what it refused. Each agent has its
+/// own (so agents sharing a process count apart); `dml` and an agent's
+/// outgoing connections use the process's ([`install`]). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    key: ClusterKey,
+    counters: Arc<Counters>,
+}
 
-/// Sets the process's cluster key. Installing the same key again is a no-op;
-/// a different one is an error.
+impl AuthContext {
+    /// `key` with fresh counters.
+    pub fn new(key: ClusterKey) -> Self {
+        Self {
+            key,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
+    /// What this context refused so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The counters, shared with what counts into them.
+    pub(crate) fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+}
+
+static PROCESS: OnceLock<AuthContext> = OnceLock::new();
+
+/// Sets the process's cluster key, which outgoing connections use.
+/// Installing the same key again is a no-op; a different one is an error.
 pub fn install(key: ClusterKey) -> Result<()> {
-    let set = KEY.get_or_init(|| key.clone());
-    if *set == key {
+    let set = PROCESS.get_or_init(|| AuthContext::new(key.clone()));
+    if set.key == key {
         Ok(())
     } else {
         Err(Error::KeyFile {
             path: "<process>".into(),
             reason: format!(
                 "this process already uses cluster key {}, not {}",
-                set.fingerprint(),
+                set.key.fingerprint(),
                 key.fingerprint()
             ),
         })
     }
 }
 
-/// The process's cluster key.
-pub fn installed() -> Result<&'static ClusterKey> {
-    KEY.get().ok_or(Error::NoKey)
+/// The process's cluster key and counters.
+pub fn installed() -> Result<&'static AuthContext> {
+    PROCESS.get().ok_or(Error::NoKey)
 }
 
-/// Counts of traffic dropped for authentication reasons, process-wide.
+/// Counts of traffic dropped for authentication reasons, per [`AuthContext`].
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Datagrams whose tag did not verify (wrong key, forged, corrupted).
@@ -233,20 +266,6 @@ pub struct Dropped {
     pub udp_stale: u64,
     pub tcp_handshake_failed: u64,
     pub tcp_forged: u64,
-}
-
-static COUNTERS: Counters = Counters {
-    udp_forged: AtomicU64::new(0),
-    udp_malformed: AtomicU64::new(0),
-    udp_replayed: AtomicU64::new(0),
-    udp_stale: AtomicU64::new(0),
-    tcp_handshake_failed: AtomicU64::new(0),
-    tcp_forged: AtomicU64::new(0),
-};
-
-/// The process's drop counters.
-pub fn counters() -> &'static Counters {
-    &COUNTERS
 }
 
 impl Counters {
@@ -349,13 +368,16 @@ struct Window {
 pub struct Opener {
     key: ClusterKey,
     senders: HashMap<SenderId, Window>,
+    counters: Arc<Counters>,
 }
 
 impl Opener {
-    pub fn new(key: ClusterKey) -> Self {
+    /// Opens with `auth`'s key and counts drops in its counters.
+    pub fn new(auth: &AuthContext) -> Self {
         Self {
-            key,
+            key: auth.key.clone(),
             senders: HashMap::new(),
+            counters: auth.counters.clone(),
         }
     }
 
@@ -363,7 +385,7 @@ impl Opener {
     /// and dropped.
     pub fn open<'a>(&mut self, bytes: &'a [u8]) -> std::result::Result<&'a [u8], Drop> {
         let r = self.check(bytes, now_micros());
-        let c = counters();
+        let c = &self.counters;
         match r {
             Err(Drop::Malformed) => bump(&c.udp_malformed),
             Err(Drop::Forged) => bump(&c.udp_forged),
@@ -557,8 +579,8 @@ mod tests {
     #[test]
     fn a_sealed_datagram_opens_once_and_only_with_the_same_key() {
         let mut s = Sealer::new(key(1), addr());
-        let mut o = Opener::new(key(1));
-        let mut wrong = Opener::new(key(2));
+        let mut o = Opener::new(&AuthContext::new(key(1)));
+        let mut wrong = Opener::new(&AuthContext::new(key(2)));
         let p = s.seal(b"ping");
         assert_eq!(wrong.check(&p, now_micros()), Err(Drop::Forged));
         assert_eq!(o.check(&p, now_micros()), Ok(&b"ping"[..]));
@@ -576,12 +598,12 @@ mod tests {
             let mut t = p.clone();
             t[i] ^= 0x40;
             assert_eq!(
-                Opener::new(key(1)).check(&t, now_micros()),
+                Opener::new(&AuthContext::new(key(1))).check(&t, now_micros()),
                 Err(Drop::Forged),
                 "byte {i}"
             );
         }
-        let mut o = Opener::new(key(1));
+        let mut o = Opener::new(&AuthContext::new(key(1)));
         assert_eq!(o.check(&p[..10], now_micros()), Err(Drop::Malformed));
         assert_eq!(o.check(&[0u8; 60], now_micros()), Err(Drop::Malformed));
         assert_eq!(p.len(), b"payload bytes".len() + UDP_OVERHEAD);
@@ -591,7 +613,7 @@ mod tests {
     fn reordering_inside_the_window_is_accepted_and_old_or_far_clocks_are_not() {
         let mut s = Sealer::new(key(1), addr());
         let (a, b) = (s.seal(b"a"), s.seal(b"b"));
-        let mut o = Opener::new(key(1));
+        let mut o = Opener::new(&AuthContext::new(key(1)));
         let now = now_micros();
         assert!(o.check(&b, now).is_ok());
         assert!(
@@ -601,9 +623,12 @@ mod tests {
         assert_eq!(o.check(&a, now), Err(Drop::Replayed));
         // A new receiver far in the future: the sender's clock is stale.
         let later = now + MAX_CLOCK_SKEW.as_micros() as u64 + 1_000_000;
-        assert_eq!(Opener::new(key(1)).check(&a, later), Err(Drop::Stale));
+        assert_eq!(
+            Opener::new(&AuthContext::new(key(1))).check(&a, later),
+            Err(Drop::Stale)
+        );
         // Known sender, datagram older than the reorder window.
-        let mut o = Opener::new(key(1));
+        let mut o = Opener::new(&AuthContext::new(key(1)));
         let old = s.seal(b"old");
         std::thread::sleep(Duration::from_millis(1));
         let mut s2 = Sealer {

@@ -15,13 +15,13 @@
 //! authenticated by the file's BLAKE3 checksum, which travels in a sealed
 //! frame and is checked before the version becomes visible anywhere.
 
-use crate::auth::{self, ClusterKey, TAG_LEN, handshake};
+use crate::auth::{self, AuthContext, Counters, TAG_LEN, handshake};
 use crate::error::{Error, Result};
 use crate::framing::read_frame;
 use crate::stream::{self, Stream, StreamRead, StreamWrite};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -42,10 +42,12 @@ pub trait FrameWrite {
     fn write_frame(&mut self, bytes: &[u8], max: usize) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// One direction's key and next sequence number.
+/// One direction's key and next sequence number, and where a forged frame
+/// is counted.
 struct Dir {
     key: [u8; 32],
     seq: u64,
+    counters: Arc<Counters>,
 }
 
 impl Dir {
@@ -97,7 +99,8 @@ impl Conn {
     }
 
     /// The client side of the handshake on a stream connected to `peer`.
-    pub async fn client(mut stream: Stream, peer: SocketAddr, key: &ClusterKey) -> Result<Conn> {
+    pub async fn client(mut stream: Stream, peer: SocketAddr, auth: &AuthContext) -> Result<Conn> {
+        let key = auth.key();
         let c = handshake::nonce()?;
         let shake = async {
             stream.write_all(&handshake::hello(&c)).await?;
@@ -131,7 +134,7 @@ impl Conn {
             }
         };
         let Some(s) = handshake::check_reply(key, &c, &reply) else {
-            auth::bump(&auth::counters().tcp_handshake_failed);
+            auth::bump(&auth.counters().tcp_handshake_failed);
             return Err(Error::Auth {
                 addr: peer.to_string(),
                 reason: format!(
@@ -144,17 +147,13 @@ impl Conn {
             .write_all(&handshake::client_proof(key, &c, &s))
             .await?;
         let (up, down) = handshake::frame_keys(key, &c, &s);
-        Ok(Conn {
-            stream,
-            peer,
-            tx: Dir { key: up, seq: 0 },
-            rx: Dir { key: down, seq: 0 },
-        })
+        Ok(Conn::new(stream, peer, up, down, auth))
     }
 
     /// The server side of the handshake; a failure is counted and the
     /// caller drops the connection.
-    pub async fn accept(stream: impl Into<Stream>, key: &ClusterKey) -> Result<Conn> {
+    pub async fn accept(stream: impl Into<Stream>, auth: &AuthContext) -> Result<Conn> {
+        let key = auth.key();
         let mut stream = stream.into();
         // A local client has no address; it is logged as 0.0.0.0:0.
         let peer = match &stream {
@@ -174,7 +173,7 @@ impl Conn {
             Ok::<_, Error>(handshake::check_client_proof(key, &c, &s, &proof).then_some((c, s)))
         };
         let fail = |reason: &str| {
-            auth::bump(&auth::counters().tcp_handshake_failed);
+            auth::bump(&auth.counters().tcp_handshake_failed);
             Error::Auth {
                 addr: peer.to_string(),
                 reason: reason.into(),
@@ -183,16 +182,32 @@ impl Conn {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
             Ok(Ok(Some((c, s)))) => {
                 let (up, down) = handshake::frame_keys(key, &c, &s);
-                Ok(Conn {
-                    stream,
-                    peer,
-                    tx: Dir { key: down, seq: 0 },
-                    rx: Dir { key: up, seq: 0 },
-                })
+                Ok(Conn::new(stream, peer, down, up, auth))
             }
             Ok(Ok(None)) => Err(fail("its first bytes are not an AwesomeDML hello")),
             Ok(Err(_)) => Err(fail("it broke off the handshake")),
             Err(_) => Err(fail("it did not finish the handshake in time")),
+        }
+    }
+
+    /// A connection sending with key `tx` and receiving with `rx`.
+    fn new(
+        stream: Stream,
+        peer: SocketAddr,
+        tx: [u8; 32],
+        rx: [u8; 32],
+        auth: &AuthContext,
+    ) -> Conn {
+        let dir = |key| Dir {
+            key,
+            seq: 0,
+            counters: auth.shared_counters(),
+        };
+        Conn {
+            stream,
+            peer,
+            tx: dir(tx),
+            rx: dir(rx),
         }
     }
 
@@ -233,7 +248,7 @@ async fn read_sealed<R: AsyncRead + Unpin + Send>(
         return Ok(None);
     };
     if frame.len() < TAG_LEN {
-        auth::bump(&auth::counters().tcp_forged);
+        auth::bump(&dir.counters.tcp_forged);
         return Err(Error::Auth {
             addr: peer.to_string(),
             reason: format!("a frame of {} bytes has no room for its tag", frame.len()),
@@ -241,7 +256,7 @@ async fn read_sealed<R: AsyncRead + Unpin + Send>(
     }
     let tag = frame.split_off(frame.len() - TAG_LEN);
     if !auth::ct_eq(&dir.tag(&frame), &tag) {
-        auth::bump(&auth::counters().tcp_forged);
+        auth::bump(&dir.counters.tcp_forged);
         return Err(Error::Auth {
             addr: peer.to_string(),
             reason: "a frame's tag does not verify (forged, replayed or corrupted)".into(),
@@ -326,9 +341,13 @@ impl FrameWrite for ConnWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::ClusterKey;
     use tokio::net::TcpListener;
 
-    async fn pair(server_key: ClusterKey, client_key: ClusterKey) -> (Result<Conn>, Result<Conn>) {
+    async fn pair(
+        server_key: AuthContext,
+        client_key: AuthContext,
+    ) -> (Result<Conn>, Result<Conn>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -342,8 +361,8 @@ mod tests {
 
     /// The same over a Unix socket pair, as through an agent's local socket.
     async fn local_pair(
-        server_key: ClusterKey,
-        client_key: ClusterKey,
+        server_key: AuthContext,
+        client_key: AuthContext,
     ) -> (Result<Conn>, Result<Conn>) {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
         let server = tokio::spawn(async move { Conn::accept(a, &server_key).await });
@@ -368,8 +387,8 @@ mod tests {
         assert!(server.is_err());
     }
 
-    fn key(b: u8) -> ClusterKey {
-        ClusterKey::from_bytes([b; 32])
+    fn key(b: u8) -> AuthContext {
+        AuthContext::new(ClusterKey::from_bytes([b; 32]))
     }
 
     #[tokio::test]
@@ -404,11 +423,23 @@ mod tests {
         assert!(s.is_err());
     }
 
+    #[tokio::test]
+    async fn a_failed_handshake_is_counted_in_the_context_that_refused_it_only() {
+        let (server, client, bystander) = (key(1), key(2), key(1));
+        let (s, c) = pair(server.clone(), client.clone()).await;
+        assert!(s.is_err() && c.is_err());
+        let failed = |a: &AuthContext| a.counters().snapshot().tcp_handshake_failed;
+        assert_eq!(failed(&server), 1);
+        assert_eq!(failed(&client), 1);
+        assert_eq!(failed(&bystander), 0);
+    }
+
     /// `body` sealed as `c`'s first frame, without sending it.
     async fn first_frame(c: &Conn, body: &[u8]) -> Vec<u8> {
         let mut dir = Dir {
             key: c.tx.key,
             seq: 0,
+            counters: c.tx.counters.clone(),
         };
         let mut sealed = Vec::new();
         write_sealed(&mut sealed, &mut dir, body, 64).await.unwrap();

@@ -416,7 +416,7 @@ async fn a_client_on_the_agents_host_is_served_through_its_local_socket_with_the
         .await
         .unwrap();
     assert!(stream.is_local());
-    let wrong = ClusterKey::from_bytes([7; 32]);
+    let wrong = dml_shared::auth::AuthContext::new(ClusterKey::from_bytes([7; 32]));
     let e = Conn::client(stream, agent.addr(), &wrong)
         .await
         .unwrap_err();

@@ -251,7 +251,7 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
 
     // A ping sealed with the cluster key is answered once; its replays are not.
     let mut sealer = Sealer::new(key.clone(), me);
-    let mut opener = Opener::new(key.clone());
+    let mut opener = Opener::new(&dml_shared::auth::AuthContext::new(key.clone()));
     let ping = |seq: u16| {
         Message::Ping {
             seq,

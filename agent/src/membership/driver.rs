@@ -10,7 +10,7 @@ use super::core::{Event, Membership, Status};
 use super::transport::{Transport, UdpTransport};
 use dml_shared::NodeId;
 use dml_shared::api::{IdInfo, MemberInfo, Stats};
-use dml_shared::auth::{ClusterKey, Opener, Sealer, UDP_OVERHEAD};
+use dml_shared::auth::{AuthContext, Opener, Sealer, UDP_OVERHEAD};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -109,17 +109,18 @@ impl MembershipHandle {
 }
 
 /// Starts the task on a UDP socket (see [`spawn_on`]).
-pub fn spawn(socket: UdpSocket, core: Membership, join: bool, key: ClusterKey) -> MembershipTask {
-    spawn_on(UdpTransport::new(socket), core, join, key)
+pub fn spawn(socket: UdpSocket, core: Membership, join: bool, auth: AuthContext) -> MembershipTask {
+    spawn_on(UdpTransport::new(socket), core, join, auth)
 }
 
 /// Starts the task on `transport`. `join` says whether to join the group
-/// right away. Datagrams are sealed and opened with `key` ([`dml_shared::auth`]).
+/// right away. Datagrams are sealed and opened with `auth`'s key
+/// ([`dml_shared::auth`]), and those refused are counted in its counters.
 pub fn spawn_on<T: Transport>(
     transport: T,
     mut core: Membership,
     join: bool,
-    key: ClusterKey,
+    auth: AuthContext,
 ) -> MembershipTask {
     let (tx, rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
@@ -132,8 +133,9 @@ pub fn spawn_on<T: Transport>(
         core.join(started);
     }
     let seal = Seal {
-        sealer: Sealer::new(key.clone(), core.id().addr),
-        opener: Opener::new(key),
+        sealer: Sealer::new(auth.key().clone(), core.id().addr),
+        opener: Opener::new(&auth),
+        auth,
     };
     let join = tokio::spawn(run(transport, core, seal, rx, events, started));
     MembershipTask { handle, join }
@@ -143,6 +145,7 @@ pub fn spawn_on<T: Transport>(
 struct Seal {
     sealer: Sealer,
     opener: Opener,
+    auth: AuthContext,
 }
 
 /// The core's clock: tokio's, which is the system's monotonic clock unless
@@ -195,7 +198,7 @@ async fn run<T: Transport>(
                         let _ = reply.send(core.member_infos(now));
                     }
                     Command::Stats(reply) => {
-                        let _ = reply.send(stats(&core, now, started));
+                        let _ = reply.send(stats(&core, now, started, &seal.auth));
                     }
                     Command::Join(reply) => {
                         core.join(now);
@@ -254,10 +257,10 @@ fn log_event(event: &Event) {
     }
 }
 
-fn stats(core: &Membership, now: Instant, started: Instant) -> Stats {
+fn stats(core: &Membership, now: Instant, started: Instant, auth: &AuthContext) -> Stats {
     let c = core.counters();
     let r = core.rates(now);
-    let auth = dml_shared::auth::counters().snapshot();
+    let auth = auth.counters().snapshot();
     Stats {
         uptime_ms: now.duration_since(started).as_millis() as u64,
         bytes_sent_per_s: r.bytes_sent,

@@ -43,6 +43,8 @@ pub struct Sources {
     pub sdfs: SdfsHandle,
     /// The inference worker, when this agent runs one.
     pub worker: Option<Arc<Worker>>,
+    /// This agent's cluster key and what it refused.
+    pub auth: dml_shared::auth::AuthContext,
 }
 
 /// The families that live between scrapes, and the sources read at each.

@@ -70,7 +70,7 @@ impl Scrape {
         let mut t = Self::default();
         t.whole("dml_up", "1 while the agent serves metrics.", 1);
         if let Some(Some(st)) = bounded(s.membership.stats()).await {
-            let a = dml_shared::auth::counters().snapshot();
+            let a = s.auth.counters().snapshot();
             t.families.push(Family {
                 name: "dml_auth_dropped",
                 help: "Traffic dropped by cluster-key authentication, by transport and reason.",
