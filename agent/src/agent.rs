@@ -131,6 +131,7 @@ impl Agent {
                         ort_dylib: cfg.inference.ort_dylib.clone(),
                         registry,
                         slots: host_slots(&cfg.inference),
+                        fetch_timeout: cfg.inference.fetch_timeout,
                     },
                     control.handle(),
                     sdfs.handle(),

@@ -96,10 +96,11 @@ async fn accept_loop(
             tracing::warn!(%peer, "refusing API connection: too many open");
             // Told why, when few are waiting for that answer; else just closed.
             if let Ok(r) = refusals.clone().try_acquire_owned() {
-                let max = cfg.max_connections;
+                let (max, shake) = (cfg.max_connections, cfg.handshake_timeout);
                 let auth = services.auth.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream, max, &auth)).await;
+                    let refusal = refuse(stream, max, &auth, shake);
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
                     drop(r);
                 });
             }
@@ -107,9 +108,9 @@ async fn accept_loop(
         };
         let services = services.clone();
         let bad_frames = bad_frames.clone();
-        let max_frame = cfg.max_frame;
+        let (max_frame, shake) = (cfg.max_frame, cfg.handshake_timeout);
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, max_frame, &services, &bad_frames).await {
+            if let Err(e) = serve(stream, max_frame, shake, &services, &bad_frames).await {
                 tracing::debug!(%peer, error = %e, "API connection closed");
             }
             drop(permit);
@@ -128,8 +129,13 @@ async fn accept_local(local: Option<&UnixListener>) -> std::io::Result<UnixStrea
 /// Answers a connection over `api.max_connections` with an error naming the
 /// limit, after reading its first request (closing with it unread would reset
 /// the connection before the client read the answer).
-async fn refuse(stream: Stream, max: usize, auth: &AuthContext) -> dml_shared::Result<()> {
-    let mut stream = Conn::accept(stream, auth).await?;
+async fn refuse(
+    stream: Stream,
+    max: usize,
+    auth: &AuthContext,
+    handshake: std::time::Duration,
+) -> dml_shared::Result<()> {
+    let mut stream = Conn::accept_within(stream, auth, handshake).await?;
     let _ = stream.read_frame(REFUSAL_FRAME).await;
     let msg = Response::Error(RemoteError::new(
         ErrorKind::Refused,
@@ -145,13 +151,14 @@ async fn refuse(stream: Stream, max: usize, auth: &AuthContext) -> dml_shared::R
 async fn serve(
     stream: Stream,
     max_frame: usize,
+    handshake: std::time::Duration,
     services: &Services,
     bad_frames: &AtomicU64,
 ) -> dml_shared::Result<()> {
     if let Stream::Tcp(s) = &stream {
         s.set_nodelay(true)?;
     }
-    let mut stream = Conn::accept(stream, &services.auth).await?;
+    let mut stream = Conn::accept_within(stream, &services.auth, handshake).await?;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_frame(max_frame)).await {
             Err(_) | Ok(Ok(None)) => return Ok(()),

@@ -142,6 +142,10 @@ pub struct ApiConfig {
     pub max_frame: usize,
     /// Simultaneous API connections; more are refused.
     pub max_connections: usize,
+    /// Time a new connection gets to finish the key handshake; it holds a
+    /// connection slot meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -149,6 +153,7 @@ impl Default for ApiConfig {
         Self {
             max_frame: crate::framing::DEFAULT_MAX_FRAME,
             max_connections: 256,
+            handshake_timeout: crate::conn::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -174,6 +179,11 @@ pub struct ControlConfig {
     /// Time allowed for one Raft RPC.
     #[serde(with = "humantime_serde")]
     pub rpc_timeout: Duration,
+    /// Period of the leader's maintenance pass: expiry of stale puts, repair
+    /// of under-replicated versions, storing finished jobs' output
+    /// (a membership failure or leave also starts one at once).
+    #[serde(with = "humantime_serde")]
+    pub maintenance_period: Duration,
 }
 
 impl Default for ControlConfig {
@@ -186,6 +196,7 @@ impl Default for ControlConfig {
             election_timeout_max: ms(1000),
             snapshot_every: 1000,
             rpc_timeout: ms(1000),
+            maintenance_period: ms(1000),
         }
     }
 }
@@ -252,6 +263,10 @@ pub struct InferenceConfig {
     /// Directory where the agents of a host share their slots. Unset:
     /// `/dev/shm/dml-compute-slots-<uid>` (else under the temporary directory).
     pub slot_dir: Option<PathBuf>,
+    /// Time a worker allows for reading one image (or the model) from a
+    /// replica before it tries the next.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
 }
 
 impl Default for InferenceConfig {
@@ -264,6 +279,7 @@ impl Default for InferenceConfig {
             lease_timeout: Duration::from_secs(10),
             host_slots: None,
             slot_dir: None,
+            fetch_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -356,6 +372,8 @@ struct RawMembership {
 struct RawApi {
     max_frame: Option<usize>,
     max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
 }
 
 /// Default agent port, as in the original's first node.
@@ -442,6 +460,9 @@ impl Config {
             }
             if let Some(v) = a.max_connections {
                 c.api.max_connections = v;
+            }
+            if let Some(v) = a.handshake_timeout {
+                c.api.handshake_timeout = v;
             }
         }
         Ok(c)
@@ -585,6 +606,14 @@ impl Config {
                 "must be above zero",
             );
         }
+        let h = self.api.handshake_timeout;
+        if h < Duration::from_millis(100) || h > Duration::from_secs(60) {
+            return bad(
+                "api.handshake_timeout",
+                d(h),
+                "must be between 100ms and 60s",
+            );
+        }
         self.validate_control()?;
         self.validate_sdfs()?;
         self.validate_inference()?;
@@ -639,6 +668,14 @@ impl Config {
                 "must be above zero",
             );
         }
+        let mp = c.maintenance_period;
+        if mp < Duration::from_millis(100) || mp > Duration::from_secs(60) {
+            return bad(
+                "control.maintenance_period",
+                d(mp),
+                "must be between 100ms and 60s",
+            );
+        }
         let mut seen = std::collections::BTreeSet::new();
         for v in &c.voters {
             if v.port() == 0 || v.ip().is_unspecified() {
@@ -687,6 +724,13 @@ impl Config {
             return bad(
                 "inference.lease_timeout",
                 d(i.lease_timeout),
+                "must be at least 1s",
+            );
+        }
+        if i.fetch_timeout < Duration::from_secs(1) {
+            return bad(
+                "inference.fetch_timeout",
+                d(i.fetch_timeout),
                 "must be at least 1s",
             );
         }

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Time a peer gets to complete the handshake.
+/// Time a peer gets to complete the handshake (an agent: `api.handshake_timeout`).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames up to this size go out in one write.
 const COALESCE: usize = 64 * 1024;
@@ -153,6 +153,15 @@ impl Conn {
     /// The server side of the handshake; a failure is counted and the
     /// caller drops the connection.
     pub async fn accept(stream: impl Into<Stream>, auth: &AuthContext) -> Result<Conn> {
+        Self::accept_within(stream, auth, HANDSHAKE_TIMEOUT).await
+    }
+
+    /// [`Conn::accept`] with `limit` for the whole handshake.
+    pub async fn accept_within(
+        stream: impl Into<Stream>,
+        auth: &AuthContext,
+        limit: Duration,
+    ) -> Result<Conn> {
         let key = auth.key();
         let mut stream = stream.into();
         // A local client has no address; it is logged as 0.0.0.0:0.
@@ -179,7 +188,7 @@ impl Conn {
                 reason: reason.into(),
             }
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
+        match tokio::time::timeout(limit, shake).await {
             Ok(Ok(Some((c, s)))) => {
                 let (up, down) = handshake::frame_keys(key, &c, &s);
                 Ok(Conn::new(stream, peer, down, up, auth))

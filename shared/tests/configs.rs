@@ -104,6 +104,12 @@ fn overrides_keep_the_other_preset_values() {
     assert_eq!(c.membership.ping_timeout.as_millis(), 100);
     assert_eq!(c.membership.suspicion_min, local.membership.suspicion_min);
     assert_eq!(c.introducers.len(), 2);
+    assert_eq!(c.api.handshake_timeout.as_secs(), 5);
+    assert_eq!(c.api.max_connections, local.api.max_connections);
+    assert_eq!(c.control.maintenance_period.as_millis(), 500);
+    assert_eq!(c.control.rpc_timeout, local.control.rpc_timeout);
+    assert_eq!(c.inference.fetch_timeout.as_secs(), 30);
+    assert_eq!(c.inference.lease_timeout, local.inference.lease_timeout);
     let empty = Config::load(&configs_dir().join("valid/empty.toml")).unwrap();
     assert_eq!(empty, Config::preset(Preset::Lan));
 }

@@ -220,6 +220,7 @@ pub fn control_toml(c: &ControlConfig) -> String {
         election_timeout_max,
         snapshot_every,
         rpc_timeout,
+        maintenance_period,
     } = c;
     let d = toml_duration;
     let voters: Vec<String> = voters.iter().map(|v| format!("\"{v}\"")).collect();
@@ -230,12 +231,14 @@ pub fn control_toml(c: &ControlConfig) -> String {
          election_timeout_min = {}\n\
          election_timeout_max = {}\n\
          snapshot_every = {snapshot_every}\n\
-         rpc_timeout = {}\n",
+         rpc_timeout = {}\n\
+         maintenance_period = {}\n",
         voters.join(", "),
         d(heartbeat_interval),
         d(election_timeout_min),
         d(election_timeout_max),
         d(rpc_timeout),
+        d(maintenance_period),
     )
 }
 

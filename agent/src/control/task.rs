@@ -30,10 +30,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// Period of the leader's maintenance pass: expiry of stale puts, repair,
-/// storing finished jobs' output (membership failures and leaves also
-/// trigger one at once).
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
 /// Inputs queued for the leader task before senders wait.
 const INPUT_QUEUE: usize = 256;
 
@@ -237,7 +233,7 @@ impl LeaderTask {
         };
         let mut metrics = raft.metrics();
         let mut events = Some(self.inner.membership.subscribe());
-        let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
+        let mut tick = tokio::time::interval(self.inner.s.control.maintenance_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let input = tokio::select! {

@@ -35,8 +35,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 const RUNTIME_RETRY: Duration = Duration::from_secs(30);
 /// Images of one query read at the same time.
 const FETCH_PARALLEL: usize = 4;
-/// Time allowed to read one image from a replica.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct WorkerOptions {
@@ -47,6 +45,8 @@ pub struct WorkerOptions {
     pub registry: Arc<Registry>,
     /// Turns at ONNX Runtime shared with the other agents of this host.
     pub slots: Option<Arc<HostSlots>>,
+    /// Time allowed to read one image or model from a replica (`inference.fetch_timeout`).
+    pub fetch_timeout: Duration,
 }
 
 /// Figures of this worker, for stats and telemetry.
@@ -260,7 +260,7 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
         let reads = group.iter().map(|(i, name, v)| {
             let spec = spec.clone();
             async move {
-                let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, FETCH_TIMEOUT).await?;
+                let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, ctx.o.fetch_timeout).await?;
                 ctx.prep
                     .run(move || preprocess(&bytes, &spec).map_err(|e| e.to_string()))
                     .await?
