@@ -8,6 +8,8 @@ use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
 use crate::sdfs::SdfsHandle;
 use crate::telemetry::Telemetry;
+use crate::timing::API_IDLE_TIMEOUT as IDLE_TIMEOUT;
+use crate::timing::API_REFUSAL_TIMEOUT as REFUSAL_TIMEOUT;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::AuthContext;
 use dml_shared::config::ApiConfig;
@@ -21,13 +23,8 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-/// A connection idle this long is closed.
-const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// Over-limit connections told why at once; more are closed without a word.
 const REFUSALS: usize = 8;
-/// How long a refused connection may take to be told.
-const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest first frame read from a refused connection.
 const REFUSAL_FRAME: usize = 64 * 1024;
 

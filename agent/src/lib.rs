@@ -9,6 +9,7 @@
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
+//! - [`timing`]: the internal timing constants, named in one place.
 
 pub mod agent;
 pub mod api;
@@ -19,6 +20,7 @@ pub mod membership;
 pub mod metrics;
 pub mod sdfs;
 pub mod telemetry;
+pub mod timing;
 
 /// Installs the fixed cluster key of the in-process tests and returns it.
 #[cfg(test)]

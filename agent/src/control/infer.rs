@@ -8,6 +8,7 @@ use super::core::batch_size;
 use super::error::{ControlError, Refusal};
 use super::task::{LeaderHandle, Request};
 use super::types::{Applied, Op};
+use crate::timing::MAX_LEASE_WAIT;
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, JobId, Lease, ModelInfo};
 use dml_shared::sdfs::{MetaResponse, validate_name};
 use std::net::SocketAddr;
@@ -18,8 +19,6 @@ static OUTPUT_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 
 /// Largest job, in images.
 pub const MAX_JOB_IMAGES: u32 = 1_000_000;
-/// Longest a worker's lease request waits for work.
-const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
 /// Distinct workers that must fail to load a model before its job fails
 /// (fewer if fewer workers are alive).
 const REFUSALS_TO_FAIL: usize = 2;

@@ -12,15 +12,14 @@ use super::store::read_sm;
 use super::task::{LeaderHandle, Request};
 use super::types::{Applied, Command, Op};
 use crate::membership::driver::unix_ms;
+use crate::timing::CLAIM_SLACK;
+use crate::timing::VIEW_TTL;
 use dml_shared::api::MemberState;
 use dml_shared::sdfs::{ChangeOutcome, MetaRequest, MetaResponse, validate_name};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Longest a membership list read for gating Raft RPCs is reused.
-const VIEW_TTL: Duration = Duration::from_millis(100);
 
 /// `members` lists identities at `addr`, and none of them is live. An
 /// address it does not list (a view still being learned) is not departed.
@@ -32,10 +31,6 @@ pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketA
 /// Most versions one `Assigned` answer lists, so it stays far below the
 /// frame limit even with 1 KiB names and many replicas.
 const ASSIGNED_MAX: usize = 2000;
-
-/// Longest a commit waits for its appended plan's outcome beyond
-/// `Settings::leader_wait` (the plan's own wait answers first).
-const CLAIM_SLACK: Duration = Duration::from_millis(100);
 
 /// What became of a put commit or a delete appended in term `appended`
 /// (for a put, its plan's term), seen by a leader of term `term` whose

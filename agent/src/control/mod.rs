@@ -54,6 +54,7 @@ pub mod task;
 pub mod types;
 
 use crate::membership::driver::MembershipHandle;
+use crate::timing::CLOSE_WAIT;
 use dml_shared::api::{LeaderInfo, Response};
 use dml_shared::config::{Config, ControlConfig, InferenceConfig, SdfsConfig};
 use dml_shared::models::Registry;
@@ -72,8 +73,6 @@ use types::{TypeConfig, voter_id};
 
 /// Largest snapshot segment sent in one Raft RPC, well under the frame limit.
 const SNAPSHOT_CHUNK: u64 = 1 << 20;
-/// Longest wait at shutdown for openraft's tasks to release the database.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the control plane needs from the agent's config.
 #[derive(Clone, Debug)]

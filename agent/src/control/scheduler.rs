@@ -10,14 +10,12 @@
 //! without a burst that would starve the others.
 
 use super::jobs::JobsState;
+pub use crate::timing::SCHEDULER_RATE_WINDOW as RATE_WINDOW;
 use dml_shared::infer::{JobId, LatencyInfo, Placement};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// The window of the C1 rates.
-pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// A query handed out and not yet completed.
 #[derive(Clone, Debug, PartialEq)]

@@ -12,6 +12,8 @@ use super::runtime::{self, Session};
 use super::slots::HostSlots;
 use crate::control::ControlHandle;
 use crate::sdfs::SdfsHandle;
+use crate::timing::RUNTIME_RETRY;
+use crate::timing::WORKER_RETRY_PAUSE as RETRY_PAUSE;
 use dml_shared::api::Response;
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};
 use dml_shared::models::{ModelSpec, Registry};
@@ -29,10 +31,6 @@ use tokio::task::JoinHandle;
 const SLOTS: usize = 2;
 /// How long one lease request waits at the leader for work.
 const LEASE_WAIT_MS: u32 = 2000;
-/// Pause after a failed lease request (no leader, for instance).
-const RETRY_PAUSE: Duration = Duration::from_millis(300);
-/// Between two tries at loading ONNX Runtime when it is missing.
-const RUNTIME_RETRY: Duration = Duration::from_secs(30);
 /// Images of one query read at the same time.
 const FETCH_PARALLEL: usize = 4;
 

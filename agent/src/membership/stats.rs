@@ -1,12 +1,9 @@
 //! Failure-detector counters, and traffic rates over a sliding window.
 
+use crate::timing::MEMBERSHIP_RATE_WINDOW as RATE_WINDOW;
+use crate::timing::MEMBERSHIP_SAMPLE_EVERY as SAMPLE_EVERY;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
-/// Window over which byte and packet rates are averaged.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// Spacing of the samples the rates are computed from.
-const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -93,6 +90,7 @@ impl Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn rates_follow_the_window() {

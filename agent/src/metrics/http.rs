@@ -8,6 +8,7 @@
 //! request per connection; at most `max_connections` served at once, more
 //! wait in the accept queue.
 
+use crate::timing::METRICS_ACCEPT_PAUSE as ACCEPT_PAUSE;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -42,9 +43,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Pause after a failed accept (out of file descriptors, for instance).
-const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 type Body = http_body_util::Full<Bytes>;
 

@@ -3,15 +3,12 @@
 //! per-scrape [`Scrape`] collector encodes.
 
 use super::Sources;
+pub use crate::timing::SOURCE_TIMEOUT;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::future::Future;
-use std::time::Duration;
-
-/// Time allowed for each source of figures during a scrape.
-pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One sample's value; the variant is the family's type.
 #[derive(Clone, Copy, Debug, PartialEq)]

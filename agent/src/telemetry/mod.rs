@@ -25,6 +25,10 @@ pub mod proc;
 use crate::control::ControlHandle;
 use crate::membership::driver::{MembershipHandle, unix_ms};
 use crate::sdfs::SdfsHandle;
+use crate::timing::LEADER_EVERY;
+use crate::timing::NODE_TIMEOUT;
+use crate::timing::TELEMETRY_SAMPLE_EVERY as SAMPLE_EVERY;
+use crate::timing::TELEMETRY_WRITE_TIMEOUT as WRITE_TIMEOUT;
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, MemberInfo, Request, Response};
 use dml_shared::client::Client;
@@ -43,16 +47,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// Frames queued per subscriber; more are dropped.
 const QUEUE: usize = 2;
-/// A subscriber that takes this long to accept one frame is disconnected.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Period of the own CPU/memory sample and of the leader figures.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// Period of the leader watch (a change becomes an event).
-const LEADER_EVERY: Duration = Duration::from_millis(500);
 /// Members asked for their stats per round (round-robin over the view).
 const NODE_BATCH: usize = 16;
-/// Time allowed for one member's stats.
-const NODE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// A subscriber's queue and its drop count.
 struct Sub {

@@ -1,0 +1,87 @@
+//! The agent's internal timing constants, in one place. What an operator
+//! may need to change is a config key instead (`membership.*`,
+//! `control.*`, `api.handshake_timeout`, `inference.fetch_timeout`, ...);
+//! these are fixed by the design, each with why it has its value.
+
+use std::time::Duration;
+
+// API server.
+
+/// A connection idle this long is closed.
+/// (Used in `api.rs`.)
+pub const API_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a refused connection may take to be told.
+/// (Used in `api.rs`.)
+pub const API_REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+// Membership.
+
+/// Window over which byte and packet rates are averaged.
+/// (Used in `membership/stats.rs`.)
+pub const MEMBERSHIP_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Spacing of the samples the rates are computed from.
+/// (Used in `membership/stats.rs`.)
+pub const MEMBERSHIP_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+
+// Control plane.
+
+/// Longest a membership list read for gating Raft RPCs is reused.
+/// (Used in `control/leader.rs`.)
+pub const VIEW_TTL: Duration = Duration::from_millis(100);
+
+/// Longest a commit waits for its appended plan's outcome beyond
+/// `Settings::leader_wait` (the plan's own wait answers first).
+/// (Used in `control/leader.rs`.)
+pub const CLAIM_SLACK: Duration = Duration::from_millis(100);
+
+/// Longest wait at shutdown for openraft's tasks to release the database.
+/// (Used in `control/mod.rs`.)
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest a worker's lease request waits for work.
+/// (Used in `control/infer.rs`.)
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// The window of the C1 rates.
+/// (Used in `control/scheduler.rs`.)
+pub const SCHEDULER_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+// Inference worker.
+
+/// Pause after a failed lease request (no leader, for instance).
+/// (Used in `infer/worker.rs`.)
+pub const WORKER_RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// Between two tries at loading ONNX Runtime when it is missing.
+/// (Used in `infer/worker.rs`.)
+pub const RUNTIME_RETRY: Duration = Duration::from_secs(30);
+
+// Telemetry.
+
+/// A subscriber that takes this long to accept one frame is disconnected.
+/// (Used in `telemetry/mod.rs`.)
+pub const TELEMETRY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Period of the own CPU/memory sample and of the leader figures.
+/// (Used in `telemetry/mod.rs`.)
+pub const TELEMETRY_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Period of the leader watch (a change becomes an event).
+/// (Used in `telemetry/mod.rs`.)
+pub const LEADER_EVERY: Duration = Duration::from_millis(500);
+
+/// Time allowed for one member's stats.
+/// (Used in `telemetry/mod.rs`.)
+pub const NODE_TIMEOUT: Duration = Duration::from_millis(400);
+
+// Metrics endpoint.
+
+/// Pause after a failed accept (out of file descriptors, for instance).
+/// (Used in `metrics/http.rs`.)
+pub const METRICS_ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Time allowed for each source of figures during a scrape.
+/// (Used in `metrics/scrape.rs`.)
+pub const SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
