@@ -13,6 +13,7 @@
 //! - [`models`]: the model registry (`assets/models.toml`).
 //! - [`telemetry`]: the frames agents stream to console subscribers.
 //! - [`client`]: an async client for that API.
+//! - [`router`]: the one way to the control-plane leader ([`router::LeaderRouter`]).
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
 
@@ -26,6 +27,7 @@ pub mod framing;
 pub mod id;
 pub mod infer;
 pub mod models;
+pub mod router;
 pub mod sdfs;
 pub mod sdfs_client;
 pub mod stream;
