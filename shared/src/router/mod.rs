@@ -36,6 +36,7 @@ pub struct RouterOptions {
     /// First pause between attempts; each next one doubles, up to
     /// `max_backoff`, and each gets up to as much again of random jitter.
     pub min_backoff: Duration,
+    /// Longest pause between attempts, before jitter.
     pub max_backoff: Duration,
     /// Idle connections kept, all agents together.
     pub pool_size: usize,
@@ -151,6 +152,7 @@ impl LeaderRouter {
         }
     }
 
+    /// The options it was made with.
     pub fn options(&self) -> &RouterOptions {
         &self.inner.opts
     }

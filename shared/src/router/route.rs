@@ -35,6 +35,7 @@ pub enum Outcome {
 /// What to do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Go at once.
     Go(Hop),
     /// Pause for this long, then go.
     Wait(Duration, Hop),
