@@ -5,7 +5,7 @@ use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::auth::{self, ClusterKey};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::DEFAULT_MAX_FRAME;
-use dml_shared::router::{BoxFuture, FindLeader, LeaderRouter, RouterOptions};
+use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterOptions};
 use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use dml_shared::wire::{self, Kind};
 use dml_shared::{Error, Result};
@@ -278,4 +278,30 @@ async fn a_router_without_entry_asks_its_finder_and_sends_only_at_leader() {
     // Known now: the finder is not asked again.
     router.meta(MetaRequest::Count).await.unwrap();
     assert_eq!(finder.asked.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn asking_agents_skips_the_unreachable_and_the_unknowing() {
+    let leader = Agent::start(None, leads()).await;
+    let unknowing = Agent::start(None, redirects(None)).await;
+    let knowing = Agent::start(Some(leader.addr), redirects(Some(leader.addr))).await;
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let t = Duration::from_secs(5);
+    let ask = AskAgents::new(vec![dead, unknowing.addr, knowing.addr], t);
+    assert_eq!(ask.find().await, Some(leader.addr));
+    assert_eq!(
+        AskAgents::new(vec![dead, unknowing.addr], t).find().await,
+        None
+    );
+
+    let router = LeaderRouter::finding(Arc::new(ask), opts());
+    router.meta(MetaRequest::Count).await.unwrap();
+    assert_eq!(
+        (unknowing.metas(), knowing.metas(), leader.metas()),
+        (0, 0, 1)
+    );
 }

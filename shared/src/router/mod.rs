@@ -12,7 +12,7 @@
 
 pub mod route;
 
-use crate::api::{Request, Response};
+use crate::api::{LeaderInfo, Request, Response};
 use crate::client::{Client, read_response, send_request, unexpected};
 use crate::conn::{Conn, IdleConns};
 use crate::error::{Error, Result};
@@ -78,6 +78,37 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait FindLeader: Send + Sync {
     /// The leader as best known now; `None` while nobody knows.
     fn find(&self) -> BoxFuture<'_, Option<SocketAddr>>;
+}
+
+/// Finds the leader by asking agents in turn who leads (`Request::Leader`):
+/// the first that names one wins (a non-voter asking the voters).
+pub struct AskAgents {
+    agents: Vec<SocketAddr>,
+    timeout: Duration,
+}
+
+impl AskAgents {
+    /// Asks `agents` in this order, allowing each `timeout` to answer.
+    pub fn new(agents: Vec<SocketAddr>, timeout: Duration) -> Self {
+        Self { agents, timeout }
+    }
+}
+
+impl FindLeader for AskAgents {
+    fn find(&self) -> BoxFuture<'_, Option<SocketAddr>> {
+        Box::pin(async move {
+            for a in &self.agents {
+                let mut c = Client::new(*a).with_timeout(self.timeout);
+                if let Ok(LeaderInfo {
+                    leader: Some(l), ..
+                }) = c.leader().await
+                {
+                    return Some(l);
+                }
+            }
+            None
+        })
+    }
 }
 
 /// How requests reach the leader while it is not known.
