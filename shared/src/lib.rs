@@ -16,6 +16,7 @@
 //! - [`telemetry`]: the frames agents stream to console subscribers.
 //! - [`client`]: an async client for that API.
 //! - [`clock`]: Unix wall-clock time (ms, µs), the one place it is read.
+//! - [`router`]: the one way to the control-plane leader ([`router::LeaderRouter`]).
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
 
@@ -31,6 +32,7 @@ pub mod framing;
 pub mod id;
 pub mod infer;
 pub mod models;
+pub mod router;
 pub mod sdfs;
 pub mod sdfs_client;
 pub mod stream;

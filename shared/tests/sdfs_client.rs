@@ -255,6 +255,10 @@ async fn respond(s: &mut Conn, r: Response) -> Result<()> {
 }
 
 fn meta(st: &Shared, m: MetaRequest) -> Response {
+    // Like a real leader, it serves a request sent to it as the leader.
+    if let MetaRequest::AtLeader(inner) = m {
+        return meta(st, *inner);
+    }
     let mut g = st.lock().unwrap();
     let r = match m {
         MetaRequest::BeginPut { name, .. } => {

@@ -1,39 +1,47 @@
 //! Metadata requests from the data side (scrub, reconcile) to the control
-//! plane, along the service's [`MetaPath`]. One redirect is followed when an
-//! agent answers `NotLeader`.
+//! plane, along the service's [`MetaPath`]: in process through this agent's
+//! control plane, or over the API through the shared [`LeaderRouter`].
 
 use super::{Ctx, MetaPath};
-use dml_shared::api::{Request, Response};
-use dml_shared::client::Client;
+use crate::control::ControlHandle;
+use dml_shared::router::{LeaderRouter, RouterOptions, into_meta};
 use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
+use std::time::Duration;
+
+/// A [`MetaPath`] ready for requests.
+pub enum MetaRoute {
+    /// This agent's control plane, which forwards to the leader itself.
+    Local(ControlHandle),
+    /// An agent's API, through a router that finds the leader.
+    Remote(LeaderRouter),
+}
+
+impl MetaRoute {
+    /// `stall` bounds each answer and the whole wait for a leader.
+    pub fn new(path: MetaPath, stall: Duration) -> Self {
+        match path {
+            MetaPath::Local(c) => MetaRoute::Local(c),
+            MetaPath::Agent(addr) => {
+                let opts = RouterOptions {
+                    call_timeout: stall,
+                    leader_wait: stall,
+                    local_socket: false,
+                    ..RouterOptions::default()
+                };
+                MetaRoute::Remote(LeaderRouter::through(addr, opts))
+            }
+        }
+    }
+}
 
 /// Sends one metadata request; errors are worded for a log line.
 pub async fn call(ctx: &Ctx, req: MetaRequest) -> Result<MetaResponse, String> {
-    let (local, mut addr) = match ctx.meta.get() {
-        Some(MetaPath::Local(c)) => (Some(c), ctx.agent),
-        Some(MetaPath::Agent(a)) => (None, *a),
+    let answer = match ctx.meta.get() {
+        Some(MetaRoute::Local(control)) => into_meta(ctx.agent, control.meta(req).await),
+        Some(MetaRoute::Remote(router)) => router.meta(req).await,
         None => return Err("the control plane is not reachable yet".into()),
     };
-    for hop in 0..2 {
-        let answer = match local {
-            Some(control) if hop == 0 => match control.meta(req.clone()).await {
-                Response::Error(e) => Err(dml_shared::Error::Remote(e)),
-                r => Ok(r),
-            },
-            _ => {
-                let mut client = Client::new(addr).with_timeout(ctx.stall_timeout());
-                client.call(&Request::Meta(req.clone())).await
-            }
-        };
-        match answer {
-            Ok(Response::Meta(m)) => return Ok(m),
-            Ok(Response::NotLeader { leader: Some(l) }) if l != addr => addr = l,
-            Ok(Response::NotLeader { .. }) => return Err("no leader is known".into()),
-            Ok(other) => return Err(format!("unexpected answer from {addr}: {other:?}")),
-            Err(e) => return Err(format!("metadata request through {addr} failed: {e}")),
-        }
-    }
-    Err("metadata requests keep being redirected".into())
+    answer.map_err(|e| format!("metadata request failed: {e}"))
 }
 
 /// A file's committed versions.

@@ -84,7 +84,7 @@ pub struct Ctx {
     pub cfg: SdfsConfig,
     pub agent: SocketAddr,
     /// Where metadata requests go; set when the upkeep starts.
-    pub meta: OnceLock<MetaPath>,
+    pub meta: OnceLock<meta::MetaRoute>,
     pub max_frame: usize,
     pub counters: Counters,
     /// Repair and scrub bandwidth.
@@ -247,7 +247,8 @@ impl SdfsService {
     /// Starts scrub and reconcile (a first reconcile runs at once), asking
     /// `meta` for the committed metadata. Only the first call counts.
     pub fn start_upkeep(&mut self, meta: MetaPath) {
-        if self.ctx.meta.set(meta).is_err() {
+        let route = meta::MetaRoute::new(meta, self.ctx.stall_timeout());
+        if self.ctx.meta.set(route).is_err() {
             return;
         }
         let rx = self.shutdown.subscribe();

@@ -1,11 +1,17 @@
 //! The telemetry subscription: connects to an agent, reads its frames, moves
 //! to the leader when the agent is not it, and when the agent dies moves to
 //! another live member it reported. Every step becomes an [`Event`].
+//!
+//! A subscription is a stream, not a request, so it does not go through
+//! [`dml_shared::router::LeaderRouter`]: the leader it follows is the one
+//! named in the frames. Pauses after every candidate failed use the router's
+//! backoff.
 
 use super::app::{ConnEvent, Event};
 use dml_shared::api::{MemberInfo, MemberState, Request, Response};
 use dml_shared::client::{connect, read_response, send_request, unexpected};
 use dml_shared::conn::Conn;
+use dml_shared::router;
 use dml_shared::telemetry::{Frame, MIN_INTERVAL_MS};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 const STALL: Duration = Duration::from_millis(MIN_INTERVAL_MS * 6);
 /// An agent that failed is not followed as leader again for this long.
 const SHUN: Duration = Duration::from_secs(10);
-/// Pause after every candidate failed, growing to the maximum.
+/// Pause after every candidate failed, growing (with jitter) to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -80,7 +86,7 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
     let mut target = start;
     let mut candidates: Vec<SocketAddr> = Vec::new();
     let mut failed: HashMap<SocketAddr, Instant> = HashMap::new();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = router::backoff(BACKOFF_MIN, BACKOFF_MAX);
     let mut misses = 0usize;
     loop {
         if tx
@@ -106,7 +112,7 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
                         Err(e) => break End::Lost(e),
                     };
                     misses = 0;
-                    backoff = BACKOFF_MIN;
+                    backoff = router::backoff(BACKOFF_MIN, BACKOFF_MAX);
                     candidates = failover_candidates(target, &f.members);
                     let leader = f.leader.as_ref().and_then(|l| l.leader);
                     let live = |a: SocketAddr| {
@@ -154,8 +160,7 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
                 let next = order[misses % order.len()];
                 misses += 1;
                 if misses >= order.len() {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX)).await;
                     misses = 0;
                 }
                 let ev = ConnEvent::Lost {
