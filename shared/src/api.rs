@@ -3,6 +3,7 @@
 use crate::error::RemoteError;
 use crate::id::NodeId;
 use crate::sdfs::{Checksum, DataRequest, Holding, MetaRequest, MetaResponse};
+pub use crate::view::{LeaderInfo, MemberInfo, MemberState};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -32,43 +33,6 @@ pub enum Request {
     Subscribe,
     /// This agent's own figures (CPU, memory, SDFS bytes), for telemetry.
     NodeStats,
-}
-
-/// A member's state as this agent sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemberState {
-    Alive,
-    Suspect,
-    Failed,
-    Left,
-}
-
-impl MemberState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberState::Alive => "alive",
-            MemberState::Suspect => "suspect",
-            MemberState::Failed => "failed",
-            MemberState::Left => "left",
-        }
-    }
-
-    /// Alive or suspect: still on the ring.
-    pub fn is_live(self) -> bool {
-        matches!(self, MemberState::Alive | MemberState::Suspect)
-    }
-}
-
-/// One row of `dml members`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MemberInfo {
-    pub id: NodeId,
-    pub state: MemberState,
-    pub incarnation: u32,
-    /// Milliseconds since this agent last heard from the member directly, if ever.
-    pub last_heard_ms: Option<u64>,
-    /// The members that probe this one (its ring predecessors).
-    pub monitors: Vec<NodeId>,
 }
 
 /// This agent's view of itself.
@@ -110,22 +74,6 @@ pub struct Stats {
     pub udp_replayed: u64,
     /// TCP connections dropped in the handshake or for a bad frame tag.
     pub tcp_unauthenticated: u64,
-}
-
-/// The control plane as one agent sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LeaderInfo {
-    /// The leader's agent address, if one is known.
-    pub leader: Option<SocketAddr>,
-    pub term: u64,
-    pub voters: Vec<SocketAddr>,
-    /// Whether the answering agent is a voter.
-    pub is_voter: bool,
-    /// Index of the last entry applied to this agent's state machine (voters only).
-    pub last_applied: Option<u64>,
-    /// BLAKE3 (16 hex digits) of this voter's state machine at `last_applied`:
-    /// voters at the same index must show the same digest.
-    pub applied_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

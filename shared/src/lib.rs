@@ -8,6 +8,7 @@
 //! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying tagged frames.
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
+//! - [`view`]: members and the leader as one agent sees them (API and telemetry both carry them).
 //! - [`api`]: request and response types of the agent API.
 //! - [`version`]: one committed version of a file (its checksum, replicas).
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
@@ -38,6 +39,7 @@ pub mod sdfs_client;
 pub mod stream;
 pub mod telemetry;
 pub mod version;
+pub mod view;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, RemoteError, Result};

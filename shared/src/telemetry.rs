@@ -8,9 +8,9 @@
 //! along as the events newer than the subscriber last received, or as the
 //! recent tail with `resync` set after frames were dropped.
 
-use crate::api::{LeaderInfo, MemberInfo};
 use crate::id::NodeId;
 use crate::infer::{JobInfo, LatencyInfo, ModelInfo, Placement, RateInfo};
+use crate::view::{LeaderInfo, MemberInfo};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
