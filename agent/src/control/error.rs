@@ -29,8 +29,8 @@ pub enum ControlError {
         /// The term the entry was appended in.
         term: u64,
     },
-    #[error("the leader {leader} did not answer: {reason}")]
-    Forward { leader: SocketAddr, reason: String },
+    #[error("the leader did not answer the forwarded request: {reason}")]
+    Forward { reason: String },
     #[error(
         "only {alive} {} alive; a write needs {quorum}",
         if *alive == 1 { "agent is" } else { "agents are" }

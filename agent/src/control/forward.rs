@@ -1,17 +1,20 @@
 //! Finding the leader and getting a metadata request to it. A voter knows
 //! the leader from its Raft metrics; a non-voter asks the voters. Requests
 //! are forwarded wrapped in `MetaRequest::AtLeader`, which only the leader
-//! serves; anyone else answers `NotLeader` with its best guess, and the
-//! forwarding agent follows that hint until `Settings::leader_wait` runs out.
+//! serves, through the shared [`LeaderRouter`] (the same route clients take):
+//! it follows `NotLeader` hints and retries with backoff until
+//! `Settings::leader_wait` runs out.
 
 use super::error::ControlError;
 use super::types::voter_id;
-use super::{Inner, error::Refusal};
+use super::{Inner, Settings, error::Refusal};
+use dml_shared::Error;
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::client::Client;
+use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterOptions};
 use dml_shared::sdfs::MetaRequest;
 use std::net::SocketAddr;
-use tokio::time::Instant;
+use std::sync::{Arc, Weak};
 
 /// Idle connections kept for forwarding to the leader.
 const FORWARD_POOL: usize = 16;
@@ -69,7 +72,7 @@ impl Inner {
             applied_digest: None,
         });
         if info.leader.is_some() {
-            *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = info.leader;
+            self.router.set_leader(info.leader);
         }
         LeaderInfo {
             voters: self.s.voters.clone(),
@@ -100,40 +103,9 @@ impl Inner {
         Some(fresh)
     }
 
-    /// The leader as best known now, asking the voters if need be.
-    async fn find_leader(&self) -> Option<SocketAddr> {
-        if self.raft.is_some() {
-            return self.raft_leader();
-        }
-        let hint = *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner());
-        match hint {
-            Some(l) => Some(l),
-            None => self.leader_info().await.leader,
-        }
-    }
-
-    /// An open connection to `leader` from the pool, or a new client.
-    fn pooled(&self, leader: SocketAddr, timeout: std::time::Duration) -> Client {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().position(|c| c.addr() == leader) {
-            Some(i) => pool.swap_remove(i).with_timeout(timeout),
-            None => Client::new(leader).with_timeout(timeout),
-        }
-    }
-
-    /// Returns a client whose last call succeeded to the pool (bounded).
-    fn unpool(&self, c: Client) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < FORWARD_POOL {
-            pool.push(c);
-        }
-    }
-
-    fn forget_leader(&self) {
-        *self.leader_hint.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Entry point of every metadata request this agent receives.
+    /// Entry point of every metadata request this agent receives: served
+    /// here while this agent leads, else sent to the leader through the
+    /// agent's [`LeaderRouter`] (wrapped in `AtLeader`).
     pub(crate) async fn meta(&self, req: MetaRequest) -> Response {
         if let MetaRequest::AtLeader(inner) = req {
             return match self.serve_at_leader(*inner).await {
@@ -142,71 +114,71 @@ impl Inner {
                 Err(Refusal::Failed(e)) => Response::Error(e.into()),
             };
         }
-        let wait = self.s.leader_wait();
-        let deadline = Instant::now() + wait;
-        let mut hint: Option<SocketAddr> = None;
-        loop {
-            let leader = match hint.take() {
-                Some(l) => Some(l),
-                None => self.find_leader().await,
-            };
-            match leader {
-                Some(l) if l == self.s.me && self.raft.is_some() => {
-                    match self.serve_at_leader(req.clone()).await {
-                        Ok(r) => return Response::Meta(r),
-                        Err(Refusal::NotLeader(h)) => hint = h.filter(|h| *h != self.s.me),
-                        Err(Refusal::Failed(e)) => return Response::Error(e.into()),
-                    }
-                }
-                Some(l) => {
-                    // A pooled connection may have been closed by the other
-                    // side; only a request that is safe to repeat takes one.
-                    let timeout = wait + self.s.control.rpc_timeout;
-                    let mut c = if req.is_idempotent() {
-                        self.pooled(l, timeout)
-                    } else {
-                        Client::new(l).with_timeout(timeout)
-                    };
-                    let fwd = Request::Meta(MetaRequest::AtLeader(Box::new(req.clone())));
-                    let answer = c.call(&fwd).await;
-                    if answer.is_ok() {
-                        self.unpool(c);
-                    }
-                    match answer {
-                        Ok(Response::NotLeader { leader }) => {
-                            self.forget_leader();
-                            hint = leader.filter(|h| *h != l);
-                        }
-                        Ok(other) => return other,
-                        Err(dml_shared::Error::Remote(m)) => return Response::Error(m),
-                        // Not delivered: safe to try again.
-                        Err(dml_shared::Error::Connect { .. }) => self.forget_leader(),
-                        // Maybe delivered: only a request that is safe to
-                        // repeat is tried again (at the new leader).
-                        Err(e) => {
-                            self.forget_leader();
-                            if !req.is_idempotent() {
-                                let e = ControlError::Forward {
-                                    leader: l,
-                                    reason: e.to_string(),
-                                };
-                                return Response::Error(e.into());
-                            }
-                        }
-                    }
-                }
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                let e = ControlError::NoLeader {
-                    waited: wait,
-                    voters: self.s.voters.clone(),
-                };
-                return Response::Error(e.into());
-            }
-            if hint.is_none() {
-                tokio::time::sleep(self.s.control.heartbeat_interval).await;
+        if self.raft.is_some() && self.raft_leader() == Some(self.s.me) {
+            match self.serve_at_leader(req.clone()).await {
+                Ok(r) => return Response::Meta(r),
+                Err(Refusal::Failed(e)) => return Response::Error(e.into()),
+                // Stepped down since: the router finds the new leader.
+                Err(Refusal::NotLeader(_)) => {}
             }
         }
+        let idempotent = req.is_idempotent();
+        match self.router.meta(req).await {
+            Ok(m) => Response::Meta(m),
+            Err(Error::Remote(e)) => Response::Error(e),
+            // Never delivered, or safe to repeat: it kept trying until
+            // `leader_wait`, and no leader answered.
+            Err(e @ (Error::NotLeader { .. } | Error::Connect { .. })) => {
+                tracing::debug!(error = %e, "no leader answered");
+                Response::Error(self.no_leader().into())
+            }
+            Err(_) if idempotent => Response::Error(self.no_leader().into()),
+            // Maybe delivered: not repeated.
+            Err(e) => Response::Error(
+                ControlError::Forward {
+                    reason: e.to_string(),
+                }
+                .into(),
+            ),
+        }
+    }
+
+    fn no_leader(&self) -> ControlError {
+        ControlError::NoLeader {
+            waited: self.s.leader_wait(),
+            voters: self.s.voters.clone(),
+        }
+    }
+}
+
+/// Builds the agent's one route to the leader: a voter reads the leader
+/// from its Raft metrics, a non-voter asks the voters.
+pub(crate) fn router(s: &Settings, me: Weak<Inner>, voter: bool) -> LeaderRouter {
+    let finder: Arc<dyn FindLeader> = if voter {
+        Arc::new(RaftLeader(me))
+    } else {
+        Arc::new(AskAgents::new(s.voters.clone(), s.control.rpc_timeout))
+    };
+    let wait = s.leader_wait();
+    LeaderRouter::finding(
+        finder,
+        RouterOptions {
+            // The leader itself may wait up to `leader_wait` for a quorum.
+            call_timeout: wait + s.control.rpc_timeout,
+            leader_wait: wait,
+            min_backoff: s.control.heartbeat_interval,
+            max_backoff: s.control.election_timeout_min,
+            pool_size: FORWARD_POOL,
+            local_socket: false,
+        },
+    )
+}
+
+/// A voter's view of who leads: its Raft metrics.
+struct RaftLeader(Weak<Inner>);
+
+impl FindLeader for RaftLeader {
+    fn find(&self) -> BoxFuture<'_, Option<SocketAddr>> {
+        Box::pin(async move { self.0.upgrade()?.raft_leader() })
     }
 }

@@ -126,10 +126,9 @@ pub(crate) struct Inner {
     pub leader: watch::Receiver<Option<task::LeaderHandle>>,
     /// Repair copies in flight (this agent leading), read by telemetry.
     pub repairs: AtomicU64,
-    /// Non-voters: the leader last learned from a voter.
-    pub leader_hint: Mutex<Option<SocketAddr>>,
-    /// Open connections for forwarding requests to the leader.
-    pub pool: Mutex<Vec<dml_shared::client::Client>>,
+    /// The one route to the leader for requests this agent forwards (it
+    /// caches the leader and holds the pooled connections).
+    pub router: dml_shared::router::LeaderRouter,
     /// (applied index, digest) of the state machine last hashed.
     pub digest: Mutex<Option<(u64, String)>>,
     /// The membership list last read to gate Raft RPCs, and when.
@@ -267,15 +266,15 @@ impl ControlPlane {
             (None, None, None)
         };
         let (publish, leader) = watch::channel(None);
-        let inner = Arc::new(Inner {
+        let voter = raft.is_some();
+        let inner = Arc::new_cyclic(|me| Inner {
+            router: forward::router(&settings, me.clone(), voter),
             s: settings,
             raft,
             sm,
             membership,
             leader,
             repairs: AtomicU64::new(0),
-            leader_hint: Mutex::new(None),
-            pool: Mutex::new(Vec::new()),
             view: Mutex::new(None),
             digest: Mutex::new(None),
         });
