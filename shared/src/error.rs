@@ -147,6 +147,8 @@ pub enum Error {
     Remote(RemoteError),
     #[error("bad SDFS name \"{name}\": {reason}")]
     BadName { name: String, reason: String },
+    #[error("model \"{name}\": {reason}")]
+    BadModelName { name: String, reason: String },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{} is not the leader{}", addr, match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]
@@ -275,6 +277,7 @@ impl Error {
             | Error::ConfigFile { .. }
             | Error::Registry { .. }
             | Error::BadName { .. }
+            | Error::BadModelName { .. }
             | Error::LocalFile { .. }
             | Error::KeyFile { .. }
             | Error::NoKey => K::Invalid,

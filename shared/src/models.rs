@@ -115,7 +115,7 @@ impl Registry {
         let mut models: Vec<ModelSpec> = Vec::new();
         for m in raw.model {
             let bad = |what: String| err(format!("model \"{}\": {what}", m.name));
-            validate_model_name(&m.name).map_err(|r| err(format!("model \"{}\": {r}", m.name)))?;
+            validate_model_name(&m.name).map_err(|e| err(e.to_string()))?;
             if models.iter().any(|x| x.name == m.name) {
                 return Err(bad("is listed twice".into()));
             }
@@ -199,15 +199,21 @@ impl Registry {
 }
 
 /// Model names: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
-pub fn validate_model_name(name: &str) -> std::result::Result<(), String> {
+pub fn validate_model_name(name: &str) -> crate::Result<()> {
+    let bad = |reason: &str| {
+        Err(crate::Error::BadModelName {
+            name: name.chars().take(80).collect(),
+            reason: reason.into(),
+        })
+    };
     if name.is_empty() || name.len() > 64 {
-        return Err("a model name has 1 to 64 characters".into());
+        return bad("a model name has 1 to 64 characters");
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     {
-        return Err("a model name uses only a-z, 0-9, '_' and '-'".into());
+        return bad("a model name uses only a-z, 0-9, '_' and '-'");
     }
     Ok(())
 }

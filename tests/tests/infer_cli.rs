@@ -220,8 +220,8 @@ async fn a_job_runs_through_the_cli_and_its_figures_are_reported() {
 async fn bad_inference_input_gets_a_clear_error() {
     let _slot = cluster_slot().await;
     let c = SdfsCluster::start("infer-cli-bad", 3).await.unwrap();
-    // `dml` checks the batch sizes itself (untyped: exit 1); the leader
-    // refuses a bad model name as invalid (4) and a missing job as not-found (3).
+    // `dml` checks batch sizes itself (untyped: exit 1) and model names
+    // (invalid: 4); the leader refuses a missing job as not-found (3).
     let cases: [(&[&str], i32, &str); 5] = [
         (&["set-batch-size", "tiny", "0"], 1, "at least 1"),
         (&["set-batch-size", "tiny", "65"], 1, "max_batch"),

@@ -83,7 +83,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
             num_images,
             dataset,
         } => {
-            validate_model_name(model).map_err(|e| anyhow!("model \"{model}\": {e}"))?;
+            validate_model_name(model)?;
             let req = InferRequest::Submit {
                 model: model.clone(),
                 count: Some(*num_images),
