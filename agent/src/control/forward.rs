@@ -15,6 +15,7 @@ use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterO
 use dml_shared::sdfs::MetaRequest;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use tokio::time::Instant;
 
 /// Idle connections kept for forwarding to the leader.
 const FORWARD_POOL: usize = 16;
@@ -114,12 +115,18 @@ impl Inner {
                 Err(Refusal::Failed(e)) => Response::Error(e.into()),
             };
         }
-        if self.raft.is_some() && self.raft_leader() == Some(self.s.me) {
+        // While Raft names this agent, it serves here, never through its
+        // own API (that would take a client's connection slot): just after
+        // an election its leader task may not run yet, so it tries again.
+        let deadline = Instant::now() + self.s.leader_wait();
+        while self.raft.is_some() && self.raft_leader() == Some(self.s.me) {
             match self.serve_at_leader(req.clone()).await {
                 Ok(r) => return Response::Meta(r),
                 Err(Refusal::Failed(e)) => return Response::Error(e.into()),
-                // Stepped down since: the router finds the new leader.
-                Err(Refusal::NotLeader(_)) => {}
+                Err(Refusal::NotLeader(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(self.s.control.heartbeat_interval).await;
+                }
+                Err(Refusal::NotLeader(_)) => return Response::Error(self.no_leader().into()),
             }
         }
         let idempotent = req.is_idempotent();
