@@ -215,7 +215,7 @@ async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Re
         Request::Join => m.join().await.map_or_else(gone, |()| Response::Ok),
         Request::Leave => m.leave().await.map_or_else(gone, |()| Response::Ok),
         Request::Leader => Response::Leader(services.control.leader_info().await),
-        Request::Meta(req) => services.control.meta(req).await,
+        Request::Control { req, leader_only } => services.control.control(req, leader_only).await,
         Request::Raft(rpc) => services.control.raft_rpc(rpc).await,
         Request::NodeStats => Response::NodeStats(services.telemetry.node_stats()),
         Request::Data(_) | Request::Subscribe => unreachable!("served above"),

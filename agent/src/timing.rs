@@ -28,20 +28,15 @@ pub const MEMBERSHIP_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 // Control plane.
 
 /// Longest a membership list read for gating Raft RPCs is reused.
-/// (Used in `control/leader.rs`.)
+/// (Used in `control/mod.rs`.)
 pub const VIEW_TTL: Duration = Duration::from_millis(100);
-
-/// Longest a commit waits for its appended plan's outcome beyond
-/// `Settings::leader_wait` (the plan's own wait answers first).
-/// (Used in `control/leader.rs`.)
-pub const CLAIM_SLACK: Duration = Duration::from_millis(100);
 
 /// Longest wait at shutdown for openraft's tasks to release the database.
 /// (Used in `control/mod.rs`.)
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest a worker's lease request waits for work.
-/// (Used in `control/infer.rs`.)
+/// (Used in `control/task.rs`.)
 pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
 
 /// The window of the C1 rates.

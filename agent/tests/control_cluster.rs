@@ -6,6 +6,7 @@
 use dml_agent::agent::Agent;
 use dml_shared::api::Response;
 use dml_shared::config::{Config, Preset};
+use dml_shared::control::ControlResponse;
 use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,12 +113,12 @@ async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64), String> {
         size: 3,
     };
     match agent.control().meta(begin).await {
-        Response::Meta(MetaResponse::PutPlan {
+        Response::Control(ControlResponse::Sdfs(MetaResponse::PutPlan {
             version,
             chain,
             plan,
             ..
-        }) => {
+        })) => {
             assert!(!chain.is_empty());
             Ok((version, plan))
         }
@@ -141,7 +142,9 @@ async fn commit(
         plan,
     };
     match agent.control().meta(commit).await {
-        Response::Meta(MetaResponse::Committed { version }) => Ok(version),
+        Response::Control(ControlResponse::Sdfs(MetaResponse::Committed { version })) => {
+            Ok(version)
+        }
         Response::Error(e) => Err(e.message),
         other => panic!("CommitPut: {other:?}"),
     }

@@ -12,6 +12,7 @@ use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::auth::handshake;
 use dml_shared::infer::{ImageResult, InferRequest, Outcome, Prediction, jsonl_line};
+use dml_shared::control::ControlRequest;
 use dml_shared::sdfs::{DataRequest, MetaRequest};
 use dml_shared::wire::{self, Kind};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
@@ -137,17 +138,21 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
         "wire_request" => [
             Request::Members,
-            Request::Meta(MetaRequest::BeginPut {
-                name: "a/b.jpg".into(),
-                size: 10,
-            }),
-            Request::Meta(MetaRequest::AtLeader(Box::new(MetaRequest::Infer(
-                InferRequest::Submit {
+            Request::Control {
+                req: ControlRequest::Sdfs(MetaRequest::BeginPut {
+                    name: "a/b.jpg".into(),
+                    size: 10,
+                }),
+                leader_only: false,
+            },
+            Request::Control {
+                req: ControlRequest::Infer(InferRequest::Submit {
                     model: "resnet50".into(),
                     count: Some(4),
                     dataset: "datasets/sample".into(),
-                },
-            )))),
+                }),
+                leader_only: true,
+            },
             Request::Data(DataRequest::Read {
                 name: "x".into(),
                 version: 3,

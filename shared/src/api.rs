@@ -1,8 +1,9 @@
 //! Requests `dml` sends to an agent over TCP, and the answers.
 
+use crate::control::{ControlRequest, ControlResponse};
 use crate::error::RemoteError;
 use crate::id::NodeId;
-use crate::sdfs::{Checksum, DataRequest, Holding, MetaRequest, MetaResponse};
+use crate::sdfs::{Checksum, DataRequest, Holding};
 pub use crate::view::{LeaderInfo, MemberInfo, MemberState};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -22,8 +23,14 @@ pub enum Request {
     Leave,
     /// Who leads the control plane.
     Leader,
-    /// SDFS metadata; followers forward it to the leader.
-    Meta(MetaRequest),
+    /// A control-plane request (SDFS metadata or inference), served at the
+    /// leader. `leader_only`: an agent relaying it to the leader sets it, so
+    /// the receiver serves it only if it leads and never relays it again
+    /// (it answers `NotLeader`); from a client, any agent relays it.
+    Control {
+        req: ControlRequest,
+        leader_only: bool,
+    },
     /// SDFS bytes: a write, a read, a repair copy, or the local holdings.
     Data(DataRequest),
     /// An openraft RPC between voters, postcard-encoded by the control plane.
@@ -85,7 +92,7 @@ pub enum Response {
     /// The request was refused or failed; what kind, and why.
     Error(RemoteError),
     Leader(LeaderInfo),
-    Meta(MetaResponse),
+    Control(ControlResponse),
     /// A write stored durably on these agents (the answering one first).
     /// `failed`: replicas of the chain that did not store it, each with the
     /// reason it gave (or "unreachable"/"timed out" as its upstream saw it).

@@ -5,8 +5,10 @@
 
 use crate::api::{IdInfo, LeaderInfo, MemberInfo, Request, Response, Stats};
 use crate::conn::{Conn, FrameRead, FrameWrite};
+use crate::control::{ControlRequest, ControlResponse};
 use crate::error::{Error, Result};
 use crate::framing::DEFAULT_MAX_FRAME;
+use crate::infer::{InferRequest, InferResponse};
 use crate::sdfs::{DataRequest, Holding, MetaRequest, MetaResponse};
 use crate::wire::{self, Kind};
 use std::net::SocketAddr;
@@ -85,15 +87,32 @@ impl Client {
         }
     }
 
-    /// One SDFS metadata request; a redirect comes back as [`Error::NotLeader`].
+    /// One control-plane request (this agent relays it to the leader); a
+    /// redirect comes back as [`Error::NotLeader`], a refusal as
+    /// [`Error::Remote`].
+    pub async fn control(&mut self, req: ControlRequest) -> Result<ControlResponse> {
+        let answer = self
+            .call(&Request::Control {
+                req,
+                leader_only: false,
+            })
+            .await?;
+        crate::router::into_control(self.addr, answer)
+    }
+
+    /// [`Client::control`] for SDFS metadata.
     pub async fn meta(&mut self, req: MetaRequest) -> Result<MetaResponse> {
-        match self.call(&Request::Meta(req)).await? {
-            Response::Meta(m) => Ok(m),
-            Response::NotLeader { leader } => Err(Error::NotLeader {
-                addr: self.addr.to_string(),
-                leader,
-            }),
-            other => Err(unexpected(other)),
+        match self.control(ControlRequest::Sdfs(req)).await? {
+            ControlResponse::Sdfs(m) => Ok(m),
+            other => Err(unexpected(Response::Control(other))),
+        }
+    }
+
+    /// [`Client::control`] for inference.
+    pub async fn infer(&mut self, req: InferRequest) -> Result<InferResponse> {
+        match self.control(ControlRequest::Infer(req)).await? {
+            ControlResponse::Infer(r) => Ok(r),
+            other => Err(unexpected(Response::Control(other))),
         }
     }
 

@@ -1,8 +1,8 @@
 //! Inference vocabulary shared by agents and `dml`: jobs, queries, their
 //! results, and the C1–C5 figures.
 //!
-//! Every request here travels as `MetaRequest::Infer` and is served by the
-//! leader (followers forward it). Operators submit jobs and read figures;
+//! Every request here travels as `ControlRequest::Infer` and is served by the
+//! leader (other agents relay it). Operators submit jobs and read figures;
 //! workers (every agent) take query leases with [`InferRequest::Lease`] and
 //! hand results back with [`InferRequest::Complete`].
 

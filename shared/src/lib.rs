@@ -9,6 +9,7 @@
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
 //! - [`view`]: members and the leader as one agent sees them (API and telemetry both carry them).
+//! - [`control`]: control-plane requests (SDFS metadata, inference), served at the leader.
 //! - [`api`]: request and response types of the agent API.
 //! - [`version`]: one committed version of a file (its checksum, replicas).
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod disk;
 pub mod error;
 pub mod framing;

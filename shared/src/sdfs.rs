@@ -171,12 +171,6 @@ pub enum MetaRequest {
         after: Option<(String, u64)>,
         limit: u32,
     },
-    /// Inference jobs and figures (see [`crate::infer`]).
-    Infer(crate::infer::InferRequest),
-    /// Agent to agent: serve the inner request only if the receiver leads the
-    /// control plane, else answer `Response::NotLeader`. Agents wrap requests
-    /// they forward in it, so a request never bounces between stale followers.
-    AtLeader(Box<MetaRequest>),
 }
 
 impl MetaRequest {
@@ -185,18 +179,15 @@ impl MetaRequest {
     /// treats a repeat as a no-op). `BeginPut` would reserve a second version
     /// and `Delete` would fail on its own success, so they are not.
     pub fn is_idempotent(&self) -> bool {
-        match self {
-            MetaRequest::BeginPut { .. } | MetaRequest::Delete { .. } => false,
-            MetaRequest::AtLeader(inner) => inner.is_idempotent(),
-            MetaRequest::Infer(r) => r.is_idempotent(),
-            _ => true,
-        }
+        !matches!(
+            self,
+            MetaRequest::BeginPut { .. } | MetaRequest::Delete { .. }
+        )
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MetaResponse {
-    Infer(crate::infer::InferResponse),
     PutPlan {
         version: u64,
         /// Stream to `chain[0]`, which forwards to the rest in order.

@@ -5,6 +5,7 @@
 //! `wire::decode`, and no strict prefix of an encoding decodes.
 
 use dml_shared::api::{IdInfo, LeaderInfo, MemberInfo, MemberState, Request, Response, Stats};
+use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::error::Error;
 use dml_shared::framing::{read_frame, write_frame};
 use dml_shared::id::NodeId;
@@ -155,16 +156,26 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
             any::<u32>()
         )
             .prop_map(|(node, after, limit)| MetaRequest::Assigned { node, after, limit }),
-        infer_request().prop_map(MetaRequest::Infer),
     ];
-    leaf.prop_recursive(2, 4, 1, |inner| {
-        inner.prop_map(|r| MetaRequest::AtLeader(Box::new(r)))
-    })
+    leaf
+}
+
+fn control_request() -> impl Strategy<Value = ControlRequest> {
+    prop_oneof![
+        meta_request().prop_map(ControlRequest::Sdfs),
+        infer_request().prop_map(ControlRequest::Infer),
+    ]
+}
+
+fn control_response() -> impl Strategy<Value = ControlResponse> {
+    prop_oneof![
+        meta_response().prop_map(ControlResponse::Sdfs),
+        infer_response().prop_map(ControlResponse::Infer),
+    ]
 }
 
 fn meta_response() -> impl Strategy<Value = MetaResponse> {
     prop_oneof![
-        infer_response().prop_map(MetaResponse::Infer),
         (any::<u64>(), addrs(), any::<usize>(), any::<u64>()).prop_map(
             |(version, chain, quorum, plan)| MetaResponse::PutPlan {
                 version,
@@ -656,7 +667,8 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Join),
         Just(Request::Leave),
         Just(Request::Leader),
-        meta_request().prop_map(Request::Meta),
+        (control_request(), any::<bool>())
+            .prop_map(|(req, leader_only)| Request::Control { req, leader_only }),
         data_request().prop_map(Request::Data),
         bytes().prop_map(Request::Raft),
         Just(Request::Subscribe),
@@ -680,7 +692,7 @@ fn response() -> impl Strategy<Value = Response> {
             dml_shared::RemoteError::new(dml_shared::ErrorKind::ALL[k], m)
         )),
         leader_info().prop_map(Response::Leader),
-        meta_response().prop_map(Response::Meta),
+        control_response().prop_map(Response::Control),
         (addrs(), vec((addr(), text()), 0..3))
             .prop_map(|(holders, failed)| Response::Stored { holders, failed }),
         (any::<u64>(), any::<[u8; 32]>())

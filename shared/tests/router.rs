@@ -4,6 +4,7 @@
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::auth::{self, ClusterKey};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+use dml_shared::control::ControlRequest;
 use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterOptions};
 use dml_shared::sdfs::{MetaRequest, MetaResponse};
@@ -18,7 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// How a fake agent answers the `n`th metadata request it gets (from 0);
 /// `None` closes the connection without an answer.
-type Rule = Arc<dyn Fn(&MetaRequest, usize) -> Option<Response> + Send + Sync>;
+/// The answer to a metadata request (sent `leader_only` or not), the `n`th seen.
+type Rule = Arc<dyn Fn(&MetaRequest, bool, usize) -> Option<Response> + Send + Sync>;
 
 struct Agent {
     addr: SocketAddr,
@@ -66,9 +68,12 @@ async fn serve(
                 last_applied: None,
                 applied_digest: None,
             })),
-            Request::Meta(m) => {
+            Request::Control {
+                req: ControlRequest::Sdfs(m),
+                leader_only,
+            } => {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
-                rule(&m, n)
+                rule(&m, leader_only, n)
             }
             other => Some(Response::Error(RemoteError::invalid(format!(
                 "fake agent does not serve {other:?}"
@@ -83,16 +88,16 @@ async fn serve(
     Ok(())
 }
 
-/// Serves `AtLeader(Count)` and `Count` with one file per request seen.
+/// Serves `Count` (sent `leader_only` or not) with one file per request seen.
 fn leads() -> Rule {
-    Arc::new(|m, n| {
+    Arc::new(|m, _, n| {
         let count = MetaResponse::Count {
             files: n as u64,
             versions: 0,
             bytes: 0,
         };
         match m {
-            MetaRequest::AtLeader(_) | MetaRequest::Count => Some(Response::Meta(count)),
+            MetaRequest::Count => Some(Response::Control(count.into())),
             other => Some(Response::Error(RemoteError::invalid(format!(
                 "not served: {other:?}"
             )))),
@@ -102,7 +107,7 @@ fn leads() -> Rule {
 
 /// Answers every request `NotLeader`, naming `leader`.
 fn redirects(leader: Option<SocketAddr>) -> Rule {
-    Arc::new(move |_, _| Some(Response::NotLeader { leader }))
+    Arc::new(move |_, _, _| Some(Response::NotLeader { leader }))
 }
 
 fn opts() -> RouterOptions {
@@ -180,7 +185,7 @@ async fn no_leader_means_waiting_until_one_is_elected() {
     let e = elected.clone();
     let follower = Agent::start(
         None,
-        Arc::new(move |_, _| {
+        Arc::new(move |_, _, _| {
             Some(Response::NotLeader {
                 leader: *e.lock().unwrap(),
             })
@@ -201,9 +206,9 @@ async fn a_lost_answer_is_asked_again_only_when_the_request_is_idempotent() {
     // The first request of each kind is delivered, but its answer is lost.
     let leader = Agent::start(
         None,
-        Arc::new(|m, n| match (m, n) {
+        Arc::new(|m, _, n| match (m, n) {
             (_, 0) => None,
-            (MetaRequest::Count, _) => Some(Response::Meta(MetaResponse::Done)),
+            (MetaRequest::Count, _) => Some(Response::Control(MetaResponse::Done.into())),
             (other, _) => Some(Response::Error(RemoteError::invalid(format!(
                 "not served: {other:?}"
             )))),
@@ -218,7 +223,7 @@ async fn a_lost_answer_is_asked_again_only_when_the_request_is_idempotent() {
 
     let leader = Agent::start(
         None,
-        Arc::new(|_, n| (n > 0).then_some(Response::Meta(MetaResponse::Done))),
+        Arc::new(|_, _, n| (n > 0).then_some(Response::Control(MetaResponse::Done.into()))),
     )
     .await;
     let router = LeaderRouter::through(leader.addr, opts());
@@ -233,7 +238,7 @@ async fn a_lost_answer_is_asked_again_only_when_the_request_is_idempotent() {
 async fn a_refusal_is_reported_without_retrying() {
     let leader = Agent::start(
         None,
-        Arc::new(|_, _| {
+        Arc::new(|_, _, _| {
             Some(Response::Error(RemoteError::new(
                 ErrorKind::Unavailable,
                 "disk full",
@@ -270,12 +275,10 @@ impl FindLeader for Finder {
 async fn a_router_without_entry_asks_its_finder_and_sends_only_at_leader() {
     let leader = Agent::start(
         None,
-        Arc::new(|m, _| match m {
-            MetaRequest::AtLeader(inner) if **inner == MetaRequest::Count => {
-                Some(Response::Meta(MetaResponse::Done))
-            }
+        Arc::new(|m, leader_only, _| match m {
+            MetaRequest::Count if leader_only => Some(Response::Control(MetaResponse::Done.into())),
             other => Some(Response::Error(RemoteError::invalid(format!(
-                "only AtLeader: {other:?}"
+                "only leader_only: {other:?}"
             )))),
         }),
     )

@@ -5,6 +5,7 @@
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{self, ClusterKey};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+use dml_shared::control::ControlRequest;
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
 use dml_shared::sdfs::{
     DataRequest, FileInfo, Holding, MetaRequest, MetaResponse, VersionInfo, glob_match,
@@ -132,7 +133,10 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
     while let Some(frame) = s.read_frame(DEFAULT_MAX_FRAME).await? {
         let req: Request = wire::decode(Kind::Request, &frame)?;
         let resp = match req {
-            Request::Meta(m) => {
+            Request::Control {
+                req: ControlRequest::Sdfs(m),
+                ..
+            } => {
                 let leader = st.lock().unwrap().leader;
                 if leader != Some(me) {
                     Response::NotLeader { leader }
@@ -255,10 +259,6 @@ async fn respond(s: &mut Conn, r: Response) -> Result<()> {
 }
 
 fn meta(st: &Shared, m: MetaRequest) -> Response {
-    // Like a real leader, it serves a request sent to it as the leader.
-    if let MetaRequest::AtLeader(inner) = m {
-        return meta(st, *inner);
-    }
     let mut g = st.lock().unwrap();
     let r = match m {
         MetaRequest::BeginPut { name, .. } => {
@@ -341,7 +341,7 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
             )));
         }
     };
-    Response::Meta(r)
+    Response::Control(r.into())
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -3,11 +3,11 @@
 //! ground truth; the `dml` commands are tested on their own).
 
 use crate::sdfs::SdfsCluster;
-use crate::sdfs::api::meta;
 use crate::wait::wait_for;
 use anyhow::{Context, Result, bail};
+use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, JobId, JobInfo, JobState};
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,8 +23,8 @@ pub fn tiny_model() -> PathBuf {
 
 /// One inference request through `addr` (followers forward to the leader).
 pub async fn infer(addr: SocketAddr, req: InferRequest) -> Result<InferResponse> {
-    match meta(addr, MetaRequest::Infer(req.clone())).await? {
-        MetaResponse::Infer(r) => Ok(r),
+    match crate::sdfs::api::control(addr, ControlRequest::Infer(req.clone())).await? {
+        ControlResponse::Infer(r) => Ok(r),
         other => bail!("{addr} answered {req:?} with {other:?}"),
     }
 }

@@ -106,6 +106,10 @@ impl LeaderCore {
         self.term
     }
 
+    pub fn registry(&self) -> &Registry {
+        &self.cfg.registry
+    }
+
     pub fn plans(&mut self) -> &mut Plans {
         &mut self.plans
     }

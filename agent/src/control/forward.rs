@@ -1,8 +1,9 @@
-//! Finding the leader and getting a metadata request to it. A voter knows
-//! the leader from its Raft metrics; a non-voter asks the voters. Requests
-//! are forwarded wrapped in `MetaRequest::AtLeader`, which only the leader
-//! serves, through the shared [`LeaderRouter`] (the same route clients take):
-//! it follows `NotLeader` hints and retries with backoff until
+//! Finding the leader and getting a control-plane request to it. While this
+//! agent leads, its leader task (`task.rs`) serves the request. Otherwise
+//! it goes on to the leader, sent `leader_only` (only the leader serves it),
+//! through the shared [`LeaderRouter`] (the same route clients take): a
+//! voter knows the leader from its Raft metrics, a non-voter asks the
+//! voters; it follows `NotLeader` hints and retries with backoff until
 //! `Settings::leader_wait` runs out.
 
 use super::error::ControlError;
@@ -11,8 +12,8 @@ use super::{Inner, Settings, error::Refusal};
 use dml_shared::Error;
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::client::Client;
+use dml_shared::control::ControlRequest;
 use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterOptions};
-use dml_shared::sdfs::MetaRequest;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use tokio::time::Instant;
@@ -104,34 +105,49 @@ impl Inner {
         Some(fresh)
     }
 
-    /// Entry point of every metadata request this agent receives: served
-    /// here while this agent leads, else sent to the leader through the
-    /// agent's [`LeaderRouter`] (wrapped in `AtLeader`).
-    pub(crate) async fn meta(&self, req: MetaRequest) -> Response {
-        if let MetaRequest::AtLeader(inner) = req {
-            return match self.serve_at_leader(*inner).await {
-                Ok(r) => Response::Meta(r),
-                Err(Refusal::NotLeader(leader)) => Response::NotLeader { leader },
-                Err(Refusal::Failed(e)) => Response::Error(e.into()),
+    /// The leader task of this agent's term, if it leads.
+    fn leader_task(&self) -> Result<super::task::LeaderHandle, Refusal> {
+        let task = self.leader.borrow().clone();
+        task.ok_or_else(|| Refusal::NotLeader(self.raft_leader().filter(|l| *l != self.s.me)))
+    }
+
+    /// Entry point of every control-plane request this agent receives:
+    /// served by the leader task while this agent leads, else sent on to
+    /// the leader through the agent's [`LeaderRouter`]. A `leader_only`
+    /// request is served here or refused with `NotLeader`.
+    pub(crate) async fn control(&self, req: ControlRequest, leader_only: bool) -> Response {
+        let answer = |r: Result<_, Refusal>| match r {
+            Ok(r) => Response::Control(r),
+            Err(Refusal::NotLeader(leader)) => Response::NotLeader { leader },
+            Err(Refusal::Failed(e)) => Response::Error(e.into()),
+        };
+        if leader_only {
+            let served = match self.leader_task() {
+                Ok(task) => task.serve(req).await,
+                Err(e) => Err(e),
             };
+            return answer(served);
         }
         // While Raft names this agent, it serves here, never through its
         // own API (that would take a client's connection slot): just after
         // an election its leader task may not run yet, so it tries again.
         let deadline = Instant::now() + self.s.leader_wait();
         while self.raft.is_some() && self.raft_leader() == Some(self.s.me) {
-            match self.serve_at_leader(req.clone()).await {
-                Ok(r) => return Response::Meta(r),
-                Err(Refusal::Failed(e)) => return Response::Error(e.into()),
+            let served = match self.leader_task() {
+                Ok(task) => task.serve(req.clone()).await,
+                Err(e) => Err(e),
+            };
+            match served {
                 Err(Refusal::NotLeader(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(self.s.control.heartbeat_interval).await;
                 }
                 Err(Refusal::NotLeader(_)) => return Response::Error(self.no_leader().into()),
+                other => return answer(other),
             }
         }
         let idempotent = req.is_idempotent();
-        match self.router.meta(req).await {
-            Ok(m) => Response::Meta(m),
+        match self.router.control(req).await {
+            Ok(m) => Response::Control(m),
             Err(Error::Remote(e)) => Response::Error(e),
             // Never delivered, or safe to repeat: it kept trying until
             // `leader_wait`, and no leader answered.

@@ -21,15 +21,17 @@
 //! - [`core`]: the leader core (pure, takes `now`): the scheduler, the put
 //!   plans, the read lease, and the bookkeeping of the maintenance pass
 //!   (stale puts to expire, repair copies in flight, outputs being stored).
+//! - [`serve`]: what the leader does with each request (pure): answer,
+//!   append, or wait for a view, a plan's outcome or work.
+//! - [`ports`]: what the leader task reaches outside itself (Raft, the
+//!   state, membership, transfers), as one trait, and the agent's ports.
 //! - [`plans`]: put plans answered before their entry commits (pure).
 //! - [`lease`]: the read lease (pure).
 //! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
 //! - [`repair`]: the repair planner (pure).
 //!
-//! The request path, run in the caller's task (no lock held across an await):
-//! - [`forward`]: finding the leader and forwarding to it.
-//! - [`leader`]: metadata requests at the leader, `propose` and `linearize`.
-//! - [`infer`]: inference requests at the leader (jobs, C1–C5, leases).
+//! The request path:
+//! - [`forward`]: the leader task serves it here, or it goes on to the leader.
 //! - this file: [`ControlPlane`] (start and stop) and [`ControlHandle`] (what
 //!   the API calls); `Inner` holds what the request path and the tasks share:
 //!   the settings, the Raft and state-machine handles, membership, the
@@ -39,24 +41,26 @@
 pub mod core;
 pub mod error;
 pub mod forward;
-pub mod infer;
 pub mod jobs;
-pub mod leader;
 pub mod lease;
 pub mod network;
 pub mod placement;
 pub mod plans;
+pub(crate) mod ports;
 pub mod repair;
 pub mod scheduler;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod task;
 pub mod types;
 
 use crate::membership::driver::MembershipHandle;
-use crate::timing::CLOSE_WAIT;
+use crate::timing::{CLOSE_WAIT, VIEW_TTL};
 use dml_shared::api::{LeaderInfo, Response};
 use dml_shared::config::{Config, ControlConfig, InferenceConfig, SdfsConfig};
+use dml_shared::control::ControlRequest;
+use dml_shared::infer::InferRequest;
 use dml_shared::models::Registry;
 use dml_shared::sdfs::MetaRequest;
 pub use error::ControlError;
@@ -158,13 +162,24 @@ impl ControlHandle {
         }
     }
 
-    /// Serves a metadata request here if this agent leads, else forwards it
-    /// to the leader (waiting up to [`Settings::leader_wait`] for one).
-    pub async fn meta(&self, req: MetaRequest) -> Response {
+    /// Serves a control-plane request here if this agent leads, else sends
+    /// it on to the leader (waiting up to [`Settings::leader_wait`] for one);
+    /// `leader_only`: served here or refused with `NotLeader`.
+    pub async fn control(&self, req: ControlRequest, leader_only: bool) -> Response {
         match &self.inner {
-            Some(i) => i.meta(req).await,
+            Some(i) => i.control(req, leader_only).await,
             None => Response::Error(ControlError::NotConfigured.into()),
         }
+    }
+
+    /// [`ControlHandle::control`] for SDFS metadata.
+    pub async fn meta(&self, req: MetaRequest) -> Response {
+        self.control(ControlRequest::Sdfs(req), false).await
+    }
+
+    /// [`ControlHandle::control`] for inference.
+    pub async fn infer(&self, req: InferRequest) -> Response {
+        self.control(ControlRequest::Infer(req), false).await
     }
 
     /// Handles one Raft RPC from another voter. One that membership holds
@@ -219,6 +234,38 @@ impl ControlHandle {
     pub fn with_state<T>(&self, f: impl FnOnce(&state::MetaState) -> T) -> Option<T> {
         let sm = self.inner.as_ref()?.sm.as_ref()?;
         Some(store::read_sm(sm, |d| f(&d.state)))
+    }
+}
+
+/// `members` lists identities at `addr`, and none of them is live. An
+/// address it does not list (a view still being learned) is not departed.
+pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketAddr) -> bool {
+    let mut at = members.iter().filter(|m| m.id.addr == addr).peekable();
+    at.peek().is_some() && at.all(|m| !m.state.is_live())
+}
+
+impl Inner {
+    /// Whether membership lists identities at `addr` and none of them is
+    /// live (all failed or departed). The list is read at most every
+    /// [`VIEW_TTL`].
+    pub(crate) async fn departed(&self, addr: SocketAddr) -> bool {
+        let cached = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < VIEW_TTL)
+            .map(|(_, m)| m.clone());
+        let members = match cached {
+            Some(m) => m,
+            None => {
+                let m = Arc::new(self.membership.members().await.unwrap_or_default());
+                *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::time::Instant::now(), m.clone()));
+                m
+            }
+        };
+        departed_in(&members, addr)
     }
 }
 
@@ -386,5 +433,38 @@ async fn initialize(raft: &Raft<TypeConfig>, voters: &[SocketAddr]) {
             openraft::error::InitializeError::NotAllowed(_),
         )) => {}
         Err(e) => tracing::warn!(error = %e, "cannot initialize the control plane"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dml_shared::NodeId;
+    use dml_shared::api::{MemberInfo, MemberState};
+
+    fn member(addr: &str, started: u64, state: MemberState) -> MemberInfo {
+        MemberInfo {
+            id: NodeId::new(addr.parse().unwrap(), started),
+            state,
+            incarnation: 0,
+            last_heard_ms: None,
+            monitors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_address_is_departed_only_when_every_identity_there_is_gone() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(!departed_in(&[], a), "unknown: not departed");
+        let failed = member("127.0.0.1:1", 1, MemberState::Failed);
+        let left = member("127.0.0.1:1", 2, MemberState::Left);
+        let back = member("127.0.0.1:1", 3, MemberState::Alive);
+        let suspect = member("127.0.0.1:1", 3, MemberState::Suspect);
+        let other = member("127.0.0.1:2", 1, MemberState::Alive);
+        assert!(departed_in(&[failed.clone(), other.clone()], a));
+        assert!(departed_in(&[failed.clone(), left.clone()], a));
+        assert!(!departed_in(&[failed.clone(), back], a), "rejoined");
+        assert!(!departed_in(&[failed, suspect], a), "suspect is still live");
+        assert!(!departed_in(&[other], a));
     }
 }

@@ -1,170 +1,151 @@
 //! The leader task: one tokio task per leader term owns the [`LeaderCore`]
-//! (scheduler, put plans, read lease, repair and output bookkeeping). The
-//! supervisor ([`supervise`]) starts it when this voter becomes leader for a
-//! term and drops it when that term ends. Everything reaches it as one
-//! [`Input`]: requests with a oneshot reply (from the request path in
-//! `leader.rs` and `infer.rs`, through a [`LeaderHandle`]), membership
-//! events, Raft metric changes, ticks, and the results of the work it
-//! spawned. It never waits for a Raft commit or a transfer: those run in
-//! spawned futures that feed their result back as an input.
+//! (scheduler, put plans, read lease, repair and output bookkeeping) and
+//! serves every control-plane request that reaches this leader, start to
+//! finish. The supervisor ([`supervise`]) starts it when this voter becomes
+//! leader for a term and drops it when that term ends.
+//!
+//! Everything reaches it as one [`Input`]: requests with a oneshot reply
+//! (through a [`LeaderHandle`]), membership departures, Raft status changes,
+//! ticks, and the results of the work it spawned. A request that needs the
+//! current state waits behind the read lease (one quorum round renews it for
+//! all that wait); `serve.rs` decides each request's [`Step`], and this task
+//! carries it out. It never waits for a Raft commit, a quorum round or a
+//! transfer: those run in spawned futures that feed their result back.
 
-use super::Inner;
-use super::core::{CoreConfig, LeaderCore, Maintenance, Picked};
-use super::error::Refusal;
-use super::plans::{Claim, Claimed, Failed, PlanRequest};
-use super::repair::{Copy, View};
-use super::store::read_sm;
-use super::types::{Applied, Command, Op, voter_id};
+use super::core::{CoreConfig, LeaderCore, Maintenance};
+use super::error::{ControlError, Refusal};
+use super::plans::Failed;
+use super::ports::{Ports, Status};
+use super::repair::View;
+use super::serve::{self, Answer, Ctx, LiveView, ServeConfig, Step, Then, Upkeep};
+use super::types::{Applied, Command, Op};
 use crate::membership::Event;
-use crate::membership::driver::unix_ms;
-use dml_shared::api::{Request as ApiRequest, Response};
-use dml_shared::client::Client;
-use dml_shared::infer::{JobId, LatencyInfo, Placement, RateInfo};
-use dml_shared::sdfs::DataRequest;
-use openraft::error::ClientWriteError;
+use crate::membership::driver::TimedEvent;
+use dml_shared::clock::unix_ms;
+use dml_shared::control::{ControlRequest, ControlResponse};
+use dml_shared::infer::{InferRequest, InferResponse, JobId};
+use dml_shared::sdfs::MetaRequest;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Inputs queued for the leader task before senders wait.
-const INPUT_QUEUE: usize = 256;
+const INPUT_QUEUE: usize = 1024;
+
+/// The answer to one request.
+pub(crate) type Reply = oneshot::Sender<Result<ControlResponse, Refusal>>;
 
 /// Everything the leader task reacts to.
 pub(crate) enum Input {
-    /// A request of the request path; answered on its oneshot.
-    Request(Request),
+    /// A control-plane request; answered on its oneshot.
+    Serve { req: ControlRequest, reply: Reply },
     /// Membership: this member failed or left.
     Departed(SocketAddr),
-    /// Raft's metrics changed (leadership, applied index).
-    Metrics,
+    /// Raft's status changed (leadership, applied index).
+    Status,
     /// The maintenance period elapsed.
     Tick,
-    /// An appended put plan's entry applied or failed.
+    /// A quorum round started at `since` ended.
+    Confirmed {
+        since: Instant,
+        result: Result<(), Refusal>,
+    },
+    /// An entry this task appended applied, failed or timed out.
+    Applied {
+        then: Then,
+        reply: Option<Reply>,
+        sent: Instant,
+        result: Result<(Applied, u64), Refusal>,
+    },
+    /// A large put's appended plan applied or failed.
     PlanSettled {
         name: String,
         version: u64,
         outcome: Result<(), Failed>,
     },
-    /// The membership view asked for by a maintenance pass: (live, alive).
-    View(Vec<SocketAddr>, Vec<SocketAddr>),
-    /// The `ExpirePending` append finished.
-    Expired,
-    /// A repair copy finished (either way).
-    CopyDone { name: String, version: u64 },
-    /// Storing a job's output finished (either way).
-    OutputStored(JobId),
-}
-
-/// What the request path asks of the leader's state.
-pub(crate) enum Request {
-    /// Whether reads may skip the quorum round.
-    LeaseHolds(oneshot::Sender<bool>),
-    /// A quorum acknowledged the leader of `term` after `since`.
-    ExtendLease {
-        term: u64,
-        since: Instant,
-    },
-    /// Reserve a version for a put: the version, or why no plan was made.
-    PlanPut {
-        req: PlanRequest,
-        reply: oneshot::Sender<Result<u64, Failed>>,
-    },
-    /// Claim a put's plan for its commit or abort.
-    Claim {
+    /// The membership view, read for a request or for repair.
+    Viewed { view: LiveView, then: AfterView },
+    /// A parked lease request's wait is over.
+    WaitOver(u64),
+    /// A repair copy ended; the entry recording it if it stored.
+    Copied {
         name: String,
         version: u64,
-        plan: u64,
-        reply: oneshot::Sender<Result<Claimed, Failed>>,
+        record: Option<Op>,
     },
-    /// The next query for a worker, if there is one now.
-    Dispatch {
-        worker: SocketAddr,
-        reply: oneshot::Sender<Option<Picked>>,
-    },
-    /// A query's results were applied.
-    Completed {
-        query: u64,
-        job: JobId,
-        images: Vec<u32>,
-        new: u32,
-        elapsed: Duration,
-    },
-    /// A worker cannot run a query's model: (job, distinct refusals).
-    Refuse {
-        query: u64,
-        worker: SocketAddr,
-        reply: oneshot::Sender<Option<(JobId, usize)>>,
-    },
-    /// Jobs changed in the applied state (a submit): admit them now.
-    JobsChanged,
-    Rates(oneshot::Sender<Vec<RateInfo>>),
-    Latency(oneshot::Sender<Vec<LatencyInfo>>),
-    Placement(oneshot::Sender<Vec<Placement>>),
+    /// Storing a job's output ended; the file if it stored.
+    OutputPut { job: JobId, name: Option<String> },
+}
+
+/// What a membership view was read for.
+pub(crate) enum AfterView {
+    Serve(ControlRequest, Reply),
+    Repair,
+}
+
+/// Work waiting for the read lease.
+enum Gated {
+    Serve(ControlRequest, Reply, Option<LiveView>),
+    Append(Op, Then, Option<Reply>),
+}
+
+/// What the leader task needs from the settings.
+#[derive(Clone, Debug)]
+pub(crate) struct TaskConfig {
+    pub core: CoreConfig,
+    pub serve: ServeConfig,
+    /// How long an append or a quorum round may take.
+    pub leader_wait: Duration,
+    pub maintenance_period: Duration,
 }
 
 /// Reaches the leader task of one term. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct LeaderHandle {
-    term: u64,
     tx: mpsc::Sender<Input>,
-    /// Bumped whenever workers waiting for a query should look again.
-    work: watch::Receiver<u64>,
 }
 
 impl LeaderHandle {
-    /// The term this task leads in (the id of its put plans).
-    pub(crate) fn term(&self) -> u64 {
-        self.term
-    }
-
-    /// A receiver that changes when work may have appeared.
-    pub(crate) fn work(&self) -> watch::Receiver<u64> {
-        self.work.clone()
-    }
-
-    /// Sends a request without waiting for an answer.
-    pub(crate) async fn tell(&self, req: Request) -> Result<(), Refusal> {
+    /// Has the task serve `req`. A task that ended (its term is over) means
+    /// this agent no longer leads.
+    pub(crate) async fn serve(&self, req: ControlRequest) -> Result<ControlResponse, Refusal> {
+        let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Input::Request(req))
+            .send(Input::Serve { req, reply })
             .await
-            .map_err(|_| Refusal::NotLeader(None))
-    }
-
-    /// Sends a request made around a reply channel and waits for the answer.
-    /// A task that ended (its term is over) means this agent no longer leads.
-    pub(crate) async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Request,
-    ) -> Result<T, Refusal> {
-        let (tx, rx) = oneshot::channel();
-        self.tell(make(tx)).await?;
-        rx.await.map_err(|_| Refusal::NotLeader(None))
+            .map_err(|_| Refusal::NotLeader(None))?;
+        rx.await.map_err(|_| Refusal::NotLeader(None))?
     }
 }
 
-/// Watches Raft's metrics on a voter and keeps one leader task running
-/// while this voter leads, a new one per term; publishes its handle.
+/// Watches Raft's metrics on a voter: publishes its [`Status`], and keeps
+/// one leader task running while this voter leads, a new one per term.
 pub(crate) async fn supervise(
-    inner: Arc<Inner>,
+    inner: Arc<super::Inner>,
     publish: watch::Sender<Option<LeaderHandle>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Some(raft) = inner.raft.clone() else {
         return;
     };
-    let me = voter_id(inner.s.me);
+    let me = super::types::voter_id(inner.s.me);
     let mut metrics = raft.metrics();
+    let (status_tx, _) = watch::channel(Status::default());
     let mut running: Option<(u64, JoinHandle<()>)> = None;
     loop {
-        let leading = {
+        let status = {
             let m = metrics.borrow_and_update();
-            (m.state == openraft::ServerState::Leader && m.current_leader == Some(me))
-                .then_some(m.current_term)
+            Status {
+                leading: m.state == openraft::ServerState::Leader && m.current_leader == Some(me),
+                term: m.current_term,
+                applied: m.last_applied.map(|l| (l.leader_id.term, l.index)),
+            }
         };
+        status_tx.send_replace(status);
+        let leading = status.leading.then_some(status.term);
         if running.as_ref().map(|(t, _)| *t) != leading {
             if let Some((term, task)) = running.take() {
                 publish.send_replace(None);
@@ -172,7 +153,10 @@ pub(crate) async fn supervise(
                 tracing::info!(term, "leader task stopped: this agent no longer leads");
             }
             if let Some(term) = leading {
-                let (handle, task) = spawn(inner.clone(), term);
+                let cfg = task_config(&inner.s);
+                let ports = super::ports::Live(inner.clone());
+                let events = Some(inner.membership.subscribe());
+                let (handle, task) = spawn(ports, cfg, term, status_tx.subscribe(), events);
                 publish.send_replace(Some(handle));
                 running = Some((term, task));
                 tracing::info!(term, "leader task started");
@@ -189,51 +173,98 @@ pub(crate) async fn supervise(
     }
 }
 
-fn spawn(inner: Arc<Inner>, term: u64) -> (LeaderHandle, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-    let (work_tx, work) = watch::channel(0);
-    let s = &inner.s;
-    let cfg = CoreConfig {
-        min_lease: s.inference.lease_timeout,
-        forget_plans: s.sdfs.put_timeout * 2,
-        read_lease: s.control.election_timeout_min / 2,
-        repair_concurrency: s.sdfs.repair_concurrency,
-        replicas: s.replicas,
-        registry: s.registry.clone(),
-    };
-    let task = LeaderTask {
-        core: LeaderCore::new(term, cfg),
-        inner,
-        tx: tx.clone(),
-        work: work_tx,
-        claims: HashMap::new(),
-        applied: None,
-    };
-    let join = tokio::spawn(task.run(rx));
-    (LeaderHandle { term, tx, work }, join)
+fn task_config(s: &super::Settings) -> TaskConfig {
+    TaskConfig {
+        core: CoreConfig {
+            min_lease: s.inference.lease_timeout,
+            forget_plans: s.sdfs.put_timeout * 2,
+            read_lease: s.control.election_timeout_min / 2,
+            repair_concurrency: s.sdfs.repair_concurrency,
+            replicas: s.replicas,
+            registry: s.registry.clone(),
+        },
+        serve: ServeConfig {
+            replicas: s.replicas,
+            write_quorum: s.sdfs.write_quorum,
+            put_timeout: s.sdfs.put_timeout,
+            max_lease_wait: crate::timing::MAX_LEASE_WAIT,
+        },
+        leader_wait: s.leader_wait(),
+        maintenance_period: s.control.maintenance_period,
+    }
 }
 
-/// The task's state: the core and the ends of its channels.
-struct LeaderTask {
+/// Starts the leader task of `term`.
+pub(crate) fn spawn<P: Ports>(
+    ports: P,
+    cfg: TaskConfig,
+    term: u64,
+    status: watch::Receiver<Status>,
+    events: Option<broadcast::Receiver<TimedEvent>>,
+) -> (LeaderHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+    let task = LeaderTask {
+        core: LeaderCore::new(term, cfg.core.clone()),
+        ports: Arc::new(ports),
+        cfg,
+        tx: tx.clone(),
+        status: status.clone(),
+        gated: Vec::new(),
+        confirming: false,
+        claims: HashMap::new(),
+        parked: HashMap::new(),
+        next_wait: 0,
+        applied: None,
+    };
+    let join = tokio::spawn(task.run(rx, status, events));
+    (LeaderHandle { tx }, join)
+}
+
+/// A worker's lease request waiting for work.
+struct Parked {
+    worker: SocketAddr,
+    deadline: Instant,
+    reply: Reply,
+}
+
+/// The task's state: the core, the work in flight, and its channels.
+struct LeaderTask<P> {
     core: LeaderCore,
-    inner: Arc<Inner>,
+    ports: Arc<P>,
+    cfg: TaskConfig,
     /// For feeding back the results of spawned work.
     tx: mpsc::Sender<Input>,
-    work: watch::Sender<u64>,
-    /// Commits waiting for their appended plan's outcome.
-    claims: HashMap<(String, u64), oneshot::Sender<Result<Claimed, Failed>>>,
+    status: watch::Receiver<Status>,
+    /// Requests and appends waiting for the read lease.
+    gated: Vec<Gated>,
+    /// A quorum round is in flight.
+    confirming: bool,
+    /// Commits and aborts waiting for their appended plan's outcome.
+    claims: HashMap<(String, u64), Vec<(MetaRequest, Reply)>>,
+    /// Lease requests waiting for work, by number.
+    parked: HashMap<u64, Parked>,
+    next_wait: u64,
     /// The applied index the scheduler was last synced at.
     applied: Option<u64>,
 }
 
-impl LeaderTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
-        let Some(raft) = self.inner.raft.clone() else {
-            return;
-        };
-        let mut metrics = raft.metrics();
-        let mut events = Some(self.inner.membership.subscribe());
-        let mut tick = tokio::time::interval(self.inner.s.control.maintenance_period);
+/// The time on the task's clock (tokio's, so a paused runtime drives it).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn send(reply: Reply, answer: Result<ControlResponse, ControlError>) {
+    let _ = reply.send(answer.map_err(Refusal::Failed));
+}
+
+impl<P: Ports> LeaderTask<P> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut status: watch::Receiver<Status>,
+        mut events: Option<broadcast::Receiver<TimedEvent>>,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.maintenance_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let input = tokio::select! {
@@ -242,8 +273,8 @@ impl LeaderTask {
                     None => return,
                 },
                 _ = tick.tick() => Input::Tick,
-                changed = metrics.changed() => match changed {
-                    Ok(()) => Input::Metrics,
+                changed = status.changed() => match changed {
+                    Ok(()) => Input::Status,
                     Err(_) => return,
                 },
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
@@ -267,195 +298,303 @@ impl LeaderTask {
 
     /// Reacts to one input; `false` once this term's leadership is over.
     async fn handle(&mut self, input: Input) -> bool {
-        let now = Instant::now();
         match input {
-            Input::Request(r) => self.request(r, now).await,
+            Input::Serve { req, reply } => self.serve(req, reply, None).await,
             Input::Departed(worker) => {
                 let n = self.core.worker_gone(worker);
                 if n > 0 {
                     tracing::info!(%worker, queries = n, "re-dispatching the queries of a departed worker");
-                    self.wake_workers();
+                    self.wake().await;
                 }
-                self.maintain(now);
+                self.maintain().await;
             }
-            Input::Metrics => return self.metrics(now),
-            Input::Tick => self.maintain(now),
+            Input::Status => return self.status_changed().await,
+            Input::Tick => self.maintain().await,
+            Input::Confirmed { since, result } => self.confirmed(since, result).await,
+            Input::Applied {
+                then,
+                reply,
+                sent,
+                result,
+            } => self.applied(then, reply, sent, result).await,
             Input::PlanSettled {
                 name,
                 version,
                 outcome,
             } => {
-                if let Some(answer) = self.core.plans().settled(&name, version, outcome)
-                    && let Some(reply) = self.claims.remove(&(name, version))
-                {
-                    let _ = reply.send(answer);
+                if let Some(claim) = self.core.plans().settled(&name, version, outcome) {
+                    for (req, reply) in self.claims.remove(&(name, version)).unwrap_or_default() {
+                        let step = self.read(|_, cx| serve::claimed(cx, req, claim.clone()));
+                        self.execute(step, None, reply).await;
+                    }
                 }
             }
-            Input::View(live, alive) => self.repair(&live, &alive),
-            Input::Expired => self.core.expired(),
-            Input::CopyDone { name, version } => self.core.copy_done(&name, version),
-            Input::OutputStored(job) => self.core.output_stored(job),
-        }
-        true
-    }
-
-    fn wake_workers(&self) {
-        self.work.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Reads the applied state (the state-machine lock is held only for `f`).
-    fn read<T>(&mut self, f: impl FnOnce(&mut LeaderCore, &super::state::MetaState) -> T) -> T {
-        let sm = self.inner.sm.as_ref().expect("the leader is a voter");
-        let core = &mut self.core;
-        read_sm(sm, |d| f(core, &d.state))
-    }
-
-    /// Still the leader of this term? New applied entries may bring jobs.
-    fn metrics(&mut self, now: Instant) -> bool {
-        let Some(raft) = &self.inner.raft else {
-            return false;
-        };
-        let (leading, applied) = {
-            let m = raft.metrics().borrow().clone();
-            (
-                m.state == openraft::ServerState::Leader
-                    && m.current_term == self.core.term()
-                    && m.current_leader == Some(voter_id(self.inner.s.me)),
-                m.last_applied.map(|l| l.index),
-            )
-        };
-        if !leading {
-            return false;
-        }
-        if applied != self.applied {
-            self.applied = applied;
-            if self.read(|core, s| core.sync(s, now)) {
-                self.wake_workers();
+            Input::Viewed { view, then } => match then {
+                AfterView::Serve(req, reply) => self.serve(req, reply, Some(view)).await,
+                AfterView::Repair => self.repair(&view).await,
+            },
+            Input::WaitOver(id) => {
+                if let Some(p) = self.parked.remove(&id) {
+                    let _ = p.reply.send(Ok(InferResponse::Lease(None).into()));
+                }
             }
-        }
-        true
-    }
-
-    async fn request(&mut self, req: Request, now: Instant) {
-        match req {
-            Request::LeaseHolds(reply) => {
-                let _ = reply.send(self.lease_holds(now));
-            }
-            Request::ExtendLease { term, since } => self.core.lease().extend(term, since),
-            Request::PlanPut { req, reply } => {
-                let _ = reply.send(self.plan_put(req, now).await);
-            }
-            Request::Claim {
+            Input::Copied {
                 name,
                 version,
-                plan,
-                reply,
-            } => match self.core.plans().claim(&name, version, plan) {
-                Claim::Now(answer) => {
-                    let _ = reply.send(answer);
+                record,
+            } => match record {
+                Some(op) => {
+                    let then = Then::Upkeep(Upkeep::CopyRecorded { name, version });
+                    self.append(op, then, None).await;
                 }
-                Claim::Wait => {
-                    self.claims.insert((name, version), reply);
-                }
+                None => self.core.copy_done(&name, version),
             },
-            Request::Dispatch { worker, reply } => {
-                let picked = self.read(|core, s| core.dispatch(worker, s, now));
-                let _ = reply.send(picked);
-            }
-            Request::Completed {
-                query,
-                job,
-                images,
-                new,
-                elapsed,
-            } => {
-                self.read(|core, s| core.sync(s, now));
-                self.core.completed(query, job, &images, new, elapsed, now);
-            }
-            Request::Refuse {
-                query,
-                worker,
-                reply,
-            } => {
-                let _ = reply.send(self.core.refuse(query, worker));
-                self.wake_workers();
-            }
-            Request::JobsChanged => {
-                if self.read(|core, s| core.sync(s, now)) {
-                    self.wake_workers();
+            Input::OutputPut { job, name } => match name {
+                Some(name) => {
+                    let then = Then::Upkeep(Upkeep::OutputRecorded(job));
+                    self.append(Op::SetJobOutput { job, name }, then, None)
+                        .await;
                 }
-            }
-            Request::Rates(reply) => {
-                let rates = self.read(|core, s| {
-                    core.sync(s, now);
-                    core.rates(s, now)
+                None => self.core.output_stored(job),
+            },
+        }
+        true
+    }
+
+    /// Runs `f` on the core and the current state.
+    fn read<T>(&mut self, f: impl FnOnce(&mut LeaderCore, &Ctx) -> T) -> T {
+        self.read_with(None, f)
+    }
+
+    fn read_with<T>(
+        &mut self,
+        view: Option<&LiveView>,
+        f: impl FnOnce(&mut LeaderCore, &Ctx) -> T,
+    ) -> T {
+        let (ports, core, cfg) = (&self.ports, &mut self.core, &self.cfg.serve);
+        ports.read(|state| {
+            let cx = Ctx {
+                cfg,
+                state,
+                view,
+                now: now(),
+                now_ms: unix_ms(),
+            };
+            f(core, &cx)
+        })
+    }
+
+    /// Whether the state is current and appends are allowed without a
+    /// quorum round: the lease runs, this agent still leads in its term, and
+    /// an entry of this term is applied (so everything earlier leaders
+    /// committed is too).
+    fn lease_holds(&mut self) -> bool {
+        let term = self.core.term();
+        let s = *self.status.borrow();
+        s.leading && s.term == term && s.applied.is_some_and(|(t, _)| t == term) && {
+            let at = now();
+            self.core.lease().holds(at)
+        }
+    }
+
+    /// Serves `req` now if the lease holds, else after a quorum round.
+    /// Leases of queries read the scheduler only and never wait.
+    async fn serve(&mut self, req: ControlRequest, reply: Reply, view: Option<LiveView>) {
+        let ungated = matches!(req, ControlRequest::Infer(InferRequest::Lease { .. }));
+        if ungated || self.lease_holds() {
+            self.serve_now(req, reply, view).await;
+        } else {
+            self.gate(Gated::Serve(req, reply, view));
+        }
+    }
+
+    async fn serve_now(&mut self, req: ControlRequest, reply: Reply, view: Option<LiveView>) {
+        let step = self.read_with(view.as_ref(), |core, cx| {
+            serve::serve(core, cx, req.clone())
+        });
+        self.execute(step, Some(req), reply).await;
+    }
+
+    /// Carries out one step of a request (`req` for the steps that serve it
+    /// again later).
+    async fn execute(&mut self, step: Step, req: Option<ControlRequest>, reply: Reply) {
+        match step {
+            Step::Reply(r) => send(reply, r),
+            Step::Append(op, then) => self.append(op, then, Some(reply)).await,
+            Step::View => match req {
+                Some(req) => self.fetch_view(AfterView::Serve(req, reply)),
+                None => send(
+                    reply,
+                    Err(ControlError::Raft("a view without a request".into())),
+                ),
+            },
+            Step::AwaitPlan { name, version } => match req {
+                Some(ControlRequest::Sdfs(m)) => {
+                    self.claims
+                        .entry((name, version))
+                        .or_default()
+                        .push((m, reply));
+                }
+                _ => send(
+                    reply,
+                    Err(ControlError::Raft("a claim without a put".into())),
+                ),
+            },
+            Step::AppendPlan { op, reply: answer } => self.append_plan(op, answer, reply).await,
+            Step::Park { worker, deadline } => {
+                let id = self.next_wait;
+                self.next_wait += 1;
+                self.parked.insert(
+                    id,
+                    Parked {
+                        worker,
+                        deadline,
+                        reply,
+                    },
+                );
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline.into()).await;
+                    let _ = tx.send(Input::WaitOver(id)).await;
                 });
-                let _ = reply.send(rates);
             }
-            Request::Latency(reply) => {
-                let _ = reply.send(self.core.latency());
-            }
-            Request::Placement(reply) => {
-                self.read(|core, s| core.sync(s, now));
-                let _ = reply.send(self.core.placement());
+            Step::FetchOutput { name, job } => {
+                let read = self.ports.read_output(name);
+                tokio::spawn(async move {
+                    let answer = read
+                        .await
+                        .map(|results| InferResponse::Output { job, results }.into());
+                    send(reply, answer);
+                });
             }
         }
     }
 
-    /// Whether reads may skip the quorum round: the lease runs, this agent
-    /// still leads in its term, and an entry of this term is applied (so
-    /// everything earlier leaders committed is too).
-    fn lease_holds(&mut self, now: Instant) -> bool {
-        let Some(raft) = &self.inner.raft else {
-            return false;
-        };
-        let term = self.core.term();
-        let current = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            m.state == openraft::ServerState::Leader
-                && m.current_term == term
-                && m.last_applied.is_some_and(|l| l.leader_id.term == term)
-        };
-        current && self.core.lease().holds(now)
+    /// Queues work behind the read lease and starts a quorum round if none
+    /// is in flight.
+    fn gate(&mut self, work: Gated) {
+        self.gated.push(work);
+        if self.confirming {
+            return;
+        }
+        self.confirming = true;
+        let since = now();
+        let (confirm, tx) = (self.ports.confirm(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = confirm.await;
+            let _ = tx.send(Input::Confirmed { since, result }).await;
+        });
     }
 
-    /// Makes a put's plan. A large plan's entry is handed to Raft here, in
-    /// version order; its commit is awaited by a spawned future.
-    async fn plan_put(&mut self, req: PlanRequest, now: Instant) -> Result<u64, Failed> {
-        let planned = self.read(|core, s| core.plans().plan(req, |n| s.next_version(n), now));
-        let Some(op) = planned.append else {
-            return Ok(planned.version);
-        };
-        let Op::BeginPutAt { name, version, .. } = &op else {
-            unreachable!("a plan appends BeginPutAt");
-        };
-        let (name, version) = (name.clone(), *version);
-        let raft = self.inner.raft.as_ref().expect("the leader is a voter");
+    /// A quorum round ended: the waiting work runs (its state is current
+    /// now), or fails with the round.
+    async fn confirmed(&mut self, since: Instant, result: Result<(), Refusal>) {
+        self.confirming = false;
+        let gated = std::mem::take(&mut self.gated);
+        match result {
+            Ok(()) => {
+                let term = self.core.term();
+                self.core.lease().extend(term, since);
+                for work in gated {
+                    match work {
+                        Gated::Serve(req, reply, view) => self.serve_now(req, reply, view).await,
+                        Gated::Append(op, then, reply) => self.append_now(op, then, reply).await,
+                    }
+                }
+            }
+            Err(e) => {
+                for work in gated {
+                    match work {
+                        Gated::Serve(_, reply, _) => {
+                            let _ = reply.send(Err(repeat(&e)));
+                        }
+                        Gated::Append(_, then, reply) => {
+                            let failed = match repeat(&e) {
+                                Refusal::Failed(f) => f,
+                                Refusal::NotLeader(_) => no_longer_leads(),
+                            };
+                            serve::answer(&mut self.core, then, Err(failed), now());
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(repeat(&e)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `op` under the lease (after a quorum round if it ran out).
+    async fn append(&mut self, op: Op, then: Then, reply: Option<Reply>) {
+        if self.lease_holds() {
+            self.append_now(op, then, reply).await;
+        } else {
+            self.gate(Gated::Append(op, then, reply));
+        }
+    }
+
+    /// Hands `op` to Raft now; a spawned future waits up to `leader_wait`
+    /// for it to apply and feeds the result back.
+    async fn append_now(&mut self, op: Op, then: Then, reply: Option<Reply>) {
+        let sent = now();
         let cmd = Command {
             now_ms: unix_ms(),
             op,
         };
-        // Only hands the entry to the Raft core; does not wait for it.
-        let rx = raft
-            .client_write_ff(cmd)
-            .await
-            .map_err(|e| Failed::Raft(e.to_string()))?;
-        self.core.plans().appended(&name, version, now);
-        let wait = self.inner.s.leader_wait();
-        let tx = self.tx.clone();
+        let submitted = self.ports.submit(cmd).await;
+        let (wait, term, tx) = (self.cfg.leader_wait, self.core.term(), self.tx.clone());
         tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(wait, rx).await {
+            let result = match submitted {
+                Err(e) => Err(e),
+                Ok(pending) => match tokio::time::timeout(wait, pending).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ControlError::Unconfirmed { waited: wait, term }.into()),
+                },
+            };
+            let _ = tx
+                .send(Input::Applied {
+                    then,
+                    reply,
+                    sent,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// A large put's plan: handed to Raft in version order, answered at
+    /// once; its outcome is fed back for the commit to claim.
+    async fn append_plan(&mut self, op: Op, answer: dml_shared::sdfs::MetaResponse, reply: Reply) {
+        let Op::BeginPutAt { name, version, .. } = &op else {
+            return send(
+                reply,
+                Err(ControlError::Raft("a plan appends BeginPutAt".into())),
+            );
+        };
+        let (name, version) = (name.clone(), *version);
+        let cmd = Command {
+            now_ms: unix_ms(),
+            op,
+        };
+        let pending = match self.ports.submit(cmd).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.core.plans().appended(&name, version, now());
+        send(reply, Ok(answer.into()));
+        let (wait, tx) = (self.cfg.leader_wait, self.tx.clone());
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(wait, pending).await {
                 Err(_) => Err(Failed::NoQuorum(wait)),
-                Ok(Err(_)) => Err(Failed::Raft("the Raft core stopped".into())),
-                Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(Failed::Rejected(
+                Ok(Err(Refusal::NotLeader(_))) => Err(Failed::Rejected(
                     "the leader changed before the put's plan committed; retry the put".into(),
                 )),
-                Ok(Ok(Err(e))) => Err(Failed::Raft(e.to_string())),
-                Ok(Ok(Ok(r))) => match r.data {
-                    Applied::Rejected(m) => Err(Failed::Rejected(m)),
-                    _ => Ok(()),
-                },
+                Ok(Err(Refusal::Failed(e))) => Err(Failed::Raft(e.to_string())),
+                Ok(Ok((Applied::Rejected(m), _))) => Err(Failed::Rejected(m)),
+                Ok(Ok(_)) => Ok(()),
             };
             let _ = tx
                 .send(Input::PlanSettled {
@@ -465,159 +604,182 @@ impl LeaderTask {
                 })
                 .await;
         });
-        Ok(version)
+    }
+
+    /// An appended entry's result: the lease is extended (a quorum
+    /// appended it after `sent`), and the reply made from it.
+    async fn applied(
+        &mut self,
+        then: Then,
+        reply: Option<Reply>,
+        sent: Instant,
+        result: Result<(Applied, u64), Refusal>,
+    ) {
+        let worker_wait = match &then {
+            Then::Gone {
+                lease: None,
+                worker,
+                deadline,
+            } => Some((*worker, *deadline)),
+            _ => None,
+        };
+        let (result, hint) = match result {
+            Ok((a, term)) => {
+                self.core.lease().extend(term, sent);
+                (Ok(a), None)
+            }
+            Err(Refusal::NotLeader(h)) => (Err(no_longer_leads()), Some(h)),
+            Err(Refusal::Failed(e)) => (Err(e), None),
+        };
+        let answer = serve::answer(&mut self.core, then, result, now());
+        let Some(reply) = reply else {
+            return;
+        };
+        if let Some(h) = hint {
+            let _ = reply.send(Err(Refusal::NotLeader(h)));
+            return;
+        }
+        match answer {
+            Answer::Reply(r) => send(reply, r),
+            Answer::LeaseAgain => {
+                if let Some((worker, deadline)) = worker_wait {
+                    let step = self.read(|core, cx| serve::lease(core, cx, worker, deadline));
+                    self.execute(step, None, reply).await;
+                }
+            }
+            Answer::None => {}
+        }
+    }
+
+    /// Leadership or the applied index changed: `false` once this term's
+    /// leadership is over; new applied entries may bring jobs.
+    async fn status_changed(&mut self) -> bool {
+        let s = *self.status.borrow();
+        if !(s.leading && s.term == self.core.term()) {
+            return false;
+        }
+        let applied = s.applied.map(|(_, i)| i);
+        if applied != self.applied {
+            self.applied = applied;
+            if self.read(|core, cx| core.sync(cx.state, cx.now)) {
+                self.wake().await;
+            }
+        }
+        true
+    }
+
+    /// Work may have appeared: parked lease requests look again.
+    async fn wake(&mut self) {
+        let ids: Vec<u64> = self.parked.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.parked.remove(&id) else {
+                continue;
+            };
+            let step = self.read(|core, cx| serve::lease(core, cx, p.worker, p.deadline));
+            match step {
+                // Still nothing: keep waiting, on the timer already set.
+                Step::Park { .. } => {
+                    self.parked.insert(id, p);
+                }
+                step => self.execute(step, None, p.reply).await,
+            }
+        }
+    }
+
+    fn fetch_view(&self, then: AfterView) {
+        let (view, tx) = (self.ports.view(), self.tx.clone());
+        tokio::spawn(async move {
+            let view = view.await;
+            let _ = tx.send(Input::Viewed { view, then }).await;
+        });
     }
 
     /// The periodic pass: starts what the core asks for.
-    fn maintain(&mut self, now: Instant) {
+    async fn maintain(&mut self) {
         let Maintenance {
             expire_puts,
             fetch_view,
             outputs,
             work,
-        } = self.read(|core, s| core.maintain(s, now, unix_ms()));
+        } = self.read(|core, cx| core.maintain(cx.state, cx.now, cx.now_ms));
         if work {
-            self.wake_workers();
+            self.wake().await;
         }
         if expire_puts {
-            let (inner, tx) = (self.inner.clone(), self.tx.clone());
-            tokio::spawn(async move {
-                match inner.propose(Op::ExpirePending).await {
-                    Ok(_) => tracing::info!("expired stale pending puts"),
-                    Err(Refusal::NotLeader(_)) => {}
-                    Err(Refusal::Failed(e)) => {
-                        tracing::warn!(error = %e, "cannot expire stale puts")
-                    }
-                }
-                let _ = tx.send(Input::Expired).await;
-            });
+            self.append(Op::ExpirePending, Then::Upkeep(Upkeep::Expired), None)
+                .await;
         }
         if fetch_view {
-            let (inner, tx) = (self.inner.clone(), self.tx.clone());
-            tokio::spawn(async move {
-                let (live, alive) = inner.live_view().await;
-                let _ = tx.send(Input::View(live, alive)).await;
-            });
+            self.fetch_view(AfterView::Repair);
         }
         for job in outputs {
-            let (inner, tx) = (self.inner.clone(), self.tx.clone());
+            let results = self
+                .ports
+                .read(|s| s.jobs.jobs.get(&job).map(|j| j.results()));
+            let Some(results) = results else {
+                self.core.output_stored(job);
+                continue;
+            };
+            let (store, tx) = (self.ports.store_output(job, results), self.tx.clone());
             tokio::spawn(async move {
-                match inner.store_output(job).await {
-                    Ok(()) => tracing::info!(job, "job output stored in SDFS"),
-                    Err(e) => tracing::warn!(job, error = %e, "cannot store the job's output yet"),
-                }
-                let _ = tx.send(Input::OutputStored(job)).await;
+                let name = store.await;
+                let _ = tx.send(Input::OutputPut { job, name }).await;
             });
         }
     }
 
-    /// Plans repair from the membership view and starts it: trims in one
-    /// spawned future, each copy in its own.
-    fn repair(&mut self, live: &[SocketAddr], alive: &[SocketAddr]) {
-        let plan = self.read(|core, s| core.plan_repair(s, View { live, alive }));
+    /// Plans repair from the membership view and starts it: trims are
+    /// appended, each copy runs in its own future.
+    async fn repair(&mut self, view: &LiveView) {
+        let plan = self.read(|core, cx| {
+            core.plan_repair(
+                cx.state,
+                View {
+                    live: &view.live,
+                    alive: &view.alive,
+                },
+            )
+        });
         for (name, version) in &plan.unavailable {
             tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
         }
-        if !plan.trims.is_empty() {
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                for t in plan.trims {
-                    let op = Op::SetReplicas {
-                        name: t.name,
-                        version: t.version,
-                        add: Vec::new(),
-                        drop: t.dead,
-                    };
-                    if let Err(Refusal::Failed(e)) = inner.propose(op).await {
-                        tracing::warn!(error = %e, "cannot drop dead holders from a replica set");
-                    }
-                }
-            });
+        for t in plan.trims {
+            let op = Op::SetReplicas {
+                name: t.name,
+                version: t.version,
+                add: Vec::new(),
+                drop: t.dead,
+            };
+            self.append(op, Then::Upkeep(Upkeep::Trimmed), None).await;
         }
         for copy in plan.copies {
-            let (inner, tx) = (self.inner.clone(), self.tx.clone());
+            let (name, version) = (copy.name.clone(), copy.version);
+            let (run, tx) = (self.ports.copy(copy), self.tx.clone());
             tokio::spawn(async move {
-                let (name, version) = (copy.name.clone(), copy.version);
-                {
-                    let _counted = InFlight::new(&inner.repairs);
-                    run_copy(&inner, copy).await;
-                }
-                let _ = tx.send(Input::CopyDone { name, version }).await;
+                let record = run.await;
+                let _ = tx
+                    .send(Input::Copied {
+                        name,
+                        version,
+                        record,
+                    })
+                    .await;
             });
         }
     }
 }
 
-/// Counts a repair copy in flight for telemetry while it lives.
-struct InFlight<'a>(&'a AtomicU64);
-
-impl<'a> InFlight<'a> {
-    fn new(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
+fn no_longer_leads() -> ControlError {
+    ControlError::Raft("this agent no longer leads".into())
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-}
-
-/// Asks the target to copy the version, then records it as a holder.
-async fn run_copy(inner: &Inner, copy: Copy) {
-    let sdfs = &inner.s.sdfs;
-    let transfer = Duration::from_secs_f64(copy.size as f64 / sdfs.repair_bytes_per_sec as f64);
-    let mut client = Client::new(copy.target).with_timeout(transfer + sdfs.put_timeout);
-    let req = ApiRequest::Data(DataRequest::Replicate {
-        name: copy.name.clone(),
-        version: copy.version,
-        size: copy.size,
-        checksum: copy.checksum,
-        sources: copy.sources.clone(),
-    });
-    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copying");
-    match client.call(&req).await {
-        Ok(Response::Stored { holders, .. }) if holders.contains(&copy.target) => {
-            let op = Op::SetReplicas {
-                name: copy.name.clone(),
-                version: copy.version,
-                add: vec![copy.target],
-                drop: copy.dead,
-            };
-            match inner.propose(op).await {
-                Ok(_) => {
-                    tracing::info!(name = %copy.name, version = copy.version, target = %copy.target, "repair: copy recorded")
-                }
-                Err(Refusal::NotLeader(_)) => {}
-                Err(Refusal::Failed(e)) => {
-                    tracing::warn!(name = %copy.name, error = %e, "repair: cannot record the copy")
-                }
-            }
+/// A quorum round's failure, once more for each request that waited on it.
+fn repeat(e: &Refusal) -> Refusal {
+    match e {
+        Refusal::NotLeader(h) => Refusal::NotLeader(*h),
+        Refusal::Failed(ControlError::NoQuorum { waited }) => {
+            Refusal::Failed(ControlError::NoQuorum { waited: *waited })
         }
-        Ok(other) => {
-            tracing::warn!(name = %copy.name, target = %copy.target, answer = ?other, "repair: copy refused")
-        }
-        Err(e) => {
-            tracing::warn!(name = %copy.name, target = %copy.target, error = %e, "repair: copy failed")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_copy_in_flight_is_counted_until_it_ends() {
-        let n = AtomicU64::new(0);
-        {
-            let _a = InFlight::new(&n);
-            let _b = InFlight::new(&n);
-            assert_eq!(n.load(Ordering::Relaxed), 2);
-        }
-        assert_eq!(n.load(Ordering::Relaxed), 0);
+        Refusal::Failed(f) => Refusal::Failed(ControlError::Raft(f.to_string())),
     }
 }

@@ -15,9 +15,9 @@ use crate::sdfs::SdfsHandle;
 use crate::timing::RUNTIME_RETRY;
 use crate::timing::WORKER_RETRY_PAUSE as RETRY_PAUSE;
 use dml_shared::api::Response;
+use dml_shared::control::ControlResponse;
 use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};
 use dml_shared::models::{ModelSpec, Registry};
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use ndarray::Array3;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -171,8 +171,8 @@ async fn infer_call(
     ctx: &Ctx,
     req: InferRequest,
 ) -> Result<InferResponse, dml_shared::RemoteError> {
-    match ctx.control.meta(MetaRequest::Infer(req)).await {
-        Response::Meta(MetaResponse::Infer(r)) => Ok(r),
+    match ctx.control.infer(req).await {
+        Response::Control(ControlResponse::Infer(r)) => Ok(r),
         Response::Error(e) => Err(e),
         other => Err(dml_shared::RemoteError::internal(format!(
             "unexpected answer {other:?}"

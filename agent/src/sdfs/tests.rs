@@ -75,7 +75,7 @@ impl FakeMeta {
     fn answer(&self, req: MetaRequest) -> Response {
         match req {
             MetaRequest::Stat { name } => match self.files.lock().unwrap().get(&name) {
-                Some(f) => Response::Meta(MetaResponse::File(f.clone())),
+                Some(f) => Response::Control(MetaResponse::File(f.clone()).into()),
                 None => Response::Error(RemoteError::new(
                     ErrorKind::NotFound,
                     format!("no such file \"{name}\""),
@@ -88,7 +88,9 @@ impl FakeMeta {
                     Some(_) => Keep::Refetch,
                     None => Keep::No,
                 };
-                Response::Meta(MetaResponse::Wanted(items.into_iter().map(keep).collect()))
+                Response::Control(
+                    MetaResponse::Wanted(items.into_iter().map(keep).collect()).into(),
+                )
             }
             MetaRequest::Assigned { node, after, limit } => {
                 let files = self.files.lock().unwrap();
@@ -102,7 +104,7 @@ impl FakeMeta {
                     .collect();
                 let more = items.len() > limit as usize;
                 items.truncate(limit as usize);
-                Response::Meta(MetaResponse::Assigned { items, more })
+                Response::Control(MetaResponse::Assigned { items, more }.into())
             }
             other => Response::Error(RemoteError::invalid(format!(
                 "fake metadata does not serve {other:?}"
@@ -171,7 +173,10 @@ async fn serve(s: TcpStream, sdfs: SdfsHandle, meta: Arc<FakeMeta>) {
                 }
                 continue;
             }
-            Ok(Request::Meta(m)) => meta.answer(m),
+            Ok(Request::Control {
+                req: dml_shared::control::ControlRequest::Sdfs(m),
+                ..
+            }) => meta.answer(m),
             _ => Response::Error(RemoteError::invalid("not served here")),
         };
         let _ = s

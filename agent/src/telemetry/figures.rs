@@ -4,6 +4,7 @@
 
 use crate::control::ControlHandle;
 use dml_shared::api::Response;
+use dml_shared::control::ControlResponse;
 use dml_shared::infer::{InferRequest, InferResponse, Placement};
 use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
 use dml_shared::telemetry::{ClusterFigures, NodeStats, SdfsHealth};
@@ -12,8 +13,8 @@ use dml_shared::telemetry::{ClusterFigures, NodeStats, SdfsHealth};
 const SAMPLE: usize = 8;
 
 async fn infer(control: &ControlHandle, req: InferRequest) -> Result<InferResponse, String> {
-    match control.meta(MetaRequest::Infer(req)).await {
-        Response::Meta(MetaResponse::Infer(r)) => Ok(r),
+    match control.infer(req).await {
+        Response::Control(ControlResponse::Infer(r)) => Ok(r),
         other => Err(refusal(other)),
     }
 }
@@ -68,15 +69,15 @@ async fn sdfs_health(
         control.meta(MetaRequest::List { glob: "*".into() })
     );
     let (files, versions, bytes) = match count {
-        Response::Meta(MetaResponse::Count {
+        Response::Control(ControlResponse::Sdfs(MetaResponse::Count {
             files,
             versions,
             bytes,
-        }) => (files, versions, bytes),
+        })) => (files, versions, bytes),
         other => return Err(refusal(other)),
     };
     let list = match list {
-        Response::Meta(MetaResponse::Files(f)) => f,
+        Response::Control(ControlResponse::Sdfs(MetaResponse::Files(f))) => f,
         other => return Err(refusal(other)),
     };
     let (under_replicated, under_replicated_sample) = under_replicated(&list, replicas);

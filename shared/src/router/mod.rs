@@ -1,21 +1,23 @@
 //! The one way to the control-plane leader, for clients, agents and the
-//! console: [`LeaderRouter`] gets an SDFS metadata request to the Raft
+//! console: [`LeaderRouter`] gets a control-plane request to the Raft
 //! leader. It follows `NotLeader` redirects, caches the leader it learns
-//! (and sends straight there, wrapped `AtLeader`), keeps one pool of idle
+//! (and sends straight there, `leader_only`), keeps one pool of idle
 //! connections (also lent to the data path), and retries what is safe to
 //! retry with a capped, jittered exponential backoff until a deadline.
 //!
 //! - [`route`]: the decisions for one request, a synchronous core fed the
 //!   outcome of each attempt and the time.
 //! - this file: the driver doing the IO, the leader cache and the pool, and
-//!   [`into_meta`], the one place an agent's answer becomes a result.
+//!   [`into_control`], the one place an agent's answer becomes a result.
 
 pub mod route;
 
 use crate::api::{LeaderInfo, Request, Response};
 use crate::client::{Client, read_response, send_request, unexpected};
 use crate::conn::{Conn, IdleConns};
+use crate::control::{ControlRequest, ControlResponse};
 use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
 use crate::sdfs::{MetaRequest, MetaResponse};
 use backon::BackoffBuilder;
 use route::{Hop, Outcome, Route, Step};
@@ -116,7 +118,7 @@ enum Way {
     /// Through this agent, which forwards them; it is asked who leads in the
     /// background.
     Entry(SocketAddr),
-    /// Only `AtLeader`, to whoever this names.
+    /// Only `leader_only`, to whoever this names.
     Find(Arc<dyn FindLeader>),
 }
 
@@ -152,7 +154,7 @@ impl std::fmt::Debug for LeaderRouter {
 
 /// What became of one attempt.
 enum Attempt {
-    Answer(MetaResponse),
+    Answer(ControlResponse),
     /// Worth another attempt as the route decides; the error if not.
     Retry(Outcome, Error),
     Failed(Error),
@@ -211,7 +213,7 @@ impl LeaderRouter {
     /// again (the latter only for an idempotent request) with backoff, until
     /// [`RouterOptions::leader_wait`] has passed; then the last error. An
     /// unreachable entry agent and a refusal are reported at once.
-    pub async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
+    pub async fn control(&self, req: ControlRequest) -> Result<ControlResponse> {
         let opts = &self.inner.opts;
         let idempotent = req.is_idempotent();
         let entry = match &self.inner.way {
@@ -233,14 +235,15 @@ impl LeaderRouter {
                     route.handle_found(found, Instant::now())
                 }
                 Hop::Entry(addr) | Hop::Leader(addr) => {
-                    let wire = match hop {
-                        Hop::Leader(_) => MetaRequest::AtLeader(Box::new(req.clone())),
-                        _ => {
-                            self.learn_leader();
-                            req.clone()
-                        }
+                    let leader_only = matches!(hop, Hop::Leader(_));
+                    if !leader_only {
+                        self.learn_leader();
+                    }
+                    let wire = Request::Control {
+                        req: req.clone(),
+                        leader_only,
                     };
-                    match self.attempt(addr, &Request::Meta(wire), idempotent).await {
+                    match self.attempt(addr, &wire, idempotent).await {
                         Attempt::Answer(m) => {
                             if matches!(hop, Hop::Leader(_)) {
                                 self.set_leader(Some(addr));
@@ -269,6 +272,22 @@ impl LeaderRouter {
                     }));
                 }
             };
+        }
+    }
+
+    /// [`LeaderRouter::control`] for SDFS metadata.
+    pub async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
+        match self.control(ControlRequest::Sdfs(req)).await? {
+            ControlResponse::Sdfs(m) => Ok(m),
+            other => Err(unexpected(Response::Control(other))),
+        }
+    }
+
+    /// [`LeaderRouter::control`] for inference.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        match self.control(ControlRequest::Infer(req)).await? {
+            ControlResponse::Infer(r) => Ok(r),
+            other => Err(unexpected(Response::Control(other))),
         }
     }
 
@@ -309,7 +328,7 @@ impl LeaderRouter {
             Err(_) => return Attempt::Retry(Outcome::Lost, timeout()),
         };
         self.keep(addr, conn);
-        match into_meta(addr, answer) {
+        match into_control(addr, answer) {
             Ok(m) => Attempt::Answer(m),
             Err(e @ Error::NotLeader { leader, .. }) => {
                 Attempt::Retry(Outcome::NotLeader(leader), e)
@@ -358,17 +377,25 @@ impl LeaderRouter {
     }
 }
 
-/// An agent's answer to a metadata request, from `addr`: the response, a
-/// redirect as [`Error::NotLeader`], or a refusal as [`Error::Remote`].
-pub fn into_meta(addr: SocketAddr, answer: Response) -> Result<MetaResponse> {
+/// An agent's answer to a control-plane request, from `addr`: the response,
+/// a redirect as [`Error::NotLeader`], or a refusal as [`Error::Remote`].
+pub fn into_control(addr: SocketAddr, answer: Response) -> Result<ControlResponse> {
     match answer {
-        Response::Meta(m) => Ok(m),
+        Response::Control(m) => Ok(m),
         Response::NotLeader { leader } => Err(Error::NotLeader {
             addr: addr.to_string(),
             leader,
         }),
         Response::Error(msg) => Err(Error::Remote(msg)),
         other => Err(unexpected(other)),
+    }
+}
+
+/// [`into_control`] for an SDFS metadata request.
+pub fn into_meta(addr: SocketAddr, answer: Response) -> Result<MetaResponse> {
+    match into_control(addr, answer)? {
+        ControlResponse::Sdfs(m) => Ok(m),
+        other => Err(unexpected(Response::Control(other))),
     }
 }
 

@@ -12,7 +12,7 @@ pub const MAX_REDIRECTS: usize = 8;
 /// Where one attempt goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hop {
-    /// Straight to this agent as the leader, wrapped `AtLeader`: only the
+    /// Straight to this agent as the leader, sent `leader_only`: only the
     /// leader serves it, anyone else answers `NotLeader`.
     Leader(SocketAddr),
     /// Through the entry agent, which forwards it to the leader itself.

@@ -23,7 +23,7 @@ impl Sdfs {
                 Err(Error::NotFound { name: name.into() })
             }
             MetaResponse::File(f) => Ok(f),
-            other => Err(unexpected(Response::Meta(other))),
+            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 
@@ -35,7 +35,7 @@ impl Sdfs {
                 f.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(f)
             }
-            other => Err(unexpected(Response::Meta(other))),
+            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 
@@ -51,7 +51,7 @@ impl Sdfs {
                 n.sort_by_key(|(a, _)| *a);
                 Ok(n)
             }
-            other => Err(unexpected(Response::Meta(other))),
+            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 
@@ -67,7 +67,7 @@ impl Sdfs {
                 versions,
                 bytes,
             }),
-            other => Err(unexpected(Response::Meta(other))),
+            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 
@@ -103,7 +103,7 @@ impl Sdfs {
                 )
                 .await
             }
-            other => Err(unexpected(Response::Meta(other))),
+            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 
@@ -133,7 +133,7 @@ impl Sdfs {
                 Ok(MetaResponse::Outcome(ChangeOutcome::Failed)) => return Err(lost()),
                 // Still pending, or no leader can answer yet.
                 Ok(MetaResponse::Outcome(ChangeOutcome::Pending)) | Err(_) => {}
-                Ok(other) => return Err(unexpected(Response::Meta(other))),
+                Ok(other) => return Err(unexpected(Response::Control(other.into()))),
             }
             if start.elapsed() >= self.opts.leader_wait {
                 let waited = Duration::from_millis(start.elapsed().as_millis() as u64);

@@ -133,6 +133,14 @@ impl Sdfs {
         self.router.meta(req).await
     }
 
+    /// Sends an inference request to the leader (see [`LeaderRouter::infer`]).
+    pub async fn infer(
+        &self,
+        req: crate::infer::InferRequest,
+    ) -> Result<crate::infer::InferResponse> {
+        self.router.infer(req).await
+    }
+
     /// An idle pooled connection to `addr` that is still open, or a new one
     /// (through the agent's local socket when it runs on this host).
     async fn conn(&self, addr: SocketAddr, limit: Duration) -> Result<Conn> {

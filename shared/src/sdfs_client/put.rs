@@ -64,7 +64,7 @@ impl Sdfs {
             plan,
         } = plan
         else {
-            return Err(unexpected(Response::Meta(plan)));
+            return Err(unexpected(Response::Control(plan.into())));
         };
         let put = PutTarget {
             local,
@@ -221,7 +221,7 @@ impl Sdfs {
                 };
                 self.settle(ask, lost, unsettled).await?;
             }
-            other => return Err(unexpected(Response::Meta(other))),
+            other => return Err(unexpected(Response::Control(other.into()))),
         }
         phases.commit = start.elapsed();
         Ok((holders, failed, checksum))

@@ -5,6 +5,7 @@ use crate::view::API_TIMEOUT;
 use anyhow::{Context, Result, anyhow, bail};
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::client::Client;
+use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::sdfs::{DataRequest, FileInfo, Holding, MetaRequest, MetaResponse};
 use std::net::SocketAddr;
 
@@ -23,15 +24,26 @@ pub async fn leader_info(addr: SocketAddr) -> Result<LeaderInfo> {
 
 /// One metadata request to `addr`, following one `NotLeader` redirect.
 pub async fn meta(addr: SocketAddr, req: MetaRequest) -> Result<MetaResponse> {
+    match control(addr, ControlRequest::Sdfs(req.clone())).await? {
+        ControlResponse::Sdfs(m) => Ok(m),
+        other => bail!("{addr} answered {req:?} with {other:?}"),
+    }
+}
+
+/// One control-plane request to `addr`, following one `NotLeader` redirect.
+pub async fn control(addr: SocketAddr, req: ControlRequest) -> Result<ControlResponse> {
     let mut to = addr;
     for _ in 0..2 {
         let resp = Client::new(to)
             .with_timeout(API_TIMEOUT)
-            .call(&Request::Meta(req.clone()))
+            .call(&Request::Control {
+                req: req.clone(),
+                leader_only: false,
+            })
             .await
             .with_context(|| format!("{req:?} to {to}"))?;
         match resp {
-            Response::Meta(m) => return Ok(m),
+            Response::Control(m) => return Ok(m),
             Response::NotLeader { leader: Some(l) } if l != to => to = l,
             other => bail!("{to} answered {req:?} with {other:?}"),
         }

@@ -6,7 +6,6 @@ use super::app::Action;
 use super::fmt::bytes;
 use dml_shared::client::Client;
 use dml_shared::infer::{InferRequest, InferResponse, Outcome};
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use dml_shared::sdfs_client::{Sdfs, no_progress};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -44,11 +43,7 @@ pub async fn run(agent: SocketAddr, a: Action) -> Result<String, String> {
 }
 
 async fn infer(agent: SocketAddr, req: InferRequest) -> Result<InferResponse, String> {
-    match Sdfs::new(agent).meta(MetaRequest::Infer(req)).await {
-        Ok(MetaResponse::Infer(r)) => Ok(r),
-        Ok(other) => Err(format!("unexpected answer {other:?}")),
-        Err(e) => Err(e.to_string()),
-    }
+    Sdfs::new(agent).infer(req).await.map_err(|e| e.to_string())
 }
 
 async fn set_batch(agent: SocketAddr, model: &str, size: u32) -> Result<String, String> {

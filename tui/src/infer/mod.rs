@@ -1,6 +1,6 @@
 //! The inference commands of `dml` (C1–C5): `submit-job`, `get-output`,
 //! `set-batch-size`, `rates`, `latency`, `placement`, `jobs`. Each is one
-//! `MetaRequest::Infer` through [`dml_shared::sdfs_client`] (any agent
+//! `ControlRequest::Infer` through [`dml_shared::sdfs_client`] (any agent
 //! forwards it to the leader).
 //!
 //! - [`report`]: their tables and JSON.
@@ -14,7 +14,6 @@ use crate::sdfs::PartialFailure;
 use anyhow::{Context, Result, anyhow, bail};
 use dml_shared::infer::{InferRequest, InferResponse, JobState, ModelInfo};
 use dml_shared::models::validate_model_name;
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use dml_shared::sdfs_client::Sdfs;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -35,10 +34,7 @@ pub fn handles(command: &Command) -> bool {
 
 /// Sends one inference request and returns the leader's answer.
 pub async fn ask(sdfs: &Sdfs, req: InferRequest) -> Result<InferResponse> {
-    match sdfs.meta(MetaRequest::Infer(req)).await? {
-        MetaResponse::Infer(r) => Ok(r),
-        other => bail!("unexpected answer from the agent: {other:?}"),
-    }
+    Ok(sdfs.infer(req).await?)
 }
 
 fn unexpected(r: InferResponse) -> anyhow::Error {

@@ -1,0 +1,659 @@
+//! What the leader does with each control-plane request, decided without IO:
+//! given the [`LeaderCore`], the applied state (current under the read
+//! lease), the membership view when the request needs one, and `now`, each
+//! request becomes one [`Step`] (answer now, append an entry, wait for the
+//! view, a plan's outcome or work) that the leader task (`task.rs`) carries
+//! out. When an appended entry applies, [`answer`] turns its result into the
+//! reply.
+
+use super::core::{LeaderCore, batch_size};
+use super::error::ControlError;
+use super::placement;
+use super::plans::{Claim, Claimed, Failed, PlanRequest};
+use super::state::MetaState;
+use super::types::{Applied, Op};
+use dml_shared::control::{ControlRequest, ControlResponse};
+use dml_shared::infer::{InferRequest, InferResponse, JobId, JobInfo, Lease, ModelInfo};
+use dml_shared::sdfs::{ChangeOutcome, MetaRequest, MetaResponse, validate_name};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Largest job, in images.
+pub const MAX_JOB_IMAGES: u32 = 1_000_000;
+/// Distinct workers that must fail to load a model before its job fails
+/// (fewer if fewer workers are alive).
+const REFUSALS_TO_FAIL: usize = 2;
+/// Most versions one `Assigned` answer lists, so it stays far below the
+/// frame limit even with 1 KiB names and many replicas.
+const ASSIGNED_MAX: usize = 2000;
+
+/// What serving needs from the settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Copies of each version.
+    pub replicas: usize,
+    /// Durable copies a put needs to commit.
+    pub write_quorum: usize,
+    /// How long a put may take (its plan's deadline).
+    pub put_timeout: Duration,
+    /// Longest a worker's lease request may wait for work.
+    pub max_lease_wait: Duration,
+}
+
+/// Membership as the leader last read it: (live: alive or suspect, alive).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveView {
+    pub live: Vec<SocketAddr>,
+    pub alive: Vec<SocketAddr>,
+}
+
+/// What one request is served against.
+pub struct Ctx<'a> {
+    pub cfg: &'a ServeConfig,
+    pub state: &'a MetaState,
+    pub view: Option<&'a LiveView>,
+    pub now: Instant,
+    pub now_ms: u64,
+}
+
+/// What the leader task does next with a request.
+#[derive(Debug)]
+pub enum Step {
+    Reply(Result<ControlResponse, ControlError>),
+    /// Append `op`; once it applies (or fails), [`answer`] with `then`.
+    Append(Op, Then),
+    /// Serve the request again once the membership view is read.
+    View,
+    /// A put's commit or abort waits for its appended plan's outcome; then
+    /// [`claimed`] serves it.
+    AwaitPlan {
+        name: String,
+        version: u64,
+    },
+    /// A large put's plan: append `op`, and answer `reply` at once (the
+    /// plan's outcome is the commit's to wait for).
+    AppendPlan {
+        op: Op,
+        reply: MetaResponse,
+    },
+    /// No work for `worker` now: answer when some appears, or `None` at
+    /// `deadline`.
+    Park {
+        worker: SocketAddr,
+        deadline: Instant,
+    },
+    /// Read a finished job's output back from SDFS, then answer.
+    FetchOutput {
+        name: String,
+        job: JobInfo,
+    },
+}
+
+/// How an appended entry's result becomes the reply.
+#[derive(Debug)]
+pub enum Then {
+    /// A put's commit: `Committed`, or `Unconfirmed` if no quorum confirmed it.
+    Commit,
+    /// An abort: `Done`.
+    Aborted,
+    /// A delete of versions up to `through`: `Done`, or `DeleteUnconfirmed`.
+    Delete {
+        through: u64,
+    },
+    Submit {
+        count: u32,
+    },
+    BatchSize,
+    /// A query's results: `Accepted`, and the scheduler hears of it.
+    Complete {
+        query: u64,
+        job: JobId,
+        images: Vec<u32>,
+        elapsed: Duration,
+    },
+    /// A model the workers cannot run failed its job: `Accepted { new: 0 }`.
+    FailJob,
+    /// The results of images gone from SDFS, recorded before their lease is
+    /// sent: `lease`, or `None` to look for work for `worker` again, until
+    /// `deadline` (it had no images).
+    Gone {
+        lease: Option<Lease>,
+        worker: SocketAddr,
+        deadline: Instant,
+    },
+    /// The leader's own upkeep: nothing to answer.
+    Upkeep(Upkeep),
+}
+
+/// The leader's own appends, and what the core hears when they end.
+#[derive(Debug)]
+pub enum Upkeep {
+    Expired,
+    Trimmed,
+    CopyRecorded { name: String, version: u64 },
+    OutputRecorded(JobId),
+}
+
+/// What [`answer`] asks of the task.
+#[derive(Debug)]
+pub enum Answer {
+    Reply(Result<ControlResponse, ControlError>),
+    /// Look for work for the worker again (same request, same deadline).
+    LeaseAgain,
+    /// Nothing to answer.
+    None,
+}
+
+fn bad(msg: impl Into<String>) -> ControlError {
+    ControlError::BadRequest(msg.into())
+}
+
+fn sdfs(r: MetaResponse) -> Step {
+    Step::Reply(Ok(ControlResponse::Sdfs(r)))
+}
+
+fn infer(r: InferResponse) -> Step {
+    Step::Reply(Ok(ControlResponse::Infer(r)))
+}
+
+fn fail(e: ControlError) -> Step {
+    Step::Reply(Err(e))
+}
+
+/// What became of a put commit or a delete appended in term `appended`
+/// (for a put, its plan's term), seen by a leader of term `term` whose
+/// state is current: applied (`done`), or lost for good once a later leader
+/// has applied an entry of its own term without it, or still pending in the
+/// log of the leader that appended it.
+pub fn outcome(done: bool, appended: u64, term: u64) -> ChangeOutcome {
+    if done {
+        ChangeOutcome::Committed
+    } else if appended < term {
+        ChangeOutcome::Failed
+    } else {
+        ChangeOutcome::Pending
+    }
+}
+
+/// Serves `req` at the leader whose state is current (the read lease holds).
+pub fn serve(core: &mut LeaderCore, cx: &Ctx, req: ControlRequest) -> Step {
+    match req {
+        ControlRequest::Sdfs(r) => serve_sdfs(core, cx, r),
+        ControlRequest::Infer(r) => serve_infer(core, cx, r),
+    }
+}
+
+fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
+    let s = cx.state;
+    match req {
+        MetaRequest::BeginPut { name, size } => {
+            if let Err(e) = validate_name(&name) {
+                return fail(bad(e.to_string()));
+            }
+            let Some(view) = cx.view else {
+                return Step::View;
+            };
+            let quorum = cx.cfg.write_quorum;
+            if view.alive.len() < quorum {
+                return fail(ControlError::TooFewAlive {
+                    alive: view.alive.len(),
+                    quorum,
+                });
+            }
+            let chain = placement::place(&name, &view.alive, cx.cfg.replicas);
+            let req = PlanRequest {
+                name,
+                size,
+                replicas: chain.clone(),
+                deadline_ms: cx.now_ms + cx.cfg.put_timeout.as_millis() as u64,
+            };
+            let planned = core.plans().plan(req, |n| s.next_version(n), cx.now);
+            let reply = MetaResponse::PutPlan {
+                version: planned.version,
+                chain,
+                quorum,
+                plan: core.term(),
+            };
+            match planned.append {
+                Some(op) => Step::AppendPlan { op, reply },
+                None => sdfs(reply),
+            }
+        }
+        MetaRequest::CommitPut {
+            ref name,
+            version,
+            plan,
+            ..
+        }
+        | MetaRequest::AbortPut {
+            ref name,
+            version,
+            plan,
+        } => match core.plans().claim(name, version, plan) {
+            Claim::Now(c) => claimed(cx, req, c),
+            Claim::Wait => Step::AwaitPlan {
+                name: name.clone(),
+                version,
+            },
+        },
+        MetaRequest::PutOutcome {
+            name,
+            version,
+            checksum,
+            plan,
+        } => {
+            let committed = s.is_committed_as(&name, version, &checksum);
+            sdfs(MetaResponse::Outcome(outcome(committed, plan, core.term())))
+        }
+        MetaRequest::Delete { name } => {
+            let newest = s
+                .stat(&name)
+                .and_then(|f| f.versions.last().map(|v| v.version));
+            match newest {
+                None => fail(ControlError::NoSuchFile(name)),
+                Some(through) => Step::Append(Op::Delete { name }, Then::Delete { through }),
+            }
+        }
+        MetaRequest::DeleteOutcome {
+            name,
+            term: appended,
+            through,
+        } => {
+            let oldest = s
+                .stat(&name)
+                .and_then(|f| f.versions.first().map(|v| v.version));
+            let gone = oldest.is_none_or(|v| v > through);
+            sdfs(MetaResponse::Outcome(outcome(gone, appended, core.term())))
+        }
+        MetaRequest::Stat { name } => match s.stat(&name) {
+            Some(f) => sdfs(MetaResponse::File(f)),
+            None => fail(ControlError::NoSuchFile(name)),
+        },
+        MetaRequest::List { glob } => sdfs(MetaResponse::Files(s.list(&glob))),
+        MetaRequest::Count => {
+            let (files, versions, bytes) = s.count();
+            sdfs(MetaResponse::Count {
+                files,
+                versions,
+                bytes,
+            })
+        }
+        MetaRequest::Nodes => match cx.view {
+            Some(view) => sdfs(MetaResponse::Nodes(s.nodes(&view.live))),
+            None => Step::View,
+        },
+        MetaRequest::Wanted { node, items } => sdfs(MetaResponse::Wanted(
+            items
+                .iter()
+                .map(|(name, v, sum)| s.wanted(node, name, *v, sum))
+                .collect(),
+        )),
+        MetaRequest::Assigned { node, after, limit } => {
+            let limit = (limit as usize).clamp(1, ASSIGNED_MAX);
+            let (items, more) = s.assigned(node, after.as_ref(), limit);
+            sdfs(MetaResponse::Assigned { items, more })
+        }
+    }
+}
+
+/// Serves a put's commit or abort (`req`) once its plan is claimed.
+pub fn claimed(cx: &Ctx, req: MetaRequest, claim: Result<Claimed, Failed>) -> Step {
+    match req {
+        MetaRequest::CommitPut {
+            name,
+            version,
+            checksum,
+            holders,
+            plan,
+        } => {
+            let quorum = cx.cfg.write_quorum;
+            let op = match claim {
+                Err(f) => return fail(f.into()),
+                Ok(Claimed::Deferred { size }) => Op::PutAt {
+                    name,
+                    version,
+                    size,
+                    checksum,
+                    holders,
+                    quorum,
+                },
+                Ok(Claimed::Logged) => Op::CommitPut {
+                    name,
+                    version,
+                    checksum,
+                    holders,
+                    quorum,
+                },
+                // Only a retry of a commit that applied (its answer was lost
+                // with the earlier leader) succeeds.
+                Ok(Claimed::Foreign) => {
+                    return if cx.state.is_committed_as(&name, version, &checksum) {
+                        sdfs(MetaResponse::Committed { version })
+                    } else {
+                        fail(ControlError::Rejected(format!(
+                            "the put of \"{name}\" v{version} was planned by an earlier leader (term {plan}) and did not commit; retry the put"
+                        )))
+                    };
+                }
+            };
+            Step::Append(op, Then::Commit)
+        }
+        MetaRequest::AbortPut { name, version, .. } => match claim {
+            Ok(Claimed::Logged) => Step::Append(Op::AbortPut { name, version }, Then::Aborted),
+            // A plan that failed, never left memory or is an earlier
+            // leader's (its deadline expires it) leaves nothing to abort.
+            _ => sdfs(MetaResponse::Done),
+        },
+        other => fail(bad(format!("{other:?} is not a put's commit or abort"))),
+    }
+}
+
+fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
+    let s = cx.state;
+    match req {
+        InferRequest::Submit {
+            model,
+            count,
+            dataset,
+        } => submit(core, cx, model, count, dataset),
+        InferRequest::Jobs => infer(InferResponse::Jobs(
+            s.jobs.jobs.iter().map(|(id, j)| j.info(*id)).collect(),
+        )),
+        InferRequest::Output { job } => {
+            let Some(j) = s.jobs.jobs.get(&job) else {
+                return fail(ControlError::NoSuchJob(job));
+            };
+            let (info, results) = (j.info(job), j.results());
+            match &info.output {
+                Some(name) if results.is_empty() && info.done > 0 => Step::FetchOutput {
+                    name: name.clone(),
+                    job: info,
+                },
+                _ => infer(InferResponse::Output { job: info, results }),
+            }
+        }
+        InferRequest::SetBatchSize { model, size } => {
+            let spec = match core.registry().require(&model) {
+                Ok(s) => s,
+                Err(e) => return fail(bad(e.to_string())),
+            };
+            if size == 0 || size > spec.max_batch {
+                return fail(bad(format!(
+                    "batch size {size} for \"{model}\" must be between 1 and {}",
+                    spec.max_batch
+                )));
+            }
+            Step::Append(Op::SetBatchSize { model, size }, Then::BatchSize)
+        }
+        InferRequest::Models => {
+            let registry = core.registry();
+            infer(InferResponse::Models(
+                registry
+                    .models
+                    .iter()
+                    .map(|m| ModelInfo {
+                        name: m.name.clone(),
+                        batch_size: batch_size(registry, s, &m.name),
+                        max_batch: m.max_batch,
+                        file: m.sdfs_name(),
+                        version: s
+                            .stat(&m.sdfs_name())
+                            .and_then(|f| f.versions.last().map(|v| v.version)),
+                    })
+                    .collect(),
+            ))
+        }
+        InferRequest::Rates => {
+            core.sync(s, cx.now);
+            infer(InferResponse::Rates(core.rates(s, cx.now)))
+        }
+        InferRequest::Latency => infer(InferResponse::Latency(core.latency())),
+        InferRequest::Placement => {
+            core.sync(s, cx.now);
+            infer(InferResponse::Placement(core.placement()))
+        }
+        InferRequest::Lease { worker, wait_ms } => {
+            let wait = Duration::from_millis(u64::from(wait_ms)).min(cx.cfg.max_lease_wait);
+            lease(core, cx, worker, cx.now + wait)
+        }
+        InferRequest::Complete {
+            worker,
+            query,
+            job,
+            results,
+            elapsed_ms,
+            failed,
+        } => {
+            if let Some(reason) = failed {
+                let Some(view) = cx.view else {
+                    return Step::View;
+                };
+                let refused = core.refuse(query, worker);
+                tracing::warn!(job, %worker, %reason, "a worker cannot run the job's model");
+                let needed = REFUSALS_TO_FAIL.min(view.alive.len().max(1));
+                if refused.is_some_and(|(_, n)| n >= needed) {
+                    let reason = format!("{worker}: {reason}");
+                    return Step::Append(Op::FailJob { job, reason }, Then::FailJob);
+                }
+                return infer(InferResponse::Accepted { new: 0 });
+            }
+            if !s.jobs.jobs.contains_key(&job) {
+                return fail(ControlError::NoSuchJob(job));
+            }
+            let images = results.iter().map(|r| r.index).collect();
+            let elapsed = Duration::from_millis(u64::from(elapsed_ms));
+            Step::Append(
+                Op::CompleteQuery { job, results },
+                Then::Complete {
+                    query,
+                    job,
+                    images,
+                    elapsed,
+                },
+            )
+        }
+    }
+}
+
+fn submit(core: &LeaderCore, cx: &Ctx, model: String, count: Option<u32>, dataset: String) -> Step {
+    let s = cx.state;
+    let spec = match core.registry().require(&model) {
+        Ok(m) => m.sdfs_name(),
+        Err(e) => return fail(bad(e.to_string())),
+    };
+    let trimmed = dataset.trim_end_matches('/');
+    if let Err(e) = validate_name(trimmed) {
+        return fail(bad(format!("dataset prefix: {e}")));
+    }
+    if count == Some(0) {
+        return fail(bad("the number of images must be at least 1"));
+    }
+    if count.is_some_and(|c| c > MAX_JOB_IMAGES) {
+        return fail(bad(format!("a job has at most {MAX_JOB_IMAGES} images")));
+    }
+    let prefix = format!("{trimmed}/");
+    if s.stat(&spec).is_none() {
+        return fail(bad(format!(
+            "the model file {spec} is not in SDFS; upload it with `dml models upload --models {model}`"
+        )));
+    }
+    let mut images: Vec<String> = s
+        .list(&format!("{prefix}*"))
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if images.is_empty() {
+        return fail(bad(format!(
+            "there are no files under the SDFS prefix \"{prefix}\"; load images with `dml sdfs load <dir> {prefix}`"
+        )));
+    }
+    images.truncate(MAX_JOB_IMAGES as usize);
+    let count = count.unwrap_or(images.len() as u32);
+    Step::Append(
+        Op::SubmitJob {
+            model,
+            dataset: prefix,
+            images,
+            count,
+        },
+        Then::Submit { count },
+    )
+}
+
+/// The next query for `worker`, or a wait for one until `deadline`.
+pub fn lease(core: &mut LeaderCore, cx: &Ctx, worker: SocketAddr, deadline: Instant) -> Step {
+    loop {
+        let Some(picked) = core.dispatch(worker, cx.state, cx.now) else {
+            if cx.now >= deadline {
+                return infer(InferResponse::Lease(None));
+            }
+            return Step::Park { worker, deadline };
+        };
+        let lease = picked.lease;
+        if lease.images.is_empty() {
+            // Nothing left to run: end the lease now rather than let it
+            // expire and put those images back to pending.
+            core.completed(lease.query, lease.job, &[], 0, Duration::ZERO, cx.now);
+            if !picked.gone.is_empty() {
+                let op = Op::CompleteQuery {
+                    job: lease.job,
+                    results: picked.gone,
+                };
+                let then = Then::Gone {
+                    lease: None,
+                    worker,
+                    deadline,
+                };
+                return Step::Append(op, then);
+            }
+            continue;
+        }
+        if picked.gone.is_empty() {
+            return infer(InferResponse::Lease(Some(lease)));
+        }
+        let op = Op::CompleteQuery {
+            job: lease.job,
+            results: picked.gone,
+        };
+        let then = Then::Gone {
+            lease: Some(lease),
+            worker,
+            deadline,
+        };
+        return Step::Append(op, then);
+    }
+}
+
+/// The reply to a request whose entry was appended, from its result
+/// (`Unconfirmed` if no quorum confirmed it in time); `now` for the
+/// scheduler.
+pub fn answer(
+    core: &mut LeaderCore,
+    then: Then,
+    result: Result<Applied, ControlError>,
+    now: Instant,
+) -> Answer {
+    let applied = match result {
+        Ok(Applied::Rejected(m)) => Err(ControlError::Rejected(m)),
+        other => other,
+    };
+    let reply = |r: Result<ControlResponse, ControlError>| Answer::Reply(r);
+    match then {
+        Then::Upkeep(u) => {
+            match (&u, &applied) {
+                (Upkeep::Expired, Ok(_)) => tracing::info!("expired stale pending puts"),
+                (Upkeep::CopyRecorded { name, version }, Ok(_)) => {
+                    tracing::info!(%name, version, "repair: copy recorded")
+                }
+                (Upkeep::OutputRecorded(job), Ok(_)) => {
+                    tracing::info!(job, "job output stored in SDFS")
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(upkeep = ?u, error = %e, "the leader's upkeep entry failed")
+                }
+                _ => {}
+            }
+            match u {
+                Upkeep::Expired => core.expired(),
+                Upkeep::Trimmed => {}
+                Upkeep::CopyRecorded { name, version } => core.copy_done(&name, version),
+                Upkeep::OutputRecorded(job) => core.output_stored(job),
+            }
+            Answer::None
+        }
+        Then::Commit => match applied {
+            Ok(Applied::Version(version)) => reply(Ok(MetaResponse::Committed { version }.into())),
+            // Appended, not confirmed: the client asks `PutOutcome` until
+            // the answer is final.
+            Err(e @ ControlError::Unconfirmed { .. }) => reply(Ok(MetaResponse::Unconfirmed {
+                reason: e.to_string(),
+            }
+            .into())),
+            Ok(other) => reply(Err(unexpected(other))),
+            Err(e) => reply(Err(e)),
+        },
+        Then::Aborted => reply(applied.map(|_| MetaResponse::Done.into())),
+        Then::Delete { through } => match applied {
+            Ok(_) => reply(Ok(MetaResponse::Done.into())),
+            Err(e @ ControlError::Unconfirmed { term, .. }) => {
+                reply(Ok(MetaResponse::DeleteUnconfirmed {
+                    reason: e.to_string(),
+                    term,
+                    through,
+                }
+                .into()))
+            }
+            Err(e) => reply(Err(e)),
+        },
+        Then::Submit { count } => match applied {
+            Ok(Applied::Job(job)) => {
+                tracing::info!(job, images = count, "job submitted");
+                reply(Ok(InferResponse::Submitted { job, images: count }.into()))
+            }
+            Ok(other) => reply(Err(unexpected(other))),
+            Err(e) => reply(Err(e)),
+        },
+        Then::BatchSize => reply(applied.map(|_| InferResponse::Done.into())),
+        Then::Complete {
+            query,
+            job,
+            images,
+            elapsed,
+        } => match applied {
+            Ok(Applied::Accepted { new, finished }) => {
+                core.completed(query, job, &images, new, elapsed, now);
+                if finished {
+                    tracing::info!(job, "job finished");
+                }
+                reply(Ok(InferResponse::Accepted { new }.into()))
+            }
+            Ok(other) => reply(Err(unexpected(other))),
+            Err(e) => reply(Err(e)),
+        },
+        Then::FailJob => reply(applied.map(|_| InferResponse::Accepted { new: 0 }.into())),
+        Then::Gone { lease, .. } => match (applied, lease) {
+            (Err(e), _) => reply(Err(e)),
+            (Ok(_), Some(lease)) => reply(Ok(InferResponse::Lease(Some(lease)).into())),
+            (Ok(_), None) => Answer::LeaseAgain,
+        },
+    }
+}
+
+fn unexpected(a: Applied) -> ControlError {
+    ControlError::Raft(format!("unexpected result {a:?} from the state machine"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfirmed_put_is_final_once_a_later_leader_answers() {
+        assert_eq!(outcome(true, 3, 3), ChangeOutcome::Committed);
+        assert_eq!(outcome(true, 3, 5), ChangeOutcome::Committed);
+        assert_eq!(outcome(false, 3, 4), ChangeOutcome::Failed);
+        // Its own leader still holds it in the log.
+        assert_eq!(outcome(false, 3, 3), ChangeOutcome::Pending);
+    }
+}
