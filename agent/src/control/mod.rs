@@ -50,6 +50,8 @@ pub(crate) mod ports;
 pub mod repair;
 pub mod scheduler;
 pub mod serve;
+#[cfg(test)]
+mod sim;
 pub mod state;
 pub mod store;
 pub mod task;
