@@ -97,7 +97,7 @@ impl Client {
                 leader_only: false,
             })
             .await?;
-        crate::router::into_control(self.addr, answer)
+        into_control(self.addr, answer)
     }
 
     /// [`Client::control`] for SDFS metadata.
@@ -210,6 +210,20 @@ pub fn unexpected(resp: Response) -> Error {
         text.push_str("...");
     }
     Error::unexpected(format!("unexpected answer {text}"))
+}
+
+/// An agent's answer to a control-plane request, from `addr`: the response,
+/// a redirect as [`Error::NotLeader`], or a refusal as [`Error::Remote`].
+pub fn into_control(addr: SocketAddr, answer: Response) -> Result<ControlResponse> {
+    match answer {
+        Response::Control(m) => Ok(m),
+        Response::NotLeader { leader } => Err(Error::NotLeader {
+            addr: addr.to_string(),
+            leader,
+        }),
+        Response::Error(msg) => Err(Error::Remote(msg)),
+        other => Err(unexpected(other)),
+    }
 }
 
 #[cfg(test)]

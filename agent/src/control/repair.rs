@@ -1,7 +1,7 @@
 //! The repair planner (sans-IO): from the metadata and who is alive, which
 //! committed versions need another copy, on which agent, copied from whom;
-//! and which replica sets still name agents that are gone. The leader's
-//! repair task (in `leader.rs`) executes the plan.
+//! and which replica sets still name agents that are gone. The leader task
+//! (`task.rs`) executes the plan.
 
 use super::placement;
 use super::state::MetaState;

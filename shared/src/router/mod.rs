@@ -13,6 +13,7 @@
 pub mod route;
 
 use crate::api::{LeaderInfo, Request, Response};
+pub use crate::client::into_control;
 use crate::client::{Client, read_response, send_request, unexpected};
 use crate::conn::{Conn, IdleConns};
 use crate::control::{ControlRequest, ControlResponse};
@@ -374,20 +375,6 @@ impl LeaderRouter {
         } else {
             Conn::connect(addr).await
         }
-    }
-}
-
-/// An agent's answer to a control-plane request, from `addr`: the response,
-/// a redirect as [`Error::NotLeader`], or a refusal as [`Error::Remote`].
-pub fn into_control(addr: SocketAddr, answer: Response) -> Result<ControlResponse> {
-    match answer {
-        Response::Control(m) => Ok(m),
-        Response::NotLeader { leader } => Err(Error::NotLeader {
-            addr: addr.to_string(),
-            leader,
-        }),
-        Response::Error(msg) => Err(Error::Remote(msg)),
-        other => Err(unexpected(other)),
     }
 }
 
