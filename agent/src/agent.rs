@@ -88,7 +88,8 @@ impl Agent {
             .context("cannot open the SDFS store")?;
         // This agent's own counters, apart from other agents in the process.
         let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone());
-        let membership = driver::spawn(udp, core, join, auth.clone());
+        let membership = driver::spawn(udp, core, join, auth.clone())
+            .context("cannot start the membership thread")?;
         let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {
             Some(path) => dml_shared::models::Registry::load(path)?,

@@ -76,10 +76,17 @@ fi
 [[ -r $key ]] || { echo "error: cluster key \"$key\" is not readable" >&2; exit 1; }
 key=$(cd "$(dirname "$key")" && pwd)/$(basename "$key")
 
+# Every agent is told the whole cluster (`--node`): the control-plane voters
+# default to the first of them, as with `dml local up`.
+nodes=()
+for ((i = 0; i < n; i++)); do
+  nodes+=(--node "$host:$((base + i))")
+done
 for ((i = 0; i < n; i++)); do
   port=$((base + i))
   cmd=$(printf 'exec %q --key-file %q --preset %q --bind %q --introducer %q --data-dir %q' \
     "$agent" "$key" "$preset" "$host:$port" "$introducer" "$data/data-$port")
+  cmd+=$(printf ' %q' "${nodes[@]}")
   if ((i == 0)); then
     pid=$(tmux new-session -d -s "$session" -n "agent-$port" -P -F '#{pane_pid}' "$cmd")
   else

@@ -147,6 +147,8 @@ pub enum Error {
     Remote(RemoteError),
     #[error("bad SDFS name \"{name}\": {reason}")]
     BadName { name: String, reason: String },
+    #[error(transparent)]
+    BadGlob(#[from] crate::sdfs::BadGlob),
     #[error("model \"{name}\": {reason}")]
     BadModelName { name: String, reason: String },
     #[error("i/o error: {0}")]
@@ -277,6 +279,7 @@ impl Error {
             | Error::ConfigFile { .. }
             | Error::Registry { .. }
             | Error::BadName { .. }
+            | Error::BadGlob(_)
             | Error::BadModelName { .. }
             | Error::LocalFile { .. }
             | Error::KeyFile { .. }

@@ -68,28 +68,48 @@ pub fn note_unreached(
 
 pub use crate::error::describe_failed;
 
-/// Shell-style glob match (`*`, `?`) over whole names; `*` also crosses `/`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
+/// Longest glob accepted (bytes): matching stays cheap however many names
+/// there are.
+pub const MAX_GLOB_LEN: usize = 1024;
+
+/// A shell-style glob over whole SDFS names (`*`, `?`, `[..]`, `{a,b}`;
+/// `*` also crosses `/`), compiled once.
+#[derive(Clone, Debug)]
+pub struct Glob(globset::GlobMatcher);
+
+/// Why a glob was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BadGlob {
+    #[error("the glob is {len} bytes long; at most {MAX_GLOB_LEN} are allowed")]
+    TooLong { len: usize },
+    #[error("bad glob \"{pattern}\": {reason}")]
+    Syntax { pattern: String, reason: String },
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Self, BadGlob> {
+        if pattern.len() > MAX_GLOB_LEN {
+            return Err(BadGlob::TooLong { len: pattern.len() });
         }
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(false)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| BadGlob::Syntax {
+                pattern: pattern.chars().take(80).collect(),
+                reason: e.kind().to_string(),
+            })?;
+        Ok(Self(glob.compile_matcher()))
     }
-    p[pi..].iter().all(|c| *c == '*')
+
+    pub fn is_match(&self, name: &str) -> bool {
+        self.0.is_match(name)
+    }
+}
+
+/// Whether `name` matches `pattern` (see [`Glob`]); a bad glob matches nothing.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    Glob::new(pattern).is_ok_and(|g| g.is_match(name))
 }
 
 /// A file and its committed versions, oldest first.
@@ -342,5 +362,9 @@ mod tests {
         assert!(!glob_match("a?c", "abbc"));
         assert!(glob_match("data/*", "data/x/y"));
         assert!(!glob_match("data", "data/x"));
+        assert!(glob_match("img_[0-9]*.{jpg,png}", "img_1.png"));
+        let long = "*".repeat(MAX_GLOB_LEN + 1);
+        assert!(matches!(Glob::new(&long), Err(BadGlob::TooLong { .. })));
+        assert!(matches!(Glob::new("a[b"), Err(BadGlob::Syntax { .. })));
     }
 }

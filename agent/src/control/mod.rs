@@ -397,6 +397,8 @@ async fn start_raft(s: &Settings, data_dir: &std::path::Path) -> Result<Started,
     .map_err(|e| ControlError::RaftConfig(e.to_string()))?;
     let network = network::Network {
         rpc_timeout: c.rpc_timeout,
+        min_backoff: c.heartbeat_interval,
+        max_backoff: c.election_timeout_min,
     };
     let raft = Raft::new(voter_id(s.me), Arc::new(raft_cfg), network, log, sm_store)
         .await

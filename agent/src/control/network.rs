@@ -1,7 +1,9 @@
 //! Raft RPCs over the agent TCP port: a [`RaftRpc`] is postcard-encoded into
 //! `Request::Raft(bytes)` and answered with `Response::Raft(bytes)` holding a
 //! [`RaftReply`]. One connection per peer ([`dml_shared::client::Client`]),
-//! each call bounded by `control.rpc_timeout`.
+//! each call bounded by `control.rpc_timeout`. A peer that cannot be reached,
+//! does not answer in time or refuses is reported `Unreachable`, so openraft
+//! backs off (capped, jittered, exponential) instead of retrying at once.
 
 use super::types::TypeConfig;
 use dml_shared::api::{Request, Response};
@@ -115,6 +117,10 @@ pub async fn serve(
 /// Makes one [`PeerConnection`] per target voter.
 pub struct Network {
     pub rpc_timeout: Duration,
+    /// First pause before retrying an unreachable peer; it doubles each
+    /// retry up to `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -127,6 +133,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             node_addr: node.addr.clone(),
             client: None,
             rpc_timeout: self.rpc_timeout,
+            backoff: (self.min_backoff, self.max_backoff),
         }
     }
 }
@@ -138,11 +145,14 @@ pub struct PeerConnection {
     node_addr: String,
     client: Option<Client>,
     rpc_timeout: Duration,
+    /// (first, longest) pause before retrying after `Unreachable`.
+    backoff: (Duration, Duration),
 }
 
 /// What went wrong on the way (before any openraft error type applies).
 enum CallError {
-    Unreachable(dml_shared::Error),
+    /// Not reached, no answer in time, or the peer refused: back off.
+    Unreachable(String),
     Network(dml_shared::Error),
     Failed(String),
 }
@@ -169,14 +179,16 @@ impl PeerConnection {
         };
         match answer {
             Ok(Response::Raft(b)) => match postcard::from_bytes(&b) {
-                Ok(RaftReply::Failed(m)) => Err(CallError::Failed(m)),
+                // Refused (membership holds this voter failed, or its Raft
+                // node is stopping): asking again at once cannot help.
+                Ok(RaftReply::Failed(m)) => Err(CallError::Unreachable(m)),
                 Ok(r) => Ok(r),
                 Err(e) => Err(CallError::Failed(format!("bad Raft reply: {e}"))),
             },
             Ok(other) => Err(CallError::Failed(format!("unexpected answer {other:?}"))),
-            Err(e @ dml_shared::Error::Connect { .. }) => {
+            Err(e @ (dml_shared::Error::Connect { .. } | dml_shared::Error::Timeout { .. })) => {
                 self.client = None;
-                Err(CallError::Unreachable(e))
+                Err(CallError::Unreachable(e.to_string()))
             }
             Err(e) => {
                 self.client = None;
@@ -187,7 +199,9 @@ impl PeerConnection {
 
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, BasicNode, E> {
         match e {
-            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("voter {} ({}): {m}", self.target, self.node_addr)),
+            )),
             CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
             CallError::Failed(m) => RPCError::Network(NetworkError::new(&std::io::Error::other(
                 format!("voter {} ({}): {m}", self.target, self.node_addr),
@@ -205,6 +219,11 @@ fn unexpected(what: &str) -> CallError {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    fn backoff(&self) -> openraft::network::Backoff {
+        let (min, max) = self.backoff;
+        openraft::network::Backoff::new(dml_shared::router::backoff(min, max))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

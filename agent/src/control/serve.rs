@@ -14,7 +14,7 @@ use super::state::MetaState;
 use super::types::{Applied, Op};
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{InferRequest, InferResponse, JobId, JobInfo, Lease, ModelInfo};
-use dml_shared::sdfs::{ChangeOutcome, MetaRequest, MetaResponse, validate_name};
+use dml_shared::sdfs::{ChangeOutcome, Glob, MetaRequest, MetaResponse, validate_name};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ pub enum Step {
         worker: SocketAddr,
         deadline: Instant,
     },
+    /// Match names against the glob off the async workers, then answer.
+    List(Glob),
     /// Read a finished job's output back from SDFS, then answer.
     FetchOutput {
         name: String,
@@ -269,7 +271,10 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
             Some(f) => sdfs(MetaResponse::File(f)),
             None => fail(ControlError::NoSuchFile(name)),
         },
-        MetaRequest::List { glob } => sdfs(MetaResponse::Files(s.list(&glob))),
+        MetaRequest::List { glob } => match Glob::new(&glob) {
+            Ok(glob) => Step::List(glob),
+            Err(e) => fail(bad(e.to_string())),
+        },
         MetaRequest::Count => {
             let (files, versions, bytes) = s.count();
             sdfs(MetaResponse::Count {
@@ -477,12 +482,7 @@ fn submit(core: &LeaderCore, cx: &Ctx, model: String, count: Option<u32>, datase
             "the model file {spec} is not in SDFS; upload it with `dml models upload --models {model}`"
         )));
     }
-    let mut images: Vec<String> = s
-        .list(&format!("{prefix}*"))
-        .into_iter()
-        .map(|f| f.name)
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
+    let mut images = s.names_under(&prefix);
     if images.is_empty() {
         return fail(bad(format!(
             "there are no files under the SDFS prefix \"{prefix}\"; load images with `dml sdfs load <dir> {prefix}`"

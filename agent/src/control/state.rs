@@ -308,11 +308,24 @@ impl MetaState {
     }
 
     /// Files with committed versions whose names match `glob`, by name.
-    pub fn list(&self, glob: &str) -> Vec<FileInfo> {
+    pub fn list(&self, glob: &dml_shared::sdfs::Glob) -> Vec<FileInfo> {
         self.files
             .keys()
-            .filter(|n| dml_shared::sdfs::glob_match(glob, n))
+            .filter(|n| glob.is_match(n))
             .filter_map(|n| self.stat(n))
+            .collect()
+    }
+
+    /// Names with committed versions that start with `prefix`, by name.
+    pub fn names_under(&self, prefix: &str) -> Vec<String> {
+        self.files
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(n, _)| n.starts_with(prefix))
+            .filter(|(_, f)| f.committed().next().is_some())
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -775,8 +788,19 @@ mod tests {
             commit(&mut s, name, v, &[1, 2, 3]);
         }
         begin(&mut s, "img/3.jpg", 0);
-        let names: Vec<String> = s.list("img/*").into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = s
+            .list(&dml_shared::sdfs::Glob::new("img/*").unwrap())
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         assert_eq!(names, vec!["img/1.jpg", "img/2.jpg"]);
+        assert_eq!(s.names_under("img/"), vec!["img/1.jpg", "img/2.jpg"]);
+        assert_eq!(s.names_under("img/2"), vec!["img/2.jpg"]);
+        assert!(s.names_under("imh").is_empty());
+        assert_eq!(
+            s.names_under(""),
+            vec!["img/1.jpg", "img/2.jpg", "model.onnx"]
+        );
     }
 
     #[test]

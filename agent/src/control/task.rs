@@ -24,7 +24,7 @@ use crate::membership::driver::TimedEvent;
 use dml_shared::clock::unix_ms;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{InferRequest, InferResponse, JobId};
-use dml_shared::sdfs::MetaRequest;
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -456,6 +456,13 @@ impl<P: Ports> LeaderTask<P> {
                 tokio::spawn(async move {
                     tokio::time::sleep_until(deadline.into()).await;
                     let _ = tx.send(Input::WaitOver(id)).await;
+                });
+            }
+            Step::List(glob) => {
+                let ports = self.ports.clone();
+                tokio::task::spawn_blocking(move || {
+                    let files = ports.read(|s| s.list(&glob));
+                    send(reply, Ok(MetaResponse::Files(files).into()));
                 });
             }
             Step::FetchOutput { name, job } => {

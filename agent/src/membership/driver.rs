@@ -61,7 +61,15 @@ pub struct MembershipHandle {
 /// The running task; [`MembershipTask::shutdown`] leaves the group and stops it.
 pub struct MembershipTask {
     pub handle: MembershipHandle,
-    join: JoinHandle<()>,
+    join: Running,
+}
+
+/// Where the task runs.
+enum Running {
+    /// On the caller's runtime (the in-memory network of the tests).
+    Task(JoinHandle<()>),
+    /// On its own thread and runtime; answered when it ends.
+    Thread(oneshot::Receiver<()>),
 }
 
 impl MembershipTask {
@@ -71,7 +79,14 @@ impl MembershipTask {
         if self.handle.tx.send(Command::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
-        let _ = self.join.await;
+        match self.join {
+            Running::Task(t) => {
+                let _ = t.await;
+            }
+            Running::Thread(done) => {
+                let _ = done.await;
+            }
+        }
     }
 }
 
@@ -108,20 +123,81 @@ impl MembershipHandle {
     }
 }
 
-/// Starts the task on a UDP socket (see [`spawn_on`]).
-pub fn spawn(socket: UdpSocket, core: Membership, join: bool, auth: AuthContext) -> MembershipTask {
-    spawn_on(UdpTransport::new(socket), core, join, auth)
+/// Starts the task on a UDP socket, on a thread and runtime of its own:
+/// request handling, hashing, image decoding and ONNX Runtime on the agent's
+/// runtime cannot delay a probe or an ack, so a busy agent never looks dead.
+pub fn spawn(
+    socket: UdpSocket,
+    core: Membership,
+    join: bool,
+    auth: AuthContext,
+) -> std::io::Result<MembershipTask> {
+    // Moved to the new runtime's reactor below.
+    let socket = socket.into_std()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (handle, start) = prepare(core, join, auth);
+    let (done_tx, done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("dml-membership".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => start.run(UdpTransport::new(socket)).await,
+                    Err(e) => tracing::error!(error = %e, "membership cannot use its socket"),
+                }
+            });
+            let _ = done_tx.send(());
+        })?;
+    Ok(MembershipTask {
+        handle,
+        join: Running::Thread(done),
+    })
 }
 
-/// Starts the task on `transport`. `join` says whether to join the group
-/// right away. Datagrams are sealed and opened with `auth`'s key
-/// ([`dml_shared::auth`]), and those refused are counted in its counters.
+/// Starts the task on `transport`, on the caller's runtime. `join` says
+/// whether to join the group right away. Datagrams are sealed and opened
+/// with `auth`'s key ([`dml_shared::auth`]), and those refused are counted
+/// in its counters.
 pub fn spawn_on<T: Transport>(
     transport: T,
-    mut core: Membership,
+    core: Membership,
     join: bool,
     auth: AuthContext,
 ) -> MembershipTask {
+    let (handle, start) = prepare(core, join, auth);
+    let join = tokio::spawn(start.run(transport));
+    MembershipTask {
+        handle,
+        join: Running::Task(join),
+    }
+}
+
+/// Everything the task starts with, apart from its transport.
+struct Start {
+    core: Membership,
+    seal: Seal,
+    rx: mpsc::Receiver<Command>,
+    events: broadcast::Sender<TimedEvent>,
+    started: Instant,
+}
+
+impl Start {
+    async fn run<T: Transport>(self, transport: T) {
+        run(
+            transport,
+            self.core,
+            self.seal,
+            self.rx,
+            self.events,
+            self.started,
+        )
+        .await
+    }
+}
+
+fn prepare(mut core: Membership, join: bool, auth: AuthContext) -> (MembershipHandle, Start) {
     let (tx, rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let handle = MembershipHandle {
@@ -137,8 +213,14 @@ pub fn spawn_on<T: Transport>(
         opener: Opener::new(&auth),
         auth,
     };
-    let join = tokio::spawn(run(transport, core, seal, rx, events, started));
-    MembershipTask { handle, join }
+    let start = Start {
+        core,
+        seal,
+        rx,
+        events,
+        started,
+    };
+    (handle, start)
 }
 
 /// This agent's datagram sealer and opener.

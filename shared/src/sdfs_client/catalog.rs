@@ -6,7 +6,7 @@ use crate::api::Response;
 use crate::client::{Client, unexpected};
 use crate::error::{Error, Result};
 use crate::sdfs::{
-    ChangeOutcome, FileInfo, Holding, MetaRequest, MetaResponse, glob_match, validate_name,
+    ChangeOutcome, FileInfo, Glob, Holding, MetaRequest, MetaResponse, validate_name,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -29,9 +29,10 @@ impl Sdfs {
 
     /// Files whose names match `glob`, in name order.
     pub async fn ls_all(&self, glob: &str) -> Result<Vec<FileInfo>> {
+        let matcher = Glob::new(glob)?;
         match self.meta(MetaRequest::List { glob: glob.into() }).await? {
             MetaResponse::Files(mut f) => {
-                f.retain(|f| !f.versions.is_empty() && glob_match(glob, &f.name));
+                f.retain(|f| !f.versions.is_empty() && matcher.is_match(&f.name));
                 f.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(f)
             }
