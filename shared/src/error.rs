@@ -149,6 +149,8 @@ pub enum Error {
     BadName { name: String, reason: String },
     #[error("model \"{name}\": {reason}")]
     BadModelName { name: String, reason: String },
+    #[error(transparent)]
+    UnknownModel(#[from] crate::models::UnknownModel),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{} is not the leader{}", addr, match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]
@@ -269,7 +271,9 @@ impl Error {
         match self {
             Error::Remote(r) => r.kind,
             Error::NotLeader { .. } => K::NotLeader,
-            Error::NotFound { .. } | Error::NoSuchVersion { .. } => K::NotFound,
+            Error::NotFound { .. } | Error::NoSuchVersion { .. } | Error::UnknownModel(_) => {
+                K::NotFound
+            }
             Error::LocalFile { reason, .. } if reason.kind() == std::io::ErrorKind::NotFound => {
                 K::NotFound
             }

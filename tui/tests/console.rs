@@ -344,7 +344,10 @@ mod widgets {
         let mut a = App::new(synth::addr(0), NOW, (100, 30));
         let mut f = synth::frame(3, 0);
         let c = f.cluster.as_mut().unwrap();
-        c.models = Err("inference is not available in this build".into());
+        c.models = Err(dml_shared::RemoteError::new(
+            dml_shared::ErrorKind::Unavailable,
+            "inference is not available in this build",
+        ));
         a.handle(Event::Frame(Box::new(f)));
         let t = pane(&a, Pane::Models, 100, 8);
         assert!(t.contains("no data: inference is not available"), "{t}");
