@@ -203,7 +203,10 @@ mod state {
         let mut a = app(10, (100, 30));
         a.handle(Event::Done {
             what: "ls x".into(),
-            result: Err("no such SDFS file \"x\"".into()),
+            result: Err(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::NotFound,
+                "no such SDFS file \"x\"",
+            )),
         });
         let m = a.message.clone().unwrap();
         assert!(!m.ok && m.text.contains("ls x") && m.detail.is_none());

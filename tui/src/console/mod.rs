@@ -111,7 +111,7 @@ async fn event_loop(
                 let (tx, agent) = (tx.clone(), app.agent);
                 tokio::spawn(async move {
                     let what = exec::describe(&action);
-                    let result = exec::run(agent, action).await;
+                    let result = exec::run(agent, action).await.map_err(Into::into);
                     let _ = tx.send(Event::Done { what, result }).await;
                 });
             }
