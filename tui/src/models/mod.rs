@@ -41,7 +41,7 @@ fn select<'a>(
     }
     names
         .iter()
-        .map(|n| reg.require(n).map_err(|e| anyhow!(e)))
+        .map(|n| Ok(reg.require(n).map_err(dml_shared::Error::from)?))
         .collect()
 }
 
