@@ -422,3 +422,53 @@ fn files(out: &mut String, files: Vec<dml_shared::sdfs::FileInfo>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(ToString::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bad_command_line_is_invalid_before_any_agent_is_asked() {
+        // Nothing listens here: each error comes before a connection.
+        let agent = SocketAddr::from(([127, 0, 0, 1], 9));
+        let fail = async |w: &[&str]| command(agent, &words(w)).await.unwrap_err();
+        let e = fail(&[]).await;
+        assert!(matches!(e, ExecError::NoCommand), "{e}");
+        let e = fail(&["frobnicate"]).await;
+        assert_eq!(
+            e.to_string().split(';').next(),
+            Some("unknown command \"frobnicate\"")
+        );
+        let e = fail(&["put", "only-one"]).await;
+        assert_eq!(e.to_string(), "usage: put LOCALFILE SDFSNAME");
+        let e = fail(&["get-output", "seven"]).await;
+        assert_eq!(e.to_string(), "JOB \"seven\" is not a number");
+        for w in [
+            &[][..],
+            &["frobnicate"],
+            &["put", "x"],
+            &["get-output", "seven"],
+        ] {
+            let r = RemoteError::from(fail(w).await);
+            assert_eq!(r.kind, ErrorKind::Invalid, "{w:?}: {r}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_agent_keeps_its_kind_and_words() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let agent = SocketAddr::from(([127, 0, 0, 1], port));
+        let e = command(agent, &words(&["members"])).await.unwrap_err();
+        let r = RemoteError::from(e);
+        assert_eq!(r.kind, ErrorKind::Unavailable);
+        assert!(r.message.contains("cannot reach agent"), "{r}");
+    }
+}
