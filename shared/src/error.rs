@@ -109,6 +109,22 @@ impl From<&Error> for RemoteError {
     }
 }
 
+/// A model name the model registry does not list (kind not-found).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model \"{name}\" (known: {})", known.join(", "))]
+pub struct UnknownModel {
+    pub name: String,
+    /// The registry's models.
+    pub known: Vec<String>,
+}
+
+/// For callers that still word a refusal as plain text.
+impl From<UnknownModel> for String {
+    fn from(e: UnknownModel) -> Self {
+        e.to_string()
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, in words an operator can act on.
@@ -150,7 +166,7 @@ pub enum Error {
     #[error("model \"{name}\": {reason}")]
     BadModelName { name: String, reason: String },
     #[error(transparent)]
-    UnknownModel(#[from] crate::models::UnknownModel),
+    UnknownModel(#[from] UnknownModel),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{} is not the leader{}", addr, match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]

@@ -2,6 +2,7 @@
 //! preprocessing and labels. Agents and `dml` use the built-in copy unless
 //! `inference.registry` names another file.
 
+pub use crate::error::UnknownModel;
 use crate::error::{Error, Result};
 use crate::infer::MAX_BATCH;
 use serde::Deserialize;
@@ -193,22 +194,6 @@ impl Registry {
             name: name.chars().take(80).collect(),
             known: self.models.iter().map(|m| m.name.clone()).collect(),
         })
-    }
-}
-
-/// A model name the registry does not list (kind not-found).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown model \"{name}\" (known: {})", known.join(", "))]
-pub struct UnknownModel {
-    pub name: String,
-    /// The registry's models.
-    pub known: Vec<String>,
-}
-
-/// For callers that still word a refusal as plain text.
-impl From<UnknownModel> for String {
-    fn from(e: UnknownModel) -> Self {
-        e.to_string()
     }
 }
 
