@@ -39,6 +39,10 @@ pub enum ClientError {
         path: PathBuf,
         hint: &'static str,
     },
+    /// A local tool or script `dml` runs is not installed, in words saying
+    /// where it looked and how to install it.
+    #[error("{0}")]
+    NotInstalled(String),
     /// Something on this machine is in the way (live agents, a busy port).
     #[error("{0}")]
     InTheWay(String),
@@ -77,7 +81,7 @@ impl ClientError {
                 io::ErrorKind::PermissionDenied => ErrorKind::Refused,
                 _ => ErrorKind::Invalid,
             },
-            ClientError::Missing { .. } => ErrorKind::NotFound,
+            ClientError::Missing { .. } | ClientError::NotInstalled(_) => ErrorKind::NotFound,
             ClientError::InTheWay(_) => ErrorKind::Conflict,
         }
     }
