@@ -1,8 +1,9 @@
 //! The telemetry subscription: connects to an agent, reads its frames, moves
 //! to the leader when the agent is not it, and when the agent stops
 //! answering moves to the leader a [`LeaderRouter`] finds (asking the live
-//! members the frames reported), else to another of those members. Every
-//! step becomes an [`Event`].
+//! members the frames reported) or to another of those members, whichever
+//! answers first (so finding the leader never delays a failover). Every step
+//! becomes an [`Event`].
 //!
 //! A subscription is a stream, not a request, so frames do not go through
 //! the router: it only keeps the leader the frames name, finds one when the
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// Time allowed to connect and subscribe, and to find the leader after a loss.
+/// Time allowed to connect and subscribe.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Time each member is given to say who leads.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -159,6 +160,8 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
     );
     let mut backoff = router::backoff(BACKOFF_MIN, BACKOFF_MAX);
     let mut misses = 0usize;
+    // A subscription opened while choosing whom to follow next.
+    let mut opened: Option<Result<Conn, FollowError>> = None;
     loop {
         if tx
             .send(Event::Conn(ConnEvent::Connecting(target)))
@@ -167,7 +170,11 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
         {
             return;
         }
-        let end = match subscribe(target).await {
+        let subscribed = match opened.take() {
+            Some(r) => r,
+            None => subscribe(target).await,
+        };
+        let end = match subscribed {
             Err(e) => End::Lost(e),
             Ok(mut s) => {
                 if tx
@@ -231,22 +238,33 @@ pub async fn run(start: SocketAddr, tx: mpsc::Sender<Event>) {
                     .filter(|a| !shunned(&failed, *a))
                     .collect();
                 members.send_replace(ask);
-                let found = tokio::time::timeout(CONNECT_TIMEOUT, router.find_leader())
-                    .await
-                    .ok()
-                    .flatten();
-                let next = match usable_leader(found, target, |a| shunned(&failed, a)) {
-                    Some(l) => l,
-                    None => {
-                        // A stale or shunned answer is not kept for the next loss.
-                        router.set_leader(None);
-                        let next = order[misses % order.len()];
-                        misses += 1;
-                        if misses >= order.len() {
-                            tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX)).await;
-                            misses = 0;
+                let fallback = order[misses % order.len()];
+                misses += 1;
+                if misses >= order.len() {
+                    tokio::time::sleep(backoff.next().unwrap_or(BACKOFF_MAX)).await;
+                    misses = 0;
+                }
+                // The leader the router finds, if it answers before the
+                // fallback agent does; else the fallback, already subscribed.
+                let find = router.find_leader();
+                let open = subscribe(fallback);
+                tokio::pin!(find, open);
+                let mut asked = false;
+                let next = loop {
+                    tokio::select! {
+                        found = &mut find, if !asked => {
+                            asked = true;
+                            match usable_leader(found, target, |a| shunned(&failed, a)) {
+                                Some(l) if l != fallback => break l,
+                                Some(_) => {}
+                                // A stale or shunned answer is not kept.
+                                None => router.set_leader(None),
+                            }
                         }
-                        next
+                        r = &mut open => {
+                            opened = Some(r);
+                            break fallback;
+                        }
                     }
                 };
                 let ev = ConnEvent::Lost {
