@@ -48,8 +48,8 @@ struct Args {
     key_file: Option<PathBuf>,
 }
 
-fn parse_preset(s: &str) -> Result<Preset, String> {
-    s.parse().map_err(|e: dml_shared::Error| e.to_string())
+fn parse_preset(s: &str) -> dml_shared::Result<Preset> {
+    s.parse()
 }
 
 /// The config file (or preset) with the flags applied, validated, and the

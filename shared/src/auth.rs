@@ -48,6 +48,15 @@ const SENDER_IDLE: Duration = Duration::from_secs(600);
 /// Most sequence numbers remembered per sender inside the reorder window.
 const MAX_RECENT: usize = 4096;
 
+/// Why a key file's text is not a cluster key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyTextError {
+    #[error("a cluster key is {want} hex digits, this has {len} characters")]
+    Length { want: usize, len: usize },
+    #[error("\"{pair}\" at offset {offset} is not a hex byte")]
+    NotHex { pair: String, offset: usize },
+}
+
 /// The shared secret of one cluster. `Debug` shows only its fingerprint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterKey {
@@ -79,21 +88,23 @@ impl ClusterKey {
     }
 
     /// Parses a key file's text: 64 hex digits, surrounding whitespace allowed.
-    pub fn from_hex(text: &str) -> std::result::Result<Self, String> {
+    pub fn from_hex(text: &str) -> std::result::Result<Self, KeyTextError> {
         let t = text.trim();
         if t.len() != 2 * KEY_LEN {
-            return Err(format!(
-                "a cluster key is {} hex digits, this has {} characters",
-                2 * KEY_LEN,
-                t.len()
-            ));
+            return Err(KeyTextError::Length {
+                want: 2 * KEY_LEN,
+                len: t.len(),
+            });
         }
         let mut secret = [0u8; KEY_LEN];
         for (i, pair) in t.as_bytes().chunks(2).enumerate() {
             let s = String::from_utf8_lossy(pair);
             // from_str_radix alone would take a sign, as in "+0".
             if !pair.iter().all(u8::is_ascii_hexdigit) {
-                return Err(format!("\"{s}\" at offset {} is not a hex byte", 2 * i));
+                return Err(KeyTextError::NotHex {
+                    pair: s.into_owned(),
+                    offset: 2 * i,
+                });
             }
             secret[i] = u8::from_str_radix(&s, 16).expect("two hex digits");
         }
@@ -125,7 +136,7 @@ impl ClusterKey {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        Self::from_hex(&text).map_err(bad)
+        Self::from_hex(&text).map_err(|e| bad(e.to_string()))
     }
 
     /// Writes a new random key to `path` (mode 0600); refuses to replace an
@@ -137,7 +148,7 @@ impl ClusterKey {
             reason,
         };
         let hex_key = Self::generate_hex()?;
-        let key = Self::from_hex(&hex_key).map_err(bad)?;
+        let key = Self::from_hex(&hex_key).map_err(|e| bad(e.to_string()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
         }
@@ -648,14 +659,21 @@ mod tests {
         assert!(
             ClusterKey::from_hex("abc")
                 .unwrap_err()
+                .to_string()
                 .contains("64 hex digits")
         );
         let bad = format!("zz{}", &text[2..]);
-        assert!(ClusterKey::from_hex(&bad).unwrap_err().contains("\"zz\""));
+        assert!(
+            ClusterKey::from_hex(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("\"zz\"")
+        );
         let signed = format!("{}+0", &text[..62]);
         assert!(
             ClusterKey::from_hex(&signed)
                 .unwrap_err()
+                .to_string()
                 .contains("\"+0\"")
         );
     }

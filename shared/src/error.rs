@@ -109,6 +109,16 @@ impl From<&Error> for RemoteError {
     }
 }
 
+/// A model name the model registry does not list (kind not-found).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model \"{name}\" (known: {})", known.join(", "))]
+pub struct UnknownModel {
+    pub name: String,
+    /// The registry's models.
+    pub known: Vec<String>,
+}
+
+/// For callers that still word a refusal as plain text.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, in words an operator can act on.
@@ -148,9 +158,11 @@ pub enum Error {
     #[error("bad SDFS name \"{name}\": {reason}")]
     BadName { name: String, reason: String },
     #[error(transparent)]
-    BadGlob(#[from] crate::sdfs::BadGlob),
+    BadGlob(#[from] crate::glob::BadGlob),
     #[error("model \"{name}\": {reason}")]
     BadModelName { name: String, reason: String },
+    #[error(transparent)]
+    UnknownModel(#[from] UnknownModel),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{} is not the leader{}", addr, match leader { Some(l) => format!("; the leader is {l}"), None => "; no leader is known yet".into() })]
@@ -271,7 +283,9 @@ impl Error {
         match self {
             Error::Remote(r) => r.kind,
             Error::NotLeader { .. } => K::NotLeader,
-            Error::NotFound { .. } | Error::NoSuchVersion { .. } => K::NotFound,
+            Error::NotFound { .. } | Error::NoSuchVersion { .. } | Error::UnknownModel(_) => {
+                K::NotFound
+            }
             Error::LocalFile { reason, .. } if reason.kind() == std::io::ErrorKind::NotFound => {
                 K::NotFound
             }

@@ -254,8 +254,23 @@ pub fn jsonl_line(r: &ImageResult) -> String {
     v.to_string()
 }
 
+/// Why a line is not one written by [`jsonl_line`].
+#[derive(Debug, thiserror::Error)]
+pub enum JsonlError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("prediction {prediction} of image {image}: score {score} is not a finite number")]
+    NotFinite {
+        prediction: usize,
+        image: u32,
+        score: f32,
+    },
+    #[error("a line has either predictions or an error")]
+    Neither,
+}
+
 /// Parses one line written by [`jsonl_line`].
-pub fn parse_jsonl_line(line: &str) -> Result<ImageResult, String> {
+pub fn parse_jsonl_line(line: &str) -> Result<ImageResult, JsonlError> {
     #[derive(Deserialize)]
     struct Line {
         index: u32,
@@ -263,21 +278,22 @@ pub fn parse_jsonl_line(line: &str) -> Result<ImageResult, String> {
         predictions: Option<Vec<Prediction>>,
         error: Option<String>,
     }
-    let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let l: Line = serde_json::from_str(line)?;
     let outcome = match (l.predictions, l.error) {
         (Some(p), None) => {
             // A score too large for an f32 parses as infinity, which would be
             // written back as `null`; a probability is finite.
             if let Some((i, bad)) = p.iter().enumerate().find(|(_, p)| !p.score.is_finite()) {
-                return Err(format!(
-                    "prediction {i} of image {}: score {} is not a finite number",
-                    l.index, bad.score
-                ));
+                return Err(JsonlError::NotFinite {
+                    prediction: i,
+                    image: l.index,
+                    score: bad.score,
+                });
             }
             Outcome::Top(p)
         }
         (None, Some(e)) => Outcome::Error(e),
-        _ => return Err("a line has either predictions or an error".into()),
+        _ => return Err(JsonlError::Neither),
     };
     Ok(ImageResult {
         index: l.index,
@@ -323,9 +339,13 @@ mod tests {
         let r = parse_jsonl_line(line).unwrap();
         assert_eq!(parse_jsonl_line(&jsonl_line(&r)).unwrap(), r);
         // Found by the infer_jsonl fuzz target: 4e67 overflows an f32 to infinity.
-        let err = parse_jsonl_line(&line.replace("0.5", "4e67")).unwrap_err();
+        let err = parse_jsonl_line(&line.replace("0.5", "4e67"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("score inf is not a finite number"), "{err}");
-        let err = parse_jsonl_line(r#"{"index":1,"image":"a"}"#).unwrap_err();
+        let err = parse_jsonl_line(r#"{"index":1,"image":"a"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("either predictions or an error"), "{err}");
     }
 }

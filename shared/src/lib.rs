@@ -8,6 +8,7 @@
 //! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying tagged frames.
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
+//! - [`glob`]: SDFS name globs, compiled once and capped in length.
 //! - [`view`]: members and the leader as one agent sees them (API and telemetry both carry them).
 //! - [`control`]: control-plane requests (SDFS metadata, inference), served at the leader.
 //! - [`api`]: request and response types of the agent API.
@@ -32,6 +33,7 @@ pub mod control;
 pub mod disk;
 pub mod error;
 pub mod framing;
+pub mod glob;
 pub mod id;
 pub mod infer;
 pub mod models;

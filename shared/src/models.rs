@@ -2,6 +2,7 @@
 //! preprocessing and labels. Agents and `dml` use the built-in copy unless
 //! `inference.registry` names another file.
 
+pub use crate::error::UnknownModel;
 use crate::error::{Error, Result};
 use crate::infer::MAX_BATCH;
 use serde::Deserialize;
@@ -76,9 +77,7 @@ impl Registry {
             if name == BUILTIN_LABELS_NAME {
                 Ok(BUILTIN_LABELS.to_string())
             } else {
-                Err(format!(
-                    "labels file \"{name}\" is not built in; use a registry file"
-                ))
+                Err(std::io::Error::other("not built in; use a registry file"))
             }
         })
         .expect("the built-in model registry is valid")
@@ -94,7 +93,6 @@ impl Registry {
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::parse(&shown, &text, |name| {
             std::fs::read_to_string(dir.join(name))
-                .map_err(|e| format!("labels file \"{name}\": {e}"))
         })
     }
 
@@ -102,7 +100,7 @@ impl Registry {
     pub fn parse(
         path: &str,
         text: &str,
-        labels: impl Fn(&str) -> std::result::Result<String, String>,
+        labels: impl Fn(&str) -> std::io::Result<String>,
     ) -> Result<Self> {
         let err = |reason: String| Error::Registry {
             path: path.to_string(),
@@ -160,7 +158,8 @@ impl Registry {
             {
                 return Err(bad(format!("sha256 \"{h}\" must be 64 hex digits")));
             }
-            let text = labels(&m.labels).map_err(&bad)?;
+            let text =
+                labels(&m.labels).map_err(|e| bad(format!("labels file \"{}\": {e}", m.labels)))?;
             let list: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
             if list.is_empty() || list.iter().any(|l| l.is_empty()) {
                 return Err(bad(format!(
@@ -190,10 +189,10 @@ impl Registry {
     }
 
     /// The model, or an error listing the known ones.
-    pub fn require(&self, name: &str) -> std::result::Result<&ModelSpec, String> {
-        self.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-            format!("unknown model \"{name}\" (known: {})", known.join(", "))
+    pub fn require(&self, name: &str) -> std::result::Result<&ModelSpec, UnknownModel> {
+        self.get(name).ok_or_else(|| UnknownModel {
+            name: name.chars().take(80).collect(),
+            known: self.models.iter().map(|m| m.name.clone()).collect(),
         })
     }
 }
@@ -272,7 +271,12 @@ mod tests {
 
     #[test]
     fn unknown_model_lists_known_ones() {
-        let e = Registry::builtin().require("vgg").unwrap_err();
-        assert!(e.contains("vgg") && e.contains("resnet50"), "{e}");
+        let e = Error::from(Registry::builtin().require("vgg").unwrap_err());
+        assert_eq!(e.kind(), crate::ErrorKind::NotFound);
+        let e = e.to_string();
+        assert!(
+            e.contains("unknown model \"vgg\"") && e.contains("resnet50"),
+            "{e}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! along as the events newer than the subscriber last received, or as the
 //! recent tail with `resync` set after frames were dropped.
 
+use crate::error::RemoteError;
 use crate::id::NodeId;
 use crate::infer::{JobInfo, LatencyInfo, ModelInfo, Placement, RateInfo};
 use crate::view::{LeaderInfo, MemberInfo};
@@ -65,15 +66,15 @@ pub struct NodeStats {
 /// the reason when it could not be fetched (e.g. inference not available).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterFigures {
-    pub models: Result<Vec<ModelInfo>, String>,
+    pub models: Result<Vec<ModelInfo>, RemoteError>,
     /// C1.
-    pub rates: Result<Vec<RateInfo>, String>,
+    pub rates: Result<Vec<RateInfo>, RemoteError>,
     /// C2.
-    pub latency: Result<Vec<LatencyInfo>, String>,
-    pub jobs: Result<Vec<JobInfo>, String>,
+    pub latency: Result<Vec<LatencyInfo>, RemoteError>,
+    pub jobs: Result<Vec<JobInfo>, RemoteError>,
     /// C5.
-    pub placement: Result<Vec<Placement>, String>,
-    pub sdfs: Result<SdfsHealth, String>,
+    pub placement: Result<Vec<Placement>, RemoteError>,
+    pub sdfs: Result<SdfsHealth, RemoteError>,
 }
 
 /// SDFS as a whole.
@@ -163,7 +164,10 @@ mod tests {
                 ..NodeStats::default()
             }],
             cluster: Some(ClusterFigures {
-                models: Err("inference is not available in this build".into()),
+                models: Err(RemoteError::new(
+                    crate::error::ErrorKind::Unavailable,
+                    "inference is not available in this build",
+                )),
                 rates: Ok(Vec::new()),
                 latency: Ok(Vec::new()),
                 jobs: Ok(Vec::new()),

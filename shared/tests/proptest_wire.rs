@@ -63,10 +63,15 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), 0..64)
 }
 
-fn err_or<T: Debug + Clone + 'static>(
+fn remote_error() -> impl Strategy<Value = dml_shared::RemoteError> {
+    (0..dml_shared::ErrorKind::ALL.len(), text())
+        .prop_map(|(k, m)| dml_shared::RemoteError::new(dml_shared::ErrorKind::ALL[k], m))
+}
+
+fn remote_err_or<T: Debug + Clone + 'static>(
     ok: impl Strategy<Value = T> + 'static,
-) -> impl Strategy<Value = Result<T, String>> {
-    prop_oneof![ok.prop_map(Ok), text().prop_map(Err)]
+) -> impl Strategy<Value = Result<T, dml_shared::RemoteError>> {
+    prop_oneof![ok.prop_map(Ok), remote_error().prop_map(Err)]
 }
 
 // ---------------------------------------------------------------- SDFS
@@ -588,12 +593,12 @@ fn frame() -> impl Strategy<Value = Frame> {
             },
         );
     let figures = (
-        err_or(vec(model_info(), 0..2)),
-        err_or(vec(rate_info(), 0..2)),
-        err_or(vec(latency_info(), 0..2)),
-        err_or(vec(job_info(), 0..2)),
-        err_or(vec(placement(), 0..2)),
-        err_or(health),
+        remote_err_or(vec(model_info(), 0..2)),
+        remote_err_or(vec(rate_info(), 0..2)),
+        remote_err_or(vec(latency_info(), 0..2)),
+        remote_err_or(vec(job_info(), 0..2)),
+        remote_err_or(vec(placement(), 0..2)),
+        remote_err_or(health),
     )
         .prop_map(
             |(models, rates, latency, jobs, placement, sdfs)| ClusterFigures {

@@ -220,12 +220,13 @@ async fn a_job_runs_through_the_cli_and_its_figures_are_reported() {
 async fn bad_inference_input_gets_a_clear_error() {
     let _slot = cluster_slot().await;
     let c = SdfsCluster::start("infer-cli-bad", 3).await.unwrap();
-    // `dml` checks batch sizes itself (untyped: exit 1) and model names
-    // (invalid: 4); the leader refuses a missing job as not-found (3).
+    // `dml` checks batch sizes (invalid: 4), known models (not-found: 3)
+    // and model names (invalid: 4) itself; the leader refuses a missing job
+    // as not-found (3).
     let cases: [(&[&str], i32, &str); 5] = [
-        (&["set-batch-size", "tiny", "0"], 1, "at least 1"),
-        (&["set-batch-size", "tiny", "65"], 1, "max_batch"),
-        (&["set-batch-size", "vgg", "2"], 1, "unknown model \"vgg\""),
+        (&["set-batch-size", "tiny", "0"], 4, "at least 1"),
+        (&["set-batch-size", "tiny", "65"], 4, "max_batch"),
+        (&["set-batch-size", "vgg", "2"], 3, "unknown model \"vgg\""),
         (&["submit-job", "Bad!", "3"], 4, "model \"Bad!\""),
         (&["get-output", "999"], 3, "there is no job 999"),
     ];

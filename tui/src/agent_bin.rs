@@ -1,7 +1,8 @@
 //! Finding the `dml-agent` binary that `dml local` starts and `dml cluster`
 //! uploads: beside the running `dml`, or where `--agent-bin` says.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use dml_tui::error::ClientError;
 use std::path::{Path, PathBuf};
 
 /// The agent binary's file name.
@@ -18,11 +19,12 @@ pub fn find_agent_bin(given: Option<&Path>) -> Result<PathBuf> {
             .context("cannot tell where dml runs from; pass --agent-bin")?,
     };
     if !path.is_file() {
-        bail!(
-            "agent binary not found at {}: build it with `cargo build --bin dml-agent` \
-             (next to dml) or pass --agent-bin PATH",
-            path.display()
-        );
+        return Err(ClientError::Missing {
+            what: "agent binary",
+            path,
+            hint: "build it with `cargo build --bin dml-agent` (next to dml) or pass --agent-bin PATH",
+        }
+        .into());
     }
     Ok(path)
 }

@@ -4,6 +4,7 @@
 
 use crate::sdfs::report::size;
 use anyhow::{Context, Result};
+use dml_tui::error::ClientError;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageFormat, RgbImage};
 use serde_json::json;
@@ -144,7 +145,7 @@ pub struct Made {
 
 /// Writes images `0..count` of the dataset of `seed` into `dir`, two threads at a time.
 pub fn make(dir: &Path, count: u32, seed: u64) -> Result<Made> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| ClientError::io("create", dir, e))?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4)) as u32;
     let results: Vec<Result<(ImageFormat, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -156,7 +157,7 @@ pub fn make(dir: &Path, count: u32, seed: u64) -> Result<Made> {
                             let img = sample(seed, i)?;
                             let path = dir.join(&img.name);
                             std::fs::write(&path, &img.bytes)
-                                .with_context(|| format!("cannot write {}", path.display()))?;
+                                .map_err(|e| ClientError::io("write", &path, e))?;
                             Ok((img.format, img.bytes.len() as u64))
                         })
                         .collect::<Vec<_>>()

@@ -3,5 +3,7 @@
 //!
 //! - [`console`]: the full-screen operator console (state, drawing, the
 //!   telemetry subscription, actions).
+//! - [`error`]: failures `dml` finds on its own side, with their kind.
 
 pub mod console;
+pub mod error;

@@ -30,6 +30,7 @@ use clap::Parser;
 use cli::{Cli, Command, DatasetCommand};
 use dml_shared::{ErrorKind, RemoteError};
 use dml_tui::console;
+use dml_tui::error::ClientError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -108,6 +109,7 @@ fn error_kind(e: &anyhow::Error) -> ErrorKind {
             c.downcast_ref::<dml_shared::Error>()
                 .map(dml_shared::Error::kind)
                 .or_else(|| c.downcast_ref::<RemoteError>().map(|r| r.kind))
+                .or_else(|| c.downcast_ref::<ClientError>().map(ClientError::kind))
         })
         .unwrap_or(ErrorKind::Internal)
 }
@@ -160,6 +162,16 @@ mod tests {
         let missing = anyhow::Error::from(dml_shared::Error::NotFound { name: "a".into() });
         assert_eq!(error_kind(&missing), ErrorKind::NotFound);
         assert_eq!(error_kind(&anyhow::anyhow!("untyped")), ErrorKind::Internal);
+        // A failure found on this side, under a context.
+        let bad = anyhow::Error::from(ClientError::bad_value("batch size", 0, "at least 1"))
+            .context("set-batch-size");
+        assert_eq!(error_kind(&bad), ErrorKind::Invalid);
+        let unwritable = anyhow::Error::from(ClientError::io(
+            "write",
+            "/nonexistent/out.jsonl",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+        assert_eq!(error_kind(&unwritable), ErrorKind::NotFound);
         // Distinct codes, none of them clap's usage error (2) or success.
         let mut codes: Vec<u8> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
         codes.sort();

@@ -2,8 +2,9 @@
 
 use crate::cli::Command;
 use crate::report;
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use dml_shared::client::Client;
+use dml_tui::error::ClientError;
 use serde_json::json;
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -12,11 +13,12 @@ pub fn resolve_agent(agent: &str) -> Result<SocketAddr> {
     if let Ok(a) = agent.parse() {
         return Ok(a);
     }
-    agent
+    let bad = |reason: String| ClientError::bad_value("agent address", agent, reason);
+    let found = agent
         .to_socket_addrs()
-        .with_context(|| format!("agent address \"{agent}\" is not HOST:PORT"))?
-        .next()
-        .ok_or_else(|| anyhow!("agent address \"{agent}\" resolves to nothing"))
+        .map_err(|e| bad(format!("is not HOST:PORT: {e}")))?
+        .next();
+    Ok(found.ok_or_else(|| bad("resolves to nothing".into()))?)
 }
 
 /// Runs one of the agent commands and prints its answer (a table or JSON).

@@ -60,7 +60,7 @@ fn the_agent_address_comes_from_the_environment() {
 #[test]
 fn a_bad_agent_address_is_quoted() {
     let out = dml(&["--agent", "not-an-address", "members"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(INVALID));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("\"not-an-address\""), "{stderr}");
 }
@@ -68,7 +68,7 @@ fn a_bad_agent_address_is_quoted() {
 #[test]
 fn the_console_refuses_to_run_without_a_terminal() {
     let out = dml(&[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(INVALID));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("needs a terminal"), "{stderr}");
 }
@@ -84,11 +84,54 @@ fn local_up_without_an_agent_binary_says_where_it_looked() {
         "--run-dir",
         dir.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(NOT_FOUND));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("agent binary not found at /nonexistent/dml-agent"),
         "{stderr}"
+    );
+}
+
+/// The `--json` error of a failed `dml`: its exit code, message and kind.
+fn json_failure(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut full = vec!["--json"];
+    full.extend(args);
+    let out = dml(&full);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (out.status.code(), field("error"), field("kind"))
+}
+
+#[test]
+fn failures_found_by_dml_itself_exit_with_their_kind() {
+    let agent = format!("127.0.0.1:{}", closed_port());
+    // A bad value, refused before any agent is asked.
+    let (code, error, kind) = json_failure(&["--agent", &agent, "set-batch-size", "tiny", "0"]);
+    assert_eq!((code, kind.as_str()), (Some(INVALID), "invalid"), "{error}");
+    assert!(error.contains("batch size 0 for \"tiny\""), "{error}");
+    let (code, error, kind) = json_failure(&["--agent", "not-an-address", "members"]);
+    assert_eq!((code, kind.as_str()), (Some(INVALID), "invalid"), "{error}");
+    // A target that cannot be written: a directory under a regular file.
+    let blocked = format!("{}/images", env!("CARGO_BIN_EXE_dml"));
+    let (code, error, kind) = json_failure(&["dataset", "make", &blocked, "--count", "1"]);
+    assert_eq!((code, kind.as_str()), (Some(INVALID), "invalid"), "{error}");
+    assert!(
+        error.contains(&format!("cannot create {blocked}")),
+        "{error}"
+    );
+    // A file dml needs that is not there.
+    let (code, error, kind) = json_failure(&[
+        "local",
+        "up",
+        "--agent-bin",
+        "/nonexistent/dml-agent",
+        "--run-dir",
+        "/nonexistent/run",
+    ]);
+    assert_eq!(
+        (code, kind.as_str()),
+        (Some(NOT_FOUND), "not-found"),
+        "{error}"
     );
 }
 
@@ -198,7 +241,7 @@ fn sdfs_commands_fail_cleanly_when_no_agent_listens() {
 
 #[test]
 fn store_with_a_bad_node_address_quotes_it() {
-    fails_with(&["store", "--node", "nowhere"], INTERNAL, "\"nowhere\"");
+    fails_with(&["store", "--node", "nowhere"], INVALID, "\"nowhere\"");
 }
 
 #[test]
@@ -217,7 +260,7 @@ fn a_load_that_fails_reports_every_file_in_one_json_document() {
         dir.to_str().unwrap(),
         "p",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(INTERNAL));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(v["failed"], 2);
     assert_eq!(v["error"], "2 of 2 files failed");

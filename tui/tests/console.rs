@@ -203,7 +203,10 @@ mod state {
         let mut a = app(10, (100, 30));
         a.handle(Event::Done {
             what: "ls x".into(),
-            result: Err("no such SDFS file \"x\"".into()),
+            result: Err(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::NotFound,
+                "no such SDFS file \"x\"",
+            )),
         });
         let m = a.message.clone().unwrap();
         assert!(!m.ok && m.text.contains("ls x") && m.detail.is_none());
@@ -344,7 +347,10 @@ mod widgets {
         let mut a = App::new(synth::addr(0), NOW, (100, 30));
         let mut f = synth::frame(3, 0);
         let c = f.cluster.as_mut().unwrap();
-        c.models = Err("inference is not available in this build".into());
+        c.models = Err(dml_shared::RemoteError::new(
+            dml_shared::ErrorKind::Unavailable,
+            "inference is not available in this build",
+        ));
         a.handle(Event::Frame(Box::new(f)));
         let t = pane(&a, Pane::Models, 100, 8);
         assert!(t.contains("no data: inference is not available"), "{t}");

@@ -149,12 +149,12 @@ fn start(workers: usize) -> (Arc<Sim>, LeaderHandle) {
     (sim, handle)
 }
 
-async fn sdfs(h: &LeaderHandle, req: MetaRequest) -> Result<MetaResponse, String> {
+async fn sdfs(h: &LeaderHandle, req: MetaRequest) -> Result<MetaResponse, ControlError> {
     match h.serve(ControlRequest::Sdfs(req)).await {
         Ok(ControlResponse::Sdfs(r)) => Ok(r),
         Ok(other) => panic!("not an SDFS answer: {other:?}"),
-        Err(Refusal::Failed(e)) => Err(e.to_string()),
-        Err(Refusal::NotLeader(_)) => Err("not leader".into()),
+        Err(Refusal::Failed(e)) => Err(e),
+        Err(Refusal::NotLeader(_)) => panic!("the simulated leader always leads"),
     }
 }
 
@@ -168,7 +168,7 @@ async fn infer(h: &LeaderHandle, req: InferRequest) -> InferResponse {
 }
 
 /// Puts `name` (`size` bytes) through the task: plan, then commit.
-async fn put(h: &LeaderHandle, name: &str, size: u64) -> Result<u64, String> {
+async fn put(h: &LeaderHandle, name: &str, size: u64) -> Result<u64, ControlError> {
     let MetaResponse::PutPlan {
         version,
         chain,
@@ -194,7 +194,7 @@ async fn put(h: &LeaderHandle, name: &str, size: u64) -> Result<u64, String> {
     };
     match sdfs(h, commit).await? {
         MetaResponse::Committed { version } => Ok(version),
-        other => Err(format!("{other:?}")),
+        other => panic!("CommitPut answered {other:?}"),
     }
 }
 
@@ -340,7 +340,7 @@ async fn a_put_plan_that_times_out_fails_its_commit_and_a_later_put_proceeds() {
     };
     // ...but its commit waits for the plan's entry, which times out.
     let e = sdfs(&h, commit).await.unwrap_err();
-    assert!(e.contains("majority"), "{e}");
+    assert!(matches!(e, ControlError::NoQuorum { .. }), "{e}");
     assert!(asked.elapsed() <= LEADER_WAIT * 2, "{:?}", asked.elapsed());
 
     // Back in touch: the next put of the same name commits.

@@ -11,6 +11,15 @@ pub const COMPUTE_NICE: i32 = 10;
 
 type Task = Box<dyn FnOnce() + Send>;
 
+/// Why a closure handed to a compute thread gave no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    #[error("the compute thread has stopped")]
+    Stopped,
+    #[error("the compute task panicked")]
+    Panicked,
+}
+
 /// One named thread running closures in order. Cheap to clone.
 #[derive(Clone)]
 pub struct Compute {
@@ -36,15 +45,14 @@ impl Compute {
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, String> {
+    ) -> Result<T, ComputeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Box::new(move || {
                 let _ = tx.send(f());
             }))
-            .map_err(|_| "the compute thread has stopped".to_string())?;
-        rx.await
-            .map_err(|_| "the compute task panicked".to_string())
+            .map_err(|_| ComputeError::Stopped)?;
+        rx.await.map_err(|_| ComputeError::Panicked)
     }
 }
 

@@ -4,8 +4,9 @@
 //! top-5 back. Two stages overlap: while one query runs, the next is
 //! leased, fetched and preprocessed.
 
-use super::compute::Compute;
-use super::fetch::read_version;
+use super::compute::{Compute, ComputeError};
+use super::error::InferError;
+use super::fetch::{FetchError, read_version};
 use super::figures::InferMetrics;
 use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
@@ -69,6 +70,30 @@ struct Ctx {
     stats: Arc<Mutex<WorkerStats>>,
     /// C1/C2 of the queries completed here.
     metrics: InferMetrics,
+}
+
+/// Why an image of a query, or the whole query, could not be run here.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error(transparent)]
+    UnknownModel(#[from] dml_shared::models::UnknownModel),
+    #[error("{}: {source}", dir.display())]
+    ModelDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot fetch {file} v{version}: {source}")]
+    FetchModel {
+        file: String,
+        version: u64,
+        source: dml_shared::Error,
+    },
 }
 
 /// A leased query, fetched and preprocessed.
@@ -259,10 +284,8 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
             let spec = spec.clone();
             async move {
                 let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, ctx.o.fetch_timeout).await?;
-                ctx.prep
-                    .run(move || preprocess(&bytes, &spec).map_err(|e| e.to_string()))
-                    .await?
-                    .map(|t| (*i, name.clone(), t))
+                let t = ctx.prep.run(move || preprocess(&bytes, &spec)).await??;
+                Ok::<_, QueryError>((*i, name.clone(), t))
             }
         });
         for (r, (i, name, _)) in futures::future::join_all(reads)
@@ -272,7 +295,7 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
         {
             match r {
                 Ok(t) => tensors.push(t),
-                Err(e) => errors.push(error(*i, name, e)),
+                Err(e) => errors.push(error(*i, name, e.to_string())),
             }
         }
     }
@@ -309,7 +332,7 @@ async fn run_loop(
         let outcome = run_query(&ctx, &lease, tensors).await;
         let (mut results, failed) = match outcome {
             Ok(r) => (r, None),
-            Err(e) => (Vec::new(), Some(e)),
+            Err(e) => (Vec::new(), Some(e.to_string())),
         };
         if failed.is_none() {
             results.append(&mut errors);
@@ -338,7 +361,7 @@ async fn run_query(
     ctx: &Ctx,
     lease: &Lease,
     tensors: Vec<(u32, String, Array3<f32>)>,
-) -> Result<Vec<ImageResult>, String> {
+) -> Result<Vec<ImageResult>, QueryError> {
     if tensors.is_empty() {
         return Ok(Vec::new());
     }
@@ -377,7 +400,7 @@ async fn run_query(
 }
 
 /// The session of the lease's model version, fetching and loading it once.
-async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, String> {
+async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, QueryError> {
     let version = lease.model_version.version;
     if let Some((v, s)) = ctx
         .sessions
@@ -388,14 +411,11 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, St
     {
         return Ok(s.clone());
     }
-    let spec: ModelSpec = ctx
-        .o
-        .registry
-        .require(&lease.model)
-        .map_err(|e| e.to_string())?
-        .clone();
+    let spec: ModelSpec = ctx.o.registry.require(&lease.model)?.clone();
     let dir = ctx.o.data_dir.join("models");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Err(source) = std::fs::create_dir_all(&dir) {
+        return Err(QueryError::ModelDir { dir, source });
+    }
     let path = dir.join(format!("{}.v{version}.onnx", lease.model));
     if !path.exists() {
         let sdfs = dml_shared::sdfs_client::Sdfs::new(ctx.o.me);
@@ -406,15 +426,18 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, St
             &dml_shared::sdfs_client::no_progress,
         )
         .await
-        .map_err(|e| format!("cannot fetch {} v{version}: {e}", lease.model_file))?;
+        .map_err(|source| QueryError::FetchModel {
+            file: lease.model_file.clone(),
+            version,
+            source,
+        })?;
     }
     let threads = ctx.o.intra_threads;
     let p = path.clone();
     let session = ctx
         .infer
         .run(move || Session::load(&p, &spec, threads))
-        .await?
-        .map_err(|e| e.to_string())?;
+        .await??;
     tracing::info!(model = %lease.model, version, "model loaded");
     let session = Arc::new(Mutex::new(session));
     let old = ctx

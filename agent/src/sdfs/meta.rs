@@ -34,20 +34,44 @@ impl MetaRoute {
     }
 }
 
-/// Sends one metadata request; errors are worded for a log line.
-pub async fn call(ctx: &Ctx, req: MetaRequest) -> Result<MetaResponse, String> {
+/// Why a metadata request from the data side got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("the control plane is not reachable yet")]
+    NotReachable,
+    #[error("metadata request failed: {0}")]
+    Failed(#[source] dml_shared::Error),
+    #[error("unexpected answer to {request}: {answer}")]
+    Unexpected {
+        request: &'static str,
+        answer: String,
+    },
+}
+
+impl MetaError {
+    /// `answer` was not what `request` expects.
+    pub fn unexpected(request: &'static str, answer: &MetaResponse) -> Self {
+        MetaError::Unexpected {
+            request,
+            answer: format!("{answer:?}"),
+        }
+    }
+}
+
+/// Sends one metadata request.
+pub async fn call(ctx: &Ctx, req: MetaRequest) -> Result<MetaResponse, MetaError> {
     let answer = match ctx.meta.get() {
         Some(MetaRoute::Local(control)) => into_meta(ctx.agent, control.meta(req).await),
         Some(MetaRoute::Remote(router)) => router.meta(req).await,
-        None => return Err("the control plane is not reachable yet".into()),
+        None => return Err(MetaError::NotReachable),
     };
-    answer.map_err(|e| format!("metadata request failed: {e}"))
+    answer.map_err(MetaError::Failed)
 }
 
 /// A file's committed versions.
-pub async fn stat(ctx: &Ctx, name: &str) -> Result<FileInfo, String> {
+pub async fn stat(ctx: &Ctx, name: &str) -> Result<FileInfo, MetaError> {
     match call(ctx, MetaRequest::Stat { name: name.into() }).await? {
         MetaResponse::File(f) => Ok(f),
-        other => Err(format!("unexpected answer to Stat: {other:?}")),
+        other => Err(MetaError::unexpected("Stat", &other)),
     }
 }

@@ -196,7 +196,9 @@ impl SdfsHandle {
     }
 
     /// Runs one reconcile pass now.
-    pub async fn reconcile_now(&self) -> Option<Result<reconcile::ReconcileReport, String>> {
+    pub async fn reconcile_now(
+        &self,
+    ) -> Option<Result<reconcile::ReconcileReport, reconcile::ReconcileError>> {
         Some(reconcile::run(self.ctx.as_ref()?).await)
     }
 }

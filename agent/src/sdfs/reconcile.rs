@@ -5,6 +5,8 @@
 //! cannot be asked, nothing is deleted. A copy younger than `put_timeout` is
 //! kept whatever the answer: its put or repair may not have committed yet.
 
+use super::error::SdfsError;
+use super::meta::MetaError;
 use super::replicate::{self, Wanted};
 use super::scrub;
 use super::stats::Counters;
@@ -18,6 +20,17 @@ use tokio::sync::watch;
 const WANTED_BATCH: usize = 1000;
 /// Versions asked for per `Assigned` request.
 const ASSIGNED_BATCH: u32 = 1000;
+
+/// Why a reconcile pass stopped (nothing more is deleted).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot rescan the store: {0}")]
+    Rescan(#[from] SdfsError),
+    #[error("the rescan task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
 
 /// What one reconcile pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,7 +68,7 @@ pub async fn task(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
 use dml_shared::clock::unix_ms as now_ms;
 
 /// One pass. An error means the metadata could not be asked (nothing deleted).
-pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
+pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, ReconcileError> {
     let mut report = ReconcileReport::default();
     let store = ctx.store.clone();
     let put_timeout = ctx.cfg.put_timeout;
@@ -63,9 +76,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
         let n = store.sweep_tmp(put_timeout);
         store.rescan(false).map(|()| n)
     })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .await??;
     report.tmp_swept = swept as u64;
     Counters::add(&ctx.counters.tmp_swept, swept as u64);
 
@@ -87,7 +98,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
         };
         let keep = match meta::call(ctx, req).await? {
             MetaResponse::Wanted(keep) if keep.len() == batch.len() => keep,
-            other => return Err(format!("unexpected answer to Wanted: {other:?}")),
+            other => return Err(MetaError::unexpected("Wanted", &other).into()),
         };
         report.checked += batch.len() as u64;
         for (m, keep) in batch.iter().zip(keep) {
@@ -124,7 +135,7 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, String> {
 /// metadata names this agent a holder of but its disk lacks (a lost or
 /// replaced disk, or a bad copy whose re-fetch failed): nothing else would
 /// notice, since repair follows membership.
-async fn restore_assigned(ctx: &Arc<Ctx>, report: &mut ReconcileReport) -> Result<(), String> {
+async fn restore_assigned(ctx: &Arc<Ctx>, report: &mut ReconcileReport) -> Result<(), MetaError> {
     let mut after = None;
     loop {
         let req = MetaRequest::Assigned {
@@ -134,7 +145,7 @@ async fn restore_assigned(ctx: &Arc<Ctx>, report: &mut ReconcileReport) -> Resul
         };
         let (items, more) = match meta::call(ctx, req).await? {
             MetaResponse::Assigned { items, more } => (items, more),
-            other => return Err(format!("unexpected answer to Assigned: {other:?}")),
+            other => return Err(MetaError::unexpected("Assigned", &other)),
         };
         for (name, v) in &items {
             if ctx.store.get(name, v.version).is_some() {

@@ -8,32 +8,42 @@ use dml_shared::control::ControlResponse;
 use dml_shared::infer::{InferRequest, InferResponse, Placement};
 use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
 use dml_shared::telemetry::{ClusterFigures, NodeStats, SdfsHealth};
+use dml_shared::{ErrorKind, RemoteError};
 
 /// Under-replicated versions named in a frame (the count covers all).
 const SAMPLE: usize = 8;
 
-async fn infer(control: &ControlHandle, req: InferRequest) -> Result<InferResponse, String> {
+async fn infer(control: &ControlHandle, req: InferRequest) -> Result<InferResponse, RemoteError> {
     match control.infer(req).await {
         Response::Control(ControlResponse::Infer(r)) => Ok(r),
         other => Err(refusal(other)),
     }
 }
 
-/// Why a metadata request gave no usable answer, in words.
-fn refusal(r: Response) -> String {
+/// Why a metadata request gave no usable answer, with its kind.
+fn refusal(r: Response) -> RemoteError {
     match r {
-        Response::Error(e) => e.message,
-        Response::NotLeader { leader: Some(l) } => format!("not the leader; {l} leads"),
-        Response::NotLeader { leader: None } => "no leader is known".into(),
-        other => format!("unexpected answer {other:?}"),
+        Response::Error(e) => e,
+        Response::NotLeader { leader: Some(l) } => {
+            RemoteError::new(ErrorKind::NotLeader, format!("not the leader; {l} leads"))
+        }
+        Response::NotLeader { leader: None } => {
+            RemoteError::new(ErrorKind::Unavailable, "no leader is known")
+        }
+        other => unexpected(other),
     }
+}
+
+/// An answer of the wrong variant (a bug or a version skew).
+fn unexpected(answer: impl std::fmt::Debug) -> RemoteError {
+    RemoteError::internal(format!("unexpected answer {answer:?}"))
 }
 
 macro_rules! pick {
     ($r:expr, $variant:ident) => {
         match $r {
             Ok(InferResponse::$variant(v)) => Ok(v),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Ok(other) => Err(unexpected(other)),
             Err(e) => Err(e),
         }
     };
@@ -63,7 +73,7 @@ async fn sdfs_health(
     control: &ControlHandle,
     replicas: u32,
     repairs: u64,
-) -> Result<SdfsHealth, String> {
+) -> Result<SdfsHealth, RemoteError> {
     let (count, list) = tokio::join!(
         control.meta(MetaRequest::Count),
         control.meta(MetaRequest::List { glob: "*".into() })

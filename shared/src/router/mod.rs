@@ -201,12 +201,32 @@ impl LeaderRouter {
         *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = leader;
     }
 
-    /// Forgets `addr` as the leader, if it is the one cached.
-    fn forget(&self, addr: SocketAddr) {
+    /// Forgets `addr` as the leader, if it is the one cached (it stopped
+    /// answering).
+    pub fn forget(&self, addr: SocketAddr) {
         let mut g = self.inner.leader.lock().unwrap_or_else(|p| p.into_inner());
         if *g == Some(addr) {
             *g = None;
         }
+    }
+
+    /// The leader: the one last seen, else found out now (the entry agent
+    /// or the finder is asked) and remembered; `None` while nobody names one.
+    pub async fn find_leader(&self) -> Option<SocketAddr> {
+        if let Some(l) = self.leader() {
+            return Some(l);
+        }
+        let found = match &self.inner.way {
+            Way::Find(f) => f.find().await,
+            Way::Entry(a) => {
+                let mut c = Client::new(*a).with_timeout(self.inner.opts.call_timeout);
+                c.leader().await.ok().and_then(|l| l.leader)
+            }
+        };
+        if found.is_some() {
+            self.set_leader(found);
+        }
+        found
     }
 
     /// Sends `req` to the leader and returns its answer. Redirects are
@@ -389,4 +409,42 @@ pub fn into_meta(addr: SocketAddr, answer: Response) -> Result<MetaResponse> {
 /// Whether `e` is an agent's own refusal (it says what went wrong, and where).
 pub fn is_refusal(e: &Error) -> bool {
     matches!(e, Error::Remote(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Names `leader` and counts the questions.
+    struct Fixed {
+        leader: Option<SocketAddr>,
+        asked: AtomicUsize,
+    }
+
+    impl FindLeader for Fixed {
+        fn find(&self) -> BoxFuture<'_, Option<SocketAddr>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { self.leader })
+        }
+    }
+
+    #[tokio::test]
+    async fn find_leader_asks_the_finder_once_until_the_leader_is_forgotten() {
+        let l = SocketAddr::from(([127, 0, 0, 1], 8003));
+        let finder = Arc::new(Fixed {
+            leader: Some(l),
+            asked: AtomicUsize::new(0),
+        });
+        let router = LeaderRouter::finding(finder.clone(), RouterOptions::default());
+        assert_eq!(router.find_leader().await, Some(l));
+        assert_eq!(router.find_leader().await, Some(l));
+        assert_eq!(finder.asked.load(Ordering::SeqCst), 1);
+        router.forget(SocketAddr::from(([127, 0, 0, 1], 8001)));
+        assert_eq!(router.leader(), Some(l), "another agent is not forgotten");
+        router.forget(l);
+        assert_eq!(router.leader(), None);
+        assert_eq!(router.find_leader().await, Some(l));
+        assert_eq!(finder.asked.load(Ordering::SeqCst), 2);
+    }
 }

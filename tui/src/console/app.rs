@@ -3,6 +3,7 @@
 //! reads a clock: time arrives in [`Event::Tick`].
 
 use super::layout::{self, Pane};
+use dml_shared::RemoteError;
 use dml_shared::api::{MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, ModelInfo, RateInfo};
 use dml_shared::telemetry::{Frame, TelemetryEvent};
@@ -36,7 +37,7 @@ pub enum Event {
     /// An [`Action`] finished: what it was and its result or error.
     Done {
         what: String,
-        result: Result<String, String>,
+        result: Result<String, RemoteError>,
     },
 }
 
@@ -242,7 +243,7 @@ impl App {
         }
     }
 
-    fn handle_done(&mut self, what: String, result: Result<String, String>) {
+    fn handle_done(&mut self, what: String, result: Result<String, RemoteError>) {
         let (text, ok) = match result {
             Ok(t) => (t, true),
             Err(e) => (format!("{what}: {e}"), false),
@@ -402,7 +403,7 @@ impl App {
                     Some(Action::Command(w))
                 }
                 Err(e) => {
-                    self.say(&e, false);
+                    self.say(&e.to_string(), false);
                     None
                 }
             },
@@ -639,8 +640,16 @@ impl App {
     }
 }
 
+/// A command line with a quote left open.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unclosed {quote} in \"{line}\"")]
+pub struct UnclosedQuote {
+    pub quote: char,
+    pub line: String,
+}
+
 /// Splits a command line into words; single and double quotes group.
-pub fn split_words(line: &str) -> Result<Vec<String>, String> {
+pub fn split_words(line: &str) -> Result<Vec<String>, UnclosedQuote> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -666,7 +675,10 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if let Some(q) = quote {
-        return Err(format!("unclosed {q} in \"{line}\""));
+        return Err(UnclosedQuote {
+            quote: q,
+            line: line.to_string(),
+        });
     }
     if in_word {
         words.push(cur);

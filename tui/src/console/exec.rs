@@ -7,6 +7,7 @@ use super::fmt::bytes;
 use dml_shared::client::Client;
 use dml_shared::infer::{InferRequest, InferResponse, Outcome};
 use dml_shared::sdfs_client::{Sdfs, no_progress};
+use dml_shared::{ErrorKind, RemoteError};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,48 @@ use std::path::Path;
 pub const COMMANDS: &str = "members, id, leader, stats, join, leave, put, get, delete, ls, \
     ls-all, store, get-versions, sdfs files|nodes|count, submit-job, jobs, get-output, \
     set-batch-size, models, rates, latency, placement";
+
+/// Why a console command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("type a command: {COMMANDS}")]
+    NoCommand,
+    #[error("unknown command \"{0}\"; try one of: {COMMANDS}")]
+    UnknownCommand(String),
+    #[error("usage: {cmd} {args}")]
+    Usage { cmd: String, args: &'static str },
+    #[error("{what} \"{value}\" is not a number")]
+    NotANumber { what: &'static str, value: String },
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    #[error(transparent)]
+    Client(#[from] dml_shared::Error),
+}
+
+impl ExecError {
+    /// An answer of the wrong variant (a bug or a version skew).
+    fn unexpected(answer: impl std::fmt::Debug) -> Self {
+        ExecError::Unexpected(format!("{answer:?}"))
+    }
+
+    /// What kind of failure it is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ExecError::NoCommand
+            | ExecError::UnknownCommand(_)
+            | ExecError::Usage { .. }
+            | ExecError::NotANumber { .. } => ErrorKind::Invalid,
+            ExecError::Unexpected(_) => ErrorKind::Internal,
+            ExecError::Client(e) => e.kind(),
+        }
+    }
+}
+
+impl From<ExecError> for RemoteError {
+    fn from(e: ExecError) -> Self {
+        RemoteError::new(e.kind(), e.to_string())
+    }
+}
 
 /// A short name for an action, for error messages.
 pub fn describe(a: &Action) -> String {
@@ -30,7 +73,7 @@ pub fn describe(a: &Action) -> String {
 }
 
 /// Runs `a` against `agent`; `Ok` is the text to show.
-pub async fn run(agent: SocketAddr, a: Action) -> Result<String, String> {
+pub async fn run(agent: SocketAddr, a: Action) -> Result<String, ExecError> {
     match a {
         Action::SetBatchSize { model, size } => set_batch(agent, &model, size).await,
         Action::Submit {
@@ -42,11 +85,11 @@ pub async fn run(agent: SocketAddr, a: Action) -> Result<String, String> {
     }
 }
 
-async fn infer(agent: SocketAddr, req: InferRequest) -> Result<InferResponse, String> {
-    Sdfs::new(agent).infer(req).await.map_err(|e| e.to_string())
+async fn infer(agent: SocketAddr, req: InferRequest) -> Result<InferResponse, ExecError> {
+    Ok(Sdfs::new(agent).infer(req).await?)
 }
 
-async fn set_batch(agent: SocketAddr, model: &str, size: u32) -> Result<String, String> {
+async fn set_batch(agent: SocketAddr, model: &str, size: u32) -> Result<String, ExecError> {
     let req = InferRequest::SetBatchSize {
         model: model.to_string(),
         size,
@@ -60,7 +103,7 @@ async fn submit(
     model: String,
     count: u32,
     dataset: String,
-) -> Result<String, String> {
+) -> Result<String, ExecError> {
     let req = InferRequest::Submit {
         model: model.clone(),
         count: Some(count),
@@ -70,42 +113,46 @@ async fn submit(
         InferResponse::Submitted { job, images } => Ok(format!(
             "job {job} submitted: {model} over {images} images of {dataset}"
         )),
-        other => Err(format!("unexpected answer {other:?}")),
+        other => Err(ExecError::unexpected(other)),
     }
 }
 
-fn usage(cmd: &str, args: &str) -> String {
-    format!("usage: {cmd} {args}")
+fn usage(cmd: &str, args: &'static str) -> ExecError {
+    ExecError::Usage {
+        cmd: cmd.to_string(),
+        args,
+    }
 }
 
-fn arg<'a>(w: &'a [String], i: usize, cmd: &str, args: &str) -> Result<&'a str, String> {
+fn arg<'a>(w: &'a [String], i: usize, cmd: &str, args: &'static str) -> Result<&'a str, ExecError> {
     w.get(i).map(String::as_str).ok_or_else(|| usage(cmd, args))
 }
 
-fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, String> {
-    s.parse()
-        .map_err(|_| format!("{what} \"{s}\" is not a number"))
+fn number<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T, ExecError> {
+    s.parse().map_err(|_| ExecError::NotANumber {
+        what,
+        value: s.to_string(),
+    })
 }
 
 /// One `dml` command line (without `dml`).
-pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> {
-    let e = |e: dml_shared::Error| e.to_string();
+pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecError> {
     let sdfs = Sdfs::new(agent);
     let mut client = Client::new(agent);
     let Some(cmd) = w.first().map(String::as_str) else {
-        return Err(format!("type a command: {COMMANDS}"));
+        return Err(ExecError::NoCommand);
     };
     let mut out = String::new();
     match cmd {
         "members" => {
-            let ms = client.members().await.map_err(e)?;
+            let ms = client.members().await?;
             let _ = writeln!(out, "{} members", ms.len());
             for m in ms {
                 let _ = writeln!(out, "{} {} inc {}", m.id, m.state.as_str(), m.incarnation);
             }
         }
         "id" => {
-            let i = client.id().await.map_err(e)?;
+            let i = client.id().await?;
             let _ = write!(
                 out,
                 "{} incarnation {} joined {}",
@@ -113,7 +160,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
             );
         }
         "leader" => {
-            let l = client.leader().await.map_err(e)?;
+            let l = client.leader().await?;
             let _ = write!(
                 out,
                 "leader {} term {} ({} voters)",
@@ -123,7 +170,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
             );
         }
         "stats" => {
-            let s = client.stats().await.map_err(e)?;
+            let s = client.stats().await?;
             let _ = write!(
                 out,
                 "sent {:.0} B/s, received {:.0} B/s, probes {}, suspicions {}, refuted {}",
@@ -131,21 +178,18 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
             );
         }
         "join" => {
-            client.join().await.map_err(e)?;
+            client.join().await?;
             out.push_str("joining");
         }
         "leave" => {
-            client.leave().await.map_err(e)?;
+            client.leave().await?;
             out.push_str("left the group");
         }
         "put" => {
             let args = "LOCALFILE SDFSNAME";
             let local = arg(w, 1, cmd, args)?;
             let name = arg(w, 2, cmd, args)?;
-            let r = sdfs
-                .put(Path::new(local), name, &no_progress)
-                .await
-                .map_err(e)?;
+            let r = sdfs.put(Path::new(local), name, &no_progress).await?;
             let _ = write!(
                 out,
                 "{} version {} ({}) on {} holders",
@@ -159,10 +203,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
             let args = "SDFSNAME LOCALFILE";
             let name = arg(w, 1, cmd, args)?;
             let local = arg(w, 2, cmd, args)?;
-            let r = sdfs
-                .get(name, Path::new(local), &no_progress)
-                .await
-                .map_err(e)?;
+            let r = sdfs.get(name, Path::new(local), &no_progress).await?;
             let _ = write!(
                 out,
                 "{} version {} ({}) from {} to {}",
@@ -175,12 +216,12 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
         }
         "delete" => {
             let name = arg(w, 1, cmd, "SDFSNAME")?;
-            sdfs.delete(name).await.map_err(e)?;
+            sdfs.delete(name).await?;
             let _ = write!(out, "{name} deleted");
         }
         "ls" => {
             let name = arg(w, 1, cmd, "SDFSNAME")?;
-            let f = sdfs.ls(name).await.map_err(e)?;
+            let f = sdfs.ls(name).await?;
             let _ = writeln!(out, "{}: {} versions", f.name, f.versions.len());
             for v in f.versions {
                 let holders: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
@@ -195,14 +236,14 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
         }
         "ls-all" | "files" => {
             let glob = w.get(1).map_or("*", String::as_str);
-            files(&mut out, sdfs.ls_all(glob).await.map_err(e)?);
+            files(&mut out, sdfs.ls_all(glob).await?);
         }
         "store" => {
             let node = match w.get(1) {
                 Some(n) => Some(number::<SocketAddr>(n, "node")?),
                 None => None,
             };
-            let h = sdfs.store(node).await.map_err(e)?;
+            let h = sdfs.store(node).await?;
             let _ = writeln!(out, "{} versions stored", h.len());
             for h in h {
                 let _ = writeln!(out, "{} v{} {}", h.name, h.version, bytes(h.size));
@@ -216,14 +257,13 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
             let merge = w.iter().any(|a| a == "--merge");
             let r = sdfs
                 .get_versions(name, n, Path::new(path), merge, &no_progress)
-                .await
-                .map_err(e)?;
+                .await?;
             let _ = write!(out, "{} versions of {name} to {path}", r.versions.len());
         }
         "sdfs" => match w.get(1).map(String::as_str) {
-            Some("files") => files(&mut out, sdfs.files().await.map_err(e)?),
+            Some("files") => files(&mut out, sdfs.files().await?),
             Some("count") => {
-                let c = sdfs.count().await.map_err(e)?;
+                let c = sdfs.count().await?;
                 let _ = write!(
                     out,
                     "{} files, {} versions, {}",
@@ -233,7 +273,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                 );
             }
             Some("nodes") => {
-                for (a, h) in sdfs.nodes().await.map_err(e)? {
+                for (a, h) in sdfs.nodes().await? {
                     let total: u64 = h.iter().map(|h| h.size).sum();
                     let _ = writeln!(out, "{a}: {} versions, {}", h.len(), bytes(total));
                 }
@@ -274,7 +314,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                     );
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(ExecError::unexpected(other)),
         },
         "get-output" => {
             let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
@@ -297,7 +337,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                         let _ = writeln!(out, "{} {}: {what}", r.index, r.image);
                     }
                 }
-                other => return Err(format!("unexpected answer {other:?}")),
+                other => return Err(ExecError::unexpected(other)),
             }
         }
         "models" => match infer(agent, InferRequest::Models).await? {
@@ -310,7 +350,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                     );
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(ExecError::unexpected(other)),
         },
         "rates" => match infer(agent, InferRequest::Rates).await? {
             InferResponse::Rates(rs) => {
@@ -322,7 +362,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                     );
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(ExecError::unexpected(other)),
         },
         "latency" => match infer(agent, InferRequest::Latency).await? {
             InferResponse::Latency(ls) => {
@@ -341,7 +381,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                     );
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(ExecError::unexpected(other)),
         },
         "placement" => match infer(agent, InferRequest::Placement).await? {
             InferResponse::Placement(ps) => {
@@ -351,12 +391,10 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, String> 
                     let _ = writeln!(out, "job {} {}: {}", p.job, p.model, ws.join(" "));
                 }
             }
-            other => return Err(format!("unexpected answer {other:?}")),
+            other => return Err(ExecError::unexpected(other)),
         },
         other => {
-            return Err(format!(
-                "unknown command \"{other}\"; try one of: {COMMANDS}"
-            ));
+            return Err(ExecError::UnknownCommand(other.to_string()));
         }
     }
     let out = out.trim_end().to_string();
@@ -378,5 +416,55 @@ fn files(out: &mut String, files: Vec<dml_shared::sdfs::FileInfo>) {
             f.versions.len(),
             bytes(size)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(ToString::to_string).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bad_command_line_is_invalid_before_any_agent_is_asked() {
+        // Nothing listens here: each error comes before a connection.
+        let agent = SocketAddr::from(([127, 0, 0, 1], 9));
+        let fail = async |w: &[&str]| command(agent, &words(w)).await.unwrap_err();
+        let e = fail(&[]).await;
+        assert!(matches!(e, ExecError::NoCommand), "{e}");
+        let e = fail(&["frobnicate"]).await;
+        assert_eq!(
+            e.to_string().split(';').next(),
+            Some("unknown command \"frobnicate\"")
+        );
+        let e = fail(&["put", "only-one"]).await;
+        assert_eq!(e.to_string(), "usage: put LOCALFILE SDFSNAME");
+        let e = fail(&["get-output", "seven"]).await;
+        assert_eq!(e.to_string(), "JOB \"seven\" is not a number");
+        for w in [
+            &[][..],
+            &["frobnicate"],
+            &["put", "x"],
+            &["get-output", "seven"],
+        ] {
+            let r = RemoteError::from(fail(w).await);
+            assert_eq!(r.kind, ErrorKind::Invalid, "{w:?}: {r}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_agent_keeps_its_kind_and_words() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let agent = SocketAddr::from(([127, 0, 0, 1], port));
+        let e = command(agent, &words(&["members"])).await.unwrap_err();
+        let r = RemoteError::from(e);
+        assert_eq!(r.kind, ErrorKind::Unavailable);
+        assert!(r.message.contains("cannot reach agent"), "{r}");
     }
 }

@@ -22,7 +22,7 @@ pub mod layout;
 pub mod panes;
 pub mod synth;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use app::{App, Event};
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self as term, DisableMouseCapture, EnableMouseCapture};
@@ -46,7 +46,7 @@ pub use dml_shared::clock::unix_ms;
 /// Opens the console on `agent` and runs it until the operator quits.
 pub async fn run(agent: SocketAddr) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        bail!("the console needs a terminal; use a subcommand instead, e.g. `dml members`");
+        return Err(crate::error::ClientError::NoTerminal.into());
     }
     let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,7 +111,7 @@ async fn event_loop(
                 let (tx, agent) = (tx.clone(), app.agent);
                 tokio::spawn(async move {
                     let what = exec::describe(&action);
-                    let result = exec::run(agent, action).await;
+                    let result = exec::run(agent, action).await.map_err(Into::into);
                     let _ = tx.send(Event::Done { what, result }).await;
                 });
             }

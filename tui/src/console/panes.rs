@@ -193,7 +193,7 @@ pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
     let err = cluster.and_then(|c| c.models.as_ref().err());
     if models.is_empty() {
         let text = match (cluster, err) {
-            (_, Some(e)) => no_data(app, Some(e)),
+            (_, Some(e)) => no_data(app, Some(&e.message)),
             (Some(_), None) if app.filters[Pane::Models as usize].is_empty() => {
                 "no models registered".into()
             }
@@ -334,7 +334,7 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
     let jobs = app.jobs();
     if jobs.is_empty() {
         let text = match cluster.map(|c| &c.jobs) {
-            Some(Err(e)) => no_data(app, Some(e)),
+            Some(Err(e)) => no_data(app, Some(&e.message)),
             Some(Ok(_)) => "no jobs; press s to submit one".into(),
             None => no_data(app, None),
         };
@@ -442,7 +442,7 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
             ]
         }
         Some(Err(e)) => vec![
-            Line::from(no_data(app, Some(e))),
+            Line::from(no_data(app, Some(&e.message))),
             Line::default(),
             Line::default(),
         ],

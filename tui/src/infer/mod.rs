@@ -13,8 +13,9 @@ use crate::cli::Command;
 use crate::sdfs::PartialFailure;
 use anyhow::{Context, Result, anyhow, bail};
 use dml_shared::infer::{InferRequest, InferResponse, JobState, ModelInfo};
-use dml_shared::models::validate_model_name;
+use dml_shared::models::{UnknownModel, validate_model_name};
 use dml_shared::sdfs_client::Sdfs;
+use dml_tui::error::ClientError;
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -51,18 +52,24 @@ pub async fn models(sdfs: &Sdfs) -> Result<Vec<ModelInfo>> {
 
 /// Checks a batch size against the model's limit; the error names both.
 pub fn check_batch_size(model: &str, n: u32, known: &[ModelInfo]) -> Result<()> {
+    let bad = |reason: String| ClientError::BadBatchSize {
+        model: model.to_string(),
+        size: n,
+        reason,
+    };
     if n == 0 {
-        bail!("batch size 0 for \"{model}\": a batch size is at least 1");
+        return Err(bad("a batch size is at least 1".into()).into());
     }
     let Some(m) = known.iter().find(|m| m.name == model) else {
-        let names: Vec<&str> = known.iter().map(|m| m.name.as_str()).collect();
-        bail!("unknown model \"{model}\" (known: {})", names.join(", "));
+        let unknown = UnknownModel {
+            name: model.to_string(),
+            known: known.iter().map(|m| m.name.clone()).collect(),
+        };
+        return Err(dml_shared::Error::from(unknown).into());
     };
     if n > m.max_batch {
-        bail!(
-            "batch size {n} for \"{model}\": must be between 1 and {} (its max_batch)",
-            m.max_batch
-        );
+        let reason = format!("must be between 1 and {} (its max_batch)", m.max_batch);
+        return Err(bad(reason).into());
     }
     Ok(())
 }
@@ -168,7 +175,8 @@ async fn get_output(
     match file {
         Some(path) => {
             write_file(path, text.as_bytes())
-                .with_context(|| format!("write the output of job {job} to {}", path.display()))?;
+                .map_err(|e| ClientError::io("write", path, e))
+                .with_context(|| format!("output of job {job}"))?;
             let errors = results
                 .iter()
                 .filter(|r| matches!(r.outcome, dml_shared::infer::Outcome::Error(_)))
@@ -259,9 +267,14 @@ mod tests {
             e.contains("33") && e.contains("32") && e.contains("max_batch"),
             "{e}"
         );
-        let e = check_batch_size("tiny", 0, &known).unwrap_err().to_string();
-        assert!(e.contains("at least 1"), "{e}");
-        let e = check_batch_size("vgg", 2, &known).unwrap_err().to_string();
+        let e = check_batch_size("tiny", 0, &known).unwrap_err();
+        let kind = e.downcast_ref::<ClientError>().map(ClientError::kind);
+        assert_eq!(kind, Some(dml_shared::ErrorKind::Invalid), "{e}");
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = check_batch_size("vgg", 2, &known).unwrap_err();
+        let kind = e.downcast_ref::<dml_shared::Error>().map(|e| e.kind());
+        assert_eq!(kind, Some(dml_shared::ErrorKind::NotFound), "{e}");
+        let e = e.to_string();
         assert!(e.contains("\"vgg\"") && e.contains("tiny, resnet50"), "{e}");
     }
 

@@ -10,8 +10,9 @@ pub mod record;
 use crate::agent_bin::find_agent_bin;
 use crate::cli::{DownArgs, LocalCommand, RunDirArg, UpArgs};
 use crate::report::render_table;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use dml_shared::client::Client;
+use dml_tui::error::ClientError;
 use process::Stopped;
 use record::{AgentRecord, ClusterRecord, TMUX_SESSION};
 use serde_json::json;
@@ -47,7 +48,7 @@ use dml_shared::clock::unix_ms as now_ms;
 pub fn ports(base: u16, count: u16) -> Result<Vec<u16>> {
     let last = u32::from(base) + u32::from(count) - 1;
     if base == 0 || last > u32::from(u16::MAX) {
-        bail!("--base-port {base} with -n {count} needs ports up to {last}; ports run 1 to 65535");
+        return Err(ClientError::BadPorts { base, count, last }.into());
     }
     Ok((base..=last as u16).collect())
 }
@@ -128,7 +129,7 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
     let ports = ports(a.base_port, a.count)?;
     let bin = find_agent_bin(a.agent_bin.as_deref())?;
     std::fs::create_dir_all(&a.run.run_dir)
-        .with_context(|| format!("cannot create {}", a.run.run_dir.display()))?;
+        .map_err(|e| ClientError::io("create", &a.run.run_dir, e))?;
     let run_dir = a.run.run_dir.canonicalize()?;
     let live = live_agents(&run_dir)?;
     if !live.is_empty() {
@@ -136,26 +137,29 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
             .iter()
             .map(|(p, pid)| format!("{pid} (port {p})"))
             .collect();
-        bail!(
+        return Err(ClientError::InTheWay(format!(
             "{} already has live agents: pids {}; run `dml local down --run-dir {}` first",
             run_dir.display(),
             pids.join(", "),
             a.run.run_dir.display()
-        );
+        ))
+        .into());
     }
     if a.tmux && process::tmux_has_session(TMUX_SESSION) {
-        bail!(
+        return Err(ClientError::InTheWay(format!(
             "tmux session \"{TMUX_SESSION}\" already exists; stop it with \
              `tmux kill-session -t {TMUX_SESSION}` first"
-        );
+        ))
+        .into());
     }
     let busy = busy_ports(&ports);
     if !busy.is_empty() {
         let list: Vec<String> = busy.iter().map(u16::to_string).collect();
-        bail!(
+        return Err(ClientError::InTheWay(format!(
             "port(s) {} on 127.0.0.1 already in use; pick another --base-port",
             list.join(", ")
-        );
+        ))
+        .into());
     }
     remove_records(&run_dir);
     let key_file = crate::key::for_local_cluster(key_file, &run_dir)?;

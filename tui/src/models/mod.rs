@@ -12,10 +12,11 @@ use crate::report::render_table;
 use crate::sdfs::PartialFailure;
 use crate::sdfs::progress::Bar;
 use crate::sdfs::report::{elapsed, size};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use dml_shared::infer::ModelInfo;
 use dml_shared::models::{ModelSpec, Registry};
 use dml_shared::sdfs_client::{Progress, Sdfs};
+use dml_tui::error::ClientError;
 use local::{ModelDirs, find_up};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ fn select<'a>(
     }
     names
         .iter()
-        .map(|n| reg.require(n).map_err(|e| anyhow!(e)))
+        .map(|n| Ok(reg.require(n).map_err(dml_shared::Error::from)?))
         .collect()
 }
 
@@ -142,11 +143,12 @@ const VENV_PYTHON: &str = ".venv/bin/python";
 
 /// The checkout holding the project venv, or an error saying how to make it.
 fn venv_root(found: Option<PathBuf>) -> Result<PathBuf> {
-    found.ok_or_else(|| {
-        anyhow!(
+    let missing = || {
+        ClientError::NotInstalled(format!(
             "no project venv ({VENV_PYTHON}) above the dml executable or the current directory; run bash scripts/setup.sh"
-        )
-    })
+        ))
+    };
+    Ok(found.ok_or_else(missing)?)
 }
 
 fn build(
@@ -174,7 +176,8 @@ fn build(
     let python = root.join(VENV_PYTHON);
     let script = root.join("scripts/models/build_models.py");
     if !script.is_file() {
-        bail!("the model build script {} is missing", script.display());
+        let missing = format!("the model build script {} is missing", script.display());
+        return Err(ClientError::NotInstalled(missing).into());
     }
     let out = out.map_or_else(|| dirs.built.clone(), Path::to_path_buf);
     let mut cmd = std::process::Command::new(&python);
