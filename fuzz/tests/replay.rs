@@ -172,6 +172,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 is_voter: true,
                 last_applied: Some(9),
                 applied_digest: Some("0123456789abcdef".into()),
+                unacked_ms: None,
             }),
             Response::NotLeader { leader: None },
             Response::Telemetry(Box::default()),

@@ -57,4 +57,8 @@ pub struct LeaderInfo {
     /// BLAKE3 (16 hex digits) of this voter's state machine at `last_applied`:
     /// voters at the same index must show the same digest.
     pub applied_digest: Option<String>,
+    /// Set when the answering agent leads but no majority of the voters has
+    /// acknowledged it for this many milliseconds, longer than an election
+    /// timeout: it is cut off, and the others may have elected a new leader.
+    pub unacked_ms: Option<u64>,
 }

@@ -540,6 +540,7 @@ fn leader_info() -> impl Strategy<Value = LeaderInfo> {
                 is_voter,
                 last_applied,
                 applied_digest,
+                unacked_ms: None,
             },
         )
 }

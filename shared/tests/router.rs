@@ -67,6 +67,7 @@ async fn serve(
                 is_voter: false,
                 last_applied: None,
                 applied_digest: None,
+                unacked_ms: None,
             })),
             Request::Control {
                 req: ControlRequest::Sdfs(m),

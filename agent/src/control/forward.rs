@@ -45,6 +45,14 @@ impl Inner {
                 Some((i, d)) => (Some(i), Some(d)),
                 None => (m.last_applied.map(|l| l.index), None),
             };
+            // A leader cut off from its majority keeps its term until it
+            // hears of a newer one: say so rather than claim it.
+            let unacked_ms = match m.state {
+                openraft::ServerState::Leader => m
+                    .millis_since_quorum_ack
+                    .filter(|ms| *ms > self.s.control.election_timeout_max.as_millis() as u64),
+                _ => None,
+            };
             return LeaderInfo {
                 leader: self.raft_leader(),
                 term: m.current_term,
@@ -52,6 +60,7 @@ impl Inner {
                 is_voter: true,
                 last_applied,
                 applied_digest,
+                unacked_ms,
             };
         }
         let mut best = None;
@@ -72,6 +81,7 @@ impl Inner {
             is_voter: false,
             last_applied: None,
             applied_digest: None,
+            unacked_ms: None,
         });
         if info.leader.is_some() {
             self.router.set_leader(info.leader);

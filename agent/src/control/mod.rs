@@ -160,6 +160,7 @@ impl ControlHandle {
                 is_voter: false,
                 last_applied: None,
                 applied_digest: None,
+                unacked_ms: None,
             },
         }
     }

@@ -104,6 +104,7 @@ mod tests {
             is_voter: true,
             last_applied: None,
             applied_digest: None,
+            unacked_ms: None,
         };
         let a = info(Some("127.0.0.1:8001"), 1);
         assert_eq!(

@@ -111,6 +111,12 @@ fn status_spans(app: &App, compact: bool) -> Vec<Span<'static>> {
         Some(l) => Span::styled(l.to_string(), Style::new().fg(Color::Magenta).bold()),
         None => Span::styled("none", Style::new().fg(Color::Red).bold()),
     });
+    if let Some(ms) = leader.and_then(|l| l.unacked_ms) {
+        spans.push(Span::styled(
+            format!(" (no majority for {})", super::fmt::age_ms(ms)),
+            Style::new().fg(Color::Red).bold(),
+        ));
+    }
     spans.push(sep());
     let color = if alive == total {
         Color::Green

@@ -117,6 +117,7 @@ pub fn frame(n: usize, tick: u64) -> Frame {
             is_voter: true,
             last_applied: Some(420),
             applied_digest: None,
+            unacked_ms: None,
         }),
         members,
         nodes,

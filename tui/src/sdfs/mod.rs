@@ -108,6 +108,15 @@ async fn execute(
         Command::Leader => {
             let agent = sdfs.agent();
             let l = Client::new(agent).leader().await?;
+            if l.voters.is_empty() {
+                return Err(dml_shared::Error::Remote(dml_shared::RemoteError::new(
+                    dml_shared::ErrorKind::Refused,
+                    format!(
+                        "{agent} has no control-plane voters configured, so there is no leader: start the agents with `--node` for every agent (or set `nodes` or `control.voters` in their config)"
+                    ),
+                ))
+                .into());
+            }
             pick(
                 report::leader_json(agent, &l),
                 report::leader_text(agent, &l),

@@ -401,6 +401,12 @@ pub fn leader_text(agent: SocketAddr, l: &LeaderInfo) -> String {
         out += &format!(" (state digest {d})");
     }
     out.push('\n');
+    if let Some(ms) = l.unacked_ms {
+        out += &format!(
+            "warning: no majority of the voters has acknowledged this leader for {}: it is cut off, and the others may have elected a new leader\n",
+            dml_tui::console::fmt::age_ms(ms)
+        );
+    }
     out
 }
 
@@ -413,6 +419,7 @@ pub fn leader_json(agent: SocketAddr, l: &LeaderInfo) -> Value {
         "is_voter": l.is_voter,
         "last_applied": l.last_applied,
         "applied_digest": l.applied_digest,
+        "unacked_ms": l.unacked_ms,
     })
 }
 
@@ -566,11 +573,28 @@ mod tests {
             is_voter: false,
             last_applied: None,
             applied_digest: None,
+            unacked_ms: None,
         };
         let t = leader_text(a(8005), &l);
         assert!(t.starts_with("leader   none known"), "{t}");
         assert!(t.contains("127.0.0.1:8005 is not a voter"), "{t}");
         assert_eq!(leader_json(a(8005), &l)["leader"], Value::Null);
+        assert!(!t.contains("warning"), "{t}");
+
+        let cut_off = LeaderInfo {
+            leader: Some(a(8005)),
+            term: 3,
+            voters: vec![a(8005)],
+            is_voter: true,
+            unacked_ms: Some(45_200),
+            ..l
+        };
+        let t = leader_text(a(8005), &cut_off);
+        assert!(
+            t.contains("no majority of the voters has acknowledged this leader for 45s"),
+            "{t}"
+        );
+        assert_eq!(leader_json(a(8005), &cut_off)["unacked_ms"], 45_200);
     }
 
     #[test]
