@@ -162,3 +162,25 @@ async fn dml_members_json_lists_every_member_alive_with_its_ring_monitors() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn dml_leader_without_voters_says_there_is_no_control_plane() {
+    // Agents started without `--node` or voters run membership only.
+    let c = Cluster::start("dml-no-voters", 1, test_membership())
+        .await
+        .unwrap();
+    let agent = &c.agents[0];
+    let out = agent.dml(&["leader"], DML).await.unwrap();
+    assert_eq!(out.code(), Some(7), "{out:?}");
+    assert!(
+        out.stderr.contains("no control-plane voters configured") && out.stderr.contains("--node"),
+        "{}",
+        out.stderr
+    );
+    let out = agent.dml(&["leader", "--json"], DML).await.unwrap();
+    assert_eq!(out.code(), Some(7), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .or_else(|_| serde_json::from_str(out.stderr.trim()))
+        .unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(v["kind"], "refused", "{v}");
+}
