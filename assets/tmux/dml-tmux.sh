@@ -3,8 +3,8 @@
 # (On one machine `dml local up --tmux` does the same and also records pids.)
 #
 # usage: dml-tmux.sh [-n N] [-p BASE_PORT] [-H HOST] [-i INTRODUCER] [-s SESSION]
-#                    [-P PRESET] [-b AGENT_BIN] [-d DATA_ROOT] [-K KEY_FILE]
-#        dml-tmux.sh -k [-s SESSION]
+#                    [-P PRESET] [-b AGENT_BIN] [-d DATA_ROOT] [-K KEY_FILE] [-L SOCKET]
+#        dml-tmux.sh -k [-s SESSION] [-L SOCKET]
 #   -n  number of agents (default 10)
 #   -p  port of the first agent (default 8001); the others follow
 #   -H  address the agents bind (default 127.0.0.1)
@@ -15,13 +15,14 @@
 #   -d  directory for the agents' data dirs (default .dml/tmux)
 #   -K  cluster key file (default DATA_ROOT/cluster.key, made if missing;
 #       give dml the same file: --key-file or DML_KEY_FILE)
+#   -L  tmux server socket name (tmux -L; default: tmux's own default)
 #   -k  stop: Ctrl-C in every window (each agent announces its leave), then
 #       kill the session
 # Attach with `tmux attach -t SESSION`.
 set -euo pipefail
 
-stop=0 n=10 base=8001 host=127.0.0.1 introducer="" session=dml preset=local bin=dml-agent data=.dml/tmux key=""
-while getopts "n:p:H:i:s:P:b:d:K:kh" opt; do
+stop=0 n=10 base=8001 host=127.0.0.1 introducer="" session=dml preset=local bin=dml-agent data=.dml/tmux key="" socket=""
+while getopts "n:p:H:i:s:P:b:d:K:L:kh" opt; do
   case "$opt" in
     n) n=$OPTARG ;;
     p) base=$OPTARG ;;
@@ -32,12 +33,14 @@ while getopts "n:p:H:i:s:P:b:d:K:kh" opt; do
     b) bin=$OPTARG ;;
     d) data=$OPTARG ;;
     K) key=$OPTARG ;;
+    L) socket=$OPTARG ;;
     k) stop=1 ;;
-    h) sed -n '2,20p' "$0"; exit 0 ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    h) sed -n '2,21p' "$0"; exit 0 ;;
+    *) sed -n '2,21p' "$0" >&2; exit 2 ;;
   esac
 done
 command -v tmux >/dev/null || { echo "error: tmux is not installed" >&2; exit 1; }
+tmux() { if [[ -n $socket ]]; then command tmux -L "$socket" "$@"; else command tmux "$@"; fi; }
 
 if ((stop)); then
   tmux has-session -t "$session" 2>/dev/null || { echo "no tmux session \"$session\""; exit 0; }
