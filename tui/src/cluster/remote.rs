@@ -8,8 +8,10 @@
 use super::ssh::quote;
 use std::collections::HashMap;
 
-/// tmux socket name (`tmux -L dml`), so the operator's own sessions are apart.
-pub const TMUX_SOCKET: &str = "dml";
+/// The agent's tmux server socket, in its own directory (`tmux -S
+/// DIR/tmux.sock`): the operator's own sessions stay apart, and hosts that
+/// share a `/tmp` (containers, namespaces) never share a tmux server.
+pub const TMUX_SOCKET: &str = "tmux.sock";
 
 /// The unit or tmux session name of the agent on `port`.
 pub fn service_name(port: u16) -> String {
@@ -93,7 +95,7 @@ systemd\ *)
     while kill -0 "$pid" 2>/dev/null && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i+1)); done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; outcome=killed; else outcome=stopped; fi
   fi
-  case "$l" in tmux\ *) tmux -L {TMUX_SOCKET} kill-session -t "${{l#tmux }}" 2>/dev/null || true ;; esac
+  case "$l" in tmux\ *) tmux -S "$(pwd -P)/{TMUX_SOCKET}" kill-session -t "${{l#tmux }}" 2>/dev/null || true ;; esac
   ;;
 esac
 rm -f agent.pid
@@ -105,16 +107,16 @@ echo "outcome=$outcome"
     )
 }
 
-/// Starts the agent in tmux session `dml-agent-PORT` (socket `dml`), logging to agent.log.
+/// Starts the agent in tmux session `dml-agent-PORT` (socket DIR/tmux.sock), logging to agent.log.
 pub fn start_tmux(dir: &str, port: u16) -> String {
     let name = service_name(port);
     format!(
         r#"set -e
 cd {dir}
-tmux -L {TMUX_SOCKET} kill-session -t {name} 2>/dev/null || true
+tmux -S "$(pwd -P)/{TMUX_SOCKET}" kill-session -t {name} 2>/dev/null || true
 echo "---- started by dml cluster up at $(date -u)" >> agent.log
-tmux -L {TMUX_SOCKET} new-session -d -s {name} -c "$(pwd -P)" "exec $(pwd -P)/bin/dml-agent --config $(pwd -P)/agent.toml >>$(pwd -P)/agent.log 2>&1"
-tmux -L {TMUX_SOCKET} list-panes -t {name} -F '#{{pane_pid}}' > agent.pid || {{ echo "the agent exited at once:"; tail -n 20 agent.log; exit 1; }}
+tmux -S "$(pwd -P)/{TMUX_SOCKET}" new-session -d -s {name} -c "$(pwd -P)" "exec $(pwd -P)/bin/dml-agent --config $(pwd -P)/agent.toml >>$(pwd -P)/agent.log 2>&1"
+tmux -S "$(pwd -P)/{TMUX_SOCKET}" list-panes -t {name} -F '#{{pane_pid}}' > agent.pid || {{ echo "the agent exited at once:"; tail -n 20 agent.log; exit 1; }}
 echo "tmux {name}" > launcher
 echo "pid=$(cat agent.pid)"
 "#,
