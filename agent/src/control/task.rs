@@ -409,10 +409,23 @@ impl<P: Ports> LeaderTask<P> {
     }
 
     async fn serve_now(&mut self, req: ControlRequest, reply: Reply, view: Option<LiveView>) {
+        // A worker that cannot run a query's model hands it back: others
+        // waiting for work may take it.
+        let refused = view.is_some()
+            && matches!(
+                req,
+                ControlRequest::Infer(InferRequest::Complete {
+                    failed: Some(_),
+                    ..
+                })
+            );
         let step = self.read_with(view.as_ref(), |core, cx| {
             serve::serve(core, cx, req.clone())
         });
         self.execute(step, Some(req), reply).await;
+        if refused {
+            self.wake().await;
+        }
     }
 
     /// Carries out one step of a request (`req` for the steps that serve it
