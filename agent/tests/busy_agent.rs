@@ -3,39 +3,19 @@
 //! runtime of its own. Three real agents on 127.0.0.1; every wait polls a
 //! condition against a deadline.
 
+mod common;
+
+use common::{TempDir, free_port};
 use dml_agent::agent::Agent;
 use dml_shared::api::MemberState;
 use dml_shared::config::{Config, Preset};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How long every worker of the busy agent stays busy.
 const BUSY: Duration = Duration::from_secs(20);
 /// Longest wait for the group to form.
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// A port free for both TCP and UDP right now, never the same twice in this process.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
     use dml_shared::auth::{ClusterKey, KEY_LEN, install};
@@ -71,12 +51,7 @@ async fn state_of(observer: &Agent, busy: SocketAddr) -> Option<MemberState> {
 
 #[test]
 fn an_agent_with_every_async_worker_busy_is_never_suspected() {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "dml-busy-{}-{}",
-        std::process::id(),
-        dml_agent::membership::driver::unix_ms()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("busy");
     let addrs: Vec<SocketAddr> = (0..3)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();

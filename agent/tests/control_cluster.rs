@@ -3,52 +3,20 @@
 //! stops, and a minority that cannot commit. Every wait polls a condition
 //! against a deadline.
 
+mod common;
+
+use common::{TempDir, free_port};
 use dml_agent::agent::Agent;
 use dml_shared::api::Response;
 use dml_shared::config::{Config, Preset};
 use dml_shared::control::ControlResponse;
 use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Longest wait for the cluster to settle after a change.
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// A port free for both TCP and UDP right now, never the same twice in this process.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "dml-control-{tag}-{}-{}",
-            std::process::id(),
-            dml_agent::membership::driver::unix_ms()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The agents here share this process, and so its cluster key.
 fn install_key() {
@@ -159,7 +127,7 @@ fn committed_version(agent: &Agent, name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
-    let dir = TempDir::new("raft");
+    let dir = TempDir::new("control-raft");
     let addrs: Vec<SocketAddr> = (0..3)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();

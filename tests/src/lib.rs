@@ -17,6 +17,7 @@
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
+//! - [`source`]: the workspace's own source files, for tests that read them.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
 //!   voters, SDFS replicas), and what the SDFS tests and `bench sdfs` look at.
 //!
@@ -34,6 +35,7 @@ pub mod infer;
 pub mod key;
 pub mod ports;
 pub mod sdfs;
+pub mod source;
 pub mod view;
 pub mod wait;
 

@@ -10,29 +10,12 @@
 //! or child is not an edge. Any cycle among siblings fails the test, named
 //! with the files that make each edge.
 
+use dml_tests::source::{rust_files, workspace};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A module path inside one crate: `["control", "leader"]`; the root is empty.
 type ModPath = Vec<String>;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
 
 /// The module a file defines: `src/control/mod.rs` and `src/control.rs` are
 /// `control`; `src/lib.rs` and `src/main.rs` are the root; `src/bin/x.rs` is
@@ -188,9 +171,7 @@ fn cycles(edges: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<Vec<ModPath>> {
 /// Import loops of the crate whose sources are under `src`, each with the
 /// files that make its edges.
 fn loops_in(src: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    rust_files(src, &mut files);
-    let files: Vec<(PathBuf, ModPath)> = files
+    let files: Vec<(PathBuf, ModPath)> = rust_files(src)
         .into_iter()
         .filter(|f| f.file_name().is_some_and(|n| n != "tests.rs"))
         .filter_map(|f| module_of(src, &f).map(|m| (f, m)))

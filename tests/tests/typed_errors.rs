@@ -6,25 +6,7 @@
 //! naming each one as `file:line: text`. A `thiserror` enum of the module,
 //! `dml_shared::Error` or `RemoteError` says what went wrong instead.
 
-use std::path::{Path, PathBuf};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
+use dml_tests::source::{rust_files, workspace};
 
 /// The text of `code` before its first `#[cfg(test)]`, without comments,
 /// line for line.
@@ -92,10 +74,7 @@ fn no_product_code_returns_a_string_as_its_error() {
     let root = workspace();
     let mut found = Vec::new();
     for dir in ["shared/src", "agent/src", "tui/src"] {
-        let mut files = Vec::new();
-        rust_files(&root.join(dir), &mut files);
-        files.sort();
-        for f in files {
+        for f in rust_files(&root.join(dir)) {
             let rel = f.strip_prefix(&root).unwrap();
             if f.file_name().is_some_and(|n| n == "tests.rs") {
                 continue;
