@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{TempDir, free_port};
+use common::{TempDir, config, free_port};
 use dml_agent::agent::Agent;
 use dml_shared::api::MemberState;
-use dml_shared::config::{Config, Preset};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,20 +15,6 @@ use std::time::{Duration, Instant};
 const BUSY: Duration = Duration::from_secs(20);
 /// Longest wait for the group to form.
 const SETTLE: Duration = Duration::from_secs(20);
-
-fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
-    use dml_shared::auth::{ClusterKey, KEY_LEN, install};
-    install(ClusterKey::from_bytes([5; KEY_LEN])).unwrap();
-    let mut c = Config::preset(Preset::Local);
-    c.bind = addr;
-    c.introducers = vec![all[0]];
-    c.nodes = all.to_vec();
-    c.control.voters = all.to_vec();
-    c.sdfs.write_quorum = 1;
-    c.data_dir = dir.0.join(addr.port().to_string());
-    c.validate().unwrap();
-    c
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TempDir, free_port};
+use common::{TempDir, config, free_port};
 use dml_agent::agent::Agent;
 use dml_shared::api::Response;
 use dml_shared::config::{Config, Preset};
@@ -17,26 +17,6 @@ use tokio::time::Instant;
 
 /// Longest wait for the cluster to settle after a change.
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// The agents here share this process, and so its cluster key.
-fn install_key() {
-    use dml_shared::auth::{ClusterKey, KEY_LEN, install};
-    install(ClusterKey::from_bytes([3; KEY_LEN])).unwrap();
-}
-
-fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
-    install_key();
-    let mut c = Config::preset(Preset::Local);
-    c.bind = addr;
-    c.introducers = vec![all[0]];
-    c.nodes = all.to_vec();
-    c.control.voters = all.to_vec();
-    // One durable copy suffices here: this test is about Raft, not replication.
-    c.sdfs.write_quorum = 1;
-    c.data_dir = dir.0.join(addr.port().to_string());
-    c.validate().unwrap();
-    c
-}
 
 async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + SETTLE;

@@ -28,3 +28,13 @@ pub fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The text of `code` before its first `#[cfg(test)]`, without comments
+/// (a doc link is not an import), line for line.
+pub fn product_code(code: &str) -> String {
+    let code = code.find("#[cfg(test)]").map_or(code, |i| &code[..i]);
+    code.lines()
+        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -10,7 +10,7 @@
 //! or child is not an edge. Any cycle among siblings fails the test, named
 //! with the files that make each edge.
 
-use dml_tests::source::{rust_files, workspace};
+use dml_tests::source::{product_code, rust_files, workspace};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -36,16 +36,6 @@ fn module_of(src: &Path, file: &Path) -> Option<ModPath> {
         parts.pop();
     }
     Some(parts)
-}
-
-/// The text of `code` before its first `#[cfg(test)]`, without comments
-/// (a doc link is not an import).
-fn product_code(code: &str) -> String {
-    let code = code.find("#[cfg(test)]").map_or(code, |i| &code[..i]);
-    code.lines()
-        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn is_ident(c: char) -> bool {

@@ -6,17 +6,7 @@
 //! naming each one as `file:line: text`. A `thiserror` enum of the module,
 //! `dml_shared::Error` or `RemoteError` says what went wrong instead.
 
-use dml_tests::source::{rust_files, workspace};
-
-/// The text of `code` before its first `#[cfg(test)]`, without comments,
-/// line for line.
-fn product_code(code: &str) -> String {
-    let code = code.find("#[cfg(test)]").map_or(code, |i| &code[..i]);
-    code.lines()
-        .map(|l| l.find("//").map_or(l, |i| &l[..i]))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use dml_tests::source::{product_code, rust_files, workspace};
 
 /// The generic arguments of the `<` at `open` (top level, trimmed) and the
 /// index of its closing `>`; an arrow `->` inside is not a bracket, and a

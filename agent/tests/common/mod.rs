@@ -1,5 +1,7 @@
 //! Helpers shared by the agent's in-process cluster tests.
 
+use dml_shared::config::{Config, Preset};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// A port free for both TCP and UDP right now, never the same twice in this process.
@@ -35,4 +37,23 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A local-preset config for the agent at `addr` in a cluster of `all`
+/// (every one a voter, joining through the first), stored under `dir`. The
+/// agents of one test process share its cluster key.
+pub fn config(addr: SocketAddr, all: &[SocketAddr], dir: &TempDir) -> Config {
+    use dml_shared::auth::{ClusterKey, KEY_LEN, install};
+    install(ClusterKey::from_bytes([3; KEY_LEN])).unwrap();
+    let mut c = Config::preset(Preset::Local);
+    c.bind = addr;
+    c.introducers = vec![all[0]];
+    c.nodes = all.to_vec();
+    c.control.voters = all.to_vec();
+    // One durable copy suffices: these tests are about the control plane
+    // and membership, not replication.
+    c.sdfs.write_quorum = 1;
+    c.data_dir = dir.0.join(addr.port().to_string());
+    c.validate().unwrap();
+    c
 }
