@@ -465,6 +465,58 @@ fn a_cut_link_is_routed_around_and_an_isolated_node_comes_back_after_healing() {
     ]);
 }
 
+/// Issue 18: after a one-node partition heals, the members that stayed on the majority side
+/// keep their identities (they refute the isolated node's stale failure claims with a higher
+/// incarnation); only the isolated node may come back as a new identity.
+#[test]
+fn healing_a_one_node_partition_keeps_the_majority_identities() {
+    for (seed, n, isolated, apart) in [(1100, 4, 0, secs(15)), (1101, 7, 3, secs(47))] {
+        let mut sim = joined_cluster(seed, n);
+        sim.configure_nodes(n);
+        sim.advance(secs(5));
+        let majority: Vec<usize> = (0..n).filter(|&i| i != isolated).collect();
+        let before = sim.ids(&majority);
+        let old = sim.id(isolated);
+        let bound = sim.detection_bound(DETECTION_SLACK);
+        sim.isolate(isolated);
+        let m = majority.clone();
+        let split = sim.run_until(bound, move |s| {
+            s.agree(&m) && m.iter().all(|&i| !s.core(i).live_members().contains(&old))
+        });
+        assert!(
+            split.is_some(),
+            "the majority kept the isolated node\n{sim:?}"
+        );
+        sim.advance(apart);
+        sim.heal();
+        let healed = sim.run_until(secs(120), |s| s.converged() && s.up().len() == n);
+        assert!(healed.is_some(), "no single view after healing\n{sim:?}");
+        eprintln!("n={n}: one view {healed:?} after healing");
+        // Settle, then check that nothing flapped afterwards.
+        sim.advance(secs(30));
+        assert!(sim.converged(), "{sim:?}");
+        assert_eq!(
+            sim.ids(&majority),
+            before,
+            "a majority member changed its identity\n{sim:?}"
+        );
+        assert!(
+            sim.id(isolated).started > old.started,
+            "the minority re-joined\n{sim:?}"
+        );
+        for &i in &majority {
+            assert_eq!(sim.core(i).counters().false_failures, 0, "node {i}");
+            for (&j, id) in majority.iter().zip(&before) {
+                assert!(
+                    sim.first_event(i, Duration::ZERO, |e| *e == Event::Failed(*id))
+                        .is_none(),
+                    "node {i} declared majority member {j} failed\n{sim:?}"
+                );
+            }
+        }
+    }
+}
+
 /// A member that restarted twice while this agent heard only of the second
 /// restart's failure (chaos seed 4013546120143149489): the identity it still
 /// held as live must go, and at most one identity per address stays live.

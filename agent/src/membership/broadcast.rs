@@ -27,6 +27,11 @@ impl Broadcasts {
         });
     }
 
+    /// Keeps only the queued updates `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Update) -> bool) {
+        self.entries.retain(|e| keep(&e.update));
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

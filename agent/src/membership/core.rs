@@ -587,9 +587,19 @@ impl Membership {
         }
     }
 
+    /// Applies the updates of one datagram. A sender whose identity here is a tombstone sees
+    /// the group as it was before it was cut off: of its updates only those about this agent
+    /// (to refute) and about a newer identity of the sender itself count.
     fn apply_all(&mut self, updates: &[Update], from: SocketAddr, now: Instant) {
+        let stale = self.tombstone_of(from).map(|t| t.id);
         for u in updates {
-            self.apply(*u, from, now);
+            let counts = match stale {
+                None => true,
+                Some(old) => u.id == self.me || (u.id.addr == from && u.id.started > old.started),
+            };
+            if counts {
+                self.apply(*u, from, now);
+            }
         }
     }
 
@@ -664,27 +674,15 @@ impl Membership {
         match u.kind {
             UpdateKind::Alive | UpdateKind::Left => {}
             UpdateKind::Suspect { .. } => {
-                if u.incarnation < self.incarnation {
-                    return;
+                if u.incarnation >= self.incarnation {
+                    self.refute(u.incarnation, from);
                 }
-                self.incarnation = u.incarnation + 1;
-                self.traffic.counters.refuted += 1;
-                let alive = Update {
-                    id: self.me,
-                    incarnation: self.incarnation,
-                    kind: UpdateKind::Alive,
-                };
-                self.broadcasts.push(alive);
-                let mut to = self.ring.monitors(&self.me, self.cfg.m);
-                to.retain(|m| m.addr != from);
-                let bytes = Message::Gossip {
-                    updates: vec![alive],
-                }
-                .encode();
-                self.send_bytes(from, bytes.clone());
-                for m in to {
-                    self.send_bytes(m.addr, bytes.clone());
-                }
+            }
+            // The claim of a member this agent does not count as live, while most members it
+            // knows are live: the claimant was cut off (a healed partition's minority) and its
+            // view is stale. Refuted, as a suspicion, so the majority keeps its identities.
+            UpdateKind::Failed if self.heard_live(from).is_none() && self.in_majority() => {
+                self.refute(u.incarnation.max(self.incarnation), from);
             }
             UpdateKind::Failed => {
                 self.traffic.counters.false_failures += 1;
@@ -704,6 +702,46 @@ impl Membership {
                 self.announce_self();
             }
         }
+    }
+
+    /// Answers a claim about this agent at incarnation `claimed` with alive at a higher one,
+    /// sent to the claimant and this agent's monitors at once and queued for piggybacking.
+    fn refute(&mut self, claimed: u32, from: SocketAddr) {
+        self.incarnation = claimed + 1;
+        self.traffic.counters.refuted += 1;
+        let alive = Update {
+            id: self.me,
+            incarnation: self.incarnation,
+            kind: UpdateKind::Alive,
+        };
+        self.broadcasts.push(alive);
+        let mut to = self.ring.monitors(&self.me, self.cfg.m);
+        to.retain(|m| m.addr != from);
+        let bytes = Message::Gossip {
+            updates: vec![alive],
+        }
+        .encode();
+        self.send_bytes(from, bytes.clone());
+        for m in to {
+            self.send_bytes(m.addr, bytes.clone());
+        }
+    }
+
+    /// The live member at `addr`, if any.
+    fn heard_live(&self, addr: SocketAddr) -> Option<NodeId> {
+        let id = self.by_addr.get(&addr)?;
+        self.members.get(id).filter(|m| m.state.is_live())?;
+        Some(*id)
+    }
+
+    /// Whether more of the members this agent knows (itself included) are live than failed.
+    fn in_majority(&self) -> bool {
+        let failed = self
+            .members
+            .values()
+            .filter(|m| m.state == MemberState::Failed)
+            .count();
+        self.live_others().count() + 1 > failed
     }
 
     /// Adds a member heard of for the first time.
@@ -1054,6 +1092,13 @@ impl Membership {
         self.me = NodeId::new(self.me.addr, started);
         self.incarnation = 0;
         self.probes.clear();
+        // The failures this agent declared were judged from the old identity's view (often a
+        // partition's minority): forget them and learn the group afresh from the join reply.
+        self.members.retain(|_, m| m.state != MemberState::Failed);
+        let (members, addr) = (&self.members, self.me.addr);
+        self.by_addr
+            .retain(|_, id| members.contains_key(id) || id.addr == addr);
+        self.broadcasts.retain(|u| u.kind != UpdateKind::Failed);
         self.rebuild_ring();
     }
 
