@@ -63,6 +63,10 @@ pub struct InferenceArgs {
     /// Do not run `cargo build` for dml-agent and dml first.
     #[arg(long)]
     no_build: bool,
+    /// Only the cluster's warm-up, fairness, fair-share and kill phases (about 3 minutes), for
+    /// runs of two builds taken in turns; JSON to `inference-fair.json`.
+    #[arg(long)]
+    fair_only: bool,
 }
 
 struct Plan {
@@ -420,11 +424,15 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         .collect();
     files.sort();
 
-    eprintln!("[numerics] resnet50 against scripts/models/reference.py");
-    let numerics = numerics(&models_dir, &files).await;
+    let numerics = if a.fair_only {
+        Numerics::default()
+    } else {
+        eprintln!("[numerics] resnet50 against scripts/models/reference.py");
+        numerics(&models_dir, &files).await
+    };
 
     let mut one_agent = Vec::new();
-    {
+    if !a.fair_only {
         eprintln!("[one agent] starting");
         let sdfs = SdfsConfig {
             replicas: Some(1),
@@ -471,7 +479,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         }
     }
 
-    let cluster_row: Option<Throughput>;
+    let mut cluster_row: Option<Throughput> = None;
     let mut fairness = Fairness::default();
     let mut fair_share = FairShare::default();
     let mut gaps = Vec::new();
@@ -512,40 +520,42 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         }
         eprintln!("[cluster] warm in {:.1} s", t.elapsed().as_secs_f64());
 
-        let batch = 8;
-        let mut row = Throughput {
-            model: "resnet50".into(),
-            batch,
-            agents: a.agents,
-            raw_threads: 2,
-            ..Throughput::default()
-        };
-        let r: Result<()> = async {
-            let spec = spec("resnet50")?;
-            let b = batch_of(&files, &spec, batch as usize)?;
-            let path = models_dir.join(&spec.file);
-            let bare = || raw_rate(path.clone(), spec.clone(), 2, b.clone(), plan.raw_secs);
-            let raw = bare().await?;
-            row.raw_images_per_s = Some(raw);
-            // Two queries in flight per worker: the warm-up lasts about one round of them
-            // and the tail is cut.
-            let tail = 2 * a.agents as u32 * batch;
-            let round = f64::from(tail) / raw;
-            let images = job_size(
-                raw,
-                2.0 * (plan.warm_secs + round) + plan.window_secs,
+        if !a.fair_only {
+            let batch = 8;
+            let mut row = Throughput {
+                model: "resnet50".into(),
                 batch,
-            ) + tail;
-            let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
-            row.set_system(raw, bare().await?, sys);
-            Ok(())
+                agents: a.agents,
+                raw_threads: 2,
+                ..Throughput::default()
+            };
+            let r: Result<()> = async {
+                let spec = spec("resnet50")?;
+                let b = batch_of(&files, &spec, batch as usize)?;
+                let path = models_dir.join(&spec.file);
+                let bare = || raw_rate(path.clone(), spec.clone(), 2, b.clone(), plan.raw_secs);
+                let raw = bare().await?;
+                row.raw_images_per_s = Some(raw);
+                // Two queries in flight per worker: the warm-up lasts about one round of them
+                // and the tail is cut.
+                let tail = 2 * a.agents as u32 * batch;
+                let round = f64::from(tail) / raw;
+                let images = job_size(
+                    raw,
+                    2.0 * (plan.warm_secs + round) + plan.window_secs,
+                    batch,
+                ) + tail;
+                let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
+                row.set_system(raw, bare().await?, sys);
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                row.error = Some(format!("{e:#}"));
+            }
+            eprintln!("[cluster] {}", row_text(&row));
+            cluster_row = Some(row);
         }
-        .await;
-        if let Err(e) = r {
-            row.error = Some(format!("{e:#}"));
-        }
-        eprintln!("[cluster] {}", row_text(&row));
-        cluster_row = Some(row);
 
         if let Err(e) = shared_phases(
             &mut c,
@@ -585,7 +595,9 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         numerics,
     };
     print!("{}", table(&doc, a.agents));
-    let json_path = out_dir.join(if a.quick {
+    let json_path = out_dir.join(if a.fair_only {
+        "inference-fair.json"
+    } else if a.quick {
         "inference-quick.json"
     } else {
         "inference.json"
