@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # tmux: `dml local up --tmux` and the tmux launcher; nftables/iptables: the bench's
 # packet-loss rule; procps: ps/pgrep in tests; systemd: systemd-analyze verify of
 # the unit; pkg-config + libssl-dev: native crates (libssh2 builds against OpenSSL);
-# openssh-server: the sshd that the `dml cluster` deploy test starts on 127.0.0.1.
-packages=(tmux nftables iptables procps systemd pkg-config libssl-dev ca-certificates openssh-server)
+# openssh-server: the sshd that the `dml cluster` deploy test starts on 127.0.0.1;
+# iproute2: the namespace test bed's hosts (`ip netns`, veth, bridge).
+packages=(tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server)
 
 missing=()
 for p in "${packages[@]}"; do

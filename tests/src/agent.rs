@@ -59,6 +59,8 @@ pub struct AgentSpec {
     pub extra_config: String,
     /// Time allowed to print the `listening` line.
     pub startup_timeout: Duration,
+    /// The network namespace to run in (`ip netns exec`); `None` is the caller's.
+    pub netns: Option<String>,
 }
 
 impl AgentSpec {
@@ -79,6 +81,7 @@ impl AgentSpec {
             extra_args: Vec::new(),
             extra_config: String::new(),
             startup_timeout: STARTUP_TIMEOUT,
+            netns: None,
         }
     }
 
@@ -309,7 +312,14 @@ impl Agent {
             .open(dir.join("stderr.log"))?;
 
         let bin = agent_bin()?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &spec.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         // An agent finds the project's virtualenv (ONNX Runtime) above its
         // binary; built into a target directory outside the checkout
         // (CARGO_TARGET_DIR), it is told where the library is instead.

@@ -16,6 +16,7 @@
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
+//! - [`netbed`]: hosts as network namespaces on a private bridge, and drop rules between them.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`source`]: the workspace's own source files, for tests that read them.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
@@ -33,6 +34,7 @@ pub mod events;
 pub mod firewall;
 pub mod infer;
 pub mod key;
+pub mod netbed;
 pub mod ports;
 pub mod sdfs;
 pub mod source;

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The port of every agent on a namespace host.
+pub const BED_PORT: u16 = 7000;
 /// Time for a fresh cluster to converge and agree on a leader.
 pub const READY: Duration = Duration::from_secs(45);
 /// Time allowed for one `dml` command on small test files.
@@ -87,6 +89,9 @@ pub struct SdfsOptions {
     pub base_dir: Option<PathBuf>,
     /// TOML appended to every agent's config file.
     pub extra_config: String,
+    /// Namespace hosts (see [`crate::netbed`]): agent `i` runs on host `i`, at port
+    /// [`BED_PORT`] of its address. Empty: every agent on 127.0.0.1.
+    pub hosts: Vec<crate::netbed::Host>,
 }
 
 impl SdfsOptions {
@@ -99,6 +104,7 @@ impl SdfsOptions {
             sdfs: test_sdfs(),
             base_dir: None,
             extra_config: String::new(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -124,7 +130,16 @@ impl SdfsCluster {
     /// Starts the agents (agent 0 first, the others joining through it) and waits until
     /// they see each other and agree on a leader.
     pub async fn start_with(name: &str, opts: SdfsOptions) -> Result<Self> {
-        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(opts.agents);
+        ensure!(
+            opts.hosts.is_empty() || opts.hosts.len() >= opts.agents,
+            "{} agents on {} hosts",
+            opts.agents,
+            opts.hosts.len()
+        );
+        let mut addrs: Vec<SocketAddr> = opts.hosts[..opts.agents.min(opts.hosts.len())]
+            .iter()
+            .map(|h| SocketAddr::from((h.ip, BED_PORT)))
+            .collect();
         while addrs.len() < opts.agents {
             let a = free_fixed_addr()?;
             if !addrs.contains(&a) {
@@ -145,6 +160,7 @@ impl SdfsCluster {
                 .control(opts.control.clone())
                 .sdfs(opts.sdfs.clone());
             spec.extra_config = opts.extra_config.clone();
+            spec.netns = opts.hosts.get(i).map(|h| h.ns.clone());
             if i > 0 {
                 spec = spec.introducer(addrs[0]);
             }

@@ -372,6 +372,7 @@ fn options(agents: usize, sdfs: SdfsConfig, base: &Path) -> SdfsOptions {
         sdfs,
         base_dir: Some(base.to_path_buf()),
         extra_config: "[inference]\nintra_threads = 1\n".into(),
+        hosts: Vec::new(),
     }
 }
 

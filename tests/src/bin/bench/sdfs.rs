@@ -130,6 +130,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         sdfs: SdfsConfig::default(),
         base_dir: Some(run_dir.clone()),
         extra_config: String::new(),
+        hosts: Vec::new(),
     };
     let sdfs_cfg = opts.sdfs.clone();
     let t = Instant::now();

@@ -1,0 +1,278 @@
+//! The namespace test bed: N hosts, each a Linux network namespace with its own address on a
+//! bridge that lives in one more namespace (the switch), so no traffic touches the machine's
+//! own interfaces. Faults are nftables drop rules inside the hosts' namespaces.
+//!
+//! Every name carries the creating process's pid (`dmlb-<pid>-<seq>-…`): a new bed first
+//! deletes the namespaces of processes that no longer run, so a killed run leaves nothing
+//! behind for long (its links and rules live inside those namespaces and go with them).
+//!
+//! Test code reaches the hosts from a thread that entered one host's namespace
+//! ([`Bed::block_on_in`]); processes it spawns (agents through `ip netns exec`, `dml`)
+//! inherit that namespace unless told otherwise.
+
+use anyhow::{Context, Result, bail, ensure};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const NETNS_DIR: &str = "/run/netns";
+const PREFIX: &str = "dmlb-";
+/// The nftables table holding a host's fault rules.
+const TABLE: &str = "dmlbed";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` (or `ip -n NS`) with `args`; the error carries its stderr.
+fn ip(ns: Option<&str>, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `ip` (Debian package iproute2)")?;
+    ensure!(
+        out.status.success(),
+        "`ip {}{}` failed: {}",
+        ns.map(|n| format!("-n {n} ")).unwrap_or_default(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Runs an nftables script inside namespace `ns`.
+fn nft(ns: &str, script: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run `nft` (Debian package nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "nft in {ns} failed: {}\nscript:\n{script}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Deletes the bed namespaces of processes that no longer run.
+pub fn sweep_stale() -> Result<usize> {
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            ip(None, &["netns", "del", &name])?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// One host of the bed.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Its network namespace.
+    pub ns: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Hosts on a private bridge; deleted (with every link and rule in them) on drop.
+pub struct Bed {
+    switch: String,
+    hosts: Vec<Host>,
+}
+
+impl Bed {
+    /// Creates `n` hosts, 10.77.0.1 to 10.77.0.n, after sweeping what dead runs left.
+    pub fn create(n: usize) -> Result<Self> {
+        ensure!((1..=250).contains(&n), "a bed has 1 to 250 hosts, not {n}");
+        if !nix::unistd::Uid::effective().is_root() {
+            bail!("the namespace test bed needs root (network namespaces, nftables)");
+        }
+        sweep_stale()?;
+        let tag = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut bed = Bed {
+            switch: format!("{tag}-sw"),
+            hosts: Vec::new(),
+        };
+        ip(None, &["netns", "add", &bed.switch])?;
+        ip(Some(&bed.switch), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&bed.switch), &["link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let host = Host {
+                ns: format!("{tag}-h{i}"),
+                ip: Ipv4Addr::new(10, 77, 0, u8::try_from(i + 1).expect("n ≤ 250")),
+            };
+            // Pushed first: a failure below still deletes what was made.
+            bed.hosts.push(host.clone());
+            ip(None, &["netns", "add", &host.ns])?;
+            let port = format!("h{i}");
+            ip(
+                None,
+                &[
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    &host.ns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &bed.switch,
+                ],
+            )?;
+            ip(
+                Some(&bed.switch),
+                &["link", "set", &port, "master", "br0", "up"],
+            )?;
+            ip(Some(&host.ns), &["link", "set", "lo", "up"])?;
+            let cidr = format!("{}/24", host.ip);
+            ip(Some(&host.ns), &["addr", "add", &cidr, "dev", "eth0"])?;
+            ip(Some(&host.ns), &["link", "set", "eth0", "up"])?;
+            nft(
+                &host.ns,
+                &format!(
+                    "table inet {TABLE} {{\n\
+                     chain input {{ type filter hook input priority 0; policy accept; }}\n\
+                     chain output {{ type filter hook output priority 0; policy accept; }}\n\
+                     }}\n"
+                ),
+            )?;
+        }
+        Ok(bed)
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i]
+    }
+
+    /// Drops every packet from host `from` to host `to` (one direction), at both ends.
+    pub fn cut(&self, from: usize, to: usize) -> Result<()> {
+        let (f, t) = (&self.hosts[from], &self.hosts[to]);
+        nft(
+            &f.ns,
+            &format!("add rule inet {TABLE} output ip daddr {} drop\n", t.ip),
+        )?;
+        nft(
+            &t.ns,
+            &format!("add rule inet {TABLE} input ip saddr {} drop\n", f.ip),
+        )
+    }
+
+    /// Cuts `a` and `b` apart in both directions.
+    pub fn block(&self, a: usize, b: usize) -> Result<()> {
+        self.cut(a, b)?;
+        self.cut(b, a)
+    }
+
+    /// Splits `group` from `rest` in both directions; hosts in neither keep every link.
+    pub fn partition(&self, group: &[usize], rest: &[usize]) -> Result<()> {
+        for &a in group {
+            for &b in rest {
+                self.block(a, b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every fault rule on every host.
+    pub fn heal(&self) -> Result<()> {
+        for h in &self.hosts {
+            nft(
+                &h.ns,
+                &format!("flush chain inet {TABLE} input\nflush chain inet {TABLE} output\n"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The fault rules in place, one line per host that has any (for failure messages).
+    pub fn rules(&self) -> String {
+        let mut s = String::new();
+        for h in &self.hosts {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &h.ns, "nft", "list", "table", "inet", TABLE,
+                ])
+                .output();
+            let drops: Vec<String> = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("drop"))
+                .map(|l| l.trim().to_string())
+                .collect();
+            if !drops.is_empty() {
+                let _ = writeln!(s, "{} ({}): {}", h.ns, h.ip, drops.join("; "));
+            }
+        }
+        s
+    }
+
+    /// Runs `f` to completion on a new thread inside host `host`'s namespace, on a
+    /// current-thread runtime: every socket it opens and every process it spawns is there.
+    pub fn block_on_in<T, F>(&self, host: usize, f: impl FnOnce() -> F + Send) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+        T: Send,
+    {
+        let path = format!("{NETNS_DIR}/{}", self.hosts[host].ns);
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<T> {
+                let fd = std::fs::File::open(&path)
+                    .with_context(|| format!("cannot open \"{path}\""))?;
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("cannot enter \"{path}\""))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = ip(None, &["netns", "del", &h.ns]);
+        }
+        let _ = ip(None, &["netns", "del", &self.switch]);
+    }
+}
