@@ -98,6 +98,32 @@ type LogHandle =
 /// anyway (an introducer that is down must not fail the start).
 const READY_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Repeated log lines (the same level, target and message) pass in a burst of
+/// [`LOG_BURST`], then one per [`LOG_EVERY`]: an unreachable Raft peer makes openraft log
+/// every failed RPC, thousands a minute.
+const LOG_BURST: f64 = 3.0;
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Fields whose values do not make a log line new: openraft's errors, backoff intervals,
+/// peers and request ids.
+const LOG_VARYING: [&str; 8] = [
+    "error",
+    "err",
+    "result",
+    "interval",
+    "target",
+    "request_id",
+    "resp",
+    "now",
+];
+
+fn log_throttle() -> Result<tracing_throttle::TracingRateLimitLayer, Box<dyn std::error::Error>> {
+    let policy = tracing_throttle::Policy::token_bucket(LOG_BURST, 1.0 / LOG_EVERY.as_secs_f64())?;
+    Ok(tracing_throttle::TracingRateLimitLayer::builder()
+        .with_policy(policy)
+        .with_excluded_fields(LOG_VARYING.iter().map(|f| f.to_string()).collect())
+        .build()?)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let (cfg, log) = match config(&args) {
@@ -120,12 +146,20 @@ fn main() -> ExitCode {
         let filter = tracing_subscriber::EnvFilter::try_new(&log_text)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(reload::DEFAULT_LOG));
         let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        let throttle = match log_throttle() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot set up the log rate limit: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing_subscriber::registry()
             .with(filter)
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_filter(throttle),
             )
             .init();
         handle

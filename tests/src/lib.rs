@@ -16,6 +16,9 @@
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
+//! - [`history`]: the `dml-history` crate (`tests/history`): SDFS operations with invoke and
+//!   complete times, checked for linearizability (stateright) against a versioned file.
+//! - [`nemesis`]: the seeded fault schedule on the namespace bed and its recorded clients.
 //! - [`netbed`]: hosts as network namespaces on a private bridge, and drop rules between them.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`source`]: the workspace's own source files, for tests that read them.
@@ -32,8 +35,10 @@ pub mod dir;
 pub mod dml;
 pub mod events;
 pub mod firewall;
+pub use dml_history as history;
 pub mod infer;
 pub mod key;
+pub mod nemesis;
 pub mod netbed;
 pub mod ports;
 pub mod sdfs;

@@ -1,0 +1,342 @@
+//! The nemesis: a seeded schedule of faults on the namespace bed, replayable from its seed,
+//! and the clients whose operations it disturbs, recorded in a [`History`].
+//!
+//! Faults: the leader isolated, a majority/minority split, a bridge (one host sees both
+//! sides, the sides not each other), one-way loss, a flapping link, SIGKILL with restart on
+//! the same data directory, and SIGSTOP pauses. Every cut is a drop rule inside the hosts'
+//! namespaces ([`Bed`]); each fault is undone before the next one starts.
+
+use crate::history::{History, Op, Record, Ret, content, value_of};
+use crate::netbed::Bed;
+use crate::sdfs::{SdfsCluster, api};
+use anyhow::{Context, Result};
+use dml_shared::ErrorKind;
+use dml_shared::sdfs_client::{Sdfs, no_progress};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Longest a client waits for one operation before its outcome counts as unknown.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One fault of the schedule.
+#[derive(Clone, Debug, Serialize)]
+pub enum Fault {
+    IsolateLeader,
+    Split { minority: Vec<usize> },
+    Bridge { middle: usize, left: Vec<usize> },
+    OneWay { from: usize, to: usize },
+    Flap { a: usize, b: usize },
+    Kill { agent: usize },
+    Pause { agent: usize },
+}
+
+/// A fault, when it starts (seconds from the start) and how long it lasts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub at_s: f64,
+    pub lasts_s: f64,
+    pub fault: Fault,
+    /// What was done, filled in when it ran (the leader isolated is known only then).
+    pub done: Option<String>,
+}
+
+/// The schedule for `secs` seconds on `agents` agent hosts, from `seed`.
+pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut steps = Vec::new();
+    let mut t = 3.0;
+    let all: Vec<usize> = (0..agents).collect();
+    while t < secs - 8.0 {
+        let lasts = rng.random_range(4.0..9.0);
+        let mut shuffled = all.clone();
+        shuffled.shuffle(&mut rng);
+        let fault = match rng.random_range(0..7) {
+            0 => Fault::IsolateLeader,
+            1 => Fault::Split {
+                minority: shuffled[..(agents - 1) / 2].to_vec(),
+            },
+            2 => Fault::Bridge {
+                middle: shuffled[0],
+                left: shuffled[1..agents.div_ceil(2)].to_vec(),
+            },
+            3 => Fault::OneWay {
+                from: shuffled[0],
+                to: shuffled[1],
+            },
+            4 => Fault::Flap {
+                a: shuffled[0],
+                b: shuffled[1],
+            },
+            5 => Fault::Kill { agent: shuffled[0] },
+            _ => Fault::Pause { agent: shuffled[0] },
+        };
+        steps.push(Step {
+            at_s: t,
+            lasts_s: lasts,
+            fault,
+            done: None,
+        });
+        t += lasts + rng.random_range(2.0..5.0);
+    }
+    steps
+}
+
+/// Runs `steps` against the cluster on `bed` (agent `i` on host `i`), starting now. Bit `i`
+/// of `down` is set while agent `i` is killed or paused: clients, like an operator's retry,
+/// go to another agent rather than pile up requests whose outcome they cannot learn.
+pub async fn run(
+    bed: &Bed,
+    c: &mut SdfsCluster,
+    steps: &mut [Step],
+    down: &AtomicU64,
+) -> Result<()> {
+    let start = tokio::time::Instant::now();
+    let n = c.len();
+    for step in steps.iter_mut() {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(step.at_s)).await;
+        let lasts = Duration::from_secs_f64(step.lasts_s);
+        let others = |g: &[usize]| -> Vec<usize> { (0..n).filter(|i| !g.contains(i)).collect() };
+        let done = match &step.fault {
+            Fault::IsolateLeader => {
+                let l = leader_now(c).await.unwrap_or(0);
+                bed.partition(&[l], &others(&[l]))?;
+                tokio::time::sleep(lasts).await;
+                format!("isolated the leader a{l}")
+            }
+            Fault::Split { minority } => {
+                bed.partition(minority, &others(minority))?;
+                tokio::time::sleep(lasts).await;
+                format!("split {minority:?} from the rest")
+            }
+            Fault::Bridge { middle, left } => {
+                let mut right = others(left);
+                right.retain(|i| i != middle);
+                bed.partition(left, &right)?;
+                tokio::time::sleep(lasts).await;
+                format!("bridge: {left:?} | a{middle} | {right:?}")
+            }
+            Fault::OneWay { from, to } => {
+                bed.cut(*from, *to)?;
+                tokio::time::sleep(lasts).await;
+                format!("dropped a{from} → a{to}")
+            }
+            Fault::Flap { a, b } => {
+                let until = tokio::time::Instant::now() + lasts;
+                let mut flips = 0;
+                while tokio::time::Instant::now() < until {
+                    if flips % 2 == 0 {
+                        bed.block(*a, *b)?;
+                    } else {
+                        bed.heal()?;
+                    }
+                    flips += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                format!("flapped a{a} ↔ a{b} {flips} times")
+            }
+            Fault::Kill { agent } => {
+                down.fetch_or(1 << agent, Ordering::Relaxed);
+                c.kill(*agent).await?;
+                tokio::time::sleep(lasts).await;
+                c.restart(*agent)
+                    .await
+                    .with_context(|| format!("restarting a{agent}"))?;
+                down.fetch_and(!(1 << agent), Ordering::Relaxed);
+                format!("SIGKILL a{agent}, restarted on its data")
+            }
+            Fault::Pause { agent } => {
+                down.fetch_or(1 << agent, Ordering::Relaxed);
+                c.agent(*agent).stop()?;
+                tokio::time::sleep(lasts).await;
+                c.agent(*agent).cont()?;
+                down.fetch_and(!(1 << agent), Ordering::Relaxed);
+                format!("SIGSTOP a{agent}, then SIGCONT")
+            }
+        };
+        bed.heal()?;
+        eprintln!(
+            "[nemesis] {:6.1} s  {done} for {:.1} s",
+            step.at_s, step.lasts_s
+        );
+        step.done = Some(done);
+    }
+    Ok(())
+}
+
+/// The leader's index as some agent names it now.
+async fn leader_now(c: &SdfsCluster) -> Option<usize> {
+    for a in &c.addrs {
+        if let Ok(info) = api::leader_info(*a).await
+            && let Some(l) = info.leader
+        {
+            return c.index_of(l).ok();
+        }
+    }
+    None
+}
+
+/// How one operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Recorded with its result.
+    Done,
+    /// A write whose result is unknown: recorded in flight.
+    Unknown,
+    /// A read that failed, or a local error: not recorded.
+    Dropped,
+}
+
+/// What the clients share.
+pub struct Clients {
+    pub history: History,
+    pub addrs: Vec<SocketAddr>,
+    pub files: usize,
+    pub scratch: PathBuf,
+    pub stop: AtomicBool,
+    /// Agents to avoid, one bit each (see [`run`]).
+    pub down: AtomicU64,
+    next_thread: AtomicU64,
+    next_value: AtomicU64,
+    next_local: AtomicU64,
+    /// Gets whose bytes were not what the value's put wrote.
+    pub corrupt: std::sync::Mutex<Vec<String>>,
+}
+
+/// The SDFS name of file `f`.
+pub fn file_name(f: usize) -> String {
+    format!("nemesis/f{f}")
+}
+
+impl Clients {
+    pub fn new(addrs: Vec<SocketAddr>, files: usize, scratch: PathBuf) -> Self {
+        Self {
+            history: History::new(),
+            addrs,
+            files,
+            scratch,
+            stop: AtomicBool::new(false),
+            down: AtomicU64::new(0),
+            next_thread: AtomicU64::new(0),
+            next_value: AtomicU64::new(1),
+            next_local: AtomicU64::new(0),
+            corrupt: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn new_thread(&self) -> u64 {
+        self.next_thread.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// One client: random operations through random agents until told to stop.
+    pub async fn client(&self, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut thread = self.new_thread();
+        while !self.stop.load(Ordering::Relaxed) {
+            let down = self.down.load(Ordering::Relaxed);
+            let up: Vec<usize> = (0..self.addrs.len())
+                .filter(|i| down & (1 << i) == 0)
+                .collect();
+            let via = match up.is_empty() {
+                true => rng.random_range(0..self.addrs.len()),
+                false => up[rng.random_range(0..up.len())],
+            };
+            let file = rng.random_range(0..self.files);
+            let op = match rng.random_range(0..100) {
+                0..45 => Op::Put {
+                    value: self.next_value.fetch_add(1, Ordering::Relaxed),
+                },
+                45..92 => Op::Get,
+                _ => Op::Delete,
+            };
+            let len = rng.random_range(100..16_384);
+            if self.once(thread, via, file, op, len).await == Outcome::Unknown {
+                thread = self.new_thread();
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        }
+    }
+
+    /// Runs and records one operation. After [`Outcome::Unknown`] the caller takes a new
+    /// thread id.
+    pub async fn once(&self, thread: u64, via: usize, file: usize, op: Op, len: usize) -> Outcome {
+        let sdfs = Sdfs::new(self.addrs[via]);
+        let name = file_name(file);
+        let n = self.next_local.fetch_add(1, Ordering::Relaxed);
+        let local = self.scratch.join(format!("op{n}"));
+        let invoked_ms = self.history.now_ms();
+        let outcome: Result<Ret, (bool, String)> = match &op {
+            Op::Put { value } => {
+                if let Err(e) = std::fs::write(&local, content(*value, len)) {
+                    return self.local_error(&e);
+                }
+                match tokio::time::timeout(OP_TIMEOUT, sdfs.put(&local, &name, &no_progress)).await
+                {
+                    Ok(Ok(r)) => Ok(Ret::Put { version: r.version }),
+                    Ok(Err(e)) => Err((true, e.to_string())),
+                    Err(_) => Err((true, "timed out".into())),
+                }
+            }
+            Op::Get => {
+                match tokio::time::timeout(OP_TIMEOUT, sdfs.get(&name, &local, &no_progress)).await
+                {
+                    Ok(Ok(r)) => match std::fs::read(&local) {
+                        Ok(bytes) => match value_of(&bytes) {
+                            Some(v) if bytes == content(v, bytes.len()) => {
+                                Ok(Ret::Get(Some((r.version, v))))
+                            }
+                            _ => {
+                                self.corrupt.lock().expect("not poisoned").push(format!(
+                                    "{name} v{} via a{via}: {} bytes that no put wrote",
+                                    r.version,
+                                    bytes.len()
+                                ));
+                                Err((false, "corrupt".into()))
+                            }
+                        },
+                        Err(e) => return self.local_error(&e),
+                    },
+                    Ok(Err(e)) if e.kind() == ErrorKind::NotFound => Ok(Ret::Get(None)),
+                    // A failed read changed nothing.
+                    Ok(Err(e)) => Err((false, e.to_string())),
+                    Err(_) => Err((false, "timed out".into())),
+                }
+            }
+            Op::Delete => match tokio::time::timeout(OP_TIMEOUT, sdfs.delete(&name)).await {
+                Ok(Ok(())) => Ok(Ret::Delete(true)),
+                Ok(Err(e)) if e.kind() == ErrorKind::NotFound => Ok(Ret::Delete(false)),
+                Ok(Err(e)) => Err((true, e.to_string())),
+                Err(_) => Err((true, "timed out".into())),
+            },
+        };
+        let _ = std::fs::remove_file(&local);
+        let completed_ms = self.history.now_ms();
+        let (completed, error, known) = match outcome {
+            Ok(ret) => (Some((completed_ms, ret)), None, Outcome::Done),
+            // An unknown write stays in the history, in flight.
+            Err((true, e)) => (None, Some(e), Outcome::Unknown),
+            // A failed read is dropped.
+            Err((false, _)) => return Outcome::Dropped,
+        };
+        self.history.push(Record {
+            thread,
+            file,
+            op,
+            invoked_ms,
+            completed,
+            via,
+            error,
+        });
+        known
+    }
+
+    fn local_error(&self, e: &std::io::Error) -> Outcome {
+        eprintln!("[client] local file error: {e}");
+        Outcome::Dropped
+    }
+}
