@@ -134,6 +134,62 @@ fn systemd_analyze_verify_accepts_the_unit_without_warnings() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("SIGNOPE"));
 }
 
+/// Issue 18: the unit runs unprivileged and `systemd-analyze security` rates it "OK"
+/// (exposure 2.0 or lower).
+#[test]
+fn systemd_analyze_security_rates_the_unit_ok() {
+    if !tool_available("systemd-analyze", "--version") {
+        return;
+    }
+    let text = std::fs::read_to_string(unit_path()).unwrap();
+    let unit = parse_unit(&text);
+    let service = &unit["Service"];
+    let last = |k: &str| service.get(k).and_then(|v| v.last()).map(String::as_str);
+    assert_eq!(last("DynamicUser"), Some("yes"));
+    assert_eq!(last("CapabilityBoundingSet"), Some(""));
+    assert_eq!(
+        last("LoadCredential"),
+        Some("cluster.key:/etc/dml/cluster.key")
+    );
+    assert_eq!(last("ProtectProc"), Some("invisible"));
+    assert!(
+        service["SystemCallFilter"].contains(&"@system-service".to_string()),
+        "{:?}",
+        service["SystemCallFilter"]
+    );
+
+    let dir = std::env::temp_dir().join(format!("dml-unit-security-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("dml-agent.service");
+    std::fs::write(&copy, &text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let level: f64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for dml-agent.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    eprintln!("systemd-analyze security: exposure {level}");
+    assert!(
+        level <= 2.0,
+        "exposure {level} is above 2.0 (OK):\n{stdout}"
+    );
+}
+
 #[test]
 fn tmux_launcher_starts_one_window_per_agent_and_stops_them() {
     if !tool_available("tmux", "-V") {

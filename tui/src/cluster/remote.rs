@@ -180,6 +180,14 @@ pub fn unit(dir: &str, port: u16) -> String {
             "WorkingDirectory" => format!("WorkingDirectory={dir}"),
             "ReadWritePaths" => format!("ReadWritePaths={dir}/data"),
             "StateDirectory" | "StateDirectoryMode" => continue,
+            // The remote directory belongs to the SSH user and the key file lies in it: the
+            // unit runs as root there, with no dynamic user and no credential.
+            "DynamicUser"
+            | "PrivateUsers"
+            | "LoadCredential"
+            | "CapabilityBoundingSet"
+            | "AmbientCapabilities" => continue,
+            "Environment" if line.contains("DML_KEY_FILE") => continue,
             "ProtectHome" if under_home => "ProtectHome=read-only".into(),
             _ if line.starts_with('#') => continue,
             _ => line.to_string(),
@@ -203,6 +211,15 @@ mod tests {
         assert!(u.contains("\nType=notify\n"));
         assert!(u.contains("\nProtectHome=yes\n"));
         assert!(!u.contains("/var/lib/dml") && !u.contains("StateDirectory"));
+        for key in [
+            "DynamicUser",
+            "LoadCredential",
+            "DML_KEY_FILE",
+            "CapabilityBoundingSet",
+        ] {
+            assert!(!u.contains(key), "{key} in {u}");
+        }
+        assert!(u.contains("\nSystemCallFilter=@system-service\n"));
         let home = unit("/root/dml", 8002);
         assert!(home.contains("\nProtectHome=read-only\n"), "{home}");
     }
