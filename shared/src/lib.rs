@@ -16,6 +16,7 @@
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
 //! - [`models`]: the model registry (`assets/models.toml`).
+//! - [`ort_lib`]: finding ONNX Runtime's shared library in a virtualenv.
 //! - [`telemetry`]: the frames agents stream to console subscribers.
 //! - [`client`]: an async client for that API.
 //! - [`clock`]: Unix wall-clock time (ms, µs), the one place it is read.
@@ -37,6 +38,7 @@ pub mod glob;
 pub mod id;
 pub mod infer;
 pub mod models;
+pub mod ort_lib;
 pub mod router;
 pub mod sdfs;
 pub mod sdfs_client;

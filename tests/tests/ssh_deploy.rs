@@ -175,6 +175,8 @@ async fn cluster_up_status_down_over_a_real_sshd() -> Result<()> {
             r.display()
         );
     }
+    // One host runs a worker: it must find the ONNX Runtime that `up` uploaded.
+    hosts += "[hosts.config.inference]\nworker = true\n";
     let hosts_file = dir.join("hosts.toml");
     std::fs::write(&hosts_file, &hosts)?;
     let hf = hosts_file.to_str().unwrap();
@@ -235,9 +237,36 @@ async fn cluster_up_status_down_over_a_real_sshd() -> Result<()> {
             remote[i].display()
         );
         assert!(remote[i].join("agent.toml").is_file());
+        // ONNX Runtime's library, from this checkout's virtualenv, and the config naming it.
+        let lib = remote[i].join("lib/libonnxruntime.so");
+        assert_eq!(h["ort_dylib"], lib.to_str().unwrap(), "{h}");
+        assert_eq!(h["uploaded_ort"], true);
+        let local = dml_shared::ort_lib::search_venvs().expect("scripts/setup.sh made the venv");
+        assert_eq!(
+            std::fs::metadata(&lib)?.len(),
+            std::fs::metadata(&local)?.len()
+        );
+        let cfg = std::fs::read_to_string(remote[i].join("agent.toml"))?;
+        assert!(cfg.contains(&format!("ort_dylib = \"{}\"", lib.display())), "{cfg}");
         pids.push(pid);
     }
     assert_eq!(pids.len(), 3);
+    // The last host's worker loaded it without any manual setting.
+    let log = remote[2].join("agent.log");
+    wait_for(
+        "the worker host to load ONNX Runtime",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("ONNX Runtime loaded") {
+                Ok(())
+            } else {
+                bail!("{} has no \"ONNX Runtime loaded\" line", log.display())
+            }
+        },
+    )
+    .await?;
 
     // Every agent answers and sees all three live.
     for a in &agents {

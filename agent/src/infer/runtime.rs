@@ -11,10 +11,6 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-/// Where pip puts the library inside a virtualenv, below `lib/python3*/`.
-const VENV_CAPI: &str = "site-packages/onnxruntime/capi";
-const DYLIB_PREFIX: &str = "libonnxruntime.so";
-
 /// Finds the ONNX Runtime library: `configured` (inference.ort_dylib), then
 /// `ORT_DYLIB_PATH`, then `<dir>/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*`
 /// for each ancestor of the running executable, then of the working directory.
@@ -25,26 +21,7 @@ pub fn find_dylib(configured: Option<&Path>) -> Result<PathBuf, InferError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
         return existing(Path::new(&p), "ORT_DYLIB_PATH");
     }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        dirs.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        dirs.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    let mut searched: Vec<PathBuf> = Vec::new();
-    for dir in dirs {
-        let venv_lib = dir.join(".venv").join("lib");
-        let pattern = venv_lib.join(format!("python3*/{VENV_CAPI}/{DYLIB_PREFIX}*"));
-        if searched.contains(&pattern) {
-            continue;
-        }
-        searched.push(pattern);
-        if let Some(found) = find_in_venv_lib(&venv_lib) {
-            return Ok(found);
-        }
-    }
-    Err(InferError::DylibNotFound { searched })
+    dml_shared::ort_lib::search_venvs().map_err(|searched| InferError::DylibNotFound { searched })
 }
 
 fn existing(p: &Path, from: &'static str) -> Result<PathBuf, InferError> {
@@ -56,35 +33,6 @@ fn existing(p: &Path, from: &'static str) -> Result<PathBuf, InferError> {
             path: p.to_path_buf(),
         })
     }
-}
-
-/// `venv_lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*`,
-/// the last in name order if there are several.
-fn find_in_venv_lib(venv_lib: &Path) -> Option<PathBuf> {
-    let sorted_entries = |dir: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let name_starts = |p: &Path, prefix: &str| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(prefix))
-    };
-    let mut found = None;
-    for py in sorted_entries(venv_lib) {
-        if !name_starts(&py, "python3") {
-            continue;
-        }
-        for lib in sorted_entries(&py.join(VENV_CAPI)) {
-            if name_starts(&lib, DYLIB_PREFIX) && lib.is_file() {
-                found = Some(lib);
-            }
-        }
-    }
-    found
 }
 
 /// The library ONNX Runtime was loaded from.
@@ -394,21 +342,6 @@ mod tests {
         assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
         assert!(msg.contains("inference.ort_dylib"), "{msg}");
         assert!(msg.contains("bash scripts/setup.sh"), "{msg}");
-    }
-
-    #[test]
-    fn venv_layout_is_searched() {
-        let dir = std::env::temp_dir().join(format!("dml-venv-{}", std::process::id()));
-        let capi = dir.join(".venv/lib/python3.11").join(VENV_CAPI);
-        std::fs::create_dir_all(&capi).unwrap();
-        assert_eq!(find_in_venv_lib(&dir.join(".venv/lib")), None);
-        std::fs::write(capi.join("libonnxruntime_providers_shared.so"), b"x").unwrap();
-        std::fs::write(capi.join("libonnxruntime.so.1.31.1"), b"x").unwrap();
-        assert_eq!(
-            find_in_venv_lib(&dir.join(".venv/lib")),
-            Some(capi.join("libonnxruntime.so.1.31.1"))
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

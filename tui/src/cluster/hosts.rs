@@ -30,6 +30,7 @@ struct RawHosts {
     remote_dir: Option<String>,
     introducer: Option<SocketAddr>,
     agent_bin: Option<PathBuf>,
+    ort_dylib: Option<PathBuf>,
     #[serde(default)]
     launcher: Launcher,
     #[serde(default, with = "humantime_serde_opt")]
@@ -96,6 +97,8 @@ pub struct Hosts {
     pub known_hosts: PathBuf,
     pub introducer: SocketAddr,
     pub agent_bin: Option<PathBuf>,
+    /// ONNX Runtime's library to upload (default: the local virtualenv's).
+    pub ort_dylib: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub config: toml::Table,
     pub hosts: Vec<Host>,
@@ -230,26 +233,37 @@ impl Hosts {
             ),
             introducer: raw.introducer.unwrap_or(hosts[0].bind),
             agent_bin: raw.agent_bin,
+            ort_dylib: raw.ort_dylib.map(|p| expand_home(&p)),
             connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(10)),
             config: raw.config,
             hosts,
         };
         // Every host's agent config must be valid before anything is touched.
         for h in &out.hosts {
-            out.agent_config(h, "/dml")?;
+            out.agent_config(h, "/dml", true)?;
         }
         Ok(out)
     }
 
     /// The agent config file for `host`, whose remote directory resolved to
     /// `dir` (absolute): shared `[config]`, then the host's, then bind,
-    /// introducers, nodes, `data_dir` (default `dir/data`) and the cluster
-    /// key at `dir/cluster.key`.
-    pub fn agent_config(&self, host: &Host, dir: &str) -> Result<String> {
+    /// introducers, nodes, `data_dir` (default `dir/data`), the cluster
+    /// key at `dir/cluster.key` and, when `up` uploaded it (`ort`), ONNX Runtime's
+    /// library at [`remote_ort`] unless the config names one.
+    pub fn agent_config(&self, host: &Host, dir: &str, ort: bool) -> Result<String> {
         let mut t = self.config.clone();
         merge(&mut t, &host.config);
         t.entry("data_dir")
             .or_insert_with(|| toml::Value::String(format!("{dir}/data")));
+        if ort
+            && let toml::Value::Table(inference) = t
+                .entry("inference")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            inference
+                .entry("ort_dylib")
+                .or_insert_with(|| toml::Value::String(remote_ort(dir)));
+        }
         let addrs = |v: &[SocketAddr]| {
             toml::Value::Array(
                 v.iter()
@@ -281,6 +295,11 @@ impl Hosts {
             .with_context(|| format!("agent config of host \"{}\"", host.name))?;
         Ok(text)
     }
+}
+
+/// Where `up` puts ONNX Runtime's library in a host's remote directory.
+pub fn remote_ort(dir: &str) -> String {
+    format!("{dir}/lib/{}", dml_shared::ort_lib::DYLIB_PREFIX)
 }
 
 fn check_config_table(key: &str, t: &toml::Table) -> Result<()> {
@@ -343,7 +362,7 @@ reconcile_interval = "9s"
         assert_eq!(h.hosts[0].launcher, Launcher::Auto);
         assert_eq!(h.hosts[1].launcher, Launcher::Tmux);
         assert_eq!(h.hosts[1].name, "b");
-        let text = h.agent_config(&h.hosts[1], "/srv/dml").unwrap();
+        let text = h.agent_config(&h.hosts[1], "/srv/dml", false).unwrap();
         let cfg = Config::from_toml(&text).unwrap();
         assert_eq!(cfg.bind, "10.0.0.2:8001".parse().unwrap());
         assert_eq!(cfg.nodes.len(), 2);
@@ -351,10 +370,27 @@ reconcile_interval = "9s"
         assert_eq!(cfg.data_dir, PathBuf::from("/srv/dml/data"));
         assert_eq!(cfg.sdfs.scrub_interval, Duration::from_secs(60));
         assert_eq!(cfg.sdfs.reconcile_interval, Duration::from_secs(9));
-        let first = Config::from_toml(&h.agent_config(&h.hosts[0], "/opt/dml").unwrap()).unwrap();
+        let first =
+            Config::from_toml(&h.agent_config(&h.hosts[0], "/opt/dml", true).unwrap()).unwrap();
         assert_eq!(
             first.sdfs.reconcile_interval,
             Config::preset(cfg.preset).sdfs.reconcile_interval
+        );
+        // The uploaded ONNX Runtime, unless the config names a library.
+        assert_eq!(
+            first.inference.ort_dylib,
+            Some(PathBuf::from("/opt/dml/lib/libonnxruntime.so"))
+        );
+        assert_eq!(cfg.inference.ort_dylib, None);
+        let mut own = h;
+        own.config.insert(
+            "inference".into(),
+            toml::Value::Table(toml::toml! { ort_dylib = "/usr/lib/libonnxruntime.so" }),
+        );
+        let text = own.agent_config(&own.hosts[0], "/opt/dml", true).unwrap();
+        assert_eq!(
+            Config::from_toml(&text).unwrap().inference.ort_dylib,
+            Some(PathBuf::from("/usr/lib/libonnxruntime.so"))
         );
     }
 

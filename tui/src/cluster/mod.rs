@@ -124,6 +124,9 @@ struct UpReport {
     launcher: Option<String>,
     pid: Option<u32>,
     uploaded_agent: bool,
+    /// Where the agent finds ONNX Runtime's library `up` uploaded (`None`: not provisioned).
+    ort_dylib: Option<String>,
+    uploaded_ort: bool,
     replaced_running: bool,
     node_id: Option<String>,
     members: Option<usize>,
@@ -146,10 +149,19 @@ async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
     let bin_for_hash = bin.clone();
     let sha = tokio::task::spawn_blocking(move || sha256_file(&bin_for_hash)).await??;
     let size = std::fs::metadata(&bin)?.len();
+    let ort = local_ort(&hosts)?;
+    let ort = match ort {
+        Some(path) => {
+            let p = path.clone();
+            let sha = tokio::task::spawn_blocking(move || sha256_file(&p)).await??;
+            Some((path, sha))
+        }
+        None => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
     let bars = bars(&hosts, json);
     let jobs = hosts.hosts.iter().zip(&bars).map(|(h, pb)| {
-        let (hosts, bin, sha) = (&hosts, &bin, &sha);
+        let (hosts, bin, sha, ort) = (&hosts, &bin, &sha, ort.as_ref());
         async move {
             let mut rep = UpReport {
                 host: h.name.clone(),
@@ -159,12 +171,18 @@ async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
                 launcher: None,
                 pid: None,
                 uploaded_agent: false,
+                ort_dylib: None,
+                uploaded_ort: false,
                 replaced_running: false,
                 node_id: None,
                 members: None,
                 error: None,
             };
-            if let Err(e) = up_host(hosts, h, (bin, sha, size), key, pb, deadline, &mut rep).await {
+            let files = Files {
+                agent: (bin, sha, size),
+                ort,
+            };
+            if let Err(e) = up_host(hosts, h, files, key, pb, deadline, &mut rep).await {
                 rep.error = Some(format!("{e:#}"));
                 pb.finish_with_message(format!("failed: {e:#}"));
             }
@@ -243,6 +261,11 @@ async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
                     r.launcher.clone().unwrap_or_default(),
                     r.pid.map_or("-".into(), |p| p.to_string()),
                     r.members.map_or("-".into(), |n| n.to_string()),
+                    match (&r.ort_dylib, r.uploaded_ort) {
+                        (None, _) => "not provisioned".into(),
+                        (Some(_), true) => "uploaded".into(),
+                        (Some(_), false) => "in place".into(),
+                    },
                     r.error.clone().unwrap_or_else(|| "up".into()),
                 ]
             })
@@ -250,7 +273,15 @@ async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
         print!(
             "{}",
             render_table(
-                &["HOST", "AGENT", "LAUNCHER", "PID", "MEMBERS", "RESULT"],
+                &[
+                    "HOST",
+                    "AGENT",
+                    "LAUNCHER",
+                    "PID",
+                    "MEMBERS",
+                    "ONNX RUNTIME",
+                    "RESULT"
+                ],
                 &rows
             )
         );
@@ -265,10 +296,49 @@ async fn up(a: &UpArgs, key: &[u8], json: bool) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What `up` uploads besides the key and config: the agent binary (path, SHA-256, size)
+/// and ONNX Runtime's library (path, SHA-256), if one was found.
+struct Files<'a> {
+    agent: (&'a Path, &'a str, u64),
+    ort: Option<&'a (PathBuf, String)>,
+}
+
+/// ONNX Runtime's library to upload: hosts.toml's `ort_dylib`, else `ORT_DYLIB_PATH`, else
+/// the virtualenv above `dml` or the working directory. `None` (with a warning) when there is
+/// none: the hosts then need their own (`inference.ort_dylib` in a `config` table).
+fn local_ort(hosts: &Hosts) -> Result<Option<PathBuf>> {
+    if let Some(p) = &hosts.ort_dylib {
+        if !p.is_file() {
+            bail!(
+                "ort_dylib \"{}\" in the hosts file is not a file",
+                p.display()
+            );
+        }
+        return Ok(Some(p.clone()));
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("ORT_DYLIB_PATH \"{}\" is not a file", p.display());
+        }
+        return Ok(Some(p));
+    }
+    match dml_shared::ort_lib::search_venvs() {
+        Ok(p) => Ok(Some(p)),
+        Err(_) => {
+            eprintln!(
+                "warning: no ONNX Runtime library here (run scripts/setup.sh, or set ort_dylib in \
+                 the hosts file): agents run no inference unless their hosts have one"
+            );
+            Ok(None)
+        }
+    }
+}
+
 async fn up_host(
     hosts: &Hosts,
     h: &Host,
-    (bin, sha, size): (&Path, &str, u64),
+    files: Files<'_>,
     key: &[u8],
     pb: &ProgressBar,
     deadline: Instant,
@@ -316,6 +386,7 @@ async fn up_host(
     );
     rep.replaced_running = stopped.get("outcome").is_some_and(|o| o != "not-running");
 
+    let (bin, sha, size) = files.agent;
     let agent_path = format!("{dir}/bin/dml-agent");
     if probe.get("sha256").map(String::as_str) != Some(sha) {
         let mib = size as f64 / 1048576.0;
@@ -329,12 +400,23 @@ async fn up_host(
         .context("uploading dml-agent")?;
         rep.uploaded_agent = true;
     }
+    if let Some((lib, lib_sha)) = files.ort {
+        let dest = hosts::remote_ort(&dir);
+        if probe.get("ort_sha256") != Some(lib_sha) {
+            pb.set_message("uploading ONNX Runtime");
+            ssh.upload(lib, &dest, 0o644, |_| {})
+                .await
+                .context("uploading ONNX Runtime's library")?;
+            rep.uploaded_ort = true;
+        }
+        rep.ort_dylib = Some(dest);
+    }
     pb.set_message("uploading the cluster key");
     ssh.upload_bytes(key, &format!("{dir}/cluster.key"), 0o600)
         .await
         .context("uploading the cluster key")?;
     pb.set_message("uploading agent.toml");
-    let cfg = hosts.agent_config(h, &dir)?;
+    let cfg = hosts.agent_config(h, &dir, files.ort.is_some())?;
     ssh.upload_bytes(cfg.as_bytes(), &format!("{dir}/agent.toml"), 0o640)
         .await
         .context("uploading agent.toml")?;

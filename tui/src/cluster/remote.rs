@@ -34,7 +34,7 @@ pub fn probe(dir: &str) -> String {
     let d = quote(dir);
     format!(
         r#"set -e
-mkdir -p {d}/bin {d}/data
+mkdir -p {d}/bin {d}/lib {d}/data
 cd {d}
 echo "dir=$(pwd -P)"
 echo "init=$(ps -p 1 -o comm= 2>/dev/null || cat /proc/1/comm)"
@@ -42,7 +42,9 @@ echo "uid=$(id -u)"
 echo "arch=$(uname -m)"
 echo "tmux=$(command -v tmux || true)"
 echo "sha256=$(sha256sum bin/dml-agent 2>/dev/null | cut -d' ' -f1)"
-"#
+echo "ort_sha256=$(sha256sum lib/{ort} 2>/dev/null | cut -d' ' -f1)"
+"#,
+        ort = dml_shared::ort_lib::DYLIB_PREFIX
     )
 }
 
