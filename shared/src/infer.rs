@@ -87,6 +87,8 @@ pub struct JobInfo {
     pub finished_ms: Option<u64>,
     /// SDFS name of the stored output once the job is done.
     pub output: Option<String>,
+    /// Why a running job makes no progress, when the leader knows (no worker can run it).
+    pub stalled: Option<String>,
 }
 
 /// A model as the cluster knows it: its registry entry's name and the
@@ -197,6 +199,12 @@ pub enum InferRequest {
         /// Time from fetching the first image to the last result.
         elapsed_ms: u32,
         failed: Option<String>,
+    },
+    /// Worker: it cannot run queries (ONNX Runtime did not load), because of `reason`;
+    /// repeated while that lasts, so running jobs can say why they stall.
+    Unready {
+        worker: SocketAddr,
+        reason: String,
     },
 }
 

@@ -303,13 +303,14 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
             any::<u64>(),
             proptest::option::of(any::<u64>()),
             proptest::option::of(text()),
+            proptest::option::of(text()),
         ),
     )
         .prop_map(
             |(
                 (id, model, dataset, images, done),
                 (errors, queries, state, reason),
-                (submitted_ms, finished_ms, output),
+                (submitted_ms, finished_ms, output, stalled),
             )| JobInfo {
                 id,
                 model,
@@ -323,6 +324,7 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
                 submitted_ms,
                 finished_ms,
                 output,
+                stalled,
             },
         )
 }
@@ -444,6 +446,7 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
                     failed,
                 }
             }),
+        (addr(), text()).prop_map(|(worker, reason)| InferRequest::Unready { worker, reason }),
     ]
 }
 

@@ -1,7 +1,7 @@
 //! Inference jobs on real agents with the tiny model: a worker or the
 //! leader SIGKILLed mid-job (every image exactly once), a batch-size change
 //! mid-job (C3), two concurrent jobs of different cost kept at the same
-//! query rate, and models that cannot run.
+//! query rate, models that cannot run, and a job no worker can run saying why.
 //!
 //! Needs the binaries and the project virtualenv (ONNX Runtime):
 //! `bash scripts/setup.sh`.
@@ -335,4 +335,52 @@ async fn concurrent_jobs_of_different_cost_keep_the_same_query_rate() {
             other => panic!("unexpected result {other:?}"),
         }
     }
+}
+
+/// Issue 18: with ONNX Runtime missing on every agent, a job stalls, and `dml jobs` says
+/// why (text and JSON) instead of showing 0% done with nothing to go on.
+#[tokio::test]
+async fn a_job_no_worker_can_run_says_why() {
+    let _slot = cluster_slot().await;
+    let mut opts = SdfsOptions::new(3);
+    opts.extra_config = "[inference]\nort_dylib = \"/nonexistent/libonnxruntime.so\"\n".into();
+    let c = SdfsCluster::start_with("infer-stalled", opts)
+        .await
+        .unwrap();
+    prepare(&c, 0, &["tiny"], DATASET, Images::Small(4))
+        .await
+        .unwrap();
+    let id = submit(c.addrs[1], "tiny", 4, DATASET).await.unwrap();
+    let info = dml_tests::wait::wait_for(
+        "the stalled job to say why",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        async || {
+            let j = job(c.addrs[2], id).await?;
+            // Every worker's report in (each retries until the leader takes it).
+            match &j.stalled {
+                Some(s) if s.contains("3 of 3 workers") => Ok(s.clone()),
+                _ => anyhow::bail!("job {id}: {j:?}"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        info.contains("no worker can run tiny")
+            && info.contains("ONNX Runtime is not loaded on 3 of 3 workers")
+            && info.contains("/nonexistent/libonnxruntime.so"),
+        "{info}"
+    );
+    assert_eq!(job(c.addrs[0], id).await.unwrap().done, 0);
+    let out = c.dml(0, &["jobs"]).await.unwrap();
+    let text = out.ensure_success().unwrap().stdout.clone();
+    assert!(text.contains("ONNX Runtime is not loaded"), "{text}");
+    let out = c.dml(2, &["--json", "jobs"]).await.unwrap();
+    let v = out.json().unwrap();
+    assert!(
+        v.to_string()
+            .contains("ONNX Runtime is not loaded on 3 of 3 workers"),
+        "{v}"
+    );
 }

@@ -247,7 +247,10 @@ async fn cluster_up_status_down_over_a_real_sshd() -> Result<()> {
             std::fs::metadata(&local)?.len()
         );
         let cfg = std::fs::read_to_string(remote[i].join("agent.toml"))?;
-        assert!(cfg.contains(&format!("ort_dylib = \"{}\"", lib.display())), "{cfg}");
+        assert!(
+            cfg.contains(&format!("ort_dylib = \"{}\"", lib.display())),
+            "{cfg}"
+        );
         pids.push(pid);
     }
     assert_eq!(pids.len(), 3);

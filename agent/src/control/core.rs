@@ -10,6 +10,7 @@ use super::plans::Plans;
 use super::repair::{self, View};
 use super::scheduler::Scheduler;
 use super::state::MetaState;
+use super::workers::Workers;
 use dml_shared::infer::{
     ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo,
 };
@@ -83,6 +84,7 @@ pub struct LeaderCore {
     expiring: bool,
     /// A membership read for repair is in flight.
     viewing: bool,
+    workers: Workers,
 }
 
 impl LeaderCore {
@@ -98,8 +100,13 @@ impl LeaderCore {
             storing: HashSet::new(),
             expiring: false,
             viewing: false,
+            workers: Workers::default(),
             cfg,
         }
+    }
+
+    pub fn workers(&mut self) -> &mut Workers {
+        &mut self.workers
     }
 
     pub fn term(&self) -> u64 {

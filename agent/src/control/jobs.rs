@@ -49,6 +49,7 @@ impl Job {
             submitted_ms: self.submitted_ms,
             finished_ms: self.finished_ms,
             output: self.output.clone(),
+            stalled: None,
         }
     }
 

@@ -29,6 +29,7 @@
 //! - [`lease`]: the read lease (pure).
 //! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
 //! - [`repair`]: the repair planner (pure).
+//! - [`workers`]: which inference workers can run queries, and why a job stalls (pure).
 //!
 //! The request path:
 //! - [`forward`]: the leader task serves it here, or it goes on to the leader.
@@ -56,6 +57,7 @@ pub mod state;
 pub mod store;
 pub mod task;
 pub mod types;
+pub mod workers;
 
 use crate::membership::driver::MembershipHandle;
 use crate::timing::{CLOSE_WAIT, VIEW_TTL};

@@ -13,7 +13,7 @@ use super::plans::{Claim, Claimed, Failed, PlanRequest};
 use super::state::MetaState;
 use super::types::{Applied, Op};
 use dml_shared::control::{ControlRequest, ControlResponse};
-use dml_shared::infer::{InferRequest, InferResponse, JobId, JobInfo, Lease, ModelInfo};
+use dml_shared::infer::{InferRequest, InferResponse, JobId, JobInfo, JobState, Lease, ModelInfo};
 use dml_shared::sdfs::{ChangeOutcome, Glob, MetaRequest, MetaResponse, validate_name};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -362,7 +362,17 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             dataset,
         } => submit(core, cx, model, count, dataset),
         InferRequest::Jobs => infer(InferResponse::Jobs(
-            s.jobs.jobs.iter().map(|(id, j)| j.info(*id)).collect(),
+            s.jobs
+                .jobs
+                .iter()
+                .map(|(id, j)| {
+                    let mut info = j.info(*id);
+                    if info.state == JobState::Running {
+                        info.stalled = core.workers().stall(&info.model, cx.now);
+                    }
+                    info
+                })
+                .collect(),
         )),
         InferRequest::Output { job } => {
             let Some(j) = s.jobs.jobs.get(&job) else {
@@ -417,7 +427,13 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             core.sync(s, cx.now);
             infer(InferResponse::Placement(core.placement()))
         }
+        InferRequest::Unready { worker, reason } => {
+            tracing::warn!(%worker, %reason, "a worker cannot run queries");
+            core.workers().unready(worker, reason, cx.now);
+            infer(InferResponse::Done)
+        }
         InferRequest::Lease { worker, wait_ms } => {
+            core.workers().asked(worker, cx.now);
             let wait = Duration::from_millis(u64::from(wait_ms)).min(cx.cfg.max_lease_wait);
             lease(core, cx, worker, cx.now + wait)
         }

@@ -398,9 +398,13 @@ impl<P: Ports> LeaderTask<P> {
     }
 
     /// Serves `req` now if the lease holds, else after a quorum round.
-    /// Leases of queries read the scheduler only and never wait.
+    /// Leases of queries and workers' unready reports touch the leader core only and never
+    /// wait.
     async fn serve(&mut self, req: ControlRequest, reply: Reply, view: Option<LiveView>) {
-        let ungated = matches!(req, ControlRequest::Infer(InferRequest::Lease { .. }));
+        let ungated = matches!(
+            req,
+            ControlRequest::Infer(InferRequest::Lease { .. } | InferRequest::Unready { .. })
+        );
         if ungated || self.lease_holds() {
             self.serve_now(req, reply, view).await;
         } else {

@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 const SLOTS: usize = 2;
 /// How long one lease request waits at the leader for work.
 const LEASE_WAIT_MS: u32 = 2000;
+/// Between two tries at telling the leader this worker is unready.
+const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Images of one query read at the same time.
 const FETCH_PARALLEL: usize = 4;
 
@@ -166,7 +168,9 @@ impl Worker {
 }
 
 /// Loads ONNX Runtime, waiting and retrying while it is missing: a worker
-/// without it takes no queries (and says how to fix it).
+/// without it takes no queries (and says how to fix it). Each failure is also
+/// reported to the leader, so stalled jobs say why; that report is retried every
+/// [`REPORT_RETRY`] until the leader takes it.
 async fn wait_for_runtime(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
     loop {
         let configured = ctx.o.ort_dylib.clone();
@@ -175,19 +179,38 @@ async fn wait_for_runtime(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> bool {
             runtime::init(&path).map(|()| path)
         })
         .await;
-        match loaded {
+        let reason = match loaded {
             Ok(Ok(path)) => {
                 tracing::info!(library = %path.display(), "ONNX Runtime loaded; taking inference queries");
                 return true;
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "this agent takes no inference queries until ONNX Runtime loads")
+                tracing::error!(error = %e, "this agent takes no inference queries until ONNX Runtime loads");
+                e.to_string()
             }
-            Err(e) => tracing::error!(error = %e, "loading ONNX Runtime crashed"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return false,
-            _ = tokio::time::sleep(RUNTIME_RETRY) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "loading ONNX Runtime crashed");
+                e.to_string()
+            }
+        };
+        let next_try = tokio::time::Instant::now() + RUNTIME_RETRY;
+        let mut told = false;
+        while tokio::time::Instant::now() < next_try {
+            if !told {
+                let req = InferRequest::Unready {
+                    worker: ctx.o.me,
+                    reason: reason.clone(),
+                };
+                told = infer_call(ctx, req).await.is_ok();
+            }
+            let wake = match told {
+                true => next_try,
+                false => (tokio::time::Instant::now() + REPORT_RETRY).min(next_try),
+            };
+            tokio::select! {
+                _ = stop.changed() => return false,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
         }
     }
 }

@@ -86,6 +86,7 @@ mod tests {
             submitted_ms: 0,
             finished_ms: None,
             output: None,
+            stalled: None,
         }
     }
 

@@ -102,6 +102,7 @@ pub fn frame(n: usize, tick: u64) -> Frame {
         submitted_ms: T0 + id * 60_000,
         finished_ms: None,
         output: None,
+        stalled: None,
     };
     let w = |i: usize| addr(i % n.max(1));
     Frame {

@@ -45,6 +45,7 @@ pub fn job_json(j: &JobInfo) -> Value {
         "queries": j.queries,
         "state": j.state.as_str(),
         "reason": j.reason,
+        "stalled": j.stalled,
         "submitted_ms": j.submitted_ms,
         "finished_ms": j.finished_ms,
         "output": j.output,
@@ -71,7 +72,10 @@ pub fn jobs_table(jobs: &[JobInfo]) -> String {
                 j.errors.to_string(),
                 j.queries.to_string(),
                 when(j.submitted_ms),
-                j.reason.clone().unwrap_or_default(),
+                j.reason
+                    .clone()
+                    .or_else(|| j.stalled.clone())
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -246,6 +250,7 @@ mod tests {
             submitted_ms: 0,
             finished_ms: None,
             output: None,
+            stalled: None,
         }
     }
 
