@@ -17,7 +17,7 @@
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
 //! - [`history`]: the `dml-history` crate (`tests/history`): SDFS operations with invoke and
-//!   complete times, checked for linearizability (stateright) against a versioned file.
+//!   complete times, checked for linearizability (todc-utils' WGL checker) against a versioned file.
 //! - [`nemesis`]: the seeded fault schedule on the namespace bed and its recorded clients.
 //! - [`netbed`]: hosts as network namespaces on a private bridge, and drop rules between them.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.

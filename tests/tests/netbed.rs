@@ -3,14 +3,19 @@
 //! in both directions. Needs root, `ip` and `nft` (installed by `scripts/setup.sh`).
 //!
 //! - a cut-off leader: replaced, and the heal keeps the majority's identities;
-//! - a seeded nemesis run: a recorded history checked for linearizability.
+//! - a seeded nemesis run: a recorded history checked for linearizability;
+//! - a soak: seven agents busy with inference suspect no one.
 
 use anyhow::{Context, Result, ensure};
 use dml_shared::NodeId;
+use dml_shared::api::Stats;
+use dml_shared::client::Client;
+use dml_shared::infer::{JobInfo, JobState};
 use dml_shared::sdfs_client::no_progress;
 use dml_tests::agent::Agent;
 use dml_tests::events::EventKind;
 use dml_tests::history::{self, Op, Ret, value_of};
+use dml_tests::infer::{Images, jobs, prepare, submit};
 use dml_tests::nemesis::{self, Clients, Outcome, file_name};
 use dml_tests::netbed::Bed;
 use dml_tests::sdfs::{READY, SdfsCluster, SdfsOptions, api, content};
@@ -28,6 +33,7 @@ const CLIENT: usize = AGENTS;
 /// identities and declared none of each other failed, and every file reads back everywhere.
 #[test]
 fn a_cut_off_leader_is_replaced_and_the_heal_keeps_the_majority_identities() -> Result<()> {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let bed = Bed::create(AGENTS + 1)?;
     let hosts = bed.hosts()[..AGENTS].to_vec();
     bed.block_on_in(CLIENT, || async {
@@ -167,6 +173,7 @@ const FILES: usize = 3;
 /// stored version reads back as its put wrote it, and the voters agree on the state digest.
 #[test]
 fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let seed: u64 = match std::env::var("DML_NEMESIS_SEED") {
         Ok(s) => s.parse().context("DML_NEMESIS_SEED must be a number")?,
         Err(_) => std::time::SystemTime::now()
@@ -341,4 +348,105 @@ fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
         eprintln!("nemesis seed {seed} failed (replay: DML_NEMESIS_SEED={seed})");
     }
     result
+}
+
+/// Each test here runs a whole cluster with timing it checks (elections, detection, log
+/// rates) on a two-core machine: one at a time.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Issue 18: seven agents on seven hosts, every worker kept busy with tiny-model jobs for
+/// `DML_SOAK_SECS` (120 s by default): no agent suspects another, counted from every
+/// agent's own counters. The machine's CPU use over the soak is printed.
+#[test]
+fn a_cluster_busy_with_inference_suspects_no_one() -> Result<()> {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    const N: usize = 7;
+    let secs: u64 = match std::env::var("DML_SOAK_SECS") {
+        Ok(s) => s.parse().context("DML_SOAK_SECS must be a number")?,
+        Err(_) => 120,
+    };
+    let bed = Bed::create(N + 1)?;
+    let hosts = bed.hosts()[..N].to_vec();
+    bed.block_on_in(N, || async {
+        let mut opts = SdfsOptions::new(N);
+        opts.hosts = hosts;
+        let c = SdfsCluster::start_with("netbed-soak", opts).await?;
+        prepare(&c, 0, &["tiny"], SOAK_DATA, Images::Sample(48)).await?;
+        let counters = async || -> Result<Vec<Stats>> {
+            let mut v = Vec::new();
+            for a in &c.addrs {
+                v.push(Client::new(*a).stats().await?);
+            }
+            Ok(v)
+        };
+        let before = counters().await?;
+        let cpu0 = cpu_busy_jiffies()?;
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut submitted = 0;
+        let mut done = 0u64;
+        while Instant::now() < end {
+            // Two jobs running at all times: more queries than the workers' slots. A
+            // request the busy cluster does not answer in time is tried again next round.
+            let via = c.addrs[submitted % N];
+            match jobs(via).await {
+                Ok(js) => {
+                    let running = js
+                        .values()
+                        .filter(|j: &&JobInfo| j.state == JobState::Running)
+                        .count();
+                    for _ in running..2 {
+                        match submit(via, "tiny", 4000, SOAK_DATA).await {
+                            Ok(_) => submitted += 1,
+                            Err(e) => eprintln!("soak: submit: {e:#}"),
+                        }
+                    }
+                }
+                Err(e) => eprintln!("soak: jobs: {e:#}"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for j in jobs(c.addrs[0]).await?.values() {
+            done += u64::from(j.done);
+        }
+        let cpu = cpu_busy_jiffies()?;
+        let after = counters().await?;
+        let busy = (cpu.0 - cpu0.0) as f64 / (cpu.1 - cpu0.1).max(1) as f64;
+        eprintln!(
+            "soak: {secs} s, {submitted} jobs, {done} images inferred, machine CPU busy {:.0}%",
+            busy * 100.0
+        );
+        let diff = |f: fn(&Stats) -> u64| -> u64 {
+            before.iter().zip(&after).map(|(b, a)| f(a) - f(b)).sum()
+        };
+        let (suspicions, refuted, failed) = (
+            diff(|s| s.suspicions),
+            diff(|s| s.refuted),
+            diff(|s| s.declared_failed),
+        );
+        eprintln!("soak: suspicions {suspicions}, refuted {refuted}, declared failed {failed}");
+        ensure!(done > 0, "no image was inferred: the soak loaded nothing");
+        ensure!(
+            suspicions == 0 && refuted == 0 && failed == 0,
+            "live agents were suspected under load: {suspicions} suspicions, {refuted} refuted, \
+             {failed} declared failed"
+        );
+        Ok(())
+    })
+}
+
+const SOAK_DATA: &str = "datasets/soak/";
+
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn cpu_busy_jiffies() -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let line = text.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    ensure!(v.len() >= 5, "unexpected /proc/stat line {line}");
+    let total: u64 = v.iter().sum();
+    // idle and iowait are not busy.
+    Ok((total - v[3] - v[4], total))
 }

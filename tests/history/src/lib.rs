@@ -1,17 +1,21 @@
 //! A history of SDFS operations on a few files, with invoke and complete times, checked for
-//! linearizability by stateright's `LinearizabilityTester` against a sequential spec of one
-//! versioned file. Linearizability is local (Herlihy and Wing), so each file is checked alone.
+//! linearizability by todc-utils' `WGLChecker` (Wing and Gong's algorithm with Lowe's
+//! memoisation, as porcupine implements it) against a sequential spec of one versioned file.
+//! Linearizability is local (Herlihy and Wing), so each file is checked alone.
 //!
-//! Outcomes: a put or delete whose result the client never learned (an error, a timeout) is
-//! left in flight, so the checker may or may not apply it, and its client takes a new
-//! thread id (as Jepsen retires a crashed process). A failed get had no effect and is
-//! dropped.
+//! Outcomes: a put or delete whose result the client never learned (an error, a timeout)
+//! completes at the end of the history with an unknown result, so the checker may place it
+//! anywhere after its invocation, including after everything (as if it never happened); its
+//! client takes a new thread id, as Jepsen retires a crashed process. A failed get had no
+//! effect and is dropped.
 
 use serde::Serialize;
-use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
+use todc_utils::linearizability::WGLChecker;
+use todc_utils::linearizability::history::{Action, History as Actions};
+use todc_utils::specifications::Specification;
 
 /// A put's content: its value id on the first line, then filler, `len` bytes in all.
 pub fn content(value: u64, len: usize) -> Vec<u8> {
@@ -65,46 +69,75 @@ pub struct VersionedFile {
     newest: Option<(Option<u64>, u64)>,
 }
 
-impl SequentialSpec for VersionedFile {
-    type Op = Op;
-    type Ret = Ret;
+/// An operation with its result as the checker sees it; `None`: unknown.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Put { value: u64, version: Option<u64> },
+    Get(Option<(u64, u64)>),
+    Delete(Option<bool>),
+}
 
-    /// For an operation left in flight: a put's version is unknown (0 stands for it).
-    fn invoke(&mut self, op: &Op) -> Ret {
-        match op {
-            Op::Put { value } => {
-                self.newest = Some((None, *value));
-                Ret::Put { version: 0 }
-            }
-            Op::Get => Ret::Get(self.newest.map(|(v, x)| (v.unwrap_or(0), x))),
-            Op::Delete => Ret::Delete(self.newest.take().is_some()),
+impl Step {
+    /// `op` with the result `ret` (`None`: unknown).
+    fn of(op: &Op, ret: Option<&Ret>) -> Step {
+        match (op, ret) {
+            (Op::Put { value }, Some(Ret::Put { version })) => Step::Put {
+                value: *value,
+                version: Some(*version),
+            },
+            (Op::Put { value }, _) => Step::Put {
+                value: *value,
+                version: None,
+            },
+            (Op::Get, Some(Ret::Get(got))) => Step::Get(*got),
+            // Failed reads are never recorded; a mismatched result cannot be placed.
+            (Op::Get, _) => Step::Get(Some((0, u64::MAX))),
+            (Op::Delete, Some(Ret::Delete(existed))) => Step::Delete(Some(*existed)),
+            (Op::Delete, _) => Step::Delete(None),
         }
     }
+}
 
-    fn is_valid_step(&mut self, op: &Op, ret: &Ret) -> bool {
-        match (op, ret) {
-            (Op::Put { value }, Ret::Put { version }) => {
-                if *version <= self.highest {
-                    return false;
+impl Specification for VersionedFile {
+    type State = VersionedFile;
+    type Operation = Step;
+
+    fn init() -> VersionedFile {
+        VersionedFile::default()
+    }
+
+    fn apply(step: &Step, s: &VersionedFile) -> (bool, VersionedFile) {
+        let mut next = s.clone();
+        let valid = match step {
+            Step::Put { value, version } => match version {
+                Some(v) if *v <= s.highest => false,
+                Some(v) => {
+                    next.highest = *v;
+                    next.newest = Some((Some(*v), *value));
+                    true
                 }
-                self.highest = *version;
-                self.newest = Some((Some(*version), *value));
-                true
-            }
-            (Op::Get, Ret::Get(got)) => match (self.newest, got) {
+                None => {
+                    next.newest = Some((None, *value));
+                    true
+                }
+            },
+            Step::Get(got) => match (s.newest, got) {
                 (None, None) => true,
                 (Some((Some(v), x)), Some((gv, gx))) => v == *gv && x == *gx,
-                // A put left in flight: its number shows only now.
-                (Some((None, x)), Some((gv, gx))) if x == *gx && *gv > self.highest => {
-                    self.highest = *gv;
-                    self.newest = Some((Some(*gv), x));
+                // A put with an unknown result: its number shows only now.
+                (Some((None, x)), Some((gv, gx))) if x == *gx && *gv > s.highest => {
+                    next.highest = *gv;
+                    next.newest = Some((Some(*gv), x));
                     true
                 }
                 _ => false,
             },
-            (Op::Delete, Ret::Delete(existed)) => self.newest.take().is_some() == *existed,
-            _ => false,
-        }
+            Step::Delete(existed) => {
+                next.newest = None;
+                existed.is_none_or(|e| e == s.newest.is_some())
+            }
+        };
+        (valid, next)
     }
 }
 
@@ -193,21 +226,42 @@ fn events<'a>(recs: &[&'a Record]) -> Vec<(f64, bool, &'a Record)> {
     ev
 }
 
-/// Whether the first `n` events form a linearizable history.
+/// Whether the first `n` events form a linearizable history. Operations whose result is
+/// not among them complete after all of them, with an unknown result.
 fn linearizable(ev: &[(f64, bool, &Record)], n: usize) -> bool {
-    let mut t = LinearizabilityTester::<u64, VersionedFile>::new(VersionedFile::default());
+    let mut threads: Vec<u64> = ev[..n].iter().map(|(_, _, r)| r.thread).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let process = |t: u64| threads.binary_search(&t).expect("a thread of the prefix");
+    // A read that returns after the prefix had no effect within it: left out.
+    let returned: Vec<&Record> = ev[..n]
+        .iter()
+        .filter(|(_, invoke, _)| !invoke)
+        .map(|(_, _, r)| *r)
+        .collect();
+    let mut actions = Vec::new();
+    let mut open = Vec::new();
     for (_, invoke, r) in &ev[..n] {
-        let ok = if *invoke {
-            t.on_invoke(r.thread, r.op.clone()).is_ok()
+        let p = process(r.thread);
+        if r.op == Op::Get && !returned.iter().any(|x| std::ptr::eq(*x, *r)) {
+            continue;
+        }
+        if *invoke {
+            actions.push((p, Action::Call(Step::of(&r.op, None))));
+            open.push(*r);
         } else {
-            let (_, ret) = r.completed.as_ref().expect("return events complete");
-            t.on_return(r.thread, ret.clone()).is_ok()
-        };
-        if !ok {
-            return false;
+            let ret = r.completed.as_ref().map(|(_, ret)| ret);
+            actions.push((p, Action::Response(Step::of(&r.op, ret))));
+            open.retain(|o| !std::ptr::eq(*o, *r));
         }
     }
-    t.serialized_history().is_some()
+    for r in open {
+        actions.push((process(r.thread), Action::Response(Step::of(&r.op, None))));
+    }
+    if actions.is_empty() {
+        return true;
+    }
+    WGLChecker::<VersionedFile>::is_linearizable(Actions::from_actions(actions))
 }
 
 fn check_file(file: usize, recs: &[&Record]) -> FileCheck {
