@@ -195,154 +195,163 @@ fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
         let mut opts = SdfsOptions::new(AGENTS);
         opts.hosts = hosts;
         let mut c = SdfsCluster::start_with("netbed-nemesis", opts).await?;
+        // On failure the cluster's files (logs, history.json) are kept.
         let scratch = c.local_path("clients");
         std::fs::create_dir_all(&scratch)?;
         let clients = Clients::new(c.addrs.clone(), FILES, scratch);
-        let end = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
-        let (faults, ..) = tokio::join!(
-            async {
-                let r = nemesis::run(&bed, &mut c, &mut steps, &clients.down).await;
-                tokio::time::sleep_until(end).await;
-                clients.stop.store(true, Ordering::Relaxed);
-                r
-            },
-            clients.client(seed ^ 1),
-            clients.client(seed ^ 2),
-            clients.client(seed ^ 3),
-        );
-        faults?;
-        bed.heal()?;
-        c.wait_ready(READY).await?;
+        let r: Result<()> = async {
+            let end = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+            let (faults, ..) = tokio::join!(
+                async {
+                    let r = nemesis::run(&bed, &mut c, &mut steps, &clients.down).await;
+                    tokio::time::sleep_until(end).await;
+                    clients.stop.store(true, Ordering::Relaxed);
+                    r
+                },
+                clients.client(seed ^ 1),
+                clients.client(seed ^ 2),
+                clients.client(seed ^ 3),
+            );
+            faults?;
+            bed.heal()?;
+            c.wait_ready(READY).await?;
 
-        // Final reads of every file through every agent, part of the history.
-        for f in 0..FILES {
-            for i in 0..AGENTS {
-                let t = clients.new_thread();
-                wait_for(
-                    "a final read",
-                    READY,
-                    Duration::from_millis(250),
-                    async || {
-                        let o = clients.once(t, i, f, Op::Get, 0).await;
-                        ensure!(o == Outcome::Done, "f{f} through a{i}: {o:?}");
-                        Ok(())
-                    },
-                )
-                .await?;
+            // Final reads of every file through every agent, part of the history.
+            for f in 0..FILES {
+                for i in 0..AGENTS {
+                    let t = clients.new_thread();
+                    wait_for(
+                        "a final read",
+                        READY,
+                        Duration::from_millis(250),
+                        async || {
+                            let o = clients.once(t, i, f, Op::Get, 0).await;
+                            ensure!(o == Outcome::Done, "f{f} through a{i}: {o:?}");
+                            Ok(())
+                        },
+                    )
+                    .await?;
+                }
             }
-        }
-        let records = clients.history.records();
-        // Kept with the cluster's files when the test fails.
-        std::fs::write(
-            c.dir().join("history.json"),
-            serde_json::to_string(&records)?,
-        )?;
-        let unknown = records.iter().filter(|r| r.completed.is_none()).count();
-        let count = |p: fn(&Op) -> bool| records.iter().filter(|r| p(&r.op)).count();
-        eprintln!(
-            "history: {} operations ({} puts, {} gets, {} deletes), {unknown} unknown outcomes",
-            records.len(),
-            count(|o| matches!(o, Op::Put { .. })),
-            count(|o| matches!(o, Op::Get)),
-            count(|o| matches!(o, Op::Delete)),
-        );
-        for s in &steps {
+            let records = clients.history.records();
+            let unknown = records.iter().filter(|r| r.completed.is_none()).count();
+            let count = |p: fn(&Op) -> bool| records.iter().filter(|r| p(&r.op)).count();
             eprintln!(
-                "fault at {:6.1} s for {:.1} s: {}",
-                s.at_s,
-                s.lasts_s,
-                s.done.as_deref().unwrap_or("not run")
+                "history: {} operations ({} puts, {} gets, {} deletes), {unknown} unknown outcomes",
+                records.len(),
+                count(|o| matches!(o, Op::Put { .. })),
+                count(|o| matches!(o, Op::Get)),
+                count(|o| matches!(o, Op::Delete)),
             );
-        }
-        let corrupt = clients.corrupt.lock().expect("not poisoned").clone();
-        ensure!(corrupt.is_empty(), "reads that no put wrote: {corrupt:#?}");
-
-        let t = Instant::now();
-        let checks = clients.history.check(FILES);
-        for ch in &checks {
-            eprintln!(
-                "f{}: {} operations, {} unknown: {}",
-                ch.file,
-                ch.ops,
-                ch.unknown,
-                if ch.linearizable {
-                    "linearizable"
-                } else {
-                    "NOT linearizable"
-                }
-            );
-        }
-        eprintln!("checked in {:.1} s", t.elapsed().as_secs_f64());
-        let failing: Vec<&str> = checks.iter().filter_map(|c| c.window.as_deref()).collect();
-        ensure!(
-            failing.is_empty(),
-            "seed {seed}: not linearizable\n{}",
-            failing.join("\n")
-        );
-
-        // Every stored version reads back as its put wrote it.
-        let acked: Vec<(usize, u64, u64)> = records
-            .iter()
-            .filter_map(|r| match (&r.op, &r.completed) {
-                (Op::Put { value }, Some((_, Ret::Put { version }))) => {
-                    Some((r.file, *version, *value))
-                }
-                _ => None,
-            })
-            .collect();
-        let sdfs = c.client(0);
-        for f in 0..FILES {
-            let name = file_name(f);
-            let Some(info) = c.file(0, &name).await? else {
-                continue;
-            };
-            for v in &info.versions {
-                let local = c.local_path("version");
-                sdfs.get_version(&name, v.version, &local, &no_progress)
-                    .await
-                    .with_context(|| format!("{name} v{}", v.version))?;
-                let bytes = std::fs::read(&local)?;
-                let value = value_of(&bytes)
-                    .with_context(|| format!("{name} v{} holds no put's bytes", v.version))?;
-                ensure!(
-                    bytes == history::content(value, bytes.len()),
-                    "{name} v{} differs from what value {value}'s put wrote",
-                    v.version
+            for s in &steps {
+                eprintln!(
+                    "fault at {:6.1} s for {:.1} s: {}",
+                    s.at_s,
+                    s.lasts_s,
+                    s.done.as_deref().unwrap_or("not run")
                 );
-                if let Some((.., put)) = acked
-                    .iter()
-                    .find(|(af, av, _)| *af == f && *av == v.version)
-                {
+            }
+            let corrupt = clients.corrupt.lock().expect("not poisoned").clone();
+            ensure!(corrupt.is_empty(), "reads that no put wrote: {corrupt:#?}");
+
+            let t = Instant::now();
+            let checks = clients.history.check(FILES);
+            for ch in &checks {
+                eprintln!(
+                    "f{}: {} operations, {} unknown: {}",
+                    ch.file,
+                    ch.ops,
+                    ch.unknown,
+                    if ch.linearizable {
+                        "linearizable"
+                    } else {
+                        "NOT linearizable"
+                    }
+                );
+            }
+            eprintln!("checked in {:.1} s", t.elapsed().as_secs_f64());
+            let failing: Vec<&str> = checks.iter().filter_map(|c| c.window.as_deref()).collect();
+            ensure!(
+                failing.is_empty(),
+                "seed {seed}: not linearizable\n{}",
+                failing.join("\n")
+            );
+
+            // Every stored version reads back as its put wrote it.
+            let acked: Vec<(usize, u64, u64)> = records
+                .iter()
+                .filter_map(|r| match (&r.op, &r.completed) {
+                    (Op::Put { value }, Some((_, Ret::Put { version }))) => {
+                        Some((r.file, *version, *value))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let sdfs = c.client(0);
+            for f in 0..FILES {
+                let name = file_name(f);
+                let Some(info) = c.file(0, &name).await? else {
+                    continue;
+                };
+                for v in &info.versions {
+                    let local = c.local_path("version");
+                    sdfs.get_version(&name, v.version, &local, &no_progress)
+                        .await
+                        .with_context(|| format!("{name} v{}", v.version))?;
+                    let bytes = std::fs::read(&local)?;
+                    let value = value_of(&bytes)
+                        .with_context(|| format!("{name} v{} holds no put's bytes", v.version))?;
                     ensure!(
-                        *put == value,
-                        "{name} v{} holds value {value}, its put wrote {put}",
+                        bytes == history::content(value, bytes.len()),
+                        "{name} v{} differs from what value {value}'s put wrote",
                         v.version
                     );
+                    if let Some((.., put)) = acked
+                        .iter()
+                        .find(|(af, av, _)| *af == f && *av == v.version)
+                    {
+                        ensure!(
+                            *put == value,
+                            "{name} v{} holds value {value}, its put wrote {put}",
+                            v.version
+                        );
+                    }
                 }
             }
-        }
 
-        // The voters agree on the state machine's digest at one index.
-        let voters = c.voter_indices();
-        wait_for(
-            "the voters to agree on the state digest",
-            READY,
-            Duration::from_millis(250),
-            async || {
-                let mut seen = Vec::new();
-                for &i in &voters {
-                    let info = api::leader_info(c.addrs[i]).await?;
-                    seen.push((info.last_applied, info.applied_digest));
-                }
-                ensure!(
-                    seen.windows(2).all(|w| w[0] == w[1]) && seen[0].0.is_some(),
-                    "voters at {seen:?}"
-                );
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(())
+            // The voters agree on the state machine's digest at one index.
+            let voters = c.voter_indices();
+            wait_for(
+                "the voters to agree on the state digest",
+                READY,
+                Duration::from_millis(250),
+                async || {
+                    let mut seen = Vec::new();
+                    for &i in &voters {
+                        let info = api::leader_info(c.addrs[i]).await?;
+                        seen.push((info.last_applied, info.applied_digest));
+                    }
+                    ensure!(
+                        seen.windows(2).all(|w| w[0] == w[1]) && seen[0].0.is_some(),
+                        "voters at {seen:?}"
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        if r.is_err() {
+            // The history so far, for `saved_history` to check again.
+            let path = c.dir().join("history.json");
+            let saved = serde_json::to_string(&clients.history.records())
+                .map_err(anyhow::Error::from)
+                .and_then(|j| Ok(std::fs::write(&path, j)?));
+            eprintln!("history saved to {}: {saved:?}", path.display());
+            c.cluster.keep_dir();
+        }
+        r
     });
     if result.is_err() {
         eprintln!("nemesis seed {seed} failed (replay: DML_NEMESIS_SEED={seed})");

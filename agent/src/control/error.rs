@@ -29,6 +29,15 @@ pub enum ControlError {
         /// The term the entry was appended in.
         term: u64,
     },
+    /// Ambiguous: appended, then this leader stepped down before it
+    /// committed; a later leader may still commit it.
+    #[error(
+        "the leader wrote the change to its log and then stepped down; a later leader may still commit it: check before retrying"
+    )]
+    SteppedDown {
+        /// The term the entry was appended in.
+        term: u64,
+    },
     #[error("the leader did not answer the forwarded request: {reason}")]
     Forward { reason: String },
     #[error(
@@ -60,6 +69,7 @@ impl ControlError {
             ControlError::NoLeader { .. }
             | ControlError::NoQuorum { .. }
             | ControlError::Unconfirmed { .. }
+            | ControlError::SteppedDown { .. }
             | ControlError::Forward { .. }
             | ControlError::TooFewAlive { .. } => ErrorKind::Unavailable,
             ControlError::NoSuchFile(_) | ControlError::NoSuchJob(_) => ErrorKind::NotFound,
@@ -77,6 +87,7 @@ impl From<ControlError> for RemoteError {
 }
 
 /// Why the leader path did not serve a request.
+#[derive(Debug)]
 pub(crate) enum Refusal {
     /// Not the leader (any more); maybe who is.
     NotLeader(Option<SocketAddr>),

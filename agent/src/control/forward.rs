@@ -199,8 +199,11 @@ pub(crate) fn router(s: &Settings, me: Weak<Inner>, voter: bool) -> LeaderRouter
             // The leader itself may wait up to `leader_wait` for a quorum.
             call_timeout: wait + s.control.rpc_timeout,
             leader_wait: wait,
-            min_backoff: s.control.heartbeat_interval,
-            max_backoff: s.control.election_timeout_min,
+            // Relays stay inside the cluster and a voter finds the leader
+            // in its own Raft metrics: a worker's next try after a fail-over
+            // comes within a heartbeat, not after a grown backoff.
+            min_backoff: s.control.heartbeat_interval / 2,
+            max_backoff: s.control.heartbeat_interval,
             pool_size: FORWARD_POOL,
             local_socket: false,
         },

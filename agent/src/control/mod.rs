@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     pub digest: Mutex<Option<(u64, String)>>,
     /// The membership list last read to gate Raft RPCs, and when.
     pub view: Mutex<Option<(std::time::Instant, Arc<Vec<dml_shared::api::MemberInfo>>)>>,
+    /// Raft RPCs of this voter that failed (unreachable, timed out, refused).
+    pub rpc_failures: Arc<AtomicU64>,
 }
 
 /// Cheap to clone; reaches the control plane. The default handle belongs
@@ -225,9 +227,10 @@ impl ControlHandle {
 
     /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
     pub fn log_status(&self) -> Option<LogStatus> {
-        let raft = self.inner.as_ref()?.raft.as_ref()?;
-        let m = raft.metrics().borrow().clone();
+        let inner = self.inner.as_ref()?;
+        let m = inner.raft.as_ref()?.metrics().borrow().clone();
         Some(LogStatus {
+            rpc_failures: inner.rpc_failures.load(Ordering::Relaxed),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             snapshot: m.snapshot.map(|l| l.index),
@@ -282,6 +285,8 @@ pub struct LogStatus {
     pub last_applied: Option<u64>,
     pub snapshot: Option<u64>,
     pub purged: Option<u64>,
+    /// Raft RPCs to other voters that failed, since the agent started.
+    pub rpc_failures: u64,
 }
 
 /// The running control plane; [`ControlPlane::shutdown`] stops it.
@@ -311,8 +316,9 @@ impl ControlPlane {
                 db: None,
             });
         }
+        let rpc_failures = Arc::new(AtomicU64::new(0));
         let (raft, sm, db) = if settings.is_voter() {
-            let (raft, sm, db) = start_raft(&settings, data_dir).await?;
+            let (raft, sm, db) = start_raft(&settings, data_dir, rpc_failures.clone()).await?;
             (Some(raft), Some(sm), Some(db))
         } else {
             (None, None, None)
@@ -329,6 +335,7 @@ impl ControlPlane {
             repairs: AtomicU64::new(0),
             view: Mutex::new(None),
             digest: Mutex::new(None),
+            rpc_failures,
         });
         let mut tasks = Vec::new();
         if inner.raft.is_some() {
@@ -379,7 +386,11 @@ impl ControlPlane {
 
 type Started = (Raft<TypeConfig>, SharedSm, Arc<redb::Database>);
 
-async fn start_raft(s: &Settings, data_dir: &std::path::Path) -> Result<Started, ControlError> {
+async fn start_raft(
+    s: &Settings,
+    data_dir: &std::path::Path,
+    rpc_failures: Arc<AtomicU64>,
+) -> Result<Started, ControlError> {
     let (log, sm_store, sm) = store::open(&data_dir.join("control"))?;
     let db = log.database();
     let c = &s.control;
@@ -402,6 +413,7 @@ async fn start_raft(s: &Settings, data_dir: &std::path::Path) -> Result<Started,
         rpc_timeout: c.rpc_timeout,
         min_backoff: c.heartbeat_interval,
         max_backoff: c.election_timeout_min,
+        failures: rpc_failures,
     };
     let raft = Raft::new(voter_id(s.me), Arc::new(raft_cfg), network, log, sm_store)
         .await

@@ -20,6 +20,8 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A Raft RPC from one voter to another.
@@ -121,6 +123,8 @@ pub struct Network {
     /// retry up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Counts every failed RPC (the agent's `dml_raft_rpc_failures`).
+    pub failures: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -134,6 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: None,
             rpc_timeout: self.rpc_timeout,
             backoff: (self.min_backoff, self.max_backoff),
+            failures: self.failures.clone(),
         }
     }
 }
@@ -147,6 +152,7 @@ pub struct PeerConnection {
     rpc_timeout: Duration,
     /// (first, longest) pause before retrying after `Unreachable`.
     backoff: (Duration, Duration),
+    failures: Arc<AtomicU64>,
 }
 
 /// What went wrong on the way (before any openraft error type applies).
@@ -198,6 +204,7 @@ impl PeerConnection {
     }
 
     fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<u64, BasicNode, E> {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         match e {
             CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(
                 &std::io::Error::other(format!("voter {} ({}): {m}", self.target, self.node_addr)),

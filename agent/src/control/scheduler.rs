@@ -5,9 +5,10 @@
 //! Fair time: each running job has a virtual time that grows by one per
 //! dispatched query, and the job with the smallest one goes next, so jobs
 //! running together get the same query rate whatever a query costs (a
-//! slower model simply keeps more workers busy). A new job starts at the
-//! smallest virtual time of the running jobs: it gets its share at once,
-//! without a burst that would starve the others.
+//! slower model simply keeps more workers busy). A new job starts below the
+//! smallest virtual time of the running jobs by its share of the queries in
+//! flight: it is dispatched alone until it holds that share, then the jobs
+//! alternate. The others keep their share, so none is starved.
 
 use super::jobs::JobsState;
 pub use crate::timing::SCHEDULER_RATE_WINDOW as RATE_WINDOW;
@@ -95,8 +96,9 @@ impl Scheduler {
     }
 
     /// Brings the job list in line with the replicated state: admits new
-    /// running jobs (at the smallest virtual time, with every image still
-    /// missing pending) and forgets ended ones and their leases. Cheap when
+    /// running jobs (below the smallest virtual time by their share of the
+    /// queries in flight, with every image still missing pending) and
+    /// forgets ended ones and their leases. Cheap when
     /// nothing changed: it walks the jobs, not their images. Returns how many
     /// jobs it admitted.
     pub fn sync(&mut self, state: &JobsState) -> usize {
@@ -109,6 +111,18 @@ impl Scheduler {
         self.jobs.retain(|id, _| running(id));
         self.leases.retain(|_, l| running(&l.job));
         let start = self.jobs.values().map(|j| j.pass).min().unwrap_or(0);
+        let newcomers = state
+            .jobs
+            .iter()
+            .filter(|(id, j)| {
+                j.state == dml_shared::infer::JobState::Running && !self.jobs.contains_key(id)
+            })
+            .count();
+        // A newcomer's rate follows its queries in flight: it starts that
+        // many dispatches early, so it catches up to its share of what is
+        // in flight in one burst and the jobs alternate from there.
+        let share = self.leases.len() / (self.jobs.len() + newcomers).max(1);
+        let start = start.saturating_sub(share as u64);
         let mut admitted = 0;
         for (id, job) in &state.jobs {
             if job.state != dml_shared::infer::JobState::Running || self.jobs.contains_key(id) {
@@ -391,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_job_starts_at_the_current_virtual_time() {
+    fn a_new_job_catches_up_to_its_share_in_flight_then_alternates() {
         let mut s = state_with(&[("tiny", 1000)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
         sch.sync(&s);
@@ -401,11 +415,17 @@ mod tests {
         }
         s.submit("tiny", "d/", vec!["a".into()], 100, 0);
         sch.sync(&s);
-        // From now on the two alternate: no burst of 50 queries for job 2.
-        let next: Vec<JobId> = (0..10)
+        // Job 1 has 50 queries in flight: job 2 goes alone until it holds
+        // its share of them (25), then the two alternate; no burst of 50.
+        let next: Vec<JobId> = (0..35)
             .map(|_| sch.dispatch(addr(1), |_| 2, t).unwrap().job)
             .collect();
-        assert_eq!(next.iter().filter(|j| **j == 2).count(), 5, "{next:?}");
+        assert!(next[..25].iter().all(|j| *j == 2), "{next:?}");
+        assert_eq!(
+            next[25..].iter().filter(|j| **j == 2).count(),
+            5,
+            "{next:?}"
+        );
     }
 
     #[test]

@@ -127,6 +127,18 @@ pub enum Then {
     Upkeep(Upkeep),
 }
 
+impl Then {
+    /// Whether the request must not run twice: once appended, its outcome is
+    /// settled by the client (outcome queries) and never redirected, since a
+    /// later leader may still commit the entry.
+    pub fn once_only(&self) -> bool {
+        matches!(
+            self,
+            Then::Commit | Then::Delete { .. } | Then::Submit { .. }
+        )
+    }
+}
+
 /// The leader's own appends, and what the core hears when they end.
 #[derive(Debug)]
 pub enum Upkeep {
@@ -572,6 +584,7 @@ pub fn answer(
 ) -> Answer {
     let applied = match result {
         Ok(Applied::Rejected(m)) => Err(ControlError::Rejected(m)),
+        Ok(Applied::NoSuchFile(name)) => Err(ControlError::NoSuchFile(name)),
         other => other,
     };
     let reply = |r: Result<ControlResponse, ControlError>| Answer::Reply(r);
@@ -602,24 +615,26 @@ pub fn answer(
             Ok(Applied::Version(version)) => reply(Ok(MetaResponse::Committed { version }.into())),
             // Appended, not confirmed: the client asks `PutOutcome` until
             // the answer is final.
-            Err(e @ ControlError::Unconfirmed { .. }) => reply(Ok(MetaResponse::Unconfirmed {
-                reason: e.to_string(),
+            Err(e @ (ControlError::Unconfirmed { .. } | ControlError::SteppedDown { .. })) => {
+                reply(Ok(MetaResponse::Unconfirmed {
+                    reason: e.to_string(),
+                }
+                .into()))
             }
-            .into())),
             Ok(other) => reply(Err(unexpected(other))),
             Err(e) => reply(Err(e)),
         },
         Then::Aborted => reply(applied.map(|_| MetaResponse::Done.into())),
         Then::Delete { through } => match applied {
             Ok(_) => reply(Ok(MetaResponse::Done.into())),
-            Err(e @ ControlError::Unconfirmed { term, .. }) => {
-                reply(Ok(MetaResponse::DeleteUnconfirmed {
-                    reason: e.to_string(),
-                    term,
-                    through,
-                }
-                .into()))
+            Err(
+                e @ (ControlError::Unconfirmed { term, .. } | ControlError::SteppedDown { term }),
+            ) => reply(Ok(MetaResponse::DeleteUnconfirmed {
+                reason: e.to_string(),
+                term,
+                through,
             }
+            .into())),
             Err(e) => reply(Err(e)),
         },
         Then::Submit { count } => match applied {

@@ -41,6 +41,9 @@ struct Sim {
     status: watch::Sender<Status>,
     /// Cut off from the quorum: entries never apply, quorum rounds fail.
     cut_off: AtomicBool,
+    /// Deposed after each append: Raft answers "not leader", and a later
+    /// leader commits the entry all the same.
+    deposed: AtomicBool,
     workers: Vec<SocketAddr>,
 }
 
@@ -65,6 +68,12 @@ impl Ports for Arc<Sim> {
         Box::pin(async move {
             let pending: Pending = if me.cut_off.load(Ordering::SeqCst) {
                 Box::pin(std::future::pending())
+            } else if me.deposed.load(Ordering::SeqCst) {
+                Box::pin(async move {
+                    tokio::time::sleep(COMMIT).await;
+                    me.apply(&cmd);
+                    Err(Refusal::NotLeader(Some(addr(9))))
+                })
             } else {
                 Box::pin(async move {
                     tokio::time::sleep(COMMIT).await;
@@ -125,6 +134,7 @@ fn start(workers: usize) -> (Arc<Sim>, LeaderHandle) {
         state: Mutex::new(MetaState::default()),
         status: tx,
         cut_off: AtomicBool::new(false),
+        deposed: AtomicBool::new(false),
         workers: (1..=workers as u16).map(addr).collect(),
     });
     let cfg = TaskConfig {
@@ -356,4 +366,37 @@ async fn a_put_plan_that_times_out_fails_its_commit_and_a_later_put_proceeds() {
         .collect();
     assert_eq!(versions.last(), Some(&v));
     assert!(!versions.contains(&version) || version == v, "{versions:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delete_whose_leader_stepped_down_is_settled_not_sent_again() {
+    let (sim, h) = start(2);
+    put(&h, "f", 100).await.unwrap();
+    sim.deposed.store(true, Ordering::SeqCst);
+    let answer = h
+        .serve(ControlRequest::Sdfs(MetaRequest::Delete {
+            name: "f".into(),
+        }))
+        .await;
+    // A redirect would have the client send it to the next leader, which has
+    // committed it: "no such file" for a delete that took effect.
+    let Ok(ControlResponse::Sdfs(MetaResponse::DeleteUnconfirmed { term, .. })) = answer else {
+        panic!("a delete appended before the step-down is unconfirmed: {answer:?}");
+    };
+    assert_eq!(term, TERM);
+    assert!(
+        sim.state.lock().unwrap().stat("f").is_none(),
+        "a later leader committed it"
+    );
+
+    // A request that may run twice is redirected as before.
+    let submit = InferRequest::SetBatchSize {
+        model: MODEL.into(),
+        size: 2,
+    };
+    let answer = h.serve(ControlRequest::Infer(submit)).await;
+    assert!(
+        matches!(answer, Err(Refusal::NotLeader(Some(a))) if a == addr(9)),
+        "{answer:?}"
+    );
 }

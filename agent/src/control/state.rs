@@ -164,7 +164,7 @@ impl MetaState {
                     file.deleted_ms = Some(now);
                     Applied::Done
                 }
-                _ => Applied::Rejected(format!("no such SDFS file \"{name}\"")),
+                _ => Applied::NoSuchFile(name.clone()),
             },
             Op::SetReplicas {
                 name,
@@ -708,7 +708,7 @@ mod tests {
     fn delete_removes_every_version_and_keeps_numbering() {
         let mut s = MetaState::default();
         let del = |s: &mut MetaState| s.apply(&cmd(5, Op::Delete { name: "a".into() }));
-        assert!(matches!(del(&mut s), Applied::Rejected(m) if m.contains("no such")));
+        assert_eq!(del(&mut s), Applied::NoSuchFile("a".into()));
         let v = begin(&mut s, "a", 0);
         commit(&mut s, "a", v, &[1, 2, 3]);
         assert_eq!(del(&mut s), Applied::Done);

@@ -106,18 +106,25 @@ pub(crate) struct TaskConfig {
 #[derive(Clone)]
 pub(crate) struct LeaderHandle {
     tx: mpsc::Sender<Input>,
+    term: u64,
 }
 
 impl LeaderHandle {
     /// Has the task serve `req`. A task that ended (its term is over) means
     /// this agent no longer leads.
+    /// A request that must not run twice and whose task ended after taking
+    /// it may have been appended: its outcome is unknown, not a redirect.
     pub(crate) async fn serve(&self, req: ControlRequest) -> Result<ControlResponse, Refusal> {
         let (reply, rx) = oneshot::channel();
+        let once = !req.is_idempotent();
         self.tx
             .send(Input::Serve { req, reply })
             .await
             .map_err(|_| Refusal::NotLeader(None))?;
-        rx.await.map_err(|_| Refusal::NotLeader(None))?
+        rx.await.map_err(|_| match once {
+            true => Refusal::Failed(ControlError::SteppedDown { term: self.term }),
+            false => Refusal::NotLeader(None),
+        })?
     }
 }
 
@@ -217,7 +224,7 @@ pub(crate) fn spawn<P: Ports>(
         applied: None,
     };
     let join = tokio::spawn(task.run(rx, status, events));
-    (LeaderHandle { tx }, join)
+    (LeaderHandle { tx, term }, join)
 }
 
 /// A worker's lease request waiting for work.
@@ -651,6 +658,12 @@ impl<P: Ports> LeaderTask<P> {
             Ok((a, term)) => {
                 self.core.lease().extend(term, sent);
                 (Ok(a), None)
+            }
+            // Raft took the entry, then this leader stepped down: a redirect
+            // would run the request twice if a later leader commits it.
+            Err(Refusal::NotLeader(_)) if then.once_only() => {
+                let term = self.core.term();
+                (Err(ControlError::SteppedDown { term }), None)
             }
             Err(Refusal::NotLeader(h)) => (Err(no_longer_leads()), Some(h)),
             Err(Refusal::Failed(e)) => (Err(e), None),

@@ -127,6 +127,8 @@ pub enum Applied {
     Accepted { new: u32, finished: bool },
     /// The operation was refused; the text says why, for the operator.
     Rejected(String),
+    /// A delete found no such file (none, or deleted since the leader looked).
+    NoSuchFile(String),
 }
 
 #[cfg(test)]

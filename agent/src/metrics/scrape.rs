@@ -291,6 +291,11 @@ impl Scrape {
                     t.whole(name, help, v);
                 }
             }
+            t.counter(
+                "dml_raft_rpc_failures",
+                "Raft RPCs to other voters that failed (unreachable, timed out or refused).",
+                l.rpc_failures,
+            );
         }
         t
     }
