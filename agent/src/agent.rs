@@ -73,7 +73,12 @@ impl Agent {
                 "bind address {addr} is a wildcard; give the address other members reach this agent at"
             );
         }
-        let id = driver::identity_now(addr);
+        let id = crate::identity::next(&cfg.data_dir, addr).with_context(|| {
+            format!(
+                "cannot record this agent's identity in \"{}\"",
+                cfg.data_dir.display()
+            )
+        })?;
         let seed = id.ring_hash() ^ id.started;
         let core = Membership::new(
             id,
@@ -90,6 +95,12 @@ impl Agent {
         let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone());
         let membership = driver::spawn(udp, core, join, auth.clone())
             .context("cannot start the membership thread")?;
+        // Ends with the membership events, at shutdown.
+        tokio::spawn(crate::identity::follow(
+            cfg.data_dir.clone(),
+            addr,
+            membership.handle.subscribe(),
+        ));
         let telemetry_handle = Telemetry::new(addr, sdfs.handle());
         let registry = std::sync::Arc::new(match &cfg.inference.registry {
             Some(path) => dml_shared::models::Registry::load(path)?,

@@ -8,6 +8,7 @@
 //! - [`telemetry`]: the frames streamed to console subscribers, and the event log.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
+//! - [`identity`]: this agent's identity, newer at each restart whatever the clock does.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 //! - [`timing`]: the internal timing constants, named in one place.
 
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod api;
 pub mod control;
 pub mod event_log;
+pub mod identity;
 pub mod infer;
 pub mod membership;
 pub mod metrics;

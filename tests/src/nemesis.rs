@@ -23,6 +23,8 @@ use std::time::Duration;
 
 /// Longest a client waits for one operation before its outcome counts as unknown.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between two job submissions of [`Clients::jobs`].
+pub const JOB_EVERY: Duration = Duration::from_secs(10);
 
 /// One fault of the schedule.
 #[derive(Clone, Debug, Serialize)]
@@ -44,6 +46,11 @@ pub struct Step {
     pub fault: Fault,
     /// What was done, filled in when it ran (the leader isolated is known only then).
     pub done: Option<String>,
+    /// The agents it cut off from the majority or stopped, once it ran.
+    pub cut: Vec<usize>,
+    /// When it started and when it was undone (unix ms), once it ran.
+    pub started_ms: u64,
+    pub ended_ms: u64,
 }
 
 /// The schedule for `secs` seconds on `agents` agent hosts, from `seed`.
@@ -81,6 +88,9 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
             lasts_s: lasts,
             fault,
             done: None,
+            cut: Vec::new(),
+            started_ms: 0,
+            ended_ms: 0,
         });
         t += lasts + rng.random_range(2.0..5.0);
     }
@@ -102,9 +112,16 @@ pub async fn run(
         tokio::time::sleep_until(start + Duration::from_secs_f64(step.at_s)).await;
         let lasts = Duration::from_secs_f64(step.lasts_s);
         let others = |g: &[usize]| -> Vec<usize> { (0..n).filter(|i| !g.contains(i)).collect() };
+        step.started_ms = unix_ms();
+        step.cut = match &step.fault {
+            Fault::Split { minority } => minority.clone(),
+            Fault::Kill { agent } | Fault::Pause { agent } => vec![*agent],
+            _ => Vec::new(),
+        };
         let done = match &step.fault {
             Fault::IsolateLeader => {
                 let l = leader_now(c).await.unwrap_or(0);
+                step.cut = vec![l];
                 bed.partition(&[l], &others(&[l]))?;
                 tokio::time::sleep(lasts).await;
                 format!("isolated the leader a{l}")
@@ -160,6 +177,7 @@ pub async fn run(
             }
         };
         bed.heal()?;
+        step.ended_ms = unix_ms();
         eprintln!(
             "[nemesis] {:6.1} s  {done} for {:.1} s",
             step.at_s, step.lasts_s
@@ -167,6 +185,48 @@ pub async fn run(
         step.done = Some(done);
     }
     Ok(())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Members declared failed while they were reachable from a majority: every `failed`
+/// event since `since_ms` in any agent's event log, unless a fault that ran then (or up to
+/// `grace` before: a suspicion takes that long to end) cut off or stopped the member or the
+/// agent that logged it. One line per such event.
+pub fn unexcused_failures(
+    c: &SdfsCluster,
+    steps: &[Step],
+    since_ms: u64,
+    grace: Duration,
+) -> Result<Vec<String>> {
+    let grace_ms = grace.as_millis() as u64;
+    let mut found = Vec::new();
+    for i in 0..c.len() {
+        for e in c.agent(i).events()? {
+            if e.event != crate::events::EventKind::Failed || e.ts_ms < since_ms {
+                continue;
+            }
+            let j = c.index_of(e.member.addr)?;
+            let excused = steps.iter().any(|s| {
+                s.started_ms > 0
+                    && s.started_ms <= e.ts_ms
+                    && e.ts_ms <= s.ended_ms + grace_ms
+                    && (s.cut.contains(&i) || s.cut.contains(&j))
+            });
+            if !excused {
+                found.push(format!(
+                    "a{i} declared a{j} ({}) failed at {:.1} s",
+                    e.member,
+                    (e.ts_ms - since_ms) as f64 / 1000.0
+                ));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The leader's index as some agent names it now.
@@ -260,6 +320,28 @@ impl Clients {
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
         }
+    }
+
+    /// Submits a tiny-model job of `images` images under `dataset` through a random agent
+    /// that is up, every [`JOB_EVERY`], until told to stop; how many were acknowledged.
+    /// Every job is checked once the run is over, acknowledged or not.
+    pub async fn jobs(&self, seed: u64, dataset: &str, images: u32) -> usize {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut acked = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let down = self.down.load(Ordering::Relaxed);
+            let up: Vec<usize> = (0..self.addrs.len())
+                .filter(|i| down & (1 << i) == 0)
+                .collect();
+            if let Some(&via) = up.get(rng.random_range(0..up.len().max(1))) {
+                let submit = crate::infer::submit(self.addrs[via], "tiny", images, dataset);
+                if let Ok(Ok(_)) = tokio::time::timeout(OP_TIMEOUT, submit).await {
+                    acked += 1;
+                }
+            }
+            tokio::time::sleep(JOB_EVERY).await;
+        }
+        acked
     }
 
     /// Runs and records one operation. After [`Outcome::Unknown`] the caller takes a new
