@@ -5,10 +5,12 @@
 //!   derived from it with BLAKE3's `derive_key`.
 //! - [`install`] / [`installed`]: the process's key, set once at start; every
 //!   connection and datagram of the process uses it.
-//! - [`Sealer`] / [`Opener`]: UDP datagrams carry the sender's id, a sequence
-//!   number that is the sender's clock in microseconds (so it also grows
-//!   across restarts) and a 12-byte keyed-BLAKE3 tag. The opener drops
-//!   forged, malformed, replayed and stale datagrams, each counted.
+//! - [`Sealer`] / [`Opener`]: UDP datagrams carry the sender's id (its
+//!   address's hash and a random number of the sending process), a sequence
+//!   number that is the sender's clock in microseconds, forced to grow, and a
+//!   12-byte keyed-BLAKE3 tag. The opener drops forged, malformed, replayed
+//!   and stale datagrams, each counted. Each process keeps its own window, so
+//!   a restart after the sender's clock stepped back is not taken for a replay.
 //! - [`handshake`]: the TCP handshake messages and per-connection keys; the
 //!   framing of authenticated connections is in [`crate::conn`].
 //! - [`counters`]: what was dropped, for `dml stats` and the metrics endpoint.
@@ -28,8 +30,9 @@ pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
 /// First byte of a sealed datagram.
 pub const UDP_MAGIC: [u8; 1] = [0xD5];
-/// Bytes of a sender id in a datagram.
-pub const SENDER_LEN: usize = 4;
+/// Bytes of a sender id in a datagram: 4 of the address's hash, 4 random
+/// ones of the sending process.
+pub const SENDER_LEN: usize = 8;
 /// Bytes before a datagram's payload: magic, sender id, sequence number.
 pub const UDP_HEAD_LEN: usize = 1 + SENDER_LEN + 8;
 /// Bytes of a datagram's tag: 96 bits, as in IPsec's truncated HMACs; a
@@ -317,15 +320,29 @@ impl std::fmt::Display for Drop {
     }
 }
 
-/// The id a sender puts in its datagrams: derived from its address, so it
-/// is the same across restarts.
+/// The id a sender puts in its datagrams: its address's hash, then `epoch`,
+/// a number new to each sending process.
 pub type SenderId = [u8; SENDER_LEN];
 
-pub fn sender_id(addr: SocketAddr) -> SenderId {
+pub fn sender_id(addr: SocketAddr, epoch: [u8; 4]) -> SenderId {
     let h = blake3::hash(addr.to_string().as_bytes());
-    h.as_bytes()[..SENDER_LEN]
-        .try_into()
-        .expect("a prefix of 32 bytes")
+    let mut id = [0; SENDER_LEN];
+    id[..4].copy_from_slice(&h.as_bytes()[..4]);
+    id[4..].copy_from_slice(&epoch);
+    id
+}
+
+/// A number for this process's datagrams: random, else (no entropy source)
+/// from the clock and the process id.
+fn epoch() -> [u8; 4] {
+    random::<4>().unwrap_or_else(|_| {
+        let mut h = blake3::Hasher::new();
+        h.update(&now_micros().to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.finalize().as_bytes()[..4]
+            .try_into()
+            .expect("a prefix of 32 bytes")
+    })
 }
 
 fn udp_tag(key: &ClusterKey, head: &[u8], payload: &[u8]) -> [u8; UDP_TAG_LEN] {
@@ -348,7 +365,7 @@ impl Sealer {
     pub fn new(key: ClusterKey, from: SocketAddr) -> Self {
         Self {
             key,
-            sender: sender_id(from),
+            sender: sender_id(from, epoch()),
             last: 0,
         }
     }
@@ -642,12 +659,31 @@ mod tests {
         let mut o = Opener::new(&AuthContext::new(key(1)));
         let old = s.seal(b"old");
         std::thread::sleep(Duration::from_millis(1));
+        // The same process, later.
         let mut s2 = Sealer {
             last: now_micros() + REORDER_WINDOW.as_micros() as u64 + 10,
-            ..Sealer::new(key(1), addr())
+            ..s
         };
         assert!(o.check(&s2.seal(b"new"), now_micros()).is_ok());
         assert_eq!(o.check(&old, now_micros()), Err(Drop::Replayed));
+    }
+
+    #[test]
+    fn a_restart_behind_its_old_clock_is_heard_and_old_datagrams_stay_replays() {
+        let mut o = Opener::new(&AuthContext::new(key(1)));
+        let now = now_micros();
+        // The first process ran 30 s ahead (its clock was later stepped back).
+        let mut first = Sealer {
+            last: now + 30_000_000,
+            ..Sealer::new(key(1), addr())
+        };
+        let old = first.seal(b"old");
+        assert!(o.check(&old, now).is_ok());
+        // Restarted at the same address with the true clock: a new window.
+        let mut second = Sealer::new(key(1), addr());
+        assert!(o.check(&second.seal(b"new"), now).is_ok());
+        assert!(o.check(&second.seal(b"next"), now).is_ok());
+        assert_eq!(o.check(&old, now), Err(Drop::Replayed));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
 //! - [`history`]: the `dml-history` crate (`tests/history`): SDFS operations with invoke and
 //!   complete times, checked for linearizability (todc-utils' WGL checker) against a versioned file.
+//! - [`metrics`]: scraping an agent's Prometheus endpoint and parsing the text format.
 //! - [`nemesis`]: the seeded fault schedule on the namespace bed and its recorded clients.
 //! - [`netbed`]: hosts as network namespaces on a private bridge, and drop rules between them.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
@@ -38,6 +39,7 @@ pub mod firewall;
 pub use dml_history as history;
 pub mod infer;
 pub mod key;
+pub mod metrics;
 pub mod nemesis;
 pub mod netbed;
 pub mod ports;

@@ -8,182 +8,23 @@
 //! Needs the project venv (ONNX Runtime) and the binaries: `bash scripts/setup.sh`,
 //! `cargo build --workspace --bins`.
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
 use dml_shared::infer::JobState;
 use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
+use dml_tests::metrics::{Samples, get, http, scrape};
 use dml_tests::ports::free_fixed_addr;
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, cluster_slot, test_control, test_sdfs};
 use dml_tests::{AgentSpec, Cluster, test_membership, wait_for};
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Time allowed for one HTTP exchange.
-const HTTP: Duration = Duration::from_secs(10);
 /// Time for a small tiny-model job on a loaded two-core machine.
 const JOB_DEADLINE: Duration = Duration::from_secs(240);
 /// Images in that job.
 const JOB_IMAGES: u32 = 6;
 
-/// Status line, headers (lower-case names) and body of one HTTP/1.1 exchange.
-struct Reply {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-/// Sends `request` verbatim and reads the whole answer (the server closes the connection).
-fn http(addr: SocketAddr, request: &[u8]) -> Result<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, HTTP)
-        .with_context(|| format!("cannot connect to metrics at {addr}"))?;
-    s.set_read_timeout(Some(HTTP))?;
-    s.set_write_timeout(Some(HTTP))?;
-    s.write_all(request)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).context("answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no end of headers in {text:?}"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    ensure!(
-        parts.next() == Some("HTTP/1.1"),
-        "bad status line {status_line:?}"
-    );
-    let status = parts
-        .next()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<BTreeMap<_, _>>();
-    // A HEAD answer announces the length of a body it does not send.
-    if let Some(len) = headers
-        .get("content-length")
-        .filter(|_| !request.starts_with(b"HEAD "))
-    {
-        ensure!(
-            len.parse::<usize>()? == body.len(),
-            "content-length {len} but {} body bytes",
-            body.len()
-        );
-    }
-    Ok(Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    })
-}
-
-fn get(addr: SocketAddr, path: &str) -> Result<Reply> {
-    http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: dml-tests\r\n\r\n").as_bytes(),
-    )
-}
-
-/// One scrape: `name{labels}` -> value, and each family's `# TYPE`.
-#[derive(Debug, Default)]
-struct Samples {
-    values: BTreeMap<String, f64>,
-    types: BTreeMap<String, String>,
-}
-
-impl Samples {
-    fn contains_key(&self, key: &str) -> bool {
-        self.values.contains_key(key)
-    }
-
-    /// The family's declared type.
-    fn kind(&self, family: &str) -> Option<&str> {
-        self.types.get(family).map(String::as_str)
-    }
-
-    /// The samples of `name` (without labels or with any), by their label text.
-    fn series(&self, name: &str) -> BTreeMap<&str, f64> {
-        self.values
-            .iter()
-            .filter_map(|(k, v)| {
-                let labels = k.strip_prefix(name)?;
-                (labels.is_empty() || labels.starts_with('{')).then_some((labels, *v))
-            })
-            .collect()
-    }
-}
-
-/// Parses the text format strictly: every `# TYPE` names a known type, every sample line
-/// is `name[{labels}] value` with a family declared before it, and no sample repeats.
-fn parse(text: &str) -> Result<Samples> {
-    let mut types = BTreeMap::new();
-    let mut samples = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest
-                .split_once(' ')
-                .ok_or_else(|| anyhow!("bad TYPE line {line:?}"))?;
-            ensure!(
-                ["counter", "gauge", "summary", "histogram", "untyped"].contains(&kind),
-                "unknown type in {line:?}"
-            );
-            ensure!(
-                types.insert(name.to_string(), kind.to_string()).is_none(),
-                "family {name} declared twice"
-            );
-            continue;
-        }
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .ok_or_else(|| anyhow!("no value in {line:?}"))?;
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v
-                .parse()
-                .with_context(|| format!("bad value in {line:?}"))?,
-        };
-        let name = series.split('{').next().unwrap_or_default();
-        ensure!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line:?}"
-        );
-        if series.contains('{') {
-            ensure!(series.ends_with('}'), "unclosed labels in {line:?}");
-        }
-        let family = ["_sum", "_count", "_bucket"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
-            .unwrap_or(name);
-        ensure!(
-            types.contains_key(family),
-            "sample {name} before its # TYPE"
-        );
-        ensure!(
-            samples.insert(series.to_string(), value).is_none(),
-            "sample {series} repeated"
-        );
-    }
-    Ok(Samples {
-        values: samples,
-        types,
-    })
-}
-
 fn value(s: &Samples, key: &str) -> Result<f64> {
-    s.values
-        .get(key)
-        .copied()
-        .ok_or_else(|| anyhow!("no sample {key}"))
+    s.value(key)
 }
 
 /// One histogram of a scrape.
@@ -236,27 +77,6 @@ fn histogram(s: &Samples, name: &str, labels: &str) -> Result<Histogram> {
         sum,
         count,
     })
-}
-
-/// Scrapes and parses `GET /metrics`, checking status and content type.
-fn scrape(addr: SocketAddr) -> Result<Samples> {
-    let r = get(addr, "/metrics")?;
-    ensure!(
-        r.status == 200,
-        "status {} for /metrics: {}",
-        r.status,
-        r.body
-    );
-    let ct = r.headers.get("content-type").cloned().unwrap_or_default();
-    ensure!(
-        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
-        "content type {ct:?}"
-    );
-    ensure!(
-        r.body.ends_with('\n'),
-        "the exposition does not end with a newline"
-    );
-    parse(&r.body)
 }
 
 #[tokio::test]
