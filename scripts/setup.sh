@@ -11,7 +11,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # the unit; pkg-config + libssl-dev: native crates (libssh2 builds against OpenSSL);
 # openssh-server: the sshd that the `dml cluster` deploy test starts on 127.0.0.1;
 # iproute2: the namespace test bed's hosts (`ip netns`, veth, bridge).
-packages=(tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server)
+# libfaketime: the nemesis test's wall-clock jumps.
+packages=(tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server libfaketime)
 
 missing=()
 for p in "${packages[@]}"; do

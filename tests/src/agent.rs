@@ -61,6 +61,8 @@ pub struct AgentSpec {
     pub startup_timeout: Duration,
     /// The network namespace to run in (`ip netns exec`); `None` is the caller's.
     pub netns: Option<String>,
+    /// More environment variables for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -82,6 +84,7 @@ impl AgentSpec {
             extra_config: String::new(),
             startup_timeout: STARTUP_TIMEOUT,
             netns: None,
+            env: Vec::new(),
         }
     }
 
@@ -331,6 +334,7 @@ impl Agent {
             cmd.env("ORT_DYLIB_PATH", lib);
         }
         cmd.env("DML_KEY_FILE", crate::key::path()?);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--bind")
             .arg(spec.bind.to_string())
             .arg("--config")

@@ -3,7 +3,9 @@
 //!
 //! Faults: the leader isolated, a majority/minority split, a bridge (one host sees both
 //! sides, the sides not each other), one-way loss, a flapping link, SIGKILL with restart on
-//! the same data directory, and SIGSTOP pauses. Every cut is a drop rule inside the hosts'
+//! the same data directory, SIGSTOP pauses, and a host's wall clock jumping ±30 s (and back),
+//! sometimes with a restart while it is off (the cluster runs with
+//! [`crate::sdfs::SdfsOptions::movable_clocks`]). Every cut is a drop rule inside the hosts'
 //! namespaces ([`Bed`]); each fault is undone before the next one starts.
 
 use crate::history::{History, Op, Record, Ret, content, value_of};
@@ -36,6 +38,7 @@ pub enum Fault {
     Flap { a: usize, b: usize },
     Kill { agent: usize },
     Pause { agent: usize },
+    ClockJump { agent: usize, secs: i64, restart: bool },
 }
 
 /// A fault, when it starts (seconds from the start) and how long it lasts.
@@ -63,7 +66,7 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
         let lasts = rng.random_range(4.0..9.0);
         let mut shuffled = all.clone();
         shuffled.shuffle(&mut rng);
-        let fault = match rng.random_range(0..7) {
+        let fault = match rng.random_range(0..8) {
             0 => Fault::IsolateLeader,
             1 => Fault::Split {
                 minority: shuffled[..(agents - 1) / 2].to_vec(),
@@ -81,7 +84,12 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
                 b: shuffled[1],
             },
             5 => Fault::Kill { agent: shuffled[0] },
-            _ => Fault::Pause { agent: shuffled[0] },
+            6 => Fault::Pause { agent: shuffled[0] },
+            _ => Fault::ClockJump {
+                agent: shuffled[0],
+                secs: if rng.random_bool(0.5) { 30 } else { -30 },
+                restart: rng.random_bool(0.5),
+            },
         };
         steps.push(Step {
             at_s: t,
@@ -115,7 +123,13 @@ pub async fn run(
         step.started_ms = unix_ms();
         step.cut = match &step.fault {
             Fault::Split { minority } => minority.clone(),
-            Fault::Kill { agent } | Fault::Pause { agent } => vec![*agent],
+            Fault::Kill { agent }
+            | Fault::Pause { agent }
+            | Fault::ClockJump {
+                agent,
+                restart: true,
+                ..
+            } => vec![*agent],
             _ => Vec::new(),
         };
         let done = match &step.fault {
@@ -174,6 +188,29 @@ pub async fn run(
                 c.agent(*agent).cont()?;
                 down.fetch_and(!(1 << agent), Ordering::Relaxed);
                 format!("SIGSTOP a{agent}, then SIGCONT")
+            }
+            Fault::ClockJump {
+                agent,
+                secs,
+                restart,
+            } => {
+                c.set_clock(*agent, *secs)?;
+                if *restart {
+                    // Give libfaketime its second to see the new offset.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    down.fetch_or(1 << agent, Ordering::Relaxed);
+                    c.kill(*agent).await?;
+                    c.restart(*agent)
+                        .await
+                        .with_context(|| format!("restarting a{agent}"))?;
+                    down.fetch_and(!(1 << agent), Ordering::Relaxed);
+                }
+                tokio::time::sleep(lasts).await;
+                c.set_clock(*agent, 0)?;
+                format!(
+                    "a{agent}'s clock {secs:+} s{}, then back",
+                    if *restart { ", SIGKILL and restart on it" } else { "" }
+                )
             }
         };
         bed.heal()?;

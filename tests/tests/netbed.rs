@@ -182,7 +182,7 @@ const NEMESIS_DATA: &str = "datasets/nemesis/";
 /// A seeded nemesis run (`DML_NEMESIS_SEED` replays one, `DML_NEMESIS_SECS` sets its
 /// length, 120 s by default): three clients put, get and delete a few files through random
 /// hosts, and a fourth submits tiny-model jobs, while partitions, one-way loss, flapping
-/// links, SIGKILLs and SIGSTOPs come and go. Afterwards the history is linearizable per
+/// links, SIGKILLs, SIGSTOPs and wall-clock jumps of ±30 s come and go. Afterwards the history is linearizable per
 /// file, every read was byte-exact, every stored version reads back as its put wrote it,
 /// every job has each image exactly once, no member was declared failed while it could
 /// reach a majority, and the voters agree on the state digest.
@@ -209,6 +209,7 @@ fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
     let result = bed.block_on_in(CLIENT, || async {
         let mut opts = SdfsOptions::new(AGENTS);
         opts.hosts = hosts;
+        opts.movable_clocks = true;
         let mut c = SdfsCluster::start_with("netbed-nemesis", opts).await?;
         prepare(&c, 0, &["tiny"], NEMESIS_DATA, Images::Small(12)).await?;
         // On failure the cluster's files (logs, history.json) are kept.

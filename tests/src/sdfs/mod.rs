@@ -77,6 +77,24 @@ pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
         .expect("the semaphore is never closed")
 }
 
+/// libfaketime, multithreaded variant (Debian package libfaketime).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The environment that runs an agent on the offset written in `file`: libfaketime re-reads
+/// it every second and leaves the monotonic clock alone.
+fn fake_clock_env(file: &Path) -> Result<Vec<(String, String)>> {
+    ensure!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install the Debian package libfaketime (scripts/setup.sh does)"
+    );
+    Ok(vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ])
+}
+
 /// What an SDFS cluster is started with.
 #[derive(Clone, Debug)]
 pub struct SdfsOptions {
@@ -92,6 +110,9 @@ pub struct SdfsOptions {
     /// Namespace hosts (see [`crate::netbed`]): agent `i` runs on host `i`, at port
     /// [`BED_PORT`] of its address. Empty: every agent on 127.0.0.1.
     pub hosts: Vec<crate::netbed::Host>,
+    /// Run every agent on a wall clock the test can move ([`SdfsCluster::set_clock`]),
+    /// through libfaketime.
+    pub movable_clocks: bool,
 }
 
 impl SdfsOptions {
@@ -105,6 +126,7 @@ impl SdfsOptions {
             base_dir: None,
             extra_config: String::new(),
             hosts: Vec::new(),
+            movable_clocks: false,
         }
     }
 }
@@ -161,6 +183,11 @@ impl SdfsCluster {
                 .sdfs(opts.sdfs.clone());
             spec.extra_config = opts.extra_config.clone();
             spec.netns = opts.hosts.get(i).map(|h| h.ns.clone());
+            if opts.movable_clocks {
+                let file = cluster.dir().join(format!("a{i}.clock"));
+                std::fs::write(&file, "+0s\n")?;
+                spec.env = fake_clock_env(&file)?;
+            }
             if i > 0 {
                 spec = spec.introducer(addrs[0]);
             }
@@ -177,6 +204,17 @@ impl SdfsCluster {
         };
         c.wait_ready(READY).await?;
         Ok(c)
+    }
+
+    /// Moves agent `i`'s wall clock to `offset_s` seconds from the true time (within about
+    /// a second; its monotonic clock is untouched). Needs [`SdfsOptions::movable_clocks`].
+    pub fn set_clock(&self, i: usize, offset_s: i64) -> Result<()> {
+        ensure!(self.opts.movable_clocks, "the cluster's clocks are not movable");
+        let file = self.dir().join(format!("a{i}.clock"));
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{offset_s:+}s\n"))?;
+        std::fs::rename(&tmp, &file)?;
+        Ok(())
     }
 
     pub fn agent(&self, i: usize) -> &Agent {

@@ -373,6 +373,7 @@ fn options(agents: usize, sdfs: SdfsConfig, base: &Path) -> SdfsOptions {
         base_dir: Some(base.to_path_buf()),
         extra_config: "[inference]\nintra_threads = 1\n".into(),
         hosts: Vec::new(),
+        movable_clocks: false,
     }
 }
 

@@ -131,6 +131,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         base_dir: Some(run_dir.clone()),
         extra_config: String::new(),
         hosts: Vec::new(),
+        movable_clocks: false,
     };
     let sdfs_cfg = opts.sdfs.clone();
     let t = Instant::now();
