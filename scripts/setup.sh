@@ -9,7 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # tmux: `dml local up --tmux` and the tmux launcher; nftables/iptables: the bench's
 # packet-loss rule; procps: ps/pgrep in tests; systemd: systemd-analyze verify of
 # the unit; pkg-config + libssl-dev: native crates (libssh2 builds against OpenSSL);
-# openssh-server: the sshd that the `dml cluster` deploy test starts on 127.0.0.1;
+# openssh-server: the sshd that the `dml cluster` deploy tests start (on 127.0.0.1 and
+# on the namespace test bed's hosts);
 # iproute2: the namespace test bed's hosts (`ip netns`, veth, bridge).
 # libfaketime: the nemesis test's wall-clock jumps.
 packages=(tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server libfaketime)

@@ -21,6 +21,8 @@
 //! - [`metrics`]: scraping an agent's Prometheus endpoint and parsing the text format.
 //! - [`nemesis`]: the seeded fault schedule on the namespace bed and its recorded clients.
 //! - [`netbed`]: hosts as network namespaces on a private bridge, and drop rules between them.
+//! - [`ssh`]: a throwaway OpenSSH server, keys and known_hosts lines for the `dml cluster`
+//!   tests, and a guard over the agents `dml cluster up` started.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`source`]: the workspace's own source files, for tests that read them.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
@@ -45,6 +47,7 @@ pub mod netbed;
 pub mod ports;
 pub mod sdfs;
 pub mod source;
+pub mod ssh;
 pub mod view;
 pub mod wait;
 

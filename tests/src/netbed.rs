@@ -8,19 +8,30 @@
 //!
 //! Test code reaches the hosts from a thread that entered one host's namespace
 //! ([`Bed::block_on_in`]); processes it spawns (agents through `ip netns exec`, `dml`)
-//! inherit that namespace unless told otherwise.
+//! inherit that namespace unless told otherwise. [`Bed::dml`] runs `dml` on a host.
+//!
+//! A host can run a real OpenSSH server ([`Bed::start_sshd`]), so `dml cluster up` deploys
+//! to the bed as to any machines. Files of a host go under a directory named after its
+//! namespace ([`Bed::host_dir`]): sshd servers and deployed agents whose command line names
+//! one of a dead run are killed by the same sweep.
 
+use crate::dml::DmlOutput;
+use crate::ssh::{self, Sshd};
 use anyhow::{Context, Result, bail, ensure};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 const NETNS_DIR: &str = "/run/netns";
 const PREFIX: &str = "dmlb-";
 /// The nftables table holding a host's fault rules.
 const TABLE: &str = "dmlbed";
+/// The port of a host's sshd ([`Bed::start_sshd`]).
+pub const SSH_PORT: u16 = 22;
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip` (or `ip -n NS`) with `args`; the error carries its stderr.
@@ -68,22 +79,58 @@ fn nft(ns: &str, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the bed namespaces of processes that no longer run.
+/// The pid of the process that made a bed name (`dmlb-<pid>-…`).
+fn owner(name: &str) -> Option<u32> {
+    name.strip_prefix(PREFIX)?.split('-').next()?.parse().ok()
+}
+
+fn runs(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether `path` lies under a host directory ([`Bed::host_dir`]) of a dead process's bed.
+fn under_dead_bed(path: &str) -> bool {
+    Path::new(path).components().any(|c| {
+        c.as_os_str()
+            .to_str()
+            .and_then(owner)
+            .is_some_and(|p| !runs(p))
+    })
+}
+
+/// Kills what dead runs left on their hosts: sshd servers whose config and agents whose
+/// binary lie under one of their host directories. Returns how many.
+fn kill_stale_processes() -> usize {
+    let stale = ssh::processes(|args| {
+        let Some(program) = args.first() else {
+            return false;
+        };
+        let sshd = program == ssh::SSHD
+            && args
+                .windows(2)
+                .any(|w| w[0] == "-f" && under_dead_bed(&w[1]));
+        let agent = program.ends_with("/bin/dml-agent") && under_dead_bed(program);
+        sshd || agent
+    });
+    for &pid in &stale {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    stale.len()
+}
+
+/// Deletes the bed namespaces of processes that no longer run, and kills the sshd servers
+/// and deployed agents their beds left. Returns how many namespaces and processes.
 pub fn sweep_stale() -> Result<usize> {
+    let mut removed = kill_stale_processes();
     let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
-        return Ok(0);
+        return Ok(removed);
     };
-    let mut removed = 0;
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if owner(&name).is_some_and(|p| !runs(p)) {
             ip(None, &["netns", "del", &name])?;
             removed += 1;
         }
@@ -241,6 +288,46 @@ impl Bed {
             }
         }
         s
+    }
+
+    /// Host `host`'s own directory under `base`, named after its namespace, so that
+    /// [`sweep_stale`] recognises what a dead run left running from it.
+    pub fn host_dir(&self, host: usize, base: &Path) -> PathBuf {
+        base.join(&self.hosts[host].ns)
+    }
+
+    /// Starts an OpenSSH server in host `host`'s namespace, on its address and [`SSH_PORT`],
+    /// accepting the client key `client_pub`, with its files in `host_dir(host, base)/sshd`.
+    /// Killed on drop.
+    pub fn start_sshd(&self, host: usize, base: &Path, client_pub: &str) -> Result<Sshd> {
+        let h = &self.hosts[host];
+        let dir = self.host_dir(host, base).join("sshd");
+        let addr = SocketAddr::from((h.ip, SSH_PORT));
+        self.block_on_in(host, || Sshd::start(&dir, addr, client_pub, Some(&h.ns)))
+            .with_context(|| format!("sshd on {} ({})", h.ns, h.ip))
+    }
+
+    /// The host whose namespace process `pid` runs in.
+    pub fn host_of(&self, pid: i32) -> Option<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+        self.hosts.iter().position(|h| {
+            std::fs::metadata(format!("{NETNS_DIR}/{}", h.ns))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (net.dev(), net.ino()))
+        })
+    }
+
+    /// Runs `dml args` on host `host` (`ip netns exec`), with the tests' cluster key, as an
+    /// operator logged in there would.
+    pub async fn dml(&self, host: usize, args: &[&str], timeout: Duration) -> Result<DmlOutput> {
+        let bin = crate::bins::dml_bin()?;
+        let mut all: Vec<&OsStr> = ["netns", "exec", self.hosts[host].ns.as_str()]
+            .into_iter()
+            .map(OsStr::new)
+            .collect();
+        all.push(bin.as_os_str());
+        all.extend(args.iter().map(OsStr::new));
+        crate::dml::run(Path::new("ip"), &all, timeout).await
     }
 
     /// Runs `f` to completion on a new thread inside host `host`'s namespace, on a

@@ -8,134 +8,12 @@ use dml_shared::client::Client;
 use dml_tests::dir::TestDir;
 use dml_tests::dml::run_dml;
 use dml_tests::ports::{free_fixed_addr, free_local_addr};
+use dml_tests::ssh::{self, DeployedAgents, Sshd, is_agent};
 use dml_tests::wait::wait_for;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
-
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// Kills sshd on drop.
-struct Sshd(Child);
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Kills whatever agents the test left running (by their recorded pids) on drop.
-struct Agents(Vec<PathBuf>);
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            if let Ok(pid) = std::fs::read_to_string(dir.join("agent.pid"))
-                && let Ok(pid) = pid.trim().parse::<i32>()
-                && is_agent(pid, dir)
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-/// Whether `pid` runs `dir/bin/dml-agent`.
-fn is_agent(pid: i32, dir: &Path) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(&format!("{}/bin/dml-agent", dir.display())))
-        .unwrap_or(false)
-}
-
-fn sh(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn keygen(path: &Path) -> Result<String> {
-    sh(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "dml-test", "-f"])
-        .arg(path))?;
-    Ok(std::fs::read_to_string(path.with_extension("pub"))?)
-}
-
-fn user() -> String {
-    let out = Command::new("id").arg("-un").output().expect("id -un");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Starts sshd on 127.0.0.1:`port` with a config in `dir`; returns it and the
-/// known_hosts line of its host key.
-async fn start_sshd(dir: &Path, port: u16, client_pub: &str) -> Result<(Sshd, String)> {
-    let host_pub = keygen(&dir.join("host_key"))?;
-    std::fs::write(dir.join("authorized_keys"), client_pub)?;
-    // Privilege separation needs this directory.
-    std::fs::create_dir_all("/run/sshd")?;
-    let cfg = dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "ListenAddress 127.0.0.1\n\
-             HostKey {d}/host_key\n\
-             PidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\n\
-             PermitRootLogin prohibit-password\n\
-             PubkeyAuthentication yes\n\
-             PasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\n\
-             StrictModes no\n\
-             UsePAM no\n\
-             Subsystem sftp internal-sftp\n",
-            d = dir.display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("sshd.log"))?;
-    let child = Command::new(SSHD)
-        .arg("-D")
-        .arg("-e")
-        .arg("-f")
-        .arg(&cfg)
-        .arg("-p")
-        .arg(port.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("cannot start sshd")?;
-    let mut sshd = Sshd(child);
-    wait_for(
-        "sshd to listen",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        async || {
-            if let Some(st) = sshd.0.try_wait()? {
-                bail!(
-                    "sshd exited ({st}): {}",
-                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-                );
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port))?;
-            Ok(())
-        },
-    )
-    .await?;
-    let mut parts = host_pub.split_whitespace();
-    let known = format!(
-        "[127.0.0.1]:{port} {} {}\n",
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or("")
-    );
-    Ok((sshd, known))
-}
 
 fn host_entries(v: &Value) -> Vec<Value> {
     v["hosts"].as_array().cloned().unwrap_or_default()
@@ -143,25 +21,27 @@ fn host_entries(v: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_up_status_down_over_a_real_sshd() -> Result<()> {
-    if !Path::new(SSHD).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{SSHD} missing: scripts/setup.sh installs openssh-server"
-        );
-        eprintln!("skipped: {SSHD} is not installed");
+    if !ssh::sshd_installed() {
         return Ok(());
     }
     let tmp = TestDir::new("ssh-deploy")?;
     let dir = tmp.path().canonicalize()?;
-    let client_pub = keygen(&dir.join("client_key"))?;
+    let client_pub = ssh::keygen(&dir.join("client_key"))?;
     let port = free_local_addr()?.port();
-    let (_sshd, known) = start_sshd(&dir, port, &client_pub).await?;
-    std::fs::write(dir.join("known_hosts"), &known)?;
+    let sshd = Sshd::start(
+        &dir.join("sshd"),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &client_pub,
+        None,
+    )
+    .await?;
+    std::fs::write(dir.join("known_hosts"), sshd.known_hosts_line())?;
     std::fs::write(dir.join("empty_known_hosts"), "")?;
 
     let agents: Vec<SocketAddr> = (0..3).map(|_| free_fixed_addr()).collect::<Result<_>>()?;
     let remote: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("host-{i}"))).collect();
-    let _guard = Agents(remote.clone());
+    let _guard = DeployedAgents(remote.clone());
+    let user = ssh::user()?;
     let mut hosts = format!(
         "key_file = \"{d}/client_key\"\nknown_hosts = \"{d}/known_hosts\"\nlauncher = \"tmux\"\n\
          [config]\npreset = \"local\"\n[config.inference]\nworker = false\n",
@@ -170,8 +50,7 @@ async fn cluster_up_status_down_over_a_real_sshd() -> Result<()> {
     for (i, (a, r)) in agents.iter().zip(&remote).enumerate() {
         hosts += &format!(
             "[[hosts]]\nname = \"h{i}\"\naddress = \"127.0.0.1\"\nssh_port = {port}\n\
-             user = \"{}\"\nbind = \"{a}\"\nremote_dir = \"{}\"\n",
-            user(),
+             user = \"{user}\"\nbind = \"{a}\"\nremote_dir = \"{}\"\n",
             r.display()
         );
     }
