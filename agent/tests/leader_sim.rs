@@ -22,7 +22,7 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn core() -> LeaderCore {
+fn core(now: Instant) -> LeaderCore {
     LeaderCore::new(
         1,
         CoreConfig {
@@ -33,6 +33,7 @@ fn core() -> LeaderCore {
             replicas: 4,
             registry: Arc::new(Registry::builtin()),
         },
+        now,
     )
 }
 
@@ -118,7 +119,7 @@ type Running = (u64, JobId, Vec<u32>, Instant);
 #[test]
 fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
     let mut w = World::new();
-    let mut core = core();
+    let mut core = core(w.now);
     let spec = Registry::builtin().get(MODEL).unwrap().clone();
     assert!(matches!(
         w.put(&mut core, &spec.sdfs_name()),
@@ -231,7 +232,7 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
 #[test]
 fn a_plan_that_times_out_is_forgotten_and_a_later_put_proceeds() {
     let mut w = World::new();
-    let mut core = core();
+    let mut core = core(w.now);
 
     // A small put plans v1, then its client vanishes.
     let lost = w.plan(&mut core, "f", 10);

@@ -1,7 +1,8 @@
 //! Inference jobs on real agents with the tiny model: a worker or the
 //! leader SIGKILLed mid-job (every image exactly once), a batch-size change
 //! mid-job (C3), two concurrent jobs of different cost kept at the same
-//! query rate, models that cannot run, and a job no worker can run saying why.
+//! query rate, models that cannot run, and a job no worker can run (or no
+//! worker at all) saying why.
 //!
 //! Needs the binaries and the project virtualenv (ONNX Runtime):
 //! `bash scripts/setup.sh`.
@@ -383,4 +384,42 @@ async fn a_job_no_worker_can_run_says_why() {
             .contains("ONNX Runtime is not loaded on 3 of 3 workers"),
         "{v}"
     );
+}
+
+/// Issue 18: with `inference.worker = false` on every agent, nobody asks for work, and once
+/// the leader has led long enough to know, `dml jobs` says so.
+#[tokio::test]
+async fn a_job_without_any_worker_says_why() {
+    let _slot = cluster_slot().await;
+    let mut opts = SdfsOptions::new(3);
+    opts.extra_config = "[inference]\nworker = false\n".into();
+    let c = SdfsCluster::start_with("infer-no-worker", opts)
+        .await
+        .unwrap();
+    prepare(&c, 0, &["tiny"], DATASET, Images::Small(4))
+        .await
+        .unwrap();
+    let id = submit(c.addrs[1], "tiny", 4, DATASET).await.unwrap();
+    let why = dml_tests::wait::wait_for(
+        "the job without workers to say why",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        async || {
+            let j = job(c.addrs[2], id).await?;
+            match &j.stalled {
+                Some(s) if j.state == JobState::Running => Ok(s.clone()),
+                _ => anyhow::bail!("job {id}: {j:?}"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        why.starts_with("no worker can run tiny: no worker has asked for work in the last")
+            && why.contains("is inference.worker off on every agent?"),
+        "{why}"
+    );
+    let out = c.dml(0, &["jobs"]).await.unwrap();
+    let text = out.ensure_success().unwrap().stdout.clone();
+    assert!(text.contains("no worker has asked for work"), "{text}");
 }

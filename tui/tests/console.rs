@@ -370,6 +370,80 @@ mod widgets {
         assert!(!done.contains('░'), "a done job's gauge is full: {done}");
     }
 
+    /// Why job 2 of the synthetic cluster makes no progress.
+    const STALL: &str = "no worker can run inceptionv3: ONNX Runtime is not loaded on 4 of 4 \
+        workers (127.0.0.1:8002: cannot load /opt/ort/libonnxruntime.so: no such file)";
+
+    /// An app whose frame has job 2 stalled (and, wrongly, the done job 1: not shown).
+    fn stalled_app(size: (u16, u16)) -> App {
+        let mut a = App::new(synth::addr(0), NOW, size);
+        a.handle(Event::Conn(ConnEvent::Connected(synth::addr(0))));
+        let mut f = synth::frame(10, 0);
+        let jobs = f.cluster.as_mut().unwrap().jobs.as_mut().unwrap();
+        jobs[0].stalled = Some("not shown for a done job".into());
+        jobs[1].stalled = Some(STALL.into());
+        a.handle(Event::Frame(Box::new(f)));
+        a
+    }
+
+    #[test]
+    fn a_stalled_job_says_why_in_yellow_where_its_workers_would_be() {
+        let a = stalled_app((100, 30));
+        let mut buf = Buffer::empty(Rect::new(0, 0, 90, 8));
+        panes::render(&a, Pane::Jobs, buf.area, &mut buf);
+        let t = text(&buf);
+        assert!(t.contains("1 stalled"), "{t}");
+        let (y, row) = t
+            .lines()
+            .enumerate()
+            .find(|(_, l)| l.contains("#2"))
+            .unwrap();
+        // The model has its column; the reason is cut to the room left.
+        assert!(row.contains("ONNX Runtime is not loaded o…"), "{row}");
+        assert!(!row.contains("8002×1"), "workers instead of why: {row}");
+        let x = row.chars().take_while(|c| *c != 'O').count() as u16;
+        assert_eq!(buf[(x, y as u16)].fg, ratatui::style::Color::Yellow);
+        let running = t.lines().find(|l| l.contains("#3")).unwrap();
+        assert!(running.contains("8003×2"), "{running}");
+        let done = t.lines().find(|l| l.contains("#1")).unwrap();
+        assert!(!done.contains("not shown"), "{done}");
+    }
+
+    #[test]
+    fn enter_on_a_stalled_job_shows_why_in_full_until_esc() {
+        let mut a = stalled_app((120, 36));
+        a.handle(key(KeyCode::Tab));
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(a.focus, Pane::Jobs);
+        a.handle(ch('j'));
+        assert_eq!(a.selected_job().unwrap().id, 2);
+        assert_eq!(a.handle(key(KeyCode::Enter)), None);
+        let m = a.message.clone().unwrap();
+        let detail = m.detail.unwrap();
+        assert!(!m.ok && m.text.contains("job #2"), "{}", m.text);
+        assert!(detail.contains(&format!("stalled: {STALL}")), "{detail}");
+        // Every row of it is on the screen, in a popup as wide as the screen allows.
+        let s = text(screen(&a, 120, 36).backend().buffer());
+        for row in draw::wrap(&detail, 110) {
+            assert!(s.contains(&row), "{row:?} missing:\n{s}");
+        }
+        a.handle(key(KeyCode::Esc));
+        assert_eq!(a.message, None);
+        // A job that progresses has nothing to explain.
+        a.handle(ch('k'));
+        a.handle(key(KeyCode::Enter));
+        let m = a.message.clone().unwrap();
+        assert!(m.ok && !m.detail.unwrap().contains("stalled"));
+    }
+
+    #[test]
+    fn popup_text_wraps_at_spaces_and_cuts_long_words() {
+        assert_eq!(
+            draw::wrap("aaa bbb cccccccc\n  x", 5),
+            ["aaa", "bbb", "ccccc", "ccc", "  x"]
+        );
+    }
+
     #[test]
     fn sdfs_shows_health_and_repairs() {
         let a = app(10, (100, 30));

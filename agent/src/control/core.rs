@@ -88,9 +88,9 @@ pub struct LeaderCore {
 }
 
 impl LeaderCore {
-    /// The core of the leader of `term`, empty: the scheduler is rebuilt
-    /// from the replicated jobs by [`LeaderCore::sync`].
-    pub fn new(term: u64, cfg: CoreConfig) -> Self {
+    /// The core of the leader of `term` from `now`, empty: the scheduler is
+    /// rebuilt from the replicated jobs by [`LeaderCore::sync`].
+    pub fn new(term: u64, cfg: CoreConfig, now: Instant) -> Self {
         Self {
             term,
             sched: Scheduler::new(term, cfg.min_lease),
@@ -100,7 +100,7 @@ impl LeaderCore {
             storing: HashSet::new(),
             expiring: false,
             viewing: false,
-            workers: Workers::default(),
+            workers: Workers::new(now),
             cfg,
         }
     }
@@ -323,6 +323,7 @@ mod tests {
                 replicas: 4,
                 registry: Arc::new(Registry::builtin()),
             },
+            Instant::now(),
         )
     }
 

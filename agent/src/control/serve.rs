@@ -457,6 +457,8 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             elapsed_ms,
             failed,
         } => {
+            // A worker busy with long queries asks seldom; it is alive all the same.
+            core.workers().asked(worker, cx.now);
             if let Some(reason) = failed {
                 let Some(view) = cx.view else {
                     return Step::View;

@@ -211,7 +211,7 @@ pub(crate) fn spawn<P: Ports>(
 ) -> (LeaderHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let task = LeaderTask {
-        core: LeaderCore::new(term, cfg.core.clone()),
+        core: LeaderCore::new(term, cfg.core.clone(), now()),
         ports: Arc::new(ports),
         cfg,
         tx: tx.clone(),

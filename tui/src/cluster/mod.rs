@@ -4,10 +4,12 @@
 //! - [`hosts`]: the hosts file and each host's generated agent config.
 //! - [`ssh`]: one SSH session: host key check, login, commands, SFTP uploads.
 //! - [`remote`]: the scripts run on the hosts and the systemd unit.
+//! - [`stalls`]: the running jobs `status` lists, and why they make no progress.
 
 pub mod hosts;
 pub mod remote;
 pub mod ssh;
+pub mod stalls;
 
 use crate::report::render_table;
 use anyhow::{Context, Result, bail};
@@ -29,7 +31,8 @@ pub enum ClusterCommand {
     Up(UpArgs),
     /// Stop each host's agent with SIGTERM, so it leaves the group.
     Down(DownArgs),
-    /// Each host's agent: process, pid, API, members seen, leader.
+    /// Each host's agent: process, pid, API, members seen, leader; then the
+    /// running jobs that make no progress, and why.
     Status(HostsArg),
 }
 
@@ -621,8 +624,17 @@ async fn status(a: &HostsArg, json: bool) -> Result<()> {
         }
     });
     let reports: Vec<StatusReport> = futures::future::join_all(jobs).await;
+    let answering: Vec<SocketAddr> = reports
+        .iter()
+        .filter(|r| r.answering)
+        .map(|r| r.agent)
+        .collect();
+    let cluster_jobs = stalls::ask_jobs(&answering, stalls::JOBS_WAIT).await;
     if json {
-        println!("{}", serde_json::json!({ "hosts": reports }));
+        println!(
+            "{}",
+            serde_json::json!({ "hosts": reports, "jobs": cluster_jobs })
+        );
     } else {
         let rows: Vec<Vec<String>> = reports
             .iter()
@@ -657,6 +669,7 @@ async fn status(a: &HostsArg, json: bool) -> Result<()> {
                 &rows
             )
         );
+        print!("{}", cluster_jobs.text());
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use super::layout::{self, Pane};
 use dml_shared::RemoteError;
 use dml_shared::api::{MemberInfo, MemberState};
-use dml_shared::infer::{JobInfo, ModelInfo, RateInfo};
+use dml_shared::infer::{JobInfo, JobState, ModelInfo, RateInfo};
 use dml_shared::telemetry::{Frame, TelemetryEvent};
 use ratatui::crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
@@ -308,6 +308,7 @@ impl App {
             }
             KeyCode::Char(':') => self.input = Some(Input::Command(String::new())),
             KeyCode::Char('e') => self.expanded = !self.expanded,
+            KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
             KeyCode::Char('s') => {
                 self.input = Some(Input::Submit(SubmitForm {
                     model: self
@@ -464,6 +465,43 @@ impl App {
         })
     }
 
+    /// The selected job in full, in a popup: why it stalled or failed, if it did.
+    fn show_job(&mut self) {
+        let Some(j) = self.selected_job() else {
+            self.say("no job selected", false);
+            return;
+        };
+        let mut text = format!(
+            "job #{}: {} over {} images of \"{}\", {}\n{} done, {} errors, {} queries",
+            j.id,
+            j.model,
+            j.images,
+            j.dataset,
+            j.state.as_str(),
+            j.done,
+            j.errors,
+            j.queries
+        );
+        let why = match (j.state, &j.reason, &j.stalled) {
+            (JobState::Failed, Some(r), _) => Some(("failed", r)),
+            (JobState::Running, _, Some(r)) => Some(("stalled", r)),
+            _ => None,
+        };
+        if let Some((what, r)) = why {
+            text.push_str(&format!("\n{what}: {r}"));
+        }
+        if let Some(o) = &j.output {
+            text.push_str(&format!("\noutput: {o}"));
+        }
+        let (id, ok) = (j.id, why.is_none());
+        self.message = Some(Message {
+            text: format!("job #{id} (Esc closes)"),
+            ok,
+            at_ms: self.now_ms,
+            detail: Some(text),
+        });
+    }
+
     fn say(&mut self, text: &str, ok: bool) {
         self.message = Some(Message {
             text: text.to_string(),
@@ -613,6 +651,10 @@ impl App {
             .collect();
         v.sort_by_key(|j| std::cmp::Reverse(j.id));
         v
+    }
+
+    pub fn selected_job(&self) -> Option<&JobInfo> {
+        self.jobs().get(self.selected[Pane::Jobs as usize]).copied()
     }
 
     /// Event lines after the filter, newest first.

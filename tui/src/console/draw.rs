@@ -10,10 +10,10 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Widget, Wrap};
+use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 /// Every key, as the help overlay lists it.
-pub const KEYS: [(&str, &str); 17] = [
+pub const KEYS: [(&str, &str); 18] = [
     ("?", "show or hide this help"),
     ("q, Ctrl-C", "quit"),
     ("Tab, l, →", "next pane"),
@@ -32,6 +32,10 @@ pub const KEYS: [(&str, &str); 17] = [
     ),
     ("b", "models pane: type a batch size"),
     ("s", "submit a job (model, images, dataset)"),
+    (
+        "Enter",
+        "jobs pane: the selected job in full (why it stalls)",
+    ),
     ("e", "expand the focused pane / back"),
     (
         "Esc",
@@ -259,6 +263,9 @@ fn hints(app: &App) -> Line<'static> {
         key("e"),
         Span::raw(" expand"),
     ];
+    if app.focus == Pane::Jobs {
+        v.extend([key(" Enter"), Span::raw(" details")]);
+    }
     if app.focus == Pane::Models {
         v.extend([
             key(" +/-"),
@@ -341,11 +348,43 @@ fn submit_form(app: &App, area: Rect, buf: &mut Buffer) {
 }
 
 fn popup(title: &str, text: &str, area: Rect, buf: &mut Buffer) {
-    let lines = text.lines().count() as u16;
-    let r = centered(area, area.width.saturating_sub(8), lines + 2);
+    let w = area.width.saturating_sub(8);
+    let rows = wrap(text, usize::from(w.saturating_sub(2)));
+    let r = centered(area, w, (rows.len() as u16).saturating_add(2));
     Clear.render(r, buf);
-    Paragraph::new(text.to_string())
-        .wrap(Wrap { trim: false })
+    Paragraph::new(rows.into_iter().map(Line::from).collect::<Vec<_>>())
         .block(Block::bordered().title(title.to_string()))
         .render(r, buf);
+}
+
+/// `text` in rows of at most `width` columns, broken at spaces where it can (so a
+/// popup is as tall as its text).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let cols = |s: &str| Span::raw(s).width();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let mut row = String::new();
+        let mut start = true;
+        for word in line.split(' ') {
+            if !start && cols(&row) + 1 + cols(word) > width {
+                rows.push(std::mem::take(&mut row));
+                start = true;
+            }
+            if !start {
+                row.push(' ');
+            }
+            // A word longer than a row is cut.
+            for c in word.chars() {
+                row.push(c);
+                if cols(&row) > width {
+                    row.pop();
+                    rows.push(std::mem::replace(&mut row, c.to_string()));
+                }
+            }
+            start = false;
+        }
+        rows.push(row);
+    }
+    rows
 }

@@ -4,7 +4,7 @@ use super::app::App;
 use super::fmt::{age_ms, bytes, clock, spark};
 use super::layout::{self, Pane};
 use dml_shared::api::MemberState;
-use dml_shared::infer::JobState;
+use dml_shared::infer::{JobInfo, JobState};
 use dml_shared::telemetry::EventKind;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -328,10 +328,35 @@ fn model_columns(width: u16) -> Vec<(Col, u16)> {
     cols
 }
 
+/// Why a running job makes no progress, if the leader knows.
+pub fn stalled(j: &JobInfo) -> Option<&str> {
+    j.stalled
+        .as_deref()
+        .filter(|_| j.state == JobState::Running)
+}
+
+/// `s` cut to `room` columns, with an ellipsis when cut.
+fn truncate(s: &str, room: usize) -> String {
+    if s.chars().count() <= room {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(room.saturating_sub(1)).collect();
+    if room > 0 {
+        t.push('…');
+    }
+    t
+}
+
 pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
     let cluster = app.frame.as_ref().and_then(|f| f.cluster.as_ref());
-    let b = block(app, Pane::Jobs, String::new());
     let jobs = app.jobs();
+    let stalls = jobs.iter().filter(|j| stalled(j).is_some()).count();
+    let extra = if stalls > 0 {
+        format!("{stalls} stalled (Enter: why)")
+    } else {
+        String::new()
+    };
+    let b = block(app, Pane::Jobs, extra);
     if jobs.is_empty() {
         let text = match cluster.map(|c| &c.jobs) {
             Some(Err(e)) => no_data(app, Some(&e.message)),
@@ -362,13 +387,20 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
             f64::from(j.done) / f64::from(j.images)
         };
         let filled = ((frac * gauge_w as f64).round() as usize).min(gauge_w);
+        let stall = stalled(j);
         let color = match j.state {
+            JobState::Running if stall.is_some() => Color::Yellow,
             JobState::Running => Color::Blue,
             JobState::Done => Color::Green,
             JobState::Failed => Color::Red,
         };
         // Job, model, state, gauge and counts take this much of the line.
         let room = usize::from(inner).saturating_sub(37 + gauge_w);
+        // A stalled job says why in place of its workers; the model is in its column.
+        let why = stall.map(|s| {
+            let prefix = format!("no worker can run {}: ", j.model);
+            truncate(s.strip_prefix(&prefix).unwrap_or(s), room)
+        });
         let workers = placement
             .and_then(|p| p.iter().find(|p| p.job == j.id))
             .map(|p| {
@@ -393,7 +425,11 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
                 "░".repeat(gauge_w - filled),
                 Style::new().fg(Color::DarkGray),
             ),
-            Span::raw(format!(" {:>4}/{:<4} {}", j.done, j.images, workers)),
+            Span::raw(format!(" {:>4}/{:<4} ", j.done, j.images)),
+            match why {
+                Some(why) => Span::styled(why, Style::new().fg(Color::Yellow).bold()),
+                None => Span::raw(workers),
+            },
         ]);
         if i == app.selected[Pane::Jobs as usize] {
             line = line.style(selected_style(app, Pane::Jobs));
