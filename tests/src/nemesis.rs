@@ -32,13 +32,32 @@ pub const JOB_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Serialize)]
 pub enum Fault {
     IsolateLeader,
-    Split { minority: Vec<usize> },
-    Bridge { middle: usize, left: Vec<usize> },
-    OneWay { from: usize, to: usize },
-    Flap { a: usize, b: usize },
-    Kill { agent: usize },
-    Pause { agent: usize },
-    ClockJump { agent: usize, secs: i64, restart: bool },
+    Split {
+        minority: Vec<usize>,
+    },
+    Bridge {
+        middle: usize,
+        left: Vec<usize>,
+    },
+    OneWay {
+        from: usize,
+        to: usize,
+    },
+    Flap {
+        a: usize,
+        b: usize,
+    },
+    Kill {
+        agent: usize,
+    },
+    Pause {
+        agent: usize,
+    },
+    ClockJump {
+        agent: usize,
+        secs: i64,
+        restart: bool,
+    },
 }
 
 /// A fault, when it starts (seconds from the start) and how long it lasts.
@@ -209,7 +228,11 @@ pub async fn run(
                 c.set_clock(*agent, 0)?;
                 format!(
                     "a{agent}'s clock {secs:+} s{}, then back",
-                    if *restart { ", SIGKILL and restart on it" } else { "" }
+                    if *restart {
+                        ", SIGKILL and restart on it"
+                    } else {
+                        ""
+                    }
                 )
             }
         };
@@ -460,5 +483,35 @@ impl Clients {
     fn local_error(&self, e: &std::io::Error) -> Outcome {
         eprintln!("[client] local file error: {e}");
         Outcome::Dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_replayable_and_cover_every_fault() {
+        let a = schedule(7, 120.0, 5);
+        let b = schedule(7, 120.0, 5);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        let mut kinds = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            for s in schedule(seed, 120.0, 5) {
+                assert!(s.at_s + s.lasts_s < 120.0, "{s:?}");
+                let kind = match s.fault {
+                    Fault::ClockJump { secs, restart, .. } => {
+                        format!("clock {secs:+} restart {restart}")
+                    }
+                    f => format!("{f:?}")
+                        .split([' ', '{'])
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                };
+                kinds.insert(kind);
+            }
+        }
+        assert_eq!(kinds.len(), 7 + 4, "{kinds:?}");
     }
 }

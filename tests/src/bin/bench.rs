@@ -23,12 +23,18 @@
 //! 10 agents against bare ONNX Runtime loops, and measures fairness, the time to a fair
 //! share and the completion gap after SIGKILLs; JSON in `target/bench/inference.json`.
 //!
+//! `bench hosts [--quick]` runs on the namespace test bed (7 agent hosts, 1 client host): leader
+//! fail-over and detection over 20 kills, a partition and its heal, SDFS from the client host
+//! against scp, and a 10-minute soak; JSON in `target/bench/hosts.json`.
+//!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
 //! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`.
 
 #[path = "bench/console.rs"]
 mod console;
+#[path = "bench/hosts.rs"]
+mod hosts;
 #[path = "bench/inference.rs"]
 mod inference;
 #[path = "bench/loss.rs"]
@@ -75,6 +81,8 @@ enum Cmd {
     Console(console::ConsoleArgs),
     /// Inference images/s vs bare ONNX Runtime, fairness, fair-share time, kill gaps, numerics.
     Inference(inference::InferenceArgs),
+    /// The namespace test bed: fail-over, partitions, SDFS vs scp, a soak (see bench/hosts.rs).
+    Hosts(hosts::HostsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -131,6 +139,7 @@ fn main() -> Result<()> {
                     Cmd::Sdfs(a) => sdfs_bench(a).await,
                     Cmd::Console(a) => console_bench(a).await,
                     Cmd::Inference(a) => inference_bench(a).await,
+                    Cmd::Hosts(a) => hosts_bench(a).await,
                 }
             } => r,
             // Dropping the bench future kills every member and removes the loss rule.
@@ -276,6 +285,12 @@ async fn inference_bench(a: inference::InferenceArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the bench executable")?;
     let bin_dir = exe.parent().context("bench has no directory")?;
     inference::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
+}
+
+async fn hosts_bench(a: hosts::HostsArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the bench executable")?;
+    let bin_dir = exe.parent().context("bench has no directory")?;
+    hosts::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
 }
 
 async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {

@@ -26,6 +26,7 @@ use dml_shared::config::{ControlConfig, MembershipConfig, Preset, SdfsConfig};
 use dml_shared::infer::{InferRequest, InferResponse, JobId, JobState, LatencyInfo};
 use dml_shared::models::{ModelSpec, Registry};
 use dml_tests::infer::{infer, job, jobs, set_batch, submit};
+use dml_tests::netbed::Bed;
 use dml_tests::sdfs::{SdfsCluster, SdfsOptions};
 use ndarray::Array4;
 use serde::Serialize;
@@ -67,6 +68,10 @@ pub struct InferenceArgs {
     /// runs of two builds taken in turns; JSON to `inference-fair.json`.
     #[arg(long)]
     fair_only: bool,
+    /// Only the multi-agent phases, on the namespace test bed (root): each agent on its own
+    /// host, the bench on one more; JSON to `inference-bed.json`.
+    #[arg(long)]
+    bed: bool,
 }
 
 struct Plan {
@@ -426,7 +431,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         .collect();
     files.sort();
 
-    let numerics = if a.fair_only {
+    let numerics = if a.fair_only || a.bed {
         Numerics::default()
     } else {
         eprintln!("[numerics] resnet50 against scripts/models/reference.py");
@@ -434,7 +439,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
     };
 
     let mut one_agent = Vec::new();
-    if !a.fair_only {
+    if !a.fair_only && !a.bed {
         eprintln!("[one agent] starting");
         let sdfs = SdfsConfig {
             replicas: Some(1),
@@ -481,101 +486,46 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         }
     }
 
-    let mut cluster_row: Option<Throughput> = None;
-    let mut fairness = Fairness::default();
-    let mut fair_share = FairShare::default();
-    let mut gaps = Vec::new();
-    let mut latency = Vec::new();
-    {
-        eprintln!("[cluster] starting {} agents", a.agents);
-        let mut c = SdfsCluster::start_with(
-            "cluster",
-            options(a.agents, SdfsConfig::default(), &run_dir),
+    let mut out = ClusterOut::default();
+    if a.bed {
+        // Every agent on its own namespace host, this process on one more: every request
+        // crosses the bed's network.
+        let bed = Bed::create(a.agents + 1)?;
+        let hosts = bed.hosts()[..a.agents].to_vec();
+        tokio::task::block_in_place(|| {
+            bed.block_on_in(a.agents, || {
+                cluster_phases(
+                    &a,
+                    &plan,
+                    &files,
+                    &models_dir,
+                    &dataset,
+                    &run_dir,
+                    hosts,
+                    &mut out,
+                )
+            })
+        })?;
+    } else {
+        cluster_phases(
+            &a,
+            &plan,
+            &files,
+            &models_dir,
+            &dataset,
+            &run_dir,
+            Vec::new(),
+            &mut out,
         )
         .await?;
-        if a.keep {
-            c.cluster.keep_dir();
-        }
-        // The last agent is a non-voter: never the leader, never killed.
-        let via = c.len() - 1;
-        let at = c.addrs[via];
-        upload(&c, via, &models_dir, &dataset).await?;
-        // Every worker loads both models before anything is timed.
-        eprintln!("[cluster] warm-up: both models on every worker");
-        let n = 4 * a.agents as u32;
-        let mut warm = Vec::new();
-        for m in MODELS {
-            set_batch(at, m, 1).await?;
-            warm.push(submit(at, m, n, DATASET).await?);
-        }
-        let t = Instant::now();
-        loop {
-            let js = jobs(at).await?;
-            if warm
-                .iter()
-                .all(|id| js.get(id).is_some_and(|j| j.state != JobState::Running))
-            {
-                break;
-            }
-            ensure!(t.elapsed() < JOB_TIMEOUT, "warm-up jobs did not finish");
-            tokio::time::sleep(POLL).await;
-        }
-        eprintln!("[cluster] warm in {:.1} s", t.elapsed().as_secs_f64());
-
-        if !a.fair_only {
-            let batch = 8;
-            let mut row = Throughput {
-                model: "resnet50".into(),
-                batch,
-                agents: a.agents,
-                raw_threads: 2,
-                ..Throughput::default()
-            };
-            let r: Result<()> = async {
-                let spec = spec("resnet50")?;
-                let b = batch_of(&files, &spec, batch as usize)?;
-                let path = models_dir.join(&spec.file);
-                let bare = || raw_rate(path.clone(), spec.clone(), 2, b.clone(), plan.raw_secs);
-                let raw = bare().await?;
-                row.raw_images_per_s = Some(raw);
-                // Two queries in flight per worker: the warm-up lasts about one round of them
-                // and the tail is cut.
-                let tail = 2 * a.agents as u32 * batch;
-                let round = f64::from(tail) / raw;
-                let images = job_size(
-                    raw,
-                    2.0 * (plan.warm_secs + round) + plan.window_secs,
-                    batch,
-                ) + tail;
-                let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
-                row.set_system(raw, bare().await?, sys);
-                Ok(())
-            }
-            .await;
-            if let Err(e) = r {
-                row.error = Some(format!("{e:#}"));
-            }
-            eprintln!("[cluster] {}", row_text(&row));
-            cluster_row = Some(row);
-        }
-
-        if let Err(e) = shared_phases(
-            &mut c,
-            via,
-            &plan,
-            &mut fairness,
-            &mut fair_share,
-            &mut gaps,
-            &mut latency,
-        )
-        .await
-        {
-            eprintln!("[cluster] {e:#}");
-            if fairness.error.is_none() && fairness.windows == 0 {
-                fairness.error = Some(format!("{e:#}"));
-            }
-        }
     }
+    let ClusterOut {
+        cluster_row,
+        fairness,
+        fair_share,
+        gaps,
+        latency,
+    } = out;
 
     let doc = Document {
         bench: "inference",
@@ -597,7 +547,9 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         numerics,
     };
     print!("{}", table(&doc, a.agents));
-    let json_path = out_dir.join(if a.fair_only {
+    let json_path = out_dir.join(if a.bed {
+        "inference-bed.json"
+    } else if a.fair_only {
         "inference-fair.json"
     } else if a.quick {
         "inference-quick.json"
@@ -611,6 +563,118 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         println!("agent directories kept under {}", run_dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    Ok(())
+}
+
+/// What the multi-agent phases measured.
+#[derive(Default)]
+struct ClusterOut {
+    cluster_row: Option<Throughput>,
+    fairness: Fairness,
+    fair_share: FairShare,
+    gaps: Vec<Gap>,
+    latency: Vec<LatencyInfo>,
+}
+
+/// The multi-agent phases: warm-up, throughput against a bare loop, fairness, fair share and
+/// kill gaps, on 127.0.0.1 or (with `hosts`) on namespace hosts.
+#[allow(clippy::too_many_arguments)]
+async fn cluster_phases(
+    a: &InferenceArgs,
+    plan: &Plan,
+    files: &[PathBuf],
+    models_dir: &Path,
+    dataset: &Path,
+    run_dir: &Path,
+    hosts: Vec<dml_tests::netbed::Host>,
+    out: &mut ClusterOut,
+) -> Result<()> {
+    eprintln!("[cluster] starting {} agents", a.agents);
+    let mut opts = options(a.agents, SdfsConfig::default(), run_dir);
+    opts.hosts = hosts;
+    let mut c = SdfsCluster::start_with("cluster", opts).await?;
+    if a.keep {
+        c.cluster.keep_dir();
+    }
+    // The last agent is a non-voter: never the leader, never killed.
+    let via = c.len() - 1;
+    let at = c.addrs[via];
+    upload(&c, via, models_dir, dataset).await?;
+    // Every worker loads both models before anything is timed.
+    eprintln!("[cluster] warm-up: both models on every worker");
+    let n = 4 * a.agents as u32;
+    let mut warm = Vec::new();
+    for m in MODELS {
+        set_batch(at, m, 1).await?;
+        warm.push(submit(at, m, n, DATASET).await?);
+    }
+    let t = Instant::now();
+    loop {
+        let js = jobs(at).await?;
+        if warm
+            .iter()
+            .all(|id| js.get(id).is_some_and(|j| j.state != JobState::Running))
+        {
+            break;
+        }
+        ensure!(t.elapsed() < JOB_TIMEOUT, "warm-up jobs did not finish");
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!("[cluster] warm in {:.1} s", t.elapsed().as_secs_f64());
+
+    if !a.fair_only {
+        let batch = 8;
+        let mut row = Throughput {
+            model: "resnet50".into(),
+            batch,
+            agents: a.agents,
+            raw_threads: 2,
+            ..Throughput::default()
+        };
+        let r: Result<()> = async {
+            let spec = spec("resnet50")?;
+            let b = batch_of(files, &spec, batch as usize)?;
+            let path = models_dir.join(&spec.file);
+            let bare = || raw_rate(path.clone(), spec.clone(), 2, b.clone(), plan.raw_secs);
+            let raw = bare().await?;
+            row.raw_images_per_s = Some(raw);
+            // Two queries in flight per worker: the warm-up lasts about one round of them
+            // and the tail is cut.
+            let tail = 2 * a.agents as u32 * batch;
+            let round = f64::from(tail) / raw;
+            let images = job_size(
+                raw,
+                2.0 * (plan.warm_secs + round) + plan.window_secs,
+                batch,
+            ) + tail;
+            let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
+            row.set_system(raw, bare().await?, sys);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            row.error = Some(format!("{e:#}"));
+        }
+        eprintln!("[cluster] {}", row_text(&row));
+        out.cluster_row = Some(row);
+    }
+
+    if let Err(e) = shared_phases(
+        &mut c,
+        via,
+        plan,
+        &mut out.fairness,
+        &mut out.fair_share,
+        &mut out.gaps,
+        &mut out.latency,
+    )
+    .await
+    {
+        eprintln!("[cluster] {e:#}");
+        if out.fairness.error.is_none() && out.fairness.windows == 0 {
+            out.fairness.error = Some(format!("{e:#}"));
+        }
     }
     Ok(())
 }
