@@ -105,10 +105,12 @@ fn kill_stale_processes() -> usize {
         let Some(program) = args.first() else {
             return false;
         };
-        let sshd = program == ssh::SSHD
-            && args
+        // The listener retitles itself "sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] …".
+        let words: Vec<&str> = args.iter().flat_map(|a| a.split_whitespace()).collect();
+        let sshd = words.contains(&ssh::SSHD)
+            && words
                 .windows(2)
-                .any(|w| w[0] == "-f" && under_dead_bed(&w[1]));
+                .any(|w| w[0] == "-f" && under_dead_bed(w[1]));
         let agent = program.ends_with("/bin/dml-agent") && under_dead_bed(program);
         sshd || agent
     });
@@ -361,5 +363,23 @@ impl Drop for Bed {
             let _ = ip(None, &["netns", "del", &h.ns]);
         }
         let _ = ip(None, &["netns", "del", &self.switch]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_under_a_dead_runs_host_directory_are_stale() {
+        // No process has pid u32::MAX.
+        assert!(under_dead_bed(
+            "/tmp/t/dmlb-4294967295-0-h1/sshd/sshd_config"
+        ));
+        let mine = format!("/tmp/t/dmlb-{}-0-h1/dml/bin/dml-agent", std::process::id());
+        assert!(!under_dead_bed(&mine));
+        assert!(!under_dead_bed(
+            "/tmp/t/netbed-deploy-1-0-1/dml/bin/dml-agent"
+        ));
     }
 }
