@@ -142,9 +142,15 @@ impl Then {
 /// The leader's own appends, and what the core hears when they end.
 #[derive(Debug)]
 pub enum Upkeep {
+    /// The task's first entry: once it applies, the state holds everything
+    /// committed before this task started.
+    Barrier,
     Expired,
     Trimmed,
-    CopyRecorded { name: String, version: u64 },
+    CopyRecorded {
+        name: String,
+        version: u64,
+    },
     OutputRecorded(JobId),
 }
 
@@ -607,7 +613,7 @@ pub fn answer(
             }
             match u {
                 Upkeep::Expired => core.expired(),
-                Upkeep::Trimmed => {}
+                Upkeep::Barrier | Upkeep::Trimmed => {}
                 Upkeep::CopyRecorded { name, version } => core.copy_done(&name, version),
                 Upkeep::OutputRecorded(job) => core.output_stored(job),
             }

@@ -222,6 +222,9 @@ pub(crate) fn spawn<P: Ports>(
         parked: HashMap::new(),
         next_wait: 0,
         applied: None,
+        synced: false,
+        barrier: false,
+        unsynced: Vec::new(),
     };
     let join = tokio::spawn(task.run(rx, status, events));
     (LeaderHandle { tx, term }, join)
@@ -253,6 +256,12 @@ struct LeaderTask<P> {
     next_wait: u64,
     /// The applied index the scheduler was last synced at.
     applied: Option<u64>,
+    /// This task's barrier entry has applied (see [`LeaderTask::start_barrier`]).
+    synced: bool,
+    /// The barrier entry is in flight.
+    barrier: bool,
+    /// Requests waiting for the barrier.
+    unsynced: Vec<(ControlRequest, Reply, Option<LiveView>)>,
 }
 
 /// The time on the task's clock (tokio's, so a paused runtime drives it).
@@ -273,6 +282,7 @@ impl<P: Ports> LeaderTask<P> {
     ) {
         let mut tick = tokio::time::interval(self.cfg.maintenance_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.start_barrier().await;
         loop {
             let input = tokio::select! {
                 input = rx.recv() => match input {
@@ -398,7 +408,7 @@ impl<P: Ports> LeaderTask<P> {
     fn lease_holds(&mut self) -> bool {
         let term = self.core.term();
         let s = *self.status.borrow();
-        s.leading && s.term == term && s.applied.is_some_and(|(t, _)| t == term) && {
+        self.synced && s.leading && s.term == term && s.applied.is_some_and(|(t, _)| t == term) && {
             let at = now();
             self.core.lease().holds(at)
         }
@@ -412,10 +422,58 @@ impl<P: Ports> LeaderTask<P> {
             req,
             ControlRequest::Infer(InferRequest::Lease { .. } | InferRequest::Unready { .. })
         );
-        if ungated || self.lease_holds() {
+        if !ungated && !self.synced {
+            self.unsynced.push((req, reply, view));
+        } else if ungated || self.lease_holds() {
             self.serve_now(req, reply, view).await;
         } else {
             self.gate(Gated::Serve(req, reply, view));
+        }
+    }
+
+    /// Appends this task's first entry. A leader may take over its own term after a restart
+    /// (openraft restores a leader whose vote it finds committed), and then its state can lack
+    /// entries it committed before the restart (the committed index on disk lags): until an
+    /// entry appended now has applied, the state is not current, so requests wait for it.
+    async fn start_barrier(&mut self) {
+        if self.synced || self.barrier {
+            return;
+        }
+        self.barrier = true;
+        let then = Then::Upkeep(Upkeep::Barrier);
+        self.append_now(Op::ExpirePending, then, None).await;
+    }
+
+    /// The barrier entry applied (the waiting requests are served) or failed (they fail, and
+    /// the next tick tries again).
+    async fn barrier_done(&mut self, sent: Instant, result: Result<(Applied, u64), Refusal>) {
+        self.barrier = false;
+        let waiting = std::mem::take(&mut self.unsynced);
+        match result {
+            Ok((_, term)) if term == self.core.term() => {
+                self.synced = true;
+                self.core.lease().extend(term, sent);
+                for (req, reply, view) in waiting {
+                    self.serve(req, reply, view).await;
+                }
+            }
+            Ok(_) => {
+                for (_, reply, _) in waiting {
+                    let _ = reply.send(Err(Refusal::NotLeader(None)));
+                }
+            }
+            Err(e) => {
+                // Nothing the waiting requests asked for was written.
+                let e = match e {
+                    Refusal::Failed(ControlError::Unconfirmed { waited, .. }) => {
+                        Refusal::Failed(ControlError::NoQuorum { waited })
+                    }
+                    e => e,
+                };
+                for (_, reply, _) in waiting {
+                    let _ = reply.send(Err(repeat(&e)));
+                }
+            }
         }
     }
 
@@ -646,6 +704,9 @@ impl<P: Ports> LeaderTask<P> {
         sent: Instant,
         result: Result<(Applied, u64), Refusal>,
     ) {
+        if matches!(then, Then::Upkeep(Upkeep::Barrier)) {
+            return self.barrier_done(sent, result).await;
+        }
         let worker_wait = match &then {
             Then::Gone {
                 lease: None,
@@ -733,6 +794,10 @@ impl<P: Ports> LeaderTask<P> {
 
     /// The periodic pass: starts what the core asks for.
     async fn maintain(&mut self) {
+        if !self.synced {
+            self.start_barrier().await;
+            return;
+        }
         let Maintenance {
             expire_puts,
             fetch_view,
