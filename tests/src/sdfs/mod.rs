@@ -209,7 +209,10 @@ impl SdfsCluster {
     /// Moves agent `i`'s wall clock to `offset_s` seconds from the true time (within about
     /// a second; its monotonic clock is untouched). Needs [`SdfsOptions::movable_clocks`].
     pub fn set_clock(&self, i: usize, offset_s: i64) -> Result<()> {
-        ensure!(self.opts.movable_clocks, "the cluster's clocks are not movable");
+        ensure!(
+            self.opts.movable_clocks,
+            "the cluster's clocks are not movable"
+        );
         let file = self.dir().join(format!("a{i}.clock"));
         let tmp = file.with_extension("tmp");
         std::fs::write(&tmp, format!("{offset_s:+}s\n"))?;
