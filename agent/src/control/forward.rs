@@ -155,6 +155,10 @@ impl Inner {
                 other => return answer(other),
             }
         }
+        // A voter's Raft metrics know of an election before the router's cache does.
+        if let Some(l) = self.raft.as_ref().and(self.raft_leader()) {
+            self.router.set_leader(Some(l));
+        }
         let idempotent = req.is_idempotent();
         match self.router.control(req).await {
             Ok(m) => Response::Control(m),
@@ -199,6 +203,7 @@ pub(crate) fn router(s: &Settings, me: Weak<Inner>, voter: bool) -> LeaderRouter
             // The leader itself may wait up to `leader_wait` for a quorum.
             call_timeout: wait + s.control.rpc_timeout,
             leader_wait: wait,
+            connect_timeout: s.control.rpc_timeout,
             // Relays stay inside the cluster and a voter finds the leader
             // in its own Raft metrics: a worker's next try after a fail-over
             // comes within a heartbeat, not after a grown backoff.

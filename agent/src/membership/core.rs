@@ -137,6 +137,8 @@ pub struct Membership {
     /// Time origin for new identities: `me.started` at creation.
     created: Instant,
     first_started: u64,
+    /// When this agent last took a new identity because it was declared failed.
+    refreshed: Option<Instant>,
     /// Ordered, like `probes`, so that iteration order (and with it every
     /// choice drawn from `rng`) depends only on the seed and the inputs.
     members: BTreeMap<NodeId, Member>,
@@ -186,6 +188,7 @@ impl Membership {
             introducers,
             created: now,
             first_started: me.started,
+            refreshed: None,
             members: BTreeMap::new(),
             by_addr: HashMap::new(),
             seeds: Vec::new(),
@@ -613,6 +616,16 @@ impl Membership {
         }
         if u.id.addr == self.me.addr {
             return; // an earlier (or foreign) identity at our own address
+        }
+        // Just back from the minority side of a partition, this agent has not heard from the
+        // majority yet, and the failures its partition-mates still pass on are the stale view
+        // it just dropped: not taken for a suspicion's length.
+        if u.kind == UpdateKind::Failed
+            && self
+                .refreshed
+                .is_some_and(|t| now.saturating_duration_since(t) < self.cfg.suspicion_timeout)
+        {
+            return;
         }
         if let Some(newest) = self.by_addr.get(&u.id.addr)
             && newest.started > u.id.started
@@ -1089,6 +1102,7 @@ impl Membership {
     fn fresh_identity(&mut self, now: Instant) {
         let elapsed = now.duration_since(self.created).as_millis() as u64;
         let started = (self.first_started + elapsed).max(self.me.started + 1);
+        self.refreshed = Some(now);
         self.me = NodeId::new(self.me.addr, started);
         self.incarnation = 0;
         self.probes.clear();

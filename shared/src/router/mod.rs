@@ -36,6 +36,10 @@ pub struct RouterOptions {
     pub call_timeout: Duration,
     /// How long one request keeps trying while no leader answers (an election).
     pub leader_wait: Duration,
+    /// How long a new connection may take (at most `call_timeout`): an agent cut off by a
+    /// network that drops packets never refuses, and nothing was sent to it yet, so the
+    /// request goes elsewhere soon rather than after a whole call's time.
+    pub connect_timeout: Duration,
     /// First pause between attempts; each next one doubles, up to
     /// `max_backoff`, and each gets up to as much again of random jitter.
     pub min_backoff: Duration,
@@ -53,6 +57,7 @@ impl Default for RouterOptions {
         Self {
             call_timeout: Duration::from_secs(10),
             leader_wait: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
             pool_size: 16,
@@ -329,12 +334,23 @@ impl LeaderRouter {
         };
         let mut conn = match pooled {
             Some(c) => c,
-            None => match tokio::time::timeout(limit, self.connect(addr)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) if e.is_transient() => return Attempt::Retry(Outcome::Unreachable, e),
-                Ok(Err(e)) => return Attempt::Failed(e),
-                Err(_) => return Attempt::Retry(Outcome::Unreachable, timeout()),
-            },
+            None => {
+                let connect = self.inner.opts.connect_timeout.min(limit);
+                match tokio::time::timeout(connect, self.connect(addr)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) if e.is_transient() => {
+                        return Attempt::Retry(Outcome::Unreachable, e);
+                    }
+                    Ok(Err(e)) => return Attempt::Failed(e),
+                    Err(_) => {
+                        let e = Error::Timeout {
+                            addr: addr.to_string(),
+                            timeout: connect,
+                        };
+                        return Attempt::Retry(Outcome::Unreachable, e);
+                    }
+                }
+            }
         };
         // A broken connection mid-call stays an i/o error (transient), so an
         // idempotent request is asked again instead of reported failed.
