@@ -70,12 +70,24 @@ pub struct HostsArgs {
     /// Smaller run: 5 kills, 64 MiB, a 60 s soak.
     #[arg(long)]
     quick: bool,
+    /// Run only these phases (comma-separated: kills, partition, sdfs, soak); JSON to
+    /// `hosts-partial.json`.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Phase>,
     /// Keep the agents' directories.
     #[arg(long)]
     keep: bool,
     /// Do not run `cargo build` for dml-agent and dml first.
     #[arg(long)]
     no_build: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Kills,
+    Partition,
+    Sdfs,
+    Soak,
 }
 
 #[derive(Default, Serialize)]
@@ -190,14 +202,24 @@ pub async fn run(a: HostsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             if a.keep {
                 c.cluster.keep_dir();
             }
-            let kills = kill_rounds(&mut c, kills).await;
-            let partition = partition(&bed, &c).await;
+            let run = |p: Phase| a.only.is_empty() || a.only.contains(&p);
+            let kills = match run(Phase::Kills) {
+                true => kill_rounds(&mut c, kills).await,
+                false => Kills::default(),
+            };
+            let partition = match run(Phase::Partition) {
+                true => partition(&bed, &c).await,
+                false => Partition::default(),
+            };
             let mut sdfs = Vec::new();
-            for &s in &sizes {
-                sdfs.push(transfer(&bed, &c, s, &run_dir).await);
+            if run(Phase::Sdfs) {
+                for &s in &sizes {
+                    sdfs.push(transfer(&bed, &c, s, &run_dir).await);
+                }
             }
             let soak = match soak {
                 0 => None,
+                _ if !run(Phase::Soak) => None,
                 secs => Some(soak_run(&c, secs).await),
             };
             Ok(Document {
@@ -213,7 +235,10 @@ pub async fn run(a: HostsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         })
     })?;
     print!("{}", table(&doc));
-    let json = out_dir.join("hosts.json");
+    let json = out_dir.join(match a.only.is_empty() {
+        true => "hosts.json",
+        false => "hosts-partial.json",
+    });
     std::fs::write(&json, serde_json::to_string_pretty(&doc)?)
         .with_context(|| format!("cannot write \"{}\"", json.display()))?;
     println!("\nJSON: {}", json.display());
@@ -417,7 +442,12 @@ async fn transfer(bed: &Bed, c: &SdfsCluster, mib: u64, dir: &Path) -> Transfer 
 async fn transfer_run(bed: &Bed, c: &SdfsCluster, t: &mut Transfer, dir: &Path) -> Result<()> {
     let size = t.size_mib * MIB;
     let src = dir.join(format!("file-{}", t.size_mib));
-    write_pattern_file(&src, size, t.size_mib)?;
+    write_pattern_file(&src, t.size_mib, size)?;
+    ensure!(
+        std::fs::metadata(&src)?.len() == size,
+        "\"{}\" is not {size} bytes",
+        src.display()
+    );
     let back = dir.join(format!("back-{}", t.size_mib));
     // The client host reaches the agent of host 0, as scp does.
     let target = 0;
