@@ -501,10 +501,7 @@ fn heal_keeps_majority(seed: u64, n: usize, minority: &[usize], apart: Duration)
                 && m.iter()
                     .all(|&i| gone.iter().all(|o| !s.core(i).live_members().contains(o)))
         });
-        assert!(
-            split.is_some(),
-            "the majority kept the minority\n{sim:?}"
-        );
+        assert!(split.is_some(), "the majority kept the minority\n{sim:?}");
         sim.advance(apart);
         sim.heal();
         let healed = sim.run_until(secs(120), |s| s.converged() && s.up().len() == n);
@@ -519,7 +516,10 @@ fn heal_keeps_majority(seed: u64, n: usize, minority: &[usize], apart: Duration)
             "a majority member changed its identity\n{sim:?}"
         );
         for (&i, o) in minority.iter().zip(&old) {
-            assert!(sim.id(i).started > o.started, "the minority re-joined\n{sim:?}");
+            assert!(
+                sim.id(i).started > o.started,
+                "the minority re-joined\n{sim:?}"
+            );
         }
         for &i in &majority {
             assert_eq!(sim.core(i).counters().false_failures, 0, "node {i}");
