@@ -1,7 +1,6 @@
 //! The jobs part of `dml cluster status`: how many jobs run and which make no
 //! progress, with why, asked of the cluster the way `dml jobs` asks.
 
-use crate::infer::ask;
 use dml_shared::infer::{InferRequest, InferResponse, JobInfo, JobState};
 use dml_shared::sdfs_client::{Options, Sdfs};
 use futures::FutureExt;
@@ -103,7 +102,7 @@ pub async fn ask_jobs(agents: &[SocketAddr], wait: Duration) -> JobsReport {
         };
         let sdfs = Sdfs::with_options(*a, opts);
         async move {
-            match ask(&sdfs, InferRequest::Jobs).await {
+            match sdfs.infer(InferRequest::Jobs).await {
                 Ok(InferResponse::Jobs(j)) => Ok(j),
                 Ok(other) => Err(format!("{a}: unexpected answer {other:?}")),
                 Err(e) => Err(format!("{a}: {e:#}")),
