@@ -366,6 +366,21 @@ impl Drop for Bed {
     }
 }
 
+/// (busy, total) jiffies of all CPUs, from /proc/stat: the machine's load over a soak.
+pub fn cpu_busy_jiffies() -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let line = text.lines().next().context("/proc/stat is empty")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    ensure!(v.len() >= 5, "unexpected /proc/stat line {line}");
+    let total: u64 = v.iter().sum();
+    // idle and iowait are not busy.
+    Ok((total - v[3] - v[4], total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use dml_tests::events::EventKind;
 use dml_tests::history::{self, Op, Ret, value_of};
 use dml_tests::infer::{Images, exactly_once, jobs, output, prepare, submit, wait_job};
 use dml_tests::nemesis::{self, Clients, Outcome, file_name};
-use dml_tests::netbed::Bed;
+use dml_tests::netbed::{Bed, cpu_busy_jiffies};
 use dml_tests::sdfs::{DML, READY, SdfsCluster, SdfsOptions, api, content};
 use dml_tests::ssh::{self, DeployedAgents, Sshd};
 use dml_tests::view::wait_not_live;
@@ -494,21 +494,6 @@ fn a_cluster_busy_with_inference_suspects_no_one() -> Result<()> {
 }
 
 const SOAK_DATA: &str = "datasets/soak/";
-
-/// (busy, total) jiffies of all CPUs, from /proc/stat.
-fn cpu_busy_jiffies() -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat")?;
-    let line = text.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    ensure!(v.len() >= 5, "unexpected /proc/stat line {line}");
-    let total: u64 = v.iter().sum();
-    // idle and iowait are not busy.
-    Ok((total - v[3] - v[4], total))
-}
 
 /// Agent hosts of the deploy test; its client is one more host.
 const DEPLOYED: usize = 4;

@@ -27,7 +27,7 @@ use dml_shared::infer::{JobInfo, JobState};
 use dml_shared::sdfs_client::no_progress;
 use dml_tests::events::EventKind;
 use dml_tests::infer::{Images, jobs, prepare, set_batch, submit};
-use dml_tests::netbed::Bed;
+use dml_tests::netbed::{Bed, cpu_busy_jiffies};
 use dml_tests::sdfs::content::write_pattern_file;
 use dml_tests::sdfs::{SdfsCluster, SdfsOptions};
 use dml_tests::ssh::{self, Sshd};
@@ -611,21 +611,6 @@ async fn soak_inner(c: &SdfsCluster, s: &mut Soak) -> Result<()> {
     s.refuted = diff(|x| x.refuted);
     s.declared_failed = diff(|x| x.declared_failed);
     Ok(())
-}
-
-/// (busy, total) jiffies of all CPUs, from /proc/stat.
-fn cpu_busy_jiffies() -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat")?;
-    let line = text.lines().next().context("/proc/stat is empty")?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    ensure!(v.len() >= 5, "unexpected /proc/stat line {line}");
-    let total: u64 = v.iter().sum();
-    // idle and iowait are not busy.
-    Ok((total - v[3] - v[4], total))
 }
 
 fn s2(v: Option<f64>) -> String {
