@@ -18,11 +18,12 @@ pub const MAX_NAME_BYTES: usize = 1024;
 pub use crate::version::{Checksum, VersionInfo};
 
 /// Checks an SDFS name: non-empty UTF-8 of at most [`MAX_NAME_BYTES`], no
-/// NUL, not absolute, no `.` or `..` component, no empty component.
+/// control character (C0, DEL, C1; NUL among them), not absolute, no `.` or
+/// `..` component, no empty component.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |reason: &str| {
         Err(Error::BadName {
-            name: name.chars().take(80).collect(),
+            name: printable(name).chars().take(80).collect(),
             reason: reason.into(),
         })
     };
@@ -32,8 +33,12 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.len() > MAX_NAME_BYTES {
         return bad("is longer than 1024 bytes");
     }
-    if name.contains('\0') {
-        return bad("contains a NUL byte");
+    if let Some((i, c)) = name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return bad(&format!(
+            "contains the control character U+{:04X} at character {}",
+            c as u32,
+            i + 1
+        ));
     }
     if name.starts_with('/') {
         return bad("is an absolute path");
@@ -49,6 +54,31 @@ pub fn validate_name(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `name` with every unprintable character (controls, and the invisible
+/// format characters that reorder or hide text on a terminal) written as
+/// `\u{..}`: for any output that shows a name to a person. Names cannot hold
+/// a backslash, so the escapes are unambiguous.
+pub fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(unprintable) {
+        return name.into();
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match unprintable(c) {
+            true => out += &format!("\\u{{{:x}}}", c as u32),
+            false => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Controls (C0, DEL, C1), and Unicode format characters (bidi overrides,
+/// zero-width ones, the BOM).
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
 }
 
 /// Adds each replica of `chain` that is neither in `holders` nor already in
@@ -309,6 +339,38 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
         validate_name(&"x".repeat(MAX_NAME_BYTES)).unwrap();
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_naming_the_character_and_its_position() {
+        for (name, code, at) in [
+            ("a\nb", "U+000A", 2),
+            ("\u{1b}[31mred", "U+001B", 1),
+            ("ok/\u{7f}", "U+007F", 4),
+            ("é\u{85}", "U+0085", 2),
+            ("x\u{9b}", "U+009B", 2),
+            ("a\0b", "U+0000", 2),
+        ] {
+            let e = validate_name(name).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("control character {code} at character {at}")),
+                "{name:?}: {e}"
+            );
+            // The error itself prints nothing raw.
+            assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        }
+        validate_name("tab-free/ünïcode ok").unwrap();
+    }
+
+    #[test]
+    fn printable_escapes_controls_and_hidden_characters_only() {
+        assert!(matches!(
+            printable("dir/ünï.jpg"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(printable("a\nb\u{1b}[0m"), "a\\u{a}b\\u{1b}[0m");
+        assert_eq!(printable("x\u{9b}y\u{7f}"), "x\\u{9b}y\\u{7f}");
+        assert_eq!(printable("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
     }
 
     #[test]

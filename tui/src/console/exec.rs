@@ -6,6 +6,7 @@ use super::app::Action;
 use super::fmt::bytes;
 use dml_shared::client::Client;
 use dml_shared::infer::{InferRequest, InferResponse, Outcome};
+use dml_shared::sdfs::printable;
 use dml_shared::sdfs_client::{Sdfs, no_progress};
 use dml_shared::{ErrorKind, RemoteError};
 use std::fmt::Write as _;
@@ -193,7 +194,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
             let _ = write!(
                 out,
                 "{} version {} ({}) on {} holders",
-                r.name,
+                printable(&r.name),
                 r.version,
                 bytes(r.size),
                 r.holders.len()
@@ -207,7 +208,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
             let _ = write!(
                 out,
                 "{} version {} ({}) from {} to {}",
-                r.name,
+                printable(&r.name),
                 r.version,
                 bytes(r.size),
                 r.from,
@@ -217,12 +218,12 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
         "delete" => {
             let name = arg(w, 1, cmd, "SDFSNAME")?;
             sdfs.delete(name).await?;
-            let _ = write!(out, "{name} deleted");
+            let _ = write!(out, "{} deleted", printable(name));
         }
         "ls" => {
             let name = arg(w, 1, cmd, "SDFSNAME")?;
             let f = sdfs.ls(name).await?;
-            let _ = writeln!(out, "{}: {} versions", f.name, f.versions.len());
+            let _ = writeln!(out, "{}: {} versions", printable(&f.name), f.versions.len());
             for v in f.versions {
                 let holders: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
                 let _ = writeln!(
@@ -246,7 +247,13 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
             let h = sdfs.store(node).await?;
             let _ = writeln!(out, "{} versions stored", h.len());
             for h in h {
-                let _ = writeln!(out, "{} v{} {}", h.name, h.version, bytes(h.size));
+                let _ = writeln!(
+                    out,
+                    "{} v{} {}",
+                    printable(&h.name),
+                    h.version,
+                    bytes(h.size)
+                );
             }
         }
         "get-versions" => {
@@ -412,7 +419,7 @@ fn files(out: &mut String, files: Vec<dml_shared::sdfs::FileInfo>) {
         let _ = writeln!(
             out,
             "{}: {} versions, newest {}",
-            f.name,
+            printable(&f.name),
             f.versions.len(),
             bytes(size)
         );

@@ -12,6 +12,7 @@ use crate::cli::{Command, SdfsCommand};
 use crate::oneshot::resolve_agent;
 use anyhow::{Context, Result, bail};
 use dml_shared::client::Client;
+use dml_shared::sdfs::printable;
 use dml_shared::sdfs_client::{Progress, Sdfs};
 use progress::Bar;
 use serde_json::json;
@@ -129,7 +130,9 @@ async fn execute(
             let r = sdfs
                 .put(localfile, sdfsname, progress)
                 .await
-                .with_context(|| format!("put {} as \"{sdfsname}\"", localfile.display()))?;
+                .with_context(|| {
+                    format!("put {} as \"{}\"", localfile.display(), printable(sdfsname))
+                })?;
             let mut out = pick(report::put_json(&r), report::put_text(&r));
             if !json {
                 out.warning = report::put_warning(&r);
@@ -143,16 +146,16 @@ async fn execute(
             let r = sdfs
                 .get(sdfsname, localfile, progress)
                 .await
-                .with_context(|| format!("get \"{sdfsname}\""))?;
+                .with_context(|| format!("get \"{}\"", printable(sdfsname)))?;
             pick(report::get_json(&r), report::get_text(&r))
         }
         Command::Delete { sdfsname } => {
             sdfs.delete_with(sdfsname, progress)
                 .await
-                .with_context(|| format!("delete \"{sdfsname}\""))?;
+                .with_context(|| format!("delete \"{}\"", printable(sdfsname)))?;
             pick(
                 json!({"name": sdfsname, "deleted": true}),
-                format!("deleted every version of \"{sdfsname}\"\n"),
+                format!("deleted every version of \"{}\"\n", printable(sdfsname)),
             )
         }
         Command::Ls { sdfsname } => {
@@ -184,7 +187,7 @@ async fn execute(
             let r = sdfs
                 .get_versions(sdfsname, n, localpath, *merge, progress)
                 .await
-                .with_context(|| format!("get-versions \"{sdfsname}\""))?;
+                .with_context(|| format!("get-versions \"{}\"", printable(sdfsname)))?;
             pick(report::versions_json(&r), report::versions_text(&r))
         }
         Command::GetAll { glob, localdir } => {

@@ -3,7 +3,7 @@
 
 use crate::report::{rate, render_table};
 use dml_shared::api::LeaderInfo;
-use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo, describe_failed};
+use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo, describe_failed, printable};
 use dml_shared::sdfs_client::{
     Count, GetAllReport, GetReport, LoadReport, PutReport, VersionsReport, throughput,
 };
@@ -78,7 +78,7 @@ fn speed(bytes: u64, d: Duration) -> String {
 pub fn put_text(r: &PutReport) -> String {
     format!(
         "stored \"{}\" version {}: {}, on {}\n",
-        r.name,
+        printable(&r.name),
         r.version,
         speed(r.size, r.elapsed),
         addrs(&r.holders)
@@ -90,7 +90,7 @@ pub fn put_warning(r: &PutReport) -> Option<String> {
     (!r.failed.is_empty()).then(|| {
         format!(
             "warning: \"{}\" version {} is on {} of {} replicas; not stored on {}",
-            r.name,
+            printable(&r.name),
             r.version,
             r.holders.len(),
             r.holders.len() + r.failed.len(),
@@ -115,7 +115,7 @@ pub fn put_json(r: &PutReport) -> Value {
 pub fn get_text(r: &GetReport) -> String {
     format!(
         "fetched \"{}\" version {} into {}: {}, from {}\n",
-        r.name,
+        printable(&r.name),
         r.version,
         r.path.display(),
         speed(r.size, r.elapsed),
@@ -169,7 +169,7 @@ pub fn ls_table(f: &FileInfo) -> String {
         .collect();
     format!(
         "{}\n{}",
-        f.name,
+        printable(&f.name),
         render_table(
             &["VERSION", "SIZE", "BLAKE3", "COMMITTED", "REPLICAS"],
             &rows
@@ -187,7 +187,7 @@ pub fn files_table(files: &[FileInfo]) -> String {
         .map(|f| {
             let latest = f.versions.last();
             vec![
-                f.name.clone(),
+                printable(&f.name).into_owned(),
                 f.versions.len().to_string(),
                 latest.map_or("-".into(), |v| v.version.to_string()),
                 latest.map_or("-".into(), |v| size(v.size)),
@@ -213,7 +213,10 @@ pub fn store_table(node: SocketAddr, held: &[Holding]) -> String {
     }
     let rows: Vec<Vec<String>> = held
         .iter()
-        .map(|h| vec![h.name.clone(), h.version.to_string(), size(h.size)])
+        .map(|h| {
+            let name = printable(&h.name).into_owned();
+            vec![name, h.version.to_string(), size(h.size)]
+        })
         .collect();
     format!(
         "{node} stores {} version{}, {}\n{}",
@@ -241,7 +244,7 @@ pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
         .map(|(n, held)| {
             let list: Vec<String> = held
                 .iter()
-                .map(|h| format!("{}@v{}", h.name, h.version))
+                .map(|h| format!("{}@v{}", printable(&h.name), h.version))
                 .collect();
             vec![
                 n.to_string(),
@@ -282,7 +285,7 @@ pub fn versions_text(r: &VersionsReport) -> String {
     let mut out = format!(
         "fetched {} versions of \"{}\" (newest first: {}): {}\n",
         r.versions.len(),
-        r.name,
+        printable(&r.name),
         list.join(", "),
         speed(total, r.elapsed)
     );
@@ -316,6 +319,7 @@ pub fn get_all_text(r: &GetAllReport) -> String {
     let mut out = String::new();
     let mut bytes = 0;
     for (name, res) in &r.items {
+        let name = printable(name);
         match res {
             Ok(g) => {
                 bytes += g.size;
@@ -352,11 +356,14 @@ pub fn load_text(r: &LoadReport) -> String {
                 out += &format!(
                     "ok     {} -> {} v{}\n",
                     i.local.display(),
-                    i.name,
+                    printable(&i.name),
                     p.version
                 )
             }
-            Err(e) => out += &format!("FAILED {} -> {}: {e}\n", i.local.display(), i.name),
+            Err(e) => {
+                let name = printable(&i.name);
+                out += &format!("FAILED {} -> {name}: {e}\n", i.local.display())
+            }
         }
     }
     out += &format!(
@@ -611,5 +618,25 @@ mod tests {
             nodes_json(&[(a(8001), held)])[0]["holdings"][0]["version"],
             2
         );
+    }
+
+    #[test]
+    fn tables_escape_unprintable_characters_in_names() {
+        let mut f = file();
+        f.name = "a\u{1b}[2Jb\nc".into();
+        let held = vec![Holding {
+            name: f.name.clone(),
+            version: 1,
+            size: 1,
+        }];
+        for t in [
+            files_table(std::slice::from_ref(&f)),
+            ls_table(&f),
+            store_table(a(8001), &held),
+            nodes_table(&[(a(8001), held.clone())]),
+        ] {
+            assert!(t.contains("a\\u{1b}[2Jb\\u{a}c"), "{t}");
+            assert!(!t.contains('\u{1b}'), "{t:?}");
+        }
     }
 }
