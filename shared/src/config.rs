@@ -224,6 +224,10 @@ pub struct SdfsConfig {
     /// Period of the comparison of the disk with the committed metadata.
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// Bytes SDFS leaves free on the data directory's file system: a copy that would
+    /// leave less is refused as a full disk, so the Raft log (same directory) can still
+    /// grow when SDFS data is what fills the disk. 0 turns the check off.
+    pub disk_reserve: u64,
 }
 
 impl Default for SdfsConfig {
@@ -237,6 +241,7 @@ impl Default for SdfsConfig {
             repair_concurrency: 2,
             scrub_interval: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(30),
+            disk_reserve: 64 << 20,
         }
     }
 }

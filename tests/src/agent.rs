@@ -259,6 +259,7 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
         repair_concurrency,
         scrub_interval,
         reconcile_interval,
+        disk_reserve,
     } = s;
     let d = toml_duration;
     let replicas = replicas.map_or_else(String::new, |r| format!("replicas = {r}\n"));
@@ -271,7 +272,8 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
          repair_bytes_per_sec = {repair_bytes_per_sec}\n\
          repair_concurrency = {repair_concurrency}\n\
          scrub_interval = {}\n\
-         reconcile_interval = {}\n",
+         reconcile_interval = {}\n\
+         disk_reserve = {disk_reserve}\n",
         d(put_timeout),
         d(scrub_interval),
         d(reconcile_interval),

@@ -25,6 +25,8 @@
 //!   tests, and a guard over the agents `dml cluster up` started.
 //! - [`ports`]: picking a port that is free for both UDP and TCP.
 //! - [`source`]: the workspace's own source files, for tests that read them.
+//! - [`small_disk`]: a tmpfs of an agent's own under its data directory, and a ballast that
+//!   fills it (a full disk on one host); unmounted on drop and by the stale sweep.
 //! - [`sdfs`]: [`sdfs::SdfsCluster`], agents that all know each other's addresses (Raft
 //!   voters, SDFS replicas), and what the SDFS tests and `bench sdfs` look at.
 //!
@@ -46,6 +48,7 @@ pub mod nemesis;
 pub mod netbed;
 pub mod ports;
 pub mod sdfs;
+pub mod small_disk;
 pub mod source;
 pub mod ssh;
 pub mod view;

@@ -123,10 +123,13 @@ fn kill_stale_processes() -> usize {
     stale.len()
 }
 
-/// Deletes the bed namespaces of processes that no longer run, and kills the sshd servers
-/// and deployed agents their beds left. Returns how many namespaces and processes.
+/// Deletes the bed namespaces of processes that no longer run, kills the sshd servers
+/// and deployed agents their beds left, and unmounts their small disks
+/// ([`crate::small_disk`]). Returns how many namespaces, processes and mounts.
 pub fn sweep_stale() -> Result<usize> {
     let mut removed = kill_stale_processes();
+    // After the kills: a dead run's agents no longer use their disks.
+    removed += crate::small_disk::sweep_stale()?;
     let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
         return Ok(removed);
     };

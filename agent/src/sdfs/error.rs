@@ -7,12 +7,16 @@ use std::net::SocketAddr;
 /// What went wrong while storing, reading or copying a version.
 #[derive(Debug, thiserror::Error)]
 pub enum SdfsError {
-    #[error("disk full on agent {agent}: cannot store \"{name}\" v{version} under \"{dir}\"")]
+    #[error(
+        "disk full on agent {agent}: cannot store \"{name}\" v{version} under \"{dir}\": {why}"
+    )]
     DiskFull {
         agent: SocketAddr,
         name: String,
         version: u64,
         dir: String,
+        /// The file system's answer, or the reserve the copy would eat into.
+        why: String,
     },
     #[error("agent {agent} cannot {action} \"{path}\": {source}")]
     Io {

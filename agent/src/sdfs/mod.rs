@@ -228,6 +228,7 @@ impl SdfsService {
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, agent))
             .await
             .map_err(|_| SdfsError::ShuttingDown { agent })??;
+        store.set_reserve(opts.cfg.disk_reserve);
         let ctx = Arc::new(Ctx {
             store,
             throttle: Throttle::new(opts.cfg.repair_bytes_per_sec),

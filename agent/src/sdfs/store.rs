@@ -73,6 +73,8 @@ struct Inner {
     /// Testing seam: a write past this many bytes of one object fails as a
     /// full disk would. `u64::MAX` means no limit.
     write_limit: AtomicU64,
+    /// `sdfs.disk_reserve`: free bytes a new copy must leave (0: no check).
+    reserve: AtomicU64,
 }
 
 impl Store {
@@ -88,6 +90,7 @@ impl Store {
                 index: Mutex::new(BTreeMap::new()),
                 temp_seq: AtomicU64::new(0),
                 write_limit: AtomicU64::new(u64::MAX),
+                reserve: AtomicU64::new(0),
             }),
         };
         for dir in [&store.inner.objects, &store.inner.tmp] {
@@ -172,6 +175,53 @@ impl Store {
         self.inner
             .write_limit
             .store(limit.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Free bytes a new copy must leave on the file system (`sdfs.disk_reserve`).
+    pub fn set_reserve(&self, bytes: u64) {
+        self.inner.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Refuses a copy of `size` bytes that would leave less than the reserve free.
+    /// The reserve is there for the Raft log in the same data directory: a full
+    /// disk that fails its append stops the control plane on this agent (the
+    /// agent exits), while a refused copy only makes a put use another replica.
+    fn check_room(&self, name: &str, version: u64, size: u64) -> Result<(), SdfsError> {
+        let reserve = self.inner.reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        // If the file system cannot say, the write itself will.
+        let Ok(st) = nix::sys::statvfs::statvfs(&self.inner.tmp) else {
+            return Ok(());
+        };
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
+        if free >= size.saturating_add(reserve) {
+            return Ok(());
+        }
+        Err(self.disk_full(
+            name,
+            version,
+            format!(
+                "{free} bytes free, and sdfs.disk_reserve keeps {reserve} for the control plane's log"
+            ),
+        ))
+    }
+
+    fn disk_full(&self, name: &str, version: u64, why: String) -> SdfsError {
+        SdfsError::DiskFull {
+            agent: self.inner.agent,
+            name: name.to_string(),
+            version,
+            dir: self
+                .inner
+                .tmp
+                .parent()
+                .unwrap_or(&self.inner.tmp)
+                .display()
+                .to_string(),
+            why,
+        }
     }
 
     fn index(&self) -> MutexGuard<'_, BTreeMap<(String, u64), ObjectMeta>> {
@@ -265,6 +315,7 @@ impl Store {
         checksum: Checksum,
     ) -> Result<TempObject, SdfsError> {
         validate_name(name)?;
+        self.check_room(name, version, size)?;
         let seq = self.inner.temp_seq.fetch_add(1, Ordering::Relaxed);
         let stem = format!(
             "{}.{}-{seq}",
@@ -305,18 +356,7 @@ impl Store {
 
     fn write_err(&self, name: &str, version: u64, path: &Path, e: io::Error) -> SdfsError {
         if is_disk_full(&e) {
-            SdfsError::DiskFull {
-                agent: self.inner.agent,
-                name: name.to_string(),
-                version,
-                dir: self
-                    .inner
-                    .tmp
-                    .parent()
-                    .unwrap_or(&self.inner.tmp)
-                    .display()
-                    .to_string(),
-            }
+            self.disk_full(name, version, e.to_string())
         } else {
             self.io("write", path, e)
         }
@@ -978,6 +1018,19 @@ mod tests {
         assert_eq!(count(s.tmp_dir()), 0);
         s.set_write_limit(None);
         put(&s, "big", 1, &pattern(4, 5000)).unwrap();
+    }
+
+    #[test]
+    fn a_copy_that_would_eat_into_the_reserve_is_refused_as_a_full_disk() {
+        let dir = TestDir::new("store");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        s.set_reserve(u64::MAX / 2);
+        let e = put(&s, "r", 1, b"r").unwrap_err();
+        assert!(e.to_string().contains("sdfs.disk_reserve keeps"), "{e}");
+        disk_full_error_names_the_agent(e);
+        assert_eq!(count(s.tmp_dir()), 0);
+        s.set_reserve(1);
+        put(&s, "r", 1, b"r").unwrap();
     }
 
     /// Unmounts on drop, even when an assertion fails.

@@ -19,6 +19,7 @@ use crate::agent::{Agent, AgentSpec};
 use crate::cluster::{Cluster, test_membership};
 use crate::dml::DmlOutput;
 use crate::ports::free_fixed_addr;
+use crate::small_disk::SmallDisk;
 use crate::view::VIEW_POLL;
 use crate::wait::wait_for;
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -113,6 +114,10 @@ pub struct SdfsOptions {
     /// Run every agent on a wall clock the test can move ([`SdfsCluster::set_clock`]),
     /// through libfaketime.
     pub movable_clocks: bool,
+    /// Give every agent a file system of this many bytes of its own (a tmpfs at
+    /// `<cluster dir>/a<i>-disk`, its data directory `data` inside), so a test can fill it
+    /// ([`SdfsCluster::disk`]). Needs root.
+    pub disk_bytes: Option<u64>,
 }
 
 impl SdfsOptions {
@@ -127,12 +132,16 @@ impl SdfsOptions {
             extra_config: String::new(),
             hosts: Vec::new(),
             movable_clocks: false,
+            disk_bytes: None,
         }
     }
 }
 
 /// A cluster whose agents all know every agent's address (`--node`).
 pub struct SdfsCluster {
+    /// Before `cluster`: unmounted (lazily) first, so the test directory's removal finds
+    /// empty mount points.
+    disks: Vec<SmallDisk>,
     pub cluster: Cluster,
     /// Agent `i` listens on `addrs[i]`, across restarts.
     pub addrs: Vec<SocketAddr>,
@@ -175,6 +184,7 @@ impl SdfsCluster {
         let scratch = cluster.dir().join("local");
         std::fs::create_dir_all(&scratch)?;
         let mut specs = Vec::new();
+        let mut disks = Vec::new();
         for (i, a) in addrs.iter().enumerate() {
             let mut spec = AgentSpec::new(format!("a{i}"), opts.membership.clone())
                 .bind(*a)
@@ -183,6 +193,11 @@ impl SdfsCluster {
                 .sdfs(opts.sdfs.clone());
             spec.extra_config = opts.extra_config.clone();
             spec.netns = opts.hosts.get(i).map(|h| h.ns.clone());
+            if let Some(bytes) = opts.disk_bytes {
+                let disk = SmallDisk::mount(&cluster.dir().join(format!("a{i}-disk")), bytes)?;
+                spec = spec.data_dir(disk.path().join("data"));
+                disks.push(disk);
+            }
             if opts.movable_clocks {
                 let file = cluster.dir().join(format!("a{i}.clock"));
                 std::fs::write(&file, "+0s\n")?;
@@ -195,6 +210,7 @@ impl SdfsCluster {
             specs.push(spec);
         }
         let c = Self {
+            disks,
             cluster,
             addrs,
             opts,
@@ -239,7 +255,17 @@ impl SdfsCluster {
 
     /// Agent `i`'s data directory.
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.agent(i).dir().join("data")
+        self.specs[i]
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.agent(i).dir().join("data"))
+    }
+
+    /// Agent `i`'s own file system, with [`SdfsOptions::disk_bytes`].
+    pub fn disk(&self, i: usize) -> Result<&SmallDisk> {
+        self.disks
+            .get(i)
+            .context("the cluster was started without disk_bytes")
     }
 
     /// The voters as every agent derives them: the first `2m + 1` addresses.

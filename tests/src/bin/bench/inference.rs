@@ -379,6 +379,7 @@ fn options(agents: usize, sdfs: SdfsConfig, base: &Path) -> SdfsOptions {
         extra_config: "[inference]\nintra_threads = 1\n".into(),
         hosts: Vec::new(),
         movable_clocks: false,
+        disk_bytes: None,
     }
 }
 

@@ -132,6 +132,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
         extra_config: String::new(),
         hosts: Vec::new(),
         movable_clocks: false,
+        disk_bytes: None,
     };
     let sdfs_cfg = opts.sdfs.clone();
     let t = Instant::now();
