@@ -52,15 +52,45 @@ async fn bind_pair(
 }
 
 /// The agent's local socket ([`dml_shared::stream`]), for clients on this
-/// host; without one (another process holds the name) they use TCP.
-fn bind_local(addr: SocketAddr) -> Option<tokio::net::UnixListener> {
+/// host. A name another process holds is an error: it may be a local user
+/// waiting to read what clients send. Other failures leave clients on TCP.
+async fn bind_local(addr: SocketAddr) -> anyhow::Result<Option<tokio::net::UnixListener>> {
     #[cfg(target_os = "linux")]
     match dml_shared::stream::local_addr(addr).and_then(|a| tokio::net::UnixListener::bind_addr(&a))
     {
-        Ok(l) => return Some(l),
+        Ok(l) => return Ok(Some(l)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!(
+                "the local socket @{} is already held by {}: a local user may be squatting it \
+                 to read what clients on this host send; stop that process, or bind this agent \
+                 to another address",
+                dml_shared::stream::local_name(addr),
+                local_holder(addr).await
+            )
+        }
         Err(e) => tracing::warn!(error = %e, "no local socket; clients on this host use TCP"),
     }
-    None
+    Ok(None)
+}
+
+/// Who listens on the local socket of `addr`: pid, command and uid, as far
+/// as the kernel tells (`SO_PEERCRED`).
+#[cfg(target_os = "linux")]
+async fn local_holder(addr: SocketAddr) -> String {
+    let cred = match dml_shared::stream::local_addr(addr) {
+        Ok(a) => tokio::net::UnixStream::connect_addr(&a)
+            .await
+            .and_then(|s| s.peer_cred()),
+        Err(e) => Err(e),
+    };
+    match cred {
+        Ok(c) => {
+            let pid = c.pid().unwrap_or(0);
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("pid {pid} (\"{}\", uid {})", comm.trim(), c.uid())
+        }
+        Err(e) => format!("another process (it did not accept a connection: {e})"),
+    }
 }
 
 impl Agent {
@@ -73,6 +103,7 @@ impl Agent {
                 "bind address {addr} is a wildcard; give the address other members reach this agent at"
             );
         }
+        let local = bind_local(addr).await?;
         let id = crate::identity::next(&cfg.data_dir, addr).with_context(|| {
             format!(
                 "cannot record this agent's identity in \"{}\"",
@@ -131,7 +162,7 @@ impl Agent {
             telemetry: telemetry.handle(),
             auth: auth.clone(),
         };
-        let api = ApiServer::spawn(tcp, bind_local(addr), cfg.api.clone(), services);
+        let api = ApiServer::spawn(tcp, local, cfg.api.clone(), services);
         let worker = match cfg.inference.worker {
             false => None,
             true => Some(

@@ -84,9 +84,17 @@ impl Conn {
     }
 
     /// Like [`Conn::connect`], but through the agent's local socket when it
-    /// runs on this host ([`stream::connect_near`]): for a client's bulk data.
+    /// runs on this host and is trusted ([`stream::connect_local`]): for a
+    /// client's bulk data. A local socket that is refused, or whose handshake
+    /// fails, is left for TCP.
     pub async fn connect_near(addr: SocketAddr) -> Result<Conn> {
-        Self::handshake_on(addr, stream::connect_near(addr).await).await
+        #[cfg(target_os = "linux")]
+        if let Ok(s) = stream::connect_local(addr).await
+            && let Ok(c) = Self::client(s, addr, auth::installed()?).await
+        {
+            return Ok(c);
+        }
+        Self::connect(addr).await
     }
 
     /// The client handshake with the process's key on a fresh connection to `addr`.

@@ -6,9 +6,16 @@
 //! connects there first ([`connect_near`]): on two cores a loopback TCP
 //! stream spends as much CPU on the protocol as on the bytes, a Unix socket
 //! almost none. The handshake and sealed frames are the same on both.
-//! Abstract names live in the network namespace, so only an agent reachable
-//! at that address from here can hold one; and an impostor fails the
-//! handshake without the cluster key.
+//!
+//! Abstract rather than a file in a 0700 directory: an abstract name lives in
+//! the network namespace, as the address it is named after does (agents in
+//! other namespaces, as on the test bed, are not reached around the network),
+//! and it goes with the process (no stale file after a kill, no directory
+//! that clients and a service manager must agree on). Any local user can bind
+//! a free abstract name, so both ends check who holds it: the agent refuses to
+//! start when the name is taken, and a client takes the socket only from a
+//! server running as its own user or root ([`SO_PEERCRED`](UnixStream::peer_cred),
+//! read before a byte is sent), else it uses TCP.
 
 use std::io;
 use std::net::SocketAddr;
@@ -37,15 +44,42 @@ pub fn local_addr(addr: SocketAddr) -> io::Result<tokio::net::unix::SocketAddr> 
     std::os::unix::net::SocketAddr::from_abstract_name(local_name(addr).as_bytes()).map(Into::into)
 }
 
+/// Whether a local socket served by `server_uid` may carry this process's
+/// traffic: the server runs as this process's user (`my_uid`) or as root.
+pub fn trusted_server(server_uid: u32, my_uid: u32) -> bool {
+    server_uid == my_uid || server_uid == 0
+}
+
+/// Connects to the local socket of the agent at `addr`, and checks that the
+/// process holding it runs as this user or root ([`trusted_server`]) before
+/// anything is sent.
+#[cfg(target_os = "linux")]
+pub async fn connect_local(addr: SocketAddr) -> io::Result<Stream> {
+    let s = UnixStream::connect_addr(&local_addr(addr)?).await?;
+    let cred = s.peer_cred()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !trusted_server(cred.uid(), me) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the local socket @{} is held by uid {} (pid {}), neither this user ({me}) nor root",
+                local_name(addr),
+                cred.uid(),
+                cred.pid().unwrap_or(0)
+            ),
+        ));
+    }
+    let s = Stream::Unix(s);
+    s.widen_send_buffer();
+    Ok(s)
+}
+
 /// Connects to the agent at `addr` through its local socket if it runs on this
-/// host, else over TCP.
+/// host and is trusted ([`connect_local`]), else over TCP.
 pub async fn connect_near(addr: SocketAddr) -> io::Result<Stream> {
     #[cfg(target_os = "linux")]
-    if let Ok(a) = local_addr(addr)
-        && let Ok(s) = UnixStream::connect_addr(&a).await
-    {
-        let s = Stream::Unix(s);
-        s.widen_send_buffer();
+    if let Ok(s) = connect_local(addr).await {
         return Ok(s);
     }
     connect_tcp(addr).await
@@ -230,6 +264,7 @@ mod tests {
         // Nothing on the local name yet: TCP.
         let s = connect_near(addr).await.unwrap();
         assert!(!s.is_local());
+        // Held by this process: this user.
         let local = tokio::net::UnixListener::bind_addr(&local_addr(addr).unwrap()).unwrap();
         let mut s = connect_near(addr).await.unwrap();
         assert!(s.is_local());
@@ -238,5 +273,14 @@ mod tests {
         let mut got = [0u8; 4];
         served.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
+    }
+
+    #[test]
+    fn only_a_local_server_of_this_user_or_root_is_trusted() {
+        assert!(trusted_server(1000, 1000));
+        assert!(trusted_server(0, 1000));
+        assert!(trusted_server(0, 0));
+        assert!(!trusted_server(1001, 1000));
+        assert!(!trusted_server(1000, 0));
     }
 }
