@@ -93,6 +93,27 @@ async fn local_holder(addr: SocketAddr) -> String {
     }
 }
 
+/// Creates the data directory 0700, or tightens an existing one readable or
+/// writable by others: objects and the Raft log are the cluster's data.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let name = || format!("cannot make data directory \"{}\" private", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(name)?;
+    let mode = std::fs::metadata(dir)
+        .with_context(name)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(name)?;
+        tracing::warn!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "data directory was open to other users; now 0700");
+    }
+    Ok(())
+}
+
 impl Agent {
     /// Starts an agent; `join` says whether it joins the group right away.
     pub async fn start(cfg: &Config, join: bool) -> anyhow::Result<Self> {
@@ -104,6 +125,7 @@ impl Agent {
             );
         }
         let local = bind_local(addr).await?;
+        private_data_dir(&cfg.data_dir)?;
         let id = crate::identity::next(&cfg.data_dir, addr).with_context(|| {
             format!(
                 "cannot record this agent's identity in \"{}\"",

@@ -125,6 +125,9 @@ fn log_throttle() -> Result<tracing_throttle::TracingRateLimitLayer, Box<dyn std
 }
 
 fn main() -> ExitCode {
+    // What the agent writes (objects, raft.redb, its directories) is its own
+    // only, whatever the shell or service manager left (the unit's UMask= too).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let args = Args::parse();
     let (cfg, log) = match config(&args) {
         Ok(c) => c,

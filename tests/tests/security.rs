@@ -4,6 +4,11 @@
 //! same datagram sealed with the cluster key does take effect; a replayed
 //! datagram is dropped while a fresh one is answered.
 //!
+//! Local access: a local user squatting an agent's local socket stops it from
+//! starting, and a client meeting such a socket uses TCP and sends it nothing;
+//! names with control characters are refused by `dml` and by the agent; a fresh
+//! agent's data directory and files are its own user's only.
+//!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use anyhow::{Context, Result, bail};
@@ -17,7 +22,8 @@ use dml_tests::view::{VIEW_POLL, members, state_of, wait_converged};
 use dml_tests::{Cluster, test_membership, wait_for, wait_until};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 const READY: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(20);
@@ -300,4 +306,214 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
     )
     .await
     .unwrap();
+}
+
+/// A `squat` process holding the local socket name of an agent's address, as another local
+/// user (nobody) when the tests run as root. Killed on drop.
+struct Squatter {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Whether it runs as another user than this process.
+    foreign: bool,
+}
+
+impl Squatter {
+    async fn start(addr: SocketAddr) -> Result<Squatter> {
+        let mut cmd = tokio::process::Command::new(dml_tests::bins::binary("squat")?);
+        cmd.arg(addr.to_string())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let foreign = nix::unistd::geteuid().is_root();
+        if foreign {
+            cmd.uid(65534).gid(65534);
+        }
+        let mut child = cmd.spawn().context("cannot start squat")?;
+        let stdout = child.stdout.take().context("squat's stdout")?;
+        let mut s = Squatter {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            foreign,
+        };
+        let first = s.next_line(WAIT).await?;
+        anyhow::ensure!(first == "ready", "squat said {first:?}");
+        Ok(s)
+    }
+
+    async fn next_line(&mut self, within: Duration) -> Result<String> {
+        match tokio::time::timeout(within, self.lines.next_line()).await {
+            Ok(Ok(Some(l))) => Ok(l),
+            Ok(Ok(None)) => bail!("squat exited"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("squat said nothing within {within:?}"),
+        }
+    }
+
+    /// The bytes the next connection sent it.
+    async fn next_connection(&mut self, within: Duration) -> Result<usize> {
+        let l = self.next_line(within).await?;
+        l.strip_prefix("got ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("squat said {l:?}"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// Relays TCP connections at `from` to `to`, until the test ends.
+async fn relay(from: TcpListener, to: SocketAddr) {
+    while let Ok((mut a, _)) = from.accept().await {
+        tokio::spawn(async move {
+            if let Ok(mut b) = TcpStream::connect(to).await {
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_squatted_local_socket_stops_the_agent_and_clients_send_it_nothing() {
+    use dml_shared::api::{Request, Response};
+    use dml_shared::conn::{Conn, FrameRead, FrameWrite};
+    use dml_shared::framing::DEFAULT_MAX_FRAME;
+    use dml_shared::wire::{self, Kind};
+    use dml_tests::{Agent, AgentSpec, TestDir};
+    let dir = TestDir::new("local-squat").unwrap();
+    let addr = dml_tests::ports::free_fixed_addr().unwrap();
+    let mut squat = Squatter::start(addr).await.unwrap();
+
+    // The agent for `addr` will not share its name with the squatter.
+    let e = Agent::start(
+        AgentSpec::new("refused", test_membership()).bind(addr),
+        dir.path(),
+    )
+    .await
+    .unwrap_err();
+    let e = format!("{e:#}");
+    let held = format!(
+        "the local socket @{} is already held by pid {}",
+        dml_shared::stream::local_name(addr),
+        squat.pid()
+    );
+    assert!(e.contains(&held), "{e}");
+    // It asked who holds the name, without a word.
+    assert_eq!(squat.next_connection(WAIT).await.unwrap(), 0);
+
+    // An agent elsewhere, reached at `addr` over TCP: a client meets the squatted name
+    // first and still talks to the agent, over TCP.
+    let agent = Agent::start(AgentSpec::new("real", test_membership()), dir.path())
+        .await
+        .unwrap();
+    tokio::spawn(relay(TcpListener::bind(addr).await.unwrap(), agent.addr()));
+    let mut c = Conn::connect_near(addr).await.unwrap();
+    assert!(!c.raw().is_local(), "the client used the squatted socket");
+    c.write_frame(
+        &wire::encode(Kind::Request, &Request::Id),
+        DEFAULT_MAX_FRAME,
+    )
+    .await
+    .unwrap();
+    let answer = c.read_frame(DEFAULT_MAX_FRAME).await.unwrap().unwrap();
+    let r: Response = wire::decode(Kind::Response, &answer).unwrap();
+    assert!(
+        matches!(r, Response::Id(ref i) if i.id == agent.id()),
+        "{r:?}"
+    );
+    let sent = squat.next_connection(WAIT).await.unwrap();
+    if squat.foreign {
+        // Another user's socket is left before a byte is sent.
+        assert_eq!(sent, 0, "the client sent the squatter {sent} bytes");
+    } else {
+        // This user's own process is trusted; it failed the handshake, so the client
+        // went on over TCP.
+        assert!(sent > 0);
+    }
+}
+
+#[tokio::test]
+async fn names_with_control_characters_are_refused_by_dml_and_by_the_agent() {
+    use dml_shared::sdfs::MetaRequest;
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("control-chars", 1).await.unwrap();
+    let out = c.put_bytes(0, "evil\nname", b"x").await.unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("contains the control character U+000A at character 5"),
+        "{}",
+        out.stderr
+    );
+    // The name is shown escaped: the message is one line.
+    assert!(out.stderr.contains("evil\\u{a}name"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+
+    // A raw client is refused by the leader the same way.
+    let leader = c.wait_leader(&[0], READY).await.unwrap();
+    for (name, what) in [
+        ("x\u{1b}[2J", "U+001B at character 2"),
+        ("a/b\u{9b}c", "U+009B at character 4"),
+        ("del\u{7f}", "U+007F at character 4"),
+    ] {
+        let e = Client::new(leader)
+            .meta(MetaRequest::BeginPut {
+                name: name.into(),
+                size: 1,
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("control character {what}")), "{e}");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+    }
+    let ls = c.dml(0, &["ls-all", "*"]).await.unwrap();
+    ls.ensure_success().unwrap();
+    assert!(ls.stdout.contains("no files"), "{}", ls.stdout);
+}
+
+#[tokio::test]
+async fn a_fresh_agents_data_directory_and_files_are_its_users_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("private-files", 3).await.unwrap();
+    c.must_put(0, "private.bin", b"secret bytes").await.unwrap();
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .with_context(|| format!("{}", p.display()))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for i in 0..c.len() {
+        let data = c.data_dir(i);
+        // The harness made it 0755: the agent tightened it.
+        assert_eq!(mode(&data), 0o700, "{}", data.display());
+        assert_eq!(mode(&data.join("control/raft.redb")), 0o600);
+        for d in ["sdfs", "sdfs/objects", "control"] {
+            assert_eq!(mode(&data.join(d)), 0o700, "{d}");
+        }
+    }
+    let holders = c.holders_on_disk(b"secret bytes").unwrap();
+    assert!(!holders.is_empty());
+    for i in holders {
+        let objects = c.data_dir(i).join("sdfs/objects");
+        let mut files = vec![];
+        let mut stack = vec![objects];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    assert_eq!(mode(&p), 0o700, "{}", p.display());
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        assert!(!files.is_empty());
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
 }

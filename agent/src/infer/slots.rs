@@ -33,9 +33,10 @@ pub struct Slot {
 }
 
 impl HostSlots {
-    /// Creates `dir` if needed and checks that its slot files can be opened.
+    /// Creates `dir` if needed (0700), checks that it is this user's own
+    /// ([`private_dir`]) and that its slot files can be opened.
     pub fn open(dir: &Path, count: usize, max_wait: Duration) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let slots = Self {
             dir: dir.to_path_buf(),
             count: count.max(1),
@@ -70,10 +71,13 @@ impl HostSlots {
     }
 
     fn file(&self, i: usize) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.dir.join(format!("slot-{i}")))
     }
 
@@ -107,6 +111,40 @@ impl HostSlots {
             .ok()?;
         rx.recv_timeout(self.max_wait).ok()
     }
+}
+
+/// Creates `dir` (0700) if needed and checks that it is a directory of this
+/// user that no one else can write in; a looser one of this user is
+/// tightened. A directory in `/dev/shm` that another user made first could
+/// hold every slot, or swap the files for links.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("slot directory \"{}\" {why}", dir.display()),
+        ))
+    };
+    if !m.is_dir() {
+        return refuse("is not a directory (a link?)".into());
+    }
+    if m.uid() != me {
+        return refuse(format!(
+            "belongs to uid {}, not to this user ({me}); another user may have made it: remove it",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,6 +207,43 @@ mod tests {
         let s2 = HostSlots::open(&d, 1, Duration::from_secs(10)).unwrap();
         assert!(s2.acquire().is_some());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_slot_directory_and_files_are_this_users_only() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = dir("modes");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let s = HostSlots::open(&d, 1, Duration::from_secs(1)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(
+            mode(&d),
+            0o700,
+            "a loose directory of this user is tightened"
+        );
+        assert_eq!(mode(&d.join("slot-0")), 0o600);
+        drop(s);
+        // Another user's directory is refused, naming the owner (needs root to make).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+            let e = HostSlots::open(&d, 1, Duration::from_secs(1)).unwrap_err();
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_slot_directory_is_refused() {
+        let d = dir("link");
+        let target = dir("link-target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &d).unwrap();
+        let e = HostSlots::open(&d, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let _ = std::fs::remove_file(&d);
+        let _ = std::fs::remove_dir_all(&target);
     }
 
     #[test]
