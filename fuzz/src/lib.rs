@@ -5,7 +5,7 @@
 //! also checks what must then hold (a decoded message re-encodes and decodes to itself,
 //! an accepted SDFS name cannot leave the data directory, ...) and panics if it does not.
 
-use dml_agent::control::network::{RaftReply, RaftRpc};
+use dml_agent::control::network::{RaftMessage, RaftReply, RaftRpc};
 use dml_agent::control::state::MetaState;
 use dml_agent::control::types::Command;
 use dml_agent::membership::msg::Message;
@@ -164,7 +164,12 @@ where
 /// as `control::network` decodes them; the commands of a decoded append are then
 /// applied to an empty state machine, which must refuse what it cannot apply.
 pub fn raft_rpc(data: &[u8]) {
-    if let Some(RaftRpc::Append(a)) = postcard_round_trip::<RaftRpc>(data) {
+    postcard_round_trip::<RaftRpc>(data);
+    if let Some(RaftMessage {
+        rpc: RaftRpc::Append(a),
+        ..
+    }) = postcard_round_trip::<RaftMessage>(data)
+    {
         let mut state = MetaState::default();
         for e in &a.entries {
             if let openraft::EntryPayload::Normal(cmd) = &e.payload {

@@ -173,6 +173,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 last_applied: Some(9),
                 applied_digest: Some("0123456789abcdef".into()),
                 unacked_ms: None,
+                raft_ids: Vec::new(),
             }),
             Response::NotLeader { leader: None },
             Response::Telemetry(Box::default()),

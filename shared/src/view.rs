@@ -61,4 +61,9 @@ pub struct LeaderInfo {
     /// acknowledged it for this many milliseconds, longer than an election
     /// timeout: it is cut off, and the others may have elected a new leader.
     pub unacked_ms: Option<u64>,
+    /// The voters of the Raft configuration as this voter holds it: Raft node
+    /// id and address (empty on a non-voter). A voter that lost its state
+    /// comes back under a new id, replacing its old one.
+    #[serde(default)]
+    pub raft_ids: Vec<(u64, SocketAddr)>,
 }

@@ -544,6 +544,7 @@ fn leader_info() -> impl Strategy<Value = LeaderInfo> {
                 last_applied,
                 applied_digest,
                 unacked_ms: None,
+                raft_ids: Vec::new(),
             },
         )
 }

@@ -68,6 +68,7 @@ async fn serve(
                 last_applied: None,
                 applied_digest: None,
                 unacked_ms: None,
+                raft_ids: Vec::new(),
             })),
             Request::Control {
                 req: ControlRequest::Sdfs(m),

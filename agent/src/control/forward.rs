@@ -7,7 +7,6 @@
 //! `Settings::leader_wait` runs out.
 
 use super::error::ControlError;
-use super::types::voter_id;
 use super::{Inner, Settings, error::Refusal};
 use dml_shared::Error;
 use dml_shared::api::{LeaderInfo, Request, Response};
@@ -24,7 +23,7 @@ const FORWARD_POOL: usize = 16;
 impl Inner {
     /// The leader's address from this voter's Raft metrics.
     pub(crate) fn raft_leader(&self) -> Option<SocketAddr> {
-        let raft = self.raft.as_ref()?;
+        let raft = self.raft.get()?;
         let m = raft.metrics().borrow().clone();
         let id = m.current_leader?;
         if let Some(Ok(a)) = m
@@ -35,11 +34,11 @@ impl Inner {
         {
             return Some(a);
         }
-        self.s.voters.iter().copied().find(|v| voter_id(*v) == id)
+        self.voter_addr(id)
     }
 
     pub(crate) async fn leader_info(&self) -> LeaderInfo {
-        if let Some(raft) = &self.raft {
+        if let Some(raft) = self.raft.get() {
             let m = raft.metrics().borrow().clone();
             let (last_applied, applied_digest) = match self.applied_digest() {
                 Some((i, d)) => (Some(i), Some(d)),
@@ -61,6 +60,13 @@ impl Inner {
                 last_applied,
                 applied_digest,
                 unacked_ms,
+                raft_ids: {
+                    let config = m.membership_config.membership();
+                    config
+                        .voter_ids()
+                        .filter_map(|id| Some((id, config.get_node(&id)?.addr.parse().ok()?)))
+                        .collect()
+                },
             };
         }
         let mut best = None;
@@ -82,6 +88,7 @@ impl Inner {
             last_applied: None,
             applied_digest: None,
             unacked_ms: None,
+            raft_ids: Vec::new(),
         });
         if info.leader.is_some() {
             self.router.set_leader(info.leader);
@@ -142,7 +149,7 @@ impl Inner {
         // own API (that would take a client's connection slot): just after
         // an election its leader task may not run yet, so it tries again.
         let deadline = Instant::now() + self.s.leader_wait();
-        while self.raft.is_some() && self.raft_leader() == Some(self.s.me) {
+        while self.raft.get().is_some() && self.raft_leader() == Some(self.s.me) {
             let served = match self.leader_task() {
                 Ok(task) => task.serve(req.clone()).await,
                 Err(e) => Err(e),
@@ -156,7 +163,7 @@ impl Inner {
             }
         }
         // A voter's Raft metrics know of an election before the router's cache does.
-        if let Some(l) = self.raft.as_ref().and(self.raft_leader()) {
+        if let Some(l) = self.raft.get().and(self.raft_leader()) {
             self.router.set_leader(Some(l));
         }
         let idempotent = req.is_idempotent();

@@ -10,6 +10,8 @@
 //! - [`placement`]: consistent hashing of names over agents.
 //! - [`store`]: the redb log, vote and snapshot storage.
 //! - [`network`]: Raft RPCs over the agent TCP port.
+//! - [`voters`]: the voter's Raft node id, and a voter that lost its state
+//!   rejoining under a new one.
 //!
 //! The leader's own state, owned by one task per leader term:
 //! - [`task`]: the leader task and its supervisor. The supervisor (one per
@@ -57,6 +59,7 @@ pub mod state;
 pub mod store;
 pub mod task;
 pub mod types;
+pub mod voters;
 pub mod workers;
 
 use crate::membership::driver::MembershipHandle;
@@ -71,8 +74,8 @@ pub use error::ControlError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use store::SharedSm;
 use tokio::sync::watch;
@@ -126,8 +129,15 @@ impl Settings {
 /// Shared by the handle and the tasks.
 pub(crate) struct Inner {
     pub s: Settings,
-    /// `None` on a non-voter.
-    pub raft: Option<Raft<TypeConfig>>,
+    /// Unset on a non-voter, and on a voter with a blank store until it has
+    /// chosen its id (`voters.rs`).
+    pub raft: OnceLock<Raft<TypeConfig>>,
+    /// This voter's Raft node id, once chosen.
+    pub id: OnceLock<u64>,
+    /// A voter with a blank store learned that the cluster exists.
+    pub knows_cluster: AtomicBool,
+    /// The leader is replacing a voter that lost its state.
+    pub replacing: AtomicBool,
     pub sm: Option<SharedSm>,
     pub membership: MembershipHandle,
     /// The leader task of the current term while this voter leads.
@@ -165,6 +175,7 @@ impl ControlHandle {
                 last_applied: None,
                 applied_digest: None,
                 unacked_ms: None,
+                raft_ids: Vec::new(),
             },
         }
     }
@@ -194,28 +205,32 @@ impl ControlHandle {
     /// out while nothing reaches it (a one-way partition) cannot keep its
     /// followers, so they elect a leader clients can reach.
     pub async fn raft_rpc(&self, rpc: Vec<u8>) -> Response {
-        let Some((inner, raft)) = self
-            .inner
-            .as_ref()
-            .and_then(|i| i.raft.as_ref().map(|r| (i, r)))
-        else {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.s.is_voter()) else {
             return Response::Error(dml_shared::RemoteError::new(
                 dml_shared::ErrorKind::Refused,
                 "this agent is not a control-plane voter",
             ));
         };
+        let msg = match network::decode(&rpc) {
+            Ok(m) => m,
+            Err(e) => return Response::Error(e),
+        };
+        if let Some(r) = voters::serve_own(inner, &msg) {
+            return r;
+        }
+        let (Some(raft), Some(me)) = (inner.raft.get(), inner.id.get()) else {
+            return network::reply(&network::RaftReply::Failed(
+                "this voter's Raft node is starting".into(),
+            ));
+        };
         let refuse = async |sender: u64| {
-            let addr = *inner
-                .s
-                .voters
-                .iter()
-                .find(|a| types::voter_id(**a) == sender)?;
+            let addr = inner.voter_addr(sender)?;
             inner
                 .departed(addr)
                 .await
                 .then(|| format!("membership at {} holds voter {addr} failed", inner.s.me))
         };
-        network::serve(raft, &rpc, refuse).await
+        network::serve(raft, *me, msg, refuse).await
     }
 
     /// Repair copies this agent (as leader) has in flight.
@@ -228,13 +243,17 @@ impl ControlHandle {
     /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
     pub fn log_status(&self) -> Option<LogStatus> {
         let inner = self.inner.as_ref()?;
-        let m = inner.raft.as_ref()?.metrics().borrow().clone();
+        let m = inner.raft.get()?.metrics().borrow().clone();
         Some(LogStatus {
             rpc_failures: inner.rpc_failures.load(Ordering::Relaxed),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             snapshot: m.snapshot.map(|l| l.index),
             purged: m.purged.map(|l| l.index),
+            fatal: match m.running_state {
+                Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+                Err(e) => Some(e.to_string()),
+            },
         })
     }
 
@@ -253,6 +272,31 @@ pub(crate) fn departed_in(members: &[dml_shared::api::MemberInfo], addr: SocketA
 }
 
 impl Inner {
+    /// This voter's Raft node id (its bootstrap id until one is chosen).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+            .get()
+            .copied()
+            .unwrap_or_else(|| voter_id(self.s.me))
+    }
+
+    /// The address of Raft node `id`: from the membership config, else the
+    /// configured voter whose bootstrap id it is.
+    pub(crate) fn voter_addr(&self, id: u64) -> Option<SocketAddr> {
+        if let Some(raft) = self.raft.get()
+            && let Some(Ok(a)) = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.parse())
+        {
+            return Some(a);
+        }
+        self.s.voters.iter().copied().find(|v| voter_id(*v) == id)
+    }
+
     /// Whether membership lists identities at `addr` and none of them is
     /// live (all failed or departed). The list is read at most every
     /// [`VIEW_TTL`].
@@ -279,7 +323,7 @@ impl Inner {
 
 /// Where a voter's log stands: entries after `purged` up to `last_log_index`
 /// are stored; `snapshot` covers everything up to its index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogStatus {
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
@@ -287,6 +331,9 @@ pub struct LogStatus {
     pub purged: Option<u64>,
     /// Raft RPCs to other voters that failed, since the agent started.
     pub rpc_failures: u64,
+    /// Why the Raft node stopped on its own (a storage error, such as a full
+    /// disk): openraft never restarts it, so the agent exits (`crate::failstop`).
+    pub fatal: Option<String>,
 }
 
 /// The running control plane; [`ControlPlane::shutdown`] stops it.
@@ -301,7 +348,9 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts Raft if `settings.me` is a voter (state in `<data_dir>/control/`),
     /// and the supervisor of its leader task. With no voters configured it starts
-    /// nothing and its handle refuses every request.
+    /// nothing and its handle refuses every request. A voter with a blank store
+    /// first finds out whether the cluster exists (`voters.rs`), in the
+    /// background.
     pub async fn start(
         settings: Settings,
         data_dir: &std::path::Path,
@@ -317,19 +366,21 @@ impl ControlPlane {
             });
         }
         let rpc_failures = Arc::new(AtomicU64::new(0));
-        let (raft, sm, db) = if settings.is_voter() {
-            let (raft, sm, db) = start_raft(&settings, data_dir, rpc_failures.clone()).await?;
-            (Some(raft), Some(sm), Some(db))
+        let opened = if settings.is_voter() {
+            Some(store::open(&data_dir.join("control"))?)
         } else {
-            (None, None, None)
+            None
         };
         let (publish, leader) = watch::channel(None);
-        let voter = raft.is_some();
+        let voter = opened.is_some();
         let inner = Arc::new_cyclic(|me| Inner {
             router: forward::router(&settings, me.clone(), voter),
             s: settings,
-            raft,
-            sm,
+            raft: OnceLock::new(),
+            id: OnceLock::new(),
+            knows_cluster: AtomicBool::new(false),
+            replacing: AtomicBool::new(false),
+            sm: opened.as_ref().map(|(_, _, sm)| sm.clone()),
             membership,
             leader,
             repairs: AtomicU64::new(0),
@@ -337,19 +388,56 @@ impl ControlPlane {
             digest: Mutex::new(None),
             rpc_failures,
         });
+        let Some((log, sm_store, _)) = opened else {
+            return Ok(Self {
+                handle: ControlHandle { inner: Some(inner) },
+                stop,
+                tasks: Vec::new(),
+                db: None,
+            });
+        };
+        let db = log.database();
+        let stored = log.node_id()?;
+        let blank = log.is_blank()?;
         let mut tasks = Vec::new();
-        if inner.raft.is_some() {
-            tasks.push(tokio::spawn(task::supervise(
-                inner.clone(),
-                publish,
-                stop_rx,
-            )));
+        // A kept id, or a store from before ids were kept (its bootstrap id).
+        if stored.is_some() || !blank || inner.s.voters.len() == 1 {
+            let id = stored.unwrap_or_else(|| voter_id(inner.s.me));
+            launch(&inner, log, sm_store, id).await?;
+            tasks.push(tokio::spawn(run(inner.clone(), publish, stop_rx)));
+        } else {
+            {
+                let inner = inner.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut stop = stop_rx.clone();
+                    let Some(d) = voters::choose(&inner, &mut stop).await else {
+                        return;
+                    };
+                    let (id, rejoin) = voters::id_for(&inner, d);
+                    if rejoin {
+                        inner.knows_cluster.store(true, Ordering::Relaxed);
+                        tracing::warn!(
+                            id,
+                            "this voter's control-plane store is blank but the cluster exists: \
+                             it rejoins under a new Raft node id (its old id's votes and entries are lost)"
+                        );
+                    }
+                    let launched = match log.save_node_id(id) {
+                        Ok(()) => launch(&inner, log, sm_store, id).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match launched {
+                        Ok(()) => run(inner, publish, stop_rx).await,
+                        Err(e) => tracing::error!(error = %e, "cannot start the control plane"),
+                    }
+                }));
+            }
         }
         Ok(Self {
             handle: ControlHandle { inner: Some(inner) },
             stop,
             tasks,
-            db,
+            db: Some(db),
         })
     }
 
@@ -363,7 +451,7 @@ impl ControlPlane {
         for t in self.tasks {
             let _ = t.await;
         }
-        if let Some(raft) = self.handle.inner.as_ref().and_then(|i| i.raft.as_ref())
+        if let Some(raft) = self.handle.inner.as_ref().and_then(|i| i.raft.get())
             && let Err(e) = raft.shutdown().await
         {
             tracing::warn!(error = %e, "Raft node did not stop cleanly");
@@ -384,15 +472,15 @@ impl ControlPlane {
     }
 }
 
-type Started = (Raft<TypeConfig>, SharedSm, Arc<redb::Database>);
-
-async fn start_raft(
-    s: &Settings,
-    data_dir: &std::path::Path,
-    rpc_failures: Arc<AtomicU64>,
-) -> Result<Started, ControlError> {
-    let (log, sm_store, sm) = store::open(&data_dir.join("control"))?;
-    let db = log.database();
+/// Starts this voter's Raft node under `id` and saves it in `inner`; the
+/// first voter creates the cluster if its log is empty.
+async fn launch(
+    inner: &Arc<Inner>,
+    log: store::LogStore,
+    sm_store: store::SmStore,
+    id: u64,
+) -> Result<(), ControlError> {
+    let s = &inner.s;
     let c = &s.control;
     let ms = |d: Duration| d.as_millis() as u64;
     let raft_cfg = openraft::Config {
@@ -413,15 +501,30 @@ async fn start_raft(
         rpc_timeout: c.rpc_timeout,
         min_backoff: c.heartbeat_interval,
         max_backoff: c.election_timeout_min,
-        failures: rpc_failures,
+        failures: inner.rpc_failures.clone(),
     };
-    let raft = Raft::new(voter_id(s.me), Arc::new(raft_cfg), network, log, sm_store)
+    let raft = Raft::new(id, Arc::new(raft_cfg), network, log, sm_store)
         .await
         .map_err(|e| ControlError::Raft(e.to_string()))?;
-    if s.voters.first() == Some(&s.me) {
+    if s.voters.first() == Some(&s.me) && id == voter_id(s.me) {
         initialize(&raft, &s.voters).await;
     }
-    Ok((raft, sm, db))
+    let _ = inner.id.set(id);
+    let _ = inner.raft.set(raft);
+    Ok(())
+}
+
+/// A started voter's tasks: asking to be a voter again if it runs under a
+/// new id, and the leader task's supervisor.
+async fn run(
+    inner: Arc<Inner>,
+    publish: watch::Sender<Option<task::LeaderHandle>>,
+    stop: watch::Receiver<bool>,
+) {
+    if inner.id() != voter_id(inner.s.me) {
+        tokio::spawn(voters::rejoin(inner.clone(), stop.clone()));
+    }
+    task::supervise(inner, publish, stop).await;
 }
 
 /// The first voter creates the cluster when its log is empty.

@@ -1,6 +1,8 @@
-//! Raft RPCs over the agent TCP port: a [`RaftRpc`] is postcard-encoded into
-//! `Request::Raft(bytes)` and answered with `Response::Raft(bytes)` holding a
-//! [`RaftReply`]. One connection per peer ([`dml_shared::client::Client`]),
+//! Raft RPCs over the agent TCP port: a [`RaftMessage`] (an [`RaftRpc`] and
+//! the node id it is for) is postcard-encoded into `Request::Raft(bytes)` and
+//! answered with `Response::Raft(bytes)` holding a [`RaftReply`]. An RPC for
+//! another node id than the receiver's (it rejoined under a new id, see
+//! `voters.rs`) is refused. One connection per peer ([`dml_shared::client::Client`]),
 //! each call bounded by `control.rpc_timeout`. A peer that cannot be reached,
 //! does not answer in time or refuses is reported `Unreachable`, so openraft
 //! backs off (capped, jittered, exponential) instead of retrying at once.
@@ -24,12 +26,39 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// A Raft RPC and the Raft node id it is for.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RaftMessage {
+    pub to: u64,
+    pub rpc: RaftRpc,
+}
+
 /// A Raft RPC from one voter to another.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// From a voter with a blank store: does the cluster exist? (`voters.rs`)
+    Probe,
+    /// From a voter that lost its state, to the leader: make `id` the voter
+    /// at `addr` in place of its old id.
+    Rejoin {
+        addr: SocketAddr,
+        id: u64,
+    },
+}
+
+/// The answer to [`RaftRpc::Probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeAnswer {
+    /// The answering voter has taken part in the cluster (or knows it exists).
+    pub exists: bool,
+    /// The answering voter has chosen its id (a blank one that chose the
+    /// bootstrap id waits for the cluster to be created).
+    pub decided: bool,
+    /// Who leads, as it knows.
+    pub leader: Option<SocketAddr>,
 }
 
 /// The answer to a [`RaftRpc`].
@@ -42,6 +71,9 @@ pub enum RaftReply {
     SnapshotMismatch(SnapshotMismatch),
     /// The receiving Raft node cannot serve (shutting down, or a bad RPC).
     Failed(String),
+    Probe(ProbeAnswer),
+    /// The leader is replacing the voter's old id (or has done it).
+    Rejoining,
 }
 
 impl RaftRpc {
@@ -52,25 +84,41 @@ impl RaftRpc {
             RaftRpc::Append(r) => r.vote.leader_id().voted_for(),
             RaftRpc::Vote(r) => r.vote.leader_id().voted_for(),
             RaftRpc::Snapshot(r) => r.vote.leader_id().voted_for(),
+            RaftRpc::Probe | RaftRpc::Rejoin { .. } => None,
         }
     }
 }
 
-/// Serves one RPC from a peer on this voter's Raft node. `refuse` may turn
-/// away an RPC by its sender's id, with the reason.
+/// Decodes one RPC from a peer; the error is the answer.
+pub fn decode(bytes: &[u8]) -> Result<RaftMessage, dml_shared::RemoteError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| dml_shared::RemoteError::invalid(format!("bad Raft RPC: {e}")))
+}
+
+/// Encodes a reply.
+pub fn reply(r: &RaftReply) -> Response {
+    match postcard::to_allocvec(r) {
+        Ok(b) => Response::Raft(b),
+        Err(e) => Response::Error(dml_shared::RemoteError::internal(format!(
+            "cannot encode Raft reply: {e}"
+        ))),
+    }
+}
+
+/// Serves one openraft RPC from a peer on this voter's Raft node (`me`).
+/// `refuse` may turn away an RPC by its sender's id, with the reason.
 pub async fn serve(
     raft: &Raft<TypeConfig>,
-    bytes: &[u8],
+    me: u64,
+    msg: RaftMessage,
     refuse: impl AsyncFnOnce(u64) -> Option<String>,
 ) -> Response {
-    let rpc: RaftRpc = match postcard::from_bytes(bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            return Response::Error(dml_shared::RemoteError::invalid(format!(
-                "bad Raft RPC: {e}"
-            )));
-        }
-    };
+    let RaftMessage { to, rpc } = msg;
+    if to != me {
+        return reply(&RaftReply::Failed(format!(
+            "this agent is Raft node {me}, not {to}: it lost its state and rejoined under a new id"
+        )));
+    }
     let malformed = match &rpc {
         RaftRpc::Append(r) => r
             .entries
@@ -84,14 +132,9 @@ pub async fn serve(
         None => None,
     };
     if let Some(why) = malformed.or(refused) {
-        return match postcard::to_allocvec(&RaftReply::Failed(why)) {
-            Ok(b) => Response::Raft(b),
-            Err(e) => Response::Error(dml_shared::RemoteError::internal(format!(
-                "cannot encode Raft reply: {e}"
-            ))),
-        };
+        return reply(&RaftReply::Failed(why));
     }
-    let reply = match rpc {
+    let answer = match rpc {
         RaftRpc::Append(r) => match raft.append_entries(r).await {
             Ok(a) => RaftReply::Append(a),
             Err(e) => RaftReply::Failed(e.to_string()),
@@ -107,13 +150,9 @@ pub async fn serve(
             }
             Err(e) => RaftReply::Failed(e.to_string()),
         },
+        RaftRpc::Probe | RaftRpc::Rejoin { .. } => RaftReply::Failed("not an openraft RPC".into()),
     };
-    match postcard::to_allocvec(&reply) {
-        Ok(b) => Response::Raft(b),
-        Err(e) => Response::Error(dml_shared::RemoteError::internal(format!(
-            "cannot encode Raft reply: {e}"
-        ))),
-    }
+    reply(&answer)
 }
 
 /// Makes one [`PeerConnection`] per target voter.
@@ -164,14 +203,18 @@ enum CallError {
 }
 
 impl PeerConnection {
-    async fn call(&mut self, rpc: &RaftRpc, timeout: Duration) -> Result<RaftReply, CallError> {
+    async fn call(&mut self, rpc: RaftRpc, timeout: Duration) -> Result<RaftReply, CallError> {
         let Some(addr) = self.addr else {
             return Err(CallError::Failed(format!(
                 "voter address \"{}\" does not parse",
                 self.node_addr
             )));
         };
-        let bytes = postcard::to_allocvec(rpc).map_err(|e| CallError::Failed(e.to_string()))?;
+        let msg = RaftMessage {
+            to: self.target,
+            rpc,
+        };
+        let bytes = postcard::to_allocvec(&msg).map_err(|e| CallError::Failed(e.to_string()))?;
         let rpc_timeout = self.rpc_timeout;
         let client = self
             .client
@@ -237,7 +280,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let t = self.timeout(&option);
-        match self.call(&RaftRpc::Append(rpc), t).await {
+        match self.call(RaftRpc::Append(rpc), t).await {
             Ok(RaftReply::Append(r)) => Ok(r),
             Ok(_) => Err(self.rpc_error(unexpected("append"))),
             Err(e) => Err(self.rpc_error(e)),
@@ -253,7 +296,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let t = self.timeout(&option);
-        match self.call(&RaftRpc::Snapshot(rpc), t).await {
+        match self.call(RaftRpc::Snapshot(rpc), t).await {
             Ok(RaftReply::Snapshot(r)) => Ok(r),
             Ok(RaftReply::SnapshotMismatch(m)) => Err(RPCError::RemoteError(RemoteError::new(
                 self.target,
@@ -270,7 +313,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         let t = self.timeout(&option);
-        match self.call(&RaftRpc::Vote(rpc), t).await {
+        match self.call(RaftRpc::Vote(rpc), t).await {
             Ok(RaftReply::Vote(r)) => Ok(r),
             Ok(_) => Err(self.rpc_error(unexpected("vote"))),
             Err(e) => Err(self.rpc_error(e)),

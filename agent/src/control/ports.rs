@@ -80,7 +80,7 @@ impl Ports for Live {
 
     fn submit(&self, cmd: Command) -> BoxFuture<'_, Result<Pending, Refusal>> {
         Box::pin(async move {
-            let raft = self.0.raft.as_ref().ok_or(Refusal::NotLeader(None))?;
+            let raft = self.0.raft.get().ok_or(Refusal::NotLeader(None))?;
             let rx = raft
                 .client_write_ff(cmd)
                 .await
@@ -102,7 +102,7 @@ impl Ports for Live {
     fn confirm(&self) -> BoxFuture<'static, Result<(), Refusal>> {
         let inner = self.0.clone();
         Box::pin(async move {
-            let raft = inner.raft.as_ref().ok_or(Refusal::NotLeader(None))?;
+            let raft = inner.raft.get().ok_or(Refusal::NotLeader(None))?;
             let wait = inner.s.leader_wait();
             let sent = std::time::Instant::now();
             match tokio::time::timeout(wait, raft.ensure_linearizable()).await {

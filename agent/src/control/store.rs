@@ -38,6 +38,8 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+/// This voter's Raft node id (see `voters.rs`).
+const KEY_NODE_ID: &str = "node_id";
 
 type StoreError = StorageError<u64>;
 
@@ -164,6 +166,41 @@ pub fn open(dir: &Path) -> Result<(LogStore, SmStore, SharedSm), OpenError> {
         },
         shared,
     ))
+}
+
+impl LogStore {
+    /// The Raft node id saved in this store, if any.
+    pub fn node_id(&self) -> Result<Option<u64>, OpenError> {
+        get_meta(&self.db, KEY_NODE_ID).map_err(|e| self.open_error(e))
+    }
+
+    /// Saves the Raft node id this voter runs under (fsynced).
+    pub fn save_node_id(&self, id: u64) -> Result<(), OpenError> {
+        let bytes = encode(&id).map_err(|e| self.open_error(e))?;
+        put_meta(&self.db, &[(KEY_NODE_ID, bytes)]).map_err(|e| self.open_error(e))
+    }
+
+    /// Whether this voter never took part in Raft: no vote, no entry, no
+    /// snapshot. (A lost or wiped data directory looks like this.)
+    pub fn is_blank(&self) -> Result<bool, OpenError> {
+        let fail = |e: StoreError| self.open_error(e);
+        let txn = self.db.begin_read().map_err(|e| fail(read_err(e)))?;
+        let meta = txn.open_table(META).map_err(|e| fail(read_err(e)))?;
+        for key in [KEY_VOTE, KEY_PURGED, KEY_SNAPSHOT_META] {
+            if meta.get(key).map_err(|e| fail(read_err(e)))?.is_some() {
+                return Ok(false);
+            }
+        }
+        let log = txn.open_table(LOG).map_err(|e| fail(read_err(e)))?;
+        Ok(log.first().map_err(|e| fail(read_err(e)))?.is_none())
+    }
+
+    fn open_error(&self, e: impl std::fmt::Display) -> OpenError {
+        OpenError {
+            path: "raft.redb".into(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// The Raft store could not be opened.

@@ -135,10 +135,10 @@ pub(crate) async fn supervise(
     publish: watch::Sender<Option<LeaderHandle>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(raft) = inner.raft.clone() else {
+    let Some(raft) = inner.raft.get().cloned() else {
         return;
     };
-    let me = super::types::voter_id(inner.s.me);
+    let me = inner.id();
     let mut metrics = raft.metrics();
     let (status_tx, _) = watch::channel(Status::default());
     let mut running: Option<(u64, JoinHandle<()>)> = None;

@@ -105,6 +105,7 @@ mod tests {
             last_applied: None,
             applied_digest: None,
             unacked_ms: None,
+            raft_ids: Vec::new(),
         };
         let a = info(Some("127.0.0.1:8001"), 1);
         assert_eq!(

@@ -119,6 +119,7 @@ pub fn frame(n: usize, tick: u64) -> Frame {
             last_applied: Some(420),
             applied_digest: None,
             unacked_ms: None,
+            raft_ids: Vec::new(),
         }),
         members,
         nodes,

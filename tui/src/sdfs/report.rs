@@ -408,6 +408,11 @@ pub fn leader_text(agent: SocketAddr, l: &LeaderInfo) -> String {
         out += &format!(" (state digest {d})");
     }
     out.push('\n');
+    for (i, (id, a)) in l.raft_ids.iter().enumerate() {
+        if l.raft_ids[..i].iter().any(|(_, b)| b == a) {
+            out += &format!("replacing {a}: it lost its state and rejoins as Raft node {id}\n");
+        }
+    }
     if let Some(ms) = l.unacked_ms {
         out += &format!(
             "warning: no majority of the voters has acknowledged this leader for {}: it is cut off, and the others may have elected a new leader\n",
@@ -427,6 +432,7 @@ pub fn leader_json(agent: SocketAddr, l: &LeaderInfo) -> Value {
         "last_applied": l.last_applied,
         "applied_digest": l.applied_digest,
         "unacked_ms": l.unacked_ms,
+        "raft_ids": l.raft_ids,
     })
 }
 
@@ -581,6 +587,7 @@ mod tests {
             last_applied: None,
             applied_digest: None,
             unacked_ms: None,
+            raft_ids: Vec::new(),
         };
         let t = leader_text(a(8005), &l);
         assert!(t.starts_with("leader   none known"), "{t}");
@@ -594,6 +601,7 @@ mod tests {
             voters: vec![a(8005)],
             is_voter: true,
             unacked_ms: Some(45_200),
+            raft_ids: Vec::new(),
             ..l
         };
         let t = leader_text(a(8005), &cut_off);
