@@ -11,11 +11,14 @@
 //! - [`identity`]: this agent's identity, newer at each restart whatever the clock does.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 //! - [`timing`]: the internal timing constants, named in one place.
+//! - [`failstop`]: the agent exits when its Raft store fails (a full disk), for a supervisor
+//!   to restart it.
 
 pub mod agent;
 pub mod api;
 pub mod control;
 pub mod event_log;
+pub mod failstop;
 pub mod identity;
 pub mod infer;
 pub mod membership;

@@ -7,6 +7,8 @@ mod reload;
 
 use clap::Parser;
 use dml_agent::agent::Agent;
+use dml_agent::failstop;
+use dml_agent::timing::{FAILSTOP_POLL, FAILSTOP_SHUTDOWN};
 use dml_shared::config::{Config, Preset};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -200,6 +202,8 @@ async fn run(
     let mut hup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
 
     let agent = Agent::start(&cfg, !args.no_join).await?;
+    // Runs until the process exits.
+    let _watchdog = notify::spawn_watchdog(agent.membership().clone());
     let events = match &args.event_log {
         None => None,
         Some(p) if p.as_os_str() == "-" => {
@@ -248,25 +252,53 @@ async fn run(
             &format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id()),
         );
     };
-    {
+    // Why the agent must stop (see `failstop.rs`); `None` on a signal.
+    let fatal = {
         tokio::pin!(ready);
+        let stopped = failstop::raft_stopped(agent.control(), &cfg.data_dir, FAILSTOP_POLL);
+        tokio::pin!(stopped);
         let mut ready_sent = false;
         loop {
             tokio::select! {
                 () = &mut ready, if !ready_sent => ready_sent = true,
                 _ = hup.recv() => reload_config(&args, &cfg, &log_handle, &mut log_text),
-                _ = term.recv() => { tracing::info!("SIGTERM: leaving the group"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: leaving the group"); break; }
+                _ = term.recv() => { tracing::info!("SIGTERM: leaving the group"); break None; }
+                _ = int.recv() => { tracing::info!("SIGINT: leaving the group"); break None; }
+                why = &mut stopped => {
+                    tracing::error!("{why}");
+                    break Some(why);
+                }
+            }
+        }
+    };
+    let status = match &fatal {
+        None => "leaving the group".to_string(),
+        Some(why) => format!("failed: {why}"),
+    };
+    notify::notify(notifier.as_ref(), &format!("STOPPING=1\nSTATUS={status}"));
+    match &fatal {
+        None => agent.shutdown().await,
+        // Leaving tells the others at once; a store that cannot write may keep
+        // the Raft node from stopping cleanly, so the wait is bounded.
+        Some(_) => {
+            if tokio::time::timeout(FAILSTOP_SHUTDOWN, agent.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the agent did not stop within {FAILSTOP_SHUTDOWN:?}; exiting anyway"
+                );
             }
         }
     }
-    notify::notify(notifier.as_ref(), "STOPPING=1\nSTATUS=leaving the group");
-    agent.shutdown().await;
     if let Some(t) = event_task {
         // API connections may still hold the event channel open; don't wait on them.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), t).await;
     }
-    Ok(())
+    match fatal {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(why)),
+    }
 }
 
 /// SIGHUP: re-reads the config file, applies the `log` filter, and logs every

@@ -35,6 +35,15 @@ pub const VIEW_TTL: Duration = Duration::from_millis(100);
 /// (Used in `control/mod.rs`.)
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// How often the agent checks whether its Raft node stopped on a storage error.
+/// (Used in `main.rs`, see `failstop.rs`.)
+pub const FAILSTOP_POLL: Duration = Duration::from_millis(250);
+
+/// Longest a fail-stop waits for the agent to leave the group and stop its
+/// services before exiting anyway.
+/// (Used in `main.rs`.)
+pub const FAILSTOP_SHUTDOWN: Duration = Duration::from_secs(5);
+
 /// Longest a worker's lease request waits for work.
 /// (Used in `control/task.rs`.)
 pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);

@@ -637,46 +637,58 @@ async fn a_full_disk_is_reported_with_the_agent_and_leaves_no_temp_file() {
     let data = pattern(4, 300_000);
     let sum = checksum(&data);
 
-    // Full in the middle of the chain: the head keeps its copy and says
-    // which replica is full; the one after it was never written.
+    // Full in the middle of the chain: it relays the bytes on, so the head
+    // and the tail store them, and says it is full.
     ns[1].sdfs.store().unwrap().set_write_limit(Some(100_000));
     let resp = put(ns[0].addr, "m", 1, &data, sum, vec![ns[1].addr, ns[2].addr]).await;
     let Response::Stored { holders, failed } = resp else {
         panic!("{resp:?}")
     };
-    assert_eq!(holders, vec![ns[0].addr]);
-    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(holders, vec![ns[0].addr, ns[2].addr]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0].0, ns[1].addr);
     assert!(failed[0].1.contains("disk full"), "{failed:?}");
     assert!(failed[0].1.contains(&ns[1].addr.to_string()), "{failed:?}");
-    assert_eq!(failed[1].0, ns[2].addr);
-    assert!(failed[1].1.contains("not reached"), "{failed:?}");
+    assert_eq!(ns[2].stored("m", 1).as_deref(), Some(&data[..]));
 
-    // Full at the head: the client is told which agent is full.
+    // Full at the head: the rest of the chain stores it, and the client is
+    // told which agent is full.
     ns[0].sdfs.store().unwrap().set_write_limit(Some(100_000));
     let resp = put(ns[0].addr, "h", 1, &data, sum, vec![ns[2].addr]).await;
+    let Response::Stored { holders, failed } = resp else {
+        panic!("{resp:?}")
+    };
+    assert_eq!(holders, vec![ns[2].addr]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, ns[0].addr);
+    assert!(failed[0].1.contains("disk full"), "{failed:?}");
+    assert!(failed[0].1.contains(&ns[0].addr.to_string()), "{failed:?}");
+
+    // A full tail with no one after it answers an error.
+    ns[2].sdfs.store().unwrap().set_write_limit(Some(100_000));
+    let resp = put(ns[2].addr, "t", 1, &data, sum, vec![]).await;
     match resp {
         Response::Error(e) => {
             assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
             assert!(e.message.contains("disk full"), "{e}");
-            assert!(e.message.contains(&ns[0].addr.to_string()), "{e}");
+            assert!(e.message.contains(&ns[2].addr.to_string()), "{e}");
         }
         other => panic!("{other:?}"),
     }
-    // Failed replicas clean up as their streams end.
-    eventually("the failed replicas clean up", || {
-        ns.iter()
-            .all(|n| tmp_files(n) == 0 && n.stored("h", 1).is_none())
+    // Full replicas clean up as their streams end.
+    eventually("the full replicas clean up", || {
+        ns.iter().all(|n| tmp_files(n) == 0)
+            && ns[0].stored("h", 1).is_none()
             && ns[1].stored("m", 1).is_none()
-            && ns[2].stored("m", 1).is_none()
+            && ns[2].stored("t", 1).is_none()
     })
     .await;
     for n in &ns {
         assert_eq!(tmp_files(n), 0);
-        assert!(n.stored("h", 1).is_none());
     }
-    assert!(ns[1].stored("m", 1).is_none() && ns[2].stored("m", 1).is_none());
+    assert_eq!(ns[2].stored("h", 1).as_deref(), Some(&data[..]));
     assert_eq!(ns[0].sdfs.stats().unwrap().disk_full, 1);
+    assert_eq!(ns[1].sdfs.stats().unwrap().disk_full, 1);
     for n in ns {
         n.stop().await;
     }

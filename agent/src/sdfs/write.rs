@@ -8,9 +8,13 @@
 //! with the one after it); one that fails mid-stream only shortens the holder
 //! list. Either way `Stored.failed` names it with its reason (its own `Error`
 //! answer, or "unreachable"/"timed out" as seen from here), after the failures
-//! reported further down. A local failure (full disk, bad checksum) abandons
-//! the downstream stream, drains the upstream one and answers `Error` with the
-//! reason.
+//! reported further down. A full disk here says nothing about the bytes, so
+//! the agent keeps relaying them: it answers `Stored` with what the rest of the
+//! chain stored and itself first in `failed`, and the put commits without it
+//! if a write quorum remains (otherwise the leader aborts the version and
+//! reconcile removes the copies; no reader ever sees it). Any other local
+//! failure (a bad checksum, a broken stream) abandons the downstream stream,
+//! drains the upstream one and answers `Error` with the reason.
 
 use super::error::SdfsError;
 use super::local::{Chunk, LocalWriter, Piece};
@@ -75,18 +79,21 @@ pub async fn serve_write(
         if frame.is_empty() {
             break;
         }
-        let Some(writer) = &local else {
-            continue; // draining after a failure
-        };
-        received += frame.len() as u64;
         let chunk: Chunk = Arc::new(frame);
+        // Downstream first: a local failure below must not lose it a chunk.
         if let Some(f) = &mut fwd {
             f.send(chunk.clone()).await;
         }
+        let Some(writer) = &local else {
+            continue; // relaying or draining after a failure
+        };
+        received += chunk.len() as u64;
         if !writer.send(chunk).await {
             let writer = local.take().expect("checked above");
             failure = writer.finish(None).await.err();
-            fwd = None;
+            if !relays_after(&failure) {
+                fwd = None;
+            }
         }
     }
     // The checksum after the bytes, read even after a failure to stay in step.
@@ -101,23 +108,28 @@ pub async fn serve_write(
         },
     };
     Counters::add(&ctx.counters.bytes_written, received);
-    let result = match (failure, local) {
-        // A local write error (a full disk) must not let the end frame go
-        // down the chain, or the replicas after this one would keep a copy
-        // of a put that fails.
-        (None, Some(writer)) if !writer.written().await => {
-            drop(fwd);
-            Err(writer
-                .finish(trailer)
-                .await
-                .err()
-                .unwrap_or(SdfsError::Aborted {
-                    agent: ctx.agent,
-                    name: w.name.clone(),
-                    version: w.version,
-                }))
-        }
-        (None, Some(writer)) => {
+    let aborted = || SdfsError::Aborted {
+        agent: ctx.agent,
+        name: w.name.clone(),
+        version: w.version,
+    };
+    // A local write error not seen yet: any but a full disk must not let the
+    // end frame go down the chain, or the replicas after this one would keep
+    // a copy of bytes this one found wrong.
+    if failure.is_none()
+        && let Some(writer) = &local
+        && !writer.written().await
+    {
+        let writer = local.take().expect("checked above");
+        failure = Some(writer.finish(trailer).await.err().unwrap_or_else(aborted));
+    }
+    if !relays_after(&failure) {
+        fwd = None;
+    }
+    // Err: this agent's failure, with what the rest of the chain stored if it
+    // relayed the bytes past its full disk.
+    let result: Result<Downstream, (SdfsError, Option<Downstream>)> = match (failure, local, fwd) {
+        (None, Some(writer), fwd) => {
             let down = async {
                 match fwd {
                     Some(f) => f.finish(trailer).await,
@@ -125,13 +137,10 @@ pub async fn serve_write(
                 }
             };
             let (stored, down) = tokio::join!(writer.finish(trailer), down);
-            stored.map(|_| down)
+            stored.map(|_| down).map_err(|e| (e, None))
         }
-        (failure, _) => Err(failure.unwrap_or_else(|| SdfsError::Aborted {
-            agent: ctx.agent,
-            name: w.name.clone(),
-            version: w.version,
-        })),
+        (Some(e), _, Some(f)) => Err((e, Some(f.finish(trailer).await))),
+        (failure, ..) => Err((failure.unwrap_or_else(aborted), None)),
     };
     let resp = match result {
         Ok(down) => {
@@ -146,18 +155,34 @@ pub async fn serve_write(
             }
             Response::Stored { holders, failed }
         }
-        Err(e) => {
+        Err((e, down)) => {
             Counters::bump(&ctx.counters.write_errors);
             if matches!(e, SdfsError::DiskFull { .. }) {
                 Counters::bump(&ctx.counters.disk_full);
             }
             tracing::warn!(name = %w.name, version = w.version, error = %e, "SDFS: write failed");
-            Response::Error((&e).into())
+            match down {
+                Some(down) => {
+                    let mut failed = vec![(ctx.agent, e.to_string())];
+                    failed.extend(down.failed);
+                    Response::Stored {
+                        holders: down.holders,
+                        failed,
+                    }
+                }
+                None => Response::Error((&e).into()),
+            }
         }
     };
     stream
         .write_frame(&peer::response(&resp), ctx.max_frame)
         .await
+}
+
+/// Whether the bytes still go down the chain after this local failure: only
+/// after a full disk, which says nothing about them.
+fn relays_after(failure: &Option<SdfsError>) -> bool {
+    matches!(failure, None | Some(SdfsError::DiskFull { .. }))
 }
 
 /// What the rest of the chain stored, and which of its replicas did not (why).
