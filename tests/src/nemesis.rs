@@ -7,6 +7,11 @@
 //! sometimes with a restart while it is off (the cluster runs with
 //! [`crate::sdfs::SdfsOptions::movable_clocks`]). Every cut is a drop rule inside the hosts'
 //! namespaces ([`Bed`]); each fault is undone before the next one starts.
+//!
+//! A full disk fills one agent's own file system with a ballast (the cluster runs with
+//! [`crate::sdfs::SdfsOptions::disk_bytes`]) and frees it at the fault's end; an agent that
+//! stopped meanwhile (its Raft store failed a write) is started again then, as a supervisor
+//! would.
 
 use crate::history::{History, Op, Record, Ret, content, value_of};
 use crate::netbed::Bed;
@@ -27,6 +32,8 @@ use std::time::Duration;
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two job submissions of [`Clients::jobs`].
 pub const JOB_EVERY: Duration = Duration::from_secs(10);
+/// How often an agent whose disk is full is checked for having exited.
+const DISK_POLL: Duration = Duration::from_millis(250);
 
 /// One fault of the schedule.
 #[derive(Clone, Debug, Serialize)]
@@ -51,6 +58,10 @@ pub enum Fault {
         agent: usize,
     },
     Pause {
+        agent: usize,
+    },
+    /// The agent's disk is full for the fault's length.
+    DiskFull {
         agent: usize,
     },
     ClockJump {
@@ -86,7 +97,7 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
         let lasts = rng.random_range(4.0..9.0);
         let mut shuffled = all.clone();
         shuffled.shuffle(&mut rng);
-        let fault = match rng.random_range(0..8) {
+        let fault = match rng.random_range(0..9) {
             0 => Fault::IsolateLeader,
             1 => Fault::Split {
                 minority: shuffled[..(agents - 1) / 2].to_vec(),
@@ -105,6 +116,7 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
             },
             5 => Fault::Kill { agent: shuffled[0] },
             6 => Fault::Pause { agent: shuffled[0] },
+            7 => Fault::DiskFull { agent: shuffled[0] },
             _ => Fault::ClockJump {
                 agent: shuffled[0],
                 secs: if rng.random_bool(0.5) { 30 } else { -30 },
@@ -213,6 +225,14 @@ pub async fn run(
                 down.fetch_and(!(1 << agent), Ordering::Relaxed);
                 format!("SIGSTOP a{agent}, then SIGCONT")
             }
+            Fault::DiskFull { agent } => {
+                let (stopped, done) = fill_disk(c, *agent, lasts, down).await?;
+                // Only an agent that stopped may have been declared failed.
+                if stopped {
+                    step.cut = vec![*agent];
+                }
+                done
+            }
             Fault::ClockJump {
                 agent,
                 secs,
@@ -250,6 +270,45 @@ pub async fn run(
         step.done = Some(done);
     }
     Ok(())
+}
+
+/// Fills agent `i`'s disk for `lasts`, then frees it, and restarts the agent if it exited
+/// meanwhile (fail-stop). Whether it did, and what was done.
+async fn fill_disk(
+    c: &mut SdfsCluster,
+    i: usize,
+    lasts: Duration,
+    down: &AtomicU64,
+) -> Result<(bool, String)> {
+    let ballast = c.disk(i)?.fill()?;
+    let until = tokio::time::Instant::now() + lasts;
+    let mut exit = None;
+    loop {
+        if exit.is_none()
+            && let Some(s) = c.cluster.agents[i].try_exit()?
+        {
+            // Clients go elsewhere until the restart.
+            down.fetch_or(1 << i, Ordering::Relaxed);
+            exit = Some(s);
+        }
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(DISK_POLL).await;
+    }
+    c.disk(i)?.free()?;
+    let done = format!("a{i}'s disk full ({} MiB of ballast)", ballast >> 20);
+    let Some(status) = exit else {
+        return Ok((false, format!("{done}, freed; it kept running")));
+    };
+    c.restart(i)
+        .await
+        .with_context(|| format!("restarting a{i} after its disk was freed"))?;
+    down.fetch_and(!(1 << i), Ordering::Relaxed);
+    Ok((
+        true,
+        format!("{done}: it exited ({status}); freed and restarted"),
+    ))
 }
 
 fn unix_ms() -> u64 {
@@ -517,6 +576,6 @@ mod tests {
                 kinds.insert(kind);
             }
         }
-        assert_eq!(kinds.len(), 7 + 4, "{kinds:?}");
+        assert_eq!(kinds.len(), 8 + 4, "{kinds:?}");
     }
 }

@@ -178,6 +178,9 @@ const FILES: usize = 3;
 const FAILURE_GRACE: Duration = Duration::from_secs(6);
 /// The nemesis jobs' dataset.
 const NEMESIS_DATA: &str = "datasets/nemesis/";
+/// Each nemesis agent's own file system, which the full-disk fault fills: room for its
+/// files, its Raft log and `sdfs.disk_reserve` (64 MiB).
+const NEMESIS_DISK: u64 = 256 << 20;
 
 /// A seeded nemesis run (`DML_NEMESIS_SEED` replays one, `DML_NEMESIS_SECS` sets its
 /// length, 120 s by default): three clients put, get and delete a few files through random
@@ -210,6 +213,7 @@ fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
         let mut opts = SdfsOptions::new(AGENTS);
         opts.hosts = hosts;
         opts.movable_clocks = true;
+        opts.disk_bytes = Some(NEMESIS_DISK);
         let mut c = SdfsCluster::start_with("netbed-nemesis", opts).await?;
         prepare(&c, 0, &["tiny"], NEMESIS_DATA, Images::Small(12)).await?;
         // On failure the cluster's files (logs, history.json) are kept.
