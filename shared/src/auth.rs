@@ -17,7 +17,6 @@
 
 use crate::error::{Error, Result};
 use std::collections::{HashMap, VecDeque};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -568,23 +567,22 @@ pub mod handshake {
     }
 }
 
-/// Compares two tags without an early exit.
+/// Compares two tags in time independent of their contents (lengths are public).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn now_micros() -> u64 {
     crate::clock::unix_micros()
 }
 
+/// `N` bytes from the operating system's generator (`getrandom(2)`).
 fn random<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut out))
-        .map_err(|e| Error::KeyFile {
-            path: "/dev/urandom".into(),
-            reason: format!("cannot read random bytes: {e}"),
-        })?;
+    getrandom::fill(&mut out).map_err(|e| Error::KeyFile {
+        path: "the system's random generator".into(),
+        reason: format!("cannot read random bytes: {e}"),
+    })?;
     Ok(out)
 }
 

@@ -1,6 +1,7 @@
 //! Real `dml-agent` processes on 127.0.0.1: convergence, crash detection (SIGKILL),
 //! a frozen agent (SIGSTOP) coming back as a new member, graceful exit (SIGTERM) and
-//! joining while the introducer is still down.
+//! joining while the introducer is still down; what systemd hears (readiness,
+//! watchdog pings, stopping).
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -270,4 +271,43 @@ async fn agents_started_while_the_introducer_is_down_join_once_it_comes_up() {
     );
     assert_eq!(live.len(), 4);
     assert!(live.iter().any(|id| id.addr == intro));
+}
+
+/// The notifications a `Type=notify` unit with `WatchdogSec=` gets: READY=1 with a status,
+/// WATCHDOG=1 again and again while the agent runs, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn systemd_hears_readiness_watchdog_pings_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = dml_tests::TestDir::new("sd-notify").unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut spec = AgentSpec::new("a", test_membership());
+    spec.env
+        .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    // A 400 ms watchdog: a ping every 100 ms.
+    spec.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    let mut agent = Agent::start(spec, dir.path()).await.unwrap();
+    let mut heard = Vec::<String>::new();
+    let mut listen = |what: &str, done: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + CONVERGE;
+        let mut buf = [0u8; 1024];
+        while !done(&heard) {
+            assert!(Instant::now() < deadline, "no {what}; heard {heard:?}");
+            if let Ok(n) = sock.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    listen("READY=1", &|h| {
+        h.iter().any(|m| m.contains("READY=1\nSTATUS="))
+    });
+    let pings = |h: &[String]| h.iter().filter(|m| m.trim() == "WATCHDOG=1").count();
+    listen("five watchdog pings", &|h| pings(h) >= 5);
+    agent.terminate().unwrap();
+    listen("STOPPING=1", &|h| {
+        h.iter().any(|m| m.contains("STOPPING=1"))
+    });
+    agent.wait_exit(EXIT).await.unwrap();
 }

@@ -76,6 +76,8 @@ fn systemd_unit_runs_the_agent_with_its_config_and_restarts_on_failure() {
     // Ready once joined (sd_notify READY=1); SIGHUP reloads.
     assert_eq!(get("Service", "Type"), "notify");
     assert_eq!(get("Service", "NotifyAccess"), "main");
+    // The agent pings the watchdog while its loops answer (agent/src/notify.rs).
+    assert_eq!(get("Service", "WatchdogSec"), "30s");
     // A bad config exits 2 (docs/AGENT_CLI.md); restarting cannot fix it.
     assert_eq!(get("Service", "RestartPreventExitStatus"), "2");
     assert_eq!(get("Install", "WantedBy"), "multi-user.target");
