@@ -54,8 +54,10 @@ pub enum Fault {
         a: usize,
         b: usize,
     },
+    /// SIGKILL, then a restart on the same data directory or (`wipe`) an emptied one.
     Kill {
         agent: usize,
+        wipe: bool,
     },
     Pause {
         agent: usize,
@@ -114,7 +116,10 @@ pub fn schedule(seed: u64, secs: f64, agents: usize) -> Vec<Step> {
                 a: shuffled[0],
                 b: shuffled[1],
             },
-            5 => Fault::Kill { agent: shuffled[0] },
+            5 => Fault::Kill {
+                agent: shuffled[0],
+                wipe: rng.random_bool(0.5),
+            },
             6 => Fault::Pause { agent: shuffled[0] },
             7 => Fault::DiskFull { agent: shuffled[0] },
             _ => Fault::ClockJump {
@@ -159,7 +164,7 @@ pub async fn run(
             // claim on at the heal (a known gap, see issue 18's note). Loss, flapping links and
             // clock jumps excuse no failure.
             Fault::Split { .. } | Fault::Bridge { .. } => (0..n).collect(),
-            Fault::Kill { agent }
+            Fault::Kill { agent, .. }
             | Fault::Pause { agent }
             | Fault::ClockJump {
                 agent,
@@ -207,15 +212,33 @@ pub async fn run(
                 }
                 format!("flapped a{a} ↔ a{b} {flips} times")
             }
-            Fault::Kill { agent } => {
+            Fault::Kill { agent, wipe } => {
                 down.fetch_or(1 << agent, Ordering::Relaxed);
                 c.kill(*agent).await?;
+                if *wipe {
+                    // A lost disk: everything the agent kept (its Raft vote and log,
+                    // its SDFS copies, its identity) is gone.
+                    let data = c.data_dir(*agent);
+                    for e in std::fs::read_dir(&data)
+                        .with_context(|| format!("reading {}", data.display()))?
+                    {
+                        let p = e?.path();
+                        match p.is_dir() {
+                            true => std::fs::remove_dir_all(&p),
+                            false => std::fs::remove_file(&p),
+                        }
+                        .with_context(|| format!("wiping {}", p.display()))?;
+                    }
+                }
                 tokio::time::sleep(lasts).await;
                 c.restart(*agent)
                     .await
                     .with_context(|| format!("restarting a{agent}"))?;
                 down.fetch_and(!(1 << agent), Ordering::Relaxed);
-                format!("SIGKILL a{agent}, restarted on its data")
+                match wipe {
+                    true => format!("SIGKILL a{agent}, restarted on an empty data directory"),
+                    false => format!("SIGKILL a{agent}, restarted on its data"),
+                }
             }
             Fault::Pause { agent } => {
                 down.fetch_or(1 << agent, Ordering::Relaxed);
@@ -567,6 +590,7 @@ mod tests {
                     Fault::ClockJump { secs, restart, .. } => {
                         format!("clock {secs:+} restart {restart}")
                     }
+                    Fault::Kill { wipe, .. } => format!("kill wipe {wipe}"),
                     f => format!("{f:?}")
                         .split([' ', '{'])
                         .next()
@@ -576,6 +600,7 @@ mod tests {
                 kinds.insert(kind);
             }
         }
-        assert_eq!(kinds.len(), 8 + 4, "{kinds:?}");
+        // Seven plain kinds, two kills and four clock jumps.
+        assert_eq!(kinds.len(), 7 + 2 + 4, "{kinds:?}");
     }
 }

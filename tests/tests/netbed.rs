@@ -185,7 +185,8 @@ const NEMESIS_DISK: u64 = 256 << 20;
 /// A seeded nemesis run (`DML_NEMESIS_SEED` replays one, `DML_NEMESIS_SECS` sets its
 /// length, 120 s by default): three clients put, get and delete a few files through random
 /// hosts, and a fourth submits tiny-model jobs, while partitions, one-way loss, flapping
-/// links, SIGKILLs, SIGSTOPs and wall-clock jumps of ±30 s come and go. Afterwards the history is linearizable per
+/// links, SIGKILLs (restarts on the agent's data or an emptied directory), SIGSTOPs and
+/// wall-clock jumps of ±30 s come and go. Afterwards the history is linearizable per
 /// file, every read was byte-exact, every stored version reads back as its put wrote it,
 /// every job has each image exactly once, no member was declared failed because of loss, a
 /// flapping link or a clock jump, and the voters agree on the state digest.
@@ -383,6 +384,12 @@ fn a_seeded_nemesis_run_keeps_sdfs_linearizable() -> Result<()> {
                     let mut seen = Vec::new();
                     for &i in &voters {
                         let info = api::leader_info(c.addrs[i]).await?;
+                        // Every voter, a wiped one too, is in the Raft configuration, once.
+                        let mut config: Vec<_> = info.raft_ids.iter().map(|(_, a)| *a).collect();
+                        config.sort();
+                        let mut want: Vec<_> = voters.iter().map(|&v| c.addrs[v]).collect();
+                        want.sort();
+                        ensure!(config == want, "a{i} holds Raft voters {:?}", info.raft_ids);
                         seen.push((info.last_applied, info.applied_digest));
                     }
                     ensure!(
