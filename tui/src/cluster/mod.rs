@@ -576,6 +576,8 @@ struct StatusReport {
     members: Option<usize>,
     leader: Option<SocketAddr>,
     ssh_error: Option<String>,
+    /// Why a stopped agent exited, from its log (`error: ...`; a full disk, say).
+    last_error: Option<String>,
 }
 
 async fn status(a: &HostsArg, json: bool) -> Result<()> {
@@ -600,14 +602,15 @@ async fn status(a: &HostsArg, json: bool) -> Result<()> {
                 .ok()
                 .map(|m| m.iter().filter(|m| m.state.is_live()).count());
             let leader = c.leader().await.ok().and_then(|l| l.leader);
-            let (launcher, pid, running, ssh_error) = match remote {
+            let (launcher, pid, running, ssh_error, last_error) = match remote {
                 Ok(kv) => (
                     kv.get("launcher").filter(|l| !l.is_empty()).cloned(),
                     kv.get("pid").and_then(|p| p.parse().ok()),
                     Some(kv.get("running").is_some_and(|r| r == "1")),
                     None,
+                    kv.get("last_error").filter(|e| !e.is_empty()).cloned(),
                 ),
-                Err(e) => (None, None, None, Some(format!("{e:#}"))),
+                Err(e) => (None, None, None, Some(format!("{e:#}")), None),
             };
             StatusReport {
                 host: h.name.clone(),
@@ -620,6 +623,7 @@ async fn status(a: &HostsArg, json: bool) -> Result<()> {
                 members,
                 leader,
                 ssh_error,
+                last_error,
             }
         }
     });
@@ -647,7 +651,10 @@ async fn status(a: &HostsArg, json: bool) -> Result<()> {
                     match (r.running, &r.ssh_error) {
                         (_, Some(e)) => format!("ssh error: {e}"),
                         (Some(true), _) => "running".into(),
-                        _ => "not running".into(),
+                        _ => match &r.last_error {
+                            Some(e) => format!("not running: {e}"),
+                            None => "not running".into(),
+                        },
                     },
                     if r.answering {
                         "answering"

@@ -62,7 +62,9 @@ if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < /proc/"$pid"/cmd
     )
 }
 
-/// Reports launcher, pid and whether the recorded agent runs.
+/// Reports launcher, pid and whether the recorded agent runs; when it does not, the last
+/// `error: ` line its log (tmux) holds since it was last started: why it exited (a full
+/// disk, say).
 pub fn state(dir: &str) -> String {
     format!(
         r#"cd {} 2>/dev/null || {{ echo nodir=1; exit 0; }}
@@ -70,6 +72,7 @@ pub fn state(dir: &str) -> String {
 echo "launcher=$l"
 echo "pid=$pid"
 echo "running=$running"
+[ "$running" = 1 ] || echo "last_error=$(awk '/^---- started by/ {{ e = "" }} /^error: / {{ e = $0 }} END {{ print e }}' agent.log 2>/dev/null)"
 "#,
         quote(dir),
         find_pid()
@@ -255,6 +258,34 @@ mod tests {
             .filter(|l| l.contains("dml-agent-8001.service"))
             .collect();
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn the_state_of_a_stopped_agent_carries_its_last_error_since_its_start() {
+        let dir = std::env::temp_dir().join(format!("dml-cluster-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("launcher"), "tmux dml-agent-1\n").unwrap();
+        let log = "---- started by dml cluster up\nerror: old\n\
+                   ---- started by dml cluster up\nINFO up\nerror: disk full: the store\n";
+        std::fs::write(dir.join("agent.log"), log).unwrap();
+        let run = || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(state(dir.to_str().unwrap()))
+                .output()
+                .unwrap();
+            parse_kv(&String::from_utf8_lossy(&out.stdout))
+        };
+        let kv = run();
+        assert_eq!(kv["running"], "0");
+        assert_eq!(kv["last_error"], "error: disk full: the store");
+        std::fs::write(
+            dir.join("agent.log"),
+            format!("{log}---- started by dml cluster up\n"),
+        )
+        .unwrap();
+        assert_eq!(run().get("last_error").map(String::as_str), Some(""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
