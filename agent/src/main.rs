@@ -2,6 +2,7 @@
 //! when it is ready ([`notify`]), reloads what it can on SIGHUP ([`reload`]),
 //! and leaves the group gracefully on SIGTERM or SIGINT. See docs/AGENT_CLI.md.
 
+mod log_line;
 mod notify;
 mod reload;
 
@@ -162,7 +163,7 @@ fn main() -> ExitCode {
             .with(filter)
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(log_line::OneLineStderr)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_filter(throttle),
             )
