@@ -2,7 +2,15 @@
 //! ([`Conn`]): TCP on the same port number as the membership UDP socket, and
 //! the agent's local Unix socket for clients on its host. A peer that fails
 //! the handshake or sends a frame whose tag does not verify is dropped
-//! without an answer (and counted); one over `api.max_connections` is told.
+//! without an answer (and counted).
+//!
+//! Nothing unauthenticated holds a connection slot. A new connection first
+//! needs a handshake place: at most [`HANDSHAKES`] at once, at most
+//! [`HANDSHAKES_PER_SOURCE`] from one address, each for `api.handshake_timeout`
+//! (2 s); without one it is closed at once. Only once authenticated does it
+//! take one of `api.max_connections` slots, of which a quarter is kept for
+//! connections from members' addresses (Raft, SDFS chains, relays), so a
+//! flood of clients cannot stall them; one over the limit is told why.
 
 use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
@@ -10,6 +18,7 @@ use crate::sdfs::SdfsHandle;
 use crate::telemetry::Telemetry;
 use crate::timing::API_IDLE_TIMEOUT as IDLE_TIMEOUT;
 use crate::timing::API_REFUSAL_TIMEOUT as REFUSAL_TIMEOUT;
+use crate::timing::VIEW_TTL;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::AuthContext;
 use dml_shared::config::ApiConfig;
@@ -17,14 +26,19 @@ use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::stream::Stream;
 use dml_shared::wire::{self, Kind};
 use dml_shared::{ErrorKind, RemoteError};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-/// Over-limit connections told why at once; more are closed without a word.
-const REFUSALS: usize = 8;
+/// Handshakes in progress at once, from all sources.
+pub const HANDSHAKES: usize = 128;
+/// Handshakes in progress at once from one address (the local socket is one).
+pub const HANDSHAKES_PER_SOURCE: usize = 16;
 /// Largest first frame read from a refused connection.
 const REFUSAL_FRAME: usize = 64 * 1024;
 
@@ -64,6 +78,116 @@ pub struct Services {
     pub auth: AuthContext,
 }
 
+/// Where a connection comes from: an address, or the local socket.
+type Source = Option<IpAddr>;
+
+/// Admission of new connections (see the module's doc).
+struct Gate {
+    handshakes: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<Source, usize>>>,
+    /// Every authenticated connection takes one.
+    slots: Arc<Semaphore>,
+    /// A client's connection (not from a member's address) also takes one:
+    /// fewer than `slots`, so members always find a slot.
+    client_slots: Arc<Semaphore>,
+    /// Members' addresses, read at most every [`VIEW_TTL`].
+    members: Mutex<Option<(Instant, Arc<HashSet<IpAddr>>)>>,
+    /// Connections closed unauthenticated for want of a handshake place.
+    shed: AtomicU64,
+}
+
+/// A handshake place from one source; given back on drop.
+struct SourcePlace {
+    map: Arc<Mutex<HashMap<Source, usize>>>,
+    source: Source,
+}
+
+impl Drop for SourcePlace {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// An authenticated connection's slot(s).
+type Slot = (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>);
+
+impl Gate {
+    fn new(max_connections: usize) -> Self {
+        let reserve = max_connections / 4;
+        Self {
+            handshakes: Arc::new(Semaphore::new(HANDSHAKES)),
+            per_source: Arc::default(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            client_slots: Arc::new(Semaphore::new(max_connections - reserve)),
+            members: Mutex::new(None),
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    /// A handshake place for a connection from `source`, if one is free.
+    fn handshake(&self, source: Source) -> Option<(SourcePlace, OwnedSemaphorePermit)> {
+        {
+            let mut map = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(source).or_insert(0);
+            if *n >= HANDSHAKES_PER_SOURCE {
+                return None;
+            }
+            *n += 1;
+        }
+        let place = SourcePlace {
+            map: self.per_source.clone(),
+            source,
+        };
+        let permit = self.handshakes.clone().try_acquire_owned().ok()?;
+        Some((place, permit))
+    }
+
+    /// A slot for an authenticated connection from `source`.
+    async fn slot(&self, source: Source, membership: &MembershipHandle) -> Option<Slot> {
+        let member = match source {
+            Some(ip) => self.member_ips(membership).await.contains(&ip),
+            None => false,
+        };
+        if member {
+            return Some((self.slots.clone().try_acquire_owned().ok()?, None));
+        }
+        let client = self.client_slots.clone().try_acquire_owned().ok()?;
+        Some((self.slots.clone().try_acquire_owned().ok()?, Some(client)))
+    }
+
+    async fn member_ips(&self, membership: &MembershipHandle) -> Arc<HashSet<IpAddr>> {
+        let cached = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < VIEW_TTL)
+            .map(|(_, ips)| ips.clone());
+        if let Some(ips) = cached {
+            return ips;
+        }
+        let ips: Arc<HashSet<IpAddr>> = Arc::new(
+            membership
+                .members()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|m| m.state.is_live())
+                .map(|m| m.id.addr.ip())
+                .collect(),
+        );
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), ips.clone()));
+        ips
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     local: Option<UnixListener>,
@@ -71,16 +195,15 @@ async fn accept_loop(
     services: Services,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let refusals = Arc::new(Semaphore::new(REFUSALS));
+    let gate = Arc::new(Gate::new(cfg.max_connections));
     let bad_frames = Arc::new(AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a.map(|(s, peer)| (Stream::from(s), peer.to_string())),
-            a = accept_local(local.as_ref()) => a.map(|s| (Stream::from(s), "a local client".to_string())),
+            a = listener.accept() => a.map(|(s, peer)| (Stream::from(s), Some(peer.ip()), peer.to_string())),
+            a = accept_local(local.as_ref()) => a.map(|s| (Stream::from(s), None, "a local client".to_string())),
             _ = shutdown.changed() => return,
         };
-        let (stream, peer) = match accepted {
+        let (stream, source, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors and the like: transient.
@@ -89,28 +212,38 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing API connection: too many open");
-            // Told why, when few are waiting for that answer; else just closed.
-            if let Ok(r) = refusals.clone().try_acquire_owned() {
-                let (max, shake) = (cfg.max_connections, cfg.handshake_timeout);
-                let auth = services.auth.clone();
-                tokio::spawn(async move {
-                    let refusal = refuse(stream, max, &auth, shake);
-                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
-                    drop(r);
-                });
-            }
+        let Some((place, shaking)) = gate.handshake(source) else {
+            let shed = gate.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(%peer, shed, "closing an unauthenticated connection: no handshake place free (a flood?)");
             continue;
         };
         let services = services.clone();
         let bad_frames = bad_frames.clone();
-        let (max_frame, shake) = (cfg.max_frame, cfg.handshake_timeout);
+        let gate = gate.clone();
+        let cfg = cfg.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, max_frame, shake, &services, &bad_frames).await {
+            if let Stream::Tcp(s) = &stream {
+                let _ = s.set_nodelay(true);
+            }
+            let conn = Conn::accept_within(stream, &services.auth, cfg.handshake_timeout).await;
+            drop((place, shaking));
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "API handshake failed");
+                    return;
+                }
+            };
+            let Some(slot) = gate.slot(source, &services.membership).await else {
+                tracing::warn!(%peer, "refusing API connection: too many open");
+                let refusal = refuse(conn, cfg.max_connections);
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
+                return;
+            };
+            if let Err(e) = serve(conn, cfg.max_frame, &services, &bad_frames).await {
                 tracing::debug!(%peer, error = %e, "API connection closed");
             }
-            drop(permit);
+            drop(slot);
         });
     }
 }
@@ -123,39 +256,27 @@ async fn accept_local(local: Option<&UnixListener>) -> std::io::Result<UnixStrea
     }
 }
 
-/// Answers a connection over `api.max_connections` with an error naming the
-/// limit, after reading its first request (closing with it unread would reset
-/// the connection before the client read the answer).
-async fn refuse(
-    stream: Stream,
-    max: usize,
-    auth: &AuthContext,
-    handshake: std::time::Duration,
-) -> dml_shared::Result<()> {
-    let mut stream = Conn::accept_within(stream, auth, handshake).await?;
-    let _ = stream.read_frame(REFUSAL_FRAME).await;
+/// Answers an authenticated connection over `api.max_connections` with an
+/// error naming the limit, after reading its first request (closing with it
+/// unread would reset the connection before the client read the answer).
+async fn refuse(mut conn: Conn, max: usize) -> dml_shared::Result<()> {
+    let _ = conn.read_frame(REFUSAL_FRAME).await;
     let msg = Response::Error(RemoteError::new(
         ErrorKind::Refused,
         format!(
             "all {max} API connections of this agent (api.max_connections) are in use; retry later"
         ),
     ));
-    stream
-        .write_frame(&wire::encode(Kind::Response, &msg), REFUSAL_FRAME)
+    conn.write_frame(&wire::encode(Kind::Response, &msg), REFUSAL_FRAME)
         .await
 }
 
 async fn serve(
-    stream: Stream,
+    mut stream: Conn,
     max_frame: usize,
-    handshake: std::time::Duration,
     services: &Services,
     bad_frames: &AtomicU64,
 ) -> dml_shared::Result<()> {
-    if let Stream::Tcp(s) = &stream {
-        s.set_nodelay(true)?;
-    }
-    let mut stream = Conn::accept_within(stream, &services.auth, handshake).await?;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.read_frame(max_frame)).await {
             Err(_) | Ok(Ok(None)) => return Ok(()),

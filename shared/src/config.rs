@@ -143,7 +143,7 @@ pub struct ApiConfig {
     /// Simultaneous API connections; more are refused.
     pub max_connections: usize,
     /// Time a new connection gets to finish the key handshake; it holds a
-    /// connection slot meanwhile.
+    /// handshake place (not a connection slot) meanwhile.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 }
@@ -153,7 +153,7 @@ impl Default for ApiConfig {
         Self {
             max_frame: crate::framing::DEFAULT_MAX_FRAME,
             max_connections: 256,
-            handshake_timeout: crate::conn::HANDSHAKE_TIMEOUT,
+            handshake_timeout: crate::conn::ACCEPT_HANDSHAKE_TIMEOUT,
         }
     }
 }

@@ -25,8 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Time a peer gets to complete the handshake (an agent: `api.handshake_timeout`).
+/// Time a client gets to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An agent's default for a connection it accepted (`api.handshake_timeout`):
+/// short, as an unauthenticated peer holds a handshake place meanwhile.
+pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames up to this size go out in one write.
 const COALESCE: usize = 64 * 1024;
 
