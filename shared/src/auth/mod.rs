@@ -1,0 +1,353 @@
+//! The cluster key and everything it authenticates.
+//!
+//! - [`ClusterKey`]: 32 random bytes, kept hex-encoded in a file readable by
+//!   its owner only (`dml keygen`). Separate subkeys for UDP and TCP are
+//!   derived from it with BLAKE3's `derive_key`.
+//! - [`install`] / [`installed`]: the process's key, set once at start; every
+//!   connection and datagram of the process uses it.
+//! - [`Sealer`] / [`Opener`]: UDP datagrams carry the sender's id (its
+//!   address's hash and a random number of the sending process), a sequence
+//!   number that is the sender's clock in microseconds, forced to grow, and a
+//!   12-byte keyed-BLAKE3 tag. The opener drops forged, malformed, replayed
+//!   and stale datagrams, each counted. Each process keeps its own window, so
+//!   a restart after the sender's clock stepped back is not taken for a replay.
+//! - [`handshake`]: the TCP handshake messages and per-connection keys; the
+//!   framing of authenticated connections is in [`crate::conn`].
+//! - [`counters`]: what was dropped, for `dml stats` and the metrics endpoint.
+
+mod datagram;
+pub mod handshake;
+
+pub use datagram::*;
+
+use crate::error::{Error, Result};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Bytes of a cluster key.
+pub const KEY_LEN: usize = 32;
+/// Bytes of the tag of a TCP frame or handshake proof.
+pub const TAG_LEN: usize = 16;
+/// Why a key file's text is not a cluster key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyTextError {
+    #[error("a cluster key is {want} hex digits, this has {len} characters")]
+    Length { want: usize, len: usize },
+    #[error("\"{pair}\" at offset {offset} is not a hex byte")]
+    NotHex { pair: String, offset: usize },
+}
+
+/// The shared secret of one cluster. `Debug` shows only its fingerprint.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey {
+    udp: [u8; KEY_LEN],
+    tcp: [u8; KEY_LEN],
+    fingerprint: [u8; 8],
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterKey({})", self.fingerprint())
+    }
+}
+
+impl ClusterKey {
+    /// Derives the subkeys of a raw 32-byte secret.
+    pub fn from_bytes(secret: [u8; KEY_LEN]) -> Self {
+        let fp = blake3::derive_key("AwesomeDML 2026 cluster key fingerprint", &secret);
+        Self {
+            udp: blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &secret),
+            tcp: blake3::derive_key("AwesomeDML 2026 TCP handshake and frame tags", &secret),
+            fingerprint: fp[..8].try_into().expect("8 of 32 bytes"),
+        }
+    }
+
+    /// A new random secret, hex-encoded as a key file holds it.
+    pub fn generate_hex() -> Result<String> {
+        Ok(hex(&random::<KEY_LEN>()?))
+    }
+
+    /// Parses a key file's text: 64 hex digits, surrounding whitespace allowed.
+    pub fn from_hex(text: &str) -> std::result::Result<Self, KeyTextError> {
+        let t = text.trim();
+        if t.len() != 2 * KEY_LEN {
+            return Err(KeyTextError::Length {
+                want: 2 * KEY_LEN,
+                len: t.len(),
+            });
+        }
+        let mut secret = [0u8; KEY_LEN];
+        for (i, pair) in t.as_bytes().chunks(2).enumerate() {
+            let s = String::from_utf8_lossy(pair);
+            // from_str_radix alone would take a sign, as in "+0".
+            if !pair.iter().all(u8::is_ascii_hexdigit) {
+                return Err(KeyTextError::NotHex {
+                    pair: s.into_owned(),
+                    offset: 2 * i,
+                });
+            }
+            secret[i] = u8::from_str_radix(&s, 16).expect("two hex digits");
+        }
+        Ok(Self::from_bytes(secret))
+    }
+
+    /// Reads a key file, refusing one that other users can read.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(bad(format!(
+                    "mode {mode:04o} lets other users read the cluster key; run `chmod 600 {}`",
+                    path.display()
+                )));
+            }
+        }
+        if meta.len() > 1024 {
+            return Err(bad(format!(
+                "{} bytes is too long for a key file",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        Self::from_hex(&text).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Writes a new random key to `path` (mode 0600); refuses to replace an
+    /// existing file unless `force`.
+    pub fn write_new(path: &Path, force: bool) -> Result<Self> {
+        use std::io::Write;
+        let bad = |reason: String| Error::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let hex_key = Self::generate_hex()?;
+        let key = Self::from_hex(&hex_key).map_err(|e| bad(e.to_string()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true);
+        if force {
+            opts.create(true).truncate(true);
+        } else {
+            opts.create_new(true);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                bad("already exists; pass --force to replace it (every agent then needs the new key)".into())
+            } else {
+                bad(e.to_string())
+            }
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        f.write_all(format!("{hex_key}\n").as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(key)
+    }
+
+    /// 16 hex digits that name the key without revealing it.
+    pub fn fingerprint(&self) -> String {
+        hex(&self.fingerprint)
+    }
+
+    pub(crate) fn tcp(&self) -> &[u8; KEY_LEN] {
+        &self.tcp
+    }
+}
+
+/// A cluster key with the counters of what it refused. Each agent has its
+/// own (so agents sharing a process count apart); `dml` and an agent's
+/// outgoing connections use the process's ([`install`]). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    key: ClusterKey,
+    counters: Arc<Counters>,
+}
+
+impl AuthContext {
+    /// `key` with fresh counters.
+    pub fn new(key: ClusterKey) -> Self {
+        Self {
+            key,
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
+    /// What this context refused so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The counters, shared with what counts into them.
+    pub(crate) fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+}
+
+static PROCESS: OnceLock<AuthContext> = OnceLock::new();
+
+/// Sets the process's cluster key, which outgoing connections use.
+/// Installing the same key again is a no-op; a different one is an error.
+pub fn install(key: ClusterKey) -> Result<()> {
+    let set = PROCESS.get_or_init(|| AuthContext::new(key.clone()));
+    if set.key == key {
+        Ok(())
+    } else {
+        Err(Error::KeyFile {
+            path: "<process>".into(),
+            reason: format!(
+                "this process already uses cluster key {}, not {}",
+                set.key.fingerprint(),
+                key.fingerprint()
+            ),
+        })
+    }
+}
+
+/// The process's cluster key and counters.
+pub fn installed() -> Result<&'static AuthContext> {
+    PROCESS.get().ok_or(Error::NoKey)
+}
+
+/// Counts of traffic dropped for authentication reasons, per [`AuthContext`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams whose tag did not verify (wrong key, forged, corrupted).
+    pub udp_forged: AtomicU64,
+    /// Datagrams too short or without the sealed-datagram magic.
+    pub udp_malformed: AtomicU64,
+    /// Datagrams already seen, or older than the reorder window.
+    pub udp_replayed: AtomicU64,
+    /// Datagrams from a new sender whose clock is too far from ours.
+    pub udp_stale: AtomicU64,
+    /// TCP connections refused in the handshake (wrong key or not ours).
+    pub tcp_handshake_failed: AtomicU64,
+    /// TCP frames whose tag did not verify; the connection is closed.
+    pub tcp_forged: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub udp_forged: u64,
+    pub udp_malformed: u64,
+    pub udp_replayed: u64,
+    pub udp_stale: u64,
+    pub tcp_handshake_failed: u64,
+    pub tcp_forged: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Dropped {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Dropped {
+            udp_forged: g(&self.udp_forged),
+            udp_malformed: g(&self.udp_malformed),
+            udp_replayed: g(&self.udp_replayed),
+            udp_stale: g(&self.udp_stale),
+            tcp_handshake_failed: g(&self.tcp_handshake_failed),
+            tcp_forged: g(&self.tcp_forged),
+        }
+    }
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Compares two tags in time independent of their contents (lengths are public).
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+fn now_micros() -> u64 {
+    crate::clock::unix_micros()
+}
+
+/// `N` bytes from the operating system's generator (`getrandom(2)`).
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).map_err(|e| Error::KeyFile {
+        path: "the system's random generator".into(),
+        reason: format!("cannot read random bytes: {e}"),
+    })?;
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_text_round_trips_and_bad_text_is_named() {
+        let text = ClusterKey::generate_hex().unwrap();
+        let k = ClusterKey::from_hex(&format!(" {text}\n")).unwrap();
+        assert_eq!(k.fingerprint().len(), 16);
+        assert!(!format!("{k:?}").contains(&text));
+        assert!(
+            ClusterKey::from_hex("abc")
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex digits")
+        );
+        let bad = format!("zz{}", &text[2..]);
+        assert!(
+            ClusterKey::from_hex(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("\"zz\"")
+        );
+        let signed = format!("{}+0", &text[..62]);
+        assert!(
+            ClusterKey::from_hex(&signed)
+                .unwrap_err()
+                .to_string()
+                .contains("\"+0\"")
+        );
+    }
+
+    #[test]
+    fn key_files_are_private_and_not_replaced_by_accident() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dml-key-test-{}", std::process::id()));
+        let path = dir.join("k");
+        let _ = std::fs::remove_dir_all(&dir);
+        let k = ClusterKey::write_new(&path, false).unwrap();
+        assert_eq!(ClusterKey::load(&path).unwrap(), k);
+        let e = ClusterKey::write_new(&path, false).unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+        let k2 = ClusterKey::write_new(&path, true).unwrap();
+        assert_ne!(k, k2);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ClusterKey::load(&path).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
