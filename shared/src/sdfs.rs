@@ -34,8 +34,18 @@ pub fn validate_name(name: &str) -> Result<()> {
         return bad("is longer than 1024 bytes");
     }
     if let Some((i, c)) = name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        let known = match c {
+            '\0' => " (NUL)",
+            '\t' => " (tab)",
+            '\n' => " (line feed)",
+            '\r' => " (carriage return)",
+            '\u{1b}' => " (ESC)",
+            '\u{7f}' => " (DEL)",
+            '\u{80}'..='\u{9f}' => " (C1)",
+            _ => "",
+        };
         return bad(&format!(
-            "contains the control character U+{:04X} at character {}",
+            "contains the control character U+{:04X}{known} at character {}",
             c as u32,
             i + 1
         ));
@@ -344,12 +354,13 @@ mod tests {
     #[test]
     fn names_with_control_characters_are_refused_naming_the_character_and_its_position() {
         for (name, code, at) in [
-            ("a\nb", "U+000A", 2),
-            ("\u{1b}[31mred", "U+001B", 1),
-            ("ok/\u{7f}", "U+007F", 4),
-            ("é\u{85}", "U+0085", 2),
-            ("x\u{9b}", "U+009B", 2),
-            ("a\0b", "U+0000", 2),
+            ("a\nb", "U+000A (line feed)", 2),
+            ("\u{1b}[31mred", "U+001B (ESC)", 1),
+            ("ok/\u{7f}", "U+007F (DEL)", 4),
+            ("é\u{85}", "U+0085 (C1)", 2),
+            ("x\u{9b}", "U+009B (C1)", 2),
+            ("a\0b", "U+0000 (NUL)", 2),
+            ("bell\u{7}", "U+0007", 5),
         ] {
             let e = validate_name(name).unwrap_err().to_string();
             assert!(

@@ -440,7 +440,7 @@ async fn names_with_control_characters_are_refused_by_dml_and_by_the_agent() {
     assert!(!out.status.success(), "{out:?}");
     assert!(
         out.stderr
-            .contains("contains the control character U+000A at character 5"),
+            .contains("contains the control character U+000A (line feed) at character 5"),
         "{}",
         out.stderr
     );
@@ -451,9 +451,9 @@ async fn names_with_control_characters_are_refused_by_dml_and_by_the_agent() {
     // A raw client is refused by the leader the same way.
     let leader = c.wait_leader(&[0], READY).await.unwrap();
     for (name, what) in [
-        ("x\u{1b}[2J", "U+001B at character 2"),
-        ("a/b\u{9b}c", "U+009B at character 4"),
-        ("del\u{7f}", "U+007F at character 4"),
+        ("x\u{1b}[2J", "U+001B (ESC) at character 2"),
+        ("a/b\u{9b}c", "U+009B (C1) at character 4"),
+        ("del\u{7f}", "U+007F (DEL) at character 4"),
     ] {
         let e = Client::new(leader)
             .meta(MetaRequest::BeginPut {
