@@ -309,7 +309,7 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
 }
 
 /// A `squat` process holding the local socket name of an agent's address, as another local
-/// user (nobody) when the tests run as root. Killed on drop.
+/// user (nobody) when asked and the tests run as root. Killed on drop.
 struct Squatter {
     child: tokio::process::Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
@@ -318,12 +318,12 @@ struct Squatter {
 }
 
 impl Squatter {
-    async fn start(addr: SocketAddr) -> Result<Squatter> {
+    async fn start(addr: SocketAddr, other_user: bool) -> Result<Squatter> {
         let mut cmd = tokio::process::Command::new(dml_tests::bins::binary("squat")?);
         cmd.arg(addr.to_string())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let foreign = nix::unistd::geteuid().is_root();
+        let foreign = other_user && nix::unistd::geteuid().is_root();
         if foreign {
             cmd.uid(65534).gid(65534);
         }
@@ -381,7 +381,7 @@ async fn a_squatted_local_socket_stops_the_agent_and_clients_send_it_nothing() {
     use dml_tests::{Agent, AgentSpec, TestDir};
     let dir = TestDir::new("local-squat").unwrap();
     let addr = dml_tests::ports::free_fixed_addr().unwrap();
-    let mut squat = Squatter::start(addr).await.unwrap();
+    let mut squat = Squatter::start(addr, true).await.unwrap();
 
     // The agent for `addr` will not share its name with the squatter.
     let e = Agent::start(
@@ -429,6 +429,37 @@ async fn a_squatted_local_socket_stops_the_agent_and_clients_send_it_nothing() {
         // went on over TCP.
         assert!(sent > 0);
     }
+}
+
+/// A process of the client's own user on an agent's local socket name is trusted, but one
+/// that does not complete the handshake leaves the client on TCP.
+#[tokio::test]
+async fn a_failed_local_handshake_falls_back_to_tcp() {
+    use dml_shared::conn::Conn;
+    use dml_tests::{Agent, AgentSpec, TestDir};
+    let dir = TestDir::new("local-handshake").unwrap();
+    let agent = Agent::start(AgentSpec::new("real", test_membership()), dir.path())
+        .await
+        .unwrap();
+    let addr = dml_tests::ports::free_fixed_addr().unwrap();
+    let mut squat = Squatter::start(addr, false).await.unwrap();
+    tokio::spawn(relay(TcpListener::bind(addr).await.unwrap(), agent.addr()));
+    let mut c = Conn::connect_near(addr).await.unwrap();
+    assert!(
+        !c.raw().is_local(),
+        "the client stayed on the silent socket"
+    );
+    use dml_shared::api::{Request, Response};
+    dml_shared::client::send_request(&mut c, &Request::Id)
+        .await
+        .unwrap();
+    let r = dml_shared::client::read_response(&mut c).await.unwrap();
+    assert!(
+        matches!(r, Response::Id(ref i) if i.id == agent.id()),
+        "{r:?}"
+    );
+    // It sent its hello there, then gave up.
+    assert!(squat.next_connection(WAIT).await.unwrap() > 0);
 }
 
 #[tokio::test]
