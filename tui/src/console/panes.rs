@@ -5,6 +5,7 @@ use super::fmt::{age_ms, bytes, clock, spark};
 use super::layout::{self, Pane};
 use dml_shared::api::MemberState;
 use dml_shared::infer::{JobInfo, JobState};
+use dml_shared::sdfs::printable;
 use dml_shared::telemetry::EventKind;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -541,7 +542,8 @@ pub fn events(app: &App, area: Rect, buf: &mut Buffer) {
                     Style::new().fg(kind_color(e.kind)),
                 ),
                 Span::raw(" "),
-                Span::raw(e.text.clone()),
+                // An agent's text, shown raw on the terminal: nothing in it may steer it.
+                Span::raw(printable(&e.text).into_owned()),
             ]);
             if i == app.selected[Pane::Events as usize] {
                 line = line.style(selected_style(app, Pane::Events));
