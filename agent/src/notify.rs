@@ -66,7 +66,8 @@ pub fn notify(n: Option<&Notifier>, state: &str) {
 /// or membership loop stops the pings, and systemd restarts the agent.
 pub fn spawn_watchdog(membership: MembershipHandle) -> Option<tokio::task::JoinHandle<()>> {
     let period = sd_notify::watchdog_enabled()?;
-    let every = period / PINGS_PER_PERIOD;
+    // A zero interval would make tokio panic; systemd's floor is far above 1 ms.
+    let every = (period / PINGS_PER_PERIOD).max(Duration::from_millis(1));
     tracing::info!(
         ?period,
         "systemd watchdog: pinging while the agent's loops answer"
