@@ -140,7 +140,8 @@ impl SdfsOptions {
 /// A cluster whose agents all know every agent's address (`--node`).
 pub struct SdfsCluster {
     /// Before `cluster`: unmounted (lazily) first, so the test directory's removal finds
-    /// empty mount points.
+    /// empty mount points. A kept directory (a failed test) keeps the agents' logs, not
+    /// their data directories.
     disks: Vec<SmallDisk>,
     pub cluster: Cluster,
     /// Agent `i` listens on `addrs[i]`, across restarts.
@@ -184,6 +185,10 @@ impl SdfsCluster {
         let scratch = cluster.dir().join("local");
         std::fs::create_dir_all(&scratch)?;
         let mut specs = Vec::new();
+        if opts.disk_bytes.is_some() {
+            // What a killed run left mounted (a bed's creation sweeps too).
+            crate::small_disk::sweep_stale()?;
+        }
         let mut disks = Vec::new();
         for (i, a) in addrs.iter().enumerate() {
             let mut spec = AgentSpec::new(format!("a{i}"), opts.membership.clone())
