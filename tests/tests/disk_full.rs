@@ -13,9 +13,12 @@ const AGENTS: usize = 5;
 const DISK: u64 = 64 << 20;
 /// `sdfs.disk_reserve` in this test.
 const RESERVE: u64 = 16 << 20;
-/// Bound on the full agent's Raft log failing and the agent exiting: it took a few puts'
-/// worth of log entries (under 5 s) in trials; redb may first fill free pages of its file.
+/// Bound on the full agent's Raft log failing and the agent exiting: redb first fills the
+/// free pages of its file (up to 90 s of puts with short names, in trials).
 const FAIL_STOP: Duration = Duration::from_secs(120);
+
+/// Bytes of padding in the names of the puts that wait for the Raft log to fail.
+const LONG_NAME: usize = 900;
 
 /// One acknowledged put: name, bytes.
 type Acked = Vec<(String, Vec<u8>)>;
@@ -28,12 +31,27 @@ async fn put(
     acked: &mut Acked,
 ) -> Result<Vec<(std::net::SocketAddr, String)>> {
     let bytes = content::text(name, 20_000);
-    let r = c
-        .client_put(via, name, &bytes)
-        .await?
-        .with_context(|| format!("put of \"{name}\" through a{via}"))?;
-    acked.push((name.to_string(), bytes));
-    Ok(r.failed)
+    let deadline = Instant::now() + READY;
+    loop {
+        match c.client_put(via, name, &bytes).await? {
+            Ok(r) => {
+                acked.push((name.to_string(), bytes));
+                return Ok(r.failed);
+            }
+            // A put that changed nothing or did not commit (a leader that missed a quorum
+            // round on a loaded machine, or stepped down while a voter stopped): a client
+            // tries again, as the error says.
+            Err(e)
+                if ["nothing was changed", "retry the put"]
+                    .iter()
+                    .any(|w| e.to_string().contains(w))
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(SDFS_POLL).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("put of \"{name}\" through a{via}")),
+        }
+    }
 }
 
 /// One agent's disk fills: first to below `sdfs.disk_reserve`, where SDFS refuses copies
@@ -53,6 +71,14 @@ async fn a_full_disk_refuses_copies_then_stops_its_agent_which_serves_again_once
         ..opts.sdfs
     };
     let mut c = SdfsCluster::start_with("disk-full", opts).await?;
+    let r = fill_one(&mut c).await;
+    if r.is_err() {
+        c.cluster.keep_dir();
+    }
+    r
+}
+
+async fn fill_one(c: &mut SdfsCluster) -> Result<()> {
     let all: Vec<usize> = (0..AGENTS).collect();
     let leader = c.leader_index(&all, READY).await?;
     let full = (leader + 1) % AGENTS;
@@ -69,7 +95,7 @@ async fn a_full_disk_refuses_copies_then_stops_its_agent_which_serves_again_once
         let via = others[n % others.len()];
         let name = format!("reserve/f{n}");
         n += 1;
-        let failed = put(&c, via, &name, &mut acked).await?;
+        let failed = put(c, via, &name, &mut acked).await?;
         refused.extend(failed.into_iter().filter(|(a, _)| *a == addr));
         let info = c
             .file(via, &name)
@@ -112,9 +138,10 @@ async fn a_full_disk_refuses_copies_then_stops_its_agent_which_serves_again_once
             "a{full} still runs {FAIL_STOP:?} after its disk filled"
         );
         let via = others[n % others.len()];
-        let name = format!("full/f{n}");
+        // Long names make long log entries, so the Raft log outgrows its file sooner.
+        let name = format!("full/f{n}/{}", "x".repeat(LONG_NAME));
         n += 1;
-        put(&c, via, &name, &mut acked).await?;
+        put(c, via, &name, &mut acked).await?;
         tokio::time::sleep(SDFS_POLL).await;
     };
     ensure!(!status.success(), "a{full} exited with {status}");
@@ -133,7 +160,7 @@ async fn a_full_disk_refuses_copies_then_stops_its_agent_which_serves_again_once
         eprintln!("a{full} ({status}): {line}");
     }
     for (i, via) in others.iter().enumerate().take(2) {
-        put(&c, *via, &format!("down/f{i}"), &mut acked).await?;
+        put(c, *via, &format!("down/f{i}"), &mut acked).await?;
     }
 
     // Freed and restarted: it catches up, serves every acknowledged put, and stores again.
@@ -146,7 +173,7 @@ async fn a_full_disk_refuses_copies_then_stops_its_agent_which_serves_again_once
     let mut stored = false;
     for i in 0..20 {
         let name = format!("after/f{i}");
-        let failed = put(&c, full, &name, &mut acked).await?;
+        let failed = put(c, full, &name, &mut acked).await?;
         ensure!(failed.is_empty(), "{name}: {failed:?}");
         let info = c.file(full, &name).await?.context("listed")?;
         if info.versions[0].replicas.contains(&addr) {
