@@ -34,6 +34,12 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const JOB_EVERY: Duration = Duration::from_secs(10);
 /// How often an agent whose disk is full is checked for having exited.
 const DISK_POLL: Duration = Duration::from_millis(250);
+/// After a disk is freed, time for a Raft write that failed just before to be logged (the
+/// agent notices within a quarter second).
+const DISK_SETTLE: Duration = Duration::from_secs(2);
+/// Longest an agent that logged its fail-stop may take to leave and exit (it gives up
+/// waiting for its services after 5 s).
+const DISK_EXIT_WAIT: Duration = Duration::from_secs(20);
 
 /// One fault of the schedule.
 #[derive(Clone, Debug, Serialize)]
@@ -303,6 +309,7 @@ async fn fill_disk(
     lasts: Duration,
     down: &AtomicU64,
 ) -> Result<(bool, String)> {
+    let fatal_before = fail_stops(c, i);
     let ballast = c.disk(i)?.fill()?;
     let until = tokio::time::Instant::now() + lasts;
     let mut exit = None;
@@ -320,6 +327,13 @@ async fn fill_disk(
         tokio::time::sleep(DISK_POLL).await;
     }
     c.disk(i)?.free()?;
+    // A write that failed just before the space returned: the agent logs it within a
+    // fraction of a second and then exits, after leaving the group.
+    tokio::time::sleep(DISK_SETTLE).await;
+    if exit.is_none() && fail_stops(c, i) > fatal_before {
+        down.fetch_or(1 << i, Ordering::Relaxed);
+        exit = Some(c.cluster.agents[i].wait_exit(DISK_EXIT_WAIT).await?);
+    }
     let done = format!("a{i}'s disk full ({} MiB of ballast)", ballast >> 20);
     let Some(status) = exit else {
         return Ok((false, format!("{done}, freed; it kept running")));
@@ -332,6 +346,15 @@ async fn fill_disk(
         true,
         format!("{done}: it exited ({status}); freed and restarted"),
     ))
+}
+
+/// How many times agent `i`'s log says it stopped because its Raft store failed (the
+/// agent's `failstop` message).
+fn fail_stops(c: &SdfsCluster, i: usize) -> usize {
+    c.agent(i)
+        .stderr()
+        .matches("the Raft node cannot continue, so this agent exits")
+        .count()
 }
 
 fn unix_ms() -> u64 {
