@@ -145,7 +145,8 @@ impl Agent {
             .await
             .context("cannot open the SDFS store")?;
         // This agent's own counters, apart from other agents in the process.
-        let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone());
+        let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone())
+            .with_encrypt_tcp(cfg.security.encrypt_tcp);
         let membership = driver::spawn(udp, core, join, auth.clone())
             .context("cannot start the membership thread")?;
         // Ends with the membership events, at shutdown.

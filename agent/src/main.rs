@@ -90,6 +90,8 @@ fn config(args: &Args) -> dml_shared::Result<(Config, Option<String>)> {
         .as_ref()
         .ok_or(dml_shared::Error::NoKey)?;
     dml_shared::auth::install(dml_shared::auth::ClusterKey::load(path)?)?;
+    // Outgoing connections (Raft, SDFS chains) follow the setting too.
+    dml_shared::auth::set_encrypt_tcp(cfg.security.encrypt_tcp);
     Ok((cfg, log))
 }
 

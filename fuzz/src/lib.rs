@@ -343,21 +343,48 @@ pub fn auth_udp(data: &[u8]) {
     }
 }
 
-/// The TCP handshake messages (hello, server reply, client proof) and the key
-/// file's text. What parses is exactly what the peer with the key would send; an
-/// accepted key text is 64 hex digits (surrounding whitespace allowed) and gives
-/// the key of those bytes.
+/// The TCP handshake messages (Noise hello, server reply, client confirm) and the key
+/// file text.
 pub fn auth_handshake(data: &[u8]) {
+    use handshake::{Answer, Protection};
     let key = ClusterKey::from_bytes(SECRET);
-    let (c, s) = ([1; handshake::NONCE_LEN], [2; handshake::NONCE_LEN]);
-    if let Some(n) = handshake::parse_hello(data) {
-        assert_eq!(handshake::hello(&n)[..], data[..]);
+    // As a hello: answered or refused, never a panic; only a hello made with the key
+    // (which random bytes are not) gets a reply.
+    let _ = handshake::check_magic(&data[..data.len().min(4)]);
+    for p in [Protection::Encrypted, Protection::Authenticated] {
+        if let Answer::Reply { reply, .. } = handshake::respond(&key, data, p) {
+            assert_eq!(reply[0], handshake::STATUS_OK);
+            assert_eq!(data.len(), handshake::HELLO_LEN);
+            assert_eq!(data[..4], handshake::HELLO_MAGIC);
+        }
     }
-    if let Some(n) = handshake::check_reply(&key, &c, data) {
-        assert_eq!(handshake::reply(&key, &c, &n)[..], data[..]);
+    // As the reply to a fresh hello: made without that hello's ephemeral key, it
+    // cannot verify.
+    let (init, _) = handshake::hello(&key, Protection::Encrypted).expect("a hello");
+    if let Some((&status, body)) = data.split_first() {
+        if status == handshake::STATUS_OK {
+            assert!(init.finish(body).is_err(), "a forged reply verified");
+        } else {
+            let _ = init.refused(status);
+        }
     }
-    if handshake::check_client_proof(&key, &c, &s, data) {
-        assert_eq!(handshake::client_proof(&key, &c, &s)[..], data[..]);
+    // As the confirm of a real session: only the client's own verifies.
+    let (init, hello) = handshake::hello(&key, Protection::Encrypted).expect("a hello");
+    if let Answer::Reply {
+        reply,
+        session: Ok(s),
+    } = handshake::respond(&key, &hello, Protection::Encrypted)
+    {
+        let (_, confirm) = init.finish(&reply[1..]).expect("a real reply verifies");
+        assert!(handshake::check_confirm(&s, &confirm));
+        if data != confirm {
+            assert!(
+                !handshake::check_confirm(&s, data),
+                "a forged confirm verified"
+            );
+        }
+    } else {
+        panic!("a real hello was refused");
     }
     if let Ok(text) = std::str::from_utf8(data)
         && let Ok(k) = ClusterKey::from_hex(text)

@@ -376,12 +376,24 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             ]
         }
         "auth_handshake" => {
+            use handshake::{Answer, Protection};
             let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
-            let (c, s) = ([1; 16], [2; 16]);
+            let (init, hello) = handshake::hello(&key, Protection::Encrypted).expect("a hello");
+            let Answer::Reply { reply, session } =
+                handshake::respond(&key, &hello, Protection::Encrypted)
+            else {
+                panic!("a real hello was refused");
+            };
+            assert!(session.is_ok());
+            let (_, confirm) = init.finish(&reply[1..]).expect("a real reply verifies");
+            let mut old = b"DLA1".to_vec();
+            old.extend([1; 16]);
             vec![
-                handshake::hello(&c).to_vec(),
-                handshake::reply(&key, &c, &s).to_vec(),
-                handshake::client_proof(&key, &c, &s).to_vec(),
+                hello.to_vec(),
+                reply.to_vec(),
+                confirm.to_vec(),
+                old,
+                vec![handshake::STATUS_WRONG_KEY],
                 format!("{}\n", "5a".repeat(32)).into_bytes(),
                 "0123456789abcdefABCDEF".repeat(3).into_bytes(),
             ]

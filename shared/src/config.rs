@@ -297,13 +297,28 @@ pub struct MetricsConfig {
     pub bind: Option<SocketAddr>,
 }
 
-/// The cluster key (`dml keygen`); see [`crate::auth`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The cluster key (`dml keygen`) and what it protects; see [`crate::auth`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SecurityConfig {
     /// File holding the cluster key (hex, mode 0600). `--key-file` and
     /// `DML_KEY_FILE` override it; an agent without a key does not start.
     pub key_file: Option<PathBuf>,
+    /// Encrypt TCP connections (API, Raft, SDFS chains, telemetry) with
+    /// Noise. `false` keeps them authenticated but in clear text, to measure
+    /// the cost of encryption; every agent and client of a cluster must
+    /// agree, a mismatch fails the handshake naming this key. The local
+    /// socket is never encrypted. Default true.
+    pub encrypt_tcp: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            encrypt_tcp: true,
+        }
+    }
 }
 
 /// The whole agent config, every value resolved.

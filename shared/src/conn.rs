@@ -1,7 +1,18 @@
 //! Authenticated connections (TCP, or a Unix socket on one host; see
-//! [`crate::stream`]): [`Conn`] runs the handshake of
-//! [`crate::auth::handshake`] and then seals every frame with a 16-byte
-//! keyed-BLAKE3 tag over its per-direction sequence number and body.
+//! [`crate::stream`]): [`Conn`] runs the Noise handshake of
+//! [`crate::auth::handshake`], which proves the cluster key both ways, and
+//! then protects every byte in one of two ways ([`Protection`]):
+//!
+//! - **Encrypted** (TCP, `security.encrypt_tcp = true`, the default): the
+//!   whole byte stream after the handshake, frames and the raw bulk data of
+//!   SDFS files alike, travels in Noise transport messages
+//!   ([`crate::channel`]), AES-256-GCM with per-direction keys and nonces.
+//!   Frames inside are plain length-prefixed frames ([`crate::framing`]).
+//! - **Authenticated** (the local Unix socket, whose server the client checks
+//!   by `SO_PEERCRED` before sending anything; and TCP with
+//!   `security.encrypt_tcp = false`, for side-by-side measurement): frames in
+//!   clear, each sealed with a 16-byte keyed-BLAKE3 tag over its
+//!   per-direction sequence number and body, keys derived from the handshake:
 //!
 //! ```text
 //! +-------------------+------+------------------------------+
@@ -9,16 +20,21 @@
 //! +-------------------+------+------------------------------+
 //! ```
 //!
-//! A frame that fails its tag closes the connection. The one exception is
-//! the bulk data of an SDFS file (`Data(Write)` and `Data(Read)` streams),
-//! sent raw through [`Conn::raw`] so a get can use sendfile: its bytes are
-//! authenticated by the file's BLAKE3 checksum, which travels in a sealed
-//! frame and is checked before the version becomes visible anywhere.
+//!   The bulk data of an SDFS file (`Data(Write)` and `Data(Read)` streams)
+//!   goes raw through [`Conn::raw`], so a get can use `sendfile`: its bytes
+//!   are authenticated by the file's BLAKE3 checksum, which travels in a
+//!   sealed frame and is checked before the version becomes visible anywhere.
+//!   A same-host client skips encryption this way and keeps the fast path.
+//!
+//! A frame or message that fails its tag closes the connection and is
+//! counted (`tcp_forged`).
 
-use crate::auth::{self, AuthContext, Counters, TAG_LEN, handshake};
+use crate::auth::handshake::{self, Answer, HandshakeError, Protection, Session};
+use crate::auth::{self, AuthContext, Counters, TAG_LEN};
+use crate::channel::{self, Channel, ChannelRead, ChannelWrite};
 use crate::error::{Error, Result};
-use crate::framing::read_frame;
-use crate::stream::{self, Stream, StreamRead, StreamWrite};
+use crate::framing::{self, read_frame};
+use crate::stream::{self, Stream};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,20 +49,20 @@ pub const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames up to this size go out in one write.
 const COALESCE: usize = 64 * 1024;
 
-/// Reads sealed frames.
+/// Reads protected frames.
 pub trait FrameRead {
     /// One frame's body; `Ok(None)` when the peer closed between frames.
     fn read_frame(&mut self, max: usize) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 }
 
-/// Writes sealed frames.
+/// Writes protected frames.
 pub trait FrameWrite {
-    /// Seals, writes and flushes one frame.
+    /// Seals (or encrypts), writes and flushes one frame.
     fn write_frame(&mut self, bytes: &[u8], max: usize) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// One direction's key and next sequence number, and where a forged frame
-/// is counted.
+/// One direction's frame key and next sequence number, and where a forged
+/// frame is counted (authenticated-only connections).
 struct Dir {
     key: [u8; 32],
     seq: u64,
@@ -65,17 +81,43 @@ impl Dir {
     }
 }
 
-/// An authenticated connection to or from an agent.
-pub struct Conn {
-    stream: Stream,
-    peer: SocketAddr,
+/// The frame tags of an authenticated-only connection.
+struct Tags {
     tx: Dir,
     rx: Dir,
+}
+
+/// An authenticated connection to or from an agent.
+pub struct Conn {
+    chan: Channel,
+    peer: SocketAddr,
+    /// `None` when the channel is encrypted: frames need no tag of their own.
+    tags: Option<Tags>,
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Conn({})", self.peer)
+    }
+}
+
+/// The protection `auth` asks for on `stream`: the local socket is never
+/// encrypted (see the module docs).
+fn protection_for(stream: &Stream, auth: &AuthContext) -> Protection {
+    if stream.is_local() || !auth.encrypt_tcp() {
+        Protection::Authenticated
+    } else {
+        Protection::Encrypted
+    }
+}
+
+/// The operator's words for a refused handshake.
+fn reason(e: &HandshakeError) -> String {
+    match e {
+        HandshakeError::WrongKey { .. } => {
+            format!("{e} (check --key-file, DML_KEY_FILE or security.key_file)")
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -88,8 +130,8 @@ impl Conn {
 
     /// Like [`Conn::connect`], but through the agent's local socket when it
     /// runs on this host and is trusted ([`stream::connect_local`]): for a
-    /// client's bulk data. A local socket that is refused, or whose handshake
-    /// fails, is left for TCP.
+    /// client's bulk data, which then skips encryption (the fast path). A
+    /// local socket that is refused, or whose handshake fails, is left for TCP.
     pub async fn connect_near(addr: SocketAddr) -> Result<Conn> {
         #[cfg(target_os = "linux")]
         if let Ok(s) = stream::connect_local(addr).await
@@ -111,13 +153,25 @@ impl Conn {
 
     /// The client side of the handshake on a stream connected to `peer`.
     pub async fn client(mut stream: Stream, peer: SocketAddr, auth: &AuthContext) -> Result<Conn> {
-        let key = auth.key();
-        let c = handshake::nonce()?;
+        let protection = protection_for(&stream, auth);
+        let fail = |e: HandshakeError| {
+            auth::bump(&auth.counters().tcp_handshake_failed);
+            Error::Auth {
+                addr: peer.to_string(),
+                reason: reason(&e),
+            }
+        };
+        let (init, hello) = handshake::hello(auth.key(), protection).map_err(fail)?;
         let shake = async {
-            stream.write_all(&handshake::hello(&c)).await?;
-            let mut reply = [0u8; handshake::REPLY_LEN];
-            stream.read_exact(&mut reply).await?;
-            Ok::<_, std::io::Error>(reply)
+            stream.write_all(&hello).await?;
+            let mut status = [0u8; 1];
+            stream.read_exact(&mut status).await?;
+            if status[0] != handshake::STATUS_OK {
+                return Ok(Err(status[0]));
+            }
+            let mut body = [0u8; handshake::REPLY_BODY_LEN];
+            stream.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>(Ok(body))
         };
         let reply = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
             Ok(Ok(r)) => r,
@@ -144,21 +198,15 @@ impl Conn {
                 });
             }
         };
-        let Some(s) = handshake::check_reply(key, &c, &reply) else {
-            auth::bump(&auth.counters().tcp_handshake_failed);
-            return Err(Error::Auth {
-                addr: peer.to_string(),
-                reason: format!(
-                    "it does not hold cluster key {} (check --key-file, DML_KEY_FILE or security.key_file)",
-                    key.fingerprint()
-                ),
-            });
+        let body = match reply {
+            Ok(body) => body,
+            Err(status) => return Err(fail(init.refused(status))),
         };
-        stream
-            .write_all(&handshake::client_proof(key, &c, &s))
-            .await?;
-        let (up, down) = handshake::frame_keys(key, &c, &s);
-        Ok(Conn::new(stream, peer, up, down, auth))
+        let (session, confirm) = init.finish(&body).map_err(fail)?;
+        stream.write_all(&confirm).await?;
+        Ok(Conn::established(
+            stream, peer, session, protection, auth, true,
+        ))
     }
 
     /// The server side of the handshake; a failure is counted and the
@@ -167,7 +215,9 @@ impl Conn {
         Self::accept_within(stream, auth, HANDSHAKE_TIMEOUT).await
     }
 
-    /// [`Conn::accept`] with `limit` for the whole handshake.
+    /// [`Conn::accept`] with `limit` for the whole handshake. Bounded work
+    /// before the client proves the key: 53 bytes read, one hello decrypted,
+    /// one ephemeral key made and two X25519 operations.
     pub async fn accept_within(
         stream: impl Into<Stream>,
         auth: &AuthContext,
@@ -180,54 +230,100 @@ impl Conn {
             Stream::Tcp(s) => s.peer_addr()?,
             Stream::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
+        let protection = protection_for(&stream, auth);
         let shake = async {
             let mut hello = [0u8; handshake::HELLO_LEN];
-            stream.read_exact(&mut hello).await?;
-            let Some(c) = handshake::parse_hello(&hello) else {
-                return Ok(None);
-            };
-            let s = handshake::nonce()?;
-            stream.write_all(&handshake::reply(key, &c, &s)).await?;
-            let mut proof = [0u8; TAG_LEN];
-            stream.read_exact(&mut proof).await?;
-            Ok::<_, Error>(handshake::check_client_proof(key, &c, &s, &proof).then_some((c, s)))
+            stream.read_exact(&mut hello[..4]).await?;
+            if let Err(e) = handshake::check_magic(&hello[..4]) {
+                return Ok(Err(e));
+            }
+            stream.read_exact(&mut hello[4..]).await?;
+            match handshake::respond(key, &hello, protection) {
+                Answer::Refuse { reply, error } => {
+                    if let Some(status) = reply {
+                        // Best effort: the client's error then names the key.
+                        let _ = stream.write_all(&[status]).await;
+                    }
+                    Ok(Err(error))
+                }
+                Answer::Reply { reply, session } => {
+                    stream.write_all(&reply).await?;
+                    let session = match session {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let mut confirm = [0u8; handshake::CONFIRM_LEN];
+                    stream.read_exact(&mut confirm).await?;
+                    if !handshake::check_confirm(&session, &confirm) {
+                        return Ok(Err(HandshakeError::Malformed {
+                            len: handshake::CONFIRM_LEN,
+                        }));
+                    }
+                    Ok::<_, std::io::Error>(Ok(session))
+                }
+            }
         };
-        let fail = |reason: &str| {
+        let fail = |reason: String| {
             auth::bump(&auth.counters().tcp_handshake_failed);
             Error::Auth {
                 addr: peer.to_string(),
-                reason: reason.into(),
+                reason,
             }
         };
         match tokio::time::timeout(limit, shake).await {
-            Ok(Ok(Some((c, s)))) => {
-                let (up, down) = handshake::frame_keys(key, &c, &s);
-                Ok(Conn::new(stream, peer, down, up, auth))
-            }
-            Ok(Ok(None)) => Err(fail("its first bytes are not an AwesomeDML hello")),
-            Ok(Err(_)) => Err(fail("it broke off the handshake")),
-            Err(_) => Err(fail("it did not finish the handshake in time")),
+            Ok(Ok(Ok(session))) => Ok(Conn::established(
+                stream, peer, session, protection, auth, false,
+            )),
+            Ok(Ok(Err(HandshakeError::Malformed {
+                len: handshake::CONFIRM_LEN,
+            }))) => Err(fail(
+                "its confirm does not verify (a replayed hello, or not an AwesomeDML client)"
+                    .into(),
+            )),
+            Ok(Ok(Err(e))) => Err(fail(e.to_string())),
+            Ok(Err(_)) => Err(fail("it broke off the handshake".into())),
+            Err(_) => Err(fail("it did not finish the handshake in time".into())),
         }
     }
 
-    /// A connection sending with key `tx` and receiving with `rx`.
-    fn new(
+    /// A connection after its handshake, on the side of the `client` or the
+    /// server.
+    fn established(
         stream: Stream,
         peer: SocketAddr,
-        tx: [u8; 32],
-        rx: [u8; 32],
+        session: Session,
+        protection: Protection,
         auth: &AuthContext,
+        client: bool,
     ) -> Conn {
-        let dir = |key| Dir {
-            key,
-            seq: 0,
-            counters: auth.shared_counters(),
-        };
-        Conn {
-            stream,
-            peer,
-            tx: dir(tx),
-            rx: dir(rx),
+        let counters = auth.shared_counters();
+        match protection {
+            Protection::Encrypted => {
+                // The client's confirm used its nonce 0.
+                let (tx, rx) = if client { (1, 0) } else { (0, 1) };
+                Conn {
+                    chan: Channel::encrypted(stream, session.transport, tx, rx, counters),
+                    peer,
+                    tags: None,
+                }
+            }
+            Protection::Authenticated => {
+                let (up, down) = handshake::frame_keys(auth.key(), &session.hash);
+                let (tx, rx) = if client { (up, down) } else { (down, up) };
+                let dir = |key| Dir {
+                    key,
+                    seq: 0,
+                    counters: counters.clone(),
+                };
+                Conn {
+                    tags: Some(Tags {
+                        tx: dir(tx),
+                        rx: dir(rx),
+                    }),
+                    chan: Channel::clear(stream, counters.clone()),
+                    peer,
+                }
+            }
         }
     }
 
@@ -235,26 +331,73 @@ impl Conn {
         self.peer
     }
 
-    /// The socket under the sealed frames, for the raw bulk data of an SDFS
-    /// file (see the module docs). Raw bytes do not advance the sequence.
-    pub fn raw(&mut self) -> &mut Stream {
-        &mut self.stream
+    /// Whether this connection's bytes are encrypted (TCP with
+    /// `security.encrypt_tcp`).
+    pub fn is_encrypted(&self) -> bool {
+        self.chan.is_encrypted()
+    }
+
+    /// The byte stream under the frames, for the raw bulk data of an SDFS
+    /// file (see the module docs): encrypted on TCP, the socket itself on
+    /// the local socket (where `sendfile` may write to
+    /// [`Channel::socket`]). Raw bytes do not advance the frame sequence.
+    pub fn raw(&mut self) -> &mut Channel {
+        &mut self.chan
     }
 
     /// A reading and a writing half that can be used at the same time.
     pub fn split(&mut self) -> (ConnReader<'_>, ConnWriter<'_>) {
-        let (r, w) = self.stream.split();
+        let (r, w) = self.chan.split();
+        let (tx, rx) = match &mut self.tags {
+            Some(t) => (Some(&mut t.tx), Some(&mut t.rx)),
+            None => (None, None),
+        };
         (
             ConnReader {
                 r,
-                dir: &mut self.rx,
+                dir: rx,
                 peer: self.peer,
             },
-            ConnWriter {
-                w,
-                dir: &mut self.tx,
-            },
+            ConnWriter { w, dir: tx },
         )
+    }
+}
+
+/// A frame's error with a forged Noise message told as an authentication
+/// failure (already counted by the channel).
+fn forged_as_auth(e: Error, peer: SocketAddr) -> Error {
+    match e {
+        Error::Io(io) if channel::is_forged(&io) => Error::Auth {
+            addr: peer.to_string(),
+            reason: channel::Forged.to_string(),
+        },
+        e => e,
+    }
+}
+
+async fn read_protected<R: AsyncRead + Unpin + Send>(
+    r: &mut R,
+    dir: Option<&mut Dir>,
+    peer: SocketAddr,
+    max: usize,
+) -> Result<Option<Vec<u8>>> {
+    match dir {
+        Some(dir) => read_sealed(r, dir, peer, max).await,
+        None => read_frame(r, max)
+            .await
+            .map_err(|e| forged_as_auth(e, peer)),
+    }
+}
+
+async fn write_protected<W: AsyncWrite + Unpin + Send>(
+    w: &mut W,
+    dir: Option<&mut Dir>,
+    bytes: &[u8],
+    max: usize,
+) -> Result<()> {
+    match dir {
+        Some(dir) => write_sealed(w, dir, bytes, max).await,
+        None => framing::write_frame(w, bytes, max).await,
     }
 }
 
@@ -279,7 +422,7 @@ async fn read_sealed<R: AsyncRead + Unpin + Send>(
         auth::bump(&dir.counters.tcp_forged);
         return Err(Error::Auth {
             addr: peer.to_string(),
-            reason: "a frame's tag does not verify (forged, replayed or corrupted)".into(),
+            reason: channel::Forged.to_string(),
         });
     }
     Ok(Some(frame))
@@ -316,45 +459,47 @@ async fn write_sealed<W: AsyncWrite + Unpin + Send>(
 
 impl FrameRead for Conn {
     async fn read_frame(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
-        read_sealed(&mut self.stream, &mut self.rx, self.peer, max).await
+        let dir = self.tags.as_mut().map(|t| &mut t.rx);
+        read_protected(&mut self.chan, dir, self.peer, max).await
     }
 }
 
 impl FrameWrite for Conn {
     async fn write_frame(&mut self, bytes: &[u8], max: usize) -> Result<()> {
-        write_sealed(&mut self.stream, &mut self.tx, bytes, max).await
+        let dir = self.tags.as_mut().map(|t| &mut t.tx);
+        write_protected(&mut self.chan, dir, bytes, max).await
     }
 }
 
 /// The reading half of a [`Conn`].
 pub struct ConnReader<'a> {
-    r: StreamRead<'a>,
-    dir: &'a mut Dir,
+    r: ChannelRead<'a>,
+    dir: Option<&'a mut Dir>,
     peer: SocketAddr,
 }
 
 /// The writing half of a [`Conn`].
 pub struct ConnWriter<'a> {
-    w: StreamWrite<'a>,
-    dir: &'a mut Dir,
+    w: ChannelWrite<'a>,
+    dir: Option<&'a mut Dir>,
 }
 
 impl<'a> ConnReader<'a> {
-    /// The socket's reading half, to notice a close without reading a frame.
-    pub fn raw(&mut self) -> &mut StreamRead<'a> {
+    /// The byte stream's reading half, to notice a close without reading a frame.
+    pub fn raw(&mut self) -> &mut ChannelRead<'a> {
         &mut self.r
     }
 }
 
 impl FrameRead for ConnReader<'_> {
     async fn read_frame(&mut self, max: usize) -> Result<Option<Vec<u8>>> {
-        read_sealed(&mut self.r, self.dir, self.peer, max).await
+        read_protected(&mut self.r, self.dir.as_deref_mut(), self.peer, max).await
     }
 }
 
 impl FrameWrite for ConnWriter<'_> {
     async fn write_frame(&mut self, bytes: &[u8], max: usize) -> Result<()> {
-        write_sealed(&mut self.w, self.dir, bytes, max).await
+        write_protected(&mut self.w, self.dir.as_deref_mut(), bytes, max).await
     }
 }
 
@@ -396,6 +541,7 @@ mod tests {
         let (server, client) = local_pair(key(3), key(3)).await;
         let (mut server, mut client) = (server.unwrap(), client.unwrap());
         assert!(client.raw().is_local());
+        assert!(!client.is_encrypted() && !server.is_encrypted());
         client
             .write_frame(b"over the local socket", 1024)
             .await
@@ -408,18 +554,20 @@ mod tests {
     }
 
     fn key(b: u8) -> AuthContext {
-        AuthContext::new(ClusterKey::from_bytes([b; 32]))
+        AuthContext::new(ClusterKey::from_bytes([b; 32])).with_encrypt_tcp(true)
     }
 
-    #[tokio::test]
-    async fn frames_flow_both_ways_and_split_halves_keep_the_sequence() {
-        let (s, c) = pair(key(1), key(1)).await;
+    fn clear_key(b: u8) -> AuthContext {
+        AuthContext::new(ClusterKey::from_bytes([b; 32])).with_encrypt_tcp(false)
+    }
+
+    async fn frames_flow_both_ways(s: Result<Conn>, c: Result<Conn>) {
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         c.write_frame(b"hello", 64).await.unwrap();
         assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"hello");
-        let big = vec![7u8; 200_000];
-        s.write_frame(&big, 1 << 20).await.unwrap();
-        assert_eq!(c.read_frame(1 << 20).await.unwrap().unwrap(), big);
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        s.write_frame(&big, 4 << 20).await.unwrap();
+        assert_eq!(c.read_frame(4 << 20).await.unwrap().unwrap(), big);
         {
             let (mut r, mut w) = c.split();
             w.write_frame(b"x", 64).await.unwrap();
@@ -427,6 +575,14 @@ mod tests {
             assert_eq!(r.read_frame(64).await.unwrap().unwrap(), b"y");
         }
         assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"x");
+        // Raw bytes between frames, as the SDFS data path sends them.
+        c.raw().write_all(b"raw bulk bytes").await.unwrap();
+        c.raw().flush().await.unwrap();
+        c.write_frame(b"after", 64).await.unwrap();
+        let mut raw = [0u8; 14];
+        s.raw().read_exact(&mut raw).await.unwrap();
+        assert_eq!(&raw, b"raw bulk bytes");
+        assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"after");
         assert!(matches!(
             c.write_frame(&[0u8; 65], 64).await,
             Err(Error::FrameTooLarge { .. })
@@ -436,11 +592,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_flow_both_ways_and_split_halves_keep_the_sequence() {
+        let (s, c) = pair(key(1), key(1)).await;
+        assert!(c.as_ref().unwrap().is_encrypted());
+        frames_flow_both_ways(s, c).await;
+        let (s, c) = pair(clear_key(1), clear_key(1)).await;
+        assert!(!c.as_ref().unwrap().is_encrypted());
+        frames_flow_both_ways(s, c).await;
+    }
+
+    #[tokio::test]
     async fn a_wrong_key_fails_the_handshake_on_both_sides() {
         let (s, c) = pair(key(1), key(2)).await;
         let e = c.unwrap_err().to_string();
         assert!(e.contains("does not hold cluster key"), "{e}");
         assert!(s.is_err());
+    }
+
+    #[tokio::test]
+    async fn ends_that_disagree_on_encryption_fail_naming_the_setting() {
+        let (s, c) = pair(key(1), clear_key(1)).await;
+        let c = c.unwrap_err().to_string();
+        assert!(
+            c.contains("security.encrypt_tcp is false here and true at the other end"),
+            "{c}"
+        );
+        let s = s.unwrap_err().to_string();
+        assert!(s.contains("security.encrypt_tcp is true here"), "{s}");
     }
 
     #[tokio::test]
@@ -456,10 +634,15 @@ mod tests {
 
     /// `body` sealed as `c`'s first frame, without sending it.
     async fn first_frame(c: &Conn, body: &[u8]) -> Vec<u8> {
+        let tx = &c
+            .tags
+            .as_ref()
+            .expect("an authenticated-only connection")
+            .tx;
         let mut dir = Dir {
-            key: c.tx.key,
+            key: tx.key,
             seq: 0,
-            counters: c.tx.counters.clone(),
+            counters: tx.counters.clone(),
         };
         let mut sealed = Vec::new();
         write_sealed(&mut sealed, &mut dir, body, 64).await.unwrap();
@@ -468,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_tampered_or_replayed_frame_is_refused() {
-        let (s, c) = pair(key(1), key(1)).await;
+        let (s, c) = pair(clear_key(1), clear_key(1)).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         // A frame sealed for sequence 0, sent raw twice: the second is a replay.
         let sealed = first_frame(&c, b"once").await;
@@ -478,7 +661,7 @@ mod tests {
         let e = s.read_frame(64).await.unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
 
-        let (s, c) = pair(key(1), key(1)).await;
+        let (s, c) = pair(clear_key(1), clear_key(1)).await;
         let (mut s, mut c) = (s.unwrap(), c.unwrap());
         let mut sealed = first_frame(&c, b"body").await;
         sealed[5] ^= 1;
@@ -487,17 +670,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn junk_instead_of_a_hello_is_refused() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            Conn::accept(s, &key(1)).await
-        });
-        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-        let e = server.await.unwrap().unwrap_err().to_string();
-        assert!(e.contains("not an AwesomeDML hello"), "{e}");
+    async fn a_forged_encrypted_message_is_refused_counted_and_ends_the_stream() {
+        let server = key(1);
+        let (s, c) = pair(server.clone(), key(1)).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        // A well-formed message length and 40 bytes the sender never sealed.
+        let mut forged = 40u16.to_be_bytes().to_vec();
+        forged.extend([7u8; 40]);
+        c.raw().socket().write_all(&forged).await.unwrap();
+        let e = s.read_frame(64).await.unwrap_err();
+        assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+        assert!(e.to_string().contains("does not verify"), "{e}");
+        assert_eq!(server.counters().snapshot().tcp_forged, 1);
+        assert!(s.read_frame(64).await.is_err(), "the stream stays failed");
+    }
+
+    #[tokio::test]
+    async fn junk_or_the_old_handshake_instead_of_a_hello_is_refused() {
+        for (junk, want) in [
+            (
+                &b"GET /metrics HTTP/1.1\r\n\r\n"[..],
+                "not an AwesomeDML hello",
+            ),
+            (&b"DLA1 an old client's nonce"[..], "protocol 1"),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                Conn::accept(s, &key(1)).await
+            });
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(junk).await.unwrap();
+            let e = server.await.unwrap().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
 //! - [`auth`]: the cluster key, sealed UDP datagrams with replay protection, the TCP handshake.
-//! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying tagged frames.
+//! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying frames, encrypted on TCP.
+//! - [`channel`]: a connection's byte stream: Noise transport messages, or the socket itself.
 //! - [`stream`]: the socket under them: TCP, or an agent's local Unix socket.
 //! - [`disk`]: kernel writeback and read-ahead advice for streamed files.
 //! - [`glob`]: SDFS name globs, compiled once and capped in length.
@@ -26,6 +27,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -16,6 +16,7 @@
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
 //! - [`key`]: the cluster key shared by every agent and client of the tests.
+//! - [`capture`]: the bytes crossing the loopback interface (an `AF_PACKET` socket, root).
 //! - [`history`]: the `dml-history` crate (`tests/history`): SDFS operations with invoke and
 //!   complete times, checked for linearizability (todc-utils' WGL checker) against a versioned file.
 //! - [`metrics`]: scraping an agent's Prometheus endpoint and parsing the text format.
@@ -34,6 +35,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod capture;
 pub mod chaos;
 pub mod cluster;
 pub mod dir;

@@ -1,8 +1,11 @@
 //! `Data(Read)`: `ReadStart`, the bytes as raw frames, an empty end frame;
 //! and `Data(BadCopy)`, a reader's report that those bytes were corrupt.
 //!
-//! The bytes go from the page cache to the socket with `sendfile(2)` on a
-//! blocking thread, without being re-hashed: the reader
+//! On a connection that is not encrypted (the local socket, or TCP with
+//! `security.encrypt_tcp = false`) the bytes go from the page cache to the
+//! socket with `sendfile(2)` on a blocking thread; on an encrypted one a
+//! blocking thread reads the file ahead in chunks and this task writes them
+//! through the connection's encryption. Either way they are not re-hashed: the reader
 //! checks the end-to-end checksum, moves to another replica on a mismatch and
 //! reports it with `BadCopy`, which re-hashes this copy and, if it is
 //! corrupt, deletes and re-fetches it like scrub does. Scrub still checks
@@ -56,25 +59,30 @@ pub async fn serve_read(
         .write_frame(&peer::response(&start), ctx.max_frame)
         .await?;
 
-    // A duplicate of the socket, switched to blocking mode with a send
-    // timeout, lets a blocking thread use sendfile while this task waits; the
-    // socket goes back to non-blocking before the connection is used again.
-    stream.raw().widen_send_buffer();
-    let sock = socket2::Socket::from(stream.raw().as_fd().try_clone_to_owned()?);
     let (chunk, stall, size) = (
         ctx.cfg.chunk_size.max(1) as u64,
         ctx.stall_timeout(),
         meta.size,
     );
-    let sent = tokio::task::spawn_blocking(move || {
-        let r = send_frames(file, &sock, size, chunk, stall);
-        let restored = sock
-            .set_write_timeout(None)
-            .and_then(|()| sock.set_nonblocking(true));
-        r.and_then(|s| restored.map(|()| s))
-    })
-    .await
-    .map_err(io::Error::other)?;
+    let sent = if stream.is_encrypted() {
+        send_encrypted(file, stream, size, chunk, stall).await
+    } else {
+        // A duplicate of the socket, switched to blocking mode with a send
+        // timeout, lets a blocking thread use sendfile while this task waits;
+        // the socket goes back to non-blocking before the connection is used
+        // again. Only where the bytes need no encryption (see the module docs).
+        stream.raw().widen_send_buffer();
+        let sock = socket2::Socket::from(stream.raw().socket().as_fd().try_clone_to_owned()?);
+        tokio::task::spawn_blocking(move || {
+            let r = send_frames(file, &sock, size, chunk, stall);
+            let restored = sock
+                .set_write_timeout(None)
+                .and_then(|()| sock.set_nonblocking(true));
+            r.and_then(|s| restored.map(|()| s))
+        })
+        .await
+        .map_err(io::Error::other)?
+    };
     match sent {
         Ok(Sent::Whole(n)) => {
             Counters::bump(&ctx.counters.reads);
@@ -105,6 +113,78 @@ pub async fn serve_read(
             Err(io::Error::other(e.to_string()).into())
         }
     }
+}
+
+/// Chunks read ahead of the encryption: one being sent, these waiting.
+const READ_AHEAD_CHUNKS: usize = 2;
+
+/// Like [`send_frames`], through the connection's encryption: a blocking
+/// thread reads the chunks ahead while this task encrypts and sends them.
+async fn send_encrypted(
+    file: std::fs::File,
+    stream: &mut Conn,
+    size: u64,
+    chunk: u64,
+    stall: Duration,
+) -> io::Result<Sent> {
+    use tokio::io::AsyncWriteExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(READ_AHEAD_CHUNKS);
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        dml_shared::disk::read_sequentially(&file, 0);
+        let mut left = size;
+        let f = &file;
+        while left > 0 {
+            let want = chunk.min(left) as usize;
+            let mut buf = Vec::with_capacity(want);
+            let r = f.take(want as u64).read_to_end(&mut buf).map(|_| buf);
+            let end = !matches!(&r, Ok(b) if b.len() == want);
+            left -= r.as_ref().map_or(0, |b| b.len() as u64);
+            if tx.blocking_send(r).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut sent = 0u64;
+    let out = stream.raw();
+    let timed =
+        async |out: &mut dml_shared::channel::Channel, bytes: &[u8]| match tokio::time::timeout(
+            stall.max(Duration::from_millis(1)),
+            out.write_all(bytes),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        };
+    while sent < size {
+        let want = chunk.min(size - sent);
+        let bytes = match rx.recv().await {
+            Some(r) => r?,
+            None => break,
+        };
+        if !bytes.is_empty() {
+            timed(out, &(bytes.len() as u32).to_be_bytes()).await?;
+            timed(out, &bytes).await?;
+        }
+        sent += bytes.len() as u64;
+        if (bytes.len() as u64) < want {
+            break;
+        }
+    }
+    drop(rx);
+    let _ = reader.await;
+    if sent < size {
+        // Flush what went, so the reader sees where the copy ended.
+        let _ = out.flush().await;
+        return Ok(Sent::Short(sent));
+    }
+    timed(out, &0u32.to_be_bytes()).await?;
+    match tokio::time::timeout(stall.max(Duration::from_millis(1)), out.flush()).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+    }
+    Ok(Sent::Whole(sent))
 }
 
 /// Sends `size` bytes of `file` as frames of at most `chunk` bytes, then the

@@ -1,84 +1,323 @@
-//! The TCP handshake. The client opens with [`HELLO_MAGIC`] and a random
-//! nonce; the server answers with its nonce and a tag proving it holds the
-//! key; the client's first bytes after that are its own proof. Both nonces
-//! feed the per-direction frame keys, so frames of one connection mean
-//! nothing on another.
+//! The TCP handshake: Noise `NNpsk0` through the `snow` crate, with a
+//! pre-shared key derived from the cluster key ([`ClusterKey::noise_psk`]).
+//! No socket here: these functions turn bytes into bytes, so the fuzz
+//! targets reach every decoder; [`crate::conn`] moves them.
+//!
+//! ```text
+//! client -> server  hello   "DLN2" | Noise msg 1 (-> psk, e; payload: protection)   53 bytes
+//! server -> client  reply   status 0 | Noise msg 2 (<- e, ee; payload: protection)  50 bytes
+//!                           or status 1 alone: the hello does not verify (wrong key)
+//! client -> server  confirm Noise transport message 0, empty                         16 bytes
+//! ```
+//!
+//! Both parties prove the key: the server by decrypting the hello (the PSK
+//! is mixed in before its payload), the client by decrypting the reply. The
+//! confirm shows the server that the hello is not a replay (a replayer
+//! cannot compute `ee`) before the connection takes an API slot. Each side
+//! says which [`Protection`] it wants; both must agree, else both fail with
+//! an error naming `security.encrypt_tcp`. The refusal status is not
+//! authenticated: forging it only breaks a handshake, as closing would.
 
-use super::{ClusterKey, TAG_LEN, ct_eq, random};
-use crate::error::Result;
+use super::ClusterKey;
+use snow::{HandshakeState, StatelessTransportState};
 
-/// First bytes of every authenticated connection (protocol 1).
-pub const HELLO_MAGIC: [u8; 4] = *b"DLA1";
-pub const NONCE_LEN: usize = 16;
-/// Client hello: magic and client nonce.
-pub const HELLO_LEN: usize = 4 + NONCE_LEN;
-/// Server reply: server nonce and server proof.
-pub const REPLY_LEN: usize = NONCE_LEN + TAG_LEN;
+/// First bytes of every connection (protocol 2: Noise). Protocol 1 sent
+/// [`OLD_HELLO_MAGIC`].
+pub const HELLO_MAGIC: [u8; 4] = *b"DLN2";
+/// The hand-written handshake of protocol 1, refused with a clear error.
+pub const OLD_HELLO_MAGIC: [u8; 4] = *b"DLA1";
+/// The Noise protocol: no static keys, the PSK in the first message; X25519,
+/// AES-256-GCM (ring, with AES-NI where the CPU has it) and SHA-256.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// Bound into both handshake messages (Noise prologue): another program's
+/// Noise handshake with the same key cannot be taken for ours.
+const PROLOGUE: &[u8] = b"AwesomeDML 2026 TCP protocol 2";
+/// An ephemeral X25519 public key.
+const DH_LEN: usize = 32;
+/// The AEAD tag of a Noise message.
+pub const NOISE_TAG_LEN: usize = 16;
+/// Bytes of a handshake payload: the [`Protection`] byte.
+const PAYLOAD_LEN: usize = 1;
+/// Noise message 1 or 2: an ephemeral key and the encrypted payload.
+const NOISE_MSG_LEN: usize = DH_LEN + PAYLOAD_LEN + NOISE_TAG_LEN;
+/// Client hello: magic and Noise message 1.
+pub const HELLO_LEN: usize = HELLO_MAGIC.len() + NOISE_MSG_LEN;
+/// Server reply after its status byte: Noise message 2.
+pub const REPLY_BODY_LEN: usize = NOISE_MSG_LEN;
+/// Reply status: Noise message 2 follows.
+pub const STATUS_OK: u8 = 0;
+/// Reply status: the hello did not verify with the server's key; nothing follows.
+pub const STATUS_WRONG_KEY: u8 = 1;
+/// The client's confirm: an empty transport message.
+pub const CONFIRM_LEN: usize = NOISE_TAG_LEN;
+/// Largest Noise message (its length travels in two bytes).
+pub const MAX_NOISE_MSG: usize = 65535;
 
-pub type Nonce = [u8; NONCE_LEN];
-
-pub fn nonce() -> Result<Nonce> {
-    random::<NONCE_LEN>()
+/// What protects a connection's bytes after the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Every byte in Noise transport messages (TCP with `security.encrypt_tcp`).
+    Encrypted,
+    /// Frames in clear with a keyed-BLAKE3 tag, bulk data raw: the local
+    /// socket (peer credentials checked), and TCP with `encrypt_tcp = false`.
+    Authenticated,
 }
 
-pub fn hello(client: &Nonce) -> [u8; HELLO_LEN] {
+impl Protection {
+    fn byte(self) -> u8 {
+        match self {
+            Protection::Encrypted => 1,
+            Protection::Authenticated => 0,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Protection::Encrypted),
+            0 => Some(Protection::Authenticated),
+            _ => None,
+        }
+    }
+
+    /// The value of `security.encrypt_tcp` that asks for this protection.
+    pub fn setting(self) -> bool {
+        self == Protection::Encrypted
+    }
+}
+
+/// Why a handshake message was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("its first bytes are not an AwesomeDML hello")]
+    NotHello,
+    #[error(
+        "it speaks the handshake of AwesomeDML protocol 1 (DLA1); this agent speaks protocol 2 (Noise): upgrade it"
+    )]
+    OldProtocol,
+    #[error("it does not hold cluster key {fingerprint}")]
+    WrongKey { fingerprint: String },
+    #[error("a handshake message of {len} bytes is malformed")]
+    Malformed { len: usize },
+    /// The two ends disagree on `security.encrypt_tcp`.
+    #[error(
+        "security.encrypt_tcp is {ours} here and {theirs} at the other end; both ends must have the same setting"
+    )]
+    ProtectionMismatch { ours: bool, theirs: bool },
+    #[error("the Noise library refused: {0}")]
+    Noise(String),
+}
+
+type HsResult<T> = std::result::Result<T, HandshakeError>;
+
+fn noise(e: snow::Error) -> HandshakeError {
+    HandshakeError::Noise(e.to_string())
+}
+
+fn builder(key: &ClusterKey) -> HsResult<snow::Builder<'_>> {
+    let params = NOISE_PARAMS.parse().map_err(noise)?;
+    snow::Builder::new(params)
+        .psk(0, key.noise_psk())
+        .and_then(|b| b.prologue(PROLOGUE))
+        .map_err(noise)
+}
+
+/// An established session: the transport keys, and the handshake hash,
+/// unique to this connection (both ephemeral keys are in it).
+pub struct Session {
+    pub transport: StatelessTransportState,
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+fn session(hs: HandshakeState) -> HsResult<Session> {
+    let hash = hs
+        .get_handshake_hash()
+        .try_into()
+        .map_err(|_| HandshakeError::Noise("the handshake hash is not 32 bytes".into()))?;
+    let transport = hs.into_stateless_transport_mode().map_err(noise)?;
+    Ok(Session { transport, hash })
+}
+
+/// The client between its hello and the server's reply.
+pub struct Initiator {
+    hs: HandshakeState,
+    fingerprint: String,
+    protection: Protection,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Initiator({:?})", self.protection)
+    }
+}
+
+/// The client's hello, asking for `protection`.
+pub fn hello(key: &ClusterKey, protection: Protection) -> HsResult<(Initiator, [u8; HELLO_LEN])> {
+    let mut hs = builder(key)?.build_initiator().map_err(noise)?;
     let mut out = [0u8; HELLO_LEN];
     out[..4].copy_from_slice(&HELLO_MAGIC);
-    out[4..].copy_from_slice(client);
-    out
+    let n = hs
+        .write_message(&[protection.byte()], &mut out[4..])
+        .map_err(noise)?;
+    debug_assert_eq!(n, NOISE_MSG_LEN);
+    let fingerprint = key.fingerprint();
+    Ok((
+        Initiator {
+            hs,
+            fingerprint,
+            protection,
+        },
+        out,
+    ))
 }
 
-/// The client nonce of a hello, or `None` if it is not one.
-pub fn parse_hello(bytes: &[u8]) -> Option<Nonce> {
-    if bytes.len() != HELLO_LEN || bytes[..4] != HELLO_MAGIC {
-        return None;
+/// Whether the first four bytes of a connection open a hello: `Ok` for
+/// ours, which the server then reads to [`HELLO_LEN`].
+pub fn check_magic(first: &[u8]) -> HsResult<()> {
+    if first == HELLO_MAGIC {
+        Ok(())
+    } else if first == OLD_HELLO_MAGIC {
+        Err(HandshakeError::OldProtocol)
+    } else {
+        Err(HandshakeError::NotHello)
     }
-    bytes[4..].try_into().ok()
 }
 
-fn mac(key: &ClusterKey, label: &[u8], c: &Nonce, s: &Nonce) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key.tcp());
-    h.update(label);
-    h.update(c);
-    h.update(s);
-    *h.finalize().as_bytes()
-}
-
-fn proof(key: &ClusterKey, label: &[u8], c: &Nonce, s: &Nonce) -> [u8; TAG_LEN] {
-    mac(key, label, c, s)[..TAG_LEN]
-        .try_into()
-        .expect("16 of 32")
-}
-
-pub fn reply(key: &ClusterKey, c: &Nonce, s: &Nonce) -> [u8; REPLY_LEN] {
-    let mut out = [0u8; REPLY_LEN];
-    out[..super::handshake::NONCE_LEN].copy_from_slice(s);
-    out[NONCE_LEN..].copy_from_slice(&proof(key, b"server proof", c, s));
-    out
-}
-
-/// The server nonce of a reply whose proof verifies.
-pub fn check_reply(key: &ClusterKey, c: &Nonce, bytes: &[u8]) -> Option<Nonce> {
-    if bytes.len() != REPLY_LEN {
-        return None;
+fn payload_protection(payload: &[u8], len: usize) -> HsResult<Protection> {
+    match payload {
+        [b] => Protection::from_byte(*b).ok_or(HandshakeError::Malformed { len }),
+        _ => Err(HandshakeError::Malformed { len }),
     }
-    let s: Nonce = bytes[..NONCE_LEN].try_into().ok()?;
-    ct_eq(&proof(key, b"server proof", c, &s), &bytes[NONCE_LEN..]).then_some(s)
 }
 
-pub fn client_proof(key: &ClusterKey, c: &Nonce, s: &Nonce) -> [u8; TAG_LEN] {
-    proof(key, b"client proof", c, s)
+/// The server's answer to a hello.
+#[derive(Debug)]
+pub enum Answer {
+    /// Send `reply`; then, if `session` is `Ok`, wait for the confirm.
+    Reply {
+        reply: [u8; 1 + REPLY_BODY_LEN],
+        session: HsResult<Session>,
+    },
+    /// Send the one-byte `reply` (a wrong-key status, or nothing for junk)
+    /// and close: `error` says why.
+    Refuse {
+        reply: Option<u8>,
+        error: HandshakeError,
+    },
 }
 
-pub fn check_client_proof(key: &ClusterKey, c: &Nonce, s: &Nonce, bytes: &[u8]) -> bool {
-    bytes.len() == TAG_LEN && ct_eq(&client_proof(key, c, s), bytes)
+/// The server's side: reads a whole hello (magic included) and answers it,
+/// with `protection` for this connection.
+pub fn respond(key: &ClusterKey, hello: &[u8], protection: Protection) -> Answer {
+    let refuse = |reply, error| Answer::Refuse { reply, error };
+    if hello.len() != HELLO_LEN {
+        return refuse(None, HandshakeError::Malformed { len: hello.len() });
+    }
+    if let Err(e) = check_magic(&hello[..4]) {
+        return refuse(None, e);
+    }
+    let mut hs = match builder(key).and_then(|b| b.build_responder().map_err(noise)) {
+        Ok(hs) => hs,
+        Err(e) => return refuse(None, e),
+    };
+    let mut payload = [0u8; NOISE_MSG_LEN];
+    let n = match hs.read_message(&hello[4..], &mut payload) {
+        Ok(n) => n,
+        Err(_) => {
+            return refuse(
+                Some(STATUS_WRONG_KEY),
+                HandshakeError::WrongKey {
+                    fingerprint: key.fingerprint(),
+                },
+            );
+        }
+    };
+    let theirs = match payload_protection(&payload[..n], hello.len()) {
+        Ok(p) => p,
+        Err(e) => return refuse(None, e),
+    };
+    let mut reply = [0u8; 1 + REPLY_BODY_LEN];
+    reply[0] = STATUS_OK;
+    if let Err(e) = hs.write_message(&[protection.byte()], &mut reply[1..]) {
+        return refuse(None, noise(e));
+    }
+    let session = if theirs == protection {
+        session(hs)
+    } else {
+        Err(HandshakeError::ProtectionMismatch {
+            ours: protection.setting(),
+            theirs: theirs.setting(),
+        })
+    };
+    Answer::Reply { reply, session }
 }
 
-/// Frame keys: (client to server, server to client).
-pub fn frame_keys(key: &ClusterKey, c: &Nonce, s: &Nonce) -> ([u8; 32], [u8; 32]) {
+impl Initiator {
+    /// Checks the reply's body (after [`STATUS_OK`]) and returns the session
+    /// and the confirm to send.
+    pub fn finish(mut self, body: &[u8]) -> HsResult<(Session, [u8; CONFIRM_LEN])> {
+        let wrong_key = || HandshakeError::WrongKey {
+            fingerprint: self.fingerprint.clone(),
+        };
+        if body.len() != REPLY_BODY_LEN {
+            return Err(HandshakeError::Malformed { len: body.len() });
+        }
+        let mut payload = [0u8; NOISE_MSG_LEN];
+        let n = self
+            .hs
+            .read_message(body, &mut payload)
+            .map_err(|_| wrong_key())?;
+        let theirs = payload_protection(&payload[..n], body.len())?;
+        if theirs != self.protection {
+            return Err(HandshakeError::ProtectionMismatch {
+                ours: self.protection.setting(),
+                theirs: theirs.setting(),
+            });
+        }
+        let s = session(self.hs)?;
+        let mut confirm = [0u8; CONFIRM_LEN];
+        s.transport
+            .write_message(0, &[], &mut confirm)
+            .map_err(noise)?;
+        Ok((s, confirm))
+    }
+
+    /// The refusal of a reply whose status is not [`STATUS_OK`].
+    pub fn refused(&self, status: u8) -> HandshakeError {
+        if status == STATUS_WRONG_KEY {
+            HandshakeError::WrongKey {
+                fingerprint: self.fingerprint.clone(),
+            }
+        } else {
+            HandshakeError::Malformed { len: 1 }
+        }
+    }
+}
+
+/// The server's check of the client's confirm (transport message 0).
+pub fn check_confirm(s: &Session, bytes: &[u8]) -> bool {
+    let mut out = [0u8; CONFIRM_LEN];
+    bytes.len() == CONFIRM_LEN && s.transport.read_message(0, bytes, &mut out) == Ok(0)
+}
+
+/// Frame keys of an [`Protection::Authenticated`] connection: (client to
+/// server, server to client), keyed with the cluster key over the handshake
+/// hash, so they differ on every connection.
+pub fn frame_keys(key: &ClusterKey, hash: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let mac = |label: &[u8]| {
+        let mut h = blake3::Hasher::new_keyed(key.tcp());
+        h.update(label);
+        h.update(hash);
+        *h.finalize().as_bytes()
+    };
     (
-        mac(key, b"client to server frames", c, s),
-        mac(key, b"server to client frames", c, s),
+        mac(b"client to server frames"),
+        mac(b"server to client frames"),
     )
 }
 
@@ -90,20 +329,110 @@ mod tests {
         ClusterKey::from_bytes([b; super::super::KEY_LEN])
     }
 
+    fn run(
+        client: &ClusterKey,
+        server: &ClusterKey,
+        cp: Protection,
+        sp: Protection,
+    ) -> (HsResult<Session>, HsResult<Session>) {
+        let (init, hello) = hello(client, cp).unwrap();
+        match respond(server, &hello, sp) {
+            Answer::Refuse { reply, error } => {
+                let c = match reply {
+                    Some(status) => init.refused(status),
+                    None => HandshakeError::Malformed { len: 0 },
+                };
+                (Err(c), Err(error))
+            }
+            Answer::Reply { reply, session } => {
+                assert_eq!(reply[0], STATUS_OK);
+                let c = init.finish(&reply[1..]);
+                let s = match (session, &c) {
+                    (Ok(s), Ok((_, confirm))) => {
+                        assert!(check_confirm(&s, confirm));
+                        assert!(!check_confirm(&s, &[0; CONFIRM_LEN]));
+                        Ok(s)
+                    }
+                    (s, _) => s,
+                };
+                (c.map(|(s, _)| s), s)
+            }
+        }
+    }
+
     #[test]
-    fn handshake_proofs_bind_both_nonces_and_the_key() {
-        let (k, other) = (key(1), key(2));
-        let (c, s) = (nonce().unwrap(), nonce().unwrap());
-        let hello = hello(&c);
-        assert_eq!(parse_hello(&hello), Some(c));
-        assert_eq!(parse_hello(&hello[1..]), None);
-        let r = reply(&k, &c, &s);
-        assert_eq!(check_reply(&k, &c, &r), Some(s));
-        assert_eq!(check_reply(&other, &c, &r), None);
-        assert_eq!(check_reply(&k, &nonce().unwrap(), &r), None);
-        let p = client_proof(&k, &c, &s);
-        assert!(check_client_proof(&k, &c, &s, &p));
-        assert!(!check_client_proof(&other, &c, &s, &p));
-        assert_ne!(frame_keys(&k, &c, &s).0, frame_keys(&k, &c, &s).1);
+    fn both_ends_derive_the_same_keys_and_hash_from_one_key() {
+        let k = key(1);
+        let (c, s) = run(&k, &k, Protection::Encrypted, Protection::Encrypted);
+        let (c, s) = (c.unwrap(), s.unwrap());
+        assert_eq!(c.hash, s.hash);
+        let mut msg = [0u8; 64];
+        let n = c.transport.write_message(1, b"secret", &mut msg).unwrap();
+        assert!(!msg[..n].windows(6).any(|w| w == b"secret"));
+        let mut out = [0u8; 64];
+        let m = s.transport.read_message(1, &msg[..n], &mut out).unwrap();
+        assert_eq!(&out[..m], b"secret");
+        // Another nonce (a replay or a reorder) does not verify.
+        assert!(s.transport.read_message(2, &msg[..n], &mut out).is_err());
+        let (up, down) = frame_keys(&k, &c.hash);
+        assert_ne!(up, down);
+        let (c2, _) = run(&k, &k, Protection::Encrypted, Protection::Encrypted);
+        assert_ne!(
+            c2.unwrap().hash,
+            c.hash,
+            "every connection has its own keys"
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused_on_both_sides_with_its_fingerprint() {
+        let (c, s) = run(
+            &key(1),
+            &key(2),
+            Protection::Encrypted,
+            Protection::Encrypted,
+        );
+        assert_eq!(
+            c.unwrap_err(),
+            HandshakeError::WrongKey {
+                fingerprint: key(1).fingerprint()
+            }
+        );
+        assert!(matches!(s.unwrap_err(), HandshakeError::WrongKey { .. }));
+    }
+
+    #[test]
+    fn a_protection_mismatch_names_the_setting_on_both_sides() {
+        let (c, s) = run(
+            &key(1),
+            &key(1),
+            Protection::Authenticated,
+            Protection::Encrypted,
+        );
+        let (c, s) = (c.unwrap_err().to_string(), s.unwrap_err().to_string());
+        assert!(
+            c.contains("security.encrypt_tcp is false here and true"),
+            "{c}"
+        );
+        assert!(
+            s.contains("security.encrypt_tcp is true here and false"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn the_old_handshake_and_junk_are_told_apart() {
+        assert_eq!(check_magic(b"DLA1"), Err(HandshakeError::OldProtocol));
+        assert_eq!(check_magic(b"GET "), Err(HandshakeError::NotHello));
+        assert_eq!(check_magic(&HELLO_MAGIC), Ok(()));
+        let (_, mut h) = hello(&key(1), Protection::Encrypted).unwrap();
+        h[10] ^= 1;
+        assert!(matches!(
+            respond(&key(1), &h, Protection::Encrypted),
+            Answer::Refuse {
+                reply: Some(STATUS_WRONG_KEY),
+                ..
+            }
+        ));
     }
 }

@@ -11,8 +11,10 @@
 //!   12-byte keyed-BLAKE3 tag. The opener drops forged, malformed, replayed
 //!   and stale datagrams, each counted. Each process keeps its own window, so
 //!   a restart after the sender's clock stepped back is not taken for a replay.
-//! - [`handshake`]: the TCP handshake messages and per-connection keys; the
-//!   framing of authenticated connections is in [`crate::conn`].
+//! - [`handshake`]: the TCP handshake (Noise `NNpsk0` with a PSK derived
+//!   from the cluster key); the encryption and framing of connections is in
+//!   [`crate::conn`]. [`set_encrypt_tcp`]: the process's
+//!   `security.encrypt_tcp`.
 //! - [`counters`]: what was dropped, for `dml stats` and the metrics endpoint.
 
 mod datagram;
@@ -22,7 +24,7 @@ pub use datagram::*;
 
 use crate::error::{Error, Result};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Bytes of a cluster key.
@@ -43,6 +45,7 @@ pub enum KeyTextError {
 pub struct ClusterKey {
     udp: [u8; KEY_LEN],
     tcp: [u8; KEY_LEN],
+    noise_psk: [u8; KEY_LEN],
     fingerprint: [u8; 8],
 }
 
@@ -59,6 +62,7 @@ impl ClusterKey {
         Self {
             udp: blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &secret),
             tcp: blake3::derive_key("AwesomeDML 2026 TCP handshake and frame tags", &secret),
+            noise_psk: blake3::derive_key("AwesomeDML 2026 TCP Noise pre-shared key", &secret),
             fingerprint: fp[..8].try_into().expect("8 of 32 bytes"),
         }
     }
@@ -172,6 +176,11 @@ impl ClusterKey {
     pub(crate) fn tcp(&self) -> &[u8; KEY_LEN] {
         &self.tcp
     }
+
+    /// The Noise pre-shared key of the TCP handshake.
+    pub(crate) fn noise_psk(&self) -> &[u8; KEY_LEN] {
+        &self.noise_psk
+    }
 }
 
 /// A cluster key with the counters of what it refused. Each agent has its
@@ -181,6 +190,9 @@ impl ClusterKey {
 pub struct AuthContext {
     key: ClusterKey,
     counters: Arc<Counters>,
+    /// `security.encrypt_tcp` for this context; `None` follows the
+    /// process's ([`set_encrypt_tcp`]).
+    encrypt_tcp: Option<bool>,
 }
 
 impl AuthContext {
@@ -189,7 +201,21 @@ impl AuthContext {
         Self {
             key,
             counters: Arc::default(),
+            encrypt_tcp: None,
         }
+    }
+
+    /// This context with its own `security.encrypt_tcp` (an agent's
+    /// accepted connections), instead of the process's.
+    pub fn with_encrypt_tcp(mut self, on: bool) -> Self {
+        self.encrypt_tcp = Some(on);
+        self
+    }
+
+    /// Whether this context's TCP connections are encrypted.
+    pub fn encrypt_tcp(&self) -> bool {
+        self.encrypt_tcp
+            .unwrap_or_else(|| ENCRYPT_TCP.load(Ordering::Relaxed))
     }
 
     pub fn key(&self) -> &ClusterKey {
@@ -208,6 +234,15 @@ impl AuthContext {
 }
 
 static PROCESS: OnceLock<AuthContext> = OnceLock::new();
+/// The process's `security.encrypt_tcp`.
+static ENCRYPT_TCP: AtomicBool = AtomicBool::new(true);
+
+/// Sets the process's `security.encrypt_tcp` (default true): whether its TCP
+/// connections are encrypted, or only authenticated (for side-by-side
+/// measurement; both ends must agree). The local socket is never encrypted.
+pub fn set_encrypt_tcp(on: bool) {
+    ENCRYPT_TCP.store(on, Ordering::Relaxed);
+}
 
 /// Sets the process's cluster key, which outgoing connections use.
 /// Installing the same key again is a no-op; a different one is an error.
@@ -245,7 +280,8 @@ pub struct Counters {
     pub udp_stale: AtomicU64,
     /// TCP connections refused in the handshake (wrong key or not ours).
     pub tcp_handshake_failed: AtomicU64,
-    /// TCP frames whose tag did not verify; the connection is closed.
+    /// TCP frames (or Noise transport messages) whose tag did not verify;
+    /// the connection is closed.
     pub tcp_forged: AtomicU64,
 }
 

@@ -72,6 +72,10 @@ pub struct Options {
     /// renamed) but a machine crash right after the get may lose it; the
     /// durable copies are the replicas.
     pub sync_local: bool,
+    /// Reach an agent on this host through its local socket (peer
+    /// credentials checked; not encrypted, the fast path). `false`: always
+    /// TCP, as a client on another host would (tests and the bench).
+    pub local_socket: bool,
 }
 
 impl Default for Options {
@@ -84,6 +88,7 @@ impl Default for Options {
             leader_wait: Duration::from_secs(10),
             concurrency: 4,
             sync_local: false,
+            local_socket: true,
         }
     }
 }
@@ -109,7 +114,7 @@ impl Sdfs {
                 call_timeout: opts.call_timeout,
                 leader_wait: opts.leader_wait,
                 pool_size: MAX_IDLE,
-                local_socket: true,
+                local_socket: opts.local_socket,
                 ..RouterOptions::default()
             },
         );

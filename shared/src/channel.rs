@@ -1,0 +1,452 @@
+//! The byte stream of a [`crate::conn::Conn`] after its handshake: on an
+//! encrypted connection every byte written goes out in Noise transport
+//! messages, and every byte read comes from one whose tag verified; on an
+//! authenticated-only one (the local socket, or `security.encrypt_tcp =
+//! false`) it is the socket itself.
+//!
+//! ```text
+//! +----------------+--------------------------------------------+
+//! | len (u16, BE)  | ciphertext of up to 65519 bytes | tag (16)  |
+//! +----------------+--------------------------------------------+
+//! ```
+//!
+//! Each direction counts its messages from its own nonce; a message whose
+//! tag does not verify (forged, replayed, reordered or corrupted) is counted
+//! in `tcp_forged` and fails the stream for good. Message boundaries carry
+//! no meaning: frames and raw bulk data are written through the stream and
+//! cut where the buffer fills or the writer flushes.
+
+use crate::auth::handshake::{MAX_NOISE_MSG, NOISE_TAG_LEN};
+use crate::auth::{self, Counters};
+use crate::stream::{Stream, StreamRead, StreamWrite};
+use snow::StatelessTransportState;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Plain bytes of one full transport message.
+const MAX_PLAIN: usize = MAX_NOISE_MSG - NOISE_TAG_LEN;
+/// A whole message with its length.
+const MAX_WIRE: usize = 2 + MAX_NOISE_MSG;
+/// Bytes read from the socket at once (two full messages).
+const READ_AHEAD: usize = 2 * MAX_WIRE;
+
+/// The error of a message whose tag did not verify; [`crate::conn`] turns
+/// it into an authentication error.
+#[derive(Debug, thiserror::Error)]
+#[error("a frame's tag does not verify (forged, replayed or corrupted)")]
+pub struct Forged;
+
+/// Whether `e` is a [`Forged`] message's error.
+pub fn is_forged(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Forged>())
+}
+
+/// The keys of an encrypted connection, shared by its two directions.
+type Keys = Arc<StatelessTransportState>;
+
+/// The sending direction's state.
+pub(crate) struct Tx {
+    keys: Option<Keys>,
+    nonce: u64,
+    /// Plain bytes not yet sealed.
+    plain: Vec<u8>,
+    /// A sealed message not yet written: `out[out_pos..out_len]`. Allocated
+    /// once, on the first message, and never cleared (no memset per message).
+    out: Vec<u8>,
+    out_pos: usize,
+    out_len: usize,
+}
+
+/// The receiving direction's state.
+pub(crate) struct Rx {
+    keys: Option<Keys>,
+    nonce: u64,
+    counters: Arc<Counters>,
+    /// Bytes read from the socket, not yet opened: `input[in_pos..in_len]`.
+    /// Allocated once, on the first read.
+    input: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    /// Opened bytes not yet returned: `plain[plain_pos..plain_len]`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    plain_len: usize,
+    failed: bool,
+}
+
+impl Tx {
+    fn seal(&mut self, bytes_from_plain: bool, direct: &[u8]) -> io::Result<()> {
+        let keys = self.keys.as_ref().expect("only an encrypted stream seals");
+        let body: &[u8] = if bytes_from_plain {
+            &self.plain
+        } else {
+            direct
+        };
+        debug_assert_eq!(self.out_pos, self.out_len, "one message at a time");
+        if self.out.is_empty() {
+            self.out = vec![0; MAX_WIRE];
+        }
+        let n = keys
+            .write_message(self.nonce, body, &mut self.out[2..])
+            .map_err(io::Error::other)?;
+        self.out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        self.out_pos = 0;
+        self.out_len = 2 + n;
+        self.nonce += 1;
+        if bytes_from_plain {
+            self.plain.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes out every sealed byte; with `partial`, seals what is buffered first.
+    fn poll_push<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        partial: bool,
+    ) -> Poll<io::Result<()>> {
+        if partial && !self.plain.is_empty() {
+            self.seal(true, &[])?;
+        }
+        while self.out_pos < self.out_len {
+            let n =
+                ready!(Pin::new(&mut *w).poll_write(cx, &self.out[self.out_pos..self.out_len]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_write<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.keys.is_none() {
+            return Pin::new(w).poll_write(cx, buf);
+        }
+        if self.out_pos < self.out_len {
+            ready!(self.poll_push(w, cx, false))?;
+        }
+        // A whole message straight from the caller's bytes, without a copy.
+        if self.plain.is_empty() && buf.len() >= MAX_PLAIN {
+            self.seal(false, &buf[..MAX_PLAIN])?;
+            return Poll::Ready(Ok(MAX_PLAIN));
+        }
+        let n = buf.len().min(MAX_PLAIN - self.plain.len());
+        self.plain.extend_from_slice(&buf[..n]);
+        if self.plain.len() == MAX_PLAIN {
+            self.seal(true, &[])?;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.keys.is_some() {
+            ready!(self.poll_push(w, cx, true))?;
+        }
+        Pin::new(w).poll_flush(cx)
+    }
+
+    fn poll_shutdown<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush(w, cx))?;
+        Pin::new(w).poll_shutdown(cx)
+    }
+}
+
+impl Rx {
+    fn fail(&mut self) -> io::Error {
+        if !self.failed {
+            self.failed = true;
+            auth::bump(&self.counters.tcp_forged);
+        }
+        io::Error::new(io::ErrorKind::InvalidData, Forged)
+    }
+
+    /// Opens the next whole message in `input`, if there is one.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let avail = &self.input[self.in_pos..self.in_len];
+        if avail.len() < 2 {
+            return Ok(false);
+        }
+        let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
+        if len < NOISE_TAG_LEN {
+            return Err(self.fail());
+        }
+        if avail.len() < 2 + len {
+            return Ok(false);
+        }
+        let keys = self.keys.as_ref().expect("only an encrypted stream opens");
+        if self.plain.is_empty() {
+            self.plain = vec![0; MAX_NOISE_MSG];
+        }
+        let opened = keys.read_message(self.nonce, &avail[2..2 + len], &mut self.plain);
+        match opened {
+            Ok(n) => {
+                self.plain_len = n;
+                self.plain_pos = 0;
+                self.nonce += 1;
+                self.in_pos += 2 + len;
+                Ok(true)
+            }
+            Err(_) => Err(self.fail()),
+        }
+    }
+
+    fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.keys.is_none() {
+            return Pin::new(r).poll_read(cx, buf);
+        }
+        if self.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, Forged)));
+        }
+        loop {
+            if self.plain_pos < self.plain_len {
+                let n = buf.remaining().min(self.plain_len - self.plain_pos);
+                buf.put_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+                self.plain_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if self.open_next()? {
+                continue;
+            }
+            // Need more bytes: keep the unopened tail at the front.
+            if self.input.is_empty() {
+                self.input = vec![0; READ_AHEAD];
+            }
+            if self.in_pos > 0 {
+                self.input.copy_within(self.in_pos..self.in_len, 0);
+                self.in_len -= self.in_pos;
+                self.in_pos = 0;
+            }
+            let have = self.in_len;
+            let mut rb = ReadBuf::new(&mut self.input[have..]);
+            ready!(Pin::new(&mut *r).poll_read(cx, &mut rb))?;
+            let got = rb.filled().len();
+            self.in_len += got;
+            if got == 0 {
+                return if have == 0 {
+                    Poll::Ready(Ok(())) // a clean end between messages
+                } else {
+                    Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+        }
+    }
+}
+
+/// A connection's stream of bytes after its handshake; see the module docs.
+pub struct Channel {
+    stream: Stream,
+    tx: Tx,
+    rx: Rx,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Channel({:?}, encrypted: {})",
+            self.stream,
+            self.is_encrypted()
+        )
+    }
+}
+
+impl Channel {
+    /// The socket itself, without encryption.
+    pub(crate) fn clear(stream: Stream, counters: Arc<Counters>) -> Self {
+        Self::with_keys(stream, None, 0, 0, counters)
+    }
+
+    /// Encrypted with `keys`; the first message sent has nonce `tx_nonce`,
+    /// the first received `rx_nonce`.
+    pub(crate) fn encrypted(
+        stream: Stream,
+        keys: StatelessTransportState,
+        tx_nonce: u64,
+        rx_nonce: u64,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self::with_keys(stream, Some(Arc::new(keys)), tx_nonce, rx_nonce, counters)
+    }
+
+    fn with_keys(
+        stream: Stream,
+        keys: Option<Keys>,
+        tx_nonce: u64,
+        rx_nonce: u64,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            stream,
+            tx: Tx {
+                keys: keys.clone(),
+                nonce: tx_nonce,
+                plain: Vec::new(),
+                out: Vec::new(),
+                out_pos: 0,
+                out_len: 0,
+            },
+            rx: Rx {
+                keys,
+                nonce: rx_nonce,
+                counters,
+                input: Vec::new(),
+                in_pos: 0,
+                in_len: 0,
+                plain: Vec::new(),
+                plain_pos: 0,
+                plain_len: 0,
+                failed: false,
+            },
+        }
+    }
+
+    /// Whether bytes written here are encrypted (TCP with
+    /// `security.encrypt_tcp`).
+    pub fn is_encrypted(&self) -> bool {
+        self.tx.keys.is_some()
+    }
+
+    /// Whether the socket is the agent's local Unix socket.
+    pub fn is_local(&self) -> bool {
+        self.stream.is_local()
+    }
+
+    /// The socket under the encryption. Bytes written to it directly are
+    /// not encrypted: only for `sendfile` on a connection that is not
+    /// [`encrypted`](Self::is_encrypted), and for tests that forge.
+    pub fn socket(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// See [`Stream::widen_send_buffer`].
+    pub fn widen_send_buffer(&self) {
+        self.stream.widen_send_buffer();
+    }
+
+    /// Reads the socket without blocking, to notice that an idle connection
+    /// was closed. Not for data: bytes read here bypass the decryption.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.try_read(buf)
+    }
+
+    /// A reading and a writing half that can be used at the same time.
+    pub fn split(&mut self) -> (ChannelRead<'_>, ChannelWrite<'_>) {
+        let (r, w) = self.stream.split();
+        (
+            ChannelRead {
+                r,
+                rx: &mut self.rx,
+            },
+            ChannelWrite {
+                w,
+                tx: &mut self.tx,
+            },
+        )
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// The reading half of a [`Channel`].
+pub struct ChannelRead<'a> {
+    r: StreamRead<'a>,
+    rx: &'a mut Rx,
+}
+
+/// The writing half of a [`Channel`].
+pub struct ChannelWrite<'a> {
+    w: StreamWrite<'a>,
+    tx: &'a mut Tx,
+}
+
+impl AsyncRead for Channel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.rx.poll_read(&mut me.stream, cx, buf)
+    }
+}
+
+impl AsyncWrite for Channel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        me.tx.poll_write(&mut me.stream, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.tx.poll_flush(&mut me.stream, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.tx.poll_shutdown(&mut me.stream, cx)
+    }
+}
+
+impl AsyncRead for ChannelRead<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.rx.poll_read(&mut me.r, cx, buf)
+    }
+}
+
+impl AsyncWrite for ChannelWrite<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        me.tx.poll_write(&mut me.w, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.tx.poll_flush(&mut me.w, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        me.tx.poll_shutdown(&mut me.w, cx)
+    }
+}
