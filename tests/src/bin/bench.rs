@@ -29,7 +29,8 @@
 //!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
-//! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`.
+//! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`; `security` for
+//! `bench security` (TCP encryption's cost).
 
 #[path = "bench/console.rs"]
 mod console;
@@ -51,6 +52,8 @@ mod sdfs;
 mod sdfs_local;
 #[path = "bench/sdfs_report.rs"]
 mod sdfs_report;
+#[path = "bench/security.rs"]
+mod security;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -83,6 +86,8 @@ enum Cmd {
     Inference(inference::InferenceArgs),
     /// The namespace test bed: fail-over, partitions, SDFS vs scp, a soak (see bench/hosts.rs).
     Hosts(hosts::HostsArgs),
+    /// The cost of TCP encryption: SDFS put/get and handshakes, encrypted vs plaintext.
+    Security(security::SecurityArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,6 +145,7 @@ fn main() -> Result<()> {
                     Cmd::Console(a) => console_bench(a).await,
                     Cmd::Inference(a) => inference_bench(a).await,
                     Cmd::Hosts(a) => hosts_bench(a).await,
+                    Cmd::Security(a) => security_bench(a).await,
                 }
             } => r,
             // Dropping the bench future kills every member and removes the loss rule.
@@ -291,6 +297,12 @@ async fn hosts_bench(a: hosts::HostsArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the bench executable")?;
     let bin_dir = exe.parent().context("bench has no directory")?;
     hosts::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
+}
+
+async fn security_bench(a: security::SecurityArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe.parent().context("bench has no directory")?;
+    security::run(a, bin_dir, &target_dir(bin_dir).join("bench")).await
 }
 
 async fn sdfs_bench(a: sdfs::SdfsArgs) -> Result<()> {
