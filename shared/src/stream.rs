@@ -5,7 +5,11 @@
 //! address (Linux). A client fetching a file from an agent on its own host
 //! connects there first ([`connect_near`]): on two cores a loopback TCP
 //! stream spends as much CPU on the protocol as on the bytes, a Unix socket
-//! almost none. The handshake and sealed frames are the same on both.
+//! almost none. The handshake is the same on both; a connection over the
+//! local socket is not encrypted (tagged frames, raw bulk data, `sendfile`):
+//! the client checks the server's credentials below before sending anything,
+//! and the bytes never leave the host, so it keeps the fast path while TCP
+//! is encrypted (see [`crate::conn`]).
 //!
 //! Abstract rather than a file in a 0700 directory: an abstract name lives in
 //! the network namespace, as the address it is named after does (agents in
