@@ -15,7 +15,7 @@ use dml_agent::membership::msg::Message;
 use dml_agent::membership::transport::{Datagram, MemNetwork, Transport, UdpTransport};
 use dml_shared::NodeId;
 use dml_shared::api::{MemberState, Stats};
-use dml_shared::auth::{AuthContext, ClusterKey, Drop, KEY_LEN, Opener, Sealer, UDP_OVERHEAD};
+use dml_shared::auth::{AuthContext, ClusterKey, Drop, KEY_LEN, Session, UDP_OVERHEAD, unseal};
 use dml_shared::config::{MembershipConfig, Preset};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -381,15 +381,22 @@ async fn every_datagram_on_the_wire_is_sealed_with_the_cluster_key() {
     nodes[2].handle().leave().await.expect("Leave");
     let mut seen = 0;
     while let Ok(d) = tap.try_recv() {
-        let payload = Opener::new(&AuthContext::new(cluster_key()))
-            .check(&d.bytes, wall_micros())
-            .unwrap_or_else(|why| panic!("{d:?}: {why}"));
-        Message::decode(payload).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        let (_, payload) =
+            unseal(&cluster_key(), d.to, &d.bytes).unwrap_or_else(|why| panic!("{d:?}: {why}"));
+        // Hellos and notices carry nothing; every other payload is a message.
+        if !payload.is_empty() {
+            Message::decode(&payload).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+            seen += 1;
+        }
         assert_eq!(
-            Opener::new(&AuthContext::new(other_key())).check(&d.bytes, wall_micros()),
+            unseal(&other_key(), d.to, &d.bytes).map(drop),
             Err(Drop::Forged)
         );
-        seen += 1;
+        // Bound to its receiver: at another address it does not open.
+        assert_eq!(
+            unseal(&cluster_key(), d.from, &d.bytes).map(drop),
+            Err(Drop::Forged)
+        );
     }
     assert!(seen > 0);
 }
@@ -424,13 +431,14 @@ async fn a_datagram_sealed_with_another_key_never_reaches_the_core() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut tap = net.tap();
     let captured = next_between(&mut tap, a.addr, b.addr).await;
-    let payload = Opener::new(&AuthContext::new(cluster_key()))
-        .check(&captured.bytes, wall_micros())
-        .expect("authentic")
-        .to_vec();
+    let (header, payload) = unseal(&cluster_key(), b.addr, &captured.bytes).expect("authentic");
     // The same message from an attacker holding another key, and garbage.
     let attacker = net.bind(any_port()).expect("a port");
-    let forged = Sealer::new(other_key(), attacker.local_addr().expect("bound")).seal(&payload);
+    let forged = Session::new(
+        &AuthContext::new(other_key()),
+        attacker.local_addr().expect("bound"),
+    )
+    .seal_for(b.addr, header.receiver, &payload, wall_micros());
     let before = b.stats().await;
     attacker.send_to(&forged, b.addr).await.expect("sent");
     attacker

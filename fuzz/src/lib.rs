@@ -12,8 +12,7 @@ use dml_agent::membership::msg::Message;
 use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{
-    ClusterKey, KEY_LEN, MAX_CLOCK_SKEW, Opener, SENDER_LEN, Sealer, SenderId, UDP_HEAD_LEN,
-    UDP_MAGIC, UDP_TAG_LEN, handshake,
+    ClusterKey, EPOCH_LEN, Epoch, KEY_LEN, MAX_CLOCK_SKEW, Session, handshake,
 };
 use dml_shared::config::Config;
 use dml_shared::framing::read_frame;
@@ -25,7 +24,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::Once;
 
 /// Decodes `data` as a `T` behind `kind`; what decodes must round-trip.
 fn envelope<T>(kind: Kind, data: &[u8])
@@ -220,20 +218,21 @@ pub fn node_id(data: &[u8]) {
 /// The cluster secret of the auth targets.
 pub const SECRET: [u8; KEY_LEN] = [0x5a; KEY_LEN];
 
-/// A datagram as [`Sealer`] makes one, for any sender and sequence number:
-/// magic, sender, sequence (BE), payload, keyed-BLAKE3 tag (first 12 bytes) under
-/// the UDP subkey of [`SECRET`]. [`auth_udp`] checks it against the real sealer.
-pub fn seal_at(sender: SenderId, seq: u64, payload: &[u8]) -> Vec<u8> {
-    let key = blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &SECRET);
-    let mut out = UDP_MAGIC.to_vec();
-    out.extend_from_slice(&sender);
-    out.extend_from_slice(&seq.to_be_bytes());
-    let mut h = blake3::Hasher::new_keyed(&key);
-    h.update(&out);
-    h.update(payload);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&h.finalize().as_bytes()[..UDP_TAG_LEN]);
-    out
+/// The address the auth_udp target's datagrams are sealed for, and its run.
+pub const TO: &str = "127.0.0.1:2";
+pub const TO_EPOCH: Epoch = [9; EPOCH_LEN];
+const FROM: &str = "127.0.0.1:1";
+
+/// A datagram sealed by the real [`Session`] of a sender whose run is `sender`,
+/// at sequence `seq` (at least 1), for [`TO`]'s run [`TO_EPOCH`], under [`SECRET`].
+pub fn seal_at(sender: Epoch, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let auth = dml_shared::auth::AuthContext::new(ClusterKey::from_bytes(SECRET));
+    Session::with_epoch(&auth, FROM.parse().expect("an address"), sender).seal_for(
+        TO.parse().expect("an address"),
+        TO_EPOCH,
+        payload,
+        seq,
+    )
 }
 
 /// Takes `n` bytes off the front of `d` (fewer at its end).
@@ -259,27 +258,14 @@ fn take_u32(d: &mut &[u8]) -> u32 {
 /// datagram newer than its sender's newest (or a new sender's, within the skew)
 /// is not dropped.
 pub fn auth_udp(data: &[u8]) {
-    static FORMAT: Once = Once::new();
     let key = ClusterKey::from_bytes(SECRET);
-    FORMAT.call_once(|| {
-        let real = Sealer::new(key.clone(), "127.0.0.1:1".parse().expect("an address")).seal(b"x");
-        let sender = real[1..1 + SENDER_LEN].try_into().expect("sender bytes");
-        let seq = u64::from_be_bytes(
-            real[1 + SENDER_LEN..UDP_HEAD_LEN]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        assert_eq!(
-            seal_at(sender, seq, b"x"),
-            real,
-            "the target's datagram format no longer matches auth::Sealer"
-        );
-    });
     let skew = MAX_CLOCK_SKEW.as_micros() as u64;
     let mut now: u64 = 1_764_150_000_000_000;
-    let mut opener = Opener::new(&dml_shared::auth::AuthContext::new(key));
-    let mut opened: HashSet<(SenderId, u64)> = HashSet::new();
-    let mut newest: HashMap<SenderId, u64> = HashMap::new();
+    let auth = dml_shared::auth::AuthContext::new(key);
+    let from: std::net::SocketAddr = FROM.parse().expect("an address");
+    let mut opener = Session::with_epoch(&auth, TO.parse().expect("an address"), TO_EPOCH);
+    let mut opened: HashSet<(Epoch, u64)> = HashSet::new();
+    let mut newest: HashMap<Epoch, u64> = HashMap::new();
     let mut forgetful = false;
     let mut d = data;
     while let Some((&op, rest)) = d.split_first() {
@@ -288,8 +274,9 @@ pub fn auth_udp(data: &[u8]) {
             0 => {
                 let n = take(&mut d, 1).first().copied().unwrap_or(0);
                 let raw = take(&mut d, usize::from(n));
-                if let Ok(p) = opener.check(raw, now) {
-                    panic!("an unsealed datagram opened: {raw:02x?} -> {p:02x?}");
+                let o = opener.check(from, raw, now);
+                if o.dropped.is_none() {
+                    panic!("an unsealed datagram opened: {raw:02x?} -> {o:02x?}");
                 }
             }
             1 => {
@@ -297,10 +284,11 @@ pub fn auth_udp(data: &[u8]) {
                 now = now.saturating_add(step);
             }
             _ => {
-                let sender = [take(&mut d, 1).first().copied().unwrap_or(0); SENDER_LEN];
+                // An all-zero run is "unknown": not a sender's.
+                let sender = [take(&mut d, 1).first().copied().unwrap_or(0).max(1); EPOCH_LEN];
                 let offset = i64::from(take_u32(&mut d) as i32);
                 let scale = [1, 1_000, 1_000_000][usize::from(op >> 2) % 3];
-                let seq = (now as i64).saturating_add(offset * scale).max(0) as u64;
+                let seq = (now as i64).saturating_add(offset * scale).max(1) as u64;
                 let n = take(&mut d, 1).first().copied().unwrap_or(0) % 32;
                 let payload = take(&mut d, usize::from(n));
                 let datagram = seal_at(sender, seq, payload);
@@ -308,12 +296,13 @@ pub fn auth_udp(data: &[u8]) {
                     let at = usize::from(take(&mut d, 1).first().copied().unwrap_or(0));
                     let mut bad = datagram.clone();
                     bad[at % datagram.len()] ^= 1 << (op >> 4 & 7);
-                    let r = opener.check(&bad, now);
-                    assert!(r.is_err(), "a corrupted datagram opened: {bad:02x?}");
+                    let r = opener.check(from, &bad, now);
+                    assert!(r.dropped.is_some(), "a corrupted datagram opened: {bad:02x?}");
                 }
-                match opener.check(&datagram, now) {
-                    Ok(p) => {
-                        assert_eq!(p, payload);
+                let o = opener.check(from, &datagram, now);
+                match o.dropped {
+                    None => {
+                        assert_eq!(o.payload.unwrap_or_default(), payload);
                         assert!(
                             opened.insert((sender, seq)),
                             "sender {sender:02x?} seq {seq} opened twice (a replay)"
@@ -326,7 +315,7 @@ pub fn auth_udp(data: &[u8]) {
                         *n = (*n).max(seq);
                         forgetful |= newest.len() > 64;
                     }
-                    Err(why) if !forgetful => match newest.get(&sender) {
+                    Some(why) if !forgetful => match newest.get(&sender) {
                         None => assert!(
                             seq.abs_diff(now) > skew,
                             "first datagram of a sender, seq {seq} at {now}, dropped as {why:?}"
@@ -336,7 +325,7 @@ pub fn auth_udp(data: &[u8]) {
                             "seq {seq} newer than {n} (clock {now}) dropped as {why:?}"
                         ),
                     },
-                    Err(_) => {}
+                    Some(_) => {}
                 }
             }
         }

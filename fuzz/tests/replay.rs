@@ -350,7 +350,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 v
             };
             let step = |us: u32| [vec![1], us.to_be_bytes().to_vec()].concat();
-            let raw = seal_at([3; dml_shared::auth::SENDER_LEN], 0, b"old");
+            let raw = seal_at([3; dml_shared::auth::EPOCH_LEN], 1, b"old");
             vec![
                 [
                     sealed(2, 1, 0, b"ping"),

@@ -53,6 +53,7 @@ pub mod sdfs;
 pub mod small_disk;
 pub mod source;
 pub mod ssh;
+pub mod udp;
 pub mod view;
 pub mod wait;
 

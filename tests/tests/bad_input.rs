@@ -8,10 +8,11 @@
 
 use anyhow::{Context, ensure};
 use dml_shared::api::{Request, Response, Stats};
-use dml_shared::auth::{ClusterKey, Sealer, UDP_OVERHEAD};
+use dml_shared::auth::{ClusterKey, UDP_OVERHEAD};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::DEFAULT_MAX_FRAME;
 use dml_shared::wire::{self, HEADER_LEN, Kind, MAGIC, PROTOCOL_VERSION};
+use dml_tests::udp::UdpPeer;
 use dml_tests::view::VIEW_POLL;
 use dml_tests::{Agent, AgentSpec, Cluster, TestDir, test_membership, wait_until};
 use std::net::SocketAddr;
@@ -68,19 +69,32 @@ async fn stats(agent: &Agent) -> anyhow::Result<Stats> {
 async fn send_counted(
     agent: &Agent,
     datagrams: &[Vec<u8>],
-    mut seal: Option<Sealer>,
+    key: Option<ClusterKey>,
     of: fn(&Stats) -> u64,
 ) -> anyhow::Result<()> {
     let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    // With the key: a member's session, sealing for the agent's run.
+    let mut seal = match key {
+        Some(k) => {
+            let mut p = UdpPeer::bind(k).await?;
+            let epoch = p.greet(agent.addr(), COUNTED).await?;
+            Some((p, epoch))
+        }
+        None => None,
+    };
     let base = of(&stats(agent).await?);
     let mut sent = 0u64;
     for batch in datagrams.chunks(BATCH) {
         for d in batch {
-            let d = match &mut seal {
-                Some(s) => s.seal(d),
-                None => d.clone(),
-            };
-            sock.send_to(&d, agent.addr()).await?;
+            match &mut seal {
+                Some((p, epoch)) => {
+                    let d = p.sealed(agent.addr(), *epoch, d);
+                    p.sock.send_to(&d, agent.addr()).await?;
+                }
+                None => {
+                    sock.send_to(d, agent.addr()).await?;
+                }
+            }
         }
         sent += batch.len() as u64;
         wait_until(
@@ -198,8 +212,7 @@ async fn bad_datagrams_are_dropped_and_counted_and_the_agent_keeps_serving() {
     );
     // Sealed with the cluster key: authentic, and every one refused by the decoder.
     let key = ClusterKey::load(&dml_tests::key::path().unwrap()).unwrap();
-    let sealer = Sealer::new(key, "127.0.0.1:9".parse().unwrap());
-    send_counted(target, &bad, Some(sealer), |s| s.bad_packets)
+    send_counted(target, &bad, Some(key), |s| s.bad_packets)
         .await
         .unwrap();
     let after = stats(target).await.unwrap();

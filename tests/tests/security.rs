@@ -15,9 +15,10 @@ use anyhow::{Context, Result, bail};
 use dml_agent::membership::msg::{Message, Update, UpdateKind, probe_tag};
 use dml_shared::NodeId;
 use dml_shared::api::{MemberState, Stats};
-use dml_shared::auth::{ClusterKey, Opener, Sealer};
+use dml_shared::auth::ClusterKey;
 use dml_shared::client::Client;
 use dml_tests::sdfs::{SdfsCluster, cluster_slot};
+use dml_tests::udp::UdpPeer;
 use dml_tests::view::{VIEW_POLL, members, state_of, wait_converged};
 use dml_tests::{Cluster, test_membership, wait_for, wait_until};
 use std::net::SocketAddr;
@@ -161,19 +162,10 @@ async fn send(sock: &UdpSocket, to: SocketAddr, bytes: &[u8]) {
     sock.send_to(bytes, to).await.unwrap();
 }
 
-/// The next membership message `sock` receives that opens with `opener`.
-async fn next_message(sock: &UdpSocket, opener: &mut Opener, within: Duration) -> Result<Message> {
-    let mut buf = vec![0u8; 65_536];
-    tokio::time::timeout(within, async {
-        loop {
-            let (n, _) = sock.recv_from(&mut buf).await?;
-            if let Ok(p) = opener.open(&buf[..n]) {
-                return Message::decode(p).map_err(anyhow::Error::from);
-            }
-        }
-    })
-    .await
-    .context("no datagram")?
+/// The next membership message `peer` gets from `from`.
+async fn next_message(peer: &mut UdpPeer, from: SocketAddr) -> Result<Message> {
+    let p = peer.next_payload(from, WAIT).await?;
+    Message::decode(&p).map_err(anyhow::Error::from)
 }
 
 #[tokio::test]
@@ -194,8 +186,8 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
         .incarnation;
     let key = ClusterKey::load(&dml_tests::key::path().unwrap()).unwrap();
     let wrong = ClusterKey::from_hex(&ClusterKey::generate_hex().unwrap()).unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = sock.local_addr().unwrap();
+    let mut forger = UdpPeer::bind(wrong).await.unwrap();
+    let mut peer = UdpPeer::bind(key.clone()).await.unwrap();
     // "The victim has failed", as a probe to each of the other two.
     let claim = |to: NodeId| {
         Message::Ping {
@@ -217,11 +209,13 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
         v
     };
     const COPIES: u64 = 10;
-    let mut forger = Sealer::new(wrong, me);
     for (i, a) in addrs[..2].iter().enumerate() {
+        // The agent's epoch, as anyone on the path reads it from its datagrams.
+        let epoch = peer.greet(*a, WAIT).await.unwrap();
         for _ in 0..COPIES {
-            send(&sock, *a, &claim(ids[i])).await; // no tag at all
-            send(&sock, *a, &forger.seal(&claim(ids[i]))).await; // another key's tag
+            send(&forger.sock, *a, &claim(ids[i])).await; // no tag at all
+            let forged = forger.sealed(*a, epoch, &claim(ids[i])); // another key
+            send(&forger.sock, *a, &forged).await;
         }
     }
     for (i, a) in addrs[..2].iter().enumerate() {
@@ -256,8 +250,7 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
     );
 
     // A ping sealed with the cluster key is answered once; its replays are not.
-    let mut sealer = Sealer::new(key.clone(), me);
-    let mut opener = Opener::new(&dml_shared::auth::AuthContext::new(key.clone()));
+    let epoch = peer.greet(addrs[0], WAIT).await.unwrap();
     let ping = |seq: u16| {
         Message::Ping {
             seq,
@@ -266,13 +259,13 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
         }
         .encode()
     };
-    let captured = sealer.seal(&ping(41));
-    send(&sock, addrs[0], &captured).await;
-    let first = next_message(&sock, &mut opener, WAIT).await.unwrap();
+    let captured = peer.sealed(addrs[0], epoch, &ping(41));
+    send(&peer.sock, addrs[0], &captured).await;
+    let first = next_message(&mut peer, addrs[0]).await.unwrap();
     assert!(matches!(first, Message::Ack { seq: 41, .. }), "{first:?}");
     let replayed_before = stats(addrs[0]).await.unwrap().udp_replayed;
     for _ in 0..5 {
-        send(&sock, addrs[0], &captured).await;
+        send(&peer.sock, addrs[0], &captured).await;
     }
     wait_until("the replays to be counted", WAIT, VIEW_POLL, async || {
         let got = stats(addrs[0]).await?.udp_replayed;
@@ -285,8 +278,9 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
     .await
     .unwrap();
     // A fresh ping after the replays is answered, and it is the only answer.
-    send(&sock, addrs[0], &sealer.seal(&ping(42))).await;
-    let next = next_message(&sock, &mut opener, WAIT).await.unwrap();
+    let fresh = peer.sealed(addrs[0], epoch, &ping(42));
+    send(&peer.sock, addrs[0], &fresh).await;
+    let next = next_message(&mut peer, addrs[0]).await.unwrap();
     assert!(
         matches!(next, Message::Ack { seq: 42, .. }),
         "a replay was answered: {next:?}"
@@ -294,7 +288,8 @@ async fn forged_datagrams_are_dropped_and_a_replayed_one_is_not_answered() {
 
     // The same claim sealed with the cluster key does take effect: the
     // datagrams above were dropped for their tags, not for their content.
-    send(&sock, addrs[0], &sealer.seal(&claim(ids[0]))).await;
+    let claimed = peer.sealed(addrs[0], epoch, &claim(ids[0]));
+    send(&peer.sock, addrs[0], &claimed).await;
     wait_for(
         "the sealed claim to take effect",
         WAIT,
@@ -545,6 +540,88 @@ async fn a_fresh_agents_data_directory_and_files_are_its_users_only() {
         assert!(!files.is_empty());
         for f in files {
             assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
+}
+
+/// A datagram captured on its way to one agent is dropped by another (it is sealed for its
+/// receiver's address), and once its receiver restarts it is dropped there too (sealed for
+/// the earlier run): both counted, neither answered.
+#[tokio::test]
+async fn a_datagram_for_another_agent_or_an_earlier_run_is_dropped_and_counted() {
+    let _slot = cluster_slot().await;
+    let mut c = SdfsCluster::start("auth-bound", 3).await.unwrap();
+    let key = ClusterKey::load(&dml_tests::key::path().unwrap()).unwrap();
+    let mut peer = UdpPeer::bind(key).await.unwrap();
+    let (a, b) = (c.addrs[0], c.addrs[1]);
+    let ping = |seq: u16, to: NodeId| {
+        Message::Ping {
+            seq,
+            target: probe_tag(&to),
+            updates: vec![],
+        }
+        .encode()
+    };
+    let a_id = c.agent(0).current_id().await.unwrap();
+    let epoch = peer.greet(a, WAIT).await.unwrap();
+
+    // Sealed for a, replayed to b.
+    let for_a = peer.sealed(a, epoch, &ping(51, a_id));
+    let before = stats(b).await.unwrap().udp_unauthenticated;
+    send(&peer.sock, b, &for_a).await;
+    wait_until(
+        "b to count the misdirected datagram",
+        WAIT,
+        VIEW_POLL,
+        async || {
+            let got = stats(b).await?.udp_unauthenticated;
+            if got > before {
+                Ok(())
+            } else {
+                bail!("not counted yet")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // It was a good datagram: a answers it.
+    send(&peer.sock, a, &for_a).await;
+    let ack = next_message(&mut peer, a).await.unwrap();
+    assert!(matches!(ack, Message::Ack { seq: 51, .. }), "{ack:?}");
+
+    // Captured for a's current run; a restarts; the capture arrives.
+    let captured = peer.sealed(a, epoch, &ping(52, a_id));
+    c.kill(0).await.unwrap();
+    c.restart(0).await.unwrap();
+    c.wait_answering(0, READY).await.unwrap();
+    let replayed = stats(a).await.unwrap().udp_replayed;
+    send(&peer.sock, a, &captured).await;
+    wait_until(
+        "the restarted agent to count the replay",
+        WAIT,
+        VIEW_POLL,
+        async || {
+            let got = stats(a).await?.udp_replayed;
+            if got > replayed {
+                Ok(())
+            } else {
+                bail!("not counted yet")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Never answered: the only ack that comes is to a fresh ping for the new run.
+    let new_id = c.agent(0).current_id().await.unwrap();
+    let new_epoch = peer.greet(a, WAIT).await.unwrap();
+    assert_ne!(new_epoch, epoch, "the restarted agent kept its run's epoch");
+    let fresh = peer.sealed(a, new_epoch, &ping(53, new_id));
+    send(&peer.sock, a, &fresh).await;
+    loop {
+        match next_message(&mut peer, a).await.unwrap() {
+            Message::Ack { seq: 52, .. } => panic!("the replay for the earlier run was answered"),
+            Message::Ack { seq: 53, .. } => break,
+            _ => {}
         }
     }
 }

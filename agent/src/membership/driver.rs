@@ -10,7 +10,7 @@ use super::core::{Event, Membership, Status};
 use super::transport::{Transport, UdpTransport};
 use dml_shared::NodeId;
 use dml_shared::api::{IdInfo, MemberInfo, Stats};
-use dml_shared::auth::{AuthContext, Opener, Sealer, UDP_OVERHEAD};
+use dml_shared::auth::{AuthContext, Session};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -209,8 +209,7 @@ fn prepare(mut core: Membership, join: bool, auth: AuthContext) -> (MembershipHa
         core.join(started);
     }
     let seal = Seal {
-        sealer: Sealer::new(auth.key().clone(), core.id().addr),
-        opener: Opener::new(&auth),
+        session: Session::new(&auth, core.id().addr),
         auth,
     };
     let start = Start {
@@ -223,10 +222,9 @@ fn prepare(mut core: Membership, join: bool, auth: AuthContext) -> (MembershipHa
     (handle, start)
 }
 
-/// This agent's datagram sealer and opener.
+/// This agent's datagram session (sealing, opening, the peers' epochs).
 struct Seal {
-    sealer: Sealer,
-    opener: Opener,
+    session: Session,
     auth: AuthContext,
 }
 
@@ -253,15 +251,25 @@ async fn run<T: Transport>(
             // before the probe timers that they answer run out.
             biased;
             recv = transport.recv_from(&mut buf) => match recv {
-                Ok((len, from)) => match seal.opener.open(&buf[..len]) {
-                    Ok(payload) => {
-                        core.count_seal_bytes(0, UDP_OVERHEAD);
-                        if let Err(e) = core.handle_datagram(from, payload, now()) {
-                            tracing::debug!(%from, len, error = %e, "dropped bad datagram");
+                Ok((len, from)) => {
+                    let opened = seal.session.open(from, &buf[..len], dml_shared::clock::unix_micros());
+                    // The core counts the payload; the seal's bytes, and the
+                    // session's own replies, are counted here.
+                    let inner = opened.payload.as_ref().map_or(0, Vec::len);
+                    let replies: usize = opened.replies.iter().map(Vec::len).sum();
+                    core.count_seal_bytes(replies, len - inner);
+                    send_all(&transport, from, opened.replies).await;
+                    match (opened.payload, opened.dropped) {
+                        (Some(payload), _) => {
+                            if let Err(e) = core.handle_datagram(from, &payload, now()) {
+                                tracing::debug!(%from, len, error = %e, "dropped bad datagram");
+                            }
                         }
+                        (None, Some(why)) => tracing::debug!(%from, len, %why, "dropped unauthenticated datagram"),
+                        // A hello or a notice: the session's own.
+                        (None, None) => {}
                     }
-                    Err(why) => tracing::debug!(%from, len, %why, "dropped unauthenticated datagram"),
-                },
+                }
                 // ICMP port-unreachable and the like: transient, keep serving.
                 Err(e) => tracing::debug!(error = %e, "datagram receive error"),
             },
@@ -310,12 +318,13 @@ async fn flush<T: Transport>(
     events: &broadcast::Sender<TimedEvent>,
 ) {
     let out = core.drain_outbox();
-    core.count_seal_bytes(out.len() * UDP_OVERHEAD, 0);
+    let now = dml_shared::clock::unix_micros();
     for (to, bytes) in out {
-        let bytes = seal.sealer.seal(&bytes);
-        if let Err(e) = transport.send_to(&bytes, to).await {
-            tracing::debug!(%to, error = %e, "datagram send failed");
-        }
+        let sealed = seal.session.seal(to, &bytes, now);
+        // The core counted the payload (held or sent); the rest is the seal's.
+        let total: usize = sealed.iter().map(Vec::len).sum();
+        core.count_seal_bytes(total.saturating_sub(bytes.len()), 0);
+        send_all(transport, to, sealed).await;
     }
     for event in core.drain_events() {
         log_event(&event);
@@ -323,6 +332,14 @@ async fn flush<T: Transport>(
             unix_ms: unix_ms(),
             event,
         });
+    }
+}
+
+async fn send_all<T: Transport>(transport: &T, to: std::net::SocketAddr, datagrams: Vec<Vec<u8>>) {
+    for d in datagrams {
+        if let Err(e) = transport.send_to(&d, to).await {
+            tracing::debug!(%to, error = %e, "datagram send failed");
+        }
     }
 }
 

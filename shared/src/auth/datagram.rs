@@ -1,22 +1,42 @@
-//! Sealed UDP datagrams: [`Sealer`] seals, [`Opener`] verifies and drops replays (see `auth`).
+//! Sealed UDP datagrams: encrypted and authenticated with XChaCha20-Poly1305
+//! (RustCrypto's `chacha20poly1305`), as memberlist's keyring encrypts its
+//! gossip with an AEAD. [`Session`] is one process's side, a pure state
+//! machine fed datagrams and the clock; the membership driver owns it.
+//!
+//! A datagram is `magic | sender epoch | receiver epoch | sequence |
+//! ciphertext | tag`. An epoch is 8 random bytes new to each process. The
+//! sequence is the sender's clock in microseconds, forced to grow. The nonce
+//! is the sender's epoch and sequence, never repeated by one process; the
+//! associated data is the header and the receiver's address. So a datagram
+//! opens only at the address and in the very process it was sealed for:
+//! captured on its way to one agent it is forged for every other, and after
+//! the receiver restarts it is for an earlier run and dropped.
+//!
+//! A sender learns a receiver's epoch from any datagram it opens from that
+//! address. Before that it sends a `hello` (receiver epoch zero, no payload)
+//! and holds the payload; the receiver answers with a `notice` (no payload,
+//! sealed for the hello's sender), and the payloads held go out. A receiver
+//! that gets a datagram for its earlier run answers with a notice too, and
+//! the sender seals its recent payloads again for the new run, so a restart
+//! costs one round trip, not a lost probe.
 
-use super::{AuthContext, ClusterKey, Counters, bump, ct_eq, now_micros, random};
+use super::{AuthContext, ClusterKey, Counters, bump, now_micros, random};
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// First byte of a sealed datagram.
-pub const UDP_MAGIC: [u8; 1] = [0xD5];
-/// Bytes of a sender id in a datagram: 4 of the address's hash, 4 random
-/// ones of the sending process.
-pub const SENDER_LEN: usize = 8;
-/// Bytes before a datagram's payload: magic, sender id, sequence number.
-pub const UDP_HEAD_LEN: usize = 1 + SENDER_LEN + 8;
-/// Bytes of a datagram's tag: 96 bits, as in IPsec's truncated HMACs; a
-/// forger gets one guess per datagram sent.
-pub const UDP_TAG_LEN: usize = 12;
-/// Bytes a sealed datagram adds.
+/// First byte of a sealed datagram (format 2: encrypted).
+pub const UDP_MAGIC: [u8; 1] = [0xD6];
+/// Bytes of an epoch.
+pub const EPOCH_LEN: usize = 8;
+/// Bytes before a datagram's ciphertext: magic, two epochs, sequence number.
+pub const UDP_HEAD_LEN: usize = 1 + 2 * EPOCH_LEN + 8;
+/// Bytes of a datagram's Poly1305 tag.
+pub const UDP_TAG_LEN: usize = 16;
+/// Bytes a sealed datagram adds to its payload.
 pub const UDP_OVERHEAD: usize = UDP_HEAD_LEN + UDP_TAG_LEN;
 /// How far a datagram's sequence (its sender's clock) may be from ours when
 /// its sender is new to us; NTP keeps real clusters well inside this.
@@ -24,16 +44,31 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// How far behind the newest datagram of a sender an older one may still
 /// arrive (reordering), if it was not seen before.
 pub const REORDER_WINDOW: Duration = Duration::from_secs(2);
-/// Senders not heard from for this long are forgotten.
-const SENDER_IDLE: Duration = Duration::from_secs(600);
+/// Senders and addresses not heard from for this long are forgotten.
+const IDLE: Duration = Duration::from_secs(600);
 /// Most sequence numbers remembered per sender inside the reorder window.
 const MAX_RECENT: usize = 4096;
+/// Least time between two hellos to one address, or two notices to one sender.
+const HELLO_EVERY: Duration = Duration::from_millis(200);
+/// Payloads held per address: waiting for its epoch, or sent lately (sealed
+/// again if it turns out to have restarted).
+const HELD: usize = 16;
+/// How long a sent payload is kept for sealing again.
+const RESEND_WITHIN: Duration = Duration::from_secs(2);
 
-/// Why [`Opener::open`] dropped a datagram.
+/// A process's epoch: 8 random bytes; all zero means "not known".
+pub type Epoch = [u8; EPOCH_LEN];
+const UNKNOWN: Epoch = [0; EPOCH_LEN];
+
+/// Why a datagram was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drop {
     Malformed,
+    /// The tag does not verify: another key, tampered, or sealed for another
+    /// receiver.
     Forged,
+    /// Seen before, older than the reorder window, or sealed for an earlier
+    /// run of this process.
     Replayed,
     Stale,
 }
@@ -42,136 +77,274 @@ impl std::fmt::Display for Drop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Drop::Malformed => "not a sealed AwesomeDML datagram",
-            Drop::Forged => "authentication tag does not verify (wrong cluster key or forged)",
-            Drop::Replayed => "replayed or too old",
+            Drop::Forged => {
+                "authentication tag does not verify (wrong cluster key, forged, or sealed for another agent)"
+            }
+            Drop::Replayed => "replayed, too old, or sealed for an earlier run of this agent",
             Drop::Stale => "sender clock too far from ours",
         })
     }
 }
 
-/// The id a sender puts in its datagrams: its address's hash, then `epoch`,
-/// a number new to each sending process.
-pub type SenderId = [u8; SENDER_LEN];
-
-pub fn sender_id(addr: SocketAddr, epoch: [u8; 4]) -> SenderId {
-    let h = blake3::hash(addr.to_string().as_bytes());
-    let mut id = [0; SENDER_LEN];
-    id[..4].copy_from_slice(&h.as_bytes()[..4]);
-    id[4..].copy_from_slice(&epoch);
-    id
+/// What [`Session::open`] made of a datagram.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// The payload for the membership core, if the datagram carried one.
+    pub payload: Option<Vec<u8>>,
+    /// Datagrams to send back to the sender (a notice, payloads sealed again).
+    pub replies: Vec<Vec<u8>>,
+    /// Why it was dropped, if it was (already counted).
+    pub dropped: Option<Drop>,
 }
 
-/// A number for this process's datagrams: random, else (no entropy source)
-/// from the clock and the process id.
-fn epoch() -> [u8; 4] {
-    random::<4>().unwrap_or_else(|_| {
-        let mut h = blake3::Hasher::new();
-        h.update(&now_micros().to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        h.finalize().as_bytes()[..4]
-            .try_into()
-            .expect("a prefix of 32 bytes")
-    })
-}
-
-fn udp_tag(key: &ClusterKey, head: &[u8], payload: &[u8]) -> [u8; UDP_TAG_LEN] {
-    let mut h = blake3::Hasher::new_keyed(&key.udp);
-    h.update(head);
-    h.update(payload);
-    h.finalize().as_bytes()[..UDP_TAG_LEN]
-        .try_into()
-        .expect("a prefix of 32 bytes")
-}
-
-/// Seals this process's outgoing datagrams.
-pub struct Sealer {
-    key: ClusterKey,
-    sender: SenderId,
-    last: u64,
-}
-
-impl Sealer {
-    pub fn new(key: ClusterKey, from: SocketAddr) -> Self {
-        Self {
-            key,
-            sender: sender_id(from, epoch()),
-            last: 0,
-        }
-    }
-
-    /// `payload` framed as a sealed datagram.
-    pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
-        self.last = (self.last + 1).max(now_micros());
-        let mut out = Vec::with_capacity(payload.len() + UDP_OVERHEAD);
-        out.extend_from_slice(&UDP_MAGIC);
-        out.extend_from_slice(&self.sender);
-        out.extend_from_slice(&self.last.to_be_bytes());
-        let tag = udp_tag(&self.key, &out, payload);
-        out.extend_from_slice(payload);
-        out.extend_from_slice(&tag);
-        out
-    }
-}
-
-/// What one sender's datagrams have used up.
+/// One sender's sequence numbers used up.
 struct Window {
     newest: u64,
     /// Sequence numbers seen inside the reorder window, oldest first.
     recent: VecDeque<u64>,
     heard: u64,
+    /// When this sender was last sent a notice.
+    noticed: u64,
 }
 
-/// Verifies incoming datagrams and remembers each sender's sequence numbers.
-pub struct Opener {
-    key: ClusterKey,
-    senders: HashMap<SenderId, Window>,
+/// What this process knows of one address it talks to.
+#[derive(Default)]
+struct Peer {
+    epoch: Option<Epoch>,
+    /// Payloads waiting for the epoch.
+    waiting: VecDeque<Vec<u8>>,
+    /// Payloads sent lately: (when, payload).
+    sent: VecDeque<(u64, Vec<u8>)>,
+    hello_at: u64,
+    touched: u64,
+}
+
+/// One process's sealing and opening (see the module's doc).
+pub struct Session {
+    aead: XChaCha20Poly1305,
+    me: SocketAddr,
+    epoch: Epoch,
+    last: u64,
+    peers: HashMap<SocketAddr, Peer>,
+    senders: HashMap<Epoch, Window>,
     counters: Arc<Counters>,
 }
 
-impl Opener {
-    /// Opens with `auth`'s key and counts drops in its counters.
-    pub fn new(auth: &AuthContext) -> Self {
+fn aead(key: &ClusterKey) -> XChaCha20Poly1305 {
+    let k = blake3::derive_key("AwesomeDML 2026 UDP datagram AEAD", &key.udp);
+    XChaCha20Poly1305::new(&k.into())
+}
+
+/// A new epoch: random, else (no entropy source) from the clock and the pid.
+fn new_epoch() -> Epoch {
+    let e = random::<EPOCH_LEN>().unwrap_or_else(|_| {
+        let mut h = blake3::Hasher::new();
+        h.update(&now_micros().to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.finalize().as_bytes()[..EPOCH_LEN]
+            .try_into()
+            .expect("a prefix of 32 bytes")
+    });
+    if e == UNKNOWN { [1; EPOCH_LEN] } else { e }
+}
+
+fn nonce(sender: &Epoch, seq: u64) -> XNonce {
+    let mut n = [0u8; 24];
+    n[..EPOCH_LEN].copy_from_slice(sender);
+    n[EPOCH_LEN..EPOCH_LEN + 8].copy_from_slice(&seq.to_be_bytes());
+    n.into()
+}
+
+/// Associated data: the header and the receiver's address.
+fn aad(head: &[u8], to: SocketAddr) -> Vec<u8> {
+    let mut a = head.to_vec();
+    a.extend_from_slice(to.to_string().as_bytes());
+    a
+}
+
+impl Session {
+    /// The session of the process at `me` (its advertised address), keyed
+    /// with `auth`'s key; drops are counted in its counters.
+    pub fn new(auth: &AuthContext, me: SocketAddr) -> Self {
+        Self::with_epoch(auth, me, new_epoch())
+    }
+
+    /// [`Session::new`] with a given epoch (tests).
+    pub fn with_epoch(auth: &AuthContext, me: SocketAddr, epoch: Epoch) -> Self {
         Self {
-            key: auth.key.clone(),
+            aead: aead(auth.key()),
+            me,
+            epoch,
+            last: 0,
+            peers: HashMap::new(),
             senders: HashMap::new(),
             counters: auth.counters.clone(),
         }
     }
 
-    /// The payload of an authentic, fresh datagram; anything else is counted
-    /// and dropped.
-    pub fn open<'a>(&mut self, bytes: &'a [u8]) -> std::result::Result<&'a [u8], Drop> {
-        let r = self.check(bytes, now_micros());
-        let c = &self.counters;
-        match r {
-            Err(Drop::Malformed) => bump(&c.udp_malformed),
-            Err(Drop::Forged) => bump(&c.udp_forged),
-            Err(Drop::Replayed) => bump(&c.udp_replayed),
-            Err(Drop::Stale) => bump(&c.udp_stale),
-            Ok(_) => {}
-        }
-        r
+    /// This process's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
-    /// [`Opener::open`] against a given clock, without counting.
-    pub fn check<'a>(&mut self, bytes: &'a [u8], now: u64) -> std::result::Result<&'a [u8], Drop> {
-        if bytes.len() < UDP_OVERHEAD || bytes[..1] != UDP_MAGIC {
-            return Err(Drop::Malformed);
+    /// The datagrams that carry `payload` to `to` now: it sealed, or (the
+    /// receiver's epoch not known yet) a hello, the payload held meanwhile.
+    pub fn seal(&mut self, to: SocketAddr, payload: &[u8], now: u64) -> Vec<Vec<u8>> {
+        self.forget_idle(now);
+        let peer = self.peers.entry(to).or_default();
+        peer.touched = now;
+        match peer.epoch {
+            Some(e) => {
+                push_bounded(&mut peer.sent, (now, payload.to_vec()));
+                vec![self.seal_for(to, e, payload, now)]
+            }
+            None => {
+                push_bounded(&mut peer.waiting, payload.to_vec());
+                if now.saturating_sub(peer.hello_at) < HELLO_EVERY.as_micros() as u64
+                    && peer.hello_at != 0
+                {
+                    return Vec::new();
+                }
+                peer.hello_at = now;
+                vec![self.seal_for(to, UNKNOWN, &[], now)]
+            }
         }
-        let (head, rest) = bytes.split_at(UDP_HEAD_LEN);
-        let (payload, tag) = rest.split_at(rest.len() - UDP_TAG_LEN);
-        if !ct_eq(&udp_tag(&self.key, head, payload), tag) {
-            return Err(Drop::Forged);
+    }
+
+    /// Seals `payload` for the run `receiver` of the process at `to`, whether
+    /// or not this session knows it (tools and tests; [`Session::seal`]
+    /// is the way to send).
+    pub fn seal_for(
+        &mut self,
+        to: SocketAddr,
+        receiver: Epoch,
+        payload: &[u8],
+        now: u64,
+    ) -> Vec<u8> {
+        self.last = (self.last + 1).max(now);
+        let mut out = Vec::with_capacity(payload.len() + UDP_OVERHEAD);
+        out.extend_from_slice(&UDP_MAGIC);
+        out.extend_from_slice(&self.epoch);
+        out.extend_from_slice(&receiver);
+        out.extend_from_slice(&self.last.to_be_bytes());
+        let mut body = payload.to_vec();
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&nonce(&self.epoch, self.last), &aad(&out, to), &mut body)
+            .expect("a datagram is far below the AEAD's length limit");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens a datagram from `from`; drops are counted.
+    pub fn open(&mut self, from: SocketAddr, bytes: &[u8], now: u64) -> Opened {
+        let mut o = self.check(from, bytes, now);
+        if let Some(d) = o.dropped {
+            let c = &self.counters;
+            bump(match d {
+                Drop::Malformed => &c.udp_malformed,
+                Drop::Forged => &c.udp_forged,
+                Drop::Replayed => &c.udp_replayed,
+                Drop::Stale => &c.udp_stale,
+            });
+            o.payload = None;
         }
-        let sender: SenderId = head[1..1 + SENDER_LEN].try_into().expect("sender bytes");
-        let seq = u64::from_be_bytes(head[1 + SENDER_LEN..].try_into().expect("8 bytes"));
+        o
+    }
+
+    /// [`Session::open`] without counting.
+    pub fn check(&mut self, from: SocketAddr, bytes: &[u8], now: u64) -> Opened {
+        let dropped = |d| Opened {
+            dropped: Some(d),
+            ..Opened::default()
+        };
+        let (h, plain) = match unseal_with(&self.aead, self.me, bytes) {
+            Ok(x) => x,
+            Err(d) => return dropped(d),
+        };
+        let (sender, receiver, seq) = (h.sender, h.receiver, h.seq);
+        self.forget_idle(now);
+        if let Err(d) = self.fresh(sender, seq, now) {
+            return dropped(d);
+        }
+        // Authentic and fresh: `from` runs with epoch `sender`.
+        let mut out = Opened::default();
+        let learned = self.learn(from, sender, now);
+        if receiver != UNKNOWN && receiver != self.epoch {
+            // For an earlier run of this process (or replayed after a restart).
+            out.dropped = Some(Drop::Replayed);
+        }
+        if receiver != self.epoch && self.may_notice(sender, now) {
+            out.replies.push(self.seal_for(from, sender, &[], now));
+        }
+        if out.dropped.is_none() {
+            out.replies.extend(self.flush(from, learned, now));
+            if !plain.is_empty() {
+                out.payload = Some(plain);
+            }
+        }
+        out
+    }
+
+    /// Records that `from` runs with epoch `e`; whether that is news, and
+    /// whether it replaced an older epoch.
+    fn learn(&mut self, from: SocketAddr, e: Epoch, now: u64) -> Learned {
+        let peer = self.peers.entry(from).or_default();
+        peer.touched = now;
+        match peer.epoch.replace(e) {
+            Some(old) if old == e => Learned::Known,
+            Some(_) => Learned::Restarted,
+            None => Learned::First,
+        }
+    }
+
+    /// Payloads for `to` to send now that its epoch is known: those waiting,
+    /// and after a restart those sent lately, sealed for its new run.
+    fn flush(&mut self, to: SocketAddr, learned: Learned, now: u64) -> Vec<Vec<u8>> {
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return Vec::new();
+        };
+        let Some(e) = peer.epoch else {
+            return Vec::new();
+        };
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        if learned == Learned::Restarted {
+            let since = now.saturating_sub(RESEND_WITHIN.as_micros() as u64);
+            payloads.extend(
+                peer.sent
+                    .iter()
+                    .filter(|(at, _)| *at >= since)
+                    .map(|(_, p)| p.clone()),
+            );
+        }
+        payloads.extend(peer.waiting.drain(..));
+        for p in &payloads {
+            push_bounded(&mut peer.sent, (now, p.clone()));
+        }
+        payloads
+            .iter()
+            .map(|p| self.seal_for(to, e, p, now))
+            .collect()
+    }
+
+    /// Whether `sender` may be sent a notice now (at most one per
+    /// [`HELLO_EVERY`]).
+    fn may_notice(&mut self, sender: Epoch, now: u64) -> bool {
+        let Some(w) = self.senders.get_mut(&sender) else {
+            return false;
+        };
+        if w.noticed != 0 && now.saturating_sub(w.noticed) < HELLO_EVERY.as_micros() as u64 {
+            return false;
+        }
+        w.noticed = now;
+        true
+    }
+
+    /// Takes `seq` from `sender`'s window, unless replayed or stale.
+    fn fresh(&mut self, sender: Epoch, seq: u64, now: u64) -> Result<(), Drop> {
         let skew = MAX_CLOCK_SKEW.as_micros() as u64;
         let reorder = REORDER_WINDOW.as_micros() as u64;
-        if self.senders.len() > 64 {
-            let idle = SENDER_IDLE.as_micros() as u64;
-            self.senders
-                .retain(|_, w| now.saturating_sub(w.heard) < idle);
-        }
         let Some(w) = self.senders.get_mut(&sender) else {
             if seq.abs_diff(now) > skew {
                 return Err(Drop::Stale);
@@ -182,9 +355,10 @@ impl Opener {
                     newest: seq,
                     recent: VecDeque::from([seq]),
                     heard: now,
+                    noticed: 0,
                 },
             );
-            return Ok(payload);
+            return Ok(());
         };
         if seq > w.newest {
             if seq > now.saturating_add(skew) {
@@ -208,8 +382,80 @@ impl Opener {
             w.recent.insert(at, seq);
         }
         w.heard = now;
-        Ok(payload)
+        Ok(())
     }
+
+    fn forget_idle(&mut self, now: u64) {
+        let idle = IDLE.as_micros() as u64;
+        if self.senders.len() > 64 {
+            self.senders
+                .retain(|_, w| now.saturating_sub(w.heard) < idle);
+        }
+        if self.peers.len() > 64 {
+            self.peers
+                .retain(|_, p| now.saturating_sub(p.touched) < idle);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learned {
+    First,
+    Known,
+    Restarted,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
+    if q.len() == HELD {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+/// A datagram's header, as [`unseal`] read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub sender: Epoch,
+    pub receiver: Epoch,
+    pub seq: u64,
+}
+
+/// Verifies and decrypts a datagram addressed to `to` with `key`, with no
+/// replay window (tests and tools that inspect captured traffic).
+pub fn unseal(key: &ClusterKey, to: SocketAddr, bytes: &[u8]) -> Result<(Header, Vec<u8>), Drop> {
+    unseal_with(&aead(key), to, bytes)
+}
+
+fn unseal_with(
+    cipher: &XChaCha20Poly1305,
+    to: SocketAddr,
+    bytes: &[u8],
+) -> Result<(Header, Vec<u8>), Drop> {
+    if bytes.len() < UDP_OVERHEAD || bytes[..1] != UDP_MAGIC {
+        return Err(Drop::Malformed);
+    }
+    let (head, rest) = bytes.split_at(UDP_HEAD_LEN);
+    let (body, tag) = rest.split_at(rest.len() - UDP_TAG_LEN);
+    let h = Header {
+        sender: head[1..1 + EPOCH_LEN].try_into().expect("8 bytes"),
+        receiver: head[1 + EPOCH_LEN..1 + 2 * EPOCH_LEN]
+            .try_into()
+            .expect("8 bytes"),
+        seq: u64::from_be_bytes(head[1 + 2 * EPOCH_LEN..].try_into().expect("8 bytes")),
+    };
+    if h.sender == UNKNOWN || (h.receiver == UNKNOWN && !body.is_empty()) {
+        return Err(Drop::Malformed);
+    }
+    let mut plain = body.to_vec();
+    cipher
+        .decrypt_in_place_detached(
+            &nonce(&h.sender, h.seq),
+            &aad(head, to),
+            &mut plain,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| Drop::Forged)?;
+    Ok((h, plain))
 }
 
 #[cfg(test)]
@@ -217,93 +463,183 @@ mod tests {
     use super::super::KEY_LEN;
     use super::*;
 
-    fn key(b: u8) -> ClusterKey {
-        ClusterKey::from_bytes([b; KEY_LEN])
+    fn auth(b: u8) -> AuthContext {
+        AuthContext::new(ClusterKey::from_bytes([b; KEY_LEN]))
     }
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:9000".parse().unwrap()
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    const T0: u64 = 1_800_000_000_000_000;
+
+    /// `a` sends `payload` to `b` until it is delivered (hello and notice
+    /// first, if needed); returns the payload `b` got.
+    fn deliver(a: &mut Session, b: &mut Session, payload: &[u8], now: u64) -> Vec<u8> {
+        let mut to_b = a.seal(b.me, payload, now);
+        for _ in 0..4 {
+            let mut to_a = Vec::new();
+            for d in to_b.drain(..) {
+                let o = b.open(a.me, &d, now);
+                assert_eq!(o.dropped, None);
+                if let Some(p) = o.payload {
+                    return p;
+                }
+                to_a.extend(o.replies);
+            }
+            for d in to_a {
+                let o = a.open(b.me, &d, now);
+                assert_eq!(o.dropped, None);
+                to_b.extend(o.replies);
+            }
+        }
+        panic!("not delivered")
     }
 
     #[test]
-    fn a_sealed_datagram_opens_once_and_only_with_the_same_key() {
-        let mut s = Sealer::new(key(1), addr());
-        let mut o = Opener::new(&AuthContext::new(key(1)));
-        let mut wrong = Opener::new(&AuthContext::new(key(2)));
-        let p = s.seal(b"ping");
-        assert_eq!(wrong.check(&p, now_micros()), Err(Drop::Forged));
-        assert_eq!(o.check(&p, now_micros()), Ok(&b"ping"[..]));
-        assert_eq!(o.check(&p, now_micros()), Err(Drop::Replayed));
-        let q = s.seal(b"next");
-        assert_eq!(o.check(&q, now_micros()), Ok(&b"next"[..]));
-        assert_eq!(o.check(&p, now_micros()), Err(Drop::Replayed));
+    fn a_payload_reaches_its_receiver_after_one_hello_and_is_encrypted() {
+        let (mut a, mut b) = (
+            Session::new(&auth(1), addr(1)),
+            Session::new(&auth(1), addr(2)),
+        );
+        let first = a.seal(addr(2), b"secret marker", T0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].len(), UDP_OVERHEAD, "a hello carries nothing");
+        let notice = b.open(addr(1), &first[0], T0).replies;
+        let held: Vec<Vec<u8>> = notice
+            .iter()
+            .flat_map(|n| a.open(addr(2), n, T0).replies)
+            .filter_map(|d| b.open(addr(1), &d, T0).payload)
+            .collect();
+        assert_eq!(held, vec![b"secret marker".to_vec()]);
+        // Now known: one datagram, and the marker is not in it.
+        let d = a.seal(addr(2), b"secret marker", T0 + 10);
+        assert_eq!(d.len(), 1);
+        assert!(!d[0].windows(13).any(|w| w == b"secret marker"));
+        assert_eq!(
+            b.open(addr(1), &d[0], T0 + 10).payload.unwrap(),
+            b"secret marker"
+        );
+        // Once only.
+        assert_eq!(
+            b.open(addr(1), &d[0], T0 + 11).dropped,
+            Some(Drop::Replayed)
+        );
     }
 
     #[test]
-    fn tampering_anywhere_is_forgery_and_junk_is_malformed() {
-        let mut s = Sealer::new(key(1), addr());
-        let p = s.seal(b"payload bytes");
-        for i in 1..p.len() {
-            let mut t = p.clone();
-            t[i] ^= 0x40;
-            assert_eq!(
-                Opener::new(&AuthContext::new(key(1))).check(&t, now_micros()),
-                Err(Drop::Forged),
-                "byte {i}"
+    fn another_key_tampering_or_another_receiver_is_forgery_and_junk_is_malformed() {
+        let (mut a, mut b) = (
+            Session::new(&auth(1), addr(1)),
+            Session::new(&auth(1), addr(2)),
+        );
+        deliver(&mut a, &mut b, b"x", T0);
+        let d = a.seal(addr(2), b"hello b", T0 + 5).remove(0);
+        // The same datagram replayed to another agent with the same key.
+        let mut c = Session::new(&auth(1), addr(3));
+        assert_eq!(c.open(addr(1), &d, T0 + 6).dropped, Some(Drop::Forged));
+        let mut other = Session::new(&auth(2), addr(2));
+        assert_eq!(other.open(addr(1), &d, T0 + 6).dropped, Some(Drop::Forged));
+        for i in 0..d.len() {
+            let mut t = d.clone();
+            t[i] ^= 1;
+            let o = b.check(addr(1), &t, T0 + 6);
+            assert!(
+                matches!(o.dropped, Some(Drop::Forged | Drop::Malformed)),
+                "byte {i}: {o:?}"
             );
         }
-        let mut o = Opener::new(&AuthContext::new(key(1)));
-        assert_eq!(o.check(&p[..10], now_micros()), Err(Drop::Malformed));
-        assert_eq!(o.check(&[0u8; 60], now_micros()), Err(Drop::Malformed));
-        assert_eq!(p.len(), b"payload bytes".len() + UDP_OVERHEAD);
+        assert_eq!(b.check(addr(1), b"junk", T0).dropped, Some(Drop::Malformed));
+        assert_eq!(b.open(addr(1), &d, T0 + 6).payload.unwrap(), b"hello b");
+    }
+
+    #[test]
+    fn after_a_restart_old_datagrams_are_dropped_and_the_sender_seals_again() {
+        let (mut a, mut b) = (
+            Session::new(&auth(1), addr(1)),
+            Session::new(&auth(1), addr(2)),
+        );
+        deliver(&mut a, &mut b, b"one", T0);
+        let captured = a.seal(addr(2), b"two", T0 + 100).remove(0);
+        assert_eq!(
+            b.open(addr(1), &captured, T0 + 100).payload.unwrap(),
+            b"two"
+        );
+        // b restarts: a new epoch at the same address.
+        let mut b2 = Session::new(&auth(1), addr(2));
+        let o = b2.open(addr(1), &captured, T0 + 200);
+        assert_eq!(
+            o.dropped,
+            Some(Drop::Replayed),
+            "a capture for the earlier run"
+        );
+        assert_eq!(o.payload, None);
+        // Its notice makes `a` seal what it sent lately for the new run.
+        assert_eq!(o.replies.len(), 1);
+        let resent = a.open(addr(2), &o.replies[0], T0 + 201);
+        assert_eq!(resent.dropped, None);
+        let got: Vec<Vec<u8>> = resent
+            .replies
+            .iter()
+            .filter_map(|d| b2.open(addr(1), d, T0 + 202).payload)
+            .collect();
+        assert!(got.contains(&b"two".to_vec()), "{got:?}");
+        // And the capture stays dropped.
+        assert_eq!(
+            b2.open(addr(1), &captured, T0 + 300).dropped,
+            Some(Drop::Replayed)
+        );
     }
 
     #[test]
     fn reordering_inside_the_window_is_accepted_and_old_or_far_clocks_are_not() {
-        let mut s = Sealer::new(key(1), addr());
-        let (a, b) = (s.seal(b"a"), s.seal(b"b"));
-        let mut o = Opener::new(&AuthContext::new(key(1)));
-        let now = now_micros();
-        assert!(o.check(&b, now).is_ok());
-        assert!(
-            o.check(&a, now).is_ok(),
-            "an older datagram inside the window"
+        let (mut a, mut b) = (
+            Session::new(&auth(1), addr(1)),
+            Session::new(&auth(1), addr(2)),
         );
-        assert_eq!(o.check(&a, now), Err(Drop::Replayed));
-        // A new receiver far in the future: the sender's clock is stale.
-        let later = now + MAX_CLOCK_SKEW.as_micros() as u64 + 1_000_000;
+        deliver(&mut a, &mut b, b"x", T0);
+        let early = a.seal(addr(2), b"early", T0 + 1_000).remove(0);
+        let late = a.seal(addr(2), b"late", T0 + 2_000).remove(0);
+        assert_eq!(b.open(addr(1), &late, T0 + 2_000).payload.unwrap(), b"late");
         assert_eq!(
-            Opener::new(&AuthContext::new(key(1))).check(&a, later),
-            Err(Drop::Stale)
+            b.open(addr(1), &early, T0 + 2_001).payload.unwrap(),
+            b"early"
         );
-        // Known sender, datagram older than the reorder window.
-        let mut o = Opener::new(&AuthContext::new(key(1)));
-        let old = s.seal(b"old");
-        std::thread::sleep(Duration::from_millis(1));
-        // The same process, later.
-        let mut s2 = Sealer {
-            last: now_micros() + REORDER_WINDOW.as_micros() as u64 + 10,
-            ..s
-        };
-        assert!(o.check(&s2.seal(b"new"), now_micros()).is_ok());
-        assert_eq!(o.check(&old, now_micros()), Err(Drop::Replayed));
+        let old = a.seal(addr(2), b"old", T0 + 3_000).remove(0);
+        let _ = a.seal(addr(2), b"new", T0 + 10_000_000);
+        let newer = a.seal(addr(2), b"newer", T0 + 10_000_001).remove(0);
+        assert!(b.open(addr(1), &newer, T0 + 10_000_001).payload.is_some());
+        assert_eq!(
+            b.open(addr(1), &old, T0 + 10_000_002).dropped,
+            Some(Drop::Replayed)
+        );
+        // A new sender whose clock is far from ours.
+        let mut far = Session::new(&auth(1), addr(4));
+        let hello = far.seal(addr(2), b"y", T0 + 120_000_000).remove(0);
+        assert_eq!(b.check(addr(4), &hello, T0).dropped, Some(Drop::Stale));
     }
 
     #[test]
-    fn a_restart_behind_its_old_clock_is_heard_and_old_datagrams_stay_replays() {
-        let mut o = Opener::new(&AuthContext::new(key(1)));
-        let now = now_micros();
-        // The first process ran 30 s ahead (its clock was later stepped back).
-        let mut first = Sealer {
-            last: now + 30_000_000,
-            ..Sealer::new(key(1), addr())
-        };
-        let old = first.seal(b"old");
-        assert!(o.check(&old, now).is_ok());
-        // Restarted at the same address with the true clock: a new window.
-        let mut second = Sealer::new(key(1), addr());
-        assert!(o.check(&second.seal(b"new"), now).is_ok());
-        assert!(o.check(&second.seal(b"next"), now).is_ok());
-        assert_eq!(o.check(&old, now), Err(Drop::Replayed));
+    fn hellos_are_paced_and_payloads_wait_for_the_epoch() {
+        let mut a = Session::new(&auth(1), addr(1));
+        assert_eq!(a.seal(addr(2), b"1", T0).len(), 1);
+        assert!(
+            a.seal(addr(2), b"2", T0 + 1_000).is_empty(),
+            "a second hello at once"
+        );
+        assert_eq!(a.seal(addr(2), b"3", T0 + 300_000).len(), 1);
+        let mut b = Session::new(&auth(1), addr(2));
+        let hello = a.seal(addr(2), b"4", T0 + 600_000).remove(0);
+        let o = b.open(addr(1), &hello, T0 + 600_000);
+        assert_eq!((o.payload, o.replies.len()), (None, 1));
+        let flushed = a.open(addr(2), &o.replies[0], T0 + 600_001).replies;
+        let got: Vec<Vec<u8>> = flushed
+            .iter()
+            .filter_map(|d| b.open(addr(1), d, T0 + 600_002).payload)
+            .collect();
+        assert_eq!(
+            got,
+            vec![b"1".to_vec(), b"2".to_vec(), b"3".to_vec(), b"4".to_vec()]
+        );
     }
 }

@@ -5,12 +5,9 @@
 //!   derived from it with BLAKE3's `derive_key`.
 //! - [`install`] / [`installed`]: the process's key, set once at start; every
 //!   connection and datagram of the process uses it.
-//! - [`Sealer`] / [`Opener`]: UDP datagrams carry the sender's id (its
-//!   address's hash and a random number of the sending process), a sequence
-//!   number that is the sender's clock in microseconds, forced to grow, and a
-//!   12-byte keyed-BLAKE3 tag. The opener drops forged, malformed, replayed
-//!   and stale datagrams, each counted. Each process keeps its own window, so
-//!   a restart after the sender's clock stepped back is not taken for a replay.
+//! - [`Session`]: UDP datagrams encrypted with XChaCha20-Poly1305, bound to
+//!   their receiver's address and run; forged, malformed, replayed and stale
+//!   ones are dropped and counted (see `datagram.rs`).
 //! - [`handshake`]: the TCP handshake (Noise `NNpsk0` with a PSK derived
 //!   from the cluster key); the encryption and framing of connections is in
 //!   [`crate::conn`]. [`set_encrypt_tcp`]: the process's
