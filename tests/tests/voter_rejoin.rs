@@ -131,3 +131,38 @@ async fn a_voter_wiped_and_restarted_rejoins_under_a_new_id_and_counts_for_quoru
     .await
     .unwrap();
 }
+
+/// A vote request from a Raft node id no voter holds (a key holder that is not a voter) is
+/// refused, and no voter's term moves to the one it asked for.
+#[tokio::test]
+async fn a_vote_request_from_a_node_that_is_not_a_voter_is_refused_and_moves_no_term() {
+    use dml_agent::control::network::{RaftMessage, RaftReply, RaftRpc};
+    use dml_shared::api::{Request, Response};
+    use openraft::Vote;
+    use openraft::raft::VoteRequest;
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("vote-stranger", 3).await.unwrap();
+    let target = c.addrs[1];
+    let term = api::leader_info(target).await.unwrap().term;
+    let asked = term + 50;
+    let msg = RaftMessage {
+        to: voter_id(target),
+        rpc: RaftRpc::Vote(VoteRequest::new(Vote::new(asked, 0xdead_beef), None)),
+    };
+    let bytes = postcard::to_allocvec(&msg).unwrap();
+    let answer = dml_shared::client::Client::new(target)
+        .call(&Request::Raft(bytes))
+        .await
+        .unwrap();
+    let Response::Raft(b) = answer else {
+        panic!("answered {answer:?}")
+    };
+    match postcard::from_bytes::<RaftReply>(&b).unwrap() {
+        RaftReply::Failed(m) => assert!(m.contains("not a voter"), "{m}"),
+        other => panic!("a stranger's vote request got {other:?}"),
+    }
+    for a in &c.addrs {
+        let t = api::leader_info(*a).await.unwrap().term;
+        assert!(t < asked, "{a} moved to term {t}");
+    }
+}

@@ -223,6 +223,19 @@ impl ControlHandle {
                 "this voter's Raft node is starting".into(),
             ));
         };
+        // Only the Raft configuration's voters (or a configured voter's
+        // bootstrap id, before the configuration is known) may ask for votes:
+        // anyone else holding the key could otherwise bump every term. (An
+        // append from an unknown id may be a leader whose configuration this
+        // voter has yet to receive, so appends are not refused for that.)
+        if let network::RaftRpc::Vote(v) = &msg.rpc
+            && let Some(candidate) = v.vote.leader_id().voted_for()
+            && inner.voter_addr(candidate).is_none()
+        {
+            return network::reply(&network::RaftReply::Failed(format!(
+                "Raft node {candidate} is not a voter of this cluster"
+            )));
+        }
         let refuse = async |sender: u64| {
             let addr = inner.voter_addr(sender)?;
             inner
