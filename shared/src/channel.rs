@@ -31,8 +31,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_PLAIN: usize = MAX_NOISE_MSG - NOISE_TAG_LEN;
 /// A whole message with its length.
 const MAX_WIRE: usize = 2 + MAX_NOISE_MSG;
-/// Bytes read from the socket at once (two full messages).
-const READ_AHEAD: usize = 2 * MAX_WIRE;
+/// Full messages sealed before they are written in one system call, and
+/// read from the socket at once.
+const BATCH: usize = 4;
+/// Bytes read from the socket at once.
+const READ_AHEAD: usize = BATCH * MAX_WIRE;
+/// Sealed bytes held before a write.
+const OUT_CAP: usize = BATCH * MAX_WIRE;
 
 /// The error of a message whose tag did not verify; [`crate::conn`] turns
 /// it into an authentication error.
@@ -54,7 +59,7 @@ pub(crate) struct Tx {
     nonce: u64,
     /// Plain bytes not yet sealed.
     plain: Vec<u8>,
-    /// A sealed message not yet written: `out[out_pos..out_len]`. Allocated
+    /// Sealed messages not yet written: `out[out_pos..out_len]`. Allocated
     /// once, on the first message, and never cleared (no memset per message).
     out: Vec<u8>,
     out_pos: usize,
@@ -79,6 +84,11 @@ pub(crate) struct Rx {
 }
 
 impl Tx {
+    /// Free bytes after the sealed ones.
+    fn room(&self) -> usize {
+        OUT_CAP - self.out_len
+    }
+
     fn seal(&mut self, bytes_from_plain: bool, direct: &[u8]) -> io::Result<()> {
         let keys = self.keys.as_ref().expect("only an encrypted stream seals");
         let body: &[u8] = if bytes_from_plain {
@@ -86,16 +96,16 @@ impl Tx {
         } else {
             direct
         };
-        debug_assert_eq!(self.out_pos, self.out_len, "one message at a time");
         if self.out.is_empty() {
-            self.out = vec![0; MAX_WIRE];
+            self.out = vec![0; OUT_CAP];
         }
+        let at = self.out_len;
+        debug_assert!(OUT_CAP - at >= 2 + body.len() + NOISE_TAG_LEN);
         let n = keys
-            .write_message(self.nonce, body, &mut self.out[2..])
+            .write_message(self.nonce, body, &mut self.out[at + 2..])
             .map_err(io::Error::other)?;
-        self.out[..2].copy_from_slice(&(n as u16).to_be_bytes());
-        self.out_pos = 0;
-        self.out_len = 2 + n;
+        self.out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        self.out_len = at + 2 + n;
         self.nonce += 1;
         if bytes_from_plain {
             self.plain.clear();
@@ -110,18 +120,25 @@ impl Tx {
         cx: &mut Context<'_>,
         partial: bool,
     ) -> Poll<io::Result<()>> {
-        if partial && !self.plain.is_empty() {
-            self.seal(true, &[])?;
-        }
-        while self.out_pos < self.out_len {
-            let n =
-                ready!(Pin::new(&mut *w).poll_write(cx, &self.out[self.out_pos..self.out_len]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        loop {
+            if partial && !self.plain.is_empty() && self.room() >= MAX_WIRE {
+                self.seal(true, &[])?;
             }
-            self.out_pos += n;
+            while self.out_pos < self.out_len {
+                let n = ready!(
+                    Pin::new(&mut *w).poll_write(cx, &self.out[self.out_pos..self.out_len])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.out_pos += n;
+            }
+            self.out_pos = 0;
+            self.out_len = 0;
+            if !partial || self.plain.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
         }
-        Poll::Ready(Ok(()))
     }
 
     fn poll_write<W: AsyncWrite + Unpin>(
@@ -133,13 +150,17 @@ impl Tx {
         if self.keys.is_none() {
             return Pin::new(w).poll_write(cx, buf);
         }
-        if self.out_pos < self.out_len {
+        if self.room() < MAX_WIRE {
             ready!(self.poll_push(w, cx, false))?;
         }
-        // A whole message straight from the caller's bytes, without a copy.
+        // Whole messages straight from the caller's bytes, without a copy.
         if self.plain.is_empty() && buf.len() >= MAX_PLAIN {
-            self.seal(false, &buf[..MAX_PLAIN])?;
-            return Poll::Ready(Ok(MAX_PLAIN));
+            let mut done = 0;
+            while buf.len() - done >= MAX_PLAIN && self.room() >= MAX_WIRE {
+                self.seal(false, &buf[done..done + MAX_PLAIN])?;
+                done += MAX_PLAIN;
+            }
+            return Poll::Ready(Ok(done));
         }
         let n = buf.len().min(MAX_PLAIN - self.plain.len());
         self.plain.extend_from_slice(&buf[..n]);
