@@ -95,7 +95,8 @@ impl Inner {
         }
         LeaderInfo {
             voters: self.s.voters.clone(),
-            is_voter: false,
+            // A configured voter still choosing its Raft id (`voters.rs`) is one.
+            is_voter: self.s.is_voter(),
             last_applied: None,
             applied_digest: None,
             ..info
