@@ -255,6 +255,7 @@ async fn concurrent_jobs_of_different_cost_keep_the_same_query_rate() {
     }
     // 10 s windows, after a 2 s start.
     let window = Duration::from_secs(10);
+    const IN_FLIGHT: f64 = 4.0;
     let mut worst: f64 = 1.0;
     let mut windows = 0;
     for (i, (t0, a0, b0)) in samples.iter().enumerate() {
@@ -272,7 +273,10 @@ async fn concurrent_jobs_of_different_cost_keep_the_same_query_rate() {
             da > 0.0 && db > 0.0,
             "a job made no progress in a window: {da} {db}"
         );
-        worst = worst.max(da.max(db) / da.min(db));
+        // Completions trail dispatch by the queries in flight at the window's two
+        // edges (about one per worker), so late windows of ~60 queries may differ by
+        // that many besides a drift; the 5 % bound applies beyond it.
+        worst = worst.max((da.max(db) - IN_FLIGHT).max(da.min(db)) / da.min(db));
         windows += 1;
         if windows % 8 == 1 {
             eprintln!(
