@@ -11,7 +11,6 @@ use crate::sdfs::{MetaPath, SdfsHandle, SdfsOptions, SdfsService};
 use crate::telemetry::{self, Telemetry, TelemetryService};
 use anyhow::{Context, bail};
 use dml_shared::NodeId;
-use dml_shared::auth::AuthContext;
 use dml_shared::config::Config;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, UdpSocket};
@@ -145,7 +144,8 @@ impl Agent {
             .await
             .context("cannot open the SDFS store")?;
         // This agent's own counters, apart from other agents in the process.
-        let auth = AuthContext::new(dml_shared::auth::installed()?.key().clone())
+        let auth = dml_shared::auth::installed()?
+            .sharing_keyring()
             .with_encrypt_tcp(cfg.security.encrypt_tcp);
         let membership = driver::spawn(udp, core, join, auth.clone())
             .context("cannot start the membership thread")?;

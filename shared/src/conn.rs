@@ -30,7 +30,7 @@
 //! counted (`tcp_forged`).
 
 use crate::auth::handshake::{self, Answer, HandshakeError, Protection, Session};
-use crate::auth::{self, AuthContext, Counters, TAG_LEN};
+use crate::auth::{self, AuthContext, ClusterKey, Counters, Role, TAG_LEN};
 use crate::channel::{self, Channel, ChannelRead, ChannelWrite};
 use crate::error::{Error, Result};
 use crate::framing::{self, read_frame};
@@ -93,6 +93,9 @@ pub struct Conn {
     peer: SocketAddr,
     /// `None` when the channel is encrypted: frames need no tag of their own.
     tags: Option<Tags>,
+    /// What the other end's key lets it do (the server's side; a client
+    /// sees [`Role::Peer`]: it authenticated the agent).
+    role: Role,
 }
 
 impl std::fmt::Debug for Conn {
@@ -161,7 +164,8 @@ impl Conn {
                 reason: reason(&e),
             }
         };
-        let (init, hello) = handshake::hello(auth.key(), protection).map_err(fail)?;
+        let key = auth.key();
+        let (init, hello) = handshake::hello(&key, protection).map_err(fail)?;
         let shake = async {
             stream.write_all(&hello).await?;
             let mut status = [0u8; 1];
@@ -205,7 +209,12 @@ impl Conn {
         let (session, confirm) = init.finish(&body).map_err(fail)?;
         stream.write_all(&confirm).await?;
         Ok(Conn::established(
-            stream, peer, session, protection, auth, true,
+            stream,
+            peer,
+            (session, &key, Role::Peer),
+            protection,
+            auth,
+            true,
         ))
     }
 
@@ -223,7 +232,7 @@ impl Conn {
         auth: &AuthContext,
         limit: Duration,
     ) -> Result<Conn> {
-        let key = auth.key();
+        let ring = auth.keyring();
         let mut stream = stream.into();
         // A local client has no address; it is logged as 0.0.0.0:0.
         let peer = match &stream {
@@ -238,7 +247,7 @@ impl Conn {
                 return Ok(Err(e));
             }
             stream.read_exact(&mut hello[4..]).await?;
-            match handshake::respond(key, &hello, protection) {
+            match handshake::respond(ring.candidates(), &hello, protection) {
                 Answer::Refuse { reply, error } => {
                     if let Some(status) = reply {
                         // Best effort: the client's error then names the key.
@@ -246,7 +255,12 @@ impl Conn {
                     }
                     Ok(Err(error))
                 }
-                Answer::Reply { reply, session } => {
+                Answer::Reply {
+                    reply,
+                    session,
+                    key,
+                    role,
+                } => {
                     stream.write_all(&reply).await?;
                     let session = match session {
                         Ok(s) => s,
@@ -259,7 +273,7 @@ impl Conn {
                             len: handshake::CONFIRM_LEN,
                         }));
                     }
-                    Ok::<_, std::io::Error>(Ok(session))
+                    Ok::<_, std::io::Error>(Ok((session, key, role)))
                 }
             }
         };
@@ -271,8 +285,13 @@ impl Conn {
             }
         };
         match tokio::time::timeout(limit, shake).await {
-            Ok(Ok(Ok(session))) => Ok(Conn::established(
-                stream, peer, session, protection, auth, false,
+            Ok(Ok(Ok((session, key, role)))) => Ok(Conn::established(
+                stream,
+                peer,
+                (session, &key, role),
+                protection,
+                auth,
+                false,
             )),
             Ok(Ok(Err(HandshakeError::Malformed {
                 len: handshake::CONFIRM_LEN,
@@ -287,11 +306,11 @@ impl Conn {
     }
 
     /// A connection after its handshake, on the side of the `client` or the
-    /// server.
+    /// server: the session, the key it was made with, and the peer's role.
     fn established(
         stream: Stream,
         peer: SocketAddr,
-        session: Session,
+        (session, key, role): (Session, &ClusterKey, Role),
         protection: Protection,
         auth: &AuthContext,
         client: bool,
@@ -305,10 +324,11 @@ impl Conn {
                     chan: Channel::encrypted(stream, session.transport, tx, rx, counters),
                     peer,
                     tags: None,
+                    role,
                 }
             }
             Protection::Authenticated => {
-                let (up, down) = handshake::frame_keys(auth.key(), &session.hash);
+                let (up, down) = handshake::frame_keys(key, &session.hash);
                 let (tx, rx) = if client { (up, down) } else { (down, up) };
                 let dir = |key| Dir {
                     key,
@@ -322,6 +342,7 @@ impl Conn {
                     }),
                     chan: Channel::clear(stream, counters.clone()),
                     peer,
+                    role,
                 }
             }
         }
@@ -329,6 +350,11 @@ impl Conn {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// What the other end's key lets it do (see [`Role`]).
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// Whether this connection's bytes are encrypted (TCP with

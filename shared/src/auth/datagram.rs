@@ -172,7 +172,7 @@ impl Session {
     /// [`Session::new`] with a given epoch (tests).
     pub fn with_epoch(auth: &AuthContext, me: SocketAddr, epoch: Epoch) -> Self {
         Self {
-            aead: aead(auth.key()),
+            aead: aead(&auth.key()),
             me,
             epoch,
             last: 0,

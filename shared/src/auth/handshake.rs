@@ -18,7 +18,7 @@
 //! an error naming `security.encrypt_tcp`. The refusal status is not
 //! authenticated: forging it only breaks a handshake, as closing would.
 
-use super::ClusterKey;
+use super::{ClusterKey, Role};
 use snow::{HandshakeState, StatelessTransportState};
 
 /// First bytes of every connection (protocol 2: Noise). Protocol 1 sent
@@ -202,6 +202,9 @@ pub enum Answer {
     Reply {
         reply: [u8; 1 + REPLY_BODY_LEN],
         session: HsResult<Session>,
+        /// The candidate the hello verified with, and its role.
+        key: Box<ClusterKey>,
+        role: Role,
     },
     /// Send the one-byte `reply` (a wrong-key status, or nothing for junk)
     /// and close: `error` says why.
@@ -212,8 +215,11 @@ pub enum Answer {
 }
 
 /// The server's side: reads a whole hello (magic included) and answers it,
-/// with `protection` for this connection.
-pub fn respond(key: &ClusterKey, hello: &[u8], protection: Protection) -> Answer {
+/// with `protection` for this connection. The hello may use any of the
+/// `candidates` (installed keys and client credentials); each is tried in
+/// turn, which costs a hash and a one-byte AEAD open each (no DH before a
+/// key matches), as memberlist tries each key of its keyring.
+pub fn respond(candidates: &[(ClusterKey, Role)], hello: &[u8], protection: Protection) -> Answer {
     let refuse = |reply, error| Answer::Refuse { reply, error };
     if hello.len() != HELLO_LEN {
         return refuse(None, HandshakeError::Malformed { len: hello.len() });
@@ -221,21 +227,27 @@ pub fn respond(key: &ClusterKey, hello: &[u8], protection: Protection) -> Answer
     if let Err(e) = check_magic(&hello[..4]) {
         return refuse(None, e);
     }
-    let mut hs = match builder(key).and_then(|b| b.build_responder().map_err(noise)) {
-        Ok(hs) => hs,
-        Err(e) => return refuse(None, e),
-    };
     let mut payload = [0u8; NOISE_MSG_LEN];
-    let n = match hs.read_message(&hello[4..], &mut payload) {
-        Ok(n) => n,
-        Err(_) => {
-            return refuse(
-                Some(STATUS_WRONG_KEY),
-                HandshakeError::WrongKey {
-                    fingerprint: key.fingerprint(),
-                },
-            );
+    let mut matched = None;
+    for (key, role) in candidates {
+        let mut hs = match builder(key).and_then(|b| b.build_responder().map_err(noise)) {
+            Ok(hs) => hs,
+            Err(e) => return refuse(None, e),
+        };
+        if let Ok(n) = hs.read_message(&hello[4..], &mut payload) {
+            matched = Some((hs, n, key, *role));
+            break;
         }
+    }
+    let Some((mut hs, n, key, role)) = matched else {
+        return refuse(
+            Some(STATUS_WRONG_KEY),
+            HandshakeError::WrongKey {
+                fingerprint: candidates
+                    .first()
+                    .map_or_else(|| "(none)".into(), |(k, _)| k.fingerprint()),
+            },
+        );
     };
     let theirs = match payload_protection(&payload[..n], hello.len()) {
         Ok(p) => p,
@@ -254,7 +266,12 @@ pub fn respond(key: &ClusterKey, hello: &[u8], protection: Protection) -> Answer
             theirs: theirs.setting(),
         })
     };
-    Answer::Reply { reply, session }
+    Answer::Reply {
+        reply,
+        session,
+        key: Box::new(key.clone()),
+        role,
+    }
 }
 
 impl Initiator {
@@ -336,7 +353,7 @@ mod tests {
         sp: Protection,
     ) -> (HsResult<Session>, HsResult<Session>) {
         let (init, hello) = hello(client, cp).unwrap();
-        match respond(server, &hello, sp) {
+        match respond(&[(server.clone(), Role::Peer)], &hello, sp) {
             Answer::Refuse { reply, error } => {
                 let c = match reply {
                     Some(status) => init.refused(status),
@@ -344,7 +361,7 @@ mod tests {
                 };
                 (Err(c), Err(error))
             }
-            Answer::Reply { reply, session } => {
+            Answer::Reply { reply, session, .. } => {
                 assert_eq!(reply[0], STATUS_OK);
                 let c = init.finish(&reply[1..]);
                 let s = match (session, &c) {
@@ -382,6 +399,43 @@ mod tests {
             c.hash,
             "every connection has its own keys"
         );
+    }
+
+    #[test]
+    fn a_keyring_accepts_each_installed_key_and_names_the_role_it_matched() {
+        let ring = super::super::Keyring::new(key(1), [key(2)]);
+        for (client, want) in [
+            (key(1), Role::Peer),
+            (key(2), Role::Peer),
+            (key(2).credential(Role::Admin), Role::Admin),
+            (key(1).credential(Role::ReadOnly), Role::ReadOnly),
+        ] {
+            let (init, h) = hello(&client, Protection::Encrypted).unwrap();
+            let Answer::Reply {
+                reply, key, role, ..
+            } = respond(ring.candidates(), &h, Protection::Encrypted)
+            else {
+                panic!("{client:?} refused");
+            };
+            assert_eq!((role, &*key), (want, &client));
+            assert!(init.finish(&reply[1..]).is_ok());
+        }
+        // A removed key, and a credential of a key not installed, are refused.
+        for client in [key(3), key(3).credential(Role::Admin)] {
+            let (_, h) = hello(&client, Protection::Encrypted).unwrap();
+            assert!(matches!(
+                respond(ring.candidates(), &h, Protection::Encrypted),
+                Answer::Refuse {
+                    reply: Some(STATUS_WRONG_KEY),
+                    ..
+                }
+            ));
+        }
+        // Credentials are keys of their own, unlike each other and the peer key.
+        let k = key(1);
+        let roles = [Role::Peer, Role::Admin, Role::ReadOnly].map(|r| k.credential(r));
+        assert!(roles[0] != roles[1] && roles[1] != roles[2] && roles[0] != roles[2]);
+        assert!(Role::Peer.allows(Role::Admin) && !Role::ReadOnly.allows(Role::Admin));
     }
 
     #[test]
@@ -428,7 +482,7 @@ mod tests {
         let (_, mut h) = hello(&key(1), Protection::Encrypted).unwrap();
         h[10] ^= 1;
         assert!(matches!(
-            respond(&key(1), &h, Protection::Encrypted),
+            respond(&[(key(1), Role::Peer)], &h, Protection::Encrypted),
             Answer::Refuse {
                 reply: Some(STATUS_WRONG_KEY),
                 ..

@@ -3,8 +3,12 @@
 //! - [`ClusterKey`]: 32 random bytes, kept hex-encoded in a file readable by
 //!   its owner only (`dml keygen`). Separate subkeys for UDP and TCP are
 //!   derived from it with BLAKE3's `derive_key`.
-//! - [`install`] / [`installed`]: the process's key, set once at start; every
-//!   connection and datagram of the process uses it.
+//! - [`Keyring`]: the keys a process accepts, and the primary it sends
+//!   with; rotated at run time (`dml keyring`). [`Role`]: what a key lets a
+//!   connection do: a cluster key is a peer's, and client credentials
+//!   (admin, read-only) are derived from it ([`ClusterKey::credential`]).
+//! - [`install`] / [`installed`]: the process's keyring, set at start; every
+//!   outgoing connection and datagram of the process uses its primary.
 //! - [`Session`]: UDP datagrams encrypted with XChaCha20-Poly1305, bound to
 //!   their receiver's address and run; forged, malformed, replayed and stale
 //!   ones are dropped and counted (see `datagram.rs`).
@@ -22,7 +26,7 @@ pub use datagram::*;
 use crate::error::{Error, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// Bytes of a cluster key.
 pub const KEY_LEN: usize = 32;
@@ -40,6 +44,7 @@ pub enum KeyTextError {
 /// The shared secret of one cluster. `Debug` shows only its fingerprint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterKey {
+    secret: [u8; KEY_LEN],
     udp: [u8; KEY_LEN],
     tcp: [u8; KEY_LEN],
     noise_psk: [u8; KEY_LEN],
@@ -57,6 +62,7 @@ impl ClusterKey {
     pub fn from_bytes(secret: [u8; KEY_LEN]) -> Self {
         let fp = blake3::derive_key("AwesomeDML 2026 cluster key fingerprint", &secret);
         Self {
+            secret,
             udp: blake3::derive_key("AwesomeDML 2026 UDP datagram tags", &secret),
             tcp: blake3::derive_key("AwesomeDML 2026 TCP handshake and frame tags", &secret),
             noise_psk: blake3::derive_key("AwesomeDML 2026 TCP Noise pre-shared key", &secret),
@@ -178,6 +184,104 @@ impl ClusterKey {
     pub(crate) fn noise_psk(&self) -> &[u8; KEY_LEN] {
         &self.noise_psk
     }
+
+    /// The client credential of `role` derived from this peer key: a key
+    /// of its own (a key file like any other), from which neither the peer
+    /// key nor another role's credential can be computed. Agents derive it
+    /// too, so it needs no distribution; it is valid while this key is
+    /// installed. [`Role::Peer`] is this key itself.
+    pub fn credential(&self, role: Role) -> ClusterKey {
+        let label = match role {
+            Role::Peer => return self.clone(),
+            Role::Admin => "AwesomeDML 2026 admin client credential",
+            Role::ReadOnly => "AwesomeDML 2026 read-only client credential",
+        };
+        Self::from_bytes(blake3::derive_key(label, &self.secret))
+    }
+
+    /// Hex text of this key as a key file holds it.
+    pub fn to_hex(&self) -> String {
+        hex(&self.secret)
+    }
+}
+
+/// What the key a connection authenticated with lets it do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// A client that may only read: members, ls, get, jobs, rates, the console.
+    ReadOnly,
+    /// A client that may also write: put, delete, submit, batch sizes, keyring.
+    Admin,
+    /// An agent (a cluster key): also Raft, SDFS chains and forwarded requests.
+    Peer,
+}
+
+impl Role {
+    /// Whether this role may do what `needed` may.
+    pub fn allows(self, needed: Role) -> bool {
+        self >= needed
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Admin => "admin",
+            Role::Peer => "peer",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The cluster keys a process holds: it sends with the primary and accepts
+/// every installed key, as memberlist's keyring does. Immutable; a rotation
+/// swaps in a new one ([`AuthContext::set_keyring`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keyring {
+    primary: ClusterKey,
+    /// Every installed key, the primary first.
+    keys: Vec<ClusterKey>,
+    /// What a handshake may match: each key and its client credentials.
+    candidates: Vec<(ClusterKey, Role)>,
+}
+
+impl Keyring {
+    /// A keyring of `primary` and the `others` (duplicates dropped).
+    pub fn new(primary: ClusterKey, others: impl IntoIterator<Item = ClusterKey>) -> Self {
+        let mut keys = vec![primary.clone()];
+        for k in others {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let candidates = keys
+            .iter()
+            .flat_map(|k| [Role::Peer, Role::Admin, Role::ReadOnly].map(|r| (k.credential(r), r)))
+            .collect();
+        Self {
+            primary,
+            keys,
+            candidates,
+        }
+    }
+
+    pub fn primary(&self) -> &ClusterKey {
+        &self.primary
+    }
+
+    /// Every installed key, the primary first.
+    pub fn keys(&self) -> &[ClusterKey] {
+        &self.keys
+    }
+
+    /// The keys (and client credentials) an accepted handshake may use.
+    pub fn candidates(&self) -> &[(ClusterKey, Role)] {
+        &self.candidates
+    }
 }
 
 /// A cluster key with the counters of what it refused. Each agent has its
@@ -185,7 +289,7 @@ impl ClusterKey {
 /// outgoing connections use the process's ([`install`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AuthContext {
-    key: ClusterKey,
+    keyring: Arc<RwLock<Arc<Keyring>>>,
     counters: Arc<Counters>,
     /// `security.encrypt_tcp` for this context; `None` follows the
     /// process's ([`set_encrypt_tcp`]).
@@ -196,9 +300,19 @@ impl AuthContext {
     /// `key` with fresh counters.
     pub fn new(key: ClusterKey) -> Self {
         Self {
-            key,
+            keyring: Arc::new(RwLock::new(Arc::new(Keyring::new(key, [])))),
             counters: Arc::default(),
             encrypt_tcp: None,
+        }
+    }
+
+    /// A context with fresh counters that shares this one's keyring: a
+    /// rotation through either is seen by both (an agent and its process).
+    pub fn sharing_keyring(&self) -> Self {
+        Self {
+            keyring: self.keyring.clone(),
+            counters: Arc::default(),
+            encrypt_tcp: self.encrypt_tcp,
         }
     }
 
@@ -215,8 +329,23 @@ impl AuthContext {
             .unwrap_or_else(|| ENCRYPT_TCP.load(Ordering::Relaxed))
     }
 
-    pub fn key(&self) -> &ClusterKey {
-        &self.key
+    /// The primary key, which this context sends with.
+    pub fn key(&self) -> ClusterKey {
+        self.keyring().primary.clone()
+    }
+
+    /// The installed keys.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the installed keys (a rotation step), for every context
+    /// sharing this one's keyring.
+    pub fn set_keyring(&self, ring: Keyring) {
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
     }
 
     /// What this context refused so far.
@@ -245,14 +374,14 @@ pub fn set_encrypt_tcp(on: bool) {
 /// Installing the same key again is a no-op; a different one is an error.
 pub fn install(key: ClusterKey) -> Result<()> {
     let set = PROCESS.get_or_init(|| AuthContext::new(key.clone()));
-    if set.key == key {
+    if set.keyring().keys.contains(&key) {
         Ok(())
     } else {
         Err(Error::KeyFile {
             path: "<process>".into(),
             reason: format!(
                 "this process already uses cluster key {}, not {}",
-                set.key.fingerprint(),
+                set.key().fingerprint(),
                 key.fingerprint()
             ),
         })
