@@ -11,6 +11,11 @@
 //! take one of `api.max_connections` slots, of which a quarter is kept for
 //! connections from members' addresses (Raft, SDFS chains, relays), so a
 //! flood of clients cannot stall them; one over the limit is told why.
+//!
+//! Each request needs a role ([`access`]): a read-only credential may only
+//! view, an admin one may also write, and only an agent's cluster key may
+//! send agent-to-agent traffic. A refused request is answered with an error
+//! naming what it wanted and the role it needs.
 
 use crate::control::ControlHandle;
 use crate::membership::driver::MembershipHandle;
@@ -19,6 +24,7 @@ use crate::telemetry::Telemetry;
 use crate::timing::API_IDLE_TIMEOUT as IDLE_TIMEOUT;
 use crate::timing::API_REFUSAL_TIMEOUT as REFUSAL_TIMEOUT;
 use crate::timing::VIEW_TTL;
+use dml_shared::access;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::AuthContext;
 use dml_shared::config::ApiConfig;
@@ -292,7 +298,24 @@ async fn serve(
                 return Err(e);
             }
         };
-        let response = match wire::decode::<Request>(Kind::Request, &frame) {
+        let request = wire::decode::<Request>(Kind::Request, &frame);
+        if let Ok(req) = &request
+            && let Err(refusal) = access::check(stream.role(), req)
+        {
+            tracing::info!(peer = %stream.peer(), role = %stream.role(), reason = %refusal.message, "refused a request");
+            let msg = Response::Error(refusal);
+            stream
+                .write_frame(&wire::encode(Kind::Response, &msg), max_frame)
+                .await?;
+            if matches!(req, Request::Data(_) | Request::Subscribe) {
+                // Its raw frames may follow: read them away so the answer is
+                // not lost to a reset, then close.
+                drain(&mut stream).await;
+                return Ok(());
+            }
+            continue;
+        }
+        let response = match request {
             // The data path takes the stream over: its bytes follow as raw frames.
             Ok(Request::Data(req)) => {
                 services.sdfs.serve_data(req, &mut stream).await?;
@@ -316,6 +339,13 @@ async fn serve(
             .write_frame(&wire::encode(Kind::Response, &response), max_frame)
             .await?;
     }
+}
+
+/// Reads and drops what a refused connection still sends, for at most
+/// [`REFUSAL_TIMEOUT`].
+async fn drain(stream: &mut Conn) {
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, tokio::io::copy(stream.raw(), &mut sink)).await;
 }
 
 async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Response {

@@ -4,6 +4,7 @@
 //! - [`config`]: the agent's TOML config, presets and `validate()`.
 //! - [`wire`]: the envelope (magic, protocol version, kind) around postcard payloads.
 //! - [`framing`]: length-prefixed TCP frames with a hard size limit.
+//! - [`access`]: the role (read-only, admin, peer) each API request needs.
 //! - [`auth`]: the cluster key, sealed UDP datagrams with replay protection, the TCP handshake.
 //! - [`conn`]: authenticated connections ([`conn::Conn`]) carrying frames, encrypted on TCP.
 //! - [`channel`]: a connection's byte stream: Noise transport messages, or the socket itself.
@@ -25,6 +26,7 @@
 //! - [`sdfs_client`]: the client side of every SDFS flow (put, get, ls, ...).
 //! - [`error`]: typed errors.
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod channel;
