@@ -107,6 +107,23 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a client credential derived from the cluster key (--key-file):
+    /// admin (everything an operator does) or read-only (views only).
+    ///
+    /// Agents derive the same credential from every key in their keyring, so
+    /// it needs no distribution; it stops working when the key it came from
+    /// is removed. Use it as any key file: --key-file, DML_KEY_FILE.
+    Credential {
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: CredentialRole,
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -157,6 +174,15 @@ pub enum Command {
 
 /// SDFS prefix `dml submit-job` takes images from by default.
 pub const DEFAULT_DATASET: &str = "datasets/sample/";
+
+/// The role of a `dml credential`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CredentialRole {
+    /// Views and writes: put, delete, submit-job, set-batch-size, join, leave.
+    Admin,
+    /// Views only: members, ls, get, jobs, rates, the console.
+    ReadOnly,
+}
 
 /// Format of `dml get-output`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

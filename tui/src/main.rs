@@ -13,10 +13,12 @@
 //! - [`models`]: `models` and `models build|fetch|upload`.
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 //! - [`key`]: finding and loading the cluster key; `keygen`.
+//! - [`credential`]: `credential`, a client credential (admin, read-only).
 
 mod agent_bin;
 mod cli;
 mod cluster;
+mod credential;
 mod dataset;
 mod infer;
 mod key;
@@ -59,11 +61,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let key_file = cli.key_file.as_deref();
     match &cli.command {
         Some(Command::Keygen { out, force }) => return key::keygen(out, *force, cli.json),
+        Some(Command::Credential { role, out, force }) => {
+            return credential::run(key_file, *role, out, *force, cli.json);
+        }
         Some(Command::Local(l)) => return local::run(l, key_file, cli.json).await,
         _ => key::install(key_file)?,
     }
     match &cli.command {
-        Some(Command::Keygen { .. } | Command::Local(_)) => unreachable!("handled above"),
+        Some(Command::Keygen { .. } | Command::Credential { .. } | Command::Local(_)) => {
+            unreachable!("handled above")
+        }
         Some(Command::Cluster(c)) => {
             cluster::run(c, key::find(key_file).as_deref(), cli.json).await
         }
