@@ -16,6 +16,10 @@
 //! since). It commits an earlier leader's plan only as a retry of a commit
 //! that already applied.
 //!
+//! A commit claims the holders that stored the bytes; the leader refuses
+//! one that names an agent outside the chain it planned ([`check_holders`]),
+//! so a client cannot point a version at agents that never had its bytes.
+//!
 //! The copies of a failed put are orphans that reconcile drops after
 //! `sdfs.put_timeout`, as with any failed put.
 //!
@@ -53,8 +57,12 @@ pub const DEFER_MAX: u64 = 4 << 20;
 /// A plan the leader made.
 #[derive(Debug)]
 enum Plan {
-    /// In memory only; the commit carries it (`Op::PutAt`).
-    Deferred { size: u64 },
+    /// In memory only; the commit carries it (`Op::PutAt`). `replicas`:
+    /// the chain planned.
+    Deferred {
+        size: u64,
+        replicas: Vec<SocketAddr>,
+    },
     /// Appended; its outcome once known.
     Appended(Option<Result<(), Failed>>),
 }
@@ -62,8 +70,12 @@ enum Plan {
 /// What a claimed plan asks of the commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claimed {
-    /// Append plan and commit together: `Op::PutAt` with this size.
-    Deferred { size: u64 },
+    /// Append plan and commit together: `Op::PutAt` with this size, once
+    /// the holders are found among the planned `replicas`.
+    Deferred {
+        size: u64,
+        replicas: Vec<SocketAddr>,
+    },
     /// This leader's plan is in the log (or was claimed before, by a commit
     /// this one retries): `Op::CommitPut`.
     Logged,
@@ -149,7 +161,10 @@ impl Plans {
             .max(next_version(&req.name));
         if req.size <= DEFER_MAX {
             self.next.insert(req.name.clone(), version + 1);
-            let plan = Plan::Deferred { size: req.size };
+            let plan = Plan::Deferred {
+                size: req.size,
+                replicas: req.replicas,
+            };
             self.open.insert((req.name, version), (now, plan));
             return Planned {
                 version,
@@ -204,7 +219,9 @@ impl Plans {
             return Claim::Now(Ok(Claimed::Logged));
         };
         match plan {
-            Plan::Deferred { size } => Claim::Now(Ok(Claimed::Deferred { size })),
+            Plan::Deferred { size, replicas } => {
+                Claim::Now(Ok(Claimed::Deferred { size, replicas }))
+            }
             Plan::Appended(Some(outcome)) => Claim::Now(outcome.map(|()| Claimed::Logged)),
             Plan::Appended(None) => {
                 self.awaited.insert(key);
@@ -223,6 +240,26 @@ impl Plans {
     /// Plans made and not claimed.
     pub fn open(&self) -> usize {
         self.open.len()
+    }
+}
+
+/// Refuses a commit of `name` v`version` whose `holders` name an agent
+/// outside the `planned` chain, naming the first such holder.
+pub fn check_holders(
+    name: &str,
+    version: u64,
+    holders: &[SocketAddr],
+    planned: &[SocketAddr],
+) -> Result<(), String> {
+    match holders.iter().find(|h| !planned.contains(h)) {
+        None => Ok(()),
+        Some(h) => {
+            let chain: Vec<String> = planned.iter().map(ToString::to_string).collect();
+            Err(format!(
+                "the commit of \"{name}\" v{version} names holder {h}, which is not in the chain the leader planned ({}); refused",
+                chain.join(", ")
+            ))
+        }
     }
 }
 
@@ -249,7 +286,10 @@ mod tests {
         assert!(a.append.is_none() && b.append.is_none());
         assert_eq!(
             p.claim("f", 2, 4),
-            Claim::Now(Ok(Claimed::Deferred { size: 3 }))
+            Claim::Now(Ok(Claimed::Deferred {
+                size: 3,
+                replicas: vec![]
+            }))
         );
         // Claimed once: a retry of that commit finds it logged.
         assert_eq!(p.claim("f", 2, 4), Claim::Now(Ok(Claimed::Logged)));
@@ -276,5 +316,38 @@ mod tests {
         p.appended("g", 1, t);
         assert_eq!(p.settled("g", 1, Ok(())), None);
         assert_eq!(p.claim("g", 1, 2), Claim::Now(Ok(Claimed::Logged)));
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_deferred_plan_hands_its_chain_to_the_commit() {
+        let mut p = Plans::new(1, Duration::from_secs(60));
+        let mut r = req("f", 3);
+        r.replicas = vec![addr(1), addr(2), addr(3)];
+        let v = p.plan(r, |_| 1, Instant::now()).version;
+        assert_eq!(
+            p.claim("f", v, 1),
+            Claim::Now(Ok(Claimed::Deferred {
+                size: 3,
+                replicas: vec![addr(1), addr(2), addr(3)]
+            }))
+        );
+    }
+
+    #[test]
+    fn a_commit_may_name_only_holders_of_the_planned_chain() {
+        let chain = [addr(1), addr(2), addr(3), addr(4)];
+        check_holders("f", 1, &[addr(2), addr(1), addr(4)], &chain).unwrap();
+        // A skipped head or a failed tail leaves fewer holders: fine.
+        check_holders("f", 1, &[addr(3)], &chain).unwrap();
+        let e = check_holders("f", 7, &[addr(1), addr(9), addr(2)], &chain).unwrap_err();
+        assert!(
+            e.starts_with("the commit of \"f\" v7 names holder 127.0.0.1:9, which is not in the chain the leader planned (127.0.0.1:1, 127.0.0.1:2"),
+            "{e}"
+        );
+        assert!(check_holders("f", 1, &[addr(1)], &[]).is_err());
     }
 }

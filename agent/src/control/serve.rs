@@ -9,7 +9,7 @@
 use super::core::{LeaderCore, batch_size};
 use super::error::ControlError;
 use super::placement;
-use super::plans::{Claim, Claimed, Failed, PlanRequest};
+use super::plans::{Claim, Claimed, Failed, PlanRequest, check_holders};
 use super::state::MetaState;
 use super::types::{Applied, Op};
 use dml_shared::control::{ControlRequest, ControlResponse};
@@ -330,9 +330,20 @@ pub fn claimed(cx: &Ctx, req: MetaRequest, claim: Result<Claimed, Failed>) -> St
             plan,
         } => {
             let quorum = cx.cfg.write_quorum;
+            // Holders must come from the chain this leader planned.
+            let planned = match &claim {
+                Ok(Claimed::Deferred { replicas, .. }) => Some(replicas.as_slice()),
+                Ok(Claimed::Logged) => cx.state.pending_replicas(&name, version),
+                _ => None,
+            };
+            if let Some(planned) = planned
+                && let Err(e) = check_holders(&name, version, &holders, planned)
+            {
+                return fail(bad(e));
+            }
             let op = match claim {
                 Err(f) => return fail(f.into()),
-                Ok(Claimed::Deferred { size }) => Op::PutAt {
+                Ok(Claimed::Deferred { size, .. }) => Op::PutAt {
                     name,
                     version,
                     size,

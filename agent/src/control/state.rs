@@ -413,6 +413,16 @@ impl MetaState {
             .is_some_and(|v| v.is_committed() && v.checksum == *checksum)
     }
 
+    /// The chain planned for a pending `version` of `name`; `None` once
+    /// committed, aborted or expired.
+    pub fn pending_replicas(&self, name: &str, version: u64) -> Option<&[SocketAddr]> {
+        self.files
+            .get(name)
+            .and_then(|f| f.versions.get(&version))
+            .filter(|v| !v.is_committed())
+            .map(|v| v.replicas.as_slice())
+    }
+
     /// The version the next put of `name` would get.
     pub fn next_version(&self, name: &str) -> u64 {
         self.files.get(name).map_or(1, |f| f.next_version.max(1))
