@@ -157,6 +157,16 @@ pub enum Error {
     Remote(RemoteError),
     #[error("bad SDFS name \"{name}\": {reason}")]
     BadName { name: String, reason: String },
+    /// A name from an agent that would land outside the local directory
+    /// it is fetched into (absolute, `..`, control characters, ...).
+    #[error(
+        "refusing SDFS file \"{name}\" from the agent: it {reason}, so it could land outside {dir}; nothing was written for it"
+    )]
+    UnsafeName {
+        name: String,
+        dir: String,
+        reason: String,
+    },
     #[error(transparent)]
     BadGlob(#[from] crate::glob::BadGlob),
     #[error("model \"{name}\": {reason}")]
@@ -298,7 +308,7 @@ impl Error {
             | Error::LocalFile { .. }
             | Error::KeyFile { .. }
             | Error::NoKey => K::Invalid,
-            Error::Auth { .. } => K::Refused,
+            Error::Auth { .. } | Error::UnsafeName { .. } => K::Refused,
             Error::Timeout { .. }
             | Error::Connect { .. }
             | Error::Io(_)

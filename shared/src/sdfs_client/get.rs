@@ -3,7 +3,7 @@
 
 use super::load::bounded;
 use super::local::PIECE;
-use super::local::{Sink, check_target, sync_parent, temp_path, write_merged};
+use super::local::{Sink, check_target, path_under, sync_parent, temp_path, write_merged};
 use super::{
     GetAllReport, GetReport, Phase, Progress, ProgressFn, Sdfs, VersionsReport, no_progress, timed,
 };
@@ -162,11 +162,12 @@ impl Sdfs {
             path: dir.display().to_string(),
             reason,
         })?;
-        let jobs: Vec<(String, VersionInfo, PathBuf)> = files
+        // A name that would escape `dir` fails alone, before anything is written.
+        let jobs: Vec<(String, VersionInfo, Result<PathBuf>)> = files
             .into_iter()
             .filter_map(|f| {
                 let v = f.versions.last()?.clone();
-                let path = dir.join(&f.name);
+                let path = path_under(dir, &f.name);
                 Some((f.name, v, path))
             })
             .collect();
@@ -177,6 +178,7 @@ impl Sdfs {
             |(name, v, path)| {
                 let me = self.clone();
                 async move {
+                    let path = path?;
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(|reason| Error::LocalFile {
                             path: parent.display().to_string(),

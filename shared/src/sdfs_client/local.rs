@@ -133,6 +133,32 @@ pub(super) fn write_merged(out: &Path, sections: &[(String, PathBuf)]) -> Result
     result
 }
 
+/// Where `name`, as an agent listed it, goes under `dir`: refused unless it
+/// is a valid SDFS name (relative, no `.`/`..`/empty component, no
+/// backslash or control character), so nothing lands outside `dir`.
+pub(super) fn path_under(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    use std::path::Component;
+    let unsafe_name = |reason: String| Error::UnsafeName {
+        name: crate::sdfs::printable(name).chars().take(200).collect(),
+        dir: dir.display().to_string(),
+        reason,
+    };
+    if let Err(e) = crate::sdfs::validate_name(name) {
+        return Err(unsafe_name(match e {
+            Error::BadName { reason, .. } => reason,
+            other => other.to_string(),
+        }));
+    }
+    // Belt and braces: every component a plain name.
+    if !Path::new(name)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(unsafe_name("is not a plain relative path".into()));
+    }
+    Ok(dir.join(name))
+}
+
 /// A local file can be written at `path`: its directory exists and it is not
 /// itself a directory.
 pub(super) fn check_target(path: &Path) -> Result<()> {
@@ -253,6 +279,36 @@ mod tests {
         let e = check_target(&dir.join("no-such-dir-xyz/f")).unwrap_err();
         assert!(e.to_string().contains("no-such-dir-xyz/f"), "{e}");
         check_target(Path::new("relative-file")).unwrap();
+    }
+
+    #[test]
+    fn a_name_from_the_agent_that_would_escape_the_directory_is_refused_by_name() {
+        let dir = Path::new("/tmp/out");
+        assert_eq!(
+            path_under(dir, "a/b.jpg").unwrap(),
+            Path::new("/tmp/out/a/b.jpg")
+        );
+        for (name, why) in [
+            ("/etc/passwd", "absolute"),
+            ("../x", "'..'"),
+            ("a/../../x", "'..'"),
+            ("./x", "'.'"),
+            ("a//b", "empty"),
+            ("a\\..\\x", "backslash"),
+            ("a\0b", "NUL"),
+            ("a\nb", "line feed"),
+            ("\u{1b}[2J", "ESC"),
+            ("", "empty"),
+        ] {
+            let e = path_under(dir, name).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Refused);
+            let msg = e.to_string();
+            assert!(msg.contains(why), "{name:?}: {msg}");
+            assert!(msg.contains("/tmp/out"), "{msg}");
+            let shown = crate::sdfs::printable(name);
+            assert!(msg.contains(&format!("\"{shown}\"")), "{msg}");
+            assert!(!msg.contains('\n') && !msg.contains('\u{1b}'), "{msg:?}");
+        }
     }
 
     #[test]
