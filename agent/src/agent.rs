@@ -27,6 +27,7 @@ pub struct Agent {
     sdfs: SdfsService,
     api: ApiServer,
     telemetry: TelemetryService,
+    keyring: crate::keyring::KeyringService,
 }
 
 /// Binds TCP and UDP to the same port number.
@@ -147,6 +148,8 @@ impl Agent {
         let auth = dml_shared::auth::installed()?
             .sharing_keyring()
             .with_encrypt_tcp(cfg.security.encrypt_tcp);
+        // Before the first datagram: a rotated keyring wins over key_file.
+        let keyring_version = crate::keyring::load(&cfg.data_dir, &auth)?;
         let membership = driver::spawn(udp, core, join, auth.clone())
             .context("cannot start the membership thread")?;
         // Ends with the membership events, at shutdown.
@@ -168,6 +171,17 @@ impl Agent {
         .await
         .context("cannot start the control plane")?;
         sdfs.start_upkeep(MetaPath::Local(control.handle()));
+        let keyring = crate::keyring::KeyringService::start(
+            crate::keyring::Options {
+                auth: auth.clone(),
+                data_dir: cfg.data_dir.clone(),
+                version: keyring_version,
+                encrypt_tcp: cfg.security.encrypt_tcp,
+                ask_timeout: cfg.control.rpc_timeout,
+            },
+            control.handle(),
+            membership.handle.clone(),
+        );
         let telemetry = TelemetryService::start_with(
             telemetry_handle,
             telemetry::Sources {
@@ -184,6 +198,7 @@ impl Agent {
             sdfs: sdfs.handle(),
             telemetry: telemetry.handle(),
             auth: auth.clone(),
+            keyring: keyring.handle(),
         };
         let api = ApiServer::spawn(tcp, local, cfg.api.clone(), services);
         let worker = match cfg.inference.worker {
@@ -232,6 +247,7 @@ impl Agent {
             sdfs,
             api,
             telemetry,
+            keyring,
         })
     }
 
@@ -254,6 +270,7 @@ impl Agent {
             w.shutdown().await;
         }
         self.telemetry.shutdown().await;
+        self.keyring.shutdown().await;
         self.membership.shutdown().await;
         self.control.shutdown().await;
         self.api.shutdown().await;

@@ -82,6 +82,8 @@ pub struct Services {
     pub telemetry: Telemetry,
     /// This agent's key, and where refused handshakes and frames are counted.
     pub auth: AuthContext,
+    /// `dml keyring`.
+    pub keyring: crate::keyring::KeyringHandle,
 }
 
 /// Where a connection comes from: an address, or the local socket.
@@ -369,6 +371,7 @@ async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Re
         Request::Control { req, leader_only } => services.control.control(req, leader_only).await,
         Request::Raft(rpc) => services.control.raft_rpc(rpc).await,
         Request::NodeStats => Response::NodeStats(services.telemetry.node_stats()),
+        Request::Keyring(r) => services.keyring.handle(r).await,
         Request::Data(_) | Request::Subscribe => unreachable!("served above"),
     }
 }

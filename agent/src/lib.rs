@@ -8,6 +8,7 @@
 //! - [`telemetry`]: the frames streamed to console subscribers, and the event log.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
+//! - [`keyring`]: `dml keyring`: the agent's keyring file and its sync with the leader.
 //! - [`identity`]: this agent's identity, newer at each restart whatever the clock does.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 //! - [`timing`]: the internal timing constants, named in one place.
@@ -21,6 +22,7 @@ pub mod event_log;
 pub mod failstop;
 pub mod identity;
 pub mod infer;
+pub mod keyring;
 pub mod membership;
 pub mod metrics;
 pub mod sdfs;

@@ -52,6 +52,15 @@ pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
 /// (Used in `control/scheduler.rs`.)
 pub const SCHEDULER_RATE_WINDOW: Duration = Duration::from_secs(10);
 
+// Keyring.
+
+/// How often an agent asks the leader whether the cluster's keyring changed:
+/// how long a rotation step takes to reach every agent, and an agent that
+/// was down to catch up. A request to the leader, answered without secrets
+/// when nothing changed.
+/// (Used in `keyring.rs`.)
+pub const KEYRING_SYNC: Duration = Duration::from_secs(1);
+
 // Inference worker.
 
 /// Pause after a failed lease request (no leader, for instance).

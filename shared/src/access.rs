@@ -48,6 +48,10 @@ pub fn needs_for(req: &Request) -> Needs {
         Request::Data(req) => data_needs(req),
         Request::Raft(_) => needs(Peer, "send Raft RPCs"),
         Request::NodeStats => needs(Peer, "collect node stats"),
+        Request::Keyring(k) => {
+            let (role, what) = k.needs();
+            needs(role, what)
+        }
     }
 }
 
@@ -56,6 +60,10 @@ pub fn control_needs(req: &ControlRequest) -> Needs {
     match req {
         ControlRequest::Sdfs(m) => meta_needs(m),
         ControlRequest::Infer(i) => infer_needs(i),
+        ControlRequest::Keyring(k) => {
+            let (role, what) = k.needs();
+            needs(role, what)
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Request {
     Subscribe,
     /// This agent's own figures (CPU, memory, SDFS bytes), for telemetry.
     NodeStats,
+    /// `dml keyring` (see [`crate::keyring`]).
+    Keyring(crate::keyring::KeyringRequest),
 }
 
 /// This agent's view of itself.
@@ -114,4 +116,5 @@ pub enum Response {
     /// One frame of a [`Request::Subscribe`] stream.
     Telemetry(Box<crate::telemetry::Frame>),
     NodeStats(crate::telemetry::NodeStats),
+    Keyring(crate::keyring::KeyringResponse),
 }

@@ -3,6 +3,7 @@
 //! any agent accepts one and relays it there (`Request::Control`).
 
 use crate::infer::{InferRequest, InferResponse};
+use crate::keyring::{KeyringAnswer, KeyringCommand};
 use crate::sdfs::{MetaRequest, MetaResponse};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,8 @@ pub enum ControlRequest {
     Sdfs(MetaRequest),
     /// Inference jobs, figures and the worker protocol (see [`crate::infer`]).
     Infer(InferRequest),
+    /// The cluster's keyring (see [`crate::keyring`]).
+    Keyring(KeyringCommand),
 }
 
 impl ControlRequest {
@@ -20,6 +23,7 @@ impl ControlRequest {
         match self {
             ControlRequest::Sdfs(r) => r.is_idempotent(),
             ControlRequest::Infer(r) => r.is_idempotent(),
+            ControlRequest::Keyring(r) => r.is_idempotent(),
         }
     }
 }
@@ -28,6 +32,7 @@ impl ControlRequest {
 pub enum ControlResponse {
     Sdfs(MetaResponse),
     Infer(InferResponse),
+    Keyring(KeyringAnswer),
 }
 
 impl From<MetaRequest> for ControlRequest {

@@ -16,6 +16,7 @@
 //! - [`api`]: request and response types of the agent API.
 //! - [`version`]: one committed version of a file (its checksum, replicas).
 //! - [`sdfs`]: SDFS names, version metadata, metadata and data-path requests.
+//! - [`keyring`]: `dml keyring`: versioned keyrings, their requests and the agent's keyring file.
 //! - [`infer`]: inference jobs, queries, results and the C1–C5 figures.
 //! - [`models`]: the model registry (`assets/models.toml`).
 //! - [`ort_lib`]: finding ONNX Runtime's shared library in a virtualenv.
@@ -41,6 +42,7 @@ pub mod framing;
 pub mod glob;
 pub mod id;
 pub mod infer;
+pub mod keyring;
 pub mod models;
 pub mod ort_lib;
 pub mod router;

@@ -98,6 +98,9 @@ pub enum Command {
     /// Whole-store SDFS views and bulk loading.
     #[command(subcommand)]
     Sdfs(SdfsCommand),
+    /// Rotate the cluster key without downtime: list, install, use, remove.
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
     /// Write a new random cluster key (mode 0600) and print its fingerprint.
     Keygen {
         /// Where to write it.
@@ -250,6 +253,39 @@ pub enum DatasetCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+/// `dml keyring`, as Consul's `consul keyring`: install a new key on every
+/// agent, make it the primary (the one agents send with) once every agent
+/// holds it, then remove the old one once no agent sends with it. Keys are
+/// named by fingerprint; `list` shows each one's convergence.
+#[derive(Debug, Subcommand)]
+pub enum KeyringCommand {
+    /// The cluster's keys: which is primary, and on how many live agents
+    /// each is installed and primary ([n/m]).
+    List,
+    /// Add a key on every agent (it is accepted, not yet sent with).
+    Install {
+        /// The key as 64 hex digits (visible to other local users in the
+        /// process list: prefer --from).
+        hex: Option<String>,
+        /// Read the key from this key file.
+        #[arg(long, conflicts_with_all = ["hex", "generate"])]
+        from: Option<PathBuf>,
+        /// Make a new random key; its secret is printed once, or written to --out.
+        #[arg(long, conflicts_with = "hex")]
+        generate: bool,
+        /// With --generate: write the new key to this file (mode 0600)
+        /// instead of printing it.
+        #[arg(long, requires = "generate")]
+        out: Option<PathBuf>,
+    },
+    /// Make the key FINGERPRINT the primary on every agent; refused until
+    /// every live agent holds it.
+    Use { fingerprint: String },
+    /// Remove the key FINGERPRINT from every agent; refused for the primary
+    /// and while a live agent still sends with it.
+    Remove { fingerprint: String },
 }
 
 #[derive(Debug, Subcommand)]

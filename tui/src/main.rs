@@ -13,6 +13,7 @@
 //! - [`models`]: `models` and `models build|fetch|upload`.
 //! - [`dataset`]: `dataset make`, a seeded sample image dataset.
 //! - [`key`]: finding and loading the cluster key; `keygen`.
+//! - [`keyring`]: `dml keyring` (list, install, use, remove).
 //! - [`credential`]: `credential`, a client credential (admin, read-only).
 
 mod agent_bin;
@@ -22,6 +23,7 @@ mod credential;
 mod dataset;
 mod infer;
 mod key;
+mod keyring;
 mod local;
 mod models;
 mod oneshot;
@@ -75,6 +77,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             cluster::run(c, key::find(key_file).as_deref(), cli.json).await
         }
         Some(Command::Models(m)) => models::run(m, &cli.agent, cli.json).await,
+        Some(Command::Keyring(k)) => {
+            keyring::run(k, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+        }
         Some(Command::Dataset(DatasetCommand::Make { dir, count, seed })) => {
             dataset::run_make(dir, *count, *seed, cli.json)
         }

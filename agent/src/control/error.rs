@@ -59,6 +59,11 @@ pub enum ControlError {
     Open(#[from] super::store::OpenError),
     #[error("invalid Raft settings: {0}")]
     RaftConfig(String),
+    #[error("no key with fingerprint \"{fingerprint}\" is installed (installed: {})", installed.join(", "))]
+    NoSuchKey {
+        fingerprint: String,
+        installed: Vec<String>,
+    },
 }
 
 impl ControlError {
@@ -72,7 +77,9 @@ impl ControlError {
             | ControlError::SteppedDown { .. }
             | ControlError::Forward { .. }
             | ControlError::TooFewAlive { .. } => ErrorKind::Unavailable,
-            ControlError::NoSuchFile(_) | ControlError::NoSuchJob(_) => ErrorKind::NotFound,
+            ControlError::NoSuchFile(_)
+            | ControlError::NoSuchJob(_)
+            | ControlError::NoSuchKey { .. } => ErrorKind::NotFound,
             ControlError::Rejected(_) => ErrorKind::Conflict,
             ControlError::BadRequest(_) | ControlError::RaftConfig(_) => ErrorKind::Invalid,
             ControlError::Raft(_) | ControlError::Open(_) => ErrorKind::Internal,

@@ -32,6 +32,7 @@
 //! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
 //! - [`repair`]: the repair planner (pure).
 //! - [`workers`]: which inference workers can run queries, and why a job stalls (pure).
+//! - [`keyring`]: `dml keyring` changes and fetches at the leader (pure).
 //!
 //! The request path:
 //! - [`forward`]: the leader task serves it here, or it goes on to the leader.
@@ -45,6 +46,7 @@ pub mod core;
 pub mod error;
 pub mod forward;
 pub mod jobs;
+pub mod keyring;
 pub mod lease;
 pub mod network;
 pub mod placement;

@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub put_timeout: Duration,
     /// Longest a worker's lease request may wait for work.
     pub max_lease_wait: Duration,
+    /// This leader's own keyring when its term began: what the first
+    /// `dml keyring` change starts from (`keyring.rs`).
+    pub keyring_seed: Option<std::sync::Arc<dml_shared::auth::Keyring>>,
 }
 
 /// Membership as the leader last read it: (live: alive or suspect, alive).
@@ -123,6 +126,8 @@ pub enum Then {
         worker: SocketAddr,
         deadline: Instant,
     },
+    /// A keyring change of the key `fingerprint`: `Changed`.
+    Keyring { fingerprint: String },
     /// The leader's own upkeep: nothing to answer.
     Upkeep(Upkeep),
 }
@@ -200,6 +205,11 @@ pub fn serve(core: &mut LeaderCore, cx: &Ctx, req: ControlRequest) -> Step {
     match req {
         ControlRequest::Sdfs(r) => serve_sdfs(core, cx, r),
         ControlRequest::Infer(r) => serve_infer(core, cx, r),
+        ControlRequest::Keyring(c) => super::keyring::serve(
+            cx.state.keyring.as_ref(),
+            cx.cfg.keyring_seed.as_deref(),
+            c,
+        ),
     }
 }
 
@@ -682,6 +692,20 @@ pub fn answer(
             Err(e) => reply(Err(e)),
         },
         Then::FailJob => reply(applied.map(|_| InferResponse::Accepted { new: 0 }.into())),
+        Then::Keyring { fingerprint } => match applied {
+            Ok(Applied::Version(version)) => {
+                tracing::info!(%fingerprint, version, "keyring changed");
+                reply(Ok(ControlResponse::Keyring(
+                    dml_shared::keyring::KeyringAnswer::Changed(dml_shared::keyring::Changed {
+                        fingerprint,
+                        version,
+                        changed: true,
+                    }),
+                )))
+            }
+            Ok(other) => reply(Err(unexpected(other))),
+            Err(e) => reply(Err(e)),
+        },
         Then::Gone { lease, .. } => match (applied, lease) {
             (Err(e), _) => reply(Err(e)),
             (Ok(_), Some(lease)) => reply(Ok(InferResponse::Lease(Some(lease)).into())),

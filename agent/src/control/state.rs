@@ -5,6 +5,7 @@
 
 use super::jobs::JobsState;
 use super::types::{Applied, Command, Op};
+use dml_shared::keyring::KeyringState;
 use dml_shared::sdfs::{Checksum, FileInfo, Holding, Keep, VersionInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,9 +95,35 @@ pub struct MetaState {
     files: BTreeMap<String, FileMeta>,
     /// Inference jobs and model settings.
     pub jobs: JobsState,
+    /// The cluster's keyring once `dml keyring` changed it (secrets: the
+    /// store lives in the 0700 data directory).
+    pub keyring: Option<KeyringState>,
 }
 
 impl MetaState {
+    /// The keyring's version: 0 until `dml keyring` changed it.
+    pub fn keyring_version(&self) -> u64 {
+        self.keyring.as_ref().map_or(0, |k| k.version)
+    }
+
+    fn set_keyring(&mut self, base: u64, ring: &KeyringState) -> Applied {
+        let have = self.keyring_version();
+        if have != base {
+            return Applied::Rejected(format!(
+                "the keyring changed meanwhile (version {have}, not {base}); retry"
+            ));
+        }
+        if let Err(e) = ring.check() {
+            return Applied::Rejected(format!("bad keyring: {e}"));
+        }
+        let version = base + 1;
+        self.keyring = Some(KeyringState {
+            version,
+            ..ring.clone()
+        });
+        Applied::Version(version)
+    }
+
     /// Applies one command. Never panics; refusals are [`Applied::Rejected`].
     pub fn apply(&mut self, cmd: &Command) -> Applied {
         let now = cmd.now_ms;
@@ -218,6 +245,7 @@ impl MetaState {
                 self.jobs.set_output(*job, name);
                 Applied::Done
             }
+            Op::SetKeyring { base, ring } => self.set_keyring(*base, ring),
             Op::PutAt {
                 name,
                 version,

@@ -2,6 +2,7 @@
 //! applying them returns, and the voter id derived from an address.
 
 use dml_shared::infer::{ImageResult, JobId};
+use dml_shared::keyring::KeyringState;
 use dml_shared::sdfs::Checksum;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -112,6 +113,9 @@ pub enum Op {
         holders: Vec<SocketAddr>,
         quorum: usize,
     },
+    /// Replace the cluster's keyring (`dml keyring`) with `ring` as version
+    /// `base + 1`, if its version is still `base` (0: never set).
+    SetKeyring { base: u64, ring: KeyringState },
 }
 
 /// The result of applying one entry (the same on every replica).

@@ -19,8 +19,13 @@
 //! that gets a datagram for its earlier run answers with a notice too, and
 //! the sender seals its recent payloads again for the new run, so a restart
 //! costs one round trip, not a lost probe.
+//!
+//! Keys follow the context's keyring (`dml keyring`): a datagram is sealed
+//! with the primary and opened with any installed key, the primary tried
+//! first. The ciphers are built once per keyring and rebuilt when a
+//! rotation swaps it.
 
-use super::{AuthContext, ClusterKey, Counters, bump, now_micros, random};
+use super::{AuthContext, ClusterKey, Counters, Keyring, bump, now_micros, random};
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use std::collections::{HashMap, VecDeque};
@@ -119,9 +124,26 @@ struct Peer {
     touched: u64,
 }
 
+/// The ciphers of one keyring: the primary's first, then the other keys'.
+struct Ciphers {
+    ring: Arc<Keyring>,
+    all: Vec<XChaCha20Poly1305>,
+}
+
+impl Ciphers {
+    fn of(ring: Arc<Keyring>) -> Self {
+        Self {
+            all: ring.keys().iter().map(aead).collect(),
+            ring,
+        }
+    }
+}
+
 /// One process's sealing and opening (see the module's doc).
 pub struct Session {
-    aead: XChaCha20Poly1305,
+    /// Where the keyring comes from.
+    auth: AuthContext,
+    ciphers: Ciphers,
     me: SocketAddr,
     epoch: Epoch,
     last: u64,
@@ -172,7 +194,8 @@ impl Session {
     /// [`Session::new`] with a given epoch (tests).
     pub fn with_epoch(auth: &AuthContext, me: SocketAddr, epoch: Epoch) -> Self {
         Self {
-            aead: aead(&auth.key()),
+            ciphers: Ciphers::of(auth.keyring()),
+            auth: auth.clone(),
             me,
             epoch,
             last: 0,
@@ -185,6 +208,16 @@ impl Session {
     /// This process's epoch.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// The ciphers of the context's current keyring (rebuilt after a
+    /// rotation; otherwise one lock read and a pointer compare).
+    fn ciphers(&mut self) -> &Ciphers {
+        let ring = self.auth.keyring();
+        if !Arc::ptr_eq(&ring, &self.ciphers.ring) {
+            self.ciphers = Ciphers::of(ring);
+        }
+        &self.ciphers
     }
 
     /// The datagrams that carry `payload` to `to` now: it sealed, or (the
@@ -228,9 +261,9 @@ impl Session {
         out.extend_from_slice(&receiver);
         out.extend_from_slice(&self.last.to_be_bytes());
         let mut body = payload.to_vec();
-        let tag = self
-            .aead
-            .encrypt_in_place_detached(&nonce(&self.epoch, self.last), &aad(&out, to), &mut body)
+        let n = nonce(&self.epoch, self.last);
+        let tag = self.ciphers().all[0]
+            .encrypt_in_place_detached(&n, &aad(&out, to), &mut body)
             .expect("a datagram is far below the AEAD's length limit");
         out.extend_from_slice(&body);
         out.extend_from_slice(&tag);
@@ -259,7 +292,15 @@ impl Session {
             dropped: Some(d),
             ..Opened::default()
         };
-        let (h, plain) = match unseal_with(&self.aead, self.me, bytes) {
+        let me = self.me;
+        let opened = self
+            .ciphers()
+            .all
+            .iter()
+            .map(|c| unseal_with(c, me, bytes))
+            .find(|r| r != &Err(Drop::Forged))
+            .unwrap_or(Err(Drop::Forged));
+        let (h, plain) = match opened {
             Ok(x) => x,
             Err(d) => return dropped(d),
         };
@@ -617,6 +658,33 @@ mod tests {
         let mut far = Session::new(&auth(1), addr(4));
         let hello = far.seal(addr(2), b"y", T0 + 120_000_000).remove(0);
         assert_eq!(b.check(addr(4), &hello, T0).dropped, Some(Drop::Stale));
+    }
+
+    #[test]
+    fn sessions_follow_a_rotation_sending_with_the_primary_and_opening_with_any_key() {
+        use super::super::Keyring;
+        let k = |b: u8| ClusterKey::from_bytes([b; KEY_LEN]);
+        let (auth_a, auth_b) = (auth(1), auth(1));
+        let (mut a, mut b) = (
+            Session::new(&auth_a, addr(1)),
+            Session::new(&auth_b, addr(2)),
+        );
+        deliver(&mut a, &mut b, b"before", T0);
+        // Installed on b, then primary on a: b opens both keys.
+        auth_b.set_keyring(Keyring::new(k(1), [k(2)]));
+        auth_a.set_keyring(Keyring::new(k(2), [k(1)]));
+        let d = a.seal(addr(2), b"with two", T0 + 10).remove(0);
+        assert!(unseal(&k(2), addr(2), &d).is_ok(), "sealed with the new primary");
+        assert_eq!(b.open(addr(1), &d, T0 + 10).payload.unwrap(), b"with two");
+        let back = b.seal(addr(1), b"with one", T0 + 20).remove(0);
+        assert_eq!(a.open(addr(2), &back, T0 + 20).payload.unwrap(), b"with one");
+        // Key 1 removed from a: what b still seals with it is forgery there.
+        auth_a.set_keyring(Keyring::new(k(2), []));
+        let old = b.seal(addr(1), b"old key", T0 + 30).remove(0);
+        assert_eq!(a.open(addr(2), &old, T0 + 30).dropped, Some(Drop::Forged));
+        auth_b.set_keyring(Keyring::new(k(2), []));
+        let new = b.seal(addr(1), b"new key", T0 + 40).remove(0);
+        assert_eq!(a.open(addr(2), &new, T0 + 40).payload.unwrap(), b"new key");
     }
 
     #[test]

@@ -199,6 +199,11 @@ impl ClusterKey {
         Self::from_bytes(blake3::derive_key(label, &self.secret))
     }
 
+    /// The raw secret (a keyring's wire and file forms).
+    pub(crate) fn secret_bytes(&self) -> [u8; KEY_LEN] {
+        self.secret
+    }
+
     /// Hex text of this key as a key file holds it.
     pub fn to_hex(&self) -> String {
         hex(&self.secret)
