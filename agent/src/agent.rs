@@ -117,6 +117,13 @@ fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 impl Agent {
     /// Starts an agent; `join` says whether it joins the group right away.
     pub async fn start(cfg: &Config, join: bool) -> anyhow::Result<Self> {
+        // Before anything binds: a bad token file stops the start.
+        let metrics_token = cfg
+            .metrics
+            .token_file
+            .as_deref()
+            .map(crate::metrics::token::Token::load)
+            .transpose()?;
         let (tcp, udp) = bind_pair(cfg.bind, cfg.membership.udp_buffer).await?;
         let addr = tcp.local_addr()?;
         if addr.ip().is_unspecified() {
@@ -226,6 +233,7 @@ impl Agent {
             Some(bind) => Some(
                 crate::metrics::MetricsServer::start(
                     bind,
+                    metrics_token,
                     crate::metrics::Sources {
                         me: addr,
                         membership: membership.handle.clone(),

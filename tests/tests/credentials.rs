@@ -3,6 +3,7 @@
 //! ...) and is refused every write, each by name and with exit code 7; an
 //! admin credential writes but is refused agent-to-agent requests (Raft RPCs,
 //! repair copies, worker leases); the cluster key still does everything.
+//! The leader refuses a commit that names a holder it did not plan.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -10,9 +11,9 @@ use dml_shared::api::{Request, Response};
 use dml_shared::auth::{AuthContext, ClusterKey};
 use dml_shared::client::{read_response, send_request};
 use dml_shared::conn::Conn;
-use dml_shared::control::ControlRequest;
+use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::InferRequest;
-use dml_shared::sdfs::DataRequest;
+use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse};
 use dml_shared::{Error, ErrorKind};
 use dml_tests::dml::DmlOutput;
 use dml_tests::sdfs::{DML, READY, SdfsCluster, cluster_slot};
@@ -196,8 +197,60 @@ async fn an_admin_credential_writes_but_cannot_speak_for_an_agent() {
         dml_with(&c, &admin, &args).await.ensure_success().unwrap();
     }
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+    // A put large enough for its plan to be logged before the bytes go.
+    let big = dir.join("big.bin");
+    dml_tests::sdfs::content::write_pattern_file(&big, 7, 5 << 20).unwrap();
+    dml_with(&c, &admin, &["put", big.to_str().unwrap(), "big.bin"])
+        .await
+        .ensure_success()
+        .unwrap();
 
+    // A commit naming a holder the leader did not plan is refused, for a
+    // small (deferred) plan and a large (logged) one alike.
     let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    for size in [3, 5 << 20] {
+        let begin = Request::Control {
+            req: MetaRequest::BeginPut {
+                name: "forged.txt".into(),
+                size,
+            }
+            .into(),
+            leader_only: false,
+        };
+        let Ok(Response::Control(ControlResponse::Sdfs(MetaResponse::PutPlan {
+            version,
+            chain,
+            plan,
+            ..
+        }))) = ask(c.addrs[1], &admin, &begin).await
+        else {
+            panic!("no plan for {size} bytes");
+        };
+        let commit = Request::Control {
+            req: MetaRequest::CommitPut {
+                name: "forged.txt".into(),
+                version,
+                checksum: [1; 32],
+                holders: vec![chain[0], me, chain[1]],
+                plan,
+            }
+            .into(),
+            leader_only: false,
+        };
+        match ask(c.addrs[1], &admin, &commit).await {
+            Err(Error::Remote(e)) => assert!(
+                e.kind == ErrorKind::Invalid
+                    && e.message.contains(&format!(
+                        "names holder {me}, which is not in the chain the leader planned"
+                    )),
+                "{e:?}"
+            ),
+            other => panic!("a forged commit of {size} bytes: {other:?}"),
+        }
+    }
+    let ls = dml_with(&c, &admin, &["ls", "forged.txt"]).await;
+    assert!(!ls.status.success(), "{}", ls.stdout);
+
     let cluster_key = dml_tests::key::path().unwrap();
     for (req, what) in [
         (Request::Raft(vec![0; 8]), "send Raft RPCs"),
