@@ -289,12 +289,18 @@ impl Default for InferenceConfig {
     }
 }
 
-/// The Prometheus endpoint (`GET /metrics`).
+/// The Prometheus endpoint (`GET /metrics`, `/healthz`, `/readyz`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the HTTP listener; unset: no endpoint.
+    /// Address of the HTTP listener; unset: no endpoint. An address other
+    /// hosts can reach is warned about at start.
     pub bind: Option<SocketAddr>,
+    /// File holding a bearer token (mode 0600, at least 16 visible ASCII
+    /// characters); set, `/metrics` answers only requests with
+    /// `Authorization: Bearer <token>`. `/healthz` and `/readyz` stay open.
+    /// Unset: no token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The cluster key (`dml keygen`) and what it protects; see [`crate::auth`].

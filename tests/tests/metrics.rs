@@ -5,6 +5,11 @@
 //! counters and the C2 histogram of the workers that ran it have grown. Anything but
 //! `GET /metrics` is a 404, and an oversized request head is refused.
 //!
+//! With `metrics.token_file`, `/metrics` needs the bearer token (none or a wrong one: 401
+//! with `WWW-Authenticate`), a token file others can read stops the start, and a wildcard
+//! bind is warned about; `/healthz` answers 200 while `/readyz` is 503 until the agent
+//! knows a leader, and again after `dml leave`.
+//!
 //! Needs the project venv (ONNX Runtime) and the binaries: `bash scripts/setup.sh`,
 //! `cargo build --workspace --bins`.
 
@@ -12,10 +17,11 @@ use anyhow::{Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
 use dml_shared::infer::JobState;
 use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
-use dml_tests::metrics::{Samples, get, http, scrape};
+use dml_tests::metrics::{Reply, Samples, get, http, parse, scrape};
 use dml_tests::ports::free_fixed_addr;
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, cluster_slot, test_control, test_sdfs};
-use dml_tests::{AgentSpec, Cluster, test_membership, wait_for};
+use dml_tests::{Agent, AgentSpec, Cluster, test_membership, wait_for};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Time for a small tiny-model job on a loaded two-core machine.
@@ -348,4 +354,169 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
     }
     // The endpoint still serves after all that.
     scrape(metrics[0]).unwrap();
+}
+
+/// The token of the guarded endpoint.
+const TOKEN: &str = "metrics-test-token-0123456789abcdef";
+
+/// `GET path` with `Authorization: <auth>`.
+fn get_with(addr: SocketAddr, path: &str, auth: &str) -> Result<Reply> {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Polls `path` until it answers `status` with a body starting with `body`.
+async fn wait_answer(addr: SocketAddr, path: &str, status: u16, body: &str) -> Result<()> {
+    wait_for(
+        &format!("{path} at {addr} to answer {status} {body:?}"),
+        READY,
+        SDFS_POLL,
+        async || {
+            let r = get(addr, path)?;
+            ensure!(
+                r.status == status && r.body.starts_with(body),
+                "{} {:?}",
+                r.status,
+                r.body
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn metrics_need_the_token_and_readiness_waits_for_a_leader() {
+    let _slot = cluster_slot().await;
+    let mut c = Cluster::new("metrics-token", test_membership()).unwrap();
+    let mut addrs = Vec::new();
+    while addrs.len() < 5 {
+        let a = free_fixed_addr().unwrap();
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    let (addrs, metric_addrs) = addrs.split_at(3);
+    let token_file = c.dir().join("metrics.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let spec = |i: usize, extra: String| {
+        let mut s = AgentSpec::new(format!("a{i}"), test_membership())
+            .bind(addrs[i])
+            .nodes(addrs)
+            .control(test_control())
+            .sdfs(SdfsConfig {
+                replicas: Some(3),
+                write_quorum: 2,
+                ..test_sdfs()
+            });
+        s.extra_config = extra;
+        if i > 0 {
+            s = s.introducer(addrs[0]);
+        }
+        s
+    };
+    // On every address, guarded by the token; the test reaches it on loopback.
+    let guarded = format!(
+        "\n[metrics]\nbind = \"0.0.0.0:{}\"\ntoken_file = \"{}\"\n",
+        metric_addrs[0].port(),
+        token_file.display()
+    );
+    let m0: SocketAddr = format!("127.0.0.1:{}", metric_addrs[0].port())
+        .parse()
+        .unwrap();
+
+    // A token file other users can read stops the start, naming the file and why.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Started outside the cluster, whose directory a failed spawn would keep.
+        let e = Agent::start(spec(0, guarded.clone()), c.dir())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("metrics.token_file") && e.contains("mode 0644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    c.spawn(spec(0, guarded)).await.unwrap();
+    let log = c.agents.last().unwrap().stderr();
+    assert!(
+        log.contains("reachable from other hosts") && log.contains("needs the bearer token"),
+        "no exposure warning in:\n{log}"
+    );
+
+    // One of three voters: up, joined, but no leader can be elected.
+    wait_answer(m0, "/healthz", 200, "ok").await.unwrap();
+    wait_answer(m0, "/readyz", 503, "no control-plane leader known")
+        .await
+        .unwrap();
+    let r = get(m0, "/readyz").unwrap();
+    assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+
+    // /metrics: no token, another scheme, a wrong token are refused; the token is served.
+    for (auth, wrong) in [
+        (None, false),
+        (Some(format!("Basic {TOKEN}")), false),
+        (Some(format!("Bearer {TOKEN}x")), true),
+        (
+            Some("Bearer ".to_string() + &TOKEN[..TOKEN.len() - 1]),
+            true,
+        ),
+    ] {
+        let r = match &auth {
+            None => get(m0, "/metrics").unwrap(),
+            Some(a) => get_with(m0, "/metrics", a).unwrap(),
+        };
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.body);
+        let challenge = &r.headers["www-authenticate"];
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+        assert_eq!(challenge.contains("invalid_token"), wrong, "{challenge}");
+        assert!(!r.body.contains("dml_up"), "{auth:?}: {}", r.body);
+    }
+    let r = get_with(m0, "/metrics", &format!("Bearer {TOKEN}")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = parse(&r.body).unwrap();
+    assert_eq!(s.value("dml_up").unwrap(), 1.0);
+    assert_eq!(s.value("dml_raft_leader_known").unwrap(), 0.0);
+
+    // The other voters come (loopback, no token): a leader, and every agent is ready.
+    let m1 = metric_addrs[1];
+    c.spawn(spec(1, format!("\n[metrics]\nbind = \"{m1}\"\n")))
+        .await
+        .unwrap();
+    assert!(
+        !c.agents[1].stderr().contains("reachable from other hosts"),
+        "a loopback endpoint was warned about"
+    );
+    c.spawn(spec(2, String::new())).await.unwrap();
+    wait_answer(m0, "/readyz", 200, "ok").await.unwrap();
+    wait_answer(m1, "/readyz", 200, "ok").await.unwrap();
+    scrape(m1).unwrap();
+    let r = http(m0, b"HEAD /readyz HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+
+    // Left the membership: alive but not ready; back after a join.
+    c.agents[1]
+        .dml(&["leave"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    wait_answer(m1, "/readyz", 503, "not joined to the membership")
+        .await
+        .unwrap();
+    assert_eq!(get(m1, "/healthz").unwrap().status, 200);
+    c.agents[1]
+        .dml(&["join"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    wait_answer(m1, "/readyz", 200, "ok").await.unwrap();
 }

@@ -302,7 +302,7 @@ impl Scrape {
 }
 
 /// `f`, or `None` if it takes longer than [`SOURCE_TIMEOUT`].
-async fn bounded<T>(f: impl Future<Output = T>) -> Option<T> {
+pub(super) async fn bounded<T>(f: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout(SOURCE_TIMEOUT, f).await.ok()
 }
 
