@@ -12,8 +12,9 @@ use dml_agent::membership::msg::Message;
 use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{
-    ClusterKey, EPOCH_LEN, Epoch, KEY_LEN, MAX_CLOCK_SKEW, Session, handshake,
+    ClusterKey, Counters, EPOCH_LEN, Epoch, KEY_LEN, MAX_CLOCK_SKEW, Role, Session, handshake,
 };
+use dml_shared::channel::{OpenRead, SealWrite, is_forged};
 use dml_shared::config::Config;
 use dml_shared::framing::read_frame;
 use dml_shared::infer::{jsonl_line, parse_jsonl_line};
@@ -24,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
+use std::sync::Arc;
 
 /// Decodes `data` as a `T` behind `kind`; what decodes must round-trip.
 fn envelope<T>(kind: Kind, data: &[u8])
@@ -297,7 +299,10 @@ pub fn auth_udp(data: &[u8]) {
                     let mut bad = datagram.clone();
                     bad[at % datagram.len()] ^= 1 << (op >> 4 & 7);
                     let r = opener.check(from, &bad, now);
-                    assert!(r.dropped.is_some(), "a corrupted datagram opened: {bad:02x?}");
+                    assert!(
+                        r.dropped.is_some(),
+                        "a corrupted datagram opened: {bad:02x?}"
+                    );
                 }
                 let o = opener.check(from, &datagram, now);
                 match o.dropped {
@@ -332,19 +337,50 @@ pub fn auth_udp(data: &[u8]) {
     }
 }
 
+/// What an agent accepts under [`SECRET`]: the peer key and both client credentials.
+pub fn candidates() -> Vec<(ClusterKey, Role)> {
+    let key = ClusterKey::from_bytes(SECRET);
+    [Role::Peer, Role::Admin, Role::ReadOnly]
+        .into_iter()
+        .map(|r| (key.credential(r), r))
+        .collect()
+}
+
+/// A real handshake under `key`: the client's and the server's sessions.
+pub fn sessions(key: &ClusterKey) -> (handshake::Session, handshake::Session) {
+    use handshake::{Answer, Protection};
+    let (init, hello) = handshake::hello(key, Protection::Encrypted).expect("a hello");
+    let Answer::Reply {
+        reply,
+        session: Ok(server),
+        ..
+    } = handshake::respond(&candidates(), &hello, Protection::Encrypted)
+    else {
+        panic!("a real hello was refused");
+    };
+    let (client, confirm) = init.finish(&reply[1..]).expect("a real reply verifies");
+    assert!(handshake::check_confirm(&server, &confirm));
+    (client, server)
+}
+
 /// The TCP handshake messages (Noise hello, server reply, client confirm) and the key
 /// file text.
 pub fn auth_handshake(data: &[u8]) {
     use handshake::{Answer, Protection};
     let key = ClusterKey::from_bytes(SECRET);
-    // As a hello: answered or refused, never a panic; only a hello made with the key
-    // (which random bytes are not) gets a reply.
+    let candidates = candidates();
+    // As a hello: answered or refused, never a panic; only a hello made with one of
+    // the candidates (which random bytes are not) gets a reply, with that key's role.
     let _ = handshake::check_magic(&data[..data.len().min(4)]);
     for p in [Protection::Encrypted, Protection::Authenticated] {
-        if let Answer::Reply { reply, .. } = handshake::respond(&key, data, p) {
+        if let Answer::Reply {
+            reply, key, role, ..
+        } = handshake::respond(&candidates, data, p)
+        {
             assert_eq!(reply[0], handshake::STATUS_OK);
             assert_eq!(data.len(), handshake::HELLO_LEN);
             assert_eq!(data[..4], handshake::HELLO_MAGIC);
+            assert!(candidates.contains(&(*key, role)));
         }
     }
     // As the reply to a fresh hello: made without that hello's ephemeral key, it
@@ -362,8 +398,11 @@ pub fn auth_handshake(data: &[u8]) {
     if let Answer::Reply {
         reply,
         session: Ok(s),
-    } = handshake::respond(&key, &hello, Protection::Encrypted)
+        role,
+        ..
+    } = handshake::respond(&candidates, &hello, Protection::Encrypted)
     {
+        assert_eq!(role, Role::Peer);
         let (_, confirm) = init.finish(&reply[1..]).expect("a real reply verifies");
         assert!(handshake::check_confirm(&s, &confirm));
         if data != confirm {
@@ -390,6 +429,133 @@ pub fn auth_handshake(data: &[u8]) {
     }
 }
 
+/// Most plain bytes one channel_read input seals.
+const CHANNEL_MAX_PLAIN: usize = 256 * 1024;
+
+/// The plain bytes and the wire of a stream sealed by the real writer: one piece per
+/// byte of `script` (`b * 257` bytes, flushed after it when `b` is odd), up to
+/// [`CHANNEL_MAX_PLAIN`] bytes, with the client's keys from its nonce 1, as a
+/// connection after its confirm.
+pub fn seal_script(
+    rt: &tokio::runtime::Runtime,
+    client: handshake::Session,
+    script: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let mut plain = Vec::new();
+    let mut w = SealWrite::new(Vec::new(), client.transport, 1);
+    rt.block_on(async {
+        for (i, &b) in script.iter().enumerate() {
+            let n = (usize::from(b) * 257).min(CHANNEL_MAX_PLAIN - plain.len());
+            let piece: Vec<u8> = (0..n).map(|j| (i * 31 + j) as u8).collect();
+            w.write_all(&piece).await.expect("a Vec takes every byte");
+            plain.extend_from_slice(&piece);
+            if b % 2 == 1 {
+                w.flush().await.expect("a Vec takes every byte");
+            }
+            if plain.len() == CHANNEL_MAX_PLAIN {
+                break;
+            }
+        }
+        w.flush().await.expect("a Vec takes every byte");
+    });
+    (plain, w.into_inner())
+}
+
+/// The encrypted stream's read path ([`OpenRead`], the code a connection reads
+/// through), from a real session's server side. `data[0]` bit 0 clear: the rest is the
+/// wire itself, which never opens (random bytes do not verify). Set: the rest after five
+/// bytes (cut point, flip point, flip bit) is a script for [`seal_script`]; bit 1 flips
+/// one bit of the wire, bit 2 cuts it, bit 3 reads 7 bytes at a time. What must hold:
+/// an untouched stream reads back exactly; a flipped one fails after a prefix of the
+/// plain bytes; a cut one gives a prefix and is never counted as forged.
+pub fn channel_read(data: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    let (client, server) = sessions(&ClusterKey::from_bytes(SECRET));
+    // (plain bytes, wire, scripted, a bit flipped, cut short)
+    let (plain, wire, scripted, flipped, cut) = if mode & 1 == 0 {
+        (Vec::new(), rest.to_vec(), false, false, false)
+    } else {
+        let mut d = rest;
+        let cut_at = usize::from(take_u16(&mut d));
+        let flip = usize::from(take_u16(&mut d));
+        let bit = take(&mut d, 1).first().copied().unwrap_or(0) % 8;
+        let (plain, mut wire) = seal_script(&rt, client, d);
+        let mut flip_at = None;
+        if mode & 2 != 0 && !wire.is_empty() {
+            let at = flip * 97 % wire.len();
+            wire[at] ^= 1 << bit;
+            flip_at = Some(at);
+        }
+        let whole = wire.len();
+        if mode & 4 != 0 {
+            wire.truncate(cut_at * 13 % (whole + 1));
+        }
+        let flipped = flip_at.is_some_and(|a| a < wire.len());
+        let cut = wire.len() < whole;
+        (plain, wire, true, flipped, cut)
+    };
+    let counters = Arc::new(Counters::default());
+    let mut r = OpenRead::new(wire.as_slice(), server.transport, 1, counters.clone());
+    let mut got = Vec::new();
+    let result = rt.block_on(async {
+        if mode & 8 != 0 {
+            let mut buf = [0u8; 7];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            r.read_to_end(&mut got).await.map(|_| ())
+        }
+    });
+    let forged = counters.snapshot().tcp_forged;
+    assert!(forged <= 1, "one stream counted {forged} times");
+    if !scripted {
+        assert!(got.is_empty(), "unsealed bytes opened: {wire:02x?}");
+        assert_eq!(result.is_err(), !wire.is_empty());
+        return;
+    }
+    assert!(
+        plain.starts_with(&got),
+        "read {} bytes that are not a prefix of the {} sealed",
+        got.len(),
+        plain.len()
+    );
+    match &result {
+        Ok(()) => {
+            assert!(!flipped, "a stream with a flipped bit read to its end");
+            assert!(cut || got.len() == plain.len(), "bytes lost");
+            assert_eq!(forged, 0);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            assert!(flipped || cut, "an untouched stream ended early");
+            assert_eq!(forged, 0, "a stream that ended early counted as forged");
+        }
+        Err(e) => {
+            assert!(is_forged(e), "unexpected error {e}");
+            assert!(flipped, "an intact stream failed: {e}");
+            assert_eq!(forged, 1);
+        }
+    }
+}
+
+fn take_u16(d: &mut &[u8]) -> u16 {
+    let mut b = [0u8; 2];
+    let t = take(d, 2);
+    b[..t.len()].copy_from_slice(t);
+    u16::from_be_bytes(b)
+}
+
 /// A target's body.
 pub type Target = fn(&[u8]);
 
@@ -408,4 +574,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("node_id", node_id),
     ("auth_udp", auth_udp),
     ("auth_handshake", auth_handshake),
+    ("channel_read", channel_read),
 ];

@@ -11,8 +11,8 @@ use dml_fuzz::seal_at;
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, Request, Response};
 use dml_shared::auth::handshake;
-use dml_shared::infer::{ImageResult, InferRequest, Outcome, Prediction, jsonl_line};
 use dml_shared::control::ControlRequest;
+use dml_shared::infer::{ImageResult, InferRequest, Outcome, Prediction, jsonl_line};
 use dml_shared::sdfs::{DataRequest, MetaRequest};
 use dml_shared::wire::{self, Kind};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest};
@@ -379,23 +379,59 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
             use handshake::{Answer, Protection};
             let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
             let (init, hello) = handshake::hello(&key, Protection::Encrypted).expect("a hello");
-            let Answer::Reply { reply, session } =
-                handshake::respond(&key, &hello, Protection::Encrypted)
+            let Answer::Reply { reply, session, .. } =
+                handshake::respond(&dml_fuzz::candidates(), &hello, Protection::Encrypted)
             else {
                 panic!("a real hello was refused");
             };
             assert!(session.is_ok());
             let (_, confirm) = init.finish(&reply[1..]).expect("a real reply verifies");
+            let admin = key.credential(dml_shared::auth::Role::Admin);
+            let (_, admin_hello) =
+                handshake::hello(&admin, Protection::Authenticated).expect("a hello");
             let mut old = b"DLA1".to_vec();
             old.extend([1; 16]);
             vec![
                 hello.to_vec(),
                 reply.to_vec(),
                 confirm.to_vec(),
+                admin_hello.to_vec(),
                 old,
                 vec![handshake::STATUS_WRONG_KEY],
                 format!("{}\n", "5a".repeat(32)).into_bytes(),
                 "0123456789abcdefABCDEF".repeat(3).into_bytes(),
+            ]
+        }
+        "channel_read" => {
+            // Mode, cut (u16), flip point (u16), flip bit, then the script.
+            let script = |mode: u8, cut: u16, flip: u16, bit: u8, pieces: &[u8]| {
+                [
+                    vec![mode],
+                    cut.to_be_bytes().to_vec(),
+                    flip.to_be_bytes().to_vec(),
+                    vec![bit],
+                    pieces.to_vec(),
+                ]
+                .concat()
+            };
+            // A real stream of another connection: it never opens on this one.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
+            let (other, _) = dml_fuzz::sessions(&key);
+            let (_, wire) = dml_fuzz::seal_script(&rt, other, &[3, 1, 0, 9]);
+            vec![
+                script(1, 0, 0, 0, &[3, 200, 255, 0, 7, 254]),
+                script(9, 0, 0, 0, &[1, 1, 1, 2, 2, 5]),
+                script(3, 0, 5, 2, &[1, 255, 255]),
+                script(3, 0, 0, 0, &[9]),
+                script(3, 0, 1, 7, &[9]),
+                script(5, 77, 0, 0, &[255, 255, 3]),
+                script(15, 900, 40, 3, &[13, 13, 13, 13]),
+                [vec![0], wire].concat(),
+                vec![0, 0, 16],
+                vec![0, 0xff, 0xff, 1, 2, 3],
             ]
         }
         other => panic!("no seeds for {other}"),
@@ -536,6 +572,11 @@ fn auth_handshake() {
 }
 
 #[test]
+fn channel_read() {
+    replay("channel_read");
+}
+
+#[test]
 fn every_target_has_a_replay_test_and_a_binary() {
     let src = include_str!("replay.rs");
     for (name, _) in dml_fuzz::TARGETS {
@@ -563,4 +604,44 @@ fn write_seed_corpus() {
             std::fs::write(dir.join(format!("seed-{i:02}")), s).unwrap();
         }
     }
+}
+
+#[test]
+fn a_sealed_stream_reads_back_and_a_flipped_bit_is_forged() {
+    use dml_shared::channel::{OpenRead, is_forged};
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
+    let read = |flip: Option<usize>| {
+        let (client, server) = dml_fuzz::sessions(&key);
+        let (plain, mut sealed) = dml_fuzz::seal_script(&rt, client, &[3, 255, 255, 8]);
+        if let Some(at) = flip {
+            sealed[at] ^= 1;
+        }
+        let counters = std::sync::Arc::new(dml_shared::auth::Counters::default());
+        let mut r = OpenRead::new(sealed.as_slice(), server.transport, 1, counters.clone());
+        let mut got = Vec::new();
+        let res = rt.block_on(r.read_to_end(&mut got));
+        (
+            plain,
+            got,
+            res,
+            counters.snapshot().tcp_forged,
+            sealed.len(),
+        )
+    };
+    let (plain, got, res, forged, len) = read(None);
+    assert!(res.is_ok() && got == plain && forged == 0);
+    // Past the first two messages (771 bytes, flushed; then a full one).
+    let (plain, got, res, forged, _) = read(Some(len - 20));
+    let e = res.unwrap_err();
+    assert!(is_forged(&e), "{e}");
+    assert_eq!(forged, 1);
+    assert!(
+        plain.starts_with(&got) && got.len() >= 771 + 65519,
+        "{}",
+        got.len()
+    );
 }
