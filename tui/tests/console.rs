@@ -220,6 +220,45 @@ mod state {
     }
 
     #[test]
+    fn a_read_only_credential_sees_its_refusal_and_then_steering_keys_say_why() {
+        let mut a = app(10, (120, 30));
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(a.focus, Pane::Models);
+        assert!(matches!(
+            a.handle(ch('+')),
+            Some(Action::SetBatchSize { .. })
+        ));
+        a.handle(Event::Done {
+            what: "set-batch-size resnet50 9".into(),
+            result: Err(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::Refused,
+                "agent refused the request: a read-only credential cannot set-batch-size (needs an admin credential)",
+            )),
+        });
+        let m = a.message.clone().unwrap();
+        assert!(!m.ok && m.text.contains("cannot set-batch-size"), "{m:?}");
+        assert!(a.read_only);
+        for c in ['+', '-', 'b', 's'] {
+            a.message = None;
+            assert_eq!(a.handle(ch(c)), None, "{c}");
+            assert_eq!(a.input, None, "{c}");
+            let m = a.message.clone().unwrap();
+            assert!(
+                !m.ok && m.text.starts_with("read-only credential: cannot "),
+                "{c}: {m:?}"
+            );
+            assert!(m.text.contains("(needs an admin credential)"), "{m:?}");
+        }
+        let t = text(screen(&a, 200, 30).backend().buffer());
+        assert!(t.lines().next().unwrap().contains("│ read-only"), "{t}");
+        let t = text(screen(&a, 120, 30).backend().buffer());
+        assert!(t.lines().next().unwrap().contains("│ ro"), "{t}");
+        // Views still work.
+        a.handle(ch('j'));
+        assert_eq!(a.selected[Pane::Models as usize], 1);
+    }
+
+    #[test]
     fn q_and_ctrl_c_quit_but_q_first_closes_help() {
         let mut a = app(10, (100, 30));
         a.handle(ch('?'));

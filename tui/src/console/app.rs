@@ -3,10 +3,10 @@
 //! reads a clock: time arrives in [`Event::Tick`].
 
 use super::layout::{self, Pane};
-use dml_shared::RemoteError;
 use dml_shared::api::{MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, JobState, ModelInfo, RateInfo};
 use dml_shared::telemetry::{Frame, TelemetryEvent};
+use dml_shared::{ErrorKind, RemoteError};
 use ratatui::crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 pub const HISTORY: usize = 360;
 /// Event log lines kept.
 pub const EVENT_LOG: usize = 1000;
+/// What an agent's refusal of a read-only credential says (`dml_shared::access`).
+const READ_ONLY_REFUSAL: &str = "a read-only credential cannot";
 /// Rows moved by PageUp / PageDown.
 const PAGE: usize = 10;
 
@@ -142,6 +144,9 @@ pub struct App {
     pub filters: [String; Pane::COUNT],
     pub selected: [usize; Pane::COUNT],
     pub message: Option<Message>,
+    /// The agent refused a steering action for a read-only credential:
+    /// later ones are refused here, with the same reason.
+    pub read_only: bool,
     pub now_ms: u64,
     pub size: (u16, u16),
     pub quit: bool,
@@ -165,6 +170,7 @@ impl App {
             filters: Default::default(),
             selected: [0; Pane::COUNT],
             message: None,
+            read_only: false,
             now_ms,
             size,
             quit: false,
@@ -244,6 +250,12 @@ impl App {
     }
 
     fn handle_done(&mut self, what: String, result: Result<String, RemoteError>) {
+        if let Err(e) = &result
+            && e.kind == ErrorKind::Refused
+            && e.message.contains(READ_ONLY_REFUSAL)
+        {
+            self.read_only = true;
+        }
         let (text, ok) = match result {
             Ok(t) => (t, true),
             Err(e) => (format!("{what}: {e}"), false),
@@ -309,6 +321,18 @@ impl App {
             KeyCode::Char(':') => self.input = Some(Input::Command(String::new())),
             KeyCode::Char('e') => self.expanded = !self.expanded,
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
+            KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b'))
+                if self.read_only && (c == 's' || self.focus == Pane::Models) =>
+            {
+                let what = match c {
+                    's' => "submit jobs",
+                    _ => "change batch sizes",
+                };
+                self.say(
+                    &format!("read-only credential: cannot {what} (needs an admin credential)"),
+                    false,
+                );
+            }
             KeyCode::Char('s') => {
                 self.input = Some(Input::Submit(SubmitForm {
                     model: self

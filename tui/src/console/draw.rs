@@ -144,6 +144,13 @@ fn status_spans(app: &App, compact: bool) -> Vec<Span<'static>> {
     }));
     spans.push(sep());
     spans.extend(connection(app));
+    if app.read_only {
+        spans.push(sep());
+        spans.push(Span::styled(
+            if compact { "ro" } else { "read-only" },
+            Style::new().fg(Color::Yellow).bold(),
+        ));
+    }
     spans
 }
 
