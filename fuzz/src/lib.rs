@@ -12,7 +12,8 @@ use dml_agent::membership::msg::Message;
 use dml_shared::NodeId;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{
-    ClusterKey, Counters, EPOCH_LEN, Epoch, KEY_LEN, MAX_CLOCK_SKEW, Role, Session, handshake,
+    ClusterKey, Counters, Drop as UdpDrop, EPOCH_LEN, Epoch, KEY_LEN, MAX_CLOCK_SKEW, Role,
+    Session, handshake, unseal,
 };
 use dml_shared::channel::{OpenRead, SealWrite, is_forged};
 use dml_shared::config::Config;
@@ -263,8 +264,10 @@ pub fn auth_udp(data: &[u8]) {
     let key = ClusterKey::from_bytes(SECRET);
     let skew = MAX_CLOCK_SKEW.as_micros() as u64;
     let mut now: u64 = 1_764_150_000_000_000;
-    let auth = dml_shared::auth::AuthContext::new(key);
+    let auth = dml_shared::auth::AuthContext::new(key.clone());
     let from: std::net::SocketAddr = FROM.parse().expect("an address");
+    let to: std::net::SocketAddr = TO.parse().expect("an address");
+    let elsewhere: std::net::SocketAddr = "127.0.0.1:3".parse().expect("an address");
     let mut opener = Session::with_epoch(&auth, TO.parse().expect("an address"), TO_EPOCH);
     let mut opened: HashSet<(Epoch, u64)> = HashSet::new();
     let mut newest: HashMap<Epoch, u64> = HashMap::new();
@@ -276,6 +279,10 @@ pub fn auth_udp(data: &[u8]) {
             0 => {
                 let n = take(&mut d, 1).first().copied().unwrap_or(0);
                 let raw = take(&mut d, usize::from(n));
+                // Only a datagram sealed for this address unseals (a replayed one may).
+                if unseal(&key, to, raw).is_ok() {
+                    assert_eq!(unseal(&key, elsewhere, raw), Err(UdpDrop::Forged));
+                }
                 let o = opener.check(from, raw, now);
                 if o.dropped.is_none() {
                     panic!("an unsealed datagram opened: {raw:02x?} -> {o:02x?}");
@@ -294,6 +301,11 @@ pub fn auth_udp(data: &[u8]) {
                 let n = take(&mut d, 1).first().copied().unwrap_or(0) % 32;
                 let payload = take(&mut d, usize::from(n));
                 let datagram = seal_at(sender, seq, payload);
+                // Bound to its receiver's address: it unseals there only.
+                let (h, plain) = unseal(&key, to, &datagram).expect("a sealed datagram unseals");
+                assert_eq!((h.sender, h.receiver, h.seq), (sender, TO_EPOCH, seq));
+                assert_eq!(plain, payload);
+                assert_eq!(unseal(&key, elsewhere, &datagram), Err(UdpDrop::Forged));
                 if op & 0x80 != 0 {
                     let at = usize::from(take(&mut d, 1).first().copied().unwrap_or(0));
                     let mut bad = datagram.clone();
