@@ -12,6 +12,7 @@
 //! - [`wait`]: [`wait_until`] / [`wait_for`], polling a condition against a deadline
 //!   (never a fixed sleep).
 //! - [`events`]: parsing an agent's `--event-log`.
+//! - [`flood`]: unauthenticated connections held and reopened against an agent.
 //! - [`firewall`]: running `nft`/`iptables` and reading a drop counter (chaos test, bench).
 //! - [`infer`]: the tiny model and a sample dataset in SDFS, jobs over the agent API.
 //! - [`dml`]: running the `dml` command-line binary.
@@ -42,6 +43,7 @@ pub mod dir;
 pub mod dml;
 pub mod events;
 pub mod firewall;
+pub mod flood;
 pub use dml_history as history;
 pub mod infer;
 pub mod key;

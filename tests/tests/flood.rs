@@ -7,60 +7,16 @@
 
 use dml_shared::api::{Request, Response};
 use dml_shared::client::Client;
+use dml_tests::flood::{FLOODER, Flood};
 use dml_tests::sdfs::{READY, SdfsCluster, api, cluster_slot};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpSocket;
 
 /// Connections the flood holds open at once.
 const FLOOD: usize = 2000;
-/// The flood's source: a loopback address of its own.
-const FLOODER: [u8; 4] = [127, 0, 0, 77];
 /// How long commands run under the flood.
 const UNDER_FLOOD: Duration = Duration::from_secs(10);
 /// Bound on one `members` call under the flood: the answer must come, not a refusal.
 const CALL: Duration = Duration::from_secs(10);
-
-/// What the flood did.
-#[derive(Default)]
-struct Flood {
-    opened: AtomicU64,
-    /// Closed by the agent (shed at once, or at the handshake timeout).
-    closed: AtomicU64,
-}
-
-/// One flooding connection, reopened whenever the agent closes it, until `stop`.
-async fn flood_one(target: SocketAddr, stop: Arc<AtomicBool>, f: Arc<Flood>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(sock) = TcpSocket::new_v4() else {
-            return;
-        };
-        if sock.bind(SocketAddr::from((FLOODER, 0))).is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let Ok(mut s) = sock.connect(target).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        f.opened.fetch_add(1, Ordering::Relaxed);
-        // Never a byte: wait for the agent to close it.
-        let mut buf = [0u8; 64];
-        loop {
-            tokio::select! {
-                r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if stop.load(Ordering::Relaxed) { return }
-                }
-            }
-        }
-        f.closed.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn unauthenticated_connections_held_and_reopened_leave_the_cluster_serving() {
@@ -71,14 +27,10 @@ async fn unauthenticated_connections_held_and_reopened_leave_the_cluster_serving
     let target = c.addrs[leader];
     let term = api::leader_info(target).await.unwrap().term;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let f = Arc::new(Flood::default());
-    let flooders: Vec<_> = (0..FLOOD)
-        .map(|_| tokio::spawn(flood_one(target, stop.clone(), f.clone())))
-        .collect();
+    let f = Flood::start(target, FLOOD, FLOODER);
     // The flood is up before the client starts.
     let t = Instant::now();
-    while f.opened.load(Ordering::Relaxed) < FLOOD as u64 && t.elapsed() < READY {
+    while f.opened() < FLOOD as u64 && t.elapsed() < READY {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -106,21 +58,19 @@ async fn unauthenticated_connections_held_and_reopened_leave_the_cluster_serving
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = api::leader_info(target).await.unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for h in flooders {
-        h.abort();
-    }
+    let (opened, closed) = (f.opened(), f.closed());
+    drop(f);
     latencies.sort();
     eprintln!(
         "{} flood connections opened, {} closed by the agent; {} members calls, p50 {:?}, max {:?}",
-        f.opened.load(Ordering::Relaxed),
-        f.closed.load(Ordering::Relaxed),
+        opened,
+        closed,
         latencies.len(),
         latencies[latencies.len() / 2],
         latencies.last().unwrap()
     );
     assert!(
-        f.opened.load(Ordering::Relaxed) >= FLOOD as u64,
+        opened >= FLOOD as u64,
         "the flood never reached {FLOOD} connections"
     );
     assert_eq!(

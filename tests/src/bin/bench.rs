@@ -30,7 +30,8 @@
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
 //! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`; `security` for
-//! `bench security` (TCP encryption's cost).
+//! `bench security` (the cost of encryption: SDFS throughput, handshakes, `members` latency
+//! under a connection flood, membership bytes per member).
 
 #[path = "bench/console.rs"]
 mod console;
@@ -86,7 +87,7 @@ enum Cmd {
     Inference(inference::InferenceArgs),
     /// The namespace test bed: fail-over, partitions, SDFS vs scp, a soak (see bench/hosts.rs).
     Hosts(hosts::HostsArgs),
-    /// The cost of TCP encryption: SDFS put/get and handshakes, encrypted vs plaintext.
+    /// The cost of encryption: SDFS put/get, handshakes, members p99 under a flood, membership B/s.
     Security(security::SecurityArgs),
 }
 

@@ -1,21 +1,38 @@
-//! `bench security`: the cost of encrypting TCP (issue 19), measured in one run. Two
-//! clusters in turn, one with `security.encrypt_tcp = true` (the default) and one with
-//! `false` (authenticated only, as before): SDFS put and get of 64 MiB (and 1 GiB with
-//! `--large`) from an in-process client that always uses TCP (`local_socket = false`, as a
-//! client on another host; the replica chain is TCP too), and handshakes per second
-//! (sequential `Conn::connect`, TCP connect included). The ratio is encrypted over
-//! plaintext throughput; the issue's target is at least 0.8.
+//! `bench security`: the cost of security (issue 19), measured in one run. Two clusters in
+//! turn, one with `security.encrypt_tcp = true` (the default) and one with `false`
+//! (authenticated only, as before), each measuring:
 //!
+//! - SDFS put and get of 64 MiB and 1 GiB (`--quick`: 64 MiB only) from an in-process
+//!   client that always uses TCP (`local_socket = false`, as a client on another host; the
+//!   replica chain is TCP too); each file is deleted after its round;
+//! - handshakes per second (sequential `Conn::connect`, TCP connect included);
+//! - `members` latency (a new TCP connection and handshake per call, as `dml members`
+//!   from another host) against the leader, p50 and p99, first at rest, then while 2,000
+//!   connections that never authenticate are held and reopened against it from another
+//!   loopback address ([`dml_tests::flood`]).
+//!
+//! Then membership traffic per member, on a cluster of `--members` agents with the `lan`
+//! preset, at rest. `encrypt_tcp` does not touch UDP: datagrams are always sealed, so the
+//! figure is measured once; the sealed bytes (what the agents count, seal included) are
+//! set against their payload (sealed bytes less [`UDP_OVERHEAD`] per datagram), the
+//! plaintext baseline. The issue's target is at most 400 B/s.
+//!
+//! The ratio is encrypted over plaintext; the issue's target for throughput is at least 0.8.
 //! Table on stdout, progress on stderr, JSON in `target/bench/security.json`.
 
 use anyhow::{Context, Result, bail};
-use dml_shared::auth;
+use dml_shared::api::{Request, Response};
+use dml_shared::auth::{self, UDP_OVERHEAD};
+use dml_shared::client::Client;
 use dml_shared::config::{ControlConfig, MembershipConfig, Preset, SdfsConfig};
 use dml_shared::conn::Conn;
 use dml_shared::sdfs_client::{Options, Sdfs, no_progress};
+use dml_tests::Cluster;
+use dml_tests::flood::{FLOODER, Flood};
 use dml_tests::sdfs::content::write_pattern_file;
 use dml_tests::sdfs::{SdfsCluster, SdfsOptions};
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,15 +47,38 @@ pub struct SecurityArgs {
     /// Puts and gets per size and mode; the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Also move 1 GiB files.
+    /// Skip the 1 GiB files.
     #[arg(long)]
-    large: bool,
+    quick: bool,
     /// Handshakes timed per mode.
     #[arg(long, default_value_t = 300)]
     handshakes: usize,
+    /// `members` calls timed per mode, at rest and again under the flood.
+    #[arg(long, default_value_t = 300)]
+    calls: usize,
+    /// Unauthenticated connections held by the flood.
+    #[arg(long, default_value_t = 2000)]
+    flood: usize,
+    /// Agents of the membership-traffic cluster (`lan` preset).
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Seconds of membership traffic measured.
+    #[arg(long, default_value_t = 30)]
+    traffic_secs: u64,
     /// Do not run `cargo build` for dml-agent first.
     #[arg(long)]
     no_build: bool,
+}
+
+/// Latency of `members` calls, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Latency {
+    calls: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Calls that failed or timed out (not in the percentiles).
+    failed: usize,
 }
 
 /// One mode's figures.
@@ -48,14 +88,38 @@ struct Mode {
     /// (size in bytes, put MB/s, get MB/s), medians.
     sizes: Vec<(u64, f64, f64)>,
     handshakes_per_s: f64,
+    members_at_rest: Latency,
+    members_under_flood: Latency,
+    /// Flood connections opened, and closed by the agent, while the calls ran.
+    flood_opened: u64,
+    flood_closed: u64,
+}
+
+/// Membership traffic per member at rest, bytes per second.
+#[derive(Clone, Debug, Serialize)]
+struct Traffic {
+    members: usize,
+    preset: &'static str,
+    window_s: f64,
+    /// Sent, as counted by the agents (sealed datagrams): mean and max over members.
+    sealed_sent_mean_bps: f64,
+    sealed_sent_max_bps: f64,
+    /// Sent payload: sealed bytes less the seal's overhead per datagram.
+    payload_sent_mean_bps: f64,
+    payload_sent_max_bps: f64,
+    packets_sent_mean_ps: f64,
+    overhead_per_datagram: usize,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     agents: usize,
     rounds: usize,
+    /// Connections held by the flood.
+    flood: usize,
     encrypted: Mode,
     plaintext: Mode,
+    membership: Traffic,
 }
 
 fn label(size: u64) -> String {
@@ -127,6 +191,10 @@ async fn measure(
             client.get(&sdfs_name, &dst, &no_progress).await?;
             get.push(mb_per_s(size, t.elapsed()));
             std::fs::remove_file(&dst)?;
+            // Keeps the disk for the next round (a 1 GiB file is 4 GiB stored).
+            if let Err(e) = client.delete(&sdfs_name).await {
+                eprintln!("[{name}] cannot delete {sdfs_name}: {e}");
+            }
             eprintln!(
                 "[{name}] {l} round {r}: put {:.0} MB/s, get {:.0} MB/s",
                 put[r], get[r]
@@ -142,11 +210,137 @@ async fn measure(
     }
     let handshakes_per_s = a.handshakes as f64 / t.elapsed().as_secs_f64();
     eprintln!("[{name}] {handshakes_per_s:.0} handshakes/s");
+
+    let all: Vec<usize> = (0..c.len()).collect();
+    let leader = c.addrs[c.leader_index(&all, READY).await?];
+    let members_at_rest = members_latency(leader, a.calls).await;
+    eprintln!("[{name}] members at rest: {members_at_rest:?}");
+    let flood = Flood::start(leader, a.flood, FLOODER);
+    let t = Instant::now();
+    while flood.opened() < a.flood as u64 && t.elapsed() < READY {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "[{name}] flood: {} connections open after {:.1} s",
+        flood.opened(),
+        t.elapsed().as_secs_f64()
+    );
+    let members_under_flood = members_latency(leader, a.calls).await;
+    let (flood_opened, flood_closed) = (flood.opened(), flood.closed());
+    drop(flood);
+    eprintln!(
+        "[{name}] members under the flood: {members_under_flood:?}; {flood_opened} flood connections opened, {flood_closed} closed by the agent"
+    );
     Ok(Mode {
         encrypt_tcp,
         sizes: out,
         handshakes_per_s,
+        members_at_rest,
+        members_under_flood,
+        flood_opened,
+        flood_closed,
     })
+}
+
+/// Time allowed for the cluster to elect a leader, converge, and for one call.
+const READY: Duration = Duration::from_secs(60);
+/// Bound on one `members` call.
+const CALL: Duration = Duration::from_secs(10);
+/// Pause between two timed calls.
+const CALL_GAP: Duration = Duration::from_millis(20);
+
+/// `calls` `members` calls to `agent`, each on a new TCP connection (as `dml members`
+/// from another host).
+async fn members_latency(agent: SocketAddr, calls: usize) -> Latency {
+    let mut ms = Vec::with_capacity(calls);
+    let mut failed = 0;
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = Client::new(agent)
+            .with_timeout(CALL)
+            .call(&Request::Members)
+            .await;
+        match r {
+            Ok(Response::Members(_)) => ms.push(t.elapsed().as_secs_f64() * 1e3),
+            _ => failed += 1,
+        }
+        tokio::time::sleep(CALL_GAP).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        ms.get(((ms.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Latency {
+        calls: ms.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: ms.last().copied().unwrap_or(f64::NAN),
+        failed,
+    }
+}
+
+/// Membership traffic at rest on `members` agents with the `lan` preset.
+async fn traffic(a: &SecurityArgs, run_dir: &Path) -> Result<Traffic> {
+    eprintln!("[membership] starting {} agents (lan preset)", a.members);
+    let mut c = Cluster::new_in(run_dir, "membership", MembershipConfig::preset(Preset::Lan))?;
+    for _ in 0..a.members {
+        c.add().await?;
+    }
+    c.wait_converged(READY).await?;
+    // The first hellos and the joins' gossip settle before the window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let addrs: Vec<SocketAddr> = c.agents.iter().map(|x| x.addr()).collect();
+    let before = stats(&addrs).await?;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.traffic_secs)).await;
+    let after = stats(&addrs).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let per = |f: &dyn Fn(&dml_shared::api::Stats) -> u64| -> Vec<f64> {
+        before
+            .iter()
+            .zip(&after)
+            .map(|(b, x)| f(x).saturating_sub(f(b)) as f64 / secs)
+            .collect()
+    };
+    let sealed = per(&|s| s.bytes_sent);
+    let packets = per(&|s| s.packets_sent);
+    let payload: Vec<f64> = sealed
+        .iter()
+        .zip(&packets)
+        .map(|(b, p)| b - p * UDP_OVERHEAD as f64)
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let t = Traffic {
+        members: a.members,
+        preset: "lan",
+        window_s: secs,
+        sealed_sent_mean_bps: mean(&sealed),
+        sealed_sent_max_bps: max(&sealed),
+        payload_sent_mean_bps: mean(&payload),
+        payload_sent_max_bps: max(&payload),
+        packets_sent_mean_ps: mean(&packets),
+        overhead_per_datagram: UDP_OVERHEAD,
+    };
+    eprintln!("[membership] {t:?}");
+    Ok(t)
+}
+
+async fn stats(addrs: &[SocketAddr]) -> Result<Vec<dml_shared::api::Stats>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        match Client::new(*a)
+            .with_timeout(CALL)
+            .call(&Request::Stats)
+            .await?
+        {
+            Response::Stats(s) => out.push(s),
+            other => bail!("stats of {a}: unexpected answer {other:?}"),
+        }
+    }
+    Ok(out)
 }
 
 pub async fn run(a: SecurityArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
@@ -162,17 +356,32 @@ pub async fn run(a: SecurityArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> 
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create \"{}\"", run_dir.display()))?;
     let mut sizes = vec![64 * MIB];
-    if a.large {
+    if !a.quick {
         sizes.push(GIB);
+    }
+    // Every round's replicas (if deletes free space late), the source and a got copy.
+    let largest = *sizes.last().expect("a size");
+    let need = largest * (4 * a.rounds as u64 + 2) + 2 * GIB;
+    let avail = crate::sdfs_local::available_bytes(&run_dir)?;
+    if avail < need {
+        bail!(
+            "not enough free space at \"{}\": {:.1} GiB available, about {:.1} GiB needed (try --quick)",
+            run_dir.display(),
+            avail as f64 / GIB as f64,
+            need as f64 / GIB as f64
+        );
     }
     let encrypted = measure(&a, &run_dir, true, &sizes).await?;
     let plaintext = measure(&a, &run_dir, false, &sizes).await?;
     auth::set_encrypt_tcp(true);
+    let membership = traffic(&a, &run_dir).await?;
     let report = Report {
         agents: a.agents,
         rounds: a.rounds,
+        flood: a.flood,
         encrypted,
         plaintext,
+        membership,
     };
     println!("{}", table(&report));
     let path = out_dir.join("security.json");
@@ -210,6 +419,67 @@ fn table(r: &Report) -> String {
         e,
         p,
         e / p
+    );
+    let (e, p) = (&r.encrypted, &r.plaintext);
+    for (row, e, p) in [
+        ("members p50", &e.members_at_rest, &p.members_at_rest),
+        ("members p99", &e.members_at_rest, &p.members_at_rest),
+        ("flood p50", &e.members_under_flood, &p.members_under_flood),
+        ("flood p99", &e.members_under_flood, &p.members_under_flood),
+    ] {
+        let pick = |l: &Latency| {
+            if row.ends_with("p50") {
+                l.p50_ms
+            } else {
+                l.p99_ms
+            }
+        };
+        let _ = writeln!(
+            t,
+            "{:<16} {:>11.2} ms {:>11.2} ms {:>8.2}",
+            row,
+            pick(e),
+            pick(p),
+            pick(e) / pick(p)
+        );
+    }
+    let _ = writeln!(
+        t,
+        "flood: {} unauthenticated connections held and reopened against the leader from \
+         another address ({} / {} opened, {} / {} closed by the agent; {} / {} calls failed)",
+        r.flood,
+        e.flood_opened,
+        p.flood_opened,
+        e.flood_closed,
+        p.flood_closed,
+        e.members_under_flood.failed,
+        p.members_under_flood.failed
+    );
+    let m = &r.membership;
+    let _ = writeln!(
+        t,
+        "\nmembership, {} agents ({} preset), {:.0} s at rest; UDP is always sealed\n\
+         {:<16} {:>14} {:>14} {:>8}\n\
+         {:<16} {:>9.0} B/s {:>9.0} B/s {:>8.2}\n\
+         {:<16} {:>9.0} B/s {:>9.0} B/s {:>8.2}\n\
+         {:.1} datagrams/s per member, {} bytes of seal each; target: at most 400 B/s",
+        m.members,
+        m.preset,
+        m.window_s,
+        "sent per member",
+        "sealed",
+        "payload",
+        "ratio",
+        "mean",
+        m.sealed_sent_mean_bps,
+        m.payload_sent_mean_bps,
+        m.sealed_sent_mean_bps / m.payload_sent_mean_bps,
+        "max",
+        m.sealed_sent_max_bps,
+        m.payload_sent_max_bps,
+        m.sealed_sent_max_bps / m.payload_sent_max_bps,
+        m.packets_sent_mean_ps,
+        m.overhead_per_datagram
     );
     t
 }
