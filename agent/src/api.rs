@@ -248,7 +248,7 @@ async fn accept_loop(
                 let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
                 return;
             };
-            if let Err(e) = serve(conn, cfg.max_frame, &services, &bad_frames).await {
+            if let Err(e) = serve(conn, source, cfg.max_frame, &services, &bad_frames).await {
                 tracing::debug!(%peer, error = %e, "API connection closed");
             }
             drop(slot);
@@ -281,6 +281,7 @@ async fn refuse(mut conn: Conn, max: usize) -> dml_shared::Result<()> {
 
 async fn serve(
     mut stream: Conn,
+    source: Source,
     max_frame: usize,
     services: &Services,
     bad_frames: &AtomicU64,
@@ -327,7 +328,7 @@ async fn serve(
             Ok(Request::Subscribe) => {
                 return services.telemetry.serve(&mut stream, max_frame).await;
             }
-            Ok(req) => handle(req, services, bad_frames).await,
+            Ok(req) => handle(req, source, services, bad_frames).await,
             Err(e) => {
                 bad_frames.fetch_add(1, Ordering::Relaxed);
                 let msg = Response::Error(RemoteError::invalid(format!("bad request: {e}")));
@@ -350,7 +351,12 @@ async fn drain(stream: &mut Conn) {
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, tokio::io::copy(stream.raw(), &mut sink)).await;
 }
 
-async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Response {
+async fn handle(
+    req: Request,
+    source: Source,
+    services: &Services,
+    bad_frames: &AtomicU64,
+) -> Response {
     let gone = || {
         Response::Error(RemoteError::new(
             ErrorKind::Unavailable,
@@ -369,7 +375,7 @@ async fn handle(req: Request, services: &Services, bad_frames: &AtomicU64) -> Re
         Request::Leave => m.leave().await.map_or_else(gone, |()| Response::Ok),
         Request::Leader => Response::Leader(services.control.leader_info().await),
         Request::Control { req, leader_only } => services.control.control(req, leader_only).await,
-        Request::Raft(rpc) => services.control.raft_rpc(rpc).await,
+        Request::Raft(rpc) => services.control.raft_rpc(rpc, source).await,
         Request::NodeStats => Response::NodeStats(services.telemetry.node_stats()),
         Request::Keyring(r) => services.keyring.handle(r).await,
         Request::Data(_) | Request::Subscribe => unreachable!("served above"),

@@ -3,7 +3,8 @@
 //! ...) and is refused every write, each by name and with exit code 7; an
 //! admin credential writes but is refused agent-to-agent requests (Raft RPCs,
 //! repair copies, worker leases); the cluster key still does everything.
-//! The leader refuses a commit that names a holder it did not plan.
+//! The leader refuses a commit that names a holder it did not plan, and a
+//! voter takes Raft RPCs only from voters' addresses.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -69,8 +70,20 @@ async fn credential(c: &SdfsCluster, role: &str) -> std::path::PathBuf {
 
 /// One request on a fresh connection made with `key`.
 async fn ask(addr: SocketAddr, key: &Path, req: &Request) -> dml_shared::Result<Response> {
+    ask_from("127.0.0.1".parse().unwrap(), addr, key, req).await
+}
+
+/// [`ask`] on a connection from `ip` (any 127/8 address is this host).
+async fn ask_from(
+    ip: std::net::IpAddr,
+    addr: SocketAddr,
+    key: &Path,
+    req: &Request,
+) -> dml_shared::Result<Response> {
     let auth = AuthContext::new(ClusterKey::load(key).unwrap());
-    let stream = dml_shared::stream::connect_tcp(addr).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(ip, 0))?;
+    let stream = dml_shared::stream::Stream::from(socket.connect(addr).await?);
     let mut conn = Conn::client(stream, addr, &auth).await?;
     send_request(&mut conn, req).await?;
     read_response(&mut conn).await
@@ -290,4 +303,35 @@ async fn an_admin_credential_writes_but_cannot_speak_for_an_agent() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_raft_rpc_from_an_address_that_is_no_voters_is_refused() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("cred-raft-source", 3).await.unwrap();
+    c.wait_ready(READY).await.unwrap();
+    let key = dml_tests::key::path().unwrap();
+    let rpc = Request::Raft(vec![0; 8]);
+    // The cluster key, from 127.0.0.2: no voter's address.
+    let msg = refusal(ask_from("127.0.0.2".parse().unwrap(), c.addrs[0], &key, &rpc).await);
+    assert_eq!(
+        msg,
+        "Raft RPCs are taken only from the control-plane voters' addresses; 127.0.0.2 is not one"
+    );
+    // From the voters' address it reaches the Raft node (which turns away
+    // an RPC for node 0).
+    match ask(c.addrs[0], &key, &rpc).await {
+        Ok(Response::Raft(_)) => {}
+        Err(Error::Remote(e)) => assert!(!e.message.contains("addresses"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The cluster still has its leader and takes writes.
+    let src = c.dir().join("after.txt");
+    std::fs::write(&src, b"after\n").unwrap();
+    c.agent(1)
+        .dml(&["put", src.to_str().unwrap(), "after.txt"], DML)
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
 }

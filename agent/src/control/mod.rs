@@ -75,7 +75,7 @@ use dml_shared::sdfs::MetaRequest;
 pub use error::ControlError;
 use openraft::{BasicNode, Raft, SnapshotPolicy};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -206,13 +206,25 @@ impl ControlHandle {
     /// failed (or departed) is refused: a leader whose own traffic still gets
     /// out while nothing reaches it (a one-way partition) cannot keep its
     /// followers, so they elect a leader clients can reach.
-    pub async fn raft_rpc(&self, rpc: Vec<u8>) -> Response {
+    /// `from`: the address the connection came from (`None`: the local
+    /// socket, this host). Only voters' addresses may send Raft RPCs.
+    pub async fn raft_rpc(&self, rpc: Vec<u8>, from: Option<IpAddr>) -> Response {
         let Some(inner) = self.inner.as_ref().filter(|i| i.s.is_voter()) else {
             return Response::Error(dml_shared::RemoteError::new(
                 dml_shared::ErrorKind::Refused,
                 "this agent is not a control-plane voter",
             ));
         };
+        if let Some(ip) = from
+            && !from_voter(ip, inner.voter_addrs())
+        {
+            return Response::Error(dml_shared::RemoteError::new(
+                dml_shared::ErrorKind::Refused,
+                format!(
+                    "Raft RPCs are taken only from the control-plane voters' addresses; {ip} is not one"
+                ),
+            ));
+        }
         let msg = match network::decode(&rpc) {
             Ok(m) => m,
             Err(e) => return Response::Error(e),
@@ -293,6 +305,20 @@ impl Inner {
             .get()
             .copied()
             .unwrap_or_else(|| voter_id(self.s.me))
+    }
+
+    /// The configured voters and the Raft configuration's nodes.
+    fn voter_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs = self.s.voters.clone();
+        if let Some(raft) = self.raft.get() {
+            let m = raft.metrics().borrow().membership_config.clone();
+            addrs.extend(
+                m.membership()
+                    .nodes()
+                    .filter_map(|(_, n)| n.addr.parse::<SocketAddr>().ok()),
+            );
+        }
+        addrs
     }
 
     /// The address of Raft node `id`: from the membership config, else the
@@ -573,10 +599,28 @@ async fn initialize(raft: &Raft<TypeConfig>, voters: &[SocketAddr]) {
     }
 }
 
+/// Whether a connection from `ip` may carry Raft RPCs: it is the host of
+/// one of `voters`. (Agents share the cluster key, so the address is what
+/// tells a voter from another agent.)
+fn from_voter(ip: IpAddr, voters: impl IntoIterator<Item = SocketAddr>) -> bool {
+    voters.into_iter().any(|v| v.ip() == ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use dml_shared::NodeId;
+
+    #[test]
+    fn raft_rpcs_come_only_from_a_voters_address() {
+        let voters: Vec<SocketAddr> = ["10.0.0.1:7000", "10.0.0.2:7000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert!(from_voter("10.0.0.2".parse().unwrap(), voters.clone()));
+        assert!(!from_voter("10.0.0.3".parse().unwrap(), voters.clone()));
+        assert!(!from_voter("10.0.0.1".parse().unwrap(), []));
+    }
     use dml_shared::api::{MemberInfo, MemberState};
 
     fn member(addr: &str, started: u64, state: MemberState) -> MemberInfo {
