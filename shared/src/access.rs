@@ -3,7 +3,8 @@
 //!
 //! - read-only: views (id, members, stats, leader, ls, get, store, jobs,
 //!   output, rates, latency, placement, telemetry).
-//! - admin: writes (put, delete, submit-job, set-batch-size, join, leave).
+//! - admin: writes (put, delete, submit-job, set-batch-size, join, leave,
+//!   keyring).
 //! - peer (an agent's cluster key): Raft RPCs, repair copies, reconcile,
 //!   the inference worker protocol, node stats between agents.
 //!
