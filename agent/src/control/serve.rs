@@ -721,6 +721,122 @@ fn unexpected(a: Applied) -> ControlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::core::CoreConfig;
+    use crate::control::plans::DEFER_MAX;
+    use crate::control::types::Command;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn plan_and_commit(size: u64, forge: bool) -> Step {
+        let now = Instant::now();
+        let mut core = LeaderCore::new(
+            3,
+            CoreConfig {
+                min_lease: Duration::from_secs(10),
+                forget_plans: Duration::from_secs(60),
+                read_lease: Duration::from_millis(75),
+                repair_concurrency: 1,
+                replicas: 4,
+                registry: std::sync::Arc::new(dml_shared::models::Registry::builtin()),
+            },
+            now,
+        );
+        let cfg = ServeConfig {
+            replicas: 4,
+            write_quorum: 3,
+            put_timeout: Duration::from_secs(30),
+            max_lease_wait: Duration::from_secs(1),
+            keyring_seed: None,
+        };
+        let alive: Vec<SocketAddr> = (1..=6).map(addr).collect();
+        let view = LiveView {
+            live: alive.clone(),
+            alive,
+        };
+        let mut state = MetaState::default();
+        let begin = MetaRequest::BeginPut {
+            name: "f".into(),
+            size,
+        };
+        let cx = Ctx {
+            cfg: &cfg,
+            state: &state,
+            view: Some(&view),
+            now,
+            now_ms: 1,
+        };
+        let reply = match serve(&mut core, &cx, begin.into()) {
+            Step::Reply(Ok(ControlResponse::Sdfs(r))) => r,
+            Step::AppendPlan { op, reply } => {
+                let MetaResponse::PutPlan { version, .. } = reply else {
+                    panic!("{reply:?}");
+                };
+                assert_eq!(
+                    state.apply(&Command { now_ms: 1, op }),
+                    Applied::Version(version)
+                );
+                core.plans().appended("f", version, now);
+                core.plans().settled("f", version, Ok(()));
+                reply
+            }
+            other => panic!("{other:?}"),
+        };
+        let MetaResponse::PutPlan {
+            version,
+            chain,
+            plan,
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(chain.len(), 4);
+        let mut holders = chain[..3].to_vec();
+        if forge {
+            let outsider = (1..=6).map(addr).find(|a| !chain.contains(a)).unwrap();
+            holders[1] = outsider;
+        }
+        let commit = MetaRequest::CommitPut {
+            name: "f".into(),
+            version,
+            checksum: [7; 32],
+            holders,
+            plan,
+        };
+        let cx = Ctx {
+            cfg: &cfg,
+            state: &state,
+            view: Some(&view),
+            now,
+            now_ms: 2,
+        };
+        serve(&mut core, &cx, commit.into())
+    }
+
+    #[test]
+    fn the_leader_commits_only_on_holders_of_the_chain_it_planned() {
+        for size in [3, DEFER_MAX + 1] {
+            assert!(
+                matches!(
+                    plan_and_commit(size, false),
+                    Step::Append(Op::PutAt { .. } | Op::CommitPut { .. }, Then::Commit)
+                ),
+                "{size} bytes"
+            );
+            match plan_and_commit(size, true) {
+                Step::Reply(Err(e @ ControlError::BadRequest(_))) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("which is not in the chain the leader planned"),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{size} bytes: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn an_unconfirmed_put_is_final_once_a_later_leader_answers() {
