@@ -155,8 +155,29 @@ impl Agent {
         let auth = dml_shared::auth::installed()?
             .sharing_keyring()
             .with_encrypt_tcp(cfg.security.encrypt_tcp);
-        // Before the first datagram: a rotated keyring wins over key_file.
+        // Before the first datagram: a rotated keyring wins over key_file,
+        // and a newer one the others run is fetched.
         let keyring_version = crate::keyring::load(&cfg.data_dir, &auth)?;
+        let keyring_version = match cfg.security.encrypt_tcp {
+            false => keyring_version,
+            true => {
+                let peers: Vec<SocketAddr> = cfg
+                    .voters()
+                    .into_iter()
+                    .chain(cfg.introducers.iter().copied())
+                    .collect();
+                crate::keyring::catch_up(
+                    &auth,
+                    &cfg.data_dir,
+                    keyring_version,
+                    addr,
+                    &peers,
+                    &cfg.voters(),
+                    cfg.control.rpc_timeout,
+                )
+                .await
+            }
+        };
         let membership = driver::spawn(udp, core, join, auth.clone())
             .context("cannot start the membership thread")?;
         // Ends with the membership events, at shutdown.
@@ -185,6 +206,8 @@ impl Agent {
                 version: keyring_version,
                 encrypt_tcp: cfg.security.encrypt_tcp,
                 ask_timeout: cfg.control.rpc_timeout,
+                me: addr,
+                voters: cfg.voters(),
             },
             control.handle(),
             membership.handle.clone(),

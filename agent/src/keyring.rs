@@ -78,6 +78,9 @@ struct Inner {
     membership: MembershipHandle,
     /// Timeout of one agent's answer to `list` and the safety checks.
     ask_timeout: Duration,
+    me: SocketAddr,
+    /// The configured voters, asked to relay a fetch.
+    voters: Vec<SocketAddr>,
     /// Wakes the sync task at once (after a change through this agent).
     poke: Notify,
 }
@@ -103,6 +106,9 @@ pub struct Options {
     pub version: u64,
     pub encrypt_tcp: bool,
     pub ask_timeout: Duration,
+    /// This agent's address.
+    pub me: SocketAddr,
+    pub voters: Vec<SocketAddr>,
 }
 
 impl KeyringService {
@@ -121,6 +127,8 @@ impl KeyringService {
             control,
             membership,
             ask_timeout: opts.ask_timeout,
+            me: opts.me,
+            voters: opts.voters,
             poke: Notify::new(),
         });
         let (stop, rx) = watch::channel(false);
@@ -163,6 +171,97 @@ async fn sync_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The committed keyring unless its version is `have`, relayed to the
+/// leader by the first of `voters` (other than `me`) that answers.
+async fn relayed(
+    voters: &[SocketAddr],
+    me: SocketAddr,
+    have: u64,
+    timeout: Duration,
+) -> Result<Option<KeyringState>, RemoteError> {
+    let req = Request::Control {
+        req: ControlRequest::Keyring(KeyringCommand::Fetch { have }),
+        leader_only: false,
+    };
+    let mut last = RemoteError::new(ErrorKind::Unavailable, "no other voter is configured");
+    for v in voters.iter().filter(|v| **v != me) {
+        let mut c = Client::new(*v).with_timeout(timeout);
+        match c.call(&req).await {
+            Ok(answer) => match ring(answer) {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            },
+            Err(dml_shared::Error::Remote(e)) => last = e,
+            Err(e) => last = RemoteError::new(ErrorKind::Unavailable, e.to_string()),
+        }
+    }
+    Err(last)
+}
+
+/// Before the agent joins: if another agent already runs a newer keyring
+/// than this one's `version` (this agent was down during a change), fetches
+/// and installs it, so the first datagrams it gets open. Asks `peers` for
+/// their version first (no leader needed), so a cluster starting fresh, all
+/// at version 0, starts without delay. Returns the version installed.
+pub async fn catch_up(
+    auth: &AuthContext,
+    data_dir: &Path,
+    version: u64,
+    me: SocketAddr,
+    peers: &[SocketAddr],
+    voters: &[SocketAddr],
+    timeout: Duration,
+) -> u64 {
+    let mut asks = tokio::task::JoinSet::new();
+    for p in peers.iter().copied().filter(|p| *p != me) {
+        asks.spawn(async move {
+            let mut c = Client::new(p).with_timeout(timeout);
+            match c.call(&Request::Keyring(KeyringRequest::Local)).await {
+                Ok(Response::Keyring(KeyringResponse::Local(l))) => l.version,
+                _ => 0,
+            }
+        });
+    }
+    let newest = asks.join_all().await.into_iter().max().unwrap_or(0);
+    if newest <= version {
+        return version;
+    }
+    tracing::info!(
+        version,
+        newest,
+        "this agent missed keyring changes; fetching before it joins"
+    );
+    let fetched = tokio::time::timeout(timeout * 4, relayed(voters, me, version, timeout)).await;
+    match fetched {
+        Ok(Ok(Some(state))) if state.check().is_ok() => match file::save(&path(data_dir), &state) {
+            Ok(()) => {
+                auth.set_keyring(state.to_keyring());
+                tracing::info!(version = state.version, "keyring installed before joining");
+                state.version
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the fetched keyring; the sync task retries");
+                version
+            }
+        },
+        other => {
+            tracing::warn!(outcome = ?other.map(|r| r.map(|s| s.map(|s| s.summary()))), "cannot fetch the keyring before joining; the sync task retries");
+            version
+        }
+    }
+}
+
+/// The keyring in an answer to a fetch.
+fn ring(answer: Response) -> Result<Option<KeyringState>, RemoteError> {
+    match answer {
+        Response::Control(ControlResponse::Keyring(KeyringAnswer::Ring(r))) => Ok(r),
+        Response::Error(e) => Err(e),
+        other => Err(RemoteError::internal(format!(
+            "unexpected answer to a keyring fetch: {other:?}"
+        ))),
+    }
+}
+
 fn refused(msg: impl Into<String>) -> Response {
     Response::Error(RemoteError::new(ErrorKind::Refused, msg))
 }
@@ -181,16 +280,25 @@ impl Inner {
         self.install(&state)
     }
 
-    /// The committed keyring unless its version is `have`.
+    /// The committed keyring unless its version is `have`: through this
+    /// agent's route to the leader, else relayed by a voter. (A voter that
+    /// missed a `use` while down cannot take the leader's Raft RPCs, sent
+    /// with the new key, so it does not know the leader; a voter does, and
+    /// accepts this agent's older key until it is removed.)
     async fn fetch(&self, have: u64) -> Result<Option<KeyringState>, RemoteError> {
         let req = ControlRequest::Keyring(KeyringCommand::Fetch { have });
-        match self.control.control(req, false).await {
-            Response::Control(ControlResponse::Keyring(KeyringAnswer::Ring(r))) => Ok(r),
-            Response::Error(e) => Err(e),
-            other => Err(RemoteError::internal(format!(
-                "unexpected answer to a keyring fetch: {other:?}"
-            ))),
+        let own = tokio::time::timeout(self.ask_timeout, self.control.control(req.clone(), false));
+        let own = match own.await {
+            Ok(answer) => match ring(answer) {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            },
+            Err(_) => RemoteError::new(ErrorKind::Unavailable, "no leader answered in time"),
+        };
+        if self.voters.iter().all(|v| *v == self.me) {
+            return Err(own);
         }
+        relayed(&self.voters, self.me, have, self.ask_timeout).await
     }
 
     /// Writes `state` to the data directory, then installs it.
@@ -299,26 +407,26 @@ impl Inner {
     /// `fp` as typed, checked against the committed keyring: an unknown
     /// key, or (`removing`) the primary, is refused here with the words the
     /// leader would use.
-    async fn known(&self, fp: &str, removing: bool) -> Result<String, Response> {
+    async fn known(&self, fp: &str, removing: bool) -> Result<String, RemoteError> {
         let fp = normalize(fp)?;
-        let committed = self.committed().await.map_err(Response::Error)?;
+        let committed = self.committed().await?;
         if !committed.keys.contains(&fp) {
-            return Err(Response::Error(RemoteError::new(
+            return Err(RemoteError::new(
                 ErrorKind::NotFound,
                 format!(
                     "no key with fingerprint \"{fp}\" is installed (installed: {})",
                     committed.keys.join(", ")
                 ),
-            )));
+            ));
         }
         if removing && committed.primary == fp {
-            return Err(Response::Error(RemoteError::new(
+            return Err(RemoteError::new(
                 ErrorKind::Conflict,
                 format!(
                     "key {fp} is the primary: agents send with it; make another key primary \
                      (`dml keyring use`) before removing it"
                 ),
-            )));
+            ));
         }
         Ok(fp)
     }
@@ -424,12 +532,12 @@ impl Survey {
 }
 
 /// Takes `fp` as an operator typed it.
-fn normalize(fp: &str) -> Result<String, Response> {
+fn normalize(fp: &str) -> Result<String, RemoteError> {
     let fp = fp.trim().to_ascii_lowercase();
     if fp.len() != 16 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Response::Error(RemoteError::invalid(format!(
+        return Err(RemoteError::invalid(format!(
             "\"{fp}\" is not a key fingerprint (16 hex digits, as `dml keyring list` shows)"
-        ))));
+        )));
     }
     Ok(fp)
 }
@@ -458,7 +566,7 @@ impl KeyringHandle {
             KeyringRequest::Use { fingerprint } => {
                 let fp = match i.known(&fingerprint, false).await {
                     Ok(f) => f,
-                    Err(r) => return r,
+                    Err(e) => return Response::Error(e),
                 };
                 let survey = match i.survey().await {
                     Ok(s) => s,
@@ -474,7 +582,7 @@ impl KeyringHandle {
             KeyringRequest::Remove { fingerprint } => {
                 let fp = match i.known(&fingerprint, true).await {
                     Ok(f) => f,
-                    Err(r) => return r,
+                    Err(e) => return Response::Error(e),
                 };
                 let survey = match i.survey().await {
                     Ok(s) => s,

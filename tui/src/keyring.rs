@@ -176,12 +176,11 @@ fn list_table(l: &KeyringList) -> String {
             (false, true) => "",
             (false, false) => "removed",
         };
+        let installed = format!("[{}/{n}]", k.installed_on);
+        let sending = format!("[{}/{n}]", k.primary_on);
         t.push_str(&format!(
-            "{:<18} {:<8} {:<11} {}\n",
-            k.fingerprint,
-            mark,
-            format!("[{}/{n}]", k.installed_on),
-            format!("[{}/{n}]", k.primary_on)
+            "{:<18} {mark:<8} {installed:<11} {sending}\n",
+            k.fingerprint
         ));
     }
     for (a, e) in &l.unreachable {

@@ -127,7 +127,9 @@ pub enum Then {
         deadline: Instant,
     },
     /// A keyring change of the key `fingerprint`: `Changed`.
-    Keyring { fingerprint: String },
+    Keyring {
+        fingerprint: String,
+    },
     /// The leader's own upkeep: nothing to answer.
     Upkeep(Upkeep),
 }
@@ -205,11 +207,9 @@ pub fn serve(core: &mut LeaderCore, cx: &Ctx, req: ControlRequest) -> Step {
     match req {
         ControlRequest::Sdfs(r) => serve_sdfs(core, cx, r),
         ControlRequest::Infer(r) => serve_infer(core, cx, r),
-        ControlRequest::Keyring(c) => super::keyring::serve(
-            cx.state.keyring.as_ref(),
-            cx.cfg.keyring_seed.as_deref(),
-            c,
-        ),
+        ControlRequest::Keyring(c) => {
+            super::keyring::serve(cx.state.keyring.as_ref(), cx.cfg.keyring_seed.as_deref(), c)
+        }
     }
 }
 

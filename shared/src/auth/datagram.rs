@@ -674,10 +674,16 @@ mod tests {
         auth_b.set_keyring(Keyring::new(k(1), [k(2)]));
         auth_a.set_keyring(Keyring::new(k(2), [k(1)]));
         let d = a.seal(addr(2), b"with two", T0 + 10).remove(0);
-        assert!(unseal(&k(2), addr(2), &d).is_ok(), "sealed with the new primary");
+        assert!(
+            unseal(&k(2), addr(2), &d).is_ok(),
+            "sealed with the new primary"
+        );
         assert_eq!(b.open(addr(1), &d, T0 + 10).payload.unwrap(), b"with two");
         let back = b.seal(addr(1), b"with one", T0 + 20).remove(0);
-        assert_eq!(a.open(addr(2), &back, T0 + 20).payload.unwrap(), b"with one");
+        assert_eq!(
+            a.open(addr(2), &back, T0 + 20).payload.unwrap(),
+            b"with one"
+        );
         // Key 1 removed from a: what b still seals with it is forgery there.
         auth_a.set_keyring(Keyring::new(k(2), []));
         let old = b.seal(addr(1), b"old key", T0 + 30).remove(0);
