@@ -4,10 +4,12 @@
 //! admin credential writes but is refused agent-to-agent requests (Raft RPCs,
 //! repair copies, worker leases); the cluster key still does everything.
 //! The leader refuses a commit that names a holder it did not plan, and a
-//! voter takes Raft RPCs only from voters' addresses.
+//! voter takes Raft RPCs only from voters' addresses. A credential stops
+//! working when the key it was derived from leaves the keyring.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
+use anyhow::ensure;
 use dml_shared::api::{Request, Response};
 use dml_shared::auth::{AuthContext, ClusterKey};
 use dml_shared::client::{read_response, send_request};
@@ -18,9 +20,15 @@ use dml_shared::sdfs::{DataRequest, MetaRequest, MetaResponse};
 use dml_shared::{Error, ErrorKind};
 use dml_tests::dml::DmlOutput;
 use dml_tests::sdfs::{DML, READY, SdfsCluster, cluster_slot};
+use dml_tests::wait_until;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
+
+/// Bound on a keyring change reaching every agent (each asks every second).
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(250);
 
 /// `dml` exit code of a refusal (README, "Exit codes").
 const REFUSED: i32 = 7;
@@ -133,6 +141,11 @@ async fn a_read_only_credential_reads_and_is_refused_every_write_by_name() {
     }
     assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
     assert!(got_all.join("kept.txt").exists());
+    // The console's telemetry stream.
+    let first = tokio::time::timeout(WAIT, ask(c.addrs[0], &ro, &Request::Subscribe))
+        .await
+        .unwrap();
+    assert!(matches!(first, Ok(Response::Telemetry(_))), "{first:?}");
 
     // Every write is refused by name.
     let planted = dir.join("planted.txt");
@@ -334,4 +347,107 @@ async fn a_raft_rpc_from_an_address_that_is_no_voters_is_refused() {
         .unwrap()
         .ensure_success()
         .unwrap();
+}
+
+/// `dml --key-file key --agent addr args`.
+async fn dml_at(key: &Path, addr: SocketAddr, args: &[&str]) -> DmlOutput {
+    let (k, a) = (key.to_str().unwrap(), addr.to_string());
+    let mut all = vec!["--key-file", k, "--agent", a.as_str()];
+    all.extend_from_slice(args);
+    dml_tests::run_dml(&all, DML).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_credential_stops_working_when_its_key_leaves_the_keyring() {
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("cred-keyring", 3).await.unwrap();
+    c.wait_ready(READY).await.unwrap();
+    let dir = c.dir().to_path_buf();
+    let old = dml_tests::key::path().unwrap();
+    let ro_old = credential(&c, "read-only").await;
+    let new = dir.join("new.key");
+    let fp_new = dml_tests::key::other(&new).unwrap().fingerprint();
+    let fp_old = ClusterKey::load(&old).unwrap().fingerprint();
+    let ro_new = dir.join("ro-new.key");
+    dml_at(
+        &new,
+        c.addrs[0],
+        &[
+            "credential",
+            "--role",
+            "read-only",
+            "--out",
+            ro_new.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ensure_success()
+    .unwrap();
+
+    dml_at(
+        &old,
+        c.addrs[0],
+        &["keyring", "install", "--from", new.to_str().unwrap()],
+    )
+    .await
+    .ensure_success()
+    .unwrap();
+    // The new key's credential works once every agent holds the key.
+    let addrs = c.addrs.clone();
+    wait_until(
+        "every agent to take the new key's read-only credential",
+        WAIT,
+        POLL,
+        async || {
+            for a in &addrs {
+                dml_at(&ro_new, *a, &["members"]).await.ensure_success()?;
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    dml_at(&old, c.addrs[1], &["keyring", "use", &fp_new])
+        .await
+        .ensure_success()
+        .unwrap();
+    // Refused until every agent sends with the new key.
+    wait_until("the old key's removal", WAIT, POLL, async || {
+        dml_at(&new, c.addrs[2], &["keyring", "remove", &fp_old])
+            .await
+            .ensure_success()?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    wait_until(
+        "every agent to refuse the removed key's credential",
+        WAIT,
+        POLL,
+        async || {
+            for a in &addrs {
+                let out = dml_at(&ro_old, *a, &["members"]).await;
+                ensure!(
+                    !out.status.success() && out.stderr.contains("failed authentication"),
+                    "{a}: {}",
+                    out.stderr
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    // The new key's credential still reads and is still read-only.
+    dml_at(&ro_new, c.addrs[1], &["ls-all", "*"])
+        .await
+        .ensure_success()
+        .unwrap();
+    let out = dml_at(&ro_new, c.addrs[1], &["delete", "x"]).await;
+    assert!(
+        out.stderr
+            .contains("a read-only credential cannot delete (needs an admin credential)"),
+        "{}",
+        out.stderr
+    );
 }
