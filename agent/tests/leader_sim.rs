@@ -71,7 +71,7 @@ impl World {
     /// A committed small file, planned and committed through `core`.
     fn put(&mut self, core: &mut LeaderCore, name: &str) -> Applied {
         let version = self.plan(core, name, 10).version;
-        let Claim::Now(Ok(Claimed::Deferred { size })) = core.plans().claim(name, version, 1)
+        let Claim::Now(Ok(Claimed::Deferred { size, .. })) = core.plans().claim(name, version, 1)
         else {
             panic!("a small plan is claimed at once");
         };
