@@ -568,6 +568,27 @@ fn take_u16(d: &mut &[u8]) -> u16 {
     u16::from_be_bytes(b)
 }
 
+/// An agent's keyring file (`keyring.toml`): what decodes is a valid keyring
+/// that re-encodes to itself; an error never quotes a secret of the input.
+pub fn keyring_file(data: &[u8]) {
+    use dml_shared::keyring::file::{decode, encode};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match decode(text) {
+        Ok(k) => {
+            assert!(k.check().is_ok(), "{k:?}");
+            assert_eq!(decode(&encode(&k)).expect("re-encoded keyring decodes"), k);
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for word in text.split(|c: char| !c.is_ascii_hexdigit()) {
+                assert!(word.len() < 64 || !msg.contains(word), "a secret in: {msg}");
+            }
+        }
+    }
+}
+
 /// A target's body.
 pub type Target = fn(&[u8]);
 
@@ -587,4 +608,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("auth_udp", auth_udp),
     ("auth_handshake", auth_handshake),
     ("channel_read", channel_read),
+    ("keyring_file", keyring_file),
 ];

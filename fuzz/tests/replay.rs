@@ -375,6 +375,21 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 (0..70u8).flat_map(|s| sealed(2, s, 0, b"m")).collect(),
             ]
         }
+        "keyring_file" => {
+            use dml_shared::auth::{ClusterKey, Keyring};
+            use dml_shared::keyring::{KeyringState, file::encode};
+            let k = |b: u8| ClusterKey::from_bytes([b; 32]);
+            let two = KeyringState::from_keyring(3, &Keyring::new(k(2), [k(1)]));
+            let one = KeyringState::from_keyring(1, &Keyring::new(k(7), []));
+            vec![
+                encode(&two).into_bytes(),
+                encode(&one).into_bytes(),
+                encode(&two)
+                    .replacen("keys = [\"", "keys = [\"zz", 1)
+                    .into_bytes(),
+                format!("version = 1\nprimary = \"{}\"\nkeys = []\n", k(4).to_hex()).into_bytes(),
+            ]
+        }
         "auth_handshake" => {
             use handshake::{Answer, Protection};
             let key = dml_shared::auth::ClusterKey::from_bytes(dml_fuzz::SECRET);
@@ -574,6 +589,11 @@ fn auth_handshake() {
 #[test]
 fn channel_read() {
     replay("channel_read");
+}
+
+#[test]
+fn keyring_file() {
+    replay("keyring_file");
 }
 
 #[test]

@@ -40,7 +40,7 @@ struct Text {
 
 /// Parses a keyring file's text.
 pub fn decode(text: &str) -> std::result::Result<KeyringState, KeyringFileError> {
-    let t: Text = toml::from_str(text).map_err(|e| KeyringFileError::Syntax(one_line(&e)))?;
+    let t: Text = toml::from_str(text).map_err(|e| KeyringFileError::Syntax(where_(&e, text)))?;
     let key = |field: String, hex: &str| {
         ClusterKey::from_hex(hex)
             .map(|k| KeySecret::of(&k))
@@ -73,11 +73,20 @@ pub fn encode(state: &KeyringState) -> String {
     )
 }
 
-fn one_line(e: &toml::de::Error) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The line and message of a TOML error, without the excerpt of the file
+/// toml's `Display` quotes: that line may hold a secret.
+fn where_(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |t| t.matches('\n').count())
+                + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
