@@ -309,6 +309,8 @@ pub struct MetricsConfig {
 pub struct SecurityConfig {
     /// File holding the cluster key (hex, mode 0600). `--key-file` and
     /// `DML_KEY_FILE` override it; an agent without a key does not start.
+    /// Once `dml keyring` changed the cluster's keys, the keyring the agent
+    /// keeps in its data directory wins and this key only seeds a new one.
     pub key_file: Option<PathBuf>,
     /// Encrypt TCP connections (API, Raft, SDFS chains, telemetry) with
     /// Noise. `false` keeps them authenticated but in clear text, to measure
