@@ -2,9 +2,9 @@
 //! the cluster key, written as a key file of its own.
 
 use crate::cli::CredentialRole;
-use dml_tui::error::ClientError;
 use anyhow::{Context, Result};
 use dml_shared::auth::{ClusterKey, Role};
+use dml_tui::error::ClientError;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
