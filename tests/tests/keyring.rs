@@ -367,6 +367,81 @@ async fn an_agent_down_during_the_rotation_catches_up_and_one_with_only_the_remo
         .count();
     assert_eq!(alive, 5, "{m}");
 
+    // Restarted again, agent 4's kept keyring wins over its key file (the removed key);
+    // a bad keyring file stops it with an error naming the file and the fault.
+    c.kill(4).await.unwrap();
+    let kept = c.data_dir(4).join("keyring.toml");
+    let good = std::fs::read_to_string(&kept).unwrap();
+    let bad = good.replacen(&new.to_hex(), &new.to_hex()[2..], 1);
+    std::fs::write(&kept, &bad).unwrap();
+    let config = c.agent(4).config_path();
+    let agent_bin = dml_tests::bins::agent_bin().unwrap();
+    let out = dml_tests::dml::run(&agent_bin, &["--config", &config.to_string_lossy()], DML)
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("keyring.toml") && out.stderr.contains("62 characters"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(&new.to_hex()[2..]),
+        "a secret in: {}",
+        out.stderr
+    );
+    std::fs::write(&kept, &good).unwrap();
+    c.restart(4).await.unwrap();
+    wait_until(
+        "agent 4 back with its kept keyring",
+        CONVERGE,
+        SDFS_POLL,
+        async || {
+            let m = dml_json(&new_path, c.addrs[4], &["members"]).await?;
+            let alive = m
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .count();
+            ensure!(alive == 5, "{m}");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    wait_list(&new_path, a0, &fp_new, 5, Some((5, 5)))
+        .await
+        .unwrap();
+
+    // Bad input is named.
+    let a = a0.to_string();
+    let out = run_dml(
+        &["--key-file", &from, "--agent", &a, "keyring", "use", "xyz"],
+        DML,
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.stderr.contains("\"xyz\" is not a key fingerprint"),
+        "{out:?}"
+    );
+    let out = run_dml(
+        &[
+            "--key-file",
+            &from,
+            "--agent",
+            &a,
+            "keyring",
+            "install",
+            "abcd",
+        ],
+        DML,
+    )
+    .await
+    .unwrap();
+    assert!(out.stderr.contains("64 hex digits"), "{out:?}");
+
     // An agent holding only the removed key (a fresh data directory seeded from the
     // old key file) cannot join: the introducer drops its datagrams.
     let dropped = |s: &Value| s["udp_unauthenticated"].as_u64().unwrap_or(0);
