@@ -9,8 +9,9 @@
 //! [`HANDSHAKES_PER_SOURCE`] from one address, each for `api.handshake_timeout`
 //! (2 s); without one it is closed at once. Only once authenticated does it
 //! take one of `api.max_connections` slots, of which a quarter is kept for
-//! connections from members' addresses (Raft, SDFS chains, relays), so a
-//! flood of clients cannot stall them; one over the limit is told why.
+//! connections with a peer key from members' addresses (Raft, SDFS chains,
+//! relays), so a flood of clients cannot stall them; one over the limit is
+//! told why.
 //!
 //! Each request needs a role ([`access`]): a read-only credential may only
 //! view, an admin one may also write, and only an agent's cluster key may
@@ -26,7 +27,7 @@ use crate::timing::API_REFUSAL_TIMEOUT as REFUSAL_TIMEOUT;
 use crate::timing::VIEW_TTL;
 use dml_shared::access;
 use dml_shared::api::{Request, Response};
-use dml_shared::auth::AuthContext;
+use dml_shared::auth::{AuthContext, Role};
 use dml_shared::config::ApiConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::stream::Stream;
@@ -156,11 +157,18 @@ impl Gate {
         Some((place, permit))
     }
 
-    /// A slot for an authenticated connection from `source`.
-    async fn slot(&self, source: Source, membership: &MembershipHandle) -> Option<Slot> {
+    /// A slot for an authenticated connection from `source`. Only a peer
+    /// key from a member's address takes a reserved one: a client
+    /// credential is a client wherever it connects from.
+    async fn slot(
+        &self,
+        source: Source,
+        role: Role,
+        membership: &MembershipHandle,
+    ) -> Option<Slot> {
         let member = match source {
-            Some(ip) => self.member_ips(membership).await.contains(&ip),
-            None => false,
+            Some(ip) if role == Role::Peer => self.member_ips(membership).await.contains(&ip),
+            _ => false,
         };
         if member {
             return Some((self.slots.clone().try_acquire_owned().ok()?, None));
@@ -242,7 +250,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            let Some(slot) = gate.slot(source, &services.membership).await else {
+            let Some(slot) = gate.slot(source, conn.role(), &services.membership).await else {
                 tracing::warn!(%peer, "refusing API connection: too many open");
                 let refusal = refuse(conn, cfg.max_connections);
                 let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;

@@ -451,3 +451,42 @@ async fn a_credential_stops_working_when_its_key_leaves_the_keyring() {
         out.stderr
     );
 }
+
+/// A connection made with `key` that the agent has served once (so it holds
+/// a slot), or the agent's refusal.
+async fn served_conn(addr: SocketAddr, key: &ClusterKey) -> dml_shared::Result<Conn> {
+    let auth = AuthContext::new(key.clone());
+    let stream = dml_shared::stream::connect_tcp(addr).await?;
+    let mut conn = Conn::client(stream, addr, &auth).await?;
+    send_request(&mut conn, &Request::Id).await?;
+    read_response(&mut conn).await?;
+    Ok(conn)
+}
+
+/// The slots kept for members' connections are for peer keys: a client
+/// credential from a member's address counts as a client.
+#[tokio::test]
+async fn a_client_credential_from_a_members_address_takes_no_reserved_slot() {
+    const MAX: usize = 8;
+    const CLIENT: usize = MAX - MAX / 4;
+    let dir = dml_tests::TestDir::new("cred-slots").unwrap();
+    let mut spec = dml_tests::AgentSpec::new("a", dml_tests::test_membership());
+    spec.extra_config = format!("\n[api]\nmax_connections = {MAX}\n");
+    let agent = dml_tests::Agent::start(spec, dir.path()).await.unwrap();
+    let key = ClusterKey::load(&dml_tests::key::path().unwrap()).unwrap();
+    let ro = key.credential(dml_shared::auth::Role::ReadOnly);
+    let mut held = Vec::new();
+    for _ in 0..CLIENT {
+        held.push(served_conn(agent.addr(), &ro).await.unwrap());
+    }
+    match served_conn(agent.addr(), &ro).await {
+        Err(Error::Remote(e)) => assert!(
+            e.kind == ErrorKind::Refused
+                && e.message.contains(&format!("all {MAX} API connections")),
+            "{e:?}"
+        ),
+        other => panic!("a client over its share got {other:?}"),
+    }
+    // The agent's own address with the cluster key: a reserved slot.
+    held.push(served_conn(agent.addr(), &key).await.unwrap());
+}
