@@ -1,10 +1,11 @@
 //! Property tests of the framing and of the wire envelope: any sequence of frames
 //! round-trips; a truncated stream is an error, never a panic; oversize frames are refused
 //! both ways; every API message (requests, responses, SDFS metadata and data requests,
-//! inference requests and responses, telemetry frames) survives `wire::encode` and
-//! `wire::decode`, and no strict prefix of an encoding decodes.
+//! inference requests and responses, keyring requests and answers, telemetry frames)
+//! survives `wire::encode` and `wire::decode`, and no strict prefix of an encoding decodes.
 
 use dml_shared::api::{IdInfo, LeaderInfo, MemberInfo, MemberState, Request, Response, Stats};
+use dml_shared::auth::ClusterKey;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::error::Error;
 use dml_shared::framing::{read_frame, write_frame};
@@ -12,6 +13,10 @@ use dml_shared::id::NodeId;
 use dml_shared::infer::{
     ImageResult, InferRequest, InferResponse, JobInfo, JobState, LatencyInfo, Lease, ModelInfo,
     Outcome, Placement, Prediction, RateInfo,
+};
+use dml_shared::keyring::{
+    Changed, KeyListing, KeySecret, KeyringAnswer, KeyringCommand, KeyringList, KeyringRequest,
+    KeyringResponse, KeyringState, LocalKeyring,
 };
 use dml_shared::sdfs::{
     ChangeOutcome, DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, VersionInfo,
@@ -169,6 +174,7 @@ fn control_request() -> impl Strategy<Value = ControlRequest> {
     prop_oneof![
         meta_request().prop_map(ControlRequest::Sdfs),
         infer_request().prop_map(ControlRequest::Infer),
+        keyring_command().prop_map(ControlRequest::Keyring),
     ]
 }
 
@@ -176,6 +182,101 @@ fn control_response() -> impl Strategy<Value = ControlResponse> {
     prop_oneof![
         meta_response().prop_map(ControlResponse::Sdfs),
         infer_response().prop_map(ControlResponse::Infer),
+        keyring_answer().prop_map(ControlResponse::Keyring),
+    ]
+}
+
+// ---------------------------------------------------------------- keyring
+
+fn key_secret() -> impl Strategy<Value = KeySecret> {
+    any::<[u8; 32]>().prop_map(|b| KeySecret::of(&ClusterKey::from_bytes(b)))
+}
+
+fn keyring_state() -> impl Strategy<Value = KeyringState> {
+    (any::<u64>(), key_secret(), vec(key_secret(), 0..3)).prop_map(|(version, primary, keys)| {
+        KeyringState {
+            version,
+            primary,
+            keys,
+        }
+    })
+}
+
+fn changed() -> impl Strategy<Value = Changed> {
+    (text(), any::<u64>(), any::<bool>()).prop_map(|(fingerprint, version, changed)| Changed {
+        fingerprint,
+        version,
+        changed,
+    })
+}
+
+fn local_keyring() -> impl Strategy<Value = LocalKeyring> {
+    (any::<u64>(), text(), vec(text(), 0..3)).prop_map(|(version, primary, keys)| LocalKeyring {
+        version,
+        primary,
+        keys,
+    })
+}
+
+fn keyring_command() -> impl Strategy<Value = KeyringCommand> {
+    prop_oneof![
+        any::<u64>().prop_map(|have| KeyringCommand::Fetch { have }),
+        key_secret().prop_map(|key| KeyringCommand::Install { key }),
+        text().prop_map(|fingerprint| KeyringCommand::Use { fingerprint }),
+        text().prop_map(|fingerprint| KeyringCommand::Remove { fingerprint }),
+    ]
+}
+
+fn keyring_answer() -> impl Strategy<Value = KeyringAnswer> {
+    prop_oneof![
+        proptest::option::of(keyring_state()).prop_map(KeyringAnswer::Ring),
+        changed().prop_map(KeyringAnswer::Changed),
+    ]
+}
+
+fn keyring_request() -> impl Strategy<Value = KeyringRequest> {
+    prop_oneof![
+        Just(KeyringRequest::List),
+        key_secret().prop_map(|key| KeyringRequest::Install { key }),
+        text().prop_map(|fingerprint| KeyringRequest::Use { fingerprint }),
+        text().prop_map(|fingerprint| KeyringRequest::Remove { fingerprint }),
+        Just(KeyringRequest::Local),
+    ]
+}
+
+fn keyring_response() -> impl Strategy<Value = KeyringResponse> {
+    let listing = (
+        text(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(fingerprint, primary, committed, installed_on, primary_on)| KeyListing {
+                fingerprint,
+                primary,
+                committed,
+                installed_on,
+                primary_on,
+            },
+        );
+    let list = (
+        any::<u64>(),
+        vec(listing, 0..3),
+        any::<u32>(),
+        vec((addr(), text()), 0..2),
+    )
+        .prop_map(|(version, keys, agents, unreachable)| KeyringList {
+            version,
+            keys,
+            agents,
+            unreachable,
+        });
+    prop_oneof![
+        list.prop_map(KeyringResponse::List),
+        changed().prop_map(KeyringResponse::Changed),
+        local_keyring().prop_map(KeyringResponse::Local),
     ]
 }
 
@@ -683,6 +784,7 @@ fn request() -> impl Strategy<Value = Request> {
         bytes().prop_map(Request::Raft),
         Just(Request::Subscribe),
         Just(Request::NodeStats),
+        keyring_request().prop_map(Request::Keyring),
     ]
 }
 
@@ -712,6 +814,7 @@ fn response() -> impl Strategy<Value = Response> {
         proptest::option::of(addr()).prop_map(|leader| Response::NotLeader { leader }),
         frame().prop_map(|f| Response::Telemetry(Box::new(f))),
         node_stats().prop_map(Response::NodeStats),
+        keyring_response().prop_map(Response::Keyring),
     ]
 }
 
