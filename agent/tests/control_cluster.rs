@@ -49,13 +49,20 @@ fn live(agents: &[Option<Agent>]) -> Vec<&Agent> {
     agents.iter().flatten().collect()
 }
 
+/// A put whose bytes are on those of `holders` in the planned chain (the
+/// leader refuses holders it did not plan).
 async fn put(agent: &Agent, name: &str, holders: &[SocketAddr]) -> Result<u64, String> {
-    let (version, plan) = begin(agent, name).await?;
-    commit(agent, name, version, plan, holders).await
+    let (version, plan, chain) = begin(agent, name).await?;
+    let holders: Vec<SocketAddr> = holders
+        .iter()
+        .filter(|h| chain.contains(h))
+        .copied()
+        .collect();
+    commit(agent, name, version, plan, &holders).await
 }
 
-/// A put's plan: its version and the plan's id.
-async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64), String> {
+/// A put's plan: its version, the plan's id and the chain.
+async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64, Vec<SocketAddr>), String> {
     let begin = MetaRequest::BeginPut {
         name: name.into(),
         size: 3,
@@ -68,7 +75,7 @@ async fn begin(agent: &Agent, name: &str) -> Result<(u64, u64), String> {
             ..
         })) => {
             assert!(!chain.is_empty());
-            Ok((version, plan))
+            Ok((version, plan, chain))
         }
         Response::Error(e) => Err(e.message),
         other => panic!("BeginPut: {other:?}"),
@@ -162,9 +169,9 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
     }
 
     // A plan left open across the failover, and one that committed.
-    let (open_version, open_plan) = begin(follower, "z").await.unwrap();
-    let (a3, a3_plan) = begin(follower, "a").await.unwrap();
-    assert_eq!(commit(follower, "a", a3, a3_plan, &addrs).await, Ok(3));
+    let (open_version, open_plan, _) = begin(follower, "z").await.unwrap();
+    let (a3, a3_plan, a3_chain) = begin(follower, "a").await.unwrap();
+    assert_eq!(commit(follower, "a", a3, a3_plan, &a3_chain).await, Ok(3));
 
     // Failover: stop the leader; the other two elect a new one and keep writing.
     let idx = addrs.iter().position(|a| *a == leader).unwrap();
@@ -174,16 +181,16 @@ async fn three_voters_elect_replicate_fail_over_and_a_minority_cannot_commit() {
     let writer = live(&agents)[0];
     // The new leader gives the open plan's number to a plan of its own; the
     // old plan's commit is refused and the new one commits.
-    let (z, z_plan) = begin(writer, "z").await.unwrap();
+    let (z, z_plan, z_chain) = begin(writer, "z").await.unwrap();
     assert_eq!(z, open_version, "the old plan never reached the log");
     assert_ne!(z_plan, open_plan);
     let e = commit(writer, "z", open_version, open_plan, &addrs)
         .await
         .unwrap_err();
     assert!(e.contains("planned by an earlier leader"), "{e}");
-    assert_eq!(commit(writer, "z", z, z_plan, &addrs).await, Ok(z));
+    assert_eq!(commit(writer, "z", z, z_plan, &z_chain).await, Ok(z));
     // A commit asked again after the leader changed is answered.
-    assert_eq!(commit(writer, "a", a3, a3_plan, &addrs).await, Ok(3));
+    assert_eq!(commit(writer, "a", a3, a3_plan, &a3_chain).await, Ok(3));
     assert_eq!(put(writer, "b", &addrs).await, Ok(1));
     poll("b on both survivors", async || {
         live(&agents)
