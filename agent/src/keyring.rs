@@ -531,6 +531,17 @@ impl Survey {
     }
 }
 
+/// The refusal of a keyring request that would carry secrets, on an agent
+/// whose connections are not encrypted.
+fn unencrypted(encrypt_tcp: bool) -> Option<Response> {
+    (!encrypt_tcp).then(|| {
+        refused(
+            "keyring requests carry cluster keys, and this agent's connections are not \
+             encrypted (security.encrypt_tcp = false): turn it on to rotate keys",
+        )
+    })
+}
+
 /// Takes `fp` as an operator typed it.
 fn normalize(fp: &str) -> Result<String, RemoteError> {
     let fp = fp.trim().to_ascii_lowercase();
@@ -549,11 +560,8 @@ impl KeyringHandle {
         if let KeyringRequest::Local = req {
             return Response::Keyring(KeyringResponse::Local(i.local()));
         }
-        if !i.encrypt_tcp {
-            return refused(
-                "keyring requests carry cluster keys, and this agent's connections are not \
-                 encrypted (security.encrypt_tcp = false): turn it on to rotate keys",
-            );
+        if let Some(r) = unencrypted(i.encrypt_tcp) {
+            return r;
         }
         let unavailable = |e: RemoteError| Response::Error(e);
         match req {
@@ -595,5 +603,67 @@ impl KeyringHandle {
                 i.change(KeyringCommand::Remove { fingerprint: fp }).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_requests_are_refused_without_encryption_and_fingerprints_are_checked() {
+        assert!(unencrypted(true).is_none());
+        match unencrypted(false) {
+            Some(Response::Error(e)) => {
+                assert_eq!(e.kind, ErrorKind::Refused);
+                assert!(e.message.contains("security.encrypt_tcp = false"), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            normalize(" 0011AABBCCDDEEFF\n").unwrap(),
+            "0011aabbccddeeff"
+        );
+        let e = normalize("0011").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(
+            e.message.contains("\"0011\" is not a key fingerprint"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_change_is_refused_while_an_agent_blocks_it_or_does_not_answer() {
+        let local = |primary: &str, keys: &[&str]| LocalKeyring {
+            version: 1,
+            primary: primary.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        };
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut s = Survey {
+            answered: vec![
+                (a(1), local("k1", &["k1", "k2"])),
+                (a(2), local("k1", &["k1"])),
+            ],
+            unreachable: vec![],
+        };
+        assert_eq!((s.holding("k2"), s.sending("k1")), (1, 2));
+        let r = s
+            .refusal("make it primary", "do not hold key k2", |l| {
+                !l.keys.contains(&"k2".to_string())
+            })
+            .unwrap();
+        assert!(
+            r.contains("1 of 2 live agents do not hold key k2 (127.0.0.1:2)"),
+            "{r}"
+        );
+        s.answered[1].1 = local("k1", &["k1", "k2"]);
+        assert_eq!(
+            s.refusal("x", "y", |l| !l.keys.contains(&"k2".to_string())),
+            None
+        );
+        s.unreachable.push((a(3), "timed out".into()));
+        let r = s.refusal("x", "y", |_| false).unwrap();
+        assert!(r.contains("127.0.0.1:3 did not answer: timed out"), "{r}");
     }
 }

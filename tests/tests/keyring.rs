@@ -6,7 +6,7 @@
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use anyhow::{Context, Result, bail, ensure};
-use dml_shared::auth::ClusterKey;
+use dml_shared::auth::{ClusterKey, Role};
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, SdfsCluster, cluster_slot};
 use dml_tests::{AgentSpec, TestDir, run_dml, wait_until};
 use serde_json::Value;
@@ -441,6 +441,24 @@ async fn an_agent_down_during_the_rotation_catches_up_and_one_with_only_the_remo
     .await
     .unwrap();
     assert!(out.stderr.contains("64 hex digits"), "{out:?}");
+
+    // Keyring requests need an admin credential: a read-only one (derived from the new
+    // key) is refused by name, an admin one may list.
+    let read_only = dir.path().join("read-only.key");
+    write_key(&read_only, &new.credential(Role::ReadOnly)).unwrap();
+    let r = read_only.to_string_lossy();
+    let out = run_dml(&["--key-file", &r, "--agent", &a, "keyring", "list"], DML)
+        .await
+        .unwrap();
+    assert!(
+        out.stderr
+            .contains("a read-only credential cannot list the keyring"),
+        "{out:?}"
+    );
+    let admin = dir.path().join("admin.key");
+    write_key(&admin, &new.credential(Role::Admin)).unwrap();
+    let l = dml_json(&admin, a0, &["keyring", "list"]).await.unwrap();
+    assert_eq!(l["keys"].as_array().map(Vec::len), Some(1), "{l}");
 
     // An agent holding only the removed key (a fresh data directory seeded from the
     // old key file) cannot join: the introducer drops its datagrams.
