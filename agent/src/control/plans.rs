@@ -243,6 +243,19 @@ impl Plans {
     }
 }
 
+/// A commit naming a holder outside the chain the leader planned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the commit of \"{name}\" v{version} names holder {holder}, which is not in the chain the leader planned ({}); refused",
+    planned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+)]
+pub struct UnplannedHolder {
+    pub name: String,
+    pub version: u64,
+    pub holder: SocketAddr,
+    pub planned: Vec<SocketAddr>,
+}
+
 /// Refuses a commit of `name` v`version` whose `holders` name an agent
 /// outside the `planned` chain, naming the first such holder.
 pub fn check_holders(
@@ -250,16 +263,15 @@ pub fn check_holders(
     version: u64,
     holders: &[SocketAddr],
     planned: &[SocketAddr],
-) -> Result<(), String> {
+) -> Result<(), UnplannedHolder> {
     match holders.iter().find(|h| !planned.contains(h)) {
         None => Ok(()),
-        Some(h) => {
-            let chain: Vec<String> = planned.iter().map(ToString::to_string).collect();
-            Err(format!(
-                "the commit of \"{name}\" v{version} names holder {h}, which is not in the chain the leader planned ({}); refused",
-                chain.join(", ")
-            ))
-        }
+        Some(h) => Err(UnplannedHolder {
+            name: name.to_string(),
+            version,
+            holder: *h,
+            planned: planned.to_vec(),
+        }),
     }
 }
 
@@ -343,7 +355,9 @@ mod tests {
         check_holders("f", 1, &[addr(2), addr(1), addr(4)], &chain).unwrap();
         // A skipped head or a failed tail leaves fewer holders: fine.
         check_holders("f", 1, &[addr(3)], &chain).unwrap();
-        let e = check_holders("f", 7, &[addr(1), addr(9), addr(2)], &chain).unwrap_err();
+        let e = check_holders("f", 7, &[addr(1), addr(9), addr(2)], &chain)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("the commit of \"f\" v7 names holder 127.0.0.1:9, which is not in the chain the leader planned (127.0.0.1:1, 127.0.0.1:2"),
             "{e}"

@@ -349,7 +349,7 @@ pub fn claimed(cx: &Ctx, req: MetaRequest, claim: Result<Claimed, Failed>) -> St
             if let Some(planned) = planned
                 && let Err(e) = check_holders(&name, version, &holders, planned)
             {
-                return fail(bad(e));
+                return fail(bad(e.to_string()));
             }
             let op = match claim {
                 Err(f) => return fail(f.into()),
