@@ -217,12 +217,31 @@ pub async fn catch_up(
         asks.spawn(async move {
             let mut c = Client::new(p).with_timeout(timeout);
             match c.call(&Request::Keyring(KeyringRequest::Local)).await {
-                Ok(Response::Keyring(KeyringResponse::Local(l))) => l.version,
-                _ => 0,
+                Ok(Response::Keyring(KeyringResponse::Local(l))) => Ok(l.version),
+                Err(e @ dml_shared::Error::Auth { .. }) => Err(Some(e.to_string())),
+                _ => Err(None),
             }
         });
     }
-    let newest = asks.join_all().await.into_iter().max().unwrap_or(0);
+    let answers = asks.join_all().await;
+    let newest = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .max()
+        .copied();
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err()?.as_ref())
+        .collect();
+    if newest.is_none() && !refused.is_empty() {
+        tracing::warn!(
+            refused = ?refused,
+            "every agent that answered refused this agent's keys: they may have been removed \
+             from the cluster's keyring (`dml keyring remove`) while it was down; give it a \
+             current key (security.key_file on a fresh data directory, or its keyring.toml)"
+        );
+    }
+    let newest = newest.unwrap_or(0);
     if newest <= version {
         return version;
     }

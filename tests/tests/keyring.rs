@@ -479,6 +479,9 @@ async fn an_agent_down_during_the_rotation_catches_up_and_one_with_only_the_remo
     )
     .await
     .unwrap();
+    // It says why.
+    let log = c.cluster.pick(&[i])[0].stderr();
+    assert!(log.contains("refused this agent's keys"), "{log}");
     for a in &c.addrs {
         let m = dml_json(&new_path, *a, &["members"]).await.unwrap();
         assert!(
