@@ -169,6 +169,28 @@ async fn a_read_only_credential_reads_and_is_refused_every_write_by_name() {
         );
         assert_eq!(out.code(), Some(REFUSED), "{}: {}", out.command, out.stderr);
     }
+    // Bulk and keyring commands too (a bulk load reports each file's failure).
+    let load_dir = dir.join("load");
+    std::fs::create_dir_all(&load_dir).unwrap();
+    std::fs::write(load_dir.join("l.txt"), b"bulk\n").unwrap();
+    for (args, what) in [
+        (
+            vec!["sdfs", "load", load_dir.to_str().unwrap(), "loaded"],
+            "put",
+        ),
+        (vec!["keyring", "list"], "list the keyring"),
+        (vec!["keyring", "install", "--generate"], "install a key"),
+    ] {
+        let out = dml_with(&c, &ro, &args).await;
+        let want = format!("a read-only credential cannot {what} (needs an admin credential)");
+        assert!(
+            !out.status.success() && (out.stderr.contains(&want) || out.stdout.contains(&want)),
+            "{}: wanted \"{want}\" in: {} {}",
+            out.command,
+            out.stdout,
+            out.stderr
+        );
+    }
     // Nothing changed: one version of the kept file, no planted one.
     let ls = dml_with(&c, &ro, &["--json", "ls-all", "*"]).await;
     let files = ls.ensure_success().unwrap().json().unwrap();
