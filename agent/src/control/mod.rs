@@ -101,6 +101,8 @@ pub struct Settings {
     pub registry: Arc<Registry>,
     /// The agent's data directory (scratch files of the leader's tasks).
     pub data_dir: std::path::PathBuf,
+    /// `security.encrypt_tcp`: keyring secrets travel only encrypted.
+    pub encrypt_tcp: bool,
 }
 
 impl Settings {
@@ -114,6 +116,7 @@ impl Settings {
             inference: cfg.inference.clone(),
             registry,
             data_dir: cfg.data_dir.clone(),
+            encrypt_tcp: cfg.security.encrypt_tcp,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct ServeConfig {
     /// This leader's own keyring when its term began: what the first
     /// `dml keyring` change starts from (`keyring.rs`).
     pub keyring_seed: Option<std::sync::Arc<dml_shared::auth::Keyring>>,
+    /// This agent's connections are encrypted (`security.encrypt_tcp`):
+    /// without, the leader hands out no keyring secrets.
+    pub keyring_encrypted: bool,
 }
 
 /// Membership as the leader last read it: (live: alive or suspect, alive).
@@ -208,7 +211,15 @@ pub fn serve(core: &mut LeaderCore, cx: &Ctx, req: ControlRequest) -> Step {
         ControlRequest::Sdfs(r) => serve_sdfs(core, cx, r),
         ControlRequest::Infer(r) => serve_infer(core, cx, r),
         ControlRequest::Keyring(c) => {
-            super::keyring::serve(cx.state.keyring.as_ref(), cx.cfg.keyring_seed.as_deref(), c)
+            if cx.cfg.keyring_encrypted {
+                super::keyring::serve(cx.state.keyring.as_ref(), cx.cfg.keyring_seed.as_deref(), c)
+            } else {
+                fail(ControlError::Rejected(
+                    "the leader's connections are not encrypted (security.encrypt_tcp = false): \
+                     it neither changes nor hands out the keyring"
+                        .into(),
+                ))
+            }
         }
     }
 }
@@ -749,6 +760,7 @@ mod tests {
             put_timeout: Duration::from_secs(30),
             max_lease_wait: Duration::from_secs(1),
             keyring_seed: None,
+            keyring_encrypted: true,
         };
         let alive: Vec<SocketAddr> = (1..=6).map(addr).collect();
         let view = LiveView {

@@ -165,6 +165,7 @@ fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
             put_timeout: Duration::from_secs(30),
             max_lease_wait: Duration::from_secs(5),
             keyring_seed: None,
+            keyring_encrypted: true,
         },
         leader_wait: LEADER_WAIT,
         maintenance_period: Duration::from_millis(500),

@@ -196,6 +196,7 @@ fn task_config(s: &super::Settings) -> TaskConfig {
             put_timeout: s.sdfs.put_timeout,
             max_lease_wait: crate::timing::MAX_LEASE_WAIT,
             keyring_seed: dml_shared::auth::installed().ok().map(|a| a.keyring()),
+            keyring_encrypted: s.encrypt_tcp,
         },
         leader_wait: s.leader_wait(),
         maintenance_period: s.control.maintenance_period,
