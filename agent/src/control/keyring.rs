@@ -6,16 +6,26 @@
 //! key, which every agent shares) is the one changed.
 
 use super::error::ControlError;
-use super::serve::{Step, Then};
 use super::types::Op;
 use dml_shared::auth::{ClusterKey, Keyring};
-use dml_shared::control::ControlResponse;
 use dml_shared::keyring::{
     Changed, KeySecret, KeyringAnswer, KeyringCommand, KeyringState, MAX_KEYS,
 };
 
+/// What the leader does with a keyring request (`serve.rs` turns it into
+/// its `Step`).
+#[derive(Debug)]
+pub enum Step {
+    Reply(Result<KeyringAnswer, ControlError>),
+    /// Append `op`; once it applies, answer that `fingerprint` changed.
+    Append {
+        op: Op,
+        fingerprint: String,
+    },
+}
+
 fn reply(a: KeyringAnswer) -> Step {
-    Step::Reply(Ok(ControlResponse::Keyring(a)))
+    Step::Reply(Ok(a))
 }
 
 fn unchanged(fingerprint: String, version: u64) -> Step {
@@ -108,13 +118,13 @@ pub fn serve(
         primary: KeySecret::of(next.primary()),
         keys: next.keys().iter().map(KeySecret::of).collect(),
     };
-    Step::Append(
-        Op::SetKeyring {
+    Step::Append {
+        op: Op::SetKeyring {
             base: version,
             ring,
         },
-        Then::Keyring { fingerprint },
-    )
+        fingerprint,
+    }
 }
 
 #[cfg(test)]
@@ -131,13 +141,11 @@ mod tests {
     /// Serves `cmd` and applies what it appends; the error or the fingerprint.
     fn step(s: &mut MetaState, seed: &Keyring, cmd: KeyringCommand) -> Result<String, String> {
         match serve(s.keyring.as_ref(), Some(seed), cmd) {
-            Step::Append(op, Then::Keyring { fingerprint }) => {
-                match s.apply(&Command { now_ms: 1, op }) {
-                    Applied::Version(_) => Ok(fingerprint),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-            Step::Reply(Ok(ControlResponse::Keyring(KeyringAnswer::Changed(c)))) => {
+            Step::Append { op, fingerprint } => match s.apply(&Command { now_ms: 1, op }) {
+                Applied::Version(_) => Ok(fingerprint),
+                other => Err(format!("{other:?}")),
+            },
+            Step::Reply(Ok(KeyringAnswer::Changed(c))) => {
                 Ok(format!("unchanged {}", c.fingerprint))
             }
             Step::Reply(Err(e)) => Err(e.to_string()),
@@ -189,7 +197,7 @@ mod tests {
         );
         // A fetch answers only an agent whose version differs.
         let fetch = |have| match serve(s.keyring.as_ref(), None, KeyringCommand::Fetch { have }) {
-            Step::Reply(Ok(ControlResponse::Keyring(KeyringAnswer::Ring(r)))) => r,
+            Step::Reply(Ok(KeyringAnswer::Ring(r))) => r,
             other => panic!("{other:?}"),
         };
         assert_eq!(fetch(3), None);

@@ -212,7 +212,13 @@ pub fn serve(core: &mut LeaderCore, cx: &Ctx, req: ControlRequest) -> Step {
         ControlRequest::Infer(r) => serve_infer(core, cx, r),
         ControlRequest::Keyring(c) => {
             if cx.cfg.keyring_encrypted {
-                super::keyring::serve(cx.state.keyring.as_ref(), cx.cfg.keyring_seed.as_deref(), c)
+                use super::keyring::{self, Step as K};
+                match keyring::serve(cx.state.keyring.as_ref(), cx.cfg.keyring_seed.as_deref(), c) {
+                    K::Reply(r) => Step::Reply(r.map(ControlResponse::Keyring)),
+                    K::Append { op, fingerprint } => {
+                        Step::Append(op, Then::Keyring { fingerprint })
+                    }
+                }
             } else {
                 fail(ControlError::Rejected(
                     "the leader's connections are not encrypted (security.encrypt_tcp = false): \

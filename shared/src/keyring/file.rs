@@ -56,7 +56,7 @@ pub fn decode(text: &str) -> std::result::Result<KeyringState, KeyringFileError>
             .map(|(i, h)| key(format!("keys[{i}]"), h))
             .collect::<std::result::Result<_, _>>()?,
     };
-    state.check().map_err(KeyringFileError::Invalid)?;
+    state.check().map_err(|e| KeyringFileError::Invalid(e.0))?;
     Ok(state)
 }
 

@@ -54,6 +54,11 @@ pub struct KeyringState {
     pub keys: Vec<KeySecret>,
 }
 
+/// What is wrong with a keyring, in an operator's words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyringInvalid(pub String);
+
 impl KeyringState {
     /// `ring` as version `version`.
     pub fn from_keyring(version: u64, ring: &Keyring) -> Self {
@@ -70,22 +75,25 @@ impl KeyringState {
     }
 
     /// What is wrong with it, in an operator's words.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), KeyringInvalid> {
         if self.keys.is_empty() || self.keys.len() > MAX_KEYS {
-            return Err(format!(
+            return Err(KeyringInvalid(format!(
                 "a keyring holds 1 to {MAX_KEYS} keys, this one {}",
                 self.keys.len()
-            ));
+            )));
         }
         if !self.keys.contains(&self.primary) {
-            return Err(format!(
+            return Err(KeyringInvalid(format!(
                 "the primary key {} is not among the installed keys",
                 self.primary.key().fingerprint()
-            ));
+            )));
         }
         for (i, k) in self.keys.iter().enumerate() {
             if self.keys[..i].contains(k) {
-                return Err(format!("key {} is installed twice", k.key().fingerprint()));
+                return Err(KeyringInvalid(format!(
+                    "key {} is installed twice",
+                    k.key().fingerprint()
+                )));
             }
         }
         Ok(())
@@ -248,11 +256,11 @@ mod tests {
     fn a_bad_state_is_named() {
         let mut s = KeyringState::from_keyring(1, &Keyring::new(key(1), []));
         s.primary = KeySecret::of(&key(9));
-        assert!(s.check().unwrap_err().contains("not among"));
+        assert!(s.check().unwrap_err().0.contains("not among"));
         s.primary = KeySecret::of(&key(1));
         s.keys.push(KeySecret::of(&key(1)));
-        assert!(s.check().unwrap_err().contains("twice"));
+        assert!(s.check().unwrap_err().0.contains("twice"));
         s.keys.clear();
-        assert!(s.check().unwrap_err().contains("1 to 16"));
+        assert!(s.check().unwrap_err().0.contains("1 to 16"));
     }
 }
