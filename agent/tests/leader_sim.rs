@@ -28,6 +28,7 @@ fn core(now: Instant) -> LeaderCore {
         CoreConfig {
             min_lease: LEASE,
             forget_plans: PUT_TIMEOUT * 2,
+            put_timeout: PUT_TIMEOUT,
             read_lease: Duration::from_millis(75),
             repair_concurrency: 4,
             replicas: 4,

@@ -27,6 +27,9 @@ pub struct CoreConfig {
     pub min_lease: Duration,
     /// How long an unclaimed put plan is kept (twice `sdfs.put_timeout`).
     pub forget_plans: Duration,
+    /// `sdfs.put_timeout`: a new leader expires no pending put before it
+    /// has led this long (see [`LeaderCore::maintain`]).
+    pub put_timeout: Duration,
     /// How long a read lease lasts (half of `control.election_timeout_min`).
     pub read_lease: Duration,
     /// Repair copies in flight at most (`sdfs.repair_concurrency`).
@@ -85,6 +88,8 @@ pub struct LeaderCore {
     /// A membership read for repair is in flight.
     viewing: bool,
     workers: Workers,
+    /// When this term's leadership began (monotonic).
+    started: Instant,
 }
 
 impl LeaderCore {
@@ -101,6 +106,7 @@ impl LeaderCore {
             expiring: false,
             viewing: false,
             workers: Workers::new(now),
+            started: now,
             cfg,
         }
     }
@@ -241,10 +247,17 @@ impl LeaderCore {
 
     /// The periodic pass: forget stale plans, expire leases, and say what
     /// to start (each kind of work at most once at a time).
+    ///
+    /// Pending puts expire by their deadline on the wall clock (`now_ms`,
+    /// which the task anchors to its monotonic clock for the term), but not
+    /// before this leader has led for `put_timeout`: a deadline set by an
+    /// earlier leader came from that leader's clock, and a new leader whose
+    /// clock is ahead would otherwise cut its puts short.
     pub fn maintain(&mut self, state: &MetaState, now: Instant, now_ms: u64) -> Maintenance {
         self.plans.forget_stale(now);
         let work = self.sync(state, now);
-        let expire_puts = !self.expiring && state.has_expired_pending(now_ms);
+        let settled = now.saturating_duration_since(self.started) >= self.cfg.put_timeout;
+        let expire_puts = !self.expiring && settled && state.has_expired_pending(now_ms);
         self.expiring |= expire_puts;
         let fetch_view = !self.viewing;
         self.viewing = true;
@@ -318,6 +331,7 @@ mod tests {
             CoreConfig {
                 min_lease: Duration::from_secs(10),
                 forget_plans: Duration::from_secs(60),
+                put_timeout: Duration::from_secs(30),
                 read_lease: Duration::from_millis(75),
                 repair_concurrency,
                 replicas: 4,
@@ -368,6 +382,30 @@ mod tests {
             !busy.contains(&next.copies[0].name.as_str()),
             "one copy per version"
         );
+    }
+
+    #[test]
+    fn a_new_leader_whose_clock_is_ahead_expires_no_pending_put_before_the_put_timeout() {
+        let mut s = MetaState::default();
+        let op = Op::BeginPutAt {
+            name: "f".into(),
+            version: 1,
+            size: 5,
+            replicas: vec![addr(1)],
+            deadline_ms: 31_000,
+        };
+        assert_eq!(apply(&mut s, op), Applied::Version(1));
+        let t = Instant::now();
+        let mut c = LeaderCore::new(4, core(1).cfg, t);
+        // The clock reads 61 s: the deadline (31 s) looks long past.
+        assert!(!c.maintain(&s, t, 61_000).expire_puts);
+        let later = t + Duration::from_secs(29);
+        assert!(!c.maintain(&s, later, 90_000).expire_puts);
+        let settled = t + Duration::from_secs(30);
+        assert!(c.maintain(&s, settled, 91_000).expire_puts);
+        // A deadline not yet reached is kept however long the term.
+        let mut c = LeaderCore::new(4, core(1).cfg, t);
+        assert!(!c.maintain(&s, settled, 30_999).expire_puts);
     }
 
     #[test]

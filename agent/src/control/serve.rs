@@ -753,6 +753,7 @@ mod tests {
             CoreConfig {
                 min_lease: Duration::from_secs(10),
                 forget_plans: Duration::from_secs(60),
+                put_timeout: Duration::from_secs(30),
                 read_lease: Duration::from_millis(75),
                 repair_concurrency: 1,
                 replicas: 4,

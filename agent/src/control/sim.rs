@@ -154,6 +154,7 @@ fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
         core: CoreConfig {
             min_lease: MIN_LEASE,
             forget_plans: Duration::from_secs(60),
+            put_timeout: Duration::from_secs(30),
             read_lease: Duration::from_millis(500),
             repair_concurrency: 2,
             replicas: 1,

@@ -185,6 +185,7 @@ fn task_config(s: &super::Settings) -> TaskConfig {
         core: CoreConfig {
             min_lease: s.inference.lease_timeout,
             forget_plans: s.sdfs.put_timeout * 2,
+            put_timeout: s.sdfs.put_timeout,
             read_lease: s.control.election_timeout_min / 2,
             repair_concurrency: s.sdfs.repair_concurrency,
             replicas: s.replicas,
@@ -227,6 +228,7 @@ pub(crate) fn spawn<P: Ports>(
         synced: false,
         barrier: false,
         unsynced: Vec::new(),
+        clock: TermClock::start(),
     };
     let join = tokio::spawn(task.run(rx, status, events));
     (LeaderHandle { tx, term }, join)
@@ -264,6 +266,31 @@ struct LeaderTask<P> {
     barrier: bool,
     /// Requests waiting for the barrier.
     unsynced: Vec<(ControlRequest, Reply, Option<LiveView>)>,
+    /// The wall clock as this term began, run on by the monotonic clock.
+    clock: TermClock,
+}
+
+/// The leader's wall clock for one term: read once at the start, then
+/// advanced by the monotonic clock, so a wall-clock jump (an NTP step, a
+/// host's clock set by hand) during the term moves no deadline or stamp of
+/// its entries. Jumps before the term are [`LeaderCore::maintain`]'s.
+#[derive(Clone, Copy, Debug)]
+struct TermClock {
+    wall_ms: u64,
+    mono: Instant,
+}
+
+impl TermClock {
+    fn start() -> Self {
+        Self {
+            wall_ms: unix_ms(),
+            mono: now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.wall_ms + now().saturating_duration_since(self.mono).as_millis() as u64
+    }
 }
 
 /// The time on the task's clock (tokio's, so a paused runtime drives it).
@@ -390,14 +417,14 @@ impl<P: Ports> LeaderTask<P> {
         view: Option<&LiveView>,
         f: impl FnOnce(&mut LeaderCore, &Ctx) -> T,
     ) -> T {
-        let (ports, core, cfg) = (&self.ports, &mut self.core, &self.cfg.serve);
+        let (ports, core, cfg, clock) = (&self.ports, &mut self.core, &self.cfg.serve, self.clock);
         ports.read(|state| {
             let cx = Ctx {
                 cfg,
                 state,
                 view,
                 now: now(),
-                now_ms: unix_ms(),
+                now_ms: clock.now_ms(),
             };
             f(core, &cx)
         })
@@ -629,7 +656,7 @@ impl<P: Ports> LeaderTask<P> {
     async fn append_now(&mut self, op: Op, then: Then, reply: Option<Reply>) {
         let sent = now();
         let cmd = Command {
-            now_ms: unix_ms(),
+            now_ms: self.clock.now_ms(),
             op,
         };
         let submitted = self.ports.submit(cmd).await;
@@ -664,7 +691,7 @@ impl<P: Ports> LeaderTask<P> {
         };
         let (name, version) = (name.clone(), *version);
         let cmd = Command {
-            now_ms: unix_ms(),
+            now_ms: self.clock.now_ms(),
             op,
         };
         let pending = match self.ports.submit(cmd).await {
