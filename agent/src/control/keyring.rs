@@ -223,7 +223,9 @@ mod tests {
             },
         );
         for (st, want) in [(a, true), (b, false)] {
-            let Step::Append { op, .. } = st else { panic!() };
+            let Step::Append { op, .. } = st else {
+                panic!()
+            };
             let applied = s.apply(&Command { now_ms: 1, op });
             assert_eq!(matches!(applied, Applied::Version(1)), want, "{applied:?}");
         }
