@@ -15,9 +15,7 @@ pub async fn health(s: &Sources) -> Probe {
     match bounded(s.membership.id()).await {
         Some(Some(_)) => Ok(()),
         Some(None) => Err("the membership loop has stopped".into()),
-        None => Err(format!(
-            "the membership loop did not answer within {SOURCE_TIMEOUT:?}"
-        )),
+        None => Err(format!("the membership loop did not answer within {SOURCE_TIMEOUT:?}").into()),
     }
 }
 
@@ -36,9 +34,9 @@ pub async fn ready(s: &Sources) -> Probe {
     };
     match (info.leader, info.unacked_ms) {
         (None, _) => Err("no control-plane leader known".into()),
-        (Some(l), Some(ms)) if l == s.me => Err(format!(
-            "this agent leads but its majority has not answered for {ms} ms"
-        )),
+        (Some(l), Some(ms)) if l == s.me => {
+            Err(format!("this agent leads but its majority has not answered for {ms} ms").into())
+        }
         _ => Ok(()),
     }
 }

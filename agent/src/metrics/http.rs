@@ -52,7 +52,24 @@ impl Default for Limits {
 }
 
 /// The answer of a health or readiness check: `Err` holds the reason.
-pub type Probe = Result<(), String>;
+pub type Probe = Result<(), Unwell>;
+
+/// Why an agent is not healthy or not ready, in one line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unwell(pub String);
+
+impl From<String> for Unwell {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Unwell {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
 
 /// What the server answers with.
 pub trait Endpoints: Send + Sync + 'static {

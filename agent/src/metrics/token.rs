@@ -30,6 +30,17 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Why a token file's text is not a token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadToken(pub String);
+
+impl From<String> for BadToken {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// What a request's `Authorization` header amounts to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -43,23 +54,25 @@ pub enum Check {
 impl Token {
     /// The token `text` (surrounding whitespace dropped): visible ASCII
     /// only, at least 16 characters.
-    pub fn new(text: &str) -> Result<Self, String> {
+    pub fn new(text: &str) -> Result<Self, BadToken> {
         let t = text.trim();
         if t.is_empty() {
-            return Err(
+            return Err(BadToken(
                 "the file is empty; put a token in it (e.g. `openssl rand -hex 32`)".into(),
-            );
+            ));
         }
         if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
             return Err(format!(
                 "the token holds {c:?}; only visible ASCII characters are allowed"
-            ));
+            )
+            .into());
         }
         if t.len() < 16 {
             return Err(format!(
                 "the token has {} characters; at least 16 are needed",
                 t.len()
-            ));
+            )
+            .into());
         }
         Ok(Self {
             hash: *blake3::hash(t.as_bytes()).as_bytes(),
@@ -94,7 +107,7 @@ impl Token {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        Self::new(&text).map_err(bad)
+        Self::new(&text).map_err(|e| bad(e.0))
     }
 
     /// Checks an `Authorization` header: `Bearer <token>`, the scheme in any
@@ -155,9 +168,14 @@ mod tests {
 
     #[test]
     fn a_token_is_long_visible_ascii() {
-        assert!(Token::new("").unwrap_err().contains("empty"));
-        assert!(Token::new("short").unwrap_err().contains("at least 16"));
-        assert!(Token::new("0123456789 abcdef").unwrap_err().contains("' '"));
+        assert!(Token::new("").unwrap_err().0.contains("empty"));
+        assert!(Token::new("short").unwrap_err().0.contains("at least 16"));
+        assert!(
+            Token::new("0123456789 abcdef")
+                .unwrap_err()
+                .0
+                .contains("' '")
+        );
     }
 
     #[cfg(unix)]
