@@ -74,6 +74,17 @@ fn slow_copy(src: *const u8, dst: *const u8) -> bool {
     (1..SLOW_SPAN).contains(&d)
 }
 
+/// Where [`Rx::open_next`] put a message's bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// No whole message is buffered yet.
+    Nothing,
+    /// Into the caller's buffer.
+    ToCaller,
+    /// Into `plain`, to be copied out.
+    ToPlain,
+}
+
 /// The error of a message whose tag did not verify; [`crate::conn`] turns
 /// it into an authentication error.
 #[derive(Debug, thiserror::Error)]
@@ -244,43 +255,64 @@ impl Rx {
         io::Error::new(io::ErrorKind::InvalidData, Forged)
     }
 
-    /// Opens the next whole message in `input`, if there is one, for a
-    /// caller whose bytes go to `dst` next.
-    fn open_next(&mut self, dst: *const u8) -> io::Result<bool> {
+    /// Opens the next whole message in `input`, if there is one: straight
+    /// into `buf` when its initialized room holds the whole message (a
+    /// caller reading into a zeroed or reused buffer saves a copy), else into
+    /// `plain`.
+    fn open_next(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<Opened> {
         let avail = &self.input[self.in_pos..self.in_len];
         if avail.len() < 2 {
-            return Ok(false);
+            return Ok(Opened::Nothing);
         }
         let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
         if len < NOISE_TAG_LEN {
             return Err(self.fail());
         }
         if avail.len() < 2 + len {
-            return Ok(false);
+            return Ok(Opened::Nothing);
         }
         let keys = self.keys.as_ref().expect("only an encrypted stream opens");
-        if self.plain.is_empty() {
-            self.plain = vec![0; MAX_NOISE_MSG + PAGE];
-        }
-        // The opened bytes are placed for two fast copies (see `PAGE`): from
-        // `input` into `plain` inside `snow`, then from `plain` to `dst`.
         let sealed = &avail[2..2 + len];
-        let lead = if slow_copy(sealed.as_ptr(), dst) {
-            PAGE - 2 * SLOW_SPAN
+        let filled = buf.filled().len();
+        let dst = buf.filled().as_ptr_range().end;
+        // `snow` copies the whole sealed message (tag included) before
+        // opening it in place: the room must hold it.
+        let direct = buf.initialized().len() - filled >= len && !slow_copy(sealed.as_ptr(), dst);
+        let opened = if direct {
+            let out = &mut buf.initialized_mut()[filled..filled + len];
+            keys.read_message(self.nonce, sealed, out)
+                .map(|n| (Opened::ToCaller, n))
         } else {
-            0
+            if self.plain.is_empty() {
+                self.plain = vec![0; MAX_NOISE_MSG + PAGE];
+            }
+            // The opened bytes are placed for two fast copies (see `PAGE`):
+            // from `input` into `plain` inside `snow`, then from `plain` to `dst`.
+            let lead = if slow_copy(sealed.as_ptr(), dst) {
+                PAGE - 2 * SLOW_SPAN
+            } else {
+                0
+            };
+            let at = placed(self.plain.as_ptr(), sealed.as_ptr(), lead);
+            self.plain_pos = at;
+            keys.read_message(self.nonce, sealed, &mut self.plain[at..at + MAX_NOISE_MSG])
+                .map(|n| (Opened::ToPlain, n))
         };
-        let at = placed(self.plain.as_ptr(), sealed.as_ptr(), lead);
-        let opened = keys.read_message(self.nonce, sealed, &mut self.plain[at..at + MAX_NOISE_MSG]);
         match opened {
-            Ok(n) => {
-                self.plain_len = at + n;
-                self.plain_pos = at;
+            Ok((to, n)) => {
+                match to {
+                    Opened::ToCaller => buf.advance(n),
+                    _ => self.plain_len = self.plain_pos + n,
+                }
                 self.nonce += 1;
                 self.in_pos += 2 + len;
-                Ok(true)
+                Ok(to)
             }
-            Err(_) => Err(self.fail()),
+            Err(_) => {
+                self.plain_pos = 0;
+                self.plain_len = 0;
+                Err(self.fail())
+            }
         }
     }
 
@@ -303,8 +335,10 @@ impl Rx {
                 self.plain_pos += n;
                 return Poll::Ready(Ok(()));
             }
-            if self.open_next(buf.filled().as_ptr_range().end)? {
-                continue;
+            match self.open_next(buf)? {
+                Opened::ToCaller => return Poll::Ready(Ok(())),
+                Opened::ToPlain => continue,
+                Opened::Nothing => {}
             }
             // Need more bytes: keep the unopened tail at the front.
             if self.input.is_empty() {
@@ -662,7 +696,15 @@ mod tests {
         // Writes of many sizes, each from a fresh buffer whose bytes start at
         // another offset, so the sealed messages are placed differently.
         let mut w = SealWrite::new(Vec::new(), tx_keys, 1);
-        let sizes = [1, 4, MAX_PLAIN - 3, 3 * MAX_PLAIN + 17, 700, 2 * MAX_PLAIN, 1];
+        let sizes = [
+            1,
+            4,
+            MAX_PLAIN - 3,
+            3 * MAX_PLAIN + 17,
+            700,
+            2 * MAX_PLAIN,
+            1,
+        ];
         let (mut at, mut i) = (0, 0);
         while at < data.len() {
             let n = sizes[i % sizes.len()].min(data.len() - at);
