@@ -197,6 +197,19 @@ impl Registry {
     }
 }
 
+/// A model name as typed by a user, in the registry's spelling: names are
+/// lowercase, so `ResNet50` and `InceptionV3` (the course project's
+/// spelling) name `resnet50` and `inceptionv3`. Text that is no model name
+/// in any case is kept as typed, for the error to quote.
+pub fn model_key(typed: &str) -> String {
+    let lower = typed.to_ascii_lowercase();
+    if validate_model_name(&lower).is_ok() {
+        lower
+    } else {
+        typed.to_string()
+    }
+}
+
 /// Model names: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
 pub fn validate_model_name(name: &str) -> crate::Result<()> {
     let bad = |reason: &str| {
@@ -220,6 +233,14 @@ pub fn validate_model_name(name: &str) -> crate::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_names_are_taken_in_any_case_and_bad_ones_kept_as_typed() {
+        assert_eq!(model_key("ResNet50"), "resnet50");
+        assert_eq!(model_key("InceptionV3"), "inceptionv3");
+        assert_eq!(model_key("tiny"), "tiny");
+        assert_eq!(model_key("Bad!"), "Bad!");
+    }
 
     #[test]
     fn builtin_registry_has_the_three_models() {

@@ -135,6 +135,8 @@ pub enum Command {
     Cluster(crate::cluster::ClusterCommand),
     /// C4: run MODEL over NUM_IMAGES images of a dataset; prints the job id.
     SubmitJob {
+        /// A model name, in any case (`ResNet50` is `resnet50`).
+        #[arg(value_parser = model_arg)]
         model: String,
         /// Images to classify: the first ones under the dataset prefix in name
         /// order, cycling if there are fewer.
@@ -156,6 +158,8 @@ pub enum Command {
     },
     /// C3: batch size of a model's queries not yet dispatched.
     SetBatchSize {
+        /// A model name, in any case (`InceptionV3` is `inceptionv3`).
+        #[arg(value_parser = model_arg)]
         model: String,
         /// Between 1 and the model's max_batch.
         n: u32,
@@ -378,6 +382,11 @@ pub struct DownArgs {
     /// Seconds to wait after SIGTERM before sending SIGKILL.
     #[arg(long, default_value_t = 5)]
     pub timeout_secs: u64,
+}
+
+/// Model names are lowercase; a user may type them in any case.
+fn model_arg(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(dml_shared::models::model_key(s))
 }
 
 #[cfg(test)]

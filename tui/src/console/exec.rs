@@ -289,7 +289,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
         },
         "submit-job" => {
             let args = "MODEL NUM_IMAGES [--dataset PREFIX]";
-            let model = arg(w, 1, cmd, args)?.to_string();
+            let model = dml_shared::models::model_key(arg(w, 1, cmd, args)?);
             let n: u32 = number(arg(w, 2, cmd, args)?, "NUM_IMAGES")?;
             let dataset = w
                 .iter()
@@ -301,9 +301,9 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
         }
         "set-batch-size" => {
             let args = "MODEL N";
-            let model = arg(w, 1, cmd, args)?;
+            let model = dml_shared::models::model_key(arg(w, 1, cmd, args)?);
             let n: u32 = number(arg(w, 2, cmd, args)?, "N")?;
-            return set_batch(agent, model, n).await;
+            return set_batch(agent, &model, n).await;
         }
         "jobs" => match infer(agent, InferRequest::Jobs).await? {
             InferResponse::Jobs(jobs) => {
