@@ -161,6 +161,24 @@ async fn dml_members_json_lists_every_member_alive_with_its_ring_monitors() {
     )
     .await
     .unwrap();
+
+    // `dml members --json | head -c 0`: the reader is gone before dml writes.
+    // It ends quietly with 141, as `git` does, not with a panic (101).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
+        .args(["--agent", &agent.addr().to_string(), "members", "--json"])
+        .env("DML_KEY_FILE", dml_tests::key::path().unwrap())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        // Not `output()`: tokio's would replace the closed pipe with its own.
+        .wait_with_output();
+    let out = tokio::time::timeout(DML, out).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[tokio::test]

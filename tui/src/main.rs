@@ -38,6 +38,7 @@ use dml_tui::error::ClientError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +58,27 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(json, &e),
     }
+}
+
+/// `dml ... | head` ends quietly with status 141 (as if by SIGPIPE, like
+/// `git`) once the reader has gone, instead of std's panic at the next
+/// `print!`. Not SIGPIPE itself: `dml`'s sockets (libssh2's among them)
+/// would then kill it instead of failing with an error.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's text for a failed `print!`: "failed printing to stdout: Broken pipe (os error 32)".
+        if msg.starts_with("failed printing to stdout") && msg.contains("os error 32") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
