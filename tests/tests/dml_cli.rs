@@ -202,3 +202,22 @@ async fn dml_leader_without_voters_says_there_is_no_control_plane() {
         .unwrap_or_else(|e| panic!("{e}: {out:?}"));
     assert_eq!(v["kind"], "refused", "{v}");
 }
+
+/// An argument error under `--json` is JSON too, with kind `usage` and clap's exit code 2;
+/// without `--json` it stays clap's text.
+#[tokio::test]
+async fn argument_errors_follow_json() {
+    let out = dml_tests::dml::run_dml(&["--json", "submit-job", "resnet50", "0"], DML)
+        .await
+        .unwrap();
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    let v = out.json().unwrap();
+    assert_eq!(v["kind"], "usage", "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.contains("'0'") && msg.contains("NUM_IMAGES"), "{msg}");
+    let plain = dml_tests::dml::run_dml(&["submit-job", "resnet50", "0"], DML)
+        .await
+        .unwrap();
+    assert_eq!(plain.code(), Some(2));
+    assert!(plain.stdout.is_empty() && plain.stderr.contains("NUM_IMAGES"));
+}

@@ -39,7 +39,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     quiet_broken_pipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -58,6 +61,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(json, &e),
     }
+}
+
+/// A command line clap refused: exit 2 as clap does, and under `--json` also
+/// the `{"error", "kind": "usage"}` line every other failure prints.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    let json = std::env::args_os().any(|a| a == "--json");
+    let shown = matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if shown || !json {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    println!("{}", serde_json::json!({ "error": msg, "kind": "usage" }));
+    eprint!("{text}");
+    ExitCode::from(2)
 }
 
 /// `dml ... | head` ends quietly with status 141 (as if by SIGPIPE, like
