@@ -57,6 +57,31 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
     );
     c.must_get(5, "dir/a.bin", &a2).await.unwrap();
 
+    // `-` is stdin for put and stdout for get; a directory target gets the name's last part.
+    let piped = pattern(3, 200_003);
+    let out = dml_stdio(&c, 2, &["put", "-", "dir/stdin.bin"], &piped).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dml_stdio(&c, 4, &["get", "dir/stdin.bin", "-"], &[]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == piped, "get - wrote other bytes to stdout");
+    let into = c.local_path("into");
+    std::fs::create_dir_all(&into).unwrap();
+    let target = format!("{}/", into.display());
+    c.dml(6, &["get", "dir/stdin.bin", &target])
+        .await
+        .unwrap()
+        .ensure_success()
+        .unwrap();
+    assert!(std::fs::read(into.join("stdin.bin")).unwrap() == piped);
+
     // The committed state, over the API: two versions, 4 replicas each.
     let f = c
         .wait_replicas(1, "dir/a.bin", 4, &(0..10).collect::<Vec<_>>(), RECONCILE)
@@ -248,8 +273,8 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
     else {
         panic!("Count answered with something else")
     };
-    assert_eq!((files, versions), (6, 7));
-    let total: usize = [&a1, &a2, &x1, &x2, &y, &l1, &l2]
+    assert_eq!((files, versions), (7, 8));
+    let total: usize = [&a1, &a2, &piped, &x1, &x2, &y, &l1, &l2]
         .iter()
         .map(|b| b.len())
         .sum();
@@ -257,8 +282,8 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
     let out = c.dml(6, &["sdfs", "count", "--json"]).await.unwrap();
     out.ensure_success().unwrap();
     let v = out.json().unwrap();
-    assert_eq!(u64_fields(&v, "files"), vec![6], "{v}");
-    assert_eq!(u64_fields(&v, "versions"), vec![7], "{v}");
+    assert_eq!(u64_fields(&v, "files"), vec![7], "{v}");
+    assert_eq!(u64_fields(&v, "versions"), vec![8], "{v}");
 
     // delete: every version goes, from the metadata at once and from every disk soon.
     c.dml(1, &["delete", "dir/a.bin"])
@@ -487,4 +512,28 @@ async fn a_put_with_fewer_live_agents_than_the_write_quorum_fails_and_leaves_not
     })
     .await
     .unwrap();
+}
+
+/// Runs `dml args` through agent `i` with `stdin` on its standard input, and
+/// its standard output captured.
+async fn dml_stdio(c: &SdfsCluster, i: usize, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(dml_tests::bins::dml_bin().unwrap())
+        .arg("--agent")
+        .arg(c.agent(i).addr().to_string())
+        .args(args)
+        .env("DML_KEY_FILE", dml_tests::key::path().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
 }

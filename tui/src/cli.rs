@@ -49,7 +49,7 @@ pub enum Command {
     Leader,
     /// Store a local file in SDFS as a new version of SDFSNAME.
     Put {
-        /// The local file to store.
+        /// The local file to store; `-` reads it from stdin.
         localfile: PathBuf,
         /// Its name in SDFS (relative, '/'-separated, no '..').
         sdfsname: String,
@@ -57,6 +57,8 @@ pub enum Command {
     /// Fetch the newest committed version of SDFSNAME into LOCALFILE.
     Get {
         sdfsname: String,
+        /// Where to write it; into a directory (or a path ending in '/') under
+        /// the name's last component; `-` writes it to stdout.
         localfile: PathBuf,
     },
     /// Delete every version of SDFSNAME.

@@ -16,7 +16,9 @@ use dml_shared::sdfs::printable;
 use dml_shared::sdfs_client::{Progress, Sdfs};
 use progress::Bar;
 use serde_json::json;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// Whether `command` is one of the commands this module runs.
 pub fn handles(command: &Command) -> bool {
@@ -46,9 +48,11 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
     if let Some(w) = &out.warning {
         eprintln!("{w}");
     }
-    print!("{}", out.text);
-    if json {
-        println!();
+    if !out.raw {
+        print!("{}", out.text);
+        if json {
+            println!();
+        }
     }
     match out.failed {
         Some(msg) => Err(PartialFailure(msg).into()),
@@ -85,6 +89,8 @@ struct Output {
     failed: Option<String>,
     /// Printed on stderr (never under `--json`) though the command succeeded.
     warning: Option<String>,
+    /// The command wrote a file's bytes to stdout: no report follows them.
+    raw: bool,
 }
 
 impl Output {
@@ -93,7 +99,46 @@ impl Output {
             text,
             failed: None,
             warning: None,
+            raw: false,
         }
+    }
+}
+
+/// Where `dml get` writes: LOCALFILE, or the SDFS name's last component
+/// inside it when LOCALFILE is a directory or ends in '/' (as `cp` does).
+fn get_target(localfile: &Path, sdfsname: &str) -> PathBuf {
+    let dir = localfile.is_dir() || localfile.as_os_str().to_string_lossy().ends_with('/');
+    match sdfsname.rsplit('/').next() {
+        Some(base) if dir && !base.is_empty() => localfile.join(base),
+        _ => localfile.to_path_buf(),
+    }
+}
+
+/// Stdin copied into a file of a new private (0700) temporary directory,
+/// removed when the returned guard drops.
+fn stdin_to_temp() -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let path = dir.path().join("put");
+    let mut f = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut f).context("cannot read stdin")?;
+    Ok((dir, path))
+}
+
+/// Copies a fetched file to stdout, then removes its temporary directory. A
+/// reader that went away (`| head`) ends `dml` quietly with 141, as a
+/// broken pipe does elsewhere (see main.rs).
+fn to_stdout(file: &Path, dir: tempfile::TempDir) -> Result<()> {
+    let mut f =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut out = std::io::stdout().lock();
+    match std::io::copy(&mut f, &mut out).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            drop(dir);
+            std::process::exit(141);
+        }
+        Err(e) => Err(anyhow::Error::from(e).context("cannot write to stdout")),
     }
 }
 
@@ -127,12 +172,17 @@ async fn execute(
             localfile,
             sdfsname,
         } => {
-            let r = sdfs
-                .put(localfile, sdfsname, progress)
-                .await
-                .with_context(|| {
-                    format!("put {} as \"{}\"", localfile.display(), printable(sdfsname))
-                })?;
+            // `-`: stdin, kept in a private temporary file first (a put
+            // needs its size and checksum before the bytes).
+            let stdin = (localfile.as_os_str() == "-")
+                .then(|| stdin_to_temp().context("read the file to put from stdin"))
+                .transpose()?;
+            let from = stdin
+                .as_ref()
+                .map_or(localfile.as_path(), |(_, p)| p.as_path());
+            let r = sdfs.put(from, sdfsname, progress).await.with_context(|| {
+                format!("put {} as \"{}\"", localfile.display(), printable(sdfsname))
+            })?;
             let mut out = pick(report::put_json(&r), report::put_text(&r));
             if !json {
                 out.warning = report::put_warning(&r);
@@ -143,11 +193,24 @@ async fn execute(
             sdfsname,
             localfile,
         } => {
-            let r = sdfs
-                .get(sdfsname, localfile, progress)
-                .await
-                .with_context(|| format!("get \"{}\"", printable(sdfsname)))?;
-            pick(report::get_json(&r), report::get_text(&r))
+            if localfile.as_os_str() == "-" {
+                let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+                let tmp = dir.path().join("get");
+                sdfs.get(sdfsname, &tmp, progress)
+                    .await
+                    .with_context(|| format!("get \"{}\"", printable(sdfsname)))?;
+                to_stdout(&tmp, dir)?;
+                let mut out = Output::ok(String::new());
+                out.raw = true;
+                out
+            } else {
+                let target = get_target(localfile, sdfsname);
+                let r = sdfs
+                    .get(sdfsname, &target, progress)
+                    .await
+                    .with_context(|| format!("get \"{}\"", printable(sdfsname)))?;
+                pick(report::get_json(&r), report::get_text(&r))
+            }
         }
         Command::Delete { sdfsname } => {
             sdfs.delete_with(sdfsname, progress)
