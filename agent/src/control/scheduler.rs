@@ -171,6 +171,16 @@ impl Scheduler {
         gone.len()
     }
 
+    /// Forgets `job` (cancelled): its pending images are dropped and every
+    /// lease of it is released, so no worker is handed its queries again
+    /// and a late result of one is not its lease's. Returns the leases released.
+    pub fn drop_job(&mut self, job: JobId) -> usize {
+        self.jobs.remove(&job);
+        let before = self.leases.len();
+        self.leases.retain(|_, l| l.job != job);
+        before - self.leases.len()
+    }
+
     fn release(&mut self, query: u64) {
         if let Some(l) = self.leases.remove(&query)
             && let Some(j) = self.jobs.get_mut(&l.job)
@@ -485,6 +495,25 @@ mod tests {
         sch.sync(&s);
         assert_eq!(sch.in_flight(), 0);
         assert!(sch.placement().is_empty());
+    }
+
+    #[test]
+    fn a_dropped_job_releases_its_leases_and_the_others_go_on() {
+        let s = state_with(&[("tiny", 6), ("tiny", 6)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s);
+        let t = Instant::now();
+        for w in 1..=4 {
+            sch.dispatch(addr(w), |_| 2, t).unwrap();
+        }
+        assert_eq!(sch.in_flight(), 4);
+        assert_eq!(sch.drop_job(1), 2);
+        assert_eq!(sch.in_flight(), 2);
+        assert!(sch.placement().iter().all(|p| p.job == 2));
+        // Only job 2's last pending images are handed out, then nothing.
+        assert_eq!(sch.dispatch(addr(5), |_| 8, t).unwrap().job, 2);
+        assert!(sch.dispatch(addr(5), |_| 8, t).is_none());
+        assert_eq!(sch.drop_job(1), 0, "already gone");
     }
 
     #[test]
