@@ -100,6 +100,8 @@ fn infer_needs(req: &InferRequest) -> Needs {
         InferRequest::Lease { .. } => needs(Peer, "lease queries as a worker"),
         InferRequest::Complete { .. } => needs(Peer, "complete queries as a worker"),
         InferRequest::Unready { .. } => needs(Peer, "report a worker unready"),
+        InferRequest::Cancel { .. } => needs(Admin, "cancel a job"),
+        InferRequest::Job { .. } => needs(ReadOnly, "show a job"),
     }
 }
 
@@ -173,6 +175,7 @@ mod tests {
             control(MetaRequest::Nodes),
             control(InferRequest::Jobs),
             control(InferRequest::Output { job: 1 }),
+            control(InferRequest::Job { job: 1 }),
             control(InferRequest::Models),
             control(InferRequest::Rates),
             control(InferRequest::Latency),

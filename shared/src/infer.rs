@@ -54,6 +54,8 @@ pub enum JobState {
     Done,
     /// The job cannot go on (e.g. its model cannot be loaded anywhere).
     Failed,
+    /// Stopped by `dml cancel`; the results it had stay readable.
+    Cancelled,
 }
 
 impl JobState {
@@ -62,6 +64,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Done => "done",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 }
@@ -206,14 +209,27 @@ pub enum InferRequest {
         worker: SocketAddr,
         reason: String,
     },
+    /// Stop a running job for good (committed in Raft): its pending images
+    /// are dropped, its leases released, its results so far kept.
+    Cancel {
+        job: JobId,
+    },
+    /// One job in detail: progress per worker, errors, queue and compute time.
+    Job {
+        job: JobId,
+    },
 }
 
 impl InferRequest {
     /// Whether repeating the request after an unknown outcome is harmless.
     /// A repeated `Lease` only leaves a lease to expire; a repeated
     /// `Complete` is ignored image by image.
+    /// A repeated `Cancel` would fail as the job has ended: it is not repeated either.
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self, InferRequest::Submit { .. })
+        !matches!(
+            self,
+            InferRequest::Submit { .. } | InferRequest::Cancel { .. }
+        )
     }
 }
 
@@ -239,6 +255,59 @@ pub enum InferResponse {
         new: u32,
     },
     Done,
+    /// The job is cancelled; `released` leases were taken back from workers.
+    Cancelled {
+        job: JobId,
+        released: u32,
+    },
+    Job(Box<JobDetail>),
+}
+
+/// `dml job JOB`: one job with its progress per worker, its per-image
+/// errors and its queue and compute time. The per-worker figures are the
+/// current leader's, since it took over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub info: JobInfo,
+    /// Every worker that ran or holds a query of the job, by address.
+    pub workers: Vec<WorkerProgress>,
+    /// The first per-image errors still in the leader's state (a finished
+    /// job's results are in its output file instead).
+    pub errors: Vec<ImageResult>,
+}
+
+/// One worker's share of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerProgress {
+    pub worker: SocketAddr,
+    /// Queries it completed.
+    pub queries: u64,
+    /// Images of those queries that were new to the job.
+    pub images: u64,
+    /// Of those, images whose result is an error.
+    pub errors: u64,
+    /// Queries it holds a lease on now.
+    pub in_flight: u32,
+    /// Time its queries waited between the lease and the start of their
+    /// work (their lease time less the time the worker reported), total ms.
+    pub queue_ms: u64,
+    /// Time the worker reported working on its queries, total ms.
+    pub compute_ms: u64,
+}
+
+impl WorkerProgress {
+    /// A worker with nothing counted yet.
+    pub fn new(worker: SocketAddr) -> Self {
+        Self {
+            worker,
+            queries: 0,
+            images: 0,
+            errors: 0,
+            in_flight: 0,
+            queue_ms: 0,
+            compute_ms: 0,
+        }
+    }
 }
 
 /// One line of a job's JSONL output (no newline): `{"index", "image",

@@ -11,8 +11,8 @@ use dml_shared::error::Error;
 use dml_shared::framing::{read_frame, write_frame};
 use dml_shared::id::NodeId;
 use dml_shared::infer::{
-    ImageResult, InferRequest, InferResponse, JobInfo, JobState, LatencyInfo, Lease, ModelInfo,
-    Outcome, Placement, Prediction, RateInfo,
+    ImageResult, InferRequest, InferResponse, JobDetail, JobInfo, JobState, LatencyInfo, Lease,
+    ModelInfo, Outcome, Placement, Prediction, RateInfo, WorkerProgress,
 };
 use dml_shared::keyring::{
     Changed, KeyListing, KeySecret, KeyringAnswer, KeyringCommand, KeyringList, KeyringRequest,
@@ -390,7 +390,8 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
     let state = prop_oneof![
         Just(JobState::Running),
         Just(JobState::Done),
-        Just(JobState::Failed)
+        Just(JobState::Failed),
+        Just(JobState::Cancelled)
     ];
     (
         (any::<u64>(), text(), text(), any::<u32>(), any::<u32>()),
@@ -548,7 +549,37 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
                 }
             }),
         (addr(), text()).prop_map(|(worker, reason)| InferRequest::Unready { worker, reason }),
+        any::<u64>().prop_map(|job| InferRequest::Cancel { job }),
+        any::<u64>().prop_map(|job| InferRequest::Job { job }),
     ]
+}
+
+fn job_detail() -> impl Strategy<Value = JobDetail> {
+    let worker = (
+        addr(),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (any::<u32>(), any::<u64>(), any::<u64>()),
+    )
+        .prop_map(
+            |(worker, (queries, images, errors), (in_flight, queue_ms, compute_ms))| {
+                WorkerProgress {
+                    worker,
+                    queries,
+                    images,
+                    errors,
+                    in_flight,
+                    queue_ms,
+                    compute_ms,
+                }
+            },
+        );
+    (job_info(), vec(worker, 0..3), vec(image_result(), 0..3)).prop_map(
+        |(info, workers, errors)| JobDetail {
+            info,
+            workers,
+            errors,
+        },
+    )
 }
 
 fn infer_response() -> impl Strategy<Value = InferResponse> {
@@ -565,6 +596,9 @@ fn infer_response() -> impl Strategy<Value = InferResponse> {
         proptest::option::of(lease()).prop_map(InferResponse::Lease),
         any::<u32>().prop_map(|new| InferResponse::Accepted { new }),
         Just(InferResponse::Done),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(job, released)| InferResponse::Cancelled { job, released }),
+        job_detail().prop_map(|d| InferResponse::Job(Box::new(d))),
     ]
 }
 

@@ -147,7 +147,17 @@ pub enum Command {
         /// SDFS prefix of the images.
         #[arg(long, default_value = DEFAULT_DATASET)]
         dataset: String,
+        /// Follow the job until it ends (a progress bar on a terminal, else a
+        /// line per change); exit 0 when every image has a result, 1 when the
+        /// job failed or was cancelled.
+        #[arg(long)]
+        wait: bool,
     },
+    /// Stop a running job for good (needs an admin credential): its queries
+    /// in flight are released and the results it has stay readable.
+    Cancel { job: u64 },
+    /// One job in detail: progress per worker, errors, queue and compute time.
+    Job { job: u64 },
     /// C4: a job's per-image top-5 labels and scores (JSONL, or CSV).
     ///
     /// Written to FILE, or stdout when no FILE is given. CSV when --format csv
@@ -187,7 +197,7 @@ pub const DEFAULT_DATASET: &str = "datasets/sample/";
 /// The role of a `dml credential`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CredentialRole {
-    /// Views and writes: put, delete, submit-job, set-batch-size, join, leave.
+    /// Views and writes: put, delete, submit-job, cancel, set-batch-size, join, leave.
     Admin,
     /// Views only: members, ls, get, jobs, rates, the console.
     ReadOnly,
@@ -453,12 +463,23 @@ mod tests {
             model,
             num_images,
             dataset,
+            wait,
         }) = cli.command
         else {
             panic!("not submit-job");
         };
-        assert_eq!((model.as_str(), num_images), ("tiny", 40));
+        assert_eq!((model.as_str(), num_images, wait), ("tiny", 40, false));
         assert_eq!(dataset, DEFAULT_DATASET);
+        let cli = Cli::try_parse_from(["dml", "submit-job", "tiny", "4", "--wait"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::SubmitJob { wait: true, .. })
+        ));
+        let cli = Cli::try_parse_from(["dml", "cancel", "7"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Cancel { job: 7 })));
+        let cli = Cli::try_parse_from(["dml", "job", "7", "--json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Job { job: 7 })));
+        assert!(Cli::try_parse_from(["dml", "cancel", "x"]).is_err());
         assert!(Cli::try_parse_from(["dml", "submit-job", "tiny", "0"]).is_err());
         let cli = Cli::try_parse_from(["dml", "get-output", "3", "o.csv", "--format", "jsonl"]);
         let Some(Command::GetOutput { job, file, format }) = cli.unwrap().command else {

@@ -7,12 +7,13 @@
 
 use super::lease::ReadLease;
 use super::plans::Plans;
+use super::progress::Progress;
 use super::repair::{self, View};
 use super::scheduler::Scheduler;
 use super::state::MetaState;
 use super::workers::Workers;
 use dml_shared::infer::{
-    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo,
+    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo, WorkerProgress,
 };
 use dml_shared::models::Registry;
 use std::collections::HashSet;
@@ -88,6 +89,8 @@ pub struct LeaderCore {
     /// A membership read for repair is in flight.
     viewing: bool,
     workers: Workers,
+    /// Each job's progress per worker (`dml job`).
+    progress: Progress,
     /// When this term's leadership began (monotonic).
     started: Instant,
 }
@@ -106,6 +109,7 @@ impl LeaderCore {
             expiring: false,
             viewing: false,
             workers: Workers::new(now),
+            progress: Progress::default(),
             started: now,
             cfg,
         }
@@ -136,6 +140,8 @@ impl LeaderCore {
     pub fn sync(&mut self, state: &MetaState, now: Instant) -> bool {
         let admitted = self.sched.sync(&state.jobs);
         let expired = self.sched.expire(now);
+        let sched = &self.sched;
+        self.progress.retain_open(|q| sched.lease(q).is_some());
         admitted + expired > 0
     }
 
@@ -151,6 +157,8 @@ impl LeaderCore {
         let registry = &self.cfg.registry;
         let size = |m: &str| batch_size(registry, state, m);
         let dispatch = self.sched.dispatch(worker, size, now)?;
+        self.progress
+            .dispatched(dispatch.query, dispatch.job, worker, now);
         let job = &state.jobs.jobs[&dispatch.job];
         let spec = self.cfg.registry.get(&dispatch.model)?;
         let model_file = spec.sdfs_name();
@@ -192,7 +200,37 @@ impl LeaderCore {
         elapsed: Duration,
         now: Instant,
     ) {
+        self.progress.completed(query, new, elapsed, now);
         self.sched.completed(query, job, images, new, elapsed, now);
+    }
+
+    /// A worker's report of `query` arrived with these results.
+    pub fn reported(&mut self, query: u64, results: &[ImageResult]) {
+        let errors = results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Error(_)))
+            .count();
+        self.progress.reported(query, errors as u32);
+    }
+
+    /// `job` was cancelled: its pending images are dropped and its leases
+    /// released. Returns how many leases.
+    pub fn cancelled(&mut self, job: JobId) -> usize {
+        let released = self.sched.drop_job(job);
+        let sched = &self.sched;
+        self.progress.retain_open(|q| sched.lease(q).is_some());
+        released
+    }
+
+    /// `job`'s progress per worker under this leader, with the queries each
+    /// holds now.
+    pub fn job_workers(&self, job: JobId) -> Vec<WorkerProgress> {
+        let placement = self.sched.placement();
+        let held = placement
+            .iter()
+            .find(|p| p.job == job)
+            .map_or(&[][..], |p| &p.workers[..]);
+        self.progress.workers(job, held)
     }
 
     /// `worker` cannot run `query`'s model: (job, distinct refusals).
@@ -266,7 +304,10 @@ impl LeaderCore {
             .jobs
             .iter()
             .filter(|(id, j)| {
-                j.state == JobState::Done && j.output.is_none() && !self.storing.contains(id)
+                // A cancelled job's partial output is stored as a finished one's.
+                matches!(j.state, JobState::Done | JobState::Cancelled)
+                    && j.output.is_none()
+                    && !self.storing.contains(id)
             })
             .map(|(id, _)| *id)
             .collect();

@@ -49,6 +49,8 @@ pub enum ControlError {
     NoSuchFile(String),
     #[error("there is no job {0}")]
     NoSuchJob(u64),
+    #[error(transparent)]
+    NotRunning(#[from] super::jobs::NotRunning),
     #[error("{0}")]
     Rejected(String),
     #[error("bad request: {0}")]
@@ -80,7 +82,8 @@ impl ControlError {
             ControlError::NoSuchFile(_)
             | ControlError::NoSuchJob(_)
             | ControlError::NoSuchKey { .. } => ErrorKind::NotFound,
-            ControlError::Rejected(_) => ErrorKind::Conflict,
+            ControlError::NotRunning(super::jobs::NotRunning::NoSuchJob(_)) => ErrorKind::NotFound,
+            ControlError::Rejected(_) | ControlError::NotRunning(_) => ErrorKind::Conflict,
             ControlError::BadRequest(_) | ControlError::RaftConfig(_) => ErrorKind::Invalid,
             ControlError::Raft(_) | ControlError::Open(_) => ErrorKind::Internal,
         }

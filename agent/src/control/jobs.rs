@@ -88,6 +88,15 @@ pub struct JobsState {
     pub batch: BTreeMap<String, u32>,
 }
 
+/// Why a job cannot be cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotRunning {
+    #[error("there is no job {0}")]
+    NoSuchJob(JobId),
+    #[error("job {job} has already ended ({}): only a running job can be cancelled", state.as_str())]
+    Ended { job: JobId, state: JobState },
+}
+
 /// What applying a completion did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -179,6 +188,24 @@ impl JobsState {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Cancels a running job: it takes no more results, and those it has
+    /// stay. Refused if there is no such job or it has ended.
+    pub fn cancel(&mut self, job: JobId, now: u64) -> Result<(), NotRunning> {
+        match self.jobs.get_mut(&job) {
+            Some(j) if j.state == JobState::Running => {
+                j.state = JobState::Cancelled;
+                j.reason = Some(format!("cancelled after {} of {} images", j.done, j.count));
+                j.finished_ms = Some(now);
+                Ok(())
+            }
+            Some(j) => Err(NotRunning::Ended {
+                job,
+                state: j.state,
+            }),
+            None => Err(NotRunning::NoSuchJob(job)),
         }
     }
 
@@ -276,5 +303,36 @@ mod tests {
         assert_eq!(s.jobs[&b].image(4), "y");
         assert_eq!(s.jobs[&b].image(3), "z");
         assert_eq!(s.jobs[&b].info(b).images, 5);
+    }
+
+    #[test]
+    fn a_cancelled_job_keeps_its_results_and_takes_no_more() {
+        let mut s = JobsState::default();
+        let id = s.submit("tiny", "d/", vec!["x".into()], 4, 1);
+        assert_eq!(s.complete(id, &[ok(0), ok(1)], 2).new, 2);
+        assert_eq!(s.cancel(id, 3), Ok(()));
+        let again = s.cancel(id, 4).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            "job 1 has already ended (cancelled): only a running job can be cancelled"
+        );
+        assert_eq!(s.cancel(99, 4), Err(NotRunning::NoSuchJob(99)));
+        assert_eq!(s.complete(id, &[ok(2)], 5).new, 0);
+        let info = s.jobs[&id].info(id);
+        assert_eq!(
+            (info.state, info.done, info.finished_ms),
+            (JobState::Cancelled, 2, Some(3))
+        );
+        assert_eq!(
+            info.reason.as_deref(),
+            Some("cancelled after 2 of 4 images")
+        );
+        assert_eq!(s.jobs[&id].results().len(), 2);
+        // Its partial output may be stored like a finished job's.
+        s.set_output(id, "jobs/1/output.jsonl");
+        assert_eq!(
+            s.jobs[&id].info(id).output.as_deref(),
+            Some("jobs/1/output.jsonl")
+        );
     }
 }

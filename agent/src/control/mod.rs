@@ -30,6 +30,7 @@
 //! - [`plans`]: put plans answered before their entry commits (pure).
 //! - [`lease`]: the read lease (pure).
 //! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
+//! - [`progress`]: each job's progress per worker, queue and compute time (pure).
 //! - [`repair`]: the repair planner (pure).
 //! - [`workers`]: which inference workers can run queries, and why a job stalls (pure).
 //! - [`keyring`]: `dml keyring` changes and fetches at the leader (pure).
@@ -52,6 +53,7 @@ pub mod network;
 pub mod placement;
 pub mod plans;
 pub(crate) mod ports;
+pub mod progress;
 pub mod repair;
 pub mod scheduler;
 pub mod serve;

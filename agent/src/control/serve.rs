@@ -13,7 +13,9 @@ use super::plans::{Claim, Claimed, Failed, PlanRequest, check_holders};
 use super::state::MetaState;
 use super::types::{Applied, Op};
 use dml_shared::control::{ControlRequest, ControlResponse};
-use dml_shared::infer::{InferRequest, InferResponse, JobId, JobInfo, JobState, Lease, ModelInfo};
+use dml_shared::infer::{
+    InferRequest, InferResponse, JobDetail, JobId, JobInfo, JobState, Lease, ModelInfo, Outcome,
+};
 use dml_shared::sdfs::{ChangeOutcome, Glob, MetaRequest, MetaResponse, validate_name};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,6 +25,8 @@ pub const MAX_JOB_IMAGES: u32 = 1_000_000;
 /// Distinct workers that must fail to load a model before its job fails
 /// (fewer if fewer workers are alive).
 const REFUSALS_TO_FAIL: usize = 2;
+/// Most per-image errors `dml job` lists.
+const DETAIL_ERRORS: usize = 20;
 /// Most versions one `Assigned` answer lists, so it stays far below the
 /// frame limit even with 1 KiB names and many replicas.
 const ASSIGNED_MAX: usize = 2000;
@@ -121,6 +125,10 @@ pub enum Then {
     },
     /// A model the workers cannot run failed its job: `Accepted { new: 0 }`.
     FailJob,
+    /// `dml cancel`: `Cancelled`, once the scheduler let go of the job.
+    Cancel {
+        job: JobId,
+    },
     /// The results of images gone from SDFS, recorded before their lease is
     /// sent: `lease`, or `None` to look for work for `worker` again, until
     /// `deadline` (it had no images).
@@ -493,6 +501,35 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             let wait = Duration::from_millis(u64::from(wait_ms)).min(cx.cfg.max_lease_wait);
             lease(core, cx, worker, cx.now + wait)
         }
+        InferRequest::Cancel { job } => match s.jobs.jobs.get(&job) {
+            None => fail(ControlError::NoSuchJob(job)),
+            Some(j) if j.state != JobState::Running => {
+                let state = j.state;
+                fail(super::jobs::NotRunning::Ended { job, state }.into())
+            }
+            Some(_) => Step::Append(Op::CancelJob { job }, Then::Cancel { job }),
+        },
+        InferRequest::Job { job } => match s.jobs.jobs.get(&job) {
+            None => fail(ControlError::NoSuchJob(job)),
+            Some(j) => {
+                core.sync(s, cx.now);
+                let mut info = j.info(job);
+                if info.state == JobState::Running {
+                    info.stalled = core.workers().stall(&info.model, cx.now);
+                }
+                let errors = j
+                    .results()
+                    .into_iter()
+                    .filter(|r| matches!(r.outcome, Outcome::Error(_)))
+                    .take(DETAIL_ERRORS)
+                    .collect();
+                infer(InferResponse::Job(Box::new(JobDetail {
+                    info,
+                    workers: core.job_workers(job),
+                    errors,
+                })))
+            }
+        },
         InferRequest::Complete {
             worker,
             query,
@@ -519,6 +556,7 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             if !s.jobs.jobs.contains_key(&job) {
                 return fail(ControlError::NoSuchJob(job));
             }
+            core.reported(query, &results);
             let images = results.iter().map(|r| r.index).collect();
             let elapsed = Duration::from_millis(u64::from(elapsed_ms));
             Step::Append(
@@ -709,6 +747,14 @@ pub fn answer(
             Err(e) => reply(Err(e)),
         },
         Then::FailJob => reply(applied.map(|_| InferResponse::Accepted { new: 0 }.into())),
+        Then::Cancel { job } => match applied {
+            Ok(_) => {
+                let released = core.cancelled(job) as u32;
+                tracing::info!(job, released, "job cancelled");
+                reply(Ok(InferResponse::Cancelled { job, released }.into()))
+            }
+            Err(e) => reply(Err(e)),
+        },
         Then::Keyring { fingerprint } => match applied {
             Ok(Applied::Version(version)) => {
                 tracing::info!(%fingerprint, version, "keyring changed");

@@ -241,6 +241,10 @@ impl MetaState {
                 self.jobs.fail(*job, reason, now);
                 Applied::Done
             }
+            Op::CancelJob { job } => match self.jobs.cancel(*job, now) {
+                Ok(()) => Applied::Done,
+                Err(e) => Applied::Rejected(e.to_string()),
+            },
             Op::SetJobOutput { job, name } => {
                 self.jobs.set_output(*job, name);
                 Applied::Done

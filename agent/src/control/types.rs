@@ -116,6 +116,8 @@ pub enum Op {
     /// Replace the cluster's keyring (`dml keyring`) with `ring` as version
     /// `base + 1`, if its version is still `base` (0: never set).
     SetKeyring { base: u64, ring: KeyringState },
+    /// `dml cancel`: stop a running job for good, keeping its results.
+    CancelJob { job: JobId },
 }
 
 /// The result of applying one entry (the same on every replica).

@@ -32,6 +32,13 @@ pub fn changes(prev: Option<&ClusterFigures>, now: &ClusterFigures) -> Vec<(Even
                         j.id, j.images, j.errors
                     ),
                 )),
+                JobState::Cancelled if was_running => out.push((
+                    EventKind::JobFinish,
+                    format!(
+                        "job {} cancelled: {} of {} images done",
+                        j.id, j.done, j.images
+                    ),
+                )),
                 JobState::Failed if was_running => out.push((
                     EventKind::JobFinish,
                     format!(

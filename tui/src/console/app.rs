@@ -321,11 +321,15 @@ impl App {
             KeyCode::Char(':') => self.input = Some(Input::Command(String::new())),
             KeyCode::Char('e') => self.expanded = !self.expanded,
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
-            KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b'))
-                if self.read_only && (c == 's' || self.focus == Pane::Models) =>
+            KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b' | 'x'))
+                if self.read_only
+                    && (c == 's'
+                        || (c == 'x' && self.focus == Pane::Jobs)
+                        || self.focus == Pane::Models) =>
             {
                 let what = match c {
                     's' => "submit jobs",
+                    'x' => "cancel jobs",
                     _ => "change batch sizes",
                 };
                 self.say(
@@ -333,6 +337,20 @@ impl App {
                     false,
                 );
             }
+            KeyCode::Char('x') if self.focus == Pane::Jobs => match self.selected_job() {
+                Some(j) if j.state == JobState::Running => {
+                    return Some(Action::Command(vec!["cancel".into(), j.id.to_string()]));
+                }
+                Some(j) => {
+                    let msg = format!(
+                        "job {} is {}: only a running job can be cancelled",
+                        j.id,
+                        j.state.as_str()
+                    );
+                    self.say(&msg, false);
+                }
+                None => self.say("no job selected", false),
+            },
             KeyCode::Char('s') => {
                 self.input = Some(Input::Submit(SubmitForm {
                     model: self
@@ -508,6 +526,7 @@ impl App {
         );
         let why = match (j.state, &j.reason, &j.stalled) {
             (JobState::Failed, Some(r), _) => Some(("failed", r)),
+            (JobState::Cancelled, Some(r), _) => Some(("cancelled", r)),
             (JobState::Running, _, Some(r)) => Some(("stalled", r)),
             _ => None,
         };

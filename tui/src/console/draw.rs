@@ -271,7 +271,12 @@ fn hints(app: &App) -> Line<'static> {
         Span::raw(" expand"),
     ];
     if app.focus == Pane::Jobs {
-        v.extend([key(" Enter"), Span::raw(" details")]);
+        v.extend([
+            key(" Enter"),
+            Span::raw(" details "),
+            key("x"),
+            Span::raw(" cancel"),
+        ]);
     }
     if app.focus == Pane::Models {
         v.extend([

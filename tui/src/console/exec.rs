@@ -323,6 +323,43 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
             }
             other => return Err(ExecError::unexpected(other)),
         },
+        "cancel" => {
+            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
+            match infer(agent, InferRequest::Cancel { job }).await? {
+                InferResponse::Cancelled { job, released } => {
+                    let _ = write!(
+                        out,
+                        "job {job} cancelled; {released} queries in flight released"
+                    );
+                }
+                other => return Err(ExecError::unexpected(other)),
+            }
+        }
+        "job" => {
+            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
+            match infer(agent, InferRequest::Job { job }).await? {
+                InferResponse::Job(d) => {
+                    let j = &d.info;
+                    let _ = writeln!(
+                        out,
+                        "job {} {} {}/{} images, {} errors",
+                        j.id,
+                        j.state.as_str(),
+                        j.done,
+                        j.images,
+                        j.errors
+                    );
+                    for w in &d.workers {
+                        let _ = writeln!(
+                            out,
+                            "{}: {} queries, {} images, {} errors, {} in flight",
+                            w.worker, w.queries, w.images, w.errors, w.in_flight
+                        );
+                    }
+                }
+                other => return Err(ExecError::unexpected(other)),
+            }
+        }
         "get-output" => {
             let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
             match infer(agent, InferRequest::Output { job }).await? {

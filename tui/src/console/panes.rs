@@ -394,6 +394,7 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
             JobState::Running => Color::Blue,
             JobState::Done => Color::Green,
             JobState::Failed => Color::Red,
+            JobState::Cancelled => Color::Magenta,
         };
         // Job, model, state, gauge and counts take this much of the line.
         let room = usize::from(inner).saturating_sub(37 + gauge_w);

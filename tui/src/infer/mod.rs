@@ -1,13 +1,18 @@
 //! The inference commands of `dml` (C1–C5): `submit-job`, `get-output`,
-//! `set-batch-size`, `rates`, `latency`, `placement`, `jobs`. Each is one
-//! `ControlRequest::Infer` through [`dml_shared::sdfs_client`] (any agent
-//! forwards it to the leader).
+//! `set-batch-size`, `rates`, `latency`, `placement`, `jobs`, and job
+//! control: `cancel`, `job`, `submit-job --wait`. Each is one
+//! `ControlRequest::Infer` (or a series) through [`dml_shared::sdfs_client`]
+//! (any agent forwards it to the leader).
 //!
 //! - [`report`]: their tables and JSON.
+//! - [`detail`]: `dml job` and `dml cancel`.
+//! - [`wait`]: following a job for `submit-job --wait`.
 //! - [`output`]: the JSONL and CSV of `get-output`.
 
+pub mod detail;
 pub mod output;
 pub mod report;
+pub mod wait;
 
 use crate::cli::Command;
 use crate::sdfs::PartialFailure;
@@ -30,6 +35,8 @@ pub fn handles(command: &Command) -> bool {
             | Command::Latency
             | Command::Placement
             | Command::Jobs
+            | Command::Cancel { .. }
+            | Command::Job { .. }
     )
 }
 
@@ -85,6 +92,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
             model,
             num_images,
             dataset,
+            wait,
         } => {
             validate_model_name(model)?;
             let req = InferRequest::Submit {
@@ -99,6 +107,12 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
                 InferResponse::Submitted { job, images } => (job, images),
                 other => return Err(unexpected(other)),
             };
+            if *wait {
+                if !json {
+                    print!("{}", report::submitted_text(job, model, images, dataset));
+                }
+                return wait::follow(&sdfs, job, json).await;
+            }
             pick(
                 report::submitted_json(job, model, images, dataset),
                 report::submitted_text(job, model, images, dataset),
@@ -145,6 +159,31 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
         },
         Command::Jobs => match ask(&sdfs, InferRequest::Jobs).await? {
             InferResponse::Jobs(j) => pick(report::jobs_json(&j), report::jobs_table(&j)),
+            other => return Err(unexpected(other)),
+        },
+        Command::Cancel { job } => {
+            let released = match ask(&sdfs, InferRequest::Cancel { job: *job })
+                .await
+                .with_context(|| format!("cancel job {job}"))?
+            {
+                InferResponse::Cancelled { released, .. } => released,
+                other => return Err(unexpected(other)),
+            };
+            // The job as it now stands, for the report; the cancel stands without it.
+            let info = match ask(&sdfs, InferRequest::Job { job: *job }).await {
+                Ok(InferResponse::Job(d)) => Some(d.info),
+                _ => None,
+            };
+            pick(
+                detail::cancelled_json(*job, released, info.as_ref()),
+                detail::cancelled_text(*job, released, info.as_ref()),
+            )
+        }
+        Command::Job { job } => match ask(&sdfs, InferRequest::Job { job: *job })
+            .await
+            .with_context(|| format!("job {job}"))?
+        {
+            InferResponse::Job(d) => pick(detail::detail_json(&d), detail::detail_text(&d)),
             other => return Err(unexpected(other)),
         },
         other => bail!("{other:?} is not an inference command"),
@@ -217,11 +256,9 @@ async fn get_output(
             );
             Ok(())
         }
-        JobState::Failed => Err(PartialFailure(format!(
-            "job {job} failed: {}",
-            info.reason.as_deref().unwrap_or("no reason given")
-        ))
-        .into()),
+        JobState::Failed | JobState::Cancelled => {
+            Err(PartialFailure(wait::ended(&info).unwrap_or_default()).into())
+        }
     }
 }
 

@@ -335,6 +335,7 @@ async fn system_rate(
                 JobState::Running => {}
                 JobState::Done => break,
                 JobState::Failed => bail!("job {id} failed: {}", j.reason.unwrap_or_default()),
+                JobState::Cancelled => bail!("job {id} was cancelled"),
             }
         }
         tokio::time::sleep(POLL).await;

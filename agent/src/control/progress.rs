@@ -1,0 +1,125 @@
+//! Each job's progress per worker as the leader sees it (`dml job`): the
+//! queries and images each worker completed, its per-image errors, and the
+//! time its queries waited (queue) and ran (compute). In the leader's memory
+//! like the scheduler's leases: a new leader starts from nothing. Pure:
+//! every call takes `now`.
+
+use dml_shared::infer::{JobId, WorkerProgress};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A query handed out and not yet completed.
+#[derive(Debug)]
+struct Open {
+    job: JobId,
+    worker: SocketAddr,
+    since: Instant,
+    /// Per-image errors in the worker's report, once it arrived.
+    errors: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Progress {
+    open: HashMap<u64, Open>,
+    jobs: BTreeMap<JobId, BTreeMap<SocketAddr, WorkerProgress>>,
+}
+
+impl Progress {
+    /// `query` of `job` was leased to `worker` at `now`.
+    pub fn dispatched(&mut self, query: u64, job: JobId, worker: SocketAddr, now: Instant) {
+        let open = Open {
+            job,
+            worker,
+            since: now,
+            errors: 0,
+        };
+        self.open.insert(query, open);
+    }
+
+    /// The worker's report of `query` carries `errors` per-image errors.
+    pub fn reported(&mut self, query: u64, errors: u32) {
+        if let Some(o) = self.open.get_mut(&query) {
+            o.errors = errors;
+        }
+    }
+
+    /// `query` completed with `new` images new to its job, after `elapsed`
+    /// of work on the worker. A query of an earlier leader is not counted.
+    pub fn completed(&mut self, query: u64, new: u32, elapsed: Duration, now: Instant) {
+        let Some(o) = self.open.remove(&query) else {
+            return;
+        };
+        if new == 0 {
+            return;
+        }
+        let w = self
+            .jobs
+            .entry(o.job)
+            .or_default()
+            .entry(o.worker)
+            .or_insert_with(|| WorkerProgress::new(o.worker));
+        let held = now.saturating_duration_since(o.since);
+        w.queries += 1;
+        w.images += u64::from(new);
+        w.errors += u64::from(o.errors.min(new));
+        w.compute_ms += elapsed.as_millis() as u64;
+        w.queue_ms += held.saturating_sub(elapsed).as_millis() as u64;
+    }
+
+    /// Forgets the open queries `held` says are no longer leased (expired,
+    /// released, or of an ended job); their late results are not counted here.
+    pub fn retain_open(&mut self, held: impl Fn(u64) -> bool) {
+        self.open.retain(|q, _| held(*q));
+    }
+
+    /// The workers of `job`, with `in_flight` queries held now by each.
+    pub fn workers(&self, job: JobId, in_flight: &[(SocketAddr, u32)]) -> Vec<WorkerProgress> {
+        let mut out = self.jobs.get(&job).cloned().unwrap_or_default();
+        for (worker, n) in in_flight {
+            out.entry(*worker)
+                .or_insert_with(|| WorkerProgress::new(*worker))
+                .in_flight = *n;
+        }
+        out.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn each_worker_gets_its_queries_images_errors_and_times() {
+        let mut p = Progress::default();
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        p.dispatched(1, 7, addr(1), t);
+        p.dispatched(2, 7, addr(2), t);
+        p.dispatched(3, 7, addr(1), t);
+        p.dispatched(4, 8, addr(1), t);
+        p.reported(1, 1);
+        // Held 500 ms, worked 200: 300 ms queued.
+        p.completed(1, 4, ms(200), t + ms(500));
+        p.completed(3, 2, ms(100), t + ms(100));
+        // A duplicate brings nothing new; a repeat is not counted twice.
+        p.completed(2, 0, ms(50), t + ms(60));
+        p.completed(1, 4, ms(200), t + ms(900));
+        let w = p.workers(7, &[(addr(3), 2)]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            (w[0].worker, w[0].queries, w[0].images, w[0].errors),
+            (addr(1), 2, 6, 1)
+        );
+        assert_eq!((w[0].compute_ms, w[0].queue_ms), (300, 300));
+        assert_eq!((w[1].worker, w[1].in_flight, w[1].queries), (addr(3), 2, 0));
+        // Leases gone from the scheduler are forgotten.
+        p.retain_open(|q| q != 4);
+        p.completed(4, 1, ms(1), t + ms(2));
+        assert!(p.workers(8, &[]).is_empty());
+    }
+}
