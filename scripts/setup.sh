@@ -13,7 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # on the namespace test bed's hosts);
 # iproute2: the namespace test bed's hosts (`ip netns`, veth, bridge).
 # libfaketime: the nemesis test's wall-clock jumps.
-packages=(tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server libfaketime)
+# build-essential: the C toolchain that native crates (libssh2-sys, ring) compile with.
+packages=(build-essential tmux nftables iptables iproute2 procps systemd pkg-config libssl-dev ca-certificates openssh-server libfaketime)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -48,4 +49,6 @@ done
 bash scripts/venv.sh
 
 cargo build --workspace --bins
+# dml and dml-agent on PATH (links in ~/.local/bin), shell completions and man pages.
+"${CARGO_TARGET_DIR:-target}"/debug/dml install
 echo "setup: built $(ls "${CARGO_TARGET_DIR:-target}"/debug/dml "${CARGO_TARGET_DIR:-target}"/debug/dml-agent | tr '\n' ' ')"

@@ -264,6 +264,7 @@ impl Agent {
                         sdfs: sdfs.handle(),
                         worker: worker.clone(),
                         auth: auth.clone(),
+                        replicas: cfg.replicas(),
                     },
                 )
                 .await?,

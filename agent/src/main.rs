@@ -49,6 +49,18 @@ struct Args {
     /// The cluster key file; overrides `security.key_file`.
     #[arg(long, env = "DML_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Serve Prometheus metrics here; overrides `metrics.bind`.
+    #[arg(long)]
+    metrics_bind: Option<SocketAddr>,
+    /// Log lines as text or as JSON objects (one per line, for log shippers).
+    #[arg(long, env = "DML_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_preset(s: &str) -> dml_shared::Result<Preset> {
@@ -82,6 +94,9 @@ fn config(args: &Args) -> dml_shared::Result<(Config, Option<String>)> {
     }
     if let Some(k) = &args.key_file {
         cfg.security.key_file = Some(k.clone());
+    }
+    if let Some(m) = args.metrics_bind {
+        cfg.metrics.bind = Some(m);
     }
     cfg.validate()?;
     let path = cfg
@@ -148,7 +163,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_text = reload::filter_text(log.as_deref());
+    let (log_text, log_note) = reload::filter_text(log.as_deref());
     let log_handle = {
         use tracing_subscriber::prelude::*;
         let filter = tracing_subscriber::EnvFilter::try_new(&log_text)
@@ -161,17 +176,22 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let lines = tracing_subscriber::fmt::layer().with_writer(log_line::OneLineStderr);
+        let lines = match args.log_format {
+            LogFormat::Text => lines
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .boxed(),
+            LogFormat::Json => lines.json().with_ansi(false).boxed(),
+        };
         tracing_subscriber::registry()
             .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(log_line::OneLineStderr)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_filter(throttle),
-            )
+            .with(lines.with_filter(throttle))
             .init();
         handle
     };
+    if let Some(note) = log_note {
+        tracing::warn!("{note}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

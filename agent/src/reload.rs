@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 /// The agent-only key (not part of [`Config`]).
 pub const LOG_KEY: &str = "log";
 /// Filter used when neither `log` nor `RUST_LOG` gives one.
-pub const DEFAULT_LOG: &str = "info";
+pub const DEFAULT_LOG: &str = "info,openraft=warn";
 
 /// A parsed config file: the shared config (not yet validated) and the `log` filter.
 #[derive(Debug)]
@@ -60,14 +60,25 @@ pub fn read(path: &Path) -> Result<FileConfig, Error> {
     Ok(FileConfig { cfg, log })
 }
 
-/// The filter text in force: the file's `log`, else `RUST_LOG`, else `info`.
-pub fn filter_text(log: Option<&str>) -> String {
-    match log {
-        Some(l) => l.to_string(),
-        None => std::env::var("RUST_LOG")
-            .ok()
-            .filter(|v| EnvFilter::try_new(v).is_ok())
-            .unwrap_or_else(|| DEFAULT_LOG.to_string()),
+/// The filter text in force: the file's `log`, else `RUST_LOG`, else
+/// [`DEFAULT_LOG`]; with a note when `RUST_LOG` is set but not a filter (it
+/// is then left out, and the note logged once the subscriber runs).
+pub fn filter_text(log: Option<&str>) -> (String, Option<String>) {
+    if let Some(l) = log {
+        return (l.to_string(), None);
+    }
+    match std::env::var("RUST_LOG") {
+        Ok(v) if v.trim().is_empty() => (DEFAULT_LOG.to_string(), None),
+        Ok(v) => match EnvFilter::try_new(&v) {
+            Ok(_) => (v, None),
+            Err(e) => (
+                DEFAULT_LOG.to_string(),
+                Some(format!(
+                    "RUST_LOG={v:?} is not a log filter ({e}); using \"{DEFAULT_LOG}\""
+                )),
+            ),
+        },
+        Err(_) => (DEFAULT_LOG.to_string(), None),
     }
 }
 
@@ -136,7 +147,7 @@ pub struct Outcome {
 /// Compares the running state with the re-read file. `running_log` is the
 /// filter text in force.
 pub fn plan(running: &Config, running_log: &str, new: &FileConfig) -> Outcome {
-    let wanted = filter_text(new.log.as_deref());
+    let (wanted, _) = filter_text(new.log.as_deref());
     Outcome {
         log: (wanted != running_log).then_some(wanted),
         refused: diff(running, &new.cfg),

@@ -482,6 +482,15 @@ impl Config {
         if let Some(v) = raw.security {
             c.security = v;
         }
+        // An unset write quorum follows the replica count (itself `m + 1` when
+        // unset): a majority of the copies, 3 of the default 4.
+        let quorum_set = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("sdfs")?.get("write_quorum").cloned())
+            .is_some();
+        if !quorum_set {
+            c.sdfs.write_quorum = c.replicas() / 2 + 1;
+        }
         if let Some(a) = raw.api {
             if let Some(v) = a.max_frame {
                 c.api.max_frame = v;
@@ -795,10 +804,19 @@ impl Config {
             );
         }
         if s.write_quorum == 0 || s.write_quorum > replicas {
+            let from = match s.replicas {
+                Some(_) => "sdfs.replicas".to_string(),
+                None => format!(
+                    "membership.m + 1, as sdfs.replicas is unset; m = {}",
+                    self.membership.m
+                ),
+            };
             return bad(
                 "sdfs.write_quorum",
                 s.write_quorum.to_string(),
-                "must be between 1 and sdfs.replicas",
+                format!(
+                    "must be between 1 and the replica count, {replicas} ({from}); lower sdfs.write_quorum or raise sdfs.replicas"
+                ),
             );
         }
         if !(4096..=(8 << 20)).contains(&s.chunk_size) {
@@ -840,7 +858,7 @@ impl Config {
 }
 
 /// The error for `key` holding the unacceptable `value`.
-fn bad(key: &str, value: String, reason: &str) -> Result<()> {
+fn bad(key: &str, value: String, reason: impl Into<String>) -> Result<()> {
     Err(Error::Config {
         key: key.into(),
         value,
@@ -897,6 +915,28 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("sdfs.write_quorum"), "{e}");
+        assert!(e.to_string().contains("membership.m"), "{e}");
+        let e = Config::from_toml("[sdfs]\nreplicas = 2\nwrite_quorum = 3\n")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sdfs.write_quorum") && e.contains("sdfs.replicas"),
+            "{e}"
+        );
+        // An unset quorum follows m (through the replica count): a majority of the copies.
+        for (m, quorum) in [(1, 2), (2, 2), (3, 3), (5, 4)] {
+            let c = Config::from_toml(&format!("[membership]\nm = {m}\n")).unwrap();
+            c.validate().unwrap();
+            assert_eq!(
+                (c.replicas(), c.sdfs.write_quorum),
+                (m + 1, quorum),
+                "m = {m}"
+            );
+        }
+        let c = Config::from_toml("[sdfs]\nreplicas = 5\n").unwrap();
+        assert_eq!(c.sdfs.write_quorum, 3);
         let e = Config::from_toml("[control]\nvoterz = []\n").unwrap_err();
         assert!(e.to_string().contains("voterz"), "{e}");
     }

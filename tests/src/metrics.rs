@@ -3,7 +3,7 @@
 //! tests send malformed and oversized requests on purpose, which client crates refuse to.
 
 use anyhow::{Context, Result, anyhow, ensure};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -191,4 +191,94 @@ pub fn scrape(addr: SocketAddr) -> Result<Samples> {
         "the exposition does not end with a newline"
     );
     parse(&r.body)
+}
+
+/// The metric names a PromQL expression reads: its identifiers that start
+/// with `dml_` or `process_` (the families the agents export). Label names,
+/// functions and Prometheus's own `up` are left out; so is text in quotes.
+pub fn promql_metrics(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut word = String::new();
+    let mut quote = None;
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if let Some(q) = quote {
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+            word.push(c);
+            continue;
+        }
+        if word.starts_with("dml_") || word.starts_with("process_") {
+            names.insert(std::mem::take(&mut word));
+        }
+        word.clear();
+        if c == '"' || c == '\'' || c == '`' {
+            quote = Some(c);
+        }
+    }
+    names
+}
+
+/// Every `expr` string anywhere in a Grafana dashboard.
+pub fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(e)) = m.get("expr") {
+                    out.push(e.clone());
+                }
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `expr:` of each rule in a Prometheus rule file whose expressions fit on
+/// their line (as `assets/prometheus/alerts.yml` writes them), with the count
+/// of `- alert:` entries to check that none was missed.
+pub fn rule_exprs(text: &str) -> (Vec<String>, usize) {
+    let mut exprs = Vec::new();
+    let mut alerts = 0;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("- alert:") {
+            alerts += 1;
+        } else if let Some(e) = t.strip_prefix("expr:") {
+            exprs.push(e.trim().to_string());
+        }
+    }
+    (exprs, alerts)
+}
+
+/// The family names of a scrape's samples (`name` of each `name{labels}`).
+pub fn sample_names(s: &Samples) -> BTreeSet<String> {
+    s.values
+        .keys()
+        .map(|k| k.split('{').next().unwrap_or(k).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod promql_tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_identifiers_not_labels_functions_or_strings() {
+        let e = r#"histogram_quantile(0.99, sum by (model, le) (rate(dml_infer_query_latency_seconds_bucket{job=~"dml_x"}[5m]))) / process_open_fds"#;
+        let names: Vec<String> = promql_metrics(e).into_iter().collect();
+        assert_eq!(
+            names,
+            ["dml_infer_query_latency_seconds_bucket", "process_open_fds"]
+        );
+        let (exprs, alerts) = rule_exprs("- alert: A\n  expr: up == 0\n- alert: B\n");
+        assert_eq!((exprs, alerts), (vec!["up == 0".to_string()], 2));
+    }
 }

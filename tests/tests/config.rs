@@ -137,3 +137,42 @@ async fn every_valid_config_fixture_starts_the_agent_and_sigterm_exits_0() {
         assert_eq!(status.code(), Some(0), "{}: {status}", path.display());
     }
 }
+
+/// A `RUST_LOG` that is not a filter is reported (and the default used), and
+/// `--log-format json` writes each line as one JSON object.
+#[tokio::test]
+async fn a_bad_rust_log_is_reported_and_json_logs_are_one_object_per_line() {
+    let dir = TestDir::new("log-format").unwrap();
+    let mut spec = AgentSpec::new("json", test_membership())
+        .arg("--log-format")
+        .arg("json");
+    spec.env
+        .push(("RUST_LOG".into(), "info,openraft=loudest".into()));
+    let mut agent = Agent::start(spec, dir.path()).await.unwrap();
+    agent.client().id().await.unwrap();
+    agent.terminate().unwrap();
+    let status = agent.wait_exit(EXIT).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    let text = agent.stderr();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let warned = lines.iter().any(|l| {
+        l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("RUST_LOG") && m.contains("loudest"))
+    });
+    assert!(warned, "no warning about RUST_LOG in\n{text}");
+    assert!(
+        lines.iter().any(|l| l["level"] == "INFO"),
+        "the default filter should pass info lines:\n{text}"
+    );
+
+    let out = run(&agent_bin().unwrap(), &["--log-format", "xml"], EXIT)
+        .await
+        .unwrap();
+    assert_eq!(out.code(), Some(BAD_CONFIG), "{}", out.stderr);
+    assert!(out.stderr.contains("xml"), "{}", out.stderr);
+}

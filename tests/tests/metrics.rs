@@ -17,7 +17,10 @@ use anyhow::{Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
 use dml_shared::infer::JobState;
 use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
-use dml_tests::metrics::{Reply, Samples, get, http, parse, scrape};
+use dml_tests::metrics::{
+    Reply, Samples, dashboard_exprs, get, http, parse, promql_metrics, rule_exprs, sample_names,
+    scrape,
+};
 use dml_tests::ports::free_fixed_addr;
 use dml_tests::sdfs::{DML, READY, SDFS_POLL, cluster_slot, test_control, test_sdfs};
 use dml_tests::{Agent, AgentSpec, Cluster, test_membership, wait_for};
@@ -334,6 +337,8 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
     .await
     .unwrap();
 
+    dashboards_read_only_exported_metrics(&metrics);
+
     // Anything else is a 404; a HEAD has no body; an endless head is refused.
     let r = get(metrics[0], "/").unwrap();
     assert_eq!(r.status, 404);
@@ -354,6 +359,54 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
     }
     // The endpoint still serves after all that.
     scrape(metrics[0]).unwrap();
+}
+
+/// Every metric the Grafana dashboard and the alert rules in `assets/` read is
+/// one that these agents export (after a put and an inference job, and from the
+/// leader for the cluster-wide families). Prints what it checked.
+fn dashboards_read_only_exported_metrics(metrics: &[SocketAddr]) {
+    let mut exported = std::collections::BTreeSet::new();
+    for m in metrics {
+        exported.extend(sample_names(&scrape(*m).unwrap()));
+    }
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(assets.join("grafana/dml.json")).unwrap())
+            .expect("assets/grafana/dml.json is JSON");
+    let panel_exprs = dashboard_exprs(&dashboard);
+    let (rules, alerts) =
+        rule_exprs(&std::fs::read_to_string(assets.join("prometheus/alerts.yml")).unwrap());
+    assert_eq!(rules.len(), alerts, "an alert rule without a one-line expr");
+    assert!(
+        panel_exprs.len() >= 20,
+        "{} dashboard queries",
+        panel_exprs.len()
+    );
+    for (file, exprs) in [
+        ("grafana/dml.json", &panel_exprs),
+        ("prometheus/alerts.yml", &rules),
+    ] {
+        let mut read = std::collections::BTreeSet::new();
+        for e in exprs.iter() {
+            let names = promql_metrics(e);
+            assert!(
+                !names.is_empty() || e.contains("up{"),
+                "{file}: query reads no dml metric: {e}"
+            );
+            read.extend(names);
+        }
+        let missing: Vec<&String> = read.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} reads metrics no agent exports: {missing:?}"
+        );
+        eprintln!(
+            "{file}: {} queries read {} metrics, all exported: {}",
+            exprs.len(),
+            read.len(),
+            read.iter().cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
 }
 
 /// The token of the guarded endpoint.

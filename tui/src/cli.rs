@@ -35,6 +35,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a shell completion script: `dml completion bash > ~/.local/share/bash-completion/completions/dml`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Put `dml` and `dml-agent` on PATH (symlinks in PREFIX/bin) and install
+    /// the shell completions and man pages under PREFIX/share.
+    Install {
+        /// Default: ~/.local (bin/ is on a Debian user's PATH once it exists).
+        #[arg(long)]
+        prefix: Option<PathBuf>,
+    },
     /// Every member the agent knows: state, incarnation, last heard, ring monitors.
     Members,
     /// The agent's own identity.
@@ -329,6 +341,33 @@ pub enum LocalCommand {
     Status(RunDirArg),
     /// Stop exactly the agents recorded in the run directory.
     Down(DownArgs),
+    /// Start a recorded agent that is not running, with its data directory and
+    /// the command line `up` gave it (it rejoins as the same voter).
+    Start(OneAgentArgs),
+    /// Stop one agent gracefully (SIGTERM: it leaves the group), SIGKILL after
+    /// --timeout-secs; it stays recorded, so `start` brings it back.
+    Stop(OneAgentArgs),
+    /// Stop one agent (as `stop`) and start it again.
+    Restart(OneAgentArgs),
+    /// SIGKILL one agent at once, as a crash: the others must detect it.
+    Kill(OneAgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OneAgentArgs {
+    /// The agent's port (as `dml local status` lists them).
+    pub port: u16,
+
+    #[command(flatten)]
+    pub run: RunDirArg,
+
+    /// Seconds to wait after SIGTERM before sending SIGKILL.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+
+    /// Seconds to wait for a started agent to answer.
+    #[arg(long, default_value_t = 30)]
+    pub wait_secs: u64,
 }
 
 /// Failure-detector preset passed to every agent.
@@ -384,6 +423,15 @@ pub struct UpArgs {
     /// Seconds to wait for every agent to answer and to see all the others.
     #[arg(long, default_value_t = 30)]
     pub wait_secs: u64,
+
+    /// Serve no Prometheus metrics (by default agent i serves them on
+    /// 127.0.0.1, port `--metrics-base-port` + i).
+    #[arg(long)]
+    pub no_metrics: bool,
+
+    /// Metrics port of the first agent (default: the port after the last agent's).
+    #[arg(long, conflicts_with = "no_metrics")]
+    pub metrics_base_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]

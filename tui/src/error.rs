@@ -48,6 +48,22 @@ pub enum ClientError {
     InTheWay(String),
     #[error("the console needs a terminal; use a subcommand instead, e.g. `dml members`")]
     NoTerminal,
+    /// `dml local start|stop|restart|kill PORT` names no recorded agent.
+    #[error("no agent on port {port} is recorded in {}{}", run_dir.display(), known_ports(known))]
+    NoSuchAgent {
+        port: u16,
+        run_dir: PathBuf,
+        known: Vec<u16>,
+    },
+}
+
+fn known_ports(known: &[u16]) -> String {
+    if known.is_empty() {
+        "; it records no cluster (`dml local up` starts one)".into()
+    } else {
+        let list: Vec<String> = known.iter().map(u16::to_string).collect();
+        format!("; its agents' ports: {}", list.join(", "))
+    }
 }
 
 impl ClientError {
@@ -81,7 +97,9 @@ impl ClientError {
                 io::ErrorKind::PermissionDenied => ErrorKind::Refused,
                 _ => ErrorKind::Invalid,
             },
-            ClientError::Missing { .. } | ClientError::NotInstalled(_) => ErrorKind::NotFound,
+            ClientError::Missing { .. }
+            | ClientError::NotInstalled(_)
+            | ClientError::NoSuchAgent { .. } => ErrorKind::NotFound,
             ClientError::InTheWay(_) => ErrorKind::Conflict,
         }
     }

@@ -22,6 +22,7 @@ mod cluster;
 mod credential;
 mod dataset;
 mod infer;
+mod install;
 mod key;
 mod keyring;
 mod local;
@@ -112,10 +113,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             return credential::run(key_file, *role, out, *force, cli.json);
         }
         Some(Command::Local(l)) => return local::run(l, key_file, cli.json).await,
+        Some(Command::Completion { shell }) => {
+            install::completion(*shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Some(Command::Install { prefix }) => return install::install(prefix.as_deref(), cli.json),
         _ => key::install(key_file)?,
     }
     match &cli.command {
-        Some(Command::Keygen { .. } | Command::Credential { .. } | Command::Local(_)) => {
+        Some(
+            Command::Keygen { .. }
+            | Command::Credential { .. }
+            | Command::Local(_)
+            | Command::Completion { .. }
+            | Command::Install { .. },
+        ) => {
             unreachable!("handled above")
         }
         Some(Command::Cluster(c)) => {

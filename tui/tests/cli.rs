@@ -278,3 +278,64 @@ fn a_load_that_fails_reports_every_file_in_one_json_document() {
         "local file \"/nonexistent/dir\"",
     );
 }
+
+/// Completion scripts for bash, zsh and fish come from the clap definition (so
+/// they know every subcommand); `dml install` links the binaries and writes the
+/// scripts and a man page per command under its prefix, idempotently.
+#[test]
+fn completions_and_install_come_from_the_command_definition() {
+    for (shell, marker) in [
+        ("bash", "_dml()"),
+        ("zsh", "#compdef dml"),
+        ("fish", "complete -c dml"),
+    ] {
+        let out = dml(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: no {marker}");
+        for sub in ["get-versions", "submit-job", "local"] {
+            assert!(text.contains(sub), "{shell} script lacks {sub}");
+        }
+    }
+    let bad = dml(&["completion", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tcsh"));
+
+    let prefix = std::env::temp_dir().join(format!("dml-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    for _ in 0..2 {
+        let out = dml(&["--json", "install", "--prefix", prefix.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["man_pages"].as_u64().unwrap() > 30, "{v}");
+    }
+    let link = std::fs::read_link(prefix.join("bin/dml")).unwrap();
+    assert_eq!(
+        link,
+        std::path::Path::new(env!("CARGO_BIN_EXE_dml"))
+            .canonicalize()
+            .unwrap()
+    );
+    let share = prefix.join("share");
+    for f in [
+        "bash-completion/completions/dml",
+        "zsh/site-functions/_dml",
+        "fish/vendor_completions.d/dml.fish",
+    ] {
+        assert!(share.join(f).is_file(), "{f}");
+    }
+    for page in ["dml.1", "dml-put.1", "dml-get-versions.1", "dml-local-up.1"] {
+        let text = std::fs::read_to_string(share.join("man/man1").join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let put = std::fs::read_to_string(share.join("man/man1/dml-put.1")).unwrap();
+    assert!(
+        put.contains("dml\\-put") || put.contains("dml put"),
+        "{put}"
+    );
+    std::fs::remove_dir_all(&prefix).unwrap();
+}

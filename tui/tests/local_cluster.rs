@@ -1,4 +1,5 @@
-//! `dml local up|status|down` against the real `dml-agent` (built next to `dml`
+//! `dml local up|status|stop|kill|start|restart|down` against the real `dml-agent`
+//! (built next to `dml`
 //! by `cargo build --workspace --bins`; skipped with a note when it is missing
 //! outside CI).
 
@@ -46,7 +47,8 @@ fn free_base(n: u16, slot: u16) -> u16 {
     (0..200)
         .map(|i| start + i * 3)
         .find(|&b| {
-            (b..b + n).all(|p| {
+            // The agents' ports and, after them, their metrics ports.
+            (b..b + 2 * n).all(|p| {
                 std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
                     && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
             })
@@ -177,6 +179,9 @@ fn up_status_down(tmux: bool) {
     ]));
     assert_eq!(members.as_array().unwrap().len(), usize::from(AGENTS));
 
+    metrics_are_served(&rec, &run_dir);
+    let pids = single_agents(rd, base, pids);
+
     let down = json_of(&dml(&["--json", "local", "down", "--run-dir", rd]));
     let outcomes: Vec<&str> = down["agents"]
         .as_array()
@@ -184,7 +189,8 @@ fn up_status_down(tmux: bool) {
         .iter()
         .map(|a| a["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, vec!["stopped"; usize::from(AGENTS)]);
+    // The third was left stopped by `dml local stop`.
+    assert_eq!(outcomes, ["stopped", "stopped", "not running"]);
     for pid in pids {
         assert!(!pid_running(pid), "pid {pid} still runs after down");
     }
@@ -198,6 +204,121 @@ fn up_status_down(tmux: bool) {
         assert!(!has.status.success(), "tmux session dml still exists");
     }
     drop(guard);
+}
+
+/// Every agent serves `/metrics` where the record says, and the Prometheus
+/// targets file lists exactly those addresses.
+fn metrics_are_served(rec: &Value, run_dir: &Path) {
+    let addrs: Vec<String> = rec["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["metrics"]
+                .as_str()
+                .expect("a metrics address")
+                .to_string()
+        })
+        .collect();
+    for a in &addrs {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(a.as_str()).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.contains("\ndml_up 1"), "{a}: {body}");
+    }
+    let targets: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("prometheus-targets.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(targets[0]["targets"], serde_json::json!(addrs));
+}
+
+/// The status of the agent on `port`, as `dml local status` reports it.
+fn status_of(rd: &str, port: u16) -> Value {
+    let st = json_of(&dml(&["--json", "local", "status", "--run-dir", rd]));
+    st["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["port"] == port)
+        .cloned()
+        .unwrap_or_else(|| panic!("no agent {port} in {st}"))
+}
+
+/// Live members the first agent sees.
+fn seen_by_first(rd: &str, base: u16) -> u64 {
+    status_of(rd, base)["members"].as_u64().unwrap_or(0)
+}
+
+/// `kill` crashes one agent and the others see it go; `start` brings it back as a
+/// new incarnation with its records updated; `restart` replaces another's
+/// process; `stop` leaves one stopped; wrong targets are refused. Returns the
+/// pids now recorded.
+fn single_agents(rd: &str, base: u16, mut pids: Vec<i64>) -> Vec<i64> {
+    let (second, third) = (base + 1, base + 2);
+    let act = |what: &str, port: u16| {
+        json_of(&dml(&[
+            "--json",
+            "local",
+            what,
+            &port.to_string(),
+            "--run-dir",
+            rd,
+        ]))
+    };
+    let killed = act("kill", second);
+    assert_eq!(killed["outcome"][0], format!("killed pid {}", pids[1]));
+    assert!(!pid_running(pids[1]));
+    assert_eq!(status_of(rd, second)["alive"], false);
+    wait_until(
+        "the others to drop the killed agent",
+        Duration::from_secs(30),
+        || seen_by_first(rd, base) == u64::from(AGENTS) - 1,
+    );
+
+    let running = dml(&["local", "start", &base.to_string(), "--run-dir", rd]);
+    assert_eq!(running.status.code(), Some(8), "conflict");
+    assert!(String::from_utf8_lossy(&running.stderr).contains("already runs"));
+    let unknown = dml(&["local", "stop", "1", "--run-dir", rd]);
+    assert_eq!(unknown.status.code(), Some(3), "not found");
+    let msg = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        msg.contains("port 1") && msg.contains(&base.to_string()),
+        "{msg}"
+    );
+
+    let old_id = status_of(rd, second)["node_id"].clone();
+    let started = act("start", second);
+    let pid = started["pid"].as_i64().unwrap();
+    assert!(pid_running(pid) && pid != pids[1]);
+    assert_ne!(started["node_id"], old_id, "a new incarnation");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(rd).join(format!("agent-{second}.pid")))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+    pids[1] = pid;
+    wait_until(
+        "the started agent to rejoin",
+        Duration::from_secs(30),
+        || seen_by_first(rd, base) == u64::from(AGENTS),
+    );
+
+    let restarted = act("restart", third);
+    assert_eq!(restarted["outcome"][0], format!("stopped pid {}", pids[2]));
+    let pid = restarted["pid"].as_i64().unwrap();
+    assert!(pid_running(pid) && !pid_running(pids[2]));
+    pids[2] = pid;
+
+    let stopped = act("stop", third);
+    assert_eq!(stopped["outcome"][0], format!("stopped pid {pid}"));
+    assert!(!pid_running(pid));
+    assert_eq!(status_of(rd, third)["alive"], false);
+    pids
 }
 
 #[test]

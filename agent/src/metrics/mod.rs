@@ -51,6 +51,8 @@ pub struct Sources {
     pub worker: Option<Arc<Worker>>,
     /// This agent's cluster key and what it refused.
     pub auth: dml_shared::auth::AuthContext,
+    /// Copies each SDFS version should have (`sdfs.replicas`).
+    pub replicas: usize,
 }
 
 /// The families that live between scrapes, and the sources read at each.

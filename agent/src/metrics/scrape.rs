@@ -263,6 +263,26 @@ impl Scrape {
                 i.is_voter,
             );
             t.whole("dml_raft_voters", "Configured Raft voters.", i.voters.len());
+            // Cluster-wide SDFS figures come from the leader alone, so sums stay true.
+            if i.leader == Some(s.me)
+                && let Some((versions, under)) = s.control.with_state(|st| {
+                    st.committed_versions()
+                        .fold((0u64, 0u64), |(n, u), (_, _, v)| {
+                            (n + 1, u + u64::from(v.replicas.len() < s.replicas))
+                        })
+                })
+            {
+                t.whole(
+                    "dml_sdfs_cluster_versions",
+                    "Committed SDFS versions in the cluster (leader only).",
+                    versions,
+                );
+                t.whole(
+                    "dml_sdfs_under_replicated_versions",
+                    "Committed SDFS versions with fewer copies than sdfs.replicas (leader only).",
+                    under,
+                );
+            }
         }
         if let Some(l) = s.control.log_status() {
             for (name, help, v) in [

@@ -8,7 +8,7 @@ pub mod process;
 pub mod record;
 
 use crate::agent_bin::find_agent_bin;
-use crate::cli::{DownArgs, LocalCommand, RunDirArg, UpArgs};
+use crate::cli::{DownArgs, LocalCommand, OneAgentArgs, RunDirArg, UpArgs};
 use crate::report::render_table;
 use anyhow::{Result, bail};
 use dml_shared::client::Client;
@@ -39,7 +39,166 @@ pub async fn run(cmd: &LocalCommand, key_file: Option<&Path>, json: bool) -> Res
             status(a, json).await
         }
         LocalCommand::Down(a) => down(a, json),
+        LocalCommand::Start(a) => one(a, Action::Start, key_file, json).await,
+        LocalCommand::Stop(a) => one(a, Action::Stop, key_file, json).await,
+        LocalCommand::Restart(a) => one(a, Action::Restart, key_file, json).await,
+        LocalCommand::Kill(a) => one(a, Action::Kill, key_file, json).await,
     }
+}
+
+/// What `dml local start|stop|restart|kill PORT` does to one agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Start,
+    Stop,
+    Restart,
+    Kill,
+}
+
+/// Acts on the agent recorded at `a.port`, keeping `cluster.json` and its pid
+/// file true: a started agent gets the command line `up` gave it (same data
+/// directory, key, nodes and metrics address) and its new pid and node id.
+async fn one(a: &OneAgentArgs, action: Action, key_file: Option<&Path>, json: bool) -> Result<()> {
+    let run_dir = a
+        .run
+        .run_dir
+        .canonicalize()
+        .map_err(|e| ClientError::io("open", &a.run.run_dir, e))?;
+    let no_such = |known: Vec<u16>| ClientError::NoSuchAgent {
+        port: a.port,
+        run_dir: run_dir.clone(),
+        known,
+    };
+    let mut rec = ClusterRecord::load(&run_dir)?.ok_or_else(|| no_such(Vec::new()))?;
+    let i = rec
+        .agents
+        .iter()
+        .position(|ag| ag.port == a.port)
+        .ok_or_else(|| no_such(rec.agents.iter().map(|ag| ag.port).collect()))?;
+    // To ask a started agent who it is.
+    let own = run_dir.join("cluster.key");
+    crate::key::install(key_file.or(rec.key_file.as_deref()).or(Some(&own)))?;
+    let mut outcome = Vec::new();
+    if action != Action::Start {
+        let pid = rec.agents[i].pid;
+        let grace = Duration::from_secs(a.timeout_secs);
+        let stopped = match action {
+            Action::Kill => process::kill_now(pid, grace)?,
+            _ => process::stop(pid, grace)?,
+        };
+        outcome.push(match stopped {
+            Stopped::NotRunning => format!("pid {pid} was not running"),
+            Stopped::Terminated => format!("stopped pid {pid}"),
+            Stopped::Killed => format!("killed pid {pid}"),
+        });
+        let _ = std::fs::remove_file(record::pid_file(&run_dir, a.port));
+    }
+    if matches!(action, Action::Start | Action::Restart) {
+        let old = rec.agents[i].pid;
+        if process::is_live_agent(old) {
+            return Err(ClientError::InTheWay(format!(
+                "the agent on port {} already runs (pid {old}); `dml local restart {}` restarts it",
+                a.port, a.port
+            ))
+            .into());
+        }
+        if !busy_ports(&[a.port]).is_empty() {
+            return Err(ClientError::InTheWay(format!(
+                "port {} on 127.0.0.1 is in use by another process",
+                a.port
+            ))
+            .into());
+        }
+        let pid = start_recorded(&mut rec, i, &run_dir, Duration::from_secs(a.wait_secs)).await?;
+        outcome.push(format!("started pid {pid}"));
+    }
+    let ag = &rec.agents[i];
+    if json {
+        println!(
+            "{}",
+            json!({"port": ag.port, "pid": ag.pid, "node_id": ag.node_id, "outcome": outcome})
+        );
+    } else {
+        println!(
+            "agent {}: {}{}",
+            ag.port,
+            outcome.join(", then "),
+            match (&ag.node_id, action) {
+                (Some(id), Action::Start | Action::Restart) => format!("; node id {id}"),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Starts recorded agent `i` again and waits until it answers, updating the
+/// record and its pid file.
+async fn start_recorded(
+    rec: &mut ClusterRecord,
+    i: usize,
+    run_dir: &Path,
+    wait: Duration,
+) -> Result<i32> {
+    let nodes: Vec<SocketAddr> = rec.agents.iter().map(|ag| ag.addr).collect();
+    let key_file = rec
+        .key_file
+        .clone()
+        .unwrap_or_else(|| run_dir.join("cluster.key"));
+    let ag = rec.agents[i].clone();
+    let args = agent_args(
+        &rec.preset,
+        ag.port,
+        rec.introducer,
+        &nodes,
+        run_dir,
+        &key_file,
+        ag.metrics,
+    );
+    let mut child = None;
+    let pid = match &rec.tmux_session {
+        Some(session) => {
+            let line = process::tmux_command_line(&rec.agent_bin, &args);
+            let first = !process::tmux_has_session(session);
+            process::tmux_start(
+                session,
+                first,
+                &format!("agent-{}", ag.port),
+                &line,
+                &ag.log,
+            )?
+        }
+        None => {
+            let c = process::spawn_detached(&rec.agent_bin, &args, &ag.log)?;
+            let pid = c.id() as i32;
+            child = Some(c);
+            pid
+        }
+    };
+    std::fs::write(record::pid_file(run_dir, ag.port), format!("{pid}\n"))?;
+    let agent = &mut rec.agents[i];
+    agent.pid = pid;
+    agent.started_ms = now_ms();
+    agent.node_id = None;
+    rec.save(run_dir)?;
+    let mut one = ClusterRecord {
+        agents: vec![rec.agents[i].clone()],
+        ..rec.clone()
+    };
+    let mut children: Vec<Child> = child.into_iter().collect();
+    let failures = wait_ready(&mut one, &mut children, Instant::now() + wait).await;
+    drop(children);
+    if let Some((_, why)) = failures.first() {
+        bail!(
+            "the agent on port {} (pid {pid}) did not come up: {why}; last lines of {}:\n{}",
+            ag.port,
+            ag.log.display(),
+            log_tail(&ag.log)
+        );
+    }
+    rec.agents[i].node_id = one.agents[0].node_id.clone();
+    rec.save(run_dir)?;
+    Ok(pid)
 }
 
 use dml_shared::clock::unix_ms as now_ms;
@@ -63,6 +222,7 @@ pub fn agent_args(
     nodes: &[SocketAddr],
     run_dir: &Path,
     key_file: &Path,
+    metrics: Option<SocketAddr>,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--key-file".into(),
@@ -82,7 +242,54 @@ pub fn agent_args(
         args.push("--node".into());
         args.push(n.to_string());
     }
+    if let Some(m) = metrics {
+        args.push("--metrics-bind".into());
+        args.push(m.to_string());
+    }
     args
+}
+
+/// The metrics address of each agent: none with `--no-metrics`, else on
+/// 127.0.0.1 from `--metrics-base-port` (default: right after the agents' ports).
+pub fn metrics_addrs(a: &UpArgs) -> Result<Vec<Option<SocketAddr>>> {
+    if a.no_metrics {
+        return Ok(vec![None; usize::from(a.count)]);
+    }
+    let base = match a.metrics_base_port {
+        Some(p) => p,
+        None => u16::try_from(u32::from(a.base_port) + u32::from(a.count)).map_err(|_| {
+            ClientError::BadPorts {
+                base: a.base_port,
+                count: a.count.saturating_mul(2),
+                last: u32::from(a.base_port) + 2 * u32::from(a.count) - 1,
+            }
+        })?,
+    };
+    Ok(ports(base, a.count)?
+        .into_iter()
+        .map(|p| Some(SocketAddr::from(([127, 0, 0, 1], p))))
+        .collect())
+}
+
+/// Writes the Prometheus file-based discovery list (`file_sd_configs`) of the
+/// agents that serve metrics; removes it when none does.
+fn write_targets(rec: &ClusterRecord, run_dir: &Path) -> Result<()> {
+    let path = record::targets_file(run_dir);
+    let targets: Vec<String> = rec
+        .agents
+        .iter()
+        .filter_map(|a| a.metrics.map(|m| m.to_string()))
+        .collect();
+    if targets.is_empty() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(&json!([{
+        "targets": targets,
+        "labels": { "cluster": "local" },
+    }]))?;
+    std::fs::write(&path, text + "\n").map_err(|e| ClientError::io("write", &path, e))?;
+    Ok(())
 }
 
 /// Ports where a TCP or UDP socket on 127.0.0.1 cannot be bound right now.
@@ -116,6 +323,7 @@ fn remove_records(run_dir: &Path) {
         let _ = std::fs::remove_file(record::pid_file(run_dir, port));
     }
     let _ = std::fs::remove_file(record::cluster_file(run_dir));
+    let _ = std::fs::remove_file(record::targets_file(run_dir));
 }
 
 fn log_tail(path: &Path) -> String {
@@ -152,7 +360,10 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
         ))
         .into());
     }
-    let busy = busy_ports(&ports);
+    let metrics = metrics_addrs(a)?;
+    let mut wanted = ports.clone();
+    wanted.extend(metrics.iter().flatten().map(SocketAddr::port));
+    let busy = busy_ports(&wanted);
     if !busy.is_empty() {
         let list: Vec<String> = busy.iter().map(u16::to_string).collect();
         return Err(ClientError::InTheWay(format!(
@@ -188,10 +399,11 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
             &nodes,
             &run_dir,
             &key_file,
+            metrics[i],
         );
         let log = record::log_file(&run_dir, port);
+        let _ = std::fs::remove_file(&log);
         let started = if a.tmux {
-            let _ = std::fs::remove_file(&log);
             let line = process::tmux_command_line(&bin, &args);
             process::tmux_start(TMUX_SESSION, i == 0, &format!("agent-{port}"), &line, &log)
         } else {
@@ -216,6 +428,7 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
             started_ms: now_ms(),
             log,
             node_id: None,
+            metrics: metrics[i],
         });
         rec.save(&run_dir)?;
     }
@@ -243,6 +456,7 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
         bail!(msg.trim_end().to_string());
     }
     rec.save(&run_dir)?;
+    write_targets(&rec, &run_dir)?;
     let converged = wait_converged(&rec, deadline).await;
     if !converged {
         eprintln!(
@@ -281,10 +495,22 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
                     ag.port.to_string(),
                     ag.pid.to_string(),
                     ag.node_id.clone().unwrap_or_default(),
+                    ag.metrics
+                        .map(|m| format!("http://{m}/metrics"))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
-        print!("{}", render_table(&["PORT", "PID", "NODE ID"], &rows));
+        print!(
+            "{}",
+            render_table(&["PORT", "PID", "NODE ID", "METRICS"], &rows)
+        );
+        if rec.agents.iter().any(|a| a.metrics.is_some()) {
+            println!(
+                "Prometheus targets: {} (assets/prometheus/prometheus.yml reads it)",
+                record::targets_file(&run_dir).display()
+            );
+        }
         if let Leader::Elected(l) = leader {
             println!("control-plane leader: {l}");
         }
@@ -569,6 +795,7 @@ mod tests {
             &nodes,
             Path::new("/r"),
             Path::new("/r/cluster.key"),
+            Some("127.0.0.1:8102".parse().unwrap()),
         );
         assert_eq!(
             args,
@@ -586,7 +813,9 @@ mod tests {
                 "--node",
                 "127.0.0.1:8001",
                 "--node",
-                "127.0.0.1:8002"
+                "127.0.0.1:8002",
+                "--metrics-bind",
+                "127.0.0.1:8102"
             ]
         );
     }

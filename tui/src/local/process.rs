@@ -80,6 +80,20 @@ pub fn stop(pid: i32, grace: Duration) -> Result<Stopped> {
     }
 }
 
+/// SIGKILL at once (a crash, for fault drills); only if `pid` is a live `dml-agent`.
+pub fn kill_now(pid: i32, within: Duration) -> Result<Stopped> {
+    if !is_live_agent(pid) {
+        return Ok(Stopped::NotRunning);
+    }
+    kill(Pid::from_raw(pid), Signal::SIGKILL)
+        .with_context(|| format!("cannot send SIGKILL to pid {pid}"))?;
+    if wait_gone(pid, within) {
+        Ok(Stopped::Killed)
+    } else {
+        bail!("pid {pid} still runs after SIGKILL")
+    }
+}
+
 fn wait_gone(pid: i32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
@@ -94,9 +108,14 @@ fn wait_gone(pid: i32, within: Duration) -> bool {
 }
 
 /// Starts `bin args` in a new session (so it outlives `dml` and its terminal),
-/// stdin closed, stdout and stderr appended to `log`.
+/// stdin closed, stdout and stderr appended to `log` (a restarted agent's
+/// lines follow its previous life's).
 pub fn spawn_detached(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
-    let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);

@@ -21,6 +21,9 @@ pub struct AgentRecord {
     /// The agent's node id once it answered, e.g. `127.0.0.1:8001#1764150000123`.
     #[serde(default)]
     pub node_id: Option<String>,
+    /// Where it serves Prometheus metrics, if it does.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The whole `cluster.json`.
@@ -37,6 +40,11 @@ pub struct ClusterRecord {
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     pub agents: Vec<AgentRecord>,
+}
+
+/// The Prometheus file-based discovery list of the cluster's metrics endpoints.
+pub fn targets_file(run_dir: &Path) -> PathBuf {
+    run_dir.join("prometheus-targets.json")
 }
 
 pub fn cluster_file(run_dir: &Path) -> PathBuf {
@@ -130,6 +138,7 @@ mod tests {
                 addr: "127.0.0.1:8001".parse().unwrap(),
                 pid: 4242,
                 started_ms: 1_764_150_000_001,
+                metrics: None,
                 log: ".dml/run/agent-8001.log".into(),
                 node_id: Some("127.0.0.1:8001#1764150000123".into()),
             }],
