@@ -180,6 +180,31 @@ mod state {
     }
 
     #[test]
+    fn x_cancels_the_selected_job_only_while_it_runs() {
+        let mut a = app(10, (100, 30));
+        a.handle(key(KeyCode::Tab));
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(a.focus, Pane::Jobs);
+        assert_eq!(a.selected_job().unwrap().id, 3);
+        assert_eq!(
+            a.handle(ch('x')),
+            Some(Action::Command(vec!["cancel".into(), "3".into()]))
+        );
+        // A finished job: the console says why and sends nothing.
+        a.handle(ch('G'));
+        assert_eq!(a.selected_job().unwrap().id, 1);
+        assert_eq!(a.handle(ch('x')), None);
+        let m = a.message.clone().unwrap();
+        assert!(!m.ok && m.text.contains("job 1 is done"), "{m:?}");
+        // A read-only credential is told it may not.
+        a.read_only = true;
+        a.handle(ch('g'));
+        assert_eq!(a.handle(ch('x')), None);
+        let m = a.message.clone().unwrap();
+        assert!(m.text.contains("cannot cancel jobs"), "{m:?}");
+    }
+
+    #[test]
     fn colon_runs_a_cli_command_line_with_quotes() {
         let mut a = app(10, (100, 30));
         a.handle(ch(':'));

@@ -13,7 +13,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 /// Every key, as the help overlay lists it.
-pub const KEYS: [(&str, &str); 18] = [
+pub const KEYS: [(&str, &str); 19] = [
     ("?", "show or hide this help"),
     ("q, Ctrl-C", "quit"),
     ("Tab, l, →", "next pane"),
@@ -36,6 +36,7 @@ pub const KEYS: [(&str, &str); 18] = [
         "Enter",
         "jobs pane: the selected job in full (why it stalls)",
     ),
+    ("x", "jobs pane: cancel the selected running job"),
     ("e", "expand the focused pane / back"),
     (
         "Esc",
