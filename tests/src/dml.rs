@@ -69,6 +69,16 @@ pub async fn run_dml_without_key(
     run_command(cmd, &program, args, timeout).await
 }
 
+/// The contexts file the tests' `dml` uses (`DML_CONFIG`): one per test
+/// process under the temp directory, so `dml local up` or `cluster up` in a test
+/// never writes the user's `~/.config/dml/config.toml`, and no context of the
+/// user's is picked up.
+pub fn test_config() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("dml-tests-config-{}", std::process::id()))
+        .join("config.toml")
+}
+
 async fn run_command<S: AsRef<OsStr>>(
     mut cmd: tokio::process::Command,
     program: &Path,
@@ -81,6 +91,7 @@ async fn run_command<S: AsRef<OsStr>>(
         .collect::<Vec<_>>()
         .join(" ");
     let child = cmd
+        .env("DML_CONFIG", test_config())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! The command line of `dml`, declared with clap's derive API.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Address of the agent `dml` talks to when none is given.
@@ -11,9 +12,16 @@ pub const DEFAULT_AGENT: &str = "127.0.0.1:8001";
 #[derive(Debug, Parser)]
 #[command(name = "dml", version, about)]
 pub struct Cli {
-    /// Agent to talk to (HOST:PORT).
-    #[arg(long, global = true, env = "DML_AGENT", default_value = DEFAULT_AGENT)]
-    pub agent: String,
+    /// Agent to talk to (HOST:PORT). Default: the context's first agent that
+    /// answers, else 127.0.0.1:8001.
+    #[arg(long, global = true, env = "DML_AGENT")]
+    pub agent: Option<String>,
+
+    /// The context (a named cluster: agents and key file) to use instead of
+    /// the current one; `dml context list` shows them. For `local up` and
+    /// `cluster up`, the name to save the new cluster under.
+    #[arg(long, global = true, env = "DML_CONTEXT")]
+    pub context: Option<String>,
 
     /// The cluster key file. Default: .dml/run/cluster.key (made by `dml local
     /// up`), else .dml/cluster.key (made by `dml keygen`).
@@ -141,6 +149,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Named clusters (agents and key file) that `dml` uses from any
+    /// directory; `local up` and `cluster up` add one.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -334,6 +346,28 @@ pub enum SdfsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Every context; `*` marks the current one.
+    List,
+    /// Make NAME the current context.
+    Use { name: String },
+    /// One context (default: the current one).
+    Show { name: Option<String> },
+    /// Add (or replace) a context and make it current.
+    Add {
+        name: String,
+        /// An agent address (repeatable; tried in order).
+        #[arg(long = "agent-addr", required = true)]
+        agents: Vec<SocketAddr>,
+        /// Its key file or client credential (stored as an absolute path).
+        #[arg(long = "key")]
+        key_file: Option<PathBuf>,
+    },
+    /// Forget a context.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LocalCommand {
     /// Start N agents on 127.0.0.1, ports BASE..BASE+N-1; the first is the introducer.
     Up(UpArgs),
@@ -477,7 +511,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["dml", "members", "--json", "--agent", "10.0.0.1:9000"]).unwrap();
         assert!(cli.json);
-        assert_eq!(cli.agent, "10.0.0.1:9000");
+        assert_eq!(cli.agent.as_deref(), Some("10.0.0.1:9000"));
     }
 
     #[test]

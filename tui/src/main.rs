@@ -19,6 +19,7 @@
 mod agent_bin;
 mod cli;
 mod cluster;
+mod context;
 mod credential;
 mod dataset;
 mod infer;
@@ -32,7 +33,7 @@ mod report;
 mod sdfs;
 
 use clap::Parser;
-use cli::{Cli, Command, DatasetCommand};
+use cli::{Cli, Command, DEFAULT_AGENT, DatasetCommand};
 use dml_shared::{ErrorKind, RemoteError};
 use dml_tui::console;
 use dml_tui::error::ClientError;
@@ -107,48 +108,66 @@ fn quiet_broken_pipe() {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let key_file = cli.key_file.as_deref();
+    let name = cli.context.as_deref();
     match &cli.command {
         Some(Command::Keygen { out, force }) => return key::keygen(out, *force, cli.json),
         Some(Command::Credential { role, out, force }) => {
             return credential::run(key_file, *role, out, *force, cli.json);
         }
-        Some(Command::Local(l)) => return local::run(l, key_file, cli.json).await,
+        Some(Command::Local(l)) => return local::run(l, key_file, name, cli.json).await,
         Some(Command::Completion { shell }) => {
             install::completion(*shell, &mut std::io::stdout());
             return Ok(());
         }
         Some(Command::Install { prefix }) => return install::install(prefix.as_deref(), cli.json),
-        _ => key::install(key_file)?,
+        Some(Command::Context(c)) => return context::run(c, cli.json),
+        _ => {}
     }
+    // Flags and environment first, then the context, then the defaults.
+    let ctx = match (&cli.agent, key_file) {
+        (Some(_), Some(_)) => None,
+        _ => context::selected(name)?.map(|(_, c)| c),
+    };
+    let key_file = key_file.or(ctx.as_ref().and_then(|c| c.key_file.as_deref()));
+    let agent = match (&cli.agent, &ctx) {
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) if !c.agents.is_empty() => context::pick_agent(&c.agents)
+            .await
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| DEFAULT_AGENT.to_string()),
+        _ => DEFAULT_AGENT.to_string(),
+    };
+    key::install(key_file)?;
     match &cli.command {
         Some(
             Command::Keygen { .. }
             | Command::Credential { .. }
             | Command::Local(_)
             | Command::Completion { .. }
-            | Command::Install { .. },
+            | Command::Install { .. }
+            | Command::Context(_),
         ) => {
             unreachable!("handled above")
         }
         Some(Command::Cluster(c)) => {
-            cluster::run(c, key::find(key_file).as_deref(), cli.json).await
+            cluster::run(c, key::find(key_file).as_deref(), name, cli.json).await
         }
-        Some(Command::Models(m)) => models::run(m, &cli.agent, cli.json).await,
+        Some(Command::Models(m)) => models::run(m, &agent, cli.json).await,
         Some(Command::Keyring(k)) => {
-            keyring::run(k, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+            keyring::run(k, oneshot::resolve_agent(&agent)?, cli.json).await
         }
         Some(Command::Dataset(DatasetCommand::Make { dir, count, seed })) => {
             dataset::run_make(dir, *count, *seed, cli.json)
         }
         Some(c) if infer::handles(c) => {
-            infer::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+            infer::run(c, oneshot::resolve_agent(&agent)?, cli.json).await
         }
         Some(c) if sdfs::handles(c) => {
-            sdfs::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await
+            sdfs::run(c, oneshot::resolve_agent(&agent)?, cli.json).await
         }
-        Some(c) => oneshot::run(c, oneshot::resolve_agent(&cli.agent)?, cli.json).await,
+        Some(c) => oneshot::run(c, oneshot::resolve_agent(&agent)?, cli.json).await,
         None => {
-            let agent = cli.connect.as_deref().unwrap_or(&cli.agent);
+            let agent = cli.connect.as_deref().unwrap_or(&agent);
             console::run(oneshot::resolve_agent(agent)?).await
         }
     }

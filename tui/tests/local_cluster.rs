@@ -24,9 +24,34 @@ fn agent_bin() -> Option<PathBuf> {
     None
 }
 
+/// The contexts file of this test (`DML_CONFIG`; one per test thread, as the
+/// tests run at once), never the user's.
+fn config_file() -> PathBuf {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", "-");
+    std::env::temp_dir()
+        .join(format!(
+            "dml-local-test-config-{}-{test}",
+            std::process::id()
+        ))
+        .join("config.toml")
+}
+
 fn dml(args: &[&str]) -> Output {
+    dml_in(args, Path::new("."), &config_file())
+}
+
+/// `dml args` run in `dir` with `config` as its contexts file.
+fn dml_in(args: &[&str], dir: &Path, config: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dml"))
         .args(args)
+        .current_dir(dir)
+        .env("DML_CONFIG", config)
+        .env_remove("DML_KEY_FILE")
+        .env_remove("DML_AGENT")
+        .env_remove("DML_CONTEXT")
         .output()
         .expect("run dml")
 }
@@ -63,6 +88,9 @@ impl Drop for Down {
     fn drop(&mut self) {
         let _ = dml(&["local", "down", "--run-dir", self.0.to_str().unwrap()]);
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(dir) = config_file().parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -108,6 +136,8 @@ fn up_status_down(tmux: bool) {
         rd,
         "--agent-bin",
         bin.to_str().unwrap(),
+        "--context",
+        if tmux { "local-tmux" } else { "local-bg" },
     ];
     if tmux {
         args.push("--tmux");
@@ -157,8 +187,31 @@ fn up_status_down(tmux: bool) {
             .to_str()
             .unwrap()
     );
-    // Other commands need the cluster's key; without it they say so.
-    let keyless = dml(&["--agent", &format!("127.0.0.1:{base}"), "members"]);
+    // `up` made the cluster the current context, so `dml` works from any
+    // directory with neither --agent nor --key-file.
+    let context = if tmux { "local-tmux" } else { "local-bg" };
+    let elsewhere = dml_in(
+        &["--context", context, "--json", "members"],
+        Path::new("/"),
+        &config_file(),
+    );
+    assert_eq!(
+        json_of(&elsewhere).as_array().unwrap().len(),
+        usize::from(AGENTS)
+    );
+    let current = dml_in(&["--json", "members"], Path::new("/"), &config_file());
+    assert_eq!(
+        json_of(&current).as_array().unwrap().len(),
+        usize::from(AGENTS)
+    );
+    let listed = json_of(&dml(&["--json", "context", "show", context]));
+    assert_eq!(listed["context"]["agents"][0], format!("127.0.0.1:{base}"));
+    // Other commands need the cluster's key; without it (and no context) they say so.
+    let keyless = dml_in(
+        &["--agent", &format!("127.0.0.1:{base}"), "members"],
+        Path::new("."),
+        Path::new("/nonexistent/dml/config.toml"),
+    );
     assert!(!keyless.status.success());
     // (Or a stray default key file in the working directory: the wrong key.)
     assert!(

@@ -70,7 +70,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 const POLL: Duration = Duration::from_millis(200);
 
 /// `key_file`: the cluster key `up` uploads to every host.
-pub async fn run(cmd: &ClusterCommand, key_file: Option<&Path>, json: bool) -> Result<()> {
+/// `context`: the name to save the deployed cluster's context under
+/// (default: the hosts file's name without `.toml`).
+pub async fn run(
+    cmd: &ClusterCommand,
+    key_file: Option<&Path>,
+    context: Option<&str>,
+    json: bool,
+) -> Result<()> {
     match cmd {
         ClusterCommand::Up(a) => {
             let key = key_file.context(
@@ -79,7 +86,26 @@ pub async fn run(cmd: &ClusterCommand, key_file: Option<&Path>, json: bool) -> R
             )?;
             let key_text = std::fs::read(key)
                 .with_context(|| format!("cannot read cluster key {}", key.display()))?;
-            up(a, &key_text, json).await
+            up(a, &key_text, json).await?;
+            let name = context.map(str::to_string).unwrap_or_else(|| {
+                a.hosts
+                    .hosts
+                    .file_stem()
+                    .map_or("cluster".into(), |s| s.to_string_lossy().into_owned())
+            });
+            let hosts = Hosts::load(&a.hosts.hosts)?;
+            let ctx = crate::context::Context {
+                agents: hosts.hosts.iter().map(|h| h.bind).collect(),
+                key_file: key.canonicalize().ok(),
+            };
+            match crate::context::remember(&name, ctx) {
+                Ok(path) if !json => {
+                    println!("context \"{name}\" is current in {}", path.display())
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: the context was not saved: {e:#}"),
+            }
+            Ok(())
         }
         ClusterCommand::Down(a) => down(a, json).await,
         ClusterCommand::Status(a) => status(a, json).await,

@@ -30,9 +30,15 @@ const LOG_TAIL_LINES: usize = 8;
 
 /// `key_file`: the global `--key-file`; without it the cluster's key is
 /// `<run_dir>/cluster.key`, made by `up` when missing.
-pub async fn run(cmd: &LocalCommand, key_file: Option<&Path>, json: bool) -> Result<()> {
+/// `context`: the name to save the new cluster's context under (default `local`).
+pub async fn run(
+    cmd: &LocalCommand,
+    key_file: Option<&Path>,
+    context: Option<&str>,
+    json: bool,
+) -> Result<()> {
     match cmd {
-        LocalCommand::Up(a) => up(a, key_file, json).await,
+        LocalCommand::Up(a) => up(a, key_file, context.unwrap_or("local"), json).await,
         LocalCommand::Status(a) => {
             let own = a.run_dir.join("cluster.key");
             crate::key::install(key_file.or(own.exists().then_some(own.as_path())))?;
@@ -333,7 +339,7 @@ fn log_tail(path: &Path) -> String {
     lines[from..].iter().map(|l| format!("    {l}\n")).collect()
 }
 
-async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
+async fn up(a: &UpArgs, key_file: Option<&Path>, context: &str, json: bool) -> Result<()> {
     let ports = ports(a.base_port, a.count)?;
     let bin = find_agent_bin(a.agent_bin.as_deref())?;
     std::fs::create_dir_all(&a.run.run_dir)
@@ -472,6 +478,17 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
         );
     }
 
+    // `dml` from any directory: the cluster becomes the current context.
+    let saved = crate::context::remember(
+        context,
+        crate::context::Context {
+            agents: rec.agents.iter().map(|ag| ag.addr).collect(),
+            key_file: Some(key_file.clone()),
+        },
+    );
+    if let Err(e) = &saved {
+        eprintln!("warning: the cluster runs, but its context was not saved: {e:#}");
+    }
     if json {
         println!("{}", serde_json::to_string(&rec)?);
     } else {
@@ -514,11 +531,19 @@ async fn up(a: &UpArgs, key_file: Option<&Path>, json: bool) -> Result<()> {
         if let Leader::Elected(l) = leader {
             println!("control-plane leader: {l}");
         }
-        println!(
-            "cluster key: {} (dml finds it when run from here; elsewhere: export DML_KEY_FILE={})",
-            key_file.display(),
-            key_file.display()
-        );
+        match saved {
+            Ok(path) => println!(
+                "context \"{context}\" (agents and cluster key {}) is current in {}: \
+                 dml works from any directory",
+                key_file.display(),
+                path.display()
+            ),
+            Err(_) => println!(
+                "cluster key: {} (dml finds it when run from here; elsewhere: export DML_KEY_FILE={})",
+                key_file.display(),
+                key_file.display()
+            ),
+        }
     }
     Ok(())
 }
