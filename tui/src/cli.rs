@@ -1,7 +1,6 @@
 //! The command line of `dml`, declared with clap's derive API.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Address of the agent `dml` talks to when none is given.
@@ -152,7 +151,7 @@ pub enum Command {
     /// Named clusters (agents and key file) that `dml` uses from any
     /// directory; `local up` and `cluster up` add one.
     #[command(subcommand)]
-    Context(ContextCommand),
+    Context(crate::context::ContextCommand),
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
@@ -343,28 +342,6 @@ pub enum SdfsCommand {
         #[arg(default_value = "")]
         prefix: String,
     },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ContextCommand {
-    /// Every context; `*` marks the current one.
-    List,
-    /// Make NAME the current context.
-    Use { name: String },
-    /// One context (default: the current one).
-    Show { name: Option<String> },
-    /// Add (or replace) a context and make it current.
-    Add {
-        name: String,
-        /// An agent address (repeatable; tried in order).
-        #[arg(long = "agent-addr", required = true)]
-        agents: Vec<SocketAddr>,
-        /// Its key file or client credential (stored as an absolute path).
-        #[arg(long = "key")]
-        key_file: Option<PathBuf>,
-    },
-    /// Forget a context.
-    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
