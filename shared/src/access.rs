@@ -72,6 +72,8 @@ fn meta_needs(req: &MetaRequest) -> Needs {
     use Role::*;
     match req {
         MetaRequest::BeginPut { .. }
+        | MetaRequest::BeginPutBatch { .. }
+        | MetaRequest::CommitPutBatch { .. }
         | MetaRequest::CommitPut { .. }
         | MetaRequest::AbortPut { .. }
         | MetaRequest::PutOutcome { .. } => needs(Admin, "put"),
@@ -108,7 +110,7 @@ fn infer_needs(req: &InferRequest) -> Needs {
 fn data_needs(req: &DataRequest) -> Needs {
     use Role::*;
     match req {
-        DataRequest::Write { .. } => needs(Admin, "put"),
+        DataRequest::Write { .. } | DataRequest::WriteBatch { .. } => needs(Admin, "put"),
         DataRequest::Read { .. } => needs(ReadOnly, "get"),
         // A reader reports a copy that failed its checksum; the agent
         // re-hashes its own copy before it acts.

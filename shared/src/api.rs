@@ -117,4 +117,7 @@ pub enum Response {
     Telemetry(Box<crate::telemetry::Frame>),
     NodeStats(crate::telemetry::NodeStats),
     Keyring(crate::keyring::KeyringResponse),
+    /// A batched write ([`DataRequest::WriteBatch`]): per file, in order,
+    /// who stored it and who did not.
+    StoredBatch(Vec<crate::sdfs::StoredFile>),
 }

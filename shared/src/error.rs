@@ -253,6 +253,15 @@ pub enum Error {
         /// The replicas that did not store it, with their reasons.
         failed: Vec<(std::net::SocketAddr, String)>,
     },
+    /// A batched put failed as a whole (its plan, its stream or its commit),
+    /// so this file of it did too; `kind` is the failure's.
+    #[error("put of \"{name}\" (in a batch of {files}): {reason}")]
+    BatchFailed {
+        name: String,
+        files: usize,
+        kind: ErrorKind,
+        reason: String,
+    },
 }
 
 /// ` (addr: reason; ...)` for a quorum error, or nothing.
@@ -292,6 +301,7 @@ impl Error {
         use ErrorKind as K;
         match self {
             Error::Remote(r) => r.kind,
+            Error::BatchFailed { kind, .. } => *kind,
             Error::NotLeader { .. } => K::NotLeader,
             Error::NotFound { .. } | Error::NoSuchVersion { .. } | Error::UnknownModel(_) => {
                 K::NotFound

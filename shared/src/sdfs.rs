@@ -8,12 +8,19 @@
 //! version visible.
 //! Get: `Meta(Stat)` gives the replicas; `Data(Read)` from the nearest one.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RemoteError, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Longest SDFS name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Most files in one batched put ([`MetaRequest::BeginPutBatch`]).
+pub const MAX_BATCH_FILES: usize = 1024;
+
+/// Most bytes, all files together, in one batched put: the leader keeps a
+/// batch's plans in memory until its commit, as for one small put.
+pub const MAX_BATCH_BYTES: u64 = 4 << 20;
 
 pub use crate::version::{Checksum, VersionInfo};
 
@@ -189,6 +196,20 @@ pub enum MetaRequest {
         after: Option<(String, u64)>,
         limit: u32,
     },
+    /// Reserve the next version of each file (name, size) of a batched put,
+    /// all on one chain. Answered with [`MetaResponse::PutBatchPlan`]; at most
+    /// [`MAX_BATCH_FILES`] files and [`MAX_BATCH_BYTES`] bytes; a name
+    /// given twice takes two versions.
+    BeginPutBatch { files: Vec<(String, u64)> },
+    /// Commit the files of a batch whose bytes are durable: one Raft entry for
+    /// all of them, each file committed or refused on its own. Answered with
+    /// [`MetaResponse::CommittedBatch`], or [`MetaResponse::Unconfirmed`]
+    /// (then ask [`MetaRequest::PutOutcome`] per file).
+    CommitPutBatch {
+        /// The plan's id from [`MetaResponse::PutBatchPlan`].
+        plan: u64,
+        files: Vec<BatchCommit>,
+    },
 }
 
 impl MetaRequest {
@@ -199,7 +220,9 @@ impl MetaRequest {
     pub fn is_idempotent(&self) -> bool {
         !matches!(
             self,
-            MetaRequest::BeginPut { .. } | MetaRequest::Delete { .. }
+            MetaRequest::BeginPut { .. }
+                | MetaRequest::BeginPutBatch { .. }
+                | MetaRequest::Delete { .. }
         )
     }
 }
@@ -252,6 +275,58 @@ pub enum MetaResponse {
         items: Vec<(String, VersionInfo)>,
         more: bool,
     },
+    /// The plan of a batched put: `versions[i]` for the request's file `i`,
+    /// all on `chain`.
+    PutBatchPlan {
+        versions: Vec<u64>,
+        chain: Vec<SocketAddr>,
+        quorum: usize,
+        plan: u64,
+    },
+    /// Per file of [`MetaRequest::CommitPutBatch`], in order.
+    CommittedBatch(Vec<FileCommit>),
+}
+
+/// One file of a batch's commit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchCommit {
+    pub name: String,
+    pub version: u64,
+    pub checksum: Checksum,
+    /// The replicas that stored it durably.
+    pub holders: Vec<SocketAddr>,
+}
+
+/// What became of one file of [`MetaRequest::CommitPutBatch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FileCommit {
+    Committed {
+        version: u64,
+    },
+    /// Refused: it never becomes visible.
+    Refused(RemoteError),
+    /// Appended but not confirmed in time: ask [`MetaRequest::PutOutcome`].
+    Unconfirmed {
+        reason: String,
+    },
+}
+
+/// One file of a batched write ([`DataRequest::WriteBatch`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchFile {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    pub checksum: Checksum,
+}
+
+/// What the chain did with one file of a batched write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Replicas that stored it durably, the answering one first.
+    pub holders: Vec<SocketAddr>,
+    /// Replicas that did not, each with its reason.
+    pub failed: Vec<(SocketAddr, String)>,
 }
 
 /// What became of an unconfirmed commit or delete, as the current leader
@@ -323,6 +398,19 @@ pub enum DataRequest {
     /// is corrupt, deletes it and fetches it again (as scrub does). Answered
     /// with [`crate::api::Response::Ok`] at once; the check runs afterwards.
     BadCopy { name: String, version: u64 },
+    /// Store the versions of a batched put in one stream: the files' bytes
+    /// follow back to back, in order, as raw data frames (a frame may end one
+    /// file and begin the next), then an empty frame. The agent
+    /// forwards them to `downstream[0]` with the rest of the chain, writes
+    /// each file to a temp file checked against its checksum, makes them all
+    /// durable with one file-system sync, renames them into place and
+    /// answers [`crate::api::Response::StoredBatch`]: one entry per file.
+    WriteBatch {
+        files: Vec<BatchFile>,
+        downstream: Vec<SocketAddr>,
+        /// The batch's plan id ([`MetaResponse::PutBatchPlan`]'s `plan`).
+        plan: u64,
+    },
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use dml_shared::keyring::{
     KeyringResponse, KeyringState, LocalKeyring,
 };
 use dml_shared::sdfs::{
-    ChangeOutcome, DataRequest, FileInfo, Holding, Keep, MetaRequest, MetaResponse, VersionInfo,
+    BatchCommit, BatchFile, ChangeOutcome, DataRequest, FileCommit, FileInfo, Holding, Keep,
+    MetaRequest, MetaResponse, StoredFile, VersionInfo,
 };
 use dml_shared::telemetry::{
     ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
@@ -166,8 +167,46 @@ fn meta_request() -> impl Strategy<Value = MetaRequest> {
             any::<u32>()
         )
             .prop_map(|(node, after, limit)| MetaRequest::Assigned { node, after, limit }),
+        vec((text(), any::<u64>()), 0..4).prop_map(|files| MetaRequest::BeginPutBatch { files }),
+        (any::<u64>(), vec(batch_commit(), 0..3))
+            .prop_map(|(plan, files)| MetaRequest::CommitPutBatch { plan, files }),
     ];
     leaf
+}
+
+fn batch_commit() -> impl Strategy<Value = BatchCommit> {
+    (text(), any::<u64>(), any::<[u8; 32]>(), addrs()).prop_map(
+        |(name, version, checksum, holders)| BatchCommit {
+            name,
+            version,
+            checksum,
+            holders,
+        },
+    )
+}
+
+fn batch_file() -> impl Strategy<Value = BatchFile> {
+    (text(), any::<u64>(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+        |(name, version, size, checksum)| BatchFile {
+            name,
+            version,
+            size,
+            checksum,
+        },
+    )
+}
+
+fn stored_file() -> impl Strategy<Value = StoredFile> {
+    (addrs(), vec((addr(), text()), 0..3))
+        .prop_map(|(holders, failed)| StoredFile { holders, failed })
+}
+
+fn file_commit() -> impl Strategy<Value = FileCommit> {
+    prop_oneof![
+        any::<u64>().prop_map(|version| FileCommit::Committed { version }),
+        remote_error().prop_map(FileCommit::Refused),
+        text().prop_map(|reason| FileCommit::Unconfirmed { reason }),
+    ]
 }
 
 fn control_request() -> impl Strategy<Value = ControlRequest> {
@@ -323,6 +362,21 @@ fn meta_response() -> impl Strategy<Value = MetaResponse> {
         .prop_map(MetaResponse::Wanted),
         (vec((text(), version_info()), 0..3), any::<bool>())
             .prop_map(|(items, more)| MetaResponse::Assigned { items, more }),
+        (
+            vec(any::<u64>(), 0..4),
+            addrs(),
+            any::<usize>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(versions, chain, quorum, plan)| MetaResponse::PutBatchPlan {
+                    versions,
+                    chain,
+                    quorum,
+                    plan,
+                }
+            ),
+        vec(file_commit(), 0..4).prop_map(MetaResponse::CommittedBatch),
     ]
 }
 
@@ -364,6 +418,13 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
                 }
             ),
         Just(DataRequest::Store),
+        (vec(batch_file(), 0..4), addrs(), any::<u64>()).prop_map(|(files, downstream, plan)| {
+            DataRequest::WriteBatch {
+                files,
+                downstream,
+                plan,
+            }
+        }),
     ]
 }
 
@@ -841,6 +902,7 @@ fn response() -> impl Strategy<Value = Response> {
         control_response().prop_map(Response::Control),
         (addrs(), vec((addr(), text()), 0..3))
             .prop_map(|(holders, failed)| Response::Stored { holders, failed }),
+        vec(stored_file(), 0..3).prop_map(Response::StoredBatch),
         (any::<u64>(), any::<[u8; 32]>())
             .prop_map(|(size, checksum)| Response::ReadStart { size, checksum }),
         vec(holding(), 0..4).prop_map(Response::Holdings),

@@ -66,11 +66,16 @@ pub enum Command {
     Stats,
     /// Who leads the control plane (Raft), as the agent sees it.
     Leader,
-    /// Store a local file in SDFS as a new version of SDFSNAME.
+    /// Store a local file in SDFS as a new version of SDFSNAME; or several
+    /// files, or a directory, under the prefix SDFSNAME (in batches).
     Put {
-        /// The local file to store; `-` reads it from stdin.
-        localfile: PathBuf,
-        /// Its name in SDFS (relative, '/'-separated, no '..').
+        /// The local file to store (`-` reads it from stdin); several files
+        /// go to SDFSNAME/<file name>; a directory's files (recursively) to
+        /// SDFSNAME/<relative path>, as `dml sdfs load` does.
+        #[arg(required = true, num_args = 1..)]
+        localfiles: Vec<PathBuf>,
+        /// Its name in SDFS (relative, '/'-separated, no '..'); the prefix
+        /// for several files or a directory.
         sdfsname: String,
     },
     /// Fetch the newest committed version of SDFSNAME into LOCALFILE.

@@ -222,6 +222,16 @@ impl LeaderCore {
         released
     }
 
+    /// Queries of `job` leased now.
+    pub fn job_in_flight(&self, job: JobId) -> u32 {
+        self.sched
+            .placement()
+            .iter()
+            .filter(|p| p.job == job)
+            .flat_map(|p| p.workers.iter().map(|(_, n)| *n))
+            .sum()
+    }
+
     /// `job`'s progress per worker under this leader, with the queries each
     /// holds now.
     pub fn job_workers(&self, job: JobId) -> Vec<WorkerProgress> {

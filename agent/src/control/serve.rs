@@ -6,6 +6,8 @@
 //! out. When an appended entry applies, [`answer`] turns its result into the
 //! reply.
 
+mod batch;
+
 use super::core::{LeaderCore, batch_size};
 use super::error::ControlError;
 use super::placement;
@@ -106,6 +108,9 @@ pub enum Step {
 pub enum Then {
     /// A put's commit: `Committed`, or `Unconfirmed` if no quorum confirmed it.
     Commit,
+    /// A batched put's commit: `CommittedBatch`, each file's answer from
+    /// its slot.
+    CommitBatch(Vec<batch::Slot>),
     /// An abort: `Done`.
     Aborted,
     /// A delete of versions up to `through`: `Done`, or `DeleteUnconfirmed`.
@@ -125,9 +130,11 @@ pub enum Then {
     },
     /// A model the workers cannot run failed its job: `Accepted { new: 0 }`.
     FailJob,
-    /// `dml cancel`: `Cancelled`, once the scheduler let go of the job.
+    /// `dml cancel`: `Cancelled`, once the scheduler let go of the job;
+    /// `held` of its queries were in flight when the cancel was served.
     Cancel {
         job: JobId,
+        held: u32,
     },
     /// The results of images gone from SDFS, recorded before their lease is
     /// sent: `lease`, or `None` to look for work for `worker` again, until
@@ -152,7 +159,7 @@ impl Then {
     pub fn once_only(&self) -> bool {
         matches!(
             self,
-            Then::Commit | Then::Delete { .. } | Then::Submit { .. }
+            Then::Commit | Then::CommitBatch(_) | Then::Delete { .. } | Then::Submit { .. }
         )
     }
 }
@@ -274,6 +281,8 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
                 None => sdfs(reply),
             }
         }
+        MetaRequest::BeginPutBatch { files } => batch::begin(core.plans(), cx, files),
+        MetaRequest::CommitPutBatch { plan, files } => batch::commit(core.plans(), cx, plan, files),
         MetaRequest::CommitPut {
             ref name,
             version,
@@ -507,7 +516,10 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
                 let state = j.state;
                 fail(super::jobs::NotRunning::Ended { job, state }.into())
             }
-            Some(_) => Step::Append(Op::CancelJob { job }, Then::Cancel { job }),
+            Some(_) => {
+                let held = core.job_in_flight(job);
+                Step::Append(Op::CancelJob { job }, Then::Cancel { job, held })
+            }
         },
         InferRequest::Job { job } => match s.jobs.jobs.get(&job) {
             None => fail(ControlError::NoSuchJob(job)),
@@ -708,6 +720,23 @@ pub fn answer(
             Ok(other) => reply(Err(unexpected(other))),
             Err(e) => reply(Err(e)),
         },
+        Then::CommitBatch(slots) => match applied {
+            Ok(Applied::Batch(results)) => reply(Ok(MetaResponse::CommittedBatch(batch::answers(
+                slots, &results, None,
+            ))
+            .into())),
+            Err(e @ (ControlError::Unconfirmed { .. } | ControlError::SteppedDown { .. })) => {
+                let why = e.to_string();
+                reply(Ok(MetaResponse::CommittedBatch(batch::answers(
+                    slots,
+                    &[],
+                    Some(&why),
+                ))
+                .into()))
+            }
+            Ok(other) => reply(Err(unexpected(other))),
+            Err(e) => reply(Err(e)),
+        },
         Then::Aborted => reply(applied.map(|_| MetaResponse::Done.into())),
         Then::Delete { through } => match applied {
             Ok(_) => reply(Ok(MetaResponse::Done.into())),
@@ -747,9 +776,11 @@ pub fn answer(
             Err(e) => reply(Err(e)),
         },
         Then::FailJob => reply(applied.map(|_| InferResponse::Accepted { new: 0 }.into())),
-        Then::Cancel { job } => match applied {
+        Then::Cancel { job, held } => match applied {
             Ok(_) => {
-                let released = core.cancelled(job) as u32;
+                // The leader may have synced its scheduler with the
+                // applied state (and so let go of the job) before this.
+                let released = (core.cancelled(job) as u32).max(held);
                 tracing::info!(job, released, "job cancelled");
                 reply(Ok(InferResponse::Cancelled { job, released }.into()))
             }

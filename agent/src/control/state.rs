@@ -126,8 +126,11 @@ impl MetaState {
 
     /// Applies one command. Never panics; refusals are [`Applied::Rejected`].
     pub fn apply(&mut self, cmd: &Command) -> Applied {
-        let now = cmd.now_ms;
-        match &cmd.op {
+        self.apply_op(&cmd.op, cmd.now_ms)
+    }
+
+    fn apply_op(&mut self, op: &Op, now: u64) -> Applied {
+        match op {
             Op::BeginPut {
                 name,
                 size,
@@ -250,6 +253,15 @@ impl MetaState {
                 Applied::Done
             }
             Op::SetKeyring { base, ring } => self.set_keyring(*base, ring),
+            Op::Batch { ops } => Applied::Batch(
+                ops.iter()
+                    .map(|op| match op {
+                        // No nesting: a batch holds plain operations.
+                        Op::Batch { .. } => Applied::Rejected("a batch inside a batch".into()),
+                        op => self.apply_op(op, now),
+                    })
+                    .collect(),
+            ),
             Op::PutAt {
                 name,
                 version,

@@ -118,6 +118,10 @@ pub enum Op {
     SetKeyring { base: u64, ring: KeyringState },
     /// `dml cancel`: stop a running job for good, keeping its results.
     CancelJob { job: JobId },
+    /// Several operations in one entry (a batched put's commits: `PutAt`
+    /// and `CommitPut`), each applied on its own: one refused leaves the
+    /// others as they apply. Applies to [`Applied::Batch`], one per op.
+    Batch { ops: Vec<Op> },
 }
 
 /// The result of applying one entry (the same on every replica).
@@ -135,6 +139,8 @@ pub enum Applied {
     Rejected(String),
     /// A delete found no such file (none, or deleted since the leader looked).
     NoSuchFile(String),
+    /// An [`Op::Batch`]: each op's result, in order.
+    Batch(Vec<Applied>),
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! - [`encode`]: SDFS names to safe file names.
 //! - [`local`]: async writer over a store temp file (blocking thread).
 //! - [`write`]: `Data(Write)`: pipelined chain write (store and forward).
+//! - [`write_batch`]: `Data(WriteBatch)`: a batched put's files in one chain
+//!   stream, made durable with one sync per replica.
 //! - [`read`]: `Data(Read)`: stream a stored version (sendfile); `Data(BadCopy)`:
 //!   re-check a copy a reader found corrupt.
 //! - [`replicate`]: `Data(Replicate)`: copy a version from another holder,
@@ -27,6 +29,7 @@ pub mod stats;
 pub mod store;
 pub mod throttle;
 pub mod write;
+pub mod write_batch;
 
 #[cfg(test)]
 mod tests;
@@ -139,6 +142,18 @@ impl SdfsHandle {
                     plan,
                 };
                 write::serve_write(ctx, w, stream).await
+            }
+            DataRequest::WriteBatch {
+                files,
+                downstream,
+                plan,
+            } => {
+                let b = write_batch::BatchArgs {
+                    files,
+                    downstream,
+                    plan,
+                };
+                write_batch::serve_write_batch(ctx, b, stream).await
             }
             DataRequest::Read { name, version } => {
                 read::serve_read(ctx, &name, version, stream).await

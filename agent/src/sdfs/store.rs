@@ -554,32 +554,11 @@ impl TempObject {
 
     /// Checks size and checksum, fsyncs, and renames the version into place.
     pub fn finish(mut self) -> Result<ObjectMeta, SdfsError> {
-        if self.written != self.size {
-            return Err(self.size_mismatch(self.written));
-        }
-        if *self.hasher.finalize().as_bytes() != self.checksum {
-            return Err(SdfsError::ChecksumMismatch {
-                agent: self.store.inner.agent,
-                name: self.name.clone(),
-                version: self.version,
-            });
-        }
-        let store = self.store.clone();
+        let meta = self.seal()?;
         let (name, version) = (self.name.clone(), self.version);
-        let werr = |path: &Path, e| store.write_err(&name, version, path, e);
+        let werr = |path: &Path, e| self.store.write_err(&name, version, path, e);
         let file = self.file.take().expect("open until finish");
-
-        let meta = ObjectMeta {
-            name: name.clone(),
-            version,
-            size: self.size,
-            checksum: self.checksum,
-            stored_ms: dml_shared::clock::unix_ms(),
-            plan: self.plan,
-        };
-        let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
-        let mut mf = self.meta_file.take().expect("open until finish");
-        mf.write_all(&json).map_err(|e| werr(&self.meta_tmp, e))?;
+        let mf = self.meta_file.take().expect("open until finish");
         // Both fsyncs at once, so the file system commits them together;
         // neither file is renamed into place before both are durable.
         let (synced, meta_synced) = std::thread::scope(|s| {
@@ -592,7 +571,43 @@ impl TempObject {
             .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")))
             .map_err(|e| werr(&self.meta_tmp, e))?;
         drop((file, mf));
+        self.place(meta)
+    }
 
+    /// Checks size and checksum and writes the sidecar; nothing is synced.
+    fn seal(&mut self) -> Result<ObjectMeta, SdfsError> {
+        if self.written != self.size {
+            return Err(self.size_mismatch(self.written));
+        }
+        if *self.hasher.finalize().as_bytes() != self.checksum {
+            return Err(SdfsError::ChecksumMismatch {
+                agent: self.store.inner.agent,
+                name: self.name.clone(),
+                version: self.version,
+            });
+        }
+        let meta = ObjectMeta {
+            name: self.name.clone(),
+            version: self.version,
+            size: self.size,
+            checksum: self.checksum,
+            stored_ms: dml_shared::clock::unix_ms(),
+            plan: self.plan,
+        };
+        let json = serde_json::to_vec(&meta).expect("plain struct to JSON");
+        let mf = self.meta_file.as_mut().expect("open until finish");
+        if let Err(e) = mf.write_all(&json) {
+            return Err(self
+                .store
+                .write_err(&self.name, self.version, &self.meta_tmp, e));
+        }
+        Ok(meta)
+    }
+
+    /// Renames the durable temp pair into place (see [`TempObject::finish`]).
+    fn place(mut self, meta: ObjectMeta) -> Result<ObjectMeta, SdfsError> {
+        let store = self.store.clone();
+        let (name, version) = (self.name.clone(), self.version);
         // Under the index lock, so the check and the renames are one step.
         let mut index = store.index();
         let key = (name.clone(), version);
@@ -634,6 +649,44 @@ impl TempObject {
         // No directory fsync: the durable temp pair stands for the renames
         // until they reach the disk (see `Store::recover_temp`).
         Ok(meta)
+    }
+}
+
+impl Store {
+    /// Finishes several writes with one sync: each is checked and its
+    /// sidecar written, then one `syncfs` makes every temp pair durable
+    /// (one journal commit instead of two fsyncs per file), then each is
+    /// renamed into place as [`TempObject::finish`] does. One result per
+    /// object, in order; a failed sync fails them all.
+    pub fn finish_batch(&self, objects: Vec<TempObject>) -> Vec<Result<ObjectMeta, SdfsError>> {
+        let mut sealed: Vec<Result<(TempObject, ObjectMeta), SdfsError>> = objects
+            .into_iter()
+            .map(|mut o| o.seal().map(|m| (o, m)))
+            .collect();
+        if sealed.iter().any(|r| r.is_ok()) {
+            let tmp = &self.inner.tmp;
+            let synced =
+                File::open(tmp).and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from));
+            if let Err(e) = synced {
+                let err =
+                    |e: &io::Error| self.io("sync", tmp, io::Error::new(e.kind(), e.to_string()));
+                for r in &mut sealed {
+                    if r.is_ok() {
+                        *r = Err(err(&e));
+                    }
+                }
+            }
+        }
+        sealed
+            .into_iter()
+            .map(|r| {
+                let (mut o, meta) = r?;
+                // Close both files before the renames, as `finish` does.
+                o.file = None;
+                o.meta_file = None;
+                o.place(meta)
+            })
+            .collect()
     }
 }
 
@@ -815,6 +868,37 @@ mod tests {
         assert_eq!(fs::read(s.path_of("v", 7)).unwrap(), first);
         assert_eq!(s.verify(&m, 4096, |_| {}).unwrap(), Verdict::Intact);
         assert_eq!(count(s.tmp_dir()), 0);
+    }
+
+    #[test]
+    fn a_batch_is_synced_once_and_each_copy_placed_or_refused_on_its_own() {
+        let dir = TestDir::new("store-batch");
+        let s = Store::open(dir.path(), agent()).unwrap();
+        let (a, b, c) = (pattern(41, 9_000), pattern(42, 0), pattern(43, 70_000));
+        let begin = |name: &str, data: &[u8], sum: Checksum| {
+            let mut t = s.begin(name, 1, data.len() as u64, sum).unwrap();
+            t.set_plan(Some(2));
+            t.write(data).unwrap();
+            t
+        };
+        let mut wrong = checksum(&c);
+        wrong[3] ^= 1;
+        let objs = vec![
+            begin("a", &a, checksum(&a)),
+            begin("b", &b, checksum(&b)),
+            begin("c", &c, wrong),
+        ];
+        let r = s.finish_batch(objs);
+        assert_eq!(r[0].as_ref().unwrap().size, 9_000);
+        assert_eq!(r[1].as_ref().unwrap().size, 0);
+        assert!(matches!(r[2], Err(SdfsError::ChecksumMismatch { .. })));
+        assert_eq!(count(s.tmp_dir()), 0);
+        drop(s);
+        let s = Store::open(dir.path(), agent()).unwrap();
+        assert_eq!(fs::read(s.path_of("a", 1)).unwrap(), a);
+        assert_eq!(s.get("b", 1).unwrap().plan, Some(2));
+        assert_eq!(s.get("c", 1), None);
+        assert_eq!(s.totals(), (2, 9_000));
     }
 
     #[test]

@@ -934,3 +934,124 @@ async fn reconcile_deletes_unwanted_copies_only_when_the_metadata_answers() {
     assert_eq!(service.handle().holdings().len(), 1);
     service.shutdown().await;
 }
+
+/// Streams a batched write of `files` (name, version, bytes, announced
+/// checksum) to `head`, the files' bytes back to back in 64 KiB frames.
+async fn put_batch(
+    head: SocketAddr,
+    files: &[(&str, u64, Vec<u8>, [u8; 32])],
+    downstream: Vec<SocketAddr>,
+    bytes: bool,
+) -> Response {
+    let mut s = connect(head).await;
+    let req = DataRequest::WriteBatch {
+        files: files
+            .iter()
+            .map(|(name, version, bytes, sum)| dml_shared::sdfs::BatchFile {
+                name: name.to_string(),
+                version: *version,
+                size: bytes.len() as u64,
+                checksum: *sum,
+            })
+            .collect(),
+        downstream,
+        plan: 1,
+    };
+    request(&mut s, &Request::Data(req)).await;
+    // A request the agent refuses is answered before any byte is read
+    // (then the agent closes): send the bytes only to a valid one.
+    if bytes {
+        let all: Vec<u8> = files.iter().flat_map(|f| f.2.clone()).collect();
+        for c in all.chunks(64 * 1024) {
+            write_frame(s.raw(), c, DEFAULT_MAX_FRAME).await.unwrap();
+        }
+        write_frame(s.raw(), &[], DEFAULT_MAX_FRAME).await.unwrap();
+    }
+    response(&mut s).await
+}
+
+#[tokio::test]
+async fn a_batch_stores_each_file_on_its_own_down_the_chain_and_skips_a_down_replica() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let down = dead_addr().await;
+    let (a, b, c) = (
+        pattern(31, 70_000),
+        pattern(32, 4_000),
+        pattern(33, 100_001),
+    );
+    let mut wrong = checksum(&b);
+    wrong[0] ^= 1;
+    let files = [
+        ("batch/a", 1, a.clone(), checksum(&a)),
+        ("batch/empty", 1, Vec::new(), checksum(b"")),
+        ("batch/b", 3, b.clone(), wrong),
+        ("batch/c", 2, c.clone(), checksum(&c)),
+    ];
+    let chain = vec![ns[1].addr, down, ns[2].addr];
+    let stored = match put_batch(ns[0].addr, &files, chain, true).await {
+        Response::StoredBatch(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(stored.len(), 4);
+    let all = vec![ns[0].addr, ns[1].addr, ns[2].addr];
+    for i in [0, 1, 3] {
+        assert_eq!(stored[i].holders, all, "file {i}");
+        assert_eq!(stored[i].failed, vec![(down, "unreachable".to_string())]);
+        let (name, version, bytes, _) = &files[i];
+        for n in &ns {
+            assert_eq!(n.stored(name, *version).as_deref(), Some(&bytes[..]));
+        }
+    }
+    // The file whose bytes do not match its checksum is refused on every
+    // replica, by each on its own, and the others are not held back by it.
+    assert!(stored[2].holders.is_empty(), "{:?}", stored[2]);
+    for n in &ns {
+        let why = stored[2]
+            .failed
+            .iter()
+            .find(|(a, _)| *a == n.addr)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        assert!(why.contains("checksum"), "{}: {why:?}", n.addr);
+        assert_eq!(n.stored("batch/b", 3), None);
+        assert_eq!(tmp_files(n), 0);
+        assert_eq!(n.sdfs.stats().unwrap().files, 3);
+    }
+    assert_eq!(get(ns[2].addr, "batch/c", 2).await.unwrap(), c);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_bad_name_or_too_many_bytes_is_refused_naming_it() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(1, &meta).await;
+    let ok = pattern(34, 10);
+    let files = [
+        ("good", 1, ok.clone(), checksum(&ok)),
+        ("../escape", 1, ok.clone(), checksum(&ok)),
+    ];
+    match put_batch(ns[0].addr, &files, vec![], false).await {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::Invalid);
+            assert!(
+                e.message.contains("file 2 of the batch") && e.message.contains("../escape"),
+                "{e:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let big = vec![0u8; (dml_shared::sdfs::MAX_BATCH_BYTES + 1) as usize];
+    let files = [("big", 1, big.clone(), checksum(&big))];
+    match put_batch(ns[0].addr, &files, vec![], false).await {
+        Response::Error(e) => assert!(e.message.contains("at most"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ns[0].stored("good", 1), None);
+    assert_eq!(tmp_files(&ns[0]), 0);
+    for n in ns {
+        n.stop().await;
+    }
+}

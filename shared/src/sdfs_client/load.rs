@@ -2,7 +2,7 @@
 //! and the bounded runner `get_all` shares.
 
 use super::local::walk_files;
-use super::{LoadItem, LoadReport, Phase, Progress, ProgressFn, Sdfs, no_progress};
+use super::{LoadItem, LoadReport, Phase, Progress, ProgressFn, Sdfs};
 use crate::error::{Error, Result};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,8 @@ use std::time::Instant;
 impl Sdfs {
     /// Puts every regular file under `dir` (recursively, in path order) as
     /// `prefix/<relative path>` (just the relative path when `prefix` is
-    /// empty), `concurrency` at a time. A failed file does not stop the others.
+    /// empty), small files in batches ([`Sdfs::put_many`]). A failed file
+    /// does not stop the others.
     pub async fn load(
         &self,
         dir: &Path,
@@ -28,16 +29,59 @@ impl Sdfs {
             })
             .collect();
         let keys = jobs.clone();
-        let results = bounded(
-            jobs,
-            self.opts.concurrency,
-            |(path, name)| {
-                let me = self.clone();
-                async move { me.put(&path, &name, &no_progress).await }
-            },
-            progress,
-        )
-        .await;
+        let results = self.put_many(jobs, progress).await;
+        Ok(LoadReport {
+            items: keys
+                .into_iter()
+                .zip(results)
+                .map(|((local, name), result)| LoadItem {
+                    local,
+                    name,
+                    result,
+                })
+                .collect(),
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+impl Sdfs {
+    /// `dml put` of several local files or a directory, under `prefix`: a
+    /// file as `prefix/<its file name>`; a directory's files as
+    /// `prefix/<relative path>` when it is the only path, else as
+    /// `prefix/<directory name>/<relative path>`. Small files go in batches.
+    pub async fn put_paths(
+        &self,
+        paths: &[PathBuf],
+        prefix: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<LoadReport> {
+        let start = Instant::now();
+        let mut jobs: Vec<(PathBuf, String)> = Vec::new();
+        for path in paths {
+            let last = || {
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| Error::LocalFile {
+                        path: path.display().to_string(),
+                        reason: std::io::Error::other("has no file name to put it under"),
+                    })
+            };
+            if path.is_dir() {
+                let under = if paths.len() == 1 {
+                    prefix.to_string()
+                } else {
+                    load_name(prefix, &last()?)
+                };
+                for (file, rel) in walk_files(path)? {
+                    jobs.push((file, load_name(&under, &rel)));
+                }
+            } else {
+                jobs.push((path.clone(), load_name(prefix, &last()?)));
+            }
+        }
+        let keys = jobs.clone();
+        let results = self.put_many(jobs, progress).await;
         Ok(LoadReport {
             items: keys
                 .into_iter()

@@ -20,9 +20,11 @@
 //! - `catalog`: ls, count, nodes, store, delete (and settling an unconfirmed change).
 //! - `put`: the put pipeline: file reader, chain stream, commit.
 //! - `get`: resolve versions from metadata, then fetch each from the nearest replica.
+//! - `batch`: many small files put in batches (group commit).
 //! - `load`: a directory's files put a few at a time.
 //! - `local`: local files: temp-file sinks, target checks, the directory walk.
 
+mod batch;
 mod catalog;
 mod get;
 mod load;
@@ -65,8 +67,16 @@ pub struct Options {
     pub store_timeout: Duration,
     /// How long to keep asking while the cluster has no leader (an election).
     pub leader_wait: Duration,
-    /// Files moved at the same time by `load` and `get_all`.
+    /// Files (or batches of files) moved at the same time by `load`,
+    /// `put_many` and `get_all`.
     pub concurrency: usize,
+    /// Most files in one batched put (`load`, `put_many`); at most
+    /// [`crate::sdfs::MAX_BATCH_FILES`].
+    pub batch_files: usize,
+    /// Most bytes in one batched put; at most [`crate::sdfs::MAX_BATCH_BYTES`].
+    pub batch_bytes: u64,
+    /// Files larger than this are put one at a time, not batched.
+    pub batch_file_max: u64,
     /// fsync a fetched copy (and its directory) before a get returns. Off by
     /// default, like `cp`: the copy appears atomically (temp file, verified,
     /// renamed) but a machine crash right after the get may lose it; the
@@ -87,6 +97,9 @@ impl Default for Options {
             store_timeout: Duration::from_secs(120),
             leader_wait: Duration::from_secs(10),
             concurrency: 4,
+            batch_files: 256,
+            batch_bytes: crate::sdfs::MAX_BATCH_BYTES,
+            batch_file_max: 1 << 20,
             sync_local: false,
             local_socket: true,
         }

@@ -111,7 +111,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
                 if !json {
                     print!("{}", report::submitted_text(job, model, images, dataset));
                 }
-                return wait::follow(&sdfs, job, json).await;
+                return wait::follow(&sdfs, job, images, json).await;
             }
             pick(
                 report::submitted_json(job, model, images, dataset),

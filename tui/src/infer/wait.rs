@@ -22,9 +22,10 @@ const LINE_EVERY: Duration = Duration::from_secs(1);
 /// following gives up.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
 
-/// Follows `job` until it ends and reports how.
-pub async fn follow(sdfs: &Sdfs, job: JobId, json: bool) -> Result<()> {
-    let mut shown = Shown::new(job, !json && std::io::stdout().is_terminal(), json);
+/// Follows `job` (of `images` images) until it ends and reports how.
+pub async fn follow(sdfs: &Sdfs, job: JobId, images: u32, json: bool) -> Result<()> {
+    let terminal = !json && std::io::stdout().is_terminal();
+    let mut shown = Shown::new(job, images, terminal, json);
     let mut failing: Option<Instant> = None;
     let info = loop {
         match sdfs.infer(InferRequest::Job { job }).await {
@@ -129,9 +130,9 @@ struct Shown {
 }
 
 impl Shown {
-    fn new(job: JobId, terminal: bool, json: bool) -> Self {
+    fn new(job: JobId, images: u32, terminal: bool, json: bool) -> Self {
         let bar = terminal.then(|| {
-            let bar = ProgressBar::new(0);
+            let bar = ProgressBar::new(u64::from(images));
             let template =
                 "job {prefix} {spinner} [{bar:40.cyan/blue}] {pos}/{len} images ({percent}%) eta {eta} {wide_msg}";
             if let Ok(style) = ProgressStyle::with_template(template) {

@@ -169,9 +169,26 @@ async fn execute(
             )
         }
         Command::Put {
-            localfile,
+            localfiles,
+            sdfsname,
+        } if localfiles.len() > 1 || localfiles[0].is_dir() => {
+            if localfiles.iter().any(|p| p.as_os_str() == "-") {
+                bail!("`-` (stdin) can only be put alone, as one file");
+            }
+            let r = sdfs.put_paths(localfiles, sdfsname, progress).await?;
+            let out = pick(report::load_json(&r), report::load_text(&r));
+            if r.failed() > 0 {
+                let msg = format!("{} of {} files failed", r.failed(), r.items.len());
+                with_failure(out, json, msg)
+            } else {
+                out
+            }
+        }
+        Command::Put {
+            localfiles,
             sdfsname,
         } => {
+            let localfile = &localfiles[0];
             // `-`: stdin, kept in a private temporary file first (a put
             // needs its size and checksum before the bytes).
             let stdin = (localfile.as_os_str() == "-")
