@@ -1,32 +1,6 @@
 //! Short text forms of sizes, ages, times and rate histories for the panes.
 
-/// `1.5 GiB`, `12 KiB`, `300 B`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else if v < 10.0 {
-        format!("{v:.1} {}", UNITS[u])
-    } else {
-        format!("{v:.0} {}", UNITS[u])
-    }
-}
-
-/// `0.4s`, `12s`, `3m`, `2h`.
-pub fn age_ms(ms: u64) -> String {
-    match ms {
-        0..10_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        10_000..120_000 => format!("{}s", ms / 1000),
-        120_000..7_200_000 => format!("{}m", ms / 60_000),
-        _ => format!("{}h", ms / 3_600_000),
-    }
-}
+pub use crate::units::{age_ms, bytes};
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
 pub fn clock(unix_ms: u64) -> String {
@@ -56,13 +30,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_ages_read_naturally() {
-        assert_eq!(bytes(300), "300 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(64 << 20), "64 MiB");
-        assert_eq!(age_ms(400), "0.4s");
-        assert_eq!(age_ms(45_000), "45s");
-        assert_eq!(age_ms(600_000), "10m");
+    fn clock_reads_hours_minutes_seconds() {
         assert_eq!(clock(3_661_000), "01:01:01");
     }
 

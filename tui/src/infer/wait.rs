@@ -51,7 +51,7 @@ pub async fn follow(sdfs: &Sdfs, job: JobId, images: u32, json: bool) -> Result<
     let failure = ended(&info);
     if json {
         let mut v = report::job_json(&info);
-        v["elapsed_s"] = elapsed_s(&info).into();
+        v["elapsed_s"] = (elapsed_ms(&info) as f64 / 1000.0).into();
         if let Some(f) = &failure {
             v["error"] = f.clone().into();
         }
@@ -86,21 +86,21 @@ pub fn ended(j: &JobInfo) -> Option<String> {
     }
 }
 
-fn elapsed_s(j: &JobInfo) -> f64 {
+fn elapsed_ms(j: &JobInfo) -> u64 {
     let end = j.finished_ms.unwrap_or(j.submitted_ms);
-    end.saturating_sub(j.submitted_ms) as f64 / 1000.0
+    end.saturating_sub(j.submitted_ms)
 }
 
-/// The last line: "job 3 done: 40 of 40 images, 0 errors, in 12.5 s".
+/// The last line: "job 3 done: 40 of 40 images, 0 errors, in 12s".
 pub fn summary(j: &JobInfo) -> String {
     format!(
-        "job {} {}: {} of {} images, {} errors, in {:.1} s",
+        "job {} {}: {} of {} images, {} errors, in {}",
         j.id,
         j.state.as_str(),
         j.done,
         j.images,
         j.errors,
-        elapsed_s(j)
+        dml_tui::units::age_ms(elapsed_ms(j))
     )
 }
 
@@ -218,7 +218,7 @@ mod tests {
         );
         assert_eq!(
             summary(&info(JobState::Done, 40)),
-            "job 3 done: 40 of 40 images, 1 errors, in 12.5 s"
+            "job 3 done: 40 of 40 images, 1 errors, in 12s"
         );
         let d = JobDetail {
             info: info(JobState::Running, 12),
