@@ -30,7 +30,10 @@ fn core(now: Instant) -> LeaderCore {
             forget_plans: PUT_TIMEOUT * 2,
             put_timeout: PUT_TIMEOUT,
             read_lease: Duration::from_millis(75),
-            repair_concurrency: 4,
+            repair_bounds: dml_agent::control::repair::Bounds {
+                per_source: 4,
+                per_target: 4,
+            },
             replicas: 4,
             registry: Arc::new(Registry::builtin()),
         },

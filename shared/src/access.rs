@@ -117,6 +117,7 @@ fn data_needs(req: &DataRequest) -> Needs {
         DataRequest::BadCopy { .. } => needs(ReadOnly, "report a bad copy"),
         DataRequest::Store => needs(ReadOnly, "store"),
         DataRequest::Replicate { .. } => needs(Peer, "copy replicas for repair"),
+        DataRequest::Drop { .. } => needs(Peer, "drop a deleted file's copies"),
     }
 }
 
@@ -237,6 +238,10 @@ mod tests {
                 size: 1,
                 checksum: Checksum::default(),
                 sources: vec![addr()],
+            }),
+            Request::Data(DataRequest::Drop {
+                name: "a".into(),
+                through: 1,
             }),
             control(MetaRequest::Wanted {
                 node: addr(),

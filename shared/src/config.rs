@@ -216,8 +216,10 @@ pub struct SdfsConfig {
     pub put_timeout: Duration,
     /// Bandwidth repair may use on one agent, in bytes per second.
     pub repair_bytes_per_sec: u64,
-    /// Versions re-replicated at the same time by the leader.
-    pub repair_concurrency: usize,
+    /// Repair copies read from one agent at the same time.
+    pub repair_per_source: usize,
+    /// Repair copies written to one agent at the same time.
+    pub repair_per_target: usize,
     /// Period of the on-disk checksum scrub.
     #[serde(with = "humantime_serde")]
     pub scrub_interval: Duration,
@@ -238,7 +240,8 @@ impl Default for SdfsConfig {
             chunk_size: 1 << 20,
             put_timeout: Duration::from_secs(60),
             repair_bytes_per_sec: 200 << 20,
-            repair_concurrency: 2,
+            repair_per_source: 8,
+            repair_per_target: 8,
             scrub_interval: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(30),
             disk_reserve: 64 << 20,
@@ -836,8 +839,11 @@ impl Config {
                 "must be at least 1048576",
             );
         }
-        if s.repair_concurrency == 0 {
-            return bad("sdfs.repair_concurrency", "0".into(), "must be above zero");
+        if s.repair_per_source == 0 {
+            return bad("sdfs.repair_per_source", "0".into(), "must be above zero");
+        }
+        if s.repair_per_target == 0 {
+            return bad("sdfs.repair_per_target", "0".into(), "must be above zero");
         }
         if s.scrub_interval < Duration::from_secs(1) {
             return bad(

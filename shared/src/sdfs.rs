@@ -411,6 +411,11 @@ pub enum DataRequest {
         /// The batch's plan id ([`MetaResponse::PutBatchPlan`]'s `plan`).
         plan: u64,
     },
+    /// A delete of `name` committed (leader to each holder): drop the copies
+    /// of its versions up to `through`. The agent asks the metadata first and
+    /// drops only what it no longer wants. Answered with
+    /// [`crate::api::Response::Ok`] once done.
+    Drop { name: String, through: u64 },
 }
 
 #[cfg(test)]

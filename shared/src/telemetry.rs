@@ -89,8 +89,45 @@ pub struct SdfsHealth {
     pub under_replicated: u64,
     /// Under-replicated versions by name and version, at most a few.
     pub under_replicated_sample: Vec<(String, u64, u32)>,
-    /// Repair copies running on the leader.
-    pub repairs_in_flight: u64,
+    /// The leader's re-replication.
+    pub repair: RepairProgress,
+}
+
+/// The leader's re-replication: what is left and how fast it goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairProgress {
+    /// Copies missing from live agents (running ones included), as of the
+    /// leader's last scan less those finished since.
+    pub pending_copies: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+    /// Copies running.
+    pub in_flight: u64,
+    /// Copies finished per second, over the last few seconds.
+    pub copies_per_sec: u64,
+    /// Bytes copied per second, over the same seconds.
+    pub bytes_per_sec: u64,
+}
+
+impl RepairProgress {
+    /// When the pending copies will be done at the current rate: whichever
+    /// of the copies and the bytes takes longer. `None` with nothing left or
+    /// no rate yet.
+    pub fn eta(&self) -> Option<std::time::Duration> {
+        if self.pending_copies == 0 {
+            return None;
+        }
+        let by = |left: u64, rate: u64| (rate > 0).then(|| left as f64 / rate as f64);
+        let secs = match (
+            by(self.pending_copies, self.copies_per_sec),
+            by(self.pending_bytes, self.bytes_per_sec),
+        ) {
+            (Some(a), Some(b)) => a.max(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some(std::time::Duration::from_secs_f64(secs))
+    }
 }
 
 /// What happened.
@@ -145,6 +182,30 @@ pub struct TelemetryEvent {
 mod tests {
     use super::*;
     use crate::wire::{self, Kind};
+
+    #[test]
+    fn repair_eta_follows_the_slower_of_copies_and_bytes() {
+        let p = RepairProgress {
+            pending_copies: 100,
+            pending_bytes: 1000,
+            in_flight: 4,
+            copies_per_sec: 50,
+            bytes_per_sec: 100,
+        };
+        assert_eq!(p.eta(), Some(std::time::Duration::from_secs(10)));
+        let fast_bytes = RepairProgress {
+            bytes_per_sec: 10_000,
+            ..p
+        };
+        assert_eq!(fast_bytes.eta(), Some(std::time::Duration::from_secs(2)));
+        let no_rate = RepairProgress {
+            copies_per_sec: 0,
+            bytes_per_sec: 0,
+            ..p
+        };
+        assert_eq!(no_rate.eta(), None);
+        assert_eq!(RepairProgress::default().eta(), None);
+    }
 
     #[test]
     fn a_full_frame_round_trips() {

@@ -23,7 +23,7 @@ use dml_shared::sdfs::{
     MetaRequest, MetaResponse, StoredFile, VersionInfo,
 };
 use dml_shared::telemetry::{
-    ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
+    ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth, TelemetryEvent,
 };
 use dml_shared::wire::{self, Kind};
 use proptest::collection::vec;
@@ -418,6 +418,7 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
                 }
             ),
         Just(DataRequest::Store),
+        (text(), any::<u64>()).prop_map(|(name, through)| DataRequest::Drop { name, through }),
         (vec(batch_file(), 0..4), addrs(), any::<u64>()).prop_map(|(files, downstream, plan)| {
             DataRequest::WriteBatch {
                 files,
@@ -776,13 +777,13 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u64>(),
             vec((text(), any::<u64>(), any::<u32>()), 0..3),
-            any::<u64>(),
+            any::<[u64; 5]>(),
         ),
     )
         .prop_map(
             |(
                 (files, versions, bytes, replicas),
-                (under_replicated, under_replicated_sample, repairs_in_flight),
+                (under_replicated, under_replicated_sample, [p, b, f, c, r]),
             )| SdfsHealth {
                 files,
                 versions,
@@ -790,7 +791,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                 replicas,
                 under_replicated,
                 under_replicated_sample,
-                repairs_in_flight,
+                repair: RepairProgress {
+                    pending_copies: p,
+                    pending_bytes: b,
+                    in_flight: f,
+                    copies_per_sec: c,
+                    bytes_per_sec: r,
+                },
             },
         );
     let figures = (

@@ -256,7 +256,8 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
         chunk_size,
         put_timeout,
         repair_bytes_per_sec,
-        repair_concurrency,
+        repair_per_source,
+        repair_per_target,
         scrub_interval,
         reconcile_interval,
         disk_reserve,
@@ -270,7 +271,8 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
          chunk_size = {chunk_size}\n\
          put_timeout = {}\n\
          repair_bytes_per_sec = {repair_bytes_per_sec}\n\
-         repair_concurrency = {repair_concurrency}\n\
+         repair_per_source = {repair_per_source}\n\
+         repair_per_target = {repair_per_target}\n\
          scrub_interval = {}\n\
          reconcile_interval = {}\n\
          disk_reserve = {disk_reserve}\n",

@@ -8,6 +8,7 @@
 //! `bash scripts/setup.sh`.
 
 use dml_shared::infer::{JobState, Outcome};
+use dml_tests::dml::run_dml;
 use dml_tests::infer::{
     Images, exactly_once, job, jobs, output, prepare, set_batch, submit, wait_job,
 };
@@ -151,6 +152,28 @@ async fn leader_killed_mid_job_the_job_finishes_with_every_image_once() {
     c.kill(leader).await.unwrap();
     let killed = Instant::now();
     let survivors: Vec<usize> = (0..c.len()).filter(|i| *i != leader).collect();
+    // Reads through the election (one after another from the kill until a new
+    // leader answers) wait for the next leader instead of failing.
+    let mut reads = 0;
+    loop {
+        let jobs = run_dml(&["--agent", &at.to_string(), "--json", "jobs"], JOB_BOUND)
+            .await
+            .unwrap();
+        jobs.ensure_success().unwrap();
+        let listed = jobs.json().unwrap();
+        assert!(
+            listed
+                .as_array()
+                .is_some_and(|js| js.iter().any(|j| j["id"] == id)),
+            "{listed}"
+        );
+        reads += 1;
+        let l = c.agent(via).client().leader().await;
+        if l.is_ok_and(|l| l.leader.is_some_and(|a| a != c.addrs[leader])) {
+            break;
+        }
+    }
+    eprintln!("{reads} reads of the jobs during the election, all answered");
     let new_leader = c.leader_index(&survivors, READY).await.unwrap();
     assert_ne!(new_leader, leader);
     // Progress is in Raft: the new leader resumes, it does not start over.

@@ -513,7 +513,10 @@ mod widgets {
         let a = app(10, (100, 30));
         let t = pane(&a, Pane::Sdfs, 60, 12);
         assert!(t.contains("1020 files, 1044 versions, 96 MiB"), "{t}");
-        assert!(t.contains("4 copies each; 1 repairs in flight"), "{t}");
+        assert!(
+            t.contains("repair ETA 3.0s: 2 left (3.0 MiB), 1/s (1.0 MiB/s)"),
+            "{t}"
+        );
         assert!(
             t.contains("2 under-replicated: datasets/sample/img-0007.jpg v1 (3/4)"),
             "{t}"

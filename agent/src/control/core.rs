@@ -8,7 +8,7 @@
 use super::lease::ReadLease;
 use super::plans::Plans;
 use super::progress::Progress;
-use super::repair::{self, View};
+use super::repair::{self, Bounds, Copy, Repairs, View};
 use super::scheduler::Scheduler;
 use super::state::MetaState;
 use super::workers::Workers;
@@ -33,8 +33,8 @@ pub struct CoreConfig {
     pub put_timeout: Duration,
     /// How long a read lease lasts (half of `control.election_timeout_min`).
     pub read_lease: Duration,
-    /// Repair copies in flight at most (`sdfs.repair_concurrency`).
-    pub repair_concurrency: usize,
+    /// Repair copies in flight per agent (`sdfs.repair_per_source`, `sdfs.repair_per_target`).
+    pub repair_bounds: Bounds,
     /// Copies of each version (`Config::replicas`).
     pub replicas: usize,
     pub registry: Arc<Registry>,
@@ -80,8 +80,8 @@ pub struct LeaderCore {
     sched: Scheduler,
     plans: Plans,
     lease: ReadLease,
-    /// Versions with a repair copy in flight.
-    copying: HashSet<(String, u64)>,
+    /// Re-replication: the backlog and the copies in flight.
+    repairs: Repairs,
     /// Jobs whose output is being stored.
     storing: HashSet<JobId>,
     /// An `ExpirePending` append is in flight.
@@ -104,7 +104,7 @@ impl LeaderCore {
             sched: Scheduler::new(term, cfg.min_lease),
             plans: Plans::new(term, cfg.forget_plans),
             lease: ReadLease::new(term, cfg.read_lease),
-            copying: HashSet::new(),
+            repairs: Repairs::new(cfg.replicas, cfg.repair_bounds),
             storing: HashSet::new(),
             expiring: false,
             viewing: false,
@@ -335,29 +335,41 @@ impl LeaderCore {
         self.expiring = false;
     }
 
-    /// The membership view arrived: plans repair copies (up to the
-    /// concurrency left) of versions with none in flight, and marks them.
-    pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> repair::Plan {
+    /// The membership view arrived: scans for versions short of copies
+    /// (and replica sets to trim), and starts the copies there is room for.
+    pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> (repair::Scan, Vec<Copy>) {
         self.viewing = false;
-        let limit = self
-            .cfg
-            .repair_concurrency
-            .saturating_sub(self.copying.len());
-        let plan = repair::plan(state, view, self.cfg.replicas, &self.copying, limit);
-        for c in &plan.copies {
-            self.copying.insert((c.name.clone(), c.version));
-        }
-        plan
+        let scan = self.repairs.rescan(state, view);
+        (scan, self.repairs.next(state))
     }
 
-    /// A repair copy finished (either way); its version may be planned again.
-    pub fn copy_done(&mut self, name: &str, version: u64) {
-        self.copying.remove(&(name.to_string(), version));
+    /// The copies there is room for now, from the last scan's backlog
+    /// (after a copy ended).
+    pub fn next_repairs(&mut self, state: &MetaState) -> Vec<Copy> {
+        self.repairs.next(state)
+    }
+
+    /// The repair copy of `name` v`version` to `target` ended: recorded in
+    /// the metadata (`ok`), or failed.
+    pub fn copy_done(
+        &mut self,
+        name: &str,
+        version: u64,
+        target: SocketAddr,
+        ok: bool,
+        now: Instant,
+    ) {
+        self.repairs.done(name, version, target, ok, now);
     }
 
     /// Repair copies in flight.
     pub fn copies_in_flight(&self) -> usize {
-        self.copying.len()
+        self.repairs.in_flight()
+    }
+
+    /// Re-replication's progress, for telemetry.
+    pub fn repair_progress(&mut self, now: Instant) -> dml_shared::telemetry::RepairProgress {
+        self.repairs.progress(now)
     }
 
     /// Storing `job`'s output finished (either way); a failure is retried
@@ -376,7 +388,7 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn core(repair_concurrency: usize) -> LeaderCore {
+    fn core(per_target: usize) -> LeaderCore {
         LeaderCore::new(
             3,
             CoreConfig {
@@ -384,7 +396,10 @@ mod tests {
                 forget_plans: Duration::from_secs(60),
                 put_timeout: Duration::from_secs(30),
                 read_lease: Duration::from_millis(75),
-                repair_concurrency,
+                repair_bounds: Bounds {
+                    per_source: 100,
+                    per_target,
+                },
                 replicas: 4,
                 registry: Arc::new(Registry::builtin()),
             },
@@ -409,30 +424,36 @@ mod tests {
     }
 
     #[test]
-    fn a_version_gets_one_repair_copy_at_a_time_within_the_concurrency() {
+    fn a_finished_copy_starts_the_next_without_a_new_scan() {
         let mut s = MetaState::default();
         for name in ["a", "b", "c"] {
             put_on_one(&mut s, name);
         }
-        let mut c = core(2);
-        let live: Vec<SocketAddr> = (1..=6).map(addr).collect();
+        // One slot per target, on two targets: two copies at once.
+        let mut c = core(1);
+        let live: Vec<SocketAddr> = (1..=3).map(addr).collect();
         let view = View {
             live: &live,
             alive: &live,
         };
-        let first = c.plan_repair(&s, view);
-        assert_eq!(first.copies.len(), 2, "limited by the concurrency");
+        let (_, first) = c.plan_repair(&s, view);
+        assert_eq!(first.len(), 2, "one per target");
         assert_eq!(c.copies_in_flight(), 2);
-        assert!(c.plan_repair(&s, view).copies.is_empty(), "no room left");
-        let done = &first.copies[0];
-        c.copy_done(&done.name, done.version);
-        let next = c.plan_repair(&s, view);
-        assert_eq!(next.copies.len(), 1);
-        let busy: Vec<&str> = first.copies[1..].iter().map(|c| c.name.as_str()).collect();
-        assert!(
-            !busy.contains(&next.copies[0].name.as_str()),
-            "one copy per version"
-        );
+        assert!(c.next_repairs(&s).is_empty(), "no room left");
+        let done = &first[0];
+        let op = Op::SetReplicas {
+            name: done.name.clone(),
+            version: done.version,
+            add: vec![done.target],
+            drop: Vec::new(),
+        };
+        apply(&mut s, op);
+        c.copy_done(&done.name, done.version, done.target, true, Instant::now());
+        let next = c.next_repairs(&s);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].target, done.target, "the freed target");
+        assert_eq!(c.copies_in_flight(), 2);
+        assert_eq!(c.repair_progress(Instant::now()).copies_per_sec, 1);
     }
 
     #[test]

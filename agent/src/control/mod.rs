@@ -40,8 +40,8 @@
 //! - this file: [`ControlPlane`] (start and stop) and [`ControlHandle`] (what
 //!   the API calls); `Inner` holds what the request path and the tasks share:
 //!   the settings, the Raft and state-machine handles, membership, the
-//!   current leader task's handle, and the repairs-in-flight counter that
-//!   telemetry reads.
+//!   current leader task's handle, and the repair progress that telemetry
+//!   reads.
 
 pub mod core;
 pub mod error;
@@ -149,8 +149,8 @@ pub(crate) struct Inner {
     pub membership: MembershipHandle,
     /// The leader task of the current term while this voter leads.
     pub leader: watch::Receiver<Option<task::LeaderHandle>>,
-    /// Repair copies in flight (this agent leading), read by telemetry.
-    pub repairs: AtomicU64,
+    /// Re-replication's progress (this agent leading), read by telemetry.
+    pub repair: watch::Sender<dml_shared::telemetry::RepairProgress>,
     /// The one route to the leader for requests this agent forwards (it
     /// caches the leader and holds the pooled connections).
     pub router: dml_shared::router::LeaderRouter,
@@ -265,11 +265,14 @@ impl ControlHandle {
         network::serve(raft, *me, msg, refuse).await
     }
 
-    /// Repair copies this agent (as leader) has in flight.
-    pub fn repairs_in_flight(&self) -> u64 {
+    /// Re-replication's progress while this agent leads.
+    pub fn repair_progress(&self) -> dml_shared::telemetry::RepairProgress {
         self.inner
             .as_ref()
-            .map_or(0, |i| i.repairs.load(Ordering::Relaxed))
+            .map_or_else(Default::default, |i| match i.leader.borrow().is_some() {
+                true => *i.repair.borrow(),
+                false => Default::default(),
+            })
     }
 
     /// This voter's Raft log bounds (tests and diagnostics); `None` on a non-voter.
@@ -429,7 +432,7 @@ impl ControlPlane {
             sm: opened.as_ref().map(|(_, _, sm)| sm.clone()),
             membership,
             leader,
-            repairs: AtomicU64::new(0),
+            repair: watch::Sender::new(Default::default()),
             view: Mutex::new(None),
             digest: Mutex::new(None),
             rpc_failures,

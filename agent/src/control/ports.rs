@@ -14,8 +14,10 @@ use dml_shared::api::{MemberState, Request as ApiRequest, Response};
 use dml_shared::client::Client;
 use dml_shared::infer::{ImageResult, JobId};
 use dml_shared::sdfs::DataRequest;
+use dml_shared::telemetry::RepairProgress;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,11 @@ pub(crate) trait Ports: Send + Sync + 'static {
     fn view(&self) -> BoxFuture<'static, LiveView>;
     /// Runs a repair copy; the entry recording it, if the target stored it.
     fn copy(&self, copy: Copy) -> BoxFuture<'static, Option<Op>>;
+    /// Publishes re-replication's progress (telemetry).
+    fn repair_progress(&self, _: RepairProgress) {}
+    /// Tells `holders` that a delete of `name` (versions up to `through`)
+    /// committed, so they drop their copies; nobody waits for the answers.
+    fn drop_deleted(&self, _name: &str, _through: u64, _holders: &[SocketAddr]) {}
     /// Stores a finished job's results in SDFS; the file's name if stored.
     fn store_output(
         &self,
@@ -127,10 +134,31 @@ impl Ports for Live {
 
     fn copy(&self, copy: Copy) -> BoxFuture<'static, Option<Op>> {
         let inner = self.0.clone();
-        Box::pin(async move {
-            let _counted = InFlight::new(&inner.repairs);
-            run_copy(&inner, copy).await
-        })
+        Box::pin(async move { run_copy(&inner, copy).await })
+    }
+
+    fn repair_progress(&self, p: RepairProgress) {
+        self.0.repair.send_replace(p);
+    }
+
+    fn drop_deleted(&self, name: &str, through: u64, holders: &[SocketAddr]) {
+        for &holder in holders {
+            let req = ApiRequest::Data(DataRequest::Drop {
+                name: name.to_string(),
+                through,
+            });
+            let wait = self.0.s.sdfs.put_timeout;
+            tokio::spawn(async move {
+                let mut client = Client::new(holder).with_timeout(wait);
+                match client.call(&req).await {
+                    Ok(Response::Ok) => {}
+                    // Its next reconcile drops them.
+                    other => {
+                        tracing::info!(%holder, answer = ?other, "a holder did not drop a deleted file's copies yet")
+                    }
+                }
+            });
+        }
     }
 
     fn store_output(
@@ -175,24 +203,6 @@ pub(crate) async fn live_view(inner: &Inner) -> LiveView {
     LiveView {
         live: pick(MemberState::is_live),
         alive: pick(|s| s == MemberState::Alive),
-    }
-}
-
-/// Counts a repair copy in flight for telemetry while it lives.
-struct InFlight<'a>(&'a AtomicU64);
-
-impl<'a> InFlight<'a> {
-    fn new(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
@@ -309,20 +319,4 @@ async fn store_output(
     let _ = std::fs::remove_file(&path);
     put?;
     Ok(name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_copy_in_flight_is_counted_until_it_ends() {
-        let n = AtomicU64::new(0);
-        {
-            let _a = InFlight::new(&n);
-            let _b = InFlight::new(&n);
-            assert_eq!(n.load(Ordering::Relaxed), 2);
-        }
-        assert_eq!(n.load(Ordering::Relaxed), 0);
-    }
 }

@@ -114,8 +114,11 @@ pub enum Then {
     /// An abort: `Done`.
     Aborted,
     /// A delete of versions up to `through`: `Done`, or `DeleteUnconfirmed`.
+    /// Once it applies, the task tells `holders` to drop their copies.
     Delete {
+        name: String,
         through: u64,
+        holders: Vec<SocketAddr>,
     },
     Submit {
         count: u32,
@@ -175,6 +178,7 @@ pub enum Upkeep {
     CopyRecorded {
         name: String,
         version: u64,
+        target: SocketAddr,
     },
     OutputRecorded(JobId),
 }
@@ -309,15 +313,22 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
             let committed = s.is_committed_as(&name, version, &checksum);
             sdfs(MetaResponse::Outcome(outcome(committed, plan, core.term())))
         }
-        MetaRequest::Delete { name } => {
-            let newest = s
-                .stat(&name)
-                .and_then(|f| f.versions.last().map(|v| v.version));
-            match newest {
-                None => fail(ControlError::NoSuchFile(name)),
-                Some(through) => Step::Append(Op::Delete { name }, Then::Delete { through }),
+        MetaRequest::Delete { name } => match s.stat(&name) {
+            Some(f) if !f.versions.is_empty() => {
+                let through = f.versions.last().map_or(0, |v| v.version);
+                let mut holders: Vec<SocketAddr> =
+                    f.versions.iter().flat_map(|v| v.replicas.clone()).collect();
+                holders.sort();
+                holders.dedup();
+                let then = Then::Delete {
+                    name: name.clone(),
+                    through,
+                    holders,
+                };
+                Step::Append(Op::Delete { name }, then)
             }
-        }
+            _ => fail(ControlError::NoSuchFile(name)),
+        },
         MetaRequest::DeleteOutcome {
             name,
             term: appended,
@@ -688,8 +699,15 @@ pub fn answer(
         Then::Upkeep(u) => {
             match (&u, &applied) {
                 (Upkeep::Expired, Ok(_)) => tracing::info!("expired stale pending puts"),
-                (Upkeep::CopyRecorded { name, version }, Ok(_)) => {
-                    tracing::info!(%name, version, "repair: copy recorded")
+                (
+                    Upkeep::CopyRecorded {
+                        name,
+                        version,
+                        target,
+                    },
+                    Ok(_),
+                ) => {
+                    tracing::info!(%name, version, %target, "repair: copy recorded")
                 }
                 (Upkeep::OutputRecorded(job), Ok(_)) => {
                     tracing::info!(job, "job output stored in SDFS")
@@ -702,7 +720,11 @@ pub fn answer(
             match u {
                 Upkeep::Expired => core.expired(),
                 Upkeep::Barrier | Upkeep::Trimmed => {}
-                Upkeep::CopyRecorded { name, version } => core.copy_done(&name, version),
+                Upkeep::CopyRecorded {
+                    name,
+                    version,
+                    target,
+                } => core.copy_done(&name, version, target, applied.is_ok(), now),
                 Upkeep::OutputRecorded(job) => core.output_stored(job),
             }
             Answer::None
@@ -738,7 +760,7 @@ pub fn answer(
             Err(e) => reply(Err(e)),
         },
         Then::Aborted => reply(applied.map(|_| MetaResponse::Done.into())),
-        Then::Delete { through } => match applied {
+        Then::Delete { through, .. } => match applied {
             Ok(_) => reply(Ok(MetaResponse::Done.into())),
             Err(
                 e @ (ControlError::Unconfirmed { term, .. } | ControlError::SteppedDown { term }),
@@ -832,7 +854,10 @@ mod tests {
                 forget_plans: Duration::from_secs(60),
                 put_timeout: Duration::from_secs(30),
                 read_lease: Duration::from_millis(75),
-                repair_concurrency: 1,
+                repair_bounds: super::super::repair::Bounds {
+                    per_source: 1,
+                    per_target: 1,
+                },
                 replicas: 4,
                 registry: std::sync::Arc::new(dml_shared::models::Registry::builtin()),
             },

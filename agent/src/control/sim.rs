@@ -156,7 +156,10 @@ fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
             forget_plans: Duration::from_secs(60),
             put_timeout: Duration::from_secs(30),
             read_lease: Duration::from_millis(500),
-            repair_concurrency: 2,
+            repair_bounds: super::repair::Bounds {
+                per_source: 2,
+                per_target: 2,
+            },
             replicas: 1,
             registry: Arc::new(Registry::builtin()),
         },

@@ -16,7 +16,7 @@ use super::core::{CoreConfig, LeaderCore, Maintenance};
 use super::error::{ControlError, Refusal};
 use super::plans::Failed;
 use super::ports::{Ports, Status};
-use super::repair::View;
+use super::repair::{Copy, View};
 use super::serve::{self, Answer, Ctx, LiveView, ServeConfig, Step, Then, Upkeep};
 use super::types::{Applied, Command, Op};
 use crate::membership::Event;
@@ -70,10 +70,11 @@ pub(crate) enum Input {
     Viewed { view: LiveView, then: AfterView },
     /// A parked lease request's wait is over.
     WaitOver(u64),
-    /// A repair copy ended; the entry recording it if it stored.
+    /// A repair copy to `target` ended; the entry recording it if it stored.
     Copied {
         name: String,
         version: u64,
+        target: SocketAddr,
         record: Option<Op>,
     },
     /// Storing a job's output ended; the file if it stored.
@@ -187,7 +188,10 @@ fn task_config(s: &super::Settings) -> TaskConfig {
             forget_plans: s.sdfs.put_timeout * 2,
             put_timeout: s.sdfs.put_timeout,
             read_lease: s.control.election_timeout_min / 2,
-            repair_concurrency: s.sdfs.repair_concurrency,
+            repair_bounds: super::repair::Bounds {
+                per_source: s.sdfs.repair_per_source,
+                per_target: s.sdfs.repair_per_target,
+            },
             replicas: s.replicas,
             registry: s.registry.clone(),
         },
@@ -362,7 +366,13 @@ impl<P: Ports> LeaderTask<P> {
                 reply,
                 sent,
                 result,
-            } => self.applied(then, reply, sent, result).await,
+            } => {
+                let recorded = matches!(then, Then::Upkeep(Upkeep::CopyRecorded { .. }));
+                self.applied(then, reply, sent, result).await;
+                if recorded {
+                    self.next_repairs();
+                }
+            }
             Input::PlanSettled {
                 name,
                 version,
@@ -387,13 +397,21 @@ impl<P: Ports> LeaderTask<P> {
             Input::Copied {
                 name,
                 version,
+                target,
                 record,
             } => match record {
                 Some(op) => {
-                    let then = Then::Upkeep(Upkeep::CopyRecorded { name, version });
+                    let then = Then::Upkeep(Upkeep::CopyRecorded {
+                        name,
+                        version,
+                        target,
+                    });
                     self.append(op, then, None).await;
                 }
-                None => self.core.copy_done(&name, version),
+                None => {
+                    self.core.copy_done(&name, version, target, false, now());
+                    self.next_repairs();
+                }
             },
             Input::OutputPut { job, name } => match name {
                 Some(name) => {
@@ -736,6 +754,19 @@ impl<P: Ports> LeaderTask<P> {
         if matches!(then, Then::Upkeep(Upkeep::Barrier)) {
             return self.barrier_done(sent, result).await;
         }
+        // A delete committed: its holders drop their copies now, not at
+        // their next reconcile.
+        if let (
+            Then::Delete {
+                name,
+                through,
+                holders,
+            },
+            Ok((Applied::Done, _)),
+        ) = (&then, &result)
+        {
+            self.ports.drop_deleted(name, *through, holders);
+        }
         let worker_wait = match &then {
             Then::Gone {
                 lease: None,
@@ -862,7 +893,7 @@ impl<P: Ports> LeaderTask<P> {
     /// Plans repair from the membership view and starts it: trims are
     /// appended, each copy runs in its own future.
     async fn repair(&mut self, view: &LiveView) {
-        let plan = self.read(|core, cx| {
+        let (scan, copies) = self.read(|core, cx| {
             core.plan_repair(
                 cx.state,
                 View {
@@ -871,10 +902,11 @@ impl<P: Ports> LeaderTask<P> {
                 },
             )
         });
-        for (name, version) in &plan.unavailable {
+        self.start_copies(copies);
+        for (name, version) in &scan.unavailable {
             tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
         }
-        for t in plan.trims {
+        for t in scan.trims {
             let op = Op::SetReplicas {
                 name: t.name,
                 version: t.version,
@@ -883,8 +915,18 @@ impl<P: Ports> LeaderTask<P> {
             };
             self.append(op, Then::Upkeep(Upkeep::Trimmed), None).await;
         }
-        for copy in plan.copies {
-            let (name, version) = (copy.name.clone(), copy.version);
+    }
+
+    /// A copy ended: starts the copies there is room for now.
+    fn next_repairs(&mut self) {
+        let copies = self.read(|core, cx| core.next_repairs(cx.state));
+        self.start_copies(copies);
+    }
+
+    /// Runs each copy in its own future, and publishes repair's progress.
+    fn start_copies(&mut self, copies: Vec<Copy>) {
+        for copy in copies {
+            let (name, version, target) = (copy.name.clone(), copy.version, copy.target);
             let (run, tx) = (self.ports.copy(copy), self.tx.clone());
             tokio::spawn(async move {
                 let record = run.await;
@@ -892,11 +934,14 @@ impl<P: Ports> LeaderTask<P> {
                     .send(Input::Copied {
                         name,
                         version,
+                        target,
                         record,
                     })
                     .await;
             });
         }
+        let progress = self.core.repair_progress(now());
+        self.ports.repair_progress(progress);
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`replicate`]: `Data(Replicate)`: copy a version from another holder,
 //!   throttled; also used by scrub to re-fetch a corrupt copy.
 //! - [`scrub`], [`reconcile`]: periodic re-hashing, and comparison of the
-//!   disk with the committed metadata.
+//!   disk with the committed metadata; `Data(Drop)`: a committed delete's
+//!   copies dropped at once.
 //! - [`meta`]: metadata requests to the control plane ([`MetaPath`]).
 //! - [`peer`], [`throttle`], [`stats`], [`error`]: plumbing.
 
@@ -175,6 +176,9 @@ impl SdfsHandle {
             }
             DataRequest::BadCopy { name, version } => {
                 read::serve_bad_copy(ctx, name, version, stream).await
+            }
+            DataRequest::Drop { name, through } => {
+                reconcile::serve_drop(ctx, &name, through, stream).await
             }
             DataRequest::Store => {
                 let msg = Response::Holdings(ctx.store.holdings());

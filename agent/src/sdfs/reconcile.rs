@@ -10,8 +10,11 @@ use super::meta::MetaError;
 use super::replicate::{self, Wanted};
 use super::scrub;
 use super::stats::Counters;
-use super::{Ctx, meta};
+use super::{Ctx, meta, peer};
+use dml_shared::api::Response;
+use dml_shared::conn::{Conn, FrameWrite};
 use dml_shared::sdfs::{Keep, MetaRequest, MetaResponse};
+use dml_shared::{ErrorKind, RemoteError};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -114,21 +117,84 @@ pub async fn run(ctx: &Arc<Ctx>) -> Result<ReconcileReport, ReconcileError> {
                 }
                 Keep::No => {}
             }
-            let store = ctx.store.clone();
-            let (name, version) = (m.name.clone(), m.version);
-            match tokio::task::spawn_blocking(move || store.remove(&name, version)).await {
-                Ok(Ok(_)) => {
-                    report.deleted += 1;
-                    Counters::bump(&ctx.counters.reconcile_deleted);
-                    tracing::info!(name = %m.name, version = m.version, "SDFS: deleted a copy the metadata no longer wants here");
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "SDFS: reconcile cannot delete a copy"),
-                Err(e) => tracing::warn!(error = %e, "SDFS: reconcile task failed"),
+            if remove(ctx, &m.name, m.version).await {
+                report.deleted += 1;
             }
         }
     }
     restore_assigned(ctx, &mut report).await?;
     Ok(report)
+}
+
+/// Deletes a copy the metadata no longer wants here; whether it did.
+async fn remove(ctx: &Arc<Ctx>, name: &str, version: u64) -> bool {
+    let store = ctx.store.clone();
+    let owned = name.to_string();
+    match tokio::task::spawn_blocking(move || store.remove(&owned, version)).await {
+        Ok(Ok(_)) => {
+            Counters::bump(&ctx.counters.reconcile_deleted);
+            tracing::info!(%name, version, "SDFS: deleted a copy the metadata no longer wants here");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "SDFS: cannot delete a copy");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "SDFS: delete task failed");
+            false
+        }
+    }
+}
+
+/// A committed delete's notice (`Data(Drop)`, from the leader): drops at
+/// once the copies of `name` numbered up to `through` that the metadata no
+/// longer wants here; returns how many. Version numbers are never handed
+/// out again, so none of these can be wanted later; asking first still
+/// keeps a wrong notice from deleting anything.
+pub async fn drop_deleted(ctx: &Arc<Ctx>, name: &str, through: u64) -> Result<u64, MetaError> {
+    let held = ctx.store.versions_of(name, through);
+    let mut dropped = 0;
+    for batch in held.chunks(WANTED_BATCH) {
+        let items: Vec<_> = batch
+            .iter()
+            .map(|m| (m.name.clone(), m.version, m.checksum))
+            .collect();
+        let req = MetaRequest::Wanted {
+            node: ctx.agent,
+            items,
+        };
+        let keep = match meta::call(ctx, req).await? {
+            MetaResponse::Wanted(keep) if keep.len() == batch.len() => keep,
+            other => return Err(MetaError::unexpected("Wanted", &other)),
+        };
+        for (m, keep) in batch.iter().zip(keep) {
+            if matches!(keep, Keep::No) && remove(ctx, &m.name, m.version).await {
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
+}
+
+/// Serves `Data(Drop)`: [`drop_deleted`], then `Ok` (an error if the
+/// metadata could not be asked; the next reconcile pass drops them then).
+pub async fn serve_drop(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    through: u64,
+    stream: &mut Conn,
+) -> dml_shared::Result<()> {
+    let resp = match drop_deleted(ctx, name, through).await {
+        Ok(n) => {
+            tracing::debug!(%name, through, dropped = n, "SDFS: a delete's copies dropped");
+            Response::Ok
+        }
+        Err(e) => Response::Error(RemoteError::new(ErrorKind::Unavailable, e.to_string())),
+    };
+    stream
+        .write_frame(&peer::response(&resp), ctx.max_frame)
+        .await
 }
 
 /// Fetches again, from the other replicas, every committed version the

@@ -451,6 +451,15 @@ impl Store {
         self.index().values().cloned().collect()
     }
 
+    /// The stored versions of `name` numbered up to `through`, oldest first.
+    pub fn versions_of(&self, name: &str, through: u64) -> Vec<ObjectMeta> {
+        let (from, to) = ((name.to_string(), 0), (name.to_string(), through));
+        self.index()
+            .range(from..=to)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
     /// What this agent stores, for `dml store`.
     pub fn holdings(&self) -> Vec<Holding> {
         self.index()

@@ -7,7 +7,7 @@ use dml_shared::api::Response;
 use dml_shared::control::ControlResponse;
 use dml_shared::infer::{InferRequest, InferResponse, Placement};
 use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
-use dml_shared::telemetry::{ClusterFigures, NodeStats, SdfsHealth};
+use dml_shared::telemetry::{ClusterFigures, NodeStats, RepairProgress, SdfsHealth};
 use dml_shared::{ErrorKind, RemoteError};
 
 /// Under-replicated versions named in a frame (the count covers all).
@@ -50,14 +50,18 @@ macro_rules! pick {
 }
 
 /// Every leader figure; each part fails on its own.
-pub async fn fetch(control: &ControlHandle, replicas: u32, repairs: u64) -> ClusterFigures {
+pub async fn fetch(
+    control: &ControlHandle,
+    replicas: u32,
+    repair: RepairProgress,
+) -> ClusterFigures {
     let (models, rates, latency, jobs, placement, sdfs) = tokio::join!(
         infer(control, InferRequest::Models),
         infer(control, InferRequest::Rates),
         infer(control, InferRequest::Latency),
         infer(control, InferRequest::Jobs),
         infer(control, InferRequest::Placement),
-        sdfs_health(control, replicas, repairs),
+        sdfs_health(control, replicas, repair),
     );
     ClusterFigures {
         models: pick!(models, Models),
@@ -72,7 +76,7 @@ pub async fn fetch(control: &ControlHandle, replicas: u32, repairs: u64) -> Clus
 async fn sdfs_health(
     control: &ControlHandle,
     replicas: u32,
-    repairs: u64,
+    repair: RepairProgress,
 ) -> Result<SdfsHealth, RemoteError> {
     let (count, list) = tokio::join!(
         control.meta(MetaRequest::Count),
@@ -98,7 +102,7 @@ async fn sdfs_health(
         replicas,
         under_replicated,
         under_replicated_sample,
-        repairs_in_flight: repairs,
+        repair,
     })
 }
 

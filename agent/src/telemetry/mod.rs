@@ -413,8 +413,8 @@ async fn fetch_figures(inner: Arc<Inner>, src: Sources) {
         if inner.subs_len() == 0 {
             continue;
         }
-        let repairs = src.control.repairs_in_flight();
-        let f = figures::fetch(&src.control, src.replicas, repairs).await;
+        let repair = src.control.repair_progress();
+        let f = figures::fetch(&src.control, src.replicas, repair).await;
         let mut cache = inner.figures.lock().expect("figures lock");
         for (kind, text) in derive::changes(cache.as_ref(), &f) {
             inner.push_event(kind, text);

@@ -3,7 +3,7 @@
 
 use super::load::bounded;
 use super::local::PIECE;
-use super::local::{Sink, check_target, path_under, sync_parent, temp_path, write_merged};
+use super::local::{Sink, check_target, path_under, shown, sync_parent, temp_path, write_merged};
 use super::{
     GetAllReport, GetReport, Phase, Progress, ProgressFn, Sdfs, VersionsReport, no_progress, timed,
 };
@@ -279,7 +279,7 @@ impl Sdfs {
         let outcome = async {
             let got = received?;
             let (hash, bytes) = written.map_err(|reason| Error::LocalFile {
-                path: tmp.display().to_string(),
+                path: shown(&tmp),
                 reason,
             })?;
             if got != size || bytes != size {

@@ -34,7 +34,7 @@ impl Sink {
             .create_new(true)
             .open(path)
             .map_err(|reason| Error::LocalFile {
-                path: path.display().to_string(),
+                path: shown(path),
                 reason,
             })?;
         let (hash_tx, mut hash_rx) = mpsc::channel::<Arc<Vec<u8>>>(PIECES_IN_FLIGHT);
@@ -109,7 +109,7 @@ impl Sink {
 pub(super) fn write_merged(out: &Path, sections: &[(String, PathBuf)]) -> Result<()> {
     let tmp = temp_path(out)?;
     let local = |path: &Path| {
-        let path = path.display().to_string();
+        let path = shown(path);
         move |reason| Error::LocalFile { path, reason }
     };
     let result = (|| {
@@ -221,6 +221,22 @@ pub(super) fn temp_path(target: &Path) -> Result<PathBuf> {
     Ok(target.with_file_name(name))
 }
 
+/// The path to name in an error about `path`: the user's target for one of
+/// [`temp_path`]'s hidden files (however deeply nested), else `path` itself.
+pub(super) fn shown(path: &Path) -> String {
+    let mut p = path.to_path_buf();
+    while let Some(target) = p
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.strip_prefix('.')?.strip_suffix(".dml-part"))
+        .and_then(|f| f.rsplit_once('.'))
+        .map(|(file, _pid_n)| p.with_file_name(file))
+    {
+        p = target;
+    }
+    p.display().to_string()
+}
+
 /// Makes a rename durable (best effort: some filesystems refuse to sync a directory).
 pub(super) fn sync_parent(path: &Path) {
     let dir = match path.parent() {
@@ -309,6 +325,25 @@ mod tests {
             assert!(msg.contains(&format!("\"{shown}\"")), "{msg}");
             assert!(!msg.contains('\n') && !msg.contains('\u{1b}'), "{msg:?}");
         }
+    }
+
+    #[test]
+    fn errors_about_temp_files_name_the_users_target() {
+        let target = Path::new("/proc/self/out.bin");
+        let part = temp_path(&temp_path(target).unwrap()).unwrap();
+        assert_eq!(shown(&part), "/proc/self/out.bin");
+        assert_eq!(shown(Path::new("/x/.y")), "/x/.y");
+        // procfs takes no new files, even from root.
+        let tmp = temp_path(target).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let e = rt
+            .block_on(async { Sink::start(&tmp, false).map(|_| ()) })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/proc/self/out.bin") && !e.contains("dml-part"),
+            "{e}"
+        );
     }
 
     #[test]

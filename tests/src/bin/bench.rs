@@ -14,6 +14,8 @@
 //!
 //! `bench sdfs [--quick]` runs 10 local agents and measures SDFS put and get against the
 //! local disk, agent memory and repair time; table on stdout, JSON in `target/bench/sdfs.json`.
+//! Then the repair row on a fresh cluster (`--repair-files`, `--repair-large-mib`,
+//! `--repair-only`): JSON in `target/bench/sdfs-repair.json`.
 //!
 //! `bench console [--quick]` measures the console's frame render time with synthetic
 //! telemetry at 10 and 1,000 members, and the CPU an agent spends streaming telemetry to 5
@@ -29,9 +31,9 @@
 //!
 //! Modules: `node` (the systems and a kill-on-drop member), `membership` (the measurements),
 //! `loss` (the firewall rule guard), `report` (table and JSON); `sdfs`, `sdfs_local`
-//! (baseline, page cache, memory) and `sdfs_report` for `bench sdfs`; `security` for
-//! `bench security` (the cost of encryption: SDFS throughput, handshakes, `members` latency
-//! under a connection flood, membership bytes per member).
+//! (baseline, page cache, memory), `sdfs_report` and `sdfs_repair` (the repair row) for
+//! `bench sdfs`; `security` for `bench security` (the cost of encryption: SDFS throughput,
+//! handshakes, `members` latency under a connection flood, membership bytes per member).
 
 #[path = "bench/console.rs"]
 mod console;
@@ -51,6 +53,8 @@ mod report;
 mod sdfs;
 #[path = "bench/sdfs_local.rs"]
 mod sdfs_local;
+#[path = "bench/sdfs_repair.rs"]
+mod sdfs_repair;
 #[path = "bench/sdfs_report.rs"]
 mod sdfs_report;
 #[path = "bench/security.rs"]

@@ -441,6 +441,30 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
     Paragraph::new(lines).block(b).render(area, buf);
 }
 
+/// Re-replication: the ETA first (it survives a narrow pane), then what is
+/// left, the rate and the copies running.
+fn repair_line(h: &dml_shared::telemetry::SdfsHealth) -> Line<'static> {
+    let r = &h.repair;
+    if r.pending_copies == 0 && r.in_flight == 0 {
+        return Line::from(format!("{} copies each; no repair running", h.replicas));
+    }
+    let eta = r.eta().map_or_else(|| "--".to_string(), crate::units::duration);
+    Line::from(vec![
+        Span::styled(
+            format!("repair ETA {eta}: "),
+            Style::new().fg(Color::Yellow).bold(),
+        ),
+        Span::raw(format!(
+            "{} left ({}), {}/s ({}), {} running",
+            r.pending_copies,
+            bytes(r.pending_bytes),
+            r.copies_per_sec,
+            crate::units::rate(r.bytes_per_sec as f64),
+            r.in_flight,
+        )),
+    ])
+}
+
 pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
     let b = block(app, Pane::Sdfs, String::new());
     let health = app
@@ -472,10 +496,7 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
                     h.versions,
                     bytes(h.bytes)
                 )),
-                Line::from(format!(
-                    "{} copies each; {} repairs in flight",
-                    h.replicas, h.repairs_in_flight
-                )),
+                repair_line(h),
                 Line::from(health),
             ]
         }

@@ -5,7 +5,7 @@ use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, JobState, LatencyInfo, ModelInfo, Placement, RateInfo};
 use dml_shared::telemetry::{
-    ClusterFigures, EventKind, Frame, NodeStats, SdfsHealth, TelemetryEvent,
+    ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth, TelemetryEvent,
 };
 use std::net::SocketAddr;
 
@@ -154,7 +154,13 @@ pub fn frame(n: usize, tick: u64) -> Frame {
                     ("datasets/sample/img-0007.jpg".into(), 1, 3),
                     ("models/resnet50.onnx".into(), 1, 3),
                 ],
-                repairs_in_flight: 1,
+                repair: RepairProgress {
+                    pending_copies: 2,
+                    pending_bytes: 3 << 20,
+                    in_flight: 1,
+                    copies_per_sec: 1,
+                    bytes_per_sec: 1 << 20,
+                },
             }),
         }),
         events: [

@@ -17,6 +17,7 @@ pub mod wait;
 use crate::cli::Command;
 use crate::sdfs::PartialFailure;
 use anyhow::{Context, Result, anyhow, bail};
+use dml_shared::ErrorKind;
 use dml_shared::infer::{InferRequest, InferResponse, JobState, ModelInfo};
 use dml_shared::models::{UnknownModel, validate_model_name};
 use dml_shared::sdfs_client::Sdfs;
@@ -42,7 +43,45 @@ pub fn handles(command: &Command) -> bool {
 
 /// Sends one inference request and returns the leader's answer.
 pub async fn ask(sdfs: &Sdfs, req: InferRequest) -> Result<InferResponse> {
-    Ok(sdfs.infer(req).await?)
+    let deadline = std::time::Instant::now() + READ_WAIT;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match sdfs.infer(req.clone()).await {
+            // A read during an election waits for the next leader, up to a bound.
+            Err(e)
+                if is_read(&req)
+                    && matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::NotLeader)
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// Longest a read waits for a control-plane leader (an election takes seconds).
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Requests that change nothing, and so can be retried freely.
+fn is_read(req: &InferRequest) -> bool {
+    use InferRequest as R;
+    match req {
+        R::Jobs
+        | R::Job { .. }
+        | R::Output { .. }
+        | R::Models
+        | R::Rates
+        | R::Latency
+        | R::Placement => true,
+        R::Submit { .. }
+        | R::SetBatchSize { .. }
+        | R::Cancel { .. }
+        | R::Lease { .. }
+        | R::Complete { .. }
+        | R::Unready { .. } => false,
+    }
 }
 
 fn unexpected(r: InferResponse) -> anyhow::Error {

@@ -43,6 +43,8 @@ pub struct SdfsArgs {
     /// Do not run `cargo build` for dml-agent first.
     #[arg(long)]
     no_build: bool,
+    #[command(flatten)]
+    repair: crate::sdfs_repair::RepairArgs,
 }
 
 /// A size and how many times it is measured (the median is reported).
@@ -97,6 +99,9 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     }
     if !a.no_build {
         crate::locate(bin_dir, "dml-agent", "dml-agent", true)?;
+    }
+    if a.repair.repair_only {
+        return repair_row(&a, out_dir).await;
     }
     let run_dir = out_dir.join("sdfs-run");
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -310,6 +315,20 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     } else {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
+    if a.repair.repair_files > 0 {
+        repair_row(&a, out_dir).await?;
+    }
+    Ok(())
+}
+
+/// The repair row on a cluster of its own: its table lines and `sdfs-repair.json`.
+async fn repair_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
+    let row = crate::sdfs_repair::run(&a.repair, a.agents, &out_dir.join("sdfs-repair-run")).await;
+    print!("{}", crate::sdfs_repair::table(&row));
+    let json_path = out_dir.join("sdfs-repair.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")
+        .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
+    println!("JSON: {}", json_path.display());
     Ok(())
 }
 
