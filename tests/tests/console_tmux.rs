@@ -167,6 +167,34 @@ async fn the_console_shows_members_changes_batch_size_and_survives_its_agent() {
     .await
     .unwrap();
 
+    // `dml screenshot` draws the same console off-screen: every member and the
+    // live count are in the picture.
+    let svg = c.dir().join("console.svg");
+    let out = dml_tests::dml::run_dml(
+        &[
+            "--agent",
+            &start.to_string(),
+            "screenshot",
+            "--out",
+            svg.to_str().unwrap(),
+            "--settle-secs",
+            "3",
+        ],
+        SHOW,
+    )
+    .await
+    .unwrap();
+    out.ensure_success().unwrap();
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg"), "{picture}");
+    for a in &addrs {
+        assert!(
+            picture.contains(&a.to_string()),
+            "{a} not in the screenshot"
+        );
+    }
+    assert!(picture.contains(&want), "no \"{want}\" in the screenshot");
+
     // `+` on the models pane: the first model's batch size goes up by one in `dml`.
     let (model, before, max) = first_model(&c, 0).await.unwrap();
     let (key, after) = if before < max {

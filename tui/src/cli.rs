@@ -3,13 +3,50 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+// The Examples sections of `--help` (and of the man pages).
+const EX_DML: &str = "\
+Examples:
+  dml local up -n 10               start 10 agents here (the current context)
+  dml                              open the console
+  dml members --json | jq .        one-shot commands, as JSON
+  dml --context lab put a.jpg x/a  against another cluster (dml context list)";
+const EX_PUT: &str = "\
+Examples:
+  dml put photo.jpg images/photo.jpg     one file
+  tar c dir | dml put - backups/dir.tar  from stdin
+  dml put ./dataset datasets/sample      a directory, in batches
+  dml put a.jpg b.jpg images             several files under a prefix";
+const EX_GET: &str = "\
+Examples:
+  dml get images/photo.jpg photo.jpg    to a file (atomically, verified)
+  dml get images/photo.jpg ./out/       into a directory, as out/photo.jpg
+  dml get images/photo.jpg - | file -   to stdout";
+const EX_GET_VERSIONS: &str = "\
+Examples:
+  dml get-versions notes.txt 3 ./notes/          one file per version
+  dml get-versions notes.txt 3 all.txt --merge   one file with delimiters";
+const EX_LS_ALL: &str = "\
+Examples:
+  dml ls-all '*'                     everything
+  dml ls-all 'datasets/sample/*.jpg' one dataset's images (quote the glob)";
+const EX_SUBMIT_JOB: &str = "\
+Examples:
+  dml submit-job ResNet50 100                  classify 100 sample images
+  dml submit-job inceptionv3 40 --wait         follow it to the end
+  dml submit-job resnet50 500 --dataset datasets/mine";
+const EX_LOCAL_UP: &str = "\
+Examples:
+  dml local up                   10 agents on 127.0.0.1:8001-8010
+  dml local up -n 5 --tmux       5 agents, one tmux window each
+  dml local kill 8003            crash one (dml local start 8003 brings it back)";
+
 /// Address of the agent `dml` talks to when none is given.
 pub const DEFAULT_AGENT: &str = "127.0.0.1:8001";
 
 /// Operator tool for an AwesomeDML cluster. Without a subcommand it opens the
 /// full-screen console.
 #[derive(Debug, Parser)]
-#[command(name = "dml", version, about)]
+#[command(name = "dml", version, about, after_help = EX_DML)]
 pub struct Cli {
     /// Agent to talk to (HOST:PORT). Default: the context's first agent that
     /// answers, else 127.0.0.1:8001.
@@ -47,6 +84,21 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Draw the live console once, after following the cluster for a few
+    /// seconds, and write it as an SVG picture (the README's is made so).
+    Screenshot {
+        /// Where to write the SVG.
+        #[arg(long, default_value = "console.svg")]
+        out: PathBuf,
+        /// Columns and rows of the picture.
+        #[arg(long, default_value_t = 140)]
+        width: u16,
+        #[arg(long, default_value_t = 42)]
+        height: u16,
+        /// Seconds of telemetry to gather first (rates and sparklines fill in).
+        #[arg(long, default_value_t = 5)]
+        settle_secs: u64,
+    },
     /// Put `dml` and `dml-agent` on PATH (symlinks in PREFIX/bin) and install
     /// the shell completions and man pages under PREFIX/share.
     Install {
@@ -68,6 +120,7 @@ pub enum Command {
     Leader,
     /// Store a local file in SDFS as a new version of SDFSNAME; or several
     /// files, or a directory, under the prefix SDFSNAME (in batches).
+    #[command(after_help = EX_PUT)]
     Put {
         /// The local file to store (`-` reads it from stdin); several files
         /// go to SDFSNAME/<file name>; a directory's files (recursively) to
@@ -79,6 +132,7 @@ pub enum Command {
         sdfsname: String,
     },
     /// Fetch the newest committed version of SDFSNAME into LOCALFILE.
+    #[command(after_help = EX_GET)]
     Get {
         sdfsname: String,
         /// Where to write it; into a directory (or a path ending in '/') under
@@ -101,6 +155,7 @@ pub enum Command {
     /// version, named <last part of SDFSNAME>.v<VERSION>. With --merge,
     /// LOCALPATH is one file: each version is preceded by a line
     /// "===== SDFSNAME version K (SIZE bytes) =====" and followed by a newline.
+    #[command(after_help = EX_GET_VERSIONS)]
     GetVersions {
         sdfsname: String,
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
@@ -117,6 +172,7 @@ pub enum Command {
         localdir: PathBuf,
     },
     /// The files matching GLOB, with their versions and replicas.
+    #[command(after_help = EX_LS_ALL)]
     LsAll {
         /// Shell-style pattern over whole names ('*' also crosses '/'); quote it.
         glob: String,
@@ -164,6 +220,7 @@ pub enum Command {
     #[command(subcommand)]
     Cluster(crate::cluster::ClusterCommand),
     /// C4: run MODEL over NUM_IMAGES images of a dataset; prints the job id.
+    #[command(after_help = EX_SUBMIT_JOB)]
     SubmitJob {
         /// A model name, in any case (`ResNet50` is `resnet50`).
         #[arg(value_parser = model_arg)]
@@ -352,6 +409,7 @@ pub enum SdfsCommand {
 #[derive(Debug, Subcommand)]
 pub enum LocalCommand {
     /// Start N agents on 127.0.0.1, ports BASE..BASE+N-1; the first is the introducer.
+    #[command(after_help = EX_LOCAL_UP)]
     Up(UpArgs),
     /// Report on each agent recorded in the run directory.
     Status(RunDirArg),

@@ -152,6 +152,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Cluster(c)) => {
             cluster::run(c, key::find(key_file).as_deref(), name, cli.json).await
         }
+        Some(Command::Screenshot {
+            out,
+            width,
+            height,
+            settle_secs,
+        }) => {
+            let agent = oneshot::resolve_agent(cli.connect.as_deref().unwrap_or(&agent))?;
+            let size = ((*width).clamp(40, 400), (*height).clamp(12, 200));
+            let buf =
+                console::shot::capture(agent, size, std::time::Duration::from_secs(*settle_secs))
+                    .await?;
+            std::fs::write(out, console::shot::svg(&buf))
+                .map_err(|e| ClientError::io("write", out, e))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"out": out, "width": size.0, "height": size.1})
+                );
+            } else {
+                println!("wrote {} ({}x{})", out.display(), size.0, size.1);
+            }
+            Ok(())
+        }
         Some(Command::Models(m)) => models::run(m, &agent, cli.json).await,
         Some(Command::Keyring(k)) => {
             keyring::run(k, oneshot::resolve_agent(&agent)?, cli.json).await

@@ -297,6 +297,18 @@ fn completions_and_install_come_from_the_command_definition() {
             assert!(text.contains(sub), "{shell} script lacks {sub}");
         }
     }
+    // The main commands' help ends with examples.
+    for cmd in [
+        &["--help"][..],
+        &["put", "--help"],
+        &["get", "--help"],
+        &["submit-job", "--help"],
+        &["local", "up", "--help"],
+    ] {
+        let out = dml(cmd);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Examples:\n  dml "), "{cmd:?}: {text}");
+    }
     let bad = dml(&["completion", "tcsh"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tcsh"));
@@ -333,6 +345,7 @@ fn completions_and_install_come_from_the_command_definition() {
         assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
     }
     let put = std::fs::read_to_string(share.join("man/man1/dml-put.1")).unwrap();
+    assert!(put.contains("Examples"), "{put}");
     assert!(
         put.contains("dml\\-put") || put.contains("dml put"),
         "{put}"

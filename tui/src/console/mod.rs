@@ -12,6 +12,7 @@
 //! - [`follow`]: the telemetry subscription, leader following, failover.
 //! - [`exec`]: actions through the client API.
 //! - [`synth`]: synthetic frames for tests and the bench.
+//! - [`shot`]: one frame of the live console as SVG (`dml screenshot`).
 
 pub mod app;
 pub mod draw;
@@ -20,6 +21,7 @@ pub mod fmt;
 pub mod follow;
 pub mod layout;
 pub mod panes;
+pub mod shot;
 pub mod synth;
 
 use anyhow::{Context, Result};

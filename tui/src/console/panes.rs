@@ -448,7 +448,9 @@ fn repair_line(h: &dml_shared::telemetry::SdfsHealth) -> Line<'static> {
     if r.pending_copies == 0 && r.in_flight == 0 {
         return Line::from(format!("{} copies each; no repair running", h.replicas));
     }
-    let eta = r.eta().map_or_else(|| "--".to_string(), crate::units::duration);
+    let eta = r
+        .eta()
+        .map_or_else(|| "--".to_string(), crate::units::duration);
     Line::from(vec![
         Span::styled(
             format!("repair ETA {eta}: "),
