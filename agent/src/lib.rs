@@ -5,6 +5,7 @@
 //! - [`control`]: the replicated control plane (Raft) and its state machine.
 //! - [`sdfs`]: the file store on this agent and its data path.
 //! - [`infer`]: ONNX Runtime sessions and image preprocessing (the worker's tools).
+//! - [`latency`]: C2's query time histograms (queue and compute), kept by workers, merged by the leader.
 //! - [`telemetry`]: the frames streamed to console subscribers, and the event log.
 //! - [`agent`]: wiring: binds sockets, starts the services, stops them in order.
 //! - [`event_log`]: membership events as JSON lines.
@@ -23,6 +24,7 @@ pub mod failstop;
 pub mod identity;
 pub mod infer;
 pub mod keyring;
+pub mod latency;
 pub mod membership;
 pub mod metrics;
 pub mod sdfs;

@@ -52,6 +52,11 @@ pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(5);
 /// (Used in `control/scheduler.rs`.)
 pub const SCHEDULER_RATE_WINDOW: Duration = Duration::from_secs(10);
 
+/// What fair sharing charges per image of a model no query has measured
+/// yet: until one completes, its queries count as much as any other's.
+/// (Used in `control/scheduler.rs`.)
+pub const SCHEDULER_UNMEASURED_IMAGE_COST: Duration = Duration::from_millis(100);
+
 // Keyring.
 
 /// How often an agent asks the leader whether the cluster's keyring changed:
@@ -66,6 +71,12 @@ pub const KEYRING_SYNC: Duration = Duration::from_secs(1);
 /// Pause after a failed lease request (no leader, for instance).
 /// (Used in `infer/worker.rs`.)
 pub const WORKER_RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// Longest a worker goes without sending its C2 histograms with a lease
+/// request (it sends them at once when they changed): how soon a new
+/// leader has them back.
+/// (Used in `infer/worker.rs`.)
+pub const WORKER_FIGURES_EVERY: Duration = Duration::from_secs(2);
 
 /// Between two tries at loading ONNX Runtime when it is missing.
 /// (Used in `infer/worker.rs`.)

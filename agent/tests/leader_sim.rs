@@ -5,8 +5,10 @@
 
 use dml_agent::control::core::{CoreConfig, LeaderCore};
 use dml_agent::control::plans::{Claim, Claimed, DEFER_MAX, PlanRequest};
+use dml_agent::control::scheduler::Completion;
 use dml_agent::control::state::MetaState;
 use dml_agent::control::types::{Applied, Command, Op};
+use dml_agent::latency::QueryTime;
 use dml_shared::infer::{ImageResult, JobId, JobState, Outcome};
 use dml_shared::models::Registry;
 use std::collections::{BTreeMap, HashMap};
@@ -139,6 +141,7 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
         dataset: "data/".into(),
         images: names,
         count: n,
+        weight: 1,
     }) else {
         panic!("submitted");
     };
@@ -191,7 +194,7 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
                 assert!(done_by.insert(*i, worker).is_none(), "image {i} ran twice");
             }
             let now = w.now;
-            core.completed(query, job, &images, new, Duration::from_secs(1), now);
+            core.completed(done(query, job, worker, &images, new), now);
         }
         let now_ms = w.now_ms();
         core.maintain(&w.state, w.now, now_ms);
@@ -228,9 +231,39 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
             finished: false
         }
     );
-    core.completed(query, job, &images, 0, LEASE * 2, w.now);
+    core.completed(done(query, job, stalled, &images, 0), w.now);
     assert_eq!(core.in_flight(), 0);
     assert_eq!(w.state.jobs.jobs[&job].done, n);
+    // C1 and C2 count every query that brought new images, the one that
+    // ended the job too, and the late duplicate in neither.
+    let queries = w.state.jobs.jobs[&job].queries;
+    let c2 = core.latency();
+    assert_eq!(c2.len(), 1);
+    assert_eq!(c2[0].count, queries, "{c2:?}");
+    let rate = core.rates(&w.state, w.now);
+    let c1 = rate.iter().find(|r| r.model == MODEL).unwrap();
+    assert_eq!(c1.queries_total, queries);
+    // Three significant digits.
+    let (queue, compute) = (c2[0].queue.max_ms, c2[0].compute.p50_ms);
+    assert!(
+        (queue - 250.0).abs() < 0.5 && (compute - 750.0).abs() < 1.0,
+        "{c2:?}"
+    );
+}
+
+fn done(query: u64, job: JobId, worker: SocketAddr, images: &[u32], new: u32) -> Completion<'_> {
+    Completion {
+        query,
+        job,
+        model: MODEL,
+        worker,
+        images,
+        new,
+        time: QueryTime {
+            queue: Duration::from_millis(250),
+            compute: Duration::from_millis(750),
+        },
+    }
 }
 
 #[test]

@@ -150,6 +150,7 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                     model: "resnet50".into(),
                     count: Some(4),
                     dataset: "datasets/sample".into(),
+                    weight: 1,
                 }),
                 leader_only: true,
             },

@@ -212,6 +212,7 @@ mod tests {
                 model: "resnet50".into(),
                 count: None,
                 dataset: "d".into(),
+                weight: 1,
             }),
             control(InferRequest::SetBatchSize {
                 model: "resnet50".into(),
@@ -255,6 +256,7 @@ mod tests {
             control(InferRequest::Lease {
                 worker: addr(),
                 wait_ms: 1,
+                figures: None,
             }),
             control(InferRequest::Unready {
                 worker: addr(),

@@ -119,7 +119,8 @@ pub struct RateInfo {
     pub images_total: u64,
 }
 
-/// C2 for one model: query processing time in milliseconds.
+/// C2 for one model: query time in milliseconds, from the lease's arrival
+/// at the worker to its results (queue plus compute).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyInfo {
     pub model: String,
@@ -131,6 +132,38 @@ pub struct LatencyInfo {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Waiting on the worker: behind its other query, or for a host compute slot.
+    pub queue: Spread,
+    /// Working: fetching and preprocessing the images and running the model.
+    pub compute: Spread,
+}
+
+/// The spread of one part of the query time, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A worker's own C2 histograms in microseconds, as sparse (value, count)
+/// pairs: sent with its lease requests so that a new leader rebuilds C2
+/// instead of starting from nothing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerFigures {
+    pub models: Vec<ModelFigures>,
+}
+
+/// One model's histograms in [`WorkerFigures`]: every query of the model
+/// this worker completed and the leader accepted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelFigures {
+    pub model: String,
+    pub total: Vec<(u64, u64)>,
+    pub queue: Vec<(u64, u64)>,
+    pub compute: Vec<(u64, u64)>,
 }
 
 /// C5: the workers running a job's queries right now.
@@ -140,6 +173,13 @@ pub struct Placement {
     pub model: String,
     /// Each worker and the queries it holds a lease on.
     pub workers: Vec<(SocketAddr, u32)>,
+    /// Its weight in fair sharing (`submit-job --weight`).
+    pub weight: u32,
+    /// Its share of the queries the running jobs completed in the last 10 s (0 to 1).
+    pub query_share: f64,
+    /// Its share of the worker time (compute) those queries took (0 to 1):
+    /// fair sharing keeps it near `weight` over the running jobs' weights.
+    pub time_share: f64,
 }
 
 /// A query handed to a worker: some images of one job, to run as one batch.
@@ -169,6 +209,8 @@ pub enum InferRequest {
         model: String,
         count: Option<u32>,
         dataset: String,
+        /// Weight in fair sharing of worker time, at least 1.
+        weight: u32,
     },
     Jobs,
     /// C4: a job's per-image results, by index.
@@ -187,10 +229,12 @@ pub enum InferRequest {
     Latency,
     /// C5.
     Placement,
-    /// Worker: the next query for `worker`, waiting up to `wait_ms` for one.
+    /// Worker: the next query for `worker`, waiting up to `wait_ms` for one;
+    /// now and then with the worker's C2 histograms (rebuilt by a new leader).
     Lease {
         worker: SocketAddr,
         wait_ms: u32,
+        figures: Option<WorkerFigures>,
     },
     /// Worker: results of a leased query. `failed` set: the worker could not
     /// run the model at all (e.g. a bad ONNX file): the reason.
@@ -199,8 +243,11 @@ pub enum InferRequest {
         query: u64,
         job: JobId,
         results: Vec<ImageResult>,
-        /// Time from fetching the first image to the last result.
-        elapsed_ms: u32,
+        /// Time the query waited on the worker (µs), behind its other query,
+        /// for its model to load or for a host compute slot.
+        queue_us: u64,
+        /// Time it worked (µs): fetching, preprocessing and running the model.
+        compute_us: u64,
         failed: Option<String>,
     },
     /// Worker: it cannot run queries (ONNX Runtime did not load), because of `reason`;

@@ -12,7 +12,8 @@ use dml_shared::framing::{read_frame, write_frame};
 use dml_shared::id::NodeId;
 use dml_shared::infer::{
     ImageResult, InferRequest, InferResponse, JobDetail, JobInfo, JobState, LatencyInfo, Lease,
-    ModelInfo, Outcome, Placement, Prediction, RateInfo, WorkerProgress,
+    ModelFigures, ModelInfo, Outcome, Placement, Prediction, RateInfo, Spread, WorkerFigures,
+    WorkerProgress,
 };
 use dml_shared::keyring::{
     Changed, KeyListing, KeySecret, KeyringAnswer, KeyringCommand, KeyringList, KeyringRequest,
@@ -522,15 +523,34 @@ fn rate_info() -> impl Strategy<Value = RateInfo> {
     )
 }
 
+fn spread() -> impl Strategy<Value = Spread> {
+    (num(), num(), num(), num(), num()).prop_map(|(mean_ms, p50_ms, p95_ms, p99_ms, max_ms)| {
+        Spread {
+            mean_ms,
+            p50_ms,
+            p95_ms,
+            p99_ms,
+            max_ms,
+        }
+    })
+}
+
 fn latency_info() -> impl Strategy<Value = LatencyInfo> {
     (
         text(),
         any::<u64>(),
         (num(), num(), num(), num()),
         (num(), num(), num()),
+        (spread(), spread()),
     )
         .prop_map(
-            |(model, count, (mean_ms, stddev_ms, p50_ms, p90_ms), (p95_ms, p99_ms, max_ms))| {
+            |(
+                model,
+                count,
+                (mean_ms, stddev_ms, p50_ms, p90_ms),
+                (p95_ms, p99_ms, max_ms),
+                (queue, compute),
+            )| {
                 LatencyInfo {
                     model,
                     count,
@@ -541,18 +561,44 @@ fn latency_info() -> impl Strategy<Value = LatencyInfo> {
                     p95_ms,
                     p99_ms,
                     max_ms,
+                    queue,
+                    compute,
                 }
             },
         )
 }
 
 fn placement() -> impl Strategy<Value = Placement> {
-    (any::<u64>(), text(), vec((addr(), any::<u32>()), 0..3)).prop_map(|(job, model, workers)| {
-        Placement {
-            job,
-            model,
-            workers,
-        }
+    (
+        any::<u64>(),
+        text(),
+        vec((addr(), any::<u32>()), 0..3),
+        (any::<u32>(), num(), num()),
+    )
+        .prop_map(
+            |(job, model, workers, (weight, query_share, time_share))| Placement {
+                job,
+                model,
+                workers,
+                weight,
+                query_share,
+                time_share,
+            },
+        )
+}
+
+fn worker_figures() -> impl Strategy<Value = WorkerFigures> {
+    let counts = || vec((any::<u64>(), any::<u64>()), 0..3);
+    vec((text(), counts(), counts(), counts()), 0..2).prop_map(|models| WorkerFigures {
+        models: models
+            .into_iter()
+            .map(|(model, total, queue, compute)| ModelFigures {
+                model,
+                total,
+                queue,
+                compute,
+            })
+            .collect(),
     })
 }
 
@@ -578,13 +624,20 @@ fn lease() -> impl Strategy<Value = Lease> {
 
 fn infer_request() -> impl Strategy<Value = InferRequest> {
     prop_oneof![
-        (text(), proptest::option::of(any::<u32>()), text()).prop_map(|(model, count, dataset)| {
-            InferRequest::Submit {
-                model,
-                count,
-                dataset,
-            }
-        }),
+        (
+            text(),
+            proptest::option::of(any::<u32>()),
+            text(),
+            any::<u32>()
+        )
+            .prop_map(|(model, count, dataset, weight)| {
+                InferRequest::Submit {
+                    model,
+                    count,
+                    dataset,
+                    weight,
+                }
+            }),
         Just(InferRequest::Jobs),
         any::<u64>().prop_map(|job| InferRequest::Output { job }),
         (text(), any::<u32>()).prop_map(|(model, size)| InferRequest::SetBatchSize { model, size }),
@@ -592,24 +645,32 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
         Just(InferRequest::Rates),
         Just(InferRequest::Latency),
         Just(InferRequest::Placement),
-        (addr(), any::<u32>())
-            .prop_map(|(worker, wait_ms)| InferRequest::Lease { worker, wait_ms }),
+        (addr(), any::<u32>(), proptest::option::of(worker_figures())).prop_map(
+            |(worker, wait_ms, figures)| InferRequest::Lease {
+                worker,
+                wait_ms,
+                figures
+            }
+        ),
         (
             (addr(), any::<u64>(), any::<u64>()),
             vec(image_result(), 0..3),
-            any::<u32>(),
+            (any::<u64>(), any::<u64>()),
             proptest::option::of(text()),
         )
-            .prop_map(|((worker, query, job), results, elapsed_ms, failed)| {
-                InferRequest::Complete {
-                    worker,
-                    query,
-                    job,
-                    results,
-                    elapsed_ms,
-                    failed,
+            .prop_map(
+                |((worker, query, job), results, (queue_us, compute_us), failed)| {
+                    InferRequest::Complete {
+                        worker,
+                        query,
+                        job,
+                        results,
+                        queue_us,
+                        compute_us,
+                        failed,
+                    }
                 }
-            }),
+            ),
         (addr(), text()).prop_map(|(worker, reason)| InferRequest::Unready { worker, reason }),
         any::<u64>().prop_map(|job| InferRequest::Cancel { job }),
         any::<u64>().prop_map(|job| InferRequest::Job { job }),

@@ -93,6 +93,7 @@ pub async fn submit(addr: SocketAddr, model: &str, count: u32, dataset: &str) ->
             model: model.into(),
             count: Some(count),
             dataset: dataset.into(),
+            weight: 1,
         },
     )
     .await?

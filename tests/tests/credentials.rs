@@ -317,6 +317,7 @@ async fn an_admin_credential_writes_but_cannot_speak_for_an_agent() {
                 req: ControlRequest::Infer(InferRequest::Lease {
                     worker: me,
                     wait_ms: 0,
+                    figures: None,
                 }),
                 leader_only: false,
             },

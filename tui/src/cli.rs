@@ -232,6 +232,10 @@ pub enum Command {
         /// SDFS prefix of the images.
         #[arg(long, default_value = DEFAULT_DATASET)]
         dataset: String,
+        /// Weight in fair sharing: running jobs share the workers' time in
+        /// proportion to their weights (as in Slurm fair-share).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        weight: u32,
         /// Follow the job until it ends (a progress bar on a terminal, else a
         /// line per change); exit 0 when every image has a result, 1 when the
         /// job failed or was cancelled.
@@ -585,6 +589,7 @@ mod tests {
             model,
             num_images,
             dataset,
+            weight,
             wait,
         }) = cli.command
         else {
@@ -592,6 +597,16 @@ mod tests {
         };
         assert_eq!((model.as_str(), num_images, wait), ("tiny", 40, false));
         assert_eq!(dataset, DEFAULT_DATASET);
+        assert_eq!(weight, 1);
+        let cli = Cli::try_parse_from(["dml", "submit-job", "tiny", "4", "--weight", "8"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::SubmitJob { weight: 8, .. })
+        ));
+        let e = Cli::try_parse_from(["dml", "submit-job", "tiny", "4", "--weight", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--weight") && e.contains("1..=1000"), "{e}");
         let cli = Cli::try_parse_from(["dml", "submit-job", "tiny", "4", "--wait"]).unwrap();
         assert!(matches!(
             cli.command,

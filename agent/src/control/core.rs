@@ -9,11 +9,12 @@ use super::lease::ReadLease;
 use super::plans::Plans;
 use super::progress::Progress;
 use super::repair::{self, Bounds, Copy, Repairs, View};
-use super::scheduler::Scheduler;
+use super::scheduler::{Completion, Scheduler};
 use super::state::MetaState;
 use super::workers::Workers;
 use dml_shared::infer::{
-    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo, WorkerProgress,
+    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo, WorkerFigures,
+    WorkerProgress,
 };
 use dml_shared::models::Registry;
 use std::collections::HashSet;
@@ -190,18 +191,15 @@ impl LeaderCore {
         })
     }
 
-    /// The state machine accepted `query`'s results (`new` of `images` new).
-    pub fn completed(
-        &mut self,
-        query: u64,
-        job: JobId,
-        images: &[u32],
-        new: u32,
-        elapsed: Duration,
-        now: Instant,
-    ) {
-        self.progress.completed(query, new, elapsed, now);
-        self.sched.completed(query, job, images, new, elapsed, now);
+    /// The state machine accepted a query's results.
+    pub fn completed(&mut self, c: Completion<'_>, now: Instant) {
+        self.progress.completed(c.query, c.new, c.time.compute, now);
+        self.sched.completed(c, now);
+    }
+
+    /// A worker's own C2 histograms, sent with its lease request.
+    pub fn worker_report(&mut self, worker: SocketAddr, figures: &WorkerFigures) {
+        self.sched.worker_report(worker, figures);
     }
 
     /// A worker's report of `query` arrived with these results.
@@ -490,6 +488,7 @@ mod tests {
                 dataset: "d/".into(),
                 images: vec!["d/x".into()],
                 count: 1,
+                weight: 1,
             },
         ) {
             Applied::Job(j) => j,

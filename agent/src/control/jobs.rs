@@ -32,6 +32,8 @@ pub struct Job {
     pub submitted_ms: u64,
     pub finished_ms: Option<u64>,
     pub output: Option<String>,
+    /// Weight in fair sharing of worker time (`submit-job --weight`), at least 1.
+    pub weight: u32,
 }
 
 impl Job {
@@ -107,12 +109,26 @@ pub struct Accepted {
 }
 
 impl JobsState {
+    /// Adds a job of weight 1.
     pub fn submit(
         &mut self,
         model: &str,
         dataset: &str,
         images: Vec<String>,
         count: u32,
+        now: u64,
+    ) -> JobId {
+        self.submit_weighted(model, dataset, images, count, 1, now)
+    }
+
+    /// Adds a job; `weight` is its weight in fair sharing (0 counts as 1).
+    pub fn submit_weighted(
+        &mut self,
+        model: &str,
+        dataset: &str,
+        images: Vec<String>,
+        count: u32,
+        weight: u32,
         now: u64,
     ) -> JobId {
         let id = self.next_job.max(1);
@@ -139,6 +155,7 @@ impl JobsState {
                 submitted_ms: now,
                 finished_ms: (state == JobState::Done).then_some(now),
                 output: None,
+                weight: weight.max(1),
             },
         );
         id

@@ -1,22 +1,34 @@
 //! The leader's inference scheduler, in memory (rebuilt from the Raft state
-//! by each new leader): query leases, fair-time dispatch, and the C1/C2/C5
-//! figures. Pure: every call takes `now`.
+//! by each new leader): query leases, weighted fair-time dispatch, and the
+//! C1/C2/C5 figures. Pure: every call takes `now`.
 //!
-//! Fair time: each running job has a virtual time that grows by one per
-//! dispatched query, and the job with the smallest one goes next, so jobs
-//! running together get the same query rate whatever a query costs (a
-//! slower model simply keeps more workers busy). A new job starts below the
-//! smallest virtual time of the running jobs by its share of the queries in
-//! flight: it is dispatched alone until it holds that share, then the jobs
-//! alternate. The others keep their share, so none is starved.
+//! Fair time: each running job has an account of the worker time charged to
+//! it, and a weight (`submit-job --weight`). A query is charged at dispatch
+//! by its model's measured compute time per image (a running mean; a model
+//! not measured yet is charged [`UNMEASURED_IMAGE_COST`]), corrected to the
+//! worker's measurement when it completes, and refunded if its lease is
+//! released unfinished. The next query goes to the job whose account over
+//! weight would be smallest after it, so jobs share worker time by weight
+//! whatever a query of their model costs, each within one query of its
+//! share.
+//!
+//! When a job is admitted, every account restarts from the work the job has
+//! in flight, the newcomer's from nothing: work leased before it arrived
+//! still takes worker time after, so the newcomer takes the next free
+//! slots until it holds its share of them, and no job is starved.
 
 use super::jobs::JobsState;
+use crate::latency::{QueryTime, WorkerHists};
 pub use crate::timing::SCHEDULER_RATE_WINDOW as RATE_WINDOW;
-use dml_shared::infer::{JobId, LatencyInfo, Placement};
-use hdrhistogram::Histogram;
+use crate::timing::SCHEDULER_UNMEASURED_IMAGE_COST as UNMEASURED_IMAGE_COST;
+use dml_shared::infer::{JobId, LatencyInfo, Placement, WorkerFigures};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Weight of the newest query in the running mean of a model's compute
+/// time per image.
+const COST_SMOOTHING: f64 = 0.25;
 
 /// A query handed out and not yet completed.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,49 +37,72 @@ pub struct LeaseRec {
     pub worker: SocketAddr,
     pub images: Vec<u32>,
     pub deadline: Instant,
+    /// Worker time charged to the job for it, in microseconds.
+    pub cost: f64,
 }
 
 #[derive(Debug, Default)]
 struct JobSched {
     model: String,
-    /// Virtual time: queries dispatched, offset at admission.
-    pass: u64,
+    weight: u32,
+    /// Worker time charged since the last admission, in microseconds.
+    account: f64,
     /// Images with no result and no lease, lowest index first.
     pending: BTreeSet<u32>,
     /// Workers that could not run this job's model; not asked again.
     refused: BTreeSet<SocketAddr>,
 }
 
+impl JobSched {
+    /// The weighted account if `cost` more were charged.
+    fn after(&self, cost: f64) -> f64 {
+        (self.account + cost) / f64::from(self.weight.max(1))
+    }
+}
+
 /// Per-model figures kept by the leader.
-#[derive(Debug)]
-struct ModelFigures {
-    /// (when, images) of each completed query in the last [`RATE_WINDOW`].
-    recent: VecDeque<(Instant, u32)>,
-    /// Query processing time in microseconds.
-    latency: Histogram<u64>,
+#[derive(Debug, Default)]
+struct ModelStats {
+    /// Running mean of the compute time per image, in microseconds.
+    image_cost: Option<f64>,
     /// Longest query seen, to stretch leases of slow models.
     slowest: Duration,
 }
 
-impl Default for ModelFigures {
-    fn default() -> Self {
-        Self {
-            recent: VecDeque::new(),
-            // 1 µs to 1 h, 3 significant digits.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-            slowest: Duration::ZERO,
-        }
-    }
+/// A completed query in the last [`RATE_WINDOW`] (C1 and the shares).
+#[derive(Debug)]
+struct Done {
+    at: Instant,
+    job: JobId,
+    model: String,
+    images: u32,
+    compute_us: f64,
 }
 
 /// A query to hand out: its id, job and image indices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dispatch {
     pub query: u64,
     pub job: JobId,
     pub model: String,
     pub images: Vec<u32>,
     pub lease: Duration,
+    /// Worker time charged for it, in microseconds.
+    pub cost: f64,
+}
+
+/// A completion the state machine accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion<'a> {
+    pub query: u64,
+    pub job: JobId,
+    pub model: &'a str,
+    pub worker: SocketAddr,
+    pub images: &'a [u32],
+    /// Images that had no result before: a query with none is a duplicate
+    /// and counts in no figure.
+    pub new: u32,
+    pub time: QueryTime,
 }
 
 #[derive(Debug)]
@@ -78,7 +113,10 @@ pub struct Scheduler {
     min_lease: Duration,
     jobs: BTreeMap<JobId, JobSched>,
     leases: HashMap<u64, LeaseRec>,
-    figures: HashMap<String, ModelFigures>,
+    models: HashMap<String, ModelStats>,
+    recent: VecDeque<Done>,
+    /// C2 of each worker: what it reported, or recorded here since.
+    hists: HashMap<SocketAddr, WorkerHists>,
 }
 
 impl Scheduler {
@@ -91,16 +129,17 @@ impl Scheduler {
             min_lease,
             jobs: BTreeMap::new(),
             leases: HashMap::new(),
-            figures: HashMap::new(),
+            models: HashMap::new(),
+            recent: VecDeque::new(),
+            hists: HashMap::new(),
         }
     }
 
     /// Brings the job list in line with the replicated state: admits new
-    /// running jobs (below the smallest virtual time by their share of the
-    /// queries in flight, with every image still missing pending) and
-    /// forgets ended ones and their leases. Cheap when
-    /// nothing changed: it walks the jobs, not their images. Returns how many
-    /// jobs it admitted.
+    /// running jobs (with every image still missing pending; every account
+    /// restarts from its work in flight) and forgets ended ones and their
+    /// leases. Cheap when nothing changed: it walks the jobs, not their
+    /// images. Returns how many jobs it admitted.
     pub fn sync(&mut self, state: &JobsState) -> usize {
         let running = |id: &JobId| {
             state
@@ -110,41 +149,46 @@ impl Scheduler {
         };
         self.jobs.retain(|id, _| running(id));
         self.leases.retain(|_, l| running(&l.job));
-        let start = self.jobs.values().map(|j| j.pass).min().unwrap_or(0);
-        let newcomers = state
+        let newcomers: Vec<JobId> = state
             .jobs
             .iter()
             .filter(|(id, j)| {
                 j.state == dml_shared::infer::JobState::Running && !self.jobs.contains_key(id)
             })
-            .count();
-        // A newcomer's rate follows its queries in flight: it starts that
-        // many dispatches early, so it catches up to its share of what is
-        // in flight in one burst and the jobs alternate from there.
-        let share = self.leases.len() / (self.jobs.len() + newcomers).max(1);
-        let start = start.saturating_sub(share as u64);
-        let mut admitted = 0;
-        for (id, job) in &state.jobs {
-            if job.state != dml_shared::infer::JobState::Running || self.jobs.contains_key(id) {
-                continue;
+            .map(|(id, _)| *id)
+            .collect();
+        if newcomers.is_empty() {
+            return 0;
+        }
+        for j in self.jobs.values_mut() {
+            j.account = 0.0;
+        }
+        for l in self.leases.values() {
+            if let Some(j) = self.jobs.get_mut(&l.job) {
+                j.account += l.cost;
             }
+        }
+        for id in &newcomers {
+            let job = &state.jobs[id];
             self.jobs.insert(
                 *id,
                 JobSched {
                     model: job.model.clone(),
-                    pass: start,
+                    weight: job.weight.max(1),
+                    account: 0.0,
                     pending: job.missing().collect(),
                     refused: BTreeSet::new(),
                 },
             );
-            admitted += 1;
         }
-        admitted
+        newcomers.len()
     }
 
-    /// Puts the images of expired leases back to pending; returns how many
-    /// leases expired.
+    /// Puts the images of expired leases back to pending and forgets
+    /// completions older than [`RATE_WINDOW`]; returns how many leases
+    /// expired.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.trim(now);
         let expired: Vec<u64> = self
             .leases
             .iter()
@@ -181,10 +225,13 @@ impl Scheduler {
         before - self.leases.len()
     }
 
+    /// Ends a lease unfinished: its images go back to pending and its
+    /// charge is refunded.
     fn release(&mut self, query: u64) {
         if let Some(l) = self.leases.remove(&query)
             && let Some(j) = self.jobs.get_mut(&l.job)
         {
+            j.account -= l.cost;
             j.pending.extend(l.images);
         }
     }
@@ -200,25 +247,44 @@ impl Scheduler {
         Some((job, j.refused.len()))
     }
 
-    /// The next query for `worker`, from the job with the smallest virtual
-    /// time that has pending images; `batch` gives each model's batch size.
+    /// What a query of `images` images of `model` is charged, in microseconds.
+    fn cost(&self, model: &str, images: usize) -> f64 {
+        let per_image = self
+            .models
+            .get(model)
+            .and_then(|m| m.image_cost)
+            .unwrap_or(UNMEASURED_IMAGE_COST.as_micros() as f64);
+        per_image * images as f64
+    }
+
+    /// The next query for `worker`: from the job, among those with pending
+    /// images, whose weighted account would be smallest after it; `batch`
+    /// gives each model's batch size.
     pub fn dispatch(
         &mut self,
         worker: SocketAddr,
         batch: impl Fn(&str) -> u32,
         now: Instant,
     ) -> Option<Dispatch> {
-        let (&id, job) = self
+        let (id, cost) = self
             .jobs
-            .iter_mut()
+            .iter()
             .filter(|(_, j)| !j.pending.is_empty() && !j.refused.contains(&worker))
-            .min_by_key(|(id, j)| (j.pass, **id))?;
+            .map(|(id, j)| {
+                let n = (batch(&j.model).max(1) as usize).min(j.pending.len());
+                (*id, self.cost(&j.model, n), j)
+            })
+            .min_by(|(a, ca, ja), (b, cb, jb)| {
+                ja.after(*ca).total_cmp(&jb.after(*cb)).then(a.cmp(b))
+            })
+            .map(|(id, cost, _)| (id, cost))?;
+        let job = self.jobs.get_mut(&id)?;
         let n = batch(&job.model).max(1) as usize;
         let images: Vec<u32> = job.pending.iter().take(n).copied().collect();
         for i in &images {
             job.pending.remove(i);
         }
-        job.pass += 1;
+        job.account += cost;
         let model = job.model.clone();
         let lease = self.lease_for(&model);
         let query = self.prefix | self.next_query;
@@ -230,6 +296,7 @@ impl Scheduler {
                 worker,
                 images: images.clone(),
                 deadline: now + lease,
+                cost,
             },
         );
         Some(Dispatch {
@@ -238,93 +305,117 @@ impl Scheduler {
             model,
             images,
             lease,
+            cost,
         })
     }
 
     /// A lease long enough for this model: at least the configured minimum,
     /// and four times the slowest query seen.
     fn lease_for(&self, model: &str) -> Duration {
-        let slowest = self
-            .figures
-            .get(model)
-            .map_or(Duration::ZERO, |f| f.slowest);
+        let slowest = self.models.get(model).map_or(Duration::ZERO, |f| f.slowest);
         self.min_lease.max(slowest * 4)
     }
 
-    /// Records a completion the state machine accepted (`new` of `images`
-    /// were new): ends the lease, takes the images off pending (a late result
-    /// from an earlier lease or leader counts too), and feeds C1 and C2.
-    pub fn completed(
-        &mut self,
-        query: u64,
-        job: JobId,
-        images: &[u32],
-        new: u32,
-        elapsed: Duration,
-        now: Instant,
-    ) {
-        self.leases.remove(&query);
-        let Some(j) = self.jobs.get_mut(&job) else {
+    /// Records a completion the state machine accepted: ends the lease
+    /// (its charge becomes the measured compute time), takes the images off
+    /// pending (a late result from an earlier lease or leader counts too),
+    /// and feeds C1, C2 and the model's cost, also when the completion
+    /// ended its job.
+    pub fn completed(&mut self, c: Completion<'_>, now: Instant) {
+        let compute_us = c.time.compute.as_secs_f64() * 1e6;
+        let lease = self.leases.remove(&c.query);
+        if let Some(j) = self.jobs.get_mut(&c.job) {
+            if let Some(l) = &lease {
+                j.account += compute_us - l.cost;
+            }
+            for i in c.images {
+                j.pending.remove(i);
+            }
+        }
+        if c.images.is_empty() {
             return;
-        };
-        for i in images {
-            j.pending.remove(i);
         }
-        let model = j.model.clone();
-        let model = model.as_str();
-        let f = self.figures.entry(model.to_string()).or_default();
-        f.slowest = f.slowest.max(elapsed);
-        if new > 0 {
-            f.recent.push_back((now, new));
-            let us = (elapsed.as_micros() as u64).clamp(1, 3_600_000_000);
-            let _ = f.latency.record(us);
+        let m = self.models.entry(c.model.to_string()).or_default();
+        m.slowest = m.slowest.max(c.time.total());
+        if compute_us > 0.0 {
+            let sample = compute_us / c.images.len() as f64;
+            m.image_cost = Some(match m.image_cost {
+                Some(mean) => mean + COST_SMOOTHING * (sample - mean),
+                None => sample,
+            });
         }
-        Self::trim(f, now);
+        if c.new > 0 {
+            self.recent.push_back(Done {
+                at: now,
+                job: c.job,
+                model: c.model.to_string(),
+                images: c.new,
+                compute_us,
+            });
+            self.hists
+                .entry(c.worker)
+                .or_default()
+                .record(c.model, c.time);
+        }
+        self.trim(now);
     }
 
-    fn trim(f: &mut ModelFigures, now: Instant) {
-        while f
+    /// A worker's own C2 histograms (sent with its lease requests).
+    pub fn worker_report(&mut self, worker: SocketAddr, figures: &WorkerFigures) {
+        self.hists.entry(worker).or_default().merge_report(figures);
+    }
+
+    fn trim(&mut self, now: Instant) {
+        while self
             .recent
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+            .is_some_and(|d| now.saturating_duration_since(d.at) > RATE_WINDOW)
         {
-            f.recent.pop_front();
+            self.recent.pop_front();
         }
     }
 
     /// C1 over the last [`RATE_WINDOW`]: (queries/s, images/s) of `model`.
     pub fn rate(&mut self, model: &str, now: Instant) -> (f64, f64) {
-        let Some(f) = self.figures.get_mut(model) else {
-            return (0.0, 0.0);
-        };
-        Self::trim(f, now);
+        self.trim(now);
         let secs = RATE_WINDOW.as_secs_f64();
-        let images: u64 = f.recent.iter().map(|(_, n)| u64::from(*n)).sum();
-        (f.recent.len() as f64 / secs, images as f64 / secs)
+        let (queries, images) = self
+            .recent
+            .iter()
+            .filter(|d| d.model == model)
+            .fold((0u64, 0u64), |(q, i), d| (q + 1, i + u64::from(d.images)));
+        (queries as f64 / secs, images as f64 / secs)
     }
 
-    /// C2 for `model`, if it completed any query under this leader.
+    /// C2 for `model`: every worker's histograms merged, if any holds a query.
     pub fn latency(&self, model: &str) -> Option<LatencyInfo> {
-        let h = &self.figures.get(model)?.latency;
-        if h.is_empty() {
-            return None;
+        let mut merged = crate::latency::Hists::default();
+        for w in self.hists.values() {
+            if let Some(h) = w.get(model) {
+                merged.add(h);
+            }
         }
-        let ms = |us: u64| us as f64 / 1000.0;
-        Some(LatencyInfo {
-            model: model.to_string(),
-            count: h.len(),
-            mean_ms: h.mean() / 1000.0,
-            stddev_ms: h.stdev() / 1000.0,
-            p50_ms: ms(h.value_at_quantile(0.50)),
-            p90_ms: ms(h.value_at_quantile(0.90)),
-            p95_ms: ms(h.value_at_quantile(0.95)),
-            p99_ms: ms(h.value_at_quantile(0.99)),
-            max_ms: ms(h.max()),
-        })
+        merged.info(model)
     }
 
-    /// C5: the workers holding leases of each running job.
+    /// C5: the workers holding leases of each running job, its weight and
+    /// its shares of the queries and of the worker time of the last
+    /// [`RATE_WINDOW`]'s completions among the running jobs.
     pub fn placement(&self) -> Vec<Placement> {
+        let mut done: BTreeMap<JobId, (f64, f64)> = BTreeMap::new();
+        for d in self
+            .recent
+            .iter()
+            .filter(|d| self.jobs.contains_key(&d.job))
+        {
+            let e = done.entry(d.job).or_default();
+            e.0 += 1.0;
+            e.1 += d.compute_us;
+        }
+        let (queries, time) = done
+            .values()
+            .fold((0.0, 0.0), |(q, t), (dq, dt)| (q + dq, t + dt));
+        let share = |part: f64, whole: f64| if whole > 0.0 { part / whole } else { 0.0 };
         self.jobs
             .iter()
             .map(|(id, j)| {
@@ -332,10 +423,14 @@ impl Scheduler {
                 for l in self.leases.values().filter(|l| l.job == *id) {
                     *per.entry(l.worker).or_default() += 1;
                 }
+                let (q, t) = done.get(id).copied().unwrap_or_default();
                 Placement {
                     job: *id,
                     model: j.model.clone(),
                     workers: per.into_iter().collect(),
+                    weight: j.weight,
+                    query_share: share(q, queries),
+                    time_share: share(t, time),
                 }
             })
             .collect()
@@ -351,6 +446,11 @@ impl Scheduler {
         self.leases.get(&query)
     }
 }
+
+/// The scheduler on a virtual clock with many jobs and workers.
+#[cfg(test)]
+#[path = "fair_sim.rs"]
+mod fair_sim;
 
 #[cfg(test)]
 mod tests {
@@ -379,14 +479,38 @@ mod tests {
             .collect()
     }
 
+    fn done<'a>(
+        query: u64,
+        job: JobId,
+        model: &'a str,
+        images: &'a [u32],
+        new: u32,
+        compute: Duration,
+    ) -> Completion<'a> {
+        Completion {
+            query,
+            job,
+            model,
+            worker: addr(1),
+            images,
+            new,
+            time: QueryTime {
+                queue: Duration::ZERO,
+                compute,
+            },
+        }
+    }
+
     #[test]
-    fn two_jobs_alternate_whatever_their_cost() {
-        let mut s = state_with(&[("resnet50", 1000), ("inceptionv3", 1000)]);
+    fn two_jobs_share_worker_time_whatever_their_cost() {
+        let mut s = state_with(&[("resnet50", 5000), ("inceptionv3", 5000)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
         sch.sync(&s);
         let t = Instant::now();
         let mut counts: HashMap<JobId, u32> = HashMap::new();
-        // Inception queries take 3 ticks, ResNet ones 1: workers pull when free.
+        let unit = Duration::from_millis(10);
+        // Inception queries take 3 ticks, ResNet ones 1: workers pull when
+        // free and report the time they worked.
         type Running = Option<(u64, JobId, Vec<u32>)>;
         let mut busy_until: Vec<(usize, Running)> = vec![(0, None); 6];
         for tick in 0..600 {
@@ -397,7 +521,12 @@ mod tests {
                 if let Some((q, job, imgs)) = slot.1.take() {
                     s.complete(job, &results(&imgs), 0);
                     let n = imgs.len() as u32;
-                    sch.completed(q, job, &imgs, n, Duration::from_millis(5), t);
+                    let (model, cost) = if job == 2 {
+                        ("inceptionv3", 3)
+                    } else {
+                        ("resnet50", 1)
+                    };
+                    sch.completed(done(q, job, model, &imgs, n, unit * cost), t);
                     *counts.entry(job).or_default() += 1;
                 }
                 if let Some(d) = sch.dispatch(addr(w as u16), |_| 1, t) {
@@ -406,16 +535,22 @@ mod tests {
                 }
             }
         }
-        let (a, b) = (counts[&1], counts[&2]);
-        assert!(a > 100 && b > 100, "{counts:?}");
+        // Worker ticks: each job's queries times their cost.
+        let (a, b) = (counts[&1], counts[&2] * 3);
+        assert!(a > 500 && b > 500, "{counts:?}");
         assert!(
-            a.abs_diff(b) <= 6,
-            "query counts {a} vs {b} must stay level"
+            a.abs_diff(b) <= 12,
+            "worker time {a} vs {b} must stay level ({counts:?})"
+        );
+        let shares = sch.placement();
+        assert!(
+            (shares[0].time_share - 0.5).abs() < 0.05 && shares[0].query_share > 0.7,
+            "{shares:?}"
         );
     }
 
     #[test]
-    fn a_new_job_catches_up_to_its_share_in_flight_then_alternates() {
+    fn a_new_job_takes_the_next_slots_until_it_catches_up_then_alternates() {
         let mut s = state_with(&[("tiny", 1000)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
         sch.sync(&s);
@@ -423,19 +558,76 @@ mod tests {
         for _ in 0..50 {
             sch.dispatch(addr(1), |_| 2, t).unwrap();
         }
-        s.submit("tiny", "d/", vec!["a".into()], 100, 0);
+        s.submit("tiny", "d/", vec!["a".into()], 1000, 0);
         sch.sync(&s);
-        // Job 1 has 50 queries in flight: job 2 goes alone until it holds
-        // its share of them (25), then the two alternate; no burst of 50.
-        let next: Vec<JobId> = (0..35)
+        // Job 1's 50 queries in flight take worker time after job 2
+        // arrived: job 2 goes alone until it has as much, then the two
+        // alternate.
+        let next: Vec<JobId> = (0..60)
             .map(|_| sch.dispatch(addr(1), |_| 2, t).unwrap().job)
             .collect();
-        assert!(next[..25].iter().all(|j| *j == 2), "{next:?}");
+        assert!(next[..50].iter().all(|j| *j == 2), "{next:?}");
         assert_eq!(
-            next[25..].iter().filter(|j| **j == 2).count(),
+            next[50..].iter().filter(|j| **j == 2).count(),
             5,
             "{next:?}"
         );
+    }
+
+    #[test]
+    fn a_released_lease_is_refunded_and_its_images_go_first_to_the_job_behind() {
+        let s = state_with(&[("tiny", 100), ("tiny", 100)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s);
+        let t = Instant::now();
+        for w in 1..=4 {
+            sch.dispatch(addr(w), |_| 2, t).unwrap();
+        }
+        // Worker 1 held job 1's first query; it dies: job 1 is now one
+        // query behind and gets the next one, its images again.
+        assert_eq!(sch.worker_gone(addr(1)), 1);
+        let d = sch.dispatch(addr(5), |_| 2, t).unwrap();
+        assert_eq!((d.job, d.images.clone()), (1, vec![0, 1]));
+        let d = sch.dispatch(addr(5), |_| 2, t).unwrap();
+        assert_eq!(d.job, 1, "job 1 was a query behind");
+    }
+
+    #[test]
+    fn a_weighted_job_gets_worker_time_by_its_weight() {
+        let mut s = JobsState::default();
+        let images: Vec<String> = (0..1000).map(|i| format!("img{i}")).collect();
+        s.submit_weighted("tiny", "d/", images.clone(), 1000, 1, 0);
+        s.submit_weighted("tiny", "d/", images, 1000, 3, 0);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s);
+        let t = Instant::now();
+        let jobs: Vec<JobId> = (0..40)
+            .map(|_| sch.dispatch(addr(1), |_| 1, t).unwrap().job)
+            .collect();
+        assert_eq!(jobs.iter().filter(|j| **j == 2).count(), 30, "{jobs:?}");
+        assert_eq!(sch.placement()[1].weight, 3);
+    }
+
+    #[test]
+    fn the_completion_that_ends_a_job_counts_in_c1_and_c2() {
+        let mut s = state_with(&[("tiny", 8)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s);
+        let t = Instant::now();
+        let a = sch.dispatch(addr(1), |_| 4, t).unwrap();
+        let b = sch.dispatch(addr(2), |_| 4, t).unwrap();
+        for (d, ends) in [(a, false), (b, true)] {
+            let accepted = s.complete(1, &results(&d.images), 0);
+            assert_eq!(accepted.finished, ends);
+            // The leader syncs (the job ended, so the scheduler forgets it)
+            // before it hears of the completion.
+            sch.sync(&s);
+            let ms = Duration::from_millis(20);
+            sch.completed(done(d.query, 1, "tiny", &d.images, 4, ms), t);
+        }
+        assert_eq!(sch.latency("tiny").unwrap().count, 2);
+        assert_eq!(sch.rate("tiny", t), (0.2, 0.8));
+        assert_eq!(sch.in_flight(), 0);
     }
 
     #[test]
@@ -489,7 +681,7 @@ mod tests {
         assert_eq!(q.images, vec![0]);
         // A late result of an earlier leader's lease for image 2.
         s.complete(1, &results(&[2]), 0);
-        sch.completed(999, 1, &[2], 1, Duration::from_millis(1), t);
+        sch.completed(done(999, 1, "tiny", &[2], 1, Duration::from_millis(1)), t);
         assert_eq!(sch.dispatch(addr(1), |_| 8, t).unwrap().images, vec![1]);
         s.complete(1, &results(&[0, 1]), 0);
         sch.sync(&s);
@@ -523,7 +715,15 @@ mod tests {
         sch.sync(&state_with(&[("tiny", 100)]));
         for i in 0..20u64 {
             let at = t + Duration::from_millis(500 * i);
-            sch.completed(i, 1, &[], 4, Duration::from_millis(10 + i), at);
+            let c = done(
+                i,
+                1,
+                "tiny",
+                &[0, 1, 2, 3],
+                4,
+                Duration::from_millis(10 + i),
+            );
+            sch.completed(c, at);
         }
         let end = t + Duration::from_millis(500 * 19);
         let (q, img) = sch.rate("tiny", end);

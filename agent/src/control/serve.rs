@@ -12,8 +12,10 @@ use super::core::{LeaderCore, batch_size};
 use super::error::ControlError;
 use super::placement;
 use super::plans::{Claim, Claimed, Failed, PlanRequest, check_holders};
+use super::scheduler::Completion;
 use super::state::MetaState;
 use super::types::{Applied, Op};
+use crate::latency::QueryTime;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{
     InferRequest, InferResponse, JobDetail, JobId, JobInfo, JobState, Lease, ModelInfo, Outcome,
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Largest job, in images.
 pub const MAX_JOB_IMAGES: u32 = 1_000_000;
+/// Largest weight of a job in fair sharing.
+pub const MAX_JOB_WEIGHT: u32 = 1_000;
 /// Distinct workers that must fail to load a model before its job fails
 /// (fewer if fewer workers are alive).
 const REFUSALS_TO_FAIL: usize = 2;
@@ -128,8 +132,10 @@ pub enum Then {
     Complete {
         query: u64,
         job: JobId,
+        model: String,
+        worker: SocketAddr,
         images: Vec<u32>,
-        elapsed: Duration,
+        time: QueryTime,
     },
     /// A model the workers cannot run failed its job: `Accepted { new: 0 }`.
     FailJob,
@@ -444,7 +450,8 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             model,
             count,
             dataset,
-        } => submit(core, cx, model, count, dataset),
+            weight,
+        } => submit(core, cx, model, count, dataset, weight),
         InferRequest::Jobs => infer(InferResponse::Jobs(
             s.jobs
                 .jobs
@@ -516,8 +523,15 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             core.workers().unready(worker, reason, cx.now);
             infer(InferResponse::Done)
         }
-        InferRequest::Lease { worker, wait_ms } => {
+        InferRequest::Lease {
+            worker,
+            wait_ms,
+            figures,
+        } => {
             core.workers().asked(worker, cx.now);
+            if let Some(f) = &figures {
+                core.worker_report(worker, f);
+            }
             let wait = Duration::from_millis(u64::from(wait_ms)).min(cx.cfg.max_lease_wait);
             lease(core, cx, worker, cx.now + wait)
         }
@@ -558,7 +572,8 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             query,
             job,
             results,
-            elapsed_ms,
+            queue_us,
+            compute_us,
             failed,
         } => {
             // A worker busy with long queries asks seldom; it is alive all the same.
@@ -576,26 +591,38 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
                 }
                 return infer(InferResponse::Accepted { new: 0 });
             }
-            if !s.jobs.jobs.contains_key(&job) {
+            let Some(model) = s.jobs.jobs.get(&job).map(|j| j.model.clone()) else {
                 return fail(ControlError::NoSuchJob(job));
-            }
+            };
             core.reported(query, &results);
             let images = results.iter().map(|r| r.index).collect();
-            let elapsed = Duration::from_millis(u64::from(elapsed_ms));
+            let time = QueryTime {
+                queue: Duration::from_micros(queue_us),
+                compute: Duration::from_micros(compute_us),
+            };
             Step::Append(
                 Op::CompleteQuery { job, results },
                 Then::Complete {
                     query,
                     job,
+                    model,
+                    worker,
                     images,
-                    elapsed,
+                    time,
                 },
             )
         }
     }
 }
 
-fn submit(core: &LeaderCore, cx: &Ctx, model: String, count: Option<u32>, dataset: String) -> Step {
+fn submit(
+    core: &LeaderCore,
+    cx: &Ctx,
+    model: String,
+    count: Option<u32>,
+    dataset: String,
+    weight: u32,
+) -> Step {
     let s = cx.state;
     let spec = match core.registry().require(&model) {
         Ok(m) => m.sdfs_name(),
@@ -607,6 +634,11 @@ fn submit(core: &LeaderCore, cx: &Ctx, model: String, count: Option<u32>, datase
     }
     if count == Some(0) {
         return fail(bad("the number of images must be at least 1"));
+    }
+    if weight == 0 || weight > MAX_JOB_WEIGHT {
+        return fail(bad(format!(
+            "weight {weight} must be between 1 and {MAX_JOB_WEIGHT}"
+        )));
     }
     if count.is_some_and(|c| c > MAX_JOB_IMAGES) {
         return fail(bad(format!("a job has at most {MAX_JOB_IMAGES} images")));
@@ -631,6 +663,7 @@ fn submit(core: &LeaderCore, cx: &Ctx, model: String, count: Option<u32>, datase
             dataset: prefix,
             images,
             count,
+            weight,
         },
         Then::Submit { count },
     )
@@ -649,7 +682,16 @@ pub fn lease(core: &mut LeaderCore, cx: &Ctx, worker: SocketAddr, deadline: Inst
         if lease.images.is_empty() {
             // Nothing left to run: end the lease now rather than let it
             // expire and put those images back to pending.
-            core.completed(lease.query, lease.job, &[], 0, Duration::ZERO, cx.now);
+            let none = Completion {
+                query: lease.query,
+                job: lease.job,
+                model: &lease.model,
+                worker,
+                images: &[],
+                new: 0,
+                time: QueryTime::default(),
+            };
+            core.completed(none, cx.now);
             if !picked.gone.is_empty() {
                 let op = Op::CompleteQuery {
                     job: lease.job,
@@ -784,11 +826,22 @@ pub fn answer(
         Then::Complete {
             query,
             job,
+            model,
+            worker,
             images,
-            elapsed,
+            time,
         } => match applied {
             Ok(Applied::Accepted { new, finished }) => {
-                core.completed(query, job, &images, new, elapsed, now);
+                let done = Completion {
+                    query,
+                    job,
+                    model: &model,
+                    worker,
+                    images: &images,
+                    new,
+                    time,
+                };
+                core.completed(done, now);
                 if finished {
                     tracing::info!(job, "job finished");
                 }

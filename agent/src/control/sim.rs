@@ -251,6 +251,7 @@ async fn a_job_over_four_workers_survives_a_lease_that_expires() {
         model: MODEL.into(),
         count: None,
         dataset: "data".into(),
+        weight: 1,
     };
     let InferResponse::Submitted { job, images } = infer(&h, submit).await else {
         panic!("submit answers the job");
@@ -262,6 +263,7 @@ async fn a_job_over_four_workers_survives_a_lease_that_expires() {
     let lease = |w: SocketAddr| InferRequest::Lease {
         worker: w,
         wait_ms: 1000,
+        figures: None,
     };
     let InferResponse::Lease(Some(stalled)) = infer(&h, lease(sim.workers[3])).await else {
         panic!("work for worker 4");
@@ -285,7 +287,8 @@ async fn a_job_over_four_workers_survives_a_lease_that_expires() {
                             query: l.query,
                             job: l.job,
                             results: results(&l),
-                            elapsed_ms: 100,
+                            queue_us: 0,
+                            compute_us: 100_000,
                             failed: None,
                         };
                         let InferResponse::Accepted { new: n } = infer(&h, done).await else {

@@ -225,10 +225,15 @@ impl MetaState {
                 dataset,
                 images,
                 count,
-            } => Applied::Job(
-                self.jobs
-                    .submit(model, dataset, images.clone(), *count, now),
-            ),
+                weight,
+            } => Applied::Job(self.jobs.submit_weighted(
+                model,
+                dataset,
+                images.clone(),
+                *count,
+                *weight,
+                now,
+            )),
             Op::SetBatchSize { model, size } => {
                 self.jobs.batch.insert(model.clone(), *size);
                 Applied::Done

@@ -81,6 +81,8 @@ pub enum Op {
         dataset: String,
         images: Vec<String>,
         count: u32,
+        /// Weight in fair sharing (`submit-job --weight`).
+        weight: u32,
     },
     /// C3: batch size of `model` for queries not yet dispatched.
     SetBatchSize { model: String, size: u32 },

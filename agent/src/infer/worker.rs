@@ -12,12 +12,14 @@ use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
 use super::slots::HostSlots;
 use crate::control::ControlHandle;
+use crate::latency::{QueryTime, WorkerHists};
 use crate::sdfs::SdfsHandle;
 use crate::timing::RUNTIME_RETRY;
+use crate::timing::WORKER_FIGURES_EVERY as FIGURES_EVERY;
 use crate::timing::WORKER_RETRY_PAUSE as RETRY_PAUSE;
 use dml_shared::api::Response;
 use dml_shared::control::ControlResponse;
-use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome};
+use dml_shared::infer::{ImageResult, InferRequest, InferResponse, Lease, Outcome, WorkerFigures};
 use dml_shared::models::{ModelSpec, Registry};
 use ndarray::Array3;
 use std::collections::HashMap;
@@ -72,6 +74,32 @@ struct Ctx {
     stats: Arc<Mutex<WorkerStats>>,
     /// C1/C2 of the queries completed here.
     metrics: InferMetrics,
+    /// C2 of the queries completed here whose results the leader accepted
+    /// as new, sent with lease requests.
+    hists: Mutex<Figures>,
+}
+
+/// This worker's C2 histograms and when they were last sent.
+#[derive(Default)]
+struct Figures {
+    hists: WorkerHists,
+    /// (queries recorded, when) at the last send.
+    sent: Option<(u64, Instant)>,
+}
+
+impl Figures {
+    /// The histograms, if they changed or went unsent for [`FIGURES_EVERY`].
+    fn due(&mut self, now: Instant) -> Option<WorkerFigures> {
+        let count = self.hists.count();
+        let due = self
+            .sent
+            .is_none_or(|(n, at)| n != count || now.duration_since(at) >= FIGURES_EVERY);
+        if !due || count == 0 {
+            return None;
+        }
+        self.sent = Some((count, now));
+        Some(self.hists.to_wire())
+    }
 }
 
 /// Why an image of a query, or the whole query, could not be run here.
@@ -103,6 +131,9 @@ struct Prepared {
     lease: Lease,
     tensors: Vec<(u32, String, Array3<f32>)>,
     errors: Vec<ImageResult>,
+    /// When the lease arrived.
+    received: Instant,
+    /// Fetching and preprocessing.
     prep: Duration,
     _slot: OwnedSemaphorePermit,
 }
@@ -132,6 +163,7 @@ impl Worker {
             sessions: Arc::default(),
             stats: stats.clone(),
             metrics: metrics.clone(),
+            hists: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel::<Prepared>(SLOTS);
         let tasks = vec![
@@ -241,9 +273,15 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
                 Err(_) => return,
             },
         };
+        let figures = ctx
+            .hists
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(Instant::now());
         let req = InferRequest::Lease {
             worker: ctx.o.me,
             wait_ms: LEASE_WAIT_MS,
+            figures,
         };
         let lease = tokio::select! {
             _ = stop.changed() => return,
@@ -297,6 +335,7 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
             lease,
             tensors,
             errors,
+            received: start,
             prep: start.elapsed(),
             _slot: slot,
         };
@@ -326,6 +365,7 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
         lease,
         tensors,
         errors,
+        received: start,
         prep: start.elapsed(),
         _slot: slot,
     }
@@ -344,31 +384,46 @@ async fn run_loop(
                 None => return,
             },
         };
-        let started = Instant::now();
         let Prepared {
             lease,
             tensors,
             mut errors,
+            received,
             prep,
             _slot,
         } = p;
         let outcome = run_query(&ctx, &lease, tensors).await;
-        let (mut results, failed) = match outcome {
-            Ok(r) => (r, None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
+        let (mut results, ran, failed) = match outcome {
+            Ok((r, ran)) => (r, ran, None),
+            Err(e) => (Vec::new(), Duration::ZERO, Some(e.to_string())),
         };
         if failed.is_none() {
             results.append(&mut errors);
         }
-        let elapsed = prep + started.elapsed();
+        // Work is the preprocessing and the model's run; the rest of the
+        // time since the lease arrived it waited: behind the other query,
+        // for the model to load, or for a host compute slot.
+        let compute = prep + ran;
+        let time = QueryTime {
+            queue: received.elapsed().saturating_sub(compute),
+            compute,
+        };
         // Hand the results back while the next query runs; the slot is
         // freed (and the next lease taken) once the leader has them.
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let ran = failed.is_none();
-            if report(&ctx, &lease, results, elapsed, failed).await && ran {
+            let new = report(&ctx, &lease, results, time, failed).await;
+            if ran && let Some(new) = new {
                 ctx.metrics
-                    .record(&lease.model, lease.images.len(), elapsed);
+                    .record(&lease.model, lease.images.len(), time.total());
+                if new > 0 {
+                    ctx.hists
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .hists
+                        .record(&lease.model, time);
+                }
             }
             bump(&ctx, |s| {
                 s.running = s.running.saturating_sub(1);
@@ -379,29 +434,32 @@ async fn run_loop(
     }
 }
 
-/// Runs the query's images; `Err` means the model itself cannot run here.
+/// Runs the query's images, and says how long the model ran (not counting
+/// the wait for a host compute slot); `Err` means the model itself cannot
+/// run here.
 async fn run_query(
     ctx: &Ctx,
     lease: &Lease,
     tensors: Vec<(u32, String, Array3<f32>)>,
-) -> Result<Vec<ImageResult>, QueryError> {
+) -> Result<(Vec<ImageResult>, Duration), QueryError> {
     if tensors.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Duration::ZERO));
     }
     let session = session_for(ctx, lease).await?;
     let (meta, arrays): (Vec<(u32, String)>, Vec<Array3<f32>>) =
         tensors.into_iter().map(|(i, n, t)| ((i, n), t)).unzip();
     let slots = ctx.o.slots.clone();
-    let preds = ctx
+    let (preds, ran) = ctx
         .infer
         .run(move || {
             let batch = stack(&arrays);
             let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
             let _turn = slots.as_ref().and_then(|h| h.acquire());
-            s.run(batch.view())
+            let start = Instant::now();
+            (s.run(batch.view()), start.elapsed())
         })
         .await?;
-    Ok(match preds {
+    let results = match preds {
         Ok(preds) => meta
             .into_iter()
             .zip(preds)
@@ -419,7 +477,8 @@ async fn run_query(
                 outcome: Outcome::Error(format!("inference failed: {e}")),
             })
             .collect(),
-    })
+    };
+    Ok((results, ran))
 }
 
 /// The session of the lease's model version, fetching and loading it once.
@@ -478,14 +537,15 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, Qu
 }
 
 /// Hands the results back, retrying through leader changes until the lease
-/// would have expired anyway; `true` once the leader took them.
+/// would have expired anyway; once the leader took them, how many images
+/// were new to it.
 async fn report(
     ctx: &Ctx,
     lease: &Lease,
     results: Vec<ImageResult>,
-    elapsed: Duration,
+    time: QueryTime,
     failed: Option<String>,
-) -> bool {
+) -> Option<u32> {
     let deadline =
         Instant::now() + Duration::from_millis(lease.lease_ms).max(Duration::from_secs(5));
     let req = InferRequest::Complete {
@@ -493,20 +553,26 @@ async fn report(
         query: lease.query,
         job: lease.job,
         results,
-        elapsed_ms: elapsed.as_millis().min(u128::from(u32::MAX)) as u32,
+        queue_us: us(time.queue),
+        compute_us: us(time.compute),
         failed,
     };
     loop {
         match infer_call(ctx, req.clone()).await {
-            Ok(_) => return true,
+            Ok(InferResponse::Accepted { new }) => return Some(new),
+            Ok(_) => return Some(0),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(query = lease.query, error = %e, "handing back results again");
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(e) => {
                 tracing::warn!(query = lease.query, error = %e, "results not handed back; the leader will lease the query again");
-                return false;
+                return None;
             }
         }
     }
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
 }

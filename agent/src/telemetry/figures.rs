@@ -191,11 +191,17 @@ mod tests {
                 job: 1,
                 model: "m".into(),
                 workers: vec![(a(2), 2)],
+                weight: 1,
+                query_share: 0.5,
+                time_share: 0.5,
             },
             Placement {
                 job: 2,
                 model: "m".into(),
                 workers: vec![(a(2), 1), (a(3), 5)],
+                weight: 1,
+                query_share: 0.5,
+                time_share: 0.5,
             },
         ];
         queries_running(&mut nodes, &placement);

@@ -109,6 +109,7 @@ async fn submit(
         model: model.clone(),
         count: Some(count),
         dataset: dataset.clone(),
+        weight: 1,
     };
     match infer(agent, req).await? {
         InferResponse::Submitted { job, images } => Ok(format!(

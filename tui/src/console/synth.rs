@@ -3,7 +3,7 @@
 
 use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, MemberInfo, MemberState};
-use dml_shared::infer::{JobInfo, JobState, LatencyInfo, ModelInfo, Placement, RateInfo};
+use dml_shared::infer::{JobInfo, JobState, LatencyInfo, ModelInfo, Placement, RateInfo, Spread};
 use dml_shared::telemetry::{
     ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth, TelemetryEvent,
 };
@@ -88,6 +88,20 @@ pub fn frame(n: usize, tick: u64) -> Frame {
         p95_ms: 260.0 * k,
         p99_ms: 320.0 * k,
         max_ms: 400.0 * k,
+        queue: Spread {
+            mean_ms: 60.0 * k,
+            p50_ms: 50.0 * k,
+            p95_ms: 110.0 * k,
+            p99_ms: 150.0 * k,
+            max_ms: 200.0 * k,
+        },
+        compute: Spread {
+            mean_ms: 120.0 * k,
+            p50_ms: 118.0 * k,
+            p95_ms: 150.0 * k,
+            p99_ms: 170.0 * k,
+            max_ms: 200.0 * k,
+        },
     };
     let job = |id, model: &str, images, done, state| JobInfo {
         id,
@@ -137,11 +151,17 @@ pub fn frame(n: usize, tick: u64) -> Frame {
                     job: 2,
                     model: "inceptionv3".into(),
                     workers: vec![(w(1), 1), (w(4), 1)],
+                    weight: 1,
+                    query_share: 0.6,
+                    time_share: 0.5,
                 },
                 Placement {
                     job: 3,
                     model: "resnet50".into(),
                     workers: vec![(w(2), 2), (w(3), 1), (w(5), 1)],
+                    weight: 1,
+                    query_share: 0.4,
+                    time_share: 0.5,
                 },
             ]),
             sdfs: Ok(SdfsHealth {

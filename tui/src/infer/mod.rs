@@ -131,6 +131,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
             model,
             num_images,
             dataset,
+            weight,
             wait,
         } => {
             validate_model_name(model)?;
@@ -138,6 +139,7 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
                 model: model.clone(),
                 count: Some(*num_images),
                 dataset: dataset.clone(),
+                weight: *weight,
             };
             let (job, images) = match ask(&sdfs, req)
                 .await

@@ -3,7 +3,7 @@
 
 use crate::report::render_table;
 use crate::sdfs::report::when;
-use dml_shared::infer::{JobInfo, LatencyInfo, Placement, RateInfo};
+use dml_shared::infer::{JobInfo, LatencyInfo, Placement, RateInfo, Spread};
 use serde_json::{Value, json};
 
 /// Share of a job's images with a result, in percent (100 for an empty job).
@@ -151,10 +151,22 @@ pub fn latency_json(lat: &[LatencyInfo]) -> Value {
                     "p95_ms": l.p95_ms,
                     "p99_ms": l.p99_ms,
                     "max_ms": l.max_ms,
+                    "queue": spread_json(&l.queue),
+                    "compute": spread_json(&l.compute),
                 })
             })
             .collect(),
     )
+}
+
+fn spread_json(s: &Spread) -> Value {
+    json!({
+        "mean_ms": s.mean_ms,
+        "p50_ms": s.p50_ms,
+        "p95_ms": s.p95_ms,
+        "p99_ms": s.p99_ms,
+        "max_ms": s.max_ms,
+    })
 }
 
 fn ms(v: f64) -> String {
@@ -181,13 +193,33 @@ pub fn latency_table(lat: &[LatencyInfo]) -> String {
             ]
         })
         .collect();
+    let split: Vec<Vec<String>> = lat
+        .iter()
+        .flat_map(|l| {
+            [("queue", &l.queue), ("compute", &l.compute)].map(|(part, s)| {
+                vec![
+                    l.model.clone(),
+                    part.to_string(),
+                    ms(s.mean_ms),
+                    ms(s.p50_ms),
+                    ms(s.p95_ms),
+                    ms(s.p99_ms),
+                    ms(s.max_ms),
+                ]
+            })
+        })
+        .collect();
     format!(
-        "query processing time, ms\n{}",
+        "query time (lease at the worker to results), ms\n{}\nof which queue (waiting on the worker) and compute (fetch, preprocess, run), ms\n{}",
         render_table(
             &[
                 "MODEL", "QUERIES", "AVG", "STD", "P50", "P90", "P95", "P99", "MAX"
             ],
             &rows
+        ),
+        render_table(
+            &["MODEL", "PART", "AVG", "P50", "P95", "P99", "MAX"],
+            &split
         )
     )
 }
@@ -200,6 +232,9 @@ pub fn placement_json(p: &[Placement]) -> Value {
                     "job": p.job,
                     "model": p.model,
                     "workers": p.workers.iter().map(|(a, n)| json!({"worker": a.to_string(), "queries": n})).collect::<Vec<_>>(),
+                    "weight": p.weight,
+                    "query_share": p.query_share,
+                    "time_share": p.time_share,
                 })
             })
             .collect(),
@@ -223,12 +258,29 @@ pub fn placement_table(p: &[Placement]) -> String {
             vec![
                 p.job.to_string(),
                 p.model.clone(),
+                p.weight.to_string(),
+                format!("{:.0}%", p.query_share * 100.0),
+                format!("{:.0}%", p.time_share * 100.0),
                 p.workers.len().to_string(),
                 if list.is_empty() { "-".into() } else { list },
             ]
         })
         .collect();
-    render_table(&["JOB", "MODEL", "WORKERS", "QUERIES PER WORKER"], &rows)
+    format!(
+        "{}shares of the queries and of the worker time completed in the last 10 s\n",
+        render_table(
+            &[
+                "JOB",
+                "MODEL",
+                "WEIGHT",
+                "QUERIES",
+                "TIME",
+                "WORKERS",
+                "QUERIES PER WORKER"
+            ],
+            &rows
+        )
+    )
 }
 
 #[cfg(test)]
@@ -280,6 +332,17 @@ mod tests {
             p95_ms: 126.0,
             p99_ms: 130.0,
             max_ms: 131.0,
+            queue: Spread {
+                mean_ms: 100.0,
+                p50_ms: 99.0,
+                p95_ms: 104.0,
+                p99_ms: 107.5,
+                max_ms: 108.0,
+            },
+            compute: Spread {
+                mean_ms: 20.25,
+                ..Spread::default()
+            },
         };
         let t = latency_table(std::slice::from_ref(&l));
         let header = t.lines().nth(1).unwrap();
@@ -287,7 +350,19 @@ mod tests {
             assert!(header.contains(col), "{t}");
         }
         assert!(t.contains("120.2") || t.contains("120.3"), "{t}");
-        assert_eq!(latency_json(&[l])[0]["p99_ms"], 130.0);
+        let split = t
+            .lines()
+            .find(|l| l.starts_with("resnet50  queue"))
+            .unwrap();
+        assert!(split.contains("100.0") && split.contains("107.5"), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.contains("compute") && l.contains("20.2")),
+            "{t}"
+        );
+        let v = latency_json(&[l]);
+        assert_eq!(v[0]["p99_ms"], 130.0);
+        assert_eq!(v[0]["queue"]["p99_ms"], 107.5);
     }
 
     #[test]
@@ -299,10 +374,19 @@ mod tests {
                 ("127.0.0.1:8003".parse().unwrap(), 2),
                 ("127.0.0.1:8001".parse().unwrap(), 1),
             ],
+            weight: 2,
+            query_share: 0.75,
+            time_share: 0.5,
         };
         let t = placement_table(std::slice::from_ref(&p));
         assert!(t.contains("127.0.0.1:8001×1 127.0.0.1:8003×2"), "{t}");
         let v = placement_json(&[p]);
         assert_eq!(v[0]["workers"][0]["queries"], 2);
+        assert_eq!(v[0]["weight"], 2);
+        assert_eq!(v[0]["time_share"], 0.5);
+        assert!(
+            t.contains(" 2 ") && t.contains("75%") && t.contains("50%"),
+            "{t}"
+        );
     }
 }

@@ -1,0 +1,486 @@
+//! The scheduler on a virtual clock: workers with two query slots each
+//! (one running, one waiting, as `infer/worker.rs` holds them) run queries
+//! of models of different costs, one after another, and jobs of different
+//! weights arrive while the workers are busy.
+//!
+//! What "each job within one query of its weighted share" means here: the
+//! test keeps its own account `E_j` of the worker time (the model's true
+//! cost per image times the images) of the queries leased to each job,
+//! refunded when a lease is released unfinished. Each admission of a job
+//! restarts every account from the work the job has in flight then (work
+//! leased before a newcomer arrived still takes worker time after), the
+//! newcomer's from zero. A job's weighted virtual time is `V_j = E_j / w_j`;
+//! one query of job j is `c_j / w_j` (its batch's cost over its weight) and
+//! `q` is the largest of those over the jobs with images left to lease.
+//! At every instant:
+//! - every lease goes to a job with `V_j < min V + q`: a job a query or more
+//!   ahead of the furthest-behind job gets nothing;
+//! - the spread `max V - min V` is at most `q`, except after an admission or
+//!   a released lease, after which it never grows until it is back within `q`
+//!   (the newcomer, or the job that lost work, takes the next free slots).
+//! And over the run, the worker time each job's completed queries took,
+//! over its weight, is level within a few percent.
+
+use crate::control::jobs::JobsState;
+use crate::control::scheduler::{Completion, Scheduler};
+use crate::latency::QueryTime;
+use dml_shared::infer::{JobId, JobState};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const BATCH: u32 = 4;
+const SLOTS: usize = 2;
+/// Time for the leader to notice a dead worker.
+const DETECT: Duration = Duration::from_secs(1);
+
+/// True compute time per image.
+fn image_cost(model: &str) -> Duration {
+    match model {
+        "resnet50" => Duration::from_millis(40),
+        "inceptionv3" => Duration::from_millis(100),
+        _ => Duration::from_millis(10),
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A job to submit at `at`.
+struct Arrival {
+    at: Duration,
+    model: &'static str,
+    images: u32,
+    weight: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Held {
+    query: u64,
+    job: JobId,
+    model: String,
+    images: Vec<u32>,
+    leased: Instant,
+}
+
+#[derive(Default)]
+struct Worker {
+    /// Leases held, the first running since `started`.
+    held: VecDeque<Held>,
+    started: Option<Instant>,
+    dead: bool,
+}
+
+struct Sim {
+    t0: Instant,
+    now: Instant,
+    /// Virtual time since `t0` the run has reached.
+    t: Duration,
+    state: JobsState,
+    sch: Scheduler,
+    workers: Vec<Worker>,
+    /// Leases the test knows of: query -> (job, worker index, true cost).
+    leases: HashMap<u64, (JobId, usize, Duration)>,
+    /// The test's account of each admitted job (see the module doc).
+    account: BTreeMap<JobId, Duration>,
+    weight: BTreeMap<JobId, u32>,
+    /// Worker time of each job's completed queries.
+    worked: BTreeMap<JobId, Duration>,
+    /// (when, job, true cost) of each completed query.
+    completions: Vec<(Duration, JobId, Duration)>,
+    /// (when, job) of each lease.
+    log: Vec<(Duration, JobId)>,
+    /// The spread allowed until it is back within one query (after an
+    /// admission or a release).
+    allowed: f64,
+    /// Leases given while a job was at least a query ahead (must stay 0).
+    unfair: Vec<String>,
+    /// Largest spread seen once settled, in units of `q`.
+    worst: f64,
+    dispatches: usize,
+}
+
+impl Sim {
+    fn new(workers: usize) -> Self {
+        let t0 = Instant::now();
+        let mut sch = Scheduler::new(1, Duration::from_secs(60));
+        // Each model's cost is known from an earlier job (a new model is
+        // charged the default until its first query completes).
+        for (i, model) in ["tiny", "resnet50", "inceptionv3"].iter().enumerate() {
+            let warm = Completion {
+                query: u64::MAX - i as u64,
+                job: 0,
+                model,
+                worker: addr(1),
+                images: &[0, 1, 2, 3],
+                new: 0,
+                time: QueryTime {
+                    queue: Duration::ZERO,
+                    compute: image_cost(model) * BATCH,
+                },
+            };
+            sch.completed(warm, t0);
+        }
+        Self {
+            t0,
+            now: t0,
+            t: Duration::ZERO,
+            state: JobsState::default(),
+            sch,
+            workers: (0..workers).map(|_| Worker::default()).collect(),
+            leases: HashMap::new(),
+            account: BTreeMap::new(),
+            weight: BTreeMap::new(),
+            worked: BTreeMap::new(),
+            completions: Vec::new(),
+            log: Vec::new(),
+            allowed: 0.0,
+            unfair: Vec::new(),
+            worst: 0.0,
+            dispatches: 0,
+        }
+    }
+
+    /// Jobs with images not yet leased (the ones a lease can go to).
+    fn backlogged(&self) -> Vec<JobId> {
+        self.account
+            .keys()
+            .copied()
+            .filter(|id| {
+                let j = &self.state.jobs[id];
+                let in_flight: usize = self
+                    .workers
+                    .iter()
+                    .flat_map(|w| &w.held)
+                    .filter(|h| h.job == *id)
+                    .map(|h| h.images.len())
+                    .sum();
+                j.state == JobState::Running && (j.done as usize + in_flight) < j.count as usize
+            })
+            .collect()
+    }
+
+    /// (min V, max V, q) over the backlogged jobs, in seconds.
+    fn spread(&self) -> Option<(f64, f64, f64)> {
+        let jobs = self.backlogged();
+        if jobs.len() < 2 {
+            return None;
+        }
+        let v = |id: &JobId| self.account[id].as_secs_f64() / f64::from(self.weight[id]);
+        let min = jobs.iter().map(v).fold(f64::INFINITY, f64::min);
+        let max = jobs.iter().map(v).fold(f64::NEG_INFINITY, f64::max);
+        let q = jobs
+            .iter()
+            .map(|id| {
+                let c = image_cost(&self.state.jobs[id].model) * BATCH;
+                c.as_secs_f64() / f64::from(self.weight[id])
+            })
+            .fold(0.0, f64::max);
+        Some((min, max, q))
+    }
+
+    /// Checks the spread after an event; `reset`: an admission or a release
+    /// just happened, so the spread may be wider, but not grow after.
+    fn check(&mut self, reset: bool) {
+        let Some((min, max, q)) = self.spread() else {
+            self.allowed = 0.0;
+            return;
+        };
+        let spread = max - min;
+        let eps = 1e-9;
+        if reset {
+            self.allowed = spread.max(q);
+            return;
+        }
+        assert!(
+            spread <= self.allowed.max(q) + eps,
+            "at {:?} the spread of weighted virtual times grew to {spread} (allowed {}, one query {q}): {:?}",
+            self.now - self.t0,
+            self.allowed,
+            self.account
+        );
+        self.allowed = spread.max(q).min(self.allowed.max(q));
+        if spread <= q + eps {
+            self.worst = self.worst.max(spread / q);
+        }
+    }
+
+    fn admit(&mut self, a: &Arrival) {
+        let images = (0..a.images).map(|i| format!("img{i}")).collect();
+        let id = self
+            .state
+            .submit_weighted(a.model, "d/", images, a.images, a.weight, 0);
+        assert_eq!(self.sch.sync(&self.state), 1);
+        // Every account restarts from its work in flight.
+        for v in self.account.values_mut() {
+            *v = Duration::ZERO;
+        }
+        for (job, _, cost) in self.leases.values() {
+            if let Some(v) = self.account.get_mut(job) {
+                *v += *cost;
+            }
+        }
+        self.account.insert(id, Duration::ZERO);
+        self.weight.insert(id, a.weight);
+        self.check(true);
+    }
+
+    /// The running query of worker `w` ends now.
+    fn finish(&mut self, w: usize) {
+        let h = self.workers[w].held.pop_front().expect("a running query");
+        let started = self.workers[w].started.take().expect("started");
+        let (_, _, cost) = self.leases.remove(&h.query).expect("a known lease");
+        let results: Vec<_> = h
+            .images
+            .iter()
+            .map(|i| dml_shared::infer::ImageResult {
+                index: *i,
+                image: String::new(),
+                outcome: dml_shared::infer::Outcome::Error("sim".into()),
+            })
+            .collect();
+        let accepted = self.state.complete(h.job, &results, 0);
+        // The leader may sync (the job ended) before it hears of the completion.
+        self.sch.sync(&self.state);
+        let done = Completion {
+            query: h.query,
+            job: h.job,
+            model: &h.model,
+            worker: addr(w as u16 + 1),
+            images: &h.images,
+            new: accepted.new,
+            time: QueryTime {
+                queue: started - h.leased,
+                compute: cost,
+            },
+        };
+        self.sch.completed(done, self.now);
+        *self.worked.entry(h.job).or_default() += cost;
+        self.completions.push((self.now - self.t0, h.job, cost));
+        self.check(false);
+    }
+
+    fn detect(&mut self, w: usize) {
+        let released = self.sch.worker_gone(addr(w as u16 + 1));
+        let gone: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, lw, _))| *lw == w)
+            .map(|(q, _)| *q)
+            .collect();
+        assert_eq!(released, gone.len());
+        for q in gone {
+            let (job, _, cost) = self.leases.remove(&q).unwrap();
+            if let Some(v) = self.account.get_mut(&job) {
+                *v = v.saturating_sub(cost);
+            }
+        }
+        self.workers[w].held.clear();
+        self.workers[w].started = None;
+        self.check(true);
+    }
+
+    /// Worker `w` asks for a lease for a free slot.
+    fn lease(&mut self, w: usize) -> bool {
+        self.sch.sync(&self.state);
+        let before = self.spread();
+        let Some(d) = self.sch.dispatch(addr(w as u16 + 1), |_| BATCH, self.now) else {
+            return false;
+        };
+        self.dispatches += 1;
+        self.log.push((self.now - self.t0, d.job));
+        if let Some((min, _, q)) = before {
+            let v = self.account[&d.job].as_secs_f64() / f64::from(self.weight[&d.job]);
+            if v >= min + q - 1e-9 {
+                self.unfair.push(format!(
+                    "at {:?} job {} got a lease at V {v} with the furthest behind at {min} (one query {q})",
+                    self.now - self.t0,
+                    d.job
+                ));
+            }
+        }
+        let cost = image_cost(&d.model) * d.images.len() as u32;
+        *self.account.get_mut(&d.job).expect("admitted") += cost;
+        self.leases.insert(d.query, (d.job, w, cost));
+        self.workers[w].held.push_back(Held {
+            query: d.query,
+            job: d.job,
+            model: d.model,
+            images: d.images,
+            leased: self.now,
+        });
+        self.check(false);
+        true
+    }
+
+    /// Runs from where it stopped until `end` (1 ms steps): arrivals,
+    /// completions, and workers that die at a time (noticed [`DETECT`] later).
+    fn run(&mut self, arrivals: &[Arrival], deaths: &[(usize, Duration)], end: Duration) {
+        let step = Duration::from_millis(1);
+        while self.t <= end {
+            let t = self.t;
+            self.now = self.t0 + t;
+            for a in arrivals.iter().filter(|a| a.at == t) {
+                self.admit(a);
+            }
+            for &(w, at) in deaths {
+                if at == t {
+                    self.workers[w].dead = true;
+                }
+                if at + DETECT == t {
+                    self.detect(w);
+                }
+            }
+            for w in 0..self.workers.len() {
+                let worker = &self.workers[w];
+                let due = match (worker.held.front(), worker.started) {
+                    (Some(h), Some(s)) => {
+                        s + image_cost(&h.model) * h.images.len() as u32 <= self.now
+                    }
+                    _ => false,
+                };
+                if due && !worker.dead {
+                    self.finish(w);
+                }
+            }
+            for w in 0..self.workers.len() {
+                while !self.workers[w].dead && self.workers[w].held.len() < SLOTS && self.lease(w) {
+                }
+                let worker = &mut self.workers[w];
+                if !worker.dead && worker.started.is_none() && !worker.held.is_empty() {
+                    worker.started = Some(self.now);
+                }
+            }
+            self.t += step;
+        }
+    }
+
+    fn run_more(&mut self, end: Duration) {
+        self.run(&[], &[], end);
+    }
+
+    fn assert_fair(&self) {
+        assert!(self.unfair.is_empty(), "{:#?}", self.unfair);
+        assert!(self.worst <= 1.0 + 1e-9, "{}", self.worst);
+        assert!(self.dispatches > 100, "{}", self.dispatches);
+    }
+}
+
+fn level(v: &[f64]) -> f64 {
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    max / min
+}
+
+/// Worker time of the queries each job completed from `from` on, over its weight.
+fn work_since(sim: &Sim, from: Duration) -> BTreeMap<JobId, f64> {
+    let mut m = BTreeMap::new();
+    for (at, job, cost) in &sim.completions {
+        if *at >= from {
+            *m.entry(*job).or_default() += cost.as_secs_f64() / f64::from(sim.weight[job]);
+        }
+    }
+    m
+}
+
+#[test]
+fn two_jobs_submitted_a_second_apart_share_worker_time_from_the_first_query() {
+    let mut sim = Sim::new(4);
+    let arrivals = [
+        Arrival {
+            at: Duration::ZERO,
+            model: "resnet50",
+            images: 4000,
+            weight: 1,
+        },
+        Arrival {
+            at: Duration::from_secs(1),
+            model: "inceptionv3",
+            images: 4000,
+            weight: 1,
+        },
+    ];
+    sim.run(&arrivals, &[], Duration::from_secs(60));
+    sim.assert_fair();
+    // Job 1's eight queries in flight at 1 s (1.28 s of worker time) go on
+    // after job 2 came: job 2 takes the next free slots (three of its 0.4 s
+    // queries) until one of job 1's would leave job 1 no further ahead than
+    // one of job 2's, then the two alternate.
+    let after: Vec<JobId> = sim
+        .log
+        .iter()
+        .filter(|(at, _)| *at >= Duration::from_secs(1))
+        .map(|(_, j)| *j)
+        .collect();
+    assert_eq!(after[..3], [2, 2, 2], "{:?}", &after[..12]);
+    assert!(after[3..12].contains(&1), "{:?}", &after[..12]);
+    // Worker time of the queries they completed since job 2 came (job 1's
+    // in-flight ones included): level within 3 %.
+    let work = work_since(&sim, Duration::from_secs(1));
+    let level = level(&work.values().copied().collect::<Vec<_>>());
+    assert!(level < 1.03, "{work:?}");
+    // So the cheaper model completed more queries: 2.5x the images.
+    let images = |id| f64::from(sim.state.jobs[&id].done);
+    let r = images(1) / images(2);
+    assert!((r - 2.5).abs() < 0.2, "{} {}", images(1), images(2));
+}
+
+#[test]
+fn five_jobs_weighted_1_1_2_4_8_share_worker_time_by_weight() {
+    let mut sim = Sim::new(4);
+    let models = ["tiny", "resnet50", "inceptionv3", "resnet50", "tiny"];
+    let arrivals: Vec<Arrival> = [1, 1, 2, 4, 8]
+        .iter()
+        .zip(models)
+        .enumerate()
+        .map(|(i, (&weight, model))| Arrival {
+            at: Duration::from_millis(200 * i as u64),
+            model,
+            images: 40_000,
+            weight,
+        })
+        .collect();
+    sim.run(&arrivals, &[], Duration::from_secs(60));
+    sim.assert_fair();
+    // Over the last 50 s, worker time over weight is level within 5 %.
+    let work = work_since(&sim, Duration::from_secs(10));
+    assert_eq!(work.len(), 5);
+    let l = level(&work.values().copied().collect::<Vec<_>>());
+    assert!(l < 1.05, "{work:?}");
+}
+
+#[test]
+fn a_worker_dying_mid_batch_costs_no_job_its_share() {
+    let mut sim = Sim::new(4);
+    let arrivals = [
+        Arrival {
+            at: Duration::ZERO,
+            model: "inceptionv3",
+            images: 2000,
+            weight: 1,
+        },
+        Arrival {
+            at: Duration::from_millis(500),
+            model: "resnet50",
+            images: 6000,
+            weight: 2,
+        },
+    ];
+    // Worker 2 dies 5.15 s in, in the middle of a query, holding another.
+    sim.run(
+        &arrivals,
+        &[(1, Duration::from_millis(5150))],
+        Duration::from_secs(60),
+    );
+    sim.assert_fair();
+    let work = work_since(&sim, Duration::from_secs(10));
+    let l = level(&work.values().copied().collect::<Vec<_>>());
+    assert!(l < 1.05, "{work:?}");
+    // The dead worker's queries ran elsewhere: every image of the smaller
+    // job has exactly one result once it is done.
+    sim.run_more(Duration::from_secs(200));
+    let j = &sim.state.jobs[&1];
+    assert_eq!((j.state, j.done), (JobState::Done, 2000));
+    assert_eq!(sim.sch.latency("inceptionv3").unwrap().count, 500);
+}
