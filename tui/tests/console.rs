@@ -318,6 +318,24 @@ mod state {
     }
 
     #[test]
+    fn a_restarted_agent_counts_once_in_the_header() {
+        let mut a = app(10, (100, 30));
+        let (alive, total) = a.alive_total();
+        let mut f = synth::frame(10, 5);
+        // Agent 3's previous incarnation, failed, is still in the view.
+        let mut old = f.members[3].clone();
+        old.id = dml_shared::NodeId::new(old.id.addr, old.id.started - 1_000);
+        old.state = dml_shared::api::MemberState::Failed;
+        f.members.push(old);
+        a.handle(Event::Frame(Box::new(f.clone())));
+        assert_eq!(a.alive_total(), (alive, total));
+        // Its newest incarnation failing is counted.
+        f.members[3].state = dml_shared::api::MemberState::Failed;
+        a.handle(Event::Frame(Box::new(f)));
+        assert_eq!(a.alive_total(), (alive - 1, total));
+    }
+
+    #[test]
     fn events_are_not_repeated_and_a_resync_replaces_them() {
         let mut a = app(10, (100, 30));
         assert_eq!(a.events.len(), 7, "the tail arrives once");

@@ -600,8 +600,12 @@ impl App {
 
     /// Where the panes go on a screen of `area`.
     pub fn pane_rects(&self, area: Rect) -> Vec<(Pane, Rect)> {
-        let members = self.frame.as_ref().map_or(0, |f| f.members.len());
-        layout::panes_for(area, self.focus, self.expanded, members)
+        let rows = layout::Rows {
+            members: self.frame.as_ref().map_or(0, |f| f.members.len()),
+            models: self.models().len(),
+            jobs: self.jobs().len(),
+        };
+        layout::panes_for(area, self.focus, self.expanded, rows)
     }
 
     /// Rows of a pane after its filter.
@@ -713,14 +717,23 @@ impl App {
     }
 
     /// Live and total members in the frame.
+    /// (alive, total) over the current members: an agent that restarted is
+    /// listed once per incarnation, and only its newest counts.
     pub fn alive_total(&self) -> (usize, usize) {
         self.frame.as_ref().map_or((0, 0), |f| {
-            let live = f
-                .members
-                .iter()
+            let mut newest: std::collections::HashMap<SocketAddr, &dml_shared::api::MemberInfo> =
+                std::collections::HashMap::new();
+            for m in &f.members {
+                let e = newest.entry(m.id.addr).or_insert(m);
+                if m.id.started > e.id.started {
+                    *e = m;
+                }
+            }
+            let live = newest
+                .values()
                 .filter(|m| m.state == MemberState::Alive)
                 .count();
-            (live, f.members.len())
+            (live, newest.len())
         })
     }
 }

@@ -60,14 +60,33 @@ pub fn chrome(area: Rect) -> (Rect, Rect, Rect) {
     (v[0], v[1], v[2])
 }
 
-/// Each pane's rectangle; with `expanded`, only the focused one.
-pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
-    panes_for(area, focus, expanded, usize::MAX)
+/// Rows the panes would show, so that each takes the height it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub members: usize,
+    pub models: usize,
+    pub jobs: usize,
 }
 
-/// [`panes`] for a cluster of `members` rows: a small cluster's membership
-/// pane gives the space it does not need to the pane below it.
-pub fn panes_for(area: Rect, focus: Pane, expanded: bool, members: usize) -> Vec<(Pane, Rect)> {
+impl Rows {
+    /// As many as fit: every pane at its largest share.
+    pub const MANY: Rows = Rows {
+        members: usize::MAX,
+        models: usize::MAX,
+        jobs: usize::MAX,
+    };
+}
+
+/// Each pane's rectangle; with `expanded`, only the focused one.
+pub fn panes(area: Rect, focus: Pane, expanded: bool) -> Vec<(Pane, Rect)> {
+    panes_for(area, focus, expanded, Rows::MANY)
+}
+
+/// [`panes`] sized to their content: the membership, models and jobs panes
+/// take the rows they need (within their share, never less than a few), and
+/// give the rest to the events and SDFS panes.
+pub fn panes_for(area: Rect, focus: Pane, expanded: bool, rows: Rows) -> Vec<(Pane, Rect)> {
+    let members = rows.members;
     let (_, body, _) = chrome(area);
     if expanded {
         return vec![(focus, body)];
@@ -85,12 +104,18 @@ pub fn panes_for(area: Rect, focus: Pane, expanded: bool, members: usize) -> Vec
         let want = u16::try_from(members.saturating_add(3)).unwrap_or(u16::MAX);
         Length(want.clamp(MIN_MEMBER_PANE.min(cap), cap))
     };
+    // Border and header around `n` rows, within `share` percent of the body.
+    let fit = |n: usize, share: u16| {
+        let cap = body.height * share / 100;
+        let want = u16::try_from(n.saturating_add(3)).unwrap_or(u16::MAX);
+        Length(want.clamp(MIN_MEMBER_PANE.min(cap), cap))
+    };
     if body.width >= WIDE {
         let cols = split(Direction::Horizontal, &[Percentage(55), Min(0)], body);
         let left = split(Direction::Vertical, &[needed(65), Min(0)], cols[0]);
         let right = split(
             Direction::Vertical,
-            &[Percentage(35), Percentage(35), Min(0)],
+            &[fit(rows.models, 35), fit(rows.jobs, 35), Min(0)],
             cols[1],
         );
         vec![
@@ -103,7 +128,7 @@ pub fn panes_for(area: Rect, focus: Pane, expanded: bool, members: usize) -> Vec
     } else {
         let rows = split(
             Direction::Vertical,
-            &[needed(40), Percentage(30), Min(0)],
+            &[needed(40), fit(rows.models.max(rows.jobs), 30), Min(0)],
             body,
         );
         let mid = split(Direction::Horizontal, &[Percentage(55), Min(0)], rows[1]);
@@ -165,10 +190,37 @@ mod tests {
     #[test]
     fn a_small_cluster_leaves_its_spare_rows_to_the_other_panes() {
         let area = Rect::new(0, 0, 200, 60);
-        let members = |n| panes_for(area, Pane::Members, false, n)[0].1.height;
+        let members = |n| {
+            let rows = Rows {
+                members: n,
+                ..Rows::MANY
+            };
+            panes_for(area, Pane::Members, false, rows)[0].1.height
+        };
         assert_eq!(members(10), 13);
         assert_eq!(members(1000), 37);
         assert_eq!(members(0), 6);
+    }
+
+    #[test]
+    fn few_models_and_jobs_leave_their_rows_to_sdfs() {
+        let area = Rect::new(0, 0, 160, 48);
+        let few = Rows {
+            members: 10,
+            models: 3,
+            jobs: 2,
+        };
+        let height = |rows, p| {
+            panes_for(area, Pane::Members, false, rows)
+                .into_iter()
+                .find(|(q, _)| *q == p)
+                .unwrap()
+                .1
+                .height
+        };
+        assert_eq!(height(few, Pane::Models), 6);
+        assert_eq!(height(few, Pane::Jobs), 6);
+        assert!(height(few, Pane::Sdfs) > height(Rows::MANY, Pane::Sdfs) + 10);
     }
 
     #[test]

@@ -108,10 +108,12 @@ pub fn members(app: &App, area: Rect, buf: &mut Buffer) {
         let st = nodes
             .iter()
             .find(|s| s.addr == Some(m.id.addr) && m.state.is_live());
+        // Narrow: the incarnation's start time (UTC) stands for the id; the
+        // address has its own column.
         let mut cells = vec![Cell::from(if wide {
             m.id.to_string()
         } else {
-            format!("#{}", m.id.started % 1_000_000)
+            clock(m.id.started)
         })];
         if !wide {
             cells.push(Cell::from(m.id.addr.to_string()));
@@ -122,7 +124,13 @@ pub fn members(app: &App, area: Rect, buf: &mut Buffer) {
                 Style::new().fg(state_color(m.state)),
             )),
             Cell::from(m.incarnation.to_string()),
-            Cell::from(m.last_heard_ms.map_or_else(|| "-".into(), age_ms)),
+            // Only the members this agent probes are heard from on a schedule;
+            // for the others the last contact (their join) says nothing.
+            Cell::from(
+                m.last_heard_ms
+                    .filter(|_| m.monitors.iter().any(|n| n.addr == app.agent))
+                    .map_or_else(|| "-".into(), age_ms),
+            ),
             Cell::from(match app.role(m) {
                 "leader" => Span::styled("leader", Style::new().fg(Color::Magenta).bold()),
                 r => Span::raw(r),
@@ -164,10 +172,10 @@ pub fn members(app: &App, area: Rect, buf: &mut Buffer) {
     } else {
         (
             vec![
-                "node", "address", "state", "inc", "heard", "role", "cpu", "mem", "sdfs", "q",
+                "started", "address", "state", "inc", "heard", "role", "cpu", "mem", "sdfs", "q",
             ],
             vec![
-                Constraint::Length(7),
+                Constraint::Length(8),
                 Constraint::Length(15),
                 Constraint::Length(7),
                 Constraint::Length(3),
