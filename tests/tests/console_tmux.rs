@@ -229,8 +229,11 @@ async fn the_console_shows_members_changes_batch_size_and_survives_its_agent() {
             t.capture().unwrap_or_default()
         )
     });
-    wait_screen(&t, "the console to show the result", SHOW, |s| {
-        s.contains(&format!("{model}: batch size set to {after}"))
+    // The change is cluster-wide: the result says how to undo it.
+    wait_screen(&t, "the console to show the result and the undo", SHOW, |s| {
+        s.contains(&format!(
+            "{model}: batch size {before} -> {after} on every worker; undo: :set-batch-size {model} {before}"
+        ))
     })
     .await
     .unwrap();

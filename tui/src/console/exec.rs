@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 /// The commands `:` accepts, for the usage error.
-pub const COMMANDS: &str = "members, id, leader, stats, join, leave, put, get, delete, ls, \
+pub const COMMANDS: &str = "help, members, id, leader, stats, join, leave, put, get, delete, ls, \
     ls-all, store, get-versions, sdfs files|nodes|count, submit-job, jobs, get-output, \
     set-batch-size, models, rates, latency, placement";
 
@@ -95,8 +95,21 @@ async fn set_batch(agent: SocketAddr, model: &str, size: u32) -> Result<String, 
         model: model.to_string(),
         size,
     };
+    // The size before, for the undo hint: the change is cluster-wide.
+    let before = match infer(agent, InferRequest::Models).await {
+        Ok(InferResponse::Models(ms)) => ms
+            .into_iter()
+            .find(|m| m.name == model)
+            .map(|m| m.batch_size),
+        _ => None,
+    };
     infer(agent, req).await?;
-    Ok(format!("{model}: batch size set to {size}"))
+    Ok(match before {
+        Some(b) if b != size => format!(
+            "{model}: batch size {b} -> {size} on every worker; undo: :set-batch-size {model} {b}"
+        ),
+        _ => format!("{model}: batch size set to {size} on every worker"),
+    })
 }
 
 async fn submit(
@@ -146,6 +159,11 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
     };
     let mut out = String::new();
     match cmd {
+        "help" => {
+            out = format!(
+                "commands (as dml's, without \"dml\"): {COMMANDS}; keys: press ? (Esc closes)"
+            );
+        }
         "members" => {
             let ms = client.members().await?;
             let _ = writeln!(out, "{} members", ms.len());
@@ -483,6 +501,12 @@ mod tests {
         assert_eq!(
             e.to_string().split(';').next(),
             Some("unknown command \"frobnicate\"")
+        );
+        // :help answers without an agent.
+        let help = command(agent, &words(&["help"])).await.unwrap();
+        assert!(
+            help.contains("submit-job") && help.contains("press ?"),
+            "{help}"
         );
         let e = fail(&["put", "only-one"]).await;
         assert_eq!(e.to_string(), "usage: put LOCALFILE SDFSNAME");
