@@ -194,6 +194,9 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
                 assert!(done_by.insert(*i, worker).is_none(), "image {i} ran twice");
             }
             let now = w.now;
+            // The leader may sync with the applied state (and so let a
+            // finished job go) before it hears of the completion.
+            core.sync(&w.state, now);
             core.completed(done(query, job, worker, &images, new), now);
         }
         let now_ms = w.now_ms();
@@ -240,6 +243,8 @@ fn a_stalled_workers_query_is_dispatched_again_and_every_result_counts_once() {
     let c2 = core.latency();
     assert_eq!(c2.len(), 1);
     assert_eq!(c2[0].count, queries, "{c2:?}");
+    let per_worker: u64 = core.job_workers(job).iter().map(|w| w.queries).sum();
+    assert_eq!(per_worker, queries, "dml job counts the last query too");
     let rate = core.rates(&w.state, w.now);
     let c1 = rate.iter().find(|r| r.model == MODEL).unwrap();
     assert_eq!(c1.queries_total, queries);

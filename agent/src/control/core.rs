@@ -142,7 +142,17 @@ impl LeaderCore {
         let admitted = self.sched.sync(&state.jobs);
         let expired = self.sched.expire(now);
         let sched = &self.sched;
-        self.progress.retain_open(|q| sched.lease(q).is_some());
+        // A finished job's last completions may be heard after the
+        // scheduler let the job go: they still count.
+        let done = |job: JobId| {
+            state
+                .jobs
+                .jobs
+                .get(&job)
+                .is_some_and(|j| j.state == JobState::Done)
+        };
+        self.progress
+            .retain_open(|q, job| sched.lease(q).is_some() || done(job));
         admitted + expired > 0
     }
 
@@ -216,7 +226,7 @@ impl LeaderCore {
     pub fn cancelled(&mut self, job: JobId) -> usize {
         let released = self.sched.drop_job(job);
         let sched = &self.sched;
-        self.progress.retain_open(|q| sched.lease(q).is_some());
+        self.progress.retain_open(|q, _| sched.lease(q).is_some());
         released
     }
 

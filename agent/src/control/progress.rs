@@ -67,10 +67,11 @@ impl Progress {
         w.queue_ms += held.saturating_sub(elapsed).as_millis() as u64;
     }
 
-    /// Forgets the open queries `held` says are no longer leased (expired,
-    /// released, or of an ended job); their late results are not counted here.
-    pub fn retain_open(&mut self, held: impl Fn(u64) -> bool) {
-        self.open.retain(|q, _| held(*q));
+    /// Forgets the open queries `keep` (given the query and its job) says
+    /// are no longer leased (expired, released, or of a cancelled job);
+    /// their late results are not counted here.
+    pub fn retain_open(&mut self, keep: impl Fn(u64, JobId) -> bool) {
+        self.open.retain(|q, o| keep(*q, o.job));
     }
 
     /// The workers of `job`, with `in_flight` queries held now by each.
@@ -118,7 +119,7 @@ mod tests {
         assert_eq!((w[0].compute_ms, w[0].queue_ms), (300, 300));
         assert_eq!((w[1].worker, w[1].in_flight, w[1].queries), (addr(3), 2, 0));
         // Leases gone from the scheduler are forgotten.
-        p.retain_open(|q| q != 4);
+        p.retain_open(|q, _| q != 4);
         p.completed(4, 1, ms(1), t + ms(2));
         assert!(p.workers(8, &[]).is_empty());
     }
