@@ -224,6 +224,50 @@ mod state {
     }
 
     #[test]
+    fn colon_completes_command_names_and_recalls_earlier_lines() {
+        let mut a = app(10, (100, 30));
+        let line = |a: &App| match &a.input {
+            Some(Input::Command(t)) => t.clone(),
+            other => panic!("not on the command line: {other:?}"),
+        };
+        a.handle(ch(':'));
+        typed(&mut a, "ls-a");
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(line(&a), "ls-all ");
+        typed(&mut a, "'*'");
+        let ls = Some(Action::Command(vec!["ls-all".into(), "*".into()]));
+        assert_eq!(a.handle(key(KeyCode::Enter)), ls);
+        a.handle(ch(':'));
+        typed(&mut a, "ge");
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(line(&a), "get", "the prefix the choices share");
+        let shown = &a.message.as_ref().unwrap().text;
+        assert!(
+            shown.contains("get-versions") && shown.contains("get-output"),
+            "{shown}"
+        );
+        typed(&mut a, "-output 3");
+        a.handle(key(KeyCode::Enter));
+        // Up walks back through what ran, Down forward to an empty line.
+        a.handle(ch(':'));
+        a.handle(key(KeyCode::Up));
+        assert_eq!(line(&a), "get-output 3");
+        a.handle(key(KeyCode::Up));
+        assert_eq!(line(&a), "ls-all '*'");
+        a.handle(key(KeyCode::Up));
+        assert_eq!(line(&a), "ls-all '*'", "the oldest stays");
+        a.handle(key(KeyCode::Down));
+        assert_eq!(line(&a), "get-output 3");
+        a.handle(key(KeyCode::Down));
+        assert_eq!(line(&a), "");
+        a.handle(key(KeyCode::Up));
+        assert_eq!(
+            a.handle(key(KeyCode::Enter)),
+            Some(Action::Command(vec!["get-output".into(), "3".into()]))
+        );
+    }
+
+    #[test]
     fn results_show_in_place_and_long_ones_in_a_popup_until_esc() {
         let mut a = app(10, (100, 30));
         a.handle(Event::Done {

@@ -147,10 +147,43 @@ pub struct App {
     /// The agent refused a steering action for a read-only credential:
     /// later ones are refused here, with the same reason.
     pub read_only: bool,
+    /// Command lines run from `:`, oldest first, and where Up/Down is in them.
+    pub commands: Vec<String>,
+    pub command_pos: Option<usize>,
     pub now_ms: u64,
     pub size: (u16, u16),
     pub quit: bool,
 }
+
+/// The first words `:` completes with Tab.
+pub const COMMAND_NAMES: [&str; 26] = [
+    "cancel",
+    "delete",
+    "get",
+    "get-all",
+    "get-output",
+    "get-versions",
+    "help",
+    "id",
+    "job",
+    "jobs",
+    "join",
+    "latency",
+    "leader",
+    "leave",
+    "ls",
+    "ls-all",
+    "members",
+    "models",
+    "placement",
+    "put",
+    "rates",
+    "sdfs",
+    "set-batch-size",
+    "stats",
+    "store",
+    "submit-job",
+];
 
 impl App {
     pub fn new(agent: SocketAddr, now_ms: u64, size: (u16, u16)) -> Self {
@@ -171,6 +204,8 @@ impl App {
             selected: [0; Pane::COUNT],
             message: None,
             read_only: false,
+            commands: Vec::new(),
+            command_pos: None,
             now_ms,
             size,
             quit: false,
@@ -393,6 +428,50 @@ impl App {
                 let input = self.input.take().expect("checked above");
                 return self.submit_input(input);
             }
+            KeyCode::Up | KeyCode::Down if matches!(input, Input::Command(_)) => {
+                let n = self.commands.len();
+                self.command_pos = match (k.code, self.command_pos) {
+                    (_, _) if n == 0 => None,
+                    (KeyCode::Up, None) => Some(n - 1),
+                    (KeyCode::Up, Some(p)) => Some(p.saturating_sub(1)),
+                    (_, Some(p)) if p + 1 < n => Some(p + 1),
+                    _ => None,
+                };
+                let line = self
+                    .command_pos
+                    .map_or_else(String::new, |p| self.commands[p].clone());
+                self.input = Some(Input::Command(line));
+                return None;
+            }
+            KeyCode::Tab if matches!(input, Input::Command(_)) => {
+                let Input::Command(t) = input else {
+                    unreachable!("matched above")
+                };
+                if !t.contains(' ') {
+                    let found: Vec<&str> = COMMAND_NAMES
+                        .iter()
+                        .copied()
+                        .filter(|c| c.starts_with(t.as_str()))
+                        .collect();
+                    match found[..] {
+                        [] => {}
+                        [one] => *t = format!("{one} "),
+                        _ => {
+                            // The longest prefix they share, and the choices.
+                            let mut common = found[0].to_string();
+                            for c in &found[1..] {
+                                while !c.starts_with(&common) {
+                                    common.pop();
+                                }
+                            }
+                            *t = common;
+                            let list = found.join(" ");
+                            self.say(&list, true);
+                        }
+                    }
+                }
+                return None;
+            }
             KeyCode::Tab | KeyCode::Down => {
                 if let Input::Submit(f) = input {
                     f.field = (f.field + 1) % SUBMIT_FIELDS.len();
@@ -442,6 +521,10 @@ impl App {
             Input::Command(t) => match split_words(&t) {
                 Ok(w) if w.is_empty() => None,
                 Ok(w) => {
+                    self.command_pos = None;
+                    if self.commands.last() != Some(&t) {
+                        self.commands.push(t.clone());
+                    }
                     self.say(&format!("running: {}", w.join(" ")), true);
                     Some(Action::Command(w))
                 }

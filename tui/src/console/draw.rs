@@ -22,10 +22,7 @@ pub const KEYS: [(&str, &str); 19] = [
     ("PgDn / PgUp", "move by ten rows"),
     ("g, Home / G, End", "first / last row"),
     ("/", "filter the focused pane (Enter keeps, Esc clears)"),
-    (
-        ":",
-        "command line: members, leader, put, get, delete, ls, ...",
-    ),
+    (":", "dml's commands; Tab completes, Up/Down recall"),
     (
         "+ / -",
         "models pane: batch size of the selected model up / down",
