@@ -242,6 +242,8 @@ pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
             )),
             Col::Count => Cell::from(r.map_or_else(|| "-".into(), |r| r.queries_total.to_string())),
             Col::Avg => Cell::from(ms(|l| l.mean_ms)),
+            Col::Queue => Cell::from(ms(|l| l.queue.mean_ms)),
+            Col::Work => Cell::from(ms(|l| l.compute.mean_ms)),
             Col::Std => Cell::from(ms(|l| l.stddev_ms)),
             Col::P50 => Cell::from(ms(|l| l.p50_ms)),
             Col::P90 => Cell::from(ms(|l| l.p90_ms)),
@@ -272,6 +274,10 @@ enum Col {
     Spark,
     Count,
     Avg,
+    /// C2's mean queue time (waiting on the worker).
+    Queue,
+    /// C2's mean compute time.
+    Work,
     Std,
     P50,
     P90,
@@ -288,6 +294,8 @@ impl Col {
             Col::Spark => "rate",
             Col::Count => "count",
             Col::Avg => "avg",
+            Col::Queue => "queue",
+            Col::Work => "work",
             Col::Std => "std",
             Col::P50 => "p50",
             Col::P90 => "p90",
@@ -311,9 +319,17 @@ fn model_columns(width: u16) -> Vec<(Col, u16)> {
         (Col::P99, 4),
     ];
     let used = |c: &[(Col, u16)]| c.iter().map(|(_, w)| w + 1).sum::<u16>();
-    for extra in [Col::Std, Col::P50, Col::P95, Col::P90, Col::Rate] {
-        if used(&cols) + 5 <= width {
-            cols.push((extra, 4));
+    for (extra, w) in [
+        (Col::Queue, 5),
+        (Col::Work, 5),
+        (Col::Std, 4),
+        (Col::P50, 4),
+        (Col::P95, 4),
+        (Col::P90, 4),
+        (Col::Rate, 4),
+    ] {
+        if used(&cols) + w < width {
+            cols.push((extra, w));
         }
     }
     let order = [
@@ -323,6 +339,8 @@ fn model_columns(width: u16) -> Vec<(Col, u16)> {
         Col::Spark,
         Col::Count,
         Col::Avg,
+        Col::Queue,
+        Col::Work,
         Col::Std,
         Col::P50,
         Col::P90,
