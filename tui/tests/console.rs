@@ -224,6 +224,36 @@ mod state {
     }
 
     #[test]
+    fn o_sorts_the_members_by_the_next_column_largest_first() {
+        let mut a = app(10, (100, 30));
+        let order = |a: &App| {
+            a.members()
+                .iter()
+                .map(|m| m.id.addr.port())
+                .collect::<Vec<_>>()
+        };
+        let by_address = order(&a);
+        assert!(by_address.windows(2).all(|w| w[0] < w[1]), "{by_address:?}");
+        a.handle(ch('o'));
+        a.handle(ch('o'));
+        assert_eq!(a.member_sort.column(), "cpu");
+        let f = a.frame.as_ref().unwrap();
+        let cpu = |port: u16| {
+            f.nodes
+                .iter()
+                .find(|n| n.addr.is_some_and(|x| x.port() == port))
+                .map_or(-1.0, |n| n.cpu_percent)
+        };
+        let cpus: Vec<f32> = order(&a).into_iter().map(cpu).collect();
+        assert!(cpus.windows(2).all(|w| w[0] >= w[1]), "{cpus:?}");
+        assert_ne!(order(&a), by_address);
+        for _ in 0..3 {
+            a.handle(ch('o'));
+        }
+        assert_eq!(order(&a), by_address, "back to the address order");
+    }
+
+    #[test]
     fn colon_completes_command_names_and_recalls_earlier_lines() {
         let mut a = app(10, (100, 30));
         let line = |a: &App| match &a.input {

@@ -147,12 +147,47 @@ pub struct App {
     /// The agent refused a steering action for a read-only credential:
     /// later ones are refused here, with the same reason.
     pub read_only: bool,
+    /// The membership pane's order (`o` cycles it).
+    pub member_sort: MemberSort,
     /// Command lines run from `:`, oldest first, and where Up/Down is in them.
     pub commands: Vec<String>,
     pub command_pos: Option<usize>,
     pub now_ms: u64,
     pub size: (u16, u16),
     pub quit: bool,
+}
+
+/// Orders of the membership pane: by address, else the largest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberSort {
+    Address,
+    State,
+    Cpu,
+    Memory,
+    Sdfs,
+}
+
+impl MemberSort {
+    pub fn next(self) -> Self {
+        match self {
+            MemberSort::Address => MemberSort::State,
+            MemberSort::State => MemberSort::Cpu,
+            MemberSort::Cpu => MemberSort::Memory,
+            MemberSort::Memory => MemberSort::Sdfs,
+            MemberSort::Sdfs => MemberSort::Address,
+        }
+    }
+
+    /// The column it sorts by, as the table's header names it.
+    pub fn column(self) -> &'static str {
+        match self {
+            MemberSort::Address => "address",
+            MemberSort::State => "state",
+            MemberSort::Cpu => "cpu",
+            MemberSort::Memory => "mem",
+            MemberSort::Sdfs => "sdfs",
+        }
+    }
 }
 
 /// The first words `:` completes with Tab.
@@ -204,6 +239,7 @@ impl App {
             selected: [0; Pane::COUNT],
             message: None,
             read_only: false,
+            member_sort: MemberSort::Address,
             commands: Vec::new(),
             command_pos: None,
             now_ms,
@@ -355,6 +391,10 @@ impl App {
             }
             KeyCode::Char(':') => self.input = Some(Input::Command(String::new())),
             KeyCode::Char('e') => self.expanded = !self.expanded,
+            KeyCode::Char('o') if self.focus == Pane::Members => {
+                self.member_sort = self.member_sort.next();
+                self.selected[Pane::Members as usize] = 0;
+            }
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
             KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b' | 'x'))
                 if self.read_only
@@ -723,6 +763,26 @@ impl App {
             })
             .collect();
         v.sort_by_key(|m| (m.id.addr, m.id.started));
+        let stats = |m: &MemberInfo| {
+            f.nodes
+                .iter()
+                .find(|n| n.addr == Some(m.id.addr) && m.state.is_live())
+        };
+        // Stable: equal keys keep the address order.
+        match self.member_sort {
+            MemberSort::Address => {}
+            MemberSort::State => v.sort_by_key(|m| m.state.as_str()),
+            MemberSort::Cpu => v.sort_by(|a, b| {
+                let cpu = |m| stats(m).map_or(-1.0, |n| n.cpu_percent);
+                cpu(b).total_cmp(&cpu(a))
+            }),
+            MemberSort::Memory => {
+                v.sort_by_key(|m| std::cmp::Reverse(stats(m).map(|n| n.rss_bytes)))
+            }
+            MemberSort::Sdfs => {
+                v.sort_by_key(|m| std::cmp::Reverse(stats(m).map(|n| n.sdfs_bytes)))
+            }
+        }
         v
     }
 

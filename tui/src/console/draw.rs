@@ -13,7 +13,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 /// Every key, as the help overlay lists it.
-pub const KEYS: [(&str, &str); 19] = [
+pub const KEYS: [(&str, &str); 20] = [
     ("?", "show or hide this help"),
     ("q, Ctrl-C", "quit"),
     ("Tab, l, →", "next pane"),
@@ -22,6 +22,7 @@ pub const KEYS: [(&str, &str); 19] = [
     ("PgDn / PgUp", "move by ten rows"),
     ("g, Home / G, End", "first / last row"),
     ("/", "filter the focused pane (Enter keeps, Esc clears)"),
+    ("o", "membership: sort by address, state, cpu, mem, sdfs"),
     (":", "dml's commands; Tab completes, Up/Down recall"),
     (
         "+ / -",

@@ -99,7 +99,11 @@ pub fn members(app: &App, area: Rect, buf: &mut Buffer) {
     let b = block(
         app,
         Pane::Members,
-        format!("{alive}/{total} alive, {} shown", all.len()),
+        format!(
+            "{alive}/{total} alive, {} shown, by {} (o)",
+            all.len(),
+            app.member_sort.column()
+        ),
     );
     let (off, n) = window(app, Pane::Members, area, all.len());
     let wide = area.width >= 110;
