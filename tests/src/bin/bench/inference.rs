@@ -6,8 +6,10 @@
 //!    (same file, 1 thread, same batch, pre-made tensors).
 //! 2. N agents (default 10), 1 thread each: cluster images/s of a resnet50 job over one bare
 //!    loop with 2 threads.
-//! 3. Two concurrent jobs (resnet50, inceptionv3, batch 1): max/min of their query rates over
-//!    10 s windows, worst and median.
+//! 3. Two concurrent jobs (resnet50, inceptionv3, batch 1): max/min of their worker time
+//!    (queries times the model's mean compute time per query from C2) over 10 s windows, worst
+//!    and median; before them, max/min of the images two resnet50 jobs submitted 0.5 s apart
+//!    completed in the first 10 s.
 //! 4. Time for a second job to reach its fair share (definition printed with the figure).
 //! 5. Longest interval without a completed image around a SIGKILL of a worker, then of the
 //!    leader (polled every 50 ms through a surviving non-voter).
@@ -148,6 +150,12 @@ impl Throughput {
 #[derive(Serialize, Default)]
 struct Fairness {
     batch: u32,
+    /// Mean compute time per query of resnet50 and inceptionv3 (C2), ms: a query's worker time.
+    costs_ms: Option<(f64, f64)>,
+    /// Two resnet50 jobs submitted 0.5 s apart: images each completed 10 s after the first
+    /// submit, and max/min.
+    first_10s_images: Option<(u32, u32)>,
+    first_10s_ratio: Option<f64>,
     windows: usize,
     worst: Option<f64>,
     median: Option<f64>,
@@ -740,6 +748,40 @@ impl Drop for Sampler {
     }
 }
 
+/// Mean compute time per query (ms) of resnet50 and inceptionv3, from C2.
+async fn query_costs(at: SocketAddr) -> Option<(f64, f64)> {
+    let Ok(InferResponse::Latency(l)) = infer(at, InferRequest::Latency).await else {
+        return None;
+    };
+    let cost = |m: &str| {
+        l.iter()
+            .find(|x| x.model == m)
+            .map(|x| x.compute.mean_ms)
+            .filter(|c| *c > 0.0)
+    };
+    Some((cost(MODELS[0])?, cost(MODELS[1])?))
+}
+
+/// Two resnet50 jobs submitted 0.5 s apart: images each completed 10 s after the first
+/// submit; both are cancelled then.
+async fn first_seconds(at: SocketAddr, big: u32) -> Result<(u32, u32)> {
+    let a = submit(at, MODELS[0], big, DATASET).await?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = submit(at, MODELS[0], big, DATASET).await?;
+    tokio::time::sleep_until((t0 + Duration::from_secs(10)).into()).await;
+    let js = jobs(at).await?;
+    let done = |id| {
+        js.get(&id)
+            .map_or(0, |j: &dml_shared::infer::JobInfo| j.done)
+    };
+    let counts = (done(a), done(b));
+    for id in [a, b] {
+        infer(at, InferRequest::Cancel { job: id }).await?;
+    }
+    Ok(counts)
+}
+
 /// Phases 3 to 5 on one pair of jobs: fair share, 10 s windows, worker kill, leader kill.
 async fn shared_phases(
     c: &mut SdfsCluster,
@@ -759,6 +801,16 @@ async fn shared_phases(
     // Long enough for every phase at the one-job rate; the cluster is dropped at the end.
     let total = 20.0 + plan.fair_secs + 2.0 * plan.kill_obs_secs + 60.0;
     let big = (40.0 * total) as u32;
+    eprintln!("[fair] two resnet50 jobs 0.5 s apart, the first 10 s");
+    match first_seconds(at, big).await {
+        Ok((da, db)) => {
+            fairness.first_10s_images = Some((da, db));
+            fairness.first_10s_ratio =
+                (da.min(db) > 0).then(|| f64::from(da.max(db)) / f64::from(da.min(db)));
+            eprintln!("[fair] first 10 s: {da} vs {db} images");
+        }
+        Err(e) => eprintln!("[fair] first 10 s: {e:#}"),
+    }
     eprintln!("[fair] job A (resnet50) alone");
     let a = submit(at, "resnet50", big, DATASET).await?;
     let sampler = Sampler::start(at, a);
@@ -769,9 +821,12 @@ async fn shared_phases(
     sampler.set_b(b);
     tokio::time::sleep(Duration::from_secs(8)).await;
 
+    // Worker time of a query of each job, from C2 (1 each if unknown: query counts).
+    let (ca, cb) = query_costs(at).await.unwrap_or((1.0, 1.0));
     fair_share.definition = format!(
         "from B's submit to the end of the first {:.0} s window (sampled every {} ms) in which \
-         B completed at least {:.0}% as many queries as A; both models already loaded",
+         B's completed queries took at least {:.0}% of A's worker time (queries x C2 mean compute); \
+         both models already loaded",
         SHARE_WINDOW.as_secs_f64(),
         FINE_POLL.as_millis(),
         SHARE * 100.0
@@ -788,8 +843,8 @@ async fn shared_phases(
         let j = s[..i]
             .iter()
             .rposition(|y| x.t.duration_since(y.t) >= SHARE_WINDOW)?;
-        let (da, db) = (x.qa - s[j].qa, x.qb - s[j].qb);
-        (da > 0 && db as f64 >= SHARE * da as f64).then(|| x.t.duration_since(tb).as_secs_f64())
+        let (da, db) = ((x.qa - s[j].qa) as f64 * ca, (x.qb - s[j].qb) as f64 * cb);
+        (da > 0.0 && db >= SHARE * da).then(|| x.t.duration_since(tb).as_secs_f64())
     });
     if fair_share.seconds.is_none() {
         fair_share.error = Some("B did not reach its share within 8 s".into());
@@ -809,6 +864,8 @@ async fn shared_phases(
         .copied()
         .filter(|x| x.t >= from && x.t <= until)
         .collect();
+    fairness.costs_ms = query_costs(at).await;
+    let (ca, cb) = fairness.costs_ms.unwrap_or((1.0, 1.0));
     let mut ratios = Vec::new();
     let mut next = from;
     for (i, x) in shared.iter().enumerate() {
@@ -821,7 +878,7 @@ async fn shared_phases(
         else {
             break;
         };
-        let (da, db) = ((y.qa - x.qa) as f64, (y.qb - x.qb) as f64);
+        let (da, db) = ((y.qa - x.qa) as f64 * ca, (y.qb - x.qb) as f64 * cb);
         ratios.push(if da.min(db) > 0.0 {
             da.max(db) / da.min(db)
         } else {
@@ -847,7 +904,7 @@ async fn shared_phases(
         fairness.windows, fairness.worst, fairness.median, fairness.queries, fairness.shared_s
     );
 
-    // C2 before the kills: a new leader starts its figures afresh.
+    // C2 before the kills (a new leader rebuilds it from the workers, less a dead one's).
     if let Ok(InferResponse::Latency(l)) = infer(at, InferRequest::Latency).await {
         *latency = l;
     }
@@ -1066,8 +1123,15 @@ fn table(d: &Document, agents: usize) -> String {
     let f = &d.fairness;
     let _ = writeln!(
         t,
-        "\n3. resnet50 + inceptionv3 jobs at batch {}, max/min query rate over 10 s windows (target <= 1.05)\n   {} windows (one a second) over {:.1} s: worst {}, median {}; queries {} vs {}{}",
+        "\n3. two resnet50 jobs submitted 0.5 s apart, max/min images completed in the first 10 s (target <= 1.2): {}{}\n   resnet50 + inceptionv3 jobs at batch {}, max/min worker time (queries x C2 mean compute per query: {}) over 10 s windows (target <= 1.03)\n   {} windows (one a second) over {:.1} s: worst {}, median {}; queries {} vs {}{}",
+        opt(f.first_10s_ratio, 3),
+        f.first_10s_images
+            .map_or_else(String::new, |(a, b)| format!(" ({a} vs {b} images)")),
         f.batch,
+        f.costs_ms.map_or_else(
+            || "unknown, so query counts".into(),
+            |(a, b)| format!("{a:.1} vs {b:.1} ms")
+        ),
         f.windows,
         f.shared_s,
         opt(f.worst, 3),
