@@ -2,6 +2,8 @@
 //! replicas and fsync, against the local baseline of the same bytes written to 4 files
 //! with fsync and one copy read back; the agents' peak memory during the largest put; and
 //! the time from killing 3 holders of the largest file to it being back at 4 replicas.
+//! First, on a cluster of its own, the small-files row (`sdfs_small.rs`: `--small-files N`,
+//! default 10,000, 0 skips it; `--small-only`).
 //!
 //! Puts and gets use the in-process client (`dml_shared::sdfs_client`), as `dml` does,
 //! so no process start is timed. Every timing is wall-clock from the call to its return.
@@ -29,8 +31,13 @@ const REPAIR_POLL: Duration = Duration::from_millis(200);
 /// Free space kept beyond the bench's own estimate.
 const SPACE_MARGIN: u64 = 2 * GIB;
 
+#[path = "sdfs_small.rs"]
+mod small;
+
 #[derive(clap::Args)]
 pub struct SdfsArgs {
+    #[command(flatten)]
+    small: small::SmallArgs,
     /// Agents in the cluster.
     #[arg(long, default_value_t = 10)]
     agents: usize,
@@ -107,6 +114,12 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create \"{}\"", run_dir.display()))?;
+    if a.small.small_files > 0 {
+        small_row(&a, out_dir).await?;
+    }
+    if a.small.small_only {
+        return Ok(());
+    }
     let plans = plans(a.quick);
     let largest = plans.iter().map(|p| p.size).max().unwrap_or(MIB);
     // The source and a got copy, 4 baseline copies, 4 replicas and 3 repaired ones of the
@@ -395,4 +408,20 @@ async fn measure_repair(c: &mut SdfsCluster, via: usize, name: &str, size: u64) 
         }
     }
     report
+}
+
+/// The small-files row on a cluster of its own: its table lines and `sdfs-small.json`
+/// (`sdfs-small-quick.json` for a smoke run).
+async fn small_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
+    let row = small::run(&a.small, a.agents, &out_dir.join("sdfs-small-run")).await?;
+    print!("{}", small::table(&row));
+    let json_path = out_dir.join(if a.quick {
+        "sdfs-small-quick.json"
+    } else {
+        "sdfs-small.json"
+    });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")
+        .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
+    println!("JSON: {}", json_path.display());
+    Ok(())
 }
