@@ -157,15 +157,16 @@ impl WorkerHists {
     }
 
     /// Takes a model's histograms from the worker's own report where it
-    /// holds at least as many queries as this copy: the worker saw every
-    /// query the leader accepted from it, this leader only those since it
-    /// took over (and a report may be older than the last completion).
+    /// holds more queries than this copy: the worker saw every query the
+    /// leader accepted from it, this leader only those since it took over
+    /// (and a report may be older than the last completion). Usually it
+    /// holds no more, and nothing is decoded.
     pub fn merge_report(&mut self, report: &WorkerFigures) {
         for f in &report.models {
-            let theirs = Hists::from_wire(f);
+            let theirs: u64 = f.total.iter().map(|(_, n)| *n).sum();
             let ours = self.models.entry(f.model.clone()).or_default();
-            if theirs.count() >= ours.count() {
-                *ours = theirs;
+            if theirs > ours.count() {
+                *ours = Hists::from_wire(f);
             }
         }
     }

@@ -72,9 +72,8 @@ pub const KEYRING_SYNC: Duration = Duration::from_secs(1);
 /// (Used in `infer/worker.rs`.)
 pub const WORKER_RETRY_PAUSE: Duration = Duration::from_millis(300);
 
-/// Longest a worker goes without sending its C2 histograms with a lease
-/// request (it sends them at once when they changed): how soon a new
-/// leader has them back.
+/// How often a worker sends its C2 histograms with a lease request: how
+/// soon a new leader has them back.
 /// (Used in `infer/worker.rs`.)
 pub const WORKER_FIGURES_EVERY: Duration = Duration::from_secs(2);
 

@@ -83,21 +83,21 @@ struct Ctx {
 #[derive(Default)]
 struct Figures {
     hists: WorkerHists,
-    /// (queries recorded, when) at the last send.
-    sent: Option<(u64, Instant)>,
+    /// When they were last sent.
+    sent: Option<Instant>,
 }
 
 impl Figures {
-    /// The histograms, if they changed or went unsent for [`FIGURES_EVERY`].
+    /// The histograms, every [`FIGURES_EVERY`] once there are any (the
+    /// leader records each completion itself; these are for a new leader).
     fn due(&mut self, now: Instant) -> Option<WorkerFigures> {
-        let count = self.hists.count();
         let due = self
             .sent
-            .is_none_or(|(n, at)| n != count || now.duration_since(at) >= FIGURES_EVERY);
-        if !due || count == 0 {
+            .is_none_or(|at| now.duration_since(at) >= FIGURES_EVERY);
+        if !due || self.hists.count() == 0 {
             return None;
         }
-        self.sent = Some((count, now));
+        self.sent = Some(now);
         Some(self.hists.to_wire())
     }
 }
