@@ -267,9 +267,10 @@ pub enum Command {
     },
     /// C1: queries and images per second (last 10 s) and totals, per model.
     Rates,
-    /// C2: query processing time per model (avg, std, p50, p90, p95, p99, ms).
+    /// C2: query time per model (avg, std, p50, p90, p95, p99, ms), and its queue and compute parts.
     Latency,
-    /// C5: the workers running each job's queries right now.
+    /// C5: the workers running each job's queries right now, with each job's weight and its
+    /// shares of the queries and of the worker time of the last 10 s.
     Placement,
     /// Every job: progress, state, errors.
     Jobs,

@@ -432,7 +432,7 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
                 for l in ls {
                     let _ = writeln!(
                         out,
-                        "{}: n {} avg {:.1} std {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} ms",
+                        "{}: n {} avg {:.1} std {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} ms; queue avg {:.1} p99 {:.1}, compute avg {:.1} p99 {:.1} ms",
                         l.model,
                         l.count,
                         l.mean_ms,
@@ -440,7 +440,11 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
                         l.p50_ms,
                         l.p90_ms,
                         l.p95_ms,
-                        l.p99_ms
+                        l.p99_ms,
+                        l.queue.mean_ms,
+                        l.queue.p99_ms,
+                        l.compute.mean_ms,
+                        l.compute.p99_ms
                     );
                 }
             }
@@ -451,7 +455,16 @@ pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecErro
                 for p in ps {
                     let ws: Vec<String> =
                         p.workers.iter().map(|(a, q)| format!("{a}×{q}")).collect();
-                    let _ = writeln!(out, "job {} {}: {}", p.job, p.model, ws.join(" "));
+                    let _ = writeln!(
+                        out,
+                        "job {} {} (weight {}, {:.0}% of queries, {:.0}% of worker time): {}",
+                        p.job,
+                        p.model,
+                        p.weight,
+                        p.query_share * 100.0,
+                        p.time_share * 100.0,
+                        ws.join(" ")
+                    );
                 }
             }
             other => return Err(ExecError::unexpected(other)),
