@@ -29,6 +29,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// First and longest pause before asking the leader again ([`Sdfs::meta_again`]).
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(800);
+
 /// One file of a batch, read and hashed.
 struct Loaded {
     /// Index in the caller's list.
@@ -202,7 +206,7 @@ impl Sdfs {
                 .map(|f| (f.name.clone(), f.bytes.len() as u64))
                 .collect(),
         };
-        let (versions, chain, quorum, plan) = match self.meta(begin).await? {
+        let (versions, chain, quorum, plan) = match self.meta_again(begin).await? {
             MetaResponse::PutBatchPlan {
                 versions,
                 chain,
@@ -372,7 +376,7 @@ impl Sdfs {
         chain: &[SocketAddr],
     ) -> Result<Vec<FileCommit>> {
         let commit = MetaRequest::CommitPutBatch { plan, files };
-        let answer = match self.meta(commit.clone()).await {
+        let answer = match self.meta_again(commit.clone()).await {
             Err(e) if e.is_transient() => {
                 let mut answer = None;
                 for &h in chain.iter().filter(|&&h| h != self.agent) {
@@ -403,6 +407,28 @@ impl Sdfs {
         match answer {
             MetaResponse::CommittedBatch(v) => Ok(v),
             other => Err(unexpected(Response::Control(other.into()))),
+        }
+    }
+
+    /// Sends `req` to the leader, again while the leader refuses it for want
+    /// of a majority or of live agents (it changed nothing then), for up to
+    /// `leader_wait`: under load a read-lease round can miss its deadline.
+    /// Safe for a batch's plan (a plan whose answer is lost is forgotten; its
+    /// version numbers are skipped) and its commit (idempotent).
+    async fn meta_again(&self, req: MetaRequest) -> Result<MetaResponse> {
+        let start = Instant::now();
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.meta(req.clone()).await {
+                Err(e @ Error::Remote(_))
+                    if e.kind() == crate::ErrorKind::Unavailable
+                        && start.elapsed() + pause < self.opts.leader_wait =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                r => return r,
+            }
         }
     }
 
