@@ -604,7 +604,16 @@ async fn get_versions_writes_files_or_one_merged_file_newest_first() {
 #[tokio::test]
 async fn load_then_get_all_mirrors_a_directory() {
     let f = Fake::start(3, 3, "load").await;
-    let c = f.client(0);
+    // One put per file: the fake leader serves no batched puts (those are
+    // tested against real agents in tests/tests/sdfs_batch.rs).
+    let c = Sdfs::with_options(
+        f.agents[0],
+        Options {
+            chunk_size: 1000,
+            batch_file_max: 0,
+            ..Options::default()
+        },
+    );
     let tree = f.dir.join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     std::fs::write(tree.join("a.jpg"), b"A").unwrap();
