@@ -24,7 +24,8 @@
 //!   plans, the read lease, and the bookkeeping of the maintenance pass
 //!   (stale puts to expire, repair copies in flight, outputs being stored).
 //! - [`serve`]: what the leader does with each request (pure): answer,
-//!   append, or wait for a view, a plan's outcome or work.
+//!   append, or wait for a view, a plan's outcome or work; `serve/batch.rs`
+//!   plans and commits batched puts (group commit).
 //! - [`ports`]: what the leader task reaches outside itself (Raft, the
 //!   state, membership, transfers), as one trait, and the agent's ports.
 //! - [`plans`]: put plans answered before their entry commits (pure).
