@@ -224,6 +224,21 @@ mod state {
     }
 
     #[test]
+    fn enter_on_a_member_shows_it_in_full() {
+        let mut a = app(10, (100, 30));
+        a.handle(ch('j'));
+        a.handle(key(KeyCode::Enter));
+        let m = a.message.as_ref().expect("a popup");
+        assert_eq!(m.text, format!("member {} (Esc closes)", synth::addr(1)));
+        let d = m.detail.as_deref().unwrap();
+        for want in ["alive, incarnation 1, voter", "probed by ", "cpu ", "SDFS "] {
+            assert!(d.contains(want), "no {want:?} in\n{d}");
+        }
+        a.handle(key(KeyCode::Esc));
+        assert!(a.message.as_ref().is_none_or(|m| m.detail.is_none()));
+    }
+
+    #[test]
     fn o_sorts_the_members_by_the_next_column_largest_first() {
         let mut a = app(10, (100, 30));
         let order = |a: &App| {

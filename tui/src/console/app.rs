@@ -396,6 +396,7 @@ impl App {
                 self.selected[Pane::Members as usize] = 0;
             }
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
+            KeyCode::Enter if self.focus == Pane::Members => self.show_member(),
             KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b' | 'x'))
                 if self.read_only
                     && (c == 's'
@@ -662,6 +663,68 @@ impl App {
         let (id, ok) = (j.id, why.is_none());
         self.message = Some(Message {
             text: format!("job #{id} (Esc closes)"),
+            ok,
+            at_ms: self.now_ms,
+            detail: Some(text),
+        });
+    }
+
+    /// The selected member in full, in a popup: who probes it, when this
+    /// agent last heard it, its process and store figures, older incarnations.
+    fn show_member(&mut self) {
+        let members = self.members();
+        let Some(m) = members.get(self.selected[Pane::Members as usize]).copied() else {
+            self.say("no member selected", false);
+            return;
+        };
+        let mut text = format!(
+            "{}: {}, incarnation {}, {}\nstarted {} UTC",
+            m.id,
+            m.state.as_str(),
+            m.incarnation,
+            self.role(m),
+            super::fmt::clock(m.id.started)
+        );
+        let monitors: Vec<String> = m.monitors.iter().map(|n| n.addr.to_string()).collect();
+        text.push_str(&format!("\nprobed by {}", monitors.join(", ")));
+        match m.last_heard_ms {
+            Some(ms) if m.monitors.iter().any(|n| n.addr == self.agent) => {
+                text.push_str(&format!(
+                    "\n{} last heard it {} ago",
+                    self.agent,
+                    super::fmt::age_ms(ms)
+                ));
+            }
+            _ => text.push_str(&format!("\n{} does not probe it", self.agent)),
+        }
+        let f = self.frame.as_ref();
+        match f.and_then(|f| f.nodes.iter().find(|n| n.addr == Some(m.id.addr) && m.state.is_live())) {
+            Some(n) => text.push_str(&format!(
+                "\ncpu {:.1}%, memory {}, SDFS {} in {} versions, {} queries running (figures {} old)",
+                n.cpu_percent,
+                super::fmt::bytes(n.rss_bytes),
+                super::fmt::bytes(n.sdfs_bytes),
+                n.sdfs_versions,
+                n.queries_running,
+                super::fmt::age_ms(n.age_ms)
+            )),
+            None => text.push_str("\nno process figures (not live, or not reported yet)"),
+        }
+        let older: Vec<String> = f
+            .map(|f| {
+                f.members
+                    .iter()
+                    .filter(|o| o.id.addr == m.id.addr && o.id.started != m.id.started)
+                    .map(|o| format!("{} ({})", o.id, o.state.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !older.is_empty() {
+            text.push_str(&format!("\nother incarnations: {}", older.join(", ")));
+        }
+        let ok = m.state.is_live();
+        self.message = Some(Message {
+            text: format!("member {} (Esc closes)", m.id.addr),
             ok,
             at_ms: self.now_ms,
             detail: Some(text),

@@ -30,10 +30,7 @@ pub const KEYS: [(&str, &str); 20] = [
     ),
     ("b", "models pane: type a batch size"),
     ("s", "submit a job (model, images, dataset)"),
-    (
-        "Enter",
-        "jobs pane: the selected job in full (why it stalls)",
-    ),
+    ("Enter", "the selected member or job in full"),
     ("x", "jobs pane: cancel the selected running job"),
     ("e", "expand the focused pane / back"),
     (
