@@ -265,6 +265,23 @@ async fn every_sdfs_command_round_trips_and_the_bytes_compare_equal() {
             );
         }
     }
+    // Each agent's share of the bytes, against an even spread: they add up.
+    let (parts, evens): (f64, f64) = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["share"].as_f64().unwrap(),
+                n["share_of_even"].as_f64().unwrap(),
+            )
+        })
+        .fold((0.0, 0.0), |(p, e), (a, b)| (p + a, e + b));
+    let n = v.as_array().unwrap().len() as f64;
+    assert!(
+        (parts - 1.0).abs() < 1e-6 && (evens - n).abs() < 1e-6,
+        "{v}"
+    );
     let MetaResponse::Count {
         files,
         versions,

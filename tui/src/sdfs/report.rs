@@ -213,14 +213,37 @@ pub fn store_json(node: SocketAddr, held: &[Holding]) -> Value {
     })
 }
 
-/// `dml sdfs nodes`: one row per node with the versions it holds.
+/// Each node's part of the bytes held, and that part over an even spread
+/// (1.0 is even; 0 for an agent that holds nothing, as one that joined late).
+fn shares(nodes: &[(SocketAddr, Vec<Holding>)]) -> Vec<(f64, f64)> {
+    let bytes: Vec<u64> = nodes
+        .iter()
+        .map(|(_, held)| held.iter().map(|h| h.size).sum())
+        .collect();
+    let total: u64 = bytes.iter().sum();
+    bytes
+        .iter()
+        .map(|&b| {
+            let part = if total == 0 {
+                0.0
+            } else {
+                b as f64 / total as f64
+            };
+            (part, part * nodes.len() as f64)
+        })
+        .collect()
+}
+
+/// `dml sdfs nodes`: one row per node with the versions it holds and its
+/// share of the bytes against an even spread.
 pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
     if nodes.is_empty() {
         return "no node holds anything\n".into();
     }
     let rows: Vec<Vec<String>> = nodes
         .iter()
-        .map(|(n, held)| {
+        .zip(shares(nodes))
+        .map(|((n, held), (part, even))| {
             let list: Vec<String> = held
                 .iter()
                 .map(|h| format!("{}@v{}", printable(&h.name), h.version))
@@ -229,6 +252,7 @@ pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
                 n.to_string(),
                 held.len().to_string(),
                 size(held.iter().map(|h| h.size).sum()),
+                format!("{:.1}% ({even:.2}x even)", part * 100.0),
                 if list.is_empty() {
                     "-".into()
                 } else {
@@ -237,11 +261,22 @@ pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
             ]
         })
         .collect();
-    render_table(&["NODE", "VERSIONS", "BYTES", "FILES"], &rows)
+    render_table(&["NODE", "VERSIONS", "BYTES", "SHARE", "FILES"], &rows)
 }
 
 pub fn nodes_json(nodes: &[(SocketAddr, Vec<Holding>)]) -> Value {
-    Value::Array(nodes.iter().map(|(n, held)| store_json(*n, held)).collect())
+    Value::Array(
+        nodes
+            .iter()
+            .zip(shares(nodes))
+            .map(|((n, held), (part, even))| {
+                let mut v = store_json(*n, held);
+                v["share"] = json!(part);
+                v["share_of_even"] = json!(even);
+                v
+            })
+            .collect(),
+    )
 }
 
 pub fn count_text(c: &Count) -> String {
@@ -595,9 +630,19 @@ mod tests {
         let t = nodes_table(&[(a(8001), held.clone()), (a(8002), vec![])]);
         assert!(t.lines().nth(1).unwrap().ends_with("a@v2"), "{t}");
         assert!(t.lines().nth(2).unwrap().ends_with("-"), "{t}");
+        assert!(
+            t.lines().nth(1).unwrap().contains("100.0% (2.00x even)"),
+            "{t}"
+        );
+        assert!(
+            t.lines().nth(2).unwrap().contains("0.0% (0.00x even)"),
+            "{t}"
+        );
+        let j = nodes_json(&[(a(8001), held), (a(8002), vec![])]);
+        assert_eq!(j[0]["holdings"][0]["version"], 2);
         assert_eq!(
-            nodes_json(&[(a(8001), held)])[0]["holdings"][0]["version"],
-            2
+            (j[0]["share_of_even"].as_f64(), j[1]["share"].as_f64()),
+            (Some(2.0), Some(0.0))
         );
     }
 
