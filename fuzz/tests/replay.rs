@@ -85,6 +85,7 @@ fn commands() -> Vec<Command> {
             dataset: "img".into(),
             images: vec!["img/1.jpg".into()],
             count: 3,
+            weight: 2,
         },
         Op::SetBatchSize {
             model: "resnet50".into(),
