@@ -64,18 +64,8 @@ pub async fn serve_write(
         (failure.is_none() && !w.downstream.is_empty()).then(|| Forwarder::start(ctx, &w));
     let mut received = 0u64;
     loop {
-        let frame = match tokio::time::timeout(
-            ctx.cfg.put_timeout,
-            peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
-        )
-        .await
-        {
-            Ok(Ok(Some(f))) => f,
-            // Upstream gave up: dropping the writer and forwarder abandons both.
-            Ok(Ok(None)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::Error::from(io::ErrorKind::TimedOut).into()),
-        };
+        // Upstream gone or silent: dropping the writer and forwarder abandons both.
+        let frame = upload_frame(ctx, stream).await?;
         if frame.is_empty() {
             break;
         }
@@ -243,6 +233,22 @@ impl Forwarder {
 /// `Stored` holders and failures, plus this hop's view of any replica that
 /// was unreachable, stalled or refused. Every downstream replica that is not
 /// a holder ends up in `failed`.
+/// The next data frame of an upload (empty at its end), within
+/// `put_timeout`; an upstream that closes or stays silent is an error.
+pub(super) async fn upload_frame(ctx: &Ctx, stream: &mut Conn) -> dml_shared::Result<Vec<u8>> {
+    match tokio::time::timeout(
+        ctx.cfg.put_timeout,
+        peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
+    )
+    .await
+    {
+        Ok(Ok(Some(f))) => Ok(f),
+        Ok(Ok(None)) => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut).into()),
+    }
+}
+
 async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Downstream {
     let stall = ctx.stall_timeout();
     let mut down = Downstream::default();

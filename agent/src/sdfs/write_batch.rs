@@ -86,18 +86,8 @@ pub async fn serve_write_batch(
     let mut fwd = (!b.downstream.is_empty()).then(|| BatchForwarder::start(ctx, &b));
     let mut received = 0u64;
     loop {
-        let frame = match tokio::time::timeout(
-            ctx.cfg.put_timeout,
-            peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
-        )
-        .await
-        {
-            Ok(Ok(Some(f))) => f,
-            // Upstream gave up: dropping the writer and forwarder abandons both.
-            Ok(Ok(None)) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::Error::from(io::ErrorKind::TimedOut).into()),
-        };
+        // Upstream gone or silent: dropping the writer and forwarder abandons both.
+        let frame = super::write::upload_frame(ctx, stream).await?;
         if frame.is_empty() {
             break;
         }

@@ -9,6 +9,29 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 impl Sdfs {
+    /// [`Sdfs::put_many`] of `(local, name)` jobs, reported per file.
+    async fn put_reported(
+        &self,
+        jobs: Vec<(PathBuf, String)>,
+        start: Instant,
+        progress: ProgressFn<'_>,
+    ) -> LoadReport {
+        let keys = jobs.clone();
+        let results = self.put_many(jobs, progress).await;
+        LoadReport {
+            items: keys
+                .into_iter()
+                .zip(results)
+                .map(|((local, name), result)| LoadItem {
+                    local,
+                    name,
+                    result,
+                })
+                .collect(),
+            elapsed: start.elapsed(),
+        }
+    }
+
     /// Puts every regular file under `dir` (recursively, in path order) as
     /// `prefix/<relative path>` (just the relative path when `prefix` is
     /// empty), small files in batches ([`Sdfs::put_many`]). A failed file
@@ -28,20 +51,7 @@ impl Sdfs {
                 (path, name)
             })
             .collect();
-        let keys = jobs.clone();
-        let results = self.put_many(jobs, progress).await;
-        Ok(LoadReport {
-            items: keys
-                .into_iter()
-                .zip(results)
-                .map(|((local, name), result)| LoadItem {
-                    local,
-                    name,
-                    result,
-                })
-                .collect(),
-            elapsed: start.elapsed(),
-        })
+        Ok(self.put_reported(jobs, start, progress).await)
     }
 }
 
@@ -80,20 +90,7 @@ impl Sdfs {
                 jobs.push((path.clone(), load_name(prefix, &last()?)));
             }
         }
-        let keys = jobs.clone();
-        let results = self.put_many(jobs, progress).await;
-        Ok(LoadReport {
-            items: keys
-                .into_iter()
-                .zip(results)
-                .map(|((local, name), result)| LoadItem {
-                    local,
-                    name,
-                    result,
-                })
-                .collect(),
-            elapsed: start.elapsed(),
-        })
+        Ok(self.put_reported(jobs, start, progress).await)
     }
 }
 
