@@ -82,6 +82,8 @@ fn meta_needs(req: &MetaRequest) -> Needs {
         MetaRequest::List { .. } => needs(ReadOnly, "ls"),
         MetaRequest::Count => needs(ReadOnly, "count files"),
         MetaRequest::Nodes => needs(ReadOnly, "list files per node"),
+        MetaRequest::Balance { dry_run: true } => needs(ReadOnly, "show the balance plan"),
+        MetaRequest::Balance { dry_run: false } => needs(Admin, "start a balance"),
         MetaRequest::Wanted { .. } | MetaRequest::Assigned { .. } => {
             needs(Peer, "reconcile replicas")
         }

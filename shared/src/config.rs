@@ -220,6 +220,10 @@ pub struct SdfsConfig {
     pub repair_per_source: usize,
     /// Repair copies written to one agent at the same time.
     pub repair_per_target: usize,
+    /// How far one alive agent's bytes may stray from an even spread (as a
+    /// fraction of the mean) before the leader moves copies toward the
+    /// placement the alive agents give; an agent joining moves them too.
+    pub balance_threshold: f64,
     /// Period of the on-disk checksum scrub.
     #[serde(with = "humantime_serde")]
     pub scrub_interval: Duration,
@@ -242,6 +246,7 @@ impl Default for SdfsConfig {
             repair_bytes_per_sec: 200 << 20,
             repair_per_source: 8,
             repair_per_target: 8,
+            balance_threshold: 0.1,
             scrub_interval: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(30),
             disk_reserve: 64 << 20,
@@ -844,6 +849,13 @@ impl Config {
         }
         if s.repair_per_target == 0 {
             return bad("sdfs.repair_per_target", "0".into(), "must be above zero");
+        }
+        if !(s.balance_threshold > 0.0 && s.balance_threshold <= 10.0) {
+            return bad(
+                "sdfs.balance_threshold",
+                s.balance_threshold.to_string(),
+                "must be above 0 and at most 10",
+            );
         }
         if s.scrub_interval < Duration::from_secs(1) {
             return bad(

@@ -210,6 +210,10 @@ pub enum MetaRequest {
         plan: u64,
         files: Vec<BatchCommit>,
     },
+    /// `dml sdfs balance`: the moves that bring every committed version to
+    /// the placement the alive agents give it, and, unless `dry_run`, start
+    /// them. Answered with [`MetaResponse::Balance`].
+    Balance { dry_run: bool },
 }
 
 impl MetaRequest {
@@ -285,6 +289,43 @@ pub enum MetaResponse {
     },
     /// Per file of [`MetaRequest::CommitPutBatch`], in order.
     CommittedBatch(Vec<FileCommit>),
+    /// [`MetaRequest::Balance`]: the plan, as the leader sees it now.
+    Balance(BalancePlan),
+}
+
+/// The moves that bring the copies to the placement the alive agents give
+/// them (`dml sdfs balance`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BalancePlan {
+    /// Copies to move, and their bytes (running ones included).
+    pub moves: u64,
+    pub bytes: u64,
+    /// Per (from, to): copies and bytes, most bytes first.
+    pub flows: Vec<BalanceFlow>,
+    /// Each alive agent's committed bytes now, and once every move is done.
+    pub agents: Vec<BalanceShare>,
+    /// The leader started (or kept running) these moves: not a dry run.
+    pub started: bool,
+    /// Versions the plan leaves alone because repair must act first (a
+    /// holder is not alive, or copies are missing).
+    pub waiting_for_repair: u64,
+}
+
+/// Copies moving from one agent to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceFlow {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub moves: u64,
+    pub bytes: u64,
+}
+
+/// One agent's bytes before and after a balance plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceShare {
+    pub agent: SocketAddr,
+    pub now: u64,
+    pub after: u64,
 }
 
 /// One file of a batch's commit.

@@ -258,6 +258,7 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
         repair_bytes_per_sec,
         repair_per_source,
         repair_per_target,
+        balance_threshold,
         scrub_interval,
         reconcile_interval,
         disk_reserve,
@@ -273,6 +274,7 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
          repair_bytes_per_sec = {repair_bytes_per_sec}\n\
          repair_per_source = {repair_per_source}\n\
          repair_per_target = {repair_per_target}\n\
+         balance_threshold = {balance_threshold:?}\n\
          scrub_interval = {}\n\
          reconcile_interval = {}\n\
          disk_reserve = {disk_reserve}\n",

@@ -400,6 +400,13 @@ pub enum SdfsCommand {
     Files,
     /// The versions each node holds.
     Nodes,
+    /// Move copies toward the placement the alive agents give (an agent that
+    /// joined late gets its share); shows the moves, from agent to agent.
+    Balance {
+        /// Show the plan without starting it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Number of files, versions and bytes in SDFS.
     Count,
     /// Put every file under LOCALDIR (recursively) as PREFIX/<relative path>.

@@ -5,6 +5,7 @@
 //! (`task.rs`) hands it the applied state and `now`, and executes what it
 //! returns (entries to append, copies to run, answers to send).
 
+use super::balance::{BalanceProgress, Balancer};
 use super::lease::ReadLease;
 use super::plans::Plans;
 use super::progress::Progress;
@@ -38,6 +39,8 @@ pub struct CoreConfig {
     pub repair_bounds: Bounds,
     /// Copies of each version (`Config::replicas`).
     pub replicas: usize,
+    /// `sdfs.balance_threshold`: the spread of bytes past which balance plans.
+    pub balance_threshold: f64,
     pub registry: Arc<Registry>,
 }
 
@@ -83,6 +86,8 @@ pub struct LeaderCore {
     lease: ReadLease,
     /// Re-replication: the backlog and the copies in flight.
     repairs: Repairs,
+    /// Balance: the moves planned and running.
+    balance: Balancer,
     /// Jobs whose output is being stored.
     storing: HashSet<JobId>,
     /// An `ExpirePending` append is in flight.
@@ -106,6 +111,7 @@ impl LeaderCore {
             plans: Plans::new(term, cfg.forget_plans),
             lease: ReadLease::new(term, cfg.read_lease),
             repairs: Repairs::new(cfg.replicas, cfg.repair_bounds),
+            balance: Balancer::new(cfg.replicas, cfg.balance_threshold),
             storing: HashSet::new(),
             expiring: false,
             viewing: false,
@@ -344,17 +350,47 @@ impl LeaderCore {
     }
 
     /// The membership view arrived: scans for versions short of copies
-    /// (and replica sets to trim), and starts the copies there is room for.
+    /// (and replica sets to trim), plans balance if the alive agents or
+    /// the spread call for it, and starts the copies there is room for.
     pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> (repair::Scan, Vec<Copy>) {
         self.viewing = false;
         let scan = self.repairs.rescan(state, view);
-        (scan, self.repairs.next(state))
+        self.balance.view(state, view.alive);
+        (scan, self.next_repairs(state))
     }
 
-    /// The copies there is room for now, from the last scan's backlog
-    /// (after a copy ended).
+    /// The copies there is room for now: repair's from the last scan's
+    /// backlog first, then balance moves (after a copy ended).
     pub fn next_repairs(&mut self, state: &MetaState) -> Vec<Copy> {
-        self.repairs.next(state)
+        let mut copies = self.repairs.next(state);
+        copies.extend(self.balance.next(state, &mut self.repairs));
+        copies
+    }
+
+    /// `dml sdfs balance`: the plan over `alive`; started unless `dry_run`.
+    pub fn balance_request(
+        &mut self,
+        state: &MetaState,
+        alive: &[SocketAddr],
+        dry_run: bool,
+    ) -> dml_shared::sdfs::BalancePlan {
+        self.balance.request(state, alive, dry_run)
+    }
+
+    /// If the copy of `name` v`version` to `target` is a balance move: the
+    /// holder it replaces, which drops its copy once the move is recorded.
+    pub fn balance_source(
+        &self,
+        name: &str,
+        version: u64,
+        target: SocketAddr,
+    ) -> Option<SocketAddr> {
+        self.balance.source_of(name, version, target)
+    }
+
+    /// Balance's moves, for the metrics.
+    pub fn balance_progress(&self) -> BalanceProgress {
+        self.balance.progress()
     }
 
     /// The repair copy of `name` v`version` to `target` ended: recorded in
@@ -367,7 +403,12 @@ impl LeaderCore {
         ok: bool,
         now: Instant,
     ) {
-        self.repairs.done(name, version, target, ok, now);
+        if !self
+            .balance
+            .done(name, version, target, ok, &mut self.repairs)
+        {
+            self.repairs.done(name, version, target, ok, now);
+        }
     }
 
     /// Repair copies in flight.
@@ -409,6 +450,7 @@ mod tests {
                     per_target,
                 },
                 replicas: 4,
+                balance_threshold: 0.1,
                 registry: Arc::new(Registry::builtin()),
             },
             Instant::now(),

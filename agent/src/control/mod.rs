@@ -33,6 +33,8 @@
 //! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
 //! - [`progress`]: each job's progress per worker, queue and compute time (pure).
 //! - [`repair`]: the repair planner (pure).
+//! - [`balance`]: the balance planner: copies moved toward the placement the
+//!   alive agents give (pure).
 //! - [`workers`]: which inference workers can run queries, and why a job stalls (pure).
 //! - [`keyring`]: `dml keyring` changes and fetches at the leader (pure).
 //!
@@ -44,6 +46,7 @@
 //!   current leader task's handle, and the repair progress that telemetry
 //!   reads.
 
+pub mod balance;
 pub mod core;
 pub mod error;
 pub mod forward;

@@ -251,6 +251,36 @@ impl Repairs {
         out
     }
 
+    /// Whether versions short of copies wait for a slot (balance waits then).
+    pub fn waiting(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Takes a slot on `source` and on `target` for a balance move, if
+    /// both have room under the same bounds as repair's copies.
+    pub fn reserve(&mut self, source: SocketAddr, target: SocketAddr) -> bool {
+        if Self::load(&self.sources, &source) >= self.bounds.per_source
+            || Self::load(&self.targets, &target) >= self.bounds.per_target
+        {
+            return false;
+        }
+        *self.sources.entry(source).or_default() += 1;
+        *self.targets.entry(target).or_default() += 1;
+        true
+    }
+
+    /// Gives back the slots of a balance move that ended.
+    pub fn release(&mut self, source: SocketAddr, target: SocketAddr) {
+        for (map, a) in [(&mut self.sources, source), (&mut self.targets, target)] {
+            if let Some(n) = map.get_mut(&a) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&a);
+                }
+            }
+        }
+    }
+
     /// Whether some alive agent can take a copy and some live one give one.
     fn room(&self) -> bool {
         let target = self.alive.iter().any(|a| {

@@ -372,6 +372,14 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
                 .map(|(name, v, sum)| s.wanted(node, name, *v, sum))
                 .collect(),
         )),
+        MetaRequest::Balance { dry_run } => match cx.view {
+            Some(view) => sdfs(MetaResponse::Balance(core.balance_request(
+                s,
+                &view.alive,
+                dry_run,
+            ))),
+            None => Step::View,
+        },
         MetaRequest::Assigned { node, after, limit } => {
             let limit = (limit as usize).clamp(1, ASSIGNED_MAX);
             let (items, more) = s.assigned(node, after.as_ref(), limit);
@@ -912,6 +920,7 @@ mod tests {
                     per_target: 1,
                 },
                 replicas: 4,
+                balance_threshold: 0.1,
                 registry: std::sync::Arc::new(dml_shared::models::Registry::builtin()),
             },
             now,

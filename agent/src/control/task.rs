@@ -193,6 +193,7 @@ fn task_config(s: &super::Settings) -> TaskConfig {
                 per_target: s.sdfs.repair_per_target,
             },
             replicas: s.replicas,
+            balance_threshold: s.sdfs.balance_threshold,
             registry: s.registry.clone(),
         },
         serve: ServeConfig {
@@ -538,9 +539,16 @@ impl<P: Ports> LeaderTask<P> {
         let step = self.read_with(view.as_ref(), |core, cx| {
             serve::serve(core, cx, req.clone())
         });
+        let balance = matches!(
+            req,
+            ControlRequest::Sdfs(MetaRequest::Balance { dry_run: false })
+        );
         self.execute(step, Some(req), reply).await;
         if refused {
             self.wake().await;
+        }
+        if balance {
+            self.next_repairs();
         }
     }
 
@@ -766,6 +774,19 @@ impl<P: Ports> LeaderTask<P> {
         ) = (&then, &result)
         {
             self.ports.drop_deleted(name, *through, holders);
+        }
+        // A balance move recorded: the holder it replaced drops its copy.
+        if let (
+            Then::Upkeep(Upkeep::CopyRecorded {
+                name,
+                version,
+                target,
+            }),
+            Ok((Applied::Done, _)),
+        ) = (&then, &result)
+            && let Some(from) = self.core.balance_source(name, *version, *target)
+        {
+            self.ports.drop_deleted(name, *version, &[from]);
         }
         let worker_wait = match &then {
             Then::Gone {

@@ -6,7 +6,7 @@ use crate::api::Response;
 use crate::client::{Client, unexpected};
 use crate::error::{Error, Result};
 use crate::sdfs::{
-    ChangeOutcome, FileInfo, Glob, Holding, MetaRequest, MetaResponse, validate_name,
+    BalancePlan, ChangeOutcome, FileInfo, Glob, Holding, MetaRequest, MetaResponse, validate_name,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -52,6 +52,14 @@ impl Sdfs {
                 n.sort_by_key(|(a, _)| *a);
                 Ok(n)
             }
+            other => Err(unexpected(Response::Control(other.into()))),
+        }
+    }
+
+    /// The balance plan as the leader sees it now; started unless `dry_run`.
+    pub async fn balance(&self, dry_run: bool) -> Result<BalancePlan> {
+        match self.meta(MetaRequest::Balance { dry_run }).await? {
+            MetaResponse::Balance(p) => Ok(p),
             other => Err(unexpected(Response::Control(other.into()))),
         }
     }

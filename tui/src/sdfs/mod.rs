@@ -294,6 +294,10 @@ async fn execute(
             let n = sdfs.nodes().await?;
             pick(report::nodes_json(&n), report::nodes_table(&n))
         }
+        Command::Sdfs(SdfsCommand::Balance { dry_run }) => {
+            let p = sdfs.balance(*dry_run).await?;
+            pick(report::balance_json(&p), report::balance_text(&p))
+        }
         Command::Sdfs(SdfsCommand::Count) => {
             let c = sdfs.count().await?;
             pick(report::count_json(&c), report::count_text(&c))

@@ -3,7 +3,9 @@
 
 use crate::report::{rate, render_table};
 use dml_shared::api::LeaderInfo;
-use dml_shared::sdfs::{Checksum, FileInfo, Holding, VersionInfo, describe_failed, printable};
+use dml_shared::sdfs::{
+    BalancePlan, Checksum, FileInfo, Holding, VersionInfo, describe_failed, printable,
+};
 use dml_shared::sdfs_client::{
     Count, GetAllReport, GetReport, LoadReport, PutReport, VersionsReport, throughput,
 };
@@ -253,6 +255,7 @@ pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
                 held.len().to_string(),
                 size(held.iter().map(|h| h.size).sum()),
                 format!("{:.1}% ({even:.2}x even)", part * 100.0),
+                format!("{:.1}%", 100.0 / nodes.len() as f64),
                 if list.is_empty() {
                     "-".into()
                 } else {
@@ -261,7 +264,10 @@ pub fn nodes_table(nodes: &[(SocketAddr, Vec<Holding>)]) -> String {
             ]
         })
         .collect();
-    render_table(&["NODE", "VERSIONS", "BYTES", "SHARE", "FILES"], &rows)
+    render_table(
+        &["NODE", "VERSIONS", "BYTES", "SHARE", "EVEN", "FILES"],
+        &rows,
+    )
 }
 
 pub fn nodes_json(nodes: &[(SocketAddr, Vec<Holding>)]) -> Value {
@@ -273,10 +279,72 @@ pub fn nodes_json(nodes: &[(SocketAddr, Vec<Holding>)]) -> Value {
                 let mut v = store_json(*n, held);
                 v["share"] = json!(part);
                 v["share_of_even"] = json!(even);
+                v["even_share"] = json!(1.0 / nodes.len() as f64);
                 v
             })
             .collect(),
     )
+}
+
+/// `dml sdfs balance`: the moves between agents, and each alive agent's
+/// bytes and share now and once they are done.
+pub fn balance_text(p: &BalancePlan) -> String {
+    let what = if p.started { "started" } else { "dry run" };
+    let mut out = if p.moves == 0 {
+        format!("{what}: balanced, no copy to move\n")
+    } else {
+        format!("{what}: {} copies to move, {}\n", p.moves, size(p.bytes))
+    };
+    if p.waiting_for_repair > 0 {
+        out.push_str(&format!(
+            "{} versions wait for repair first (a holder down or copies missing)\n",
+            p.waiting_for_repair
+        ));
+    }
+    if !p.flows.is_empty() {
+        let rows: Vec<Vec<String>> = p
+            .flows
+            .iter()
+            .map(|f| {
+                vec![
+                    f.from.to_string(),
+                    f.to.to_string(),
+                    f.moves.to_string(),
+                    size(f.bytes),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&render_table(&["FROM", "TO", "COPIES", "BYTES"], &rows));
+    }
+    let share = |b: u64, total: u64| match total {
+        0 => 0.0,
+        t => b as f64 / t as f64 * p.agents.len() as f64,
+    };
+    let (now, after): (u64, u64) = p
+        .agents
+        .iter()
+        .fold((0, 0), |(n, a), s| (n + s.now, a + s.after));
+    let rows: Vec<Vec<String>> = p
+        .agents
+        .iter()
+        .map(|s| {
+            vec![
+                s.agent.to_string(),
+                format!("{} ({:.2}x even)", size(s.now), share(s.now, now)),
+                format!("{} ({:.2}x even)", size(s.after), share(s.after, after)),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&render_table(&["AGENT", "NOW", "AFTER"], &rows));
+    }
+    out
+}
+
+pub fn balance_json(p: &BalancePlan) -> Value {
+    serde_json::to_value(p).unwrap_or(Value::Null)
 }
 
 pub fn count_text(c: &Count) -> String {
@@ -638,12 +706,59 @@ mod tests {
             t.lines().nth(2).unwrap().contains("0.0% (0.00x even)"),
             "{t}"
         );
+        assert!(
+            t.lines().nth(1).unwrap().contains("50.0%"),
+            "the even share: {t}"
+        );
         let j = nodes_json(&[(a(8001), held), (a(8002), vec![])]);
         assert_eq!(j[0]["holdings"][0]["version"], 2);
+        assert_eq!(j[1]["even_share"].as_f64(), Some(0.5));
         assert_eq!(
             (j[0]["share_of_even"].as_f64(), j[1]["share"].as_f64()),
             (Some(2.0), Some(0.0))
         );
+    }
+
+    #[test]
+    fn balance_shows_the_moves_between_agents_and_the_shares_after() {
+        use dml_shared::sdfs::{BalanceFlow, BalanceShare};
+        let p = BalancePlan {
+            moves: 3,
+            bytes: 3 << 20,
+            flows: vec![BalanceFlow {
+                from: a(8001),
+                to: a(8002),
+                moves: 3,
+                bytes: 3 << 20,
+            }],
+            agents: vec![
+                BalanceShare {
+                    agent: a(8001),
+                    now: 6 << 20,
+                    after: 3 << 20,
+                },
+                BalanceShare {
+                    agent: a(8002),
+                    now: 0,
+                    after: 3 << 20,
+                },
+            ],
+            started: false,
+            waiting_for_repair: 0,
+        };
+        let t = balance_text(&p);
+        assert!(t.starts_with("dry run: 3 copies to move, 3.0 MiB"), "{t}");
+        assert!(t.contains("127.0.0.1:8001  127.0.0.1:8002  3"), "{t}");
+        assert!(
+            t.contains("(2.00x even)") && t.contains("(1.00x even)"),
+            "{t}"
+        );
+        let done = BalancePlan {
+            started: true,
+            ..BalancePlan::default()
+        };
+        assert!(balance_text(&done).starts_with("started: balanced, no copy to move"));
+        assert_eq!(balance_json(&p)["flows"][0]["moves"], 3);
     }
 
     #[test]
