@@ -386,6 +386,7 @@ async fn handle(
         Request::Raft(rpc) => services.control.raft_rpc(rpc, source).await,
         Request::NodeStats => Response::NodeStats(services.telemetry.node_stats()),
         Request::Keyring(r) => services.keyring.handle(r).await,
+        Request::Logs { lines } => Response::Logs(crate::log_line::tail(lines as usize)),
         Request::Data(_) | Request::Subscribe => unreachable!("served above"),
     }
 }

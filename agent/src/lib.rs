@@ -11,6 +11,7 @@
 //! - [`event_log`]: membership events as JSON lines.
 //! - [`keyring`]: `dml keyring`: the agent's keyring file and its sync with the leader.
 //! - [`identity`]: this agent's identity, newer at each restart whatever the clock does.
+//! - [`log_line`]: the log's one-line writer, and its newest lines for `dml logs`.
 //! - [`metrics`]: the Prometheus endpoint (`GET /metrics`).
 //! - [`timing`]: the internal timing constants, named in one place.
 //! - [`failstop`]: the agent exits when its Raft store fails (a full disk), for a supervisor
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod infer;
 pub mod keyring;
 pub mod latency;
+pub mod log_line;
 pub mod membership;
 pub mod metrics;
 pub mod sdfs;

@@ -2,13 +2,13 @@
 //! when it is ready ([`notify`]), reloads what it can on SIGHUP ([`reload`]),
 //! and leaves the group gracefully on SIGTERM or SIGINT. See docs/AGENT_CLI.md.
 
-mod log_line;
 mod notify;
 mod reload;
 
 use clap::Parser;
 use dml_agent::agent::Agent;
 use dml_agent::failstop;
+use dml_agent::log_line;
 use dml_agent::timing::{FAILSTOP_POLL, FAILSTOP_SHUTDOWN};
 use dml_shared::config::{Config, Preset};
 use std::io::Write;

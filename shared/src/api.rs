@@ -42,6 +42,9 @@ pub enum Request {
     NodeStats,
     /// `dml keyring` (see [`crate::keyring`]).
     Keyring(crate::keyring::KeyringRequest),
+    /// This agent's newest log lines, at most `lines`, oldest first
+    /// (`dml logs`, the console's member details).
+    Logs { lines: u32 },
 }
 
 /// This agent's view of itself.
@@ -120,4 +123,6 @@ pub enum Response {
     /// A batched write ([`DataRequest::WriteBatch`]): per file, in order,
     /// who stored it and who did not.
     StoredBatch(Vec<crate::sdfs::StoredFile>),
+    /// [`Request::Logs`]: log lines, oldest first.
+    Logs(Vec<String>),
 }

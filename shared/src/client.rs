@@ -145,6 +145,14 @@ impl Client {
         }
     }
 
+    /// The agent's newest `lines` log lines, oldest first.
+    pub async fn logs(&mut self, lines: u32) -> Result<Vec<String>> {
+        match self.call(&Request::Logs { lines }).await? {
+            Response::Logs(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn join(&mut self) -> Result<()> {
         self.expect_ok(Request::Join).await
     }

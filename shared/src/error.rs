@@ -65,6 +65,26 @@ impl ErrorKind {
             ErrorKind::Conflict => 8,
         }
     }
+
+    /// The kind behind one of `dml`'s exit codes; clap's usage error (2)
+    /// is [`ErrorKind::Invalid`].
+    pub fn from_exit_code(code: u8) -> Option<Self> {
+        use ErrorKind as K;
+        if code == 2 {
+            return Some(K::Invalid);
+        }
+        [
+            K::Internal,
+            K::NotFound,
+            K::Invalid,
+            K::Unavailable,
+            K::NotLeader,
+            K::Refused,
+            K::Conflict,
+        ]
+        .into_iter()
+        .find(|k| k.exit_code() == code)
+    }
 }
 
 impl std::fmt::Display for ErrorKind {

@@ -1,7 +1,8 @@
 //! The console end to end, in tmux (`new-session -d -x 160 -y 48`, `send-keys`,
 //! `capture-pane`) against a real local cluster: it shows every member, `+` on a
-//! model changes the batch size `dml models` reports, and after the agent it is
-//! connected to is killed it reconnects to another.
+//! model changes the batch size `dml models` reports, a `:` line runs a `dml`
+//! command and Up recalls it, Enter and `L` show a member with its log, and
+//! after the agent it is connected to is killed it reconnects to another.
 //!
 //! Needs tmux (installed by `scripts/setup.sh`) and the binaries
 //! (`cargo build --workspace --bins`).
@@ -237,6 +238,42 @@ async fn the_console_shows_members_changes_batch_size_and_survives_its_agent() {
     })
     .await
     .unwrap();
+
+    // `:` runs a dml command line and shows what `dml` prints; Up recalls it.
+    t.keys(&["Escape", ":", "sdfs count --json", "Enter"])
+        .unwrap();
+    wait_screen(&t, "the :sdfs count result", SHOW, |s| {
+        s.contains("\"versions\"")
+    })
+    .await
+    .unwrap();
+    t.keys(&["Escape", ":", "Up"]).unwrap();
+    wait_screen(&t, "Up to recall the line", SHOW, |s| {
+        s.contains(":sdfs count --json")
+    })
+    .await
+    .unwrap();
+    t.keys(&["C-u", "members --bogus", "Enter"]).unwrap();
+    wait_screen(&t, "clap's refusal of a bad flag", SHOW, |s| {
+        s.contains("unexpected argument '--bogus'")
+    })
+    .await
+    .unwrap();
+
+    // Enter on a member: its details and the tail of its own log; L: its log.
+    t.keys(&["BTab", "Enter"]).unwrap();
+    wait_screen(&t, "a member's details with its log", SHOW, |s| {
+        s.contains("probed by") && s.contains("log of 127.0.0.1:") && s.contains("INFO")
+    })
+    .await
+    .unwrap();
+    t.keys(&["Escape", "L"]).unwrap();
+    wait_screen(&t, "the member's log view", SHOW, |s| {
+        s.contains(" of ") && s.contains("Esc closes") && s.contains("INFO")
+    })
+    .await
+    .unwrap();
+    t.keys(&["Escape"]).unwrap();
 
     // Kill the agent the console streams from (the leader, which it follows):
     // it moves to another live member.

@@ -554,3 +554,95 @@ async fn dml_stdio(c: &SdfsCluster, i: usize, args: &[&str], stdin: &[u8]) -> st
         .unwrap()
         .unwrap()
 }
+
+/// The console's `:` line is read by the CLI's clap definition and runs the
+/// `dml` binary: it prints what the CLI prints, errors included, and the
+/// popup shows it.
+#[tokio::test]
+async fn the_consoles_colon_line_prints_what_the_cli_prints() {
+    use dml_tui::console::app::{Action, App, Event};
+    use dml_tui::console::exec::{self, Dml};
+    use ratatui::crossterm::event::{KeyCode, KeyEvent};
+    let _slot = cluster_slot().await;
+    let c = SdfsCluster::start("sdfs-console-line", 4).await.unwrap();
+    c.must_put(0, "dir/a.txt", &text("console", 2_000))
+        .await
+        .unwrap();
+    c.must_put(1, "dir/b.bin", &pattern(8, 70_000))
+        .await
+        .unwrap();
+    let dml = Dml {
+        exe: dml_tests::bins::dml_bin().unwrap(),
+        key_file: Some(dml_tests::key::path().unwrap()),
+    };
+    let agent = c.agent(2).addr();
+    for line in [
+        &["ls-all", "dir/*"][..],
+        &["ls", "dir/b.bin"],
+        &["sdfs", "count", "--json"],
+        &["store"],
+    ] {
+        let words: Vec<String> = line.iter().map(ToString::to_string).collect();
+        let console = exec::command(&dml, agent, &words).await.unwrap();
+        let cli = c.dml(2, line).await.unwrap();
+        cli.ensure_success().unwrap();
+        assert_eq!(console, cli.stdout.trim_end(), ":{}", line.join(" "));
+    }
+    // A failure: the CLI's message and its kind.
+    let words = vec!["ls".to_string(), "dir/missing".to_string()];
+    let e = exec::command(&dml, agent, &words).await.unwrap_err();
+    let cli = c.dml(2, &["ls", "dir/missing"]).await.unwrap();
+    assert_eq!(cli.code(), Some(i32::from(e.kind().exit_code())), "{e}");
+    assert!(cli.stderr.contains(&e.to_string()), "{e} vs {}", cli.stderr);
+
+    // `dml logs`: the agent's own newest lines, as the console's details show them.
+    let out = c.dml(2, &["logs", "-n", "3", "--json"]).await.unwrap();
+    out.ensure_success().unwrap();
+    let v = out.json().unwrap();
+    let lines = v["lines"].as_array().expect("a lines array");
+    assert_eq!(lines.len(), 3, "{v}");
+    assert!(
+        lines.iter().all(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("INFO") || l.contains("WARN"))
+            && !l.to_string().contains('\u{1b}')),
+        "{v}"
+    );
+
+    // Through the App: typed, run, shown in the popup, recalled by Up.
+    let mut app = App::new(agent, 0, (120, 40));
+    let key = |c: KeyCode| Event::Key(KeyEvent::from(c));
+    for ch in ":ls-all dir/*".chars() {
+        app.handle(key(KeyCode::Char(ch)));
+    }
+    let action = app.handle(key(KeyCode::Enter)).expect("a command to run");
+    assert!(
+        matches!(&action, Action::Command(w) if w == &["ls-all", "dir/*"]),
+        "{action:?}"
+    );
+    let what = exec::describe(&action);
+    let result = exec::run(&dml, agent, action).await.map_err(Into::into);
+    app.handle(Event::Done { what, result });
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 40)).unwrap();
+    term.draw(|f| dml_tui::console::draw::draw(f, &app))
+        .unwrap();
+    let screen: String = term
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(|c| c.symbol())
+        .collect();
+    assert!(
+        screen.contains("dir/a.txt") && screen.contains("dir/b.bin"),
+        "the popup shows the table:\n{screen}"
+    );
+    app.handle(key(KeyCode::Esc));
+    app.handle(key(KeyCode::Char(':')));
+    app.handle(key(KeyCode::Up));
+    assert!(
+        matches!(&app.input, Some(dml_tui::console::app::Input::Command(t)) if t == "ls-all dir/*"),
+        "Up recalls the line: {:?}",
+        app.input
+    );
+}

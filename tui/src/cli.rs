@@ -16,6 +16,11 @@ Examples:
   tar c dir | dml put - backups/dir.tar  from stdin
   dml put ./dataset datasets/sample      a directory, in batches
   dml put a.jpg b.jpg images             several files under a prefix";
+const EX_LOGS: &str = "\
+Examples:
+  dml logs -n 20                        the agent's last 20 lines
+  dml --agent 127.0.0.1:8003 logs       another agent's
+  dml logs --json | jq -r '.lines[]'    as JSON";
 const EX_GET: &str = "\
 Examples:
   dml get images/photo.jpg photo.jpg    to a file (atomically, verified)
@@ -116,6 +121,14 @@ pub enum Command {
     Leave,
     /// Traffic and failure-detector counters of the agent.
     Stats,
+    /// The agent's newest log lines, oldest first (it keeps the last 500 in
+    /// memory; its whole log is its stderr, a file under `dml local`).
+    #[command(after_help = EX_LOGS)]
+    Logs {
+        /// How many lines.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
     /// Who leads the control plane (Raft), as the agent sees it.
     Leader,
     /// Store a local file in SDFS as a new version of SDFSNAME; or several
@@ -186,7 +199,7 @@ pub enum Command {
     /// Write a new random cluster key (mode 0600) and print its fingerprint.
     Keygen {
         /// Where to write it.
-        #[arg(long, default_value = crate::key::KEYGEN_PATH)]
+        #[arg(long, default_value = KEYGEN_PATH)]
         out: PathBuf,
         /// Replace an existing file (every agent then needs the new key).
         #[arg(long)]
@@ -212,13 +225,13 @@ pub enum Command {
     /// Named clusters (agents and key file) that `dml` uses from any
     /// directory; `local up` and `cluster up` add one.
     #[command(subcommand)]
-    Context(crate::context::ContextCommand),
+    Context(ContextCommand),
     /// Run a cluster of agents on this machine.
     #[command(subcommand)]
     Local(LocalCommand),
     /// Deploy and run agents on remote hosts over SSH (hosts.toml).
     #[command(subcommand)]
-    Cluster(crate::cluster::ClusterCommand),
+    Cluster(cluster::ClusterCommand),
     /// C4: run MODEL over NUM_IMAGES images of a dataset; prints the job id.
     #[command(after_help = EX_SUBMIT_JOB)]
     SubmitJob {
@@ -533,6 +546,78 @@ pub struct DownArgs {
 /// Model names are lowercase; a user may type them in any case.
 fn model_arg(s: &str) -> Result<String, std::convert::Infallible> {
     Ok(dml_shared::models::model_key(s))
+}
+
+/// Where `dml keygen` writes the key by default.
+pub const KEYGEN_PATH: &str = ".dml/cluster.key";
+
+/// `dml context ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ContextCommand {
+    /// Every context; `*` marks the current one.
+    List,
+    /// Make NAME the current context.
+    Use { name: String },
+    /// One context (default: the current one).
+    Show { name: Option<String> },
+    /// Add (or replace) a context and make it current.
+    Add {
+        name: String,
+        /// An agent address (repeatable; tried in order).
+        #[arg(long = "agent-addr", required = true)]
+        agents: Vec<std::net::SocketAddr>,
+        /// Its key file or client credential (stored as an absolute path).
+        #[arg(long = "key")]
+        key_file: Option<PathBuf>,
+    },
+    /// Forget a context.
+    Remove { name: String },
+}
+
+/// `dml cluster ...`'s arguments (run by the binary's `cluster` module).
+pub mod cluster {
+    use clap::{Args, Subcommand};
+    use std::path::PathBuf;
+
+    #[derive(Debug, Subcommand)]
+    pub enum ClusterCommand {
+        /// Upload dml-agent and each host's config over SFTP, start the agents
+        /// (systemd where it is PID 1, else tmux) and wait until they are healthy.
+        Up(UpArgs),
+        /// Stop each host's agent with SIGTERM, so it leaves the group.
+        Down(DownArgs),
+        /// Each host's agent: process, pid, API, members seen, leader; then the
+        /// running jobs that make no progress, and why.
+        Status(HostsArg),
+    }
+
+    #[derive(Debug, Args)]
+    pub struct HostsArg {
+        /// The hosts file (see docs/DEPLOY.md).
+        #[arg(long)]
+        pub hosts: PathBuf,
+    }
+
+    #[derive(Debug, Args)]
+    pub struct UpArgs {
+        #[command(flatten)]
+        pub hosts: HostsArg,
+        /// The dml-agent binary to upload (default: hosts.toml's agent_bin, else next to dml).
+        #[arg(long)]
+        pub agent_bin: Option<PathBuf>,
+        /// Seconds to wait for every agent to answer, see the others and a leader.
+        #[arg(long, default_value_t = 90)]
+        pub wait_secs: u64,
+    }
+
+    #[derive(Debug, Args)]
+    pub struct DownArgs {
+        #[command(flatten)]
+        pub hosts: HostsArg,
+        /// Seconds to wait after SIGTERM before SIGKILL.
+        #[arg(long, default_value_t = 15)]
+        pub timeout_secs: u64,
+    }
 }
 
 #[cfg(test)]

@@ -18,28 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `dml context ...`.
-#[derive(Debug, clap::Subcommand)]
-pub enum ContextCommand {
-    /// Every context; `*` marks the current one.
-    List,
-    /// Make NAME the current context.
-    Use { name: String },
-    /// One context (default: the current one).
-    Show { name: Option<String> },
-    /// Add (or replace) a context and make it current.
-    Add {
-        name: String,
-        /// An agent address (repeatable; tried in order).
-        #[arg(long = "agent-addr", required = true)]
-        agents: Vec<SocketAddr>,
-        /// Its key file or client credential (stored as an absolute path).
-        #[arg(long = "key")]
-        key_file: Option<PathBuf>,
-    },
-    /// Forget a context.
-    Remove { name: String },
-}
+pub use dml_tui::cli::ContextCommand;
 
 /// How long to try each of a context's agents before the next.
 const PROBE: Duration = Duration::from_millis(300);

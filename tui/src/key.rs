@@ -6,7 +6,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// Where `dml keygen` writes by default.
-pub const KEYGEN_PATH: &str = ".dml/cluster.key";
+pub use dml_tui::cli::KEYGEN_PATH;
 /// Tried in order when no key file is given.
 pub const DEFAULT_PATHS: [&str; 2] = [".dml/run/cluster.key", KEYGEN_PATH];
 

@@ -1,6 +1,6 @@
 //! `dml`, the AwesomeDML operator binary.
 //!
-//! - [`cli`]: the command line (clap).
+//! - [`cli`]: the command line (clap), in the library for the console.
 //! - [`agent_bin`]: finding the `dml-agent` binary to start or upload.
 //! - [`oneshot`]: `members`, `id`, `join`, `leave`, `stats` against one agent.
 //! - [`report`]: tables and JSON for those commands.
@@ -17,7 +17,7 @@
 //! - [`credential`]: `credential`, a client credential (admin, read-only).
 
 mod agent_bin;
-mod cli;
+use dml_tui::cli;
 mod cluster;
 mod context;
 mod credential;
@@ -191,7 +191,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(c) => oneshot::run(c, oneshot::resolve_agent(&agent)?, cli.json).await,
         None => {
             let agent = cli.connect.as_deref().unwrap_or(&agent);
-            console::run(oneshot::resolve_agent(agent)?).await
+            let dml = console::exec::Dml {
+                exe: anyhow::Context::context(
+                    std::env::current_exe(),
+                    "cannot find the dml binary itself",
+                )?,
+                key_file: key::find(key_file),
+            };
+            console::run(oneshot::resolve_agent(agent)?, dml).await
         }
     }
 }

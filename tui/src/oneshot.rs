@@ -1,4 +1,5 @@
-//! The one-shot commands that ask one agent something: members, id, join, leave, stats.
+//! The one-shot commands that ask one agent something: members, id, join,
+//! leave, stats, logs.
 
 use crate::cli::Command;
 use crate::report;
@@ -47,6 +48,14 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
                 report::stats_json(&s).to_string()
             } else {
                 report::stats_text(&s)
+            }
+        }
+        Command::Logs { lines } => {
+            let l = client.logs(*lines).await?;
+            if json {
+                json!({"agent": agent.to_string(), "lines": l}).to_string()
+            } else {
+                l.iter().map(|l| format!("{l}\n")).collect()
             }
         }
         Command::Join | Command::Leave => {

@@ -227,13 +227,60 @@ mod state {
     fn enter_on_a_member_shows_it_in_full() {
         let mut a = app(10, (100, 30));
         a.handle(ch('j'));
-        a.handle(key(KeyCode::Enter));
+        // It shows at once, and asks that member for its log's tail.
+        let action = a.handle(key(KeyCode::Enter));
         let m = a.message.as_ref().expect("a popup");
         assert_eq!(m.text, format!("member {} (Esc closes)", synth::addr(1)));
         let d = m.detail.as_deref().unwrap();
-        for want in ["alive, incarnation 1, voter", "probed by ", "cpu ", "SDFS "] {
+        for want in [
+            "alive, incarnation 1, voter",
+            "probed by ",
+            "cpu ",
+            "SDFS ",
+            "log: asking",
+        ] {
             assert!(d.contains(want), "no {want:?} in\n{d}");
         }
+        match action {
+            Some(Action::Details {
+                title, logs_from, ..
+            }) => {
+                assert_eq!(logs_from, synth::addr(1));
+                assert_eq!(title, format!("member {}", synth::addr(1)));
+            }
+            other => panic!("wanted the log's tail asked for, got {other:?}"),
+        }
+        a.handle(key(KeyCode::Esc));
+        assert!(a.message.as_ref().is_none_or(|m| m.detail.is_none()));
+        // L: that member's log, through `dml logs`.
+        assert_eq!(
+            a.handle(ch('L')),
+            Some(Action::Command(
+                ["--agent", &synth::addr(1).to_string(), "logs", "-n", "200"]
+                    .map(String::from)
+                    .to_vec()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_long_popup_scrolls_and_a_log_opens_at_its_newest_line() {
+        let mut a = app(3, (80, 24));
+        let log: Vec<String> = (1..=100).map(|i| format!("line {i}")).collect();
+        a.handle(Event::Done {
+            what: "--agent 127.0.0.1:8001 logs -n 200".into(),
+            result: Ok(log.join("\n")),
+        });
+        let shown = |a: &App| text(screen(a, 80, 24).backend().buffer());
+        let s = shown(&a);
+        assert!(s.contains("line 100") && !s.contains("line 50 "), "{s}");
+        assert!(s.contains("rows 79-100 of 100"), "{s}");
+        a.handle(key(KeyCode::PageUp));
+        let s = shown(&a);
+        assert!(s.contains("line 57") && !s.contains("line 100"), "{s}");
+        a.handle(ch('g'));
+        assert!(shown(&a).contains("rows 1-22 of 100"));
+        // Keys the popup does not take still reach the screen under it.
         a.handle(key(KeyCode::Esc));
         assert!(a.message.as_ref().is_none_or(|m| m.detail.is_none()));
     }
@@ -595,7 +642,7 @@ mod widgets {
         assert!(detail.contains(&format!("stalled: {STALL}")), "{detail}");
         // Every row of it is on the screen, in a popup as wide as the screen allows.
         let s = text(screen(&a, 120, 36).backend().buffer());
-        for row in draw::wrap(&detail, 110) {
+        for row in layout::wrap(&detail, 110) {
             assert!(s.contains(&row), "{row:?} missing:\n{s}");
         }
         a.handle(key(KeyCode::Esc));
@@ -610,7 +657,7 @@ mod widgets {
     #[test]
     fn popup_text_wraps_at_spaces_and_cuts_long_words() {
         assert_eq!(
-            draw::wrap("aaa bbb cccccccc\n  x", 5),
+            layout::wrap("aaa bbb cccccccc\n  x", 5),
             ["aaa", "bbb", "ccccc", "ccc", "  x"]
         );
     }

@@ -13,7 +13,6 @@ pub mod stalls;
 
 use crate::report::render_table;
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
 use dml_shared::client::Client;
 use hosts::{Host, Hosts, Launcher};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,45 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
-    /// Upload dml-agent and each host's config over SFTP, start the agents
-    /// (systemd where it is PID 1, else tmux) and wait until they are healthy.
-    Up(UpArgs),
-    /// Stop each host's agent with SIGTERM, so it leaves the group.
-    Down(DownArgs),
-    /// Each host's agent: process, pid, API, members seen, leader; then the
-    /// running jobs that make no progress, and why.
-    Status(HostsArg),
-}
-
-#[derive(Debug, Args)]
-pub struct HostsArg {
-    /// The hosts file (see docs/DEPLOY.md).
-    #[arg(long)]
-    pub hosts: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub hosts: HostsArg,
-    /// The dml-agent binary to upload (default: hosts.toml's agent_bin, else next to dml).
-    #[arg(long)]
-    pub agent_bin: Option<PathBuf>,
-    /// Seconds to wait for every agent to answer, see the others and a leader.
-    #[arg(long, default_value_t = 90)]
-    pub wait_secs: u64,
-}
-
-#[derive(Debug, Args)]
-pub struct DownArgs {
-    #[command(flatten)]
-    pub hosts: HostsArg,
-    /// Seconds to wait after SIGTERM before SIGKILL.
-    #[arg(long, default_value_t = 15)]
-    pub timeout_secs: u64,
-}
+pub use dml_tui::cli::cluster::{ClusterCommand, DownArgs, HostsArg, UpArgs};
 
 /// Time allowed for one API probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);

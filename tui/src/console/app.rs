@@ -3,6 +3,7 @@
 //! reads a clock: time arrives in [`Event::Tick`].
 
 use super::layout::{self, Pane};
+use super::line::Parsed;
 use dml_shared::api::{MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, JobState, ModelInfo, RateInfo};
 use dml_shared::telemetry::{Frame, TelemetryEvent};
@@ -20,6 +21,10 @@ pub const HISTORY: usize = 360;
 pub const EVENT_LOG: usize = 1000;
 /// What an agent's refusal of a read-only credential says (`dml_shared::access`).
 const READ_ONLY_REFUSAL: &str = "a read-only credential cannot";
+/// Log lines in a member's details (Enter).
+pub const DETAIL_LOG_LINES: u32 = 8;
+/// Log lines in a member's log view (`L`).
+pub const LOG_VIEW_LINES: u32 = 200;
 /// Rows moved by PageUp / PageDown.
 const PAGE: usize = 10;
 
@@ -87,6 +92,13 @@ pub enum Action {
     },
     /// A `dml` command line typed after `:`, split into words.
     Command(Vec<String>),
+    /// A details popup (`title`, `text`) completed with the newest lines of
+    /// `logs_from`'s log.
+    Details {
+        title: String,
+        text: String,
+        logs_from: SocketAddr,
+    },
 }
 
 /// A line being typed.
@@ -121,6 +133,8 @@ pub struct Message {
     pub at_ms: u64,
     /// Longer output (several lines), shown in a popup until Esc.
     pub detail: Option<String>,
+    /// The popup's first row shown (Up/Down, PageUp/PageDown, g/G).
+    pub scroll: usize,
 }
 
 /// The console's whole state.
@@ -189,36 +203,6 @@ impl MemberSort {
         }
     }
 }
-
-/// The first words `:` completes with Tab.
-pub const COMMAND_NAMES: [&str; 26] = [
-    "cancel",
-    "delete",
-    "get",
-    "get-all",
-    "get-output",
-    "get-versions",
-    "help",
-    "id",
-    "job",
-    "jobs",
-    "join",
-    "latency",
-    "leader",
-    "leave",
-    "ls",
-    "ls-all",
-    "members",
-    "models",
-    "placement",
-    "put",
-    "rates",
-    "sdfs",
-    "set-batch-size",
-    "stats",
-    "store",
-    "submit-job",
-];
 
 impl App {
     pub fn new(agent: SocketAddr, now_ms: u64, size: (u16, u16)) -> Self {
@@ -321,6 +305,8 @@ impl App {
     }
 
     fn handle_done(&mut self, what: String, result: Result<String, RemoteError>) {
+        // A log view opens at its newest line.
+        let tail = what.split_whitespace().any(|w| w == "logs");
         if let Err(e) = &result
             && e.kind == ErrorKind::Refused
             && e.message.contains(READ_ONLY_REFUSAL)
@@ -339,6 +325,7 @@ impl App {
             text: first,
             ok,
             at_ms: self.now_ms,
+            scroll: if tail { usize::MAX } else { 0 },
             detail,
         });
     }
@@ -360,9 +347,30 @@ impl App {
             }
             return None;
         }
-        if self.message.as_ref().is_some_and(|m| m.detail.is_some()) && k.code == KeyCode::Esc {
-            self.message = None;
-            return None;
+        // An open popup takes Esc and its scroll keys.
+        if let Some(m) = self.message.as_mut()
+            && let Some(d) = &m.detail
+        {
+            let (rows, visible) = super::layout::popup_rows(d, self.size);
+            let last = rows.saturating_sub(visible);
+            let at = m.scroll.min(last);
+            let to = match k.code {
+                KeyCode::Esc => {
+                    self.message = None;
+                    return None;
+                }
+                KeyCode::Down | KeyCode::Char('j') => (at + 1).min(last),
+                KeyCode::Up | KeyCode::Char('k') => at.saturating_sub(1),
+                KeyCode::PageDown => (at + visible).min(last),
+                KeyCode::PageUp => at.saturating_sub(visible),
+                KeyCode::Home | KeyCode::Char('g') => 0,
+                KeyCode::End | KeyCode::Char('G') => last,
+                _ => usize::MAX,
+            };
+            if to != usize::MAX {
+                m.scroll = to;
+                return None;
+            }
         }
         match k.code {
             KeyCode::Char('q') => self.quit = true,
@@ -396,7 +404,21 @@ impl App {
                 self.selected[Pane::Members as usize] = 0;
             }
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
-            KeyCode::Enter if self.focus == Pane::Members => self.show_member(),
+            KeyCode::Enter if self.focus == Pane::Members => return self.show_member(),
+            KeyCode::Char('L') if self.focus == Pane::Members => {
+                let members = self.members();
+                match members.get(self.selected[Pane::Members as usize]) {
+                    Some(m) => {
+                        let addr = m.id.addr.to_string();
+                        return Some(Action::Command(
+                            ["--agent", &addr, "logs", "-n", &LOG_VIEW_LINES.to_string()]
+                                .map(String::from)
+                                .to_vec(),
+                        ));
+                    }
+                    None => self.say("no member selected", false),
+                }
+            }
             KeyCode::Char(c @ ('s' | '+' | '=' | '-' | 'b' | 'x'))
                 if self.read_only
                     && (c == 's'
@@ -488,28 +510,10 @@ impl App {
                 let Input::Command(t) = input else {
                     unreachable!("matched above")
                 };
-                if !t.contains(' ') {
-                    let found: Vec<&str> = COMMAND_NAMES
-                        .iter()
-                        .copied()
-                        .filter(|c| c.starts_with(t.as_str()))
-                        .collect();
-                    match found[..] {
-                        [] => {}
-                        [one] => *t = format!("{one} "),
-                        _ => {
-                            // The longest prefix they share, and the choices.
-                            let mut common = found[0].to_string();
-                            for c in &found[1..] {
-                                while !c.starts_with(&common) {
-                                    common.pop();
-                                }
-                            }
-                            *t = common;
-                            let list = found.join(" ");
-                            self.say(&list, true);
-                        }
-                    }
+                let (line, choices) = super::line::complete(t);
+                *t = line;
+                if !choices.is_empty() {
+                    self.say(&choices.join(" "), true);
                 }
                 return None;
             }
@@ -566,8 +570,20 @@ impl App {
                     if self.commands.last() != Some(&t) {
                         self.commands.push(t.clone());
                     }
-                    self.say(&format!("running: {}", w.join(" ")), true);
-                    Some(Action::Command(w))
+                    match super::line::parse(&w) {
+                        Ok(Parsed::Run(w)) => {
+                            self.say(&format!("running: dml {}", w.join(" ")), true);
+                            Some(Action::Command(w))
+                        }
+                        Ok(Parsed::Show(text)) => {
+                            self.handle_done(t, Ok(text));
+                            None
+                        }
+                        Err(e) => {
+                            self.say(&e.to_string(), false);
+                            None
+                        }
+                    }
                 }
                 Err(e) => {
                     self.say(&e.to_string(), false);
@@ -666,16 +682,19 @@ impl App {
             ok,
             at_ms: self.now_ms,
             detail: Some(text),
+            scroll: 0,
         });
     }
 
     /// The selected member in full, in a popup: who probes it, when this
     /// agent last heard it, its process and store figures, older incarnations.
-    fn show_member(&mut self) {
+    /// The selected member in full, then (the [`Action::Details`]) with its
+    /// log's tail.
+    fn show_member(&mut self) -> Option<Action> {
         let members = self.members();
         let Some(m) = members.get(self.selected[Pane::Members as usize]).copied() else {
             self.say("no member selected", false);
-            return;
+            return None;
         };
         let mut text = format!(
             "{}: {}, incarnation {}, {}\nstarted {} UTC",
@@ -723,12 +742,23 @@ impl App {
             text.push_str(&format!("\nother incarnations: {}", older.join(", ")));
         }
         let ok = m.state.is_live();
+        let title = format!("member {}", m.id.addr);
+        let action = ok.then(|| Action::Details {
+            title: title.clone(),
+            text: text.clone(),
+            logs_from: m.id.addr,
+        });
+        if ok {
+            text.push_str("\n\nlog: asking the agent…");
+        }
         self.message = Some(Message {
-            text: format!("member {} (Esc closes)", m.id.addr),
+            text: format!("{title} (Esc closes)"),
             ok,
             at_ms: self.now_ms,
             detail: Some(text),
+            scroll: 0,
         });
+        action
     }
 
     fn say(&mut self, text: &str, ok: bool) {
@@ -737,6 +767,7 @@ impl App {
             ok,
             at_ms: self.now_ms,
             detail: None,
+            scroll: 0,
         });
     }
 

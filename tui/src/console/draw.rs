@@ -13,7 +13,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 /// Every key, as the help overlay lists it.
-pub const KEYS: [(&str, &str); 20] = [
+pub const KEYS: [(&str, &str); 21] = [
     ("?", "show or hide this help"),
     ("q, Ctrl-C", "quit"),
     ("Tab, l, →", "next pane"),
@@ -23,19 +23,23 @@ pub const KEYS: [(&str, &str); 20] = [
     ("g, Home / G, End", "first / last row"),
     ("/", "filter the focused pane (Enter keeps, Esc clears)"),
     ("o", "membership: sort by address, state, cpu, mem, sdfs"),
-    (":", "dml's commands; Tab completes, Up/Down recall"),
+    (":", "a dml command (:help); Tab completes, Up/Down recall"),
     (
         "+ / -",
         "models pane: batch size of the selected model up / down",
     ),
     ("b", "models pane: type a batch size"),
     ("s", "submit a job (model, images, dataset)"),
-    ("Enter", "the selected member or job in full"),
+    (
+        "Enter",
+        "the selected job, or member with its log tail, in full",
+    ),
+    ("L", "membership: the selected member's log (200 lines)"),
     ("x", "jobs pane: cancel the selected running job"),
     ("e", "expand the focused pane / back"),
     (
         "Esc",
-        "close a popup, leave expanded view, clear the filter",
+        "close a popup (↑↓ PgUp PgDn scroll it) or expanded view; clear filter",
     ),
     ("mouse click", "focus a pane and select a row"),
     ("mouse wheel", "scroll the pane under the pointer"),
@@ -65,8 +69,10 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     if let Some(Input::Submit(_)) = &app.input {
         submit_form(app, area, buf);
     }
-    if let Some(d) = app.message.as_ref().and_then(|m| m.detail.as_ref()) {
-        popup(" result (Esc closes) ", d, area, buf);
+    if let Some(m) = &app.message
+        && let Some(d) = &m.detail
+    {
+        popup(d, m.scroll, area, buf);
     }
     if app.help {
         help(area, buf);
@@ -355,44 +361,31 @@ fn submit_form(app: &App, area: Rect, buf: &mut Buffer) {
         .render(r, buf);
 }
 
-fn popup(title: &str, text: &str, area: Rect, buf: &mut Buffer) {
-    let w = area.width.saturating_sub(8);
-    let rows = wrap(text, usize::from(w.saturating_sub(2)));
-    let r = centered(area, w, (rows.len() as u16).saturating_add(2));
+/// `text` in a popup from row `scroll`; the title says where it is when
+/// the text does not fit.
+fn popup(text: &str, scroll: usize, area: Rect, buf: &mut Buffer) {
+    let w = layout::popup_width(area.width);
+    let rows = layout::wrap(text, usize::from(w.saturating_sub(2)));
+    let (n, visible) = layout::popup_rows(text, (area.width, area.height));
+    let first = scroll.min(n - visible);
+    let title = if visible < n {
+        format!(
+            " rows {}-{} of {n}: ↑↓ PgUp PgDn g G; Esc closes ",
+            first + 1,
+            first + visible
+        )
+    } else {
+        " result (Esc closes) ".to_string()
+    };
+    let r = centered(area, w, (visible as u16).saturating_add(2));
     Clear.render(r, buf);
-    Paragraph::new(rows.into_iter().map(Line::from).collect::<Vec<_>>())
-        .block(Block::bordered().title(title.to_string()))
-        .render(r, buf);
-}
-
-/// `text` in rows of at most `width` columns, broken at spaces where it can (so a
-/// popup is as tall as its text).
-pub fn wrap(text: &str, width: usize) -> Vec<String> {
-    let width = width.max(1);
-    let cols = |s: &str| Span::raw(s).width();
-    let mut rows = Vec::new();
-    for line in text.lines() {
-        let mut row = String::new();
-        let mut start = true;
-        for word in line.split(' ') {
-            if !start && cols(&row) + 1 + cols(word) > width {
-                rows.push(std::mem::take(&mut row));
-                start = true;
-            }
-            if !start {
-                row.push(' ');
-            }
-            // A word longer than a row is cut.
-            for c in word.chars() {
-                row.push(c);
-                if cols(&row) > width {
-                    row.pop();
-                    rows.push(std::mem::replace(&mut row, c.to_string()));
-                }
-            }
-            start = false;
-        }
-        rows.push(row);
-    }
-    rows
+    Paragraph::new(
+        rows.into_iter()
+            .skip(first)
+            .take(visible)
+            .map(Line::from)
+            .collect::<Vec<_>>(),
+    )
+    .block(Block::bordered().title(title))
+    .render(r, buf);
 }

@@ -1,36 +1,37 @@
-//! Carrying out the console's [`Action`]s through the same client API as the
-//! `dml` commands (`dml_shared::client` and `dml_shared::sdfs_client`); each
-//! result comes back as text for the footer or a popup.
+//! Carrying out the console's [`Action`]s. Keys that steer (batch size,
+//! submit) go through the client API (`dml_shared::sdfs_client`); a `:` line
+//! runs the `dml` binary itself ([`Dml`]), so it is parsed by the CLI's
+//! clap definition and shows exactly what the CLI prints. Each result comes
+//! back as text for the footer or a popup.
 
 use super::app::Action;
-use super::fmt::bytes;
 use dml_shared::client::Client;
-use dml_shared::infer::{InferRequest, InferResponse, Outcome};
-use dml_shared::sdfs::printable;
-use dml_shared::sdfs_client::{Sdfs, no_progress};
+use dml_shared::infer::{InferRequest, InferResponse};
+use dml_shared::sdfs_client::Sdfs;
 use dml_shared::{ErrorKind, RemoteError};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::Stdio;
 
-/// The commands `:` accepts, for the usage error.
-pub const COMMANDS: &str = "help, members, id, leader, stats, join, leave, put, get, delete, ls, \
-    ls-all, store, get-versions, sdfs files|nodes|count, submit-job, jobs, get-output, \
-    set-batch-size, models, rates, latency, placement";
+/// How a `:` line reaches the cluster: the `dml` binary, pointed at the
+/// console's agent with the console's key.
+#[derive(Clone, Debug)]
+pub struct Dml {
+    /// The `dml` binary (the console's own executable).
+    pub exe: PathBuf,
+    /// The key file or credential the console uses, if any was found.
+    pub key_file: Option<PathBuf>,
+}
 
-/// Why a console command failed.
+/// Why a console action failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    #[error("type a command: {COMMANDS}")]
-    NoCommand,
-    #[error("unknown command \"{0}\"; try one of: {COMMANDS}")]
-    UnknownCommand(String),
-    #[error("usage: {cmd} {args}")]
-    Usage { cmd: String, args: &'static str },
-    #[error("{what} \"{value}\" is not a number")]
-    NotANumber { what: &'static str, value: String },
     #[error("unexpected answer {0}")]
     Unexpected(String),
+    #[error("cannot run {exe}: {source}")]
+    Spawn { exe: String, source: std::io::Error },
+    #[error("{message}")]
+    Failed { kind: ErrorKind, message: String },
     #[error(transparent)]
     Client(#[from] dml_shared::Error),
 }
@@ -44,11 +45,8 @@ impl ExecError {
     /// What kind of failure it is.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ExecError::NoCommand
-            | ExecError::UnknownCommand(_)
-            | ExecError::Usage { .. }
-            | ExecError::NotANumber { .. } => ErrorKind::Invalid,
-            ExecError::Unexpected(_) => ErrorKind::Internal,
+            ExecError::Unexpected(_) | ExecError::Spawn { .. } => ErrorKind::Internal,
+            ExecError::Failed { kind, .. } => *kind,
             ExecError::Client(e) => e.kind(),
         }
     }
@@ -70,11 +68,12 @@ pub fn describe(a: &Action) -> String {
             dataset,
         } => format!("submit-job {model} {count} --dataset {dataset}"),
         Action::Command(w) => w.join(" "),
+        Action::Details { title, .. } => title.clone(),
     }
 }
 
 /// Runs `a` against `agent`; `Ok` is the text to show.
-pub async fn run(agent: SocketAddr, a: Action) -> Result<String, ExecError> {
+pub async fn run(dml: &Dml, agent: SocketAddr, a: Action) -> Result<String, ExecError> {
     match a {
         Action::SetBatchSize { model, size } => set_batch(agent, &model, size).await,
         Action::Submit {
@@ -82,8 +81,23 @@ pub async fn run(agent: SocketAddr, a: Action) -> Result<String, ExecError> {
             count,
             dataset,
         } => submit(agent, model, count, dataset).await,
-        Action::Command(w) => command(agent, &w).await,
+        Action::Command(w) => command(dml, agent, &w).await,
+        Action::Details {
+            title,
+            text,
+            logs_from,
+        } => Ok(with_log(title, text, logs_from).await),
     }
+}
+
+/// A details popup's text and the tail of `from`'s log (or why there is none).
+async fn with_log(title: String, text: String, from: SocketAddr) -> String {
+    let log = match Client::new(from).logs(super::app::DETAIL_LOG_LINES).await {
+        Ok(lines) if lines.is_empty() => "nothing logged yet".to_string(),
+        Ok(lines) => lines.join("\n"),
+        Err(e) => format!("cannot read it: {e}"),
+    };
+    format!("{title}\n{text}\n\nlog of {from}, newest last (L shows more):\n{log}")
 }
 
 async fn infer(agent: SocketAddr, req: InferRequest) -> Result<InferResponse, ExecError> {
@@ -132,421 +146,129 @@ async fn submit(
     }
 }
 
-fn usage(cmd: &str, args: &'static str) -> ExecError {
-    ExecError::Usage {
-        cmd: cmd.to_string(),
-        args,
-    }
-}
-
-fn arg<'a>(w: &'a [String], i: usize, cmd: &str, args: &'static str) -> Result<&'a str, ExecError> {
-    w.get(i).map(String::as_str).ok_or_else(|| usage(cmd, args))
-}
-
-fn number<T: std::str::FromStr>(s: &str, what: &'static str) -> Result<T, ExecError> {
-    s.parse().map_err(|_| ExecError::NotANumber {
-        what,
-        value: s.to_string(),
-    })
-}
-
-/// One `dml` command line (without `dml`).
-pub async fn command(agent: SocketAddr, w: &[String]) -> Result<String, ExecError> {
-    let sdfs = Sdfs::new(agent);
-    let mut client = Client::new(agent);
-    let Some(cmd) = w.first().map(String::as_str) else {
-        return Err(ExecError::NoCommand);
+/// One `dml` command line (the words after `dml`), run by the `dml` binary
+/// against `agent` unless the line names its own agent or context.
+pub async fn command(dml: &Dml, agent: SocketAddr, words: &[String]) -> Result<String, ExecError> {
+    let has = |flag: &str| {
+        words
+            .iter()
+            .any(|w| w == flag || w.starts_with(&format!("{flag}=")))
     };
-    let mut out = String::new();
-    match cmd {
-        "help" => {
-            out = format!(
-                "commands (as dml's, without \"dml\"): {COMMANDS}; keys: press ? (Esc closes)"
-            );
-        }
-        "members" => {
-            let ms = client.members().await?;
-            let _ = writeln!(out, "{} members", ms.len());
-            for m in ms {
-                let _ = writeln!(out, "{} {} inc {}", m.id, m.state.as_str(), m.incarnation);
-            }
-        }
-        "id" => {
-            let i = client.id().await?;
-            let _ = write!(
-                out,
-                "{} incarnation {} joined {}",
-                i.id, i.incarnation, i.joined
-            );
-        }
-        "leader" => {
-            let l = client.leader().await?;
-            let _ = write!(
-                out,
-                "leader {} term {} ({} voters)",
-                l.leader.map_or_else(|| "none".into(), |a| a.to_string()),
-                l.term,
-                l.voters.len()
-            );
-        }
-        "stats" => {
-            let s = client.stats().await?;
-            let _ = write!(
-                out,
-                "sent {:.0} B/s, received {:.0} B/s, probes {}, suspicions {}, refuted {}",
-                s.bytes_sent_per_s, s.bytes_recv_per_s, s.probes_sent, s.suspicions, s.refuted
-            );
-        }
-        "join" => {
-            client.join().await?;
-            out.push_str("joining");
-        }
-        "leave" => {
-            client.leave().await?;
-            out.push_str("left the group");
-        }
-        "put" => {
-            let args = "LOCALFILE SDFSNAME";
-            let local = arg(w, 1, cmd, args)?;
-            let name = arg(w, 2, cmd, args)?;
-            let r = sdfs.put(Path::new(local), name, &no_progress).await?;
-            let _ = write!(
-                out,
-                "{} version {} ({}) on {} holders",
-                printable(&r.name),
-                r.version,
-                bytes(r.size),
-                r.holders.len()
-            );
-        }
-        "get" => {
-            let args = "SDFSNAME LOCALFILE";
-            let name = arg(w, 1, cmd, args)?;
-            let local = arg(w, 2, cmd, args)?;
-            let r = sdfs.get(name, Path::new(local), &no_progress).await?;
-            let _ = write!(
-                out,
-                "{} version {} ({}) from {} to {}",
-                printable(&r.name),
-                r.version,
-                bytes(r.size),
-                r.from,
-                r.path.display()
-            );
-        }
-        "delete" => {
-            let name = arg(w, 1, cmd, "SDFSNAME")?;
-            sdfs.delete(name).await?;
-            let _ = write!(out, "{} deleted", printable(name));
-        }
-        "ls" => {
-            let name = arg(w, 1, cmd, "SDFSNAME")?;
-            let f = sdfs.ls(name).await?;
-            let _ = writeln!(out, "{}: {} versions", printable(&f.name), f.versions.len());
-            for v in f.versions {
-                let holders: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
-                let _ = writeln!(
-                    out,
-                    "v{} {} on {}",
-                    v.version,
-                    bytes(v.size),
-                    holders.join(" ")
-                );
-            }
-        }
-        "ls-all" | "files" => {
-            let glob = w.get(1).map_or("*", String::as_str);
-            files(&mut out, sdfs.ls_all(glob).await?);
-        }
-        "store" => {
-            let node = match w.get(1) {
-                Some(n) => Some(number::<SocketAddr>(n, "node")?),
-                None => None,
-            };
-            let h = sdfs.store(node).await?;
-            let _ = writeln!(out, "{} versions stored", h.len());
-            for h in h {
-                let _ = writeln!(
-                    out,
-                    "{} v{} {}",
-                    printable(&h.name),
-                    h.version,
-                    bytes(h.size)
-                );
-            }
-        }
-        "get-versions" => {
-            let args = "SDFSNAME N LOCALPATH [--merge]";
-            let name = arg(w, 1, cmd, args)?;
-            let n: usize = number(arg(w, 2, cmd, args)?, "N")?;
-            let path = arg(w, 3, cmd, args)?;
-            let merge = w.iter().any(|a| a == "--merge");
-            let r = sdfs
-                .get_versions(name, n, Path::new(path), merge, &no_progress)
-                .await?;
-            let _ = write!(out, "{} versions of {name} to {path}", r.versions.len());
-        }
-        "sdfs" => match w.get(1).map(String::as_str) {
-            Some("files") => files(&mut out, sdfs.files().await?),
-            Some("count") => {
-                let c = sdfs.count().await?;
-                let _ = write!(
-                    out,
-                    "{} files, {} versions, {}",
-                    c.files,
-                    c.versions,
-                    bytes(c.bytes)
-                );
-            }
-            Some("nodes") => {
-                for (a, h) in sdfs.nodes().await? {
-                    let total: u64 = h.iter().map(|h| h.size).sum();
-                    let _ = writeln!(out, "{a}: {} versions, {}", h.len(), bytes(total));
-                }
-            }
-            _ => return Err(usage(cmd, "files|nodes|count")),
-        },
-        "submit-job" => {
-            let args = "MODEL NUM_IMAGES [--dataset PREFIX]";
-            let model = dml_shared::models::model_key(arg(w, 1, cmd, args)?);
-            let n: u32 = number(arg(w, 2, cmd, args)?, "NUM_IMAGES")?;
-            let dataset = w
-                .iter()
-                .position(|a| a == "--dataset")
-                .and_then(|i| w.get(i + 1))
-                .cloned()
-                .unwrap_or_else(|| super::app::DEFAULT_DATASET.to_string());
-            return submit(agent, model, n, dataset).await;
-        }
-        "set-batch-size" => {
-            let args = "MODEL N";
-            let model = dml_shared::models::model_key(arg(w, 1, cmd, args)?);
-            let n: u32 = number(arg(w, 2, cmd, args)?, "N")?;
-            return set_batch(agent, &model, n).await;
-        }
-        "jobs" => match infer(agent, InferRequest::Jobs).await? {
-            InferResponse::Jobs(jobs) => {
-                let _ = writeln!(out, "{} jobs", jobs.len());
-                for j in jobs {
-                    let _ = writeln!(
-                        out,
-                        "#{} {} {} {}/{} images, {} errors",
-                        j.id,
-                        j.model,
-                        j.state.as_str(),
-                        j.done,
-                        j.images,
-                        j.errors
-                    );
-                }
-            }
-            other => return Err(ExecError::unexpected(other)),
-        },
-        "cancel" => {
-            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
-            match infer(agent, InferRequest::Cancel { job }).await? {
-                InferResponse::Cancelled { job, released } => {
-                    let _ = write!(
-                        out,
-                        "job {job} cancelled; {released} queries in flight released"
-                    );
-                }
-                other => return Err(ExecError::unexpected(other)),
-            }
-        }
-        "job" => {
-            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
-            match infer(agent, InferRequest::Job { job }).await? {
-                InferResponse::Job(d) => {
-                    let j = &d.info;
-                    let _ = writeln!(
-                        out,
-                        "job {} {} {}/{} images, {} errors",
-                        j.id,
-                        j.state.as_str(),
-                        j.done,
-                        j.images,
-                        j.errors
-                    );
-                    for w in &d.workers {
-                        let _ = writeln!(
-                            out,
-                            "{}: {} queries, {} images, {} errors, {} in flight",
-                            w.worker, w.queries, w.images, w.errors, w.in_flight
-                        );
-                    }
-                }
-                other => return Err(ExecError::unexpected(other)),
-            }
-        }
-        "get-output" => {
-            let job: u64 = number(arg(w, 1, cmd, "JOB")?, "JOB")?;
-            match infer(agent, InferRequest::Output { job }).await? {
-                InferResponse::Output { job, results } => {
-                    let _ = writeln!(
-                        out,
-                        "job {} {}: {} results",
-                        job.id,
-                        job.state.as_str(),
-                        results.len()
-                    );
-                    for r in results {
-                        let what = match r.outcome {
-                            Outcome::Top(p) => p.first().map_or_else(String::new, |p| {
-                                format!("{} {:.3}", p.label, p.score)
-                            }),
-                            Outcome::Error(e) => format!("error: {e}"),
-                        };
-                        let _ = writeln!(out, "{} {}: {what}", r.index, r.image);
-                    }
-                }
-                other => return Err(ExecError::unexpected(other)),
-            }
-        }
-        "models" => match infer(agent, InferRequest::Models).await? {
-            InferResponse::Models(ms) => {
-                for m in ms {
-                    let _ = writeln!(
-                        out,
-                        "{} batch {} (max {})",
-                        m.name, m.batch_size, m.max_batch
-                    );
-                }
-            }
-            other => return Err(ExecError::unexpected(other)),
-        },
-        "rates" => match infer(agent, InferRequest::Rates).await? {
-            InferResponse::Rates(rs) => {
-                for r in rs {
-                    let _ = writeln!(
-                        out,
-                        "{}: {:.1} queries/s, {:.1} images/s, {} queries",
-                        r.model, r.queries_per_s, r.images_per_s, r.queries_total
-                    );
-                }
-            }
-            other => return Err(ExecError::unexpected(other)),
-        },
-        "latency" => match infer(agent, InferRequest::Latency).await? {
-            InferResponse::Latency(ls) => {
-                for l in ls {
-                    let _ = writeln!(
-                        out,
-                        "{}: n {} avg {:.1} std {:.1} p50 {:.1} p90 {:.1} p95 {:.1} p99 {:.1} ms; queue avg {:.1} p99 {:.1}, compute avg {:.1} p99 {:.1} ms",
-                        l.model,
-                        l.count,
-                        l.mean_ms,
-                        l.stddev_ms,
-                        l.p50_ms,
-                        l.p90_ms,
-                        l.p95_ms,
-                        l.p99_ms,
-                        l.queue.mean_ms,
-                        l.queue.p99_ms,
-                        l.compute.mean_ms,
-                        l.compute.p99_ms
-                    );
-                }
-            }
-            other => return Err(ExecError::unexpected(other)),
-        },
-        "placement" => match infer(agent, InferRequest::Placement).await? {
-            InferResponse::Placement(ps) => {
-                for p in ps {
-                    let ws: Vec<String> =
-                        p.workers.iter().map(|(a, q)| format!("{a}×{q}")).collect();
-                    let _ = writeln!(
-                        out,
-                        "job {} {} (weight {}, {:.0}% of queries, {:.0}% of worker time): {}",
-                        p.job,
-                        p.model,
-                        p.weight,
-                        p.query_share * 100.0,
-                        p.time_share * 100.0,
-                        ws.join(" ")
-                    );
-                }
-            }
-            other => return Err(ExecError::unexpected(other)),
-        },
-        other => {
-            return Err(ExecError::UnknownCommand(other.to_string()));
-        }
+    let mut cmd = tokio::process::Command::new(&dml.exe);
+    if !has("--agent") && !has("--context") {
+        cmd.arg("--agent").arg(agent.to_string());
     }
-    let out = out.trim_end().to_string();
-    Ok(if out.is_empty() {
-        format!("{cmd}: done")
-    } else {
-        out
+    if let Some(k) = dml
+        .key_file
+        .as_ref()
+        .filter(|_| !has("--key-file") && !has("--context"))
+    {
+        cmd.arg("--key-file").arg(k);
+    }
+    let out = cmd
+        .args(words)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| ExecError::Spawn {
+            exe: dml.exe.display().to_string(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    if out.status.success() {
+        return Ok(match (stdout.is_empty(), stderr.is_empty()) {
+            (false, _) => stdout,
+            (true, false) => stderr,
+            (true, true) => format!("{}: done", words.join(" ")),
+        });
+    }
+    // `dml` ends a failure with "error: MESSAGE" and its kind's exit code.
+    let message = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map_or_else(|| stderr.clone(), str::to_string);
+    let kind = out
+        .status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .and_then(ErrorKind::from_exit_code)
+        .unwrap_or(ErrorKind::Internal);
+    Err(ExecError::Failed {
+        kind,
+        message: if message.is_empty() {
+            format!("dml exited with {}", out.status)
+        } else {
+            message
+        },
     })
-}
-
-fn files(out: &mut String, files: Vec<dml_shared::sdfs::FileInfo>) {
-    let _ = writeln!(out, "{} files", files.len());
-    for f in files {
-        let size = f.versions.last().map_or(0, |v| v.size);
-        let _ = writeln!(
-            out,
-            "{}: {} versions, newest {}",
-            printable(&f.name),
-            f.versions.len(),
-            bytes(size)
-        );
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in `dml`: prints its arguments, or fails as `dml` does.
+    fn fake_dml(dir: &std::path::Path, body: &str) -> Dml {
+        let exe = dir.join("dml");
+        std::fs::write(&exe, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Dml {
+            exe,
+            key_file: Some(PathBuf::from("/k/cluster.key")),
+        }
+    }
 
     fn words(w: &[&str]) -> Vec<String> {
         w.iter().map(ToString::to_string).collect()
     }
 
     #[tokio::test]
-    async fn a_bad_command_line_is_invalid_before_any_agent_is_asked() {
-        // Nothing listens here: each error comes before a connection.
-        let agent = SocketAddr::from(([127, 0, 0, 1], 9));
-        let fail = async |w: &[&str]| command(agent, &words(w)).await.unwrap_err();
-        let e = fail(&[]).await;
-        assert!(matches!(e, ExecError::NoCommand), "{e}");
-        let e = fail(&["frobnicate"]).await;
+    async fn a_line_runs_dml_against_the_consoles_agent_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let dml = fake_dml(dir.path(), "echo \"$@\"");
+        let agent = SocketAddr::from(([127, 0, 0, 1], 8001));
+        let out = command(&dml, agent, &words(&["ls-all", "*"]))
+            .await
+            .unwrap();
         assert_eq!(
-            e.to_string().split(';').next(),
-            Some("unknown command \"frobnicate\"")
+            out,
+            "--agent 127.0.0.1:8001 --key-file /k/cluster.key ls-all *"
         );
-        // :help answers without an agent.
-        let help = command(agent, &words(&["help"])).await.unwrap();
-        assert!(
-            help.contains("submit-job") && help.contains("press ?"),
-            "{help}"
-        );
-        let e = fail(&["put", "only-one"]).await;
-        assert_eq!(e.to_string(), "usage: put LOCALFILE SDFSNAME");
-        let e = fail(&["get-output", "seven"]).await;
-        assert_eq!(e.to_string(), "JOB \"seven\" is not a number");
-        for w in [
-            &[][..],
-            &["frobnicate"],
-            &["put", "x"],
-            &["get-output", "seven"],
-        ] {
-            let r = RemoteError::from(fail(w).await);
-            assert_eq!(r.kind, ErrorKind::Invalid, "{w:?}: {r}");
-        }
+        // A line that names its own context gets neither.
+        let out = command(&dml, agent, &words(&["members", "--context", "lab"]))
+            .await
+            .unwrap();
+        assert_eq!(out, "members --context lab");
     }
 
     #[tokio::test]
-    async fn an_unreachable_agent_keeps_its_kind_and_words() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let agent = SocketAddr::from(([127, 0, 0, 1], port));
-        let e = command(agent, &words(&["members"])).await.unwrap_err();
-        let r = RemoteError::from(e);
-        assert_eq!(r.kind, ErrorKind::Unavailable);
-        assert!(r.message.contains("cannot reach agent"), "{r}");
+    async fn a_failure_keeps_dmls_words_and_the_kind_of_its_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let dml = fake_dml(
+            dir.path(),
+            "echo 'error: no file \"x\" in SDFS' >&2; exit 3",
+        );
+        let agent = SocketAddr::from(([127, 0, 0, 1], 8001));
+        let e = command(&dml, agent, &words(&["ls", "x"]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "no file \"x\" in SDFS");
+        let gone = Dml {
+            exe: dir.path().join("missing"),
+            key_file: None,
+        };
+        let e = command(&gone, agent, &words(&["members"]))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("cannot run "), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 }

@@ -166,6 +166,49 @@ pub fn scroll_offset(selected: usize, visible: usize) -> usize {
     }
 }
 
+/// The popup's width on a screen `width` columns wide.
+pub fn popup_width(width: u16) -> u16 {
+    width.saturating_sub(8)
+}
+
+/// A popup of `text` on a `size` screen: its rows, and how many fit.
+pub fn popup_rows(text: &str, size: (u16, u16)) -> (usize, usize) {
+    let rows = wrap(text, usize::from(popup_width(size.0).saturating_sub(2))).len();
+    (rows, rows.min(usize::from(size.1.saturating_sub(2))))
+}
+
+/// `text` in rows of at most `width` columns, broken at spaces where it can (so a
+/// popup is as tall as its text).
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let cols = |s: &str| ratatui::text::Span::raw(s).width();
+    let mut rows = Vec::new();
+    for line in text.lines() {
+        let mut row = String::new();
+        let mut start = true;
+        for word in line.split(' ') {
+            if !start && cols(&row) + 1 + cols(word) > width {
+                rows.push(std::mem::take(&mut row));
+                start = true;
+            }
+            if !start {
+                row.push(' ');
+            }
+            // A word longer than a row is cut.
+            for c in word.chars() {
+                row.push(c);
+                if cols(&row) > width {
+                    row.pop();
+                    rows.push(std::mem::replace(&mut row, c.to_string()));
+                }
+            }
+            start = false;
+        }
+        rows.push(row);
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

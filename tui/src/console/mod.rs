@@ -10,7 +10,9 @@
 //! - [`layout`]: where the panes go (drawing and mouse hit-testing).
 //! - [`panes`], [`draw`], [`fmt`]: the screen.
 //! - [`follow`]: the telemetry subscription, leader following, failover.
-//! - [`exec`]: actions through the client API.
+//! - [`exec`]: actions through the client API, and `:` lines through the
+//!   `dml` binary.
+//! - [`line`]: the `:` line parsed and completed by the CLI's clap definition.
 //! - [`synth`]: synthetic frames for tests and the bench.
 //! - [`shot`]: one frame of the live console as SVG (`dml screenshot`).
 
@@ -20,6 +22,7 @@ pub mod exec;
 pub mod fmt;
 pub mod follow;
 pub mod layout;
+pub mod line;
 pub mod panes;
 pub mod shot;
 pub mod synth;
@@ -46,7 +49,7 @@ const QUEUE: usize = 256;
 pub use dml_shared::clock::unix_ms;
 
 /// Opens the console on `agent` and runs it until the operator quits.
-pub async fn run(agent: SocketAddr) -> Result<()> {
+pub async fn run(agent: SocketAddr, dml: exec::Dml) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(crate::error::ClientError::NoTerminal.into());
     }
@@ -84,7 +87,7 @@ pub async fn run(agent: SocketAddr) -> Result<()> {
         .map(|s| (s.width, s.height))
         .unwrap_or((80, 24));
     let app = App::new(agent, unix_ms(), size);
-    let result = event_loop(&mut terminal, &mut rx, &tx, app).await;
+    let result = event_loop(&mut terminal, &mut rx, &tx, app, &dml).await;
 
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
@@ -100,6 +103,7 @@ async fn event_loop(
     rx: &mut mpsc::Receiver<Event>,
     tx: &mpsc::Sender<Event>,
     mut app: App,
+    dml: &exec::Dml,
 ) -> Result<()> {
     loop {
         terminal.draw(|f| draw::draw(f, &app))?;
@@ -110,10 +114,10 @@ async fn event_loop(
         // Apply everything already queued before drawing again.
         while let Some(ev) = next {
             if let Some(action) = app.handle(ev) {
-                let (tx, agent) = (tx.clone(), app.agent);
+                let (tx, agent, dml) = (tx.clone(), app.agent, dml.clone());
                 tokio::spawn(async move {
                     let what = exec::describe(&action);
-                    let result = exec::run(agent, action).await.map_err(Into::into);
+                    let result = exec::run(&dml, agent, action).await.map_err(Into::into);
                     let _ = tx.send(Event::Done { what, result }).await;
                 });
             }
