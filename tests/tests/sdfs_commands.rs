@@ -595,6 +595,21 @@ async fn the_consoles_colon_line_prints_what_the_cli_prints() {
     assert_eq!(cli.code(), Some(i32::from(e.kind().exit_code())), "{e}");
     assert!(cli.stderr.contains(&e.to_string()), "{e} vs {}", cli.stderr);
 
+    // The SDFS pane's file view: every file with its versions and holders.
+    match exec::run(&dml, agent, Action::Files).await {
+        Event::Files(Ok(files)) => {
+            let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            assert!(
+                names.contains(&"dir/a.txt") && names.contains(&"dir/b.bin"),
+                "{names:?}"
+            );
+            let b = files.iter().find(|f| f.name == "dir/b.bin").unwrap();
+            assert_eq!(b.versions.len(), 1);
+            assert!(b.versions[0].replicas.len() >= 3, "{b:?}");
+        }
+        other => panic!("wanted the file list, got {other:?}"),
+    }
+
     // `dml logs`: the agent's own newest lines, as the console's details show them.
     let out = c.dml(2, &["logs", "-n", "3", "--json"]).await.unwrap();
     out.ensure_success().unwrap();
@@ -620,9 +635,8 @@ async fn the_consoles_colon_line_prints_what_the_cli_prints() {
         matches!(&action, Action::Command(w) if w == &["ls-all", "dir/*"]),
         "{action:?}"
     );
-    let what = exec::describe(&action);
-    let result = exec::run(&dml, agent, action).await.map_err(Into::into);
-    app.handle(Event::Done { what, result });
+    let done = exec::run(&dml, agent, action).await;
+    app.handle(done);
     let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 40)).unwrap();
     term.draw(|f| dml_tui::console::draw::draw(f, &app))
         .unwrap();

@@ -264,6 +264,71 @@ mod state {
     }
 
     #[test]
+    fn enter_on_sdfs_lists_files_and_enter_on_a_file_shows_its_versions_and_holders() {
+        use dml_shared::sdfs::FileInfo;
+        use dml_shared::version::VersionInfo;
+        let mut a = app(4, (120, 40));
+        a.focus = Pane::Sdfs;
+        assert_eq!(a.handle(key(KeyCode::Enter)), Some(Action::Files));
+        let v = |version, size, holders: &[usize]| VersionInfo {
+            version,
+            size,
+            checksum: [0xab; 32],
+            replicas: holders.iter().map(|&i| synth::addr(i)).collect(),
+            committed_ms: NOW - 5_000,
+        };
+        a.handle(Event::Files(Ok(vec![
+            FileInfo {
+                name: "data/cat.jpg".into(),
+                versions: vec![v(1, 1000, &[0, 1]), v(2, 2048, &[1, 2, 3])],
+            },
+            FileInfo {
+                name: "data/dog.jpg".into(),
+                versions: vec![v(1, 5, &[0])],
+            },
+        ])));
+        assert_eq!(a.rows(Pane::Sdfs), 2);
+        let s = text(screen(&a, 120, 40).backend().buffer());
+        assert!(
+            s.contains("data/cat.jpg") && s.contains("data/dog.jpg"),
+            "{s}"
+        );
+        // The filter narrows the list; Enter shows the one left.
+        a.handle(ch('/'));
+        typed(&mut a, "cat");
+        a.handle(key(KeyCode::Enter));
+        assert_eq!(a.rows(Pane::Sdfs), 1);
+        a.handle(key(KeyCode::Enter));
+        let m = a.message.as_ref().expect("a popup");
+        assert_eq!(m.text, "file data/cat.jpg (Esc closes)");
+        let d = m.detail.as_deref().unwrap();
+        assert!(
+            d.starts_with("data/cat.jpg: 2 versions, newest first\nv2 2.0 KiB"),
+            "{d}"
+        );
+        assert!(
+            d.contains(&format!(
+                "on 3 holders: {}, {}, {}",
+                synth::addr(1),
+                synth::addr(2),
+                synth::addr(3)
+            )),
+            "{d}"
+        );
+        assert!(
+            d.contains("abababababab…") && d.contains("(5.3s ago)"),
+            "{d}"
+        );
+        // Esc closes the popup, then clears the filter, then goes back to the nodes.
+        a.handle(key(KeyCode::Esc));
+        a.handle(key(KeyCode::Esc));
+        assert!(a.files.is_some());
+        a.handle(key(KeyCode::Esc));
+        assert!(a.files.is_none());
+        assert_eq!(a.rows(Pane::Sdfs), 4);
+    }
+
+    #[test]
     fn a_long_popup_scrolls_and_a_log_opens_at_its_newest_line() {
         let mut a = app(3, (80, 24));
         let log: Vec<String> = (1..=100).map(|i| format!("line {i}")).collect();

@@ -6,6 +6,7 @@ use super::layout::{self, Pane};
 use super::line::Parsed;
 use dml_shared::api::{MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, JobState, ModelInfo, RateInfo};
+use dml_shared::sdfs::{FileInfo, printable};
 use dml_shared::telemetry::{Frame, TelemetryEvent};
 use dml_shared::{ErrorKind, RemoteError};
 use ratatui::crossterm::event::{
@@ -46,6 +47,8 @@ pub enum Event {
         what: String,
         result: Result<String, RemoteError>,
     },
+    /// [`Action::Files`] answered: SDFS's files, by name.
+    Files(Result<Vec<FileInfo>, RemoteError>),
 }
 
 /// What the stream task reports about the connection.
@@ -99,6 +102,8 @@ pub enum Action {
         text: String,
         logs_from: SocketAddr,
     },
+    /// List SDFS's files for the SDFS pane's file view.
+    Files,
 }
 
 /// A line being typed.
@@ -155,6 +160,9 @@ pub struct App {
     pub expanded: bool,
     pub help: bool,
     pub input: Option<Input>,
+    /// The SDFS pane's file view (Enter on the pane), by name; `None`
+    /// while it shows the nodes.
+    pub files: Option<Vec<FileInfo>>,
     pub filters: [String; Pane::COUNT],
     pub selected: [usize; Pane::COUNT],
     pub message: Option<Message>,
@@ -219,6 +227,7 @@ impl App {
             expanded: false,
             help: false,
             input: None,
+            files: None,
             filters: Default::default(),
             selected: [0; Pane::COUNT],
             message: None,
@@ -242,6 +251,18 @@ impl App {
             Event::Frame(f) => self.handle_frame(*f),
             Event::Conn(c) => self.handle_conn(c),
             Event::Done { what, result } => self.handle_done(what, result),
+            Event::Files(Ok(files)) => {
+                self.say(
+                    &format!(
+                        "{} files: Enter shows one, / filters, Esc goes back",
+                        files.len()
+                    ),
+                    true,
+                );
+                self.files = Some(files);
+                self.selected[Pane::Sdfs as usize] = 0;
+            }
+            Event::Files(Err(e)) => self.say(&format!("cannot list files: {e}"), false),
         }
         None
     }
@@ -378,6 +399,12 @@ impl App {
             KeyCode::Esc => {
                 if self.expanded {
                     self.expanded = false;
+                } else if self.focus == Pane::Sdfs
+                    && self.files.is_some()
+                    && self.filters[Pane::Sdfs as usize].is_empty()
+                {
+                    self.files = None;
+                    self.selected[Pane::Sdfs as usize] = 0;
                 } else {
                     self.filters[self.focus as usize].clear();
                 }
@@ -405,6 +432,11 @@ impl App {
             }
             KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
             KeyCode::Enter if self.focus == Pane::Members => return self.show_member(),
+            KeyCode::Enter if self.focus == Pane::Sdfs && self.files.is_none() => {
+                self.say("listing SDFS files…", true);
+                return Some(Action::Files);
+            }
+            KeyCode::Enter if self.focus == Pane::Sdfs => self.show_file(),
             KeyCode::Char('L') if self.focus == Pane::Members => {
                 let members = self.members();
                 match members.get(self.selected[Pane::Members as usize]) {
@@ -831,6 +863,7 @@ impl App {
             Pane::Members => self.members().len(),
             Pane::Models => self.models().len(),
             Pane::Jobs => self.jobs().len(),
+            Pane::Sdfs if self.files.is_some() => self.files_shown().len(),
             Pane::Sdfs => self.frame.as_ref().map_or(0, |f| f.nodes.len()),
             Pane::Events => self.event_lines().len(),
         }
@@ -935,6 +968,51 @@ impl App {
             .collect();
         v.sort_by_key(|j| std::cmp::Reverse(j.id));
         v
+    }
+
+    /// The file view's files after the SDFS pane's filter.
+    pub fn files_shown(&self) -> Vec<&FileInfo> {
+        let q = self.filter(Pane::Sdfs);
+        self.files
+            .iter()
+            .flatten()
+            .filter(|f| q.is_empty() || f.name.to_lowercase().contains(&q))
+            .collect()
+    }
+
+    /// The selected file in full: every version, its size, checksum, age
+    /// and holders.
+    fn show_file(&mut self) {
+        let files = self.files_shown();
+        let Some(f) = files.get(self.selected[Pane::Sdfs as usize]).copied() else {
+            self.say("no file selected", false);
+            return;
+        };
+        let name = printable(&f.name).into_owned();
+        let mut text = format!("{name}: {} versions, newest first", f.versions.len());
+        for v in f.versions.iter().rev() {
+            let holders: Vec<String> = v.replicas.iter().map(ToString::to_string).collect();
+            text.push_str(&format!(
+                "\nv{} {} committed {} UTC ({} ago), blake3 {}…\n  on {} holders: {}",
+                v.version,
+                super::fmt::bytes(v.size),
+                super::fmt::clock(v.committed_ms),
+                super::fmt::age_ms(self.now_ms.saturating_sub(v.committed_ms)),
+                v.checksum[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                holders.len(),
+                holders.join(", ")
+            ));
+        }
+        self.message = Some(Message {
+            text: format!("file {name} (Esc closes)"),
+            ok: true,
+            at_ms: self.now_ms,
+            detail: Some(text),
+            scroll: 0,
+        });
     }
 
     pub fn selected_job(&self) -> Option<&JobInfo> {

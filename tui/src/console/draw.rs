@@ -32,7 +32,7 @@ pub const KEYS: [(&str, &str); 21] = [
     ("s", "submit a job (model, images, dataset)"),
     (
         "Enter",
-        "the selected job, or member with its log tail, in full",
+        "the selected job, member (log tail) or SDFS file in full",
     ),
     ("L", "membership: the selected member's log (200 lines)"),
     ("x", "jobs pane: cancel the selected running job"),

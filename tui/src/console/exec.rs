@@ -4,7 +4,7 @@
 //! clap definition and shows exactly what the CLI prints. Each result comes
 //! back as text for the footer or a popup.
 
-use super::app::Action;
+use super::app::{Action, Event};
 use dml_shared::client::Client;
 use dml_shared::infer::{InferRequest, InferResponse};
 use dml_shared::sdfs_client::Sdfs;
@@ -69,12 +69,28 @@ pub fn describe(a: &Action) -> String {
         } => format!("submit-job {model} {count} --dataset {dataset}"),
         Action::Command(w) => w.join(" "),
         Action::Details { title, .. } => title.clone(),
+        Action::Files => "list files".into(),
     }
 }
 
+/// Runs `a` against `agent`: the event that carries its answer.
+pub async fn run(dml: &Dml, agent: SocketAddr, a: Action) -> Event {
+    if let Action::Files = a {
+        let files = Sdfs::new(agent)
+            .ls_all("*")
+            .await
+            .map_err(|e| RemoteError::from(ExecError::from(e)));
+        return Event::Files(files);
+    }
+    let what = describe(&a);
+    let result = text(dml, agent, a).await.map_err(Into::into);
+    Event::Done { what, result }
+}
+
 /// Runs `a` against `agent`; `Ok` is the text to show.
-pub async fn run(dml: &Dml, agent: SocketAddr, a: Action) -> Result<String, ExecError> {
+async fn text(dml: &Dml, agent: SocketAddr, a: Action) -> Result<String, ExecError> {
     match a {
+        Action::Files => Err(ExecError::unexpected("a file list as text")),
         Action::SetBatchSize { model, size } => set_batch(agent, &model, size).await,
         Action::Submit {
             model,

@@ -116,9 +116,7 @@ async fn event_loop(
             if let Some(action) = app.handle(ev) {
                 let (tx, agent, dml) = (tx.clone(), app.agent, dml.clone());
                 tokio::spawn(async move {
-                    let what = exec::describe(&action);
-                    let result = exec::run(&dml, agent, action).await.map_err(Into::into);
-                    let _ = tx.send(Event::Done { what, result }).await;
+                    let _ = tx.send(exec::run(&dml, agent, action).await).await;
                 });
             }
             if app.quit {

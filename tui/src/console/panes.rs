@@ -543,6 +543,12 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
             Line::default(),
         ],
     };
+    if app.files.is_some() {
+        file_rows(app, area, &mut lines);
+        let b = block(app, Pane::Sdfs, "files: Enter details, Esc nodes".into());
+        Paragraph::new(lines).block(b).render(area, buf);
+        return;
+    }
     let nodes = app.frame.as_ref().map(|f| &f.nodes[..]).unwrap_or_default();
     // Narrow panes drop the age column and the address's room.
     let narrow = area.width < 46;
@@ -576,6 +582,29 @@ pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {
         lines.push(line);
     }
     Paragraph::new(lines).block(b).render(area, buf);
+}
+
+/// The SDFS pane's file view: a name, its versions and newest size per row.
+fn file_rows(app: &App, area: Rect, lines: &mut Vec<Line>) {
+    let files = app.files_shown();
+    let width = usize::from(area.width.saturating_sub(2));
+    let name_w = width.saturating_sub(19).max(8);
+    let row =
+        |name: &str, versions: &str, size: &str| format!("{name:<name_w$} {versions:>8} {size:>9}");
+    lines.push(Line::from(Span::styled(
+        row("file", "versions", "newest"),
+        Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+    )));
+    let (off, n) = window(app, Pane::Sdfs, area, files.len());
+    for (i, f) in files.iter().enumerate().skip(off).take(n) {
+        let name: String = printable(&f.name).chars().take(name_w).collect();
+        let newest = f.versions.last().map_or(0, |v| v.size);
+        let mut line = Line::from(row(&name, &f.versions.len().to_string(), &bytes(newest)));
+        if i == app.selected[Pane::Sdfs as usize] {
+            line = line.style(selected_style(app, Pane::Sdfs));
+        }
+        lines.push(line);
+    }
 }
 
 pub fn events(app: &App, area: Rect, buf: &mut Buffer) {
