@@ -97,6 +97,30 @@ async fn cancel_stops_a_job_releases_its_leases_and_keeps_its_partial_output() {
         said(&out)
     );
 
+    // The console's Enter on the job: its line, then the same per-worker table.
+    {
+        use dml_tui::console::app::{Action, Event, More};
+        use dml_tui::console::exec::{self, Dml};
+        let dml = Dml {
+            exe: dml_tests::bins::dml_bin().unwrap(),
+            key_file: Some(dml_tests::key::path().unwrap()),
+        };
+        let details = Action::Details {
+            title: format!("job #{id}"),
+            text: "(its line)".into(),
+            more: More::Job(id),
+        };
+        match exec::run(&dml, c.addrs[1], details).await {
+            Event::Done { result: Ok(t), .. } => assert!(
+                t.starts_with(&format!("job #{id}\n(its line)\n\n"))
+                    && t.contains("WORKER")
+                    && t.contains(worker),
+                "{t}"
+            ),
+            other => panic!("wanted the job's workers, got {other:?}"),
+        }
+    }
+
     // A read-only credential may look at the job but not cancel it.
     let ro = c.dir().join("read-only.key");
     let ro = ro.to_str().unwrap();

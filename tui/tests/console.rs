@@ -3,7 +3,7 @@
 //! a `TestBackend` at a fixed size and clock.
 
 use dml_shared::telemetry::{EventKind, TelemetryEvent};
-use dml_tui::console::app::{Action, App, ConnEvent, Event, Health, Input};
+use dml_tui::console::app::{Action, App, ConnEvent, Event, Health, Input, JobSort, More};
 use dml_tui::console::layout::{self, Pane};
 use dml_tui::console::{draw, panes, synth};
 use ratatui::Terminal;
@@ -243,9 +243,11 @@ mod state {
         }
         match action {
             Some(Action::Details {
-                title, logs_from, ..
+                title,
+                more: More::Log(from),
+                ..
             }) => {
-                assert_eq!(logs_from, synth::addr(1));
+                assert_eq!(from, synth::addr(1));
                 assert_eq!(title, format!("member {}", synth::addr(1)));
             }
             other => panic!("wanted the log's tail asked for, got {other:?}"),
@@ -326,6 +328,45 @@ mod state {
         a.handle(key(KeyCode::Esc));
         assert!(a.files.is_none());
         assert_eq!(a.rows(Pane::Sdfs), 4);
+    }
+
+    #[test]
+    fn o_sorts_the_jobs_by_state_progress_and_model() {
+        use dml_shared::infer::JobState;
+        let mut a = app(10, (120, 36));
+        a.focus = Pane::Jobs;
+        let order = |a: &App| a.jobs().iter().map(|j| j.id).collect::<Vec<_>>();
+        let newest = order(&a);
+        assert!(newest.windows(2).all(|w| w[0] > w[1]), "{newest:?}");
+        for want in [
+            JobSort::State,
+            JobSort::Progress,
+            JobSort::Model,
+            JobSort::Newest,
+        ] {
+            a.handle(ch('o'));
+            assert_eq!(a.job_sort, want);
+        }
+        assert_eq!(order(&a), newest);
+        a.handle(ch('o'));
+        let states: Vec<_> = a.jobs().iter().map(|j| j.state).collect();
+        let running = states
+            .iter()
+            .take_while(|s| **s == JobState::Running)
+            .count();
+        assert!(
+            states[running..].iter().all(|s| *s != JobState::Running),
+            "{states:?}"
+        );
+        a.handle(ch('o'));
+        let done: Vec<f64> = a
+            .jobs()
+            .iter()
+            .map(|j| f64::from(j.done) / f64::from(j.images.max(1)))
+            .collect();
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+        let s = text(screen(&a, 120, 36).backend().buffer());
+        assert!(s.contains("by progress (o)"), "{s}");
     }
 
     #[test]
@@ -700,7 +741,14 @@ mod widgets {
         assert_eq!(a.focus, Pane::Jobs);
         a.handle(ch('j'));
         assert_eq!(a.selected_job().unwrap().id, 2);
-        assert_eq!(a.handle(key(KeyCode::Enter)), None);
+        // It shows at once, and asks for the per-worker figures (`dml job 2`).
+        assert!(matches!(
+            a.handle(key(KeyCode::Enter)),
+            Some(Action::Details {
+                more: More::Job(2),
+                ..
+            })
+        ));
         let m = a.message.clone().unwrap();
         let detail = m.detail.unwrap();
         assert!(!m.ok && m.text.contains("job #2"), "{}", m.text);
@@ -710,6 +758,7 @@ mod widgets {
         for row in layout::wrap(&detail, 110) {
             assert!(s.contains(&row), "{row:?} missing:\n{s}");
         }
+        assert!(detail.ends_with("workers: asking the leader…"), "{detail}");
         a.handle(key(KeyCode::Esc));
         assert_eq!(a.message, None);
         // A job that progresses has nothing to explain.

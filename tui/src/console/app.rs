@@ -95,15 +95,24 @@ pub enum Action {
     },
     /// A `dml` command line typed after `:`, split into words.
     Command(Vec<String>),
-    /// A details popup (`title`, `text`) completed with the newest lines of
-    /// `logs_from`'s log.
+    /// A details popup (`title`, `text`) completed with `more`.
     Details {
         title: String,
         text: String,
-        logs_from: SocketAddr,
+        more: More,
     },
     /// List SDFS's files for the SDFS pane's file view.
     Files,
+}
+
+/// What a details popup asks for after it opens.
+#[derive(Clone, Debug, PartialEq)]
+pub enum More {
+    /// The newest lines of this agent's log.
+    Log(SocketAddr),
+    /// The job's per-worker progress, queue and compute time, and errors
+    /// (`dml job`).
+    Job(u64),
 }
 
 /// A line being typed.
@@ -171,6 +180,8 @@ pub struct App {
     pub read_only: bool,
     /// The membership pane's order (`o` cycles it).
     pub member_sort: MemberSort,
+    /// The jobs pane's order (`o` cycles it).
+    pub job_sort: JobSort,
     /// Command lines run from `:`, oldest first, and where Up/Down is in them.
     pub commands: Vec<String>,
     pub command_pos: Option<usize>,
@@ -212,6 +223,40 @@ impl MemberSort {
     }
 }
 
+/// Orders of the jobs pane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobSort {
+    /// Newest first (by id).
+    Newest,
+    /// Running, then failed, cancelled, done.
+    State,
+    /// Least done first (the share of images with a result).
+    Progress,
+    /// By model name, then newest.
+    Model,
+}
+
+impl JobSort {
+    pub fn next(self) -> Self {
+        match self {
+            JobSort::Newest => JobSort::State,
+            JobSort::State => JobSort::Progress,
+            JobSort::Progress => JobSort::Model,
+            JobSort::Model => JobSort::Newest,
+        }
+    }
+
+    /// The column it sorts by, as the table's header names it.
+    pub fn column(self) -> &'static str {
+        match self {
+            JobSort::Newest => "job",
+            JobSort::State => "state",
+            JobSort::Progress => "progress",
+            JobSort::Model => "model",
+        }
+    }
+}
+
 impl App {
     pub fn new(agent: SocketAddr, now_ms: u64, size: (u16, u16)) -> Self {
         Self {
@@ -233,6 +278,7 @@ impl App {
             message: None,
             read_only: false,
             member_sort: MemberSort::Address,
+            job_sort: JobSort::Newest,
             commands: Vec::new(),
             command_pos: None,
             now_ms,
@@ -430,7 +476,11 @@ impl App {
                 self.member_sort = self.member_sort.next();
                 self.selected[Pane::Members as usize] = 0;
             }
-            KeyCode::Enter if self.focus == Pane::Jobs => self.show_job(),
+            KeyCode::Char('o') if self.focus == Pane::Jobs => {
+                self.job_sort = self.job_sort.next();
+                self.selected[Pane::Jobs as usize] = 0;
+            }
+            KeyCode::Enter if self.focus == Pane::Jobs => return self.show_job(),
             KeyCode::Enter if self.focus == Pane::Members => return self.show_member(),
             KeyCode::Enter if self.focus == Pane::Sdfs && self.files.is_none() => {
                 self.say("listing SDFS files…", true);
@@ -680,10 +730,12 @@ impl App {
     }
 
     /// The selected job in full, in a popup: why it stalled or failed, if it did.
-    fn show_job(&mut self) {
+    /// The selected job in full, then (the [`Action::Details`]) with its
+    /// per-worker figures.
+    fn show_job(&mut self) -> Option<Action> {
         let Some(j) = self.selected_job() else {
             self.say("no job selected", false);
-            return;
+            return None;
         };
         let mut text = format!(
             "job #{}: {} over {} images of \"{}\", {}\n{} done, {} errors, {} queries",
@@ -709,13 +761,21 @@ impl App {
             text.push_str(&format!("\noutput: {o}"));
         }
         let (id, ok) = (j.id, why.is_none());
+        let title = format!("job #{id}");
+        let action = Action::Details {
+            title: title.clone(),
+            text: text.clone(),
+            more: More::Job(id),
+        };
+        text.push_str("\n\nworkers: asking the leader…");
         self.message = Some(Message {
-            text: format!("job #{id} (Esc closes)"),
+            text: format!("{title} (Esc closes)"),
             ok,
             at_ms: self.now_ms,
             detail: Some(text),
             scroll: 0,
         });
+        Some(action)
     }
 
     /// The selected member in full, in a popup: who probes it, when this
@@ -778,7 +838,7 @@ impl App {
         let action = ok.then(|| Action::Details {
             title: title.clone(),
             text: text.clone(),
-            logs_from: m.id.addr,
+            more: More::Log(m.id.addr),
         });
         if ok {
             text.push_str("\n\nlog: asking the agent…");
@@ -967,6 +1027,22 @@ impl App {
             })
             .collect();
         v.sort_by_key(|j| std::cmp::Reverse(j.id));
+        let rank = |s: JobState| match s {
+            JobState::Running => 0,
+            JobState::Failed => 1,
+            JobState::Cancelled => 2,
+            JobState::Done => 3,
+        };
+        // Stable sorts: ties stay newest first.
+        match self.job_sort {
+            JobSort::Newest => {}
+            JobSort::State => v.sort_by_key(|j| rank(j.state)),
+            JobSort::Progress => v.sort_by(|a, b| {
+                let done = |j: &JobInfo| f64::from(j.done) / f64::from(j.images.max(1));
+                done(a).total_cmp(&done(b))
+            }),
+            JobSort::Model => v.sort_by(|a, b| a.model.cmp(&b.model)),
+        }
         v
     }
 

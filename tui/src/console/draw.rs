@@ -22,7 +22,7 @@ pub const KEYS: [(&str, &str); 21] = [
     ("PgDn / PgUp", "move by ten rows"),
     ("g, Home / G, End", "first / last row"),
     ("/", "filter the focused pane (Enter keeps, Esc clears)"),
-    ("o", "membership: sort by address, state, cpu, mem, sdfs"),
+    ("o", "members or jobs pane: sort by the next column"),
     (":", "a dml command (:help); Tab completes, Up/Down recall"),
     (
         "+ / -",

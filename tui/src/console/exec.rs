@@ -4,7 +4,7 @@
 //! clap definition and shows exactly what the CLI prints. Each result comes
 //! back as text for the footer or a popup.
 
-use super::app::{Action, Event};
+use super::app::{Action, Event, More};
 use dml_shared::client::Client;
 use dml_shared::infer::{InferRequest, InferResponse};
 use dml_shared::sdfs_client::Sdfs;
@@ -101,8 +101,19 @@ async fn text(dml: &Dml, agent: SocketAddr, a: Action) -> Result<String, ExecErr
         Action::Details {
             title,
             text,
-            logs_from,
-        } => Ok(with_log(title, text, logs_from).await),
+            more: More::Log(from),
+        } => Ok(with_log(title, text, from).await),
+        Action::Details {
+            title,
+            text,
+            more: More::Job(job),
+        } => {
+            let workers = match command(dml, agent, &["job".to_string(), job.to_string()]).await {
+                Ok(t) => t,
+                Err(e) => format!("cannot read them: {e}"),
+            };
+            Ok(format!("{title}\n{text}\n\n{workers}"))
+        }
     }
 }
 

@@ -382,11 +382,10 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
     let cluster = app.frame.as_ref().and_then(|f| f.cluster.as_ref());
     let jobs = app.jobs();
     let stalls = jobs.iter().filter(|j| stalled(j).is_some()).count();
-    let extra = if stalls > 0 {
-        format!("{stalls} stalled (Enter: why)")
-    } else {
-        String::new()
-    };
+    let mut extra = format!("by {} (o)", app.job_sort.column());
+    if stalls > 0 {
+        extra.push_str(&format!(", {stalls} stalled (Enter: why)"));
+    }
     let b = block(app, Pane::Jobs, extra);
     if jobs.is_empty() {
         let text = match cluster.map(|c| &c.jobs) {
