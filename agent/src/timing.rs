@@ -57,6 +57,11 @@ pub const SCHEDULER_RATE_WINDOW: Duration = Duration::from_secs(10);
 /// (Used in `control/scheduler.rs`.)
 pub const SCHEDULER_UNMEASURED_IMAGE_COST: Duration = Duration::from_millis(100);
 
+/// How long the p99 controller of dynamic batching keeps a query time:
+/// a batch size measured under a load that has passed is tried again.
+/// (Used in `control/batching.rs`.)
+pub const BATCH_TARGET_SAMPLE_AGE: Duration = Duration::from_secs(60);
+
 // Keyring.
 
 /// How often an agent asks the leader whether the cluster's keyring changed:

@@ -269,6 +269,7 @@ fn done(query: u64, job: JobId, worker: SocketAddr, images: &[u32], new: u32) ->
             queue: Duration::from_millis(250),
             compute: Duration::from_millis(750),
         },
+        batch_images: 0,
     }
 }
 

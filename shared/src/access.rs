@@ -96,6 +96,7 @@ fn infer_needs(req: &InferRequest) -> Needs {
     match req {
         InferRequest::Submit { .. } => needs(Admin, "submit-job"),
         InferRequest::SetBatchSize { .. } => needs(Admin, "set-batch-size"),
+        InferRequest::SetBatchPolicy { .. } => needs(Admin, "set-batch-size"),
         InferRequest::Jobs => needs(ReadOnly, "list jobs"),
         InferRequest::Output { .. } => needs(ReadOnly, "get-output"),
         InferRequest::Models => needs(ReadOnly, "list models"),

@@ -99,11 +99,19 @@ pub struct JobInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
+    /// C3: the largest batch a query of this model takes.
     pub batch_size: u32,
     pub max_batch: u32,
     /// SDFS name of its ONNX file and the version there, if uploaded.
     pub file: String,
     pub version: Option<u64>,
+    /// Longest a partial batch waits for more images before it is leased (ms).
+    pub max_queue_delay_ms: u64,
+    /// The p99 query time the leader keeps this model's batch size to (ms).
+    pub p99_target_ms: Option<u64>,
+    /// The batch size the leader dispatches now: `batch_size`, or below it
+    /// as the p99 target chose.
+    pub effective_batch: u32,
 }
 
 /// C1 for one model.
@@ -117,6 +125,9 @@ pub struct RateInfo {
     /// Queries completed since the model's first job (this leader's term on).
     pub queries_total: u64,
     pub images_total: u64,
+    /// Images per model run over the last 10 s (dynamic batching runs queries
+    /// of several jobs as one batch); 0 with no run.
+    pub mean_batch: f64,
 }
 
 /// C2 for one model: query time in milliseconds, from the lease's arrival
@@ -199,6 +210,10 @@ pub struct Lease {
     pub images: Vec<(u32, String, VersionInfo)>,
     /// The leader re-dispatches the query if no result arrives within this.
     pub lease_ms: u64,
+    /// Queries of other jobs of the same model, formed by dynamic batching:
+    /// the worker runs their images in one batch with this one's and hands
+    /// each back on its own.
+    pub with: Vec<Lease>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,6 +236,15 @@ pub enum InferRequest {
     SetBatchSize {
         model: String,
         size: u32,
+    },
+    /// Dynamic batching of `model`: the longest a partial batch waits for
+    /// more images (ms), and a p99 query time target (ms; 0 clears it) the
+    /// leader keeps to by choosing the batch size up to C3. `None` keeps a
+    /// setting as it is.
+    SetBatchPolicy {
+        model: String,
+        max_queue_delay_ms: Option<u64>,
+        p99_target_ms: Option<u64>,
     },
     Models,
     /// C1.
@@ -248,6 +272,9 @@ pub enum InferRequest {
         queue_us: u64,
         /// Time it worked (µs): fetching, preprocessing and running the model.
         compute_us: u64,
+        /// Images of the batch it ran in (its own and those of the lease's
+        /// `with` queries); the leader charges each job its share.
+        batch_images: u32,
         failed: Option<String>,
     },
     /// Worker: it cannot run queries (ONNX Runtime did not load), because of `reason`;

@@ -496,29 +496,43 @@ fn job_info() -> impl Strategy<Value = JobInfo> {
 
 fn model_info() -> impl Strategy<Value = ModelInfo> {
     (
-        text(),
-        any::<u32>(),
-        any::<u32>(),
+        (text(), any::<u32>(), any::<u32>()),
         text(),
         proptest::option::of(any::<u64>()),
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            any::<u32>(),
+        ),
     )
-        .prop_map(|(name, batch_size, max_batch, file, version)| ModelInfo {
-            name,
-            batch_size,
-            max_batch,
-            file,
-            version,
-        })
+        .prop_map(
+            |(
+                (name, batch_size, max_batch),
+                file,
+                version,
+                (max_queue_delay_ms, p99_target_ms, effective_batch),
+            )| ModelInfo {
+                name,
+                batch_size,
+                max_batch,
+                file,
+                version,
+                max_queue_delay_ms,
+                p99_target_ms,
+                effective_batch,
+            },
+        )
 }
 
 fn rate_info() -> impl Strategy<Value = RateInfo> {
-    (text(), num(), num(), any::<u64>(), any::<u64>()).prop_map(
-        |(model, queries_per_s, images_per_s, queries_total, images_total)| RateInfo {
+    (text(), num(), num(), any::<u64>(), any::<u64>(), num()).prop_map(
+        |(model, queries_per_s, images_per_s, queries_total, images_total, mean_batch)| RateInfo {
             model,
             queries_per_s,
             images_per_s,
             queries_total,
             images_total,
+            mean_batch,
         },
     )
 }
@@ -618,8 +632,17 @@ fn lease() -> impl Strategy<Value = Lease> {
                 model_version,
                 images,
                 lease_ms,
+                with: Vec::new(),
             },
         )
+}
+
+/// A lease with the queries of other jobs batched with it.
+fn batched_lease() -> impl Strategy<Value = Lease> {
+    (lease(), vec(lease(), 0..3)).prop_map(|(mut l, with)| {
+        l.with = with;
+        l
+    })
 }
 
 fn infer_request() -> impl Strategy<Value = InferRequest> {
@@ -641,6 +664,18 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
         Just(InferRequest::Jobs),
         any::<u64>().prop_map(|job| InferRequest::Output { job }),
         (text(), any::<u32>()).prop_map(|(model, size)| InferRequest::SetBatchSize { model, size }),
+        (
+            text(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>())
+        )
+            .prop_map(|(model, max_queue_delay_ms, p99_target_ms)| {
+                InferRequest::SetBatchPolicy {
+                    model,
+                    max_queue_delay_ms,
+                    p99_target_ms,
+                }
+            }),
         Just(InferRequest::Models),
         Just(InferRequest::Rates),
         Just(InferRequest::Latency),
@@ -655,11 +690,11 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
         (
             (addr(), any::<u64>(), any::<u64>()),
             vec(image_result(), 0..3),
-            (any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), any::<u32>()),
             proptest::option::of(text()),
         )
             .prop_map(
-                |((worker, query, job), results, (queue_us, compute_us), failed)| {
+                |((worker, query, job), results, (queue_us, compute_us, batch_images), failed)| {
                     InferRequest::Complete {
                         worker,
                         query,
@@ -667,6 +702,7 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
                         results,
                         queue_us,
                         compute_us,
+                        batch_images,
                         failed,
                     }
                 }
@@ -716,7 +752,7 @@ fn infer_response() -> impl Strategy<Value = InferResponse> {
         vec(rate_info(), 0..3).prop_map(InferResponse::Rates),
         vec(latency_info(), 0..3).prop_map(InferResponse::Latency),
         vec(placement(), 0..3).prop_map(InferResponse::Placement),
-        proptest::option::of(lease()).prop_map(InferResponse::Lease),
+        proptest::option::of(batched_lease()).prop_map(InferResponse::Lease),
         any::<u32>().prop_map(|new| InferResponse::Accepted { new }),
         Just(InferResponse::Done),
         (any::<u64>(), any::<u32>())

@@ -34,6 +34,12 @@ const EX_LS_ALL: &str = "\
 Examples:
   dml ls-all '*'                     everything
   dml ls-all 'datasets/sample/*.jpg' one dataset's images (quote the glob)";
+const EX_SET_BATCH_SIZE: &str = "\
+Examples:
+  dml set-batch-size resnet50 8                        batches of up to 8 images
+  dml set-batch-size resnet50 16 --max-queue-delay 50ms
+  dml set-batch-size resnet50 --p99-target 2s          the leader picks the size
+  dml set-batch-size resnet50 --p99-target off";
 const EX_SUBMIT_JOB: &str = "\
 Examples:
   dml submit-job ResNet50 100                  classify 100 sample images
@@ -270,13 +276,27 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<OutputFormat>,
     },
-    /// C3: batch size of a model's queries not yet dispatched.
+    /// C3: the largest batch of a model's queries not yet dispatched, and
+    /// its dynamic batching.
+    ///
+    /// Queries of several jobs of the model run as one batch of up to N
+    /// images; a partial batch waits up to --max-queue-delay for more.
+    /// With --p99-target the leader picks the batch size up to N that meets
+    /// it at the highest throughput (`dml models` shows its choice).
+    #[command(after_help = EX_SET_BATCH_SIZE)]
     SetBatchSize {
         /// A model name, in any case (`InceptionV3` is `inceptionv3`).
         #[arg(value_parser = model_arg)]
         model: String,
         /// Between 1 and the model's max_batch.
-        n: u32,
+        #[arg(required_unless_present_any = ["max_queue_delay", "p99_target"])]
+        n: Option<u32>,
+        /// Longest a partial batch waits for more images (e.g. 50ms; 0 for none).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_queue_delay: Option<std::time::Duration>,
+        /// p99 query time to keep to (e.g. 500ms), or `off`.
+        #[arg(long, value_parser = p99_target_arg)]
+        p99_target: Option<std::time::Duration>,
     },
     /// C1: queries and images per second (last 10 s) and totals, per model.
     Rates,
@@ -546,6 +566,14 @@ pub struct DownArgs {
 /// Model names are lowercase; a user may type them in any case.
 fn model_arg(s: &str) -> Result<String, std::convert::Infallible> {
     Ok(dml_shared::models::model_key(s))
+}
+
+/// A duration, or `off` (zero: no target).
+fn p99_target_arg(s: &str) -> Result<std::time::Duration, humantime::DurationError> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s)
 }
 
 /// Where `dml keygen` writes the key by default.

@@ -10,7 +10,7 @@ use super::lease::ReadLease;
 use super::plans::Plans;
 use super::progress::Progress;
 use super::repair::{self, Bounds, Copy, Repairs, View};
-use super::scheduler::{Completion, Scheduler};
+use super::scheduler::{Batching, Completion, Dispatch, Scheduler};
 use super::state::MetaState;
 use super::workers::Workers;
 use dml_shared::infer::{
@@ -74,6 +74,17 @@ pub fn batch_size(registry: &Registry, state: &MetaState, model: &str) -> u32 {
         .copied()
         .or_else(|| registry.get(model).map(|m| m.batch))
         .unwrap_or(1)
+}
+
+/// A model's batching: its batch size (C3) as the largest batch, and its
+/// dynamic batching settings.
+pub fn batching(registry: &Registry, state: &MetaState, model: &str) -> Batching {
+    let p = state.jobs.policy(model);
+    Batching {
+        max: batch_size(registry, state, model),
+        delay: Duration::from_millis(p.max_queue_delay_ms),
+        target: p.p99_target_ms.map(Duration::from_millis),
+    }
 }
 
 /// The leader's state for one term.
@@ -145,7 +156,7 @@ impl LeaderCore {
     /// Brings the scheduler in line with the applied jobs and expires stale
     /// leases. Returns whether there may be new work for waiting workers.
     pub fn sync(&mut self, state: &MetaState, now: Instant) -> bool {
-        let admitted = self.sched.sync(&state.jobs);
+        let admitted = self.sched.sync(&state.jobs, now);
         let expired = self.sched.expire(now);
         let sched = &self.sched;
         // A finished job's last completions may be heard after the
@@ -162,8 +173,10 @@ impl LeaderCore {
         admitted + expired > 0
     }
 
-    /// The next query for `worker` (fair time across jobs), with the SDFS
-    /// versions of its model and images. `None`: no work for it now.
+    /// The next query for `worker` (fair time across jobs, dynamic
+    /// batching), with the SDFS versions of its model and images; the
+    /// queries of other jobs batched with it are in its lease's `with`.
+    /// `None`: no work for it now.
     pub fn dispatch(
         &mut self,
         worker: SocketAddr,
@@ -172,17 +185,43 @@ impl LeaderCore {
     ) -> Option<Picked> {
         self.sync(state, now);
         let registry = &self.cfg.registry;
-        let size = |m: &str| batch_size(registry, state, m);
-        let dispatch = self.sched.dispatch(worker, size, now)?;
-        self.progress
-            .dispatched(dispatch.query, dispatch.job, worker, now);
-        let job = &state.jobs.jobs[&dispatch.job];
-        let spec = self.cfg.registry.get(&dispatch.model)?;
+        let policy = |m: &str| batching(registry, state, m);
+        let mut first = self.sched.dispatch_batched(worker, policy, now)?;
+        let with = std::mem::take(&mut first.with);
+        let (mut lease, gone) = self.lease_of(first, worker, state, now)?;
+        for d in with {
+            let query = d.query;
+            if lease.images.is_empty() {
+                // Its own images are all gone from SDFS: it runs nothing.
+                self.sched.release(query);
+                continue;
+            }
+            match self.lease_of(d, worker, state, now) {
+                Some((l, g)) if g.is_empty() => lease.with.push(l),
+                // An image gone from SDFS: its job's own query records it.
+                _ => self.sched.release(query),
+            }
+        }
+        Some(Picked { lease, gone })
+    }
+
+    /// The lease of one dispatched query, and the results of its images
+    /// gone from SDFS.
+    fn lease_of(
+        &mut self,
+        d: Dispatch,
+        worker: SocketAddr,
+        state: &MetaState,
+        now: Instant,
+    ) -> Option<(Lease, Vec<ImageResult>)> {
+        self.progress.dispatched(d.query, d.job, worker, now);
+        let job = &state.jobs.jobs[&d.job];
+        let spec = self.cfg.registry.get(&d.model)?;
         let model_file = spec.sdfs_name();
         let model_version = state.stat(&model_file)?.versions.pop()?;
         let mut images = Vec::new();
         let mut gone = Vec::new();
-        for i in &dispatch.images {
+        for i in &d.images {
             let name = job.image(*i).to_string();
             match state.stat(&name).and_then(|mut f| f.versions.pop()) {
                 Some(v) => images.push((*i, name, v)),
@@ -193,18 +232,29 @@ impl LeaderCore {
                 }),
             }
         }
-        Some(Picked {
-            lease: Lease {
-                query: dispatch.query,
-                job: dispatch.job,
-                model: dispatch.model,
-                model_file,
-                model_version,
-                images,
-                lease_ms: dispatch.lease.as_millis() as u64,
-            },
-            gone,
-        })
+        let lease = Lease {
+            query: d.query,
+            job: d.job,
+            model: d.model,
+            model_file,
+            model_version,
+            images,
+            lease_ms: d.lease.as_millis() as u64,
+            with: Vec::new(),
+        };
+        Some((lease, gone))
+    }
+
+    /// When a batch now waiting to fill (dynamic batching) will be ready.
+    pub fn next_ready(&mut self, state: &MetaState, now: Instant) -> Option<Instant> {
+        let registry = &self.cfg.registry;
+        self.sched.next_ready(|m| batching(registry, state, m), now)
+    }
+
+    /// The batch size `model` is dispatched at now.
+    pub fn effective_batch(&mut self, state: &MetaState, model: &str, now: Instant) -> u32 {
+        let b = batching(&self.cfg.registry, state, model);
+        self.sched.effective_batch(model, &b, now)
     }
 
     /// The state machine accepted a query's results.
@@ -287,6 +337,7 @@ impl LeaderCore {
                     images_per_s: i,
                     queries_total,
                     images_total,
+                    mean_batch: self.sched.mean_batch(&m.name, now),
                 }
             })
             .collect()

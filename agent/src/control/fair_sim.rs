@@ -119,6 +119,7 @@ impl Sim {
                     queue: Duration::ZERO,
                     compute: image_cost(model) * BATCH,
                 },
+                batch_images: 0,
             };
             sch.completed(warm, t0);
         }
@@ -211,7 +212,7 @@ impl Sim {
         let id = self
             .state
             .submit_weighted(a.model, "d/", images, a.images, a.weight, 0);
-        assert_eq!(self.sch.sync(&self.state), 1);
+        assert_eq!(self.sch.sync(&self.state, self.now), 1);
         // Every account restarts from its work in flight.
         for v in self.account.values_mut() {
             *v = Duration::ZERO;
@@ -242,7 +243,7 @@ impl Sim {
             .collect();
         let accepted = self.state.complete(h.job, &results, 0);
         // The leader may sync (the job ended) before it hears of the completion.
-        self.sch.sync(&self.state);
+        self.sch.sync(&self.state, self.now);
         let done = Completion {
             query: h.query,
             job: h.job,
@@ -254,6 +255,7 @@ impl Sim {
                 queue: started - h.leased,
                 compute: cost,
             },
+            batch_images: 0,
         };
         self.sch.completed(done, self.now);
         *self.worked.entry(h.job).or_default() += cost;
@@ -283,11 +285,14 @@ impl Sim {
 
     /// Worker `w` asks for a lease for a free slot.
     fn lease(&mut self, w: usize) -> bool {
-        self.sch.sync(&self.state);
+        self.sch.sync(&self.state, self.now);
         let before = self.spread();
         let Some(d) = self.sch.dispatch(addr(w as u16 + 1), |_| BATCH, self.now) else {
             return false;
         };
+        // Every job here has a multiple of BATCH images: no batch has room
+        // for another job's (dynamic batching is tested in scheduler.rs).
+        assert!(d.with.is_empty(), "{d:?}");
         self.dispatches += 1;
         self.log.push((self.now - self.t0, d.job));
         if let Some((min, _, q)) = before {

@@ -81,13 +81,25 @@ impl Job {
     }
 }
 
-/// Every job and the batch sizes set with C3.
+/// Every job, the batch sizes set with C3 and the dynamic batching settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobsState {
     pub next_job: JobId,
     pub jobs: BTreeMap<JobId, Job>,
     /// Batch size per model, where C3 changed it from the registry's default.
     pub batch: BTreeMap<String, u32>,
+    /// Dynamic batching per model, where it was set (default: no delay, no target).
+    pub policy: BTreeMap<String, BatchPolicy>,
+}
+
+/// How the leader forms a model's batches (`dml set-batch-size --max-queue-delay
+/// --p99-target`); the batch size (C3) is the largest batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchPolicy {
+    /// Longest a partial batch waits for more images, in ms (0: none).
+    pub max_queue_delay_ms: u64,
+    /// p99 query time to keep to by choosing the batch size, in ms.
+    pub p99_target_ms: Option<u64>,
 }
 
 /// Why a job cannot be cancelled.
@@ -235,6 +247,23 @@ impl JobsState {
             j.output = Some(name.into());
             j.results.clear();
         }
+    }
+
+    /// Changes `model`'s dynamic batching: each `Some` setting replaces the
+    /// old one (a target of 0 clears it).
+    pub fn set_policy(&mut self, model: &str, delay_ms: Option<u64>, target_ms: Option<u64>) {
+        let p = self.policy.entry(model.to_string()).or_default();
+        if let Some(d) = delay_ms {
+            p.max_queue_delay_ms = d;
+        }
+        if let Some(t) = target_ms {
+            p.p99_target_ms = (t > 0).then_some(t);
+        }
+    }
+
+    /// `model`'s dynamic batching settings.
+    pub fn policy(&self, model: &str) -> BatchPolicy {
+        self.policy.get(model).copied().unwrap_or_default()
     }
 
     /// (queries, images) completed so far by jobs of `model`.

@@ -30,7 +30,8 @@
 //!   state, membership, transfers), as one trait, and the agent's ports.
 //! - [`plans`]: put plans answered before their entry commits (pure).
 //! - [`lease`]: the read lease (pure).
-//! - [`scheduler`]: query leases and fair-time dispatch, C1/C2/C5 (pure).
+//! - [`scheduler`]: query leases, fair-time dispatch and dynamic batching, C1/C2/C5 (pure).
+//! - [`batching`]: the batch size a model's p99 target picks (pure).
 //! - [`progress`]: each job's progress per worker, queue and compute time (pure).
 //! - [`repair`]: the repair planner (pure).
 //! - [`balance`]: the balance planner: copies moved toward the placement the
@@ -47,6 +48,7 @@
 //!   reads.
 
 pub mod balance;
+pub mod batching;
 pub mod core;
 pub mod error;
 pub mod forward;

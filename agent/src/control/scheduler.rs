@@ -16,7 +16,18 @@
 //! in flight, the newcomer's from nothing: work leased before it arrived
 //! still takes worker time after, so the newcomer takes the next free
 //! slots until it holds its share of them, and no job is starved.
+//!
+//! Dynamic batching, as Triton's dynamic batcher: a model's batch size is
+//! the largest batch ([`Batching::max`], or below it as its p99 target
+//! chose, see `batching.rs`). A query that leaves room in its batch takes
+//! images of other jobs of the same model into the same batch, each as its
+//! own query (lease, charge, completion) run together by one worker. A
+//! model whose pending images fill no batch waits until the oldest of them
+//! has waited [`Batching::delay`] (an image is pending from its job's
+//! admission); meanwhile workers take other models' queries. Fair time holds
+//! as before: every query is charged to its own job.
 
+use super::batching::LatencyTargets;
 use super::jobs::JobsState;
 use crate::latency::{QueryTime, WorkerHists};
 pub use crate::timing::SCHEDULER_RATE_WINDOW as RATE_WINDOW;
@@ -41,10 +52,34 @@ pub struct LeaseRec {
     pub cost: f64,
 }
 
-#[derive(Debug, Default)]
+/// How a model's queries are batched: from the replicated settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Largest batch (C3).
+    pub max: u32,
+    /// Longest the oldest pending image waits for a batch to fill.
+    pub delay: Duration,
+    /// p99 query time to keep to by choosing the batch size up to `max`.
+    pub target: Option<Duration>,
+}
+
+impl Batching {
+    /// Batches of at most `max`, formed at once.
+    pub fn fixed(max: u32) -> Self {
+        Self {
+            max,
+            delay: Duration::ZERO,
+            target: None,
+        }
+    }
+}
+
+#[derive(Debug)]
 struct JobSched {
     model: String,
     weight: u32,
+    /// When it was admitted: its images are pending from then.
+    since: Instant,
     /// Worker time charged since the last admission, in microseconds.
     account: f64,
     /// Images with no result and no lease, lowest index first.
@@ -76,7 +111,11 @@ struct Done {
     job: JobId,
     model: String,
     images: u32,
+    /// Its share of its batch's worker time.
     compute_us: f64,
+    /// Its images in its batch, and its share of the batch (for the mean batch).
+    ran: u32,
+    part: f64,
 }
 
 /// A query to hand out: its id, job and image indices.
@@ -89,6 +128,9 @@ pub struct Dispatch {
     pub lease: Duration,
     /// Worker time charged for it, in microseconds.
     pub cost: f64,
+    /// Queries of other jobs of the same model in the same batch, leased to
+    /// the same worker.
+    pub with: Vec<Dispatch>,
 }
 
 /// A completion the state machine accepted.
@@ -103,6 +145,8 @@ pub struct Completion<'a> {
     /// and counts in no figure.
     pub new: u32,
     pub time: QueryTime,
+    /// Images of the batch it ran in (0: its own); it is charged its share.
+    pub batch_images: u32,
 }
 
 #[derive(Debug)]
@@ -117,6 +161,8 @@ pub struct Scheduler {
     recent: VecDeque<Done>,
     /// C2 of each worker: what it reported, or recorded here since.
     hists: HashMap<SocketAddr, WorkerHists>,
+    /// Query times per batch size, for models with a p99 target.
+    targets: LatencyTargets,
 }
 
 impl Scheduler {
@@ -132,6 +178,7 @@ impl Scheduler {
             models: HashMap::new(),
             recent: VecDeque::new(),
             hists: HashMap::new(),
+            targets: LatencyTargets::default(),
         }
     }
 
@@ -139,8 +186,8 @@ impl Scheduler {
     /// running jobs (with every image still missing pending; every account
     /// restarts from its work in flight) and forgets ended ones and their
     /// leases. Cheap when nothing changed: it walks the jobs, not their
-    /// images. Returns how many jobs it admitted.
-    pub fn sync(&mut self, state: &JobsState) -> usize {
+    /// images. Returns how many jobs it admitted (at `now`).
+    pub fn sync(&mut self, state: &JobsState, now: Instant) -> usize {
         let running = |id: &JobId| {
             state
                 .jobs
@@ -175,6 +222,7 @@ impl Scheduler {
                 JobSched {
                     model: job.model.clone(),
                     weight: job.weight.max(1),
+                    since: now,
                     account: 0.0,
                     pending: job.missing().collect(),
                     refused: BTreeSet::new(),
@@ -227,7 +275,7 @@ impl Scheduler {
 
     /// Ends a lease unfinished: its images go back to pending and its
     /// charge is refunded.
-    fn release(&mut self, query: u64) {
+    pub fn release(&mut self, query: u64) {
         if let Some(l) = self.leases.remove(&query)
             && let Some(j) = self.jobs.get_mut(&l.job)
         {
@@ -257,36 +305,161 @@ impl Scheduler {
         per_image * images as f64
     }
 
-    /// The next query for `worker`: from the job, among those with pending
-    /// images, whose weighted account would be smallest after it; `batch`
-    /// gives each model's batch size.
+    /// The next query for `worker` with batches of at most `batch` formed
+    /// at once (see [`Scheduler::dispatch_batched`]).
     pub fn dispatch(
         &mut self,
         worker: SocketAddr,
         batch: impl Fn(&str) -> u32,
         now: Instant,
     ) -> Option<Dispatch> {
-        let (id, cost) = self
+        self.dispatch_batched(worker, |m| Batching::fixed(batch(m)), now)
+    }
+
+    /// The batch size `model` runs at now: its largest, or below it as its
+    /// p99 target chose.
+    pub fn effective_batch(&mut self, model: &str, b: &Batching, now: Instant) -> u32 {
+        match b.target {
+            Some(t) => self.targets.choose(model, b.max, t, now),
+            None => b.max.max(1),
+        }
+    }
+
+    /// When `model`'s pending images make a batch of `size`: at once (the
+    /// oldest one's admission) if they fill it or there is no delay, else
+    /// once the oldest has waited `delay`. `None`: nothing pending.
+    fn batch_ready(&self, model: &str, size: u32, delay: Duration) -> Option<Instant> {
+        let (pending, oldest) = self
+            .jobs
+            .values()
+            .filter(|j| j.model == model && !j.pending.is_empty())
+            .fold((0usize, None::<Instant>), |(n, o), j| {
+                (
+                    n + j.pending.len(),
+                    Some(o.map_or(j.since, |o| o.min(j.since))),
+                )
+            });
+        let oldest = oldest?;
+        if delay.is_zero() || pending >= size as usize {
+            return Some(oldest);
+        }
+        Some(oldest + delay)
+    }
+
+    /// Each model with pending images, its batch size now and whether a
+    /// batch of it is ready at `now` (else when it will be).
+    fn batches(
+        &mut self,
+        policy: &impl Fn(&str) -> Batching,
+        now: Instant,
+    ) -> HashMap<String, (u32, Instant)> {
+        let models: BTreeSet<String> = self
+            .jobs
+            .values()
+            .filter(|j| !j.pending.is_empty())
+            .map(|j| j.model.clone())
+            .collect();
+        models
+            .into_iter()
+            .filter_map(|m| {
+                let b = policy(&m);
+                let size = self.effective_batch(&m, &b, now);
+                let at = self.batch_ready(&m, size, b.delay)?;
+                Some((m, (size, at)))
+            })
+            .collect()
+    }
+
+    /// When a batch that is waiting to fill will be ready (the earliest),
+    /// if one is waiting at `now`.
+    pub fn next_ready(
+        &mut self,
+        policy: impl Fn(&str) -> Batching,
+        now: Instant,
+    ) -> Option<Instant> {
+        self.batches(&policy, now)
+            .into_values()
+            .map(|(_, at)| at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// The next query for `worker`: from the job, among those whose model
+    /// has a batch ready (`policy` gives each model's batching), whose
+    /// weighted account would be smallest after it. A query that leaves
+    /// room in its batch takes other jobs of the model into it (`with`),
+    /// those least ahead first.
+    pub fn dispatch_batched(
+        &mut self,
+        worker: SocketAddr,
+        policy: impl Fn(&str) -> Batching,
+        now: Instant,
+    ) -> Option<Dispatch> {
+        let ready = self.batches(&policy, now);
+        let size_of = |m: &str| {
+            ready
+                .get(m)
+                .and_then(|(size, at)| (*at <= now).then_some(*size))
+        };
+        let (id, size) = self
             .jobs
             .iter()
             .filter(|(_, j)| !j.pending.is_empty() && !j.refused.contains(&worker))
-            .map(|(id, j)| {
-                let n = (batch(&j.model).max(1) as usize).min(j.pending.len());
-                (*id, self.cost(&j.model, n), j)
+            .filter_map(|(id, j)| {
+                let size = size_of(&j.model)?;
+                let n = (size as usize).min(j.pending.len());
+                Some((*id, size, self.cost(&j.model, n), j))
             })
-            .min_by(|(a, ca, ja), (b, cb, jb)| {
+            .min_by(|(a, _, ca, ja), (b, _, cb, jb)| {
                 ja.after(*ca).total_cmp(&jb.after(*cb)).then(a.cmp(b))
             })
-            .map(|(id, cost, _)| (id, cost))?;
+            .map(|(id, size, _, _)| (id, size))?;
+        let mut first = self.lease_images(id, worker, size as usize, now)?;
+        let mut room = (size as usize).saturating_sub(first.images.len());
+        if room > 0 {
+            let mut others: Vec<(f64, JobId)> = self
+                .jobs
+                .iter()
+                .filter(|(o, j)| {
+                    **o != id
+                        && j.model == first.model
+                        && !j.pending.is_empty()
+                        && !j.refused.contains(&worker)
+                })
+                .map(|(o, j)| (j.after(0.0), *o))
+                .collect();
+            others.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (_, o) in others {
+                if room == 0 {
+                    break;
+                }
+                if let Some(d) = self.lease_images(o, worker, room, now) {
+                    room -= d.images.len();
+                    first.with.push(d);
+                }
+            }
+        }
+        Some(first)
+    }
+
+    /// Leases up to `n` of `job`'s pending images to `worker`, charged to it.
+    fn lease_images(
+        &mut self,
+        id: JobId,
+        worker: SocketAddr,
+        n: usize,
+        now: Instant,
+    ) -> Option<Dispatch> {
+        let job = self.jobs.get(&id)?;
+        let images: Vec<u32> = job.pending.iter().take(n.max(1)).copied().collect();
+        let model = job.model.clone();
+        let cost = self.cost(&model, images.len());
+        let lease = self.lease_for(&model);
         let job = self.jobs.get_mut(&id)?;
-        let n = batch(&job.model).max(1) as usize;
-        let images: Vec<u32> = job.pending.iter().take(n).copied().collect();
         for i in &images {
             job.pending.remove(i);
         }
         job.account += cost;
-        let model = job.model.clone();
-        let lease = self.lease_for(&model);
         let query = self.prefix | self.next_query;
         self.next_query += 1;
         self.leases.insert(
@@ -306,6 +479,7 @@ impl Scheduler {
             images,
             lease,
             cost,
+            with: Vec::new(),
         })
     }
 
@@ -322,7 +496,12 @@ impl Scheduler {
     /// and feeds C1, C2 and the model's cost, also when the completion
     /// ended its job.
     pub fn completed(&mut self, c: Completion<'_>, now: Instant) {
-        let compute_us = c.time.compute.as_secs_f64() * 1e6;
+        let batch_us = c.time.compute.as_secs_f64() * 1e6;
+        // A query run with others in one batch is charged its share.
+        let own = c.images.len() as u32;
+        let ran = c.batch_images.max(own).max(1);
+        let part = f64::from(own) / f64::from(ran);
+        let compute_us = batch_us * part;
         let lease = self.leases.remove(&c.query);
         if let Some(j) = self.jobs.get_mut(&c.job) {
             if let Some(l) = &lease {
@@ -337,8 +516,8 @@ impl Scheduler {
         }
         let m = self.models.entry(c.model.to_string()).or_default();
         m.slowest = m.slowest.max(c.time.total());
-        if compute_us > 0.0 {
-            let sample = compute_us / c.images.len() as f64;
+        if batch_us > 0.0 {
+            let sample = batch_us / f64::from(ran);
             m.image_cost = Some(match m.image_cost {
                 Some(mean) => mean + COST_SMOOTHING * (sample - mean),
                 None => sample,
@@ -351,11 +530,15 @@ impl Scheduler {
                 model: c.model.to_string(),
                 images: c.new,
                 compute_us,
+                ran: own,
+                part,
             });
             self.hists
                 .entry(c.worker)
                 .or_default()
                 .record(c.model, c.time);
+            self.targets
+                .observe(c.model, ran, c.time.total(), c.time.compute, now);
         }
         self.trim(now);
     }
@@ -385,6 +568,18 @@ impl Scheduler {
             .filter(|d| d.model == model)
             .fold((0u64, 0u64), |(q, i), d| (q + 1, i + u64::from(d.images)));
         (queries as f64 / secs, images as f64 / secs)
+    }
+
+    /// Images per model run of `model` over the last [`RATE_WINDOW`]: each
+    /// query counts as its share of its batch (0 with no run).
+    pub fn mean_batch(&mut self, model: &str, now: Instant) -> f64 {
+        self.trim(now);
+        let (images, runs) = self
+            .recent
+            .iter()
+            .filter(|d| d.model == model)
+            .fold((0.0, 0.0), |(i, r), d| (i + f64::from(d.ran), r + d.part));
+        if runs > 0.0 { images / runs } else { 0.0 }
     }
 
     /// C2 for `model`: every worker's histograms merged, if any holds a query.
@@ -498,6 +693,7 @@ mod tests {
                 queue: Duration::ZERO,
                 compute,
             },
+            batch_images: 0,
         }
     }
 
@@ -505,7 +701,7 @@ mod tests {
     fn two_jobs_share_worker_time_whatever_their_cost() {
         let mut s = state_with(&[("resnet50", 5000), ("inceptionv3", 5000)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let mut counts: HashMap<JobId, u32> = HashMap::new();
         let unit = Duration::from_millis(10);
@@ -553,13 +749,13 @@ mod tests {
     fn a_new_job_takes_the_next_slots_until_it_catches_up_then_alternates() {
         let mut s = state_with(&[("tiny", 1000)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         for _ in 0..50 {
             sch.dispatch(addr(1), |_| 2, t).unwrap();
         }
         s.submit("tiny", "d/", vec!["a".into()], 1000, 0);
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         // Job 1's 50 queries in flight take worker time after job 2
         // arrived: job 2 goes alone until it has as much, then the two
         // alternate.
@@ -578,7 +774,7 @@ mod tests {
     fn a_released_lease_is_refunded_and_its_images_go_first_to_the_job_behind() {
         let s = state_with(&[("tiny", 100), ("tiny", 100)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         for w in 1..=4 {
             sch.dispatch(addr(w), |_| 2, t).unwrap();
@@ -599,7 +795,7 @@ mod tests {
         s.submit_weighted("tiny", "d/", images.clone(), 1000, 1, 0);
         s.submit_weighted("tiny", "d/", images, 1000, 3, 0);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let jobs: Vec<JobId> = (0..40)
             .map(|_| sch.dispatch(addr(1), |_| 1, t).unwrap().job)
@@ -612,7 +808,7 @@ mod tests {
     fn the_completion_that_ends_a_job_counts_in_c1_and_c2() {
         let mut s = state_with(&[("tiny", 8)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let a = sch.dispatch(addr(1), |_| 4, t).unwrap();
         let b = sch.dispatch(addr(2), |_| 4, t).unwrap();
@@ -621,7 +817,7 @@ mod tests {
             assert_eq!(accepted.finished, ends);
             // The leader syncs (the job ended, so the scheduler forgets it)
             // before it hears of the completion.
-            sch.sync(&s);
+            sch.sync(&s, Instant::now());
             let ms = Duration::from_millis(20);
             sch.completed(done(d.query, 1, "tiny", &d.images, 4, ms), t);
         }
@@ -634,7 +830,7 @@ mod tests {
     fn expired_and_orphaned_leases_are_dispatched_again() {
         let s = state_with(&[("tiny", 4)]);
         let mut sch = Scheduler::new(7, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let a = sch.dispatch(addr(1), |_| 2, t).unwrap();
         let b = sch.dispatch(addr(2), |_| 2, t).unwrap();
@@ -660,7 +856,7 @@ mod tests {
     fn a_worker_that_cannot_run_a_model_is_not_asked_again() {
         let s = state_with(&[("tiny", 4)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let a = sch.dispatch(addr(1), |_| 2, t).unwrap();
         assert_eq!(sch.refuse(a.query, addr(1)), Some((1, 1)));
@@ -675,7 +871,7 @@ mod tests {
         s.complete(1, &results(&[3]), 0);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
         // A new leader admits the job with only the missing images.
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         let q = sch.dispatch(addr(1), |_| 1, t).unwrap();
         assert_eq!(q.images, vec![0]);
@@ -684,7 +880,7 @@ mod tests {
         sch.completed(done(999, 1, "tiny", &[2], 1, Duration::from_millis(1)), t);
         assert_eq!(sch.dispatch(addr(1), |_| 8, t).unwrap().images, vec![1]);
         s.complete(1, &results(&[0, 1]), 0);
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         assert_eq!(sch.in_flight(), 0);
         assert!(sch.placement().is_empty());
     }
@@ -693,7 +889,7 @@ mod tests {
     fn a_dropped_job_releases_its_leases_and_the_others_go_on() {
         let s = state_with(&[("tiny", 6), ("tiny", 6)]);
         let mut sch = Scheduler::new(1, Duration::from_secs(10));
-        sch.sync(&s);
+        sch.sync(&s, Instant::now());
         let t = Instant::now();
         for w in 1..=4 {
             sch.dispatch(addr(w), |_| 2, t).unwrap();
@@ -708,11 +904,162 @@ mod tests {
         assert_eq!(sch.drop_job(1), 0, "already gone");
     }
 
+    fn batched(max: u32, delay_ms: u64) -> impl Fn(&str) -> Batching {
+        move |_| Batching {
+            max,
+            delay: Duration::from_millis(delay_ms),
+            target: None,
+        }
+    }
+
+    /// Every image of a dispatch and its `with`, by job.
+    fn batch_of(d: &Dispatch) -> Vec<(JobId, usize)> {
+        std::iter::once(d)
+            .chain(&d.with)
+            .map(|d| (d.job, d.images.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_batch_waits_for_the_delay_and_a_full_one_goes_at_once() {
+        let ms = Duration::from_millis;
+        let t = Instant::now();
+        let mut s = state_with(&[("tiny", 3)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        let policy = batched(8, 50);
+        sch.sync(&s, t);
+        // 3 of 8: it waits for more images, up to 50 ms.
+        assert!(sch.dispatch_batched(addr(1), &policy, t).is_none());
+        assert_eq!(sch.next_ready(&policy, t), Some(t + ms(50)));
+        // A second job fills the batch at 20 ms: it goes at once, one batch.
+        s.submit(
+            "tiny",
+            "d/",
+            (0..5).map(|i| format!("b{i}")).collect(),
+            5,
+            0,
+        );
+        sch.sync(&s, t + ms(20));
+        let d = sch.dispatch_batched(addr(1), &policy, t + ms(20)).unwrap();
+        assert_eq!(batch_of(&d), [(1, 3), (2, 5)]);
+        assert_eq!(sch.in_flight(), 2);
+        // A lone partial batch goes when its oldest image has waited 50 ms.
+        s.submit("tiny", "d/", vec!["c".into(); 2], 2, 0);
+        sch.sync(&s, t + ms(100));
+        assert!(
+            sch.dispatch_batched(addr(1), &policy, t + ms(149))
+                .is_none()
+        );
+        assert_eq!(sch.next_ready(&policy, t + ms(149)), Some(t + ms(150)));
+        let d = sch.dispatch_batched(addr(1), &policy, t + ms(150)).unwrap();
+        assert_eq!(batch_of(&d), [(3, 2)]);
+        // A full batch goes at once; with no delay a partial one does too.
+        s.submit("tiny", "d/", vec!["d".into(); 9], 9, 0);
+        sch.sync(&s, t + ms(200));
+        let d = sch.dispatch_batched(addr(1), &policy, t + ms(200)).unwrap();
+        assert_eq!(batch_of(&d), [(4, 8)]);
+        assert!(
+            sch.dispatch_batched(addr(1), &policy, t + ms(200))
+                .is_none()
+        );
+        let d = sch
+            .dispatch_batched(addr(1), batched(8, 0), t + ms(200))
+            .unwrap();
+        assert_eq!(batch_of(&d), [(4, 1)]);
+        assert_eq!(sch.next_ready(&policy, t + ms(200)), None);
+    }
+
+    #[test]
+    fn a_waiting_model_leaves_the_workers_to_others() {
+        let t = Instant::now();
+        let s = state_with(&[("tiny", 2), ("resnet50", 100)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s, t);
+        let policy = |m: &str| Batching {
+            max: 4,
+            delay: Duration::from_millis(if m == "tiny" { 100 } else { 0 }),
+            target: None,
+        };
+        // Tiny's batch waits; the workers run resnet50 meanwhile.
+        for w in 1..=3 {
+            let d = sch.dispatch_batched(addr(w), policy, t).unwrap();
+            assert_eq!(batch_of(&d), [(2, 4)]);
+        }
+        let later = t + Duration::from_millis(100);
+        let d = sch.dispatch_batched(addr(4), policy, later).unwrap();
+        assert_eq!(batch_of(&d), [(1, 2)], "tiny's turn once its delay is over");
+    }
+
+    #[test]
+    fn each_query_of_a_batch_is_charged_its_share() {
+        let t = Instant::now();
+        let mut s = state_with(&[("tiny", 2), ("tiny", 6)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s, t);
+        let d = sch.dispatch_batched(addr(1), batched(8, 0), t).unwrap();
+        assert_eq!(batch_of(&d), [(1, 2), (2, 6)]);
+        let ms80 = Duration::from_millis(80);
+        for q in std::iter::once(&d).chain(&d.with) {
+            let accepted = s.complete(q.job, &results(&q.images), 0);
+            let mut c = done(q.query, q.job, "tiny", &q.images, accepted.new, ms80);
+            c.batch_images = 8;
+            sch.completed(c, t);
+        }
+        // One run of 8 images; 80 ms of worker time split 20/60; 10 ms per image.
+        assert_eq!(sch.mean_batch("tiny", t), 8.0);
+        assert_eq!(sch.cost("tiny", 1), 10_000.0);
+        let l = sch.latency("tiny").unwrap();
+        assert_eq!(l.count, 2, "each query counts in C2 with the batch's time");
+        assert!(l.p50_ms >= 79.0, "{l:?}");
+    }
+
+    #[test]
+    fn a_p99_target_dispatches_the_size_the_controller_chose() {
+        let t = Instant::now();
+        let mut s = state_with(&[("tiny", 1000)]);
+        let mut sch = Scheduler::new(1, Duration::from_secs(10));
+        sch.sync(&s, t);
+        let policy = |_: &str| Batching {
+            max: 8,
+            delay: Duration::ZERO,
+            target: Some(Duration::from_millis(50)),
+        };
+        // Nothing measured: the largest batch.
+        assert_eq!(sch.effective_batch("tiny", &policy("tiny"), t), 8);
+        let mut imgs = Vec::new();
+        for w in 0..8 {
+            let d = sch.dispatch_batched(addr(w), policy, t).unwrap();
+            assert_eq!(d.images.len(), 8);
+            imgs.push((d.query, d.images));
+        }
+        // Batches of 8 take 400 ms, far over the target: it tries 4.
+        for (q, images) in &imgs {
+            let accepted = s.complete(1, &results(images), 0);
+            let c = done(
+                *q,
+                1,
+                "tiny",
+                images,
+                accepted.new,
+                Duration::from_millis(400),
+            );
+            sch.completed(c, t);
+        }
+        assert_eq!(sch.effective_batch("tiny", &policy("tiny"), t), 4);
+        assert_eq!(
+            sch.dispatch_batched(addr(1), policy, t)
+                .unwrap()
+                .images
+                .len(),
+            4
+        );
+    }
+
     #[test]
     fn rates_and_latency_cover_the_window() {
         let mut sch = Scheduler::new(1, Duration::from_millis(10));
         let t = Instant::now();
-        sch.sync(&state_with(&[("tiny", 100)]));
+        sch.sync(&state_with(&[("tiny", 100)]), t);
         for i in 0..20u64 {
             let at = t + Duration::from_millis(500 * i);
             let c = done(

@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 pub const MAX_JOB_IMAGES: u32 = 1_000_000;
 /// Largest weight of a job in fair sharing.
 pub const MAX_JOB_WEIGHT: u32 = 1_000;
+/// Longest `max_queue_delay` of dynamic batching, in ms.
+pub const MAX_QUEUE_DELAY_MS: u64 = 60_000;
+/// Longest p99 target of dynamic batching, in ms.
+pub const MAX_P99_TARGET_MS: u64 = 3_600_000;
 /// Distinct workers that must fail to load a model before its job fails
 /// (fewer if fewer workers are alive).
 const REFUSALS_TO_FAIL: usize = 2;
@@ -93,10 +97,11 @@ pub enum Step {
         reply: MetaResponse,
     },
     /// No work for `worker` now: answer when some appears, or `None` at
-    /// `deadline`.
+    /// `deadline`; `ready`: a batch waiting to fill will be ready then.
     Park {
         worker: SocketAddr,
         deadline: Instant,
+        ready: Option<Instant>,
     },
     /// Match names against the glob off the async workers, then answer.
     List(Glob),
@@ -136,6 +141,8 @@ pub enum Then {
         worker: SocketAddr,
         images: Vec<u32>,
         time: QueryTime,
+        /// Images of the batch it ran in.
+        batch_images: u32,
     },
     /// A model the workers cannot run failed its job: `Accepted { new: 0 }`.
     FailJob,
@@ -192,7 +199,8 @@ pub enum Upkeep {
 /// What [`answer`] asks of the task.
 #[derive(Debug)]
 pub enum Answer {
-    Reply(Result<ControlResponse, ControlError>),
+    /// Boxed: a lease with its batched queries is large.
+    Reply(Box<Result<ControlResponse, ControlError>>),
     /// Look for work for the worker again (same request, same deadline).
     LeaseAgain,
     /// Nothing to answer.
@@ -499,13 +507,50 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             }
             Step::Append(Op::SetBatchSize { model, size }, Then::BatchSize)
         }
+        InferRequest::SetBatchPolicy {
+            model,
+            max_queue_delay_ms,
+            p99_target_ms,
+        } => {
+            if let Err(e) = core.registry().require(&model) {
+                return fail(bad(e.to_string()));
+            }
+            if let Some(d) = max_queue_delay_ms.filter(|d| *d > MAX_QUEUE_DELAY_MS) {
+                return fail(bad(format!(
+                    "max queue delay {d} ms for \"{model}\" must be at most {MAX_QUEUE_DELAY_MS} ms"
+                )));
+            }
+            if let Some(t) = p99_target_ms.filter(|t| *t > MAX_P99_TARGET_MS) {
+                return fail(bad(format!(
+                    "p99 target {t} ms for \"{model}\" must be at most {MAX_P99_TARGET_MS} ms"
+                )));
+            }
+            let op = Op::SetBatchPolicy {
+                model,
+                max_queue_delay_ms,
+                p99_target_ms,
+            };
+            Step::Append(op, Then::BatchSize)
+        }
         InferRequest::Models => {
+            let names: Vec<String> = core
+                .registry()
+                .models
+                .iter()
+                .map(|m| m.name.clone())
+                .collect();
+            let effective: Vec<u32> = names
+                .iter()
+                .map(|n| core.effective_batch(s, n, cx.now))
+                .collect();
             let registry = core.registry();
-            infer(InferResponse::Models(
-                registry
-                    .models
-                    .iter()
-                    .map(|m| ModelInfo {
+            let models = registry
+                .models
+                .iter()
+                .zip(effective)
+                .map(|(m, effective_batch)| {
+                    let policy = s.jobs.policy(&m.name);
+                    ModelInfo {
                         name: m.name.clone(),
                         batch_size: batch_size(registry, s, &m.name),
                         max_batch: m.max_batch,
@@ -513,9 +558,13 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
                         version: s
                             .stat(&m.sdfs_name())
                             .and_then(|f| f.versions.last().map(|v| v.version)),
-                    })
-                    .collect(),
-            ))
+                        max_queue_delay_ms: policy.max_queue_delay_ms,
+                        p99_target_ms: policy.p99_target_ms,
+                        effective_batch,
+                    }
+                })
+                .collect();
+            infer(InferResponse::Models(models))
         }
         InferRequest::Rates => {
             core.sync(s, cx.now);
@@ -582,6 +631,7 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
             results,
             queue_us,
             compute_us,
+            batch_images,
             failed,
         } => {
             // A worker busy with long queries asks seldom; it is alive all the same.
@@ -617,6 +667,7 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
                     worker,
                     images,
                     time,
+                    batch_images,
                 },
             )
         }
@@ -684,7 +735,12 @@ pub fn lease(core: &mut LeaderCore, cx: &Ctx, worker: SocketAddr, deadline: Inst
             if cx.now >= deadline {
                 return infer(InferResponse::Lease(None));
             }
-            return Step::Park { worker, deadline };
+            let ready = core.next_ready(cx.state, cx.now);
+            return Step::Park {
+                worker,
+                deadline,
+                ready,
+            };
         };
         let lease = picked.lease;
         if lease.images.is_empty() {
@@ -698,6 +754,7 @@ pub fn lease(core: &mut LeaderCore, cx: &Ctx, worker: SocketAddr, deadline: Inst
                 images: &[],
                 new: 0,
                 time: QueryTime::default(),
+                batch_images: 0,
             };
             core.completed(none, cx.now);
             if !picked.gone.is_empty() {
@@ -744,7 +801,7 @@ pub fn answer(
         Ok(Applied::NoSuchFile(name)) => Err(ControlError::NoSuchFile(name)),
         other => other,
     };
-    let reply = |r: Result<ControlResponse, ControlError>| Answer::Reply(r);
+    let reply = |r: Result<ControlResponse, ControlError>| Answer::Reply(Box::new(r));
     match then {
         Then::Upkeep(u) => {
             match (&u, &applied) {
@@ -838,6 +895,7 @@ pub fn answer(
             worker,
             images,
             time,
+            batch_images,
         } => match applied {
             Ok(Applied::Accepted { new, finished }) => {
                 let done = Completion {
@@ -848,6 +906,7 @@ pub fn answer(
                     images: &images,
                     new,
                     time,
+                    batch_images,
                 };
                 core.completed(done, now);
                 if finished {

@@ -290,6 +290,7 @@ async fn a_job_over_four_workers_survives_a_lease_that_expires() {
                             results: results(&l),
                             queue_us: 0,
                             compute_us: 100_000,
+                            batch_images: 0,
                             failed: None,
                         };
                         let InferResponse::Accepted { new: n } = infer(&h, done).await else {

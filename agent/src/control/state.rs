@@ -238,6 +238,15 @@ impl MetaState {
                 self.jobs.batch.insert(model.clone(), *size);
                 Applied::Done
             }
+            Op::SetBatchPolicy {
+                model,
+                max_queue_delay_ms,
+                p99_target_ms,
+            } => {
+                self.jobs
+                    .set_policy(model, *max_queue_delay_ms, *p99_target_ms);
+                Applied::Done
+            }
             Op::CompleteQuery { job, results } => {
                 let a = self.jobs.complete(*job, results, now);
                 Applied::Accepted {

@@ -70,6 +70,8 @@ pub(crate) enum Input {
     Viewed { view: LiveView, then: AfterView },
     /// A parked lease request's wait is over.
     WaitOver(u64),
+    /// A batch waiting to fill (dynamic batching) is ready now.
+    BatchReady,
     /// A repair copy to `target` ended; the entry recording it if it stored.
     Copied {
         name: String,
@@ -229,6 +231,7 @@ pub(crate) fn spawn<P: Ports>(
         claims: HashMap::new(),
         parked: HashMap::new(),
         next_wait: 0,
+        batch_timer: None,
         applied: None,
         synced: false,
         barrier: false,
@@ -263,6 +266,8 @@ struct LeaderTask<P> {
     /// Lease requests waiting for work, by number.
     parked: HashMap<u64, Parked>,
     next_wait: u64,
+    /// When a [`Input::BatchReady`] is due, if one is.
+    batch_timer: Option<Instant>,
     /// The applied index the scheduler was last synced at.
     applied: Option<u64>,
     /// This task's barrier entry has applied (see [`LeaderTask::start_barrier`]).
@@ -394,6 +399,12 @@ impl<P: Ports> LeaderTask<P> {
                 if let Some(p) = self.parked.remove(&id) {
                     let _ = p.reply.send(Ok(InferResponse::Lease(None).into()));
                 }
+            }
+            Input::BatchReady => {
+                if self.batch_timer.is_some_and(|t| t <= now()) {
+                    self.batch_timer = None;
+                }
+                self.wake().await;
             }
             Input::Copied {
                 name,
@@ -578,7 +589,12 @@ impl<P: Ports> LeaderTask<P> {
                 ),
             },
             Step::AppendPlan { op, reply: answer } => self.append_plan(op, answer, reply).await,
-            Step::Park { worker, deadline } => {
+            Step::Park {
+                worker,
+                deadline,
+                ready,
+            } => {
+                self.batch_ready_at(ready);
                 let id = self.next_wait;
                 self.next_wait += 1;
                 self.parked.insert(
@@ -819,7 +835,7 @@ impl<P: Ports> LeaderTask<P> {
             return;
         }
         match answer {
-            Answer::Reply(r) => send(reply, r),
+            Answer::Reply(r) => send(reply, *r),
             Answer::LeaseAgain => {
                 if let Some((worker, deadline)) = worker_wait {
                     let step = self.read(|core, cx| serve::lease(core, cx, worker, deadline));
@@ -847,6 +863,23 @@ impl<P: Ports> LeaderTask<P> {
         true
     }
 
+    /// Wakes the parked lease requests when a batch waiting to fill will be
+    /// ready (one timer, for the earliest).
+    fn batch_ready_at(&mut self, ready: Option<Instant>) {
+        let Some(at) = ready else {
+            return;
+        };
+        if self.batch_timer.is_some_and(|t| t <= at && t > now()) {
+            return;
+        }
+        self.batch_timer = Some(at);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = tx.send(Input::BatchReady).await;
+        });
+    }
+
     /// Work may have appeared: parked lease requests look again.
     async fn wake(&mut self) {
         let ids: Vec<u64> = self.parked.keys().copied().collect();
@@ -857,7 +890,8 @@ impl<P: Ports> LeaderTask<P> {
             let step = self.read(|core, cx| serve::lease(core, cx, p.worker, p.deadline));
             match step {
                 // Still nothing: keep waiting, on the timer already set.
-                Step::Park { .. } => {
+                Step::Park { ready, .. } => {
+                    self.batch_ready_at(ready);
                     self.parked.insert(id, p);
                 }
                 step => self.execute(step, None, p.reply).await,

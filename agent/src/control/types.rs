@@ -86,6 +86,13 @@ pub enum Op {
     },
     /// C3: batch size of `model` for queries not yet dispatched.
     SetBatchSize { model: String, size: u32 },
+    /// Dynamic batching of `model`: each `Some` replaces the setting (a
+    /// target of 0 clears it).
+    SetBatchPolicy {
+        model: String,
+        max_queue_delay_ms: Option<u64>,
+        p99_target_ms: Option<u64>,
+    },
     /// Results of one query; images already done are ignored.
     CompleteQuery {
         job: JobId,

@@ -2,7 +2,9 @@
 //! images (own replica first), preprocesses them off the async runtime,
 //! runs them through one ONNX Runtime session per model and hands the
 //! top-5 back. Two stages overlap: while one query runs, the next is
-//! leased, fetched and preprocessed.
+//! leased, fetched and preprocessed. A lease may carry queries of other jobs
+//! of the same model (dynamic batching, the lease's `with`): their images run
+//! in the same batch, and each query's results are handed back on their own.
 
 use super::compute::{Compute, ComputeError};
 use super::error::InferError;
@@ -126,11 +128,16 @@ enum QueryError {
     },
 }
 
-/// A leased query, fetched and preprocessed.
+/// An image ready to run: its query's place in the batch's queries, its
+/// index in the job, its name and its tensor.
+type Tensor = (usize, (u32, String, Array3<f32>));
+
+/// A leased batch, fetched and preprocessed: its queries (the lease and its
+/// `with`), and each image's tensor or error tagged with its query's place.
 struct Prepared {
-    lease: Lease,
-    tensors: Vec<(u32, String, Array3<f32>)>,
-    errors: Vec<ImageResult>,
+    parts: Vec<Lease>,
+    tensors: Vec<Tensor>,
+    errors: Vec<(usize, ImageResult)>,
     /// When the lease arrived.
     received: Instant,
     /// Fetching and preprocessing.
@@ -313,9 +320,11 @@ fn bump(ctx: &Ctx, f: impl FnOnce(&mut WorkerStats)) {
     f(&mut ctx.stats.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
-async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepared {
+async fn prepare(ctx: &Ctx, mut lease: Lease, slot: OwnedSemaphorePermit) -> Prepared {
     let start = Instant::now();
-    let spec = ctx.o.registry.get(&lease.model).cloned();
+    let with = std::mem::take(&mut lease.with);
+    let parts: Vec<Lease> = std::iter::once(lease).chain(with).collect();
+    let spec = ctx.o.registry.get(&parts[0].model).cloned();
     let mut tensors = Vec::new();
     let mut errors = Vec::new();
     let error = |index: u32, image: &str, e: String| ImageResult {
@@ -323,16 +332,21 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
         image: image.to_string(),
         outcome: Outcome::Error(e),
     };
+    let images: Vec<(usize, &(u32, String, _))> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(p, l)| l.images.iter().map(move |i| (p, i)))
+        .collect();
     let Some(spec) = spec else {
-        for (i, name, _) in &lease.images {
-            errors.push(error(
-                *i,
-                name,
-                format!("model \"{}\" is not in this agent's registry", lease.model),
-            ));
+        for (p, (i, name, _)) in &images {
+            let e = format!(
+                "model \"{}\" is not in this agent's registry",
+                parts[0].model
+            );
+            errors.push((*p, error(*i, name, e)));
         }
         return Prepared {
-            lease,
+            parts,
             tensors,
             errors,
             received: start,
@@ -341,8 +355,8 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
         };
     };
     let spec = Arc::new(spec);
-    for group in lease.images.chunks(FETCH_PARALLEL) {
-        let reads = group.iter().map(|(i, name, v)| {
+    for group in images.chunks(FETCH_PARALLEL) {
+        let reads = group.iter().map(|(_, (i, name, v))| {
             let spec = spec.clone();
             async move {
                 let bytes = read_version(&ctx.sdfs, ctx.o.me, name, v, ctx.o.fetch_timeout).await?;
@@ -350,19 +364,20 @@ async fn prepare(ctx: &Ctx, lease: Lease, slot: OwnedSemaphorePermit) -> Prepare
                 Ok::<_, QueryError>((*i, name.clone(), t))
             }
         });
-        for (r, (i, name, _)) in futures::future::join_all(reads)
+        for (r, (p, (i, name, _))) in futures::future::join_all(reads)
             .await
             .into_iter()
             .zip(group)
         {
             match r {
-                Ok(t) => tensors.push(t),
-                Err(e) => errors.push(error(*i, name, e.to_string())),
+                Ok(t) => tensors.push((*p, t)),
+                Err(e) => errors.push((*p, error(*i, name, e.to_string()))),
             }
         }
     }
+    drop(images);
     Prepared {
-        lease,
+        parts,
         tensors,
         errors,
         received: start,
@@ -385,20 +400,27 @@ async fn run_loop(
             },
         };
         let Prepared {
-            lease,
+            parts,
             tensors,
-            mut errors,
+            errors,
             received,
             prep,
             _slot,
         } = p;
-        let outcome = run_query(&ctx, &lease, tensors).await;
-        let (mut results, ran, failed) = match outcome {
+        let batch_images: usize = parts.iter().map(|l| l.images.len()).sum();
+        let outcome = run_query(&ctx, &parts[0], tensors).await;
+        let (results, ran, failed) = match outcome {
             Ok((r, ran)) => (r, ran, None),
             Err(e) => (Vec::new(), Duration::ZERO, Some(e.to_string())),
         };
-        if failed.is_none() {
-            results.append(&mut errors);
+        // Each query's results, its images' errors too if the model ran.
+        let mut per_part: Vec<Vec<ImageResult>> = vec![Vec::new(); parts.len()];
+        let ran_model = failed.is_none();
+        for (p, r) in results
+            .into_iter()
+            .chain(errors.into_iter().filter(|_| ran_model))
+        {
+            per_part[p].push(r);
         }
         // Work is the preprocessing and the model's run; the rest of the
         // time since the lease arrived it waited: behind the other query,
@@ -413,18 +435,25 @@ async fn run_loop(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let ran = failed.is_none();
-            let new = report(&ctx, &lease, results, time, failed).await;
-            if ran && let Some(new) = new {
-                ctx.metrics
-                    .record(&lease.model, lease.images.len(), time.total());
-                if new > 0 {
-                    ctx.hists
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .hists
-                        .record(&lease.model, time);
+            let batch = batch_images as u32;
+            let reports = parts.iter().zip(per_part).map(|(lease, results)| {
+                let (ctx, failed) = (&ctx, failed.clone());
+                async move {
+                    let new = report(ctx, lease, results, time, batch, failed).await;
+                    if ran && let Some(new) = new {
+                        ctx.metrics
+                            .record(&lease.model, lease.images.len(), time.total());
+                        if new > 0 {
+                            ctx.hists
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .hists
+                                .record(&lease.model, time);
+                        }
+                    }
                 }
-            }
+            });
+            futures::future::join_all(reports).await;
             bump(&ctx, |s| {
                 s.running = s.running.saturating_sub(1);
                 s.completed += 1;
@@ -440,14 +469,17 @@ async fn run_loop(
 async fn run_query(
     ctx: &Ctx,
     lease: &Lease,
-    tensors: Vec<(u32, String, Array3<f32>)>,
-) -> Result<(Vec<ImageResult>, Duration), QueryError> {
+    tensors: Vec<Tensor>,
+) -> Result<(Vec<(usize, ImageResult)>, Duration), QueryError> {
     if tensors.is_empty() {
         return Ok((Vec::new(), Duration::ZERO));
     }
     let session = session_for(ctx, lease).await?;
-    let (meta, arrays): (Vec<(u32, String)>, Vec<Array3<f32>>) =
-        tensors.into_iter().map(|(i, n, t)| ((i, n), t)).unzip();
+    type Meta = (usize, u32, String);
+    let (meta, arrays): (Vec<Meta>, Vec<Array3<f32>>) = tensors
+        .into_iter()
+        .map(|(p, (i, n, t))| ((p, i, n), t))
+        .unzip();
     let slots = ctx.o.slots.clone();
     let (preds, ran) = ctx
         .infer
@@ -463,18 +495,30 @@ async fn run_query(
         Ok(preds) => meta
             .into_iter()
             .zip(preds)
-            .map(|((index, image), top)| ImageResult {
-                index,
-                image,
-                outcome: Outcome::Top(top),
+            .map(|((p, index, image), top)| {
+                let outcome = Outcome::Top(top);
+                (
+                    p,
+                    ImageResult {
+                        index,
+                        image,
+                        outcome,
+                    },
+                )
             })
             .collect(),
         Err(e) => meta
             .into_iter()
-            .map(|(index, image)| ImageResult {
-                index,
-                image,
-                outcome: Outcome::Error(format!("inference failed: {e}")),
+            .map(|(p, index, image)| {
+                let outcome = Outcome::Error(format!("inference failed: {e}"));
+                (
+                    p,
+                    ImageResult {
+                        index,
+                        image,
+                        outcome,
+                    },
+                )
             })
             .collect(),
     };
@@ -538,12 +582,13 @@ async fn session_for(ctx: &Ctx, lease: &Lease) -> Result<Arc<Mutex<Session>>, Qu
 
 /// Hands the results back, retrying through leader changes until the lease
 /// would have expired anyway; once the leader took them, how many images
-/// were new to it.
+/// were new to it. `batch_images`: images of the batch the query ran in.
 async fn report(
     ctx: &Ctx,
     lease: &Lease,
     results: Vec<ImageResult>,
     time: QueryTime,
+    batch_images: u32,
     failed: Option<String>,
 ) -> Option<u32> {
     let deadline =
@@ -555,6 +600,7 @@ async fn report(
         results,
         queue_us: us(time.queue),
         compute_us: us(time.compute),
+        batch_images,
         failed,
     };
     loop {

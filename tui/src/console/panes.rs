@@ -236,6 +236,10 @@ pub fn models(app: &App, area: Rect, buf: &mut Buffer) {
         };
         let cells = cols.iter().map(|(c, _)| match c {
             Col::Name => Cell::from(m.name.clone()),
+            // The batch dispatched now, "4/8" when a p99 target chose below the largest.
+            Col::Batch if m.effective_batch != m.batch_size => {
+                Cell::from(format!("{}/{}", m.effective_batch, m.batch_size))
+            }
             Col::Batch => Cell::from(m.batch_size.to_string()),
             Col::Rate => {
                 Cell::from(r.map_or_else(|| "-".into(), |r| format!("{:.1}", r.queries_per_s)))

@@ -62,6 +62,9 @@ pub fn frame(n: usize, tick: u64) -> Frame {
             max_batch: 64,
             file: "models/resnet50.onnx".into(),
             version: Some(1),
+            max_queue_delay_ms: 0,
+            p99_target_ms: None,
+            effective_batch: 8,
         },
         ModelInfo {
             name: "inceptionv3".into(),
@@ -69,6 +72,9 @@ pub fn frame(n: usize, tick: u64) -> Frame {
             max_batch: 64,
             file: "models/inceptionv3.onnx".into(),
             version: Some(1),
+            max_queue_delay_ms: 0,
+            p99_target_ms: None,
+            effective_batch: 4,
         },
     ];
     let rate = |m: &str, base: f64| RateInfo {
@@ -77,6 +83,7 @@ pub fn frame(n: usize, tick: u64) -> Frame {
         images_per_s: (base + (tick % 7) as f64 * 0.5) * 8.0,
         queries_total: 1200 + tick * 3,
         images_total: 9600 + tick * 24,
+        mean_batch: 8.0,
     };
     let lat = |m: &str, k: f64| LatencyInfo {
         model: m.into(),

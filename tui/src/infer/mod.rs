@@ -77,6 +77,7 @@ fn is_read(req: &InferRequest) -> bool {
         | R::Placement => true,
         R::Submit { .. }
         | R::SetBatchSize { .. }
+        | R::SetBatchPolicy { .. }
         | R::Cancel { .. }
         | R::Lease { .. }
         | R::Complete { .. }
@@ -92,6 +93,55 @@ fn unexpected(r: InferResponse) -> anyhow::Error {
 pub async fn models(sdfs: &Sdfs) -> Result<Vec<ModelInfo>> {
     match ask(sdfs, InferRequest::Models).await? {
         InferResponse::Models(m) => Ok(m),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Sets `model`'s largest batch and its dynamic batching (each if given),
+/// and reads back what is in force.
+async fn set_batch(
+    sdfs: &Sdfs,
+    model: &str,
+    n: Option<u32>,
+    delay: Option<std::time::Duration>,
+    target: Option<std::time::Duration>,
+) -> Result<ModelInfo> {
+    if n == Some(0) {
+        check_batch_size(model, 0, &[])?;
+    }
+    let known = models(sdfs).await?;
+    if let Some(n) = n {
+        check_batch_size(model, n, &known)?;
+        let req = InferRequest::SetBatchSize {
+            model: model.to_string(),
+            size: n,
+        };
+        done(ask(sdfs, req).await).with_context(|| format!("set the batch size of \"{model}\""))?;
+    } else {
+        check_batch_size(model, 1, &known)?;
+    }
+    if delay.is_some() || target.is_some() {
+        let ms = |d: std::time::Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let req = InferRequest::SetBatchPolicy {
+            model: model.to_string(),
+            max_queue_delay_ms: delay.map(ms),
+            // A target under a millisecond is none (`off` is zero).
+            p99_target_ms: target.map(ms),
+        };
+        done(ask(sdfs, req).await)
+            .with_context(|| format!("set the dynamic batching of \"{model}\""))?;
+    }
+    models(sdfs)
+        .await?
+        .into_iter()
+        .find(|m| m.name == model)
+        .ok_or_else(|| anyhow!("the cluster no longer lists \"{model}\""))
+}
+
+/// `Done`, or the error.
+fn done(r: Result<InferResponse>) -> Result<()> {
+    match r? {
+        InferResponse::Done => Ok(()),
         other => Err(unexpected(other)),
     }
 }
@@ -162,27 +212,14 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
         Command::GetOutput { job, file, format } => {
             return get_output(&sdfs, *job, file.as_deref(), *format, json).await;
         }
-        Command::SetBatchSize { model, n } => {
-            if *n == 0 {
-                check_batch_size(model, 0, &[])?;
-            }
-            let known = models(&sdfs).await?;
-            check_batch_size(model, *n, &known)?;
-            let req = InferRequest::SetBatchSize {
-                model: model.clone(),
-                size: *n,
-            };
-            match ask(&sdfs, req)
-                .await
-                .with_context(|| format!("set the batch size of \"{model}\""))?
-            {
-                InferResponse::Done => {}
-                other => return Err(unexpected(other)),
-            }
-            pick(
-                serde_json::json!({"model": model, "batch_size": n}),
-                format!("{model}: batch size {n} for queries not yet dispatched\n"),
-            )
+        Command::SetBatchSize {
+            model,
+            n,
+            max_queue_delay,
+            p99_target,
+        } => {
+            let m = set_batch(&sdfs, model, *n, *max_queue_delay, *p99_target).await?;
+            pick(report::batching_json(&m), report::batching_text(&m))
         }
         Command::Rates => match ask(&sdfs, InferRequest::Rates).await? {
             InferResponse::Rates(r) => pick(report::rates_json(&r), report::rates_table(&r)),
@@ -331,6 +368,9 @@ mod tests {
             max_batch: max,
             file: format!("models/{name}.onnx"),
             version: None,
+            max_queue_delay_ms: 0,
+            p99_target_ms: None,
+            effective_batch: 4,
         }
     }
 

@@ -1,9 +1,9 @@
-//! Tables and JSON for `dml jobs`, `rates`, `latency`, `placement` and
-//! `submit-job`; pure functions, no IO.
+//! Tables and JSON for `dml jobs`, `rates`, `latency`, `placement`,
+//! `set-batch-size` and `submit-job`; pure functions, no IO.
 
 use crate::report::render_table;
 use crate::sdfs::report::when;
-use dml_shared::infer::{JobInfo, LatencyInfo, Placement, RateInfo, Spread};
+use dml_shared::infer::{JobInfo, LatencyInfo, ModelInfo, Placement, RateInfo, Spread};
 use serde_json::{Value, json};
 
 /// Share of a job's images with a result, in percent (100 for an empty job).
@@ -106,6 +106,7 @@ pub fn rates_json(rates: &[RateInfo]) -> Value {
                     "images_per_s": r.images_per_s,
                     "queries_total": r.queries_total,
                     "images_total": r.images_total,
+                    "mean_batch": r.mean_batch,
                 })
             })
             .collect(),
@@ -125,16 +126,77 @@ pub fn rates_table(rates: &[RateInfo]) -> String {
                 format!("{:.2}", r.images_per_s),
                 r.queries_total.to_string(),
                 r.images_total.to_string(),
+                format!("{:.1}", r.mean_batch),
             ]
         })
         .collect();
     format!(
-        "rates over the last 10 s; totals since the model's first job\n{}",
+        "rates over the last 10 s (BATCH: images per model run); totals since the model's first job\n{}",
         render_table(
-            &["MODEL", "QUERIES/S", "IMAGES/S", "QUERIES", "IMAGES"],
+            &[
+                "MODEL",
+                "QUERIES/S",
+                "IMAGES/S",
+                "QUERIES",
+                "IMAGES",
+                "BATCH"
+            ],
             &rows
         )
     )
+}
+
+/// A model's batch size as dispatched: "8", or "4 of 8" when its p99
+/// target chose below the largest.
+pub fn effective_batch(m: &ModelInfo) -> String {
+    if m.effective_batch == m.batch_size {
+        m.batch_size.to_string()
+    } else {
+        format!("{} of {}", m.effective_batch, m.batch_size)
+    }
+}
+
+/// A model's dynamic batching: "delay 50 ms, p99 target 2000 ms", or "".
+pub fn batching_settings(m: &ModelInfo) -> String {
+    let mut parts = Vec::new();
+    if m.max_queue_delay_ms > 0 {
+        parts.push(format!("delay {} ms", m.max_queue_delay_ms));
+    }
+    if let Some(t) = m.p99_target_ms {
+        parts.push(format!("p99 target {t} ms"));
+    }
+    parts.join(", ")
+}
+
+/// `dml set-batch-size`'s answer: what is in force now.
+pub fn batching_text(m: &ModelInfo) -> String {
+    let mut s = format!(
+        "{}: batches of up to {} images for queries not yet dispatched",
+        m.name, m.batch_size
+    );
+    if m.max_queue_delay_ms > 0 {
+        s += &format!(
+            "; a partial batch waits up to {} ms for more",
+            m.max_queue_delay_ms
+        );
+    }
+    if let Some(t) = m.p99_target_ms {
+        s += &format!(
+            "; p99 target {t} ms: the leader runs batches of {} now",
+            m.effective_batch
+        );
+    }
+    s + "\n"
+}
+
+pub fn batching_json(m: &ModelInfo) -> Value {
+    json!({
+        "model": m.name,
+        "batch_size": m.batch_size,
+        "max_queue_delay_ms": m.max_queue_delay_ms,
+        "p99_target_ms": m.p99_target_ms,
+        "effective_batch": m.effective_batch,
+    })
 }
 
 pub fn latency_json(lat: &[LatencyInfo]) -> Value {
@@ -318,6 +380,37 @@ mod tests {
         assert_eq!(jobs_table(&[]), "no jobs\n");
         // Never rounds up to 100% before the last image.
         assert!(jobs_table(&[job(399, 400, JobState::Running)]).contains("(99%)"));
+    }
+
+    #[test]
+    fn batching_shows_the_effective_batch_and_the_settings() {
+        let mut m = ModelInfo {
+            name: "resnet50".into(),
+            batch_size: 16,
+            max_batch: 32,
+            file: "models/resnet50.onnx".into(),
+            version: Some(1),
+            max_queue_delay_ms: 0,
+            p99_target_ms: None,
+            effective_batch: 16,
+        };
+        assert_eq!(effective_batch(&m), "16");
+        assert_eq!(batching_settings(&m), "");
+        assert_eq!(
+            batching_text(&m),
+            "resnet50: batches of up to 16 images for queries not yet dispatched\n"
+        );
+        m.max_queue_delay_ms = 50;
+        m.p99_target_ms = Some(2000);
+        m.effective_batch = 4;
+        assert_eq!(effective_batch(&m), "4 of 16");
+        assert_eq!(batching_settings(&m), "delay 50 ms, p99 target 2000 ms");
+        let t = batching_text(&m);
+        assert!(
+            t.contains("waits up to 50 ms") && t.contains("batches of 4 now"),
+            "{t}"
+        );
+        assert_eq!(batching_json(&m)["effective_batch"], 4);
     }
 
     #[test]

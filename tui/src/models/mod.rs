@@ -101,6 +101,9 @@ pub fn models_json(infos: &[ModelInfo], reg: &Registry, dirs: &ModelDirs) -> Val
                 json!({
                     "name": m.name,
                     "batch_size": m.batch_size,
+                    "effective_batch": m.effective_batch,
+                    "max_queue_delay_ms": m.max_queue_delay_ms,
+                    "p99_target_ms": m.p99_target_ms,
                     "max_batch": m.max_batch,
                     "file": m.file,
                     "version": m.version,
@@ -115,17 +118,33 @@ pub fn models_table(infos: &[ModelInfo], reg: &Registry, dirs: &ModelDirs) -> St
     let rows: Vec<Vec<String>> = infos
         .iter()
         .map(|m| {
+            let batching = crate::infer::report::batching_settings(m);
             vec![
                 m.name.clone(),
-                m.batch_size.to_string(),
+                crate::infer::report::effective_batch(m),
                 m.max_batch.to_string(),
+                if batching.is_empty() {
+                    "-".into()
+                } else {
+                    batching
+                },
                 m.version
                     .map_or("not uploaded".into(), |v| format!("{} v{v}", m.file)),
                 local_text(dirs, &file_of(reg, &m.name)),
             ]
         })
         .collect();
-    render_table(&["MODEL", "BATCH", "MAX", "SDFS", "LOCAL FILE"], &rows)
+    render_table(
+        &[
+            "MODEL",
+            "BATCH",
+            "MAX",
+            "DYNAMIC BATCHING",
+            "SDFS",
+            "LOCAL FILE",
+        ],
+        &rows,
+    )
 }
 
 async fn list(reg: &Registry, dirs: &ModelDirs, agent: SocketAddr, json: bool) -> Result<()> {
@@ -405,6 +424,9 @@ mod tests {
                 max_batch: 64,
                 file: "models/resnet50.onnx".into(),
                 version: Some(2),
+                max_queue_delay_ms: 50,
+                p99_target_ms: Some(500),
+                effective_batch: 4,
             },
             ModelInfo {
                 name: "tiny".into(),
@@ -412,12 +434,19 @@ mod tests {
                 max_batch: 64,
                 file: "models/tiny.onnx".into(),
                 version: None,
+                max_queue_delay_ms: 0,
+                p99_target_ms: None,
+                effective_batch: 4,
             },
         ];
         let t = models_table(&infos, &reg, &dirs);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[1].contains("models/resnet50.onnx v2"), "{t}");
         assert!(lines[1].contains("built "), "{t}");
+        assert!(
+            lines[1].contains("4 of 8") && lines[1].contains("delay 50 ms, p99 target 500 ms"),
+            "{t}"
+        );
         assert!(
             lines[2].contains("not uploaded") && lines[2].ends_with("missing"),
             "{t}"
