@@ -635,6 +635,30 @@ mod widgets {
     }
 
     #[test]
+    fn the_models_table_shows_the_batch_a_p99_target_chose_and_plus_sets_the_largest() {
+        let mut a = app(10, (100, 30));
+        let mut f = synth::frame(10, 4);
+        let models = f.cluster.as_mut().unwrap().models.as_mut().unwrap();
+        models[0].p99_target_ms = Some(500);
+        models[0].effective_batch = 4;
+        a.handle(Event::Frame(Box::new(f)));
+        let t = pane(&a, Pane::Models, 90, 6);
+        let row = t.lines().find(|l| l.contains("resnet50")).unwrap();
+        assert!(row.contains(" 4/8 "), "{t}");
+        let row = t.lines().find(|l| l.contains("inceptionv3")).unwrap();
+        assert!(!row.contains('/'), "{t}");
+        a.handle(key(KeyCode::Tab));
+        assert_eq!(
+            a.handle(ch('+')),
+            Some(Action::SetBatchSize {
+                model: "resnet50".into(),
+                size: 9
+            }),
+            "+ sets the largest batch"
+        );
+    }
+
+    #[test]
     fn the_membership_table_shows_state_role_and_node_stats() {
         let a = app(10, (100, 30));
         let t = pane(&a, Pane::Members, 90, 14);
