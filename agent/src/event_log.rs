@@ -14,7 +14,8 @@ pub fn to_json(e: &TimedEvent) -> String {
         Event::Suspect(id) => ("suspect", id),
         Event::Failed(id) => ("failed", id),
         Event::Left(id) => ("left", id),
-        Event::Rejoined(id) => ("rejoined", id),
+        Event::Reinstated(id) => ("reinstated", id),
+        Event::Refuted(id) => ("refuted", id),
     };
     serde_json::json!({ "ts_ms": e.unix_ms, "event": name, "member": id.to_string() }).to_string()
 }

@@ -57,19 +57,21 @@ fn record(data_dir: &Path, started: u64) -> std::io::Result<()> {
     std::fs::File::open(data_dir)?.sync_all()
 }
 
-/// Records each new identity this agent takes after being declared failed, until the
-/// membership events end.
+/// Records each new identity this agent takes (a `dml join` after a leave), until the
+/// membership events end. Declared failed, an agent refutes and keeps its identity.
 pub async fn follow(
     data_dir: PathBuf,
     me: SocketAddr,
     mut events: broadcast::Receiver<TimedEvent>,
 ) {
+    let mut recorded = None;
     loop {
         match events.recv().await {
             Ok(TimedEvent {
-                event: Event::Rejoined(id),
+                event: Event::Joined(id),
                 ..
-            }) if id.addr == me => {
+            }) if id.addr == me && recorded != Some(id) => {
+                recorded = Some(id);
                 let dir = data_dir.clone();
                 let r = tokio::task::spawn_blocking(move || record(&dir, id.started)).await;
                 if !matches!(r, Ok(Ok(()))) {

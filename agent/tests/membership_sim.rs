@@ -244,7 +244,7 @@ fn a_partition_into_halves_heals_into_one_view() {
 }
 
 #[test]
-fn a_paused_node_is_declared_failed_and_comes_back_as_a_new_identity() {
+fn a_paused_node_is_declared_failed_and_is_reinstated_under_its_identity() {
     let mut sim = joined_cluster(600, 10);
     sim.advance(secs(5));
     let node = 2;
@@ -272,15 +272,25 @@ fn a_paused_node_is_declared_failed_and_comes_back_as_a_new_identity() {
     sim.resume(node);
     let back = sim.run_until(secs(10), Sim::converged);
     assert!(back.is_some(), "resumed node did not come back\n{sim:?}");
-    eprintln!("resumed node back as a new identity after {back:?}");
-    let new = sim.id(node);
-    assert!(new.started > old.started);
+    eprintln!("resumed node reinstated under its identity after {back:?}");
+    assert_eq!(
+        sim.id(node),
+        old,
+        "it refuted the failure, keeping its identity"
+    );
     assert!(
-        sim.first_event(node, t0, |e| *e == Event::Rejoined(new))
+        sim.first_event(node, t0, |e| *e == Event::Refuted(old))
             .is_some()
     );
     assert_eq!(sim.core(node).counters().false_failures, 1);
-    assert!((0..10).all(|i| sim.core(i).live_members().contains(&new)));
+    assert!((0..10).all(|i| sim.core(i).live_members().contains(&old)));
+    for &i in &others {
+        assert!(
+            sim.first_event(i, t0, |e| *e == Event::Reinstated(old))
+                .is_some(),
+            "node {i} did not reinstate it"
+        );
+    }
 }
 
 /// Runs a converged 10-node cluster at `loss` for `periods` probe periods and
@@ -459,15 +469,16 @@ fn a_cut_link_is_routed_around_and_an_isolated_node_comes_back_after_healing() {
         Step::within(secs(60), "the isolated node to be back", |s| {
             s.converged() && s.up().len() == 10
         }),
-        Step::assert("it to be back as a new identity", move |s| {
-            s.id(3).started > before.started
+        Step::assert("it to be back under its identity", move |s| {
+            s.id(3) == before
         }),
     ]);
 }
 
-/// Issue 18: after a one-node partition heals, the members that stayed on the majority side
-/// keep their identities (they refute the isolated node's stale failure claims with a higher
-/// incarnation); only the isolated node may come back as a new identity.
+/// Issue 18: after a one-node partition heals, every member keeps its identity: the majority
+/// refutes the isolated node's stale failure claims with a higher incarnation, and the
+/// isolated node refutes the majority's claim about it and is reinstated; afterwards no one
+/// lists anyone as failed.
 #[test]
 fn healing_a_one_node_partition_keeps_the_majority_identities() {
     for (seed, n, isolated, apart) in [(1100, 4, 0, secs(15)), (1101, 7, 3, secs(47))] {
@@ -515,12 +526,12 @@ fn heal_keeps_majority(seed: u64, n: usize, minority: &[usize], apart: Duration)
             before,
             "a majority member changed its identity\n{sim:?}"
         );
-        for (&i, o) in minority.iter().zip(&old) {
-            assert!(
-                sim.id(i).started > o.started,
-                "the minority re-joined\n{sim:?}"
-            );
-        }
+        assert_eq!(
+            sim.ids(minority),
+            old,
+            "the minority was not reinstated\n{sim:?}"
+        );
+        assert_no_one_listed_failed(&sim);
         for &i in &majority {
             assert_eq!(sim.core(i).counters().false_failures, 0, "node {i}");
             for (&j, id) in majority.iter().zip(&before) {
@@ -587,4 +598,71 @@ fn a_newer_identity_first_heard_as_failed_retires_the_live_older_one() {
     core.handle_datagram(addr(3), &gossip(first, UpdateKind::Alive), now)
         .unwrap();
     assert_eq!(live_at(&core, addr(2)), [third]);
+}
+
+/// No member lists any identity as failed (the tombstones of refuted failures are gone).
+fn assert_no_one_listed_failed(sim: &Sim) {
+    for i in sim.up() {
+        let failed: Vec<NodeId> = sim
+            .core(i)
+            .member_infos(sim.now())
+            .into_iter()
+            .filter(|m| m.state == dml_shared::api::MemberState::Failed)
+            .map(|m| m.id)
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "node {i} lists {failed:?} as failed\n{sim:?}"
+        );
+    }
+}
+
+/// Issue 18's last gap: the cut-off side declares the majority failed before the majority
+/// declares it (here it hears nothing while the others still hear it, so they never do), and
+/// its claims reach them. The claimed members refute with a higher incarnation and everyone
+/// reinstates them: after the heal, every identity is the one it was and no one lists any
+/// member as failed.
+#[test]
+fn a_minority_s_failure_claims_are_refuted_and_every_identity_survives_the_heal() {
+    for (seed, n, cut_off) in [(1300, 4, 0), (1301, 7, 3)] {
+        let mut sim = joined_cluster(seed, n);
+        sim.configure_nodes(n);
+        sim.advance(secs(5));
+        let before = sim.ids(&(0..n).collect::<Vec<_>>());
+        let others: Vec<usize> = (0..n).filter(|&i| i != cut_off).collect();
+        // One-way: nothing reaches the cut-off node; what it sends gets through.
+        for &o in &others {
+            sim.cut(o, cut_off);
+        }
+        let t0 = sim.elapsed();
+        let claimed = sim.run_until(secs(60), |s| {
+            s.first_event(cut_off, t0, |e| matches!(e, Event::Failed(_)))
+                .is_some()
+        });
+        assert!(
+            claimed.is_some(),
+            "the cut-off node declared no one failed\n{sim:?}"
+        );
+        sim.advance(secs(20));
+        // Its claims were refuted: the others still hold each other live.
+        assert!(sim.agree(&others), "{sim:?}");
+        sim.heal();
+        let healed = sim.run_until(secs(120), |s| s.converged() && s.up().len() == n);
+        assert!(healed.is_some(), "no single view after healing\n{sim:?}");
+        sim.advance(secs(30));
+        assert!(sim.converged(), "{sim:?}");
+        assert_eq!(
+            sim.ids(&(0..n).collect::<Vec<_>>()),
+            before,
+            "an identity changed\n{sim:?}"
+        );
+        assert_no_one_listed_failed(&sim);
+        let reinstated = sim.total(|c| c.reinstated);
+        let refuted = sim.total(|c| c.false_failures);
+        eprintln!(
+            "n={n}: one view {healed:?} after healing; {refuted} failures refuted, \
+             {reinstated} reinstatements"
+        );
+        assert!(refuted > 0, "no failure claim reached its subject\n{sim:?}");
+    }
 }

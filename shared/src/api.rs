@@ -86,6 +86,9 @@ pub struct Stats {
     pub udp_replayed: u64,
     /// TCP connections dropped in the handshake or for a bad frame tag.
     pub tcp_unauthenticated: u64,
+    /// Members this agent held as failed that refuted it (alive at a higher incarnation) and
+    /// were taken back under the same identity.
+    pub reinstated: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -794,7 +794,7 @@ fn member_info() -> impl Strategy<Value = MemberInfo> {
 fn stats() -> impl Strategy<Value = Stats> {
     (
         (any::<u64>(), num(), num(), num(), num()),
-        vec(any::<u64>(), 16),
+        vec(any::<u64>(), 17),
     )
         .prop_map(|((uptime_ms, bs, br, ps, pr), c)| Stats {
             uptime_ms,
@@ -817,6 +817,7 @@ fn stats() -> impl Strategy<Value = Stats> {
             udp_unauthenticated: c[13],
             udp_replayed: c[14],
             tcp_unauthenticated: c[15],
+            reinstated: c[16],
         })
 }
 

@@ -16,7 +16,12 @@ pub enum EventKind {
     /// The logging agent removed the member as failed.
     Failed,
     Left,
+    /// Written by the foca comparison node only: the agent refutes instead.
     Rejoined,
+    /// A member the logging agent held as failed refuted it and is back, same identity.
+    Reinstated,
+    /// The logging agent was declared failed and refuted it, keeping its identity.
+    Refuted,
 }
 
 /// One line of the event log.

@@ -43,6 +43,27 @@ pub async fn state_of(addr: SocketAddr, id: NodeId) -> Result<Option<MemberState
         .map(|m| m.state))
 }
 
+/// One check that no observer lists any of `ids` as failed (e.g. after a refuted failure).
+pub async fn check_not_failed(observers: &[&Agent], ids: &[NodeId]) -> Result<()> {
+    for o in observers {
+        let failed: Vec<NodeId> = members(o.addr())
+            .await?
+            .into_iter()
+            .filter(|m| m.state == MemberState::Failed && ids.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        if !failed.is_empty() {
+            bail!(
+                "agent {} ({}) lists {} as failed",
+                o.name(),
+                o.addr(),
+                fmt_ids(&failed)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `{a#1, b#2}` for messages.
 pub fn fmt_ids<'a>(ids: impl IntoIterator<Item = &'a NodeId>) -> String {
     let v: Vec<String> = ids.into_iter().map(ToString::to_string).collect();

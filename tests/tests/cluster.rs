@@ -1,5 +1,5 @@
 //! Real `dml-agent` processes on 127.0.0.1: convergence, crash detection (SIGKILL),
-//! a frozen agent (SIGSTOP) coming back as a new member, graceful exit (SIGTERM) and
+//! a frozen agent (SIGSTOP) refuting its failure and reinstated, graceful exit (SIGTERM) and
 //! joining while the introducer is still down; what systemd hears (readiness,
 //! watchdog pings, stopping).
 //!
@@ -8,9 +8,11 @@
 use dml_shared::NodeId;
 use dml_tests::events::EventKind;
 use dml_tests::ports::free_local_addr;
-use dml_tests::view::{VIEW_POLL, check_not_live, fmt_ids, live_members, state_of};
+use dml_tests::view::{
+    VIEW_POLL, check_not_failed, check_not_live, fmt_ids, live_members, state_of,
+};
 use dml_tests::view::{wait_converged, wait_not_live};
-use dml_tests::{Agent, AgentSpec, Cluster, test_membership, wait_for, wait_until};
+use dml_tests::{Agent, AgentSpec, Cluster, test_membership, wait_until};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -142,7 +144,7 @@ async fn three_agents_killed_at_once_are_removed_by_all_seven_survivors() {
 }
 
 #[tokio::test]
-async fn an_agent_frozen_past_the_suspicion_timeout_is_failed_then_returns_as_a_new_member() {
+async fn an_agent_frozen_past_the_suspicion_timeout_is_failed_then_refutes_and_is_reinstated() {
     let m = test_membership();
     let mut c = Cluster::start("sigstop", 5, m.clone()).await.unwrap();
     c.wait_converged(CONVERGE).await.unwrap();
@@ -169,27 +171,23 @@ async fn an_agent_frozen_past_the_suspicion_timeout_is_failed_then_returns_as_a_
     .await
     .unwrap();
 
+    // Thawed, it learns it was declared failed and refutes with a higher incarnation: the
+    // others take it back under the same identity (a restart would be a new one).
     c.agents[v].cont().unwrap();
-    let agent = &c.agents[v];
-    let new = wait_for(
-        "the thawed agent to take a new identity",
+    let all: Vec<&Agent> = c.agents.iter().collect();
+    let live = wait_converged(&all, CONVERGE).await.unwrap();
+    assert!(live.contains(&old), "{old} is live everywhere again");
+    assert_eq!(c.agents[v].current_id().await.unwrap(), old);
+    wait_until(
+        "the others to log the reinstatement",
         CONVERGE,
         VIEW_POLL,
-        async || {
-            let id = agent.current_id().await?;
-            anyhow::ensure!(id.started > old.started, "still {id}");
-            Ok(id)
-        },
+        async || check_logged(&others, &[old], EventKind::Reinstated),
     )
     .await
     .unwrap();
-    assert_eq!(new.addr, old.addr, "same address, new generation");
-
-    let all: Vec<&Agent> = c.agents.iter().collect();
-    let live = wait_converged(&all, CONVERGE).await.unwrap();
-    assert!(live.contains(&new), "{new} is live everywhere");
-    assert!(!live.contains(&old));
-    check_not_live(&all, &[old]).await.unwrap();
+    check_logged(&[&c.agents[v]], &[old], EventKind::Refuted).unwrap();
+    check_not_failed(&all, &[old]).await.unwrap();
 }
 
 #[tokio::test]

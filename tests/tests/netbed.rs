@@ -2,7 +2,7 @@
 //! sixth, so every request crosses a (virtual) network, and partitions are real drop rules
 //! in both directions. Needs root, `ip` and `nft` (installed by `scripts/setup.sh`).
 //!
-//! - a cut-off leader: replaced, and the heal keeps the majority's identities;
+//! - a cut-off leader: replaced, and the heal keeps every identity (failures refuted);
 //! - a seeded nemesis run: a recorded history checked for linearizability, jobs checked for
 //!   exactly-once results, failure declarations checked against the faults;
 //! - a soak: seven agents busy with inference suspect no one;
@@ -25,7 +25,7 @@ use dml_tests::nemesis::{self, Clients, Outcome, file_name};
 use dml_tests::netbed::{Bed, cpu_busy_jiffies};
 use dml_tests::sdfs::{DML, READY, SdfsCluster, SdfsOptions, api, content};
 use dml_tests::ssh::{self, DeployedAgents, Sshd};
-use dml_tests::view::wait_not_live;
+use dml_tests::view::{check_not_failed, wait_not_live};
 use dml_tests::wait::wait_for;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,9 @@ const CLIENT: usize = AGENTS;
 /// The leader's host is cut off from the other agents (both directions; the client still
 /// reaches it). The majority elects a new leader and commits; the old leader says it has
 /// no majority; after healing one leader remains, the majority's members kept their
-/// identities and declared none of each other failed, and every file reads back everywhere.
+/// identities and declared none of each other failed, the cut-off agent refuted its failure
+/// and is back under its identity, no agent lists anyone as failed, and every file reads
+/// back everywhere.
 #[test]
 fn a_cut_off_leader_is_replaced_and_the_heal_keeps_the_majority_identities() -> Result<()> {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,6 +128,42 @@ fn a_cut_off_leader_is_replaced_and_the_heal_keeps_the_majority_identities() -> 
             c.must_get(i, "during", &during).await?;
         }
         let ids_after = current_ids(&c, &all).await?;
+        // Each side held the other failed; both refute with a higher incarnation (issue 18):
+        // the cut-off agent is reinstated, not re-joined under a new identity, and once the
+        // view is one no agent lists any of the five as failed.
+        ensure!(
+            ids_after[before] == ids_before[before],
+            "the cut-off agent a{before} took a new identity: {} → {}",
+            ids_before[before],
+            ids_after[before]
+        );
+        let agents: Vec<&Agent> = all.iter().map(|&i| c.agent(i)).collect();
+        wait_for(
+            "no agent to list a member as failed",
+            READY,
+            Duration::from_millis(200),
+            async || check_not_failed(&agents, &ids_before).await,
+        )
+        .await?;
+        let refuted = c
+            .agent(before)
+            .events()?
+            .into_iter()
+            .filter(|e| e.event == EventKind::Refuted)
+            .count();
+        ensure!(
+            refuted >= 1,
+            "a{before} logged no refutation of its failure"
+        );
+        for &i in &rest {
+            ensure!(
+                c.agent(i)
+                    .events()?
+                    .iter()
+                    .any(|e| e.event == EventKind::Reinstated && e.member == ids_before[before]),
+                "a{i} did not reinstate a{before}"
+            );
+        }
         for &i in &rest {
             ensure!(
                 ids_after[i] == ids_before[i],

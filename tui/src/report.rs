@@ -143,6 +143,7 @@ pub fn stats_lines(s: &Stats) -> Vec<(&'static str, String)> {
         ("refuted (false positives)", s.refuted.to_string()),
         ("declared failed", s.declared_failed.to_string()),
         ("falsely declared failed", s.false_failures.to_string()),
+        ("reinstated (refuted failures)", s.reinstated.to_string()),
         ("bad packets", s.bad_packets.to_string()),
         ("bad frames", s.bad_frames.to_string()),
         (

@@ -336,6 +336,9 @@ impl<P: Ports> LeaderTask<P> {
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
                     Ok(e) => match e.event {
                         Event::Failed(id) | Event::Left(id) => Input::Departed(id.addr),
+                        // Back under the same identity: its copies count again and it may
+                        // take queries; views are read by address, so a scan now is enough.
+                        Event::Reinstated(_) => Input::Tick,
                         _ => continue,
                     },
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

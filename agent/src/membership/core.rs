@@ -39,8 +39,13 @@ pub enum Event {
     /// A member was removed as failed.
     Failed(NodeId),
     Left(NodeId),
-    /// This agent learned it had been declared failed and re-joined as a new identity.
-    Rejoined(NodeId),
+    /// A member this agent held as failed refuted it with a higher incarnation: it is alive
+    /// again under the same identity (SWIM/memberlist refutation; a restart is a new identity
+    /// and comes as `Joined`).
+    Reinstated(NodeId),
+    /// This agent learned it had been declared failed and refuted the claim with a higher
+    /// incarnation, keeping its identity.
+    Refuted(NodeId),
 }
 
 /// Where this agent stands in the group.
@@ -137,8 +142,11 @@ pub struct Membership {
     /// Time origin for new identities: `me.started` at creation.
     created: Instant,
     first_started: u64,
-    /// When this agent last took a new identity because it was declared failed.
+    /// When this agent last learned it had been cut off (declared failed while it held most
+    /// of the group failed) and dropped the failures it had declared.
     refreshed: Option<Instant>,
+    /// The highest incarnation this identity was declared failed at, once it heard of it.
+    failure_heard: Option<u32>,
     /// Ordered, like `probes`, so that iteration order (and with it every
     /// choice drawn from `rng`) depends only on the seed and the inputs.
     members: BTreeMap<NodeId, Member>,
@@ -189,6 +197,7 @@ impl Membership {
             created: now,
             first_started: me.started,
             refreshed: None,
+            failure_heard: None,
             members: BTreeMap::new(),
             by_addr: HashMap::new(),
             seeds: Vec::new(),
@@ -592,23 +601,33 @@ impl Membership {
 
     /// Applies the updates of one datagram. A sender whose identity here is a tombstone sees
     /// the group as it was before it was cut off: of its updates only those about this agent
-    /// (to refute) and about a newer identity of the sender itself count.
+    /// (to refute) and about the sender itself (its refutation, or a newer identity) count.
+    /// If the datagram told this agent that it was the one cut off, it drops its own stale
+    /// view and takes the sender's.
     fn apply_all(&mut self, updates: &[Update], from: SocketAddr, now: Instant) {
         let stale = self.tombstone_of(from).map(|t| t.id);
+        let cut_off_before = self.refreshed;
         for u in updates {
             let counts = match stale {
                 None => true,
-                Some(old) => u.id == self.me || (u.id.addr == from && u.id.started > old.started),
+                Some(old) => u.id == self.me || (u.id.addr == from && u.id.started >= old.started),
             };
             if counts {
                 self.apply(*u, from, now);
             }
         }
+        if stale.is_some() && self.refreshed != cut_off_before {
+            let me = self.me;
+            for u in updates.iter().filter(|u| u.id != me) {
+                self.apply(*u, from, now);
+            }
+        }
     }
 
-    /// Merges one update by the SWIM precedence rules: failed and left are
-    /// final for an identity; otherwise a higher incarnation wins, and at equal
-    /// incarnation suspect beats alive.
+    /// Merges one update by the SWIM precedence rules (as memberlist has them): left is final
+    /// for an identity; a higher incarnation wins, and at equal incarnation failed beats
+    /// suspect beats alive. A failed member comes back only through its own alive at a higher
+    /// incarnation than the one it was declared failed at (it refuted the failure).
     fn apply(&mut self, u: Update, from: SocketAddr, now: Instant) {
         if u.id == self.me {
             self.apply_about_me(u, from, now);
@@ -640,6 +659,12 @@ impl Membership {
             return;
         };
         if !m.state.is_live() {
+            if m.state == MemberState::Failed
+                && u.kind == UpdateKind::Alive
+                && u.incarnation > m.incarnation
+            {
+                self.reinstate(u, now);
+            }
             return;
         }
         match u.kind {
@@ -678,9 +703,31 @@ impl Membership {
                     self.broadcasts.push(u);
                 }
             }
-            UpdateKind::Failed => self.mark_down(u.id, MemberState::Failed, now),
+            // A claim older than the member's refutation of it is stale.
+            UpdateKind::Failed if u.incarnation < m.incarnation => {}
+            UpdateKind::Failed => {
+                m.incarnation = u.incarnation;
+                self.mark_down(u.id, MemberState::Failed, now);
+            }
             UpdateKind::Left => self.mark_down(u.id, MemberState::Left, now),
         }
+    }
+
+    /// A member held as failed refuted it (alive at a higher incarnation): alive again, same
+    /// identity.
+    fn reinstate(&mut self, u: Update, now: Instant) {
+        let Some(m) = self.members.get_mut(&u.id) else {
+            return;
+        };
+        m.incarnation = u.incarnation;
+        m.state = MemberState::Alive;
+        m.changed = now;
+        m.suspicion = None;
+        self.traffic.counters.reinstated += 1;
+        self.events.push(Event::Reinstated(u.id));
+        self.remember_seeds([u.id.addr]);
+        self.broadcasts.push(u);
+        self.rebuild_ring();
     }
 
     fn apply_about_me(&mut self, u: Update, from: SocketAddr, now: Instant) {
@@ -691,29 +738,84 @@ impl Membership {
                     self.refute(u.incarnation, from);
                 }
             }
-            // The claim of a member this agent does not count as live, while most members it
-            // knows are live: the claimant was cut off (a healed partition's minority) and its
-            // view is stale. Refuted, as a suspicion, so the majority keeps its identities.
-            UpdateKind::Failed if self.heard_live(from).is_none() && self.in_majority() => {
-                self.refute(u.incarnation.max(self.incarnation), from);
-            }
+            // Declared failed while alive: refuted like a suspicion, keeping this identity
+            // (memberlist's refutation of a dead claim), so a healed partition's majority
+            // keeps its identities and the minority is reinstated as it was.
             UpdateKind::Failed => {
-                self.traffic.counters.false_failures += 1;
-                self.fresh_identity(now);
-                self.events.push(Event::Rejoined(self.me));
-                let mut to: Vec<SocketAddr> = self.live_others().map(|m| m.id.addr).collect();
-                to.shuffle(&mut self.rng);
-                to.truncate(REJOIN_FANOUT);
-                if !to.contains(&from) {
-                    to.push(from);
+                let news = self.failure_heard.is_none_or(|i| u.incarnation > i);
+                if news {
+                    self.failure_heard = Some(u.incarnation);
+                    self.traffic.counters.false_failures += 1;
+                    self.events.push(Event::Refuted(self.me));
                 }
-                to.extend(self.introducers.iter().copied());
-                let join = Message::Join { id: self.me }.encode();
-                for addr in to {
-                    self.send_bytes(addr, join.clone());
+                // Holding most of the group as failed, this agent was the one cut off (a
+                // healed partition's minority): the failures it declared are stale.
+                let cut_off = news && !self.in_majority();
+                if u.incarnation >= self.incarnation {
+                    self.refute(u.incarnation, from);
+                } else {
+                    // Already refuted (e.g. the suspicion before it): the claimant has not
+                    // heard yet. Tell it, at no new incarnation.
+                    let alive = self.alive_update();
+                    self.send(
+                        from,
+                        &Message::Gossip {
+                            updates: vec![alive],
+                        },
+                    );
                 }
-                self.announce_self();
+                if cut_off {
+                    self.forget_failures(now);
+                    self.resync(from);
+                }
             }
+        }
+    }
+
+    /// Drops the failures this agent declared or heard of: they were judged from the view of
+    /// a partition's minority. For a suspicion's length, failure claims about others are not
+    /// taken either: they come from its partition-mates' stale view and, passed on under this
+    /// live identity, would make the majority refute them.
+    fn forget_failures(&mut self, now: Instant) {
+        self.refreshed = Some(now);
+        self.members.retain(|_, m| m.state != MemberState::Failed);
+        let (members, addr) = (&self.members, self.me.addr);
+        self.by_addr
+            .retain(|_, id| members.contains_key(id) || id.addr == addr);
+        self.broadcasts.retain(|u| u.kind != UpdateKind::Failed);
+        self.probes.clear();
+        self.rebuild_ring();
+    }
+
+    /// Full-state exchange with `from`, a few known members and the introducers, so that an
+    /// agent that just learned it was cut off relearns the group (and the group its refutation).
+    fn resync(&mut self, from: SocketAddr) {
+        let mut to: Vec<SocketAddr> = self.live_others().map(|m| m.id.addr).collect();
+        to.extend(self.seeds.iter().copied());
+        to.sort();
+        to.dedup();
+        to.shuffle(&mut self.rng);
+        to.truncate(REJOIN_FANOUT);
+        to.push(from);
+        to.extend(self.introducers.iter().copied());
+        to.sort();
+        to.dedup();
+        to.retain(|a| *a != self.me.addr);
+        let bytes = Message::Sync {
+            members: self.full_state(MAX_SYNC_BYTES),
+            reply: true,
+        }
+        .encode();
+        for a in to {
+            self.send_bytes(a, bytes.clone());
+        }
+    }
+
+    fn alive_update(&self) -> Update {
+        Update {
+            id: self.me,
+            incarnation: self.incarnation,
+            kind: UpdateKind::Alive,
         }
     }
 
@@ -738,13 +840,6 @@ impl Membership {
         for m in to {
             self.send_bytes(m.addr, bytes.clone());
         }
-    }
-
-    /// The live member at `addr`, if any.
-    fn heard_live(&self, addr: SocketAddr) -> Option<NodeId> {
-        let id = self.by_addr.get(&addr)?;
-        self.members.get(id).filter(|m| m.state.is_live())?;
-        Some(*id)
     }
 
     /// Whether more of the members this agent knows (itself included) are live than failed.
@@ -1098,30 +1193,19 @@ impl Membership {
             .any(|a| *a != self.me.addr)
     }
 
-    /// A new identity at the same address: a later start time and incarnation 0.
+    /// A new identity at the same address (a re-join after a leave): a later start time and
+    /// incarnation 0.
     fn fresh_identity(&mut self, now: Instant) {
         let elapsed = now.duration_since(self.created).as_millis() as u64;
         let started = (self.first_started + elapsed).max(self.me.started + 1);
-        self.refreshed = Some(now);
         self.me = NodeId::new(self.me.addr, started);
         self.incarnation = 0;
+        self.failure_heard = None;
         self.probes.clear();
-        // The failures this agent declared were judged from the old identity's view (often a
-        // partition's minority): forget them and learn the group afresh from the join reply.
-        self.members.retain(|_, m| m.state != MemberState::Failed);
-        let (members, addr) = (&self.members, self.me.addr);
-        self.by_addr
-            .retain(|_, id| members.contains_key(id) || id.addr == addr);
-        self.broadcasts.retain(|u| u.kind != UpdateKind::Failed);
-        self.rebuild_ring();
     }
 
     fn announce_self(&mut self) {
-        self.broadcasts.push(Update {
-            id: self.me,
-            incarnation: self.incarnation,
-            kind: UpdateKind::Alive,
-        });
+        self.broadcasts.push(self.alive_update());
     }
 
     /// Marks the member at `from` as heard, if it is the live one there.
@@ -1204,3 +1288,6 @@ impl Membership {
         self.outbox.push((to, bytes));
     }
 }
+
+#[cfg(test)]
+mod tests;

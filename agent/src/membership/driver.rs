@@ -350,8 +350,11 @@ fn log_event(event: &Event) {
         Event::Suspect(id) => tracing::info!(member = %id, "member suspected"),
         Event::Failed(id) => tracing::warn!(member = %id, "member failed"),
         Event::Left(id) => tracing::info!(member = %id, "member left"),
-        Event::Rejoined(id) => {
-            tracing::warn!(member = %id, "declared failed while alive; re-joined as a new identity")
+        Event::Reinstated(id) => {
+            tracing::info!(member = %id, "member refuted its failure; reinstated")
+        }
+        Event::Refuted(id) => {
+            tracing::warn!(member = %id, "declared failed while alive; refuted, same identity")
         }
     }
 }
@@ -381,6 +384,7 @@ fn stats(core: &Membership, now: Instant, started: Instant, auth: &AuthContext) 
         udp_unauthenticated: auth.udp_forged + auth.udp_malformed,
         udp_replayed: auth.udp_replayed + auth.udp_stale,
         tcp_unauthenticated: auth.tcp_handshake_failed + auth.tcp_forged,
+        reinstated: c.reinstated,
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Counters {
     pub declared_failed: u64,
     pub false_failures: u64,
     pub bad_packets: u64,
+    /// Members held as failed that refuted it and were taken back, same identity.
+    pub reinstated: u64,
 }
 
 #[derive(Debug, Default)]

@@ -130,6 +130,11 @@ impl Scrape {
                     st.false_failures,
                 ),
                 (
+                    "dml_membership_reinstated",
+                    "Members held as failed that refuted it and were taken back, same identity.",
+                    st.reinstated,
+                ),
+                (
                     "dml_membership_bad_packets",
                     "Membership datagrams dropped as malformed.",
                     st.bad_packets,

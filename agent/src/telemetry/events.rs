@@ -59,7 +59,14 @@ pub fn from_membership(e: &TimedEvent) -> (EventKind, String) {
         Event::Suspect(id) => (EventKind::Suspect, format!("{id} is suspected")),
         Event::Failed(id) => (EventKind::Failure, format!("{id} failed")),
         Event::Left(id) => (EventKind::Leave, format!("{id} left")),
-        Event::Rejoined(id) => (EventKind::Rejoin, format!("re-joined as {id}")),
+        Event::Reinstated(id) => (
+            EventKind::Refuted,
+            format!("{id} refuted its failure and is back"),
+        ),
+        Event::Refuted(id) => (
+            EventKind::Refuted,
+            format!("{id} was declared failed and refuted it"),
+        ),
     }
 }
 

@@ -365,8 +365,7 @@ async fn feed_membership(
         match rx.recv().await {
             Ok(e) => {
                 let (kind, text) = events::from_membership(&e);
-                if let crate::membership::Event::Joined(id) | crate::membership::Event::Rejoined(id) =
-                    e.event
+                if let crate::membership::Event::Joined(id) = e.event
                     && id.addr == inner.me
                 {
                     *inner.id.lock().expect("id lock") = Some(id);
