@@ -80,7 +80,7 @@ fn meta_needs(req: &MetaRequest) -> Needs {
         | MetaRequest::PutOutcome { .. } => needs(Admin, "put"),
         MetaRequest::Delete { .. } | MetaRequest::DeleteOutcome { .. } => needs(Admin, "delete"),
         MetaRequest::Stat { .. } => needs(ReadOnly, "get"),
-        MetaRequest::List { .. } => needs(ReadOnly, "ls"),
+        MetaRequest::List { .. } | MetaRequest::ListPage { .. } => needs(ReadOnly, "ls"),
         MetaRequest::Count => needs(ReadOnly, "count files"),
         MetaRequest::Nodes => needs(ReadOnly, "list files per node"),
         MetaRequest::Balance { dry_run: true } => needs(ReadOnly, "show the balance plan"),

@@ -12,6 +12,9 @@ use crate::error::{Error, RemoteError, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
+/// Most files in one [`MetaRequest::ListPage`] answer.
+pub const LIST_PAGE_MAX: u32 = 2000;
+
 /// Longest SDFS name, in bytes.
 pub const MAX_NAME_BYTES: usize = 1024;
 
@@ -214,6 +217,16 @@ pub enum MetaRequest {
     /// the placement the alive agents give it, and, unless `dry_run`, start
     /// them. Answered with [`MetaResponse::Balance`].
     Balance { dry_run: bool },
+    /// One page of the files whose names match `glob` and sort after
+    /// `after`, at most `limit` of them (the leader caps it at
+    /// [`LIST_PAGE_MAX`]): `ls-all` asks page after page, so the first
+    /// names come back at once however many there are. Answered with
+    /// [`MetaResponse::FilesPage`].
+    ListPage {
+        glob: String,
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 impl MetaRequest {
@@ -291,6 +304,13 @@ pub enum MetaResponse {
     CommittedBatch(Vec<FileCommit>),
     /// [`MetaRequest::Balance`]: the plan, as the leader sees it now.
     Balance(BalancePlan),
+    /// [`MetaRequest::ListPage`]: matching files by name; `next`, when some,
+    /// is the `after` of the next page (the page may hold fewer than `limit`
+    /// files, even none, when the leader stopped looking); `None` at the end.
+    FilesPage {
+        files: Vec<FileInfo>,
+        next: Option<String>,
+    },
 }
 
 /// The moves that bring the copies to the placement the alive agents give

@@ -326,6 +326,18 @@ fn meta(st: &Shared, m: MetaRequest) -> Response {
                 })
                 .collect(),
         ),
+        MetaRequest::ListPage { glob, after, .. } => MetaResponse::FilesPage {
+            files: g
+                .files
+                .iter()
+                .filter(|(n, _)| glob_match(&glob, n) && after.as_ref().is_none_or(|a| *n > a))
+                .map(|(n, v)| FileInfo {
+                    name: n.clone(),
+                    versions: v.clone(),
+                })
+                .collect(),
+            next: None,
+        },
         MetaRequest::Delete { name } => {
             g.files.remove(&name);
             MetaResponse::Done

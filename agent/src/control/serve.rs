@@ -105,6 +105,12 @@ pub enum Step {
     },
     /// Match names against the glob off the async workers, then answer.
     List(Glob),
+    /// One page of a listing ([`MetaRequest::ListPage`]), matched as `List`.
+    ListPage {
+        glob: Glob,
+        after: Option<String>,
+        limit: u32,
+    },
     /// Read a finished job's output back from SDFS, then answer.
     FetchOutput {
         name: String,
@@ -360,6 +366,10 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
         },
         MetaRequest::List { glob } => match Glob::new(&glob) {
             Ok(glob) => Step::List(glob),
+            Err(e) => fail(bad(e.to_string())),
+        },
+        MetaRequest::ListPage { glob, after, limit } => match Glob::new(&glob) {
+            Ok(glob) => Step::ListPage { glob, after, limit },
             Err(e) => fail(bad(e.to_string())),
         },
         MetaRequest::Count => {

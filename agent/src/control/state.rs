@@ -2,15 +2,25 @@
 //! committed), replica sets and version counters. A plain deterministic
 //! struct: [`MetaState::apply`] takes a [`Command`] and returns [`Applied`];
 //! the Raft glue lives in `store.rs`.
+//!
+//! Files live in a persistent B-tree ([`imbl::OrdMap`]) keyed by name: a
+//! clone costs O(1) and shares every node until one side changes it, so a
+//! listing ([`Listing`]) or a snapshot reads a frozen copy without holding
+//! the state-machine lock while the log applies.
 
 use super::jobs::JobsState;
 use super::types::{Applied, Command, Op};
 use dml_shared::keyring::KeyringState;
-use dml_shared::sdfs::{Checksum, FileInfo, Holding, Keep, VersionInfo};
+use dml_shared::sdfs::{Checksum, FileInfo, Glob, Holding, Keep, VersionInfo};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
+use std::sync::Arc;
+
+/// The files by name (names shared between the map's copies).
+type Files = OrdMap<Arc<str>, FileMeta>;
 
 /// Where a version is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +102,7 @@ impl FileMeta {
 /// The whole replicated metadata.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
-    files: BTreeMap<String, FileMeta>,
+    files: Files,
     /// Inference jobs and model settings.
     pub jobs: JobsState,
     /// The cluster's keyring once `dml keyring` changed it (secrets: the
@@ -124,6 +134,14 @@ impl MetaState {
         Applied::Version(version)
     }
 
+    /// `name`'s record, made empty if it has none.
+    fn file_mut(&mut self, name: &str) -> &mut FileMeta {
+        if !self.files.contains_key(name) {
+            self.files.insert(Arc::from(name), FileMeta::default());
+        }
+        self.files.get_mut(name).expect("inserted above")
+    }
+
     /// Applies one command. Never panics; refusals are [`Applied::Rejected`].
     pub fn apply(&mut self, cmd: &Command) -> Applied {
         self.apply_op(&cmd.op, cmd.now_ms)
@@ -137,7 +155,7 @@ impl MetaState {
                 replicas,
                 deadline_ms,
             } => {
-                let file = self.files.entry(name.clone()).or_default();
+                let file = self.file_mut(name);
                 let version = file.next_version.max(1);
                 file.plan(version, *size, replicas, *deadline_ms)
             }
@@ -148,7 +166,7 @@ impl MetaState {
                 replicas,
                 deadline_ms,
             } => {
-                let file = self.files.entry(name.clone()).or_default();
+                let file = self.file_mut(name);
                 let next = file.next_version.max(1);
                 if *version < next {
                     return Applied::Rejected(format!(
@@ -165,7 +183,7 @@ impl MetaState {
                 quorum,
             } => self.commit(name, *version, *checksum, holders, *quorum, now),
             Op::AbortPut { name, version } => {
-                let Some(file) = self.files.get_mut(name) else {
+                let Some(file) = self.files.get_mut(name.as_str()) else {
                     return Applied::Rejected(format!("no put of \"{name}\" is in progress"));
                 };
                 match file.versions.get(version) {
@@ -180,15 +198,24 @@ impl MetaState {
                 }
             }
             Op::ExpirePending => {
-                for file in self.files.values_mut() {
-                    file.versions.retain(|_, v| match v.state {
-                        VersionState::Pending { deadline_ms } => deadline_ms > now,
-                        VersionState::Committed => true,
-                    });
+                let expired = |v: &VersionMeta| match v.state {
+                    VersionState::Pending { deadline_ms } => deadline_ms <= now,
+                    VersionState::Committed => false,
+                };
+                let names: Vec<Arc<str>> = self
+                    .files
+                    .iter()
+                    .filter(|(_, f)| f.versions.values().any(expired))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in names {
+                    if let Some(file) = self.files.get_mut(&name) {
+                        file.versions.retain(|_, v| !expired(v));
+                    }
                 }
                 Applied::Done
             }
-            Op::Delete { name } => match self.files.get_mut(name) {
+            Op::Delete { name } => match self.files.get_mut(name.as_str()) {
                 Some(file) if file.committed().next().is_some() => {
                     file.versions.clear();
                     file.deleted_ms = Some(now);
@@ -204,7 +231,7 @@ impl MetaState {
             } => {
                 let Some(v) = self
                     .files
-                    .get_mut(name)
+                    .get_mut(name.as_str())
                     .and_then(|f| f.versions.get_mut(version))
                     .filter(|v| v.is_committed())
                 else {
@@ -284,7 +311,7 @@ impl MetaState {
                 holders,
                 quorum,
             } => {
-                let file = self.files.entry(name.clone()).or_default();
+                let file = self.file_mut(name);
                 match file.versions.get(version) {
                     // A retried commit: `commit` tells the same bytes from others.
                     Some(v) if v.is_committed() => {}
@@ -365,25 +392,20 @@ impl MetaState {
         })
     }
 
-    /// Files with committed versions whose names match `glob`, by name.
-    pub fn list(&self, glob: &dml_shared::sdfs::Glob) -> Vec<FileInfo> {
-        self.files
-            .keys()
-            .filter(|n| glob.is_match(n))
-            .filter_map(|n| self.stat(n))
-            .collect()
+    /// A frozen copy of the files to list from, taken in O(1).
+    pub fn listing(&self) -> Listing {
+        Listing {
+            files: self.files.clone(),
+        }
     }
 
     /// Names with committed versions that start with `prefix`, by name.
     pub fn names_under(&self, prefix: &str) -> Vec<String> {
         self.files
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<_, str>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(n, _)| n.starts_with(prefix))
             .filter(|(_, f)| f.committed().next().is_some())
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.to_string())
             .collect()
     }
 
@@ -410,7 +432,7 @@ impl MetaState {
             for (n, v) in f.committed() {
                 for r in &v.replicas {
                     out.entry(*r).or_default().push(Holding {
-                        name: name.clone(),
+                        name: name.to_string(),
                         version: *n,
                         size: v.size,
                     });
@@ -445,11 +467,11 @@ impl MetaState {
         after: Option<&(String, u64)>,
         limit: usize,
     ) -> (Vec<(String, VersionInfo)>, bool) {
-        let start = after.map_or(Bound::Unbounded, |(n, _)| Bound::Included(n.clone()));
+        let start = after.map_or(Bound::Unbounded, |(n, _)| Bound::Included(n.as_str()));
         let mut out = Vec::new();
-        for (name, file) in self.files.range((start, Bound::Unbounded)) {
+        for (name, file) in self.files.range::<_, str>((start, Bound::Unbounded)) {
             for (&version, v) in file.committed() {
-                if after.is_some_and(|(n, a)| n == name && version <= *a)
+                if after.is_some_and(|(n, a)| **n == **name && version <= *a)
                     || !v.replicas.contains(&node)
                 {
                     continue;
@@ -457,7 +479,7 @@ impl MetaState {
                 if out.len() == limit {
                     return (out, true);
                 }
-                out.push((name.clone(), v.info(version)));
+                out.push((name.to_string(), v.info(version)));
             }
         }
         (out, false)
@@ -500,12 +522,83 @@ impl MetaState {
     pub fn committed_versions(&self) -> impl Iterator<Item = (&str, u64, &VersionMeta)> {
         self.files
             .iter()
-            .flat_map(|(name, f)| f.committed().map(move |(n, v)| (name.as_str(), *n, v)))
+            .flat_map(|(name, f)| f.committed().map(move |(n, v)| (&**name, *n, v)))
     }
 
     /// The raw version record, pending or committed.
     pub fn version(&self, name: &str, version: u64) -> Option<&VersionMeta> {
         self.files.get(name)?.versions.get(&version)
+    }
+}
+
+/// Most names one [`Listing::page`] looks at: a glob that matches few names
+/// of many still answers promptly, with a cursor to go on from.
+pub const LIST_SCAN_MAX: usize = 100_000;
+
+/// A frozen copy of the files ([`MetaState::listing`]): listing runs on it
+/// off the state-machine lock, on a blocking thread.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    files: Files,
+}
+
+/// One page of a listing.
+#[derive(Debug, PartialEq)]
+pub struct Page {
+    /// Files with committed versions that match, by name.
+    pub files: Vec<FileInfo>,
+    /// The last name looked at when the page stopped early: the next page
+    /// starts after it. `None`: nothing more matches.
+    pub next: Option<String>,
+    /// Names looked at.
+    pub scanned: usize,
+}
+
+impl Listing {
+    /// Files whose names match `glob` and sort after `after`, at most
+    /// `limit` of them, looking at most at `scan` names. Only the names that
+    /// start with the glob's literal prefix are looked at (a range of the
+    /// sorted map, not a scan of every name).
+    pub fn page(&self, glob: &Glob, after: Option<&str>, limit: usize, scan: usize) -> Page {
+        let prefix = glob.literal_prefix();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut page = Page {
+            files: Vec::new(),
+            next: None,
+            scanned: 0,
+        };
+        let mut last: Option<&Arc<str>> = None;
+        for (name, file) in self.files.range::<_, str>((start, Bound::Unbounded)) {
+            if !name.starts_with(prefix) {
+                break;
+            }
+            if page.files.len() >= limit.max(1) || page.scanned >= scan.max(1) {
+                // More names follow: go on after the last one looked at.
+                page.next = last.map(|n| n.to_string());
+                break;
+            }
+            page.scanned += 1;
+            last = Some(name);
+            if glob.is_match(name) {
+                let versions: Vec<VersionInfo> =
+                    file.committed().map(|(n, v)| v.info(*n)).collect();
+                if !versions.is_empty() {
+                    page.files.push(FileInfo {
+                        name: name.to_string(),
+                        versions,
+                    });
+                }
+            }
+        }
+        page
+    }
+
+    /// Every file with committed versions whose name matches `glob`.
+    pub fn all(&self, glob: &Glob) -> Vec<FileInfo> {
+        self.page(glob, None, usize::MAX, usize::MAX).files
     }
 }
 
@@ -857,7 +950,8 @@ mod tests {
         }
         begin(&mut s, "img/3.jpg", 0);
         let names: Vec<String> = s
-            .list(&dml_shared::sdfs::Glob::new("img/*").unwrap())
+            .listing()
+            .all(&Glob::new("img/*").unwrap())
             .into_iter()
             .map(|f| f.name)
             .collect();
@@ -869,6 +963,52 @@ mod tests {
             s.names_under(""),
             vec!["img/1.jpg", "img/2.jpg", "model.onnx"]
         );
+    }
+
+    #[test]
+    fn a_listing_pages_through_its_prefix_range_and_is_not_changed_by_later_applies() {
+        let mut s = MetaState::default();
+        for i in 0..50 {
+            put_at(&mut s, &format!("d/{i:02}"), 1, 7, &[1, 2, 3]);
+            put_at(&mut s, &format!("e/{i:02}"), 1, 7, &[1, 2, 3]);
+        }
+        put_at(&mut s, "c", 1, 7, &[1, 2, 3]);
+        let listing = s.listing();
+        // Applied after the copy was taken: not in it.
+        put_at(&mut s, "d/50", 1, 7, &[1, 2, 3]);
+        let glob = Glob::new("d/*").unwrap();
+        let (mut names, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = listing.page(&glob, after.as_deref(), 7, 1000);
+            assert!(page.files.len() <= 7);
+            // Only the prefix's range is looked at.
+            assert!(page.scanned <= 7, "{}", page.scanned);
+            names.extend(page.files.into_iter().map(|f| f.name));
+            pages += 1;
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..50).map(|i| format!("d/{i:02}")).collect();
+        assert_eq!(names, want);
+        assert_eq!(pages, 8);
+        // A glob matching few names: pages stop after `scan` names, some empty.
+        let few = Glob::new("*9").unwrap();
+        // ("c", "d/00" .. "d/08": none matches.)
+        let page = listing.page(&few, None, 100, 10);
+        assert_eq!((page.scanned, page.files.len()), (10, 0));
+        assert_eq!(page.next.as_deref(), Some("d/08"));
+        let page = listing.page(&few, Some("d/08"), 100, 10);
+        assert_eq!(page.files[0].name, "d/09");
+        let all: Vec<String> = listing.all(&few).into_iter().map(|f| f.name).collect();
+        assert_eq!(
+            all,
+            [
+                "d/09", "d/19", "d/29", "d/39", "d/49", "e/09", "e/19", "e/29", "e/39", "e/49"
+            ]
+        );
+        assert_eq!(s.listing().all(&glob).len(), 51);
     }
 
     #[test]

@@ -18,13 +18,14 @@ use super::plans::Failed;
 use super::ports::{Ports, Status};
 use super::repair::{Copy, View};
 use super::serve::{self, Answer, Ctx, LiveView, ServeConfig, Step, Then, Upkeep};
+use super::state::LIST_SCAN_MAX;
 use super::types::{Applied, Command, Op};
 use crate::membership::Event;
 use crate::membership::driver::TimedEvent;
 use dml_shared::clock::unix_ms;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{InferRequest, InferResponse, JobId};
-use dml_shared::sdfs::{MetaRequest, MetaResponse};
+use dml_shared::sdfs::{LIST_PAGE_MAX, MetaRequest, MetaResponse};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -614,11 +615,24 @@ impl<P: Ports> LeaderTask<P> {
                     let _ = tx.send(Input::WaitOver(id)).await;
                 });
             }
+            // The lock is held only to take the listing's O(1) copy.
             Step::List(glob) => {
-                let ports = self.ports.clone();
+                let listing = self.ports.read(|s| s.listing());
                 tokio::task::spawn_blocking(move || {
-                    let files = ports.read(|s| s.list(&glob));
+                    let files = listing.all(&glob);
                     send(reply, Ok(MetaResponse::Files(files).into()));
+                });
+            }
+            Step::ListPage { glob, after, limit } => {
+                let listing = self.ports.read(|s| s.listing());
+                tokio::task::spawn_blocking(move || {
+                    let limit = limit.min(LIST_PAGE_MAX) as usize;
+                    let page = listing.page(&glob, after.as_deref(), limit, LIST_SCAN_MAX);
+                    let files = MetaResponse::FilesPage {
+                        files: page.files,
+                        next: page.next,
+                    };
+                    send(reply, Ok(files.into()));
                 });
             }
             Step::FetchOutput { name, job } => {

@@ -6,7 +6,8 @@ use crate::api::Response;
 use crate::client::{Client, unexpected};
 use crate::error::{Error, Result};
 use crate::sdfs::{
-    BalancePlan, ChangeOutcome, FileInfo, Glob, Holding, MetaRequest, MetaResponse, validate_name,
+    BalancePlan, ChangeOutcome, FileInfo, Glob, Holding, LIST_PAGE_MAX, MetaRequest, MetaResponse,
+    validate_name,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -29,14 +30,51 @@ impl Sdfs {
 
     /// Files whose names match `glob`, in name order.
     pub async fn ls_all(&self, glob: &str) -> Result<Vec<FileInfo>> {
+        let mut all = Vec::new();
+        self.ls_all_pages(glob, |page| all.extend(page)).await?;
+        Ok(all)
+    }
+
+    /// Files whose names match `glob`, in name order, handed to `each` a
+    /// page at a time as the leader answers ([`MetaRequest::ListPage`]):
+    /// the first names arrive at once however many match.
+    pub async fn ls_all_pages(
+        &self,
+        glob: &str,
+        mut each: impl FnMut(Vec<FileInfo>),
+    ) -> Result<()> {
         let matcher = Glob::new(glob)?;
-        match self.meta(MetaRequest::List { glob: glob.into() }).await? {
-            MetaResponse::Files(mut f) => {
-                f.retain(|f| !f.versions.is_empty() && matcher.is_match(&f.name));
-                f.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(f)
+        let mut after: Option<String> = None;
+        loop {
+            let req = MetaRequest::ListPage {
+                glob: glob.into(),
+                after: after.clone(),
+                limit: LIST_PAGE_MAX,
+            };
+            match self.meta(req).await? {
+                MetaResponse::FilesPage { mut files, next } => {
+                    files.retain(|f| {
+                        !f.versions.is_empty()
+                            && matcher.is_match(&f.name)
+                            && after.as_ref().is_none_or(|a| f.name > *a)
+                    });
+                    if !files.is_empty() {
+                        each(files);
+                    }
+                    match next {
+                        // A cursor that does not move on would never end.
+                        Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
+                        Some(n) => {
+                            return Err(Error::unexpected(format!(
+                                "the leader's listing did not move past \"{}\"",
+                                crate::sdfs::printable(&n)
+                            )));
+                        }
+                        None => return Ok(()),
+                    }
+                }
+                other => return Err(unexpected(Response::Control(other.into()))),
             }
-            other => Err(unexpected(Response::Control(other.into()))),
         }
     }
 

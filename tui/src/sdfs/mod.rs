@@ -242,9 +242,20 @@ async fn execute(
             let f = sdfs.ls(sdfsname).await?;
             pick(report::file_json(&f), report::ls_table(&f))
         }
+        // Printed page by page: the first names show at once however many match.
         Command::LsAll { glob } => {
-            let f = sdfs.ls_all(glob).await?;
-            pick(report::files_json(&f), report::files_table(&f))
+            let mut table = report::FilesStream::new(json);
+            sdfs.ls_all_pages(glob, |page| {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(table.page(&page).as_bytes());
+                let _ = out.flush();
+            })
+            .await?;
+            print!("{}", table.end());
+            Output {
+                raw: true,
+                ..Output::ok(String::new())
+            }
         }
         Command::Store { node } => {
             let node = match node {

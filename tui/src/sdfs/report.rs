@@ -163,7 +163,87 @@ pub fn files_table(files: &[FileInfo]) -> String {
     if files.is_empty() {
         return "no files\n".into();
     }
-    let rows: Vec<Vec<String>> = files
+    render_table(&FILES_HEADERS, &files_rows(files))
+}
+
+const FILES_HEADERS: [&str; 5] = ["NAME", "VERSIONS", "LATEST", "SIZE", "REPLICAS"];
+
+/// `dml ls-all` printed page by page as the leader answers: the same table
+/// (columns as wide as the first page needs) or JSON array as
+/// [`files_table`] and [`files_json`] give for the whole list.
+pub struct FilesStream {
+    json: bool,
+    widths: Option<Vec<usize>>,
+    started: bool,
+}
+
+impl FilesStream {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            widths: None,
+            started: false,
+        }
+    }
+
+    /// What to print for one more page.
+    pub fn page(&mut self, files: &[FileInfo]) -> String {
+        let mut out = String::new();
+        if self.json {
+            for f in files {
+                out.push(if self.started { ',' } else { '[' });
+                self.started = true;
+                out += &file_json(f).to_string();
+            }
+            return out;
+        }
+        let rows = files_rows(files);
+        let widths = self.widths.get_or_insert_with(|| {
+            let mut w: Vec<usize> = FILES_HEADERS.iter().map(|h| h.chars().count()).collect();
+            for row in &rows {
+                for (w, cell) in w.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            w
+        });
+        if !self.started && !rows.is_empty() {
+            out += &table_line(widths, &FILES_HEADERS);
+            self.started = true;
+        }
+        for row in &rows {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            out += &table_line(widths, &cells);
+        }
+        out
+    }
+
+    /// What to print once the last page is in.
+    pub fn end(&self) -> String {
+        match (self.json, self.started) {
+            (true, true) => "]\n".into(),
+            (true, false) => "[]\n".into(),
+            (false, true) => String::new(),
+            (false, false) => "no files\n".into(),
+        }
+    }
+}
+
+/// One row of a table: each cell but the last padded to its column.
+fn table_line(widths: &[usize], cells: &[&str]) -> String {
+    let mut s = String::new();
+    for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        if i + 1 == cells.len() {
+            s.push_str(cell);
+        } else {
+            s.push_str(&format!("{cell:<w$}  "));
+        }
+    }
+    s.trim_end().to_string() + "\n"
+}
+
+fn files_rows(files: &[FileInfo]) -> Vec<Vec<String>> {
+    files
         .iter()
         .map(|f| {
             let latest = f.versions.last();
@@ -175,8 +255,7 @@ pub fn files_table(files: &[FileInfo]) -> String {
                 latest.map_or("-".into(), |v| addrs(&v.replicas)),
             ]
         })
-        .collect();
-    render_table(&["NAME", "VERSIONS", "LATEST", "SIZE", "REPLICAS"], &rows)
+        .collect()
 }
 
 pub fn files_json(files: &[FileInfo]) -> Value {
@@ -576,6 +655,31 @@ mod tests {
         assert!(row.starts_with("imgs/cat.jpg  2 "), "{t}");
         assert!(row.ends_with("10 B  127.0.0.1:8003"), "{t}");
         assert_eq!(files_table(&[]), "no files\n");
+    }
+
+    #[test]
+    fn ls_all_page_by_page_prints_what_the_whole_list_prints() {
+        let files: Vec<FileInfo> = (0..5)
+            .map(|i| FileInfo {
+                name: format!("imgs/{i}.jpg"),
+                ..file()
+            })
+            .collect();
+        for json in [false, true] {
+            let mut stream = FilesStream::new(json);
+            let mut out = String::new();
+            for page in files.chunks(2) {
+                out += &stream.page(page);
+            }
+            out += &stream.end();
+            let whole = match json {
+                true => files_json(&files).to_string() + "\n",
+                false => files_table(&files),
+            };
+            assert_eq!(out, whole, "json: {json}");
+            let empty = FilesStream::new(json);
+            assert_eq!(empty.end(), if json { "[]\n" } else { "no files\n" });
+        }
     }
 
     #[test]
