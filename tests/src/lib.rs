@@ -64,4 +64,4 @@ pub use cluster::{Cluster, test_membership};
 pub use dir::TestDir;
 pub use dml::{DmlOutput, run_dml};
 pub use events::{Event, EventKind};
-pub use wait::{wait_for, wait_until};
+pub use wait::{log_failures, wait_count, wait_for, wait_until};

@@ -31,6 +31,39 @@ where
 }
 
 /// [`wait_for`] without a value.
+/// Waits until `counter` reaches `n`.
+pub async fn wait_count(
+    what: &str,
+    counter: &std::sync::atomic::AtomicUsize,
+    n: usize,
+    timeout: Duration,
+) -> Result<()> {
+    let poll = Duration::from_millis(100);
+    wait_until(what, timeout, poll, async || {
+        let now = counter.load(std::sync::atomic::Ordering::SeqCst);
+        anyhow::ensure!(now >= n, "{now} of {n}");
+        Ok(())
+    })
+    .await
+}
+
+/// Logs how many of `outcomes` failed, with the first errors.
+pub fn log_failures<'a, T: 'a, E: std::fmt::Debug + 'a>(
+    what: &str,
+    outcomes: impl Iterator<Item = &'a std::result::Result<T, E>>,
+) -> usize {
+    let all: Vec<_> = outcomes.collect();
+    let failed: Vec<&E> = all.iter().filter_map(|o| o.as_ref().err()).collect();
+    eprintln!(
+        "{} {what}, {} acknowledged, {} failed: {:?}",
+        all.len(),
+        all.len() - failed.len(),
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    failed.len()
+}
+
 pub async fn wait_until<F>(what: &str, timeout: Duration, poll: Duration, cond: F) -> Result<()>
 where
     F: AsyncFnMut() -> Result<()>,

@@ -11,11 +11,11 @@ use dml_shared::sdfs::MetaRequest;
 use dml_shared::sdfs_client::{Options, Sdfs, no_progress};
 use dml_tests::sdfs::content::{pattern, write_file};
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, api, cluster_slot};
-use dml_tests::wait_until;
+use dml_tests::{log_failures, wait_count, wait_until};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A non-voter (agents 7..9 are not among the first 2m + 1 = 7).
 const NON_VOTER: usize = 9;
@@ -217,39 +217,18 @@ async fn group_committed_puts_under_a_leader_kill_keep_every_acknowledged_file_a
     .await
     .unwrap();
     killed.store(true, Ordering::SeqCst);
-    c.kill(leader).await.unwrap();
-    let t = Instant::now();
-    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
-    let new_leader = c.wait_leader(&survivors, READY).await.unwrap();
-    eprintln!(
-        "killed leader a{leader}; {new_leader} leads {:.1?} later",
-        t.elapsed()
-    );
-    wait_until(
+    c.kill_leader(leader, &all).await.unwrap();
+    wait_count(
         "3 whole rounds acknowledged after the kill",
+        &rounds_ok_after,
+        3,
         Duration::from_secs(60),
-        SDFS_POLL,
-        async || {
-            anyhow::ensure!(rounds_ok_after.load(Ordering::SeqCst) >= 3, "not yet");
-            Ok(())
-        },
     )
     .await
     .unwrap();
     stop.store(true, Ordering::SeqCst);
     let told = stream.await.unwrap();
-    let failed: Vec<&Told> = told.iter().filter(|t| t.outcome.is_err()).collect();
-    eprintln!(
-        "{} files, {} acknowledged, {} failed: {:?}",
-        told.len(),
-        told.len() - failed.len(),
-        failed.len(),
-        failed
-            .iter()
-            .map(|t| t.outcome.as_ref().unwrap_err())
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    log_failures("files", told.iter().map(|t| &t.outcome));
 
     let reader = c.client(via);
     for t in &told {

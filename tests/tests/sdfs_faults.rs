@@ -14,7 +14,7 @@ use dml_shared::sdfs_client::{Options, Phase, Progress, Sdfs, no_progress};
 use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
 use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
-use dml_tests::{wait_for, wait_until};
+use dml_tests::{log_failures, wait_count, wait_for, wait_until};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,38 +109,19 @@ async fn leader_killed_during_puts_keeps_every_acknowledged_put_and_shows_no_fai
     .unwrap();
     // Mid-put: the stream never pauses, and a 1 MiB put takes a while on 4 replicas.
     killed.store(true, Ordering::SeqCst);
-    c.kill(leader).await.unwrap();
-    let t = Instant::now();
-    let survivors: Vec<usize> = all(&c).into_iter().filter(|&i| i != leader).collect();
-    let new_leader = c.wait_leader(&survivors, READY).await.unwrap();
-    eprintln!(
-        "killed leader a{leader}; {new_leader} leads {:.1?} later",
-        t.elapsed()
-    );
-    wait_until(
+    c.kill_leader(leader, &all(&c)).await.unwrap();
+    wait_count(
         "3 acknowledged puts after the kill",
+        &acked_after,
+        3,
         Duration::from_secs(60),
-        SDFS_POLL,
-        async || {
-            anyhow::ensure!(acked_after.load(Ordering::SeqCst) >= 3, "not yet");
-            Ok(())
-        },
     )
     .await
     .unwrap();
     stop.store(true, Ordering::SeqCst);
     let attempts = stream.await.unwrap();
+    log_failures("puts", attempts.iter().map(|a| &a.outcome));
     let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
-    eprintln!(
-        "{} puts, {} acknowledged, {} failed: {:?}",
-        attempts.len(),
-        attempts.len() - failed.len(),
-        failed.len(),
-        failed
-            .iter()
-            .map(|a| a.outcome.as_ref().unwrap_err())
-            .collect::<Vec<_>>()
-    );
 
     let f = c
         .file(via, name)

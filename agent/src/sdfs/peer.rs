@@ -47,6 +47,34 @@ pub async fn open(
 
 /// Sends `req` on an idle connection from `pool` if one is open, else on a
 /// new one.
+/// The first of `downstream` that takes the request `req_for(rest)` (`rest`:
+/// the replicas after it), and how many of the chain remain from it; the
+/// ones skipped, with why, go to `failed`.
+pub async fn open_next_hop(
+    pool: &IdleConns,
+    downstream: &[SocketAddr],
+    req_for: impl Fn(&[SocketAddr]) -> Request,
+    max_frame: usize,
+    timeout: Duration,
+    failed: &mut Vec<(SocketAddr, String)>,
+) -> Option<(SocketAddr, Conn, usize)> {
+    for (i, next) in downstream.iter().enumerate() {
+        let req = req_for(&downstream[i + 1..]);
+        match open_pooled(pool, *next, &req, max_frame, timeout).await {
+            Ok(s) => return Some((*next, s, downstream.len() - i)),
+            Err(e) => {
+                tracing::warn!(replica = %next, error = %e, "SDFS: skipping an unreachable replica");
+                let why = match e {
+                    SdfsError::Stalled { .. } => "unreachable (timed out)",
+                    _ => "unreachable",
+                };
+                failed.push((*next, why.into()));
+            }
+        }
+    }
+    None
+}
+
 pub async fn open_pooled(
     pool: &IdleConns,
     peer: SocketAddr,

@@ -252,31 +252,25 @@ pub(super) async fn upload_frame(ctx: &Ctx, stream: &mut Conn) -> dml_shared::Re
 async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Downstream {
     let stall = ctx.stall_timeout();
     let mut down = Downstream::default();
-    let mut conn = None;
-    for (i, next) in w.downstream.iter().enumerate() {
-        let req = Request::Data(DataRequest::Write {
+    let req_for = |rest: &[SocketAddr]| {
+        Request::Data(DataRequest::Write {
             name: w.name.clone(),
             version: w.version,
             size: w.size,
             checksum: w.checksum,
-            downstream: w.downstream[i + 1..].to_vec(),
+            downstream: rest.to_vec(),
             plan: w.plan,
-        });
-        match peer::open_pooled(&ctx.peers, *next, &req, ctx.max_frame, stall).await {
-            Ok(s) => {
-                conn = Some((*next, s, w.downstream.len() - i));
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(replica = %next, error = %e, "SDFS: skipping an unreachable replica");
-                let why = match e {
-                    SdfsError::Stalled { .. } => "unreachable (timed out)",
-                    _ => "unreachable",
-                };
-                down.failed.push((*next, why.into()));
-            }
-        }
-    }
+        })
+    };
+    let conn = peer::open_next_hop(
+        &ctx.peers,
+        &w.downstream,
+        req_for,
+        ctx.max_frame,
+        stall,
+        &mut down.failed,
+    )
+    .await;
     if let Some((next, mut s, remaining)) = conn {
         // Each hop waits longer than the one after it, so a replica stalled at
         // the end of the chain times out first and the holders before it are

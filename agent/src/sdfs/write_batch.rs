@@ -329,28 +329,22 @@ async fn forward(ctx: Arc<Ctx>, b: BatchArgs, rx: mpsc::Receiver<Piece>) -> Vec<
     let n = b.files.len();
     // Failures this hop saw, the same for every file.
     let mut hop_failed: Vec<(SocketAddr, String)> = Vec::new();
-    let mut conn = None;
-    for (i, next) in b.downstream.iter().enumerate() {
-        let req = Request::Data(DataRequest::WriteBatch {
+    let req_for = |rest: &[SocketAddr]| {
+        Request::Data(DataRequest::WriteBatch {
             files: b.files.clone(),
-            downstream: b.downstream[i + 1..].to_vec(),
+            downstream: rest.to_vec(),
             plan: b.plan,
-        });
-        match peer::open_pooled(&ctx.peers, *next, &req, ctx.max_frame, stall).await {
-            Ok(s) => {
-                conn = Some((*next, s, b.downstream.len() - i));
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(replica = %next, error = %e, "SDFS: skipping an unreachable replica");
-                let why = match e {
-                    SdfsError::Stalled { .. } => "unreachable (timed out)",
-                    _ => "unreachable",
-                };
-                hop_failed.push((*next, why.into()));
-            }
-        }
-    }
+        })
+    };
+    let conn = peer::open_next_hop(
+        &ctx.peers,
+        &b.downstream,
+        req_for,
+        ctx.max_frame,
+        stall,
+        &mut hop_failed,
+    )
+    .await;
     let mut per_file: Vec<StoredFile> = vec![StoredFile::default(); n];
     if let Some((next, mut s, remaining)) = conn {
         // As in `write.rs`: each hop waits longer than the one after it.

@@ -8,6 +8,12 @@ use dml_shared::client::Client;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::sdfs::{DataRequest, FileInfo, Holding, MetaRequest, MetaResponse};
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Time for one control-plane answer used as ground truth. Longer than
+/// [`API_TIMEOUT`] (meant for polls that retry): on a loaded 2-core machine
+/// a leader elected a moment ago can take more than 2 s to answer a listing.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `Request::Leader` to `addr`.
 pub async fn leader_info(addr: SocketAddr) -> Result<LeaderInfo> {
@@ -35,7 +41,7 @@ pub async fn control(addr: SocketAddr, req: ControlRequest) -> Result<ControlRes
     let mut to = addr;
     for _ in 0..2 {
         let resp = Client::new(to)
-            .with_timeout(API_TIMEOUT)
+            .with_timeout(CONTROL_TIMEOUT)
             .call(&Request::Control {
                 req: req.clone(),
                 leader_only: false,

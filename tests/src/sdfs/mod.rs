@@ -362,6 +362,22 @@ impl SdfsCluster {
         Ok(())
     }
 
+    /// SIGKILLs the leader, agent `leader`, and waits until another of
+    /// `all` leads; logs how long that took.
+    pub async fn kill_leader(&mut self, leader: usize, all: &[usize]) -> Result<SocketAddr> {
+        self.kill(leader).await?;
+        let t = std::time::Instant::now();
+        let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+        let new_leader = self
+            .wait_leader(&survivors, Duration::from_secs(60))
+            .await?;
+        eprintln!(
+            "killed leader a{leader}; {new_leader} leads {:.1?} later",
+            t.elapsed()
+        );
+        Ok(new_leader)
+    }
+
     /// Restarts agent `i` on its address with its data directory, joining through the
     /// agents running now.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
