@@ -19,6 +19,9 @@ use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::Arc;
 
+mod compact;
+pub use compact::{Holders, Versions};
+
 /// The files by name (names shared between the map's copies).
 type Files = OrdMap<Arc<str>, FileMeta>;
 
@@ -38,7 +41,7 @@ pub struct VersionMeta {
     /// Known once committed.
     pub checksum: Checksum,
     /// Planned chain while pending; agents holding a verified copy once committed.
-    pub replicas: Vec<SocketAddr>,
+    pub replicas: Holders,
     /// Unix ms of the commit (0 while pending).
     pub committed_ms: u64,
     pub state: VersionState,
@@ -55,7 +58,7 @@ impl VersionMeta {
             version,
             size: self.size,
             checksum: self.checksum,
-            replicas: self.replicas.clone(),
+            replicas: self.replicas.to_vec(),
             committed_ms: self.committed_ms,
         }
     }
@@ -66,7 +69,7 @@ impl VersionMeta {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileMeta {
     pub next_version: u64,
-    pub versions: BTreeMap<u64, VersionMeta>,
+    pub versions: Versions,
     /// Unix ms of the last delete, if any.
     pub deleted_ms: Option<u64>,
 }
@@ -86,7 +89,7 @@ impl FileMeta {
             VersionMeta {
                 size,
                 checksum: [0; 32],
-                replicas: replicas.to_vec(),
+                replicas: Holders::new(replicas),
                 committed_ms: 0,
                 state: VersionState::Pending { deadline_ms },
             },
@@ -239,12 +242,18 @@ impl MetaState {
                         "version {version} of \"{name}\" is no longer stored"
                     ));
                 };
-                v.replicas.retain(|r| !drop.contains(r));
+                let mut next: Vec<SocketAddr> = v
+                    .replicas
+                    .iter()
+                    .filter(|r| !drop.contains(r))
+                    .copied()
+                    .collect();
                 for a in add {
-                    if !v.replicas.contains(a) {
-                        v.replicas.push(*a);
+                    if !next.contains(a) {
+                        next.push(*a);
                     }
                 }
+                v.replicas = Holders::new(&next);
                 Applied::Done
             }
             Op::SubmitJob {
@@ -376,7 +385,7 @@ impl MetaState {
             ));
         }
         v.checksum = checksum;
-        v.replicas = unique;
+        v.replicas = Holders::new(&unique);
         v.committed_ms = now;
         v.state = VersionState::Committed;
         Applied::Version(version)
@@ -500,7 +509,7 @@ impl MetaState {
             .get(name)
             .and_then(|f| f.versions.get(&version))
             .filter(|v| !v.is_committed())
-            .map(|v| v.replicas.as_slice())
+            .map(|v| &*v.replicas)
     }
 
     /// The version the next put of `name` would get.
@@ -601,6 +610,9 @@ impl Listing {
         self.page(glob, None, usize::MAX, usize::MAX).files
     }
 }
+
+#[cfg(test)]
+mod scale;
 
 #[cfg(test)]
 mod tests {
