@@ -275,7 +275,7 @@ async fn cluster(net: &MemNetwork, n: usize) -> Vec<Node> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_isolated_driver_is_declared_failed_and_rejoins_once_reconnected() {
+async fn an_isolated_driver_is_declared_failed_and_is_reinstated_once_reconnected() {
     let net = MemNetwork::new(3);
     let nodes = cluster(&net, 3).await;
     let (survivors, victim) = (&nodes[..2], &nodes[2]);
@@ -302,14 +302,18 @@ async fn an_isolated_driver_is_declared_failed_and_rejoins_once_reconnected() {
     .await;
     assert!(net.stats().blocked > 0);
 
-    // Push-pull with a failed member finds it again; it re-joins anew.
+    // Push-pull with a failed member finds it again; it refutes its failure and is
+    // reinstated under the same identity.
     net.reconnect(victim.addr);
     let heal = config().push_pull_interval * 2 + SPREAD;
     for n in &nodes {
         let what = format!("{} sees all three again", n.addr);
         eventually(&what, heal, async || n.live().await.len() == 3).await;
     }
-    assert_ne!(victim.id().await, victim_id);
+    assert_eq!(victim.id().await, victim_id);
+    for sub in &mut subs {
+        assert!(drain(sub).contains(&Event::Reinstated(victim_id)));
+    }
 }
 
 #[tokio::test(start_paused = true)]
