@@ -112,12 +112,10 @@ impl Inner {
         if let Some(c) = cache.as_ref().filter(|(i, _)| *i == at) {
             return Some(c.clone());
         }
-        let (index, bytes) = super::store::read_sm(sm, |d| {
-            (
-                d.last_applied.map(|l| l.index),
-                postcard::to_allocvec(&d.state).ok(),
-            )
-        });
+        // An O(1) copy under the lock; encoded after it.
+        let (index, state) =
+            super::store::read_sm(sm, |d| (d.last_applied.map(|l| l.index), d.state.clone()));
+        let bytes = postcard::to_allocvec(&state).ok();
         let fresh = (index?, blake3::hash(&bytes?).to_hex()[..16].to_string());
         *cache = Some(fresh.clone());
         Some(fresh)

@@ -10,6 +10,12 @@
 //! The state machine lives in memory ([`SmData`], shared read-only with the
 //! request handlers) and is rebuilt on start from the snapshot plus the log
 //! entries up to the saved committed id, which openraft re-applies.
+//!
+//! A snapshot is built from an O(1) copy of the state taken under the lock
+//! (the files are a persistent map, see `state.rs`), encoded and saved on a
+//! blocking thread while the log goes on applying; openraft sends it to a
+//! follower in chunks. An installed one is decoded on a blocking thread and
+//! swapped in under the lock; the old state is dropped after it.
 
 // The error type is openraft's `StorageError`, large by its design.
 #![allow(clippy::result_large_err)]
@@ -471,11 +477,12 @@ pub struct SmStore {
 }
 
 impl SmStore {
+    /// Saves a snapshot (on a blocking thread); hands its bytes back.
     async fn persist_snapshot(
         &self,
         meta: &SnapshotMeta<u64, BasicNode>,
         data: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<u8>, StoreError> {
         let (db, meta) = (self.db.clone(), encode(meta)?);
         blocking(move || {
             put_meta(
@@ -484,7 +491,8 @@ impl SmStore {
                     (KEY_SNAPSHOT_META, meta),
                     (KEY_SNAPSHOT_DATA, encode(&data)?),
                 ],
-            )
+            )?;
+            Ok(data)
         })
         .await
     }
@@ -492,15 +500,14 @@ impl SmStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for SmStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let (bytes, last_applied, membership) = read_sm(&self.data, |d| {
-            let body = SnapshotBody {
-                last_applied: d.last_applied,
-                membership: d.membership.clone(),
-                state: d.state.clone(),
-            };
-            (encode(&body), d.last_applied, d.membership.clone())
+        // The lock is held only for the O(1) copy.
+        let body = read_sm(&self.data, |d| SnapshotBody {
+            last_applied: d.last_applied,
+            membership: d.membership.clone(),
+            state: d.state.clone(),
         });
-        let bytes = bytes?;
+        let (last_applied, membership) = (body.last_applied, body.membership.clone());
+        let bytes = blocking(move || encode(&body)).await?;
         self.snapshots_built += 1;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
@@ -511,7 +518,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
             last_membership: membership,
             snapshot_id,
         };
-        self.persist_snapshot(&meta, bytes.clone()).await?;
+        let bytes = self.persist_snapshot(&meta, bytes).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -565,14 +572,19 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StoreError> {
         let bytes = snapshot.into_inner();
-        let body: SnapshotBody = decode(&bytes)?;
+        let (body, bytes) = blocking(move || Ok((decode::<SnapshotBody>(&bytes)?, bytes))).await?;
         self.persist_snapshot(meta, bytes).await?;
-        let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
-        *data = SmData {
+        let new = SmData {
             state: body.state,
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        let old = {
+            let mut data = self.data.write().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *data, new)
+        };
+        // Freeing a large state takes a while: not under the lock, not here.
+        tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
 
