@@ -163,14 +163,13 @@ async fn small_versions_are_all_back_at_four_copies_soon_after_two_holders_die()
         .copied()
         .filter(|i| !victims.contains(i))
         .collect();
-    let files = wait_for(
+    wait_until(
         "every small version to be back at 4 live copies",
         REPAIR_BOUND,
         SDFS_POLL,
         async || {
             let files = api::list(c.addrs[0], "small/*").await?;
-            all_back(&c, &files, &live, SMALL_FILES)?;
-            Ok(files)
+            all_back(&c, &files, &live, SMALL_FILES)
         },
     )
     .await
@@ -179,6 +178,27 @@ async fn small_versions_are_all_back_at_four_copies_soon_after_two_holders_die()
         "{lost} versions lost a copy; all back at 4 copies {:.1?} after the kills",
         killed.elapsed()
     );
+    // Balance may still be moving the batches' copies to their placement: once no move
+    // is left, every holder the metadata names has its copy (a move records its new
+    // holder only once the copy is stored).
+    wait_until(
+        "no balance move left",
+        REPAIR_BOUND,
+        SDFS_POLL,
+        async || {
+            let out = c
+                .dml(0, &["sdfs", "balance", "--dry-run", "--json"])
+                .await?;
+            out.ensure_success()?;
+            let moves = out.json()?["moves"].as_u64().unwrap_or(u64::MAX);
+            ensure!(moves == 0, "{moves} moves left");
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let files = api::list(c.addrs[0], "small/*").await.unwrap();
+    all_back(&c, &files, &live, SMALL_FILES).unwrap();
 
     // Each replica the metadata names holds the bytes on its disk.
     let on_disk = hashes_on_disk(&c, &live).unwrap();

@@ -201,6 +201,8 @@ pub struct Balancer {
     /// (versions, bytes) committed when the last plan was made: the
     /// spread is looked at again only once they change.
     planned_at: (u64, u64),
+    /// The last plan found nothing to move.
+    balanced: bool,
     progress: BalanceProgress,
 }
 
@@ -215,31 +217,37 @@ impl Balancer {
             alive: Vec::new(),
             planned_for: None,
             planned_at: (0, 0),
+            balanced: false,
             progress: BalanceProgress::default(),
         }
     }
 
     /// A fresh membership view: plans again when the alive agents changed
-    /// (an agent joined or left, or this term just began), or when the
-    /// plan ran out, the data changed since, and the spread is past the
-    /// threshold.
-    pub fn view(&mut self, state: &MetaState, alive: &[SocketAddr]) {
+    /// (a join, a departure, or this term just began); once the last plan
+    /// is done, again until one finds nothing to move (a move failed, or
+    /// repair put copies off their placement); and once balanced, when the
+    /// data changed and the spread is past the threshold. A plan made while
+    /// repair had versions waiting left them out, so it is made again once
+    /// repair is done (`repair_waiting`: the last repair scan found some).
+    pub fn view(&mut self, state: &MetaState, alive: &[SocketAddr], repair_waiting: bool) {
         self.alive = alive.to_vec();
         let changed = self.planned_for.as_deref() != Some(alive);
         let idle = self.backlog.is_empty() && self.running.is_empty();
-        if !changed && !idle {
+        if !changed && (!idle || repair_waiting) {
             return;
         }
         let at = totals(state);
-        if !changed && at == self.planned_at {
-            return;
-        }
-        if !changed && spread(&bytes_per_agent(state, alive), alive) <= self.threshold {
-            self.planned_at = at;
-            return;
+        if !changed && self.balanced {
+            if at == self.planned_at {
+                return;
+            }
+            if spread(&bytes_per_agent(state, alive), alive) <= self.threshold {
+                self.planned_at = at;
+                return;
+            }
         }
         let planned = plan(state, alive, self.replicas);
-        self.start(alive, at, planned.moves);
+        self.start(alive, at, planned);
     }
 
     /// `dml sdfs balance`: the plan for `alive` now; started unless `dry_run`.
@@ -253,13 +261,14 @@ impl Balancer {
         let mut shown = describe(state, alive, &planned);
         if !dry_run {
             self.alive = alive.to_vec();
-            self.start(alive, totals(state), planned.moves);
+            self.start(alive, totals(state), planned);
             shown.started = true;
         }
         shown
     }
 
-    fn start(&mut self, alive: &[SocketAddr], at: (u64, u64), moves: Vec<Move>) {
+    fn start(&mut self, alive: &[SocketAddr], at: (u64, u64), planned: Planned) {
+        let moves = planned.moves;
         if !moves.is_empty() {
             tracing::info!(
                 moves = moves.len(),
@@ -269,6 +278,7 @@ impl Balancer {
         }
         self.planned_for = Some(alive.to_vec());
         self.planned_at = at;
+        self.balanced = moves.is_empty() && planned.waiting_for_repair == 0;
         self.failed.clear();
         self.backlog = moves.into();
         self.recount();
@@ -511,7 +521,7 @@ mod tests {
             },
         );
         let mut b = Balancer::new(4, 0.1);
-        b.view(&s, &all);
+        b.view(&s, &all, false);
         let mut rounds = 0;
         loop {
             let copies = b.next(&s, &mut repairs);
@@ -557,7 +567,7 @@ mod tests {
         };
         repairs.rescan(&s, view);
         let mut b = Balancer::new(4, 0.1);
-        b.view(&s, &all);
+        b.view(&s, &all, false);
         assert!(b.progress().pending_moves > 0);
         assert!(b.next(&s, &mut repairs).is_empty(), "repair waits");
         let fix = repairs.next(&s);
@@ -584,7 +594,7 @@ mod tests {
         };
         repairs.rescan(&s, view);
         let mut b = Balancer::new(4, 0.1);
-        b.view(&s, &all);
+        b.view(&s, &all, false);
         let copies = b.next(&s, &mut repairs);
         assert_eq!(copies.len(), 2, "two slots on the one newcomer");
         assert!(b.next(&s, &mut repairs).is_empty(), "no room left");
@@ -609,24 +619,79 @@ mod tests {
         };
         let mut s = placed(100, 10, &agents);
         let mut b = Balancer::new(4, 0.1);
-        b.view(&s, &agents);
+        b.view(&s, &agents, false);
         assert_eq!(b.progress().pending_moves, 0, "at placement already");
         // A batch lands on one chain: the spread grows past the threshold.
         batch(&mut s);
-        b.view(&s, &agents);
+        b.view(&s, &agents, false);
         assert!(b.progress().pending_moves > 0);
 
         // Under a high threshold the same batch waits for a join.
         let mut s = placed(100, 10, &agents);
         let mut b = Balancer::new(4, 10.0);
-        b.view(&s, &agents);
+        b.view(&s, &agents, false);
         batch(&mut s);
-        b.view(&s, &agents);
+        b.view(&s, &agents, false);
         assert_eq!(b.progress().pending_moves, 0, "spread within the threshold");
         let mut joined = agents.clone();
         joined.push(addr(7));
-        b.view(&s, &joined);
+        b.view(&s, &joined, false);
         assert!(b.progress().pending_moves > 0, "a join plans");
+    }
+
+    #[test]
+    fn moves_that_failed_are_planned_again_once_the_rest_is_done() {
+        let old = addrs(1..=5);
+        let all = addrs(1..=6);
+        let mut s = placed(40, 7, &old);
+        let mut repairs = Repairs::new(4, WIDE);
+        let mut b = Balancer::new(4, 100.0);
+        b.view(&s, &old, false);
+        b.view(&s, &all, false);
+        let copies = b.next(&s, &mut repairs);
+        assert!(copies.len() > 1);
+        // The first copy's record failed (no quorum, say); the others stored.
+        let (lost, rest) = copies.split_first().unwrap();
+        assert!(b.done(&lost.name, lost.version, lost.target, false, &mut repairs));
+        for c in rest {
+            record(&mut s, c);
+            assert!(b.done(&c.name, c.version, c.target, true, &mut repairs));
+        }
+        assert!(b.next(&s, &mut repairs).is_empty(), "its target rests");
+        assert_eq!(b.progress().pending_moves, 0);
+        b.view(&s, &all, false);
+        let again = b.next(&s, &mut repairs);
+        assert_eq!(again.len(), 1, "planned again");
+        assert_eq!((&again[0].name, again[0].target), (&lost.name, lost.target));
+    }
+
+    #[test]
+    fn a_plan_that_left_versions_to_repair_is_made_again_once_repair_is_done() {
+        let all = addrs(1..=6);
+        let mut s = MetaState::default();
+        // Off placement and short of a copy: repair's first.
+        let want = placement::place("a", &all, 4);
+        let off: Vec<SocketAddr> = all.iter().copied().filter(|a| !want.contains(a)).collect();
+        put(&mut s, "a", 10, vec![off[0], off[1], want[0]]);
+        let mut b = Balancer::new(4, 100.0);
+        b.view(&s, &all, true);
+        assert_eq!(b.progress().pending_moves, 0, "left to repair");
+        b.view(&s, &all, true);
+        assert_eq!(b.progress().pending_moves, 0, "repair still waits");
+        // Repair adds the missing copy (by rank: the placement's next agent).
+        let op = Op::SetReplicas {
+            name: "a".into(),
+            version: 1,
+            add: vec![want[1]],
+            drop: Vec::new(),
+        };
+        assert_eq!(s.apply(&Command { now_ms: 3, op }), Applied::Done);
+        b.view(&s, &all, false);
+        assert_eq!(
+            b.progress().pending_moves,
+            2,
+            "its two holders off placement move"
+        );
     }
 
     #[test]
@@ -635,7 +700,7 @@ mod tests {
         let all = addrs(1..=6);
         let s = placed(50, 10, &old);
         let mut b = Balancer::new(4, 100.0);
-        b.view(&s, &old);
+        b.view(&s, &old, false);
         let shown = b.request(&s, &all, true);
         assert!(shown.moves > 0 && !shown.started);
         assert_eq!(b.progress().pending_moves, 0);

@@ -406,7 +406,7 @@ impl LeaderCore {
     pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> (repair::Scan, Vec<Copy>) {
         self.viewing = false;
         let scan = self.repairs.rescan(state, view);
-        self.balance.view(state, view.alive);
+        self.balance.view(state, view.alive, self.repairs.waiting());
         (scan, self.next_repairs(state))
     }
 

@@ -157,6 +157,8 @@ pub(crate) struct Inner {
     pub leader: watch::Receiver<Option<task::LeaderHandle>>,
     /// Re-replication's progress (this agent leading), read by telemetry.
     pub repair: watch::Sender<dml_shared::telemetry::RepairProgress>,
+    /// Balance's moves (this agent leading), read by the metrics.
+    pub balance: watch::Sender<balance::BalanceProgress>,
     /// The one route to the leader for requests this agent forwards (it
     /// caches the leader and holds the pooled connections).
     pub router: dml_shared::router::LeaderRouter,
@@ -277,6 +279,16 @@ impl ControlHandle {
             .as_ref()
             .map_or_else(Default::default, |i| match i.leader.borrow().is_some() {
                 true => *i.repair.borrow(),
+                false => Default::default(),
+            })
+    }
+
+    /// Balance's moves while this agent leads (this term's).
+    pub fn balance_progress(&self) -> balance::BalanceProgress {
+        self.inner
+            .as_ref()
+            .map_or_else(Default::default, |i| match i.leader.borrow().is_some() {
+                true => *i.balance.borrow(),
                 false => Default::default(),
             })
     }
@@ -439,6 +451,7 @@ impl ControlPlane {
             membership,
             leader,
             repair: watch::Sender::new(Default::default()),
+            balance: watch::Sender::new(Default::default()),
             view: Mutex::new(None),
             digest: Mutex::new(None),
             rpc_failures,

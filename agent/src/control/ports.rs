@@ -53,6 +53,8 @@ pub(crate) trait Ports: Send + Sync + 'static {
     fn copy(&self, copy: Copy) -> BoxFuture<'static, Option<Op>>;
     /// Publishes re-replication's progress (telemetry).
     fn repair_progress(&self, _: RepairProgress) {}
+    /// Publishes balance's moves (metrics).
+    fn balance_progress(&self, _: super::balance::BalanceProgress) {}
     /// Tells `holders` that a delete of `name` (versions up to `through`)
     /// committed, so they drop their copies; nobody waits for the answers.
     fn drop_deleted(&self, _name: &str, _through: u64, _holders: &[SocketAddr]) {}
@@ -139,6 +141,10 @@ impl Ports for Live {
 
     fn repair_progress(&self, p: RepairProgress) {
         self.0.repair.send_replace(p);
+    }
+
+    fn balance_progress(&self, p: super::balance::BalanceProgress) {
+        self.0.balance.send_replace(p);
     }
 
     fn drop_deleted(&self, name: &str, through: u64, holders: &[SocketAddr]) {

@@ -1014,6 +1014,7 @@ impl<P: Ports> LeaderTask<P> {
         }
         let progress = self.core.repair_progress(now());
         self.ports.repair_progress(progress);
+        self.ports.balance_progress(self.core.balance_progress());
     }
 }
 

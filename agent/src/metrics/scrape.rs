@@ -287,6 +287,31 @@ impl Scrape {
                     "Committed SDFS versions with fewer copies than sdfs.replicas (leader only).",
                     under,
                 );
+                let b = s.control.balance_progress();
+                for (name, help, v) in [
+                    (
+                        "dml_sdfs_balance_pending_moves",
+                        "Balance moves planned or running (leader only).",
+                        b.pending_moves,
+                    ),
+                    (
+                        "dml_sdfs_balance_pending_bytes",
+                        "Bytes of the balance moves planned or running (leader only).",
+                        b.pending_bytes,
+                    ),
+                    (
+                        "dml_sdfs_balance_moves",
+                        "Balance moves recorded in this leader's term (leader only).",
+                        b.moved,
+                    ),
+                    (
+                        "dml_sdfs_balance_moved_bytes",
+                        "Bytes of the balance moves recorded in this leader's term (leader only).",
+                        b.moved_bytes,
+                    ),
+                ] {
+                    t.whole(name, help, v);
+                }
             }
         }
         if let Some(l) = s.control.log_status() {
