@@ -990,6 +990,104 @@ mod tests {
         assert_eq!(batch_of(&d), [(1, 2)], "tiny's turn once its delay is over");
     }
 
+    /// Virtual time, 1 ms steps: a long resnet50 job (40 ms per image,
+    /// batches of 4) and a stream of tiny jobs of 3 images every 10 ms (2 ms
+    /// per image, batches of up to 8, 25 ms delay) on 4 workers.
+    #[test]
+    fn small_jobs_beside_a_long_one_are_batched_within_the_delay_and_nobody_starves() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut s = JobsState::default();
+        let mut sch = Scheduler::new(1, Duration::from_secs(60));
+        let policy = |m: &str| match m {
+            "tiny" => Batching {
+                max: 8,
+                delay: ms(25),
+                target: None,
+            },
+            _ => Batching::fixed(4),
+        };
+        let per_image = |m: &str| if m == "tiny" { 2 } else { 40 };
+        let big = s.submit("resnet50", "d/", vec!["r".into()], 100_000, 0);
+        let mut workers: Vec<Option<(u64, Dispatch)>> = vec![None; 4];
+        let mut submitted: BTreeMap<JobId, u64> = BTreeMap::new();
+        let mut finished: BTreeMap<JobId, u64> = BTreeMap::new();
+        // (dispatched at, images, when its oldest job was submitted)
+        let mut batches: Vec<(u64, usize, u64)> = Vec::new();
+        for at in 0..20_000u64 {
+            let now = t0 + ms(at);
+            for w in workers.iter_mut() {
+                if w.as_ref().is_none_or(|(end, _)| *end > at) {
+                    continue;
+                }
+                let (_, d) = w.take().unwrap();
+                let parts: Vec<&Dispatch> = std::iter::once(&d).chain(&d.with).collect();
+                let total: usize = parts.iter().map(|p| p.images.len()).sum();
+                let took = ms(per_image(&d.model) * total as u64);
+                for p in parts {
+                    let acc = s.complete(p.job, &results(&p.images), at);
+                    if acc.finished {
+                        finished.insert(p.job, at);
+                    }
+                    sch.sync(&s, now);
+                    let mut c = done(p.query, p.job, &p.model, &p.images, acc.new, took);
+                    c.batch_images = total as u32;
+                    sch.completed(c, now);
+                }
+            }
+            if at % 10 == 0 && at < 19_000 {
+                let id = s.submit("tiny", "d/", vec!["t".into(); 3], 3, at);
+                submitted.insert(id, at);
+            }
+            sch.sync(&s, now);
+            for (i, w) in workers.iter_mut().enumerate() {
+                if w.is_some() {
+                    continue;
+                }
+                let Some(d) = sch.dispatch_batched(addr(i as u16), policy, now) else {
+                    continue;
+                };
+                let parts: Vec<&Dispatch> = std::iter::once(&d).chain(&d.with).collect();
+                let n: usize = parts.iter().map(|p| p.images.len()).sum();
+                if d.model == "tiny" {
+                    let oldest = parts.iter().map(|p| submitted[&p.job]).min().unwrap();
+                    batches.push((at, n, oldest));
+                }
+                *w = Some((at + per_image(&d.model) * n as u64, d));
+            }
+        }
+        // A partial batch never goes before its oldest image waited the
+        // delay; full ones go before it; each is one model run.
+        assert!(
+            batches
+                .iter()
+                .all(|(at, n, oldest)| *n == 8 || at - oldest >= 25),
+            "{batches:?}"
+        );
+        let full_early = batches
+            .iter()
+            .filter(|(at, n, oldest)| *n == 8 && at - oldest < 25)
+            .count();
+        assert!(
+            full_early >= 10,
+            "{full_early} full batches went early: {:?}",
+            &batches[..20]
+        );
+        let mean = batches.iter().map(|b| b.1).sum::<usize>() as f64 / batches.len() as f64;
+        assert!(mean > 5.0, "mean tiny batch {mean}");
+        // Every tiny job ends within the delay, a resnet50 query (160 ms)
+        // and its own run, and the long job keeps about its share.
+        assert_eq!(finished.len(), submitted.len(), "every tiny job ended");
+        let worst = submitted
+            .iter()
+            .map(|(id, t)| finished[id] - t)
+            .max()
+            .unwrap();
+        assert!(worst <= 280, "a tiny job took {worst} ms");
+        let done_big = s.jobs[&big].done;
+        assert!(done_big > 1400, "the long job did {done_big} images");
+    }
+
     #[test]
     fn each_query_of_a_batch_is_charged_its_share() {
         let t = Instant::now();
