@@ -108,6 +108,7 @@ fn infer_needs(req: &InferRequest) -> Needs {
         InferRequest::Unready { .. } => needs(Peer, "report a worker unready"),
         InferRequest::Cancel { .. } => needs(Admin, "cancel a job"),
         InferRequest::Job { .. } => needs(ReadOnly, "show a job"),
+        InferRequest::QueryTimes { .. } => needs(ReadOnly, "show a job's query times"),
     }
 }
 

@@ -292,6 +292,11 @@ pub enum InferRequest {
     Job {
         job: JobId,
     },
+    /// The times of a job's completed queries, one by one (`dml bench-model`):
+    /// the last [`MAX_QUERY_TIMES`] this leader accepted.
+    QueryTimes {
+        job: JobId,
+    },
 }
 
 impl InferRequest {
@@ -335,6 +340,36 @@ pub enum InferResponse {
         released: u32,
     },
     Job(Box<JobDetail>),
+    QueryTimes {
+        job: JobId,
+        queries: Vec<QueryTiming>,
+    },
+}
+
+/// Most query times the leader keeps per job for [`InferRequest::QueryTimes`].
+pub const MAX_QUERY_TIMES: usize = 10_000;
+
+/// One completed query of a job as the leader accepted it, in the order of
+/// acceptance: C2's sample of it (queue and compute, as its worker reported)
+/// and the leader's own view (lease to accepted results).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryTiming {
+    /// Images of the query new to the job.
+    pub images: u32,
+    /// Waiting on the worker (µs): behind its other query, or for a compute slot.
+    pub queue_us: u64,
+    /// Working on the worker (µs): fetching, preprocessing, running the model.
+    pub compute_us: u64,
+    /// From the leader's lease to its acceptance of the results (µs): queue and
+    /// compute plus the trips between leader and worker and the Raft commit.
+    pub held_us: u64,
+}
+
+impl QueryTiming {
+    /// C2's query time: queue plus compute on the worker (µs).
+    pub fn total_us(&self) -> u64 {
+        self.queue_us + self.compute_us
+    }
 }
 
 /// `dml job JOB`: one job with its progress per worker, its per-image

@@ -12,8 +12,8 @@ use dml_shared::framing::{read_frame, write_frame};
 use dml_shared::id::NodeId;
 use dml_shared::infer::{
     ImageResult, InferRequest, InferResponse, JobDetail, JobInfo, JobState, LatencyInfo, Lease,
-    ModelFigures, ModelInfo, Outcome, Placement, Prediction, RateInfo, Spread, WorkerFigures,
-    WorkerProgress,
+    ModelFigures, ModelInfo, Outcome, Placement, Prediction, QueryTiming, RateInfo, Spread,
+    WorkerFigures, WorkerProgress,
 };
 use dml_shared::keyring::{
     Changed, KeyListing, KeySecret, KeyringAnswer, KeyringCommand, KeyringList, KeyringRequest,
@@ -710,6 +710,7 @@ fn infer_request() -> impl Strategy<Value = InferRequest> {
         (addr(), text()).prop_map(|(worker, reason)| InferRequest::Unready { worker, reason }),
         any::<u64>().prop_map(|job| InferRequest::Cancel { job }),
         any::<u64>().prop_map(|job| InferRequest::Job { job }),
+        any::<u64>().prop_map(|job| InferRequest::QueryTimes { job }),
     ]
 }
 
@@ -741,6 +742,17 @@ fn job_detail() -> impl Strategy<Value = JobDetail> {
     )
 }
 
+fn query_timing() -> impl Strategy<Value = QueryTiming> {
+    (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(images, queue_us, compute_us, held_us)| QueryTiming {
+            images,
+            queue_us,
+            compute_us,
+            held_us,
+        },
+    )
+}
+
 fn infer_response() -> impl Strategy<Value = InferResponse> {
     prop_oneof![
         (any::<u64>(), any::<u32>())
@@ -758,6 +770,8 @@ fn infer_response() -> impl Strategy<Value = InferResponse> {
         (any::<u64>(), any::<u32>())
             .prop_map(|(job, released)| InferResponse::Cancelled { job, released }),
         job_detail().prop_map(|d| InferResponse::Job(Box::new(d))),
+        (any::<u64>(), vec(query_timing(), 0..3))
+            .prop_map(|(job, queries)| InferResponse::QueryTimes { job, queries }),
     ]
 }
 

@@ -45,6 +45,11 @@ Examples:
   dml submit-job ResNet50 100                  classify 100 sample images
   dml submit-job inceptionv3 40 --wait         follow it to the end
   dml submit-job resnet50 500 --dataset datasets/mine";
+const EX_BENCH_MODEL: &str = "\
+Examples:
+  dml bench-model resnet50                         batch 1,2,4,8,16, 1 job, 64 images each
+  dml bench-model tiny --batch-sizes 1,4 --concurrency 1,2 --images 40
+  dml bench-model resnet50 --duration 20s --chart docs/resnet50.svg --json";
 const EX_LOCAL_UP: &str = "\
 Examples:
   dml local up                   10 agents on 127.0.0.1:8001-8010
@@ -297,6 +302,47 @@ pub enum Command {
         /// p99 query time to keep to (e.g. 500ms), or `off`.
         #[arg(long, value_parser = p99_target_arg)]
         p99_target: Option<std::time::Duration>,
+    },
+    /// Throughput and query latency of MODEL over a sweep of batch sizes and
+    /// concurrent jobs, against the live cluster (as Triton's perf_analyzer).
+    ///
+    /// Each setting sets the batch size, runs real jobs over the dataset and
+    /// reads from the leader the jobs' times (images/s) and every query's C2
+    /// time, queue plus compute (p50/p95/p99). The batch size is restored at
+    /// the end, also after an error or Ctrl-C. Progress goes to stderr; the
+    /// table (or --json) to stdout; the curve to an SVG chart.
+    #[command(after_help = EX_BENCH_MODEL)]
+    BenchModel {
+        /// A model name, in any case.
+        #[arg(value_parser = model_arg)]
+        model: String,
+        /// Batch sizes to sweep, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        batch_sizes: Vec<u32>,
+        /// Numbers of jobs run at once, comma-separated; each is swept over
+        /// every batch size.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        concurrency: Vec<u32>,
+        /// Images per setting, split over its concurrent jobs (default 64
+        /// unless --duration is given).
+        #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u32).range(1..))]
+        images: Option<u32>,
+        /// Time per setting instead (e.g. 20s, 1m): each concurrent job is
+        /// followed by another (of 8 batches) until it has passed.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// SDFS prefix of the images.
+        #[arg(long, default_value = DEFAULT_DATASET)]
+        dataset: String,
+        /// Images of an unmeasured first job, so the workers load the model.
+        #[arg(long, default_value_t = 20)]
+        warmup: u32,
+        /// Where to write the SVG chart (default target/bench/bench-model-MODEL.svg).
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// The chart's title, e.g. the machine it ran on.
+        #[arg(long)]
+        title: Option<String>,
     },
     /// C1: queries and images per second (last 10 s) and totals, per model.
     Rates,
@@ -759,6 +805,50 @@ mod tests {
             Some(Command::Models(ModelsArgs { action: None, .. }))
         ));
         assert!(Cli::try_parse_from(["dml", "dataset", "make", "d", "--count", "0"]).is_err());
+    }
+
+    #[test]
+    fn bench_model_parses_its_sweep() {
+        let cli = Cli::try_parse_from(["dml", "bench-model", "ResNet50"]).unwrap();
+        let Some(Command::BenchModel {
+            model,
+            batch_sizes,
+            concurrency,
+            images,
+            duration,
+            ..
+        }) = cli.command
+        else {
+            panic!("not bench-model");
+        };
+        assert_eq!((model.as_str(), images, duration), ("resnet50", None, None));
+        assert_eq!((batch_sizes, concurrency), (vec![1, 2, 4, 8, 16], vec![1]));
+        let cli = Cli::try_parse_from([
+            "dml",
+            "bench-model",
+            "tiny",
+            "--concurrency",
+            "1,4",
+            "--duration",
+            "20s",
+        ]);
+        assert!(matches!(
+            cli.unwrap().command,
+            Some(Command::BenchModel { duration: Some(d), .. }) if d.as_secs() == 20
+        ));
+        let both = [
+            "dml",
+            "bench-model",
+            "tiny",
+            "--images",
+            "8",
+            "--duration",
+            "5s",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(
+            Cli::try_parse_from(["dml", "bench-model", "tiny", "--batch-sizes", "1,x"]).is_err()
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::scheduler::{Batching, Completion, Dispatch, Scheduler};
 use super::state::MetaState;
 use super::workers::Workers;
 use dml_shared::infer::{
-    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, RateInfo, WorkerFigures,
-    WorkerProgress,
+    ImageResult, JobId, JobState, LatencyInfo, Lease, Outcome, Placement, QueryTiming, RateInfo,
+    WorkerFigures, WorkerProgress,
 };
 use dml_shared::models::Registry;
 use std::collections::HashSet;
@@ -259,7 +259,7 @@ impl LeaderCore {
 
     /// The state machine accepted a query's results.
     pub fn completed(&mut self, c: Completion<'_>, now: Instant) {
-        self.progress.completed(c.query, c.new, c.time.compute, now);
+        self.progress.completed(c.query, c.new, c.time, now);
         self.sched.completed(c, now);
     }
 
@@ -305,6 +305,11 @@ impl LeaderCore {
             .find(|p| p.job == job)
             .map_or(&[][..], |p| &p.workers[..]);
         self.progress.workers(job, held)
+    }
+
+    /// The times of `job`'s last queries under this leader, in order.
+    pub fn job_query_times(&self, job: JobId) -> Vec<QueryTiming> {
+        self.progress.query_times(job)
     }
 
     /// `worker` cannot run `query`'s model: (job, distinct refusals).

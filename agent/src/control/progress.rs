@@ -1,11 +1,13 @@
 //! Each job's progress per worker as the leader sees it (`dml job`): the
 //! queries and images each worker completed, its per-image errors, and the
-//! time its queries waited (queue) and ran (compute). In the leader's memory
-//! like the scheduler's leases: a new leader starts from nothing. Pure:
-//! every call takes `now`.
+//! time its queries waited (queue) and ran (compute); and the times of its
+//! last queries one by one (`dml bench-model`). In the leader's memory like
+//! the scheduler's leases: a new leader starts from nothing. Pure: every call
+//! takes `now`.
 
-use dml_shared::infer::{JobId, WorkerProgress};
-use std::collections::{BTreeMap, HashMap};
+use crate::latency::QueryTime;
+use dml_shared::infer::{JobId, MAX_QUERY_TIMES, QueryTiming, WorkerProgress};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -23,7 +25,12 @@ struct Open {
 pub struct Progress {
     open: HashMap<u64, Open>,
     jobs: BTreeMap<JobId, BTreeMap<SocketAddr, WorkerProgress>>,
+    /// The last query times of the newest [`TIMED_JOBS`] jobs.
+    times: BTreeMap<JobId, VecDeque<QueryTiming>>,
 }
+
+/// Jobs whose query times are kept (the newest by id).
+const TIMED_JOBS: usize = 64;
 
 impl Progress {
     /// `query` of `job` was leased to `worker` at `now`.
@@ -44,9 +51,10 @@ impl Progress {
         }
     }
 
-    /// `query` completed with `new` images new to its job, after `elapsed`
-    /// of work on the worker. A query of an earlier leader is not counted.
-    pub fn completed(&mut self, query: u64, new: u32, elapsed: Duration, now: Instant) {
+    /// `query` completed with `new` images new to its job, after `time` on
+    /// the worker. A query of an earlier leader is not counted.
+    pub fn completed(&mut self, query: u64, new: u32, time: QueryTime, now: Instant) {
+        let elapsed = time.compute;
         let Some(o) = self.open.remove(&query) else {
             return;
         };
@@ -65,6 +73,28 @@ impl Progress {
         w.errors += u64::from(o.errors.min(new));
         w.compute_ms += elapsed.as_millis() as u64;
         w.queue_ms += held.saturating_sub(elapsed).as_millis() as u64;
+        let us = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let times = self.times.entry(o.job).or_default();
+        if times.len() == MAX_QUERY_TIMES {
+            times.pop_front();
+        }
+        times.push_back(QueryTiming {
+            images: new,
+            queue_us: us(time.queue),
+            compute_us: us(time.compute),
+            held_us: us(held),
+        });
+        while self.times.len() > TIMED_JOBS {
+            self.times.pop_first();
+        }
+    }
+
+    /// The times of `job`'s last queries, in the order they completed.
+    pub fn query_times(&self, job: JobId) -> Vec<QueryTiming> {
+        self.times
+            .get(&job)
+            .map(|t| t.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Forgets the open queries `keep` (given the query and its job) says
@@ -94,6 +124,10 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn work(queue: Duration, compute: Duration) -> QueryTime {
+        QueryTime { queue, compute }
+    }
+
     #[test]
     fn each_worker_gets_its_queries_images_errors_and_times() {
         let mut p = Progress::default();
@@ -105,11 +139,11 @@ mod tests {
         p.dispatched(4, 8, addr(1), t);
         p.reported(1, 1);
         // Held 500 ms, worked 200: 300 ms queued.
-        p.completed(1, 4, ms(200), t + ms(500));
-        p.completed(3, 2, ms(100), t + ms(100));
+        p.completed(1, 4, work(ms(250), ms(200)), t + ms(500));
+        p.completed(3, 2, work(ms(0), ms(100)), t + ms(100));
         // A duplicate brings nothing new; a repeat is not counted twice.
-        p.completed(2, 0, ms(50), t + ms(60));
-        p.completed(1, 4, ms(200), t + ms(900));
+        p.completed(2, 0, work(ms(0), ms(50)), t + ms(60));
+        p.completed(1, 4, work(ms(250), ms(200)), t + ms(900));
         let w = p.workers(7, &[(addr(3), 2)]);
         assert_eq!(w.len(), 2, "{w:?}");
         assert_eq!(
@@ -118,9 +152,39 @@ mod tests {
         );
         assert_eq!((w[0].compute_ms, w[0].queue_ms), (300, 300));
         assert_eq!((w[1].worker, w[1].in_flight, w[1].queries), (addr(3), 2, 0));
+        // Each counted query's times, in the order they completed.
+        let q = p.query_times(7);
+        let row = |q: &QueryTiming| (q.images, q.queue_us, q.compute_us, q.held_us);
+        assert_eq!(
+            q.iter().map(row).collect::<Vec<_>>(),
+            [(4, 250_000, 200_000, 500_000), (2, 0, 100_000, 100_000)]
+        );
+        assert_eq!(q[0].total_us(), 450_000);
         // Leases gone from the scheduler are forgotten.
         p.retain_open(|q, _| q != 4);
-        p.completed(4, 1, ms(1), t + ms(2));
+        p.completed(4, 1, work(ms(0), ms(1)), t + ms(2));
         assert!(p.workers(8, &[]).is_empty());
+        assert!(p.query_times(8).is_empty());
+    }
+
+    #[test]
+    fn query_times_are_bounded_per_job_and_in_jobs() {
+        let mut p = Progress::default();
+        let t = Instant::now();
+        let n = MAX_QUERY_TIMES as u64 + 5;
+        for q in 0..n {
+            p.dispatched(q, 1, addr(1), t);
+            p.completed(q, 1, work(Duration::ZERO, Duration::from_micros(q)), t);
+        }
+        let q = p.query_times(1);
+        assert_eq!(q.len(), MAX_QUERY_TIMES);
+        assert_eq!((q[0].compute_us, q[q.len() - 1].compute_us), (5, n - 1));
+        for job in 2..=TIMED_JOBS as u64 + 1 {
+            p.dispatched(n + job, job, addr(1), t);
+            p.completed(n + job, 1, work(Duration::ZERO, Duration::ZERO), t);
+        }
+        // The oldest job's times went first.
+        assert!(p.query_times(1).is_empty());
+        assert_eq!(p.query_times(2).len(), 1);
     }
 }

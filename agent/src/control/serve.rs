@@ -634,6 +634,13 @@ fn serve_infer(core: &mut LeaderCore, cx: &Ctx, req: InferRequest) -> Step {
                 })))
             }
         },
+        InferRequest::QueryTimes { job } => match s.jobs.jobs.get(&job) {
+            None => fail(ControlError::NoSuchJob(job)),
+            Some(_) => infer(InferResponse::QueryTimes {
+                job,
+                queries: core.job_query_times(job),
+            }),
+        },
         InferRequest::Complete {
             worker,
             query,

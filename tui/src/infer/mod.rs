@@ -5,10 +5,12 @@
 //! (any agent forwards it to the leader).
 //!
 //! - [`report`]: their tables and JSON.
+//! - [`bench`]: `dml bench-model`, a throughput–latency sweep.
 //! - [`detail`]: `dml job` and `dml cancel`.
 //! - [`wait`]: following a job for `submit-job --wait`.
 //! - [`output`]: the JSONL and CSV of `get-output`.
 
+pub mod bench;
 pub mod detail;
 pub mod output;
 pub mod report;
@@ -38,6 +40,7 @@ pub fn handles(command: &Command) -> bool {
             | Command::Jobs
             | Command::Cancel { .. }
             | Command::Job { .. }
+            | Command::BenchModel { .. }
     )
 }
 
@@ -74,7 +77,8 @@ fn is_read(req: &InferRequest) -> bool {
         | R::Models
         | R::Rates
         | R::Latency
-        | R::Placement => true,
+        | R::Placement
+        | R::QueryTimes { .. } => true,
         R::Submit { .. }
         | R::SetBatchSize { .. }
         | R::SetBatchPolicy { .. }
@@ -264,6 +268,32 @@ pub async fn run(command: &Command, agent: SocketAddr, json: bool) -> Result<()>
             InferResponse::Job(d) => pick(detail::detail_json(&d), detail::detail_text(&d)),
             other => return Err(unexpected(other)),
         },
+        Command::BenchModel {
+            model,
+            batch_sizes,
+            concurrency,
+            images,
+            duration,
+            dataset,
+            warmup,
+            chart,
+            title,
+        } => {
+            let plan = bench::Plan {
+                model: model.clone(),
+                dataset: dataset.clone(),
+                batch_sizes: batch_sizes.clone(),
+                concurrency: concurrency.clone(),
+                amount: match (images, duration) {
+                    (_, Some(d)) => bench::Amount::Duration(*d),
+                    (n, None) => bench::Amount::Images(n.unwrap_or(bench::DEFAULT_IMAGES)),
+                },
+                warmup: *warmup,
+                chart: chart.clone().unwrap_or_else(|| bench::default_chart(model)),
+                title: title.clone(),
+            };
+            return bench::run(&sdfs, &plan, json).await;
+        }
         other => bail!("{other:?} is not an inference command"),
     };
     print!("{out}");
