@@ -53,6 +53,8 @@ mod report;
 mod sdfs;
 #[path = "bench/sdfs_local.rs"]
 mod sdfs_local;
+#[path = "bench/sdfs_meta.rs"]
+mod sdfs_meta;
 #[path = "bench/sdfs_repair.rs"]
 mod sdfs_repair;
 #[path = "bench/sdfs_report.rs"]

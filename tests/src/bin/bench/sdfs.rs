@@ -52,6 +52,8 @@ pub struct SdfsArgs {
     no_build: bool,
     #[command(flatten)]
     repair: crate::sdfs_repair::RepairArgs,
+    #[command(flatten)]
+    meta: crate::sdfs_meta::MetaArgs,
 }
 
 /// A size and how many times it is measured (the median is reported).
@@ -106,6 +108,9 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     }
     if !a.no_build {
         crate::locate(bin_dir, "dml-agent", "dml-agent", true)?;
+    }
+    if a.meta.meta_only {
+        return meta_row(&a, out_dir).await;
     }
     if a.repair.repair_only {
         return repair_row(&a, out_dir).await;
@@ -331,6 +336,20 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     if a.repair.repair_files > 0 {
         repair_row(&a, out_dir).await?;
     }
+    if a.meta.meta_versions > 0 {
+        meta_row(&a, out_dir).await?;
+    }
+    Ok(())
+}
+
+/// The metadata-at-scale row (in-process): its table lines and `sdfs-meta.json`.
+async fn meta_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
+    let row = crate::sdfs_meta::run(&a.meta, &out_dir.join("sdfs-meta-run")).await;
+    print!("{}", crate::sdfs_meta::table(&row));
+    let json_path = out_dir.join("sdfs-meta.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")
+        .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
+    println!("JSON: {}", json_path.display());
     Ok(())
 }
 
