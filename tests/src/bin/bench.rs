@@ -51,6 +51,8 @@ mod node;
 mod report;
 #[path = "bench/sdfs.rs"]
 mod sdfs;
+#[path = "bench/sdfs_balance.rs"]
+mod sdfs_balance;
 #[path = "bench/sdfs_local.rs"]
 mod sdfs_local;
 #[path = "bench/sdfs_meta.rs"]

@@ -53,6 +53,8 @@ pub struct SdfsArgs {
     #[command(flatten)]
     repair: crate::sdfs_repair::RepairArgs,
     #[command(flatten)]
+    balance: crate::sdfs_balance::BalanceArgs,
+    #[command(flatten)]
     meta: crate::sdfs_meta::MetaArgs,
 }
 
@@ -114,6 +116,9 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     }
     if a.repair.repair_only {
         return repair_row(&a, out_dir).await;
+    }
+    if a.balance.balance_only {
+        return balance_row(&a, out_dir).await;
     }
     let run_dir = out_dir.join("sdfs-run");
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -336,6 +341,9 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     if a.repair.repair_files > 0 {
         repair_row(&a, out_dir).await?;
     }
+    if a.balance.balance_mib > 0 {
+        balance_row(&a, out_dir).await?;
+    }
     if a.meta.meta_versions > 0 {
         meta_row(&a, out_dir).await?;
     }
@@ -347,6 +355,27 @@ async fn meta_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
     let row = crate::sdfs_meta::run(&a.meta, &out_dir.join("sdfs-meta-run")).await;
     print!("{}", crate::sdfs_meta::table(&row));
     let json_path = out_dir.join("sdfs-meta.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")
+        .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
+    println!("JSON: {}", json_path.display());
+    Ok(())
+}
+
+/// The balance row on a cluster of its own (64 MiB at most under `--quick`): its table
+/// lines and `sdfs-balance.json` (`sdfs-balance-quick.json`).
+async fn balance_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
+    let mut args = a.balance.clone();
+    if a.quick {
+        args.balance_mib = args.balance_mib.min(64);
+    }
+    let run = out_dir.join("sdfs-balance-run");
+    let row = crate::sdfs_balance::run(&args, a.agents, &run).await;
+    print!("{}", crate::sdfs_balance::table(&row));
+    let json_path = out_dir.join(if a.quick {
+        "sdfs-balance-quick.json"
+    } else {
+        "sdfs-balance.json"
+    });
     std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")
         .with_context(|| format!("cannot write \"{}\"", json_path.display()))?;
     println!("JSON: {}", json_path.display());
