@@ -612,9 +612,6 @@ impl Listing {
 }
 
 #[cfg(test)]
-mod scale;
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

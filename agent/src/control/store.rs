@@ -604,6 +604,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
 }
 
 #[cfg(test)]
+mod scale;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload};

@@ -1,10 +1,12 @@
 //! The state machine at scale: many versions built through batched puts,
 //! snapshotted, restored and listed by a prefix glob.
 
-use super::*;
+use crate::control::state::{LIST_SCAN_MAX, MetaState};
+use crate::control::types::{Applied, Command, Op};
+use dml_shared::sdfs::Glob;
 use std::net::SocketAddr;
 
-/// Versions in the CI-sized run (the bench commits 1,000,000 through a real leader).
+/// Versions in the CI-sized run (`bench sdfs` applies 1,000,000).
 const VERSIONS: u64 = 200_000;
 
 /// A name per version: 1,000 per directory, so `data/00042/00421*` matches 100.
