@@ -2,7 +2,8 @@
 //! the agents by the spread trigger; then three agents that were down while the data
 //! went in come back, and the leader moves them their share, while a reader loop reads
 //! every file throughout and never fails. `dml sdfs balance --dry-run` lists moves
-//! toward the newcomers while they run, and nothing once they are done.
+//! toward the newcomers while they run, and nothing once they are done; `dml sdfs balance`
+//! then starts an empty plan.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -187,6 +188,15 @@ async fn agents_that_join_receive_their_share_while_every_read_succeeds() {
     )
     .await
     .unwrap();
+
+    // Started by hand with nothing left, the plan is empty and says so.
+    let out = c.dml(0, &["sdfs", "balance"]).await.unwrap();
+    out.ensure_success().unwrap();
+    assert!(
+        out.stdout.starts_with("started: balanced, no copy to move"),
+        "{}",
+        out.stdout
+    );
 
     // One more full pass of the reader after the moves, then stop it.
     let seen = reads.load(Ordering::Relaxed);
