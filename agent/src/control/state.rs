@@ -105,6 +105,7 @@ impl FileMeta {
 /// The whole replicated metadata.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
+    #[serde(deserialize_with = "decode_files")]
     files: Files,
     /// Inference jobs and model settings.
     pub jobs: JobsState,
@@ -538,6 +539,27 @@ impl MetaState {
     pub fn version(&self, name: &str, version: u64) -> Option<&VersionMeta> {
         self.files.get(name)?.versions.get(&version)
     }
+}
+
+/// The files map, decoded entry by entry: imbl's own decoder reserves room
+/// for the length the input claims, so a corrupt snapshot could ask for
+/// terabytes before failing.
+fn decode_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Files, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Files;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of SDFS files")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Files, A::Error> {
+            let mut files = Files::new();
+            while let Some((name, file)) = m.next_entry::<Arc<str>, FileMeta>()? {
+                files.insert(name, file);
+            }
+            Ok(files)
+        }
+    }
+    d.deserialize_map(Entries)
 }
 
 /// Most names one [`Listing::page`] looks at: a glob that matches few names
@@ -1018,6 +1040,14 @@ mod tests {
             ]
         );
         assert_eq!(s.listing().all(&glob).len(), 51);
+    }
+
+    #[test]
+    fn a_snapshot_claiming_a_huge_map_fails_to_decode_without_reserving_it() {
+        // The files map's length says 2^40 entries; nothing follows.
+        let mut bytes = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+        bytes.extend_from_slice(&[0; 4]);
+        assert!(postcard::from_bytes::<MetaState>(&bytes).is_err());
     }
 
     #[test]
