@@ -41,6 +41,8 @@ mod console;
 mod hosts;
 #[path = "bench/inference.rs"]
 mod inference;
+#[path = "bench/inference_batching.rs"]
+mod inference_batching;
 #[path = "bench/loss.rs"]
 mod loss;
 #[path = "bench/membership.rs"]

@@ -13,12 +13,15 @@
 //! 5. Longest interval without a completed image around a SIGKILL of a worker, then of the
 //!    leader (polled every 50 ms through a surviving non-voter).
 //! 6. Numerics: the agent's preprocessing + resnet50 against `scripts/models/reference.py`.
+//! 7. Dynamic batching: p99 query time at the batch size a p99 target chose against the fixed
+//!    batch of the same throughput (`inference_batching.rs`; run after phase 2, before 3).
 //!
 //! Bare loops run on a thread at the agent's compute priority (nice
 //! [`dml_agent::infer::compute::COMPUTE_NICE`]) so that other load on the machine weighs on
 //! both sides alike. Table on stdout, progress on stderr, JSON in `target/bench/inference.json`
 //! (`inference-quick.json` with `--quick`).
 
+use crate::inference_batching::{BatchPlan, Batching};
 use anyhow::{Context, Result, bail, ensure};
 use dml_agent::infer::compute::COMPUTE_NICE;
 use dml_agent::infer::preprocess::{preprocess, stack};
@@ -36,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const DATASET: &str = "datasets/bench/";
+pub(crate) const DATASET: &str = "datasets/bench/";
 const MODELS: [&str; 2] = ["resnet50", "inceptionv3"];
 /// Time for a cluster to converge and elect a leader.
 const READY: Duration = Duration::from_secs(90);
@@ -73,6 +76,10 @@ pub struct InferenceArgs {
     /// host, the bench on one more; JSON to `inference-bed.json`.
     #[arg(long)]
     bed: bool,
+    /// Only the cluster's warm-up and the dynamic batching row (7); JSON to
+    /// `inference-batching.json`.
+    #[arg(long, conflicts_with = "fair_only")]
+    batching_only: bool,
 }
 
 struct Plan {
@@ -210,6 +217,7 @@ struct Document {
     gaps: Vec<Gap>,
     latency: Vec<LatencyInfo>,
     numerics: Numerics,
+    batching: Option<Batching>,
 }
 
 fn repo() -> PathBuf {
@@ -440,7 +448,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         .collect();
     files.sort();
 
-    let numerics = if a.fair_only || a.bed {
+    let numerics = if a.fair_only || a.bed || a.batching_only {
         Numerics::default()
     } else {
         eprintln!("[numerics] resnet50 against scripts/models/reference.py");
@@ -448,7 +456,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
     };
 
     let mut one_agent = Vec::new();
-    if !a.fair_only && !a.bed {
+    if !a.fair_only && !a.bed && !a.batching_only {
         eprintln!("[one agent] starting");
         let sdfs = SdfsConfig {
             replicas: Some(1),
@@ -534,6 +542,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         fair_share,
         gaps,
         latency,
+        batching,
     } = out;
 
     let doc = Document {
@@ -554,12 +563,15 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         gaps,
         latency,
         numerics,
+        batching,
     };
     print!("{}", table(&doc, a.agents));
     let json_path = out_dir.join(if a.bed {
         "inference-bed.json"
     } else if a.fair_only {
         "inference-fair.json"
+    } else if a.batching_only {
+        "inference-batching.json"
     } else if a.quick {
         "inference-quick.json"
     } else {
@@ -584,6 +596,7 @@ struct ClusterOut {
     fair_share: FairShare,
     gaps: Vec<Gap>,
     latency: Vec<LatencyInfo>,
+    batching: Option<Batching>,
 }
 
 /// The multi-agent phases: warm-up, throughput against a bare loop, fairness, fair share and
@@ -632,7 +645,7 @@ async fn cluster_phases(
     }
     eprintln!("[cluster] warm in {:.1} s", t.elapsed().as_secs_f64());
 
-    if !a.fair_only {
+    if !a.fair_only && !a.batching_only {
         let batch = 8;
         let mut row = Throughput {
             model: "resnet50".into(),
@@ -667,6 +680,14 @@ async fn cluster_phases(
         }
         eprintln!("[cluster] {}", row_text(&row));
         out.cluster_row = Some(row);
+    }
+    if !a.fair_only {
+        eprintln!("[batching] dynamic batching row");
+        out.batching =
+            Some(crate::inference_batching::row(at, c.len(), &BatchPlan::new(a.quick)).await);
+        if a.batching_only {
+            return Ok(());
+        }
     }
 
     if let Err(e) = shared_phases(
@@ -1208,6 +1229,13 @@ fn table(d: &Document, agents: usize) -> String {
             .as_ref()
             .map_or_else(String::new, |e| format!("  ERROR: {e}"))
     );
+    if let Some(b) = &d.batching {
+        let _ = writeln!(
+            t,
+            "\n7. dynamic batching: p99 query time at the batch size a p99 target chose vs the fixed batch of the same throughput (that size, target off)"
+        );
+        let _ = write!(t, "{}", crate::inference_batching::text(b));
+    }
     if !d.latency.is_empty() {
         let _ = writeln!(
             t,
