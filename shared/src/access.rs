@@ -81,6 +81,7 @@ fn meta_needs(req: &MetaRequest) -> Needs {
         MetaRequest::Delete { .. } | MetaRequest::DeleteOutcome { .. } => needs(Admin, "delete"),
         MetaRequest::Stat { .. } => needs(ReadOnly, "get"),
         MetaRequest::List { .. } | MetaRequest::ListPage { .. } => needs(ReadOnly, "ls"),
+        MetaRequest::Health { .. } => needs(ReadOnly, "show SDFS health"),
         MetaRequest::Count => needs(ReadOnly, "count files"),
         MetaRequest::Nodes => needs(ReadOnly, "list files per node"),
         MetaRequest::Balance { dry_run: true } => needs(ReadOnly, "show the balance plan"),

@@ -227,6 +227,22 @@ pub enum MetaRequest {
         after: Option<String>,
         limit: u32,
     },
+    /// Totals and the versions short of `replicas` copies (at most `sample`
+    /// of them named), counted off the state-machine lock. Answered with
+    /// [`MetaResponse::Health`]; the console's SDFS pane reads it.
+    Health { replicas: u32, sample: u32 },
+}
+
+/// [`MetaResponse::Health`]: committed files, versions and bytes, and the
+/// versions with fewer copies than asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub files: u64,
+    pub versions: u64,
+    pub bytes: u64,
+    pub under_replicated: u64,
+    /// Some of them: (name, version, copies).
+    pub sample: Vec<(String, u64, u32)>,
 }
 
 impl MetaRequest {
@@ -311,6 +327,8 @@ pub enum MetaResponse {
         files: Vec<FileInfo>,
         next: Option<String>,
     },
+    /// [`MetaRequest::Health`].
+    Health(Totals),
 }
 
 /// The moves that bring the copies to the placement the alive agents give

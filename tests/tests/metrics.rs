@@ -16,6 +16,7 @@
 use anyhow::{Result, anyhow, bail, ensure};
 use dml_shared::config::SdfsConfig;
 use dml_shared::infer::JobState;
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use dml_tests::infer::{JOB_POLL, small_images, submit, tiny_model, wait_job};
 use dml_tests::metrics::{
     Reply, Samples, dashboard_exprs, get, http, parse, promql_metrics, rule_exprs, sample_names,
@@ -261,6 +262,49 @@ async fn three_agents_serve_prometheus_metrics_that_agree_with_the_cluster() {
     })
     .await
     .unwrap();
+
+    // The leader alone exports the cluster's versions, counted off its state
+    // lock; the health request the console's SDFS pane reads agrees.
+    wait_for("the leader's SDFS totals", READY, SDFS_POLL, async || {
+        let mut exported = Vec::new();
+        for m in &metrics {
+            let s = scrape(*m)?;
+            if let Ok(v) = value(&s, "dml_sdfs_cluster_versions") {
+                exported.push((v, value(&s, "dml_sdfs_under_replicated_versions")?));
+            }
+        }
+        ensure!(exported == [(1.0, 0.0)], "leader figures {exported:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let health = MetaRequest::Health {
+        replicas: 3,
+        sample: 5,
+    };
+    match dml_tests::sdfs::api::meta(addrs[2], health).await.unwrap() {
+        MetaResponse::Health(t) => {
+            assert_eq!(
+                (t.files, t.versions, t.under_replicated),
+                (1, 1, 0),
+                "{t:?}"
+            );
+            assert_eq!(t.bytes, bytes.len() as u64);
+        }
+        other => panic!("wanted the totals, got {other:?}"),
+    }
+    // Asked for 4 copies of a 3-replica store, the one version is short of one.
+    let health = MetaRequest::Health {
+        replicas: 4,
+        sample: 5,
+    };
+    match dml_tests::sdfs::api::meta(addrs[1], health).await.unwrap() {
+        MetaResponse::Health(t) => {
+            assert_eq!(t.under_replicated, 1, "{t:?}");
+            assert_eq!(t.sample, vec![("metrics/put.bin".to_string(), 1, 3)]);
+        }
+        other => panic!("wanted the totals, got {other:?}"),
+    }
 
     // An inference job: the workers that ran its queries count them and their images,
     // and their latency histograms grow by as many observations.

@@ -111,6 +111,12 @@ pub enum Step {
         after: Option<String>,
         limit: u32,
     },
+    /// Count the totals and the under-replicated versions off the async
+    /// workers, then answer ([`MetaRequest::Health`]).
+    Health {
+        replicas: u32,
+        sample: u32,
+    },
     /// Read a finished job's output back from SDFS, then answer.
     FetchOutput {
         name: String,
@@ -372,6 +378,7 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
             Ok(glob) => Step::ListPage { glob, after, limit },
             Err(e) => fail(bad(e.to_string())),
         },
+        MetaRequest::Health { replicas, sample } => Step::Health { replicas, sample },
         MetaRequest::Count => {
             let (files, versions, bytes) = s.count();
             sdfs(MetaResponse::Count {

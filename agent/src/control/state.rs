@@ -11,7 +11,7 @@
 use super::jobs::JobsState;
 use super::types::{Applied, Command, Op};
 use dml_shared::keyring::KeyringState;
-use dml_shared::sdfs::{Checksum, FileInfo, Glob, Holding, Keep, VersionInfo};
+use dml_shared::sdfs::{Checksum, FileInfo, Glob, Holding, Keep, Totals, VersionInfo};
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -565,6 +565,8 @@ fn decode_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Files, D::Erro
 /// Most names one [`Listing::page`] looks at: a glob that matches few names
 /// of many still answers promptly, with a cursor to go on from.
 pub const LIST_SCAN_MAX: usize = 100_000;
+/// Most under-replicated versions one [`Listing::totals`] names.
+pub const HEALTH_SAMPLE_MAX: u32 = 100;
 
 /// A frozen copy of the files ([`MetaState::listing`]): listing runs on it
 /// off the state-machine lock, on a blocking thread.
@@ -630,6 +632,29 @@ impl Listing {
     /// Every file with committed versions whose name matches `glob`.
     pub fn all(&self, glob: &Glob) -> Vec<FileInfo> {
         self.page(glob, None, usize::MAX, usize::MAX).files
+    }
+
+    /// Committed totals, and the versions with fewer than `replicas`
+    /// copies (the first `sample` of them by name).
+    pub fn totals(&self, replicas: u32, sample: usize) -> Totals {
+        let mut t = Totals::default();
+        for (name, f) in &self.files {
+            let mut any = false;
+            for (n, v) in f.committed() {
+                any = true;
+                t.versions += 1;
+                t.bytes += v.size;
+                let have = v.replicas.len() as u32;
+                if have < replicas {
+                    t.under_replicated += 1;
+                    if t.sample.len() < sample {
+                        t.sample.push((name.to_string(), *n, have));
+                    }
+                }
+            }
+            t.files += u64::from(any);
+        }
+        t
     }
 }
 
@@ -1040,6 +1065,25 @@ mod tests {
             ]
         );
         assert_eq!(s.listing().all(&glob).len(), 51);
+    }
+
+    #[test]
+    fn totals_count_committed_versions_and_name_those_short_of_copies() {
+        let mut s = MetaState::default();
+        // (put_at stores 10 bytes per version; a write quorum of 3.)
+        put_at(&mut s, "x", 1, 1, &[1, 2, 3, 4]);
+        put_at(&mut s, "x", 2, 2, &[1, 2, 3]);
+        put_at(&mut s, "y", 1, 3, &[2, 3, 4]);
+        begin(&mut s, "z", 0);
+        let t = s.listing().totals(4, 10);
+        assert_eq!((t.files, t.versions, t.bytes), (2, 3, 30));
+        assert_eq!(t.under_replicated, 2);
+        assert_eq!(t.sample, vec![("x".into(), 2, 3), ("y".into(), 1, 3)]);
+        // The sample is cut, the count is not; three copies are enough for 3.
+        assert_eq!(s.listing().totals(4, 1).sample.len(), 1);
+        assert_eq!(s.listing().totals(4, 1).under_replicated, 2);
+        assert_eq!(s.listing().totals(3, 10).under_replicated, 0);
+        assert_eq!(s.count(), (t.files, t.versions, t.bytes));
     }
 
     #[test]

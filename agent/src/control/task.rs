@@ -18,7 +18,7 @@ use super::plans::Failed;
 use super::ports::{Ports, Status};
 use super::repair::{Copy, View};
 use super::serve::{self, Answer, Ctx, LiveView, ServeConfig, Step, Then, Upkeep};
-use super::state::LIST_SCAN_MAX;
+use super::state::{HEALTH_SAMPLE_MAX, LIST_SCAN_MAX};
 use super::types::{Applied, Command, Op};
 use crate::membership::Event;
 use crate::membership::driver::TimedEvent;
@@ -633,6 +633,14 @@ impl<P: Ports> LeaderTask<P> {
                         next: page.next,
                     };
                     send(reply, Ok(files.into()));
+                });
+            }
+            Step::Health { replicas, sample } => {
+                let listing = self.ports.read(|s| s.listing());
+                tokio::task::spawn_blocking(move || {
+                    let sample = sample.min(HEALTH_SAMPLE_MAX) as usize;
+                    let totals = listing.totals(replicas, sample);
+                    send(reply, Ok(MetaResponse::Health(totals).into()));
                 });
             }
             Step::FetchOutput { name, job } => {

@@ -269,14 +269,18 @@ impl Scrape {
             );
             t.whole("dml_raft_voters", "Configured Raft voters.", i.voters.len());
             // Cluster-wide SDFS figures come from the leader alone, so sums stay true.
-            if i.leader == Some(s.me)
-                && let Some((versions, under)) = s.control.with_state(|st| {
-                    st.committed_versions()
-                        .fold((0u64, 0u64), |(n, u), (_, _, v)| {
-                            (n + 1, u + u64::from(v.replicas.len() < s.replicas))
-                        })
-                })
-            {
+            // The lock is held only for the listing's O(1) copy; the count runs
+            // off the async workers (a million versions take a while).
+            let listing = s.control.with_state(|st| st.listing());
+            let replicas = s.replicas as u32;
+            let totals = match listing.filter(|_| i.leader == Some(s.me)) {
+                Some(l) => tokio::task::spawn_blocking(move || l.totals(replicas, 0))
+                    .await
+                    .ok(),
+                None => None,
+            };
+            if let Some(sdfs) = totals {
+                let (versions, under) = (sdfs.versions, sdfs.under_replicated);
                 t.whole(
                     "dml_sdfs_cluster_versions",
                     "Committed SDFS versions in the cluster (leader only).",

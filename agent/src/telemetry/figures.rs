@@ -6,7 +6,7 @@ use crate::control::ControlHandle;
 use dml_shared::api::Response;
 use dml_shared::control::ControlResponse;
 use dml_shared::infer::{InferRequest, InferResponse, Placement};
-use dml_shared::sdfs::{FileInfo, MetaRequest, MetaResponse};
+use dml_shared::sdfs::{MetaRequest, MetaResponse};
 use dml_shared::telemetry::{ClusterFigures, NodeStats, RepairProgress, SdfsHealth};
 use dml_shared::{ErrorKind, RemoteError};
 
@@ -78,50 +78,21 @@ async fn sdfs_health(
     replicas: u32,
     repair: RepairProgress,
 ) -> Result<SdfsHealth, RemoteError> {
-    let (count, list) = tokio::join!(
-        control.meta(MetaRequest::Count),
-        control.meta(MetaRequest::List { glob: "*".into() })
-    );
-    let (files, versions, bytes) = match count {
-        Response::Control(ControlResponse::Sdfs(MetaResponse::Count {
-            files,
-            versions,
-            bytes,
-        })) => (files, versions, bytes),
-        other => return Err(refusal(other)),
-    };
-    let list = match list {
-        Response::Control(ControlResponse::Sdfs(MetaResponse::Files(f))) => f,
-        other => return Err(refusal(other)),
-    };
-    let (under_replicated, under_replicated_sample) = under_replicated(&list, replicas);
-    Ok(SdfsHealth {
-        files,
-        versions,
-        bytes,
-        replicas,
-        under_replicated,
-        under_replicated_sample,
-        repair,
-    })
-}
-
-/// Committed versions with fewer than `replicas` copies: the count and a few of them.
-pub fn under_replicated(files: &[FileInfo], replicas: u32) -> (u64, Vec<(String, u64, u32)>) {
-    let mut count = 0;
-    let mut sample = Vec::new();
-    for f in files {
-        for v in &f.versions {
-            let have = v.replicas.len() as u32;
-            if have < replicas {
-                count += 1;
-                if sample.len() < SAMPLE {
-                    sample.push((f.name.clone(), v.version, have));
-                }
-            }
-        }
+    // Counted by the leader off its state-machine lock: the whole listing
+    // would be hundreds of MB at a million versions.
+    let sample = SAMPLE as u32;
+    match control.meta(MetaRequest::Health { replicas, sample }).await {
+        Response::Control(ControlResponse::Sdfs(MetaResponse::Health(t))) => Ok(SdfsHealth {
+            files: t.files,
+            versions: t.versions,
+            bytes: t.bytes,
+            replicas,
+            under_replicated: t.under_replicated,
+            under_replicated_sample: t.sample,
+            repair,
+        }),
+        other => Err(refusal(other)),
     }
-    (count, sample)
 }
 
 /// Fills each node's running queries from the placement (C5).
@@ -141,36 +112,10 @@ pub fn queries_running(nodes: &mut [NodeStats], placement: &[Placement]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dml_shared::sdfs::VersionInfo;
     use std::net::SocketAddr;
 
     fn a(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn versions_short_of_copies_are_counted() {
-        let v = |version, n: u16| VersionInfo {
-            version,
-            size: 1,
-            checksum: Default::default(),
-            replicas: (0..n).map(|i| a(8001 + i)).collect(),
-            committed_ms: 0,
-        };
-        let files = vec![
-            FileInfo {
-                name: "x".into(),
-                versions: vec![v(1, 4), v(2, 2)],
-            },
-            FileInfo {
-                name: "y".into(),
-                versions: vec![v(1, 3)],
-            },
-        ];
-        let (n, sample) = under_replicated(&files, 4);
-        assert_eq!(n, 2);
-        assert_eq!(sample, vec![("x".into(), 2, 2), ("y".into(), 1, 3)]);
-        assert_eq!(under_replicated(&files, 2).0, 0);
     }
 
     #[test]
