@@ -218,6 +218,8 @@ struct Document {
     latency: Vec<LatencyInfo>,
     numerics: Numerics,
     batching: Option<Batching>,
+    /// `--batching-only`: phases 1 to 6 did not run.
+    batching_only: bool,
 }
 
 fn repo() -> PathBuf {
@@ -564,6 +566,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         latency,
         numerics,
         batching,
+        batching_only: a.batching_only,
     };
     print!("{}", table(&doc, a.agents));
     let json_path = out_dir.join(if a.bed {
@@ -1132,6 +1135,11 @@ fn row_text(r: &Throughput) -> String {
     )
 }
 
+fn batching_heading() -> &'static str {
+    "7. dynamic batching: p99 query time at the batch size a p99 target chose vs the fixed batch \
+     of the same throughput (that size, target off)"
+}
+
 fn table(d: &Document, agents: usize) -> String {
     use std::fmt::Write;
     let mut t = String::new();
@@ -1147,6 +1155,13 @@ fn table(d: &Document, agents: usize) -> String {
             ""
         }
     );
+    if d.batching_only {
+        if let Some(b) = &d.batching {
+            let _ = writeln!(t, "\n{}", batching_heading());
+            let _ = write!(t, "{}", crate::inference_batching::text(b));
+        }
+        return t;
+    }
     let head = format!(
         "{:<12} {:>5} {:>13} {:>10} {:>7} {:>13}",
         "model", "batch", "system img/s", "raw img/s", "ratio", "window"
@@ -1230,10 +1245,7 @@ fn table(d: &Document, agents: usize) -> String {
             .map_or_else(String::new, |e| format!("  ERROR: {e}"))
     );
     if let Some(b) = &d.batching {
-        let _ = writeln!(
-            t,
-            "\n7. dynamic batching: p99 query time at the batch size a p99 target chose vs the fixed batch of the same throughput (that size, target off)"
-        );
+        let _ = writeln!(t, "\n{}", batching_heading());
         let _ = write!(t, "{}", crate::inference_batching::text(b));
     }
     if !d.latency.is_empty() {

@@ -28,9 +28,11 @@ const JOB_IMAGES: u32 = 1_000_000;
 pub struct BatchPlan {
     /// Largest batch (C3) while the target chooses.
     pub max_batch: u32,
-    /// Queries in the batch-1 window and in each compared window.
+    /// Queries in the batch-1 window and in each compared window, and the shortest window
+    /// (p99 of fewer than 100 queries is their maximum).
     pub probe_queries: usize,
     pub window_queries: usize,
+    pub window_min: Duration,
     /// Longest a phase may take to settle and fill its window.
     pub timeout: Duration,
 }
@@ -40,15 +42,17 @@ impl BatchPlan {
         if quick {
             Self {
                 max_batch: 8,
-                probe_queries: 40,
-                window_queries: 60,
+                probe_queries: 60,
+                window_queries: 100,
+                window_min: Duration::from_secs(10),
                 timeout: Duration::from_secs(180),
             }
         } else {
             Self {
                 max_batch: 16,
                 probe_queries: 100,
-                window_queries: 200,
+                window_queries: 300,
+                window_min: Duration::from_secs(30),
                 timeout: Duration::from_secs(480),
             }
         }
@@ -62,6 +66,8 @@ pub struct Phase {
     pub batch: u32,
     /// Changes of `effective_batch` seen during the phase.
     pub changes: u32,
+    /// Each `effective_batch` seen, with the job's accepted queries when it was first seen.
+    pub path: Vec<(usize, u32)>,
     /// Seconds from the submit to the window's start.
     pub settle_s: f64,
     pub images_per_s: f64,
@@ -137,12 +143,12 @@ async fn query_times(at: SocketAddr, id: JobId) -> Result<Vec<QueryTiming>> {
 async fn phase(
     at: SocketAddr,
     round: usize,
-    window: usize,
+    (window, min): (usize, Duration),
     timeout: Duration,
     what: &str,
 ) -> Result<Phase> {
     let id = submit(at, MODEL, JOB_IMAGES, super::inference::DATASET).await?;
-    let r = watch(at, id, round, window, timeout, what).await;
+    let r = watch(at, id, round, (window, min), timeout, what).await;
     let _ = infer(at, InferRequest::Cancel { job: id }).await;
     r
 }
@@ -151,13 +157,14 @@ async fn watch(
     at: SocketAddr,
     id: JobId,
     round: usize,
-    window: usize,
+    (window, min): (usize, Duration),
     timeout: Duration,
     what: &str,
 ) -> Result<Phase> {
     let t0 = Instant::now();
     let mut cur: Option<u32> = None;
     let mut changes = 0;
+    let mut path = Vec::new();
     // Queries accepted when `cur` began; the window's start (when, queries then).
     let mut since = 0;
     let mut start: Option<(Instant, usize)> = None;
@@ -188,6 +195,7 @@ async fn watch(
                 );
             }
             cur = Some(eff);
+            path.push((qs.len(), eff));
             since = qs.len();
             start = None;
         }
@@ -198,6 +206,7 @@ async fn watch(
         }
         if let Some((ts, from)) = start
             && qs.len() >= from + window
+            && now.duration_since(ts) >= min
         {
             let win = &qs[from..];
             let mut us: Vec<u64> = win
@@ -211,6 +220,7 @@ async fn watch(
             return Ok(Phase {
                 batch: eff,
                 changes,
+                path,
                 settle_s: ts.duration_since(t0).as_secs_f64(),
                 images_per_s: images as f64 / span,
                 window_s: span,
@@ -248,7 +258,14 @@ async fn steps(at: SocketAddr, workers: usize, plan: &BatchPlan, b: &mut Batchin
     set_policy(at, 0).await?;
     set_batch(at, MODEL, 1).await?;
     eprintln!("[batching] fixed batch 1, to place the target");
-    let p1 = phase(at, round, plan.probe_queries, plan.timeout, "batch 1").await?;
+    let p1 = phase(
+        at,
+        round,
+        (plan.probe_queries, plan.window_min / 2),
+        plan.timeout,
+        "batch 1",
+    )
+    .await?;
     // The hosts are CPU-bound, so a query's time grows about linearly with its batch
     // (p99(N) ~ N x p99(1)): the geometric middle leaves sizes on both sides of the target.
     let target = (p1.p99_ms * f64::from(plan.max_batch).sqrt()).round() as u64;
@@ -261,14 +278,28 @@ async fn steps(at: SocketAddr, workers: usize, plan: &BatchPlan, b: &mut Batchin
         "[batching] up to {}, p99 target {target} ms",
         plan.max_batch
     );
-    let d = phase(at, round, plan.window_queries, plan.timeout, "target").await?;
+    let d = phase(
+        at,
+        round,
+        (plan.window_queries, plan.window_min),
+        plan.timeout,
+        "target",
+    )
+    .await?;
     let chosen = d.batch;
     b.dynamic = Some(d.clone());
 
     set_policy(at, 0).await?;
     set_batch(at, MODEL, chosen).await?;
     eprintln!("[batching] fixed batch {chosen}, no target");
-    let f = phase(at, round, plan.window_queries, plan.timeout, "fixed").await?;
+    let f = phase(
+        at,
+        round,
+        (plan.window_queries, plan.window_min),
+        plan.timeout,
+        "fixed",
+    )
+    .await?;
     b.p99_ratio = (f.p99_ms > 0.0).then(|| d.p99_ms / f.p99_ms);
     b.throughput_ratio = (f.images_per_s > 0.0).then(|| d.images_per_s / f.images_per_s);
     b.fixed = Some(f);
@@ -315,6 +346,14 @@ pub fn text(b: &Batching) -> String {
             t,
             "{}",
             phase_line(&format!("target chose ({} chg)", p.changes), p)
+        );
+    }
+    if let Some(p) = b.dynamic.as_ref().filter(|p| p.path.len() > 1) {
+        let seen: Vec<String> = p.path.iter().map(|(n, e)| format!("{e} ({n})")).collect();
+        let _ = writeln!(
+            t,
+            "   effective batch seen under the target (after queries): {}",
+            seen.join(", ")
         );
     }
     if let Some(p) = &b.fixed {
