@@ -761,13 +761,28 @@ impl App {
             text.push_str(&format!("\noutput: {o}"));
         }
         let (id, ok) = (j.id, why.is_none());
-        let title = format!("job #{id}");
-        let action = Action::Details {
+        let more = (More::Job(id), "workers: asking the leader…");
+        self.details(format!("job #{id}"), text, ok, Some(more))
+    }
+
+    /// Opens a details popup at once and, given `more`, asks for it: the
+    /// popup says it is waiting (its second part) until the answer
+    /// replaces it.
+    fn details(
+        &mut self,
+        title: String,
+        mut text: String,
+        ok: bool,
+        more: Option<(More, &str)>,
+    ) -> Option<Action> {
+        let action = more.as_ref().map(|(more, _)| Action::Details {
             title: title.clone(),
             text: text.clone(),
-            more: More::Job(id),
-        };
-        text.push_str("\n\nworkers: asking the leader…");
+            more: more.clone(),
+        });
+        if let Some((_, waiting)) = more {
+            text.push_str(&format!("\n\n{waiting}"));
+        }
         self.message = Some(Message {
             text: format!("{title} (Esc closes)"),
             ok,
@@ -775,7 +790,7 @@ impl App {
             detail: Some(text),
             scroll: 0,
         });
-        Some(action)
+        action
     }
 
     /// The selected member in full, in a popup: who probes it, when this
@@ -834,23 +849,8 @@ impl App {
             text.push_str(&format!("\nother incarnations: {}", older.join(", ")));
         }
         let ok = m.state.is_live();
-        let title = format!("member {}", m.id.addr);
-        let action = ok.then(|| Action::Details {
-            title: title.clone(),
-            text: text.clone(),
-            more: More::Log(m.id.addr),
-        });
-        if ok {
-            text.push_str("\n\nlog: asking the agent…");
-        }
-        self.message = Some(Message {
-            text: format!("{title} (Esc closes)"),
-            ok,
-            at_ms: self.now_ms,
-            detail: Some(text),
-            scroll: 0,
-        });
-        action
+        let more = ok.then_some((More::Log(m.id.addr), "log: asking the agent…"));
+        self.details(format!("member {}", m.id.addr), text, ok, more)
     }
 
     fn say(&mut self, text: &str, ok: bool) {
@@ -1082,13 +1082,7 @@ impl App {
                 holders.join(", ")
             ));
         }
-        self.message = Some(Message {
-            text: format!("file {name} (Esc closes)"),
-            ok: true,
-            at_ms: self.now_ms,
-            detail: Some(text),
-            scroll: 0,
-        });
+        self.details(format!("file {name}"), text, true, None);
     }
 
     pub fn selected_job(&self) -> Option<&JobInfo> {
