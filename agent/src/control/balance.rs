@@ -388,21 +388,9 @@ fn totals(state: &MetaState) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::repair::tests::{WIDE, addr, addrs};
     use crate::control::repair::{Bounds, View};
     use crate::control::types::{Applied, Command, Op};
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn addrs(ports: impl IntoIterator<Item = u16>) -> Vec<SocketAddr> {
-        ports.into_iter().map(addr).collect()
-    }
-
-    const WIDE: Bounds = Bounds {
-        per_source: 100,
-        per_target: 100,
-    };
 
     /// `n` files of `size` bytes placed over `agents`, as puts place them.
     fn placed(n: usize, size: u64, agents: &[SocketAddr]) -> MetaState {

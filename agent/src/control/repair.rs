@@ -367,19 +367,21 @@ impl Repairs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::control::types::{Applied, Command, Op};
 
-    fn addr(port: u16) -> SocketAddr {
+    /// 127.0.0.1:`port` (also for the balance planner's tests).
+    pub(crate) fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn addrs(ports: impl IntoIterator<Item = u16>) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(ports: impl IntoIterator<Item = u16>) -> Vec<SocketAddr> {
         ports.into_iter().map(addr).collect()
     }
 
-    const WIDE: Bounds = Bounds {
+    /// Bounds that never hold a copy back.
+    pub(crate) const WIDE: Bounds = Bounds {
         per_source: 100,
         per_target: 100,
     };
