@@ -634,7 +634,13 @@ impl Membership {
             return;
         }
         if u.id.addr == self.me.addr {
-            return; // an earlier (or foreign) identity at our own address
+            // A predecessor at this address that is newer than this process (it ran with the
+            // clock ahead, and its data directory is gone): members order one address's
+            // identities by start time and would ignore this one, so take one past it.
+            if u.id.started > self.me.started && self.status != Status::Idle {
+                self.supersede(u.id.started);
+            }
+            return;
         }
         // Just back from the minority side of a partition, this agent has not heard from the
         // majority yet, and the failures its partition-mates still pass on are the stale view
@@ -1202,6 +1208,16 @@ impl Membership {
         self.incarnation = 0;
         self.failure_heard = None;
         self.probes.clear();
+    }
+
+    /// Takes the identity just after `predecessor`'s start time and announces it.
+    fn supersede(&mut self, predecessor: u64) {
+        self.me = NodeId::new(self.me.addr, predecessor + 1);
+        self.incarnation = 0;
+        self.failure_heard = None;
+        self.probes.clear();
+        self.events.push(Event::Joined(self.me));
+        self.announce_self();
     }
 
     fn announce_self(&mut self) {

@@ -1,4 +1,4 @@
-//! Refutation of failure claims (issue 18), stepping one core by hand.
+//! Refutation of failure claims (issue 18) and identities at one address, stepping one core by hand.
 
 use super::*;
 
@@ -343,4 +343,54 @@ fn a_cut_off_member_refutes_forgets_its_failures_and_takes_the_group_s_view() {
     }
     assert!(live(&a, id(4)));
     assert!(a.drain_events().contains(&Event::Reinstated(id(4))));
+}
+
+/// Delivers the two cores' datagrams to each other (others are dropped) and ticks both,
+/// 100 ms at a time, for `rounds` rounds.
+fn exchange(a: &mut Membership, b: &mut Membership, mut now: Instant, rounds: u32) -> Instant {
+    for _ in 0..rounds {
+        now += Duration::from_millis(100);
+        a.handle_tick(now);
+        b.handle_tick(now);
+        for (to, bytes) in a.drain_outbox() {
+            if to == b.id().addr {
+                b.handle_datagram(a.id().addr, &bytes, now).unwrap();
+            }
+        }
+        for (to, bytes) in b.drain_outbox() {
+            if to == a.id().addr {
+                a.handle_datagram(b.id().addr, &bytes, now).unwrap();
+            }
+        }
+    }
+    now
+}
+
+#[test]
+fn a_restart_whose_clock_is_behind_its_predecessor_s_takes_a_newer_identity() {
+    let now = Instant::now();
+    let mut a = core_of(1, now);
+    // Member 2 (started at 1000) was declared failed; its host's clock then stepped back and
+    // it restarted on an emptied data directory, at 500.
+    a.handle_datagram(
+        addr(3),
+        &gossip(&[update(id(2), 0, UpdateKind::Failed)]),
+        now,
+    )
+    .unwrap();
+    let mut b = Membership::new(
+        NodeId::new(addr(2), 500),
+        MembershipConfig::preset(dml_shared::config::Preset::Lan),
+        vec![addr(1)],
+        9,
+        now,
+    );
+    b.join(now);
+    exchange(&mut a, &mut b, now, 30);
+    let newer = NodeId::new(addr(2), 1_001);
+    assert_eq!(b.id(), newer, "one past the predecessor's start time");
+    assert!(b.drain_events().contains(&Event::Joined(newer)));
+    assert!(live(&a, newer), "a lists it: {:?}", a.live_members());
+    assert!(!live(&a, id(2)));
+    assert!(live(&b, id(1)));
 }
