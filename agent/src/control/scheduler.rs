@@ -4,8 +4,10 @@
 //!
 //! Fair time: each running job has an account of the worker time charged to
 //! it, and a weight (`submit-job --weight`). A query is charged at dispatch
-//! by its model's measured compute time per image (a running mean; a model
-//! not measured yet is charged [`UNMEASURED_IMAGE_COST`]), corrected to the
+//! by its model's measured compute time per image (the mean of its last
+//! [`COST_SAMPLES`] queries, so that one slow query on a busy host does not
+//! swing the charges of the next ones; a model not measured yet is charged
+//! [`UNMEASURED_IMAGE_COST`]), corrected to the
 //! worker's measurement when it completes, and refunded if its lease is
 //! released unfinished. The next query goes to the job whose account over
 //! weight would be smallest after it, so jobs share worker time by weight
@@ -37,9 +39,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Weight of the newest query in the running mean of a model's compute
-/// time per image.
-const COST_SMOOTHING: f64 = 0.25;
+/// Completed queries a model's charge per image is the mean of (the newest).
+const COST_SAMPLES: usize = 64;
 
 /// A query handed out and not yet completed.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,10 +99,29 @@ impl JobSched {
 /// Per-model figures kept by the leader.
 #[derive(Debug, Default)]
 struct ModelStats {
-    /// Running mean of the compute time per image, in microseconds.
-    image_cost: Option<f64>,
+    /// Compute time per image of the last [`COST_SAMPLES`] queries, in
+    /// microseconds, and their sum.
+    image_costs: VecDeque<f64>,
+    image_cost_sum: f64,
     /// Longest query seen, to stretch leases of slow models.
     slowest: Duration,
+}
+
+impl ModelStats {
+    /// Mean compute time per image of the recent queries, in microseconds.
+    fn image_cost(&self) -> Option<f64> {
+        (!self.image_costs.is_empty()).then(|| self.image_cost_sum / self.image_costs.len() as f64)
+    }
+
+    fn observe_cost(&mut self, per_image_us: f64) {
+        if self.image_costs.len() == COST_SAMPLES
+            && let Some(old) = self.image_costs.pop_front()
+        {
+            self.image_cost_sum -= old;
+        }
+        self.image_costs.push_back(per_image_us);
+        self.image_cost_sum += per_image_us;
+    }
 }
 
 /// A completed query in the last [`RATE_WINDOW`] (C1 and the shares).
@@ -300,7 +320,7 @@ impl Scheduler {
         let per_image = self
             .models
             .get(model)
-            .and_then(|m| m.image_cost)
+            .and_then(ModelStats::image_cost)
             .unwrap_or(UNMEASURED_IMAGE_COST.as_micros() as f64);
         per_image * images as f64
     }
@@ -320,7 +340,7 @@ impl Scheduler {
     /// p99 target chose.
     pub fn effective_batch(&mut self, model: &str, b: &Batching, now: Instant) -> u32 {
         match b.target {
-            Some(t) => self.targets.choose(model, b.max, t, now),
+            Some(t) => self.targets.choose(model, b.max, t, self.leases.len(), now),
             None => b.max.max(1),
         }
     }
@@ -517,11 +537,7 @@ impl Scheduler {
         let m = self.models.entry(c.model.to_string()).or_default();
         m.slowest = m.slowest.max(c.time.total());
         if batch_us > 0.0 {
-            let sample = batch_us / f64::from(ran);
-            m.image_cost = Some(match m.image_cost {
-                Some(mean) => mean + COST_SMOOTHING * (sample - mean),
-                None => sample,
-            });
+            m.observe_cost(batch_us / f64::from(ran));
         }
         if c.new > 0 {
             self.recent.push_back(Done {
@@ -1125,12 +1141,13 @@ mod tests {
         // Nothing measured: the largest batch.
         assert_eq!(sch.effective_batch("tiny", &policy("tiny"), t), 8);
         let mut imgs = Vec::new();
-        for w in 0..8 {
+        for w in 0..24 {
             let d = sch.dispatch_batched(addr(w), policy, t).unwrap();
             assert_eq!(d.images.len(), 8);
             imgs.push((d.query, d.images));
         }
-        // Batches of 8 take 400 ms, far over the target: it tries 4.
+        // Batches of 8 take 400 ms, far over the target: once 20 have
+        // completed, it tries 4.
         for (q, images) in &imgs {
             let accepted = s.complete(1, &results(images), 0);
             let c = done(

@@ -47,7 +47,7 @@ pub async fn control(addr: SocketAddr, req: ControlRequest) -> Result<ControlRes
                 leader_only: false,
             })
             .await
-            .with_context(|| format!("{req:?} to {to}"))?;
+            .map_err(|e| anyhow!("{req:?} to {to} (asked through {addr}) failed: {e}"))?;
         match resp {
             Response::Control(m) => return Ok(m),
             Response::NotLeader { leader: Some(l) } if l != to => to = l,

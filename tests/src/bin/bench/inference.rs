@@ -635,15 +635,36 @@ async fn cluster_phases(
         warm.push(submit(at, m, n, DATASET).await?);
     }
     let t = Instant::now();
+    // A poll that fails (an answer slower than the client's timeout while ten agents load
+    // two models on two cores) is retried; the last failure is kept for the error.
+    let mut failed: Option<(f64, anyhow::Error)> = None;
     loop {
-        let js = jobs(at).await?;
-        if warm
-            .iter()
-            .all(|id| js.get(id).is_some_and(|j| j.state != JobState::Running))
-        {
-            break;
+        match jobs(at).await {
+            Ok(js) => {
+                if warm
+                    .iter()
+                    .all(|id| js.get(id).is_some_and(|j| j.state != JobState::Running))
+                {
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "[cluster] warm-up poll at {:.1} s: {e:#}",
+                    t.elapsed().as_secs_f64()
+                );
+                failed = Some((t.elapsed().as_secs_f64(), e));
+            }
         }
-        ensure!(t.elapsed() < JOB_TIMEOUT, "warm-up jobs did not finish");
+        if t.elapsed() >= JOB_TIMEOUT {
+            match failed {
+                Some((at_s, e)) => bail!(
+                    "warm-up jobs {warm:?} did not finish in {JOB_TIMEOUT:?}; the last failed poll \
+                     ({at_s:.1} s in): {e:#}"
+                ),
+                None => bail!("warm-up jobs {warm:?} did not finish in {JOB_TIMEOUT:?}"),
+            }
+        }
         tokio::time::sleep(POLL).await;
     }
     eprintln!("[cluster] warm in {:.1} s", t.elapsed().as_secs_f64());
