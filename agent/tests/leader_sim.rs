@@ -284,8 +284,12 @@ fn a_plan_that_times_out_is_forgotten_and_a_later_put_proceeds() {
     assert_eq!(core.plans().open(), 1);
     w.advance(PUT_TIMEOUT * 2 + Duration::from_secs(1));
     let now_ms = w.now_ms();
-    core.maintain(&w.state, w.now, now_ms);
+    let look = core.maintain(&w.state, w.now, now_ms).expire_puts;
     assert_eq!(core.plans().open(), 0, "the stale plan is forgotten");
+    // The look for expired puts (a scan, off the lock) finds none.
+    assert_eq!(look, Some(now_ms));
+    assert!(!w.state.listing().has_expired_pending(now_ms));
+    core.expired();
     // A commit arriving that late finds no plan and nothing in the log.
     let claim = core.plans().claim("f", 1, 1);
     assert_eq!(claim, Claim::Now(Ok(Claimed::Logged)));
@@ -308,22 +312,37 @@ fn a_plan_that_times_out_is_forgotten_and_a_later_put_proceeds() {
     core.plans().appended("g", 1, w.now);
     assert_eq!(core.plans().settled("g", 1, Ok(())), None);
     let now_ms = w.now_ms();
+    assert_eq!(
+        core.maintain(&w.state, w.now, now_ms).expire_puts,
+        Some(now_ms)
+    );
     assert!(
-        !core.maintain(&w.state, w.now, now_ms).expire_puts,
+        !w.state.listing().has_expired_pending(now_ms),
         "not due yet"
     );
+    core.expired();
     w.advance(PUT_TIMEOUT + Duration::from_secs(1));
     let now_ms = w.now_ms();
-    assert!(core.maintain(&w.state, w.now, now_ms).expire_puts);
-    assert!(
-        !core.maintain(&w.state, w.now, now_ms).expire_puts,
+    assert_eq!(
+        core.maintain(&w.state, w.now, now_ms).expire_puts,
+        Some(now_ms)
+    );
+    assert!(w.state.listing().has_expired_pending(now_ms), "due now");
+    assert_eq!(
+        core.maintain(&w.state, w.now, now_ms).expire_puts,
+        None,
         "one expiry in flight at a time"
     );
     assert_eq!(w.apply(Op::ExpirePending), Applied::Done);
     core.expired();
     assert!(w.state.version("g", 1).is_none(), "the version is freed");
     let now_ms = w.now_ms();
-    assert!(!core.maintain(&w.state, w.now, now_ms).expire_puts);
+    assert_eq!(
+        core.maintain(&w.state, w.now, now_ms).expire_puts,
+        Some(now_ms)
+    );
+    assert!(!w.state.listing().has_expired_pending(now_ms));
+    core.expired();
     // Its late commit fails; a later put of the name commits.
     let claim = core.plans().claim("g", 1, 1);
     assert_eq!(claim, Claim::Now(Ok(Claimed::Logged)));

@@ -55,8 +55,10 @@ pub struct Picked {
 /// What a maintenance pass asks the task to do.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Maintenance {
-    /// Append `Op::ExpirePending` (stale pending puts), then [`LeaderCore::expired`].
-    pub expire_puts: bool,
+    /// Look for pending puts past their deadline at this wall-clock time,
+    /// off the state-machine lock (a scan of every version); append
+    /// `Op::ExpirePending` if there are any; then [`LeaderCore::expired`].
+    pub expire_puts: Option<u64>,
     /// Read the membership view, then [`LeaderCore::plan_repair`].
     pub fetch_view: bool,
     /// Store these finished jobs' outputs, then [`LeaderCore::output_stored`].
@@ -375,8 +377,8 @@ impl LeaderCore {
         self.plans.forget_stale(now);
         let work = self.sync(state, now);
         let settled = now.saturating_duration_since(self.started) >= self.cfg.put_timeout;
-        let expire_puts = !self.expiring && settled && state.has_expired_pending(now_ms);
-        self.expiring |= expire_puts;
+        let expire_puts = (!self.expiring && settled).then_some(now_ms);
+        self.expiring |= expire_puts.is_some();
         let fetch_view = !self.viewing;
         self.viewing = true;
         let outputs: Vec<JobId> = state
@@ -576,14 +578,18 @@ mod tests {
         let t = Instant::now();
         let mut c = LeaderCore::new(4, core(1).cfg, t);
         // The clock reads 61 s: the deadline (31 s) looks long past.
-        assert!(!c.maintain(&s, t, 61_000).expire_puts);
+        assert_eq!(c.maintain(&s, t, 61_000).expire_puts, None);
         let later = t + Duration::from_secs(29);
-        assert!(!c.maintain(&s, later, 90_000).expire_puts);
+        assert_eq!(c.maintain(&s, later, 90_000).expire_puts, None);
         let settled = t + Duration::from_secs(30);
-        assert!(c.maintain(&s, settled, 91_000).expire_puts);
+        assert_eq!(c.maintain(&s, settled, 91_000).expire_puts, Some(91_000));
+        assert!(s.listing().has_expired_pending(91_000));
+        // One look at a time, until the task reports back.
+        assert_eq!(c.maintain(&s, settled, 92_000).expire_puts, None);
+        c.expired();
         // A deadline not yet reached is kept however long the term.
-        let mut c = LeaderCore::new(4, core(1).cfg, t);
-        assert!(!c.maintain(&s, settled, 30_999).expire_puts);
+        assert_eq!(c.maintain(&s, settled, 30_999).expire_puts, Some(30_999));
+        assert!(!s.listing().has_expired_pending(30_999));
     }
 
     #[test]

@@ -13,14 +13,14 @@ use super::error::ControlError;
 use super::placement;
 use super::plans::{Claim, Claimed, Failed, PlanRequest, check_holders};
 use super::scheduler::Completion;
-use super::state::MetaState;
+use super::state::{Listing, MetaState};
 use super::types::{Applied, Op};
 use crate::latency::QueryTime;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::infer::{
     InferRequest, InferResponse, JobDetail, JobId, JobInfo, JobState, Lease, ModelInfo, Outcome,
 };
-use dml_shared::sdfs::{ChangeOutcome, Glob, MetaRequest, MetaResponse, validate_name};
+use dml_shared::sdfs::{ChangeOutcome, Checksum, Glob, MetaRequest, MetaResponse, validate_name};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -117,11 +117,61 @@ pub enum Step {
         replicas: u32,
         sample: u32,
     },
+    /// Answer from the listing's O(1) copy on a blocking thread: a read
+    /// that looks at many files never holds the state-machine lock.
+    Scan(Scan),
     /// Read a finished job's output back from SDFS, then answer.
     FetchOutput {
         name: String,
         job: JobInfo,
     },
+}
+
+/// A read of the files served off the state-machine lock ([`Step::Scan`]).
+#[derive(Debug)]
+pub enum Scan {
+    /// [`MetaRequest::Count`].
+    Count,
+    /// [`MetaRequest::Nodes`], these live agents listed even if they hold nothing.
+    Nodes(Vec<SocketAddr>),
+    /// [`MetaRequest::Wanted`].
+    Wanted {
+        node: SocketAddr,
+        items: Vec<(String, u64, Checksum)>,
+    },
+    /// [`MetaRequest::Assigned`], `limit` already bounded.
+    Assigned {
+        node: SocketAddr,
+        after: Option<(String, u64)>,
+        limit: usize,
+    },
+}
+
+impl Scan {
+    /// The answer, from a frozen copy of the files.
+    pub fn answer(self, files: &Listing) -> MetaResponse {
+        match self {
+            Scan::Count => {
+                let (files, versions, bytes) = files.count();
+                MetaResponse::Count {
+                    files,
+                    versions,
+                    bytes,
+                }
+            }
+            Scan::Nodes(live) => MetaResponse::Nodes(files.nodes(&live)),
+            Scan::Wanted { node, items } => MetaResponse::Wanted(
+                items
+                    .iter()
+                    .map(|(name, v, sum)| files.wanted(node, name, *v, sum))
+                    .collect(),
+            ),
+            Scan::Assigned { node, after, limit } => {
+                let (items, more) = files.assigned(node, after.as_ref(), limit);
+                MetaResponse::Assigned { items, more }
+            }
+        }
+    }
 }
 
 /// How an appended entry's result becomes the reply.
@@ -379,24 +429,12 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
             Err(e) => fail(bad(e.to_string())),
         },
         MetaRequest::Health { replicas, sample } => Step::Health { replicas, sample },
-        MetaRequest::Count => {
-            let (files, versions, bytes) = s.count();
-            sdfs(MetaResponse::Count {
-                files,
-                versions,
-                bytes,
-            })
-        }
+        MetaRequest::Count => Step::Scan(Scan::Count),
         MetaRequest::Nodes => match cx.view {
-            Some(view) => sdfs(MetaResponse::Nodes(s.nodes(&view.live))),
+            Some(view) => Step::Scan(Scan::Nodes(view.live.clone())),
             None => Step::View,
         },
-        MetaRequest::Wanted { node, items } => sdfs(MetaResponse::Wanted(
-            items
-                .iter()
-                .map(|(name, v, sum)| s.wanted(node, name, *v, sum))
-                .collect(),
-        )),
+        MetaRequest::Wanted { node, items } => Step::Scan(Scan::Wanted { node, items }),
         MetaRequest::Balance { dry_run } => match cx.view {
             Some(view) => sdfs(MetaResponse::Balance(core.balance_request(
                 s,
@@ -405,11 +443,11 @@ fn serve_sdfs(core: &mut LeaderCore, cx: &Ctx, req: MetaRequest) -> Step {
             ))),
             None => Step::View,
         },
-        MetaRequest::Assigned { node, after, limit } => {
-            let limit = (limit as usize).clamp(1, ASSIGNED_MAX);
-            let (items, more) = s.assigned(node, after.as_ref(), limit);
-            sdfs(MetaResponse::Assigned { items, more })
-        }
+        MetaRequest::Assigned { node, after, limit } => Step::Scan(Scan::Assigned {
+            node,
+            after,
+            limit: (limit as usize).clamp(1, ASSIGNED_MAX),
+        }),
     }
 }
 
@@ -984,14 +1022,15 @@ mod tests {
     use crate::control::core::CoreConfig;
     use crate::control::plans::DEFER_MAX;
     use crate::control::types::Command;
+    use dml_shared::sdfs::Keep;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn plan_and_commit(size: u64, forge: bool) -> Step {
-        let now = Instant::now();
-        let mut core = LeaderCore::new(
+    /// The leader of term 3 and its serving settings.
+    fn leader(now: Instant) -> (LeaderCore, ServeConfig) {
+        let core = LeaderCore::new(
             3,
             CoreConfig {
                 min_lease: Duration::from_secs(10),
@@ -1016,6 +1055,94 @@ mod tests {
             keyring_seed: None,
             keyring_encrypted: true,
         };
+        (core, cfg)
+    }
+
+    #[test]
+    fn count_nodes_wanted_and_assigned_are_answered_from_a_frozen_copy_of_the_files() {
+        let now = Instant::now();
+        let (mut core, cfg) = leader(now);
+        let view = LiveView {
+            live: vec![addr(1), addr(2), addr(3), addr(9)],
+            alive: vec![addr(1), addr(2), addr(3)],
+        };
+        let mut state = MetaState::default();
+        let put = |state: &mut MetaState, name: &str, holders: &[u16]| {
+            let op = Op::PutAt {
+                name: name.into(),
+                version: 1,
+                size: 10,
+                checksum: [7; 32],
+                holders: holders.iter().map(|p| addr(*p)).collect(),
+                quorum: 1,
+            };
+            let applied = state.apply(&Command { now_ms: 1, op });
+            assert_eq!(applied, Applied::Version(1));
+        };
+        put(&mut state, "a", &[1, 2]);
+        put(&mut state, "b", &[2, 3]);
+        put(&mut state, "c", &[1, 3]);
+        let requests = [
+            MetaRequest::Count,
+            MetaRequest::Nodes,
+            MetaRequest::Wanted {
+                node: addr(1),
+                items: vec![("a".into(), 1, [7; 32]), ("b".into(), 1, [7; 32])],
+            },
+            MetaRequest::Assigned {
+                node: addr(1),
+                after: Some(("a".into(), 1)),
+                limit: 10,
+            },
+        ];
+        let scans: Vec<Scan> = requests
+            .into_iter()
+            .map(|req| {
+                let cx = Ctx {
+                    cfg: &cfg,
+                    state: &state,
+                    view: Some(&view),
+                    now,
+                    now_ms: 2,
+                };
+                match serve(&mut core, &cx, ControlRequest::Sdfs(req)) {
+                    Step::Scan(scan) => scan,
+                    other => panic!("not served off the lock: {other:?}"),
+                }
+            })
+            .collect();
+        let files = state.listing();
+        // Applied after the copy was taken: not in the answers.
+        put(&mut state, "d", &[1, 2]);
+        let answers: Vec<MetaResponse> = scans.into_iter().map(|s| s.answer(&files)).collect();
+        assert_eq!(
+            answers[0],
+            MetaResponse::Count {
+                files: 3,
+                versions: 3,
+                bytes: 30
+            }
+        );
+        let MetaResponse::Nodes(nodes) = &answers[1] else {
+            panic!("{:?}", answers[1]);
+        };
+        let held: Vec<(SocketAddr, usize)> = nodes.iter().map(|(a, h)| (*a, h.len())).collect();
+        assert_eq!(
+            held,
+            [(addr(1), 2), (addr(2), 2), (addr(3), 2), (addr(9), 0)],
+            "every live agent, even one holding nothing"
+        );
+        assert_eq!(answers[2], MetaResponse::Wanted(vec![Keep::Yes, Keep::No]));
+        let MetaResponse::Assigned { items, more } = &answers[3] else {
+            panic!("{:?}", answers[3]);
+        };
+        let names: Vec<&str> = items.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!((names, *more), (vec!["c"], false));
+    }
+
+    fn plan_and_commit(size: u64, forge: bool) -> Step {
+        let now = Instant::now();
+        let (mut core, cfg) = leader(now);
         let alive: Vec<SocketAddr> = (1..=6).map(addr).collect();
         let view = LiveView {
             live: alive.clone(),

@@ -20,6 +20,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 mod compact;
+pub mod scale;
 pub use compact::{Holders, Versions};
 
 /// The files by name (names shared between the map's copies).
@@ -419,80 +420,30 @@ impl MetaState {
             .collect()
     }
 
-    /// (files, committed versions, bytes over committed versions).
+    /// (files, committed versions, bytes over committed versions): a scan
+    /// of every file ([`Listing::count`]; the leader counts off the lock).
     pub fn count(&self) -> (u64, u64, u64) {
-        let (mut files, mut versions, mut bytes) = (0, 0, 0);
-        for f in self.files.values() {
-            let mut any = false;
-            for (_, v) in f.committed() {
-                any = true;
-                versions += 1;
-                bytes += v.size;
-            }
-            files += u64::from(any);
-        }
-        (files, versions, bytes)
+        self.listing().count()
     }
 
-    /// Committed versions per replica address; `extra` nodes appear even if empty.
+    /// Committed versions per replica address ([`Listing::nodes`]).
     pub fn nodes(&self, extra: &[SocketAddr]) -> Vec<(SocketAddr, Vec<Holding>)> {
-        let mut out: BTreeMap<SocketAddr, Vec<Holding>> =
-            extra.iter().map(|a| (*a, Vec::new())).collect();
-        for (name, f) in &self.files {
-            for (n, v) in f.committed() {
-                for r in &v.replicas {
-                    out.entry(*r).or_default().push(Holding {
-                        name: name.to_string(),
-                        version: *n,
-                        size: v.size,
-                    });
-                }
-            }
-        }
-        out.into_iter().collect()
+        self.listing().nodes(extra)
     }
 
-    /// What `node` should do with its copy of `name` version `version`,
-    /// which holds bytes with `checksum`. A pending version is kept, even
-    /// past its deadline, until the log aborts or expires it: a commit
-    /// already on its way may still land before the expiry, and its copies
-    /// must then be there.
+    /// What `node` should do with its copy ([`Listing::wanted`]).
     pub fn wanted(&self, node: SocketAddr, name: &str, version: u64, checksum: &Checksum) -> Keep {
-        let Some(v) = self.files.get(name).and_then(|f| f.versions.get(&version)) else {
-            return Keep::No;
-        };
-        match v.state {
-            VersionState::Committed if !v.replicas.contains(&node) => Keep::No,
-            VersionState::Committed if v.checksum != *checksum => Keep::Refetch,
-            VersionState::Committed | VersionState::Pending { .. } => Keep::Yes,
-        }
+        wanted(&self.files, node, name, version, checksum)
     }
 
-    /// Up to `limit` committed versions that name `node` among their
-    /// replicas, in (name, version) order after `after`; and whether more
-    /// follow.
+    /// Committed versions held by `node` ([`Listing::assigned`]).
     pub fn assigned(
         &self,
         node: SocketAddr,
         after: Option<&(String, u64)>,
         limit: usize,
     ) -> (Vec<(String, VersionInfo)>, bool) {
-        let start = after.map_or(Bound::Unbounded, |(n, _)| Bound::Included(n.as_str()));
-        let mut out = Vec::new();
-        for (name, file) in self.files.range::<_, str>((start, Bound::Unbounded)) {
-            for (&version, v) in file.committed() {
-                if after.is_some_and(|(n, a)| **n == **name && version <= *a)
-                    || !v.replicas.contains(&node)
-                {
-                    continue;
-                }
-                if out.len() == limit {
-                    return (out, true);
-                }
-                out.push((name.to_string(), v.info(version)));
-            }
-        }
-        (out, false)
+        self.listing().assigned(node, after, limit)
     }
 
     /// Whether `version` of `name` is committed with `checksum`.
@@ -518,14 +469,10 @@ impl MetaState {
         self.files.get(name).map_or(1, |f| f.next_version.max(1))
     }
 
-    /// Whether any pending version is past its deadline at `now_ms`.
+    /// Whether any pending version is past its deadline at `now_ms`
+    /// ([`Listing::has_expired_pending`]).
     pub fn has_expired_pending(&self, now_ms: u64) -> bool {
-        self.files.values().any(|f| {
-            f.versions.values().any(|v| match v.state {
-                VersionState::Pending { deadline_ms } => deadline_ms <= now_ms,
-                VersionState::Committed => false,
-            })
-        })
+        self.listing().has_expired_pending(now_ms)
     }
 
     /// Every committed version: (name, version, meta).
@@ -560,6 +507,18 @@ fn decode_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Files, D::Erro
         }
     }
     d.deserialize_map(Entries)
+}
+
+/// [`Listing::wanted`] over `files` (a point lookup, no scan).
+fn wanted(files: &Files, node: SocketAddr, name: &str, version: u64, checksum: &Checksum) -> Keep {
+    let Some(v) = files.get(name).and_then(|f| f.versions.get(&version)) else {
+        return Keep::No;
+    };
+    match v.state {
+        VersionState::Committed if !v.replicas.contains(&node) => Keep::No,
+        VersionState::Committed if v.checksum != *checksum => Keep::Refetch,
+        VersionState::Committed | VersionState::Pending { .. } => Keep::Yes,
+    }
 }
 
 /// Most names one [`Listing::page`] looks at: a glob that matches few names
@@ -655,6 +614,85 @@ impl Listing {
             t.files += u64::from(any);
         }
         t
+    }
+
+    /// (files, committed versions, bytes over committed versions).
+    pub fn count(&self) -> (u64, u64, u64) {
+        let (mut files, mut versions, mut bytes) = (0, 0, 0);
+        for f in self.files.values() {
+            let mut any = false;
+            for (_, v) in f.committed() {
+                any = true;
+                versions += 1;
+                bytes += v.size;
+            }
+            files += u64::from(any);
+        }
+        (files, versions, bytes)
+    }
+
+    /// Committed versions per replica address; `extra` nodes appear even if empty.
+    pub fn nodes(&self, extra: &[SocketAddr]) -> Vec<(SocketAddr, Vec<Holding>)> {
+        let mut out: BTreeMap<SocketAddr, Vec<Holding>> =
+            extra.iter().map(|a| (*a, Vec::new())).collect();
+        for (name, f) in &self.files {
+            for (n, v) in f.committed() {
+                for r in v.replicas.iter() {
+                    out.entry(*r).or_default().push(Holding {
+                        name: name.to_string(),
+                        version: *n,
+                        size: v.size,
+                    });
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// What `node` should do with its copy of `name` version `version`,
+    /// which holds bytes with `checksum`. A pending version is kept, even
+    /// past its deadline, until the log aborts or expires it: a commit
+    /// already on its way may still land before the expiry, and its copies
+    /// must then be there.
+    pub fn wanted(&self, node: SocketAddr, name: &str, version: u64, checksum: &Checksum) -> Keep {
+        wanted(&self.files, node, name, version, checksum)
+    }
+
+    /// Up to `limit` committed versions that name `node` among their
+    /// replicas, in (name, version) order after `after`; and whether more
+    /// follow.
+    pub fn assigned(
+        &self,
+        node: SocketAddr,
+        after: Option<&(String, u64)>,
+        limit: usize,
+    ) -> (Vec<(String, VersionInfo)>, bool) {
+        let start = after.map_or(Bound::Unbounded, |(n, _)| Bound::Included(n.as_str()));
+        let mut out = Vec::new();
+        for (name, file) in self.files.range::<_, str>((start, Bound::Unbounded)) {
+            for (&version, v) in file.committed() {
+                if after.is_some_and(|(n, a)| **n == **name && version <= *a)
+                    || !v.replicas.contains(&node)
+                {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push((name.to_string(), v.info(version)));
+            }
+        }
+        (out, false)
+    }
+
+    /// Whether any pending version is past its deadline at `now_ms`.
+    pub fn has_expired_pending(&self, now_ms: u64) -> bool {
+        self.files.values().any(|f| {
+            f.versions.values().any(|v| match v.state {
+                VersionState::Pending { deadline_ms } => deadline_ms <= now_ms,
+                VersionState::Committed => false,
+            })
+        })
     }
 }
 

@@ -82,6 +82,8 @@ pub(crate) enum Input {
     },
     /// Storing a job's output ended; the file if it stored.
     OutputPut { job: JobId, name: Option<String> },
+    /// The look for pending puts past their deadline ended.
+    ExpiryChecked { found: bool },
 }
 
 /// What a membership view was read for.
@@ -399,6 +401,11 @@ impl<P: Ports> LeaderTask<P> {
                 AfterView::Serve(req, reply) => self.serve(req, reply, Some(view)).await,
                 AfterView::Repair => self.repair(&view).await,
             },
+            Input::ExpiryChecked { found: true } => {
+                self.append(Op::ExpirePending, Then::Upkeep(Upkeep::Expired), None)
+                    .await;
+            }
+            Input::ExpiryChecked { found: false } => self.core.expired(),
             Input::WaitOver(id) => {
                 if let Some(p) = self.parked.remove(&id) {
                     let _ = p.reply.send(Ok(InferResponse::Lease(None).into()));
@@ -641,6 +648,12 @@ impl<P: Ports> LeaderTask<P> {
                     let sample = sample.min(HEALTH_SAMPLE_MAX) as usize;
                     let totals = listing.totals(replicas, sample);
                     send(reply, Ok(MetaResponse::Health(totals).into()));
+                });
+            }
+            Step::Scan(scan) => {
+                let listing = self.ports.read(|s| s.listing());
+                tokio::task::spawn_blocking(move || {
+                    send(reply, Ok(scan.answer(&listing).into()));
                 });
             }
             Step::FetchOutput { name, job } => {
@@ -947,9 +960,13 @@ impl<P: Ports> LeaderTask<P> {
         if work {
             self.wake().await;
         }
-        if expire_puts {
-            self.append(Op::ExpirePending, Then::Upkeep(Upkeep::Expired), None)
-                .await;
+        if let Some(now_ms) = expire_puts {
+            // A scan of every version: on the listing's O(1) copy, off the lock.
+            let (listing, tx) = (self.ports.read(|s| s.listing()), self.tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let found = listing.has_expired_pending(now_ms);
+                let _ = tx.blocking_send(Input::ExpiryChecked { found });
+            });
         }
         if fetch_view {
             self.fetch_view(AfterView::Repair);
