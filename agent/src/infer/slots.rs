@@ -84,14 +84,22 @@ impl HostSlots {
     /// Takes a free slot, else waits for one up to `max_wait`; `None` when
     /// none came (or the files cannot be opened): run anyway. Blocks.
     pub fn acquire(&self) -> Option<Slot> {
+        self.acquire_noting_wait().0
+    }
+
+    /// [`HostSlots::acquire`], also saying whether every slot was taken when
+    /// it asked (so this host's turns are all in use).
+    pub fn acquire_noting_wait(&self) -> (Option<Slot>, bool) {
         // Each call opens its own descriptors: a flock belongs to the open
         // file, so reusing one would let this agent take a slot twice.
         let mut taken = Vec::with_capacity(self.count);
         for i in 0..self.count {
-            let f = self.file(i).ok()?;
+            let Ok(f) = self.file(i) else {
+                return (None, false);
+            };
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Some(Slot { _file: f });
+                return (Some(Slot { _file: f }), false);
             }
             taken.push(f);
         }
@@ -100,16 +108,18 @@ impl HostSlots {
         let (tx, rx) = mpsc::sync_channel(1);
         // The blocking lock runs on its own thread so that the wait can end;
         // a lock it gets after the waiter left is dropped (freed) at once.
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("dml-slot-wait".into())
             .spawn(move || {
                 // SAFETY: flock on a descriptor this thread owns.
                 if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
                     let _ = tx.send(Slot { _file: f });
                 }
-            })
-            .ok()?;
-        rx.recv_timeout(self.max_wait).ok()
+            });
+        if spawned.is_err() {
+            return (None, true);
+        }
+        (rx.recv_timeout(self.max_wait).ok(), true)
     }
 }
 
@@ -185,10 +195,13 @@ mod tests {
     fn two_slots_let_two_run_and_a_third_waits() {
         let d = dir("two");
         let s = HostSlots::open(&d, 2, Duration::from_millis(200)).unwrap();
-        let x = s.acquire().expect("first slot");
+        let (x, waited) = s.acquire_noting_wait();
+        let x = x.expect("first slot");
+        assert!(!waited, "a free slot is no wait");
         let y = s.acquire().expect("second slot");
         let t = Instant::now();
-        assert!(s.acquire().is_none(), "a third slot out of two");
+        let (third, waited) = s.acquire_noting_wait();
+        assert!(third.is_none() && waited, "a third slot out of two");
         assert!(t.elapsed() >= Duration::from_millis(200));
         drop(x);
         assert!(s.acquire().is_some(), "the freed slot");

@@ -2,7 +2,9 @@
 //! images (own replica first), preprocesses them off the async runtime,
 //! runs them through one ONNX Runtime session per model and hands the
 //! top-5 back. Two stages overlap: while one query runs, the next is
-//! leased, fetched and preprocessed. A lease may carry queries of other jobs
+//! leased, fetched and preprocessed (unless the host's compute slots are
+//! all in use: then other agents' queries fill them, and this worker holds
+//! one query at a time). A lease may carry queries of other jobs
 //! of the same model (dynamic batching, the lease's `with`): their images run
 //! in the same batch, and each query's results are handed back on their own.
 
@@ -27,6 +29,7 @@ use ndarray::Array3;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -79,6 +82,12 @@ struct Ctx {
     /// C2 of the queries completed here whose results the leader accepted
     /// as new, sent with lease requests.
     hists: Mutex<Figures>,
+    /// The last run had to wait for a host compute slot: every slot of the
+    /// host is in use, so a second query held here would only wait in line
+    /// (lengthening every query's queue time, and how long the leader's
+    /// next choice, such as a newly submitted job, waits to run). The
+    /// worker then holds one query at a time.
+    host_busy: Arc<AtomicBool>,
 }
 
 /// This worker's C2 histograms and when they were last sent.
@@ -171,6 +180,7 @@ impl Worker {
             stats: stats.clone(),
             metrics: metrics.clone(),
             hists: Mutex::default(),
+            host_busy: Arc::default(),
         });
         let (tx, rx) = mpsc::channel::<Prepared>(SLOTS);
         let tasks = vec![
@@ -280,6 +290,13 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
                 Err(_) => return,
             },
         };
+        if ctx.host_busy.load(Ordering::Relaxed) {
+            // One query at a time: wait until the one held ends.
+            tokio::select! {
+                _ = stop.changed() => return,
+                s = slots.acquire_many(SLOTS as u32 - 1) => drop(s),
+            }
+        }
         let figures = ctx
             .hists
             .lock()
@@ -481,12 +498,16 @@ async fn run_query(
         .map(|(p, (i, n, t))| ((p, i, n), t))
         .unzip();
     let slots = ctx.o.slots.clone();
+    let busy = ctx.host_busy.clone();
     let (preds, ran) = ctx
         .infer
         .run(move || {
             let batch = stack(&arrays);
             let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
-            let _turn = slots.as_ref().and_then(|h| h.acquire());
+            let (_turn, waited) = slots
+                .as_ref()
+                .map_or((None, false), |h| h.acquire_noting_wait());
+            busy.store(waited, Ordering::Relaxed);
             let start = Instant::now();
             (s.run(batch.view()), start.elapsed())
         })
