@@ -37,7 +37,7 @@ fn core(now: Instant) -> LeaderCore {
                 per_target: 4,
             },
             replicas: 4,
-            balance_threshold: 0.1,
+            balance_threshold: Some(0.1),
             registry: Arc::new(Registry::builtin()),
         },
         now,

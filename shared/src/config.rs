@@ -224,6 +224,9 @@ pub struct SdfsConfig {
     /// fraction of the mean) before the leader moves copies toward the
     /// placement the alive agents give; an agent joining moves them too.
     pub balance_threshold: f64,
+    /// Whether the leader balances on its own (on a join, or past the
+    /// threshold); when off, only `dml sdfs balance` moves copies.
+    pub auto_balance: bool,
     /// Period of the on-disk checksum scrub.
     #[serde(with = "humantime_serde")]
     pub scrub_interval: Duration,
@@ -247,6 +250,7 @@ impl Default for SdfsConfig {
             repair_per_source: 8,
             repair_per_target: 8,
             balance_threshold: 0.1,
+            auto_balance: true,
             scrub_interval: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(30),
             disk_reserve: 64 << 20,

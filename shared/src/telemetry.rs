@@ -91,6 +91,20 @@ pub struct SdfsHealth {
     pub under_replicated_sample: Vec<(String, u64, u32)>,
     /// The leader's re-replication.
     pub repair: RepairProgress,
+    /// The leader's balance moves this term.
+    pub balance: BalanceProgress,
+}
+
+/// What the leader's balancer did this term: moves left and done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceProgress {
+    /// Moves waiting or running, and their bytes.
+    pub pending_moves: u64,
+    pub pending_bytes: u64,
+    pub in_flight: u64,
+    /// Moves recorded, and their bytes.
+    pub moved: u64,
+    pub moved_bytes: u64,
 }
 
 /// The leader's re-replication: what is left and how fast it goes.

@@ -24,7 +24,8 @@ use dml_shared::sdfs::{
     MetaRequest, MetaResponse, StoredFile, VersionInfo,
 };
 use dml_shared::telemetry::{
-    ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth, TelemetryEvent,
+    BalanceProgress, ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth,
+    TelemetryEvent,
 };
 use dml_shared::wire::{self, Kind};
 use proptest::collection::vec;
@@ -890,12 +891,13 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             vec((text(), any::<u64>(), any::<u32>()), 0..3),
             any::<[u64; 5]>(),
+            any::<[u64; 5]>(),
         ),
     )
         .prop_map(
             |(
                 (files, versions, bytes, replicas),
-                (under_replicated, under_replicated_sample, [p, b, f, c, r]),
+                (under_replicated, under_replicated_sample, [p, b, f, c, r], [bp, bb, bf, bm, bmb]),
             )| SdfsHealth {
                 files,
                 versions,
@@ -909,6 +911,13 @@ fn frame() -> impl Strategy<Value = Frame> {
                     in_flight: f,
                     copies_per_sec: c,
                     bytes_per_sec: r,
+                },
+                balance: BalanceProgress {
+                    pending_moves: bp,
+                    pending_bytes: bb,
+                    in_flight: bf,
+                    moved: bm,
+                    moved_bytes: bmb,
                 },
             },
         );

@@ -259,6 +259,7 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
         repair_per_source,
         repair_per_target,
         balance_threshold,
+        auto_balance,
         scrub_interval,
         reconcile_interval,
         disk_reserve,
@@ -275,6 +276,7 @@ pub fn sdfs_toml(s: &SdfsConfig) -> String {
          repair_per_source = {repair_per_source}\n\
          repair_per_target = {repair_per_target}\n\
          balance_threshold = {balance_threshold:?}\n\
+         auto_balance = {auto_balance}\n\
          scrub_interval = {}\n\
          reconcile_interval = {}\n\
          disk_reserve = {disk_reserve}\n",

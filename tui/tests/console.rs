@@ -816,6 +816,28 @@ mod widgets {
     }
 
     #[test]
+    fn sdfs_shows_balance_moves_when_no_repair_runs() {
+        let mut a = app(10, (100, 30));
+        let health = a
+            .frame
+            .as_mut()
+            .and_then(|f| f.cluster.as_mut())
+            .and_then(|c| c.sdfs.as_mut().ok())
+            .expect("the synthetic frame has SDFS figures");
+        health.repair = Default::default();
+        let t = pane(&a, Pane::Sdfs, 80, 12);
+        assert!(
+            t.contains("balance: 40 moves left (120 MiB), 2 running, 12 done (36 MiB)"),
+            "{t}"
+        );
+        assert!(!t.contains("no repair running"), "{t}");
+        let health = a.frame.as_mut().unwrap().cluster.as_mut().unwrap();
+        health.sdfs.as_mut().unwrap().balance = Default::default();
+        let t = pane(&a, Pane::Sdfs, 80, 12);
+        assert!(t.contains("4 copies each; no repair running"), "{t}");
+    }
+
+    #[test]
     fn every_pane_fits_at_80_by_24() {
         let a = app(10, (80, 24));
         let t = screen(&a, 80, 24);

@@ -172,24 +172,15 @@ pub fn describe(state: &MetaState, alive: &[SocketAddr], planned: &Planned) -> B
     }
 }
 
-/// What the balancer did this term, for the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BalanceProgress {
-    /// Moves waiting or running, and their bytes.
-    pub pending_moves: u64,
-    pub pending_bytes: u64,
-    pub in_flight: u64,
-    /// Moves recorded, and their bytes.
-    pub moved: u64,
-    pub moved_bytes: u64,
-}
+pub use dml_shared::telemetry::BalanceProgress;
 
 /// Runs plans for one leader term.
 #[derive(Debug)]
 pub struct Balancer {
     replicas: usize,
-    /// `sdfs.balance_threshold`: the spread past which a plan is made.
-    threshold: f64,
+    /// `sdfs.balance_threshold`: the spread past which a plan is made;
+    /// `None`: plans only on request (`sdfs.auto_balance = false`).
+    threshold: Option<f64>,
     backlog: VecDeque<Move>,
     /// Moves running, by file name (one per file at a time).
     running: HashMap<String, Move>,
@@ -207,7 +198,7 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(replicas: usize, threshold: f64) -> Self {
+    pub fn new(replicas: usize, threshold: Option<f64>) -> Self {
         Self {
             replicas,
             threshold,
@@ -231,6 +222,9 @@ impl Balancer {
     /// repair is done (`repair_waiting`: the last repair scan found some).
     pub fn view(&mut self, state: &MetaState, alive: &[SocketAddr], repair_waiting: bool) {
         self.alive = alive.to_vec();
+        let Some(threshold) = self.threshold else {
+            return;
+        };
         let changed = self.planned_for.as_deref() != Some(alive);
         let idle = self.backlog.is_empty() && self.running.is_empty();
         if !changed && (!idle || repair_waiting) {
@@ -241,7 +235,7 @@ impl Balancer {
             if at == self.planned_at {
                 return;
             }
-            if spread(&bytes_per_agent(state, alive), alive) <= self.threshold {
+            if spread(&bytes_per_agent(state, alive), alive) <= threshold {
                 self.planned_at = at;
                 return;
             }
@@ -508,7 +502,7 @@ mod tests {
                 alive: &all,
             },
         );
-        let mut b = Balancer::new(4, 0.1);
+        let mut b = Balancer::new(4, Some(0.1));
         b.view(&s, &all, false);
         let mut rounds = 0;
         loop {
@@ -554,7 +548,7 @@ mod tests {
             alive: &all,
         };
         repairs.rescan(&s, view);
-        let mut b = Balancer::new(4, 0.1);
+        let mut b = Balancer::new(4, Some(0.1));
         b.view(&s, &all, false);
         assert!(b.progress().pending_moves > 0);
         assert!(b.next(&s, &mut repairs).is_empty(), "repair waits");
@@ -581,7 +575,7 @@ mod tests {
             alive: &all,
         };
         repairs.rescan(&s, view);
-        let mut b = Balancer::new(4, 0.1);
+        let mut b = Balancer::new(4, Some(0.1));
         b.view(&s, &all, false);
         let copies = b.next(&s, &mut repairs);
         assert_eq!(copies.len(), 2, "two slots on the one newcomer");
@@ -606,7 +600,7 @@ mod tests {
             }
         };
         let mut s = placed(100, 10, &agents);
-        let mut b = Balancer::new(4, 0.1);
+        let mut b = Balancer::new(4, Some(0.1));
         b.view(&s, &agents, false);
         assert_eq!(b.progress().pending_moves, 0, "at placement already");
         // A batch lands on one chain: the spread grows past the threshold.
@@ -616,7 +610,7 @@ mod tests {
 
         // Under a high threshold the same batch waits for a join.
         let mut s = placed(100, 10, &agents);
-        let mut b = Balancer::new(4, 10.0);
+        let mut b = Balancer::new(4, Some(10.0));
         b.view(&s, &agents, false);
         batch(&mut s);
         b.view(&s, &agents, false);
@@ -628,12 +622,24 @@ mod tests {
     }
 
     #[test]
+    fn with_auto_balance_off_only_a_request_plans() {
+        let agents = addrs(1..=6);
+        let s = placed(100, 10, &agents[..4]);
+        let mut b = Balancer::new(4, None);
+        b.view(&s, &agents, false);
+        assert_eq!(b.progress().pending_moves, 0, "a join plans nothing");
+        let shown = b.request(&s, &agents, false);
+        assert!(shown.started && !shown.flows.is_empty());
+        assert!(b.progress().pending_moves > 0, "the request's plan runs");
+    }
+
+    #[test]
     fn moves_that_failed_are_planned_again_once_the_rest_is_done() {
         let old = addrs(1..=5);
         let all = addrs(1..=6);
         let mut s = placed(40, 7, &old);
         let mut repairs = Repairs::new(4, WIDE);
-        let mut b = Balancer::new(4, 100.0);
+        let mut b = Balancer::new(4, Some(100.0));
         b.view(&s, &old, false);
         b.view(&s, &all, false);
         let copies = b.next(&s, &mut repairs);
@@ -661,7 +667,7 @@ mod tests {
         let want = placement::place("a", &all, 4);
         let off: Vec<SocketAddr> = all.iter().copied().filter(|a| !want.contains(a)).collect();
         put(&mut s, "a", 10, vec![off[0], off[1], want[0]]);
-        let mut b = Balancer::new(4, 100.0);
+        let mut b = Balancer::new(4, Some(100.0));
         b.view(&s, &all, true);
         assert_eq!(b.progress().pending_moves, 0, "left to repair");
         b.view(&s, &all, true);
@@ -687,7 +693,7 @@ mod tests {
         let old = addrs(1..=5);
         let all = addrs(1..=6);
         let s = placed(50, 10, &old);
-        let mut b = Balancer::new(4, 100.0);
+        let mut b = Balancer::new(4, Some(100.0));
         b.view(&s, &old, false);
         let shown = b.request(&s, &all, true);
         assert!(shown.moves > 0 && !shown.started);

@@ -39,8 +39,9 @@ pub struct CoreConfig {
     pub repair_bounds: Bounds,
     /// Copies of each version (`Config::replicas`).
     pub replicas: usize,
-    /// `sdfs.balance_threshold`: the spread of bytes past which balance plans.
-    pub balance_threshold: f64,
+    /// `sdfs.balance_threshold`: the spread of bytes past which balance plans
+    /// on its own; `None` when `sdfs.auto_balance` is off.
+    pub balance_threshold: Option<f64>,
     pub registry: Arc<Registry>,
 }
 
@@ -508,7 +509,7 @@ mod tests {
                     per_target,
                 },
                 replicas: 4,
-                balance_threshold: 0.1,
+                balance_threshold: Some(0.1),
                 registry: Arc::new(Registry::builtin()),
             },
             Instant::now(),

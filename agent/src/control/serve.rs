@@ -1042,7 +1042,7 @@ mod tests {
                     per_target: 1,
                 },
                 replicas: 4,
-                balance_threshold: 0.1,
+                balance_threshold: Some(0.1),
                 registry: std::sync::Arc::new(dml_shared::models::Registry::builtin()),
             },
             now,

@@ -161,7 +161,7 @@ fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
                 per_target: 2,
             },
             replicas: 1,
-            balance_threshold: 0.1,
+            balance_threshold: Some(0.1),
             registry: Arc::new(Registry::builtin()),
         },
         serve: ServeConfig {

@@ -198,7 +198,7 @@ fn task_config(s: &super::Settings) -> TaskConfig {
                 per_target: s.sdfs.repair_per_target,
             },
             replicas: s.replicas,
-            balance_threshold: s.sdfs.balance_threshold,
+            balance_threshold: s.sdfs.auto_balance.then_some(s.sdfs.balance_threshold),
             registry: s.registry.clone(),
         },
         serve: ServeConfig {

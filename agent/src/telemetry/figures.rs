@@ -7,7 +7,9 @@ use dml_shared::api::Response;
 use dml_shared::control::ControlResponse;
 use dml_shared::infer::{InferRequest, InferResponse, Placement};
 use dml_shared::sdfs::{MetaRequest, MetaResponse};
-use dml_shared::telemetry::{ClusterFigures, NodeStats, RepairProgress, SdfsHealth};
+use dml_shared::telemetry::{
+    BalanceProgress, ClusterFigures, NodeStats, RepairProgress, SdfsHealth,
+};
 use dml_shared::{ErrorKind, RemoteError};
 
 /// Under-replicated versions named in a frame (the count covers all).
@@ -54,6 +56,7 @@ pub async fn fetch(
     control: &ControlHandle,
     replicas: u32,
     repair: RepairProgress,
+    balance: BalanceProgress,
 ) -> ClusterFigures {
     let (models, rates, latency, jobs, placement, sdfs) = tokio::join!(
         infer(control, InferRequest::Models),
@@ -61,7 +64,7 @@ pub async fn fetch(
         infer(control, InferRequest::Latency),
         infer(control, InferRequest::Jobs),
         infer(control, InferRequest::Placement),
-        sdfs_health(control, replicas, repair),
+        sdfs_health(control, replicas, repair, balance),
     );
     ClusterFigures {
         models: pick!(models, Models),
@@ -77,6 +80,7 @@ async fn sdfs_health(
     control: &ControlHandle,
     replicas: u32,
     repair: RepairProgress,
+    balance: BalanceProgress,
 ) -> Result<SdfsHealth, RemoteError> {
     // Counted by the leader off its state-machine lock: the whole listing
     // would be hundreds of MB at a million versions.
@@ -90,6 +94,7 @@ async fn sdfs_health(
             under_replicated: t.under_replicated,
             under_replicated_sample: t.sample,
             repair,
+            balance,
         }),
         other => Err(refusal(other)),
     }

@@ -413,7 +413,8 @@ async fn fetch_figures(inner: Arc<Inner>, src: Sources) {
             continue;
         }
         let repair = src.control.repair_progress();
-        let f = figures::fetch(&src.control, src.replicas, repair).await;
+        let balance = src.control.balance_progress();
+        let f = figures::fetch(&src.control, src.replicas, repair, balance).await;
         let mut cache = inner.figures.lock().expect("figures lock");
         for (kind, text) in derive::changes(cache.as_ref(), &f) {
             inner.push_event(kind, text);

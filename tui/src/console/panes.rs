@@ -475,16 +475,31 @@ pub fn jobs(app: &App, area: Rect, buf: &mut Buffer) {
 }
 
 /// Re-replication: the ETA first (it survives a narrow pane), then what is
-/// left, the rate and the copies running.
+/// left, the rate and the copies running. With no repair running, the
+/// balancer's moves take the line; with both, a short note of them ends it.
 fn repair_line(h: &dml_shared::telemetry::SdfsHealth) -> Line<'static> {
-    let r = &h.repair;
+    let (r, b) = (&h.repair, &h.balance);
+    let balancing = b.pending_moves > 0 || b.in_flight > 0;
     if r.pending_copies == 0 && r.in_flight == 0 {
+        if balancing {
+            return Line::from(vec![
+                Span::styled("balance: ", Style::new().fg(Color::Cyan).bold()),
+                Span::raw(format!(
+                    "{} moves left ({}), {} running, {} done ({})",
+                    b.pending_moves,
+                    bytes(b.pending_bytes),
+                    b.in_flight,
+                    b.moved,
+                    bytes(b.moved_bytes),
+                )),
+            ]);
+        }
         return Line::from(format!("{} copies each; no repair running", h.replicas));
     }
     let eta = r
         .eta()
         .map_or_else(|| "--".to_string(), crate::units::duration);
-    Line::from(vec![
+    let mut spans = vec![
         Span::styled(
             format!("repair ETA {eta}: "),
             Style::new().fg(Color::Yellow).bold(),
@@ -497,7 +512,14 @@ fn repair_line(h: &dml_shared::telemetry::SdfsHealth) -> Line<'static> {
             crate::units::rate(r.bytes_per_sec as f64),
             r.in_flight,
         )),
-    ])
+    ];
+    if balancing {
+        spans.push(Span::styled(
+            format!("; balance {} moves waiting", b.pending_moves),
+            Style::new().fg(Color::Cyan),
+        ));
+    }
+    Line::from(spans)
 }
 
 pub fn sdfs(app: &App, area: Rect, buf: &mut Buffer) {

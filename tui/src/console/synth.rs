@@ -5,7 +5,8 @@ use dml_shared::NodeId;
 use dml_shared::api::{LeaderInfo, MemberInfo, MemberState};
 use dml_shared::infer::{JobInfo, JobState, LatencyInfo, ModelInfo, Placement, RateInfo, Spread};
 use dml_shared::telemetry::{
-    ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth, TelemetryEvent,
+    BalanceProgress, ClusterFigures, EventKind, Frame, NodeStats, RepairProgress, SdfsHealth,
+    TelemetryEvent,
 };
 use std::net::SocketAddr;
 
@@ -187,6 +188,13 @@ pub fn frame(n: usize, tick: u64) -> Frame {
                     in_flight: 1,
                     copies_per_sec: 1,
                     bytes_per_sec: 1 << 20,
+                },
+                balance: BalanceProgress {
+                    pending_moves: 40,
+                    pending_bytes: 120 << 20,
+                    in_flight: 2,
+                    moved: 12,
+                    moved_bytes: 36 << 20,
                 },
             }),
         }),
