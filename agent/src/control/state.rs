@@ -403,6 +403,15 @@ impl MetaState {
         })
     }
 
+    /// A frozen copy of the SDFS files alone (no jobs, no keyring), taken in
+    /// O(1): what the leader's repair and balance scans read, off the lock.
+    pub fn files_copy(&self) -> MetaState {
+        MetaState {
+            files: self.files.clone(),
+            ..MetaState::default()
+        }
+    }
+
     /// A frozen copy of the files to list from, taken in O(1).
     pub fn listing(&self) -> Listing {
         Listing {

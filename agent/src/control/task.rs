@@ -18,7 +18,7 @@ use super::plans::Failed;
 use super::ports::{Ports, Status};
 use super::repair::{Copy, View};
 use super::serve::{self, Answer, Ctx, LiveView, ServeConfig, Step, Then, Upkeep};
-use super::state::{HEALTH_SAMPLE_MAX, LIST_SCAN_MAX};
+use super::state::{HEALTH_SAMPLE_MAX, LIST_SCAN_MAX, MetaState};
 use super::types::{Applied, Command, Op};
 use crate::membership::Event;
 use crate::membership::driver::TimedEvent;
@@ -990,15 +990,14 @@ impl<P: Ports> LeaderTask<P> {
     /// Plans repair from the membership view and starts it: trims are
     /// appended, each copy runs in its own future.
     async fn repair(&mut self, view: &LiveView) {
-        let (scan, copies) = self.read(|core, cx| {
-            core.plan_repair(
-                cx.state,
-                View {
-                    live: &view.live,
-                    alive: &view.alive,
-                },
-            )
-        });
+        // Repair's and balance's scans of every version read an O(1) copy of
+        // the files, so the log applies meanwhile.
+        let files = self.ports.read(MetaState::files_copy);
+        let view = View {
+            live: &view.live,
+            alive: &view.alive,
+        };
+        let (scan, copies) = self.core.plan_repair(&files, view);
         self.start_copies(copies);
         for (name, version) in &scan.unavailable {
             tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");

@@ -22,10 +22,13 @@ pub fn name(i: u64) -> String {
     format!("data/{:05}/{i:07}.jpg", i / DIR_FILES)
 }
 
-/// Version `i`'s recorded size: 0 to 64 KiB.
+/// Version `i`'s recorded size: under 4 KiB, so [`BATCH`] files fit one
+/// batched put ([`dml_shared::sdfs::MAX_BATCH_BYTES`]).
 pub fn size(i: u64) -> u64 {
-    i % 65_536
+    i % 4096
 }
+
+const _: () = assert!(BATCH * 4096 <= dml_shared::sdfs::MAX_BATCH_BYTES);
 
 /// Version `i`'s recorded checksum (made up: no bytes exist).
 pub fn checksum(i: u64) -> Checksum {
