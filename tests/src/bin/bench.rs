@@ -59,6 +59,8 @@ mod sdfs_balance;
 mod sdfs_local;
 #[path = "bench/sdfs_meta.rs"]
 mod sdfs_meta;
+#[path = "bench/sdfs_meta_cluster.rs"]
+mod sdfs_meta_cluster;
 #[path = "bench/sdfs_repair.rs"]
 mod sdfs_repair;
 #[path = "bench/sdfs_report.rs"]

@@ -350,9 +350,10 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The metadata-at-scale row (in-process): its table lines and `sdfs-meta.json`.
+/// The metadata-at-scale rows (through a real leader, and in-process): their table lines
+/// and `sdfs-meta.json`.
 async fn meta_row(a: &SdfsArgs, out_dir: &Path) -> Result<()> {
-    let row = crate::sdfs_meta::run(&a.meta, &out_dir.join("sdfs-meta-run")).await;
+    let row = crate::sdfs_meta::run(&a.meta, a.agents, &out_dir.join("sdfs-meta-run")).await;
     print!("{}", crate::sdfs_meta::table(&row));
     let json_path = out_dir.join("sdfs-meta.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&row)? + "\n")

@@ -1,21 +1,22 @@
-//! `bench sdfs`'s metadata-at-scale row (issue 21 §3), in this process: N versions
-//! applied to the control plane's state machine as a batched put's commits apply
-//! (`Op::Batch` of `PutAt`, 1,024 to an entry), then its store's snapshot built, installed
-//! into a fresh store and read back as a restarted voter does, and `ls-all` of a prefix
-//! that matches 100 names. This is the state machine and its redb store, not a cluster:
-//! no Raft replication, no bytes stored, no leader process (the RSS figure is this
-//! process's growth while applying).
+//! `bench sdfs`'s metadata-at-scale rows (issue 21 §3). Through a real leader
+//! (`sdfs_meta_cluster.rs`): N versions committed by a cluster of release agents as
+//! batched puts commit them. In this process: the same N versions applied to the control
+//! plane's state machine as a batched put's commits apply (`Op::Batch` of `PutAt`, 1,024
+//! to an entry), then its store's snapshot built, installed into a fresh store and read
+//! back as a restarted voter does, and `ls-all` of a prefix that matches 100 names; no
+//! Raft, no leader process (the RSS figure is this process's growth while applying). Both
+//! build their names and entries with `dml_agent::control::state::scale`.
 
+use crate::sdfs_meta_cluster::ClusterRow;
 use anyhow::{Context, Result};
-use dml_agent::control::state::{LIST_SCAN_MAX, MetaState};
+use dml_agent::control::state::LIST_SCAN_MAX;
+use dml_agent::control::state::scale::{self, PREFIX_GLOB};
 use dml_agent::control::store;
-use dml_agent::control::types::{Applied, Command, Op};
 use dml_shared::sdfs::Glob;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, LogId, RaftSnapshotBuilder};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
@@ -29,9 +30,22 @@ pub struct MetaArgs {
     /// Versions in the metadata-at-scale row; 0 leaves the row out.
     #[arg(long, default_value_t = 1_000_000)]
     pub meta_versions: u64,
-    /// Run the metadata-at-scale row only.
+    /// Run the metadata-at-scale rows only.
     #[arg(long)]
     pub meta_only: bool,
+    /// Leave out the row through a real leader (it starts its own cluster).
+    #[arg(long)]
+    pub meta_no_cluster: bool,
+    /// Leave out the in-process row.
+    #[arg(long)]
+    pub meta_no_local: bool,
+}
+
+/// Both rows, as `sdfs-meta.json` holds them.
+#[derive(Debug, Default, Serialize)]
+pub struct MetaReport {
+    pub cluster: Option<ClusterRow>,
+    pub local: Option<MetaRow>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -46,7 +60,7 @@ pub struct MetaRow {
     pub install_s: f64,
     /// Opening the store as a restarted voter does (its snapshot read back).
     pub reopen_s: f64,
-    /// One page of `ls-all data/00042/00421*` (100 names), median.
+    /// One page of `ls-all` of [`PREFIX_GLOB`] (100 names), median.
     pub prefix_list_ms: f64,
     pub prefix_matches: usize,
     /// One page of `ls-all '*'` (the first 2,000 names), median.
@@ -54,54 +68,25 @@ pub struct MetaRow {
     pub error: Option<String>,
 }
 
-fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
-}
-
-fn name(i: u64) -> String {
-    format!("data/{:05}/{i:07}.jpg", i / 1000)
-}
-
-fn fill(versions: u64) -> Result<MetaState> {
-    let agents: Vec<SocketAddr> = (0..10)
-        .map(|p| SocketAddr::from(([10, 0, 0, 1 + p], 8001)))
-        .collect();
-    let mut s = MetaState::default();
-    let mut i = 0;
-    while i < versions {
-        let ops: Vec<Op> = (i..versions.min(i + 1024))
-            .map(|j| Op::PutAt {
-                name: name(j),
-                version: 1,
-                size: j % 65_536,
-                checksum: *blake3::hash(&j.to_le_bytes()).as_bytes(),
-                holders: (0..4).map(|k| agents[((j + k) % 10) as usize]).collect(),
-                quorum: 3,
-            })
-            .collect();
-        let n = ops.len() as u64;
-        let cmd = Command {
-            now_ms: 1_000 + i,
-            op: Op::Batch { ops },
-        };
-        match s.apply(&cmd) {
-            Applied::Batch(r) if r.iter().all(|a| matches!(a, Applied::Version(1))) => {}
-            other => anyhow::bail!("a batch was refused: {other:?}"),
-        }
-        i += n;
-    }
-    Ok(s)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-pub async fn run(a: &MetaArgs, run_dir: &Path) -> MetaRow {
+/// The rows `a` asks for; the cluster row on `agents` agents.
+pub async fn run(a: &MetaArgs, agents: usize, run_dir: &Path) -> MetaReport {
+    let mut report = MetaReport::default();
+    if !a.meta_no_cluster {
+        let dir = run_dir.join("cluster");
+        report.cluster = Some(crate::sdfs_meta_cluster::run(a.meta_versions, agents, &dir).await);
+    }
+    if !a.meta_no_local {
+        report.local = Some(run_local(a, &run_dir.join("local")).await);
+    }
+    report
+}
+
+async fn run_local(a: &MetaArgs, run_dir: &Path) -> MetaRow {
     let mut row = MetaRow {
         versions: a.meta_versions,
         ..MetaRow::default()
@@ -116,17 +101,17 @@ pub async fn run(a: &MetaArgs, run_dir: &Path) -> MetaRow {
 async fn measure(run_dir: &Path, row: &mut MetaRow) -> Result<()> {
     let _ = std::fs::remove_dir_all(run_dir);
     std::fs::create_dir_all(run_dir)?;
-    let before = rss();
+    let before = scale::resident_bytes();
     let t = Instant::now();
-    let state = fill(row.versions)?;
+    let state = scale::filled(row.versions)?;
     row.apply_s = t.elapsed().as_secs_f64();
-    row.rss_bytes = rss().saturating_sub(before);
+    row.rss_bytes = scale::resident_bytes().saturating_sub(before);
     eprintln!(
         "[meta row] {} versions applied in {:.1} s",
         row.versions, row.apply_s
     );
 
-    let glob = Glob::new("data/00042/00421*")?;
+    let glob = Glob::new(PREFIX_GLOB)?;
     let all = Glob::new("*")?;
     let (mut prefix, mut first) = (Vec::new(), Vec::new());
     for _ in 0..LISTINGS {
@@ -183,7 +168,19 @@ async fn measure(run_dir: &Path, row: &mut MetaRow) -> Result<()> {
     Ok(())
 }
 
-pub fn table(r: &MetaRow) -> String {
+/// The table lines of the rows that ran.
+pub fn table(r: &MetaReport) -> String {
+    let mut s = String::new();
+    if let Some(c) = &r.cluster {
+        s += &crate::sdfs_meta_cluster::table(c);
+    }
+    if let Some(l) = &r.local {
+        s += &local_table(l);
+    }
+    s
+}
+
+fn local_table(r: &MetaRow) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
