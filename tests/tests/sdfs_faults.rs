@@ -13,7 +13,7 @@ use dml_shared::sdfs::DataRequest;
 use dml_shared::sdfs_client::{Options, Phase, Progress, Sdfs, no_progress};
 use dml_tests::sdfs::content::{self, pattern};
 use dml_tests::sdfs::partition::Frozen;
-use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, cluster_slot, disk};
+use dml_tests::sdfs::{READY, SDFS_POLL, SdfsCluster, SdfsOptions, cluster_slot, disk};
 use dml_tests::{log_failures, wait_count, wait_for, wait_until};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -406,6 +406,49 @@ async fn a_minority_left_by_frozen_voters_cannot_commit() {
     let f = c.file(0, "minority/a").await.unwrap().unwrap();
     assert_eq!(f.versions.len(), 1);
     c.must_get(2, "minority/a", &b2).await.unwrap();
+}
+
+/// Once the read lease lapsed, a read needs a quorum round, and openraft gives each round's
+/// heartbeats one heartbeat interval: voters too slow for that (a loaded host; here frozen
+/// for half a second) fail the round though the leader still leads. The leader tries again
+/// within its wait instead of refusing the read (the balance bench saw such refusals).
+#[tokio::test]
+async fn a_read_waits_out_voters_too_slow_for_one_quorum_round() {
+    let _slot = cluster_slot().await;
+    let mut opts = SdfsOptions::new(3);
+    // No election while the followers are frozen (2.2 s): the timeout is 3-4 s.
+    opts.control.election_timeout_min = Duration::from_secs(3);
+    opts.control.election_timeout_max = Duration::from_secs(4);
+    let c = SdfsCluster::start_with("sdfs-slow-round", opts)
+        .await
+        .unwrap();
+    let leader = c.leader_index(&all(&c), READY).await.unwrap();
+    c.must_put(leader, "slow/a", b"before the freeze")
+        .await
+        .unwrap();
+    let pids: Vec<u32> = c
+        .voter_indices()
+        .into_iter()
+        .filter(|&i| i != leader)
+        .map(|i| c.agent(i).pid())
+        .collect();
+    assert_eq!(pids.len(), 2, "3 voters");
+    let frozen = Frozen::stop(&pids).unwrap();
+    // The read lease (half the election timeout: 1.5 s) lapses, then the read's rounds
+    // fail for 0.5 s (each within 150 ms) until the voters answer again.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let t = Instant::now();
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        frozen.resume()
+    };
+    let (read, resumed) = tokio::join!(c.file(leader, "slow/a"), resume);
+    resumed.unwrap();
+    let f = read
+        .expect("the leader waited for its voters instead of refusing the read")
+        .expect("slow/a is listed");
+    assert_eq!(f.versions.len(), 1);
+    eprintln!("the read was served {:.1?} after it was sent", t.elapsed());
 }
 
 /// Puts v1 and v2 of a name whose chain leaves out 4 voters besides the leader, then

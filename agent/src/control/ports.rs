@@ -114,17 +114,30 @@ impl Ports for Live {
             let raft = inner.raft.get().ok_or(Refusal::NotLeader(None))?;
             let wait = inner.s.leader_wait();
             let sent = std::time::Instant::now();
-            match tokio::time::timeout(wait, raft.ensure_linearizable()).await {
-                Err(_) => Err(ControlError::NoQuorum { waited: wait }.into()),
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    Err(Refusal::NotLeader(leader_addr(f.leader_node)))
+            let deadline = sent + wait;
+            // openraft gives each heartbeat of a check one heartbeat interval (100 ms), so
+            // a busy host's late acks fail a round though the leader still leads: rounds
+            // are tried again until `leader_wait` is spent.
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match tokio::time::timeout(left, raft.ensure_linearizable()).await {
+                    Err(_) => return Err(ControlError::NoQuorum { waited: wait }.into()),
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        return Err(Refusal::NotLeader(leader_addr(f.leader_node)));
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))))
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        // Not a hot loop when the voters fail at once (down, refusing).
+                        tokio::time::sleep(inner.s.control.heartbeat_interval / 4).await;
+                    }
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                        let waited = Duration::from_millis(sent.elapsed().as_millis() as u64);
+                        return Err(ControlError::NoQuorum { waited }.into());
+                    }
+                    Ok(Err(e)) => return Err(ControlError::Raft(e.to_string()).into()),
                 }
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                    let waited = Duration::from_millis(sent.elapsed().as_millis() as u64);
-                    Err(ControlError::NoQuorum { waited }.into())
-                }
-                Ok(Err(e)) => Err(ControlError::Raft(e.to_string()).into()),
             }
         })
     }
