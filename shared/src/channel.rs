@@ -27,8 +27,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Plain bytes of one full transport message.
-const MAX_PLAIN: usize = MAX_NOISE_MSG - NOISE_TAG_LEN;
+/// Plain bytes of one full transport message. A writer's large write goes
+/// out in whole messages from its first byte (bytes buffered before it, such
+/// as a frame's length, are sealed alone), so a reader whose reads start
+/// there and take a multiple of this opens each message straight into its
+/// buffer, without a copy.
+pub const MAX_PLAIN: usize = MAX_NOISE_MSG - NOISE_TAG_LEN;
 /// A whole message with its length.
 const MAX_WIRE: usize = 2 + MAX_NOISE_MSG;
 /// Full messages sealed before they are written in one system call, and
@@ -207,6 +211,16 @@ impl Tx {
         }
         if self.room() < MAX_WIRE {
             ready!(self.poll_push(w, cx, false))?;
+        }
+        // A few bytes buffered before a large write (a frame's length) go in
+        // a message of their own: the large write's messages then come
+        // straight from the caller's bytes, without a copy through `plain`,
+        // and start where its reader's buffer does.
+        if !self.plain.is_empty() && buf.len() >= MAX_PLAIN {
+            self.seal(true, &[])?;
+            if self.room() < MAX_WIRE {
+                ready!(self.poll_push(w, cx, false))?;
+            }
         }
         // Whole messages straight from the caller's bytes, without a copy.
         if self.plain.is_empty() && buf.len() >= MAX_PLAIN {
@@ -687,6 +701,46 @@ mod tests {
     /// Bytes that differ from one offset to the next.
     fn pattern(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// The lengths of the sealed messages in `wire`.
+    fn message_lengths(mut wire: &[u8]) -> Vec<usize> {
+        let mut out = Vec::new();
+        while wire.len() >= 2 {
+            let len = u16::from_be_bytes([wire[0], wire[1]]) as usize;
+            out.push(len);
+            wire = &wire[2 + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_length_written_before_a_large_write_is_sealed_alone_and_the_body_in_whole_messages()
+    {
+        let (tx_keys, rx_keys) = keys();
+        let body = pattern(2 * MAX_PLAIN + 5);
+        let mut w = SealWrite::new(Vec::new(), tx_keys, 1);
+        w.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        w.write_all(&body).await.unwrap();
+        w.flush().await.unwrap();
+        let wire = w.into_inner();
+        let tag = NOISE_TAG_LEN;
+        assert_eq!(
+            message_lengths(&wire),
+            [4 + tag, MAX_NOISE_MSG, MAX_NOISE_MSG, 5 + tag],
+            "the length alone, then the body in whole messages from its first byte"
+        );
+
+        // A reader of the length, then of the body into a zeroed buffer,
+        // gets every byte.
+        let mut r = OpenRead::new(&wire[..], rx_keys, 1, Arc::new(Counters::default()));
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await.unwrap();
+        let mut got = vec![0u8; u32::from_be_bytes(len) as usize];
+        r.read_exact(&mut got).await.unwrap();
+        assert!(got == body, "the body read differs from the one written");
     }
 
     #[tokio::test]
