@@ -1,10 +1,12 @@
-//! `bench security`: the cost of security (issue 19), measured in one run. Two clusters in
-//! turn, one with `security.encrypt_tcp = true` (the default) and one with `false`
+//! `bench security`: the cost of security (issue 19), measured in one run. Two clusters,
+//! one with `security.encrypt_tcp = true` (the default) and one with `false`
 //! (authenticated only, as before), each measuring:
 //!
 //! - SDFS put and get of 64 MiB and 1 GiB (`--quick`: 64 MiB only) from an in-process
 //!   client that always uses TCP (`local_socket = false`, as a client on another host; the
-//!   replica chain is TCP too); each file is deleted after its round;
+//!   replica chain is TCP too); each file is deleted after its round. Both clusters run
+//!   at once and their rounds alternate (which mode goes first alternates too), so a
+//!   change in the load of the shared cores falls on both modes;
 //! - handshakes per second (sequential `Conn::connect`, TCP connect included);
 //! - `members` latency (a new TCP connection and handshake per call, as `dml members`
 //!   from another host) against the leader, p50 and p99, first at rest, then while 2,000
@@ -18,6 +20,7 @@
 //! plaintext baseline. The issue's target is at most 400 B/s.
 //!
 //! The ratio is encrypted over plaintext; the issue's target for throughput is at least 0.8.
+//! `--throughput-only` runs the put and get rows alone.
 //! Table on stdout, progress on stderr, JSON in `target/bench/security.json`.
 
 use anyhow::{Context, Result, bail};
@@ -68,6 +71,10 @@ pub struct SecurityArgs {
     /// Do not run `cargo build` for dml-agent first.
     #[arg(long)]
     no_build: bool,
+    /// Only the put and get rows: no handshakes, `members` latency, flood or
+    /// membership traffic.
+    #[arg(long)]
+    throughput_only: bool,
 }
 
 /// Latency of `members` calls, in milliseconds.
@@ -87,6 +94,9 @@ struct Mode {
     encrypt_tcp: bool,
     /// (size in bytes, put MB/s, get MB/s), medians.
     sizes: Vec<(u64, f64, f64)>,
+    /// (size in bytes, put, get): CPU seconds per GB (1e9 bytes) that the
+    /// cluster's agents and this process (the client) used, over all rounds.
+    cpu_s_per_gb: Vec<(u64, f64, f64)>,
     handshakes_per_s: f64,
     members_at_rest: Latency,
     members_under_flood: Latency,
@@ -119,7 +129,8 @@ struct Report {
     flood: usize,
     encrypted: Mode,
     plaintext: Mode,
-    membership: Traffic,
+    /// `None` with `--throughput-only`.
+    membership: Option<Traffic>,
 }
 
 fn label(size: u64) -> String {
@@ -139,17 +150,36 @@ fn mb_per_s(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / 1e6 / t.as_secs_f64()
 }
 
-async fn measure(
-    a: &SecurityArgs,
-    run_dir: &Path,
+/// A started cluster of one mode and its TCP client.
+struct Side {
     encrypt_tcp: bool,
-    sizes: &[u64],
-) -> Result<Mode> {
-    let name = if encrypt_tcp {
+    cluster: SdfsCluster,
+    client: Sdfs,
+    files: std::path::PathBuf,
+}
+
+impl Side {
+    fn name(&self) -> &'static str {
+        mode_name(self.encrypt_tcp)
+    }
+
+    /// Makes this process's connections match the cluster's mode (the client's
+    /// pooled connections are per address, so per cluster).
+    fn enter(&self) {
+        auth::set_encrypt_tcp(self.encrypt_tcp);
+    }
+}
+
+fn mode_name(encrypt_tcp: bool) -> &'static str {
+    if encrypt_tcp {
         "encrypted"
     } else {
         "plaintext"
-    };
+    }
+}
+
+async fn start(a: &SecurityArgs, run_dir: &Path, encrypt_tcp: bool) -> Result<Side> {
+    let name = mode_name(encrypt_tcp);
     auth::set_encrypt_tcp(encrypt_tcp);
     let opts = SdfsOptions {
         agents: a.agents,
@@ -163,10 +193,9 @@ async fn measure(
         disk_bytes: None,
     };
     eprintln!("[{name}] starting {} agents", a.agents);
-    let c = SdfsCluster::start_with(name, opts).await?;
-    let via = c.len() - 1;
+    let cluster = SdfsCluster::start_with(name, opts).await?;
     let client = Sdfs::with_options(
-        c.addrs[via],
+        cluster.addrs[cluster.len() - 1],
         Options {
             store_timeout: Duration::from_secs(600),
             local_socket: false,
@@ -175,46 +204,144 @@ async fn measure(
     );
     let files = run_dir.join(format!("files-{name}"));
     std::fs::create_dir_all(&files)?;
-    let mut out = Vec::new();
+    Ok(Side {
+        encrypt_tcp,
+        cluster,
+        client,
+        files,
+    })
+}
+
+/// CPU seconds (user and system) used so far by the processes `pids` and
+/// this one; a process that is gone counts nothing.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let ticks = procfs::ticks_per_second() as f64;
+    let me = std::process::id();
+    pids.iter()
+        .chain([&me])
+        .filter_map(|&p| procfs::process::Process::new(p as i32).ok()?.stat().ok())
+        .map(|s| (s.utime + s.stime) as f64 / ticks)
+        .sum()
+}
+
+/// Speed and CPU seconds of one put and one get.
+struct Timed {
+    put_mb_s: f64,
+    get_mb_s: f64,
+    put_cpu_s: f64,
+    get_cpu_s: f64,
+}
+
+/// One put and one get of `src` through `side`.
+async fn round(side: &Side, src: &Path, size: u64, r: usize) -> Result<Timed> {
+    side.enter();
+    let (name, client) = (side.name(), &side.client);
+    let pids: Vec<u32> = side
+        .cluster
+        .cluster
+        .agents
+        .iter()
+        .map(|a| a.pid())
+        .collect();
+    let sdfs_name = format!("bench/{size}-{r}");
+    let (t, cpu) = (Instant::now(), cpu_secs(&pids));
+    client.put(src, &sdfs_name, &no_progress).await?;
+    let put = mb_per_s(size, t.elapsed());
+    let put_cpu_s = cpu_secs(&pids) - cpu;
+    let dst = side.files.join(format!("got-{size}-{r}"));
+    let (t, cpu) = (Instant::now(), cpu_secs(&pids));
+    client.get(&sdfs_name, &dst, &no_progress).await?;
+    let get = mb_per_s(size, t.elapsed());
+    let get_cpu_s = cpu_secs(&pids) - cpu;
+    std::fs::remove_file(&dst)?;
+    // Keeps the disk for the next round (a 1 GiB file is 4 GiB stored).
+    if let Err(e) = client.delete(&sdfs_name).await {
+        eprintln!("[{name}] cannot delete {sdfs_name}: {e}");
+    }
+    eprintln!(
+        "[{name}] {} round {r}: put {put:.0} MB/s ({put_cpu_s:.2} CPU s), get {get:.0} MB/s ({get_cpu_s:.2} CPU s)",
+        label(size)
+    );
+    Ok(Timed {
+        put_mb_s: put,
+        get_mb_s: get,
+        put_cpu_s,
+        get_cpu_s,
+    })
+}
+
+/// Put and get throughput of both modes, side by side: each round runs one
+/// put and get per mode, the mode going first alternating, so that a change in
+/// the machine's load (two cores shared with other work) falls on both.
+/// Per size: (size in bytes, put, get).
+type Rows = Vec<(u64, f64, f64)>;
+
+/// Per mode: (size, put MB/s, get MB/s) medians, and (size, put, get) CPU
+/// seconds per GB over all rounds (the clock ticks of /proc are 10 ms: a sum
+/// is steadier than a median of short rounds).
+async fn throughput(
+    a: &SecurityArgs,
+    run_dir: &Path,
+    sides: [&Side; 2],
+    sizes: &[u64],
+) -> Result<[(Rows, Rows); 2]> {
+    let mut out = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
     for &size in sizes {
-        let l = label(size);
-        let src = files.join(format!("src-{size}"));
+        let src = run_dir.join(format!("src-{size}"));
         write_pattern_file(&src, size, size)?;
-        let (mut put, mut get) = (Vec::new(), Vec::new());
+        let mut got: [Vec<Timed>; 2] = [Vec::new(), Vec::new()];
         for r in 0..a.rounds {
-            let sdfs_name = format!("bench/{size}-{r}");
-            let t = Instant::now();
-            client.put(&src, &sdfs_name, &no_progress).await?;
-            put.push(mb_per_s(size, t.elapsed()));
-            let dst = files.join(format!("got-{size}-{r}"));
-            let t = Instant::now();
-            client.get(&sdfs_name, &dst, &no_progress).await?;
-            get.push(mb_per_s(size, t.elapsed()));
-            std::fs::remove_file(&dst)?;
-            // Keeps the disk for the next round (a 1 GiB file is 4 GiB stored).
-            if let Err(e) = client.delete(&sdfs_name).await {
-                eprintln!("[{name}] cannot delete {sdfs_name}: {e}");
+            for i in [r % 2, 1 - r % 2] {
+                got[i].push(round(sides[i], &src, size, r).await?);
             }
-            eprintln!(
-                "[{name}] {l} round {r}: put {:.0} MB/s, get {:.0} MB/s",
-                put[r], get[r]
-            );
         }
         std::fs::remove_file(&src)?;
-        out.push((size, median(put), median(get)));
+        let gb = (size * a.rounds as u64) as f64 / 1e9;
+        for (o, g) in out.iter_mut().zip(got) {
+            let put = median(g.iter().map(|t| t.put_mb_s).collect());
+            let get = median(g.iter().map(|t| t.get_mb_s).collect());
+            o.0.push((size, put, get));
+            let put_cpu: f64 = g.iter().map(|t| t.put_cpu_s).sum();
+            let get_cpu: f64 = g.iter().map(|t| t.get_cpu_s).sum();
+            o.1.push((size, put_cpu / gb, get_cpu / gb));
+        }
     }
-    let addr = c.addrs[via];
+    Ok(out)
+}
+
+/// Handshakes and `members` latency, at rest and under the flood, of one mode.
+async fn measure(
+    a: &SecurityArgs,
+    side: &Side,
+    (sizes, cpu_s_per_gb): (Rows, Rows),
+) -> Result<Mode> {
+    side.enter();
+    let (name, c) = (side.name(), &side.cluster);
+    let mut mode = Mode {
+        encrypt_tcp: side.encrypt_tcp,
+        sizes,
+        cpu_s_per_gb,
+        handshakes_per_s: f64::NAN,
+        members_at_rest: Latency::default(),
+        members_under_flood: Latency::default(),
+        flood_opened: 0,
+        flood_closed: 0,
+    };
+    if a.throughput_only {
+        return Ok(mode);
+    }
+    let addr = c.addrs[c.len() - 1];
     let t = Instant::now();
     for _ in 0..a.handshakes {
         drop(Conn::connect(addr).await.context("a timed handshake")?);
     }
-    let handshakes_per_s = a.handshakes as f64 / t.elapsed().as_secs_f64();
-    eprintln!("[{name}] {handshakes_per_s:.0} handshakes/s");
+    mode.handshakes_per_s = a.handshakes as f64 / t.elapsed().as_secs_f64();
+    eprintln!("[{name}] {:.0} handshakes/s", mode.handshakes_per_s);
 
     let all: Vec<usize> = (0..c.len()).collect();
     let leader = c.addrs[c.leader_index(&all, READY).await?];
-    let members_at_rest = members_latency(leader, a.calls).await;
-    eprintln!("[{name}] members at rest: {members_at_rest:?}");
+    mode.members_at_rest = members_latency(leader, a.calls).await;
+    eprintln!("[{name}] members at rest: {:?}", mode.members_at_rest);
     let flood = Flood::start(leader, a.flood, FLOODER);
     let t = Instant::now();
     while flood.opened() < a.flood as u64 && t.elapsed() < READY {
@@ -225,21 +352,14 @@ async fn measure(
         flood.opened(),
         t.elapsed().as_secs_f64()
     );
-    let members_under_flood = members_latency(leader, a.calls).await;
-    let (flood_opened, flood_closed) = (flood.opened(), flood.closed());
+    mode.members_under_flood = members_latency(leader, a.calls).await;
+    (mode.flood_opened, mode.flood_closed) = (flood.opened(), flood.closed());
     drop(flood);
     eprintln!(
-        "[{name}] members under the flood: {members_under_flood:?}; {flood_opened} flood connections opened, {flood_closed} closed by the agent"
+        "[{name}] members under the flood: {:?}; {} flood connections opened, {} closed by the agent",
+        mode.members_under_flood, mode.flood_opened, mode.flood_closed
     );
-    Ok(Mode {
-        encrypt_tcp,
-        sizes: out,
-        handshakes_per_s,
-        members_at_rest,
-        members_under_flood,
-        flood_opened,
-        flood_closed,
-    })
+    Ok(mode)
 }
 
 /// Time allowed for the cluster to elect a leader, converge, and for one call.
@@ -359,9 +479,11 @@ pub async fn run(a: SecurityArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> 
     if !a.quick {
         sizes.push(GIB);
     }
-    // Every round's replicas (if deletes free space late), the source and a got copy.
+    // A round's 4 replicas and the previous round's (its delete frees them
+    // shortly after; a round of the other mode runs in between), the source
+    // and a got copy.
     let largest = *sizes.last().expect("a size");
-    let need = largest * (4 * a.rounds as u64 + 2) + 2 * GIB;
+    let need = largest * (2 * 4 + 2) + 2 * GIB;
     let avail = crate::sdfs_local::available_bytes(&run_dir)?;
     if avail < need {
         bail!(
@@ -371,10 +493,19 @@ pub async fn run(a: SecurityArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> 
             need as f64 / GIB as f64
         );
     }
-    let encrypted = measure(&a, &run_dir, true, &sizes).await?;
-    let plaintext = measure(&a, &run_dir, false, &sizes).await?;
+    let enc = start(&a, &run_dir, true).await?;
+    let plain = start(&a, &run_dir, false).await?;
+    let [enc_sizes, plain_sizes] = throughput(&a, &run_dir, [&enc, &plain], &sizes).await?;
+    let encrypted = measure(&a, &enc, enc_sizes).await?;
+    drop(enc);
+    let plaintext = measure(&a, &plain, plain_sizes).await?;
+    drop(plain);
     auth::set_encrypt_tcp(true);
-    let membership = traffic(&a, &run_dir).await?;
+    let membership = if a.throughput_only {
+        None
+    } else {
+        Some(traffic(&a, &run_dir).await?)
+    };
     let report = Report {
         agents: a.agents,
         rounds: a.rounds,
@@ -411,6 +542,31 @@ fn table(r: &Report) -> String {
             );
         }
     }
+    let _ = writeln!(
+        t,
+        "CPU per GB, agents and client (the ratio is plaintext over encrypted: the \
+         throughput ratio when the CPU is the limit)"
+    );
+    for ((size, ep, eg), (_, pp, pg)) in r
+        .encrypted
+        .cpu_s_per_gb
+        .iter()
+        .zip(&r.plaintext.cpu_s_per_gb)
+    {
+        for (op, e, p) in [("put", ep, pp), ("get", eg, pg)] {
+            let _ = writeln!(
+                t,
+                "{:<16} {:>11.2} s {:>11.2} s {:>8.2}",
+                format!("{} {op}", label(*size)),
+                e,
+                p,
+                p / e
+            );
+        }
+    }
+    let Some(m) = &r.membership else {
+        return t; // --throughput-only
+    };
     let (e, p) = (r.encrypted.handshakes_per_s, r.plaintext.handshakes_per_s);
     let _ = writeln!(
         t,
@@ -455,7 +611,6 @@ fn table(r: &Report) -> String {
         e.members_under_flood.failed,
         p.members_under_flood.failed
     );
-    let m = &r.membership;
     let _ = writeln!(
         t,
         "\nmembership, {} agents ({} preset), {:.0} s at rest; UDP is always sealed\n\
