@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Time for the cluster to converge and elect a leader.
@@ -34,7 +35,7 @@ const READY: Duration = Duration::from_secs(120);
 /// Batches in flight at once.
 const PARALLEL: usize = 4;
 /// Tries of one metadata request.
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS: u32 = 20;
 /// Entries before the first snapshot beyond the batches: the fill's batches, the entries
 /// a cluster starts with and slack. The voters' first snapshot then follows the fill, as
 /// one snapshot of a leader of 1M versions would (a snapshot every few entries would
@@ -183,8 +184,24 @@ async fn commit_batch(leader: SocketAddr, ids: Vec<u64>, pad: Option<String>) ->
     }
 }
 
-/// [`commit_batch`] until every id is committed, at most [`ATTEMPTS`] times.
-async fn commit_all(leader: SocketAddr, mut ids: Vec<u64>, pad: Option<String>) -> Result<()> {
+/// The leader as the agents at `addrs` name it (the first that names one).
+async fn find_leader(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    for a in addrs {
+        if let Ok(Some(l)) = api::leader_info(*a).await.map(|i| i.leader) {
+            return Some(l);
+        }
+    }
+    None
+}
+
+/// [`commit_batch`] until every id is committed, at most [`ATTEMPTS`] times; after a
+/// failure, asked of the leader the agents at `addrs` name then.
+async fn commit_all(
+    addrs: Arc<Vec<SocketAddr>>,
+    mut leader: SocketAddr,
+    mut ids: Vec<u64>,
+    pad: Option<String>,
+) -> Result<()> {
     for attempt in 1..=ATTEMPTS {
         match commit_batch(leader, ids.clone(), pad.clone()).await {
             Ok(left) if left.is_empty() => return Ok(()),
@@ -192,7 +209,8 @@ async fn commit_all(leader: SocketAddr, mut ids: Vec<u64>, pad: Option<String>) 
             Err(e) if attempt == ATTEMPTS => return Err(e),
             Err(e) => eprintln!("[meta cluster row] attempt {attempt}: {e:#}"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        leader = find_leader(&addrs).await.unwrap_or(leader);
     }
     bail!(
         "{} versions still not committed after {ATTEMPTS} tries",
@@ -233,6 +251,7 @@ async fn measure(run_dir: &Path, row: &mut ClusterRow) -> Result<()> {
     let all: Vec<usize> = (0..c.len()).collect();
     let leader = c.leader_index(&all, READY).await?;
     let leader_addr = c.addrs[leader];
+    let addrs = Arc::new(c.addrs.clone());
     let pid = c.agent(leader).pid();
     row.leader_rss_before_bytes = proc_status_bytes(pid, "VmRSS")?;
 
@@ -263,7 +282,7 @@ async fn measure(run_dir: &Path, row: &mut ClusterRow) -> Result<()> {
     loop {
         while set.len() < PARALLEL {
             let Some(ids) = batches.pop() else { break };
-            set.spawn(commit_all(leader_addr, ids, None));
+            set.spawn(commit_all(addrs.clone(), leader_addr, ids, None));
         }
         let Some(r) = set.join_next().await else {
             break;
@@ -317,7 +336,8 @@ async fn measure(run_dir: &Path, row: &mut ClusterRow) -> Result<()> {
             "no snapshot of the leader covers index {filled} within {WAIT:?}"
         );
         row.padding += 1;
-        commit_all(leader_addr, vec![], Some(format!("pad/{}", row.padding))).await?;
+        let pad = Some(format!("pad/{}", row.padding));
+        commit_all(addrs.clone(), leader_addr, vec![], pad).await?;
     };
     (row.snapshot_index, row.snapshot_bytes) = (snap.0, snap.1);
     row.snapshot_s = snap.2 as f64 / 1e3;
