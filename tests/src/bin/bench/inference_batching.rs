@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 const MODEL: &str = "resnet50";
 const POLL: Duration = Duration::from_millis(250);
+/// Longest the polls of a phase may keep failing before it gives up.
+const POLL_FAILURES: Duration = Duration::from_secs(30);
 /// Images of each phase's job: more than any phase runs (the dataset cycles); cancelled.
 const JOB_IMAGES: u32 = 1_000_000;
 
@@ -168,6 +170,8 @@ async fn watch(
     // Queries accepted when `cur` began; the window's start (when, queries then).
     let mut since = 0;
     let mut start: Option<(Instant, usize)> = None;
+    // Since when polls have been failing.
+    let mut failing: Option<Instant> = None;
     loop {
         if t0.elapsed() > timeout {
             bail!(
@@ -175,7 +179,31 @@ async fn watch(
                  (batch {cur:?}, {changes} changes)"
             );
         }
-        let j = job(at, id).await?;
+        // A failed poll (on a loaded machine the leader's read check can miss its 100 ms) is
+        // retried; only failures for longer than POLL_FAILURES end the phase.
+        let polled = async {
+            let j = job(at, id).await?;
+            Ok::<_, anyhow::Error>((j, effective(at).await?, query_times(at, id).await?))
+        }
+        .await;
+        let (j, eff, qs) = match polled {
+            Ok(p) => {
+                failing = None;
+                p
+            }
+            Err(e) => {
+                let first = *failing.get_or_insert_with(Instant::now);
+                if first.elapsed() > POLL_FAILURES {
+                    return Err(e.context(format!(
+                        "{what}: polls failing for {:.1} s",
+                        first.elapsed().as_secs_f64()
+                    )));
+                }
+                eprintln!("[batching] {what}: poll failed, retrying: {e:#}");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         match j.state {
             JobState::Running => {}
             s => bail!(
@@ -183,8 +211,6 @@ async fn watch(
                 j.reason.unwrap_or_default()
             ),
         }
-        let eff = effective(at).await?;
-        let qs = query_times(at, id).await?;
         let now = Instant::now();
         if cur != Some(eff) {
             if cur.is_some() {
@@ -199,9 +225,9 @@ async fn watch(
             since = qs.len();
             start = None;
         }
-        // One round after the change (queries leased before it finish by then), and 8
+        // One round after the change (queries leased before it finish by then), and 20
         // queries at least (what the leader needs to judge a size).
-        if start.is_none() && qs.len() >= since + round.max(8) {
+        if start.is_none() && qs.len() >= since + round.max(20) {
             start = Some((now, qs.len()));
         }
         if let Some((ts, from)) = start
