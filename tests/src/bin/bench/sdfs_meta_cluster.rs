@@ -131,9 +131,10 @@ async fn ask(leader: SocketAddr, req: MetaRequest) -> Result<MetaResponse> {
 
 /// Plans and commits one batch of versions (`ids`, or the one file `pad`) with the leader
 /// at `leader`, as a batched put does; the ids left to try again (a refused commit: on a
-/// loaded machine the leader's lease round can time out). A name planned above version 1
-/// already has its version from an earlier try whose answer was lost; it is left out
-/// (the fill's count is checked at the end).
+/// loaded machine the leader's lease round can time out). A commit refused with "nothing
+/// was changed" still used up its plan's versions, so a name tried again may be planned
+/// above version 1; it is committed there (the fill's count is checked at the end: a
+/// commit whose answer was lost but which took effect shows as a version too many).
 async fn commit_batch(leader: SocketAddr, ids: Vec<u64>, pad: Option<String>) -> Result<Vec<u64>> {
     let named: Vec<(String, u64, u64)> = match pad {
         Some(name) => vec![(name, 1, 0)],
@@ -155,7 +156,6 @@ async fn commit_batch(leader: SocketAddr, ids: Vec<u64>, pad: Option<String>) ->
     let (files, ids): (Vec<BatchCommit>, Vec<u64>) = named
         .into_iter()
         .zip(versions)
-        .filter(|(_, version)| *version == 1)
         .map(|((name, _, i), version)| {
             let file = BatchCommit {
                 name,
