@@ -94,6 +94,8 @@ use types::{TypeConfig, voter_id};
 
 /// Largest snapshot segment sent in one Raft RPC, well under the frame limit.
 const SNAPSHOT_CHUNK: u64 = 1 << 20;
+/// Log entries sent in one AppendEntries: a few MB of batched puts at most.
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
 
 /// What the control plane needs from the agent's config.
 #[derive(Clone, Debug)]
@@ -561,6 +563,10 @@ async fn launch(
         // The log holds at most about twice `snapshot_every` entries.
         max_in_snapshot_log_to_keep: c.snapshot_every,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK,
+        // openraft bounds each AppendEntries by one heartbeat interval; 300 entries (its
+        // default) of batched puts (~100 KB each) to a follower catching up could not arrive
+        // in time, and were sent again and again.
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()
