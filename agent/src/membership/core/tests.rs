@@ -38,6 +38,12 @@ fn core_of(me: u16, now: Instant) -> Membership {
     core
 }
 
+/// `core` hears from `from` that `who` failed, at incarnation 0.
+fn told_failed(core: &mut Membership, from: u16, who: NodeId, now: Instant) {
+    let failed = gossip(&[update(who, 0, UpdateKind::Failed)]);
+    core.handle_datagram(addr(from), &failed, now).unwrap();
+}
+
 fn live(core: &Membership, n: NodeId) -> bool {
     core.live_members().contains(&n)
 }
@@ -62,12 +68,7 @@ fn a_member_told_it_failed_refutes_with_a_higher_incarnation_and_keeps_its_ident
     let now = Instant::now();
     let mut a = core_of(1, now);
     a.drain_events();
-    a.handle_datagram(
-        addr(2),
-        &gossip(&[update(id(1), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 2, id(1), now);
     assert_eq!(a.id(), id(1), "same identity");
     assert_eq!(a.incarnation(), 1);
     assert_eq!(a.drain_events(), [Event::Refuted(id(1))]);
@@ -77,12 +78,7 @@ fn a_member_told_it_failed_refutes_with_a_higher_incarnation_and_keeps_its_ident
     assert_eq!(a.live_members(), (1..=4).map(id).collect::<Vec<_>>());
 
     // A claim older than the refutation costs no incarnation; the claimant hears of it.
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(1), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(1), now);
     assert_eq!(a.incarnation(), 1);
     assert!(a.drain_events().is_empty());
     assert!(sent_alive(&a.drain_outbox(), addr(3), id(1), 1));
@@ -103,12 +99,7 @@ fn a_failure_already_refuted_by_a_suspicion_s_refutation_still_counts_once() {
     a.handle_datagram(addr(2), &gossip(&[suspect]), now)
         .unwrap();
     assert_eq!(a.incarnation(), 1);
-    a.handle_datagram(
-        addr(2),
-        &gossip(&[update(id(1), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 2, id(1), now);
     assert_eq!(a.incarnation(), 1, "no second refutation needed");
     assert_eq!(a.drain_events(), [Event::Refuted(id(1))]);
     assert_eq!(a.counters().false_failures, 1);
@@ -119,12 +110,7 @@ fn a_failure_already_refuted_by_a_suspicion_s_refutation_still_counts_once() {
 fn a_failed_member_is_reinstated_by_its_own_higher_incarnation() {
     let now = Instant::now();
     let mut a = core_of(1, now);
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(2), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(2), now);
     assert!(!live(&a, id(2)));
     a.drain_events();
     // Its refutation, sent by itself: a sender held failed still speaks for itself.
@@ -220,12 +206,7 @@ fn a_left_member_is_not_reinstated() {
 fn a_restarted_identity_is_a_new_member_not_a_reinstatement() {
     let now = Instant::now();
     let mut a = core_of(1, now);
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(2), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(2), now);
     a.drain_events();
     let restarted = NodeId::new(addr(2), 2_000);
     a.handle_datagram(
@@ -252,12 +233,7 @@ fn a_cut_off_sender_s_claims_count_only_about_the_receiver_and_itself() {
     let now = Instant::now();
     let mut a = core_of(1, now);
     // The majority (1, 2, 3) declared 4 failed while it was cut off.
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(4), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(4), now);
     a.drain_outbox();
     // 4's stale view: the others failed, itself alive at the incarnation it was declared at.
     let stale = Message::Sync {
@@ -321,22 +297,12 @@ fn a_cut_off_member_refutes_forgets_its_failures_and_takes_the_group_s_view() {
         "{infos:?}"
     );
     // For a suspicion's length, its partition-mates' stale claims are not taken.
-    d.handle_datagram(
-        addr(9),
-        &gossip(&[update(id(2), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut d, 9, id(2), now);
     assert!(live(&d, id(2)));
 
     // Member 1 takes 4 back from its refutation.
     let mut a = core_of(1, now);
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(4), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(4), now);
     for (to, bytes) in out.iter().filter(|(to, _)| *to == addr(1)) {
         let _ = to;
         a.handle_datagram(addr(4), bytes, now).unwrap();
@@ -372,12 +338,7 @@ fn a_restart_whose_clock_is_behind_its_predecessor_s_takes_a_newer_identity() {
     let mut a = core_of(1, now);
     // Member 2 (started at 1000) was declared failed; its host's clock then stepped back and
     // it restarted on an emptied data directory, at 500.
-    a.handle_datagram(
-        addr(3),
-        &gossip(&[update(id(2), 0, UpdateKind::Failed)]),
-        now,
-    )
-    .unwrap();
+    told_failed(&mut a, 3, id(2), now);
     let mut b = Membership::new(
         NodeId::new(addr(2), 500),
         MembershipConfig::preset(dml_shared::config::Preset::Lan),
