@@ -375,7 +375,7 @@ impl LeaderCore {
     /// earlier leader came from that leader's clock, and a new leader whose
     /// clock is ahead would otherwise cut its puts short.
     pub fn maintain(&mut self, state: &MetaState, now: Instant, now_ms: u64) -> Maintenance {
-        self.plans.forget_stale(now);
+        self.plans.forget_stale(now, |n| state.next_version(n));
         let work = self.sync(state, now);
         let settled = now.saturating_duration_since(self.started) >= self.cfg.put_timeout;
         let expire_puts = (!self.expiring && settled).then_some(now_ms);

@@ -144,15 +144,17 @@ impl Plans {
     /// Reserves the next version of `req.name`; `next_version` is the
     /// current state's (read under the lease). A small put's plan stays
     /// here; a large one's entry is returned for the caller to append.
+    ///
+    /// Looks up `req.name` alone: a batch plans up to 1,024 files at once
+    /// while thousands more are open, and going over every open plan per
+    /// file held the leader task for seconds (`docs/SDFS.md`). Stale plans
+    /// and counters go in [`Plans::forget_stale`], once per maintenance pass.
     pub fn plan(
         &mut self,
         req: PlanRequest,
         next_version: impl Fn(&str) -> u64,
         now: Instant,
     ) -> Planned {
-        self.forget_stale(now);
-        // Names the state caught up with need no entry.
-        self.next.retain(|n, v| *v > next_version(n));
         let version = self
             .next
             .get(&req.name)
@@ -230,11 +232,18 @@ impl Plans {
         }
     }
 
-    /// Drops plans nobody claimed within `forget_after`.
-    pub fn forget_stale(&mut self, now: Instant) {
+    /// Drops plans nobody claimed within `forget_after`, and the counters
+    /// of names whose state caught up (`next_version`: the state's).
+    pub fn forget_stale(&mut self, now: Instant, next_version: impl Fn(&str) -> u64) {
         let keep = self.forget_after;
         self.open
             .retain(|_, (at, _)| now.saturating_duration_since(*at) < keep);
+        self.next.retain(|n, v| *v > next_version(n));
+    }
+
+    /// Names with versions planned ahead of the state.
+    pub fn ahead(&self) -> usize {
+        self.next.len()
     }
 
     /// Plans made and not claimed.
@@ -328,6 +337,33 @@ mod tests {
         p.appended("g", 1, t);
         assert_eq!(p.settled("g", 1, Ok(())), None);
         assert_eq!(p.claim("g", 1, 2), Claim::Now(Ok(Claimed::Logged)));
+    }
+
+    /// A batch plans up to 1,024 files while thousands more are open:
+    /// looking up every open plan's name for each file held a leader of a
+    /// million versions for seconds per batch, and Raft's heartbeats behind it.
+    #[test]
+    fn planning_a_file_looks_up_only_its_own_name_however_many_plans_are_open() {
+        let mut p = Plans::new(1, Duration::from_secs(60));
+        let t = Instant::now();
+        let lookups = std::cell::Cell::new(0u64);
+        let state = |_: &str| {
+            lookups.set(lookups.get() + 1);
+            1
+        };
+        for i in 0..4096 {
+            assert_eq!(p.plan(req(&format!("f{i}"), 3), state, t).version, 1);
+        }
+        assert_eq!(lookups.get(), 4096, "one state lookup per plan");
+        assert_eq!(p.plan(req("f7", 3), state, t).version, 2);
+        assert_eq!((p.open(), p.ahead()), (4097, 4096));
+        // The maintenance pass drops the counters the state caught up with
+        // (f7 committed through v2) and, later, the plans nobody claimed.
+        p.forget_stale(t, |n| if n == "f7" { 3 } else { 1 });
+        assert_eq!((p.open(), p.ahead()), (4097, 4095));
+        assert_eq!(p.plan(req("f7", 3), |_| 3, t).version, 3);
+        p.forget_stale(t + Duration::from_secs(61), |_| 1);
+        assert_eq!(p.open(), 0);
     }
 
     fn addr(port: u16) -> SocketAddr {
