@@ -82,6 +82,17 @@ pub const WORKER_RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// (Used in `infer/worker.rs`.)
 pub const WORKER_FIGURES_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a query waiting for a host compute slot also tries the slots
+/// other than the one it waits on (a slot freed with no waiter on it stays
+/// idle at most this long).
+/// (Used in `infer/slots.rs`.)
+pub const SLOT_RECHECK: Duration = Duration::from_millis(2);
+
+/// Likewise for a worker waiting for a place on deck (the next query's
+/// lease): the query running meanwhile hides the wait, so less often.
+/// (Used in `infer/slots.rs`.)
+pub const DECK_RECHECK: Duration = Duration::from_millis(10);
+
 /// Between two tries at loading ONNX Runtime when it is missing.
 /// (Used in `infer/worker.rs`.)
 pub const RUNTIME_RETRY: Duration = Duration::from_secs(30);

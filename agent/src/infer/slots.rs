@@ -3,18 +3,30 @@
 //! sessions on two cores lose about 5% to switching and cache misses
 //! against two running at a time.
 //!
-//! A slot is an exclusive `flock` on one of `count` files in a directory
-//! that every agent of the host uses; the kernel drops it when its holder
-//! dies. A waiter gives up after `max_wait` and runs without a slot, so a
-//! frozen holder (SIGSTOP) slows the others down but never stops them.
+//! A slot is an exclusive `flock` on one of `count` files (`slot-I`) in a
+//! directory that every agent of the host uses; the kernel drops it when
+//! its holder dies. A waiter gives up after `max_wait` and runs without a
+//! slot, so a frozen holder (SIGSTOP) slows the others down but never stops
+//! them.
+//!
+//! The order queries run in is the leader's: a worker leases its next query
+//! only once it holds one of `count` places on deck (`deck-I`), and frees
+//! the place when the query takes a run slot. So the host holds at most
+//! `count` queries running and `count` leased ahead of them: which worker
+//! gets a place does not matter (the leader picks the job when it leases),
+//! and a job the leader favours, such as one just submitted, runs next
+//! instead of behind every query the host's agents had leased before it
+//! (the kernel wakes `flock` waiters in no particular order, so ten workers
+//! each queueing their own leases ran them in a random one).
 
+use crate::timing::{DECK_RECHECK, SLOT_RECHECK};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `count` slots under `dir`, shared by every agent that names the same ones.
 #[derive(Debug)]
@@ -22,14 +34,50 @@ pub struct HostSlots {
     dir: PathBuf,
     count: usize,
     max_wait: Duration,
-    /// Which slot to queue on when all are taken; spreads the waiters.
+    /// Which file to wait on when all are taken; spreads the waiters.
     next: AtomicUsize,
 }
 
-/// A held slot; dropping it frees the slot.
+/// A held run slot or place on deck; dropping it frees it.
 #[derive(Debug)]
 pub struct Slot {
     _file: File,
+    index: usize,
+}
+
+impl Slot {
+    /// Which of the host's slots (or places on deck) it is.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// The two sets of files: run slots and places on deck.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Run,
+    Deck,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Run => "slot",
+            Kind::Deck => "deck",
+        }
+    }
+
+    fn recheck(self) -> Duration {
+        match self {
+            Kind::Run => SLOT_RECHECK,
+            Kind::Deck => DECK_RECHECK,
+        }
+    }
+}
+
+fn try_lock(f: &File) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 impl HostSlots {
@@ -44,7 +92,8 @@ impl HostSlots {
             next: AtomicUsize::new(std::process::id() as usize),
         };
         for i in 0..slots.count {
-            slots.file(i)?;
+            slots.file(Kind::Run, i)?;
+            slots.file(Kind::Deck, i)?;
         }
         Ok(slots)
     }
@@ -70,7 +119,7 @@ impl HostSlots {
         (cores / intra_threads.max(1)).max(1)
     }
 
-    fn file(&self, i: usize) -> io::Result<File> {
+    fn file(&self, kind: Kind, i: usize) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
@@ -78,48 +127,86 @@ impl HostSlots {
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dir.join(format!("slot-{i}")))
+            .open(self.dir.join(format!("{}-{i}", kind.prefix())))
     }
 
-    /// Takes a free slot, else waits for one up to `max_wait`; `None` when
-    /// none came (or the files cannot be opened): run anyway. Blocks.
+    /// A place on deck: the right to lease the next query. Waits for one
+    /// up to `max_wait`; `None` when none came (or the files cannot be
+    /// opened): lease anyway. Blocks.
+    pub fn deck(&self) -> Option<Slot> {
+        let prefer = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        self.take(Kind::Deck, prefer)
+    }
+
+    /// A run slot for a query; `deck`, its place on deck, is freed once the
+    /// slot is held (or none came), and names the slot waited on first.
+    /// Waits up to `max_wait`; `None`: run anyway. Blocks.
+    pub fn acquire_from(&self, deck: Option<Slot>) -> Option<Slot> {
+        let prefer = match &deck {
+            Some(d) => d.index % self.count,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % self.count,
+        };
+        let slot = self.take(Kind::Run, prefer);
+        drop(deck);
+        slot
+    }
+
+    /// [`HostSlots::acquire_from`] with no place on deck.
     pub fn acquire(&self) -> Option<Slot> {
-        self.acquire_noting_wait().0
+        self.acquire_from(None)
     }
 
-    /// [`HostSlots::acquire`], also saying whether every slot was taken when
-    /// it asked (so this host's turns are all in use).
-    pub fn acquire_noting_wait(&self) -> (Option<Slot>, bool) {
+    /// One of the `kind` files: a free one at once (`prefer` first), else
+    /// the first to free: a thread blocks on `prefer` while the others are
+    /// tried again every [`Kind::recheck`].
+    fn take(&self, kind: Kind, prefer: usize) -> Option<Slot> {
         // Each call opens its own descriptors: a flock belongs to the open
         // file, so reusing one would let this agent take a slot twice.
-        let mut taken = Vec::with_capacity(self.count);
+        let mut files = Vec::with_capacity(self.count);
         for i in 0..self.count {
-            let Ok(f) = self.file(i) else {
-                return (None, false);
-            };
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return (Some(Slot { _file: f }), false);
-            }
-            taken.push(f);
+            files.push(Some(self.file(kind, i).ok()?));
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
-        let f = taken.swap_remove(i);
+        let order: Vec<usize> = (0..self.count).map(|k| (prefer + k) % self.count).collect();
+        let free = |files: &mut Vec<Option<File>>| {
+            order.iter().find_map(|&i| {
+                let f = files[i].take_if(|f| try_lock(f))?;
+                Some(Slot { _file: f, index: i })
+            })
+        };
+        if let Some(s) = free(&mut files) {
+            return Some(s);
+        }
+        let deadline = Instant::now() + self.max_wait;
+        let f = files[prefer].take()?;
         let (tx, rx) = mpsc::sync_channel(1);
         // The blocking lock runs on its own thread so that the wait can end;
         // a lock it gets after the waiter left is dropped (freed) at once.
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("dml-slot-wait".into())
             .spawn(move || {
                 // SAFETY: flock on a descriptor this thread owns.
                 if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    let _ = tx.send(Slot { _file: f });
+                    let _ = tx.send(Slot {
+                        _file: f,
+                        index: prefer,
+                    });
                 }
-            });
-        if spawned.is_err() {
-            return (None, true);
+            })
+            .ok()?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match rx.recv_timeout(kind.recheck().min(left)) {
+                Ok(s) => return Some(s),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+            if let Some(s) = free(&mut files) {
+                return Some(s);
+            }
         }
-        (rx.recv_timeout(self.max_wait).ok(), true)
     }
 }
 
@@ -191,31 +278,82 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// Polls `acquire` until it gives a slot (an abandoned waiter thread
+    /// may hold a freed slot for a moment before it lets go).
+    fn poll_slot(s: &HostSlots) -> Option<Slot> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match s.acquire() {
+                Some(slot) => return Some(slot),
+                None if Instant::now() < deadline => continue,
+                None => return None,
+            }
+        }
+    }
+
     #[test]
     fn two_slots_let_two_run_and_a_third_waits() {
         let d = dir("two");
         let s = HostSlots::open(&d, 2, Duration::from_millis(200)).unwrap();
-        let (x, waited) = s.acquire_noting_wait();
-        let x = x.expect("first slot");
-        assert!(!waited, "a free slot is no wait");
+        let x = s.acquire().expect("first slot");
         let y = s.acquire().expect("second slot");
+        assert_ne!(x.index(), y.index());
         let t = Instant::now();
-        let (third, waited) = s.acquire_noting_wait();
-        assert!(third.is_none() && waited, "a third slot out of two");
+        assert!(s.acquire().is_none(), "a third slot out of two");
         assert!(t.elapsed() >= Duration::from_millis(200));
         drop(x);
-        // The third call's abandoned waiter may be queued on the freed slot: it takes it and
-        // lets go at once, and an acquire in that moment finds both taken. Polled.
+        assert!(poll_slot(&s).is_some(), "the freed slot");
+        drop(y);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_waiter_takes_whichever_slot_frees_first() {
+        let d = dir("any");
+        let s = std::sync::Arc::new(HostSlots::open(&d, 2, Duration::from_secs(10)).unwrap());
+        let a = s.acquire().expect("first slot");
+        let b = s.acquire().expect("second slot");
+        // A query on deck 0 waits on slot 0 first; slot 1 frees.
+        let deck = s.deck().expect("a place on deck");
+        let want = deck.index();
+        let other = [&a, &b].into_iter().find(|x| x.index() != want).unwrap();
+        let freed = other.index();
+        let (tx, rx) = mpsc::channel();
+        let s2 = s.clone();
+        std::thread::spawn(move || tx.send(s2.acquire_from(Some(deck)).map(|x| x.index())));
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        if freed == a.index() {
+            drop(a);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Some(freed)));
+            drop(b);
+        } else {
+            drop(b);
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Some(freed)));
+            drop(a);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_places_on_deck_are_as_many_as_the_slots_and_free_once_a_query_runs() {
+        let d = dir("deck");
+        let s = HostSlots::open(&d, 2, Duration::from_millis(100)).unwrap();
+        let first = s.deck().expect("first place");
+        let second = s.deck().expect("second place");
+        assert_ne!(first.index(), second.index());
+        assert!(s.deck().is_none(), "a third place on deck out of two");
+        // The query on deck takes a run slot: its place goes to the next lease.
+        let run = s.acquire_from(Some(first)).expect("a free run slot");
         let deadline = Instant::now() + Duration::from_secs(10);
-        let freed = loop {
-            match s.acquire() {
-                Some(slot) => break Some(slot),
+        let next = loop {
+            match s.deck() {
+                Some(p) => break Some(p),
                 None if Instant::now() < deadline => continue,
                 None => break None,
             }
         };
-        assert!(freed.is_some(), "the freed slot");
-        drop(y);
+        assert!(next.is_some(), "the place freed when its query ran");
+        drop((run, second, next));
         let _ = std::fs::remove_dir_all(&d);
     }
 

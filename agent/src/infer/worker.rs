@@ -2,11 +2,12 @@
 //! images (own replica first), preprocesses them off the async runtime,
 //! runs them through one ONNX Runtime session per model and hands the
 //! top-5 back. Two stages overlap: while one query runs, the next is
-//! leased, fetched and preprocessed (unless the host's compute slots are
-//! all in use: then other agents' queries fill them, and this worker holds
-//! one query at a time). A lease may carry queries of other jobs
-//! of the same model (dynamic batching, the lease's `with`): their images run
-//! in the same batch, and each query's results are handed back on their own.
+//! leased, fetched and preprocessed. With host compute slots, a worker
+//! leases only once it holds a place on deck (see `slots.rs`), so the
+//! host's queries run in the order the leader leased them. A lease may
+//! carry queries of other jobs of the same model (dynamic batching, the
+//! lease's `with`): their images run in the same batch, and each query's
+//! results are handed back on their own.
 
 use super::compute::{Compute, ComputeError};
 use super::error::InferError;
@@ -14,7 +15,7 @@ use super::fetch::{FetchError, read_version};
 use super::figures::InferMetrics;
 use super::preprocess::{preprocess, stack};
 use super::runtime::{self, Session};
-use super::slots::HostSlots;
+use super::slots::{HostSlots, Slot};
 use crate::control::ControlHandle;
 use crate::latency::{QueryTime, WorkerHists};
 use crate::sdfs::SdfsHandle;
@@ -29,7 +30,6 @@ use ndarray::Array3;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -82,12 +82,6 @@ struct Ctx {
     /// C2 of the queries completed here whose results the leader accepted
     /// as new, sent with lease requests.
     hists: Mutex<Figures>,
-    /// The last run had to wait for a host compute slot: every slot of the
-    /// host is in use, so a second query held here would only wait in line
-    /// (lengthening every query's queue time, and how long the leader's
-    /// next choice, such as a newly submitted job, waits to run). The
-    /// worker then holds one query at a time.
-    host_busy: Arc<AtomicBool>,
 }
 
 /// This worker's C2 histograms and when they were last sent.
@@ -151,6 +145,8 @@ struct Prepared {
     received: Instant,
     /// Fetching and preprocessing.
     prep: Duration,
+    /// Its place on deck of the host's compute slots, freed when it runs.
+    deck: Option<Slot>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -180,7 +176,6 @@ impl Worker {
             stats: stats.clone(),
             metrics: metrics.clone(),
             hists: Mutex::default(),
-            host_busy: Arc::default(),
         });
         let (tx, rx) = mpsc::channel::<Prepared>(SLOTS);
         let tasks = vec![
@@ -290,13 +285,16 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
                 Err(_) => return,
             },
         };
-        if ctx.host_busy.load(Ordering::Relaxed) {
-            // One query at a time: wait until the one held ends.
-            tokio::select! {
+        // A place on deck before the lease (waited for on the prep thread,
+        // idle until then): the host's queries run in the order the leader
+        // leased them.
+        let deck = match ctx.o.slots.clone() {
+            Some(h) => tokio::select! {
                 _ = stop.changed() => return,
-                s = slots.acquire_many(SLOTS as u32 - 1) => drop(s),
-            }
-        }
+                d = ctx.prep.run(move || h.deck()) => d.ok().flatten(),
+            },
+            None => None,
+        };
         let figures = ctx
             .hists
             .lock()
@@ -315,18 +313,23 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
             Ok(InferResponse::Lease(Some(l))) => l,
             Ok(InferResponse::Lease(None)) => continue,
             Ok(other) => {
+                drop(deck);
                 tracing::warn!(answer = ?other, "unexpected answer to a lease request");
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
             Err(e) => {
+                drop(deck);
                 tracing::debug!(error = %e, "no lease");
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
+        // A model not loaded here yet takes seconds to load: the place on
+        // deck goes to another worker meanwhile.
+        let deck = deck.filter(|_| has_session(&ctx, &lease));
         bump(&ctx, |s| s.running += 1);
-        let prepared = prepare(&ctx, lease, slot).await;
+        let prepared = prepare(&ctx, lease, slot, deck).await;
         if tx.send(prepared).await.is_err() {
             return;
         }
@@ -337,7 +340,21 @@ fn bump(ctx: &Ctx, f: impl FnOnce(&mut WorkerStats)) {
     f(&mut ctx.stats.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
-async fn prepare(ctx: &Ctx, mut lease: Lease, slot: OwnedSemaphorePermit) -> Prepared {
+/// Whether the lease's model version is loaded here.
+fn has_session(ctx: &Ctx, lease: &Lease) -> bool {
+    ctx.sessions
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&lease.model)
+        .is_some_and(|(v, _)| *v == lease.model_version.version)
+}
+
+async fn prepare(
+    ctx: &Ctx,
+    mut lease: Lease,
+    slot: OwnedSemaphorePermit,
+    deck: Option<Slot>,
+) -> Prepared {
     let start = Instant::now();
     let with = std::mem::take(&mut lease.with);
     let parts: Vec<Lease> = std::iter::once(lease).chain(with).collect();
@@ -368,6 +385,7 @@ async fn prepare(ctx: &Ctx, mut lease: Lease, slot: OwnedSemaphorePermit) -> Pre
             errors,
             received: start,
             prep: start.elapsed(),
+            deck,
             _slot: slot,
         };
     };
@@ -399,6 +417,7 @@ async fn prepare(ctx: &Ctx, mut lease: Lease, slot: OwnedSemaphorePermit) -> Pre
         errors,
         received: start,
         prep: start.elapsed(),
+        deck,
         _slot: slot,
     }
 }
@@ -422,10 +441,11 @@ async fn run_loop(
             errors,
             received,
             prep,
+            deck,
             _slot,
         } = p;
         let batch_images: usize = parts.iter().map(|l| l.images.len()).sum();
-        let outcome = run_query(&ctx, &parts[0], tensors).await;
+        let outcome = run_query(&ctx, &parts[0], tensors, deck).await;
         let (results, ran, failed) = match outcome {
             Ok((r, ran)) => (r, ran, None),
             Err(e) => (Vec::new(), Duration::ZERO, Some(e.to_string())),
@@ -481,12 +501,13 @@ async fn run_loop(
 }
 
 /// Runs the query's images, and says how long the model ran (not counting
-/// the wait for a host compute slot); `Err` means the model itself cannot
-/// run here.
+/// the wait for a host compute slot, which frees its place on `deck`);
+/// `Err` means the model itself cannot run here.
 async fn run_query(
     ctx: &Ctx,
     lease: &Lease,
     tensors: Vec<Tensor>,
+    deck: Option<Slot>,
 ) -> Result<(Vec<(usize, ImageResult)>, Duration), QueryError> {
     if tensors.is_empty() {
         return Ok((Vec::new(), Duration::ZERO));
@@ -498,16 +519,12 @@ async fn run_query(
         .map(|(p, (i, n, t))| ((p, i, n), t))
         .unzip();
     let slots = ctx.o.slots.clone();
-    let busy = ctx.host_busy.clone();
     let (preds, ran) = ctx
         .infer
         .run(move || {
             let batch = stack(&arrays);
             let mut s = session.lock().unwrap_or_else(PoisonError::into_inner);
-            let (_turn, waited) = slots
-                .as_ref()
-                .map_or((None, false), |h| h.acquire_noting_wait());
-            busy.store(waited, Ordering::Relaxed);
+            let _turn = slots.as_ref().and_then(|h| h.acquire_from(deck));
             let start = Instant::now();
             (s.run(batch.view()), start.elapsed())
         })
