@@ -17,9 +17,9 @@
 //! cut where the buffer fills or the writer flushes.
 
 use crate::auth::handshake::{MAX_NOISE_MSG, NOISE_TAG_LEN};
+use crate::auth::transport::{TAG_LEN, Transport};
 use crate::auth::{self, Counters};
 use crate::stream::{Stream, StreamRead, StreamWrite};
-use snow::StatelessTransportState;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
@@ -45,9 +45,10 @@ const READ_AHEAD: usize = BATCH * MAX_WIRE;
 const OUT_CAP: usize = BATCH * MAX_WIRE + PAGE;
 
 /// Where a message's bytes land is chosen by their address modulo this.
-/// Each message is copied once inside `snow` (the plain bytes into the
-/// output before sealing in place, the sealed ones before opening in place)
-/// and once more on reading (opened bytes to the caller). On x86 CPUs whose
+/// Each message is copied once before it is sealed in place (the plain
+/// bytes into the output) and once before it is opened in place (the
+/// ciphertext into the caller's buffer, or into `plain` and from there to
+/// the caller when the caller's room is too small). On x86 CPUs whose
 /// `memcpy` uses `rep movsb` (AMD EPYC here), a copy whose destination lies
 /// 1 to 15 bytes ahead of its source modulo 4 KiB runs at 2-3 GB/s instead
 /// of 40 GB/s or more, and the addresses of these buffers fell there often
@@ -101,7 +102,7 @@ pub fn is_forged(e: &io::Error) -> bool {
 }
 
 /// The keys of an encrypted connection, shared by its two directions.
-type Keys = Arc<StatelessTransportState>;
+type Keys = Arc<Transport>;
 
 /// The sending direction's state.
 pub(crate) struct Tx {
@@ -160,9 +161,7 @@ impl Tx {
         }
         let at = self.out_len;
         debug_assert!(OUT_CAP - at >= 2 + body.len() + NOISE_TAG_LEN);
-        let n = keys
-            .write_message(self.nonce, body, &mut self.out[at + 2..])
-            .map_err(io::Error::other)?;
+        let n = keys.write_message(self.nonce, body, &mut self.out[at + 2..]);
         self.out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
         self.out_len = at + 2 + n;
         self.nonce += 1;
@@ -260,6 +259,141 @@ impl Tx {
     }
 }
 
+/// Plain bytes laid out as whole transport messages (each slot: room for
+/// its length, [`MAX_PLAIN`] bytes and the tag), so that bytes read into it
+/// (a file's chunk) are sealed where they lie and written out without a
+/// copy: [`Channel::write_sealed`].
+pub struct Sealable {
+    wire: Vec<u8>,
+    len: usize,
+}
+
+/// Bytes of one full slot on the wire.
+const SLOT: usize = 2 + MAX_NOISE_MSG;
+
+impl Sealable {
+    /// Room for `capacity` plain bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let slots = capacity.div_ceil(MAX_PLAIN).max(1);
+        Self {
+            wire: vec![0; slots * SLOT],
+            len: 0,
+        }
+    }
+
+    /// Plain bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the bytes held (the buffer is kept for the next ones).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Where plain byte `i` lies in `wire`.
+    fn at(i: usize) -> usize {
+        i / MAX_PLAIN * SLOT + 2 + i % MAX_PLAIN
+    }
+
+    /// The free room of the slot the next byte goes to, growing the buffer
+    /// by a slot when it is full.
+    fn room(&mut self) -> &mut [u8] {
+        let at = Self::at(self.len);
+        if at >= self.wire.len() {
+            self.wire.resize(self.wire.len() + SLOT, 0);
+        }
+        let end = (self.len / MAX_PLAIN) * SLOT + 2 + MAX_PLAIN;
+        &mut self.wire[at..end]
+    }
+
+    /// Appends `bytes`.
+    pub fn extend_from_slice(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.room();
+            let n = room.len().min(bytes.len());
+            room[..n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Overwrites the plain bytes from offset `at` with `bytes` (within
+    /// what is held).
+    pub fn patch(&mut self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.len, "patch past the bytes held");
+        for (i, b) in bytes.iter().enumerate() {
+            self.wire[Self::at(at + i)] = *b;
+        }
+    }
+
+    /// Appends up to `max` bytes read from `r`, stopping early only at its
+    /// end; returns the bytes appended.
+    pub fn read_from(&mut self, r: &mut impl io::Read, max: usize) -> io::Result<usize> {
+        let mut got = 0;
+        while got < max {
+            let room = self.room();
+            let want = room.len().min(max - got);
+            let n = match r.read(&mut room[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.len += n;
+            got += n;
+        }
+        Ok(got)
+    }
+
+    /// The plain bytes, slot by slot.
+    fn slots(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len.div_ceil(MAX_PLAIN)).map(|k| {
+            let n = (self.len - k * MAX_PLAIN).min(MAX_PLAIN);
+            &self.wire[k * SLOT + 2..k * SLOT + 2 + n]
+        })
+    }
+}
+
+impl Tx {
+    /// Writes `s`'s bytes after those written before: sealed in place as
+    /// whole messages, then written from `s` in one go.
+    async fn write_sealed<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        s: &mut Sealable,
+    ) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let Some(keys) = self.keys.clone() else {
+            for slot in s.slots() {
+                w.write_all(slot).await?;
+            }
+            return Ok(());
+        };
+        // Bytes written before go first, in messages of their own.
+        std::future::poll_fn(|cx| self.poll_push(w, cx, true)).await?;
+        let mut end = 0;
+        for k in 0..s.len.div_ceil(MAX_PLAIN) {
+            let n = (s.len - k * MAX_PLAIN).min(MAX_PLAIN);
+            let at = k * SLOT;
+            let msg = &mut s.wire[at..at + 2 + n + TAG_LEN];
+            msg[..2].copy_from_slice(&((n + TAG_LEN) as u16).to_be_bytes());
+            let tag = keys.seal_in_place(self.nonce, &mut msg[2..2 + n]);
+            msg[2 + n..].copy_from_slice(&tag);
+            self.nonce += 1;
+            end = at + 2 + n + TAG_LEN;
+        }
+        // The plain bytes are gone: sealed.
+        s.len = 0;
+        w.write_all(&s.wire[..end]).await
+    }
+}
+
 impl Rx {
     fn fail(&mut self) -> io::Error {
         if !self.failed {
@@ -270,9 +404,9 @@ impl Rx {
     }
 
     /// Opens the next whole message in `input`, if there is one: straight
-    /// into `buf` when its initialized room holds the whole message (a
-    /// caller reading into a zeroed or reused buffer saves a copy), else into
-    /// `plain`.
+    /// into `buf` when its room (initialized or not) holds the message's
+    /// bytes, else into `plain`. Either way the ciphertext is copied there
+    /// and opened in place, its tag read from `input`.
     fn open_next(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<Opened> {
         let avail = &self.input[self.in_pos..self.in_len];
         if avail.len() < 2 {
@@ -286,38 +420,43 @@ impl Rx {
             return Ok(Opened::Nothing);
         }
         let keys = self.keys.as_ref().expect("only an encrypted stream opens");
-        let sealed = &avail[2..2 + len];
+        let n = len - TAG_LEN;
+        let cipher = &avail[2..2 + n];
+        let tag: &[u8; TAG_LEN] = avail[2 + n..2 + len].try_into().expect("TAG_LEN bytes");
         let filled = buf.filled().len();
         let dst = buf.filled().as_ptr_range().end;
-        // `snow` copies the whole sealed message (tag included) before
-        // opening it in place: the room must hold it.
-        let direct = buf.initialized().len() - filled >= len && !slow_copy(sealed.as_ptr(), dst);
-        let opened = if direct {
-            let out = &mut buf.initialized_mut()[filled..filled + len];
-            keys.read_message(self.nonce, sealed, out)
-                .map(|n| (Opened::ToCaller, n))
+        let opened = if buf.remaining() >= n && !slow_copy(cipher.as_ptr(), dst) {
+            buf.put_slice(cipher);
+            let out = &mut buf.filled_mut()[filled..];
+            match keys.open_in_place(self.nonce, out, tag) {
+                Ok(()) => Ok(Opened::ToCaller),
+                Err(e) => {
+                    // Nothing unverified is handed out.
+                    buf.set_filled(filled);
+                    Err(e)
+                }
+            }
         } else {
             if self.plain.is_empty() {
                 self.plain = vec![0; MAX_NOISE_MSG + PAGE];
             }
             // The opened bytes are placed for two fast copies (see `PAGE`):
-            // from `input` into `plain` inside `snow`, then from `plain` to `dst`.
-            let lead = if slow_copy(sealed.as_ptr(), dst) {
+            // from `input` into `plain`, then from `plain` to `dst`.
+            let lead = if slow_copy(cipher.as_ptr(), dst) {
                 PAGE - 2 * SLOW_SPAN
             } else {
                 0
             };
-            let at = placed(self.plain.as_ptr(), sealed.as_ptr(), lead);
+            let at = placed(self.plain.as_ptr(), cipher.as_ptr(), lead);
             self.plain_pos = at;
-            keys.read_message(self.nonce, sealed, &mut self.plain[at..at + MAX_NOISE_MSG])
-                .map(|n| (Opened::ToPlain, n))
+            self.plain_len = at + n;
+            let out = &mut self.plain[at..at + n];
+            out.copy_from_slice(cipher);
+            keys.open_in_place(self.nonce, out, tag)
+                .map(|()| Opened::ToPlain)
         };
         match opened {
-            Ok((to, n)) => {
-                match to {
-                    Opened::ToCaller => buf.advance(n),
-                    _ => self.plain_len = self.plain_pos + n,
-                }
+            Ok(to) => {
                 self.nonce += 1;
                 self.in_pos += 2 + len;
                 Ok(to)
@@ -406,12 +545,7 @@ pub struct OpenRead<R> {
 impl<R> OpenRead<R> {
     /// Opens `inner`'s messages with `keys`, the first at nonce `nonce`;
     /// a message that does not verify counts in `counters.tcp_forged`.
-    pub fn new(
-        inner: R,
-        keys: StatelessTransportState,
-        nonce: u64,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub fn new(inner: R, keys: Transport, nonce: u64, counters: Arc<Counters>) -> Self {
         Self {
             inner,
             rx: Rx::new(Arc::new(keys), nonce, counters),
@@ -439,7 +573,7 @@ pub struct SealWrite<W> {
 
 impl<W> SealWrite<W> {
     /// Seals into `inner` with `keys`, the first message at nonce `nonce`.
-    pub fn new(inner: W, keys: StatelessTransportState, nonce: u64) -> Self {
+    pub fn new(inner: W, keys: Transport, nonce: u64) -> Self {
         Self {
             inner,
             tx: Tx {
@@ -456,6 +590,13 @@ impl<W> SealWrite<W> {
     /// The writer, with what was flushed into it.
     pub fn into_inner(self) -> W {
         self.inner
+    }
+}
+
+impl<W: AsyncWrite + Unpin> SealWrite<W> {
+    /// As [`Channel::write_sealed`].
+    pub async fn write_sealed(&mut self, bytes: &mut Sealable) -> io::Result<()> {
+        self.tx.write_sealed(&mut self.inner, bytes).await
     }
 }
 
@@ -508,7 +649,7 @@ impl Channel {
     /// the first received `rx_nonce`.
     pub(crate) fn encrypted(
         stream: Stream,
-        keys: StatelessTransportState,
+        keys: Transport,
         tx_nonce: u64,
         rx_nonce: u64,
         counters: Arc<Counters>,
@@ -564,6 +705,13 @@ impl Channel {
     /// [`encrypted`](Self::is_encrypted), and for tests that forge.
     pub fn socket(&mut self) -> &mut Stream {
         &mut self.stream
+    }
+
+    /// Writes `bytes` (after anything written before) sealed in place in
+    /// their buffer, without the copy a write makes; leaves `bytes` empty.
+    /// On a connection that is not encrypted they are written as they are.
+    pub async fn write_sealed(&mut self, bytes: &mut Sealable) -> io::Result<()> {
+        self.tx.write_sealed(&mut self.stream, bytes).await
     }
 
     /// See [`Stream::widen_send_buffer`].
@@ -683,7 +831,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// The client's and the server's transport keys of one real handshake.
-    fn keys() -> (StatelessTransportState, StatelessTransportState) {
+    fn keys() -> (Transport, Transport) {
         let key = ClusterKey::from_bytes([9; KEY_LEN]);
         let (init, hello) = handshake::hello(&key, Protection::Encrypted).unwrap();
         let Answer::Reply {
@@ -741,6 +889,134 @@ mod tests {
         let mut got = vec![0u8; u32::from_be_bytes(len) as usize];
         r.read_exact(&mut got).await.unwrap();
         assert!(got == body, "the body read differs from the one written");
+    }
+
+    /// `body` sealed as a frame: its length alone, then whole messages.
+    async fn sealed_frame(keys: Transport, body: &[u8]) -> Vec<u8> {
+        let mut w = SealWrite::new(Vec::new(), keys, 1);
+        w.write_all(&(body.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        w.write_all(body).await.unwrap();
+        w.flush().await.unwrap();
+        w.into_inner()
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_opened_straight_into_a_buffers_uninitialized_spare_capacity() {
+        let (tx_keys, rx_keys) = keys();
+        let body = pattern(5 * MAX_PLAIN + 777);
+        let wire = sealed_frame(tx_keys, &body).await;
+        let mut r = OpenRead::new(&wire[..], rx_keys, 1, Arc::new(Counters::default()));
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await.unwrap();
+        let len = u32::from_be_bytes(len) as usize;
+        // As an agent reads a data frame: into capacity, never zeroed.
+        let mut got = Vec::with_capacity(len);
+        (&mut r)
+            .take(len as u64)
+            .read_to_end(&mut got)
+            .await
+            .unwrap();
+        assert!(got == body, "the frame read differs from the one written");
+        // The length went through `plain` (4 bytes asked for); every message
+        // of the body was opened in the caller's memory, with no copy aside.
+        assert_eq!(r.rx.nonce, 1 + 1 + 6, "the length and six body messages");
+        assert!(
+            r.rx.plain_pos == r.rx.plain_len,
+            "no opened bytes left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tampered_or_reordered_message_hands_out_none_of_its_bytes_and_fails_the_stream() {
+        let body = pattern(3 * MAX_PLAIN);
+        for what in ["tampered", "reordered"] {
+            let (tx_keys, rx_keys) = keys();
+            let wire = sealed_frame(tx_keys, &body).await;
+            let lens = message_lengths(&wire);
+            assert_eq!(
+                lens,
+                [
+                    4 + NOISE_TAG_LEN,
+                    MAX_NOISE_MSG,
+                    MAX_NOISE_MSG,
+                    MAX_NOISE_MSG
+                ]
+            );
+            // Where the body's second and third messages start.
+            let second = 2 + lens[0] + 2 + MAX_NOISE_MSG;
+            let third = second + 2 + MAX_NOISE_MSG;
+            let bad = if what == "tampered" {
+                let mut bad = wire.clone();
+                bad[second + 100] ^= 0x20;
+                bad
+            } else {
+                let mut bad = wire[..second].to_vec();
+                bad.extend_from_slice(&wire[third..]);
+                bad.extend_from_slice(&wire[second..third]);
+                bad
+            };
+            let counters = Arc::new(Counters::default());
+            let mut r = OpenRead::new(&bad[..], rx_keys, 1, counters.clone());
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).await.unwrap();
+            let mut got = Vec::with_capacity(body.len());
+            let err = (&mut r)
+                .take(body.len() as u64)
+                .read_to_end(&mut got)
+                .await
+                .expect_err(what);
+            assert!(is_forged(&err), "{what}: {err}");
+            assert!(
+                got == body[..MAX_PLAIN],
+                "{what}: only the first message's bytes were handed out"
+            );
+            let again = r.read(&mut [0u8; 16]).await.expect_err(what);
+            assert!(is_forged(&again), "{what}: the stream stays failed");
+            assert_eq!(
+                counters
+                    .tcp_forged
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1,
+                "{what}: counted once"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_sealed_in_their_buffer_arrive_in_order_between_written_ones() {
+        let (tx_keys, rx_keys) = keys();
+        let mut w = SealWrite::new(Vec::new(), tx_keys, 1);
+        let mut want = Vec::new();
+        w.write_all(b"before").await.unwrap();
+        want.extend_from_slice(b"before");
+        let mut s = Sealable::with_capacity(MAX_PLAIN);
+        for n in [3 * MAX_PLAIN + 100, 2 * MAX_PLAIN - 4, 7] {
+            // As a get sends a chunk: its length, then bytes read from a file.
+            let data = pattern(n);
+            s.clear();
+            s.extend_from_slice(&[0; 4]);
+            assert_eq!(s.read_from(&mut &data[..], n + 50).unwrap(), n);
+            s.patch(0, &(n as u32).to_be_bytes());
+            assert_eq!(s.len(), 4 + n);
+            w.write_sealed(&mut s).await.unwrap();
+            assert!(s.is_empty(), "sealed bytes are not sent twice");
+            want.extend_from_slice(&(n as u32).to_be_bytes());
+            want.extend_from_slice(&data);
+            w.write_all(b"between").await.unwrap();
+            want.extend_from_slice(b"between");
+        }
+        w.flush().await.unwrap();
+        let wire = w.into_inner();
+        assert!(
+            !wire.windows(7).any(|x| x == b"between"),
+            "the bytes are encrypted"
+        );
+        let mut r = OpenRead::new(&wire[..], rx_keys, 1, Arc::new(Counters::default()));
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.unwrap();
+        assert!(got == want, "the bytes read differ from those written");
     }
 
     #[tokio::test]

@@ -148,8 +148,7 @@ pub async fn recv_data(
     chunk: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, SdfsError> {
-    let zeroed = s.is_encrypted();
-    let read = read_data_frame(s.raw(), max_frame, chunk, zeroed);
+    let read = read_data_frame(s.raw(), max_frame, chunk);
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(Some(f))) => Ok(f),
         Ok(Ok(None)) => Err(broke(peer, "connection closed")),
@@ -162,16 +161,13 @@ pub async fn recv_data(
 /// for a whole chunk at once (no regrowth per frame); a frame announced larger
 /// than `chunk` still grows only as its bytes arrive. `Ok(None)`: the peer
 /// closed before a whole length prefix (callers treat both as a broken stream).
-///
-/// `zeroed` (for an encrypted connection): the first `chunk` bytes are read
-/// into a zeroed buffer, into which the channel opens whole messages in place
-/// ([`dml_shared::channel::MAX_PLAIN`]); into spare capacity it must open
-/// each one aside and copy it, which costs more than the zeroing.
+/// On an encrypted connection the channel opens whole messages straight into
+/// the spare capacity ([`dml_shared::channel::MAX_PLAIN`]), so the buffer
+/// needs no zeroing.
 pub async fn read_data_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_frame: usize,
     chunk: usize,
-    zeroed: bool,
 ) -> dml_shared::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -186,17 +182,9 @@ pub async fn read_data_frame<R: AsyncRead + Unpin>(
             max: max_frame,
         });
     }
-    let mut buf = if zeroed {
-        // calloc: fresh pages come zeroed without a memset.
-        let mut buf = vec![0u8; len.min(chunk)];
-        r.read_exact(&mut buf).await?;
-        buf
-    } else {
-        Vec::with_capacity(len.min(chunk))
-    };
-    let rest = len - buf.len();
-    let got = r.take(rest as u64).read_to_end(&mut buf).await?;
-    if got < rest {
+    let mut buf = Vec::with_capacity(len.min(chunk));
+    let got = r.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
     }
     Ok(Some(buf))

@@ -17,6 +17,7 @@ use super::stats::Counters;
 use super::store::Verdict;
 use super::{Ctx, peer, scrub};
 use dml_shared::api::Response;
+use dml_shared::channel::Sealable;
 use dml_shared::conn::{Conn, FrameWrite};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -120,10 +121,11 @@ const READ_AHEAD_CHUNKS: usize = 2;
 
 /// Like [`send_frames`], through the connection's encryption: a blocking
 /// thread reads the chunks ahead while this task encrypts and sends them.
-/// Each chunk is read behind room for its frame's length, so frame and
-/// length are sealed together straight from the buffer, and the buffers go
-/// back to the reader: a fresh megabyte per chunk cost a page fault every
-/// 4 KiB and an munmap, which `sendfile` never pays.
+/// Each chunk is read behind room for its frame's length into a
+/// [`Sealable`], laid out as whole transport messages, so frame and length
+/// are sealed in place and written from there (no copy after the read), and
+/// the buffers go back to the reader: a fresh megabyte per chunk cost a page
+/// fault every 4 KiB and an munmap, which `sendfile` never pays.
 async fn send_encrypted(
     file: std::fs::File,
     stream: &mut Conn,
@@ -133,21 +135,20 @@ async fn send_encrypted(
 ) -> io::Result<Sent> {
     use tokio::io::AsyncWriteExt;
     const LEN: usize = 4;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(READ_AHEAD_CHUNKS);
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Sealable>>(READ_AHEAD_CHUNKS);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Sealable>();
     let reader = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
         dml_shared::disk::read_sequentially(&file, 0);
         let mut left = size;
-        let f = &file;
+        let mut f = &file;
         while left > 0 {
             let want = chunk.min(left) as usize;
             let mut buf = back_rx
                 .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(LEN + chunk as usize));
+                .unwrap_or_else(|_| Sealable::with_capacity(LEN + chunk as usize));
             buf.clear();
             buf.extend_from_slice(&[0; LEN]);
-            let r = f.take(want as u64).read_to_end(&mut buf).map(|_| buf);
+            let r = buf.read_from(&mut f, want).map(|_| buf);
             let end = !matches!(&r, Ok(b) if b.len() == LEN + want);
             left -= r.as_ref().map_or(0, |b| (b.len() - LEN) as u64);
             if tx.blocking_send(r).is_err() || end {
@@ -157,16 +158,7 @@ async fn send_encrypted(
     });
     let mut sent = 0u64;
     let out = stream.raw();
-    let timed =
-        async |out: &mut dml_shared::channel::Channel, bytes: &[u8]| match tokio::time::timeout(
-            stall.max(Duration::from_millis(1)),
-            out.write_all(bytes),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        };
+    let stall = stall.max(Duration::from_millis(1));
     while sent < size {
         let want = chunk.min(size - sent);
         let mut framed = match rx.recv().await {
@@ -175,8 +167,8 @@ async fn send_encrypted(
         };
         let n = framed.len() - LEN;
         if n > 0 {
-            framed[..LEN].copy_from_slice(&(n as u32).to_be_bytes());
-            timed(out, &framed).await?;
+            framed.patch(0, &(n as u32).to_be_bytes());
+            within(stall, out.write_sealed(&mut framed)).await?;
         }
         sent += n as u64;
         let _ = back_tx.send(framed);
@@ -191,12 +183,20 @@ async fn send_encrypted(
         let _ = out.flush().await;
         return Ok(Sent::Short(sent));
     }
-    timed(out, &0u32.to_be_bytes()).await?;
-    match tokio::time::timeout(stall.max(Duration::from_millis(1)), out.flush()).await {
+    within(stall, out.write_all(&0u32.to_be_bytes())).await?;
+    match tokio::time::timeout(stall, out.flush()).await {
         Ok(r) => r?,
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
     }
     Ok(Sent::Whole(sent))
+}
+
+/// `write`, failed with `TimedOut` if it takes longer than `stall`.
+async fn within(stall: Duration, write: impl Future<Output = io::Result<()>>) -> io::Result<()> {
+    match tokio::time::timeout(stall, write).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Sends `size` bytes of `file` as frames of at most `chunk` bytes, then the

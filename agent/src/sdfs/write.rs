@@ -236,10 +236,9 @@ impl Forwarder {
 /// The next data frame of an upload (empty at its end), within
 /// `put_timeout`; an upstream that closes or stays silent is an error.
 pub(super) async fn upload_frame(ctx: &Ctx, stream: &mut Conn) -> dml_shared::Result<Vec<u8>> {
-    let zeroed = stream.is_encrypted();
     match tokio::time::timeout(
         ctx.cfg.put_timeout,
-        peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size, zeroed),
+        peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
     )
     .await
     {

@@ -18,8 +18,9 @@
 //! an error naming `security.encrypt_tcp`. The refusal status is not
 //! authenticated: forging it only breaks a handshake, as closing would.
 
+use super::transport::Transport;
 use super::{ClusterKey, Role};
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
 
 /// First bytes of every connection (protocol 2: Noise). Protocol 1 sent
 /// [`OLD_HELLO_MAGIC`].
@@ -124,7 +125,7 @@ fn builder(key: &ClusterKey) -> HsResult<snow::Builder<'_>> {
 /// An established session: the transport keys, and the handshake hash,
 /// unique to this connection (both ephemeral keys are in it).
 pub struct Session {
-    pub transport: StatelessTransportState,
+    pub transport: Transport,
     pub hash: [u8; 32],
 }
 
@@ -134,12 +135,19 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn session(hs: HandshakeState) -> HsResult<Session> {
+fn session(mut hs: HandshakeState) -> HsResult<Session> {
+    if !hs.is_handshake_finished() {
+        return Err(HandshakeError::Noise(
+            "the handshake is not finished".into(),
+        ));
+    }
     let hash = hs
         .get_handshake_hash()
         .try_into()
         .map_err(|_| HandshakeError::Noise("the handshake hash is not 32 bytes".into()))?;
-    let transport = hs.into_stateless_transport_mode().map_err(noise)?;
+    // Noise's Split(), sealed and opened with ring directly (see `transport`).
+    let initiator = hs.is_initiator();
+    let transport = Transport::from_split(hs.dangerously_get_raw_split(), initiator);
     Ok(Session { transport, hash })
 }
 
@@ -298,9 +306,7 @@ impl Initiator {
         }
         let s = session(self.hs)?;
         let mut confirm = [0u8; CONFIRM_LEN];
-        s.transport
-            .write_message(0, &[], &mut confirm)
-            .map_err(noise)?;
+        s.transport.write_message(0, &[], &mut confirm);
         Ok((s, confirm))
     }
 
@@ -384,7 +390,7 @@ mod tests {
         let (c, s) = (c.unwrap(), s.unwrap());
         assert_eq!(c.hash, s.hash);
         let mut msg = [0u8; 64];
-        let n = c.transport.write_message(1, b"secret", &mut msg).unwrap();
+        let n = c.transport.write_message(1, b"secret", &mut msg);
         assert!(!msg[..n].windows(6).any(|w| w == b"secret"));
         let mut out = [0u8; 64];
         let m = s.transport.read_message(1, &msg[..n], &mut out).unwrap();

@@ -20,6 +20,7 @@
 
 mod datagram;
 pub mod handshake;
+pub mod transport;
 
 pub use datagram::*;
 
