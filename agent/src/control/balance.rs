@@ -78,12 +78,13 @@ pub fn plan(state: &MetaState, alive: &[SocketAddr], replicas: usize) -> Planned
     if alive.len() < replicas {
         return out;
     }
+    let placer = placement::Placer::new(alive);
     for (name, version, meta) in state.committed_versions() {
         if !movable(&meta.replicas, alive, replicas) {
             out.waiting_for_repair += 1;
             continue;
         }
-        let want = placement::place(name, alive, replicas);
+        let want = placer.place(name, replicas);
         let surplus = meta.replicas.iter().filter(|h| !want.contains(h));
         let missing = want.iter().filter(|a| !meta.replicas.contains(a));
         for (from, to) in surplus.zip(missing) {

@@ -108,12 +108,17 @@ pub struct LeaderCore {
     expiring: bool,
     /// A membership read for repair is in flight.
     viewing: bool,
+    /// No periodic repair and balance scan before this ([`LeaderCore::scan_took`]).
+    scan_after: Option<Instant>,
     workers: Workers,
     /// Each job's progress per worker (`dml job`).
     progress: Progress,
     /// When this term's leadership began (monotonic).
     started: Instant,
 }
+
+/// A periodic scan waits this many times what the last one took.
+pub const SCAN_PAUSE: u32 = 9;
 
 impl LeaderCore {
     /// The core of the leader of `term` from `now`, empty: the scheduler is
@@ -129,6 +134,7 @@ impl LeaderCore {
             storing: HashSet::new(),
             expiring: false,
             viewing: false,
+            scan_after: None,
             workers: Workers::new(now),
             progress: Progress::default(),
             started: now,
@@ -380,8 +386,8 @@ impl LeaderCore {
         let settled = now.saturating_duration_since(self.started) >= self.cfg.put_timeout;
         let expire_puts = (!self.expiring && settled).then_some(now_ms);
         self.expiring |= expire_puts.is_some();
-        let fetch_view = !self.viewing;
-        self.viewing = true;
+        let fetch_view = !self.viewing && self.scan_after.is_none_or(|t| now >= t);
+        self.viewing |= fetch_view;
         let outputs: Vec<JobId> = state
             .jobs
             .jobs
@@ -401,6 +407,19 @@ impl LeaderCore {
             outputs,
             work,
         }
+    }
+
+    /// The last repair and balance scan ([`LeaderCore::plan_repair`]) held
+    /// the leader task for `took`: the next periodic one waits
+    /// [`SCAN_PAUSE`] times as long, so scans of every version (a second
+    /// or more at a million) take at most a tenth of the task's time.
+    pub fn scan_took(&mut self, took: Duration, now: Instant) {
+        self.scan_after = Some(now + took * SCAN_PAUSE);
+    }
+
+    /// A member departed: the next maintenance pass scans, whatever the pause.
+    pub fn scan_soon(&mut self) {
+        self.scan_after = None;
     }
 
     /// The `ExpirePending` append finished (either way).
@@ -639,5 +658,38 @@ mod tests {
         );
         let m = c.maintain(&s, t, 1);
         assert_eq!((m.outputs, m.fetch_view), (vec![job], true), "retried");
+    }
+
+    /// Scans of every version (repair's, balance's) took over a second per
+    /// view at a million versions, once a second, on the leader task.
+    #[test]
+    fn periodic_scans_pause_for_nine_times_the_last_ones_length_unless_a_member_departs() {
+        let s = MetaState::default();
+        let live = [addr(1)];
+        let view = View {
+            live: &live,
+            alive: &live,
+        };
+        let mut c = core(4);
+        let t = Instant::now();
+        assert!(c.maintain(&s, t, 1).fetch_view);
+        c.plan_repair(&s, view);
+        c.scan_took(Duration::from_secs(1), t);
+        let at = |secs: u64| t + Duration::from_secs(secs);
+        assert!(!c.maintain(&s, at(1), 1).fetch_view);
+        assert!(!c.maintain(&s, at(8), 1).fetch_view);
+        assert!(c.maintain(&s, at(9), 1).fetch_view);
+        c.plan_repair(&s, view);
+        c.scan_took(Duration::from_secs(1), at(10));
+        assert!(!c.maintain(&s, at(11), 1).fetch_view);
+        c.scan_soon();
+        assert!(
+            c.maintain(&s, at(11), 1).fetch_view,
+            "a departure scans at once"
+        );
+        // A quick scan pauses for no longer than the maintenance period.
+        c.plan_repair(&s, view);
+        c.scan_took(Duration::ZERO, at(12));
+        assert!(c.maintain(&s, at(12), 1).fetch_view);
     }
 }

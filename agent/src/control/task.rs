@@ -363,6 +363,7 @@ impl<P: Ports> LeaderTask<P> {
         match input {
             Input::Serve { req, reply } => self.serve(req, reply, None).await,
             Input::Departed(worker) => {
+                self.core.scan_soon();
                 let n = self.core.worker_gone(worker);
                 if n > 0 {
                     tracing::info!(%worker, queries = n, "re-dispatching the queries of a departed worker");
@@ -997,7 +998,16 @@ impl<P: Ports> LeaderTask<P> {
             live: &view.live,
             alive: &view.alive,
         };
+        let started = now();
         let (scan, copies) = self.core.plan_repair(&files, view);
+        let (ended, took) = (now(), now().saturating_duration_since(started));
+        if took >= Duration::from_millis(200) {
+            tracing::info!(
+                took_ms = took.as_millis() as u64,
+                "sdfs: repair and balance scan of every version"
+            );
+        }
+        self.core.scan_took(took, ended);
         self.start_copies(copies);
         for (name, version) in &scan.unavailable {
             tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
