@@ -285,42 +285,38 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
                 Err(_) => return,
             },
         };
-        // A place on deck before the lease (waited for on the prep thread,
-        // idle until then): the host's queries run in the order the leader
-        // leased them.
-        let deck = match ctx.o.slots.clone() {
-            Some(h) => tokio::select! {
-                _ = stop.changed() => return,
-                d = ctx.prep.run(move || h.deck()) => d.ok().flatten(),
-            },
-            None => None,
+        // A place on deck before the lease: the host's queries run in the
+        // order the leader leased them. A place is not held while waiting
+        // for work (the idle workers of this cluster, or of another one on
+        // this host, would hold them all): with one, the leader is asked for
+        // work at once; when it has none, the worker waits for work without
+        // a place and takes one for the query it gets.
+        let Some(deck) = take_deck(&ctx, &mut stop).await else {
+            return;
         };
-        let figures = ctx
-            .hists
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .due(Instant::now());
-        let req = InferRequest::Lease {
-            worker: ctx.o.me,
-            wait_ms: LEASE_WAIT_MS,
-            figures,
-        };
-        let lease = tokio::select! {
-            _ = stop.changed() => return,
-            r = infer_call(&ctx, req) => r,
-        };
-        let lease = match lease {
-            Ok(InferResponse::Lease(Some(l))) => l,
-            Ok(InferResponse::Lease(None)) => continue,
-            Ok(other) => {
+        let wait = if deck.is_some() { 0 } else { LEASE_WAIT_MS };
+        let (lease, deck) = match ask(&ctx, wait, &mut stop).await {
+            Asked::Stop => return,
+            Asked::Lease(l) => (l, deck),
+            Asked::Nothing if deck.is_some() => {
                 drop(deck);
-                tracing::warn!(answer = ?other, "unexpected answer to a lease request");
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
+                match ask(&ctx, LEASE_WAIT_MS, &mut stop).await {
+                    Asked::Stop => return,
+                    Asked::Lease(l) if !has_session(&ctx, &l) => (l, None),
+                    Asked::Lease(l) => match take_deck(&ctx, &mut stop).await {
+                        Some(deck) => (l, deck),
+                        None => return,
+                    },
+                    Asked::Nothing => continue,
+                    Asked::Failed => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                }
             }
-            Err(e) => {
+            Asked::Nothing => continue,
+            Asked::Failed => {
                 drop(deck);
-                tracing::debug!(error = %e, "no lease");
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
@@ -332,6 +328,59 @@ async fn prepare_loop(ctx: Arc<Ctx>, tx: mpsc::Sender<Prepared>, mut stop: watch
         let prepared = prepare(&ctx, lease, slot, deck).await;
         if tx.send(prepared).await.is_err() {
             return;
+        }
+    }
+}
+
+/// A place on deck of the host's compute slots (`Some(None)` without
+/// slots, or when none came in time); `None` once the worker stops. Waited
+/// for on the prep thread, idle until a lease comes.
+async fn take_deck(ctx: &Ctx, stop: &mut watch::Receiver<bool>) -> Option<Option<Slot>> {
+    let Some(h) = ctx.o.slots.clone() else {
+        return Some(None);
+    };
+    tokio::select! {
+        _ = stop.changed() => None,
+        d = ctx.prep.run(move || h.deck()) => Some(d.ok().flatten()),
+    }
+}
+
+/// What a lease request brought.
+enum Asked {
+    Lease(Lease),
+    /// No work within the wait.
+    Nothing,
+    /// No answer (no leader, for instance); logged.
+    Failed,
+    Stop,
+}
+
+/// Asks the leader for a query, waiting up to `wait_ms` for one.
+async fn ask(ctx: &Ctx, wait_ms: u32, stop: &mut watch::Receiver<bool>) -> Asked {
+    let figures = ctx
+        .hists
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .due(Instant::now());
+    let req = InferRequest::Lease {
+        worker: ctx.o.me,
+        wait_ms,
+        figures,
+    };
+    let answer = tokio::select! {
+        _ = stop.changed() => return Asked::Stop,
+        r = infer_call(ctx, req) => r,
+    };
+    match answer {
+        Ok(InferResponse::Lease(Some(l))) => Asked::Lease(l),
+        Ok(InferResponse::Lease(None)) => Asked::Nothing,
+        Ok(other) => {
+            tracing::warn!(answer = ?other, "unexpected answer to a lease request");
+            Asked::Failed
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no lease");
+            Asked::Failed
         }
     }
 }
