@@ -19,6 +19,22 @@ use tokio::time::Instant;
 
 /// Idle connections kept for forwarding to the leader.
 const FORWARD_POOL: usize = 16;
+/// How long a `Leader` request waits for the state digest being hashed.
+const DIGEST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// A state digest is hashed again only after this many times the last
+/// hash's length (at most a tenth of a core).
+const DIGEST_PAUSE: u32 = 9;
+
+/// The state digest [`Inner::leader_info`] reports.
+#[derive(Debug, Default)]
+pub(crate) struct Digest {
+    /// (applied index, digest) last hashed.
+    done: Option<(u64, String)>,
+    /// A hash is running.
+    running: bool,
+    /// No hash starts before this.
+    not_before: Option<std::time::Instant>,
+}
 
 impl Inner {
     /// The leader's address from this voter's Raft metrics.
@@ -37,11 +53,17 @@ impl Inner {
         self.voter_addr(id)
     }
 
-    pub(crate) async fn leader_info(&self) -> LeaderInfo {
+    /// Who leads, as this agent knows it; `digest`: with the state digest
+    /// when it is at hand ([`Inner::applied_digest`]).
+    pub(crate) async fn leader_info(&self, digest: bool) -> LeaderInfo {
         if let Some(raft) = self.raft.get() {
             let m = raft.metrics().borrow().clone();
-            let (last_applied, applied_digest) = match self.applied_digest() {
-                Some((i, d)) => (Some(i), Some(d)),
+            let applied = match digest {
+                true => self.applied_digest().await,
+                false => None,
+            };
+            let (last_applied, applied_digest) = match applied {
+                Some((i, d)) => (Some(i), d),
                 None => (m.last_applied.map(|l| l.index), None),
             };
             // A leader cut off from its majority keeps its term until it
@@ -103,22 +125,50 @@ impl Inner {
         }
     }
 
-    /// (index, digest) of the state machine's last applied entry, hashed
-    /// once per index (the state is read under one lock with its index).
-    fn applied_digest(&self) -> Option<(u64, String)> {
+    /// The state machine's last applied index, and its digest if it is at
+    /// hand. Hashing encodes the whole state (about a second at a million
+    /// versions): it runs on a blocking thread, one at a time, waited for
+    /// up to [`DIGEST_WAIT`], and not again before [`DIGEST_PAUSE`] times
+    /// its length has passed. Hashed on the async workers at every call
+    /// whose index had moved (telemetry asks twice a second), it stalled
+    /// every voter of a million versions and Raft with it (`docs/SDFS.md`).
+    async fn applied_digest(&self) -> Option<(u64, Option<String>)> {
         let sm = self.sm.as_ref()?;
         let at = super::store::read_sm(sm, |d| d.last_applied.map(|l| l.index))?;
-        let mut cache = self.digest.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.as_ref().filter(|(i, _)| *i == at) {
-            return Some(c.clone());
+        let hashed = {
+            let mut d = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, h)) = d.done.as_ref().filter(|(i, _)| *i == at) {
+                return Some((at, Some(h.clone())));
+            }
+            if d.running || d.not_before.is_some_and(|t| std::time::Instant::now() < t) {
+                return Some((at, None));
+            }
+            d.running = true;
+            // An O(1) copy under the lock; encoded after it.
+            let (index, state) =
+                super::store::read_sm(sm, |d| (d.last_applied.map(|l| l.index), d.state.clone()));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let cache = self.digest.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let hashed = index
+                    .zip(postcard::to_allocvec(&state).ok())
+                    .map(|(i, b)| (i, blake3::hash(&b).to_hex()[..16].to_string()));
+                drop(state);
+                let mut d = cache.lock().unwrap_or_else(|p| p.into_inner());
+                d.running = false;
+                d.not_before = Some(std::time::Instant::now() + started.elapsed() * DIGEST_PAUSE);
+                if let Some(h) = &hashed {
+                    d.done = Some(h.clone());
+                }
+                let _ = tx.send(hashed);
+            });
+            rx
+        };
+        match tokio::time::timeout(DIGEST_WAIT, hashed).await {
+            Ok(Ok(Some((i, h)))) => Some((i, Some(h))),
+            _ => Some((at, None)),
         }
-        // An O(1) copy under the lock; encoded after it.
-        let (index, state) =
-            super::store::read_sm(sm, |d| (d.last_applied.map(|l| l.index), d.state.clone()));
-        let bytes = postcard::to_allocvec(&state).ok();
-        let fresh = (index?, blake3::hash(&bytes?).to_hex()[..16].to_string());
-        *cache = Some(fresh.clone());
-        Some(fresh)
     }
 
     /// The leader task of this agent's term, if it leads.

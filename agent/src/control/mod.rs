@@ -164,8 +164,8 @@ pub(crate) struct Inner {
     /// The one route to the leader for requests this agent forwards (it
     /// caches the leader and holds the pooled connections).
     pub router: dml_shared::router::LeaderRouter,
-    /// (applied index, digest) of the state machine last hashed.
-    pub digest: Mutex<Option<(u64, String)>>,
+    /// The state machine's digest last hashed, and the hash running.
+    pub digest: Arc<Mutex<forward::Digest>>,
     /// The membership list last read to gate Raft RPCs, and when.
     pub view: Mutex<Option<(std::time::Instant, Arc<Vec<dml_shared::api::MemberInfo>>)>>,
     /// Raft RPCs of this voter that failed (unreachable, timed out, refused).
@@ -180,10 +180,21 @@ pub struct ControlHandle {
 }
 
 impl ControlHandle {
-    /// Who leads, as this agent knows it (a non-voter asks the voters).
+    /// Who leads, as this agent knows it (a non-voter asks the voters),
+    /// with the state digest when it is at hand (the API's answer).
     pub async fn leader_info(&self) -> LeaderInfo {
+        self.leader_info_with(true).await
+    }
+
+    /// [`ControlHandle::leader_info`] without the state digest (this agent's
+    /// own telemetry, metrics and health, which never show it).
+    pub async fn leader_status(&self) -> LeaderInfo {
+        self.leader_info_with(false).await
+    }
+
+    async fn leader_info_with(&self, digest: bool) -> LeaderInfo {
         match &self.inner {
-            Some(i) => i.leader_info().await,
+            Some(i) => i.leader_info(digest).await,
             None => LeaderInfo {
                 leader: None,
                 term: 0,
@@ -455,7 +466,7 @@ impl ControlPlane {
             repair: watch::Sender::new(Default::default()),
             balance: watch::Sender::new(Default::default()),
             view: Mutex::new(None),
-            digest: Mutex::new(None),
+            digest: Arc::default(),
             rpc_failures,
         });
         let Some((log, sm_store, _)) = opened else {

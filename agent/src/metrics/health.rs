@@ -29,7 +29,7 @@ pub async fn ready(s: &Sources) -> Probe {
     if s.sdfs.store().is_none() {
         return Err("the SDFS store is not open".into());
     }
-    let Some(info) = bounded(s.control.leader_info()).await else {
+    let Some(info) = bounded(s.control.leader_status()).await else {
         return Err("the control plane does not answer".into());
     };
     match (info.leader, info.unacked_ms) {

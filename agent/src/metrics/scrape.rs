@@ -250,7 +250,7 @@ impl Scrape {
                 st.completed,
             );
         }
-        if let Some(i) = bounded(s.control.leader_info()).await {
+        if let Some(i) = bounded(s.control.leader_status()).await {
             t.whole("dml_raft_term", "Raft term as this agent knows it.", i.term);
             t.flag(
                 "dml_raft_is_leader",

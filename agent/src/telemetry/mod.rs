@@ -388,7 +388,7 @@ async fn watch_leader(inner: Arc<Inner>, control: ControlHandle) {
     let mut tick = every(LEADER_EVERY);
     loop {
         tick.tick().await;
-        let now = control.leader_info().await;
+        let now = control.leader_status().await;
         let change = {
             let before = inner.leader.lock().expect("leader lock");
             // The first answer is only news if it names a leader.
