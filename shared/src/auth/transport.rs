@@ -4,9 +4,10 @@
 //! The messages are Noise's own (`ENCRYPT(k, n, "", plaintext)`: AES-256-GCM,
 //! a 96-bit nonce of 32 zero bits and `n` big-endian, no associated data; a
 //! test checks them against `snow`'s transport). Only the API differs: `snow`
-//! copies every message before sealing or opening it in place, while here the
-//! caller seals bytes where they already lie and opens a message into memory
-//! of its choice, with the tag apart. One copy fewer per message on each end.
+//! copies every message into an initialized output before sealing or opening
+//! it there, while here the caller seals bytes where they already lie (a get's
+//! file chunk: no copy) and opens a message in memory of its choice, with the
+//! tag apart (a reader's spare capacity: no zeroing).
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 
