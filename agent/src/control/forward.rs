@@ -15,17 +15,18 @@ use dml_shared::control::ControlRequest;
 use dml_shared::router::{AskAgents, BoxFuture, FindLeader, LeaderRouter, RouterOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Idle connections kept for forwarding to the leader.
 const FORWARD_POOL: usize = 16;
 /// How long a `Leader` request waits for the state digest being hashed.
-const DIGEST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+const DIGEST_WAIT: Duration = Duration::from_millis(100);
 /// A state digest is hashed again only after this many times the last
 /// hash's length (at most a tenth of a core).
 const DIGEST_PAUSE: u32 = 9;
 
-/// The state digest [`Inner::leader_info`] reports.
+/// The state digest [`Inner::leader_info`] reports (pure: takes `now`).
 #[derive(Debug, Default)]
 pub(crate) struct Digest {
     /// (applied index, digest) last hashed.
@@ -34,6 +35,38 @@ pub(crate) struct Digest {
     running: bool,
     /// No hash starts before this.
     not_before: Option<std::time::Instant>,
+}
+
+/// What a `Leader` answer does about the digest at its index.
+#[derive(Debug, PartialEq, Eq)]
+enum Ask {
+    Ready(String),
+    /// Hash now (the caller runs it and reports [`Digest::finished`]).
+    Start,
+    /// A hash is running or pausing: answer without one.
+    Later,
+}
+
+impl Digest {
+    fn ask(&mut self, at: u64, now: std::time::Instant) -> Ask {
+        if let Some((_, h)) = self.done.as_ref().filter(|(i, _)| *i == at) {
+            return Ask::Ready(h.clone());
+        }
+        if self.running || self.not_before.is_some_and(|t| now < t) {
+            return Ask::Later;
+        }
+        self.running = true;
+        Ask::Start
+    }
+
+    /// A hash that took `took` ended at `now`.
+    fn finished(&mut self, hashed: Option<(u64, String)>, took: Duration, now: std::time::Instant) {
+        self.running = false;
+        self.not_before = Some(now + took * DIGEST_PAUSE);
+        if hashed.is_some() {
+            self.done = hashed;
+        }
+    }
 }
 
 impl Inner {
@@ -137,13 +170,11 @@ impl Inner {
         let at = super::store::read_sm(sm, |d| d.last_applied.map(|l| l.index))?;
         let hashed = {
             let mut d = self.digest.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, h)) = d.done.as_ref().filter(|(i, _)| *i == at) {
-                return Some((at, Some(h.clone())));
+            match d.ask(at, std::time::Instant::now()) {
+                Ask::Ready(h) => return Some((at, Some(h))),
+                Ask::Later => return Some((at, None)),
+                Ask::Start => {}
             }
-            if d.running || d.not_before.is_some_and(|t| std::time::Instant::now() < t) {
-                return Some((at, None));
-            }
-            d.running = true;
             // An O(1) copy under the lock; encoded after it.
             let (index, state) =
                 super::store::read_sm(sm, |d| (d.last_applied.map(|l| l.index), d.state.clone()));
@@ -155,12 +186,11 @@ impl Inner {
                     .zip(postcard::to_allocvec(&state).ok())
                     .map(|(i, b)| (i, blake3::hash(&b).to_hex()[..16].to_string()));
                 drop(state);
-                let mut d = cache.lock().unwrap_or_else(|p| p.into_inner());
-                d.running = false;
-                d.not_before = Some(std::time::Instant::now() + started.elapsed() * DIGEST_PAUSE);
-                if let Some(h) = &hashed {
-                    d.done = Some(h.clone());
-                }
+                cache.lock().unwrap_or_else(|p| p.into_inner()).finished(
+                    hashed.clone(),
+                    started.elapsed(),
+                    std::time::Instant::now(),
+                );
                 let _ = tx.send(hashed);
             });
             rx
@@ -277,5 +307,31 @@ struct RaftLeader(Weak<Inner>);
 impl FindLeader for RaftLeader {
     fn find(&self) -> BoxFuture<'_, Option<SocketAddr>> {
         Box::pin(async move { self.0.upgrade()?.raft_leader() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hashed on the async workers at every call whose index had moved, the
+    /// digest stalled every voter of a million versions (and Raft with them).
+    #[test]
+    fn one_digest_is_hashed_at_a_time_and_the_next_waits_nine_times_as_long() {
+        let mut d = Digest::default();
+        let t = std::time::Instant::now();
+        let at = |secs: u64| t + Duration::from_secs(secs);
+        assert_eq!(d.ask(5, t), Ask::Start);
+        assert_eq!(d.ask(5, t), Ask::Later, "one hash at a time");
+        assert_eq!(d.ask(6, t), Ask::Later);
+        d.finished(Some((5, "ab".into())), Duration::from_secs(1), at(1));
+        assert_eq!(d.ask(5, at(2)), Ask::Ready("ab".into()));
+        assert_eq!(d.ask(7, at(2)), Ask::Later, "pausing");
+        assert_eq!(d.ask(7, at(9)), Ask::Later);
+        assert_eq!(d.ask(7, at(10)), Ask::Start);
+        // A quick hash does not pause the next.
+        d.finished(Some((7, "cd".into())), Duration::ZERO, at(10));
+        assert_eq!(d.ask(7, at(10)), Ask::Ready("cd".into()));
+        assert_eq!(d.ask(8, at(10)), Ask::Start);
     }
 }
