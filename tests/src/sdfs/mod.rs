@@ -78,6 +78,16 @@ pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
         .expect("the semaphore is never closed")
 }
 
+/// Waits until no other cluster of this test binary runs, and keeps it so: for a test
+/// whose assertion is about shares of the host's compute (another cluster's queries on
+/// the same two cores and host compute slots would take an uneven part of them).
+pub async fn cluster_alone() -> tokio::sync::SemaphorePermit<'static> {
+    SLOTS
+        .acquire_many(CLUSTER_SLOTS as u32)
+        .await
+        .expect("the semaphore is never closed")
+}
+
 /// libfaketime, multithreaded variant (Debian package libfaketime).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
