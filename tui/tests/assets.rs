@@ -205,8 +205,9 @@ fn tmux_launcher_starts_one_window_per_agent_and_stops_them() {
     std::fs::write(
         &fake,
         format!(
-            "#!/bin/sh\necho \"$@\" > {}/args-$$\nexec sleep 600\n",
-            dir.display()
+            // Written aside and renamed, so a listed args file is never half-written.
+            "#!/bin/sh\necho \"$@\" > {d}/.tmp-$$ && mv {d}/.tmp-$$ {d}/args-$$\nexec sleep 600\n",
+            d = dir.display()
         ),
     )
     .unwrap();
