@@ -195,7 +195,72 @@ pub struct Balancer {
     planned_at: (u64, u64),
     /// The last plan found nothing to move.
     balanced: bool,
+    /// Plans started this term: an [`Ask`] answered after another plan
+    /// started is stale.
+    plans: u64,
     progress: BalanceProgress,
+}
+
+/// What [`Balancer::view`] decides from, for a scan off the leader task.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    threshold: f64,
+    replicas: usize,
+    alive: Vec<SocketAddr>,
+    /// The alive agents differ from the last plan's.
+    changed: bool,
+    /// No move waiting or running.
+    idle: bool,
+    balanced: bool,
+    planned_at: (u64, u64),
+    plans: u64,
+}
+
+/// What an [`Ask`] decided.
+#[derive(Debug)]
+enum Decided {
+    /// Nothing to do.
+    Keep,
+    /// Still within the threshold at these totals.
+    Even((u64, u64)),
+    /// Start this plan, made at these totals.
+    Plan((u64, u64), Planned),
+}
+
+/// An [`Ask`]'s answer, for [`Balancer::take`].
+#[derive(Debug)]
+pub struct Found {
+    plans: u64,
+    what: Decided,
+}
+
+impl Ask {
+    /// Scans `state` as the decision needs (totals, the spread, the plan);
+    /// `repair_waiting`: the repair scan with it found versions short of copies.
+    pub fn run(&self, state: &MetaState, repair_waiting: bool) -> Found {
+        let what = self.decide(state, repair_waiting);
+        Found {
+            plans: self.plans,
+            what,
+        }
+    }
+
+    fn decide(&self, state: &MetaState, repair_waiting: bool) -> Decided {
+        let alive = &self.alive[..];
+        if !self.changed && (!self.idle || repair_waiting) {
+            return Decided::Keep;
+        }
+        let at = totals(state);
+        if !self.changed && self.balanced {
+            if at == self.planned_at {
+                return Decided::Keep;
+            }
+            if spread(&bytes_per_agent(state, alive), alive) <= self.threshold {
+                return Decided::Even(at);
+            }
+        }
+        Decided::Plan(at, plan(state, alive, self.replicas))
+    }
 }
 
 impl Balancer {
@@ -210,6 +275,7 @@ impl Balancer {
             planned_for: None,
             planned_at: (0, 0),
             balanced: false,
+            plans: 0,
             progress: BalanceProgress::default(),
         }
     }
@@ -221,28 +287,43 @@ impl Balancer {
     /// data changed and the spread is past the threshold. A plan made while
     /// repair had versions waiting left them out, so it is made again once
     /// repair is done (`repair_waiting`: the last repair scan found some).
+    /// ([`Balancer::ask`], [`Ask::run`] and [`Balancer::take`] in one go.)
     pub fn view(&mut self, state: &MetaState, alive: &[SocketAddr], repair_waiting: bool) {
+        let ask = self.ask(alive);
+        let found = ask.as_ref().map(|a| a.run(state, repair_waiting));
+        self.take(alive, found);
+    }
+
+    /// What a scan of every version must find out for [`Balancer::view`]'s
+    /// decision; `None` when balance plans only on request.
+    pub fn ask(&self, alive: &[SocketAddr]) -> Option<Ask> {
+        Some(Ask {
+            threshold: self.threshold?,
+            replicas: self.replicas,
+            alive: alive.to_vec(),
+            changed: self.planned_for.as_deref() != Some(alive),
+            idle: self.backlog.is_empty() && self.running.is_empty(),
+            balanced: self.balanced,
+            planned_at: self.planned_at,
+            plans: self.plans,
+        })
+    }
+
+    /// An [`Ask`]'s answer ([`Ask::run`], off the leader task) for `alive`.
+    /// Dropped if a plan was started since it was asked (`dml sdfs balance`).
+    pub fn take(&mut self, alive: &[SocketAddr], found: Option<Found>) {
         self.alive = alive.to_vec();
-        let Some(threshold) = self.threshold else {
+        let Some(found) = found else {
             return;
         };
-        let changed = self.planned_for.as_deref() != Some(alive);
-        let idle = self.backlog.is_empty() && self.running.is_empty();
-        if !changed && (!idle || repair_waiting) {
+        if found.plans != self.plans {
             return;
         }
-        let at = totals(state);
-        if !changed && self.balanced {
-            if at == self.planned_at {
-                return;
-            }
-            if spread(&bytes_per_agent(state, alive), alive) <= threshold {
-                self.planned_at = at;
-                return;
-            }
+        match found.what {
+            Decided::Keep => {}
+            Decided::Even(at) => self.planned_at = at,
+            Decided::Plan(at, planned) => self.start(alive, at, planned),
         }
-        let planned = plan(state, alive, self.replicas);
-        self.start(alive, at, planned);
     }
 
     /// `dml sdfs balance`: the plan for `alive` now; started unless `dry_run`.
@@ -273,6 +354,7 @@ impl Balancer {
         }
         self.planned_for = Some(alive.to_vec());
         self.planned_at = at;
+        self.plans += 1;
         self.balanced = moves.is_empty() && planned.waiting_for_repair == 0;
         self.failed.clear();
         self.backlog = moves.into();

@@ -5,7 +5,7 @@
 //! (`task.rs`) hands it the applied state and `now`, and executes what it
 //! returns (entries to append, copies to run, answers to send).
 
-use super::balance::{BalanceProgress, Balancer};
+use super::balance::{self, BalanceProgress, Balancer};
 use super::lease::ReadLease;
 use super::plans::Plans;
 use super::progress::Progress;
@@ -60,7 +60,7 @@ pub struct Maintenance {
     /// off the state-machine lock (a scan of every version); append
     /// `Op::ExpirePending` if there are any; then [`LeaderCore::expired`].
     pub expire_puts: Option<u64>,
-    /// Read the membership view, then [`LeaderCore::plan_repair`].
+    /// Read the membership view, then scan ([`LeaderCore::scan_job`]).
     pub fetch_view: bool,
     /// Store these finished jobs' outputs, then [`LeaderCore::output_stored`].
     pub outputs: Vec<JobId>,
@@ -110,6 +110,8 @@ pub struct LeaderCore {
     viewing: bool,
     /// No periodic repair and balance scan before this ([`LeaderCore::scan_took`]).
     scan_after: Option<Instant>,
+    /// A member departed while a scan ran: scan again once it ends.
+    scan_again: bool,
     workers: Workers,
     /// Each job's progress per worker (`dml job`).
     progress: Progress,
@@ -119,6 +121,43 @@ pub struct LeaderCore {
 
 /// A periodic scan waits this many times what the last one took.
 pub const SCAN_PAUSE: u32 = 9;
+
+/// A repair and balance scan of every version, to run on a blocking thread:
+/// the membership view it scans with and what balance's decision needs.
+#[derive(Clone, Debug)]
+pub struct ScanJob {
+    replicas: usize,
+    live: Vec<SocketAddr>,
+    alive: Vec<SocketAddr>,
+    balance: Option<balance::Ask>,
+}
+
+/// What a [`ScanJob`] found, for [`LeaderCore::scanned`].
+#[derive(Debug)]
+pub struct Scanned {
+    live: Vec<SocketAddr>,
+    alive: Vec<SocketAddr>,
+    repair: repair::Found,
+    balance: Option<balance::Found>,
+    /// How long the scan took (set by whoever ran it).
+    pub took: Duration,
+}
+
+impl ScanJob {
+    /// Scans `state` (an O(1) copy of the files, see `MetaState::files_copy`);
+    /// the runner sets [`Scanned::took`].
+    pub fn run(self, state: &MetaState) -> Scanned {
+        let repair = repair::scan(state, self.replicas, &self.live);
+        let balance = self.balance.map(|ask| ask.run(state, repair.waiting()));
+        Scanned {
+            repair,
+            balance,
+            took: Duration::ZERO,
+            live: self.live,
+            alive: self.alive,
+        }
+    }
+}
 
 impl LeaderCore {
     /// The core of the leader of `term` from `now`, empty: the scheduler is
@@ -135,6 +174,7 @@ impl LeaderCore {
             expiring: false,
             viewing: false,
             scan_after: None,
+            scan_again: false,
             workers: Workers::new(now),
             progress: Progress::default(),
             started: now,
@@ -409,17 +449,23 @@ impl LeaderCore {
         }
     }
 
-    /// The last repair and balance scan ([`LeaderCore::plan_repair`]) held
-    /// the leader task for `took`: the next periodic one waits
-    /// [`SCAN_PAUSE`] times as long, so scans of every version (a second
-    /// or more at a million) take at most a tenth of the task's time.
+    /// The last repair and balance scan took `took` (on a blocking thread,
+    /// one of two cores here): the next periodic one waits [`SCAN_PAUSE`]
+    /// times as long, so scans of every version (a second or more at a
+    /// million) take at most a tenth of the CPU. A departure during the scan
+    /// still scans at once.
     pub fn scan_took(&mut self, took: Duration, now: Instant) {
-        self.scan_after = Some(now + took * SCAN_PAUSE);
+        self.scan_after = match std::mem::take(&mut self.scan_again) {
+            true => None,
+            false => Some(now + took * SCAN_PAUSE),
+        };
     }
 
-    /// A member departed: the next maintenance pass scans, whatever the pause.
+    /// A member departed: the next maintenance pass scans, whatever the
+    /// pause (after the scan running now, if any).
     pub fn scan_soon(&mut self) {
         self.scan_after = None;
+        self.scan_again = self.viewing;
     }
 
     /// The `ExpirePending` append finished (either way).
@@ -427,14 +473,54 @@ impl LeaderCore {
         self.expiring = false;
     }
 
-    /// The membership view arrived: scans for versions short of copies
-    /// (and replica sets to trim), plans balance if the alive agents or
-    /// the spread call for it, and starts the copies there is room for.
-    pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> (repair::Scan, Vec<Copy>) {
+    /// The membership view arrived: what a scan of every version needs,
+    /// to run off the leader task over a copy of the files
+    /// ([`ScanJob::run`]); its result goes to [`LeaderCore::scanned`].
+    pub fn scan_job(&self, view: View<'_>) -> ScanJob {
+        ScanJob {
+            replicas: self.cfg.replicas,
+            live: view.live.to_vec(),
+            alive: view.alive.to_vec(),
+            balance: self.balance.ask(view.alive),
+        }
+    }
+
+    /// A scan ended: versions short of copies (and replica sets to trim)
+    /// become repair's backlog, balance plans if the alive agents or the
+    /// spread called for it, and the copies there is room for start. The
+    /// next periodic scan pauses ([`LeaderCore::scan_took`]).
+    pub fn scanned(
+        &mut self,
+        state: &MetaState,
+        done: Scanned,
+        now: Instant,
+    ) -> (repair::Scan, Vec<Copy>) {
+        self.scan_took(done.took, now);
+        self.take_scan(state, done)
+    }
+
+    fn take_scan(&mut self, state: &MetaState, done: Scanned) -> (repair::Scan, Vec<Copy>) {
         self.viewing = false;
-        let scan = self.repairs.rescan(state, view);
-        self.balance.view(state, view.alive, self.repairs.waiting());
+        let view = View {
+            live: &done.live,
+            alive: &done.alive,
+        };
+        let scan = self.repairs.take(view, done.repair);
+        self.balance.take(&done.alive, done.balance);
         (scan, self.next_repairs(state))
+    }
+
+    /// A scan could not finish (its thread panicked): the next pass tries again.
+    pub fn scan_failed(&mut self) {
+        self.viewing = false;
+        self.scan_again = false;
+    }
+
+    /// A scan on the caller's thread ([`LeaderCore::scan_job`],
+    /// [`ScanJob::run`], then [`LeaderCore::scanned`] without the pause).
+    pub fn plan_repair(&mut self, state: &MetaState, view: View<'_>) -> (repair::Scan, Vec<Copy>) {
+        let done = self.scan_job(view).run(state);
+        self.take_scan(state, done)
     }
 
     /// The copies there is room for now: repair's from the last scan's
@@ -691,5 +777,17 @@ mod tests {
         c.plan_repair(&s, view);
         c.scan_took(Duration::ZERO, at(12));
         assert!(c.maintain(&s, at(12), 1).fetch_view);
+        // A departure while a scan runs (off the task) scans again once it ends.
+        let job = c.scan_job(view);
+        c.scan_soon();
+        assert!(!c.maintain(&s, at(13), 1).fetch_view, "one scan at a time");
+        let mut done = job.run(&s);
+        done.took = Duration::from_secs(1);
+        c.scanned(&s, done, at(14));
+        assert!(c.maintain(&s, at(14), 1).fetch_view, "the departure's scan");
+        let mut done = c.scan_job(view).run(&s);
+        done.took = Duration::from_secs(1);
+        c.scanned(&s, done, at(15));
+        assert!(!c.maintain(&s, at(16), 1).fetch_view, "paused again");
     }
 }

@@ -4,6 +4,7 @@
 //! agent's; the simulation (`sim.rs`) has its own, on a virtual clock.
 
 use super::Inner;
+use super::core::{ScanJob, Scanned};
 use super::error::{ControlError, Refusal};
 use super::repair::Copy;
 use super::serve::LiveView;
@@ -51,6 +52,21 @@ pub(crate) trait Ports: Send + Sync + 'static {
     fn view(&self) -> BoxFuture<'static, LiveView>;
     /// Runs a repair copy; the entry recording it, if the target stored it.
     fn copy(&self, copy: Copy) -> BoxFuture<'static, Option<Op>>;
+    /// Runs a repair and balance scan over `files` (an O(1) copy) on a
+    /// blocking thread, timed; `None` if it failed.
+    fn scan(&self, job: ScanJob, files: MetaState) -> BoxFuture<'static, Option<Scanned>> {
+        Box::pin(async move {
+            let run = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let mut done = job.run(&files);
+                done.took = started.elapsed();
+                // The copy's last reference: let it go here, not on the leader task.
+                drop(files);
+                done
+            });
+            run.await.ok()
+        })
+    }
     /// Publishes re-replication's progress (telemetry).
     fn repair_progress(&self, _: RepairProgress) {}
     /// Publishes balance's moves (metrics).

@@ -4,9 +4,10 @@
 //! (`task.rs`) executes what it plans and reports every copy's end, which
 //! plans the next at once.
 //!
-//! A scan ([`Repairs::rescan`], on every maintenance pass and membership
-//! change) orders the versions short of copies by risk: fewest live copies
-//! first, then oldest commit first. [`Repairs::next`] walks that order and
+//! A scan ([`scan`], on a blocking thread, on maintenance passes and
+//! membership changes; its result goes to [`Repairs::take`]) orders the
+//! versions short of copies by risk: fewest live copies first, then oldest
+//! commit first. [`Repairs::next`] walks that order and
 //! starts copies while the bounds allow: at most `per_source` copies read
 //! from one agent and `per_target` written to one agent at a time. Nothing
 //! else limits the pace but the targets' byte throttle.
@@ -101,6 +102,68 @@ pub struct Repairs {
     done: VecDeque<(Instant, u64)>,
 }
 
+/// What a scan of every version found ([`scan`]), for [`Repairs::take`].
+#[derive(Debug, Default)]
+pub struct Found {
+    scan: Scan,
+    /// Versions short of copies, riskiest first.
+    backlog: VecDeque<(String, u64)>,
+    /// Copies (and their bytes) missing.
+    pending: (u64, u64),
+}
+
+impl Found {
+    /// Whether versions short of copies were found (balance waits then).
+    pub fn waiting(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+}
+
+/// Scans every committed version of `state` for copies missing on `live`
+/// agents, and replica sets naming agents not live. A pure function of its
+/// arguments, so it runs on a blocking thread over an O(1) copy of the files.
+pub fn scan(state: &MetaState, replicas: usize, live: &[SocketAddr]) -> Found {
+    let is_live = |a: &SocketAddr| live.contains(a);
+    let mut out = Scan::default();
+    // (live copies, commit time, name, version)
+    let mut short: Vec<(usize, u64, &str, u64)> = Vec::new();
+    let mut pending = (0u64, 0u64);
+    for (name, version, meta) in state.committed_versions() {
+        let n = meta.replicas.iter().filter(|r| is_live(r)).count();
+        if n >= replicas {
+            let dead: Vec<SocketAddr> = meta
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !is_live(r))
+                .collect();
+            if !dead.is_empty() {
+                out.trims.push(Trim {
+                    name: name.to_string(),
+                    version,
+                    dead,
+                });
+            }
+        } else if n == 0 {
+            out.unavailable.push((name.to_string(), version));
+        } else {
+            let missing = (replicas - n) as u64;
+            pending.0 += missing;
+            pending.1 += missing * meta.size;
+            short.push((n, meta.committed_ms, name, version));
+        }
+    }
+    short.sort_unstable();
+    Found {
+        scan: out,
+        backlog: short
+            .into_iter()
+            .map(|(_, _, name, version)| (name.to_string(), version))
+            .collect(),
+        pending,
+    }
+}
+
 impl Repairs {
     pub fn new(replicas: usize, bounds: Bounds) -> Self {
         Self {
@@ -118,47 +181,25 @@ impl Repairs {
         }
     }
 
-    /// Rebuilds the backlog from the state and a fresh membership view.
+    /// Rebuilds the backlog from the state and a fresh membership view
+    /// ([`scan`] then [`Repairs::take`], in one go).
     pub fn rescan(&mut self, state: &MetaState, view: View<'_>) -> Scan {
+        let found = scan(state, self.replicas, view.live);
+        self.take(view, found)
+    }
+
+    /// A scan's result ([`scan`], run off the leader task over a copy of the
+    /// state) becomes the backlog; `view` is the one it scanned with. A
+    /// replica set is not trimmed while one of its copies runs.
+    pub fn take(&mut self, view: View<'_>, found: Found) -> Scan {
         self.live = view.live.to_vec();
         self.alive = view.alive.to_vec();
         self.failed.clear();
-        let mut out = Scan::default();
-        // (live copies, commit time, name, version)
-        let mut short: Vec<(usize, u64, &str, u64)> = Vec::new();
-        let mut pending = (0u64, 0u64);
-        for (name, version, meta) in state.committed_versions() {
-            let live = meta.replicas.iter().filter(|r| self.is_live(r)).count();
-            let busy = self.running.contains_key(&(name.to_string(), version));
-            if live >= self.replicas {
-                let dead: Vec<SocketAddr> = meta
-                    .replicas
-                    .iter()
-                    .copied()
-                    .filter(|r| !self.is_live(r))
-                    .collect();
-                if !dead.is_empty() && !busy {
-                    out.trims.push(Trim {
-                        name: name.to_string(),
-                        version,
-                        dead,
-                    });
-                }
-            } else if live == 0 {
-                out.unavailable.push((name.to_string(), version));
-            } else {
-                let missing = (self.replicas - live) as u64;
-                pending.0 += missing;
-                pending.1 += missing * meta.size;
-                short.push((live, meta.committed_ms, name, version));
-            }
-        }
-        short.sort_unstable();
-        self.backlog = short
-            .into_iter()
-            .map(|(_, _, name, version)| (name.to_string(), version))
-            .collect();
-        self.pending = pending;
+        self.backlog = found.backlog;
+        self.pending = found.pending;
+        let mut out = found.scan;
+        out.trims
+            .retain(|t| !self.running.contains_key(&(t.name.clone(), t.version)));
         out
     }
 

@@ -3,7 +3,7 @@
 //! which Raft applies each entry to an in-memory state after a delay, or
 //! never while it is cut off from its quorum.
 
-use super::core::CoreConfig;
+use super::core::{CoreConfig, ScanJob, Scanned};
 use super::error::{ControlError, Refusal};
 use super::ports::{BoxFuture, Pending, Ports, Status};
 use super::repair::Copy;
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 const TERM: u64 = 3;
 /// Time for an entry to commit and apply.
@@ -48,6 +48,9 @@ struct Sim {
     /// before the next entry.
     backlog: Mutex<Vec<Command>>,
     workers: Vec<SocketAddr>,
+    /// Holds the next repair and balance scan on its blocking thread: it
+    /// says it started, then waits to be let go before it scans.
+    scan_hold: Mutex<Option<(oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl Sim {
@@ -119,6 +122,18 @@ impl Ports for Arc<Sim> {
         Box::pin(async { None })
     }
 
+    fn scan(&self, job: ScanJob, files: MetaState) -> BoxFuture<'static, Option<Scanned>> {
+        let hold = self.scan_hold.lock().unwrap().take();
+        let run = tokio::task::spawn_blocking(move || {
+            if let Some((started, go)) = hold {
+                let _ = started.send(());
+                let _ = go.recv();
+            }
+            job.run(&files)
+        });
+        Box::pin(async move { run.await.ok() })
+    }
+
     fn store_output(&self, job: JobId, _: Vec<ImageResult>) -> BoxFuture<'static, Option<String>> {
         Box::pin(async move { Some(format!("jobs/{job}/output.jsonl")) })
     }
@@ -130,26 +145,33 @@ impl Ports for Arc<Sim> {
 
 /// A leader task of term [`TERM`] over a simulated cluster of `workers`.
 fn start(workers: usize) -> (Arc<Sim>, LeaderHandle) {
+    let sim = sim(workers, MetaState::default());
+    let handle = spawn_task(&sim, 1);
+    (sim, handle)
+}
+
+/// A simulated cluster of `workers` with `state` applied.
+fn sim(workers: usize, state: MetaState) -> Arc<Sim> {
     let status = Status {
         leading: true,
         term: TERM,
         applied: None,
     };
     let (tx, _) = watch::channel(status);
-    let sim = Arc::new(Sim {
-        state: Mutex::new(MetaState::default()),
+    Arc::new(Sim {
+        state: Mutex::new(state),
         status: tx,
         cut_off: AtomicBool::new(false),
         deposed: AtomicBool::new(false),
         backlog: Mutex::new(Vec::new()),
         workers: (1..=workers as u16).map(addr).collect(),
-    });
-    let handle = spawn_task(&sim);
-    (sim, handle)
+        scan_hold: Mutex::new(None),
+    })
 }
 
-/// A new leader task of term [`TERM`] over `sim` (as after a restart that kept the term).
-fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
+/// A new leader task of term [`TERM`] over `sim` (as after a restart that
+/// kept the term), keeping `replicas` copies of each version.
+fn spawn_task(sim: &Arc<Sim>, replicas: usize) -> LeaderHandle {
     let cfg = TaskConfig {
         core: CoreConfig {
             min_lease: MIN_LEASE,
@@ -160,12 +182,12 @@ fn spawn_task(sim: &Arc<Sim>) -> LeaderHandle {
                 per_source: 2,
                 per_target: 2,
             },
-            replicas: 1,
+            replicas,
             balance_threshold: Some(0.1),
             registry: Arc::new(Registry::builtin()),
         },
         serve: ServeConfig {
-            replicas: 1,
+            replicas,
             write_quorum: 1,
             put_timeout: Duration::from_secs(30),
             max_lease_wait: Duration::from_secs(5),
@@ -436,7 +458,7 @@ async fn a_leader_back_in_its_own_term_reads_nothing_before_its_barrier_applies(
         now_ms: 1,
         op: Op::Delete { name: "f".into() },
     });
-    let h = spawn_task(&sim);
+    let h = spawn_task(&sim, 1);
     let e = sdfs(&h, MetaRequest::Stat { name: "f".into() })
         .await
         .unwrap_err();
@@ -444,4 +466,93 @@ async fn a_leader_back_in_its_own_term_reads_nothing_before_its_barrier_applies(
         matches!(e, ControlError::NoSuchFile(_)),
         "a stale read: {e}"
     );
+}
+
+/// The repair and balance scan of every version runs off the leader task:
+/// while one over a large state is in progress (held on its thread), a put
+/// and a read are served; once it ends, its trim is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_serves_while_a_scan_of_every_version_is_in_progress() {
+    const VERSIONS: u64 = 100_000;
+    const WAIT: Duration = Duration::from_secs(120);
+    let workers: Vec<SocketAddr> = (1..=4).map(addr).collect();
+    let gone = addr(99);
+    // Every version on its placement over the 4 workers (nothing to repair
+    // or move), and one whose replica set still names an agent gone.
+    let placer = super::placement::Placer::new(&workers);
+    let mut state = MetaState::default();
+    let ops: Vec<Op> = (0..VERSIONS)
+        .map(|i| Op::PutAt {
+            name: super::state::scale::name(i),
+            version: 1,
+            size: 100,
+            checksum: [1; 32],
+            holders: placer.place(&super::state::scale::name(i), 2),
+            quorum: 1,
+        })
+        .chain(std::iter::once(Op::PutAt {
+            name: "trim-me".into(),
+            version: 1,
+            size: 100,
+            checksum: [1; 32],
+            holders: placer
+                .place("trim-me", 2)
+                .into_iter()
+                .chain([gone])
+                .collect(),
+            quorum: 1,
+        }))
+        .collect();
+    state.apply(&Command {
+        now_ms: 1,
+        op: Op::Batch { ops },
+    });
+    let sim = sim(4, state);
+    let (started_tx, started) = oneshot::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    *sim.scan_hold.lock().unwrap() = Some((started_tx, go_rx));
+    let h = spawn_task(&sim, 2);
+
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the first maintenance pass starts a scan")
+        .unwrap();
+    // The scan is in progress: the leader still plans, commits and reads.
+    let served = async {
+        let v = put(&h, "during-the-scan", 10).await.unwrap();
+        let MetaResponse::File(f) = sdfs(
+            &h,
+            MetaRequest::Stat {
+                name: "during-the-scan".into(),
+            },
+        )
+        .await
+        .unwrap() else {
+            panic!("Stat answers the file");
+        };
+        assert_eq!(f.versions.last().map(|x| x.version), Some(v));
+    };
+    tokio::time::timeout(WAIT, served)
+        .await
+        .expect("the leader answers while the scan is in progress");
+    assert!(
+        has_holder(&sim, "trim-me", gone),
+        "the scan has not ended yet"
+    );
+
+    // Let it go: it scans every version, and the trim it found is appended.
+    go.send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while has_holder(&sim, "trim-me", gone) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scan's trim was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn has_holder(sim: &Sim, name: &str, holder: SocketAddr) -> bool {
+    let state = sim.state.lock().unwrap();
+    state.version(name, 1).unwrap().replicas.contains(&holder)
 }

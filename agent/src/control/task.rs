@@ -12,7 +12,7 @@
 //! carries it out. It never waits for a Raft commit, a quorum round or a
 //! transfer: those run in spawned futures that feed their result back.
 
-use super::core::{CoreConfig, LeaderCore, Maintenance};
+use super::core::{CoreConfig, LeaderCore, Maintenance, Scanned};
 use super::error::{ControlError, Refusal};
 use super::plans::Failed;
 use super::ports::{Ports, Status};
@@ -84,6 +84,8 @@ pub(crate) enum Input {
     OutputPut { job: JobId, name: Option<String> },
     /// The look for pending puts past their deadline ended.
     ExpiryChecked { found: bool },
+    /// A repair and balance scan ended (`None`: it failed).
+    Scanned(Option<Scanned>),
 }
 
 /// What a membership view was read for.
@@ -400,13 +402,14 @@ impl<P: Ports> LeaderTask<P> {
             }
             Input::Viewed { view, then } => match then {
                 AfterView::Serve(req, reply) => self.serve(req, reply, Some(view)).await,
-                AfterView::Repair => self.repair(&view).await,
+                AfterView::Repair => self.scan(&view),
             },
             Input::ExpiryChecked { found: true } => {
                 self.append(Op::ExpirePending, Then::Upkeep(Upkeep::Expired), None)
                     .await;
             }
             Input::ExpiryChecked { found: false } => self.core.expired(),
+            Input::Scanned(done) => self.scanned(done).await,
             Input::WaitOver(id) => {
                 if let Some(p) = self.parked.remove(&id) {
                     let _ = p.reply.send(Ok(InferResponse::Lease(None).into()));
@@ -988,26 +991,37 @@ impl<P: Ports> LeaderTask<P> {
         }
     }
 
-    /// Plans repair from the membership view and starts it: trims are
-    /// appended, each copy runs in its own future.
-    async fn repair(&mut self, view: &LiveView) {
-        // Repair's and balance's scans of every version read an O(1) copy of
-        // the files, so the log applies meanwhile.
+    /// Starts a repair and balance scan of every version with the
+    /// membership view: on a blocking thread over an O(1) copy of the
+    /// files, so this task keeps serving (and the log applying) meanwhile;
+    /// its result comes back as [`Input::Scanned`].
+    fn scan(&mut self, view: &LiveView) {
         let files = self.ports.read(MetaState::files_copy);
-        let view = View {
+        let job = self.core.scan_job(View {
             live: &view.live,
             alive: &view.alive,
+        });
+        let (run, tx) = (self.ports.scan(job, files), self.tx.clone());
+        tokio::spawn(async move {
+            let done = run.await;
+            let _ = tx.send(Input::Scanned(done)).await;
+        });
+    }
+
+    /// A scan ended: starts the copies it calls for, appends the trims.
+    async fn scanned(&mut self, done: Option<Scanned>) {
+        let Some(done) = done else {
+            tracing::warn!("sdfs: the repair and balance scan failed; the next pass scans again");
+            self.core.scan_failed();
+            return;
         };
-        let started = now();
-        let (scan, copies) = self.core.plan_repair(&files, view);
-        let (ended, took) = (now(), now().saturating_duration_since(started));
-        if took >= Duration::from_millis(200) {
+        if done.took >= Duration::from_millis(200) {
             tracing::info!(
-                took_ms = took.as_millis() as u64,
+                took_ms = done.took.as_millis() as u64,
                 "sdfs: repair and balance scan of every version"
             );
         }
-        self.core.scan_took(took, ended);
+        let (scan, copies) = self.read(|core, cx| core.scanned(cx.state, done, cx.now));
         self.start_copies(copies);
         for (name, version) in &scan.unavailable {
             tracing::warn!(%name, version, "no live holder of this version: it is unavailable until one returns");
