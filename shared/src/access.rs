@@ -232,6 +232,7 @@ mod tests {
                 checksum: None,
                 downstream: vec![],
                 plan: 1,
+                seal: None,
             }),
         ]
     }

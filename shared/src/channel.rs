@@ -238,6 +238,20 @@ impl Tx {
         Poll::Ready(Ok(n))
     }
 
+    /// Writes `buf` to the socket as it is, after every byte written before
+    /// has gone out in its messages.
+    fn poll_write_bypass<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.keys.is_some() {
+            ready!(self.poll_push(w, cx, true))?;
+        }
+        Pin::new(w).poll_write(cx, buf)
+    }
+
     fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
@@ -519,6 +533,36 @@ impl Rx {
 }
 
 impl Rx {
+    /// Reads bytes the writer wrote outside its messages
+    /// ([`Tx::poll_write_bypass`]): those read ahead from the socket first,
+    /// then the socket's.
+    fn poll_read_bypass<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.keys.is_none() {
+            return Pin::new(r).poll_read(cx, buf);
+        }
+        if self.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, Forged)));
+        }
+        if self.plain_pos < self.plain_len {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bytes outside the transport messages began inside one",
+            )));
+        }
+        if self.in_pos < self.in_len {
+            let n = buf.remaining().min(self.in_len - self.in_pos);
+            buf.put_slice(&self.input[self.in_pos..self.in_pos + n]);
+            self.in_pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(r).poll_read(cx, buf)
+    }
+
     fn new(keys: Keys, nonce: u64, counters: Arc<Counters>) -> Self {
         Self {
             keys: Some(keys),
@@ -714,6 +758,17 @@ impl Channel {
         self.tx.write_sealed(&mut self.stream, bytes).await
     }
 
+    /// The stream outside the transport messages, in both directions: bytes
+    /// written go to the socket as they are (after those written before, in
+    /// their messages), bytes read are the socket's (after the messages read
+    /// before). For data sealed end to end already (an SDFS put's frames,
+    /// [`crate::auth::put_seal`]); both ends must agree where such bytes
+    /// start and end. On a connection that is not encrypted it is the
+    /// channel itself.
+    pub fn bypass(&mut self) -> Bypass<'_> {
+        Bypass { chan: self }
+    }
+
     /// See [`Stream::widen_send_buffer`].
     pub fn widen_send_buffer(&self) {
         self.stream.widen_send_buffer();
@@ -744,6 +799,43 @@ impl Channel {
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+/// See [`Channel::bypass`].
+pub struct Bypass<'a> {
+    chan: &'a mut Channel,
+}
+
+impl AsyncRead for Bypass<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let c = &mut *self.get_mut().chan;
+        c.rx.poll_read_bypass(&mut c.stream, cx, buf)
+    }
+}
+
+impl AsyncWrite for Bypass<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let c = &mut *self.get_mut().chan;
+        c.tx.poll_write_bypass(&mut c.stream, cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let c = &mut *self.get_mut().chan;
+        c.tx.poll_flush(&mut c.stream, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let c = &mut *self.get_mut().chan;
+        c.tx.poll_shutdown(&mut c.stream, cx)
     }
 }
 

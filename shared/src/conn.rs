@@ -628,6 +628,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_written_outside_the_messages_arrive_as_they_are_between_frames() {
+        for encrypted in [true, false] {
+            let k = if encrypted { key(5) } else { clear_key(5) };
+            let (s, c) = pair(k.clone(), k).await;
+            let (mut s, mut c) = (s.unwrap(), c.unwrap());
+            assert_eq!(c.is_encrypted(), encrypted);
+            let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+            // A frame, bytes outside the messages (as a sealed put's frame),
+            // then frames again: the reader's read-ahead holds some of each.
+            c.write_frame(b"request", 64).await.unwrap();
+            framing::write_frame(&mut c.raw().bypass(), &big, 4 << 20)
+                .await
+                .unwrap();
+            c.write_frame(b"trailer", 64).await.unwrap();
+            framing::write_frame(&mut c.raw().bypass(), b"again", 64)
+                .await
+                .unwrap();
+            c.write_frame(b"end", 64).await.unwrap();
+            assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"request");
+            let got = read_frame(&mut s.raw().bypass(), 4 << 20).await.unwrap();
+            assert!(got.unwrap() == big, "encrypted {encrypted}");
+            assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"trailer");
+            let got = read_frame(&mut s.raw().bypass(), 64).await.unwrap();
+            assert_eq!(got.unwrap(), b"again");
+            assert_eq!(s.read_frame(64).await.unwrap().unwrap(), b"end");
+        }
+    }
+
+    #[tokio::test]
     async fn a_wrong_key_fails_the_handshake_on_both_sides() {
         let (s, c) = pair(key(1), key(2)).await;
         let e = c.unwrap_err().to_string();

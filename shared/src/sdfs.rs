@@ -455,6 +455,11 @@ pub enum DataRequest {
         /// can no longer commit) replaces them; from this plan or a later
         /// one, or committed, it keeps them and refuses the write.
         plan: u64,
+        /// The put's key, on an encrypted connection: the data frames (and
+        /// the end frame) are sealed with it end to end and travel outside
+        /// the connections' Noise messages, forwarded as received
+        /// ([`crate::auth::put_seal`]). `None`: plain frames inside them.
+        seal: Option<crate::auth::put_seal::PutKey>,
     },
     /// Send a stored version: answered with [`crate::api::Response::ReadStart`],
     /// then raw data frames, then an empty frame. The agent does not re-hash

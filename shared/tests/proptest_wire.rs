@@ -6,6 +6,7 @@
 
 use dml_shared::api::{IdInfo, LeaderInfo, MemberInfo, MemberState, Request, Response, Stats};
 use dml_shared::auth::ClusterKey;
+use dml_shared::auth::put_seal::PutKey;
 use dml_shared::control::{ControlRequest, ControlResponse};
 use dml_shared::error::Error;
 use dml_shared::framing::{read_frame, write_frame};
@@ -390,9 +391,10 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
             any::<u64>(),
             any::<Option<[u8; 32]>>(),
             addrs(),
-            any::<u64>()
+            any::<u64>(),
+            any::<Option<[u8; 32]>>()
         )
-            .prop_map(|(name, version, size, checksum, downstream, plan)| {
+            .prop_map(|(name, version, size, checksum, downstream, plan, seal)| {
                 DataRequest::Write {
                     name,
                     version,
@@ -400,6 +402,7 @@ fn data_request() -> impl Strategy<Value = DataRequest> {
                     checksum,
                     downstream,
                     plan,
+                    seal: seal.map(PutKey),
                 }
             }),
         (text(), any::<u64>()).prop_map(|(name, version)| DataRequest::Read { name, version }),

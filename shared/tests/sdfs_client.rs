@@ -3,6 +3,7 @@
 //! can corrupt reads or refuse writes.
 
 use dml_shared::api::{Request, Response};
+use dml_shared::auth::put_seal::{Opened, Opener, PutSeal};
 use dml_shared::auth::{self, ClusterKey};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::control::ControlRequest;
@@ -162,7 +163,8 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                 size,
                 checksum,
                 downstream,
-                ..
+                plan,
+                seal,
             }) => {
                 let refuse = st.lock().unwrap().refuse_writes.clone();
                 if let Some(msg) = refuse {
@@ -171,8 +173,21 @@ async fn serve(s: TcpStream, st: Shared) -> Result<()> {
                     return Ok(());
                 }
                 let mut data = Vec::new();
+                // An encrypted connection's put comes sealed end to end.
+                let mut opener = seal.map(|k| Opener::new(PutSeal::new(&k, plan, version)));
                 loop {
-                    let f = read_frame(s.raw(), DEFAULT_MAX_FRAME).await?.unwrap();
+                    let f = match &opener {
+                        Some(_) => read_frame(&mut s.raw().bypass(), DEFAULT_MAX_FRAME).await?,
+                        None => read_frame(s.raw(), DEFAULT_MAX_FRAME).await?,
+                    };
+                    let f = f.unwrap();
+                    let f = match &mut opener {
+                        Some(o) => match o.open(f).expect("the frames open") {
+                            Opened::Data(b) => b,
+                            Opened::End => break,
+                        },
+                        None => f,
+                    };
                     assert!(f.len() <= 1000, "frame of {} bytes", f.len());
                     if f.is_empty() {
                         break;

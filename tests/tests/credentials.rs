@@ -217,6 +217,7 @@ async fn a_read_only_credential_reads_and_is_refused_every_write_by_name() {
         checksum: None,
         downstream: vec![],
         plan: 1,
+        seal: None,
     });
     let msg = refusal(ask(c.addrs[1], &ro, &write).await);
     assert_eq!(

@@ -944,6 +944,7 @@ async fn stale_write(
         checksum: Some(*blake3::hash(bytes).as_bytes()),
         downstream: chain[1..].to_vec(),
         plan,
+        seal: None,
     });
     client::send_request(&mut s, &req).await.unwrap();
     for piece in bytes.chunks(16 << 10) {

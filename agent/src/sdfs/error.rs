@@ -76,6 +76,13 @@ pub enum SdfsError {
         name: String,
         version: u64,
     },
+    #[error("agent {agent} refused \"{name}\" v{version}: {reason}; nothing of it was stored")]
+    Unsealed {
+        agent: SocketAddr,
+        name: String,
+        version: u64,
+        reason: dml_shared::auth::put_seal::SealError,
+    },
     #[error("SDFS on agent {agent} is shutting down")]
     ShuttingDown { agent: SocketAddr },
 }
@@ -86,6 +93,7 @@ impl SdfsError {
         match self {
             SdfsError::ChecksumMismatch { .. }
             | SdfsError::SizeMismatch { .. }
+            | SdfsError::Unsealed { .. }
             | SdfsError::BadName(_) => ErrorKind::Invalid,
             SdfsError::OtherCopy { .. } => ErrorKind::Conflict,
             SdfsError::NotStored { .. } => ErrorKind::NotFound,

@@ -4,6 +4,7 @@
 
 use super::error::SdfsError;
 use super::store::{ObjectMeta, Store};
+use dml_shared::auth::put_seal::{Opened, Opener, PutSeal, SealError};
 use dml_shared::sdfs::Checksum;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +34,10 @@ impl LocalWriter {
     /// file) come back from [`LocalWriter::send`] / [`LocalWriter::finish`].
     /// Without `checksum`, [`LocalWriter::finish`] must bring it. `plan`:
     /// the put's plan id, `None` for a copy of a committed version.
+    /// `seal`: the chunks are a sealed put's frames, opened here (the end
+    /// frame among them); one that does not open, or a stream without the
+    /// end frame, fails the write and nothing is stored.
+    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         store: &Store,
         name: &str,
@@ -40,6 +45,7 @@ impl LocalWriter {
         size: u64,
         checksum: Option<Checksum>,
         plan: Option<u64>,
+        seal: Option<PutSeal>,
         queue: usize,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(queue.max(1));
@@ -48,11 +54,31 @@ impl LocalWriter {
         let join = tokio::task::spawn_blocking(move || {
             let mut obj = store.begin(&name, version, size, checksum.unwrap_or_default())?;
             obj.set_plan(plan);
+            let mut opener = seal.map(Opener::new);
+            let refused = |reason| SdfsError::Unsealed {
+                agent: store.agent(),
+                name: name.clone(),
+                version,
+                reason,
+            };
             while let Some(piece) = rx.blocking_recv() {
                 match piece {
-                    Piece::Chunk(c) => obj.write(&c)?,
+                    Piece::Chunk(c) => match &mut opener {
+                        None => obj.write(&c)?,
+                        Some(o) => {
+                            // Opened in place once the forwarder is done with it.
+                            let frame = Arc::try_unwrap(c).unwrap_or_else(|c| c.to_vec());
+                            match o.open(frame).map_err(refused)? {
+                                Opened::Data(bytes) => obj.write(&bytes)?,
+                                Opened::End => {}
+                            }
+                        }
+                    },
                     Piece::Written(ack) => {
                         let _ = ack.send(());
+                    }
+                    Piece::End(_) if opener.as_ref().is_some_and(|o| o.finish().is_err()) => {
+                        return Err(refused(SealError::Truncated));
                     }
                     Piece::End(trailer) => match (checksum, trailer) {
                         (_, Some(c)) | (Some(c), None) => {

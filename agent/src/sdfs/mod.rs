@@ -133,6 +133,7 @@ impl SdfsHandle {
                 checksum,
                 downstream,
                 plan,
+                seal,
             } => {
                 let w = write::WriteArgs {
                     name,
@@ -141,6 +142,7 @@ impl SdfsHandle {
                     checksum,
                     downstream,
                     plan,
+                    seal,
                 };
                 write::serve_write(ctx, w, stream).await
             }

@@ -102,6 +102,20 @@ pub async fn send_data(
     written(peer, timeout, write_frame(s.raw(), bytes, max_frame)).await
 }
 
+/// Writes one data frame of a sealed put (see
+/// `dml_shared::auth::put_seal`) as it was received: outside the
+/// connection's Noise messages, within `timeout`.
+pub async fn send_sealed_data(
+    s: &mut Conn,
+    peer: SocketAddr,
+    bytes: &[u8],
+    max_frame: usize,
+    timeout: Duration,
+) -> Result<(), SdfsError> {
+    let mut w = s.raw().bypass();
+    written(peer, timeout, write_frame(&mut w, bytes, max_frame)).await
+}
+
 /// Writes one sealed frame within `timeout`.
 pub async fn send(
     s: &mut Conn,

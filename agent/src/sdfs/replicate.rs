@@ -112,6 +112,7 @@ async fn fetch_from(ctx: &Ctx, want: &Wanted, src: SocketAddr) -> Result<ObjectM
         want.size,
         Some(want.checksum),
         None,
+        None,
         STREAM_QUEUE,
     );
     loop {

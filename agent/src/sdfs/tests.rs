@@ -4,6 +4,7 @@
 
 use super::{MetaPath, SdfsHandle, SdfsOptions, SdfsService};
 use dml_shared::api::{Request, Response};
+use dml_shared::auth::put_seal::{PutKey, PutSeal, TAG_LEN};
 use dml_shared::config::SdfsConfig;
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::framing::{DEFAULT_MAX_FRAME, read_frame, write_frame};
@@ -271,6 +272,7 @@ async fn put_with(
             },
             downstream,
             plan,
+            seal: None,
         }),
     )
     .await;
@@ -1051,6 +1053,188 @@ async fn a_batch_with_a_bad_name_or_too_many_bytes_is_refused_naming_it() {
     }
     assert_eq!(ns[0].stored("good", 1), None);
     assert_eq!(tmp_files(&ns[0]), 0);
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+/// `data` cut into 64 KiB frames sealed for the put (`plan`, `version`)
+/// under `key`, then the end frame.
+fn sealed_frames(key: &PutKey, plan: u64, version: u64, data: &[u8]) -> Vec<Vec<u8>> {
+    let s = PutSeal::new(key, plan, version);
+    let mut frames: Vec<Vec<u8>> = data.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    for (i, f) in frames.iter_mut().enumerate() {
+        s.seal(i as u64, false, f);
+    }
+    frames.push(s.end_frame(frames.len() as u64));
+    frames
+}
+
+/// A chain write of sealed `frames` (as an encrypted client sends them:
+/// outside the connection's Noise messages), its checksum after them.
+async fn sealed_put(
+    head: SocketAddr,
+    name: &str,
+    version: u64,
+    key: &PutKey,
+    frames: &[Vec<u8>],
+    sum: [u8; 32],
+    downstream: Vec<SocketAddr>,
+) -> Response {
+    let mut s = connect(head).await;
+    assert!(s.is_encrypted(), "the test connections are encrypted");
+    let size: usize = frames.iter().map(|f| f.len().saturating_sub(TAG_LEN)).sum();
+    request(
+        &mut s,
+        &Request::Data(DataRequest::Write {
+            name: name.into(),
+            version,
+            size: size as u64,
+            checksum: None,
+            downstream,
+            plan: 1,
+            seal: Some(key.clone()),
+        }),
+    )
+    .await;
+    for f in frames {
+        write_frame(&mut s.raw().bypass(), f, DEFAULT_MAX_FRAME)
+            .await
+            .unwrap();
+    }
+    s.write_frame(&sum, DEFAULT_MAX_FRAME).await.unwrap();
+    response(&mut s).await
+}
+
+#[tokio::test]
+async fn a_sealed_put_is_forwarded_sealed_and_every_replica_stores_the_plain_bytes() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(11, 3 * 1024 * 1024 + 17);
+    let key = PutKey::generate().unwrap();
+    let frames = sealed_frames(&key, 1, 1, &data);
+    let down = vec![ns[1].addr, ns[2].addr];
+    let resp = sealed_put(ns[0].addr, "s.bin", 1, &key, &frames, checksum(&data), down).await;
+    assert_eq!(
+        resp,
+        Response::Stored {
+            holders: vec![ns[0].addr, ns[1].addr, ns[2].addr],
+            failed: vec![]
+        }
+    );
+    for n in &ns {
+        assert!(n.stored("s.bin", 1).as_deref() == Some(&data[..]));
+        assert_eq!(tmp_files(n), 0);
+    }
+    assert!(get(ns[2].addr, "s.bin", 1).await.unwrap() == data);
+    // An empty file is its end frame alone.
+    let frames = sealed_frames(&key, 1, 1, &[]);
+    assert_eq!(frames.len(), 1);
+    let down = vec![ns[1].addr];
+    let resp = sealed_put(ns[0].addr, "empty", 1, &key, &frames, checksum(&[]), down).await;
+    assert!(
+        matches!(resp, Response::Stored { ref holders, .. } if holders.len() == 2),
+        "{resp:?}"
+    );
+    assert_eq!(ns[1].stored("empty", 1).as_deref(), Some(&[][..]));
+    for n in ns {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_reordered_or_truncated_sealed_put_is_refused_and_nothing_is_stored() {
+    let meta = Arc::new(FakeMeta::default());
+    let ns = nodes(3, &meta).await;
+    let data = pattern(12, 600_000);
+    let sum = checksum(&data);
+    let key = PutKey::generate().unwrap();
+    let frames = sealed_frames(&key, 1, 1, &data);
+    assert_eq!(frames.len(), 11, "ten data frames and the end frame");
+    let other_put = sealed_frames(&key, 1, 2, &data);
+    let unverified = |i: u64| {
+        format!(
+            "data frame {i} does not verify under the put's key (tampered, reordered, replayed from another put or cut short)"
+        )
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>, String)> = vec![
+        (
+            "tampered",
+            {
+                let mut f = frames.clone();
+                f[4][100] ^= 1;
+                f
+            },
+            unverified(4),
+        ),
+        (
+            "reordered",
+            {
+                let mut f = frames.clone();
+                f.swap(2, 3);
+                f
+            },
+            unverified(2),
+        ),
+        (
+            "a frame dropped",
+            {
+                let mut f = frames.clone();
+                f.remove(9);
+                f
+            },
+            unverified(9),
+        ),
+        (
+            "cut short: a plain end",
+            {
+                let mut f = frames[..10].to_vec();
+                f.push(Vec::new());
+                f
+            },
+            "data frame 10 is 0 bytes, shorter than its 16-byte tag".into(),
+        ),
+        (
+            "a frame of another put",
+            {
+                let mut f = frames.clone();
+                f[5] = other_put[5].clone();
+                f
+            },
+            unverified(5),
+        ),
+    ];
+    for (what, bad, why) in cases {
+        let down = vec![ns[1].addr, ns[2].addr];
+        let resp = sealed_put(ns[0].addr, "t.bin", 1, &key, &bad, sum, down).await;
+        match resp {
+            Response::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::Invalid, "{what}: {e}");
+                let want = format!(
+                    "agent {} refused \"t.bin\" v1: {why}; nothing of it was stored",
+                    ns[0].addr
+                );
+                assert_eq!(e.message, want, "{what}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        eventually(what, || {
+            ns.iter().all(|n| {
+                n.stored("t.bin", 1).is_none() && tmp_files(n) == 0 && n.sdfs.holdings().is_empty()
+            })
+        })
+        .await;
+    }
+    // The same put, whole, then goes through.
+    let down = vec![ns[1].addr, ns[2].addr];
+    let resp = sealed_put(ns[0].addr, "t.bin", 1, &key, &frames, sum, down).await;
+    assert!(
+        matches!(resp, Response::Stored { ref holders, .. } if holders.len() == 3),
+        "{resp:?}"
+    );
+    for n in &ns {
+        assert!(n.stored("t.bin", 1).as_deref() == Some(&data[..]));
+    }
     for n in ns {
         n.stop().await;
     }

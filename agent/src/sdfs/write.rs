@@ -21,6 +21,7 @@ use super::local::{Chunk, LocalWriter, Piece};
 use super::stats::Counters;
 use super::{Ctx, STREAM_QUEUE, peer};
 use dml_shared::api::{Request, Response};
+use dml_shared::auth::put_seal::{self, Opener, PutKey, PutSeal};
 use dml_shared::conn::{Conn, FrameRead, FrameWrite};
 use dml_shared::sdfs::{Checksum, DataRequest, note_unreached, validate_name};
 use dml_shared::wire::{self, Kind};
@@ -41,6 +42,9 @@ pub struct WriteArgs {
     pub downstream: Vec<SocketAddr>,
     /// The put's plan id.
     pub plan: u64,
+    /// The put's key: its frames are sealed end to end (see
+    /// `dml_shared::auth::put_seal`).
+    pub seal: Option<PutKey>,
 }
 
 pub async fn serve_write(
@@ -57,15 +61,31 @@ pub async fn serve_write(
             w.size,
             w.checksum,
             Some(w.plan),
+            w.seal.as_ref().map(|k| PutSeal::new(k, w.plan, w.version)),
             STREAM_QUEUE,
         )
     });
     let mut fwd =
         (failure.is_none() && !w.downstream.is_empty()).then(|| Forwarder::start(ctx, &w));
     let mut received = 0u64;
+    let sealed = w.seal.is_some();
+    // A sealed put's end frame: opened by the local writer at once, sent down
+    // the chain only once every byte here is written (as the plain empty one).
+    let mut end_frame: Option<Chunk> = None;
     loop {
         // Upstream gone or silent: dropping the writer and forwarder abandons both.
-        let frame = upload_frame(ctx, stream).await?;
+        let frame = upload_frame(ctx, stream, sealed).await?;
+        if sealed && Opener::is_end(frame.len()) {
+            let end: Chunk = Arc::new(frame);
+            if let Some(writer) = &local
+                && !writer.send(end.clone()).await
+            {
+                let writer = local.take().expect("checked above");
+                failure = writer.finish(None).await.err();
+            }
+            end_frame = Some(end);
+            break;
+        }
         if frame.is_empty() {
             break;
         }
@@ -77,7 +97,7 @@ pub async fn serve_write(
         let Some(writer) = &local else {
             continue; // relaying or draining after a failure
         };
-        received += chunk.len() as u64;
+        received += (chunk.len() - if sealed { put_seal::TAG_LEN } else { 0 }) as u64;
         if !writer.send(chunk).await {
             let writer = local.take().expect("checked above");
             failure = writer.finish(None).await.err();
@@ -122,14 +142,14 @@ pub async fn serve_write(
         (None, Some(writer), fwd) => {
             let down = async {
                 match fwd {
-                    Some(f) => f.finish(trailer).await,
+                    Some(f) => f.finish(end_frame, trailer).await,
                     None => Downstream::default(),
                 }
             };
             let (stored, down) = tokio::join!(writer.finish(trailer), down);
             stored.map(|_| down).map_err(|e| (e, None))
         }
-        (Some(e), _, Some(f)) => Err((e, Some(f.finish(trailer).await))),
+        (Some(e), _, Some(f)) => Err((e, Some(f.finish(end_frame, trailer).await))),
         (failure, ..) => Err((failure.unwrap_or_else(aborted), None)),
     };
     let resp = match result {
@@ -209,9 +229,13 @@ impl Forwarder {
         }
     }
 
-    /// Ends the stream (with the checksum if it came after the bytes); what
-    /// the rest of the chain stored and which of its replicas did not.
-    async fn finish(mut self, trailer: Option<Checksum>) -> Downstream {
+    /// Ends the stream (with a sealed put's end frame, and the checksum if
+    /// it came after the bytes); what the rest of the chain stored and which
+    /// of its replicas did not.
+    async fn finish(mut self, end_frame: Option<Chunk>, trailer: Option<Checksum>) -> Downstream {
+        if let Some(end) = end_frame {
+            self.send(end).await;
+        }
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Piece::End(trailer)).await;
         }
@@ -235,13 +259,22 @@ impl Forwarder {
 /// a holder ends up in `failed`.
 /// The next data frame of an upload (empty at its end), within
 /// `put_timeout`; an upstream that closes or stays silent is an error.
-pub(super) async fn upload_frame(ctx: &Ctx, stream: &mut Conn) -> dml_shared::Result<Vec<u8>> {
-    match tokio::time::timeout(
-        ctx.cfg.put_timeout,
-        peer::read_data_frame(stream.raw(), ctx.max_frame, ctx.cfg.chunk_size),
-    )
-    .await
-    {
+/// A sealed put's frames come outside the connection's Noise messages.
+pub(super) async fn upload_frame(
+    ctx: &Ctx,
+    stream: &mut Conn,
+    sealed: bool,
+) -> dml_shared::Result<Vec<u8>> {
+    let chunk = ctx.cfg.chunk_size;
+    let read = async {
+        if sealed {
+            let mut r = stream.raw().bypass();
+            peer::read_data_frame(&mut r, ctx.max_frame, chunk + put_seal::TAG_LEN).await
+        } else {
+            peer::read_data_frame(stream.raw(), ctx.max_frame, chunk).await
+        }
+    };
+    match tokio::time::timeout(ctx.cfg.put_timeout, read).await {
         Ok(Ok(Some(f))) => Ok(f),
         Ok(Ok(None)) => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
         Ok(Err(e)) => Err(e),
@@ -260,6 +293,7 @@ async fn forward(ctx: Arc<Ctx>, w: WriteArgs, rx: mpsc::Receiver<Piece>) -> Down
             checksum: w.checksum,
             downstream: rest.to_vec(),
             plan: w.plan,
+            seal: w.seal.clone(),
         })
     };
     let conn = peer::open_next_hop(
@@ -322,10 +356,16 @@ async fn relay(
     let stall = ctx.stall_timeout();
     while let Some(piece) = rx.recv().await {
         match piece {
+            Piece::Chunk(c) if w.seal.is_some() => {
+                peer::send_sealed_data(s, next, &c, ctx.max_frame, stall).await?
+            }
             Piece::Chunk(c) => peer::send_data(s, next, &c, ctx.max_frame, stall).await?,
             Piece::Written(_) => {}
             Piece::End(trailer) => {
-                peer::send_data(s, next, &[], ctx.max_frame, stall).await?;
+                // A sealed put's end frame went as its last chunk.
+                if w.seal.is_none() {
+                    peer::send_data(s, next, &[], ctx.max_frame, stall).await?;
+                }
                 if let Some(c) = trailer {
                     peer::send(s, next, &c, ctx.max_frame, stall).await?;
                 }

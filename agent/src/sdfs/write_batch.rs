@@ -87,7 +87,7 @@ pub async fn serve_write_batch(
     let mut received = 0u64;
     loop {
         // Upstream gone or silent: dropping the writer and forwarder abandons both.
-        let frame = super::write::upload_frame(ctx, stream).await?;
+        let frame = super::write::upload_frame(ctx, stream, false).await?;
         if frame.is_empty() {
             break;
         }

@@ -20,6 +20,7 @@
 
 mod datagram;
 pub mod handshake;
+pub mod put_seal;
 pub mod transport;
 
 pub use datagram::*;

@@ -6,6 +6,7 @@
 use super::local::{local_file_size, open_local};
 use super::{Phase, Progress, ProgressFn, PutPhases, PutReport, Sdfs, agent_error_or, timed};
 use crate::api::{Request, Response};
+use crate::auth::put_seal::{self, PutKey, PutSeal};
 use crate::client::{read_response, send_request, unexpected};
 use crate::conn::{Conn, FrameWrite};
 use crate::error::{Error, Result};
@@ -131,6 +132,17 @@ impl Sdfs {
                 Err(e) => return Err(e),
             }
         };
+        // On an encrypted connection the data frames are sealed end to end
+        // with a fresh key, so the chain forwards them without reopening.
+        let seal = if stream.is_encrypted() {
+            let key = PutKey::generate().map_err(|e| {
+                Error::unexpected(format!("no random bytes for the put's key: {e}"))
+            })?;
+            Some(key)
+        } else {
+            None
+        };
+        let sealer = seal.as_ref().map(|k| PutSeal::new(k, plan, version));
         let write = DataRequest::Write {
             name: name.into(),
             version,
@@ -138,6 +150,7 @@ impl Sdfs {
             checksum: None,
             downstream: chain[head + 1..].to_vec(),
             plan,
+            seal,
         };
         let addr = chain[head];
         let (holders, chain_failed, checksum) = match self
@@ -145,6 +158,7 @@ impl Sdfs {
                 &mut stream,
                 addr,
                 write,
+                sealer.as_ref(),
                 put.local,
                 put.chunks,
                 size,
@@ -254,6 +268,7 @@ impl Sdfs {
         stream: &mut Conn,
         addr: SocketAddr,
         write: DataRequest,
+        sealer: Option<&PutSeal>,
         local: &Path,
         mut chunks: mpsc::Receiver<std::io::Result<Chunk>>,
         size: u64,
@@ -272,8 +287,9 @@ impl Sdfs {
             reason,
         };
         let mut checksum = None;
+        let mut frames = 0u64;
         while let Some(chunk) = chunks.recv().await {
-            let bytes = match chunk.map_err(local_err)? {
+            let mut bytes = match chunk.map_err(local_err)? {
                 Chunk::Data(bytes) => bytes,
                 Chunk::Checksum(c) => {
                     checksum = Some(c);
@@ -284,12 +300,18 @@ impl Sdfs {
             if sent > size {
                 break;
             }
-            timed(
-                addr,
-                io,
-                write_frame(stream.raw(), &bytes, DEFAULT_MAX_FRAME),
-            )
-            .await?;
+            match sealer {
+                Some(s) => {
+                    s.seal(frames, false, &mut bytes);
+                    let mut b = stream.raw().bypass();
+                    timed(addr, io, write_frame(&mut b, &bytes, DEFAULT_MAX_FRAME)).await?;
+                }
+                None => {
+                    let w = write_frame(stream.raw(), &bytes, DEFAULT_MAX_FRAME);
+                    timed(addr, io, w).await?;
+                }
+            }
+            frames += 1;
             progress(Progress {
                 phase: Phase::Sending,
                 done: sent,
@@ -304,7 +326,14 @@ impl Sdfs {
                 ))));
             }
         };
-        timed(addr, io, write_frame(stream.raw(), &[], DEFAULT_MAX_FRAME)).await?;
+        match sealer {
+            Some(s) => {
+                let end = s.end_frame(frames);
+                let mut b = stream.raw().bypass();
+                timed(addr, io, write_frame(&mut b, &end, DEFAULT_MAX_FRAME)).await?;
+            }
+            None => timed(addr, io, write_frame(stream.raw(), &[], DEFAULT_MAX_FRAME)).await?,
+        }
         timed(addr, io, stream.write_frame(&checksum, DEFAULT_MAX_FRAME)).await?;
         progress(Progress {
             phase: Phase::Committing,
@@ -360,10 +389,10 @@ fn spawn_reader(mut file: std::fs::File, chunk: usize) -> mpsc::Receiver<std::io
                 break;
             }
             hasher.update(&buf[..n]);
-            if tx
-                .blocking_send(Ok(Chunk::Data(buf[..n].to_vec())))
-                .is_err()
-            {
+            // Room for a sealed frame's tag, so sealing it in place does not move it.
+            let mut bytes = Vec::with_capacity(n + put_seal::TAG_LEN);
+            bytes.extend_from_slice(&buf[..n]);
+            if tx.blocking_send(Ok(Chunk::Data(bytes))).is_err() {
                 return;
             }
         }
