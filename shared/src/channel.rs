@@ -2,7 +2,9 @@
 //! encrypted connection every byte written goes out in Noise transport
 //! messages, and every byte read comes from one whose tag verified; on an
 //! authenticated-only one (the local socket, or `security.encrypt_tcp =
-//! false`) it is the socket itself.
+//! false`) it is the socket itself. The one exception is
+//! [`Channel::bypass`]: bytes sealed end to end already (an SDFS put's
+//! frames) go between the messages as they are.
 //!
 //! ```text
 //! +----------------+--------------------------------------------+
