@@ -5,7 +5,8 @@ use super::load::bounded;
 use super::local::PIECE;
 use super::local::{Sink, check_target, path_under, shown, sync_parent, temp_path, write_merged};
 use super::{
-    GetAllReport, GetReport, Phase, Progress, ProgressFn, Sdfs, VersionsReport, no_progress, timed,
+    GetAllReport, GetPhases, GetReport, Phase, Progress, ProgressFn, Sdfs, VersionsReport,
+    no_progress, timed,
 };
 use crate::api::{Request, Response};
 use crate::client::{read_response, send_request, unexpected};
@@ -210,7 +211,7 @@ impl Sdfs {
         let mut tried = Vec::new();
         for addr in nearest_first(&v.replicas, self.agent) {
             match self.fetch_from(addr, name, v, local, progress).await {
-                Ok(()) => {
+                Ok(phases) => {
                     return Ok(GetReport {
                         name: name.into(),
                         version: v.version,
@@ -219,6 +220,7 @@ impl Sdfs {
                         path: local.to_path_buf(),
                         elapsed: start.elapsed(),
                         lookup: Duration::ZERO,
+                        phases,
                     });
                 }
                 // A local problem would repeat on every replica.
@@ -268,13 +270,19 @@ impl Sdfs {
         v: &VersionInfo,
         local: &Path,
         progress: ProgressFn<'_>,
-    ) -> Result<()> {
+    ) -> Result<GetPhases> {
         let io = self.opts.io_timeout;
+        let began = Instant::now();
         let mut stream = self.start_read(addr, name, v).await?;
         let (size, checksum) = (v.size, v.checksum);
         let tmp = temp_path(local)?;
         let sink = Sink::start(&tmp, self.opts.sync_local)?;
+        let mut phases = GetPhases {
+            start: began.elapsed(),
+            ..GetPhases::default()
+        };
         let received = receive_frames(&mut stream, addr, io, size, &sink, progress).await;
+        phases.receive = began.elapsed() - phases.start;
         let written = sink.finish().await;
         let outcome = async {
             let got = received?;
@@ -322,7 +330,8 @@ impl Sdfs {
                 let _ = std::fs::remove_file(&tmp);
             }
         }
-        outcome
+        phases.finish = began.elapsed() - phases.start - phases.receive;
+        outcome.map(|()| phases)
     }
 }
 

@@ -35,8 +35,8 @@ pub mod report;
 pub use get::{Wanted, last_versions, merge_header, nearest_first, version_file_name};
 pub use load::load_name;
 pub use report::{
-    Count, GetAllReport, GetReport, LoadItem, LoadReport, Phase, Progress, ProgressFn, PutPhases,
-    PutReport, VersionsReport, no_progress, throughput,
+    Count, GetAllReport, GetPhases, GetReport, LoadItem, LoadReport, Phase, Progress, ProgressFn,
+    PutPhases, PutReport, VersionsReport, no_progress, throughput,
 };
 
 use crate::client::read_response;

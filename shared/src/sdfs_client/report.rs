@@ -94,6 +94,20 @@ pub struct GetReport {
     pub elapsed: Duration,
     /// Of `elapsed`, the time spent asking the leader for the version's replicas.
     pub lookup: Duration,
+    /// Where the rest of `elapsed` went, for the replica that served it.
+    pub phases: GetPhases,
+}
+
+/// The stages of a get from one replica, one after another.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GetPhases {
+    /// From asking the replica (`Data(Read)`) until it answered `ReadStart`
+    /// and the local temp file was open.
+    pub start: Duration,
+    /// Receiving the bytes, until the end frame.
+    pub receive: Duration,
+    /// The last bytes hashed and written, the copy renamed into place.
+    pub finish: Duration,
 }
 
 /// The versions `get_versions` fetched, newest first, and where they went.

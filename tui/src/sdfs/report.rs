@@ -741,6 +741,7 @@ mod tests {
             path: PathBuf::from(format!("out/x.v{v}")),
             elapsed: Duration::ZERO,
             lookup: Duration::ZERO,
+            phases: Default::default(),
         };
         let r = VersionsReport {
             name: "x".into(),

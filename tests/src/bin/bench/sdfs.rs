@@ -273,7 +273,7 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
             get_synced.push(t.elapsed().as_secs_f64());
             let _ = std::fs::remove_file(&got);
             eprintln!(
-                "[{l}] rep {}: put {:.4}s (v{} on {} holders; plan {:.4}s, store {:.4}s, commit {:.4}s), 4-copy baseline {:.4}s; get {:.4}s (lookup {:.4}s; fsynced {:.4}s), read {:.4}s",
+                "[{l}] rep {}: put {:.4}s (v{} on {} holders; plan {:.4}s, store {:.4}s, commit {:.4}s), 4-copy baseline {:.4}s; get {:.4}s (lookup {:.4}s, start {:.4}s, receive {:.4}s, finish {:.4}s; fsynced {:.4}s), read {:.4}s",
                 r + 1,
                 put[r],
                 rep.version,
@@ -284,6 +284,9 @@ pub async fn run(a: SdfsArgs, bin_dir: &Path, out_dir: &Path) -> Result<()> {
                 base_put[r],
                 get[r],
                 got_rep.lookup.as_secs_f64(),
+                got_rep.phases.start.as_secs_f64(),
+                got_rep.phases.receive.as_secs_f64(),
+                got_rep.phases.finish.as_secs_f64(),
                 get_synced[r],
                 read[r]
             );
