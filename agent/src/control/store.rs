@@ -35,6 +35,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -43,7 +44,12 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "purged";
 const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+/// The snapshot's bytes postcard-encoded again as a `Vec<u8>` (before
+/// 2026-12-08: read, and removed once a snapshot is saved under
+/// [`KEY_SNAPSHOT_RAW`]).
 const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+/// The snapshot's bytes as they are.
+const KEY_SNAPSHOT_RAW: &str = "snapshot_raw";
 /// This voter's Raft node id (see `voters.rs`).
 const KEY_NODE_ID: &str = "node_id";
 
@@ -81,6 +87,33 @@ fn get_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Opti
         Some(v) => Ok(Some(decode(v.value())?)),
         None => Ok(None),
     }
+}
+
+/// The saved snapshot's bytes, either way they were saved.
+fn get_snapshot_data(db: &Database) -> Result<Option<Vec<u8>>, StoreError> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    if let Some(v) = table.get(KEY_SNAPSHOT_RAW).map_err(read_err)? {
+        return Ok(Some(v.value().to_vec()));
+    }
+    match table.get(KEY_SNAPSHOT_DATA).map_err(read_err)? {
+        Some(v) => Ok(Some(decode(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Saves a snapshot's meta and bytes in one commit; the bytes are stored as
+/// they are (encoding them again held a second copy of a snapshot of about
+/// 100 MiB at a million versions).
+fn put_snapshot(db: &Database, meta: &[u8], data: &[u8]) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(write_err)?;
+    {
+        let mut table = txn.open_table(META).map_err(write_err)?;
+        table.insert(KEY_SNAPSHOT_META, meta).map_err(write_err)?;
+        table.insert(KEY_SNAPSHOT_RAW, data).map_err(write_err)?;
+        table.remove(KEY_SNAPSHOT_DATA).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)
 }
 
 fn put_meta(db: &Database, items: &[(&str, Vec<u8>)]) -> Result<(), StoreError> {
@@ -139,9 +172,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, SmStore, SharedSm), OpenError> {
     txn.commit().map_err(|e| fail(e.to_string()))?;
     let db = Arc::new(db);
     let mut data = SmData::default();
-    if let Some(bytes) =
-        get_meta::<Vec<u8>>(&db, KEY_SNAPSHOT_DATA).map_err(|e| fail(e.to_string()))?
-    {
+    let mut snapshot_len = 0;
+    if let Some(bytes) = get_snapshot_data(&db).map_err(|e| fail(e.to_string()))? {
+        snapshot_len = bytes.len();
         let body: SnapshotBody = decode(&bytes).map_err(|e| fail(e.to_string()))?;
         data = SmData {
             state: body.state,
@@ -169,6 +202,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, SmStore, SharedSm), OpenError> {
             db,
             data: shared.clone(),
             snapshots_built: 0,
+            last_len: Arc::new(AtomicUsize::new(snapshot_len)),
         },
         shared,
     ))
@@ -474,6 +508,9 @@ pub struct SmStore {
     db: Arc<Database>,
     data: SharedSm,
     snapshots_built: u64,
+    /// The last snapshot's length: the next one's buffer starts this big
+    /// (and a little more), so encoding does not grow it step by step.
+    last_len: Arc<AtomicUsize>,
 }
 
 impl SmStore {
@@ -484,14 +521,9 @@ impl SmStore {
         data: Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
         let (db, meta) = (self.db.clone(), encode(meta)?);
+        self.last_len.store(data.len(), Ordering::Relaxed);
         blocking(move || {
-            put_meta(
-                &db,
-                &[
-                    (KEY_SNAPSHOT_META, meta),
-                    (KEY_SNAPSHOT_DATA, encode(&data)?),
-                ],
-            )?;
+            put_snapshot(&db, &meta, &data)?;
             Ok(data)
         })
         .await
@@ -508,7 +540,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SmStore {
             state: d.state.clone(),
         });
         let (last_applied, membership) = (body.last_applied, body.membership.clone());
-        let bytes = blocking(move || encode(&body)).await?;
+        let room = self.last_len.load(Ordering::Relaxed);
+        let bytes = blocking(move || {
+            let buf = Vec::with_capacity(room + room / 8);
+            postcard::to_extend(&body, buf).map_err(write_err)
+        })
+        .await?;
         self.snapshots_built += 1;
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshots_built),
@@ -600,7 +637,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         let db = self.db.clone();
         let found = blocking(move || {
             let meta: Option<SnapshotMeta<u64, BasicNode>> = get_meta(&db, KEY_SNAPSHOT_META)?;
-            let data: Option<Vec<u8>> = get_meta(&db, KEY_SNAPSHOT_DATA)?;
+            let data = get_snapshot_data(&db)?;
             Ok(meta.zip(data))
         })
         .await?;
@@ -651,6 +688,64 @@ mod tests {
     #[test]
     fn the_store_passes_openrafts_storage_suite() {
         openraft::testing::Suite::test_all(Fresh).unwrap();
+    }
+
+    /// A snapshot saved before its bytes were stored as they are still
+    /// opens; the next one is saved raw and replaces it.
+    #[tokio::test]
+    async fn a_snapshot_saved_encoded_twice_still_opens_and_the_next_is_saved_raw() {
+        let dir = std::env::temp_dir().join(format!("dml-store-snap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut state = MetaState::default();
+        let op = super::super::types::Op::PutAt {
+            name: "f".into(),
+            version: 1,
+            size: 5,
+            checksum: [1; 32],
+            holders: vec!["127.0.0.1:1".parse().unwrap()],
+            quorum: 1,
+        };
+        state.apply(&super::super::types::Command { now_ms: 1, op });
+        let body = SnapshotBody {
+            last_applied: Some(LogId::new(CommittedLeaderId::new(1, 1), 7)),
+            membership: StoredMembership::default(),
+            state,
+        };
+        let meta: SnapshotMeta<u64, BasicNode> = SnapshotMeta {
+            last_log_id: body.last_applied,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "old".into(),
+        };
+        {
+            let (_, sm, _) = open(&dir).unwrap();
+            let old = encode(&encode(&body).unwrap()).unwrap();
+            put_meta(
+                &sm.db,
+                &[
+                    (KEY_SNAPSHOT_META, encode(&meta).unwrap()),
+                    (KEY_SNAPSHOT_DATA, old),
+                ],
+            )
+            .unwrap();
+        }
+        let (_, mut sm, shared) = open(&dir).unwrap();
+        let opened = |shared: &SharedSm| read_sm(shared, |d| (d.last_applied, d.state.stat("f")));
+        let (applied, file) = opened(&shared);
+        assert_eq!(applied.map(|l| l.index), Some(7));
+        assert!(file.is_some(), "the old snapshot's state");
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.snapshot.into_inner(), encode(&body).unwrap());
+
+        let built = sm.build_snapshot().await.unwrap();
+        assert_eq!(built.snapshot.into_inner(), encode(&body).unwrap());
+        let read = sm.db.begin_read().unwrap();
+        let table = read.open_table(META).unwrap();
+        assert!(table.get(KEY_SNAPSHOT_DATA).unwrap().is_none(), "replaced");
+        assert!(table.get(KEY_SNAPSHOT_RAW).unwrap().is_some());
+        drop((table, read, sm));
+        let (_, _, shared) = open(&dir).unwrap();
+        assert_eq!(opened(&shared).0.map(|l| l.index), Some(7));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
