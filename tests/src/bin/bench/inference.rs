@@ -87,6 +87,10 @@ pub struct InferenceArgs {
     /// `inference-batching.json`.
     #[arg(long, conflicts_with = "fair_only")]
     batching_only: bool,
+    /// Only the cluster's warm-up and row 2 (N agents against a two-thread bare loop), with
+    /// the agents' CPU time by thread kind over the job; JSON to `inference-cluster.json`.
+    #[arg(long, conflicts_with_all = ["fair_only", "batching_only"])]
+    cluster_only: bool,
 }
 
 struct Plan {
@@ -141,7 +145,68 @@ struct Throughput {
     /// Steady window the system rate was taken over, and images completed in it.
     window_s: Option<f64>,
     window_images: Option<u32>,
+    /// The agents' CPU time over the job (row 2 only).
+    cpu: Option<CpuSplit>,
     error: Option<String>,
+}
+
+/// The agents' CPU seconds by thread name over a span, and the whole machine's busy seconds.
+#[derive(Serialize, Default, Clone)]
+struct CpuSplit {
+    wall_s: f64,
+    machine_busy_s: f64,
+    agents_s: f64,
+    by_thread: std::collections::BTreeMap<String, f64>,
+}
+
+/// CPU seconds so far of the threads of `pids` by thread name, and the machine's busy seconds
+/// (all CPUs; `/proc/stat` less idle and iowait).
+fn cpu_now(pids: &[u32]) -> (std::collections::BTreeMap<String, f64>, f64) {
+    let tick = procfs::ticks_per_second() as f64;
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    for pid in pids {
+        let Ok(tasks) = procfs::process::Process::new(*pid as i32).and_then(|p| p.tasks()) else {
+            continue;
+        };
+        for st in tasks.flatten().filter_map(|t| t.stat().ok()) {
+            *by.entry(st.comm.clone()).or_default() += (st.utime + st.stime) as f64 / tick;
+        }
+    }
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<f64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: f64 = f.iter().sum();
+            Some((total - f.get(3)? - f.get(4).copied().unwrap_or(0.0)) / tick)
+        })
+        .unwrap_or(0.0);
+    (by, busy)
+}
+
+impl CpuSplit {
+    fn between(
+        from: &(std::collections::BTreeMap<String, f64>, f64),
+        to: &(std::collections::BTreeMap<String, f64>, f64),
+        wall: Duration,
+    ) -> Self {
+        let by_thread: std::collections::BTreeMap<String, f64> =
+            to.0.iter()
+                .map(|(k, v)| (k.clone(), v - from.0.get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, v)| *v > 0.0)
+                .collect();
+        Self {
+            wall_s: wall.as_secs_f64(),
+            machine_busy_s: to.1 - from.1,
+            agents_s: by_thread.values().sum(),
+            by_thread,
+        }
+    }
 }
 
 impl Throughput {
@@ -473,7 +538,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         .collect();
     files.sort();
 
-    let numerics = if a.fair_only || a.bed || a.batching_only {
+    let numerics = if a.fair_only || a.bed || a.batching_only || a.cluster_only {
         Numerics::default()
     } else {
         eprintln!("[numerics] resnet50 against scripts/models/reference.py");
@@ -481,7 +546,7 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
     };
 
     let mut one_agent = Vec::new();
-    if !a.fair_only && !a.bed && !a.batching_only {
+    if !a.fair_only && !a.bed && !a.batching_only && !a.cluster_only {
         eprintln!("[one agent] starting");
         let sdfs = SdfsConfig {
             replicas: Some(1),
@@ -598,6 +663,8 @@ pub async fn run(a: InferenceArgs, bin_dir: &Path, out_dir: &Path) -> Result<()>
         "inference-fair.json"
     } else if a.batching_only {
         "inference-batching.json"
+    } else if a.cluster_only {
+        "inference-cluster.json"
     } else if a.quick {
         "inference-quick.json"
     } else {
@@ -746,7 +813,10 @@ async fn cluster_phases(
                 2.0 * (plan.warm_secs + round) + plan.window_secs,
                 batch,
             ) + tail;
+            let pids: Vec<u32> = c.cluster.agents.iter().map(|a| a.pid()).collect();
+            let (cpu0, t0) = (cpu_now(&pids), Instant::now());
             let sys = system_rate(at, "resnet50", batch, images, plan.warm_secs, tail).await?;
+            row.cpu = Some(CpuSplit::between(&cpu0, &cpu_now(&pids), t0.elapsed()));
             row.set_system(raw, bare().await?, sys);
             Ok(())
         }
@@ -756,6 +826,9 @@ async fn cluster_phases(
         }
         eprintln!("[cluster] {}", row_text(&row));
         out.cluster_row = Some(row);
+        if a.cluster_only {
+            return Ok(());
+        }
     }
     if !a.fair_only {
         eprintln!("[batching] dynamic batching row");
@@ -1330,6 +1403,24 @@ fn table(d: &Document, agents: usize) -> String {
     let _ = writeln!(t, "{head}");
     if let Some(r) = &d.cluster {
         let _ = writeln!(t, "{}", row_text(r));
+        if let Some(cpu) = &r.cpu {
+            let mut threads: Vec<(&String, &f64)> = cpu.by_thread.iter().collect();
+            threads.sort_by(|a, b| b.1.total_cmp(a.1));
+            let threads: Vec<String> = threads
+                .iter()
+                .take(6)
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "   CPU over the job's {:.1} s: the agents {:.1} s of the machine's {:.1} busy s \
+                 (by thread: {})",
+                cpu.wall_s,
+                cpu.agents_s,
+                cpu.machine_busy_s,
+                threads.join(", ")
+            );
+        }
     }
     let f = &d.fairness;
     let _ = writeln!(
