@@ -35,6 +35,7 @@ use dml_tests::netbed::Bed;
 use dml_tests::sdfs::{SdfsCluster, SdfsOptions};
 use ndarray::Array4;
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,8 +51,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// Noise handshake) to an agent, forwarded to the leader, which confirms its leadership with
 /// the voters: about 9 ms of the cluster's CPU a poll (an idle 10-agent cluster polled by `dml
 /// jobs` 7.6 times a second used 0.067 of a core more), so polls every 100 ms took about 4 % of
-/// two cores from the system side, and nothing from the bare loop. A rate from (poll time, images done then) pairs needs no finer
-/// polls: it is off by at most a query at each end of a 30 s window.
+/// two cores from the system side, and nothing from the bare loop. A rate from (poll time,
+/// images done then) pairs needs no finer polls: it is off by at most a query at each end.
 const RATE_POLL: Duration = Duration::from_millis(500);
 /// Polling in the fairness and kill phases.
 const FINE_POLL: Duration = Duration::from_millis(50);
@@ -163,14 +164,14 @@ struct CpuSplit {
     wall_s: f64,
     machine_busy_s: f64,
     agents_s: f64,
-    by_thread: std::collections::BTreeMap<String, f64>,
+    by_thread: BTreeMap<String, f64>,
 }
 
 /// CPU seconds so far of the threads of `pids` by thread name, and the machine's busy seconds
 /// (all CPUs; `/proc/stat` less idle and iowait).
-fn cpu_now(pids: &[u32]) -> (std::collections::BTreeMap<String, f64>, f64) {
+fn cpu_now(pids: &[u32]) -> (BTreeMap<String, f64>, f64) {
     let tick = procfs::ticks_per_second() as f64;
-    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut by: BTreeMap<String, f64> = Default::default();
     for pid in pids {
         let Ok(tasks) = procfs::process::Process::new(*pid as i32).and_then(|p| p.tasks()) else {
             continue;
@@ -198,11 +199,11 @@ fn cpu_now(pids: &[u32]) -> (std::collections::BTreeMap<String, f64>, f64) {
 
 impl CpuSplit {
     fn between(
-        from: &(std::collections::BTreeMap<String, f64>, f64),
-        to: &(std::collections::BTreeMap<String, f64>, f64),
+        from: &(BTreeMap<String, f64>, f64),
+        to: &(BTreeMap<String, f64>, f64),
         wall: Duration,
     ) -> Self {
-        let by_thread: std::collections::BTreeMap<String, f64> =
+        let by_thread: BTreeMap<String, f64> =
             to.0.iter()
                 .map(|(k, v)| (k.clone(), v - from.0.get(k).copied().unwrap_or(0.0)))
                 .filter(|(_, v)| *v > 0.0)
@@ -254,7 +255,8 @@ struct Fairness {
     long_median: Option<f64>,
     /// The widest window's difference of worker time between the jobs, in queries of the
     /// costlier model (C2's mean): a scheduler that keeps each job within one query of its
-    /// share at every instant may leave up to about 2 (one at each end of the window).
+    /// share at every instant leaves up to about 3 counted by completions (the simulation at
+    /// the quiet run's costs: 2.3-2.7, see `fair_sim.rs`).
     worst_gap_queries: Option<f64>,
     /// Queries of each job (resnet50, inceptionv3) over the whole shared period.
     queries: (u64, u64),
@@ -730,7 +732,7 @@ async fn cluster_phases(
     eprintln!("[cluster] warm-up: both models on every worker");
     let n = 4 * a.agents as u32;
     let t = Instant::now();
-    let mut ran: Vec<std::collections::BTreeSet<SocketAddr>> = vec![Default::default(); 2];
+    let mut ran: Vec<BTreeSet<SocketAddr>> = vec![Default::default(); 2];
     for round in 1..=WARM_ROUNDS {
         let mut warm = Vec::new();
         for m in MODELS {
