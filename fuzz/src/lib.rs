@@ -609,4 +609,105 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("auth_handshake", auth_handshake),
     ("channel_read", channel_read),
     ("keyring_file", keyring_file),
+    ("put_seal", put_seal),
 ];
+
+/// An SDFS put's sealed frames as a replica opens them ([`Opener`], the code
+/// each hop stores through). `data[0]` bit 0 clear: the rest is frames (u16
+/// length each) opened under a fixed key, which must refuse the first (random
+/// bytes do not verify). Set: after five bytes (flip point u16, flip bit, swap,
+/// drop/repeat point), the rest gives data frames of `b * 13 + 1` bytes each,
+/// sealed by the real [`PutSeal`] with their end frame; bit 1 flips one bit,
+/// bit 2 swaps two frames, bit 3 drops one, bit 4 repeats one, bit 5 opens as
+/// another put (plan + 1). What must hold: an untouched put opens to exactly its
+/// bytes; a changed one is refused, after only a prefix of its bytes.
+pub fn put_seal(data: &[u8]) {
+    use dml_shared::auth::put_seal::{Opened, Opener, PutKey, PutSeal};
+    let Some((&mode, mut d)) = data.split_first() else {
+        return;
+    };
+    let key = PutKey([0x3c; 32]);
+    let (plan, version) = (7, 3);
+    if mode & 1 == 0 {
+        let mut o = Opener::new(PutSeal::new(&key, plan, version));
+        if !d.is_empty() {
+            let n = usize::from(take_u16(&mut d));
+            let frame = take(&mut d, n).to_vec();
+            assert!(o.open(frame).is_err(), "an unsealed frame opened");
+        }
+        return;
+    }
+    let flip = usize::from(take_u16(&mut d));
+    let bit = take(&mut d, 1).first().copied().unwrap_or(0) % 8;
+    let swap = take(&mut d, 1).first().copied().unwrap_or(0);
+    let at = take(&mut d, 1).first().copied().unwrap_or(0);
+    let seal = PutSeal::new(&key, plan, version);
+    let mut plain = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for (i, &b) in d.iter().take(64).enumerate() {
+        let mut f: Vec<u8> = (0..usize::from(b) * 13 + 1)
+            .map(|j| (i * 31 + j) as u8)
+            .collect();
+        plain.extend_from_slice(&f);
+        seal.seal(i as u64, false, &mut f);
+        frames.push(f);
+    }
+    frames.push(seal.end_frame(frames.len() as u64));
+    let n = frames.len();
+    let mut changed = false;
+    if mode & 2 != 0 {
+        let total: usize = frames.iter().map(Vec::len).sum();
+        let mut pos = flip * 97 % total;
+        for f in frames.iter_mut() {
+            if pos < f.len() {
+                f[pos] ^= 1 << bit;
+                break;
+            }
+            pos -= f.len();
+        }
+        changed = true;
+    }
+    if mode & 4 != 0 {
+        let (i, j) = (usize::from(swap) % n, usize::from(at) % n);
+        if i != j {
+            frames.swap(i, j);
+            changed = true;
+        }
+    }
+    if mode & 8 != 0 {
+        frames.remove(usize::from(at) % frames.len());
+        changed = true;
+    }
+    if mode & 16 != 0 && !frames.is_empty() {
+        let k = usize::from(at) % frames.len();
+        frames.insert(k + 1, frames[k].clone());
+        changed = true;
+    }
+    let opener_plan = if mode & 32 != 0 {
+        changed = true;
+        plan + 1
+    } else {
+        plan
+    };
+    let mut o = Opener::new(PutSeal::new(&key, opener_plan, version));
+    let mut out = Vec::new();
+    let mut refused = false;
+    for f in frames {
+        match o.open(f) {
+            Ok(Opened::Data(b)) => out.extend_from_slice(&b),
+            Ok(Opened::End) => {}
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let refused = refused || o.finish().is_err();
+    assert!(plain.starts_with(&out), "bytes opened that were not sealed");
+    if changed {
+        assert!(refused, "a changed put opened (mode {mode:#x})");
+    } else {
+        assert!(!refused, "an untouched put was refused");
+        assert_eq!(out, plain);
+    }
+}

@@ -451,6 +451,29 @@ fn builtin_seeds(target: &str) -> Vec<Vec<u8>> {
                 vec![0, 0xff, 0xff, 1, 2, 3],
             ]
         }
+        "put_seal" => {
+            // Mode, flip point (u16), flip bit, swap, drop/repeat point, then frame sizes.
+            let put = |mode: u8, flip: u16, bit: u8, swap: u8, at: u8, sizes: &[u8]| {
+                [
+                    vec![mode],
+                    flip.to_be_bytes().to_vec(),
+                    vec![bit, swap, at],
+                    sizes.to_vec(),
+                ]
+                .concat()
+            };
+            vec![
+                put(1, 0, 0, 0, 0, &[3, 200, 255, 0, 7]),
+                put(1, 0, 0, 0, 0, &[]),
+                put(3, 40, 3, 0, 0, &[9, 9, 9]),
+                put(5, 0, 0, 0, 2, &[1, 2, 3]),
+                put(9, 0, 0, 0, 3, &[1, 2, 3]),
+                put(17, 0, 0, 0, 1, &[4, 4]),
+                put(33, 0, 0, 0, 0, &[5]),
+                vec![0, 0, 16],
+                vec![0, 0, 40, 1, 2, 3],
+            ]
+        }
         other => panic!("no seeds for {other}"),
     }
 }
@@ -596,6 +619,11 @@ fn channel_read() {
 #[test]
 fn keyring_file() {
     replay("keyring_file");
+}
+
+#[test]
+fn put_seal() {
+    replay("put_seal");
 }
 
 #[test]
